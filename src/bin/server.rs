@@ -1,0 +1,140 @@
+//! `server <port>`: the evchat relay. Parses flags, raises the descriptor
+//! limit, binds, prints `listening on <addr>` and runs the event loop until
+//! SIGINT/SIGTERM has drained every client.
+
+use clap::Parser;
+use evchat::client::parse_secs;
+use evchat::router::Limits;
+use evchat::server::{Config, Server};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "evchat server: relays messages from emitters to exhibitors")]
+struct Args {
+    /// TCP port to listen on (0 picks a free one)
+    port: u16,
+    /// Address to bind (`::` for IPv6)
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Seconds an exhibitor may take to acknowledge a frame before it is dropped
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    ack_timeout: Duration,
+    /// Seconds a new connection may take to send OI
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    handshake_timeout: Duration,
+    /// Seconds shutdown waits for clients to acknowledge FLW
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    drain_timeout: Duration,
+    /// Unsent bytes per connection past which it is dropped as a slow consumer
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_queue: usize,
+    /// Unsettled requests per emitter before the server stops reading it
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_inflight: u32,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    quiet: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose, args.quiet);
+    raise_descriptor_limit();
+    let config = Config {
+        addr: SocketAddr::new(args.bind, args.port),
+        limits: Limits {
+            ack_timeout: args.ack_timeout,
+            handshake_timeout: args.handshake_timeout,
+            max_inflight: args.max_inflight as usize,
+        },
+        max_queue: args.max_queue,
+        drain_timeout: args.drain_timeout,
+    };
+    let server = match Server::bind(config.clone()) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("server: cannot listen on {}: {e}", config.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = server.shutdown_handle();
+    let signals = AtomicUsize::new(0);
+    if let Err(e) = ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            handle.trigger();
+        } else {
+            eprintln!("server: second signal, exiting without draining");
+            std::process::exit(1);
+        }
+    }) {
+        eprintln!("server: cannot install the signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "listening on {}", server.local_addr());
+    let _ = stdout.flush();
+    drop(stdout);
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server: event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v >= 2 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Lifts the open-file soft limit to the hard limit so that every id (8191
+/// clients) can be connected at once where the system allows it.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+                return;
+            }
+            limit = wanted;
+        }
+    }
+    if limit.rlim_cur < 8192 + 16 {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            "open-file limit is below what 8191 clients need"
+        );
+    }
+}

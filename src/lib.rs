@@ -1,0 +1,11 @@
+//! evchat: an event-driven text messaging system speaking the
+//! OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol. The crate holds the wire format
+//! ([`proto`]), the server's rules ([`router`]), its socket layer
+//! ([`connection`]) and event loop ([`server`]), and what the two clients
+//! share ([`client`]).
+
+pub mod client;
+pub mod connection;
+pub mod proto;
+pub mod router;
+pub mod server;

@@ -1,0 +1,439 @@
+//! The wire format: the fixed 8-byte header, the seven frame types, the id
+//! ranges and sequence numbers. Pure bytes ↔ frames; nothing here touches a
+//! socket, so every rule of the encoding is testable with byte literals.
+//!
+//! ```text
+//!  0       2       4       6       8
+//!  +-------+-------+-------+-------+
+//!  | type  |origin | dest  |  seq  |   header: four big-endian u16
+//!  +-------+-------+-------+-------+
+//!  MSG   body: | C (u16) | C bytes of text |
+//!  CLIST body: | N (u16) | N × id (u16)    |
+//!  OK, ERRO, OI, FLW, CREQ: no body
+//! ```
+//!
+//! Partial input is an expected state: [`Frame::decode`] returns `Ok(None)`
+//! until a whole frame is buffered and never consumes bytes it did not parse.
+//! Every length in the format is a `u16`, so no frame exceeds
+//! [`MAX_FRAME_LEN`] and a decoder's buffer needs no other cap.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::fmt;
+
+/// Bytes in the fixed header every frame starts with.
+pub const HEADER_LEN: usize = 8;
+/// The largest frame the format can express (a CLIST with 65535 ids).
+pub const MAX_FRAME_LEN: usize = HEADER_LEN + 2 + 2 * u16::MAX as usize;
+/// The largest text a MSG can carry.
+pub const MAX_TEXT_LEN: usize = u16::MAX as usize;
+
+/// A client or server identifier as carried in the origin/destination fields.
+pub type ClientId = u16;
+
+/// Destination 0 means "every exhibitor"; origin 0 in OI means "I am an exhibitor".
+pub const BROADCAST: ClientId = 0;
+/// The server's own identifier.
+pub const SERVER_ID: ClientId = u16::MAX;
+/// Ids the server hands to emitters.
+pub const EMITTER_IDS: std::ops::RangeInclusive<ClientId> = 1..=4095;
+/// Ids the server hands to exhibitors.
+pub const EXHIBITOR_IDS: std::ops::RangeInclusive<ClientId> = 4096..=8191;
+
+/// True when `id` lies in the emitter range.
+pub fn is_emitter_id(id: ClientId) -> bool {
+    EMITTER_IDS.contains(&id)
+}
+
+/// True when `id` lies in the exhibitor range.
+pub fn is_exhibitor_id(id: ClientId) -> bool {
+    EXHIBITOR_IDS.contains(&id)
+}
+
+/// The value of the header's type field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Kind {
+    Ok = 1,
+    Erro = 2,
+    Oi = 3,
+    Flw = 4,
+    Msg = 5,
+    Creq = 6,
+    Clist = 7,
+}
+
+impl Kind {
+    /// The kind for a type field value, if it names one of the seven.
+    pub fn from_u16(value: u16) -> Option<Kind> {
+        Some(match value {
+            1 => Kind::Ok,
+            2 => Kind::Erro,
+            3 => Kind::Oi,
+            4 => Kind::Flw,
+            5 => Kind::Msg,
+            6 => Kind::Creq,
+            7 => Kind::Clist,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Ok => "OK",
+            Kind::Erro => "ERRO",
+            Kind::Oi => "OI",
+            Kind::Flw => "FLW",
+            Kind::Msg => "MSG",
+            Kind::Creq => "CREQ",
+            Kind::Clist => "CLIST",
+        })
+    }
+}
+
+/// The four header fields, with the type field left raw so that a frame of
+/// unknown type can still be answered with its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: u16,
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+}
+
+impl Header {
+    /// Reads a header from the first 8 bytes of `bytes`, if there are 8.
+    pub fn peek(bytes: &[u8]) -> Option<Header> {
+        let b: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
+        let field = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        Some(Header {
+            kind: field(0),
+            origin: field(2),
+            dest: field(4),
+            seq: field(6),
+        })
+    }
+}
+
+/// What follows the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// OK, ERRO, OI, FLW and CREQ carry nothing after the header.
+    Empty,
+    /// MSG: the text bytes (the spec says ASCII; any bytes are carried as is).
+    Text(Bytes),
+    /// CLIST: the ids of the connected clients.
+    Clients(Vec<ClientId>),
+}
+
+/// One protocol frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    pub body: Body,
+}
+
+/// Why bytes could not be decoded as a frame. Each variant carries the header
+/// so the peer can still be answered (ERRO echoes the sequence number).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("unknown frame type {}", .0.kind)]
+    UnknownType(Header),
+}
+
+impl ProtoError {
+    /// The header of the frame that could not be decoded.
+    pub fn header(&self) -> Header {
+        match self {
+            ProtoError::UnknownType(h) => *h,
+        }
+    }
+}
+
+/// Errors building a frame to send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("text is {0} bytes; a message carries at most {MAX_TEXT_LEN}")]
+    TextTooLong(usize),
+    #[error("list has {0} ids; a CLIST carries at most 65535")]
+    TooManyClients(usize),
+}
+
+impl Frame {
+    /// A frame with no body (OK, ERRO, OI, FLW, CREQ).
+    pub fn bare(kind: Kind, origin: ClientId, dest: ClientId, seq: u16) -> Frame {
+        Frame {
+            kind,
+            origin,
+            dest,
+            seq,
+            body: Body::Empty,
+        }
+    }
+
+    /// A MSG frame; fails when the text does not fit the u16 length field.
+    pub fn msg(
+        origin: ClientId,
+        dest: ClientId,
+        seq: u16,
+        text: impl Into<Bytes>,
+    ) -> Result<Frame, EncodeError> {
+        let text = text.into();
+        if text.len() > MAX_TEXT_LEN {
+            return Err(EncodeError::TextTooLong(text.len()));
+        }
+        Ok(Frame {
+            kind: Kind::Msg,
+            origin,
+            dest,
+            seq,
+            body: Body::Text(text),
+        })
+    }
+
+    /// A CLIST frame; fails when the list does not fit the u16 count field.
+    pub fn clist(
+        origin: ClientId,
+        dest: ClientId,
+        seq: u16,
+        clients: Vec<ClientId>,
+    ) -> Result<Frame, EncodeError> {
+        if clients.len() > u16::MAX as usize {
+            return Err(EncodeError::TooManyClients(clients.len()));
+        }
+        Ok(Frame {
+            kind: Kind::Clist,
+            origin,
+            dest,
+            seq,
+            body: Body::Clients(clients),
+        })
+    }
+
+    /// The header of this frame.
+    pub fn header(&self) -> Header {
+        Header {
+            kind: self.kind as u16,
+            origin: self.origin,
+            dest: self.dest,
+            seq: self.seq,
+        }
+    }
+
+    /// The text of a MSG, if this is one.
+    pub fn text(&self) -> Option<&Bytes> {
+        match &self.body {
+            Body::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// Bytes this frame takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN
+            + match &self.body {
+                Body::Empty => 0,
+                Body::Text(text) => 2 + text.len(),
+                Body::Clients(ids) => 2 + 2 * ids.len(),
+            }
+    }
+
+    /// Appends the wire form of this frame to `out`.
+    ///
+    /// Lengths are checked when a frame is built ([`Frame::msg`],
+    /// [`Frame::clist`]) and by [`Frame::decode`]; a frame assembled by hand
+    /// with an oversize body is truncated to what the length field can say
+    /// rather than emitting a length that disagrees with the bytes.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.encoded_len());
+        out.put_u16(self.kind as u16);
+        out.put_u16(self.origin);
+        out.put_u16(self.dest);
+        out.put_u16(self.seq);
+        match &self.body {
+            Body::Empty => {}
+            Body::Text(text) => {
+                let len = text.len().min(MAX_TEXT_LEN);
+                out.put_u16(len as u16);
+                out.put_slice(&text[..len]);
+            }
+            Body::Clients(ids) => {
+                let len = ids.len().min(u16::MAX as usize);
+                out.put_u16(len as u16);
+                for id in &ids[..len] {
+                    out.put_u16(*id);
+                }
+            }
+        }
+    }
+
+    /// The wire form of this frame as a fresh buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        self.encode(&mut out);
+        out.freeze()
+    }
+
+    /// How many bytes the frame at the start of `buf` needs in all, judged
+    /// from as much of it as is there: `Ok(None)` until the header (and for
+    /// MSG/CLIST the length field) has arrived. Never reads past `buf`.
+    pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, ProtoError> {
+        let Some(header) = Header::peek(buf) else {
+            return Ok(None);
+        };
+        let Some(kind) = Kind::from_u16(header.kind) else {
+            return Err(ProtoError::UnknownType(header));
+        };
+        let per_item = match kind {
+            Kind::Msg => 1,
+            Kind::Clist => 2,
+            _ => return Ok(Some(HEADER_LEN)),
+        };
+        let Some(count) = buf.get(HEADER_LEN..HEADER_LEN + 2) else {
+            return Ok(None);
+        };
+        let count = u16::from_be_bytes([count[0], count[1]]) as usize;
+        Ok(Some(HEADER_LEN + 2 + per_item * count))
+    }
+
+    /// Takes one whole frame off the front of `buf`.
+    ///
+    /// `Ok(None)`: not enough bytes yet, `buf` untouched. `Err`: the header
+    /// names no known type; `buf` is untouched too, since without a known type
+    /// there is no way to tell where the frame ends — the stream is lost.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
+        let Some(len) = Frame::frame_len(buf)? else {
+            return Ok(None);
+        };
+        if buf.len() < len {
+            return Ok(None);
+        }
+        let mut frame = buf.split_to(len);
+        let header = Header::peek(&frame).expect("frame_len checked the header");
+        let kind = Kind::from_u16(header.kind).expect("frame_len checked the type");
+        frame.advance(HEADER_LEN);
+        let body = match kind {
+            Kind::Msg => {
+                frame.advance(2);
+                Body::Text(frame.freeze())
+            }
+            Kind::Clist => {
+                frame.advance(2);
+                Body::Clients(frame.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())
+            }
+            _ => Body::Empty,
+        };
+        Ok(Some(Frame {
+            kind,
+            origin: header.origin,
+            dest: header.dest,
+            seq: header.seq,
+            body,
+        }))
+    }
+}
+
+impl fmt::Display for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}(origin {}, dest {}, seq {})",
+            self.kind, self.origin, self.dest, self.seq
+        )?;
+        match &self.body {
+            Body::Empty => Ok(()),
+            Body::Text(text) => write!(f, " {} bytes", text.len()),
+            Body::Clients(ids) => write!(f, " {} ids", ids.len()),
+        }
+    }
+}
+
+/// A program's counter for the frames it originates: starts at 0, +1 each,
+/// wrapping after 65535. OK/ERRO echo a received number and never draw one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeqCounter {
+    next: u16,
+}
+
+impl SeqCounter {
+    pub fn new() -> SeqCounter {
+        SeqCounter { next: 0 }
+    }
+
+    /// The number for the next frame, advancing the counter.
+    pub fn next_seq(&mut self) -> u16 {
+        let seq = self.next;
+        self.next = self.next.wrapping_add(1);
+        seq
+    }
+
+    /// The number the next frame will get, without advancing.
+    pub fn peek(&self) -> u16 {
+        self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(bytes: &[u8]) -> (Vec<Frame>, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        let mut frames = Vec::new();
+        while let Some(frame) = Frame::decode(&mut buf).unwrap() {
+            frames.push(frame);
+        }
+        (frames, buf)
+    }
+
+    #[test]
+    fn exhibitor_oi_and_its_ok_match_the_issue_examples() {
+        let oi = Frame::bare(Kind::Oi, 0, SERVER_ID, 0);
+        assert_eq!(&oi.to_bytes()[..], b"\x00\x03\x00\x00\xff\xff\x00\x00");
+        let ok = Frame::bare(Kind::Ok, SERVER_ID, 4096, 0);
+        assert_eq!(&ok.to_bytes()[..], b"\x00\x01\xff\xff\x10\x00\x00\x00");
+    }
+
+    #[test]
+    fn emitter_oi_pairing_with_4096_and_its_ok_match_the_issue_examples() {
+        let oi = Frame::bare(Kind::Oi, 4096, SERVER_ID, 0);
+        assert_eq!(&oi.to_bytes()[..], b"\x00\x03\x10\x00\xff\xff\x00\x00");
+        let ok = Frame::bare(Kind::Ok, SERVER_ID, 1, 0);
+        assert_eq!(&ok.to_bytes()[..], b"\x00\x01\xff\xff\x00\x01\x00\x00");
+    }
+
+    #[test]
+    fn seq_counter_starts_at_zero_and_wraps() {
+        let mut seq = SeqCounter::new();
+        assert_eq!(seq.next_seq(), 0);
+        assert_eq!(seq.next_seq(), 1);
+        let mut seq = SeqCounter { next: u16::MAX };
+        assert_eq!(seq.next_seq(), u16::MAX);
+        assert_eq!(seq.next_seq(), 0);
+    }
+
+    #[test]
+    fn frame_len_needs_only_header_and_length() {
+        assert_eq!(Frame::frame_len(b"\x00\x05\x00\x01"), Ok(None));
+        assert_eq!(Frame::frame_len(b"\x00\x05\x00\x01\x00\x00\x00\x00\x00"), Ok(None));
+        assert_eq!(
+            Frame::frame_len(b"\x00\x05\x00\x01\x00\x00\x00\x00\x01\x00"),
+            Ok(Some(10 + 256))
+        );
+        assert_eq!(
+            Frame::frame_len(b"\x00\x07\xff\xff\x00\x00\x00\x00\x00\x03"),
+            Ok(Some(10 + 6))
+        );
+    }
+
+    #[test]
+    fn decode_leaves_trailing_bytes() {
+        let (frames, rest) = decode_all(b"\x00\x04\x00\x01\xff\xff\x00\x07\x00\x05");
+        assert_eq!(frames, vec![Frame::bare(Kind::Flw, 1, SERVER_ID, 7)]);
+        assert_eq!(&rest[..], b"\x00\x05");
+    }
+}

@@ -1,0 +1,730 @@
+//! The server's rules, with no sockets: who holds which id, which emitter is
+//! paired with which exhibitor, which deliveries await an acknowledgement and
+//! which replies each emitter is owed. The event loop feeds it decoded frames,
+//! disconnections and clock ticks; it answers through an [`Outbox`] with the
+//! frames to send and the connections to close. Tests drive it the same way,
+//! with a recording outbox.
+//!
+//! Every rule here is numbered as in PROTOCOL.md.
+
+use crate::proto::{
+    ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, Header, Kind, SERVER_ID, SeqCounter,
+    is_emitter_id, is_exhibitor_id,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The event loop's handle for one connection. It must not be reused for a
+/// new connection until the router has forgotten the old one (after
+/// [`Outbox::close`] or [`Router::disconnected`]).
+pub type ConnId = usize;
+
+/// Where the router's decisions go.
+pub trait Outbox {
+    /// Queue `frame` for `to`.
+    fn send(&mut self, to: ConnId, frame: &Frame);
+    /// Close `conn` once what was queued for it has been written. The router
+    /// has already forgotten it.
+    fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason);
+    /// `conn` was held back by flow control and may be read again.
+    fn resume_input(&mut self, conn: ConnId);
+}
+
+/// Why a connection is closed; shown in the disconnect log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent FLW and got its OK.
+    Left,
+    /// The client acknowledged the server's FLW.
+    Dismissed,
+    /// The client's OI was refused.
+    Refused,
+    /// A frame arrived before OI.
+    NotIdentified,
+    /// A frame carried an origin that is not the connection's id.
+    Spoofed,
+    /// A CLIST or a frame of unknown type arrived from a client.
+    BadFrame,
+    /// No OI within the handshake timeout.
+    HandshakeTimeout,
+    /// An acknowledgement did not arrive within the ack timeout.
+    Unresponsive,
+    /// The server is shutting down and the client had not identified.
+    Shutdown,
+    /// The peer closed its side of the connection (event loop only).
+    PeerClosed,
+    /// Reading or writing the socket failed (event loop only).
+    IoError,
+    /// Unsent output passed `--max-queue` (event loop only).
+    SlowConsumer,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloseReason::Left => "left (FLW)",
+            CloseReason::Dismissed => "acknowledged the server's FLW",
+            CloseReason::Refused => "identification refused",
+            CloseReason::NotIdentified => "frame before OI",
+            CloseReason::Spoofed => "spoofed origin",
+            CloseReason::BadFrame => "frame a client may not send",
+            CloseReason::HandshakeTimeout => "no OI within the handshake timeout",
+            CloseReason::Unresponsive => "no acknowledgement within the ack timeout",
+            CloseReason::Shutdown => "server shutting down",
+            CloseReason::PeerClosed => "peer closed the connection",
+            CloseReason::IoError => "socket error",
+            CloseReason::SlowConsumer => "slow consumer: output queue over --max-queue",
+        })
+    }
+}
+
+/// The router's tunables (each is a server flag).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a delivered frame may wait for its OK before the exhibitor is
+    /// dropped as unresponsive.
+    pub ack_timeout: Duration,
+    /// How long a connection may stay without OI.
+    pub handshake_timeout: Duration,
+    /// Unsettled requests an emitter may have before its input is paused.
+    pub max_inflight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            ack_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            max_inflight: 1024,
+        }
+    }
+}
+
+/// A frame the server sent that awaits the receiver's OK or ERRO.
+#[derive(Debug)]
+struct Delivery {
+    /// The sequence number the ack should echo (a mismatch is only logged).
+    seq: u16,
+    deadline: Instant,
+    purpose: Purpose,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    /// One target of an emitter's MSG or CREQ.
+    Request { emitter: ConnId, serial: u64 },
+    /// The server's FLW: the connection closes when it is acknowledged.
+    Farewell,
+}
+
+/// A reply an emitter is owed, kept in request order (rule 4).
+#[derive(Debug)]
+struct PendingReply {
+    /// Router-wide, increasing: a stale reference can never match a newer request.
+    serial: u64,
+    /// The request's sequence number, echoed in the reply.
+    seq: u16,
+    /// Targets that have not settled yet.
+    outstanding: u32,
+    /// At least one target answered OK.
+    any_ok: bool,
+    /// This is the reply to FLW: the emitter is closed once it is sent.
+    closes: bool,
+}
+
+#[derive(Debug)]
+enum Role {
+    /// Connected, no OI yet.
+    Anonymous,
+    Emitter {
+        exhibitor: Option<ConnId>,
+        replies: VecDeque<PendingReply>,
+        /// Input is paused because `replies` reached `max_inflight`.
+        paused: bool,
+        /// FLW received: nothing more is read from it.
+        finished: bool,
+    },
+    Exhibitor {
+        emitter: Option<ConnId>,
+    },
+}
+
+#[derive(Debug)]
+struct Session {
+    id: ClientId,
+    role: Role,
+    connected_at: Instant,
+    /// The server's own numbering of the frames it originates to this client.
+    seq: SeqCounter,
+    /// Frames sent to this client that await its OK, oldest first.
+    awaiting_ack: VecDeque<Delivery>,
+    /// The server has sent FLW; no new deliveries are targeted here.
+    leaving: bool,
+}
+
+/// The routing state of one server.
+pub struct Router {
+    limits: Limits,
+    sessions: Vec<Option<Session>>,
+    /// Identified clients, ascending by id (the order CLIST uses).
+    ids: BTreeMap<ClientId, ConnId>,
+    free_emitter_ids: BTreeSet<ClientId>,
+    free_exhibitor_ids: BTreeSet<ClientId>,
+    next_serial: u64,
+    /// No deadline falls before this; `tick` does nothing until then.
+    earliest_deadline: Option<Instant>,
+}
+
+impl Router {
+    pub fn new(limits: Limits) -> Router {
+        Router {
+            limits,
+            sessions: Vec::new(),
+            ids: BTreeMap::new(),
+            free_emitter_ids: EMITTER_IDS.collect(),
+            free_exhibitor_ids: EXHIBITOR_IDS.collect(),
+            next_serial: 0,
+            earliest_deadline: None,
+        }
+    }
+
+    /// A new connection `conn` was accepted at `now`.
+    pub fn connected(&mut self, conn: ConnId, now: Instant) {
+        if self.sessions.len() <= conn {
+            self.sessions.resize_with(conn + 1, || None);
+        }
+        self.sessions[conn] = Some(Session {
+            id: 0,
+            role: Role::Anonymous,
+            connected_at: now,
+            seq: SeqCounter::new(),
+            awaiting_ack: VecDeque::new(),
+            leaving: false,
+        });
+        self.note_deadline(now + self.limits.handshake_timeout);
+    }
+
+    /// The client's id, once it has identified.
+    pub fn client_id(&self, conn: ConnId) -> Option<ClientId> {
+        let session = self.session(conn)?;
+        (!matches!(session.role, Role::Anonymous)).then_some(session.id)
+    }
+
+    /// Whether the event loop should decode more frames from `conn` now
+    /// (false while flow control holds an emitter back, or after its FLW).
+    pub fn accepts_input(&self, conn: ConnId) -> bool {
+        match self.session(conn).map(|s| &s.role) {
+            Some(Role::Emitter {
+                paused, finished, ..
+            }) => !paused && !finished,
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Number of connections the router knows (identified or not).
+    pub fn connection_count(&self) -> usize {
+        self.sessions.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Number of identified clients.
+    pub fn client_count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// When `tick` next has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.earliest_deadline
+    }
+
+    /// One decoded frame arrived on `conn`.
+    pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
+        let Some(session) = self.session(conn) else {
+            return;
+        };
+        let id = session.id;
+        match &session.role {
+            Role::Anonymous if frame.kind == Kind::Oi => self.identify(conn, &frame, out),
+            Role::Anonymous => {
+                // Rule 1: nothing but OI before identification.
+                warn!(conn, kind = %frame.kind, "frame before OI");
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, frame.seq));
+                self.close(conn, CloseReason::NotIdentified, out);
+            }
+            Role::Emitter { finished: true, .. } => {
+                debug!(conn, id, "ignoring a frame after FLW");
+            }
+            // Rule 1: a second OI is refused but the client keeps its id.
+            _ if frame.kind == Kind::Oi => {
+                debug!(conn, id, "second OI");
+                self.reply(conn, frame.seq, false, out);
+            }
+            // Rule 2: the origin must be the connection's own id.
+            _ if frame.origin != id => {
+                warn!(conn, id, claimed = frame.origin, kind = %frame.kind, "spoofed origin");
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
+                self.close(conn, CloseReason::Spoofed, out);
+            }
+            Role::Emitter { .. } => self.from_emitter(conn, frame, now, out),
+            Role::Exhibitor { .. } => self.from_exhibitor(conn, frame, out),
+        }
+    }
+
+    /// Bytes on `conn` named no known frame type (rule 7): ERRO and close,
+    /// since the stream can no longer be framed.
+    pub fn on_undecodable(&mut self, conn: ConnId, header: Header, out: &mut impl Outbox) {
+        if self.session(conn).is_none() {
+            return;
+        }
+        let id = self.client_id(conn).unwrap_or(0);
+        warn!(conn, id, kind = header.kind, "unknown frame type");
+        out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, header.seq));
+        self.close(conn, CloseReason::BadFrame, out);
+    }
+
+    /// `conn` is gone (peer closed, I/O error, or dropped by the event loop);
+    /// everything that depended on it is settled.
+    pub fn disconnected(&mut self, conn: ConnId, out: &mut impl Outbox) {
+        self.forget(conn, out);
+    }
+
+    /// Enforces the handshake and ack timeouts that have passed by `now`.
+    pub fn tick(&mut self, now: Instant, out: &mut impl Outbox) {
+        match self.earliest_deadline {
+            Some(deadline) if deadline <= now => {}
+            _ => return,
+        }
+        let mut expired = Vec::new();
+        let mut earliest: Option<Instant> = None;
+        for (conn, session) in self.sessions.iter().enumerate() {
+            let Some(session) = session else { continue };
+            let deadline = match session.role {
+                Role::Anonymous => Some(session.connected_at + self.limits.handshake_timeout),
+                _ => session.awaiting_ack.front().map(|d| d.deadline),
+            };
+            match deadline {
+                Some(d) if d <= now => expired.push(conn),
+                Some(d) => earliest = Some(earliest.map_or(d, |e| e.min(d))),
+                None => {}
+            }
+        }
+        self.earliest_deadline = earliest;
+        for conn in expired {
+            let Some(session) = self.session(conn) else {
+                continue;
+            };
+            let reason = if matches!(session.role, Role::Anonymous) {
+                CloseReason::HandshakeTimeout
+            } else {
+                CloseReason::Unresponsive
+            };
+            warn!(conn, id = session.id, %reason, "timed out");
+            self.close(conn, reason, out);
+        }
+    }
+
+    /// Rule 8: FLW to every identified client (each closes on its OK);
+    /// connections that never identified are closed at once.
+    pub fn shutdown(&mut self, now: Instant, out: &mut impl Outbox) {
+        for conn in 0..self.sessions.len() {
+            let Some(session) = self.session(conn) else {
+                continue;
+            };
+            if matches!(session.role, Role::Anonymous) {
+                self.close(conn, CloseReason::Shutdown, out);
+            } else if !session.leaving {
+                self.dismiss(conn, now, out);
+            }
+        }
+    }
+
+    /// True once no connection is left.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.iter().all(Option::is_none)
+    }
+
+    // ---- identification -------------------------------------------------
+
+    /// Rule 1.
+    fn identify(&mut self, conn: ConnId, oi: &Frame, out: &mut impl Outbox) {
+        let wanted_exhibitor = oi.origin;
+        let assigned = if wanted_exhibitor == 0 {
+            self.free_exhibitor_ids.pop_first().ok_or("no exhibitor id free")
+        } else {
+            let pairing = if is_exhibitor_id(wanted_exhibitor) {
+                match self.ids.get(&wanted_exhibitor).copied() {
+                    None => Err("no such exhibitor"),
+                    Some(ex) => match self.sessions[ex].as_ref().map(|s| (&s.role, s.leaving)) {
+                        Some((Role::Exhibitor { emitter: None }, false)) => Ok(Some(ex)),
+                        Some((_, true)) => Err("exhibitor is leaving"),
+                        _ => Err("exhibitor already paired"),
+                    },
+                }
+            } else {
+                Ok(None)
+            };
+            pairing.and_then(|pair| {
+                let id = self
+                    .free_emitter_ids
+                    .pop_first()
+                    .ok_or("no emitter id free")?;
+                Ok((id, pair))
+            })
+            .map(|(id, pair)| {
+                self.pair_emitter(conn, id, pair);
+                id
+            })
+        };
+        match assigned {
+            Ok(id) => {
+                self.ids.insert(id, conn);
+                let session = self.session_mut(conn).expect("identify on a live session");
+                session.id = id;
+                if is_exhibitor_id(id) {
+                    session.role = Role::Exhibitor { emitter: None };
+                }
+                match &session.role {
+                    Role::Emitter {
+                        exhibitor: Some(_), ..
+                    } => info!(conn, id, exhibitor = wanted_exhibitor, "emitter identified, paired"),
+                    Role::Emitter { .. } => info!(conn, id, "emitter identified"),
+                    _ => info!(conn, id, "exhibitor identified"),
+                }
+                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+            }
+            Err(why) => {
+                warn!(conn, requested = wanted_exhibitor, why, "OI refused");
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
+                self.close(conn, CloseReason::Refused, out);
+            }
+        }
+    }
+
+    fn pair_emitter(&mut self, conn: ConnId, id: ClientId, exhibitor: Option<ConnId>) {
+        let session = self.session_mut(conn).expect("pairing a live session");
+        session.id = id;
+        session.role = Role::Emitter {
+            exhibitor,
+            replies: VecDeque::new(),
+            paused: false,
+            finished: false,
+        };
+        if let Some(ex) = exhibitor
+            && let Some(Role::Exhibitor { emitter }) = self.session_mut(ex).map(|s| &mut s.role)
+        {
+            *emitter = Some(conn);
+        }
+    }
+
+    // ---- frames from identified clients ----------------------------------
+
+    fn from_emitter(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
+        match frame.kind {
+            Kind::Msg | Kind::Creq => self.request(conn, frame, now, out),
+            Kind::Flw => {
+                // Rule 6: the OK goes out after every earlier reply, then the close.
+                self.push_reply(conn, frame.seq, 0, true);
+                if let Some(Role::Emitter { finished, .. }) =
+                    self.session_mut(conn).map(|s| &mut s.role)
+                {
+                    *finished = true;
+                }
+                self.flush_replies(conn, out);
+            }
+            // Rule 7: acks from an emitter only matter for the server's FLW.
+            Kind::Ok | Kind::Erro => self.acknowledged(conn, &frame, out),
+            Kind::Clist => self.bad_frame(conn, &frame, out),
+            Kind::Oi => unreachable!("OI is handled before dispatch"),
+        }
+    }
+
+    fn from_exhibitor(&mut self, conn: ConnId, frame: Frame, out: &mut impl Outbox) {
+        let id = frame.origin;
+        match frame.kind {
+            Kind::Ok | Kind::Erro => self.acknowledged(conn, &frame, out),
+            Kind::Flw => {
+                // Rule 6: OK, close; its emitter becomes unpaired.
+                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, frame.seq));
+                self.close(conn, CloseReason::Left, out);
+            }
+            // Rule 3 and 5: only emitters send MSG and CREQ.
+            Kind::Msg | Kind::Creq => {
+                debug!(conn, id, kind = %frame.kind, "request from an exhibitor refused");
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
+            }
+            Kind::Clist => self.bad_frame(conn, &frame, out),
+            Kind::Oi => unreachable!("OI is handled before dispatch"),
+        }
+    }
+
+    fn bad_frame(&mut self, conn: ConnId, frame: &Frame, out: &mut impl Outbox) {
+        warn!(conn, id = frame.origin, kind = %frame.kind, "frame a client may not send");
+        out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, frame.origin, frame.seq));
+        self.close(conn, CloseReason::BadFrame, out);
+    }
+
+    /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
+    fn request(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
+        let targets = self.targets(frame.dest);
+        let serial = self.push_reply(conn, frame.seq, targets.len() as u32, false);
+        if targets.is_empty() {
+            debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
+        }
+        let clist = (frame.kind == Kind::Creq).then(|| self.ids.keys().copied().collect::<Vec<_>>());
+        let deadline = now + self.limits.ack_timeout;
+        for target in targets {
+            let session = self.session_mut(target).expect("targets are live");
+            let seq = match &clist {
+                None => {
+                    out.send(target, &frame);
+                    frame.seq
+                }
+                Some(ids) => {
+                    let seq = session.seq.next_seq();
+                    let list = Frame::clist(SERVER_ID, frame.dest, seq, ids.clone())
+                        .expect("at most 8191 clients");
+                    out.send(target, &list);
+                    seq
+                }
+            };
+            session.awaiting_ack.push_back(Delivery {
+                seq,
+                deadline,
+                purpose: Purpose::Request {
+                    emitter: conn,
+                    serial,
+                },
+            });
+            self.note_deadline(deadline);
+        }
+        self.flush_replies(conn, out);
+    }
+
+    /// The exhibitors a MSG or CREQ with destination `dest` goes to.
+    fn targets(&self, dest: ClientId) -> Vec<ConnId> {
+        let live_exhibitor = |conn: &ConnId| {
+            self.session(*conn)
+                .is_some_and(|s| !s.leaving && matches!(s.role, Role::Exhibitor { .. }))
+        };
+        if dest == 0 {
+            return self
+                .ids
+                .range(EXHIBITOR_IDS)
+                .map(|(_, conn)| *conn)
+                .filter(live_exhibitor)
+                .collect();
+        }
+        let Some(&conn) = self.ids.get(&dest) else {
+            return Vec::new();
+        };
+        let target = if is_emitter_id(dest) {
+            match self.session(conn).map(|s| &s.role) {
+                Some(Role::Emitter {
+                    exhibitor: Some(ex),
+                    ..
+                }) => *ex,
+                _ => return Vec::new(),
+            }
+        } else {
+            conn
+        };
+        if live_exhibitor(&target) {
+            vec![target]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// An OK or ERRO from `conn` settles the oldest frame it was sent (rule 4).
+    fn acknowledged(&mut self, conn: ConnId, ack: &Frame, out: &mut impl Outbox) {
+        let session = self.session_mut(conn).expect("ack on a live session");
+        let Some(delivery) = session.awaiting_ack.pop_front() else {
+            debug!(conn, id = session.id, seq = ack.seq, "ack with nothing outstanding ignored");
+            return;
+        };
+        if delivery.seq != ack.seq {
+            warn!(conn, id = session.id, expected = delivery.seq, got = ack.seq, "ack sequence mismatch");
+        }
+        match delivery.purpose {
+            Purpose::Farewell => self.close(conn, CloseReason::Dismissed, out),
+            Purpose::Request { emitter, serial } => {
+                self.settle(emitter, serial, ack.kind == Kind::Ok, out)
+            }
+        }
+    }
+
+    // ---- emitter replies --------------------------------------------------
+
+    /// Queues the reply owed for request `seq`; pauses input at the limit.
+    fn push_reply(&mut self, conn: ConnId, seq: u16, outstanding: u32, closes: bool) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let max_inflight = self.limits.max_inflight;
+        if let Some(Role::Emitter {
+            replies, paused, ..
+        }) = self.session_mut(conn).map(|s| &mut s.role)
+        {
+            replies.push_back(PendingReply {
+                serial,
+                seq,
+                outstanding,
+                any_ok: false,
+                closes,
+            });
+            if replies.len() >= max_inflight {
+                *paused = true;
+            }
+        }
+        serial
+    }
+
+    /// A reply to a client that has no requests in flight goes out at once;
+    /// an emitter's waits its turn behind earlier requests.
+    fn reply(&mut self, conn: ConnId, seq: u16, ok: bool, out: &mut impl Outbox) {
+        let Some(session) = self.session(conn) else {
+            return;
+        };
+        if matches!(session.role, Role::Emitter { .. }) {
+            let serial = self.push_reply(conn, seq, 1, false);
+            self.settle(conn, serial, ok, out);
+        } else {
+            let kind = if ok { Kind::Ok } else { Kind::Erro };
+            out.send(conn, &Frame::bare(kind, SERVER_ID, session.id, seq));
+        }
+    }
+
+    fn settle(&mut self, emitter: ConnId, serial: u64, ok: bool, out: &mut impl Outbox) {
+        let Some(Role::Emitter { replies, .. }) = self.session_mut(emitter).map(|s| &mut s.role)
+        else {
+            return; // the emitter left; its replies went with it
+        };
+        let Ok(index) = replies.binary_search_by_key(&serial, |r| r.serial) else {
+            return;
+        };
+        let reply = &mut replies[index];
+        reply.outstanding = reply.outstanding.saturating_sub(1);
+        reply.any_ok |= ok;
+        self.flush_replies(emitter, out);
+    }
+
+    /// Sends every settled reply at the head of the emitter's queue.
+    fn flush_replies(&mut self, emitter: ConnId, out: &mut impl Outbox) {
+        let max_inflight = self.limits.max_inflight;
+        let Some(session) = self.session_mut(emitter) else {
+            return;
+        };
+        let id = session.id;
+        let Role::Emitter {
+            replies,
+            paused,
+            finished,
+            ..
+        } = &mut session.role
+        else {
+            return;
+        };
+        let mut closes = false;
+        while replies.front().is_some_and(|r| r.outstanding == 0) {
+            let reply = replies.pop_front().expect("front checked");
+            let kind = if reply.any_ok || reply.closes { Kind::Ok } else { Kind::Erro };
+            out.send(emitter, &Frame::bare(kind, SERVER_ID, id, reply.seq));
+            if reply.closes {
+                closes = true;
+                break;
+            }
+        }
+        if *paused && replies.len() < max_inflight && !*finished {
+            *paused = false;
+            out.resume_input(emitter);
+        }
+        if closes {
+            self.close(emitter, CloseReason::Left, out);
+        }
+    }
+
+    // ---- departures -------------------------------------------------------
+
+    /// Sends the server's FLW to `conn`; it is closed on its OK (or at the
+    /// ack timeout).
+    fn dismiss(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
+        let deadline = now + self.limits.ack_timeout;
+        let Some(session) = self.session_mut(conn) else {
+            return;
+        };
+        let seq = session.seq.next_seq();
+        session.leaving = true;
+        session.awaiting_ack.push_back(Delivery {
+            seq,
+            deadline,
+            purpose: Purpose::Farewell,
+        });
+        out.send(conn, &Frame::bare(Kind::Flw, SERVER_ID, session.id, seq));
+        self.note_deadline(deadline);
+    }
+
+    /// Closes `conn` from the router's side.
+    fn close(&mut self, conn: ConnId, reason: CloseReason, out: &mut impl Outbox) {
+        if let Some(id) = self.forget(conn, out) {
+            out.close(conn, id, reason);
+        }
+    }
+
+    /// Drops `conn` and settles everything that depended on it. Returns its
+    /// id (0 if it never identified), or None if it was already gone.
+    fn forget(&mut self, conn: ConnId, out: &mut impl Outbox) -> Option<ClientId> {
+        let session = self.sessions.get_mut(conn).and_then(Option::take)?;
+        let id = session.id;
+        let now = Instant::now();
+        match session.role {
+            Role::Anonymous => {}
+            Role::Emitter { exhibitor, .. } => {
+                self.ids.remove(&session.id);
+                self.free_emitter_ids.insert(session.id);
+                // Rule 6: the paired exhibitor is told to leave too.
+                if let Some(ex) = exhibitor {
+                    if let Some(Role::Exhibitor { emitter }) =
+                        self.session_mut(ex).map(|s| &mut s.role)
+                    {
+                        *emitter = None;
+                    }
+                    if self.session(ex).is_some_and(|s| !s.leaving) {
+                        self.dismiss(ex, now, out);
+                    }
+                }
+            }
+            Role::Exhibitor { emitter } => {
+                self.ids.remove(&session.id);
+                self.free_exhibitor_ids.insert(session.id);
+                if let Some(em) = emitter
+                    && let Some(Role::Emitter { exhibitor, .. }) =
+                        self.session_mut(em).map(|s| &mut s.role)
+                {
+                    *exhibitor = None;
+                }
+                // Rule 6: its unsettled deliveries fail.
+                for delivery in session.awaiting_ack {
+                    if let Purpose::Request { emitter, serial } = delivery.purpose {
+                        self.settle(emitter, serial, false, out);
+                    }
+                }
+            }
+        }
+        Some(id)
+    }
+
+    // ---- helpers ------------------------------------------------------------
+
+    fn note_deadline(&mut self, deadline: Instant) {
+        self.earliest_deadline = Some(self.earliest_deadline.map_or(deadline, |e| e.min(deadline)));
+    }
+
+    fn session(&self, conn: ConnId) -> Option<&Session> {
+        self.sessions.get(conn)?.as_ref()
+    }
+
+    fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
+        self.sessions.get_mut(conn)?.as_mut()
+    }
+}

@@ -1,0 +1,9 @@
+//! All integration tests build as one binary (faster to link, one place to
+//! list them). `util` is the harness; each other module covers one layer.
+
+mod util;
+
+mod cli;
+mod codec;
+mod raw;
+mod router;
