@@ -175,6 +175,8 @@ pub struct Router {
     next_serial: u64,
     /// No deadline falls before this; `tick` does nothing until then.
     earliest_deadline: Option<Instant>,
+    /// The time of the call being handled; the router reads no clock itself.
+    now: Instant,
 }
 
 impl Router {
@@ -187,11 +189,13 @@ impl Router {
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
             next_serial: 0,
             earliest_deadline: None,
+            now: Instant::now(),
         }
     }
 
     /// A new connection `conn` was accepted at `now`.
     pub fn connected(&mut self, conn: ConnId, now: Instant) {
+        self.now = now;
         if self.sessions.len() <= conn {
             self.sessions.resize_with(conn + 1, || None);
         }
@@ -241,6 +245,7 @@ impl Router {
 
     /// One decoded frame arrived on `conn`.
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
+        self.now = now;
         let Some(session) = self.session(conn) else {
             return;
         };
@@ -286,12 +291,14 @@ impl Router {
 
     /// `conn` is gone (peer closed, I/O error, or dropped by the event loop);
     /// everything that depended on it is settled.
-    pub fn disconnected(&mut self, conn: ConnId, out: &mut impl Outbox) {
+    pub fn disconnected(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
+        self.now = now;
         self.forget(conn, out);
     }
 
     /// Enforces the handshake and ack timeouts that have passed by `now`.
     pub fn tick(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.now = now;
         match self.earliest_deadline {
             Some(deadline) if deadline <= now => {}
             _ => return,
@@ -328,6 +335,7 @@ impl Router {
     /// Rule 8: FLW to every identified client (each closes on its OK);
     /// connections that never identified are closed at once.
     pub fn shutdown(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.now = now;
         for conn in 0..self.sessions.len() {
             let Some(session) = self.session(conn) else {
                 continue;
@@ -676,7 +684,7 @@ impl Router {
     fn forget(&mut self, conn: ConnId, out: &mut impl Outbox) -> Option<ClientId> {
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
         let id = session.id;
-        let now = Instant::now();
+        let now = self.now;
         match session.role {
             Role::Anonymous => {}
             Role::Emitter { exhibitor, .. } => {

@@ -432,7 +432,7 @@ impl Server {
             {
                 closing.id = id;
             }
-            self.router.disconnected(conn, &mut self.wire);
+            self.router.disconnected(conn, Instant::now(), &mut self.wire);
         }
     }
 

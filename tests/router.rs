@@ -1,1 +1,663 @@
-//! placeholder
+//! The routing rules without sockets: each test feeds frames to a
+//! [`Router`] and asserts the frames and closes it emits. Test names carry the
+//! rule number from PROTOCOL.md.
+
+use evchat::proto::{Body, ClientId, Frame, Header, Kind, SERVER_ID};
+use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    Sent(ConnId, Frame),
+    Closed(ConnId, ClientId, CloseReason),
+    Resumed(ConnId),
+}
+
+#[derive(Default)]
+struct Recorder {
+    events: Vec<Event>,
+}
+
+impl Outbox for Recorder {
+    fn send(&mut self, to: ConnId, frame: &Frame) {
+        self.events.push(Event::Sent(to, frame.clone()));
+    }
+    fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
+        self.events.push(Event::Closed(conn, id, reason));
+    }
+    fn resume_input(&mut self, conn: ConnId) {
+        self.events.push(Event::Resumed(conn));
+    }
+}
+
+/// A router with a fixed clock and a recorder, plus shorthand for frames.
+struct Harness {
+    router: Router,
+    out: Recorder,
+    now: Instant,
+}
+
+fn ok(origin: ClientId, dest: ClientId, seq: u16) -> Frame {
+    Frame::bare(Kind::Ok, origin, dest, seq)
+}
+fn erro(origin: ClientId, dest: ClientId, seq: u16) -> Frame {
+    Frame::bare(Kind::Erro, origin, dest, seq)
+}
+fn oi(origin: ClientId) -> Frame {
+    Frame::bare(Kind::Oi, origin, SERVER_ID, 0)
+}
+fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &str) -> Frame {
+    Frame::msg(origin, dest, seq, text.as_bytes().to_vec()).unwrap()
+}
+fn sent(to: ConnId, frame: Frame) -> Event {
+    Event::Sent(to, frame)
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(Limits::default())
+    }
+
+    fn with(limits: Limits) -> Harness {
+        Harness {
+            router: Router::new(limits),
+            out: Recorder::default(),
+            now: Instant::now(),
+        }
+    }
+
+    /// Feeds one frame and returns what the router did.
+    fn feed(&mut self, conn: ConnId, frame: Frame) -> Vec<Event> {
+        self.router.on_frame(conn, frame, self.now, &mut self.out);
+        std::mem::take(&mut self.out.events)
+    }
+
+    fn connect(&mut self, conn: ConnId) {
+        self.router.connected(conn, self.now);
+    }
+
+    /// Connects `conn` as an exhibitor; returns its id.
+    fn exhibitor(&mut self, conn: ConnId) -> ClientId {
+        self.connect(conn);
+        let events = self.feed(conn, oi(0));
+        let [Event::Sent(c, reply)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((*c, reply.kind), (conn, Kind::Ok));
+        reply.dest
+    }
+
+    /// Connects `conn` as an emitter with OI origin `origin`; returns its id.
+    fn emitter(&mut self, conn: ConnId, origin: ClientId) -> ClientId {
+        self.connect(conn);
+        let events = self.feed(conn, oi(origin));
+        let [Event::Sent(c, reply)] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((*c, reply.kind), (conn, Kind::Ok));
+        reply.dest
+    }
+
+    fn disconnect(&mut self, conn: ConnId) -> Vec<Event> {
+        self.router.disconnected(conn, self.now, &mut self.out);
+        std::mem::take(&mut self.out.events)
+    }
+
+    fn tick_after(&mut self, elapsed: Duration) -> Vec<Event> {
+        self.now += elapsed;
+        self.router.tick(self.now, &mut self.out);
+        std::mem::take(&mut self.out.events)
+    }
+}
+
+// ---- rule 1: OI ---------------------------------------------------------------
+
+#[test]
+fn rule1_exhibitor_gets_lowest_free_exhibitor_id_in_ok_dest() {
+    let mut h = Harness::new();
+    h.connect(0);
+    assert_eq!(h.feed(0, oi(0)), vec![sent(0, ok(SERVER_ID, 4096, 0))]);
+    assert_eq!(h.exhibitor(1), 4097);
+    assert_eq!(h.router.client_id(0), Some(4096));
+}
+
+#[test]
+fn rule1_ok_echoes_the_oi_sequence_number() {
+    let mut h = Harness::new();
+    h.connect(0);
+    let events = h.feed(0, Frame::bare(Kind::Oi, 0, SERVER_ID, 77));
+    assert_eq!(events, vec![sent(0, ok(SERVER_ID, 4096, 77))]);
+}
+
+#[test]
+fn rule1_non_zero_origin_makes_an_emitter_paired_only_with_an_exhibitor_id() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    assert_eq!(h.emitter(1, 1), 1);
+    assert_eq!(h.emitter(2, 9000), 2);
+    assert_eq!(h.emitter(3, ex), 3);
+    // Only the emitter that named the exhibitor reaches it through its id.
+    assert_eq!(h.feed(1, msg(1, 1, 1, "x")), vec![sent(1, erro(SERVER_ID, 1, 1))]);
+    let m = msg(3, 3, 1, "x");
+    assert_eq!(h.feed(3, m.clone()), vec![sent(0, m)]);
+}
+
+#[test]
+fn rule1_pairing_with_an_absent_exhibitor_is_refused_with_erro_and_close() {
+    let mut h = Harness::new();
+    h.connect(0);
+    assert_eq!(
+        h.feed(0, oi(4100)),
+        vec![
+            sent(0, erro(SERVER_ID, 0, 0)),
+            Event::Closed(0, 0, CloseReason::Refused)
+        ]
+    );
+    // The refused connection did not consume an id.
+    assert_eq!(h.emitter(1, 1), 1);
+}
+
+#[test]
+fn rule1_an_exhibitor_takes_at_most_one_emitter() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    h.emitter(1, ex);
+    h.connect(2);
+    assert_eq!(
+        h.feed(2, oi(ex)),
+        vec![
+            sent(2, erro(SERVER_ID, 0, 0)),
+            Event::Closed(2, 0, CloseReason::Refused)
+        ]
+    );
+}
+
+#[test]
+fn rule1_second_oi_gets_erro_and_the_connection_is_kept() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let again = Frame::bare(Kind::Oi, 0, SERVER_ID, 3);
+    assert_eq!(h.feed(0, again), vec![sent(0, erro(SERVER_ID, ex, 3))]);
+    let em = h.emitter(1, 1);
+    let again = Frame::bare(Kind::Oi, em, SERVER_ID, 1);
+    assert_eq!(h.feed(1, again), vec![sent(1, erro(SERVER_ID, em, 1))]);
+    assert_eq!(h.router.client_id(0), Some(ex));
+    assert_eq!(h.router.client_id(1), Some(em));
+}
+
+#[test]
+fn rule1_any_frame_before_oi_gets_erro_and_close() {
+    for kind in [Kind::Msg, Kind::Creq, Kind::Flw, Kind::Ok, Kind::Erro, Kind::Clist] {
+        let mut h = Harness::new();
+        h.connect(0);
+        let frame = match kind {
+            Kind::Msg => msg(1, 0, 5, "hi"),
+            Kind::Clist => Frame::clist(1, 0, 5, vec![1]).unwrap(),
+            k => Frame::bare(k, 1, SERVER_ID, 5),
+        };
+        assert_eq!(
+            h.feed(0, frame),
+            vec![
+                sent(0, erro(SERVER_ID, 0, 5)),
+                Event::Closed(0, 0, CloseReason::NotIdentified)
+            ],
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn rule1_when_ids_run_out_the_next_oi_is_refused_and_freed_ids_are_reused() {
+    let mut h = Harness::new();
+    for conn in 0..4095 {
+        h.emitter(conn, 1);
+    }
+    for conn in 4095..8191 {
+        h.exhibitor(conn);
+    }
+    assert_eq!(h.router.client_count(), 8191);
+    for (conn, origin) in [(9000, 1), (9001, 0)] {
+        h.connect(conn);
+        assert_eq!(
+            h.feed(conn, oi(origin)),
+            vec![
+                sent(conn, erro(SERVER_ID, 0, 0)),
+                Event::Closed(conn, 0, CloseReason::Refused)
+            ]
+        );
+    }
+    h.disconnect(41); // emitter id 42
+    h.disconnect(4095 + 7); // exhibitor id 4103
+    assert_eq!(h.emitter(9002, 1), 42);
+    assert_eq!(h.exhibitor(9003), 4103);
+}
+
+// ---- rule 2: anti-spoofing ------------------------------------------------------
+
+#[test]
+fn rule2_a_spoofed_origin_gets_erro_with_the_real_id_and_close_and_is_not_forwarded() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    let _other = h.emitter(2, 1);
+    assert_eq!(
+        h.feed(1, msg(2, ex, 1, "as someone else")),
+        vec![
+            sent(1, erro(SERVER_ID, em, 1)),
+            Event::Closed(1, em, CloseReason::Spoofed)
+        ]
+    );
+    // An exhibitor cannot ack under another id either.
+    assert_eq!(
+        h.feed(0, ok(4097, SERVER_ID, 0)),
+        vec![
+            sent(0, erro(SERVER_ID, ex, 0)),
+            Event::Closed(0, ex, CloseReason::Spoofed)
+        ]
+    );
+}
+
+// ---- rule 3: MSG ------------------------------------------------------------------
+
+#[test]
+fn rule3_broadcast_goes_to_every_exhibitor_unchanged() {
+    let mut h = Harness::new();
+    h.exhibitor(0);
+    h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    let m = msg(em, 0, 1, "all");
+    assert_eq!(h.feed(2, m.clone()), vec![sent(0, m.clone()), sent(1, m)]);
+}
+
+#[test]
+fn rule3_unicast_goes_to_the_named_exhibitor_only() {
+    let mut h = Harness::new();
+    h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    let m = msg(em, ex2, 1, "you");
+    assert_eq!(h.feed(2, m.clone()), vec![sent(1, m)]);
+}
+
+#[test]
+fn rule3_an_emitter_id_routes_to_its_paired_exhibitor() {
+    let mut h = Harness::new();
+    h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let paired = h.emitter(2, ex2);
+    let other = h.emitter(3, 1);
+    let m = msg(other, paired, 1, "via emitter");
+    assert_eq!(h.feed(3, m.clone()), vec![sent(1, m)]);
+}
+
+#[test]
+fn rule3_no_target_gets_erro_at_once() {
+    let mut h = Harness::new();
+    let em = h.emitter(0, 1);
+    // Broadcast with no exhibitor connected.
+    assert_eq!(h.feed(0, msg(em, 0, 1, "x")), vec![sent(0, erro(SERVER_ID, em, 1))]);
+    h.exhibitor(1);
+    let unpaired = h.emitter(2, 1);
+    for (seq, dest) in [(2, 4200), (3, unpaired), (4, 77), (5, SERVER_ID), (6, 9000)] {
+        assert_eq!(
+            h.feed(0, msg(em, dest, seq, "x")),
+            vec![sent(0, erro(SERVER_ID, em, seq))],
+            "dest {dest}"
+        );
+    }
+}
+
+#[test]
+fn rule3_msg_from_an_exhibitor_gets_erro_and_the_connection_is_kept() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    assert_eq!(h.feed(0, msg(ex, ex2, 1, "x")), vec![sent(0, erro(SERVER_ID, ex, 1))]);
+    assert_eq!(h.router.client_id(0), Some(ex));
+}
+
+// ---- rule 4: end-to-end acknowledgement -----------------------------------------------
+
+#[test]
+fn rule4_the_emitter_reply_waits_for_every_target_and_is_ok_if_any_said_ok() {
+    let mut h = Harness::new();
+    let ex1 = h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    h.feed(2, msg(em, 0, 1, "x"));
+    assert_eq!(h.feed(0, erro(ex1, em, 1)), vec![]);
+    assert_eq!(h.feed(1, ok(ex2, em, 1)), vec![sent(2, ok(SERVER_ID, em, 1))]);
+}
+
+#[test]
+fn rule4_erro_when_every_target_refused() {
+    let mut h = Harness::new();
+    let ex1 = h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    h.feed(2, msg(em, 0, 1, "x"));
+    assert_eq!(h.feed(0, erro(ex1, em, 1)), vec![]);
+    assert_eq!(h.feed(1, erro(ex2, em, 1)), vec![sent(2, erro(SERVER_ID, em, 1))]);
+}
+
+#[test]
+fn rule4_replies_to_one_emitter_go_out_in_request_order() {
+    let mut h = Harness::new();
+    let ex1 = h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    h.feed(2, msg(em, ex1, 1, "slow"));
+    h.feed(2, msg(em, ex2, 2, "fast"));
+    // No target: settled at once, but queued behind #1 and #2.
+    assert_eq!(h.feed(2, msg(em, 4500, 3, "nobody")), vec![]);
+    assert_eq!(h.feed(1, ok(ex2, em, 2)), vec![]);
+    assert_eq!(
+        h.feed(0, ok(ex1, em, 1)),
+        vec![
+            sent(2, ok(SERVER_ID, em, 1)),
+            sent(2, ok(SERVER_ID, em, 2)),
+            sent(2, erro(SERVER_ID, em, 3))
+        ]
+    );
+}
+
+#[test]
+fn rule4_each_ack_settles_the_oldest_delivery_even_with_a_wrong_seq_or_dest() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    h.feed(1, msg(em, ex, 1, "a"));
+    h.feed(1, msg(em, ex, 2, "b"));
+    assert_eq!(h.feed(0, ok(ex, 1234, 99)), vec![sent(1, ok(SERVER_ID, em, 1))]);
+    assert_eq!(h.feed(0, erro(ex, 0, 2)), vec![sent(1, erro(SERVER_ID, em, 2))]);
+    // An ack with nothing outstanding is ignored, the connection kept.
+    assert_eq!(h.feed(0, ok(ex, em, 3)), vec![]);
+    assert_eq!(h.router.client_id(0), Some(ex));
+}
+
+#[test]
+fn rule4_a_target_that_disconnects_settles_as_failed() {
+    let mut h = Harness::new();
+    h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    h.feed(2, msg(em, 0, 1, "x"));
+    assert_eq!(h.disconnect(0), vec![]);
+    assert_eq!(h.feed(1, ok(ex2, em, 1)), vec![sent(2, ok(SERVER_ID, em, 1))]);
+    h.feed(2, msg(em, ex2, 2, "y"));
+    assert_eq!(h.disconnect(1), vec![sent(2, erro(SERVER_ID, em, 2))]);
+}
+
+#[test]
+fn rule4_an_exhibitor_silent_past_the_ack_timeout_is_dropped_and_the_request_fails() {
+    let mut h = Harness::with(Limits {
+        ack_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    });
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    h.feed(1, msg(em, ex, 1, "x"));
+    assert_eq!(h.tick_after(Duration::from_millis(1999)), vec![]);
+    assert_eq!(
+        h.tick_after(Duration::from_millis(1)),
+        vec![
+            sent(1, erro(SERVER_ID, em, 1)),
+            Event::Closed(0, ex, CloseReason::Unresponsive)
+        ]
+    );
+}
+
+// ---- rule 5: CREQ -------------------------------------------------------------------
+
+#[test]
+fn rule5_creq_sends_clist_of_every_client_ascending_with_the_server_seq() {
+    let mut h = Harness::new();
+    let ex1 = h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, ex2);
+    let creq = Frame::bare(Kind::Creq, em, ex2, 1);
+    let clist = |seq| Frame::clist(SERVER_ID, ex2, seq, vec![em, ex1, ex2]).unwrap();
+    assert_eq!(h.feed(2, creq), vec![sent(1, clist(0))]);
+    // The server numbers its own frames to each connection: 0, 1, ...
+    h.feed(2, Frame::bare(Kind::Creq, em, ex2, 2));
+    assert_eq!(h.out.events, vec![]);
+    assert_eq!(h.feed(1, ok(ex2, SERVER_ID, 0)), vec![sent(2, ok(SERVER_ID, em, 1))]);
+    // CREQ to the emitter's own id reaches its exhibitor, CLIST dest = that id.
+    let events = h.feed(2, Frame::bare(Kind::Creq, em, em, 3));
+    let [Event::Sent(1, list)] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!((list.kind, list.dest, list.seq), (Kind::Clist, em, 2));
+    // Broadcast CREQ: one CLIST per exhibitor, dest 0.
+    let events = h.feed(2, Frame::bare(Kind::Creq, em, 0, 4));
+    let targets: Vec<_> = events
+        .iter()
+        .map(|e| match e {
+            Event::Sent(to, f) => (*to, f.kind, f.dest, f.body.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let all = Body::Clients(vec![em, ex1, ex2]);
+    assert_eq!(
+        targets,
+        vec![(0, Kind::Clist, 0, all.clone()), (1, Kind::Clist, 0, all)]
+    );
+}
+
+#[test]
+fn rule5_creq_with_no_target_gets_erro() {
+    let mut h = Harness::new();
+    let em = h.emitter(0, 1);
+    let creq = Frame::bare(Kind::Creq, em, 4096, 1);
+    assert_eq!(h.feed(0, creq), vec![sent(0, erro(SERVER_ID, em, 1))]);
+}
+
+// ---- rule 6: FLW --------------------------------------------------------------------
+
+#[test]
+fn rule6_emitter_flw_gets_ok_and_close_and_its_exhibitor_gets_flw() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, ex);
+    assert_eq!(
+        h.feed(1, Frame::bare(Kind::Flw, em, SERVER_ID, 1)),
+        vec![
+            sent(1, ok(SERVER_ID, em, 1)),
+            sent(0, Frame::bare(Kind::Flw, SERVER_ID, ex, 0)),
+            Event::Closed(1, em, CloseReason::Left)
+        ]
+    );
+    // The exhibitor is closed on its OK.
+    assert_eq!(
+        h.feed(0, ok(ex, SERVER_ID, 0)),
+        vec![Event::Closed(0, ex, CloseReason::Dismissed)]
+    );
+    assert!(h.router.is_empty());
+}
+
+#[test]
+fn rule6_emitter_flw_ok_waits_behind_earlier_replies() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    h.feed(1, msg(em, ex, 1, "x"));
+    assert_eq!(h.feed(1, Frame::bare(Kind::Flw, em, SERVER_ID, 2)), vec![]);
+    assert!(!h.router.accepts_input(1), "nothing is read after FLW");
+    assert_eq!(
+        h.feed(0, ok(ex, em, 1)),
+        vec![
+            sent(1, ok(SERVER_ID, em, 1)),
+            sent(1, ok(SERVER_ID, em, 2)),
+            Event::Closed(1, em, CloseReason::Left)
+        ]
+    );
+}
+
+#[test]
+fn rule6_an_emitter_that_disconnects_without_flw_still_dismisses_its_exhibitor() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    h.emitter(1, ex);
+    assert_eq!(
+        h.disconnect(1),
+        vec![sent(0, Frame::bare(Kind::Flw, SERVER_ID, ex, 0))]
+    );
+    // Leaving exhibitors take no new deliveries.
+    let em2 = h.emitter(2, 1);
+    assert_eq!(h.feed(2, msg(em2, 0, 1, "x")), vec![sent(2, erro(SERVER_ID, em2, 1))]);
+}
+
+#[test]
+fn rule6_a_dismissed_exhibitor_that_never_acks_is_closed_at_the_ack_timeout() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    h.emitter(1, ex);
+    h.disconnect(1);
+    assert_eq!(
+        h.tick_after(Limits::default().ack_timeout),
+        vec![Event::Closed(0, ex, CloseReason::Unresponsive)]
+    );
+}
+
+#[test]
+fn rule6_exhibitor_flw_gets_ok_and_close_unpairs_its_emitter_and_fails_its_deliveries() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, ex);
+    h.feed(1, msg(em, ex, 1, "x"));
+    assert_eq!(
+        h.feed(0, Frame::bare(Kind::Flw, ex, SERVER_ID, 1)),
+        vec![
+            sent(0, ok(SERVER_ID, ex, 1)),
+            sent(1, erro(SERVER_ID, em, 1)),
+            Event::Closed(0, ex, CloseReason::Left)
+        ]
+    );
+    // Unpaired now: its own id has no target.
+    assert_eq!(h.feed(1, msg(em, em, 2, "x")), vec![sent(1, erro(SERVER_ID, em, 2))]);
+    // And the exhibitor id is free for a new pairing.
+    let ex_again = h.exhibitor(2);
+    assert_eq!(ex_again, ex);
+    assert_eq!(h.emitter(3, ex), 2);
+}
+
+// ---- rule 7: other input ---------------------------------------------------------------
+
+#[test]
+fn rule7_clist_from_a_client_gets_erro_and_close() {
+    let mut h = Harness::new();
+    let em = h.emitter(0, 1);
+    let clist = Frame::clist(em, SERVER_ID, 1, vec![1, 2]).unwrap();
+    assert_eq!(
+        h.feed(0, clist),
+        vec![
+            sent(0, erro(SERVER_ID, em, 1)),
+            Event::Closed(0, em, CloseReason::BadFrame)
+        ]
+    );
+}
+
+#[test]
+fn rule7_an_unknown_type_gets_erro_and_close() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let header = Header {
+        kind: 9,
+        origin: ex,
+        dest: SERVER_ID,
+        seq: 4,
+    };
+    h.router.on_undecodable(0, header, &mut h.out);
+    assert_eq!(
+        h.out.events,
+        vec![
+            sent(0, erro(SERVER_ID, ex, 4)),
+            Event::Closed(0, ex, CloseReason::BadFrame)
+        ]
+    );
+}
+
+#[test]
+fn rule7_ok_and_erro_from_an_emitter_are_accepted_silently() {
+    let mut h = Harness::new();
+    let em = h.emitter(0, 1);
+    assert_eq!(h.feed(0, ok(em, SERVER_ID, 5)), vec![]);
+    assert_eq!(h.feed(0, erro(em, SERVER_ID, 6)), vec![]);
+    assert_eq!(h.router.client_id(0), Some(em));
+}
+
+// ---- rule 8: shutdown --------------------------------------------------------------------
+
+#[test]
+fn rule8_shutdown_sends_flw_to_every_client_and_closes_each_on_its_ok() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    h.connect(2);
+    h.router.shutdown(h.now, &mut h.out);
+    assert_eq!(
+        std::mem::take(&mut h.out.events),
+        vec![
+            sent(0, Frame::bare(Kind::Flw, SERVER_ID, ex, 0)),
+            sent(1, Frame::bare(Kind::Flw, SERVER_ID, em, 0)),
+            Event::Closed(2, 0, CloseReason::Shutdown)
+        ]
+    );
+    assert_eq!(
+        h.feed(1, ok(em, SERVER_ID, 0)),
+        vec![Event::Closed(1, em, CloseReason::Dismissed)]
+    );
+    assert_eq!(
+        h.feed(0, ok(ex, SERVER_ID, 0)),
+        vec![Event::Closed(0, ex, CloseReason::Dismissed)]
+    );
+    assert!(h.router.is_empty());
+}
+
+// ---- rule 9: limits ------------------------------------------------------------------------
+
+#[test]
+fn rule9_handshake_timeout_closes_a_connection_without_oi() {
+    let mut h = Harness::with(Limits {
+        handshake_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    });
+    h.connect(0);
+    h.exhibitor(1);
+    assert_eq!(h.tick_after(Duration::from_millis(499)), vec![]);
+    assert_eq!(
+        h.tick_after(Duration::from_millis(1)),
+        vec![Event::Closed(0, 0, CloseReason::HandshakeTimeout)]
+    );
+    assert_eq!(h.router.connection_count(), 1);
+}
+
+#[test]
+fn rule9_max_inflight_pauses_an_emitter_until_replies_drain() {
+    let mut h = Harness::with(Limits {
+        max_inflight: 2,
+        ..Limits::default()
+    });
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    h.feed(1, msg(em, ex, 1, "a"));
+    assert!(h.router.accepts_input(1));
+    h.feed(1, msg(em, ex, 2, "b"));
+    assert!(!h.router.accepts_input(1));
+    assert_eq!(
+        h.feed(0, ok(ex, em, 1)),
+        vec![sent(1, ok(SERVER_ID, em, 1)), Event::Resumed(1)]
+    );
+    assert!(h.router.accepts_input(1));
+}
+
+#[test]
+fn next_deadline_tracks_the_earliest_timeout() {
+    let mut h = Harness::new();
+    assert_eq!(h.router.next_deadline(), None);
+    h.connect(0);
+    assert_eq!(
+        h.router.next_deadline(),
+        Some(h.now + Limits::default().handshake_timeout)
+    );
+}
