@@ -96,9 +96,17 @@ impl FrameWriter {
     }
 
     /// Sends an acknowledgement (OK/ERRO), which draws no number.
-    pub fn send_ack(&self, kind: Kind, origin: ClientId, dest: ClientId, seq: u16) -> io::Result<()> {
+    pub fn send_ack(
+        &self,
+        kind: Kind,
+        origin: ClientId,
+        dest: ClientId,
+        seq: u16,
+    ) -> io::Result<()> {
         let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        state.stream.write_all(&Frame::bare(kind, origin, dest, seq).to_bytes())
+        state
+            .stream
+            .write_all(&Frame::bare(kind, origin, dest, seq).to_bytes())
     }
 }
 
@@ -134,7 +142,8 @@ pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterErro
     let _ = stream.set_nodelay(true);
     let mut reader = FrameReader::new(stream.try_clone()?);
     let writer = FrameWriter::new(stream);
-    let oi_seq = writer.send_numbered(|seq| Frame::bare(Kind::Oi, origin, SERVER_ID, seq), |_| {})?;
+    let oi_seq =
+        writer.send_numbered(|seq| Frame::bare(Kind::Oi, origin, SERVER_ID, seq), |_| {})?;
     reader.set_timeout(Some(REGISTRATION_TIMEOUT))?;
     let reply = reader.read_frame()?.ok_or(RegisterError::Closed)?;
     reader.set_timeout(None)?;
@@ -319,7 +328,10 @@ mod tests {
             parse_command(b"(CREQ) x"),
             Err(SyntaxError::BadId("x".into()))
         );
-        assert_eq!(parse_command(b"(FLW) now"), Err(SyntaxError::TrailingAfterLeave));
+        assert_eq!(
+            parse_command(b"(FLW) now"),
+            Err(SyntaxError::TrailingAfterLeave)
+        );
         let mut long = b"(1) ".to_vec();
         long.extend(std::iter::repeat_n(b'a', 65536));
         assert_eq!(parse_command(&long), Err(SyntaxError::TooLong(65536)));
@@ -327,7 +339,10 @@ mod tests {
 
     #[test]
     fn escape_keeps_text_and_neutralises_controls() {
-        assert_eq!(escape_text("Oi, tudo bem? ção".as_bytes()), "Oi, tudo bem? ção");
+        assert_eq!(
+            escape_text("Oi, tudo bem? ção".as_bytes()),
+            "Oi, tudo bem? ção"
+        );
         assert_eq!(escape_text(b"a\x1b[2Jb\nc\\"), "a\\x1b[2Jb\\nc\\\\");
         assert_eq!(escape_text(b"\xff\xfeok"), "\\xff\\xfeok");
         assert_eq!(escape_text("\u{85}".as_bytes()), "\\x85");

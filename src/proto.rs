@@ -323,7 +323,12 @@ impl Frame {
             }
             Kind::Clist => {
                 frame.advance(2);
-                Body::Clients(frame.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())
+                Body::Clients(
+                    frame
+                        .chunks_exact(2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                        .collect(),
+                )
             }
             _ => Body::Empty,
         };
@@ -419,7 +424,10 @@ mod tests {
     #[test]
     fn frame_len_needs_only_header_and_length() {
         assert_eq!(Frame::frame_len(b"\x00\x05\x00\x01"), Ok(None));
-        assert_eq!(Frame::frame_len(b"\x00\x05\x00\x01\x00\x00\x00\x00\x00"), Ok(None));
+        assert_eq!(
+            Frame::frame_len(b"\x00\x05\x00\x01\x00\x00\x00\x00\x00"),
+            Ok(None)
+        );
         assert_eq!(
             Frame::frame_len(b"\x00\x05\x00\x01\x00\x00\x00\x00\x01\x00"),
             Ok(Some(10 + 256))

@@ -162,6 +162,9 @@ struct Session {
     awaiting_ack: VecDeque<Delivery>,
     /// The server has sent FLW; no new deliveries are targeted here.
     leaving: bool,
+    /// The request serial counter when this connection arrived: serials below
+    /// it belong to an earlier connection that had the same `ConnId`.
+    first_serial: u64,
 }
 
 /// The routing state of one server.
@@ -206,6 +209,7 @@ impl Router {
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
             leaving: false,
+            first_serial: self.next_serial,
         });
         self.note_deadline(now + self.limits.handshake_timeout);
     }
@@ -272,8 +276,8 @@ impl Router {
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
                 self.close(conn, CloseReason::Spoofed, out);
             }
-            Role::Emitter { .. } => self.from_emitter(conn, frame, now, out),
-            Role::Exhibitor { .. } => self.from_exhibitor(conn, frame, out),
+            Role::Emitter { .. } => self.on_emitter_frame(conn, frame, now, out),
+            Role::Exhibitor { .. } => self.on_exhibitor_frame(conn, frame, out),
         }
     }
 
@@ -353,13 +357,111 @@ impl Router {
         self.sessions.iter().all(Option::is_none)
     }
 
+    /// Checks the router's internal consistency; for tests and fuzzing.
+    /// Every identified session holds exactly one id and that id maps back to
+    /// it; free lists and the id map are disjoint and together cover every
+    /// id; pairing is symmetric; every pending delivery points at a live
+    /// emitter's pending reply or is a farewell; replies are in request order.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut identified = 0;
+        for (conn, session) in self.sessions.iter().enumerate() {
+            let Some(session) = session else { continue };
+            match &session.role {
+                Role::Anonymous => {
+                    if !session.awaiting_ack.is_empty() {
+                        return Err(format!("anonymous conn {conn} awaits acks"));
+                    }
+                    continue;
+                }
+                Role::Emitter {
+                    exhibitor, replies, ..
+                } => {
+                    if !is_emitter_id(session.id) {
+                        return Err(format!("emitter conn {conn} has id {}", session.id));
+                    }
+                    if let Some(ex) = exhibitor {
+                        match self.session(*ex).map(|s| &s.role) {
+                            Some(Role::Exhibitor {
+                                emitter: Some(back),
+                            }) if *back == conn => {}
+                            _ => return Err(format!("emitter conn {conn} pairing not mirrored")),
+                        }
+                    }
+                    if !replies
+                        .iter()
+                        .zip(replies.iter().skip(1))
+                        .all(|(a, b)| a.serial < b.serial)
+                    {
+                        return Err(format!("emitter conn {conn} replies out of order"));
+                    }
+                    if replies.iter().any(|r| r.serial >= self.next_serial) {
+                        return Err(format!("emitter conn {conn} reply from the future"));
+                    }
+                }
+                Role::Exhibitor { emitter } => {
+                    if !is_exhibitor_id(session.id) {
+                        return Err(format!("exhibitor conn {conn} has id {}", session.id));
+                    }
+                    if let Some(em) = emitter {
+                        match self.session(*em).map(|s| &s.role) {
+                            Some(Role::Emitter {
+                                exhibitor: Some(back),
+                                ..
+                            }) if *back == conn => {}
+                            _ => return Err(format!("exhibitor conn {conn} pairing not mirrored")),
+                        }
+                    }
+                }
+            }
+            identified += 1;
+            if self.ids.get(&session.id) != Some(&conn) {
+                return Err(format!("conn {conn} id {} not mapped back", session.id));
+            }
+            for delivery in &session.awaiting_ack {
+                if let Purpose::Request { emitter, serial } = delivery.purpose {
+                    // A delivery may outlive its emitter (then it settles to
+                    // nothing), but a live emitter must still owe that reply.
+                    if let Some(em) = self.session(emitter)
+                        && let Role::Emitter { replies, .. } = &em.role
+                        && serial >= em.first_serial
+                        && replies.binary_search_by_key(&serial, |r| r.serial).is_err()
+                    {
+                        return Err(format!(
+                            "conn {conn} awaits an ack for a reply emitter conn {emitter} no longer owes"
+                        ));
+                    }
+                }
+            }
+        }
+        if identified != self.ids.len() {
+            return Err(format!(
+                "{} ids mapped, {identified} identified sessions",
+                self.ids.len()
+            ));
+        }
+        let total = self.ids.len() + self.free_emitter_ids.len() + self.free_exhibitor_ids.len();
+        if total != EMITTER_IDS.len() + EXHIBITOR_IDS.len() {
+            return Err(format!("ids leaked or duplicated: {total} accounted for"));
+        }
+        if self
+            .ids
+            .keys()
+            .any(|id| self.free_emitter_ids.contains(id) || self.free_exhibitor_ids.contains(id))
+        {
+            return Err("an id is both held and free".into());
+        }
+        Ok(())
+    }
+
     // ---- identification -------------------------------------------------
 
     /// Rule 1.
     fn identify(&mut self, conn: ConnId, oi: &Frame, out: &mut impl Outbox) {
         let wanted_exhibitor = oi.origin;
         let assigned = if wanted_exhibitor == 0 {
-            self.free_exhibitor_ids.pop_first().ok_or("no exhibitor id free")
+            self.free_exhibitor_ids
+                .pop_first()
+                .ok_or("no exhibitor id free")
         } else {
             let pairing = if is_exhibitor_id(wanted_exhibitor) {
                 match self.ids.get(&wanted_exhibitor).copied() {
@@ -373,17 +475,18 @@ impl Router {
             } else {
                 Ok(None)
             };
-            pairing.and_then(|pair| {
-                let id = self
-                    .free_emitter_ids
-                    .pop_first()
-                    .ok_or("no emitter id free")?;
-                Ok((id, pair))
-            })
-            .map(|(id, pair)| {
-                self.pair_emitter(conn, id, pair);
-                id
-            })
+            pairing
+                .and_then(|pair| {
+                    let id = self
+                        .free_emitter_ids
+                        .pop_first()
+                        .ok_or("no emitter id free")?;
+                    Ok((id, pair))
+                })
+                .map(|(id, pair)| {
+                    self.pair_emitter(conn, id, pair);
+                    id
+                })
         };
         match assigned {
             Ok(id) => {
@@ -396,7 +499,12 @@ impl Router {
                 match &session.role {
                     Role::Emitter {
                         exhibitor: Some(_), ..
-                    } => info!(conn, id, exhibitor = wanted_exhibitor, "emitter identified, paired"),
+                    } => info!(
+                        conn,
+                        id,
+                        exhibitor = wanted_exhibitor,
+                        "emitter identified, paired"
+                    ),
                     Role::Emitter { .. } => info!(conn, id, "emitter identified"),
                     _ => info!(conn, id, "exhibitor identified"),
                 }
@@ -428,7 +536,13 @@ impl Router {
 
     // ---- frames from identified clients ----------------------------------
 
-    fn from_emitter(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
+    fn on_emitter_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         match frame.kind {
             Kind::Msg | Kind::Creq => self.request(conn, frame, now, out),
             Kind::Flw => {
@@ -448,7 +562,7 @@ impl Router {
         }
     }
 
-    fn from_exhibitor(&mut self, conn: ConnId, frame: Frame, out: &mut impl Outbox) {
+    fn on_exhibitor_frame(&mut self, conn: ConnId, frame: Frame, out: &mut impl Outbox) {
         let id = frame.origin;
         match frame.kind {
             Kind::Ok | Kind::Erro => self.acknowledged(conn, &frame, out),
@@ -469,7 +583,10 @@ impl Router {
 
     fn bad_frame(&mut self, conn: ConnId, frame: &Frame, out: &mut impl Outbox) {
         warn!(conn, id = frame.origin, kind = %frame.kind, "frame a client may not send");
-        out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, frame.origin, frame.seq));
+        out.send(
+            conn,
+            &Frame::bare(Kind::Erro, SERVER_ID, frame.origin, frame.seq),
+        );
         self.close(conn, CloseReason::BadFrame, out);
     }
 
@@ -480,7 +597,8 @@ impl Router {
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
         }
-        let clist = (frame.kind == Kind::Creq).then(|| self.ids.keys().copied().collect::<Vec<_>>());
+        let clist =
+            (frame.kind == Kind::Creq).then(|| self.ids.keys().copied().collect::<Vec<_>>());
         let deadline = now + self.limits.ack_timeout;
         for target in targets {
             let session = self.session_mut(target).expect("targets are live");
@@ -549,11 +667,22 @@ impl Router {
     fn acknowledged(&mut self, conn: ConnId, ack: &Frame, out: &mut impl Outbox) {
         let session = self.session_mut(conn).expect("ack on a live session");
         let Some(delivery) = session.awaiting_ack.pop_front() else {
-            debug!(conn, id = session.id, seq = ack.seq, "ack with nothing outstanding ignored");
+            debug!(
+                conn,
+                id = session.id,
+                seq = ack.seq,
+                "ack with nothing outstanding ignored"
+            );
             return;
         };
         if delivery.seq != ack.seq {
-            warn!(conn, id = session.id, expected = delivery.seq, got = ack.seq, "ack sequence mismatch");
+            warn!(
+                conn,
+                id = session.id,
+                expected = delivery.seq,
+                got = ack.seq,
+                "ack sequence mismatch"
+            );
         }
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, out),
@@ -636,7 +765,11 @@ impl Router {
         let mut closes = false;
         while replies.front().is_some_and(|r| r.outstanding == 0) {
             let reply = replies.pop_front().expect("front checked");
-            let kind = if reply.any_ok || reply.closes { Kind::Ok } else { Kind::Erro };
+            let kind = if reply.any_ok || reply.closes {
+                Kind::Ok
+            } else {
+                Kind::Erro
+            };
             out.send(emitter, &Frame::bare(kind, SERVER_ID, id, reply.seq));
             if reply.closes {
                 closes = true;

@@ -116,7 +116,13 @@ impl Wire {
     }
 
     /// Starts closing `conn`; false if it was already closing.
-    fn begin_close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason, discard: bool) -> bool {
+    fn begin_close(
+        &mut self,
+        conn: ConnId,
+        id: ClientId,
+        reason: CloseReason,
+        discard: bool,
+    ) -> bool {
         let Some(slot) = self.conns.get_mut(conn) else {
             return false;
         };
@@ -288,15 +294,22 @@ impl Server {
         if !self.wire.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        [self.router.next_deadline(), self.next_linger_deadline(), drain_deadline]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        [
+            self.router.next_deadline(),
+            self.next_linger_deadline(),
+            drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
     fn begin_shutdown(&mut self, now: Instant) -> Instant {
-        info!(clients = self.router.client_count(), "shutting down: sending FLW to every client");
+        info!(
+            clients = self.router.client_count(),
+            "shutting down: sending FLW to every client"
+        );
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -387,8 +400,7 @@ impl Server {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        self.router
-                            .on_undecodable(conn, e.header(), &mut self.wire);
+                        self.router.on_undecodable(conn, e.header(), &mut self.wire);
                         self.settle_dropped();
                         return;
                     }
@@ -427,12 +439,14 @@ impl Server {
     /// answers may drop more (a slow consumer among a broadcast's targets).
     fn settle_dropped(&mut self) {
         while let Some(conn) = self.wire.dropped.pop() {
-            if let (Some(id), Some(slot)) = (self.router.client_id(conn), self.wire.conns.get_mut(conn))
+            if let (Some(id), Some(slot)) =
+                (self.router.client_id(conn), self.wire.conns.get_mut(conn))
                 && let Some(closing) = slot.closing.as_mut()
             {
                 closing.id = id;
             }
-            self.router.disconnected(conn, Instant::now(), &mut self.wire);
+            self.router
+                .disconnected(conn, Instant::now(), &mut self.wire);
         }
     }
 
@@ -483,7 +497,12 @@ impl Server {
         }
         if !closing.fin_sent {
             closing.fin_sent = true;
-            if slot.conn.socket.shutdown(std::net::Shutdown::Write).is_err() {
+            if slot
+                .conn
+                .socket
+                .shutdown(std::net::Shutdown::Write)
+                .is_err()
+            {
                 self.remove(conn);
                 return;
             }
@@ -518,7 +537,9 @@ impl Server {
         }
         let now = Instant::now();
         let conns = &self.wire.conns;
-        self.wire.closing.retain(|&conn| conns.get(conn).is_some_and(|s| s.closing.is_some()));
+        self.wire
+            .closing
+            .retain(|&conn| conns.get(conn).is_some_and(|s| s.closing.is_some()));
         self.wire.closing.dedup();
         let overdue: Vec<ConnId> = self
             .wire
@@ -542,7 +563,14 @@ impl Server {
         self.wire
             .closing
             .iter()
-            .filter_map(|&conn| self.wire.conns.get(conn)?.closing.as_ref().map(|c| c.deadline))
+            .filter_map(|&conn| {
+                self.wire
+                    .conns
+                    .get(conn)?
+                    .closing
+                    .as_ref()
+                    .map(|c| c.deadline)
+            })
             .min()
     }
 

@@ -137,7 +137,10 @@ fn rule1_non_zero_origin_makes_an_emitter_paired_only_with_an_exhibitor_id() {
     assert_eq!(h.emitter(2, 9000), 2);
     assert_eq!(h.emitter(3, ex), 3);
     // Only the emitter that named the exhibitor reaches it through its id.
-    assert_eq!(h.feed(1, msg(1, 1, 1, "x")), vec![sent(1, erro(SERVER_ID, 1, 1))]);
+    assert_eq!(
+        h.feed(1, msg(1, 1, 1, "x")),
+        vec![sent(1, erro(SERVER_ID, 1, 1))]
+    );
     let m = msg(3, 3, 1, "x");
     assert_eq!(h.feed(3, m.clone()), vec![sent(0, m)]);
 }
@@ -187,7 +190,14 @@ fn rule1_second_oi_gets_erro_and_the_connection_is_kept() {
 
 #[test]
 fn rule1_any_frame_before_oi_gets_erro_and_close() {
-    for kind in [Kind::Msg, Kind::Creq, Kind::Flw, Kind::Ok, Kind::Erro, Kind::Clist] {
+    for kind in [
+        Kind::Msg,
+        Kind::Creq,
+        Kind::Flw,
+        Kind::Ok,
+        Kind::Erro,
+        Kind::Clist,
+    ] {
         let mut h = Harness::new();
         h.connect(0);
         let frame = match kind {
@@ -295,7 +305,10 @@ fn rule3_no_target_gets_erro_at_once() {
     let mut h = Harness::new();
     let em = h.emitter(0, 1);
     // Broadcast with no exhibitor connected.
-    assert_eq!(h.feed(0, msg(em, 0, 1, "x")), vec![sent(0, erro(SERVER_ID, em, 1))]);
+    assert_eq!(
+        h.feed(0, msg(em, 0, 1, "x")),
+        vec![sent(0, erro(SERVER_ID, em, 1))]
+    );
     h.exhibitor(1);
     let unpaired = h.emitter(2, 1);
     for (seq, dest) in [(2, 4200), (3, unpaired), (4, 77), (5, SERVER_ID), (6, 9000)] {
@@ -312,7 +325,10 @@ fn rule3_msg_from_an_exhibitor_gets_erro_and_the_connection_is_kept() {
     let mut h = Harness::new();
     let ex = h.exhibitor(0);
     let ex2 = h.exhibitor(1);
-    assert_eq!(h.feed(0, msg(ex, ex2, 1, "x")), vec![sent(0, erro(SERVER_ID, ex, 1))]);
+    assert_eq!(
+        h.feed(0, msg(ex, ex2, 1, "x")),
+        vec![sent(0, erro(SERVER_ID, ex, 1))]
+    );
     assert_eq!(h.router.client_id(0), Some(ex));
 }
 
@@ -326,7 +342,10 @@ fn rule4_the_emitter_reply_waits_for_every_target_and_is_ok_if_any_said_ok() {
     let em = h.emitter(2, 1);
     h.feed(2, msg(em, 0, 1, "x"));
     assert_eq!(h.feed(0, erro(ex1, em, 1)), vec![]);
-    assert_eq!(h.feed(1, ok(ex2, em, 1)), vec![sent(2, ok(SERVER_ID, em, 1))]);
+    assert_eq!(
+        h.feed(1, ok(ex2, em, 1)),
+        vec![sent(2, ok(SERVER_ID, em, 1))]
+    );
 }
 
 #[test]
@@ -337,7 +356,10 @@ fn rule4_erro_when_every_target_refused() {
     let em = h.emitter(2, 1);
     h.feed(2, msg(em, 0, 1, "x"));
     assert_eq!(h.feed(0, erro(ex1, em, 1)), vec![]);
-    assert_eq!(h.feed(1, erro(ex2, em, 1)), vec![sent(2, erro(SERVER_ID, em, 1))]);
+    assert_eq!(
+        h.feed(1, erro(ex2, em, 1)),
+        vec![sent(2, erro(SERVER_ID, em, 1))]
+    );
 }
 
 #[test]
@@ -368,8 +390,14 @@ fn rule4_each_ack_settles_the_oldest_delivery_even_with_a_wrong_seq_or_dest() {
     let em = h.emitter(1, 1);
     h.feed(1, msg(em, ex, 1, "a"));
     h.feed(1, msg(em, ex, 2, "b"));
-    assert_eq!(h.feed(0, ok(ex, 1234, 99)), vec![sent(1, ok(SERVER_ID, em, 1))]);
-    assert_eq!(h.feed(0, erro(ex, 0, 2)), vec![sent(1, erro(SERVER_ID, em, 2))]);
+    assert_eq!(
+        h.feed(0, ok(ex, 1234, 99)),
+        vec![sent(1, ok(SERVER_ID, em, 1))]
+    );
+    assert_eq!(
+        h.feed(0, erro(ex, 0, 2)),
+        vec![sent(1, erro(SERVER_ID, em, 2))]
+    );
     // An ack with nothing outstanding is ignored, the connection kept.
     assert_eq!(h.feed(0, ok(ex, em, 3)), vec![]);
     assert_eq!(h.router.client_id(0), Some(ex));
@@ -383,7 +411,10 @@ fn rule4_a_target_that_disconnects_settles_as_failed() {
     let em = h.emitter(2, 1);
     h.feed(2, msg(em, 0, 1, "x"));
     assert_eq!(h.disconnect(0), vec![]);
-    assert_eq!(h.feed(1, ok(ex2, em, 1)), vec![sent(2, ok(SERVER_ID, em, 1))]);
+    assert_eq!(
+        h.feed(1, ok(ex2, em, 1)),
+        vec![sent(2, ok(SERVER_ID, em, 1))]
+    );
     h.feed(2, msg(em, ex2, 2, "y"));
     assert_eq!(h.disconnect(1), vec![sent(2, erro(SERVER_ID, em, 2))]);
 }
@@ -421,7 +452,10 @@ fn rule5_creq_sends_clist_of_every_client_ascending_with_the_server_seq() {
     // The server numbers its own frames to each connection: 0, 1, ...
     h.feed(2, Frame::bare(Kind::Creq, em, ex2, 2));
     assert_eq!(h.out.events, vec![]);
-    assert_eq!(h.feed(1, ok(ex2, SERVER_ID, 0)), vec![sent(2, ok(SERVER_ID, em, 1))]);
+    assert_eq!(
+        h.feed(1, ok(ex2, SERVER_ID, 0)),
+        vec![sent(2, ok(SERVER_ID, em, 1))]
+    );
     // CREQ to the emitter's own id reaches its exhibitor, CLIST dest = that id.
     let events = h.feed(2, Frame::bare(Kind::Creq, em, em, 3));
     let [Event::Sent(1, list)] = &events[..] else {
@@ -504,7 +538,10 @@ fn rule6_an_emitter_that_disconnects_without_flw_still_dismisses_its_exhibitor()
     );
     // Leaving exhibitors take no new deliveries.
     let em2 = h.emitter(2, 1);
-    assert_eq!(h.feed(2, msg(em2, 0, 1, "x")), vec![sent(2, erro(SERVER_ID, em2, 1))]);
+    assert_eq!(
+        h.feed(2, msg(em2, 0, 1, "x")),
+        vec![sent(2, erro(SERVER_ID, em2, 1))]
+    );
 }
 
 #[test]
@@ -534,7 +571,10 @@ fn rule6_exhibitor_flw_gets_ok_and_close_unpairs_its_emitter_and_fails_its_deliv
         ]
     );
     // Unpaired now: its own id has no target.
-    assert_eq!(h.feed(1, msg(em, em, 2, "x")), vec![sent(1, erro(SERVER_ID, em, 2))]);
+    assert_eq!(
+        h.feed(1, msg(em, em, 2, "x")),
+        vec![sent(1, erro(SERVER_ID, em, 2))]
+    );
     // And the exhibitor id is free for a new pairing.
     let ex_again = h.exhibitor(2);
     assert_eq!(ex_again, ex);
@@ -660,4 +700,32 @@ fn next_deadline_tracks_the_earliest_timeout() {
         h.router.next_deadline(),
         Some(h.now + Limits::default().handshake_timeout)
     );
+}
+
+#[test]
+fn invariants_hold_through_a_session_with_every_rule() {
+    let mut h = Harness::with(Limits {
+        max_inflight: 3,
+        ..Limits::default()
+    });
+    let check = |h: &Harness| h.router.check_invariants().unwrap();
+    let ex = h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, ex);
+    check(&h);
+    h.feed(2, msg(em, 0, 1, "a"));
+    h.feed(2, Frame::bare(Kind::Creq, em, em, 2));
+    check(&h);
+    h.feed(1, ok(ex2, em, 1));
+    h.disconnect(0);
+    check(&h);
+    // Slot 0 reused by a new emitter while deliveries for the old one exist.
+    h.emitter(0, 1);
+    check(&h);
+    h.feed(2, Frame::bare(Kind::Flw, em, SERVER_ID, 3));
+    check(&h);
+    h.tick_after(Limits::default().ack_timeout);
+    check(&h);
+    h.router.shutdown(h.now, &mut h.out);
+    check(&h);
 }

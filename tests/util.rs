@@ -4,8 +4,8 @@
 
 #![allow(dead_code)]
 
-use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use bytes::BytesMut;
+use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -77,7 +77,9 @@ impl Lines {
             match self.rx.recv_timeout(left) {
                 Ok(line) => lines.push(line),
                 Err(RecvTimeoutError::Disconnected) => return lines,
-                Err(RecvTimeoutError::Timeout) => panic!("{}: output did not end: {lines:?}", self.name),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: output did not end: {lines:?}", self.name)
+                }
             }
         }
     }
@@ -144,7 +146,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not exit within {TIMEOUT:?}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {TIMEOUT:?}",
+                self.name
+            );
             // Polling the exit status, bounded by the deadline above.
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -260,7 +266,12 @@ impl Raw {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     panic!("no frame within {wait:?}")
                 }
                 Err(e) => panic!("read: {e}"),
@@ -270,7 +281,8 @@ impl Raw {
 
     /// The next frame; fails the test on close or timeout.
     pub fn expect_frame(&mut self) -> Frame {
-        self.frame_within(TIMEOUT).expect("connection closed, frame expected")
+        self.frame_within(TIMEOUT)
+            .expect("connection closed, frame expected")
     }
 
     /// The next `n` raw bytes exactly as the server sent them.
@@ -305,7 +317,10 @@ impl Raw {
             Ok(0) => panic!("connection closed"),
             Ok(n) => panic!("unexpected {n} bytes: {:?}", &chunk[..n]),
             Err(e) => assert!(
-                matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
                 "read error {e}"
             ),
         }
@@ -315,7 +330,11 @@ impl Raw {
     pub fn identify_exhibitor(&mut self) -> ClientId {
         self.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
         let ok = self.expect_frame();
-        assert_eq!((ok.kind, ok.origin, ok.seq), (Kind::Ok, SERVER_ID, 0), "{ok}");
+        assert_eq!(
+            (ok.kind, ok.origin, ok.seq),
+            (Kind::Ok, SERVER_ID, 0),
+            "{ok}"
+        );
         ok.dest
     }
 
@@ -323,7 +342,11 @@ impl Raw {
     pub fn identify_emitter(&mut self, origin: ClientId) -> ClientId {
         self.send_frame(&Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
         let ok = self.expect_frame();
-        assert_eq!((ok.kind, ok.origin, ok.seq), (Kind::Ok, SERVER_ID, 0), "{ok}");
+        assert_eq!(
+            (ok.kind, ok.origin, ok.seq),
+            (Kind::Ok, SERVER_ID, 0),
+            "{ok}"
+        );
         ok.dest
     }
 }

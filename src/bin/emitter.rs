@@ -16,7 +16,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "evchat emitter: sends the lines you type as messages")]
+#[command(
+    version,
+    about = "evchat emitter: sends the lines you type as messages"
+)]
 struct Args {
     /// Server address as host:port (IPv6: [addr]:port)
     server: String,
@@ -205,7 +208,9 @@ impl Emitter {
             match frame.kind {
                 Kind::Ok | Kind::Erro => self.settled(frame.seq, frame.kind == Kind::Ok),
                 Kind::Flw => {
-                    let _ = self.writer.send_ack(Kind::Ok, self.id, frame.origin, frame.seq);
+                    let _ = self
+                        .writer
+                        .send_ack(Kind::Ok, self.id, frame.origin, frame.seq);
                     let _ = print_line("closed by server");
                     std::process::exit(0);
                 }

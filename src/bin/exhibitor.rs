@@ -3,10 +3,10 @@
 
 use clap::Parser;
 use evchat::client::{FAREWELL_TIMEOUT, FrameWriter, escape_text, print_line, register};
-use evchat::proto::{Body, BROADCAST, ClientId, Frame, Kind, SERVER_ID};
+use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "evchat exhibitor: shows the messages sent to it")]
@@ -100,7 +100,9 @@ impl Exhibitor {
                 Some(line)
             }
             (Kind::Flw, _) => {
-                let _ = self.writer.send_ack(Kind::Ok, self.id, frame.origin, frame.seq);
+                let _ = self
+                    .writer
+                    .send_ack(Kind::Ok, self.id, frame.origin, frame.seq);
                 let _ = print_line("closed by server");
                 std::process::exit(0);
             }
@@ -121,7 +123,10 @@ impl Exhibitor {
             // Nobody reads our output any more: leave the system.
             self.send_farewell();
         }
-        if let Err(e) = self.writer.send_ack(Kind::Ok, self.id, frame.origin, frame.seq) {
+        if let Err(e) = self
+            .writer
+            .send_ack(Kind::Ok, self.id, frame.origin, frame.seq)
+        {
             eprintln!("exhibitor: acknowledging: {e}");
             std::process::exit(1);
         }

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "evchat server: relays messages from emitters to exhibitors")]
+#[command(
+    version,
+    about = "evchat server: relays messages from emitters to exhibitors"
+)]
 struct Args {
     /// TCP port to listen on (0 picks a free one)
     port: u16,
