@@ -11,7 +11,7 @@ use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, Header, Kind, SERVER_ID, SeqCounter,
     is_emitter_id, is_exhibitor_id,
 };
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -167,12 +167,68 @@ struct Session {
     first_serial: u64,
 }
 
+/// Which connection holds each id: a direct table (ids are below 8192, so a
+/// lookup is one index) plus the exhibitors in id order, which broadcasts walk.
+struct Directory {
+    by_id: Vec<Option<ConnId>>,
+    exhibitors: Vec<(ClientId, ConnId)>,
+    len: usize,
+}
+
+impl Directory {
+    fn new() -> Directory {
+        Directory {
+            by_id: vec![None; *EXHIBITOR_IDS.end() as usize + 1],
+            exhibitors: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn get(&self, id: ClientId) -> Option<ConnId> {
+        self.by_id.get(id as usize).copied().flatten()
+    }
+
+    fn insert(&mut self, id: ClientId, conn: ConnId) {
+        let slot = &mut self.by_id[id as usize];
+        debug_assert!(slot.is_none(), "id {id} assigned twice");
+        *slot = Some(conn);
+        self.len += 1;
+        if is_exhibitor_id(id) {
+            let at = self.exhibitors.partition_point(|(other, _)| *other < id);
+            self.exhibitors.insert(at, (id, conn));
+        }
+    }
+
+    fn remove(&mut self, id: ClientId) {
+        if self.by_id[id as usize].take().is_some() {
+            self.len -= 1;
+            if let Ok(at) = self
+                .exhibitors
+                .binary_search_by_key(&id, |(other, _)| *other)
+            {
+                self.exhibitors.remove(at);
+            }
+        }
+    }
+
+    /// Every held id, ascending.
+    fn ids(&self) -> impl Iterator<Item = ClientId> + '_ {
+        self.by_id
+            .iter()
+            .enumerate()
+            .filter(|(_, conn)| conn.is_some())
+            .map(|(id, _)| id as ClientId)
+    }
+}
+
 /// The routing state of one server.
 pub struct Router {
     limits: Limits,
     sessions: Vec<Option<Session>>,
-    /// Identified clients, ascending by id (the order CLIST uses).
-    ids: BTreeMap<ClientId, ConnId>,
+    /// Identified clients by id.
+    ids: Directory,
+    /// Reused for each request's targets, so routing allocates nothing.
+    targets: Vec<ConnId>,
     free_emitter_ids: BTreeSet<ClientId>,
     free_exhibitor_ids: BTreeSet<ClientId>,
     next_serial: u64,
@@ -187,7 +243,8 @@ impl Router {
         Router {
             limits,
             sessions: Vec::new(),
-            ids: BTreeMap::new(),
+            ids: Directory::new(),
+            targets: Vec::new(),
             free_emitter_ids: EMITTER_IDS.collect(),
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
             next_serial: 0,
@@ -239,7 +296,7 @@ impl Router {
 
     /// Number of identified clients.
     pub fn client_count(&self) -> usize {
-        self.ids.len()
+        self.ids.len
     }
 
     /// When `tick` next has work to do.
@@ -414,7 +471,7 @@ impl Router {
                 }
             }
             identified += 1;
-            if self.ids.get(&session.id) != Some(&conn) {
+            if self.ids.get(session.id) != Some(conn) {
                 return Err(format!("conn {conn} id {} not mapped back", session.id));
             }
             for delivery in &session.awaiting_ack {
@@ -433,20 +490,20 @@ impl Router {
                 }
             }
         }
-        if identified != self.ids.len() {
+        if identified != self.ids.len || self.ids.ids().count() != identified {
             return Err(format!(
                 "{} ids mapped, {identified} identified sessions",
-                self.ids.len()
+                self.ids.len
             ));
         }
-        let total = self.ids.len() + self.free_emitter_ids.len() + self.free_exhibitor_ids.len();
+        let total = self.ids.len + self.free_emitter_ids.len() + self.free_exhibitor_ids.len();
         if total != EMITTER_IDS.len() + EXHIBITOR_IDS.len() {
             return Err(format!("ids leaked or duplicated: {total} accounted for"));
         }
         if self
             .ids
-            .keys()
-            .any(|id| self.free_emitter_ids.contains(id) || self.free_exhibitor_ids.contains(id))
+            .ids()
+            .any(|id| self.free_emitter_ids.contains(&id) || self.free_exhibitor_ids.contains(&id))
         {
             return Err("an id is both held and free".into());
         }
@@ -464,7 +521,7 @@ impl Router {
                 .ok_or("no exhibitor id free")
         } else {
             let pairing = if is_exhibitor_id(wanted_exhibitor) {
-                match self.ids.get(&wanted_exhibitor).copied() {
+                match self.ids.get(wanted_exhibitor) {
                     None => Err("no such exhibitor"),
                     Some(ex) => match self.sessions[ex].as_ref().map(|s| (&s.role, s.leaving)) {
                         Some((Role::Exhibitor { emitter: None }, false)) => Ok(Some(ex)),
@@ -592,15 +649,15 @@ impl Router {
 
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
     fn request(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
-        let targets = self.targets(frame.dest);
+        let mut targets = std::mem::take(&mut self.targets);
+        self.find_targets(frame.dest, &mut targets);
         let serial = self.push_reply(conn, frame.seq, targets.len() as u32, false);
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
         }
-        let clist =
-            (frame.kind == Kind::Creq).then(|| self.ids.keys().copied().collect::<Vec<_>>());
+        let clist = (frame.kind == Kind::Creq).then(|| self.ids.ids().collect::<Vec<_>>());
         let deadline = now + self.limits.ack_timeout;
-        for target in targets {
+        for &target in &targets {
             let session = self.session_mut(target).expect("targets are live");
             let seq = match &clist {
                 None => {
@@ -623,27 +680,28 @@ impl Router {
                     serial,
                 },
             });
+        }
+        if !targets.is_empty() {
             self.note_deadline(deadline);
         }
+        targets.clear();
+        self.targets = targets;
         self.flush_replies(conn, out);
     }
 
-    /// The exhibitors a MSG or CREQ with destination `dest` goes to.
-    fn targets(&self, dest: ClientId) -> Vec<ConnId> {
-        let live_exhibitor = |conn: &ConnId| {
-            self.session(*conn)
+    /// Fills `targets` with the exhibitors a MSG or CREQ to `dest` goes to.
+    fn find_targets(&self, dest: ClientId, targets: &mut Vec<ConnId>) {
+        let live_exhibitor = |conn: ConnId| {
+            self.session(conn)
                 .is_some_and(|s| !s.leaving && matches!(s.role, Role::Exhibitor { .. }))
         };
         if dest == 0 {
-            return self
-                .ids
-                .range(EXHIBITOR_IDS)
-                .map(|(_, conn)| *conn)
-                .filter(live_exhibitor)
-                .collect();
+            let live = self.ids.exhibitors.iter().map(|&(_, conn)| conn);
+            targets.extend(live.filter(|&conn| live_exhibitor(conn)));
+            return;
         }
-        let Some(&conn) = self.ids.get(&dest) else {
-            return Vec::new();
+        let Some(conn) = self.ids.get(dest) else {
+            return;
         };
         let target = if is_emitter_id(dest) {
             match self.session(conn).map(|s| &s.role) {
@@ -651,15 +709,13 @@ impl Router {
                     exhibitor: Some(ex),
                     ..
                 }) => *ex,
-                _ => return Vec::new(),
+                _ => return,
             }
         } else {
             conn
         };
-        if live_exhibitor(&target) {
-            vec![target]
-        } else {
-            Vec::new()
+        if live_exhibitor(target) {
+            targets.push(target);
         }
     }
 
@@ -821,7 +877,7 @@ impl Router {
         match session.role {
             Role::Anonymous => {}
             Role::Emitter { exhibitor, .. } => {
-                self.ids.remove(&session.id);
+                self.ids.remove(session.id);
                 self.free_emitter_ids.insert(session.id);
                 // Rule 6: the paired exhibitor is told to leave too.
                 if let Some(ex) = exhibitor {
@@ -836,7 +892,7 @@ impl Router {
                 }
             }
             Role::Exhibitor { emitter } => {
-                self.ids.remove(&session.id);
+                self.ids.remove(session.id);
                 self.free_exhibitor_ids.insert(session.id);
                 if let Some(em) = emitter
                     && let Some(Role::Emitter { exhibitor, .. }) =

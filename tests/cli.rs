@@ -1,1 +1,477 @@
-//! placeholder
+//! The three real binaries talking to each other: what a user sees on the
+//! exhibitor's and emitter's stdout, their exit codes, and the farewell
+//! cascade. Every wait is a read of an expected line (bounded by the
+//! harness's timeout); order is only asserted within one process's output.
+
+use crate::util::*;
+use evchat::proto::{Body, Frame, Kind};
+use std::io::Write;
+use std::process::ExitStatus;
+
+/// Writes each line, newline-terminated, to the child's stdin.
+fn send_lines(p: &mut Proc, lines: &[&str]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    p.input(&text);
+}
+
+/// Writes raw bytes (possibly invalid UTF-8) to the child's stdin.
+fn send_bytes(p: &mut Proc, bytes: &[u8]) {
+    let stdin = p.stdin.as_mut().expect("stdin still open");
+    stdin.write_all(bytes).unwrap();
+    stdin.flush().unwrap();
+}
+
+/// Waits for the process to exit and asserts its exit code.
+fn assert_exit(p: &mut Proc, code: i32) {
+    let status: ExitStatus = p.wait();
+    if status.code() != Some(code) {
+        panic!(
+            "expected exit code {code}, got {status}; stderr: {:?}",
+            p.stderr.rest()
+        );
+    }
+}
+
+/// Waits for the process to exit with `code` and asserts it printed nothing
+/// more on stdout.
+fn assert_exit_quietly(p: &mut Proc, code: i32) {
+    assert_exit(p, code);
+    assert_eq!(p.stdout.rest(), Vec::<String>::new(), "unexpected stdout");
+}
+
+/// A client that must fail before printing anything: exit 1, nothing on
+/// stdout, exactly one stderr line (returned).
+fn assert_fails_with_one_line(p: &mut Proc) -> String {
+    assert_exit(p, 1);
+    assert_eq!(p.stdout.rest(), Vec::<String>::new(), "unexpected stdout");
+    let errors = p.stderr.rest();
+    assert_eq!(errors.len(), 1, "expected one stderr line: {errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
+/// An address where nothing listens: a port the kernel just handed out and
+/// that was closed again.
+fn unused_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+/// Asserts a bad-input report for input line `number`, whatever the reason.
+fn assert_bad_line(line: &str, number: usize) {
+    let prefix = format!("emitter: line {number}: ");
+    assert!(
+        line.starts_with(&prefix) && line.ends_with("; nothing sent"),
+        "bad-line report for line {number}: {line:?}"
+    );
+    assert!(
+        line.len() > prefix.len() + "; nothing sent".len(),
+        "no reason given: {line:?}"
+    );
+}
+
+#[test]
+fn banners_show_ids_lowest_first_and_pairing() {
+    let server = Server::start(&[]);
+    let target = server.target();
+    let ex1 = Proc::spawn("exhibitor", &[&target]);
+    ex1.stdout.expect_line("exhibitor 4096");
+    let ex2 = Proc::spawn("exhibitor", &[&target]);
+    ex2.stdout.expect_line("exhibitor 4097");
+    let em1 = Proc::spawn("emitter", &[&target, "4097"]);
+    em1.stdout
+        .expect_line("emitter 1 paired with exhibitor 4097");
+    let em2 = Proc::spawn("emitter", &[&target]);
+    em2.stdout.expect_line("emitter 2");
+    let em3 = Proc::spawn("emitter", &[&target, "4096"]);
+    em3.stdout
+        .expect_line("emitter 3 paired with exhibitor 4096");
+}
+
+#[test]
+fn unicast_reaches_only_the_named_exhibitor() {
+    let server = Server::start(&[]);
+    let (ex1, id1) = server.exhibitor();
+    let (ex2, id2) = server.exhibitor();
+    assert_eq!((id1, id2), (4096, 4097));
+    let (mut em, em_id) = server.emitter(None);
+    assert_eq!(em_id, 1);
+
+    send_lines(&mut em, &["(4097) hello 4097"]);
+    ex2.stdout.expect_line("Message from 1: hello 4097");
+    em.stdout.expect_line("delivered #1");
+
+    // 4096's first line after its banner is its own message: the first one
+    // did not reach it.
+    send_lines(&mut em, &["(4096) hello 4096"]);
+    ex1.stdout.expect_line("Message from 1: hello 4096");
+    em.stdout.expect_line("delivered #2");
+}
+
+#[test]
+fn broadcast_reaches_every_exhibitor_marked_to_all() {
+    let server = Server::start(&[]);
+    let exhibitors: Vec<_> = (0..3).map(|_| server.exhibitor()).collect();
+    // Being paired with one exhibitor does not narrow a broadcast.
+    let (mut em, _) = server.emitter(Some(4097));
+
+    send_lines(&mut em, &["(0) hello everyone"]);
+    for (ex, _) in &exhibitors {
+        ex.stdout
+            .expect_line("Message from 1 to all: hello everyone");
+    }
+    em.stdout.expect_line("delivered #1");
+}
+
+#[test]
+fn message_to_an_emitter_id_reaches_its_paired_exhibitor() {
+    let server = Server::start(&[]);
+    let (paired_ex, _) = server.exhibitor();
+    let (other_ex, _) = server.exhibitor();
+    let (mut em_a, a) = server.emitter(Some(4096));
+    let (mut em_b, b) = server.emitter(None);
+    assert_eq!((a, b), (1, 2));
+
+    // To its own id: the emitter's own exhibitor.
+    send_lines(&mut em_a, &["(1) note to self"]);
+    paired_ex.stdout.expect_line("Message from 1: note to self");
+    em_a.stdout.expect_line("delivered #1");
+
+    // Another emitter's id: that emitter's exhibitor.
+    send_lines(&mut em_b, &["(1) via emitter 1"]);
+    paired_ex
+        .stdout
+        .expect_line("Message from 2: via emitter 1");
+    em_b.stdout.expect_line("delivered #1");
+
+    // The unpaired exhibitor saw none of it.
+    send_lines(&mut em_b, &["(4097) direct"]);
+    other_ex.stdout.expect_line("Message from 2: direct");
+    em_b.stdout.expect_line("delivered #2");
+}
+
+#[test]
+fn unpaired_emitter_unknown_exhibitor_and_unused_id_are_not_delivered() {
+    let server = Server::start(&[]);
+    let (ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(None);
+    let (_unpaired, unpaired_id) = server.emitter(None);
+    assert_eq!(unpaired_id, 2);
+
+    send_lines(
+        &mut em,
+        &[
+            "(2) to an unpaired emitter",
+            "(1) to myself, unpaired",
+            "(4097) to an exhibitor nobody holds",
+            "(9000) to an id outside both ranges",
+            "(CREQ) 4097",
+            "(CREQ) 2",
+            "(4096) this one arrives",
+        ],
+    );
+    for seq in 1..=6 {
+        em.stdout.expect_line(&format!("not delivered #{seq}"));
+    }
+    em.stdout.expect_line("delivered #7");
+    // The exhibitor's first line is the one message that had a target.
+    ex.stdout.expect_line("Message from 1: this one arrives");
+}
+
+#[test]
+fn broadcast_and_creq_to_all_without_exhibitors_are_not_delivered() {
+    let server = Server::start(&[]);
+    let (mut em, _) = server.emitter(None);
+    send_lines(&mut em, &["(0) anyone?", "(CREQ) 0"]);
+    em.stdout.expect_line("not delivered #1");
+    em.stdout.expect_line("not delivered #2");
+}
+
+#[test]
+fn creq_sends_the_client_list_to_the_target() {
+    let server = Server::start(&[]);
+    let (ex1, _) = server.exhibitor();
+    let (ex2, _) = server.exhibitor();
+    let (_em_a, _) = server.emitter(Some(4096));
+    let (mut em_b, _) = server.emitter(None);
+
+    send_lines(&mut em_b, &["(CREQ) 4097"]);
+    ex2.stdout.expect_line("Clients (4): 1 2 4096 4097");
+    em_b.stdout.expect_line("delivered #1");
+
+    // Targeted through an emitter id, like MSG: emitter 1's exhibitor.
+    send_lines(&mut em_b, &["(CREQ) 1"]);
+    ex1.stdout.expect_line("Clients (4): 1 2 4096 4097");
+    em_b.stdout.expect_line("delivered #2");
+}
+
+#[test]
+fn creq_to_zero_reaches_every_exhibitor() {
+    let server = Server::start(&[]);
+    let (ex1, _) = server.exhibitor();
+    let (ex2, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(None);
+
+    send_lines(&mut em, &["(CREQ) 0"]);
+    ex1.stdout.expect_line("Clients (3): 1 4096 4097");
+    ex2.stdout.expect_line("Clients (3): 1 4096 4097");
+    em.stdout.expect_line("delivered #1");
+}
+
+#[test]
+fn flw_line_closes_the_emitter_and_its_paired_exhibitor() {
+    let server = Server::start(&[]);
+    let (mut ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(Some(4096));
+
+    send_lines(&mut em, &["(4096) leaving soon"]);
+    ex.stdout.expect_line("Message from 1: leaving soon");
+    em.stdout.expect_line("delivered #1");
+
+    // stdin stays open: the (FLW) line alone makes it leave.
+    send_lines(&mut em, &["(FLW)"]);
+    assert_exit_quietly(&mut em, 0);
+    ex.stdout.expect_line("closed by server");
+    assert_exit_quietly(&mut ex, 0);
+
+    // The departed emitter's id is the lowest free one again.
+    let (_next, next_id) = server.emitter(None);
+    assert_eq!(next_id, 1);
+}
+
+#[test]
+fn end_of_input_waits_for_every_reply_then_leaves() {
+    let server = Server::start(&[]);
+    let (mut ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(Some(4096));
+
+    send_lines(
+        &mut em,
+        &["(4096) a", "(9000) b", "(0) c", "(CREQ) 4096", "(1) e"],
+    );
+    em.close_input();
+
+    em.stdout.expect_line("delivered #1");
+    em.stdout.expect_line("not delivered #2");
+    em.stdout.expect_line("delivered #3");
+    em.stdout.expect_line("delivered #4");
+    em.stdout.expect_line("delivered #5");
+    assert_exit_quietly(&mut em, 0);
+
+    ex.stdout.expect_line("Message from 1: a");
+    ex.stdout.expect_line("Message from 1 to all: c");
+    ex.stdout.expect_line("Clients (2): 1 4096");
+    ex.stdout.expect_line("Message from 1: e");
+    ex.stdout.expect_line("closed by server");
+    assert_exit_quietly(&mut ex, 0);
+}
+
+#[test]
+fn bad_input_lines_are_reported_and_take_no_sequence_number() {
+    let server = Server::start(&[]);
+    let (mut ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(Some(4096));
+
+    send_lines(
+        &mut em,
+        &[
+            "hello",          // 1: no (ID)
+            "(4096)x",        // 2: no space after ')'
+            "(4096) first",   // 3: #1
+            "(abc) hi",       // 4: not an id
+            "(65536) hi",     // 5: id out of range
+            "(CREQ) x",       // 6: CREQ with a bad id
+            "(CREQ)",         // 7: CREQ without an id
+            "(FLW) now",      // 8: text after FLW
+            "(4096) second",  // 9: #2
+            "(creq) 4096",    // 10: #3, keyword in lower case
+            "4096 no parens", // 11: no (ID)
+            "(-1) negative",  // 12: not an id
+            "(Flw)",          // 13: leave, mixed case
+        ],
+    );
+    for number in [1, 2, 4, 5, 6, 7, 8, 11, 12] {
+        assert_bad_line(&em.stderr.expect(), number);
+    }
+
+    em.stdout.expect_line("delivered #1");
+    em.stdout.expect_line("delivered #2");
+    em.stdout.expect_line("delivered #3");
+    assert_exit_quietly(&mut em, 0);
+    assert_eq!(em.stderr.rest(), Vec::<String>::new(), "unexpected stderr");
+
+    ex.stdout.expect_line("Message from 1: first");
+    ex.stdout.expect_line("Message from 1: second");
+    ex.stdout.expect_line("Clients (2): 1 4096");
+    ex.stdout.expect_line("closed by server");
+    assert_exit_quietly(&mut ex, 0);
+}
+
+#[test]
+fn one_space_after_the_parenthesis_is_syntax_not_text() {
+    let server = Server::start(&[]);
+    let (ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(None);
+
+    send_lines(&mut em, &["(4096)  two spaces", "(0)   three"]);
+    ex.stdout.expect_line("Message from 1:  two spaces");
+    ex.stdout.expect_line("Message from 1 to all:   three");
+    em.stdout.expect_line("delivered #1");
+    em.stdout.expect_line("delivered #2");
+}
+
+#[test]
+fn exhibitor_escapes_control_characters_and_invalid_utf8() {
+    let server = Server::start(&[]);
+    let (ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(None);
+
+    send_bytes(
+        &mut em,
+        b"(4096) tab\there\n\
+          (4096) esc\x1b[2Jclear\n\
+          (4096) back\\slash\n\
+          (4096) cr\rmid\n\
+          (4096) bad\xff\xfebytes\n\
+          (4096) bell\x07del\x7f\n",
+    );
+    send_lines(&mut em, &["(4096) Oi, tudo bem? ção"]);
+    ex.stdout.expect_line(r"Message from 1: tab\there");
+    ex.stdout.expect_line(r"Message from 1: esc\x1b[2Jclear");
+    ex.stdout.expect_line(r"Message from 1: back\\slash");
+    ex.stdout.expect_line(r"Message from 1: cr\rmid");
+    ex.stdout.expect_line(r"Message from 1: bad\xff\xfebytes");
+    ex.stdout.expect_line(r"Message from 1: bell\x07del\x7f");
+    ex.stdout.expect_line("Message from 1: Oi, tudo bem? ção");
+    for seq in 1..=7 {
+        em.stdout.expect_line(&format!("delivered #{seq}"));
+    }
+
+    // A newline inside a text cannot be typed into the emitter; send it from
+    // a raw emitter to check that it cannot forge a second line either.
+    let mut raw = server.raw();
+    let raw_id = raw.identify_emitter(1);
+    assert_eq!(raw_id, 2);
+    raw.send_frame(&Frame::msg(raw_id, 4096, 1, &b"one\ntwo\r\n"[..]).unwrap());
+    ex.stdout.expect_line(r"Message from 2: one\ntwo\r\n");
+    let ok = raw.expect_frame();
+    assert_eq!((ok.kind, ok.dest, ok.seq), (Kind::Ok, raw_id, 1), "{ok}");
+}
+
+#[test]
+fn replies_come_in_request_order() {
+    let server = Server::start(&[]);
+    // A hand-driven exhibitor that holds its acknowledgement back.
+    let mut raw_ex = server.raw();
+    assert_eq!(raw_ex.identify_exhibitor(), 4096);
+    let (mut em, _) = server.emitter(None);
+
+    send_lines(&mut em, &["(4096) slow", "(9000) fast"]);
+    let msg = raw_ex.expect_frame();
+    assert_eq!(
+        (msg.kind, msg.origin, msg.dest, msg.seq),
+        (Kind::Msg, 1, 4096, 1)
+    );
+    assert_eq!(msg.body, Body::Text(b"slow"[..].into()));
+    // #2 has no target, yet its reply waits behind #1's.
+    assert_eq!(
+        em.stdout.next_within(QUIET),
+        None,
+        "reply before #1 settled"
+    );
+
+    raw_ex.send_frame(&Frame::bare(Kind::Ok, 4096, msg.origin, msg.seq));
+    em.stdout.expect_line("delivered #1");
+    em.stdout.expect_line("not delivered #2");
+}
+
+#[test]
+fn pairing_with_an_unknown_exhibitor_is_refused() {
+    let server = Server::start(&[]);
+    let (_ex, _) = server.exhibitor();
+    let mut em = Proc::spawn("emitter", &[&server.target(), "4100"]);
+    assert_fails_with_one_line(&mut em);
+
+    // The refusal cost nothing: the next emitter is still number 1.
+    let (_next, id) = server.emitter(None);
+    assert_eq!(id, 1);
+}
+
+#[test]
+fn pairing_with_an_already_paired_exhibitor_is_refused() {
+    let server = Server::start(&[]);
+    let (ex, _) = server.exhibitor();
+    let (mut first, _) = server.emitter(Some(4096));
+
+    let mut second = Proc::spawn("emitter", &[&server.target(), "4096"]);
+    assert_fails_with_one_line(&mut second);
+
+    // The first pairing is intact.
+    send_lines(&mut first, &["(1) still paired"]);
+    ex.stdout.expect_line("Message from 1: still paired");
+    first.stdout.expect_line("delivered #1");
+}
+
+#[test]
+fn unreachable_server_makes_clients_exit_1() {
+    let addr = unused_addr();
+    let mut em = Proc::spawn("emitter", &[&addr]);
+    assert_fails_with_one_line(&mut em);
+    let mut ex = Proc::spawn("exhibitor", &[&addr]);
+    assert_fails_with_one_line(&mut ex);
+}
+
+#[test]
+fn exhibitor_sigint_leaves_and_its_id_is_reused() {
+    let server = Server::start(&[]);
+    let (mut ex1, _) = server.exhibitor();
+    let (ex2, _) = server.exhibitor();
+
+    ex1.signal(libc::SIGINT);
+    assert_exit_quietly(&mut ex1, 0);
+
+    // Lowest free id first: 4096 again, not 4098.
+    let (ex3, id3) = server.exhibitor();
+    assert_eq!(id3, 4096);
+
+    let (mut em, _) = server.emitter(None);
+    send_lines(&mut em, &["(CREQ) 0"]);
+    ex2.stdout.expect_line("Clients (3): 1 4096 4097");
+    ex3.stdout.expect_line("Clients (3): 1 4096 4097");
+    em.stdout.expect_line("delivered #1");
+}
+
+#[test]
+fn emitter_sigint_leaves_and_closes_its_paired_exhibitor() {
+    let server = Server::start(&[]);
+    let (mut ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(Some(4096));
+
+    // A reply proves the emitter is past its start-up (signal handler set).
+    send_lines(&mut em, &["(4096) hi"]);
+    ex.stdout.expect_line("Message from 1: hi");
+    em.stdout.expect_line("delivered #1");
+
+    em.signal(libc::SIGINT);
+    assert_exit_quietly(&mut em, 0);
+    ex.stdout.expect_line("closed by server");
+    assert_exit_quietly(&mut ex, 0);
+}
+
+#[test]
+fn server_sigint_closes_every_client_then_exits_0() {
+    let mut server = Server::start(&[]);
+    let (mut ex1, _) = server.exhibitor();
+    let (mut ex2, _) = server.exhibitor();
+    let (mut em1, _) = server.emitter(Some(4096));
+    let (mut em2, _) = server.emitter(None);
+
+    server.proc.signal(libc::SIGINT);
+    for client in [&mut ex1, &mut ex2, &mut em1, &mut em2] {
+        client.stdout.expect_line("closed by server");
+        assert_exit_quietly(client, 0);
+    }
+    assert_exit_quietly(&mut server.proc, 0);
+}

@@ -61,11 +61,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let banner = match args.exhibitor_id {
-        Some(ex) => format!("emitter {} paired with exhibitor {ex}", registered.id),
-        None => format!("emitter {}", registered.id),
-    };
-    let _ = print_line(&banner);
     let emitter = Arc::new(Emitter {
         id: registered.id,
         writer: registered.writer,
@@ -83,6 +78,13 @@ fn main() -> ExitCode {
             eprintln!("emitter: cannot install the signal handler: {e}");
         }
     }
+    let banner = match args.exhibitor_id {
+        Some(ex) => format!("emitter {} paired with exhibitor {ex}", registered.id),
+        None => format!("emitter {}", registered.id),
+    };
+    // Printed only once Ctrl-C is handled: whoever reads the banner may
+    // signal at once and must get a clean FLW.
+    let _ = print_line(&banner);
     emitter.read_input(args.wait);
     emitter.leave()
 }
