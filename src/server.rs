@@ -188,6 +188,8 @@ pub struct Server {
     /// be accepted and closed instead of waking the loop forever.
     spare_fd: Option<File>,
     scratch: Vec<u8>,
+    /// The time this loop turn started; one clock read serves the whole turn.
+    now: Instant,
 }
 
 impl Server {
@@ -216,6 +218,7 @@ impl Server {
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
+            now: Instant::now(),
         })
     }
 
@@ -243,6 +246,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -368,7 +372,7 @@ impl Server {
             dirty: false,
             ready: false,
         });
-        self.router.connected(conn, Instant::now());
+        self.router.connected(conn, self.now);
         info!(conn, %peer, "connected");
     }
 
@@ -395,7 +399,7 @@ impl Server {
                     Ok(Some(frame)) => {
                         debug!(conn, %frame, "received");
                         self.router
-                            .on_frame(conn, frame, Instant::now(), &mut self.wire);
+                            .on_frame(conn, frame, self.now, &mut self.wire);
                         self.settle_dropped();
                     }
                     Ok(None) => break,
@@ -446,7 +450,7 @@ impl Server {
                 closing.id = id;
             }
             self.router
-                .disconnected(conn, Instant::now(), &mut self.wire);
+                .disconnected(conn, self.now, &mut self.wire);
         }
     }
 
