@@ -137,6 +137,13 @@ pub struct Frame {
     pub body: Body,
 }
 
+/// The part of a frame after the header, as it goes on the wire.
+enum WireBody<'a> {
+    None,
+    Text(&'a [u8]),
+    Clients(&'a [ClientId]),
+}
+
 /// Why bytes could not be decoded as a frame. Each variant carries the header
 /// so the peer can still be answered (ERRO echoes the sequence number).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -232,39 +239,48 @@ impl Frame {
         }
     }
 
+    /// What the wire carries after the header: the type decides, so a frame
+    /// whose body disagrees with its type (built by hand) still encodes as a
+    /// well-formed frame of its type instead of desynchronising the stream.
+    /// Oversize bodies are cut to what the u16 count can say.
+    fn wire_body(&self) -> WireBody<'_> {
+        match (self.kind, &self.body) {
+            (Kind::Msg, Body::Text(text)) => WireBody::Text(&text[..text.len().min(MAX_TEXT_LEN)]),
+            (Kind::Msg, _) => WireBody::Text(&[]),
+            (Kind::Clist, Body::Clients(ids)) => {
+                WireBody::Clients(&ids[..ids.len().min(u16::MAX as usize)])
+            }
+            (Kind::Clist, _) => WireBody::Clients(&[]),
+            _ => WireBody::None,
+        }
+    }
+
     /// Bytes this frame takes on the wire.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN
-            + match &self.body {
-                Body::Empty => 0,
-                Body::Text(text) => 2 + text.len(),
-                Body::Clients(ids) => 2 + 2 * ids.len(),
+            + match self.wire_body() {
+                WireBody::None => 0,
+                WireBody::Text(text) => 2 + text.len(),
+                WireBody::Clients(ids) => 2 + 2 * ids.len(),
             }
     }
 
     /// Appends the wire form of this frame to `out`.
-    ///
-    /// Lengths are checked when a frame is built ([`Frame::msg`],
-    /// [`Frame::clist`]) and by [`Frame::decode`]; a frame assembled by hand
-    /// with an oversize body is truncated to what the length field can say
-    /// rather than emitting a length that disagrees with the bytes.
     pub fn encode(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
         out.put_u16(self.kind as u16);
         out.put_u16(self.origin);
         out.put_u16(self.dest);
         out.put_u16(self.seq);
-        match &self.body {
-            Body::Empty => {}
-            Body::Text(text) => {
-                let len = text.len().min(MAX_TEXT_LEN);
-                out.put_u16(len as u16);
-                out.put_slice(&text[..len]);
+        match self.wire_body() {
+            WireBody::None => {}
+            WireBody::Text(text) => {
+                out.put_u16(text.len() as u16);
+                out.put_slice(text);
             }
-            Body::Clients(ids) => {
-                let len = ids.len().min(u16::MAX as usize);
-                out.put_u16(len as u16);
-                for id in &ids[..len] {
+            WireBody::Clients(ids) => {
+                out.put_u16(ids.len() as u16);
+                for id in ids {
                     out.put_u16(*id);
                 }
             }
@@ -436,6 +452,21 @@ mod tests {
             Frame::frame_len(b"\x00\x07\xff\xff\x00\x00\x00\x00\x00\x03"),
             Ok(Some(10 + 6))
         );
+    }
+
+    #[test]
+    fn a_body_that_disagrees_with_the_type_is_not_encoded() {
+        let mut ok = Frame::bare(Kind::Ok, 1, 2, 3);
+        ok.body = Body::Text(Bytes::from_static(b"junk"));
+        assert_eq!(&ok.to_bytes()[..], b"\x00\x01\x00\x01\x00\x02\x00\x03");
+        let mut msg = Frame::bare(Kind::Msg, 1, 0, 3);
+        assert_eq!(msg.encoded_len(), 10);
+        assert_eq!(
+            &msg.to_bytes()[..],
+            b"\x00\x05\x00\x01\x00\x00\x00\x03\x00\x00"
+        );
+        msg.body = Body::Clients(vec![1]);
+        assert_eq!(msg.encoded_len(), 10);
     }
 
     #[test]
