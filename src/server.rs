@@ -398,8 +398,7 @@ impl Server {
                 match slot.conn.next_frame() {
                     Ok(Some(frame)) => {
                         debug!(conn, %frame, "received");
-                        self.router
-                            .on_frame(conn, frame, self.now, &mut self.wire);
+                        self.router.on_frame(conn, frame, self.now, &mut self.wire);
                         self.settle_dropped();
                     }
                     Ok(None) => break,
@@ -449,8 +448,7 @@ impl Server {
             {
                 closing.id = id;
             }
-            self.router
-                .disconnected(conn, self.now, &mut self.wire);
+            self.router.disconnected(conn, self.now, &mut self.wire);
         }
     }
 
