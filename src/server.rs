@@ -479,6 +479,7 @@ impl Server {
             Err(e) => {
                 debug!(conn, error = %e, "write failed");
                 self.wire.drop_conn(conn, CloseReason::IoError, true);
+                self.settle_dropped();
                 self.remove(conn);
             }
         }
