@@ -1,0 +1,259 @@
+//! `relay`: the load generator behind `scripts/bench-compare.sh`.
+//!
+//! One single-threaded mio loop (pinned with `--cpu`) plays every publisher
+//! and every subscriber of a workload against one server on loopback:
+//! evchat (emitters and exhibitors, each exhibitor acking every frame as the
+//! real one does), Redis pub/sub, NATS core (plain or `verbose`) and MQTT
+//! 3.1.1 (QoS 0 or 1), each spoken by a few dozen lines of hand-written
+//! protocol code over plain sockets.
+//!
+//! Every payload starts with a 16-byte head — send time in nanoseconds since
+//! this process's clock base, publisher index, publisher sequence number —
+//! padded to `--size`, so a subscriber measures latency and a publisher's
+//! window is settled by delivery without any shared state beyond the bytes.
+//! Publishers keep up to `--window` messages outstanding (see `flow.rs` for
+//! what settles one on each target) and optionally follow a fixed `--rate`.
+//! Counting starts after `--warmup` and lasts `--duration`; then the process
+//! prints its figures (one JSON line with `--json`) and exits, closing every
+//! connection. `--idle N` instead opens N identified connections, holds them
+//! for `--duration` and reports the server's resident memory per connection.
+//!
+//! The generator must never be the bottleneck, so the hot path does no
+//! allocation and no per-message syscall: one 256 KiB scratch buffer for all
+//! reads, frames parsed in place, and each publisher's frames for a turn
+//! written with one `write`. With `--server-pid` it also reports the CPU time
+//! the server and the generator used over the measured window, so a run shows
+//! which side was saturated.
+//!
+//! `cargo bench --bench relay -- --target evchat --addr 127.0.0.1:PORT ...`
+
+#[path = "relay/conn.rs"]
+mod conn;
+#[path = "relay/driver.rs"]
+mod driver;
+#[path = "relay/evchat.rs"]
+mod evchat;
+#[path = "relay/flow.rs"]
+mod flow;
+#[path = "relay/idle.rs"]
+mod idle;
+#[path = "relay/mqtt.rs"]
+mod mqtt;
+#[path = "relay/nats.rs"]
+mod nats;
+#[path = "relay/redis.rs"]
+mod redis;
+#[path = "relay/report.rs"]
+mod report;
+#[path = "relay/setup.rs"]
+mod setup;
+#[path = "relay/sys.rs"]
+mod sys;
+
+use clap::{Parser, ValueEnum};
+use report::Outcome;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+/// The server under test and, where it has one, its delivery guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// evchat: MSG frames, exhibitor OKs, the server's OK/ERRO per request.
+    #[value(name = "evchat")]
+    Evchat,
+    /// Redis pub/sub over RESP (PUBLISH's integer reply counts as the ack).
+    #[value(name = "redis")]
+    Redis,
+    /// NATS core, fire and forget.
+    #[value(name = "nats")]
+    Nats,
+    /// NATS core with `"verbose":true`: a `+OK` per PUB.
+    #[value(name = "nats-verbose")]
+    NatsVerbose,
+    /// MQTT 3.1.1 at QoS 0.
+    #[value(name = "mqtt0")]
+    Mqtt0,
+    /// MQTT 3.1.1 at QoS 1: PUBACK from the broker and from each subscriber.
+    #[value(name = "mqtt1")]
+    Mqtt1,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Evchat => "evchat",
+            Target::Redis => "redis",
+            Target::Nats => "nats",
+            Target::NatsVerbose => "nats-verbose",
+            Target::Mqtt0 => "mqtt0",
+            Target::Mqtt1 => "mqtt1",
+        }
+    }
+}
+
+/// Who receives a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Publisher i sends to subscriber i only (evchat: a paired emitter).
+    Unicast,
+    /// Every publisher sends to every subscriber (evchat: destination 0).
+    Broadcast,
+}
+
+/// Bytes at the start of every payload: send time, publisher, sequence.
+pub const HEAD_LEN: usize = 16;
+
+#[derive(Parser, Debug)]
+#[command(about = "Relay load generator: evchat vs Redis, NATS and MQTT on loopback")]
+pub struct Args {
+    /// Server to drive
+    #[arg(long, value_enum)]
+    pub target: Option<Target>,
+    /// Server address; loopback only (127.0.0.0/8 or ::1)
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Publishers (evchat emitters)
+    #[arg(long, default_value_t = 1)]
+    pub emitters: usize,
+    /// Subscribers (evchat exhibitors)
+    #[arg(long, default_value_t = 1)]
+    pub exhibitors: usize,
+    /// unicast (pairs, needs as many emitters as exhibitors) or broadcast
+    #[arg(long, value_enum, default_value = "unicast")]
+    pub mode: Mode,
+    /// Payload bytes per message (at least 16: the timestamp head)
+    #[arg(long, default_value_t = 32)]
+    pub size: usize,
+    /// Messages each publisher may have outstanding
+    #[arg(long, default_value_t = 1024)]
+    pub window: u32,
+    /// Fixed offered rate in messages/s over all publishers (default: as fast as the window allows)
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds of load before counting starts
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Seconds counted (with --idle: seconds the connections are held)
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Pin this process to CPU K
+    #[arg(long)]
+    pub cpu: Option<usize>,
+    /// Open N idle identified connections instead, hold them and report the server's RSS per connection
+    #[arg(long, default_value_t = 0)]
+    pub idle: usize,
+    /// Server process id, to report its CPU time (and RSS with --idle)
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Print one JSON line of results
+    #[arg(long)]
+    pub json: bool,
+    /// Print a free TCP port on 127.0.0.1 and exit (for the compare script)
+    #[arg(long)]
+    pub free_port: bool,
+    /// Passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+/// Upper bounds that keep a mistyped command line from running away.
+const MAX_SECS: f64 = 3600.0;
+const MAX_CONNS: usize = 20_000;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.free_port {
+        return match crate::sys::free_port() {
+            Ok(port) => {
+                println!("{port}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relay: no free port: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let Some(target) = args.target else {
+        // A bare `cargo bench` runs every bench: nothing to drive without a server.
+        eprintln!("relay: no --target given, nothing to do (see --help)");
+        return ExitCode::SUCCESS;
+    };
+    match run(target, &args) {
+        Ok(outcome) => {
+            outcome.print(args.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{{\"target\":\"{}\",\"error\":\"{}\"}}",
+                    target.name(),
+                    crate::report::json_escape(&e)
+                );
+            }
+            eprintln!("relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(target: Target, args: &Args) -> Result<Outcome, String> {
+    let addr = args.addr.ok_or("--addr is required")?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address; refusing to connect"
+        ));
+    }
+    check_args(target, args)?;
+    if let Some(cpu) = args.cpu {
+        crate::sys::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
+    }
+    crate::sys::raise_descriptor_limit();
+    crate::sys::tighten_timer_slack();
+    if args.idle > 0 {
+        return crate::idle::run(target, addr, args);
+    }
+    let plan = crate::setup::Plan::new(target, addr, args);
+    let conns = crate::setup::connect_all(&plan)?;
+    crate::driver::Driver::new(plan, conns, args)?.run()
+}
+
+fn check_args(target: Target, args: &Args) -> Result<(), String> {
+    let secs_ok = |s: f64| s.is_finite() && (0.0..=MAX_SECS).contains(&s);
+    if !secs_ok(args.warmup) || !secs_ok(args.duration) || args.duration <= 0.0 {
+        return Err(format!(
+            "--warmup and --duration must lie in 0..={MAX_SECS} s, duration above 0"
+        ));
+    }
+    if args.idle > 0 {
+        if args.idle > MAX_CONNS {
+            return Err(format!("--idle is at most {MAX_CONNS}"));
+        }
+        return Ok(());
+    }
+    if !(HEAD_LEN..=u16::MAX as usize).contains(&args.size) {
+        return Err(format!("--size must lie in {HEAD_LEN}..=65535"));
+    }
+    if args.window == 0 || args.window > 65_535 {
+        return Err("--window must lie in 1..=65535".into());
+    }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err("--rate must be a positive number of messages/s".into());
+    }
+    if args.emitters == 0 || args.exhibitors == 0 {
+        return Err("need at least one emitter and one exhibitor".into());
+    }
+    if args.emitters + args.exhibitors > MAX_CONNS {
+        return Err(format!("at most {MAX_CONNS} connections in all"));
+    }
+    if args.mode == Mode::Unicast && args.emitters != args.exhibitors {
+        return Err("unicast pairs emitter i with exhibitor i: give as many of each".into());
+    }
+    if target == Target::Evchat && (args.emitters > 4095 || args.exhibitors > 4096) {
+        return Err("evchat has ids for 4095 emitters and 4096 exhibitors".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! One client connection during the load phase: the socket, the bytes of a
+//! partial frame carried between reads, and the output not yet written.
+
+use crate::flow::Counters;
+use mio::net::TcpStream;
+use std::io::{self, Write};
+
+/// What a connection plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Publisher (evchat emitter) number `p`: index into `Ctx::flows`.
+    Pub(usize),
+    /// Subscriber (evchat exhibitor).
+    Sub,
+}
+
+/// Protocol state a connection keeps between frames.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub role: Role,
+    /// evchat: the id the server assigned (origin of everything we send).
+    pub own_id: u16,
+    /// evchat: MSG destination (0 or the paired exhibitor).
+    pub dest: u16,
+    /// evchat: sequence number of the last frame sent; MQTT QoS 1: last packet id.
+    pub seq: u16,
+    /// Redis/NATS/MQTT: the bytes that precede every payload this publisher sends.
+    pub prefix: Vec<u8>,
+}
+
+impl Session {
+    pub fn new(role: Role) -> Session {
+        Session {
+            role,
+            own_id: 0,
+            dest: 0,
+            seq: 0,
+            prefix: Vec::new(),
+        }
+    }
+}
+
+pub struct Conn {
+    pub sock: TcpStream,
+    /// Start of a frame that has not fully arrived.
+    pub pending: Vec<u8>,
+    /// Bytes to write; `out[out_pos..]` is what is left.
+    pub out: Vec<u8>,
+    pub out_pos: usize,
+    /// The last write was short: wait for a writable event.
+    pub blocked: bool,
+    /// In the driver's flush list this turn.
+    pub queued: bool,
+    pub session: Session,
+}
+
+/// Output above this is compacted away once written.
+const COMPACT_AT: usize = 1 << 20;
+
+impl Conn {
+    pub fn new(sock: TcpStream, leftover: Vec<u8>, session: Session) -> Conn {
+        Conn {
+            sock,
+            pending: leftover,
+            out: Vec::with_capacity(4096),
+            out_pos: 0,
+            blocked: false,
+            queued: false,
+            session,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Writes what it can. A short write means the socket buffer is full
+    /// (an edge-triggered writable event follows when it drains).
+    pub fn flush(&mut self, counters: &mut Counters) -> io::Result<()> {
+        while self.out_pos < self.out.len() && !self.blocked {
+            match self.sock.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out_pos += n;
+                    counters.wire_out += n as u64;
+                    if self.out_pos < self.out.len() {
+                        self.blocked = true;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos >= COMPACT_AT {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! evchat as its own clients speak it (PROTOCOL.md): OI to identify; the
+//! emitter pipelines MSG frames and counts the server's in-order OK/ERRO
+//! replies; the exhibitor answers every MSG with OK(own id, frame origin,
+//! frame seq), exactly as `exhibitor` does after showing it.
+
+use crate::conn::{Role, Session};
+use crate::flow::Ctx;
+use crate::setup::read_until;
+use evchat::proto::{Frame, HEADER_LEN, Header, Kind, SERVER_ID};
+use std::io::Write;
+use std::net::TcpStream;
+
+const MSG: u16 = Kind::Msg as u16;
+const OK: u16 = Kind::Ok as u16;
+const ERRO: u16 = Kind::Erro as u16;
+const FLW: u16 = Kind::Flw as u16;
+
+/// Sends OI with `origin` (0: exhibitor; an exhibitor id: paired emitter;
+/// 1: unpaired emitter) and returns the assigned id and any bytes after the OK.
+pub fn identify(stream: &mut TcpStream, origin: u16) -> Result<(u16, Vec<u8>), String> {
+    let oi = Frame::bare(Kind::Oi, origin, SERVER_ID, 0).to_bytes();
+    stream.write_all(&oi).map_err(|e| format!("OI: {e}"))?;
+    let mut buf = Vec::new();
+    read_until(stream, &mut buf, |b| {
+        Ok((b.len() >= HEADER_LEN).then_some(HEADER_LEN))
+    })?;
+    let reply = Header::peek(&buf).expect("8 bytes read");
+    if reply.kind != OK {
+        return Err(format!(
+            "OI with origin {origin} refused (reply type {}); is the server fresh and are ids left?",
+            reply.kind
+        ));
+    }
+    Ok((reply.dest, buf.split_off(HEADER_LEN)))
+}
+
+fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..2].copy_from_slice(&kind.to_be_bytes());
+    h[2..4].copy_from_slice(&origin.to_be_bytes());
+    h[4..6].copy_from_slice(&dest.to_be_bytes());
+    h[6..8].copy_from_slice(&seq.to_be_bytes());
+    h
+}
+
+/// Appends one MSG carrying `head` padded with `pad`.
+#[inline]
+pub fn encode(s: &mut Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
+    // OI was frame 0; every MSG takes the next number.
+    s.seq = s.seq.wrapping_add(1);
+    let len = (head.len() + pad.len()) as u16;
+    out.extend_from_slice(&header(MSG, s.own_id, s.dest, s.seq));
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(pad);
+}
+
+/// Consumes the whole frames at the start of `input`; returns their length.
+pub fn parse(
+    s: &mut Session,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    ctx: &mut Ctx,
+) -> Result<usize, String> {
+    let mut pos = 0;
+    while input.len() - pos >= HEADER_LEN {
+        let frame = &input[pos..];
+        let kind = u16::from_be_bytes([frame[0], frame[1]]);
+        match kind {
+            MSG => {
+                let Some(len) = frame.get(8..10) else { break };
+                let end = 10 + u16::from_be_bytes([len[0], len[1]]) as usize;
+                if frame.len() < end {
+                    break;
+                }
+                ctx.delivered(&frame[10..end]);
+                let origin = u16::from_be_bytes([frame[2], frame[3]]);
+                let seq = u16::from_be_bytes([frame[6], frame[7]]);
+                out.extend_from_slice(&header(OK, s.own_id, origin, seq));
+                pos += end;
+            }
+            OK | ERRO => {
+                if let Role::Pub(p) = s.role {
+                    ctx.replied(p, kind == OK);
+                }
+                pos += HEADER_LEN;
+            }
+            FLW => {
+                let seq = u16::from_be_bytes([frame[6], frame[7]]);
+                out.extend_from_slice(&header(OK, s.own_id, SERVER_ID, seq));
+                return Err("the evchat server sent FLW (it is shutting down)".into());
+            }
+            _ => {
+                return Err(format!(
+                    "unexpected evchat frame type {kind} for {:?} {}",
+                    s.role, s.own_id
+                ));
+            }
+        }
+    }
+    Ok(pos)
+}

@@ -1,0 +1,105 @@
+//! The memory workload: N identified connections that send nothing more.
+//!
+//! evchat: exhibitors first (ids 4096..=8191), then unpaired emitters, so up
+//! to 8191 connections. Redis, NATS and MQTT: one subscriber per connection,
+//! each on a channel of its own. The server's resident memory is read before
+//! the first connection and again at the end of the hold; the difference over
+//! N is the cost of a connection.
+
+use crate::Args;
+use crate::Target;
+use crate::report::{IdleFigures, Outcome};
+use crate::setup::connect;
+use crate::{Mode, evchat, mqtt, nats, redis, sys};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// evchat assigns ids 4096..=8191 to exhibitors and 1..=4095 to emitters.
+const EVCHAT_EXHIBITOR_IDS: usize = 4096;
+const EVCHAT_IDS: usize = 8191;
+/// Pause before the baseline reading, for the server to finish starting.
+const SETTLE: Duration = Duration::from_millis(500);
+
+fn open(target: Target, addr: SocketAddr, k: usize) -> Result<TcpStream, String> {
+    let mut stream = connect(addr)?;
+    match target {
+        Target::Evchat => {
+            let origin = if k < EVCHAT_EXHIBITOR_IDS { 0 } else { 1 };
+            evchat::identify(&mut stream, origin)?;
+        }
+        Target::Redis => {
+            redis::subscribe(&mut stream, &format!("i{k}"))?;
+        }
+        Target::Nats | Target::NatsVerbose => {
+            nats::connect(
+                &mut stream,
+                target == Target::NatsVerbose,
+                Some(&format!("i.{k}")),
+            )?;
+        }
+        Target::Mqtt0 | Target::Mqtt1 => {
+            mqtt::connect(&mut stream, &format!("relay-i{k}-{}", std::process::id()))?;
+            mqtt::subscribe(
+                &mut stream,
+                &format!("i/{k}"),
+                u8::from(target == Target::Mqtt1),
+            )?;
+        }
+    }
+    Ok(stream)
+}
+
+pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, String> {
+    let n = args.idle;
+    if target == Target::Evchat && n > EVCHAT_IDS {
+        return Err(format!(
+            "evchat identifies at most {EVCHAT_IDS} clients at once; --idle {n} is more"
+        ));
+    }
+    let rss = || args.server_pid.and_then(sys::rss_kib);
+    // The baseline is read once the server is up and settled: a probe
+    // connection proves it listens (and is closed again before identifying).
+    drop(connect(addr)?);
+    std::thread::sleep(SETTLE);
+    let rss_before_kib = rss();
+    let opened = Instant::now();
+    let mut held = Vec::with_capacity(n);
+    for k in 0..n {
+        held.push(open(target, addr, k).map_err(|e| format!("idle connection {k}: {e}"))?);
+    }
+    let secs = opened.elapsed().as_secs_f64();
+    eprintln!(
+        "relay: {n} idle {} connections open in {secs:.2} s; holding",
+        target.name()
+    );
+    std::thread::sleep(Duration::from_secs_f64(args.duration));
+    let rss_after_kib = rss();
+    Ok(Outcome {
+        target,
+        mode: Mode::Unicast,
+        emitters: 0,
+        exhibitors: 0,
+        size: 0,
+        window: 0,
+        rate: None,
+        secs: args.duration,
+        sent: 0,
+        delivered: 0,
+        acked: 0,
+        refused: 0,
+        garbled: 0,
+        wire_bytes: 0,
+        latency: None,
+        server_cpu: None,
+        client_cpu: None,
+        server_wait: None,
+        client_wait: None,
+        server_core_idle: None,
+        client_core_idle: None,
+        idle: Some(IdleFigures {
+            conns: held.len(),
+            rss_before_kib,
+            rss_after_kib,
+        }),
+    })
+}

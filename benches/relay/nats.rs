@@ -1,0 +1,129 @@
+//! NATS core, client side, as much as the workload needs.
+//!
+//! ```text
+//! ← INFO {...}\r\n                       on connect
+//! → CONNECT {"verbose":false,...}\r\n    then SUB <subject> 1\r\n, PING\r\n
+//! ← PONG\r\n                             (after +OK lines in verbose mode)
+//! → PUB <subject> <S>\r\n<payload>\r\n   ← +OK\r\n in verbose mode
+//! ← MSG <subject> <sid> [reply] <S>\r\n<payload>\r\n
+//! ← PING\r\n  → PONG\r\n                 the server's keep-alive
+//! ```
+
+use crate::conn::{Role, Session};
+use crate::flow::Ctx;
+use crate::redis::line_end;
+use crate::setup::read_until;
+use std::io::Write;
+use std::net::TcpStream;
+
+/// Sends CONNECT (and SUB when `subject` is given), then waits for the PONG
+/// that proves both were processed. Returns the bytes after it.
+pub fn connect(
+    stream: &mut TcpStream,
+    verbose: bool,
+    subject: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let n = read_until(stream, &mut buf, |b| Ok(line_end(b, 0).map(|end| end + 2)))?;
+    if !buf.starts_with(b"INFO ") {
+        return Err(format!(
+            "expected NATS INFO, got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ));
+    }
+    buf.drain(..n);
+    let mut hello = format!(
+        "CONNECT {{\"verbose\":{verbose},\"pedantic\":false,\"tls_required\":false,\
+         \"name\":\"relay-bench\",\"lang\":\"rust\",\"version\":\"0.1\",\"protocol\":1,\
+         \"echo\":false}}\r\n"
+    );
+    if let Some(subject) = subject {
+        hello.push_str(&format!("SUB {subject} 1\r\n"));
+    }
+    hello.push_str("PING\r\n");
+    stream
+        .write_all(hello.as_bytes())
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    loop {
+        let n = read_until(stream, &mut buf, |b| Ok(line_end(b, 0).map(|end| end + 2)))?;
+        let line = buf.drain(..n).collect::<Vec<u8>>();
+        if line.starts_with(b"PONG") {
+            return Ok(buf);
+        }
+        if line.starts_with(b"-ERR") {
+            return Err(format!(
+                "NATS refused: {}",
+                String::from_utf8_lossy(&line).trim_end()
+            ));
+        }
+        // +OK (verbose), INFO updates: nothing to do.
+    }
+}
+
+/// Everything a PUB of `size` payload bytes on `subject` puts before the payload.
+pub fn publish_prefix(subject: &str, size: usize) -> Vec<u8> {
+    format!("PUB {subject} {size}\r\n").into_bytes()
+}
+
+/// Appends one PUB.
+#[inline]
+pub fn encode(s: &Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&s.prefix);
+    out.extend_from_slice(head);
+    out.extend_from_slice(pad);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The byte count that ends a MSG line (`line` without its `\r\n`).
+#[inline]
+fn msg_size(line: &[u8]) -> Result<usize, String> {
+    let start = line
+        .iter()
+        .rposition(|&b| b == b' ')
+        .ok_or("MSG line without a size")?
+        + 1;
+    let digits = &line[start..];
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(format!("bad MSG line {:?}", String::from_utf8_lossy(line)));
+    }
+    Ok(digits
+        .iter()
+        .fold(0usize, |n, &d| n * 10 + (d - b'0') as usize))
+}
+
+/// Consumes the whole messages at the start of `input`; returns their length.
+pub fn parse(s: &Session, input: &[u8], out: &mut Vec<u8>, ctx: &mut Ctx) -> Result<usize, String> {
+    let mut pos = 0;
+    while pos < input.len() {
+        let Some(end) = line_end(input, pos) else {
+            break;
+        };
+        let line = &input[pos..end];
+        if line.starts_with(b"MSG ") {
+            let start = end + 2;
+            let stop = start + msg_size(line)?;
+            if input.len() < stop + 2 {
+                break;
+            }
+            ctx.delivered(&input[start..stop]);
+            pos = stop + 2;
+            continue;
+        }
+        if line == b"+OK" {
+            if let Role::Pub(p) = s.role {
+                ctx.replied(p, true);
+            }
+        } else if line == b"PING" {
+            out.extend_from_slice(b"PONG\r\n");
+        } else if line.starts_with(b"-ERR") {
+            return Err(format!("NATS: {}", String::from_utf8_lossy(line)));
+        } else if !(line == b"PONG" || line.starts_with(b"INFO ")) {
+            return Err(format!(
+                "unexpected NATS line {:?}",
+                String::from_utf8_lossy(line)
+            ));
+        }
+        pos = end + 2;
+    }
+    Ok(pos)
+}

@@ -1,0 +1,172 @@
+//! Opening and identifying connections before the clock starts.
+//!
+//! Handshakes are done one connection at a time on blocking sockets (a
+//! round trip each; 1,000 subscribers take a fraction of a second), then each
+//! socket turns non-blocking and moves to the mio loop with whatever bytes
+//! followed its handshake reply. Subscribers go first, so that nothing a
+//! publisher sends can miss them.
+
+use crate::conn::{Conn, Role, Session};
+use crate::{Args, Mode, Target, evchat, mqtt, nats, redis};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start listening, and a handshake to finish.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The workload, as the command line gave it.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    pub addr: SocketAddr,
+    pub mode: Mode,
+    pub emitters: usize,
+    pub exhibitors: usize,
+    pub size: usize,
+}
+
+impl Plan {
+    pub fn new(target: Target, addr: SocketAddr, args: &Args) -> Plan {
+        Plan {
+            target,
+            addr,
+            mode: args.mode,
+            emitters: args.emitters,
+            exhibitors: args.exhibitors,
+            size: args.size,
+        }
+    }
+
+    /// Subscribers each publisher's message reaches.
+    pub fn fanout(&self) -> u32 {
+        match self.mode {
+            Mode::Unicast => 1,
+            Mode::Broadcast => self.exhibitors as u32,
+        }
+    }
+
+    /// Channel / subject / topic of pair `i` (or the one broadcast channel).
+    fn channel(&self, i: usize) -> String {
+        match self.mode {
+            Mode::Unicast => format!("u{i}"),
+            Mode::Broadcast => "b".to_owned(),
+        }
+    }
+}
+
+/// Connects, retrying while the server is still coming up.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let deadline = Instant::now() + CONNECT_PATIENCE;
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                stream
+                    .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+                    .map_err(|e| e.to_string())?;
+                return Ok(stream);
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("cannot connect to {addr}: {e}")),
+        }
+    }
+}
+
+/// Reads until `done` recognises a complete reply at the start of `buf`;
+/// returns its length. Bytes after it stay in `buf`.
+pub fn read_until(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut done: impl FnMut(&[u8]) -> Result<Option<usize>, String>,
+) -> Result<usize, String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(n) = done(buf)? {
+            return Ok(n);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err("server closed the connection during the handshake".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("handshake: {e}")),
+        }
+    }
+}
+
+/// Opens every connection of the plan: subscribers `0..M`, then publishers.
+pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
+    let mut conns = Vec::with_capacity(plan.exhibitors + plan.emitters);
+    let mut exhibitor_ids = Vec::with_capacity(plan.exhibitors);
+    for i in 0..plan.exhibitors {
+        let mut stream = connect(plan.addr)?;
+        let mut session = Session::new(Role::Sub);
+        let leftover = match plan.target {
+            Target::Evchat => {
+                let (id, rest) = evchat::identify(&mut stream, 0)?;
+                session.own_id = id;
+                exhibitor_ids.push(id);
+                rest
+            }
+            Target::Redis => redis::subscribe(&mut stream, &plan.channel(i))?,
+            Target::Nats | Target::NatsVerbose => {
+                nats::connect(&mut stream, false, Some(&plan.channel(i)))?
+            }
+            Target::Mqtt0 | Target::Mqtt1 => {
+                let qos = u8::from(plan.target == Target::Mqtt1);
+                mqtt::connect(&mut stream, &format!("relay-s{i}-{}", std::process::id()))?;
+                mqtt::subscribe(&mut stream, &plan.channel(i), qos)?
+            }
+        };
+        conns.push(into_conn(stream, leftover, session)?);
+    }
+    for i in 0..plan.emitters {
+        let mut stream = connect(plan.addr)?;
+        let mut session = Session::new(Role::Pub(i));
+        let channel = plan.channel(i);
+        let leftover = match plan.target {
+            Target::Evchat => {
+                let (origin, dest) = match (plan.mode, exhibitor_ids.get(i)) {
+                    (Mode::Unicast, Some(&id)) => (id, id),
+                    (Mode::Unicast, None) => return Err(format!("no exhibitor for emitter {i}")),
+                    (Mode::Broadcast, _) => (1, 0),
+                };
+                let (id, rest) = evchat::identify(&mut stream, origin)?;
+                session.own_id = id;
+                session.dest = dest;
+                rest
+            }
+            Target::Redis => {
+                session.prefix = redis::publish_prefix(&channel, plan.size);
+                Vec::new()
+            }
+            Target::Nats | Target::NatsVerbose => {
+                session.prefix = nats::publish_prefix(&channel, plan.size);
+                nats::connect(&mut stream, plan.target == Target::NatsVerbose, None)?
+            }
+            Target::Mqtt0 | Target::Mqtt1 => {
+                let qos = u8::from(plan.target == Target::Mqtt1);
+                session.prefix = mqtt::publish_prefix(&channel, qos, plan.size);
+                mqtt::connect(&mut stream, &format!("relay-p{i}-{}", std::process::id()))?
+            }
+        };
+        conns.push(into_conn(stream, leftover, session)?);
+    }
+    Ok(conns)
+}
+
+/// Hands a handshaken socket to mio.
+pub fn into_conn(stream: TcpStream, leftover: Vec<u8>, session: Session) -> Result<Conn, String> {
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(Conn::new(
+        mio::net::TcpStream::from_std(stream),
+        leftover,
+        session,
+    ))
+}

