@@ -92,13 +92,13 @@ impl Connection {
         self.input.len()
     }
 
-    /// Queues `frame` for writing; false (and nothing queued) when it would
-    /// take the unsent output past the cap.
-    pub fn queue(&mut self, frame: &Frame) -> bool {
-        if self.output.len() + frame.encoded_len() > self.max_output {
+    /// Queues an encoded frame for writing; false (and nothing queued) when
+    /// it would take the unsent output past the cap.
+    pub fn queue(&mut self, encoded: &[u8]) -> bool {
+        if self.output.len() + encoded.len() > self.max_output {
             return false;
         }
-        frame.encode(&mut self.output);
+        self.output.extend_from_slice(encoded);
         true
     }
 

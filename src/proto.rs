@@ -328,25 +328,28 @@ impl Frame {
         if buf.len() < len {
             return Ok(None);
         }
-        let mut frame = buf.split_to(len);
-        let header = Header::peek(&frame).expect("frame_len checked the header");
+        let header = Header::peek(buf).expect("frame_len checked the header");
         let kind = Kind::from_u16(header.kind).expect("frame_len checked the type");
-        frame.advance(HEADER_LEN);
         let body = match kind {
             Kind::Msg => {
-                frame.advance(2);
+                let mut frame = buf.split_to(len);
+                frame.advance(HEADER_LEN + 2);
                 Body::Text(frame.freeze())
             }
             Kind::Clist => {
-                frame.advance(2);
-                Body::Clients(
-                    frame
-                        .chunks_exact(2)
-                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                        .collect(),
-                )
+                let ids = buf[HEADER_LEN + 2..len]
+                    .chunks_exact(2)
+                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                    .collect();
+                buf.advance(len);
+                Body::Clients(ids)
             }
-            _ => Body::Empty,
+            // Header-only frames (most of the traffic: acks) take no view of
+            // the buffer, just the bytes off its front.
+            _ => {
+                buf.advance(len);
+                Body::Empty
+            }
         };
         Ok(Some(Frame {
             kind,

@@ -25,6 +25,13 @@ pub type ConnId = usize;
 pub trait Outbox {
     /// Queue `frame` for `to`.
     fn send(&mut self, to: ConnId, frame: &Frame);
+    /// Queue the same `frame` for each of `targets` (a forwarded MSG); an
+    /// outbox may encode it once for all of them.
+    fn send_to_all(&mut self, targets: &[ConnId], frame: &Frame) {
+        for &to in targets {
+            self.send(to, frame);
+        }
+    }
     /// Close `conn` once what was queued for it has been written. The router
     /// has already forgotten it.
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason);
@@ -114,16 +121,26 @@ struct Delivery {
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     /// One target of an emitter's MSG or CREQ.
-    Request { emitter: ConnId, serial: u64 },
+    Request(RequestRef),
     /// The server's FLW: the connection closes when it is acknowledged.
     Farewell,
+}
+
+/// Names one request of one emitter connection.
+#[derive(Debug, Clone, Copy)]
+struct RequestRef {
+    emitter: ConnId,
+    /// Which connection held `emitter` when the request was made.
+    incarnation: u64,
+    /// The request's number in that emitter's reply queue.
+    request: u64,
 }
 
 /// A reply an emitter is owed, kept in request order (rule 4).
 #[derive(Debug)]
 struct PendingReply {
-    /// Router-wide, increasing: a stale reference can never match a newer request.
-    serial: u64,
+    /// Numbered per emitter, consecutively: the queue is indexed by it.
+    request: u64,
     /// The request's sequence number, echoed in the reply.
     seq: u16,
     /// Targets that have not settled yet.
@@ -141,6 +158,8 @@ enum Role {
     Emitter {
         exhibitor: Option<ConnId>,
         replies: VecDeque<PendingReply>,
+        /// The number the next request gets (replies are numbered consecutively).
+        next_request: u64,
         /// Input is paused because `replies` reached `max_inflight`.
         paused: bool,
         /// FLW received: nothing more is read from it.
@@ -162,9 +181,9 @@ struct Session {
     awaiting_ack: VecDeque<Delivery>,
     /// The server has sent FLW; no new deliveries are targeted here.
     leaving: bool,
-    /// The request serial counter when this connection arrived: serials below
-    /// it belong to an earlier connection that had the same `ConnId`.
-    first_serial: u64,
+    /// Unique per connection ever made, so that a delivery made for an
+    /// earlier connection with the same `ConnId` never settles a newer one's.
+    incarnation: u64,
 }
 
 /// Which connection holds each id: a direct table (ids are below 8192, so a
@@ -231,7 +250,7 @@ pub struct Router {
     targets: Vec<ConnId>,
     free_emitter_ids: BTreeSet<ClientId>,
     free_exhibitor_ids: BTreeSet<ClientId>,
-    next_serial: u64,
+    next_incarnation: u64,
     /// No deadline falls before this; `tick` does nothing until then.
     earliest_deadline: Option<Instant>,
     /// The time of the call being handled; the router reads no clock itself.
@@ -247,7 +266,7 @@ impl Router {
             targets: Vec::new(),
             free_emitter_ids: EMITTER_IDS.collect(),
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
-            next_serial: 0,
+            next_incarnation: 0,
             earliest_deadline: None,
             now: Instant::now(),
         }
@@ -266,8 +285,9 @@ impl Router {
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
             leaving: false,
-            first_serial: self.next_serial,
+            incarnation: self.next_incarnation,
         });
+        self.next_incarnation += 1;
         self.note_deadline(now + self.limits.handshake_timeout);
     }
 
@@ -431,7 +451,10 @@ impl Router {
                     continue;
                 }
                 Role::Emitter {
-                    exhibitor, replies, ..
+                    exhibitor,
+                    replies,
+                    next_request,
+                    ..
                 } => {
                     if !is_emitter_id(session.id) {
                         return Err(format!("emitter conn {conn} has id {}", session.id));
@@ -447,11 +470,11 @@ impl Router {
                     if !replies
                         .iter()
                         .zip(replies.iter().skip(1))
-                        .all(|(a, b)| a.serial < b.serial)
+                        .all(|(a, b)| a.request + 1 == b.request)
                     {
-                        return Err(format!("emitter conn {conn} replies out of order"));
+                        return Err(format!("emitter conn {conn} replies not consecutive"));
                     }
-                    if replies.iter().any(|r| r.serial >= self.next_serial) {
+                    if replies.back().is_some_and(|r| r.request >= *next_request) {
                         return Err(format!("emitter conn {conn} reply from the future"));
                     }
                 }
@@ -475,16 +498,16 @@ impl Router {
                 return Err(format!("conn {conn} id {} not mapped back", session.id));
             }
             for delivery in &session.awaiting_ack {
-                if let Purpose::Request { emitter, serial } = delivery.purpose {
+                if let Purpose::Request(r) = delivery.purpose {
                     // A delivery may outlive its emitter (then it settles to
                     // nothing), but a live emitter must still owe that reply.
-                    if let Some(em) = self.session(emitter)
-                        && let Role::Emitter { replies, .. } = &em.role
-                        && serial >= em.first_serial
-                        && replies.binary_search_by_key(&serial, |r| r.serial).is_err()
+                    if let Some(em) = self.session(r.emitter)
+                        && em.incarnation == r.incarnation
+                        && Router::pending_index(&em.role, r.request).is_none()
                     {
                         return Err(format!(
-                            "conn {conn} awaits an ack for a reply emitter conn {emitter} no longer owes"
+                            "conn {conn} awaits an ack for a reply emitter conn {} no longer owes",
+                            r.emitter
                         ));
                     }
                 }
@@ -581,6 +604,7 @@ impl Router {
         session.role = Role::Emitter {
             exhibitor,
             replies: VecDeque::new(),
+            next_request: 0,
             paused: false,
             finished: false,
         };
@@ -651,19 +675,19 @@ impl Router {
     fn request(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
-        let serial = self.push_reply(conn, frame.seq, targets.len() as u32, false);
+        let request = self.push_reply(conn, frame.seq, targets.len() as u32, false);
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
         }
         let clist = (frame.kind == Kind::Creq).then(|| self.ids.ids().collect::<Vec<_>>());
         let deadline = now + self.limits.ack_timeout;
+        if clist.is_none() {
+            out.send_to_all(&targets, &frame);
+        }
         for &target in &targets {
             let session = self.session_mut(target).expect("targets are live");
             let seq = match &clist {
-                None => {
-                    out.send(target, &frame);
-                    frame.seq
-                }
+                None => frame.seq,
                 Some(ids) => {
                     let seq = session.seq.next_seq();
                     let list = Frame::clist(SERVER_ID, frame.dest, seq, ids.clone())
@@ -675,10 +699,7 @@ impl Router {
             session.awaiting_ack.push_back(Delivery {
                 seq,
                 deadline,
-                purpose: Purpose::Request {
-                    emitter: conn,
-                    serial,
-                },
+                purpose: Purpose::Request(request),
             });
         }
         if !targets.is_empty() {
@@ -742,35 +763,54 @@ impl Router {
         }
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, out),
-            Purpose::Request { emitter, serial } => {
-                self.settle(emitter, serial, ack.kind == Kind::Ok, out)
-            }
+            Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, out),
         }
     }
 
     // ---- emitter replies --------------------------------------------------
 
     /// Queues the reply owed for request `seq`; pauses input at the limit.
-    fn push_reply(&mut self, conn: ConnId, seq: u16, outstanding: u32, closes: bool) -> u64 {
-        let serial = self.next_serial;
-        self.next_serial += 1;
+    fn push_reply(&mut self, conn: ConnId, seq: u16, outstanding: u32, closes: bool) -> RequestRef {
         let max_inflight = self.limits.max_inflight;
-        if let Some(Role::Emitter {
-            replies, paused, ..
-        }) = self.session_mut(conn).map(|s| &mut s.role)
-        {
-            replies.push_back(PendingReply {
-                serial,
-                seq,
-                outstanding,
-                any_ok: false,
-                closes,
-            });
-            if replies.len() >= max_inflight {
-                *paused = true;
-            }
+        let session = self
+            .session_mut(conn)
+            .expect("requests come from live sessions");
+        let incarnation = session.incarnation;
+        let Role::Emitter {
+            replies,
+            next_request,
+            paused,
+            ..
+        } = &mut session.role
+        else {
+            unreachable!("only emitters are owed ordered replies");
+        };
+        let request = *next_request;
+        *next_request += 1;
+        replies.push_back(PendingReply {
+            request,
+            seq,
+            outstanding,
+            any_ok: false,
+            closes,
+        });
+        if replies.len() >= max_inflight {
+            *paused = true;
         }
-        serial
+        RequestRef {
+            emitter: conn,
+            incarnation,
+            request,
+        }
+    }
+
+    /// Where request number `request` sits in an emitter's reply queue.
+    fn pending_index(role: &Role, request: u64) -> Option<usize> {
+        let Role::Emitter { replies, .. } = role else {
+            return None;
+        };
+        let index = request.checked_sub(replies.front()?.request)? as usize;
+        (index < replies.len()).then_some(index)
     }
 
     /// A reply to a client that has no requests in flight goes out at once;
@@ -780,26 +820,34 @@ impl Router {
             return;
         };
         if matches!(session.role, Role::Emitter { .. }) {
-            let serial = self.push_reply(conn, seq, 1, false);
-            self.settle(conn, serial, ok, out);
+            let request = self.push_reply(conn, seq, 1, false);
+            self.settle(request, ok, out);
         } else {
             let kind = if ok { Kind::Ok } else { Kind::Erro };
             out.send(conn, &Frame::bare(kind, SERVER_ID, session.id, seq));
         }
     }
 
-    fn settle(&mut self, emitter: ConnId, serial: u64, ok: bool, out: &mut impl Outbox) {
-        let Some(Role::Emitter { replies, .. }) = self.session_mut(emitter).map(|s| &mut s.role)
-        else {
+    /// One target of `request` answered (or failed).
+    fn settle(&mut self, request: RequestRef, ok: bool, out: &mut impl Outbox) {
+        let Some(session) = self.session_mut(request.emitter) else {
             return; // the emitter left; its replies went with it
         };
-        let Ok(index) = replies.binary_search_by_key(&serial, |r| r.serial) else {
+        if session.incarnation != request.incarnation {
+            return; // ... and its ConnId now names another connection
+        }
+        let Some(index) = Router::pending_index(&session.role, request.request) else {
+            return;
+        };
+        let Role::Emitter { replies, .. } = &mut session.role else {
             return;
         };
         let reply = &mut replies[index];
         reply.outstanding = reply.outstanding.saturating_sub(1);
         reply.any_ok |= ok;
-        self.flush_replies(emitter, out);
+        if index == 0 && reply.outstanding == 0 {
+            self.flush_replies(request.emitter, out);
+        }
     }
 
     /// Sends every settled reply at the head of the emitter's queue.
@@ -902,8 +950,8 @@ impl Router {
                 }
                 // Rule 6: its unsettled deliveries fail.
                 for delivery in session.awaiting_ack {
-                    if let Purpose::Request { emitter, serial } = delivery.purpose {
-                        self.settle(emitter, serial, false, out);
+                    if let Purpose::Request(request) = delivery.purpose {
+                        self.settle(request, false, out);
                     }
                 }
             }

@@ -8,6 +8,7 @@
 use crate::connection::{Connection, ReadStatus};
 use crate::proto::{ClientId, Frame};
 use crate::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -69,6 +70,8 @@ struct Wire {
     ready: VecDeque<ConnId>,
     /// Connections on their way out (may hold stale entries; see `reap_overdue`).
     closing: Vec<ConnId>,
+    /// Scratch space a frame is encoded into before it is copied to outputs.
+    encoded: BytesMut,
 }
 
 struct Slot {
@@ -149,20 +152,42 @@ impl Wire {
     }
 }
 
-impl Outbox for Wire {
-    fn send(&mut self, to: ConnId, frame: &Frame) {
+impl Wire {
+    /// Queues an encoded frame for `to`; past the output cap, `to` is
+    /// dropped as a slow consumer.
+    fn queue_encoded(&mut self, to: ConnId, encoded: &[u8]) {
         let Some(slot) = self.conns.get_mut(to) else {
             return;
         };
         if slot.closing.as_ref().is_some_and(|c| c.discard) {
             return;
         }
-        if slot.conn.queue(frame) {
+        if slot.conn.queue(encoded) {
             self.mark_dirty(to);
         } else {
             warn!(conn = to, peer = %slot.peer, "slow consumer: output queue full, disconnecting");
             self.drop_conn(to, CloseReason::SlowConsumer, true);
         }
+    }
+}
+
+impl Outbox for Wire {
+    fn send(&mut self, to: ConnId, frame: &Frame) {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        frame.encode(&mut encoded);
+        self.queue_encoded(to, &encoded);
+        self.encoded = encoded;
+    }
+
+    fn send_to_all(&mut self, targets: &[ConnId], frame: &Frame) {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        frame.encode(&mut encoded);
+        for &to in targets {
+            self.queue_encoded(to, &encoded);
+        }
+        self.encoded = encoded;
     }
 
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
@@ -215,6 +240,7 @@ impl Server {
                 dropped: Vec::new(),
                 ready: VecDeque::new(),
                 closing: Vec::new(),
+                encoded: BytesMut::new(),
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
@@ -622,4 +648,298 @@ impl Server {
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
+
+#[cfg(test)]
+mod tests {
+    //! A connection closed and its slot reused inside one poll batch (STYLE.md,
+    //! habit 6): the new connection must get none of the old one's traffic.
+    //! The scene is set by hand — loop turns driven from the test before
+    //! `run` — so that the first batch `run` polls holds, in this order, the
+    //! old connection's last event (its close, which frees its slot at once)
+    //! and the listener's (a new connection, which takes that slot).
+
+    use super::*;
+    use crate::proto::{Kind, SERVER_ID};
+    use crate::router::Limits;
+    use bytes::BytesMut;
+    use std::io::{Read, Write};
+    use std::net::TcpStream as StdStream;
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+
+    const S: ClientId = SERVER_ID;
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A blocking test client.
+    struct Client {
+        stream: StdStream,
+        buf: BytesMut,
+    }
+
+    impl Client {
+        fn connect(addr: SocketAddr) -> Client {
+            let stream = StdStream::connect(addr).unwrap();
+            stream.set_nodelay(true).unwrap();
+            Client {
+                stream,
+                buf: BytesMut::new(),
+            }
+        }
+
+        fn send(&mut self, frame: &Frame) {
+            self.stream.write_all(&frame.to_bytes()).unwrap();
+        }
+
+        /// A frame (`Some(Some)`) or the close (`Some(None)`) if either has
+        /// arrived; `None` if nothing has yet. Never blocks.
+        fn try_next(&mut self) -> Option<Option<Frame>> {
+            if let Some(frame) = Frame::decode(&mut self.buf).unwrap() {
+                return Some(Some(frame));
+            }
+            self.stream.set_nonblocking(true).unwrap();
+            let mut chunk = [0u8; 4096];
+            let got = match self.stream.read(&mut chunk) {
+                Ok(0) => Some(None),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    Frame::decode(&mut self.buf).unwrap().map(Some)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => panic!("read: {e}"),
+            };
+            self.stream.set_nonblocking(false).unwrap();
+            got
+        }
+
+        /// The next frame, or None once the server has closed; fails after WAIT.
+        fn next(&mut self) -> Option<Frame> {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(frame) = Frame::decode(&mut self.buf).unwrap() {
+                    return Some(frame);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(!left.is_zero(), "nothing from the server within {WAIT:?}");
+                self.stream.set_read_timeout(Some(left)).unwrap();
+                let mut chunk = [0u8; 4096];
+                match self.stream.read(&mut chunk) {
+                    Ok(0) => return None,
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+        }
+
+        /// The next MSG, which must name `me` (or everyone) in its text; it
+        /// is acknowledged.
+        fn expect_msg_for(&mut self, id: ClientId, me: &str) -> Frame {
+            let frame = self.next().expect("a MSG, not a close");
+            assert_eq!(frame.kind, Kind::Msg, "{frame}");
+            let text = frame.text().unwrap();
+            assert!(
+                text == format!("for {me}").as_bytes() || &text[..] == b"for all",
+                "misrouted: {me} got {:?}",
+                String::from_utf8_lossy(text)
+            );
+            self.send(&Frame::bare(Kind::Ok, id, frame.origin, frame.seq));
+            frame
+        }
+    }
+
+    /// One loop turn by hand, for setting the scene before `run`: the same
+    /// steps in the same order, with every connection served instead of
+    /// those `poll` reports.
+    fn turn(server: &mut Server) {
+        server.now = Instant::now();
+        server.accept_all();
+        let conns: Vec<ConnId> = server.wire.conns.iter().map(|(conn, _)| conn).collect();
+        for conn in conns {
+            server.service_input(conn);
+        }
+        server.router.tick(Instant::now(), &mut server.wire);
+        server.settle_dropped();
+        server.flush_and_reap();
+    }
+
+    /// Turns the loop by hand until `done` has an answer (bounded by WAIT).
+    fn drive_until<T>(server: &mut Server, mut done: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            turn(server);
+            if let Some(answer) = done() {
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the scene did not set within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Polls `done` (bounded by WAIT): for kernel state no socket read shows.
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Connections waiting in the listener's accept queue (TCP_INFO's
+    /// `tcpi_unacked` on a listening socket).
+    fn accept_queue(listener: &TcpListener) -> u32 {
+        // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            );
+            assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+            info.tcpi_unacked
+        }
+    }
+
+    /// The server's log, captured.
+    #[derive(Clone)]
+    struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for LogWriter {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn slot_closed_and_reused_in_one_poll_batch_misroutes_nothing() {
+        let mut server = Server::bind(Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            limits: Limits::default(),
+            max_queue: 1 << 20,
+            drain_timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
+
+        // A: exhibitor 4096, paired with emitter E (1). C: exhibitor 4097.
+        let mut a = Client::connect(addr);
+        a.send(&oi(0));
+        let ok = drive_until(&mut server, || a.try_next()).unwrap();
+        assert_eq!(ok, Frame::bare(Kind::Ok, S, 4096, 0));
+        let a_addr = a.stream.local_addr().unwrap();
+        let (a_conn, _) = server
+            .wire
+            .conns
+            .iter()
+            .find(|(_, slot)| slot.peer == a_addr)
+            .unwrap();
+        let mut e = Client::connect(addr);
+        e.send(&oi(4096));
+        let ok = drive_until(&mut server, || e.try_next()).unwrap();
+        assert_eq!(ok, Frame::bare(Kind::Ok, S, 1, 0));
+        let mut c = Client::connect(addr);
+        c.send(&oi(0));
+        let ok = drive_until(&mut server, || c.try_next()).unwrap();
+        assert_eq!(ok, Frame::bare(Kind::Ok, S, 4097, 0));
+
+        // A leaves: its OK, then the server's FIN. A's slot now waits for A
+        // to close its side.
+        a.send(&Frame::bare(Kind::Flw, 4096, S, 1));
+        let ok = drive_until(&mut server, || a.try_next());
+        assert_eq!(ok, Some(Frame::bare(Kind::Ok, S, 4096, 1)));
+        assert_eq!(drive_until(&mut server, || a.try_next()), None);
+        let closing = server.wire.conns[a_conn].closing.as_ref();
+        assert!(
+            closing.is_some_and(|c| c.fin_sent),
+            "A's slot is not lingering"
+        );
+
+        // Forget the readiness reported so far: every event was handled by
+        // the turns above. From here on the ready list fills in order.
+        let mut events = Events::with_capacity(1024);
+        server.poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+
+        // A closes; once its FIN is in, B connects. Both wait for the first
+        // poll of `run`, A's event first.
+        drop(a);
+        wait_for("A's FIN reaches the server", || {
+            let mut byte = [0u8; 1];
+            matches!(server.wire.conns[a_conn].conn.socket.peek(&mut byte), Ok(0))
+        });
+        let mut b = Client::connect(addr);
+        let b_addr = b.stream.local_addr().unwrap();
+        let listener = server.listener.as_ref().unwrap();
+        wait_for("B is in the accept queue", || accept_queue(listener) >= 1);
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = LogWriter(log.clone());
+        let shutdown = server.shutdown_handle();
+        let running = std::thread::spawn(move || {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .without_time()
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || server.run())
+        });
+
+        // B is an exhibitor and gets A's old id, the lowest free one.
+        b.send(&oi(0));
+        assert_eq!(b.next(), Some(Frame::bare(Kind::Ok, S, 4096, 0)));
+        // E lost its pairing with A: its own id is no target now, and B,
+        // in A's slot and with A's id, gets nothing of it.
+        let m = |dest, seq, text: &'static str| Frame::msg(1, dest, seq, text.as_bytes()).unwrap();
+        e.send(&m(1, 1, "for A"));
+        assert_eq!(e.next(), Some(Frame::bare(Kind::Erro, S, 1, 1)));
+        // To everyone: B's first MSG must be this one, as must C's.
+        e.send(&m(0, 2, "for all"));
+        assert_eq!(b.expect_msg_for(4096, "B"), m(0, 2, "for all"));
+        assert_eq!(c.expect_msg_for(4097, "C"), m(0, 2, "for all"));
+        assert_eq!(e.next(), Some(Frame::bare(Kind::Ok, S, 1, 2)));
+        // By id, 4096 is B now.
+        e.send(&m(4096, 3, "for B"));
+        assert_eq!(b.expect_msg_for(4096, "B"), m(4096, 3, "for B"));
+        assert_eq!(e.next(), Some(Frame::bare(Kind::Ok, S, 1, 3)));
+
+        shutdown.trigger();
+        for (client, id) in [(&mut b, 4096), (&mut c, 4097), (&mut e, 1)] {
+            let flw = client.next().expect("FLW");
+            assert_eq!((flw.kind, flw.dest), (Kind::Flw, id), "{flw}");
+            client.send(&Frame::bare(Kind::Ok, id, S, flw.seq));
+            assert_eq!(client.next(), None, "{id} not closed after FLW");
+            client.stream.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        running.join().unwrap().unwrap();
+
+        // The scene happened as built: A's slot was freed, then B took it,
+        // both in the first poll batch of `run`.
+        let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        let freed = lines
+            .iter()
+            .position(|l| l.contains(": disconnected ") && l.contains(&format!("peer={a_addr} ")))
+            .unwrap_or_else(|| panic!("no disconnect line for A in {log}"));
+        let taken = lines
+            .iter()
+            .position(|l| l.contains(": connected ") && l.contains(&format!("peer={b_addr}")))
+            .unwrap_or_else(|| panic!("no connect line for B in {log}"));
+        assert!(freed < taken, "{log}");
+        assert!(
+            lines[taken].contains(&format!("conn={a_conn} ")),
+            "B did not take A's slot {a_conn}: {}",
+            lines[taken]
+        );
+    }
 }
