@@ -27,6 +27,8 @@ const WAKER: Token = Token((1 << 30) + 1);
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
 const READS_PER_TURN: usize = 4;
+/// Pending connections the kernel may queue (it caps this at somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
 /// How long a closing connection may take to take its last bytes.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -221,7 +223,7 @@ impl Server {
     /// Binds the listening socket.
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.addr)?;
+        let mut listener = listen(config.addr)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -360,11 +362,21 @@ impl Server {
                     // Free the spare descriptor, take the pending connection
                     // and close it at once; the client sees the refusal.
                     self.spare_fd = None;
-                    if let Ok((socket, peer)) = listener.accept() {
-                        warn!(%peer, "out of file descriptors; connection refused");
-                        drop(socket);
-                    }
+                    let took_one = match listener.accept() {
+                        Ok((socket, peer)) => {
+                            warn!(%peer, "out of file descriptors; connection refused");
+                            drop(socket);
+                            true
+                        }
+                        // EMFILE comes whether or not a connection waits;
+                        // with none to take, stop here or the loop spins
+                        // (regression: reliability item 4).
+                        Err(_) => false,
+                    };
                     self.spare_fd = File::open("/dev/null").ok();
+                    if !took_one {
+                        return;
+                    }
                     if self.spare_fd.is_none() {
                         warn!("out of file descriptors; cannot accept until some are freed");
                         return;
@@ -644,6 +656,19 @@ impl Server {
             None => info!(conn, peer = %slot.peer, "disconnected"),
         }
     }
+}
+
+/// The listening socket, with a backlog deep enough for a burst of
+/// connections (the std/mio default of 128 overflows when hundreds of
+/// clients connect at once, and the kernel then makes them retry after 1 s).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {

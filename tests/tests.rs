@@ -6,4 +6,5 @@ mod util;
 mod cli;
 mod codec;
 mod raw;
+mod reliability;
 mod router;
