@@ -283,8 +283,10 @@ impl Server {
                         if event.is_writable() {
                             self.wire.mark_dirty(conn);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.service_input(conn);
+                        if event.is_read_closed() || event.is_error() {
+                            self.service_input(conn, false);
+                        } else if event.is_readable() {
+                            self.service_input(conn, true);
                         }
                     }
                 }
@@ -296,7 +298,7 @@ impl Server {
                 };
                 if let Some(slot) = self.wire.conns.get_mut(conn) {
                     slot.ready = false;
-                    self.service_input(conn);
+                    self.service_input(conn, false);
                 }
             }
             let now = Instant::now();
@@ -416,8 +418,14 @@ impl Server {
 
     /// Decodes and routes what `conn` has sent, reading more while its budget
     /// lasts; leftover work puts it on the ready queue.
-    fn service_input(&mut self, conn: ConnId) {
+    ///
+    /// `short_read_drains`: the readiness event did not report the peer's
+    /// close, so a read that returns less than asked for has emptied the
+    /// socket and the next read would only say `WouldBlock` — skip it (one
+    /// syscall per event). With a close pending, read on until it shows.
+    fn service_input(&mut self, conn: ConnId, short_read_drains: bool) {
         let mut reads = 0;
+        let mut drained = false;
         loop {
             // Route every whole frame already buffered.
             loop {
@@ -447,6 +455,9 @@ impl Server {
                     }
                 }
             }
+            if drained {
+                return;
+            }
             if reads == READS_PER_TURN {
                 self.wire.mark_ready(conn);
                 return;
@@ -456,7 +467,7 @@ impl Server {
                 return;
             };
             match slot.conn.read_once(&mut self.scratch) {
-                Ok(ReadStatus::Data(_)) => {}
+                Ok(ReadStatus::Data(n)) => drained = short_read_drains && n < self.scratch.len(),
                 Ok(ReadStatus::WouldBlock) => return,
                 Ok(ReadStatus::Closed) => {
                     if slot.conn.buffered_input() > 0 {
@@ -780,7 +791,7 @@ mod tests {
         server.accept_all();
         let conns: Vec<ConnId> = server.wire.conns.iter().map(|(conn, _)| conn).collect();
         for conn in conns {
-            server.service_input(conn);
+            server.service_input(conn, false);
         }
         server.router.tick(Instant::now(), &mut server.wire);
         server.settle_dropped();
