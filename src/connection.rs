@@ -8,8 +8,10 @@ use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
 
-/// Output buffers that grew past this are released once flushed, so an idle
-/// connection holds no large allocation.
+/// Output buffers that grew past this are released as soon as they are
+/// flushed; smaller ones are kept for the next turn's frames (a busy
+/// connection would otherwise allocate every turn) until
+/// [`Connection::release_idle_buffers`].
 const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
 
 /// What a read attempt found.
@@ -102,6 +104,26 @@ impl Connection {
         true
     }
 
+    /// Frees the buffers of a connection with nothing pending, so an idle
+    /// connection costs no buffer memory. Returns the bytes released.
+    pub fn release_idle_buffers(&mut self) -> usize {
+        let mut released = 0;
+        if self.output.is_empty() && self.output.capacity() > 0 {
+            released += self.output.capacity();
+            self.output = BytesMut::new();
+        }
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            released += self.input.capacity();
+            self.input = BytesMut::new();
+        }
+        released
+    }
+
+    /// Bytes allocated for this connection's buffers.
+    pub fn buffer_capacity(&self) -> usize {
+        self.input.capacity() + self.output.capacity()
+    }
+
     /// True while queued bytes remain unwritten.
     pub fn has_output(&self) -> bool {
         !self.output.is_empty()
@@ -125,5 +147,55 @@ impl Connection {
             self.output.clear();
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Kind, SERVER_ID};
+    use std::net::TcpListener;
+
+    fn pair() -> (Connection, std::net::TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        server_side.set_nonblocking(true).unwrap();
+        (
+            Connection::new(TcpStream::from_std(server_side), 1024),
+            peer,
+        )
+    }
+
+    #[test]
+    fn an_idle_connection_releases_the_buffers_its_traffic_left() {
+        let (mut conn, mut peer) = pair();
+        let ok = Frame::bare(Kind::Ok, SERVER_ID, 1, 0).to_bytes();
+        assert!(conn.queue(&ok));
+        assert!(conn.flush().unwrap());
+        peer.write_all(&ok).unwrap();
+        let mut scratch = [0u8; 64];
+        while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(8) {}
+        // A partial frame waits in the input buffer: it is kept.
+        peer.write_all(&ok[..3]).unwrap();
+        while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(3) {}
+        assert_eq!(conn.next_frame().unwrap().map(|f| f.kind), Some(Kind::Ok));
+        assert_eq!(conn.next_frame().unwrap(), None);
+        conn.release_idle_buffers();
+        assert!(conn.buffer_capacity() >= 3, "pending input is kept");
+        peer.write_all(&ok[3..]).unwrap();
+        while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(5) {}
+        assert_eq!(conn.next_frame().unwrap().map(|f| f.kind), Some(Kind::Ok));
+        let held = conn.buffer_capacity();
+        assert_eq!(conn.release_idle_buffers(), held);
+        assert_eq!(conn.buffer_capacity(), 0);
+    }
+
+    #[test]
+    fn output_past_the_cap_is_refused_whole() {
+        let (mut conn, _peer) = pair();
+        assert!(conn.queue(&[0; 1000]));
+        assert!(!conn.queue(&[0; 25]));
+        assert!(conn.queue(&[0; 24]));
     }
 }

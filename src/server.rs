@@ -29,6 +29,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_TURN: usize = 4;
 /// Pending connections the kernel may queue (it caps this at somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
+/// How often buffers of connections with nothing pending are released.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to take its last bytes.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -217,6 +219,8 @@ pub struct Server {
     scratch: Vec<u8>,
     /// The time this loop turn started; one clock read serves the whole turn.
     now: Instant,
+    /// When idle connections' buffers are next released.
+    next_trim: Instant,
 }
 
 impl Server {
@@ -247,6 +251,7 @@ impl Server {
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
             now: Instant::now(),
+            next_trim: Instant::now() + TRIM_INTERVAL,
         })
     }
 
@@ -308,6 +313,10 @@ impl Server {
             }
             self.settle_dropped();
             self.flush_and_reap();
+            if now >= self.next_trim {
+                self.release_idle_buffers();
+                self.next_trim = now + TRIM_INTERVAL;
+            }
             if let Some(deadline) = drain_deadline {
                 if self.wire.conns.is_empty() {
                     info!("all clients gone; exiting");
@@ -332,6 +341,7 @@ impl Server {
             self.router.next_deadline(),
             self.next_linger_deadline(),
             drain_deadline,
+            Some(self.next_trim),
         ]
         .into_iter()
         .flatten()
@@ -580,6 +590,20 @@ impl Server {
             }
         }
         self.wire.mark_ready(conn);
+    }
+
+    /// Frees the buffers that connections with nothing pending still hold
+    /// from earlier traffic: an idle connection costs no buffer memory.
+    fn release_idle_buffers(&mut self) {
+        let released: usize = self
+            .wire
+            .conns
+            .iter_mut()
+            .map(|(_, slot)| slot.conn.release_idle_buffers())
+            .sum();
+        if released > 0 {
+            debug!(bytes = released, "released idle connection buffers");
+        }
     }
 
     /// Removes closing connections whose peer did not finish in time.
