@@ -360,7 +360,17 @@ impl Router {
 
     /// Bytes on `conn` named no known frame type (rule 7): ERRO and close,
     /// since the stream can no longer be framed.
-    pub fn on_undecodable(&mut self, conn: ConnId, header: Header, out: &mut impl Outbox) {
+    pub fn on_undecodable(
+        &mut self,
+        conn: ConnId,
+        header: Header,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        // Regression (found by the router fuzz target): without its own
+        // `now`, the FLW this close sends a paired exhibitor took its
+        // deadline from the previous call, and could already be overdue.
+        self.now = now;
         if self.session(conn).is_none() {
             return;
         }

@@ -459,7 +459,8 @@ impl Server {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        self.router.on_undecodable(conn, e.header(), &mut self.wire);
+                        self.router
+                            .on_undecodable(conn, e.header(), self.now, &mut self.wire);
                         self.settle_dropped();
                         return;
                     }

@@ -607,7 +607,7 @@ fn rule7_an_unknown_type_gets_erro_and_close() {
         dest: SERVER_ID,
         seq: 4,
     };
-    h.router.on_undecodable(0, header, &mut h.out);
+    h.router.on_undecodable(0, header, h.now, &mut h.out);
     assert_eq!(
         h.out.events,
         vec![
@@ -728,4 +728,36 @@ fn invariants_hold_through_a_session_with_every_rule() {
     check(&h);
     h.router.shutdown(h.now, &mut h.out);
     check(&h);
+}
+
+/// Regression, found by the router fuzz target: `on_undecodable` took no
+/// time, so after an idle spell longer than the ack timeout the FLW sent to
+/// the exhibitor of an emitter closed for an unknown frame was born overdue
+/// and the same turn's tick dropped the exhibitor as unresponsive.
+#[test]
+fn rule6_an_emitter_closed_for_an_unknown_frame_dismisses_its_exhibitor_with_a_fresh_deadline() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, ex);
+    h.now += Duration::from_secs(60);
+    let header = Header {
+        kind: 42,
+        origin: em,
+        dest: SERVER_ID,
+        seq: 1,
+    };
+    h.router.on_undecodable(1, header, h.now, &mut h.out);
+    assert_eq!(
+        std::mem::take(&mut h.out.events),
+        vec![
+            sent(1, erro(SERVER_ID, em, 1)),
+            sent(0, Frame::bare(Kind::Flw, SERVER_ID, ex, 0)),
+            Event::Closed(1, em, CloseReason::BadFrame)
+        ]
+    );
+    assert_eq!(h.tick_after(Duration::ZERO), vec![]);
+    assert_eq!(
+        h.router.next_deadline(),
+        Some(h.now + Limits::default().ack_timeout)
+    );
 }
