@@ -1,0 +1,187 @@
+//! Fuzz target for the codec: `Frame::decode`, `Frame::frame_len`,
+//! `Frame::encode`.
+//!
+//! Input: the first two bytes (big-endian) pick a split point, taken modulo
+//! the length of the rest plus one; the rest is a byte stream as a client
+//! might send it. The stream is decoded three ways, which must agree exactly
+//! (same frames, same error, same bytes left over):
+//!
+//! * whole: all bytes buffered at once, decoded until `Ok(None)` or `Err`;
+//! * split: the bytes before the split point, decode, then the rest, decode;
+//! * trickle: one byte at a time, decoding after each.
+//!
+//! An `Err` means the stream is lost (the server closes the connection), so
+//! after one no further frame is decoded in any of the three.
+//!
+//! Every single decode step is also checked on its own: a decoded frame
+//! re-encodes to exactly the bytes it consumed, `frame_len` and
+//! `encoded_len` equal the bytes consumed, and the bytes after it are left
+//! untouched; `Ok(None)` and `Err` leave the buffer untouched, and
+//! `frame_len` agrees with them. Finally the frames must equal what an
+//! independent reading of PROTOCOL.md's wire format gives.
+#![no_main]
+
+use bytes::BytesMut;
+use evchat::proto::{Body, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    frames: Vec<Frame>,
+    error: Option<ProtoError>,
+    rest: Vec<u8>,
+}
+
+/// One decode call on `buf`, whose contents must be `expected`; checks
+/// everything a single call promises.
+fn step(buf: &mut BytesMut, expected: &[u8]) -> Result<Option<Frame>, ProtoError> {
+    assert_eq!(&buf[..], expected, "buffer does not hold what was fed");
+    let len = Frame::frame_len(expected);
+    let result = Frame::decode(buf);
+    match &result {
+        Ok(Some(frame)) => {
+            let consumed = expected.len() - buf.len();
+            assert_eq!(len, Ok(Some(consumed)), "frame_len disagrees with decode");
+            assert!((HEADER_LEN..=MAX_FRAME_LEN).contains(&consumed));
+            assert_eq!(
+                &buf[..],
+                &expected[consumed..],
+                "bytes after the frame changed"
+            );
+            assert_eq!(frame.encoded_len(), consumed, "encoded_len");
+            let encoded = frame.to_bytes();
+            assert_eq!(&encoded[..], &expected[..consumed], "re-encoding differs");
+            let mut appended = BytesMut::from(&b"xy"[..]);
+            frame.encode(&mut appended);
+            assert_eq!(&appended[2..], &expected[..consumed], "encode appends");
+            assert_eq!(Header::peek(expected), Some(frame.header()));
+            let _ = frame.to_string();
+        }
+        Ok(None) => {
+            assert_eq!(&buf[..], expected, "Ok(None) touched the buffer");
+            match len {
+                Ok(None) => assert!(expected.len() < HEADER_LEN + 2),
+                Ok(Some(n)) => assert!(n > expected.len() && n <= MAX_FRAME_LEN),
+                Err(e) => panic!("frame_len errs ({e}) where decode waits"),
+            }
+        }
+        Err(e) => {
+            assert_eq!(&buf[..], expected, "Err touched the buffer");
+            assert_eq!(len.as_ref(), Err(e), "frame_len disagrees with decode");
+            assert_eq!(Some(e.header()), Header::peek(expected));
+            assert!(Kind::from_u16(e.header().kind).is_none());
+            let _ = e.to_string();
+        }
+    }
+    result
+}
+
+/// Feeds `stream` in the chunks given by `cuts` (increasing offsets),
+/// decoding as much as possible after each chunk, as the server does.
+fn decode_in_chunks(stream: &[u8], cuts: impl IntoIterator<Item = usize>) -> Outcome {
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut error = None;
+    let mut consumed = 0;
+    let mut fed = 0;
+    for cut in cuts.into_iter().chain([stream.len()]) {
+        let cut = cut.clamp(fed, stream.len());
+        buf.extend_from_slice(&stream[fed..cut]);
+        fed = cut;
+        while error.is_none() {
+            match step(&mut buf, &stream[consumed..fed]) {
+                Ok(Some(frame)) => {
+                    consumed += frame.encoded_len();
+                    frames.push(frame);
+                }
+                Ok(None) => break,
+                Err(e) => error = Some(e),
+            }
+        }
+    }
+    assert_eq!(fed, stream.len());
+    Outcome {
+        frames,
+        error,
+        rest: buf.to_vec(),
+    }
+}
+
+/// PROTOCOL.md's wire format read directly, as a second opinion.
+fn reference(stream: &[u8]) -> Outcome {
+    let u16_at = |i: usize| u16::from_be_bytes([stream[i], stream[i + 1]]);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut error = None;
+    while stream.len() - at >= 8 {
+        let header = Header {
+            kind: u16_at(at),
+            origin: u16_at(at + 2),
+            dest: u16_at(at + 4),
+            seq: u16_at(at + 6),
+        };
+        let Some(kind) = Kind::from_u16(header.kind) else {
+            error = Some(ProtoError::UnknownType(header));
+            break;
+        };
+        let body_at = at + 8;
+        let (body, end) = match kind {
+            Kind::Msg | Kind::Clist => {
+                if stream.len() - body_at < 2 {
+                    break;
+                }
+                let count = u16_at(body_at) as usize;
+                let size = if kind == Kind::Msg { count } else { 2 * count };
+                let end = body_at + 2 + size;
+                if end > stream.len() {
+                    break;
+                }
+                let bytes = &stream[body_at + 2..end];
+                let body = if kind == Kind::Msg {
+                    Body::Text(bytes.to_vec().into())
+                } else {
+                    Body::Clients(
+                        bytes
+                            .chunks(2)
+                            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                            .collect(),
+                    )
+                };
+                (body, end)
+            }
+            _ => (Body::Empty, body_at),
+        };
+        frames.push(Frame {
+            kind,
+            origin: header.origin,
+            dest: header.dest,
+            seq: header.seq,
+            body,
+        });
+        at = end;
+    }
+    Outcome {
+        frames,
+        error,
+        rest: stream[at..].to_vec(),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (selector, stream) = match data {
+        [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]) as usize, rest),
+        _ => (0, data),
+    };
+    let split = selector % (stream.len() + 1);
+
+    let whole = decode_in_chunks(stream, []);
+    let two_parts = decode_in_chunks(stream, [split]);
+    assert_eq!(whole, two_parts, "split at {split} changes the result");
+    let trickled = decode_in_chunks(stream, 1..stream.len());
+    assert_eq!(whole, trickled, "byte-at-a-time feeding changes the result");
+    assert_eq!(
+        whole,
+        reference(stream),
+        "decode disagrees with PROTOCOL.md"
+    );
+});
