@@ -6,7 +6,6 @@
 use crate::util::*;
 use evchat::proto::*;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 /// The server's id, short.
@@ -897,52 +896,6 @@ fn lowest_free_id_is_reused() {
 }
 
 // ---- rule 9: slow consumer -----------------------------------------------------------
-
-/// A TCP connection whose receive buffer is set small before connecting, so
-/// that a peer that never reads fills up quickly.
-fn connect_with_small_rcvbuf(addr: SocketAddr, size: libc::c_int) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(v4) = addr else {
-        panic!("the test server binds 127.0.0.1, got {addr}");
-    };
-    // SAFETY: a fresh socket descriptor, owned by the TcpStream from here on
-    // (closed on drop even if an assertion below fails).
-    let stream = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        TcpStream::from_raw_fd(fd)
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*v4.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: connect reads a sockaddr_in of the size given.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-    stream
-}
 
 #[test]
 fn slow_consumer_is_disconnected_while_others_keep_receiving() {

@@ -226,6 +226,20 @@ impl Server {
     }
 }
 
+/// A TCP connection whose receive buffer is set small before connecting, so
+/// that a peer that never reads fills up quickly.
+pub fn connect_with_small_rcvbuf(addr: SocketAddr, size: usize) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.set_recv_buffer_size(size).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
 /// A hand-driven connection to the server, for byte-exact tests.
 pub struct Raw {
     pub stream: TcpStream,
