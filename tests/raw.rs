@@ -94,22 +94,6 @@ fn receive_and_ack(ex: &mut Raw, ex_id: ClientId, bytes: &[u8]) {
     ack(ex, ex_id, header.origin, header.seq);
 }
 
-/// A deterministic byte generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 // ---- rule 1: OI --------------------------------------------------------------
 
 #[test]

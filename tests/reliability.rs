@@ -52,28 +52,6 @@ fn clist(origin: u16, dest: u16, seq: u16, ids: &[u16]) -> Vec<u8> {
         .to_vec()
 }
 
-/// A deterministic byte generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-
-    /// 1 to `max` random bytes.
-    fn chunk(&mut self, max: usize) -> Vec<u8> {
-        let n = 1 + (self.next() % max as u64) as usize;
-        self.bytes(n)
-    }
-}
-
 // ---- a client connection that never panics on its own -----------------------------
 
 /// What a bounded read found.

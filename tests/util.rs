@@ -364,3 +364,25 @@ impl Raw {
         ok.dest
     }
 }
+
+/// A deterministic byte generator (xorshift64*), so failures reproduce.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    /// 1 to `max` random bytes.
+    pub fn chunk(&mut self, max: usize) -> Vec<u8> {
+        let n = 1 + (self.next() % max as u64) as usize;
+        self.bytes(n)
+    }
+}
