@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
+use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
 use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -20,18 +20,15 @@ use std::time::{Duration, Instant};
 /// Per-connection output buffers, filled as the server's `Wire` fills them.
 struct Outputs {
     buffers: Vec<BytesMut>,
-    scratch: BytesMut,
 }
 
 impl Outbox for Outputs {
     fn send(&mut self, to: ConnId, frame: &Frame) {
         frame.encode(&mut self.buffers[to]);
     }
-    fn send_to_all(&mut self, targets: &[ConnId], frame: &Frame) {
-        self.scratch.clear();
-        frame.encode(&mut self.scratch);
+    fn forward(&mut self, targets: &[ConnId], msg: &FrameView<'_>) {
         for &to in targets {
-            self.buffers[to].extend_from_slice(&self.scratch);
+            msg.encode(&mut self.buffers[to]);
         }
     }
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
@@ -61,7 +58,6 @@ impl Rig {
             router: Router::new(limits),
             out: Outputs {
                 buffers: vec![BytesMut::new(); exhibitors + 1],
-                scratch: BytesMut::new(),
             },
             now: Instant::now(),
             emitter_id: 0,
@@ -85,11 +81,16 @@ impl Rig {
         ok.dest
     }
 
-    /// Feeds `input` to the router as connection `conn`'s bytes.
-    fn feed(&mut self, conn: ConnId, mut input: BytesMut) {
-        while let Some(frame) = Frame::decode(&mut input).unwrap() {
-            self.router.on_frame(conn, frame, self.now, &mut self.out);
+    /// Feeds `input` to the router as connection `conn`'s bytes, parsed in
+    /// place as the server does.
+    fn feed(&mut self, conn: ConnId, input: &[u8]) {
+        let mut consumed = 0;
+        while let Some((frame, len)) = FrameView::parse(&input[consumed..]).unwrap() {
+            consumed += len;
+            self.router
+                .on_frame_view(conn, &frame, self.now, &mut self.out);
         }
+        assert_eq!(consumed, input.len(), "a partial frame was fed");
     }
 
     /// One round's input, prepared outside the timed loop: the emitter's
@@ -122,13 +123,13 @@ impl Rig {
     /// Routes one round; returns the bytes delivered to exhibitors and the
     /// bytes of replies to the emitter, then empties the outputs.
     fn run(&mut self, round: &Round) -> (usize, usize) {
-        self.feed(0, round.msgs.clone());
+        self.feed(0, &round.msgs);
         let mut delivered = 0;
         for (index, acks) in round.acks.iter().enumerate() {
             let conn = index + 1;
             delivered += self.out.buffers[conn].len();
             self.out.buffers[conn].clear();
-            self.feed(conn, acks.clone());
+            self.feed(conn, acks);
         }
         let replies = self.out.buffers[0].len();
         self.out.buffers[0].clear();

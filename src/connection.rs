@@ -3,7 +3,7 @@
 //! it frames input with the codec and keeps output within a cap so that a
 //! client that never reads cannot grow the server's memory.
 
-use crate::proto::{Frame, ProtoError};
+use crate::proto::{Frame, FrameView};
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
@@ -79,14 +79,23 @@ impl Connection {
         }
     }
 
-    /// The next whole frame in the input buffer, if one has arrived.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtoError> {
-        let frame = Frame::decode(&mut self.input);
-        if self.input.is_empty() {
-            // Drop the spent allocation; an idle connection keeps none.
-            self.input = BytesMut::new();
-        }
-        frame
+    /// Lends out the bytes read and not yet decoded, so that frames can be
+    /// parsed in place while the caller holds other connections mutably;
+    /// [`Connection::return_input`] gives them back.
+    pub fn take_input(&mut self) -> BytesMut {
+        std::mem::take(&mut self.input)
+    }
+
+    /// Takes back the input lent by [`Connection::take_input`], of which the
+    /// first `consumed` bytes were decoded.
+    pub fn return_input(&mut self, mut input: BytesMut, consumed: usize) {
+        input.advance(consumed);
+        // A drained buffer is dropped: an idle connection keeps none.
+        self.input = if input.is_empty() {
+            BytesMut::new()
+        } else {
+            input
+        };
     }
 
     /// Bytes waiting in the input buffer.
@@ -94,14 +103,26 @@ impl Connection {
         self.input.len()
     }
 
-    /// Queues an encoded frame for writing; false (and nothing queued) when
-    /// it would take the unsent output past the cap.
-    pub fn queue(&mut self, encoded: &[u8]) -> bool {
-        if self.output.len() + encoded.len() > self.max_output {
-            return false;
+    /// Queues a frame for writing, encoded straight into the output buffer;
+    /// false (and nothing queued) when it would take the unsent output past
+    /// the cap.
+    pub fn queue(&mut self, frame: &Frame) -> bool {
+        self.fits(frame.encoded_len()) && {
+            frame.encode(&mut self.output);
+            true
         }
-        self.output.extend_from_slice(encoded);
-        true
+    }
+
+    /// [`Connection::queue`] for a frame read in place (a forwarded MSG).
+    pub fn queue_view(&mut self, frame: &FrameView<'_>) -> bool {
+        self.fits(frame.encoded_len()) && {
+            frame.encode(&mut self.output);
+            true
+        }
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.output.len() + len <= self.max_output
     }
 
     /// Frees the buffers of a connection with nothing pending, so an idle
@@ -172,11 +193,25 @@ mod tests {
         )
     }
 
+    /// The kinds of the whole frames buffered, consumed as the server does.
+    fn decode_all(conn: &mut Connection) -> Vec<Kind> {
+        let input = conn.take_input();
+        let mut consumed = 0;
+        let mut kinds = Vec::new();
+        while let Some((frame, len)) = FrameView::parse(&input[consumed..]).unwrap() {
+            kinds.push(frame.kind);
+            consumed += len;
+        }
+        conn.return_input(input, consumed);
+        kinds
+    }
+
     #[test]
     fn an_idle_connection_releases_the_buffers_its_traffic_left() {
         let (mut conn, mut peer) = pair();
-        let ok = Frame::bare(Kind::Ok, SERVER_ID, 1, 0).to_bytes();
-        assert!(conn.queue(&ok));
+        let frame = Frame::bare(Kind::Ok, SERVER_ID, 1, 0);
+        let ok = frame.to_bytes();
+        assert!(conn.queue(&frame));
         assert!(conn.flush().unwrap());
         peer.write_all(&ok).unwrap();
         let mut scratch = [0u8; 64];
@@ -184,13 +219,12 @@ mod tests {
         // A partial frame waits in the input buffer: it is kept.
         peer.write_all(&ok[..3]).unwrap();
         while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(3) {}
-        assert_eq!(conn.next_frame().unwrap().map(|f| f.kind), Some(Kind::Ok));
-        assert_eq!(conn.next_frame().unwrap(), None);
+        assert_eq!(decode_all(&mut conn), vec![Kind::Ok]);
         conn.release_idle_buffers();
         assert!(conn.buffer_capacity() >= 3, "pending input is kept");
         peer.write_all(&ok[3..]).unwrap();
         while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(5) {}
-        assert_eq!(conn.next_frame().unwrap().map(|f| f.kind), Some(Kind::Ok));
+        assert_eq!(decode_all(&mut conn), vec![Kind::Ok]);
         let held = conn.buffer_capacity();
         assert_eq!(conn.release_idle_buffers(), held);
         assert_eq!(conn.buffer_capacity(), 0);
@@ -199,8 +233,13 @@ mod tests {
     #[test]
     fn output_past_the_cap_is_refused_whole() {
         let (mut conn, _peer) = pair();
-        assert!(conn.queue(&[0; 1000]));
-        assert!(!conn.queue(&[0; 25]));
-        assert!(conn.queue(&[0; 24]));
+        // A MSG takes 10 bytes more than its text.
+        let msg = |len: usize| Frame::msg(1, 4096, 0, vec![b'x'; len]).unwrap();
+        assert!(conn.queue(&msg(990)));
+        assert!(!conn.queue(&msg(15)));
+        let wire = msg(15).to_bytes();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        assert!(!conn.queue_view(&view));
+        assert!(conn.queue(&msg(14)));
     }
 }

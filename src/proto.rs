@@ -12,8 +12,11 @@
 //!  OK, ERRO, OI, FLW, CREQ: no body
 //! ```
 //!
-//! Partial input is an expected state: [`Frame::decode`] returns `Ok(None)`
-//! until a whole frame is buffered and never consumes bytes it did not parse.
+//! Two readings of the same bytes: [`Frame`] owns its body (clients, tests);
+//! [`FrameView`] borrows it from the input (the server, which forwards a
+//! MSG's text without copying it first). Partial input is an expected state:
+//! [`FrameView::parse`] and [`Frame::decode`] return `Ok(None)` until a whole
+//! frame is buffered and never consume bytes they did not parse.
 //! Every length in the format is a `u16`, so no frame exceeds
 //! [`MAX_FRAME_LEN`] and a decoder's buffer needs no other cap.
 
@@ -64,6 +67,7 @@ pub enum Kind {
 
 impl Kind {
     /// The kind for a type field value, if it names one of the seven.
+    #[inline]
     pub fn from_u16(value: u16) -> Option<Kind> {
         Some(match value {
             1 => Kind::Ok,
@@ -104,6 +108,7 @@ pub struct Header {
 
 impl Header {
     /// Reads a header from the first 8 bytes of `bytes`, if there are 8.
+    #[inline]
     pub fn peek(bytes: &[u8]) -> Option<Header> {
         let b: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
         let field = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
@@ -322,25 +327,19 @@ impl Frame {
     /// names no known type; `buf` is untouched too, since without a known type
     /// there is no way to tell where the frame ends — the stream is lost.
     pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
-        let Some(len) = Frame::frame_len(buf)? else {
+        let Some((view, len)) = FrameView::parse(buf)? else {
             return Ok(None);
         };
-        if buf.len() < len {
-            return Ok(None);
-        }
-        let header = Header::peek(buf).expect("frame_len checked the header");
-        let kind = Kind::from_u16(header.kind).expect("frame_len checked the type");
+        let (kind, origin, dest, seq) = (view.kind, view.origin, view.dest, view.seq);
         let body = match kind {
             Kind::Msg => {
+                // The text stays in the buffer it arrived in, shared.
                 let mut frame = buf.split_to(len);
                 frame.advance(HEADER_LEN + 2);
                 Body::Text(frame.freeze())
             }
             Kind::Clist => {
-                let ids = buf[HEADER_LEN + 2..len]
-                    .chunks_exact(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect();
+                let ids = view.clients().collect();
                 buf.advance(len);
                 Body::Clients(ids)
             }
@@ -353,21 +352,164 @@ impl Frame {
         };
         Ok(Some(Frame {
             kind,
-            origin: header.origin,
-            dest: header.dest,
-            seq: header.seq,
+            origin,
+            dest,
+            seq,
             body,
         }))
     }
 }
 
+/// A frame read in place: the header fields, and the body as a view of the
+/// bytes it arrived in (a MSG's text; a CLIST's ids, two bytes each).
+/// Nothing is copied or reference-counted, which is why the server routes
+/// these rather than [`Frame`]s: a forwarded MSG's text is copied once, from
+/// the input buffer straight into each destination's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    pub kind: Kind,
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    /// The bytes after the count field (MSG, CLIST); empty for the others.
+    body: &'a [u8],
+}
+
+impl<'a> FrameView<'a> {
+    /// The whole frame at the start of `buf`, and the bytes it takes there.
+    ///
+    /// `Ok(None)`: not enough bytes yet. `Err`: the header names no known
+    /// type, so there is no telling where the frame ends. Never reads past
+    /// the frame.
+    #[inline]
+    pub fn parse(buf: &'a [u8]) -> Result<Option<(FrameView<'a>, usize)>, ProtoError> {
+        let Some(header) = Header::peek(buf) else {
+            return Ok(None);
+        };
+        let Some(kind) = Kind::from_u16(header.kind) else {
+            return Err(ProtoError::UnknownType(header));
+        };
+        let (len, body) = match kind {
+            Kind::Msg | Kind::Clist => {
+                let Some(count) = buf.get(HEADER_LEN..HEADER_LEN + 2) else {
+                    return Ok(None);
+                };
+                let count = u16::from_be_bytes([count[0], count[1]]) as usize;
+                let per_item = if kind == Kind::Msg { 1 } else { 2 };
+                let len = HEADER_LEN + 2 + per_item * count;
+                let Some(body) = buf.get(HEADER_LEN + 2..len) else {
+                    return Ok(None);
+                };
+                (len, body)
+            }
+            _ => (HEADER_LEN, &[][..]),
+        };
+        let view = FrameView {
+            kind,
+            origin: header.origin,
+            dest: header.dest,
+            seq: header.seq,
+            body,
+        };
+        Ok(Some((view, len)))
+    }
+
+    /// The header of this frame.
+    pub fn header(&self) -> Header {
+        Header {
+            kind: self.kind as u16,
+            origin: self.origin,
+            dest: self.dest,
+            seq: self.seq,
+        }
+    }
+
+    /// The text of a MSG, if this is one.
+    pub fn text(&self) -> Option<&'a [u8]> {
+        (self.kind == Kind::Msg).then_some(self.body)
+    }
+
+    /// The ids of a CLIST (none for other types).
+    pub fn clients(&self) -> impl Iterator<Item = ClientId> + 'a {
+        let list = if self.kind == Kind::Clist {
+            self.body
+        } else {
+            &[]
+        };
+        list.chunks_exact(2)
+            .map(|id| u16::from_be_bytes([id[0], id[1]]))
+    }
+
+    /// Bytes this frame takes on the wire.
+    pub fn encoded_len(&self) -> usize {
+        match self.kind {
+            Kind::Msg | Kind::Clist => HEADER_LEN + 2 + self.body.len(),
+            _ => HEADER_LEN,
+        }
+    }
+
+    /// Appends the wire form of this frame to `out`: the bytes it was read
+    /// from, field by field.
+    pub fn encode(&self, out: &mut BytesMut) {
+        // The header and count go in as one array: this runs once per
+        // destination of every forwarded MSG.
+        let mut head = [0u8; HEADER_LEN + 2];
+        head[0..2].copy_from_slice(&(self.kind as u16).to_be_bytes());
+        head[2..4].copy_from_slice(&self.origin.to_be_bytes());
+        head[4..6].copy_from_slice(&self.dest.to_be_bytes());
+        head[6..8].copy_from_slice(&self.seq.to_be_bytes());
+        let count = match self.kind {
+            Kind::Msg => self.body.len(),
+            Kind::Clist => self.body.len() / 2,
+            _ => return out.extend_from_slice(&head[..HEADER_LEN]),
+        };
+        head[8..10].copy_from_slice(&(count as u16).to_be_bytes());
+        out.reserve(head.len() + self.body.len());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(self.body);
+    }
+
+    /// The same frame, owning its body.
+    pub fn to_frame(&self) -> Frame {
+        let body = match self.kind {
+            Kind::Msg => Body::Text(Bytes::copy_from_slice(self.body)),
+            Kind::Clist => Body::Clients(self.clients().collect()),
+            _ => Body::Empty,
+        };
+        Frame {
+            kind: self.kind,
+            origin: self.origin,
+            dest: self.dest,
+            seq: self.seq,
+            body,
+        }
+    }
+}
+
+impl fmt::Display for FrameView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_header(f, self.kind, self.origin, self.dest, self.seq)?;
+        match self.kind {
+            Kind::Msg => write!(f, " {} bytes", self.body.len()),
+            Kind::Clist => write!(f, " {} ids", self.body.len() / 2),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn write_header(
+    f: &mut fmt::Formatter<'_>,
+    kind: Kind,
+    origin: ClientId,
+    dest: ClientId,
+    seq: u16,
+) -> fmt::Result {
+    write!(f, "{kind}(origin {origin}, dest {dest}, seq {seq})")
+}
+
 impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}(origin {}, dest {}, seq {})",
-            self.kind, self.origin, self.dest, self.seq
-        )?;
+        write_header(f, self.kind, self.origin, self.dest, self.seq)?;
         match &self.body {
             Body::Empty => Ok(()),
             Body::Text(text) => write!(f, " {} bytes", text.len()),

@@ -8,7 +8,7 @@
 //! Every rule here is numbered as in PROTOCOL.md.
 
 use crate::proto::{
-    ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, Header, Kind, SERVER_ID, SeqCounter,
+    ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, Header, Kind, SERVER_ID, SeqCounter,
     is_emitter_id, is_exhibitor_id,
 };
 use std::collections::{BTreeSet, VecDeque};
@@ -25,11 +25,13 @@ pub type ConnId = usize;
 pub trait Outbox {
     /// Queue `frame` for `to`.
     fn send(&mut self, to: ConnId, frame: &Frame);
-    /// Queue the same `frame` for each of `targets` (a forwarded MSG); an
-    /// outbox may encode it once for all of them.
-    fn send_to_all(&mut self, targets: &[ConnId], frame: &Frame) {
+    /// Queue a client's MSG, as it arrived, for each of `targets`. The
+    /// default sends one owned copy to each; the server's outbox encodes
+    /// straight from the view into each target's output.
+    fn forward(&mut self, targets: &[ConnId], msg: &FrameView<'_>) {
+        let frame = msg.to_frame();
         for &to in targets {
-            self.send(to, frame);
+            self.send(to, &frame);
         }
     }
     /// Close `conn` once what was queued for it has been written. The router
@@ -324,15 +326,31 @@ impl Router {
         self.earliest_deadline
     }
 
-    /// One decoded frame arrived on `conn`.
+    /// One frame arrived on `conn`, as an owned [`Frame`] (tests, fuzzing):
+    /// routed exactly as its wire bytes would be.
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
+        let wire = frame.to_bytes();
+        let (view, _) = FrameView::parse(&wire)
+            .expect("an encoded frame has a known type")
+            .expect("an encoded frame is whole");
+        self.on_frame_view(conn, &view, now, out);
+    }
+
+    /// One frame arrived on `conn`, read in place from its input.
+    pub fn on_frame_view(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         self.now = now;
         let Some(session) = self.session(conn) else {
             return;
         };
         let id = session.id;
         match &session.role {
-            Role::Anonymous if frame.kind == Kind::Oi => self.identify(conn, &frame, out),
+            Role::Anonymous if frame.kind == Kind::Oi => self.identify(conn, frame, out),
             Role::Anonymous => {
                 // Rule 1: nothing but OI before identification.
                 warn!(conn, kind = %frame.kind, "frame before OI");
@@ -546,7 +564,7 @@ impl Router {
     // ---- identification -------------------------------------------------
 
     /// Rule 1.
-    fn identify(&mut self, conn: ConnId, oi: &Frame, out: &mut impl Outbox) {
+    fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, out: &mut impl Outbox) {
         let wanted_exhibitor = oi.origin;
         let assigned = if wanted_exhibitor == 0 {
             self.free_exhibitor_ids
@@ -630,7 +648,7 @@ impl Router {
     fn on_emitter_frame(
         &mut self,
         conn: ConnId,
-        frame: Frame,
+        frame: &FrameView<'_>,
         now: Instant,
         out: &mut impl Outbox,
     ) {
@@ -647,16 +665,16 @@ impl Router {
                 self.flush_replies(conn, out);
             }
             // Rule 7: acks from an emitter only matter for the server's FLW.
-            Kind::Ok | Kind::Erro => self.acknowledged(conn, &frame, out),
-            Kind::Clist => self.bad_frame(conn, &frame, out),
+            Kind::Ok | Kind::Erro => self.acknowledged(conn, frame, out),
+            Kind::Clist => self.bad_frame(conn, frame, out),
             Kind::Oi => unreachable!("OI is handled before dispatch"),
         }
     }
 
-    fn on_exhibitor_frame(&mut self, conn: ConnId, frame: Frame, out: &mut impl Outbox) {
+    fn on_exhibitor_frame(&mut self, conn: ConnId, frame: &FrameView<'_>, out: &mut impl Outbox) {
         let id = frame.origin;
         match frame.kind {
-            Kind::Ok | Kind::Erro => self.acknowledged(conn, &frame, out),
+            Kind::Ok | Kind::Erro => self.acknowledged(conn, frame, out),
             Kind::Flw => {
                 // Rule 6: OK, close; its emitter becomes unpaired.
                 out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, frame.seq));
@@ -667,12 +685,12 @@ impl Router {
                 debug!(conn, id, kind = %frame.kind, "request from an exhibitor refused");
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
             }
-            Kind::Clist => self.bad_frame(conn, &frame, out),
+            Kind::Clist => self.bad_frame(conn, frame, out),
             Kind::Oi => unreachable!("OI is handled before dispatch"),
         }
     }
 
-    fn bad_frame(&mut self, conn: ConnId, frame: &Frame, out: &mut impl Outbox) {
+    fn bad_frame(&mut self, conn: ConnId, frame: &FrameView<'_>, out: &mut impl Outbox) {
         warn!(conn, id = frame.origin, kind = %frame.kind, "frame a client may not send");
         out.send(
             conn,
@@ -682,7 +700,13 @@ impl Router {
     }
 
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
-    fn request(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
+    fn request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
         let request = self.push_reply(conn, frame.seq, targets.len() as u32, false);
@@ -692,7 +716,7 @@ impl Router {
         let clist = (frame.kind == Kind::Creq).then(|| self.ids.ids().collect::<Vec<_>>());
         let deadline = now + self.limits.ack_timeout;
         if clist.is_none() {
-            out.send_to_all(&targets, &frame);
+            out.forward(&targets, frame);
         }
         for &target in &targets {
             let session = self.session_mut(target).expect("targets are live");
@@ -751,7 +775,7 @@ impl Router {
     }
 
     /// An OK or ERRO from `conn` settles the oldest frame it was sent (rule 4).
-    fn acknowledged(&mut self, conn: ConnId, ack: &Frame, out: &mut impl Outbox) {
+    fn acknowledged(&mut self, conn: ConnId, ack: &FrameView<'_>, out: &mut impl Outbox) {
         let session = self.session_mut(conn).expect("ack on a live session");
         let Some(delivery) = session.awaiting_ack.pop_front() else {
             debug!(

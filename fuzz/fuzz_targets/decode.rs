@@ -1,5 +1,5 @@
-//! Fuzz target for the codec: `Frame::decode`, `Frame::frame_len`,
-//! `Frame::encode`.
+//! Fuzz target for the codec: `Frame::decode`, `FrameView::parse`,
+//! `Frame::frame_len`, and both types' `encode`.
 //!
 //! Input: the first two bytes (big-endian) pick a split point, taken modulo
 //! the length of the rest plus one; the rest is a byte stream as a client
@@ -17,12 +17,14 @@
 //! re-encodes to exactly the bytes it consumed, `frame_len` and
 //! `encoded_len` equal the bytes consumed, and the bytes after it are left
 //! untouched; `Ok(None)` and `Err` leave the buffer untouched, and
-//! `frame_len` agrees with them. Finally the frames must equal what an
+//! `frame_len` agrees with them. `FrameView::parse` (the server's in-place
+//! reading) must agree with `decode` at every step: same length, same frame,
+//! same bytes when re-encoded, same error. Finally the frames must equal what an
 //! independent reading of PROTOCOL.md's wire format gives.
 #![no_main]
 
 use bytes::BytesMut;
-use evchat::proto::{Body, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError};
+use evchat::proto::{Body, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, PartialEq)]
@@ -37,10 +39,33 @@ struct Outcome {
 fn step(buf: &mut BytesMut, expected: &[u8]) -> Result<Option<Frame>, ProtoError> {
     assert_eq!(&buf[..], expected, "buffer does not hold what was fed");
     let len = Frame::frame_len(expected);
+    let parsed = FrameView::parse(expected);
     let result = Frame::decode(buf);
     match &result {
         Ok(Some(frame)) => {
             let consumed = expected.len() - buf.len();
+            let (view, view_len) = parsed
+                .expect("decode took a frame, parse errs")
+                .expect("decode took a frame, parse waits");
+            assert_eq!(
+                view_len, consumed,
+                "parse and decode take different lengths"
+            );
+            assert_eq!(
+                &view.to_frame(),
+                frame,
+                "parse and decode read different frames"
+            );
+            assert_eq!(view.encoded_len(), consumed, "view encoded_len");
+            let mut reencoded = BytesMut::from(&b"xy"[..]);
+            view.encode(&mut reencoded);
+            assert_eq!(
+                &reencoded[2..],
+                &expected[..consumed],
+                "view re-encoding differs"
+            );
+            assert_eq!(view.text(), frame.text().map(|t| &t[..]));
+            let _ = view.to_string();
             assert_eq!(len, Ok(Some(consumed)), "frame_len disagrees with decode");
             assert!((HEADER_LEN..=MAX_FRAME_LEN).contains(&consumed));
             assert_eq!(
@@ -58,6 +83,7 @@ fn step(buf: &mut BytesMut, expected: &[u8]) -> Result<Option<Frame>, ProtoError
             let _ = frame.to_string();
         }
         Ok(None) => {
+            assert_eq!(parsed, Ok(None), "decode waits, parse does not");
             assert_eq!(&buf[..], expected, "Ok(None) touched the buffer");
             match len {
                 Ok(None) => assert!(expected.len() < HEADER_LEN + 2),
@@ -66,6 +92,11 @@ fn step(buf: &mut BytesMut, expected: &[u8]) -> Result<Option<Frame>, ProtoError
             }
         }
         Err(e) => {
+            assert_eq!(
+                parsed.as_ref().map(|_| ()),
+                Err(e),
+                "parse disagrees on the error"
+            );
             assert_eq!(&buf[..], expected, "Err touched the buffer");
             assert_eq!(len.as_ref(), Err(e), "frame_len disagrees with decode");
             assert_eq!(Some(e.header()), Header::peek(expected));
