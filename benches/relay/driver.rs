@@ -36,8 +36,9 @@ struct Snapshot {
     own_cpu: f64,
     server_wait: Option<f64>,
     own_wait: Option<f64>,
-    server_core_idle: Option<f64>,
-    own_core_idle: Option<f64>,
+    /// Idle and stolen seconds of each side's core.
+    server_core: Option<(f64, f64)>,
+    own_core: Option<(f64, f64)>,
 }
 
 pub struct Driver {
@@ -123,8 +124,8 @@ impl Driver {
                 .server_pid
                 .and_then(|pid| sys::run_queue_wait_secs(Some(pid))),
             own_wait: sys::run_queue_wait_secs(None),
-            server_core_idle: self.server_core.and_then(sys::cpu_idle_secs),
-            own_core_idle: self.own_core.and_then(sys::cpu_idle_secs),
+            server_core: self.server_core.and_then(sys::cpu_idle_and_steal_secs),
+            own_core: self.own_core.and_then(sys::cpu_idle_and_steal_secs),
         }
     }
 
@@ -387,8 +388,16 @@ impl Driver {
             client_cpu: Some((last.own_cpu - first.own_cpu) / secs),
             server_wait: rate_of(first.server_wait, last.server_wait),
             client_wait: rate_of(first.own_wait, last.own_wait),
-            server_core_idle: rate_of(first.server_core_idle, last.server_core_idle),
-            client_core_idle: rate_of(first.own_core_idle, last.own_core_idle),
+            server_core_idle: rate_of(
+                first.server_core.map(|c| c.0),
+                last.server_core.map(|c| c.0),
+            ),
+            client_core_idle: rate_of(first.own_core.map(|c| c.0), last.own_core.map(|c| c.0)),
+            server_core_steal: rate_of(
+                first.server_core.map(|c| c.1),
+                last.server_core.map(|c| c.1),
+            ),
+            client_core_steal: rate_of(first.own_core.map(|c| c.1), last.own_core.map(|c| c.1)),
             idle: None,
         }
     }

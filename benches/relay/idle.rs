@@ -95,6 +95,8 @@ pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, Str
         server_wait: None,
         client_wait: None,
         server_core_idle: None,
+        server_core_steal: None,
+        client_core_steal: None,
         client_core_idle: None,
         idle: Some(IdleFigures {
             conns: held.len(),

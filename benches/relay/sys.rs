@@ -169,8 +169,10 @@ pub fn pinned_cpu(pid: Option<u32>) -> Option<usize> {
     list.parse().ok()
 }
 
-/// Seconds CPU `cpu` has been idle (idle + iowait in `/proc/stat`).
-pub fn cpu_idle_secs(cpu: usize) -> Option<f64> {
+/// Seconds CPU `cpu` has spent idle (idle + iowait) and stolen (the
+/// hypervisor ran something else while this virtual CPU wanted to run), from
+/// `/proc/stat`.
+pub fn cpu_idle_and_steal_secs(cpu: usize) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let name = format!("cpu{cpu}");
     let line = stat
@@ -181,8 +183,10 @@ pub fn cpu_idle_secs(cpu: usize) -> Option<f64> {
         .skip(1)
         .map(|f| f.parse().unwrap_or(0))
         .collect();
+    // user nice system idle iowait irq softirq steal ...
     let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    let steal = fields.get(7).copied().unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(idle as f64 / ticks.max(1) as f64)
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((idle as f64 / ticks, steal as f64 / ticks))
 }
