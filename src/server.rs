@@ -34,6 +34,10 @@ const READS_PER_TURN: usize = 4;
 /// the rest is written at the end of the turn, so a broadcast pays for at
 /// most one extra write per exhibitor, and small outputs for none.
 const WRITE_EARLY_AT: usize = 16 * 1024;
+/// A few early writes are enough to set readers going; past that, as when a
+/// broadcast fills a thousand outputs in one turn, they would only double
+/// the writes.
+const EARLY_WRITES_PER_TURN: usize = 4;
 /// Pending connections the kernel may queue (it caps this at somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often buffers of connections with nothing pending are released.
@@ -81,6 +85,8 @@ struct Wire {
     ready: VecDeque<ConnId>,
     /// Connections on their way out (may hold stale entries; see `reap_overdue`).
     closing: Vec<ConnId>,
+    /// Early writes made this turn (see [`EARLY_WRITES_PER_TURN`]).
+    early_writes: usize,
 }
 
 struct Slot {
@@ -176,11 +182,13 @@ impl Wire {
         }
         if queue(&mut slot.conn) {
             if slot.conn.queued_output() >= WRITE_EARLY_AT
+                && self.early_writes < EARLY_WRITES_PER_TURN
                 && !slot.conn.wants_write
                 && !slot.wrote_early
                 && slot.closing.is_none()
             {
                 slot.wrote_early = true;
+                self.early_writes += 1;
                 if let Err(e) = slot.conn.flush() {
                     debug!(conn = to, error = %e, "write failed");
                     self.drop_conn(to, CloseReason::IoError, true);
@@ -260,6 +268,7 @@ impl Server {
                 dropped: Vec::new(),
                 ready: VecDeque::new(),
                 closing: Vec::new(),
+                early_writes: 0,
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
@@ -548,6 +557,7 @@ impl Server {
     /// End of turn: writes what each connection has queued, and removes the
     /// connections that are closing and done.
     fn flush_and_reap(&mut self) {
+        self.wire.early_writes = 0;
         // Dropping a connection may queue frames for others: repeat until quiet.
         while !self.wire.dirty.is_empty() {
             for conn in std::mem::take(&mut self.wire.dirty) {
@@ -756,8 +766,9 @@ mod tests {
     //! old connection's last event (its close, which frees its slot at once)
     //! and the listener's (a new connection, which takes that slot).
     //!
-    //! A batch past the early-write size: part of it must reach its reader
-    //! before the turn that routes it ends, and only one part.
+    //! A batch past the early-write size: part of it must reach its readers
+    //! before the turn that routes it ends — one part each, and only for as
+    //! many readers as a turn may write to early.
 
     use super::*;
     use crate::proto::{Kind, SERVER_ID};
@@ -1044,7 +1055,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_batch_is_written_once_early_and_the_rest_at_the_end_of_the_turn() {
+    fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_end() {
         let mut server = Server::bind(Config {
             addr: "127.0.0.1:0".parse().unwrap(),
             limits: Limits::default(),
@@ -1054,12 +1065,17 @@ mod tests {
         .unwrap();
         let addr = server.local_addr();
         let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
-        let mut x = Client::connect(addr);
-        x.send(&oi(0));
-        assert_eq!(
-            drive_until(&mut server, || x.try_next()),
-            Some(Frame::bare(Kind::Ok, S, 4096, 0))
-        );
+        // One exhibitor more than a turn may write early to.
+        let mut exhibitors = Vec::new();
+        for n in 0..=EARLY_WRITES_PER_TURN as u16 {
+            let mut x = Client::connect(addr);
+            x.send(&oi(0));
+            assert_eq!(
+                drive_until(&mut server, || x.try_next()),
+                Some(Frame::bare(Kind::Ok, S, 4096 + n, 0))
+            );
+            exhibitors.push(x);
+        }
         let mut e = Client::connect(addr);
         e.send(&oi(4096));
         assert_eq!(
@@ -1074,7 +1090,7 @@ mod tests {
             .find(|(_, slot)| slot.peer == e_addr)
             .unwrap();
 
-        // Three times the early-write size in one write from the emitter.
+        // Three times the early-write size, to everyone, in one write.
         let text: &'static [u8] = &[b'x'; 90];
         let frame_len = Frame::msg(1, 0, 0, text).unwrap().encoded_len();
         let count = 3 * WRITE_EARLY_AT / frame_len;
@@ -1089,21 +1105,37 @@ mod tests {
             slot.conn.socket.peek(&mut peek).unwrap_or(0) == batch.len()
         });
 
-        // Routing it, before the turn ends: the first frames that reach the
-        // early-write size are already on their way to the exhibitor...
+        // Routing it, before the turn ends: each of the first exhibitors
+        // already has the frames that reached the early-write size, and no
+        // more; the last one has nothing yet.
         server.now = Instant::now();
         server.service_input(e_conn, false);
         let early = WRITE_EARLY_AT.div_ceil(frame_len);
-        for seq in 1..=early as u16 {
-            let frame = x.next().expect("an early MSG");
-            assert_eq!((frame.kind, frame.seq), (Kind::Msg, seq), "{frame}");
+        let (last, first) = exhibitors.split_last_mut().unwrap();
+        for x in first.iter_mut() {
+            for seq in 1..=early as u16 {
+                let frame = x.next().expect("an early MSG");
+                assert_eq!((frame.kind, frame.seq), (Kind::Msg, seq), "{frame}");
+            }
+            assert_eq!(x.try_next(), None, "more than one early write");
         }
-        // ... and nothing more: the rest waits for the end of the turn.
-        assert_eq!(x.try_next(), None, "more than one early write");
+        assert_eq!(
+            last.try_next(),
+            None,
+            "more early writes than a turn allows"
+        );
+        // The end of the turn writes the rest, in order.
         server.flush_and_reap();
-        for seq in early as u16 + 1..=count as u16 {
-            let frame = x.next().expect("a MSG written at the end of the turn");
-            assert_eq!((frame.kind, frame.seq), (Kind::Msg, seq), "{frame}");
+        for (n, x) in exhibitors.iter_mut().enumerate() {
+            let from = if n < EARLY_WRITES_PER_TURN {
+                early + 1
+            } else {
+                1
+            };
+            for seq in from as u16..=count as u16 {
+                let frame = x.next().expect("a MSG written at the end of the turn");
+                assert_eq!((frame.kind, frame.seq), (Kind::Msg, seq), "{frame}");
+            }
         }
     }
 }
