@@ -414,16 +414,6 @@ impl<'a> FrameView<'a> {
         Ok(Some((view, len)))
     }
 
-    /// The header of this frame.
-    pub fn header(&self) -> Header {
-        Header {
-            kind: self.kind as u16,
-            origin: self.origin,
-            dest: self.dest,
-            seq: self.seq,
-        }
-    }
-
     /// The text of a MSG, if this is one.
     pub fn text(&self) -> Option<&'a [u8]> {
         (self.kind == Kind::Msg).then_some(self.body)

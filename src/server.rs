@@ -873,6 +873,17 @@ mod tests {
         server.flush_and_reap();
     }
 
+    /// A server on a free loopback port with default limits.
+    fn loopback_server() -> Server {
+        Server::bind(Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            limits: Limits::default(),
+            max_queue: 1 << 20,
+            drain_timeout: Duration::from_secs(2),
+        })
+        .unwrap()
+    }
+
     /// Turns the loop by hand until `done` has an answer (bounded by WAIT).
     fn drive_until<T>(server: &mut Server, mut done: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + WAIT;
@@ -933,13 +944,7 @@ mod tests {
 
     #[test]
     fn slot_closed_and_reused_in_one_poll_batch_misroutes_nothing() {
-        let mut server = Server::bind(Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            limits: Limits::default(),
-            max_queue: 1 << 20,
-            drain_timeout: Duration::from_secs(2),
-        })
-        .unwrap();
+        let mut server = loopback_server();
         let addr = server.local_addr();
         let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
 
@@ -1056,13 +1061,7 @@ mod tests {
 
     #[test]
     fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_end() {
-        let mut server = Server::bind(Config {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            limits: Limits::default(),
-            max_queue: 1 << 20,
-            drain_timeout: Duration::from_secs(2),
-        })
-        .unwrap();
+        let mut server = loopback_server();
         let addr = server.local_addr();
         let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
         // One exhibitor more than a turn may write early to.
