@@ -942,8 +942,19 @@ mod tests {
         }
     }
 
+    /// Held by every test here that runs a server. The slot test reads the
+    /// server's log through a subscriber scoped to its thread; tracing caches
+    /// each log site's interest process-wide, and a site first reached by
+    /// another test's thread, with no subscriber, at the moment the scoped
+    /// one is installed can keep a stale "not interested" and drop the
+    /// lines the test looks for.
+    static ONE_SERVER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
     #[test]
     fn slot_closed_and_reused_in_one_poll_batch_misroutes_nothing() {
+        let _serial = ONE_SERVER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut server = loopback_server();
         let addr = server.local_addr();
         let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
@@ -1061,6 +1072,9 @@ mod tests {
 
     #[test]
     fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_end() {
+        let _serial = ONE_SERVER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut server = loopback_server();
         let addr = server.local_addr();
         let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
