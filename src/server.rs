@@ -777,7 +777,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream as StdStream;
     use std::os::fd::AsRawFd;
-    use std::sync::Mutex;
+    use std::sync::{Mutex, MutexGuard};
 
     const S: ClientId = SERVER_ID;
     const WAIT: Duration = Duration::from_secs(10);
@@ -873,15 +873,20 @@ mod tests {
         server.flush_and_reap();
     }
 
-    /// A server on a free loopback port with default limits.
-    fn loopback_server() -> Server {
-        Server::bind(Config {
+    /// A server on a free loopback port with default limits, and the
+    /// guard that keeps it the only one (see `ONE_SERVER_AT_A_TIME`).
+    fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
+        let serial = ONE_SERVER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let server = Server::bind(Config {
             addr: "127.0.0.1:0".parse().unwrap(),
             limits: Limits::default(),
             max_queue: 1 << 20,
             drain_timeout: Duration::from_secs(2),
         })
-        .unwrap()
+        .unwrap();
+        (serial, server)
     }
 
     /// Turns the loop by hand until `done` has an answer (bounded by WAIT).
@@ -952,10 +957,7 @@ mod tests {
 
     #[test]
     fn slot_closed_and_reused_in_one_poll_batch_misroutes_nothing() {
-        let _serial = ONE_SERVER_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut server = loopback_server();
+        let (_serial, mut server) = loopback_server();
         let addr = server.local_addr();
         let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
 
@@ -1072,10 +1074,7 @@ mod tests {
 
     #[test]
     fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_end() {
-        let _serial = ONE_SERVER_AT_A_TIME
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut server = loopback_server();
+        let (_serial, mut server) = loopback_server();
         let addr = server.local_addr();
         let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
         // One exhibitor more than a turn may write early to.
