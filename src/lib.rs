@@ -1,9 +1,10 @@
 //! evchat: an event-driven text messaging system speaking the
 //! OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol. The crate holds the wire format
 //! ([`proto`]), the server's rules ([`router`]), its socket layer
-//! ([`connection`]) and event loop ([`server`]), and what the two clients
-//! share ([`client`]).
+//! ([`connection`]) and event loop ([`server`]), what the clients
+//! share ([`client`]) and the command-line helpers of every binary ([`cli`]).
 
+pub mod cli;
 pub mod client;
 pub mod connection;
 pub mod proto;

@@ -3,9 +3,9 @@
 //! arrives (`delivered #<seq>` / `not delivered #<seq>`).
 
 use clap::Parser;
+use evchat::cli::{parse_secs, print_line};
 use evchat::client::{
-    Command, FAREWELL_TIMEOUT, FrameReader, FrameWriter, parse_command, parse_secs, print_line,
-    register,
+    Command, FAREWELL_TIMEOUT, FrameReader, FrameWriter, parse_command, register,
 };
 use evchat::proto::{ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
 use std::collections::BTreeSet;

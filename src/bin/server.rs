@@ -3,7 +3,7 @@
 //! SIGINT/SIGTERM has drained every client.
 
 use clap::Parser;
-use evchat::client::parse_secs;
+use evchat::cli::parse_secs;
 use evchat::router::Limits;
 use evchat::server::{Config, Server};
 use std::io::Write;

@@ -1,0 +1,37 @@
+//! `evchat <command>`: the user-facing tools in one binary, so nothing
+//! installs under a generic name. `chat` is both clients in one terminal,
+//! `check` tests any server of the protocol rule by rule, `history` reads a
+//! server's message log. The protocol's own clients (`emitter`,
+//! `exhibitor`) and the `server` keep their own binaries.
+
+mod chat;
+mod check;
+mod history;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "evchat tools: chat, check a server, read history")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Chat in one terminal: an exhibitor and an emitter paired with it
+    Chat(chat::ChatArgs),
+    /// Check any server of this protocol against its rules
+    Check(check::CheckArgs),
+    /// Print a server's message history
+    History(history::HistoryArgs),
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Chat(args) => chat::run(args),
+        Command::Check(args) => check::run(args),
+        Command::History(args) => history::run(args),
+    }
+}
