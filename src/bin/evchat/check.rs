@@ -6,6 +6,10 @@
 //! cascade of failures. The checks are in `catalogue`, the blocking client
 //! with deadlines in `wire`, the output in `report`.
 
+// A `Failure` is the cold path (a check stops at its first) and carries the
+// whole report of it; boxing it would only move the allocation.
+#![allow(clippy::result_large_err)]
+
 mod catalogue;
 mod report;
 mod wire;
@@ -24,25 +28,29 @@ const EXIT_ROBUST_FAILED: u8 = 3;
 const EXIT_USAGE: u8 = 2;
 
 #[derive(clap::Args, Debug)]
-#[command(
-    long_about = "Check a server of the OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol (evchat's or any \
-other implementation) against the protocol's rules, each check on fresh connections, and print \
-a report.\n\n\
-Levels: `required` checks what the 2017 statement fixes; `choices` reports, as notes, where the \
-server decides differently from evchat on points the statement leaves open; `robust` checks what \
-a server exposed to a network must survive.\n\n\
-WARNING: the `robust` level sends hostile input (split frames, garbage, forged origins), opens \
-hundreds of connections at once and pushes megabytes at a client that does not read. Run it only \
-against a server you are allowed to test.\n\n\
-Exit status: 0 when no check failed, 1 when a required check failed, 3 when only robust checks \
-failed, 2 on a usage error. Notes never fail a run.",
-    after_help = "Examples:\n  \
-evchat check 127.0.0.1:5000                    every check, 2 s per read\n  \
-evchat check localhost:5000 --level required   only what the statement fixes\n  \
-evchat check 10.0.0.7:5000 --only route-broadcast,seq-echo\n  \
-evchat check 127.0.0.1:5000 --json > report.json\n  \
-evchat check --list                            the checks, without running them"
-)]
+// The subcommand's one-line about comes from main.rs; everything else a
+// user needs before running it goes after the options.
+#[command(after_help = "\
+Each check runs on fresh connections; every read has a deadline (--timeout).
+Levels: `required` checks what the 2017 statement fixes; `choices` notes where
+the server decides differently from evchat on points the statement leaves open
+(never a failure); `robust` checks what a server exposed to a network must
+survive. Before and after each robust check the server must still answer an OI.
+
+WARNING: the `robust` level sends hostile input (frames split byte by byte,
+unknown types, forged origins), opens hundreds of connections at once and
+pushes megabytes at a client that does not read. Point it only at a server
+you are allowed to test.
+
+Exit status: 0 when no check failed, 1 when a required check failed, 3 when
+only robust checks failed, 2 on a usage error.
+
+Examples:
+  evchat check 127.0.0.1:5000                    every check, 2 s per read
+  evchat check localhost:5000 --level required   only what the statement fixes
+  evchat check 10.0.0.7:5000 --only route-broadcast,seq-echo
+  evchat check 127.0.0.1:5000 --json > report.json
+  evchat check --list                            the checks, without running them")]
 pub struct CheckArgs {
     /// The server to check
     #[arg(value_name = "HOST:PORT", required_unless_present = "list")]
