@@ -431,3 +431,66 @@ fault_tests! {
     fault_block_on_exhibitor_ack: BlockOnAck,
     fault_blocking_write: BlockingWrite,
 }
+
+/// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.
+fn on_terminal(args: &[&str], envs: &[(&str, &str)]) -> String {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the given ints; the other
+    // arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_evchat"));
+    cmd.args(args)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::null());
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn().expect("spawn evchat");
+    // The parent's copy of the terminal's slave side goes with `cmd`, so
+    // the master reads end (EIO) once evchat exits.
+    drop(cmd);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            out.extend_from_slice(&chunk[..n]);
+        }
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(RUN_LIMIT)
+        .expect("evchat output on the terminal");
+    child.wait().expect("wait evchat");
+    String::from_utf8(out).expect("UTF-8")
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let fixture = Fixture::start(Fault::None);
+    let target = fixture.target();
+    let args = ["check", target.as_str(), "--only", "wire-header"];
+    let coloured = on_terminal(&args, &[]);
+    assert!(
+        coloured.contains("  \x1b[32mpass\x1b[0m  wire-header "),
+        "{coloured:?}"
+    );
+    let plain = on_terminal(&args, &[("NO_COLOR", "1")]);
+    assert!(plain.contains("  pass  wire-header "), "{plain:?}");
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+}

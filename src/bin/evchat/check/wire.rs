@@ -532,3 +532,101 @@ impl Conn {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use std::net::TcpListener;
+
+    /// A connection whose peer sends `bytes` and closes.
+    fn reading(bytes: &[u8]) -> Conn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_secs(10),
+        };
+        let conn = Conn::open(&ctx).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(bytes).unwrap();
+        conn
+    }
+
+    proptest! {
+        /// Whatever a server sends, the checker takes whole frames exactly
+        /// as sent, then ends in a close or "not a frame" holding the rest;
+        /// it never panics and never buffers more than a frame and a read.
+        #[test]
+        fn any_server_bytes_end_in_frames_then_an_error(
+            frames in vec((1u16..=7, any::<[u16; 3]>(), vec(any::<u8>(), 0..40)), 0..6),
+            tail in vec(any::<u8>(), 0..30),
+        ) {
+            // Well-formed frames of every type, then anything at all.
+            let mut bytes = Vec::new();
+            for (kind, [origin, dest, seq], body) in frames {
+                for field in [kind, origin, dest, seq] {
+                    bytes.extend_from_slice(&field.to_be_bytes());
+                }
+                let body = match kind {
+                    5 => &body[..],
+                    7 => &body[..body.len() / 2 * 2],
+                    _ => continue,
+                };
+                let count = if kind == 5 { body.len() } else { body.len() / 2 };
+                bytes.extend_from_slice(&(count as u16).to_be_bytes());
+                bytes.extend_from_slice(body);
+            }
+            bytes.extend_from_slice(&tail);
+            let mut conn = reading(&bytes);
+            let mut taken = 0;
+            loop {
+                match conn.recv() {
+                    Ok(frame) => {
+                        let wire = frame.to_bytes();
+                        prop_assert_eq!(&bytes[taken..taken + wire.len()], &wire[..]);
+                        taken += wire.len();
+                    }
+                    Err(RecvError::Closed(rest)) => {
+                        prop_assert_eq!(&bytes[taken..], &rest[..]);
+                        break;
+                    }
+                    Err(RecvError::Undecodable(rest)) => {
+                        prop_assert!(bytes[taken..].starts_with(&rest));
+                        prop_assert!(rest.len() >= HEADER_LEN);
+                        break;
+                    }
+                    Err(other) => prop_assert!(false, "{:?}", other),
+                }
+                prop_assert!(conn.buf.len() <= MAX_FRAME_LEN + 16 * 1024);
+            }
+            describe(&bytes);
+            hex(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_clist_shorter_than_its_count_is_described_as_incomplete() {
+        let bytes = b"\x00\x07\xff\xff\x10\x00\x00\x00\x00\x03\x00\x01\x10\x00";
+        assert_eq!(
+            describe(bytes),
+            "CLIST(origin 65535, dest 4096, seq 0) incomplete: count 3, 14 bytes in all"
+        );
+    }
+
+    #[test]
+    fn a_msg_is_described_with_its_text_escaped() {
+        let msg = Frame::msg(1, 0, 2, &b"hi\n\xff"[..]).unwrap();
+        assert_eq!(
+            describe(&msg.to_bytes()),
+            "MSG(origin 1, dest 0, seq 2) \"hi\\n\\xff\""
+        );
+    }
+
+    #[test]
+    fn hex_is_cut_after_48_bytes() {
+        let shown = hex(&[0xab; 50]);
+        assert!(shown.ends_with("ab … (50 bytes)"), "{shown}");
+        assert_eq!(shown.matches("ab").count(), 48);
+    }
+}
