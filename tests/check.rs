@@ -287,18 +287,28 @@ fn a_failure_shows_what_was_sent_expected_and_received() {
         detail[2].starts_with("statement: \"Se o campo destino possuir o valor zero"),
         "{out}"
     );
-    // The exhibitor that got nothing had sent only its OI.
+    // The emitter's MSG first, then what the exhibitor that got nothing sent.
     assert_eq!(
         detail[3],
+        "sent:      emitter 1: 00 05 00 01 00 00 00 01 00 19 65 76 63 68 61 74 20 63 68 65 63 6b \
+         3a 20 74 6f 20 65 76 65 72 79 6f 6e 65   MSG(origin 1, dest 0, seq 1) \"evchat check: to everyone\""
+    );
+    assert_eq!(
+        detail[4],
         "sent:      exhibitor 4097: 00 03 00 00 ff ff 00 00   OI(origin 0, dest 65535, seq 0)"
     );
-    assert!(detail[4].starts_with("expected:  MSG with the text of MSG(origin 1, dest 0, seq 1) \"evchat check: to everyone\""), "{out}");
-    assert_eq!(detail[5], "received:  nothing within 500ms");
+    assert!(
+        detail[5].starts_with(
+            "expected:  MSG with the text of MSG(origin 1, dest 0, seq 1) \"evchat check: to everyone\""
+        ),
+        "{out}"
+    );
+    assert_eq!(detail[6], "received:  nothing within 500ms");
     assert_eq!(
-        detail[6],
+        detail[7],
         "hint:      a broadcast loop must visit every exhibitor, not stop after the first"
     );
-    assert_eq!(detail[7], "check: 0 passed, 1 failed, 0 notes, 0 skipped");
+    assert_eq!(detail[8], "check: 0 passed, 1 failed, 0 notes, 0 skipped");
     assert!(
         !out.contains('\x1b'),
         "no colour when stdout is not a terminal"
@@ -493,4 +503,14 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     let plain = on_terminal(&args, &[("NO_COLOR", "1")]);
     assert!(plain.contains("  pass  wire-header "), "{plain:?}");
     assert!(!plain.contains('\x1b'), "{plain:?}");
+}
+
+#[test]
+fn protocol_md_names_every_check_exactly_once() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md");
+    let protocol = std::fs::read_to_string(path).expect("PROTOCOL.md");
+    for id in listed_ids() {
+        let named = protocol.matches(&format!("`{id}`")).count();
+        assert_eq!(named, 1, "PROTOCOL.md names `{id}` {named} times");
+    }
 }

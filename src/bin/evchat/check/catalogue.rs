@@ -377,7 +377,9 @@ pub fn find(id: &str) -> Option<&'static Check> {
 /// it, and the emitter to get a reply; the reply must be OK.
 fn deliver(emitter: &mut Conn, exhibitor: &mut Conn, msg: &Frame) -> Result<(), Failure> {
     emitter.send(msg)?;
-    exhibitor.expect_forward(msg, false)?;
+    exhibitor
+        .expect_forward(msg, false)
+        .map_err(|f| emitter.blame(f))?;
     expect_ok(emitter, "OK for the MSG (an exhibitor received it)")
 }
 
@@ -454,7 +456,9 @@ fn route_unchanged(ctx: &Ctx) -> Outcome {
     let mut emitter = Conn::emitter(ctx, 1)?;
     let msg = emitter.msg(exhibitor.me(), "evchat check: forwarded unchanged");
     emitter.send(&msg)?;
-    exhibitor.expect_forward(&msg, true)?;
+    exhibitor
+        .expect_forward(&msg, true)
+        .map_err(|f| emitter.blame(f))?;
     emitter.expect_reply("OK for the MSG")?;
     pass()
 }
@@ -465,8 +469,11 @@ fn route_broadcast(ctx: &Ctx) -> Outcome {
     let mut emitter = Conn::emitter(ctx, 1)?;
     let msg = emitter.msg(0, "evchat check: to everyone");
     emitter.send(&msg)?;
-    first.expect_forward(&msg, false)?;
-    second.expect_forward(&msg, false)?;
+    for exhibitor in [&mut first, &mut second] {
+        exhibitor
+            .expect_forward(&msg, false)
+            .map_err(|f| emitter.blame(f))?;
+    }
     expect_ok(&mut emitter, "OK for the broadcast")?;
     pass()
 }
@@ -506,7 +513,9 @@ fn seq_echo(ctx: &Ctx) -> Outcome {
         let msg = emitter.msg(dest, "evchat check: sequence numbers");
         emitter.send(&msg)?;
         if dest != UNUSED_EXHIBITOR {
-            exhibitor.expect_forward(&msg, false)?;
+            exhibitor
+                .expect_forward(&msg, false)
+                .map_err(|f| emitter.blame(f))?;
         }
         let want = format!("a reply with seq {}", msg.seq);
         let reply = emitter.expect_reply(&want)?;
@@ -532,7 +541,9 @@ fn creq(ctx: &Ctx) -> Result<(Conn, Conn, Frame), Failure> {
         emitter.me(),
         exhibitor.me()
     );
-    let clist = exhibitor.expect_kind(Kind::Clist, &want)?;
+    let clist = exhibitor
+        .expect_kind(Kind::Clist, &want)
+        .map_err(|f| emitter.blame(f))?;
     exhibitor.ack(&clist)?;
     Ok((exhibitor, emitter, clist))
 }
@@ -579,7 +590,9 @@ fn flw_paired(ctx: &Ctx) -> Outcome {
     let seq = emitter.next_seq();
     emitter.send(&Frame::bare(Kind::Flw, emitter.me(), SERVER_ID, seq))?;
     let want = format!("FLW(origin 65535, dest {})", exhibitor.me());
-    let flw = exhibitor.expect_kind(Kind::Flw, &want)?;
+    let flw = exhibitor
+        .expect_kind(Kind::Flw, &want)
+        .map_err(|f| emitter.blame(f))?;
     if flw.origin != SERVER_ID || flw.dest != exhibitor.me() {
         return Err(exhibitor.unexpected("the FLW's header is wrong", &want));
     }
@@ -685,7 +698,9 @@ fn ok_after_ack(ctx: &Ctx) -> Outcome {
     let msg = emitter.msg(exhibitor.me(), "evchat check: never acknowledged");
     emitter.send(&msg)?;
     let want = format!("MSG with the text of {}", describe_frame(&msg));
-    exhibitor.expect_kind(Kind::Msg, &want)?;
+    exhibitor
+        .expect_kind(Kind::Msg, &want)
+        .map_err(|f| emitter.blame(f))?;
     // The exhibitor vanishes without acknowledging: nobody showed the
     // message, so a server that waited for the ack can only answer ERRO.
     exhibitor.vanish();
@@ -728,7 +743,9 @@ fn split_frames(ctx: &Ctx) -> Outcome {
     let mut plans: Vec<Vec<usize>> = (1..len).map(|cut| vec![cut]).collect();
     plans.push((1..len).collect());
     emitter.send(&sample)?;
-    exhibitor.expect_forward(&sample, false)?;
+    exhibitor
+        .expect_forward(&sample, false)
+        .map_err(|f| emitter.blame(f))?;
     expect_ok(&mut emitter, "OK for the MSG")?;
     for cuts in plans {
         let text = format!("split at {cuts:?}");
@@ -743,7 +760,9 @@ fn split_frames(ctx: &Ctx) -> Outcome {
                 std::thread::sleep(SPLIT_PAUSE);
             }
         }
-        exhibitor.expect_forward(&msg, false)?;
+        exhibitor
+            .expect_forward(&msg, false)
+            .map_err(|f| emitter.blame(f))?;
         expect_ok(&mut emitter, "OK for the MSG sent in parts")?;
     }
     pass()
@@ -759,7 +778,9 @@ fn many_frames(ctx: &Ctx) -> Outcome {
     let batch: Vec<u8> = msgs.iter().flat_map(|m| m.to_bytes()).collect();
     emitter.send_bytes(&batch)?;
     for msg in &msgs {
-        exhibitor.expect_forward(msg, false)?;
+        exhibitor
+            .expect_forward(msg, false)
+            .map_err(|f| emitter.blame(f))?;
     }
     for msg in &msgs {
         expect_ok(&mut emitter, &format!("OK for MSG seq {}", msg.seq))?;
@@ -811,9 +832,12 @@ fn spoof(ctx: &Ctx) -> Outcome {
     let real = victim.msg(exhibitor.me(), "evchat check: genuine");
     victim.send(&real)?;
     let want = format!("only {}, not the forged one", describe_frame(&real));
-    let got = exhibitor.expect(&want)?;
+    let got = exhibitor
+        .expect(&want)
+        .map_err(|f| liar.blame(victim.blame(f)))?;
     if got.text() != real.text() {
-        return Err(exhibitor.unexpected("the forged MSG was forwarded", &want));
+        let failure = exhibitor.unexpected("the forged MSG was forwarded", &want);
+        return Err(liar.blame(victim.blame(failure)));
     }
     pass()
 }
@@ -849,7 +873,9 @@ fn silent_exhibitor(ctx: &Ctx) -> Outcome {
     let mut second = Conn::emitter(ctx, 1)?;
     let unanswered = first.msg(silent.me(), "evchat check: never acknowledged");
     first.send(&unanswered)?;
-    silent.expect_kind(Kind::Msg, "the MSG (which it will not acknowledge)")?;
+    silent
+        .expect_kind(Kind::Msg, "the MSG (which it will not acknowledge)")
+        .map_err(|f| first.blame(f))?;
     let msg = second.msg(other.me(), "evchat check: meanwhile");
     deliver(&mut second, &mut other, &msg)?;
     pass()

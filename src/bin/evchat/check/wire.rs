@@ -403,6 +403,15 @@ impl Conn {
         }
     }
 
+    /// `failure`, seen on another connection, with the frame this one sent
+    /// last shown first: the frame that should have caused what was awaited.
+    pub fn blame(&self, mut failure: Failure) -> Failure {
+        if let Some(last) = self.sent.last() {
+            failure.sent.insert(0, (self.label.clone(), last.clone()));
+        }
+        failure
+    }
+
     fn sent_shown(&self) -> Vec<(String, Vec<u8>)> {
         self.sent
             .iter()
