@@ -155,6 +155,9 @@ fn assert_skips_explained(seen: &BTreeMap<String, Seen>) {
             assert_eq!(seen[need].verdict, want, "{id}: {}", s.detail);
         } else if let Some(after) = s.detail.strip_prefix("server stopped answering after ") {
             assert_eq!(seen[after].verdict, "fail", "{id}: {}", s.detail);
+        } else if let Some(rest) = s.detail.strip_prefix("server not answering (") {
+            let failed = rest.strip_suffix(" failed)").expect("(X failed)");
+            assert_eq!(seen[failed].verdict, "fail", "{id}: {}", s.detail);
         } else {
             panic!("{id}: unexplained skip {:?}", s.detail);
         }

@@ -35,7 +35,7 @@ pub enum Fault {
     RefusePairing,
     /// Replies to requests with seq 0 instead of the request's.
     NoSeqEcho,
-    /// Sends a unicast MSG to the lowest exhibitor, whoever it was for.
+    /// Sends a unicast MSG (not CREQ) to the lowest exhibitor, whoever it was for.
     UnicastToLowest,
     /// Sends a broadcast to the first exhibitor only.
     BroadcastFirstOnly,
@@ -438,6 +438,8 @@ fn handle(shared: &Shared, out: &Arc<Out>, frame: In) {
             // The bug: the whole server waits for each exhibitor's OK.
             for (conn, request) in std::mem::take(&mut state.to_await) {
                 state.stalled_on = Some(conn);
+                // Whoever waits at the gate for this connection may pass now.
+                shared.state_changed.notify_all();
                 while state.awaits(conn, &request) && !shared.stopped.load(Ordering::SeqCst) {
                     state = shared
                         .state_changed
@@ -605,8 +607,8 @@ impl State {
         );
     }
 
-    /// The exhibitors a MSG or CREQ from `me` to `dest` goes to.
-    fn targets(&self, fault: Fault, dest: u16) -> Vec<u16> {
+    /// The exhibitors a MSG or CREQ (`kind`) to `dest` goes to.
+    fn targets(&self, fault: Fault, kind: u16, dest: u16) -> Vec<u16> {
         let exhibitors = self
             .clients
             .iter()
@@ -616,7 +618,7 @@ impl State {
             0 if fault == Fault::BroadcastFirstOnly => exhibitors.take(1).collect(),
             0 => exhibitors.collect(),
             _ => match self.clients.get(&dest).map(|c| &c.role) {
-                Some(Role::Exhibitor { .. }) if fault == Fault::UnicastToLowest => {
+                Some(Role::Exhibitor { .. }) if fault == Fault::UnicastToLowest && kind == MSG => {
                     exhibitors.take(1).collect()
                 }
                 Some(Role::Exhibitor { .. }) => vec![dest],
@@ -630,7 +632,7 @@ impl State {
         let fault = shared.fault;
         let le = shared.le();
         let reply_seq = if fault == Fault::NoSeqEcho { 0 } else { f.seq };
-        let targets = self.targets(fault, f.dest);
+        let targets = self.targets(fault, f.kind, f.dest);
         if targets.is_empty() {
             let kind = if fault == Fault::OkUnknownDest {
                 OK

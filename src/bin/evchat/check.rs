@@ -187,51 +187,80 @@ fn resolve(target: &str) -> Result<SocketAddr, String> {
 }
 
 /// Is the server still there? It must accept a connection and answer an
-/// exhibitor's OI with OK; the probe then leaves with FLW.
+/// OI with anything at all (a wrong answer is some check's business).
 fn probe(ctx: &Ctx) -> Result<(), Failure> {
-    Conn::exhibitor(ctx).map(drop)
+    Conn::probe(ctx)
 }
 
 /// Runs `selected` in order. A check whose needed check did not pass is
-/// skipped, saying which; once the server stops answering, every later
-/// check is skipped with that reason.
+/// skipped, saying which. The server must answer a probe before and after
+/// each robust check and after any failure; once it stops, the check before
+/// fails and every later check is skipped with that reason.
 fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(selected.len());
     let mut stopped: Option<String> = None;
-    // The server answered a probe since the last check ran.
+    // A probe succeeded since the last check ran.
     let mut known_alive = false;
+    // The server has answered at least once (a pass or a probe): only then
+    // can it "stop" answering.
+    let mut answered = false;
     let mut last_run: Option<&str> = None;
     for &check in selected {
-        let verdict = if let Some(reason) = &stopped {
-            Verdict::Skip(reason.clone())
-        } else if let Some(reason) = unmet_need(check, &outcomes) {
-            Verdict::Skip(reason)
-        } else if check.level == Level::Robust && !known_alive && probe(ctx).is_err() {
-            let reason = match last_run {
-                Some(id) => format!("server stopped answering after {id}"),
-                None => "server stopped answering before the robust checks".to_string(),
-            };
-            stopped = Some(reason.clone());
-            Verdict::Skip(reason)
-        } else {
-            last_run = Some(check.id);
-            let mut verdict = match (check.run)(ctx) {
-                Ok(Done::Pass) => Verdict::Pass,
-                Ok(Done::Note(note)) => Verdict::Note(note),
-                Err(failure) => Verdict::Fail(failure),
-            };
-            known_alive = false;
-            if check.level == Level::Robust {
-                match probe(ctx) {
-                    Ok(()) => known_alive = true,
-                    Err(probe_failure) => {
-                        stopped = Some(format!("server stopped answering after {}", check.id));
-                        verdict = stopped_after(verdict, probe_failure);
-                    }
-                }
+        if let Some(reason) = &stopped {
+            outcomes.push(Outcome {
+                check,
+                verdict: Verdict::Skip(reason.clone()),
+            });
+            continue;
+        }
+        if let Some(reason) = unmet_need(check, &outcomes) {
+            outcomes.push(Outcome {
+                check,
+                verdict: Verdict::Skip(reason),
+            });
+            continue;
+        }
+        if check.level == Level::Robust && !known_alive {
+            if probe(ctx).is_ok() {
+                answered = true;
+            } else if answered {
+                let reason = match last_run {
+                    Some(id) => format!("server stopped answering after {id}"),
+                    None => "server stopped answering before the robust checks".to_string(),
+                };
+                stopped = Some(reason.clone());
+                outcomes.push(Outcome {
+                    check,
+                    verdict: Verdict::Skip(reason),
+                });
+                continue;
             }
-            verdict
+            // Never answered: the check runs and fails on its own.
+        }
+        last_run = Some(check.id);
+        let mut verdict = match (check.run)(ctx) {
+            Ok(Done::Pass) => Verdict::Pass,
+            Ok(Done::Note(note)) => Verdict::Note(note),
+            Err(failure) => Verdict::Fail(failure),
         };
+        let failed = matches!(verdict, Verdict::Fail(_));
+        answered |= !failed;
+        known_alive = false;
+        // After a hostile check, and after any failure (which may be a
+        // crash), make sure the server is still there.
+        if check.level == Level::Robust || failed {
+            match probe(ctx) {
+                Ok(()) => {
+                    known_alive = true;
+                    answered = true;
+                }
+                Err(probe_failure) if answered => {
+                    stopped = Some(format!("server stopped answering after {}", check.id));
+                    verdict = stopped_after(verdict, probe_failure);
+                }
+                Err(_) => stopped = Some(format!("server not answering ({} failed)", check.id)),
+            }
+        }
         outcomes.push(Outcome { check, verdict });
     }
     outcomes

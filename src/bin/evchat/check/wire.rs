@@ -207,6 +207,29 @@ impl Conn {
         Ok(conn)
     }
 
+    /// Connects and sends an exhibitor's OI: Ok if anything at all comes
+    /// back. An OK's id is kept, so that dropping the probe leaves with FLW.
+    pub fn probe(ctx: &Ctx) -> Result<(), Failure> {
+        let mut conn = Conn::open(ctx)?;
+        conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0))?;
+        let _ = conn.next_seq();
+        match conn.recv() {
+            Ok(frame) => {
+                if frame.kind == Kind::Ok {
+                    conn.id = Some(frame.dest);
+                }
+                Ok(())
+            }
+            Err(RecvError::Undecodable(_)) => Ok(()),
+            Err(RecvError::Timeout(partial) | RecvError::Closed(partial))
+                if !partial.is_empty() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(conn.recv_failure(e, "any answer to OI")),
+        }
+    }
+
     /// Sends OI and takes the id from the OK, which must be in the role's range.
     pub fn identify(&mut self, origin: ClientId, role: &str) -> Result<ClientId, Failure> {
         let seq = self.next_seq();
