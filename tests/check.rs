@@ -517,3 +517,45 @@ fn protocol_md_names_every_check_exactly_once() {
         assert_eq!(named, 1, "PROTOCOL.md names `{id}` {named} times");
     }
 }
+
+#[test]
+fn list_shows_every_check_under_its_level_without_connecting() {
+    let (code, out, _) = evchat(&["check", "--list"], &[]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "required:");
+    assert_eq!(
+        lines[1],
+        "  wire-header         frames start with an 8-byte header of big-endian u16 fields  \
+         (PROTOCOL.md, Wire format)"
+    );
+    let headings: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with(' '))
+        .collect();
+    assert_eq!(headings, ["required:", "choices:", "robust:"]);
+    let listed: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("  "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, listed_ids());
+}
+
+#[test]
+fn a_target_is_required_unless_listing() {
+    let (code, out, err) = evchat(&["check"], &[]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(err.contains("<HOST:PORT>"), "{err}");
+    let (code, _, err) = evchat(&["check", "no-port-here"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("evchat check: cannot resolve 'no-port-here' (expected HOST:PORT)"),
+        "{err}"
+    );
+    let (code, _, err) = evchat(&["check", "127.0.0.1:9", "--timeout", "0"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the timeout must be more than 0"), "{err}");
+}
