@@ -28,7 +28,10 @@ const SENT_SHOWN: usize = 6;
 pub struct Failure {
     /// One line: what went wrong.
     pub summary: String,
-    /// The frames sent on the connection that saw the fault: (label, bytes).
+    /// The frames that bear on the fault, each with its connection's label:
+    /// the frame that should have caused what was awaited (when another
+    /// connection awaited it), then the latest frames of the connection
+    /// that saw the fault.
     pub sent: Vec<(String, Vec<u8>)>,
     pub expected: String,
     /// What arrived instead, in words ("nothing within 2s", a frame...).
@@ -40,13 +43,18 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure with no wire evidence (e.g. a connect that was refused).
-    pub fn plain(summary: impl Into<String>, expected: impl Into<String>) -> Failure {
+    /// A failure with no frame to show (e.g. a connect that was refused):
+    /// what was expected, and the error that came instead.
+    pub fn plain(
+        summary: impl Into<String>,
+        expected: impl Into<String>,
+        error: &std::io::Error,
+    ) -> Failure {
         Failure {
             summary: summary.into(),
             sent: Vec::new(),
             expected: expected.into(),
-            received: String::new(),
+            received: format!("error: {error}"),
             received_bytes: None,
             hint: None,
         }
@@ -170,6 +178,7 @@ impl Conn {
             Failure::plain(
                 format!("cannot connect to {}: {e}", ctx.addr),
                 "the server accepts the connection",
+                &e,
             )
             .with_hint("is the server running, and is HOST:PORT its address?")
         })?;
@@ -211,8 +220,8 @@ impl Conn {
     /// back. An OK's id is kept, so that dropping the probe leaves with FLW.
     pub fn probe(ctx: &Ctx) -> Result<(), Failure> {
         let mut conn = Conn::open(ctx)?;
-        conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0))?;
-        let _ = conn.next_seq();
+        let seq = conn.next_seq();
+        conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, seq))?;
         match conn.recv() {
             Ok(frame) => {
                 if frame.kind == Kind::Ok {
@@ -292,6 +301,7 @@ impl Conn {
             Failure::plain(
                 format!("{}: sending failed: {e}", self.label),
                 "the server reads what is sent",
+                &e,
             )
         })
     }
@@ -536,6 +546,7 @@ impl Conn {
             Failure::plain(
                 format!("cannot connect to {}: {e}", ctx.addr),
                 "the server accepts the connection",
+                &e,
             )
         };
         let socket = socket2::Socket::new(
@@ -560,6 +571,7 @@ impl Conn {
             Failure::plain(
                 format!("{}: cannot clone the socket: {e}", self.label),
                 "a second handle on the connection",
+                &e,
             )
         })
     }
