@@ -69,6 +69,9 @@ pub enum Fault {
     OneFramePerRead,
     /// Closes on an unknown type without ERRO.
     CloseOnUnknown,
+    /// Stops entirely on an unknown type before OI (a dispatch table
+    /// indexed by the type field, before the identification check).
+    CrashOnEarlyGarbage,
     /// Forwards a MSG whose origin is another client's.
     ForwardSpoof,
     /// Stops entirely (listener and every connection) on a spoofed origin.
@@ -483,6 +486,9 @@ impl State {
             )
         };
         let Some(&id) = self.ids.get(&out.conn) else {
+            if fault == Fault::CrashOnEarlyGarbage && !(OK..=CLIST).contains(&f.kind) {
+                return shared.stop();
+            }
             if f.kind == OI {
                 return self.identify(shared, out, &f, acts);
             }

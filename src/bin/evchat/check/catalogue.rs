@@ -325,6 +325,16 @@ pub const CATALOGUE: &[Check] = &[
         run: unknown_type,
     },
     Check {
+        id: "garbage",
+        level: Level::Robust,
+        title: "random bytes before OI get ERRO or a close, and the server carries on",
+        rule: "PROTOCOL.md, Server rules 7",
+        quote: None,
+        hint: "check the type before dispatching on it; nothing one client sends may stop the server",
+        needs: &["oi-exhibitor"],
+        run: garbage,
+    },
+    Check {
         id: "spoof",
         level: Level::Robust,
         title: "a MSG with someone else's origin is refused and never forwarded",
@@ -804,6 +814,32 @@ fn unknown_type(ctx: &Ctx) -> Outcome {
     match conn.recv() {
         Ok(frame) if frame.kind == Kind::Erro => pass(),
         Ok(frame) => Err(conn.unexpected(format!("answered {}", frame.kind), want)),
+        Err(e) => Err(conn.recv_failure(e, want)),
+    }
+}
+
+/// Bytes no client would send: an unknown type, then noise.
+fn junk() -> Vec<u8> {
+    // xorshift64, fixed seed: the same bytes every run, so reports compare.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut bytes = vec![0xde, 0xad];
+    while bytes.len() < 64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.push(state as u8);
+    }
+    bytes
+}
+
+fn garbage(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::open(ctx)?;
+    conn.send_bytes(&junk())?;
+    let want = "ERRO or a close: the bytes are not a frame";
+    match conn.recv() {
+        Ok(frame) if frame.kind == Kind::Erro => pass(),
+        Ok(frame) => Err(conn.unexpected(format!("garbage was answered {}", frame.kind), want)),
+        Err(RecvError::Closed(partial)) if partial.is_empty() => pass(),
         Err(e) => Err(conn.recv_failure(e, want)),
     }
 }
