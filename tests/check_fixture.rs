@@ -55,6 +55,8 @@ pub enum Fault {
     SequentialIds,
     /// Answers a second OI with OK.
     SecondOiOk,
+    /// Ignores a second OI: no answer at all.
+    SecondOiIgnored,
     /// Sends CLIST with the requesting emitter as origin.
     ClistOriginEmitter,
     /// Lists CLIST ids in descending order.
@@ -506,6 +508,9 @@ impl State {
             return self.remove(shared, out.conn, acts);
         }
         if f.kind == OI {
+            if fault == Fault::SecondOiIgnored {
+                return;
+            }
             let kind = if fault == Fault::SecondOiOk { OK } else { ERRO };
             return acts.push(reply(kind, id, f.seq));
         }

@@ -22,8 +22,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 use wire::{Conn, Ctx, Failure};
 
-/// Exit status when only `robust` checks failed (a required failure is 1).
-const EXIT_ROBUST_FAILED: u8 = 3;
+/// Exit status when checks failed but no required one did (a required
+/// failure is 1). A `choices` check fails only when it cannot run at all.
+const EXIT_OTHER_FAILED: u8 = 3;
 /// Exit status for a bad command line or an address that does not resolve.
 const EXIT_USAGE: u8 = 2;
 
@@ -42,8 +43,8 @@ unknown types, forged origins), opens hundreds of connections at once and
 pushes megabytes at a client that does not read. Point it only at a server
 you are allowed to test.
 
-Exit status: 0 when no check failed, 1 when a required check failed, 3 when
-only robust checks failed, 2 on a usage error.
+Exit status: 0 when no check failed (notes never fail), 1 when a required
+check failed, 3 when only other checks failed, 2 on a usage error.
 
 Examples:
   evchat check 127.0.0.1:5000                    every check, 2 s per read
@@ -124,15 +125,15 @@ pub fn run(args: CheckArgs) -> ExitCode {
         report::text(&target, &outcomes, &Style { colour })
     };
     let printed = print(&shown);
-    let failed = |level| {
-        outcomes
-            .iter()
-            .any(|o| o.check.level == level && matches!(o.verdict, Verdict::Fail(_)))
+    let failed = |required: bool| {
+        outcomes.iter().any(|o| {
+            (o.check.level == Level::Required) == required && matches!(o.verdict, Verdict::Fail(_))
+        })
     };
-    if failed(Level::Required) {
+    if failed(true) {
         ExitCode::FAILURE
-    } else if failed(Level::Robust) {
-        ExitCode::from(EXIT_ROBUST_FAILED)
+    } else if failed(false) {
+        ExitCode::from(EXIT_OTHER_FAILED)
     } else {
         printed
     }

@@ -628,6 +628,10 @@ fn pair_unknown(ctx: &Ctx) -> Outcome {
         Err(RecvError::Closed(partial)) if partial.is_empty() => Ok(Done::Note(format!(
             "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, was closed without ERRO"
         ))),
+        Err(RecvError::Timeout(partial)) if partial.is_empty() => Ok(Done::Note(format!(
+            "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, got no answer within {:?}",
+            ctx.timeout
+        ))),
         Err(e) => Err(conn.recv_failure(e, &want)),
     }
 }
@@ -659,6 +663,12 @@ fn second_oi(ctx: &Ctx) -> Outcome {
             return Ok(Done::Note(
                 "a second OI closed the connection (evchat answers ERRO and keeps it)".to_string(),
             ));
+        }
+        Err(RecvError::Timeout(partial)) if partial.is_empty() => {
+            return Ok(Done::Note(format!(
+                "a second OI got no answer within {:?} (evchat answers ERRO)",
+                ctx.timeout
+            )));
         }
         Err(e) => return Err(conn.recv_failure(e, "ERRO for the second OI")),
     };
@@ -718,7 +728,20 @@ fn ok_after_ack(ctx: &Ctx) -> Outcome {
     // The exhibitor vanishes without acknowledging: nobody showed the
     // message, so a server that waited for the ack can only answer ERRO.
     exhibitor.vanish();
-    let reply = emitter.expect_reply("ERRO: the only target vanished without acknowledging")?;
+    let want = "ERRO: the only target vanished without acknowledging";
+    let reply = match emitter.recv() {
+        Ok(reply) => reply,
+        Err(RecvError::Timeout(partial)) if partial.is_empty() => {
+            return Ok(Done::Note(format!(
+                "no reply within {:?} after the only target vanished without acknowledging (evchat answers ERRO at once)",
+                ctx.timeout
+            )));
+        }
+        Err(e) => return Err(emitter.recv_failure(e, want)),
+    };
+    if !matches!(reply.kind, Kind::Ok | Kind::Erro) {
+        return Err(emitter.unexpected(format!("expected OK or ERRO, got {}", reply.kind), want));
+    }
     if reply.kind == Kind::Erro {
         return pass();
     }
