@@ -67,16 +67,14 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
 
 /// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
 /// stdout, stderr).
-fn evchat(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_evchat"));
-    cmd.args(args)
+fn evchat(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evchat"))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in envs {
-        cmd.env(key, value);
-    }
-    let mut child = cmd.spawn().expect("spawn evchat");
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn evchat");
     let (tx, rx) = channel();
     for (name, mut pipe) in [
         (
@@ -120,7 +118,7 @@ struct Seen {
 
 /// Runs every check against `target` as JSON; (exit code, id → outcome).
 fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Value) {
-    let (code, out, err) = evchat(&["check", target, "--json", "--timeout", timeout], &[]);
+    let (code, out, err) = evchat(&["check", target, "--json", "--timeout", timeout]);
     let report: Value =
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
     let mut seen = BTreeMap::new();
@@ -212,7 +210,7 @@ fn real_server_passes_every_check() {
 
 /// The ids `--list --json` names, in order.
 fn listed_ids() -> Vec<String> {
-    let (code, out, _) = evchat(&["check", "--list", "--json"], &[]);
+    let (code, out, _) = evchat(&["check", "--list", "--json"]);
     assert_eq!(code, 0);
     let list: Value = serde_json::from_str(&out).expect("JSON");
     list["checks"]
@@ -266,17 +264,14 @@ fn crash_on_spoof_skips_the_rest_as_stopped() {
 #[test]
 fn a_failure_shows_what_was_sent_expected_and_received() {
     let fixture = Fixture::start(Fault::BroadcastFirstOnly);
-    let (code, out, _) = evchat(
-        &[
-            "check",
-            &fixture.target(),
-            "--only",
-            "route-broadcast",
-            "--timeout",
-            "0.5",
-        ],
-        &[],
-    );
+    let (code, out, _) = evchat(&[
+        "check",
+        &fixture.target(),
+        "--only",
+        "route-broadcast",
+        "--timeout",
+        "0.5",
+    ]);
     assert_eq!(code, 1);
     let lines: Vec<&str> = out.lines().collect();
     let at = lines
@@ -338,10 +333,7 @@ fn little_endian_failure_is_shown_in_hex_and_decoded_both_ways() {
 
 #[test]
 fn unknown_only_id_is_a_usage_error() {
-    let (code, out, err) = evchat(
-        &["check", "127.0.0.1:9", "--only", "route-unicast,nope"],
-        &[],
-    );
+    let (code, out, err) = evchat(&["check", "127.0.0.1:9", "--only", "route-unicast,nope"]);
     assert_eq!(code, 2);
     assert!(out.is_empty());
     assert!(
@@ -352,7 +344,7 @@ fn unknown_only_id_is_a_usage_error() {
 
 #[test]
 fn help_warns_about_robust_and_ends_with_examples() {
-    let (code, out, _) = evchat(&["check", "--help"], &[]);
+    let (code, out, _) = evchat(&["check", "--help"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("WARNING: the `robust` level sends hostile input"),
@@ -376,10 +368,7 @@ fn help_warns_about_robust_and_ends_with_examples() {
 #[test]
 fn level_required_runs_only_required_checks() {
     let fixture = Fixture::start(Fault::None);
-    let (code, out, _) = evchat(
-        &["check", &fixture.target(), "--level", "required", "--json"],
-        &[],
-    );
+    let (code, out, _) = evchat(&["check", &fixture.target(), "--level", "required", "--json"]);
     assert_eq!(code, 0);
     let report: Value = serde_json::from_str(&out).expect("JSON");
     let levels: BTreeSet<&str> = report["checks"]
@@ -526,7 +515,7 @@ fn protocol_md_names_every_check_exactly_once() {
 
 #[test]
 fn list_shows_every_check_under_its_level_without_connecting() {
-    let (code, out, _) = evchat(&["check", "--list"], &[]);
+    let (code, out, _) = evchat(&["check", "--list"]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "required:");
@@ -551,17 +540,17 @@ fn list_shows_every_check_under_its_level_without_connecting() {
 
 #[test]
 fn a_target_is_required_unless_listing() {
-    let (code, out, err) = evchat(&["check"], &[]);
+    let (code, out, err) = evchat(&["check"]);
     assert_eq!(code, 2);
     assert!(out.is_empty());
     assert!(err.contains("<HOST:PORT>"), "{err}");
-    let (code, _, err) = evchat(&["check", "no-port-here"], &[]);
+    let (code, _, err) = evchat(&["check", "no-port-here"]);
     assert_eq!(code, 2);
     assert!(
         err.starts_with("evchat check: cannot resolve 'no-port-here' (expected HOST:PORT)"),
         "{err}"
     );
-    let (code, _, err) = evchat(&["check", "127.0.0.1:9", "--timeout", "0"], &[]);
+    let (code, _, err) = evchat(&["check", "127.0.0.1:9", "--timeout", "0"]);
     assert_eq!(code, 2);
     assert!(err.contains("the timeout must be more than 0"), "{err}");
 }
