@@ -6,8 +6,8 @@
 
 use bytes::BytesMut;
 use evchat::proto::{
-    ClientId, EXHIBITOR_IDS, Frame, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, SERVER_ID, SeqCounter,
-    is_emitter_id, is_exhibitor_id,
+    ClientId, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, SERVER_ID,
+    SeqCounter, is_emitter_id, is_exhibitor_id,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -319,12 +319,13 @@ impl Conn {
     pub fn recv(&mut self) -> Result<Frame, RecvError> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            match Frame::frame_len(&self.buf) {
+            let whole = FrameView::parse(&self.buf).map(|found| found.map(|(_, len)| len));
+            match whole {
                 Err(_) => {
                     self.done = true;
                     return Err(RecvError::Undecodable(self.buf.to_vec()));
                 }
-                Ok(Some(len)) if self.buf.len() >= len => {
+                Ok(Some(len)) => {
                     self.last = self.buf[..len].to_vec();
                     let frame = Frame::decode(&mut self.buf)
                         .ok()
@@ -332,7 +333,7 @@ impl Conn {
                         .expect("a whole frame of a known type decodes");
                     return Ok(frame);
                 }
-                Ok(_) => {}
+                Ok(None) => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
