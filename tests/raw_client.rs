@@ -138,18 +138,15 @@ impl Raw {
 
     /// OI as an exhibitor; returns the id from the OK.
     pub fn identify_exhibitor(&mut self) -> ClientId {
-        self.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
-        let ok = self.expect_frame();
-        assert_eq!(
-            (ok.kind, ok.origin, ok.seq),
-            (Kind::Ok, SERVER_ID, 0),
-            "{ok}"
-        );
-        ok.dest
+        self.identify(0)
     }
 
     /// OI as an emitter (`origin`: 1, or an exhibitor id to pair with).
     pub fn identify_emitter(&mut self, origin: ClientId) -> ClientId {
+        self.identify(origin)
+    }
+
+    fn identify(&mut self, origin: ClientId) -> ClientId {
         self.send_frame(&Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
         let ok = self.expect_frame();
         assert_eq!(
