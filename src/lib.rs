@@ -10,6 +10,7 @@ mod connection;
 pub mod proto;
 pub mod router;
 pub mod server;
+mod web;
 
 // The server's unit tests share the integration tests' raw client, which
 // names this crate `evchat`.
