@@ -10,6 +10,11 @@ mod connection;
 pub mod proto;
 pub mod router;
 pub mod server;
+// The web transport is the connection's business; the fuzz targets and
+// tests reach its parsers directly.
+#[cfg(feature = "testing")]
+pub mod web;
+#[cfg(not(feature = "testing"))]
 mod web;
 
 // The server's unit tests share the integration tests' raw client, which
