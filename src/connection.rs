@@ -86,9 +86,11 @@ pub enum HttpOutcome {
     Refused(HeadError),
 }
 
-/// A client connection as the event loop sees it.
-pub struct Connection {
-    pub socket: TcpStream,
+/// A client connection as the event loop sees it. `S` is the socket: a mio
+/// `TcpStream` in the server; anything that reads and writes bytes in the
+/// fuzz target, which drives the same code without a network.
+pub struct Connection<S = TcpStream> {
+    pub socket: S,
     transport: Transport,
     /// Protocol bytes read and not yet decoded: a partial frame, or whole
     /// frames an emitter held back by flow control has not had routed yet
@@ -102,10 +104,10 @@ pub struct Connection {
     pub wants_write: bool,
 }
 
-impl Connection {
+impl<S: Read + Write> Connection<S> {
     /// A new connection; with `web`, its first bytes decide between HTTP
     /// and the binary protocol, else it is binary from the start.
-    pub fn new(socket: TcpStream, max_output: usize, web: bool) -> Connection {
+    pub fn new(socket: S, max_output: usize, web: bool) -> Connection<S> {
         Connection {
             socket,
             transport: if web {
