@@ -8,3 +8,4 @@ mod codec;
 mod raw;
 mod reliability;
 mod router;
+mod web;

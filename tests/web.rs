@@ -1,0 +1,746 @@
+//! The web transport against the real `server` binary: the page and its
+//! HTTP answers, the WebSocket upgrade, and WebSocket clients (driven frame
+//! by frame, see `ws_client.rs`) mixed with raw TCP clients under the same
+//! rules. Protocol frames are written out by hand and every answer is
+//! compared byte for byte, WebSocket framing included. Every wait is a read
+//! with a deadline; what must not happen is a short bounded read.
+
+use crate::util::*;
+use evchat::proto::*;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// The server's id, short.
+const S: ClientId = SERVER_ID;
+
+// ---- hand-made protocol frames ----------------------------------------------
+
+fn raw_hdr(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
+    [kind, origin, dest, seq]
+        .iter()
+        .flat_map(|v| v.to_be_bytes())
+        .collect()
+}
+
+fn hdr(kind: Kind, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
+    raw_hdr(kind as u16, origin, dest, seq)
+}
+
+fn msg(origin: u16, dest: u16, seq: u16, text: &[u8]) -> Vec<u8> {
+    let mut bytes = hdr(Kind::Msg, origin, dest, seq);
+    bytes.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(text);
+    bytes
+}
+
+fn clist(origin: u16, dest: u16, seq: u16, ids: &[u16]) -> Vec<u8> {
+    let mut bytes = hdr(Kind::Clist, origin, dest, seq);
+    bytes.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
+        bytes.extend_from_slice(&id.to_be_bytes());
+    }
+    bytes
+}
+
+// ---- clients -------------------------------------------------------------------
+
+fn expect_exact(raw: &mut Raw, want: &[u8]) {
+    let got = raw.expect_bytes(want.len());
+    if got != want {
+        panic!("bytes differ\n want: {}\n  got: {}", hex(want), hex(&got));
+    }
+}
+
+fn tcp_exhibitor(server: &Server) -> (Raw, ClientId) {
+    let mut raw = server.raw();
+    let id = raw.identify_exhibitor();
+    (raw, id)
+}
+
+fn tcp_emitter(server: &Server, origin: ClientId) -> (Raw, ClientId) {
+    let mut raw = server.raw();
+    let id = raw.identify_emitter(origin);
+    (raw, id)
+}
+
+fn ws_exhibitor(server: &Server) -> (Ws, ClientId) {
+    let mut ws = Ws::connect(server.addr);
+    let id = ws.identify(0);
+    assert!(is_exhibitor_id(id), "exhibitor got id {id}");
+    (ws, id)
+}
+
+fn ws_emitter(server: &Server, origin: ClientId) -> (Ws, ClientId) {
+    let mut ws = Ws::connect(server.addr);
+    let id = ws.identify(origin);
+    assert!(is_emitter_id(id), "emitter got id {id}");
+    (ws, id)
+}
+
+/// Waits for a server log line that contains every one of `needles`.
+fn expect_log(server: &Server, needles: &[&str]) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.proc.stderr.next_within(left) {
+            Some(line) if needles.iter().all(|n| line.contains(n)) => return line,
+            Some(line) => seen.push(line),
+            None => panic!("no log line with {needles:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// A message through `em` to `ex` and back, both TCP: the server still
+/// serves others.
+fn tcp_round_trip(em: &mut Raw, em_id: ClientId, ex: &mut Raw, ex_id: ClientId, seq: u16) {
+    let m = msg(em_id, ex_id, seq, b"still here");
+    em.send(&m);
+    expect_exact(ex, &m);
+    ex.send(&hdr(Kind::Ok, ex_id, em_id, seq));
+    expect_exact(em, &hdr(Kind::Ok, S, em_id, seq));
+}
+
+// ---- the upgrade ------------------------------------------------------------------
+
+#[test]
+fn upgrade_answer_is_the_rfc_accept_and_oi_is_answered_in_one_binary_message() {
+    let server = Server::start(&[]);
+    let mut ws = Ws::connect(server.addr);
+    ws.send_binary(b"\x00\x03\x00\x00\xff\xff\x00\x00");
+    ws.expect_binary_exact(b"\x00\x01\xff\xff\x10\x00\x00\x00");
+    let mut em = Ws::connect(server.addr);
+    em.send_binary(b"\x00\x03\x10\x00\xff\xff\x00\x07");
+    em.expect_binary_exact(b"\x00\x01\xff\xff\x00\x01\x00\x07");
+}
+
+#[test]
+fn frames_sent_with_the_upgrade_request_are_served_after_the_101() {
+    let server = Server::start(&[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let mut bytes = upgrade_request(server.addr, &[]).into_bytes();
+    bytes.extend(client_frame(true, OP_BINARY, &hdr(Kind::Oi, 0, S, 3)));
+    stream.write_all(&bytes).unwrap();
+    let mut ws = Ws::over(stream);
+    ws.expect_upgraded();
+    ws.expect_binary_exact(&hdr(Kind::Ok, S, 4096, 3));
+}
+
+#[test]
+fn a_tungstenite_client_chats_with_a_tcp_client() {
+    let server = Server::start(&[]);
+    let (mut ex, ex_id) = tcp_exhibitor(&server);
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let url = format!("ws://{}/ws", server.addr);
+    let (mut client, response) =
+        tungstenite::client::client_with_config(url.as_str(), stream, None).unwrap();
+    assert_eq!(response.status(), 101);
+    let send = |client: &mut tungstenite::WebSocket<TcpStream>, bytes: Vec<u8>| {
+        client.send(tungstenite::Message::binary(bytes)).unwrap();
+    };
+    let recv = |client: &mut tungstenite::WebSocket<TcpStream>| match client.read().unwrap() {
+        tungstenite::Message::Binary(bytes) => bytes.to_vec(),
+        other => panic!("expected a binary message, got {other:?}"),
+    };
+    send(&mut client, hdr(Kind::Oi, 1, S, 0));
+    assert_eq!(recv(&mut client), hdr(Kind::Ok, S, 1, 0));
+    let m = msg(1, ex_id, 1, "olá, navegador".as_bytes());
+    send(&mut client, m.clone());
+    expect_exact(&mut ex, &m);
+    ex.send(&hdr(Kind::Ok, ex_id, 1, 1));
+    assert_eq!(recv(&mut client), hdr(Kind::Ok, S, 1, 1));
+    send(&mut client, hdr(Kind::Flw, 1, S, 2));
+    assert_eq!(recv(&mut client), hdr(Kind::Ok, S, 1, 2));
+    match client.read() {
+        Ok(tungstenite::Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the close, got {other:?}"),
+    }
+}
+
+// ---- rule tests, WebSocket mixed with TCP ----------------------------------------
+
+#[test]
+fn unicast_and_broadcast_from_tcp_reach_ws_with_end_to_end_acks() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut em, em_id) = tcp_emitter(&server, 1);
+    // Unicast: the emitter hears nothing until the WebSocket exhibitor acks.
+    let m = msg(em_id, wex_id, 1, b"to the browser");
+    em.send(&m);
+    wex.expect_binary_exact(&m);
+    em.expect_silence();
+    wex.send_binary(&hdr(Kind::Ok, wex_id, em_id, 1));
+    expect_exact(&mut em, &hdr(Kind::Ok, S, em_id, 1));
+    tex.expect_silence();
+    // Broadcast: both exhibitors get the same bytes; the OK waits for both.
+    let b = msg(em_id, 0, 2, b"to everyone");
+    em.send(&b);
+    wex.expect_binary_exact(&b);
+    expect_exact(&mut tex, &b);
+    tex.send(&hdr(Kind::Ok, tex_id, em_id, 2));
+    em.expect_silence();
+    wex.send_binary(&hdr(Kind::Ok, wex_id, em_id, 2));
+    expect_exact(&mut em, &hdr(Kind::Ok, S, em_id, 2));
+    // Frames of every length form: 126..65535 (16-bit) and over (64-bit).
+    for (seq, len) in [(3u16, 300usize), (4, 65_535)] {
+        let big = msg(em_id, wex_id, seq, &vec![b'z'; len]);
+        em.send(&big);
+        wex.expect_binary_exact(&big);
+        wex.send_binary(&hdr(Kind::Ok, wex_id, em_id, seq));
+        expect_exact(&mut em, &hdr(Kind::Ok, S, em_id, seq));
+    }
+}
+
+#[test]
+fn unicast_and_broadcast_from_ws_reach_tcp_with_end_to_end_acks() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    let m = msg(em_id, tex_id, 1, b"from the browser");
+    em.send_binary(&m);
+    expect_exact(&mut tex, &m);
+    em.expect_silence();
+    tex.send(&hdr(Kind::Ok, tex_id, em_id, 1));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 1));
+    wex.expect_silence();
+    let b = msg(em_id, 0, 2, b"from the browser to all");
+    em.send_binary(&b);
+    expect_exact(&mut tex, &b);
+    wex.expect_binary_exact(&b);
+    wex.send_binary(&hdr(Kind::Ok, wex_id, em_id, 2));
+    em.expect_silence();
+    tex.send(&hdr(Kind::Ok, tex_id, em_id, 2));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 2));
+    // The largest MSG, WebSocket to WebSocket (64-bit length both ways).
+    let big = msg(em_id, wex_id, 3, &vec![0xa5; MAX_TEXT_LEN]);
+    em.send_binary(&big);
+    wex.expect_binary_exact(&big);
+    wex.send_binary(&hdr(Kind::Ok, wex_id, em_id, 3));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 3));
+    // A target that answers ERRO: the emitter is told "not delivered".
+    let m = msg(em_id, tex_id, 4, b"refused");
+    em.send_binary(&m);
+    expect_exact(&mut tex, &m);
+    tex.send(&hdr(Kind::Erro, tex_id, em_id, 4));
+    em.expect_binary_exact(&hdr(Kind::Erro, S, em_id, 4));
+}
+
+#[test]
+fn ws_emitter_pairs_with_a_ws_exhibitor_and_with_a_tcp_exhibitor() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, wex_id);
+    // Addressed to the emitter's own id: its paired exhibitor takes it.
+    let m = msg(em_id, em_id, 1, b"to my own exhibitor");
+    em.send_binary(&m);
+    wex.expect_binary_exact(&m);
+    wex.send_binary(&hdr(Kind::Ok, wex_id, em_id, 1));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 1));
+    // That exhibitor is taken: a second emitter is refused and closed.
+    let mut late = Ws::connect(server.addr);
+    late.send_binary(&hdr(Kind::Oi, wex_id, S, 0));
+    late.expect_binary_exact(&hdr(Kind::Erro, S, 0, 0));
+    late.expect_close(1008);
+    // A WebSocket emitter paired with a TCP exhibitor.
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut em2, em2_id) = ws_emitter(&server, tex_id);
+    let m = msg(em2_id, em2_id, 1, b"to my TCP exhibitor");
+    em2.send_binary(&m);
+    expect_exact(&mut tex, &m);
+    tex.send(&hdr(Kind::Ok, tex_id, em2_id, 1));
+    em2.expect_binary_exact(&hdr(Kind::Ok, S, em2_id, 1));
+    // And a TCP emitter paired with a WebSocket exhibitor.
+    let (mut wex2, wex2_id) = ws_exhibitor(&server);
+    let (mut tem, tem_id) = tcp_emitter(&server, wex2_id);
+    let m = msg(tem_id, tem_id, 1, b"to my browser");
+    tem.send(&m);
+    wex2.expect_binary_exact(&m);
+    wex2.send_binary(&hdr(Kind::Ok, wex2_id, tem_id, 1));
+    expect_exact(&mut tem, &hdr(Kind::Ok, S, tem_id, 1));
+    wex.expect_silence();
+    tex.expect_silence();
+}
+
+#[test]
+fn creq_from_ws_gets_clist_to_tcp_and_ws_exhibitors() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    assert_eq!((wex_id, tex_id, em_id), (4096, 4097, 1));
+    em.send_binary(&hdr(Kind::Creq, em_id, 0, 1));
+    let list = clist(S, 0, 0, &[em_id, wex_id, tex_id]);
+    wex.expect_binary_exact(&list);
+    expect_exact(&mut tex, &list);
+    wex.send_binary(&hdr(Kind::Ok, wex_id, S, 0));
+    tex.send(&hdr(Kind::Ok, tex_id, S, 0));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 1));
+    // From a TCP emitter to the WebSocket exhibitor only; its counter moved.
+    let (mut tem, tem_id) = tcp_emitter(&server, 1);
+    tem.send(&hdr(Kind::Creq, tem_id, wex_id, 1));
+    wex.expect_binary_exact(&clist(S, wex_id, 1, &[em_id, tem_id, wex_id, tex_id]));
+    wex.send_binary(&hdr(Kind::Ok, wex_id, S, 1));
+    expect_exact(&mut tem, &hdr(Kind::Ok, S, tem_id, 1));
+    tex.expect_silence();
+}
+
+#[test]
+fn spoofed_origin_from_ws_gets_erro_then_close_1002_and_is_not_forwarded() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (_honest, honest_id) = ws_emitter(&server, 1);
+    let (mut liar, liar_id) = ws_emitter(&server, 1);
+    liar.send_binary(&msg(honest_id, 0, 5, b"I am emitter 1"));
+    liar.expect_binary_exact(&hdr(Kind::Erro, S, liar_id, 5));
+    liar.expect_close(1002);
+    // An exhibitor acking in another's name.
+    let (mut em, em_id) = tcp_emitter(&server, 1);
+    let m = msg(em_id, wex_id, 1, b"ack me");
+    em.send(&m);
+    wex.expect_binary_exact(&m);
+    wex.send_binary(&hdr(Kind::Ok, tex_id, em_id, 1));
+    wex.expect_binary_exact(&hdr(Kind::Erro, S, wex_id, 1));
+    wex.expect_close(1002);
+    expect_exact(&mut em, &hdr(Kind::Erro, S, em_id, 1));
+    tex.expect_silence();
+}
+
+#[test]
+fn a_message_that_is_not_exactly_one_frame_closes_1002_and_routes_nothing() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let one = msg(1, 0, 1, b"one");
+    let two = msg(1, 0, 2, b"two");
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("two frames", [one.clone(), two.clone()].concat()),
+        ("half a frame", one[..one.len() / 2].to_vec()),
+        ("half a header", one[..4].to_vec()),
+        ("trailing bytes", [one.clone(), vec![0]].concat()),
+        ("empty", Vec::new()),
+    ];
+    for (what, payload) in cases {
+        let (mut em, em_id) = ws_emitter(&server, 1);
+        assert_eq!(em_id, 1, "{what}: the last one's id was freed");
+        em.send_binary(&payload);
+        em.expect_close(1002);
+        tex.expect_silence();
+    }
+    // Before OI too.
+    let mut anon = Ws::connect(server.addr);
+    anon.send_binary(&[hdr(Kind::Oi, 0, S, 0), hdr(Kind::Oi, 0, S, 1)].concat());
+    anon.expect_close(1002);
+    // The server still routes whole frames.
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    let m = msg(em_id, 0, 1, b"whole");
+    em.send_binary(&m);
+    expect_exact(&mut tex, &m);
+    tex.send(&hdr(Kind::Ok, tex_id, em_id, 1));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 1));
+}
+
+#[test]
+fn unknown_frame_type_in_a_message_gets_erro_echoing_seq_then_close_1002() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, _) = tcp_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    em.send_binary(&raw_hdr(8, em_id, 0, 0x0a0b));
+    em.expect_binary_exact(&hdr(Kind::Erro, S, em_id, 0x0a0b));
+    em.expect_close(1002);
+    // Before OI: the ERRO's destination is 0.
+    let mut anon = Ws::connect(server.addr);
+    anon.send_binary(&raw_hdr(0x0100, 0, S, 0x0c0d));
+    anon.expect_binary_exact(&hdr(Kind::Erro, S, 0, 0x0c0d));
+    anon.expect_close(1002);
+    // A frame before OI (a known type).
+    let mut anon = Ws::connect(server.addr);
+    anon.send_binary(&msg(1, 0, 9, b"who am I"));
+    anon.expect_binary_exact(&hdr(Kind::Erro, S, 0, 9));
+    anon.expect_close(1002);
+    tex.expect_silence();
+}
+
+#[test]
+fn text_message_closes_1003() {
+    let server = Server::start(&[]);
+    let (mut tex, _) = tcp_exhibitor(&server);
+    let (mut em, _) = ws_emitter(&server, 1);
+    em.send_frame(true, OP_TEXT, b"hello");
+    em.expect_close(1003);
+    // Text that is not even UTF-8.
+    let (mut em, _) = ws_emitter(&server, 1);
+    em.send_frame(true, OP_TEXT, b"\xff\xfe");
+    em.expect_close(1003);
+    tex.expect_silence();
+}
+
+#[test]
+fn oversized_frame_or_message_closes_1009_and_the_largest_frame_passes() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    // A header announcing one byte over the largest protocol frame is
+    // refused before its payload arrives.
+    let (mut em, _) = ws_emitter(&server, 1);
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(MAX_FRAME_LEN as u64 + 1).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    em.send_raw(&header);
+    em.expect_close(1009);
+    // Fragments, each small enough, that add up to more.
+    let (mut em, _) = ws_emitter(&server, 1);
+    let half = vec![0u8; MAX_FRAME_LEN / 2 + 1];
+    em.send_frame(false, OP_BINARY, &half);
+    em.send_frame(true, OP_CONTINUATION, &half);
+    em.expect_close(1009);
+    // A message of exactly the largest frame passes the WebSocket layer:
+    // it is a CLIST (65535 ids), which a client may not send: ERRO, 1002.
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    let ids = vec![1u16; u16::MAX as usize];
+    let big = clist(em_id, 0, 7, &ids);
+    assert_eq!(big.len(), MAX_FRAME_LEN);
+    em.send_binary(&big);
+    em.expect_binary_exact(&hdr(Kind::Erro, S, em_id, 7));
+    em.expect_close(1002);
+    tex.expect_silence();
+    tcp_round_trip(&mut tcp_emitter(&server, 1).0, 1, &mut tex, tex_id, 1);
+}
+
+#[test]
+fn ws_client_that_never_reads_is_cut_at_max_queue_and_others_keep_receiving() {
+    const MAX_MESSAGES: u16 = 600;
+    let server = Server::start(&["--ack-timeout", "60", "--max-queue", "65536"]);
+    let mut slow = Ws::over(connect_with_small_rcvbuf(server.addr, 4096));
+    slow.send_raw(upgrade_request(server.addr, &[]).as_bytes());
+    slow.expect_upgraded();
+    let slow_id = slow.identify(0);
+    let (mut reader, reader_id) = tcp_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    let text = vec![b'x'; 60_000];
+    let mut sent = 0u16;
+    let mut dropped = false;
+    while !dropped {
+        assert!(sent < MAX_MESSAGES, "no cut-off after {sent} messages");
+        sent += 1;
+        let m = msg(em_id, 0, sent, &text);
+        em.send_binary(&m);
+        expect_exact(&mut reader, &m);
+        reader.send(&hdr(Kind::Ok, reader_id, em_id, sent));
+        while let Some(line) = server.proc.stderr.next_within(Duration::ZERO) {
+            dropped |= line.contains("slow consumer");
+        }
+    }
+    // Every request was delivered to the reader: all OK, in order.
+    for seq in 1..=sent {
+        em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, seq));
+    }
+    // The slow client's stream ends without every message in it.
+    slow.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let drained = read_to_end_within(&mut slow.stream, TIMEOUT).len();
+    assert!(
+        drained < sent as usize * text.len(),
+        "the slow client received every message ({drained} bytes)"
+    );
+    // Its id is free again; the reader is the only target now.
+    let (_ex, ex_id) = ws_exhibitor(&server);
+    assert_eq!(ex_id, slow_id);
+    tcp_round_trip(&mut tcp_emitter(&server, 1).0, 2, &mut reader, reader_id, 1);
+}
+
+#[test]
+fn flw_cascade_from_a_ws_emitter_reaches_its_paired_exhibitor() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    // FLW from the WebSocket emitter: OK, close 1000; its WebSocket
+    // exhibitor gets the server's FLW, acks it, and is closed 1000.
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, wex_id);
+    em.send_binary(&hdr(Kind::Flw, em_id, S, 3));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 3));
+    em.expect_close(1000);
+    wex.expect_binary_exact(&hdr(Kind::Flw, S, wex_id, 0));
+    wex.send_binary(&hdr(Kind::Ok, wex_id, S, 0));
+    wex.expect_close(1000);
+    // A WebSocket emitter that just drops its TCP connection, paired with a
+    // TCP exhibitor.
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (em, _) = ws_emitter(&server, tex_id);
+    drop(em);
+    expect_exact(&mut tex, &hdr(Kind::Flw, S, tex_id, 0));
+    tex.send(&hdr(Kind::Ok, tex_id, S, 0));
+    tex.expect_closed();
+    // One that sends a WebSocket close instead of FLW: its close is
+    // answered with the same code, and its exhibitor is told.
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, _) = ws_emitter(&server, wex_id);
+    em.send_frame(true, OP_CLOSE, &1000u16.to_be_bytes());
+    em.expect_close(1000);
+    wex.expect_binary_exact(&hdr(Kind::Flw, S, wex_id, 0));
+    wex.send_binary(&hdr(Kind::Ok, wex_id, S, 0));
+    wex.expect_close(1000);
+}
+
+#[test]
+fn shutdown_flw_reaches_ws_clients() {
+    let mut server = Server::start(&["--drain-timeout", "5"]);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, wex_id);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let mut anon = Ws::connect(server.addr);
+    server.proc.signal(libc::SIGTERM);
+    // Not identified: closed at once, "going away".
+    anon.expect_close(1001);
+    for (ws, id) in [(&mut wex, wex_id), (&mut em, em_id)] {
+        ws.expect_binary_exact(&hdr(Kind::Flw, S, id, 0));
+        ws.send_binary(&hdr(Kind::Ok, id, S, 0));
+        // The client asked to go and did: a normal closure, or "going
+        // away" since it is the server that leaves; either is RFC 6455.
+        let code = ws.expect_any_close();
+        assert!(matches!(code, 1000 | 1001), "close code {code}");
+    }
+    expect_exact(&mut tex, &hdr(Kind::Flw, S, tex_id, 0));
+    tex.send(&hdr(Kind::Ok, tex_id, S, 0));
+    tex.expect_closed();
+    assert!(server.proc.wait().success());
+}
+
+// ---- HTTP ---------------------------------------------------------------------------
+
+/// What every non-upgrade answer carries besides its content type.
+fn assert_common_headers(answer: &HttpAnswer) {
+    assert_eq!(answer.header("X-Content-Type-Options"), "nosniff");
+    assert_eq!(answer.header("Cache-Control"), "no-store");
+    assert_eq!(answer.header("Connection"), "close");
+    let csp = answer.header("Content-Security-Policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "CSP {csp:?} lacks {directive}");
+    }
+    assert!(!csp.contains("unsafe"), "CSP {csp:?} allows unsafe code");
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn get_root_serves_the_embedded_page_and_its_files() {
+    let server = Server::start(&[]);
+    let files: [(&str, &str, &str); 5] = [
+        (
+            "/",
+            "text/html; charset=utf-8",
+            include_str!("../src/web/page/index.html"),
+        ),
+        (
+            "/index.html",
+            "text/html; charset=utf-8",
+            include_str!("../src/web/page/index.html"),
+        ),
+        (
+            "/codec.js",
+            "text/javascript; charset=utf-8",
+            include_str!("../src/web/page/codec.js"),
+        ),
+        (
+            "/app.js",
+            "text/javascript; charset=utf-8",
+            include_str!("../src/web/page/app.js"),
+        ),
+        (
+            "/style.css",
+            "text/css; charset=utf-8",
+            include_str!("../src/web/page/style.css"),
+        ),
+    ];
+    for (path, content_type, body) in files {
+        let answer = http_exchange(server.addr, &get(path));
+        assert_eq!(answer.status_line, "HTTP/1.1 200 OK", "{path}");
+        assert_eq!(answer.header("Content-Type"), content_type, "{path}");
+        assert_common_headers(&answer);
+        assert!(answer.body == body.as_bytes(), "{path}: body differs");
+    }
+    // A query string does not change the file.
+    let answer = http_exchange(server.addr, &get("/app.js?v=2"));
+    assert!(answer.body == include_str!("../src/web/page/app.js").as_bytes());
+}
+
+#[test]
+fn unknown_path_is_404_and_closed() {
+    let server = Server::start(&[]);
+    for path in ["/nope", "/ws/", "/index.htm", "/../Cargo.toml", "//"] {
+        let answer = http_exchange(server.addr, &get(path));
+        assert_eq!(answer.status_line, "HTTP/1.1 404 Not Found", "{path}");
+        assert_eq!(answer.header("Content-Type"), "text/plain; charset=utf-8");
+        assert_common_headers(&answer);
+        assert_eq!(answer.body, b"not found\n");
+    }
+}
+
+#[test]
+fn other_methods_are_405() {
+    let server = Server::start(&[]);
+    let post = b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello";
+    for request in [
+        &post[..],
+        b"HEAD / HTTP/1.1\r\n\r\n",
+        b"PUT /ws HTTP/1.1\r\n\r\n",
+    ] {
+        let answer = http_exchange(server.addr, request);
+        assert_eq!(answer.status_line, "HTTP/1.1 405 Method Not Allowed");
+        assert_eq!(answer.header("Allow"), "GET");
+        assert_eq!(answer.header("Content-Type"), "text/plain; charset=utf-8");
+        assert_common_headers(&answer);
+    }
+}
+
+#[test]
+fn request_head_over_8_kib_is_closed_without_an_answer() {
+    let server = Server::start(&[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let mut head = b"GET / HTTP/1.1\r\nX-Padding: ".to_vec();
+    head.resize(9000, b'a');
+    stream.write_all(&head).unwrap();
+    assert_eq!(hex(&read_to_end_within(&mut stream, TIMEOUT)), "");
+    expect_log(
+        &server,
+        &["HTTP request refused", "request head over 8192 bytes"],
+    );
+    // Complete but too long: the same.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    head.extend_from_slice(b"\r\n\r\n");
+    stream.write_all(&head).unwrap();
+    assert_eq!(hex(&read_to_end_within(&mut stream, TIMEOUT)), "");
+    // Just under the limit is served.
+    let mut head = b"GET / HTTP/1.1\r\nX-Padding: ".to_vec();
+    head.resize(8 * 1024 - 4, b'a');
+    head.extend_from_slice(b"\r\n\r\n");
+    let answer = http_exchange(server.addr, &head);
+    assert_eq!(answer.status_line, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn bad_upgrade_requests_are_refused_with_their_status() {
+    let server = Server::start(&[]);
+    let addr = server.addr;
+    let without = |name: &str| -> String {
+        upgrade_request(addr, &[])
+            .split("\r\n")
+            .filter(|line| !line.starts_with(name))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    let with_key = |key: &str| upgrade_request(addr, &[]).replace(WS_KEY, key);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("bad key", with_key("not-a-key"), "HTTP/1.1 400 Bad Request"),
+        (
+            "key of 15 bytes",
+            with_key("dGhlIHNhbXBsZSBub25j"),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "no key",
+            without("Sec-WebSocket-Key"),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "no version",
+            without("Sec-WebSocket-Version"),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "version 8",
+            upgrade_request(addr, &[]).replace("Version: 13", "Version: 8"),
+            "HTTP/1.1 426 Upgrade Required",
+        ),
+        (
+            "no Upgrade",
+            without("Upgrade:"),
+            "HTTP/1.1 426 Upgrade Required",
+        ),
+        (
+            "HTTP/1.0",
+            upgrade_request(addr, &[]).replace("HTTP/1.1", "HTTP/1.0"),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "foreign origin",
+            upgrade_request(addr, &["Origin: http://evil.example"]),
+            "HTTP/1.1 403 Forbidden",
+        ),
+        (
+            "null origin",
+            upgrade_request(addr, &["Origin: null"]),
+            "HTTP/1.1 403 Forbidden",
+        ),
+        (
+            "not HTTP",
+            "GET /ws HTTP/1.1\r\nno colon here\r\n\r\n".to_string(),
+            "HTTP/1.1 400 Bad Request",
+        ),
+    ];
+    for (what, request, status) in cases {
+        let answer = http_exchange(addr, request.as_bytes());
+        assert_eq!(answer.status_line, status, "{what}");
+        assert_eq!(answer.header("Content-Type"), "text/plain; charset=utf-8");
+        assert_common_headers(&answer);
+    }
+    // The page's own origin is allowed.
+    let mut ws = Ws::connect_with(addr, &[&format!("Origin: http://{addr}")]);
+    assert_eq!(ws.identify(0), 4096);
+}
+
+#[test]
+fn allow_origin_lets_a_listed_foreign_origin_upgrade() {
+    let server = Server::start(&["--allow-origin", "https://chat.example"]);
+    let mut ws = Ws::connect_with(server.addr, &["Origin: https://chat.example"]);
+    assert_eq!(ws.identify(0), 4096);
+    let answer = http_exchange(
+        server.addr,
+        upgrade_request(server.addr, &["Origin: https://other.example"]).as_bytes(),
+    );
+    assert_eq!(answer.status_line, "HTTP/1.1 403 Forbidden");
+}
+
+#[test]
+fn with_no_web_get_is_garbage_on_the_binary_path() {
+    let server = Server::start(&["--no-web"]);
+    let mut raw = server.raw();
+    raw.send(&get("/"));
+    // "GET / HT": type 0x4745, origin 0x5420, dest 0x2f20, seq 0x4854.
+    expect_exact(&mut raw, &hdr(Kind::Erro, S, 0, 0x4854));
+    raw.expect_closed();
+    let mut raw = server.raw();
+    raw.send(upgrade_request(server.addr, &[]).as_bytes());
+    // "GET /ws ": seq 0x7320.
+    expect_exact(&mut raw, &hdr(Kind::Erro, S, 0, 0x7320));
+    raw.expect_closed();
+}
+
+#[test]
+fn oi_one_byte_at_a_time_is_binary_with_web_on() {
+    let server = Server::start(&[]);
+    let mut clients = Vec::new();
+    for (oi, ok) in [
+        (hdr(Kind::Oi, 0, S, 0), hdr(Kind::Ok, S, 4096, 0)),
+        (hdr(Kind::Oi, 4096, S, 0x4745), hdr(Kind::Ok, S, 1, 0x4745)),
+    ] {
+        let mut raw = server.raw();
+        for byte in &oi {
+            raw.send(&[*byte]);
+        }
+        expect_exact(&mut raw, &ok);
+        clients.push(raw);
+    }
+    // A frame whose first bytes spell nothing HTTP stays binary: garbage
+    // gets its ERRO exactly as with --no-web.
+    let mut raw = server.raw();
+    raw.send(b"G\x00\x00\x00\x00\x00\x12\x34");
+    expect_exact(&mut raw, &hdr(Kind::Erro, S, 0, 0x1234));
+    raw.expect_closed();
+}
