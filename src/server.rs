@@ -580,7 +580,13 @@ impl Server {
             let Some(slot) = self.wire.conns.get_mut(conn) else {
                 return;
             };
-            match slot.conn.read_once(&mut self.scratch) {
+            let status = slot.conn.read_once(&mut self.scratch);
+            // A WebSocket answers pings while it reads: the pong is output
+            // that nothing else would flush.
+            if slot.conn.stage() == Stage::WebSocket && slot.conn.queued_output() > 0 {
+                self.wire.mark_dirty(conn);
+            }
+            match status {
                 Ok(ReadStatus::Data(n)) => drained = short_read_drains && n < self.scratch.len(),
                 Ok(ReadStatus::WouldBlock) => return,
                 // Frames that came before the end are routed first (on a

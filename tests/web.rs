@@ -410,6 +410,77 @@ fn oversized_frame_or_message_closes_1009_and_the_largest_frame_passes() {
 }
 
 #[test]
+fn fragmented_binary_message_is_reassembled_and_routed() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    let m = msg(em_id, 0, 1, b"sent in three fragments");
+    // Split inside the header and inside the text, with a ping (legal
+    // between fragments) in the middle.
+    em.send_frame(false, OP_BINARY, &m[..5]);
+    em.send_frame(false, OP_CONTINUATION, &m[5..14]);
+    em.send_frame(true, OP_PING, b"mid");
+    em.send_frame(true, OP_CONTINUATION, &m[14..]);
+    assert_eq!(em.expect_frame().payload, b"mid");
+    expect_exact(&mut tex, &m);
+    wex.expect_binary_exact(&m);
+    tex.send(&hdr(Kind::Ok, tex_id, em_id, 1));
+    // An ack may be fragmented too, down to one byte per fragment.
+    let ack = hdr(Kind::Ok, wex_id, em_id, 1);
+    for (i, byte) in ack.iter().enumerate() {
+        let opcode = if i == 0 { OP_BINARY } else { OP_CONTINUATION };
+        wex.send_frame(i == ack.len() - 1, opcode, &[*byte]);
+    }
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 1));
+}
+
+#[test]
+fn a_ping_is_answered_with_its_pong() {
+    let server = Server::start(&[]);
+    let (mut ws, _) = ws_exhibitor(&server);
+    ws.send_frame(true, OP_PING, b"are you there?");
+    let want = server_frame(OP_PONG, b"are you there?");
+    assert_eq!(hex(&ws.expect_bytes(want.len())), hex(&want));
+    // Before OI as well.
+    let mut anon = Ws::connect(server.addr);
+    anon.send_frame(true, OP_PING, b"");
+    assert_eq!(anon.expect_bytes(2), server_frame(OP_PONG, b""));
+}
+
+#[test]
+fn ping_flood_gets_pongs_and_leaves_others_unaffected() {
+    const PINGS: u32 = 5_000;
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut tem, tem_id) = tcp_emitter(&server, 1);
+    let (mut flood, flood_id) = ws_emitter(&server, 1);
+    let pings: Vec<u8> = (0..PINGS)
+        .flat_map(|i| client_frame(true, OP_PING, &i.to_be_bytes()))
+        .collect();
+    // Written by a thread: the flood is larger than the socket buffers and
+    // the pongs come back while it is still being sent.
+    let mut writer = flood.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&pings).unwrap());
+    tcp_round_trip(&mut tem, tem_id, &mut tex, tex_id, 1);
+    for i in 0..PINGS {
+        let pong = flood.expect_frame();
+        assert_eq!(
+            (pong.opcode, pong.payload),
+            (OP_PONG, i.to_be_bytes().to_vec())
+        );
+    }
+    sender.join().unwrap();
+    // The flooder is still a client, and the others are still served.
+    let m = msg(flood_id, tex_id, 1, b"after the flood");
+    flood.send_binary(&m);
+    expect_exact(&mut tex, &m);
+    tex.send(&hdr(Kind::Ok, tex_id, flood_id, 1));
+    flood.expect_binary_exact(&hdr(Kind::Ok, S, flood_id, 1));
+    tcp_round_trip(&mut tem, tem_id, &mut tex, tex_id, 2);
+}
+
+#[test]
 fn ws_client_that_never_reads_is_cut_at_max_queue_and_others_keep_receiving() {
     const MAX_MESSAGES: u16 = 600;
     let server = Server::start(&["--ack-timeout", "60", "--max-queue", "65536"]);
