@@ -629,7 +629,16 @@ impl Server {
         if slot.closing.is_none() {
             match slot.conn.stage() {
                 Stage::Sniffing => return true,
-                Stage::Http if !self.serve_http(conn) => return false,
+                Stage::Http => {
+                    if !self.serve_http(conn) {
+                        return false;
+                    }
+                    // A head not yet whole waits for more bytes; only an
+                    // upgrade leaves protocol frames in the input.
+                    if self.wire.conns.get(conn).map(|s| s.conn.stage()) == Some(Stage::Http) {
+                        return true;
+                    }
+                }
                 _ => {}
             }
         }

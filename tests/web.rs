@@ -7,7 +7,7 @@
 
 use crate::util::*;
 use evchat::proto::*;
-use std::io::Write;
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,19 @@ fn frames_sent_with_the_upgrade_request_are_served_after_the_101() {
     let mut ws = Ws::over(stream);
     ws.expect_upgraded();
     ws.expect_binary_exact(&hdr(Kind::Ok, S, 4096, 3));
+}
+
+#[test]
+fn upgrade_request_dribbled_byte_by_byte_is_served() {
+    let server = Server::start(&[]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    for byte in upgrade_request(server.addr, &[]).bytes() {
+        stream.write_all(&[byte]).unwrap();
+    }
+    let mut ws = Ws::over(stream);
+    ws.expect_upgraded();
+    assert_eq!(ws.identify(0), 4096);
 }
 
 #[test]
@@ -693,6 +706,44 @@ fn request_head_over_8_kib_is_closed_without_an_answer() {
     head.extend_from_slice(b"\r\n\r\n");
     let answer = http_exchange(server.addr, &head);
     assert_eq!(answer.status_line, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn request_head_dribbled_past_the_handshake_timeout_is_closed() {
+    let server = Server::start(&["--handshake-timeout", "0.5"]);
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    let head = b"GET / HTTP/1.1\r\nX-Slow: ";
+    let mut sent = 0usize;
+    let mut chunk = [0u8; 64];
+    // One byte, then wait up to 50 ms for the close; the head never ends.
+    let got = loop {
+        assert!(started.elapsed() < TIMEOUT, "not closed within {TIMEOUT:?}");
+        let byte = head.get(sent).copied().unwrap_or(b'a');
+        if stream.write_all(&[byte]).is_err() {
+            break 0;
+        }
+        sent += 1;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        match stream.read(&mut chunk) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break 0,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    assert_eq!(got, 0, "an answer came: {}", hex(&chunk[..got]));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed early"
+    );
+    expect_log(
+        &server,
+        &["HTTP request head not complete within the handshake timeout"],
+    );
 }
 
 #[test]
