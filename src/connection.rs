@@ -197,12 +197,11 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
-    /// Queues bytes as they are (an HTTP answer), within the cap.
-    fn queue_raw(&mut self, bytes: &[u8]) -> bool {
-        self.fits(bytes.len()) && {
-            self.output.extend_from_slice(bytes);
-            true
-        }
+    /// Queues bytes as they are (an HTTP answer). Not held to the cap: an
+    /// answer is sent once, on an output still empty, and is at most the
+    /// largest embedded file; refusing it would send nothing at all.
+    fn queue_raw(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
     }
 
     /// Ends the transport's own session before the socket closes: on a

@@ -655,6 +655,20 @@ fn get_root_serves_the_embedded_page_and_its_files() {
 }
 
 #[test]
+fn page_files_are_served_whole_under_a_small_max_queue() {
+    // An answer is sent once and is at most the largest file: a --max-queue
+    // below that must not turn it into an empty reply.
+    let server = Server::start(&["--max-queue", "1024"]);
+    let app = include_str!("../src/web/page/app.js");
+    assert!(app.len() > 1024);
+    let answer = http_exchange(server.addr, &get("/app.js"));
+    assert_eq!(answer.status_line, "HTTP/1.1 200 OK");
+    assert!(answer.body == app.as_bytes(), "body differs");
+    let mut ws = Ws::connect(server.addr);
+    assert_eq!(ws.identify(0), 4096);
+}
+
+#[test]
 fn unknown_path_is_404_and_closed() {
     let server = Server::start(&[]);
     for path in ["/nope", "/ws/", "/index.htm", "/../Cargo.toml", "//"] {
