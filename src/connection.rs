@@ -34,6 +34,9 @@ pub enum ReadStatus {
     Closed,
     /// The WebSocket broke its framing; the connection must close.
     Failed(WsFailure),
+    /// The WebSocket's own answers (pongs) no longer fit under the output
+    /// cap: a slow consumer.
+    Full,
 }
 
 /// How a connection's bytes carry frames.
@@ -136,6 +139,7 @@ impl<S: Read + Write> Connection<S> {
                 match ws.feed(bytes, &mut self.input, &mut self.output, self.max_output) {
                     WsStatus::Open => {}
                     WsStatus::Closed => return Ok(ReadStatus::Closed),
+                    WsStatus::Full => return Ok(ReadStatus::Full),
                     WsStatus::Failed(failure) => return Ok(ReadStatus::Failed(failure)),
                 }
             }

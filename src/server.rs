@@ -609,6 +609,13 @@ impl Server {
                     self.settle_dropped();
                     return;
                 }
+                Ok(ReadStatus::Full) => {
+                    self.route_buffered(conn);
+                    warn!(conn, "slow consumer: pongs over --max-queue, disconnecting");
+                    self.wire.drop_conn(conn, Departure::SlowConsumer);
+                    self.settle_dropped();
+                    return;
+                }
                 Err(e) => {
                     debug!(conn, error = %e, "read failed");
                     self.wire.drop_conn(conn, Departure::IoError);
@@ -701,6 +708,7 @@ impl Server {
                 return true;
             }
             HttpOutcome::Upgraded(WsStatus::Closed) => Departure::PeerClosed,
+            HttpOutcome::Upgraded(WsStatus::Full) => Departure::SlowConsumer,
             HttpOutcome::Upgraded(WsStatus::Failed(failure)) => Departure::WebSocket(failure),
             HttpOutcome::Answered {
                 status,
@@ -809,7 +817,7 @@ impl Server {
             match slot.conn.read_discard(&mut self.scratch) {
                 Ok(ReadStatus::Data(_)) => {}
                 Ok(ReadStatus::WouldBlock) => return,
-                Ok(ReadStatus::Closed | ReadStatus::Failed(_)) | Err(_) => {
+                Ok(ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full) | Err(_) => {
                     self.remove(conn);
                     return;
                 }

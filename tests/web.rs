@@ -880,3 +880,34 @@ fn oi_one_byte_at_a_time_is_binary_with_web_on() {
     expect_exact(&mut raw, &hdr(Kind::Erro, S, 0, 0x1234));
     raw.expect_closed();
 }
+
+#[test]
+fn ping_flooder_that_never_reads_is_cut_at_max_queue() {
+    let server = Server::start(&["--max-queue", "65536"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut tem, tem_id) = tcp_emitter(&server, 1);
+    let mut flood = Ws::over(connect_with_small_rcvbuf(server.addr, 4096));
+    flood.send_raw(upgrade_request(server.addr, &[]).as_bytes());
+    flood.expect_upgraded();
+    flood.identify(1);
+    // Pings until the server cuts the connection; their pongs are never read.
+    let ping = client_frame(true, OP_PING, &[7; 125]);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 512)
+        .collect();
+    let started = Instant::now();
+    flood.stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let mut sent = 0usize;
+    while flood.stream.write_all(&batch).is_ok() {
+        sent += batch.len();
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "not cut after {sent} bytes of pings"
+        );
+    }
+    expect_log(&server, &["slow consumer"]);
+    tcp_round_trip(&mut tem, tem_id, &mut tex, tex_id, 1);
+}
