@@ -580,10 +580,11 @@ impl Server {
             let Some(slot) = self.wire.conns.get_mut(conn) else {
                 return;
             };
+            let queued = slot.conn.queued_output();
             let status = slot.conn.read_once(&mut self.scratch);
             // A WebSocket answers pings while it reads: the pong is output
             // that nothing else would flush.
-            if slot.conn.stage() == Stage::WebSocket && slot.conn.queued_output() > 0 {
+            if slot.conn.queued_output() > queued {
                 self.wire.mark_dirty(conn);
             }
             match status {
