@@ -125,6 +125,14 @@ fn frames_sent_with_the_upgrade_request_are_served_after_the_101() {
     let mut ws = Ws::over(stream);
     ws.expect_upgraded();
     ws.expect_binary_exact(&hdr(Kind::Ok, S, 4096, 3));
+    // A bad message in the same write: the 101, then the close.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let mut bytes = upgrade_request(server.addr, &[]).into_bytes();
+    bytes.extend(client_frame(true, OP_TEXT, b"hi"));
+    stream.write_all(&bytes).unwrap();
+    let mut ws = Ws::over(stream);
+    ws.expect_upgraded();
+    ws.expect_close(1003);
 }
 
 #[test]
@@ -714,6 +722,12 @@ fn request_head_over_8_kib_is_closed_without_an_answer() {
     head.extend_from_slice(b"\r\n\r\n");
     stream.write_all(&head).unwrap();
     assert_eq!(hex(&read_to_end_within(&mut stream, TIMEOUT)), "");
+    // Over the limit in two parts: the first waits for more, unanswered.
+    let mut raw = server.raw();
+    raw.send(&head[..4000]);
+    raw.expect_silence();
+    raw.send(&head[4000..]);
+    assert_eq!(hex(&read_to_end_within(&mut raw.stream, TIMEOUT)), "");
     // Just under the limit is served.
     let mut head = b"GET / HTTP/1.1\r\nX-Padding: ".to_vec();
     head.resize(8 * 1024 - 4, b'a');
