@@ -137,6 +137,8 @@ fn frames_sent_with_the_upgrade_request_are_served_after_the_101() {
 
 #[test]
 fn upgrade_request_dribbled_byte_by_byte_is_served() {
+    // Regression: a head that took more than one read was parsed as
+    // protocol frames and got the binary path's ERRO for "GET /ws ".
     let server = Server::start(&[]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_nodelay(true).unwrap();
@@ -458,6 +460,8 @@ fn fragmented_binary_message_is_reassembled_and_routed() {
 
 #[test]
 fn a_ping_is_answered_with_its_pong() {
+    // Regression: the pong waited in the output until some frame for the
+    // same client happened to be flushed.
     let server = Server::start(&[]);
     let (mut ws, _) = ws_exhibitor(&server);
     ws.send_frame(true, OP_PING, b"are you there?");
@@ -596,6 +600,129 @@ fn shutdown_flw_reaches_ws_clients() {
     tex.send(&hdr(Kind::Ok, tex_id, S, 0));
     tex.expect_closed();
     assert!(server.proc.wait().success());
+}
+
+#[test]
+fn ping_flooder_that_never_reads_is_cut_at_max_queue() {
+    // Regression: past the cap, tungstenite held one pong and the server
+    // read pings forever (222 MB in 10 s) without cutting the client off.
+    let server = Server::start(&["--max-queue", "65536"]);
+    let (mut tex, tex_id) = tcp_exhibitor(&server);
+    let (mut tem, tem_id) = tcp_emitter(&server, 1);
+    let mut flood = Ws::over(connect_with_small_rcvbuf(server.addr, 4096));
+    flood.send_raw(upgrade_request(server.addr, &[]).as_bytes());
+    flood.expect_upgraded();
+    flood.identify(1);
+    // Pings until the server cuts the connection; their pongs are never read.
+    let ping = client_frame(true, OP_PING, &[7; 125]);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 512)
+        .collect();
+    let started = Instant::now();
+    flood.stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let mut sent = 0usize;
+    while flood.stream.write_all(&batch).is_ok() {
+        sent += batch.len();
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "not cut after {sent} bytes of pings"
+        );
+    }
+    expect_log(&server, &["slow consumer"]);
+    tcp_round_trip(&mut tem, tem_id, &mut tex, tex_id, 1);
+}
+
+#[test]
+fn websocket_framing_breaches_close_1002_and_route_nothing() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut tex, _) = tcp_exhibitor(&server);
+    let m = msg(1, 0, 1, b"x");
+    let mut reserved_bit = client_frame(true, OP_BINARY, &m);
+    reserved_bit[0] |= 0x40;
+    let cases: [(&str, Vec<u8>); 8] = [
+        ("unmasked", server_frame(OP_BINARY, &m)),
+        ("reserved bit", reserved_bit),
+        ("reserved data opcode", client_frame(true, 0x3, &m)),
+        ("reserved control opcode", client_frame(true, 0xb, b"")),
+        (
+            "continuation first",
+            client_frame(true, OP_CONTINUATION, &m),
+        ),
+        (
+            "new message inside a fragmented one",
+            [
+                client_frame(false, OP_BINARY, &m[..4]),
+                client_frame(true, OP_BINARY, &m),
+            ]
+            .concat(),
+        ),
+        ("fragmented ping", client_frame(false, OP_PING, b"x")),
+        (
+            "ping over 125 bytes",
+            client_frame(true, OP_PING, &[0; 126]),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let (mut em, em_id) = ws_emitter(&server, 1);
+        assert_eq!(em_id, 1, "{what}");
+        em.send_raw(&bytes);
+        let code = em.expect_any_close();
+        assert_eq!(code, 1002, "{what}");
+        tex.expect_silence();
+    }
+}
+
+#[test]
+fn ws_client_without_oi_is_closed_1008_at_the_handshake_timeout() {
+    let server = Server::start(&["--handshake-timeout", "0.5"]);
+    let started = Instant::now();
+    let mut ws = Ws::connect(server.addr);
+    ws.expect_close(1008);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed early"
+    );
+}
+
+#[test]
+fn ws_exhibitor_that_never_acks_is_closed_1008_and_the_delivery_fails() {
+    let server = Server::start(&["--ack-timeout", "0.5"]);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, em_id) = tcp_emitter(&server, 1);
+    let m = msg(em_id, wex_id, 1, b"ack me");
+    em.send(&m);
+    wex.expect_binary_exact(&m);
+    wex.expect_close(1008);
+    expect_exact(&mut em, &hdr(Kind::Erro, S, em_id, 1));
+}
+
+#[test]
+fn max_inflight_holds_back_a_ws_emitter_until_acks_arrive() {
+    let server = Server::start(&["--ack-timeout", "30", "--max-inflight", "2"]);
+    let (mut ex, ex_id) = tcp_exhibitor(&server);
+    let (mut em, em_id) = ws_emitter(&server, 1);
+    let frames: Vec<Vec<u8>> = (1..=3u16)
+        .map(|seq| msg(em_id, ex_id, seq, format!("request {seq}").as_bytes()))
+        .collect();
+    let messages: Vec<u8> = frames
+        .iter()
+        .flat_map(|f| client_frame(true, OP_BINARY, f))
+        .collect();
+    em.send_raw(&messages);
+    expect_exact(&mut ex, &frames[0]);
+    expect_exact(&mut ex, &frames[1]);
+    ex.expect_silence();
+    em.expect_silence();
+    ex.send(&hdr(Kind::Ok, ex_id, em_id, 1));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 1));
+    expect_exact(&mut ex, &frames[2]);
+    ex.send(&hdr(Kind::Ok, ex_id, em_id, 2));
+    ex.send(&hdr(Kind::Ok, ex_id, em_id, 3));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 2));
+    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 3));
 }
 
 // ---- HTTP ---------------------------------------------------------------------------
@@ -893,125 +1020,4 @@ fn oi_one_byte_at_a_time_is_binary_with_web_on() {
     raw.send(b"G\x00\x00\x00\x00\x00\x12\x34");
     expect_exact(&mut raw, &hdr(Kind::Erro, S, 0, 0x1234));
     raw.expect_closed();
-}
-
-#[test]
-fn ping_flooder_that_never_reads_is_cut_at_max_queue() {
-    let server = Server::start(&["--max-queue", "65536"]);
-    let (mut tex, tex_id) = tcp_exhibitor(&server);
-    let (mut tem, tem_id) = tcp_emitter(&server, 1);
-    let mut flood = Ws::over(connect_with_small_rcvbuf(server.addr, 4096));
-    flood.send_raw(upgrade_request(server.addr, &[]).as_bytes());
-    flood.expect_upgraded();
-    flood.identify(1);
-    // Pings until the server cuts the connection; their pongs are never read.
-    let ping = client_frame(true, OP_PING, &[7; 125]);
-    let batch: Vec<u8> = ping
-        .iter()
-        .copied()
-        .cycle()
-        .take(ping.len() * 512)
-        .collect();
-    let started = Instant::now();
-    flood.stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-    let mut sent = 0usize;
-    while flood.stream.write_all(&batch).is_ok() {
-        sent += batch.len();
-        assert!(
-            started.elapsed() < TIMEOUT,
-            "not cut after {sent} bytes of pings"
-        );
-    }
-    expect_log(&server, &["slow consumer"]);
-    tcp_round_trip(&mut tem, tem_id, &mut tex, tex_id, 1);
-}
-
-#[test]
-fn websocket_framing_breaches_close_1002_and_route_nothing() {
-    let server = Server::start(&["--ack-timeout", "5"]);
-    let (mut tex, _) = tcp_exhibitor(&server);
-    let m = msg(1, 0, 1, b"x");
-    let mut reserved_bit = client_frame(true, OP_BINARY, &m);
-    reserved_bit[0] |= 0x40;
-    let cases: [(&str, Vec<u8>); 8] = [
-        ("unmasked", server_frame(OP_BINARY, &m)),
-        ("reserved bit", reserved_bit),
-        ("reserved data opcode", client_frame(true, 0x3, &m)),
-        ("reserved control opcode", client_frame(true, 0xb, b"")),
-        (
-            "continuation first",
-            client_frame(true, OP_CONTINUATION, &m),
-        ),
-        (
-            "new message inside a fragmented one",
-            [
-                client_frame(false, OP_BINARY, &m[..4]),
-                client_frame(true, OP_BINARY, &m),
-            ]
-            .concat(),
-        ),
-        ("fragmented ping", client_frame(false, OP_PING, b"x")),
-        (
-            "ping over 125 bytes",
-            client_frame(true, OP_PING, &[0; 126]),
-        ),
-    ];
-    for (what, bytes) in cases {
-        let (mut em, em_id) = ws_emitter(&server, 1);
-        assert_eq!(em_id, 1, "{what}");
-        em.send_raw(&bytes);
-        let code = em.expect_any_close();
-        assert_eq!(code, 1002, "{what}");
-        tex.expect_silence();
-    }
-}
-
-#[test]
-fn ws_client_without_oi_is_closed_1008_at_the_handshake_timeout() {
-    let server = Server::start(&["--handshake-timeout", "0.5"]);
-    let started = Instant::now();
-    let mut ws = Ws::connect(server.addr);
-    ws.expect_close(1008);
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "closed early"
-    );
-}
-
-#[test]
-fn ws_exhibitor_that_never_acks_is_closed_1008_and_the_delivery_fails() {
-    let server = Server::start(&["--ack-timeout", "0.5"]);
-    let (mut wex, wex_id) = ws_exhibitor(&server);
-    let (mut em, em_id) = tcp_emitter(&server, 1);
-    let m = msg(em_id, wex_id, 1, b"ack me");
-    em.send(&m);
-    wex.expect_binary_exact(&m);
-    wex.expect_close(1008);
-    expect_exact(&mut em, &hdr(Kind::Erro, S, em_id, 1));
-}
-
-#[test]
-fn max_inflight_holds_back_a_ws_emitter_until_acks_arrive() {
-    let server = Server::start(&["--ack-timeout", "30", "--max-inflight", "2"]);
-    let (mut ex, ex_id) = tcp_exhibitor(&server);
-    let (mut em, em_id) = ws_emitter(&server, 1);
-    let frames: Vec<Vec<u8>> = (1..=3u16)
-        .map(|seq| msg(em_id, ex_id, seq, format!("request {seq}").as_bytes()))
-        .collect();
-    let messages: Vec<u8> = frames
-        .iter()
-        .flat_map(|f| client_frame(true, OP_BINARY, f))
-        .collect();
-    em.send_raw(&messages);
-    expect_exact(&mut ex, &frames[0]);
-    expect_exact(&mut ex, &frames[1]);
-    ex.expect_silence();
-    em.expect_silence();
-    ex.send(&hdr(Kind::Ok, ex_id, em_id, 1));
-    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 1));
-    expect_exact(&mut ex, &frames[2]);
-    ex.send(&hdr(Kind::Ok, ex_id, em_id, 2));
-    ex.send(&hdr(Kind::Ok, ex_id, em_id, 3));
-    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 2));
-    em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, 3));
 }
