@@ -151,6 +151,26 @@ fn upgrade_request_dribbled_byte_by_byte_is_served() {
 }
 
 #[test]
+fn browser_upgrade_headers_are_accepted_and_no_extension_is_negotiated() {
+    let server = Server::start(&[]);
+    let addr = server.addr;
+    // As Firefox sends it: token lists, mixed case, an extension offer.
+    let request = format!(
+        "GET /ws?client=page HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: Mozilla/5.0\r\n\
+         Accept: */*\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate\r\n\
+         Sec-WebSocket-Version: 13\r\nOrigin: http://{addr}\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
+         Sec-WebSocket-Key: {WS_KEY}\r\nConnection: keep-alive, Upgrade\r\n\
+         Pragma: no-cache\r\nCache-Control: no-cache\r\nUpgrade: WebSocket\r\n\r\n"
+    );
+    let mut ws = Ws::over(TcpStream::connect(addr).unwrap());
+    ws.send_raw(request.as_bytes());
+    // Exactly the 101: no Sec-WebSocket-Extensions, no subprotocol.
+    ws.expect_upgraded();
+    assert_eq!(ws.identify(0), 4096);
+}
+
+#[test]
 fn a_tungstenite_client_chats_with_a_tcp_client() {
     let server = Server::start(&[]);
     let (mut ex, ex_id) = tcp_exhibitor(&server);
@@ -471,6 +491,9 @@ fn a_ping_is_answered_with_its_pong() {
     let mut anon = Ws::connect(server.addr);
     anon.send_frame(true, OP_PING, b"");
     assert_eq!(anon.expect_bytes(2), server_frame(OP_PONG, b""));
+    // An unsolicited pong is ignored: the OI after it is answered.
+    anon.send_frame(true, OP_PONG, b"heartbeat");
+    assert_eq!(anon.identify(0), 4097);
 }
 
 #[test]
