@@ -873,12 +873,17 @@ fn request_head_over_8_kib_is_closed_without_an_answer() {
     raw.expect_silence();
     raw.send(&head[4000..]);
     assert_eq!(hex(&read_to_end_within(&mut raw.stream, TIMEOUT)), "");
-    // Just under the limit is served.
+    // A head of exactly 8 KiB is served; one byte more is not.
     let mut head = b"GET / HTTP/1.1\r\nX-Padding: ".to_vec();
     head.resize(8 * 1024 - 4, b'a');
     head.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(head.len(), 8 * 1024);
     let answer = http_exchange(server.addr, &head);
     assert_eq!(answer.status_line, "HTTP/1.1 200 OK");
+    head.insert(20, b'a');
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.write_all(&head).unwrap();
+    assert_eq!(hex(&read_to_end_within(&mut stream, TIMEOUT)), "");
 }
 
 #[test]
