@@ -9,3 +9,4 @@ mod codec;
 mod raw;
 mod reliability;
 mod router;
+mod web;
