@@ -66,6 +66,9 @@ impl FrameReader {
 /// interleave and numbers are drawn in the order frames are written.
 pub struct FrameWriter {
     inner: Mutex<WriterState>,
+    /// A second handle on the socket, outside the lock, so that a shutdown
+    /// never waits behind a write blocked on a dead peer.
+    control: Option<TcpStream>,
 }
 
 struct WriterState {
@@ -76,6 +79,7 @@ struct WriterState {
 impl FrameWriter {
     pub fn new(stream: TcpStream) -> FrameWriter {
         FrameWriter {
+            control: stream.try_clone().ok(),
             inner: Mutex::new(WriterState {
                 stream,
                 seq: SeqCounter::new(),
@@ -97,6 +101,14 @@ impl FrameWriter {
         before_write(seq);
         state.stream.write_all(&frame.to_bytes())?;
         Ok(seq)
+    }
+
+    /// Shuts the connection down both ways, so that a thread blocked reading
+    /// it sees the end of the stream.
+    pub fn shutdown(&self) {
+        if let Some(stream) = &self.control {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Sends an acknowledgement (OK/ERRO), which draws no number.
