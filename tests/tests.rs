@@ -3,6 +3,7 @@
 
 mod util;
 
+mod chat;
 mod cli;
 mod codec;
 mod raw;
