@@ -379,3 +379,32 @@ mod terminal {
         other.stdout.expect_line("Clients (2): 1 4096");
     }
 }
+
+#[test]
+fn chat_help_explains_commands_and_ends_with_examples() {
+    let output = Command::new(EVCHAT)
+        .args(["chat", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for command in [
+        "/to ID",
+        "/msg ID text",
+        "/list",
+        "/help",
+        "/quit",
+        "(CREQ) ID",
+    ] {
+        assert!(text.contains(command), "{command} missing: {text}");
+    }
+    let examples = text.split("Examples:\n").nth(1).expect("examples");
+    assert_eq!(
+        examples.lines().collect::<Vec<_>>(),
+        [
+            "  evchat chat 127.0.0.1:5000",
+            "  evchat chat localhost:5000 --timestamps never",
+            "  printf 'hello\\n/list\\n' | evchat chat localhost:5000",
+        ]
+    );
+}

@@ -24,25 +24,35 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
-#[command(
-    long_about = "Chat in one terminal: registers an exhibitor, then an emitter paired with it, \
-and says so ('you are 1 (emitter) / 4096 (exhibitor)').\n\n\
-A line goes to the current target (everyone at first); received messages print above the \
-line you are typing. Commands: /to ID, /to all, /msg ID text, /list, /help, /quit; the \
-emitter's (ID) text, (CREQ) ID and (FLW) lines work too. Each message you send is shown \
-once its reply comes: '✓' delivered, '✗ not delivered'. If the server goes away it \
-reconnects (1 s, doubling to 30 s) and says which ids it got. Ctrl-D, Ctrl-C or /quit \
-leaves.\n\n\
-With stdin or stdout not a terminal it reads and prints plain lines (no timestamps by \
-default), so it can be scripted; at the end of input it waits for outstanding replies \
-(--wait) and leaves.\n\n\
-Exit status: 0 when you leave or the server closes the chat; 1 when it cannot connect or \
-register at start, or input ends while the server is away; 2 for a usage error.",
-    after_help = "Examples:\n  \
-evchat chat 127.0.0.1:5000\n  \
-evchat chat localhost:5000 --timestamps never\n  \
-printf 'hello\\n/list\\n' | evchat chat localhost:5000"
-)]
+// The subcommand's one-line summary comes from its doc comment in main.rs;
+// everything else a user needs is in the text after the options.
+#[command(after_help = "\
+It registers an exhibitor, then an emitter paired with it, and says so ('you are 1
+(emitter) / 4096 (exhibitor)').
+
+Input: a line goes to the current target (everyone at first), shown in the prompt.
+Received messages print above the line you are typing. Each message you send is shown
+once its reply comes: '✓' delivered, '✗ not delivered'.
+  /to ID         talk to exhibitor ID, or to the exhibitor paired with emitter ID
+  /to all        talk to everyone
+  /msg ID text   one message to ID, without changing the target
+  /list          show who is connected
+  /help          list the commands
+  /quit          leave (Ctrl-D and Ctrl-C too)
+  (ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line that starts with /
+
+If the server goes away it reconnects (after 1 s, doubling to 30 s) and says which ids
+it got. With stdin or stdout not a terminal it reads and prints plain lines (no
+timestamps unless asked), so it can be scripted; at the end of input it waits for
+outstanding replies (--wait) and leaves.
+
+Exit status: 0 when you leave or the server closes the chat; 1 when it cannot connect or
+register at start, or input ends while the server is away; 2 for a usage error.
+
+Examples:
+  evchat chat 127.0.0.1:5000
+  evchat chat localhost:5000 --timestamps never
+  printf 'hello\\n/list\\n' | evchat chat localhost:5000")]
 pub struct ChatArgs {
     /// Server address as host:port (IPv6: [addr]:port)
     server: String,
