@@ -20,14 +20,19 @@ use std::time::Duration;
 #[command(
     version,
     about = "evchat emitter: sends the lines you type as messages",
-    long_about = "evchat emitter: sends the lines you type as messages.\n\n\
-Input, one command per line:\n  \
-(ID) text    message to exhibitor ID, to the exhibitor paired with emitter ID, or to all if ID is 0\n  \
-(CREQ) ID    ask for the client list to be shown by exhibitor ID (0: all)\n  \
-(FLW)        leave\n\n\
-The one space after ')' is not part of the text; '(4096)' alone sends an empty message. \
-A blank line, any other line, or text over 65535 bytes is rejected on stderr and nothing is sent. \
-Each reply prints 'delivered #N' or 'not delivered #N'; your first request is #1.",
+    long_about = "\
+evchat emitter: sends the lines you type as messages.
+
+Input, one command per line:
+  (ID) text    a message to exhibitor ID, to the exhibitor paired with emitter ID,
+               or to everyone if ID is 0
+  (CREQ) ID    ask for the client list, shown by exhibitor ID (0: all)
+  (FLW)        leave
+
+The one space after ')' is not part of the text; '(4096)' alone sends an empty message.
+A blank line, any other line, or a text over 65535 bytes is rejected on stderr and
+nothing is sent. Each reply prints 'delivered #N' or 'not delivered #N'; your first
+request is #1. On a terminal, lines are typed in a line editor (arrows, history).",
     after_help = "Examples:\n  \
 emitter 127.0.0.1:5000 4096          pair with exhibitor 4096 and type lines\n  \
 printf '(0) hello\\n' | emitter localhost:5000\n  \

@@ -13,14 +13,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 #[command(
     version,
     about = "evchat exhibitor: shows the messages sent to it",
-    long_about = "evchat exhibitor: shows the messages sent to it.\n\n\
-It reads no input. First it prints 'exhibitor ID' (the id emitters pair with), then one line per frame:\n  \
-Message from ORIG: text           a message to it (or to its emitter)\n  \
-Message from ORIG to all: text    a broadcast\n  \
-Clients (N): ID ID ...            a client list\n  \
-closed by server                  its emitter left or the server shut down (exit 0)\n\n\
-Control, bidirectional and invisible formatting characters and invalid UTF-8 are shown escaped \
-(\\n, \\x1b, \\u{202e}, \\xff).",
+    long_about = "\
+evchat exhibitor: shows the messages sent to it.
+
+It reads no input. First it prints 'exhibitor ID' (the id emitters pair with), then
+one line per frame:
+  Message from ORIG: text           a message to it (or to its emitter)
+  Message from ORIG to all: text    a broadcast
+  Clients (N): ID ID ...            a client list
+  closed by server                  its emitter left or the server shut down (exit 0)
+
+Control, bidirectional and invisible formatting characters and invalid UTF-8 are shown
+escaped (\\n, \\x1b, \\u{202e}, \\xff).",
     after_help = "Examples:\n  \
 exhibitor 127.0.0.1:5000\n  \
 exhibitor localhost:5000 | tee messages.log"

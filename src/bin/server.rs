@@ -17,10 +17,13 @@ use std::time::Duration;
 #[command(
     version,
     about = "evchat server: relays messages from emitters to exhibitors",
-    long_about = "evchat server: relays messages from emitters to exhibitors.\n\n\
-It listens on loopback (127.0.0.1) unless --bind says otherwise, prints 'listening on ADDR' \
-on stdout and logs to stderr. It has no authentication: anyone who can reach the port can chat. \
-Ctrl-C or SIGTERM says goodbye (FLW) to every client and exits 0.",
+    long_about = "\
+evchat server: relays messages from emitters to exhibitors.
+
+It listens on loopback (127.0.0.1) unless --bind says otherwise, prints
+'listening on ADDR' on stdout and logs to stderr (no colour if NO_COLOR is set). It has
+no authentication: anyone who can reach the port can chat. Ctrl-C or SIGTERM says
+goodbye (FLW) to every client and exits 0.",
     after_help = "Examples:\n  \
 server 5000                        this machine only (127.0.0.1:5000)\n  \
 server 5000 --bind 0.0.0.0         every IPv4 interface: open to the network\n  \
