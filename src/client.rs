@@ -10,11 +10,13 @@ use crate::proto::{
     BROADCAST, ClientId, EXHIBITOR_IDS, Frame, Kind, MAX_TEXT_LEN, SERVER_ID, SeqCounter,
 };
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use unicode_width::UnicodeWidthStr;
 
 /// How long a client waits for the server to answer its OI.
 pub(crate) const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -493,6 +495,10 @@ fn lock<T: ?Sized>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct LineInput {
     source: Source,
     printer: Printer,
+    /// The further lines of a multi-line paste, each taken as if typed.
+    queued: VecDeque<Vec<u8>>,
+    /// Terminal rows the last entry from the editor occupies (0: none, or erased).
+    rows_on_screen: usize,
 }
 
 enum Source {
@@ -513,6 +519,8 @@ impl LineInput {
         LineInput {
             source: Source::Plain(io::stdin().lock()),
             printer: Printer::plain(),
+            queued: VecDeque::new(),
+            rows_on_screen: 0,
         }
     }
 
@@ -537,6 +545,8 @@ impl LineInput {
             printer: Printer {
                 screen: Some(screen),
             },
+            queued: VecDeque::new(),
+            rows_on_screen: 0,
         })
     }
 
@@ -551,21 +561,28 @@ impl LineInput {
     }
 
     /// The next line, at most [`MAX_LINE_LEN`] bytes kept; `prompt` is shown
-    /// by the line editor only.
+    /// by the line editor only. A paste of several lines gives them one by
+    /// one, as a pipe would.
     pub fn read(&mut self, prompt: &str) -> io::Result<InputLine> {
+        if let Some(line) = self.queued.pop_front() {
+            return Ok(bounded(line));
+        }
         let editor = match &mut self.source {
             Source::Plain(stdin) => return read_bounded_line(stdin, MAX_LINE_LEN),
             Source::Editor(editor) => editor,
         };
         match editor.readline(prompt) {
-            Ok(line) => {
-                if !line.trim().is_empty() {
-                    let _ = editor.add_history_entry(line.as_str());
+            Ok(entry) => {
+                if !entry.trim().is_empty() {
+                    let _ = editor.add_history_entry(entry.as_str());
                 }
-                if line.len() > MAX_LINE_LEN {
-                    return Ok(InputLine::TooLong(line.len()));
-                }
-                Ok(InputLine::Line(line.into_bytes()))
+                self.rows_on_screen = rows_taken(prompt, &entry, terminal_columns());
+                self.queued = entry
+                    .split('\n')
+                    .map(|line| line.strip_suffix('\r').unwrap_or(line).as_bytes().to_vec())
+                    .collect();
+                let first = self.queued.pop_front().unwrap_or_default();
+                Ok(bounded(first))
             }
             Err(rustyline::error::ReadlineError::Interrupted) => Ok(InputLine::Interrupted),
             Err(rustyline::error::ReadlineError::Eof) => Ok(InputLine::End),
@@ -574,24 +591,47 @@ impl LineInput {
         }
     }
 
-    /// Removes the line just entered (prompt and text) from the screen, for
-    /// a client that shows it again in its own form once it is answered.
-    pub fn erase_entered(&self, prompt: &str, line: &[u8]) {
+    /// Removes the last entry (prompt and text) from the screen, for a
+    /// client that shows each line again in its own form once answered.
+    pub fn erase_entered(&mut self) {
         let Some(screen) = &self.printer.screen else {
             return;
         };
-        let columns = terminal_columns().max(1);
-        let width = prompt.chars().count() + String::from_utf8_lossy(line).chars().count();
-        let rows = width / columns + 1;
+        if self.rows_on_screen == 0 {
+            return;
+        }
         // Held so that no output line lands between the moves.
         let _quiet = lock(screen);
         let mut out = io::stdout().lock();
-        for _ in 0..rows {
+        for _ in 0..self.rows_on_screen {
             let _ = out.write_all(b"\x1b[1A\x1b[2K");
         }
         let _ = out.write_all(b"\r");
         let _ = out.flush();
+        self.rows_on_screen = 0;
     }
+}
+
+fn bounded(line: Vec<u8>) -> InputLine {
+    if line.len() > MAX_LINE_LEN {
+        InputLine::TooLong(line.len())
+    } else {
+        InputLine::Line(line)
+    }
+}
+
+/// The terminal rows a prompt and an entry take on a screen `columns` wide:
+/// each line of the entry wraps on its own, the first after the prompt.
+fn rows_taken(prompt: &str, entry: &str, columns: usize) -> usize {
+    let columns = columns.max(1);
+    entry
+        .split('\n')
+        .enumerate()
+        .map(|(i, line)| {
+            let lead = if i == 0 { prompt.width() } else { 0 };
+            (lead + line.width()).div_ceil(columns).max(1)
+        })
+        .sum()
 }
 
 /// The terminal's width in columns (80 when it cannot be read).
@@ -748,6 +788,16 @@ mod tests {
         );
         // A CR alone in the middle of a chunk boundary is text.
         assert_eq!(read_all(b"a\rb\n", 8), vec![line("a\rb")]);
+    }
+
+    #[test]
+    fn rows_taken_counts_wrapping_wide_characters_and_pasted_lines() {
+        assert_eq!(rows_taken("all> ", "", 80), 1);
+        assert_eq!(rows_taken("all> ", &"x".repeat(75), 80), 1);
+        assert_eq!(rows_taken("all> ", &"x".repeat(76), 80), 2);
+        // Two columns per character.
+        assert_eq!(rows_taken("all> ", &"語".repeat(38), 80), 2);
+        assert_eq!(rows_taken("all> ", "one\ntwo\n", 80), 3);
     }
 
     #[test]

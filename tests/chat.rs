@@ -348,6 +348,21 @@ mod terminal {
         chat.exp_string(&bytewise("you to all: hello world! ✓"))
             .unwrap();
 
+        // A pasted block of lines (a terminal sends its newlines as CR) is
+        // one message per line, as from a pipe.
+        chat.exp_string("all> ").unwrap();
+        chat.send("\x1b[200~first line\rsecond line\x1b[201~\r")
+            .unwrap();
+        chat.flush().unwrap();
+        other
+            .stdout
+            .expect_line("Message from 1 to all: first line");
+        other
+            .stdout
+            .expect_line("Message from 1 to all: second line");
+        chat.exp_string(&bytewise("you to all: second line ✓"))
+            .unwrap();
+
         // Ctrl-D leaves: FLW, exit 0, and the chat's ids are gone.
         chat.exp_string("all> ").unwrap();
         chat.send_control('d').unwrap();

@@ -294,7 +294,7 @@ impl Chat {
                 }
             };
             // The line comes back in its own form (with its mark) once sent.
-            input.erase_entered(&prompt, &line);
+            input.erase_entered();
             match parse_chat_line(&line, target) {
                 Ok(ChatLine::Send { dest, text }) => {
                     self.send(number, Sent::Message { dest, text })
