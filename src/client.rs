@@ -30,13 +30,6 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    pub fn new(stream: TcpStream) -> FrameReader {
-        FrameReader {
-            stream,
-            buf: BytesMut::with_capacity(4096),
-        }
-    }
-
     /// The next frame; `Ok(None)` when the server closed the connection.
     pub fn read_frame(&mut self) -> io::Result<Option<Frame>> {
         let mut chunk = [0u8; 4096];
@@ -79,7 +72,7 @@ struct WriterState {
 }
 
 impl FrameWriter {
-    pub fn new(stream: TcpStream) -> FrameWriter {
+    pub(crate) fn new(stream: TcpStream) -> FrameWriter {
         FrameWriter {
             control: stream.try_clone().ok(),
             inner: Mutex::new(WriterState {
@@ -370,7 +363,7 @@ pub fn parse_command(line: &[u8]) -> Result<Command, SyntaxError> {
 
 /// The longest input line kept: a message's text plus the longest `(ID) `
 /// prefix. A longer line is counted and reported, never stored whole.
-pub const MAX_LINE_LEN: usize = MAX_TEXT_LEN + "(65535) ".len();
+pub(crate) const MAX_LINE_LEN: usize = MAX_TEXT_LEN + "(65535) ".len();
 
 /// One line of input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,7 +454,7 @@ pub struct Printer {
 
 impl Printer {
     /// Plain output: lines to stdout, errors to stderr.
-    pub fn plain() -> Printer {
+    pub(crate) fn plain() -> Printer {
         Printer { screen: None }
     }
 
@@ -560,7 +553,7 @@ impl LineInput {
         matches!(self.source, Source::Editor(_))
     }
 
-    /// The next line, at most [`MAX_LINE_LEN`] bytes kept; `prompt` is shown
+    /// The next line, at most 65543 bytes kept (the longest message line); `prompt` is shown
     /// by the line editor only. A paste of several lines gives them one by
     /// one, as a pipe would.
     pub fn read(&mut self, prompt: &str) -> io::Result<InputLine> {
