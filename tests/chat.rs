@@ -423,3 +423,46 @@ fn chat_help_explains_commands_and_ends_with_examples() {
         ]
     );
 }
+
+#[test]
+fn sigint_leaves_with_exit_0_and_frees_both_ids() {
+    let server = Server::start(&[]);
+    let (other, _) = server.exhibitor();
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4097 (exhibitor)");
+    // A reply proves the chat is past its start-up (signal handler set).
+    chat.type_line("ready");
+    chat.stdout.expect_line("you to all: ready ✓");
+    other.stdout.expect_line("Message from 1 to all: ready");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(chat.child.id() as i32, libc::SIGINT) },
+        0
+    );
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(chat.stdout.rest(), Vec::<String>::new());
+    let (mut em, em_id) = server.emitter(None);
+    assert_eq!(em_id, 1);
+    em.input("(CREQ) 0\n");
+    other.stdout.expect_line("Clients (2): 1 4096");
+}
+
+#[test]
+fn input_ending_while_the_server_is_away_is_exit_1() {
+    let mut server = Server::start(&[]);
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    server.proc.signal(libc::SIGKILL);
+    chat.stdout.expect_line(&format!(
+        "connection to {} lost; reconnecting",
+        server.target()
+    ));
+    chat.stdin = None;
+    assert_eq!(chat.wait().code(), Some(1));
+    assert_eq!(
+        chat.stderr.rest(),
+        vec!["evchat chat: input ended while the server is away"]
+    );
+}
