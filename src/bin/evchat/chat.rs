@@ -59,7 +59,7 @@ pub struct ChatArgs {
     /// When to show the local time before chat lines
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
     timestamps: When,
-    /// Seconds to wait at the end of piped input for outstanding replies
+    /// Seconds to wait at the end of input (Ctrl-D, end of a pipe) for outstanding replies
     #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
     wait: Duration,
 }
@@ -118,6 +118,15 @@ struct State {
     dismissed: bool,
 }
 
+impl State {
+    /// Whether `session` is the one in use (not lost, not replaced).
+    fn is_current(&self, session: &Session) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.generation == session.generation)
+    }
+}
+
 struct Chat {
     addr: String,
     printer: Printer,
@@ -129,7 +138,7 @@ struct Chat {
 }
 
 pub fn run(args: ChatArgs) -> ExitCode {
-    let (session, readers) = match connect_pair(&args.server, 1) {
+    let (session, readers) = match connect_pair(&args.server) {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("evchat chat: {e}");
@@ -165,10 +174,8 @@ pub fn run(args: ChatArgs) -> ExitCode {
 }
 
 /// Registers an exhibitor, then an emitter paired with it.
-fn connect_pair(
-    addr: &str,
-    generation: u64,
-) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
+/// Its generation is set when it is installed.
+fn connect_pair(addr: &str) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
     let exhibitor = register(addr, BROADCAST)?;
     let emitter = match register(addr, exhibitor.id) {
         Ok(emitter) => emitter,
@@ -178,7 +185,7 @@ fn connect_pair(
         }
     };
     let session = Session {
-        generation,
+        generation: 0,
         emitter: emitter.id,
         exhibitor: exhibitor.id,
         to_server: emitter.writer,
@@ -243,6 +250,7 @@ impl Chat {
             let mut state = self.lock();
             state.generation += 1;
             session.generation = state.generation;
+            state.sent.clear();
             let session = Arc::new(session);
             state.session = Some(session.clone());
             session
@@ -345,7 +353,7 @@ impl Chat {
             |seq| Frame { seq, ..frame },
             |seq| {
                 let mut state = self.lock();
-                if state.generation == session.generation {
+                if state.is_current(&session) {
                     state.sent.insert(seq, what.take().expect("noted once"));
                     noted = Some(seq);
                 }
@@ -358,7 +366,7 @@ impl Chat {
         // reported with this request in it, report it here.
         if let Some(seq) = noted {
             let mut state = self.lock();
-            if state.generation == session.generation {
+            if state.is_current(&session) {
                 what = state.sent.remove(&seq);
             }
         }
@@ -455,7 +463,7 @@ impl Chat {
 
     fn settled(self: &Arc<Self>, session: &Session, seq: u16, ok: bool) {
         let mut state = self.lock();
-        if state.generation != session.generation {
+        if !state.is_current(session) {
             return;
         }
         if state.farewell == Some(seq) {
@@ -498,7 +506,7 @@ impl Chat {
     /// took with it, then reconnect in this thread.
     fn lost(self: &Arc<Self>, session: &Session) {
         let mut state = self.lock();
-        if state.generation != session.generation || state.session.is_none() {
+        if !state.is_current(session) {
             return;
         }
         state.session = None;
@@ -537,7 +545,7 @@ impl Chat {
             if self.lock().leaving {
                 return;
             }
-            match connect_pair(&self.addr, 0) {
+            match connect_pair(&self.addr) {
                 Ok((session, readers)) => return self.start_session(session, readers, true),
                 Err(e) => {
                     delay = (delay * 2).min(LAST_RETRY);
