@@ -450,7 +450,7 @@ fn sigint_leaves_with_exit_0_and_frees_both_ids() {
 
 #[test]
 fn input_ending_while_the_server_is_away_is_exit_1() {
-    let mut server = Server::start(&[]);
+    let server = Server::start(&[]);
     let mut chat = Chat::spawn(&server.target());
     chat.stdout
         .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
