@@ -468,6 +468,27 @@ impl Printer {
         }
     }
 
+    /// Prints a last line (to stderr if `error`) and exits through
+    /// [`exit_process`]. On a terminal the line is written at once over the
+    /// input line: the line editor will not run again to show it.
+    pub fn exit_with(&self, line: &str, error: bool, code: i32) -> ! {
+        match &self.screen {
+            None if error => eprintln!("{line}"),
+            None => {
+                let _ = crate::cli::print_line(line);
+            }
+            Some(screen) => {
+                // Held so that no other output lands in the middle.
+                let _quiet = lock(screen);
+                let mut out = io::stdout().lock();
+                // The line editor keeps output processing on: LF becomes CR LF.
+                let _ = write!(out, "\r\x1b[2K{line}\n");
+                let _ = out.flush();
+            }
+        }
+        exit_process(code)
+    }
+
     /// Prints an error line: to stderr plainly, above the input line otherwise.
     pub fn error(&self, text: &str) {
         match &self.screen {

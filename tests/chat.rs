@@ -466,3 +466,29 @@ fn input_ending_while_the_server_is_away_is_exit_1() {
         vec!["evchat chat: input ended while the server is away"]
     );
 }
+
+/// The server's goodbye on a terminal: the last line replaces the input
+/// line at once (the line editor will not run again to show it).
+#[test]
+fn server_shutdown_is_shown_on_a_terminal_too() {
+    use rexpect::process::WaitStatus;
+    let server = Server::start(&[]);
+    let mut command = Command::new(EVCHAT);
+    command
+        .args(["chat", &server.target()])
+        .env("TERM", "xterm");
+    let mut chat =
+        rexpect::session::spawn_command(command, Some(TIMEOUT.as_millis() as u64)).unwrap();
+    chat.exp_string("all> ").unwrap();
+    chat.send("half typed").unwrap();
+    chat.flush().unwrap();
+    chat.exp_string("half typed").unwrap();
+    server.proc.signal(libc::SIGINT);
+    chat.exp_string("\r\x1b[2Kserver closed the chat\r\n")
+        .unwrap();
+    chat.exp_eof().unwrap();
+    match chat.process().wait().unwrap() {
+        WaitStatus::Exited(_, 0) => {}
+        other => panic!("chat ended with {other:?}"),
+    }
+}

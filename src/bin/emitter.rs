@@ -161,8 +161,7 @@ impl Emitter {
             });
             if let Err(e) = sent {
                 self.printer
-                    .error(&format!("emitter: sending to the server: {e}"));
-                exit_process(1);
+                    .exit_with(&format!("emitter: sending to the server: {e}"), true, 1);
             }
         }
         let pending = self.lock();
@@ -213,14 +212,18 @@ impl Emitter {
                     if self.lock().farewell.is_some() {
                         return self.farewell_done();
                     }
-                    self.printer
-                        .error("emitter: the server went away (connection closed without FLW)");
-                    exit_process(1);
+                    self.printer.exit_with(
+                        "emitter: the server went away (connection closed without FLW)",
+                        true,
+                        1,
+                    );
                 }
                 Err(e) => {
-                    self.printer
-                        .error(&format!("emitter: connection to the server failed: {e}"));
-                    exit_process(1);
+                    self.printer.exit_with(
+                        &format!("emitter: connection to the server failed: {e}"),
+                        true,
+                        1,
+                    );
                 }
             };
             match frame.kind {
@@ -229,8 +232,7 @@ impl Emitter {
                     let _ = self
                         .writer
                         .send_ack(Kind::Ok, self.id, frame.origin, frame.seq);
-                    let _ = self.printer.line("closed by server");
-                    exit_process(0);
+                    self.printer.exit_with("closed by server", false, 0);
                 }
                 _ => self
                     .printer

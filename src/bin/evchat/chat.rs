@@ -498,8 +498,7 @@ impl Chat {
         if self.closing.swap(true, Ordering::SeqCst) || self.lock().leaving {
             return;
         }
-        let _ = self.printer.line("server closed the chat");
-        exit_process(0);
+        self.printer.exit_with("server closed the chat", false, 0);
     }
 
     /// A connection of `session` ended without FLW: report the messages it
@@ -569,8 +568,7 @@ impl Chat {
         if state.session.is_none() {
             drop(state);
             self.printer
-                .error("evchat chat: input ended while the server is away");
-            exit_process(1);
+                .exit_with("evchat chat: input ended while the server is away", true, 1);
         }
         drop(state);
         self.leave()
