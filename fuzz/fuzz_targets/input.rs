@@ -71,7 +71,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(got, expected_lines(stdin, limit));
 
     for line in got {
-        let InputLine::Line(line) = line else { continue };
+        let InputLine::Line(line) = line else {
+            continue;
+        };
         assert!(line.len() <= limit);
         if let Ok(Command::Message { text, .. }) = parse_command(&line) {
             assert!(text.len() <= MAX_TEXT_LEN);
