@@ -3,6 +3,7 @@
 
 mod util;
 
+mod chat;
 mod check;
 mod cli;
 mod codec;
