@@ -3,6 +3,7 @@
 
 mod util;
 
+mod browser;
 mod cli;
 mod codec;
 mod raw;
