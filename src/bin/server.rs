@@ -5,7 +5,7 @@
 use clap::Parser;
 use evchat::cli::parse_secs;
 use evchat::router::Limits;
-use evchat::server::{Config, Server};
+use evchat::server::{Config, Server, WebConfig};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -38,6 +38,14 @@ struct Args {
     /// Unsettled requests per emitter before the server stops reading it
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     max_inflight: u32,
+    /// Serve only the binary protocol: no page, no WebSocket on this port
+    #[arg(long)]
+    no_web: bool,
+    /// Also accept WebSocket connections from pages served at this origin
+    /// (e.g. https://chat.example.com); repeatable. The server's own origin
+    /// is always accepted.
+    #[arg(long, value_name = "URL")]
+    allow_origin: Vec<String>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -59,6 +67,9 @@ fn main() -> ExitCode {
         },
         max_queue: args.max_queue,
         drain_timeout: args.drain_timeout,
+        web: (!args.no_web).then(|| WebConfig {
+            allowed_origins: args.allow_origin.clone(),
+        }),
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
