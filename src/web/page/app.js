@@ -252,6 +252,16 @@
     }
   }
 
+  // The server's close code says why it closed (PROTOCOL.md, "WebSocket
+  // transport"): 1002 a protocol error, 1008 a refusal or a timeout...
+  // 1000, 1005 (none given) and 1006 (no close frame: the network) add nothing.
+  function closeDetail(event) {
+    if (event.code === 1000 || event.code === 1005 || event.code === 1006) {
+      return '';
+    }
+    return ' (close code ' + event.code + (event.reason ? ': ' + event.reason : '') + ')';
+  }
+
   function openSocket(s, onFrame) {
     const ws = new WebSocket(wsUrl);
     ws.binaryType = 'arraybuffer';
@@ -272,9 +282,9 @@
       }
       onFrame(s, frame);
     };
-    ws.onclose = function () {
+    ws.onclose = function (event) {
       if (session === s) {
-        lose(s, s.connected() ? 'connection lost' : 'cannot reach the server');
+        lose(s, (s.connected() ? 'connection lost' : 'cannot reach the server') + closeDetail(event));
       }
     };
     return ws;
