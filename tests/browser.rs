@@ -32,18 +32,65 @@ const PHONE: (u32, u32) = (390, 740);
 
 /// The browser to drive, or None when the developer asked to skip.
 fn chromium() -> Option<PathBuf> {
-    if Path::new(CHROMIUM).exists() {
-        return Some(PathBuf::from(CHROMIUM));
+    let env = |name| std::env::var(name).ok();
+    match find_browser(
+        Path::new(CHROMIUM),
+        env("CI").as_deref(),
+        env("EVCHAT_SKIP_BROWSER").as_deref(),
+    ) {
+        Ok(Some(path)) => Some(path),
+        Ok(None) => {
+            eprintln!("browser test skipped: {CHROMIUM} missing and EVCHAT_SKIP_BROWSER=1");
+            None
+        }
+        Err(why) => panic!("{why}"),
     }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !in_ci && std::env::var("EVCHAT_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-        eprintln!("browser test skipped: {CHROMIUM} missing and EVCHAT_SKIP_BROWSER=1");
-        return None;
+}
+
+/// The decision behind [`chromium`], given the path and the two variables:
+/// the browser, a skip (developer's explicit choice, never in CI), or why
+/// the test must fail.
+fn find_browser(
+    path: &Path,
+    ci: Option<&str>,
+    skip: Option<&str>,
+) -> Result<Option<PathBuf>, String> {
+    if path.exists() {
+        return Ok(Some(path.to_path_buf()));
     }
-    panic!(
-        "{CHROMIUM} not found: the browser test needs Debian's Chromium \
+    if ci != Some("true") && skip == Some("1") {
+        return Ok(None);
+    }
+    Err(format!(
+        "{} not found: the browser test needs Debian's Chromium \
          (`apt-get install -y --no-install-recommends chromium`; .ci/run does this). \
-         Outside CI, EVCHAT_SKIP_BROWSER=1 skips this test."
+         Outside CI, EVCHAT_SKIP_BROWSER=1 skips this test.",
+        path.display()
+    ))
+}
+
+#[test]
+fn a_missing_browser_fails_the_test_unless_a_developer_skips_it() {
+    let missing = Path::new("/nonexistent/chromium");
+    let fails = |ci, skip| {
+        let why = find_browser(missing, ci, skip).expect_err("must fail");
+        assert!(
+            why.contains("apt-get install -y --no-install-recommends chromium"),
+            "{why}"
+        );
+    };
+    fails(None, None);
+    fails(Some("true"), None);
+    // CI never skips, whatever the developer variable says.
+    fails(Some("true"), Some("1"));
+    fails(None, Some("yes"));
+    assert_eq!(find_browser(missing, None, Some("1")), Ok(None));
+    assert_eq!(find_browser(missing, Some("false"), Some("1")), Ok(None));
+    // Present: always used, skip or not.
+    let here = Path::new(env!("CARGO_BIN_EXE_server"));
+    assert_eq!(
+        find_browser(here, Some("true"), Some("1")),
+        Ok(Some(here.to_path_buf()))
     );
 }
 
@@ -445,6 +492,48 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
 
     screenshot(&tab, "browser-phone.png", PHONE);
     screenshot(&tab, "browser.png", DESKTOP);
+
+    // The log follows new messages while it is scrolled to the bottom...
+    for i in 1..=12 {
+        cli_emitter.input(&format!("(4097) line {i}\n"));
+        cli_emitter
+            .stdout
+            .expect_line(&format!("delivered #{}", i + 2));
+    }
+    const AT_BOTTOM: &str = "(log => log.scrollHeight - log.scrollTop - log.clientHeight < 2)\
+                             (document.getElementById('log'))";
+    wait_for(
+        &tab,
+        "the log scrolled to the newest line",
+        &format!(
+            "document.querySelector('#log li:last-child .text').textContent === 'line 12' && \
+             {AT_BOTTOM} && 'yes'"
+        ),
+    );
+    // ...but not while the reader has scrolled up: then a button offers
+    // the new messages, and takes the keyboard there.
+    evaluate(&tab, "document.getElementById('log').scrollTop = 0", false);
+    wait_for(
+        &tab,
+        "the log scrolled to the top",
+        "document.getElementById('log').scrollTop === 0 && 'yes'",
+    );
+    cli_emitter.input("(4097) while you read\n");
+    cli_emitter.stdout.expect_line("delivered #15");
+    wait_for(
+        &tab,
+        "a new line shown without moving the reader",
+        "document.querySelector('#log li:last-child .text').textContent === 'while you read' && \
+         document.getElementById('log').scrollTop === 0 && \
+         !document.getElementById('jump').hidden && 'yes'",
+    );
+    tab.find_element("#jump").unwrap().focus().unwrap();
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the log back at the newest line",
+        &format!("document.getElementById('jump').hidden && {AT_BOTTOM} && 'yes'"),
+    );
 
     // The server shuts down (FLW to everyone) and comes back on the same port.
     server.proc.signal(libc::SIGTERM);
