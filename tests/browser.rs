@@ -113,7 +113,7 @@ fn launch(path: PathBuf) -> Browser {
 
 /// Collects what the page reports as going wrong: uncaught exceptions,
 /// console warnings and errors, and browser errors (a CSP refusal, a failed
-/// load).
+/// load), except two that are expected (below).
 fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
     let problems = Arc::new(Mutex::new(Vec::new()));
     tab.enable_log().unwrap();
@@ -127,6 +127,13 @@ fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
                 // The browser asks for /favicon.ico on its own; the server
                 // serves only the page's files, so that one 404 is expected.
                 if url.ends_with("/favicon.ico") {
+                    return;
+                }
+                // A reconnection attempt while no server listens: the
+                // page's retries are expected to meet this.
+                if entry.text.starts_with("WebSocket connection to ")
+                    && entry.text.ends_with("net::ERR_CONNECTION_REFUSED")
+                {
                     return;
                 }
                 format!("browser: {} {url}", entry.text)
@@ -634,6 +641,33 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
         "[...document.querySelectorAll('#log li.out')].some(li => \
            li.querySelector('.text').textContent === 'anyone there?' && \
            li.querySelector('.status').textContent === 'not delivered') && 'yes'",
+    );
+
+    // A network drop (the server killed, no FLW) while a message awaits its
+    // answer: the page says it cannot know, and waits to reconnect.
+    let mut silent = server.raw();
+    assert_eq!(silent.identify_exhibitor(), 4097);
+    tab.find_element("#refresh").unwrap().focus().unwrap();
+    tab.press_key("Enter").unwrap();
+    wait_clients(
+        &tab,
+        "emitter 1 (you), exhibitor 4096 (you), exhibitor 4097",
+    );
+    type_and_send(&tab, "are you there?");
+    let msg = silent.expect_frame();
+    assert_eq!((msg.kind, msg.origin, msg.dest), (Kind::Msg, 1, 4097));
+    server.proc.signal(libc::SIGKILL);
+    wait_for(
+        &tab,
+        "the unanswered message unconfirmed after the drop",
+        &format!(
+            "[...document.querySelectorAll('#log li.out')].some(li => \
+               li.querySelector('.text').textContent === 'are you there?' && \
+               li.querySelector('.status').textContent === 'unconfirmed') && \
+             {}.endsWith('connection lost') && \
+             document.getElementById('state').dataset.state === 'waiting' && 'yes'",
+            texts("#log li.note .text", "\n")
+        ),
     );
 
     // Nothing went wrong in the page along the way.

@@ -259,7 +259,8 @@
     if (event.code === 1000 || event.code === 1005 || event.code === 1006) {
       return '';
     }
-    return ' (close code ' + event.code + (event.reason ? ': ' + event.reason : '') + ')';
+    const reason = event.reason ? ': ' + C.escapeText(encoder.encode(event.reason)) : '';
+    return ' (close code ' + event.code + reason + ')';
   }
 
   function openSocket(s, onFrame) {
@@ -291,6 +292,9 @@
   }
 
   function start() {
+    if (session !== null) {
+      return;
+    }
     clearTimeout(retryTimer);
     retryTimer = null;
     const s = new Session();
@@ -440,9 +444,10 @@
         ws.close();
       }
     });
+    // No OK or ERRO will come: whether these were shown is unknown.
     s.requests.forEach(function (request) {
       if (request.kind === 'msg') {
-        setStatus(request.status, 'not delivered');
+        setStatus(request.status, 'unconfirmed');
       }
     });
     if (s.connected() && !s.serverClosed) {
@@ -502,6 +507,7 @@
     s.requests.set(seq, { kind: 'msg', entry: shown.entry, status: shown.status });
     send(s.emitter, C.msg(s.emitterId, dest, seq, bytes));
     ui.text.value = '';
+    ui.text.focus();
     scrollToNewest();
   }
 
