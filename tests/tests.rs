@@ -4,8 +4,10 @@
 mod util;
 
 mod browser;
+mod check;
 mod cli;
 mod codec;
 mod raw;
 mod reliability;
 mod router;
+mod web;
