@@ -3,6 +3,7 @@
 
 mod util;
 
+mod browser;
 mod chat;
 mod check;
 mod cli;
