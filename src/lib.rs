@@ -2,7 +2,8 @@
 //! OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol. The crate holds the wire format
 //! ([`proto`]), the server's rules ([`router`]), its socket layer
 //! ([`connection`]) and event loop ([`server`]), what the clients
-//! share ([`client`]) and the command-line helpers of every binary ([`cli`]).
+//! share ([`client`]), the command-line helpers of every binary ([`cli`])
+//! and the durable message history ([`store`]).
 
 pub mod cli;
 pub mod client;
@@ -10,3 +11,4 @@ pub mod connection;
 pub mod proto;
 pub mod router;
 pub mod server;
+pub mod store;
