@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod codec;
+mod history;
 mod raw;
 mod reliability;
 mod router;

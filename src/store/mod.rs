@@ -43,7 +43,7 @@ pub enum StoreError {
     #[error("{dir}: history directory in use by another server{holder} (lock file {LOCK_FILE})")]
     Locked { dir: PathBuf, holder: String },
     #[error(
-        "{file}: corrupt at offset {offset}: {damage} (--history-repair truncates the segment there)"
+        "{file}: corrupt at offset {offset}: {damage} (--history-repair cuts the segment there)"
     )]
     Corrupt {
         file: PathBuf,

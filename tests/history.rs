@@ -1,0 +1,959 @@
+//! The durable history (`evchat::store`) and `evchat history`, against
+//! real files: recovery of torn and corrupt logs (every cut of the last
+//! record, a flipped bit, empty segments, foreign files), retention, the
+//! directory lock, the writer thread on a full disk, the reader on a live
+//! log, and the exact output of `evchat history`. Every wait is bounded by
+//! a deadline; none is a sleep.
+
+use crate::util::*;
+use evchat::store::format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
+use evchat::store::{
+    Fsync, Item, Log, Notice, Opened, Options, Reader, Record, StoreError, Ticket, Writer,
+};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Instant;
+
+/// A fresh directory under the system's temporary directory, removed when
+/// dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("evchat-test-history-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn segment(&self, base: u64) -> PathBuf {
+        self.0.join(format!("{base:020}.log"))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn record(time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> Record {
+    Record {
+        time_ms,
+        origin,
+        dest,
+        text: text.to_vec(),
+    }
+}
+
+/// `n` distinct records; every third is addressed to exhibitor 4096.
+fn records(n: usize) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            let dest = if i % 3 == 2 { 4096 } else { 0 };
+            let text = format!("message number {i}");
+            record(
+                1_000_000 + i as u64,
+                1 + (i % 5) as u16,
+                dest,
+                text.as_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn encode(records: &[Record]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for r in records {
+        encode_record(&mut bytes, r.time_ms, r.origin, r.dest, &r.text);
+    }
+    bytes
+}
+
+/// A segment file's bytes: the header, then `records`.
+fn segment_bytes(records: &[Record]) -> Vec<u8> {
+    let mut bytes = SEGMENT_MAGIC.to_vec();
+    bytes.extend(encode(records));
+    bytes
+}
+
+/// `Log::open`, waiting out a lock held only by a process another test is
+/// starting: between fork and exec a child holds copies of all of this
+/// process's descriptors, the log's lock file among them, and the lock is
+/// released only when the last copy closes (at the child's exec).
+fn open_log(dir: &Path, options: Options) -> Result<Opened, StoreError> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match Log::open(dir, options.clone()) {
+            Err(StoreError::Locked { .. }) if Instant::now() < deadline => std::thread::yield_now(),
+            result => return result,
+        }
+    }
+}
+
+fn big_log() -> Options {
+    Options::new(1 << 30)
+}
+
+/// Opens `dir`, appends `records` and closes it again.
+fn write_log(dir: &Path, records: &[Record]) {
+    let mut opened = open_log(dir, big_log()).unwrap();
+    opened.log.append(&encode(records), false).unwrap();
+    opened.log.sync().unwrap();
+}
+
+/// Every record a fresh reader finds, with numbers; fails on a gap, an
+/// incomplete tail or an error.
+fn read_all(dir: &Path) -> Vec<(u64, Record)> {
+    let mut reader = Reader::open(dir).unwrap();
+    let mut found = Vec::new();
+    while let Some(item) = reader.next_item().unwrap() {
+        match item {
+            Item::Record(entry) => found.push((entry.number, entry.record)),
+            gap => panic!("unexpected {gap:?}"),
+        }
+    }
+    assert_eq!(reader.incomplete_tail(), None);
+    found
+}
+
+fn numbered(records: &[Record], first: u64) -> Vec<(u64, Record)> {
+    (first..).zip(records.iter().cloned()).collect()
+}
+
+/// Where each record of a segment written by [`segment_bytes`] starts.
+fn record_offsets(records: &[Record]) -> Vec<u64> {
+    let mut at = SEGMENT_MAGIC.len() as u64;
+    records
+        .iter()
+        .map(|r| {
+            let start = at;
+            at += (RECORD_HEADER_LEN + 12 + r.text.len()) as u64;
+            start
+        })
+        .collect()
+}
+
+/// A writer whose settle notifications arrive on the returned channel.
+fn start_writer(log: Log, mode: Fsync) -> (Writer, Receiver<()>) {
+    let (tx, rx) = channel();
+    let notify = Box::new(move || {
+        let _ = tx.send(());
+    });
+    (Writer::start(log, mode, Some(notify)).unwrap(), rx)
+}
+
+/// Waits until `ticket` is settled; fails the test after [`TIMEOUT`].
+fn wait_settled(writer: &Writer, settled: &Receiver<()>, ticket: Ticket) {
+    let deadline = Instant::now() + TIMEOUT;
+    while writer.settled() <= ticket {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "ticket {ticket} not settled in {TIMEOUT:?}"
+        );
+        let _ = settled.recv_timeout(left);
+    }
+}
+
+/// Runs `evchat ARGS` to its end: exit code, stdout and stderr lines.
+fn evchat(args: &[&str]) -> (i32, Vec<String>, Vec<String>) {
+    let mut p = Proc::spawn("evchat", args);
+    let status = p.wait();
+    let out = p.stdout.rest();
+    let err = p.stderr.rest();
+    (status.code().expect("exit code"), out, err)
+}
+
+// ---- recovery ----------------------------------------------------------
+
+#[test]
+fn a_log_reopens_with_every_record_and_numbers_go_on() {
+    let dir = TempDir::new("reopen");
+    let all = records(7);
+    write_log(dir.path(), &all[..4]);
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!(opened.notices, vec![]);
+    assert_eq!(opened.records, 4);
+    assert_eq!(opened.log.next_record(), 4);
+    drop(opened);
+    write_log(dir.path(), &all[4..]);
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
+    let dir = TempDir::new("torn-every-byte");
+    let all = records(3);
+    let whole = segment_bytes(&all);
+    let last = record_offsets(&all)[2];
+    let path = dir.segment(0);
+    for cut in last + 1..whole.len() as u64 {
+        fs::write(&path, &whole[..cut as usize]).unwrap();
+        let opened = open_log(dir.path(), big_log()).unwrap();
+        let torn = Notice::TornTail {
+            file: path.clone(),
+            offset: last,
+            dropped: cut - last,
+        };
+        assert_eq!(opened.notices, vec![torn.clone()], "cut at {cut}");
+        assert_eq!(opened.records, 2, "cut at {cut}");
+        drop(opened);
+        assert_eq!(fs::metadata(&path).unwrap().len(), last, "cut at {cut}");
+        assert_eq!(read_all(dir.path()), numbered(&all[..2], 0), "cut at {cut}");
+        // Reopening finds nothing more to cut, and appending carries on
+        // where the last whole record ended.
+        let reopened = open_log(dir.path(), big_log()).unwrap();
+        assert_eq!(reopened.notices, vec![], "cut at {cut}");
+        drop(reopened);
+        write_log(dir.path(), &all[2..]);
+        assert_eq!(read_all(dir.path()), numbered(&all, 0), "cut at {cut}");
+    }
+    // The warning names the file, the offset and the bytes dropped.
+    let torn = Notice::TornTail {
+        file: path.clone(),
+        offset: last,
+        dropped: 5,
+    };
+    assert_eq!(
+        torn.to_string(),
+        format!(
+            "{}: torn tail at offset {last} (an interrupted write): cut 5 bytes, \
+             holding no whole record",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn damage_inside_the_last_record_is_cut_as_a_torn_tail() {
+    let dir = TempDir::new("torn-damaged");
+    let all = records(3);
+    let mut bytes = segment_bytes(&all);
+    let last = record_offsets(&all)[2];
+    let end = bytes.len() as u64;
+    bytes[end as usize - 3] ^= 0x10;
+    fs::write(dir.segment(0), &bytes).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!(
+        opened.notices,
+        vec![Notice::TornTail {
+            file: dir.segment(0),
+            offset: last,
+            dropped: end - last,
+        }]
+    );
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_stops_the_open_naming_file_and_offset() {
+    let dir = TempDir::new("flipped-bit");
+    let all = records(5);
+    let mut bytes = segment_bytes(&all);
+    let offsets = record_offsets(&all);
+    let bad = offsets[2];
+    bytes[bad as usize + 25] ^= 0x04;
+    let path = dir.segment(0);
+    fs::write(&path, &bytes).unwrap();
+
+    let err = open_log(dir.path(), big_log()).unwrap_err();
+    let StoreError::Corrupt { file, offset, .. } = &err else {
+        panic!("expected corruption, got {err}");
+    };
+    assert_eq!((file, *offset), (&path, bad));
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}: corrupt at offset {bad}: checksum mismatch (stored ",
+            path.display()
+        )),
+        "{message}"
+    );
+    assert!(message.ends_with("(--history-repair cuts the segment there)"));
+    assert_eq!(fs::read(&path).unwrap(), bytes, "nothing may be cut");
+
+    // `evchat history` shows what comes before, then the same error.
+    let (code, out, err_lines) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(err_lines, vec![format!("evchat history: {message}")]);
+
+    // Repair cuts there, deliberately, and says so.
+    let mut repair = big_log();
+    repair.repair = true;
+    let opened = open_log(dir.path(), repair).unwrap();
+    assert_eq!(opened.notices.len(), 1);
+    let notice = opened.notices[0].to_string();
+    assert!(
+        notice.starts_with(&format!(
+            "{}: corrupt at offset {bad} (checksum mismatch",
+            path.display()
+        )) && notice.ends_with(&format!("): repair cut {} bytes", bytes.len() as u64 - bad)),
+        "{notice}"
+    );
+    assert_eq!(opened.records, 2);
+    drop(opened);
+    assert_eq!(read_all(dir.path()), numbered(&all[..2], 0));
+}
+
+#[test]
+fn a_bad_length_in_the_middle_is_corruption_not_a_torn_tail() {
+    // A length that claims more bytes than the file has would look like a
+    // write cut short, but whole records follow it.
+    let dir = TempDir::new("bad-length");
+    let all = records(4);
+    let mut bytes = segment_bytes(&all);
+    let bad = record_offsets(&all)[1] as usize;
+    bytes[bad + 6] = 0xff;
+    fs::write(dir.segment(0), &bytes).unwrap();
+    let err = open_log(dir.path(), big_log()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { offset, .. } if offset == bad as u64),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_short_segment_before_the_last_is_corruption_not_a_torn_tail() {
+    let dir = TempDir::new("short-sealed");
+    let all = records(4);
+    let first = segment_bytes(&all[..2]);
+    let cut = first.len() - 4;
+    fs::write(dir.segment(0), &first[..cut]).unwrap();
+    fs::write(dir.segment(2), segment_bytes(&all[2..])).unwrap();
+    let err = open_log(dir.path(), big_log()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: corrupt at offset {}: the segment ends inside a record \
+             (--history-repair cuts the segment there)",
+            dir.segment(0).display(),
+            record_offsets(&all)[1]
+        )
+    );
+}
+
+#[test]
+fn empty_segments_are_fine() {
+    let dir = TempDir::new("empty-segments");
+    let all = records(5);
+    // A crash right after a new segment was created: it has no header yet.
+    fs::write(dir.segment(0), segment_bytes(&all[..2])).unwrap();
+    fs::write(dir.segment(2), b"").unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!(opened.notices, vec![]);
+    assert_eq!(opened.log.next_record(), 2);
+    drop(opened);
+    assert_eq!(fs::read(dir.segment(2)).unwrap(), SEGMENT_MAGIC);
+    write_log(dir.path(), &all[2..3]);
+    // A segment holding only its header, before another.
+    fs::write(dir.segment(3), SEGMENT_MAGIC).unwrap();
+    fs::write(dir.segment(7), segment_bytes(&all[3..])).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!((opened.notices.clone(), opened.records), (vec![], 5));
+    drop(opened);
+    let mut reader = Reader::open(dir.path()).unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = reader.next_item().unwrap() {
+        items.push(match item {
+            Item::Record(entry) => format!("{}", entry.number),
+            Item::Gap { from, to } => format!("gap {from}..{to}"),
+        });
+    }
+    assert_eq!(items, ["0", "1", "2", "gap 3..7", "7", "8"]);
+}
+
+#[test]
+fn foreign_files_are_left_alone_with_a_warning() {
+    let dir = TempDir::new("foreign");
+    let all = records(2);
+    write_log(dir.path(), &all);
+    fs::write(dir.path().join("README.txt"), "notes").unwrap();
+    fs::write(dir.path().join("00000000000000000000.log.bak"), "old").unwrap();
+    fs::create_dir(dir.path().join("00000000000000000009.log")).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let foreign: Vec<String> = opened.notices.iter().map(|n| n.to_string()).collect();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    assert_eq!(
+        foreign,
+        [
+            format!(
+                "{}: not a history segment; ignored",
+                path("00000000000000000000.log.bak")
+            ),
+            format!(
+                "{}: not a history segment; ignored",
+                path("00000000000000000009.log")
+            ),
+            format!("{}: not a history segment; ignored", path("README.txt")),
+        ]
+    );
+    assert_eq!(opened.records, 2);
+    drop(opened);
+    assert_eq!(fs::read(dir.path().join("README.txt")).unwrap(), b"notes");
+    let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!((code, out.len()), (0, 2));
+    assert_eq!(
+        err,
+        foreign
+            .iter()
+            .map(|line| format!("evchat history: {line}"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_second_writer_on_the_same_directory_is_refused() {
+    let dir = TempDir::new("lock");
+    let first = open_log(dir.path(), big_log()).unwrap();
+    let err = Log::open(dir.path(), big_log()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: history directory in use by another server (pid {}) (lock file LOCK)",
+            dir.path().display(),
+            std::process::id()
+        )
+    );
+    // Readers never take the lock.
+    assert_eq!(read_all(dir.path()), vec![]);
+    drop(first);
+    open_log(dir.path(), big_log()).expect("the lock goes with the log");
+}
+
+#[test]
+fn open_hands_back_the_last_broadcasts_oldest_first() {
+    let dir = TempDir::new("recent");
+    let all = records(10);
+    write_log(dir.path(), &all);
+    let mut options = big_log();
+    options.recent_broadcasts = 3;
+    let opened = open_log(dir.path(), options).unwrap();
+    let broadcasts: Vec<Record> = all.iter().filter(|r| r.dest == 0).cloned().collect();
+    assert_eq!(opened.recent_broadcasts, broadcasts[broadcasts.len() - 3..]);
+}
+
+// ---- retention ---------------------------------------------------------
+
+#[test]
+fn retention_deletes_the_oldest_segments_past_the_size_limit() {
+    let dir = TempDir::new("retention");
+    let options = Options {
+        max_bytes: 4096,
+        segment_bytes: 1024,
+        repair: false,
+        recent_broadcasts: 0,
+    };
+    let opened = open_log(dir.path(), options.clone()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let all = records(300);
+    let mut last = 0;
+    for chunk in all.chunks(7) {
+        for r in chunk {
+            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+        }
+        writer.submit();
+    }
+    wait_settled(&writer, &settled, last);
+    writer.close();
+
+    let mut sizes = Vec::new();
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if let Some(base) = name.strip_suffix(".log") {
+            bases.push(base.parse::<u64>().unwrap());
+            sizes.push(entry.metadata().unwrap().len());
+        }
+    }
+    bases.sort();
+    assert!(sizes.iter().sum::<u64>() <= options.max_bytes, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|&s| s <= options.segment_bytes),
+        "{sizes:?}"
+    );
+    assert!(bases[0] > 0, "the oldest segment should be gone: {bases:?}");
+    let kept = read_all(dir.path());
+    assert_eq!(kept, numbered(&all[bases[0] as usize..], bases[0]));
+
+    // A lower limit at open applies at once, and says what it deleted.
+    let smaller = Options {
+        max_bytes: 2048,
+        ..options
+    };
+    let opened = open_log(dir.path(), smaller).unwrap();
+    assert!(!opened.notices.is_empty());
+    for notice in &opened.notices {
+        assert!(matches!(notice, Notice::Retired { .. }), "{notice}");
+    }
+    assert!(opened.log.total_bytes() <= 2048);
+}
+
+#[test]
+fn a_reader_behind_retention_reports_the_gap_and_reads_on() {
+    let dir = TempDir::new("retention-gap");
+    // One record per segment.
+    let options = Options {
+        max_bytes: 400,
+        segment_bytes: 1,
+        repair: false,
+        recent_broadcasts: 0,
+    };
+    let all = records(14);
+    let mut opened = open_log(dir.path(), options).unwrap();
+    opened.log.append(&encode(&all[..3]), false).unwrap();
+    let mut reader = Reader::open(dir.path()).unwrap();
+    let Some(Item::Record(first)) = reader.next_item().unwrap() else {
+        panic!("expected the first record");
+    };
+    assert_eq!(first.record, all[0]);
+    opened.log.append(&encode(&all[3..]), false).unwrap();
+    assert!(opened.log.retain().into_iter().all(|r| r.is_ok()));
+    assert!(
+        !dir.segment(0).exists(),
+        "retention should delete segment 0"
+    );
+    let oldest_kept = (0..14).find(|&b| dir.segment(b).exists()).unwrap();
+    assert!(oldest_kept > 1);
+    let mut rest = Vec::new();
+    while let Some(item) = reader.next_item().unwrap() {
+        rest.push(item);
+    }
+    assert_eq!(
+        rest[0],
+        Item::Gap {
+            from: 1,
+            to: oldest_kept
+        }
+    );
+    let numbers: Vec<u64> = rest[1..]
+        .iter()
+        .map(|item| match item {
+            Item::Record(entry) => entry.number,
+            gap => panic!("unexpected {gap:?}"),
+        })
+        .collect();
+    assert_eq!(numbers, (oldest_kept..14).collect::<Vec<_>>());
+}
+
+// ---- the writer thread --------------------------------------------------
+
+#[test]
+fn always_settles_a_batch_once_it_is_written_and_synced() {
+    let dir = TempDir::new("always");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::Always);
+    let all = records(50);
+    for (turn, chunk) in all.chunks(10).enumerate() {
+        let mut last = 0;
+        for r in chunk {
+            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+        }
+        assert_eq!(last, turn as u64 * 10 + 9);
+        writer.submit();
+        wait_settled(&writer, &settled, last);
+        // Settled under `always` means on disk: a reader sees all of it.
+        assert_eq!(read_all(dir.path()).len(), (turn + 1) * 10);
+    }
+    assert!(writer.is_keeping());
+    writer.close();
+    let reopened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!((reopened.notices.clone(), reopened.records), (vec![], 50));
+}
+
+#[test]
+fn everysec_and_no_keep_every_record_across_a_clean_close() {
+    for mode in [Fsync::EverySec, Fsync::No] {
+        let dir = TempDir::new(&format!("close-{mode}"));
+        let opened = open_log(dir.path(), big_log()).unwrap();
+        let (mut writer, settled) = start_writer(opened.log, mode);
+        let all = records(40);
+        let mut last = 0;
+        for r in &all {
+            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+            writer.submit();
+        }
+        wait_settled(&writer, &settled, last);
+        writer.close();
+        assert_eq!(read_all(dir.path()), numbered(&all, 0), "{mode}");
+    }
+}
+
+#[test]
+fn fsync_modes_read_as_the_server_flag_spells_them() {
+    assert_eq!("always".parse(), Ok(Fsync::Always));
+    assert_eq!("everysec".parse(), Ok(Fsync::EverySec));
+    assert_eq!("no".parse(), Ok(Fsync::No));
+    assert_eq!(
+        "sometimes".parse::<Fsync>(),
+        Err("'sometimes' is not one of always, everysec, no".to_string())
+    );
+    assert_eq!(Fsync::EverySec.to_string(), "everysec");
+}
+
+/// A child process killed if the test fails before reaping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The file-size limit the full-disk child runs under.
+const FULL_DISK_LIMIT: u64 = 16 * 1024;
+const FULL_DISK_ENV: &str = "EVCHAT_TEST_FULL_DISK_DIR";
+
+#[test]
+fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
+    // RLIMIT_FSIZE applies to the whole process, so the writer runs in a
+    // child: this test binary again, running only `full_disk_child`.
+    let dir = TempDir::new("full-disk");
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "history::full_disk_child",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FULL_DISK_ENV, dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit and signal are async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = FULL_DISK_LIMIT;
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Past the limit a write fails with EFBIG instead of the
+            // signal ending the process.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let out = Lines::new(child.0.stdout.take().unwrap(), "full-disk child stdout");
+    let err = Lines::new(child.0.stderr.take().unwrap(), "full-disk child stderr");
+    // Both end when the child exits (bounded by the harness's timeout).
+    let (out, err) = (out.rest(), err.rest());
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "child failed: {status}\n{out:#?}\n{err:#?}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains("test history::full_disk_child ... ok")),
+        "the child test did not run: {out:#?}"
+    );
+    let off = err
+        .iter()
+        .filter(|l| l.contains("history off: "))
+        .collect::<Vec<_>>();
+    assert_eq!(off.len(), 1, "one report when history goes off: {err:#?}");
+    assert!(
+        off[0].contains("File too large")
+            && off[0].contains("messages are still relayed but not kept until a write succeeds"),
+        "{}",
+        off[0]
+    );
+    let on = err
+        .iter()
+        .filter(|l| l.contains("history back on: "))
+        .collect::<Vec<_>>();
+    assert_eq!(on.len(), 1, "{err:#?}");
+    assert!(on[0].contains("messages were not kept"), "{}", on[0]);
+}
+
+/// Runs only as the child of the test above, under its file-size limit.
+#[test]
+#[ignore = "run by a_full_disk_turns_history_off_and_back_on_without_stalling"]
+fn full_disk_child() {
+    let dir = PathBuf::from(std::env::var_os(FULL_DISK_ENV).expect("run by its parent test"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let opened = open_log(&dir, big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::Always);
+    let text = [b'x'; 1000];
+    let mut kept = 0;
+    // Past the limit every batch fails; each must still be settled.
+    for i in 0..40 {
+        let ticket = writer.append(i, 1, 0, &text);
+        writer.submit();
+        wait_settled(&writer, &settled, ticket);
+        if writer.is_keeping() {
+            kept += 1;
+        }
+    }
+    assert!(kept > 5 && kept < 20, "kept {kept}");
+    assert!(!writer.is_keeping());
+    // Room again: the next write succeeds and history is back on.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let ticket = writer.append(99, 2, 0, b"after");
+    writer.submit();
+    wait_settled(&writer, &settled, ticket);
+    assert!(writer.is_keeping());
+    writer.close();
+    // The failed writes left no partial record behind.
+    let opened = open_log(&dir, big_log()).unwrap();
+    assert_eq!(opened.notices, vec![]);
+    assert_eq!(opened.records, kept + 1);
+    drop(opened);
+    let found = read_all(&dir);
+    assert_eq!(found.last().unwrap().1, record(99, 2, 0, b"after"));
+    assert!(found[..kept as usize].iter().all(|(_, r)| r.text == text));
+}
+
+// ---- reading a live log --------------------------------------------------
+
+#[test]
+fn a_reader_follows_a_live_log_across_segments_and_partial_writes() {
+    let dir = TempDir::new("live");
+    let options = Options {
+        max_bytes: 1 << 30,
+        segment_bytes: 8 * 1024,
+        repair: false,
+        recent_broadcasts: 0,
+    };
+    let opened = open_log(dir.path(), options).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let all = records(3000);
+    let mut rng = Rng(0x5eed);
+    let mut reader = Reader::open(dir.path()).unwrap();
+    let mut found = Vec::new();
+    let mut sent = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while found.len() < all.len() {
+        assert!(Instant::now() < deadline, "read {} records", found.len());
+        if sent < all.len() {
+            let n = (1 + rng.next() % 40) as usize;
+            for r in &all[sent..(sent + n).min(all.len())] {
+                writer.append(r.time_ms, r.origin, r.dest, &r.text);
+            }
+            sent = (sent + n).min(all.len());
+            writer.submit();
+        } else {
+            wait_settled(&writer, &settled, all.len() as u64 - 1);
+        }
+        while let Some(item) = reader.next_item().unwrap() {
+            let Item::Record(entry) = item else {
+                panic!("unexpected {item:?}");
+            };
+            found.push((entry.number, entry.record));
+        }
+    }
+    assert_eq!(found, numbered(&all, 0));
+    assert!(
+        fs::read_dir(dir.path()).unwrap().count() > 10,
+        "too few segments"
+    );
+    writer.close();
+}
+
+#[test]
+fn a_reader_waits_at_a_record_still_being_written() {
+    let dir = TempDir::new("partial");
+    let all = records(2);
+    let mut opened = open_log(dir.path(), big_log()).unwrap();
+    opened.log.append(&encode(&all[..1]), false).unwrap();
+    let mut reader = Reader::open(dir.path()).unwrap();
+    assert!(matches!(reader.next_item().unwrap(), Some(Item::Record(_))));
+    assert_eq!(reader.next_item().unwrap(), None);
+    assert_eq!(reader.incomplete_tail(), None);
+
+    let second = encode(&all[1..]);
+    let offset = record_offsets(&all)[1];
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.segment(0))
+        .unwrap();
+    for split in [3, 20] {
+        file.write_all(&second[..split]).unwrap();
+        assert_eq!(reader.next_item().unwrap(), None);
+        let tail = reader.incomplete_tail().expect("an incomplete tail");
+        assert_eq!((tail.offset, tail.len), (offset, split as u64));
+        file.set_len(offset).unwrap();
+    }
+    file.write_all(&second).unwrap();
+    let Some(Item::Record(entry)) = reader.next_item().unwrap() else {
+        panic!("expected the completed record");
+    };
+    assert_eq!((entry.number, entry.record), (1, all[1].clone()));
+}
+
+// ---- evchat history --------------------------------------------------------
+
+/// Three messages as a server would have logged them.
+fn sample_log(dir: &Path) {
+    write_log(
+        dir,
+        &[
+            record(1_764_596_702_123, 1, 0, b"hello everyone"),
+            record(1_764_596_703_000, 2, 4096, b"Oi, \"tudo\" bem?\n"),
+            record(1_764_596_704_500, 1, 0, b"tab\there \x1b[31m\xff"),
+        ],
+    );
+}
+
+#[test]
+fn history_prints_each_message_as_the_exhibitor_shows_it_with_time_and_ids() {
+    let dir = TempDir::new("cli-text");
+    sample_log(dir.path());
+    let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!((code, err), (0, Vec::<String>::new()));
+    assert_eq!(
+        out,
+        [
+            r"2025-12-01T13:45:02.123Z Message from 1 to all: hello everyone",
+            r#"2025-12-01T13:45:03.000Z Message from 2 to 4096: Oi, "tudo" bem?\n"#,
+            r"2025-12-01T13:45:04.500Z Message from 1 to all: tab\there \x1b[31m\xff",
+        ]
+    );
+}
+
+#[test]
+fn history_json_gives_utf8_text_or_base64() {
+    let dir = TempDir::new("cli-json");
+    sample_log(dir.path());
+    let (code, out, _) = evchat(&["history", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        [
+            r#"{"record":0,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"origin":1,"dest":0,"text":"hello everyone"}"#,
+            r#"{"record":1,"time":"2025-12-01T13:45:03.000Z","time_ms":1764596703000,"origin":2,"dest":4096,"text":"Oi, \"tudo\" bem?\n"}"#,
+            r#"{"record":2,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"origin":1,"dest":0,"text_base64":"dGFiCWhlcmUgG1szMW3/"}"#,
+        ]
+    );
+}
+
+#[test]
+fn history_filters_by_time_origin_and_destination() {
+    let dir = TempDir::new("cli-filters");
+    sample_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let times = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["history", d];
+        all.extend_from_slice(args);
+        let (code, out, err) = evchat(&all);
+        assert_eq!((code, err), (0, Vec::<String>::new()), "{args:?}");
+        out.iter().map(|l| l[17..23].to_string()).collect()
+    };
+    assert_eq!(times(&["--from", "1"]), ["02.123", "04.500"]);
+    assert_eq!(times(&["--to", "4096"]), ["03.000"]);
+    assert_eq!(times(&["--to", "0"]), ["02.123", "04.500"]);
+    assert_eq!(
+        times(&["--since", "2025-12-01T13:45:03Z"]),
+        ["03.000", "04.500"]
+    );
+    assert_eq!(
+        times(&["--since", "2025-12-01T13:45:03.001Z", "--from", "1"]),
+        ["04.500"]
+    );
+    assert_eq!(times(&["--since", "2025-12-02"]), Vec::<String>::new());
+    let (code, out, err) = evchat(&["history", d, "--since", "soon"]);
+    assert_eq!((code, out), (2, vec![]));
+    assert!(err[0].contains("'soon' is not a time"), "{err:?}");
+}
+
+#[test]
+fn history_warns_of_an_incomplete_tail_and_shows_the_rest() {
+    let dir = TempDir::new("cli-torn");
+    let all = records(3);
+    let whole = segment_bytes(&all);
+    fs::write(dir.segment(0), &whole[..whole.len() - 4]).unwrap();
+    let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!((code, out.len()), (0, 2));
+    let offset = record_offsets(&all)[2];
+    let len = whole.len() as u64 - 4 - offset;
+    assert_eq!(
+        err,
+        [format!(
+            "evchat history: {}: the last {len} bytes (from offset {offset}) are not a whole \
+             record: a write in progress, or what a crash left (the server cuts it when it \
+             next starts)",
+            dir.segment(0).display()
+        )]
+    );
+    // Reading changed nothing.
+    assert_eq!(fs::read(dir.segment(0)).unwrap(), &whole[..whole.len() - 4]);
+}
+
+#[test]
+fn history_of_a_missing_directory_is_one_clear_error() {
+    let dir = TempDir::new("cli-missing");
+    let missing = dir.path().join("nope");
+    let (code, out, err) = evchat(&["history", missing.to_str().unwrap()]);
+    assert_eq!((code, out), (1, vec![]));
+    assert_eq!(
+        err,
+        [format!(
+            "evchat history: {}: read directory: No such file or directory (os error 2)",
+            missing.display()
+        )]
+    );
+    assert!(!missing.exists(), "reading must not create the directory");
+}
+
+#[test]
+fn history_follow_prints_new_messages_as_they_are_stored() {
+    let dir = TempDir::new("cli-follow");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let t = writer.append(1_764_596_702_123, 1, 0, b"before");
+    writer.submit();
+    wait_settled(&writer, &settled, t);
+    let follower = Proc::spawn(
+        "evchat",
+        &[
+            "history",
+            dir.path().to_str().unwrap(),
+            "--follow",
+            "--to",
+            "0",
+        ],
+    );
+    follower
+        .stdout
+        .expect_line("2025-12-01T13:45:02.123Z Message from 1 to all: before");
+    writer.append(1_764_596_703_000, 2, 4096, b"not for all");
+    writer.append(1_764_596_704_000, 3, 0, b"after");
+    writer.submit();
+    follower
+        .stdout
+        .expect_line("2025-12-01T13:45:04.000Z Message from 3 to all: after");
+    writer.close();
+}
