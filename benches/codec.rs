@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use evchat::proto::Frame;
+use evchat::proto::{Encode, Frame};
 use std::hint::black_box;
 
 /// Payload sizes (bytes of MSG text) and their labels.
@@ -42,7 +42,7 @@ fn encode(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 for _ in 0..count {
-                    black_box(frame).encode(&mut out);
+                    black_box(frame).encode_into(&mut out);
                 }
                 black_box(out.len())
             })
@@ -57,7 +57,7 @@ fn decode(c: &mut Criterion) {
         let (frame, count) = msg_batch(size);
         let mut wire = BytesMut::with_capacity(frame.encoded_len() * count);
         for _ in 0..count {
-            frame.encode(&mut wire);
+            frame.encode_into(&mut wire);
         }
         group.throughput(throughput(&frame, count));
         // Decoding consumes its buffer, so each iteration gets a fresh copy,

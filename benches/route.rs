@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
+use evchat::proto::{ClientId, Encode, Frame, FrameView, Kind, SERVER_ID};
 use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -24,11 +24,11 @@ struct Outputs {
 
 impl Outbox for Outputs {
     fn send(&mut self, to: ConnId, frame: &Frame) {
-        frame.encode(&mut self.buffers[to]);
+        frame.encode_into(&mut self.buffers[to]);
     }
     fn forward(&mut self, targets: &[ConnId], msg: &FrameView<'_>) {
         for &to in targets {
-            msg.encode(&mut self.buffers[to]);
+            msg.encode_into(&mut self.buffers[to]);
         }
     }
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
@@ -100,7 +100,7 @@ impl Rig {
         for seq in 1..=count as u16 {
             Frame::msg(self.emitter_id, dest, seq, vec![b'x'; 32])
                 .unwrap()
-                .encode(&mut msgs);
+                .encode_into(&mut msgs);
         }
         let targets = if dest == 0 {
             self.exhibitor_ids.len()
@@ -112,7 +112,7 @@ impl Rig {
             .map(|&id| {
                 let mut acks = BytesMut::new();
                 for seq in 1..=count as u16 {
-                    Frame::bare(Kind::Ok, id, self.emitter_id, seq).encode(&mut acks);
+                    Frame::bare(Kind::Ok, id, self.emitter_id, seq).encode_into(&mut acks);
                 }
                 acks
             })

@@ -1,9 +1,10 @@
 //! One client socket and its two buffers: the bytes read but not yet decoded,
-//! and the bytes queued but not yet written. It knows nothing of ids or rules;
-//! it frames input with the codec and keeps output within a cap so that a
-//! client that never reads cannot grow the server's memory.
+//! and the bytes queued but not yet written. It knows nothing of ids or rules,
+//! nor where frames begin and end in its input (the event loop parses them
+//! in place); it encodes output frames and keeps the unsent output within a
+//! cap so that a client that never reads cannot grow the server's memory.
 
-use crate::proto::{Frame, FrameView};
+use crate::proto::Encode;
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
@@ -28,7 +29,8 @@ pub enum ReadStatus {
 /// A client connection as the event loop sees it.
 pub struct Connection {
     pub socket: TcpStream,
-    /// Bytes read and not yet decoded (at most one partial frame between turns).
+    /// Bytes read and not yet decoded: a partial frame, or whole frames an
+    /// emitter held back by flow control has not had routed yet.
     input: BytesMut,
     /// Encoded frames not yet written.
     output: BytesMut,
@@ -52,21 +54,15 @@ impl Connection {
     /// Reads once from the socket into the input buffer via `scratch`, so
     /// that the buffer grows only by what arrived.
     pub fn read_once(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
-        loop {
-            return match self.socket.read(scratch) {
-                Ok(0) => Ok(ReadStatus::Closed),
-                Ok(n) => {
-                    self.input.extend_from_slice(&scratch[..n]);
-                    Ok(ReadStatus::Data(n))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
+        let status = self.read_discard(scratch)?;
+        if let ReadStatus::Data(n) = status {
+            self.input.extend_from_slice(&scratch[..n]);
         }
+        Ok(status)
     }
 
-    /// Reads once and throws the bytes away (a closing connection).
+    /// Reads once into `scratch` only: the bytes are thrown away (a closing
+    /// connection).
     pub fn read_discard(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
         loop {
             return match self.socket.read(scratch) {
@@ -106,17 +102,9 @@ impl Connection {
     /// Queues a frame for writing, encoded straight into the output buffer;
     /// false (and nothing queued) when it would take the unsent output past
     /// the cap.
-    pub fn queue(&mut self, frame: &Frame) -> bool {
+    pub fn queue(&mut self, frame: &impl Encode) -> bool {
         self.fits(frame.encoded_len()) && {
-            frame.encode(&mut self.output);
-            true
-        }
-    }
-
-    /// [`Connection::queue`] for a frame read in place (a forwarded MSG).
-    pub fn queue_view(&mut self, frame: &FrameView<'_>) -> bool {
-        self.fits(frame.encoded_len()) && {
-            frame.encode(&mut self.output);
+            frame.encode_into(&mut self.output);
             true
         }
     }
@@ -141,18 +129,14 @@ impl Connection {
     }
 
     /// Bytes allocated for this connection's buffers.
-    pub fn buffer_capacity(&self) -> usize {
+    #[cfg(test)]
+    fn buffer_capacity(&self) -> usize {
         self.input.capacity() + self.output.capacity()
     }
 
     /// Bytes queued and not yet written.
     pub fn queued_output(&self) -> usize {
         self.output.len()
-    }
-
-    /// True while queued bytes remain unwritten.
-    pub fn has_output(&self) -> bool {
-        !self.output.is_empty()
     }
 
     /// Writes queued output until it is all written or the socket would
@@ -179,7 +163,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Kind, SERVER_ID};
+    use crate::proto::{Frame, FrameView, Kind, SERVER_ID};
     use std::net::TcpListener;
 
     fn pair() -> (Connection, std::net::TcpStream) {
@@ -239,7 +223,7 @@ mod tests {
         assert!(!conn.queue(&msg(15)));
         let wire = msg(15).to_bytes();
         let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
-        assert!(!conn.queue_view(&view));
+        assert!(!conn.queue(&view));
         assert!(conn.queue(&msg(14)));
     }
 }

@@ -7,8 +7,13 @@
 
 pub mod cli;
 pub mod client;
-pub mod connection;
+mod connection;
 pub mod proto;
 pub mod router;
 pub mod server;
 pub mod store;
+
+// The server's unit tests share the integration tests' raw client, which
+// names this crate `evchat`.
+#[cfg(test)]
+extern crate self as evchat;

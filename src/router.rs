@@ -2,8 +2,9 @@
 //! paired with which exhibitor, which deliveries await an acknowledgement and
 //! which replies each emitter is owed. The event loop feeds it decoded frames,
 //! disconnections and clock ticks; it answers through an [`Outbox`] with the
-//! frames to send and the connections to close. Tests drive it the same way,
-//! with a recording outbox.
+//! frames to send and the connections to close. It reads no clock: every
+//! entry point that needs the time takes it as `now`. Tests drive it the same
+//! way, with a recording outbox and a clock of their own.
 //!
 //! Every rule here is numbered as in PROTOCOL.md.
 
@@ -255,8 +256,6 @@ pub struct Router {
     next_incarnation: u64,
     /// No deadline falls before this; `tick` does nothing until then.
     earliest_deadline: Option<Instant>,
-    /// The time of the call being handled; the router reads no clock itself.
-    now: Instant,
 }
 
 impl Router {
@@ -270,13 +269,11 @@ impl Router {
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
             next_incarnation: 0,
             earliest_deadline: None,
-            now: Instant::now(),
         }
     }
 
     /// A new connection `conn` was accepted at `now`.
     pub fn connected(&mut self, conn: ConnId, now: Instant) {
-        self.now = now;
         if self.sessions.len() <= conn {
             self.sessions.resize_with(conn + 1, || None);
         }
@@ -312,6 +309,7 @@ impl Router {
     }
 
     /// Number of connections the router knows (identified or not).
+    #[cfg(feature = "testing")]
     pub fn connection_count(&self) -> usize {
         self.sessions.iter().filter(|s| s.is_some()).count()
     }
@@ -328,6 +326,7 @@ impl Router {
 
     /// One frame arrived on `conn`, as an owned [`Frame`] (tests, fuzzing):
     /// routed exactly as its wire bytes would be.
+    #[cfg(feature = "testing")]
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
         let wire = frame.to_bytes();
         let (view, _) = FrameView::parse(&wire)
@@ -344,18 +343,17 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        self.now = now;
         let Some(session) = self.session(conn) else {
             return;
         };
         let id = session.id;
         match &session.role {
-            Role::Anonymous if frame.kind == Kind::Oi => self.identify(conn, frame, out),
+            Role::Anonymous if frame.kind == Kind::Oi => self.identify(conn, frame, now, out),
             Role::Anonymous => {
                 // Rule 1: nothing but OI before identification.
                 warn!(conn, kind = %frame.kind, "frame before OI");
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, frame.seq));
-                self.close(conn, CloseReason::NotIdentified, out);
+                self.close(conn, CloseReason::NotIdentified, now, out);
             }
             Role::Emitter { finished: true, .. } => {
                 debug!(conn, id, "ignoring a frame after FLW");
@@ -363,16 +361,16 @@ impl Router {
             // Rule 1: a second OI is refused but the client keeps its id.
             _ if frame.kind == Kind::Oi => {
                 debug!(conn, id, "second OI");
-                self.reply(conn, frame.seq, false, out);
+                self.reply(conn, frame.seq, false, now, out);
             }
             // Rule 2: the origin must be the connection's own id.
             _ if frame.origin != id => {
                 warn!(conn, id, claimed = frame.origin, kind = %frame.kind, "spoofed origin");
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
-                self.close(conn, CloseReason::Spoofed, out);
+                self.close(conn, CloseReason::Spoofed, now, out);
             }
             Role::Emitter { .. } => self.on_emitter_frame(conn, frame, now, out),
-            Role::Exhibitor { .. } => self.on_exhibitor_frame(conn, frame, out),
+            Role::Exhibitor { .. } => self.on_exhibitor_frame(conn, frame, now, out),
         }
     }
 
@@ -385,29 +383,27 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        // Regression (found by the router fuzz target): without its own
-        // `now`, the FLW this close sends a paired exhibitor took its
-        // deadline from the previous call, and could already be overdue.
-        self.now = now;
+        // Regression (found by the router fuzz target): when the router kept
+        // the time of the previous call, the FLW this close sends a paired
+        // exhibitor took its deadline from that call and could already be
+        // overdue. Every entry point now takes the caller's `now`.
         if self.session(conn).is_none() {
             return;
         }
         let id = self.client_id(conn).unwrap_or(0);
         warn!(conn, id, kind = header.kind, "unknown frame type");
         out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, header.seq));
-        self.close(conn, CloseReason::BadFrame, out);
+        self.close(conn, CloseReason::BadFrame, now, out);
     }
 
     /// `conn` is gone (peer closed, I/O error, or dropped by the event loop);
     /// everything that depended on it is settled.
     pub fn disconnected(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
-        self.now = now;
-        self.forget(conn, out);
+        self.forget(conn, now, out);
     }
 
     /// Enforces the handshake and ack timeouts that have passed by `now`.
     pub fn tick(&mut self, now: Instant, out: &mut impl Outbox) {
-        self.now = now;
         match self.earliest_deadline {
             Some(deadline) if deadline <= now => {}
             _ => return,
@@ -437,20 +433,19 @@ impl Router {
                 CloseReason::Unresponsive
             };
             warn!(conn, id = session.id, %reason, "timed out");
-            self.close(conn, reason, out);
+            self.close(conn, reason, now, out);
         }
     }
 
     /// Rule 8: FLW to every identified client (each closes on its OK);
     /// connections that never identified are closed at once.
     pub fn shutdown(&mut self, now: Instant, out: &mut impl Outbox) {
-        self.now = now;
         for conn in 0..self.sessions.len() {
             let Some(session) = self.session(conn) else {
                 continue;
             };
             if matches!(session.role, Role::Anonymous) {
-                self.close(conn, CloseReason::Shutdown, out);
+                self.close(conn, CloseReason::Shutdown, now, out);
             } else if !session.leaving {
                 self.dismiss(conn, now, out);
             }
@@ -458,6 +453,7 @@ impl Router {
     }
 
     /// True once no connection is left.
+    #[cfg(feature = "testing")]
     pub fn is_empty(&self) -> bool {
         self.sessions.iter().all(Option::is_none)
     }
@@ -467,6 +463,7 @@ impl Router {
     /// it; free lists and the id map are disjoint and together cover every
     /// id; pairing is symmetric; every pending delivery points at a live
     /// emitter's pending reply or is a farewell; replies are in request order.
+    #[cfg(feature = "testing")]
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut identified = 0;
         for (conn, session) in self.sessions.iter().enumerate() {
@@ -564,7 +561,7 @@ impl Router {
     // ---- identification -------------------------------------------------
 
     /// Rule 1.
-    fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, out: &mut impl Outbox) {
+    fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, now: Instant, out: &mut impl Outbox) {
         let wanted_exhibitor = oi.origin;
         let assigned = if wanted_exhibitor == 0 {
             self.free_exhibitor_ids
@@ -621,7 +618,7 @@ impl Router {
             Err(why) => {
                 warn!(conn, requested = wanted_exhibitor, why, "OI refused");
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
-                self.close(conn, CloseReason::Refused, out);
+                self.close(conn, CloseReason::Refused, now, out);
             }
         }
     }
@@ -662,41 +659,53 @@ impl Router {
                 {
                     *finished = true;
                 }
-                self.flush_replies(conn, out);
+                self.flush_replies(conn, now, out);
             }
             // Rule 7: acks from an emitter only matter for the server's FLW.
-            Kind::Ok | Kind::Erro => self.acknowledged(conn, frame, out),
-            Kind::Clist => self.bad_frame(conn, frame, out),
+            Kind::Ok | Kind::Erro => self.acknowledged(conn, frame, now, out),
+            Kind::Clist => self.bad_frame(conn, frame, now, out),
             Kind::Oi => unreachable!("OI is handled before dispatch"),
         }
     }
 
-    fn on_exhibitor_frame(&mut self, conn: ConnId, frame: &FrameView<'_>, out: &mut impl Outbox) {
+    fn on_exhibitor_frame(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         let id = frame.origin;
         match frame.kind {
-            Kind::Ok | Kind::Erro => self.acknowledged(conn, frame, out),
+            Kind::Ok | Kind::Erro => self.acknowledged(conn, frame, now, out),
             Kind::Flw => {
                 // Rule 6: OK, close; its emitter becomes unpaired.
                 out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, frame.seq));
-                self.close(conn, CloseReason::Left, out);
+                self.close(conn, CloseReason::Left, now, out);
             }
             // Rule 3 and 5: only emitters send MSG and CREQ.
             Kind::Msg | Kind::Creq => {
                 debug!(conn, id, kind = %frame.kind, "request from an exhibitor refused");
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
             }
-            Kind::Clist => self.bad_frame(conn, frame, out),
+            Kind::Clist => self.bad_frame(conn, frame, now, out),
             Kind::Oi => unreachable!("OI is handled before dispatch"),
         }
     }
 
-    fn bad_frame(&mut self, conn: ConnId, frame: &FrameView<'_>, out: &mut impl Outbox) {
+    fn bad_frame(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         warn!(conn, id = frame.origin, kind = %frame.kind, "frame a client may not send");
         out.send(
             conn,
             &Frame::bare(Kind::Erro, SERVER_ID, frame.origin, frame.seq),
         );
-        self.close(conn, CloseReason::BadFrame, out);
+        self.close(conn, CloseReason::BadFrame, now, out);
     }
 
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
@@ -741,7 +750,7 @@ impl Router {
         }
         targets.clear();
         self.targets = targets;
-        self.flush_replies(conn, out);
+        self.flush_replies(conn, now, out);
     }
 
     /// Fills `targets` with the exhibitors a MSG or CREQ to `dest` goes to.
@@ -775,7 +784,13 @@ impl Router {
     }
 
     /// An OK or ERRO from `conn` settles the oldest frame it was sent (rule 4).
-    fn acknowledged(&mut self, conn: ConnId, ack: &FrameView<'_>, out: &mut impl Outbox) {
+    fn acknowledged(
+        &mut self,
+        conn: ConnId,
+        ack: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         let session = self.session_mut(conn).expect("ack on a live session");
         let Some(delivery) = session.awaiting_ack.pop_front() else {
             debug!(
@@ -796,8 +811,8 @@ impl Router {
             );
         }
         match delivery.purpose {
-            Purpose::Farewell => self.close(conn, CloseReason::Dismissed, out),
-            Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, out),
+            Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
+            Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
         }
     }
 
@@ -849,13 +864,13 @@ impl Router {
 
     /// A reply to a client that has no requests in flight goes out at once;
     /// an emitter's waits its turn behind earlier requests.
-    fn reply(&mut self, conn: ConnId, seq: u16, ok: bool, out: &mut impl Outbox) {
+    fn reply(&mut self, conn: ConnId, seq: u16, ok: bool, now: Instant, out: &mut impl Outbox) {
         let Some(session) = self.session(conn) else {
             return;
         };
         if matches!(session.role, Role::Emitter { .. }) {
             let request = self.push_reply(conn, seq, 1, false);
-            self.settle(request, ok, out);
+            self.settle(request, ok, now, out);
         } else {
             let kind = if ok { Kind::Ok } else { Kind::Erro };
             out.send(conn, &Frame::bare(kind, SERVER_ID, session.id, seq));
@@ -863,7 +878,7 @@ impl Router {
     }
 
     /// One target of `request` answered (or failed).
-    fn settle(&mut self, request: RequestRef, ok: bool, out: &mut impl Outbox) {
+    fn settle(&mut self, request: RequestRef, ok: bool, now: Instant, out: &mut impl Outbox) {
         let Some(session) = self.session_mut(request.emitter) else {
             return; // the emitter left; its replies went with it
         };
@@ -880,12 +895,12 @@ impl Router {
         reply.outstanding = reply.outstanding.saturating_sub(1);
         reply.any_ok |= ok;
         if index == 0 && reply.outstanding == 0 {
-            self.flush_replies(request.emitter, out);
+            self.flush_replies(request.emitter, now, out);
         }
     }
 
     /// Sends every settled reply at the head of the emitter's queue.
-    fn flush_replies(&mut self, emitter: ConnId, out: &mut impl Outbox) {
+    fn flush_replies(&mut self, emitter: ConnId, now: Instant, out: &mut impl Outbox) {
         let max_inflight = self.limits.max_inflight;
         let Some(session) = self.session_mut(emitter) else {
             return;
@@ -919,7 +934,7 @@ impl Router {
             out.resume_input(emitter);
         }
         if closes {
-            self.close(emitter, CloseReason::Left, out);
+            self.close(emitter, CloseReason::Left, now, out);
         }
     }
 
@@ -944,18 +959,17 @@ impl Router {
     }
 
     /// Closes `conn` from the router's side.
-    fn close(&mut self, conn: ConnId, reason: CloseReason, out: &mut impl Outbox) {
-        if let Some(id) = self.forget(conn, out) {
+    fn close(&mut self, conn: ConnId, reason: CloseReason, now: Instant, out: &mut impl Outbox) {
+        if let Some(id) = self.forget(conn, now, out) {
             out.close(conn, id, reason);
         }
     }
 
     /// Drops `conn` and settles everything that depended on it. Returns its
     /// id (0 if it never identified), or None if it was already gone.
-    fn forget(&mut self, conn: ConnId, out: &mut impl Outbox) -> Option<ClientId> {
+    fn forget(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) -> Option<ClientId> {
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
         let id = session.id;
-        let now = self.now;
         match session.role {
             Role::Anonymous => {}
             Role::Emitter { exhibitor, .. } => {
@@ -985,7 +999,7 @@ impl Router {
                 // Rule 6: its unsettled deliveries fail.
                 for delivery in session.awaiting_ack {
                     if let Purpose::Request(request) = delivery.purpose {
-                        self.settle(request, false, out);
+                        self.settle(request, false, now, out);
                     }
                 }
             }

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 /// exactly `frame`, consuming every byte.
 fn assert_wire(frame: &Frame, wire: &[u8]) {
     let mut out = BytesMut::new();
-    frame.encode(&mut out);
+    frame.encode_into(&mut out);
     assert_eq!(&out[..], wire, "encoding of {frame}");
     assert_eq!(&frame.to_bytes()[..], wire, "to_bytes of {frame}");
     assert_eq!(frame.encoded_len(), wire.len(), "encoded_len of {frame}");
@@ -55,7 +55,7 @@ fn decode_in_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> (Vec<Fram
 fn encode_all(frames: &[Frame]) -> BytesMut {
     let mut out = BytesMut::new();
     for frame in frames {
-        frame.encode(&mut out);
+        frame.encode_into(&mut out);
     }
     out
 }
@@ -511,7 +511,7 @@ proptest! {
         trailer in prop::collection::vec(any::<u8>(), 0..16),
     ) {
         let mut buf = BytesMut::new();
-        frame.encode(&mut buf);
+        frame.encode_into(&mut buf);
         prop_assert_eq!(buf.len(), frame.encoded_len());
         prop_assert_eq!(Frame::frame_len(&buf), Ok(Some(frame.encoded_len())));
         buf.extend_from_slice(&trailer);

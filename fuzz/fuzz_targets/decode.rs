@@ -24,7 +24,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use evchat::proto::{Body, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError};
+use evchat::proto::{Body, Encode, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, PartialEq)]
@@ -58,7 +58,7 @@ fn step(buf: &mut BytesMut, expected: &[u8]) -> Result<Option<Frame>, ProtoError
             );
             assert_eq!(view.encoded_len(), consumed, "view encoded_len");
             let mut reencoded = BytesMut::from(&b"xy"[..]);
-            view.encode(&mut reencoded);
+            view.encode_into(&mut reencoded);
             assert_eq!(
                 &reencoded[2..],
                 &expected[..consumed],
@@ -77,7 +77,7 @@ fn step(buf: &mut BytesMut, expected: &[u8]) -> Result<Option<Frame>, ProtoError
             let encoded = frame.to_bytes();
             assert_eq!(&encoded[..], &expected[..consumed], "re-encoding differs");
             let mut appended = BytesMut::from(&b"xy"[..]);
-            frame.encode(&mut appended);
+            frame.encode_into(&mut appended);
             assert_eq!(&appended[2..], &expected[..consumed], "encode appends");
             assert_eq!(Header::peek(expected), Some(frame.header()));
             let _ = frame.to_string();

@@ -1,0 +1,265 @@
+// evchat protocol codec for the browser: frames <-> bytes, and the escaping
+// that makes control and bidi characters in received text visible. No DOM and
+// no sockets here; app.js does the UI. The wire format is PROTOCOL.md's:
+//
+//  0       2       4       6       8
+//  +-------+-------+-------+-------+
+//  | type  |origin | dest  |  seq  |   header: four big-endian u16
+//  +-------+-------+-------+-------+
+//  MSG   body: | C (u16) | C bytes of text |
+//  CLIST body: | N (u16) | N x id (u16)    |
+//  OK, ERRO, OI, FLW, CREQ: no body
+//
+// Over WebSocket each binary message carries exactly one frame, so decode()
+// takes one whole message and rejects anything that is not exactly one frame.
+'use strict';
+
+const EvchatCodec = (function () {
+  const TYPE = Object.freeze({ OK: 1, ERRO: 2, OI: 3, FLW: 4, MSG: 5, CREQ: 6, CLIST: 7 });
+  const TYPE_NAME = Object.freeze(['', 'OK', 'ERRO', 'OI', 'FLW', 'MSG', 'CREQ', 'CLIST']);
+  const HEADER_LEN = 8;
+  const MAX_TEXT_LEN = 0xffff;
+  const MAX_FRAME_LEN = HEADER_LEN + 2 + 2 * 0xffff;
+  const BROADCAST = 0;
+  const SERVER_ID = 0xffff;
+
+  function isEmitterId(id) {
+    return id >= 1 && id <= 4095;
+  }
+
+  function isExhibitorId(id) {
+    return id >= 4096 && id <= 8191;
+  }
+
+  function checkU16(name, value) {
+    if (!Number.isInteger(value) || value < 0 || value > 0xffff) {
+      throw new RangeError(name + ' must be an integer from 0 to 65535, not ' + value);
+    }
+  }
+
+  // frame: { type, origin, dest, seq, text?: Uint8Array, ids?: number[] }
+  // Returns a Uint8Array holding exactly the frame's bytes.
+  function encode(frame) {
+    const type = frame.type;
+    if (!Number.isInteger(type) || type < TYPE.OK || type > TYPE.CLIST) {
+      throw new RangeError('unknown frame type ' + type);
+    }
+    checkU16('origin', frame.origin);
+    checkU16('dest', frame.dest);
+    checkU16('seq', frame.seq);
+    let bodyLen = 0;
+    if (type === TYPE.MSG) {
+      if (!(frame.text instanceof Uint8Array)) {
+        throw new TypeError('MSG text must be a Uint8Array');
+      }
+      if (frame.text.length > MAX_TEXT_LEN) {
+        throw new RangeError('text is ' + frame.text.length + ' bytes; a message carries at most 65535');
+      }
+      bodyLen = 2 + frame.text.length;
+    } else if (type === TYPE.CLIST) {
+      if (!Array.isArray(frame.ids) || frame.ids.length > 0xffff) {
+        throw new RangeError('CLIST ids must be an array of at most 65535 ids');
+      }
+      frame.ids.forEach(function (id) { checkU16('id', id); });
+      bodyLen = 2 + 2 * frame.ids.length;
+    }
+    const bytes = new Uint8Array(HEADER_LEN + bodyLen);
+    const view = new DataView(bytes.buffer);
+    view.setUint16(0, type);
+    view.setUint16(2, frame.origin);
+    view.setUint16(4, frame.dest);
+    view.setUint16(6, frame.seq);
+    if (type === TYPE.MSG) {
+      view.setUint16(8, frame.text.length);
+      bytes.set(frame.text, 10);
+    } else if (type === TYPE.CLIST) {
+      view.setUint16(8, frame.ids.length);
+      frame.ids.forEach(function (id, i) { view.setUint16(10 + 2 * i, id); });
+    }
+    return bytes;
+  }
+
+  // A frame with no body (OK, ERRO, OI, FLW, CREQ).
+  function bare(type, origin, dest, seq) {
+    return encode({ type: type, origin: origin, dest: dest, seq: seq });
+  }
+
+  function msg(origin, dest, seq, text) {
+    return encode({ type: TYPE.MSG, origin: origin, dest: dest, seq: seq, text: text });
+  }
+
+  // One whole WebSocket message (ArrayBuffer or Uint8Array) -> one frame.
+  // Throws an Error whose message says what is wrong: shorter than its
+  // header or its length field says, longer (trailing bytes), or a type
+  // that is not one of the seven.
+  function decode(data) {
+    let bytes;
+    if (data instanceof ArrayBuffer) {
+      bytes = new Uint8Array(data);
+    } else if (data instanceof Uint8Array) {
+      bytes = data;
+    } else {
+      throw new TypeError('a frame arrives as binary data, not ' + typeof data);
+    }
+    if (bytes.length < HEADER_LEN) {
+      throw new Error('short frame: ' + bytes.length + ' bytes, the header alone is 8');
+    }
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const type = view.getUint16(0);
+    if (type < TYPE.OK || type > TYPE.CLIST) {
+      throw new Error('unknown frame type ' + type);
+    }
+    const frame = {
+      type: type,
+      origin: view.getUint16(2),
+      dest: view.getUint16(4),
+      seq: view.getUint16(6),
+    };
+    let length = HEADER_LEN;
+    if (type === TYPE.MSG || type === TYPE.CLIST) {
+      if (bytes.length < HEADER_LEN + 2) {
+        throw new Error('short ' + TYPE_NAME[type] + ': no length field');
+      }
+      const count = view.getUint16(8);
+      length = HEADER_LEN + 2 + (type === TYPE.MSG ? count : 2 * count);
+      if (bytes.length < length) {
+        throw new Error('short ' + TYPE_NAME[type] + ': ' + bytes.length + ' of ' + length + ' bytes');
+      }
+      if (type === TYPE.MSG) {
+        frame.text = bytes.slice(10, length);
+      } else {
+        frame.ids = [];
+        for (let i = 0; i < count; i++) {
+          frame.ids.push(view.getUint16(10 + 2 * i));
+        }
+      }
+    }
+    if (bytes.length > length) {
+      throw new Error('trailing bytes: ' + (bytes.length - length) + ' after a ' + length + '-byte ' + TYPE_NAME[type]);
+    }
+    return frame;
+  }
+
+  // The length of the valid UTF-8 sequence starting at bytes[i], or 0 if
+  // none starts there (strict: no overlong forms, no surrogates, nothing
+  // above U+10FFFF). Taking a byte as invalid whenever no valid sequence
+  // starts at it escapes exactly the bytes Rust's utf8_chunks() calls invalid.
+  function utf8SequenceAt(bytes, i) {
+    const b0 = bytes[i];
+    if (b0 < 0x80) {
+      return 1;
+    }
+    let need;
+    let min = 0x80;
+    let max = 0xbf;
+    if (b0 >= 0xc2 && b0 <= 0xdf) {
+      need = 1;
+    } else if (b0 >= 0xe0 && b0 <= 0xef) {
+      need = 2;
+      if (b0 === 0xe0) {
+        min = 0xa0;
+      } else if (b0 === 0xed) {
+        max = 0x9f;
+      }
+    } else if (b0 >= 0xf0 && b0 <= 0xf4) {
+      need = 3;
+      if (b0 === 0xf0) {
+        min = 0x90;
+      } else if (b0 === 0xf4) {
+        max = 0x8f;
+      }
+    } else {
+      return 0;
+    }
+    if (i + need >= bytes.length) {
+      return 0;
+    }
+    const b1 = bytes[i + 1];
+    if (b1 < min || b1 > max) {
+      return 0;
+    }
+    for (let k = 2; k <= need; k++) {
+      const b = bytes[i + k];
+      if (b < 0x80 || b > 0xbf) {
+        return 0;
+      }
+    }
+    return need + 1;
+  }
+
+  function codePointOf(bytes, i, len) {
+    const b0 = bytes[i];
+    if (len === 1) {
+      return b0;
+    }
+    let cp = b0 & (0xff >> (len + 1));
+    for (let k = 1; k < len; k++) {
+      cp = (cp << 6) | (bytes[i + k] & 0x3f);
+    }
+    return cp;
+  }
+
+  function hex2(n) {
+    return (n < 0x10 ? '0' : '') + n.toString(16);
+  }
+
+  // Characters that reorder the text around them (LRM, RLM, embeddings,
+  // overrides, isolates): shown as \u{...} so a sender cannot make a line
+  // read differently from the bytes it carries.
+  function isBidiControl(cp) {
+    return cp === 0x200e || cp === 0x200f ||
+      (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069);
+  }
+
+  // Received text bytes -> the string to show, exactly as the exhibitor
+  // escapes it: backslash doubled; \n \r \t; other control characters
+  // (Unicode Cc: U+0000-U+001F, U+007F-U+009F) as \xNN; bidi controls as
+  // \u{hex}; each byte that is not part of valid UTF-8 as \xNN.
+  function escapeText(bytes) {
+    let shown = '';
+    let i = 0;
+    while (i < bytes.length) {
+      const len = utf8SequenceAt(bytes, i);
+      if (len === 0) {
+        shown += '\\x' + hex2(bytes[i]);
+        i += 1;
+        continue;
+      }
+      const cp = codePointOf(bytes, i, len);
+      i += len;
+      if (cp === 0x5c) {
+        shown += '\\\\';
+      } else if (cp === 0x0a) {
+        shown += '\\n';
+      } else if (cp === 0x0d) {
+        shown += '\\r';
+      } else if (cp === 0x09) {
+        shown += '\\t';
+      } else if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f)) {
+        shown += '\\x' + hex2(cp);
+      } else if (isBidiControl(cp)) {
+        shown += '\\u{' + cp.toString(16) + '}';
+      } else {
+        shown += String.fromCodePoint(cp);
+      }
+    }
+    return shown;
+  }
+
+  return Object.freeze({
+    TYPE: TYPE,
+    TYPE_NAME: TYPE_NAME,
+    HEADER_LEN: HEADER_LEN,
+    MAX_TEXT_LEN: MAX_TEXT_LEN,
+    MAX_FRAME_LEN: MAX_FRAME_LEN,
+    BROADCAST: BROADCAST,
+    SERVER_ID: SERVER_ID,
+    isEmitterId: isEmitterId,
+    isExhibitorId: isExhibitorId,
+    encode: encode,
+    bare: bare,
+    msg: msg,
+    decode: decode,
+    escapeText: escapeText,
+  });
+})();

@@ -1,0 +1,159 @@
+//! A hand-driven connection to the server for byte-exact tests: send frames
+//! or raw bytes, read frames with deadlines. Shared by the integration tests
+//! (through `util`) and the server's unit tests, so there is one such client.
+
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long any single expected event may take before a test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to watch for something that must *not* happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A hand-driven connection to the server, for byte-exact tests.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send_frame(&mut self, frame: &Frame) {
+        self.send(&frame.to_bytes());
+    }
+
+    /// The next frame, or None if the server closed the connection; fails
+    /// the test if nothing comes within `wait`.
+    pub fn frame_within(&mut self, wait: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(frame) = Frame::decode(&mut self.buf).unwrap() {
+                return Some(frame);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no frame within {wait:?}");
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("no frame within {wait:?}")
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// A frame (`Some(Some)`) or the close (`Some(None)`) if either has
+    /// arrived already; `None` if nothing has yet. Never blocks.
+    pub fn try_frame(&mut self) -> Option<Option<Frame>> {
+        if let Some(frame) = Frame::decode(&mut self.buf).unwrap() {
+            return Some(Some(frame));
+        }
+        self.stream.set_nonblocking(true).unwrap();
+        let mut chunk = [0u8; 65536];
+        let got = match self.stream.read(&mut chunk) {
+            Ok(0) => Some(None),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Frame::decode(&mut self.buf).unwrap().map(Some)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("read: {e}"),
+        };
+        self.stream.set_nonblocking(false).unwrap();
+        got
+    }
+
+    /// The next frame; fails the test on close or timeout.
+    pub fn expect_frame(&mut self) -> Frame {
+        self.frame_within(TIMEOUT)
+            .expect("connection closed, frame expected")
+    }
+
+    /// The next `n` raw bytes exactly as the server sent them.
+    pub fn expect_bytes(&mut self, n: usize) -> Vec<u8> {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.buf.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "fewer than {n} bytes within {TIMEOUT:?}");
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 65536];
+            let got = self.stream.read(&mut chunk).unwrap();
+            assert!(got > 0, "closed after {} of {n} bytes", self.buf.len());
+            self.buf.extend_from_slice(&chunk[..got]);
+        }
+        self.buf.split_to(n).to_vec()
+    }
+
+    /// Asserts the server closes the connection (EOF or reset) with no
+    /// further frame, within [`TIMEOUT`].
+    pub fn expect_closed(&mut self) {
+        if let Some(frame) = self.frame_within(TIMEOUT) {
+            panic!("expected close, got {frame}");
+        }
+    }
+
+    /// Asserts nothing arrives for [`QUIET`] (and the connection stays open).
+    pub fn expect_silence(&mut self) {
+        assert!(self.buf.is_empty(), "unread bytes pending");
+        self.stream.set_read_timeout(Some(QUIET)).unwrap();
+        let mut chunk = [0u8; 64];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => panic!("connection closed"),
+            Ok(n) => panic!("unexpected {n} bytes: {:?}", &chunk[..n]),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "read error {e}"
+            ),
+        }
+    }
+
+    /// OI as an exhibitor; returns the id from the OK.
+    pub fn identify_exhibitor(&mut self) -> ClientId {
+        self.identify(0)
+    }
+
+    /// OI as an emitter (`origin`: 1, or an exhibitor id to pair with).
+    pub fn identify_emitter(&mut self, origin: ClientId) -> ClientId {
+        self.identify(origin)
+    }
+
+    fn identify(&mut self, origin: ClientId) -> ClientId {
+        self.send_frame(&Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
+        let ok = self.expect_frame();
+        assert_eq!(
+            (ok.kind, ok.origin, ok.seq),
+            (Kind::Ok, SERVER_ID, 0),
+            "{ok}"
+        );
+        ok.dest
+    }
+}
