@@ -5,8 +5,8 @@
 //! blocking file I/O.
 
 use super::format::{
-    Cursor, Damage, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step,
-    parse_segment_name, segment_name,
+    Cursor, Damage, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step, parse_segment_name,
+    segment_name,
 };
 use super::{LOCK_FILE, StoreError};
 use std::collections::VecDeque;
@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 /// The largest segment [`Options::new`] picks.
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// The smallest segment [`Options::new`] picks: a few of the longest records.
-const MIN_SEGMENT_BYTES: u64 = 4 * MAX_RECORD_LEN as u64;
+/// The smallest segment [`Options::new`] picks: about four of the longest
+/// records.
+const MIN_SEGMENT_BYTES: u64 = 256 * 1024;
 
 /// How a log is opened and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
