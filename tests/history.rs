@@ -6,6 +6,7 @@
 //! a deadline; none is a sleep.
 
 use crate::util::*;
+use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use evchat::store::format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
 use evchat::store::{
     Fsync, Item, Log, Notice, Opened, Options, Reader, Record, StoreError, Ticket, Writer,
@@ -956,4 +957,420 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
         .stdout
         .expect_line("2025-12-01T13:45:04.000Z Message from 3 to all: after");
     writer.close();
+}
+
+// ---- the server with --history -------------------------------------------
+
+fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &str) -> Frame {
+    Frame::msg(origin, dest, seq, text.as_bytes().to_vec()).unwrap()
+}
+
+fn ok(origin: ClientId, dest: ClientId, seq: u16) -> Frame {
+    Frame::bare(Kind::Ok, origin, dest, seq)
+}
+
+/// The `text` fields of `evchat history DIR --json` (texts with no quote
+/// or escape in them), checking it ran cleanly.
+fn logged_texts(dir: &Path) -> Vec<String> {
+    let (code, out, err) = evchat(&["history", dir.to_str().unwrap(), "--json"]);
+    assert_eq!((code, err), (0, Vec::<String>::new()));
+    out.iter()
+        .map(|line| {
+            let start = line.find(r#""text":""#).expect("a text field") + 8;
+            let len = line[start..].find('"').expect("a closing quote");
+            line[start..start + len].to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn without_history_a_late_exhibitor_gets_nothing_of_the_past() {
+    let server = Server::start(&[]);
+    let mut a = server.raw();
+    let a_id = a.identify_exhibitor();
+    let mut e = server.raw();
+    let e_id = e.identify_emitter(1);
+    e.send_frame(&msg(e_id, 0, 1, "to all"));
+    let got = a.expect_frame();
+    a.send_frame(&ok(a_id, e_id, got.seq));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
+    let mut b = server.raw();
+    b.identify_exhibitor();
+    b.expect_silence();
+}
+
+#[test]
+fn a_late_exhibitor_gets_the_last_broadcasts_oldest_first_and_no_unicast() {
+    let dir = TempDir::new("replay");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--replay", "3"]);
+    let mut a = server.raw();
+    let a_id = a.identify_exhibitor();
+    let mut e = server.raw();
+    let e_id = e.identify_emitter(1);
+    let sent = [
+        (0, "b0"),
+        (a_id, "u1"),
+        (0, "b1"),
+        (0, "b2"),
+        (a_id, "u2"),
+        (0, "b3"),
+    ];
+    for (seq, (dest, text)) in (1..).zip(sent) {
+        e.send_frame(&msg(e_id, dest, seq, text));
+        assert_eq!(a.expect_frame(), msg(e_id, dest, seq, text));
+        a.send_frame(&ok(a_id, e_id, seq));
+        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+    }
+    let mut b = server.raw();
+    let b_id = b.identify_exhibitor();
+    // The server's own numbers, from 0, like its CLISTs and FLW.
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 0, "b1"));
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 1, "b2"));
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 2, "b3"));
+    b.expect_silence();
+    // Its acks are absorbed in order: the next live broadcast's ack is the
+    // one that settles the emitter's request.
+    for seq in 0..3 {
+        b.send_frame(&ok(b_id, e_id, seq));
+    }
+    e.send_frame(&msg(e_id, 0, 7, "live"));
+    assert_eq!(a.expect_frame(), msg(e_id, 0, 7, "live"));
+    a.send_frame(&ok(a_id, e_id, 7));
+    e.expect_silence();
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 7, "live"));
+    b.send_frame(&ok(b_id, e_id, 7));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 7));
+    // Every accepted MSG is in the log, unicasts too.
+    let mut texts = logged_texts(dir.path());
+    texts.sort();
+    assert_eq!(texts, ["b0", "b1", "b2", "b3", "live", "u1", "u2"]);
+}
+
+#[test]
+fn a_replayed_exhibitor_that_never_acks_is_cut_by_the_ack_timeout() {
+    let dir = TempDir::new("replay-timeout");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--ack-timeout", "0.3"]);
+    let mut a = server.raw();
+    let a_id = a.identify_exhibitor();
+    let mut e = server.raw();
+    let e_id = e.identify_emitter(1);
+    e.send_frame(&msg(e_id, 0, 1, "hello"));
+    a.expect_frame();
+    a.send_frame(&ok(a_id, e_id, 1));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
+    let mut silent = server.raw();
+    silent.identify_exhibitor();
+    assert_eq!(silent.expect_frame(), msg(e_id, 0, 0, "hello"));
+    silent.expect_closed();
+}
+
+#[test]
+fn broadcasts_are_replayed_after_a_restart_and_the_exhibitor_shows_them() {
+    let dir = TempDir::new("restart");
+    let d = dir.path().to_str().unwrap();
+    {
+        let mut server = Server::start(&["--history", d]);
+        let (ex, ex_id) = server.exhibitor();
+        let (mut em, _) = server.emitter(None);
+        em.input(&format!("(0) before the restart\n({ex_id}) just for you\n"));
+        em.stdout.expect_line("delivered #1");
+        em.stdout.expect_line("delivered #2");
+        ex.stdout
+            .expect_line("Message from 1 to all: before the restart");
+        ex.stdout.expect_line("Message from 1: just for you");
+        server.proc.signal(libc::SIGINT);
+        assert!(server.proc.wait().success());
+    }
+    let server = Server::start(&["--history", d]);
+    let (late, _) = server.exhibitor();
+    late.stdout
+        .expect_line("Message from 1 to all: before the restart");
+    assert_eq!(late.stdout.next_within(QUIET), None);
+}
+
+#[test]
+fn a_second_server_on_the_same_history_is_refused() {
+    let dir = TempDir::new("server-lock");
+    let d = dir.path().to_str().unwrap();
+    let first = Server::start(&["--history", d]);
+    let mut second = Proc::spawn("server", &["0", "--bind", "127.0.0.1", "--history", d]);
+    assert_eq!(second.wait().code(), Some(1));
+    assert_eq!(second.stdout.rest(), Vec::<String>::new());
+    let want = format!(
+        "server: history: {d}: history directory in use by another server (pid {}) \
+         (lock file LOCK)",
+        first.proc.pid()
+    );
+    let errors = second.stderr.rest();
+    assert!(errors.contains(&want), "{errors:#?}");
+}
+
+#[test]
+fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
+    let dir = TempDir::new("server-recovery");
+    let d = dir.path().to_str().unwrap();
+    let all = records(3);
+    let whole = segment_bytes(&all);
+    let last = record_offsets(&all)[2];
+    fs::write(dir.segment(0), &whole[..whole.len() - 2]).unwrap();
+    let server = Server::start(&["--history", d]);
+    let want = format!(
+        "history: {}: torn tail at offset {last} (an interrupted write): cut {} bytes, \
+         holding no whole record",
+        dir.segment(0).display(),
+        whole.len() as u64 - 2 - last
+    );
+    let line = server.proc.stderr.expect();
+    assert!(line.contains("WARN") && line.ends_with(&want), "{line}");
+    drop(server);
+
+    let mut damaged = segment_bytes(&all);
+    let bad = record_offsets(&all)[1];
+    damaged[bad as usize + 21] ^= 1;
+    fs::write(dir.segment(0), &damaged).unwrap();
+    let mut refused = Proc::spawn("server", &["0", "--bind", "127.0.0.1", "--history", d]);
+    assert_eq!(refused.wait().code(), Some(1));
+    let errors = refused.stderr.rest();
+    let prefix = format!(
+        "server: history: {}: corrupt at offset {bad}: checksum mismatch",
+        dir.segment(0).display()
+    );
+    assert!(errors.iter().any(|l| l.starts_with(&prefix)), "{errors:#?}");
+    assert_eq!(fs::read(dir.segment(0)).unwrap(), damaged);
+
+    let repaired = Server::start(&["--history", d, "--history-repair"]);
+    let line = repaired.proc.stderr.expect();
+    assert!(
+        line.contains(&format!("corrupt at offset {bad} (checksum")),
+        "{line}"
+    );
+    assert!(line.ends_with(&format!(
+        "): repair cut {} bytes",
+        damaged.len() as u64 - bad
+    )));
+    drop(repaired);
+    assert_eq!(read_all(dir.path()), numbered(&all[..1], 0));
+}
+
+/// Emitters streaming broadcasts, one request in flight each, until the
+/// connection breaks; each OK'd text goes to the channel.
+fn stream_broadcasts(addr: std::net::SocketAddr, tx: std::sync::mpsc::Sender<String>) {
+    use bytes::BytesMut;
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let mut buf = BytesMut::new();
+    let mut next_frame = |stream: &mut std::net::TcpStream| -> Option<Frame> {
+        loop {
+            if let Ok(Some(frame)) = Frame::decode(&mut buf) {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    if stream
+        .write_all(&Frame::bare(Kind::Oi, 1, SERVER_ID, 0).to_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let Some(welcome) = next_frame(&mut stream) else {
+        return;
+    };
+    let id = welcome.dest;
+    for seq in 1u16.. {
+        let text = format!("{id}-{seq}");
+        if stream
+            .write_all(&msg(id, 0, seq, &text).to_bytes())
+            .is_err()
+        {
+            return;
+        }
+        match next_frame(&mut stream) {
+            Some(reply) if reply.kind == Kind::Ok && reply.seq == seq => {
+                if tx.send(text).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Kills the server with SIGKILL while three emitters stream to an
+/// exhibitor; returns every text an emitter got an OK for.
+fn kill_while_streaming(server: &Server) -> Vec<String> {
+    let (ex, _) = server.exhibitor();
+    let (tx, rx) = channel();
+    let emitters: Vec<_> = (0..3)
+        .map(|_| {
+            let tx = tx.clone();
+            let addr = server.addr;
+            std::thread::spawn(move || stream_broadcasts(addr, tx))
+        })
+        .collect();
+    drop(tx);
+    let mut oked = Vec::new();
+    while oked.len() < 300 {
+        oked.push(rx.recv_timeout(TIMEOUT).expect("emitters stalled"));
+    }
+    server.proc.signal(libc::SIGKILL);
+    // The emitters stop at the broken connection; their last OKs count.
+    while let Ok(text) = rx.recv_timeout(TIMEOUT) {
+        oked.push(text);
+    }
+    for emitter in emitters {
+        emitter.join().unwrap();
+    }
+    drop(ex);
+    oked
+}
+
+#[test]
+fn after_sigkill_under_fsync_always_every_oked_message_is_in_the_log() {
+    let dir = TempDir::new("crash-always");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--fsync", "always"]);
+    let oked = kill_while_streaming(&server);
+    drop(server);
+    let logged: std::collections::HashSet<String> = logged_texts(dir.path()).into_iter().collect();
+    let missing: Vec<&String> = oked.iter().filter(|t| !logged.contains(*t)).collect();
+    assert!(missing.is_empty(), "OK'd but not logged: {missing:?}");
+    // The log reopens: a torn tail is cut with a warning, nothing else.
+    let restarted = Server::start(&["--history", d]);
+    while let Some(line) = restarted.proc.stderr.next_within(QUIET) {
+        assert!(
+            !line.contains("WARN") || line.contains(": torn tail at offset "),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn after_sigkill_under_fsync_everysec_the_log_reopens_and_says_what_it_cut() {
+    let dir = TempDir::new("crash-everysec");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--fsync", "everysec"]);
+    let oked = kill_while_streaming(&server);
+    drop(server);
+    // A killed process loses nothing the kernel already took: every write
+    // of the writer thread is in the page cache.
+    let segment_len = fs::metadata(dir.segment(0)).unwrap().len();
+    let restarted = Server::start(&["--history", d]);
+    let mut cut = 0;
+    while let Some(line) = restarted.proc.stderr.next_within(QUIET) {
+        if line.contains("WARN") {
+            let (_, report) = line.split_once(": torn tail at offset ").expect(&line);
+            let bytes: u64 = report
+                .split(" cut ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .expect(&line);
+            cut += bytes;
+        }
+    }
+    drop(restarted);
+    let logged: std::collections::HashSet<String> = logged_texts(dir.path()).into_iter().collect();
+    assert_eq!(
+        fs::metadata(dir.segment(0)).unwrap().len(),
+        segment_len - cut
+    );
+    let missing: Vec<&String> = oked.iter().filter(|t| !logged.contains(*t)).collect();
+    assert!(missing.is_empty(), "OK'd but not logged: {missing:?}");
+}
+
+#[test]
+fn a_full_disk_never_stops_the_relay_and_history_comes_back() {
+    let dir = TempDir::new("server-full-disk");
+    let d = dir.path().to_str().unwrap();
+    let mut command = Command::new(bin("server"));
+    command
+        .args([
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--history",
+            d,
+            "--fsync",
+            "always",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: FULL_DISK_LIMIT,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let pid = child.0.id() as i32;
+    let out = Lines::new(child.0.stdout.take().unwrap(), "server stdout");
+    let err = Lines::new(child.0.stderr.take().unwrap(), "server stderr");
+    let addr: std::net::SocketAddr = out
+        .expect()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut a = Raw::connect(addr);
+    let a_id = a.identify_exhibitor();
+    let mut e = Raw::connect(addr);
+    let e_id = e.identify_emitter(1);
+    let text = "x".repeat(1000);
+    let mut send = |seq: u16, text: &str| {
+        e.send_frame(&msg(e_id, 0, seq, text));
+        assert_eq!(a.expect_frame().seq, seq);
+        a.send_frame(&ok(a_id, e_id, seq));
+        // Under `always` the OK waits for the writer: it must come even
+        // when the write fails.
+        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+    };
+    for seq in 1..=30 {
+        send(seq, &text);
+    }
+    let off = wait_for_line(&err, "history off: ");
+    assert!(off.contains("File too large"), "{off}");
+    // Room again (the limit raised from outside): the next write succeeds.
+    let raised = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit on our own child, reading nothing back.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &raised, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    send(31, "after");
+    let on = wait_for_line(&err, "history back on: ");
+    assert!(on.contains("messages were not kept"), "{on}");
+    let texts = logged_texts(dir.path());
+    assert_eq!(texts.last().map(String::as_str), Some("after"));
+    assert!(texts.len() > 5 && texts.len() < 30, "{} kept", texts.len());
+}
+
+/// The first line of `lines` containing `part` (bounded by the harness's
+/// timeout per line).
+fn wait_for_line(lines: &Lines, part: &str) -> String {
+    loop {
+        let line = lines.expect();
+        if line.contains(part) {
+            return line;
+        }
+    }
 }

@@ -4,17 +4,17 @@
 //! system call) and [`Writer::submit`]s that buffer once per turn: a move
 //! into a slot shared with the thread. The thread takes whatever the slot
 //! holds (one turn's records, or several turns' if the disk was slow),
-//! writes it with one `write`, syncs per [`Fsync`] and then publishes how
-//! many records are settled. Under [`Fsync::Always`] that is group commit:
-//! one `fsync` for everything the loop handed over since the last one.
+//! writes it with one `write`, syncs per [`Fsync`] and publishes how many
+//! records are settled. Under [`Fsync::Always`] that is group commit: one
+//! `fsync` for everything the loop handed over since the last one.
 //!
-//! Settled means written (and synced, under `always`) or given up on: a
-//! write error, a full disk, or a slot already holding more than
-//! [`MAX_PENDING_BYTES`] (the thread far behind) loses those records, turns
-//! history off with one clear log line, and settles them anyway, so that
-//! replies held for durability are never held for ever. History comes back
-//! on, with a log line saying how many records were not kept, as soon as a
-//! write succeeds again.
+//! Settled means written to the kernel (and synced, under `always`), or
+//! given up on. A write error, a full disk, or a slot already holding more
+//! than [`MAX_PENDING_BYTES`] (the thread far behind) loses those records,
+//! turns history off with one clear log line, and settles them anyway, so
+//! that replies waiting for them are never held for ever. History comes
+//! back on, with a log line saying how many records were not kept, as soon
+//! as a write succeeds again.
 //!
 //! A process that may hit the file-size limit (`RLIMIT_FSIZE`) must ignore
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
@@ -272,6 +272,11 @@ impl WriterThread {
                 ok = self.write(&batch);
                 batch.clear();
             }
+            if self.mode != Fsync::Always {
+                // Written is settled: the once-a-second sync below must not
+                // hold up the replies waiting for this batch.
+                self.publish(&mut settled, handed_over);
+            }
             let sync_due = match self.mode {
                 Fsync::Always => true,
                 Fsync::EverySec => self.last_sync.elapsed() >= EVERYSEC,
@@ -283,15 +288,20 @@ impl WriterThread {
             if wrote && ok {
                 self.back_on();
             }
-            if handed_over != settled {
-                settled = handed_over;
-                self.shared.settled.store(settled, Ordering::Release);
-                if let Some(notify) = &self.notify {
-                    notify();
-                }
-            }
+            self.publish(&mut settled, handed_over);
             if closing {
                 return;
+            }
+        }
+    }
+
+    /// Says every record below `handed_over` is settled, if that is news.
+    fn publish(&self, settled: &mut Ticket, handed_over: Ticket) {
+        if handed_over != *settled {
+            *settled = handed_over;
+            self.shared.settled.store(handed_over, Ordering::Release);
+            if let Some(notify) = &self.notify {
+                notify();
             }
         }
     }
