@@ -6,7 +6,8 @@
 //! a deadline; none is a sleep.
 
 use crate::util::*;
-use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
+use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
+use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
 use evchat::store::format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
 use evchat::store::{
     Fsync, Item, Log, Notice, Opened, Options, Reader, Record, StoreError, Ticket, Writer,
@@ -1373,4 +1374,134 @@ fn wait_for_line(lines: &Lines, part: &str) -> String {
             return line;
         }
     }
+}
+
+// ---- the router's side: held replies and replay -----------------------------
+
+/// An outbox that numbers the MSGs the router accepts, as the server's does
+/// with history on.
+#[derive(Default)]
+struct Keeper {
+    sent: Vec<(ConnId, Frame)>,
+    accepted: Vec<Frame>,
+}
+
+impl Outbox for Keeper {
+    fn send(&mut self, to: ConnId, frame: &Frame) {
+        self.sent.push((to, frame.clone()));
+    }
+    fn close(&mut self, _: ConnId, _: ClientId, _: CloseReason) {}
+    fn resume_input(&mut self, _: ConnId) {}
+    fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
+        self.accepted.push(msg.to_frame());
+        Some(self.accepted.len() as u64 - 1)
+    }
+}
+
+struct Scene {
+    router: Router,
+    out: Keeper,
+    now: Instant,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        Scene {
+            router: Router::new(Limits::default()),
+            out: Keeper::default(),
+            now: Instant::now(),
+        }
+    }
+
+    /// Feeds a frame; returns what was sent.
+    fn feed(&mut self, conn: ConnId, frame: Frame) -> Vec<(ConnId, Frame)> {
+        self.router.on_frame(conn, frame, self.now, &mut self.out);
+        std::mem::take(&mut self.out.sent)
+    }
+
+    fn join(&mut self, conn: ConnId, origin: ClientId) -> Vec<(ConnId, Frame)> {
+        self.router.connected(conn, self.now);
+        self.feed(conn, Frame::bare(Kind::Oi, origin, SERVER_ID, 0))
+    }
+
+    fn durable(&mut self, settled: u64) -> Vec<(ConnId, Frame)> {
+        self.router.durable(settled, self.now, &mut self.out);
+        std::mem::take(&mut self.out.sent)
+    }
+}
+
+#[test]
+fn router_holds_a_msg_reply_until_its_record_is_settled() {
+    let mut s = Scene::new();
+    s.join(0, 0); // exhibitor 4096
+    s.join(1, 1); // emitter 1
+    assert_eq!(s.feed(1, msg(1, 0, 1, "hi")), [(0, msg(1, 0, 1, "hi"))]);
+    assert_eq!(s.out.accepted, [msg(1, 0, 1, "hi")]);
+    assert_eq!(s.feed(0, ok(4096, 1, 1)), [], "the record is not settled");
+    assert_eq!(s.durable(1), [(1, ok(SERVER_ID, 1, 1))]);
+    // Nothing to deliver, or a CREQ: not accepted, answered at once.
+    assert_eq!(
+        s.feed(1, msg(1, 4999, 2, "nobody")),
+        [(1, Frame::bare(Kind::Erro, SERVER_ID, 1, 2))]
+    );
+    s.feed(1, Frame::bare(Kind::Creq, 1, 0, 3));
+    assert_eq!(s.out.accepted.len(), 1);
+}
+
+#[test]
+fn router_releases_held_replies_in_request_order() {
+    let mut s = Scene::new();
+    s.join(0, 0);
+    s.join(1, 1);
+    s.feed(1, msg(1, 4096, 1, "one"));
+    s.feed(1, msg(1, 0, 2, "two"));
+    s.feed(0, ok(4096, 1, 1));
+    s.feed(0, Frame::bare(Kind::Erro, 4096, 1, 2));
+    assert_eq!(s.durable(1), [(1, ok(SERVER_ID, 1, 1))]);
+    assert_eq!(s.durable(1), []);
+    assert_eq!(
+        s.durable(2),
+        [(1, Frame::bare(Kind::Erro, SERVER_ID, 1, 2))]
+    );
+}
+
+#[test]
+fn router_replays_the_last_broadcasts_and_absorbs_their_acks() {
+    let mut s = Scene::new();
+    s.router
+        .set_replay(2, [(7, bytes::Bytes::from_static(b"from before"))]);
+    let joined = s.join(0, 0);
+    assert_eq!(
+        joined,
+        [
+            (0, ok(SERVER_ID, 4096, 0)),
+            (0, msg(7, 0, 0, "from before"))
+        ]
+    );
+    s.feed(0, ok(4096, 7, 0));
+    s.join(1, 1);
+    for (seq, dest, text) in [(1, 0, "b1"), (2, 4096, "private"), (3, 0, "b2")] {
+        s.feed(1, msg(1, dest, seq, text));
+        s.feed(0, ok(4096, 1, seq));
+    }
+    // Two kept (the oldest fell out), the unicast never.
+    let late = s.join(2, 0);
+    assert_eq!(
+        late,
+        [
+            (2, ok(SERVER_ID, 4097, 0)),
+            (2, msg(1, 0, 0, "b1")),
+            (2, msg(1, 0, 1, "b2"))
+        ]
+    );
+    // A live broadcast before the replays are acknowledged: the first two
+    // acks are the replays', absorbed; the third settles the live one.
+    s.feed(1, msg(1, 0, 4, "live"));
+    s.feed(0, ok(4096, 1, 4));
+    let earlier: Vec<_> = (1..=3).map(|seq| (1, ok(SERVER_ID, 1, seq))).collect();
+    assert_eq!(s.durable(4), earlier);
+    assert_eq!(s.feed(2, ok(4097, 1, 0)), []);
+    assert_eq!(s.feed(2, ok(4097, 1, 1)), []);
+    assert_eq!(s.feed(2, ok(4097, 1, 4)), [(1, ok(SERVER_ID, 1, 4))]);
+    s.router.check_invariants().unwrap();
 }
