@@ -267,8 +267,13 @@ pub struct Router {
     earliest_deadline: Option<Instant>,
     /// How many past broadcasts a new exhibitor is sent (0: none).
     replay_len: usize,
-    /// The last `replay_len` broadcasts accepted: origin and text.
+    /// The most text the replayed broadcasts may hold together.
+    replay_max_bytes: usize,
+    /// The last `replay_len` broadcasts accepted (fewer if their text
+    /// passes `replay_max_bytes`): origin and text.
     replay: VecDeque<(ClientId, Bytes)>,
+    /// Text bytes in `replay`.
+    replay_bytes: usize,
     /// Requests whose reply waits for their history record to be durable,
     /// by the number [`Outbox::accepted`] gave, ascending.
     awaiting_durable: VecDeque<(u64, RequestRef)>,
@@ -286,17 +291,27 @@ impl Router {
             next_incarnation: 0,
             earliest_deadline: None,
             replay_len: 0,
+            replay_max_bytes: 0,
             replay: VecDeque::new(),
+            replay_bytes: 0,
             awaiting_durable: VecDeque::new(),
         }
     }
 
     /// Replays the last `len` broadcasts to each exhibitor as it identifies,
-    /// starting from `recent` (origin and text, oldest first: what a
-    /// history kept from before this start).
-    pub fn set_replay(&mut self, len: usize, recent: impl IntoIterator<Item = (ClientId, Bytes)>) {
+    /// as many as fit in `max_bytes` of text (so that a replay stays well
+    /// inside an exhibitor's output cap), starting from `recent` (origin and
+    /// text, oldest first: what a history kept from before this start).
+    pub fn set_replay(
+        &mut self,
+        len: usize,
+        max_bytes: usize,
+        recent: impl IntoIterator<Item = (ClientId, Bytes)>,
+    ) {
         self.replay_len = len;
+        self.replay_max_bytes = max_bytes;
         self.replay.clear();
+        self.replay_bytes = 0;
         for message in recent {
             self.remember_broadcast(message);
         }
@@ -700,10 +715,14 @@ impl Router {
         if self.replay_len == 0 {
             return;
         }
-        if self.replay.len() == self.replay_len {
-            self.replay.pop_front();
-        }
+        self.replay_bytes += message.1.len();
         self.replay.push_back(message);
+        while self.replay.len() > self.replay_len || self.replay_bytes > self.replay_max_bytes {
+            let Some((_, dropped)) = self.replay.pop_front() else {
+                break;
+            };
+            self.replay_bytes -= dropped.len();
+        }
     }
 
     fn pair_emitter(&mut self, conn: ConnId, id: ClientId, exhibitor: Option<ConnId>) {

@@ -451,8 +451,7 @@ fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     let options = Options {
         max_bytes: 4096,
         segment_bytes: 1024,
-        repair: false,
-        recent_broadcasts: 0,
+        ..big_log()
     };
     let opened = open_log(dir.path(), options.clone()).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
@@ -507,8 +506,7 @@ fn a_reader_behind_retention_reports_the_gap_and_reads_on() {
     let options = Options {
         max_bytes: 400,
         segment_bytes: 1,
-        repair: false,
-        recent_broadcasts: 0,
+        ..big_log()
     };
     let all = records(14);
     let mut opened = open_log(dir.path(), options).unwrap();
@@ -747,8 +745,7 @@ fn a_reader_follows_a_live_log_across_segments_and_partial_writes() {
     let options = Options {
         max_bytes: 1 << 30,
         segment_bytes: 8 * 1024,
-        repair: false,
-        recent_broadcasts: 0,
+        ..big_log()
     };
     let opened = open_log(dir.path(), options).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
@@ -1466,10 +1463,34 @@ fn router_releases_held_replies_in_request_order() {
 }
 
 #[test]
+fn router_replay_keeps_only_what_fits_its_byte_cap() {
+    let mut s = Scene::new();
+    let old = |text: &'static str| (1, bytes::Bytes::from_static(text.as_bytes()));
+    s.router.set_replay(
+        10,
+        10,
+        [old("12345"), old("6789"), old("abcde"), old("toolongtofit")],
+    );
+    assert_eq!(s.join(0, 0).len(), 1, "nothing fits after the too-long one");
+    s.join(1, 1);
+    s.feed(1, msg(1, 0, 1, "12345"));
+    s.feed(0, ok(4096, 1, 1));
+    s.feed(1, msg(1, 0, 2, "678"));
+    s.feed(0, ok(4096, 1, 2));
+    s.feed(1, msg(1, 0, 3, "abc"));
+    let late = s.join(2, 0);
+    assert_eq!(
+        late[1..],
+        [(2, msg(1, 0, 0, "678")), (2, msg(1, 0, 1, "abc"))],
+        "5 + 3 + 3 bytes pass the cap of 10: the oldest goes"
+    );
+}
+
+#[test]
 fn router_replays_the_last_broadcasts_and_absorbs_their_acks() {
     let mut s = Scene::new();
     s.router
-        .set_replay(2, [(7, bytes::Bytes::from_static(b"from before"))]);
+        .set_replay(2, 1000, [(7, bytes::Bytes::from_static(b"from before"))]);
     let joined = s.join(0, 0);
     assert_eq!(
         joined,

@@ -49,6 +49,7 @@ impl Server {
         let mut options = Options::new(config.max_bytes);
         options.repair = config.repair;
         options.recent_broadcasts = config.replay;
+        options.recent_broadcast_bytes = replay_max_bytes(self.config.max_queue);
         let opened = Log::open(&config.dir, options)?;
         for notice in &opened.notices {
             match notice {
@@ -78,6 +79,7 @@ impl Server {
         let recent = opened.recent_broadcasts.into_iter();
         self.router.set_replay(
             config.replay,
+            replay_max_bytes(self.config.max_queue),
             recent.map(|record| (record.origin, Bytes::from(record.text))),
         );
         self.wire.history = Some(History {
@@ -86,6 +88,12 @@ impl Server {
         });
         Ok(())
     }
+}
+
+/// The most text a replay holds: half an exhibitor's output cap, so that a
+/// replay never gets a new exhibitor cut off as a slow consumer.
+fn replay_max_bytes(max_queue: usize) -> usize {
+    max_queue / 2
 }
 
 impl History {

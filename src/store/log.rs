@@ -32,8 +32,10 @@ pub struct Options {
     pub segment_bytes: u64,
     /// Truncate at corruption instead of refusing to open.
     pub repair: bool,
-    /// How many of the last broadcasts [`Log::open`] hands back.
+    /// How many of the last broadcasts [`Log::open`] hands back...
     pub recent_broadcasts: usize,
+    /// ... at most, and as many as fit in this many bytes of text.
+    pub recent_broadcast_bytes: usize,
 }
 
 impl Options {
@@ -46,6 +48,7 @@ impl Options {
             segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
             repair: false,
             recent_broadcasts: 0,
+            recent_broadcast_bytes: usize::MAX,
         }
     }
 }
@@ -181,7 +184,7 @@ impl Log {
             .into_iter()
             .map(|path| Notice::Foreign { path })
             .collect();
-        let mut recent = VecDeque::with_capacity(options.recent_broadcasts.min(1024));
+        let mut recent = Recent::default();
         let mut scanned = Vec::with_capacity(found.len());
         let mut records = 0;
         for (i, (base, path)) in found.iter().enumerate() {
@@ -255,7 +258,7 @@ impl Log {
             }
         }
         Ok(Opened {
-            recent_broadcasts: recent.into(),
+            recent_broadcasts: recent.kept.into(),
             records,
             log,
             notices,
@@ -502,6 +505,28 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, StoreError> {
     Ok(Listing { segments, foreign })
 }
 
+/// The last broadcasts seen by the scan, bounded in count and bytes.
+#[derive(Default)]
+struct Recent {
+    kept: VecDeque<Record>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn keep(&mut self, record: Record, options: &Options) {
+        self.bytes += record.text.len();
+        self.kept.push_back(record);
+        while self.kept.len() > options.recent_broadcasts
+            || self.bytes > options.recent_broadcast_bytes
+        {
+            let Some(dropped) = self.kept.pop_front() else {
+                break;
+            };
+            self.bytes -= dropped.text.len();
+        }
+    }
+}
+
 struct Scan {
     /// Bytes kept.
     len: u64,
@@ -516,7 +541,7 @@ fn scan_segment(
     base: u64,
     next_base: Option<u64>,
     options: &Options,
-    recent: &mut VecDeque<Record>,
+    recent: &mut Recent,
 ) -> Result<Scan, StoreError> {
     let file = File::open(path).map_err(StoreError::io(path, "open"))?;
     let end = file.metadata().map_err(StoreError::io(path, "stat"))?.len();
@@ -538,10 +563,7 @@ fn scan_segment(
                 }
                 records += 1;
                 if record.dest == 0 && options.recent_broadcasts > 0 {
-                    if recent.len() == options.recent_broadcasts {
-                        recent.pop_front();
-                    }
-                    recent.push_back(record.to_record());
+                    recent.keep(record.to_record(), options);
                 }
             }
             Step::End => break (None, None),
