@@ -1,10 +1,18 @@
-//! One client socket and its two buffers: the bytes read but not yet decoded,
-//! and the bytes queued but not yet written. It knows nothing of ids or rules,
-//! nor where frames begin and end in its input (the event loop parses them
-//! in place); it encodes output frames and keeps the unsent output within a
-//! cap so that a client that never reads cannot grow the server's memory.
+//! One client socket, its transport and its two buffers: the protocol bytes
+//! read but not yet decoded, and the bytes queued but not yet written. It
+//! knows nothing of ids or rules, nor where frames begin and end in its input
+//! (the event loop parses them in place); it encodes output frames and keeps
+//! the unsent output within a cap so that a client that never reads cannot
+//! grow the server's memory.
+//!
+//! The transport is the connection's own business: frames straight on the
+//! socket, or (when the first bytes are an HTTP request) an HTTP answer or
+//! a WebSocket whose binary messages carry one frame each. Either way the
+//! input buffer holds protocol bytes only, so the event loop and the router
+//! see one kind of client.
 
 use crate::proto::Encode;
+use crate::web::{self, Answer, HeadError, Sniff, WebConfig, WebSocket, WsFailure, WsStatus};
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
@@ -22,15 +30,71 @@ pub enum ReadStatus {
     Data(usize),
     /// Nothing more to read until the next readiness event.
     WouldBlock,
-    /// The peer closed its side.
+    /// The peer closed its side (or sent a WebSocket close).
     Closed,
+    /// The WebSocket broke its framing; the connection must close.
+    Failed(WsFailure),
 }
 
-/// A client connection as the event loop sees it.
-pub struct Connection {
-    pub socket: TcpStream,
-    /// Bytes read and not yet decoded: a partial frame, or whole frames an
-    /// emitter held back by flow control has not had routed yet.
+/// How a connection's bytes carry frames.
+enum Transport {
+    /// Too few bytes yet to tell HTTP from the binary protocol.
+    Sniffing,
+    /// Frames straight on the socket.
+    Binary,
+    /// An HTTP request head is arriving (or has been answered).
+    Http,
+    /// Each binary message carries one frame.
+    WebSocket(Box<WebSocket>),
+}
+
+/// What the event loop needs to know of a connection's transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Sniffing,
+    Binary,
+    Http,
+    WebSocket,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Sniffing => "unknown",
+            Stage::Binary => "tcp",
+            Stage::Http => "http",
+            Stage::WebSocket => "websocket",
+        })
+    }
+}
+
+/// What serving an HTTP request came to.
+#[derive(Debug)]
+pub enum HttpOutcome {
+    /// The head is not complete yet.
+    Incomplete,
+    /// Answered with this status; the connection is to close.
+    Answered {
+        status: u16,
+        method: String,
+        path: String,
+    },
+    /// The 101 is queued and the connection speaks WebSocket; what followed
+    /// the head has been fed to it.
+    Upgraded(WsStatus),
+    /// The head cannot be served (a malformed one is answered 400 first).
+    Refused(HeadError),
+}
+
+/// A client connection as the event loop sees it. `S` is the socket: a mio
+/// `TcpStream` in the server; anything that reads and writes bytes in the
+/// fuzz target, which drives the same code without a network.
+pub struct Connection<S = TcpStream> {
+    pub socket: S,
+    transport: Transport,
+    /// Protocol bytes read and not yet decoded: a partial frame, or whole
+    /// frames an emitter held back by flow control has not had routed yet
+    /// (while sniffing or on HTTP: the bytes as they came).
     input: BytesMut,
     /// Encoded frames not yet written.
     output: BytesMut,
@@ -40,10 +104,17 @@ pub struct Connection {
     pub wants_write: bool,
 }
 
-impl Connection {
-    pub fn new(socket: TcpStream, max_output: usize) -> Connection {
+impl<S: Read + Write> Connection<S> {
+    /// A new connection; with `web`, its first bytes decide between HTTP
+    /// and the binary protocol, else it is binary from the start.
+    pub fn new(socket: S, max_output: usize, web: bool) -> Connection<S> {
         Connection {
             socket,
+            transport: if web {
+                Transport::Sniffing
+            } else {
+                Transport::Binary
+            },
             input: BytesMut::new(),
             output: BytesMut::new(),
             max_output,
@@ -51,14 +122,95 @@ impl Connection {
         }
     }
 
-    /// Reads once from the socket into the input buffer via `scratch`, so
-    /// that the buffer grows only by what arrived.
+    /// Reads once from the socket via `scratch`, so that the input buffer
+    /// grows only by what arrived: as it is, or, on a WebSocket, by the
+    /// frames its whole messages carry.
     pub fn read_once(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
         let status = self.read_discard(scratch)?;
-        if let ReadStatus::Data(n) = status {
-            self.input.extend_from_slice(&scratch[..n]);
+        let ReadStatus::Data(n) = status else {
+            return Ok(status);
+        };
+        let bytes = &scratch[..n];
+        match &mut self.transport {
+            Transport::WebSocket(ws) => {
+                match ws.feed(bytes, &mut self.input, &mut self.output, self.max_output) {
+                    WsStatus::Open => {}
+                    WsStatus::Closed => return Ok(ReadStatus::Closed),
+                    WsStatus::Failed(failure) => return Ok(ReadStatus::Failed(failure)),
+                }
+            }
+            Transport::Sniffing => {
+                self.input.extend_from_slice(bytes);
+                match web::sniff(&self.input) {
+                    Sniff::Binary => self.transport = Transport::Binary,
+                    Sniff::Http => self.transport = Transport::Http,
+                    Sniff::Undecided => {}
+                }
+            }
+            Transport::Binary | Transport::Http => self.input.extend_from_slice(bytes),
         }
         Ok(status)
+    }
+
+    /// The transport, as far as the event loop needs it.
+    pub fn stage(&self) -> Stage {
+        match self.transport {
+            Transport::Sniffing => Stage::Sniffing,
+            Transport::Binary => Stage::Binary,
+            Transport::Http => Stage::Http,
+            Transport::WebSocket(_) => Stage::WebSocket,
+        }
+    }
+
+    /// Answers the HTTP request in the input once its head is whole: the
+    /// page, an error status, or the switch to WebSocket.
+    pub fn serve_http(&mut self, config: &WebConfig) -> HttpOutcome {
+        let (request, head_len) = match web::parse_head(&self.input) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return HttpOutcome::Incomplete,
+            Err(error) => {
+                if matches!(error, HeadError::Malformed(_)) {
+                    self.queue_raw(web::bad_request().bytes());
+                }
+                return HttpOutcome::Refused(error);
+            }
+        };
+        self.input.advance(head_len);
+        match web::answer(&request, config) {
+            Answer::Close { status, bytes } => {
+                self.input.clear();
+                self.queue_raw(&bytes);
+                HttpOutcome::Answered {
+                    status,
+                    method: request.method,
+                    path: request.path,
+                }
+            }
+            Answer::Upgrade { bytes } => {
+                self.queue_raw(&bytes);
+                let early = std::mem::take(&mut self.input);
+                let mut ws = Box::new(WebSocket::new());
+                let status = ws.feed(&early, &mut self.input, &mut self.output, self.max_output);
+                self.transport = Transport::WebSocket(ws);
+                HttpOutcome::Upgraded(status)
+            }
+        }
+    }
+
+    /// Queues bytes as they are (an HTTP answer), within the cap.
+    fn queue_raw(&mut self, bytes: &[u8]) -> bool {
+        self.fits(bytes.len()) && {
+            self.output.extend_from_slice(bytes);
+            true
+        }
+    }
+
+    /// Ends the transport's own session before the socket closes: on a
+    /// WebSocket, the close frame with `code` (nothing elsewhere).
+    pub fn close_transport(&mut self, code: u16, reason: &str) {
+        if let Transport::WebSocket(ws) = &mut self.transport {
+            ws.close(code, reason, &mut self.output, self.max_output);
+        }
     }
 
     /// Reads once into `scratch` only: the bytes are thrown away (a closing
@@ -103,9 +255,26 @@ impl Connection {
     /// false (and nothing queued) when it would take the unsent output past
     /// the cap.
     pub fn queue(&mut self, frame: &impl Encode) -> bool {
-        self.fits(frame.encoded_len()) && {
-            frame.encode_into(&mut self.output);
-            true
+        let len = frame.encoded_len();
+        match &self.transport {
+            Transport::WebSocket(ws) => {
+                // After a close frame nothing more may be sent; the
+                // connection is on its way out.
+                if !ws.can_send() {
+                    return true;
+                }
+                self.fits(web::binary_header_len(len) + len) && {
+                    web::put_binary_header(len, &mut self.output);
+                    frame.encode_into(&mut self.output);
+                    true
+                }
+            }
+            _ => {
+                self.fits(len) && {
+                    frame.encode_into(&mut self.output);
+                    true
+                }
+            }
         }
     }
 
@@ -172,7 +341,7 @@ mod tests {
         let (server_side, _) = listener.accept().unwrap();
         server_side.set_nonblocking(true).unwrap();
         (
-            Connection::new(TcpStream::from_std(server_side), 1024),
+            Connection::new(TcpStream::from_std(server_side), 1024, false),
             peer,
         )
     }

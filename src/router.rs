@@ -49,7 +49,7 @@ pub trait Outbox {
     }
 }
 
-/// Why a connection is closed; shown in the disconnect log line.
+/// Why the rules close a connection; shown in the disconnect log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// The client sent FLW and got its OK.
@@ -70,12 +70,6 @@ pub enum CloseReason {
     Unresponsive,
     /// The server is shutting down and the client had not identified.
     Shutdown,
-    /// The peer closed its side of the connection (event loop only).
-    PeerClosed,
-    /// Reading or writing the socket failed (event loop only).
-    IoError,
-    /// Unsent output passed `--max-queue` (event loop only).
-    SlowConsumer,
 }
 
 impl fmt::Display for CloseReason {
@@ -90,9 +84,6 @@ impl fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => "no OI within the handshake timeout",
             CloseReason::Unresponsive => "no acknowledgement within the ack timeout",
             CloseReason::Shutdown => "server shutting down",
-            CloseReason::PeerClosed => "peer closed the connection",
-            CloseReason::IoError => "socket error",
-            CloseReason::SlowConsumer => "slow consumer: output queue over --max-queue",
         })
     }
 }

@@ -5,13 +5,16 @@
 //! queues, and each readiness event does a bounded amount of work so a
 //! flooding client cannot starve the others.
 
-use crate::connection::{Connection, ReadStatus};
+use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 use crate::router::{CloseReason, ConnId, Limits, Outbox, Router};
+pub use crate::web::WebConfig;
+use crate::web::{HeadError, WsFailure, WsStatus};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::collections::VecDeque;
+use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -57,6 +60,67 @@ pub struct Config {
     pub max_queue: usize,
     /// How long shutdown waits for clients to acknowledge FLW.
     pub drain_timeout: Duration,
+    /// The page and WebSocket on the same port (`None`: binary only).
+    pub web: Option<WebConfig>,
+}
+
+/// Why the event loop closes a connection: a rule's decision, or something
+/// the loop saw on the socket or its transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Departure {
+    Rule(CloseReason),
+    /// The peer closed its side (or sent a WebSocket close).
+    PeerClosed,
+    /// Reading or writing the socket failed.
+    IoError,
+    /// Unsent output passed `--max-queue`.
+    SlowConsumer,
+    /// An HTTP request was answered with this status.
+    Served(u16),
+    /// An HTTP request head that cannot be served.
+    BadRequest(HeadError),
+    /// A WebSocket that broke its framing.
+    WebSocket(WsFailure),
+}
+
+impl Departure {
+    /// Whether the output still queued is lost: a broken socket cannot take
+    /// it, and a slow consumer is cut off because it does not read. Every
+    /// other close writes what is queued first (the OK to a FLW, the ERRO
+    /// that explains a refusal, an HTTP answer).
+    fn discards_output(&self) -> bool {
+        matches!(self, Departure::IoError | Departure::SlowConsumer)
+    }
+
+    /// The WebSocket close code this departure sends (RFC 6455, 7.4.1).
+    fn close_code(&self) -> u16 {
+        match self {
+            Departure::Rule(CloseReason::Left | CloseReason::Dismissed) => 1000,
+            Departure::Rule(CloseReason::Shutdown) => 1001,
+            Departure::Rule(
+                CloseReason::NotIdentified | CloseReason::Spoofed | CloseReason::BadFrame,
+            ) => 1002,
+            Departure::Rule(
+                CloseReason::Refused | CloseReason::HandshakeTimeout | CloseReason::Unresponsive,
+            ) => 1008,
+            Departure::WebSocket(failure) => failure.close_code(),
+            _ => 1011,
+        }
+    }
+}
+
+impl fmt::Display for Departure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Departure::Rule(reason) => reason.fmt(f),
+            Departure::PeerClosed => f.write_str("peer closed the connection"),
+            Departure::IoError => f.write_str("socket error"),
+            Departure::SlowConsumer => f.write_str("slow consumer: output queue over --max-queue"),
+            Departure::Served(status) => write!(f, "HTTP request answered ({status})"),
+            Departure::BadRequest(error) => write!(f, "HTTP {error}"),
+            Departure::WebSocket(failure) => failure.fmt(f),
+        }
+    }
 }
 
 /// Asks a running server to shut down (rule 8) from another thread.
@@ -114,10 +178,10 @@ struct Slot {
 }
 
 struct Closing {
-    reason: CloseReason,
+    reason: Departure,
     /// The client's id, for the log line (0: never identified).
     id: ClientId,
-    /// Drop queued output instead of flushing it (see [`discards_output`]).
+    /// Drop queued output instead of flushing it.
     discard: bool,
     /// Our FIN is sent; what the peer still sends is read and discarded, so
     /// that closing does not reset the connection before the peer has read
@@ -147,17 +211,22 @@ impl Wire {
     }
 
     /// Starts closing `conn`; false if it was already closing.
-    fn begin_close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) -> bool {
+    fn begin_close(&mut self, conn: ConnId, id: ClientId, reason: Departure) -> bool {
         let Some(slot) = self.conns.get_mut(conn) else {
             return false;
         };
         if slot.closing.is_some() {
             return false;
         }
+        let discard = reason.discards_output();
+        if !discard && reason != Departure::PeerClosed {
+            slot.conn
+                .close_transport(reason.close_code(), &reason.to_string());
+        }
         slot.closing = Some(Closing {
             reason,
             id,
-            discard: discards_output(reason),
+            discard,
             fin_sent: false,
             deadline: self.now + LINGER,
         });
@@ -167,7 +236,7 @@ impl Wire {
     }
 
     /// The event loop drops `conn`; the router is told before the turn ends.
-    fn drop_conn(&mut self, conn: ConnId, reason: CloseReason) {
+    fn drop_conn(&mut self, conn: ConnId, reason: Departure) {
         if self.begin_close(conn, 0, reason) {
             self.dropped.push(conn);
         }
@@ -195,7 +264,7 @@ impl Wire {
                 self.early_writes += 1;
                 if let Err(e) = slot.conn.flush() {
                     debug!(conn = to, error = %e, "write failed");
-                    self.drop_conn(to, CloseReason::IoError);
+                    self.drop_conn(to, Departure::IoError);
                     return;
                 }
             }
@@ -204,7 +273,7 @@ impl Wire {
             self.mark_dirty(to);
         } else {
             warn!(conn = to, peer = %slot.peer, "slow consumer: output queue full, disconnecting");
-            self.drop_conn(to, CloseReason::SlowConsumer);
+            self.drop_conn(to, Departure::SlowConsumer);
         }
     }
 }
@@ -221,7 +290,7 @@ impl Outbox for Wire {
     }
 
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
-        self.begin_close(conn, id, reason);
+        self.begin_close(conn, id, Departure::Rule(reason));
     }
 
     fn resume_input(&mut self, conn: ConnId) {
@@ -488,7 +557,7 @@ impl Server {
             return;
         }
         entry.insert(Slot {
-            conn: Connection::new(socket, self.config.max_queue),
+            conn: Connection::new(socket, self.config.max_queue, self.config.web.is_some()),
             peer,
             closing: None,
             dirty: false,
@@ -527,17 +596,29 @@ impl Server {
             match slot.conn.read_once(&mut self.scratch) {
                 Ok(ReadStatus::Data(n)) => drained = short_read_drains && n < self.scratch.len(),
                 Ok(ReadStatus::WouldBlock) => return,
+                // Frames that came before the end are routed first (on a
+                // WebSocket one read can hold both).
                 Ok(ReadStatus::Closed) => {
-                    if slot.conn.buffered_input() > 0 {
+                    self.route_buffered(conn);
+                    if let Some(slot) = self.wire.conns.get(conn)
+                        && slot.conn.buffered_input() > 0
+                    {
                         debug!(conn, bytes = slot.conn.buffered_input(), "closed mid-frame");
                     }
-                    self.wire.drop_conn(conn, CloseReason::PeerClosed);
+                    self.wire.drop_conn(conn, Departure::PeerClosed);
+                    self.settle_dropped();
+                    return;
+                }
+                Ok(ReadStatus::Failed(failure)) => {
+                    self.route_buffered(conn);
+                    warn!(conn, %failure, "closing");
+                    self.wire.drop_conn(conn, Departure::WebSocket(failure));
                     self.settle_dropped();
                     return;
                 }
                 Err(e) => {
                     debug!(conn, error = %e, "read failed");
-                    self.wire.drop_conn(conn, CloseReason::IoError);
+                    self.wire.drop_conn(conn, Departure::IoError);
                     self.settle_dropped();
                     return;
                 }
@@ -549,6 +630,16 @@ impl Server {
     /// Returns whether `conn` may be read further: false once it is
     /// closing, held back by flow control, or its stream is lost.
     fn route_buffered(&mut self, conn: ConnId) -> bool {
+        let Some(slot) = self.wire.conns.get_mut(conn) else {
+            return false;
+        };
+        if slot.closing.is_none() {
+            match slot.conn.stage() {
+                Stage::Sniffing => return true,
+                Stage::Http if !self.serve_http(conn) => return false,
+                _ => {}
+            }
+        }
         let Some(slot) = self.wire.conns.get_mut(conn) else {
             return false;
         };
@@ -588,6 +679,43 @@ impl Server {
             self.discard_input(conn);
         }
         readable
+    }
+
+    /// Serves `conn`'s HTTP request once its head is whole. Returns whether
+    /// protocol frames may follow (an upgrade to WebSocket).
+    fn serve_http(&mut self, conn: ConnId) -> bool {
+        let Some(web) = self.config.web.as_ref() else {
+            return false;
+        };
+        let Some(slot) = self.wire.conns.get_mut(conn) else {
+            return false;
+        };
+        let peer = slot.peer;
+        let departure = match slot.conn.serve_http(web) {
+            HttpOutcome::Incomplete => return true,
+            HttpOutcome::Upgraded(WsStatus::Open) => {
+                info!(conn, %peer, "WebSocket opened");
+                self.wire.mark_dirty(conn);
+                return true;
+            }
+            HttpOutcome::Upgraded(WsStatus::Closed) => Departure::PeerClosed,
+            HttpOutcome::Upgraded(WsStatus::Failed(failure)) => Departure::WebSocket(failure),
+            HttpOutcome::Answered {
+                status,
+                method,
+                path,
+            } => {
+                info!(conn, %peer, status, method, path, "HTTP request");
+                Departure::Served(status)
+            }
+            HttpOutcome::Refused(error) => {
+                warn!(conn, %peer, %error, "HTTP request refused");
+                Departure::BadRequest(error)
+            }
+        };
+        self.wire.drop_conn(conn, departure);
+        self.settle_dropped();
+        false
     }
 
     /// Tells the router about every connection the event loop dropped; its
@@ -633,7 +761,7 @@ impl Server {
             Ok(false) => self.set_write_interest(conn, true),
             Err(e) => {
                 debug!(conn, error = %e, "write failed");
-                self.wire.drop_conn(conn, CloseReason::IoError);
+                self.wire.drop_conn(conn, Departure::IoError);
                 self.settle_dropped();
                 self.remove(conn);
             }
@@ -679,7 +807,7 @@ impl Server {
             match slot.conn.read_discard(&mut self.scratch) {
                 Ok(ReadStatus::Data(_)) => {}
                 Ok(ReadStatus::WouldBlock) => return,
-                Ok(ReadStatus::Closed) | Err(_) => {
+                Ok(ReadStatus::Closed | ReadStatus::Failed(_)) | Err(_) => {
                     self.remove(conn);
                     return;
                 }
@@ -766,7 +894,7 @@ impl Server {
             Ok(()) => slot.conn.wants_write = wanted,
             Err(e) => {
                 debug!(conn, error = %e, "reregister failed");
-                self.wire.drop_conn(conn, CloseReason::IoError);
+                self.wire.drop_conn(conn, Departure::IoError);
             }
         }
     }
@@ -777,14 +905,27 @@ impl Server {
         }
         let mut slot = self.wire.conns.remove(conn);
         let _ = self.poll.registry().deregister(&mut slot.conn.socket);
+        let transport = slot.conn.stage();
         match slot.closing {
+            // An HTTP connection the handshake timeout closed never sent a
+            // whole request head.
+            Some(Closing {
+                reason: Departure::Rule(CloseReason::HandshakeTimeout),
+                ..
+            }) if transport == Stage::Http => info!(
+                conn,
+                peer = %slot.peer,
+                %transport,
+                reason = "HTTP request head not complete within the handshake timeout",
+                "disconnected"
+            ),
             Some(Closing { reason, id: 0, .. }) => {
-                info!(conn, peer = %slot.peer, %reason, "disconnected")
+                info!(conn, peer = %slot.peer, %transport, %reason, "disconnected")
             }
             Some(Closing { reason, id, .. }) => {
-                info!(conn, id, peer = %slot.peer, %reason, "disconnected")
+                info!(conn, id, peer = %slot.peer, %transport, %reason, "disconnected")
             }
-            None => info!(conn, peer = %slot.peer, "disconnected"),
+            None => info!(conn, peer = %slot.peer, %transport, "disconnected"),
         }
     }
 }
@@ -800,14 +941,6 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
-}
-
-/// Whether a connection closed for `reason` loses the output still queued
-/// for it: a broken socket cannot take it, and a slow consumer is cut off
-/// because it does not read. Every other close writes what is queued first
-/// (the OK to a FLW, the ERRO that explains a refusal).
-fn discards_output(reason: CloseReason) -> bool {
-    matches!(reason, CloseReason::IoError | CloseReason::SlowConsumer)
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {

@@ -438,6 +438,35 @@ fn rule4_an_exhibitor_silent_past_the_ack_timeout_is_dropped_and_the_request_fai
     );
 }
 
+/// Regression (mutation testing: the incarnation counter frozen at 0 let
+/// this ack through): a connection slot reused by a new emitter shares the
+/// old one's ConnId and first request number, and an exhibitor's late ack
+/// for the old emitter's delivery must settle nothing of the new one's.
+#[test]
+fn rule4_an_ack_for_the_previous_occupant_of_a_reused_slot_settles_nothing() {
+    let mut h = Harness::new();
+    let x = h.exhibitor(0);
+    let y = h.exhibitor(1);
+    let e = h.emitter(2, 1);
+    assert_eq!(
+        h.feed(2, msg(e, x, 1, "for X")),
+        vec![sent(0, msg(e, x, 1, "for X"))]
+    );
+    assert_eq!(h.disconnect(2), vec![]);
+    let e2 = h.emitter(2, 1);
+    assert_eq!(e2, e, "the new emitter takes the freed id too");
+    assert_eq!(
+        h.feed(2, msg(e2, y, 1, "for Y")),
+        vec![sent(1, msg(e2, y, 1, "for Y"))]
+    );
+    assert_eq!(
+        h.feed(0, ok(x, e, 1)),
+        vec![],
+        "the stale ack reached the new emitter"
+    );
+    assert_eq!(h.feed(1, ok(y, e2, 1)), vec![sent(2, ok(SERVER_ID, e2, 1))]);
+}
+
 // ---- rule 5: CREQ -------------------------------------------------------------------
 
 #[test]
@@ -670,6 +699,18 @@ fn rule9_handshake_timeout_closes_a_connection_without_oi() {
         vec![Event::Closed(0, 0, CloseReason::HandshakeTimeout)]
     );
     assert_eq!(h.router.connection_count(), 1);
+}
+
+#[test]
+fn rule9_connection_count_counts_identified_and_anonymous_connections() {
+    let mut h = Harness::new();
+    assert_eq!(h.router.connection_count(), 0);
+    h.connect(0);
+    h.exhibitor(1);
+    h.emitter(2, 1);
+    assert_eq!(h.router.connection_count(), 3);
+    h.disconnect(1);
+    assert_eq!(h.router.connection_count(), 2);
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use clap::Parser;
 use evchat::cli::parse_secs;
 use evchat::router::Limits;
-use evchat::server::{Config, HistoryConfig, Server};
+use evchat::server::{Config, HistoryConfig, Server, WebConfig};
 use evchat::store::Fsync;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +56,14 @@ struct Args {
     /// With --history: cut the log where it is corrupt instead of refusing to start
     #[arg(long, requires = "history")]
     history_repair: bool,
+    /// Serve only the binary protocol: no page, no WebSocket on this port
+    #[arg(long)]
+    no_web: bool,
+    /// Also accept WebSocket connections from pages served at this origin
+    /// (e.g. https://chat.example.com); repeatable. The server's own origin
+    /// is always accepted.
+    #[arg(long, value_name = "URL")]
+    allow_origin: Vec<String>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -77,15 +85,17 @@ fn main() -> ExitCode {
         },
         max_queue: args.max_queue,
         drain_timeout: args.drain_timeout,
+        web: (!args.no_web).then(|| WebConfig {
+            allowed_origins: args.allow_origin.clone(),
+        }),
     };
-    let server = match Server::bind(config.clone()) {
+    let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("server: cannot listen on {}: {e}", config.addr);
             return ExitCode::FAILURE;
         }
     };
-    let mut server = server;
     if let Some(dir) = &args.history
         && let Err(e) = enable_history(&mut server, dir, &args)
     {

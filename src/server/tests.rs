@@ -64,6 +64,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         limits: Limits::default(),
         max_queue: 1 << 20,
         drain_timeout: Duration::from_secs(2),
+        web: Some(WebConfig::default()),
     })
     .unwrap();
     (serial, server)
