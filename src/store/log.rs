@@ -265,10 +265,6 @@ impl Log {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The number the next appended record gets.
     pub fn next_record(&self) -> u64 {
         self.active.base + self.active_records
