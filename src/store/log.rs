@@ -120,7 +120,7 @@ pub struct Opened {
     /// The last [`Options::recent_broadcasts`] records addressed to
     /// everyone, oldest first.
     pub recent_broadcasts: Vec<Record>,
-    /// Records in the log.
+    /// Records the scan found (retention at open may have deleted some).
     pub records: u64,
 }
 
@@ -149,8 +149,8 @@ pub struct Log {
     active_records: u64,
     /// Bytes in every segment.
     total_bytes: u64,
-    /// Set when a failed write could not be undone: the active segment must
-    /// be cut back to this length before anything else is appended to it.
+    /// After a failed write: the length the active segment must be cut back
+    /// to before anything else is appended to it (kept while cutting fails).
     cut_to: Option<u64>,
 }
 
@@ -202,7 +202,7 @@ impl Log {
             ));
         }
         let mut created = false;
-        let (active, active_records) = match scanned.pop() {
+        let (mut active, active_records) = match scanned.pop() {
             Some(last) => last,
             None => {
                 created = true;
@@ -222,7 +222,6 @@ impl Log {
             .append(true)
             .open(&active.path)
             .map_err(StoreError::io(&active.path, "open for appending"))?;
-        let mut active = active;
         if active.len == 0 {
             active_file
                 .write_all(&SEGMENT_MAGIC)
