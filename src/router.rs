@@ -308,8 +308,10 @@ impl Router {
         }
     }
 
-    /// Every history record below `settled` is durable: the replies held
-    /// for them go out (in request order, rule 4).
+    /// The history is done with every record numbered below `settled`
+    /// (written, synced if the server was asked to, or given up on after a
+    /// disk error): the replies held for them go out, in request order
+    /// (rule 4).
     pub fn durable(&mut self, settled: u64, now: Instant, out: &mut impl Outbox) {
         while let Some(&(number, request)) = self.awaiting_durable.front() {
             if number >= settled {
