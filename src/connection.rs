@@ -34,6 +34,9 @@ pub enum ReadStatus {
     Closed,
     /// The WebSocket broke its framing; the connection must close.
     Failed(WsFailure),
+    /// The WebSocket's own answers (pongs) no longer fit under the output
+    /// cap: a slow consumer.
+    Full,
 }
 
 /// How a connection's bytes carry frames.
@@ -136,6 +139,7 @@ impl<S: Read + Write> Connection<S> {
                 match ws.feed(bytes, &mut self.input, &mut self.output, self.max_output) {
                     WsStatus::Open => {}
                     WsStatus::Closed => return Ok(ReadStatus::Closed),
+                    WsStatus::Full => return Ok(ReadStatus::Full),
                     WsStatus::Failed(failure) => return Ok(ReadStatus::Failed(failure)),
                 }
             }
@@ -197,12 +201,11 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
-    /// Queues bytes as they are (an HTTP answer), within the cap.
-    fn queue_raw(&mut self, bytes: &[u8]) -> bool {
-        self.fits(bytes.len()) && {
-            self.output.extend_from_slice(bytes);
-            true
-        }
+    /// Queues bytes as they are (an HTTP answer). Not held to the cap: an
+    /// answer is sent once, on an output still empty, and is at most the
+    /// largest embedded file; refusing it would send nothing at all.
+    fn queue_raw(&mut self, bytes: &[u8]) {
+        self.output.extend_from_slice(bytes);
     }
 
     /// Ends the transport's own session before the socket closes: on a

@@ -593,7 +593,14 @@ impl Server {
             let Some(slot) = self.wire.conns.get_mut(conn) else {
                 return;
             };
-            match slot.conn.read_once(&mut self.scratch) {
+            let queued = slot.conn.queued_output();
+            let status = slot.conn.read_once(&mut self.scratch);
+            // A WebSocket answers pings while it reads: the pong is output
+            // that nothing else would flush.
+            if slot.conn.queued_output() > queued {
+                self.wire.mark_dirty(conn);
+            }
+            match status {
                 Ok(ReadStatus::Data(n)) => drained = short_read_drains && n < self.scratch.len(),
                 Ok(ReadStatus::WouldBlock) => return,
                 // Frames that came before the end are routed first (on a
@@ -613,6 +620,13 @@ impl Server {
                     self.route_buffered(conn);
                     warn!(conn, %failure, "closing");
                     self.wire.drop_conn(conn, Departure::WebSocket(failure));
+                    self.settle_dropped();
+                    return;
+                }
+                Ok(ReadStatus::Full) => {
+                    self.route_buffered(conn);
+                    warn!(conn, "slow consumer: pongs over --max-queue, disconnecting");
+                    self.wire.drop_conn(conn, Departure::SlowConsumer);
                     self.settle_dropped();
                     return;
                 }
@@ -636,7 +650,16 @@ impl Server {
         if slot.closing.is_none() {
             match slot.conn.stage() {
                 Stage::Sniffing => return true,
-                Stage::Http if !self.serve_http(conn) => return false,
+                Stage::Http => {
+                    if !self.serve_http(conn) {
+                        return false;
+                    }
+                    // A head not yet whole waits for more bytes; only an
+                    // upgrade leaves protocol frames in the input.
+                    if self.wire.conns.get(conn).map(|s| s.conn.stage()) == Some(Stage::Http) {
+                        return true;
+                    }
+                }
                 _ => {}
             }
         }
@@ -699,6 +722,7 @@ impl Server {
                 return true;
             }
             HttpOutcome::Upgraded(WsStatus::Closed) => Departure::PeerClosed,
+            HttpOutcome::Upgraded(WsStatus::Full) => Departure::SlowConsumer,
             HttpOutcome::Upgraded(WsStatus::Failed(failure)) => Departure::WebSocket(failure),
             HttpOutcome::Answered {
                 status,
@@ -807,7 +831,7 @@ impl Server {
             match slot.conn.read_discard(&mut self.scratch) {
                 Ok(ReadStatus::Data(_)) => {}
                 Ok(ReadStatus::WouldBlock) => return,
-                Ok(ReadStatus::Closed | ReadStatus::Failed(_)) | Err(_) => {
+                Ok(ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full) | Err(_) => {
                     self.remove(conn);
                     return;
                 }

@@ -325,6 +325,9 @@ pub enum WsStatus {
     Open,
     /// The peer sent its close frame (the answer is queued) or is gone.
     Closed,
+    /// An answer of the WebSocket's own (a pong) found the output at its
+    /// cap: the client does not read what it is sent.
+    Full,
     /// The connection must close with this failure.
     Failed(WsFailure),
 }
@@ -388,9 +391,17 @@ impl WebSocket {
                 Err(e) => break WsStatus::Failed(WsFailure::Protocol(e.to_string())),
             }
         };
-        // Pongs and the answer to a close wait in tungstenite until flushed.
-        let _ = self.context.flush(&mut pipe);
-        status
+        // Pongs and the answer to a close wait in tungstenite until flushed;
+        // a pong that cannot go out is a client that sends pings and never
+        // reads, cut off like any slow consumer.
+        match self.context.flush(&mut pipe) {
+            Err(WsError::Io(e))
+                if e.kind() == io::ErrorKind::WouldBlock && status == WsStatus::Open =>
+            {
+                WsStatus::Full
+            }
+            _ => status,
+        }
     }
 
     /// Queues the close frame with `code` (tungstenite's state then refuses

@@ -3,9 +3,11 @@
 
 mod util;
 
+mod check;
 mod cli;
 mod codec;
 mod history;
 mod raw;
 mod reliability;
 mod router;
+mod web;

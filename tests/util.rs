@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 #[path = "raw_client.rs"]
 mod raw_client;
 pub use raw_client::{QUIET, Raw, TIMEOUT};
+#[path = "ws_client.rs"]
+mod ws_client;
+pub use ws_client::*;
 
 pub fn bin(name: &str) -> &'static str {
     match name {

@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
         match status {
             ReadStatus::Data(_) => {}
             ReadStatus::WouldBlock => continue,
-            ReadStatus::Closed | ReadStatus::Failed(_) => break,
+            ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full => break,
         }
         match conn.stage() {
             Stage::Sniffing => continue,

@@ -1,11 +1,301 @@
-//! `evchat check`: placeholder until its issue lands.
+//! `evchat check HOST:PORT`: checks any server of the protocol, evchat's or
+//! anyone's, rule by rule. This file owns the command line and the run:
+//! which checks, in what order, which to skip because a check they need
+//! failed, and the liveness probe around each hostile (`robust`) check that
+//! turns a crashed server into "stopped answering after CHECK" instead of a
+//! cascade of failures. The checks are in `catalogue`, the blocking client
+//! with deadlines in `wire`, the output in `report`.
 
+// A `Failure` is the cold path (a check stops at its first) and carries the
+// whole report of it; boxing it would only move the allocation.
+#![allow(clippy::result_large_err)]
+
+mod catalogue;
+mod report;
+mod wire;
+
+use catalogue::{CATALOGUE, Check, Done, Level};
+use report::{Outcome, Style, Verdict};
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
+use std::time::Duration;
+use wire::{Conn, Ctx, Failure};
+
+/// Exit status when checks failed but no required one did (a required
+/// failure is 1). A `choices` check fails only when it cannot run at all.
+const EXIT_OTHER_FAILED: u8 = 3;
+/// Exit status for a bad command line or an address that does not resolve.
+const EXIT_USAGE: u8 = 2;
 
 #[derive(clap::Args, Debug)]
-pub struct CheckArgs {}
+// The subcommand's one-line about comes from main.rs; everything else a
+// user needs before running it goes after the options.
+#[command(after_help = "\
+Each check runs on fresh connections; every read has a deadline (--timeout).
+Levels: `required` checks what the 2017 statement fixes; `choices` notes where
+the server decides differently from evchat on points the statement leaves open
+(never a failure); `robust` checks what a server exposed to a network must
+survive. Before and after each robust check the server must still answer an OI.
 
-pub fn run(_args: CheckArgs) -> ExitCode {
-    eprintln!("evchat check: not built yet");
-    ExitCode::FAILURE
+WARNING: the `robust` level sends hostile input (frames split byte by byte,
+unknown types, forged origins), opens hundreds of connections at once and
+pushes megabytes at a client that does not read. Point it only at a server
+you are allowed to test.
+
+Exit status: 0 when no check failed (notes never fail), 1 when a required
+check failed, 3 when only other checks failed, 2 on a usage error.
+
+Examples:
+  evchat check 127.0.0.1:5000                    every check, 2 s per read
+  evchat check localhost:5000 --level required   only what the statement fixes
+  evchat check 10.0.0.7:5000 --only route-broadcast,seq-echo
+  evchat check 127.0.0.1:5000 --json > report.json
+  evchat check --list                            the checks, without running them")]
+pub struct CheckArgs {
+    /// The server to check
+    #[arg(value_name = "HOST:PORT", required_unless_present = "list")]
+    target: Option<String>,
+    /// How long any single read, write or connect may take
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// Which checks: `required`, `robust` (required + robust) or `all` (also choices)
+    #[arg(long, value_enum, default_value_t = LevelArg::All)]
+    level: LevelArg,
+    /// Run exactly these checks (comma-separated ids), whatever --level
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    only: Vec<String>,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+    /// List the checks without running them
+    #[arg(long)]
+    list: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LevelArg {
+    Required,
+    Robust,
+    All,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = evchat::cli::parse_secs(text)?;
+    if timeout.is_zero() {
+        return Err("the timeout must be more than 0".to_string());
+    }
+    Ok(timeout)
+}
+
+pub fn run(args: CheckArgs) -> ExitCode {
+    if args.list {
+        let listing = if args.json {
+            report::list_json()
+        } else {
+            report::list_text()
+        };
+        return print(&listing);
+    }
+    let selected = match select(&args) {
+        Ok(selected) => selected,
+        Err(message) => {
+            eprintln!("evchat check: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let target = args.target.unwrap_or_default();
+    let addr = match resolve(&target) {
+        Ok(addr) => addr,
+        Err(message) => {
+            eprintln!("evchat check: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let ctx = Ctx {
+        addr,
+        timeout: args.timeout,
+    };
+    let outcomes = run_checks(&ctx, &selected);
+    let shown = if args.json {
+        report::json(&target, &outcomes)
+    } else {
+        let colour = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        report::text(&target, &outcomes, &Style { colour })
+    };
+    let printed = print(&shown);
+    let failed = |required: bool| {
+        outcomes.iter().any(|o| {
+            (o.check.level == Level::Required) == required && matches!(o.verdict, Verdict::Fail(_))
+        })
+    };
+    if failed(true) {
+        ExitCode::FAILURE
+    } else if failed(false) {
+        ExitCode::from(EXIT_OTHER_FAILED)
+    } else {
+        printed
+    }
+}
+
+/// Writes the report; a closed stdout (`| head`) is not an error.
+fn print(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("evchat check: cannot write the report: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The checks to run, in catalogue order.
+fn select(args: &CheckArgs) -> Result<Vec<&'static Check>, String> {
+    if !args.only.is_empty() {
+        if let Some(unknown) = args.only.iter().find(|id| catalogue::find(id).is_none()) {
+            let ids: Vec<&str> = CATALOGUE.iter().map(|c| c.id).collect();
+            return Err(format!(
+                "no check '{unknown}'; the checks are: {}",
+                ids.join(", ")
+            ));
+        }
+        return Ok(CATALOGUE
+            .iter()
+            .filter(|c| args.only.iter().any(|id| id == c.id))
+            .collect());
+    }
+    Ok(CATALOGUE
+        .iter()
+        .filter(|c| match args.level {
+            LevelArg::Required => c.level == Level::Required,
+            LevelArg::Robust => c.level != Level::Choices,
+            LevelArg::All => true,
+        })
+        .collect())
+}
+
+/// The one address every connection goes to.
+fn resolve(target: &str) -> Result<SocketAddr, String> {
+    target
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{target}' (expected HOST:PORT): {e}"))?
+        .next()
+        .ok_or_else(|| format!("'{target}' resolves to no address"))
+}
+
+/// Is the server still there? It must accept a connection and answer an
+/// OI with anything at all (a wrong answer is some check's business).
+fn probe(ctx: &Ctx) -> Result<(), Failure> {
+    Conn::probe(ctx)
+}
+
+/// Runs `selected` in order. A check whose needed check did not pass is
+/// skipped, saying which. The server must answer a probe before and after
+/// each robust check and after any failure; once it stops, the check before
+/// fails and every later check is skipped with that reason.
+fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(selected.len());
+    let mut stopped: Option<String> = None;
+    // A probe succeeded since the last check ran.
+    let mut known_alive = false;
+    // The server has answered at least once (a pass or a probe): only then
+    // can it "stop" answering.
+    let mut answered = false;
+    let mut last_run: Option<&str> = None;
+    for &check in selected {
+        if let Some(reason) = &stopped {
+            outcomes.push(Outcome {
+                check,
+                verdict: Verdict::Skip(reason.clone()),
+            });
+            continue;
+        }
+        if let Some(reason) = unmet_need(check, &outcomes) {
+            outcomes.push(Outcome {
+                check,
+                verdict: Verdict::Skip(reason),
+            });
+            continue;
+        }
+        if check.level == Level::Robust && !known_alive {
+            if probe(ctx).is_ok() {
+                answered = true;
+            } else if answered {
+                let reason = match last_run {
+                    Some(id) => format!("server stopped answering after {id}"),
+                    None => "server stopped answering before the robust checks".to_string(),
+                };
+                stopped = Some(reason.clone());
+                outcomes.push(Outcome {
+                    check,
+                    verdict: Verdict::Skip(reason),
+                });
+                continue;
+            }
+            // Never answered: the check runs and fails on its own.
+        }
+        last_run = Some(check.id);
+        let mut verdict = match (check.run)(ctx) {
+            Ok(Done::Pass) => Verdict::Pass,
+            Ok(Done::Note(note)) => Verdict::Note(note),
+            Err(failure) => Verdict::Fail(failure),
+        };
+        let failed = matches!(verdict, Verdict::Fail(_));
+        answered |= !failed;
+        known_alive = false;
+        // After a hostile check, and after any failure (which may be a
+        // crash), make sure the server is still there.
+        if check.level == Level::Robust || failed {
+            match probe(ctx) {
+                Ok(()) => {
+                    known_alive = true;
+                    answered = true;
+                }
+                Err(probe_failure) if answered => {
+                    stopped = Some(format!("server stopped answering after {}", check.id));
+                    verdict = stopped_after(verdict, probe_failure);
+                }
+                Err(_) => stopped = Some(format!("server not answering ({} failed)", check.id)),
+            }
+        }
+        outcomes.push(Outcome { check, verdict });
+    }
+    outcomes
+}
+
+/// Why `check` cannot run: a check it needs ran and did not pass.
+fn unmet_need(check: &Check, outcomes: &[Outcome]) -> Option<String> {
+    check.needs.iter().find_map(|need| {
+        let outcome = outcomes.iter().find(|o| o.check.id == *need)?;
+        match outcome.verdict {
+            Verdict::Pass | Verdict::Note(_) => None,
+            Verdict::Fail(_) => Some(format!("needs {need}, which failed")),
+            Verdict::Skip(_) => Some(format!("needs {need}, which was skipped")),
+        }
+    })
+}
+
+/// A check after which the liveness probe failed fails, whatever it saw.
+fn stopped_after(verdict: Verdict, probe_failure: Failure) -> Verdict {
+    const STOPPED: &str = "server stopped answering after this check";
+    match verdict {
+        Verdict::Fail(mut failure) => {
+            failure.summary = format!("{}; and the {STOPPED}", failure.summary);
+            Verdict::Fail(failure)
+        }
+        _ => Verdict::Fail(Failure {
+            summary: format!("the {STOPPED}"),
+            sent: Vec::new(),
+            expected: "the server still accepts a connection and answers OI".to_string(),
+            received: probe_failure.summary,
+            received_bytes: None,
+            hint: Some(
+                "one client's input must never crash or stop the server for everyone".to_string(),
+            ),
+        }),
+    }
 }

@@ -1,0 +1,983 @@
+//! The checks: one function per rule, each on fresh connections, with its
+//! id, level, title, the rule it checks (PROTOCOL.md, and for `required` the
+//! 2017 statement's own words), a hint for whoever must fix a failure, and
+//! the checks it needs to have passed. The order of [`CATALOGUE`] is the
+//! order of the run: required, then choices, then the hostile robust ones.
+
+use super::wire::{Conn, Ctx, Failure, RecvError, UNUSED_EXHIBITOR, describe_frame};
+use evchat::proto::{
+    ClientId, Frame, Kind, MAX_TEXT_LEN, SERVER_ID, is_emitter_id, is_exhibitor_id,
+};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// How much a check demands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// What the 2017 statement fixes.
+    Required,
+    /// Decisions PROTOCOL.md makes where the statement is silent.
+    Choices,
+    /// What a server exposed to a network must survive.
+    Robust,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Required => "required",
+            Level::Choices => "choices",
+            Level::Robust => "robust",
+        }
+    }
+}
+
+/// A check that ran to the end: passed, or (choices) differed from evchat's decision.
+pub enum Done {
+    Pass,
+    Note(String),
+}
+
+pub type Outcome = Result<Done, Failure>;
+
+pub struct Check {
+    pub id: &'static str,
+    pub level: Level,
+    pub title: &'static str,
+    /// Where the rule is written in PROTOCOL.md.
+    pub rule: &'static str,
+    /// The 2017 statement's wording (required checks).
+    pub quote: Option<&'static str>,
+    /// What usually causes a failure, in one line.
+    pub hint: &'static str,
+    /// Checks that must have passed for this one to mean anything.
+    pub needs: &'static [&'static str],
+    pub run: fn(&Ctx) -> Outcome,
+}
+
+const OI_NEEDS: &[&str] = &["oi-exhibitor", "oi-emitter"];
+const ROUTE_NEEDS: &[&str] = &["route-unicast"];
+
+pub const CATALOGUE: &[Check] = &[
+    // ---- required ----------------------------------------------------------
+    Check {
+        id: "wire-header",
+        level: Level::Required,
+        title: "frames start with an 8-byte header of big-endian u16 fields",
+        rule: "PROTOCOL.md, Wire format",
+        quote: Some(
+            "Tipo da mensagem (2 bytes) … Identificador de origem (2 bytes) … Identificador de destino (2 bytes) … Número de sequência (2 bytes)",
+        ),
+        hint: "write and read every u16 in network byte order (htons/ntohs, struct '>HHHH')",
+        needs: &[],
+        run: wire_header,
+    },
+    Check {
+        id: "oi-exhibitor",
+        level: Level::Required,
+        title: "OI with origin 0 gets OK with an exhibitor id (4096..=8191)",
+        rule: "PROTOCOL.md, Server rules 1",
+        quote: Some("O servidor aloca identificadores … entre 2^12 e (2^13 − 1) para exibidores"),
+        hint: "answer OI(origin 0) with OK(origin 65535, dest = the new exhibitor id, seq = the OI's)",
+        needs: &["wire-header"],
+        run: oi_exhibitor,
+    },
+    Check {
+        id: "oi-emitter",
+        level: Level::Required,
+        title: "OI with a non-zero origin gets OK with an emitter id (1..=4095)",
+        rule: "PROTOCOL.md, Server rules 1",
+        quote: Some("O servidor aloca identificadores entre 1 e (2^12 − 1) para emissores"),
+        hint: "emitter ids come from 1..=4095, never from the exhibitor range or above it",
+        needs: &["wire-header"],
+        run: oi_emitter,
+    },
+    Check {
+        id: "oi-pair",
+        level: Level::Required,
+        title: "OI whose origin is a connected exhibitor pairs an emitter with it",
+        rule: "PROTOCOL.md, Server rules 1",
+        quote: Some(
+            "Se esse valor estiver entre 2^12 e (2^13 − 1), ele identifica um exibidor (que já deve estar em execução) e que deve ser associado àquele emissor.",
+        ),
+        hint: "an OI origin in 4096..=8191 names an exhibitor to pair with; accept it when that exhibitor is connected",
+        needs: OI_NEEDS,
+        run: oi_pair,
+    },
+    Check {
+        id: "route-unicast",
+        level: Level::Required,
+        title: "MSG to an exhibitor id reaches that exhibitor only",
+        rule: "PROTOCOL.md, Server rules 3",
+        quote: Some(
+            "Se for um exibidor, o servidor deve procurar pelo registro de um exibidor com o valor indicado e repassar a msg apenas para aquele cliente.",
+        ),
+        hint: "look the destination id up among connected exhibitors and send the MSG to that one",
+        needs: OI_NEEDS,
+        run: route_unicast,
+    },
+    Check {
+        id: "route-unchanged",
+        level: Level::Required,
+        title: "a forwarded MSG is byte-identical, origin and destination included",
+        rule: "PROTOCOL.md, Server rules 3",
+        quote: Some(
+            "Ao repassar uma msg, todos os campos, inclusive os campos origem e destino, devem permanecer inalterados.",
+        ),
+        hint: "forward the frame as received; do not rewrite origin, destination or sequence number",
+        needs: ROUTE_NEEDS,
+        run: route_unchanged,
+    },
+    Check {
+        id: "route-broadcast",
+        level: Level::Required,
+        title: "MSG to 0 reaches every connected exhibitor",
+        rule: "PROTOCOL.md, Server rules 3",
+        quote: Some(
+            "Se o campo destino possuir o valor zero, o servidor irá enviar a mensagem para todos os exibidores (broadcast).",
+        ),
+        hint: "a broadcast loop must visit every exhibitor, not stop after the first",
+        needs: OI_NEEDS,
+        run: route_broadcast,
+    },
+    Check {
+        id: "route-paired",
+        level: Level::Required,
+        title: "MSG to an emitter id reaches the exhibitor paired with it",
+        rule: "PROTOCOL.md, Server rules 3",
+        quote: Some(
+            "Se o campo destino possuir o identificador de um emissor, a mensagem deve ser enviada para o exibidor associado a ele",
+        ),
+        hint: "remember the pairing made at OI and route an emitter id to its exhibitor",
+        needs: &["oi-pair", "route-unicast"],
+        run: route_paired,
+    },
+    Check {
+        id: "route-unknown",
+        level: Level::Required,
+        title: "MSG with no exhibitor to reach gets ERRO",
+        rule: "PROTOCOL.md, Server rules 3",
+        quote: Some(
+            "Caso um exibidor não seja encontrado, o servidor deve responder ao emissor com uma mensagem erro",
+        ),
+        hint: "an unpaired emitter id or an id nobody holds has no target: answer ERRO, not OK",
+        needs: OI_NEEDS,
+        run: route_unknown,
+    },
+    Check {
+        id: "seq-echo",
+        level: Level::Required,
+        title: "OK and ERRO carry the sequence number of the frame they answer",
+        rule: "PROTOCOL.md, Sequence numbers",
+        quote: Some(
+            "As mensagem de oK devem carregar o número de sequência da mensagem que está sendo confirmada.",
+        ),
+        hint: "copy the request's seq into the reply's seq field",
+        needs: &["route-unicast", "route-unknown"],
+        run: seq_echo,
+    },
+    Check {
+        id: "creq-clist",
+        level: Level::Required,
+        title: "CREQ sends the destination a CLIST of every connected client",
+        rule: "PROTOCOL.md, Server rules 5",
+        quote: Some(
+            "criar uma mensagem do tipo clist com o contador e lista de identificadores de clientes",
+        ),
+        hint: "N must equal the number of ids that follow, and list emitters and exhibitors",
+        needs: OI_NEEDS,
+        run: creq_clist,
+    },
+    Check {
+        id: "flw-emitter",
+        level: Level::Required,
+        title: "FLW from an emitter gets OK, then the connection closes",
+        rule: "PROTOCOL.md, Server rules 6",
+        quote: Some(
+            "A partir dessa mensagem o servidor/cliente que recebe a mensagem envia um oK de volta e fecha a conexão.",
+        ),
+        hint: "answer FLW with OK before closing the socket",
+        needs: &["oi-emitter"],
+        run: flw_emitter,
+    },
+    Check {
+        id: "flw-exhibitor",
+        level: Level::Required,
+        title: "FLW from an exhibitor gets OK, then the connection closes",
+        rule: "PROTOCOL.md, Server rules 6",
+        quote: Some(
+            "A partir dessa mensagem o servidor/cliente que recebe a mensagem envia um oK de volta e fecha a conexão.",
+        ),
+        hint: "answer FLW with OK before closing the socket",
+        needs: &["oi-exhibitor"],
+        run: flw_exhibitor,
+    },
+    Check {
+        id: "flw-paired",
+        level: Level::Required,
+        title: "a paired emitter's FLW sends FLW to its exhibitor",
+        rule: "PROTOCOL.md, Server rules 6",
+        quote: Some("Se houver, ele (servidor) envia uma mensagem Flw para aquele exibidor."),
+        hint: "on an emitter's FLW, look up its exhibitor and send it FLW(65535, exhibitor id, seq)",
+        needs: &["oi-pair"],
+        run: flw_paired,
+    },
+    // ---- choices -----------------------------------------------------------
+    Check {
+        id: "pair-unknown",
+        level: Level::Choices,
+        title: "OI naming an exhibitor that is not connected is refused with ERRO",
+        rule: "PROTOCOL.md, Server rules 1",
+        quote: None,
+        hint: "evchat refuses the pairing, so the user learns of the typo at once",
+        needs: &["oi-emitter"],
+        run: pair_unknown,
+    },
+    Check {
+        id: "lowest-free-id",
+        level: Level::Choices,
+        title: "a new client gets the lowest free id of its range",
+        rule: "PROTOCOL.md, Server rules 1",
+        quote: None,
+        hint: "evchat reuses the lowest free id, so ids stay small",
+        needs: &["flw-exhibitor"],
+        run: lowest_free_id,
+    },
+    Check {
+        id: "second-oi",
+        level: Level::Choices,
+        title: "a second OI gets ERRO and the connection is kept",
+        rule: "PROTOCOL.md, Server rules 1 and Decisions",
+        quote: None,
+        hint: "evchat refuses a repeated OI but keeps the client and its id",
+        needs: &["flw-exhibitor"],
+        run: second_oi,
+    },
+    Check {
+        id: "clist-header",
+        level: Level::Choices,
+        title: "CLIST comes from 65535, to the CREQ's destination, with the server's seq",
+        rule: "PROTOCOL.md, Server rules 5",
+        quote: None,
+        hint: "evchat sends CLIST(origin 65535, dest = the CREQ's dest, seq = its counter for that client)",
+        needs: &["creq-clist"],
+        run: clist_header,
+    },
+    Check {
+        id: "clist-order",
+        level: Level::Choices,
+        title: "CLIST lists ids in ascending order",
+        rule: "PROTOCOL.md, Decisions",
+        quote: None,
+        hint: "evchat lists ids ascending, emitters before exhibitors",
+        needs: &["creq-clist"],
+        run: clist_order,
+    },
+    Check {
+        id: "ok-after-ack",
+        level: Level::Choices,
+        title: "the emitter's OK waits for the exhibitor's OK",
+        rule: "PROTOCOL.md, Server rules 4 and Decisions",
+        quote: None,
+        hint: "evchat answers an emitter only once the exhibitor has acknowledged (or failed)",
+        needs: ROUTE_NEEDS,
+        run: ok_after_ack,
+    },
+    // ---- robust ------------------------------------------------------------
+    Check {
+        id: "frame-before-oi",
+        level: Level::Robust,
+        title: "a frame before OI gets ERRO or a close, never OK",
+        rule: "PROTOCOL.md, Server rules 1",
+        quote: None,
+        hint: "until OI a connection has no id: answer anything else with ERRO(65535, 0, seq)",
+        needs: &["oi-exhibitor"],
+        run: frame_before_oi,
+    },
+    Check {
+        id: "split-frames",
+        level: Level::Robust,
+        title: "a frame split at every byte is read whole",
+        rule: "PROTOCOL.md, Wire format",
+        quote: None,
+        hint: "TCP is a byte stream: buffer until the header and the whole body are in, one recv is not one frame",
+        needs: ROUTE_NEEDS,
+        run: split_frames,
+    },
+    Check {
+        id: "many-frames",
+        level: Level::Robust,
+        title: "50 frames in one segment are all handled",
+        rule: "PROTOCOL.md, Wire format",
+        quote: None,
+        hint: "after one frame, keep parsing what is left of the buffer before the next recv",
+        needs: ROUTE_NEEDS,
+        run: many_frames,
+    },
+    Check {
+        id: "unknown-type",
+        level: Level::Robust,
+        title: "a frame of unknown type gets ERRO before any close",
+        rule: "PROTOCOL.md, Server rules 7",
+        quote: None,
+        hint: "answer a type the protocol does not define with ERRO (then close: the stream cannot be framed)",
+        needs: &["oi-exhibitor"],
+        run: unknown_type,
+    },
+    Check {
+        id: "garbage",
+        level: Level::Robust,
+        title: "random bytes before OI get ERRO or a close, and the server carries on",
+        rule: "PROTOCOL.md, Server rules 7",
+        quote: None,
+        hint: "check the type before dispatching on it; nothing one client sends may stop the server",
+        needs: &["oi-exhibitor"],
+        run: garbage,
+    },
+    Check {
+        id: "spoof",
+        level: Level::Robust,
+        title: "a MSG with someone else's origin is refused and never forwarded",
+        rule: "PROTOCOL.md, Server rules 2",
+        quote: Some("Esse teste evita que um cliente se passe por outro."),
+        hint: "compare each frame's origin with the id of the socket it came on; on mismatch send ERRO, forward nothing",
+        needs: ROUTE_NEEDS,
+        run: spoof,
+    },
+    Check {
+        id: "many-clients",
+        level: Level::Robust,
+        title: "256 clients connected at once all get ids and service",
+        rule: "PROTOCOL.md, Server rules 9",
+        quote: Some("O servidor deve ser capaz de lidar com pelo menos 255 clientes."),
+        hint: "no fixed table smaller than 256 clients, and raise the open-file limit if needed",
+        needs: ROUTE_NEEDS,
+        run: many_clients,
+    },
+    Check {
+        id: "silent-exhibitor",
+        level: Level::Robust,
+        title: "an exhibitor that never acknowledges does not hold up the others",
+        rule: "PROTOCOL.md, Server rules 4",
+        quote: None,
+        hint: "never wait for an exhibitor's OK inside the loop; track it and time it out",
+        needs: ROUTE_NEEDS,
+        run: silent_exhibitor,
+    },
+    Check {
+        id: "slow-reader",
+        level: Level::Robust,
+        title: "a client that never reads does not hold up the others",
+        rule: "PROTOCOL.md, Server rules 9",
+        quote: None,
+        hint: "never block in send(): queue output per client, bounded, and drop a client whose queue overflows",
+        needs: ROUTE_NEEDS,
+        run: slow_reader,
+    },
+];
+
+/// Looks a check up by id.
+pub fn find(id: &str) -> Option<&'static Check> {
+    CATALOGUE.iter().find(|c| c.id == id)
+}
+
+// ---- helpers -----------------------------------------------------------------
+
+/// Sends `msg` on `emitter` and expects `exhibitor` to receive it, acknowledge
+/// it, and the emitter to get a reply; the reply must be OK.
+fn deliver(emitter: &mut Conn, exhibitor: &mut Conn, msg: &Frame) -> Result<(), Failure> {
+    emitter.send(msg)?;
+    exhibitor
+        .expect_forward(msg, false)
+        .map_err(|f| emitter.blame(f))?;
+    expect_ok(emitter, "OK for the MSG (an exhibitor received it)")
+}
+
+/// Expects a reply, which must be OK.
+fn expect_ok(conn: &mut Conn, what: &str) -> Result<(), Failure> {
+    let reply = conn.expect_reply(what)?;
+    if reply.kind != Kind::Ok {
+        return Err(conn.unexpected("expected OK, got ERRO", what));
+    }
+    Ok(())
+}
+
+fn pass() -> Outcome {
+    Ok(Done::Pass)
+}
+
+// ---- required ----------------------------------------------------------------
+
+fn wire_header(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::open(ctx)?;
+    conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0))?;
+    let want = "an 8-byte big-endian header: OK (00 01) or ERRO (00 02)";
+    let frame = conn.expect(want)?;
+    if !matches!(frame.kind, Kind::Ok | Kind::Erro) {
+        return Err(conn.unexpected(format!("the reply to OI is a {}", frame.kind), want));
+    }
+    pass()
+}
+
+fn oi_exhibitor(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::open(ctx)?;
+    conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0))?;
+    let want = "OK(origin 65535, dest 4096..=8191, seq 0)";
+    let ok = conn.expect(want)?;
+    if ok.kind != Kind::Ok || ok.origin != SERVER_ID || !is_exhibitor_id(ok.dest) || ok.seq != 0 {
+        return Err(conn.unexpected("the exhibitor's OI was not answered as the rule says", want));
+    }
+    pass()
+}
+
+fn oi_emitter(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::open(ctx)?;
+    conn.send(&Frame::bare(Kind::Oi, 1, SERVER_ID, 0))?;
+    let want = "OK(origin 65535, dest 1..=4095, seq 0)";
+    let ok = conn.expect(want)?;
+    if ok.kind != Kind::Ok || ok.origin != SERVER_ID || !is_emitter_id(ok.dest) || ok.seq != 0 {
+        return Err(conn.unexpected("the emitter's OI was not answered as the rule says", want));
+    }
+    pass()
+}
+
+fn oi_pair(ctx: &Ctx) -> Outcome {
+    let exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::open(ctx)?;
+    emitter.identify(exhibitor.me(), "emitter")?;
+    pass()
+}
+
+fn route_unicast(ctx: &Ctx) -> Outcome {
+    let mut first = Conn::exhibitor(ctx)?;
+    let mut second = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    // To the second exhibitor, then to the first: the first one's next frame
+    // must be its own message, which proves the earlier one skipped it.
+    let to_second = emitter.msg(second.me(), "evchat check: to the second exhibitor");
+    deliver(&mut emitter, &mut second, &to_second)?;
+    let to_first = emitter.msg(first.me(), "evchat check: to the first exhibitor");
+    deliver(&mut emitter, &mut first, &to_first)?;
+    pass()
+}
+
+fn route_unchanged(ctx: &Ctx) -> Outcome {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let msg = emitter.msg(exhibitor.me(), "evchat check: forwarded unchanged");
+    emitter.send(&msg)?;
+    exhibitor
+        .expect_forward(&msg, true)
+        .map_err(|f| emitter.blame(f))?;
+    emitter.expect_reply("OK for the MSG")?;
+    pass()
+}
+
+fn route_broadcast(ctx: &Ctx) -> Outcome {
+    let mut first = Conn::exhibitor(ctx)?;
+    let mut second = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let msg = emitter.msg(0, "evchat check: to everyone");
+    emitter.send(&msg)?;
+    for exhibitor in [&mut first, &mut second] {
+        exhibitor
+            .expect_forward(&msg, false)
+            .map_err(|f| emitter.blame(f))?;
+    }
+    expect_ok(&mut emitter, "OK for the broadcast")?;
+    pass()
+}
+
+fn route_paired(ctx: &Ctx) -> Outcome {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let paired = Conn::emitter(ctx, exhibitor.me())?;
+    let mut other = Conn::emitter(ctx, 1)?;
+    let msg = other.msg(paired.me(), "evchat check: to a paired emitter");
+    deliver(&mut other, &mut exhibitor, &msg)?;
+    pass()
+}
+
+fn route_unknown(ctx: &Ctx) -> Outcome {
+    let _exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let unpaired = Conn::emitter(ctx, 1)?;
+    for (dest, why) in [
+        (unpaired.me(), "an unpaired emitter"),
+        (UNUSED_EXHIBITOR, "an exhibitor id nobody holds"),
+    ] {
+        let msg = emitter.msg(dest, "evchat check: nobody to reach");
+        emitter.send(&msg)?;
+        let want = format!("ERRO: destination {dest} is {why}");
+        let reply = emitter.expect_reply(&want)?;
+        if reply.kind != Kind::Erro {
+            return Err(emitter.unexpected(format!("a MSG to {why} was answered OK"), &want));
+        }
+    }
+    pass()
+}
+
+fn seq_echo(ctx: &Ctx) -> Outcome {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    for dest in [exhibitor.me(), exhibitor.me(), UNUSED_EXHIBITOR] {
+        let msg = emitter.msg(dest, "evchat check: sequence numbers");
+        emitter.send(&msg)?;
+        if dest != UNUSED_EXHIBITOR {
+            exhibitor
+                .expect_forward(&msg, false)
+                .map_err(|f| emitter.blame(f))?;
+        }
+        let want = format!("a reply with seq {}", msg.seq);
+        let reply = emitter.expect_reply(&want)?;
+        if reply.seq != msg.seq {
+            return Err(emitter.unexpected(
+                format!("the reply to seq {} carries seq {}", msg.seq, reply.seq),
+                &want,
+            ));
+        }
+    }
+    pass()
+}
+
+/// Sends a CREQ from a fresh emitter to a fresh exhibitor; returns the
+/// exhibitor, the emitter and the CLIST (already acknowledged).
+fn creq(ctx: &Ctx) -> Result<(Conn, Conn, Frame), Failure> {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let seq = emitter.next_seq();
+    emitter.send(&Frame::bare(Kind::Creq, emitter.me(), exhibitor.me(), seq))?;
+    let want = format!(
+        "CLIST listing at least {} and {}",
+        emitter.me(),
+        exhibitor.me()
+    );
+    let clist = exhibitor
+        .expect_kind(Kind::Clist, &want)
+        .map_err(|f| emitter.blame(f))?;
+    exhibitor.ack(&clist)?;
+    Ok((exhibitor, emitter, clist))
+}
+
+fn clist_ids(frame: &Frame) -> &[ClientId] {
+    match &frame.body {
+        evchat::proto::Body::Clients(ids) => ids,
+        _ => &[],
+    }
+}
+
+fn creq_clist(ctx: &Ctx) -> Outcome {
+    let (exhibitor, mut emitter, clist) = creq(ctx)?;
+    let ids = clist_ids(&clist);
+    for id in [emitter.me(), exhibitor.me()] {
+        if !ids.contains(&id) {
+            let want = format!("CLIST listing {} and {}", emitter.me(), exhibitor.me());
+            return Err(exhibitor.unexpected(format!("the CLIST does not list {id}"), &want));
+        }
+    }
+    expect_ok(&mut emitter, "OK for the CREQ")?;
+    pass()
+}
+
+fn flw(conn: &mut Conn) -> Outcome {
+    let seq = conn.next_seq();
+    conn.send(&Frame::bare(Kind::Flw, conn.me(), SERVER_ID, seq))?;
+    conn.expect_kind(Kind::Ok, "OK for the FLW")?;
+    conn.expect_close("the connection closed after the OK")?;
+    pass()
+}
+
+fn flw_emitter(ctx: &Ctx) -> Outcome {
+    flw(&mut Conn::emitter(ctx, 1)?)
+}
+
+fn flw_exhibitor(ctx: &Ctx) -> Outcome {
+    flw(&mut Conn::exhibitor(ctx)?)
+}
+
+fn flw_paired(ctx: &Ctx) -> Outcome {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, exhibitor.me())?;
+    let seq = emitter.next_seq();
+    emitter.send(&Frame::bare(Kind::Flw, emitter.me(), SERVER_ID, seq))?;
+    let want = format!("FLW(origin 65535, dest {})", exhibitor.me());
+    let flw = exhibitor
+        .expect_kind(Kind::Flw, &want)
+        .map_err(|f| emitter.blame(f))?;
+    if flw.origin != SERVER_ID || flw.dest != exhibitor.me() {
+        return Err(exhibitor.unexpected("the FLW's header is wrong", &want));
+    }
+    // The exhibitor answers and ends, as the statement says; whether the
+    // server or the exhibitor closes the connection first is left open.
+    exhibitor.ack(&flw)?;
+    exhibitor.vanish();
+    pass()
+}
+
+// ---- choices -----------------------------------------------------------------
+
+fn pair_unknown(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::open(ctx)?;
+    conn.send(&Frame::bare(Kind::Oi, UNUSED_EXHIBITOR, SERVER_ID, 0))?;
+    let want = format!("ERRO: exhibitor {UNUSED_EXHIBITOR} is not connected");
+    match conn.recv() {
+        Ok(frame) if frame.kind == Kind::Erro => pass(),
+        Ok(frame) => Ok(Done::Note(format!(
+            "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, got {}",
+            describe_frame(&frame)
+        ))),
+        Err(RecvError::Closed(partial)) if partial.is_empty() => Ok(Done::Note(format!(
+            "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, was closed without ERRO"
+        ))),
+        Err(RecvError::Timeout(partial)) if partial.is_empty() => Ok(Done::Note(format!(
+            "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, got no answer within {:?}",
+            ctx.timeout
+        ))),
+        Err(e) => Err(conn.recv_failure(e, &want)),
+    }
+}
+
+fn lowest_free_id(ctx: &Ctx) -> Outcome {
+    let mut first = Conn::exhibitor(ctx)?;
+    let _second = Conn::exhibitor(ctx)?;
+    let freed = first.me();
+    flw(&mut first)?;
+    let third = Conn::exhibitor(ctx)?;
+    // Lower than `freed` is lowest-free too: a client that left just before
+    // (an earlier check's) may have freed a lower id meanwhile.
+    if third.me() <= freed {
+        return pass();
+    }
+    Ok(Done::Note(format!(
+        "after exhibitor {freed} left, the next exhibitor got {} instead of {freed}",
+        third.me()
+    )))
+}
+
+fn second_oi(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::exhibitor(ctx)?;
+    let seq = conn.next_seq();
+    conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, seq))?;
+    let reply = match conn.recv() {
+        Ok(frame) => frame,
+        Err(RecvError::Closed(_)) => {
+            return Ok(Done::Note(
+                "a second OI closed the connection (evchat answers ERRO and keeps it)".to_string(),
+            ));
+        }
+        Err(RecvError::Timeout(partial)) if partial.is_empty() => {
+            return Ok(Done::Note(format!(
+                "a second OI got no answer within {:?} (evchat answers ERRO)",
+                ctx.timeout
+            )));
+        }
+        Err(e) => return Err(conn.recv_failure(e, "ERRO for the second OI")),
+    };
+    if reply.kind != Kind::Erro {
+        return Ok(Done::Note(format!(
+            "a second OI got {} (evchat answers ERRO and keeps the id)",
+            describe_frame(&reply)
+        )));
+    }
+    // Kept: FLW is still answered.
+    let seq = conn.next_seq();
+    conn.send(&Frame::bare(Kind::Flw, conn.me(), SERVER_ID, seq))?;
+    match conn.recv() {
+        Ok(frame) if frame.kind == Kind::Ok => pass(),
+        _ => Ok(Done::Note(
+            "after ERRO for a second OI the connection no longer answered FLW".to_string(),
+        )),
+    }
+}
+
+fn clist_header(ctx: &Ctx) -> Outcome {
+    let (exhibitor, _emitter, clist) = creq(ctx)?;
+    let want = (SERVER_ID, exhibitor.me(), 0);
+    if (clist.origin, clist.dest, clist.seq) == want {
+        return pass();
+    }
+    Ok(Done::Note(format!(
+        "CLIST header is (origin {}, dest {}, seq {}); evchat sends (origin 65535, dest {}, seq 0) as the server's first frame to that exhibitor",
+        clist.origin,
+        clist.dest,
+        clist.seq,
+        exhibitor.me()
+    )))
+}
+
+fn clist_order(ctx: &Ctx) -> Outcome {
+    let (_exhibitor, _emitter, clist) = creq(ctx)?;
+    let ids = clist_ids(&clist);
+    if ids.windows(2).all(|pair| pair[0] < pair[1]) {
+        return pass();
+    }
+    Ok(Done::Note(format!(
+        "CLIST ids are not ascending: {}",
+        describe_frame(&clist)
+    )))
+}
+
+fn ok_after_ack(ctx: &Ctx) -> Outcome {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let msg = emitter.msg(exhibitor.me(), "evchat check: never acknowledged");
+    emitter.send(&msg)?;
+    let want = format!("MSG with the text of {}", describe_frame(&msg));
+    exhibitor
+        .expect_kind(Kind::Msg, &want)
+        .map_err(|f| emitter.blame(f))?;
+    // The exhibitor vanishes without acknowledging: nobody showed the
+    // message, so a server that waited for the ack can only answer ERRO.
+    exhibitor.vanish();
+    let want = "ERRO: the only target vanished without acknowledging";
+    let reply = match emitter.recv() {
+        Ok(reply) => reply,
+        Err(RecvError::Timeout(partial)) if partial.is_empty() => {
+            return Ok(Done::Note(format!(
+                "no reply within {:?} after the only target vanished without acknowledging (evchat answers ERRO at once)",
+                ctx.timeout
+            )));
+        }
+        Err(e) => return Err(emitter.recv_failure(e, want)),
+    };
+    if !matches!(reply.kind, Kind::Ok | Kind::Erro) {
+        return Err(emitter.unexpected(format!("expected OK or ERRO, got {}", reply.kind), want));
+    }
+    if reply.kind == Kind::Erro {
+        return pass();
+    }
+    Ok(Done::Note(
+        "answered OK for a MSG whose only exhibitor vanished without acknowledging it (the OK does not wait for the exhibitor)"
+            .to_string(),
+    ))
+}
+
+// ---- robust ------------------------------------------------------------------
+
+fn frame_before_oi(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::open(ctx)?;
+    conn.send(
+        &Frame::msg(1, UNUSED_EXHIBITOR, 0, &b"evchat check: before OI"[..]).expect("short"),
+    )?;
+    let want = "ERRO or a close: the connection has not identified";
+    match conn.recv() {
+        Ok(frame) if frame.kind == Kind::Erro => pass(),
+        Ok(_) => Err(conn.unexpected("a frame before OI was accepted", want)),
+        Err(RecvError::Closed(partial)) if partial.is_empty() => pass(),
+        Err(e) => Err(conn.recv_failure(e, want)),
+    }
+}
+
+/// The pause between the parts of a split frame, so that they arrive in
+/// separate segments and a server sees them in separate reads.
+const SPLIT_PAUSE: Duration = Duration::from_millis(5);
+
+fn split_frames(ctx: &Ctx) -> Outcome {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let sample = emitter.msg(exhibitor.me(), "split");
+    let len = sample.to_bytes().len();
+    // Every cut point once, then one frame a byte at a time.
+    let mut plans: Vec<Vec<usize>> = (1..len).map(|cut| vec![cut]).collect();
+    plans.push((1..len).collect());
+    emitter.send(&sample)?;
+    exhibitor
+        .expect_forward(&sample, false)
+        .map_err(|f| emitter.blame(f))?;
+    expect_ok(&mut emitter, "OK for the MSG")?;
+    for cuts in plans {
+        let text = format!("split at {cuts:?}");
+        let msg = emitter.msg(exhibitor.me(), &text);
+        let bytes = msg.to_bytes();
+        emitter.remember(&bytes);
+        let mut from = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            emitter.send_part(&bytes[from..cut])?;
+            from = cut;
+            if cut < bytes.len() {
+                std::thread::sleep(SPLIT_PAUSE);
+            }
+        }
+        exhibitor
+            .expect_forward(&msg, false)
+            .map_err(|f| emitter.blame(f))?;
+        expect_ok(&mut emitter, "OK for the MSG sent in parts")?;
+    }
+    pass()
+}
+
+fn many_frames(ctx: &Ctx) -> Outcome {
+    const COUNT: usize = 50;
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let msgs: Vec<Frame> = (0..COUNT)
+        .map(|i| emitter.msg(exhibitor.me(), &format!("batch {i}")))
+        .collect();
+    let batch: Vec<u8> = msgs.iter().flat_map(|m| m.to_bytes()).collect();
+    emitter.send_bytes(&batch)?;
+    for msg in &msgs {
+        exhibitor
+            .expect_forward(msg, false)
+            .map_err(|f| emitter.blame(f))?;
+    }
+    for msg in &msgs {
+        expect_ok(&mut emitter, &format!("OK for MSG seq {}", msg.seq))?;
+    }
+    pass()
+}
+
+fn unknown_type(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::exhibitor(ctx)?;
+    let seq = conn.next_seq();
+    let mut bytes = Vec::new();
+    for field in [9, conn.me(), SERVER_ID, seq] {
+        bytes.extend_from_slice(&u16::to_be_bytes(field));
+    }
+    conn.send_bytes(&bytes)?;
+    let want = "ERRO for a frame of type 9";
+    match conn.recv() {
+        Ok(frame) if frame.kind == Kind::Erro => pass(),
+        Ok(frame) => Err(conn.unexpected(format!("answered {}", frame.kind), want)),
+        Err(e) => Err(conn.recv_failure(e, want)),
+    }
+}
+
+/// Bytes no client would send: an unknown type, then noise.
+fn junk() -> Vec<u8> {
+    // xorshift64, fixed seed: the same bytes every run, so reports compare.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut bytes = vec![0xde, 0xad];
+    while bytes.len() < 64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.push(state as u8);
+    }
+    bytes
+}
+
+fn garbage(ctx: &Ctx) -> Outcome {
+    let mut conn = Conn::open(ctx)?;
+    conn.send_bytes(&junk())?;
+    let want = "ERRO or a close: the bytes are not a frame";
+    match conn.recv() {
+        Ok(frame) if frame.kind == Kind::Erro => pass(),
+        Ok(frame) => Err(conn.unexpected(format!("garbage was answered {}", frame.kind), want)),
+        Err(RecvError::Closed(partial)) if partial.is_empty() => pass(),
+        Err(e) => Err(conn.recv_failure(e, want)),
+    }
+}
+
+fn spoof(ctx: &Ctx) -> Outcome {
+    let mut exhibitor = Conn::exhibitor(ctx)?;
+    let mut liar = Conn::emitter(ctx, 1)?;
+    let mut victim = Conn::emitter(ctx, 1)?;
+    let seq = liar.next_seq();
+    let forged = Frame::msg(
+        victim.me(),
+        exhibitor.me(),
+        seq,
+        &b"evchat check: forged"[..],
+    )
+    .expect("short");
+    liar.send(&forged)?;
+    let want = "ERRO (or a close) for a MSG whose origin is another client's id";
+    match liar.recv() {
+        Ok(frame) if frame.kind == Kind::Erro => {}
+        Ok(frame) => {
+            return Err(
+                liar.unexpected(format!("the forged MSG was answered {}", frame.kind), want)
+            );
+        }
+        Err(RecvError::Closed(partial)) if partial.is_empty() => {}
+        Err(e) => return Err(liar.recv_failure(e, want)),
+    }
+    // The exhibitor's next frame must be the victim's real message.
+    let real = victim.msg(exhibitor.me(), "evchat check: genuine");
+    victim.send(&real)?;
+    let want = format!("only {}, not the forged one", describe_frame(&real));
+    let got = exhibitor
+        .expect(&want)
+        .map_err(|f| liar.blame(victim.blame(f)))?;
+    if got.text() != real.text() {
+        let failure = exhibitor.unexpected("the forged MSG was forwarded", &want);
+        return Err(liar.blame(victim.blame(failure)));
+    }
+    pass()
+}
+
+fn many_clients(ctx: &Ctx) -> Outcome {
+    const EXHIBITORS: usize = 255;
+    // One after the other, each identified before the next connects: a
+    // burst of connects would only measure the server's listen backlog.
+    let mut conns = Vec::with_capacity(EXHIBITORS);
+    let mut ids = std::collections::BTreeSet::new();
+    for n in 1..=EXHIBITORS {
+        let conn = Conn::exhibitor(ctx).map_err(|mut f| {
+            f.summary = format!("client {n} of {EXHIBITORS}: {}", f.summary);
+            f
+        })?;
+        if !ids.insert(conn.me()) {
+            let want = format!("an id no other of the {n} connected clients holds");
+            return Err(conn.unexpected(format!("client {n} got a duplicate id"), &want));
+        }
+        conns.push(conn);
+    }
+    let mut emitter = Conn::emitter(ctx, 1)?;
+    let last = conns.last_mut().expect("255 connections");
+    let msg = emitter.msg(last.me(), "evchat check: client 256");
+    deliver(&mut emitter, last, &msg)?;
+    pass()
+}
+
+fn silent_exhibitor(ctx: &Ctx) -> Outcome {
+    let mut silent = Conn::exhibitor(ctx)?;
+    let mut other = Conn::exhibitor(ctx)?;
+    let mut first = Conn::emitter(ctx, 1)?;
+    let mut second = Conn::emitter(ctx, 1)?;
+    let unanswered = first.msg(silent.me(), "evchat check: never acknowledged");
+    first.send(&unanswered)?;
+    silent
+        .expect_kind(Kind::Msg, "the MSG (which it will not acknowledge)")
+        .map_err(|f| first.blame(f))?;
+    let msg = second.msg(other.me(), "evchat check: meanwhile");
+    deliver(&mut second, &mut other, &msg)?;
+    pass()
+}
+
+/// What the flooding emitter pushes at the exhibitor that never reads:
+/// more than evchat's 4 MiB queue plus the kernel's socket buffers.
+const FLOOD_BYTES: usize = 12 << 20;
+
+fn slow_reader(ctx: &Ctx) -> Outcome {
+    let stuck = Conn::open_small_rcvbuf(ctx)?;
+    let mut other = Conn::exhibitor(ctx)?;
+    let mut flooder = Conn::emitter(ctx, 1)?;
+    let mut second = Conn::emitter(ctx, 1)?;
+    let text = vec![b'x'; MAX_TEXT_LEN];
+    let mut flood = Vec::new();
+    while flood.len() < FLOOD_BYTES {
+        let seq = flooder.next_seq();
+        let msg = Frame::msg(flooder.me(), stuck.me(), seq, text.clone()).expect("max text");
+        flood.extend_from_slice(&msg.to_bytes());
+    }
+    // A server that stops reading the flooder stalls these writes; the
+    // flood ends at the first error or after one timeout in all (a write
+    // that makes slow progress would restart a per-write timeout).
+    let mut writer = flooder.try_clone_stream()?;
+    let deadline = Instant::now() + ctx.timeout;
+    let mut sent = 0;
+    while sent < flood.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || writer.set_write_timeout(Some(left)).is_err() {
+            break;
+        }
+        match writer.write(&flood[sent..]) {
+            Ok(n) if n > 0 => sent += n,
+            _ => break,
+        }
+    }
+    let msg = second.msg(other.me(), "evchat check: meanwhile");
+    deliver(&mut second, &mut other, &msg)?;
+    drop(stuck);
+    pass()
+}

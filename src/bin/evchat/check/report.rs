@@ -1,0 +1,272 @@
+//! How a run is shown: a table for people (colour only on a terminal, never
+//! with `NO_COLOR`), one summary line, or a JSON document for graders and CI.
+//! Also the list of checks for `--list`. Nothing here touches the network.
+
+use super::catalogue::{CATALOGUE, Check, Level};
+use super::wire::{Failure, describe, hex};
+use std::fmt::Write as _;
+
+/// What happened to one check.
+pub enum Verdict {
+    Pass,
+    Fail(Failure),
+    Note(String),
+    Skip(String),
+}
+
+impl Verdict {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail(_) => "fail",
+            Verdict::Note(_) => "note",
+            Verdict::Skip(_) => "skip",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub check: &'static Check,
+    pub verdict: Verdict,
+}
+
+/// Counts per verdict.
+#[derive(Default)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub notes: usize,
+    pub skipped: usize,
+}
+
+impl Summary {
+    pub fn of(outcomes: &[Outcome]) -> Summary {
+        let mut s = Summary::default();
+        for o in outcomes {
+            match o.verdict {
+                Verdict::Pass => s.passed += 1,
+                Verdict::Fail(_) => s.failed += 1,
+                Verdict::Note(_) => s.notes += 1,
+                Verdict::Skip(_) => s.skipped += 1,
+            }
+        }
+        s
+    }
+
+    pub fn line(&self) -> String {
+        let plural =
+            |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        format!(
+            "check: {} passed, {} failed, {}, {} skipped",
+            self.passed,
+            self.failed,
+            plural(self.notes, "note", "notes"),
+            self.skipped
+        )
+    }
+}
+
+/// ANSI colours, or none.
+pub struct Style {
+    pub colour: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    fn verdict(&self, verdict: &Verdict) -> String {
+        let (code, word) = match verdict {
+            Verdict::Pass => ("32", "pass"),
+            Verdict::Fail(_) => ("1;31", "FAIL"),
+            Verdict::Note(_) => ("33", "note"),
+            Verdict::Skip(_) => ("2", "skip"),
+        };
+        self.paint(code, word)
+    }
+}
+
+const INDENT: &str = "                          ";
+
+/// The human-readable report: one line per check, details under the ones
+/// that did not simply pass, then the summary line.
+pub fn text(target: &str, outcomes: &[Outcome], style: &Style) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "evchat check {target}: {} checks", outcomes.len());
+    for o in outcomes {
+        let c = o.check;
+        let _ = writeln!(
+            out,
+            "  {}  {:<18}  {}",
+            style.verdict(&o.verdict),
+            c.id,
+            c.title
+        );
+        match &o.verdict {
+            Verdict::Pass => {}
+            Verdict::Note(note) | Verdict::Skip(note) => {
+                let _ = writeln!(out, "{INDENT}{note}");
+            }
+            Verdict::Fail(f) => failure_text(&mut out, c, f),
+        }
+    }
+    out.push_str(&Summary::of(outcomes).line());
+    out.push('\n');
+    out
+}
+
+fn failure_text(out: &mut String, check: &Check, f: &Failure) {
+    let field = |out: &mut String, name: &str, value: &str| {
+        let _ = writeln!(out, "{INDENT}{name:<10} {value}");
+    };
+    let _ = writeln!(out, "{INDENT}{}", f.summary);
+    field(out, "rule:", check.rule);
+    if let Some(quote) = check.quote {
+        field(out, "statement:", &format!("\"{quote}\""));
+    }
+    for (conn, bytes) in &f.sent {
+        field(
+            out,
+            "sent:",
+            &format!("{conn}: {}   {}", hex(bytes), describe(bytes)),
+        );
+    }
+    field(out, "expected:", &f.expected);
+    match &f.received_bytes {
+        Some(bytes) => field(
+            out,
+            "received:",
+            &format!("{}   {}", hex(bytes), f.received),
+        ),
+        None => field(out, "received:", &f.received),
+    }
+    field(out, "hint:", f.hint.as_deref().unwrap_or(check.hint));
+}
+
+/// The report as one JSON document: `{"target", "checks": [...], "summary"}`.
+pub fn json(target: &str, outcomes: &[Outcome]) -> String {
+    let mut out = String::new();
+    let _ = write!(out, "{{\"target\":{},\"checks\":[", quote(target));
+    for (n, o) in outcomes.iter().enumerate() {
+        let c = o.check;
+        out.push_str(if n == 0 { "\n" } else { ",\n" });
+        let _ = write!(
+            out,
+            "{{\"id\":{},\"level\":{},\"title\":{},\"rule\":{},\"quote\":{},\"verdict\":{}",
+            quote(c.id),
+            quote(c.level.name()),
+            quote(c.title),
+            quote(c.rule),
+            c.quote.map_or("null".to_string(), quote),
+            quote(o.verdict.name())
+        );
+        match &o.verdict {
+            Verdict::Pass => out.push_str(",\"detail\":null"),
+            Verdict::Note(d) | Verdict::Skip(d) => {
+                let _ = write!(out, ",\"detail\":{}", quote(d));
+            }
+            Verdict::Fail(f) => {
+                let sent: Vec<String> = f
+                    .sent
+                    .iter()
+                    .map(|(conn, bytes)| {
+                        format!(
+                            "{{\"conn\":{},\"hex\":{},\"frame\":{}}}",
+                            quote(conn),
+                            quote(&hex(bytes)),
+                            quote(&describe(bytes))
+                        )
+                    })
+                    .collect();
+                let _ = write!(
+                    out,
+                    ",\"detail\":{},\"sent\":[{}],\"expected\":{},\"received\":{},\"received_hex\":{},\"hint\":{}",
+                    quote(&f.summary),
+                    sent.join(","),
+                    quote(&f.expected),
+                    quote(&f.received),
+                    f.received_bytes
+                        .as_ref()
+                        .map_or("null".to_string(), |b| quote(&hex(b))),
+                    quote(f.hint.as_deref().unwrap_or(c.hint))
+                );
+            }
+        }
+        out.push('}');
+    }
+    let s = Summary::of(outcomes);
+    let _ = writeln!(
+        out,
+        "\n],\"summary\":{{\"passed\":{},\"failed\":{},\"notes\":{},\"skipped\":{}}}}}",
+        s.passed, s.failed, s.notes, s.skipped
+    );
+    out
+}
+
+/// `--list`: the checks, without running them.
+pub fn list_text() -> String {
+    let mut out = String::new();
+    for level in [Level::Required, Level::Choices, Level::Robust] {
+        let _ = writeln!(out, "{}:", level.name());
+        for c in CATALOGUE.iter().filter(|c| c.level == level) {
+            let _ = writeln!(out, "  {:<18}  {}  ({})", c.id, c.title, c.rule);
+        }
+    }
+    out
+}
+
+/// `--list --json`: `{"checks": [{"id", "level", "title", "rule", "quote", "needs"}]}`.
+pub fn list_json() -> String {
+    let checks: Vec<String> = CATALOGUE
+        .iter()
+        .map(|c| {
+            let needs: Vec<String> = c.needs.iter().map(|n| quote(n)).collect();
+            format!(
+                "{{\"id\":{},\"level\":{},\"title\":{},\"rule\":{},\"quote\":{},\"needs\":[{}]}}",
+                quote(c.id),
+                quote(c.level.name()),
+                quote(c.title),
+                quote(c.rule),
+                c.quote.map_or("null".to_string(), quote),
+                needs.join(",")
+            )
+        })
+        .collect();
+    format!("{{\"checks\":[\n{}\n]}}\n", checks.join(",\n"))
+}
+
+/// A JSON string literal.
+fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for ch in text.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote;
+
+    #[test]
+    fn quote_escapes_what_json_requires() {
+        assert_eq!(quote("a\"b\\c\nd\u{1}é"), "\"a\\\"b\\\\c\\nd\\u0001é\"");
+    }
+}

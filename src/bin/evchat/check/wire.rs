@@ -1,0 +1,677 @@
+//! The checker's side of the wire: one blocking connection per simulated
+//! client, where every connect, read and write has a deadline, so no server
+//! can make a check hang. A connection remembers the frames it sent and the
+//! bytes of the last frame it received, so that a failing check can show
+//! both in hex with the frame decoded beside it.
+
+use bytes::BytesMut;
+use evchat::proto::{
+    ClientId, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, SERVER_ID,
+    SeqCounter, is_emitter_id, is_exhibitor_id,
+};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// What every check is given: where the server is and how long to wait.
+pub struct Ctx {
+    pub addr: SocketAddr,
+    /// The deadline of every single read, write and connect.
+    pub timeout: Duration,
+}
+
+/// Frames a failure report shows from one connection's past (the latest).
+const SENT_SHOWN: usize = 6;
+
+/// Why a check failed, as the report shows it.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// One line: what went wrong.
+    pub summary: String,
+    /// The frames that bear on the fault, each with its connection's label:
+    /// the frame that should have caused what was awaited (when another
+    /// connection awaited it), then the latest frames of the connection
+    /// that saw the fault.
+    pub sent: Vec<(String, Vec<u8>)>,
+    pub expected: String,
+    /// What arrived instead, in words ("nothing within 2s", a frame...).
+    pub received: String,
+    /// The bytes that arrived instead, when some did.
+    pub received_bytes: Option<Vec<u8>>,
+    /// Replaces the check's own hint when set.
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    /// A failure with no frame to show (e.g. a connect that was refused):
+    /// what was expected, and the error that came instead.
+    pub fn plain(
+        summary: impl Into<String>,
+        expected: impl Into<String>,
+        error: &std::io::Error,
+    ) -> Failure {
+        Failure {
+            summary: summary.into(),
+            sent: Vec::new(),
+            expected: expected.into(),
+            received: format!("error: {error}"),
+            received_bytes: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Failure {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// What a read can end in besides a frame.
+#[derive(Debug)]
+pub enum RecvError {
+    /// Nothing (or only part of a frame, kept here) within the timeout.
+    Timeout(Vec<u8>),
+    /// The peer closed (EOF or reset); any incomplete frame is kept.
+    Closed(Vec<u8>),
+    /// The bytes start with a header of no known type.
+    Undecodable(Vec<u8>),
+    /// Any other socket error.
+    Io(String),
+}
+
+/// Bytes as `00 05 00 01 ...`, cut after 48 bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out: Vec<String> = bytes.iter().take(48).map(|b| format!("{b:02x}")).collect();
+    if bytes.len() > 48 {
+        out.push(format!("… ({} bytes)", bytes.len()));
+    }
+    out.join(" ")
+}
+
+/// A frame's bytes in words: `MSG(origin 1, dest 0, seq 1) "hi"`. Bytes
+/// that do not decode are described by their header, big- and little-endian.
+pub fn describe(bytes: &[u8]) -> String {
+    let Some(header) = Header::peek(bytes) else {
+        return format!("{} bytes, less than a header", bytes.len());
+    };
+    let Some(kind) = Kind::from_u16(header.kind) else {
+        let swapped = header.kind.swap_bytes();
+        let as_le = match Kind::from_u16(swapped) {
+            Some(kind) => format!(
+                "; read little-endian it would be {kind}(origin {}, dest {}, seq {})",
+                header.origin.swap_bytes(),
+                header.dest.swap_bytes(),
+                header.seq.swap_bytes()
+            ),
+            None => String::new(),
+        };
+        return format!("unknown type {}{as_le}", header.kind);
+    };
+    let mut buf = BytesMut::from(bytes);
+    match Frame::decode(&mut buf) {
+        Ok(Some(frame)) => describe_frame(&frame),
+        _ => {
+            let count = bytes
+                .get(HEADER_LEN..HEADER_LEN + 2)
+                .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]) as usize);
+            format!(
+                "{kind}(origin {}, dest {}, seq {}) incomplete: count {count}, {} bytes in all",
+                header.origin,
+                header.dest,
+                header.seq,
+                bytes.len()
+            )
+        }
+    }
+}
+
+/// A decoded frame in words, with a MSG's text (escaped, cut) or a CLIST's ids.
+pub fn describe_frame(frame: &Frame) -> String {
+    let head = format!(
+        "{}(origin {}, dest {}, seq {})",
+        frame.kind, frame.origin, frame.dest, frame.seq
+    );
+    match &frame.body {
+        evchat::proto::Body::Empty => head,
+        evchat::proto::Body::Text(text) => {
+            let shown: String = text
+                .iter()
+                .take(40)
+                .flat_map(|b| b.escape_ascii())
+                .map(char::from)
+                .collect();
+            let more = if text.len() > 40 { "…" } else { "" };
+            format!("{head} \"{shown}{more}\"")
+        }
+        evchat::proto::Body::Clients(ids) => {
+            let shown: Vec<String> = ids.iter().take(12).map(u16::to_string).collect();
+            let more = if ids.len() > 12 { " …" } else { "" };
+            format!("{head} N={} [{}{more}]", ids.len(), shown.join(" "))
+        }
+    }
+}
+
+/// One connection to the server under test, acting as one client.
+pub struct Conn {
+    /// "exhibitor 4096", "emitter 1", or "connection" before OI.
+    label: String,
+    stream: TcpStream,
+    /// Received bytes not yet taken as frames; never more than one frame
+    /// plus one read, since frames are taken as soon as they are whole.
+    buf: BytesMut,
+    timeout: Duration,
+    /// The latest frames sent, oldest first, for failure reports.
+    sent: Vec<Vec<u8>>,
+    /// The bytes of the frame `recv` returned last.
+    last: Vec<u8>,
+    /// The id the server gave, once identified.
+    pub id: Option<ClientId>,
+    seq: SeqCounter,
+    /// The peer closed, or this side gave up: nothing more is sent on drop.
+    done: bool,
+}
+
+impl Conn {
+    /// Connects within the timeout.
+    pub fn open(ctx: &Ctx) -> Result<Conn, Failure> {
+        let stream = TcpStream::connect_timeout(&ctx.addr, ctx.timeout).map_err(|e| {
+            Failure::plain(
+                format!("cannot connect to {}: {e}", ctx.addr),
+                "the server accepts the connection",
+                &e,
+            )
+            .with_hint("is the server running, and is HOST:PORT its address?")
+        })?;
+        Ok(Conn::from_stream(stream, ctx))
+    }
+
+    fn from_stream(stream: TcpStream, ctx: &Ctx) -> Conn {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(ctx.timeout));
+        Conn {
+            label: "connection".to_string(),
+            stream,
+            buf: BytesMut::new(),
+            timeout: ctx.timeout,
+            sent: Vec::new(),
+            last: Vec::new(),
+            id: None,
+            seq: SeqCounter::new(),
+            done: false,
+        }
+    }
+
+    /// Connects and identifies as an exhibitor (OI with origin 0).
+    pub fn exhibitor(ctx: &Ctx) -> Result<Conn, Failure> {
+        let mut conn = Conn::open(ctx)?;
+        conn.identify(0, "exhibitor")?;
+        Ok(conn)
+    }
+
+    /// Connects and identifies as an emitter; `origin` 1 for an unpaired
+    /// one, or the exhibitor id to pair with.
+    pub fn emitter(ctx: &Ctx, origin: ClientId) -> Result<Conn, Failure> {
+        let mut conn = Conn::open(ctx)?;
+        conn.identify(origin, "emitter")?;
+        Ok(conn)
+    }
+
+    /// Connects and sends an exhibitor's OI: Ok if anything at all comes
+    /// back. An OK's id is kept, so that dropping the probe leaves with FLW.
+    pub fn probe(ctx: &Ctx) -> Result<(), Failure> {
+        let mut conn = Conn::open(ctx)?;
+        let seq = conn.next_seq();
+        conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, seq))?;
+        match conn.recv() {
+            Ok(frame) => {
+                if frame.kind == Kind::Ok {
+                    conn.id = Some(frame.dest);
+                }
+                Ok(())
+            }
+            Err(RecvError::Undecodable(_)) => Ok(()),
+            Err(RecvError::Timeout(partial) | RecvError::Closed(partial))
+                if !partial.is_empty() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(conn.recv_failure(e, "any answer to OI")),
+        }
+    }
+
+    /// Sends OI and takes the id from the OK, which must be in the role's range.
+    pub fn identify(&mut self, origin: ClientId, role: &str) -> Result<ClientId, Failure> {
+        let seq = self.next_seq();
+        self.send(&Frame::bare(Kind::Oi, origin, SERVER_ID, seq))?;
+        let want = if origin == 0 {
+            "OK(origin 65535, dest = an exhibitor id 4096..=8191)"
+        } else {
+            "OK(origin 65535, dest = an emitter id 1..=4095)"
+        };
+        let ok = self.expect(want)?;
+        let in_range = if origin == 0 {
+            is_exhibitor_id(ok.dest)
+        } else {
+            is_emitter_id(ok.dest)
+        };
+        if ok.kind != Kind::Ok || ok.origin != SERVER_ID || !in_range {
+            return Err(self.unexpected(format!("OI as {role} was not accepted as expected"), want));
+        }
+        self.id = Some(ok.dest);
+        self.label = format!("{role} {}", ok.dest);
+        Ok(ok.dest)
+    }
+
+    /// The id from OI; only called on identified connections.
+    pub fn me(&self) -> ClientId {
+        self.id.unwrap_or(0)
+    }
+
+    /// The sequence number for this client's next frame.
+    pub fn next_seq(&mut self) -> u16 {
+        self.seq.next_seq()
+    }
+
+    /// Builds a MSG from this client with its next sequence number.
+    pub fn msg(&mut self, dest: ClientId, text: &str) -> Frame {
+        let seq = self.next_seq();
+        Frame::msg(self.me(), dest, seq, text.as_bytes().to_vec()).expect("short text")
+    }
+
+    pub fn send(&mut self, frame: &Frame) -> Result<(), Failure> {
+        self.send_bytes(&frame.to_bytes())
+    }
+
+    /// Writes raw bytes (several frames, or a part of one) within the timeout.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.remember(bytes);
+        self.stream.write_all(bytes).map_err(|e| Failure {
+            summary: format!("{}: sending failed: {e}", self.label),
+            sent: self.sent_shown(),
+            expected: "the server reads what is sent".to_string(),
+            received: format!("write error: {e}"),
+            received_bytes: None,
+            hint: None,
+        })
+    }
+
+    /// Writes without recording (for the later parts of a split frame).
+    pub fn send_part(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+        self.stream.write_all(bytes).map_err(|e| {
+            Failure::plain(
+                format!("{}: sending failed: {e}", self.label),
+                "the server reads what is sent",
+                &e,
+            )
+        })
+    }
+
+    /// Records `bytes` as sent without sending them (a frame sent in parts).
+    pub fn remember(&mut self, bytes: &[u8]) {
+        if self.sent.len() == SENT_SHOWN {
+            self.sent.remove(0);
+        }
+        self.sent
+            .push(bytes[..bytes.len().min(MAX_FRAME_LEN)].to_vec());
+    }
+
+    /// The next frame, within the timeout.
+    pub fn recv(&mut self) -> Result<Frame, RecvError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let whole = FrameView::parse(&self.buf).map(|found| found.map(|(_, len)| len));
+            match whole {
+                Err(_) => {
+                    self.done = true;
+                    return Err(RecvError::Undecodable(self.buf.to_vec()));
+                }
+                Ok(Some(len)) => {
+                    self.last = self.buf[..len].to_vec();
+                    let frame = Frame::decode(&mut self.buf)
+                        .ok()
+                        .flatten()
+                        .expect("a whole frame of a known type decodes");
+                    return Ok(frame);
+                }
+                Ok(None) => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RecvError::Timeout(self.buf.to_vec()));
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.done = true;
+                    return Err(RecvError::Closed(self.buf.to_vec()));
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(RecvError::Timeout(self.buf.to_vec()));
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    self.done = true;
+                    return Err(RecvError::Closed(self.buf.to_vec()));
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Err(RecvError::Io(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The next frame; anything else (timeout, close, garbage) is a failure
+    /// that says `expected`.
+    pub fn expect(&mut self, expected: &str) -> Result<Frame, Failure> {
+        self.recv().map_err(|e| self.recv_failure(e, expected))
+    }
+
+    /// The failure for a read that ended without a frame.
+    pub fn recv_failure(&self, error: RecvError, expected: &str) -> Failure {
+        let wait = self.timeout;
+        let (summary, received, bytes) = match error {
+            RecvError::Timeout(partial) if partial.is_empty() => (
+                format!("{}: nothing arrived within {wait:?}", self.label),
+                format!("nothing within {wait:?}"),
+                None,
+            ),
+            RecvError::Timeout(partial) => (
+                format!(
+                    "{}: an incomplete frame, and nothing more within {wait:?}",
+                    self.label
+                ),
+                format!("{} (waited {wait:?} for the rest)", describe(&partial)),
+                Some(partial),
+            ),
+            RecvError::Closed(partial) if partial.is_empty() => (
+                format!("{}: the server closed the connection", self.label),
+                "connection closed".to_string(),
+                None,
+            ),
+            RecvError::Closed(partial) => (
+                format!(
+                    "{}: the server closed the connection inside a frame",
+                    self.label
+                ),
+                format!("{}, then the connection closed", describe(&partial)),
+                Some(partial),
+            ),
+            RecvError::Undecodable(bytes) => (
+                format!("{}: received bytes that are not a frame", self.label),
+                describe(&bytes),
+                Some(bytes),
+            ),
+            RecvError::Io(e) => (
+                format!("{}: reading failed: {e}", self.label),
+                format!("read error: {e}"),
+                None,
+            ),
+        };
+        Failure {
+            summary,
+            sent: self.sent_shown(),
+            expected: expected.to_string(),
+            received,
+            received_bytes: bytes,
+            hint: None,
+        }
+    }
+
+    /// The failure for the frame `recv` returned last, which was not `expected`.
+    pub fn unexpected(&self, summary: impl Into<String>, expected: &str) -> Failure {
+        Failure {
+            summary: format!("{}: {}", self.label, summary.into()),
+            sent: self.sent_shown(),
+            expected: expected.to_string(),
+            received: describe(&self.last),
+            received_bytes: Some(self.last.clone()),
+            hint: None,
+        }
+    }
+
+    /// `failure`, seen on another connection, with the frame this one sent
+    /// last shown first: the frame that should have caused what was awaited.
+    pub fn blame(&self, mut failure: Failure) -> Failure {
+        if let Some(last) = self.sent.last() {
+            failure.sent.insert(0, (self.label.clone(), last.clone()));
+        }
+        failure
+    }
+
+    fn sent_shown(&self) -> Vec<(String, Vec<u8>)> {
+        self.sent
+            .iter()
+            .map(|bytes| (self.label.clone(), bytes.clone()))
+            .collect()
+    }
+
+    /// Expects a frame of `kind`; `what` says which in the report.
+    pub fn expect_kind(&mut self, kind: Kind, what: &str) -> Result<Frame, Failure> {
+        let frame = self.expect(what)?;
+        if frame.kind != kind {
+            return Err(self.unexpected(format!("expected {kind}, got {}", frame.kind), what));
+        }
+        Ok(frame)
+    }
+
+    /// Expects the server's reply (OK or ERRO) to a request.
+    pub fn expect_reply(&mut self, what: &str) -> Result<Frame, Failure> {
+        let frame = self.expect(what)?;
+        if !matches!(frame.kind, Kind::Ok | Kind::Erro) {
+            return Err(self.unexpected(format!("expected OK or ERRO, got {}", frame.kind), what));
+        }
+        Ok(frame)
+    }
+
+    /// Expects the very frame `sent` (a forwarded MSG): with `exact`, byte
+    /// for byte; otherwise a MSG with the same text.
+    pub fn expect_forward(&mut self, sent: &Frame, exact: bool) -> Result<(), Failure> {
+        let want = if exact {
+            format!(
+                "{} unchanged: {}",
+                describe_frame(sent),
+                hex(&sent.to_bytes())
+            )
+        } else {
+            format!("MSG with the text of {}", describe_frame(sent))
+        };
+        let got = self.expect(&want)?;
+        let same = if exact {
+            got == *sent
+        } else {
+            got.kind == Kind::Msg && got.text() == sent.text()
+        };
+        if !same {
+            return Err(self.unexpected("did not receive the message sent to it", &want));
+        }
+        self.ack(&got)
+    }
+
+    /// Acknowledges a received MSG, CLIST or FLW as a client does.
+    pub fn ack(&mut self, frame: &Frame) -> Result<(), Failure> {
+        let ok = Frame::bare(Kind::Ok, self.me(), frame.origin, frame.seq);
+        self.send(&ok)
+    }
+
+    /// Expects the server to close the connection (EOF or reset).
+    pub fn expect_close(&mut self, expected: &str) -> Result<(), Failure> {
+        match self.recv() {
+            Err(RecvError::Closed(partial)) if partial.is_empty() => Ok(()),
+            Ok(frame) => Err(self.unexpected(
+                format!("expected the connection to close, got {}", frame.kind),
+                expected,
+            )),
+            Err(e) => Err(self.recv_failure(e, expected)),
+        }
+    }
+
+    /// Closes this side at once, without FLW (a client that vanishes).
+    pub fn vanish(mut self) {
+        self.done = true;
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for Conn {
+    /// An identified client says goodbye with FLW (not waiting for the OK),
+    /// as the protocol wants; the socket then closes.
+    fn drop(&mut self) {
+        if self.done || self.id.is_none() {
+            return;
+        }
+        let flw = Frame::bare(Kind::Flw, self.me(), SERVER_ID, self.seq.next_seq());
+        // Never wait here: a server that stopped reading must not hold us up.
+        if self.stream.set_nonblocking(true).is_ok() {
+            let _ = self.stream.write(&flw.to_bytes());
+        }
+    }
+}
+
+/// The highest exhibitor id, used as "an id nobody holds" on a server the
+/// checker has to itself.
+pub const UNUSED_EXHIBITOR: ClientId = *EXHIBITOR_IDS.end();
+
+impl Conn {
+    /// An exhibitor whose receive buffer is set small before connecting and
+    /// which never reads after its OK: a client that does not keep up.
+    pub fn open_small_rcvbuf(ctx: &Ctx) -> Result<Conn, Failure> {
+        let refused = |e: std::io::Error| {
+            Failure::plain(
+                format!("cannot connect to {}: {e}", ctx.addr),
+                "the server accepts the connection",
+                &e,
+            )
+        };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(ctx.addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .map_err(refused)?;
+        let _ = socket.set_recv_buffer_size(4096);
+        socket
+            .connect_timeout(&ctx.addr.into(), ctx.timeout)
+            .map_err(refused)?;
+        let mut conn = Conn::from_stream(socket.into(), ctx);
+        conn.identify(0, "exhibitor")?;
+        Ok(conn)
+    }
+
+    /// A second handle on the socket, for a bulk write outside the frame
+    /// bookkeeping; it has the same write deadline.
+    pub fn try_clone_stream(&self) -> Result<TcpStream, Failure> {
+        self.stream.try_clone().map_err(|e| {
+            Failure::plain(
+                format!("{}: cannot clone the socket: {e}", self.label),
+                "a second handle on the connection",
+                &e,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use std::net::TcpListener;
+
+    /// A connection whose peer sends `bytes` and closes.
+    fn reading(bytes: &[u8]) -> Conn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_secs(10),
+        };
+        let conn = Conn::open(&ctx).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(bytes).unwrap();
+        conn
+    }
+
+    proptest! {
+        /// Whatever a server sends, the checker takes whole frames exactly
+        /// as sent, then ends in a close or "not a frame" holding the rest;
+        /// it never panics and never buffers more than a frame and a read.
+        #[test]
+        fn any_server_bytes_end_in_frames_then_an_error(
+            frames in vec((1u16..=7, any::<[u16; 3]>(), vec(any::<u8>(), 0..40)), 0..6),
+            tail in vec(any::<u8>(), 0..30),
+        ) {
+            // Well-formed frames of every type, then anything at all.
+            let mut bytes = Vec::new();
+            for (kind, [origin, dest, seq], body) in frames {
+                for field in [kind, origin, dest, seq] {
+                    bytes.extend_from_slice(&field.to_be_bytes());
+                }
+                let body = match kind {
+                    5 => &body[..],
+                    7 => &body[..body.len() / 2 * 2],
+                    _ => continue,
+                };
+                let count = if kind == 5 { body.len() } else { body.len() / 2 };
+                bytes.extend_from_slice(&(count as u16).to_be_bytes());
+                bytes.extend_from_slice(body);
+            }
+            bytes.extend_from_slice(&tail);
+            let mut conn = reading(&bytes);
+            let mut taken = 0;
+            loop {
+                match conn.recv() {
+                    Ok(frame) => {
+                        let wire = frame.to_bytes();
+                        prop_assert_eq!(&bytes[taken..taken + wire.len()], &wire[..]);
+                        taken += wire.len();
+                    }
+                    Err(RecvError::Closed(rest)) => {
+                        prop_assert_eq!(&bytes[taken..], &rest[..]);
+                        break;
+                    }
+                    Err(RecvError::Undecodable(rest)) => {
+                        prop_assert!(bytes[taken..].starts_with(&rest));
+                        prop_assert!(rest.len() >= HEADER_LEN);
+                        break;
+                    }
+                    Err(other) => prop_assert!(false, "{:?}", other),
+                }
+                prop_assert!(conn.buf.len() <= MAX_FRAME_LEN + 16 * 1024);
+            }
+            describe(&bytes);
+            hex(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_clist_shorter_than_its_count_is_described_as_incomplete() {
+        let bytes = b"\x00\x07\xff\xff\x10\x00\x00\x00\x00\x03\x00\x01\x10\x00";
+        assert_eq!(
+            describe(bytes),
+            "CLIST(origin 65535, dest 4096, seq 0) incomplete: count 3, 14 bytes in all"
+        );
+    }
+
+    #[test]
+    fn a_msg_is_described_with_its_text_escaped() {
+        let msg = Frame::msg(1, 0, 2, &b"hi\n\xff"[..]).unwrap();
+        assert_eq!(
+            describe(&msg.to_bytes()),
+            "MSG(origin 1, dest 0, seq 2) \"hi\\n\\xff\""
+        );
+    }
+
+    #[test]
+    fn hex_is_cut_after_48_bytes() {
+        let shown = hex(&[0xab; 50]);
+        assert!(shown.ends_with("ab … (50 bytes)"), "{shown}");
+        assert_eq!(shown.matches("ab").count(), 48);
+    }
+}

@@ -1,0 +1,556 @@
+//! `evchat check` against servers with known faults: for each fault of the
+//! fixture server (tests/check_fixture.rs), exactly the expected checks fail
+//! (or, for `choices`, give a note) and every other check passes or is
+//! skipped because of one of them. Against the real `server` every check
+//! passes, and every check id is some fault's expected failure, so no check
+//! is one that cannot fail.
+
+#[path = "check_fixture.rs"]
+mod check_fixture;
+
+use crate::util::Server;
+use check_fixture::{Fault, Fixture};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+/// The longest a whole `evchat check` run may take here; the slowest,
+/// against a fixture, waits out a few 1 s deadlines.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The per-read deadline given to the checker against fixtures: a failure
+/// often means waiting it out once, and the fixture answers in microseconds.
+const FIXTURE_TIMEOUT: &str = "1";
+
+/// Each fault, the checks it must fail and the choices it must note.
+const FAULTS: &[(Fault, &[&str], &[&str])] = &[
+    (Fault::LittleEndian, &["wire-header"], &[]),
+    (Fault::ExhibitorIdsHigh, &["oi-exhibitor"], &[]),
+    (Fault::EmitterIdsHigh, &["oi-emitter"], &[]),
+    (Fault::RefusePairing, &["oi-pair"], &[]),
+    (Fault::NoSeqEcho, &["seq-echo"], &[]),
+    (Fault::UnicastToLowest, &["route-unicast"], &[]),
+    (Fault::BroadcastFirstOnly, &["route-broadcast"], &[]),
+    // Ignoring pairing also accepts a pairing with an absent exhibitor.
+    (
+        Fault::IgnorePairing,
+        &["route-paired", "flw-paired"],
+        &["pair-unknown"],
+    ),
+    (Fault::ForwardFromServer, &["route-unchanged"], &[]),
+    (Fault::OkUnknownDest, &["route-unknown"], &[]),
+    (Fault::WrongClistCount, &["creq-clist"], &[]),
+    (Fault::FlwNoOk, &["flw-emitter", "flw-exhibitor"], &[]),
+    (Fault::PairUnknownAccepted, &[], &["pair-unknown"]),
+    (Fault::SequentialIds, &[], &["lowest-free-id"]),
+    (Fault::SecondOiOk, &[], &["second-oi"]),
+    // A choice the server answers with silence is a note, not a failure.
+    (Fault::SecondOiIgnored, &[], &["second-oi"]),
+    (Fault::ClistOriginEmitter, &[], &["clist-header"]),
+    (Fault::ClistDescending, &[], &["clist-order"]),
+    (Fault::EarlyOk, &[], &["ok-after-ack"]),
+    // Answering OK before OI answers garbage with OK too.
+    (Fault::AcceptBeforeOi, &["frame-before-oi", "garbage"], &[]),
+    (Fault::SingleRecv, &["split-frames"], &[]),
+    (Fault::OneFramePerRead, &["many-frames"], &[]),
+    (Fault::CloseOnUnknown, &["unknown-type"], &[]),
+    (Fault::CrashOnEarlyGarbage, &["garbage"], &[]),
+    (Fault::ForwardSpoof, &["spoof"], &[]),
+    (Fault::CrashOnSpoof, &["spoof"], &[]),
+    (Fault::MaxClients64, &["many-clients"], &[]),
+    (Fault::BlockOnAck, &["silent-exhibitor", "slow-reader"], &[]),
+    (Fault::BlockingWrite, &["slow-reader"], &[]),
+];
+
+/// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
+/// stdout, stderr).
+fn evchat(args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evchat"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn evchat");
+    let (tx, rx) = channel();
+    for (name, mut pipe) in [
+        (
+            "stdout",
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        ),
+        ("stderr", Box::new(child.stderr.take().unwrap())),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = tx.send((name, text));
+        });
+    }
+    // Both pipes close when evchat exits; the run must end by then.
+    let deadline = Instant::now() + RUN_LIMIT;
+    let (mut out, mut err) = (String::new(), String::new());
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok((name, text)) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("evchat {args:?} did not finish within {RUN_LIMIT:?}");
+        };
+        if name == "stdout" {
+            out = text
+        } else {
+            err = text
+        }
+    }
+    let status = child.wait().expect("wait evchat");
+    (status.code().expect("exit code"), out, err)
+}
+
+/// One check's line in the JSON report.
+struct Seen {
+    verdict: String,
+    detail: String,
+    level: String,
+}
+
+/// Runs every check against `target` as JSON; (exit code, id → outcome).
+fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Value) {
+    let (code, out, err) = evchat(&["check", target, "--json", "--timeout", timeout]);
+    let report: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
+    let mut seen = BTreeMap::new();
+    for check in report["checks"].as_array().expect("checks array") {
+        let text = |key: &str| check[key].as_str().unwrap_or_default().to_string();
+        seen.insert(
+            text("id"),
+            Seen {
+                verdict: text("verdict"),
+                detail: text("detail"),
+                level: text("level"),
+            },
+        );
+    }
+    (code, seen, report)
+}
+
+fn ids_with(seen: &BTreeMap<String, Seen>, verdict: &str) -> BTreeSet<String> {
+    seen.iter()
+        .filter(|(_, s)| s.verdict == verdict)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+/// Every skip must name its cause: a needed check that failed or was
+/// skipped, or the check after which the server stopped answering.
+fn assert_skips_explained(seen: &BTreeMap<String, Seen>) {
+    for (id, s) in seen.iter().filter(|(_, s)| s.verdict == "skip") {
+        if let Some(rest) = s.detail.strip_prefix("needs ") {
+            let (need, why) = rest.split_once(", which ").expect("needs X, which ...");
+            let want = if why == "failed" { "fail" } else { "skip" };
+            assert_eq!(seen[need].verdict, want, "{id}: {}", s.detail);
+        } else if let Some(after) = s.detail.strip_prefix("server stopped answering after ") {
+            assert_eq!(seen[after].verdict, "fail", "{id}: {}", s.detail);
+        } else if let Some(rest) = s.detail.strip_prefix("server not answering (") {
+            let failed = rest.strip_suffix(" failed)").expect("(X failed)");
+            assert_eq!(seen[failed].verdict, "fail", "{id}: {}", s.detail);
+        } else {
+            panic!("{id}: unexplained skip {:?}", s.detail);
+        }
+    }
+}
+
+fn run_fault(fault: Fault) {
+    let (_, fails, notes) = FAULTS
+        .iter()
+        .find(|(f, _, _)| *f == fault)
+        .expect("fault listed");
+    let fixture = Fixture::start(fault);
+    let (code, seen, report) = check_json(&fixture.target(), FIXTURE_TIMEOUT);
+    assert_eq!(ids_with(&seen, "fail"), set(fails), "{fault:?}: {report:#}");
+    assert_eq!(ids_with(&seen, "note"), set(notes), "{fault:?}: {report:#}");
+    assert_skips_explained(&seen);
+    let summary = &report["summary"];
+    assert_eq!(summary["failed"], fails.len(), "{fault:?}");
+    assert_eq!(summary["notes"], notes.len(), "{fault:?}");
+    // Exit status: 1 for a required failure, 3 for other failures only.
+    let required_failed = fails.iter().any(|id| seen[*id].level == "required");
+    let want = match (required_failed, fails.is_empty()) {
+        (true, _) => 1,
+        (false, false) => 3,
+        (false, true) => 0,
+    };
+    assert_eq!(code, want, "{fault:?} exit status");
+}
+
+#[test]
+fn correct_fixture_passes_every_check() {
+    let fixture = Fixture::start(Fault::None);
+    let (code, seen, report) = check_json(&fixture.target(), FIXTURE_TIMEOUT);
+    let not_passed: Vec<_> = seen.iter().filter(|(_, s)| s.verdict != "pass").collect();
+    assert!(not_passed.is_empty(), "{report:#}");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn real_server_passes_every_check() {
+    let server = Server::start(&[]);
+    let (code, seen, report) = check_json(&server.target(), "2");
+    let listed: BTreeSet<String> = listed_ids().into_iter().collect();
+    assert_eq!(ids_with(&seen, "pass"), listed, "{report:#}");
+    assert_eq!(report["summary"]["passed"], listed.len());
+    assert_eq!(code, 0);
+}
+
+/// The ids `--list --json` names, in order.
+fn listed_ids() -> Vec<String> {
+    let (code, out, _) = evchat(&["check", "--list", "--json"]);
+    assert_eq!(code, 0);
+    let list: Value = serde_json::from_str(&out).expect("JSON");
+    list["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn every_check_is_some_faults_expected_failure() {
+    let listed = listed_ids();
+    let unique: BTreeSet<&String> = listed.iter().collect();
+    assert_eq!(unique.len(), listed.len(), "duplicate ids: {listed:?}");
+    let caught: BTreeSet<String> = FAULTS
+        .iter()
+        .flat_map(|(_, fails, notes)| fails.iter().chain(notes.iter()))
+        .map(|id| id.to_string())
+        .collect();
+    let listed: BTreeSet<String> = listed.into_iter().collect();
+    assert_eq!(
+        listed, caught,
+        "checks no fault catches, or faults naming unknown checks"
+    );
+}
+
+#[test]
+fn crash_on_spoof_skips_the_rest_as_stopped() {
+    let fixture = Fixture::start(Fault::CrashOnSpoof);
+    let (code, seen, report) = check_json(&fixture.target(), FIXTURE_TIMEOUT);
+    assert_eq!(code, 3, "{report:#}");
+    let stopped: BTreeSet<String> = seen
+        .iter()
+        .filter(|(_, s)| s.detail == "server stopped answering after spoof")
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(
+        stopped,
+        set(&["many-clients", "silent-exhibitor", "slow-reader"]),
+        "{report:#}"
+    );
+    assert!(
+        seen["spoof"]
+            .detail
+            .contains("server stopped answering after this check"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn a_failure_shows_what_was_sent_expected_and_received() {
+    let fixture = Fixture::start(Fault::BroadcastFirstOnly);
+    let (code, out, _) = evchat(&[
+        "check",
+        &fixture.target(),
+        "--only",
+        "route-broadcast",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("  FAIL  route-broadcast "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let detail: Vec<&str> = lines[at + 1..].iter().map(|l| l.trim_start()).collect();
+    assert!(
+        detail[0].starts_with("exhibitor ")
+            && detail[0].ends_with(": nothing arrived within 500ms"),
+        "{out}"
+    );
+    assert_eq!(detail[1], "rule:      PROTOCOL.md, Server rules 3");
+    assert!(
+        detail[2].starts_with("statement: \"Se o campo destino possuir o valor zero"),
+        "{out}"
+    );
+    // The emitter's MSG first, then what the exhibitor that got nothing sent.
+    assert_eq!(
+        detail[3],
+        "sent:      emitter 1: 00 05 00 01 00 00 00 01 00 19 65 76 63 68 61 74 20 63 68 65 63 6b \
+         3a 20 74 6f 20 65 76 65 72 79 6f 6e 65   MSG(origin 1, dest 0, seq 1) \"evchat check: to everyone\""
+    );
+    assert_eq!(
+        detail[4],
+        "sent:      exhibitor 4097: 00 03 00 00 ff ff 00 00   OI(origin 0, dest 65535, seq 0)"
+    );
+    assert!(
+        detail[5].starts_with(
+            "expected:  MSG with the text of MSG(origin 1, dest 0, seq 1) \"evchat check: to everyone\""
+        ),
+        "{out}"
+    );
+    assert_eq!(detail[6], "received:  nothing within 500ms");
+    assert_eq!(
+        detail[7],
+        "hint:      a broadcast loop must visit every exhibitor, not stop after the first"
+    );
+    assert_eq!(detail[8], "check: 0 passed, 1 failed, 0 notes, 0 skipped");
+    assert!(
+        !out.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
+}
+
+#[test]
+fn little_endian_failure_is_shown_in_hex_and_decoded_both_ways() {
+    let fixture = Fixture::start(Fault::LittleEndian);
+    let (_, seen, report) = check_json(&fixture.target(), FIXTURE_TIMEOUT);
+    assert_eq!(seen["wire-header"].verdict, "fail");
+    let check = &report["checks"][0];
+    assert_eq!(check["received_hex"], "02 00 ff ff 00 00 00 00");
+    assert_eq!(
+        check["received"],
+        "unknown type 512; read little-endian it would be ERRO(origin 65535, dest 0, seq 0)"
+    );
+    assert_eq!(check["sent"][0]["hex"], "00 03 00 00 ff ff 00 00");
+}
+
+#[test]
+fn unknown_only_id_is_a_usage_error() {
+    let (code, out, err) = evchat(&["check", "127.0.0.1:9", "--only", "route-unicast,nope"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(
+        err.starts_with("evchat check: no check 'nope'; the checks are: wire-header, "),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_warns_about_robust_and_ends_with_examples() {
+    let (code, out, _) = evchat(&["check", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("WARNING: the `robust` level sends hostile input"),
+        "{out}"
+    );
+    assert!(
+        out.contains("opens hundreds of connections at once"),
+        "{out}"
+    );
+    let examples = out.rfind("Examples:").expect("examples");
+    assert!(
+        out[examples..].contains("evchat check 127.0.0.1:5000"),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with("the checks, without running them"),
+        "{out}"
+    );
+}
+
+#[test]
+fn level_required_runs_only_required_checks() {
+    let fixture = Fixture::start(Fault::None);
+    let (code, out, _) = evchat(&["check", &fixture.target(), "--level", "required", "--json"]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).expect("JSON");
+    let levels: BTreeSet<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, BTreeSet::from(["required"]));
+    assert_eq!(report["summary"]["passed"], 14);
+}
+
+#[test]
+fn nothing_listening_fails_the_first_check_and_skips_the_rest() {
+    // A port that was free a moment ago: bind, note it, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let (code, seen, _) = check_json(&target, FIXTURE_TIMEOUT);
+    assert_eq!(code, 1);
+    assert_eq!(ids_with(&seen, "fail"), set(&["wire-header"]));
+    assert_eq!(ids_with(&seen, "skip").len(), seen.len() - 1);
+    assert_skips_explained(&seen);
+}
+
+macro_rules! fault_tests {
+    ($($name:ident: $fault:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                run_fault(Fault::$fault);
+            }
+        )*
+    };
+}
+
+fault_tests! {
+    fault_little_endian: LittleEndian,
+    fault_exhibitor_ids_high: ExhibitorIdsHigh,
+    fault_emitter_ids_above_4095: EmitterIdsHigh,
+    fault_refuse_pairing: RefusePairing,
+    fault_no_seq_echo: NoSeqEcho,
+    fault_unicast_to_lowest: UnicastToLowest,
+    fault_broadcast_first_only: BroadcastFirstOnly,
+    fault_ignore_pairing: IgnorePairing,
+    fault_forward_from_server: ForwardFromServer,
+    fault_ok_unknown_dest: OkUnknownDest,
+    fault_wrong_clist_count: WrongClistCount,
+    fault_flw_no_ok: FlwNoOk,
+    fault_pair_unknown_accepted: PairUnknownAccepted,
+    fault_sequential_ids: SequentialIds,
+    fault_second_oi_ok: SecondOiOk,
+    fault_second_oi_ignored: SecondOiIgnored,
+    fault_clist_origin_emitter: ClistOriginEmitter,
+    fault_clist_descending: ClistDescending,
+    fault_early_ok: EarlyOk,
+    fault_accept_before_oi: AcceptBeforeOi,
+    fault_single_recv_header: SingleRecv,
+    fault_one_frame_per_read: OneFramePerRead,
+    fault_close_on_unknown_type: CloseOnUnknown,
+    fault_crash_on_early_garbage: CrashOnEarlyGarbage,
+    fault_forward_spoof: ForwardSpoof,
+    fault_crash_on_spoof: CrashOnSpoof,
+    fault_max_64_clients: MaxClients64,
+    fault_block_on_exhibitor_ack: BlockOnAck,
+    fault_blocking_write: BlockingWrite,
+}
+
+/// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.
+fn on_terminal(args: &[&str], envs: &[(&str, &str)]) -> String {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two descriptors into the given ints; the other
+    // arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_evchat"));
+    cmd.args(args)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::null());
+    for (key, value) in envs {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn().expect("spawn evchat");
+    // The parent's copy of the terminal's slave side goes with `cmd`, so
+    // the master reads end (EIO) once evchat exits.
+    drop(cmd);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut chunk) {
+            out.extend_from_slice(&chunk[..n]);
+        }
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(RUN_LIMIT)
+        .expect("evchat output on the terminal");
+    child.wait().expect("wait evchat");
+    String::from_utf8(out).expect("UTF-8")
+}
+
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let fixture = Fixture::start(Fault::None);
+    let target = fixture.target();
+    let args = ["check", target.as_str(), "--only", "wire-header"];
+    let coloured = on_terminal(&args, &[]);
+    assert!(
+        coloured.contains("  \x1b[32mpass\x1b[0m  wire-header "),
+        "{coloured:?}"
+    );
+    let plain = on_terminal(&args, &[("NO_COLOR", "1")]);
+    assert!(plain.contains("  pass  wire-header "), "{plain:?}");
+    assert!(!plain.contains('\x1b'), "{plain:?}");
+}
+
+#[test]
+fn protocol_md_names_every_check_exactly_once() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md");
+    let protocol = std::fs::read_to_string(path).expect("PROTOCOL.md");
+    for id in listed_ids() {
+        let named = protocol.matches(&format!("`{id}`")).count();
+        assert_eq!(named, 1, "PROTOCOL.md names `{id}` {named} times");
+    }
+}
+
+#[test]
+fn list_shows_every_check_under_its_level_without_connecting() {
+    let (code, out, _) = evchat(&["check", "--list"]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "required:");
+    assert_eq!(
+        lines[1],
+        "  wire-header         frames start with an 8-byte header of big-endian u16 fields  \
+         (PROTOCOL.md, Wire format)"
+    );
+    let headings: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with(' '))
+        .collect();
+    assert_eq!(headings, ["required:", "choices:", "robust:"]);
+    let listed: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("  "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, listed_ids());
+}
+
+#[test]
+fn a_target_is_required_unless_listing() {
+    let (code, out, err) = evchat(&["check"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+    assert!(err.contains("<HOST:PORT>"), "{err}");
+    let (code, _, err) = evchat(&["check", "no-port-here"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("evchat check: cannot resolve 'no-port-here' (expected HOST:PORT)"),
+        "{err}"
+    );
+    let (code, _, err) = evchat(&["check", "127.0.0.1:9", "--timeout", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the timeout must be more than 0"), "{err}");
+}

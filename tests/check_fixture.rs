@@ -1,0 +1,791 @@
+//! A deliberately breakable server for `evchat check`'s tests: a small
+//! thread-per-connection implementation of the protocol (the way most
+//! course servers are written), correct by default, with a [`Fault`] switch
+//! that breaks exactly one rule. Each fault is a bug seen in real servers of
+//! this protocol. It runs in-process on 127.0.0.1:0 and is torn down (every
+//! socket shut, the listener closed) when dropped.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+const OK: u16 = 1;
+const ERRO: u16 = 2;
+const OI: u16 = 3;
+const FLW: u16 = 4;
+const MSG: u16 = 5;
+const CREQ: u16 = 6;
+const CLIST: u16 = 7;
+const SERVER: u16 = 65535;
+
+/// The one rule a fixture breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A correct server.
+    None,
+    /// Reads and writes every u16 little-endian.
+    LittleEndian,
+    /// Gives exhibitors ids from 8192 up.
+    ExhibitorIdsHigh,
+    /// Gives emitters ids from 8192 up (above 4095).
+    EmitterIdsHigh,
+    /// Refuses every pairing OI.
+    RefusePairing,
+    /// Replies to requests with seq 0 instead of the request's.
+    NoSeqEcho,
+    /// Sends a unicast MSG (not CREQ) to the lowest exhibitor, whoever it was for.
+    UnicastToLowest,
+    /// Sends a broadcast to the first exhibitor only.
+    BroadcastFirstOnly,
+    /// Accepts a pairing OI but never records the pair.
+    IgnorePairing,
+    /// Forwards MSG with origin 65535 instead of the emitter's id.
+    ForwardFromServer,
+    /// Answers OK to a MSG nobody can receive.
+    OkUnknownDest,
+    /// Puts N + 1 in CLIST's count field.
+    WrongClistCount,
+    /// Closes on FLW without answering OK.
+    FlwNoOk,
+    /// Accepts an emitter that names an exhibitor that is not connected.
+    PairUnknownAccepted,
+    /// Never reuses an exhibitor id.
+    SequentialIds,
+    /// Answers a second OI with OK.
+    SecondOiOk,
+    /// Ignores a second OI: no answer at all.
+    SecondOiIgnored,
+    /// Sends CLIST with the requesting emitter as origin.
+    ClistOriginEmitter,
+    /// Lists CLIST ids in descending order.
+    ClistDescending,
+    /// Answers an emitter's MSG before the exhibitor acknowledges it.
+    EarlyOk,
+    /// Answers a frame before OI with OK.
+    AcceptBeforeOi,
+    /// Reads a header with one recv and a body with another, whatever came.
+    SingleRecv,
+    /// Handles the first frame of each recv and drops the rest.
+    OneFramePerRead,
+    /// Closes on an unknown type without ERRO.
+    CloseOnUnknown,
+    /// Stops entirely on an unknown type before OI (a dispatch table
+    /// indexed by the type field, before the identification check).
+    CrashOnEarlyGarbage,
+    /// Forwards a MSG whose origin is another client's.
+    ForwardSpoof,
+    /// Stops entirely (listener and every connection) on a spoofed origin.
+    CrashOnSpoof,
+    /// Serves at most 64 connections; the 65th is closed at once.
+    MaxClients64,
+    /// After forwarding a MSG, waits for the exhibitor's ack, holding
+    /// everyone else up.
+    BlockOnAck,
+    /// Writes to clients while holding the server's state, so a client
+    /// that does not read holds everyone up.
+    BlockingWrite,
+}
+
+/// A running fixture server.
+pub struct Fixture {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl Fixture {
+    pub fn start(fault: Fault) -> Fixture {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared {
+            fault,
+            addr,
+            state: Mutex::new(State::default()),
+            stopped: AtomicBool::new(false),
+            state_changed: Condvar::new(),
+            sockets: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+        });
+        let accepting = shared.clone();
+        std::thread::spawn(move || accept_loop(&accepting, listener));
+        Fixture { addr, shared }
+    }
+
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+struct Shared {
+    fault: Fault,
+    addr: SocketAddr,
+    state: Mutex<State>,
+    stopped: AtomicBool,
+    /// Signalled after every change to `state` (BlockOnAck waits on it).
+    state_changed: Condvar,
+    /// Every open socket, so that stopping can shut them all.
+    sockets: Mutex<HashMap<u64, TcpStream>>,
+    next_conn: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    /// Stops like a crashed process: no listener, every connection shut.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for socket in lock(&self.sockets).values() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        // Wakes the accept loop so that it drops the listener.
+        let _ = TcpStream::connect(self.addr);
+        // Under the lock when free, so no waiter misses it; a crash comes
+        // from inside `handle`, which holds it already.
+        let _guard = self.state.try_lock();
+        self.state_changed.notify_all();
+    }
+
+    /// The state, once no BlockOnAck stall holds it for another connection:
+    /// while the server "waits in recv" for one exhibitor's ack, only that
+    /// exhibitor is served.
+    fn state_for(&self, conn: u64) -> MutexGuard<'_, State> {
+        let mut state = lock(&self.state);
+        while state.stalled_on.is_some_and(|c| c != conn) && !self.stopped.load(Ordering::SeqCst) {
+            state = self
+                .state_changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state
+    }
+
+    fn le(&self) -> bool {
+        self.fault == Fault::LittleEndian
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if shared.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let conn = shared.next_conn.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut state = lock(&shared.state);
+            if shared.fault == Fault::MaxClients64 && state.open >= 64 {
+                let _ = stream.shutdown(Shutdown::Both);
+                continue;
+            }
+            state.open += 1;
+        }
+        if let Ok(clone) = stream.try_clone() {
+            lock(&shared.sockets).insert(conn, clone);
+        }
+        let shared = shared.clone();
+        std::thread::spawn(move || serve(&shared, conn, stream));
+    }
+}
+
+/// One frame as the fixture reads it: the raw type, and the body's bytes
+/// after the count field.
+struct In {
+    kind: u16,
+    origin: u16,
+    dest: u16,
+    seq: u16,
+    body: Vec<u8>,
+}
+
+/// The writing half of a connection.
+struct Out {
+    conn: u64,
+    stream: Mutex<TcpStream>,
+    closed: AtomicBool,
+}
+
+impl Out {
+    fn write(&self, bytes: &[u8]) {
+        let _ = lock(&self.stream).write_all(bytes);
+    }
+
+    /// Closes after what was written: FIN; the reader drains to EOF.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = lock(&self.stream).shutdown(Shutdown::Write);
+    }
+}
+
+enum Act {
+    Send(Arc<Out>, Vec<u8>),
+    Close(Arc<Out>),
+}
+
+fn perform(acts: Vec<Act>) {
+    for act in acts {
+        match act {
+            Act::Send(out, bytes) => out.write(&bytes),
+            Act::Close(out) => out.close(),
+        }
+    }
+}
+
+fn serve(shared: &Arc<Shared>, conn: u64, stream: TcpStream) {
+    let Ok(writer) = stream.try_clone() else {
+        lock(&shared.state).open -= 1;
+        return;
+    };
+    let out = Arc::new(Out {
+        conn,
+        stream: Mutex::new(writer),
+        closed: AtomicBool::new(false),
+    });
+    let mut reader = Reader {
+        stream,
+        buf: Vec::new(),
+        le: shared.le(),
+        mode: shared.fault,
+    };
+    while let Some(frame) = reader.next() {
+        if out.closed.load(Ordering::SeqCst) {
+            continue;
+        }
+        handle(shared, &out, frame);
+    }
+    let mut state = shared.state_for(conn);
+    let mut acts = Vec::new();
+    state.remove(shared, conn, &mut acts);
+    state.open -= 1;
+    drop(state);
+    shared.state_changed.notify_all();
+    lock(&shared.sockets).remove(&conn);
+    perform(acts);
+}
+
+struct Reader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    le: bool,
+    mode: Fault,
+}
+
+impl Reader {
+    fn field(&self, bytes: &[u8], at: usize) -> u16 {
+        let pair = [bytes[at], bytes[at + 1]];
+        if self.le {
+            u16::from_le_bytes(pair)
+        } else {
+            u16::from_be_bytes(pair)
+        }
+    }
+
+    /// The next frame; None at EOF or error.
+    fn next(&mut self) -> Option<In> {
+        if self.mode == Fault::SingleRecv {
+            return self.next_single_recv();
+        }
+        loop {
+            if let Some((frame, len)) = self.parse() {
+                if self.mode == Fault::OneFramePerRead {
+                    self.buf.clear();
+                } else {
+                    self.buf.drain(..len);
+                }
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    fn parse(&self) -> Option<(In, usize)> {
+        let b = &self.buf;
+        if b.len() < 8 {
+            return None;
+        }
+        let kind = self.field(b, 0);
+        let (len, body) = if kind == MSG || kind == CLIST {
+            if b.len() < 10 {
+                return None;
+            }
+            let count = self.field(b, 8) as usize;
+            let len = 10 + if kind == MSG { count } else { 2 * count };
+            if b.len() < len {
+                return None;
+            }
+            (len, b[10..len].to_vec())
+        } else {
+            (8, Vec::new())
+        };
+        let frame = In {
+            kind,
+            origin: self.field(b, 2),
+            dest: self.field(b, 4),
+            seq: self.field(b, 6),
+            body,
+        };
+        Some((frame, len))
+    }
+
+    /// The classic bug: one recv for the header, one for the count, one for
+    /// the body, each taken as complete whatever it returned.
+    fn next_single_recv(&mut self) -> Option<In> {
+        let mut header = [0u8; 8];
+        match self.stream.read(&mut header) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        let kind = self.field(&header, 0);
+        let mut body = Vec::new();
+        if kind == MSG || kind == CLIST {
+            let mut count = [0u8; 2];
+            if let Ok(0) | Err(_) = self.stream.read(&mut count) {
+                return None;
+            }
+            let count = self.field(&count, 0) as usize;
+            body = vec![0u8; if kind == MSG { count } else { 2 * count }];
+            if !body.is_empty() && matches!(self.stream.read(&mut body), Ok(0) | Err(_)) {
+                return None;
+            }
+        }
+        Some(In {
+            kind,
+            origin: self.field(&header, 2),
+            dest: self.field(&header, 4),
+            seq: self.field(&header, 6),
+            body,
+        })
+    }
+}
+
+/// Encodes a frame: the four header fields, then (MSG, CLIST) a count and
+/// the body, every u16 in the fixture's byte order.
+fn encode(le: bool, fields: [u16; 4], count: Option<u16>, body: &[u8]) -> Vec<u8> {
+    let put = |out: &mut Vec<u8>, v: u16| {
+        out.extend_from_slice(&if le { v.to_le_bytes() } else { v.to_be_bytes() })
+    };
+    let mut out = Vec::with_capacity(10 + body.len());
+    for field in fields {
+        put(&mut out, field);
+    }
+    if let Some(count) = count {
+        put(&mut out, count);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+#[derive(Debug)]
+enum Role {
+    Emitter { exhibitor: Option<u16> },
+    Exhibitor { emitter: Option<u16> },
+}
+
+struct Client {
+    out: Arc<Out>,
+    role: Role,
+    /// Frames sent to this client awaiting its OK, oldest first.
+    pending: VecDeque<Pending>,
+    /// The server's numbering of the frames it originates to this client.
+    seq: u16,
+}
+
+enum Pending {
+    Request(Arc<Mutex<Request>>),
+    Farewell,
+}
+
+/// An emitter's MSG or CREQ, answered once every target has settled.
+struct Request {
+    emitter: Arc<Out>,
+    emitter_id: u16,
+    seq: u16,
+    outstanding: usize,
+    any_ok: bool,
+    answered: bool,
+}
+
+#[derive(Default)]
+struct State {
+    clients: BTreeMap<u16, Client>,
+    ids: HashMap<u64, u16>,
+    /// SequentialIds: the next exhibitor id, never reused.
+    next_exhibitor: u16,
+    open: usize,
+    /// BlockOnAck: the connection whose ack the server is stuck waiting for.
+    stalled_on: Option<u64>,
+    /// BlockOnAck: deliveries just made, to wait for before serving anyone else.
+    to_await: Vec<(u64, Arc<Mutex<Request>>)>,
+}
+
+fn handle(shared: &Shared, out: &Arc<Out>, frame: In) {
+    let mut state = shared.state_for(out.conn);
+    let mut acts = Vec::new();
+    state.handle(shared, out, frame, &mut acts);
+    match shared.fault {
+        Fault::BlockingWrite => perform(acts),
+        Fault::BlockOnAck => {
+            perform(acts);
+            // The bug: the whole server waits for each exhibitor's OK.
+            for (conn, request) in std::mem::take(&mut state.to_await) {
+                state.stalled_on = Some(conn);
+                // Whoever waits at the gate for this connection may pass now.
+                shared.state_changed.notify_all();
+                while state.awaits(conn, &request) && !shared.stopped.load(Ordering::SeqCst) {
+                    state = shared
+                        .state_changed
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                state.stalled_on = None;
+            }
+        }
+        _ => {
+            drop(state);
+            perform(acts);
+            shared.state_changed.notify_all();
+            return;
+        }
+    }
+    drop(state);
+    shared.state_changed.notify_all();
+}
+
+impl State {
+    /// Whether connection `conn` still owes an ack for `request`.
+    fn awaits(&self, conn: u64, request: &Arc<Mutex<Request>>) -> bool {
+        let Some(id) = self.ids.get(&conn) else {
+            return false;
+        };
+        self.clients[id].pending.iter().any(|p| match p {
+            Pending::Request(r) => Arc::ptr_eq(r, request),
+            Pending::Farewell => false,
+        })
+    }
+
+    fn handle(&mut self, shared: &Shared, out: &Arc<Out>, f: In, acts: &mut Vec<Act>) {
+        let fault = shared.fault;
+        let le = shared.le();
+        let reply_seq = |seq: u16| if fault == Fault::NoSeqEcho { 0 } else { seq };
+        let reply = |kind: u16, dest: u16, seq: u16| {
+            Act::Send(
+                out.clone(),
+                encode(le, [kind, SERVER, dest, reply_seq(seq)], None, &[]),
+            )
+        };
+        let Some(&id) = self.ids.get(&out.conn) else {
+            if fault == Fault::CrashOnEarlyGarbage && !(OK..=CLIST).contains(&f.kind) {
+                return shared.stop();
+            }
+            if f.kind == OI {
+                return self.identify(shared, out, &f, acts);
+            }
+            if fault == Fault::AcceptBeforeOi {
+                return acts.push(reply(OK, 0, f.seq));
+            }
+            acts.push(reply(ERRO, 0, f.seq));
+            return acts.push(Act::Close(out.clone()));
+        };
+        if !(OK..=CLIST).contains(&f.kind) || f.kind == CLIST {
+            if !(fault == Fault::CloseOnUnknown && f.kind != CLIST) {
+                acts.push(reply(ERRO, id, f.seq));
+            }
+            acts.push(Act::Close(out.clone()));
+            return self.remove(shared, out.conn, acts);
+        }
+        if f.kind == OI {
+            if fault == Fault::SecondOiIgnored {
+                return;
+            }
+            let kind = if fault == Fault::SecondOiOk { OK } else { ERRO };
+            return acts.push(reply(kind, id, f.seq));
+        }
+        if f.origin != id {
+            match fault {
+                Fault::ForwardSpoof => {}
+                Fault::CrashOnSpoof => return shared.stop(),
+                _ => {
+                    acts.push(reply(ERRO, id, f.seq));
+                    acts.push(Act::Close(out.clone()));
+                    return self.remove(shared, out.conn, acts);
+                }
+            }
+        }
+        let is_emitter = matches!(
+            self.clients.get(&id).map(|c| &c.role),
+            Some(Role::Emitter { .. })
+        );
+        match f.kind {
+            MSG | CREQ if is_emitter => self.route(shared, out, id, &f, acts),
+            MSG | CREQ => acts.push(reply(ERRO, id, f.seq)),
+            FLW => {
+                if fault != Fault::FlwNoOk {
+                    acts.push(reply(OK, id, f.seq));
+                }
+                acts.push(Act::Close(out.clone()));
+                self.remove(shared, out.conn, acts);
+            }
+            _ => self.settle(shared, id, f.kind == OK, acts),
+        }
+    }
+
+    fn lowest_free(&self, range: std::ops::RangeInclusive<u16>) -> Option<u16> {
+        range.into_iter().find(|id| !self.clients.contains_key(id))
+    }
+
+    fn identify(&mut self, shared: &Shared, out: &Arc<Out>, f: &In, acts: &mut Vec<Act>) {
+        let fault = shared.fault;
+        let le = shared.le();
+        let refuse = |acts: &mut Vec<Act>| {
+            acts.push(Act::Send(
+                out.clone(),
+                encode(le, [ERRO, SERVER, 0, f.seq], None, &[]),
+            ));
+            acts.push(Act::Close(out.clone()));
+        };
+        let emitter_ids = if fault == Fault::EmitterIdsHigh {
+            8192..=65534
+        } else {
+            1..=4095
+        };
+        let (id, role) = if f.origin == 0 {
+            let id = match fault {
+                Fault::ExhibitorIdsHigh => self.lowest_free(8192..=65534),
+                Fault::SequentialIds => {
+                    let id = self.next_exhibitor.max(4096);
+                    self.next_exhibitor = id + 1;
+                    Some(id)
+                }
+                _ => self.lowest_free(4096..=8191),
+            };
+            (id, Role::Exhibitor { emitter: None })
+        } else if (4096..=8191).contains(&f.origin) {
+            let free_exhibitor = matches!(
+                self.clients.get(&f.origin).map(|c| &c.role),
+                Some(Role::Exhibitor { emitter: None })
+            );
+            let exhibitor = match fault {
+                Fault::RefusePairing => return refuse(acts),
+                Fault::IgnorePairing => None,
+                _ if free_exhibitor => Some(f.origin),
+                Fault::PairUnknownAccepted if !self.clients.contains_key(&f.origin) => None,
+                _ => return refuse(acts),
+            };
+            (self.lowest_free(emitter_ids), Role::Emitter { exhibitor })
+        } else {
+            (
+                self.lowest_free(emitter_ids),
+                Role::Emitter { exhibitor: None },
+            )
+        };
+        let Some(id) = id else { return refuse(acts) };
+        if let Role::Emitter { exhibitor: Some(x) } = role
+            && let Some(Client {
+                role: Role::Exhibitor { emitter },
+                ..
+            }) = self.clients.get_mut(&x)
+        {
+            *emitter = Some(id);
+        }
+        let seq = if fault == Fault::NoSeqEcho { 0 } else { f.seq };
+        acts.push(Act::Send(
+            out.clone(),
+            encode(le, [OK, SERVER, id, seq], None, &[]),
+        ));
+        self.ids.insert(out.conn, id);
+        self.clients.insert(
+            id,
+            Client {
+                out: out.clone(),
+                role,
+                pending: VecDeque::new(),
+                seq: 0,
+            },
+        );
+    }
+
+    /// The exhibitors a MSG or CREQ (`kind`) to `dest` goes to.
+    fn targets(&self, fault: Fault, kind: u16, dest: u16) -> Vec<u16> {
+        let exhibitors = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Exhibitor { .. }))
+            .map(|(id, _)| *id);
+        match dest {
+            0 if fault == Fault::BroadcastFirstOnly => exhibitors.take(1).collect(),
+            0 => exhibitors.collect(),
+            _ => match self.clients.get(&dest).map(|c| &c.role) {
+                Some(Role::Exhibitor { .. }) if fault == Fault::UnicastToLowest && kind == MSG => {
+                    exhibitors.take(1).collect()
+                }
+                Some(Role::Exhibitor { .. }) => vec![dest],
+                Some(Role::Emitter { exhibitor }) => exhibitor.iter().copied().collect(),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    fn route(&mut self, shared: &Shared, out: &Arc<Out>, me: u16, f: &In, acts: &mut Vec<Act>) {
+        let fault = shared.fault;
+        let le = shared.le();
+        let reply_seq = if fault == Fault::NoSeqEcho { 0 } else { f.seq };
+        let targets = self.targets(fault, f.kind, f.dest);
+        if targets.is_empty() {
+            let kind = if fault == Fault::OkUnknownDest {
+                OK
+            } else {
+                ERRO
+            };
+            let bytes = encode(le, [kind, SERVER, me, reply_seq], None, &[]);
+            return acts.push(Act::Send(out.clone(), bytes));
+        }
+        let request = Arc::new(Mutex::new(Request {
+            emitter: out.clone(),
+            emitter_id: me,
+            seq: f.seq,
+            outstanding: targets.len(),
+            any_ok: false,
+            answered: fault == Fault::EarlyOk,
+        }));
+        if fault == Fault::EarlyOk {
+            let bytes = encode(le, [OK, SERVER, me, reply_seq], None, &[]);
+            acts.push(Act::Send(out.clone(), bytes));
+        }
+        let mut ids: Vec<u16> = self.clients.keys().copied().collect();
+        if fault == Fault::ClistDescending {
+            ids.reverse();
+        }
+        let ids_bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| {
+                if le {
+                    id.to_le_bytes()
+                } else {
+                    id.to_be_bytes()
+                }
+            })
+            .collect();
+        for target in targets {
+            let Some(client) = self.clients.get_mut(&target) else {
+                continue;
+            };
+            let bytes = if f.kind == MSG {
+                let origin = if fault == Fault::ForwardFromServer {
+                    SERVER
+                } else {
+                    f.origin
+                };
+                let count = f.body.len() as u16;
+                encode(le, [MSG, origin, f.dest, f.seq], Some(count), &f.body)
+            } else {
+                let origin = if fault == Fault::ClistOriginEmitter {
+                    me
+                } else {
+                    SERVER
+                };
+                let extra = u16::from(fault == Fault::WrongClistCount);
+                let count = ids.len() as u16 + extra;
+                let seq = client.seq;
+                client.seq = client.seq.wrapping_add(1);
+                encode(le, [CLIST, origin, f.dest, seq], Some(count), &ids_bytes)
+            };
+            client.pending.push_back(Pending::Request(request.clone()));
+            if fault == Fault::BlockOnAck {
+                self.to_await.push((client.out.conn, request.clone()));
+            }
+            acts.push(Act::Send(client.out.clone(), bytes));
+        }
+    }
+
+    /// Exhibitor `id` acknowledged (OK or ERRO) its oldest pending frame.
+    fn settle(&mut self, shared: &Shared, id: u16, ok: bool, acts: &mut Vec<Act>) {
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        match client.pending.pop_front() {
+            Some(Pending::Request(request)) => answer(shared, &request, ok, acts),
+            Some(Pending::Farewell) => {
+                acts.push(Act::Close(client.out.clone()));
+                let conn = client.out.conn;
+                self.remove(shared, conn, acts);
+            }
+            None => {}
+        }
+    }
+
+    /// Forgets connection `conn`: its deliveries fail, its exhibitor (if it
+    /// was a paired emitter) gets FLW.
+    fn remove(&mut self, shared: &Shared, conn: u64, acts: &mut Vec<Act>) {
+        let Some(id) = self.ids.remove(&conn) else {
+            return;
+        };
+        let Some(client) = self.clients.remove(&id) else {
+            return;
+        };
+        for pending in client.pending {
+            if let Pending::Request(request) = pending {
+                answer(shared, &request, false, acts);
+            }
+        }
+        match client.role {
+            Role::Emitter { exhibitor: Some(x) } => {
+                if let Some(exhibitor) = self.clients.get_mut(&x) {
+                    exhibitor.role = Role::Exhibitor { emitter: None };
+                    let seq = exhibitor.seq;
+                    exhibitor.seq = seq.wrapping_add(1);
+                    let bytes = encode(shared.le(), [FLW, SERVER, x, seq], None, &[]);
+                    acts.push(Act::Send(exhibitor.out.clone(), bytes));
+                    exhibitor.pending.push_back(Pending::Farewell);
+                }
+            }
+            Role::Exhibitor { emitter: Some(e) } => {
+                if let Some(Client {
+                    role: Role::Emitter { exhibitor },
+                    ..
+                }) = self.clients.get_mut(&e)
+                {
+                    *exhibitor = None;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One target of `request` settled; the emitter is answered after the last.
+fn answer(shared: &Shared, request: &Mutex<Request>, ok: bool, acts: &mut Vec<Act>) {
+    let mut request = lock(request);
+    request.outstanding = request.outstanding.saturating_sub(1);
+    request.any_ok |= ok;
+    if request.outstanding > 0 || request.answered {
+        return;
+    }
+    request.answered = true;
+    let kind = if request.any_ok { OK } else { ERRO };
+    let seq = if shared.fault == Fault::NoSeqEcho {
+        0
+    } else {
+        request.seq
+    };
+    let bytes = encode(
+        shared.le(),
+        [kind, SERVER, request.emitter_id, seq],
+        None,
+        &[],
+    );
+    acts.push(Act::Send(request.emitter.clone(), bytes));
+}
