@@ -1121,7 +1121,7 @@ fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
         dir.segment(0).display(),
         whole.len() as u64 - 2 - last
     );
-    let line = server.proc.stderr.expect();
+    let line = wait_for_line(&server.proc.stderr, "torn tail");
     assert!(line.contains("WARN") && line.ends_with(&want), "{line}");
     drop(server);
 
@@ -1140,7 +1140,7 @@ fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
     assert_eq!(fs::read(dir.segment(0)).unwrap(), damaged);
 
     let repaired = Server::start(&["--history", d, "--history-repair"]);
-    let line = repaired.proc.stderr.expect();
+    let line = wait_for_line(&repaired.proc.stderr, "repair cut");
     assert!(
         line.contains(&format!("corrupt at offset {bad} (checksum")),
         "{line}"
