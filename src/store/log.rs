@@ -281,10 +281,12 @@ impl Log {
 
     /// Appends `batch`, whole records as [`super::format::encode_record`]
     /// writes them, rolling to new segments as they fill (`durable_names`:
-    /// sync the directory so each new segment's name survives a crash). On an error the records before the
-    /// failing one stay (all whole), the failing segment is cut back to its
-    /// last whole record, and the rest of the batch is not written; the
-    /// error says how many records were written.
+    /// sync the directory so each new segment's name survives a crash).
+    ///
+    /// On an error every record written whole stays, a partly written one
+    /// is cut off (the segment ends at its last whole record, so a reader
+    /// that already saw a record never sees it vanish), and the rest of the
+    /// batch is not written; the error says how many records were written.
     pub fn append(&mut self, batch: &[u8], durable_names: bool) -> Result<(), (usize, WriteError)> {
         if let Err(e) = self.finish_cut() {
             return Err((0, e));
@@ -310,7 +312,19 @@ impl Log {
                 self.roll(durable_names).map_err(|e| (written, e))?;
                 continue;
             }
-            if let Err(source) = self.active_file.write_all(&batch[at..run_end]) {
+            let run = &batch[at..run_end];
+            let (done, failed) = write_some(&mut self.active_file, run);
+            // Keep the records the write got out whole (a reader may have
+            // seen them already); cut a partial one back.
+            let (kept_bytes, kept_records) = match failed {
+                None => (run.len(), run_records),
+                Some(_) => whole_records_within(run, done),
+            };
+            self.active.len += kept_bytes as u64;
+            self.total_bytes += kept_bytes as u64;
+            self.active_records += kept_records;
+            written += kept_records as usize;
+            if let Some(source) = failed {
                 let failure = WriteError {
                     path: self.active.path.clone(),
                     op: "write",
@@ -320,10 +334,6 @@ impl Log {
                 let _ = self.finish_cut();
                 return Err((written, failure));
             }
-            self.active.len += (run_end - at) as u64;
-            self.total_bytes += (run_end - at) as u64;
-            self.active_records += run_records;
-            written += run_records as usize;
             at = run_end;
         }
         Ok(())
@@ -414,6 +424,37 @@ impl Log {
         self.total_bytes += len;
         Ok(())
     }
+}
+
+/// Writes as much of `bytes` as the file takes: the count written, and the
+/// error that stopped it short.
+fn write_some(file: &mut File, bytes: &[u8]) -> (usize, Option<io::Error>) {
+    let mut done = 0;
+    while done < bytes.len() {
+        match file.write(&bytes[done..]) {
+            Ok(0) => return (done, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
+}
+
+/// The bytes and the number of the whole records in the first `done` bytes
+/// of `run` (whole records back to back).
+fn whole_records_within(run: &[u8], done: usize) -> (usize, u64) {
+    let mut at = 0;
+    let mut records = 0;
+    while at < run.len() {
+        let len = record_len(&run[at..]);
+        if at + len > done {
+            break;
+        }
+        at += len;
+        records += 1;
+    }
+    (at, records)
 }
 
 /// A record's length from its header (the batch holds whole records).
