@@ -5,7 +5,9 @@
 //! evchat (emitters and exhibitors, each exhibitor acking every frame as the
 //! real one does), Redis pub/sub, NATS core (plain or `verbose`) and MQTT
 //! 3.1.1 (QoS 0 or 1), each spoken by a few dozen lines of hand-written
-//! protocol code over plain sockets.
+//! protocol code over plain sockets. The `*-ws` targets speak the same
+//! protocols over WebSocket (evchat's `/ws`, nats-server's and Mosquitto's
+//! WebSocket listeners), framed by hand in `ws.rs`.
 //!
 //! Every payload starts with a 16-byte head — send time in nanoseconds since
 //! this process's clock base, publisher index, publisher sequence number —
@@ -49,6 +51,8 @@ mod report;
 mod setup;
 #[path = "relay/sys.rs"]
 mod sys;
+#[path = "relay/ws.rs"]
+mod ws;
 
 use clap::{Parser, ValueEnum};
 use report::Outcome;
@@ -76,6 +80,21 @@ pub enum Target {
     /// MQTT 3.1.1 at QoS 1: PUBACK from the broker and from each subscriber.
     #[value(name = "mqtt1")]
     Mqtt1,
+    /// evchat over WebSocket (`/ws`): one frame per binary message.
+    #[value(name = "evchat-ws")]
+    EvchatWs,
+    /// NATS core over nats-server's WebSocket listener.
+    #[value(name = "nats-ws")]
+    NatsWs,
+    /// NATS core with `"verbose":true` over WebSocket.
+    #[value(name = "nats-verbose-ws")]
+    NatsVerboseWs,
+    /// MQTT 3.1.1 at QoS 0 over Mosquitto's WebSocket listener.
+    #[value(name = "mqtt0-ws")]
+    Mqtt0Ws,
+    /// MQTT 3.1.1 at QoS 1 over Mosquitto's WebSocket listener.
+    #[value(name = "mqtt1-ws")]
+    Mqtt1Ws,
 }
 
 impl Target {
@@ -87,7 +106,42 @@ impl Target {
             Target::NatsVerbose => "nats-verbose",
             Target::Mqtt0 => "mqtt0",
             Target::Mqtt1 => "mqtt1",
+            Target::EvchatWs => "evchat-ws",
+            Target::NatsWs => "nats-ws",
+            Target::NatsVerboseWs => "nats-verbose-ws",
+            Target::Mqtt0Ws => "mqtt0-ws",
+            Target::Mqtt1Ws => "mqtt1-ws",
         }
+    }
+
+    /// The same protocol and guarantee over plain TCP: what the protocol
+    /// code dispatches on.
+    pub fn plain(self) -> Target {
+        match self {
+            Target::EvchatWs => Target::Evchat,
+            Target::NatsWs => Target::Nats,
+            Target::NatsVerboseWs => Target::NatsVerbose,
+            Target::Mqtt0Ws => Target::Mqtt0,
+            Target::Mqtt1Ws => Target::Mqtt1,
+            t => t,
+        }
+    }
+
+    /// Where a WebSocket target takes the upgrade; `None` for plain TCP.
+    pub fn websocket(self) -> Option<ws::Endpoint> {
+        let (path, protocol, aligned) = match self {
+            Target::EvchatWs => ("/ws", None, true),
+            // nats-server upgrades on any path and negotiates no subprotocol.
+            Target::NatsWs | Target::NatsVerboseWs => ("/", None, false),
+            // Mosquitto (libwebsockets) serves the `mqtt` subprotocol.
+            Target::Mqtt0Ws | Target::Mqtt1Ws => ("/mqtt", Some("mqtt"), false),
+            _ => return None,
+        };
+        Some(ws::Endpoint {
+            path,
+            protocol,
+            aligned,
+        })
     }
 }
 
@@ -104,12 +158,14 @@ pub enum Mode {
 pub const HEAD_LEN: usize = 16;
 
 #[derive(Parser, Debug)]
-#[command(about = "Relay load generator: evchat vs Redis, NATS and MQTT on loopback")]
+#[command(
+    about = "Relay load generator: evchat vs Redis, NATS and MQTT on loopback, over TCP or WebSocket"
+)]
 pub struct Args {
     /// Server to drive
     #[arg(long, value_enum)]
     pub target: Option<Target>,
-    /// Server address; loopback only (127.0.0.0/8 or ::1)
+    /// Server address (for `*-ws` targets, the WebSocket listener's); loopback only (127.0.0.0/8 or ::1)
     #[arg(long)]
     pub addr: Option<SocketAddr>,
     /// Publishers (evchat emitters)
@@ -252,7 +308,7 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     if args.mode == Mode::Unicast && args.emitters != args.exhibitors {
         return Err("unicast pairs emitter i with exhibitor i: give as many of each".into());
     }
-    if target == Target::Evchat && (args.emitters > 4095 || args.exhibitors > 4096) {
+    if target.plain() == Target::Evchat && (args.emitters > 4095 || args.exhibitors > 4096) {
         return Err("evchat has ids for 4095 emitters and 4096 exhibitors".into());
     }
     Ok(())

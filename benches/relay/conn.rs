@@ -1,7 +1,9 @@
 //! One client connection during the load phase: the socket, the bytes of a
-//! partial frame carried between reads, and the output not yet written.
+//! partial frame carried between reads, the output not yet written, and (on
+//! the `*-ws` targets) the WebSocket framing state.
 
 use crate::flow::Counters;
+use crate::ws::WsConn;
 use mio::net::TcpStream;
 use std::io::{self, Write};
 
@@ -52,13 +54,15 @@ pub struct Conn {
     /// In the driver's flush list this turn.
     pub queued: bool,
     pub session: Session,
+    /// WebSocket framing; unused on plain TCP targets.
+    pub ws: WsConn,
 }
 
 /// Output above this is compacted away once written.
 const COMPACT_AT: usize = 1 << 20;
 
 impl Conn {
-    pub fn new(sock: TcpStream, leftover: Vec<u8>, session: Session) -> Conn {
+    pub fn new(sock: TcpStream, leftover: Vec<u8>, session: Session, ws: WsConn) -> Conn {
         Conn {
             sock,
             pending: leftover,
@@ -67,6 +71,7 @@ impl Conn {
             blocked: false,
             queued: false,
             session,
+            ws,
         }
     }
 

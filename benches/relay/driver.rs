@@ -5,13 +5,16 @@
 //! A turn: wait for readiness; read every readable socket until a short read
 //! (on a stream socket that means drained, so no extra `EAGAIN` read), parse
 //! in place, queue the acks subscribers owe; then pump every publisher whose
-//! window opened and flush every connection with queued output.
+//! window opened and flush every connection with queued output. On a `*-ws`
+//! target, `ws.rs` unwraps the frames around the protocol's own parser and
+//! frames what it sends.
 
 use crate::conn::{Conn, Role, Session};
 use crate::flow::{Counters, Ctx};
 use crate::report::{Latency, Outcome};
 use crate::setup::Plan;
 use crate::sys::{self, Ticker};
+use crate::ws::{self, WsConn};
 use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, redis};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -76,10 +79,11 @@ impl Driver {
             .filter(|(_, c)| matches!(c.session.role, Role::Pub(_)))
             .map(|(i, _)| i)
             .collect();
-        let (gate_delivery, gate_replies) = match plan.target {
+        let (gate_delivery, gate_replies) = match plan.target.plain() {
             Target::Evchat => (false, true),
             Target::Redis | Target::NatsVerbose | Target::Mqtt1 => (true, true),
             Target::Nats | Target::Mqtt0 => (true, false),
+            t => unreachable!("{t:?} is not a plain target"),
         };
         let ctx = Ctx::new(
             &publishers,
@@ -153,7 +157,7 @@ impl Driver {
         }
         // Bytes that followed a handshake reply are parsed before anything else.
         for i in 0..self.conns.len() {
-            if !self.conns[i].pending.is_empty() {
+            if !self.conns[i].pending.is_empty() || self.conns[i].ws.has_unparsed() {
                 self.consume(i, 0)?;
             }
         }
@@ -295,6 +299,7 @@ impl Driver {
         let used = match parse(
             self.plan.target,
             &mut conn.session,
+            &mut conn.ws,
             input,
             &mut conn.out,
             &mut self.ctx,
@@ -344,6 +349,7 @@ impl Driver {
                 encode(
                     self.plan.target,
                     &mut conn.session,
+                    &mut conn.ws,
                     &head,
                     &self.pad,
                     &mut conn.out,
@@ -408,6 +414,7 @@ impl Driver {
 fn parse(
     target: Target,
     session: &mut Session,
+    ws: &mut WsConn,
     input: &[u8],
     out: &mut Vec<u8>,
     ctx: &mut Ctx,
@@ -417,16 +424,41 @@ fn parse(
         Target::Redis => redis::parse(session, input, ctx),
         Target::Nats | Target::NatsVerbose => nats::parse(session, input, out, ctx),
         Target::Mqtt0 | Target::Mqtt1 => mqtt::parse(session, input, out, ctx),
+        Target::EvchatWs => ws::parse(ws, input, out, ctx, |inner, sink, ctx| {
+            evchat::parse(session, inner, sink, ctx)
+        }),
+        Target::NatsWs | Target::NatsVerboseWs => {
+            ws::parse(ws, input, out, ctx, |inner, sink, ctx| {
+                nats::parse(session, inner, sink, ctx)
+            })
+        }
+        Target::Mqtt0Ws | Target::Mqtt1Ws => ws::parse(ws, input, out, ctx, |inner, sink, ctx| {
+            mqtt::parse(session, inner, sink, ctx)
+        }),
     }
 }
 
 /// Appends one message carrying `head` and `pad`.
 #[inline]
-fn encode(target: Target, session: &mut Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
+fn encode(
+    target: Target,
+    session: &mut Session,
+    ws: &mut WsConn,
+    head: &[u8],
+    pad: &[u8],
+    out: &mut Vec<u8>,
+) {
     match target {
         Target::Evchat => evchat::encode(session, head, pad, out),
         Target::Redis => redis::encode(session, head, pad, out),
         Target::Nats | Target::NatsVerbose => nats::encode(session, head, pad, out),
         Target::Mqtt0 | Target::Mqtt1 => mqtt::encode(session, head, pad, out),
+        Target::EvchatWs => ws::encode(ws, out, |sink| evchat::encode(session, head, pad, sink)),
+        Target::NatsWs | Target::NatsVerboseWs => {
+            ws::encode(ws, out, |sink| nats::encode(session, head, pad, sink))
+        }
+        Target::Mqtt0Ws | Target::Mqtt1Ws => {
+            ws::encode(ws, out, |sink| mqtt::encode(session, head, pad, sink))
+        }
     }
 }

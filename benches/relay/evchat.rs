@@ -1,14 +1,15 @@
 //! evchat as its own clients speak it (PROTOCOL.md): OI to identify; the
 //! emitter pipelines MSG frames and counts the server's in-order OK/ERRO
 //! replies; the exhibitor answers every MSG with OK(own id, frame origin,
-//! frame seq), exactly as `exhibitor` does after showing it.
+//! frame seq), exactly as `exhibitor` does after showing it. Over WebSocket
+//! (`evchat-ws`) every frame is one binary message, both ways.
 
 use crate::conn::{Role, Session};
 use crate::flow::Ctx;
 use crate::setup::read_until;
+use crate::ws::Sink;
 use evchat::proto::{Frame, HEADER_LEN, Header, Kind, SERVER_ID};
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{Read, Write};
 
 const MSG: u16 = Kind::Msg as u16;
 const OK: u16 = Kind::Ok as u16;
@@ -17,7 +18,7 @@ const FLW: u16 = Kind::Flw as u16;
 
 /// Sends OI with `origin` (0: exhibitor; an exhibitor id: paired emitter;
 /// 1: unpaired emitter) and returns the assigned id and any bytes after the OK.
-pub fn identify(stream: &mut TcpStream, origin: u16) -> Result<(u16, Vec<u8>), String> {
+pub fn identify(stream: &mut (impl Read + Write), origin: u16) -> Result<(u16, Vec<u8>), String> {
     let oi = Frame::bare(Kind::Oi, origin, SERVER_ID, 0).to_bytes();
     stream.write_all(&oi).map_err(|e| format!("OI: {e}"))?;
     let mut buf = Vec::new();
@@ -45,21 +46,23 @@ fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> [u8; HEADER_LEN] {
 
 /// Appends one MSG carrying `head` padded with `pad`.
 #[inline]
-pub fn encode(s: &mut Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
+pub fn encode(s: &mut Session, head: &[u8], pad: &[u8], out: &mut impl Sink) {
     // OI was frame 0; every MSG takes the next number.
     s.seq = s.seq.wrapping_add(1);
     let len = (head.len() + pad.len()) as u16;
-    out.extend_from_slice(&header(MSG, s.own_id, s.dest, s.seq));
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(head);
-    out.extend_from_slice(pad);
+    out.message(&[
+        &header(MSG, s.own_id, s.dest, s.seq),
+        &len.to_be_bytes(),
+        head,
+        pad,
+    ]);
 }
 
 /// Consumes the whole frames at the start of `input`; returns their length.
 pub fn parse(
     s: &mut Session,
     input: &[u8],
-    out: &mut Vec<u8>,
+    out: &mut impl Sink,
     ctx: &mut Ctx,
 ) -> Result<usize, String> {
     let mut pos = 0;
@@ -76,7 +79,7 @@ pub fn parse(
                 ctx.delivered(&frame[10..end]);
                 let origin = u16::from_be_bytes([frame[2], frame[3]]);
                 let seq = u16::from_be_bytes([frame[6], frame[7]]);
-                out.extend_from_slice(&header(OK, s.own_id, origin, seq));
+                out.message(&[&header(OK, s.own_id, origin, seq)]);
                 pos += end;
             }
             OK | ERRO => {
@@ -87,7 +90,7 @@ pub fn parse(
             }
             FLW => {
                 let seq = u16::from_be_bytes([frame[6], frame[7]]);
-                out.extend_from_slice(&header(OK, s.own_id, SERVER_ID, seq));
+                out.message(&[&header(OK, s.own_id, SERVER_ID, seq)]);
                 return Err("the evchat server sent FLW (it is shutting down)".into());
             }
             _ => {

@@ -11,6 +11,7 @@
 //! | nats, mqtt0 | delivery to every subscriber (no acknowledgement exists) |
 //! | nats-verbose | delivery to every subscriber, and the `+OK` |
 //! | mqtt1 | delivery to every subscriber (each PUBACKs it), and the broker's PUBACK |
+//! | `*-ws` | the same as the target's plain TCP twin |
 //!
 //! Deliveries are matched to messages through the payload head (publisher,
 //! sequence), counted in a ring of per-message delivery counts; a publisher's

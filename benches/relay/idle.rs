@@ -2,16 +2,17 @@
 //!
 //! evchat: exhibitors first (ids 4096..=8191), then unpaired emitters, so up
 //! to 8191 connections. Redis, NATS and MQTT: one subscriber per connection,
-//! each on a channel of its own. The server's resident memory is read before
+//! each on a channel of its own. On a `*-ws` target each connection is
+//! upgraded to WebSocket first and identified through it. The server's resident memory is read before
 //! the first connection and again at the end of the hold; the difference over
 //! N is the cost of a connection.
 
 use crate::Args;
 use crate::Target;
 use crate::report::{IdleFigures, Outcome};
-use crate::setup::connect;
+use crate::setup::{Link, Opener, connect};
 use crate::{Mode, evchat, mqtt, nats, redis, sys};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// evchat assigns ids 4096..=8191 to exhibitors and 1..=4095 to emitters.
@@ -20,8 +21,9 @@ const EVCHAT_IDS: usize = 8191;
 /// Pause before the baseline reading, for the server to finish starting.
 const SETTLE: Duration = Duration::from_millis(500);
 
-fn open(target: Target, addr: SocketAddr, k: usize) -> Result<TcpStream, String> {
-    let mut stream = connect(addr)?;
+fn open(opener: &mut Opener, target: Target, k: usize) -> Result<Link, String> {
+    let mut stream = opener.next_link()?;
+    let target = target.plain();
     match target {
         Target::Evchat => {
             let origin = if k < EVCHAT_EXHIBITOR_IDS { 0 } else { 1 };
@@ -45,13 +47,14 @@ fn open(target: Target, addr: SocketAddr, k: usize) -> Result<TcpStream, String>
                 u8::from(target == Target::Mqtt1),
             )?;
         }
+        t => unreachable!("{t:?} is not a plain target"),
     }
     Ok(stream)
 }
 
 pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, String> {
     let n = args.idle;
-    if target == Target::Evchat && n > EVCHAT_IDS {
+    if target.plain() == Target::Evchat && n > EVCHAT_IDS {
         return Err(format!(
             "evchat identifies at most {EVCHAT_IDS} clients at once; --idle {n} is more"
         ));
@@ -64,8 +67,9 @@ pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, Str
     let rss_before_kib = rss();
     let opened = Instant::now();
     let mut held = Vec::with_capacity(n);
+    let mut opener = Opener::new(target, addr, n);
     for k in 0..n {
-        held.push(open(target, addr, k).map_err(|e| format!("idle connection {k}: {e}"))?);
+        held.push(open(&mut opener, target, k).map_err(|e| format!("idle connection {k}: {e}"))?);
     }
     let secs = opened.elapsed().as_secs_f64();
     eprintln!(

@@ -11,12 +11,17 @@
 //! ```
 //!
 //! `<len>` is the variable-length "remaining length" (7 bits a byte).
+//!
+//! Over WebSocket (`mqtt0-ws`, `mqtt1-ws`: Mosquitto's `websockets`
+//! listener, subprotocol `mqtt`) each packet this client sends is one binary
+//! message; what the broker sends is read as a byte stream, since MQTT
+//! allows a packet to span messages.
 
 use crate::conn::{Role, Session};
 use crate::flow::Ctx;
 use crate::setup::read_until;
-use std::io::Write;
-use std::net::TcpStream;
+use crate::ws::Sink;
+use std::io::{Read, Write};
 
 /// Keep-alive announced in CONNECT, long enough that no run needs PINGREQ.
 const KEEPALIVE_SECS: u16 = 3600;
@@ -65,7 +70,7 @@ fn put_string(out: &mut Vec<u8>, s: &str) {
 }
 
 /// CONNECT with a clean session; returns the bytes after CONNACK.
-pub fn connect(stream: &mut TcpStream, client_id: &str) -> Result<Vec<u8>, String> {
+pub fn connect(stream: &mut (impl Read + Write), client_id: &str) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     put_string(&mut body, "MQTT");
     body.push(4); // protocol level 3.1.1
@@ -87,7 +92,11 @@ pub fn connect(stream: &mut TcpStream, client_id: &str) -> Result<Vec<u8>, Strin
 }
 
 /// SUBSCRIBE to `topic` at `qos`; returns the bytes after SUBACK.
-pub fn subscribe(stream: &mut TcpStream, topic: &str, qos: u8) -> Result<Vec<u8>, String> {
+pub fn subscribe(
+    stream: &mut (impl Read + Write),
+    topic: &str,
+    qos: u8,
+) -> Result<Vec<u8>, String> {
     let mut body = vec![0, 1]; // packet id 1
     put_string(&mut body, topic);
     body.push(qos);
@@ -117,19 +126,23 @@ pub fn publish_prefix(topic: &str, qos: u8, size: usize) -> Vec<u8> {
 
 /// Appends one PUBLISH.
 #[inline]
-pub fn encode(s: &mut Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&s.prefix);
+pub fn encode(s: &mut Session, head: &[u8], pad: &[u8], out: &mut impl Sink) {
     if s.prefix[0] & 0x06 != 0 {
         // Packet ids are 1..=65535; the window (≤ 65535) keeps them unique.
         s.seq = s.seq.checked_add(1).unwrap_or(1);
-        out.extend_from_slice(&s.seq.to_be_bytes());
+        out.message(&[&s.prefix, &s.seq.to_be_bytes(), head, pad]);
+    } else {
+        out.message(&[&s.prefix, head, pad]);
     }
-    out.extend_from_slice(head);
-    out.extend_from_slice(pad);
 }
 
 /// Consumes the whole packets at the start of `input`; returns their length.
-pub fn parse(s: &Session, input: &[u8], out: &mut Vec<u8>, ctx: &mut Ctx) -> Result<usize, String> {
+pub fn parse(
+    s: &Session,
+    input: &[u8],
+    out: &mut impl Sink,
+    ctx: &mut Ctx,
+) -> Result<usize, String> {
     let mut pos = 0;
     while input.len() - pos >= 2 {
         let packet = &input[pos..];
@@ -154,7 +167,7 @@ pub fn parse(s: &Session, input: &[u8], out: &mut Vec<u8>, ctx: &mut Ctx) -> Res
                     if qos > 1 {
                         return Err("QoS 2 PUBLISH not expected".into());
                     }
-                    out.extend_from_slice(&[0x40, 0x02, id[0], id[1]]);
+                    out.message(&[&[0x40, 0x02, id[0], id[1]]]);
                     start += 2;
                 }
                 ctx.delivered(body.get(start..).ok_or("short PUBLISH")?);

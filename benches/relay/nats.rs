@@ -8,18 +8,23 @@
 //! ← MSG <subject> <sid> [reply] <S>\r\n<payload>\r\n
 //! ← PING\r\n  → PONG\r\n                 the server's keep-alive
 //! ```
+//!
+//! Over WebSocket (`nats-ws`, nats-server's `websocket` listener) the same
+//! text travels in binary messages; the server treats them as a byte stream
+//! and packs several protocol lines into one message (or splits one), so
+//! the parser sees the messages' payloads concatenated.
 
 use crate::conn::{Role, Session};
 use crate::flow::Ctx;
 use crate::redis::line_end;
 use crate::setup::read_until;
-use std::io::Write;
-use std::net::TcpStream;
+use crate::ws::Sink;
+use std::io::{Read, Write};
 
 /// Sends CONNECT (and SUB when `subject` is given), then waits for the PONG
 /// that proves both were processed. Returns the bytes after it.
 pub fn connect(
-    stream: &mut TcpStream,
+    stream: &mut (impl Read + Write),
     verbose: bool,
     subject: Option<&str>,
 ) -> Result<Vec<u8>, String> {
@@ -67,11 +72,8 @@ pub fn publish_prefix(subject: &str, size: usize) -> Vec<u8> {
 
 /// Appends one PUB.
 #[inline]
-pub fn encode(s: &Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&s.prefix);
-    out.extend_from_slice(head);
-    out.extend_from_slice(pad);
-    out.extend_from_slice(b"\r\n");
+pub fn encode(s: &Session, head: &[u8], pad: &[u8], out: &mut impl Sink) {
+    out.message(&[&s.prefix, head, pad, b"\r\n"]);
 }
 
 /// The byte count that ends a MSG line (`line` without its `\r\n`).
@@ -92,7 +94,12 @@ fn msg_size(line: &[u8]) -> Result<usize, String> {
 }
 
 /// Consumes the whole messages at the start of `input`; returns their length.
-pub fn parse(s: &Session, input: &[u8], out: &mut Vec<u8>, ctx: &mut Ctx) -> Result<usize, String> {
+pub fn parse(
+    s: &Session,
+    input: &[u8],
+    out: &mut impl Sink,
+    ctx: &mut Ctx,
+) -> Result<usize, String> {
     let mut pos = 0;
     while pos < input.len() {
         let Some(end) = line_end(input, pos) else {
@@ -114,7 +121,7 @@ pub fn parse(s: &Session, input: &[u8], out: &mut Vec<u8>, ctx: &mut Ctx) -> Res
                 ctx.replied(p, true);
             }
         } else if line == b"PING" {
-            out.extend_from_slice(b"PONG\r\n");
+            out.message(&[b"PONG\r\n"]);
         } else if line.starts_with(b"-ERR") {
             return Err(format!("NATS: {}", String::from_utf8_lossy(line)));
         } else if !(line == b"PONG" || line.starts_with(b"INFO ")) {

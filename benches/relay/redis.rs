@@ -11,8 +11,7 @@
 use crate::conn::{Role, Session};
 use crate::flow::Ctx;
 use crate::setup::read_until;
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{Read, Write};
 use std::ops::Range;
 
 /// Everything a PUBLISH of `size` payload bytes on `channel` puts before the payload.
@@ -34,7 +33,7 @@ pub fn encode(s: &Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Subscribes to `channel`; returns the bytes after the confirmation.
-pub fn subscribe(stream: &mut TcpStream, channel: &str) -> Result<Vec<u8>, String> {
+pub fn subscribe(stream: &mut (impl Read + Write), channel: &str) -> Result<Vec<u8>, String> {
     let cmd = format!(
         "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n",
         channel.len()

@@ -4,11 +4,14 @@
 //! round trip each; 1,000 subscribers take a fraction of a second), then each
 //! socket turns non-blocking and moves to the mio loop with whatever bytes
 //! followed its handshake reply. Subscribers go first, so that nothing a
-//! publisher sends can miss them.
+//! publisher sends can miss them. On a `*-ws` target the WebSocket upgrade
+//! comes first and the protocol's handshake runs inside it.
 
 use crate::conn::{Conn, Role, Session};
+use crate::ws::{self, Masker, WsConn, WsStream};
 use crate::{Args, Mode, Target, evchat, mqtt, nats, redis};
-use std::io::Read;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -82,7 +85,7 @@ pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
 /// Reads until `done` recognises a complete reply at the start of `buf`;
 /// returns its length. Bytes after it stay in `buf`.
 pub fn read_until(
-    stream: &mut TcpStream,
+    stream: &mut impl Read,
     buf: &mut Vec<u8>,
     mut done: impl FnMut(&[u8]) -> Result<Option<usize>, String>,
 ) -> Result<usize, String> {
@@ -100,14 +103,123 @@ pub fn read_until(
     }
 }
 
+/// A connection during its handshakes: plain TCP, or WebSocket over it.
+pub enum Link {
+    Tcp(TcpStream),
+    Ws(WsStream),
+}
+
+/// WebSocket upgrades requested at once before their answers are read.
+const UPGRADE_BATCH: usize = 128;
+
+/// Opens a plan's connections one after the other. Plain TCP connects when
+/// asked; WebSocket connections are upgraded in batches (see
+/// [`ws::request_upgrade`]), so a server that takes upgrades only now and
+/// then costs one wait per batch instead of one per connection.
+pub struct Opener {
+    target: Target,
+    addr: SocketAddr,
+    /// Connections not yet opened, and those opened and not yet handed out.
+    remaining: usize,
+    ready: VecDeque<Link>,
+    opened: usize,
+}
+
+impl Opener {
+    pub fn new(target: Target, addr: SocketAddr, total: usize) -> Opener {
+        Opener {
+            target,
+            addr,
+            remaining: total,
+            ready: VecDeque::new(),
+            opened: 0,
+        }
+    }
+
+    /// The next connection, upgraded to WebSocket on a `*-ws` target.
+    pub fn next_link(&mut self) -> Result<Link, String> {
+        let Some(endpoint) = self.target.websocket() else {
+            return Ok(Link::Tcp(connect(self.addr)?));
+        };
+        if self.ready.is_empty() {
+            let n = self.remaining.clamp(1, UPGRADE_BATCH);
+            self.remaining = self.remaining.saturating_sub(n);
+            let mut requested = Vec::with_capacity(n);
+            for _ in 0..n {
+                requested.push(ws::request_upgrade(
+                    connect(self.addr)?,
+                    self.addr,
+                    endpoint,
+                )?);
+            }
+            for upgrading in requested {
+                self.ready
+                    .push_back(Link::Ws(upgrading.finish(seed(self.opened))?));
+                self.opened += 1;
+            }
+        }
+        Ok(self.ready.pop_front().expect("a batch was just opened"))
+    }
+}
+
+/// A different start for each connection's masking keys.
+fn seed(k: usize) -> u32 {
+    (k as u32).wrapping_mul(0x9e37_79b9) ^ std::process::id()
+}
+
+impl Link {
+    /// Hands a handshaken connection to mio; `leftover` is what its
+    /// handshake read past the reply.
+    pub fn into_conn(self, leftover: Vec<u8>, session: Session) -> Result<Conn, String> {
+        let (stream, pending, ws) = match self {
+            Link::Tcp(tcp) => (tcp, leftover, WsConn::new(Masker::new(0))),
+            Link::Ws(ws) => ws.into_parts(leftover),
+        };
+        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(Conn::new(
+            mio::net::TcpStream::from_std(stream),
+            pending,
+            session,
+            ws,
+        ))
+    }
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Tcp(s) => s.read(buf),
+            Link::Ws(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Link::Tcp(s) => s.write(buf),
+            Link::Ws(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Link::Tcp(s) => s.flush(),
+            Link::Ws(s) => s.flush(),
+        }
+    }
+}
+
 /// Opens every connection of the plan: subscribers `0..M`, then publishers.
 pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(plan.exhibitors + plan.emitters);
     let mut exhibitor_ids = Vec::with_capacity(plan.exhibitors);
+    let target = plan.target.plain();
+    let mut opener = Opener::new(plan.target, plan.addr, plan.exhibitors + plan.emitters);
     for i in 0..plan.exhibitors {
-        let mut stream = connect(plan.addr)?;
+        let mut stream = opener.next_link()?;
         let mut session = Session::new(Role::Sub);
-        let leftover = match plan.target {
+        let leftover = match target {
             Target::Evchat => {
                 let (id, rest) = evchat::identify(&mut stream, 0)?;
                 session.own_id = id;
@@ -119,18 +231,19 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                 nats::connect(&mut stream, false, Some(&plan.channel(i)))?
             }
             Target::Mqtt0 | Target::Mqtt1 => {
-                let qos = u8::from(plan.target == Target::Mqtt1);
+                let qos = u8::from(target == Target::Mqtt1);
                 mqtt::connect(&mut stream, &format!("relay-s{i}-{}", std::process::id()))?;
                 mqtt::subscribe(&mut stream, &plan.channel(i), qos)?
             }
+            t => unreachable!("{t:?} is not a plain target"),
         };
-        conns.push(into_conn(stream, leftover, session)?);
+        conns.push(stream.into_conn(leftover, session)?);
     }
     for i in 0..plan.emitters {
-        let mut stream = connect(plan.addr)?;
+        let mut stream = opener.next_link()?;
         let mut session = Session::new(Role::Pub(i));
         let channel = plan.channel(i);
-        let leftover = match plan.target {
+        let leftover = match target {
             Target::Evchat => {
                 let (origin, dest) = match (plan.mode, exhibitor_ids.get(i)) {
                     (Mode::Unicast, Some(&id)) => (id, id),
@@ -148,25 +261,16 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
             }
             Target::Nats | Target::NatsVerbose => {
                 session.prefix = nats::publish_prefix(&channel, plan.size);
-                nats::connect(&mut stream, plan.target == Target::NatsVerbose, None)?
+                nats::connect(&mut stream, target == Target::NatsVerbose, None)?
             }
             Target::Mqtt0 | Target::Mqtt1 => {
-                let qos = u8::from(plan.target == Target::Mqtt1);
+                let qos = u8::from(target == Target::Mqtt1);
                 session.prefix = mqtt::publish_prefix(&channel, qos, plan.size);
                 mqtt::connect(&mut stream, &format!("relay-p{i}-{}", std::process::id()))?
             }
+            t => unreachable!("{t:?} is not a plain target"),
         };
-        conns.push(into_conn(stream, leftover, session)?);
+        conns.push(stream.into_conn(leftover, session)?);
     }
     Ok(conns)
-}
-
-/// Hands a handshaken socket to mio.
-pub fn into_conn(stream: TcpStream, leftover: Vec<u8>, session: Session) -> Result<Conn, String> {
-    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-    Ok(Conn::new(
-        mio::net::TcpStream::from_std(stream),
-        leftover,
-        session,
-    ))
 }

@@ -1,24 +1,42 @@
-//! `emitter <host:port> [exhibitor_id]`: reads lines from stdin and sends
-//! them as MSG, CREQ or FLW; a reader thread reports each reply as it
-//! arrives (`delivered #<seq>` / `not delivered #<seq>`).
+//! `emitter <host:port> [exhibitor_id]`: reads lines (through the line
+//! editor on a terminal, plainly from a pipe) and sends them as MSG, CREQ or
+//! FLW; a reader thread reports each reply as it arrives (`delivered #<seq>`
+//! / `not delivered #<seq>`).
 
 use clap::Parser;
-use evchat::cli::{parse_secs, print_line};
+use evchat::cli::parse_secs;
 use evchat::client::{
-    Command, FAREWELL_TIMEOUT, FrameReader, FrameWriter, parse_command, register,
+    Command, FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer,
+    exit_process, parse_command, register,
 };
 use evchat::proto::{ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
 use std::collections::BTreeSet;
-use std::io::{self, BufRead};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "evchat emitter: sends the lines you type as messages"
+    about = "evchat emitter: sends the lines you type as messages",
+    long_about = "\
+evchat emitter: sends the lines you type as messages.
+
+Input, one command per line:
+  (ID) text    a message to exhibitor ID, to the exhibitor paired with emitter ID,
+               or to everyone if ID is 0
+  (CREQ) ID    ask for the client list, shown by exhibitor ID (0: all)
+  (FLW)        leave
+
+The one space after ')' is not part of the text; '(4096)' alone sends an empty message.
+A blank line, any other line, or a text over 65535 bytes is rejected on stderr and
+nothing is sent. Each reply prints 'delivered #N' or 'not delivered #N'; your first
+request is #1. On a terminal, lines are typed in a line editor (arrows, history).",
+    after_help = "Examples:\n  \
+emitter 127.0.0.1:5000 4096          pair with exhibitor 4096 and type lines\n  \
+printf '(0) hello\\n' | emitter localhost:5000\n  \
+emitter '[::1]:5000' --wait 2 < lines.txt"
 )]
 struct Args {
     /// Server address as host:port (IPv6: [addr]:port)
@@ -45,6 +63,8 @@ struct Pending {
 struct Emitter {
     id: ClientId,
     writer: FrameWriter,
+    /// Where replies and errors go: above the line being typed, on a terminal.
+    printer: Printer,
     pending: Mutex<Pending>,
     changed: Condvar,
     /// FLW has been (or is being) sent.
@@ -61,9 +81,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut input = LineInput::stdin();
     let emitter = Arc::new(Emitter {
         id: registered.id,
         writer: registered.writer,
+        printer: input.printer(),
         pending: Mutex::new(Pending::default()),
         changed: Condvar::new(),
         leaving: AtomicBool::new(false),
@@ -84,8 +106,8 @@ fn main() -> ExitCode {
     };
     // Printed only once Ctrl-C is handled: whoever reads the banner may
     // signal at once and must get a clean FLW.
-    let _ = print_line(&banner);
-    emitter.read_input(args.wait);
+    let _ = emitter.printer.line(&banner);
+    emitter.read_input(&mut input, args.wait);
     emitter.leave()
 }
 
@@ -95,29 +117,32 @@ impl Emitter {
     }
 
     /// Sends one frame per valid line until end of input or `(FLW)`, then
-    /// waits (at most `wait`) for the replies still owed.
-    fn read_input(&self, wait: Duration) {
-        let stdin = io::stdin();
-        let mut input = stdin.lock();
-        let mut line = Vec::new();
+    /// waits (at most `wait`) for the replies still owed. Ctrl-C in the line
+    /// editor leaves at once, as SIGINT does.
+    fn read_input(&self, input: &mut LineInput, wait: Duration) {
         let mut number = 0u64;
         loop {
-            line.clear();
             number += 1;
-            match input.read_until(b'\n', &mut line) {
-                Ok(0) => break,
-                Ok(_) => {}
+            let line = match input.read("") {
+                Ok(InputLine::Line(line)) => line,
+                Ok(InputLine::TooLong(len)) => {
+                    self.printer.error(&format!(
+                        "emitter: line {number}: line is {len} bytes; a message carries at most 65535 bytes of text; nothing sent"
+                    ));
+                    continue;
+                }
+                Ok(InputLine::End) => break,
+                Ok(InputLine::Interrupted) => self.leave(),
                 Err(e) => {
-                    eprintln!("emitter: reading input: {e}");
+                    self.printer.error(&format!("emitter: reading input: {e}"));
                     break;
                 }
-            }
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            let command = match parse_command(text) {
+            };
+            let command = match parse_command(&line) {
                 Ok(command) => command,
                 Err(e) => {
-                    eprintln!("emitter: line {number}: {e}; nothing sent");
+                    self.printer
+                        .error(&format!("emitter: line {number}: {e}; nothing sent"));
                     continue;
                 }
             };
@@ -135,26 +160,20 @@ impl Emitter {
                 self.lock().outstanding.insert(seq);
             });
             if let Err(e) = sent {
-                eprintln!("emitter: sending to the server: {e}");
-                std::process::exit(1);
+                self.printer
+                    .exit_with(&format!("emitter: sending to the server: {e}"), true, 1);
             }
         }
-        let deadline = Instant::now() + wait;
-        let mut pending = self.lock();
-        while !pending.outstanding.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                eprintln!(
-                    "emitter: giving up on {} outstanding replies",
-                    pending.outstanding.len()
-                );
-                break;
-            }
-            pending = self
-                .changed
-                .wait_timeout(pending, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let pending = self.lock();
+        let (pending, waited) = self
+            .changed
+            .wait_timeout_while(pending, wait, |p| !p.outstanding.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() {
+            self.printer.error(&format!(
+                "emitter: giving up on {} outstanding replies",
+                pending.outstanding.len()
+            ));
         }
     }
 
@@ -169,24 +188,18 @@ impl Emitter {
                 |seq| self.lock().farewell = Some(seq),
             );
             if sent.is_err() {
-                std::process::exit(0);
+                exit_process(0);
             }
         }
-        let mut pending = self.lock();
-        let deadline = Instant::now() + FAREWELL_TIMEOUT;
-        while !pending.farewell_acked {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                eprintln!("emitter: no OK to FLW from the server");
-                break;
-            }
-            pending = self
-                .changed
-                .wait_timeout(pending, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let pending = self.lock();
+        let (_pending, waited) = self
+            .changed
+            .wait_timeout_while(pending, FAREWELL_TIMEOUT, |p| !p.farewell_acked)
+            .unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() {
+            self.printer.error("emitter: no OK to FLW from the server");
         }
-        std::process::exit(0)
+        exit_process(0)
     }
 
     /// Reports each reply; answers the server's FLW.
@@ -199,12 +212,18 @@ impl Emitter {
                     if self.lock().farewell.is_some() {
                         return self.farewell_done();
                     }
-                    eprintln!("emitter: the server closed the connection");
-                    std::process::exit(1);
+                    self.printer.exit_with(
+                        "emitter: the server went away (connection closed without FLW)",
+                        true,
+                        1,
+                    );
                 }
                 Err(e) => {
-                    eprintln!("emitter: connection to the server failed: {e}");
-                    std::process::exit(1);
+                    self.printer.exit_with(
+                        &format!("emitter: connection to the server failed: {e}"),
+                        true,
+                        1,
+                    );
                 }
             };
             match frame.kind {
@@ -213,10 +232,11 @@ impl Emitter {
                     let _ = self
                         .writer
                         .send_ack(Kind::Ok, self.id, frame.origin, frame.seq);
-                    let _ = print_line("closed by server");
-                    std::process::exit(0);
+                    self.printer.exit_with("closed by server", false, 0);
                 }
-                _ => eprintln!("emitter: ignoring unexpected {frame}"),
+                _ => self
+                    .printer
+                    .error(&format!("emitter: ignoring unexpected {frame}")),
             }
         }
     }
@@ -228,13 +248,14 @@ impl Emitter {
             return self.farewell_done();
         }
         if pending.outstanding.remove(&seq) {
-            let _ = print_line(&if ok {
+            let _ = self.printer.line(&if ok {
                 format!("delivered #{seq}")
             } else {
                 format!("not delivered #{seq}")
             });
         } else {
-            eprintln!("emitter: reply for unknown request #{seq}");
+            self.printer
+                .error(&format!("emitter: reply for unknown request #{seq}"));
         }
         self.changed.notify_all();
     }

@@ -10,7 +10,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "evchat exhibitor: shows the messages sent to it")]
+#[command(
+    version,
+    about = "evchat exhibitor: shows the messages sent to it",
+    long_about = "\
+evchat exhibitor: shows the messages sent to it.
+
+It reads no input. First it prints 'exhibitor ID' (the id emitters pair with), then
+one line per frame:
+  Message from ORIG: text           a message to it (or to its emitter)
+  Message from ORIG to all: text    a broadcast
+  Clients (N): ID ID ...            a client list
+  closed by server                  its emitter left or the server shut down (exit 0)
+
+Control, bidirectional and invisible formatting characters and invalid UTF-8 are shown
+escaped (\\n, \\x1b, \\u{202e}, \\xff).",
+    after_help = "Examples:\n  \
+exhibitor 127.0.0.1:5000\n  \
+exhibitor localhost:5000 | tee messages.log"
+)]
 struct Args {
     /// Server address as host:port (IPv6: [addr]:port)
     server: String,
@@ -67,7 +85,7 @@ fn main() -> ExitCode {
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) if exhibitor.leaving.load(Ordering::SeqCst) => std::process::exit(0),
             Ok(None) => {
-                eprintln!("exhibitor: the server closed the connection");
+                eprintln!("exhibitor: the server went away (connection closed without FLW)");
                 return ExitCode::FAILURE;
             }
             Err(e) => {

@@ -1,6 +1,7 @@
-//! `server <port>`: the evchat relay. Parses flags, raises the descriptor
-//! limit, binds, prints `listening on <addr>` and runs the event loop until
-//! SIGINT/SIGTERM has drained every client.
+//! `server <port>`: the evchat relay. Parses flags (loopback unless `--bind`
+//! says otherwise; zero limits refused), raises the descriptor limit, binds,
+//! logs what it runs with, prints `listening on <addr>` and runs the event
+//! loop until SIGINT/SIGTERM has drained every client.
 
 use clap::Parser;
 use evchat::cli::parse_secs;
@@ -8,7 +9,7 @@ use evchat::router::Limits;
 use evchat::server::{Config, HistoryConfig, Server, WebConfig};
 use evchat::store::Fsync;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,25 +18,37 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "evchat server: relays messages from emitters to exhibitors"
+    about = "evchat server: relays messages from emitters to exhibitors",
+    long_about = "\
+evchat server: relays messages from emitters to exhibitors.
+
+It listens on loopback (127.0.0.1) unless --bind says otherwise, prints
+'listening on ADDR' on stdout and logs to stderr (no colour if NO_COLOR is set). The
+same port serves a browser client at http://ADDR/ (WebSocket on /ws) unless --no-web. It has
+no authentication: anyone who can reach the port can chat. Ctrl-C or SIGTERM says
+goodbye (FLW) to every client and exits 0.",
+    after_help = "Examples:\n  \
+server 5000                        this machine only (127.0.0.1:5000)\n  \
+server 5000 --bind 0.0.0.0         every IPv4 interface: open to the network\n  \
+server 5000 --no-web               the binary protocol only: no page, no WebSocket"
 )]
 struct Args {
     /// TCP port to listen on (0 picks a free one)
     port: u16,
-    /// Address to bind (`::` for IPv6)
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address or host name to listen on: 0.0.0.0 (or ::) serves the network
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1", value_parser = parse_bind)]
     bind: IpAddr,
     /// Seconds an exhibitor may take to acknowledge a frame before it is dropped
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
     ack_timeout: Duration,
     /// Seconds a new connection may take to send OI
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
     handshake_timeout: Duration,
     /// Seconds shutdown waits for clients to acknowledge FLW
-    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_positive_secs)]
     drain_timeout: Duration,
     /// Unsent bytes per connection past which it is dropped as a slow consumer
-    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value = "4194304", value_parser = parse_queue_bytes)]
     max_queue: usize,
     /// Unsettled requests per emitter before the server stops reading it
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
@@ -70,6 +83,47 @@ struct Args {
     /// Less log output (-q warnings only, -qq errors only)
     #[arg(short, long, action = clap::ArgAction::Count)]
     quiet: u8,
+}
+
+/// A host name or address for `--bind`, resolved once at start.
+fn parse_bind(text: &str) -> Result<IpAddr, String> {
+    if let Ok(ip) = text.parse() {
+        return Ok(ip);
+    }
+    let mut found = (text, 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve '{text}': {e}"))?;
+    found
+        .next()
+        .map(|addr| addr.ip())
+        .ok_or_else(|| format!("'{text}' has no address"))
+}
+
+/// A duration in seconds that must not be zero (a zero timeout would drop
+/// every client at once).
+fn parse_positive_secs(text: &str) -> Result<Duration, String> {
+    let secs = parse_secs(text)?;
+    if secs.is_zero() {
+        return Err(
+            "0 is not allowed: the allowed range is above 0 seconds (fractions such as 0.5 work)"
+                .into(),
+        );
+    }
+    Ok(secs)
+}
+
+/// A per-connection queue size in bytes, 1 or more.
+fn parse_queue_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of bytes"))?;
+    if bytes == 0 {
+        return Err(format!(
+            "0 is not allowed: the allowed range is 1..={} bytes",
+            usize::MAX
+        ));
+    }
+    Ok(bytes)
 }
 
 fn main() -> ExitCode {
@@ -115,6 +169,17 @@ fn main() -> ExitCode {
         eprintln!("server: cannot install the signal handler: {e}");
         return ExitCode::FAILURE;
     }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        addr = %server.local_addr(),
+        ack_timeout = ?config.limits.ack_timeout,
+        handshake_timeout = ?config.limits.handshake_timeout,
+        drain_timeout = ?config.drain_timeout,
+        max_queue = config.max_queue,
+        max_inflight = config.limits.max_inflight,
+        web = config.web.is_some(),
+        "evchat server starting"
+    );
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "listening on {}", server.local_addr());
     let _ = stdout.flush();
@@ -168,8 +233,13 @@ fn init_logging(verbose: u8, quiet: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color())
         .init();
+}
+
+/// The NO_COLOR convention (no-color.org): set and not empty means no colour.
+fn no_color() -> bool {
+    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 /// Lifts the open-file soft limit to the hard limit so that every id (8191

@@ -1,11 +1,609 @@
-//! `evchat chat`: placeholder until its issue lands.
+//! `evchat chat HOST:PORT`: both roles in one terminal. It registers an
+//! exhibitor, then an emitter paired with it; what the exhibitor receives is
+//! printed above the input line, what is typed goes out through the emitter,
+//! and each sent message is shown once, marked when its reply comes. When
+//! the connection is lost it reconnects with backoff and re-registers. With
+//! stdin or stdout not a terminal it reads and prints plain lines, so it can
+//! be scripted.
 
+mod input;
+
+use clap::ValueEnum;
+use evchat::cli::parse_secs;
+use evchat::client::{
+    FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer, RegisterError,
+    escape_text, exit_process, register,
+};
+use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
+use input::{ChatLine, HELP, Target, parse_chat_line};
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
-pub struct ChatArgs {}
+// The subcommand's one-line summary comes from its doc comment in main.rs;
+// everything else a user needs is in the text after the options.
+#[command(after_help = "\
+It registers an exhibitor, then an emitter paired with it, and says so ('you are 1
+(emitter) / 4096 (exhibitor)').
 
-pub fn run(_args: ChatArgs) -> ExitCode {
-    eprintln!("evchat chat: not built yet");
-    ExitCode::FAILURE
+Input: a line goes to the current target (everyone at first), shown in the prompt.
+Received messages print above the line you are typing. Each message you send is shown
+once its reply comes: '✓' delivered, '✗ not delivered'.
+  /to ID         talk to exhibitor ID, or to the exhibitor paired with emitter ID
+  /to all        talk to everyone
+  /msg ID text   one message to ID, without changing the target
+  /list          show who is connected
+  /help          list the commands
+  /quit          leave (Ctrl-D and Ctrl-C too)
+  (ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line that starts with /
+
+If the server goes away it reconnects (after 1 s, doubling to 30 s) and says which ids
+it got. With stdin or stdout not a terminal it reads and prints plain lines (no
+timestamps unless asked), so it can be scripted; at the end of input it waits for
+outstanding replies (--wait) and leaves.
+
+Exit status: 0 when you leave or the server closes the chat; 1 when it cannot connect or
+register at start, or input ends while the server is away; 2 for a usage error.
+
+Examples:
+  evchat chat 127.0.0.1:5000
+  evchat chat localhost:5000 --timestamps never
+  printf 'hello\\n/list\\n' | evchat chat localhost:5000")]
+pub struct ChatArgs {
+    /// Server address as host:port (IPv6: [addr]:port)
+    server: String,
+    /// When to show the local time before chat lines
+    #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
+    timestamps: When,
+    /// Seconds to wait at the end of input (Ctrl-D, end of a pipe) for outstanding replies
+    #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
+    wait: Duration,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// On a terminal only
+    Auto,
+    Always,
+    Never,
+}
+
+/// First wait before reconnecting; it doubles after each failure.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between reconnection attempts.
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
+/// One registration: the exhibitor and the emitter paired with it.
+struct Session {
+    /// Which registration this is; replies and losses of an older one are ignored.
+    generation: u64,
+    emitter: ClientId,
+    exhibitor: ClientId,
+    /// The emitter's connection: messages, CREQ, FLW.
+    to_server: FrameWriter,
+    /// The exhibitor's connection: acknowledgements.
+    acks: FrameWriter,
+}
+
+impl Session {
+    fn shutdown(&self) {
+        self.to_server.shutdown();
+        self.acks.shutdown();
+    }
+}
+
+/// Something sent whose reply has not come yet.
+enum Sent {
+    Message { dest: Target, text: Vec<u8> },
+    List { dest: Target },
+}
+
+#[derive(Default)]
+struct State {
+    /// None while reconnecting.
+    session: Option<Arc<Session>>,
+    generation: u64,
+    /// Requests of the current session awaiting OK/ERRO, by sequence number.
+    sent: BTreeMap<u16, Sent>,
+    leaving: bool,
+    /// Sequence number of our FLW, once sent.
+    farewell: Option<u16>,
+    /// The OK to our FLW came (or the connection ended).
+    farewell_acked: bool,
+    /// The server dismissed our exhibitor after our emitter left.
+    dismissed: bool,
+}
+
+impl State {
+    /// Whether `session` is the one in use (not lost, not replaced).
+    fn is_current(&self, session: &Session) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.generation == session.generation)
+    }
+}
+
+struct Chat {
+    addr: String,
+    printer: Printer,
+    timestamps: bool,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Set once the server's FLW is being handled, so it is reported once.
+    closing: AtomicBool,
+}
+
+pub fn run(args: ChatArgs) -> ExitCode {
+    let (session, readers) = match connect_pair(&args.server) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("evchat chat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut input = LineInput::stdin();
+    let terminal = input.is_terminal();
+    let chat = Arc::new(Chat {
+        addr: args.server,
+        printer: input.printer(),
+        timestamps: match args.timestamps {
+            When::Auto => terminal,
+            When::Always => true,
+            When::Never => false,
+        },
+        state: Mutex::new(State::default()),
+        changed: Condvar::new(),
+        closing: AtomicBool::new(false),
+    });
+    {
+        let chat = chat.clone();
+        if let Err(e) = ctrlc::set_handler(move || chat.leave()) {
+            eprintln!("evchat chat: cannot install the signal handler: {e}");
+        }
+    }
+    chat.start_session(session, readers, false);
+    if terminal {
+        chat.say("type a message and press Enter; /help lists the commands");
+    }
+    chat.read_input(&mut input);
+    chat.finish(args.wait)
+}
+
+/// Registers an exhibitor, then an emitter paired with it.
+/// Its generation is set when it is installed.
+fn connect_pair(addr: &str) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
+    let exhibitor = register(addr, BROADCAST)?;
+    let emitter = match register(addr, exhibitor.id) {
+        Ok(emitter) => emitter,
+        Err(e) => {
+            exhibitor.writer.shutdown();
+            return Err(e);
+        }
+    };
+    let session = Session {
+        generation: 0,
+        emitter: emitter.id,
+        exhibitor: exhibitor.id,
+        to_server: emitter.writer,
+        acks: exhibitor.writer,
+    };
+    Ok((session, (emitter.reader, exhibitor.reader)))
+}
+
+/// `HH:MM:SS ` in local time.
+fn local_time() -> String {
+    // SAFETY: time(NULL) has no preconditions; localtime_r writes only the
+    // struct passed and reports failure by returning null.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return String::new();
+        }
+        format!("{:02}:{:02}:{:02} ", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
+/// `base` give or take a fifth, so that clients cut off together do not
+/// all come back in the same instant.
+fn jittered(base: Duration) -> Duration {
+    let random = RandomState::new().hash_one(std::time::SystemTime::now());
+    // A factor from 0.8 to 1.2.
+    let factor = 0.8 + (random % 4001) as f64 / 10_000.0;
+    base.mul_f64(factor)
+}
+
+impl Chat {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Prints a line; if nobody can read the output any more, leaves.
+    fn say(self: &Arc<Self>, line: &str) {
+        if self.printer.line(line).is_err() {
+            let chat = self.clone();
+            std::thread::spawn(move || chat.leave());
+        }
+    }
+
+    /// A chat line (message or client list), with the time when shown.
+    fn say_chat(self: &Arc<Self>, line: &str) {
+        if self.timestamps {
+            self.say(&format!("{}{line}", local_time()));
+        } else {
+            self.say(line);
+        }
+    }
+
+    /// Installs a registration, announces it and starts its two readers.
+    fn start_session(
+        self: &Arc<Self>,
+        mut session: Session,
+        (emitter_reader, exhibitor_reader): (FrameReader, FrameReader),
+        again: bool,
+    ) {
+        let session = {
+            let mut state = self.lock();
+            state.generation += 1;
+            session.generation = state.generation;
+            state.sent.clear();
+            let session = Arc::new(session);
+            state.session = Some(session.clone());
+            session
+        };
+        let ids = format!(
+            "you are {} (emitter) / {} (exhibitor)",
+            session.emitter, session.exhibitor
+        );
+        self.say(&if again {
+            format!("reconnected: {ids}")
+        } else {
+            ids
+        });
+        {
+            let chat = self.clone();
+            let session = session.clone();
+            std::thread::spawn(move || chat.read_replies(session, emitter_reader));
+        }
+        let chat = self.clone();
+        std::thread::spawn(move || chat.read_received(session, exhibitor_reader));
+    }
+
+    /// Input until its end: Ctrl-C, `/quit` and `(FLW)` leave at once.
+    fn read_input(self: &Arc<Self>, input: &mut LineInput) {
+        let mut target = Target::ALL;
+        let mut number = 0u64;
+        loop {
+            number += 1;
+            let prompt = if input.is_terminal() {
+                format!("{target}> ")
+            } else {
+                String::new()
+            };
+            let line = match input.read(&prompt) {
+                Ok(InputLine::Line(line)) => line,
+                Ok(InputLine::TooLong(len)) => {
+                    self.reject(
+                        number,
+                        &format!("line is {len} bytes; a message carries at most 65535"),
+                    );
+                    continue;
+                }
+                Ok(InputLine::End) => return,
+                Ok(InputLine::Interrupted) => self.leave(),
+                Err(e) => {
+                    self.printer
+                        .error(&format!("evchat chat: reading input: {e}"));
+                    return;
+                }
+            };
+            // The line comes back in its own form (with its mark) once sent.
+            input.erase_entered();
+            match parse_chat_line(&line, target) {
+                Ok(ChatLine::Send { dest, text }) => {
+                    self.send(number, Sent::Message { dest, text })
+                }
+                Ok(ChatLine::ListHere) => {
+                    let own = self.lock().session.as_ref().map(|s| s.emitter);
+                    // CREQ to our own emitter id reaches our own exhibitor.
+                    let dest = Target(own.unwrap_or(BROADCAST));
+                    self.send(number, Sent::List { dest })
+                }
+                Ok(ChatLine::ListTo(dest)) => self.send(number, Sent::List { dest }),
+                Ok(ChatLine::SetTarget(new)) => {
+                    target = new;
+                    self.say(&format!("now talking to {target}"));
+                }
+                Ok(ChatLine::Help) => HELP.iter().for_each(|line| self.say(line)),
+                Ok(ChatLine::Quit) => self.leave(),
+                Ok(ChatLine::Nothing) => {}
+                Err(e) => self.reject(number, &e.to_string()),
+            }
+        }
+    }
+
+    fn reject(&self, number: u64, reason: &str) {
+        self.printer.error(&format!(
+            "evchat chat: line {number}: {reason}; nothing sent"
+        ));
+    }
+
+    /// Sends a message or CREQ through the current session.
+    fn send(self: &Arc<Self>, number: u64, what: Sent) {
+        let Some(session) = self.lock().session.clone() else {
+            return self.reject(
+                number,
+                &format!("not connected (reconnecting to {})", self.addr),
+            );
+        };
+        let id = session.emitter;
+        let frame = match &what {
+            Sent::Message { dest, text } => {
+                Frame::msg(id, dest.0, 0, text.clone()).expect("the parser bounds the text")
+            }
+            Sent::List { dest } => Frame::bare(Kind::Creq, id, dest.0, 0),
+        };
+        let mut what = Some(what);
+        let mut noted = None;
+        let sent = session.to_server.send_numbered(
+            |seq| Frame { seq, ..frame },
+            |seq| {
+                let mut state = self.lock();
+                if state.is_current(&session) {
+                    state.sent.insert(seq, what.take().expect("noted once"));
+                    noted = Some(seq);
+                }
+            },
+        );
+        if sent.is_ok() {
+            return;
+        }
+        // The connection broke under the write. Unless the loss was already
+        // reported with this request in it, report it here.
+        if let Some(seq) = noted {
+            let mut state = self.lock();
+            if state.is_current(&session) {
+                what = state.sent.remove(&seq);
+            }
+        }
+        if let Some(Sent::Message { dest, text }) = what {
+            self.say_chat(&format!(
+                "you to {dest}: {} ✗ not delivered (connection lost)",
+                escape_text(&text)
+            ));
+        }
+    }
+
+    /// Replies to what the emitter sent; the server's FLW.
+    fn read_replies(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader) {
+        loop {
+            let frame = match reader.read_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(_) => return self.lost(&session),
+            };
+            match frame.kind {
+                Kind::Ok | Kind::Erro => self.settled(&session, frame.seq, frame.kind == Kind::Ok),
+                Kind::Flw => {
+                    let _ = session.to_server.send_ack(
+                        Kind::Ok,
+                        session.emitter,
+                        frame.origin,
+                        frame.seq,
+                    );
+                    self.server_closed();
+                }
+                _ => self
+                    .printer
+                    .error(&format!("evchat chat: ignoring unexpected {frame}")),
+            }
+        }
+    }
+
+    /// What the exhibitor receives: shown, then acknowledged.
+    fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader) {
+        loop {
+            let frame = match reader.read_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(_) => return self.lost(&session),
+            };
+            match (&frame.kind, &frame.body) {
+                // Our own broadcasts come back here: they are shown once,
+                // with their mark, when their reply comes.
+                (Kind::Msg, Body::Text(_)) if frame.origin == session.emitter => {}
+                (Kind::Msg, Body::Text(text)) => {
+                    let to = if frame.dest == BROADCAST {
+                        "all"
+                    } else {
+                        "you"
+                    };
+                    self.say_chat(&format!("{} to {to}: {}", frame.origin, escape_text(text)));
+                }
+                (Kind::Clist, Body::Clients(ids)) => {
+                    let mut line = format!("clients ({}):", ids.len());
+                    for id in ids {
+                        line.push_str(&format!(" {id}"));
+                    }
+                    self.say_chat(&line);
+                }
+                (Kind::Flw, _) => {
+                    let _ =
+                        session
+                            .acks
+                            .send_ack(Kind::Ok, session.exhibitor, frame.origin, frame.seq);
+                    let mut state = self.lock();
+                    if state.leaving {
+                        state.dismissed = true;
+                        self.changed.notify_all();
+                        return;
+                    }
+                    drop(state);
+                    self.server_closed();
+                }
+                (Kind::Ok | Kind::Erro, _) => continue,
+                _ => {
+                    self.printer
+                        .error(&format!("evchat chat: ignoring unexpected {frame}"));
+                    continue;
+                }
+            }
+            if frame.kind != Kind::Flw
+                && session
+                    .acks
+                    .send_ack(Kind::Ok, session.exhibitor, frame.origin, frame.seq)
+                    .is_err()
+            {
+                return self.lost(&session);
+            }
+        }
+    }
+
+    fn settled(self: &Arc<Self>, session: &Session, seq: u16, ok: bool) {
+        let mut state = self.lock();
+        if !state.is_current(session) {
+            return;
+        }
+        if state.farewell == Some(seq) {
+            state.farewell_acked = true;
+            self.changed.notify_all();
+            return;
+        }
+        let Some(sent) = state.sent.remove(&seq) else {
+            drop(state);
+            return self
+                .printer
+                .error(&format!("evchat chat: reply for unknown request #{seq}"));
+        };
+        self.changed.notify_all();
+        drop(state);
+        let mark = if ok { "✓" } else { "✗ not delivered" };
+        match sent {
+            Sent::Message { dest, text } => {
+                self.say_chat(&format!("you to {dest}: {} {mark}", escape_text(&text)))
+            }
+            // Our own list shows itself when it comes.
+            Sent::List { dest } if dest.0 == session.emitter && ok => {}
+            Sent::List { dest } if dest.0 == session.emitter => {
+                self.say_chat(&format!("client list {mark}"))
+            }
+            Sent::List { dest } => self.say_chat(&format!("client list to {dest} {mark}")),
+        }
+    }
+
+    /// The server said goodbye (FLW): the chat is over.
+    fn server_closed(&self) {
+        if self.closing.swap(true, Ordering::SeqCst) || self.lock().leaving {
+            return;
+        }
+        self.printer.exit_with("server closed the chat", false, 0);
+    }
+
+    /// A connection of `session` ended without FLW: report the messages it
+    /// took with it, then reconnect in this thread.
+    fn lost(self: &Arc<Self>, session: &Session) {
+        let mut state = self.lock();
+        if !state.is_current(session) {
+            return;
+        }
+        state.session = None;
+        session.shutdown();
+        if state.leaving {
+            // Nothing more will come; the leaving thread stops waiting.
+            state.farewell_acked = true;
+            state.dismissed = true;
+            self.changed.notify_all();
+            return;
+        }
+        let lost = std::mem::take(&mut state.sent);
+        drop(state);
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        self.say(&format!("connection to {} lost; reconnecting", self.addr));
+        for sent in lost.into_values() {
+            if let Sent::Message { dest, text } = sent {
+                self.say_chat(&format!(
+                    "you to {dest}: {} ✗ not delivered (connection lost)",
+                    escape_text(&text)
+                ));
+            }
+        }
+        self.reconnect();
+    }
+
+    /// Tries again after 1 s, doubling to 30 s (with jitter), until it has
+    /// registered again or the user leaves.
+    fn reconnect(self: &Arc<Self>) {
+        let mut delay = FIRST_RETRY;
+        loop {
+            // Waiting between attempts is what backoff is.
+            std::thread::sleep(jittered(delay));
+            if self.lock().leaving {
+                return;
+            }
+            match connect_pair(&self.addr) {
+                Ok((session, readers)) => return self.start_session(session, readers, true),
+                Err(e) => {
+                    delay = (delay * 2).min(LAST_RETRY);
+                    self.say(&format!(
+                        "reconnecting failed: {e}; next try in about {} s",
+                        delay.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// End of input: waits (at most `wait`) for the replies still owed, then
+    /// leaves; exit 1 when the server is away and nothing can be sent.
+    fn finish(self: &Arc<Self>, wait: Duration) -> ExitCode {
+        let state = self.lock();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, wait, |s| s.session.is_some() && !s.sent.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        if state.session.is_none() {
+            drop(state);
+            self.printer
+                .exit_with("evchat chat: input ended while the server is away", true, 1);
+        }
+        drop(state);
+        self.leave()
+    }
+
+    /// Says goodbye (FLW from the emitter; the server then dismisses our
+    /// exhibitor), waits briefly for both and exits 0.
+    fn leave(&self) -> ! {
+        let mut state = self.lock();
+        if state.leaving {
+            // Another thread is already leaving and will exit the process.
+            drop(state);
+            loop {
+                std::thread::park();
+            }
+        }
+        state.leaving = true;
+        let Some(session) = state.session.clone() else {
+            exit_process(0);
+        };
+        drop(state);
+        let id = session.emitter;
+        let sent = session.to_server.send_numbered(
+            |seq| Frame::bare(Kind::Flw, id, SERVER_ID, seq),
+            |seq| self.lock().farewell = Some(seq),
+        );
+        if sent.is_err() {
+            exit_process(0);
+        }
+        let state = self.lock();
+        let _ = self
+            .changed
+            .wait_timeout_while(state, FAREWELL_TIMEOUT, |s| {
+                !(s.farewell_acked && s.dismissed)
+            });
+        exit_process(0)
+    }
 }

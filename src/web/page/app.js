@@ -85,10 +85,25 @@
     return t;
   }
 
+  // The line above an entry's text. Spaces between the parts keep them
+  // apart for screen readers and copy-paste; the flex layout ignores them.
+  function metaLine(parts) {
+    const meta = document.createElement('span');
+    meta.className = 'meta';
+    parts.forEach(function (part, i) {
+      if (i > 0) {
+        meta.appendChild(document.createTextNode(' '));
+      }
+      meta.appendChild(part);
+    });
+    return meta;
+  }
+
   function note(text) {
     const li = document.createElement('li');
     li.className = 'entry note';
     li.appendChild(timeStamp());
+    li.appendChild(document.createTextNode(' '));
     li.appendChild(span('text', text));
     appendEntry(li);
   }
@@ -110,12 +125,11 @@
   function showIncoming(frame, mine) {
     const li = document.createElement('li');
     li.className = 'entry in';
-    const meta = document.createElement('span');
-    meta.className = 'meta';
-    meta.appendChild(span('from', mine ? 'you (' + idName(frame.origin) + ')' : idName(frame.origin)));
-    meta.appendChild(span('scope', frame.dest === C.BROADCAST ? 'to all' : 'to you'));
-    meta.appendChild(timeStamp());
-    li.appendChild(meta);
+    li.appendChild(metaLine([
+      span('from', mine ? 'you (' + idName(frame.origin) + ')' : idName(frame.origin)),
+      span('scope', frame.dest === C.BROADCAST ? 'to all' : 'to you'),
+      timeStamp(),
+    ]));
     li.appendChild(span('text', C.escapeText(frame.text)));
     appendEntry(li);
   }
@@ -124,15 +138,9 @@
   function showOutgoing(dest, bytes) {
     const li = document.createElement('li');
     li.className = 'entry out';
-    const meta = document.createElement('span');
-    meta.className = 'meta';
-    meta.appendChild(span('from', 'you'));
-    meta.appendChild(span('scope', destName(dest)));
-    meta.appendChild(timeStamp());
     const status = span('status', 'pending');
     status.dataset.status = 'pending';
-    meta.appendChild(status);
-    li.appendChild(meta);
+    li.appendChild(metaLine([span('from', 'you'), span('scope', destName(dest)), timeStamp(), status]));
     li.appendChild(span('text', C.escapeText(bytes)));
     appendEntry(li);
     return { entry: li, status: status };
@@ -174,6 +182,7 @@
       li.appendChild(span('name', idName(id)));
       if (isMine(id)) {
         li.className = 'mine';
+        li.appendChild(document.createTextNode(' '));
         li.appendChild(span('you', '(you)'));
       }
       return li;
@@ -185,17 +194,30 @@
 
   // Keeps the chosen destination even when it leaves the list: silently
   // falling back to "everyone" would turn a private message into a broadcast.
+  // After a reconnection ids belong to new clients, so a chosen id is
+  // replaced by an empty choice that must be made again before sending.
   function updatePicker() {
     const chosen = ui.dest.value;
-    const options = [new Option('everyone', '0')];
+    const options = [];
+    if (chosen === '') {
+      options.push(new Option('choose again (ids changed)', ''));
+    }
+    options.push(new Option('everyone', '0'));
     listedIds.forEach(function (id) {
       options.push(new Option(idName(id) + (isMine(id) ? ' (you)' : ''), String(id)));
     });
-    if (chosen !== '0' && listedIds.indexOf(Number(chosen)) < 0) {
+    if (chosen !== '' && chosen !== '0' && listedIds.indexOf(Number(chosen)) < 0) {
       options.push(new Option(idName(Number(chosen)) + ' (left)', chosen));
     }
     ui.dest.replaceChildren.apply(ui.dest, options);
     ui.dest.value = chosen;
+  }
+
+  function forgetDestination() {
+    if (ui.dest.value !== '0') {
+      ui.dest.replaceChildren(new Option('choose again (ids changed)', ''));
+      ui.dest.value = '';
+    }
   }
 
   // ---- one attempt: two registered connections ------------------------
@@ -230,6 +252,17 @@
     }
   }
 
+  // The server's close code says why it closed (PROTOCOL.md, "WebSocket
+  // transport"): 1002 a protocol error, 1008 a refusal or a timeout...
+  // 1000, 1005 (none given) and 1006 (no close frame: the network) add nothing.
+  function closeDetail(event) {
+    if (event.code === 1000 || event.code === 1005 || event.code === 1006) {
+      return '';
+    }
+    const reason = event.reason ? ': ' + C.escapeText(encoder.encode(event.reason)) : '';
+    return ' (close code ' + event.code + reason + ')';
+  }
+
   function openSocket(s, onFrame) {
     const ws = new WebSocket(wsUrl);
     ws.binaryType = 'arraybuffer';
@@ -250,15 +283,18 @@
       }
       onFrame(s, frame);
     };
-    ws.onclose = function () {
+    ws.onclose = function (event) {
       if (session === s) {
-        lose(s, s.connected() ? 'connection lost' : 'cannot reach the server');
+        lose(s, (s.connected() ? 'connection lost' : 'cannot reach the server') + closeDetail(event));
       }
     };
     return ws;
   }
 
   function start() {
+    if (session !== null) {
+      return;
+    }
     clearTimeout(retryTimer);
     retryTimer = null;
     const s = new Session();
@@ -408,9 +444,10 @@
         ws.close();
       }
     });
+    // No OK or ERRO will come: whether these were shown is unknown.
     s.requests.forEach(function (request) {
       if (request.kind === 'msg') {
-        setStatus(request.status, 'not delivered');
+        setStatus(request.status, 'unconfirmed');
       }
     });
     if (s.connected() && !s.serverClosed) {
@@ -422,6 +459,7 @@
     const delay = Math.min(BACKOFF_MAX_MS, Math.round(base * (0.8 + 0.4 * Math.random())));
     failures = Math.min(failures + 1, 16);
     showIds(null, null);
+    forgetDestination();
     showClients([]);
     ui.clientCount.textContent = '';
     showState('waiting', why + '; reconnecting in ' + Math.ceil(delay / 1000) + ' s');
@@ -458,12 +496,18 @@
       note('not sent: the message is ' + bytes.length + ' bytes; at most 65535 fit');
       return;
     }
+    if (ui.dest.value === '') {
+      note('not sent: choose who gets it (the ids changed when the chat reconnected)');
+      ui.dest.focus();
+      return;
+    }
     const dest = Number(ui.dest.value);
     const seq = s.nextEmitterSeq();
     const shown = showOutgoing(dest, bytes);
     s.requests.set(seq, { kind: 'msg', entry: shown.entry, status: shown.status });
     send(s.emitter, C.msg(s.emitterId, dest, seq, bytes));
     ui.text.value = '';
+    ui.text.focus();
     scrollToNewest();
   }
 

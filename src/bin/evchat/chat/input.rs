@@ -1,0 +1,249 @@
+//! What a line typed into `evchat chat` means: a message to the current
+//! target, a `/command`, or one of the emitter's own `(ID) text`,
+//! `(CREQ) ID`, `(FLW)` lines. Pure parsing, no I/O.
+
+use evchat::client::{Command, parse_command};
+use evchat::proto::{BROADCAST, ClientId, MAX_TEXT_LEN};
+use std::fmt;
+
+/// Who a plain line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target(pub ClientId);
+
+impl Target {
+    pub const ALL: Target = Target(BROADCAST);
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == BROADCAST {
+            f.write_str("all")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// One line of chat input, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatLine {
+    /// A message: a plain line, `/msg ID text` or `(ID) text`.
+    Send {
+        dest: Target,
+        text: Vec<u8>,
+    },
+    /// `/list`: the client list, shown here.
+    ListHere,
+    /// `(CREQ) ID`: the client list, shown by ID.
+    ListTo(Target),
+    /// `/to ID` or `/to all`.
+    SetTarget(Target),
+    Help,
+    /// `/quit` or `(FLW)`.
+    Quit,
+    /// Nothing typed (or only spaces): nothing to do.
+    Nothing,
+}
+
+/// Why a line was not understood; nothing is sent for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatError {
+    #[error("unknown command '{0}'; /help lists the commands")]
+    UnknownCommand(String),
+    #[error("{0} takes an id (0-65535) or 'all'")]
+    NeedsTarget(&'static str),
+    #[error("'{0}' is not an id from 0 to 65535 or 'all'")]
+    BadTarget(String),
+    #[error("usage: /msg ID text")]
+    MsgUsage,
+    #[error("{0} takes nothing after it")]
+    Trailing(&'static str),
+    #[error("text is {0} bytes; a message carries at most 65535")]
+    TooLong(usize),
+    #[error("{0}")]
+    Emitter(String),
+}
+
+/// The commands, for `/help`.
+pub const HELP: &[&str] = &[
+    "a line without / is a message to the current target (shown in the prompt)",
+    "/to ID        talk to exhibitor ID, or to the exhibitor paired with emitter ID",
+    "/to all       talk to everyone (the start)",
+    "/msg ID text  one message to ID, without changing the target",
+    "/list         show who is connected",
+    "/help         this list",
+    "/quit         leave (Ctrl-D and Ctrl-C too)",
+    "(ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line starting with /",
+];
+
+fn parse_target(word: &str) -> Result<Target, ChatError> {
+    if word.eq_ignore_ascii_case("all") {
+        return Ok(Target::ALL);
+    }
+    if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ChatError::BadTarget(word.to_string()));
+    }
+    word.parse()
+        .map(Target)
+        .map_err(|_| ChatError::BadTarget(word.to_string()))
+}
+
+fn message(dest: Target, text: &[u8]) -> Result<ChatLine, ChatError> {
+    if text.len() > MAX_TEXT_LEN {
+        return Err(ChatError::TooLong(text.len()));
+    }
+    Ok(ChatLine::Send {
+        dest,
+        text: text.to_vec(),
+    })
+}
+
+/// Parses one line (without its ending) typed while talking to `target`.
+pub fn parse_chat_line(line: &[u8], target: Target) -> Result<ChatLine, ChatError> {
+    if line.trim_ascii().is_empty() {
+        return Ok(ChatLine::Nothing);
+    }
+    if let Some(rest) = line.strip_prefix(b"//") {
+        let mut text = b"/".to_vec();
+        text.extend_from_slice(rest);
+        return message(target, &text);
+    }
+    if line.starts_with(b"/") {
+        return parse_slash(line);
+    }
+    if line.starts_with(b"(") {
+        // The emitter's syntax when it parses as such; otherwise the line
+        // is ordinary text that happens to start with a parenthesis.
+        match parse_command(line) {
+            Ok(Command::Message { dest, text }) => return message(Target(dest), &text),
+            Ok(Command::ClientList { dest }) => return Ok(ChatLine::ListTo(Target(dest))),
+            Ok(Command::Leave) => return Ok(ChatLine::Quit),
+            Err(evchat::client::SyntaxError::Unrecognised) => {}
+            Err(e) => return Err(ChatError::Emitter(e.to_string())),
+        }
+    }
+    message(target, line)
+}
+
+fn parse_slash(line: &[u8]) -> Result<ChatLine, ChatError> {
+    let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    let (word, rest) = (&line[..end], line.get(end + 1..).unwrap_or(&[]));
+    let word_text = String::from_utf8_lossy(word).to_ascii_lowercase();
+    let only = |name: &'static str, value: ChatLine| {
+        if rest.trim_ascii().is_empty() {
+            Ok(value)
+        } else {
+            Err(ChatError::Trailing(name))
+        }
+    };
+    match word_text.as_str() {
+        "/to" => {
+            let arg = String::from_utf8_lossy(rest.trim_ascii()).into_owned();
+            if arg.is_empty() {
+                return Err(ChatError::NeedsTarget("/to"));
+            }
+            parse_target(&arg).map(ChatLine::SetTarget)
+        }
+        "/msg" => {
+            let split = rest.iter().position(|&b| b == b' ');
+            let (id, text) = match split {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &[][..]),
+            };
+            if id.is_empty() {
+                return Err(ChatError::MsgUsage);
+            }
+            let dest = parse_target(&String::from_utf8_lossy(id))?;
+            message(dest, text)
+        }
+        "/list" => only("/list", ChatLine::ListHere),
+        "/help" => only("/help", ChatLine::Help),
+        "/quit" => only("/quit", ChatLine::Quit),
+        _ => Err(ChatError::UnknownCommand(
+            String::from_utf8_lossy(word).into_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(dest: u16, text: &str) -> Result<ChatLine, ChatError> {
+        Ok(ChatLine::Send {
+            dest: Target(dest),
+            text: text.as_bytes().to_vec(),
+        })
+    }
+
+    #[test]
+    fn a_plain_line_goes_to_the_current_target_as_typed() {
+        assert_eq!(parse_chat_line(b"hello", Target::ALL), send(0, "hello"));
+        assert_eq!(
+            parse_chat_line(b"  two  spaces ", Target(4097)),
+            send(4097, "  two  spaces ")
+        );
+        assert_eq!(parse_chat_line(b"//etc", Target::ALL), send(0, "/etc"));
+        assert_eq!(
+            parse_chat_line(b"(lol) hi", Target::ALL),
+            send(0, "(lol) hi")
+        );
+        assert_eq!(parse_chat_line(b"", Target::ALL), Ok(ChatLine::Nothing));
+        assert_eq!(parse_chat_line(b"   ", Target::ALL), Ok(ChatLine::Nothing));
+    }
+
+    #[test]
+    fn commands() {
+        let t = Target::ALL;
+        assert_eq!(
+            parse_chat_line(b"/to 4097", t),
+            Ok(ChatLine::SetTarget(Target(4097)))
+        );
+        assert_eq!(
+            parse_chat_line(b"/TO all", t),
+            Ok(ChatLine::SetTarget(Target::ALL))
+        );
+        assert_eq!(parse_chat_line(b"/msg 2 hi there", t), send(2, "hi there"));
+        assert_eq!(parse_chat_line(b"/msg 2", t), send(2, ""));
+        assert_eq!(parse_chat_line(b"/list", t), Ok(ChatLine::ListHere));
+        assert_eq!(parse_chat_line(b"/help", t), Ok(ChatLine::Help));
+        assert_eq!(parse_chat_line(b"/quit", t), Ok(ChatLine::Quit));
+        assert_eq!(parse_chat_line(b"(4096) x", t), send(4096, "x"));
+        assert_eq!(parse_chat_line(b"(4096)", t), send(4096, ""));
+        assert_eq!(
+            parse_chat_line(b"(CREQ) 0", t),
+            Ok(ChatLine::ListTo(Target::ALL))
+        );
+        assert_eq!(parse_chat_line(b"(flw)", t), Ok(ChatLine::Quit));
+    }
+
+    #[test]
+    fn bad_commands_are_errors() {
+        let t = Target::ALL;
+        assert_eq!(
+            parse_chat_line(b"/frobnicate", t),
+            Err(ChatError::UnknownCommand("/frobnicate".into()))
+        );
+        assert_eq!(
+            parse_chat_line(b"/to", t),
+            Err(ChatError::NeedsTarget("/to"))
+        );
+        assert_eq!(
+            parse_chat_line(b"/to 70000", t),
+            Err(ChatError::BadTarget("70000".into()))
+        );
+        assert_eq!(parse_chat_line(b"/msg", t), Err(ChatError::MsgUsage));
+        assert_eq!(
+            parse_chat_line(b"/list now", t),
+            Err(ChatError::Trailing("/list"))
+        );
+        assert_eq!(
+            parse_chat_line(b"(4096)x", t),
+            Err(ChatError::Emitter(
+                "expected a space between ')' and the text".into()
+            ))
+        );
+        let long = vec![b'a'; 65536];
+        assert_eq!(parse_chat_line(&long, t), Err(ChatError::TooLong(65536)));
+    }
+}

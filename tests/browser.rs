@@ -1,0 +1,676 @@
+//! The page in a real browser: Debian's headless Chromium, driven over the
+//! DevTools protocol (`headless_chrome`), against the real `server`, with the
+//! real `exhibitor` and `emitter` binaries on the other end. Every wait is on
+//! a DOM condition (a MutationObserver in the page, with a deadline) or on a
+//! line of a binary's output, never a sleep.
+//!
+//! Chromium is required: without /usr/bin/chromium this test fails with the
+//! command that installs it, except when a developer sets
+//! `EVCHAT_SKIP_BROWSER=1` outside CI (never when `CI=true`).
+
+use crate::util::{Proc, Rng, Server};
+use evchat::client::escape_text;
+use evchat::proto::{Frame, Kind};
+use headless_chrome::protocol::cdp::Log::LogEntryLevel;
+use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption as ConsoleType;
+use headless_chrome::protocol::cdp::types::Event;
+use headless_chrome::protocol::cdp::{Emulation, Page};
+use headless_chrome::{Browser, LaunchOptions, Tab};
+use serde_json::Value;
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// How long the page may take to reach a state the test waits for. Longer
+/// than util's TIMEOUT: a reconnection waits out a backoff of 1 s or 2 s first.
+const PAGE_WAIT_MS: u64 = 20_000;
+const DESKTOP: (u32, u32) = (1000, 640);
+const PHONE: (u32, u32) = (390, 740);
+
+/// The browser to drive, or None when the developer asked to skip.
+fn chromium() -> Option<PathBuf> {
+    let env = |name| std::env::var(name).ok();
+    match find_browser(
+        Path::new(CHROMIUM),
+        env("CI").as_deref(),
+        env("EVCHAT_SKIP_BROWSER").as_deref(),
+    ) {
+        Ok(Some(path)) => Some(path),
+        Ok(None) => {
+            eprintln!("browser test skipped: {CHROMIUM} missing and EVCHAT_SKIP_BROWSER=1");
+            None
+        }
+        Err(why) => panic!("{why}"),
+    }
+}
+
+/// The decision behind [`chromium`], given the path and the two variables:
+/// the browser, a skip (developer's explicit choice, never in CI), or why
+/// the test must fail.
+fn find_browser(
+    path: &Path,
+    ci: Option<&str>,
+    skip: Option<&str>,
+) -> Result<Option<PathBuf>, String> {
+    if path.exists() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    if ci != Some("true") && skip == Some("1") {
+        return Ok(None);
+    }
+    Err(format!(
+        "{} not found: the browser test needs Debian's Chromium \
+         (`apt-get install -y --no-install-recommends chromium`; .ci/run does this). \
+         Outside CI, EVCHAT_SKIP_BROWSER=1 skips this test.",
+        path.display()
+    ))
+}
+
+#[test]
+fn a_missing_browser_fails_the_test_unless_a_developer_skips_it() {
+    let missing = Path::new("/nonexistent/chromium");
+    let fails = |ci, skip| {
+        let why = find_browser(missing, ci, skip).expect_err("must fail");
+        assert!(
+            why.contains("apt-get install -y --no-install-recommends chromium"),
+            "{why}"
+        );
+    };
+    fails(None, None);
+    fails(Some("true"), None);
+    // CI never skips, whatever the developer variable says.
+    fails(Some("true"), Some("1"));
+    fails(None, Some("yes"));
+    assert_eq!(find_browser(missing, None, Some("1")), Ok(None));
+    assert_eq!(find_browser(missing, Some("false"), Some("1")), Ok(None));
+    // Present: always used, skip or not.
+    let here = Path::new(env!("CARGO_BIN_EXE_server"));
+    assert_eq!(
+        find_browser(here, Some("true"), Some("1")),
+        Ok(Some(here.to_path_buf()))
+    );
+}
+
+fn launch(path: PathBuf) -> Browser {
+    let options = LaunchOptions::default_builder()
+        .path(Some(path))
+        // Tests run as root in containers, where Chromium's sandbox cannot start.
+        .sandbox(false)
+        .window_size(Some(DESKTOP))
+        // No user_data_dir: headless_chrome makes a fresh temporary profile
+        // per launch. Its default flags already include
+        // --disable-background-networking, --disable-sync and --no-first-run;
+        // enable_gpu stays false, which adds --disable-gpu.
+        .args(vec![OsStr::new("--disable-component-update")])
+        .idle_browser_timeout(Duration::from_secs(60))
+        .build()
+        .expect("launch options");
+    Browser::new(options).unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"))
+}
+
+/// Collects what the page reports as going wrong: uncaught exceptions,
+/// console warnings and errors, and browser errors (a CSP refusal, a failed
+/// load), except two that are expected (below).
+fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
+    let problems = Arc::new(Mutex::new(Vec::new()));
+    tab.enable_log().unwrap();
+    tab.enable_runtime().unwrap();
+    let sink = problems.clone();
+    tab.add_event_listener(Arc::new(move |event: &Event| {
+        let problem = match event {
+            Event::LogEntryAdded(e) if e.params.entry.level == LogEntryLevel::Error => {
+                let entry = &e.params.entry;
+                let url = entry.url.as_deref().unwrap_or("");
+                // The browser asks for /favicon.ico on its own; the server
+                // serves only the page's files, so that one 404 is expected.
+                if url.ends_with("/favicon.ico") {
+                    return;
+                }
+                // A reconnection attempt while no server listens: the
+                // page's retries are expected to meet this.
+                if entry.text.starts_with("WebSocket connection to ")
+                    && entry.text.ends_with("net::ERR_CONNECTION_REFUSED")
+                {
+                    return;
+                }
+                format!("browser: {} {url}", entry.text)
+            }
+            Event::RuntimeExceptionThrown(e) => {
+                let details = &e.params.exception_details;
+                let thrown = details
+                    .exception
+                    .as_ref()
+                    .and_then(|x| x.description.clone())
+                    .unwrap_or_default();
+                format!(
+                    "exception at {:?}:{}: {} {thrown}",
+                    details.url, details.line_number, details.text
+                )
+            }
+            Event::RuntimeConsoleAPICalled(e)
+                if matches!(e.params.Type, ConsoleType::Error | ConsoleType::Warning) =>
+            {
+                let args: Vec<String> = e
+                    .params
+                    .args
+                    .iter()
+                    .map(|a| format!("{:?}", a.value))
+                    .collect();
+                format!("console: {}", args.join(" "))
+            }
+            _ => return,
+        };
+        sink.lock().unwrap().push(problem);
+    }))
+    .unwrap();
+    problems
+}
+
+/// Starts `server PORT --bind 127.0.0.1`: the restart must reuse the port
+/// the page knows.
+fn server_on(port: u16) -> Server {
+    let port = port.to_string();
+    let proc = Proc::spawn("server", &[&port, "--bind", "127.0.0.1"]);
+    let line = proc.stdout.expect();
+    let addr: SocketAddr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    Server { proc, addr }
+}
+
+/// Evaluates `expr` (JavaScript yielding a string) in the page, again on
+/// every DOM change, until it yields a non-empty string, and returns that.
+/// Fails the test, showing what the page displays, after PAGE_WAIT_MS.
+fn wait_for(tab: &Tab, what: &str, expr: &str) -> String {
+    let script = format!(
+        r#"new Promise((resolve) => {{
+  const probe = () => {{ try {{ return String(({expr}) || ''); }} catch (e) {{ return ''; }} }};
+  let done = false, observer = null, timer = null;
+  const finish = (value) => {{
+    if (done) return;
+    done = true;
+    if (observer) observer.disconnect();
+    clearTimeout(timer);
+    resolve(value);
+  }};
+  observer = new MutationObserver(() => {{ const v = probe(); if (v) finish(v); }});
+  observer.observe(document.documentElement,
+    {{ subtree: true, childList: true, characterData: true, attributes: true }});
+  timer = setTimeout(() => finish(''), {PAGE_WAIT_MS});
+  const first = probe();
+  if (first) finish(first);
+}})"#
+    );
+    match evaluate(tab, &script, true) {
+        Value::String(s) if !s.is_empty() => s,
+        _ => panic!(
+            "page: {what}: not within {PAGE_WAIT_MS} ms\n{}",
+            page_summary(tab)
+        ),
+    }
+}
+
+fn evaluate(tab: &Tab, script: &str, await_promise: bool) -> Value {
+    tab.evaluate(script, await_promise)
+        .unwrap_or_else(|e| panic!("evaluate failed: {e}\n{script}"))
+        .value
+        .unwrap_or(Value::Null)
+}
+
+/// What the page shows, for failure messages.
+fn page_summary(tab: &Tab) -> String {
+    let value = evaluate(
+        tab,
+        "JSON.stringify({state: document.getElementById('state').textContent, \
+           log: [...document.querySelectorAll('#log li')].map(li => li.textContent), \
+           clients: [...document.querySelectorAll('#clients li')].map(li => li.textContent)})",
+        false,
+    );
+    value.as_str().unwrap_or("?").to_string()
+}
+
+/// JavaScript: the texts of the elements matching `selector`, joined by `sep`.
+fn texts(selector: &str, sep: &str) -> String {
+    format!("[...document.querySelectorAll('{selector}')].map(e => e.textContent).join({sep:?})")
+}
+
+/// Waits until the page is connected, and returns (emitter, exhibitor).
+fn wait_connected(tab: &Tab) -> (u16, u16) {
+    let ids = wait_for(
+        tab,
+        "connected with two ids",
+        "document.getElementById('state').dataset.state === 'connected' && \
+         document.getElementById('emitter-id').textContent + ' ' + \
+         document.getElementById('exhibitor-id').textContent",
+    );
+    let (emitter, exhibitor) = ids.split_once(' ').expect("two ids");
+    (emitter.parse().unwrap(), exhibitor.parse().unwrap())
+}
+
+fn wait_clients(tab: &Tab, want: &str) {
+    wait_for(
+        tab,
+        &format!("client list {want:?}"),
+        &format!(
+            "(() => {{ const t = {}; return t === {want:?} && t; }})()",
+            texts("#clients li", ", ")
+        ),
+    );
+}
+
+/// Types into the message box and presses Enter, as a keyboard user does.
+fn type_and_send(tab: &Tab, text: &str) {
+    tab.find_element("#text").unwrap().focus().unwrap();
+    tab.send_character(text).unwrap();
+    tab.press_key("Enter").unwrap();
+}
+
+fn screenshot(tab: &Tab, name: &str, (width, height): (u32, u32)) {
+    tab.call_method(Emulation::SetDeviceMetricsOverride {
+        width,
+        height,
+        device_scale_factor: 1.0,
+        mobile: width < 600,
+        scale: None,
+        screen_width: None,
+        screen_height: None,
+        position_x: None,
+        position_y: None,
+        dont_set_visible_size: None,
+        screen_orientation: None,
+        viewport: None,
+        display_feature: None,
+        device_posture: None,
+    })
+    .unwrap();
+    // Wait for the layout at the new size before capturing it.
+    wait_for(
+        tab,
+        "viewport resized",
+        &format!("window.innerWidth === {width} && 'yes'"),
+    );
+    let png = tab
+        .capture_screenshot(Page::CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    let target = Path::new(env!("CARGO_BIN_EXE_server"))
+        .ancestors()
+        .nth(2)
+        .expect("target dir");
+    std::fs::write(target.join(name), png).unwrap();
+}
+
+/// The page's codec agrees with the Rust one: escaping (the exhibitor's
+/// escape_text) on hand-picked and random bytes, and frame bytes both ways.
+fn codec_matches_rust(tab: &Tab) {
+    let mut cases: Vec<Vec<u8>> = vec![
+        b"plain".to_vec(),
+        "Oi, tudo bem? ção 😀".as_bytes().to_vec(),
+        b"a\x1b[2Jb\nc\\d\re\tf\x00\x7f".to_vec(),
+        "\u{85}\u{9f}\u{a0}".as_bytes().to_vec(),
+        b"\xff\xfeok\xc0\xaf\xe0\x80\x80\xed\xa0\x80\xf4\x90\x80\x80".to_vec(),
+        b"\xe2\x82\xe2\x82\xac\xf0\x9f\x98".to_vec(),
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..300 {
+        let len = (rng.next() % 24) as usize;
+        // Mostly high bytes, where UTF-8 validity is decided.
+        cases.push(
+            (0..len)
+                .map(|_| match rng.next() % 4 {
+                    0 => (rng.next() % 0x80) as u8,
+                    _ => 0x80 | (rng.next() % 0x80) as u8,
+                })
+                .collect(),
+        );
+    }
+    let input = serde_json::to_string(&cases).unwrap();
+    let shown = evaluate(
+        tab,
+        &format!("JSON.stringify({input}.map(b => EvchatCodec.escapeText(Uint8Array.from(b))))"),
+        false,
+    );
+    let shown: Vec<String> = serde_json::from_str(shown.as_str().unwrap()).unwrap();
+    for (bytes, js) in cases.iter().zip(&shown) {
+        assert_eq!(js, &escape_text(bytes), "escapeText({bytes:x?})");
+    }
+
+    // Bidi controls that reorder a line are shown as \u{..}.
+    let bidi = evaluate(
+        tab,
+        "EvchatCodec.escapeText(new TextEncoder().encode('a\\u200e\\u200f\\u202a\\u202e\\u2066\\u2069b'))",
+        false,
+    );
+    assert_eq!(
+        bidi.as_str().unwrap(),
+        "a\\u{200e}\\u{200f}\\u{202a}\\u{202e}\\u{2066}\\u{2069}b"
+    );
+
+    let frames = [
+        Frame::bare(Kind::Oi, 0, 0xffff, 0),
+        Frame::bare(Kind::Ok, 4096, 1, 65535),
+        Frame::msg(1, 0, 7, "hi ção".as_bytes().to_vec()).unwrap(),
+        Frame::clist(0xffff, 4096, 3, vec![1, 2, 4096, 8191]).unwrap(),
+    ];
+    for frame in &frames {
+        let bytes = frame.to_bytes().to_vec();
+        let js = evaluate(
+            tab,
+            &format!(
+                "(() => {{ const f = EvchatCodec.decode(Uint8Array.from({bytes:?})); \
+                   return JSON.stringify([...EvchatCodec.encode(f)]); }})()"
+            ),
+            false,
+        );
+        let round: Vec<u8> = serde_json::from_str(js.as_str().unwrap()).unwrap();
+        assert_eq!(round, bytes, "decode+encode of {frame}");
+    }
+    // One WebSocket message is exactly one frame: short, trailing and
+    // unknown-type messages are refused, with the reason.
+    for (bytes, reason) in [
+        (&b"\x00\x01\x00\x00\x00"[..], "short frame"),
+        (b"\x00\x05\x00\x01\x00\x00\x00\x01\x00\x03hi", "short MSG"),
+        (b"\x00\x01\x00\x00\x00\x00\x00\x00\x00", "trailing bytes"),
+        (b"\x00\x08\x00\x00\x00\x00\x00\x00", "unknown frame type 8"),
+    ] {
+        let err = evaluate(
+            tab,
+            &format!(
+                "(() => {{ try {{ EvchatCodec.decode(Uint8Array.from({bytes:?})); return 'accepted'; }} \
+                   catch (e) {{ return e.message; }} }})()"
+            ),
+            false,
+        );
+        let err = err.as_str().unwrap();
+        assert!(err.starts_with(reason), "{bytes:x?}: {err}");
+    }
+}
+
+#[test]
+fn page_chats_with_cli_clients_and_survives_a_server_restart() {
+    let Some(path) = chromium() else { return };
+    let mut server = Server::start(&[]);
+    let port = server.addr.port();
+    let (cli_exhibitor, cli_exhibitor_id) = server.exhibitor();
+    assert_eq!(cli_exhibitor_id, 4096);
+
+    let browser = launch(path);
+    let tab = browser.new_tab().unwrap();
+    let problems = watch_problems(&tab);
+    tab.navigate_to(&format!("http://127.0.0.1:{port}/"))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+
+    // Its two ids: the exhibitor registers first, the emitter pairs with it.
+    assert_eq!(wait_connected(&tab), (1, 4097));
+    wait_for(
+        &tab,
+        "the ids announced in the log",
+        &format!(
+            "{}.includes('connected: you are emitter 1 / exhibitor 4097') && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    wait_clients(
+        &tab,
+        "emitter 1 (you), exhibitor 4096, exhibitor 4097 (you)",
+    );
+
+    codec_matches_rust(&tab);
+
+    // A broadcast typed in the page: the CLI exhibitor prints it; the page's
+    // own exhibitor shows it too, so the OK comes back and it is delivered.
+    type_and_send(&tab, "hello from the browser, olá");
+    cli_exhibitor
+        .stdout
+        .expect_line("Message from 1 to all: hello from the browser, olá");
+    wait_for(
+        &tab,
+        "the broadcast delivered",
+        "[...document.querySelectorAll('#log li.out')].some(li => \
+           li.querySelector('.text').textContent === 'hello from the browser, olá' && \
+           li.querySelector('.scope').textContent === 'to all' && \
+           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+    );
+
+    // A unicast to the CLI exhibitor, the destination picked with the keyboard.
+    tab.find_element("#dest").unwrap().focus().unwrap();
+    tab.press_key("ArrowDown").unwrap();
+    tab.press_key("ArrowDown").unwrap();
+    assert_eq!(
+        evaluate(&tab, "document.getElementById('dest').value", false),
+        Value::String("4096".into())
+    );
+    type_and_send(&tab, "just for you");
+    cli_exhibitor
+        .stdout
+        .expect_line("Message from 1: just for you");
+    wait_for(
+        &tab,
+        "the unicast delivered",
+        "[...document.querySelectorAll('#log li.out')].some(li => \
+           li.querySelector('.text').textContent === 'just for you' && \
+           li.querySelector('.scope').textContent === 'to exhibitor 4096' && \
+           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+    );
+
+    // A CLI emitter writes to the page's exhibitor, control characters
+    // included; the page shows them escaped as the exhibitor would, and its
+    // OK is what makes the emitter print "delivered".
+    let (mut cli_emitter, cli_emitter_id) = server.emitter(Some(cli_exhibitor_id));
+    assert_eq!(cli_emitter_id, 2);
+    let sent = "hi from the terminal\t\x1b[2J ção";
+    cli_emitter.input(&format!("(4097) {sent}\n"));
+    cli_emitter.stdout.expect_line("delivered #1");
+    let shown = escape_text(sent.as_bytes());
+    wait_for(
+        &tab,
+        "the CLI emitter's message",
+        &format!(
+            "[...document.querySelectorAll('#log li.in')].some(li => \
+               li.querySelector('.from').textContent === 'emitter 2' && \
+               li.querySelector('.scope').textContent === 'to you' && \
+               li.querySelector('.text').textContent === {shown:?}) && 'yes'"
+        ),
+    );
+    cli_emitter.input("(0) to everyone\n");
+    cli_emitter.stdout.expect_line("delivered #2");
+    cli_exhibitor
+        .stdout
+        .expect_line("Message from 2 to all: to everyone");
+    wait_for(
+        &tab,
+        "the CLI emitter's broadcast",
+        "[...document.querySelectorAll('#log li.in')].some(li => \
+           li.querySelector('.scope').textContent === 'to all' && \
+           li.querySelector('.text').textContent === 'to everyone') && 'yes'",
+    );
+    // A message from an id the list lacked made the page ask again.
+    wait_clients(
+        &tab,
+        "emitter 1 (you), emitter 2, exhibitor 4096, exhibitor 4097 (you)",
+    );
+
+    screenshot(&tab, "browser-phone.png", PHONE);
+    screenshot(&tab, "browser.png", DESKTOP);
+
+    // The log follows new messages while it is scrolled to the bottom...
+    for i in 1..=12 {
+        cli_emitter.input(&format!("(4097) line {i}\n"));
+        cli_emitter
+            .stdout
+            .expect_line(&format!("delivered #{}", i + 2));
+    }
+    const AT_BOTTOM: &str = "(log => log.scrollHeight - log.scrollTop - log.clientHeight < 2)\
+                             (document.getElementById('log'))";
+    wait_for(
+        &tab,
+        "the log scrolled to the newest line",
+        &format!(
+            "document.querySelector('#log li:last-child .text').textContent === 'line 12' && \
+             {AT_BOTTOM} && 'yes'"
+        ),
+    );
+    // ...but not while the reader has scrolled up: then a button offers
+    // the new messages, and takes the keyboard there.
+    evaluate(&tab, "document.getElementById('log').scrollTop = 0", false);
+    wait_for(
+        &tab,
+        "the log scrolled to the top",
+        "document.getElementById('log').scrollTop === 0 && 'yes'",
+    );
+    cli_emitter.input("(4097) while you read\n");
+    cli_emitter.stdout.expect_line("delivered #15");
+    wait_for(
+        &tab,
+        "a new line shown without moving the reader",
+        "document.querySelector('#log li:last-child .text').textContent === 'while you read' && \
+         document.getElementById('log').scrollTop === 0 && \
+         !document.getElementById('jump').hidden && 'yes'",
+    );
+    tab.find_element("#jump").unwrap().focus().unwrap();
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the log back at the newest line",
+        &format!("document.getElementById('jump').hidden && {AT_BOTTOM} && 'yes'"),
+    );
+
+    // The server shuts down (FLW to everyone) and comes back on the same port.
+    server.proc.signal(libc::SIGTERM);
+    cli_exhibitor.stdout.expect_line("closed by server");
+    cli_emitter.stdout.expect_line("closed by server");
+    assert!(server.proc.wait().success());
+    wait_for(
+        &tab,
+        "the server's FLW shown",
+        &format!(
+            "{}.includes('server closed the chat') && \
+             document.getElementById('state').dataset.state !== 'connected' && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    let server = server_on(port);
+    assert_eq!(wait_connected(&tab), (1, 4096));
+    wait_for(
+        &tab,
+        "the new ids announced",
+        &format!(
+            "{}.includes('reconnected: you are now emitter 1 / exhibitor 4096') && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    wait_clients(&tab, "emitter 1 (you), exhibitor 4096 (you)");
+
+    // The chosen destination (4096) meant another client before the
+    // restart: the page makes the user choose again rather than guess.
+    assert_eq!(
+        evaluate(&tab, "document.getElementById('dest').value", false),
+        Value::String(String::new())
+    );
+    type_and_send(&tab, "back again");
+    wait_for(
+        &tab,
+        "the refusal to send without a destination",
+        &format!(
+            "{}.includes('not sent: choose who gets it') && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+
+    // And the chat works again.
+    let (cli_exhibitor, _) = server.exhibitor();
+    tab.find_element("#dest").unwrap().focus().unwrap();
+    tab.press_key("ArrowDown").unwrap();
+    assert_eq!(
+        evaluate(&tab, "document.getElementById('dest').value", false),
+        Value::String("0".into())
+    );
+    tab.find_element("#text").unwrap().focus().unwrap();
+    tab.press_key("Enter").unwrap();
+    cli_exhibitor
+        .stdout
+        .expect_line("Message from 1 to all: back again");
+    wait_for(
+        &tab,
+        "the message after the restart delivered",
+        "[...document.querySelectorAll('#log li.out')].some(li => \
+           li.querySelector('.text').textContent === 'back again' && \
+           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+    );
+
+    // The list refreshed on demand (keyboard: Refresh, Enter) shows the new
+    // CLI exhibitor; pick it.
+    tab.find_element("#refresh").unwrap().focus().unwrap();
+    tab.press_key("Enter").unwrap();
+    wait_clients(
+        &tab,
+        "emitter 1 (you), exhibitor 4096 (you), exhibitor 4097",
+    );
+    tab.find_element("#dest").unwrap().focus().unwrap();
+    tab.press_key("End").unwrap();
+    assert_eq!(
+        evaluate(&tab, "document.getElementById('dest').value", false),
+        Value::String("4097".into())
+    );
+    // It leaves; once the list says so, the choice stays (marked "left")
+    // instead of falling back to everyone, and a message to it is not
+    // delivered.
+    drop(cli_exhibitor);
+    tab.find_element("#refresh").unwrap().focus().unwrap();
+    tab.press_key("Enter").unwrap();
+    wait_clients(&tab, "emitter 1 (you), exhibitor 4096 (you)");
+    assert_eq!(
+        evaluate(
+            &tab,
+            "document.getElementById('dest').selectedOptions[0].textContent",
+            false
+        ),
+        Value::String("exhibitor 4097 (left)".into())
+    );
+    type_and_send(&tab, "anyone there?");
+    wait_for(
+        &tab,
+        "the message to a departed client not delivered",
+        "[...document.querySelectorAll('#log li.out')].some(li => \
+           li.querySelector('.text').textContent === 'anyone there?' && \
+           li.querySelector('.status').textContent === 'not delivered') && 'yes'",
+    );
+
+    // A network drop (the server killed, no FLW) while a message awaits its
+    // answer: the page says it cannot know, and waits to reconnect.
+    let mut silent = server.raw();
+    assert_eq!(silent.identify_exhibitor(), 4097);
+    tab.find_element("#refresh").unwrap().focus().unwrap();
+    tab.press_key("Enter").unwrap();
+    wait_clients(
+        &tab,
+        "emitter 1 (you), exhibitor 4096 (you), exhibitor 4097",
+    );
+    type_and_send(&tab, "are you there?");
+    let msg = silent.expect_frame();
+    assert_eq!((msg.kind, msg.origin, msg.dest), (Kind::Msg, 1, 4097));
+    server.proc.signal(libc::SIGKILL);
+    wait_for(
+        &tab,
+        "the unanswered message unconfirmed after the drop",
+        &format!(
+            "[...document.querySelectorAll('#log li.out')].some(li => \
+               li.querySelector('.text').textContent === 'are you there?' && \
+               li.querySelector('.status').textContent === 'unconfirmed') && \
+             {}.endsWith('connection lost') && \
+             document.getElementById('state').dataset.state === 'waiting' && 'yes'",
+            texts("#log li.note .text", "\n")
+        ),
+    );
+
+    // Nothing went wrong in the page along the way.
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}

@@ -1,0 +1,494 @@
+//! `evchat chat` through the real binaries: the plain (piped) path line by
+//! line, the terminal path through a pseudo-terminal (line editing,
+//! history, Ctrl-D), the server going away and coming back, and the server
+//! closing the chat. Every wait is for an expected line or exit, with a
+//! deadline; none is a sleep.
+
+use crate::util::*;
+use evchat::proto::{Frame, Kind};
+use std::io::Write;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
+
+/// `evchat chat ADDR` with piped stdin, stdout and stderr.
+struct Chat {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines,
+    stderr: Lines,
+}
+
+impl Chat {
+    fn spawn(addr: &str) -> Chat {
+        let mut child = Command::new(EVCHAT)
+            .args(["chat", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn evchat");
+        Chat {
+            stdout: Lines::new(child.stdout.take().unwrap(), "chat stdout"),
+            stderr: Lines::new(child.stderr.take().unwrap(), "chat stderr"),
+            stdin: child.stdin.take(),
+            child,
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "chat did not exit");
+            // Polling the exit status, bounded by the deadline above.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Skips stdout lines until `want`, returning those skipped; fails
+    /// after `within`.
+    fn skip_until(&self, want: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.next_within(left) {
+                Some(line) if line == want => return skipped,
+                Some(line) => skipped.push(line),
+                None => panic!("no {want:?} within {within:?}; saw {skipped:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn piped_chat_sends_receives_and_marks_each_message_exactly() {
+    let server = Server::start(&[]);
+    let (other, other_id) = server.exhibitor();
+    assert_eq!(other_id, 4096);
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4097 (exhibitor)");
+
+    // A plain line goes to everyone; our own copy is not shown twice.
+    chat.type_line("hello everyone");
+    other
+        .stdout
+        .expect_line("Message from 1 to all: hello everyone");
+    chat.stdout.expect_line("you to all: hello everyone ✓");
+
+    chat.type_line("/to 4096");
+    chat.stdout.expect_line("now talking to 4096");
+    chat.type_line("just you");
+    other.stdout.expect_line("Message from 1: just you");
+    chat.stdout.expect_line("you to 4096: just you ✓");
+
+    // /msg does not change the target; an empty message is a message.
+    chat.type_line("/msg 0 ");
+    other.stdout.expect_line("Message from 1 to all: ");
+    chat.stdout.expect_line("you to all:  ✓");
+    chat.type_line("(4096) emitter syntax");
+    other.stdout.expect_line("Message from 1: emitter syntax");
+    chat.stdout.expect_line("you to 4096: emitter syntax ✓");
+
+    // Nobody there: marked, not lost silently.
+    chat.type_line("/msg 4200 anyone?");
+    chat.stdout
+        .expect_line("you to 4200: anyone? ✗ not delivered");
+
+    // What another emitter sends, to everyone, to the chat's exhibitor and
+    // to the chat's emitter id.
+    let (mut em, em_id) = server.emitter(None);
+    assert_eq!(em_id, 2);
+    em.input("(0) hi all\n(4097) hi exhibitor\n(1) hi emitter\n");
+    chat.stdout.expect_line("2 to all: hi all");
+    other.stdout.expect_line("Message from 2 to all: hi all");
+    chat.stdout.expect_line("2 to you: hi exhibitor");
+    chat.stdout.expect_line("2 to you: hi emitter");
+
+    chat.type_line("/list");
+    chat.stdout.expect_line("clients (4): 1 2 4096 4097");
+    chat.type_line("(CREQ) 4096");
+    other.stdout.expect_line("Clients (4): 1 2 4096 4097");
+    chat.stdout.expect_line("client list to 4096 ✓");
+
+    // Bad lines: reported on stderr with their number, nothing sent.
+    chat.type_line("/bogus");
+    chat.stderr.expect_line(
+        "evchat chat: line 9: unknown command '/bogus'; /help lists the commands; nothing sent",
+    );
+    chat.type_line("/to nobody");
+    chat.stderr.expect_line(
+        "evchat chat: line 10: 'nobody' is not an id from 0 to 65535 or 'all'; nothing sent",
+    );
+    chat.type_line(&"x".repeat(70_000));
+    chat.stderr.expect_line(
+        "evchat chat: line 11: line is 70000 bytes; a message carries at most 65535; nothing sent",
+    );
+    // A blank line is nothing to send, not an error.
+    chat.type_line("");
+    chat.type_line("//slash");
+    other.stdout.expect_line("Message from 1: /slash");
+    chat.stdout.expect_line("you to 4096: /slash ✓");
+
+    chat.type_line("/help");
+    assert_eq!(
+        chat.stdout.expect(),
+        "a line without / is a message to the current target (shown in the prompt)"
+    );
+    for _ in 1..8 {
+        chat.stdout.expect();
+    }
+
+    chat.type_line("/quit");
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(chat.stdout.rest(), Vec::<String>::new());
+    assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+    // Its emitter left, so its exhibitor was dismissed: both ids are free.
+    em.input("(CREQ) 4096\n");
+    other.stdout.expect_line("Clients (2): 2 4096");
+}
+
+#[test]
+fn chat_escapes_text_exactly_as_the_exhibitor_does() {
+    let server = Server::start(&[]);
+    let (other, _) = server.exhibitor();
+    let chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4097 (exhibitor)");
+    let (mut em, _) = server.emitter(None);
+    let stdin = em.stdin.as_mut().unwrap();
+    stdin
+        .write_all(b"(0) a\\b\tc\x1b[2J\xe2\x80\xaeevil\xe2\x81\xa6\xff\r\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let shown = other.stdout.expect();
+    let text = shown
+        .strip_prefix("Message from 2 to all: ")
+        .unwrap_or_else(|| panic!("{shown:?}"));
+    assert_eq!(text, r"a\\b\tc\x1b[2J\u{202e}evil\u{2066}\xff");
+    chat.stdout.expect_line(&format!("2 to all: {text}"));
+}
+
+#[test]
+fn end_of_piped_input_waits_for_replies_then_leaves() {
+    let server = Server::start(&[]);
+    let (other, _) = server.exhibitor();
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4097 (exhibitor)");
+    chat.type_line("one");
+    chat.type_line("two");
+    chat.stdin = None;
+    other.stdout.expect_line("Message from 1 to all: one");
+    other.stdout.expect_line("Message from 1 to all: two");
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(
+        chat.stdout.rest(),
+        vec!["you to all: one ✓", "you to all: two ✓"]
+    );
+}
+
+#[test]
+fn server_shutdown_closes_the_chat_with_exit_0() {
+    let server = Server::start(&[]);
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    server.proc.signal(libc::SIGINT);
+    chat.stdout.expect_line("server closed the chat");
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(chat.stdout.rest(), Vec::<String>::new());
+}
+
+#[test]
+fn unreachable_server_at_start_is_exit_1_with_the_cause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let mut chat = Chat::spawn(&addr);
+    assert_eq!(chat.wait().code(), Some(1));
+    assert_eq!(chat.stdout.rest(), Vec::<String>::new());
+    assert_eq!(
+        chat.stderr.rest(),
+        vec![format!(
+            "evchat chat: cannot connect to {addr}: nothing is listening there (connection refused) — is the server running?"
+        )]
+    );
+}
+
+#[test]
+fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
+    let mut server = Server::start(&[]);
+    let port = server.addr.port().to_string();
+    // An exhibitor that never acknowledges keeps a message outstanding.
+    let mut silent = server.raw();
+    assert_eq!(silent.identify_exhibitor(), 4096);
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4097 (exhibitor)");
+    chat.type_line("/msg 4096 stuck");
+    let msg = silent.expect_frame();
+    assert_eq!((msg.kind, msg.dest), (Kind::Msg, 4096));
+
+    // Killed: no FLW, the connections just end.
+    server.proc.signal(libc::SIGKILL);
+    assert_eq!(server.proc.wait().code(), None);
+    chat.stdout.expect_line(&format!(
+        "connection to {} lost; reconnecting",
+        server.target()
+    ));
+    chat.stdout
+        .expect_line("you to 4096: stuck ✗ not delivered (connection lost)");
+
+    // Typed while away: refused, not queued.
+    chat.type_line("into the void");
+    chat.stderr.expect_line(&format!(
+        "evchat chat: line 2: not connected (reconnecting to {}); nothing sent",
+        server.target()
+    ));
+
+    let restarted = Proc::spawn("server", &[&port, "--bind", "127.0.0.1"]);
+    restarted
+        .stdout
+        .expect_line(&format!("listening on 127.0.0.1:{port}"));
+    // Attempts before the restart may have failed (and said so); backoff
+    // reaches 4 s at most by then, so 15 s is ample.
+    let failures = chat.skip_until(
+        "reconnected: you are 1 (emitter) / 4096 (exhibitor)",
+        Duration::from_secs(15),
+    );
+    for line in &failures {
+        assert!(line.starts_with("reconnecting failed: "), "{line:?}");
+    }
+
+    let mut other = Raw::connect(server.addr);
+    assert_eq!(other.identify_exhibitor(), 4097);
+    chat.type_line("back again");
+    let msg = other.expect_frame();
+    // The new emitter's first request after its OI: the refused line took
+    // no sequence number.
+    assert_eq!(msg, Frame::msg(1, 0, 1, &b"back again"[..]).unwrap());
+    other.send_frame(&Frame::bare(Kind::Ok, 4097, 1, msg.seq));
+    chat.stdout.expect_line("you to all: back again ✓");
+}
+
+/// The terminal path: a pseudo-terminal, keys as a person types them.
+mod terminal {
+    use super::*;
+    use rexpect::process::WaitStatus;
+    use rexpect::session::{PtySession, spawn_command};
+
+    /// `text` as rexpect reports it: one char per byte.
+    fn bytewise(text: &str) -> String {
+        text.bytes().map(char::from).collect()
+    }
+
+    fn spawn_in_terminal(addr: &str) -> PtySession {
+        let mut command = Command::new(EVCHAT);
+        command.args(["chat", addr]).env("TERM", "xterm");
+        spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty")
+    }
+
+    #[test]
+    fn typed_corrections_arrive_corrected_and_history_recalls_them() {
+        let server = Server::start(&[]);
+        let (other, _) = server.exhibitor();
+        let mut chat = spawn_in_terminal(&server.target());
+        chat.exp_string("you are 1 (emitter) / 4097 (exhibitor)")
+            .unwrap();
+        chat.exp_string("all> ").unwrap();
+
+        // "hello wrld", three steps left, insert "o"; to the end (Ctrl-E),
+        // "!!", one backspace.
+        chat.send("hello wrld").unwrap();
+        chat.send("\x1b[D\x1b[D\x1b[D").unwrap();
+        chat.send("o").unwrap();
+        chat.send_control('e').unwrap();
+        chat.send("!!\x7f").unwrap();
+        chat.send("\r").unwrap();
+        chat.flush().unwrap();
+        other
+            .stdout
+            .expect_line("Message from 1 to all: hello world!");
+        chat.exp_string(&bytewise("you to all: hello world! ✓"))
+            .unwrap();
+        chat.exp_string("all> ").unwrap();
+
+        // A message arriving prints above the input line.
+        let (mut em, _) = server.emitter(None);
+        em.input("(4097) are you there?\n");
+        em.stdout.expect_line("delivered #1");
+        chat.exp_string("2 to you: are you there?").unwrap();
+
+        // Up arrow: the last line again.
+        chat.send("\x1b[A\r").unwrap();
+        chat.flush().unwrap();
+        other
+            .stdout
+            .expect_line("Message from 1 to all: hello world!");
+        chat.exp_string(&bytewise("you to all: hello world! ✓"))
+            .unwrap();
+
+        // A pasted block of lines (a terminal sends its newlines as CR) is
+        // one message per line, as from a pipe.
+        chat.exp_string("all> ").unwrap();
+        chat.send("\x1b[200~first line\rsecond line\x1b[201~\r")
+            .unwrap();
+        chat.flush().unwrap();
+        other
+            .stdout
+            .expect_line("Message from 1 to all: first line");
+        other
+            .stdout
+            .expect_line("Message from 1 to all: second line");
+        chat.exp_string(&bytewise("you to all: second line ✓"))
+            .unwrap();
+
+        // Ctrl-D leaves: FLW, exit 0, and the chat's ids are gone.
+        chat.exp_string("all> ").unwrap();
+        chat.send_control('d').unwrap();
+        chat.exp_eof().unwrap();
+        match chat.process().wait().unwrap() {
+            WaitStatus::Exited(_, 0) => {}
+            other => panic!("chat ended with {other:?}"),
+        }
+        em.input("(CREQ) 0\n");
+        other.stdout.expect_line("Clients (2): 2 4096");
+    }
+
+    #[test]
+    fn ctrl_c_leaves_with_exit_0() {
+        let server = Server::start(&[]);
+        let (other, _) = server.exhibitor();
+        let mut chat = spawn_in_terminal(&server.target());
+        chat.exp_string("all> ").unwrap();
+        chat.send("half a line").unwrap();
+        chat.send_control('c').unwrap();
+        chat.exp_eof().unwrap();
+        match chat.process().wait().unwrap() {
+            WaitStatus::Exited(_, 0) => {}
+            other => panic!("chat ended with {other:?}"),
+        }
+        // Nothing of the half line was sent.
+        let (mut em, _) = server.emitter(None);
+        em.input("(CREQ) 0\n");
+        other.stdout.expect_line("Clients (2): 1 4096");
+    }
+}
+
+#[test]
+fn chat_help_explains_commands_and_ends_with_examples() {
+    let output = Command::new(EVCHAT)
+        .args(["chat", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for command in [
+        "/to ID",
+        "/msg ID text",
+        "/list",
+        "/help",
+        "/quit",
+        "(CREQ) ID",
+    ] {
+        assert!(text.contains(command), "{command} missing: {text}");
+    }
+    let examples = text.split("Examples:\n").nth(1).expect("examples");
+    assert_eq!(
+        examples.lines().collect::<Vec<_>>(),
+        [
+            "  evchat chat 127.0.0.1:5000",
+            "  evchat chat localhost:5000 --timestamps never",
+            "  printf 'hello\\n/list\\n' | evchat chat localhost:5000",
+        ]
+    );
+}
+
+#[test]
+fn sigint_leaves_with_exit_0_and_frees_both_ids() {
+    let server = Server::start(&[]);
+    let (other, _) = server.exhibitor();
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4097 (exhibitor)");
+    // A reply proves the chat is past its start-up (signal handler set).
+    chat.type_line("ready");
+    chat.stdout.expect_line("you to all: ready ✓");
+    other.stdout.expect_line("Message from 1 to all: ready");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(
+        unsafe { libc::kill(chat.child.id() as i32, libc::SIGINT) },
+        0
+    );
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(chat.stdout.rest(), Vec::<String>::new());
+    let (mut em, em_id) = server.emitter(None);
+    assert_eq!(em_id, 1);
+    em.input("(CREQ) 0\n");
+    other.stdout.expect_line("Clients (2): 1 4096");
+}
+
+#[test]
+fn input_ending_while_the_server_is_away_is_exit_1() {
+    let server = Server::start(&[]);
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    server.proc.signal(libc::SIGKILL);
+    chat.stdout.expect_line(&format!(
+        "connection to {} lost; reconnecting",
+        server.target()
+    ));
+    chat.stdin = None;
+    assert_eq!(chat.wait().code(), Some(1));
+    assert_eq!(
+        chat.stderr.rest(),
+        vec!["evchat chat: input ended while the server is away"]
+    );
+}
+
+/// The server's goodbye on a terminal: the last line replaces the input
+/// line at once (the line editor will not run again to show it).
+#[test]
+fn server_shutdown_is_shown_on_a_terminal_too() {
+    use rexpect::process::WaitStatus;
+    let server = Server::start(&[]);
+    let mut command = Command::new(EVCHAT);
+    command
+        .args(["chat", &server.target()])
+        .env("TERM", "xterm");
+    let mut chat =
+        rexpect::session::spawn_command(command, Some(TIMEOUT.as_millis() as u64)).unwrap();
+    chat.exp_string("all> ").unwrap();
+    chat.send("half typed").unwrap();
+    chat.flush().unwrap();
+    chat.exp_string("half typed").unwrap();
+    server.proc.signal(libc::SIGINT);
+    chat.exp_string("\r\x1b[2Kserver closed the chat\r\n")
+        .unwrap();
+    chat.exp_eof().unwrap();
+    match chat.process().wait().unwrap() {
+        WaitStatus::Exited(_, 0) => {}
+        other => panic!("chat ended with {other:?}"),
+    }
+}
