@@ -2,8 +2,8 @@
 //! OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol. The crate holds the wire format
 //! ([`proto`]), the server's rules ([`router`]), its socket layer
 //! and web transport (`connection`, `web`) and event loop ([`server`]), what
-//! the clients share ([`client`]) and the command-line helpers of every
-//! binary ([`cli`]).
+//! the clients share ([`client`]), the command-line helpers of every
+//! binary ([`cli`]) and the durable message history ([`store`]).
 
 pub mod cli;
 pub mod client;
@@ -15,6 +15,7 @@ mod connection;
 pub mod proto;
 pub mod router;
 pub mod server;
+pub mod store;
 // The web transport is the connection's business; the fuzz targets and
 // tests reach its parsers directly.
 #[cfg(feature = "testing")]

@@ -12,6 +12,7 @@ use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, Header, Kind, SERVER_ID, SeqCounter,
     is_emitter_id, is_exhibitor_id,
 };
+use bytes::Bytes;
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -40,6 +41,12 @@ pub trait Outbox {
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason);
     /// `conn` was held back by flow control and may be read again.
     fn resume_input(&mut self, conn: ConnId);
+    /// A MSG was accepted for delivery (it has at least one target): a
+    /// server keeping history appends it. A number returned holds the
+    /// emitter's reply until [`Router::durable`] passes it.
+    fn accepted(&mut self, _msg: &FrameView<'_>) -> Option<u64> {
+        None
+    }
 }
 
 /// Why the rules close a connection; shown in the disconnect log line.
@@ -118,6 +125,8 @@ enum Purpose {
     Request(RequestRef),
     /// The server's FLW: the connection closes when it is acknowledged.
     Farewell,
+    /// A past broadcast replayed to a new exhibitor: the ack is absorbed.
+    Replay,
 }
 
 /// Names one request of one emitter connection.
@@ -247,6 +256,18 @@ pub struct Router {
     next_incarnation: u64,
     /// No deadline falls before this; `tick` does nothing until then.
     earliest_deadline: Option<Instant>,
+    /// How many past broadcasts a new exhibitor is sent (0: none).
+    replay_len: usize,
+    /// The most text the replayed broadcasts may hold together.
+    replay_max_bytes: usize,
+    /// The last `replay_len` broadcasts accepted (fewer if their text
+    /// passes `replay_max_bytes`): origin and text.
+    replay: VecDeque<(ClientId, Bytes)>,
+    /// Text bytes in `replay`.
+    replay_bytes: usize,
+    /// Requests whose reply waits for their history record to be durable,
+    /// by the number [`Outbox::accepted`] gave, ascending.
+    awaiting_durable: VecDeque<(u64, RequestRef)>,
 }
 
 impl Router {
@@ -260,6 +281,44 @@ impl Router {
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
             next_incarnation: 0,
             earliest_deadline: None,
+            replay_len: 0,
+            replay_max_bytes: 0,
+            replay: VecDeque::new(),
+            replay_bytes: 0,
+            awaiting_durable: VecDeque::new(),
+        }
+    }
+
+    /// Replays the last `len` broadcasts to each exhibitor as it identifies,
+    /// as many as fit in `max_bytes` of text (so that a replay stays well
+    /// inside an exhibitor's output cap), starting from `recent` (origin and
+    /// text, oldest first: what a history kept from before this start).
+    pub fn set_replay(
+        &mut self,
+        len: usize,
+        max_bytes: usize,
+        recent: impl IntoIterator<Item = (ClientId, Bytes)>,
+    ) {
+        self.replay_len = len;
+        self.replay_max_bytes = max_bytes;
+        self.replay.clear();
+        self.replay_bytes = 0;
+        for message in recent {
+            self.remember_broadcast(message);
+        }
+    }
+
+    /// The history is done with every record numbered below `settled`
+    /// (written, synced if the server was asked to, or given up on after a
+    /// disk error): the replies held for them go out, in request order
+    /// (rule 4).
+    pub fn durable(&mut self, settled: u64, now: Instant, out: &mut impl Outbox) {
+        while let Some(&(number, request)) = self.awaiting_durable.front() {
+            if number >= settled {
+                break;
+            }
+            self.awaiting_durable.pop_front();
+            self.settle(request, false, now, out);
         }
     }
 
@@ -605,12 +664,57 @@ impl Router {
                     _ => info!(conn, id, "exhibitor identified"),
                 }
                 out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+                if is_exhibitor_id(id) {
+                    self.replay_to(conn, now, out);
+                }
             }
             Err(why) => {
                 warn!(conn, requested = wanted_exhibitor, why, "OI refused");
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
                 self.close(conn, CloseReason::Refused, now, out);
             }
+        }
+    }
+
+    /// Sends a new exhibitor the remembered broadcasts, oldest first, as
+    /// MSGs numbered by the server; each awaits its ack like a live one.
+    fn replay_to(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
+        if self.replay.is_empty() {
+            return;
+        }
+        let deadline = now + self.limits.ack_timeout;
+        let session = self.sessions[conn]
+            .as_mut()
+            .expect("replay to a live session");
+        for (origin, text) in &self.replay {
+            let seq = session.seq.next_seq();
+            let msg = Frame::msg(*origin, 0, seq, text.clone()).expect("a MSG's text fits");
+            out.send(conn, &msg);
+            session.awaiting_ack.push_back(Delivery {
+                seq,
+                deadline,
+                purpose: Purpose::Replay,
+            });
+        }
+        debug!(
+            conn,
+            messages = self.replay.len(),
+            "replayed recent broadcasts"
+        );
+        self.note_deadline(deadline);
+    }
+
+    fn remember_broadcast(&mut self, message: (ClientId, Bytes)) {
+        if self.replay_len == 0 {
+            return;
+        }
+        self.replay_bytes += message.1.len();
+        self.replay.push_back(message);
+        while self.replay.len() > self.replay_len || self.replay_bytes > self.replay_max_bytes {
+            let Some((_, dropped)) = self.replay.pop_front() else {
+                break;
+            };
+            self.replay_bytes -= dropped.len();
         }
     }
 
@@ -709,7 +813,17 @@ impl Router {
     ) {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
-        let request = self.push_reply(conn, frame.seq, targets.len() as u32, false);
+        let accepted = frame.kind == Kind::Msg && !targets.is_empty();
+        let held = if accepted { out.accepted(frame) } else { None };
+        let waits = targets.len() as u32 + u32::from(held.is_some());
+        let request = self.push_reply(conn, frame.seq, waits, false);
+        if let Some(number) = held {
+            self.awaiting_durable.push_back((number, request));
+        }
+        if accepted && frame.dest == 0 && self.replay_len > 0 {
+            let text = Bytes::copy_from_slice(frame.text().unwrap_or_default());
+            self.remember_broadcast((frame.origin, text));
+        }
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
         }
@@ -804,6 +918,7 @@ impl Router {
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
             Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
+            Purpose::Replay => {}
         }
     }
 

@@ -23,6 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod history;
+pub use history::HistoryConfig;
+
 const LISTENER: Token = Token(1 << 30);
 const WAKER: Token = Token((1 << 30) + 1);
 /// Bytes read per `read` call.
@@ -154,6 +157,8 @@ struct Wire {
     closing: Vec<ConnId>,
     /// Early writes made this turn (see [`EARLY_WRITES_PER_TURN`]).
     early_writes: usize,
+    /// The durable history, with `--history`.
+    history: Option<history::History>,
 }
 
 struct Slot {
@@ -291,6 +296,10 @@ impl Outbox for Wire {
     fn resume_input(&mut self, conn: ConnId) {
         self.mark_ready(conn);
     }
+
+    fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
+        self.keep(msg)
+    }
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -347,6 +356,7 @@ impl Server {
                 ready: VecDeque::new(),
                 closing: Vec::new(),
                 early_writes: 0,
+                history: None,
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
@@ -432,6 +442,9 @@ impl Server {
             }
         }
         self.router.tick(now, &mut self.wire);
+        if let Some(durable) = self.wire.history.as_mut().and_then(|h| h.end_turn()) {
+            self.router.durable(durable, now, &mut self.wire);
+        }
         if self.drain_deadline.is_none() && self.shutdown_requested.load(Ordering::SeqCst) {
             self.drain_deadline = Some(self.begin_shutdown(now));
         }

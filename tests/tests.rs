@@ -8,6 +8,7 @@ mod chat;
 mod check;
 mod cli;
 mod codec;
+mod history;
 mod raw;
 mod reliability;
 mod router;

@@ -23,6 +23,7 @@ pub fn bin(name: &str) -> &'static str {
         "server" => env!("CARGO_BIN_EXE_server"),
         "emitter" => env!("CARGO_BIN_EXE_emitter"),
         "exhibitor" => env!("CARGO_BIN_EXE_exhibitor"),
+        "evchat" => env!("CARGO_BIN_EXE_evchat"),
         other => panic!("no binary {other}"),
     }
 }

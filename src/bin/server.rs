@@ -6,9 +6,11 @@
 use clap::Parser;
 use evchat::cli::parse_secs;
 use evchat::router::Limits;
-use evchat::server::{Config, Server, WebConfig};
+use evchat::server::{Config, HistoryConfig, Server, WebConfig};
+use evchat::store::Fsync;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -51,6 +53,22 @@ struct Args {
     /// Unsettled requests per emitter before the server stops reading it
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     max_inflight: u32,
+    /// Keep every accepted message in a durable log in DIR (see HISTORY.md)
+    #[arg(long, value_name = "DIR")]
+    history: Option<PathBuf>,
+    /// With --history: send each exhibitor that identifies the last N
+    /// broadcasts first (0: none)
+    #[arg(long, value_name = "N", default_value_t = 50, requires = "history", value_parser = clap::value_parser!(u16).range(..=10_000))]
+    replay: u16,
+    /// With --history: always (an OK waits for the disk), everysec, or no
+    #[arg(long, value_name = "MODE", default_value = "everysec", requires = "history", value_parser = parse_fsync)]
+    fsync: Fsync,
+    /// With --history: past this many bytes the oldest part of the log is deleted
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, requires = "history", value_parser = clap::value_parser!(u64).range(1..))]
+    history_max_bytes: u64,
+    /// With --history: cut the log where it is corrupt instead of refusing to start
+    #[arg(long, requires = "history")]
+    history_repair: bool,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]
     no_web: bool,
@@ -125,13 +143,19 @@ fn main() -> ExitCode {
             allowed_origins: args.allow_origin.clone(),
         }),
     };
-    let server = match Server::bind(config.clone()) {
+    let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("server: cannot listen on {}: {e}", config.addr);
             return ExitCode::FAILURE;
         }
     };
+    if let Some(dir) = &args.history
+        && let Err(e) = enable_history(&mut server, dir, &args)
+    {
+        eprintln!("server: history: {e}");
+        return ExitCode::FAILURE;
+    }
     let handle = server.shutdown_handle();
     let signals = AtomicUsize::new(0);
     if let Err(e) = ctrlc::set_handler(move || {
@@ -167,6 +191,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_fsync(text: &str) -> Result<Fsync, String> {
+    text.parse()
+}
+
+/// Opens the history (which logs what recovery found).
+fn enable_history(
+    server: &mut Server,
+    dir: &std::path::Path,
+    args: &Args,
+) -> Result<(), evchat::store::StoreError> {
+    // Past the file-size limit (RLIMIT_FSIZE) a write must fail with EFBIG,
+    // which the history handles like a full disk, rather than raise SIGXFSZ,
+    // which would end the server.
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    let config = HistoryConfig {
+        dir: dir.to_path_buf(),
+        replay: usize::from(args.replay),
+        fsync: args.fsync,
+        max_bytes: args.history_max_bytes,
+        repair: args.history_repair,
+    };
+    server.enable_history(&config)
 }
 
 fn init_logging(verbose: u8, quiet: u8) {

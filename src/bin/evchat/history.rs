@@ -1,11 +1,414 @@
-//! `evchat history`: placeholder until its issue lands.
+//! `evchat history DIR`: prints a server's message log (`server --history
+//! DIR`) as an exhibitor would show each message, with its time and ids, or
+//! as JSON lines for other programs. It only reads: it takes no lock, so it
+//! is safe on the log of a running server, and `--follow` prints new
+//! messages as the server stores them.
 
+use evchat::client::escape_text;
+use evchat::store::{Entry, Item, Reader};
+use std::fmt::Write as _;
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How often `--follow` looks for new records.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+const MS_PER_DAY: u64 = 86_400_000;
 
 #[derive(clap::Args, Debug)]
-pub struct HistoryArgs {}
+pub struct HistoryArgs {
+    /// The server's history directory (its --history DIR)
+    dir: PathBuf,
+    /// One JSON object per line: record, time, time_ms, origin, dest, and
+    /// text (UTF-8) or text_base64 (when the text is not valid UTF-8)
+    #[arg(long)]
+    json: bool,
+    /// Only messages received at or after TIME: 2026-12-01T13:45:00Z (UTC;
+    /// seconds and milliseconds optional), 2026-12-01, or an age: 90s, 15m,
+    /// 2h, 3d
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    since: Option<u64>,
+    /// Only messages from this id
+    #[arg(long, value_name = "ID")]
+    from: Option<u16>,
+    /// Only messages to this id (0: those to everyone)
+    #[arg(long, value_name = "ID")]
+    to: Option<u16>,
+    /// Keep reading: print new messages as the server stores them
+    #[arg(long)]
+    follow: bool,
+}
 
-pub fn run(_args: HistoryArgs) -> ExitCode {
-    eprintln!("evchat history: not built yet");
-    ExitCode::FAILURE
+pub fn run(args: HistoryArgs) -> ExitCode {
+    match print_history(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        // Whoever read our output has gone: nothing is wrong.
+        Err(Failure::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(Failure::Output(e)) => {
+            eprintln!("evchat history: writing the output: {e}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Log(e)) => {
+            eprintln!("evchat history: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Log(evchat::store::StoreError),
+    Output(io::Error),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Output(e)
+    }
+}
+
+fn print_history(args: &HistoryArgs) -> Result<(), Failure> {
+    let mut reader = Reader::open(&args.dir).map_err(Failure::Log)?;
+    for path in reader.foreign_files() {
+        eprintln!(
+            "evchat history: {}: not a history segment; ignored",
+            path.display()
+        );
+    }
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut line = String::new();
+    loop {
+        match reader.next_item().map_err(Failure::Log)? {
+            Some(Item::Record(entry)) => {
+                if selected(args, &entry) {
+                    line.clear();
+                    if args.json {
+                        json_line(&mut line, &entry);
+                    } else {
+                        text_line(&mut line, &entry);
+                    }
+                    line.push('\n');
+                    out.write_all(line.as_bytes())?;
+                }
+            }
+            Some(Item::Gap { from, to }) => {
+                out.flush()?;
+                eprintln!(
+                    "evchat history: records {from} to {} are no longer in the log \
+                     (deleted by retention or cut by a repair)",
+                    to - 1
+                );
+            }
+            None if args.follow => {
+                out.flush()?;
+                std::thread::sleep(FOLLOW_POLL);
+            }
+            None => {
+                out.flush()?;
+                if let Some(tail) = reader.incomplete_tail() {
+                    eprintln!(
+                        "evchat history: {}: the last {} bytes (from offset {}) are not a \
+                         whole record: a write in progress, or what a crash left (the server \
+                         cuts it when it next starts)",
+                        tail.file.display(),
+                        tail.len,
+                        tail.offset
+                    );
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn selected(args: &HistoryArgs, entry: &Entry) -> bool {
+    let record = &entry.record;
+    args.since.is_none_or(|since| record.time_ms >= since)
+        && args.from.is_none_or(|from| record.origin == from)
+        && args.to.is_none_or(|to| record.dest == to)
+}
+
+/// `2026-12-01T13:45:02.123Z Message from 1 to all: hello`, the way the
+/// exhibitor shows a message, with the time before it and the destination.
+fn text_line(line: &mut String, entry: &Entry) {
+    let record = &entry.record;
+    write_time(line, record.time_ms);
+    let _ = write!(line, " Message from {} to ", record.origin);
+    if record.dest == 0 {
+        line.push_str("all");
+    } else {
+        let _ = write!(line, "{}", record.dest);
+    }
+    line.push_str(": ");
+    line.push_str(&escape_text(&record.text));
+}
+
+fn json_line(line: &mut String, entry: &Entry) {
+    let record = &entry.record;
+    let _ = write!(line, "{{\"record\":{},\"time\":\"", entry.number);
+    write_time(line, record.time_ms);
+    let _ = write!(
+        line,
+        "\",\"time_ms\":{},\"origin\":{},\"dest\":{},",
+        record.time_ms, record.origin, record.dest
+    );
+    match std::str::from_utf8(&record.text) {
+        Ok(text) => {
+            line.push_str("\"text\":");
+            json_string(line, text);
+        }
+        Err(_) => {
+            line.push_str("\"text_base64\":\"");
+            base64(line, &record.text);
+            line.push('"');
+        }
+    }
+    line.push('}');
+}
+
+/// A JSON string literal (RFC 8259): quotes, backslashes and control
+/// characters escaped, everything else as it is.
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Standard base64 (RFC 4648), with padding.
+fn base64(out: &mut String, bytes: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn write_time(out: &mut String, time_ms: u64) {
+    let (year, month, day) = civil_from_days((time_ms / MS_PER_DAY) as i64);
+    let in_day = time_ms % MS_PER_DAY;
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        in_day / 60_000 % 60,
+        in_day / 1000 % 60,
+        in_day % 1000
+    );
+}
+
+/// `--since`: a UTC time, a date, or an age; milliseconds since the epoch.
+fn parse_since(text: &str) -> Result<u64, String> {
+    if let Some(age) = parse_age(text) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        return Ok(now.saturating_sub(age));
+    }
+    parse_utc(text).ok_or_else(|| {
+        format!(
+            "'{text}' is not a time (2026-12-01T13:45:00Z, 2026-12-01) \
+             or an age (90s, 15m, 2h, 3d)"
+        )
+    })
+}
+
+/// `90s`, `15m`, `2h`, `3d`, `1.5h`: milliseconds.
+fn parse_age(text: &str) -> Option<u64> {
+    let unit_ms = match text.chars().last()? {
+        's' => 1000.0,
+        'm' => 60_000.0,
+        'h' => 3_600_000.0,
+        'd' => MS_PER_DAY as f64,
+        _ => return None,
+    };
+    let number = &text[..text.len() - 1];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let ms = number.parse::<f64>().ok()? * unit_ms;
+    (ms.is_finite() && ms < u64::MAX as f64).then_some(ms as u64)
+}
+
+/// `YYYY-MM-DD[THH:MM[:SS[.fff]]][Z]`, UTC: milliseconds since the epoch.
+fn parse_utc(text: &str) -> Option<u64> {
+    let text = text.strip_suffix('Z').unwrap_or(text);
+    let (date, time) = match text.split_once(['T', ' ']) {
+        Some((date, time)) => (date, Some(time)),
+        None => (text, None),
+    };
+    let mut parts = date.split('-');
+    let year: i64 = number(parts.next()?, 4)?;
+    let month: u32 = number(parts.next()?, 2)?;
+    let day: u32 = number(parts.next()?, 2)?;
+    if parts.next().is_some() || !(1..=12).contains(&month) || day == 0 || day > 31 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    if civil_from_days(days) != (year, month, day) || days < 0 {
+        return None;
+    }
+    let mut ms = days as u64 * MS_PER_DAY;
+    if let Some(time) = time {
+        let (clock, fraction) = match time.split_once('.') {
+            Some((clock, fraction)) => (clock, Some(fraction)),
+            None => (time, None),
+        };
+        let mut fields = clock.split(':');
+        let hour: u64 = number(fields.next()?, 2)?;
+        let minute: u64 = number(fields.next()?, 2)?;
+        let second: u64 = fields.next().map_or(Some(0), |s| number(s, 2))?;
+        if fields.next().is_some() || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        ms += hour * 3_600_000 + minute * 60_000 + second * 1000;
+        if let Some(fraction) = fraction {
+            if fraction.is_empty() || fraction.len() > 3 {
+                return None;
+            }
+            let digits: u64 = number(fraction, fraction.len())?;
+            ms += digits * 10u64.pow(3 - fraction.len() as u32);
+        }
+    }
+    Some(ms)
+}
+
+/// Exactly `digits` ASCII digits as a number.
+fn number<T: std::str::FromStr>(text: &str, digits: usize) -> Option<T> {
+    if text.len() != digits || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month_from_march = i64::from((month + 9) % 12);
+    let day_of_year = (153 * month_from_march + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The date of a day counted from 1970-01-01 (Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as u32;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn time(ms: u64) -> String {
+        let mut out = String::new();
+        write_time(&mut out, ms);
+        out
+    }
+
+    #[test]
+    fn times_print_as_utc_with_milliseconds() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(time(1_764_596_702_123), "2025-12-01T13:45:02.123Z");
+        assert_eq!(time(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert!(time(u64::MAX).ends_with("Z"));
+    }
+
+    #[test]
+    fn since_reads_dates_times_and_ages() {
+        assert_eq!(parse_utc("1970-01-01"), Some(0));
+        assert_eq!(
+            parse_utc("2025-12-01T13:45:02.123Z"),
+            Some(1_764_596_702_123)
+        );
+        assert_eq!(parse_utc("2025-12-01 13:45:02.1"), Some(1_764_596_702_100));
+        assert_eq!(parse_utc("2025-12-01T13:45"), Some(1_764_596_700_000));
+        assert_eq!(parse_utc("2000-02-29"), Some(951_782_400_000));
+        for bad in [
+            "2001-02-29",
+            "2025-13-01",
+            "2025-12-32",
+            "2025-12-01T24:00",
+            "2025-12-01T13:45:02.1234",
+            "25-12-01",
+            "1969-12-31",
+            "yesterday",
+        ] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+        assert_eq!(parse_age("90s"), Some(90_000));
+        assert_eq!(parse_age("1.5h"), Some(5_400_000));
+        assert_eq!(parse_age("3d"), Some(3 * MS_PER_DAY));
+        assert_eq!(parse_age("m"), None);
+        assert_eq!(parse_age("-5m"), None);
+        assert!(parse_since("later").is_err());
+    }
+
+    #[test]
+    fn every_day_survives_the_round_trip() {
+        for days in -1000..100_000 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn json_strings_escape_what_rfc_8259_requires() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\n\u{1}é\u{7f}");
+        assert_eq!(out, "\"a\\\"b\\\\c\\n\\u0001é\u{7f}\"");
+    }
+
+    #[test]
+    fn base64_pads_to_whole_quads() {
+        let encode = |bytes: &[u8]| {
+            let mut out = String::new();
+            base64(&mut out, bytes);
+            out
+        };
+        assert_eq!(encode(b""), "");
+        assert_eq!(encode(b"f"), "Zg==");
+        assert_eq!(encode(b"fo"), "Zm8=");
+        assert_eq!(encode(b"foo"), "Zm9v");
+        assert_eq!(encode(b"foob"), "Zm9vYg==");
+        assert_eq!(encode(&[0xff, 0xfe, 0xfd]), "//79");
+    }
 }

@@ -1,0 +1,203 @@
+//! Fuzz target for the history log's reader: `store::format::Cursor` on any
+//! bytes a segment file might hold.
+//!
+//! Input: byte 0 bit 0 says whether the segment is the log's last (the only
+//! place a torn tail may be); bytes 1-2 (big-endian) pick a small read-ahead
+//! size; the rest is the segment file. The segment is read to its end twice,
+//! with that read-ahead and with the default, and:
+//!
+//! * neither panics, and both give the same records and the same final step
+//!   (the buffer's size never changes what is read);
+//! * the cursor's buffer stays bounded (two of the longest records, or the
+//!   read-ahead, whichever is more, with room for `Vec` growth);
+//! * each record re-encodes to exactly the bytes it was read from, offsets
+//!   follow each other with no gap, and the final step's offset is where the
+//!   last record ended;
+//! * a final step, asked for again, comes again unchanged;
+//! * everything equals an independent reading of HISTORY.md's rules: the
+//!   header, the records, and where and why reading stops (end, torn tail,
+//!   or corruption with its kind).
+#![no_main]
+
+use evchat::store::format::{
+    Cursor, Damage, MAX_BODY_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step,
+    encode_record,
+};
+use libfuzzer_sys::fuzz_target;
+
+const BODY_FIXED_LEN: usize = 12;
+
+#[derive(Debug, PartialEq)]
+enum Stop {
+    End,
+    Torn { offset: u64, len: u64 },
+    Corrupt { offset: u64, damage: Damage },
+}
+
+#[derive(Debug, PartialEq)]
+struct Reading {
+    records: Vec<(u64, Record)>,
+    stop: Stop,
+}
+
+fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
+    let mut cursor = read_ahead.map_or_else(Cursor::new, Cursor::with_read_ahead);
+    let end = segment.len() as u64;
+    let bound = 2 * read_ahead.unwrap_or(0).max(256 * 1024).max(2 * MAX_RECORD_LEN);
+    let mut records = Vec::new();
+    let mut expected_offset = SEGMENT_MAGIC.len() as u64;
+    let stop = loop {
+        let step = cursor.next(segment, end, last).expect("slices do not fail");
+        let stop = match step {
+            Step::Record { offset, record } => {
+                assert_eq!(offset, expected_offset, "records must follow each other");
+                let mut encoded = Vec::new();
+                encode_record(
+                    &mut encoded,
+                    record.time_ms,
+                    record.origin,
+                    record.dest,
+                    record.text,
+                );
+                let at = offset as usize;
+                assert_eq!(encoded.len(), record.encoded_len());
+                assert_eq!(&segment[at..at + encoded.len()], &encoded[..], "re-encoding");
+                expected_offset = offset + encoded.len() as u64;
+                records.push((offset, record.to_record()));
+                assert_eq!(cursor.offset(), expected_offset);
+                assert!(cursor.buffer_capacity() <= bound, "buffer grew past its bound");
+                continue;
+            }
+            Step::End => Stop::End,
+            Step::TornTail { offset, len } => Stop::Torn { offset, len },
+            Step::Corrupt { offset, damage } => Stop::Corrupt { offset, damage },
+        };
+        // Asked again, a final step is the same.
+        let again = match cursor.next(segment, end, last).expect("slices do not fail") {
+            Step::Record { .. } => panic!("a record after {stop:?}"),
+            Step::End => Stop::End,
+            Step::TornTail { offset, len } => Stop::Torn { offset, len },
+            Step::Corrupt { offset, damage } => Stop::Corrupt { offset, damage },
+        };
+        assert_eq!(again, stop, "a final step must repeat");
+        assert!(cursor.buffer_capacity() <= bound, "buffer grew past its bound");
+        break stop;
+    };
+    match &stop {
+        Stop::End if !segment.is_empty() => assert_eq!(expected_offset, end),
+        Stop::Torn { offset, len } => assert_eq!(offset + len, end),
+        Stop::Corrupt { offset, .. } if *offset > 0 => assert_eq!(*offset, expected_offset),
+        _ => {}
+    }
+    Reading { records, stop }
+}
+
+/// HISTORY.md read directly, as a second opinion.
+fn reference(segment: &[u8], last: bool) -> Reading {
+    let end = segment.len() as u64;
+    let u32_at = |i: usize| u32::from_be_bytes(segment[i..i + 4].try_into().unwrap());
+    let whole_record_at = |i: usize| -> bool {
+        if segment.len() - i < RECORD_HEADER_LEN {
+            return false;
+        }
+        let body = u32_at(i + 4) as usize;
+        (BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body)
+            && i + RECORD_HEADER_LEN + body <= segment.len()
+            && crc32c::crc32c(&segment[i + 4..i + RECORD_HEADER_LEN + body]) == u32_at(i)
+    };
+    let zero = segment.iter().all(|&b| b == 0);
+    let mut records = Vec::new();
+    if segment.is_empty() {
+        return Reading {
+            records,
+            stop: Stop::End,
+        };
+    }
+    if segment.len() < 8 || segment[..8] != SEGMENT_MAGIC {
+        let short = segment.len() < 8;
+        let stop = if last && (zero || short && SEGMENT_MAGIC.starts_with(segment)) {
+            Stop::Torn {
+                offset: 0,
+                len: end,
+            }
+        } else if short {
+            Stop::Corrupt {
+                offset: 0,
+                damage: Damage::Incomplete,
+            }
+        } else {
+            Stop::Corrupt {
+                offset: 0,
+                damage: Damage::BadMagic,
+            }
+        };
+        return Reading { records, stop };
+    }
+    let mut at = 8;
+    loop {
+        if at == segment.len() {
+            return Reading {
+                records,
+                stop: Stop::End,
+            };
+        }
+        if whole_record_at(at) {
+            let body = u32_at(at + 4) as usize;
+            let b = &segment[at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + body];
+            records.push((
+                at as u64,
+                Record {
+                    time_ms: u64::from_be_bytes(b[0..8].try_into().unwrap()),
+                    origin: u16::from_be_bytes([b[8], b[9]]),
+                    dest: u16::from_be_bytes([b[10], b[11]]),
+                    text: b[12..].to_vec(),
+                },
+            ));
+            at += RECORD_HEADER_LEN + body;
+            continue;
+        }
+        let damage = if segment.len() - at < RECORD_HEADER_LEN {
+            Damage::Incomplete
+        } else {
+            let body = u32_at(at + 4);
+            if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&(body as usize)) {
+                Damage::BadLength(body)
+            } else if at + RECORD_HEADER_LEN + body as usize > segment.len() {
+                Damage::Incomplete
+            } else {
+                let stored = u32_at(at);
+                let computed =
+                    crc32c::crc32c(&segment[at + 4..at + RECORD_HEADER_LEN + body as usize]);
+                Damage::BadChecksum { stored, computed }
+            }
+        };
+        let torn = last && !(at + 1..segment.len()).any(whole_record_at);
+        let stop = if torn {
+            Stop::Torn {
+                offset: at as u64,
+                len: end - at as u64,
+            }
+        } else {
+            Stop::Corrupt {
+                offset: at as u64,
+                damage,
+            }
+        };
+        return Reading { records, stop };
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (last, read_ahead, segment) = match data {
+        [flags, a, b, rest @ ..] => (
+            flags & 1 == 1,
+            1 + (u16::from_be_bytes([*a, *b]) as usize % 4096),
+            rest,
+        ),
+        _ => return,
+    };
+    let small = read(segment, last, Some(read_ahead));
+    let default = read(segment, last, None);
+    assert_eq!(small, default, "the read-ahead size changed what was read");
+    assert_eq!(small, reference(segment, last), "the cursor disagrees with HISTORY.md");
+});

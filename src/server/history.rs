@@ -1,0 +1,126 @@
+//! The event loop's side of the durable history (`--history`): opening the
+//! log at start, appending each MSG the router accepts through the writer
+//! thread, handing each turn's records over at the end of the turn, and
+//! telling the router which replies held for durability may go. The loop
+//! owns the store; the router sees only record numbers. Without history
+//! none of this runs.
+
+use super::{Server, Wire};
+use crate::proto::FrameView;
+use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// How the server keeps history (the `--history` flags).
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub dir: PathBuf,
+    /// Past broadcasts each exhibitor is sent when it identifies.
+    pub replay: usize,
+    pub fsync: Fsync,
+    /// Retention: the log's size limit in bytes.
+    pub max_bytes: u64,
+    /// Cut the log at corruption instead of refusing to start.
+    pub repair: bool,
+}
+
+/// The open history, held by the loop's [`Wire`].
+///
+/// An emitter's reply to a MSG waits until the writer thread has settled the
+/// MSG's record: synced under `--fsync always`, written to the kernel
+/// otherwise, so that an OK'd message survives a crash of the server
+/// process in every mode (as Redis writes its AOF before it replies). The
+/// loop itself never waits: held replies go out in the turn after the
+/// writer thread wakes it.
+pub(super) struct History {
+    writer: Writer,
+    /// What the router was last told is settled.
+    told_durable: Ticket,
+}
+
+impl Server {
+    /// Opens (or creates) the history in `config.dir`, logs what recovery
+    /// found (a torn tail cut, a repair, foreign files, retention), and
+    /// keeps every accepted MSG there from now on. Called before
+    /// [`Server::run`].
+    pub fn enable_history(&mut self, config: &HistoryConfig) -> Result<(), StoreError> {
+        let mut options = Options::new(config.max_bytes);
+        options.repair = config.repair;
+        options.recent_broadcasts = config.replay;
+        options.recent_broadcast_bytes = replay_max_bytes(self.config.max_queue);
+        let opened = Log::open(&config.dir, options)?;
+        for notice in &opened.notices {
+            match notice {
+                Notice::Retired { .. } => info!("history: {notice}"),
+                _ => warn!("history: {notice}"),
+            }
+        }
+        let waker = self.waker.clone();
+        let notify = Box::new(move || {
+            // A failed wake only delays the held replies to the next turn.
+            let _ = waker.wake();
+        });
+        let writer = Writer::start(opened.log, config.fsync, Some(notify)).map_err(|source| {
+            StoreError::Io {
+                path: config.dir.clone(),
+                op: "start the history writer thread",
+                source,
+            }
+        })?;
+        info!(
+            dir = %config.dir.display(),
+            messages = opened.records,
+            fsync = %config.fsync,
+            replay = config.replay,
+            "history on"
+        );
+        let recent = opened.recent_broadcasts.into_iter();
+        self.router.set_replay(
+            config.replay,
+            replay_max_bytes(self.config.max_queue),
+            recent.map(|record| (record.origin, Bytes::from(record.text))),
+        );
+        self.wire.history = Some(History {
+            writer,
+            told_durable: 0,
+        });
+        Ok(())
+    }
+}
+
+/// The most text a replay holds: half an exhibitor's output cap, so that a
+/// replay never gets a new exhibitor cut off as a slow consumer.
+fn replay_max_bytes(max_queue: usize) -> usize {
+    max_queue / 2
+}
+
+impl History {
+    /// Appends an accepted MSG; returns the number its reply waits for.
+    pub(super) fn append(&mut self, msg: &FrameView<'_>) -> Ticket {
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let text = msg.text().unwrap_or_default();
+        self.writer.append(time_ms, msg.origin, msg.dest, text)
+    }
+
+    /// End of a loop turn: hands the turn's records to the writer thread;
+    /// returns how far records are settled, when that moved.
+    pub(super) fn end_turn(&mut self) -> Option<Ticket> {
+        self.writer.submit();
+        let settled = self.writer.settled();
+        (settled > self.told_durable).then(|| {
+            self.told_durable = settled;
+            settled
+        })
+    }
+}
+
+impl Wire {
+    /// See [`crate::router::Outbox::accepted`].
+    pub(super) fn keep(&mut self, msg: &FrameView<'_>) -> Option<Ticket> {
+        Some(self.history.as_mut()?.append(msg))
+    }
+}

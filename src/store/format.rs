@@ -1,0 +1,593 @@
+//! The bytes of the history log (HISTORY.md draws them): segment file names,
+//! the segment header, record encoding, and a [`Cursor`] that reads records
+//! back one at a time and says exactly where and why it stops. No files are
+//! opened here: the cursor reads through a [`Source`] (a file, or a byte
+//! slice for tests and fuzzing), so recovery, the read-only reader and the
+//! fuzz target all share one reading of the format.
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// The first 8 bytes of every segment: what it is and the format version.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG1";
+/// Bytes before a record's body: CRC32C (4) and body length (4).
+pub const RECORD_HEADER_LEN: usize = 8;
+/// Body bytes before the text: time (8), origin (2), destination (2).
+pub const BODY_FIXED_LEN: usize = 12;
+/// The longest text a record holds: a MSG's text count is 16 bits.
+pub const MAX_TEXT_LEN: usize = u16::MAX as usize;
+/// The longest body a record may claim; a longer claim is damage.
+pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + MAX_TEXT_LEN;
+/// The longest record on disk.
+pub const MAX_RECORD_LEN: usize = RECORD_HEADER_LEN + MAX_BODY_LEN;
+/// Digits in a segment name: enough for any u64, so names sort like numbers.
+const NAME_DIGITS: usize = 20;
+/// Bytes the cursor asks for at a time when it reads ahead.
+const READ_AHEAD: usize = 256 * 1024;
+
+/// One message as the log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// When the server accepted the message: milliseconds since the Unix
+    /// epoch, UTC.
+    pub time_ms: u64,
+    pub origin: u16,
+    /// The destination id; 0 is everyone.
+    pub dest: u16,
+    pub text: Vec<u8>,
+}
+
+/// A record read in place from the cursor's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub time_ms: u64,
+    pub origin: u16,
+    pub dest: u16,
+    pub text: &'a [u8],
+}
+
+impl RecordView<'_> {
+    pub fn to_record(&self) -> Record {
+        Record {
+            time_ms: self.time_ms,
+            origin: self.origin,
+            dest: self.dest,
+            text: self.text.to_vec(),
+        }
+    }
+
+    /// The record's size on disk.
+    pub fn encoded_len(&self) -> usize {
+        RECORD_HEADER_LEN + BODY_FIXED_LEN + self.text.len()
+    }
+}
+
+/// Appends one record to `out`; `text` must be at most [`MAX_TEXT_LEN`].
+pub fn encode_record(out: &mut Vec<u8>, time_ms: u64, origin: u16, dest: u16, text: &[u8]) {
+    assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
+    let start = out.len();
+    let body_len = (BODY_FIXED_LEN + text.len()) as u32;
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&body_len.to_be_bytes());
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&dest.to_be_bytes());
+    out.extend_from_slice(text);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// The name of the segment whose first record is number `base`.
+pub fn segment_name(base: u64) -> String {
+    format!("{base:0NAME_DIGITS$}.log")
+}
+
+/// The base record number a segment file name stands for; None for any
+/// other name.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Bytes the cursor can read at any offset: a segment file, or a slice.
+pub trait Source {
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl Source for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match FileExt::read_at(self, &mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(filled)
+    }
+}
+
+impl Source for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// What is wrong at the place where reading stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// The segment does not start with [`SEGMENT_MAGIC`].
+    BadMagic,
+    /// A record claims a body length no record can have.
+    BadLength(u32),
+    /// The stored checksum is not the body's.
+    BadChecksum { stored: u32, computed: u32 },
+    /// The segment ends inside a record (or its header).
+    Incomplete,
+    /// The segment holds more records than fit before the next segment's
+    /// first record number.
+    Overlap { next_base: u64 },
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Damage::BadMagic => write!(f, "not an evchat history segment (bad magic)"),
+            Damage::BadLength(len) => write!(
+                f,
+                "record length {len} is out of range ({BODY_FIXED_LEN}..={MAX_BODY_LEN})"
+            ),
+            Damage::BadChecksum { stored, computed } => write!(
+                f,
+                "checksum mismatch (stored {stored:08x}, computed {computed:08x})"
+            ),
+            Damage::Incomplete => write!(f, "the segment ends inside a record"),
+            Damage::Overlap { next_base } => write!(
+                f,
+                "record overlaps the next segment, which starts at record {next_base}"
+            ),
+        }
+    }
+}
+
+/// One step of a [`Cursor`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// A whole record with a good checksum, starting at `offset`.
+    Record { offset: u64, record: RecordView<'a> },
+    /// Every byte up to the end was read as whole records.
+    End,
+    /// The last segment's bytes from `offset` to the end are the remains of
+    /// an interrupted write (see [`Cursor::next`] for the rule); they hold
+    /// no whole record.
+    TornTail { offset: u64, len: u64 },
+    /// Damage at `offset` that is not a torn tail.
+    Corrupt { offset: u64, damage: Damage },
+}
+
+/// Reads a segment's records in order through a bounded read-ahead buffer
+/// (at most [`MAX_RECORD_LEN`] or its read-ahead size, whichever is more).
+///
+/// Once it returns anything but a record, it returns the same thing again
+/// until [`Cursor::next`] is given a longer `end` (a live log grew).
+#[derive(Debug)]
+pub struct Cursor {
+    /// Where the next record (or the segment header) starts.
+    offset: u64,
+    /// File bytes `[window_start, window_start + window.len())`.
+    window: Vec<u8>,
+    window_start: u64,
+    read_ahead: usize,
+}
+
+impl Default for Cursor {
+    fn default() -> Cursor {
+        Cursor::new()
+    }
+}
+
+impl Cursor {
+    /// A cursor at the start of a segment.
+    pub fn new() -> Cursor {
+        Cursor::with_read_ahead(READ_AHEAD)
+    }
+
+    /// A cursor that reads `read_ahead` bytes at a time (at least 1); small
+    /// values let tests and the fuzzer exercise every buffer boundary.
+    pub fn with_read_ahead(read_ahead: usize) -> Cursor {
+        Cursor {
+            offset: 0,
+            window: Vec::new(),
+            window_start: 0,
+            read_ahead: read_ahead.max(1),
+        }
+    }
+
+    /// Where the next record starts (after the last one returned); the
+    /// length of the segment's valid part once reading has stopped.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes the read-ahead buffer holds on to.
+    pub fn buffer_capacity(&self) -> usize {
+        self.window.capacity()
+    }
+
+    /// The next step through a segment whose bytes in `source` end at
+    /// `end`. `last` says whether it is the log's last segment, the only
+    /// place a torn tail can be.
+    ///
+    /// The first bad spot in the last segment is a torn tail when no whole
+    /// record (a valid length and the right checksum) starts at any byte
+    /// after it: what a write cut short leaves, whether its bytes are
+    /// missing, zero or stale. Anything else is [`Step::Corrupt`]: a
+    /// damaged header, a bad spot followed by good records, or any bad spot
+    /// in a segment that is not the last.
+    pub fn next<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        end: u64,
+        last: bool,
+    ) -> io::Result<Step<'_>> {
+        if self.offset == 0 {
+            match self.check_header(source, end, last)? {
+                Some(step) => return Ok(step),
+                None => self.offset = SEGMENT_MAGIC.len() as u64,
+            }
+        }
+        let at = self.offset;
+        if at >= end {
+            self.forget();
+            return Ok(Step::End);
+        }
+        let left = end - at;
+        if left < RECORD_HEADER_LEN as u64 {
+            return self.bad(source, end, last, Damage::Incomplete);
+        }
+        let header = self.bytes(source, at, RECORD_HEADER_LEN, end)?;
+        let stored = u32::from_be_bytes(header[0..4].try_into().unwrap());
+        let body_len = u32::from_be_bytes(header[4..8].try_into().unwrap());
+        if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&(body_len as usize)) {
+            return self.bad(source, end, last, Damage::BadLength(body_len));
+        }
+        let record_len = RECORD_HEADER_LEN + body_len as usize;
+        if record_len as u64 > left {
+            return self.bad(source, end, last, Damage::Incomplete);
+        }
+        let bytes = self.bytes(source, at, record_len, end)?;
+        let computed = crc32c::crc32c(&bytes[4..]);
+        if computed != stored {
+            return self.bad(source, end, last, Damage::BadChecksum { stored, computed });
+        }
+        self.offset = at + record_len as u64;
+        let start = (at - self.window_start) as usize;
+        let body = &self.window[start + RECORD_HEADER_LEN..start + record_len];
+        Ok(Step::Record {
+            offset: at,
+            record: view_body(body),
+        })
+    }
+
+    /// Checks the segment header; None when it is there and right.
+    fn check_header<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        end: u64,
+        last: bool,
+    ) -> io::Result<Option<Step<'static>>> {
+        let magic_len = SEGMENT_MAGIC.len();
+        if end == 0 {
+            return Ok(Some(Step::End));
+        }
+        let have = end.min(magic_len as u64) as usize;
+        let head = self.bytes(source, 0, have, end)?;
+        if head == SEGMENT_MAGIC {
+            return Ok(None);
+        }
+        let head = head.to_vec();
+        let head = &head[..];
+        // A header cut short by a crash: what is there is a prefix of the
+        // magic, or nothing was written over the allocated bytes.
+        let torn = have < magic_len && (SEGMENT_MAGIC.starts_with(head) || is_zero(head));
+        if last && (torn || self.all_zero(source, 0, end)?) {
+            self.forget();
+            return Ok(Some(Step::TornTail {
+                offset: 0,
+                len: end,
+            }));
+        }
+        self.forget();
+        let damage = if have < magic_len {
+            Damage::Incomplete
+        } else {
+            Damage::BadMagic
+        };
+        Ok(Some(Step::Corrupt { offset: 0, damage }))
+    }
+
+    /// Classifies the bad spot at the cursor's offset (see [`Cursor::next`]).
+    fn bad<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        end: u64,
+        last: bool,
+        damage: Damage,
+    ) -> io::Result<Step<'static>> {
+        let at = self.offset;
+        let torn = last && !self.whole_record_within(source, at + 1, end)?;
+        self.forget();
+        if torn {
+            return Ok(Step::TornTail {
+                offset: at,
+                len: end - at,
+            });
+        }
+        Ok(Step::Corrupt { offset: at, damage })
+    }
+
+    /// Drops the read-ahead bytes once reading has stopped: a live log's
+    /// tail may be rewritten (a failed write undone, then written again),
+    /// so the next attempt must read it afresh.
+    fn forget(&mut self) {
+        self.window.clear();
+        self.window_start = 0;
+    }
+
+    /// Whether every byte in `[from, end)` is zero.
+    fn all_zero<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        from: u64,
+        end: u64,
+    ) -> io::Result<bool> {
+        let mut at = from;
+        while at < end {
+            let n = (end - at).min(self.read_ahead as u64) as usize;
+            if !is_zero(self.bytes(source, at, n, end)?) {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
+    }
+
+    /// Whether a whole record with a good checksum starts at any byte in
+    /// `[from, end)`. Reads in blocks of two records' length, so memory
+    /// stays bounded however long the range is.
+    fn whole_record_within<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        from: u64,
+        end: u64,
+    ) -> io::Result<bool> {
+        let mut block = from;
+        while block < end {
+            let n = (end - block).min(2 * MAX_RECORD_LEN as u64) as usize;
+            let bytes = self.bytes(source, block, n, end)?;
+            let starts = n.min(MAX_RECORD_LEN);
+            if (0..starts).any(|i| whole_record_at(&bytes[i..])) {
+                return Ok(true);
+            }
+            block += starts as u64;
+        }
+        Ok(false)
+    }
+
+    /// `n` bytes at `at` (all below `end`), from the window or read into it.
+    fn bytes<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        at: u64,
+        n: usize,
+        end: u64,
+    ) -> io::Result<&[u8]> {
+        debug_assert!(at + n as u64 <= end);
+        let window_end = self.window_start + self.window.len() as u64;
+        if at < self.window_start || at + n as u64 > window_end {
+            let want = n.max(self.read_ahead).min((end - at) as usize);
+            self.window.clear();
+            self.window.resize(want, 0);
+            let got = source.read_at(&mut self.window, at)?;
+            self.window.truncate(got);
+            self.window_start = at;
+            if got < n {
+                // The file shrank under us (truncated by recovery or a
+                // failed write being undone).
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the segment became shorter while it was read",
+                ));
+            }
+        }
+        let start = (at - self.window_start) as usize;
+        Ok(&self.window[start..start + n])
+    }
+}
+
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// Whether `bytes` begins with a whole record whose checksum is right.
+fn whole_record_at(bytes: &[u8]) -> bool {
+    if bytes.len() < RECORD_HEADER_LEN {
+        return false;
+    }
+    let stored = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
+    let body_len = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
+        return false;
+    }
+    let record_len = RECORD_HEADER_LEN + body_len;
+    record_len <= bytes.len() && crc32c::crc32c(&bytes[4..record_len]) == stored
+}
+
+/// Reads a checked body (time, origin, destination, text).
+fn view_body(body: &[u8]) -> RecordView<'_> {
+    RecordView {
+        time_ms: u64::from_be_bytes(body[0..8].try_into().unwrap()),
+        origin: u16::from_be_bytes(body[8..10].try_into().unwrap()),
+        dest: u16::from_be_bytes(body[10..12].try_into().unwrap()),
+        text: &body[BODY_FIXED_LEN..],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(records: &[(u64, u16, u16, &[u8])]) -> Vec<u8> {
+        let mut bytes = SEGMENT_MAGIC.to_vec();
+        for &(time, origin, dest, text) in records {
+            encode_record(&mut bytes, time, origin, dest, text);
+        }
+        bytes
+    }
+
+    /// Reads a segment to its end: the records, then what stopped it.
+    fn read_all(bytes: &[u8], last: bool, read_ahead: usize) -> (Vec<Record>, String) {
+        let mut cursor = Cursor::with_read_ahead(read_ahead);
+        let mut records = Vec::new();
+        loop {
+            match cursor.next(bytes, bytes.len() as u64, last).unwrap() {
+                Step::Record { record, .. } => records.push(record.to_record()),
+                other => return (records, format!("{other:?}")),
+            }
+        }
+    }
+
+    #[test]
+    fn record_layout_is_crc_length_time_origin_dest_text() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, 0x0102_0304_0506_0708, 1, 4096, b"hi");
+        let crc = crc32c::crc32c(&bytes[4..]).to_be_bytes();
+        #[rustfmt::skip]
+        let want = [
+            crc[0], crc[1], crc[2], crc[3], // CRC32C of everything after it
+            0, 0, 0, 14,                    // body length: 12 + text
+            1, 2, 3, 4, 5, 6, 7, 8,         // receive time, ms since the epoch
+            0, 1,                           // origin
+            0x10, 0x00,                     // destination
+            b'h', b'i',                     // text
+        ];
+        assert_eq!(bytes, want);
+    }
+
+    #[test]
+    fn segment_names_sort_like_their_numbers() {
+        assert_eq!(segment_name(0), "00000000000000000000.log");
+        assert_eq!(segment_name(u64::MAX), "18446744073709551615.log");
+        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(
+            parse_segment_name("18446744073709551615.log"),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_segment_name("99999999999999999999.log"), None);
+        assert_eq!(parse_segment_name("0000000000000000042.log"), None);
+        assert_eq!(parse_segment_name("0000000000000000004a.log"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.log~"), None);
+        assert_eq!(parse_segment_name("+0000000000000000042.log"), None);
+    }
+
+    #[test]
+    fn records_read_back_at_every_read_ahead_size() {
+        let bytes = segment(&[(1, 1, 0, b"a"), (2, 2, 4096, b""), (3, 3, 0, &[0xff; 300])]);
+        for read_ahead in [1, 7, 8, 20, 64, 1 << 20] {
+            let (records, end) = read_all(&bytes, false, read_ahead);
+            assert_eq!(end, "End");
+            assert_eq!(records.len(), 3);
+            assert_eq!(records[1].dest, 4096);
+            assert_eq!(records[2].text, vec![0xff; 300]);
+        }
+    }
+
+    #[test]
+    fn an_empty_segment_has_no_records() {
+        assert_eq!(read_all(&[], false, 64), (vec![], "End".into()));
+        assert_eq!(read_all(&SEGMENT_MAGIC, false, 64), (vec![], "End".into()));
+    }
+
+    #[test]
+    fn every_cut_inside_the_last_record_is_a_torn_tail() {
+        let bytes = segment(&[(1, 1, 0, b"first"), (2, 2, 0, b"second")]);
+        let last_start = bytes.len() - (RECORD_HEADER_LEN + BODY_FIXED_LEN + 6);
+        for cut in last_start + 1..bytes.len() {
+            let (records, end) = read_all(&bytes[..cut], true, 16);
+            assert_eq!(records.len(), 1, "cut at {cut}");
+            let len = cut - last_start;
+            assert_eq!(
+                end,
+                format!("TornTail {{ offset: {last_start}, len: {len} }}")
+            );
+            let (_, end) = read_all(&bytes[..cut], false, 16);
+            assert!(end.starts_with("Corrupt"), "not last, cut at {cut}: {end}");
+        }
+    }
+
+    #[test]
+    fn a_cut_header_in_the_last_segment_is_torn_elsewhere_corrupt() {
+        for cut in 1..SEGMENT_MAGIC.len() {
+            let (_, end) = read_all(&SEGMENT_MAGIC[..cut], true, 64);
+            assert_eq!(end, format!("TornTail {{ offset: 0, len: {cut} }}"));
+            let (_, end) = read_all(&SEGMENT_MAGIC[..cut], false, 64);
+            assert_eq!(end, "Corrupt { offset: 0, damage: Incomplete }");
+        }
+        let (_, end) = read_all(b"NOTALOG1....", true, 64);
+        assert_eq!(end, "Corrupt { offset: 0, damage: BadMagic }");
+    }
+
+    #[test]
+    fn zeros_after_the_last_record_are_a_torn_tail() {
+        let mut bytes = segment(&[(1, 1, 0, b"kept")]);
+        let at = bytes.len();
+        bytes.extend_from_slice(&[0; 5000]);
+        let (records, end) = read_all(&bytes, true, 512);
+        assert_eq!(records.len(), 1);
+        assert_eq!(end, format!("TornTail {{ offset: {at}, len: 5000 }}"));
+    }
+
+    #[test]
+    fn a_flipped_bit_before_the_last_record_is_corruption_at_its_record() {
+        let bytes = segment(&[(1, 1, 0, b"one"), (2, 2, 0, b"two"), (3, 3, 0, b"three")]);
+        let second = SEGMENT_MAGIC.len() + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3;
+        let third = second + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3;
+        for byte in second..third {
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[byte] ^= 1 << bit;
+                let (records, end) = read_all(&damaged, true, 16);
+                assert_eq!(records.len(), 1, "bit {bit} of byte {byte}");
+                assert!(
+                    end.starts_with(&format!("Corrupt {{ offset: {second}, ")),
+                    "bit {bit} of byte {byte}: {end}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_last_record_that_hides_a_whole_record_is_corruption() {
+        // The text of the record cut short holds a whole record: a torn
+        // write cannot produce a good record after the tear.
+        let mut inner = Vec::new();
+        encode_record(&mut inner, 9, 9, 0, b"inner");
+        let mut bytes = segment(&[(1, 1, 0, &[&inner[..], b"xx"].concat())]);
+        bytes.truncate(bytes.len() - 1);
+        let (records, end) = read_all(&bytes, true, 64);
+        assert!(records.is_empty());
+        assert_eq!(end, "Corrupt { offset: 8, damage: Incomplete }");
+    }
+}

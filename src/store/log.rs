@@ -1,0 +1,659 @@
+//! The history directory as a writer holds it: the lock, the recovery scan
+//! at open, appending whole records to the last segment, rolling to a new
+//! segment when one is full, and retention. Everything here runs on the
+//! thread that owns the [`Log`] (the writer thread in a server): it does
+//! blocking file I/O.
+
+use super::format::{
+    Cursor, Damage, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step, parse_segment_name,
+    segment_name,
+};
+use super::{LOCK_FILE, StoreError};
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The largest segment [`Options::new`] picks.
+const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The smallest segment [`Options::new`] picks: about four of the longest
+/// records.
+const MIN_SEGMENT_BYTES: u64 = 256 * 1024;
+
+/// How a log is opened and kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Retention: once the segments hold more than this, the oldest are
+    /// deleted (never the segment being written).
+    pub max_bytes: u64,
+    /// A segment is closed and a new one begun when the next record would
+    /// take it past this; a record longer than this gets a segment alone.
+    pub segment_bytes: u64,
+    /// Truncate at corruption instead of refusing to open.
+    pub repair: bool,
+    /// How many of the last broadcasts [`Log::open`] hands back...
+    pub recent_broadcasts: usize,
+    /// ... at most, and as many as fit in this many bytes of text.
+    pub recent_broadcast_bytes: usize,
+}
+
+impl Options {
+    /// Options for a log of at most `max_bytes`: segments of an eighth of
+    /// that, kept between 256 KiB and 64 MiB, so retention frees space in
+    /// steps small against the whole.
+    pub fn new(max_bytes: u64) -> Options {
+        Options {
+            max_bytes,
+            segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
+            repair: false,
+            recent_broadcasts: 0,
+            recent_broadcast_bytes: usize::MAX,
+        }
+    }
+}
+
+/// Something [`Log::open`] found and dealt with, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The last segment ended in the remains of an interrupted write; they
+    /// were cut off.
+    TornTail {
+        file: PathBuf,
+        offset: u64,
+        dropped: u64,
+    },
+    /// Corruption cut off because repair was asked for.
+    Repaired {
+        file: PathBuf,
+        offset: u64,
+        dropped: u64,
+        damage: Damage,
+    },
+    /// A file that is not a segment; left alone.
+    Foreign { path: PathBuf },
+    /// A segment deleted to bring the log under its size limit.
+    Retired { file: PathBuf, bytes: u64 },
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Notice::TornTail {
+                file,
+                offset,
+                dropped,
+            } => write!(
+                f,
+                "{}: torn tail at offset {offset} (an interrupted write): \
+                 cut {dropped} bytes, holding no whole record",
+                file.display()
+            ),
+            Notice::Repaired {
+                file,
+                offset,
+                dropped,
+                damage,
+            } => write!(
+                f,
+                "{}: corrupt at offset {offset} ({damage}): repair cut {dropped} bytes",
+                file.display()
+            ),
+            Notice::Foreign { path } => {
+                write!(f, "{}: not a history segment; ignored", path.display())
+            }
+            Notice::Retired { file, bytes } => write!(
+                f,
+                "{}: deleted ({bytes} bytes) to keep the log under its size limit",
+                file.display()
+            ),
+        }
+    }
+}
+
+/// What [`Log::open`] returns.
+#[derive(Debug)]
+pub struct Opened {
+    pub log: Log,
+    /// What the scan found and did, in order.
+    pub notices: Vec<Notice>,
+    /// The last [`Options::recent_broadcasts`] records addressed to
+    /// everyone, oldest first.
+    pub recent_broadcasts: Vec<Record>,
+    /// Records the scan found (retention at open may have deleted some).
+    pub records: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    /// Number of its first record.
+    base: u64,
+    path: PathBuf,
+    /// Bytes in it, header included.
+    len: u64,
+}
+
+/// An open history directory, locked against other writers.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    /// Held for the log's lifetime: the flock goes with the descriptor.
+    _lock: File,
+    options: Options,
+    /// Full segments, oldest first.
+    sealed: VecDeque<Segment>,
+    /// The segment records are appended to.
+    active: Segment,
+    active_file: File,
+    /// Records in the active segment.
+    active_records: u64,
+    /// Bytes in every segment.
+    total_bytes: u64,
+    /// After a failed write: the length the active segment must be cut back
+    /// to before anything else is appended to it (kept while cutting fails).
+    cut_to: Option<u64>,
+}
+
+/// A write that failed: the file, what was being done, and the error.
+#[derive(Debug)]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub op: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.path.display(), self.op, self.source)
+    }
+}
+
+impl Log {
+    /// Opens (creating if needed) the history in `dir`: locks it, scans
+    /// every segment (see [`super::format::Cursor::next`] for what counts
+    /// as a torn tail), cuts a torn tail, refuses corruption unless
+    /// `options.repair`, and applies retention.
+    pub fn open(dir: &Path, options: Options) -> Result<Opened, StoreError> {
+        fs::create_dir_all(dir).map_err(StoreError::io(dir, "create directory"))?;
+        let lock = lock(dir)?;
+        let Listing {
+            segments: found,
+            foreign,
+        } = list_segments(dir)?;
+        let mut notices: Vec<Notice> = foreign
+            .into_iter()
+            .map(|path| Notice::Foreign { path })
+            .collect();
+        let mut recent = Recent::default();
+        let mut scanned = Vec::with_capacity(found.len());
+        let mut records = 0;
+        for (i, (base, path)) in found.iter().enumerate() {
+            let next_base = found.get(i + 1).map(|(next, _)| *next);
+            let scan = scan_segment(path, *base, next_base, &options, &mut recent)?;
+            notices.extend(scan.notice);
+            records += scan.records;
+            scanned.push((
+                Segment {
+                    base: *base,
+                    path: path.clone(),
+                    len: scan.len,
+                },
+                scan.records,
+            ));
+        }
+        let mut created = false;
+        let (mut active, active_records) = match scanned.pop() {
+            Some(last) => last,
+            None => {
+                created = true;
+                let path = dir.join(segment_name(0));
+                (
+                    Segment {
+                        base: 0,
+                        path,
+                        len: 0,
+                    },
+                    0,
+                )
+            }
+        };
+        let mut active_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&active.path)
+            .map_err(StoreError::io(&active.path, "open for appending"))?;
+        if active.len == 0 {
+            active_file
+                .write_all(&SEGMENT_MAGIC)
+                .map_err(StoreError::io(&active.path, "write segment header"))?;
+            active.len = SEGMENT_MAGIC.len() as u64;
+        }
+        if created {
+            sync_directory(dir).map_err(StoreError::io(dir, "sync directory"))?;
+        }
+        let sealed: VecDeque<Segment> = scanned.into_iter().map(|(s, _)| s).collect();
+        let total_bytes = sealed.iter().map(|s| s.len).sum::<u64>() + active.len;
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+            options,
+            sealed,
+            active,
+            active_file,
+            active_records,
+            total_bytes,
+            cut_to: None,
+        };
+        for retired in log.retain() {
+            match retired {
+                Ok(notice) => notices.push(notice),
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: e.path,
+                        op: e.op,
+                        source: e.source,
+                    });
+                }
+            }
+        }
+        Ok(Opened {
+            recent_broadcasts: recent.kept.into(),
+            records,
+            log,
+            notices,
+        })
+    }
+
+    /// The number the next appended record gets.
+    pub fn next_record(&self) -> u64 {
+        self.active.base + self.active_records
+    }
+
+    /// Bytes in every segment.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// The segment being appended to.
+    pub fn active_path(&self) -> &Path {
+        &self.active.path
+    }
+
+    /// Appends `batch`, whole records as [`super::format::encode_record`]
+    /// writes them, rolling to new segments as they fill (`durable_names`:
+    /// sync the directory so each new segment's name survives a crash).
+    ///
+    /// On an error every record written whole stays, a partly written one
+    /// is cut off (the segment ends at its last whole record, so a reader
+    /// that already saw a record never sees it vanish), and the rest of the
+    /// batch is not written; the error says how many records were written.
+    pub fn append(&mut self, batch: &[u8], durable_names: bool) -> Result<(), (usize, WriteError)> {
+        if let Err(e) = self.finish_cut() {
+            return Err((0, e));
+        }
+        let mut written = 0;
+        let mut at = 0;
+        while at < batch.len() {
+            // The run of records that fits in the active segment.
+            let mut run_end = at;
+            let mut run_records = 0;
+            while run_end < batch.len() {
+                let len = record_len(&batch[run_end..]);
+                let fits =
+                    self.active.len + (run_end - at + len) as u64 <= self.options.segment_bytes;
+                let alone = self.active_records == 0 && run_records == 0;
+                if !fits && !alone {
+                    break;
+                }
+                run_end += len;
+                run_records += 1;
+            }
+            if run_records == 0 {
+                self.roll(durable_names).map_err(|e| (written, e))?;
+                continue;
+            }
+            let run = &batch[at..run_end];
+            let (done, failed) = write_some(&mut self.active_file, run);
+            // Keep the records the write got out whole (a reader may have
+            // seen them already); cut a partial one back.
+            let (kept_bytes, kept_records) = match failed {
+                None => (run.len(), run_records),
+                Some(_) => whole_records_within(run, done),
+            };
+            self.active.len += kept_bytes as u64;
+            self.total_bytes += kept_bytes as u64;
+            self.active_records += kept_records;
+            written += kept_records as usize;
+            if let Some(source) = failed {
+                let failure = WriteError {
+                    path: self.active.path.clone(),
+                    op: "write",
+                    source,
+                };
+                self.cut_to = Some(self.active.len);
+                let _ = self.finish_cut();
+                return Err((written, failure));
+            }
+            at = run_end;
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        self.active_file.sync_data().map_err(|source| WriteError {
+            path: self.active.path.clone(),
+            op: "fsync",
+            source,
+        })
+    }
+
+    /// Deletes the oldest full segments while the log is over its limit.
+    pub fn retain(&mut self) -> Vec<Result<Notice, WriteError>> {
+        let mut done = Vec::new();
+        while self.total_bytes > self.options.max_bytes {
+            let Some(oldest) = self.sealed.pop_front() else {
+                break;
+            };
+            self.total_bytes -= oldest.len;
+            // A segment that cannot be deleted leaves the accounting anyway,
+            // so that one stuck file does not make every batch retry it.
+            done.push(match fs::remove_file(&oldest.path) {
+                Ok(()) => Ok(Notice::Retired {
+                    file: oldest.path,
+                    bytes: oldest.len,
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => Err(WriteError {
+                    path: oldest.path,
+                    op: "delete old segment",
+                    source,
+                }),
+            });
+        }
+        done
+    }
+
+    /// Cuts the active segment back after a write that failed part way.
+    fn finish_cut(&mut self) -> Result<(), WriteError> {
+        let Some(len) = self.cut_to else {
+            return Ok(());
+        };
+        self.active_file.set_len(len).map_err(|source| WriteError {
+            path: self.active.path.clone(),
+            op: "truncate after a failed write",
+            source,
+        })?;
+        self.cut_to = None;
+        Ok(())
+    }
+
+    /// Seals the active segment (synced, so a crash cannot tear it) and
+    /// starts the next one.
+    fn roll(&mut self, durable_names: bool) -> Result<(), WriteError> {
+        self.sync()?;
+        let base = self.next_record();
+        let path = self.dir.join(segment_name(base));
+        let fail = |op, source| WriteError {
+            path: path.clone(),
+            op,
+            source,
+        };
+        // `create` rather than `create_new`: a file of this name can only be
+        // left by an earlier roll that failed part way.
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| fail("create segment", e))?;
+        let header = file
+            .set_len(0)
+            .and_then(|()| file.write_all(&SEGMENT_MAGIC));
+        if let Err(e) = header {
+            let _ = fs::remove_file(&path);
+            return Err(fail("write segment header", e));
+        }
+        if durable_names {
+            sync_directory(&self.dir).map_err(|e| fail("sync directory", e))?;
+        }
+        let len = SEGMENT_MAGIC.len() as u64;
+        let done = std::mem::replace(&mut self.active, Segment { base, path, len });
+        self.sealed.push_back(done);
+        self.active_file = file;
+        self.active_records = 0;
+        self.total_bytes += len;
+        Ok(())
+    }
+}
+
+/// Writes as much of `bytes` as the file takes: the count written, and the
+/// error that stopped it short.
+fn write_some(file: &mut File, bytes: &[u8]) -> (usize, Option<io::Error>) {
+    let mut done = 0;
+    while done < bytes.len() {
+        match file.write(&bytes[done..]) {
+            Ok(0) => return (done, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
+}
+
+/// The bytes and the number of the whole records in the first `done` bytes
+/// of `run` (whole records back to back).
+fn whole_records_within(run: &[u8], done: usize) -> (usize, u64) {
+    let mut at = 0;
+    let mut records = 0;
+    while at < run.len() {
+        let len = record_len(&run[at..]);
+        if at + len > done {
+            break;
+        }
+        at += len;
+        records += 1;
+    }
+    (at, records)
+}
+
+/// A record's length from its header (the batch holds whole records).
+fn record_len(bytes: &[u8]) -> usize {
+    let body = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
+    RECORD_HEADER_LEN + body as usize
+}
+
+/// fsync on the directory: makes new and removed names durable.
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Takes the directory's lock: `flock` through std's `File::try_lock`, so
+/// the kernel drops it when the process ends however it ends (no stale
+/// lock after a crash), with no pid file to clean up. The holder's pid is
+/// written in the file for the error message only.
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(StoreError::io(&path, "open lock file"))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let holder = if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) {
+                format!(" (pid {pid})")
+            } else {
+                String::new()
+            };
+            return Err(StoreError::Locked {
+                dir: dir.to_path_buf(),
+                holder,
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(StoreError::io(&path, "lock")(e)),
+    }
+    let pid = format!("{}\n", std::process::id());
+    file.set_len(0)
+        .and_then(|()| file.write_all(pid.as_bytes()))
+        .map_err(StoreError::io(&path, "write lock file"))?;
+    Ok(file)
+}
+
+/// A history directory's entries.
+pub(crate) struct Listing {
+    /// Segments by base record number: regular files named as
+    /// [`segment_name`] makes them.
+    pub segments: Vec<(u64, PathBuf)>,
+    /// Every other entry but the lock file (foreign: left alone).
+    pub foreign: Vec<PathBuf>,
+}
+
+pub(crate) fn list_segments(dir: &Path) -> Result<Listing, StoreError> {
+    let mut segments = Vec::new();
+    let mut foreign = Vec::new();
+    let entries = fs::read_dir(dir).map_err(StoreError::io(dir, "read directory"))?;
+    for entry in entries {
+        let entry = entry.map_err(StoreError::io(dir, "read directory"))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            foreign.push(path);
+            continue;
+        };
+        if name == LOCK_FILE {
+            continue;
+        }
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        match parse_segment_name(name) {
+            Some(base) if is_file => segments.push((base, path)),
+            _ => foreign.push(path),
+        }
+    }
+    segments.sort_unstable_by_key(|(base, _)| *base);
+    foreign.sort();
+    Ok(Listing { segments, foreign })
+}
+
+/// The last broadcasts seen by the scan, bounded in count and bytes.
+#[derive(Default)]
+struct Recent {
+    kept: VecDeque<Record>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn keep(&mut self, record: Record, options: &Options) {
+        self.bytes += record.text.len();
+        self.kept.push_back(record);
+        while self.kept.len() > options.recent_broadcasts
+            || self.bytes > options.recent_broadcast_bytes
+        {
+            let Some(dropped) = self.kept.pop_front() else {
+                break;
+            };
+            self.bytes -= dropped.text.len();
+        }
+    }
+}
+
+struct Scan {
+    /// Bytes kept.
+    len: u64,
+    records: u64,
+    notice: Option<Notice>,
+}
+
+/// Reads one segment through, cutting a torn tail (last segment only) or,
+/// with repair, corruption; keeps the recent broadcasts in `recent`.
+fn scan_segment(
+    path: &Path,
+    base: u64,
+    next_base: Option<u64>,
+    options: &Options,
+    recent: &mut Recent,
+) -> Result<Scan, StoreError> {
+    let file = File::open(path).map_err(StoreError::io(path, "open"))?;
+    let end = file.metadata().map_err(StoreError::io(path, "stat"))?.len();
+    let last = next_base.is_none();
+    let room = next_base.map(|next| next - base);
+    let mut cursor = Cursor::new();
+    let mut records = 0;
+    let (cut_at, notice) = loop {
+        let step = cursor
+            .next(&file, end, last)
+            .map_err(StoreError::io(path, "read"))?;
+        match step {
+            Step::Record { offset, record } => {
+                if Some(records) == room {
+                    let damage = Damage::Overlap {
+                        next_base: base + records,
+                    };
+                    break corruption(path, offset, end, damage, options)?;
+                }
+                records += 1;
+                if record.dest == 0 && options.recent_broadcasts > 0 {
+                    recent.keep(record.to_record(), options);
+                }
+            }
+            Step::End => break (None, None),
+            Step::TornTail { offset, len } => {
+                let notice = Notice::TornTail {
+                    file: path.to_path_buf(),
+                    offset,
+                    dropped: len,
+                };
+                break (Some(offset), Some(notice));
+            }
+            Step::Corrupt { offset, damage } => {
+                break corruption(path, offset, end, damage, options)?;
+            }
+        }
+    };
+    let len = match cut_at {
+        Some(offset) => {
+            let cut = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(offset).and_then(|()| f.sync_all()));
+            cut.map_err(StoreError::io(path, "truncate"))?;
+            offset
+        }
+        None => end,
+    };
+    Ok(Scan {
+        len,
+        records,
+        notice,
+    })
+}
+
+/// Corruption at `offset`: an error, or with repair the place to cut.
+fn corruption(
+    path: &Path,
+    offset: u64,
+    end: u64,
+    damage: Damage,
+    options: &Options,
+) -> Result<(Option<u64>, Option<Notice>), StoreError> {
+    if !options.repair {
+        return Err(StoreError::Corrupt {
+            file: path.to_path_buf(),
+            offset,
+            damage,
+        });
+    }
+    let notice = Notice::Repaired {
+        file: path.to_path_buf(),
+        offset,
+        dropped: end - offset,
+        damage,
+    };
+    Ok((Some(offset), Some(notice)))
+}

@@ -1,0 +1,60 @@
+//! The durable message history: an append-only log of the messages the
+//! server accepted, in a directory of checksummed segment files (the format
+//! is drawn in HISTORY.md and lives in [`format`]).
+//!
+//! - [`Log::open`] takes the directory's lock, scans every segment, cuts a
+//!   torn tail, refuses (or, asked to, repairs) corruption, and hands back
+//!   what it found, including the last broadcasts for replay.
+//! - [`Writer`] moves the log to a thread of its own: the event loop only
+//!   appends to a memory buffer and hands it over once per turn, and the
+//!   thread writes, syncs (per [`Fsync`]) and says which records are
+//!   settled. Disk errors turn history off until a write succeeds again;
+//!   they never reach the loop.
+//! - [`Reader`] reads a log without the lock, safely while a server appends
+//!   to it, and can follow it.
+//!
+//! Nothing here touches sockets or the protocol's rules.
+
+pub mod format;
+mod log;
+mod reader;
+mod writer;
+
+pub use format::{MAX_TEXT_LEN, Record};
+pub use log::{Log, Notice, Opened, Options};
+pub use reader::{Entry, Item, Reader};
+pub use writer::{Fsync, Ticket, Writer};
+
+use std::io;
+use std::path::PathBuf;
+
+/// The name of the lock file in a history directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Why a history directory cannot be opened or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("{dir}: history directory in use by another server{holder} (lock file {LOCK_FILE})")]
+    Locked { dir: PathBuf, holder: String },
+    #[error(
+        "{file}: corrupt at offset {offset}: {damage} (--history-repair cuts the segment there)"
+    )]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        damage: format::Damage,
+    },
+}
+
+impl StoreError {
+    fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, op, source }
+    }
+}

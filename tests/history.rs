@@ -1,0 +1,1645 @@
+//! The durable history (`evchat::store`) and `evchat history`, against
+//! real files: recovery of torn and corrupt logs (every cut of the last
+//! record, a flipped bit, empty segments, foreign files), retention, the
+//! directory lock, the writer thread on a full disk, the reader on a live
+//! log, and the exact output of `evchat history`. Every wait is bounded by
+//! a deadline; none is a sleep.
+
+use crate::util::*;
+use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
+use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use evchat::store::format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
+use evchat::store::{
+    Fsync, Item, Log, Notice, Opened, Options, Reader, Record, StoreError, Ticket, Writer,
+};
+use proptest::prelude::*;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Instant;
+
+/// A fresh directory under the system's temporary directory, removed when
+/// dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path =
+            std::env::temp_dir().join(format!("evchat-test-history-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn segment(&self, base: u64) -> PathBuf {
+        self.0.join(format!("{base:020}.log"))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn record(time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> Record {
+    Record {
+        time_ms,
+        origin,
+        dest,
+        text: text.to_vec(),
+    }
+}
+
+/// `n` distinct records; every third is addressed to exhibitor 4096.
+fn records(n: usize) -> Vec<Record> {
+    (0..n)
+        .map(|i| {
+            let dest = if i % 3 == 2 { 4096 } else { 0 };
+            let text = format!("message number {i}");
+            record(
+                1_000_000 + i as u64,
+                1 + (i % 5) as u16,
+                dest,
+                text.as_bytes(),
+            )
+        })
+        .collect()
+}
+
+fn encode(records: &[Record]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for r in records {
+        encode_record(&mut bytes, r.time_ms, r.origin, r.dest, &r.text);
+    }
+    bytes
+}
+
+/// A segment file's bytes: the header, then `records`.
+fn segment_bytes(records: &[Record]) -> Vec<u8> {
+    let mut bytes = SEGMENT_MAGIC.to_vec();
+    bytes.extend(encode(records));
+    bytes
+}
+
+/// `Log::open`, waiting out a lock held only by a process another test is
+/// starting: between fork and exec a child holds copies of all of this
+/// process's descriptors, the log's lock file among them, and the lock is
+/// released only when the last copy closes (at the child's exec).
+fn open_log(dir: &Path, options: Options) -> Result<Opened, StoreError> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match Log::open(dir, options.clone()) {
+            Err(StoreError::Locked { .. }) if Instant::now() < deadline => std::thread::yield_now(),
+            result => return result,
+        }
+    }
+}
+
+fn big_log() -> Options {
+    Options::new(1 << 30)
+}
+
+/// Opens `dir`, appends `records` and closes it again.
+fn write_log(dir: &Path, records: &[Record]) {
+    let mut opened = open_log(dir, big_log()).unwrap();
+    opened.log.append(&encode(records), false).unwrap();
+    opened.log.sync().unwrap();
+}
+
+/// Every record a fresh reader finds, with numbers; fails on a gap, an
+/// incomplete tail or an error.
+fn read_all(dir: &Path) -> Vec<(u64, Record)> {
+    let mut reader = Reader::open(dir).unwrap();
+    let mut found = Vec::new();
+    while let Some(item) = reader.next_item().unwrap() {
+        match item {
+            Item::Record(entry) => found.push((entry.number, entry.record)),
+            gap => panic!("unexpected {gap:?}"),
+        }
+    }
+    assert_eq!(reader.incomplete_tail(), None);
+    found
+}
+
+fn numbered(records: &[Record], first: u64) -> Vec<(u64, Record)> {
+    (first..).zip(records.iter().cloned()).collect()
+}
+
+/// Where each record of a segment written by [`segment_bytes`] starts.
+fn record_offsets(records: &[Record]) -> Vec<u64> {
+    let mut at = SEGMENT_MAGIC.len() as u64;
+    records
+        .iter()
+        .map(|r| {
+            let start = at;
+            at += (RECORD_HEADER_LEN + 12 + r.text.len()) as u64;
+            start
+        })
+        .collect()
+}
+
+/// A writer whose settle notifications arrive on the returned channel.
+fn start_writer(log: Log, mode: Fsync) -> (Writer, Receiver<()>) {
+    let (tx, rx) = channel();
+    let notify = Box::new(move || {
+        let _ = tx.send(());
+    });
+    (Writer::start(log, mode, Some(notify)).unwrap(), rx)
+}
+
+/// Waits until `ticket` is settled; fails the test after [`TIMEOUT`].
+fn wait_settled(writer: &Writer, settled: &Receiver<()>, ticket: Ticket) {
+    let deadline = Instant::now() + TIMEOUT;
+    while writer.settled() <= ticket {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "ticket {ticket} not settled in {TIMEOUT:?}"
+        );
+        let _ = settled.recv_timeout(left);
+    }
+}
+
+/// Runs `evchat ARGS` to its end: exit code, stdout and stderr lines.
+fn evchat(args: &[&str]) -> (i32, Vec<String>, Vec<String>) {
+    let mut p = Proc::spawn("evchat", args);
+    let status = p.wait();
+    let out = p.stdout.rest();
+    let err = p.stderr.rest();
+    (status.code().expect("exit code"), out, err)
+}
+
+// ---- recovery ----------------------------------------------------------
+
+#[test]
+fn a_log_reopens_with_every_record_and_numbers_go_on() {
+    let dir = TempDir::new("reopen");
+    let all = records(7);
+    write_log(dir.path(), &all[..4]);
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!(opened.notices, vec![]);
+    assert_eq!(opened.records, 4);
+    assert_eq!(opened.log.next_record(), 4);
+    drop(opened);
+    write_log(dir.path(), &all[4..]);
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
+    let dir = TempDir::new("torn-every-byte");
+    let all = records(3);
+    let whole = segment_bytes(&all);
+    let last = record_offsets(&all)[2];
+    let path = dir.segment(0);
+    for cut in last + 1..whole.len() as u64 {
+        fs::write(&path, &whole[..cut as usize]).unwrap();
+        let opened = open_log(dir.path(), big_log()).unwrap();
+        let torn = Notice::TornTail {
+            file: path.clone(),
+            offset: last,
+            dropped: cut - last,
+        };
+        assert_eq!(opened.notices, vec![torn.clone()], "cut at {cut}");
+        assert_eq!(opened.records, 2, "cut at {cut}");
+        drop(opened);
+        assert_eq!(fs::metadata(&path).unwrap().len(), last, "cut at {cut}");
+        assert_eq!(read_all(dir.path()), numbered(&all[..2], 0), "cut at {cut}");
+        // Reopening finds nothing more to cut, and appending carries on
+        // where the last whole record ended.
+        let reopened = open_log(dir.path(), big_log()).unwrap();
+        assert_eq!(reopened.notices, vec![], "cut at {cut}");
+        drop(reopened);
+        write_log(dir.path(), &all[2..]);
+        assert_eq!(read_all(dir.path()), numbered(&all, 0), "cut at {cut}");
+    }
+    // The warning names the file, the offset and the bytes dropped.
+    let torn = Notice::TornTail {
+        file: path.clone(),
+        offset: last,
+        dropped: 5,
+    };
+    assert_eq!(
+        torn.to_string(),
+        format!(
+            "{}: torn tail at offset {last} (an interrupted write): cut 5 bytes, \
+             holding no whole record",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn damage_inside_the_last_record_is_cut_as_a_torn_tail() {
+    let dir = TempDir::new("torn-damaged");
+    let all = records(3);
+    let mut bytes = segment_bytes(&all);
+    let last = record_offsets(&all)[2];
+    let end = bytes.len() as u64;
+    bytes[end as usize - 3] ^= 0x10;
+    fs::write(dir.segment(0), &bytes).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!(
+        opened.notices,
+        vec![Notice::TornTail {
+            file: dir.segment(0),
+            offset: last,
+            dropped: end - last,
+        }]
+    );
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_stops_the_open_naming_file_and_offset() {
+    let dir = TempDir::new("flipped-bit");
+    let all = records(5);
+    let mut bytes = segment_bytes(&all);
+    let offsets = record_offsets(&all);
+    let bad = offsets[2];
+    bytes[bad as usize + 25] ^= 0x04;
+    let path = dir.segment(0);
+    fs::write(&path, &bytes).unwrap();
+
+    let err = open_log(dir.path(), big_log()).unwrap_err();
+    let StoreError::Corrupt { file, offset, .. } = &err else {
+        panic!("expected corruption, got {err}");
+    };
+    assert_eq!((file, *offset), (&path, bad));
+    let message = err.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "{}: corrupt at offset {bad}: checksum mismatch (stored ",
+            path.display()
+        )),
+        "{message}"
+    );
+    assert!(message.ends_with("(--history-repair cuts the segment there)"));
+    assert_eq!(fs::read(&path).unwrap(), bytes, "nothing may be cut");
+
+    // `evchat history` shows what comes before, then the same error.
+    let (code, out, err_lines) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(err_lines, vec![format!("evchat history: {message}")]);
+
+    // Repair cuts there, deliberately, and says so.
+    let mut repair = big_log();
+    repair.repair = true;
+    let opened = open_log(dir.path(), repair).unwrap();
+    assert_eq!(opened.notices.len(), 1);
+    let notice = opened.notices[0].to_string();
+    assert!(
+        notice.starts_with(&format!(
+            "{}: corrupt at offset {bad} (checksum mismatch",
+            path.display()
+        )) && notice.ends_with(&format!("): repair cut {} bytes", bytes.len() as u64 - bad)),
+        "{notice}"
+    );
+    assert_eq!(opened.records, 2);
+    drop(opened);
+    assert_eq!(read_all(dir.path()), numbered(&all[..2], 0));
+}
+
+#[test]
+fn a_bad_length_in_the_middle_is_corruption_not_a_torn_tail() {
+    // A length that claims more bytes than the file has would look like a
+    // write cut short, but whole records follow it.
+    let dir = TempDir::new("bad-length");
+    let all = records(4);
+    let mut bytes = segment_bytes(&all);
+    let bad = record_offsets(&all)[1] as usize;
+    bytes[bad + 6] = 0xff;
+    fs::write(dir.segment(0), &bytes).unwrap();
+    let err = open_log(dir.path(), big_log()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { offset, .. } if offset == bad as u64),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_short_segment_before_the_last_is_corruption_not_a_torn_tail() {
+    let dir = TempDir::new("short-sealed");
+    let all = records(4);
+    let first = segment_bytes(&all[..2]);
+    let cut = first.len() - 4;
+    fs::write(dir.segment(0), &first[..cut]).unwrap();
+    fs::write(dir.segment(2), segment_bytes(&all[2..])).unwrap();
+    let err = open_log(dir.path(), big_log()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: corrupt at offset {}: the segment ends inside a record \
+             (--history-repair cuts the segment there)",
+            dir.segment(0).display(),
+            record_offsets(&all)[1]
+        )
+    );
+}
+
+#[test]
+fn empty_segments_are_fine() {
+    let dir = TempDir::new("empty-segments");
+    let all = records(5);
+    // A crash right after a new segment was created: it has no header yet.
+    fs::write(dir.segment(0), segment_bytes(&all[..2])).unwrap();
+    fs::write(dir.segment(2), b"").unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!(opened.notices, vec![]);
+    assert_eq!(opened.log.next_record(), 2);
+    drop(opened);
+    assert_eq!(fs::read(dir.segment(2)).unwrap(), SEGMENT_MAGIC);
+    write_log(dir.path(), &all[2..3]);
+    // A segment holding only its header, before another.
+    fs::write(dir.segment(3), SEGMENT_MAGIC).unwrap();
+    fs::write(dir.segment(7), segment_bytes(&all[3..])).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!((opened.notices.clone(), opened.records), (vec![], 5));
+    drop(opened);
+    let mut reader = Reader::open(dir.path()).unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = reader.next_item().unwrap() {
+        items.push(match item {
+            Item::Record(entry) => format!("{}", entry.number),
+            Item::Gap { from, to } => format!("gap {from}..{to}"),
+        });
+    }
+    assert_eq!(items, ["0", "1", "2", "gap 3..7", "7", "8"]);
+}
+
+#[test]
+fn foreign_files_are_left_alone_with_a_warning() {
+    let dir = TempDir::new("foreign");
+    let all = records(2);
+    write_log(dir.path(), &all);
+    fs::write(dir.path().join("README.txt"), "notes").unwrap();
+    fs::write(dir.path().join("00000000000000000000.log.bak"), "old").unwrap();
+    fs::create_dir(dir.path().join("00000000000000000009.log")).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let foreign: Vec<String> = opened.notices.iter().map(|n| n.to_string()).collect();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    assert_eq!(
+        foreign,
+        [
+            format!(
+                "{}: not a history segment; ignored",
+                path("00000000000000000000.log.bak")
+            ),
+            format!(
+                "{}: not a history segment; ignored",
+                path("00000000000000000009.log")
+            ),
+            format!("{}: not a history segment; ignored", path("README.txt")),
+        ]
+    );
+    assert_eq!(opened.records, 2);
+    drop(opened);
+    assert_eq!(fs::read(dir.path().join("README.txt")).unwrap(), b"notes");
+    let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!((code, out.len()), (0, 2));
+    assert_eq!(
+        err,
+        foreign
+            .iter()
+            .map(|line| format!("evchat history: {line}"))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_second_writer_on_the_same_directory_is_refused() {
+    let dir = TempDir::new("lock");
+    let first = open_log(dir.path(), big_log()).unwrap();
+    let err = Log::open(dir.path(), big_log()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: history directory in use by another server (pid {}) (lock file LOCK)",
+            dir.path().display(),
+            std::process::id()
+        )
+    );
+    // Readers never take the lock.
+    assert_eq!(read_all(dir.path()), vec![]);
+    drop(first);
+    open_log(dir.path(), big_log()).expect("the lock goes with the log");
+}
+
+#[test]
+fn open_hands_back_the_last_broadcasts_oldest_first() {
+    let dir = TempDir::new("recent");
+    let all = records(10);
+    write_log(dir.path(), &all);
+    let mut options = big_log();
+    options.recent_broadcasts = 3;
+    let opened = open_log(dir.path(), options).unwrap();
+    let broadcasts: Vec<Record> = all.iter().filter(|r| r.dest == 0).cloned().collect();
+    assert_eq!(opened.recent_broadcasts, broadcasts[broadcasts.len() - 3..]);
+}
+
+// ---- retention ---------------------------------------------------------
+
+#[test]
+fn retention_deletes_the_oldest_segments_past_the_size_limit() {
+    let dir = TempDir::new("retention");
+    let options = Options {
+        max_bytes: 4096,
+        segment_bytes: 1024,
+        ..big_log()
+    };
+    let opened = open_log(dir.path(), options.clone()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let all = records(300);
+    let mut last = 0;
+    for chunk in all.chunks(7) {
+        for r in chunk {
+            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+        }
+        writer.submit();
+    }
+    wait_settled(&writer, &settled, last);
+    writer.close();
+
+    let mut sizes = Vec::new();
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if let Some(base) = name.strip_suffix(".log") {
+            bases.push(base.parse::<u64>().unwrap());
+            sizes.push(entry.metadata().unwrap().len());
+        }
+    }
+    bases.sort();
+    assert!(sizes.iter().sum::<u64>() <= options.max_bytes, "{sizes:?}");
+    assert!(
+        sizes.iter().all(|&s| s <= options.segment_bytes),
+        "{sizes:?}"
+    );
+    assert!(bases[0] > 0, "the oldest segment should be gone: {bases:?}");
+    let kept = read_all(dir.path());
+    assert_eq!(kept, numbered(&all[bases[0] as usize..], bases[0]));
+
+    // A lower limit at open applies at once, and says what it deleted.
+    let smaller = Options {
+        max_bytes: 2048,
+        ..options
+    };
+    let opened = open_log(dir.path(), smaller).unwrap();
+    assert!(!opened.notices.is_empty());
+    for notice in &opened.notices {
+        assert!(matches!(notice, Notice::Retired { .. }), "{notice}");
+    }
+    assert!(opened.log.total_bytes() <= 2048);
+}
+
+#[test]
+fn a_reader_behind_retention_reports_the_gap_and_reads_on() {
+    let dir = TempDir::new("retention-gap");
+    // One record per segment.
+    let options = Options {
+        max_bytes: 400,
+        segment_bytes: 1,
+        ..big_log()
+    };
+    let all = records(14);
+    let mut opened = open_log(dir.path(), options).unwrap();
+    opened.log.append(&encode(&all[..3]), false).unwrap();
+    let mut reader = Reader::open(dir.path()).unwrap();
+    let Some(Item::Record(first)) = reader.next_item().unwrap() else {
+        panic!("expected the first record");
+    };
+    assert_eq!(first.record, all[0]);
+    opened.log.append(&encode(&all[3..]), false).unwrap();
+    assert!(opened.log.retain().into_iter().all(|r| r.is_ok()));
+    assert!(
+        !dir.segment(0).exists(),
+        "retention should delete segment 0"
+    );
+    let oldest_kept = (0..14).find(|&b| dir.segment(b).exists()).unwrap();
+    assert!(oldest_kept > 1);
+    let mut rest = Vec::new();
+    while let Some(item) = reader.next_item().unwrap() {
+        rest.push(item);
+    }
+    assert_eq!(
+        rest[0],
+        Item::Gap {
+            from: 1,
+            to: oldest_kept
+        }
+    );
+    let numbers: Vec<u64> = rest[1..]
+        .iter()
+        .map(|item| match item {
+            Item::Record(entry) => entry.number,
+            gap => panic!("unexpected {gap:?}"),
+        })
+        .collect();
+    assert_eq!(numbers, (oldest_kept..14).collect::<Vec<_>>());
+}
+
+// ---- the writer thread --------------------------------------------------
+
+#[test]
+fn always_settles_a_batch_once_it_is_written_and_synced() {
+    let dir = TempDir::new("always");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::Always);
+    let all = records(50);
+    for (turn, chunk) in all.chunks(10).enumerate() {
+        let mut last = 0;
+        for r in chunk {
+            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+        }
+        assert_eq!(last, turn as u64 * 10 + 9);
+        writer.submit();
+        wait_settled(&writer, &settled, last);
+        // Settled under `always` means on disk: a reader sees all of it.
+        assert_eq!(read_all(dir.path()).len(), (turn + 1) * 10);
+    }
+    assert!(writer.is_keeping());
+    writer.close();
+    let reopened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!((reopened.notices.clone(), reopened.records), (vec![], 50));
+}
+
+#[test]
+fn everysec_and_no_keep_every_record_across_a_clean_close() {
+    for mode in [Fsync::EverySec, Fsync::No] {
+        let dir = TempDir::new(&format!("close-{mode}"));
+        let opened = open_log(dir.path(), big_log()).unwrap();
+        let (mut writer, settled) = start_writer(opened.log, mode);
+        let all = records(40);
+        let mut last = 0;
+        for r in &all {
+            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+            writer.submit();
+        }
+        wait_settled(&writer, &settled, last);
+        writer.close();
+        assert_eq!(read_all(dir.path()), numbered(&all, 0), "{mode}");
+    }
+}
+
+#[test]
+fn fsync_modes_read_as_the_server_flag_spells_them() {
+    assert_eq!("always".parse(), Ok(Fsync::Always));
+    assert_eq!("everysec".parse(), Ok(Fsync::EverySec));
+    assert_eq!("no".parse(), Ok(Fsync::No));
+    assert_eq!(
+        "sometimes".parse::<Fsync>(),
+        Err("'sometimes' is not one of always, everysec, no".to_string())
+    );
+    assert_eq!(Fsync::EverySec.to_string(), "everysec");
+}
+
+/// A child process killed if the test fails before reaping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The file-size limit the full-disk child runs under.
+const FULL_DISK_LIMIT: u64 = 16 * 1024;
+const FULL_DISK_ENV: &str = "EVCHAT_TEST_FULL_DISK_DIR";
+
+#[test]
+fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
+    // RLIMIT_FSIZE applies to the whole process, so the writer runs in a
+    // child: this test binary again, running only `full_disk_child`.
+    let dir = TempDir::new("full-disk");
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "history::full_disk_child",
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FULL_DISK_ENV, dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit and signal are async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = FULL_DISK_LIMIT;
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Past the limit a write fails with EFBIG instead of the
+            // signal ending the process.
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let out = Lines::new(child.0.stdout.take().unwrap(), "full-disk child stdout");
+    let err = Lines::new(child.0.stderr.take().unwrap(), "full-disk child stderr");
+    // Both end when the child exits (bounded by the harness's timeout).
+    let (out, err) = (out.rest(), err.rest());
+    let status = child.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "child failed: {status}\n{out:#?}\n{err:#?}"
+    );
+    assert!(
+        out.iter()
+            .any(|l| l.contains("test history::full_disk_child ... ok")),
+        "the child test did not run: {out:#?}"
+    );
+    let off = err
+        .iter()
+        .filter(|l| l.contains("history off: "))
+        .collect::<Vec<_>>();
+    assert_eq!(off.len(), 1, "one report when history goes off: {err:#?}");
+    assert!(
+        off[0].contains("File too large")
+            && off[0].contains("messages are still relayed but not kept until a write succeeds"),
+        "{}",
+        off[0]
+    );
+    let on = err
+        .iter()
+        .filter(|l| l.contains("history back on: "))
+        .collect::<Vec<_>>();
+    assert_eq!(on.len(), 1, "{err:#?}");
+    assert!(on[0].contains("messages were not kept"), "{}", on[0]);
+}
+
+/// Runs only as the child of the test above, under its file-size limit.
+#[test]
+#[ignore = "run by a_full_disk_turns_history_off_and_back_on_without_stalling"]
+fn full_disk_child() {
+    let dir = PathBuf::from(std::env::var_os(FULL_DISK_ENV).expect("run by its parent test"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let opened = open_log(&dir, big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::Always);
+    let text = [b'x'; 1000];
+    // One batch across the limit: the records it got out whole stay, the
+    // one cut short is cut off.
+    let mut last = 0;
+    for i in 0..20 {
+        last = writer.append(i, 1, 0, &text);
+    }
+    writer.submit();
+    wait_settled(&writer, &settled, last);
+    assert!(!writer.is_keeping());
+    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64) / (RECORD_HEADER_LEN as u64 + 1012);
+    assert_eq!(read_all(&dir).len() as u64, whole);
+    // Each new message tries again, fails, and is settled all the same.
+    for i in 20..30 {
+        let ticket = writer.append(i, 1, 0, &text);
+        writer.submit();
+        wait_settled(&writer, &settled, ticket);
+        assert!(!writer.is_keeping());
+    }
+    let kept = whole;
+    // Room again: the next write succeeds and history is back on.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let ticket = writer.append(99, 2, 0, b"after");
+    writer.submit();
+    wait_settled(&writer, &settled, ticket);
+    assert!(writer.is_keeping());
+    writer.close();
+    // The failed writes left no partial record behind.
+    let opened = open_log(&dir, big_log()).unwrap();
+    assert_eq!(opened.notices, vec![]);
+    assert_eq!(opened.records, kept + 1);
+    drop(opened);
+    let found = read_all(&dir);
+    assert_eq!(found.last().unwrap().1, record(99, 2, 0, b"after"));
+    assert!(found[..kept as usize].iter().all(|(_, r)| r.text == text));
+}
+
+// ---- reading a live log --------------------------------------------------
+
+#[test]
+fn a_reader_follows_a_live_log_across_segments_and_partial_writes() {
+    let dir = TempDir::new("live");
+    let options = Options {
+        max_bytes: 1 << 30,
+        segment_bytes: 8 * 1024,
+        ..big_log()
+    };
+    let opened = open_log(dir.path(), options).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let all = records(3000);
+    let mut rng = Rng(0x5eed);
+    let mut reader = Reader::open(dir.path()).unwrap();
+    let mut found = Vec::new();
+    let mut sent = 0;
+    let deadline = Instant::now() + TIMEOUT;
+    while found.len() < all.len() {
+        assert!(Instant::now() < deadline, "read {} records", found.len());
+        if sent < all.len() {
+            let n = (1 + rng.next() % 40) as usize;
+            for r in &all[sent..(sent + n).min(all.len())] {
+                writer.append(r.time_ms, r.origin, r.dest, &r.text);
+            }
+            sent = (sent + n).min(all.len());
+            writer.submit();
+        } else {
+            wait_settled(&writer, &settled, all.len() as u64 - 1);
+        }
+        while let Some(item) = reader.next_item().unwrap() {
+            let Item::Record(entry) = item else {
+                panic!("unexpected {item:?}");
+            };
+            found.push((entry.number, entry.record));
+        }
+    }
+    assert_eq!(found, numbered(&all, 0));
+    assert!(
+        fs::read_dir(dir.path()).unwrap().count() > 10,
+        "too few segments"
+    );
+    writer.close();
+}
+
+#[test]
+fn a_reader_waits_at_a_record_still_being_written() {
+    let dir = TempDir::new("partial");
+    let all = records(2);
+    let mut opened = open_log(dir.path(), big_log()).unwrap();
+    opened.log.append(&encode(&all[..1]), false).unwrap();
+    let mut reader = Reader::open(dir.path()).unwrap();
+    assert!(matches!(reader.next_item().unwrap(), Some(Item::Record(_))));
+    assert_eq!(reader.next_item().unwrap(), None);
+    assert_eq!(reader.incomplete_tail(), None);
+
+    let second = encode(&all[1..]);
+    let offset = record_offsets(&all)[1];
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(dir.segment(0))
+        .unwrap();
+    for split in [3, 20] {
+        file.write_all(&second[..split]).unwrap();
+        assert_eq!(reader.next_item().unwrap(), None);
+        let tail = reader.incomplete_tail().expect("an incomplete tail");
+        assert_eq!((tail.offset, tail.len), (offset, split as u64));
+        file.set_len(offset).unwrap();
+    }
+    file.write_all(&second).unwrap();
+    let Some(Item::Record(entry)) = reader.next_item().unwrap() else {
+        panic!("expected the completed record");
+    };
+    assert_eq!((entry.number, entry.record), (1, all[1].clone()));
+}
+
+// ---- evchat history --------------------------------------------------------
+
+/// Three messages as a server would have logged them.
+fn sample_log(dir: &Path) {
+    write_log(
+        dir,
+        &[
+            record(1_764_596_702_123, 1, 0, b"hello everyone"),
+            record(1_764_596_703_000, 2, 4096, b"Oi, \"tudo\" bem?\n"),
+            record(1_764_596_704_500, 1, 0, b"tab\there \x1b[31m\xff"),
+        ],
+    );
+}
+
+#[test]
+fn history_prints_each_message_as_the_exhibitor_shows_it_with_time_and_ids() {
+    let dir = TempDir::new("cli-text");
+    sample_log(dir.path());
+    let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!((code, err), (0, Vec::<String>::new()));
+    assert_eq!(
+        out,
+        [
+            r"2025-12-01T13:45:02.123Z Message from 1 to all: hello everyone",
+            r#"2025-12-01T13:45:03.000Z Message from 2 to 4096: Oi, "tudo" bem?\n"#,
+            r"2025-12-01T13:45:04.500Z Message from 1 to all: tab\there \x1b[31m\xff",
+        ]
+    );
+}
+
+#[test]
+fn history_json_gives_utf8_text_or_base64() {
+    let dir = TempDir::new("cli-json");
+    sample_log(dir.path());
+    let (code, out, _) = evchat(&["history", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        [
+            r#"{"record":0,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"origin":1,"dest":0,"text":"hello everyone"}"#,
+            r#"{"record":1,"time":"2025-12-01T13:45:03.000Z","time_ms":1764596703000,"origin":2,"dest":4096,"text":"Oi, \"tudo\" bem?\n"}"#,
+            r#"{"record":2,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"origin":1,"dest":0,"text_base64":"dGFiCWhlcmUgG1szMW3/"}"#,
+        ]
+    );
+}
+
+#[test]
+fn history_filters_by_time_origin_and_destination() {
+    let dir = TempDir::new("cli-filters");
+    sample_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let times = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["history", d];
+        all.extend_from_slice(args);
+        let (code, out, err) = evchat(&all);
+        assert_eq!((code, err), (0, Vec::<String>::new()), "{args:?}");
+        out.iter().map(|l| l[17..23].to_string()).collect()
+    };
+    assert_eq!(times(&["--from", "1"]), ["02.123", "04.500"]);
+    assert_eq!(times(&["--to", "4096"]), ["03.000"]);
+    assert_eq!(times(&["--to", "0"]), ["02.123", "04.500"]);
+    assert_eq!(
+        times(&["--since", "2025-12-01T13:45:03Z"]),
+        ["03.000", "04.500"]
+    );
+    assert_eq!(
+        times(&["--since", "2025-12-01T13:45:03.001Z", "--from", "1"]),
+        ["04.500"]
+    );
+    assert_eq!(times(&["--since", "2025-12-02"]), Vec::<String>::new());
+    let (code, out, err) = evchat(&["history", d, "--since", "soon"]);
+    assert_eq!((code, out), (2, vec![]));
+    assert!(err[0].contains("'soon' is not a time"), "{err:?}");
+}
+
+#[test]
+fn history_warns_of_an_incomplete_tail_and_shows_the_rest() {
+    let dir = TempDir::new("cli-torn");
+    let all = records(3);
+    let whole = segment_bytes(&all);
+    fs::write(dir.segment(0), &whole[..whole.len() - 4]).unwrap();
+    let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!((code, out.len()), (0, 2));
+    let offset = record_offsets(&all)[2];
+    let len = whole.len() as u64 - 4 - offset;
+    assert_eq!(
+        err,
+        [format!(
+            "evchat history: {}: the last {len} bytes (from offset {offset}) are not a whole \
+             record: a write in progress, or what a crash left (the server cuts it when it \
+             next starts)",
+            dir.segment(0).display()
+        )]
+    );
+    // Reading changed nothing.
+    assert_eq!(fs::read(dir.segment(0)).unwrap(), &whole[..whole.len() - 4]);
+}
+
+#[test]
+fn history_of_a_missing_directory_is_one_clear_error() {
+    let dir = TempDir::new("cli-missing");
+    let missing = dir.path().join("nope");
+    let (code, out, err) = evchat(&["history", missing.to_str().unwrap()]);
+    assert_eq!((code, out), (1, vec![]));
+    assert_eq!(
+        err,
+        [format!(
+            "evchat history: {}: read directory: No such file or directory (os error 2)",
+            missing.display()
+        )]
+    );
+    assert!(!missing.exists(), "reading must not create the directory");
+}
+
+#[test]
+fn history_follow_prints_new_messages_as_they_are_stored() {
+    let dir = TempDir::new("cli-follow");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let t = writer.append(1_764_596_702_123, 1, 0, b"before");
+    writer.submit();
+    wait_settled(&writer, &settled, t);
+    let follower = Proc::spawn(
+        "evchat",
+        &[
+            "history",
+            dir.path().to_str().unwrap(),
+            "--follow",
+            "--to",
+            "0",
+        ],
+    );
+    follower
+        .stdout
+        .expect_line("2025-12-01T13:45:02.123Z Message from 1 to all: before");
+    writer.append(1_764_596_703_000, 2, 4096, b"not for all");
+    writer.append(1_764_596_704_000, 3, 0, b"after");
+    writer.submit();
+    follower
+        .stdout
+        .expect_line("2025-12-01T13:45:04.000Z Message from 3 to all: after");
+    writer.close();
+}
+
+// ---- the server with --history -------------------------------------------
+
+fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &str) -> Frame {
+    Frame::msg(origin, dest, seq, text.as_bytes().to_vec()).unwrap()
+}
+
+fn ok(origin: ClientId, dest: ClientId, seq: u16) -> Frame {
+    Frame::bare(Kind::Ok, origin, dest, seq)
+}
+
+/// The `text` fields of `evchat history DIR --json` (texts with no quote
+/// or escape in them), checking it ran cleanly.
+fn logged_texts(dir: &Path) -> Vec<String> {
+    let (code, out, err) = evchat(&["history", dir.to_str().unwrap(), "--json"]);
+    assert_eq!((code, err), (0, Vec::<String>::new()));
+    out.iter()
+        .map(|line| {
+            let start = line.find(r#""text":""#).expect("a text field") + 8;
+            let len = line[start..].find('"').expect("a closing quote");
+            line[start..start + len].to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn without_history_a_late_exhibitor_gets_nothing_of_the_past() {
+    let server = Server::start(&[]);
+    let mut a = server.raw();
+    let a_id = a.identify_exhibitor();
+    let mut e = server.raw();
+    let e_id = e.identify_emitter(1);
+    e.send_frame(&msg(e_id, 0, 1, "to all"));
+    let got = a.expect_frame();
+    a.send_frame(&ok(a_id, e_id, got.seq));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
+    let mut b = server.raw();
+    b.identify_exhibitor();
+    b.expect_silence();
+}
+
+#[test]
+fn a_late_exhibitor_gets_the_last_broadcasts_oldest_first_and_no_unicast() {
+    let dir = TempDir::new("replay");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--replay", "3"]);
+    let mut a = server.raw();
+    let a_id = a.identify_exhibitor();
+    let mut e = server.raw();
+    let e_id = e.identify_emitter(1);
+    let sent = [
+        (0, "b0"),
+        (a_id, "u1"),
+        (0, "b1"),
+        (0, "b2"),
+        (a_id, "u2"),
+        (0, "b3"),
+    ];
+    for (seq, (dest, text)) in (1..).zip(sent) {
+        e.send_frame(&msg(e_id, dest, seq, text));
+        assert_eq!(a.expect_frame(), msg(e_id, dest, seq, text));
+        a.send_frame(&ok(a_id, e_id, seq));
+        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+    }
+    let mut b = server.raw();
+    let b_id = b.identify_exhibitor();
+    // The server's own numbers, from 0, like its CLISTs and FLW.
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 0, "b1"));
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 1, "b2"));
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 2, "b3"));
+    b.expect_silence();
+    // Its acks are absorbed in order: the next live broadcast's ack is the
+    // one that settles the emitter's request.
+    for seq in 0..3 {
+        b.send_frame(&ok(b_id, e_id, seq));
+    }
+    e.send_frame(&msg(e_id, 0, 7, "live"));
+    assert_eq!(a.expect_frame(), msg(e_id, 0, 7, "live"));
+    a.send_frame(&ok(a_id, e_id, 7));
+    e.expect_silence();
+    assert_eq!(b.expect_frame(), msg(e_id, 0, 7, "live"));
+    b.send_frame(&ok(b_id, e_id, 7));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 7));
+    // Every accepted MSG is in the log, unicasts too.
+    let mut texts = logged_texts(dir.path());
+    texts.sort();
+    assert_eq!(texts, ["b0", "b1", "b2", "b3", "live", "u1", "u2"]);
+}
+
+#[test]
+fn a_replayed_exhibitor_that_never_acks_is_cut_by_the_ack_timeout() {
+    let dir = TempDir::new("replay-timeout");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--ack-timeout", "0.3"]);
+    let mut a = server.raw();
+    let a_id = a.identify_exhibitor();
+    let mut e = server.raw();
+    let e_id = e.identify_emitter(1);
+    e.send_frame(&msg(e_id, 0, 1, "hello"));
+    a.expect_frame();
+    a.send_frame(&ok(a_id, e_id, 1));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
+    let mut silent = server.raw();
+    silent.identify_exhibitor();
+    assert_eq!(silent.expect_frame(), msg(e_id, 0, 0, "hello"));
+    silent.expect_closed();
+}
+
+#[test]
+fn broadcasts_are_replayed_after_a_restart_and_the_exhibitor_shows_them() {
+    let dir = TempDir::new("restart");
+    let d = dir.path().to_str().unwrap();
+    {
+        let mut server = Server::start(&["--history", d]);
+        let (ex, ex_id) = server.exhibitor();
+        let (mut em, _) = server.emitter(None);
+        em.input(&format!("(0) before the restart\n({ex_id}) just for you\n"));
+        em.stdout.expect_line("delivered #1");
+        em.stdout.expect_line("delivered #2");
+        ex.stdout
+            .expect_line("Message from 1 to all: before the restart");
+        ex.stdout.expect_line("Message from 1: just for you");
+        server.proc.signal(libc::SIGINT);
+        assert!(server.proc.wait().success());
+    }
+    let server = Server::start(&["--history", d]);
+    let (late, _) = server.exhibitor();
+    late.stdout
+        .expect_line("Message from 1 to all: before the restart");
+    assert_eq!(late.stdout.next_within(QUIET), None);
+}
+
+#[test]
+fn a_second_server_on_the_same_history_is_refused() {
+    let dir = TempDir::new("server-lock");
+    let d = dir.path().to_str().unwrap();
+    let first = Server::start(&["--history", d]);
+    let mut second = Proc::spawn("server", &["0", "--bind", "127.0.0.1", "--history", d]);
+    assert_eq!(second.wait().code(), Some(1));
+    assert_eq!(second.stdout.rest(), Vec::<String>::new());
+    let want = format!(
+        "server: history: {d}: history directory in use by another server (pid {}) \
+         (lock file LOCK)",
+        first.proc.pid()
+    );
+    let errors = second.stderr.rest();
+    assert!(errors.contains(&want), "{errors:#?}");
+}
+
+#[test]
+fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
+    let dir = TempDir::new("server-recovery");
+    let d = dir.path().to_str().unwrap();
+    let all = records(3);
+    let whole = segment_bytes(&all);
+    let last = record_offsets(&all)[2];
+    fs::write(dir.segment(0), &whole[..whole.len() - 2]).unwrap();
+    let server = Server::start(&["--history", d]);
+    let want = format!(
+        "history: {}: torn tail at offset {last} (an interrupted write): cut {} bytes, \
+         holding no whole record",
+        dir.segment(0).display(),
+        whole.len() as u64 - 2 - last
+    );
+    let line = wait_for_line(&server.proc.stderr, "torn tail");
+    assert!(line.contains("WARN") && line.ends_with(&want), "{line}");
+    drop(server);
+
+    let mut damaged = segment_bytes(&all);
+    let bad = record_offsets(&all)[1];
+    damaged[bad as usize + 21] ^= 1;
+    fs::write(dir.segment(0), &damaged).unwrap();
+    let mut refused = Proc::spawn("server", &["0", "--bind", "127.0.0.1", "--history", d]);
+    assert_eq!(refused.wait().code(), Some(1));
+    let errors = refused.stderr.rest();
+    let prefix = format!(
+        "server: history: {}: corrupt at offset {bad}: checksum mismatch",
+        dir.segment(0).display()
+    );
+    assert!(errors.iter().any(|l| l.starts_with(&prefix)), "{errors:#?}");
+    assert_eq!(fs::read(dir.segment(0)).unwrap(), damaged);
+
+    let repaired = Server::start(&["--history", d, "--history-repair"]);
+    let line = wait_for_line(&repaired.proc.stderr, "repair cut");
+    assert!(
+        line.contains(&format!("corrupt at offset {bad} (checksum")),
+        "{line}"
+    );
+    assert!(line.ends_with(&format!(
+        "): repair cut {} bytes",
+        damaged.len() as u64 - bad
+    )));
+    drop(repaired);
+    assert_eq!(read_all(dir.path()), numbered(&all[..1], 0));
+}
+
+/// Emitters streaming broadcasts, one request in flight each, until the
+/// connection breaks; each OK'd text goes to the channel.
+fn stream_broadcasts(addr: std::net::SocketAddr, tx: std::sync::mpsc::Sender<String>) {
+    use bytes::BytesMut;
+    use std::io::Read;
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let mut buf = BytesMut::new();
+    let mut next_frame = |stream: &mut std::net::TcpStream| -> Option<Frame> {
+        loop {
+            if let Ok(Some(frame)) = Frame::decode(&mut buf) {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    if stream
+        .write_all(&Frame::bare(Kind::Oi, 1, SERVER_ID, 0).to_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let Some(welcome) = next_frame(&mut stream) else {
+        return;
+    };
+    let id = welcome.dest;
+    for seq in 1u16.. {
+        let text = format!("{id}-{seq}");
+        if stream
+            .write_all(&msg(id, 0, seq, &text).to_bytes())
+            .is_err()
+        {
+            return;
+        }
+        match next_frame(&mut stream) {
+            Some(reply) if reply.kind == Kind::Ok && reply.seq == seq => {
+                if tx.send(text).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Kills the server with SIGKILL while three emitters stream to an
+/// exhibitor; returns every text an emitter got an OK for.
+fn kill_while_streaming(server: &Server) -> Vec<String> {
+    let (ex, _) = server.exhibitor();
+    let (tx, rx) = channel();
+    let emitters: Vec<_> = (0..3)
+        .map(|_| {
+            let tx = tx.clone();
+            let addr = server.addr;
+            std::thread::spawn(move || stream_broadcasts(addr, tx))
+        })
+        .collect();
+    drop(tx);
+    let mut oked = Vec::new();
+    while oked.len() < 300 {
+        oked.push(rx.recv_timeout(TIMEOUT).expect("emitters stalled"));
+    }
+    server.proc.signal(libc::SIGKILL);
+    // The emitters stop at the broken connection; their last OKs count.
+    while let Ok(text) = rx.recv_timeout(TIMEOUT) {
+        oked.push(text);
+    }
+    for emitter in emitters {
+        emitter.join().unwrap();
+    }
+    drop(ex);
+    oked
+}
+
+#[test]
+fn after_sigkill_under_fsync_always_every_oked_message_is_in_the_log() {
+    let dir = TempDir::new("crash-always");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--fsync", "always"]);
+    let oked = kill_while_streaming(&server);
+    drop(server);
+    let logged: std::collections::HashSet<String> = logged_texts(dir.path()).into_iter().collect();
+    let missing: Vec<&String> = oked.iter().filter(|t| !logged.contains(*t)).collect();
+    assert!(missing.is_empty(), "OK'd but not logged: {missing:?}");
+    // The log reopens: a torn tail is cut with a warning, nothing else.
+    let restarted = Server::start(&["--history", d]);
+    while let Some(line) = restarted.proc.stderr.next_within(QUIET) {
+        assert!(
+            !line.contains("WARN")
+                || !line.contains("history: ")
+                || line.contains(": torn tail at offset "),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn after_sigkill_under_fsync_everysec_the_log_reopens_and_says_what_it_cut() {
+    let dir = TempDir::new("crash-everysec");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--fsync", "everysec"]);
+    let oked = kill_while_streaming(&server);
+    drop(server);
+    // A killed process loses nothing the kernel already took: every write
+    // of the writer thread is in the page cache.
+    let segment_len = fs::metadata(dir.segment(0)).unwrap().len();
+    let restarted = Server::start(&["--history", d]);
+    let mut cut = 0;
+    while let Some(line) = restarted.proc.stderr.next_within(QUIET) {
+        assert!(!line.contains("corrupt"), "{line}");
+        if let Some((_, report)) = line.split_once(": torn tail at offset ") {
+            let bytes: u64 = report
+                .split(" cut ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .expect(&line);
+            cut += bytes;
+        }
+    }
+    drop(restarted);
+    let logged: std::collections::HashSet<String> = logged_texts(dir.path()).into_iter().collect();
+    assert_eq!(
+        fs::metadata(dir.segment(0)).unwrap().len(),
+        segment_len - cut
+    );
+    let missing: Vec<&String> = oked.iter().filter(|t| !logged.contains(*t)).collect();
+    assert!(missing.is_empty(), "OK'd but not logged: {missing:?}");
+}
+
+#[test]
+fn a_full_disk_never_stops_the_relay_and_history_comes_back() {
+    let dir = TempDir::new("server-full-disk");
+    let d = dir.path().to_str().unwrap();
+    let mut command = Command::new(bin("server"));
+    command
+        .args([
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--history",
+            d,
+            "--fsync",
+            "always",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: FULL_DISK_LIMIT,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let pid = child.0.id() as i32;
+    let out = Lines::new(child.0.stdout.take().unwrap(), "server stdout");
+    let err = Lines::new(child.0.stderr.take().unwrap(), "server stderr");
+    let addr: std::net::SocketAddr = out
+        .expect()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut a = Raw::connect(addr);
+    let a_id = a.identify_exhibitor();
+    let mut e = Raw::connect(addr);
+    let e_id = e.identify_emitter(1);
+    let text = "x".repeat(1000);
+    let mut send = |seq: u16, text: &str| {
+        e.send_frame(&msg(e_id, 0, seq, text));
+        assert_eq!(a.expect_frame().seq, seq);
+        a.send_frame(&ok(a_id, e_id, seq));
+        // Under `always` the OK waits for the writer: it must come even
+        // when the write fails.
+        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+    };
+    for seq in 1..=30 {
+        send(seq, &text);
+    }
+    let off = wait_for_line(&err, "history off: ");
+    assert!(off.contains("File too large"), "{off}");
+    // Room again (the limit raised from outside): the next write succeeds.
+    let raised = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit on our own child, reading nothing back.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &raised, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    send(31, "after");
+    let on = wait_for_line(&err, "history back on: ");
+    assert!(on.contains("messages were not kept"), "{on}");
+    let texts = logged_texts(dir.path());
+    assert_eq!(texts.last().map(String::as_str), Some("after"));
+    assert!(texts.len() > 5 && texts.len() < 30, "{} kept", texts.len());
+}
+
+/// The first line of `lines` containing `part` (bounded by the harness's
+/// timeout per line).
+fn wait_for_line(lines: &Lines, part: &str) -> String {
+    loop {
+        let line = lines.expect();
+        if line.contains(part) {
+            return line;
+        }
+    }
+}
+
+// ---- the router's side: held replies and replay -----------------------------
+
+/// An outbox that numbers the MSGs the router accepts, as the server's does
+/// with history on.
+#[derive(Default)]
+struct Keeper {
+    sent: Vec<(ConnId, Frame)>,
+    accepted: Vec<Frame>,
+}
+
+impl Outbox for Keeper {
+    fn send(&mut self, to: ConnId, frame: &Frame) {
+        self.sent.push((to, frame.clone()));
+    }
+    fn close(&mut self, _: ConnId, _: ClientId, _: CloseReason) {}
+    fn resume_input(&mut self, _: ConnId) {}
+    fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
+        self.accepted.push(msg.to_frame());
+        Some(self.accepted.len() as u64 - 1)
+    }
+}
+
+struct Scene {
+    router: Router,
+    out: Keeper,
+    now: Instant,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        Scene {
+            router: Router::new(Limits::default()),
+            out: Keeper::default(),
+            now: Instant::now(),
+        }
+    }
+
+    /// Feeds a frame; returns what was sent.
+    fn feed(&mut self, conn: ConnId, frame: Frame) -> Vec<(ConnId, Frame)> {
+        self.router.on_frame(conn, frame, self.now, &mut self.out);
+        std::mem::take(&mut self.out.sent)
+    }
+
+    fn join(&mut self, conn: ConnId, origin: ClientId) -> Vec<(ConnId, Frame)> {
+        self.router.connected(conn, self.now);
+        self.feed(conn, Frame::bare(Kind::Oi, origin, SERVER_ID, 0))
+    }
+
+    fn durable(&mut self, settled: u64) -> Vec<(ConnId, Frame)> {
+        self.router.durable(settled, self.now, &mut self.out);
+        std::mem::take(&mut self.out.sent)
+    }
+}
+
+#[test]
+fn router_holds_a_msg_reply_until_its_record_is_settled() {
+    let mut s = Scene::new();
+    s.join(0, 0); // exhibitor 4096
+    s.join(1, 1); // emitter 1
+    assert_eq!(s.feed(1, msg(1, 0, 1, "hi")), [(0, msg(1, 0, 1, "hi"))]);
+    assert_eq!(s.out.accepted, [msg(1, 0, 1, "hi")]);
+    assert_eq!(s.feed(0, ok(4096, 1, 1)), [], "the record is not settled");
+    assert_eq!(s.durable(1), [(1, ok(SERVER_ID, 1, 1))]);
+    // Nothing to deliver, or a CREQ: not accepted, answered at once.
+    assert_eq!(
+        s.feed(1, msg(1, 4999, 2, "nobody")),
+        [(1, Frame::bare(Kind::Erro, SERVER_ID, 1, 2))]
+    );
+    s.feed(1, Frame::bare(Kind::Creq, 1, 0, 3));
+    assert_eq!(s.out.accepted.len(), 1);
+}
+
+#[test]
+fn router_releases_held_replies_in_request_order() {
+    let mut s = Scene::new();
+    s.join(0, 0);
+    s.join(1, 1);
+    s.feed(1, msg(1, 4096, 1, "one"));
+    s.feed(1, msg(1, 0, 2, "two"));
+    s.feed(0, ok(4096, 1, 1));
+    s.feed(0, Frame::bare(Kind::Erro, 4096, 1, 2));
+    assert_eq!(s.durable(1), [(1, ok(SERVER_ID, 1, 1))]);
+    assert_eq!(s.durable(1), []);
+    assert_eq!(
+        s.durable(2),
+        [(1, Frame::bare(Kind::Erro, SERVER_ID, 1, 2))]
+    );
+}
+
+#[test]
+fn router_replay_keeps_only_what_fits_its_byte_cap() {
+    let mut s = Scene::new();
+    let old = |text: &'static str| (1, bytes::Bytes::from_static(text.as_bytes()));
+    s.router.set_replay(
+        10,
+        10,
+        [old("12345"), old("6789"), old("abcde"), old("toolongtofit")],
+    );
+    assert_eq!(s.join(0, 0).len(), 1, "nothing fits after the too-long one");
+    s.join(1, 1);
+    s.feed(1, msg(1, 0, 1, "12345"));
+    s.feed(0, ok(4096, 1, 1));
+    s.feed(1, msg(1, 0, 2, "678"));
+    s.feed(0, ok(4096, 1, 2));
+    s.feed(1, msg(1, 0, 3, "abc"));
+    let late = s.join(2, 0);
+    assert_eq!(
+        late[1..],
+        [(2, msg(1, 0, 0, "678")), (2, msg(1, 0, 1, "abc"))],
+        "5 + 3 + 3 bytes pass the cap of 10: the oldest goes"
+    );
+}
+
+#[test]
+fn router_replays_the_last_broadcasts_and_absorbs_their_acks() {
+    let mut s = Scene::new();
+    s.router
+        .set_replay(2, 1000, [(7, bytes::Bytes::from_static(b"from before"))]);
+    let joined = s.join(0, 0);
+    assert_eq!(
+        joined,
+        [
+            (0, ok(SERVER_ID, 4096, 0)),
+            (0, msg(7, 0, 0, "from before"))
+        ]
+    );
+    s.feed(0, ok(4096, 7, 0));
+    s.join(1, 1);
+    for (seq, dest, text) in [(1, 0, "b1"), (2, 4096, "private"), (3, 0, "b2")] {
+        s.feed(1, msg(1, dest, seq, text));
+        s.feed(0, ok(4096, 1, seq));
+    }
+    // Two kept (the oldest fell out), the unicast never.
+    let late = s.join(2, 0);
+    assert_eq!(
+        late,
+        [
+            (2, ok(SERVER_ID, 4097, 0)),
+            (2, msg(1, 0, 0, "b1")),
+            (2, msg(1, 0, 1, "b2"))
+        ]
+    );
+    // A live broadcast before the replays are acknowledged: the first two
+    // acks are the replays', absorbed; the third settles the live one.
+    s.feed(1, msg(1, 0, 4, "live"));
+    s.feed(0, ok(4096, 1, 4));
+    let earlier: Vec<_> = (1..=3).map(|seq| (1, ok(SERVER_ID, 1, seq))).collect();
+    assert_eq!(s.durable(4), earlier);
+    assert_eq!(s.feed(2, ok(4097, 1, 0)), []);
+    assert_eq!(s.feed(2, ok(4097, 1, 1)), []);
+    assert_eq!(s.feed(2, ok(4097, 1, 4)), [(1, ok(SERVER_ID, 1, 4))]);
+    s.router.check_invariants().unwrap();
+}
+
+// ---- properties ------------------------------------------------------------
+
+/// Segment files in `dir` by base, with their lengths.
+fn segment_files(dir: &Path) -> Vec<(u64, PathBuf, u64)> {
+    let mut found: Vec<(u64, PathBuf, u64)> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().ok()?;
+            let base = name.strip_suffix(".log")?.parse().ok()?;
+            Some((base, entry.path(), entry.metadata().unwrap().len()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn arbitrary_records() -> impl Strategy<Value = Vec<Record>> {
+    proptest::collection::vec(
+        (
+            any::<u64>(),
+            any::<u16>(),
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(time_ms, origin, dest, text)| Record {
+                time_ms,
+                origin,
+                dest,
+                text,
+            }),
+        1..40,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever the segment size and however the records are batched, a
+    /// reopened log holds them all, numbered in order, in segments no
+    /// longer than the bound (or holding one record alone).
+    #[test]
+    fn records_survive_rolls_and_reopening(
+        all in arbitrary_records(),
+        segment_bytes in 1u64..3000,
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..5),
+    ) {
+        let dir = TempDir::new("prop-roll");
+        let options = Options { segment_bytes, ..big_log() };
+        let mut opened = open_log(dir.path(), options.clone()).unwrap();
+        let mut bounds: Vec<usize> = cuts.iter().map(|i| i.index(all.len())).collect();
+        bounds.push(all.len());
+        bounds.sort();
+        let mut from = 0;
+        for to in bounds {
+            opened.log.append(&encode(&all[from..to]), false).unwrap();
+            from = to;
+        }
+        drop(opened);
+        let reopened = open_log(dir.path(), options).unwrap();
+        prop_assert_eq!(reopened.notices.clone(), vec![]);
+        prop_assert_eq!(reopened.records, all.len() as u64);
+        drop(reopened);
+        prop_assert_eq!(read_all(dir.path()), numbered(&all, 0));
+        let longest = all.iter().map(|r| r.text.len() as u64 + 20).max().unwrap();
+        for (_, path, len) in segment_files(dir.path()) {
+            prop_assert!(len <= segment_bytes.max(8 + longest), "{}: {len}", path.display());
+        }
+    }
+
+    /// Cut anywhere in the last segment: reopening keeps exactly the whole
+    /// records before the cut and reports the rest as a torn tail.
+    #[test]
+    fn any_cut_of_the_last_segment_keeps_the_whole_records_before_it(
+        all in arbitrary_records(),
+        segment_bytes in 200u64..2000,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let dir = TempDir::new("prop-cut");
+        let options = Options { segment_bytes, ..big_log() };
+        let mut opened = open_log(dir.path(), options.clone()).unwrap();
+        opened.log.append(&encode(&all), false).unwrap();
+        drop(opened);
+        let segments = segment_files(dir.path());
+        let (last_base, last_path, last_len) = segments.last().unwrap().clone();
+        let cut_at = cut.index(last_len as usize + 1) as u64;
+        fs::OpenOptions::new().write(true).open(&last_path).unwrap().set_len(cut_at).unwrap();
+        // The whole records of the last segment that end by the cut.
+        let mut end = SEGMENT_MAGIC.len() as u64;
+        let mut kept = last_base as usize;
+        while kept < all.len() && end + 20 + all[kept].text.len() as u64 <= cut_at {
+            end += 20 + all[kept].text.len() as u64;
+            kept += 1;
+        }
+        let reopened = open_log(dir.path(), options).unwrap();
+        let torn_from = if cut_at < SEGMENT_MAGIC.len() as u64 { 0 } else { end };
+        let expected = if cut_at == torn_from {
+            vec![]
+        } else {
+            vec![Notice::TornTail { file: last_path.clone(), offset: torn_from, dropped: cut_at - torn_from }]
+        };
+        prop_assert_eq!(reopened.notices.clone(), expected);
+        drop(reopened);
+        prop_assert_eq!(read_all(dir.path()), numbered(&all[..kept], 0));
+    }
+}
