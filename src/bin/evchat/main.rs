@@ -12,7 +12,14 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "evchat tools: chat, check a server, read history")]
+#[command(
+    version,
+    about = "evchat tools: chat, check a server, read history",
+    after_help = "Examples:\n  \
+evchat chat 127.0.0.1:5000              chat in this terminal\n  \
+evchat check 127.0.0.1:5000             check a server of the protocol, rule by rule\n  \
+evchat history /var/lib/evchat --json   a server's history (server --history DIR)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
