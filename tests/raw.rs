@@ -11,47 +11,6 @@ use std::time::{Duration, Instant};
 /// The server's id, short.
 const S: ClientId = SERVER_ID;
 
-// ---- hand-made frames ------------------------------------------------------
-
-/// A header with a raw type field (for unknown types).
-fn raw_hdr(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
-    [kind, origin, dest, seq]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect()
-}
-
-/// A frame with no body: OK, ERRO, OI, FLW, CREQ.
-fn hdr(kind: Kind, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
-    raw_hdr(kind as u16, origin, dest, seq)
-}
-
-fn msg(origin: u16, dest: u16, seq: u16, text: &[u8]) -> Vec<u8> {
-    let mut bytes = hdr(Kind::Msg, origin, dest, seq);
-    bytes.extend_from_slice(&(text.len() as u16).to_be_bytes());
-    bytes.extend_from_slice(text);
-    bytes
-}
-
-fn clist(origin: u16, dest: u16, seq: u16, ids: &[u16]) -> Vec<u8> {
-    let mut bytes = hdr(Kind::Clist, origin, dest, seq);
-    bytes.extend_from_slice(&(ids.len() as u16).to_be_bytes());
-    for id in ids {
-        bytes.extend_from_slice(&id.to_be_bytes());
-    }
-    bytes
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let shown: Vec<String> = bytes.iter().take(64).map(|b| format!("{b:02x}")).collect();
-    let more = if bytes.len() > 64 {
-        format!(" … ({} bytes)", bytes.len())
-    } else {
-        String::new()
-    };
-    format!("{}{more}", shown.join(" "))
-}
-
 // ---- connection helpers ----------------------------------------------------
 
 /// Reads exactly `want.len()` bytes and asserts they are `want`.

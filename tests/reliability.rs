@@ -27,31 +27,6 @@ use std::time::{Duration, Instant};
 /// The server's id, short.
 const S: ClientId = SERVER_ID;
 
-// ---- frames ------------------------------------------------------------------
-
-/// The 8-byte header alone: a whole frame for OK, ERRO, OI, FLW and CREQ,
-/// the start of one for MSG and CLIST.
-fn hdr(kind: Kind, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
-    [kind as u16, origin, dest, seq]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect()
-}
-
-fn msg(origin: u16, dest: u16, seq: u16, text: &[u8]) -> Vec<u8> {
-    Frame::msg(origin, dest, seq, text.to_vec())
-        .expect("text fits")
-        .to_bytes()
-        .to_vec()
-}
-
-fn clist(origin: u16, dest: u16, seq: u16, ids: &[u16]) -> Vec<u8> {
-    Frame::clist(origin, dest, seq, ids.to_vec())
-        .expect("list fits")
-        .to_bytes()
-        .to_vec()
-}
-
 // ---- a client connection that never panics on its own -----------------------------
 
 /// What a bounded read found.

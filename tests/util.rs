@@ -11,6 +11,9 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+#[path = "frames.rs"]
+mod frames;
+pub use frames::*;
 #[path = "raw_client.rs"]
 mod raw_client;
 pub use raw_client::{QUIET, Raw, TIMEOUT};

@@ -14,35 +14,6 @@ use std::time::{Duration, Instant};
 /// The server's id, short.
 const S: ClientId = SERVER_ID;
 
-// ---- hand-made protocol frames ----------------------------------------------
-
-fn raw_hdr(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
-    [kind, origin, dest, seq]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect()
-}
-
-fn hdr(kind: Kind, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
-    raw_hdr(kind as u16, origin, dest, seq)
-}
-
-fn msg(origin: u16, dest: u16, seq: u16, text: &[u8]) -> Vec<u8> {
-    let mut bytes = hdr(Kind::Msg, origin, dest, seq);
-    bytes.extend_from_slice(&(text.len() as u16).to_be_bytes());
-    bytes.extend_from_slice(text);
-    bytes
-}
-
-fn clist(origin: u16, dest: u16, seq: u16, ids: &[u16]) -> Vec<u8> {
-    let mut bytes = hdr(Kind::Clist, origin, dest, seq);
-    bytes.extend_from_slice(&(ids.len() as u16).to_be_bytes());
-    for id in ids {
-        bytes.extend_from_slice(&id.to_be_bytes());
-    }
-    bytes
-}
-
 // ---- clients -------------------------------------------------------------------
 
 fn expect_exact(raw: &mut Raw, want: &[u8]) {

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use super::frames::hex;
 use super::raw_client::{QUIET, TIMEOUT};
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use std::io::{ErrorKind, Read, Write};
@@ -427,14 +428,4 @@ pub fn read_to_end_within(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
             Err(e) => panic!("read: {e}"),
         }
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    let shown: Vec<String> = bytes.iter().take(64).map(|b| format!("{b:02x}")).collect();
-    let more = if bytes.len() > 64 {
-        format!(" … ({} bytes)", bytes.len())
-    } else {
-        String::new()
-    };
-    format!("{}{more}", shown.join(" "))
 }

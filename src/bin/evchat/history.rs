@@ -155,7 +155,7 @@ fn json_line(line: &mut String, entry: &Entry) {
     match std::str::from_utf8(&record.text) {
         Ok(text) => {
             line.push_str("\"text\":");
-            json_string(line, text);
+            evchat::cli::json_string(line, text);
         }
         Err(_) => {
             line.push_str("\"text_base64\":\"");
@@ -164,26 +164,6 @@ fn json_line(line: &mut String, entry: &Entry) {
         }
     }
     line.push('}');
-}
-
-/// A JSON string literal (RFC 8259): quotes, backslashes and control
-/// characters escaped, everything else as it is.
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// Standard base64 (RFC 4648), with padding.
@@ -388,13 +368,6 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
-    }
-
-    #[test]
-    fn json_strings_escape_what_rfc_8259_requires() {
-        let mut out = String::new();
-        json_string(&mut out, "a\"b\\c\n\u{1}é\u{7f}");
-        assert_eq!(out, "\"a\\\"b\\\\c\\n\\u0001é\u{7f}\"");
     }
 
     #[test]
