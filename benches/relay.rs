@@ -7,7 +7,10 @@
 //! 3.1.1 (QoS 0 or 1), each spoken by a few dozen lines of hand-written
 //! protocol code over plain sockets. The `*-ws` targets speak the same
 //! protocols over WebSocket (evchat's `/ws`, nats-server's and Mosquitto's
-//! WebSocket listeners), framed by hand in `ws.rs`.
+//! WebSocket listeners), framed by hand in `ws.rs`. Two durable targets
+//! stand beside evchat's `--history`: Redis Streams (`XADD` / `XREAD`,
+//! `streams.rs`) and NATS JetStream (publish with ack, `nats.rs`); how the
+//! server is made durable is the compare script's business, not theirs.
 //!
 //! Every payload starts with a 16-byte head — send time in nanoseconds since
 //! this process's clock base, publisher index, publisher sequence number —
@@ -49,6 +52,8 @@ mod redis;
 mod report;
 #[path = "relay/setup.rs"]
 mod setup;
+#[path = "relay/streams.rs"]
+mod streams;
 #[path = "relay/sys.rs"]
 mod sys;
 #[path = "relay/ws.rs"]
@@ -95,6 +100,13 @@ pub enum Target {
     /// MQTT 3.1.1 at QoS 1 over Mosquitto's WebSocket listener.
     #[value(name = "mqtt1-ws")]
     Mqtt1Ws,
+    /// Redis Streams: pipelined XADD (its reply is the ack), XREAD consumers.
+    #[value(name = "redis-streams")]
+    RedisStreams,
+    /// NATS JetStream: PUB with a reply inbox (the PubAck is the ack), core
+    /// subscribers on the stream's subject.
+    #[value(name = "jetstream")]
+    JetStream,
 }
 
 impl Target {
@@ -111,6 +123,8 @@ impl Target {
             Target::NatsVerboseWs => "nats-verbose-ws",
             Target::Mqtt0Ws => "mqtt0-ws",
             Target::Mqtt1Ws => "mqtt1-ws",
+            Target::RedisStreams => "redis-streams",
+            Target::JetStream => "jetstream",
         }
     }
 
@@ -159,7 +173,7 @@ pub const HEAD_LEN: usize = 16;
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Relay load generator: evchat vs Redis, NATS and MQTT on loopback, over TCP or WebSocket"
+    about = "Relay load generator: evchat vs Redis, NATS and MQTT on loopback, over TCP or WebSocket, durable or not"
 )]
 pub struct Args {
     /// Server to drive
@@ -283,6 +297,16 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
         ));
     }
     if args.idle > 0 {
+        if matches!(target, Target::RedisStreams | Target::JetStream) {
+            return Err(format!(
+                "--idle measures pub/sub connections; use the plain {} target",
+                if target == Target::JetStream {
+                    "nats"
+                } else {
+                    "redis"
+                }
+            ));
+        }
         if args.idle > MAX_CONNS {
             return Err(format!("--idle is at most {MAX_CONNS}"));
         }

@@ -16,12 +16,24 @@
 # (Mosquitto's `protocol websockets` listener). Ratio columns are printed for
 # evchat/redis, evchat/nats, evchat-ws/nats-ws and evchat-ws/evchat (the cost
 # of WebSocket framing) wherever both targets ran.
+# Durable (each run in a fresh data directory under $OUT, on the disk the
+# repository is on, removed after the run): evchat-hist-always,
+# evchat-hist-everysec, evchat-hist-no (evchat with `--history DIR --fsync
+# MODE`, driven exactly as `evchat`); redis-streams-everysec and
+# redis-streams-always (Redis Streams, XADD and XREAD, with `appendonly yes`
+# and that appendfsync); jetstream (NATS JetStream, file storage, publish with
+# ack). Ratio columns for these carry the goals of the durable history:
+# evchat-hist-everysec/evchat (>= 0.8), evchat-hist-everysec/redis-streams-everysec,
+# evchat-hist-always/redis-streams-always and evchat-hist-always/jetstream (>= 2).
+# The idle workload is not run for redis-streams-* and jetstream.
 # evchat-baseline: the evchat server built from git revision $EVCHAT_BASELINE
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
 # to the server is measured against the code before it in the same run.
 #
 # Usage: scripts/bench-compare.sh
 #   TARGETS=evchat-ws,nats-ws WORKLOADS=u32,b100,b1000,idle scripts/bench-compare.sh
+#   TARGETS=evchat,evchat-hist-no,evchat-hist-everysec,evchat-hist-always,redis-streams-everysec,redis-streams-always,jetstream \
+#     WORKLOADS=u32,b100 scripts/bench-compare.sh
 # Environment (all optional):
 #   REPS=5 DURATION=10 WARMUP=2     repetitions, seconds counted, seconds of warm-up
 #   STEAL_RETRIES=3                 times a run is repeated when the hypervisor
@@ -57,6 +69,7 @@ die() { printf 'bench-compare: %s\n' "$*" >&2; exit 1; }
 # Only one server runs at a time, and the load generator runs in the
 # foreground (it stops by itself): the server is all there is to stop.
 SRV_PID=""
+SRV_DATA="" # a durable target's data directory, removed with its server
 cleanup() {
   if [ -n "$SRV_PID" ]; then
     kill "$SRV_PID" 2>/dev/null || true
@@ -64,6 +77,7 @@ cleanup() {
     kill -9 "$SRV_PID" 2>/dev/null || true
     wait "$SRV_PID" 2>/dev/null || true
   fi
+  if [ -n "$SRV_DATA" ]; then rm -rf "$SRV_DATA"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -96,14 +110,14 @@ stop_packaged_services() {
 
 NATS_BIN=""
 need_nats() {
-  case " $TARGETS " in *" nats "* | *" nats-verbose "* | *" nats-ws "* | *" nats-verbose-ws "*) return 0 ;; esac
+  case " $TARGETS " in *" nats "* | *" nats-verbose "* | *" nats-ws "* | *" nats-verbose-ws "* | *" jetstream "*) return 0 ;; esac
   return 1
 }
 need_mqtt() {
   case " $TARGETS " in *" mqtt0 "* | *" mqtt1 "* | *" mqtt0-ws "* | *" mqtt1-ws "*) return 0 ;; esac
   return 1
 }
-need_redis() { case " $TARGETS " in *" redis "*) return 0 ;; esac; return 1; }
+need_redis() { case " $TARGETS " in *" redis "* | *" redis-streams-"*) return 0 ;; esac; return 1; }
 
 drop_targets() { # drop_targets NAME... : removes them from TARGETS
   local t out=""
@@ -154,7 +168,7 @@ install_servers() {
     [ -n "$NATS_BIN" ] || { [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server; } || true
     if [ -z "$NATS_BIN" ]; then
       say "SKIPPING NATS: nats-server is neither in Debian's packages nor installable from PyPI here"
-      drop_targets nats nats-verbose nats-ws nats-verbose-ws
+      drop_targets nats nats-verbose nats-ws nats-verbose-ws jetstream
     fi
   fi
   REDIS_BIN=$(command -v redis-server || echo /usr/bin/redis-server)
@@ -194,20 +208,35 @@ build_baseline() {
 }
 
 # ---------------------------------------------------------------- one server
-# start_server TARGET: sets SRV_PID and SRV_PORT.
+# start_server TARGET: sets SRV_PID and SRV_PORT (and SRV_DATA for a durable one).
 start_server() {
-  local target=$1 dir="$RUN_DIR" bin=$EVCHAT_BIN
+  local target=$1 dir="$RUN_DIR" bin=$EVCHAT_BIN history=()
   case $target in
-    evchat | evchat-ws | evchat-baseline)
+    evchat-hist-* | redis-streams-* | jetstream)
+      # Fresh per run, on the repository's disk: /tmp may be a tmpfs, where
+      # fsync costs nothing and the durable figures would mean nothing.
+      case $RUN_DIR in
+        /*) SRV_DATA=$(mktemp -d "$RUN_DIR/data-XXXXXX") ;;
+        *) SRV_DATA=$(mktemp -d "$PWD/$RUN_DIR/data-XXXXXX") ;;
+      esac
+      ;;
+  esac
+  case $target in
+    evchat | evchat-ws | evchat-baseline | evchat-hist-*)
       # One port for both transports: evchat-ws upgrades on /ws.
       [ "$target" = evchat-baseline ] && bin=$BASELINE_BIN
+      case $target in evchat-hist-*)
+        # The log's other settings keep their defaults (replay 50: nothing
+        # to replay in a fresh directory; 1 GiB retention).
+        history=(--history "$SRV_DATA/history" --fsync "${target#evchat-hist-}")
+      esac
       # The redirection below truncates in the background child: without this,
       # the wait loop could read the previous run's port before it does.
       rm -f "$dir/evchat.out"
       # Window 1024 fits the default --max-inflight; the generous queue lets a
       # 32 KiB-payload window sit in one exhibitor's output without a cut-off.
       taskset -c "$SERVER_CPU" "$bin" 0 --bind 127.0.0.1 -q \
-        --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) \
+        --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) "${history[@]}" \
         >"$dir/evchat.out" 2>"$dir/evchat.err" &
       SRV_PID=$!
       local i
@@ -227,7 +256,21 @@ start_server() {
         --loglevel warning >"$dir/redis.log" 2>&1 &
       SRV_PID=$!
       ;;
-    nats | nats-verbose | nats-ws | nats-verbose-ws)
+    redis-streams-*)
+      # The append-only file with the chosen fsync policy, and nothing else
+      # touching the disk: no RDB snapshots, and no AOF rewrite (a forked
+      # child on the server's own pinned core, compacting what evchat's log
+      # never compacts). Consumers are ordinary clients: no output limit.
+      SRV_PORT=$("$LOADGEN" --free-port)
+      taskset -c "$SERVER_CPU" "$REDIS_BIN" --port "$SRV_PORT" --bind 127.0.0.1 \
+        --dir "$SRV_DATA" --save '' --appendonly yes \
+        --appendfsync "${target#redis-streams-}" --auto-aof-rewrite-percentage 0 \
+        --protected-mode no --daemonize no --maxclients 16000 \
+        --client-output-buffer-limit 'normal 0 0 0' \
+        --loglevel warning >"$dir/redis.log" 2>&1 &
+      SRV_PID=$!
+      ;;
+    nats | nats-verbose | nats-ws | nats-verbose-ws | jetstream)
       SRV_PORT=$("$LOADGEN" --free-port)
       cat >"$dir/nats.conf" <<EOF
 listen: 127.0.0.1:$SRV_PORT
@@ -235,6 +278,15 @@ max_pending: 268435456
 write_deadline: "30s"
 max_connections: 65536
 EOF
+      if [ "$target" = jetstream ]; then
+        # File storage. nats-server 2.9 has no per-write fsync setting (it
+        # rejects sync_interval): its store syncs on a timer of its own.
+        cat >>"$dir/nats.conf" <<EOF
+jetstream {
+  store_dir: "$SRV_DATA"
+}
+EOF
+      fi
       case $target in *-ws)
         # The WebSocket listener has a port of its own; the load goes there.
         # nats-server needs no subprotocol and compresses only when asked.
@@ -307,6 +359,10 @@ stop_server() {
   kill -9 "$SRV_PID" 2>/dev/null || true
   wait "$SRV_PID" 2>/dev/null || true
   SRV_PID=""
+  if [ -n "$SRV_DATA" ]; then
+    rm -rf "$SRV_DATA"
+    SRV_DATA=""
+  fi
 }
 
 # ---------------------------------------------------------------- workloads
@@ -326,8 +382,13 @@ workload_args() {
 run_one() { # run_one WORKLOAD REP TARGET
   local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3
   if [ "$w" = idle ]; then dur=2; warm=0; fi
-  # The baseline server speaks what evchat speaks; its results are renamed.
-  [ "$t" = evchat-baseline ] && gen_target=evchat
+  # The baseline and history servers speak what evchat speaks, and each
+  # durable Redis setup what the generator's redis-streams target speaks;
+  # the results are renamed.
+  case $t in
+    evchat-baseline | evchat-hist-*) gen_target=evchat ;;
+    redis-streams-*) gen_target=redis-streams ;;
+  esac
   for attempt in $(seq $((STEAL_RETRIES + 1))); do
     rc=0
     start_server "$t"
@@ -391,6 +452,8 @@ say "server on CPU $SERVER_CPU, load generator on CPU $LOADGEN_CPU; raw results 
 for w in $WORKLOADS; do
   for rep in $(seq "$REPS"); do
     for t in $TARGETS; do
+      # Idle connections to a stream server would measure its pub/sub side.
+      case $w/$t in idle/redis-streams-* | idle/jetstream) continue ;; esac
       run_one "$w" "$rep" "$t"
     done
   done
@@ -446,10 +509,17 @@ def errors(w, t):
 
 present = {r["workload"] for r in runs}
 head = ["workload", "figure"] + targets
-RATIOS = [("evchat", "redis"), ("evchat", "nats"), ("evchat-ws", "nats-ws"),
-          ("evchat-ws", "evchat"), ("evchat", "evchat-baseline")]
-ratio_cols = [(a, b) for a, b in RATIOS if a in targets and b in targets]
-head += [f"{a}/{b}" for a, b in ratio_cols]
+# (numerator, denominator, goal): a goal is printed in the column's head.
+RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "nats-ws", None),
+          ("evchat-ws", "evchat", None), ("evchat", "evchat-baseline", None),
+          ("evchat-hist-no", "evchat", None), ("evchat-hist-everysec", "evchat", "0.8"),
+          ("evchat-hist-always", "evchat", None),
+          ("evchat-hist-everysec", "redis-streams-everysec", "2"),
+          ("evchat-hist-always", "redis-streams-always", "2"),
+          ("evchat-hist-always", "jetstream", "2")]
+ratio_cols = [(a, b) for a, b, _ in RATIOS if a in targets and b in targets]
+head += [f"{a}/{b}" + (f" (goal >= {g})" if g else "")
+         for a, b, g in RATIOS if a in targets and b in targets]
 rows = []
 for w, title, figures in WORKLOADS:
     if w not in present:

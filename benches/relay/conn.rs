@@ -26,8 +26,15 @@ pub struct Session {
     pub dest: u16,
     /// evchat: sequence number of the last frame sent; MQTT QoS 1: last packet id.
     pub seq: u16,
-    /// Redis/NATS/MQTT: the bytes that precede every payload this publisher sends.
+    /// Redis/NATS/MQTT: the bytes that precede every payload this publisher
+    /// sends; a Redis Streams consumer: its XREAD up to the id argument.
     pub prefix: Vec<u8>,
+    /// Redis Streams consumer: entries of the current XREAD reply still to
+    /// parse (0: between replies).
+    pub left: u32,
+    /// Redis Streams consumer: the id of the last entry read, where the next
+    /// XREAD starts (capacity kept, so updating it never allocates).
+    pub last_id: Vec<u8>,
 }
 
 impl Session {
@@ -38,6 +45,8 @@ impl Session {
             dest: 0,
             seq: 0,
             prefix: Vec::new(),
+            left: 0,
+            last_id: Vec::new(),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::report::{Latency, Outcome};
 use crate::setup::Plan;
 use crate::sys::{self, Ticker};
 use crate::ws::{self, WsConn};
-use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, redis};
+use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, redis, streams};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read};
@@ -81,7 +81,11 @@ impl Driver {
             .collect();
         let (gate_delivery, gate_replies) = match plan.target.plain() {
             Target::Evchat => (false, true),
-            Target::Redis | Target::NatsVerbose | Target::Mqtt1 => (true, true),
+            Target::Redis
+            | Target::NatsVerbose
+            | Target::Mqtt1
+            | Target::RedisStreams
+            | Target::JetStream => (true, true),
             Target::Nats | Target::Mqtt0 => (true, false),
             t => unreachable!("{t:?} is not a plain target"),
         };
@@ -422,7 +426,10 @@ fn parse(
     match target {
         Target::Evchat => evchat::parse(session, input, out, ctx),
         Target::Redis => redis::parse(session, input, ctx),
-        Target::Nats | Target::NatsVerbose => nats::parse(session, input, out, ctx),
+        Target::RedisStreams => streams::parse(session, input, out, ctx),
+        Target::Nats | Target::NatsVerbose | Target::JetStream => {
+            nats::parse(session, input, out, ctx)
+        }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::parse(session, input, out, ctx),
         Target::EvchatWs => ws::parse(ws, input, out, ctx, |inner, sink, ctx| {
             evchat::parse(session, inner, sink, ctx)
@@ -450,8 +457,10 @@ fn encode(
 ) {
     match target {
         Target::Evchat => evchat::encode(session, head, pad, out),
-        Target::Redis => redis::encode(session, head, pad, out),
-        Target::Nats | Target::NatsVerbose => nats::encode(session, head, pad, out),
+        Target::Redis | Target::RedisStreams => redis::encode(session, head, pad, out),
+        Target::Nats | Target::NatsVerbose | Target::JetStream => {
+            nats::encode(session, head, pad, out)
+        }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::encode(session, head, pad, out),
         Target::EvchatWs => ws::encode(ws, out, |sink| evchat::encode(session, head, pad, sink)),
         Target::NatsWs | Target::NatsVerboseWs => {

@@ -11,6 +11,8 @@
 //! | nats, mqtt0 | delivery to every subscriber (no acknowledgement exists) |
 //! | nats-verbose | delivery to every subscriber, and the `+OK` |
 //! | mqtt1 | delivery to every subscriber (each PUBACKs it), and the broker's PUBACK |
+//! | redis-streams | delivery (the entry in a consumer's XREAD reply) to every consumer, and XADD's reply |
+//! | jetstream | delivery to every core subscriber of the subject, and the PubAck |
 //! | `*-ws` | the same as the target's plain TCP twin |
 //!
 //! Deliveries are matched to messages through the payload head (publisher,

@@ -9,6 +9,14 @@
 //! ← PING\r\n  → PONG\r\n                 the server's keep-alive
 //! ```
 //!
+//! JetStream (`jetstream`) is the same protocol plus a reply subject: a
+//! publisher subscribes to an inbox of its own, creates the stream over its
+//! subject with a request to `$JS.API.STREAM.CREATE.<name>`, and publishes
+//! `PUB <subject> <inbox> <S>`; the stream stores each message and answers
+//! on the inbox with a PubAck, `{"stream":..,"seq":..}` (or `{"error":..}`),
+//! so a MSG on a publisher's connection is always an acknowledgement.
+//! Subscribers keep a core subscription to the subject.
+//!
 //! Over WebSocket (`nats-ws`, nats-server's `websocket` listener) the same
 //! text travels in binary messages; the server treats them as a byte stream
 //! and packs several protocol lines into one message (or splits one), so
@@ -70,6 +78,71 @@ pub fn publish_prefix(subject: &str, size: usize) -> Vec<u8> {
     format!("PUB {subject} {size}\r\n").into_bytes()
 }
 
+/// Everything a JetStream publish (a PUB whose reply subject is `inbox`,
+/// where the PubAck comes back) of `size` payload bytes puts before the payload.
+pub fn publish_prefix_acked(subject: &str, inbox: &str, size: usize) -> Vec<u8> {
+    format!("PUB {subject} {inbox} {size}\r\n").into_bytes()
+}
+
+/// Creates JetStream stream `name` over `subject` in file storage, with the
+/// answer sent to `inbox` (which this connection must already subscribe
+/// to). Its byte limit matches evchat's default `--history-max-bytes` (the
+/// oldest messages go first past it). Returns the bytes after the answer.
+pub fn create_stream(
+    stream: &mut (impl Read + Write),
+    name: &str,
+    subject: &str,
+    inbox: &str,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let config = format!(
+        "{{\"name\":\"{name}\",\"subjects\":[\"{subject}\"],\"storage\":\"file\",\
+         \"retention\":\"limits\",\"discard\":\"old\",\"max_bytes\":1073741824,\
+         \"num_replicas\":1}}"
+    );
+    let request = format!(
+        "PUB $JS.API.STREAM.CREATE.{name} {inbox} {}\r\n{config}\r\n",
+        config.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("JetStream stream create: {e}"))?;
+    loop {
+        let n = read_until(stream, &mut buf, |b| Ok(line_end(b, 0).map(|end| end + 2)))?;
+        let line = buf[..n - 2].to_vec();
+        if line.starts_with(b"MSG ") {
+            let size = msg_size(&line)?;
+            read_until(stream, &mut buf, |b| {
+                Ok((b.len() >= n + size + 2).then_some(n + size + 2))
+            })?;
+            let answer = String::from_utf8_lossy(&buf[n..n + size]).into_owned();
+            buf.drain(..n + size + 2);
+            if answer.contains("\"error\"") {
+                return Err(format!(
+                    "JetStream refused to create stream {name}: {answer}"
+                ));
+            }
+            return Ok(buf);
+        }
+        buf.drain(..n);
+        if line.starts_with(b"-ERR") {
+            return Err(format!("NATS: {}", String::from_utf8_lossy(&line)));
+        }
+        if line == b"PING" {
+            stream
+                .write_all(b"PONG\r\n")
+                .map_err(|e| format!("PONG: {e}"))?;
+        }
+        // +OK, PONG, INFO updates: nothing to do.
+    }
+}
+
+/// Whether a PubAck reports a failure.
+#[inline]
+fn refused(ack: &[u8]) -> bool {
+    ack.windows(7).any(|w| w == b"\"error\"")
+}
+
 /// Appends one PUB.
 #[inline]
 pub fn encode(s: &Session, head: &[u8], pad: &[u8], out: &mut impl Sink) {
@@ -112,7 +185,11 @@ pub fn parse(
             if input.len() < stop + 2 {
                 break;
             }
-            ctx.delivered(&input[start..stop]);
+            match s.role {
+                // Publishers subscribe to nothing but their JetStream inbox.
+                Role::Pub(p) => ctx.replied(p, !refused(&input[start..stop])),
+                Role::Sub => ctx.delivered(&input[start..stop]),
+            }
             pos = stop + 2;
             continue;
         }

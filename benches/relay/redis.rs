@@ -23,7 +23,7 @@ pub fn publish_prefix(channel: &str, size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Appends one PUBLISH.
+/// Appends one PUBLISH (with `streams::xadd_prefix`, one XADD).
 #[inline]
 pub fn encode(s: &Session, head: &[u8], pad: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&s.prefix);
@@ -67,7 +67,7 @@ pub fn line_end(buf: &[u8], from: usize) -> Option<usize> {
 
 /// The decimal number in `digits` (an optional minus sign first).
 #[inline]
-fn number(digits: &[u8]) -> Result<i64, String> {
+pub fn number(digits: &[u8]) -> Result<i64, String> {
     let (neg, digits) = match digits.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, digits),
@@ -88,7 +88,7 @@ fn number(digits: &[u8]) -> Result<i64, String> {
 /// One bulk string or integer at `pos`: its bytes' range and where the next
 /// item starts; `None` while incomplete.
 #[inline]
-fn item(buf: &[u8], pos: usize) -> Result<Option<(Range<usize>, usize)>, String> {
+pub fn item(buf: &[u8], pos: usize) -> Result<Option<(Range<usize>, usize)>, String> {
     let Some(end) = line_end(buf, pos) else {
         return Ok(None);
     };

@@ -9,7 +9,7 @@
 
 use crate::conn::{Conn, Role, Session};
 use crate::ws::{self, Masker, WsConn, WsStream};
-use crate::{Args, Mode, Target, evchat, mqtt, nats, redis};
+use crate::{Args, Mode, Target, evchat, mqtt, nats, redis, streams};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -227,7 +227,8 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                 rest
             }
             Target::Redis => redis::subscribe(&mut stream, &plan.channel(i))?,
-            Target::Nats | Target::NatsVerbose => {
+            Target::RedisStreams => streams::consume(&mut stream, &plan.channel(i), &mut session)?,
+            Target::Nats | Target::NatsVerbose | Target::JetStream => {
                 nats::connect(&mut stream, false, Some(&plan.channel(i)))?
             }
             Target::Mqtt0 | Target::Mqtt1 => {
@@ -259,9 +260,25 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                 session.prefix = redis::publish_prefix(&channel, plan.size);
                 Vec::new()
             }
+            Target::RedisStreams => {
+                session.prefix = streams::xadd_prefix(&channel, plan.size);
+                Vec::new()
+            }
             Target::Nats | Target::NatsVerbose => {
                 session.prefix = nats::publish_prefix(&channel, plan.size);
                 nats::connect(&mut stream, target == Target::NatsVerbose, None)?
+            }
+            Target::JetStream => {
+                let inbox = format!("_INBOX.relay.p{i}");
+                session.prefix = nats::publish_prefix_acked(&channel, &inbox, plan.size);
+                let rest = nats::connect(&mut stream, false, Some(&inbox))?;
+                // One stream per subject: each pair's, or the one broadcast subject.
+                if plan.mode == Mode::Unicast || i == 0 {
+                    let name = format!("relay_{channel}");
+                    nats::create_stream(&mut stream, &name, &channel, &inbox, rest)?
+                } else {
+                    rest
+                }
             }
             Target::Mqtt0 | Target::Mqtt1 => {
                 let qos = u8::from(target == Target::Mqtt1);
