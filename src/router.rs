@@ -9,8 +9,8 @@
 //! Every rule here is numbered as in PROTOCOL.md.
 
 use crate::proto::{
-    ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, Header, Kind, SERVER_ID, SeqCounter,
-    is_emitter_id, is_exhibitor_id,
+    ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID,
+    SeqCounter, is_emitter_id, is_exhibitor_id,
 };
 use bytes::Bytes;
 use std::collections::{BTreeSet, VecDeque};
@@ -243,6 +243,12 @@ impl Directory {
     }
 }
 
+/// What a replayed MSG takes in an exhibitor's output besides its text:
+/// the header and count, and up to 10 bytes of transport framing. Regression
+/// (review): counted as text alone, thousands of short broadcasts passed the
+/// replay cap and got every new exhibitor cut off as a slow consumer.
+pub const REPLAY_FRAMING: usize = HEADER_LEN + 2 + 10;
+
 /// The routing state of one server.
 pub struct Router {
     limits: Limits,
@@ -258,12 +264,13 @@ pub struct Router {
     earliest_deadline: Option<Instant>,
     /// How many past broadcasts a new exhibitor is sent (0: none).
     replay_len: usize,
-    /// The most text the replayed broadcasts may hold together.
+    /// The most output the replayed broadcasts may take together (see
+    /// [`REPLAY_FRAMING`]).
     replay_max_bytes: usize,
-    /// The last `replay_len` broadcasts accepted (fewer if their text
-    /// passes `replay_max_bytes`): origin and text.
+    /// The last `replay_len` broadcasts accepted (fewer if they would pass
+    /// `replay_max_bytes`): origin and text.
     replay: VecDeque<(ClientId, Bytes)>,
-    /// Text bytes in `replay`.
+    /// Output bytes `replay` takes.
     replay_bytes: usize,
     /// Requests whose reply waits for their history record to be durable,
     /// by the number [`Outbox::accepted`] gave, ascending.
@@ -290,8 +297,9 @@ impl Router {
     }
 
     /// Replays the last `len` broadcasts to each exhibitor as it identifies,
-    /// as many as fit in `max_bytes` of text (so that a replay stays well
-    /// inside an exhibitor's output cap), starting from `recent` (origin and
+    /// as many as fit in `max_bytes` of output, each counted as its text plus
+    /// [`REPLAY_FRAMING`] (so that a replay stays inside an exhibitor's output
+    /// cap however short the texts), starting from `recent` (origin and
     /// text, oldest first: what a history kept from before this start).
     pub fn set_replay(
         &mut self,
@@ -708,13 +716,13 @@ impl Router {
         if self.replay_len == 0 {
             return;
         }
-        self.replay_bytes += message.1.len();
+        self.replay_bytes += message.1.len() + REPLAY_FRAMING;
         self.replay.push_back(message);
         while self.replay.len() > self.replay_len || self.replay_bytes > self.replay_max_bytes {
             let Some((_, dropped)) = self.replay.pop_front() else {
                 break;
             };
-            self.replay_bytes -= dropped.len();
+            self.replay_bytes -= dropped.len() + REPLAY_FRAMING;
         }
     }
 

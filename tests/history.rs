@@ -7,7 +7,7 @@
 
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
-use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use evchat::router::{CloseReason, ConnId, Limits, Outbox, REPLAY_FRAMING, Router};
 use evchat::store::format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
 use evchat::store::{
     Fsync, Item, Log, Notice, Opened, Options, Reader, Record, StoreError, Ticket, Writer,
@@ -1475,11 +1475,15 @@ fn router_releases_held_replies_in_request_order() {
 #[test]
 fn router_replay_keeps_only_what_fits_its_byte_cap() {
     let mut s = Scene::new();
-    let old = |text: &'static str| (1, bytes::Bytes::from_static(text.as_bytes()));
+    let f = REPLAY_FRAMING;
+    let old = |text: &str| (1, bytes::Bytes::from(text.to_string()));
+    // Room for "678" and "abc" with their framing, not one byte more.
+    let cap = 3 + 3 + 2 * f;
+    let too_long = "x".repeat(cap);
     s.router.set_replay(
         10,
-        10,
-        [old("12345"), old("6789"), old("abcde"), old("toolongtofit")],
+        cap,
+        [old("12345"), old("6789"), old("abcde"), old(&too_long)],
     );
     assert_eq!(s.join(0, 0).len(), 1, "nothing fits after the too-long one");
     s.join(1, 1);
@@ -1492,8 +1496,24 @@ fn router_replay_keeps_only_what_fits_its_byte_cap() {
     assert_eq!(
         late[1..],
         [(2, msg(1, 0, 0, "678")), (2, msg(1, 0, 1, "abc"))],
-        "5 + 3 + 3 bytes pass the cap of 10: the oldest goes"
+        "5 + 3 + 3 bytes and three frames pass the cap: the oldest goes"
     );
+}
+
+/// Regression (review): the cap counted text only, so many empty
+/// broadcasts passed any cap, and a replay queued more than a new
+/// exhibitor's output may hold.
+#[test]
+fn router_replay_counts_each_messages_framing_against_its_cap() {
+    let mut s = Scene::new();
+    let empty = || (1, bytes::Bytes::new());
+    s.router.set_replay(
+        1000,
+        3 * REPLAY_FRAMING,
+        std::iter::repeat_with(empty).take(100),
+    );
+    let joined = s.join(0, 0);
+    assert_eq!(joined.len(), 1 + 3, "the OK and three replays: {joined:?}");
 }
 
 #[test]

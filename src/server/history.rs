@@ -90,8 +90,11 @@ impl Server {
     }
 }
 
-/// The most text a replay holds: half an exhibitor's output cap, so that a
-/// replay never gets a new exhibitor cut off as a slow consumer.
+/// The most output a replay takes (texts and framing, as the router counts
+/// it): half an exhibitor's output cap, so that a replay leaves room for
+/// live traffic and never gets a new exhibitor cut off as a slow consumer.
+/// The scan at open keeps broadcasts by text within the same figure, a
+/// superset the router trims.
 fn replay_max_bytes(max_queue: usize) -> usize {
     max_queue / 2
 }
