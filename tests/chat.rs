@@ -492,3 +492,36 @@ fn server_shutdown_is_shown_on_a_terminal_too() {
         other => panic!("chat ended with {other:?}"),
     }
 }
+
+/// Regression (review): the chat hid every MSG from its own emitter id as
+/// its own echo, but ids are reused, so a broadcast the previous holder of
+/// the id sent, replayed by a server with history, was never shown.
+#[test]
+fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
+    let dir = std::env::temp_dir().join(format!("evchat-test-chat-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server::start(&["--history", dir.to_str().unwrap()]);
+    let mut first = Chat::spawn(&server.target());
+    first
+        .stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    first.type_line("said before you came");
+    first
+        .stdout
+        .expect_line("you to all: said before you came ✓");
+    first.stdin = None;
+    assert_eq!(first.wait().code(), Some(0));
+
+    let second = Chat::spawn(&server.target());
+    let mut seen = second.skip_until("1 to all: said before you came", TIMEOUT);
+    if seen.is_empty() {
+        seen.push(second.stdout.expect());
+    }
+    assert!(
+        seen[0].starts_with("you are 1 (emitter) / "),
+        "the second chat must hold emitter id 1 too: {seen:?}"
+    );
+    drop(second);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -403,6 +403,12 @@ impl Chat {
         }
     }
 
+    /// Whether `frame` is one of our own pending messages coming back.
+    fn is_own_echo(&self, session: &Session, frame: &Frame) -> bool {
+        frame.origin == session.emitter
+            && matches!(self.lock().sent.get(&frame.seq), Some(Sent::Message { .. }))
+    }
+
     /// What the exhibitor receives: shown, then acknowledged.
     fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader) {
         loop {
@@ -412,8 +418,11 @@ impl Chat {
             };
             match (&frame.kind, &frame.body) {
                 // Our own broadcasts come back here: they are shown once,
-                // with their mark, when their reply comes.
-                (Kind::Msg, Body::Text(_)) if frame.origin == session.emitter => {}
+                // with their mark, when their reply comes. Only a request
+                // still awaiting its reply is ours: the same id may have
+                // belonged to someone else, whose messages a server with
+                // history replays to us.
+                (Kind::Msg, Body::Text(_)) if self.is_own_echo(&session, &frame) => {}
                 (Kind::Msg, Body::Text(text)) => {
                     let to = if frame.dest == BROADCAST {
                         "all"
