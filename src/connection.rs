@@ -1,7 +1,8 @@
 //! One client socket, its transport and its two buffers: the protocol bytes
 //! read but not yet decoded, and the bytes queued but not yet written. It
-//! knows nothing of ids or rules, nor where frames begin and end in its input
-//! (the event loop parses them in place); it encodes output frames and keeps
+//! knows nothing of ids or rules, nor, on TCP, where frames begin and end in
+//! its input (the event loop parses them in place; on a WebSocket it checks
+//! that each message is exactly one frame); it encodes output frames and keeps
 //! the unsent output within a cap so that a client that never reads cannot
 //! grow the server's memory.
 //!

@@ -520,7 +520,8 @@ impl Router {
     /// Every identified session holds exactly one id and that id maps back to
     /// it; free lists and the id map are disjoint and together cover every
     /// id; pairing is symmetric; every pending delivery points at a live
-    /// emitter's pending reply or is a farewell; replies are in request order.
+    /// emitter's pending reply, or is a farewell or a replay; replies are in
+    /// request order.
     #[cfg(feature = "testing")]
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut identified = 0;

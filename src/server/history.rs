@@ -31,7 +31,8 @@ pub struct HistoryConfig {
 /// An emitter's reply to a MSG waits until the writer thread has settled the
 /// MSG's record: synced under `--fsync always`, written to the kernel
 /// otherwise, so that an OK'd message survives a crash of the server
-/// process in every mode (as Redis writes its AOF before it replies). The
+/// process in every mode while history is on (after a failed write the
+/// waiting replies are released: history is off until a write succeeds) (as Redis writes its AOF before it replies). The
 /// loop itself never waits: held replies go out in the turn after the
 /// writer thread wakes it.
 pub(super) struct History {
