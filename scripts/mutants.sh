@@ -10,8 +10,10 @@
 # Environment:
 #   MUTANTS_TIMEOUT  seconds a mutant's test run may take before it counts as
 #                    a timeout, a hang the tests should report (default 120)
-#   MUTANTS_JOBS     mutants built and tested at once (default 1)
-#   MUTANTS_ARGS     extra cargo-mutants flags
+#   MUTANTS_JOBS     mutants built and tested at once (default: cargo-mutants')
+#   MUTANTS_ARGS     extra cargo-mutants flags, e.g. to reuse this tree's build
+#                    and run only the tests that speak for one file:
+#                    MUTANTS_ARGS="--in-place -- --test tests -- codec::"
 # Exclusions, each with its reason, are in .cargo/mutants.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,9 @@ if ! cargo mutants --version >/dev/null 2>&1; then
 fi
 
 files=()
+if [ -n "${MUTANTS_JOBS:-}" ]; then
+  files+=(--jobs "$MUTANTS_JOBS")
+fi
 for f in "$@"; do
   files+=(--file "$f")
 done
@@ -32,10 +37,14 @@ out=target/mutants
 mkdir -p "$out"
 status=0
 cargo mutants --no-shuffle --output "$out" \
-  --timeout "${MUTANTS_TIMEOUT:-120}" --jobs "${MUTANTS_JOBS:-1}" \
+  --timeout "${MUTANTS_TIMEOUT:-120}" \
   "${files[@]}" "${extra[@]}" || status=$?
 
 # Per-file counts from the outcomes cargo-mutants wrote.
+if [ ! -f "$out/mutants.out/outcomes.json" ]; then
+  echo "cargo-mutants wrote no outcomes (exit $status)" >&2
+  exit "$status"
+fi
 python3 - "$out/mutants.out/outcomes.json" <<'PY'
 import collections, json, sys
 data = json.load(open(sys.argv[1]))
