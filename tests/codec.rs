@@ -535,3 +535,58 @@ proptest! {
         prop_assert!(rest.is_empty());
     }
 }
+
+// ---------------------------------------------------------------------------
+// Frames read in place: what the server routes
+
+/// Regression (mutation testing: no codec test read a `FrameView`, so its
+/// length, text, owned copy and re-encoding could all be wrong unnoticed).
+/// Each frame of the mixed stream, read in place, says exactly what the
+/// decoded frame says and re-encodes to exactly the bytes it came in.
+#[test]
+fn a_frame_read_in_place_agrees_with_the_decoded_frame_byte_for_byte() {
+    let (frames, wire) = mixed_stream();
+    let mut at = 0;
+    for frame in &frames {
+        let (view, len) = FrameView::parse(&wire[at..])
+            .expect("a known type")
+            .expect("a whole frame");
+        assert_eq!(len, frame.encoded_len(), "{frame}");
+        assert_eq!(view.encoded_len(), len, "{frame}");
+        assert_eq!(view.to_frame(), *frame);
+        assert_eq!(view.text(), frame.text().map(|t| &t[..]), "{frame}");
+        assert_eq!(
+            view.clients().collect::<Vec<_>>(),
+            match &frame.body {
+                Body::Clients(ids) => ids.clone(),
+                _ => vec![],
+            }
+        );
+        let mut again = BytesMut::from(&b"xy"[..]);
+        view.encode_into(&mut again);
+        assert_eq!(&again[2..], &wire[at..at + len], "{frame}");
+        assert_eq!(view.to_string(), frame.to_string());
+        at += len;
+    }
+    assert_eq!(at, wire.len());
+}
+
+/// What the server's log lines show of a frame: never the text itself.
+#[test]
+fn frames_display_their_type_ids_sequence_and_body_size() {
+    let shown: Vec<String> = mixed_stream().0.iter().map(|f| f.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "OI(origin 0, dest 65535, seq 0)",
+            "OK(origin 65535, dest 4096, seq 0)",
+            "MSG(origin 1, dest 0, seq 3) 5 bytes",
+            "ERRO(origin 65535, dest 1, seq 4)",
+            "MSG(origin 2, dest 4097, seq 9) 0 bytes",
+            "CREQ(origin 1, dest 4096, seq 5)",
+            "CLIST(origin 65535, dest 4096, seq 5) 3 ids",
+            "CLIST(origin 65535, dest 4096, seq 6) 0 ids",
+            "FLW(origin 1, dest 65535, seq 7)",
+        ]
+    );
+}
