@@ -28,7 +28,8 @@
 # The idle workload is not run for redis-streams-* and jetstream.
 # evchat-baseline: the evchat server built from git revision $EVCHAT_BASELINE
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
-# to the server is measured against the code before it in the same run.
+# to the server is measured against the code before it in the same run;
+# evchat-baseline-ws: the same server driven as `evchat-ws`.
 #
 # Usage: scripts/bench-compare.sh
 #   TARGETS=evchat-ws,nats-ws WORKLOADS=u32,b100,b1000,idle scripts/bench-compare.sh
@@ -184,7 +185,7 @@ build() {
     sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)
   [ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || die "could not find the relay bench binary"
   EVCHAT_BIN=target/release/server
-  case " $TARGETS " in *" evchat-baseline "*) build_baseline ;; esac
+  case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "*) build_baseline ;; esac
 }
 
 # The server at $EVCHAT_BASELINE, from `git archive` (no worktree is
@@ -222,9 +223,9 @@ start_server() {
       ;;
   esac
   case $target in
-    evchat | evchat-ws | evchat-baseline | evchat-hist-*)
+    evchat | evchat-ws | evchat-baseline* | evchat-hist-*)
       # One port for both transports: evchat-ws upgrades on /ws.
-      [ "$target" = evchat-baseline ] && bin=$BASELINE_BIN
+      case $target in evchat-baseline*) bin=$BASELINE_BIN ;; esac
       case $target in evchat-hist-*)
         # The log's other settings keep their defaults (replay 50: nothing
         # to replay in a fresh directory; 1 GiB retention).
@@ -387,6 +388,7 @@ run_one() { # run_one WORKLOAD REP TARGET
   # the results are renamed.
   case $t in
     evchat-baseline | evchat-hist-*) gen_target=evchat ;;
+    evchat-baseline-ws) gen_target=evchat-ws ;;
     redis-streams-*) gen_target=redis-streams ;;
   esac
   for attempt in $(seq $((STEAL_RETRIES + 1))); do
@@ -512,6 +514,7 @@ head = ["workload", "figure"] + targets
 # (numerator, denominator, goal): a goal is printed in the column's head.
 RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "nats-ws", None),
           ("evchat-ws", "evchat", None), ("evchat", "evchat-baseline", None),
+          ("evchat-ws", "evchat-baseline-ws", None),
           ("evchat-hist-no", "evchat", None), ("evchat-hist-everysec", "evchat", "0.8"),
           ("evchat-hist-always", "evchat", None),
           ("evchat-hist-everysec", "redis-streams-everysec", "2"),

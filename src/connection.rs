@@ -298,6 +298,9 @@ impl<S: Read + Write> Connection<S> {
             released += self.input.capacity();
             self.input = BytesMut::new();
         }
+        if let Transport::WebSocket(ws) = &mut self.transport {
+            released += ws.release_idle_buffer();
+        }
         released
     }
 

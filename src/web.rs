@@ -333,8 +333,22 @@ pub enum WsStatus {
 }
 
 /// One WebSocket connection's framing state.
+///
+/// Whole, final, masked binary frames, the whole of a chat's traffic, are
+/// unmasked here straight into the protocol input: tungstenite would copy
+/// each into its own buffer, then into a message, then into the input. Every
+/// other frame (control frames, text, fragments, anything malformed) and
+/// every frame once a close is under way goes to tungstenite, whole, which
+/// checks and answers it; so tungstenite never holds part of a frame, and
+/// the fast path never takes a frame that tungstenite would judge otherwise.
 pub struct WebSocket {
     context: WebSocketContext,
+    /// The start of a frame whose end has not arrived yet; at most a header
+    /// and [`MAX_FRAME_LEN`] bytes, since longer frames are refused first.
+    partial: Vec<u8>,
+    /// A fragmented message is being reassembled by tungstenite, so data
+    /// frames must go there until its last fragment.
+    fragmented: bool,
 }
 
 impl Default for WebSocket {
@@ -354,6 +368,8 @@ impl WebSocket {
             .accept_unmasked_frames(false);
         WebSocket {
             context: WebSocketContext::new(Role::Server, Some(config)),
+            partial: Vec::new(),
+            fragmented: false,
         }
     }
 
@@ -362,46 +378,155 @@ impl WebSocket {
     /// pings and closes go to `output` while it stays within `max_output`.
     pub fn feed(
         &mut self,
+        mut bytes: &[u8],
+        frames: &mut BytesMut,
+        output: &mut BytesMut,
+        max_output: usize,
+    ) -> WsStatus {
+        let mut sink = Sink {
+            frames,
+            output,
+            max_output,
+            answer_waits: false,
+        };
+        if !self.partial.is_empty() {
+            let partial = std::mem::take(&mut self.partial);
+            let status = self.finish_partial(partial, &mut bytes, &mut sink);
+            if status != WsStatus::Open {
+                return status;
+            }
+        }
+        while !bytes.is_empty() {
+            let Some(head) = FrameHead::parse(bytes) else {
+                self.partial.extend_from_slice(bytes);
+                break;
+            };
+            if let Some(failure) = head.refusal() {
+                return WsStatus::Failed(failure);
+            }
+            let Some(frame) = bytes.get(..head.frame_len()) else {
+                self.partial.extend_from_slice(bytes);
+                break;
+            };
+            bytes = &bytes[frame.len()..];
+            let status = self.take(&head, frame, &mut sink);
+            if status != WsStatus::Open {
+                return status;
+            }
+        }
+        sink.status()
+    }
+
+    /// Adds to the frame begun in an earlier read what of it `bytes` holds,
+    /// and takes the frame if that makes it whole.
+    fn finish_partial(
+        &mut self,
+        mut partial: Vec<u8>,
+        bytes: &mut &[u8],
+        sink: &mut Sink<'_>,
+    ) -> WsStatus {
+        loop {
+            let want = match FrameHead::parse(&partial) {
+                None => FrameHead::len_from(&partial),
+                Some(head) if let Some(failure) = head.refusal() => {
+                    return WsStatus::Failed(failure);
+                }
+                Some(head) if partial.len() >= head.frame_len() => {
+                    let status = self.take(&head, &partial, sink);
+                    // Keep the allocation: a frame split across reads is
+                    // usually followed by another.
+                    partial.clear();
+                    self.partial = partial;
+                    return status;
+                }
+                Some(head) => head.frame_len(),
+            };
+            let step = (want - partial.len()).min(bytes.len());
+            if step == 0 {
+                self.partial = partial;
+                return WsStatus::Open;
+            }
+            partial.extend_from_slice(&bytes[..step]);
+            *bytes = &bytes[step..];
+        }
+    }
+
+    /// Takes one whole frame: a final, masked binary frame while the
+    /// connection is open goes straight into the protocol input; anything
+    /// else to tungstenite.
+    fn take(&mut self, head: &FrameHead, frame: &[u8], sink: &mut Sink<'_>) -> WsStatus {
+        match head.mask {
+            Some(mask)
+                if head.is_final_binary() && !self.fragmented && self.context.can_write() =>
+            {
+                let start = sink.frames.len();
+                sink.frames.extend_from_slice(&frame[head.len..]);
+                unmask(&mut sink.frames[start..], mask);
+                match check_one_frame(&sink.frames[start..]) {
+                    Ok(()) => WsStatus::Open,
+                    Err(failure) => {
+                        sink.frames.truncate(start);
+                        WsStatus::Failed(failure)
+                    }
+                }
+            }
+            _ => {
+                let status = self.through_tungstenite(frame, sink);
+                match head.opcode {
+                    OPCODE_TEXT | OPCODE_BINARY if !head.fin => self.fragmented = true,
+                    OPCODE_CONTINUATION if head.fin => self.fragmented = false,
+                    _ => {}
+                }
+                status
+            }
+        }
+    }
+
+    /// Hands tungstenite `bytes`, whole frames or a header it will refuse.
+    fn through_tungstenite(&mut self, bytes: &[u8], sink: &mut Sink<'_>) -> WsStatus {
+        let status = feed_context(&mut self.context, bytes, sink);
+        match status {
+            // Its answer (a pong) waits; a later frame may still end the
+            // connection, or a later answer replace it and fit.
+            WsStatus::Full => {
+                sink.answer_waits = true;
+                WsStatus::Open
+            }
+            WsStatus::Open => {
+                sink.answer_waits = false;
+                WsStatus::Open
+            }
+            other => other,
+        }
+    }
+
+    /// The same as [`WebSocket::feed`] with every byte going through
+    /// tungstenite: the behaviour the fast path must match, for tests.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn feed_through_tungstenite(
+        &mut self,
         bytes: &[u8],
         frames: &mut BytesMut,
         output: &mut BytesMut,
         max_output: usize,
     ) -> WsStatus {
-        let mut pipe = Pipe {
-            input: bytes,
+        let mut sink = Sink {
+            frames,
             output,
             max_output,
+            answer_waits: false,
         };
-        let status = loop {
-            match self.context.read(&mut pipe) {
-                Ok(Message::Binary(payload)) => {
-                    if let Err(failure) = take_frame(&payload, frames) {
-                        break WsStatus::Failed(failure);
-                    }
-                }
-                Ok(Message::Text(_)) => break WsStatus::Failed(WsFailure::Text),
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Close(_)) => break WsStatus::Closed,
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    break WsStatus::Open;
-                }
-                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => break WsStatus::Closed,
-                Err(WsError::Capacity(_)) => break WsStatus::Failed(WsFailure::TooBig),
-                Err(WsError::Utf8(_)) => break WsStatus::Failed(WsFailure::Text),
-                Err(e) => break WsStatus::Failed(WsFailure::Protocol(e.to_string())),
-            }
-        };
-        // Pongs and the answer to a close wait in tungstenite until flushed;
-        // a pong that cannot go out is a client that sends pings and never
-        // reads, cut off like any slow consumer.
-        match self.context.flush(&mut pipe) {
-            Err(WsError::Io(e))
-                if e.kind() == io::ErrorKind::WouldBlock && status == WsStatus::Open =>
-            {
-                WsStatus::Full
-            }
-            _ => status,
+        feed_context(&mut self.context, bytes, &mut sink)
+    }
+
+    /// Frees the buffer of a frame split across reads when none is pending.
+    pub fn release_idle_buffer(&mut self) -> usize {
+        let released = self.partial.capacity();
+        if self.partial.is_empty() && released > 0 {
+            self.partial = Vec::new();
+            return released;
         }
+        0
     }
 
     /// Queues the close frame with `code` (tungstenite's state then refuses
@@ -425,28 +550,176 @@ impl WebSocket {
     }
 }
 
-/// Takes one binary message's payload, which must be exactly one frame. A
-/// frame of unknown type is passed on whole: the router answers it as on
-/// TCP (ERRO, then close).
-fn take_frame(payload: &[u8], frames: &mut BytesMut) -> Result<(), WsFailure> {
+/// Checks that one binary message's payload is exactly one frame. A frame
+/// of unknown type passes whole: the router answers it as on TCP (ERRO, then
+/// close).
+fn check_one_frame(payload: &[u8]) -> Result<(), WsFailure> {
     match FrameView::parse(payload) {
-        Ok(Some((_, len))) if len == payload.len() => {}
-        Ok(Some((_, len))) => {
-            return Err(WsFailure::Protocol(format!(
-                "message of {} bytes carries a {len}-byte frame and more",
-                payload.len()
-            )));
-        }
-        Ok(None) => {
-            return Err(WsFailure::Protocol(format!(
-                "message of {} bytes is not a whole frame",
-                payload.len()
-            )));
-        }
-        Err(_) => {}
+        Ok(Some((_, len))) if len == payload.len() => Ok(()),
+        Ok(Some((_, len))) => Err(WsFailure::Protocol(format!(
+            "message of {} bytes carries a {len}-byte frame and more",
+            payload.len()
+        ))),
+        Ok(None) => Err(WsFailure::Protocol(format!(
+            "message of {} bytes is not a whole frame",
+            payload.len()
+        ))),
+        Err(_) => Ok(()),
     }
-    frames.extend_from_slice(payload);
-    Ok(())
+}
+
+/// Where a feed puts what it finds: protocol bytes in the input, the
+/// WebSocket's own answers in the output (within its cap).
+struct Sink<'a> {
+    frames: &'a mut BytesMut,
+    output: &'a mut BytesMut,
+    max_output: usize,
+    /// tungstenite's last answer did not fit under the cap.
+    answer_waits: bool,
+}
+
+impl Sink<'_> {
+    fn status(&self) -> WsStatus {
+        if self.answer_waits {
+            WsStatus::Full
+        } else {
+            WsStatus::Open
+        }
+    }
+}
+
+/// Runs tungstenite over `bytes`: each whole binary message, checked to be
+/// one protocol frame, goes into the input; pongs and close answers into the
+/// output.
+fn feed_context(context: &mut WebSocketContext, bytes: &[u8], sink: &mut Sink<'_>) -> WsStatus {
+    let mut pipe = Pipe {
+        input: bytes,
+        output: sink.output,
+        max_output: sink.max_output,
+    };
+    let status = loop {
+        match context.read(&mut pipe) {
+            Ok(Message::Binary(payload)) => match check_one_frame(&payload) {
+                Ok(()) => sink.frames.extend_from_slice(&payload),
+                Err(failure) => break WsStatus::Failed(failure),
+            },
+            Ok(Message::Text(_)) => break WsStatus::Failed(WsFailure::Text),
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Ok(Message::Close(_)) => break WsStatus::Closed,
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                break WsStatus::Open;
+            }
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => break WsStatus::Closed,
+            Err(WsError::Capacity(_)) => break WsStatus::Failed(WsFailure::TooBig),
+            Err(WsError::Utf8(_)) => break WsStatus::Failed(WsFailure::Text),
+            Err(e) => break WsStatus::Failed(WsFailure::Protocol(e.to_string())),
+        }
+    };
+    // Pongs and the answer to a close wait in tungstenite until flushed;
+    // a pong that cannot go out is a client that sends pings and never
+    // reads, cut off like any slow consumer.
+    match context.flush(&mut pipe) {
+        Err(WsError::Io(e))
+            if e.kind() == io::ErrorKind::WouldBlock && status == WsStatus::Open =>
+        {
+            WsStatus::Full
+        }
+        _ => status,
+    }
+}
+
+const OPCODE_CONTINUATION: u8 = 0x0;
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+
+/// A WebSocket frame header as it arrived (RFC 6455, 5.2).
+#[derive(Debug)]
+struct FrameHead {
+    fin: bool,
+    /// The three reserved bits; no extension is negotiated, so not 0 is an
+    /// error (tungstenite's to report).
+    rsv: u8,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    payload_len: u64,
+    /// Bytes of the header itself.
+    len: usize,
+}
+
+impl FrameHead {
+    /// The header at the start of `bytes`, or `None` until it is whole.
+    fn parse(bytes: &[u8]) -> Option<FrameHead> {
+        let len = FrameHead::len_from(bytes);
+        let head = bytes.get(..len)?;
+        let (first, second) = (head[0], head[1]);
+        let extended = &head[2..len - if second & 0x80 != 0 { 4 } else { 0 }];
+        let payload_len = match second & 0x7f {
+            126 => u64::from(u16::from_be_bytes([extended[0], extended[1]])),
+            127 => u64::from_be_bytes(extended.try_into().ok()?),
+            short => u64::from(short),
+        };
+        Some(FrameHead {
+            fin: first & 0x80 != 0,
+            rsv: first & 0x70,
+            opcode: first & 0x0f,
+            mask: (second & 0x80 != 0).then(|| {
+                let key = &head[len - 4..];
+                [key[0], key[1], key[2], key[3]]
+            }),
+            payload_len,
+            len,
+        })
+    }
+
+    /// The header's length as far as `bytes` tell it: 2 until the second
+    /// byte (length form and mask bit) has arrived.
+    fn len_from(bytes: &[u8]) -> usize {
+        let Some(&second) = bytes.get(1) else {
+            return 2;
+        };
+        let extended = match second & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + extended + if second & 0x80 != 0 { 4 } else { 0 }
+    }
+
+    /// Why a frame is refused on its header alone, before its payload is
+    /// buffered (as tungstenite would, and in its order): an unknown opcode,
+    /// then a frame over the largest protocol frame.
+    fn refusal(&self) -> Option<WsFailure> {
+        if !matches!(self.opcode, 0x0..=0x2 | 0x8..=0xa) {
+            return Some(WsFailure::Protocol(format!(
+                "unknown WebSocket opcode {}",
+                self.opcode
+            )));
+        }
+        (self.payload_len > MAX_FRAME_LEN as u64).then_some(WsFailure::TooBig)
+    }
+
+    /// Header and payload.
+    fn frame_len(&self) -> usize {
+        self.len + self.payload_len as usize
+    }
+
+    /// A whole binary message in one frame, with no reserved bit set.
+    fn is_final_binary(&self) -> bool {
+        self.fin && self.rsv == 0 && self.opcode == OPCODE_BINARY
+    }
+}
+
+/// Removes the client's mask (RFC 6455, 5.3), four bytes at a time.
+fn unmask(payload: &mut [u8], key: [u8; 4]) {
+    let word = u32::from_ne_bytes(key);
+    let mut words = payload.chunks_exact_mut(4);
+    for chunk in &mut words {
+        let masked = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        chunk.copy_from_slice(&(masked ^ word).to_ne_bytes());
+    }
+    for (byte, key) in words.into_remainder().iter_mut().zip(key) {
+        *byte ^= key;
+    }
 }
 
 /// The WebSocket header of a server-to-client binary message of `len`
@@ -514,6 +787,7 @@ impl Write for Pipe<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn sniffing_takes_only_a_capitalised_word_and_a_space_for_http() {
@@ -552,6 +826,151 @@ mod tests {
             put_binary_header(len, &mut out);
             assert_eq!(&out[..], &want[..], "{len}");
             assert_eq!(binary_header_len(len), want.len());
+        }
+    }
+
+    /// One frame a client might send: header fields as generated, the
+    /// payload as it is before masking.
+    #[derive(Debug, Clone)]
+    struct ClientFrame {
+        first: u8,
+        mask: Option<[u8; 4]>,
+        /// A length claimed in the header instead of the payload's own.
+        claimed_len: Option<u64>,
+        /// The 16-bit length form even when 7 bits would do.
+        long_form: bool,
+        payload: Vec<u8>,
+    }
+
+    impl ClientFrame {
+        fn wire(&self) -> Vec<u8> {
+            let len = self.claimed_len.unwrap_or(self.payload.len() as u64);
+            let mask_bit = if self.mask.is_some() { 0x80 } else { 0 };
+            let mut out = vec![self.first];
+            if len > u16::MAX as u64 {
+                out.push(mask_bit | 127);
+                out.extend_from_slice(&len.to_be_bytes());
+            } else if len >= 126 || self.long_form {
+                out.push(mask_bit | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            } else {
+                out.push(mask_bit | len as u8);
+            }
+            let mut payload = self.payload.clone();
+            if let Some(key) = self.mask {
+                out.extend_from_slice(&key);
+                for (i, byte) in payload.iter_mut().enumerate() {
+                    *byte ^= key[i % 4];
+                }
+            }
+            out.extend_from_slice(&payload);
+            out
+        }
+    }
+
+    fn protocol_frame() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<u16>(),
+            any::<u16>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(origin, dest, text)| {
+                crate::proto::Frame::msg(origin, dest, 7, text)
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec()
+            })
+    }
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            6 => protocol_frame(),
+            // Two frames, or a frame cut short: both refused.
+            1 => (protocol_frame(), protocol_frame()).prop_map(|(a, b)| [a, b].concat()),
+            1 => protocol_frame().prop_map(|mut f| { f.truncate(f.len() / 2); f }),
+            2 => proptest::collection::vec(any::<u8>(), 0..130),
+        ]
+    }
+
+    fn client_frame() -> impl Strategy<Value = ClientFrame> {
+        let opcode = prop_oneof![
+            8 => Just(0x2u8), 2 => Just(0x0), 1 => Just(0x1), 2 => Just(0x9),
+            1 => Just(0xa), 1 => Just(0x8), 1 => Just(0x3), 1 => Just(0xb),
+        ];
+        let fin = prop_oneof![5 => Just(true), 1 => Just(false)];
+        let rsv = prop_oneof![15 => Just(0u8), 1 => Just(0x40), 1 => Just(0x10)];
+        let mask = prop_oneof![12 => any::<[u8; 4]>().prop_map(Some), 1 => Just(None)];
+        let claimed = prop_oneof![
+            20 => Just(None),
+            1 => Just(Some(MAX_FRAME_LEN as u64 + 1)),
+            1 => Just(Some(u64::MAX)),
+        ];
+        (opcode, fin, rsv, mask, claimed, any::<bool>(), payload()).prop_map(
+            |(opcode, fin, rsv, mask, claimed_len, long_form, payload)| ClientFrame {
+                first: opcode | rsv | if fin { 0x80 } else { 0 },
+                mask,
+                claimed_len,
+                long_form,
+                payload,
+            },
+        )
+    }
+
+    /// Feeds `wire` in reads of the sizes in `cuts` (repeated), with the
+    /// fast path or all through tungstenite; what each read said, then the
+    /// protocol input and the output at the end.
+    fn run(
+        wire: &[u8],
+        cuts: &[usize],
+        max_output: usize,
+        fast: bool,
+    ) -> (Vec<Result<(), u16>>, Vec<u8>, Vec<u8>) {
+        let mut ws = WebSocket::new();
+        let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
+        let mut said = Vec::new();
+        let mut rest = wire;
+        for &cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (bytes, after) = rest.split_at(cut.min(rest.len()));
+            rest = after;
+            let status = if fast {
+                ws.feed(bytes, &mut frames, &mut output, max_output)
+            } else {
+                ws.feed_through_tungstenite(bytes, &mut frames, &mut output, max_output)
+            };
+            let verdict = match status {
+                WsStatus::Open => Ok(()),
+                WsStatus::Closed => Err(1000),
+                WsStatus::Full => Err(0),
+                WsStatus::Failed(failure) => Err(failure.close_code()),
+            };
+            said.push(verdict);
+            if verdict.is_err() {
+                break;
+            }
+        }
+        (said, frames.to_vec(), output.to_vec())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The fast path takes exactly what tungstenite alone would, in every
+        /// split of the stream: the same protocol bytes, the same answers,
+        /// the same verdict (close code) at the same read.
+        #[test]
+        fn the_fast_path_agrees_with_tungstenite(
+            frames in proptest::collection::vec(client_frame(), 1..12),
+            cuts in proptest::collection::vec(1usize..400, 1..6),
+            max_output in prop_oneof![Just(0usize), Just(40), Just(64 * 1024)],
+        ) {
+            let wire: Vec<u8> = frames.iter().flat_map(ClientFrame::wire).collect();
+            prop_assert_eq!(
+                run(&wire, &cuts, max_output, true),
+                run(&wire, &cuts, max_output, false)
+            );
         }
     }
 }
