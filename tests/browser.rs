@@ -113,7 +113,7 @@ fn launch(path: PathBuf) -> Browser {
 
 /// Collects what the page reports as going wrong: uncaught exceptions,
 /// console warnings and errors, and browser errors (a CSP refusal, a failed
-/// load), except two that are expected (below).
+/// load), except one that is expected (below).
 fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
     let problems = Arc::new(Mutex::new(Vec::new()));
     tab.enable_log().unwrap();
@@ -124,11 +124,6 @@ fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
             Event::LogEntryAdded(e) if e.params.entry.level == LogEntryLevel::Error => {
                 let entry = &e.params.entry;
                 let url = entry.url.as_deref().unwrap_or("");
-                // The browser asks for /favicon.ico on its own; the server
-                // serves only the page's files, so that one 404 is expected.
-                if url.ends_with("/favicon.ico") {
-                    return;
-                }
                 // A reconnection attempt while no server listens: the
                 // page's retries are expected to meet this.
                 if entry.text.starts_with("WebSocket connection to ")

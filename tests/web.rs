@@ -739,7 +739,7 @@ fn get(path: &str) -> Vec<u8> {
 #[test]
 fn get_root_serves_the_embedded_page_and_its_files() {
     let server = Server::start(&[]);
-    let files: [(&str, &str, &str); 5] = [
+    let files: [(&str, &str, &str); 6] = [
         (
             "/",
             "text/html; charset=utf-8",
@@ -764,6 +764,11 @@ fn get_root_serves_the_embedded_page_and_its_files() {
             "/style.css",
             "text/css; charset=utf-8",
             include_str!("../src/web/page/style.css"),
+        ),
+        (
+            "/favicon.svg",
+            "image/svg+xml; charset=utf-8",
+            include_str!("../src/web/page/favicon.svg"),
         ),
     ];
     for (path, content_type, body) in files {
