@@ -164,11 +164,13 @@ fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
     problems
 }
 
-/// Starts `server PORT --bind 127.0.0.1`: the restart must reuse the port
-/// the page knows.
-fn server_on(port: u16) -> Server {
+/// Starts `server PORT --bind 127.0.0.1 EXTRA...`: the restart must reuse
+/// the port the page knows.
+fn server_on(port: u16, extra: &[&str]) -> Server {
     let port = port.to_string();
-    let proc = Proc::spawn("server", &[&port, "--bind", "127.0.0.1"]);
+    let mut args = vec![port.as_str(), "--bind", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn("server", &args);
     let line = proc.stdout.expect();
     let addr: SocketAddr = line
         .strip_prefix("listening on ")
@@ -551,7 +553,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
             texts("#log li.note", "\n")
         ),
     );
-    let server = server_on(port);
+    let server = server_on(port, &[]);
     assert_eq!(wait_connected(&tab), (1, 4096));
     wait_for(
         &tab,
@@ -668,4 +670,87 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     // Nothing went wrong in the page along the way.
     let problems = problems.lock().unwrap();
     assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+/// A server with history replays its recent broadcasts to every exhibitor
+/// that joins, a reconnected page's too: the page shows each message once,
+/// including one the server got while the page was away.
+#[test]
+fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
+    let Some(path) = chromium() else { return };
+    let dir = std::env::temp_dir().join(format!("evchat-test-page-replay-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let history = ["--history", dir.to_str().unwrap()];
+    let mut server = Server::start(&history);
+    let port = server.addr.port();
+
+    let browser = launch(path);
+    let tab = browser.new_tab().unwrap();
+    let problems = watch_problems(&tab);
+    tab.navigate_to(&format!("http://127.0.0.1:{port}/"))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    assert_eq!(wait_connected(&tab), (1, 4096));
+    let (mut cli_emitter, _) = server.emitter(None);
+    cli_emitter.input("(0) one\n");
+    cli_emitter.stdout.expect_line("delivered #1");
+    cli_emitter.input("(0) two\n");
+    cli_emitter.stdout.expect_line("delivered #2");
+    type_and_send(&tab, "from the page");
+    wait_for(
+        &tab,
+        "the page's broadcast delivered, after the two",
+        &format!(
+            "{} === 'one|two' && \
+             document.querySelector('#log li.out .status').textContent === 'delivered' && 'yes'",
+            texts("#log li.in .text", "|")
+        ),
+    );
+
+    // The server restarts on the same log; as the page comes back (before
+    // or after it: either way the page must show it once), another emitter
+    // speaks to a CLI exhibitor.
+    server.proc.signal(libc::SIGTERM);
+    cli_emitter.stdout.expect_line("closed by server");
+    assert!(server.proc.wait().success());
+    let server = server_on(port, &history);
+    let (_cli_exhibitor, _) = server.exhibitor();
+    let (mut cli_emitter, _) = server.emitter(None);
+    cli_emitter.input("(0) while you were away\n");
+    cli_emitter.stdout.expect_line("delivered #1");
+    wait_for(
+        &tab,
+        "the page reconnected",
+        &format!(
+            "{}.includes('reconnected: you are now emitter ') && \
+             document.getElementById('state').dataset.state === 'connected' && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    cli_emitter.input("(0) three\n");
+    cli_emitter.stdout.expect_line("delivered #2");
+    wait_for(
+        &tab,
+        "the message after the reconnection",
+        &format!(
+            "{}.endsWith('|three') && 'yes'",
+            texts("#log li.in .text", "|")
+        ),
+    );
+    assert_eq!(
+        evaluate(&tab, &texts("#log li.in .text", "|"), false),
+        Value::String("one|two|while you were away|three".into()),
+        "{}",
+        page_summary(&tab)
+    );
+    assert_eq!(
+        evaluate(&tab, &texts("#log li.out .text", "|"), false),
+        Value::String("from the page".into())
+    );
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -45,6 +45,11 @@
   let retryTimer = null;
   let everConnected = false;
   let listedIds = []; // ids of the last client list, ascending
+  // Broadcasts this page received, oldest first, as sender and text: a
+  // server with history sends a reconnected page its recent broadcasts
+  // again, and those already shown are not shown twice.
+  const SEEN_MAX = 500;
+  const seenBroadcasts = [];
 
   // ---- the log --------------------------------------------------------
 
@@ -120,6 +125,29 @@
 
   function destName(dest) {
     return dest === C.BROADCAST ? 'to all' : 'to ' + idName(dest);
+  }
+
+  function broadcastKey(frame) {
+    return frame.origin + ' ' + C.escapeText(frame.text);
+  }
+
+  // How many broadcasts at the start of `replayed` the page has shown
+  // already: the largest p such that the replayed ones up to p end the way
+  // what was seen ends. What reached the server while the page was away
+  // comes after p and is shown; only a run that repeats the last ones seen,
+  // sender and text alike, could be taken for part of the replay.
+  function alreadySeen(replayed) {
+    for (let p = replayed.length; p > 0; p--) {
+      const n = Math.min(p, seenBroadcasts.length);
+      let same = n > 0;
+      for (let i = 1; same && i <= n; i++) {
+        same = replayed[p - i] === seenBroadcasts[seenBroadcasts.length - i];
+      }
+      if (same) {
+        return p;
+      }
+    }
+    return 0;
   }
 
   function showIncoming(frame, mine) {
@@ -234,6 +262,9 @@
     this.listAgain = false; // another CREQ is due once it comes
     this.serverClosed = false;
     this.timer = null;
+    // After a reconnection, what the exhibitor receives is held until the
+    // answer to our first CREQ marks the end of the server's replay.
+    this.held = everConnected ? [] : null;
   }
 
   Session.prototype.connected = function () {
@@ -358,12 +389,16 @@
     switch (frame.type) {
       case T.MSG: {
         const own = frame.origin === s.emitterId ? s.requests.get(frame.seq) : undefined;
-        if (own !== undefined && own.kind === 'msg') {
-          // Our own message reached our own exhibitor: it is already in
-          // the log as sent; mark it shown here rather than repeat it.
-          own.entry.classList.add('shown-here');
+        const received = {
+          frame: frame,
+          // Our own message reached our own exhibitor: it is already in the
+          // log as sent; it is marked shown here rather than repeated.
+          ownEntry: own !== undefined && own.kind === 'msg' ? own.entry : null,
+        };
+        if (s.held !== null) {
+          s.held.push(received);
         } else {
-          showIncoming(frame, frame.origin === s.emitterId);
+          showReceived(s, received);
         }
         ack();
         if (frame.origin !== s.emitterId && listedIds.indexOf(frame.origin) < 0) {
@@ -372,6 +407,9 @@
         break;
       }
       case T.CLIST:
+        // Sent after everything the server queued for us before our
+        // emitter existed, the replay included.
+        releaseHeld(s);
         showClients(frame.ids);
         ack();
         break;
@@ -383,6 +421,40 @@
         // OK/ERRO are not expected here (this connection never sends FLW).
         console.warn('evchat: exhibitor ignores ' + C.TYPE_NAME[frame.type] + ' seq ' + frame.seq);
     }
+  }
+
+  function showReceived(s, received) {
+    const frame = received.frame;
+    if (frame.dest === C.BROADCAST) {
+      seenBroadcasts.push(broadcastKey(frame));
+      if (seenBroadcasts.length > SEEN_MAX) {
+        seenBroadcasts.shift();
+      }
+    }
+    if (received.ownEntry !== null) {
+      received.ownEntry.classList.add('shown-here');
+    } else {
+      showIncoming(frame, frame.origin === s.emitterId);
+    }
+  }
+
+  // Shows what a reconnected exhibitor received so far, less the start of
+  // the replay the page has shown before. Unicasts are never replayed.
+  function releaseHeld(s) {
+    if (s.held === null) {
+      return;
+    }
+    const held = s.held;
+    s.held = null;
+    const broadcasts = held.filter(function (r) { return r.frame.dest === C.BROADCAST; });
+    let skip = alreadySeen(broadcasts.map(function (r) { return broadcastKey(r.frame); }));
+    held.forEach(function (received) {
+      if (received.frame.dest === C.BROADCAST && skip > 0) {
+        skip--;
+      } else {
+        showReceived(s, received);
+      }
+    });
   }
 
   function onEmitterFrame(s, frame) {
@@ -405,6 +477,9 @@
         if (request.kind === 'msg') {
           setStatus(request.status, frame.type === T.OK ? 'delivered' : 'not delivered');
         } else if (request.kind === 'creq') {
+          // The CLIST came first; if the server refused the CREQ, nothing
+          // marks the replay's end any more clearly than this.
+          releaseHeld(s);
           s.listRequested = false;
           if (s.listAgain) {
             s.listAgain = false;
@@ -438,6 +513,8 @@
     }
     session = null;
     clearTimeout(s.timer);
+    // Acknowledged, so the server will not send them again.
+    releaseHeld(s);
     [s.exhibitor, s.emitter].forEach(function (ws) {
       if (ws !== null) {
         ws.onclose = null;
