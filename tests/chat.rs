@@ -72,6 +72,21 @@ impl Chat {
     }
 }
 
+impl Chat {
+    /// Skips stdout lines until one starting with `prefix`, returning those
+    /// skipped; fails after TIMEOUT.
+    fn skip_until_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut skipped = Vec::new();
+        loop {
+            match self.stdout.next_within(TIMEOUT) {
+                Some(line) if line.starts_with(prefix) => return skipped,
+                Some(line) => skipped.push(line),
+                None => panic!("no line starting {prefix:?}; saw {skipped:?}"),
+            }
+        }
+    }
+}
+
 impl Drop for Chat {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -279,14 +294,17 @@ fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
     for line in &failures {
         assert!(line.starts_with("reconnecting failed: "), "{line:?}");
     }
+    // On registering again it asks who is there (its CLIST marks the end of
+    // any history the server replays).
+    chat.stdout.expect_line("clients (2): 1 4096");
 
     let mut other = Raw::connect(server.addr);
     assert_eq!(other.identify_exhibitor(), 4097);
     chat.type_line("back again");
     let msg = other.expect_frame();
-    // The new emitter's first request after its OI: the refused line took
-    // no sequence number.
-    assert_eq!(msg, Frame::msg(1, 0, 1, &b"back again"[..]).unwrap());
+    // The new emitter's second request after its OI (the first was that
+    // CREQ): the refused line took no sequence number.
+    assert_eq!(msg, Frame::msg(1, 0, 2, &b"back again"[..]).unwrap());
     other.send_frame(&Frame::bare(Kind::Ok, 4097, 1, msg.seq));
     chat.stdout.expect_line("you to all: back again ✓");
 }
@@ -523,5 +541,76 @@ fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
     );
     drop(second);
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server with history replays its recent broadcasts to every exhibitor
+/// that joins, a reconnected chat's too: the chat shows each message once,
+/// including one the server got while the chat was away.
+#[test]
+fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
+    let dir = std::env::temp_dir().join(format!("evchat-test-chat-again-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let history = ["--history", dir.to_str().unwrap()];
+    let mut server = Server::start(&history);
+    let port = server.addr.port().to_string();
+    let mut chat = Chat::spawn(&server.target());
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (mut emitter, _) = server.emitter(None);
+    emitter.input("(0) one\n");
+    emitter.stdout.expect_line("delivered #1");
+    chat.stdout.expect_line("2 to all: one");
+    chat.type_line("from the chat");
+    chat.stdout.expect_line("you to all: from the chat ✓");
+
+    // Killed, so that the chat reconnects; restarted on the same log, where
+    // another emitter speaks before or after the chat is back.
+    server.proc.signal(libc::SIGKILL);
+    assert_eq!(server.proc.wait().code(), None);
+    chat.stdout.expect_line(&format!(
+        "connection to {} lost; reconnecting",
+        server.target()
+    ));
+    let mut args = vec![port.as_str(), "--bind", "127.0.0.1"];
+    args.extend_from_slice(&history);
+    let restarted = Proc::spawn("server", &args);
+    restarted
+        .stdout
+        .expect_line(&format!("listening on 127.0.0.1:{port}"));
+    let server = Server {
+        proc: restarted,
+        addr: server.addr,
+    };
+    let (_exhibitor, _) = server.exhibitor();
+    let (mut emitter, emitter_id) = server.emitter(None);
+    emitter.input("(0) while you were away\n");
+    emitter.stdout.expect_line("delivered #1");
+
+    // Attempts before the restart may have failed (and said so); backoff
+    // reaches 4 s at most by then, so 15 s is ample.
+    let mut before = Vec::new();
+    let reconnected = loop {
+        let line = chat
+            .stdout
+            .next_within(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("no reconnection; saw {before:?}"));
+        if line.starts_with("reconnected: ") {
+            break line;
+        }
+        assert!(line.starts_with("reconnecting failed: "), "{line:?}");
+        before.push(line);
+    };
+    // "while you were away" came in the replay (above the list) or live.
+    let mut shown = chat.skip_until_prefix("clients (4): ");
+    emitter.input("(0) three\n");
+    emitter.stdout.expect_line("delivered #2");
+    shown.extend(chat.skip_until(&format!("{emitter_id} to all: three"), TIMEOUT));
+    assert_eq!(
+        shown,
+        [format!("{emitter_id} to all: while you were away")],
+        "after {reconnected:?}"
+    );
+    drop(chat);
     let _ = std::fs::remove_dir_all(&dir);
 }

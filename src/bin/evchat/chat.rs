@@ -16,7 +16,7 @@ use evchat::client::{
 };
 use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
 use input::{ChatLine, HELP, Target, parse_chat_line};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,6 +135,39 @@ struct Chat {
     changed: Condvar,
     /// Set once the server's FLW is being handled, so it is reported once.
     closing: AtomicBool,
+    /// Broadcasts received, oldest first (at most [`SEEN_MAX`]): a server
+    /// with history replays its recent ones to a reconnected chat, and those
+    /// already shown are not shown twice.
+    seen: Mutex<VecDeque<(ClientId, Vec<u8>)>>,
+}
+
+/// Broadcasts remembered to recognise a replay.
+const SEEN_MAX: usize = 500;
+
+/// A MSG the exhibitor received, and whether it is our own coming back
+/// (judged when it arrived, while its request was still pending).
+struct Received {
+    frame: Frame,
+    own: bool,
+}
+
+/// How many broadcasts at the start of `replayed` were seen already: the
+/// largest `p` such that the replayed ones up to `p` end the way `seen` ends.
+/// What reached the server while the chat was away comes after `p`; only a
+/// run that repeats the last ones seen, sender and text alike, could be
+/// taken for part of the replay.
+fn already_seen(seen: &VecDeque<(ClientId, Vec<u8>)>, replayed: &[(ClientId, &[u8])]) -> usize {
+    (1..=replayed.len())
+        .rev()
+        .find(|&p| {
+            let n = p.min(seen.len());
+            n > 0
+                && replayed[p - n..p]
+                    .iter()
+                    .zip(seen.range(seen.len() - n..))
+                    .all(|(&(id, text), (seen_id, seen_text))| id == *seen_id && text == seen_text)
+        })
+        .unwrap_or(0)
 }
 
 pub fn run(args: ChatArgs) -> ExitCode {
@@ -158,6 +191,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         closing: AtomicBool::new(false),
+        seen: Mutex::new(VecDeque::new()),
     });
     {
         let chat = chat.clone();
@@ -270,7 +304,18 @@ impl Chat {
             std::thread::spawn(move || chat.read_replies(session, emitter_reader));
         }
         let chat = self.clone();
-        std::thread::spawn(move || chat.read_received(session, exhibitor_reader));
+        let registered = session.clone();
+        std::thread::spawn(move || chat.read_received(session, exhibitor_reader, again));
+        if again {
+            // Its CLIST reaches our exhibitor after whatever the server
+            // replayed to it: the end of the replay (see read_received).
+            self.send(
+                0,
+                Sent::List {
+                    dest: Target(registered.emitter),
+                },
+            );
+        }
     }
 
     /// Input until its end: Ctrl-C, `/quit` and `(FLW)` leave at once.
@@ -409,29 +454,40 @@ impl Chat {
             && matches!(self.lock().sent.get(&frame.seq), Some(Sent::Message { .. }))
     }
 
-    /// What the exhibitor receives: shown, then acknowledged.
-    fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader) {
+    /// What the exhibitor receives: shown, then acknowledged. After a
+    /// reconnection (`again`), messages are acknowledged as they come but
+    /// held until the CLIST answering the CREQ sent on registering, which
+    /// the server queues after its replay; then the start of the replay
+    /// already shown is dropped.
+    fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader, again: bool) {
+        let mut held = again.then(Vec::new);
         loop {
             let frame = match reader.read_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) | Err(_) => return self.lost(&session),
+                Ok(None) | Err(_) => {
+                    self.release(held.take());
+                    return self.lost(&session);
+                }
             };
             match (&frame.kind, &frame.body) {
-                // Our own broadcasts come back here: they are shown once,
-                // with their mark, when their reply comes. Only a request
-                // still awaiting its reply is ours: the same id may have
-                // belonged to someone else, whose messages a server with
-                // history replays to us.
-                (Kind::Msg, Body::Text(_)) if self.is_own_echo(&session, &frame) => {}
-                (Kind::Msg, Body::Text(text)) => {
-                    let to = if frame.dest == BROADCAST {
-                        "all"
-                    } else {
-                        "you"
+                (Kind::Msg, Body::Text(_)) => {
+                    // Our own broadcasts come back here: they are shown once,
+                    // with their mark, when their reply comes. Only a request
+                    // still awaiting its reply is ours: the same id may have
+                    // belonged to someone else, whose messages a server with
+                    // history replays to us.
+                    let own = self.is_own_echo(&session, &frame);
+                    let received = Received {
+                        frame: frame.clone(),
+                        own,
                     };
-                    self.say_chat(&format!("{} to {to}: {}", frame.origin, escape_text(text)));
+                    match held.as_mut() {
+                        Some(held) => held.push(received),
+                        None => self.show(&received),
+                    }
                 }
                 (Kind::Clist, Body::Clients(ids)) => {
+                    self.release(held.take());
                     let mut line = format!("clients ({}):", ids.len());
                     for id in ids {
                         line.push_str(&format!(" {id}"));
@@ -439,6 +495,7 @@ impl Chat {
                     self.say_chat(&line);
                 }
                 (Kind::Flw, _) => {
+                    self.release(held.take());
                     let _ =
                         session
                             .acks
@@ -465,7 +522,52 @@ impl Chat {
                     .send_ack(Kind::Ok, session.exhibitor, frame.origin, frame.seq)
                     .is_err()
             {
+                self.release(held.take());
                 return self.lost(&session);
+            }
+        }
+    }
+
+    /// Shows a received MSG (unless it is our own coming back) and
+    /// remembers a broadcast.
+    fn show(self: &Arc<Self>, received: &Received) {
+        let frame = &received.frame;
+        let text = frame.text().map_or(&[][..], |text| &text[..]);
+        if frame.dest == BROADCAST {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() == SEEN_MAX {
+                seen.pop_front();
+            }
+            seen.push_back((frame.origin, text.to_vec()));
+        }
+        if !received.own {
+            let to = if frame.dest == BROADCAST {
+                "all"
+            } else {
+                "you"
+            };
+            self.say_chat(&format!("{} to {to}: {}", frame.origin, escape_text(text)));
+        }
+    }
+
+    /// Shows what a reconnected exhibitor held, less the start of the
+    /// replay shown before. Unicasts are never replayed.
+    fn release(self: &Arc<Self>, held: Option<Vec<Received>>) {
+        let Some(held) = held else { return };
+        let broadcasts: Vec<(ClientId, &[u8])> = held
+            .iter()
+            .filter(|r| r.frame.dest == BROADCAST)
+            .map(|r| (r.frame.origin, r.frame.text().map_or(&[][..], |t| &t[..])))
+            .collect();
+        let mut skip = {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            already_seen(&seen, &broadcasts)
+        };
+        for received in &held {
+            if received.frame.dest == BROADCAST && skip > 0 {
+                skip -= 1;
+            } else {
+                self.show(received);
             }
         }
     }
@@ -614,5 +716,51 @@ impl Chat {
                 !(s.farewell_acked && s.dismissed)
             });
         exit_process(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(messages: &[(ClientId, &str)]) -> VecDeque<(ClientId, Vec<u8>)> {
+        messages
+            .iter()
+            .map(|&(id, text)| (id, text.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn replayed<'a>(messages: &[(ClientId, &'a str)]) -> Vec<(ClientId, &'a [u8])> {
+        messages.iter().map(|&(id, t)| (id, t.as_bytes())).collect()
+    }
+
+    #[test]
+    fn a_replay_is_matched_where_it_meets_the_end_of_what_was_seen() {
+        let shown = seen(&[(1, "a"), (2, "b"), (1, "c")]);
+        // Nothing seen, or nothing in common: everything is new.
+        assert_eq!(already_seen(&seen(&[]), &replayed(&[(1, "a")])), 0);
+        assert_eq!(already_seen(&shown, &replayed(&[(3, "x"), (3, "y")])), 0);
+        // The replay starts inside what was seen; what follows is new.
+        assert_eq!(
+            already_seen(&shown, &replayed(&[(2, "b"), (1, "c"), (3, "new")])),
+            2
+        );
+        // All of it seen, from further back than the replay reaches.
+        assert_eq!(already_seen(&shown, &replayed(&[(1, "c")])), 1);
+        // The same text from another sender is another message.
+        assert_eq!(already_seen(&shown, &replayed(&[(2, "c")])), 0);
+        // A replay longer than what is remembered: matched on the window.
+        let recent = seen(&[(2, "b"), (1, "c")]);
+        assert_eq!(
+            already_seen(
+                &recent,
+                &replayed(&[(0, "old"), (2, "b"), (1, "c"), (3, "d")])
+            ),
+            3
+        );
+        // A seen message that recurs at the start of the replay but not up
+        // to the end of what was seen is not the overlap.
+        assert_eq!(already_seen(&shown, &replayed(&[(1, "c"), (2, "z")])), 1);
+        assert_eq!(already_seen(&shown, &replayed(&[(1, "a"), (3, "z")])), 0);
     }
 }
