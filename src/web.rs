@@ -439,7 +439,11 @@ impl WebSocket {
                     self.partial = partial;
                     return status;
                 }
-                Some(head) => head.frame_len(),
+                Some(head) => {
+                    // Exactly the frame: no doubling past the bound.
+                    partial.reserve_exact(head.frame_len() - partial.len());
+                    head.frame_len()
+                }
             };
             let step = (want - partial.len()).min(bytes.len());
             if step == 0 {
@@ -952,6 +956,44 @@ mod tests {
             }
         }
         (said, frames.to_vec(), output.to_vec())
+    }
+
+    #[test]
+    fn a_frame_split_across_reads_waits_in_one_buffer_of_at_most_one_frame() {
+        // The largest protocol frame, a CLIST of 65535 ids, in one message.
+        let clist = crate::proto::Frame::clist(1, 0, 0, (0..=u16::MAX - 1).collect())
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        assert_eq!(clist.len(), MAX_FRAME_LEN);
+        let wire = ClientFrame {
+            first: 0x82,
+            mask: Some([1, 2, 3, 4]),
+            claimed_len: None,
+            long_form: false,
+            payload: clist.clone(),
+        }
+        .wire();
+        let mut ws = WebSocket::new();
+        let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
+        for (i, bytes) in wire.chunks(1000).enumerate() {
+            assert_eq!(
+                ws.feed(bytes, &mut frames, &mut output, 1024),
+                WsStatus::Open
+            );
+            assert!(
+                ws.partial.capacity() <= wire.len(),
+                "read {i}: {} bytes held for a {}-byte frame",
+                ws.partial.capacity(),
+                wire.len()
+            );
+        }
+        assert!(frames[..] == clist[..]);
+        assert!(output.is_empty());
+        assert!(ws.partial.is_empty());
+        // Kept for the next split frame until the connection is idle.
+        assert!(ws.release_idle_buffer() >= wire.len() - 1000);
+        assert_eq!(ws.release_idle_buffer(), 0);
     }
 
     proptest! {
