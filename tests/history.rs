@@ -109,8 +109,7 @@ fn big_log() -> Options {
 /// Opens `dir`, appends `records` and closes it again.
 fn write_log(dir: &Path, records: &[Record]) {
     let mut opened = open_log(dir, big_log()).unwrap();
-    opened.log.append(&encode(records), false).unwrap();
-    opened.log.sync().unwrap();
+    opened.log.append(&encode(records)).unwrap();
 }
 
 /// Every record a fresh reader finds, with numbers; fails on a gap, an
@@ -462,7 +461,7 @@ fn retention_deletes_the_oldest_segments_past_the_size_limit() {
         for r in chunk {
             last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
         }
-        writer.submit();
+        writer.write();
     }
     wait_settled(&writer, &settled, last);
     writer.close();
@@ -511,13 +510,13 @@ fn a_reader_behind_retention_reports_the_gap_and_reads_on() {
     };
     let all = records(14);
     let mut opened = open_log(dir.path(), options).unwrap();
-    opened.log.append(&encode(&all[..3]), false).unwrap();
+    opened.log.append(&encode(&all[..3])).unwrap();
     let mut reader = Reader::open(dir.path()).unwrap();
     let Some(Item::Record(first)) = reader.next_item().unwrap() else {
         panic!("expected the first record");
     };
     assert_eq!(first.record, all[0]);
-    opened.log.append(&encode(&all[3..]), false).unwrap();
+    opened.log.append(&encode(&all[3..])).unwrap();
     assert!(opened.log.retain().into_iter().all(|r| r.is_ok()));
     assert!(
         !dir.segment(0).exists(),
@@ -560,7 +559,7 @@ fn always_settles_a_batch_once_it_is_written_and_synced() {
             last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
         }
         assert_eq!(last, turn as u64 * 10 + 9);
-        writer.submit();
+        writer.write();
         wait_settled(&writer, &settled, last);
         // Settled under `always` means on disk: a reader sees all of it.
         assert_eq!(read_all(dir.path()).len(), (turn + 1) * 10);
@@ -581,7 +580,7 @@ fn everysec_and_no_keep_every_record_across_a_clean_close() {
         let mut last = 0;
         for r in &all {
             last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
-            writer.submit();
+            writer.write();
         }
         wait_settled(&writer, &settled, last);
         writer.close();
@@ -706,7 +705,7 @@ fn full_disk_child() {
     for i in 0..20 {
         last = writer.append(i, 1, 0, &text);
     }
-    writer.submit();
+    writer.write();
     wait_settled(&writer, &settled, last);
     assert!(!writer.is_keeping());
     let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64) / (RECORD_HEADER_LEN as u64 + 1012);
@@ -714,7 +713,7 @@ fn full_disk_child() {
     // Each new message tries again, fails, and is settled all the same.
     for i in 20..30 {
         let ticket = writer.append(i, 1, 0, &text);
-        writer.submit();
+        writer.write();
         wait_settled(&writer, &settled, ticket);
         assert!(!writer.is_keeping());
     }
@@ -731,7 +730,7 @@ fn full_disk_child() {
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
     }
     let ticket = writer.append(99, 2, 0, b"after");
-    writer.submit();
+    writer.write();
     wait_settled(&writer, &settled, ticket);
     assert!(writer.is_keeping());
     writer.close();
@@ -771,7 +770,7 @@ fn a_reader_follows_a_live_log_across_segments_and_partial_writes() {
                 writer.append(r.time_ms, r.origin, r.dest, &r.text);
             }
             sent = (sent + n).min(all.len());
-            writer.submit();
+            writer.write();
         } else {
             wait_settled(&writer, &settled, all.len() as u64 - 1);
         }
@@ -795,7 +794,7 @@ fn a_reader_waits_at_a_record_still_being_written() {
     let dir = TempDir::new("partial");
     let all = records(2);
     let mut opened = open_log(dir.path(), big_log()).unwrap();
-    opened.log.append(&encode(&all[..1]), false).unwrap();
+    opened.log.append(&encode(&all[..1])).unwrap();
     let mut reader = Reader::open(dir.path()).unwrap();
     assert!(matches!(reader.next_item().unwrap(), Some(Item::Record(_))));
     assert_eq!(reader.next_item().unwrap(), None);
@@ -941,7 +940,7 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
     let opened = open_log(dir.path(), big_log()).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
     let t = writer.append(1_764_596_702_123, 1, 0, b"before");
-    writer.submit();
+    writer.write();
     wait_settled(&writer, &settled, t);
     let follower = Proc::spawn(
         "evchat",
@@ -958,7 +957,7 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
         .expect_line("2025-12-01T13:45:02.123Z Message from 1 to all: before");
     writer.append(1_764_596_703_000, 2, 4096, b"not for all");
     writer.append(1_764_596_704_000, 3, 0, b"after");
-    writer.submit();
+    writer.write();
     follower
         .stdout
         .expect_line("2025-12-01T13:45:04.000Z Message from 3 to all: after");
@@ -1612,7 +1611,7 @@ proptest! {
         bounds.sort();
         let mut from = 0;
         for to in bounds {
-            opened.log.append(&encode(&all[from..to]), false).unwrap();
+            opened.log.append(&encode(&all[from..to])).unwrap();
             from = to;
         }
         drop(opened);
@@ -1638,7 +1637,7 @@ proptest! {
         let dir = TempDir::new("prop-cut");
         let options = Options { segment_bytes, ..big_log() };
         let mut opened = open_log(dir.path(), options.clone()).unwrap();
-        opened.log.append(&encode(&all), false).unwrap();
+        opened.log.append(&encode(&all)).unwrap();
         drop(opened);
         let segments = segment_files(dir.path());
         let (last_base, last_path, last_len) = segments.last().unwrap().clone();

@@ -57,7 +57,8 @@ impl RecordView<'_> {
         }
     }
 
-    /// The record's size on disk.
+    /// The record's size on disk (for the fuzz target's checks).
+    #[cfg(feature = "testing")]
     pub fn encoded_len(&self) -> usize {
         RECORD_HEADER_LEN + BODY_FIXED_LEN + self.text.len()
     }
@@ -221,7 +222,9 @@ impl Cursor {
         self.offset
     }
 
-    /// Bytes the read-ahead buffer holds on to.
+    /// Bytes the read-ahead buffer holds on to (for the fuzz target's
+    /// bound).
+    #[cfg(feature = "testing")]
     pub fn buffer_capacity(&self) -> usize {
         self.window.capacity()
     }
