@@ -48,7 +48,7 @@ pub struct RecordView<'a> {
 }
 
 impl RecordView<'_> {
-    pub fn to_record(&self) -> Record {
+    pub fn to_record(self) -> Record {
         Record {
             time_ms: self.time_ms,
             origin: self.origin,
@@ -129,7 +129,7 @@ impl Source for [u8] {
 /// What is wrong at the place where reading stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
-    /// The segment does not start with [`SEGMENT_MAGIC`].
+    /// The segment does not start with the magic (`EVCHLOG1`).
     BadMagic,
     /// A record claims a body length no record can have.
     BadLength(u32),

@@ -197,8 +197,8 @@ impl fmt::Display for WriteError {
 
 impl Log {
     /// Opens (creating if needed) the history in `dir`: locks it, scans
-    /// every segment (see [`super::format::Cursor::next`] for what counts
-    /// as a torn tail), cuts a torn tail, refuses corruption unless
+    /// every segment (HISTORY.md, "Recovery", says what counts as a torn
+    /// tail), cuts a torn tail, refuses corruption unless
     /// `options.repair`, and applies retention.
     pub fn open(dir: &Path, options: Options) -> Result<Opened, StoreError> {
         fs::create_dir_all(dir).map_err(StoreError::io(dir, "create directory"))?;
@@ -324,9 +324,9 @@ impl Log {
         std::mem::take(&mut self.sealed_unsynced)
     }
 
-    /// Appends `batch`, whole records as [`super::format::encode_record`]
+    /// Appends `batch`, whole records as the format's `encode_record`
     /// writes them, with one `write` per segment it touches, rolling to new
-    /// segments as they fill (see [`Log::take_sealed`]). Nothing is synced.
+    /// segments as they fill (see `Log::take_sealed`). Nothing is synced.
     ///
     /// On an error every record written whole stays, a partly written one
     /// is cut off (the segment ends at its last whole record, so a reader
