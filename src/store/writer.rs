@@ -46,6 +46,9 @@ use tracing::{debug, error, info, warn};
 
 /// The longest `everysec` lets written records wait for an `fsync`.
 const EVERYSEC: Duration = Duration::from_secs(1);
+/// The batch buffer kept from one turn to the next; the buffer of a larger
+/// turn (a burst of long messages) is freed once written.
+const BATCH_KEEP_BYTES: usize = 1024 * 1024;
 
 /// When records are synced to disk (the choices of Redis's `appendfsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +210,11 @@ impl Writer {
                 Err(e) => warn!("history: {e}"),
             }
         }
-        self.batch.clear();
+        if self.batch.capacity() > BATCH_KEEP_BYTES {
+            self.batch = Vec::new();
+        } else {
+            self.batch.clear();
+        }
         self.batch_records = 0;
         self.written = self.next_ticket;
         let sealed = self.log.take_sealed();
