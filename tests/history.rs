@@ -645,48 +645,38 @@ impl Drop for KillOnDrop {
 const FULL_DISK_LIMIT: u64 = 16 * 1024;
 const FULL_DISK_ENV: &str = "EVCHAT_TEST_FULL_DISK_DIR";
 
-#[test]
-fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
-    // RLIMIT_FSIZE applies to the whole process, so the writer runs in a
-    // child: this test binary again, running only `full_disk_child`.
-    let dir = TempDir::new("full-disk");
+/// Runs the ignored test `name` of this test binary in a child process, so
+/// that the file-size limit (`RLIMIT_FSIZE`, the whole process's) binds it
+/// alone: `dir` in [`FULL_DISK_ENV`], `SIGXFSZ` ignored (past the limit a
+/// write fails with EFBIG instead of the signal ending the process), the
+/// limit at `limit` bytes. Checks that the child test passed; returns its
+/// stderr lines.
+fn run_child_test(name: &str, dir: &Path, limit: u64) -> Vec<String> {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args([
-            "history::full_disk_child",
+            name,
             "--exact",
             "--include-ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(FULL_DISK_ENV, dir.path())
+        .env(FULL_DISK_ENV, dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setrlimit and signal are async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            limit.rlim_cur = FULL_DISK_LIMIT;
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Past the limit a write fails with EFBIG instead of the
-            // signal ending the process.
+        command.pre_exec(move || {
+            set_file_size_limit(Some(limit))?;
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
             Ok(())
         });
     }
     let mut child = KillOnDrop(command.spawn().unwrap());
-    let out = Lines::new(child.0.stdout.take().unwrap(), "full-disk child stdout");
-    let err = Lines::new(child.0.stderr.take().unwrap(), "full-disk child stderr");
+    let out = Lines::new(child.0.stdout.take().unwrap(), "child test stdout");
+    let err = Lines::new(child.0.stderr.take().unwrap(), "child test stderr");
     // Both end when the child exits (bounded by the harness's timeout).
     let (out, err) = (out.rest(), err.rest());
     let status = child.0.wait().unwrap();
@@ -696,9 +686,35 @@ fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
     );
     assert!(
         out.iter()
-            .any(|l| l.contains("test history::full_disk_child ... ok")),
+            .any(|l| l.contains(&format!("test {name} ... ok"))),
         "the child test did not run: {out:#?}"
     );
+    err
+}
+
+/// Sets this process's file-size limit (`None`: as high as allowed).
+fn set_file_size_limit(bytes: Option<u64>) -> std::io::Result<()> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = bytes.unwrap_or(limit.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
+    let dir = TempDir::new("full-disk");
+    let err = run_child_test("history::full_disk_child", dir.path(), FULL_DISK_LIMIT);
     let off = err
         .iter()
         .filter(|l| l.contains("history off: "))
@@ -718,7 +734,60 @@ fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
     assert!(on[0].contains("messages were not kept"), "{}", on[0]);
 }
 
-/// Runs only as the child of the test above, under its file-size limit.
+#[test]
+fn a_roll_that_cannot_write_the_new_segment_leaves_no_file_behind() {
+    let dir = TempDir::new("roll-fails");
+    run_child_test(
+        "history::roll_failure_child",
+        dir.path(),
+        libc::RLIM_INFINITY,
+    );
+}
+
+/// Runs only as the child of the test above.
+#[test]
+#[ignore = "run by a_roll_that_cannot_write_the_new_segment_leaves_no_file_behind"]
+fn roll_failure_child() {
+    let dir = PathBuf::from(std::env::var_os(FULL_DISK_ENV).expect("run by its parent test"));
+    // One record per segment: every record after the first rolls.
+    let options = Options {
+        segment_bytes: 1,
+        ..big_log()
+    };
+    let opened = open_log(&dir, options).unwrap();
+    let (mut writer, _) = start_writer(opened.log, Fsync::No);
+    writer.append(1, 1, 0, b"first");
+    writer.write();
+    // Too small for a segment's header: the roll creates the next segment,
+    // cannot write its magic, and must take the file away again.
+    set_file_size_limit(Some(4)).unwrap();
+    let ticket = writer.append(2, 1, 0, b"second");
+    writer.write();
+    assert!(!writer.is_keeping());
+    assert_eq!(writer.settled(), ticket + 1, "given up on, and settled");
+    let names = |dir: &Path| -> Vec<u64> { segment_files(dir).iter().map(|s| s.0).collect() };
+    assert_eq!(
+        names(&dir),
+        [0],
+        "no segment left behind by the failed roll"
+    );
+    set_file_size_limit(None).unwrap();
+    writer.append(3, 1, 0, b"third");
+    writer.write();
+    assert!(writer.is_keeping());
+    writer.close();
+    assert_eq!(names(&dir), [0, 1]);
+    assert_eq!(
+        read_all(&dir),
+        [
+            (0, record(1, 1, 0, b"first")),
+            (1, record(3, 1, 0, b"third"))
+        ]
+    );
+}
+
+/// Runs only as the child of the first test above, under its file-size
+/// limit.
 #[test]
 #[ignore = "run by a_full_disk_turns_history_off_and_back_on_without_stalling"]
 fn full_disk_child() {
@@ -750,16 +819,7 @@ fn full_disk_child() {
     }
     let kept = whole;
     // Room again: the next write succeeds and history is back on.
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
-    }
+    set_file_size_limit(None).unwrap();
     let ticket = writer.append(99, 2, 0, b"after");
     writer.write();
     wait_settled(&writer, &settled, ticket);
