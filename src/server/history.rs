@@ -33,9 +33,10 @@ pub struct HistoryConfig {
 /// `--fsync everysec` and `no` that settles them, and the replies go out in
 /// the same turn; an OK'd message then survives a crash of the server
 /// process. Under `always` the replies wait for the sync thread's `fsync`
-/// and go out in the turn after it wakes the loop. The loop never waits for
-/// the disk's sync. A failed write settles its records too (history is off
-/// until a write succeeds, and those OKs promise delivery only).
+/// and go out in the turn after it wakes the loop; the loop never calls
+/// `fsync` and never waits for that thread. A failed write settles its
+/// records too (history is off until a write succeeds, and those OKs
+/// promise delivery only).
 pub(super) struct History {
     writer: Writer,
     /// What the router was last told is settled.
