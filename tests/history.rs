@@ -1,9 +1,9 @@
 //! The durable history (`evchat::store`) and `evchat history`, against
 //! real files: recovery of torn and corrupt logs (every cut of the last
 //! record, a flipped bit, empty segments, foreign files), retention, the
-//! directory lock, the writer thread on a full disk, the reader on a live
-//! log, and the exact output of `evchat history`. Every wait is bounded by
-//! a deadline; none is a sleep.
+//! directory lock, the writer and its sync thread (on a full disk too), the
+//! reader on a live log, and the exact output of `evchat history`. Every
+//! wait is bounded by a deadline; none is a sleep.
 
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
@@ -545,7 +545,7 @@ fn a_reader_behind_retention_reports_the_gap_and_reads_on() {
     assert_eq!(numbers, (oldest_kept..14).collect::<Vec<_>>());
 }
 
-// ---- the writer thread --------------------------------------------------
+// ---- the writer and its sync thread ------------------------------------
 
 #[test]
 fn always_settles_a_batch_once_it_is_written_and_synced() {
@@ -1383,8 +1383,8 @@ fn after_sigkill_under_fsync_everysec_the_log_reopens_and_says_what_it_cut() {
     let server = Server::start(&["--history", d, "--fsync", "everysec"]);
     let oked = kill_while_streaming(&server);
     drop(server);
-    // A killed process loses nothing the kernel already took: every write
-    // of the writer thread is in the page cache.
+    // A killed process loses nothing the kernel already took: the loop
+    // wrote every OK'd record to the page cache before the OK.
     let segment_len = fs::metadata(dir.segment(0)).unwrap().len();
     let restarted = Server::start(&["--history", d]);
     let mut cut = 0;
