@@ -1,9 +1,8 @@
 //! The event loop's side of the durable history (`--history`): opening the
-//! log at start, appending each MSG the router accepts through the writer
-//! thread, handing each turn's records over at the end of the turn, and
-//! telling the router which replies held for durability may go. The loop
-//! owns the store; the router sees only record numbers. Without history
-//! none of this runs.
+//! log at start, appending each MSG the router accepts, writing each turn's
+//! records at the end of the turn, and telling the router which replies
+//! held for durability may go. The loop owns the store; the router sees
+//! only record numbers. Without history none of this runs.
 
 use super::{Server, Wire};
 use crate::proto::FrameView;
@@ -28,13 +27,16 @@ pub struct HistoryConfig {
 
 /// The open history, held by the loop's [`Wire`].
 ///
-/// An emitter's reply to a MSG waits until the writer thread has settled the
-/// MSG's record: synced under `--fsync always`, written to the kernel
-/// otherwise, so that an OK'd message survives a crash of the server
-/// process in every mode while history is on (after a failed write the
-/// waiting replies are released: history is off until a write succeeds) (as Redis writes its AOF before it replies). The
-/// loop itself never waits: held replies go out in the turn after the
-/// writer thread wakes it.
+/// An emitter's reply to a MSG waits until the MSG's record is settled. The
+/// loop writes each turn's records to the log itself, before that turn's
+/// replies are flushed (as Redis writes its AOF before it replies): under
+/// `--fsync everysec` and `no` that settles them, and the replies go out in
+/// the same turn; an OK'd message then survives a crash of the server
+/// process. Under `always` the replies wait for the sync thread's `fsync`
+/// and go out in the turn after it wakes the loop; the loop never calls
+/// `fsync` and never waits for that thread. A failed write settles its
+/// records too (history is off until a write succeeds, and those OKs
+/// promise delivery only).
 pub(super) struct History {
     writer: Writer,
     /// What the router was last told is settled.
@@ -66,7 +68,7 @@ impl Server {
         let writer = Writer::start(opened.log, config.fsync, Some(notify)).map_err(|source| {
             StoreError::Io {
                 path: config.dir.clone(),
-                op: "start the history writer thread",
+                op: "start the history sync thread",
                 source,
             }
         })?;
@@ -110,10 +112,10 @@ impl History {
         self.writer.append(time_ms, msg.origin, msg.dest, text)
     }
 
-    /// End of a loop turn: hands the turn's records to the writer thread;
-    /// returns how far records are settled, when that moved.
+    /// End of a loop turn, before replies are flushed: writes the turn's
+    /// records; returns how far records are settled, when that moved.
     pub(super) fn end_turn(&mut self) -> Option<Ticket> {
-        self.writer.submit();
+        self.writer.write();
         let settled = self.writer.settled();
         (settled > self.told_durable).then(|| {
             self.told_durable = settled;

@@ -48,7 +48,7 @@ pub struct RecordView<'a> {
 }
 
 impl RecordView<'_> {
-    pub fn to_record(&self) -> Record {
+    pub fn to_record(self) -> Record {
         Record {
             time_ms: self.time_ms,
             origin: self.origin,
@@ -57,7 +57,8 @@ impl RecordView<'_> {
         }
     }
 
-    /// The record's size on disk.
+    /// The record's size on disk (for the fuzz target's checks).
+    #[cfg(feature = "testing")]
     pub fn encoded_len(&self) -> usize {
         RECORD_HEADER_LEN + BODY_FIXED_LEN + self.text.len()
     }
@@ -128,7 +129,7 @@ impl Source for [u8] {
 /// What is wrong at the place where reading stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
-    /// The segment does not start with [`SEGMENT_MAGIC`].
+    /// The segment does not start with the magic (`EVCHLOG1`).
     BadMagic,
     /// A record claims a body length no record can have.
     BadLength(u32),
@@ -221,7 +222,9 @@ impl Cursor {
         self.offset
     }
 
-    /// Bytes the read-ahead buffer holds on to.
+    /// Bytes the read-ahead buffer holds on to (for the fuzz target's
+    /// bound).
+    #[cfg(feature = "testing")]
     pub fn buffer_capacity(&self) -> usize {
         self.window.capacity()
     }

@@ -1,8 +1,9 @@
 //! The history directory as a writer holds it: the lock, the recovery scan
 //! at open, appending whole records to the last segment, rolling to a new
 //! segment when one is full, and retention. Everything here runs on the
-//! thread that owns the [`Log`] (the writer thread in a server): it does
-//! blocking file I/O.
+//! thread that owns the [`Log`] (the event loop in a server) and never calls
+//! `fsync` after [`Log::open`]: the files that need one are handed out as
+//! [`SegmentFile`]s, for the writer's sync thread.
 
 use super::format::{
     Cursor, Damage, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step, parse_segment_name,
@@ -14,6 +15,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The largest segment [`Options::new`] picks.
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -133,6 +135,28 @@ struct Segment {
     len: u64,
 }
 
+/// A segment open for appending, shared with the thread that syncs it.
+#[derive(Debug)]
+pub(crate) struct SegmentFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl SegmentFile {
+    /// Makes what was written to the segment durable (`fdatasync`).
+    pub(crate) fn sync(&self) -> Result<(), WriteError> {
+        self.file.sync_data().map_err(|source| WriteError {
+            path: self.path.clone(),
+            op: "fsync",
+            source,
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// An open history directory, locked against other writers.
 #[derive(Debug)]
 pub struct Log {
@@ -144,7 +168,10 @@ pub struct Log {
     sealed: VecDeque<Segment>,
     /// The segment records are appended to.
     active: Segment,
-    active_file: File,
+    active_file: Arc<SegmentFile>,
+    /// Full segments not yet handed out by [`Log::take_sealed`]: they and
+    /// the directory (for the next segment's name) still need an `fsync`.
+    sealed_unsynced: Vec<Arc<SegmentFile>>,
     /// Records in the active segment.
     active_records: u64,
     /// Bytes in every segment.
@@ -170,8 +197,8 @@ impl fmt::Display for WriteError {
 
 impl Log {
     /// Opens (creating if needed) the history in `dir`: locks it, scans
-    /// every segment (see [`super::format::Cursor::next`] for what counts
-    /// as a torn tail), cuts a torn tail, refuses corruption unless
+    /// every segment (HISTORY.md, "Recovery", says what counts as a torn
+    /// tail), cuts a torn tail, refuses corruption unless
     /// `options.repair`, and applies retention.
     pub fn open(dir: &Path, options: Options) -> Result<Opened, StoreError> {
         fs::create_dir_all(dir).map_err(StoreError::io(dir, "create directory"))?;
@@ -233,6 +260,10 @@ impl Log {
         }
         let sealed: VecDeque<Segment> = scanned.into_iter().map(|(s, _)| s).collect();
         let total_bytes = sealed.iter().map(|s| s.len).sum::<u64>() + active.len;
+        let active_file = Arc::new(SegmentFile {
+            path: active.path.clone(),
+            file: active_file,
+        });
         let mut log = Log {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -240,6 +271,7 @@ impl Log {
             sealed,
             active,
             active_file,
+            sealed_unsynced: Vec::new(),
             active_records,
             total_bytes,
             cut_to: None,
@@ -270,24 +302,38 @@ impl Log {
     }
 
     /// Bytes in every segment.
+    #[cfg(feature = "testing")]
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
     }
 
-    /// The segment being appended to.
-    pub fn active_path(&self) -> &Path {
-        &self.active.path
+    /// The history directory.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Appends `batch`, whole records as [`super::format::encode_record`]
-    /// writes them, rolling to new segments as they fill (`durable_names`:
-    /// sync the directory so each new segment's name survives a crash).
+    /// The segment being appended to.
+    pub(crate) fn active_file(&self) -> &Arc<SegmentFile> {
+        &self.active_file
+    }
+
+    /// The segments filled since the last call, oldest first. Nothing has
+    /// synced them (or the directory since they were rolled past): that is
+    /// the caller's job, so that appending never waits for the disk.
+    pub(crate) fn take_sealed(&mut self) -> Vec<Arc<SegmentFile>> {
+        std::mem::take(&mut self.sealed_unsynced)
+    }
+
+    /// Appends `batch`, whole records as the format's `encode_record`
+    /// writes them, with one `write` per segment it touches, rolling to new
+    /// segments as they fill (see `Log::take_sealed`). Nothing is synced.
     ///
     /// On an error every record written whole stays, a partly written one
     /// is cut off (the segment ends at its last whole record, so a reader
-    /// that already saw a record never sees it vanish), and the rest of the
-    /// batch is not written; the error says how many records were written.
-    pub fn append(&mut self, batch: &[u8], durable_names: bool) -> Result<(), (usize, WriteError)> {
+    /// that already saw a record never sees it vanish, and the next append
+    /// follows a whole record), and the rest of the batch is not written;
+    /// the error says how many records were written.
+    pub fn append(&mut self, batch: &[u8]) -> Result<(), (usize, WriteError)> {
         if let Err(e) = self.finish_cut() {
             return Err((0, e));
         }
@@ -309,11 +355,11 @@ impl Log {
                 run_records += 1;
             }
             if run_records == 0 {
-                self.roll(durable_names).map_err(|e| (written, e))?;
+                self.roll().map_err(|e| (written, e))?;
                 continue;
             }
             let run = &batch[at..run_end];
-            let (done, failed) = write_some(&mut self.active_file, run);
+            let (done, failed) = write_some(&self.active_file.file, run);
             // Keep the records the write got out whole (a reader may have
             // seen them already); cut a partial one back.
             let (kept_bytes, kept_records) = match failed {
@@ -339,16 +385,10 @@ impl Log {
         Ok(())
     }
 
-    /// Makes everything appended so far durable.
-    pub fn sync(&mut self) -> Result<(), WriteError> {
-        self.active_file.sync_data().map_err(|source| WriteError {
-            path: self.active.path.clone(),
-            op: "fsync",
-            source,
-        })
-    }
-
-    /// Deletes the oldest full segments while the log is over its limit.
+    /// Deletes the oldest full segments while the log is over its limit:
+    /// an unlink each, no `fsync` (the directory's next sync makes it
+    /// durable; a segment deleted but still listed after a power failure is
+    /// deleted again at the next open).
     pub fn retain(&mut self) -> Vec<Result<Notice, WriteError>> {
         let mut done = Vec::new();
         while self.total_bytes > self.options.max_bytes {
@@ -379,19 +419,23 @@ impl Log {
         let Some(len) = self.cut_to else {
             return Ok(());
         };
-        self.active_file.set_len(len).map_err(|source| WriteError {
-            path: self.active.path.clone(),
-            op: "truncate after a failed write",
-            source,
-        })?;
+        self.active_file
+            .file
+            .set_len(len)
+            .map_err(|source| WriteError {
+                path: self.active.path.clone(),
+                op: "truncate after a failed write",
+                source,
+            })?;
         self.cut_to = None;
         Ok(())
     }
 
-    /// Seals the active segment (synced, so a crash cannot tear it) and
-    /// starts the next one.
-    fn roll(&mut self, durable_names: bool) -> Result<(), WriteError> {
-        self.sync()?;
+    /// Seals the active segment and starts the next one. The full segment
+    /// joins [`Log::take_sealed`]'s list unsynced: whoever syncs syncs it
+    /// and then the directory. On an error nothing changes and no new file
+    /// is left behind.
+    fn roll(&mut self) -> Result<(), WriteError> {
         let base = self.next_record();
         let path = self.dir.join(segment_name(base));
         let fail = |op, source| WriteError {
@@ -400,7 +444,7 @@ impl Log {
             source,
         };
         // `create` rather than `create_new`: a file of this name can only be
-        // left by an earlier roll that failed part way.
+        // left by an earlier roll whose clean-up failed too.
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -410,16 +454,22 @@ impl Log {
             .set_len(0)
             .and_then(|()| file.write_all(&SEGMENT_MAGIC));
         if let Err(e) = header {
+            drop(file);
+            // Were this to fail too, the file left is empty or holds part of
+            // the magic: a torn tail at offset 0 if it is ever the last
+            // segment at open, and overwritten by the next roll.
             let _ = fs::remove_file(&path);
             return Err(fail("write segment header", e));
         }
-        if durable_names {
-            sync_directory(&self.dir).map_err(|e| fail("sync directory", e))?;
-        }
         let len = SEGMENT_MAGIC.len() as u64;
+        let new_file = Arc::new(SegmentFile {
+            path: path.clone(),
+            file,
+        });
         let done = std::mem::replace(&mut self.active, Segment { base, path, len });
         self.sealed.push_back(done);
-        self.active_file = file;
+        let full = std::mem::replace(&mut self.active_file, new_file);
+        self.sealed_unsynced.push(full);
         self.active_records = 0;
         self.total_bytes += len;
         Ok(())
@@ -428,7 +478,7 @@ impl Log {
 
 /// Writes as much of `bytes` as the file takes: the count written, and the
 /// error that stopped it short.
-fn write_some(file: &mut File, bytes: &[u8]) -> (usize, Option<io::Error>) {
+fn write_some(mut file: &File, bytes: &[u8]) -> (usize, Option<io::Error>) {
     let mut done = 0;
     while done < bytes.len() {
         match file.write(&bytes[done..]) {
@@ -464,7 +514,7 @@ fn record_len(bytes: &[u8]) -> usize {
 }
 
 /// fsync on the directory: makes new and removed names durable.
-fn sync_directory(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_directory(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

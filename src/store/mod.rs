@@ -5,22 +5,26 @@
 //! - [`Log::open`] takes the directory's lock, scans every segment, cuts a
 //!   torn tail, refuses (or, asked to, repairs) corruption, and hands back
 //!   what it found, including the last broadcasts for replay.
-//! - [`Writer`] moves the log to a thread of its own: the event loop only
-//!   appends to a memory buffer and hands it over once per turn, and the
-//!   thread writes, syncs (per [`Fsync`]) and says which records are
-//!   settled. Disk errors turn history off until a write succeeds again;
-//!   they never reach the loop.
+//! - [`Writer`] writes the log from the event loop (one `write` per turn,
+//!   to the kernel) and syncs it on a thread of its own (per [`Fsync`]),
+//!   saying which records are settled. Disk errors turn history off until
+//!   a write succeeds again; they never stop the loop.
 //! - [`Reader`] reads a log without the lock, safely while a server appends
 //!   to it, and can follow it.
 //!
 //! Nothing here touches sockets or the protocol's rules.
 
+// The format's pieces are the log's business; the tests and the fuzz
+// target build segments and read them with its cursor directly.
+#[cfg(feature = "testing")]
 pub mod format;
+#[cfg(not(feature = "testing"))]
+mod format;
 mod log;
 mod reader;
 mod writer;
 
-pub use format::{MAX_TEXT_LEN, Record};
+pub use format::{Damage, MAX_TEXT_LEN, Record};
 pub use log::{Log, Notice, Opened, Options};
 pub use reader::{Entry, Item, Reader};
 pub use writer::{Fsync, Ticket, Writer};

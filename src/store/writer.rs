@@ -1,45 +1,59 @@
-//! The writer thread, so that the event loop never waits on the disk.
+//! Writing the log from the event loop, and syncing it on a thread of its
+//! own: the design of Redis's AOF (write before replying, `fsync` in the
+//! background).
 //!
-//! The loop [`Writer::append`]s records to a buffer of its own (no lock, no
-//! system call) and [`Writer::submit`]s that buffer once per turn: a move
-//! into a slot shared with the thread. The thread takes whatever the slot
-//! holds (one turn's records, or several turns' if the disk was slow),
-//! writes it with one `write`, syncs per [`Fsync`] and publishes how many
-//! records are settled. Under [`Fsync::Always`] that is group commit: one
-//! `fsync` for everything the loop handed over since the last one.
+//! The loop [`Writer::append`]s each accepted message to a buffer (no system
+//! call) and, at the end of its turn, [`Writer::write`]s the turn's records
+//! to the log with one `write` (two when a segment fills): into the kernel's
+//! page cache, which a crash of the process does not lose. Under
+//! [`Fsync::EverySec`] and [`Fsync::No`] that settles them at once, so the
+//! replies waiting for them go out in the same turn.
 //!
-//! Settled means written to the kernel (and synced, under `always`), or
-//! given up on. A write error, a full disk, or a slot already holding more
-//! than [`MAX_PENDING_BYTES`] (the thread far behind) loses those records,
+//! The sync thread only calls `fsync`, never `write`, and the loop never
+//! waits for it. Under [`Fsync::Always`] it syncs after every turn that
+//! wrote (group commit: one `fsync` covers every record written before it
+//! began), then publishes how far records are settled and calls `notify` (a
+//! server wakes its loop, where the replies wait). Under `everysec` it syncs
+//! once a second if anything was written; under `no` never, except full
+//! segments and at a clean close. A full segment is synced, then the
+//! directory (for the next segment's name), by the thread as soon as the
+//! loop rolls past it; under `always` no later record counts as synced
+//! before both are.
+//!
+//! A write error (a full disk, `EFBIG`, an I/O error) loses the records of
+//! that write (a record cut short is cut back off, see [`Log::append`]),
 //! turns history off with one clear log line, and settles them anyway, so
-//! that replies waiting for them are never held for ever. History comes
-//! back on, with a log line saying how many records were not kept, as soon
-//! as a write succeeds again.
+//! that replies waiting for them are never held for ever. Each later turn
+//! tries again; history comes back on, with a log line saying how many
+//! records were not kept, as soon as a write succeeds. A failed `fsync` is
+//! logged the same way by the thread (what it covered may not be on disk)
+//! and settles what it covered too.
 //!
 //! A process that may hit the file-size limit (`RLIMIT_FSIZE`) must ignore
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
 //! write fails with `EFBIG` and is handled like a full disk.
 
 use super::format::{MAX_TEXT_LEN, encode_record};
-use super::log::{Log, Notice};
+use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
-/// Encoded records the loop may have handed over but the thread not yet
-/// taken; past this the loop drops new records instead of buffering more.
-pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// The longest `everysec` lets written records wait for an `fsync`.
 const EVERYSEC: Duration = Duration::from_secs(1);
+/// The batch buffer kept from one turn to the next; the buffer of a larger
+/// turn (a burst of long messages) is freed once written.
+const BATCH_KEEP_BYTES: usize = 1024 * 1024;
 
 /// When records are synced to disk (the choices of Redis's `appendfsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
-    /// After every batch the loop hands over, before the batch is settled.
+    /// After every turn that wrote, before its records are settled.
     Always,
     /// At most a second after a record is written.
     EverySec,
@@ -75,79 +89,92 @@ impl fmt::Display for Fsync {
 /// settled once [`Writer::settled`] is above it.
 pub type Ticket = u64;
 
-/// The loop's end of the writer thread.
+/// The log, written by its owner's thread (the event loop), and the thread
+/// that syncs it.
 pub struct Writer {
-    shared: Arc<Shared>,
-    /// Records appended since the last submit.
-    local: Vec<u8>,
-    local_records: u64,
+    log: Log,
+    mode: Fsync,
+    /// Records appended since the last write, encoded.
+    batch: Vec<u8>,
+    batch_records: u64,
     next_ticket: Ticket,
-    /// Set while the loop is dropping records because the thread is behind.
-    behind: bool,
-    dropped_behind: u64,
+    /// Tickets below this are written to the kernel, or given up on.
+    written: Ticket,
+    /// History is off: the last write failed.
+    failing: bool,
+    /// Records lost since history went off.
+    not_kept: u64,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 struct Shared {
-    slot: Mutex<Slot>,
+    state: Mutex<ToSync>,
     wake: Condvar,
-    /// Every ticket below this is settled.
-    settled: AtomicU64,
-    /// False while writes fail.
-    keeping: AtomicBool,
+    /// Under [`Fsync::Always`]: every ticket below this is synced, or given
+    /// up on.
+    synced: AtomicU64,
 }
 
-struct Slot {
-    batch: Vec<u8>,
-    /// Tickets below this were handed over (in `batch`, or dropped).
-    handed_over: Ticket,
+/// What the sync thread has to cover, as of the loop's last write.
+struct ToSync {
+    /// Tickets below this are written (or given up on).
+    written: Ticket,
+    /// Full segments not yet synced, oldest first; the directory is synced
+    /// after them.
+    sealed: Vec<Arc<SegmentFile>>,
+    /// The segment being written.
+    active: Arc<SegmentFile>,
     closing: bool,
 }
 
 impl Writer {
-    /// Starts the writer thread for `log`. `notify` is called on that
-    /// thread each time [`Writer::settled`] moves (a server passes its
-    /// poll's waker, when it holds replies for durability).
+    /// Starts the sync thread for `log`. `notify` is called on that thread
+    /// each time [`Writer::settled`] moves under [`Fsync::Always`] (a server
+    /// passes its poll's waker: its replies wait for that).
     pub fn start(
         log: Log,
         mode: Fsync,
         notify: Option<Box<dyn Fn() + Send>>,
     ) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
-            slot: Mutex::new(Slot {
-                batch: Vec::new(),
-                handed_over: 0,
+            state: Mutex::new(ToSync {
+                written: 0,
+                sealed: Vec::new(),
+                active: log.active_file().clone(),
                 closing: false,
             }),
             wake: Condvar::new(),
-            settled: AtomicU64::new(0),
-            keeping: AtomicBool::new(true),
+            synced: AtomicU64::new(0),
         });
         let thread = {
             let shared = shared.clone();
+            let dir = log.dir().to_path_buf();
             std::thread::Builder::new()
-                .name("history-writer".into())
+                .name("history-sync".into())
                 .spawn(move || {
-                    WriterThread {
-                        log,
+                    SyncThread {
+                        dir,
                         mode,
                         shared,
                         notify,
                         failing: false,
-                        not_kept: 0,
-                        unsynced: false,
+                        synced_written: 0,
                         last_sync: Instant::now(),
                     }
                     .run()
                 })?
         };
         Ok(Writer {
-            shared,
-            local: Vec::new(),
-            local_records: 0,
+            log,
+            mode,
+            batch: Vec::new(),
+            batch_records: 0,
             next_ticket: 0,
-            behind: false,
-            dropped_behind: 0,
+            written: 0,
+            failing: false,
+            not_kept: 0,
+            shared,
             thread: Some(thread),
         })
     }
@@ -156,65 +183,72 @@ impl Writer {
     /// [`MAX_TEXT_LEN`] (no MSG carries one) is cut to that length.
     pub fn append(&mut self, time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> Ticket {
         let text = &text[..text.len().min(MAX_TEXT_LEN)];
-        encode_record(&mut self.local, time_ms, origin, dest, text);
-        self.local_records += 1;
+        encode_record(&mut self.batch, time_ms, origin, dest, text);
+        self.batch_records += 1;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         ticket
     }
 
-    /// Hands this turn's records to the thread. Never waits for the disk:
-    /// the lock it takes is only ever held for a swap or a copy.
-    pub fn submit(&mut self) {
-        if self.local_records == 0 {
+    /// Writes the records appended since the last call to the log (to the
+    /// kernel, not synced), then tells the sync thread. Never waits for the
+    /// thread; the lock it takes is only ever held for a few assignments.
+    pub fn write(&mut self) {
+        if self.batch_records == 0 {
             return;
         }
-        let mut slot = self.shared.lock();
-        if !slot.batch.is_empty() && slot.batch.len() + self.local.len() > MAX_PENDING_BYTES {
-            if !self.behind {
-                self.behind = true;
-                warn!(
-                    "history off: the writer thread is {} bytes behind; \
-                     messages are still relayed but not kept until it catches up",
-                    slot.batch.len()
-                );
-            }
-            self.dropped_behind += self.local_records;
-            self.local.clear();
-        } else {
-            if slot.batch.is_empty() {
-                std::mem::swap(&mut slot.batch, &mut self.local);
-            } else {
-                slot.batch.extend_from_slice(&self.local);
-                self.local.clear();
-            }
-            if self.behind {
-                self.behind = false;
-                info!(
-                    "history back on: the writer thread caught up; {} messages were not kept",
-                    std::mem::take(&mut self.dropped_behind)
-                );
+        match self.log.append(&self.batch) {
+            Ok(()) => self.back_on(),
+            Err((written, e)) => self.off(&e, self.batch_records - written as u64),
+        }
+        // Retention here, in the writing thread: an unlink when a segment
+        // is due to go (after a roll), never an fsync.
+        for retired in self.log.retain() {
+            match retired {
+                Ok(notice @ Notice::Retired { .. }) => debug!("history: {notice}"),
+                Ok(notice) => info!("history: {notice}"),
+                Err(e) => warn!("history: {e}"),
             }
         }
-        slot.handed_over = self.next_ticket;
-        self.local_records = 0;
-        drop(slot);
-        self.shared.wake.notify_one();
+        if self.batch.capacity() > BATCH_KEEP_BYTES {
+            self.batch = Vec::new();
+        } else {
+            self.batch.clear();
+        }
+        self.batch_records = 0;
+        self.written = self.next_ticket;
+        let sealed = self.log.take_sealed();
+        let rolled = !sealed.is_empty();
+        let mut state = self.shared.lock();
+        state.written = self.written;
+        if rolled {
+            state.sealed.extend(sealed);
+            state.active = self.log.active_file().clone();
+        }
+        drop(state);
+        // `everysec` needs no wake-up: the thread looks once a second.
+        if rolled || self.mode == Fsync::Always {
+            self.shared.wake.notify_one();
+        }
     }
 
-    /// Every ticket below this is settled: written (synced under
-    /// [`Fsync::Always`]), or given up on.
+    /// Every ticket below this is settled: written, and synced under
+    /// [`Fsync::Always`]; or given up on.
     pub fn settled(&self) -> Ticket {
-        self.shared.settled.load(Ordering::Acquire)
+        match self.mode {
+            Fsync::Always => self.shared.synced.load(Ordering::Acquire),
+            Fsync::EverySec | Fsync::No => self.written,
+        }
     }
 
     /// False while history is off because writes fail.
+    #[cfg(feature = "testing")]
     pub fn is_keeping(&self) -> bool {
-        self.shared.keeping.load(Ordering::Acquire) && !self.behind
+        !self.failing
     }
 
-    /// Hands over what is left, lets the thread write and sync it, and
-    /// waits for the thread to end (which releases the directory's lock).
+    /// Writes what is left, lets the thread sync everything, and waits for
+    /// it to end; the log (and the directory's lock) goes after that.
     pub fn close(mut self) {
         self.finish();
     }
@@ -223,11 +257,33 @@ impl Writer {
         let Some(thread) = self.thread.take() else {
             return;
         };
-        self.submit();
+        self.write();
         self.shared.lock().closing = true;
         self.shared.wake.notify_one();
         if thread.join().is_err() {
-            error!("the history writer thread panicked");
+            error!("the history sync thread panicked");
+        }
+    }
+
+    fn off(&mut self, error: &WriteError, lost: u64) {
+        self.not_kept += lost;
+        if !self.failing {
+            self.failing = true;
+            error!(
+                "history off: {error}; messages are still relayed but not kept \
+                 until a write succeeds again (tried again with each new message)"
+            );
+        }
+    }
+
+    fn back_on(&mut self) {
+        if self.failing {
+            self.failing = false;
+            info!(
+                "history back on: writing to {} succeeds again; {} messages were not kept",
+                self.log.active_file().path().display(),
+                std::mem::take(&mut self.not_kept)
+            );
         }
     }
 }
@@ -239,180 +295,131 @@ impl Drop for Writer {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Slot> {
-        // The slot holds plain bytes; a panic elsewhere cannot leave it
-        // inconsistent, so a poisoned lock is used as it is.
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, ToSync> {
+        // The state is plain values, each assigned whole; a panic elsewhere
+        // cannot leave it inconsistent, so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-struct WriterThread {
-    log: Log,
+struct SyncThread {
+    dir: PathBuf,
     mode: Fsync,
     shared: Arc<Shared>,
     notify: Option<Box<dyn Fn() + Send>>,
-    /// History is off: the last write or sync failed.
+    /// The last sync failed (reported once until one succeeds).
     failing: bool,
-    /// Records lost since history went off.
-    not_kept: u64,
-    /// Records written since the last sync.
-    unsynced: bool,
+    /// The loop's `written` when the active segment was last synced.
+    synced_written: Ticket,
     last_sync: Instant,
 }
 
-impl WriterThread {
+/// One round of the sync thread's work, taken from [`ToSync`].
+struct Round {
+    written: Ticket,
+    sealed: Vec<Arc<SegmentFile>>,
+    /// The active segment, when it is to be synced this round.
+    active: Option<Arc<SegmentFile>>,
+    closing: bool,
+}
+
+impl SyncThread {
     fn run(mut self) {
-        let mut batch = Vec::new();
-        let mut settled = 0;
         loop {
-            let (handed_over, closing) = self.take(&mut batch, settled);
-            let wrote = !batch.is_empty();
-            let mut ok = true;
-            if wrote {
-                ok = self.write(&batch);
-                batch.clear();
+            let round = self.wait();
+            let result = self.sync(&round);
+            self.report(result);
+            if round.active.is_some() {
+                self.synced_written = round.written;
+                self.last_sync = Instant::now();
+                if self.mode == Fsync::Always || round.closing {
+                    self.shared.synced.store(round.written, Ordering::Release);
+                    if let Some(notify) = &self.notify {
+                        notify();
+                    }
+                }
             }
-            if self.mode != Fsync::Always {
-                // Written is settled: the once-a-second sync below must not
-                // hold up the replies waiting for this batch.
-                self.publish(&mut settled, handed_over);
-            }
-            let sync_due = match self.mode {
-                Fsync::Always => true,
-                Fsync::EverySec => self.last_sync.elapsed() >= EVERYSEC,
-                Fsync::No => false,
-            };
-            if self.unsynced && (sync_due || closing) {
-                ok &= self.sync();
-            }
-            if wrote && ok {
-                self.back_on();
-            }
-            self.publish(&mut settled, handed_over);
-            if closing {
+            if round.closing {
                 return;
             }
         }
     }
 
-    /// Says every record below `handed_over` is settled, if that is news.
-    fn publish(&self, settled: &mut Ticket, handed_over: Ticket) {
-        if handed_over != *settled {
-            *settled = handed_over;
-            self.shared.settled.store(handed_over, Ordering::Release);
-            if let Some(notify) = &self.notify {
-                notify();
-            }
-        }
-    }
-
-    /// Waits for work: records handed over, records dropped by the loop
-    /// (to settle), closing, or an `everysec` sync falling due. Swaps the
-    /// slot's batch into `batch`.
-    fn take(&self, batch: &mut Vec<u8>, settled: Ticket) -> (Ticket, bool) {
-        let mut slot = self.shared.lock();
+    /// Waits until there is something to sync (or closing), and takes it.
+    fn wait(&self) -> Round {
+        let mut state = self.shared.lock();
         loop {
-            if !slot.batch.is_empty() || slot.handed_over != settled || slot.closing {
-                break;
+            let unsynced = state.written != self.synced_written;
+            let active_due = state.closing
+                || unsynced
+                    && match self.mode {
+                        Fsync::Always => true,
+                        Fsync::EverySec => self.last_sync.elapsed() >= EVERYSEC,
+                        Fsync::No => false,
+                    };
+            if active_due || !state.sealed.is_empty() {
+                return Round {
+                    written: state.written,
+                    sealed: std::mem::take(&mut state.sealed),
+                    active: active_due.then(|| state.active.clone()),
+                    closing: state.closing,
+                };
             }
-            if self.unsynced && self.mode == Fsync::EverySec {
+            state = if self.mode == Fsync::EverySec {
+                // Also when nothing is written yet: the loop does not wake
+                // this thread under `everysec`.
                 let left = EVERYSEC.saturating_sub(self.last_sync.elapsed());
-                if left.is_zero() {
-                    break;
-                }
-                slot = self
-                    .shared
+                let wait = if unsynced { left } else { EVERYSEC };
+                self.shared
                     .wake
-                    .wait_timeout(slot, left)
+                    .wait_timeout(state, wait)
                     .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                    .0
             } else {
-                slot = self
-                    .shared
+                self.shared
                     .wake
-                    .wait(slot)
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-        }
-        std::mem::swap(batch, &mut slot.batch);
-        (slot.handed_over, slot.closing)
-    }
-
-    /// Writes a batch; false if any of it could not be written.
-    fn write(&mut self, batch: &[u8]) -> bool {
-        let durable_names = self.mode != Fsync::No;
-        let ok = match self.log.append(batch, durable_names) {
-            Ok(()) => {
-                self.unsynced = true;
-                true
-            }
-            Err((written, e)) => {
-                if written > 0 {
-                    self.unsynced = true;
-                }
-                self.off(&e.to_string(), count_records(batch) - written as u64);
-                false
-            }
-        };
-        for retired in self.log.retain() {
-            match retired {
-                Ok(notice @ Notice::Retired { .. }) => debug!("history: {notice}"),
-                Ok(notice) => info!("history: {notice}"),
-                Err(e) => warn!("history: {e}"),
-            }
-        }
-        ok
-    }
-
-    /// Syncs what was written; false if the sync failed.
-    fn sync(&mut self) -> bool {
-        self.unsynced = false;
-        self.last_sync = Instant::now();
-        match self.log.sync() {
-            Ok(()) => true,
-            Err(e) => {
-                // What reached the disk is unknown; nothing is counted as
-                // lost, but history is reported off until a write and its
-                // sync succeed.
-                self.off(&e.to_string(), 0);
-                false
-            }
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner())
+            };
         }
     }
 
-    fn off(&mut self, error: &str, lost: u64) {
-        self.not_kept += lost;
-        if !self.failing {
-            self.failing = true;
-            self.shared.keeping.store(false, Ordering::Release);
-            error!(
-                "history off: {error}; messages are still relayed but not kept \
-                 until a write succeeds again (tried again with each new message)"
-            );
+    /// Syncs the full segments, the directory after them, then the active
+    /// segment; the first error, after trying them all.
+    fn sync(&self, round: &Round) -> Result<(), WriteError> {
+        let mut result = Ok(());
+        for segment in &round.sealed {
+            result = result.and(segment.sync());
         }
+        if !round.sealed.is_empty() {
+            let dir = sync_directory(&self.dir).map_err(|source| WriteError {
+                path: self.dir.clone(),
+                op: "sync directory",
+                source,
+            });
+            result = result.and(dir);
+        }
+        if let Some(active) = &round.active {
+            result = result.and(active.sync());
+        }
+        result
     }
 
-    fn back_on(&mut self) {
-        if self.failing {
-            self.failing = false;
-            self.shared.keeping.store(true, Ordering::Release);
-            info!(
-                "history back on: writing to {} succeeds again; {} messages were not kept",
-                self.log.active_path().display(),
-                std::mem::take(&mut self.not_kept)
-            );
+    fn report(&mut self, result: Result<(), WriteError>) {
+        match result {
+            Err(e) if !self.failing => {
+                self.failing = true;
+                error!(
+                    "history: {e}; what was written since the last sync may not be on disk \
+                     (messages are still relayed; an OK waiting for the sync is sent anyway, \
+                     promising delivery only); tried again at each sync"
+                );
+            }
+            Ok(()) if self.failing => {
+                self.failing = false;
+                info!("history: syncing succeeds again");
+            }
+            _ => {}
         }
     }
-}
-
-/// Records in a batch of whole encoded records.
-fn count_records(batch: &[u8]) -> u64 {
-    let mut at = 0;
-    let mut count = 0;
-    while at + 8 <= batch.len() {
-        let body = u32::from_be_bytes(batch[at + 4..at + 8].try_into().unwrap());
-        at += 8 + body as usize;
-        count += 1;
-    }
-    count
 }
