@@ -323,14 +323,42 @@ fn a_bad_length_in_the_middle_is_corruption_not_a_torn_tail() {
     );
 }
 
+/// The sync thread syncs a full segment just after the next one starts, so a
+/// power failure in that moment can tear the segment before the last: it is
+/// cut like the last one's torn tail; the record numbers it lost are a gap.
 #[test]
-fn a_short_segment_before_the_last_is_corruption_not_a_torn_tail() {
-    let dir = TempDir::new("short-sealed");
+fn a_torn_tail_in_the_segment_before_the_last_is_cut() {
+    let dir = TempDir::new("torn-sealed");
     let all = records(4);
     let first = segment_bytes(&all[..2]);
     let cut = first.len() - 4;
     fs::write(dir.segment(0), &first[..cut]).unwrap();
     fs::write(dir.segment(2), segment_bytes(&all[2..])).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let offset = record_offsets(&all)[1];
+    assert_eq!(
+        opened.notices,
+        vec![Notice::TornTail {
+            file: dir.segment(0),
+            offset,
+            dropped: cut as u64 - offset,
+        }]
+    );
+    assert_eq!(opened.records, 3);
+    assert_eq!(opened.log.next_record(), 4);
+    drop(opened);
+    assert_eq!(fs::metadata(dir.segment(0)).unwrap().len(), offset);
+}
+
+#[test]
+fn a_short_segment_further_back_is_corruption_not_a_torn_tail() {
+    let dir = TempDir::new("short-sealed");
+    let all = records(5);
+    let first = segment_bytes(&all[..2]);
+    let cut = first.len() - 4;
+    fs::write(dir.segment(0), &first[..cut]).unwrap();
+    fs::write(dir.segment(2), segment_bytes(&all[2..4])).unwrap();
+    fs::write(dir.segment(4), segment_bytes(&all[4..])).unwrap();
     let err = open_log(dir.path(), big_log()).unwrap_err();
     assert_eq!(
         err.to_string(),

@@ -230,15 +230,16 @@ impl Cursor {
     }
 
     /// The next step through a segment whose bytes in `source` end at
-    /// `end`. `last` says whether it is the log's last segment, the only
-    /// place a torn tail can be.
+    /// `end`. `last` says whether a torn tail can be there: the log's last
+    /// segment (and, when a server opens the log, the one before it, which
+    /// a power failure just after a roll can tear).
     ///
-    /// The first bad spot in the last segment is a torn tail when no whole
+    /// The first bad spot in such a segment is a torn tail when no whole
     /// record (a valid length and the right checksum) starts at any byte
     /// after it: what a write cut short leaves, whether its bytes are
     /// missing, zero or stale. Anything else is [`Step::Corrupt`]: a
     /// damaged header, a bad spot followed by good records, or any bad spot
-    /// in a segment that is not the last.
+    /// in any other segment.
     pub fn next<S: Source + ?Sized>(
         &mut self,
         source: &S,

@@ -216,7 +216,11 @@ impl Log {
         let mut records = 0;
         for (i, (base, path)) in found.iter().enumerate() {
             let next_base = found.get(i + 1).map(|(next, _)| *next);
-            let scan = scan_segment(path, *base, next_base, &options, &mut recent)?;
+            // The segment before the last is synced by the sync thread just
+            // after the last one starts: a power failure in that moment can
+            // tear it as it can the last.
+            let may_tear = i + 2 >= found.len();
+            let scan = scan_segment(path, *base, next_base, may_tear, &options, &mut recent)?;
             notices.extend(scan.notice);
             records += scan.records;
             scanned.push((
@@ -620,24 +624,25 @@ struct Scan {
     notice: Option<Notice>,
 }
 
-/// Reads one segment through, cutting a torn tail (last segment only) or,
-/// with repair, corruption; keeps the recent broadcasts in `recent`.
+/// Reads one segment through, cutting a torn tail (where `may_tear`: the
+/// last two segments) or, with repair, corruption; keeps the recent
+/// broadcasts in `recent`.
 fn scan_segment(
     path: &Path,
     base: u64,
     next_base: Option<u64>,
+    may_tear: bool,
     options: &Options,
     recent: &mut Recent,
 ) -> Result<Scan, StoreError> {
     let file = File::open(path).map_err(StoreError::io(path, "open"))?;
     let end = file.metadata().map_err(StoreError::io(path, "stat"))?.len();
-    let last = next_base.is_none();
     let room = next_base.map(|next| next - base);
     let mut cursor = Cursor::new();
     let mut records = 0;
     let (cut_at, notice) = loop {
         let step = cursor
-            .next(&file, end, last)
+            .next(&file, end, may_tear)
             .map_err(StoreError::io(path, "read"))?;
         match step {
             Step::Record { offset, record } => {
