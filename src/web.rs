@@ -396,7 +396,22 @@ impl WebSocket {
                 return status;
             }
         }
+        let mut open = self.takes_binary_frames();
         while !bytes.is_empty() {
+            // A chat's every frame, read in short: final, binary, masked,
+            // under 126 bytes, and whole in what arrived.
+            if open
+                && let [FIN_BINARY, second, k0, k1, k2, k3, rest @ ..] = bytes
+                && second & 0x80 != 0
+                && usize::from(second & 0x7f) < 126
+                && let Some((payload, after)) = rest.split_at_checked(usize::from(second & 0x7f))
+            {
+                bytes = after;
+                if let Err(failure) = take_binary(payload, [*k0, *k1, *k2, *k3], sink.frames) {
+                    return WsStatus::Failed(failure);
+                }
+                continue;
+            }
             let Some(head) = FrameHead::parse(bytes) else {
                 self.partial.extend_from_slice(bytes);
                 break;
@@ -413,8 +428,15 @@ impl WebSocket {
             if status != WsStatus::Open {
                 return status;
             }
+            open = self.takes_binary_frames();
         }
         sink.status()
+    }
+
+    /// Whether a final binary frame may go straight into the protocol
+    /// input: no fragmented message under way, no close sent or received.
+    fn takes_binary_frames(&self) -> bool {
+        !self.fragmented && self.context.can_write()
     }
 
     /// Adds to the frame begun in an earlier read what of it `bytes` holds,
@@ -460,18 +482,10 @@ impl WebSocket {
     /// else to tungstenite.
     fn take(&mut self, head: &FrameHead, frame: &[u8], sink: &mut Sink<'_>) -> WsStatus {
         match head.mask {
-            Some(mask)
-                if head.is_final_binary() && !self.fragmented && self.context.can_write() =>
-            {
-                let start = sink.frames.len();
-                sink.frames.extend_from_slice(&frame[head.len..]);
-                unmask(&mut sink.frames[start..], mask);
-                match check_one_frame(&sink.frames[start..]) {
+            Some(mask) if head.is_final_binary() && self.takes_binary_frames() => {
+                match take_binary(&frame[head.len..], mask, sink.frames) {
                     Ok(()) => WsStatus::Open,
-                    Err(failure) => {
-                        sink.frames.truncate(start);
-                        WsStatus::Failed(failure)
-                    }
+                    Err(failure) => WsStatus::Failed(failure),
                 }
             }
             _ => {
@@ -554,9 +568,20 @@ impl WebSocket {
     }
 }
 
+/// Unmasks a binary message's payload into the protocol input, where it must
+/// be exactly one frame; nothing of it stays there if not.
+#[inline]
+fn take_binary(masked: &[u8], mask: [u8; 4], frames: &mut BytesMut) -> Result<(), WsFailure> {
+    let start = frames.len();
+    frames.extend_from_slice(masked);
+    unmask(&mut frames[start..], mask);
+    check_one_frame(&frames[start..]).inspect_err(|_| frames.truncate(start))
+}
+
 /// Checks that one binary message's payload is exactly one frame. A frame
 /// of unknown type passes whole: the router answers it as on TCP (ERRO, then
 /// close).
+#[inline]
 fn check_one_frame(payload: &[u8]) -> Result<(), WsFailure> {
     match FrameView::parse(payload) {
         Ok(Some((_, len))) if len == payload.len() => Ok(()),
@@ -632,6 +657,8 @@ fn feed_context(context: &mut WebSocketContext, bytes: &[u8], sink: &mut Sink<'_
     }
 }
 
+/// The first header byte of a final binary frame with no reserved bit.
+const FIN_BINARY: u8 = 0x80 | OPCODE_BINARY;
 const OPCODE_CONTINUATION: u8 = 0x0;
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
@@ -714,6 +741,7 @@ impl FrameHead {
 }
 
 /// Removes the client's mask (RFC 6455, 5.3), four bytes at a time.
+#[inline]
 fn unmask(payload: &mut [u8], key: [u8; 4]) {
     let word = u32::from_ne_bytes(key);
     let mut words = payload.chunks_exact_mut(4);
@@ -730,8 +758,8 @@ fn unmask(payload: &mut [u8], key: [u8; 4]) {
 /// bytes (unmasked, final, opcode 2), appended to `out`. Data frames are
 /// framed here rather than through tungstenite, so that a forwarded frame
 /// is encoded straight into the output as on TCP, with no copy in between.
+#[inline]
 pub fn put_binary_header(len: usize, out: &mut BytesMut) {
-    const FIN_BINARY: u8 = 0x82;
     if len < 126 {
         out.extend_from_slice(&[FIN_BINARY, len as u8]);
     } else if len <= u16::MAX as usize {
@@ -744,6 +772,7 @@ pub fn put_binary_header(len: usize, out: &mut BytesMut) {
 }
 
 /// Bytes [`put_binary_header`] writes for a message of `len` bytes.
+#[inline]
 pub fn binary_header_len(len: usize) -> usize {
     match len {
         0..126 => 2,
