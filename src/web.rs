@@ -383,12 +383,7 @@ impl WebSocket {
         output: &mut BytesMut,
         max_output: usize,
     ) -> WsStatus {
-        let mut sink = Sink {
-            frames,
-            output,
-            max_output,
-            answer_waits: false,
-        };
+        let mut sink = Sink::new(frames, output, max_output);
         if !self.partial.is_empty() {
             let partial = std::mem::take(&mut self.partial);
             let status = self.finish_partial(partial, &mut bytes, &mut sink);
@@ -528,12 +523,7 @@ impl WebSocket {
         output: &mut BytesMut,
         max_output: usize,
     ) -> WsStatus {
-        let mut sink = Sink {
-            frames,
-            output,
-            max_output,
-            answer_waits: false,
-        };
+        let mut sink = Sink::new(frames, output, max_output);
         feed_context(&mut self.context, bytes, &mut sink)
     }
 
@@ -607,7 +597,16 @@ struct Sink<'a> {
     answer_waits: bool,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    fn new(frames: &'a mut BytesMut, output: &'a mut BytesMut, max_output: usize) -> Sink<'a> {
+        Sink {
+            frames,
+            output,
+            max_output,
+            answer_waits: false,
+        }
+    }
+
     fn status(&self) -> WsStatus {
         if self.answer_waits {
             WsStatus::Full
@@ -781,6 +780,47 @@ pub fn binary_header_len(len: usize) -> usize {
     }
 }
 
+/// What a client stream did to a fresh WebSocket: each read's verdict (`Ok`
+/// while open, else the close code: 1000 closed by the peer, 0 answers not
+/// read), then the protocol input and the output.
+#[cfg(any(test, feature = "testing"))]
+pub type FeedOutcome = (Vec<Result<(), u16>>, Vec<u8>, Vec<u8>);
+
+/// Feeds `stream` to a fresh WebSocket in reads of the sizes in `reads`
+/// (repeated), up to the first verdict other than open, through the fast
+/// path or all through tungstenite: tests and fuzzing require the two to
+/// agree.
+#[cfg(any(test, feature = "testing"))]
+pub fn feed_in_reads(stream: &[u8], reads: &[usize], max_output: usize, fast: bool) -> FeedOutcome {
+    let mut ws = WebSocket::new();
+    let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
+    let mut said = Vec::new();
+    let mut rest = stream;
+    for &size in reads.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (bytes, after) = rest.split_at(size.clamp(1, rest.len()));
+        rest = after;
+        let status = if fast {
+            ws.feed(bytes, &mut frames, &mut output, max_output)
+        } else {
+            ws.feed_through_tungstenite(bytes, &mut frames, &mut output, max_output)
+        };
+        let verdict = match status {
+            WsStatus::Open => Ok(()),
+            WsStatus::Closed => Err(1000),
+            WsStatus::Full => Err(0),
+            WsStatus::Failed(failure) => Err(failure.close_code()),
+        };
+        said.push(verdict);
+        if verdict.is_err() {
+            break;
+        }
+    }
+    (said, frames.to_vec(), output.to_vec())
+}
+
 /// The stream tungstenite reads from and writes to: what the socket gave
 /// this turn, and the connection's output, which never grows past its cap
 /// (a write that would is refused as "would block", and tungstenite keeps
@@ -949,44 +989,6 @@ mod tests {
         )
     }
 
-    /// Feeds `wire` in reads of the sizes in `cuts` (repeated), with the
-    /// fast path or all through tungstenite; what each read said, then the
-    /// protocol input and the output at the end.
-    fn run(
-        wire: &[u8],
-        cuts: &[usize],
-        max_output: usize,
-        fast: bool,
-    ) -> (Vec<Result<(), u16>>, Vec<u8>, Vec<u8>) {
-        let mut ws = WebSocket::new();
-        let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
-        let mut said = Vec::new();
-        let mut rest = wire;
-        for &cut in cuts.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (bytes, after) = rest.split_at(cut.min(rest.len()));
-            rest = after;
-            let status = if fast {
-                ws.feed(bytes, &mut frames, &mut output, max_output)
-            } else {
-                ws.feed_through_tungstenite(bytes, &mut frames, &mut output, max_output)
-            };
-            let verdict = match status {
-                WsStatus::Open => Ok(()),
-                WsStatus::Closed => Err(1000),
-                WsStatus::Full => Err(0),
-                WsStatus::Failed(failure) => Err(failure.close_code()),
-            };
-            said.push(verdict);
-            if verdict.is_err() {
-                break;
-            }
-        }
-        (said, frames.to_vec(), output.to_vec())
-    }
-
     #[test]
     fn a_frame_split_across_reads_waits_in_one_buffer_of_at_most_one_frame() {
         // The largest protocol frame, a CLIST of 65535 ids, in one message.
@@ -1039,8 +1041,8 @@ mod tests {
         ) {
             let wire: Vec<u8> = frames.iter().flat_map(ClientFrame::wire).collect();
             prop_assert_eq!(
-                run(&wire, &cuts, max_output, true),
-                run(&wire, &cuts, max_output, false)
+                feed_in_reads(&wire, &cuts, max_output, true),
+                feed_in_reads(&wire, &cuts, max_output, false)
             );
         }
     }
