@@ -180,6 +180,19 @@ fn server_on(port: u16, extra: &[&str]) -> Server {
     Server { proc, addr }
 }
 
+/// Starts Chromium and loads the page of the server on `port`; the browser
+/// must be kept alive while the tab is used.
+fn open_page(path: PathBuf, port: u16) -> (Browser, Arc<Tab>, Arc<Mutex<Vec<String>>>) {
+    let browser = launch(path);
+    let tab = browser.new_tab().unwrap();
+    let problems = watch_problems(&tab);
+    tab.navigate_to(&format!("http://127.0.0.1:{port}/"))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    (browser, tab, problems)
+}
+
 /// Evaluates `expr` (JavaScript yielding a string) in the page, again on
 /// every DOM change, until it yields a non-empty string, and returns that.
 /// Fails the test, showing what the page displays, after PAGE_WAIT_MS.
@@ -396,13 +409,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     let (cli_exhibitor, cli_exhibitor_id) = server.exhibitor();
     assert_eq!(cli_exhibitor_id, 4096);
 
-    let browser = launch(path);
-    let tab = browser.new_tab().unwrap();
-    let problems = watch_problems(&tab);
-    tab.navigate_to(&format!("http://127.0.0.1:{port}/"))
-        .unwrap()
-        .wait_until_navigated()
-        .unwrap();
+    let (_browser, tab, problems) = open_page(path, port);
 
     // Its two ids: the exhibitor registers first, the emitter pairs with it.
     assert_eq!(wait_connected(&tab), (1, 4097));
@@ -684,13 +691,7 @@ fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
     let mut server = Server::start(&history);
     let port = server.addr.port();
 
-    let browser = launch(path);
-    let tab = browser.new_tab().unwrap();
-    let problems = watch_problems(&tab);
-    tab.navigate_to(&format!("http://127.0.0.1:{port}/"))
-        .unwrap()
-        .wait_until_navigated()
-        .unwrap();
+    let (_browser, tab, problems) = open_page(path, port);
     assert_eq!(wait_connected(&tab), (1, 4096));
     let (mut cli_emitter, _) = server.emitter(None);
     cli_emitter.input("(0) one\n");
