@@ -349,6 +349,9 @@ pub struct WebSocket {
     /// A fragmented message is being reassembled by tungstenite, so data
     /// frames must go there until its last fragment.
     fragmented: bool,
+    /// Frames the fast path took, for tests that it takes what it should.
+    #[cfg(test)]
+    taken_here: usize,
 }
 
 impl Default for WebSocket {
@@ -370,6 +373,8 @@ impl WebSocket {
             context: WebSocketContext::new(Role::Server, Some(config)),
             partial: Vec::new(),
             fragmented: false,
+            #[cfg(test)]
+            taken_here: 0,
         }
     }
 
@@ -404,6 +409,10 @@ impl WebSocket {
                 bytes = after;
                 if let Err(failure) = take_binary(payload, [*k0, *k1, *k2, *k3], sink.frames) {
                     return WsStatus::Failed(failure);
+                }
+                #[cfg(test)]
+                {
+                    self.taken_here += 1;
                 }
                 continue;
             }
@@ -478,6 +487,10 @@ impl WebSocket {
     fn take(&mut self, head: &FrameHead, frame: &[u8], sink: &mut Sink<'_>) -> WsStatus {
         match head.mask {
             Some(mask) if head.is_final_binary() && self.takes_binary_frames() => {
+                #[cfg(test)]
+                {
+                    self.taken_here += 1;
+                }
                 match take_binary(&frame[head.len..], mask, sink.frames) {
                     Ok(()) => WsStatus::Open,
                     Err(failure) => WsStatus::Failed(failure),
@@ -529,12 +542,10 @@ impl WebSocket {
 
     /// Frees the buffer of a frame split across reads when none is pending.
     pub fn release_idle_buffer(&mut self) -> usize {
-        let released = self.partial.capacity();
-        if self.partial.is_empty() && released > 0 {
-            self.partial = Vec::new();
-            return released;
+        if !self.partial.is_empty() {
+            return 0;
         }
-        0
+        std::mem::take(&mut self.partial).capacity()
     }
 
     /// Queues the close frame with `code` (tungstenite's state then refuses
@@ -915,6 +926,23 @@ mod tests {
         payload: Vec<u8>,
     }
 
+    /// The frame `masked_binary` built, as fields to vary.
+    impl From<Vec<u8>> for ClientFrame {
+        fn from(wire: Vec<u8>) -> ClientFrame {
+            let head = FrameHead::parse(&wire).unwrap();
+            let mut payload = wire[head.len..].to_vec();
+            let mask = head.mask.unwrap();
+            unmask(&mut payload, mask);
+            ClientFrame {
+                first: wire[0],
+                mask: Some(mask),
+                claimed_len: None,
+                long_form: false,
+                payload,
+            }
+        }
+    }
+
     impl ClientFrame {
         fn wire(&self) -> Vec<u8> {
             let len = self.claimed_len.unwrap_or(self.payload.len() as u64);
@@ -1025,6 +1053,96 @@ mod tests {
         // Kept for the next split frame until the connection is idle.
         assert!(ws.release_idle_buffer() >= wire.len() - 1000);
         assert_eq!(ws.release_idle_buffer(), 0);
+    }
+
+    fn masked_binary(payload: &[u8]) -> Vec<u8> {
+        ClientFrame {
+            first: FIN_BINARY,
+            mask: Some([9, 8, 7, 6]),
+            claimed_len: None,
+            long_form: false,
+            payload: payload.to_vec(),
+        }
+        .wire()
+    }
+
+    fn msg(text: &[u8]) -> Vec<u8> {
+        crate::proto::Frame::msg(1, 0, 1, text.to_vec())
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[test]
+    fn every_whole_binary_frame_skips_tungstenite_even_after_a_fragmented_message() {
+        let (short, long) = (msg(b"hi"), msg(&[b'x'; 300]));
+        let whole = msg(b"in two parts");
+        let fragments = [
+            ClientFrame {
+                first: OPCODE_BINARY,
+                payload: whole[..5].to_vec(),
+                ..ClientFrame::from(masked_binary(&[]))
+            },
+            ClientFrame {
+                first: 0x80 | OPCODE_CONTINUATION,
+                payload: whole[5..].to_vec(),
+                ..ClientFrame::from(masked_binary(&[]))
+            },
+        ];
+        let mut stream = [masked_binary(&short), masked_binary(&long)].concat();
+        stream.extend(fragments.iter().flat_map(ClientFrame::wire));
+        stream.extend([masked_binary(&short), masked_binary(&long)].concat());
+        for read in [1, 7, 100, stream.len()] {
+            let mut ws = WebSocket::new();
+            let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
+            for bytes in stream.chunks(read) {
+                assert_eq!(
+                    ws.feed(bytes, &mut frames, &mut output, 1024),
+                    WsStatus::Open
+                );
+            }
+            let want = [&short[..], &long, &whole, &short, &long].concat();
+            assert!(frames[..] == want[..], "reads of {read}");
+            // All but the two fragments, which tungstenite reassembles.
+            assert_eq!(ws.taken_here, 4, "reads of {read}");
+        }
+    }
+
+    #[test]
+    fn an_unmasked_frame_is_refused_as_unmasked() {
+        for payload in [msg(b"hi"), msg(&[b'x'; 300])] {
+            let mut unmasked = ClientFrame::from(masked_binary(&payload));
+            unmasked.mask = None;
+            // Another frame after it, which a misread mask would eat into.
+            let stream = [unmasked.wire(), masked_binary(&payload)].concat();
+            let mut ws = WebSocket::new();
+            let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
+            match ws.feed(&stream, &mut frames, &mut output, 1024) {
+                WsStatus::Failed(WsFailure::Protocol(why)) => {
+                    assert!(why.contains("unmasked"), "{why}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(frames.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_idle_trim_keeps_a_frame_split_across_reads() {
+        let frame = masked_binary(&msg(b"split"));
+        let mut ws = WebSocket::new();
+        let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
+        let (first, rest) = frame.split_at(9);
+        assert_eq!(
+            ws.feed(first, &mut frames, &mut output, 1024),
+            WsStatus::Open
+        );
+        assert_eq!(ws.release_idle_buffer(), 0);
+        assert_eq!(
+            ws.feed(rest, &mut frames, &mut output, 1024),
+            WsStatus::Open
+        );
+        assert!(frames[..] == msg(b"split")[..]);
     }
 
     proptest! {
