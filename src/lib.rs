@@ -7,21 +7,22 @@
 
 pub mod cli;
 pub mod client;
-// The fuzz target drives a connection without a socket.
-#[cfg(feature = "testing")]
-pub mod connection;
-#[cfg(not(feature = "testing"))]
 mod connection;
 pub mod proto;
 pub mod router;
 pub mod server;
 pub mod store;
-// The web transport is the connection's business; the fuzz targets and
-// tests reach its parsers directly.
-#[cfg(feature = "testing")]
-pub mod web;
-#[cfg(not(feature = "testing"))]
 mod web;
+
+/// What the fuzz targets reach below the server: a connection driven
+/// without a socket, and the web transport (the connection's business).
+/// Each module is declared once, so that tools which read the source
+/// without `cfg` (cargo-mutants) see it once.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
+    pub use crate::web::{FeedOutcome, MAX_HEAD_LEN, WebConfig, WsStatus, feed_in_reads};
+}
 
 // The server's unit tests share the integration tests' raw client, which
 // names this crate `evchat`.

@@ -15,9 +15,9 @@
 //! connection passes on is whole and re-encodes to the bytes it came in.
 #![no_main]
 
-use evchat::connection::{Connection, HttpOutcome, ReadStatus, Stage};
+use evchat::testing::{Connection, HttpOutcome, ReadStatus, Stage};
 use evchat::proto::{Encode, FrameView, MAX_FRAME_LEN};
-use evchat::web::{MAX_HEAD_LEN, WebConfig, WsStatus};
+use evchat::testing::{MAX_HEAD_LEN, WebConfig, WsStatus};
 use libfuzzer_sys::fuzz_target;
 use std::io::{self, Read, Write};
 

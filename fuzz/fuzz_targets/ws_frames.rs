@@ -9,7 +9,7 @@
 //! read), the rest is what the client sends after the upgrade.
 #![no_main]
 
-use evchat::web::feed_in_reads;
+use evchat::testing::feed_in_reads;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
