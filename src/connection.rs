@@ -318,14 +318,27 @@ impl<S: Read + Write> Connection<S> {
     /// Writes queued output until it is all written or the socket would
     /// block. Returns whether everything was written.
     pub fn flush(&mut self) -> io::Result<bool> {
-        while !self.output.is_empty() {
-            match self.socket.write(&self.output) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.output.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        // Written bytes leave the front of the buffer only when some remain
+        // unwritten: a buffer written whole is cleared whole, so that its
+        // capacity still counts the bytes it holds. Regression (mutation
+        // testing): advanced past, they no longer counted, and a buffer a
+        // burst had grown was kept.
+        let mut written = 0;
+        let result = loop {
+            if written == self.output.len() {
+                break Ok(true);
             }
+            match self.socket.write(&self.output[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if !matches!(result, Ok(true)) {
+            self.output.advance(written);
+            return result;
         }
         if self.output.capacity() > KEEP_OUTPUT_CAPACITY {
             self.output = BytesMut::new();
@@ -341,6 +354,7 @@ mod tests {
     use super::*;
     use crate::proto::{Frame, FrameView, Kind, SERVER_ID};
     use std::net::TcpListener;
+    use std::time::Duration;
 
     fn pair() -> (Connection, std::net::TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -388,6 +402,49 @@ mod tests {
         let held = conn.buffer_capacity();
         assert_eq!(conn.release_idle_buffers(), held);
         assert_eq!(conn.buffer_capacity(), 0);
+    }
+
+    /// Regression (mutation testing: any threshold passed every test). A
+    /// busy connection keeps an output buffer of a few kilobytes from turn
+    /// to turn; one a burst grew past 64 KiB is released once flushed.
+    #[test]
+    fn flushed_output_keeps_a_modest_buffer_and_releases_a_large_one() {
+        let (mut conn, mut peer) = pair();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.max_output = 1 << 20;
+        let msg = |len: usize| Frame::msg(1, 4096, 0, vec![b'x'; len]).unwrap();
+        let mut wire = Vec::new();
+        // A MSG's text is at most 65535 bytes: the burst is two of them.
+        for (texts, kept) in [(vec![8 * 1024], true), (vec![35 * 1024; 2], false)] {
+            for &len in &texts {
+                assert!(conn.queue(&msg(len)));
+            }
+            let queued = conn.queued_output();
+            let capacity = conn.buffer_capacity();
+            assert!(capacity >= queued);
+            // Loopback takes a few hundred kilobytes unread; the peer
+            // reads between attempts in case it takes less.
+            while !conn.flush().unwrap() {
+                wire.extend(read_some(&mut peer));
+            }
+            assert_eq!(conn.queued_output(), 0);
+            let after = conn.buffer_capacity();
+            let held = if kept { capacity } else { 0 };
+            assert_eq!(after, held, "{queued} bytes flushed");
+        }
+        let total = 8 * 1024 + 2 * 35 * 1024 + 3 * 10;
+        while wire.len() < total {
+            wire.extend(read_some(&mut peer));
+        }
+        assert_eq!(wire.len(), total, "every byte was written once");
+    }
+
+    fn read_some(peer: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = peer.read(&mut chunk).unwrap();
+        chunk.truncate(n);
+        chunk
     }
 
     #[test]
