@@ -394,6 +394,7 @@ mod tests {
         peer.write_all(&ok[..3]).unwrap();
         while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(3) {}
         assert_eq!(decode_all(&mut conn), vec![Kind::Ok]);
+        assert_eq!(conn.buffered_input(), 3, "the partial frame waits");
         conn.release_idle_buffers();
         assert!(conn.buffer_capacity() >= 3, "pending input is kept");
         peer.write_all(&ok[3..]).unwrap();
@@ -415,6 +416,7 @@ mod tests {
         conn.max_output = 1 << 20;
         let msg = |len: usize| Frame::msg(1, 4096, 0, vec![b'x'; len]).unwrap();
         let mut wire = Vec::new();
+        let total = 8 * 1024 + 2 * 35 * 1024 + 3 * 10;
         // A MSG's text is at most 65535 bytes: the burst is two of them.
         for (texts, kept) in [(vec![8 * 1024], true), (vec![35 * 1024; 2], false)] {
             for &len in &texts {
@@ -427,17 +429,81 @@ mod tests {
             // reads between attempts in case it takes less.
             while !conn.flush().unwrap() {
                 wire.extend(read_some(&mut peer));
+                assert!(wire.len() <= total, "bytes written twice");
             }
             assert_eq!(conn.queued_output(), 0);
             let after = conn.buffer_capacity();
             let held = if kept { capacity } else { 0 };
             assert_eq!(after, held, "{queued} bytes flushed");
         }
-        let total = 8 * 1024 + 2 * 35 * 1024 + 3 * 10;
         while wire.len() < total {
             wire.extend(read_some(&mut peer));
         }
         assert_eq!(wire.len(), total, "every byte was written once");
+    }
+
+    /// Regression (mutation testing: the only other test of the count
+    /// compared 0 with 0). Both empty buffers are freed and counted; a
+    /// buffer holding output is not touched.
+    #[test]
+    fn releasing_idle_buffers_frees_and_counts_only_the_empty_ones() {
+        let (mut conn, _peer) = pair();
+        let frame = Frame::bare(Kind::Ok, SERVER_ID, 1, 0);
+        assert!(conn.queue(&frame));
+        assert!(conn.flush().unwrap());
+        let output = conn.buffer_capacity();
+        assert!(output >= 8, "a flushed buffer is kept for the next turn");
+        // What an answered HTTP request leaves: input cleared, not freed.
+        conn.input.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        conn.input.clear();
+        let held = conn.buffer_capacity();
+        assert!(held > output);
+        assert_eq!(conn.release_idle_buffers(), held);
+        assert_eq!(conn.buffer_capacity(), 0);
+        assert!(conn.queue(&frame));
+        let pending = conn.buffer_capacity();
+        assert_eq!(conn.release_idle_buffers(), 0);
+        assert_eq!(conn.buffer_capacity(), pending);
+        assert_eq!(conn.queued_output(), 8, "queued output was dropped");
+    }
+
+    /// The WebSocket's buffer for a frame split across reads is freed and
+    /// counted with the others once the frame is whole.
+    #[test]
+    fn releasing_idle_buffers_counts_the_websockets_split_frame_buffer() {
+        let (mut conn, mut peer) = pair();
+        conn.transport = Transport::WebSocket(Box::new(WebSocket::new()));
+        let frame = Frame::bare(Kind::Ok, 1, SERVER_ID, 0).to_bytes();
+        let mask = [1u8, 2, 3, 4];
+        let mut message = vec![0x82, 0x80 | frame.len() as u8];
+        message.extend_from_slice(&mask);
+        message.extend(frame.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut scratch = [0u8; 64];
+        for part in [&message[..9], &message[9..]] {
+            peer.write_all(part).unwrap();
+            while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(part.len()) {}
+        }
+        assert_eq!(decode_all(&mut conn), vec![Kind::Ok]);
+        assert_eq!(conn.buffer_capacity(), 0, "input and output hold nothing");
+        assert!(conn.release_idle_buffers() > 0, "the split frame's buffer");
+        assert_eq!(conn.release_idle_buffers(), 0);
+    }
+
+    /// Regression (mutation testing: the cap check on a WebSocket ran only
+    /// in the web tests, which never come near the cap). The binary
+    /// message header counts, once per frame.
+    #[test]
+    fn websocket_output_past_the_cap_is_refused_whole_header_included() {
+        let (mut conn, _peer) = pair();
+        conn.transport = Transport::WebSocket(Box::new(WebSocket::new()));
+        let msg = |len: usize| Frame::msg(1, 4096, 0, vec![b'x'; len]).unwrap();
+        // 1000 bytes and a 4-byte header, then 18 and a 2-byte one: 1024.
+        assert!(conn.queue(&msg(990)));
+        assert_eq!(conn.queued_output(), 1004);
+        assert!(!conn.queue(&msg(9)), "1025 bytes passed the cap");
+        assert_eq!(conn.queued_output(), 1004);
+        assert!(conn.queue(&msg(8)));
+        assert_eq!(conn.queued_output(), 1024);
     }
 
     fn read_some(peer: &mut std::net::TcpStream) -> Vec<u8> {
