@@ -224,9 +224,11 @@ impl<S: Read + Write> Connection<S> {
             return match self.socket.read(scratch) {
                 Ok(0) => Ok(ReadStatus::Closed),
                 Ok(n) => Ok(ReadStatus::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                },
             };
         }
     }
@@ -331,9 +333,11 @@ impl<S: Read + Write> Connection<S> {
             match self.socket.write(&self.output[written..]) {
                 Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break Ok(false),
+                    io::ErrorKind::Interrupted => {}
+                    _ => break Err(e),
+                },
             }
         };
         if !matches!(result, Ok(true)) {
