@@ -493,6 +493,26 @@ mod tests {
         assert_eq!(conn.release_idle_buffers(), 0);
     }
 
+    /// Regression (mutation testing: with the answer never queued, only the
+    /// web tests' deadlines noticed, past the per-mutant timeout).
+    #[test]
+    fn an_answered_http_request_queues_the_answer_and_forgets_the_request() {
+        let (mut conn, _peer) = pair();
+        conn.transport = Transport::Http;
+        conn.input
+            .extend_from_slice(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+        let config = WebConfig {
+            allowed_origins: Vec::new(),
+        };
+        let HttpOutcome::Answered { status, .. } = conn.serve_http(&config) else {
+            panic!("not answered");
+        };
+        assert_eq!(status, 404);
+        assert_eq!(conn.buffered_input(), 0);
+        let answer = String::from_utf8_lossy(&conn.output);
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    }
+
     /// Regression (mutation testing: the cap check on a WebSocket ran only
     /// in the web tests, which never come near the cap). The binary
     /// message header counts, once per frame.
