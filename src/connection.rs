@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn releasing_idle_buffers_counts_the_websockets_split_frame_buffer() {
         let (mut conn, mut peer) = pair();
-        conn.transport = Transport::WebSocket(Box::new(WebSocket::new()));
+        conn.transport = Transport::WebSocket(Box::default());
         let frame = Frame::bare(Kind::Ok, 1, SERVER_ID, 0).to_bytes();
         let mask = [1u8, 2, 3, 4];
         let mut message = vec![0x82, 0x80 | frame.len() as u8];
@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn websocket_output_past_the_cap_is_refused_whole_header_included() {
         let (mut conn, _peer) = pair();
-        conn.transport = Transport::WebSocket(Box::new(WebSocket::new()));
+        conn.transport = Transport::WebSocket(Box::default());
         let msg = |len: usize| Frame::msg(1, 4096, 0, vec![b'x'; len]).unwrap();
         // 1000 bytes and a 4-byte header, then 18 and a 2-byte one: 1024.
         assert!(conn.queue(&msg(990)));
