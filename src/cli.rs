@@ -44,12 +44,32 @@ pub fn json_string(out: &mut String, text: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::json_string;
+    use super::{json_string, parse_secs};
+    use std::time::Duration;
 
     #[test]
     fn json_strings_escape_what_json_requires() {
         let mut out = String::new();
         json_string(&mut out, "a\"b\\c\nd\u{1}é\u{7f}");
         assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001é\u{7f}\"");
+    }
+
+    /// Regression (mutation testing: escaping the space too passed).
+    #[test]
+    fn json_strings_escape_every_control_character_and_nothing_from_the_space_up() {
+        let mut out = String::new();
+        json_string(&mut out, "\u{0}\u{1f} !~");
+        assert_eq!(out, "\"\\u0000\\u001f !~\"");
+    }
+
+    #[test]
+    fn durations_are_seconds_with_fractions_and_bad_ones_are_named() {
+        assert_eq!(parse_secs("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_secs("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(
+            parse_secs("soon"),
+            Err("'soon' is not a number of seconds".into())
+        );
+        assert_eq!(parse_secs("-1"), Err("'-1' is not a valid duration".into()));
     }
 }

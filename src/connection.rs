@@ -224,9 +224,11 @@ impl<S: Read + Write> Connection<S> {
             return match self.socket.read(scratch) {
                 Ok(0) => Ok(ReadStatus::Closed),
                 Ok(n) => Ok(ReadStatus::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(ReadStatus::WouldBlock),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                },
             };
         }
     }
@@ -318,14 +320,29 @@ impl<S: Read + Write> Connection<S> {
     /// Writes queued output until it is all written or the socket would
     /// block. Returns whether everything was written.
     pub fn flush(&mut self) -> io::Result<bool> {
-        while !self.output.is_empty() {
-            match self.socket.write(&self.output) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.output.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        // Written bytes leave the front of the buffer only when some remain
+        // unwritten: a buffer written whole is cleared whole, so that its
+        // capacity still counts the bytes it holds. Regression (mutation
+        // testing): advanced past, they no longer counted, and a buffer a
+        // burst had grown was kept.
+        let mut written = 0;
+        let result = loop {
+            if written == self.output.len() {
+                break Ok(true);
             }
+            match self.socket.write(&self.output[written..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break Ok(false),
+                    io::ErrorKind::Interrupted => {}
+                    _ => break Err(e),
+                },
+            }
+        };
+        if !matches!(result, Ok(true)) {
+            self.output.advance(written);
+            return result;
         }
         if self.output.capacity() > KEEP_OUTPUT_CAPACITY {
             self.output = BytesMut::new();
@@ -341,6 +358,7 @@ mod tests {
     use super::*;
     use crate::proto::{Frame, FrameView, Kind, SERVER_ID};
     use std::net::TcpListener;
+    use std::time::Duration;
 
     fn pair() -> (Connection, std::net::TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -380,6 +398,7 @@ mod tests {
         peer.write_all(&ok[..3]).unwrap();
         while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(3) {}
         assert_eq!(decode_all(&mut conn), vec![Kind::Ok]);
+        assert_eq!(conn.buffered_input(), 3, "the partial frame waits");
         conn.release_idle_buffers();
         assert!(conn.buffer_capacity() >= 3, "pending input is kept");
         peer.write_all(&ok[3..]).unwrap();
@@ -388,6 +407,134 @@ mod tests {
         let held = conn.buffer_capacity();
         assert_eq!(conn.release_idle_buffers(), held);
         assert_eq!(conn.buffer_capacity(), 0);
+    }
+
+    /// Regression (mutation testing: any threshold passed every test). A
+    /// busy connection keeps an output buffer of a few kilobytes from turn
+    /// to turn; one a burst grew past 64 KiB is released once flushed.
+    #[test]
+    fn flushed_output_keeps_a_modest_buffer_and_releases_a_large_one() {
+        let (mut conn, mut peer) = pair();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.max_output = 1 << 20;
+        let msg = |len: usize| Frame::msg(1, 4096, 0, vec![b'x'; len]).unwrap();
+        let mut wire = Vec::new();
+        let total = 8 * 1024 + 2 * 35 * 1024 + 3 * 10;
+        // A MSG's text is at most 65535 bytes: the burst is two of them.
+        for (texts, kept) in [(vec![8 * 1024], true), (vec![35 * 1024; 2], false)] {
+            for &len in &texts {
+                assert!(conn.queue(&msg(len)));
+            }
+            let queued = conn.queued_output();
+            let capacity = conn.buffer_capacity();
+            assert!(capacity >= queued);
+            // Loopback takes a few hundred kilobytes unread; the peer
+            // reads between attempts in case it takes less.
+            while !conn.flush().unwrap() {
+                wire.extend(read_some(&mut peer));
+                assert!(wire.len() <= total, "bytes written twice");
+            }
+            assert_eq!(conn.queued_output(), 0);
+            let after = conn.buffer_capacity();
+            let held = if kept { capacity } else { 0 };
+            assert_eq!(after, held, "{queued} bytes flushed");
+        }
+        while wire.len() < total {
+            wire.extend(read_some(&mut peer));
+        }
+        assert_eq!(wire.len(), total, "every byte was written once");
+    }
+
+    /// Regression (mutation testing: the only other test of the count
+    /// compared 0 with 0). Both empty buffers are freed and counted; a
+    /// buffer holding output is not touched.
+    #[test]
+    fn releasing_idle_buffers_frees_and_counts_only_the_empty_ones() {
+        let (mut conn, _peer) = pair();
+        let frame = Frame::bare(Kind::Ok, SERVER_ID, 1, 0);
+        assert!(conn.queue(&frame));
+        assert!(conn.flush().unwrap());
+        let output = conn.buffer_capacity();
+        assert!(output >= 8, "a flushed buffer is kept for the next turn");
+        // What an answered HTTP request leaves: input cleared, not freed.
+        conn.input.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        conn.input.clear();
+        let held = conn.buffer_capacity();
+        assert!(held > output);
+        assert_eq!(conn.release_idle_buffers(), held);
+        assert_eq!(conn.buffer_capacity(), 0);
+        assert!(conn.queue(&frame));
+        let pending = conn.buffer_capacity();
+        assert_eq!(conn.release_idle_buffers(), 0);
+        assert_eq!(conn.buffer_capacity(), pending);
+        assert_eq!(conn.queued_output(), 8, "queued output was dropped");
+    }
+
+    /// The WebSocket's buffer for a frame split across reads is freed and
+    /// counted with the others once the frame is whole.
+    #[test]
+    fn releasing_idle_buffers_counts_the_websockets_split_frame_buffer() {
+        let (mut conn, mut peer) = pair();
+        conn.transport = Transport::WebSocket(Box::default());
+        let frame = Frame::bare(Kind::Ok, 1, SERVER_ID, 0).to_bytes();
+        let mask = [1u8, 2, 3, 4];
+        let mut message = vec![0x82, 0x80 | frame.len() as u8];
+        message.extend_from_slice(&mask);
+        message.extend(frame.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let mut scratch = [0u8; 64];
+        for part in [&message[..9], &message[9..]] {
+            peer.write_all(part).unwrap();
+            while conn.read_once(&mut scratch).unwrap() != ReadStatus::Data(part.len()) {}
+        }
+        assert_eq!(decode_all(&mut conn), vec![Kind::Ok]);
+        assert_eq!(conn.buffer_capacity(), 0, "input and output hold nothing");
+        assert!(conn.release_idle_buffers() > 0, "the split frame's buffer");
+        assert_eq!(conn.release_idle_buffers(), 0);
+    }
+
+    /// Regression (mutation testing: with the answer never queued, only the
+    /// web tests' deadlines noticed, past the per-mutant timeout).
+    #[test]
+    fn an_answered_http_request_queues_the_answer_and_forgets_the_request() {
+        let (mut conn, _peer) = pair();
+        conn.transport = Transport::Http;
+        conn.input
+            .extend_from_slice(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+        let config = WebConfig {
+            allowed_origins: Vec::new(),
+        };
+        let HttpOutcome::Answered { status, .. } = conn.serve_http(&config) else {
+            panic!("not answered");
+        };
+        assert_eq!(status, 404);
+        assert_eq!(conn.buffered_input(), 0);
+        let answer = String::from_utf8_lossy(&conn.output);
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    }
+
+    /// Regression (mutation testing: the cap check on a WebSocket ran only
+    /// in the web tests, which never come near the cap). The binary
+    /// message header counts, once per frame.
+    #[test]
+    fn websocket_output_past_the_cap_is_refused_whole_header_included() {
+        let (mut conn, _peer) = pair();
+        conn.transport = Transport::WebSocket(Box::default());
+        let msg = |len: usize| Frame::msg(1, 4096, 0, vec![b'x'; len]).unwrap();
+        // 1000 bytes and a 4-byte header, then 18 and a 2-byte one: 1024.
+        assert!(conn.queue(&msg(990)));
+        assert_eq!(conn.queued_output(), 1004);
+        assert!(!conn.queue(&msg(9)), "1025 bytes passed the cap");
+        assert_eq!(conn.queued_output(), 1004);
+        assert!(conn.queue(&msg(8)));
+        assert_eq!(conn.queued_output(), 1024);
+    }
+
+    fn read_some(peer: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        let n = peer.read(&mut chunk).unwrap();
+        chunk.truncate(n);
+        chunk
     }
 
     #[test]

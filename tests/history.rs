@@ -6,7 +6,7 @@
 //! wait is bounded by a deadline; none is a sleep.
 
 use crate::util::*;
-use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
+use evchat::proto::{ClientId, Frame, FrameView, Kind, MAX_TEXT_LEN, SERVER_ID};
 use evchat::router::{CloseReason, ConnId, Limits, Outbox, REPLAY_FRAMING, Router};
 use evchat::store::format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
 use evchat::store::{
@@ -1672,6 +1672,35 @@ fn router_replay_counts_each_messages_framing_against_its_cap() {
     );
     let joined = s.join(0, 0);
     assert_eq!(joined.len(), 1 + 3, "the OK and three replays: {joined:?}");
+}
+
+/// Regression (mutation testing: a larger framing passed every test,
+/// which use the constant itself). What a replay is charged per message is
+/// what the longest MSG adds to its text in an exhibitor's output: header,
+/// text length and, on a WebSocket, the largest binary message header.
+#[test]
+fn router_replay_framing_is_what_the_longest_msg_adds_on_any_transport() {
+    let text = vec![b'x'; MAX_TEXT_LEN];
+    let wire = Frame::msg(1, 0, 0, text).unwrap().to_bytes().len();
+    let added = wire - MAX_TEXT_LEN;
+    assert_eq!(added + evchat::web::binary_header_len(wire), REPLAY_FRAMING);
+}
+
+/// Regression (mutation testing: a replay's deadline set in the past
+/// passed every test, which acked at once): a replayed message waits for
+/// its ack as long as a live one, and no longer.
+#[test]
+fn router_a_replayed_message_waits_the_ack_timeout_for_its_ack() {
+    let mut s = Scene::new();
+    s.router
+        .set_replay(2, 1000, [(7, bytes::Bytes::from_static(b"from before"))]);
+    assert_eq!(s.join(0, 0).len(), 2, "the OK and the replay");
+    let ack_timeout = Limits::default().ack_timeout;
+    let just_before = s.now + ack_timeout - std::time::Duration::from_millis(1);
+    s.router.tick(just_before, &mut s.out);
+    assert_eq!(s.router.client_count(), 1, "dropped before the ack timeout");
+    s.router.tick(s.now + ack_timeout, &mut s.out);
+    assert_eq!(s.router.client_count(), 0, "kept past the ack timeout");
 }
 
 #[test]

@@ -556,6 +556,30 @@ fn rule6_emitter_flw_ok_waits_behind_earlier_replies() {
     );
 }
 
+/// Regression (mutation testing: without the arm that ignores an emitter
+/// after its FLW, what a client still sends — frames the event loop already
+/// had in hand — was routed). Nothing after FLW is forwarded or answered;
+/// the replies owed before it still go out, FLW's OK last.
+#[test]
+fn rule6_frames_an_emitter_sends_after_its_flw_are_ignored() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    h.feed(1, msg(em, ex, 1, "before"));
+    assert_eq!(h.feed(1, Frame::bare(Kind::Flw, em, SERVER_ID, 2)), vec![]);
+    assert_eq!(h.feed(1, msg(em, ex, 3, "after")), vec![]);
+    assert_eq!(h.feed(1, oi(0)), vec![]);
+    assert_eq!(h.feed(1, msg(em + 1, ex, 4, "spoofed")), vec![]);
+    assert_eq!(
+        h.feed(0, ok(ex, em, 1)),
+        vec![
+            sent(1, ok(SERVER_ID, em, 1)),
+            sent(1, ok(SERVER_ID, em, 2)),
+            Event::Closed(1, em, CloseReason::Left)
+        ]
+    );
+}
+
 #[test]
 fn rule6_an_emitter_that_disconnects_without_flw_still_dismisses_its_exhibitor() {
     let mut h = Harness::new();
@@ -672,6 +696,7 @@ fn rule8_shutdown_sends_flw_to_every_client_and_closes_each_on_its_ok() {
             Event::Closed(2, 0, CloseReason::Shutdown)
         ]
     );
+    assert!(!h.router.is_empty(), "both wait for their OK");
     assert_eq!(
         h.feed(1, ok(em, SERVER_ID, 0)),
         vec![Event::Closed(1, em, CloseReason::Dismissed)]
@@ -699,6 +724,30 @@ fn rule9_handshake_timeout_closes_a_connection_without_oi() {
         vec![Event::Closed(0, 0, CloseReason::HandshakeTimeout)]
     );
     assert_eq!(h.router.connection_count(), 1);
+}
+
+/// Regression (mutation testing: a deadline counted backwards from the
+/// connection's start passed every test, which ticked only past it).
+#[test]
+fn rule9_each_connection_gets_the_whole_handshake_timeout_from_its_own_start() {
+    let mut h = Harness::with(Limits {
+        handshake_timeout: Duration::from_secs(10),
+        ..Limits::default()
+    });
+    h.connect(0);
+    h.now += Duration::from_secs(6);
+    h.connect(1);
+    assert_eq!(
+        h.tick_after(Duration::from_secs(4)),
+        vec![Event::Closed(0, 0, CloseReason::HandshakeTimeout)],
+        "conn 1 has 4 s of its 10 left"
+    );
+    assert_eq!(h.tick_after(Duration::from_millis(5999)), vec![]);
+    assert_eq!(
+        h.tick_after(Duration::from_millis(1)),
+        vec![Event::Closed(1, 0, CloseReason::HandshakeTimeout)]
+    );
+    assert!(h.router.is_empty());
 }
 
 #[test]
