@@ -530,6 +530,20 @@ mod tests {
         assert_eq!(conn.queued_output(), 1024);
     }
 
+    /// Regression (mutation testing: with `can_send` always true, frames
+    /// went out after the close frame and no test looked). After its close
+    /// frame a WebSocket takes nothing more, and says the frame is dealt with.
+    #[test]
+    fn nothing_is_queued_after_a_websockets_close_frame() {
+        let (mut conn, _peer) = pair();
+        conn.transport = Transport::WebSocket(Box::default());
+        conn.close_transport(1002, "bad");
+        let closed = conn.output.clone();
+        assert_eq!(closed[..2], [0x88, 5], "a close frame: code and reason");
+        assert!(conn.queue(&Frame::bare(Kind::Ok, SERVER_ID, 1, 0)));
+        assert_eq!(conn.output, closed);
+    }
+
     fn read_some(peer: &mut std::net::TcpStream) -> Vec<u8> {
         let mut chunk = vec![0u8; 64 * 1024];
         let n = peer.read(&mut chunk).unwrap();

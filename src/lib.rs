@@ -21,7 +21,9 @@ mod web;
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
-    pub use crate::web::{FeedOutcome, MAX_HEAD_LEN, WebConfig, WsStatus, feed_in_reads};
+    pub use crate::web::{
+        FeedOutcome, MAX_HEAD_LEN, WebConfig, WsStatus, binary_header_len, feed_in_reads,
+    };
 }
 
 // The server's unit tests share the integration tests' raw client, which

@@ -400,11 +400,10 @@ impl WebSocket {
         while !bytes.is_empty() {
             // A chat's every frame, read in short: final, binary, masked,
             // under 126 bytes, and whole in what arrived.
+            // Second byte: the mask bit, and a length in its 7 bits.
             if open
-                && let [FIN_BINARY, second, k0, k1, k2, k3, rest @ ..] = bytes
-                && second & 0x80 != 0
-                && usize::from(second & 0x7f) < 126
-                && let Some((payload, after)) = rest.split_at_checked(usize::from(second & 0x7f))
+                && let [FIN_BINARY, second @ 0x80..=0xfd, k0, k1, k2, k3, rest @ ..] = bytes
+                && let Some((payload, after)) = rest.split_at_checked(usize::from(second - 0x80))
             {
                 bytes = after;
                 if let Err(failure) = take_binary(payload, [*k0, *k1, *k2, *k3], sink.frames) {
@@ -1143,6 +1142,31 @@ mod tests {
             WsStatus::Open
         );
         assert!(frames[..] == msg(b"split")[..]);
+    }
+
+    /// Regression (mutation testing: the cap check of tungstenite's pipe was
+    /// off by one or ignored an empty output and no test came near it).
+    #[test]
+    fn a_pong_goes_out_only_within_the_output_cap() {
+        let ping = ClientFrame {
+            first: 0x89,
+            payload: b"twenty bytes of ping".to_vec(),
+            ..ClientFrame::from(masked_binary(&[]))
+        }
+        .wire();
+        let pong = [&[0x8a, 20][..], b"twenty bytes of ping"].concat();
+        for (cap, fits) in [(pong.len(), true), (pong.len() - 1, false), (0, false)] {
+            let mut ws = WebSocket::new();
+            let (mut frames, mut output) = (BytesMut::new(), BytesMut::new());
+            let status = ws.feed(&ping, &mut frames, &mut output, cap);
+            if fits {
+                assert_eq!(status, WsStatus::Open, "cap {cap}");
+                assert!(output[..] == pong[..], "cap {cap}");
+            } else {
+                assert_eq!(status, WsStatus::Full, "cap {cap}");
+                assert!(output.is_empty(), "cap {cap}");
+            }
+        }
     }
 
     proptest! {

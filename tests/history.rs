@@ -8,7 +8,7 @@
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, FrameView, Kind, MAX_TEXT_LEN, SERVER_ID};
 use evchat::router::{CloseReason, ConnId, Limits, Outbox, REPLAY_FRAMING, Router};
-use evchat::store::format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
+use evchat::store::testing::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
 use evchat::store::{
     Fsync, Item, Log, Notice, Opened, Options, Reader, Record, StoreError, Ticket, Writer,
 };
@@ -1683,7 +1683,10 @@ fn router_replay_framing_is_what_the_longest_msg_adds_on_any_transport() {
     let text = vec![b'x'; MAX_TEXT_LEN];
     let wire = Frame::msg(1, 0, 0, text).unwrap().to_bytes().len();
     let added = wire - MAX_TEXT_LEN;
-    assert_eq!(added + evchat::web::binary_header_len(wire), REPLAY_FRAMING);
+    assert_eq!(
+        added + evchat::testing::binary_header_len(wire),
+        REPLAY_FRAMING
+    );
 }
 
 /// Regression (mutation testing: a replay's deadline set in the past

@@ -1,4 +1,4 @@
-//! Fuzz target for the history log's reader: `store::format::Cursor` on any
+//! Fuzz target for the history log's reader: `store::testing::Cursor` on any
 //! bytes a segment file might hold.
 //!
 //! Input: byte 0 bit 0 says whether the segment is the log's last (the only
@@ -19,7 +19,7 @@
 //!   or corruption with its kind).
 #![no_main]
 
-use evchat::store::format::{
+use evchat::store::testing::{
     Cursor, Damage, MAX_BODY_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step,
     encode_record,
 };

@@ -14,11 +14,6 @@
 //!
 //! Nothing here touches sockets or the protocol's rules.
 
-// The format's pieces are the log's business; the tests and the fuzz
-// target build segments and read them with its cursor directly.
-#[cfg(feature = "testing")]
-pub mod format;
-#[cfg(not(feature = "testing"))]
 mod format;
 mod log;
 mod reader;
@@ -28,6 +23,14 @@ pub use format::{Damage, MAX_TEXT_LEN, Record};
 pub use log::{Log, Notice, Opened, Options};
 pub use reader::{Entry, Item, Reader};
 pub use writer::{Fsync, Ticket, Writer};
+
+/// The format's pieces are the log's business; the tests and the fuzz
+/// target build segments and read them with its cursor directly. (Declared
+/// once above, so that tools reading the source without `cfg` see it once.)
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use super::format::*;
+}
 
 use std::io;
 use std::path::PathBuf;
