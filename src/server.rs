@@ -442,14 +442,19 @@ impl Server {
             }
         }
         self.router.tick(now, &mut self.wire);
-        if let Some(durable) = self.wire.history.as_mut().and_then(|h| h.end_turn()) {
-            self.router.durable(durable, now, &mut self.wire);
-        }
         if self.drain_deadline.is_none() && self.shutdown_requested.load(Ordering::SeqCst) {
             self.drain_deadline = Some(self.begin_shutdown(now));
         }
         self.settle_dropped();
         self.flush_and_reap();
+        // The turn's records are written after its output went out: the
+        // router holds every reply that waits for the log until told here,
+        // so deliveries need not wait for the disk, and the exhibitors'
+        // acks are on their way while the loop writes.
+        if let Some(durable) = self.wire.history.as_mut().and_then(|h| h.end_turn()) {
+            self.router.durable(durable, now, &mut self.wire);
+            self.flush_and_reap();
+        }
         if now >= self.next_trim {
             self.release_idle_buffers();
             self.next_trim = now + TRIM_INTERVAL;

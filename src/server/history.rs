@@ -27,12 +27,13 @@ pub struct HistoryConfig {
 
 /// The open history, held by the loop's [`Wire`].
 ///
-/// An emitter's reply to a MSG waits until the MSG's record is settled. The
-/// loop writes each turn's records to the log itself, before that turn's
-/// replies are flushed (as Redis writes its AOF before it replies): under
-/// `--fsync everysec` and `no` that settles them, and the replies go out in
-/// the same turn; an OK'd message then survives a crash of the server
-/// process. Under `always` the replies wait for the sync thread's `fsync`
+/// An emitter's reply to a MSG waits until the MSG's record is settled: the
+/// router holds it until told. The loop writes each turn's records to the
+/// log itself at the end of the turn, after the turn's output (deliveries,
+/// and replies already settled) went out, and before any reply that waited
+/// for them (as Redis writes its AOF before it replies): under `--fsync
+/// everysec` and `no` that settles them, and those replies go out in the
+/// same turn; an OK'd message then survives a crash of the server process. Under `always` the replies wait for the sync thread's `fsync`
 /// and go out in the turn after it wakes the loop; the loop never calls
 /// `fsync` and never waits for that thread. A failed write settles its
 /// records too (history is off until a write succeeds, and those OKs
@@ -112,8 +113,9 @@ impl History {
         self.writer.append(time_ms, msg.origin, msg.dest, text)
     }
 
-    /// End of a loop turn, before replies are flushed: writes the turn's
-    /// records; returns how far records are settled, when that moved.
+    /// End of a loop turn, after its output is flushed (the replies that
+    /// wait for these records are still held by the router): writes the
+    /// turn's records; returns how far records are settled, when that moved.
     pub(super) fn end_turn(&mut self) -> Option<Ticket> {
         self.writer.write();
         let settled = self.writer.settled();
