@@ -908,3 +908,46 @@ fn slow_consumer_is_disconnected_while_others_keep_receiving() {
 fn m_len(text: &[u8]) -> usize {
     HEADER_LEN + 2 + text.len()
 }
+
+/// The router test `rule4_an_ack_for_the_previous_occupant_of_a_reused_slot_
+/// settles_nothing`, from the wire: an emitter leaves with a delivery still
+/// unacknowledged; the next connection takes its freed slot and its freed
+/// id; the exhibitor's late ack for the old delivery must not answer the new
+/// emitter's request of the same number.
+#[test]
+fn rule4_a_late_ack_for_a_departed_emitter_does_not_answer_the_next_holder_of_its_slot() {
+    let server = Server::start(&[]);
+    let (mut x, x_id) = exhibitor(&server);
+    let (mut y, y_id) = exhibitor(&server);
+    let (mut e, e_id) = emitter(&server, 1);
+    let (mut w, w_id) = emitter(&server, 1);
+    let for_x = msg(e_id, x_id, 1, b"for X");
+    e.send(&for_x);
+    expect_exact(&mut x, &for_x);
+    drop(e);
+    // The server has seen the emitter go once a client list leaves it out.
+    w.send(&hdr(Kind::Creq, w_id, y_id, 1));
+    let list = y.expect_frame();
+    let Body::Clients(ids) = &list.body else {
+        panic!("expected CLIST, got {list}");
+    };
+    assert_eq!(ids, &[w_id, x_id, y_id], "{list}");
+    ack(&mut y, y_id, SERVER_ID, list.seq);
+    assert_eq!(w.expect_frame(), Frame::bare(Kind::Ok, SERVER_ID, w_id, 1));
+
+    // The next connection: the freed slot (the server's slab reuses the
+    // last one freed) and the freed id.
+    let (mut e2, e2_id) = emitter(&server, 1);
+    assert_eq!(e2_id, e_id, "the new emitter takes the freed id");
+    let for_y = msg(e2_id, y_id, 1, b"for Y");
+    e2.send(&for_y);
+    expect_exact(&mut y, &for_y);
+    ack(&mut x, x_id, e_id, 1);
+    e2.expect_silence();
+    ack(&mut y, y_id, e2_id, 1);
+    assert_eq!(
+        e2.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e2_id, 1)
+    );
+    e2.expect_silence();
+}
