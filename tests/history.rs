@@ -166,6 +166,15 @@ fn wait_settled(writer: &Writer, settled: &Receiver<()>, ticket: Ticket) {
     }
 }
 
+/// A raw exhibitor and an unpaired raw emitter on `server`, with their ids.
+fn exhibitor_and_emitter(server: &Server) -> (Raw, ClientId, Raw, ClientId) {
+    let mut a = server.raw();
+    let a_id = a.identify_exhibitor();
+    let mut e = server.raw();
+    let e_id = e.identify_emitter(1);
+    (a, a_id, e, e_id)
+}
+
 /// Runs `evchat ARGS` to its end: exit code, stdout and stderr lines.
 fn evchat(args: &[&str]) -> (i32, Vec<String>, Vec<String>) {
     let mut p = Proc::spawn("evchat", args);
@@ -1114,10 +1123,7 @@ fn an_emitters_ok_means_the_message_is_already_in_the_log_in_every_fsync_mode() 
         let dir = TempDir::new(&format!("ok-logged-{mode}"));
         let d = dir.path().to_str().unwrap();
         let server = Server::start(&["--history", d, "--fsync", mode]);
-        let mut a = server.raw();
-        let a_id = a.identify_exhibitor();
-        let mut e = server.raw();
-        let e_id = e.identify_emitter(1);
+        let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
         let mut sent = Vec::new();
         for (seq, dest) in (1..=4).zip([0, a_id, 0, a_id]) {
             let text = format!("{mode}-{seq}");
@@ -1134,10 +1140,7 @@ fn an_emitters_ok_means_the_message_is_already_in_the_log_in_every_fsync_mode() 
 #[test]
 fn without_history_a_late_exhibitor_gets_nothing_of_the_past() {
     let server = Server::start(&[]);
-    let mut a = server.raw();
-    let a_id = a.identify_exhibitor();
-    let mut e = server.raw();
-    let e_id = e.identify_emitter(1);
+    let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
     e.send_frame(&msg(e_id, 0, 1, "to all"));
     let got = a.expect_frame();
     a.send_frame(&ok(a_id, e_id, got.seq));
@@ -1152,10 +1155,7 @@ fn a_late_exhibitor_gets_the_last_broadcasts_oldest_first_and_no_unicast() {
     let dir = TempDir::new("replay");
     let d = dir.path().to_str().unwrap();
     let server = Server::start(&["--history", d, "--replay", "3"]);
-    let mut a = server.raw();
-    let a_id = a.identify_exhibitor();
-    let mut e = server.raw();
-    let e_id = e.identify_emitter(1);
+    let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
     let sent = [
         (0, "b0"),
         (a_id, "u1"),
@@ -1200,10 +1200,7 @@ fn a_replayed_exhibitor_that_never_acks_is_cut_by_the_ack_timeout() {
     let dir = TempDir::new("replay-timeout");
     let d = dir.path().to_str().unwrap();
     let server = Server::start(&["--history", d, "--ack-timeout", "0.3"]);
-    let mut a = server.raw();
-    let a_id = a.identify_exhibitor();
-    let mut e = server.raw();
-    let e_id = e.identify_emitter(1);
+    let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
     e.send_frame(&msg(e_id, 0, 1, "hello"));
     a.expect_frame();
     a.send_frame(&ok(a_id, e_id, 1));
