@@ -499,6 +499,29 @@ fn ping_flood_gets_pongs_and_leaves_others_unaffected() {
     tcp_round_trip(&mut tem, tem_id, &mut tex, tex_id, 2);
 }
 
+/// The opcodes of the whole server frames at the start of `bytes` (a cut
+/// stream may end inside a frame).
+fn whole_frame_opcodes(mut bytes: &[u8]) -> Vec<u8> {
+    let mut opcodes = Vec::new();
+    while bytes.len() >= 2 {
+        let (len, at) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => (
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => break,
+            n => (n as usize, 2),
+        };
+        if bytes.len() < at + len {
+            break;
+        }
+        opcodes.push(bytes[0] & 0x0f);
+        bytes = &bytes[at + len..];
+    }
+    opcodes
+}
+
 #[test]
 fn ws_client_that_never_reads_is_cut_at_max_queue_and_others_keep_receiving() {
     const MAX_MESSAGES: u16 = 600;
@@ -527,12 +550,18 @@ fn ws_client_that_never_reads_is_cut_at_max_queue_and_others_keep_receiving() {
     for seq in 1..=sent {
         em.expect_binary_exact(&hdr(Kind::Ok, S, em_id, seq));
     }
-    // The slow client's stream ends without every message in it.
+    // The slow client's stream ends without every message in it, and
+    // without a close frame: its queued output was discarded, not written.
     slow.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let drained = read_to_end_within(&mut slow.stream, TIMEOUT).len();
+    let rest = read_to_end_within(&mut slow.stream, TIMEOUT);
+    let drained = rest.len();
     assert!(
         drained < sent as usize * text.len(),
         "the slow client received every message ({drained} bytes)"
+    );
+    assert!(
+        !whole_frame_opcodes(&rest).contains(&OP_CLOSE),
+        "a slow consumer is cut without a close frame"
     );
     // Its id is free again; the reader is the only target now.
     let (_ex, ex_id) = ws_exhibitor(&server);
