@@ -48,7 +48,7 @@ pub enum Sniff {
 pub fn sniff(first: &[u8]) -> Sniff {
     for (i, &b) in first.iter().enumerate().take(MAX_METHOD_LEN + 1) {
         match b {
-            b'A'..=b'Z' if i < MAX_METHOD_LEN => {}
+            b'A'..=b'Z' => {}
             b' ' if i > 0 => return Sniff::Http,
             _ => return Sniff::Binary,
         }
@@ -884,6 +884,10 @@ mod tests {
         assert_eq!(sniff(b"Get "), Sniff::Binary);
         assert_eq!(sniff(b" GET"), Sniff::Binary);
         assert_eq!(sniff(b"GETTINGS"), Sniff::Binary);
+        // Seven capitals may still be a method; an eighth is too long.
+        assert_eq!(sniff(b"OPTIONS"), Sniff::Undecided);
+        assert_eq!(sniff(b"CONNECTS"), Sniff::Binary);
+        assert_eq!(sniff(b"CONNECTS /"), Sniff::Binary);
         assert_eq!(sniff(b"GET\x00"), Sniff::Binary);
     }
 
