@@ -26,8 +26,11 @@ use tracing::{debug, info, warn};
 mod history;
 pub use history::HistoryConfig;
 
-const LISTENER: Token = Token(1 << 30);
-const WAKER: Token = Token((1 << 30) + 1);
+// Tokens above any slab key (connections take the small numbers). The
+// waker's event only ends the poll: the loop checks the shutdown flag every
+// turn.
+const LISTENER: Token = Token(0x4000_0000);
+const WAKER: Token = Token(0x4000_0001);
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
@@ -39,7 +42,7 @@ const READS_PER_TURN: usize = 4;
 /// (BENCHMARKS.md has the effect). Once per destination per turn:
 /// the rest is written at the end of the turn, so a broadcast pays for at
 /// most one extra write per exhibitor, and small outputs for none.
-const WRITE_EARLY_AT: usize = 16 * 1024;
+const WRITE_EARLY_AT: usize = 16_384;
 /// A few early writes are enough to set readers going; past that, as when a
 /// broadcast fills a thousand outputs in one turn, they would only double
 /// the writes.

@@ -602,6 +602,18 @@ fn flw_cascade_from_a_ws_emitter_reaches_its_paired_exhibitor() {
 }
 
 #[test]
+fn ws_client_that_ends_its_stream_without_a_close_frame_is_sent_none() {
+    let server = Server::start(&["--ack-timeout", "5"]);
+    let (mut wex, wex_id) = ws_exhibitor(&server);
+    let (mut em, _) = ws_emitter(&server, wex_id);
+    // End of stream, no close frame: a disconnect, told to its exhibitor;
+    // nothing is written to a peer that has gone.
+    em.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    wex.expect_binary_exact(&hdr(Kind::Flw, S, wex_id, 0));
+    assert_eq!(em.next_frame(), None, "a close frame to a peer that left");
+}
+
+#[test]
 fn shutdown_flw_reaches_ws_clients() {
     let mut server = Server::start(&["--drain-timeout", "5"]);
     let (mut wex, wex_id) = ws_exhibitor(&server);
