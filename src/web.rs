@@ -666,8 +666,9 @@ fn feed_context(context: &mut WebSocketContext, bytes: &[u8], sink: &mut Sink<'_
     }
 }
 
-/// The first header byte of a final binary frame with no reserved bit.
-const FIN_BINARY: u8 = 0x80 | OPCODE_BINARY;
+/// The first header byte of a final binary frame with no reserved bit: FIN
+/// (0x80) and opcode 2.
+const FIN_BINARY: u8 = 0x82;
 const OPCODE_CONTINUATION: u8 = 0x0;
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
@@ -894,6 +895,9 @@ mod tests {
     #[test]
     fn ws_keys_are_sixteen_bytes_in_base64() {
         assert!(is_valid_ws_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        // Both of base64's non-alphanumeric characters.
+        assert!(is_valid_ws_key(&format!("{}A==", "+".repeat(21))));
+        assert!(is_valid_ws_key(&format!("{}A==", "/".repeat(21))));
         assert!(!is_valid_ws_key("dGhlIHNhbXBsZSBub25jZQ="));
         assert!(!is_valid_ws_key("dGhlIHNhbXBsZSBub25jZR=="));
         assert!(!is_valid_ws_key("dGhlIHNhbXBsZSBub25j*Q=="));

@@ -311,7 +311,7 @@ fn spoofed_origin_from_ws_gets_erro_then_close_1002_and_is_not_forwarded() {
     let (mut liar, liar_id) = ws_emitter(&server, 1);
     liar.send_binary(&msg(honest_id, 0, 5, b"I am emitter 1"));
     liar.expect_binary_exact(&hdr(Kind::Erro, S, liar_id, 5));
-    liar.expect_close(1002);
+    liar.expect_close_saying(1002, "spoofed origin");
     // An exhibitor acking in another's name.
     let (mut em, em_id) = tcp_emitter(&server, 1);
     let m = msg(em_id, wex_id, 1, b"ack me");
@@ -384,7 +384,7 @@ fn text_message_closes_1003() {
     let (mut tex, _) = tcp_exhibitor(&server);
     let (mut em, _) = ws_emitter(&server, 1);
     em.send_frame(true, OP_TEXT, b"hello");
-    em.expect_close(1003);
+    em.expect_close_saying(1003, "WebSocket text message (the protocol is binary)");
     // Text that is not even UTF-8.
     let (mut em, _) = ws_emitter(&server, 1);
     em.send_frame(true, OP_TEXT, b"\xff\xfe");

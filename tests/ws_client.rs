@@ -301,6 +301,23 @@ impl Ws {
         self.expect_end();
     }
 
+    /// Asserts the server's next frame is a close with `code` and the
+    /// human-readable `reason` (the page shows it), then the end of the stream.
+    pub fn expect_close_saying(&mut self, code: u16, reason: &str) {
+        let frame = self.expect_frame();
+        assert_eq!(
+            (frame.opcode, frame.close_code()),
+            (OP_CLOSE, code),
+            "close frame: {frame:?}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&frame.payload[2..]),
+            reason,
+            "close reason"
+        );
+        self.expect_end();
+    }
+
     /// The close code the server sends next, then the end of the stream.
     pub fn expect_any_close(&mut self) -> u16 {
         let frame = self.expect_frame();
