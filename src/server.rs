@@ -363,7 +363,8 @@ impl Server {
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
-            next_trim: now + TRIM_INTERVAL,
+            // Nothing to trim at start: the first trim may as well be due.
+            next_trim: now,
             drain_deadline: None,
         })
     }
