@@ -459,10 +459,7 @@ impl Server {
             self.router.durable(durable, now, &mut self.wire);
             self.flush_and_reap();
         }
-        if now >= self.next_trim {
-            self.release_idle_buffers();
-            self.next_trim = now + TRIM_INTERVAL;
-        }
+        self.trim_idle_buffers();
         let Some(deadline) = self.drain_deadline else {
             return Next::Continue;
         };
@@ -849,9 +846,15 @@ impl Server {
         self.wire.mark_ready(conn);
     }
 
-    /// Frees the buffers that connections with nothing pending still hold
-    /// from earlier traffic: an idle connection costs no buffer memory.
-    fn release_idle_buffers(&mut self) {
+    /// Every [`TRIM_INTERVAL`], frees the buffers that connections with
+    /// nothing pending still hold from earlier traffic: an idle connection
+    /// costs no buffer memory.
+    fn trim_idle_buffers(&mut self) {
+        let now = self.wire.now;
+        if now < self.next_trim {
+            return;
+        }
+        self.next_trim = now + TRIM_INTERVAL;
         let released: usize = self
             .wire
             .conns

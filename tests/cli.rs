@@ -4,7 +4,7 @@
 //! harness's timeout); order is only asserted within one process's output.
 
 use crate::util::*;
-use evchat::proto::{Body, Frame, Kind};
+use evchat::proto::{Body, Frame, Kind, SERVER_ID};
 use std::io::Write;
 use std::process::ExitStatus;
 
@@ -764,4 +764,55 @@ mod terminal {
         em.exp_eof().unwrap();
         ex.stdout.expect_line("closed by server");
     }
+}
+
+#[test]
+fn exhibitor_that_cannot_print_leaves_and_waits_for_its_flw_ok_only_so_long() {
+    // A server that registers the exhibitor, then never answers its FLW.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (sent, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut frame = [0u8; 8];
+        std::io::Read::read_exact(&mut stream, &mut frame).unwrap();
+        let oi_seq = u16::from_be_bytes([frame[6], frame[7]]);
+        stream
+            .write_all(&hdr(Kind::Ok, SERVER_ID, 4096, oi_seq))
+            .unwrap();
+        std::io::Read::read_exact(&mut stream, &mut frame).unwrap();
+        sent.send(frame).unwrap();
+        // Holds the connection open: the read ends when the client exits.
+        let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+    });
+    // Its standard output is a pipe nobody reads: printing fails at once.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = std::process::Command::new(bin("exhibitor"))
+        .arg(&addr)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let flw = seen.recv_timeout(TIMEOUT).expect("no frame after OI");
+    assert_eq!(
+        flw[..6],
+        hdr(Kind::Flw, 4096, SERVER_ID, 0)[..6],
+        "FLW expected"
+    );
+    // The wait for the OK is bounded: it exits without one.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the exhibitor still waits for the OK to its FLW after {TIMEOUT:?}");
+        }
+        // Polling the exit status, bounded by the deadline above.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
 }

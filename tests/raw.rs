@@ -951,3 +951,30 @@ fn rule4_a_late_ack_for_a_departed_emitter_does_not_answer_the_next_holder_of_it
     );
     e2.expect_silence();
 }
+
+#[test]
+fn buffers_a_burst_left_behind_are_released_when_the_connections_go_idle() {
+    let server = Server::start(&["-v"]);
+    let (mut ex, ex_id) = exhibitor(&server);
+    let (mut em, em_id) = emitter(&server, 1);
+    let m = msg(em_id, ex_id, 1, &[b'x'; 60_000]);
+    em.send(&m);
+    expect_exact(&mut ex, &m);
+    ex.send(&hdr(Kind::Ok, ex_id, em_id, 1));
+    expect_exact(&mut em, &hdr(Kind::Ok, S, em_id, 1));
+    // The next trim (every 5 s) frees what the burst made the server hold.
+    let deadline = Instant::now() + TIMEOUT;
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.proc.stderr.next_within(left) {
+            Some(line) if line.contains("released idle connection buffers") => break line,
+            Some(_) => {}
+            None => panic!("no idle buffers released within {TIMEOUT:?}"),
+        }
+    };
+    let bytes: usize = line
+        .rsplit_once("bytes=")
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line:?}"));
+    assert!(bytes >= 60_000, "released only {bytes} bytes: {line:?}");
+}
