@@ -816,3 +816,21 @@ fn exhibitor_that_cannot_print_leaves_and_waits_for_its_flw_ok_only_so_long() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn an_ok_to_oi_that_is_not_the_servers_answer_is_refused() {
+    // OK to OI from a client's id, and OK from the server to another number.
+    let wrong_origin = hdr(Kind::Ok, 7, 4096, 0);
+    let wrong_seq = hdr(Kind::Ok, SERVER_ID, 4096, 5);
+    for (reply, shown) in [
+        (wrong_origin, r"\x00\x01\x00\x07\x10\x00\x00\x00"),
+        (wrong_seq, r"\x00\x01\xff\xff\x10\x00\x00\x05"),
+    ] {
+        let addr = fake_peer(Some(Vec::leak(reply)));
+        let mut p = Proc::spawn("exhibitor", &[&addr]);
+        assert_eq!(
+            assert_fails_with_one_line(&mut p),
+            format!("exhibitor: {addr} does not speak this protocol (it sent: `{shown}`)")
+        );
+    }
+}
