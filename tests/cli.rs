@@ -834,3 +834,40 @@ fn an_ok_to_oi_that_is_not_the_servers_answer_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_frame_longer_than_the_shown_prefix_is_cut_with_an_ellipsis() {
+    // A whole frame, but not an answer to OI: its first 24 bytes are shown.
+    let reply = msg(1, 4096, 0, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ");
+    let addr = fake_peer(Some(Vec::leak(reply)));
+    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut p),
+        format!(
+            "exhibitor: {addr} does not speak this protocol (it sent: \
+             `\\x00\\x05\\x00\\x01\\x10\\x00\\x00\\x00\\x00\\x1aABCDEFGHIJKLMN…`)"
+        )
+    );
+}
+
+#[test]
+fn a_reset_instead_of_an_answer_to_oi_is_named_as_such() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut oi = [0u8; 8];
+        std::io::Read::read_exact(&mut stream, &mut oi).unwrap();
+        // Closing with a zero linger resets the connection.
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+    });
+    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut p),
+        format!(
+            "exhibitor: registration with {addr} failed: Connection reset by peer (os error 104)"
+        )
+    );
+}
