@@ -871,3 +871,14 @@ fn a_reset_instead_of_an_answer_to_oi_is_named_as_such() {
         )
     );
 }
+
+#[test]
+fn a_foreign_reply_of_exactly_the_shown_prefix_has_no_ellipsis() {
+    // 24 bytes, written at once: all of it is shown, and nothing more came.
+    let addr = fake_peer(Some(b"HTTP/1.1 400 Bad Request"));
+    let mut p = Proc::spawn("emitter", &[&addr]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut p),
+        format!("emitter: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad Request`)")
+    );
+}
