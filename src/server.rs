@@ -614,9 +614,9 @@ impl Server {
                 Ok(ReadStatus::Closed) => {
                     self.route_buffered(conn);
                     if let Some(slot) = self.wire.conns.get(conn)
-                        && slot.conn.buffered_input() > 0
+                        && let bytes @ 1.. = slot.conn.buffered_input()
                     {
-                        debug!(conn, bytes = slot.conn.buffered_input(), "closed mid-frame");
+                        debug!(conn, bytes, "closed mid-frame");
                     }
                     self.wire.drop_conn(conn, Departure::PeerClosed);
                     self.settle_dropped();
@@ -653,20 +653,16 @@ impl Server {
         let Some(slot) = self.wire.conns.get_mut(conn) else {
             return false;
         };
-        if slot.closing.is_none() {
-            match slot.conn.stage() {
-                Stage::Sniffing => return true,
-                Stage::Http => {
-                    if !self.serve_http(conn) {
-                        return false;
-                    }
-                    // A head not yet whole waits for more bytes; only an
-                    // upgrade leaves protocol frames in the input.
-                    if self.wire.conns.get(conn).map(|s| s.conn.stage()) == Some(Stage::Http) {
-                        return true;
-                    }
-                }
-                _ => {}
+        // Still sniffing, the input is at most seven capitals, shorter than
+        // a frame header: the parse below waits for more, as it should.
+        if slot.closing.is_none() && slot.conn.stage() == Stage::Http {
+            if !self.serve_http(conn) {
+                return false;
+            }
+            // A head not yet whole waits for more bytes; only an upgrade
+            // leaves protocol frames in the input.
+            if self.wire.conns.get(conn).map(|s| s.conn.stage()) == Some(Stage::Http) {
+                return true;
             }
         }
         let Some(slot) = self.wire.conns.get_mut(conn) else {

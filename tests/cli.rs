@@ -879,6 +879,8 @@ fn a_foreign_reply_of_exactly_the_shown_prefix_has_no_ellipsis() {
     let mut p = Proc::spawn("emitter", &[&addr]);
     assert_eq!(
         assert_fails_with_one_line(&mut p),
-        format!("emitter: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad Request`)")
+        format!(
+            "emitter: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad Request`)"
+        )
     );
 }
