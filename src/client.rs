@@ -41,8 +41,10 @@ impl FrameReader {
             }
             let n = match self.stream.read(&mut chunk) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                },
             };
             if n == 0 {
                 return Ok(None);
@@ -243,21 +245,16 @@ fn read_reply(
                 });
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(no_answer());
-            }
-            Err(e) => {
-                return Err(RegisterError::Io {
-                    addr: addr.to_string(),
-                    source: e,
-                });
-            }
+            Err(e) => match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => return Err(no_answer()),
+                _ => {
+                    return Err(RegisterError::Io {
+                        addr: addr.to_string(),
+                        source: e,
+                    });
+                }
+            },
         }
     }
 }
@@ -390,8 +387,10 @@ pub fn read_bounded_line(input: &mut impl BufRead, limit: usize) -> io::Result<I
     loop {
         let chunk = match input.fill_buf() {
             Ok(chunk) => chunk,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            },
         };
         if chunk.is_empty() {
             break;
@@ -751,9 +750,23 @@ mod tests {
             parse_command(b"(FLW) now"),
             Err(SyntaxError::TrailingAfterLeave)
         );
+        // A sign is not a digit, though u16's parser would take it.
+        assert_eq!(
+            parse_command(b"(CREQ) +5"),
+            Err(SyntaxError::BadId("+5".into()))
+        );
         let mut long = b"(1) ".to_vec();
         long.extend(std::iter::repeat_n(b'a', 65536));
         assert_eq!(parse_command(&long), Err(SyntaxError::TooLong(65536)));
+        // The longest text a MSG carries is taken.
+        long.pop();
+        assert_eq!(
+            parse_command(&long),
+            Ok(Command::Message {
+                dest: 1,
+                text: vec![b'a'; 65535]
+            })
+        );
     }
 
     #[test]

@@ -884,3 +884,16 @@ fn a_foreign_reply_of_exactly_the_shown_prefix_has_no_ellipsis() {
         )
     );
 }
+
+#[test]
+fn an_address_without_a_port_is_explained() {
+    for client in ["emitter", "exhibitor"] {
+        let mut p = Proc::spawn(client, &["nonsense"]);
+        assert_eq!(
+            assert_fails_with_one_line(&mut p),
+            format!(
+                "{client}: cannot connect to nonsense: expected HOST:PORT, for example 127.0.0.1:5000"
+            )
+        );
+    }
+}
