@@ -347,6 +347,9 @@ mod terminal {
         other
             .stdout
             .expect_line("Message from 1 to all: hello world!");
+        // The typed line is erased (cursor up, clear the row) and shown
+        // again in its answered form.
+        chat.exp_string("\x1b[1A\x1b[2K\r").unwrap();
         chat.exp_string(&bytewise("you to all: hello world! ✓"))
             .unwrap();
         chat.exp_string("all> ").unwrap();
