@@ -1212,6 +1212,29 @@ fn a_replayed_exhibitor_that_never_acks_is_cut_by_the_ack_timeout() {
 }
 
 #[test]
+fn a_replay_takes_at_most_half_of_max_queue_so_the_newcomer_is_not_cut() {
+    let dir = TempDir::new("replay-half-queue");
+    let d = dir.path().to_str().unwrap();
+    let server = Server::start(&["--history", d, "--max-queue", "8192"]);
+    let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
+    let texts: Vec<String> = (0..10u8)
+        .map(|i| char::from(b'a' + i).to_string().repeat(1800))
+        .collect();
+    for (seq, text) in (1..).zip(&texts) {
+        e.send_frame(&msg(e_id, 0, seq, text));
+        a.expect_frame();
+        a.send_frame(&ok(a_id, e_id, seq));
+        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+    }
+    // 4096 bytes of replay: the last two 1800-byte broadcasts, not a third.
+    let mut late = server.raw();
+    late.identify_exhibitor();
+    assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[8]));
+    assert_eq!(late.expect_frame(), msg(e_id, 0, 1, &texts[9]));
+    late.expect_silence();
+}
+
+#[test]
 fn broadcasts_are_replayed_after_a_restart_and_the_exhibitor_shows_them() {
     let dir = TempDir::new("restart");
     let d = dir.path().to_str().unwrap();
