@@ -978,3 +978,20 @@ fn buffers_a_burst_left_behind_are_released_when_the_connections_go_idle() {
         .unwrap_or_else(|| panic!("no byte count in {line:?}"));
     assert!(bytes >= 60_000, "released only {bytes} bytes: {line:?}");
 }
+
+#[test]
+fn output_larger_than_the_socket_takes_is_written_as_the_reader_drains_it() {
+    // Nothing but the reader's own reads may move the rest: no more input
+    // arrives for the server once the burst is queued.
+    let server = Server::start(&["--ack-timeout", "60"]);
+    let mut ex = Raw::over(connect_with_small_rcvbuf(server.addr, 4096));
+    let ex_id = ex.identify_exhibitor();
+    let (mut em, em_id) = emitter(&server, 1);
+    let texts: Vec<Vec<u8>> = (0..40u8).map(|i| vec![b'a' + i % 26; 60_000]).collect();
+    for (seq, text) in (1..).zip(&texts) {
+        em.send(&msg(em_id, ex_id, seq, text));
+    }
+    for (seq, text) in (1..).zip(&texts) {
+        expect_exact(&mut ex, &msg(em_id, ex_id, seq, text));
+    }
+}
