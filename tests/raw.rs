@@ -983,11 +983,13 @@ fn buffers_a_burst_left_behind_are_released_when_the_connections_go_idle() {
 fn output_larger_than_the_socket_takes_is_written_as_the_reader_drains_it() {
     // Nothing but the reader's own reads may move the rest: no more input
     // arrives for the server once the burst is queued.
-    let server = Server::start(&["--ack-timeout", "60"]);
+    // 12 MB: more than the kernel buffers on the server's side (they grow
+    // to 4 MiB), less than the output cap.
+    let server = Server::start(&["--ack-timeout", "60", "--max-queue", "16777216"]);
     let mut ex = Raw::over(connect_with_small_rcvbuf(server.addr, 4096));
     let ex_id = ex.identify_exhibitor();
     let (mut em, em_id) = emitter(&server, 1);
-    let texts: Vec<Vec<u8>> = (0..40u8).map(|i| vec![b'a' + i % 26; 60_000]).collect();
+    let texts: Vec<Vec<u8>> = (0..200u8).map(|i| vec![b'a' + i % 26; 60_000]).collect();
     for (seq, text) in (1..).zip(&texts) {
         em.send(&msg(em_id, ex_id, seq, text));
     }
