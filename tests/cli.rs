@@ -897,3 +897,47 @@ fn an_address_without_a_port_is_explained() {
         );
     }
 }
+
+/// A server that answers OI with `id`, then hands the connection to `then`.
+fn registering_peer(id: u16, then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut oi = [0u8; 8];
+        std::io::Read::read_exact(&mut stream, &mut oi).unwrap();
+        let seq = u16::from_be_bytes([oi[6], oi[7]]);
+        stream.write_all(&hdr(Kind::Ok, SERVER_ID, id, seq)).unwrap();
+        then(stream);
+    });
+    addr
+}
+
+#[test]
+fn clients_say_when_the_server_goes_away_without_flw() {
+    for (client, id) in [("emitter", 1), ("exhibitor", 4096)] {
+        let addr = registering_peer(id, drop);
+        let mut p = Proc::spawn(client, &[&addr]);
+        p.stdout.expect_line(&format!("{client} {id}"));
+        assert_exit(&mut p, 1);
+        assert_eq!(
+            p.stderr.rest(),
+            [format!("{client}: the server went away (connection closed without FLW)")]
+        );
+    }
+}
+
+#[test]
+fn an_emitter_whose_flw_is_never_answered_says_so_and_leaves() {
+    let addr = registering_peer(1, |mut stream| {
+        // Reads the FLW and holds the connection without answering.
+        let mut flw = [0u8; 8];
+        std::io::Read::read_exact(&mut stream, &mut flw).unwrap();
+        let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+    });
+    let mut p = Proc::spawn("emitter", &[&addr]);
+    p.stdout.expect_line("emitter 1");
+    send_lines(&mut p, &["(FLW)"]);
+    assert_exit(&mut p, 0);
+    assert_eq!(p.stderr.rest(), ["emitter: no OK to FLW from the server"]);
+}
