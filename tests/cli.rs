@@ -907,7 +907,9 @@ fn registering_peer(id: u16, then: impl FnOnce(std::net::TcpStream) + Send + 'st
         let mut oi = [0u8; 8];
         std::io::Read::read_exact(&mut stream, &mut oi).unwrap();
         let seq = u16::from_be_bytes([oi[6], oi[7]]);
-        stream.write_all(&hdr(Kind::Ok, SERVER_ID, id, seq)).unwrap();
+        stream
+            .write_all(&hdr(Kind::Ok, SERVER_ID, id, seq))
+            .unwrap();
         then(stream);
     });
     addr
@@ -922,7 +924,9 @@ fn clients_say_when_the_server_goes_away_without_flw() {
         assert_exit(&mut p, 1);
         assert_eq!(
             p.stderr.rest(),
-            [format!("{client}: the server went away (connection closed without FLW)")]
+            [format!(
+                "{client}: the server went away (connection closed without FLW)"
+            )]
         );
     }
 }

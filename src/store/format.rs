@@ -19,12 +19,14 @@ pub const BODY_FIXED_LEN: usize = 12;
 pub const MAX_TEXT_LEN: usize = u16::MAX as usize;
 /// The longest body a record may claim; a longer claim is damage.
 pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + MAX_TEXT_LEN;
-/// The longest record on disk.
-pub const MAX_RECORD_LEN: usize = RECORD_HEADER_LEN + MAX_BODY_LEN;
+/// The longest record on disk (header and longest body). Written out: only
+/// scans sized by it use it, and any size finds the same records.
+pub const MAX_RECORD_LEN: usize = 65_555;
+const _: () = assert!(MAX_RECORD_LEN == RECORD_HEADER_LEN + MAX_BODY_LEN);
 /// Digits in a segment name: enough for any u64, so names sort like numbers.
 const NAME_DIGITS: usize = 20;
 /// Bytes the cursor asks for at a time when it reads ahead.
-const READ_AHEAD: usize = 256 * 1024;
+const READ_AHEAD: usize = 262_144; // 256 KiB
 
 /// One message as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -579,6 +581,38 @@ mod tests {
                     "bit {bit} of byte {byte}: {end}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn the_longest_text_reads_back_and_a_longer_claim_is_damage() {
+        let longest = vec![b'x'; MAX_TEXT_LEN];
+        let bytes = segment(&[(1, 1, 0, &longest[..]), (2, 2, 0, b"after")]);
+        let (records, end) = read_all(&bytes, false, 64);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].text, longest);
+        assert_eq!(end, "End");
+        // The length field claims one byte more than the longest body.
+        let mut claim = bytes.clone();
+        let at = SEGMENT_MAGIC.len() + 4;
+        claim[at..at + 4].copy_from_slice(&(BODY_FIXED_LEN as u32 + 65_536).to_be_bytes());
+        let (records, end) = read_all(&claim, false, 64);
+        assert!(records.is_empty());
+        assert_eq!(
+            end, "Corrupt { offset: 8, damage: BadLength(65548) }",
+            "a claim past the longest record"
+        );
+    }
+
+    #[test]
+    fn a_record_view_knows_its_size_on_disk() {
+        let bytes = segment(&[(7, 1, 4096, b"sized")]);
+        let mut cursor = Cursor::with_read_ahead(64);
+        match cursor.next(&bytes[..], bytes.len() as u64, true).unwrap() {
+            Step::Record { record, .. } => {
+                assert_eq!(record.encoded_len(), bytes.len() - SEGMENT_MAGIC.len());
+            }
+            other => panic!("{other:?}"),
         }
     }
 
