@@ -109,8 +109,10 @@ impl Source for std::fs::File {
             match FileExt::read_at(self, &mut buf[filled..], offset + filled as u64) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    _ => return Err(e),
+                },
             }
         }
         Ok(filled)
@@ -601,6 +603,32 @@ mod tests {
         assert_eq!(
             end, "Corrupt { offset: 8, damage: BadLength(65548) }",
             "a claim past the longest record"
+        );
+    }
+
+    #[test]
+    fn a_slice_reads_fewer_bytes_only_at_its_end() {
+        let mut buf = [0u8; 8];
+        assert_eq!(b"abcdef"[..].read_at(&mut buf, 4).unwrap(), 2);
+        assert_eq!(&buf[..2], b"ef");
+        assert_eq!(b"abcdef"[..].read_at(&mut buf[..3], 1).unwrap(), 3);
+        assert_eq!(&buf[..3], b"bcd");
+        assert_eq!(b"abcdef"[..].read_at(&mut buf, 9).unwrap(), 0);
+    }
+
+    #[test]
+    fn the_cursor_buffer_holds_what_it_read_ahead_and_no_more() {
+        let bytes = segment(&[(1, 1, 0, &[b'a'; 300][..]), (2, 2, 0, b"b")]);
+        let mut cursor = Cursor::with_read_ahead(64);
+        let mut read = 0;
+        while let Step::Record { .. } = cursor.next(&bytes[..], bytes.len() as u64, true).unwrap() {
+            read += 1;
+        }
+        assert_eq!(read, 2);
+        let capacity = cursor.buffer_capacity();
+        assert!(
+            (300..=2 * MAX_RECORD_LEN).contains(&capacity),
+            "buffer holds {capacity} bytes"
         );
     }
 
