@@ -945,3 +945,22 @@ fn an_emitter_whose_flw_is_never_answered_says_so_and_leaves() {
     assert_exit(&mut p, 0);
     assert_eq!(p.stderr.rest(), ["emitter: no OK to FLW from the server"]);
 }
+
+#[test]
+fn an_exhibitor_ignores_an_ok_that_is_not_for_its_flw() {
+    let addr = registering_peer(4096, |mut stream| {
+        stream
+            .write_all(&hdr(Kind::Ok, SERVER_ID, 4096, 5))
+            .unwrap();
+        stream.write_all(&msg(1, 4096, 1, b"still here")).unwrap();
+        let _ = std::io::Read::read(&mut stream, &mut [0u8; 64]);
+    });
+    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    p.stdout.expect_line("exhibitor 4096");
+    p.stdout.expect_line("Message from 1: still here");
+    let warning = p.stderr.expect();
+    assert_eq!(
+        warning,
+        "exhibitor: ignoring unexpected OK(origin 65535, dest 4096, seq 5)"
+    );
+}
