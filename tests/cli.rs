@@ -964,3 +964,69 @@ fn an_exhibitor_ignores_an_ok_that_is_not_for_its_flw() {
         "exhibitor: ignoring unexpected OK(origin 65535, dest 4096, seq 5)"
     );
 }
+
+/// Runs a server with `flags` until it has refused one frame before OI
+/// (a warning) and shut down; returns its log lines.
+fn server_log_with(flags: &[&str]) -> Vec<String> {
+    let mut server = Server::start(flags);
+    let mut raw = server.raw();
+    raw.send(&hdr(Kind::Creq, 1, 0, 1));
+    assert_eq!(raw.expect_frame(), Frame::bare(Kind::Erro, SERVER_ID, 0, 1));
+    raw.expect_closed();
+    server.proc.signal(libc::SIGTERM);
+    assert!(server.proc.wait().success());
+    server.proc.stderr.rest()
+}
+
+#[test]
+fn server_log_level_follows_v_and_q() {
+    let has = |lines: &[String], level: &str| lines.iter().any(|l| l.contains(level));
+    let quiet = server_log_with(&["-q"]);
+    assert!(
+        quiet
+            .iter()
+            .any(|l| l.contains(" WARN ") && l.contains("frame before OI")),
+        "{quiet:#?}"
+    );
+    assert!(
+        !has(&quiet, " INFO ") && !has(&quiet, " DEBUG "),
+        "{quiet:#?}"
+    );
+    let quieter = server_log_with(&["-qq"]);
+    assert_eq!(quieter, Vec::<String>::new());
+    let verbose = server_log_with(&["-vv"]);
+    assert!(
+        has(&verbose, " INFO ") && has(&verbose, " DEBUG "),
+        "{verbose:#?}"
+    );
+}
+
+#[test]
+fn server_raises_its_open_file_limit_to_the_hard_limit() {
+    let mut hard = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+        0
+    );
+    let enough = hard.rlim_max >= 8192 + 16;
+    // A soft limit of 256, as some systems start with.
+    let script = format!(
+        "ulimit -Sn 256 && exec {} 0 --bind 127.0.0.1",
+        bin("server")
+    );
+    let mut server = Proc::spawn_with("sh", &["-c", &script]);
+    let first = server.stdout.expect();
+    assert!(first.starts_with("listening on "), "{first}");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait().success());
+    let warned = server
+        .stderr
+        .rest()
+        .iter()
+        .any(|l| l.contains("open-file limit is below what 8191 clients need"));
+    assert_eq!(warned, !enough, "hard limit {}", hard.rlim_max);
+}

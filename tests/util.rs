@@ -101,7 +101,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(bin(name))
+        Proc::spawn_program(bin(name), name, args)
+    }
+
+    /// Spawns another program (e.g. `sh` around one of ours).
+    pub fn spawn_with(program: &str, args: &[&str]) -> Proc {
+        Proc::spawn_program(program, program, args)
+    }
+
+    fn spawn_program(program: &str, name: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
