@@ -955,7 +955,7 @@ fn an_exhibitor_ignores_an_ok_that_is_not_for_its_flw() {
         stream.write_all(&msg(1, 4096, 1, b"still here")).unwrap();
         let _ = std::io::Read::read(&mut stream, &mut [0u8; 64]);
     });
-    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    let p = Proc::spawn("exhibitor", &[&addr]);
     p.stdout.expect_line("exhibitor 4096");
     p.stdout.expect_line("Message from 1: still here");
     let warning = p.stderr.expect();
