@@ -558,6 +558,21 @@ mod tests {
     }
 
     #[test]
+    fn a_last_segment_of_zeros_is_torn_elsewhere_corrupt() {
+        // Allocated but never written, header included.
+        let zeros = [0u8; 100];
+        let (_, end) = read_all(&zeros, true, 16);
+        assert_eq!(end, "TornTail { offset: 0, len: 100 }");
+        let (_, end) = read_all(&zeros, false, 16);
+        assert_eq!(end, "Corrupt { offset: 0, damage: BadMagic }");
+        // One byte written past the header's place is not a torn header.
+        let mut written = zeros;
+        written[99] = 1;
+        let (_, end) = read_all(&written, true, 16);
+        assert_eq!(end, "Corrupt { offset: 0, damage: BadMagic }");
+    }
+
+    #[test]
     fn zeros_after_the_last_record_are_a_torn_tail() {
         let mut bytes = segment(&[(1, 1, 0, b"kept")]);
         let at = bytes.len();
