@@ -1034,6 +1034,9 @@ fn server_raises_its_open_file_limit_to_the_hard_limit() {
     } else {
         assert_eq!(raised.len(), 1, "{raised:#?}");
     }
+    // Exactly enough: 8191 clients and 16 descriptors to spare.
+    let exact = warnings(server_log_under_ulimit("ulimit -Sn 256 && ulimit -Hn 8208"));
+    assert_eq!(exact, Vec::<String>::new());
     // A hard limit too low for 8191 clients: raised to it, and said so.
     let low = warnings(server_log_under_ulimit("ulimit -Sn 256 && ulimit -Hn 4096"));
     assert_eq!(low.len(), 1, "{low:#?}");

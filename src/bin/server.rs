@@ -254,7 +254,8 @@ fn raise_descriptor_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return;
         }
-        if limit.rlim_cur < limit.rlim_max {
+        // The soft limit is never above the hard one.
+        if limit.rlim_cur != limit.rlim_max {
             let wanted = libc::rlimit {
                 rlim_cur: limit.rlim_max,
                 rlim_max: limit.rlim_max,
