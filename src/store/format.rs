@@ -660,6 +660,19 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_record_far_past_a_bad_one_makes_it_corruption() {
+        // A bad record, 65,500 bytes of junk, then a whole record: found
+        // across the scan's first block boundary, so not a torn tail.
+        let mut bytes = segment(&[(1, 1, 0, b"bad")]);
+        bytes[SEGMENT_MAGIC.len()] ^= 1;
+        bytes.resize(SEGMENT_MAGIC.len() + 1 + 65_500, b'x');
+        encode_record(&mut bytes, 2, 2, 0, &[b'y'; 100]);
+        let (records, end) = read_all(&bytes, true, 4096);
+        assert!(records.is_empty());
+        assert!(end.starts_with("Corrupt { offset: 8, "), "{end}");
+    }
+
+    #[test]
     fn a_damaged_last_record_that_hides_a_whole_record_is_corruption() {
         // The text of the record cut short holds a whole record: a torn
         // write cannot produce a good record after the tear.
