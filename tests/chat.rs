@@ -397,6 +397,29 @@ mod terminal {
     }
 
     #[test]
+    fn a_line_longer_than_the_terminal_is_erased_row_by_row() {
+        let server = Server::start(&[]);
+        let (other, _) = server.exhibitor();
+        let mut chat = spawn_in_terminal(&server.target());
+        chat.exp_string("all> ").unwrap();
+        // "all> " and 150 characters take two rows of 80 (the width used
+        // when the terminal does not say).
+        let text = "x".repeat(150);
+        chat.send(&text).unwrap();
+        chat.send("\r").unwrap();
+        chat.flush().unwrap();
+        other
+            .stdout
+            .expect_line(&format!("Message from 1 to all: {text}"));
+        let before = chat
+            .exp_string("\x1b[1A\x1b[2K\x1b[1A\x1b[2K\r")
+            .unwrap();
+        assert!(!before.ends_with("\x1b[2K"), "more than two rows erased");
+        chat.exp_string(&bytewise(&format!("you to all: {text} ✓")))
+            .unwrap();
+    }
+
+    #[test]
     fn ctrl_c_leaves_with_exit_0() {
         let server = Server::start(&[]);
         let (other, _) = server.exhibitor();
