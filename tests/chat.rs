@@ -400,20 +400,26 @@ mod terminal {
     fn a_line_longer_than_the_terminal_is_erased_row_by_row() {
         let server = Server::start(&[]);
         let (other, _) = server.exhibitor();
-        let mut chat = spawn_in_terminal(&server.target());
+        // A terminal 100 columns wide: "all> " and 170 characters take two
+        // of its rows (three of 80, the width used when none is known).
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                &format!("stty cols 100 && exec {EVCHAT} chat {}", server.target()),
+            ])
+            .env("TERM", "xterm");
+        let mut chat =
+            spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty");
         chat.exp_string("all> ").unwrap();
-        // "all> " and 150 characters take two rows of 80 (the width used
-        // when the terminal does not say).
-        let text = "x".repeat(150);
+        let text = "x".repeat(170);
         chat.send(&text).unwrap();
         chat.send("\r").unwrap();
         chat.flush().unwrap();
         other
             .stdout
             .expect_line(&format!("Message from 1 to all: {text}"));
-        let before = chat
-            .exp_string("\x1b[1A\x1b[2K\x1b[1A\x1b[2K\r")
-            .unwrap();
+        let before = chat.exp_string("\x1b[1A\x1b[2K\x1b[1A\x1b[2K\r").unwrap();
         assert!(!before.ends_with("\x1b[2K"), "more than two rows erased");
         chat.exp_string(&bytewise(&format!("you to all: {text} ✓")))
             .unwrap();
