@@ -646,3 +646,45 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
     drop(chat);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// When one of its two connections ends without FLW, the chat closes the
+/// other too before it reconnects: the server must not keep a half of it.
+#[test]
+fn when_one_connection_is_lost_the_chat_closes_the_other() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut register = |id: u16| {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut oi = [0u8; 8];
+            stream.read_exact(&mut oi).unwrap();
+            let seq = u16::from_be_bytes([oi[6], oi[7]]);
+            let ok = Frame::bare(Kind::Ok, evchat::proto::SERVER_ID, id, seq);
+            stream.write_all(&ok.to_bytes()).unwrap();
+            stream
+        };
+        let exhibitor = register(4096);
+        let mut emitter = register(1);
+        // The exhibitor's connection ends; the emitter's must end next.
+        drop(exhibitor);
+        emitter.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut chunk = [0u8; 256];
+        let result = loop {
+            match emitter.read(&mut chunk) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e.kind()),
+            }
+        };
+        done.send(result).unwrap();
+    });
+    let mut chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let closed = outcome.recv_timeout(TIMEOUT * 2).expect("fake server");
+    assert_eq!(closed, Ok(()), "the emitter's connection stayed open");
+    drop(chat);
+}
