@@ -657,7 +657,7 @@ fn when_one_connection_is_lost_the_chat_closes_the_other() {
     let addr = listener.local_addr().unwrap().to_string();
     let (done, outcome) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut register = |id: u16| {
+        let register = |id: u16| {
             let (mut stream, _) = listener.accept().unwrap();
             let mut oi = [0u8; 8];
             stream.read_exact(&mut oi).unwrap();
@@ -681,7 +681,7 @@ fn when_one_connection_is_lost_the_chat_closes_the_other() {
         };
         done.send(result).unwrap();
     });
-    let mut chat = Chat::spawn(&addr);
+    let chat = Chat::spawn(&addr);
     chat.stdout
         .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
     let closed = outcome.recv_timeout(TIMEOUT * 2).expect("fake server");
