@@ -426,6 +426,30 @@ mod terminal {
     }
 
     #[test]
+    fn typed_into_a_terminal_but_printing_into_a_pipe_is_plain() {
+        let server = Server::start(&[]);
+        let (other, _) = server.exhibitor();
+        // Standard input is the terminal, standard output a pipe (to cat):
+        // no line editor, so no prompt and no escape sequences in the pipe.
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", &format!("{EVCHAT} chat {} | cat", server.target())])
+            .env("TERM", "xterm");
+        let mut chat =
+            spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty");
+        chat.exp_string("you are 1 (emitter) / 4097 (exhibitor)")
+            .unwrap();
+        chat.send("plain\r").unwrap();
+        chat.flush().unwrap();
+        other.stdout.expect_line("Message from 1 to all: plain");
+        let before = chat.exp_string(&bytewise("you to all: plain ✓")).unwrap();
+        assert!(
+            !before.contains("all> ") && !before.contains('\x1b'),
+            "{before:?}"
+        );
+    }
+
+    #[test]
     fn ctrl_c_leaves_with_exit_0() {
         let server = Server::start(&[]);
         let (other, _) = server.exhibitor();
