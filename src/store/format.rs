@@ -405,23 +405,36 @@ impl Cursor {
         debug_assert!(at + n as u64 <= end);
         let window_end = self.window_start + self.window.len() as u64;
         if at < self.window_start || at + n as u64 > window_end {
-            let want = n.max(self.read_ahead).min((end - at) as usize);
-            self.window.clear();
-            self.window.resize(want, 0);
-            let got = source.read_at(&mut self.window, at)?;
-            self.window.truncate(got);
-            self.window_start = at;
-            if got < n {
-                // The file shrank under us (truncated by recovery or a
-                // failed write being undone).
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the segment became shorter while it was read",
-                ));
-            }
+            self.fill_window(source, at, n, end)?;
         }
         let start = (at - self.window_start) as usize;
         Ok(&self.window[start..start + n])
+    }
+
+    /// Reads the window afresh from `at`: `n` bytes, or the read-ahead if
+    /// more, never past `end`.
+    fn fill_window<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        at: u64,
+        n: usize,
+        end: u64,
+    ) -> io::Result<()> {
+        let want = n.max(self.read_ahead).min((end - at) as usize);
+        self.window.clear();
+        self.window.resize(want, 0);
+        let got = source.read_at(&mut self.window, at)?;
+        self.window.truncate(got);
+        self.window_start = at;
+        if got < n {
+            // The file shrank under us (truncated by recovery or a failed
+            // write being undone).
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the segment became shorter while it was read",
+            ));
+        }
+        Ok(())
     }
 }
 
