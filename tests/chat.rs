@@ -22,8 +22,12 @@ struct Chat {
 
 impl Chat {
     fn spawn(addr: &str) -> Chat {
+        Chat::spawn_with(&["chat", addr])
+    }
+
+    fn spawn_with(args: &[&str]) -> Chat {
         let mut child = Command::new(EVCHAT)
-            .args(["chat", addr])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -711,4 +715,41 @@ fn when_one_connection_is_lost_the_chat_closes_the_other() {
     let closed = outcome.recv_timeout(TIMEOUT * 2).expect("fake server");
     assert_eq!(closed, Ok(()), "the emitter's connection stayed open");
     drop(chat);
+}
+
+#[test]
+fn timestamps_always_puts_the_local_time_before_chat_lines() {
+    let server = Server::start(&[]);
+    let mut chat = Chat::spawn_with(&["chat", &server.target(), "--timestamps", "always"]);
+    let first = chat.stdout.expect();
+    assert!(
+        first.ends_with("you are 1 (emitter) / 4096 (exhibitor)"),
+        "{first}"
+    );
+    let (mut em, _) = server.emitter(None);
+    em.input("(0) tick\n");
+    em.stdout.expect_line("delivered #1");
+    let line = loop {
+        let line = chat.stdout.expect();
+        if line.ends_with("2 to all: tick") {
+            break line;
+        }
+    };
+    // HH:MM:SS, then a space, then the line.
+    let (time, rest) = line.split_at(9);
+    assert_eq!(rest, "2 to all: tick", "{line}");
+    let digits: Vec<u32> = time
+        .trim_end()
+        .split(':')
+        .map(|part| {
+            assert_eq!(part.len(), 2, "{line}");
+            part.parse().unwrap_or_else(|_| panic!("{line}"))
+        })
+        .collect();
+    assert!(
+        digits.len() == 3 && digits[0] < 24 && digits[1] < 60 && digits[2] < 61,
+        "{line}"
+    );
+    chat.stdin = None;
+    assert_eq!(chat.wait().code(), Some(0));
 }

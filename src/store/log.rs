@@ -712,3 +712,15 @@ fn corruption(
     };
     Ok((Some(offset), Some(notice)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_an_eighth_of_the_history_within_256_kib_and_64_mib() {
+        assert_eq!(Options::new(0).segment_bytes, 256 * 1024);
+        assert_eq!(Options::new(8 * 1024 * 1024).segment_bytes, 1024 * 1024);
+        assert_eq!(Options::new(u64::MAX).segment_bytes, 64 * 1024 * 1024);
+    }
+}
