@@ -232,10 +232,21 @@ fn server_shutdown_closes_the_chat_with_exit_0() {
     let mut chat = Chat::spawn(&server.target());
     chat.stdout
         .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let mut server = server;
     server.proc.signal(libc::SIGINT);
     chat.stdout.expect_line("server closed the chat");
     assert_eq!(chat.wait().code(), Some(0));
     assert_eq!(chat.stdout.rest(), Vec::<String>::new());
+    // Both of its connections answered the server's FLW.
+    assert!(server.proc.wait().success());
+    let log = server.proc.stderr.rest();
+    for id in [1, 4096] {
+        assert!(
+            log.iter().any(|l| l.contains(&format!(" id={id} "))
+                && l.contains("acknowledged the server's FLW")),
+            "id {id}: {log:#?}"
+        );
+    }
 }
 
 #[test]
