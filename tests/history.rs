@@ -533,7 +533,14 @@ fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     for notice in &opened.notices {
         assert!(matches!(notice, Notice::Retired { .. }), "{notice}");
     }
-    assert!(opened.log.total_bytes() <= 2048);
+    let on_disk: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| std::fs::metadata(path).unwrap().len())
+        .sum();
+    assert!(on_disk > 0 && on_disk <= 2048, "{on_disk} bytes kept");
+    assert_eq!(opened.log.total_bytes(), on_disk);
 }
 
 #[test]
