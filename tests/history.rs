@@ -483,6 +483,48 @@ fn open_hands_back_the_last_broadcasts_oldest_first() {
 // ---- retention ---------------------------------------------------------
 
 #[test]
+fn one_write_that_spans_segments_fills_each_to_its_size() {
+    // Records of one length, five to a segment, twelve in one write.
+    let dir = TempDir::new("fill-segments");
+    let all: Vec<Record> = (0..12)
+        .map(|i| record(1_000 + i, 1, 0, format!("same length {i:02}").as_bytes()))
+        .collect();
+    let record_len = (8 + 12 + all[0].text.len()) as u64;
+    let options = Options {
+        segment_bytes: 8 + 5 * record_len,
+        ..big_log()
+    };
+    let opened = open_log(dir.path(), options).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let mut last = 0;
+    for r in &all {
+        last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+    }
+    writer.write();
+    wait_settled(&writer, &settled, last);
+    writer.close();
+    let mut segments: Vec<(u64, u64)> = fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            let base = name.strip_suffix(".log")?.parse().ok()?;
+            Some((base, entry.metadata().unwrap().len()))
+        })
+        .collect();
+    segments.sort();
+    assert_eq!(
+        segments,
+        [
+            (0, 8 + 5 * record_len),
+            (5, 8 + 5 * record_len),
+            (10, 8 + 2 * record_len)
+        ]
+    );
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+}
+
+#[test]
 fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     let dir = TempDir::new("retention");
     let options = Options {
