@@ -224,6 +224,8 @@ fn end_of_piped_input_waits_for_replies_then_leaves() {
         chat.stdout.rest(),
         vec!["you to all: one ✓", "you to all: two ✓"]
     );
+    // Leaving is quiet: the replies to its FLWs are expected, not "unexpected".
+    assert_eq!(chat.stderr.rest(), Vec::<String>::new());
 }
 
 #[test]
