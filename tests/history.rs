@@ -525,6 +525,48 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
 }
 
 #[test]
+fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
+    let dir = TempDir::new("retention-errors");
+    // Ten segments of five records each.
+    let text = [b'r'; 50];
+    let record_len = (RECORD_HEADER_LEN + 12 + text.len()) as u64;
+    let segment_bytes = SEGMENT_MAGIC.len() as u64 + 5 * record_len;
+    let options = Options {
+        max_bytes: 2 * segment_bytes,
+        segment_bytes,
+        ..big_log()
+    };
+    let mut log = open_log(dir.path(), options).unwrap().log;
+    let mut batch = Vec::new();
+    for i in 0..50 {
+        encode_record(&mut batch, i, 1, 0, &text);
+    }
+    log.append(&batch).unwrap();
+    // Someone removed the oldest segment; a directory took the next one's
+    // name, so it cannot be deleted as a file.
+    let segment = |base: u64| dir.path().join(format!("{base:020}.log"));
+    fs::remove_file(segment(0)).unwrap();
+    fs::remove_file(segment(5)).unwrap();
+    fs::create_dir(segment(5)).unwrap();
+    let done: Vec<String> = log
+        .retain()
+        .into_iter()
+        .map(|result| match result {
+            Ok(notice) => format!("ok {notice}"),
+            Err(error) => format!("error {error}"),
+        })
+        .collect();
+    assert!(
+        !done.iter().any(|d| d.contains(&format!("{:020}.log", 0))),
+        "{done:#?}"
+    );
+    let refused: Vec<&String> = done.iter().filter(|d| d.starts_with("error ")).collect();
+    assert_eq!(refused.len(), 1, "{done:#?}");
+    assert!(refused[0].contains(&format!("{:020}.log", 5)), "{done:#?}");
+    assert!(refused[0].contains("delete old segment"), "{done:#?}");
+}
+
+#[test]
 fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     let dir = TempDir::new("retention");
     let options = Options {
