@@ -564,6 +564,9 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     assert_eq!(refused.len(), 1, "{done:#?}");
     assert!(refused[0].contains(&format!("{:020}.log", 5)), "{done:#?}");
     assert!(refused[0].contains("delete old segment"), "{done:#?}");
+    // Down to the limit exactly: the last two segments stay.
+    assert_eq!(log.total_bytes(), 2 * segment_bytes);
+    assert!(segment(40).is_file() && segment(45).is_file());
 }
 
 #[test]
