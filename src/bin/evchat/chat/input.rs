@@ -243,7 +243,21 @@ mod tests {
                 "expected a space between ')' and the text".into()
             ))
         );
-        let long = vec![b'a'; 65536];
+        // A sign is not a digit, though u16's parser would take it.
+        assert_eq!(
+            parse_chat_line(b"/to +5", t),
+            Err(ChatError::BadTarget("+5".into()))
+        );
+        let mut long = vec![b'a'; 65536];
         assert_eq!(parse_chat_line(&long, t), Err(ChatError::TooLong(65536)));
+        // The longest text a MSG carries is sent.
+        long.pop();
+        assert_eq!(
+            parse_chat_line(&long, t),
+            Ok(ChatLine::Send {
+                dest: t,
+                text: long.clone()
+            })
+        );
     }
 }
