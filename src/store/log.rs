@@ -718,6 +718,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_write_cut_short_keeps_only_the_records_it_got_out_whole() {
+        let mut run = Vec::new();
+        for text in [&b"one"[..], b"two", b"three"] {
+            crate::store::format::encode_record(&mut run, 1, 1, 0, text);
+        }
+        let first = 8 + 12 + 3;
+        let second = first + 8 + 12 + 3;
+        assert_eq!(whole_records_within(&run, 0), (0, 0));
+        assert_eq!(whole_records_within(&run, first - 1), (0, 0));
+        assert_eq!(whole_records_within(&run, first), (first, 1));
+        assert_eq!(whole_records_within(&run, second + 5), (second, 2));
+        assert_eq!(whole_records_within(&run, run.len()), (run.len(), 3));
+    }
+
+    #[test]
     fn segments_are_an_eighth_of_the_history_within_256_kib_and_64_mib() {
         assert_eq!(Options::new(0).segment_bytes, 256 * 1024);
         assert_eq!(Options::new(8 * 1024 * 1024).segment_bytes, 1024 * 1024);
