@@ -570,6 +570,24 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
 }
 
 #[test]
+fn a_lock_held_before_its_pid_is_written_names_no_pid() {
+    let dir = TempDir::new("lock-no-pid");
+    fs::create_dir_all(dir.path()).unwrap();
+    // Held, but the holder has not written its pid yet (or wrote junk).
+    for content in ["", "not a pid\n"] {
+        let lock = fs::File::create(dir.path().join("LOCK")).unwrap();
+        fs::write(dir.path().join("LOCK"), content).unwrap();
+        lock.try_lock().unwrap();
+        match Log::open(dir.path(), big_log()) {
+            Err(StoreError::Locked { holder, .. }) => assert_eq!(holder, "", "{content:?}"),
+            Err(other) => panic!("{content:?}: {other}"),
+            Ok(_) => panic!("{content:?}: opened a locked log"),
+        }
+        drop(lock);
+    }
+}
+
+#[test]
 fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     let dir = TempDir::new("retention");
     let options = Options {
