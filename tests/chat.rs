@@ -226,6 +226,18 @@ fn end_of_piped_input_waits_for_replies_then_leaves() {
     );
     // Leaving is quiet: the replies to its FLWs are expected, not "unexpected".
     assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+    // Its exhibitor half answered the FLW the server sent it in turn.
+    let gone = loop {
+        let line = server
+            .proc
+            .stderr
+            .next_within(TIMEOUT)
+            .expect("no log line for the exhibitor half leaving");
+        if line.contains(" id=4097 ") && line.contains("disconnected") {
+            break line;
+        }
+    };
+    assert!(gone.contains("acknowledged the server's FLW"), "{gone}");
 }
 
 #[test]
