@@ -588,6 +588,50 @@ fn a_lock_held_before_its_pid_is_written_names_no_pid() {
 }
 
 #[test]
+fn a_segment_holding_records_numbered_past_the_next_one_is_corruption() {
+    // Segment 0 holds three records, but the next segment starts at 2.
+    let dir = TempDir::new("overlap");
+    fs::create_dir_all(dir.path()).unwrap();
+    let all = records(4);
+    fs::write(
+        dir.path().join(format!("{:020}.log", 0)),
+        segment_bytes(&all[..3]),
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join(format!("{:020}.log", 2)),
+        segment_bytes(&all[3..]),
+    )
+    .unwrap();
+    let third = (SEGMENT_MAGIC.len() + encode(&all[..2]).len()) as u64;
+    match Log::open(dir.path(), big_log()) {
+        Err(StoreError::Corrupt { offset, damage, .. }) => {
+            assert_eq!(offset, third);
+            assert_eq!(
+                damage.to_string(),
+                "record overlaps the next segment, which starts at record 2"
+            );
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("an overlapping segment was opened"),
+    }
+    // With repair, the overlap is cut: records 0 and 1, then 2 from the next.
+    let repaired = Log::open(
+        dir.path(),
+        Options {
+            repair: true,
+            ..big_log()
+        },
+    )
+    .unwrap();
+    drop(repaired);
+    assert_eq!(
+        read_all(dir.path()),
+        numbered(&[&all[..2], &all[3..]].concat(), 0)
+    );
+}
+
+#[test]
 fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     let dir = TempDir::new("retention");
     let options = Options {
