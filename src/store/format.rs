@@ -661,6 +661,31 @@ mod tests {
     }
 
     #[test]
+    fn the_offset_is_where_the_next_record_starts_then_the_valid_length() {
+        let bytes = segment(&[(1, 1, 0, b"one"), (2, 2, 0, b"two")]);
+        let first = (SEGMENT_MAGIC.len() + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3) as u64;
+        let mut torn = bytes.clone();
+        torn.extend_from_slice(&[1, 2, 3]);
+        let mut cursor = Cursor::with_read_ahead(16);
+        let end = torn.len() as u64;
+        assert!(matches!(
+            cursor.next(&torn[..], end, true).unwrap(),
+            Step::Record { .. }
+        ));
+        assert_eq!(cursor.offset(), first);
+        assert!(matches!(
+            cursor.next(&torn[..], end, true).unwrap(),
+            Step::Record { .. }
+        ));
+        assert_eq!(cursor.offset(), bytes.len() as u64);
+        assert!(matches!(
+            cursor.next(&torn[..], end, true).unwrap(),
+            Step::TornTail { .. }
+        ));
+        assert_eq!(cursor.offset(), bytes.len() as u64);
+    }
+
+    #[test]
     fn a_record_view_knows_its_size_on_disk() {
         let bytes = segment(&[(7, 1, 4096, b"sized")]);
         let mut cursor = Cursor::with_read_ahead(64);

@@ -733,6 +733,44 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_keeps_the_last_broadcasts_within_count_and_bytes() {
+        let options = Options {
+            recent_broadcasts: 3,
+            recent_broadcast_bytes: 10,
+            ..Options::new(0)
+        };
+        let mut recent = Recent::default();
+        let texts = |recent: &Recent| -> Vec<Vec<u8>> {
+            recent.kept.iter().map(|r| r.text.clone()).collect()
+        };
+        for text in [&b"aaaa"[..], b"bbbb", b"cc"] {
+            recent.keep(
+                Record {
+                    time_ms: 0,
+                    origin: 1,
+                    dest: 0,
+                    text: text.to_vec(),
+                },
+                &options,
+            );
+        }
+        // 10 bytes in three: both limits met exactly, nothing dropped.
+        assert_eq!(texts(&recent), [&b"aaaa"[..], b"bbbb", b"cc"]);
+        assert_eq!(recent.bytes, 10);
+        recent.keep(
+            Record {
+                time_ms: 0,
+                origin: 1,
+                dest: 0,
+                text: b"d".to_vec(),
+            },
+            &options,
+        );
+        assert_eq!(texts(&recent), [&b"bbbb"[..], b"cc", b"d"]);
+        assert_eq!(recent.bytes, 7);
+    }
+
+    #[test]
     fn segments_are_an_eighth_of_the_history_within_256_kib_and_64_mib() {
         assert_eq!(Options::new(0).segment_bytes, 256 * 1024);
         assert_eq!(Options::new(8 * 1024 * 1024).segment_bytes, 1024 * 1024);
