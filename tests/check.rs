@@ -554,3 +554,18 @@ fn a_target_is_required_unless_listing() {
     assert_eq!(code, 2);
     assert!(err.contains("the timeout must be more than 0"), "{err}");
 }
+
+#[test]
+fn a_report_into_a_closed_pipe_is_not_an_error() {
+    // `evchat check --list | head -0`: the reader is gone before the write.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_evchat"))
+        .args(["check", "--list"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
