@@ -536,6 +536,16 @@ fn list_shows_every_check_under_its_level_without_connecting() {
         .map(|l| l.split(' ').next().unwrap().to_string())
         .collect();
     assert_eq!(listed, listed_ids());
+    // Each level lists its own checks and those below it.
+    for (level, want) in [
+        ("required", &["required:"][..]),
+        ("robust", &["required:", "robust:"][..]),
+    ] {
+        let (code, out, _) = evchat(&["check", "--list", "--level", level]);
+        assert_eq!(code, 0);
+        let headings: Vec<&str> = out.lines().filter(|l| !l.starts_with(' ')).collect();
+        assert_eq!(headings, want, "--level {level}");
+    }
 }
 
 #[test]
@@ -572,7 +582,10 @@ fn a_report_into_a_closed_pipe_is_not_an_error() {
 
 #[test]
 fn a_report_that_cannot_be_written_is_an_error() {
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_evchat"))
         .args(["check", "--list"])
         .stdout(full)

@@ -68,7 +68,7 @@ pub struct CheckArgs {
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
-    /// List the checks without running them
+    /// List the checks --level or --only choose, without running them
     #[arg(long)]
     list: bool,
 }
@@ -89,14 +89,6 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: CheckArgs) -> ExitCode {
-    if args.list {
-        let listing = if args.json {
-            report::list_json()
-        } else {
-            report::list_text()
-        };
-        return print(&listing);
-    }
     let selected = match select(&args) {
         Ok(selected) => selected,
         Err(message) => {
@@ -104,6 +96,14 @@ pub fn run(args: CheckArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if args.list {
+        let listing = if args.json {
+            report::list_json(&selected)
+        } else {
+            report::list_text(&selected)
+        };
+        return print(&listing);
+    }
     let target = args.target.unwrap_or_default();
     let addr = match resolve(&target) {
         Ok(addr) => addr,

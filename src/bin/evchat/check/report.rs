@@ -2,7 +2,7 @@
 //! with `NO_COLOR`), one summary line, or a JSON document for graders and CI.
 //! Also the list of checks for `--list`. Nothing here touches the network.
 
-use super::catalogue::{CATALOGUE, Check, Level};
+use super::catalogue::{Check, Level};
 use super::wire::{Failure, describe, hex};
 use std::fmt::Write as _;
 
@@ -208,12 +208,17 @@ pub fn json(target: &str, outcomes: &[Outcome]) -> String {
     out
 }
 
-/// `--list`: the checks, without running them.
-pub fn list_text() -> String {
+/// `--list`: the chosen checks (`--level`, `--only`), without running them,
+/// under their levels.
+pub fn list_text(checks: &[&Check]) -> String {
     let mut out = String::new();
     for level in [Level::Required, Level::Choices, Level::Robust] {
+        let mut of_level = checks.iter().filter(|c| c.level == level).peekable();
+        if of_level.peek().is_none() {
+            continue;
+        }
         let _ = writeln!(out, "{}:", level.name());
-        for c in CATALOGUE.iter().filter(|c| c.level == level) {
+        for c in of_level {
             let _ = writeln!(out, "  {:<18}  {}  ({})", c.id, c.title, c.rule);
         }
     }
@@ -221,8 +226,8 @@ pub fn list_text() -> String {
 }
 
 /// `--list --json`: `{"checks": [{"id", "level", "title", "rule", "quote", "needs"}]}`.
-pub fn list_json() -> String {
-    let checks: Vec<String> = CATALOGUE
+pub fn list_json(checks: &[&Check]) -> String {
+    let checks: Vec<String> = checks
         .iter()
         .map(|c| {
             let needs: Vec<String> = c.needs.iter().map(|n| quote(n)).collect();
