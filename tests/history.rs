@@ -589,33 +589,30 @@ fn a_lock_held_before_its_pid_is_written_names_no_pid() {
 
 #[test]
 fn a_segment_holding_records_numbered_past_the_next_one_is_corruption() {
-    // Segment 0 holds three records, but the next segment starts at 2.
+    // Segment 2 holds three records (2, 3, 4), but the next one starts at 4.
     let dir = TempDir::new("overlap");
     fs::create_dir_all(dir.path()).unwrap();
-    let all = records(4);
-    fs::write(
-        dir.path().join(format!("{:020}.log", 0)),
-        segment_bytes(&all[..3]),
-    )
-    .unwrap();
-    fs::write(
-        dir.path().join(format!("{:020}.log", 2)),
-        segment_bytes(&all[3..]),
-    )
-    .unwrap();
-    let third = (SEGMENT_MAGIC.len() + encode(&all[..2]).len()) as u64;
+    let all = records(6);
+    let write = |base: usize, records: &[Record]| {
+        let path = dir.path().join(format!("{base:020}.log"));
+        fs::write(path, segment_bytes(records)).unwrap();
+    };
+    write(0, &all[..2]);
+    write(2, &all[2..5]);
+    write(4, &all[5..]);
+    let third = (SEGMENT_MAGIC.len() + encode(&all[2..4]).len()) as u64;
     match Log::open(dir.path(), big_log()) {
         Err(StoreError::Corrupt { offset, damage, .. }) => {
             assert_eq!(offset, third);
             assert_eq!(
                 damage.to_string(),
-                "record overlaps the next segment, which starts at record 2"
+                "record overlaps the next segment, which starts at record 4"
             );
         }
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("an overlapping segment was opened"),
     }
-    // With repair, the overlap is cut: records 0 and 1, then 2 from the next.
+    // With repair, the overlap is cut: 0 to 3, then 4 from the next segment.
     let repaired = Log::open(
         dir.path(),
         Options {
@@ -627,7 +624,7 @@ fn a_segment_holding_records_numbered_past_the_next_one_is_corruption() {
     drop(repaired);
     assert_eq!(
         read_all(dir.path()),
-        numbered(&[&all[..2], &all[3..]].concat(), 0)
+        numbered(&[&all[..4], &all[5..]].concat(), 0)
     );
 }
 
