@@ -497,6 +497,15 @@ fn fake_peer(reply: Option<&'static [u8]>) -> String {
     addr
 }
 
+/// The one line `client` fails with against a peer that answers its OI with
+/// `reply`, and the peer's address.
+fn failure_against(client: &str, reply: &'static [u8]) -> (String, String) {
+    let addr = fake_peer(Some(reply));
+    let mut p = Proc::spawn(client, &[&addr]);
+    let line = assert_fails_with_one_line(&mut p);
+    (addr, line)
+}
+
 #[test]
 fn refused_pairing_names_the_cause() {
     let server = Server::start(&[]);
@@ -517,30 +526,27 @@ fn refused_pairing_names_the_cause() {
 #[test]
 fn a_peer_that_does_not_speak_the_protocol_is_named_with_what_it_sent() {
     for client in ["emitter", "exhibitor"] {
-        let addr = fake_peer(Some(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
-        let mut p = Proc::spawn(client, &[&addr]);
+        let (addr, line) = failure_against(client, b"HTTP/1.1 400 Bad Request\r\n\r\n");
         assert_eq!(
-            assert_fails_with_one_line(&mut p),
+            line,
             format!(
                 "{client}: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad Request…`)"
             )
         );
     }
     // Control bytes in what it sent are escaped, never written raw.
-    let addr = fake_peer(Some(b"\x1b[2J\x07junk"));
-    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    let (addr, line) = failure_against("exhibitor", b"\x1b[2J\x07junk");
     assert_eq!(
-        assert_fails_with_one_line(&mut p),
+        line,
         format!("exhibitor: {addr} does not speak this protocol (it sent: `\\x1b[2J\\x07junk`)")
     );
 }
 
 #[test]
 fn a_peer_that_closes_without_answering_is_named() {
-    let addr = fake_peer(Some(b""));
-    let mut p = Proc::spawn("emitter", &[&addr]);
+    let (addr, line) = failure_against("emitter", b"");
     assert_eq!(
-        assert_fails_with_one_line(&mut p),
+        line,
         format!(
             "emitter: {addr} closed the connection without answering OI — is it an evchat server?"
         )
@@ -826,10 +832,9 @@ fn an_ok_to_oi_that_is_not_the_servers_answer_is_refused() {
         (wrong_origin, r"\x00\x01\x00\x07\x10\x00\x00\x00"),
         (wrong_seq, r"\x00\x01\xff\xff\x10\x00\x00\x05"),
     ] {
-        let addr = fake_peer(Some(Vec::leak(reply)));
-        let mut p = Proc::spawn("exhibitor", &[&addr]);
+        let (addr, line) = failure_against("exhibitor", Vec::leak(reply));
         assert_eq!(
-            assert_fails_with_one_line(&mut p),
+            line,
             format!("exhibitor: {addr} does not speak this protocol (it sent: `{shown}`)")
         );
     }
@@ -839,10 +844,9 @@ fn an_ok_to_oi_that_is_not_the_servers_answer_is_refused() {
 fn a_frame_longer_than_the_shown_prefix_is_cut_with_an_ellipsis() {
     // A whole frame, but not an answer to OI: its first 24 bytes are shown.
     let reply = msg(1, 4096, 0, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ");
-    let addr = fake_peer(Some(Vec::leak(reply)));
-    let mut p = Proc::spawn("exhibitor", &[&addr]);
+    let (addr, line) = failure_against("exhibitor", Vec::leak(reply));
     assert_eq!(
-        assert_fails_with_one_line(&mut p),
+        line,
         format!(
             "exhibitor: {addr} does not speak this protocol (it sent: \
              `\\x00\\x05\\x00\\x01\\x10\\x00\\x00\\x00\\x00\\x1aABCDEFGHIJKLMN…`)"
@@ -875,10 +879,9 @@ fn a_reset_instead_of_an_answer_to_oi_is_named_as_such() {
 #[test]
 fn a_foreign_reply_of_exactly_the_shown_prefix_has_no_ellipsis() {
     // 24 bytes, written at once: all of it is shown, and nothing more came.
-    let addr = fake_peer(Some(b"HTTP/1.1 400 Bad Request"));
-    let mut p = Proc::spawn("emitter", &[&addr]);
+    let (addr, line) = failure_against("emitter", b"HTTP/1.1 400 Bad Request");
     assert_eq!(
-        assert_fails_with_one_line(&mut p),
+        line,
         format!(
             "emitter: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad Request`)"
         )
