@@ -775,17 +775,9 @@ mod terminal {
 #[test]
 fn exhibitor_that_cannot_print_leaves_and_waits_for_its_flw_ok_only_so_long() {
     // A server that registers the exhibitor, then never answers its FLW.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let (sent, seen) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
+    let addr = registering_peer(4096, move |mut stream| {
         let mut frame = [0u8; 8];
-        std::io::Read::read_exact(&mut stream, &mut frame).unwrap();
-        let oi_seq = u16::from_be_bytes([frame[6], frame[7]]);
-        stream
-            .write_all(&hdr(Kind::Ok, SERVER_ID, 4096, oi_seq))
-            .unwrap();
         std::io::Read::read_exact(&mut stream, &mut frame).unwrap();
         sent.send(frame).unwrap();
         // Holds the connection open: the read ends when the client exits.
