@@ -480,19 +480,25 @@ fn server_sigint_closes_every_client_then_exits_0() {
 /// `reply` and closes, or (`reply` None) says nothing and stays open until
 /// the client has gone.
 fn fake_peer(reply: Option<&'static [u8]>) -> String {
+    peer_after_oi(move |mut stream, _| match reply {
+        Some(bytes) => stream.write_all(bytes).unwrap(),
+        // Holds the connection open: the read ends when the client exits.
+        None => {
+            let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
+        }
+    })
+}
+
+/// A peer at a fresh address that reads the client's OI, then hands the
+/// connection and the OI's sequence number to `then`.
+fn peer_after_oi(then: impl FnOnce(std::net::TcpStream, u16) + Send + 'static) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let mut oi = [0u8; 8];
         std::io::Read::read_exact(&mut stream, &mut oi).unwrap();
-        match reply {
-            Some(bytes) => stream.write_all(bytes).unwrap(),
-            // Holds the connection open: the read ends when the client exits.
-            None => {
-                let _ = std::io::Read::read(&mut stream, &mut [0u8; 1]);
-            }
-        }
+        then(stream, u16::from_be_bytes([oi[6], oi[7]]));
     });
     addr
 }
@@ -848,13 +854,8 @@ fn a_frame_longer_than_the_shown_prefix_is_cut_with_an_ellipsis() {
 
 #[test]
 fn a_reset_instead_of_an_answer_to_oi_is_named_as_such() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut oi = [0u8; 8];
-        std::io::Read::read_exact(&mut stream, &mut oi).unwrap();
-        // Closing with a zero linger resets the connection.
+    // Closing with a zero linger resets the connection.
+    let addr = peer_after_oi(|stream, _| {
         socket2::SockRef::from(&stream)
             .set_linger(Some(std::time::Duration::ZERO))
             .unwrap();
@@ -895,19 +896,12 @@ fn an_address_without_a_port_is_explained() {
 
 /// A server that answers OI with `id`, then hands the connection to `then`.
 fn registering_peer(id: u16, then: impl FnOnce(std::net::TcpStream) + Send + 'static) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut oi = [0u8; 8];
-        std::io::Read::read_exact(&mut stream, &mut oi).unwrap();
-        let seq = u16::from_be_bytes([oi[6], oi[7]]);
+    peer_after_oi(move |mut stream, seq| {
         stream
             .write_all(&hdr(Kind::Ok, SERVER_ID, id, seq))
             .unwrap();
         then(stream);
-    });
-    addr
+    })
 }
 
 #[test]
