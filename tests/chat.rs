@@ -226,18 +226,6 @@ fn end_of_piped_input_waits_for_replies_then_leaves() {
     );
     // Leaving is quiet: the replies to its FLWs are expected, not "unexpected".
     assert_eq!(chat.stderr.rest(), Vec::<String>::new());
-    // Its exhibitor half answered the FLW the server sent it in turn.
-    let gone = loop {
-        let line = server
-            .proc
-            .stderr
-            .next_within(TIMEOUT)
-            .expect("no log line for the exhibitor half leaving");
-        if line.contains(" id=4097 ") && line.contains("disconnected") {
-            break line;
-        }
-    };
-    assert!(gone.contains("acknowledged the server's FLW"), "{gone}");
 }
 
 #[test]
@@ -246,21 +234,12 @@ fn server_shutdown_closes_the_chat_with_exit_0() {
     let mut chat = Chat::spawn(&server.target());
     chat.stdout
         .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
-    let mut server = server;
     server.proc.signal(libc::SIGINT);
     chat.stdout.expect_line("server closed the chat");
     assert_eq!(chat.wait().code(), Some(0));
     assert_eq!(chat.stdout.rest(), Vec::<String>::new());
-    // Both of its connections answered the server's FLW.
-    assert!(server.proc.wait().success());
-    let log = server.proc.stderr.rest();
-    for id in [1, 4096] {
-        assert!(
-            log.iter().any(|l| l.contains(&format!(" id={id} "))
-                && l.contains("acknowledged the server's FLW")),
-            "id {id}: {log:#?}"
-        );
-    }
+    // The server's FLW is expected on either connection, never "unexpected".
+    assert_eq!(chat.stderr.rest(), Vec::<String>::new());
 }
 
 #[test]
