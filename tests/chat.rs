@@ -5,7 +5,7 @@
 //! deadline; none is a sleep.
 
 use crate::util::*;
-use evchat::proto::{Frame, Kind};
+use evchat::proto::{Frame, Kind, SERVER_ID};
 use std::io::Write;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -679,46 +679,138 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A scripted server, for what a real one does not do on cue: it answers
+/// the chat's two OIs (its exhibitor gets 4096, then its emitter 1) and
+/// hands the test both connections, exhibitor first.
+fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let register = |id: u16| {
+            let mut client = Raw::over(listener.accept().unwrap().0);
+            let oi = client.expect_frame();
+            assert_eq!(oi.kind, Kind::Oi, "{oi}");
+            client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+            client
+        };
+        let exhibitor = register(4096);
+        let emitter = register(1);
+        let _ = tx.send((exhibitor, emitter));
+    });
+    (addr, rx)
+}
+
+/// Reads the chat's OK to a FLW with sequence number `seq` from `from`.
+fn expect_ok_to_flw(client: &mut Raw, from: u16, seq: u16) {
+    let ok = client.expect_frame();
+    assert_eq!(
+        (ok.kind, ok.origin, ok.dest, ok.seq),
+        (Kind::Ok, from, SERVER_ID, seq),
+        "{ok}"
+    );
+}
+
 /// When one of its two connections ends without FLW, the chat closes the
 /// other too before it reconnects: the server must not keep a half of it.
 #[test]
 fn when_one_connection_is_lost_the_chat_closes_the_other() {
-    use std::io::Read;
-    use std::net::TcpListener;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (done, outcome) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let register = |id: u16| {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut oi = [0u8; 8];
-            stream.read_exact(&mut oi).unwrap();
-            let seq = u16::from_be_bytes([oi[6], oi[7]]);
-            let ok = Frame::bare(Kind::Ok, evchat::proto::SERVER_ID, id, seq);
-            stream.write_all(&ok.to_bytes()).unwrap();
-            stream
-        };
-        let exhibitor = register(4096);
-        let mut emitter = register(1);
-        // The exhibitor's connection ends; the emitter's must end next.
-        drop(exhibitor);
-        emitter.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut chunk = [0u8; 256];
-        let result = loop {
-            match emitter.read(&mut chunk) {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) => break Err(e.kind()),
-            }
-        };
-        done.send(result).unwrap();
-    });
+    let (addr, connections) = scripted_server();
     let chat = Chat::spawn(&addr);
     chat.stdout
         .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
-    let closed = outcome.recv_timeout(TIMEOUT * 2).expect("fake server");
-    assert_eq!(closed, Ok(()), "the emitter's connection stayed open");
+    let (exhibitor, mut emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+    // The exhibitor's connection ends; the emitter's must end next.
+    drop(exhibitor);
+    emitter.expect_closed();
     drop(chat);
+}
+
+/// A server shutting down says goodbye on both connections; the chat
+/// answers each FLW before it exits, whichever comes first.
+#[test]
+fn server_farewell_is_answered_on_both_connections_before_the_chat_exits() {
+    for exhibitor_first in [false, true] {
+        let (addr, connections) = scripted_server();
+        let mut chat = Chat::spawn(&addr);
+        chat.stdout
+            .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+        let (mut exhibitor, mut emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+        let mut halves = [(&mut emitter, 1), (&mut exhibitor, 4096)];
+        if exhibitor_first {
+            halves.reverse();
+        }
+        for (seq, (client, id)) in halves.into_iter().enumerate() {
+            let seq = 7 + seq as u16;
+            client.send_frame(&Frame::bare(Kind::Flw, SERVER_ID, id, seq));
+            expect_ok_to_flw(client, id, seq);
+        }
+        chat.stdout.expect_line("server closed the chat");
+        assert_eq!(chat.wait().code(), Some(0));
+        assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+    }
+}
+
+/// Replies a server may send that are no news: an OK or ERRO on the
+/// exhibitor's connection (nothing to answer there), a refused list. And
+/// leaving waits for the reply to its own FLW even once its exhibitor has
+/// been dismissed.
+#[test]
+fn chat_takes_odd_replies_quietly_and_leaves_only_when_both_halves_are_done() {
+    let (addr, connections) = scripted_server();
+    let mut chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (mut exhibitor, mut emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+
+    exhibitor.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, 4096, 3));
+    exhibitor.send_frame(&Frame::bare(Kind::Erro, SERVER_ID, 4096, 4));
+    exhibitor.send_frame(&Frame::msg(2, 4096, 5, b"still here".to_vec()).unwrap());
+    chat.stdout.expect_line("2 to you: still here");
+    let ack = exhibitor.expect_frame();
+    assert_eq!(
+        (ack.kind, ack.origin, ack.dest, ack.seq),
+        (Kind::Ok, 4096, 2, 5),
+        "{ack}"
+    );
+
+    // Our own list refused: said so without an id.
+    chat.type_line("/list");
+    let creq = emitter.expect_frame();
+    assert_eq!(
+        (creq.kind, creq.origin, creq.dest),
+        (Kind::Creq, 1, 1),
+        "{creq}"
+    );
+    emitter.send_frame(&Frame::bare(Kind::Erro, SERVER_ID, 1, creq.seq));
+    chat.stdout.expect_line("client list ✗ not delivered");
+
+    chat.type_line("/quit");
+    let flw = emitter.expect_frame();
+    assert_eq!(
+        (flw.kind, flw.origin, flw.dest),
+        (Kind::Flw, 1, SERVER_ID),
+        "{flw}"
+    );
+    // The exhibitor is dismissed first; the chat still waits for its reply.
+    exhibitor.send_frame(&Frame::bare(Kind::Flw, SERVER_ID, 4096, 9));
+    expect_ok_to_flw(&mut exhibitor, 4096, 9);
+    emitter.send_frame(&Frame::bare(
+        Kind::Ok,
+        SERVER_ID,
+        1,
+        flw.seq.wrapping_add(100),
+    ));
+    emitter.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, 1, flw.seq));
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(chat.stdout.rest(), Vec::<String>::new());
+    assert_eq!(
+        chat.stderr.rest(),
+        vec![format!(
+            "evchat chat: reply for unknown request #{}",
+            flw.seq.wrapping_add(100)
+        )]
+    );
 }
 
 #[test]

@@ -78,15 +78,22 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LAST_RETRY: Duration = Duration::from_secs(30);
 
 /// One registration: the exhibitor and the emitter paired with it.
+/// Replies and losses of an older one (not the one in `State::session`)
+/// are ignored.
 struct Session {
-    /// Which registration this is; replies and losses of an older one are ignored.
-    generation: u64,
     emitter: ClientId,
     exhibitor: ClientId,
     /// The emitter's connection: messages, CREQ, FLW.
     to_server: FrameWriter,
     /// The exhibitor's connection: acknowledgements.
     acks: FrameWriter,
+}
+
+/// One of a session's two connections.
+#[derive(Clone, Copy)]
+enum Half {
+    Emitter = 0,
+    Exhibitor = 1,
 }
 
 impl Session {
@@ -106,7 +113,6 @@ enum Sent {
 struct State {
     /// None while reconnecting.
     session: Option<Arc<Session>>,
-    generation: u64,
     /// Requests of the current session awaiting OK/ERRO, by sequence number.
     sent: BTreeMap<u16, Sent>,
     leaving: bool,
@@ -116,6 +122,9 @@ struct State {
     farewell_acked: bool,
     /// The server dismissed our exhibitor after our emitter left.
     dismissed: bool,
+    /// Once the server has said goodbye: which halves answered its FLW (or
+    /// ended), by [`Half`].
+    halves_done: [bool; 2],
 }
 
 impl State {
@@ -123,7 +132,7 @@ impl State {
     fn is_current(&self, session: &Session) -> bool {
         self.session
             .as_ref()
-            .is_some_and(|s| s.generation == session.generation)
+            .is_some_and(|s| std::ptr::eq(&**s, session))
     }
 }
 
@@ -143,6 +152,14 @@ struct Chat {
 
 /// Broadcasts remembered to recognise a replay.
 const SEEN_MAX: usize = 500;
+
+/// Adds a broadcast shown to `seen`, forgetting the oldest beyond [`SEEN_MAX`].
+fn remember(seen: &mut VecDeque<(ClientId, Vec<u8>)>, origin: ClientId, text: &[u8]) {
+    if seen.len() == SEEN_MAX {
+        seen.pop_front();
+    }
+    seen.push_back((origin, text.to_vec()));
+}
 
 /// A MSG the exhibitor received, and whether it is our own coming back
 /// (judged when it arrived, while its request was still pending).
@@ -208,7 +225,6 @@ pub fn run(args: ChatArgs) -> ExitCode {
 }
 
 /// Registers an exhibitor, then an emitter paired with it.
-/// Its generation is set when it is installed.
 fn connect_pair(addr: &str) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
     let exhibitor = register(addr, BROADCAST)?;
     let emitter = match register(addr, exhibitor.id) {
@@ -219,7 +235,6 @@ fn connect_pair(addr: &str) -> Result<(Session, (FrameReader, FrameReader)), Reg
         }
     };
     let session = Session {
-        generation: 0,
         emitter: emitter.id,
         exhibitor: exhibitor.id,
         to_server: emitter.writer,
@@ -276,14 +291,12 @@ impl Chat {
     /// Installs a registration, announces it and starts its two readers.
     fn start_session(
         self: &Arc<Self>,
-        mut session: Session,
+        session: Session,
         (emitter_reader, exhibitor_reader): (FrameReader, FrameReader),
         again: bool,
     ) {
         let session = {
             let mut state = self.lock();
-            state.generation += 1;
-            session.generation = state.generation;
             state.sent.clear();
             let session = Arc::new(session);
             state.session = Some(session.clone());
@@ -428,7 +441,7 @@ impl Chat {
         loop {
             let frame = match reader.read_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) | Err(_) => return self.lost(&session),
+                Ok(None) | Err(_) => return self.lost(&session, Half::Emitter),
             };
             match frame.kind {
                 Kind::Ok | Kind::Erro => self.settled(&session, frame.seq, frame.kind == Kind::Ok),
@@ -439,7 +452,7 @@ impl Chat {
                         frame.origin,
                         frame.seq,
                     );
-                    self.server_closed();
+                    self.server_closed(Half::Emitter);
                 }
                 _ => self
                     .printer
@@ -466,7 +479,7 @@ impl Chat {
                 Ok(Some(frame)) => frame,
                 Ok(None) | Err(_) => {
                     self.release(held.take());
-                    return self.lost(&session);
+                    return self.lost(&session, Half::Exhibitor);
                 }
             };
             match (&frame.kind, &frame.body) {
@@ -507,7 +520,7 @@ impl Chat {
                         return;
                     }
                     drop(state);
-                    self.server_closed();
+                    self.server_closed(Half::Exhibitor);
                 }
                 (Kind::Ok | Kind::Erro, _) => continue,
                 _ => {
@@ -523,7 +536,7 @@ impl Chat {
                     .is_err()
             {
                 self.release(held.take());
-                return self.lost(&session);
+                return self.lost(&session, Half::Exhibitor);
             }
         }
     }
@@ -535,10 +548,7 @@ impl Chat {
         let text = frame.text().map_or(&[][..], |text| &text[..]);
         if frame.dest == BROADCAST {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.len() == SEEN_MAX {
-                seen.pop_front();
-            }
-            seen.push_back((frame.origin, text.to_vec()));
+            remember(&mut seen, frame.origin, text);
         }
         if !received.own {
             let to = if frame.dest == BROADCAST {
@@ -604,19 +614,35 @@ impl Chat {
         }
     }
 
-    /// The server said goodbye (FLW): the chat is over.
-    fn server_closed(&self) {
-        if self.closing.swap(true, Ordering::SeqCst) || self.lock().leaving {
+    /// The server said goodbye (FLW) to `half`, which answered: the chat is
+    /// over once the other half has answered too (it gets its own FLW), or
+    /// has ended, or after [`FAREWELL_TIMEOUT`].
+    fn server_closed(&self, half: Half) {
+        let mut state = self.lock();
+        state.halves_done[half as usize] = true;
+        self.changed.notify_all();
+        if state.leaving || self.closing.swap(true, Ordering::SeqCst) {
+            // The thread leaving, or the one that saw the first FLW, exits.
             return;
         }
+        let _ = self
+            .changed
+            .wait_timeout_while(state, FAREWELL_TIMEOUT, |s| s.halves_done.contains(&false));
         self.printer.exit_with("server closed the chat", false, 0);
     }
 
     /// A connection of `session` ended without FLW: report the messages it
-    /// took with it, then reconnect in this thread.
-    fn lost(self: &Arc<Self>, session: &Session) {
+    /// took with it, then reconnect in this thread. After the server's FLW
+    /// the connections end as they answer it: nothing is lost then, and the
+    /// other half must stay open to answer its own.
+    fn lost(self: &Arc<Self>, session: &Session, half: Half) {
         let mut state = self.lock();
         if !state.is_current(session) {
+            return;
+        }
+        if self.closing.load(Ordering::SeqCst) && !state.leaving {
+            state.halves_done[half as usize] = true;
+            self.changed.notify_all();
             return;
         }
         state.session = None;
@@ -630,9 +656,6 @@ impl Chat {
         }
         let lost = std::mem::take(&mut state.sent);
         drop(state);
-        if self.closing.load(Ordering::SeqCst) {
-            return;
-        }
         self.say(&format!("connection to {} lost; reconnecting", self.addr));
         for sent in lost.into_values() {
             if let Sent::Message { dest, text } = sent {
@@ -732,6 +755,23 @@ mod tests {
 
     fn replayed<'a>(messages: &[(ClientId, &'a str)]) -> Vec<(ClientId, &'a [u8])> {
         messages.iter().map(|&(id, t)| (id, t.as_bytes())).collect()
+    }
+
+    #[test]
+    fn seen_keeps_the_latest_broadcasts_up_to_seen_max() {
+        let mut kept = VecDeque::new();
+        remember(&mut kept, 1, b"a");
+        remember(&mut kept, 2, b"b");
+        assert_eq!(kept, seen(&[(1, "a"), (2, "b")]));
+        for n in 0..SEEN_MAX {
+            remember(&mut kept, 3, n.to_string().as_bytes());
+        }
+        assert_eq!(kept.len(), SEEN_MAX);
+        assert_eq!(kept.front(), Some(&(3, b"0".to_vec())));
+        assert_eq!(
+            kept.back(),
+            Some(&(3, (SEEN_MAX - 1).to_string().into_bytes()))
+        );
     }
 
     #[test]
