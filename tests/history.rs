@@ -934,6 +934,39 @@ fn a_roll_that_cannot_write_the_new_segment_leaves_no_file_behind() {
     );
 }
 
+#[test]
+fn a_batch_cut_short_in_its_second_segment_counts_the_records_written() {
+    let dir = TempDir::new("append-cut");
+    run_child_test("history::append_cut_child", dir.path(), libc::RLIM_INFINITY);
+}
+
+/// Runs only as the child of the test above.
+#[test]
+#[ignore = "run by a_batch_cut_short_in_its_second_segment_counts_the_records_written"]
+fn append_cut_child() {
+    let dir = PathBuf::from(std::env::var_os(FULL_DISK_ENV).expect("run by its parent test"));
+    let options = Options {
+        segment_bytes: 256,
+        ..big_log()
+    };
+    let mut opened = open_log(&dir, options).unwrap();
+    // The first record fits the first segment; the second is longer than a
+    // segment, so it gets the next one alone, and the file-size limit cuts
+    // its write short.
+    let small = record(1, 1, 0, b"fits");
+    let long = record(2, 1, 0, &[b'x'; 3000]);
+    set_file_size_limit(Some(1000)).unwrap();
+    let (written, error) = opened
+        .log
+        .append(&encode(&[small.clone(), long]))
+        .expect_err("the second segment's write is cut short");
+    set_file_size_limit(None).unwrap();
+    assert_eq!(written, 1, "{error}");
+    assert!(error.to_string().contains("File too large"), "{error}");
+    drop(opened);
+    assert_eq!(read_all(&dir), [(0, small)]);
+}
+
 /// Runs only as the child of the test above.
 #[test]
 #[ignore = "run by a_roll_that_cannot_write_the_new_segment_leaves_no_file_behind"]
