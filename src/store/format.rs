@@ -541,6 +541,29 @@ mod tests {
         assert_eq!(read_all(&SEGMENT_MAGIC, false, 64), (vec![], "End".into()));
     }
 
+    /// A live log's tail may be undone (a failed write cut back) and
+    /// written again: what a cursor read of it before must not be reused.
+    #[test]
+    fn a_tail_rewritten_after_a_torn_read_is_read_afresh() {
+        let undone = segment(&[(1, 1, 0, b"first"), (2, 2, 0, b"undone")]);
+        let rewritten = segment(&[(1, 1, 0, b"first"), (3, 3, 0, b"second")]);
+        assert_eq!(undone.len(), rewritten.len());
+        let cut = &undone[..undone.len() - 3];
+        let mut cursor = Cursor::with_read_ahead(1 << 20);
+        let end = cut.len() as u64;
+        assert!(matches!(
+            cursor.next(cut, end, true).unwrap(),
+            Step::Record { .. }
+        ));
+        let torn = format!("{:?}", cursor.next(cut, end, true).unwrap());
+        assert!(torn.starts_with("TornTail"), "{torn}");
+        let end = rewritten.len() as u64;
+        match cursor.next(&rewritten[..], end, true).unwrap() {
+            Step::Record { record, .. } => assert_eq!(record.to_record().text, b"second"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn every_cut_inside_the_last_record_is_a_torn_tail() {
         let bytes = segment(&[(1, 1, 0, b"first"), (2, 2, 0, b"second")]);
