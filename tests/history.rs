@@ -589,30 +589,30 @@ fn a_lock_held_before_its_pid_is_written_names_no_pid() {
 
 #[test]
 fn a_segment_holding_records_numbered_past_the_next_one_is_corruption() {
-    // Segment 2 holds three records (2, 3, 4), but the next one starts at 4.
+    // Segment 3 holds three records (3, 4, 5), but the next one starts at 5.
     let dir = TempDir::new("overlap");
     fs::create_dir_all(dir.path()).unwrap();
-    let all = records(6);
+    let all = records(7);
     let write = |base: usize, records: &[Record]| {
         let path = dir.path().join(format!("{base:020}.log"));
         fs::write(path, segment_bytes(records)).unwrap();
     };
-    write(0, &all[..2]);
-    write(2, &all[2..5]);
-    write(4, &all[5..]);
-    let third = (SEGMENT_MAGIC.len() + encode(&all[2..4]).len()) as u64;
+    write(0, &all[..3]);
+    write(3, &all[3..6]);
+    write(5, &all[6..]);
+    let third = (SEGMENT_MAGIC.len() + encode(&all[3..5]).len()) as u64;
     match Log::open(dir.path(), big_log()) {
         Err(StoreError::Corrupt { offset, damage, .. }) => {
             assert_eq!(offset, third);
             assert_eq!(
                 damage.to_string(),
-                "record overlaps the next segment, which starts at record 4"
+                "record overlaps the next segment, which starts at record 5"
             );
         }
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("an overlapping segment was opened"),
     }
-    // With repair, the overlap is cut: 0 to 3, then 4 from the next segment.
+    // With repair, the overlap is cut: 0 to 4, then 5 from the next segment.
     let repaired = Log::open(
         dir.path(),
         Options {
@@ -624,7 +624,7 @@ fn a_segment_holding_records_numbered_past_the_next_one_is_corruption() {
     drop(repaired);
     assert_eq!(
         read_all(dir.path()),
-        numbered(&[&all[..4], &all[5..]].concat(), 0)
+        numbered(&[&all[..5], &all[6..]].concat(), 0)
     );
 }
 
