@@ -1125,13 +1125,32 @@ fn a_reader_waits_at_a_record_still_being_written() {
         assert_eq!(reader.next_item().unwrap(), None);
         let tail = reader.incomplete_tail().expect("an incomplete tail");
         assert_eq!((tail.offset, tail.len), (offset, split as u64));
+        // The write undone: the file ends at the last whole record again,
+        // shorter than the reader last saw it. That is no error.
         file.set_len(offset).unwrap();
+        assert_eq!(reader.next_item().unwrap(), None);
+        assert_eq!(reader.incomplete_tail(), None);
     }
     file.write_all(&second).unwrap();
     let Some(Item::Record(entry)) = reader.next_item().unwrap() else {
         panic!("expected the completed record");
     };
     assert_eq!((entry.number, entry.record), (1, all[1].clone()));
+}
+
+#[test]
+fn a_reader_of_a_directory_without_segments_waits_for_the_first() {
+    let dir = TempDir::new("no-segments");
+    let mut reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(reader.next_item().unwrap(), None);
+    assert_eq!(reader.next_item().unwrap(), None);
+    let all = records(2);
+    write_log(dir.path(), &all);
+    let mut found = Vec::new();
+    while let Some(Item::Record(entry)) = reader.next_item().unwrap() {
+        found.push((entry.number, entry.record));
+    }
+    assert_eq!(found, numbered(&all, 0));
 }
 
 // ---- evchat history --------------------------------------------------------
