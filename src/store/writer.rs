@@ -48,7 +48,7 @@ use tracing::{debug, error, info, warn};
 const EVERYSEC: Duration = Duration::from_secs(1);
 /// The batch buffer kept from one turn to the next; the buffer of a larger
 /// turn (a burst of long messages) is freed once written.
-const BATCH_KEEP_BYTES: usize = 1024 * 1024;
+const BATCH_KEEP_BYTES: usize = 1_048_576; // 1 MiB
 
 /// When records are synced to disk (the choices of Redis's `appendfsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
