@@ -502,7 +502,7 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     }
     writer.write();
     wait_settled(&writer, &settled, last);
-    writer.close();
+    drop(writer);
     let mut segments: Vec<(u64, u64)> = fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|entry| {
@@ -647,7 +647,7 @@ fn retention_deletes_the_oldest_segments_past_the_size_limit() {
         writer.write();
     }
     wait_settled(&writer, &settled, last);
-    writer.close();
+    drop(writer);
 
     let mut sizes = Vec::new();
     let mut bases = Vec::new();
@@ -755,7 +755,7 @@ fn always_settles_a_batch_once_it_is_written_and_synced() {
         assert_eq!(read_all(dir.path()).len(), (turn + 1) * 10);
     }
     assert!(writer.is_keeping());
-    writer.close();
+    drop(writer);
     let reopened = open_log(dir.path(), big_log()).unwrap();
     assert_eq!((reopened.notices.clone(), reopened.records), (vec![], 50));
 }
@@ -773,7 +773,7 @@ fn everysec_and_no_keep_every_record_across_a_clean_close() {
             writer.write();
         }
         wait_settled(&writer, &settled, last);
-        writer.close();
+        drop(writer);
         assert_eq!(read_all(dir.path()), numbered(&all, 0), "{mode}");
     }
 }
@@ -804,9 +804,82 @@ fn everysec_and_no_settle_records_when_the_write_returns() {
             // The thread had no part in it: it never said anything moved.
             assert!(settled.try_recv().is_err(), "{mode}");
         }
-        writer.close();
+        drop(writer);
         assert_eq!(read_all(dir.path()), numbered(&all, 0), "{mode}");
     }
+}
+
+/// Waits until the writer's sync thread has synced at least `sealed` full
+/// segments and `active` active ones; fails the test after [`TIMEOUT`].
+fn wait_syncs(writer: &Writer, sealed: u64, active: u64) -> (u64, u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let syncs = writer.syncs();
+        if syncs.0 >= sealed && syncs.1 >= active {
+            return syncs;
+        }
+        assert!(Instant::now() < deadline, "syncs {syncs:?}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn dropping_the_writer_writes_what_the_last_turn_left() {
+    let dir = TempDir::new("drop-writes");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, _) = start_writer(opened.log, Fsync::No);
+    let all = records(3);
+    for r in &all {
+        writer.append(r.time_ms, r.origin, r.dest, &r.text);
+    }
+    drop(writer);
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+}
+
+#[test]
+fn under_no_a_roll_syncs_the_full_segment_but_never_the_active_one() {
+    let dir = TempDir::new("no-sync");
+    let options = Options {
+        segment_bytes: 256,
+        ..big_log()
+    };
+    let opened = open_log(dir.path(), options).unwrap();
+    let (mut writer, _) = start_writer(opened.log, Fsync::No);
+    for r in &records(3) {
+        writer.append(r.time_ms, r.origin, r.dest, &[b'x'; 100]);
+        writer.write();
+    }
+    assert!(segment_files(dir.path()).len() > 1, "no roll");
+    let (_, active) = wait_syncs(&writer, 1, 0);
+    assert_eq!(active, 0, "the active segment was synced under no");
+}
+
+#[test]
+fn under_everysec_a_write_is_synced_without_a_roll_or_a_close() {
+    let dir = TempDir::new("everysec-sync");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, _) = start_writer(opened.log, Fsync::EverySec);
+    writer.append(1, 1, 0, b"synced within a second");
+    writer.write();
+    assert_eq!(wait_syncs(&writer, 0, 1), (0, 1));
+}
+
+#[test]
+fn a_batch_buffer_over_a_mebibyte_is_freed_a_smaller_one_kept() {
+    let dir = TempDir::new("batch-keep");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, _) = start_writer(opened.log, Fsync::No);
+    let text = vec![b'x'; MAX_TEXT_LEN];
+    for _ in 0..20 {
+        writer.append(1, 1, 0, &text);
+    }
+    assert!(writer.batch_capacity() > 1 << 20);
+    writer.write();
+    assert_eq!(writer.batch_capacity(), 0, "a burst's buffer is freed");
+    writer.append(2, 1, 0, &text);
+    let small = writer.batch_capacity();
+    writer.write();
+    assert_eq!(writer.batch_capacity(), small, "a usual buffer is kept");
 }
 
 #[test]
@@ -921,7 +994,15 @@ fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
         .filter(|l| l.contains("history back on: "))
         .collect::<Vec<_>>();
     assert_eq!(on.len(), 1, "{err:#?}");
-    assert!(on[0].contains("messages were not kept"), "{}", on[0]);
+    // Of the first burst of 20, those past the limit; then each of the ten
+    // tried while it was off.
+    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64) / (RECORD_HEADER_LEN as u64 + 1012);
+    let not_kept = 20 - whole + 10;
+    assert!(
+        on[0].contains(&format!("; {not_kept} messages were not kept")),
+        "{}",
+        on[0]
+    );
 }
 
 #[test]
@@ -998,7 +1079,7 @@ fn roll_failure_child() {
     writer.append(3, 1, 0, b"third");
     writer.write();
     assert!(writer.is_keeping());
-    writer.close();
+    drop(writer);
     assert_eq!(names(&dir), [0, 1]);
     assert_eq!(
         read_all(&dir),
@@ -1047,7 +1128,7 @@ fn full_disk_child() {
     writer.write();
     wait_settled(&writer, &settled, ticket);
     assert!(writer.is_keeping());
-    writer.close();
+    drop(writer);
     // The failed writes left no partial record behind.
     let opened = open_log(&dir, big_log()).unwrap();
     assert_eq!(opened.notices, vec![]);
@@ -1100,7 +1181,7 @@ fn a_reader_follows_a_live_log_across_segments_and_partial_writes() {
         fs::read_dir(dir.path()).unwrap().count() > 10,
         "too few segments"
     );
-    writer.close();
+    drop(writer);
 }
 
 #[test]
@@ -1294,7 +1375,7 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
     follower
         .stdout
         .expect_line("2025-12-01T13:45:04.000Z Message from 3 to all: after");
-    writer.close();
+    drop(writer);
 }
 
 // ---- the server with --history -------------------------------------------

@@ -114,6 +114,10 @@ struct Shared {
     /// Under [`Fsync::Always`]: every ticket below this is synced, or given
     /// up on.
     synced: AtomicU64,
+    /// How many full segments, then active segments, the thread has synced
+    /// (tried to): what the tests see of each mode's promise.
+    sealed_syncs: AtomicU64,
+    active_syncs: AtomicU64,
 }
 
 /// What the sync thread has to cover, as of the loop's last write.
@@ -146,6 +150,8 @@ impl Writer {
             }),
             wake: Condvar::new(),
             synced: AtomicU64::new(0),
+            sealed_syncs: AtomicU64::new(0),
+            active_syncs: AtomicU64::new(0),
         });
         let thread = {
             let shared = shared.clone();
@@ -247,10 +253,20 @@ impl Writer {
         !self.failing
     }
 
-    /// Writes what is left, lets the thread sync everything, and waits for
-    /// it to end; the log (and the directory's lock) goes after that.
-    pub fn close(mut self) {
-        self.finish();
+    /// How many full segments and how many active segments the sync
+    /// thread has synced so far.
+    #[cfg(feature = "testing")]
+    pub fn syncs(&self) -> (u64, u64) {
+        // The active count is added first: whoever sees a full segment's
+        // sync sees the active sync of the same round too.
+        let sealed = self.shared.sealed_syncs.load(Ordering::Acquire);
+        (sealed, self.shared.active_syncs.load(Ordering::Acquire))
+    }
+
+    /// The capacity of the batch buffer kept between turns.
+    #[cfg(feature = "testing")]
+    pub fn batch_capacity(&self) -> usize {
+        self.batch.capacity()
     }
 
     fn finish(&mut self) {
@@ -288,6 +304,9 @@ impl Writer {
     }
 }
 
+/// Dropping the writer writes what is left, lets the thread sync
+/// everything, and waits for it to end; the log (and the directory's lock)
+/// goes after that.
 impl Drop for Writer {
     fn drop(&mut self) {
         self.finish();
@@ -402,6 +421,12 @@ impl SyncThread {
         if let Some(active) = &round.active {
             result = result.and(active.sync());
         }
+        let shared = &self.shared;
+        shared
+            .active_syncs
+            .fetch_add(u64::from(round.active.is_some()), Ordering::Release);
+        let sealed = round.sealed.len() as u64;
+        shared.sealed_syncs.fetch_add(sealed, Ordering::Release);
         result
     }
 
