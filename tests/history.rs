@@ -1265,6 +1265,39 @@ fn history_prints_each_message_as_the_exhibitor_shows_it_with_time_and_ids() {
 }
 
 #[test]
+fn history_into_a_closed_pipe_is_no_error_into_a_full_disk_is() {
+    let dir = TempDir::new("cli-output");
+    sample_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    // `evchat history DIR | head -0`: the reader is gone before the write.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let closed = Command::new(bin("evchat"))
+        .args(["history", d])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(closed.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&closed.stderr), "");
+    let full = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let full = Command::new(bin("evchat"))
+        .args(["history", d])
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(full.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&full.stderr),
+        "evchat history: writing the output: No space left on device (os error 28)\n"
+    );
+}
+
+#[test]
 fn history_json_gives_utf8_text_or_base64() {
     let dir = TempDir::new("cli-json");
     sample_log(dir.path());
