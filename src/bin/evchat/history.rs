@@ -242,9 +242,11 @@ fn parse_utc(text: &str) -> Option<u64> {
     let year: i64 = number(parts.next()?, 4)?;
     let month: u32 = number(parts.next()?, 2)?;
     let day: u32 = number(parts.next()?, 2)?;
-    if parts.next().is_some() || !(1..=12).contains(&month) || day == 0 || day > 31 {
+    if parts.next().is_some() {
         return None;
     }
+    // A month or day out of range (13, 0, 32, February 30) does not come
+    // back from the round trip.
     let days = days_from_civil(year, month, day);
     if civil_from_days(days) != (year, month, day) || days < 0 {
         return None;
@@ -342,12 +344,25 @@ mod tests {
         assert_eq!(parse_utc("2025-12-01 13:45:02.1"), Some(1_764_596_702_100));
         assert_eq!(parse_utc("2025-12-01T13:45"), Some(1_764_596_700_000));
         assert_eq!(parse_utc("2000-02-29"), Some(951_782_400_000));
+        assert_eq!(
+            parse_utc("2025-12-31T23:59:59.999Z"),
+            Some(1_767_225_599_999)
+        );
         for bad in [
             "2001-02-29",
             "2025-13-01",
+            "2025-00-01",
+            "2025-12-00",
             "2025-12-32",
+            "2025-12-01-05",
+            "2025-1-01",
+            "2025-+1-01",
             "2025-12-01T24:00",
+            "2025-12-01T13:60",
+            "2025-12-01T13:45:60",
+            "2025-12-01T13:45:02:01",
             "2025-12-01T13:45:02.1234",
+            "2025-12-01T13:45:02.",
             "25-12-01",
             "1969-12-31",
             "yesterday",
@@ -355,6 +370,15 @@ mod tests {
             assert_eq!(parse_utc(bad), None, "{bad}");
         }
         assert_eq!(parse_age("90s"), Some(90_000));
+        assert_eq!(parse_age("15m"), Some(900_000));
+        assert_eq!(parse_age("2h"), Some(7_200_000));
+        // Ages past what milliseconds in a u64 can count are no ages.
+        assert_eq!(parse_age(&format!("1{}d", "0".repeat(30))), None);
+        assert_eq!(parse_age("18446744073709552s"), None);
+        assert_eq!(
+            parse_age("18446744073709540s"),
+            Some(18_446_744_073_709_539_328)
+        );
         assert_eq!(parse_age("1.5h"), Some(5_400_000));
         assert_eq!(parse_age("3d"), Some(3 * MS_PER_DAY));
         assert_eq!(parse_age("m"), None);
