@@ -26,6 +26,9 @@ pub mod testing {
     };
 }
 
+#[cfg(test)]
+mod captured_log;
+
 // The server's unit tests share the integration tests' raw client, which
 // names this crate `evchat`.
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! many readers as a turn may write to early.
 
 use super::*;
+use crate::captured_log::LogWriter;
 use crate::proto::{Kind, SERVER_ID};
 use crate::router::Limits;
 use bytes::BytesMut;
@@ -111,20 +112,6 @@ fn accept_queue(listener: &TcpListener) -> u32 {
         );
         assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
         info.tcpi_unacked
-    }
-}
-
-/// The server's log, captured.
-#[derive(Clone)]
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

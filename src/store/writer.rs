@@ -448,3 +448,72 @@ impl SyncThread {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::captured_log::capture;
+
+    /// A failed sync is said once, however often it fails; the first sync
+    /// that succeeds after it says so, once.
+    #[test]
+    fn a_failing_sync_is_reported_once_and_its_recovery_once() {
+        let dir = std::env::temp_dir();
+        let log = Log::open(
+            &dir.join(format!("evchat-writer-report-{}", std::process::id())),
+            super::super::Options::new(1 << 20),
+        )
+        .unwrap()
+        .log;
+        let mut thread = SyncThread {
+            dir: log.dir().to_path_buf(),
+            mode: Fsync::Always,
+            shared: Arc::new(Shared {
+                state: Mutex::new(ToSync {
+                    written: 0,
+                    sealed: Vec::new(),
+                    active: log.active_file().clone(),
+                    closing: false,
+                }),
+                wake: Condvar::new(),
+                synced: AtomicU64::new(0),
+                sealed_syncs: AtomicU64::new(0),
+                active_syncs: AtomicU64::new(0),
+            }),
+            notify: None,
+            failing: false,
+            synced_written: 0,
+            last_sync: Instant::now(),
+        };
+        let failure = || {
+            Err(WriteError {
+                path: "seg.log".into(),
+                op: "sync",
+                source: std::io::Error::from_raw_os_error(libc::EIO),
+            })
+        };
+        let ((), log_text) = capture(|| {
+            thread.report(Ok(()));
+            thread.report(failure());
+            thread.report(failure());
+            thread.report(Ok(()));
+            thread.report(Ok(()));
+        });
+        let lines: Vec<String> = log_text.text().lines().map(String::from).collect();
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("ERROR evchat::store::writer: history: seg.log: sync: ")
+                && lines[0].contains("may not be on disk"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(
+            lines[1],
+            " INFO evchat::store::writer: history: syncing succeeds again"
+        );
+        assert!(!thread.failing);
+        let dir = log.dir().to_path_buf();
+        drop(log);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
