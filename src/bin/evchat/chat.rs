@@ -621,8 +621,8 @@ impl Chat {
         let mut state = self.lock();
         state.halves_done[half as usize] = true;
         self.changed.notify_all();
-        if state.leaving || self.closing.swap(true, Ordering::SeqCst) {
-            // The thread leaving, or the one that saw the first FLW, exits.
+        if self.closing.swap(true, Ordering::SeqCst) || state.leaving {
+            // The one that saw the first FLW, or the thread leaving, exits.
             return;
         }
         let _ = self
