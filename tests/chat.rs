@@ -541,6 +541,15 @@ fn input_ending_while_the_server_is_away_is_exit_1() {
         "connection to {} lost; reconnecting",
         server.target()
     ));
+    // The first retry (after about 1 s) fails; the wait doubles.
+    let failed = chat.stdout.expect();
+    assert!(
+        failed.starts_with(&format!(
+            "reconnecting failed: cannot connect to {}",
+            server.target()
+        )) && failed.ends_with("; next try in about 2 s"),
+        "{failed}"
+    );
     chat.stdin = None;
     assert_eq!(chat.wait().code(), Some(1));
     assert_eq!(
