@@ -12,7 +12,7 @@
 //! many readers as a turn may write to early.
 
 use super::*;
-use crate::captured_log::LogWriter;
+use crate::captured_log;
 use crate::proto::{Kind, SERVER_ID};
 use crate::router::Limits;
 use bytes::BytesMut;
@@ -179,18 +179,8 @@ fn slot_closed_and_reused_in_one_poll_batch_misroutes_nothing() {
     let listener = server.listener.as_ref().unwrap();
     wait_for("B is in the accept queue", || accept_queue(listener) >= 1);
 
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let writer = LogWriter(log.clone());
     let shutdown = server.shutdown_handle();
-    let running = std::thread::spawn(move || {
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .without_time()
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::with_default(subscriber, || server.run())
-    });
+    let running = std::thread::spawn(move || captured_log::capture(|| server.run()));
 
     // B is an exhibitor and gets A's old id, the lowest free one.
     b.send_frame(&oi(0));
@@ -221,11 +211,12 @@ fn slot_closed_and_reused_in_one_poll_batch_misroutes_nothing() {
         assert_eq!(client.frame_within(WAIT), None, "{id} not closed after FLW");
         client.stream.shutdown(std::net::Shutdown::Both).unwrap();
     }
-    running.join().unwrap().unwrap();
+    let (ran, log) = running.join().unwrap();
+    ran.unwrap();
 
     // The scene happened as built: A's slot was freed, then B took it,
     // both in the first poll batch of `run`.
-    let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+    let log = log.text();
     let lines: Vec<&str> = log.lines().collect();
     let freed = lines
         .iter()

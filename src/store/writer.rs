@@ -141,18 +141,7 @@ impl Writer {
         mode: Fsync,
         notify: Option<Box<dyn Fn() + Send>>,
     ) -> std::io::Result<Writer> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(ToSync {
-                written: 0,
-                sealed: Vec::new(),
-                active: log.active_file().clone(),
-                closing: false,
-            }),
-            wake: Condvar::new(),
-            synced: AtomicU64::new(0),
-            sealed_syncs: AtomicU64::new(0),
-            active_syncs: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(log.active_file().clone()));
         let thread = {
             let shared = shared.clone();
             let dir = log.dir().to_path_buf();
@@ -314,6 +303,22 @@ impl Drop for Writer {
 }
 
 impl Shared {
+    /// Nothing written or synced yet; `active` is the segment being written.
+    fn new(active: Arc<SegmentFile>) -> Shared {
+        Shared {
+            state: Mutex::new(ToSync {
+                written: 0,
+                sealed: Vec::new(),
+                active,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            synced: AtomicU64::new(0),
+            sealed_syncs: AtomicU64::new(0),
+            active_syncs: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, ToSync> {
         // The state is plain values, each assigned whole; a panic elsewhere
         // cannot leave it inconsistent, so a poisoned lock is used as is.
@@ -468,18 +473,7 @@ mod tests {
         let mut thread = SyncThread {
             dir: log.dir().to_path_buf(),
             mode: Fsync::Always,
-            shared: Arc::new(Shared {
-                state: Mutex::new(ToSync {
-                    written: 0,
-                    sealed: Vec::new(),
-                    active: log.active_file().clone(),
-                    closing: false,
-                }),
-                wake: Condvar::new(),
-                synced: AtomicU64::new(0),
-                sealed_syncs: AtomicU64::new(0),
-                active_syncs: AtomicU64::new(0),
-            }),
+            shared: Arc::new(Shared::new(log.active_file().clone())),
             notify: None,
             failing: false,
             synced_written: 0,
