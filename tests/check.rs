@@ -63,6 +63,8 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
     (Fault::MaxClients64, &["many-clients"], &[]),
     (Fault::BlockOnAck, &["silent-exhibitor", "slow-reader"], &[]),
     (Fault::BlockingWrite, &["slow-reader"], &[]),
+    // A crash after a check that passed fails that check.
+    (Fault::CrashAfterVanish, &["ok-after-ack"], &[]),
 ];
 
 /// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
@@ -109,6 +111,14 @@ fn evchat(args: &[&str]) -> (i32, String, String) {
     (status.code().expect("exit code"), out, err)
 }
 
+/// Runs `evchat ARGS` (a report with --json); (exit code, stderr, report).
+fn evchat_json(args: &[&str]) -> (i32, String, Value) {
+    let (code, out, err) = evchat(args);
+    let report =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
+    (code, err, report)
+}
+
 /// One check's line in the JSON report.
 struct Seen {
     verdict: String,
@@ -118,9 +128,7 @@ struct Seen {
 
 /// Runs every check against `target` as JSON; (exit code, id → outcome).
 fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Value) {
-    let (code, out, err) = evchat(&["check", target, "--json", "--timeout", timeout]);
-    let report: Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
+    let (code, _, report) = evchat_json(&["check", target, "--json", "--timeout", timeout]);
     let mut seen = BTreeMap::new();
     for check in report["checks"].as_array().expect("checks array") {
         let text = |key: &str| check[key].as_str().unwrap_or_default().to_string();
@@ -269,6 +277,40 @@ fn crash_on_spoof_skips_the_rest_as_stopped() {
         "{report:#}"
     );
     assert_eq!(spoof["received"], "connection closed", "{report:#}");
+}
+
+#[test]
+fn a_crash_after_a_passing_check_fails_that_check_before_the_next_robust_one() {
+    let fixture = Fixture::start(Fault::CrashAfterVanish);
+    let (code, _, report) = evchat_json(&[
+        "check",
+        &fixture.target(),
+        "--only",
+        "ok-after-ack,frame-before-oi",
+        "--json",
+        "--timeout",
+        FIXTURE_TIMEOUT,
+    ]);
+    assert_eq!(code, 3, "{report:#}");
+    let [ok_after_ack, frame_before_oi] = &report["checks"].as_array().unwrap()[..] else {
+        panic!("two checks: {report:#}");
+    };
+    // The check saw its ERRO: the probe before the robust check that
+    // follows is what finds the server gone.
+    assert_eq!(ok_after_ack["verdict"], "fail", "{report:#}");
+    assert_eq!(
+        ok_after_ack["detail"],
+        "the server stopped answering after this check"
+    );
+    assert_eq!(
+        ok_after_ack["expected"],
+        "the server still accepts a connection and answers OI"
+    );
+    assert_eq!(frame_before_oi["verdict"], "skip");
+    assert_eq!(
+        frame_before_oi["detail"],
+        "server stopped answering after ok-after-ack"
+    );
 }
 
 #[test]
@@ -459,6 +501,7 @@ fault_tests! {
     fault_max_64_clients: MaxClients64,
     fault_block_on_exhibitor_ack: BlockOnAck,
     fault_blocking_write: BlockingWrite,
+    fault_crash_after_vanish: CrashAfterVanish,
 }
 
 /// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.

@@ -86,6 +86,10 @@ pub enum Fault {
     /// Writes to clients while holding the server's state, so a client
     /// that does not read holds everyone up.
     BlockingWrite,
+    /// Stops entirely just after an exhibitor disconnects without FLW while
+    /// a delivery to it is outstanding (the emitter still gets its ERRO; a
+    /// freed client then used on the loop's next turn).
+    CrashAfterVanish,
 }
 
 /// A running fixture server.
@@ -144,16 +148,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Stops like a crashed process: no listener, every connection shut.
     fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
+        self.stop_accepting();
         for socket in lock(&self.sockets).values() {
             let _ = socket.shutdown(Shutdown::Both);
         }
-        // Wakes the accept loop so that it drops the listener.
-        let _ = TcpStream::connect(self.addr);
         // Under the lock when free, so no waiter misses it; a crash comes
         // from inside `handle`, which holds it already.
         let _guard = self.state.try_lock();
         self.state_changed.notify_all();
+    }
+
+    /// Refuses every connection from now on: the accept loop takes the
+    /// wake-up connection made here before any later one, and drops the
+    /// listener (those still queued behind it are reset).
+    fn stop_accepting(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
     }
 
     /// The state, once no BlockOnAck stall holds it for another connection:
@@ -265,11 +275,18 @@ fn serve(shared: &Arc<Shared>, conn: u64, stream: TcpStream) {
     }
     let mut state = shared.state_for(conn);
     let mut acts = Vec::new();
+    let crash = shared.fault == Fault::CrashAfterVanish && state.owes_delivery(conn);
     state.remove(shared, conn, &mut acts);
     state.open -= 1;
     drop(state);
     shared.state_changed.notify_all();
     lock(&shared.sockets).remove(&conn);
+    if crash {
+        // Gone before anyone can connect again, yet the ERRO goes out.
+        shared.stop_accepting();
+        perform(acts);
+        return shared.stop();
+    }
     perform(acts);
 }
 
@@ -466,6 +483,16 @@ fn handle(shared: &Shared, out: &Arc<Out>, frame: In) {
 }
 
 impl State {
+    /// Whether connection `conn` still owes an ack for some emitter's MSG.
+    fn owes_delivery(&self, conn: u64) -> bool {
+        self.ids.get(&conn).is_some_and(|id| {
+            self.clients[id]
+                .pending
+                .iter()
+                .any(|p| matches!(p, Pending::Request(_)))
+        })
+    }
+
     /// Whether connection `conn` still owes an ack for `request`.
     fn awaits(&self, conn: u64, request: &Arc<Mutex<Request>>) -> bool {
         let Some(id) = self.ids.get(&conn) else {

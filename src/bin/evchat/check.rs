@@ -205,7 +205,8 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
     // The server has answered at least once (a pass or a probe): only then
     // can it "stop" answering.
     let mut answered = false;
-    let mut last_run: Option<&str> = None;
+    // Where in `outcomes` the check that ran last is.
+    let mut last_run: Option<usize> = None;
     for &check in selected {
         if let Some(reason) = &stopped {
             outcomes.push(Outcome {
@@ -222,23 +223,28 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
             continue;
         }
         if check.level == Level::Robust && !known_alive {
-            if probe(ctx).is_ok() {
-                answered = true;
-            } else if answered {
-                let reason = match last_run {
-                    Some(id) => format!("server stopped answering after {id}"),
-                    None => "server stopped answering before the robust checks".to_string(),
-                };
-                stopped = Some(reason.clone());
-                outcomes.push(Outcome {
-                    check,
-                    verdict: Verdict::Skip(reason),
-                });
-                continue;
+            match (probe(ctx), last_run) {
+                (Ok(()), _) => answered = true,
+                // The check that ran last passed (a failed or robust one is
+                // probed right after it), yet the server is gone: that check
+                // fails, and this one and the rest are skipped.
+                (Err(probe_failure), Some(at)) => {
+                    let last = &mut outcomes[at];
+                    let reason = format!("server stopped answering after {}", last.check.id);
+                    let verdict = std::mem::replace(&mut last.verdict, Verdict::Pass);
+                    last.verdict = stopped_after(verdict, probe_failure);
+                    stopped = Some(reason.clone());
+                    outcomes.push(Outcome {
+                        check,
+                        verdict: Verdict::Skip(reason),
+                    });
+                    continue;
+                }
+                // Never answered: the check runs and fails on its own.
+                (Err(_), None) => {}
             }
-            // Never answered: the check runs and fails on its own.
         }
-        last_run = Some(check.id);
+        last_run = Some(outcomes.len());
         let mut verdict = match (check.run)(ctx) {
             Ok(Done::Pass) => Verdict::Pass,
             Ok(Done::Note(note)) => Verdict::Note(note),
