@@ -4,7 +4,7 @@
 //! the checks it needs to have passed. The order of [`CATALOGUE`] is the
 //! order of the run: required, then choices, then the hostile robust ones.
 
-use super::wire::{Conn, Ctx, Failure, RecvError, UNUSED_EXHIBITOR, describe_frame};
+use super::wire::{Answer, Conn, Ctx, Failure, RecvError, UNUSED_EXHIBITOR, describe_frame};
 use evchat::proto::{
     ClientId, Frame, Kind, MAX_TEXT_LEN, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
@@ -619,21 +619,15 @@ fn pair_unknown(ctx: &Ctx) -> Outcome {
     let mut conn = Conn::open(ctx)?;
     conn.send(&Frame::bare(Kind::Oi, UNUSED_EXHIBITOR, SERVER_ID, 0))?;
     let want = format!("ERRO: exhibitor {UNUSED_EXHIBITOR} is not connected");
-    match conn.recv() {
-        Ok(frame) if frame.kind == Kind::Erro => pass(),
-        Ok(frame) => Ok(Done::Note(format!(
-            "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, got {}",
-            describe_frame(&frame)
-        ))),
-        Err(RecvError::Closed(partial)) if partial.is_empty() => Ok(Done::Note(format!(
-            "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, was closed without ERRO"
-        ))),
-        Err(RecvError::Timeout(partial)) if partial.is_empty() => Ok(Done::Note(format!(
-            "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, got no answer within {:?}",
-            ctx.timeout
-        ))),
-        Err(e) => Err(conn.recv_failure(e, &want)),
-    }
+    let got = match conn.answer(&want)? {
+        Answer::Frame(frame) if frame.kind == Kind::Erro => return pass(),
+        Answer::Frame(frame) => format!("got {}", describe_frame(&frame)),
+        Answer::Closed => "was closed without ERRO".to_string(),
+        Answer::Silence => format!("got no answer within {:?}", ctx.timeout),
+    };
+    Ok(Done::Note(format!(
+        "OI naming exhibitor {UNUSED_EXHIBITOR}, which is not connected, {got}"
+    )))
 }
 
 fn lowest_free_id(ctx: &Ctx) -> Outcome {
@@ -657,20 +651,19 @@ fn second_oi(ctx: &Ctx) -> Outcome {
     let mut conn = Conn::exhibitor(ctx)?;
     let seq = conn.next_seq();
     conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, seq))?;
-    let reply = match conn.recv() {
-        Ok(frame) => frame,
-        Err(RecvError::Closed(_)) => {
+    let reply = match conn.answer("ERRO for the second OI")? {
+        Answer::Frame(frame) => frame,
+        Answer::Closed => {
             return Ok(Done::Note(
                 "a second OI closed the connection (evchat answers ERRO and keeps it)".to_string(),
             ));
         }
-        Err(RecvError::Timeout(partial)) if partial.is_empty() => {
+        Answer::Silence => {
             return Ok(Done::Note(format!(
                 "a second OI got no answer within {:?} (evchat answers ERRO)",
                 ctx.timeout
             )));
         }
-        Err(e) => return Err(conn.recv_failure(e, "ERRO for the second OI")),
     };
     if reply.kind != Kind::Erro {
         return Ok(Done::Note(format!(
@@ -759,11 +752,11 @@ fn frame_before_oi(ctx: &Ctx) -> Outcome {
         &Frame::msg(1, UNUSED_EXHIBITOR, 0, &b"evchat check: before OI"[..]).expect("short"),
     )?;
     let want = "ERRO or a close: the connection has not identified";
-    match conn.recv() {
-        Ok(frame) if frame.kind == Kind::Erro => pass(),
-        Ok(_) => Err(conn.unexpected("a frame before OI was accepted", want)),
-        Err(RecvError::Closed(partial)) if partial.is_empty() => pass(),
-        Err(e) => Err(conn.recv_failure(e, want)),
+    match conn.answer(want)? {
+        Answer::Frame(frame) if frame.kind == Kind::Erro => pass(),
+        Answer::Frame(_) => Err(conn.unexpected("a frame before OI was accepted", want)),
+        Answer::Closed => pass(),
+        Answer::Silence => Err(conn.silence_failure(want)),
     }
 }
 
@@ -853,11 +846,13 @@ fn garbage(ctx: &Ctx) -> Outcome {
     let mut conn = Conn::open(ctx)?;
     conn.send_bytes(&JUNK)?;
     let want = "ERRO or a close: the bytes are not a frame";
-    match conn.recv() {
-        Ok(frame) if frame.kind == Kind::Erro => pass(),
-        Ok(frame) => Err(conn.unexpected(format!("garbage was answered {}", frame.kind), want)),
-        Err(RecvError::Closed(partial)) if partial.is_empty() => pass(),
-        Err(e) => Err(conn.recv_failure(e, want)),
+    match conn.answer(want)? {
+        Answer::Frame(frame) if frame.kind == Kind::Erro => pass(),
+        Answer::Frame(frame) => {
+            Err(conn.unexpected(format!("garbage was answered {}", frame.kind), want))
+        }
+        Answer::Closed => pass(),
+        Answer::Silence => Err(conn.silence_failure(want)),
     }
 }
 
@@ -875,15 +870,15 @@ fn spoof(ctx: &Ctx) -> Outcome {
     .expect("short");
     liar.send(&forged)?;
     let want = "ERRO (or a close) for a MSG whose origin is another client's id";
-    match liar.recv() {
-        Ok(frame) if frame.kind == Kind::Erro => {}
-        Ok(frame) => {
+    match liar.answer(want)? {
+        Answer::Frame(frame) if frame.kind == Kind::Erro => {}
+        Answer::Frame(frame) => {
             return Err(
                 liar.unexpected(format!("the forged MSG was answered {}", frame.kind), want)
             );
         }
-        Err(RecvError::Closed(partial)) if partial.is_empty() => {}
-        Err(e) => return Err(liar.recv_failure(e, want)),
+        Answer::Closed => {}
+        Answer::Silence => return Err(liar.silence_failure(want)),
     }
     // The exhibitor's next frame must be the victim's real message.
     let real = victim.msg(exhibitor.me(), "evchat check: genuine");

@@ -79,6 +79,16 @@ pub enum RecvError {
     Io(String),
 }
 
+/// What came back where a close or silence may itself be the answer.
+#[derive(Debug)]
+pub enum Answer {
+    Frame(Frame),
+    /// The server closed the connection between frames.
+    Closed,
+    /// Nothing at all within the timeout.
+    Silence,
+}
+
 /// Bytes as `00 05 00 01 ...`, cut after 48 bytes.
 pub fn hex(bytes: &[u8]) -> String {
     let mut out: Vec<String> = bytes.iter().take(48).map(|b| format!("{b:02x}")).collect();
@@ -374,6 +384,23 @@ impl Conn {
         self.recv().map_err(|e| self.recv_failure(e, expected))
     }
 
+    /// The next frame, a close between frames, or silence. Part of a frame
+    /// before a close or the timeout, or bytes that are not a frame, are
+    /// never an answer: they are a failure that says `expected`.
+    pub fn answer(&mut self, expected: &str) -> Result<Answer, Failure> {
+        match self.recv() {
+            Ok(frame) => Ok(Answer::Frame(frame)),
+            Err(RecvError::Closed(partial)) if partial.is_empty() => Ok(Answer::Closed),
+            Err(RecvError::Timeout(partial)) if partial.is_empty() => Ok(Answer::Silence),
+            Err(e) => Err(self.recv_failure(e, expected)),
+        }
+    }
+
+    /// The failure for [`Answer::Silence`] where silence is no answer.
+    pub fn silence_failure(&self, expected: &str) -> Failure {
+        self.recv_failure(RecvError::Timeout(Vec::new()), expected)
+    }
+
     /// The failure for a read that ended without a frame.
     pub fn recv_failure(&self, error: RecvError, expected: &str) -> Failure {
         let wait = self.timeout;
@@ -596,6 +623,69 @@ mod tests {
         let (mut peer, _) = listener.accept().unwrap();
         peer.write_all(bytes).unwrap();
         conn
+    }
+
+    /// A connection with a 100 ms timeout whose peer sends `bytes` and
+    /// stays (the peer is returned) or closes.
+    fn answering(bytes: &[u8]) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_millis(100),
+        };
+        let conn = Conn::open(&ctx).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(bytes).unwrap();
+        (conn, peer)
+    }
+
+    const OK: &[u8] = b"\x00\x01\xff\xff\x10\x00\x00\x07";
+
+    #[test]
+    fn a_close_after_a_whole_frame_is_an_answer() {
+        let (mut conn, peer) = answering(OK);
+        drop(peer);
+        let Ok(Answer::Frame(frame)) = conn.answer("OK") else {
+            panic!("the OK first");
+        };
+        assert_eq!(frame, Frame::bare(Kind::Ok, SERVER_ID, 4096, 7));
+        assert!(matches!(conn.answer("a close"), Ok(Answer::Closed)));
+    }
+
+    #[test]
+    fn a_close_inside_a_frame_is_a_failure() {
+        let (mut conn, peer) = answering(&OK[..6]);
+        drop(peer);
+        let failure = conn.answer("ERRO or a close").unwrap_err();
+        assert_eq!(
+            failure.summary,
+            "connection: the server closed the connection inside a frame"
+        );
+        assert_eq!(
+            failure.received,
+            "6 bytes, less than a header, then the connection closed"
+        );
+        assert_eq!(failure.expected, "ERRO or a close");
+    }
+
+    #[test]
+    fn silence_is_an_answer() {
+        let (mut conn, _peer) = answering(b"");
+        assert!(matches!(conn.answer("anything"), Ok(Answer::Silence)));
+        let failure = conn.silence_failure("ERRO");
+        assert_eq!(failure.summary, "connection: nothing arrived within 100ms");
+        assert_eq!(failure.received, "nothing within 100ms");
+    }
+
+    #[test]
+    fn part_of_a_frame_then_silence_is_a_failure() {
+        let (mut conn, _peer) = answering(&OK[..3]);
+        let failure = conn.answer("ERRO").unwrap_err();
+        assert_eq!(
+            failure.summary,
+            "connection: an incomplete frame, and nothing more within 100ms"
+        );
+        assert_eq!(failure.received_bytes, Some(OK[..3].to_vec()));
     }
 
     proptest! {
