@@ -458,6 +458,10 @@ fn nothing_listening_fails_the_first_check_and_skips_the_rest() {
             "{id}"
         );
     }
+    assert_eq!(
+        report["summary"],
+        serde_json::json!({"passed": 0, "failed": 1, "notes": 0, "skipped": seen.len() - 1})
+    );
 }
 
 macro_rules! fault_tests {

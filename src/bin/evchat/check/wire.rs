@@ -759,6 +759,41 @@ mod tests {
     }
 
     #[test]
+    fn a_msg_text_is_shown_up_to_40_bytes() {
+        let text = "0123456789".repeat(4);
+        let whole = Frame::msg(1, 0, 2, text.clone()).unwrap();
+        assert_eq!(
+            describe_frame(&whole),
+            format!("MSG(origin 1, dest 0, seq 2) \"{text}\"")
+        );
+        let longer = Frame::msg(1, 0, 2, format!("{text}X")).unwrap();
+        assert_eq!(
+            describe_frame(&longer),
+            format!("MSG(origin 1, dest 0, seq 2) \"{text}…\"")
+        );
+    }
+
+    #[test]
+    fn a_clist_is_shown_up_to_12_ids() {
+        let ids: Vec<ClientId> = (1..=12).collect();
+        let twelve = Frame::clist(SERVER_ID, 4096, 0, ids.clone()).unwrap();
+        assert_eq!(
+            describe_frame(&twelve),
+            "CLIST(origin 65535, dest 4096, seq 0) N=12 [1 2 3 4 5 6 7 8 9 10 11 12]"
+        );
+        let thirteen = Frame::clist(SERVER_ID, 4096, 0, (1..=13).collect()).unwrap();
+        assert_eq!(
+            describe_frame(&thirteen),
+            "CLIST(origin 65535, dest 4096, seq 0) N=13 [1 2 3 4 5 6 7 8 9 10 11 12 …]"
+        );
+        let one = Frame::clist(SERVER_ID, 4096, 0, vec![4096]).unwrap();
+        assert_eq!(
+            describe_frame(&one),
+            "CLIST(origin 65535, dest 4096, seq 0) N=1 [4096]"
+        );
+    }
+
+    #[test]
     fn hex_is_cut_after_48_bytes() {
         let shown = hex(&[0xab; 50]);
         assert!(shown.ends_with("ab … (50 bytes)"), "{shown}");
