@@ -65,6 +65,19 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
     (Fault::BlockingWrite, &["slow-reader"], &[]),
     // A crash after a check that passed fails that check.
     (Fault::CrashAfterVanish, &["ok-after-ack"], &[]),
+    (
+        Fault::NoReplyToEmitter,
+        &["route-unicast", "route-broadcast", "creq-clist"],
+        &[],
+    ),
+    // An OK that reads as ERRO: the connection is refused, not accepted.
+    (Fault::OkErroSwapped, &["oi-exhibitor", "oi-emitter"], &[]),
+    (Fault::FlwFromEmitter, &["flw-paired"], &[]),
+    (Fault::ClistDuplicates, &[], &["clist-order"]),
+    (Fault::OkUnknownType, &["unknown-type"], &[]),
+    // A close is as good an answer as ERRO before OI.
+    (Fault::CloseBeforeOi, &[], &[]),
+    (Fault::SilentOnVanish, &[], &["ok-after-ack"]),
 ];
 
 /// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
@@ -506,6 +519,13 @@ fault_tests! {
     fault_block_on_exhibitor_ack: BlockOnAck,
     fault_blocking_write: BlockingWrite,
     fault_crash_after_vanish: CrashAfterVanish,
+    fault_no_reply_to_emitter: NoReplyToEmitter,
+    fault_ok_and_erro_swapped: OkErroSwapped,
+    fault_flw_from_emitter: FlwFromEmitter,
+    fault_clist_duplicates: ClistDuplicates,
+    fault_ok_unknown_type: OkUnknownType,
+    fault_close_before_oi: CloseBeforeOi,
+    fault_silent_on_vanish: SilentOnVanish,
 }
 
 /// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.

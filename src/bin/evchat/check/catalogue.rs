@@ -4,7 +4,7 @@
 //! the checks it needs to have passed. The order of [`CATALOGUE`] is the
 //! order of the run: required, then choices, then the hostile robust ones.
 
-use super::wire::{Answer, Conn, Ctx, Failure, RecvError, UNUSED_EXHIBITOR, describe_frame};
+use super::wire::{Answer, Conn, Ctx, Failure, UNUSED_EXHIBITOR, describe_frame};
 use evchat::proto::{
     ClientId, Frame, Kind, MAX_TEXT_LEN, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
@@ -722,15 +722,15 @@ fn ok_after_ack(ctx: &Ctx) -> Outcome {
     // message, so a server that waited for the ack can only answer ERRO.
     exhibitor.vanish();
     let want = "ERRO: the only target vanished without acknowledging";
-    let reply = match emitter.recv() {
-        Ok(reply) => reply,
-        Err(RecvError::Timeout(partial)) if partial.is_empty() => {
+    let reply = match emitter.answer(want)? {
+        Answer::Frame(reply) => reply,
+        Answer::Silence => {
             return Ok(Done::Note(format!(
                 "no reply within {:?} after the only target vanished without acknowledging (evchat answers ERRO at once)",
                 ctx.timeout
             )));
         }
-        Err(e) => return Err(emitter.recv_failure(e, want)),
+        Answer::Closed => return Err(emitter.closed_failure(want)),
     };
     if !matches!(reply.kind, Kind::Ok | Kind::Erro) {
         return Err(emitter.unexpected(format!("expected OK or ERRO, got {}", reply.kind), want));

@@ -401,6 +401,11 @@ impl Conn {
         self.recv_failure(RecvError::Timeout(Vec::new()), expected)
     }
 
+    /// The failure for [`Answer::Closed`] where a close is no answer.
+    pub fn closed_failure(&self, expected: &str) -> Failure {
+        self.recv_failure(RecvError::Closed(Vec::new()), expected)
+    }
+
     /// The failure for a read that ended without a frame.
     pub fn recv_failure(&self, error: RecvError, expected: &str) -> Failure {
         let wait = self.timeout;
@@ -650,6 +655,12 @@ mod tests {
         };
         assert_eq!(frame, Frame::bare(Kind::Ok, SERVER_ID, 4096, 7));
         assert!(matches!(conn.answer("a close"), Ok(Answer::Closed)));
+        let failure = conn.closed_failure("ERRO");
+        assert_eq!(
+            failure.summary,
+            "connection: the server closed the connection"
+        );
+        assert_eq!(failure.received, "connection closed");
     }
 
     #[test]
