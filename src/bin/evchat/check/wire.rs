@@ -809,5 +809,122 @@ mod tests {
         let shown = hex(&[0xab; 50]);
         assert!(shown.ends_with("ab … (50 bytes)"), "{shown}");
         assert_eq!(shown.matches("ab").count(), 48);
+        assert_eq!(hex(&[0xab; 48]), ["ab"; 48].join(" "));
+    }
+
+    /// A server that reads the client's first frame (8 bytes), writes
+    /// `reply`, then closes at once (`close`) or reads until the client
+    /// closes; the thread returns what it read after the first frame.
+    fn one_reply(reply: &[u8], close: bool) -> (Ctx, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_millis(100),
+        };
+        let reply = reply.to_vec();
+        let server = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut first = [0u8; HEADER_LEN];
+            peer.read_exact(&mut first).unwrap();
+            peer.write_all(&reply).unwrap();
+            let mut rest = Vec::new();
+            if !close {
+                let _ = peer.read_to_end(&mut rest);
+            }
+            rest
+        });
+        (ctx, server)
+    }
+
+    #[test]
+    fn a_probe_answered_ok_leaves_with_flw_and_one_answered_erro_just_closes() {
+        let ok = Frame::bare(Kind::Ok, SERVER_ID, 4100, 0);
+        let (ctx, server) = one_reply(&ok.to_bytes(), false);
+        assert!(Conn::probe(&ctx).is_ok());
+        let flw = Frame::bare(Kind::Flw, 4100, SERVER_ID, 1);
+        assert_eq!(server.join().unwrap(), flw.to_bytes());
+        let erro = Frame::bare(Kind::Erro, SERVER_ID, 0, 0);
+        let (ctx, server) = one_reply(&erro.to_bytes(), false);
+        assert!(Conn::probe(&ctx).is_ok());
+        assert_eq!(server.join().unwrap(), b"");
+    }
+
+    #[test]
+    fn a_probe_takes_any_byte_as_an_answer_but_not_a_close_or_silence() {
+        for (reply, close, alive) in [
+            (&b"\x00\x01\xff"[..], true, true),
+            (&b"\x00\x01\xff"[..], false, true),
+            (&b"\xde\xad\x00\x00\x00\x00\x00\x00"[..], false, true),
+            (&b""[..], true, false),
+            (&b""[..], false, false),
+        ] {
+            let (ctx, server) = one_reply(reply, close);
+            let probed = Conn::probe(&ctx);
+            assert_eq!(probed.is_ok(), alive, "{reply:?} close {close}");
+            if let Err(failure) = probed {
+                assert_eq!(failure.expected, "any answer to OI");
+            }
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn identify_wants_ok_from_65535_with_an_id_of_the_role() {
+        let exhibitor = "OK(origin 65535, dest = an exhibitor id 4096..=8191)";
+        let emitter = "OK(origin 65535, dest = an emitter id 1..=4095)";
+        for (reply, origin, role, want) in [
+            (
+                Frame::bare(Kind::Erro, SERVER_ID, 4096, 0),
+                0,
+                "exhibitor",
+                exhibitor,
+            ),
+            (Frame::bare(Kind::Ok, 1, 4096, 0), 0, "exhibitor", exhibitor),
+            (
+                Frame::bare(Kind::Ok, SERVER_ID, 1, 0),
+                0,
+                "exhibitor",
+                exhibitor,
+            ),
+            (
+                Frame::bare(Kind::Ok, SERVER_ID, 4096, 0),
+                1,
+                "emitter",
+                emitter,
+            ),
+        ] {
+            let (ctx, server) = one_reply(&reply.to_bytes(), false);
+            let mut conn = Conn::open(&ctx).unwrap();
+            let failure = conn.identify(origin, role).unwrap_err();
+            assert_eq!(
+                failure.summary,
+                format!("connection: OI as {role} was not accepted as expected")
+            );
+            assert_eq!(failure.expected, want);
+            assert_eq!(failure.received_bytes, Some(reply.to_bytes().to_vec()));
+            drop(conn);
+            server.join().unwrap();
+        }
+        let (ctx, _server) = one_reply(&Frame::bare(Kind::Ok, SERVER_ID, 7, 0).to_bytes(), false);
+        let mut conn = Conn::open(&ctx).unwrap();
+        assert_eq!(conn.identify(4096, "emitter").unwrap(), 7);
+        assert_eq!(conn.me(), 7);
+    }
+
+    #[test]
+    fn a_reset_connection_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_secs(10),
+        };
+        let mut conn = Conn::open(&ctx).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        // Closing with a zero linger sends RST, not FIN.
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        assert!(matches!(conn.recv(), Err(RecvError::Closed(bytes)) if bytes.is_empty()));
     }
 }
