@@ -912,6 +912,24 @@ mod tests {
     }
 
     #[test]
+    fn an_expected_close_comes_between_frames() {
+        let (ctx, server) = one_reply(b"", true);
+        let mut conn = Conn::open(&ctx).unwrap();
+        conn.send(&Frame::bare(Kind::Flw, 1, SERVER_ID, 0)).unwrap();
+        assert!(conn.expect_close("a close").is_ok());
+        server.join().unwrap();
+        let (ctx, server) = one_reply(&OK[..3], true);
+        let mut conn = Conn::open(&ctx).unwrap();
+        conn.send(&Frame::bare(Kind::Flw, 1, SERVER_ID, 0)).unwrap();
+        let failure = conn.expect_close("a close").unwrap_err();
+        assert_eq!(
+            failure.summary,
+            "connection: the server closed the connection inside a frame"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
     fn a_reset_connection_is_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let ctx = Ctx {
