@@ -78,6 +78,9 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
     // A close is as good an answer as ERRO before OI.
     (Fault::CloseBeforeOi, &[], &[]),
     (Fault::SilentOnVanish, &[], &["ok-after-ack"]),
+    (Fault::SecondOiForgets, &[], &["second-oi"]),
+    (Fault::SpoofOk, &["spoof"], &[]),
+    (Fault::FlwOkNoClose, &["flw-emitter", "flw-exhibitor"], &[]),
 ];
 
 /// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
@@ -526,6 +529,9 @@ fault_tests! {
     fault_ok_unknown_type: OkUnknownType,
     fault_close_before_oi: CloseBeforeOi,
     fault_silent_on_vanish: SilentOnVanish,
+    fault_second_oi_forgets_the_client: SecondOiForgets,
+    fault_spoof_answered_ok: SpoofOk,
+    fault_flw_ok_without_close: FlwOkNoClose,
 }
 
 /// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.

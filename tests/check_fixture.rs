@@ -110,6 +110,14 @@ pub enum Fault {
     /// Forgets the deliveries of an exhibitor that leaves: their emitters
     /// never get an answer.
     SilentOnVanish,
+    /// Refuses a second OI with ERRO but forgets the client: its next
+    /// frames are answered as before OI (ERRO, then a close).
+    SecondOiForgets,
+    /// Drops a MSG with a forged origin but answers it OK.
+    SpoofOk,
+    /// Answers FLW with OK and forgets the client, but never closes the
+    /// connection.
+    FlwOkNoClose,
 }
 
 /// A running fixture server.
@@ -592,12 +600,17 @@ impl State {
                 return;
             }
             let kind = if fault == Fault::SecondOiOk { OK } else { ERRO };
-            return acts.push(reply(kind, id, f.seq));
+            acts.push(reply(kind, id, f.seq));
+            if fault == Fault::SecondOiForgets {
+                self.remove(shared, out.conn, acts);
+            }
+            return;
         }
         if f.origin != id {
             match fault {
                 Fault::ForwardSpoof => {}
                 Fault::CrashOnSpoof => return shared.stop(),
+                Fault::SpoofOk => return acts.push(reply(OK, id, f.seq)),
                 _ => {
                     acts.push(reply(ERRO, id, f.seq));
                     acts.push(Act::Close(out.clone()));
@@ -616,7 +629,9 @@ impl State {
                 if fault != Fault::FlwNoOk {
                     acts.push(reply(OK, id, f.seq));
                 }
-                acts.push(Act::Close(out.clone()));
+                if fault != Fault::FlwOkNoClose {
+                    acts.push(Act::Close(out.clone()));
+                }
                 self.remove(shared, out.conn, acts);
             }
             _ => self.settle(shared, id, f.kind == OK, acts),

@@ -930,6 +930,30 @@ mod tests {
     }
 
     #[test]
+    fn a_forward_is_a_msg_with_the_text_sent() {
+        let sent = Frame::msg(1, 4096, 1, &b"the text sent"[..]).unwrap();
+        for (got, forwarded) in [
+            (sent.clone(), true),
+            (Frame::msg(2, 4096, 9, &b"the text sent"[..]).unwrap(), true),
+            (Frame::msg(1, 4096, 1, &b"another text"[..]).unwrap(), false),
+        ] {
+            let (ctx, server) = one_reply(&got.to_bytes(), false);
+            let mut conn = Conn::open(&ctx).unwrap();
+            conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0)).unwrap();
+            let result = conn.expect_forward(&sent, false);
+            assert_eq!(result.is_ok(), forwarded, "{got:?}");
+            if let Err(failure) = result {
+                assert_eq!(
+                    failure.summary,
+                    "connection: did not receive the message sent to it"
+                );
+            }
+            drop(conn);
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
     fn a_reset_connection_is_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let ctx = Ctx {
