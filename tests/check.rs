@@ -299,7 +299,7 @@ fn crash_on_spoof_skips_the_rest_as_stopped() {
 }
 
 #[test]
-fn a_crash_after_a_passing_check_fails_that_check_before_the_next_robust_one() {
+fn a_crash_after_a_passing_check_fails_that_check() {
     let fixture = Fixture::start(Fault::CrashAfterVanish);
     let (code, _, report) = evchat_json(&[
         "check",
@@ -314,8 +314,8 @@ fn a_crash_after_a_passing_check_fails_that_check_before_the_next_robust_one() {
     let [ok_after_ack, frame_before_oi] = &report["checks"].as_array().unwrap()[..] else {
         panic!("two checks: {report:#}");
     };
-    // The check saw its ERRO: the probe before the robust check that
-    // follows is what finds the server gone.
+    // The check saw its ERRO: the probe after it is what finds the server
+    // gone, and the next check is not run against nothing.
     assert_eq!(ok_after_ack["verdict"], "fail", "{report:#}");
     assert_eq!(
         ok_after_ack["detail"],
