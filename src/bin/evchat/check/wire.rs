@@ -161,6 +161,28 @@ pub fn describe_frame(frame: &Frame) -> String {
     }
 }
 
+/// What a failed read means to [`Conn::recv`].
+#[derive(Debug, PartialEq)]
+enum ReadFailure {
+    /// The deadline passed.
+    Timeout,
+    /// Read again: a stop and continue (^Z, fg) interrupts a read that has
+    /// a timeout even without a signal handler (man 7 signal).
+    Retry,
+    /// The peer reset the connection: a close, as far as a check goes.
+    Closed,
+    Other,
+}
+
+fn read_failure(kind: ErrorKind) -> ReadFailure {
+    match kind {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => ReadFailure::Timeout,
+        ErrorKind::Interrupted => ReadFailure::Retry,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => ReadFailure::Closed,
+        _ => ReadFailure::Other,
+    }
+}
+
 /// One connection to the server under test, acting as one client.
 pub struct Conn {
     /// "exhibitor 4096", "emitter 1", or "connection" before OI.
@@ -357,23 +379,18 @@ impl Conn {
                     return Err(RecvError::Closed(self.buf.to_vec()));
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(RecvError::Timeout(self.buf.to_vec()));
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    self.done = true;
-                    return Err(RecvError::Closed(self.buf.to_vec()));
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Err(RecvError::Io(e.to_string()));
-                }
+                Err(e) => match read_failure(e.kind()) {
+                    ReadFailure::Timeout => return Err(RecvError::Timeout(self.buf.to_vec())),
+                    ReadFailure::Retry => {}
+                    ReadFailure::Closed => {
+                        self.done = true;
+                        return Err(RecvError::Closed(self.buf.to_vec()));
+                    }
+                    ReadFailure::Other => {
+                        self.done = true;
+                        return Err(RecvError::Io(e.to_string()));
+                    }
+                },
             }
         }
     }
@@ -950,6 +967,22 @@ mod tests {
             }
             drop(conn);
             server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_read_error_is_a_timeout_a_retry_a_close_or_a_failure() {
+        use ErrorKind::*;
+        for (kind, want) in [
+            (WouldBlock, ReadFailure::Timeout),
+            (TimedOut, ReadFailure::Timeout),
+            (Interrupted, ReadFailure::Retry),
+            (ConnectionReset, ReadFailure::Closed),
+            (ConnectionAborted, ReadFailure::Closed),
+            (HostUnreachable, ReadFailure::Other),
+            (NotConnected, ReadFailure::Other),
+        ] {
+            assert_eq!(read_failure(kind), want, "{kind:?}");
         }
     }
 
