@@ -107,8 +107,8 @@ pub enum Fault {
     /// Closes a connection that sends anything but OI before OI, without
     /// ERRO.
     CloseBeforeOi,
-    /// Forgets the deliveries of an exhibitor that leaves: their emitters
-    /// never get an answer.
+    /// Forgets the deliveries of an exhibitor that disconnects without FLW:
+    /// their emitters never get an answer.
     SilentOnVanish,
     /// Refuses a second OI with ERRO but forgets the client: its next
     /// frames are answered as before OI (ERRO, then a close).
@@ -328,6 +328,12 @@ fn serve(shared: &Arc<Shared>, conn: u64, stream: TcpStream) {
     let mut state = shared.state_for(conn);
     let mut acts = Vec::new();
     let crash = shared.fault == Fault::CrashAfterVanish && state.owes_delivery(conn);
+    if shared.fault == Fault::SilentOnVanish
+        && let Some(id) = state.ids.get(&conn).copied()
+        && let Some(client) = state.clients.get_mut(&id)
+    {
+        client.pending.clear();
+    }
     state.remove(shared, conn, &mut acts);
     state.open -= 1;
     drop(state);
@@ -835,9 +841,7 @@ impl State {
             return;
         };
         for pending in client.pending {
-            if let Pending::Request(request) = pending
-                && shared.fault != Fault::SilentOnVanish
-            {
+            if let Pending::Request(request) = pending {
                 answer(shared, &request, false, acts);
             }
         }
