@@ -86,6 +86,38 @@ pub enum Fault {
     /// Writes to clients while holding the server's state, so a client
     /// that does not read holds everyone up.
     BlockingWrite,
+    /// Stops entirely just after an exhibitor disconnects without FLW while
+    /// a delivery to it is outstanding (the emitter still gets its ERRO; a
+    /// freed client then used on the loop's next turn).
+    CrashAfterVanish,
+    /// Forwards a MSG or CREQ but never answers the emitter (the
+    /// exhibitor's OK taken as the end of it).
+    NoReplyToEmitter,
+    /// Has the values of OK and ERRO swapped (2 and 1), in what it writes
+    /// and in what it reads.
+    OkErroSwapped,
+    /// Passes a paired emitter's FLW on to its exhibitor with the emitter,
+    /// not 65535, as origin.
+    FlwFromEmitter,
+    /// Lists every client twice in CLIST (N counts both copies).
+    ClistDuplicates,
+    /// Answers a frame of unknown type with OK (a switch whose default case
+    /// acknowledges), then closes.
+    OkUnknownType,
+    /// Closes a connection that sends anything but OI before OI, without
+    /// ERRO.
+    CloseBeforeOi,
+    /// Forgets the deliveries of an exhibitor that disconnects without FLW:
+    /// their emitters never get an answer.
+    SilentOnVanish,
+    /// Refuses a second OI with ERRO but forgets the client: its next
+    /// frames are answered as before OI (ERRO, then a close).
+    SecondOiForgets,
+    /// Drops a MSG with a forged origin but answers it OK.
+    SpoofOk,
+    /// Answers FLW with OK and forgets the client, but never closes the
+    /// connection.
+    FlwOkNoClose,
 }
 
 /// A running fixture server.
@@ -144,16 +176,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Stops like a crashed process: no listener, every connection shut.
     fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
+        self.stop_accepting();
         for socket in lock(&self.sockets).values() {
             let _ = socket.shutdown(Shutdown::Both);
         }
-        // Wakes the accept loop so that it drops the listener.
-        let _ = TcpStream::connect(self.addr);
         // Under the lock when free, so no waiter misses it; a crash comes
         // from inside `handle`, which holds it already.
         let _guard = self.state.try_lock();
         self.state_changed.notify_all();
+    }
+
+    /// Refuses every connection from now on: the accept loop takes the
+    /// wake-up connection made here before any later one, and drops the
+    /// listener (those still queued behind it are reset).
+    fn stop_accepting(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
     }
 
     /// The state, once no BlockOnAck stall holds it for another connection:
@@ -170,8 +208,11 @@ impl Shared {
         state
     }
 
-    fn le(&self) -> bool {
-        self.fault == Fault::LittleEndian
+    fn wire(&self) -> Wire {
+        Wire {
+            le: self.fault == Fault::LittleEndian,
+            swapped: self.fault == Fault::OkErroSwapped,
+        }
     }
 }
 
@@ -195,6 +236,27 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
         }
         let shared = shared.clone();
         std::thread::spawn(move || serve(&shared, conn, stream));
+    }
+}
+
+/// How the fixture's frames look on the wire.
+#[derive(Clone, Copy)]
+struct Wire {
+    /// Every u16 little-endian.
+    le: bool,
+    /// OK and ERRO have each other's value.
+    swapped: bool,
+}
+
+impl Wire {
+    /// A type as this server writes it, or (the swap is its own inverse)
+    /// what a type it reads means to it.
+    fn kind(self, kind: u16) -> u16 {
+        match kind {
+            OK if self.swapped => ERRO,
+            ERRO if self.swapped => OK,
+            _ => kind,
+        }
     }
 }
 
@@ -254,7 +316,7 @@ fn serve(shared: &Arc<Shared>, conn: u64, stream: TcpStream) {
     let mut reader = Reader {
         stream,
         buf: Vec::new(),
-        le: shared.le(),
+        wire: shared.wire(),
         mode: shared.fault,
     };
     while let Some(frame) = reader.next() {
@@ -265,25 +327,38 @@ fn serve(shared: &Arc<Shared>, conn: u64, stream: TcpStream) {
     }
     let mut state = shared.state_for(conn);
     let mut acts = Vec::new();
+    let crash = shared.fault == Fault::CrashAfterVanish && state.owes_delivery(conn);
+    if shared.fault == Fault::SilentOnVanish
+        && let Some(id) = state.ids.get(&conn).copied()
+        && let Some(client) = state.clients.get_mut(&id)
+    {
+        client.pending.clear();
+    }
     state.remove(shared, conn, &mut acts);
     state.open -= 1;
     drop(state);
     shared.state_changed.notify_all();
     lock(&shared.sockets).remove(&conn);
+    if crash {
+        // Gone before anyone can connect again, yet the ERRO goes out.
+        shared.stop_accepting();
+        perform(acts);
+        return shared.stop();
+    }
     perform(acts);
 }
 
 struct Reader {
     stream: TcpStream,
     buf: Vec<u8>,
-    le: bool,
+    wire: Wire,
     mode: Fault,
 }
 
 impl Reader {
     fn field(&self, bytes: &[u8], at: usize) -> u16 {
         let pair = [bytes[at], bytes[at + 1]];
-        if self.le {
+        if self.wire.le {
             u16::from_le_bytes(pair)
         } else {
             u16::from_be_bytes(pair)
@@ -332,7 +407,7 @@ impl Reader {
             (8, Vec::new())
         };
         let frame = In {
-            kind,
+            kind: self.wire.kind(kind),
             origin: self.field(b, 2),
             dest: self.field(b, 4),
             seq: self.field(b, 6),
@@ -374,12 +449,17 @@ impl Reader {
 
 /// Encodes a frame: the four header fields, then (MSG, CLIST) a count and
 /// the body, every u16 in the fixture's byte order.
-fn encode(le: bool, fields: [u16; 4], count: Option<u16>, body: &[u8]) -> Vec<u8> {
+fn encode(wire: Wire, fields: [u16; 4], count: Option<u16>, body: &[u8]) -> Vec<u8> {
     let put = |out: &mut Vec<u8>, v: u16| {
-        out.extend_from_slice(&if le { v.to_le_bytes() } else { v.to_be_bytes() })
+        out.extend_from_slice(&if wire.le {
+            v.to_le_bytes()
+        } else {
+            v.to_be_bytes()
+        })
     };
+    let [kind, origin, dest, seq] = fields;
     let mut out = Vec::with_capacity(10 + body.len());
-    for field in fields {
+    for field in [wire.kind(kind), origin, dest, seq] {
         put(&mut out, field);
     }
     if let Some(count) = count {
@@ -466,6 +546,16 @@ fn handle(shared: &Shared, out: &Arc<Out>, frame: In) {
 }
 
 impl State {
+    /// Whether connection `conn` still owes an ack for some emitter's MSG.
+    fn owes_delivery(&self, conn: u64) -> bool {
+        self.ids.get(&conn).is_some_and(|id| {
+            self.clients[id]
+                .pending
+                .iter()
+                .any(|p| matches!(p, Pending::Request(_)))
+        })
+    }
+
     /// Whether connection `conn` still owes an ack for `request`.
     fn awaits(&self, conn: u64, request: &Arc<Mutex<Request>>) -> bool {
         let Some(id) = self.ids.get(&conn) else {
@@ -479,12 +569,12 @@ impl State {
 
     fn handle(&mut self, shared: &Shared, out: &Arc<Out>, f: In, acts: &mut Vec<Act>) {
         let fault = shared.fault;
-        let le = shared.le();
+        let wire = shared.wire();
         let reply_seq = |seq: u16| if fault == Fault::NoSeqEcho { 0 } else { seq };
         let reply = |kind: u16, dest: u16, seq: u16| {
             Act::Send(
                 out.clone(),
-                encode(le, [kind, SERVER, dest, reply_seq(seq)], None, &[]),
+                encode(wire, [kind, SERVER, dest, reply_seq(seq)], None, &[]),
             )
         };
         let Some(&id) = self.ids.get(&out.conn) else {
@@ -494,15 +584,19 @@ impl State {
             if f.kind == OI {
                 return self.identify(shared, out, &f, acts);
             }
-            if fault == Fault::AcceptBeforeOi {
-                return acts.push(reply(OK, 0, f.seq));
+            match fault {
+                Fault::AcceptBeforeOi => return acts.push(reply(OK, 0, f.seq)),
+                Fault::CloseBeforeOi => {}
+                _ => acts.push(reply(ERRO, 0, f.seq)),
             }
-            acts.push(reply(ERRO, 0, f.seq));
             return acts.push(Act::Close(out.clone()));
         };
         if !(OK..=CLIST).contains(&f.kind) || f.kind == CLIST {
-            if !(fault == Fault::CloseOnUnknown && f.kind != CLIST) {
-                acts.push(reply(ERRO, id, f.seq));
+            let unknown = f.kind != CLIST;
+            match fault {
+                Fault::CloseOnUnknown if unknown => {}
+                Fault::OkUnknownType if unknown => acts.push(reply(OK, id, f.seq)),
+                _ => acts.push(reply(ERRO, id, f.seq)),
             }
             acts.push(Act::Close(out.clone()));
             return self.remove(shared, out.conn, acts);
@@ -512,12 +606,17 @@ impl State {
                 return;
             }
             let kind = if fault == Fault::SecondOiOk { OK } else { ERRO };
-            return acts.push(reply(kind, id, f.seq));
+            acts.push(reply(kind, id, f.seq));
+            if fault == Fault::SecondOiForgets {
+                self.remove(shared, out.conn, acts);
+            }
+            return;
         }
         if f.origin != id {
             match fault {
                 Fault::ForwardSpoof => {}
                 Fault::CrashOnSpoof => return shared.stop(),
+                Fault::SpoofOk => return acts.push(reply(OK, id, f.seq)),
                 _ => {
                     acts.push(reply(ERRO, id, f.seq));
                     acts.push(Act::Close(out.clone()));
@@ -536,7 +635,9 @@ impl State {
                 if fault != Fault::FlwNoOk {
                     acts.push(reply(OK, id, f.seq));
                 }
-                acts.push(Act::Close(out.clone()));
+                if fault != Fault::FlwOkNoClose {
+                    acts.push(Act::Close(out.clone()));
+                }
                 self.remove(shared, out.conn, acts);
             }
             _ => self.settle(shared, id, f.kind == OK, acts),
@@ -549,11 +650,11 @@ impl State {
 
     fn identify(&mut self, shared: &Shared, out: &Arc<Out>, f: &In, acts: &mut Vec<Act>) {
         let fault = shared.fault;
-        let le = shared.le();
+        let wire = shared.wire();
         let refuse = |acts: &mut Vec<Act>| {
             acts.push(Act::Send(
                 out.clone(),
-                encode(le, [ERRO, SERVER, 0, f.seq], None, &[]),
+                encode(wire, [ERRO, SERVER, 0, f.seq], None, &[]),
             ));
             acts.push(Act::Close(out.clone()));
         };
@@ -604,7 +705,7 @@ impl State {
         let seq = if fault == Fault::NoSeqEcho { 0 } else { f.seq };
         acts.push(Act::Send(
             out.clone(),
-            encode(le, [OK, SERVER, id, seq], None, &[]),
+            encode(wire, [OK, SERVER, id, seq], None, &[]),
         ));
         self.ids.insert(out.conn, id);
         self.clients.insert(
@@ -641,7 +742,7 @@ impl State {
 
     fn route(&mut self, shared: &Shared, out: &Arc<Out>, me: u16, f: &In, acts: &mut Vec<Act>) {
         let fault = shared.fault;
-        let le = shared.le();
+        let wire = shared.wire();
         let reply_seq = if fault == Fault::NoSeqEcho { 0 } else { f.seq };
         let targets = self.targets(fault, f.kind, f.dest);
         if targets.is_empty() {
@@ -650,7 +751,7 @@ impl State {
             } else {
                 ERRO
             };
-            let bytes = encode(le, [kind, SERVER, me, reply_seq], None, &[]);
+            let bytes = encode(wire, [kind, SERVER, me, reply_seq], None, &[]);
             return acts.push(Act::Send(out.clone(), bytes));
         }
         let request = Arc::new(Mutex::new(Request {
@@ -662,17 +763,20 @@ impl State {
             answered: fault == Fault::EarlyOk,
         }));
         if fault == Fault::EarlyOk {
-            let bytes = encode(le, [OK, SERVER, me, reply_seq], None, &[]);
+            let bytes = encode(wire, [OK, SERVER, me, reply_seq], None, &[]);
             acts.push(Act::Send(out.clone(), bytes));
         }
         let mut ids: Vec<u16> = self.clients.keys().copied().collect();
         if fault == Fault::ClistDescending {
             ids.reverse();
         }
+        if fault == Fault::ClistDuplicates {
+            ids = ids.iter().flat_map(|&id| [id, id]).collect();
+        }
         let ids_bytes: Vec<u8> = ids
             .iter()
             .flat_map(|id| {
-                if le {
+                if wire.le {
                     id.to_le_bytes()
                 } else {
                     id.to_be_bytes()
@@ -690,7 +794,7 @@ impl State {
                     f.origin
                 };
                 let count = f.body.len() as u16;
-                encode(le, [MSG, origin, f.dest, f.seq], Some(count), &f.body)
+                encode(wire, [MSG, origin, f.dest, f.seq], Some(count), &f.body)
             } else {
                 let origin = if fault == Fault::ClistOriginEmitter {
                     me
@@ -701,7 +805,7 @@ impl State {
                 let count = ids.len() as u16 + extra;
                 let seq = client.seq;
                 client.seq = client.seq.wrapping_add(1);
-                encode(le, [CLIST, origin, f.dest, seq], Some(count), &ids_bytes)
+                encode(wire, [CLIST, origin, f.dest, seq], Some(count), &ids_bytes)
             };
             client.pending.push_back(Pending::Request(request.clone()));
             if fault == Fault::BlockOnAck {
@@ -747,7 +851,12 @@ impl State {
                     exhibitor.role = Role::Exhibitor { emitter: None };
                     let seq = exhibitor.seq;
                     exhibitor.seq = seq.wrapping_add(1);
-                    let bytes = encode(shared.le(), [FLW, SERVER, x, seq], None, &[]);
+                    let origin = if shared.fault == Fault::FlwFromEmitter {
+                        id
+                    } else {
+                        SERVER
+                    };
+                    let bytes = encode(shared.wire(), [FLW, origin, x, seq], None, &[]);
                     acts.push(Act::Send(exhibitor.out.clone(), bytes));
                     exhibitor.pending.push_back(Pending::Farewell);
                 }
@@ -775,6 +884,9 @@ fn answer(shared: &Shared, request: &Mutex<Request>, ok: bool, acts: &mut Vec<Ac
         return;
     }
     request.answered = true;
+    if shared.fault == Fault::NoReplyToEmitter {
+        return;
+    }
     let kind = if request.any_ok { OK } else { ERRO };
     let seq = if shared.fault == Fault::NoSeqEcho {
         0
@@ -782,7 +894,7 @@ fn answer(shared: &Shared, request: &Mutex<Request>, ok: bool, acts: &mut Vec<Ac
         request.seq
     };
     let bytes = encode(
-        shared.le(),
+        shared.wire(),
         [kind, SERVER, request.emitter_id, seq],
         None,
         &[],

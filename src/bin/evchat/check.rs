@@ -1,9 +1,9 @@
 //! `evchat check HOST:PORT`: checks any server of the protocol, evchat's or
 //! anyone's, rule by rule. This file owns the command line and the run:
 //! which checks, in what order, which to skip because a check they need
-//! failed, and the liveness probe around each hostile (`robust`) check that
-//! turns a crashed server into "stopped answering after CHECK" instead of a
-//! cascade of failures. The checks are in `catalogue`, the blocking client
+//! failed, and the liveness probe after each check that turns a crashed
+//! server into "stopped answering after CHECK" instead of a cascade of
+//! failures. The checks are in `catalogue`, the blocking client
 //! with deadlines in `wire`, the output in `report`.
 
 // A `Failure` is the cold path (a check stops at its first) and carries the
@@ -36,7 +36,7 @@ Each check runs on fresh connections; every read has a deadline (--timeout).
 Levels: `required` checks what the 2017 statement fixes; `choices` notes where
 the server decides differently from evchat on points the statement leaves open
 (never a failure); `robust` checks what a server exposed to a network must
-survive. Before and after each robust check the server must still answer an OI.
+survive. After each check the server must still answer an OI.
 
 WARNING: the `robust` level sends hostile input (frames split byte by byte,
 unknown types, forged origins), opens hundreds of connections at once and
@@ -194,18 +194,16 @@ fn probe(ctx: &Ctx) -> Result<(), Failure> {
 }
 
 /// Runs `selected` in order. A check whose needed check did not pass is
-/// skipped, saying which. The server must answer a probe before and after
-/// each robust check and after any failure; once it stops, the check before
-/// fails and every later check is skipped with that reason.
+/// skipped, saying which. After each check that ran the server must answer
+/// a probe; once it stops, that check fails (whatever it saw: a crash may
+/// come just after an answer) and every later check is skipped with that
+/// reason.
 fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(selected.len());
     let mut stopped: Option<String> = None;
-    // A probe succeeded since the last check ran.
-    let mut known_alive = false;
     // The server has answered at least once (a pass or a probe): only then
     // can it "stop" answering.
     let mut answered = false;
-    let mut last_run: Option<&str> = None;
     for &check in selected {
         if let Some(reason) = &stopped {
             outcomes.push(Outcome {
@@ -221,46 +219,19 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
             });
             continue;
         }
-        if check.level == Level::Robust && !known_alive {
-            if probe(ctx).is_ok() {
-                answered = true;
-            } else if answered {
-                let reason = match last_run {
-                    Some(id) => format!("server stopped answering after {id}"),
-                    None => "server stopped answering before the robust checks".to_string(),
-                };
-                stopped = Some(reason.clone());
-                outcomes.push(Outcome {
-                    check,
-                    verdict: Verdict::Skip(reason),
-                });
-                continue;
-            }
-            // Never answered: the check runs and fails on its own.
-        }
-        last_run = Some(check.id);
         let mut verdict = match (check.run)(ctx) {
             Ok(Done::Pass) => Verdict::Pass,
             Ok(Done::Note(note)) => Verdict::Note(note),
             Err(failure) => Verdict::Fail(failure),
         };
-        let failed = matches!(verdict, Verdict::Fail(_));
-        answered |= !failed;
-        known_alive = false;
-        // After a hostile check, and after any failure (which may be a
-        // crash), make sure the server is still there.
-        if check.level == Level::Robust || failed {
-            match probe(ctx) {
-                Ok(()) => {
-                    known_alive = true;
-                    answered = true;
-                }
-                Err(probe_failure) if answered => {
-                    stopped = Some(format!("server stopped answering after {}", check.id));
-                    verdict = stopped_after(verdict, probe_failure);
-                }
-                Err(_) => stopped = Some(format!("server not answering ({} failed)", check.id)),
+        answered |= !matches!(verdict, Verdict::Fail(_));
+        match probe(ctx) {
+            Ok(()) => answered = true,
+            Err(probe_failure) if answered => {
+                stopped = Some(format!("server stopped answering after {}", check.id));
+                verdict = stopped_after(verdict, probe_failure);
             }
+            Err(_) => stopped = Some(format!("server not answering ({} failed)", check.id)),
         }
         outcomes.push(Outcome { check, verdict });
     }

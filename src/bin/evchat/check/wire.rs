@@ -79,6 +79,16 @@ pub enum RecvError {
     Io(String),
 }
 
+/// What came back where a close or silence may itself be the answer.
+#[derive(Debug)]
+pub enum Answer {
+    Frame(Frame),
+    /// The server closed the connection between frames.
+    Closed,
+    /// Nothing at all within the timeout.
+    Silence,
+}
+
 /// Bytes as `00 05 00 01 ...`, cut after 48 bytes.
 pub fn hex(bytes: &[u8]) -> String {
     let mut out: Vec<String> = bytes.iter().take(48).map(|b| format!("{b:02x}")).collect();
@@ -148,6 +158,28 @@ pub fn describe_frame(frame: &Frame) -> String {
             let more = if ids.len() > 12 { " …" } else { "" };
             format!("{head} N={} [{}{more}]", ids.len(), shown.join(" "))
         }
+    }
+}
+
+/// What a failed read means to [`Conn::recv`].
+#[derive(Debug, PartialEq)]
+enum ReadFailure {
+    /// The deadline passed.
+    Timeout,
+    /// Read again: a stop and continue (^Z, fg) interrupts a read that has
+    /// a timeout even without a signal handler (man 7 signal).
+    Retry,
+    /// The peer reset the connection: a close, as far as a check goes.
+    Closed,
+    Other,
+}
+
+fn read_failure(kind: ErrorKind) -> ReadFailure {
+    match kind {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => ReadFailure::Timeout,
+        ErrorKind::Interrupted => ReadFailure::Retry,
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => ReadFailure::Closed,
+        _ => ReadFailure::Other,
     }
 }
 
@@ -347,23 +379,18 @@ impl Conn {
                     return Err(RecvError::Closed(self.buf.to_vec()));
                 }
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(RecvError::Timeout(self.buf.to_vec()));
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                    ) =>
-                {
-                    self.done = true;
-                    return Err(RecvError::Closed(self.buf.to_vec()));
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Err(RecvError::Io(e.to_string()));
-                }
+                Err(e) => match read_failure(e.kind()) {
+                    ReadFailure::Timeout => return Err(RecvError::Timeout(self.buf.to_vec())),
+                    ReadFailure::Retry => {}
+                    ReadFailure::Closed => {
+                        self.done = true;
+                        return Err(RecvError::Closed(self.buf.to_vec()));
+                    }
+                    ReadFailure::Other => {
+                        self.done = true;
+                        return Err(RecvError::Io(e.to_string()));
+                    }
+                },
             }
         }
     }
@@ -372,6 +399,28 @@ impl Conn {
     /// that says `expected`.
     pub fn expect(&mut self, expected: &str) -> Result<Frame, Failure> {
         self.recv().map_err(|e| self.recv_failure(e, expected))
+    }
+
+    /// The next frame, a close between frames, or silence. Part of a frame
+    /// before a close or the timeout, or bytes that are not a frame, are
+    /// never an answer: they are a failure that says `expected`.
+    pub fn answer(&mut self, expected: &str) -> Result<Answer, Failure> {
+        match self.recv() {
+            Ok(frame) => Ok(Answer::Frame(frame)),
+            Err(RecvError::Closed(partial)) if partial.is_empty() => Ok(Answer::Closed),
+            Err(RecvError::Timeout(partial)) if partial.is_empty() => Ok(Answer::Silence),
+            Err(e) => Err(self.recv_failure(e, expected)),
+        }
+    }
+
+    /// The failure for [`Answer::Silence`] where silence is no answer.
+    pub fn silence_failure(&self, expected: &str) -> Failure {
+        self.recv_failure(RecvError::Timeout(Vec::new()), expected)
+    }
+
+    /// The failure for [`Answer::Closed`] where a close is no answer.
+    pub fn closed_failure(&self, expected: &str) -> Failure {
+        self.recv_failure(RecvError::Closed(Vec::new()), expected)
     }
 
     /// The failure for a read that ended without a frame.
@@ -598,6 +647,75 @@ mod tests {
         conn
     }
 
+    /// A connection with a 100 ms timeout whose peer sends `bytes` and
+    /// stays (the peer is returned) or closes.
+    fn answering(bytes: &[u8]) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_millis(100),
+        };
+        let conn = Conn::open(&ctx).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(bytes).unwrap();
+        (conn, peer)
+    }
+
+    const OK: &[u8] = b"\x00\x01\xff\xff\x10\x00\x00\x07";
+
+    #[test]
+    fn a_close_after_a_whole_frame_is_an_answer() {
+        let (mut conn, peer) = answering(OK);
+        drop(peer);
+        let Ok(Answer::Frame(frame)) = conn.answer("OK") else {
+            panic!("the OK first");
+        };
+        assert_eq!(frame, Frame::bare(Kind::Ok, SERVER_ID, 4096, 7));
+        assert!(matches!(conn.answer("a close"), Ok(Answer::Closed)));
+        let failure = conn.closed_failure("ERRO");
+        assert_eq!(
+            failure.summary,
+            "connection: the server closed the connection"
+        );
+        assert_eq!(failure.received, "connection closed");
+    }
+
+    #[test]
+    fn a_close_inside_a_frame_is_a_failure() {
+        let (mut conn, peer) = answering(&OK[..6]);
+        drop(peer);
+        let failure = conn.answer("ERRO or a close").unwrap_err();
+        assert_eq!(
+            failure.summary,
+            "connection: the server closed the connection inside a frame"
+        );
+        assert_eq!(
+            failure.received,
+            "6 bytes, less than a header, then the connection closed"
+        );
+        assert_eq!(failure.expected, "ERRO or a close");
+    }
+
+    #[test]
+    fn silence_is_an_answer() {
+        let (mut conn, _peer) = answering(b"");
+        assert!(matches!(conn.answer("anything"), Ok(Answer::Silence)));
+        let failure = conn.silence_failure("ERRO");
+        assert_eq!(failure.summary, "connection: nothing arrived within 100ms");
+        assert_eq!(failure.received, "nothing within 100ms");
+    }
+
+    #[test]
+    fn part_of_a_frame_then_silence_is_a_failure() {
+        let (mut conn, _peer) = answering(&OK[..3]);
+        let failure = conn.answer("ERRO").unwrap_err();
+        assert_eq!(
+            failure.summary,
+            "connection: an incomplete frame, and nothing more within 100ms"
+        );
+        assert_eq!(failure.received_bytes, Some(OK[..3].to_vec()));
+    }
+
     proptest! {
         /// Whatever a server sends, the checker takes whole frames exactly
         /// as sent, then ends in a close or "not a frame" holding the rest;
@@ -669,9 +787,219 @@ mod tests {
     }
 
     #[test]
+    fn a_msg_text_is_shown_up_to_40_bytes() {
+        let text = "0123456789".repeat(4);
+        let whole = Frame::msg(1, 0, 2, text.clone()).unwrap();
+        assert_eq!(
+            describe_frame(&whole),
+            format!("MSG(origin 1, dest 0, seq 2) \"{text}\"")
+        );
+        let longer = Frame::msg(1, 0, 2, format!("{text}X")).unwrap();
+        assert_eq!(
+            describe_frame(&longer),
+            format!("MSG(origin 1, dest 0, seq 2) \"{text}…\"")
+        );
+    }
+
+    #[test]
+    fn a_clist_is_shown_up_to_12_ids() {
+        let ids: Vec<ClientId> = (1..=12).collect();
+        let twelve = Frame::clist(SERVER_ID, 4096, 0, ids.clone()).unwrap();
+        assert_eq!(
+            describe_frame(&twelve),
+            "CLIST(origin 65535, dest 4096, seq 0) N=12 [1 2 3 4 5 6 7 8 9 10 11 12]"
+        );
+        let thirteen = Frame::clist(SERVER_ID, 4096, 0, (1..=13).collect()).unwrap();
+        assert_eq!(
+            describe_frame(&thirteen),
+            "CLIST(origin 65535, dest 4096, seq 0) N=13 [1 2 3 4 5 6 7 8 9 10 11 12 …]"
+        );
+        let one = Frame::clist(SERVER_ID, 4096, 0, vec![4096]).unwrap();
+        assert_eq!(
+            describe_frame(&one),
+            "CLIST(origin 65535, dest 4096, seq 0) N=1 [4096]"
+        );
+    }
+
+    #[test]
     fn hex_is_cut_after_48_bytes() {
         let shown = hex(&[0xab; 50]);
         assert!(shown.ends_with("ab … (50 bytes)"), "{shown}");
         assert_eq!(shown.matches("ab").count(), 48);
+        assert_eq!(hex(&[0xab; 48]), ["ab"; 48].join(" "));
+    }
+
+    /// A server that reads the client's first frame (8 bytes), writes
+    /// `reply`, then closes at once (`close`) or reads until the client
+    /// closes; the thread returns what it read after the first frame.
+    fn one_reply(reply: &[u8], close: bool) -> (Ctx, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_millis(100),
+        };
+        let reply = reply.to_vec();
+        let server = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut first = [0u8; HEADER_LEN];
+            peer.read_exact(&mut first).unwrap();
+            peer.write_all(&reply).unwrap();
+            let mut rest = Vec::new();
+            if !close {
+                let _ = peer.read_to_end(&mut rest);
+            }
+            rest
+        });
+        (ctx, server)
+    }
+
+    #[test]
+    fn a_probe_answered_ok_leaves_with_flw_and_one_answered_erro_just_closes() {
+        let ok = Frame::bare(Kind::Ok, SERVER_ID, 4100, 0);
+        let (ctx, server) = one_reply(&ok.to_bytes(), false);
+        assert!(Conn::probe(&ctx).is_ok());
+        let flw = Frame::bare(Kind::Flw, 4100, SERVER_ID, 1);
+        assert_eq!(server.join().unwrap(), flw.to_bytes());
+        let erro = Frame::bare(Kind::Erro, SERVER_ID, 0, 0);
+        let (ctx, server) = one_reply(&erro.to_bytes(), false);
+        assert!(Conn::probe(&ctx).is_ok());
+        assert_eq!(server.join().unwrap(), b"");
+    }
+
+    #[test]
+    fn a_probe_takes_any_byte_as_an_answer_but_not_a_close_or_silence() {
+        for (reply, close, alive) in [
+            (&b"\x00\x01\xff"[..], true, true),
+            (&b"\x00\x01\xff"[..], false, true),
+            (&b"\xde\xad\x00\x00\x00\x00\x00\x00"[..], false, true),
+            (&b""[..], true, false),
+            (&b""[..], false, false),
+        ] {
+            let (ctx, server) = one_reply(reply, close);
+            let probed = Conn::probe(&ctx);
+            assert_eq!(probed.is_ok(), alive, "{reply:?} close {close}");
+            if let Err(failure) = probed {
+                assert_eq!(failure.expected, "any answer to OI");
+            }
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn identify_wants_ok_from_65535_with_an_id_of_the_role() {
+        let exhibitor = "OK(origin 65535, dest = an exhibitor id 4096..=8191)";
+        let emitter = "OK(origin 65535, dest = an emitter id 1..=4095)";
+        for (reply, origin, role, want) in [
+            (
+                Frame::bare(Kind::Erro, SERVER_ID, 4096, 0),
+                0,
+                "exhibitor",
+                exhibitor,
+            ),
+            (Frame::bare(Kind::Ok, 1, 4096, 0), 0, "exhibitor", exhibitor),
+            (
+                Frame::bare(Kind::Ok, SERVER_ID, 1, 0),
+                0,
+                "exhibitor",
+                exhibitor,
+            ),
+            (
+                Frame::bare(Kind::Ok, SERVER_ID, 4096, 0),
+                1,
+                "emitter",
+                emitter,
+            ),
+        ] {
+            let (ctx, server) = one_reply(&reply.to_bytes(), false);
+            let mut conn = Conn::open(&ctx).unwrap();
+            let failure = conn.identify(origin, role).unwrap_err();
+            assert_eq!(
+                failure.summary,
+                format!("connection: OI as {role} was not accepted as expected")
+            );
+            assert_eq!(failure.expected, want);
+            assert_eq!(failure.received_bytes, Some(reply.to_bytes().to_vec()));
+            drop(conn);
+            server.join().unwrap();
+        }
+        let (ctx, _server) = one_reply(&Frame::bare(Kind::Ok, SERVER_ID, 7, 0).to_bytes(), false);
+        let mut conn = Conn::open(&ctx).unwrap();
+        assert_eq!(conn.identify(4096, "emitter").unwrap(), 7);
+        assert_eq!(conn.me(), 7);
+    }
+
+    #[test]
+    fn an_expected_close_comes_between_frames() {
+        let (ctx, server) = one_reply(b"", true);
+        let mut conn = Conn::open(&ctx).unwrap();
+        conn.send(&Frame::bare(Kind::Flw, 1, SERVER_ID, 0)).unwrap();
+        assert!(conn.expect_close("a close").is_ok());
+        server.join().unwrap();
+        let (ctx, server) = one_reply(&OK[..3], true);
+        let mut conn = Conn::open(&ctx).unwrap();
+        conn.send(&Frame::bare(Kind::Flw, 1, SERVER_ID, 0)).unwrap();
+        let failure = conn.expect_close("a close").unwrap_err();
+        assert_eq!(
+            failure.summary,
+            "connection: the server closed the connection inside a frame"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_forward_is_a_msg_with_the_text_sent() {
+        let sent = Frame::msg(1, 4096, 1, &b"the text sent"[..]).unwrap();
+        for (got, forwarded) in [
+            (sent.clone(), true),
+            (Frame::msg(2, 4096, 9, &b"the text sent"[..]).unwrap(), true),
+            (Frame::msg(1, 4096, 1, &b"another text"[..]).unwrap(), false),
+        ] {
+            let (ctx, server) = one_reply(&got.to_bytes(), false);
+            let mut conn = Conn::open(&ctx).unwrap();
+            conn.send(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0)).unwrap();
+            let result = conn.expect_forward(&sent, false);
+            assert_eq!(result.is_ok(), forwarded, "{got:?}");
+            if let Err(failure) = result {
+                assert_eq!(
+                    failure.summary,
+                    "connection: did not receive the message sent to it"
+                );
+            }
+            drop(conn);
+            server.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_read_error_is_a_timeout_a_retry_a_close_or_a_failure() {
+        use ErrorKind::*;
+        for (kind, want) in [
+            (WouldBlock, ReadFailure::Timeout),
+            (TimedOut, ReadFailure::Timeout),
+            (Interrupted, ReadFailure::Retry),
+            (ConnectionReset, ReadFailure::Closed),
+            (ConnectionAborted, ReadFailure::Closed),
+            (HostUnreachable, ReadFailure::Other),
+            (NotConnected, ReadFailure::Other),
+        ] {
+            assert_eq!(read_failure(kind), want, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_reset_connection_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ctx = Ctx {
+            addr: listener.local_addr().unwrap(),
+            timeout: Duration::from_secs(10),
+        };
+        let mut conn = Conn::open(&ctx).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        // Closing with a zero linger sends RST, not FIN.
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        assert!(matches!(conn.recv(), Err(RecvError::Closed(bytes)) if bytes.is_empty()));
     }
 }
