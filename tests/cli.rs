@@ -823,12 +823,15 @@ fn exhibitor_that_cannot_print_leaves_and_waits_for_its_flw_ok_only_so_long() {
 
 #[test]
 fn an_ok_to_oi_that_is_not_the_servers_answer_is_refused() {
-    // OK to OI from a client's id, and OK from the server to another number.
+    // OK to OI from a client's id, OK from the server to another number,
+    // and ERRO from a client's id (only the server refuses an OI).
     let wrong_origin = hdr(Kind::Ok, 7, 4096, 0);
     let wrong_seq = hdr(Kind::Ok, SERVER_ID, 4096, 5);
+    let erro_from_a_client = hdr(Kind::Erro, 7, 0, 0);
     for (reply, shown) in [
         (wrong_origin, r"\x00\x01\x00\x07\x10\x00\x00\x00"),
         (wrong_seq, r"\x00\x01\xff\xff\x10\x00\x00\x05"),
+        (erro_from_a_client, r"\x00\x02\x00\x07\x00\x00\x00\x00"),
     ] {
         let (addr, line) = failure_against("exhibitor", Vec::leak(reply));
         assert_eq!(
