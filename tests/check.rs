@@ -8,7 +8,7 @@
 #[path = "check_fixture.rs"]
 mod check_fixture;
 
-use crate::util::Server;
+use crate::util::{BrokenOutput, Server, evchat_into};
 use check_fixture::{Fault, Fixture};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -664,33 +664,19 @@ fn a_target_is_required_unless_listing() {
 #[test]
 fn a_report_into_a_closed_pipe_is_not_an_error() {
     // `evchat check --list | head -0`: the reader is gone before the write.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let output = Command::new(env!("CARGO_BIN_EXE_evchat"))
-        .args(["check", "--list"])
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    let done = evchat_into(BrokenOutput::ClosedPipe, &["check", "--list"]);
+    assert_eq!(done, (Some(0), String::new()));
 }
 
 #[test]
 fn a_report_that_cannot_be_written_is_an_error() {
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_evchat"))
-        .args(["check", "--list"])
-        .stdout(full)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
+    let done = evchat_into(BrokenOutput::FullDisk, &["check", "--list"]);
     assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
-        "evchat check: cannot write the report: No space left on device (os error 28)\n"
+        done,
+        (
+            Some(1),
+            "evchat check: cannot write the report: No space left on device (os error 28)\n"
+                .to_string()
+        )
     );
 }

@@ -166,6 +166,16 @@ fn wait_settled(writer: &Writer, settled: &Receiver<()>, ticket: Ticket) {
     }
 }
 
+/// Appends `records` to the writer's batch (nothing written yet); the
+/// last one's ticket.
+fn append_all(writer: &mut Writer, records: &[Record]) -> Ticket {
+    let mut last = 0;
+    for r in records {
+        last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+    }
+    last
+}
+
 /// A raw exhibitor and an unpaired raw emitter on `server`, with their ids.
 fn exhibitor_and_emitter(server: &Server) -> (Raw, ClientId, Raw, ClientId) {
     let mut a = server.raw();
@@ -496,10 +506,7 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     };
     let opened = open_log(dir.path(), options).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
-    let mut last = 0;
-    for r in &all {
-        last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
-    }
+    let last = append_all(&mut writer, &all);
     writer.write();
     wait_settled(&writer, &settled, last);
     drop(writer);
@@ -641,9 +648,7 @@ fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     let all = records(300);
     let mut last = 0;
     for chunk in all.chunks(7) {
-        for r in chunk {
-            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
-        }
+        last = append_all(&mut writer, chunk);
         writer.write();
     }
     wait_settled(&writer, &settled, last);
@@ -744,10 +749,7 @@ fn always_settles_a_batch_once_it_is_written_and_synced() {
     let (mut writer, settled) = start_writer(opened.log, Fsync::Always);
     let all = records(50);
     for (turn, chunk) in all.chunks(10).enumerate() {
-        let mut last = 0;
-        for r in chunk {
-            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
-        }
+        let last = append_all(&mut writer, chunk);
         assert_eq!(last, turn as u64 * 10 + 9);
         writer.write();
         wait_settled(&writer, &settled, last);
@@ -769,7 +771,7 @@ fn everysec_and_no_keep_every_record_across_a_clean_close() {
         let all = records(40);
         let mut last = 0;
         for r in &all {
-            last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+            last = append_all(&mut writer, std::slice::from_ref(r));
             writer.write();
         }
         wait_settled(&writer, &settled, last);
@@ -788,10 +790,7 @@ fn everysec_and_no_settle_records_when_the_write_returns() {
         let (mut writer, settled) = start_writer(opened.log, mode);
         let all = records(12);
         for (turn, chunk) in all.chunks(4).enumerate() {
-            let mut last = 0;
-            for r in chunk {
-                last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
-            }
+            let last = append_all(&mut writer, chunk);
             assert_eq!(
                 writer.settled(),
                 last + 1 - 4,
@@ -829,9 +828,7 @@ fn dropping_the_writer_writes_what_the_last_turn_left() {
     let opened = open_log(dir.path(), big_log()).unwrap();
     let (mut writer, _) = start_writer(opened.log, Fsync::No);
     let all = records(3);
-    for r in &all {
-        writer.append(r.time_ms, r.origin, r.dest, &r.text);
-    }
+    append_all(&mut writer, &all);
     drop(writer);
     assert_eq!(read_all(dir.path()), numbered(&all, 0));
 }
@@ -1161,9 +1158,7 @@ fn a_reader_follows_a_live_log_across_segments_and_partial_writes() {
         assert!(Instant::now() < deadline, "read {} records", found.len());
         if sent < all.len() {
             let n = (1 + rng.next() % 40) as usize;
-            for r in &all[sent..(sent + n).min(all.len())] {
-                writer.append(r.time_ms, r.origin, r.dest, &r.text);
-            }
+            append_all(&mut writer, &all[sent..(sent + n).min(all.len())]);
             sent = (sent + n).min(all.len());
             writer.write();
         } else {
@@ -1270,30 +1265,16 @@ fn history_into_a_closed_pipe_is_no_error_into_a_full_disk_is() {
     sample_log(dir.path());
     let d = dir.path().to_str().unwrap();
     // `evchat history DIR | head -0`: the reader is gone before the write.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let closed = Command::new(bin("evchat"))
-        .args(["history", d])
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(closed.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&closed.stderr), "");
-    let full = fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let full = Command::new(bin("evchat"))
-        .args(["history", d])
-        .stdout(full)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(full.status.code(), Some(1));
+    let closed = evchat_into(BrokenOutput::ClosedPipe, &["history", d]);
+    assert_eq!(closed, (Some(0), String::new()));
+    let full = evchat_into(BrokenOutput::FullDisk, &["history", d]);
     assert_eq!(
-        String::from_utf8_lossy(&full.stderr),
-        "evchat history: writing the output: No space left on device (os error 28)\n"
+        full,
+        (
+            Some(1),
+            "evchat history: writing the output: No space left on device (os error 28)\n"
+                .to_string()
+        )
     );
 }
 

@@ -31,6 +31,41 @@ pub fn bin(name: &str) -> &'static str {
     }
 }
 
+/// Where a test sends a tool's standard output to see how it takes a
+/// write error.
+pub enum BrokenOutput {
+    /// A pipe whose reader is gone before the write (`| head -0`).
+    ClosedPipe,
+    /// `/dev/full`: every write fails with ENOSPC.
+    FullDisk,
+}
+
+/// Runs `evchat ARGS` to its end with stdout to `output`; returns its exit
+/// code and its stderr.
+pub fn evchat_into(output: BrokenOutput, args: &[&str]) -> (Option<i32>, String) {
+    let stdout = match output {
+        BrokenOutput::ClosedPipe => {
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            Stdio::from(writer)
+        }
+        BrokenOutput::FullDisk => Stdio::from(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        ),
+    };
+    let done = Command::new(bin("evchat"))
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr).into_owned();
+    (done.status.code(), stderr)
+}
+
 /// Lines of a child's output, collected by a thread.
 pub struct Lines {
     rx: Receiver<String>,
