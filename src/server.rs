@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod history;
+mod spin;
 pub use history::HistoryConfig;
+use spin::Spin;
 
 // Tokens above any slab key (connections take the small numbers). The
 // waker's event only ends the poll: the loop checks the shutdown flag every
@@ -65,6 +67,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The page and WebSocket on the same port (`None`: binary only).
     pub web: Option<WebConfig>,
+    /// How long the loop polls without sleeping after a turn whose input
+    /// came within this long (zero: it always sleeps). See `server/spin.rs`.
+    pub spin: Duration,
 }
 
 /// Why the event loop closes a connection: a rule's decision, or something
@@ -324,6 +329,7 @@ pub struct Server {
     /// Set once shutdown has begun: the loop ends when every client is gone
     /// or at this time, whichever comes first.
     drain_deadline: Option<Instant>,
+    spin: Spin,
 }
 
 /// What the end of a loop turn decided.
@@ -345,6 +351,7 @@ impl Server {
         let now = Instant::now();
         Ok(Server {
             router: Router::new(config.limits),
+            spin: Spin::new(config.spin),
             config,
             poll,
             listener: Some(listener),
@@ -395,14 +402,27 @@ impl Server {
     }
 
     /// Waits for readiness or the next deadline, then reads the clock once
-    /// for the turn.
+    /// for the turn. While the spin policy allows, it polls without
+    /// blocking first (yielding the core between polls), and stops
+    /// spinning as soon as a deadline is due.
     fn poll(&mut self, events: &mut Events) -> io::Result<()> {
-        let timeout = self.poll_timeout();
+        let start = Instant::now();
+        let worked = start.saturating_duration_since(self.wire.now);
+        let spin_end = start + self.spin.window(worked);
         loop {
+            let mut timeout = self.poll_timeout();
+            let spinning = timeout != Some(Duration::ZERO) && Instant::now() < spin_end;
+            if spinning {
+                timeout = Some(Duration::ZERO);
+            }
             match self.poll.poll(events, timeout) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(()) if spinning && events.is_empty() => std::thread::yield_now(),
                 result => {
-                    self.wire.now = Instant::now();
+                    let now = Instant::now();
+                    self.spin
+                        .record(now.saturating_duration_since(start), !events.is_empty());
+                    self.wire.now = now;
                     return result;
                 }
             }

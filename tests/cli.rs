@@ -691,11 +691,25 @@ fn server_refuses_zero_limits_with_the_allowed_range() {
 }
 
 #[test]
+fn server_spin_budget_has_a_range_and_zero_turns_it_off() {
+    let mut server = Proc::spawn("server", &["0", "--spin-us", "10001"]);
+    assert_exit(&mut server, 2);
+    assert_eq!(
+        server.stderr.expect(),
+        "error: invalid value '10001' for '--spin-us <MICROS>': 10001 is not in 0..=10000"
+    );
+    assert_eq!(server.stdout.rest(), Vec::<String>::new());
+    let off = Server::start(&["--spin-us", "0"]);
+    let line = off.proc.stderr.expect();
+    assert!(line.ends_with(" web=true spin=0ns"), "{line:?}");
+}
+
+#[test]
 fn server_logs_version_address_and_limits_at_start() {
     let server = Server::start(&["--max-queue", "65536", "--ack-timeout", "2.5"]);
     let line = server.proc.stderr.expect();
     let want = format!(
-        "INFO server: evchat server starting version=\"{}\" addr={} ack_timeout=2.5s handshake_timeout=10s drain_timeout=3s max_queue=65536 max_inflight=1024 web=true",
+        "INFO server: evchat server starting version=\"{}\" addr={} ack_timeout=2.5s handshake_timeout=10s drain_timeout=3s max_queue=65536 max_inflight=1024 web=true spin=100µs",
         env!("CARGO_PKG_VERSION"),
         server.addr
     );

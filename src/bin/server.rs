@@ -69,6 +69,12 @@ struct Args {
     /// With --history: cut the log where it is corrupt instead of refusing to start
     #[arg(long, requires = "history")]
     history_repair: bool,
+    /// Microseconds the loop keeps polling before it sleeps while it is busy
+    /// (working at least half the time, input coming within that long): more
+    /// throughput and less latency under load, for some CPU; an idle or
+    /// lightly loaded server never spins (0: never)
+    #[arg(long, value_name = "MICROS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(..=10_000))]
+    spin_us: u64,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]
     no_web: bool,
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
         web: (!args.no_web).then(|| WebConfig {
             allowed_origins: args.allow_origin.clone(),
         }),
+        spin: Duration::from_micros(args.spin_us),
     };
     let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -178,6 +185,7 @@ fn main() -> ExitCode {
         max_queue = config.max_queue,
         max_inflight = config.limits.max_inflight,
         web = config.web.is_some(),
+        spin = ?config.spin,
         "evchat server starting"
     );
     let mut stdout = std::io::stdout().lock();

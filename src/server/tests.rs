@@ -66,6 +66,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         max_queue: 1 << 20,
         drain_timeout: Duration::from_secs(2),
         web: Some(WebConfig::default()),
+        spin: Duration::from_micros(50),
     })
     .unwrap();
     (serial, server)
