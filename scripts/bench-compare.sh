@@ -423,7 +423,8 @@ if "error" in r:
     print("ERROR:", r["error"])
 elif "idle" in r:
     b = r.get("rss_per_conn_bytes")
-    print("%s connections, %s B/conn" % (r["idle"], "?" if b is None else "%.0f" % b))
+    c = r.get("hold_server_cpu_s")
+    print("%s connections, %s B/conn, server CPU while held %s ms" % (r["idle"], "?" if b is None else "%.0f" % b, "?" if c is None else "%.0f" % (c * 1e3)))
 else:
     print("%.3f M deliveries/s, p50 %s us p99 %s us; cpu server %s gen %s, run-queue wait %s/%s, steal %s/%s -> %s%s%s" % (
         r["delivered_per_s"] / 1e6, r.get("lat_p50_us"), r.get("lat_p99_us"),
@@ -479,8 +480,10 @@ WORKLOADS = [
                                        ("lat_p99_us", "p99 µs", 0),
                                        ("lat_p999_us", "p99.9 µs", 0),
                                        ("lat_p99_us@quiet", "p99 µs, quiet runs", 0),
-                                       ("lat_p999_us@quiet", "p99.9 µs, quiet runs", 0)]),
-    ("idle", "idle connections", [("rss_per_conn_bytes", "RSS B/conn", 0)]),
+                                       ("lat_p999_us@quiet", "p99.9 µs, quiet runs", 0),
+                                       ("server_cpu", "server CPU (cores)", 0)]),
+    ("idle", "idle connections", [("rss_per_conn_bytes", "RSS B/conn", 0),
+                                  ("hold_server_cpu_s", "server CPU s while held", 0)]),
 ]
 
 def fmt(v):
@@ -491,6 +494,7 @@ def fmt(v):
     if a >= 1e6: return f"{v/1e6:.2f}M"
     if a >= 1e4: return f"{v/1e3:.1f}k"
     if a >= 100: return f"{v:.0f}"
+    if a < 1: return f"{v:.3f}"
     return f"{v:.1f}"
 
 def values(w, t, key):

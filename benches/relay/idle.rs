@@ -5,7 +5,8 @@
 //! each on a channel of its own. On a `*-ws` target each connection is
 //! upgraded to WebSocket first and identified through it. The server's resident memory is read before
 //! the first connection and again at the end of the hold; the difference over
-//! N is the cost of a connection.
+//! N is the cost of a connection. The server's CPU time over the hold shows
+//! that idle connections cost it no work.
 
 use crate::Args;
 use crate::Target;
@@ -76,7 +77,10 @@ pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, Str
         "relay: {n} idle {} connections open in {secs:.2} s; holding",
         target.name()
     );
+    let cpu = || args.server_pid.and_then(sys::process_cpu_secs);
+    let cpu_before = cpu();
     std::thread::sleep(Duration::from_secs_f64(args.duration));
+    let hold_server_cpu_secs = cpu().zip(cpu_before).map(|(after, before)| after - before);
     let rss_after_kib = rss();
     Ok(Outcome {
         target,
@@ -106,6 +110,7 @@ pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, Str
             conns: held.len(),
             rss_before_kib,
             rss_after_kib,
+            hold_server_cpu_secs,
         }),
     })
 }

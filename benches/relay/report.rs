@@ -19,6 +19,9 @@ pub struct IdleFigures {
     pub conns: usize,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// CPU seconds the server used while the connections were held: an
+    /// idle server should use none (it must not spin or tick per client).
+    pub hold_server_cpu_secs: Option<f64>,
 }
 
 impl IdleFigures {
@@ -163,13 +166,14 @@ impl Outcome {
         if let Some(idle) = &self.idle {
             let _ = write!(
                 j,
-                ",\"idle\":{},\"rss_before_kib\":{},\"rss_after_kib\":{},\"rss_per_conn_bytes\":{}",
+                ",\"idle\":{},\"rss_before_kib\":{},\"rss_after_kib\":{},\"rss_per_conn_bytes\":{},\"hold_server_cpu_s\":{}",
                 idle.conns,
                 idle.rss_before_kib
                     .map_or("null".to_owned(), |v| v.to_string()),
                 idle.rss_after_kib
                     .map_or("null".to_owned(), |v| v.to_string()),
                 opt(idle.bytes_per_conn()),
+                opt(idle.hold_server_cpu_secs),
             );
         } else {
             let _ = write!(
@@ -239,12 +243,15 @@ impl Outcome {
             let kib = |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{v} KiB"));
             let _ = writeln!(
                 t,
-                "  idle       {} connections; server RSS {} → {}; {} per connection",
+                "  idle       {} connections; server RSS {} → {}; {} per connection; \
+                 server CPU while held {}",
                 idle.conns,
                 kib(idle.rss_before_kib),
                 kib(idle.rss_after_kib),
                 idle.bytes_per_conn()
                     .map_or("?".to_owned(), |b| format!("{b:.0} B")),
+                idle.hold_server_cpu_secs
+                    .map_or("?".to_owned(), |s| format!("{:.0} ms", s * 1e3)),
             );
         } else {
             let _ = writeln!(t, "  sent       {:>14.0} msg/s", self.per_s(self.sent));
