@@ -407,11 +407,11 @@ impl Server {
     /// spinning as soon as a deadline is due.
     fn poll(&mut self, events: &mut Events) -> io::Result<()> {
         let start = Instant::now();
-        let worked = start.saturating_duration_since(self.wire.now);
-        let spin_end = start + self.spin.window(worked);
+        self.spin
+            .start(start, start.saturating_duration_since(self.wire.now));
         loop {
             let mut timeout = self.poll_timeout();
-            let spinning = timeout != Some(Duration::ZERO) && Instant::now() < spin_end;
+            let spinning = self.spin.keeps_spinning(Instant::now(), timeout);
             if spinning {
                 timeout = Some(Duration::ZERO);
             }
@@ -421,7 +421,7 @@ impl Server {
                 result => {
                     let now = Instant::now();
                     self.spin
-                        .record(now.saturating_duration_since(start), !events.is_empty());
+                        .record(now.saturating_duration_since(start), events.is_empty());
                     self.wire.now = now;
                     return result;
                 }

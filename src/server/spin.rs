@@ -11,7 +11,7 @@
 //! at once. Spinning costs CPU only while input keeps arriving within the
 //! budget of the previous poll, and at most one budget after it stops.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Weight of the newest turn in the busy share (1/8: a handful of turns
 /// decide, so one long turn among short ones does not start a spin).
@@ -32,6 +32,8 @@ pub(super) struct Spin {
     waited: Duration,
     /// The last poll found input within the budget.
     quick: bool,
+    /// Until when the current poll may poll without blocking.
+    until: Option<Instant>,
 }
 
 impl Spin {
@@ -41,12 +43,28 @@ impl Spin {
             busy: 0.0,
             waited: Duration::ZERO,
             quick: false,
+            until: None,
         }
+    }
+
+    /// Starts a poll at `now`, after a turn that took `worked` since the
+    /// last poll returned: decides how long it may spin.
+    pub(super) fn start(&mut self, now: Instant, worked: Duration) {
+        let window = self.window(worked);
+        self.until = (!window.is_zero()).then(|| now + window);
+    }
+
+    /// Whether the poll should check for readiness again without blocking
+    /// rather than sleep, at `now`, with `timeout` left until the next
+    /// deadline: not once a deadline is due (the turn must serve it), nor
+    /// past the poll's window.
+    pub(super) fn keeps_spinning(&self, now: Instant, timeout: Option<Duration>) -> bool {
+        timeout != Some(Duration::ZERO) && self.until.is_some_and(|until| now < until)
     }
 
     /// How long the next poll may poll without blocking before it sleeps,
     /// after a turn that took `worked` since the last poll returned.
-    pub(super) fn window(&mut self, worked: Duration) -> Duration {
+    fn window(&mut self, worked: Duration) -> Duration {
         let turn = worked + self.waited;
         if !turn.is_zero() {
             let share = worked.as_secs_f64() / turn.as_secs_f64();
@@ -59,10 +77,11 @@ impl Spin {
         }
     }
 
-    /// Records one poll: it took `waited` and `found` input or not.
-    pub(super) fn record(&mut self, waited: Duration, found: bool) {
+    /// Records one poll: it took `waited` and found no input if `empty`
+    /// (its events were empty: a deadline's turn).
+    pub(super) fn record(&mut self, waited: Duration, empty: bool) {
         self.waited = waited;
-        self.quick = found && waited < self.budget;
+        self.quick = !empty && waited < self.budget;
     }
 }
 
@@ -81,7 +100,7 @@ mod tests {
     fn run(spin: &mut Spin, turns: usize, waited: u64, worked: u64) -> Duration {
         let mut window = Duration::ZERO;
         for _ in 0..turns {
-            spin.record(us(waited), true);
+            spin.record(us(waited), false);
             window = spin.window(us(worked));
         }
         window
@@ -127,9 +146,9 @@ mod tests {
     #[test]
     fn input_later_than_the_budget_ends_it_at_once() {
         let mut spin = busy();
-        spin.record(BUDGET, true);
+        spin.record(BUDGET, false);
         assert_eq!(spin.window(us(1000)), Duration::ZERO);
-        spin.record(Duration::from_secs(3), true);
+        spin.record(Duration::from_secs(3), false);
         assert_eq!(spin.window(us(1000)), Duration::ZERO);
     }
 
@@ -137,8 +156,36 @@ mod tests {
     fn a_poll_that_found_nothing_ends_it_at_once() {
         // A deadline's turn: nothing arrived, however short the wait.
         let mut spin = busy();
-        spin.record(us(1), false);
+        spin.record(us(1), true);
         assert_eq!(spin.window(us(1000)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_poll_spins_within_its_window_and_while_no_deadline_is_due() {
+        let mut spin = busy();
+        let now = Instant::now();
+        spin.start(now, us(60));
+        assert!(spin.keeps_spinning(now, None));
+        assert!(spin.keeps_spinning(now + us(49), Some(us(1000))));
+        assert!(spin.keeps_spinning(now + us(49), Some(us(1))));
+        assert!(!spin.keeps_spinning(now + BUDGET, None));
+        assert!(!spin.keeps_spinning(now + us(100), None));
+        // A deadline due (or connections with input left): serve it now.
+        assert!(!spin.keeps_spinning(now, Some(Duration::ZERO)));
+    }
+
+    #[test]
+    fn a_poll_of_a_loop_that_does_not_spin_sleeps_at_once() {
+        let mut spin = Spin::new(BUDGET);
+        let now = Instant::now();
+        assert!(!spin.keeps_spinning(now, None));
+        spin.start(now, us(60));
+        assert!(!spin.keeps_spinning(now, None));
+        // A busy loop whose last poll waited past the budget.
+        let mut spin = busy();
+        spin.record(BUDGET, false);
+        spin.start(now, us(60));
+        assert!(!spin.keeps_spinning(now, None));
     }
 
     #[test]
