@@ -691,7 +691,7 @@ fn server_refuses_zero_limits_with_the_allowed_range() {
 }
 
 #[test]
-fn server_spin_budget_has_a_range_and_zero_turns_it_off() {
+fn server_refuses_a_spin_budget_over_10_ms_and_takes_zero() {
     let mut server = Proc::spawn("server", &["0", "--spin-us", "10001"]);
     assert_exit(&mut server, 2);
     assert_eq!(
