@@ -7,17 +7,26 @@
 use crate::util::*;
 use evchat::proto::{Frame, Kind, SERVER_ID};
 use std::io::Write;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
 
-/// `evchat chat ADDR` with piped stdin, stdout and stderr.
-struct Chat {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines,
-    stderr: Lines,
+/// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
+/// types lines and skips to the line a test waits for.
+struct Chat(Proc);
+
+impl std::ops::Deref for Chat {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Chat {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.0
+    }
 }
 
 impl Chat {
@@ -26,38 +35,11 @@ impl Chat {
     }
 
     fn spawn_with(args: &[&str]) -> Chat {
-        let mut child = Command::new(EVCHAT)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn evchat");
-        Chat {
-            stdout: Lines::new(child.stdout.take().unwrap(), "chat stdout"),
-            stderr: Lines::new(child.stderr.take().unwrap(), "chat stderr"),
-            stdin: child.stdin.take(),
-            child,
-        }
+        Chat(Proc::spawn("evchat", args))
     }
 
     fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.write_all(b"\n").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "chat did not exit");
-            // Polling the exit status, bounded by the deadline above.
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.input(&format!("{line}\n"));
     }
 
     /// Skips stdout lines until `want`, returning those skipped; fails
@@ -74,9 +56,7 @@ impl Chat {
             }
         }
     }
-}
 
-impl Chat {
     /// Skips stdout lines until one starting with `prefix`, returning those
     /// skipped; fails after TIMEOUT.
     fn skip_until_prefix(&self, prefix: &str) -> Vec<String> {
@@ -88,13 +68,6 @@ impl Chat {
                 None => panic!("no line starting {prefix:?}; saw {skipped:?}"),
             }
         }
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -517,11 +490,7 @@ fn sigint_leaves_with_exit_0_and_frees_both_ids() {
     chat.type_line("ready");
     chat.stdout.expect_line("you to all: ready ✓");
     other.stdout.expect_line("Message from 1 to all: ready");
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(chat.child.id() as i32, libc::SIGINT) },
-        0
-    );
+    chat.signal(libc::SIGINT);
     assert_eq!(chat.wait().code(), Some(0));
     assert_eq!(chat.stdout.rest(), Vec::<String>::new());
     let (mut em, em_id) = server.emitter(None);

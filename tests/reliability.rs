@@ -348,16 +348,6 @@ fn unread_by_server(port: u16) -> usize {
     total
 }
 
-/// Polls `done` until it holds; fails the test after [`TIMEOUT`]. For states
-/// the server reaches on its own, which no socket read can observe.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {TIMEOUT:?}");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Server stderr lines seen so far (without waiting).
 fn drain_log(server: &Server) -> Vec<String> {
     std::iter::from_fn(|| server.proc.stderr.next_within(Duration::ZERO)).collect()
@@ -820,12 +810,7 @@ impl LimitedServer {
         let mut child = command.spawn().expect("spawn server");
         let stdout = Lines::new(child.stdout.take().unwrap(), "limited server stdout");
         let stderr = Lines::new(child.stderr.take().unwrap(), "limited server stderr");
-        let line = stdout.expect();
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = listening_addr(&stdout);
         LimitedServer {
             child,
             addr,

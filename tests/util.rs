@@ -1,6 +1,8 @@
 //! Test harness: spawns the real binaries (found through `CARGO_BIN_EXE_*`),
 //! reads their output lines with timeouts, and talks to the server over raw
-//! sockets. Every wait here is a read with a deadline, never a sleep.
+//! sockets. Every wait here has a deadline; where no read can see the
+//! awaited state (a child's exit, a count in /proc) it is polled, never
+//! slept for.
 
 #![allow(dead_code)]
 
@@ -103,6 +105,15 @@ impl Lines {
         assert_eq!(self.expect(), want, "{}", self.name);
     }
 
+    /// The next line, which must start with `prefix`; returns the rest.
+    pub fn expect_prefixed(&self, prefix: &str) -> String {
+        let line = self.expect();
+        match line.strip_prefix(prefix) {
+            Some(rest) => rest.to_string(),
+            None => panic!("{}: {line:?} does not start with {prefix:?}", self.name),
+        }
+    }
+
     /// The next line if one arrives within `wait`; None on timeout or end.
     pub fn next_within(&self, wait: Duration) -> Option<String> {
         self.rx.recv_timeout(wait).ok()
@@ -188,21 +199,8 @@ impl Proc {
     }
 
     /// Waits for the process to exit; fails the test after [`TIMEOUT`].
-    /// The wait ends as soon as stdout closes, then reaps the child.
     pub fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {TIMEOUT:?}",
-                self.name
-            );
-            // Polling the exit status, bounded by the deadline above.
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_exit(&mut self.child, &self.name)
     }
 }
 
@@ -213,7 +211,48 @@ impl Drop for Proc {
     }
 }
 
-/// A running `server` on a free port.
+/// Polls `done` every 10 ms until it holds; fails the test after
+/// [`TIMEOUT`]. For states no read can observe: a child's exit, a count the
+/// server keeps in /proc.
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    assert!(holds_within_timeout(done), "{what}: not within {TIMEOUT:?}");
+}
+
+/// Waits for `child` to exit; after [`TIMEOUT`] kills it and fails the test.
+pub fn wait_for_exit(child: &mut Child, name: &str) -> ExitStatus {
+    let mut status = None;
+    holds_within_timeout(|| {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    match status {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not exit within {TIMEOUT:?}");
+        }
+    }
+}
+
+fn holds_within_timeout(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // Polling, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// The address a starting `server` prints on its first line.
+pub fn listening_addr(stdout: &Lines) -> SocketAddr {
+    stdout.expect_prefixed("listening on ").parse().unwrap()
+}
+
+/// A running `server`.
 pub struct Server {
     pub proc: Proc,
     pub addr: SocketAddr,
@@ -225,12 +264,7 @@ impl Server {
         let mut args = vec!["0", "--bind", "127.0.0.1"];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("server", &args);
-        let line = proc.stdout.expect();
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = listening_addr(&proc.stdout);
         Server { proc, addr }
     }
 
@@ -241,12 +275,7 @@ impl Server {
 
     pub fn exhibitor(&self) -> (Proc, ClientId) {
         let p = Proc::spawn("exhibitor", &[&self.target()]);
-        let line = p.stdout.expect();
-        let id = line
-            .strip_prefix("exhibitor ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let id = p.stdout.expect_prefixed("exhibitor ").parse().unwrap();
         (p, id)
     }
 
@@ -259,13 +288,10 @@ impl Server {
             args.push(p);
         }
         let p = Proc::spawn("emitter", &args);
-        let line = p.stdout.expect();
-        let rest = line
-            .strip_prefix("emitter ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let rest = p.stdout.expect_prefixed("emitter ");
         let id = rest.split(' ').next().unwrap().parse().unwrap();
         if let Some(p) = pair {
-            assert_eq!(line, format!("emitter {id} paired with exhibitor {p}"));
+            assert_eq!(rest, format!("{id} paired with exhibitor {p}"));
         }
         (p, id)
     }
