@@ -8,7 +8,7 @@
 //! command that installs it, except when a developer sets
 //! `EVCHAT_SKIP_BROWSER=1` outside CI (never when `CI=true`).
 
-use crate::util::{Proc, Rng, Server};
+use crate::util::{ReservedPort, Rng, Server};
 use evchat::client::escape_text;
 use evchat::proto::{Frame, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
@@ -18,7 +18,6 @@ use headless_chrome::protocol::cdp::{Emulation, Page};
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::Value;
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -162,22 +161,6 @@ fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
     }))
     .unwrap();
     problems
-}
-
-/// Starts `server PORT --bind 127.0.0.1 EXTRA...`: the restart must reuse
-/// the port the page knows.
-fn server_on(port: u16, extra: &[&str]) -> Server {
-    let port = port.to_string();
-    let mut args = vec![port.as_str(), "--bind", "127.0.0.1"];
-    args.extend_from_slice(extra);
-    let proc = Proc::spawn("server", &args);
-    let line = proc.stdout.expect();
-    let addr: SocketAddr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    Server { proc, addr }
 }
 
 /// Starts Chromium and loads the page of the server on `port`; the browser
@@ -404,12 +387,13 @@ fn codec_matches_rust(tab: &Tab) {
 #[test]
 fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     let Some(path) = chromium() else { return };
-    let mut server = Server::start(&[]);
-    let port = server.addr.port();
+    // The restart must reuse the port the page knows.
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &[]);
     let (cli_exhibitor, cli_exhibitor_id) = server.exhibitor();
     assert_eq!(cli_exhibitor_id, 4096);
 
-    let (_browser, tab, problems) = open_page(path, port);
+    let (_browser, tab, problems) = open_page(path, port.addr().port());
 
     // Its two ids: the exhibitor registers first, the emitter pairs with it.
     assert_eq!(wait_connected(&tab), (1, 4097));
@@ -560,7 +544,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
             texts("#log li.note", "\n")
         ),
     );
-    let server = server_on(port, &[]);
+    let server = Server::start_on(&port, &[]);
     assert_eq!(wait_connected(&tab), (1, 4096));
     wait_for(
         &tab,
@@ -688,10 +672,10 @@ fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
     let dir = std::env::temp_dir().join(format!("evchat-test-page-replay-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let history = ["--history", dir.to_str().unwrap()];
-    let mut server = Server::start(&history);
-    let port = server.addr.port();
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &history);
 
-    let (_browser, tab, problems) = open_page(path, port);
+    let (_browser, tab, problems) = open_page(path, port.addr().port());
     assert_eq!(wait_connected(&tab), (1, 4096));
     let (mut cli_emitter, _) = server.emitter(None);
     cli_emitter.input("(0) one\n");
@@ -715,7 +699,7 @@ fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
     server.proc.signal(libc::SIGTERM);
     cli_emitter.stdout.expect_line("closed by server");
     assert!(server.proc.wait().success());
-    let server = server_on(port, &history);
+    let server = Server::start_on(&port, &history);
     let (_cli_exhibitor, _) = server.exhibitor();
     let (mut cli_emitter, _) = server.emitter(None);
     cli_emitter.input("(0) while you were away\n");

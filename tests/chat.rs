@@ -217,9 +217,8 @@ fn server_shutdown_closes_the_chat_with_exit_0() {
 
 #[test]
 fn unreachable_server_at_start_is_exit_1_with_the_cause() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    drop(listener);
+    let unused = ReservedPort::new();
+    let addr = unused.target();
     let mut chat = Chat::spawn(&addr);
     assert_eq!(chat.wait().code(), Some(1));
     assert_eq!(chat.stdout.rest(), Vec::<String>::new());
@@ -233,8 +232,8 @@ fn unreachable_server_at_start_is_exit_1_with_the_cause() {
 
 #[test]
 fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
-    let mut server = Server::start(&[]);
-    let port = server.addr.port().to_string();
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &[]);
     // An exhibitor that never acknowledges keeps a message outstanding.
     let mut silent = server.raw();
     assert_eq!(silent.identify_exhibitor(), 4096);
@@ -262,10 +261,7 @@ fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
         server.target()
     ));
 
-    let restarted = Proc::spawn("server", &[&port, "--bind", "127.0.0.1"]);
-    restarted
-        .stdout
-        .expect_line(&format!("listening on 127.0.0.1:{port}"));
+    let restarted = Server::start_on(&port, &[]);
     // Attempts before the restart may have failed (and said so); backoff
     // reaches 4 s at most by then, so 15 s is ample.
     let failures = chat.skip_until(
@@ -279,7 +275,7 @@ fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
     // any history the server replays).
     chat.stdout.expect_line("clients (2): 1 4096");
 
-    let mut other = Raw::connect(server.addr);
+    let mut other = restarted.raw();
     assert_eq!(other.identify_exhibitor(), 4097);
     chat.type_line("back again");
     let msg = other.expect_frame();
@@ -594,8 +590,8 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
     let dir = std::env::temp_dir().join(format!("evchat-test-chat-again-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let history = ["--history", dir.to_str().unwrap()];
-    let mut server = Server::start(&history);
-    let port = server.addr.port().to_string();
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &history);
     let mut chat = Chat::spawn(&server.target());
     chat.stdout
         .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
@@ -614,16 +610,7 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
         "connection to {} lost; reconnecting",
         server.target()
     ));
-    let mut args = vec![port.as_str(), "--bind", "127.0.0.1"];
-    args.extend_from_slice(&history);
-    let restarted = Proc::spawn("server", &args);
-    restarted
-        .stdout
-        .expect_line(&format!("listening on 127.0.0.1:{port}"));
-    let server = Server {
-        proc: restarted,
-        addr: server.addr,
-    };
+    let server = Server::start_on(&port, &history);
     let (_exhibitor, _) = server.exhibitor();
     let (mut emitter, emitter_id) = server.emitter(None);
     emitter.input("(0) while you were away\n");

@@ -50,15 +50,6 @@ fn assert_fails_with_one_line(p: &mut Proc) -> String {
     errors.into_iter().next().unwrap()
 }
 
-/// An address where nothing listens: a port the kernel just handed out and
-/// that was closed again.
-fn unused_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr.to_string()
-}
-
 /// Asserts a bad-input report for input line `number`, whatever the reason.
 fn assert_bad_line(line: &str, number: usize) {
     let prefix = format!("emitter: line {number}: ");
@@ -416,7 +407,8 @@ fn pairing_with_an_already_paired_exhibitor_is_refused() {
 
 #[test]
 fn unreachable_server_makes_clients_exit_1() {
-    let addr = unused_addr();
+    let unused = ReservedPort::new();
+    let addr = unused.target();
     let mut em = Proc::spawn("emitter", &[&addr]);
     assert_fails_with_one_line(&mut em);
     let mut ex = Proc::spawn("exhibitor", &[&addr]);
@@ -597,7 +589,8 @@ fn exhausted_ids_are_named() {
 
 #[test]
 fn connection_refused_is_named() {
-    let addr = unused_addr();
+    let unused = ReservedPort::new();
+    let addr = unused.target();
     let mut em = Proc::spawn("emitter", &[&addr]);
     assert_eq!(
         assert_fails_with_one_line(&mut em),

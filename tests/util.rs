@@ -1,14 +1,15 @@
 //! Test harness: spawns the real binaries (found through `CARGO_BIN_EXE_*`),
-//! reads their output lines with timeouts, and talks to the server over raw
-//! sockets. Every wait here has a deadline; where no read can see the
-//! awaited state (a child's exit, a count in /proc) it is polled, never
-//! slept for.
+//! reads their output lines with timeouts, talks to the server over raw
+//! sockets and holds the ports the tests use, so that no other process can
+//! take one between two of its uses. Every wait here has a deadline; where
+//! no read can see the awaited state (a child's exit, a count in /proc) it
+//! is polled, never slept for.
 
 #![allow(dead_code)]
 
 use evchat::proto::ClientId;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -247,6 +248,43 @@ fn holds_within_timeout(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// A loopback port held for one test: bound, never listening. Connections
+/// to it are refused, and it stays the test's: the kernel hands a bound port
+/// to no `bind(port 0)` and no outgoing connection, so no other process can
+/// take it in the meantime, as one could between closing a listener and
+/// using its port again. Both sockets set SO_REUSEADDR and this one never
+/// listens, which is what lets a `server` (it sets SO_REUSEADDR too) listen
+/// on the port, stop, and listen on it again ([`Server::start_on`]).
+pub struct ReservedPort {
+    _socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        ReservedPort {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// "127.0.0.1:port", as the clients take it.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
 /// The address a starting `server` prints on its first line.
 pub fn listening_addr(stdout: &Lines) -> SocketAddr {
     stdout.expect_prefixed("listening on ").parse().unwrap()
@@ -259,9 +297,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `server 0 --bind 127.0.0.1 EXTRA...` and reads its port.
+    /// Starts `server 0 --bind 127.0.0.1 EXTRA...` on a port the kernel
+    /// picks, and reads that port.
     pub fn start(extra: &[&str]) -> Server {
-        let mut args = vec!["0", "--bind", "127.0.0.1"];
+        Server::listen("0", extra)
+    }
+
+    /// Starts `server PORT --bind 127.0.0.1 EXTRA...` on the reserved
+    /// port, for a test that stops the server and starts it again where its
+    /// clients will look for it.
+    pub fn start_on(port: &ReservedPort, extra: &[&str]) -> Server {
+        let server = Server::listen(&port.addr().port().to_string(), extra);
+        assert_eq!(server.addr, port.addr(), "server not on the reserved port");
+        server
+    }
+
+    fn listen(port: &str, extra: &[&str]) -> Server {
+        let mut args = vec![port, "--bind", "127.0.0.1"];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("server", &args);
         let addr = listening_addr(&proc.stdout);
