@@ -8,7 +8,7 @@
 //! command that installs it, except when a developer sets
 //! `EVCHAT_SKIP_BROWSER=1` outside CI (never when `CI=true`).
 
-use crate::util::{ReservedPort, Rng, Server};
+use crate::util::{ReservedPort, Rng, Server, TempDir};
 use evchat::client::escape_text;
 use evchat::proto::{Frame, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
@@ -669,9 +669,8 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
 #[test]
 fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
     let Some(path) = chromium() else { return };
-    let dir = std::env::temp_dir().join(format!("evchat-test-page-replay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let history = ["--history", dir.to_str().unwrap()];
+    let dir = TempDir::new("page-replay");
+    let history = ["--history", dir.arg()];
     let port = ReservedPort::new();
     let mut server = Server::start_on(&port, &history);
 
@@ -736,6 +735,4 @@ fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
 
     let problems = problems.lock().unwrap();
     assert!(problems.is_empty(), "the page reported: {problems:#?}");
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

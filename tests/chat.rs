@@ -554,9 +554,8 @@ fn server_shutdown_is_shown_on_a_terminal_too() {
 /// the id sent, replayed by a server with history, was never shown.
 #[test]
 fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
-    let dir = std::env::temp_dir().join(format!("evchat-test-chat-replay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let server = Server::start(&["--history", dir.to_str().unwrap()]);
+    let dir = TempDir::new("chat-replay");
+    let server = Server::start(&["--history", dir.arg()]);
     let mut first = Chat::spawn(&server.target());
     first
         .stdout
@@ -577,9 +576,6 @@ fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
         seen[0].starts_with("you are 1 (emitter) / "),
         "the second chat must hold emitter id 1 too: {seen:?}"
     );
-    drop(second);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A server with history replays its recent broadcasts to every exhibitor
@@ -587,9 +583,8 @@ fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
 /// including one the server got while the chat was away.
 #[test]
 fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
-    let dir = std::env::temp_dir().join(format!("evchat-test-chat-again-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let history = ["--history", dir.to_str().unwrap()];
+    let dir = TempDir::new("chat-again");
+    let history = ["--history", dir.arg()];
     let port = ReservedPort::new();
     let mut server = Server::start_on(&port, &history);
     let mut chat = Chat::spawn(&server.target());
@@ -640,8 +635,6 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
         [format!("{emitter_id} to all: while you were away")],
         "after {reconnected:?}"
     );
-    drop(chat);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A scripted server, for what a real one does not do on cue: it answers
