@@ -232,6 +232,19 @@ fn texts(selector: &str, sep: &str) -> String {
     format!("[...document.querySelectorAll('{selector}')].map(e => e.textContent).join({sep:?})")
 }
 
+/// JavaScript, true when the log shows a message we sent with `text`, its
+/// `status` ("delivered", ...) and, when given, its `scope` ("to all", ...).
+fn sent_shows(text: &str, scope: Option<&str>, status: &str) -> String {
+    let scope = scope.map_or(String::new(), |scope| {
+        format!("li.querySelector('.scope').textContent === {scope:?} && ")
+    });
+    format!(
+        "[...document.querySelectorAll('#log li.out')].some(li => \
+           li.querySelector('.text').textContent === {text:?} && {scope}\
+           li.querySelector('.status').textContent === {status:?})"
+    )
+}
+
 /// Waits until the page is connected, and returns (emitter, exhibitor).
 fn wait_connected(tab: &Tab) -> (u16, u16) {
     let ids = wait_for(
@@ -421,10 +434,10 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     wait_for(
         &tab,
         "the broadcast delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'hello from the browser, olá' && \
-           li.querySelector('.scope').textContent === 'to all' && \
-           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("hello from the browser, olá", Some("to all"), "delivered")
+        ),
     );
 
     // A unicast to the CLI exhibitor, the destination picked with the keyboard.
@@ -442,10 +455,10 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     wait_for(
         &tab,
         "the unicast delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'just for you' && \
-           li.querySelector('.scope').textContent === 'to exhibitor 4096' && \
-           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("just for you", Some("to exhibitor 4096"), "delivered")
+        ),
     );
 
     // A CLI emitter writes to the page's exhibitor, control characters
@@ -588,9 +601,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     wait_for(
         &tab,
         "the message after the restart delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'back again' && \
-           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+        &format!("{} && 'yes'", sent_shows("back again", None, "delivered")),
     );
 
     // The list refreshed on demand (keyboard: Refresh, Enter) shows the new
@@ -626,9 +637,10 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     wait_for(
         &tab,
         "the message to a departed client not delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'anyone there?' && \
-           li.querySelector('.status').textContent === 'not delivered') && 'yes'",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("anyone there?", None, "not delivered")
+        ),
     );
 
     // A network drop (the server killed, no FLW) while a message awaits its
@@ -649,11 +661,9 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
         &tab,
         "the unanswered message unconfirmed after the drop",
         &format!(
-            "[...document.querySelectorAll('#log li.out')].some(li => \
-               li.querySelector('.text').textContent === 'are you there?' && \
-               li.querySelector('.status').textContent === 'unconfirmed') && \
-             {}.endsWith('connection lost') && \
+            "{} && {}.endsWith('connection lost') && \
              document.getElementById('state').dataset.state === 'waiting' && 'yes'",
+            sent_shows("are you there?", None, "unconfirmed"),
             texts("#log li.note .text", "\n")
         ),
     );
