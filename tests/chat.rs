@@ -8,7 +8,7 @@ use crate::util::*;
 use evchat::proto::{Frame, Kind, SERVER_ID};
 use std::io::Write;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
 
@@ -45,29 +45,16 @@ impl Chat {
     /// Skips stdout lines until `want`, returning those skipped; fails
     /// after `within`.
     fn skip_until(&self, want: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut skipped = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.next_within(left) {
-                Some(line) if line == want => return skipped,
-                Some(line) => skipped.push(line),
-                None => panic!("no {want:?} within {within:?}; saw {skipped:?}"),
-            }
-        }
+        let what = format!("{want:?}");
+        self.stdout.skip_until(&what, within, |line| line == want).0
     }
 
     /// Skips stdout lines until one starting with `prefix`, returning those
     /// skipped; fails after TIMEOUT.
     fn skip_until_prefix(&self, prefix: &str) -> Vec<String> {
-        let mut skipped = Vec::new();
-        loop {
-            match self.stdout.next_within(TIMEOUT) {
-                Some(line) if line.starts_with(prefix) => return skipped,
-                Some(line) => skipped.push(line),
-                None => panic!("no line starting {prefix:?}; saw {skipped:?}"),
-            }
-        }
+        let what = format!("line starting {prefix:?}");
+        let starts = |line: &str| line.starts_with(prefix);
+        self.stdout.skip_until(&what, TIMEOUT, starts).0
     }
 }
 

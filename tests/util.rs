@@ -116,6 +116,34 @@ impl Lines {
         }
     }
 
+    /// Skips lines until one for which `wanted` holds (described by
+    /// `what`), all within `within`; returns the lines skipped and that one.
+    pub fn skip_until(
+        &self,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> (Vec<String>, String) {
+        let deadline = Instant::now() + within;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return (skipped, line),
+                Ok(line) => skipped.push(line),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no {what} within {within:?}; saw {skipped:?}",
+                        self.name
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("{}: output ended before {what}; saw {skipped:?}", self.name)
+                }
+            }
+        }
+    }
+
     /// The next line if one arrives within `wait`; None on timeout or end.
     pub fn next_within(&self, wait: Duration) -> Option<String> {
         self.rx.recv_timeout(wait).ok()
