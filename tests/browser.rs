@@ -269,6 +269,14 @@ fn wait_clients(tab: &Tab, want: &str) {
     );
 }
 
+/// Focuses `selector` and presses `keys`, as a keyboard user does.
+fn press_keys(tab: &Tab, selector: &str, keys: &[&str]) {
+    tab.find_element(selector).unwrap().focus().unwrap();
+    for key in keys {
+        tab.press_key(key).unwrap();
+    }
+}
+
 /// Types into the message box and presses Enter, as a keyboard user does.
 fn type_and_send(tab: &Tab, text: &str) {
     tab.find_element("#text").unwrap().focus().unwrap();
@@ -441,9 +449,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     );
 
     // A unicast to the CLI exhibitor, the destination picked with the keyboard.
-    tab.find_element("#dest").unwrap().focus().unwrap();
-    tab.press_key("ArrowDown").unwrap();
-    tab.press_key("ArrowDown").unwrap();
+    press_keys(&tab, "#dest", &["ArrowDown", "ArrowDown"]);
     assert_eq!(
         evaluate(&tab, "document.getElementById('dest').value", false),
         Value::String("4096".into())
@@ -535,8 +541,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
          document.getElementById('log').scrollTop === 0 && \
          !document.getElementById('jump').hidden && 'yes'",
     );
-    tab.find_element("#jump").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#jump", &["Enter"]);
     wait_for(
         &tab,
         "the log back at the newest line",
@@ -587,14 +592,12 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
 
     // And the chat works again.
     let (cli_exhibitor, _) = server.exhibitor();
-    tab.find_element("#dest").unwrap().focus().unwrap();
-    tab.press_key("ArrowDown").unwrap();
+    press_keys(&tab, "#dest", &["ArrowDown"]);
     assert_eq!(
         evaluate(&tab, "document.getElementById('dest').value", false),
         Value::String("0".into())
     );
-    tab.find_element("#text").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#text", &["Enter"]);
     cli_exhibitor
         .stdout
         .expect_line("Message from 1 to all: back again");
@@ -606,14 +609,12 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
 
     // The list refreshed on demand (keyboard: Refresh, Enter) shows the new
     // CLI exhibitor; pick it.
-    tab.find_element("#refresh").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#refresh", &["Enter"]);
     wait_clients(
         &tab,
         "emitter 1 (you), exhibitor 4096 (you), exhibitor 4097",
     );
-    tab.find_element("#dest").unwrap().focus().unwrap();
-    tab.press_key("End").unwrap();
+    press_keys(&tab, "#dest", &["End"]);
     assert_eq!(
         evaluate(&tab, "document.getElementById('dest').value", false),
         Value::String("4097".into())
@@ -622,8 +623,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     // instead of falling back to everyone, and a message to it is not
     // delivered.
     drop(cli_exhibitor);
-    tab.find_element("#refresh").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#refresh", &["Enter"]);
     wait_clients(&tab, "emitter 1 (you), exhibitor 4096 (you)");
     assert_eq!(
         evaluate(
@@ -647,8 +647,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     // answer: the page says it cannot know, and waits to reconnect.
     let mut silent = server.raw();
     assert_eq!(silent.identify_exhibitor(), 4097);
-    tab.find_element("#refresh").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#refresh", &["Enter"]);
     wait_clients(
         &tab,
         "emitter 1 (you), exhibitor 4096 (you), exhibitor 4097",
