@@ -1,9 +1,9 @@
 //! Test harness: spawns the real binaries (found through `CARGO_BIN_EXE_*`),
 //! reads their output lines with timeouts, talks to the server over raw
-//! sockets and holds the ports the tests use, so that no other process can
-//! take one between two of its uses. Every wait here has a deadline; where
-//! no read can see the awaited state (a child's exit, a count in /proc) it
-//! is polled, never slept for.
+//! sockets, and reserves the ports a test must keep (one where nothing
+//! listens, one a server restarts on) so that no other process takes them.
+//! Every wait here has a deadline; where no read can see the awaited state
+//! (a child's exit, a count in /proc) it is polled, never slept for.
 
 #![allow(dead_code)]
 
