@@ -8,7 +8,7 @@
 //! command that installs it, except when a developer sets
 //! `EVCHAT_SKIP_BROWSER=1` outside CI (never when `CI=true`).
 
-use crate::util::{Proc, Rng, Server};
+use crate::util::{ReservedPort, Rng, Server, TempDir};
 use evchat::client::escape_text;
 use evchat::proto::{Frame, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
@@ -18,7 +18,6 @@ use headless_chrome::protocol::cdp::{Emulation, Page};
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::Value;
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -164,22 +163,6 @@ fn watch_problems(tab: &Tab) -> Arc<Mutex<Vec<String>>> {
     problems
 }
 
-/// Starts `server PORT --bind 127.0.0.1 EXTRA...`: the restart must reuse
-/// the port the page knows.
-fn server_on(port: u16, extra: &[&str]) -> Server {
-    let port = port.to_string();
-    let mut args = vec![port.as_str(), "--bind", "127.0.0.1"];
-    args.extend_from_slice(extra);
-    let proc = Proc::spawn("server", &args);
-    let line = proc.stdout.expect();
-    let addr: SocketAddr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    Server { proc, addr }
-}
-
 /// Starts Chromium and loads the page of the server on `port`; the browser
 /// must be kept alive while the tab is used.
 fn open_page(path: PathBuf, port: u16) -> (Browser, Arc<Tab>, Arc<Mutex<Vec<String>>>) {
@@ -249,6 +232,19 @@ fn texts(selector: &str, sep: &str) -> String {
     format!("[...document.querySelectorAll('{selector}')].map(e => e.textContent).join({sep:?})")
 }
 
+/// JavaScript, true when the log shows a message we sent with `text`, its
+/// `status` ("delivered", ...) and, when given, its `scope` ("to all", ...).
+fn sent_shows(text: &str, scope: Option<&str>, status: &str) -> String {
+    let scope = scope.map_or(String::new(), |scope| {
+        format!("li.querySelector('.scope').textContent === {scope:?} && ")
+    });
+    format!(
+        "[...document.querySelectorAll('#log li.out')].some(li => \
+           li.querySelector('.text').textContent === {text:?} && {scope}\
+           li.querySelector('.status').textContent === {status:?})"
+    )
+}
+
 /// Waits until the page is connected, and returns (emitter, exhibitor).
 fn wait_connected(tab: &Tab) -> (u16, u16) {
     let ids = wait_for(
@@ -271,6 +267,14 @@ fn wait_clients(tab: &Tab, want: &str) {
             texts("#clients li", ", ")
         ),
     );
+}
+
+/// Focuses `selector` and presses `keys`, as a keyboard user does.
+fn press_keys(tab: &Tab, selector: &str, keys: &[&str]) {
+    tab.find_element(selector).unwrap().focus().unwrap();
+    for key in keys {
+        tab.press_key(key).unwrap();
+    }
 }
 
 /// Types into the message box and presses Enter, as a keyboard user does.
@@ -404,12 +408,13 @@ fn codec_matches_rust(tab: &Tab) {
 #[test]
 fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     let Some(path) = chromium() else { return };
-    let mut server = Server::start(&[]);
-    let port = server.addr.port();
+    // The restart must reuse the port the page knows.
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &[]);
     let (cli_exhibitor, cli_exhibitor_id) = server.exhibitor();
     assert_eq!(cli_exhibitor_id, 4096);
 
-    let (_browser, tab, problems) = open_page(path, port);
+    let (_browser, tab, problems) = open_page(path, port.addr().port());
 
     // Its two ids: the exhibitor registers first, the emitter pairs with it.
     assert_eq!(wait_connected(&tab), (1, 4097));
@@ -437,16 +442,14 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     wait_for(
         &tab,
         "the broadcast delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'hello from the browser, olá' && \
-           li.querySelector('.scope').textContent === 'to all' && \
-           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("hello from the browser, olá", Some("to all"), "delivered")
+        ),
     );
 
     // A unicast to the CLI exhibitor, the destination picked with the keyboard.
-    tab.find_element("#dest").unwrap().focus().unwrap();
-    tab.press_key("ArrowDown").unwrap();
-    tab.press_key("ArrowDown").unwrap();
+    press_keys(&tab, "#dest", &["ArrowDown", "ArrowDown"]);
     assert_eq!(
         evaluate(&tab, "document.getElementById('dest').value", false),
         Value::String("4096".into())
@@ -458,10 +461,10 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     wait_for(
         &tab,
         "the unicast delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'just for you' && \
-           li.querySelector('.scope').textContent === 'to exhibitor 4096' && \
-           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("just for you", Some("to exhibitor 4096"), "delivered")
+        ),
     );
 
     // A CLI emitter writes to the page's exhibitor, control characters
@@ -538,8 +541,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
          document.getElementById('log').scrollTop === 0 && \
          !document.getElementById('jump').hidden && 'yes'",
     );
-    tab.find_element("#jump").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#jump", &["Enter"]);
     wait_for(
         &tab,
         "the log back at the newest line",
@@ -560,7 +562,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
             texts("#log li.note", "\n")
         ),
     );
-    let server = server_on(port, &[]);
+    let server = Server::start_on(&port, &[]);
     assert_eq!(wait_connected(&tab), (1, 4096));
     wait_for(
         &tab,
@@ -590,35 +592,29 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
 
     // And the chat works again.
     let (cli_exhibitor, _) = server.exhibitor();
-    tab.find_element("#dest").unwrap().focus().unwrap();
-    tab.press_key("ArrowDown").unwrap();
+    press_keys(&tab, "#dest", &["ArrowDown"]);
     assert_eq!(
         evaluate(&tab, "document.getElementById('dest').value", false),
         Value::String("0".into())
     );
-    tab.find_element("#text").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#text", &["Enter"]);
     cli_exhibitor
         .stdout
         .expect_line("Message from 1 to all: back again");
     wait_for(
         &tab,
         "the message after the restart delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'back again' && \
-           li.querySelector('.status').textContent === 'delivered') && 'yes'",
+        &format!("{} && 'yes'", sent_shows("back again", None, "delivered")),
     );
 
     // The list refreshed on demand (keyboard: Refresh, Enter) shows the new
     // CLI exhibitor; pick it.
-    tab.find_element("#refresh").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#refresh", &["Enter"]);
     wait_clients(
         &tab,
         "emitter 1 (you), exhibitor 4096 (you), exhibitor 4097",
     );
-    tab.find_element("#dest").unwrap().focus().unwrap();
-    tab.press_key("End").unwrap();
+    press_keys(&tab, "#dest", &["End"]);
     assert_eq!(
         evaluate(&tab, "document.getElementById('dest').value", false),
         Value::String("4097".into())
@@ -627,8 +623,7 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     // instead of falling back to everyone, and a message to it is not
     // delivered.
     drop(cli_exhibitor);
-    tab.find_element("#refresh").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#refresh", &["Enter"]);
     wait_clients(&tab, "emitter 1 (you), exhibitor 4096 (you)");
     assert_eq!(
         evaluate(
@@ -642,17 +637,17 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
     wait_for(
         &tab,
         "the message to a departed client not delivered",
-        "[...document.querySelectorAll('#log li.out')].some(li => \
-           li.querySelector('.text').textContent === 'anyone there?' && \
-           li.querySelector('.status').textContent === 'not delivered') && 'yes'",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("anyone there?", None, "not delivered")
+        ),
     );
 
     // A network drop (the server killed, no FLW) while a message awaits its
     // answer: the page says it cannot know, and waits to reconnect.
     let mut silent = server.raw();
     assert_eq!(silent.identify_exhibitor(), 4097);
-    tab.find_element("#refresh").unwrap().focus().unwrap();
-    tab.press_key("Enter").unwrap();
+    press_keys(&tab, "#refresh", &["Enter"]);
     wait_clients(
         &tab,
         "emitter 1 (you), exhibitor 4096 (you), exhibitor 4097",
@@ -665,11 +660,9 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
         &tab,
         "the unanswered message unconfirmed after the drop",
         &format!(
-            "[...document.querySelectorAll('#log li.out')].some(li => \
-               li.querySelector('.text').textContent === 'are you there?' && \
-               li.querySelector('.status').textContent === 'unconfirmed') && \
-             {}.endsWith('connection lost') && \
+            "{} && {}.endsWith('connection lost') && \
              document.getElementById('state').dataset.state === 'waiting' && 'yes'",
+            sent_shows("are you there?", None, "unconfirmed"),
             texts("#log li.note .text", "\n")
         ),
     );
@@ -685,13 +678,12 @@ fn page_chats_with_cli_clients_and_survives_a_server_restart() {
 #[test]
 fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
     let Some(path) = chromium() else { return };
-    let dir = std::env::temp_dir().join(format!("evchat-test-page-replay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let history = ["--history", dir.to_str().unwrap()];
-    let mut server = Server::start(&history);
-    let port = server.addr.port();
+    let dir = TempDir::new("page-replay");
+    let history = ["--history", dir.arg()];
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &history);
 
-    let (_browser, tab, problems) = open_page(path, port);
+    let (_browser, tab, problems) = open_page(path, port.addr().port());
     assert_eq!(wait_connected(&tab), (1, 4096));
     let (mut cli_emitter, _) = server.emitter(None);
     cli_emitter.input("(0) one\n");
@@ -715,7 +707,7 @@ fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
     server.proc.signal(libc::SIGTERM);
     cli_emitter.stdout.expect_line("closed by server");
     assert!(server.proc.wait().success());
-    let server = server_on(port, &history);
+    let server = Server::start_on(&port, &history);
     let (_cli_exhibitor, _) = server.exhibitor();
     let (mut cli_emitter, _) = server.emitter(None);
     cli_emitter.input("(0) while you were away\n");
@@ -752,6 +744,4 @@ fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
 
     let problems = problems.lock().unwrap();
     assert!(problems.is_empty(), "the page reported: {problems:#?}");
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }

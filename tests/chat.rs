@@ -7,17 +7,26 @@
 use crate::util::*;
 use evchat::proto::{Frame, Kind, SERVER_ID};
 use std::io::Write;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
 
-/// `evchat chat ADDR` with piped stdin, stdout and stderr.
-struct Chat {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines,
-    stderr: Lines,
+/// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
+/// types lines and skips to the line a test waits for.
+struct Chat(Proc);
+
+impl std::ops::Deref for Chat {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Chat {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.0
+    }
 }
 
 impl Chat {
@@ -26,75 +35,26 @@ impl Chat {
     }
 
     fn spawn_with(args: &[&str]) -> Chat {
-        let mut child = Command::new(EVCHAT)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn evchat");
-        Chat {
-            stdout: Lines::new(child.stdout.take().unwrap(), "chat stdout"),
-            stderr: Lines::new(child.stderr.take().unwrap(), "chat stderr"),
-            stdin: child.stdin.take(),
-            child,
-        }
+        Chat(Proc::spawn("evchat", args))
     }
 
     fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.write_all(b"\n").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "chat did not exit");
-            // Polling the exit status, bounded by the deadline above.
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.input(&format!("{line}\n"));
     }
 
     /// Skips stdout lines until `want`, returning those skipped; fails
     /// after `within`.
     fn skip_until(&self, want: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut skipped = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.next_within(left) {
-                Some(line) if line == want => return skipped,
-                Some(line) => skipped.push(line),
-                None => panic!("no {want:?} within {within:?}; saw {skipped:?}"),
-            }
-        }
+        let what = format!("{want:?}");
+        self.stdout.skip_until(&what, within, |line| line == want).0
     }
-}
 
-impl Chat {
     /// Skips stdout lines until one starting with `prefix`, returning those
     /// skipped; fails after TIMEOUT.
     fn skip_until_prefix(&self, prefix: &str) -> Vec<String> {
-        let mut skipped = Vec::new();
-        loop {
-            match self.stdout.next_within(TIMEOUT) {
-                Some(line) if line.starts_with(prefix) => return skipped,
-                Some(line) => skipped.push(line),
-                None => panic!("no line starting {prefix:?}; saw {skipped:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let what = format!("line starting {prefix:?}");
+        let starts = |line: &str| line.starts_with(prefix);
+        self.stdout.skip_until(&what, TIMEOUT, starts).0
     }
 }
 
@@ -244,9 +204,8 @@ fn server_shutdown_closes_the_chat_with_exit_0() {
 
 #[test]
 fn unreachable_server_at_start_is_exit_1_with_the_cause() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    drop(listener);
+    let unused = ReservedPort::new();
+    let addr = unused.target();
     let mut chat = Chat::spawn(&addr);
     assert_eq!(chat.wait().code(), Some(1));
     assert_eq!(chat.stdout.rest(), Vec::<String>::new());
@@ -260,8 +219,8 @@ fn unreachable_server_at_start_is_exit_1_with_the_cause() {
 
 #[test]
 fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
-    let mut server = Server::start(&[]);
-    let port = server.addr.port().to_string();
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &[]);
     // An exhibitor that never acknowledges keeps a message outstanding.
     let mut silent = server.raw();
     assert_eq!(silent.identify_exhibitor(), 4096);
@@ -289,10 +248,7 @@ fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
         server.target()
     ));
 
-    let restarted = Proc::spawn("server", &[&port, "--bind", "127.0.0.1"]);
-    restarted
-        .stdout
-        .expect_line(&format!("listening on 127.0.0.1:{port}"));
+    let restarted = Server::start_on(&port, &[]);
     // Attempts before the restart may have failed (and said so); backoff
     // reaches 4 s at most by then, so 15 s is ample.
     let failures = chat.skip_until(
@@ -306,7 +262,7 @@ fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
     // any history the server replays).
     chat.stdout.expect_line("clients (2): 1 4096");
 
-    let mut other = Raw::connect(server.addr);
+    let mut other = restarted.raw();
     assert_eq!(other.identify_exhibitor(), 4097);
     chat.type_line("back again");
     let msg = other.expect_frame();
@@ -517,11 +473,7 @@ fn sigint_leaves_with_exit_0_and_frees_both_ids() {
     chat.type_line("ready");
     chat.stdout.expect_line("you to all: ready ✓");
     other.stdout.expect_line("Message from 1 to all: ready");
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(
-        unsafe { libc::kill(chat.child.id() as i32, libc::SIGINT) },
-        0
-    );
+    chat.signal(libc::SIGINT);
     assert_eq!(chat.wait().code(), Some(0));
     assert_eq!(chat.stdout.rest(), Vec::<String>::new());
     let (mut em, em_id) = server.emitter(None);
@@ -589,9 +541,8 @@ fn server_shutdown_is_shown_on_a_terminal_too() {
 /// the id sent, replayed by a server with history, was never shown.
 #[test]
 fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
-    let dir = std::env::temp_dir().join(format!("evchat-test-chat-replay-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let server = Server::start(&["--history", dir.to_str().unwrap()]);
+    let dir = TempDir::new("chat-replay");
+    let server = Server::start(&["--history", dir.arg()]);
     let mut first = Chat::spawn(&server.target());
     first
         .stdout
@@ -612,9 +563,6 @@ fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
         seen[0].starts_with("you are 1 (emitter) / "),
         "the second chat must hold emitter id 1 too: {seen:?}"
     );
-    drop(second);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A server with history replays its recent broadcasts to every exhibitor
@@ -622,11 +570,10 @@ fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
 /// including one the server got while the chat was away.
 #[test]
 fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
-    let dir = std::env::temp_dir().join(format!("evchat-test-chat-again-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let history = ["--history", dir.to_str().unwrap()];
-    let mut server = Server::start(&history);
-    let port = server.addr.port().to_string();
+    let dir = TempDir::new("chat-again");
+    let history = ["--history", dir.arg()];
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &history);
     let mut chat = Chat::spawn(&server.target());
     chat.stdout
         .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
@@ -645,16 +592,7 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
         "connection to {} lost; reconnecting",
         server.target()
     ));
-    let mut args = vec![port.as_str(), "--bind", "127.0.0.1"];
-    args.extend_from_slice(&history);
-    let restarted = Proc::spawn("server", &args);
-    restarted
-        .stdout
-        .expect_line(&format!("listening on 127.0.0.1:{port}"));
-    let server = Server {
-        proc: restarted,
-        addr: server.addr,
-    };
+    let server = Server::start_on(&port, &history);
     let (_exhibitor, _) = server.exhibitor();
     let (mut emitter, emitter_id) = server.emitter(None);
     emitter.input("(0) while you were away\n");
@@ -684,8 +622,6 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
         [format!("{emitter_id} to all: while you were away")],
         "after {reconnected:?}"
     );
-    drop(chat);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A scripted server, for what a real one does not do on cue: it answers

@@ -8,7 +8,7 @@
 #[path = "check_fixture.rs"]
 mod check_fixture;
 
-use crate::util::{BrokenOutput, Server, evchat_into};
+use crate::util::{BrokenOutput, ReservedPort, Server, evchat_into};
 use check_fixture::{Fault, Fixture};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -453,13 +453,8 @@ fn level_required_runs_only_required_checks() {
 
 #[test]
 fn nothing_listening_fails_the_first_check_and_skips_the_rest() {
-    // A port that was free a moment ago: bind, note it, release.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let target = format!("127.0.0.1:{port}");
+    let unused = ReservedPort::new();
+    let target = unused.target();
     let (code, seen, report) = check_json(&target, CHECK_TIMEOUT);
     assert_eq!(code, 1);
     assert_eq!(ids_with(&seen, "fail"), set(&["wire-header"]));

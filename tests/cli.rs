@@ -50,15 +50,6 @@ fn assert_fails_with_one_line(p: &mut Proc) -> String {
     errors.into_iter().next().unwrap()
 }
 
-/// An address where nothing listens: a port the kernel just handed out and
-/// that was closed again.
-fn unused_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr.to_string()
-}
-
 /// Asserts a bad-input report for input line `number`, whatever the reason.
 fn assert_bad_line(line: &str, number: usize) {
     let prefix = format!("emitter: line {number}: ");
@@ -416,7 +407,8 @@ fn pairing_with_an_already_paired_exhibitor_is_refused() {
 
 #[test]
 fn unreachable_server_makes_clients_exit_1() {
-    let addr = unused_addr();
+    let unused = ReservedPort::new();
+    let addr = unused.target();
     let mut em = Proc::spawn("emitter", &[&addr]);
     assert_fails_with_one_line(&mut em);
     let mut ex = Proc::spawn("exhibitor", &[&addr]);
@@ -597,7 +589,8 @@ fn exhausted_ids_are_named() {
 
 #[test]
 fn connection_refused_is_named() {
-    let addr = unused_addr();
+    let unused = ReservedPort::new();
+    let addr = unused.target();
     let mut em = Proc::spawn("emitter", &[&addr]);
     assert_eq!(
         assert_fails_with_one_line(&mut em),
@@ -645,21 +638,11 @@ fn over_long_lines_are_rejected_with_their_size_and_empty_messages_pass() {
 #[test]
 fn server_listens_on_loopback_by_default_and_takes_a_host_name() {
     let server = Proc::spawn("server", &["0"]);
-    let line = server.stdout.expect();
-    let addr: std::net::SocketAddr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&server.stdout);
     assert_eq!(addr.ip().to_string(), "127.0.0.1");
 
     let named = Proc::spawn("server", &["0", "--bind", "localhost"]);
-    let line = named.stdout.expect();
-    let addr: std::net::SocketAddr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&named.stdout);
     assert!(addr.ip().is_loopback(), "{addr}");
 }
 
@@ -820,18 +803,7 @@ fn exhibitor_that_cannot_print_leaves_and_waits_for_its_flw_ok_only_so_long() {
         "FLW expected"
     );
     // The wait for the OK is bounded: it exits without one.
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the exhibitor still waits for the OK to its FLW after {TIMEOUT:?}");
-        }
-        // Polling the exit status, bounded by the deadline above.
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let status = wait_for_exit(&mut child, "the exhibitor waiting for the OK to its FLW");
     assert!(status.success(), "{status:?}");
 }
 

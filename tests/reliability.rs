@@ -287,6 +287,34 @@ fn cpu_time(pid: i32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / hz)
 }
 
+/// The system calls in which a thread waits on an epoll set: any of them
+/// may be what mio's `Poll::poll` makes, by architecture and libc.
+const EPOLL_WAITS: &[libc::c_long] = &[
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+];
+
+/// Whether the server's loop (its main thread) is asleep in the poll:
+/// blocked (state S) inside an epoll wait, by /proc/PID/task/PID/stat and
+/// /syscall (which names the call a blocked thread is in). A loop that
+/// spins never is, however the scheduler treats it.
+fn loop_asleep_in_poll(pid: i32) -> bool {
+    let task = format!("/proc/{pid}/task/{pid}");
+    let stat = std::fs::read_to_string(format!("{task}/stat")).expect("/proc task stat");
+    let state = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .next();
+    let syscall = std::fs::read_to_string(format!("{task}/syscall")).expect("/proc syscall");
+    // "running" while it runs, else the call's number and arguments.
+    let call = syscall
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok());
+    state == Some("S") && call.is_some_and(|n| EPOLL_WAITS.contains(&n))
+}
+
 /// Bytes on their way to the server on `port` that it has not read yet: the
 /// receive queues of its sockets plus the send queues of the clients'
 /// (/proc/net/tcp, both address families).
@@ -318,16 +346,6 @@ fn unread_by_server(port: u16) -> usize {
         }
     }
     total
-}
-
-/// Polls `done` until it holds; fails the test after [`TIMEOUT`]. For states
-/// the server reaches on its own, which no socket read can observe.
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {TIMEOUT:?}");
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Server stderr lines seen so far (without waiting).
@@ -792,12 +810,7 @@ impl LimitedServer {
         let mut child = command.spawn().expect("spawn server");
         let stdout = Lines::new(child.stdout.take().unwrap(), "limited server stdout");
         let stderr = Lines::new(child.stderr.take().unwrap(), "limited server stderr");
-        let line = stdout.expect();
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = listening_addr(&stdout);
         LimitedServer {
             child,
             addr,
@@ -840,6 +853,7 @@ fn closed_now(stream: &TcpStream) -> Option<&'static str> {
 fn descriptor_flood_is_refused_without_spinning() {
     const NOFILE: u64 = 64;
     const FLOOD: usize = 400;
+    const TRICKLE: usize = 100;
     let server = LimitedServer::start(NOFILE, &["--handshake-timeout", "30", "-q"]);
     let (addr, pid) = (server.addr, server.pid());
     let base_fds = fds_below(pid, NOFILE as usize);
@@ -865,26 +879,25 @@ fn descriptor_flood_is_refused_without_spinning() {
     );
     let eofs = refused.iter().filter(|s| **s == "eof").count();
 
-    // One second more of flood, one connection every 10 ms: each is refused
-    // at once and the loop does not spin meanwhile.
+    // More of the flood, one connection at a time: each is refused at once,
+    // and after each the loop goes back to sleep in the poll. The regression
+    // never slept again, so it fails this on any machine; a share of CPU
+    // time (the criterion before, now a printed figure) depends on the
+    // scheduler and on the loop's spinning while busy.
     let cpu_before = cpu_time(pid);
     let window = Instant::now();
-    let mut trickle = 0;
-    while window.elapsed() < Duration::from_secs(1) {
+    for _ in 0..TRICKLE {
         let mut late = Peer::connect(addr);
         match late.next(TIMEOUT) {
-            Got::Closed => trickle += 1,
+            Got::Closed => {}
             other => panic!("connection past the limit not refused: {other:?}"),
         }
-        // Traffic shaping: a steady trickle, not a synchronisation.
-        thread::sleep(Duration::from_millis(10));
+        wait_until("the loop asleep in the poll after a refusal", || {
+            loop_asleep_in_poll(pid)
+        });
     }
     let wall = window.elapsed();
     let cpu = cpu_time(pid) - cpu_before;
-    assert!(
-        cpu.as_secs_f64() < 0.5 * wall.as_secs_f64(),
-        "server used {cpu:?} of CPU in {wall:?} of flood"
-    );
     // The identified pair is served throughout.
     let m = msg(em_id, em_id, 1, b"during the flood");
     assert!(em.send(&m));
@@ -907,8 +920,9 @@ fn descriptor_flood_is_refused_without_spinning() {
     em2.expect_bytes(&hdr(Kind::Ok, S, em2_id, 1));
     println!(
         "reliability[4]: nofile {NOFILE}: {FLOOD} connections -> {room} held, {} closed at once \
-         ({eofs} EOF, {} reset); then {trickle} more over {:.2} s all refused, server CPU {:.0} ms \
-         ({:.1}% of a core); a new pair was served after the flood closed",
+         ({eofs} EOF, {} reset); then {TRICKLE} more one at a time, each refused and the loop \
+         asleep after it, over {:.2} s with server CPU {:.0} ms ({:.1}% of a core); a new pair \
+         was served after the flood closed",
         refused.len(),
         refused.len() - eofs,
         wall.as_secs_f64(),

@@ -1,12 +1,16 @@
 //! Test harness: spawns the real binaries (found through `CARGO_BIN_EXE_*`),
-//! reads their output lines with timeouts, and talks to the server over raw
-//! sockets. Every wait here is a read with a deadline, never a sleep.
+//! reads their output lines with timeouts, talks to the server over raw
+//! sockets, and reserves the ports a test must keep (one where nothing
+//! listens, one a server restarts on) so that no other process takes them.
+//! Every wait here has a deadline; where no read can see the awaited state
+//! (a child's exit, a count in /proc) it is polled, never slept for.
 
 #![allow(dead_code)]
 
 use evchat::proto::ClientId;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -103,6 +107,43 @@ impl Lines {
         assert_eq!(self.expect(), want, "{}", self.name);
     }
 
+    /// The next line, which must start with `prefix`; returns the rest.
+    pub fn expect_prefixed(&self, prefix: &str) -> String {
+        let line = self.expect();
+        match line.strip_prefix(prefix) {
+            Some(rest) => rest.to_string(),
+            None => panic!("{}: {line:?} does not start with {prefix:?}", self.name),
+        }
+    }
+
+    /// Skips lines until one for which `wanted` holds (described by
+    /// `what`), all within `within`; returns the lines skipped and that one.
+    pub fn skip_until(
+        &self,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> (Vec<String>, String) {
+        let deadline = Instant::now() + within;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return (skipped, line),
+                Ok(line) => skipped.push(line),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no {what} within {within:?}; saw {skipped:?}",
+                        self.name
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("{}: output ended before {what}; saw {skipped:?}", self.name)
+                }
+            }
+        }
+    }
+
     /// The next line if one arrives within `wait`; None on timeout or end.
     pub fn next_within(&self, wait: Duration) -> Option<String> {
         self.rx.recv_timeout(wait).ok()
@@ -188,21 +229,8 @@ impl Proc {
     }
 
     /// Waits for the process to exit; fails the test after [`TIMEOUT`].
-    /// The wait ends as soon as stdout closes, then reaps the child.
     pub fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {TIMEOUT:?}",
-                self.name
-            );
-            // Polling the exit status, bounded by the deadline above.
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_exit(&mut self.child, &self.name)
     }
 }
 
@@ -213,24 +241,140 @@ impl Drop for Proc {
     }
 }
 
-/// A running `server` on a free port.
+/// Polls `done` every 10 ms until it holds; fails the test after
+/// [`TIMEOUT`]. For states no read can observe: a child's exit, a count the
+/// server keeps in /proc.
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    assert!(holds_within_timeout(done), "{what}: not within {TIMEOUT:?}");
+}
+
+/// Waits for `child` to exit; after [`TIMEOUT`] kills it and fails the test.
+pub fn wait_for_exit(child: &mut Child, name: &str) -> ExitStatus {
+    let mut status = None;
+    holds_within_timeout(|| {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    match status {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{name} did not exit within {TIMEOUT:?}");
+        }
+    }
+}
+
+fn holds_within_timeout(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        // Polling, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// A fresh directory for one test (a server's `--history`), emptied first
+/// in case an earlier run left it, and removed when dropped: declared before
+/// the processes that use it, it outlives them.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("evchat-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary directory")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port held for one test: bound, never listening. Connections
+/// to it are refused, and it stays the test's: the kernel hands a bound port
+/// to no `bind(port 0)` and no outgoing connection, so no other process can
+/// take it in the meantime, as one could between closing a listener and
+/// using its port again. Both sockets set SO_REUSEADDR and this one never
+/// listens, which is what lets a `server` (it sets SO_REUSEADDR too) listen
+/// on the port, stop, and listen on it again ([`Server::start_on`]).
+pub struct ReservedPort {
+    _socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        ReservedPort {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// "127.0.0.1:port", as the clients take it.
+    pub fn target(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// The address a starting `server` prints on its first line.
+pub fn listening_addr(stdout: &Lines) -> SocketAddr {
+    stdout.expect_prefixed("listening on ").parse().unwrap()
+}
+
+/// A running `server`.
 pub struct Server {
     pub proc: Proc,
     pub addr: SocketAddr,
 }
 
 impl Server {
-    /// Starts `server 0 --bind 127.0.0.1 EXTRA...` and reads its port.
+    /// Starts `server 0 --bind 127.0.0.1 EXTRA...` on a port the kernel
+    /// picks, and reads that port.
     pub fn start(extra: &[&str]) -> Server {
-        let mut args = vec!["0", "--bind", "127.0.0.1"];
+        Server::listen("0", extra)
+    }
+
+    /// Starts `server PORT --bind 127.0.0.1 EXTRA...` on the reserved
+    /// port, for a test that stops the server and starts it again where its
+    /// clients will look for it.
+    pub fn start_on(port: &ReservedPort, extra: &[&str]) -> Server {
+        let server = Server::listen(&port.addr().port().to_string(), extra);
+        assert_eq!(server.addr, port.addr(), "server not on the reserved port");
+        server
+    }
+
+    fn listen(port: &str, extra: &[&str]) -> Server {
+        let mut args = vec![port, "--bind", "127.0.0.1"];
         args.extend_from_slice(extra);
         let proc = Proc::spawn("server", &args);
-        let line = proc.stdout.expect();
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let addr = listening_addr(&proc.stdout);
         Server { proc, addr }
     }
 
@@ -241,12 +385,7 @@ impl Server {
 
     pub fn exhibitor(&self) -> (Proc, ClientId) {
         let p = Proc::spawn("exhibitor", &[&self.target()]);
-        let line = p.stdout.expect();
-        let id = line
-            .strip_prefix("exhibitor ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let id = p.stdout.expect_prefixed("exhibitor ").parse().unwrap();
         (p, id)
     }
 
@@ -259,13 +398,10 @@ impl Server {
             args.push(p);
         }
         let p = Proc::spawn("emitter", &args);
-        let line = p.stdout.expect();
-        let rest = line
-            .strip_prefix("emitter ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let rest = p.stdout.expect_prefixed("emitter ");
         let id = rest.split(' ').next().unwrap().parse().unwrap();
         if let Some(p) = pair {
-            assert_eq!(line, format!("emitter {id} paired with exhibitor {p}"));
+            assert_eq!(rest, format!("{id} paired with exhibitor {p}"));
         }
         (p, id)
     }
