@@ -11,6 +11,8 @@
 //! stand beside evchat's `--history`: Redis Streams (`XADD` / `XREAD`,
 //! `streams.rs`) and NATS JetStream (publish with ack, `nats.rs`); how the
 //! server is made durable is the compare script's business, not theirs.
+//! `raw` drives `benches/raw_forwarder.rs`, a bare forwarder with no
+//! protocol (`raw.rs`): the machine's forwarding limit beside the servers.
 //!
 //! Every payload starts with a 16-byte head — send time in nanoseconds since
 //! this process's clock base, publisher index, publisher sequence number —
@@ -46,6 +48,8 @@ mod idle;
 mod mqtt;
 #[path = "relay/nats.rs"]
 mod nats;
+#[path = "relay/raw.rs"]
+mod raw;
 #[path = "relay/redis.rs"]
 mod redis;
 #[path = "relay/report.rs"]
@@ -107,6 +111,10 @@ pub enum Target {
     /// subscribers on the stream's subject.
     #[value(name = "jetstream")]
     JetStream,
+    /// `benches/raw_forwarder.rs`: bytes copied to every subscriber, no
+    /// protocol; settled by delivery, like `nats`. The machine's limit.
+    #[value(name = "raw")]
+    Raw,
 }
 
 impl Target {
@@ -125,6 +133,7 @@ impl Target {
             Target::Mqtt1Ws => "mqtt1-ws",
             Target::RedisStreams => "redis-streams",
             Target::JetStream => "jetstream",
+            Target::Raw => "raw",
         }
     }
 
@@ -331,6 +340,11 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     }
     if args.mode == Mode::Unicast && args.emitters != args.exhibitors {
         return Err("unicast pairs emitter i with exhibitor i: give as many of each".into());
+    }
+    if target == Target::Raw && args.mode == Mode::Unicast && args.emitters > 1 {
+        return Err("raw copies every publisher's bytes to every subscriber: \
+                    unicast takes one pair (use broadcast for more)"
+            .into());
     }
     if target.plain() == Target::Evchat && (args.emitters > 4095 || args.exhibitors > 4096) {
         return Err("evchat has ids for 4095 emitters and 4096 exhibitors".into());

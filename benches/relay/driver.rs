@@ -15,7 +15,7 @@ use crate::report::{Latency, Outcome};
 use crate::setup::Plan;
 use crate::sys::{self, Ticker};
 use crate::ws::{self, WsConn};
-use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, redis, streams};
+use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, raw, redis, streams};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read};
@@ -86,7 +86,7 @@ impl Driver {
             | Target::Mqtt1
             | Target::RedisStreams
             | Target::JetStream => (true, true),
-            Target::Nats | Target::Mqtt0 => (true, false),
+            Target::Nats | Target::Mqtt0 | Target::Raw => (true, false),
             t => unreachable!("{t:?} is not a plain target"),
         };
         let ctx = Ctx::new(
@@ -431,6 +431,7 @@ fn parse(
             nats::parse(session, input, out, ctx)
         }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::parse(session, input, out, ctx),
+        Target::Raw => raw::parse(session, input, ctx),
         Target::EvchatWs => ws::parse(ws, input, out, ctx, |inner, sink, ctx| {
             evchat::parse(session, inner, sink, ctx)
         }),
@@ -462,6 +463,7 @@ fn encode(
             nats::encode(session, head, pad, out)
         }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::encode(session, head, pad, out),
+        Target::Raw => raw::encode(head, pad, out),
         Target::EvchatWs => ws::encode(ws, out, |sink| evchat::encode(session, head, pad, sink)),
         Target::NatsWs | Target::NatsVerboseWs => {
             ws::encode(ws, out, |sink| nats::encode(session, head, pad, sink))
