@@ -19,7 +19,11 @@
 //! padded to `--size`, so a subscriber measures latency and a publisher's
 //! window is settled by delivery without any shared state beyond the bytes.
 //! Publishers keep up to `--window` messages outstanding (see `flow.rs` for
-//! what settles one on each target) and optionally follow a fixed `--rate`.
+//! what settles one on each target) and optionally follow a fixed `--rate`:
+//! open loop, as wrk2 does: message k of a publisher is due at start + k /
+//! its rate and carries that due time in its head, so latency counts from
+//! the schedule and a send held back by the generator or a full window is
+//! not hidden (coordinated omission).
 //! Counting starts after `--warmup` and lasts `--duration`; then the process
 //! prints its figures (one JSON line with `--json`) and exits, closing every
 //! connection. `--idle N` instead opens N identified connections, holds them
@@ -206,7 +210,7 @@ pub struct Args {
     /// Messages each publisher may have outstanding
     #[arg(long, default_value_t = 1024)]
     pub window: u32,
-    /// Fixed offered rate in messages/s over all publishers (default: as fast as the window allows)
+    /// Fixed offered rate in messages/s over all publishers, open loop: latency counts from each message's scheduled time (default: as fast as the window allows)
     #[arg(long)]
     pub rate: Option<f64>,
     /// Seconds of load before counting starts

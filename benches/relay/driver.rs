@@ -2,6 +2,11 @@
 //! pacing timer with `--rate`), a shared scratch buffer for reads, and a
 //! publisher "pump" that tops each window up with one batch and one write.
 //!
+//! With `--rate` the load is open loop, as wrk2 makes it: each publisher's
+//! k-th message is due at a fixed time, the pacing timer and every turn send
+//! whatever is due (the window permitting), and the payload head carries the
+//! due time, so latency counts from the schedule, not from the actual send.
+//!
 //! A turn: wait for readiness; read every readable socket until a short read
 //! (on a stream socket that means drained, so no extra `EAGAIN` read), parse
 //! in place, queue the acks subscribers owe; then pump every publisher whose
@@ -63,7 +68,8 @@ pub struct Driver {
     base: Instant,
     /// Zeros that pad each payload from its head to `--size`.
     pad: Vec<u8>,
-    /// Messages per nanosecond per publisher with `--rate`, and the start of pacing.
+    /// Messages per nanosecond per publisher with `--rate`, and the start of
+    /// pacing: message k of a publisher is due at start + k / rate.
     pace: Option<(f64, u64)>,
     ticker: Option<Ticker>,
     /// The CPUs the server and this process are pinned to, if one each.
@@ -349,6 +355,13 @@ impl Driver {
             head[8..12].copy_from_slice(&(p as u32).to_le_bytes());
             let conn = &mut self.conns[i];
             for k in 0..n {
+                // Open loop (wrk2): at a fixed rate a message carries the time
+                // it was due, so a send delayed by a full window or a late
+                // generator counts the delay; otherwise, the time it leaves.
+                if let Some((per_ns, since)) = self.pace {
+                    let due = since + ((sent + k) as f64 / per_ns) as u64;
+                    head[0..8].copy_from_slice(&due.to_le_bytes());
+                }
                 head[12..16].copy_from_slice(&((sent + k) as u32).to_le_bytes());
                 encode(
                     self.plan.target,
