@@ -201,8 +201,8 @@ build() {
   built=$(cargo bench --no-run --bench relay --bench raw_forwarder 2>&1 | tee /dev/stderr)
   LOADGEN=$(sed -n 's/.*Executable benches\/relay\.rs (\(.*\))$/\1/p' <<<"$built" | tail -n 1)
   RAW_BIN=$(sed -n 's/.*Executable benches\/raw_forwarder\.rs (\(.*\))$/\1/p' <<<"$built" | tail -n 1)
-  [ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || die "could not find the relay bench binary"
-  [ -n "$RAW_BIN" ] && [ -x "$RAW_BIN" ] || die "could not find the raw_forwarder bench binary"
+  [ -x "${LOADGEN:-}" ] || die "could not find the relay bench binary"
+  [ -x "${RAW_BIN:-}" ] || die "could not find the raw_forwarder bench binary"
   EVCHAT_BIN=target/release/server
   case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "*) build_baseline ;; esac
 }
@@ -259,8 +259,8 @@ start_server() {
         --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) "${history[@]}" \
         >"$dir/evchat.out" 2>"$dir/evchat.err" &
       SRV_PID=$!
-      local i
-      for i in $(seq 100); do
+      local _
+      for _ in $(seq 100); do
         if grep -q '^listening on ' "$dir/evchat.out" 2>/dev/null; then break; fi
         kill -0 "$SRV_PID" 2>/dev/null || die "evchat server exited: $(cat "$dir/evchat.err")"
         sleep 0.05
@@ -361,8 +361,8 @@ EOF
 
 # second_port PORT: a free port other than PORT.
 second_port() {
-  local p i
-  for i in 1 2 3 4 5; do
+  local p _
+  for _ in 1 2 3 4 5; do
     p=$("$LOADGEN" --free-port)
     if [ "$p" != "$1" ]; then
       echo "$p"
@@ -376,8 +376,8 @@ stop_server() {
   [ -n "$SRV_PID" ] || return 0
   kill "$SRV_PID" 2>/dev/null || true
   # evchat drains for up to --drain-timeout; do not wait longer than that.
-  local i
-  for i in $(seq 60); do
+  local _
+  for _ in $(seq 60); do
     kill -0 "$SRV_PID" 2>/dev/null || break
     sleep 0.1
   done
