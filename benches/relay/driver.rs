@@ -156,6 +156,11 @@ impl Driver {
         }
         if let Some(rate) = self.rate {
             let per_pub = rate / self.ctx.flows.len() as f64;
+            // The schedule starts before the timer is armed, so that tick k
+            // never fires before the messages due at it: one that did would
+            // find them not yet due, and they would wait for the next tick
+            // with that wait counted as latency.
+            self.pace = Some((per_pub * 1e-9, self.now_ns()));
             let tick = Duration::from_secs_f64(1.0 / rate).max(MIN_TICK);
             let ticker = Ticker::new(tick).map_err(|e| format!("timerfd: {e}"))?;
             self.poll
@@ -163,7 +168,6 @@ impl Driver {
                 .register(&mut SourceFd(&ticker.raw_fd()), TICKER, Interest::READABLE)
                 .map_err(|e| format!("register timer: {e}"))?;
             self.ticker = Some(ticker);
-            self.pace = Some((per_pub * 1e-9, self.now_ns()));
         }
         // Bytes that followed a handshake reply are parsed before anything else.
         for i in 0..self.conns.len() {
