@@ -32,6 +32,8 @@ use std::net::SocketAddr;
 
 const LISTENER: Token = Token(usize::MAX);
 const READ_BUF: usize = 256 * 1024;
+/// Room before each read for the cut message the last one left (< 64 KiB).
+const HEAD_ROOM: usize = 1 << 16;
 const MAX_QUEUE: usize = 64 << 20;
 /// A queue's written front is cut away past this, so it never grows beyond
 /// what is unsent plus this much.
@@ -74,7 +76,7 @@ fn main() -> io::Result<()> {
     let mut clients: Slab<Client> = Slab::new();
     let mut subs: Vec<usize> = Vec::new();
     let mut dead: Vec<usize> = Vec::new();
-    let mut buf = vec![0u8; READ_BUF];
+    let mut buf = vec![0u8; HEAD_ROOM + READ_BUF];
     let mut events = Events::with_capacity(1024);
     loop {
         match poll.poll(&mut events, None) {
@@ -139,19 +141,19 @@ fn read(
     buf: &mut [u8],
 ) {
     loop {
-        let n = match clients[key].sock.read(buf) {
+        let n = match clients[key].sock.read(&mut buf[HEAD_ROOM..]) {
             Ok(0) => return dead.push(key),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return dead.push(key),
         };
-        let mut data = &buf[..n];
+        let (mut start, end) = (HEAD_ROOM, HEAD_ROOM + n);
         let client = &mut clients[key];
         if let Role::New(hello) = &mut client.role {
-            let take = data.len().min(3 - hello.len());
-            hello.extend_from_slice(&data[..take]);
-            data = &data[take..];
+            let take = n.min(3 - hello.len());
+            hello.extend_from_slice(&buf[start..start + take]);
+            start += take;
             if hello.len() < 3 {
                 continue;
             }
@@ -178,21 +180,14 @@ fn read(
         let Role::Pub { size, partial } = &mut clients[key].role else {
             continue; // a subscriber's bytes are discarded
         };
-        let size = *size;
-        if partial.is_empty() {
-            let whole = data.len() - data.len() % size;
-            partial.extend_from_slice(&data[whole..]);
-            forward(&data[..whole], clients, subs, dead);
-        } else {
-            let mut joined = std::mem::take(partial);
-            joined.extend_from_slice(data);
-            let whole = joined.len() - joined.len() % size;
-            forward(&joined[..whole], clients, subs, dead);
-            joined.drain(..whole);
-            if let Role::Pub { partial, .. } = &mut clients[key].role {
-                *partial = joined;
-            }
-        }
+        // The rest of the last read's cut message goes just before this
+        // read's bytes, so whole messages are one contiguous slice.
+        let from = start - partial.len();
+        buf[from..start].copy_from_slice(partial);
+        let whole = (end - from) - (end - from) % *size;
+        partial.clear();
+        partial.extend_from_slice(&buf[from + whole..end]);
+        forward(&buf[from..from + whole], clients, subs, dead);
     }
 }
 
