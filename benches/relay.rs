@@ -11,13 +11,19 @@
 //! stand beside evchat's `--history`: Redis Streams (`XADD` / `XREAD`,
 //! `streams.rs`) and NATS JetStream (publish with ack, `nats.rs`); how the
 //! server is made durable is the compare script's business, not theirs.
+//! `raw` drives `benches/raw_forwarder.rs`, a bare forwarder with no
+//! protocol (`raw.rs`): the machine's forwarding limit beside the servers.
 //!
 //! Every payload starts with a 16-byte head — send time in nanoseconds since
 //! this process's clock base, publisher index, publisher sequence number —
 //! padded to `--size`, so a subscriber measures latency and a publisher's
 //! window is settled by delivery without any shared state beyond the bytes.
 //! Publishers keep up to `--window` messages outstanding (see `flow.rs` for
-//! what settles one on each target) and optionally follow a fixed `--rate`.
+//! what settles one on each target) and optionally follow a fixed `--rate`:
+//! open loop, as wrk2 does: message k of a publisher is due at start + k /
+//! its rate and carries that due time in its head, so latency counts from
+//! the schedule and a send held back by the generator or a full window is
+//! not hidden (coordinated omission).
 //! Counting starts after `--warmup` and lasts `--duration`; then the process
 //! prints its figures (one JSON line with `--json`) and exits, closing every
 //! connection. `--idle N` instead opens N identified connections, holds them
@@ -46,6 +52,8 @@ mod idle;
 mod mqtt;
 #[path = "relay/nats.rs"]
 mod nats;
+#[path = "relay/raw.rs"]
+mod raw;
 #[path = "relay/redis.rs"]
 mod redis;
 #[path = "relay/report.rs"]
@@ -107,6 +115,10 @@ pub enum Target {
     /// subscribers on the stream's subject.
     #[value(name = "jetstream")]
     JetStream,
+    /// `benches/raw_forwarder.rs`: bytes copied to every subscriber, no
+    /// protocol; settled by delivery, like `nats`. The machine's limit.
+    #[value(name = "raw")]
+    Raw,
 }
 
 impl Target {
@@ -125,6 +137,7 @@ impl Target {
             Target::Mqtt1Ws => "mqtt1-ws",
             Target::RedisStreams => "redis-streams",
             Target::JetStream => "jetstream",
+            Target::Raw => "raw",
         }
     }
 
@@ -197,7 +210,7 @@ pub struct Args {
     /// Messages each publisher may have outstanding
     #[arg(long, default_value_t = 1024)]
     pub window: u32,
-    /// Fixed offered rate in messages/s over all publishers (default: as fast as the window allows)
+    /// Fixed offered rate in messages/s over all publishers, open loop: latency counts from each message's scheduled time (default: as fast as the window allows)
     #[arg(long)]
     pub rate: Option<f64>,
     /// Seconds of load before counting starts
@@ -331,6 +344,11 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     }
     if args.mode == Mode::Unicast && args.emitters != args.exhibitors {
         return Err("unicast pairs emitter i with exhibitor i: give as many of each".into());
+    }
+    if target == Target::Raw && args.mode == Mode::Unicast && args.emitters > 1 {
+        return Err("raw copies every publisher's bytes to every subscriber: \
+                    unicast takes one pair (use broadcast for more)"
+            .into());
     }
     if target.plain() == Target::Evchat && (args.emitters > 4095 || args.exhibitors > 4096) {
         return Err("evchat has ids for 4095 emitters and 4096 exhibitors".into());

@@ -30,6 +30,19 @@
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
 # to the server is measured against the code before it in the same run;
 # evchat-baseline-ws: the same server driven as `evchat-ws`.
+# raw: benches/raw_forwarder.rs, a bare single-threaded epoll forwarder (no
+# parsing, no ids, no acks; a publisher's bytes copied to every subscriber),
+# pinned like the servers and driven by the same generator: the machine's
+# forwarding limit. The table then has an evchat/raw column, the share of
+# that limit evchat reaches.
+#
+# Workloads: u32, b100, b1000 (1:1, 1:100, 1:1000 at 32 B), u1k, u32k (1:1 at
+# 1 KiB, 32 KiB), all as fast as the window allows; lat (1:1 at a fixed
+# 10k msg/s); lat50 and lat90 (1:1 at 50% and 90% of each target's own
+# saturation throughput, its median u32 deliveries/s in this run: u32 is
+# then run first, added if missing, unless SATURATION gives the rates); idle.
+# The fixed-rate workloads are open loop: latency counts from each message's
+# scheduled send time (as wrk2 does), not from when it left.
 #
 # Usage: scripts/bench-compare.sh
 #   TARGETS=evchat-ws,nats-ws WORKLOADS=u32,b100,b1000,idle scripts/bench-compare.sh
@@ -44,6 +57,8 @@
 #   TARGETS="evchat redis nats nats-verbose mqtt0 mqtt1"   (spaces or commas)
 #   WORKLOADS="u32 b100 b1000 u1k u32k lat idle"          (spaces or commas)
 #   EVCHAT_BASELINE=REV             git revision the evchat-baseline target builds
+#   SATURATION="evchat=4.5e6 nats=1.6e6"  msg/s the lat50/lat90 fractions are
+#                                   taken of, per target, instead of measuring u32
 #   SERVER_CPU=0 LOADGEN_CPU=1 OUT=target/bench-compare
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +73,7 @@ WORKLOADS=${WORKLOADS:-"u32 b100 b1000 u1k u32k lat idle"}
 TARGETS=$(echo "${TARGETS//,/ }" | xargs)
 WORKLOADS=$(echo "${WORKLOADS//,/ }" | xargs)
 EVCHAT_BASELINE=${EVCHAT_BASELINE:-}
+SATURATION=${SATURATION:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 OUT=${OUT:-target/bench-compare}
@@ -180,10 +196,13 @@ install_servers() {
 build() {
   say "cargo build --release"
   cargo build --release --bin server >&2
-  say "cargo bench --no-run --bench relay"
-  LOADGEN=$(cargo bench --no-run --bench relay 2>&1 | tee /dev/stderr |
-    sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)
-  [ -n "$LOADGEN" ] && [ -x "$LOADGEN" ] || die "could not find the relay bench binary"
+  say "cargo bench --no-run --bench relay --bench raw_forwarder"
+  local built
+  built=$(cargo bench --no-run --bench relay --bench raw_forwarder 2>&1 | tee /dev/stderr)
+  LOADGEN=$(sed -n 's/.*Executable benches\/relay\.rs (\(.*\))$/\1/p' <<<"$built" | tail -n 1)
+  RAW_BIN=$(sed -n 's/.*Executable benches\/raw_forwarder\.rs (\(.*\))$/\1/p' <<<"$built" | tail -n 1)
+  [ -x "${LOADGEN:-}" ] || die "could not find the relay bench binary"
+  [ -x "${RAW_BIN:-}" ] || die "could not find the raw_forwarder bench binary"
   EVCHAT_BIN=target/release/server
   case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "*) build_baseline ;; esac
 }
@@ -240,8 +259,8 @@ start_server() {
         --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) "${history[@]}" \
         >"$dir/evchat.out" 2>"$dir/evchat.err" &
       SRV_PID=$!
-      local i
-      for i in $(seq 100); do
+      local _
+      for _ in $(seq 100); do
         if grep -q '^listening on ' "$dir/evchat.out" 2>/dev/null; then break; fi
         kill -0 "$SRV_PID" 2>/dev/null || die "evchat server exited: $(cat "$dir/evchat.err")"
         sleep 0.05
@@ -331,14 +350,19 @@ EOF
       taskset -c "$SERVER_CPU" "$MOSQ_BIN" -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
       SRV_PID=$!
       ;;
+    raw)
+      SRV_PORT=$("$LOADGEN" --free-port)
+      taskset -c "$SERVER_CPU" "$RAW_BIN" "127.0.0.1:$SRV_PORT" >"$dir/raw.log" 2>&1 &
+      SRV_PID=$!
+      ;;
     *) die "unknown target $target" ;;
   esac
 }
 
 # second_port PORT: a free port other than PORT.
 second_port() {
-  local p i
-  for i in 1 2 3 4 5; do
+  local p _
+  for _ in 1 2 3 4 5; do
     p=$("$LOADGEN" --free-port)
     if [ "$p" != "$1" ]; then
       echo "$p"
@@ -352,8 +376,8 @@ stop_server() {
   [ -n "$SRV_PID" ] || return 0
   kill "$SRV_PID" 2>/dev/null || true
   # evchat drains for up to --drain-timeout; do not wait longer than that.
-  local i
-  for i in $(seq 60); do
+  local _
+  for _ in $(seq 60); do
     kill -0 "$SRV_PID" 2>/dev/null || break
     sleep 0.1
   done
@@ -375,14 +399,51 @@ workload_args() {
     u1k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 1024 --window $WINDOW" ;;
     u32k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32768 --window $WINDOW" ;;
     lat) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW --rate 10000" ;;
+    # The rate is added per target by run_one: a fraction of its saturation.
+    lat50 | lat90) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW" ;;
     idle) echo "--idle $IDLE" ;;
     *) die "unknown workload $1" ;;
   esac
 }
 
+# Saturation throughput per target (msg/s), for lat50/lat90: from SATURATION,
+# else the median u32 deliveries/s of this run (saturation_from_u32).
+declare -A SAT=()
+for kv in ${SATURATION//,/ }; do
+  [ "${kv#*=}" != "$kv" ] || die "SATURATION takes target=msg/s pairs, not '$kv'"
+  SAT[${kv%%=*}]=${kv#*=}
+done
+
+saturation_from_u32() {
+  local t v
+  for t in $TARGETS; do
+    [ -z "${SAT[$t]:-}" ] || continue
+    v=$(python3 -c '
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+v = [r["result"]["delivered_per_s"] for r in runs if r["workload"] == "u32"
+     and r["result"].get("target") == sys.argv[2] and r["result"].get("delivered_per_s")]
+print(statistics.median(v) if v else "")
+' "$RESULTS" "$t")
+    if [ -n "$v" ]; then
+      SAT[$t]=$v
+      say "saturation of $t: $v msg/s (median u32 deliveries/s)"
+    fi
+  done
+}
+
 run_one() { # run_one WORKLOAD REP TARGET
-  local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3
+  local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3 rate=()
   if [ "$w" = idle ]; then dur=2; warm=0; fi
+  case $w in lat50 | lat90)
+    if [ -z "${SAT[$t]:-}" ]; then
+      line="{\"target\":\"$t\",\"error\":\"no saturation figure (its u32 runs failed)\"}"
+      printf '{"workload":"%s","rep":%s,"attempts":0,"result":%s}\n' "$w" "$rep" "$line" >>"$RESULTS"
+      printf '%-6s rep %s %-15s %s\n' "$w" "$rep" "$t" "$(summary "$line")" >&2
+      return
+    fi
+    rate=(--rate "$(python3 -c 'import sys; print(round(float(sys.argv[1]) * int(sys.argv[2]) / 100))' "${SAT[$t]}" "${w#lat}")")
+  esac
   # The baseline and history servers speak what evchat speaks, and each
   # durable Redis setup what the generator's redis-streams target speaks;
   # the results are renamed.
@@ -398,7 +459,7 @@ run_one() { # run_one WORKLOAD REP TARGET
     line=$(timeout $((${dur%.*} + ${warm%.*} + 120)) \
       taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "$gen_target" --addr "127.0.0.1:$SRV_PORT" \
       --cpu "$LOADGEN_CPU" --server-pid "$SRV_PID" --warmup "$warm" --duration "$dur" \
-      --json $(workload_args "$w") 2>>"$RUN_DIR/loadgen.err") || rc=$?
+      --json $(workload_args "$w") "${rate[@]}" 2>>"$RUN_DIR/loadgen.err") || rc=$?
     stop_server
     line=${line/\"target\":\"$gen_target\"/\"target\":\"$t\"}
     if [ -z "$line" ]; then
@@ -452,7 +513,20 @@ say "targets: $TARGETS"
 say "workloads: $WORKLOADS; $REPS repetition(s), ${WARMUP}s warm-up + ${DURATION}s each"
 say "server on CPU $SERVER_CPU, load generator on CPU $LOADGEN_CPU; raw results in $RESULTS"
 
+# lat50/lat90 need each target's saturation: u32 runs first, unless given.
+case " $WORKLOADS " in *" lat50 "* | *" lat90 "*)
+  need_u32=0
+  for t in $TARGETS; do [ -n "${SAT[$t]:-}" ] || need_u32=1; done
+  if [ "$need_u32" = 1 ]; then
+    rest=""
+    for w in $WORKLOADS; do [ "$w" = u32 ] || rest="$rest $w"; done
+    WORKLOADS="u32$rest"
+    say "lat50/lat90 take their rates from u32: workloads now $WORKLOADS"
+  fi
+esac
+
 for w in $WORKLOADS; do
+  case $w in lat50 | lat90) saturation_from_u32 ;; esac
   for rep in $(seq "$REPS"); do
     for t in $TARGETS; do
       # Idle connections to a stream server would measure its pub/sub side.
@@ -476,12 +550,22 @@ WORKLOADS = [
                                   ("bytes_per_s", "payload B/s", 1)]),
     ("u32k", "1:1 unicast 32 KiB", [("delivered_per_s", "deliveries/s", 1),
                                     ("bytes_per_s", "payload B/s", 1)]),
-    ("lat", "latency @10k msg/s 1:1", [("lat_p50_us", "p50 µs", 0),
+    ("lat", "latency @10k msg/s 1:1 (open loop)", [("lat_p50_us", "p50 µs", 0),
                                        ("lat_p99_us", "p99 µs", 0),
                                        ("lat_p999_us", "p99.9 µs", 0),
                                        ("lat_p99_us@quiet", "p99 µs, quiet runs", 0),
                                        ("lat_p999_us@quiet", "p99.9 µs, quiet runs", 0),
                                        ("server_cpu", "server CPU (cores)", 0)]),
+    ("lat50", "latency @50% of own u32 saturation 1:1",
+     [("rate", "offered msg/s", 1), ("delivered_per_s", "deliveries/s", 1),
+      ("lat_p50_us", "p50 µs", 0), ("lat_p99_us", "p99 µs", 0),
+      ("lat_p999_us", "p99.9 µs", 0), ("lat_p999_us@quiet", "p99.9 µs, quiet runs", 0),
+      ("server_cpu", "server CPU (cores)", 0)]),
+    ("lat90", "latency @90% of own u32 saturation 1:1",
+     [("rate", "offered msg/s", 1), ("delivered_per_s", "deliveries/s", 1),
+      ("lat_p50_us", "p50 µs", 0), ("lat_p99_us", "p99 µs", 0),
+      ("lat_p999_us", "p99.9 µs", 0), ("lat_p999_us@quiet", "p99.9 µs, quiet runs", 0),
+      ("server_cpu", "server CPU (cores)", 0)]),
     ("idle", "idle connections", [("rss_per_conn_bytes", "RSS B/conn", 0),
                                   ("hold_server_cpu_s", "server CPU s while held", 0)]),
 ]
@@ -517,7 +601,8 @@ present = {r["workload"] for r in runs}
 head = ["workload", "figure"] + targets
 # (numerator, denominator, goal): a goal is printed in the column's head.
 RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "nats-ws", None),
-          ("evchat-ws", "evchat", None), ("evchat", "evchat-baseline", None),
+          ("evchat-ws", "evchat", None), ("evchat", "raw", None),
+          ("evchat", "evchat-baseline", None),
           ("evchat-ws", "evchat-baseline-ws", None),
           ("evchat-hist-no", "evchat", None), ("evchat-hist-everysec", "evchat", "0.8"),
           ("evchat-hist-always", "evchat", None),

@@ -35,6 +35,8 @@ pub struct Session {
     /// Redis Streams consumer: the id of the last entry read, where the next
     /// XREAD starts (capacity kept, so updating it never allocates).
     pub last_id: Vec<u8>,
+    /// raw subscriber: the fixed payload size its stream is split by.
+    pub frame: usize,
 }
 
 impl Session {
@@ -47,6 +49,7 @@ impl Session {
             prefix: Vec::new(),
             left: 0,
             last_id: Vec::new(),
+            frame: 0,
         }
     }
 }

@@ -2,6 +2,11 @@
 //! pacing timer with `--rate`), a shared scratch buffer for reads, and a
 //! publisher "pump" that tops each window up with one batch and one write.
 //!
+//! With `--rate` the load is open loop, as wrk2 makes it: each publisher's
+//! k-th message is due at a fixed time, the pacing timer and every turn send
+//! whatever is due (the window permitting), and the payload head carries the
+//! due time, so latency counts from the schedule, not from the actual send.
+//!
 //! A turn: wait for readiness; read every readable socket until a short read
 //! (on a stream socket that means drained, so no extra `EAGAIN` read), parse
 //! in place, queue the acks subscribers owe; then pump every publisher whose
@@ -15,7 +20,7 @@ use crate::report::{Latency, Outcome};
 use crate::setup::Plan;
 use crate::sys::{self, Ticker};
 use crate::ws::{self, WsConn};
-use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, redis, streams};
+use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, raw, redis, streams};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read};
@@ -63,7 +68,8 @@ pub struct Driver {
     base: Instant,
     /// Zeros that pad each payload from its head to `--size`.
     pad: Vec<u8>,
-    /// Messages per nanosecond per publisher with `--rate`, and the start of pacing.
+    /// Messages per nanosecond per publisher with `--rate`, and the start of
+    /// pacing: message k of a publisher is due at start + k / rate.
     pace: Option<(f64, u64)>,
     ticker: Option<Ticker>,
     /// The CPUs the server and this process are pinned to, if one each.
@@ -86,7 +92,7 @@ impl Driver {
             | Target::Mqtt1
             | Target::RedisStreams
             | Target::JetStream => (true, true),
-            Target::Nats | Target::Mqtt0 => (true, false),
+            Target::Nats | Target::Mqtt0 | Target::Raw => (true, false),
             t => unreachable!("{t:?} is not a plain target"),
         };
         let ctx = Ctx::new(
@@ -150,6 +156,11 @@ impl Driver {
         }
         if let Some(rate) = self.rate {
             let per_pub = rate / self.ctx.flows.len() as f64;
+            // The schedule starts before the timer is armed, so that tick k
+            // never fires before the messages due at it: one that did would
+            // find them not yet due, and they would wait for the next tick
+            // with that wait counted as latency.
+            self.pace = Some((per_pub * 1e-9, self.now_ns()));
             let tick = Duration::from_secs_f64(1.0 / rate).max(MIN_TICK);
             let ticker = Ticker::new(tick).map_err(|e| format!("timerfd: {e}"))?;
             self.poll
@@ -157,7 +168,6 @@ impl Driver {
                 .register(&mut SourceFd(&ticker.raw_fd()), TICKER, Interest::READABLE)
                 .map_err(|e| format!("register timer: {e}"))?;
             self.ticker = Some(ticker);
-            self.pace = Some((per_pub * 1e-9, self.now_ns()));
         }
         // Bytes that followed a handshake reply are parsed before anything else.
         for i in 0..self.conns.len() {
@@ -349,6 +359,13 @@ impl Driver {
             head[8..12].copy_from_slice(&(p as u32).to_le_bytes());
             let conn = &mut self.conns[i];
             for k in 0..n {
+                // Open loop (wrk2): at a fixed rate a message carries the time
+                // it was due, so a send delayed by a full window or a late
+                // generator counts the delay; otherwise, the time it leaves.
+                if let Some((per_ns, since)) = self.pace {
+                    let due = since + ((sent + k) as f64 / per_ns) as u64;
+                    head[0..8].copy_from_slice(&due.to_le_bytes());
+                }
                 head[12..16].copy_from_slice(&((sent + k) as u32).to_le_bytes());
                 encode(
                     self.plan.target,
@@ -431,6 +448,7 @@ fn parse(
             nats::parse(session, input, out, ctx)
         }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::parse(session, input, out, ctx),
+        Target::Raw => raw::parse(session, input, ctx),
         Target::EvchatWs => ws::parse(ws, input, out, ctx, |inner, sink, ctx| {
             evchat::parse(session, inner, sink, ctx)
         }),
@@ -462,6 +480,7 @@ fn encode(
             nats::encode(session, head, pad, out)
         }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::encode(session, head, pad, out),
+        Target::Raw => raw::encode(head, pad, out),
         Target::EvchatWs => ws::encode(ws, out, |sink| evchat::encode(session, head, pad, sink)),
         Target::NatsWs | Target::NatsVerboseWs => {
             ws::encode(ws, out, |sink| nats::encode(session, head, pad, sink))

@@ -8,7 +8,7 @@
 //! |--------|------------|
 //! | evchat | the server's OK/ERRO to the emitter (sent only after the exhibitors acked) |
 //! | redis | delivery to every subscriber, and PUBLISH's integer reply |
-//! | nats, mqtt0 | delivery to every subscriber (no acknowledgement exists) |
+//! | nats, mqtt0, raw | delivery to every subscriber (no acknowledgement exists) |
 //! | nats-verbose | delivery to every subscriber, and the `+OK` |
 //! | mqtt1 | delivery to every subscriber (each PUBACKs it), and the broker's PUBACK |
 //! | redis-streams | delivery (the entry in a consumer's XREAD reply) to every consumer, and XADD's reply |

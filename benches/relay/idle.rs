@@ -2,7 +2,7 @@
 //!
 //! evchat: exhibitors first (ids 4096..=8191), then unpaired emitters, so up
 //! to 8191 connections. Redis, NATS and MQTT: one subscriber per connection,
-//! each on a channel of its own. On a `*-ws` target each connection is
+//! each on a channel of its own; raw: one subscriber per connection. On a `*-ws` target each connection is
 //! upgraded to WebSocket first and identified through it. The server's resident memory is read before
 //! the first connection and again at the end of the hold; the difference over
 //! N is the cost of a connection. The server's CPU time over the hold shows
@@ -12,7 +12,7 @@ use crate::Args;
 use crate::Target;
 use crate::report::{IdleFigures, Outcome};
 use crate::setup::{Link, Opener, connect};
-use crate::{Mode, evchat, mqtt, nats, redis, sys};
+use crate::{HEAD_LEN, Mode, evchat, mqtt, nats, raw, redis, sys};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ fn open(opener: &mut Opener, target: Target, k: usize) -> Result<Link, String> {
                 &format!("i/{k}"),
                 u8::from(target == Target::Mqtt1),
             )?;
+        }
+        Target::Raw => {
+            raw::hello(&mut stream, raw::SUBSCRIBER, HEAD_LEN)?;
         }
         t => unreachable!("{t:?} is not a plain target"),
     }

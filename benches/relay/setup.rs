@@ -9,7 +9,7 @@
 
 use crate::conn::{Conn, Role, Session};
 use crate::ws::{self, Masker, WsConn, WsStream};
-use crate::{Args, Mode, Target, evchat, mqtt, nats, redis, streams};
+use crate::{Args, Mode, Target, evchat, mqtt, nats, raw, redis, streams};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -236,6 +236,10 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                 mqtt::connect(&mut stream, &format!("relay-s{i}-{}", std::process::id()))?;
                 mqtt::subscribe(&mut stream, &plan.channel(i), qos)?
             }
+            Target::Raw => {
+                session.frame = plan.size;
+                raw::hello(&mut stream, raw::SUBSCRIBER, plan.size)?
+            }
             t => unreachable!("{t:?} is not a plain target"),
         };
         conns.push(stream.into_conn(leftover, session)?);
@@ -285,6 +289,7 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                 session.prefix = mqtt::publish_prefix(&channel, qos, plan.size);
                 mqtt::connect(&mut stream, &format!("relay-p{i}-{}", std::process::id()))?
             }
+            Target::Raw => raw::hello(&mut stream, raw::PUBLISHER, plan.size)?,
             t => unreachable!("{t:?} is not a plain target"),
         };
         conns.push(stream.into_conn(leftover, session)?);
