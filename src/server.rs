@@ -5,11 +5,13 @@
 //! queues, and each readiness event does a bounded amount of work so a
 //! flooding client cannot starve the others.
 
-use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
+pub use crate::connection::WebConfig;
+use crate::connection::{
+    Connection, Ending, HttpOutcome, HttpRefusal, ReadStatus, Stage, TransportFailure,
+    TransportStatus,
+};
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 use crate::router::{CloseReason, ConnId, Limits, Outbox, Router};
-pub use crate::web::WebConfig;
-use crate::web::{HeadError, WsFailure, WsStatus};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -87,9 +89,9 @@ enum Departure {
     /// An HTTP request was answered with this status.
     Served(u16),
     /// An HTTP request head that cannot be served.
-    BadRequest(HeadError),
-    /// A WebSocket that broke its framing.
-    WebSocket(WsFailure),
+    BadRequest(HttpRefusal),
+    /// A transport that broke its framing (a WebSocket).
+    Transport(TransportFailure),
 }
 
 impl Departure {
@@ -101,20 +103,26 @@ impl Departure {
         matches!(self, Departure::IoError | Departure::SlowConsumer)
     }
 
-    /// The WebSocket close code this departure sends (RFC 6455, 7.4.1).
-    fn close_code(&self) -> u16 {
-        match self {
-            Departure::Rule(CloseReason::Left | CloseReason::Dismissed) => 1000,
-            Departure::Rule(CloseReason::Shutdown) => 1001,
+    /// What the connection's transport is told of this departure, if
+    /// anything: not when the peer closed first or the output is discarded,
+    /// nor after an HTTP answer, which is its own ending.
+    fn ending(&self) -> Option<Ending<'_>> {
+        Some(match self {
+            Departure::Rule(CloseReason::Left | CloseReason::Dismissed) => Ending::Normal,
+            Departure::Rule(CloseReason::Shutdown) => Ending::GoingAway,
             Departure::Rule(
                 CloseReason::NotIdentified | CloseReason::Spoofed | CloseReason::BadFrame,
-            ) => 1002,
+            ) => Ending::ProtocolViolation,
             Departure::Rule(
                 CloseReason::Refused | CloseReason::HandshakeTimeout | CloseReason::Unresponsive,
-            ) => 1008,
-            Departure::WebSocket(failure) => failure.close_code(),
-            _ => 1011,
-        }
+            ) => Ending::PolicyViolation,
+            Departure::Transport(failure) => Ending::Failed(failure),
+            Departure::PeerClosed
+            | Departure::IoError
+            | Departure::SlowConsumer
+            | Departure::Served(_)
+            | Departure::BadRequest(_) => return None,
+        })
     }
 }
 
@@ -127,7 +135,7 @@ impl fmt::Display for Departure {
             Departure::SlowConsumer => f.write_str("slow consumer: output queue over --max-queue"),
             Departure::Served(status) => write!(f, "HTTP request answered ({status})"),
             Departure::BadRequest(error) => write!(f, "HTTP {error}"),
-            Departure::WebSocket(failure) => failure.fmt(f),
+            Departure::Transport(failure) => failure.fmt(f),
         }
     }
 }
@@ -228,9 +236,8 @@ impl Wire {
             return false;
         }
         let discard = reason.discards_output();
-        if !discard && reason != Departure::PeerClosed {
-            slot.conn
-                .close_transport(reason.close_code(), &reason.to_string());
+        if let Some(ending) = reason.ending() {
+            slot.conn.close_transport(ending, &reason.to_string());
         }
         slot.closing = Some(Closing {
             reason,
@@ -646,7 +653,7 @@ impl Server {
                 Ok(ReadStatus::Failed(failure)) => {
                     self.route_buffered(conn);
                     warn!(conn, %failure, "closing");
-                    self.wire.drop_conn(conn, Departure::WebSocket(failure));
+                    self.wire.drop_conn(conn, Departure::Transport(failure));
                     self.settle_dropped();
                     return;
                 }
@@ -739,14 +746,16 @@ impl Server {
         let peer = slot.peer;
         let departure = match slot.conn.serve_http(web) {
             HttpOutcome::Incomplete => return true,
-            HttpOutcome::Upgraded(WsStatus::Open) => {
+            HttpOutcome::Upgraded(TransportStatus::Open) => {
                 info!(conn, %peer, "WebSocket opened");
                 self.wire.mark_dirty(conn);
                 return true;
             }
-            HttpOutcome::Upgraded(WsStatus::Closed) => Departure::PeerClosed,
-            HttpOutcome::Upgraded(WsStatus::Full) => Departure::SlowConsumer,
-            HttpOutcome::Upgraded(WsStatus::Failed(failure)) => Departure::WebSocket(failure),
+            HttpOutcome::Upgraded(TransportStatus::Closed) => Departure::PeerClosed,
+            HttpOutcome::Upgraded(TransportStatus::Full) => Departure::SlowConsumer,
+            HttpOutcome::Upgraded(TransportStatus::Failed(failure)) => {
+                Departure::Transport(failure)
+            }
             HttpOutcome::Answered {
                 status,
                 method,

@@ -122,13 +122,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
     Ok(Some((request, len)))
 }
 
-/// Who may open a WebSocket from a browser page.
-#[derive(Debug, Clone, Default)]
-pub struct WebConfig {
-    /// Origins allowed besides the server's own (`https://chat.example`).
-    pub allowed_origins: Vec<String>,
-}
-
 /// What the server does with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -148,13 +141,14 @@ impl Answer {
 }
 
 /// Decides the answer to `req`: the page's files, the WebSocket upgrade on
-/// `/ws`, or an error status.
-pub fn answer(req: &Request, config: &WebConfig) -> Answer {
+/// `/ws`, or an error status. Browser pages from `allowed_origins`
+/// (`https://chat.example`), besides the server's own, may open a WebSocket.
+pub fn answer(req: &Request, allowed_origins: &[String]) -> Answer {
     if req.method != "GET" {
         return status(405, "only GET is served\n", &[("Allow", "GET")]);
     }
     if req.path == "/ws" {
-        return upgrade(req, config);
+        return upgrade(req, allowed_origins);
     }
     match page::asset(&req.path) {
         Some(asset) => reply(200, asset.content_type, asset.body, &[]),
@@ -162,7 +156,7 @@ pub fn answer(req: &Request, config: &WebConfig) -> Answer {
     }
 }
 
-fn upgrade(req: &Request, config: &WebConfig) -> Answer {
+fn upgrade(req: &Request, allowed_origins: &[String]) -> Answer {
     if req.version != 1 {
         return status(400, "WebSocket needs HTTP/1.1\n", &[]);
     }
@@ -194,7 +188,7 @@ fn upgrade(req: &Request, config: &WebConfig) -> Answer {
         return status(400, "missing or malformed Sec-WebSocket-Key\n", &[]);
     };
     if let Some(origin) = &req.origin
-        && !origin_allowed(origin, req.host.as_deref(), config)
+        && !origin_allowed(origin, req.host.as_deref(), allowed_origins)
     {
         return status(403, "cross-origin WebSocket refused\n", &[]);
     }
@@ -223,10 +217,9 @@ fn is_valid_ws_key(key: &str) -> bool {
 
 /// An `Origin` passes when its host (and port) is the request's `Host`, or
 /// when it is listed in `--allow-origin`.
-fn origin_allowed(origin: &str, host: Option<&str>, config: &WebConfig) -> bool {
+fn origin_allowed(origin: &str, host: Option<&str>, allowed_origins: &[String]) -> bool {
     let origin = origin.trim_end_matches('/');
-    if config
-        .allowed_origins
+    if allowed_origins
         .iter()
         .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
     {
@@ -286,7 +279,7 @@ fn reason_phrase(code: u16) -> &'static str {
 }
 
 /// Why a WebSocket connection must close from the server's side while
-/// reading; each maps to the close code sent (RFC 6455, 7.4.1).
+/// reading; each picks the close code sent (RFC 6455, 7.4.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WsFailure {
     /// A binary message that is not exactly one protocol frame, or a
@@ -299,11 +292,40 @@ pub enum WsFailure {
 }
 
 impl WsFailure {
-    pub fn close_code(&self) -> u16 {
+    fn close_code(&self) -> u16 {
         match self {
             WsFailure::Protocol(_) => 1002,
             WsFailure::Text => 1003,
             WsFailure::TooBig => 1009,
+        }
+    }
+}
+
+/// Why the server ends a WebSocket session, sorted as RFC 6455 (7.4.1) sorts
+/// the reasons: each picks the close code sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause<'a> {
+    /// The session is done as agreed.
+    Normal,
+    /// The server is going away.
+    GoingAway,
+    /// The peer broke the protocol carried inside.
+    ProtocolError,
+    /// The peer broke a rule of the server's.
+    PolicyViolation,
+    /// The WebSocket itself failed while reading.
+    Failed(&'a WsFailure),
+}
+
+impl CloseCause<'_> {
+    /// The close code sent.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCause::Normal => 1000,
+            CloseCause::GoingAway => 1001,
+            CloseCause::ProtocolError => 1002,
+            CloseCause::PolicyViolation => 1008,
+            CloseCause::Failed(failure) => failure.close_code(),
         }
     }
 }
@@ -547,16 +569,22 @@ impl WebSocket {
         std::mem::take(&mut self.partial).capacity()
     }
 
-    /// Queues the close frame with `code` (tungstenite's state then refuses
-    /// to send more), within `max_output`.
-    pub fn close(&mut self, code: u16, reason: &str, output: &mut BytesMut, max_output: usize) {
+    /// Queues the close frame with the code `cause` picks and `reason`
+    /// (tungstenite's state then refuses to send more), within `max_output`.
+    pub fn close(
+        &mut self,
+        cause: CloseCause<'_>,
+        reason: &str,
+        output: &mut BytesMut,
+        max_output: usize,
+    ) {
         let mut pipe = Pipe {
             input: &[],
             output,
             max_output,
         };
         let frame = CloseFrame {
-            code: CloseCode::from(code),
+            code: CloseCode::from(cause.code()),
             reason: reason.chars().take(60).collect::<String>().into(),
         };
         let _ = self.context.close(&mut pipe, Some(frame));
@@ -822,7 +850,7 @@ pub fn feed_in_reads(stream: &[u8], reads: &[usize], max_output: usize, fast: bo
             WsStatus::Open => Ok(()),
             WsStatus::Closed => Err(1000),
             WsStatus::Full => Err(0),
-            WsStatus::Failed(failure) => Err(failure.close_code()),
+            WsStatus::Failed(failure) => Err(CloseCause::Failed(&failure).code()),
         };
         said.push(verdict);
         if verdict.is_err() {
