@@ -220,7 +220,7 @@ impl<S: Read + Write> Connection<S> {
     /// grows only by what arrived: as it is, or, on a WebSocket, by the
     /// frames its whole messages carry.
     pub fn read_once(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
-        let status = self.read_discard(scratch)?;
+        let status = self.read_socket(scratch)?;
         let ReadStatus::Data(n) = status else {
             return Ok(status);
         };
@@ -311,9 +311,10 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
-    /// Reads once into `scratch` only: the bytes are thrown away (a closing
-    /// connection).
-    pub fn read_discard(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
+    /// Reads once from the socket into `scratch`, and no further: the input
+    /// takes the bytes in [`Connection::read_once`]; a closing connection
+    /// leaves them there to be overwritten.
+    pub fn read_socket(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
         loop {
             return match self.socket.read(scratch) {
                 Ok(0) => Ok(ReadStatus::Closed),

@@ -1,5 +1,5 @@
-//! The event loop: one thread, one mio `Poll` owning the listener, every
-//! [`Connection`] and the [`Router`]. It turns readiness into frames for the
+//! The event loop: one thread, whose [`Server`] owns a mio `Poll`, the
+//! listener, every [`Connection`] and the [`Router`]. It turns readiness into frames for the
 //! router and the router's decisions into bytes on sockets. It never blocks:
 //! reads and writes stop at `WouldBlock`, output waits in bounded per-client
 //! queues, and each readiness event does a bounded amount of work so a
@@ -40,17 +40,20 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
 const READS_PER_TURN: usize = 4;
 /// A destination's output is written as soon as this much is queued, not
-/// only at the end of the turn, so that its reader starts on the first part
-/// of a large batch while the server routes the rest: the two processes
-/// work as a pipeline instead of each waiting for the other's whole batch
-/// (BENCHMARKS.md has the effect). Once per destination per turn:
-/// the rest is written at the end of the turn, so a broadcast pays for at
-/// most one extra write per exhibitor, and small outputs for none.
+/// only when the turn's output is flushed, so that its reader starts on the
+/// first part of a large batch while the server routes the rest: the two
+/// processes work as a pipeline instead of each waiting for the other's
+/// whole batch (BENCHMARKS.md has the effect). Once per destination between
+/// two flushes of its output: the rest waits for the next flush phase
+/// (`flush_and_reap`: at the end of the turn, and again when the history
+/// settles records in it), so a broadcast pays for at most one extra write
+/// per exhibitor and phase, and small outputs for none.
 const WRITE_EARLY_AT: usize = 16_384;
-/// A few early writes are enough to set readers going; past that, as when a
-/// broadcast fills a thousand outputs in one turn, they would only double
-/// the writes.
-const EARLY_WRITES_PER_TURN: usize = 4;
+/// Early writes allowed until the next flush phase begins, when the count
+/// starts again (twice in a turn when the history settles records). A few
+/// are enough to set readers going; past that, as when a broadcast fills a
+/// thousand outputs in one turn, they would only double the writes.
+const EARLY_WRITES_PER_FLUSH: usize = 4;
 /// Pending connections the kernel may queue (it caps this at somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often buffers of connections with nothing pending are released.
@@ -163,7 +166,8 @@ struct Wire {
     /// of the turn uses (router deadlines, linger deadlines, the trim).
     now: Instant,
     conns: Slab<Slot>,
-    /// Connections with output queued this turn, flushed once at its end.
+    /// Connections with output queued, written in the next flush phase (at
+    /// the end of the turn).
     dirty: Vec<ConnId>,
     /// Connections the event loop dropped; the router must hear of each.
     dropped: Vec<ConnId>,
@@ -172,7 +176,8 @@ struct Wire {
     ready: VecDeque<ConnId>,
     /// Connections on their way out (may hold stale entries; see `reap_overdue`).
     closing: Vec<ConnId>,
-    /// Early writes made this turn (see [`EARLY_WRITES_PER_TURN`]).
+    /// Early writes made since the last flush phase began (see
+    /// [`EARLY_WRITES_PER_FLUSH`]).
     early_writes: usize,
     /// The durable history, with `--history`.
     history: Option<history::History>,
@@ -190,7 +195,8 @@ struct Slot {
     closing: Option<Closing>,
     dirty: bool,
     ready: bool,
-    /// Output was written this turn before its end (see [`WRITE_EARLY_AT`]).
+    /// Output was written early since the connection was last flushed (see
+    /// [`WRITE_EARLY_AT`]).
     wrote_early: bool,
 }
 
@@ -271,7 +277,7 @@ impl Wire {
         }
         if slot.conn.queue(frame) {
             if slot.conn.queued_output() >= WRITE_EARLY_AT
-                && self.early_writes < EARLY_WRITES_PER_TURN
+                && self.early_writes < EARLY_WRITES_PER_FLUSH
                 && !slot.conn.wants_write
                 && !slot.wrote_early
                 && slot.closing.is_none()
@@ -789,8 +795,9 @@ impl Server {
         }
     }
 
-    /// End of turn: writes what each connection has queued, and removes the
-    /// connections that are closing and done.
+    /// A flush phase, at the end of the turn (and a second one when the
+    /// history settles records): writes what each connection has queued,
+    /// and removes the connections that are closing and done.
     fn flush_and_reap(&mut self) {
         self.wire.early_writes = 0;
         // Dropping a connection may queue frames for others: repeat until quiet.
@@ -860,7 +867,9 @@ impl Server {
             let Some(slot) = self.wire.conns.get_mut(conn) else {
                 return;
             };
-            match slot.conn.read_discard(&mut self.scratch) {
+            // The bytes stay in the scratch buffer, which the next read
+            // overwrites.
+            match slot.conn.read_socket(&mut self.scratch) {
                 Ok(ReadStatus::Data(_)) => {}
                 Ok(ReadStatus::WouldBlock) => return,
                 Ok(ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full) | Err(_) => {

@@ -250,7 +250,8 @@ fn status(code: u16, body: &str, extra: &[(&str, &str)]) -> Answer {
 
 fn reply(code: u16, content_type: &str, body: &[u8], extra: &[(&str, &str)]) -> Answer {
     let mut head = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{COMMON_HEADERS}",
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\n{COMMON_HEADERS}",
         reason_phrase(code),
         body.len()
     );
@@ -529,9 +530,10 @@ impl WebSocket {
         }
     }
 
-    /// Hands tungstenite `bytes`, whole frames or a header it will refuse.
-    fn through_tungstenite(&mut self, bytes: &[u8], sink: &mut Sink<'_>) -> WsStatus {
-        let status = feed_context(&mut self.context, bytes, sink);
+    /// Hands tungstenite one whole frame, which it checks and answers (a
+    /// header that refuses it was refused before its frame was buffered).
+    fn through_tungstenite(&mut self, frame: &[u8], sink: &mut Sink<'_>) -> WsStatus {
+        let status = feed_context(&mut self.context, frame, sink);
         match status {
             // Its answer (a pong) waits; a later frame may still end the
             // connection, or a later answer replace it and fit.
