@@ -11,9 +11,10 @@
 //! before the turn that routes it ends — one part each, and only for as
 //! many readers as a turn may write to early.
 
+use super::wire::{EARLY_WRITES_PER_FLUSH, WRITE_EARLY_AT};
 use super::*;
 use crate::captured_log;
-use crate::proto::{Kind, SERVER_ID};
+use crate::proto::{ClientId, Encode, Frame, Kind, SERVER_ID};
 use crate::router::Limits;
 use bytes::BytesMut;
 use raw_client::{Raw, TIMEOUT as WAIT};
