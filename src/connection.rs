@@ -10,10 +10,11 @@
 //! socket, or (when the first bytes are an HTTP request) an HTTP answer or
 //! a WebSocket whose binary messages carry one frame each. Either way the
 //! input buffer holds protocol bytes only, so the event loop and the router
-//! see one kind of client. What the connection tells the loop is as
-//! transport-neutral: read statuses, HTTP outcomes, failures it can only
-//! show and log, and the loop's [`Ending`] which each transport says its
-//! own way; the web's own types stay below this module.
+//! see one kind of client. What passes between the connection and the loop
+//! is transport-neutral too: the web's settings, which the loop passes on
+//! unread; read statuses, HTTP outcomes, failures the loop logs and hands
+//! back when it closes; and the loop's [`Ending`], which each transport
+//! says its own way. The web's own types stay below this module.
 
 use crate::proto::Encode;
 use crate::web::{self, Answer, CloseCause, HeadError, Sniff, WebSocket, WsFailure, WsStatus};
@@ -27,9 +28,9 @@ use std::io::{self, Read, Write};
 /// [`Connection::release_idle_buffers`].
 const KEEP_OUTPUT_CAPACITY: usize = 64 * 1024;
 
-/// Whether and how a connection may speak HTTP and WebSocket besides the
-/// binary protocol: the web transport's settings, which the event loop
-/// hands to each connection without looking inside.
+/// How a connection may speak HTTP and WebSocket besides the binary
+/// protocol: the web transport's settings, which the event loop hands to
+/// each connection without looking inside.
 #[derive(Debug, Clone, Default)]
 pub struct WebConfig {
     /// Origins whose pages may open a WebSocket besides the server's own
