@@ -10,10 +10,14 @@
 //! socket, or (when the first bytes are an HTTP request) an HTTP answer or
 //! a WebSocket whose binary messages carry one frame each. Either way the
 //! input buffer holds protocol bytes only, so the event loop and the router
-//! see one kind of client.
+//! see one kind of client. What passes between the connection and the loop
+//! is transport-neutral too: the web's settings, which the loop passes on
+//! unread; read statuses, HTTP outcomes, failures the loop logs and hands
+//! back when it closes; and the loop's [`Ending`], which each transport
+//! says its own way. The web's own types stay below this module.
 
 use crate::proto::Encode;
-use crate::web::{self, Answer, HeadError, Sniff, WebConfig, WebSocket, WsFailure, WsStatus};
+use crate::web::{self, Answer, CloseCause, HeadError, Sniff, WebSocket, WsFailure, WsStatus};
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
@@ -24,6 +28,16 @@ use std::io::{self, Read, Write};
 /// [`Connection::release_idle_buffers`].
 const KEEP_OUTPUT_CAPACITY: usize = 64 * 1024;
 
+/// How a connection may speak HTTP and WebSocket besides the binary
+/// protocol: the web transport's settings, which the event loop hands to
+/// each connection without looking inside.
+#[derive(Debug, Clone, Default)]
+pub struct WebConfig {
+    /// Origins whose pages may open a WebSocket besides the server's own
+    /// (`https://chat.example`).
+    pub allowed_origins: Vec<String>,
+}
+
 /// What a read attempt found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadStatus {
@@ -33,11 +47,88 @@ pub enum ReadStatus {
     WouldBlock,
     /// The peer closed its side (or sent a WebSocket close).
     Closed,
-    /// The WebSocket broke its framing; the connection must close.
-    Failed(WsFailure),
-    /// The WebSocket's own answers (pongs) no longer fit under the output
-    /// cap: a slow consumer.
+    /// The transport broke its framing; the connection must close.
+    Failed(TransportFailure),
+    /// The transport's own answers (WebSocket pongs) no longer fit under the
+    /// output cap: a slow consumer.
     Full,
+}
+
+/// How a transport stands after it took bytes: what an upgrade found in
+/// the bytes that followed the request head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TransportStatus {
+    /// Every whole message went into the protocol input.
+    Open,
+    /// The peer closed its session (the answer is queued) or is gone.
+    Closed,
+    /// The transport's own answers no longer fit under the output cap.
+    Full,
+    /// The connection must close with this failure.
+    Failed(TransportFailure),
+}
+
+impl From<WsStatus> for TransportStatus {
+    #[inline]
+    fn from(status: WsStatus) -> TransportStatus {
+        match status {
+            WsStatus::Open => TransportStatus::Open,
+            WsStatus::Closed => TransportStatus::Closed,
+            WsStatus::Full => TransportStatus::Full,
+            WsStatus::Failed(failure) => TransportStatus::Failed(TransportFailure(failure)),
+        }
+    }
+}
+
+/// Why a transport broke (a WebSocket that broke its framing): for the log
+/// and for [`Ending::Failed`], which closes with the transport's own word
+/// for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransportFailure(WsFailure);
+
+impl std::fmt::Display for TransportFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why an HTTP request head cannot be served (too large, or malformed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRefusal(HeadError);
+
+impl std::fmt::Display for HttpRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why the server ends a connection, in words each transport says its own
+/// way: a WebSocket as its close frame's code (chosen in the web code), the
+/// binary protocol and HTTP not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending<'a> {
+    /// Done as agreed (the client left, or was dismissed).
+    Normal,
+    /// The server is shutting down.
+    GoingAway,
+    /// The peer broke the protocol.
+    ProtocolViolation,
+    /// The peer broke a rule of the server's (refused, too slow to finish).
+    PolicyViolation,
+    /// The transport failed as [`ReadStatus::Failed`] reported.
+    Failed(&'a TransportFailure),
+}
+
+impl<'a> Ending<'a> {
+    fn websocket_cause(self) -> CloseCause<'a> {
+        match self {
+            Ending::Normal => CloseCause::Normal,
+            Ending::GoingAway => CloseCause::GoingAway,
+            Ending::ProtocolViolation => CloseCause::ProtocolError,
+            Ending::PolicyViolation => CloseCause::PolicyViolation,
+            Ending::Failed(failure) => CloseCause::Failed(&failure.0),
+        }
+    }
 }
 
 /// How a connection's bytes carry frames.
@@ -84,10 +175,10 @@ pub enum HttpOutcome {
         path: String,
     },
     /// The 101 is queued and the connection speaks WebSocket; what followed
-    /// the head has been fed to it.
-    Upgraded(WsStatus),
+    /// the head has been fed to it, and left it so.
+    Upgraded(TransportStatus),
     /// The head cannot be served (a malformed one is answered 400 first).
-    Refused(HeadError),
+    Refused(HttpRefusal),
 }
 
 /// A client connection as the event loop sees it. `S` is the socket: a mio
@@ -130,7 +221,7 @@ impl<S: Read + Write> Connection<S> {
     /// grows only by what arrived: as it is, or, on a WebSocket, by the
     /// frames its whole messages carry.
     pub fn read_once(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
-        let status = self.read_discard(scratch)?;
+        let status = self.read_socket(scratch)?;
         let ReadStatus::Data(n) = status else {
             return Ok(status);
         };
@@ -141,7 +232,9 @@ impl<S: Read + Write> Connection<S> {
                     WsStatus::Open => {}
                     WsStatus::Closed => return Ok(ReadStatus::Closed),
                     WsStatus::Full => return Ok(ReadStatus::Full),
-                    WsStatus::Failed(failure) => return Ok(ReadStatus::Failed(failure)),
+                    WsStatus::Failed(failure) => {
+                        return Ok(ReadStatus::Failed(TransportFailure(failure)));
+                    }
                 }
             }
             Transport::Sniffing => {
@@ -177,11 +270,11 @@ impl<S: Read + Write> Connection<S> {
                 if matches!(error, HeadError::Malformed(_)) {
                     self.queue_raw(web::bad_request().bytes());
                 }
-                return HttpOutcome::Refused(error);
+                return HttpOutcome::Refused(HttpRefusal(error));
             }
         };
         self.input.advance(head_len);
-        match web::answer(&request, config) {
+        match web::answer(&request, &config.allowed_origins) {
             Answer::Close { status, bytes } => {
                 self.input.clear();
                 self.queue_raw(&bytes);
@@ -197,7 +290,7 @@ impl<S: Read + Write> Connection<S> {
                 let mut ws = Box::new(WebSocket::new());
                 let status = ws.feed(&early, &mut self.input, &mut self.output, self.max_output);
                 self.transport = Transport::WebSocket(ws);
-                HttpOutcome::Upgraded(status)
+                HttpOutcome::Upgraded(status.into())
             }
         }
     }
@@ -210,16 +303,19 @@ impl<S: Read + Write> Connection<S> {
     }
 
     /// Ends the transport's own session before the socket closes: on a
-    /// WebSocket, the close frame with `code` (nothing elsewhere).
-    pub fn close_transport(&mut self, code: u16, reason: &str) {
+    /// WebSocket, the close frame with the code `ending` picks and `reason`
+    /// (nothing elsewhere).
+    pub fn close_transport(&mut self, ending: Ending<'_>, reason: &str) {
         if let Transport::WebSocket(ws) = &mut self.transport {
-            ws.close(code, reason, &mut self.output, self.max_output);
+            let cause = ending.websocket_cause();
+            ws.close(cause, reason, &mut self.output, self.max_output);
         }
     }
 
-    /// Reads once into `scratch` only: the bytes are thrown away (a closing
-    /// connection).
-    pub fn read_discard(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
+    /// Reads once from the socket into `scratch`, and no further: the input
+    /// takes the bytes in [`Connection::read_once`]; a closing connection
+    /// leaves them there to be overwritten.
+    pub fn read_socket(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
         loop {
             return match self.socket.read(scratch) {
                 Ok(0) => Ok(ReadStatus::Closed),
@@ -537,7 +633,7 @@ mod tests {
     fn nothing_is_queued_after_a_websockets_close_frame() {
         let (mut conn, _peer) = pair();
         conn.transport = Transport::WebSocket(Box::default());
-        conn.close_transport(1002, "bad");
+        conn.close_transport(Ending::ProtocolViolation, "bad");
         let closed = conn.output.clone();
         assert_eq!(closed[..2], [0x88, 5], "a close frame: code and reason");
         assert!(conn.queue(&Frame::bare(Kind::Ok, SERVER_ID, 1, 0)));

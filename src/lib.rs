@@ -20,10 +20,10 @@ mod web;
 /// without `cfg` (cargo-mutants) see it once.
 #[cfg(feature = "testing")]
 pub mod testing {
-    pub use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
-    pub use crate::web::{
-        FeedOutcome, MAX_HEAD_LEN, WebConfig, WsStatus, binary_header_len, feed_in_reads,
+    pub use crate::connection::{
+        Connection, Ending, HttpOutcome, ReadStatus, Stage, TransportStatus, WebConfig,
     };
+    pub use crate::web::{FeedOutcome, MAX_HEAD_LEN, binary_header_len, feed_in_reads};
 }
 
 #[cfg(test)]

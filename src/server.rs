@@ -1,20 +1,19 @@
-//! The event loop: one thread, one mio `Poll` owning the listener, every
-//! [`Connection`] and the [`Router`]. It turns readiness into frames for the
-//! router and the router's decisions into bytes on sockets. It never blocks:
-//! reads and writes stop at `WouldBlock`, output waits in bounded per-client
-//! queues, and each readiness event does a bounded amount of work so a
-//! flooding client cannot starve the others.
+//! The event loop: one thread, whose [`Server`] owns a mio `Poll`, the
+//! listener, every [`Connection`] and the [`Router`]. It turns readiness
+//! into frames for the router and the router's decisions into bytes on
+//! sockets. It never blocks: reads and writes stop at `WouldBlock`, output
+//! waits in bounded per-client queues, and each readiness event does a
+//! bounded amount of work so a flooding client cannot starve the others.
+//! What it holds of each connection between turns is `server/wire.rs`.
 
-use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
-use crate::proto::{ClientId, Encode, Frame, FrameView};
-use crate::router::{CloseReason, ConnId, Limits, Outbox, Router};
-pub use crate::web::WebConfig;
-use crate::web::{HeadError, WsFailure, WsStatus};
+pub use crate::connection::WebConfig;
+use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage, TransportStatus};
+use crate::proto::FrameView;
+use crate::router::{CloseReason, ConnId, Limits, Router};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -25,8 +24,10 @@ use tracing::{debug, info, warn};
 
 mod history;
 mod spin;
+mod wire;
 pub use history::HistoryConfig;
 use spin::Spin;
+use wire::{Closing, Departure, Slot, Wire};
 
 // Tokens above any slab key (connections take the small numbers). The
 // waker's event only ends the poll: the loop checks the shutdown flag every
@@ -37,24 +38,10 @@ const WAKER: Token = Token(0x4000_0001);
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
 const READS_PER_TURN: usize = 4;
-/// A destination's output is written as soon as this much is queued, not
-/// only at the end of the turn, so that its reader starts on the first part
-/// of a large batch while the server routes the rest: the two processes
-/// work as a pipeline instead of each waiting for the other's whole batch
-/// (BENCHMARKS.md has the effect). Once per destination per turn:
-/// the rest is written at the end of the turn, so a broadcast pays for at
-/// most one extra write per exhibitor, and small outputs for none.
-const WRITE_EARLY_AT: usize = 16_384;
-/// A few early writes are enough to set readers going; past that, as when a
-/// broadcast fills a thousand outputs in one turn, they would only double
-/// the writes.
-const EARLY_WRITES_PER_TURN: usize = 4;
 /// Pending connections the kernel may queue (it caps this at somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often buffers of connections with nothing pending are released.
 const TRIM_INTERVAL: Duration = Duration::from_secs(5);
-/// How long a closing connection may take to take its last bytes.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// Everything the server can be told at start.
 #[derive(Debug, Clone)]
@@ -73,65 +60,6 @@ pub struct Config {
     pub spin: Duration,
 }
 
-/// Why the event loop closes a connection: a rule's decision, or something
-/// the loop saw on the socket or its transport.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Departure {
-    Rule(CloseReason),
-    /// The peer closed its side (or sent a WebSocket close).
-    PeerClosed,
-    /// Reading or writing the socket failed.
-    IoError,
-    /// Unsent output passed `--max-queue`.
-    SlowConsumer,
-    /// An HTTP request was answered with this status.
-    Served(u16),
-    /// An HTTP request head that cannot be served.
-    BadRequest(HeadError),
-    /// A WebSocket that broke its framing.
-    WebSocket(WsFailure),
-}
-
-impl Departure {
-    /// Whether the output still queued is lost: a broken socket cannot take
-    /// it, and a slow consumer is cut off because it does not read. Every
-    /// other close writes what is queued first (the OK to a FLW, the ERRO
-    /// that explains a refusal, an HTTP answer).
-    fn discards_output(&self) -> bool {
-        matches!(self, Departure::IoError | Departure::SlowConsumer)
-    }
-
-    /// The WebSocket close code this departure sends (RFC 6455, 7.4.1).
-    fn close_code(&self) -> u16 {
-        match self {
-            Departure::Rule(CloseReason::Left | CloseReason::Dismissed) => 1000,
-            Departure::Rule(CloseReason::Shutdown) => 1001,
-            Departure::Rule(
-                CloseReason::NotIdentified | CloseReason::Spoofed | CloseReason::BadFrame,
-            ) => 1002,
-            Departure::Rule(
-                CloseReason::Refused | CloseReason::HandshakeTimeout | CloseReason::Unresponsive,
-            ) => 1008,
-            Departure::WebSocket(failure) => failure.close_code(),
-            _ => 1011,
-        }
-    }
-}
-
-impl fmt::Display for Departure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Departure::Rule(reason) => reason.fmt(f),
-            Departure::PeerClosed => f.write_str("peer closed the connection"),
-            Departure::IoError => f.write_str("socket error"),
-            Departure::SlowConsumer => f.write_str("slow consumer: output queue over --max-queue"),
-            Departure::Served(status) => write!(f, "HTTP request answered ({status})"),
-            Departure::BadRequest(error) => write!(f, "HTTP {error}"),
-            Departure::WebSocket(failure) => failure.fmt(f),
-        }
-    }
-}
-
 /// Asks a running server to shut down (rule 8) from another thread.
 #[derive(Clone)]
 pub struct ShutdownHandle {
@@ -145,169 +73,6 @@ impl ShutdownHandle {
         if let Err(e) = self.waker.wake() {
             warn!(error = %e, "could not wake the event loop");
         }
-    }
-}
-
-/// The connections and what must happen to them at the end of the turn; the
-/// router's [`Outbox`].
-struct Wire {
-    /// When this loop turn started: the one clock read that every decision
-    /// of the turn uses (router deadlines, linger deadlines, the trim).
-    now: Instant,
-    conns: Slab<Slot>,
-    /// Connections with output queued this turn, flushed once at its end.
-    dirty: Vec<ConnId>,
-    /// Connections the event loop dropped; the router must hear of each.
-    dropped: Vec<ConnId>,
-    /// Connections with input left to process (flow control lifted or the
-    /// per-turn read budget ran out).
-    ready: VecDeque<ConnId>,
-    /// Connections on their way out (may hold stale entries; see `reap_overdue`).
-    closing: Vec<ConnId>,
-    /// Early writes made this turn (see [`EARLY_WRITES_PER_TURN`]).
-    early_writes: usize,
-    /// The durable history, with `--history`.
-    history: Option<history::History>,
-}
-
-struct Slot {
-    conn: Connection,
-    peer: SocketAddr,
-    /// Set once the connection is on its way out. A slot can be removed in
-    /// the middle of a turn (its peer closed while it lingered) and its token
-    /// reused by a connection accepted later in the same poll batch; an event
-    /// still pending for the old token then only makes the loop read from or
-    /// flush the new connection, which finds nothing to do, as with any
-    /// spurious readiness (a test sets this scene).
-    closing: Option<Closing>,
-    dirty: bool,
-    ready: bool,
-    /// Output was written this turn before its end (see [`WRITE_EARLY_AT`]).
-    wrote_early: bool,
-}
-
-struct Closing {
-    reason: Departure,
-    /// The client's id, for the log line (0: never identified).
-    id: ClientId,
-    /// Drop queued output instead of flushing it.
-    discard: bool,
-    /// Our FIN is sent; what the peer still sends is read and discarded, so
-    /// that closing does not reset the connection before the peer has read
-    /// our last frames.
-    fin_sent: bool,
-    /// Give up on the peer after this.
-    deadline: Instant,
-}
-
-impl Wire {
-    fn mark_dirty(&mut self, conn: ConnId) {
-        if let Some(slot) = self.conns.get_mut(conn)
-            && !slot.dirty
-        {
-            slot.dirty = true;
-            self.dirty.push(conn);
-        }
-    }
-
-    fn mark_ready(&mut self, conn: ConnId) {
-        if let Some(slot) = self.conns.get_mut(conn)
-            && !slot.ready
-        {
-            slot.ready = true;
-            self.ready.push_back(conn);
-        }
-    }
-
-    /// Starts closing `conn`; false if it was already closing.
-    fn begin_close(&mut self, conn: ConnId, id: ClientId, reason: Departure) -> bool {
-        let Some(slot) = self.conns.get_mut(conn) else {
-            return false;
-        };
-        if slot.closing.is_some() {
-            return false;
-        }
-        let discard = reason.discards_output();
-        if !discard && reason != Departure::PeerClosed {
-            slot.conn
-                .close_transport(reason.close_code(), &reason.to_string());
-        }
-        slot.closing = Some(Closing {
-            reason,
-            id,
-            discard,
-            fin_sent: false,
-            deadline: self.now + LINGER,
-        });
-        self.closing.push(conn);
-        self.mark_dirty(conn);
-        true
-    }
-
-    /// The event loop drops `conn`; the router is told before the turn ends.
-    fn drop_conn(&mut self, conn: ConnId, reason: Departure) {
-        if self.begin_close(conn, 0, reason) {
-            self.dropped.push(conn);
-        }
-    }
-}
-
-impl Wire {
-    /// Queues a frame for `to`, encoded into the connection's output; past
-    /// the output cap, `to` is dropped as a slow consumer.
-    fn queue_for(&mut self, to: ConnId, frame: &impl Encode) {
-        let Some(slot) = self.conns.get_mut(to) else {
-            return;
-        };
-        if slot.closing.as_ref().is_some_and(|c| c.discard) {
-            return;
-        }
-        if slot.conn.queue(frame) {
-            if slot.conn.queued_output() >= WRITE_EARLY_AT
-                && self.early_writes < EARLY_WRITES_PER_TURN
-                && !slot.conn.wants_write
-                && !slot.wrote_early
-                && slot.closing.is_none()
-            {
-                slot.wrote_early = true;
-                self.early_writes += 1;
-                if let Err(e) = slot.conn.flush() {
-                    debug!(conn = to, error = %e, "write failed");
-                    self.drop_conn(to, Departure::IoError);
-                    return;
-                }
-            }
-            // Whatever is left (or a socket that would block) is the end
-            // of turn's business.
-            self.mark_dirty(to);
-        } else {
-            warn!(conn = to, peer = %slot.peer, "slow consumer: output queue full, disconnecting");
-            self.drop_conn(to, Departure::SlowConsumer);
-        }
-    }
-}
-
-impl Outbox for Wire {
-    fn send(&mut self, to: ConnId, frame: &Frame) {
-        self.queue_for(to, frame);
-    }
-
-    fn forward(&mut self, targets: &[ConnId], msg: &FrameView<'_>) {
-        for &to in targets {
-            self.queue_for(to, msg);
-        }
-    }
-
-    fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
-        self.begin_close(conn, id, Departure::Rule(reason));
-    }
-
-    fn resume_input(&mut self, conn: ConnId) {
-        self.mark_ready(conn);
-    }
-
-    fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
-        self.keep(msg)
     }
 }
 
@@ -646,7 +411,7 @@ impl Server {
                 Ok(ReadStatus::Failed(failure)) => {
                     self.route_buffered(conn);
                     warn!(conn, %failure, "closing");
-                    self.wire.drop_conn(conn, Departure::WebSocket(failure));
+                    self.wire.drop_conn(conn, Departure::Transport(failure));
                     self.settle_dropped();
                     return;
                 }
@@ -739,14 +504,16 @@ impl Server {
         let peer = slot.peer;
         let departure = match slot.conn.serve_http(web) {
             HttpOutcome::Incomplete => return true,
-            HttpOutcome::Upgraded(WsStatus::Open) => {
+            HttpOutcome::Upgraded(TransportStatus::Open) => {
                 info!(conn, %peer, "WebSocket opened");
                 self.wire.mark_dirty(conn);
                 return true;
             }
-            HttpOutcome::Upgraded(WsStatus::Closed) => Departure::PeerClosed,
-            HttpOutcome::Upgraded(WsStatus::Full) => Departure::SlowConsumer,
-            HttpOutcome::Upgraded(WsStatus::Failed(failure)) => Departure::WebSocket(failure),
+            HttpOutcome::Upgraded(TransportStatus::Closed) => Departure::PeerClosed,
+            HttpOutcome::Upgraded(TransportStatus::Full) => Departure::SlowConsumer,
+            HttpOutcome::Upgraded(TransportStatus::Failed(failure)) => {
+                Departure::Transport(failure)
+            }
             HttpOutcome::Answered {
                 status,
                 method,
@@ -780,8 +547,9 @@ impl Server {
         }
     }
 
-    /// End of turn: writes what each connection has queued, and removes the
-    /// connections that are closing and done.
+    /// A flush phase, at the end of the turn (and a second one when the
+    /// history settles records): writes what each connection has queued,
+    /// and removes the connections that are closing and done.
     fn flush_and_reap(&mut self) {
         self.wire.early_writes = 0;
         // Dropping a connection may queue frames for others: repeat until quiet.
@@ -851,7 +619,9 @@ impl Server {
             let Some(slot) = self.wire.conns.get_mut(conn) else {
                 return;
             };
-            match slot.conn.read_discard(&mut self.scratch) {
+            // The bytes stay in the scratch buffer, which the next read
+            // overwrites.
+            match slot.conn.read_socket(&mut self.scratch) {
                 Ok(ReadStatus::Data(_)) => {}
                 Ok(ReadStatus::WouldBlock) => return,
                 Ok(ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full) | Err(_) => {

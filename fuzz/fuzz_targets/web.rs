@@ -15,9 +15,9 @@
 //! connection passes on is whole and re-encodes to the bytes it came in.
 #![no_main]
 
-use evchat::testing::{Connection, HttpOutcome, ReadStatus, Stage};
+use evchat::testing::{Connection, Ending, HttpOutcome, ReadStatus, Stage, TransportStatus};
 use evchat::proto::{Encode, FrameView, MAX_FRAME_LEN};
-use evchat::testing::{MAX_HEAD_LEN, WebConfig, WsStatus};
+use evchat::testing::{MAX_HEAD_LEN, WebConfig};
 use libfuzzer_sys::fuzz_target;
 use std::io::{self, Read, Write};
 
@@ -99,7 +99,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(conn.buffered_input() < MAX_HEAD_LEN + 256, "head grew past its cap");
                     continue;
                 }
-                HttpOutcome::Upgraded(WsStatus::Open) => {}
+                HttpOutcome::Upgraded(TransportStatus::Open) => {}
                 _ => break,
             },
             Stage::Binary | Stage::WebSocket => {}
@@ -110,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(conn.queued_output() <= MAX_OUTPUT, "output past its cap");
         let _ = conn.flush();
     }
-    conn.close_transport(1000, "done");
+    conn.close_transport(Ending::Normal, "done");
     assert!(conn.queued_output() <= MAX_OUTPUT, "output past its cap");
 });
 

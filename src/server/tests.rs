@@ -11,9 +11,10 @@
 //! before the turn that routes it ends — one part each, and only for as
 //! many readers as a turn may write to early.
 
+use super::wire::{EARLY_WRITES_PER_FLUSH, WRITE_EARLY_AT};
 use super::*;
 use crate::captured_log;
-use crate::proto::{Kind, SERVER_ID};
+use crate::proto::{ClientId, Encode, Frame, Kind, SERVER_ID};
 use crate::router::Limits;
 use bytes::BytesMut;
 use raw_client::{Raw, TIMEOUT as WAIT};
@@ -242,7 +243,7 @@ fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_e
     let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
     // One exhibitor more than a turn may write early to.
     let mut exhibitors = Vec::new();
-    for n in 0..=EARLY_WRITES_PER_TURN as u16 {
+    for n in 0..=EARLY_WRITES_PER_FLUSH as u16 {
         let mut x = Raw::connect(addr);
         x.send_frame(&oi(0));
         assert_eq!(
@@ -302,7 +303,7 @@ fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_e
     // The end of the turn writes the rest, in order.
     assert_eq!(server.end_turn(), Next::Continue);
     for (n, x) in exhibitors.iter_mut().enumerate() {
-        let from = if n < EARLY_WRITES_PER_TURN {
+        let from = if n < EARLY_WRITES_PER_FLUSH {
             early + 1
         } else {
             1
