@@ -9,10 +9,10 @@
 mod input;
 
 use clap::ValueEnum;
-use evchat::cli::parse_secs;
+use evchat::cli::{escape_text, parse_secs};
 use evchat::client::{
     FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer, RegisterError,
-    escape_text, exit_process, register,
+    exit_process, register,
 };
 use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
 use input::{ChatLine, HELP, Target, parse_chat_line};

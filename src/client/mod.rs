@@ -1,0 +1,27 @@
+//! What the clients (emitter, exhibitor, `evchat chat`) share, one job a
+//! file: frames over a blocking socket (`wire`), registration with the
+//! server and its errors (`register`), the emitter's input syntax
+//! (`command`), line input (`input`: a line editor on a terminal, bounded
+//! plain reads otherwise), output that does not garble the line being
+//! typed (`printer`) and the terminal's own state (`terminal`).
+//! Clients are simple blocking programs; only the server needs an event
+//! loop.
+
+mod command;
+pub(crate) mod input;
+mod printer;
+mod register;
+mod terminal;
+mod wire;
+
+pub use command::{Command, SyntaxError, parse_command};
+pub use input::{InputLine, LineInput, read_bounded_line};
+pub use printer::Printer;
+pub use register::{RegisterError, Registered, register};
+pub use terminal::exit_process;
+pub use wire::{FrameReader, FrameWriter};
+
+use std::time::Duration;
+
+/// How long a client waits for the OK to its own FLW.
+pub const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
