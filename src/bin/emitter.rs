@@ -6,7 +6,7 @@
 use clap::Parser;
 use evchat::cli::parse_secs;
 use evchat::client::{
-    Command, FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer,
+    Command, Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer,
     exit_process, parse_command, register,
 };
 use evchat::proto::{ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut input = LineInput::stdin();
+    let mut input = LineInput::stdin(Entered::Kept);
     let emitter = Arc::new(Emitter {
         id: registered.id,
         writer: registered.writer,

@@ -1,13 +1,12 @@
 //! Where input lines come from: a line editor on a terminal, bounded plain
 //! reads otherwise, with every line held to the longest a message can use.
 
-use super::printer::{Printer, Screen, lock};
-use super::terminal::{SAVED_TERMINAL, terminal_columns};
+use super::editor::{Edited, Editor, Entered};
+use super::printer::{Printer, Screen};
+use super::terminal::terminal_columns;
 use crate::proto::MAX_TEXT_LEN;
-use std::collections::VecDeque;
-use std::io::{self, BufRead, IsTerminal, Write};
-use std::sync::{Arc, Mutex};
-use unicode_width::UnicodeWidthStr;
+use std::io::{self, BufRead, IsTerminal};
+use std::sync::Arc;
 
 /// The longest input line kept: a message's text plus the longest `(ID) `
 /// prefix. A longer line is counted and reported, never stored whole.
@@ -73,64 +72,34 @@ pub fn read_bounded_line(input: &mut impl BufRead, limit: usize) -> io::Result<I
     Ok(InputLine::Line(line))
 }
 
-/// Where input lines come from: a line editor (editing, in-memory history)
-/// when stdin and stdout are terminals, bounded plain reads otherwise.
+/// Where input lines come from: the line editor when stdin and stdout are
+/// terminals, bounded plain reads otherwise.
 pub struct LineInput {
     source: Source,
     printer: Printer,
-    /// The further lines of a multi-line paste, each taken as if typed.
-    queued: VecDeque<Vec<u8>>,
-    /// Terminal rows the last entry from the editor occupies (0: none, or erased).
-    rows_on_screen: usize,
 }
 
 enum Source {
     Plain(io::StdinLock<'static>),
-    Editor(Box<rustyline::DefaultEditor>),
+    Editor(Editor),
 }
 
-/// Input lines the line editor remembers for the up arrow.
-const HISTORY_LINES: usize = 1000;
-
 impl LineInput {
-    /// The line editor on a terminal, plain reading otherwise.
-    pub fn stdin() -> LineInput {
+    /// The line editor on a terminal (`entered` says whether an entered
+    /// line stays on the screen), plain reading otherwise.
+    pub fn stdin(entered: Entered) -> LineInput {
         let terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
-        if terminal && let Some(input) = LineInput::editor() {
-            return input;
+        let screen = Arc::new(Screen::new(terminal_columns));
+        if terminal && let Some(editor) = Editor::start(screen.clone(), entered) {
+            return LineInput {
+                source: Source::Editor(editor),
+                printer: Printer::above(screen),
+            };
         }
         LineInput {
             source: Source::Plain(io::stdin().lock()),
             printer: Printer::plain(),
-            queued: VecDeque::new(),
-            rows_on_screen: 0,
         }
-    }
-
-    fn editor() -> Option<LineInput> {
-        let mut saved = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: tcgetattr fills the struct on success, checked below.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, saved.as_mut_ptr()) } != 0 {
-            return None;
-        }
-        // SAFETY: initialised by the successful tcgetattr above.
-        let _ = SAVED_TERMINAL.set(unsafe { saved.assume_init() });
-        let config = rustyline::Config::builder()
-            .max_history_size(HISTORY_LINES)
-            .ok()?
-            .auto_add_history(false)
-            .build();
-        let mut editor = rustyline::DefaultEditor::with_config(config).ok()?;
-        let printer = editor.create_external_printer().ok()?;
-        let screen: Screen = Arc::new(Mutex::new(Box::new(printer)));
-        Some(LineInput {
-            source: Source::Editor(Box::new(editor)),
-            printer: Printer {
-                screen: Some(screen),
-            },
-            queued: VecDeque::new(),
-            rows_on_screen: 0,
-        })
     }
 
     /// The printer that keeps output off the line being typed.
@@ -143,78 +112,20 @@ impl LineInput {
         matches!(self.source, Source::Editor(_))
     }
 
-    /// The next line, at most 65543 bytes kept (the longest message line); `prompt` is shown
-    /// by the line editor only. A paste of several lines gives them one by
-    /// one, as a pipe would.
+    /// The next line, at most [`MAX_LINE_LEN`] bytes kept (the longest
+    /// message line); `prompt` is shown by the line editor only.
     pub fn read(&mut self, prompt: &str) -> io::Result<InputLine> {
-        if let Some(line) = self.queued.pop_front() {
-            return Ok(bounded(line));
-        }
         let editor = match &mut self.source {
             Source::Plain(stdin) => return read_bounded_line(stdin, MAX_LINE_LEN),
             Source::Editor(editor) => editor,
         };
-        match editor.readline(prompt) {
-            Ok(entry) => {
-                if !entry.trim().is_empty() {
-                    let _ = editor.add_history_entry(entry.as_str());
-                }
-                self.rows_on_screen = rows_taken(prompt, &entry, terminal_columns());
-                self.queued = entry
-                    .split('\n')
-                    .map(|line| line.strip_suffix('\r').unwrap_or(line).as_bytes().to_vec())
-                    .collect();
-                let first = self.queued.pop_front().unwrap_or_default();
-                Ok(bounded(first))
-            }
-            Err(rustyline::error::ReadlineError::Interrupted) => Ok(InputLine::Interrupted),
-            Err(rustyline::error::ReadlineError::Eof) => Ok(InputLine::End),
-            Err(rustyline::error::ReadlineError::Io(e)) => Err(e),
-            Err(e) => Err(io::Error::other(e)),
-        }
-    }
-
-    /// Removes the last entry (prompt and text) from the screen, for a
-    /// client that shows each line again in its own form once answered.
-    pub fn erase_entered(&mut self) {
-        let Some(screen) = &self.printer.screen else {
-            return;
-        };
-        if self.rows_on_screen == 0 {
-            return;
-        }
-        // Held so that no output line lands between the moves.
-        let _quiet = lock(screen);
-        let mut out = io::stdout().lock();
-        for _ in 0..self.rows_on_screen {
-            let _ = out.write_all(b"\x1b[1A\x1b[2K");
-        }
-        let _ = out.write_all(b"\r");
-        let _ = out.flush();
-        self.rows_on_screen = 0;
-    }
-}
-
-fn bounded(line: Vec<u8>) -> InputLine {
-    if line.len() > MAX_LINE_LEN {
-        InputLine::TooLong(line.len())
-    } else {
-        InputLine::Line(line)
-    }
-}
-
-/// The terminal rows a prompt and an entry take on a screen `columns` wide:
-/// each line of the entry wraps on its own, the first after the prompt.
-fn rows_taken(prompt: &str, entry: &str, columns: usize) -> usize {
-    let columns = columns.max(1);
-    entry
-        .split('\n')
-        .enumerate()
-        .map(|(i, line)| {
-            let lead = if i == 0 { prompt.width() } else { 0 };
-            (lead + line.width()).div_ceil(columns).max(1)
+        Ok(match editor.read_line(prompt)? {
+            Edited::Line(line) if line.len() > MAX_LINE_LEN => InputLine::TooLong(line.len()),
+            Edited::Line(line) => InputLine::Line(line.into_bytes()),
+            Edited::End => InputLine::End,
+            Edited::Interrupted => InputLine::Interrupted,
         })
-        .sum()
+    }
 }
 
 #[cfg(test)]
@@ -256,15 +167,5 @@ mod tests {
         );
         // A CR alone in the middle of a chunk boundary is text.
         assert_eq!(read_all(b"a\rb\n", 8), vec![line("a\rb")]);
-    }
-
-    #[test]
-    fn rows_taken_counts_wrapping_wide_characters_and_pasted_lines() {
-        assert_eq!(rows_taken("all> ", "", 80), 1);
-        assert_eq!(rows_taken("all> ", &"x".repeat(75), 80), 1);
-        assert_eq!(rows_taken("all> ", &"x".repeat(76), 80), 2);
-        // Two columns per character.
-        assert_eq!(rows_taken("all> ", &"語".repeat(38), 80), 2);
-        assert_eq!(rows_taken("all> ", "one\ntwo\n", 80), 3);
     }
 }

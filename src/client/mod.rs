@@ -1,20 +1,24 @@
 //! What the clients (emitter, exhibitor, `evchat chat`) share, one job a
 //! file: frames over a blocking socket (`wire`), registration with the
 //! server and its errors (`register`), the emitter's input syntax
-//! (`command`), line input (`input`: a line editor on a terminal, bounded
-//! plain reads otherwise), output that does not garble the line being
-//! typed (`printer`) and the terminal's own state (`terminal`).
+//! (`command`), line input (`input`: the line editor of `editor` and
+//! `keys` on a terminal, bounded plain reads otherwise), output that does
+//! not garble the line being typed (`printer`) and the terminal itself
+//! (`terminal`: raw mode, reads, its width).
 //! Clients are simple blocking programs; only the server needs an event
 //! loop.
 
 mod command;
+mod editor;
 pub(crate) mod input;
+mod keys;
 mod printer;
 mod register;
 mod terminal;
 mod wire;
 
 pub use command::{Command, SyntaxError, parse_command};
+pub use editor::Entered;
 pub use input::{InputLine, LineInput, read_bounded_line};
 pub use printer::Printer;
 pub use register::{RegisterError, Registered, register};

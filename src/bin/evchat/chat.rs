@@ -11,8 +11,8 @@ mod input;
 use clap::ValueEnum;
 use evchat::cli::{escape_text, parse_secs};
 use evchat::client::{
-    FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer, RegisterError,
-    exit_process, register,
+    Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer,
+    RegisterError, exit_process, register,
 };
 use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
 use input::{ChatLine, HELP, Target, parse_chat_line};
@@ -195,7 +195,8 @@ pub fn run(args: ChatArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut input = LineInput::stdin();
+    // Each line comes back in its own form (with its mark) once sent.
+    let mut input = LineInput::stdin(Entered::Erased);
     let terminal = input.is_terminal();
     let chat = Arc::new(Chat {
         addr: args.server,
@@ -359,8 +360,6 @@ impl Chat {
                     return;
                 }
             };
-            // The line comes back in its own form (with its mark) once sent.
-            input.erase_entered();
             match parse_chat_line(&line, target) {
                 Ok(ChatLine::Send { dest, text }) => {
                     self.send(number, Sent::Message { dest, text })
