@@ -24,6 +24,9 @@ pub mod testing {
     pub use crate::web::{
         FeedOutcome, MAX_HEAD_LEN, WebConfig, WsStatus, binary_header_len, feed_in_reads,
     };
+
+    // The clients' bounded line reader, for the `input` fuzz target.
+    pub use crate::client::input::read_bounded_line;
 }
 
 #[cfg(test)]

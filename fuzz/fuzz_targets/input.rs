@@ -17,7 +17,8 @@
 #![no_main]
 
 use evchat::cli::escape_text;
-use evchat::client::{Command, InputLine, parse_command, read_bounded_line};
+use evchat::client::{Command, InputLine, parse_command};
+use evchat::testing::read_bounded_line;
 use evchat::proto::MAX_TEXT_LEN;
 use libfuzzer_sys::fuzz_target;
 use std::io::BufReader;

@@ -19,7 +19,7 @@ mod wire;
 
 pub use command::{Command, SyntaxError, parse_command};
 pub use editor::Entered;
-pub use input::{InputLine, LineInput, read_bounded_line};
+pub use input::{InputLine, LineInput};
 pub use printer::Printer;
 pub use register::{RegisterError, Registered, register};
 pub use terminal::exit_process;
