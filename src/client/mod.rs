@@ -3,7 +3,8 @@
 //! server and its errors (`register`), the emitter's input syntax
 //! (`command`), line input (`input`: the line editor of `editor` and
 //! `keys` on a terminal, bounded plain reads otherwise), output that does
-//! not garble the line being typed (`printer`) and the terminal itself
+//! not garble the line being typed (`printer`), the books on requests awaiting replies (`replies`)
+//! and the terminal itself
 //! (`terminal`: raw mode, reads, its width).
 //! Clients are simple blocking programs; only the server needs an event
 //! loop.
@@ -14,6 +15,7 @@ pub(crate) mod input;
 mod keys;
 mod printer;
 mod register;
+mod replies;
 mod terminal;
 mod wire;
 
@@ -22,6 +24,7 @@ pub use editor::Entered;
 pub use input::{InputLine, LineInput};
 pub use printer::Printer;
 pub use register::{RegisterError, Registered, register};
+pub use replies::{Book, Farewell, Replies, Settled};
 pub use terminal::exit_process;
 pub use wire::{FrameReader, FrameWriter};
 
