@@ -3,7 +3,6 @@
 
 use super::editor::{Edited, Editor, Entered};
 use super::printer::{Printer, Screen};
-use super::terminal::terminal_columns;
 use crate::proto::MAX_TEXT_LEN;
 use std::io::{self, BufRead, IsTerminal};
 use std::sync::Arc;
@@ -89,7 +88,7 @@ impl LineInput {
     /// line stays on the screen), plain reading otherwise.
     pub fn stdin(entered: Entered) -> LineInput {
         let terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
-        let screen = Arc::new(Screen::new(terminal_columns));
+        let screen = Arc::new(Screen::new());
         if terminal && let Some(editor) = Editor::start(screen.clone(), entered) {
             return LineInput {
                 source: Source::Editor(editor),

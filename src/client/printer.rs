@@ -3,6 +3,7 @@
 //! On a terminal the line being typed (prompt, text, cursor) is drawn here
 //! too, for the line editor: one lock orders every write to the screen.
 
+use super::terminal::terminal_columns;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use unicode_width::UnicodeWidthChar;
@@ -33,11 +34,11 @@ impl Printer {
         match &self.screen {
             None => crate::cli::print_line(text),
             Some(screen) => {
-                let area = screen.lock();
-                let mut out = area.clear();
+                let mut screen = screen.lock();
+                let mut out = screen.area.clear();
                 out.push_str(text);
                 out.push('\n');
-                out.push_str(&area.draw());
+                out.push_str(&screen.area.draw());
                 write_out(&out)
             }
         }
@@ -54,8 +55,8 @@ impl Printer {
             }
             Some(screen) => {
                 // Held until the exit, so that no other output lands after it.
-                let area = screen.lock();
-                let _ = write_out(&format!("{}{line}\n", area.clear()));
+                let screen = screen.lock();
+                let _ = write_out(&format!("{}{line}\n", screen.area.clear()));
                 super::terminal::exit_process(code)
             }
         }
@@ -76,20 +77,70 @@ impl Printer {
 /// The terminal's screen as the line editor and the printers share it.
 pub(super) struct Screen {
     area: Mutex<InputArea>,
-    /// The terminal's width, read at each drawing (it may be resized).
-    columns: fn() -> usize,
+}
+
+impl Screen {
+    pub(super) fn new() -> Screen {
+        Screen {
+            area: Mutex::new(InputArea::default()),
+        }
+    }
+
+    pub(super) fn lock(&self) -> ScreenLock<'_> {
+        let mut area = self.area.lock().unwrap_or_else(|e| e.into_inner());
+        // Read at each drawing: the terminal may have been resized.
+        area.columns = terminal_columns().max(1);
+        ScreenLock { area }
+    }
+}
+
+/// The screen, held: nothing else is written to it meanwhile.
+pub(super) struct ScreenLock<'a> {
+    area: MutexGuard<'a, InputArea>,
+}
+
+impl ScreenLock<'_> {
+    /// Shows `prompt` and `text` with the cursor `cursor` characters into
+    /// the text, in place of what the input area held.
+    pub(super) fn show(&mut self, prompt: &str, text: &[char], cursor: usize) -> io::Result<()> {
+        let mut out = self.area.clear();
+        self.area.edit(prompt, text, cursor);
+        out.push_str(&self.area.draw());
+        write_out(&out)
+    }
+
+    /// Clears the whole screen, then draws the input area at its top.
+    pub(super) fn clear_screen(&mut self) -> io::Result<()> {
+        let out = format!("\x1b[H\x1b[2J{}", self.area.draw());
+        write_out(&out)
+    }
+
+    /// Ends the line being typed: it stays on the screen above a new row,
+    /// or with `erase`, is erased.
+    pub(super) fn enter(&mut self, erase: bool) -> io::Result<()> {
+        let out = self.area.enter(erase);
+        write_out(&out)
+    }
+
+    /// Erases the line being typed: no line is typed any more.
+    pub(super) fn close(&mut self) -> io::Result<()> {
+        let out = self.area.clear();
+        self.area.editing = None;
+        self.area.draw();
+        write_out(&out)
+    }
 }
 
 /// The rows at the bottom of the screen where a line is being typed.
 #[derive(Default)]
-pub(super) struct InputArea {
+struct InputArea {
     /// The line being typed, while the line editor reads one.
     editing: Option<Editing>,
-    /// The width the area was last drawn for.
+    /// The terminal's width.
     columns: usize,
-    /// Rows from the area's first row to the cursor's.
+    /// Rows from the area's first row to the cursor's, as last drawn.
     cursor_row: usize,
-    /// Rows the area takes (0: none drawn).
+    /// Rows the area takes, as last drawn (0: nothing drawn).
     rows: usize,
 }
 
@@ -102,81 +153,10 @@ struct Editing {
     cursor: usize,
 }
 
-impl Screen {
-    pub(super) fn new(columns: fn() -> usize) -> Screen {
-        Screen {
-            area: Mutex::new(InputArea::default()),
-            columns,
-        }
-    }
-
-    pub(super) fn lock(&self) -> ScreenLock<'_> {
-        let mut area = self.area.lock().unwrap_or_else(|e| e.into_inner());
-        area.columns = (self.columns)().max(1);
-        ScreenLock { area }
-    }
-}
-
-/// The screen, held: nothing else is written to it meanwhile.
-pub(super) struct ScreenLock<'a> {
-    area: MutexGuard<'a, InputArea>,
-}
-
-impl ScreenLock<'_> {
-    /// The bytes that erase the input area and leave the cursor at its
-    /// start (the start of the current row when nothing is drawn).
-    fn clear(&self) -> String {
-        let area = &self.area;
-        let mut out = String::from("\r");
-        if area.cursor_row > 0 {
-            out.push_str(&format!("\x1b[{}A", area.cursor_row));
-        }
-        // One row: clear it; more: everything from the first one down.
-        out.push_str(if area.rows > 1 { "\x1b[J" } else { "\x1b[2K" });
-        out
-    }
-
-    /// The bytes that draw the line being typed from the cursor's place
-    /// (the start of an empty row) and put the cursor where it is editing;
-    /// nothing when no line is being typed. Notes the rows drawn.
-    fn draw(&self) -> String {
-        let mut out = String::new();
-        let Some(editing) = &self.area.editing else {
-            return out;
-        };
-        let columns = self.area.columns;
-        out.push_str(&editing.shown);
-        let end_row = editing.width / columns;
-        if editing.width > 0 && editing.width % columns == 0 {
-            // The cursor waits at the last column: move it to the next row
-            // as the arithmetic below has it.
-            out.push('\n');
-        }
-        let (cursor_row, cursor_col) = (editing.cursor / columns, editing.cursor % columns);
-        if end_row > cursor_row {
-            out.push_str(&format!("\x1b[{}A", end_row - cursor_row));
-        }
-        out.push('\r');
-        if cursor_col > 0 {
-            out.push_str(&format!("\x1b[{cursor_col}C"));
-        }
-        out
-    }
-
-    /// Notes where `draw` left the cursor.
-    fn drawn(&mut self) {
-        let columns = self.area.columns;
-        let (rows, cursor_row) = match &self.area.editing {
-            Some(e) => (e.width / columns + 1, e.cursor / columns),
-            None => (0, 0),
-        };
-        self.area.rows = rows;
-        self.area.cursor_row = cursor_row;
-    }
-
-    /// Shows `prompt` and `text` with the cursor `cursor` characters into
-    /// the text, in place of what the input area held.
-    pub(super) fn show(&mut self, prompt: &str, text: &[char], cursor: usize) -> io::Result<()> {
+impl InputArea {
+    /// Takes `prompt`, `text` and a cursor `cursor` characters into the
+    /// text as the line being typed (not drawn yet).
+    fn edit(&mut self, prompt: &str, text: &[char], cursor: usize) {
         let mut shown = String::from(prompt);
         let mut width = width_of(prompt.chars());
         let mut cursor_width = width;
@@ -193,52 +173,72 @@ impl ScreenLock<'_> {
         if cursor >= text.len() {
             cursor_width = width;
         }
-        let mut out = self.clear();
-        self.area.editing = Some(Editing {
+        self.editing = Some(Editing {
             shown,
             width,
             cursor: cursor_width,
         });
-        out.push_str(&self.draw());
-        self.drawn();
-        write_out(&out)
     }
 
-    /// Clears the whole screen, then draws the input area at its top.
-    pub(super) fn clear_screen(&mut self) -> io::Result<()> {
-        let out = format!("\x1b[H\x1b[2J{}", self.draw());
-        self.drawn();
-        write_out(&out)
+    /// The bytes that erase the area and leave the cursor at its start
+    /// (the start of the current row when nothing is drawn).
+    fn clear(&self) -> String {
+        let mut out = String::from("\r");
+        if self.cursor_row > 0 {
+            out.push_str(&format!("\x1b[{}A", self.cursor_row));
+        }
+        // One row: clear it; more: everything from the first one down.
+        out.push_str(if self.rows > 1 { "\x1b[J" } else { "\x1b[2K" });
+        out
     }
 
-    /// Ends the line being typed (shown with the cursor at its end): it
-    /// stays on the screen above a new row, or with `erase`, is erased.
-    pub(super) fn enter(&mut self, erase: bool) -> io::Result<()> {
+    /// The bytes that draw the line being typed from the start of an empty
+    /// row and put the cursor where it edits; notes the rows they take.
+    fn draw(&mut self) -> String {
+        let mut out = String::new();
+        let Some(editing) = &self.editing else {
+            (self.rows, self.cursor_row) = (0, 0);
+            return out;
+        };
+        let columns = self.columns.max(1);
+        out.push_str(&editing.shown);
+        let end_row = editing.width / columns;
+        if editing.width > 0 && editing.width % columns == 0 {
+            // The cursor waits at the last column: move it to the next row
+            // as the arithmetic below has it.
+            out.push('\n');
+        }
+        let (cursor_row, cursor_col) = (editing.cursor / columns, editing.cursor % columns);
+        if end_row > cursor_row {
+            out.push_str(&format!("\x1b[{}A", end_row - cursor_row));
+        }
+        out.push('\r');
+        if cursor_col > 0 {
+            out.push_str(&format!("\x1b[{cursor_col}C"));
+        }
+        (self.rows, self.cursor_row) = (end_row + 1, cursor_row);
+        out
+    }
+
+    /// The bytes that end the line being typed: drawn with the cursor at
+    /// its end, then a new row; with `erase`, its rows erased again.
+    fn enter(&mut self, erase: bool) -> String {
         let mut out = self.clear();
-        let Some(editing) = &mut self.area.editing else {
-            return Ok(());
+        let Some(editing) = &mut self.editing else {
+            return String::new();
         };
         editing.cursor = editing.width;
-        let rows = editing.width / self.area.columns + 1;
         out.push_str(&self.draw());
         out.push('\n');
         if erase {
-            for _ in 0..rows {
+            for _ in 0..self.rows {
                 out.push_str("\x1b[1A\x1b[2K");
             }
             out.push('\r');
         }
-        self.area.editing = None;
-        self.drawn();
-        write_out(&out)
-    }
-
-    /// Erases the line being typed: no line is typed any more.
-    pub(super) fn close(&mut self) -> io::Result<()> {
-        let out = self.clear();
-        self.area.editing = None;
-        self.drawn();
-        write_out(&out)
+        self.editing = None;
+        self.draw();
+        out
     }
 }
 
@@ -250,4 +250,76 @@ fn write_out(bytes: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     out.write_all(bytes.as_bytes())?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(columns: usize) -> InputArea {
+        InputArea {
+            columns,
+            ..InputArea::default()
+        }
+    }
+
+    fn chars(text: &str) -> Vec<char> {
+        text.chars().collect()
+    }
+
+    #[test]
+    fn one_row_is_drawn_and_cleared_in_place() {
+        let mut area = area(80);
+        area.edit("all> ", &chars("hello"), 2);
+        assert_eq!(area.draw(), "all> hello\r\x1b[7C");
+        assert_eq!(area.clear(), "\r\x1b[2K");
+        // Nothing drawn: the current row is cleared.
+        assert_eq!(super::InputArea::default().clear(), "\r\x1b[2K");
+    }
+
+    #[test]
+    fn a_wrapped_line_puts_the_cursor_on_its_row_and_clears_from_the_first() {
+        let mut area = area(10);
+        // 5 + 12 columns: two rows; the cursor after "0123" is on the first.
+        area.edit("all> ", &chars("0123456789ab"), 4);
+        assert_eq!(area.draw(), "all> 0123456789ab\x1b[1A\r\x1b[9C");
+        assert_eq!((area.rows, area.cursor_row), (2, 0));
+        assert_eq!(area.clear(), "\r\x1b[J");
+        // At the end: the second row.
+        area.edit("all> ", &chars("0123456789ab"), 12);
+        assert_eq!(area.draw(), "all> 0123456789ab\r\x1b[7C");
+        assert_eq!(area.clear(), "\r\x1b[1A\x1b[J");
+    }
+
+    #[test]
+    fn a_line_that_fills_its_last_row_moves_the_cursor_to_the_next() {
+        let mut area = area(10);
+        area.edit("> ", &chars("12345678"), 8);
+        assert_eq!(area.draw(), "> 12345678\n\r");
+        assert_eq!((area.rows, area.cursor_row), (2, 1));
+    }
+
+    #[test]
+    fn wide_characters_take_two_columns_and_controls_are_drawn_as_spaces() {
+        let mut area = area(80);
+        area.edit("> ", &chars("語\tx"), 1);
+        assert_eq!(area.draw(), "> 語 x\r\x1b[4C");
+    }
+
+    #[test]
+    fn an_entered_line_is_erased_row_by_row_when_asked() {
+        let mut area = area(10);
+        area.edit("all> ", &chars("0123456789ab"), 0);
+        area.draw();
+        assert_eq!(
+            area.enter(true),
+            "\r\x1b[J".to_string()
+                + "all> 0123456789ab\r\x1b[7C\n"
+                + "\x1b[1A\x1b[2K\x1b[1A\x1b[2K\r"
+        );
+        assert!(area.editing.is_none() && area.rows == 0);
+        area.edit("all> ", &chars("hi"), 0);
+        area.draw();
+        assert_eq!(area.enter(false), "\r\x1b[2Kall> hi\r\x1b[7C\n");
+    }
 }
