@@ -129,10 +129,16 @@ mod tests {
 
     #[test]
     fn escape_neutralises_bidi_and_invisible_formatting() {
-        let all = "\u{200e}\u{200f}\u{202a}\u{202b}\u{202c}\u{202d}\u{202e}\u{2066}\u{2067}\u{2068}\u{2069}";
+        let all = concat!(
+            "\u{200e}\u{200f}\u{202a}\u{202b}\u{202c}\u{202d}\u{202e}",
+            "\u{2066}\u{2067}\u{2068}\u{2069}"
+        );
         assert_eq!(
             escape_text(all.as_bytes()),
-            "\\u{200e}\\u{200f}\\u{202a}\\u{202b}\\u{202c}\\u{202d}\\u{202e}\\u{2066}\\u{2067}\\u{2068}\\u{2069}"
+            concat!(
+                "\\u{200e}\\u{200f}\\u{202a}\\u{202b}\\u{202c}\\u{202d}\\u{202e}",
+                "\\u{2066}\\u{2067}\\u{2068}\\u{2069}"
+            )
         );
         // Neighbours of those ranges are ordinary text.
         assert_eq!(

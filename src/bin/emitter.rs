@@ -15,6 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// The ids an emitter may pair with, as clap's range takes them.
+const EXHIBITOR_ID_RANGE: std::ops::RangeInclusive<i64> =
+    *EXHIBITOR_IDS.start() as i64..=*EXHIBITOR_IDS.end() as i64;
+
 #[derive(Parser, Debug)]
 #[command(
     version,
@@ -41,7 +45,7 @@ struct Args {
     /// Server address as host:port (IPv6: [addr]:port)
     server: String,
     /// Exhibitor to pair with (4096-8191), as printed by `exhibitor`
-    #[arg(value_parser = clap::value_parser!(u16).range(*EXHIBITOR_IDS.start() as i64..=*EXHIBITOR_IDS.end() as i64))]
+    #[arg(value_parser = clap::value_parser!(u16).range(EXHIBITOR_ID_RANGE))]
     exhibitor_id: Option<u16>,
     /// Seconds to wait at end of input for outstanding replies
     #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
@@ -110,7 +114,8 @@ impl Emitter {
                 Ok(InputLine::Line(line)) => line,
                 Ok(InputLine::TooLong(len)) => {
                     self.printer.error(&format!(
-                        "emitter: line {number}: line is {len} bytes; a message carries at most 65535 bytes of text; nothing sent"
+                        "emitter: line {number}: line is {len} bytes; \
+                         a message carries at most 65535 bytes of text; nothing sent"
                     ));
                     continue;
                 }

@@ -189,8 +189,11 @@ mod tests {
     #[test]
     fn escape_sequences_of_the_editing_keys() {
         use Key::*;
-        let typed = b"\x1b[A\x1b[B\x1b[C\x1b[D\x1b[H\x1b[F\x1bOH\x1bOF\x1b[1~\x1b[4~\x1b[7~\x1b[8~\x1b[3~\x1b[1;5C\x1b[200~\x1b[201~";
-        let (got, rest) = keys(typed, false);
+        let typed = concat!(
+            "\x1b[A\x1b[B\x1b[C\x1b[D\x1b[H\x1b[F\x1bOH\x1bOF",
+            "\x1b[1~\x1b[4~\x1b[7~\x1b[8~\x1b[3~\x1b[1;5C\x1b[200~\x1b[201~"
+        );
+        let (got, rest) = keys(typed.as_bytes(), false);
         assert_eq!(
             got,
             [

@@ -181,7 +181,10 @@ pub fn json(target: &str, outcomes: &[Outcome]) -> String {
                     .collect();
                 let _ = write!(
                     out,
-                    ",\"detail\":{},\"sent\":[{}],\"expected\":{},\"received\":{},\"received_hex\":{},\"hint\":{}",
+                    concat!(
+                        ",\"detail\":{},\"sent\":[{}],\"expected\":{},",
+                        "\"received\":{},\"received_hex\":{},\"hint\":{}"
+                    ),
                     quote(&f.summary),
                     sent.join(","),
                     quote(&f.expected),
