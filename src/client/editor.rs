@@ -117,6 +117,7 @@ impl Editor {
                     self.screen.lock().clear_screen()?;
                     drawn = true;
                 }
+                Key::Suspend => suspend(&self.screen)?,
                 key => line.edit(key, &self.history),
             }
         }
@@ -186,21 +187,20 @@ impl Line {
             }
             Key::Left => self.cursor = self.cursor.saturating_sub(1),
             Key::Right => self.cursor = (self.cursor + 1).min(self.text.len()),
+            Key::WordLeft => self.cursor = self.word_start(),
+            Key::WordRight => {
+                let after = &self.text[self.cursor..];
+                let spaces = after.iter().take_while(|c| c.is_whitespace()).count();
+                let word = after[spaces..]
+                    .iter()
+                    .take_while(|c| !c.is_whitespace())
+                    .count();
+                self.cursor += spaces + word;
+            }
             Key::Home => self.cursor = 0,
             Key::End => self.cursor = self.text.len(),
             Key::DeleteWordBack => {
-                let before = &self.text[..self.cursor];
-                let spaces = before
-                    .iter()
-                    .rev()
-                    .take_while(|c| c.is_whitespace())
-                    .count();
-                let word = before[..before.len() - spaces]
-                    .iter()
-                    .rev()
-                    .take_while(|c| !c.is_whitespace())
-                    .count();
-                let start = self.cursor - spaces - word;
+                let start = self.word_start();
                 self.text.drain(start..self.cursor);
                 self.cursor = start;
             }
@@ -213,6 +213,22 @@ impl Line {
             Key::Down => self.recall_newer(history),
             _ => {}
         }
+    }
+
+    /// Where the word before the cursor starts (spaces after it included).
+    fn word_start(&self) -> usize {
+        let before = &self.text[..self.cursor];
+        let spaces = before
+            .iter()
+            .rev()
+            .take_while(|c| c.is_whitespace())
+            .count();
+        let word = before[..before.len() - spaces]
+            .iter()
+            .rev()
+            .take_while(|c| !c.is_whitespace())
+            .count();
+        self.cursor - spaces - word
     }
 
     fn recall_older(&mut self, history: &[String]) {
@@ -245,6 +261,20 @@ impl Line {
         self.text = history[index].chars().collect();
         self.cursor = self.text.len();
     }
+}
+
+/// Stops the program as Ctrl-Z does with the terminal in its own mode:
+/// the line being typed is erased and the terminal given back; once
+/// continued, raw mode is on again (and the line drawn again after).
+fn suspend(screen: &Screen) -> io::Result<()> {
+    screen.lock().close()?;
+    restore_terminal();
+    // SAFETY: raise has no preconditions; SIGTSTP stops the process here.
+    unsafe {
+        libc::raise(libc::SIGTSTP);
+    }
+    enter_raw_mode();
+    Ok(())
 }
 
 #[cfg(test)]
@@ -287,6 +317,21 @@ mod tests {
             typed(&[Key::Char('x'), Key::Home, Key::DeleteWordBack], &[]),
             ("x".into(), 0)
         );
+    }
+
+    #[test]
+    fn word_moves_stop_at_the_starts_and_ends_of_words() {
+        let mut keys = chars("one  two three");
+        keys.push(Key::WordLeft);
+        assert_eq!(typed(&keys, &[]), ("one  two three".into(), 9));
+        for want in [5, 0, 0] {
+            keys.push(Key::WordLeft);
+            assert_eq!(typed(&keys, &[]).1, want);
+        }
+        for want in [3, 8, 14, 14] {
+            keys.push(Key::WordRight);
+            assert_eq!(typed(&keys, &[]).1, want);
+        }
     }
 
     #[test]

@@ -13,6 +13,10 @@ pub(super) enum Key {
     Delete,
     Left,
     Right,
+    /// Alt-B, Ctrl-Left or Alt-Left: to the start of the word before.
+    WordLeft,
+    /// Alt-F, Ctrl-Right or Alt-Right: past the end of the word after.
+    WordRight,
     /// Up arrow or Ctrl-P: the history's previous entry.
     Up,
     /// Down arrow or Ctrl-N: the history's next entry.
@@ -33,6 +37,8 @@ pub(super) enum Key {
     Interrupt,
     /// Ctrl-L.
     ClearScreen,
+    /// Ctrl-Z: stop the program, as the terminal would.
+    Suspend,
     /// The terminal starts a bracketed paste (`ESC [ 200 ~`).
     PasteStart,
     /// The terminal ends a bracketed paste (`ESC [ 201 ~`).
@@ -65,6 +71,7 @@ pub(super) fn first_key(bytes: &[u8], pasting: bool) -> Option<(Key, usize)> {
         0x10 => Key::Up,
         0x15 => Key::KillToStart,
         0x17 => Key::DeleteWordBack,
+        0x1a => Key::Suspend,
         ESC => return escape_sequence(bytes),
         0x00..0x20 => Key::Ignored,
         0x20..0x7f => Key::Char(char::from(first)),
@@ -73,8 +80,9 @@ pub(super) fn first_key(bytes: &[u8], pasting: bool) -> Option<(Key, usize)> {
     Some((key, 1))
 }
 
-/// A key that starts with ESC: CSI (`ESC [`) and SS3 (`ESC O`) sequences;
-/// ESC before anything else (Alt and a key) is ignored with that key.
+/// A key that starts with ESC: CSI (`ESC [`) and SS3 (`ESC O`) sequences,
+/// Alt-B and Alt-F; ESC before anything else (Alt and another key) is
+/// ignored with that key.
 fn escape_sequence(bytes: &[u8]) -> Option<(Key, usize)> {
     match bytes.get(1)? {
         b'[' => control_sequence(bytes),
@@ -92,12 +100,15 @@ fn escape_sequence(bytes: &[u8]) -> Option<(Key, usize)> {
         }
         // A second ESC starts a key of its own.
         &ESC => Some((Key::Ignored, 1)),
+        b'b' => Some((Key::WordLeft, 2)),
+        b'f' => Some((Key::WordRight, 2)),
         _ => Some((Key::Ignored, 2)),
     }
 }
 
 /// `ESC [`, parameter bytes, intermediate bytes, one final byte (ECMA-48).
-/// Modifiers (`ESC [ 1 ; 5 C`, Ctrl-Right) are ignored: the plain key.
+/// With Ctrl or Alt (`ESC [ 1 ; 5 C`, `ESC [ 1 ; 3 C`) the arrows left and
+/// right move by words; other modifiers are ignored: the plain key.
 fn control_sequence(bytes: &[u8]) -> Option<(Key, usize)> {
     let mut end = 2;
     while matches!(bytes.get(end)?, 0x30..=0x3f) {
@@ -112,10 +123,14 @@ fn control_sequence(bytes: &[u8]) -> Option<(Key, usize)> {
         // Not a well-formed sequence: drop what was read of it.
         return Some((Key::Ignored, end));
     }
-    let first_param = params.split(|&b| b == b';').next().unwrap_or(&[]);
+    let mut fields = params.split(|&b| b == b';');
+    let first_param = fields.next().unwrap_or(&[]);
+    let by_word = matches!(fields.next(), Some(b"3" | b"5"));
     let key = match (last, first_param) {
         (b'A', _) => Key::Up,
         (b'B', _) => Key::Down,
+        (b'C', _) if by_word => Key::WordRight,
+        (b'D', _) if by_word => Key::WordLeft,
         (b'C', _) => Key::Right,
         (b'D', _) => Key::Left,
         (b'H', _) => Key::Home,
@@ -191,14 +206,16 @@ mod tests {
         use Key::*;
         let typed = concat!(
             "\x1b[A\x1b[B\x1b[C\x1b[D\x1b[H\x1b[F\x1bOH\x1bOF",
-            "\x1b[1~\x1b[4~\x1b[7~\x1b[8~\x1b[3~\x1b[1;5C\x1b[200~\x1b[201~"
+            "\x1b[1~\x1b[4~\x1b[7~\x1b[8~\x1b[3~\x1b[1;2C\x1b[200~\x1b[201~",
+            "\x1b[1;5D\x1b[1;5C\x1b[1;3D\x1b[1;3C\x1bb\x1bf"
         );
         let (got, rest) = keys(typed.as_bytes(), false);
         assert_eq!(
             got,
             [
                 Up, Down, Right, Left, Home, End, Home, End, Home, End, Home, End, Delete, Right,
-                PasteStart, PasteEnd
+                PasteStart, PasteEnd, WordLeft, WordRight, WordLeft, WordRight, WordLeft,
+                WordRight
             ]
         );
         assert!(rest.is_empty());
@@ -208,7 +225,7 @@ mod tests {
     fn control_keys() {
         use Key::*;
         let (got, _) = keys(
-            b"\x01\x02\x03\x04\x05\x06\x08\x0b\x0c\x0e\x10\x15\x17\x7f\x1a",
+            b"\x01\x02\x03\x04\x05\x06\x08\x0b\x0c\x0e\x10\x15\x17\x7f\x1a\x1c",
             false,
         );
         assert_eq!(
@@ -228,6 +245,7 @@ mod tests {
                 KillToStart,
                 DeleteWordBack,
                 Backspace,
+                Suspend,
                 Ignored
             ]
         );
@@ -259,7 +277,7 @@ mod tests {
         let r = Key::Char(char::REPLACEMENT_CHARACTER);
         assert_eq!(first_key(b"\xff", false), Some((r, 1)));
         assert_eq!(first_key(b"\xc3(", false), Some((r, 1)));
-        assert_eq!(first_key(b"\x1bb", false), Some((Key::Ignored, 2)));
+        assert_eq!(first_key(b"\x1bx", false), Some((Key::Ignored, 2)));
         assert_eq!(first_key(b"\x1b\x1b[A", false), Some((Key::Ignored, 1)));
         // A malformed sequence is dropped up to the byte that broke it.
         assert_eq!(first_key(b"\x1b[1\x01", false), Some((Key::Ignored, 3)));
