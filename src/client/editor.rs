@@ -2,8 +2,8 @@
 //! with the editing keys of a shell (arrows, Home, End, Ctrl-W, Ctrl-U,
 //! Ctrl-K) and the up arrow through this session's lines. The terminal stays
 //! in raw mode from the start to the end of input, and what is read past
-//! one Enter is kept for the next line: every byte typed reaches the
-//! program, in order, however fast it comes.
+//! one Enter is kept for the next line: every key typed is taken, in order,
+//! however fast it comes.
 
 use super::keys::{Key, first_key};
 use super::printer::Screen;
@@ -106,17 +106,13 @@ impl Editor {
                 Key::Enter => {
                     let text: String = line.text.iter().collect();
                     self.remember(&text);
-                    let mut screen = self.screen.lock();
-                    screen.show(prompt, &line.text, line.cursor)?;
-                    screen.enter(self.entered == Entered::Erased)?;
+                    let erase = self.entered == Entered::Erased;
+                    self.screen.lock().enter(prompt, &line.text, erase)?;
                     return Ok(Edited::Line(text));
                 }
                 Key::EndOfInput if line.text.is_empty() => return self.end(Edited::End),
                 Key::Interrupt => return self.end(Edited::Interrupted),
-                Key::ClearScreen => {
-                    self.screen.lock().clear_screen()?;
-                    drawn = true;
-                }
+                Key::ClearScreen => self.screen.lock().clear_screen()?,
                 Key::Suspend => suspend(&self.screen)?,
                 key => line.edit(key, &self.history),
             }

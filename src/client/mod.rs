@@ -1,13 +1,12 @@
 //! What the clients (emitter, exhibitor, `evchat chat`) share, one job a
 //! file: frames over a blocking socket (`wire`), registration with the
 //! server and its errors (`register`), the emitter's input syntax
-//! (`command`), line input (`input`: the line editor of `editor` and
-//! `keys` on a terminal, bounded plain reads otherwise), output that does
-//! not garble the line being typed (`printer`), the books on requests awaiting replies (`replies`)
-//! and the terminal itself
-//! (`terminal`: raw mode, reads, its width).
-//! Clients are simple blocking programs; only the server needs an event
-//! loop.
+//! (`command`), line input (`input`: the line editor of `editor` and `keys`
+//! on a terminal, bounded plain reads otherwise), output that does not
+//! garble the line being typed (`printer`), the books on requests awaiting
+//! their replies (`replies`) and the terminal itself (`terminal`: raw mode,
+//! reads, its width). Clients are simple blocking programs; only the
+//! server needs an event loop.
 
 mod command;
 mod editor;

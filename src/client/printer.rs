@@ -109,16 +109,17 @@ impl ScreenLock<'_> {
         write_out(&out)
     }
 
-    /// Clears the whole screen, then draws the input area at its top.
+    /// Clears the whole screen; the input area is drawn again at its top
+    /// by the next [`show`](Self::show).
     pub(super) fn clear_screen(&mut self) -> io::Result<()> {
-        let out = format!("\x1b[H\x1b[2J{}", self.area.draw());
-        write_out(&out)
+        (self.area.rows, self.area.cursor_row) = (0, 0);
+        write_out("\x1b[H\x1b[2J")
     }
 
-    /// Ends the line being typed: it stays on the screen above a new row,
-    /// or with `erase`, is erased.
-    pub(super) fn enter(&mut self, erase: bool) -> io::Result<()> {
-        let out = self.area.enter(erase);
+    /// Ends the line being typed, `prompt` and `text`: it stays on the
+    /// screen above a new row, or with `erase`, is erased.
+    pub(super) fn enter(&mut self, prompt: &str, text: &[char], erase: bool) -> io::Result<()> {
+        let out = self.area.enter(prompt, text, erase);
         write_out(&out)
     }
 
@@ -220,14 +221,12 @@ impl InputArea {
         out
     }
 
-    /// The bytes that end the line being typed: drawn with the cursor at
-    /// its end, then a new row; with `erase`, its rows erased again.
-    fn enter(&mut self, erase: bool) -> String {
+    /// The bytes that end the line being typed, `prompt` and `text`: drawn
+    /// with the cursor at its end, then a new row; with `erase`, its rows
+    /// erased again.
+    fn enter(&mut self, prompt: &str, text: &[char], erase: bool) -> String {
         let mut out = self.clear();
-        let Some(editing) = &mut self.editing else {
-            return String::new();
-        };
-        editing.cursor = editing.width;
+        self.edit(prompt, text, text.len());
         out.push_str(&self.draw());
         out.push('\n');
         if erase {
@@ -312,14 +311,17 @@ mod tests {
         area.edit("all> ", &chars("0123456789ab"), 0);
         area.draw();
         assert_eq!(
-            area.enter(true),
+            area.enter("all> ", &chars("0123456789ab"), true),
             "\r\x1b[J".to_string()
                 + "all> 0123456789ab\r\x1b[7C\n"
                 + "\x1b[1A\x1b[2K\x1b[1A\x1b[2K\r"
         );
         assert!(area.editing.is_none() && area.rows == 0);
-        area.edit("all> ", &chars("hi"), 0);
+        area.edit("all> ", &chars("h"), 0);
         area.draw();
-        assert_eq!(area.enter(false), "\r\x1b[2Kall> hi\r\x1b[7C\n");
+        assert_eq!(
+            area.enter("all> ", &chars("hi"), false),
+            "\r\x1b[2Kall> hi\r\x1b[7C\n"
+        );
     }
 }
