@@ -24,6 +24,9 @@ pub mod testing {
         Connection, Ending, HttpOutcome, ReadStatus, Stage, TransportStatus, WebConfig,
     };
     pub use crate::web::{FeedOutcome, MAX_HEAD_LEN, binary_header_len, feed_in_reads};
+
+    // The clients' bounded line reader, for the `input` fuzz target.
+    pub use crate::client::input::read_bounded_line;
 }
 
 #[cfg(test)]

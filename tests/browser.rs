@@ -9,7 +9,7 @@
 //! `EVCHAT_SKIP_BROWSER=1` outside CI (never when `CI=true`).
 
 use crate::util::{ReservedPort, Rng, Server, TempDir};
-use evchat::client::escape_text;
+use evchat::cli::escape_text;
 use evchat::proto::{Frame, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
 use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption as ConsoleType;

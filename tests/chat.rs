@@ -794,3 +794,60 @@ fn timestamps_always_puts_the_local_time_before_chat_lines() {
     chat.stdin = None;
     assert_eq!(chat.wait().code(), Some(0));
 }
+
+/// Regression (issue #20, item 0): lines typed faster than the chat reads
+/// them were lost. Several lines arriving in one read (no bracketed paste)
+/// gave the first and dropped the rest: the line editor read ahead past
+/// the first Enter and threw the rest away.
+mod typed_ahead {
+    use super::*;
+    use rexpect::session::{PtySession, spawn_command};
+
+    /// `text` as rexpect reports it: one char per byte.
+    fn bytewise(text: &str) -> String {
+        text.bytes().map(char::from).collect()
+    }
+
+    /// Writes `keys` to the terminal in one `write`, as a fast typist's
+    /// keystrokes (or a terminal without bracketed paste) arrive.
+    fn type_at_once(chat: &PtySession, keys: &str) {
+        let mut terminal = chat.process().get_file_handle().expect("the pty");
+        let written = terminal.write(keys.as_bytes()).expect("write to the pty");
+        assert_eq!(written, keys.len(), "one write");
+    }
+
+    #[test]
+    fn every_line_typed_ahead_is_sent_and_shown_in_order() {
+        let server = Server::start(&[]);
+        let (other, other_id) = server.exhibitor();
+        let mut command = Command::new(EVCHAT);
+        command
+            .args(["chat", &server.target(), "--timestamps", "never"])
+            .env("TERM", "xterm");
+        let mut chat =
+            spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty");
+        chat.exp_string("you are 1 (emitter) / 4097 (exhibitor)")
+            .unwrap();
+        chat.exp_string("all> ").unwrap();
+
+        type_at_once(&chat, "p1\rp2\rp3\r");
+        for text in ["p1", "p2", "p3"] {
+            other
+                .stdout
+                .expect_line(&format!("Message from 1 to all: {text}"));
+        }
+        for text in ["p1", "p2", "p3"] {
+            chat.exp_string(&bytewise(&format!("you to all: {text} ✓")))
+                .unwrap();
+        }
+
+        // A command and the line it applies to, typed together.
+        type_at_once(&chat, &format!("/to {other_id}\ronly you\r"));
+        chat.exp_string(&format!("now talking to {other_id}"))
+            .unwrap();
+        other.stdout.expect_line("Message from 1: only you");
+        chat.exp_string(&bytewise(&format!("you to {other_id}: only you ✓")))
+            .unwrap();
+        chat.exp_string(&format!("{other_id}> ")).unwrap();
+    }
+}

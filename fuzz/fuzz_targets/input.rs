@@ -16,7 +16,9 @@
 //!   is shown unchanged.
 #![no_main]
 
-use evchat::client::{Command, InputLine, escape_text, parse_command, read_bounded_line};
+use evchat::cli::escape_text;
+use evchat::client::{Command, InputLine, parse_command};
+use evchat::testing::read_bounded_line;
 use evchat::proto::MAX_TEXT_LEN;
 use libfuzzer_sys::fuzz_target;
 use std::io::BufReader;

@@ -6,15 +6,18 @@
 use clap::Parser;
 use evchat::cli::parse_secs;
 use evchat::client::{
-    Command, FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer,
-    exit_process, parse_command, register,
+    Command, Entered, Farewell, FrameReader, FrameWriter, InputLine, LineInput, Printer, Replies,
+    Settled, exit_process, parse_command, register,
 };
-use evchat::proto::{ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
-use std::collections::BTreeSet;
+use evchat::proto::{ClientId, EXHIBITOR_IDS, Frame, Kind};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+/// The ids an emitter may pair with, as clap's range takes them.
+const EXHIBITOR_ID_RANGE: std::ops::RangeInclusive<i64> =
+    *EXHIBITOR_IDS.start() as i64..=*EXHIBITOR_IDS.end() as i64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,22 +45,11 @@ struct Args {
     /// Server address as host:port (IPv6: [addr]:port)
     server: String,
     /// Exhibitor to pair with (4096-8191), as printed by `exhibitor`
-    #[arg(value_parser = clap::value_parser!(u16).range(*EXHIBITOR_IDS.start() as i64..=*EXHIBITOR_IDS.end() as i64))]
+    #[arg(value_parser = clap::value_parser!(u16).range(EXHIBITOR_ID_RANGE))]
     exhibitor_id: Option<u16>,
     /// Seconds to wait at end of input for outstanding replies
     #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
     wait: Duration,
-}
-
-/// What the input side and the reply side share.
-#[derive(Default)]
-struct Pending {
-    /// Requests sent whose OK/ERRO has not arrived.
-    outstanding: BTreeSet<u16>,
-    /// Sequence number of our FLW, once sent.
-    farewell: Option<u16>,
-    /// The server acknowledged our FLW.
-    farewell_acked: bool,
 }
 
 struct Emitter {
@@ -65,8 +57,8 @@ struct Emitter {
     writer: FrameWriter,
     /// Where replies and errors go: above the line being typed, on a terminal.
     printer: Printer,
-    pending: Mutex<Pending>,
-    changed: Condvar,
+    /// Requests awaiting replies (only their numbers are kept) and our FLW.
+    replies: Replies<()>,
     /// FLW has been (or is being) sent.
     leaving: AtomicBool,
 }
@@ -81,13 +73,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut input = LineInput::stdin();
+    let mut input = LineInput::stdin(Entered::Kept);
     let emitter = Arc::new(Emitter {
         id: registered.id,
         writer: registered.writer,
         printer: input.printer(),
-        pending: Mutex::new(Pending::default()),
-        changed: Condvar::new(),
+        replies: Replies::new(()),
         leaving: AtomicBool::new(false),
     });
     {
@@ -112,10 +103,6 @@ fn main() -> ExitCode {
 }
 
 impl Emitter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Sends one frame per valid line until end of input or `(FLW)`, then
     /// waits (at most `wait`) for the replies still owed. Ctrl-C in the line
     /// editor leaves at once, as SIGINT does.
@@ -127,7 +114,8 @@ impl Emitter {
                 Ok(InputLine::Line(line)) => line,
                 Ok(InputLine::TooLong(len)) => {
                     self.printer.error(&format!(
-                        "emitter: line {number}: line is {len} bytes; a message carries at most 65535 bytes of text; nothing sent"
+                        "emitter: line {number}: line is {len} bytes; \
+                         a message carries at most 65535 bytes of text; nothing sent"
                     ));
                     continue;
                 }
@@ -156,23 +144,16 @@ impl Emitter {
                     Box::new(move |seq| Frame::bare(Kind::Creq, id, dest, seq))
                 }
             };
-            let sent = self.writer.send_numbered(build, |seq| {
-                self.lock().outstanding.insert(seq);
-            });
-            if let Err(e) = sent {
+            if let Err(e) = self.replies.send(&self.writer, build, ()) {
                 self.printer
                     .exit_with(&format!("emitter: sending to the server: {e}"), true, 1);
             }
         }
-        let pending = self.lock();
-        let (pending, waited) = self
-            .changed
-            .wait_timeout_while(pending, wait, |p| !p.outstanding.is_empty())
-            .unwrap_or_else(|e| e.into_inner());
-        if waited.timed_out() {
+        let (book, settled) = self.replies.wait_until(wait, |book| book.pending() == 0);
+        if !settled {
             self.printer.error(&format!(
                 "emitter: giving up on {} outstanding replies",
-                pending.outstanding.len()
+                book.pending()
             ));
         }
     }
@@ -180,23 +161,13 @@ impl Emitter {
     /// Sends FLW (once), waits briefly for its OK and exits 0.
     fn leave(&self) -> ! {
         // Ctrl-C may arrive while input is ending: only one FLW is sent. The
-        // writer lock is taken before the pending lock, as on every path.
-        if !self.leaving.swap(true, Ordering::SeqCst) {
-            let id = self.id;
-            let sent = self.writer.send_numbered(
-                |seq| Frame::bare(Kind::Flw, id, SERVER_ID, seq),
-                |seq| self.lock().farewell = Some(seq),
-            );
-            if sent.is_err() {
-                exit_process(0);
-            }
+        // writer lock is taken before the books' lock, as on every path.
+        if !self.leaving.swap(true, Ordering::SeqCst)
+            && self.replies.send_farewell(&self.writer, self.id).is_err()
+        {
+            exit_process(0);
         }
-        let pending = self.lock();
-        let (_pending, waited) = self
-            .changed
-            .wait_timeout_while(pending, FAREWELL_TIMEOUT, |p| !p.farewell_acked)
-            .unwrap_or_else(|e| e.into_inner());
-        if waited.timed_out() {
+        if !self.replies.wait_for_farewell(|_| true) {
             self.printer.error("emitter: no OK to FLW from the server");
         }
         exit_process(0)
@@ -207,10 +178,10 @@ impl Emitter {
         loop {
             let frame = match reader.read_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) | Err(_) if self.lock().farewell_acked => return,
+                Ok(None) | Err(_) if self.farewell() == Farewell::Answered => return,
                 Ok(None) => {
-                    if self.lock().farewell.is_some() {
-                        return self.farewell_done();
+                    if self.farewell() != Farewell::NotSent {
+                        return self.replies.update(|book| book.farewell_answered());
                     }
                     self.printer.exit_with(
                         "emitter: the server went away (connection closed without FLW)",
@@ -241,27 +212,23 @@ impl Emitter {
         }
     }
 
-    fn settled(&self, seq: u16, ok: bool) {
-        let mut pending = self.lock();
-        if pending.farewell == Some(seq) {
-            drop(pending);
-            return self.farewell_done();
-        }
-        if pending.outstanding.remove(&seq) {
-            let _ = self.printer.line(&if ok {
-                format!("delivered #{seq}")
-            } else {
-                format!("not delivered #{seq}")
-            });
-        } else {
-            self.printer
-                .error(&format!("emitter: reply for unknown request #{seq}"));
-        }
-        self.changed.notify_all();
+    fn farewell(&self) -> Farewell {
+        self.replies.lock().farewell()
     }
 
-    fn farewell_done(&self) {
-        self.lock().farewell_acked = true;
-        self.changed.notify_all();
+    fn settled(&self, seq: u16, ok: bool) {
+        // Printed before the waiting input thread is woken: it may exit.
+        self.replies.update(|book| match book.settle(seq) {
+            Settled::Farewell => {}
+            Settled::Request(()) if ok => {
+                let _ = self.printer.line(&format!("delivered #{seq}"));
+            }
+            Settled::Request(()) => {
+                let _ = self.printer.line(&format!("not delivered #{seq}"));
+            }
+            Settled::Unknown => self
+                .printer
+                .error(&format!("emitter: reply for unknown request #{seq}")),
+        })
     }
 }

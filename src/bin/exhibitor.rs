@@ -2,8 +2,8 @@
 //! sends, acknowledging each one after it is shown.
 
 use clap::Parser;
-use evchat::cli::print_line;
-use evchat::client::{FAREWELL_TIMEOUT, FrameWriter, escape_text, register};
+use evchat::cli::{escape_text, print_line};
+use evchat::client::{FAREWELL_TIMEOUT, FrameWriter, register};
 use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -241,13 +241,8 @@ fn init_logging(verbose: u8, quiet: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !evchat::cli::no_color())
         .init();
-}
-
-/// The NO_COLOR convention (no-color.org): set and not empty means no colour.
-fn no_color() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
 }
 
 /// Lifts the open-file soft limit to the hard limit so that every id (8191

@@ -9,18 +9,18 @@
 mod input;
 
 use clap::ValueEnum;
-use evchat::cli::parse_secs;
+use evchat::cli::{escape_text, parse_secs};
 use evchat::client::{
-    FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer, RegisterError,
-    escape_text, exit_process, register,
+    Book, Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer,
+    RegisterError, Replies, Settled, exit_process, register,
 };
-use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
+use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind};
 use input::{ChatLine, HELP, Target, parse_chat_line};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -109,17 +109,13 @@ enum Sent {
     List { dest: Target },
 }
 
+/// What the chat keeps with its books (the requests of the current session
+/// awaiting OK/ERRO, and our FLW), under their lock.
 #[derive(Default)]
 struct State {
     /// None while reconnecting.
     session: Option<Arc<Session>>,
-    /// Requests of the current session awaiting OK/ERRO, by sequence number.
-    sent: BTreeMap<u16, Sent>,
     leaving: bool,
-    /// Sequence number of our FLW, once sent.
-    farewell: Option<u16>,
-    /// The OK to our FLW came (or the connection ended).
-    farewell_acked: bool,
     /// The server dismissed our exhibitor after our emitter left.
     dismissed: bool,
     /// Once the server has said goodbye: which halves answered its FLW (or
@@ -136,12 +132,13 @@ impl State {
     }
 }
 
+type Books = Book<Sent, State>;
+
 struct Chat {
     addr: String,
     printer: Printer,
     timestamps: bool,
-    state: Mutex<State>,
-    changed: Condvar,
+    replies: Replies<Sent, State>,
     /// Set once the server's FLW is being handled, so it is reported once.
     closing: AtomicBool,
     /// Broadcasts received, oldest first (at most [`SEEN_MAX`]): a server
@@ -195,7 +192,8 @@ pub fn run(args: ChatArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut input = LineInput::stdin();
+    // Each line comes back in its own form (with its mark) once sent.
+    let mut input = LineInput::stdin(Entered::Erased);
     let terminal = input.is_terminal();
     let chat = Arc::new(Chat {
         addr: args.server,
@@ -205,8 +203,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
             When::Always => true,
             When::Never => false,
         },
-        state: Mutex::new(State::default()),
-        changed: Condvar::new(),
+        replies: Replies::new(State::default()),
         closing: AtomicBool::new(false),
         seen: Mutex::new(VecDeque::new()),
     });
@@ -267,8 +264,8 @@ fn jittered(base: Duration) -> Duration {
 }
 
 impl Chat {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Books> {
+        self.replies.lock()
     }
 
     /// Prints a line; if nobody can read the output any more, leaves.
@@ -297,9 +294,10 @@ impl Chat {
     ) {
         let session = {
             let mut state = self.lock();
-            state.sent.clear();
+            // Requests of a session given up: their loss was reported.
+            state.take_pending();
             let session = Arc::new(session);
-            state.session = Some(session.clone());
+            state.client.session = Some(session.clone());
             session
         };
         let ids = format!(
@@ -359,14 +357,12 @@ impl Chat {
                     return;
                 }
             };
-            // The line comes back in its own form (with its mark) once sent.
-            input.erase_entered();
             match parse_chat_line(&line, target) {
                 Ok(ChatLine::Send { dest, text }) => {
                     self.send(number, Sent::Message { dest, text })
                 }
                 Ok(ChatLine::ListHere) => {
-                    let own = self.lock().session.as_ref().map(|s| s.emitter);
+                    let own = self.lock().client.session.as_ref().map(|s| s.emitter);
                     // CREQ to our own emitter id reaches our own exhibitor.
                     let dest = Target(own.unwrap_or(BROADCAST));
                     self.send(number, Sent::List { dest })
@@ -392,7 +388,7 @@ impl Chat {
 
     /// Sends a message or CREQ through the current session.
     fn send(self: &Arc<Self>, number: u64, what: Sent) {
-        let Some(session) = self.lock().session.clone() else {
+        let Some(session) = self.lock().client.session.clone() else {
             return self.reject(
                 number,
                 &format!("not connected (reconnecting to {})", self.addr),
@@ -411,8 +407,8 @@ impl Chat {
             |seq| Frame { seq, ..frame },
             |seq| {
                 let mut state = self.lock();
-                if state.is_current(&session) {
-                    state.sent.insert(seq, what.take().expect("noted once"));
+                if state.client.is_current(&session) {
+                    state.expect(seq, what.take().expect("noted once"));
                     noted = Some(seq);
                 }
             },
@@ -424,8 +420,8 @@ impl Chat {
         // reported with this request in it, report it here.
         if let Some(seq) = noted {
             let mut state = self.lock();
-            if state.is_current(&session) {
-                what = state.sent.remove(&seq);
+            if state.client.is_current(&session) {
+                what = state.forget(seq);
             }
         }
         if let Some(Sent::Message { dest, text }) = what {
@@ -464,7 +460,7 @@ impl Chat {
     /// Whether `frame` is one of our own pending messages coming back.
     fn is_own_echo(&self, session: &Session, frame: &Frame) -> bool {
         frame.origin == session.emitter
-            && matches!(self.lock().sent.get(&frame.seq), Some(Sent::Message { .. }))
+            && matches!(self.lock().get(frame.seq), Some(Sent::Message { .. }))
     }
 
     /// What the exhibitor receives: shown, then acknowledged. After a
@@ -513,13 +509,13 @@ impl Chat {
                         session
                             .acks
                             .send_ack(Kind::Ok, session.exhibitor, frame.origin, frame.seq);
-                    let mut state = self.lock();
-                    if state.leaving {
-                        state.dismissed = true;
-                        self.changed.notify_all();
+                    let leaving = self.replies.update(|state| {
+                        state.client.dismissed = state.client.leaving;
+                        state.client.leaving
+                    });
+                    if leaving {
                         return;
                     }
-                    drop(state);
                     self.server_closed(Half::Exhibitor);
                 }
                 (Kind::Ok | Kind::Erro, _) => continue,
@@ -583,23 +579,19 @@ impl Chat {
     }
 
     fn settled(self: &Arc<Self>, session: &Session, seq: u16, ok: bool) {
-        let mut state = self.lock();
-        if !state.is_current(session) {
-            return;
-        }
-        if state.farewell == Some(seq) {
-            state.farewell_acked = true;
-            self.changed.notify_all();
-            return;
-        }
-        let Some(sent) = state.sent.remove(&seq) else {
-            drop(state);
-            return self
-                .printer
-                .error(&format!("evchat chat: reply for unknown request #{seq}"));
+        // A reply to a session given up is ignored: its loss was reported.
+        let settled = self
+            .replies
+            .update(|state| state.client.is_current(session).then(|| state.settle(seq)));
+        let sent = match settled {
+            Some(Settled::Request(sent)) => sent,
+            Some(Settled::Farewell) | None => return,
+            Some(Settled::Unknown) => {
+                return self
+                    .printer
+                    .error(&format!("evchat chat: reply for unknown request #{seq}"));
+            }
         };
-        self.changed.notify_all();
-        drop(state);
         let mark = if ok { "✓" } else { "✗ not delivered" };
         match sent {
             Sent::Message { dest, text } => {
@@ -618,16 +610,17 @@ impl Chat {
     /// over once the other half has answered too (it gets its own FLW), or
     /// has ended, or after [`FAREWELL_TIMEOUT`].
     fn server_closed(&self, half: Half) {
-        let mut state = self.lock();
-        state.halves_done[half as usize] = true;
-        self.changed.notify_all();
-        if self.closing.swap(true, Ordering::SeqCst) || state.leaving {
+        let leaving = self.replies.update(|state| {
+            state.client.halves_done[half as usize] = true;
+            state.client.leaving
+        });
+        if self.closing.swap(true, Ordering::SeqCst) || leaving {
             // The one that saw the first FLW, or the thread leaving, exits.
             return;
         }
-        let _ = self
-            .changed
-            .wait_timeout_while(state, FAREWELL_TIMEOUT, |s| s.halves_done.contains(&false));
+        let _ = self.replies.wait_until(FAREWELL_TIMEOUT, |state| {
+            !state.client.halves_done.contains(&false)
+        });
         self.printer.exit_with("server closed the chat", false, 0);
     }
 
@@ -636,28 +629,27 @@ impl Chat {
     /// the connections end as they answer it: nothing is lost then, and the
     /// other half must stay open to answer its own.
     fn lost(self: &Arc<Self>, session: &Session, half: Half) {
-        let mut state = self.lock();
-        if !state.is_current(session) {
-            return;
-        }
-        if self.closing.load(Ordering::SeqCst) && !state.leaving {
-            state.halves_done[half as usize] = true;
-            self.changed.notify_all();
-            return;
-        }
-        state.session = None;
-        session.shutdown();
-        if state.leaving {
-            // Nothing more will come; the leaving thread stops waiting.
-            state.farewell_acked = true;
-            state.dismissed = true;
-            self.changed.notify_all();
-            return;
-        }
-        let lost = std::mem::take(&mut state.sent);
-        drop(state);
+        let lost = self.replies.update(|state| {
+            if !state.client.is_current(session) {
+                return None;
+            }
+            if self.closing.load(Ordering::SeqCst) && !state.client.leaving {
+                state.client.halves_done[half as usize] = true;
+                return None;
+            }
+            state.client.session = None;
+            session.shutdown();
+            if state.client.leaving {
+                // Nothing more will come; the leaving thread stops waiting.
+                state.farewell_answered();
+                state.client.dismissed = true;
+                return None;
+            }
+            Some(state.take_pending())
+        });
+        let Some(lost) = lost else { return };
         self.say(&format!("connection to {} lost; reconnecting", self.addr));
-        for sent in lost.into_values() {
+        for sent in lost {
             if let Sent::Message { dest, text } = sent {
                 self.say_chat(&format!(
                     "you to {dest}: {} ✗ not delivered (connection lost)",
@@ -675,7 +667,7 @@ impl Chat {
         loop {
             // Waiting between attempts is what backoff is.
             std::thread::sleep(jittered(delay));
-            if self.lock().leaving {
+            if self.lock().client.leaving {
                 return;
             }
             match connect_pair(&self.addr) {
@@ -694,12 +686,10 @@ impl Chat {
     /// End of input: waits (at most `wait`) for the replies still owed, then
     /// leaves; exit 1 when the server is away and nothing can be sent.
     fn finish(self: &Arc<Self>, wait: Duration) -> ExitCode {
-        let state = self.lock();
-        let (state, _) = self
-            .changed
-            .wait_timeout_while(state, wait, |s| s.session.is_some() && !s.sent.is_empty())
-            .unwrap_or_else(|e| e.into_inner());
-        if state.session.is_none() {
+        let (state, _) = self.replies.wait_until(wait, |state| {
+            state.client.session.is_none() || state.pending() == 0
+        });
+        if state.client.session.is_none() {
             drop(state);
             self.printer
                 .exit_with("evchat chat: input ended while the server is away", true, 1);
@@ -712,32 +702,26 @@ impl Chat {
     /// exhibitor), waits briefly for both and exits 0.
     fn leave(&self) -> ! {
         let mut state = self.lock();
-        if state.leaving {
+        if state.client.leaving {
             // Another thread is already leaving and will exit the process.
             drop(state);
             loop {
                 std::thread::park();
             }
         }
-        state.leaving = true;
-        let Some(session) = state.session.clone() else {
+        state.client.leaving = true;
+        let Some(session) = state.client.session.clone() else {
             exit_process(0);
         };
         drop(state);
-        let id = session.emitter;
-        let sent = session.to_server.send_numbered(
-            |seq| Frame::bare(Kind::Flw, id, SERVER_ID, seq),
-            |seq| self.lock().farewell = Some(seq),
-        );
-        if sent.is_err() {
+        if self
+            .replies
+            .send_farewell(&session.to_server, session.emitter)
+            .is_err()
+        {
             exit_process(0);
         }
-        let state = self.lock();
-        let _ = self
-            .changed
-            .wait_timeout_while(state, FAREWELL_TIMEOUT, |s| {
-                !(s.farewell_acked && s.dismissed)
-            });
+        self.replies.wait_for_farewell(|state| state.dismissed);
         exit_process(0)
     }
 }

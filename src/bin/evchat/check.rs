@@ -120,8 +120,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
     let shown = if args.json {
         report::json(&target, &outcomes)
     } else {
-        let colour = std::io::stdout().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let colour = std::io::stdout().is_terminal() && !evchat::cli::no_color();
         report::text(&target, &outcomes, &Style { colour })
     };
     let printed = print(&shown);

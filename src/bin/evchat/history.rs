@@ -4,7 +4,7 @@
 //! is safe on the log of a running server, and `--follow` prints new
 //! messages as the server stores them.
 
-use evchat::client::escape_text;
+use evchat::cli::escape_text;
 use evchat::store::{Entry, Item, Reader};
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};

@@ -66,7 +66,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "frames start with an 8-byte header of big-endian u16 fields",
         rule: "PROTOCOL.md, Wire format",
         quote: Some(
-            "Tipo da mensagem (2 bytes) … Identificador de origem (2 bytes) … Identificador de destino (2 bytes) … Número de sequência (2 bytes)",
+            "Tipo da mensagem (2 bytes) … Identificador de origem (2 bytes) … Identificador de \
+                destino (2 bytes) … Número de sequência (2 bytes)",
         ),
         hint: "write and read every u16 in network byte order (htons/ntohs, struct '>HHHH')",
         needs: &[],
@@ -78,7 +79,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "OI with origin 0 gets OK with an exhibitor id (4096..=8191)",
         rule: "PROTOCOL.md, Server rules 1",
         quote: Some("O servidor aloca identificadores … entre 2^12 e (2^13 − 1) para exibidores"),
-        hint: "answer OI(origin 0) with OK(origin 65535, dest = the new exhibitor id, seq = the OI's)",
+        hint: "answer OI(origin 0) with OK(origin 65535, dest = the new exhibitor id, seq = the \
+            OI's)",
         needs: &["wire-header"],
         run: oi_exhibitor,
     },
@@ -98,9 +100,11 @@ pub const CATALOGUE: &[Check] = &[
         title: "OI whose origin is a connected exhibitor pairs an emitter with it",
         rule: "PROTOCOL.md, Server rules 1",
         quote: Some(
-            "Se esse valor estiver entre 2^12 e (2^13 − 1), ele identifica um exibidor (que já deve estar em execução) e que deve ser associado àquele emissor.",
+            "Se esse valor estiver entre 2^12 e (2^13 − 1), ele identifica um exibidor (que já \
+                deve estar em execução) e que deve ser associado àquele emissor.",
         ),
-        hint: "an OI origin in 4096..=8191 names an exhibitor to pair with; accept it when that exhibitor is connected",
+        hint: "an OI origin in 4096..=8191 names an exhibitor to pair with; accept it when that \
+            exhibitor is connected",
         needs: OI_NEEDS,
         run: oi_pair,
     },
@@ -110,7 +114,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "MSG to an exhibitor id reaches that exhibitor only",
         rule: "PROTOCOL.md, Server rules 3",
         quote: Some(
-            "Se for um exibidor, o servidor deve procurar pelo registro de um exibidor com o valor indicado e repassar a msg apenas para aquele cliente.",
+            "Se for um exibidor, o servidor deve procurar pelo registro de um exibidor com o \
+                valor indicado e repassar a msg apenas para aquele cliente.",
         ),
         hint: "look the destination id up among connected exhibitors and send the MSG to that one",
         needs: OI_NEEDS,
@@ -122,9 +127,11 @@ pub const CATALOGUE: &[Check] = &[
         title: "a forwarded MSG is byte-identical, origin and destination included",
         rule: "PROTOCOL.md, Server rules 3",
         quote: Some(
-            "Ao repassar uma msg, todos os campos, inclusive os campos origem e destino, devem permanecer inalterados.",
+            "Ao repassar uma msg, todos os campos, inclusive os campos origem e destino, devem \
+                permanecer inalterados.",
         ),
-        hint: "forward the frame as received; do not rewrite origin, destination or sequence number",
+        hint: "forward the frame as received; do not rewrite origin, destination or sequence \
+            number",
         needs: ROUTE_NEEDS,
         run: route_unchanged,
     },
@@ -134,7 +141,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "MSG to 0 reaches every connected exhibitor",
         rule: "PROTOCOL.md, Server rules 3",
         quote: Some(
-            "Se o campo destino possuir o valor zero, o servidor irá enviar a mensagem para todos os exibidores (broadcast).",
+            "Se o campo destino possuir o valor zero, o servidor irá enviar a mensagem para todos \
+                os exibidores (broadcast).",
         ),
         hint: "a broadcast loop must visit every exhibitor, not stop after the first",
         needs: OI_NEEDS,
@@ -146,7 +154,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "MSG to an emitter id reaches the exhibitor paired with it",
         rule: "PROTOCOL.md, Server rules 3",
         quote: Some(
-            "Se o campo destino possuir o identificador de um emissor, a mensagem deve ser enviada para o exibidor associado a ele",
+            "Se o campo destino possuir o identificador de um emissor, a mensagem deve ser \
+                enviada para o exibidor associado a ele",
         ),
         hint: "remember the pairing made at OI and route an emitter id to its exhibitor",
         needs: &["oi-pair", "route-unicast"],
@@ -158,7 +167,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "MSG with no exhibitor to reach gets ERRO",
         rule: "PROTOCOL.md, Server rules 3",
         quote: Some(
-            "Caso um exibidor não seja encontrado, o servidor deve responder ao emissor com uma mensagem erro",
+            "Caso um exibidor não seja encontrado, o servidor deve responder ao emissor com uma \
+                mensagem erro",
         ),
         hint: "an unpaired emitter id or an id nobody holds has no target: answer ERRO, not OK",
         needs: OI_NEEDS,
@@ -170,7 +180,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "OK and ERRO carry the sequence number of the frame they answer",
         rule: "PROTOCOL.md, Sequence numbers",
         quote: Some(
-            "As mensagem de oK devem carregar o número de sequência da mensagem que está sendo confirmada.",
+            "As mensagem de oK devem carregar o número de sequência da mensagem que está sendo \
+                confirmada.",
         ),
         hint: "copy the request's seq into the reply's seq field",
         needs: &["route-unicast", "route-unknown"],
@@ -182,7 +193,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "CREQ sends the destination a CLIST of every connected client",
         rule: "PROTOCOL.md, Server rules 5",
         quote: Some(
-            "criar uma mensagem do tipo clist com o contador e lista de identificadores de clientes",
+            "criar uma mensagem do tipo clist com o contador e lista de identificadores de \
+                clientes",
         ),
         hint: "N must equal the number of ids that follow, and list emitters and exhibitors",
         needs: OI_NEEDS,
@@ -194,7 +206,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "FLW from an emitter gets OK, then the connection closes",
         rule: "PROTOCOL.md, Server rules 6",
         quote: Some(
-            "A partir dessa mensagem o servidor/cliente que recebe a mensagem envia um oK de volta e fecha a conexão.",
+            "A partir dessa mensagem o servidor/cliente que recebe a mensagem envia um oK de \
+                volta e fecha a conexão.",
         ),
         hint: "answer FLW with OK before closing the socket",
         needs: &["oi-emitter"],
@@ -206,7 +219,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "FLW from an exhibitor gets OK, then the connection closes",
         rule: "PROTOCOL.md, Server rules 6",
         quote: Some(
-            "A partir dessa mensagem o servidor/cliente que recebe a mensagem envia um oK de volta e fecha a conexão.",
+            "A partir dessa mensagem o servidor/cliente que recebe a mensagem envia um oK de \
+                volta e fecha a conexão.",
         ),
         hint: "answer FLW with OK before closing the socket",
         needs: &["oi-exhibitor"],
@@ -218,7 +232,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "a paired emitter's FLW sends FLW to its exhibitor",
         rule: "PROTOCOL.md, Server rules 6",
         quote: Some("Se houver, ele (servidor) envia uma mensagem Flw para aquele exibidor."),
-        hint: "on an emitter's FLW, look up its exhibitor and send it FLW(65535, exhibitor id, seq)",
+        hint: "on an emitter's FLW, look up its exhibitor and send it FLW(65535, exhibitor id, \
+            seq)",
         needs: &["oi-pair"],
         run: flw_paired,
     },
@@ -259,7 +274,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "CLIST comes from 65535, to the CREQ's destination, with the server's seq",
         rule: "PROTOCOL.md, Server rules 5",
         quote: None,
-        hint: "evchat sends CLIST(origin 65535, dest = the CREQ's dest, seq = its counter for that client)",
+        hint: "evchat sends CLIST(origin 65535, dest = the CREQ's dest, seq = its counter for \
+            that client)",
         needs: &["creq-clist"],
         run: clist_header,
     },
@@ -300,7 +316,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "a frame split at every byte is read whole",
         rule: "PROTOCOL.md, Wire format",
         quote: None,
-        hint: "TCP is a byte stream: buffer until the header and the whole body are in, one recv is not one frame",
+        hint: "TCP is a byte stream: buffer until the header and the whole body are in, one recv \
+            is not one frame",
         needs: ROUTE_NEEDS,
         run: split_frames,
     },
@@ -320,7 +337,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "a frame of unknown type gets ERRO before any close",
         rule: "PROTOCOL.md, Server rules 7",
         quote: None,
-        hint: "answer a type the protocol does not define with ERRO (then close: the stream cannot be framed)",
+        hint: "answer a type the protocol does not define with ERRO (then close: the stream \
+            cannot be framed)",
         needs: &["oi-exhibitor"],
         run: unknown_type,
     },
@@ -330,7 +348,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "random bytes before OI get ERRO or a close, and the server carries on",
         rule: "PROTOCOL.md, Server rules 7",
         quote: None,
-        hint: "check the type before dispatching on it; nothing one client sends may stop the server",
+        hint: "check the type before dispatching on it; nothing one client sends may stop the \
+            server",
         needs: &["oi-exhibitor"],
         run: garbage,
     },
@@ -340,7 +359,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "a MSG with someone else's origin is refused and never forwarded",
         rule: "PROTOCOL.md, Server rules 2",
         quote: Some("Esse teste evita que um cliente se passe por outro."),
-        hint: "compare each frame's origin with the id of the socket it came on; on mismatch send ERRO, forward nothing",
+        hint: "compare each frame's origin with the id of the socket it came on; on mismatch send \
+            ERRO, forward nothing",
         needs: ROUTE_NEEDS,
         run: spoof,
     },
@@ -370,7 +390,8 @@ pub const CATALOGUE: &[Check] = &[
         title: "a client that never reads does not hold up the others",
         rule: "PROTOCOL.md, Server rules 9",
         quote: None,
-        hint: "never block in send(): queue output per client, bounded, and drop a client whose queue overflows",
+        hint: "never block in send(): queue output per client, bounded, and drop a client whose \
+            queue overflows",
         needs: ROUTE_NEEDS,
         run: slow_reader,
     },
@@ -689,7 +710,8 @@ fn clist_header(ctx: &Ctx) -> Outcome {
         return pass();
     }
     Ok(Done::Note(format!(
-        "CLIST header is (origin {}, dest {}, seq {}); evchat sends (origin 65535, dest {}, seq 0) as the server's first frame to that exhibitor",
+        "CLIST header is (origin {}, dest {}, seq {}); evchat sends (origin 65535, dest {}, seq \
+            0) as the server's first frame to that exhibitor",
         clist.origin,
         clist.dest,
         clist.seq,
@@ -726,7 +748,8 @@ fn ok_after_ack(ctx: &Ctx) -> Outcome {
         Answer::Frame(reply) => reply,
         Answer::Silence => {
             return Ok(Done::Note(format!(
-                "no reply within {:?} after the only target vanished without acknowledging (evchat answers ERRO at once)",
+                "no reply within {:?} after the only target vanished without acknowledging \
+                    (evchat answers ERRO at once)",
                 ctx.timeout
             )));
         }
@@ -739,7 +762,8 @@ fn ok_after_ack(ctx: &Ctx) -> Outcome {
         return pass();
     }
     Ok(Done::Note(
-        "answered OK for a MSG whose only exhibitor vanished without acknowledging it (the OK does not wait for the exhibitor)"
+        "answered OK for a MSG whose only exhibitor vanished without acknowledging it (the OK \
+            does not wait for the exhibitor)"
             .to_string(),
     ))
 }

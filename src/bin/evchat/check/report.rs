@@ -157,12 +157,8 @@ pub fn json(target: &str, outcomes: &[Outcome]) -> String {
         out.push_str(if n == 0 { "\n" } else { ",\n" });
         let _ = write!(
             out,
-            "{{\"id\":{},\"level\":{},\"title\":{},\"rule\":{},\"quote\":{},\"verdict\":{}",
-            quote(c.id),
-            quote(c.level.name()),
-            quote(c.title),
-            quote(c.rule),
-            c.quote.map_or("null".to_string(), quote),
+            "{{{},\"verdict\":{}",
+            check_fields(c),
             quote(o.verdict.name())
         );
         match &o.verdict {
@@ -185,7 +181,10 @@ pub fn json(target: &str, outcomes: &[Outcome]) -> String {
                     .collect();
                 let _ = write!(
                     out,
-                    ",\"detail\":{},\"sent\":[{}],\"expected\":{},\"received\":{},\"received_hex\":{},\"hint\":{}",
+                    concat!(
+                        ",\"detail\":{},\"sent\":[{}],\"expected\":{},",
+                        "\"received\":{},\"received_hex\":{},\"hint\":{}"
+                    ),
                     quote(&f.summary),
                     sent.join(","),
                     quote(&f.expected),
@@ -231,18 +230,23 @@ pub fn list_json(checks: &[&Check]) -> String {
         .iter()
         .map(|c| {
             let needs: Vec<String> = c.needs.iter().map(|n| quote(n)).collect();
-            format!(
-                "{{\"id\":{},\"level\":{},\"title\":{},\"rule\":{},\"quote\":{},\"needs\":[{}]}}",
-                quote(c.id),
-                quote(c.level.name()),
-                quote(c.title),
-                quote(c.rule),
-                c.quote.map_or("null".to_string(), quote),
-                needs.join(",")
-            )
+            format!("{{{},\"needs\":[{}]}}", check_fields(c), needs.join(","))
         })
         .collect();
     format!("{{\"checks\":[\n{}\n]}}\n", checks.join(",\n"))
+}
+
+/// What both JSON documents say of a check, in this order: `"id"`,
+/// `"level"`, `"title"`, `"rule"`, `"quote"` (without the braces).
+fn check_fields(c: &Check) -> String {
+    format!(
+        "\"id\":{},\"level\":{},\"title\":{},\"rule\":{},\"quote\":{}",
+        quote(c.id),
+        quote(c.level.name()),
+        quote(c.title),
+        quote(c.rule),
+        c.quote.map_or("null".to_string(), quote),
+    )
 }
 
 /// A JSON string literal.

@@ -1,0 +1,115 @@
+//! The terminal a client runs in: raw mode for the whole time the line
+//! editor reads it (so nothing typed is ever left to the terminal's own line
+//! discipline), the settings to give back, from whichever thread exits,
+//! reads of what was typed, and the terminal's width.
+
+use std::io::{self, Write};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The terminal settings found before raw mode, given back by
+/// [`restore_terminal`] and [`exit_process`].
+static SAVED_TERMINAL: OnceLock<libc::termios> = OnceLock::new();
+
+/// Bracketed paste on: a paste arrives between `ESC [ 200 ~` and
+/// `ESC [ 201 ~`, so that its tabs are kept as text.
+const PASTE_ON: &[u8] = b"\x1b[?2004h";
+const PASTE_OFF: &[u8] = b"\x1b[?2004l";
+
+/// Puts the terminal on stdin in raw mode (no echo, no line editing by the
+/// terminal, no signals from keys; output processing stays on, so LF still
+/// starts a new line) and turns bracketed paste on. False when stdin is not
+/// a terminal or its settings cannot be read or changed.
+pub(super) fn enter_raw_mode() -> bool {
+    let mut saved = std::mem::MaybeUninit::<libc::termios>::uninit();
+    // SAFETY: tcgetattr fills the struct on success, checked before use.
+    if unsafe { libc::tcgetattr(libc::STDIN_FILENO, saved.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialised by the successful tcgetattr above.
+    let saved = unsafe { saved.assume_init() };
+    let mut raw = saved;
+    raw.c_iflag &= !(libc::BRKINT | libc::ICRNL | libc::INPCK | libc::ISTRIP | libc::IXON);
+    raw.c_cflag |= libc::CS8;
+    raw.c_lflag &= !(libc::ECHO | libc::ICANON | libc::IEXTEN | libc::ISIG);
+    // Each read returns as soon as one byte is there, with all that are.
+    raw.c_cc[libc::VMIN] = 1;
+    raw.c_cc[libc::VTIME] = 0;
+    let _ = SAVED_TERMINAL.set(saved);
+    // SAFETY: tcsetattr reads the struct passed; fd 0 is our stdin.
+    if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
+        return false;
+    }
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(PASTE_ON);
+    let _ = out.flush();
+    true
+}
+
+/// Gives the terminal back as it was found (cooked mode, bracketed paste
+/// off); nothing when raw mode was never entered.
+pub(super) fn restore_terminal() {
+    if let Some(saved) = SAVED_TERMINAL.get() {
+        // SAFETY: tcsetattr reads the struct passed; fd 0 is our stdin.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
+        }
+        let mut out = io::stdout().lock();
+        let _ = out.write_all(PASTE_OFF);
+        let _ = out.flush();
+    }
+}
+
+/// Exits the process, first giving the terminal back in the state the line
+/// editor found it.
+pub fn exit_process(code: i32) -> ! {
+    restore_terminal();
+    std::process::exit(code)
+}
+
+/// Reads what was typed into `buf`, waiting for at least one byte;
+/// `Ok(0)` when the terminal is gone (end of file, or EIO after a hangup).
+pub(super) fn read_typed(buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: read writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if let Ok(n) = usize::try_from(n) {
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EIO) => return Ok(0),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Whether more typed bytes arrive within `wait`.
+pub(super) fn typed_within(wait: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: poll reads and writes the one pollfd passed.
+    unsafe { libc::poll(&mut fd, 1, millis) > 0 }
+}
+
+/// The terminal's width in columns (80 when it cannot be read).
+pub(super) fn terminal_columns() -> usize {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize into the struct passed.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    if rc == 0 && size.ws_col > 0 {
+        usize::from(size.ws_col)
+    } else {
+        80
+    }
+}
