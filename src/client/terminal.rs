@@ -40,10 +40,24 @@ pub(super) fn enter_raw_mode() -> bool {
     if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) } != 0 {
         return false;
     }
+    restore_on_panic();
     let mut out = io::stdout().lock();
     let _ = out.write_all(PASTE_ON);
     let _ = out.flush();
     true
+}
+
+/// A panic on any thread gives the terminal back before the panic message
+/// is printed: a shell left in raw mode shows no echo and no line editing.
+fn restore_on_panic() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+    });
 }
 
 /// Gives the terminal back as it was found (cooked mode, bracketed paste
