@@ -95,7 +95,7 @@ fn segment_bytes(records: &[Record]) -> Vec<u8> {
 fn open_log(dir: &Path, options: Options) -> Result<Opened, StoreError> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        match Log::open(dir, options.clone()) {
+        match Log::open(dir, options.clone(), |_| {}) {
             Err(StoreError::Locked { .. }) if Instant::now() < deadline => std::thread::yield_now(),
             result => return result,
         }
@@ -463,7 +463,7 @@ fn foreign_files_are_left_alone_with_a_warning() {
 fn a_second_writer_on_the_same_directory_is_refused() {
     let dir = TempDir::new("lock");
     let first = open_log(dir.path(), big_log()).unwrap();
-    let err = Log::open(dir.path(), big_log()).unwrap_err();
+    let err = Log::open(dir.path(), big_log(), |_| {}).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
@@ -478,16 +478,19 @@ fn a_second_writer_on_the_same_directory_is_refused() {
     open_log(dir.path(), big_log()).expect("the lock goes with the log");
 }
 
+/// What to replay of them is the router's business (its one window): the
+/// log hands over every record it kept.
 #[test]
-fn open_hands_back_the_last_broadcasts_oldest_first() {
+fn open_hands_over_every_record_it_recovers_oldest_first() {
     let dir = TempDir::new("recent");
     let all = records(10);
     write_log(dir.path(), &all);
-    let mut options = big_log();
-    options.recent_broadcasts = 3;
-    let opened = open_log(dir.path(), options).unwrap();
-    let broadcasts: Vec<Record> = all.iter().filter(|r| r.dest == 0).cloned().collect();
-    assert_eq!(opened.recent_broadcasts, broadcasts[broadcasts.len() - 3..]);
+    let mut recovered = Vec::new();
+    let opened = Log::open(dir.path(), big_log(), |record| {
+        recovered.push(record.to_record())
+    });
+    assert_eq!(opened.unwrap().records, 10);
+    assert_eq!(recovered, all);
 }
 
 // ---- retention ---------------------------------------------------------
@@ -585,7 +588,7 @@ fn a_lock_held_before_its_pid_is_written_names_no_pid() {
         let lock = fs::File::create(dir.path().join("LOCK")).unwrap();
         fs::write(dir.path().join("LOCK"), content).unwrap();
         lock.try_lock().unwrap();
-        match Log::open(dir.path(), big_log()) {
+        match Log::open(dir.path(), big_log(), |_| {}) {
             Err(StoreError::Locked { holder, .. }) => assert_eq!(holder, "", "{content:?}"),
             Err(other) => panic!("{content:?}: {other}"),
             Ok(_) => panic!("{content:?}: opened a locked log"),
@@ -608,7 +611,7 @@ fn a_segment_holding_records_numbered_past_the_next_one_is_corruption() {
     write(3, &all[3..6]);
     write(5, &all[6..]);
     let third = (SEGMENT_MAGIC.len() + encode(&all[3..5]).len()) as u64;
-    match Log::open(dir.path(), big_log()) {
+    match Log::open(dir.path(), big_log(), |_| {}) {
         Err(StoreError::Corrupt { offset, damage, .. }) => {
             assert_eq!(offset, third);
             assert_eq!(
@@ -626,6 +629,7 @@ fn a_segment_holding_records_numbered_past_the_next_one_is_corruption() {
             repair: true,
             ..big_log()
         },
+        |_| {},
     )
     .unwrap();
     drop(repaired);
@@ -1534,6 +1538,47 @@ fn a_replay_takes_at_most_half_of_max_queue_so_the_newcomer_is_not_cut() {
     late.expect_silence();
 }
 
+/// The bound of a replay is kept in one place, the router's window, which
+/// a restart's recovered broadcasts pass through as live ones do: at the
+/// edge where the framing decides (two texts fit the cap, two framed
+/// messages do not), a late exhibitor gets the same one broadcast before
+/// and after a restart.
+#[test]
+fn a_replay_after_a_restart_is_bounded_as_a_live_one_with_framing() {
+    let dir = TempDir::new("replay-restart-bound");
+    let d = dir.path().to_str().unwrap();
+    let cap = 8192 / 2;
+    let len = cap / 2 - REPLAY_FRAMING / 2;
+    assert!(2 * len <= cap && 2 * (len + REPLAY_FRAMING) > cap);
+    let texts: Vec<String> = (0..3u8)
+        .map(|i| char::from(b'a' + i).to_string().repeat(len))
+        .collect();
+    let e_id = {
+        let mut server = Server::start(&["--history", d, "--max-queue", "8192"]);
+        let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
+        for (seq, text) in (1..).zip(&texts) {
+            e.send_frame(&msg(e_id, 0, seq, text));
+            a.expect_frame();
+            a.send_frame(&ok(a_id, e_id, seq));
+            assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+        }
+        let mut late = server.raw();
+        late.identify_exhibitor();
+        assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[2]));
+        late.expect_silence();
+        // Gone before the shutdown, so that it waits for no FLW's ack.
+        drop((a, e, late));
+        server.proc.signal(libc::SIGINT);
+        assert!(server.proc.wait().success());
+        e_id
+    };
+    let server = Server::start(&["--history", d, "--max-queue", "8192"]);
+    let mut late = server.raw();
+    late.identify_exhibitor();
+    assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[2]));
+    late.expect_silence();
+}
+
 #[test]
 fn broadcasts_are_replayed_after_a_restart_and_the_exhibitor_shows_them() {
     let dir = TempDir::new("restart");
@@ -1958,11 +2003,10 @@ fn router_replay_keeps_only_what_fits_its_byte_cap() {
     // Room for "678" and "abc" with their framing, not one byte more.
     let cap = 3 + 3 + 2 * f;
     let too_long = "x".repeat(cap);
-    s.router.set_replay(
-        10,
-        cap,
-        [old("12345"), old("6789"), old("abcde"), old(&too_long)],
-    );
+    s.router.set_replay(10, cap);
+    for (origin, text) in [old("12345"), old("6789"), old("abcde"), old(&too_long)] {
+        s.router.recall_broadcast(origin, &text);
+    }
     assert_eq!(s.join(0, 0).len(), 1, "nothing fits after the too-long one");
     s.join(1, 1);
     s.feed(1, msg(1, 0, 1, "12345"));
@@ -1985,11 +2029,10 @@ fn router_replay_keeps_only_what_fits_its_byte_cap() {
 fn router_replay_counts_each_messages_framing_against_its_cap() {
     let mut s = Scene::new();
     let empty = || (1, bytes::Bytes::new());
-    s.router.set_replay(
-        1000,
-        3 * REPLAY_FRAMING,
-        std::iter::repeat_with(empty).take(100),
-    );
+    s.router.set_replay(1000, 3 * REPLAY_FRAMING);
+    for (origin, text) in std::iter::repeat_with(empty).take(100) {
+        s.router.recall_broadcast(origin, &text);
+    }
     let joined = s.join(0, 0);
     assert_eq!(joined.len(), 1 + 3, "the OK and three replays: {joined:?}");
 }
@@ -2015,8 +2058,8 @@ fn router_replay_framing_is_what_the_longest_msg_adds_on_any_transport() {
 #[test]
 fn router_a_replayed_message_waits_the_ack_timeout_for_its_ack() {
     let mut s = Scene::new();
-    s.router
-        .set_replay(2, 1000, [(7, bytes::Bytes::from_static(b"from before"))]);
+    s.router.set_replay(2, 1000);
+    s.router.recall_broadcast(7, b"from before");
     assert_eq!(s.join(0, 0).len(), 2, "the OK and the replay");
     let ack_timeout = Limits::default().ack_timeout;
     let just_before = s.now + ack_timeout - std::time::Duration::from_millis(1);
@@ -2029,8 +2072,8 @@ fn router_a_replayed_message_waits_the_ack_timeout_for_its_ack() {
 #[test]
 fn router_replays_the_last_broadcasts_and_absorbs_their_acks() {
     let mut s = Scene::new();
-    s.router
-        .set_replay(2, 1000, [(7, bytes::Bytes::from_static(b"from before"))]);
+    s.router.set_replay(2, 1000);
+    s.router.recall_broadcast(7, b"from before");
     let joined = s.join(0, 0);
     assert_eq!(
         joined,

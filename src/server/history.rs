@@ -5,9 +5,8 @@
 //! only record numbers. Without history none of this runs.
 
 use super::{Server, Wire};
-use crate::proto::FrameView;
+use crate::proto::{BROADCAST, FrameView};
 use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
-use bytes::Bytes;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
@@ -56,9 +55,14 @@ impl Server {
     pub fn enable_history(&mut self, config: &HistoryConfig) -> Result<(), StoreError> {
         let mut options = Options::new(config.max_bytes);
         options.repair = config.repair;
-        options.recent_broadcasts = config.replay;
-        options.recent_broadcast_bytes = replay_max_bytes(self.config.max_queue);
-        let opened = Log::open(&config.dir, options)?;
+        self.router
+            .set_replay(config.replay, replay_max_bytes(self.config.max_queue));
+        let router = &mut self.router;
+        let opened = Log::open(&config.dir, options, |record| {
+            if record.dest == BROADCAST {
+                router.recall_broadcast(record.origin, record.text);
+            }
+        })?;
         for notice in &opened.notices {
             match notice {
                 Notice::Retired { .. } => info!("history: {notice}"),
@@ -84,12 +88,6 @@ impl Server {
             replay = config.replay,
             "history on"
         );
-        let recent = opened.recent_broadcasts.into_iter();
-        self.router.set_replay(
-            config.replay,
-            replay_max_bytes(self.config.max_queue),
-            recent.map(|record| (record.origin, Bytes::from(record.text))),
-        );
         self.wire.history = Some(History {
             writer,
             told_durable: 0,
@@ -102,8 +100,6 @@ impl Server {
 /// The most output a replay takes (texts and framing, as the router counts
 /// it): half an exhibitor's output cap, so that a replay leaves room for
 /// live traffic and never gets a new exhibitor cut off as a slow consumer.
-/// The scan at open keeps broadcasts by text within the same figure, a
-/// superset the router trims.
 fn replay_max_bytes(max_queue: usize) -> usize {
     max_queue / 2
 }

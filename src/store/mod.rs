@@ -19,7 +19,7 @@ mod log;
 mod reader;
 mod writer;
 
-pub use format::{Damage, MAX_TEXT_LEN, Record};
+pub use format::{Damage, MAX_TEXT_LEN, Record, RecordView};
 pub use log::{Log, Notice, Opened, Options};
 pub use reader::{Entry, Item, Reader};
 pub use writer::{Fsync, Ticket, Writer};

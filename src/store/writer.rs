@@ -467,6 +467,7 @@ mod tests {
         let log = Log::open(
             &dir.join(format!("evchat-writer-report-{}", std::process::id())),
             super::super::Options::new(1 << 20),
+            |_| {},
         )
         .unwrap()
         .log;
