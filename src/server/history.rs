@@ -14,6 +14,7 @@ use tracing::{info, warn};
 /// How the server keeps history (the `--history` flags).
 #[derive(Debug, Clone)]
 pub struct HistoryConfig {
+    /// The log's directory.
     pub dir: PathBuf,
     /// Past broadcasts each exhibitor is sent when it identifies.
     pub replay: usize,
@@ -22,6 +23,20 @@ pub struct HistoryConfig {
     pub max_bytes: u64,
     /// Cut the log at corruption instead of refusing to start.
     pub repair: bool,
+}
+
+impl HistoryConfig {
+    /// The history's defaults, kept in `dir`: the one place they are
+    /// written (the server's flags take theirs from here).
+    pub fn new(dir: PathBuf) -> HistoryConfig {
+        HistoryConfig {
+            dir,
+            replay: 50,
+            fsync: Fsync::EverySec,
+            max_bytes: 1 << 30,
+            repair: false,
+        }
+    }
 }
 
 /// The open history, held by the loop's [`Wire`].
@@ -50,9 +65,9 @@ pub(super) struct History {
 impl Server {
     /// Opens (or creates) the history in `config.dir`, logs what recovery
     /// found (a torn tail cut, a repair, foreign files, retention), and
-    /// keeps every accepted MSG there from now on. Called before
-    /// [`Server::run`].
-    pub fn enable_history(&mut self, config: &HistoryConfig) -> Result<(), StoreError> {
+    /// keeps every accepted MSG there from now on. Called by
+    /// [`Server::bind`].
+    pub(super) fn open_history(&mut self, config: &HistoryConfig) -> Result<(), StoreError> {
         let mut options = Options::new(config.max_bytes);
         options.repair = config.repair;
         self.router

@@ -67,6 +67,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         drain_timeout: Duration::from_secs(2),
         web: Some(WebConfig::default()),
         spin: Duration::from_micros(50),
+        history: None,
     })
     .unwrap();
     (serial, server)
