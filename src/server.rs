@@ -7,7 +7,8 @@
 
 use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
 use crate::proto::{ClientId, Encode, Frame, FrameView};
-use crate::router::{CloseReason, ConnId, Limits, Outbox, Router};
+pub use crate::router::Limits;
+use crate::router::{CloseReason, ConnId, Outbox, Router};
 pub use crate::web::WebConfig;
 use crate::web::{HeadError, WsFailure, WsStatus};
 use mio::net::{TcpListener, TcpStream};

@@ -7,10 +7,12 @@
 
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, FrameView, Kind, MAX_TEXT_LEN, SERVER_ID};
-use evchat::router::{CloseReason, ConnId, Limits, Outbox, REPLAY_FRAMING, Router};
-use evchat::store::testing::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
-use evchat::store::{
-    Fsync, Item, Log, Notice, Opened, Options, Reader, Record, StoreError, Ticket, Writer,
+use evchat::server::Limits;
+use evchat::store::{Fsync, Item, Reader, StoreError};
+use evchat::testing::store_format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
+use evchat::testing::{
+    CloseReason, ConnId, Log, Notice, Opened, Options, Outbox, REPLAY_FRAMING, Record, Router,
+    Ticket, Writer,
 };
 use proptest::prelude::*;
 use std::fs;

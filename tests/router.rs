@@ -3,7 +3,8 @@
 //! rule number from PROTOCOL.md.
 
 use evchat::proto::{Body, ClientId, Frame, Header, Kind, SERVER_ID};
-use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use evchat::server::Limits;
+use evchat::testing::{CloseReason, ConnId, Outbox, Router};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

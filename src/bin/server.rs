@@ -5,8 +5,7 @@
 
 use clap::Parser;
 use evchat::cli::parse_secs;
-use evchat::router::Limits;
-use evchat::server::{Config, HistoryConfig, Server, WebConfig};
+use evchat::server::{Config, HistoryConfig, Limits, Server, WebConfig};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;

@@ -14,15 +14,11 @@
 use super::*;
 use crate::captured_log;
 use crate::proto::{Kind, SERVER_ID};
-use crate::router::Limits;
+use crate::testing::raw_client::{Raw, TIMEOUT as WAIT};
 use bytes::BytesMut;
-use raw_client::{Raw, TIMEOUT as WAIT};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
-
-#[path = "../../tests/raw_client.rs"]
-mod raw_client;
 
 const S: ClientId = SERVER_ID;
 

@@ -5,17 +5,20 @@
 //! `fsync` after [`Log::open`]: the files that need one are handed out as
 //! [`SegmentFile`]s, for the writer's sync thread.
 
+use super::StoreError;
 use super::format::{
     Cursor, Damage, RECORD_HEADER_LEN, RecordView, SEGMENT_MAGIC, Step, parse_segment_name,
     segment_name,
 };
-use super::{LOCK_FILE, StoreError};
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The name of the lock file in a history directory.
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// The largest segment [`Options::new`] picks.
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;

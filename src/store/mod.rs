@@ -14,29 +14,21 @@
 //!
 //! Nothing here touches sockets or the protocol's rules.
 
-mod format;
-mod log;
+// The log, the writer and the format are the server's business (and,
+// through `crate::testing`, the tests'); a reader is all a tool needs.
+pub(crate) mod format;
+pub(crate) mod log;
 mod reader;
-mod writer;
+pub(crate) mod writer;
 
-pub use format::{Damage, MAX_TEXT_LEN, Record, RecordView};
-pub use log::{Log, Notice, Opened, Options};
+pub use format::Damage;
+pub(crate) use log::{LOCK_FILE, Log, Notice, Options};
 pub use reader::{Entry, Item, Reader};
-pub use writer::{Fsync, Ticket, Writer};
-
-/// The format's pieces are the log's business; the tests and the fuzz
-/// target build segments and read them with its cursor directly. (Declared
-/// once above, so that tools reading the source without `cfg` see it once.)
-#[cfg(feature = "testing")]
-pub mod testing {
-    pub use super::format::*;
-}
+pub use writer::Fsync;
+pub(crate) use writer::{Ticket, Writer};
 
 use std::io;
 use std::path::PathBuf;
-
-/// The name of the lock file in a history directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 /// Why a history directory cannot be opened or read.
 #[derive(Debug, thiserror::Error)]

@@ -33,8 +33,9 @@
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
 //! write fails with `EFBIG` and is handled like a full disk.
 
-use super::format::{MAX_TEXT_LEN, encode_record};
+use super::format::encode_record;
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
+use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
