@@ -96,8 +96,10 @@ impl Config {
 /// Why [`Server::bind`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The listening socket (or the poll around it) could not be set up.
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    /// The history could not be opened.
     #[error("history: {0}")]
     History(#[from] StoreError),
 }

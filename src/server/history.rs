@@ -2,7 +2,8 @@
 //! log at start, appending each MSG the router accepts, writing each turn's
 //! records at the end of the turn, and telling the router which replies
 //! held for durability may go. The loop owns the store; the router sees
-//! only record numbers. Without history none of this runs.
+//! only record numbers, and at open the broadcasts the log recovered (its
+//! replay window keeps what fits). Without history none of this runs.
 
 use super::{Server, Wire};
 use crate::proto::{BROADCAST, FrameView};

@@ -3,12 +3,14 @@
 //! is drawn in HISTORY.md and lives in [`format`]).
 //!
 //! - [`Log::open`] takes the directory's lock, scans every segment, cuts a
-//!   torn tail, refuses (or, asked to, repairs) corruption, and hands back
-//!   what it found, including the last broadcasts for replay.
-//! - [`Writer`] writes the log from the event loop (one `write` per turn,
-//!   to the kernel) and syncs it on a thread of its own (per [`Fsync`]),
-//!   saying which records are settled. Disk errors turn history off until
-//!   a write succeeds again; they never stop the loop.
+//!   torn tail, refuses (or, asked to, repairs) corruption, hands each
+//!   record it keeps to the caller (a server picks its replay from them),
+//!   and says what it found.
+//! - [`Writer`] writes the log from the event loop, to the kernel: one
+//!   `write` per turn, and one more for each segment the turn's records
+//!   fill. It syncs the log on a thread of its own (per [`Fsync`]), saying
+//!   which records are settled. Disk errors turn history off until a write
+//!   succeeds again; they never stop the loop.
 //! - [`Reader`] reads a log without the lock, safely while a server appends
 //!   to it, and can follow it.
 //!

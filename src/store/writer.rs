@@ -4,8 +4,9 @@
 //!
 //! The loop [`Writer::append`]s each accepted message to a buffer (no system
 //! call) and, at the end of its turn, [`Writer::write`]s the turn's records
-//! to the log with one `write` (two when a segment fills): into the kernel's
-//! page cache, which a crash of the process does not lose. Under
+//! to the log with one `write`, and one more for each segment they fill:
+//! into the kernel's page cache, which a crash of the process does not
+//! lose. Under
 //! [`Fsync::EverySec`] and [`Fsync::No`] that settles them at once, so the
 //! replies waiting for them go out in the same turn.
 //!
