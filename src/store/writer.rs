@@ -6,9 +6,8 @@
 //! call) and, at the end of its turn, [`Writer::write`]s the turn's records
 //! to the log with one `write`, and one more for each segment they fill:
 //! into the kernel's page cache, which a crash of the process does not
-//! lose. Under
-//! [`Fsync::EverySec`] and [`Fsync::No`] that settles them at once, so the
-//! replies waiting for them go out in the same turn.
+//! lose. Under [`Fsync::EverySec`] and [`Fsync::No`] that settles them at
+//! once, so the replies waiting for them go out in the same turn.
 //!
 //! The sync thread only calls `fsync`, never `write`, and the loop never
 //! waits for it. Under [`Fsync::Always`] it syncs after every turn that
