@@ -9,6 +9,7 @@ use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage};
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 pub use crate::router::Limits;
 use crate::router::{CloseReason, ConnId, Outbox, Router};
+use crate::store::StoreError;
 pub use crate::web::WebConfig;
 use crate::web::{HeadError, WsFailure, WsStatus};
 use mio::net::{TcpListener, TcpStream};
@@ -26,7 +27,6 @@ use tracing::{debug, info, warn};
 
 mod history;
 mod spin;
-use crate::store::StoreError;
 pub use history::HistoryConfig;
 use spin::Spin;
 
