@@ -2,11 +2,11 @@
 //! server accepted, in a directory of checksummed segment files (the format
 //! is drawn in HISTORY.md and lives in [`format`]).
 //!
-//! - [`Log::open`] takes the directory's lock, scans every segment, cuts a
+//! - `Log::open` takes the directory's lock, scans every segment, cuts a
 //!   torn tail, refuses (or, asked to, repairs) corruption, hands each
 //!   record it keeps to the caller (a server picks its replay from them),
 //!   and says what it found.
-//! - [`Writer`] writes the log from the event loop, to the kernel: one
+//! - `Writer` writes the log from the event loop, to the kernel: one
 //!   `write` per turn, and one more for each segment the turn's records
 //!   fill. It syncs the log on a thread of its own (per [`Fsync`]), saying
 //!   which records are settled. Disk errors turn history off until a write
