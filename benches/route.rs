@@ -13,7 +13,8 @@
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use evchat::proto::{ClientId, Encode, Frame, FrameView, Kind, SERVER_ID};
-use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use evchat::server::Limits;
+use evchat::testing::{CloseReason, ConnId, Outbox, Router};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

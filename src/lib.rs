@@ -1,38 +1,51 @@
 //! evchat: an event-driven text messaging system speaking the
 //! OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol. The crate holds the wire format
-//! ([`proto`]), the server's rules ([`router`]), its socket layer
+//! ([`proto`]), the server's rules (`router`), its socket layer
 //! and web transport (`connection`, `web`) and event loop ([`server`]), what
 //! the clients share ([`client`]), the command-line helpers of every
 //! binary ([`cli`]) and the durable message history ([`store`]).
+//!
+//! The binaries see only what they use; the insides the tests, benches and
+//! fuzz targets drive directly are in `testing`, behind the feature of
+//! that name.
 
 pub mod cli;
 pub mod client;
 mod connection;
 pub mod proto;
-pub mod router;
+mod router;
 pub mod server;
 pub mod store;
 mod web;
 
-/// What the fuzz targets reach below the server: a connection driven
-/// without a socket, and the web transport (the connection's business).
-/// Each module is declared once, so that tools which read the source
-/// without `cfg` (cargo-mutants) see it once.
+/// What the tests, benches and fuzz targets reach below the binaries' API:
+/// the rules driven without a loop, a connection driven without a socket,
+/// the web transport (the connection's business), the history's log and
+/// writer without a server, and a raw client for byte-exact tests. Each
+/// module is declared once, so that tools which read the source without
+/// `cfg` (cargo-mutants) see it once.
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::connection::{
         Connection, Ending, HttpOutcome, ReadStatus, Stage, TransportStatus, WebConfig,
     };
+    pub use crate::router::{CloseReason, ConnId, Outbox, REPLAY_FRAMING, Router};
+    pub use crate::store::format::Record;
+    pub use crate::store::log::{Log, Notice, Opened, Options};
+    pub use crate::store::writer::{Ticket, Writer};
     pub use crate::web::{FeedOutcome, MAX_HEAD_LEN, binary_header_len, feed_in_reads};
 
     // The clients' bounded line reader, for the `input` fuzz target.
     pub use crate::client::input::read_bounded_line;
+
+    /// The history's on-disk format piece by piece: the tests and the fuzz
+    /// target build segments and read them with its cursor directly.
+    pub mod store_format {
+        pub use crate::store::format::*;
+    }
+
+    pub mod raw_client;
 }
 
 #[cfg(test)]
 mod captured_log;
-
-// The server's unit tests share the integration tests' raw client, which
-// names this crate `evchat`.
-#[cfg(test)]
-extern crate self as evchat;

@@ -538,6 +538,7 @@ impl SeqCounter {
     }
 
     /// The number the next frame will get, without advancing.
+    #[cfg(feature = "testing")]
     pub fn peek(&self) -> u16 {
         self.next
     }

@@ -249,6 +249,45 @@ impl Directory {
 /// replay cap and got every new exhibitor cut off as a slow consumer.
 pub const REPLAY_FRAMING: usize = HEADER_LEN + 2 + 10;
 
+/// The last broadcasts a new exhibitor is sent: at most `len` of them, and
+/// as many as fit in `max_bytes` of output, each counted as its text plus
+/// [`REPLAY_FRAMING`]; the oldest go first. The one place that bound is
+/// kept: live broadcasts and a history's recovered ones pass through it alike.
+struct ReplayWindow {
+    len: usize,
+    max_bytes: usize,
+    /// Origin and text, oldest first.
+    kept: VecDeque<(ClientId, Bytes)>,
+    /// Output bytes `kept` takes, framing included.
+    bytes: usize,
+}
+
+impl ReplayWindow {
+    fn new(len: usize, max_bytes: usize) -> ReplayWindow {
+        ReplayWindow {
+            len,
+            max_bytes,
+            kept: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    fn remember(&mut self, origin: ClientId, text: &[u8]) {
+        // Without replay a broadcast costs nothing here, not even the copy.
+        if self.len == 0 {
+            return;
+        }
+        self.bytes += text.len() + REPLAY_FRAMING;
+        self.kept.push_back((origin, Bytes::copy_from_slice(text)));
+        while self.kept.len() > self.len || self.bytes > self.max_bytes {
+            let Some((_, dropped)) = self.kept.pop_front() else {
+                break;
+            };
+            self.bytes -= dropped.len() + REPLAY_FRAMING;
+        }
+    }
+}
+
 /// The routing state of one server.
 pub struct Router {
     limits: Limits,
@@ -262,16 +301,8 @@ pub struct Router {
     next_incarnation: u64,
     /// No deadline falls before this; `tick` does nothing until then.
     earliest_deadline: Option<Instant>,
-    /// How many past broadcasts a new exhibitor is sent (0: none).
-    replay_len: usize,
-    /// The most output the replayed broadcasts may take together (see
-    /// [`REPLAY_FRAMING`]).
-    replay_max_bytes: usize,
-    /// The last `replay_len` broadcasts accepted (fewer if they would pass
-    /// `replay_max_bytes`): origin and text.
-    replay: VecDeque<(ClientId, Bytes)>,
-    /// Output bytes `replay` takes.
-    replay_bytes: usize,
+    /// The broadcasts a new exhibitor is sent first.
+    replay: ReplayWindow,
     /// Requests whose reply waits for their history record to be durable,
     /// by the number [`Outbox::accepted`] gave, ascending.
     awaiting_durable: VecDeque<(u64, RequestRef)>,
@@ -288,10 +319,7 @@ impl Router {
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
             next_incarnation: 0,
             earliest_deadline: None,
-            replay_len: 0,
-            replay_max_bytes: 0,
-            replay: VecDeque::new(),
-            replay_bytes: 0,
+            replay: ReplayWindow::new(0, 0),
             awaiting_durable: VecDeque::new(),
         }
     }
@@ -299,21 +327,16 @@ impl Router {
     /// Replays the last `len` broadcasts to each exhibitor as it identifies,
     /// as many as fit in `max_bytes` of output, each counted as its text plus
     /// [`REPLAY_FRAMING`] (so that a replay stays inside an exhibitor's output
-    /// cap however short the texts), starting from `recent` (origin and
-    /// text, oldest first: what a history kept from before this start).
-    pub fn set_replay(
-        &mut self,
-        len: usize,
-        max_bytes: usize,
-        recent: impl IntoIterator<Item = (ClientId, Bytes)>,
-    ) {
-        self.replay_len = len;
-        self.replay_max_bytes = max_bytes;
-        self.replay.clear();
-        self.replay_bytes = 0;
-        for message in recent {
-            self.remember_broadcast(message);
-        }
+    /// cap however short the texts). Forgets what was remembered before.
+    pub fn set_replay(&mut self, len: usize, max_bytes: usize) {
+        self.replay = ReplayWindow::new(len, max_bytes);
+    }
+
+    /// A broadcast from before this start (a history's, oldest first, after
+    /// [`Router::set_replay`]): kept for replay as if it had just been
+    /// accepted, within the same bound.
+    pub fn recall_broadcast(&mut self, origin: ClientId, text: &[u8]) {
+        self.replay.remember(origin, text);
     }
 
     /// The history is done with every record numbered below `settled`
@@ -688,14 +711,14 @@ impl Router {
     /// Sends a new exhibitor the remembered broadcasts, oldest first, as
     /// MSGs numbered by the server; each awaits its ack like a live one.
     fn replay_to(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
-        if self.replay.is_empty() {
+        if self.replay.kept.is_empty() {
             return;
         }
         let deadline = now + self.limits.ack_timeout;
         let session = self.sessions[conn]
             .as_mut()
             .expect("replay to a live session");
-        for (origin, text) in &self.replay {
+        for (origin, text) in &self.replay.kept {
             let seq = session.seq.next_seq();
             let msg = Frame::msg(*origin, 0, seq, text.clone()).expect("a MSG's text fits");
             out.send(conn, &msg);
@@ -707,24 +730,10 @@ impl Router {
         }
         debug!(
             conn,
-            messages = self.replay.len(),
+            messages = self.replay.kept.len(),
             "replayed recent broadcasts"
         );
         self.note_deadline(deadline);
-    }
-
-    fn remember_broadcast(&mut self, message: (ClientId, Bytes)) {
-        if self.replay_len == 0 {
-            return;
-        }
-        self.replay_bytes += message.1.len() + REPLAY_FRAMING;
-        self.replay.push_back(message);
-        while self.replay.len() > self.replay_len || self.replay_bytes > self.replay_max_bytes {
-            let Some((_, dropped)) = self.replay.pop_front() else {
-                break;
-            };
-            self.replay_bytes -= dropped.len() + REPLAY_FRAMING;
-        }
     }
 
     fn pair_emitter(&mut self, conn: ConnId, id: ClientId, exhibitor: Option<ConnId>) {
@@ -829,9 +838,9 @@ impl Router {
         if let Some(number) = held {
             self.awaiting_durable.push_back((number, request));
         }
-        if accepted && frame.dest == 0 && self.replay_len > 0 {
-            let text = Bytes::copy_from_slice(frame.text().unwrap_or_default());
-            self.remember_broadcast((frame.origin, text));
+        if accepted && frame.dest == 0 {
+            self.replay
+                .remember(frame.origin, frame.text().unwrap_or_default());
         }
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");

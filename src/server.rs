@@ -9,7 +9,9 @@
 pub use crate::connection::WebConfig;
 use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage, TransportStatus};
 use crate::proto::FrameView;
-use crate::router::{CloseReason, ConnId, Limits, Router};
+pub use crate::router::Limits;
+use crate::router::{CloseReason, ConnId, Router};
+use crate::store::StoreError;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -58,6 +60,35 @@ pub struct Config {
     /// came within this long, while it works at least half the time (zero:
     /// it always sleeps; at most 10 ms). See `server/spin.rs`.
     pub spin: Duration,
+    /// The durable history, opened by [`Server::bind`] (`None`: none kept).
+    pub history: Option<HistoryConfig>,
+}
+
+impl Config {
+    /// The server's defaults, listening on `addr`: the one place they are
+    /// written (the server's flags take theirs from here).
+    pub fn new(addr: SocketAddr) -> Config {
+        Config {
+            addr,
+            limits: Limits::default(),
+            max_queue: 4 << 20,
+            drain_timeout: Duration::from_secs(3),
+            web: Some(WebConfig::default()),
+            spin: Duration::from_micros(100),
+            history: None,
+        }
+    }
+}
+
+/// Why [`Server::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listening socket (or the poll around it) could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    /// The history could not be opened.
+    #[error("history: {0}")]
+    History(#[from] StoreError),
 }
 
 /// Asks a running server to shut down (rule 8) from another thread.
@@ -106,16 +137,21 @@ enum Next {
 }
 
 impl Server {
-    /// Binds the listening socket.
-    pub fn bind(config: Config) -> io::Result<Server> {
-        let poll = Poll::new()?;
-        let mut listener = listen(config.addr)?;
-        let local_addr = listener.local_addr()?;
+    /// Binds the listening socket, then opens the history if the config
+    /// keeps one.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let addr = config.addr;
+        let listening = |source| StartError::Listen { addr, source };
+        let poll = Poll::new().map_err(listening)?;
+        let mut listener = listen(config.addr).map_err(listening)?;
+        let local_addr = listener.local_addr().map_err(listening)?;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(listening)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(listening)?);
         let now = Instant::now();
-        Ok(Server {
+        let history = config.history.clone();
+        let mut server = Server {
             router: Router::new(config.limits),
             spin: Spin::new(config.spin),
             config,
@@ -139,7 +175,11 @@ impl Server {
             // Nothing to trim at start: the first trim may as well be due.
             next_trim: now,
             drain_deadline: None,
-        })
+        };
+        if let Some(history) = &history {
+            server.open_history(history)?;
+        }
+        Ok(server)
     }
 
     /// The address actually bound (the real port when 0 was asked).

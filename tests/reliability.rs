@@ -14,7 +14,8 @@
 use crate::util::*;
 use bytes::BytesMut;
 use evchat::proto::*;
-use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use evchat::server::Limits;
+use evchat::testing::{CloseReason, ConnId, Outbox, Router};
 use proptest::prelude::*;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -3,7 +3,8 @@
 //! rule number from PROTOCOL.md.
 
 use evchat::proto::{Body, ClientId, Frame, Header, Kind, SERVER_ID};
-use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use evchat::server::Limits;
+use evchat::testing::{CloseReason, ConnId, Outbox, Router};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -850,4 +851,216 @@ fn rule6_an_emitter_closed_for_an_unknown_frame_dismisses_its_exhibitor_with_a_f
         h.router.next_deadline(),
         Some(h.now + Limits::default().ack_timeout)
     );
+}
+
+/// The router's side of the history: replies held until their record is
+/// durable, and the replay window.
+mod history {
+    use super::{msg, ok};
+    use evchat::proto::{ClientId, Frame, FrameView, Kind, MAX_TEXT_LEN, SERVER_ID};
+    use evchat::server::Limits;
+    use evchat::testing::{CloseReason, ConnId, Outbox, REPLAY_FRAMING, Router};
+    use std::time::Instant;
+
+    /// An outbox that numbers the MSGs the router accepts, as the server's does
+    /// with history on.
+    #[derive(Default)]
+    struct Keeper {
+        sent: Vec<(ConnId, Frame)>,
+        accepted: Vec<Frame>,
+    }
+
+    impl Outbox for Keeper {
+        fn send(&mut self, to: ConnId, frame: &Frame) {
+            self.sent.push((to, frame.clone()));
+        }
+        fn close(&mut self, _: ConnId, _: ClientId, _: CloseReason) {}
+        fn resume_input(&mut self, _: ConnId) {}
+        fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
+            self.accepted.push(msg.to_frame());
+            Some(self.accepted.len() as u64 - 1)
+        }
+    }
+
+    struct Scene {
+        router: Router,
+        out: Keeper,
+        now: Instant,
+    }
+
+    impl Scene {
+        fn new() -> Scene {
+            Scene {
+                router: Router::new(Limits::default()),
+                out: Keeper::default(),
+                now: Instant::now(),
+            }
+        }
+
+        /// Feeds a frame; returns what was sent.
+        fn feed(&mut self, conn: ConnId, frame: Frame) -> Vec<(ConnId, Frame)> {
+            self.router.on_frame(conn, frame, self.now, &mut self.out);
+            std::mem::take(&mut self.out.sent)
+        }
+
+        fn join(&mut self, conn: ConnId, origin: ClientId) -> Vec<(ConnId, Frame)> {
+            self.router.connected(conn, self.now);
+            self.feed(conn, Frame::bare(Kind::Oi, origin, SERVER_ID, 0))
+        }
+
+        fn durable(&mut self, settled: u64) -> Vec<(ConnId, Frame)> {
+            self.router.durable(settled, self.now, &mut self.out);
+            std::mem::take(&mut self.out.sent)
+        }
+    }
+
+    #[test]
+    fn router_holds_a_msg_reply_until_its_record_is_settled() {
+        let mut s = Scene::new();
+        s.join(0, 0); // exhibitor 4096
+        s.join(1, 1); // emitter 1
+        assert_eq!(s.feed(1, msg(1, 0, 1, "hi")), [(0, msg(1, 0, 1, "hi"))]);
+        assert_eq!(s.out.accepted, [msg(1, 0, 1, "hi")]);
+        assert_eq!(s.feed(0, ok(4096, 1, 1)), [], "the record is not settled");
+        assert_eq!(s.durable(1), [(1, ok(SERVER_ID, 1, 1))]);
+        // Nothing to deliver, or a CREQ: not accepted, answered at once.
+        assert_eq!(
+            s.feed(1, msg(1, 4999, 2, "nobody")),
+            [(1, Frame::bare(Kind::Erro, SERVER_ID, 1, 2))]
+        );
+        s.feed(1, Frame::bare(Kind::Creq, 1, 0, 3));
+        assert_eq!(s.out.accepted.len(), 1);
+    }
+
+    #[test]
+    fn router_releases_held_replies_in_request_order() {
+        let mut s = Scene::new();
+        s.join(0, 0);
+        s.join(1, 1);
+        s.feed(1, msg(1, 4096, 1, "one"));
+        s.feed(1, msg(1, 0, 2, "two"));
+        s.feed(0, ok(4096, 1, 1));
+        s.feed(0, Frame::bare(Kind::Erro, 4096, 1, 2));
+        assert_eq!(s.durable(1), [(1, ok(SERVER_ID, 1, 1))]);
+        assert_eq!(s.durable(1), []);
+        assert_eq!(
+            s.durable(2),
+            [(1, Frame::bare(Kind::Erro, SERVER_ID, 1, 2))]
+        );
+    }
+
+    #[test]
+    fn router_replay_keeps_only_what_fits_its_byte_cap() {
+        let mut s = Scene::new();
+        let f = REPLAY_FRAMING;
+        let old = |text: &str| (1, bytes::Bytes::from(text.to_string()));
+        // Room for "678" and "abc" with their framing, not one byte more.
+        let cap = 3 + 3 + 2 * f;
+        let too_long = "x".repeat(cap);
+        s.router.set_replay(10, cap);
+        for (origin, text) in [old("12345"), old("6789"), old("abcde"), old(&too_long)] {
+            s.router.recall_broadcast(origin, &text);
+        }
+        assert_eq!(s.join(0, 0).len(), 1, "nothing fits after the too-long one");
+        s.join(1, 1);
+        s.feed(1, msg(1, 0, 1, "12345"));
+        s.feed(0, ok(4096, 1, 1));
+        s.feed(1, msg(1, 0, 2, "678"));
+        s.feed(0, ok(4096, 1, 2));
+        s.feed(1, msg(1, 0, 3, "abc"));
+        let late = s.join(2, 0);
+        assert_eq!(
+            late[1..],
+            [(2, msg(1, 0, 0, "678")), (2, msg(1, 0, 1, "abc"))],
+            "5 + 3 + 3 bytes and three frames pass the cap: the oldest goes"
+        );
+    }
+
+    /// Regression (review): the cap counted text only, so many empty
+    /// broadcasts passed any cap, and a replay queued more than a new
+    /// exhibitor's output may hold.
+    #[test]
+    fn router_replay_counts_each_messages_framing_against_its_cap() {
+        let mut s = Scene::new();
+        let empty = || (1, bytes::Bytes::new());
+        s.router.set_replay(1000, 3 * REPLAY_FRAMING);
+        for (origin, text) in std::iter::repeat_with(empty).take(100) {
+            s.router.recall_broadcast(origin, &text);
+        }
+        let joined = s.join(0, 0);
+        assert_eq!(joined.len(), 1 + 3, "the OK and three replays: {joined:?}");
+    }
+
+    /// Regression (mutation testing: a larger framing passed every test,
+    /// which use the constant itself). What a replay is charged per message is
+    /// what the longest MSG adds to its text in an exhibitor's output: header,
+    /// text length and, on a WebSocket, the largest binary message header.
+    #[test]
+    fn router_replay_framing_is_what_the_longest_msg_adds_on_any_transport() {
+        let text = vec![b'x'; MAX_TEXT_LEN];
+        let wire = Frame::msg(1, 0, 0, text).unwrap().to_bytes().len();
+        let added = wire - MAX_TEXT_LEN;
+        assert_eq!(
+            added + evchat::testing::binary_header_len(wire),
+            REPLAY_FRAMING
+        );
+    }
+
+    /// Regression (mutation testing: a replay's deadline set in the past
+    /// passed every test, which acked at once): a replayed message waits for
+    /// its ack as long as a live one, and no longer.
+    #[test]
+    fn router_a_replayed_message_waits_the_ack_timeout_for_its_ack() {
+        let mut s = Scene::new();
+        s.router.set_replay(2, 1000);
+        s.router.recall_broadcast(7, b"from before");
+        assert_eq!(s.join(0, 0).len(), 2, "the OK and the replay");
+        let ack_timeout = Limits::default().ack_timeout;
+        let just_before = s.now + ack_timeout - std::time::Duration::from_millis(1);
+        s.router.tick(just_before, &mut s.out);
+        assert_eq!(s.router.client_count(), 1, "dropped before the ack timeout");
+        s.router.tick(s.now + ack_timeout, &mut s.out);
+        assert_eq!(s.router.client_count(), 0, "kept past the ack timeout");
+    }
+
+    #[test]
+    fn router_replays_the_last_broadcasts_and_absorbs_their_acks() {
+        let mut s = Scene::new();
+        s.router.set_replay(2, 1000);
+        s.router.recall_broadcast(7, b"from before");
+        let joined = s.join(0, 0);
+        assert_eq!(
+            joined,
+            [
+                (0, ok(SERVER_ID, 4096, 0)),
+                (0, msg(7, 0, 0, "from before"))
+            ]
+        );
+        s.feed(0, ok(4096, 7, 0));
+        s.join(1, 1);
+        for (seq, dest, text) in [(1, 0, "b1"), (2, 4096, "private"), (3, 0, "b2")] {
+            s.feed(1, msg(1, dest, seq, text));
+            s.feed(0, ok(4096, 1, seq));
+        }
+        // Two kept (the oldest fell out), the unicast never.
+        let late = s.join(2, 0);
+        assert_eq!(
+            late,
+            [
+                (2, ok(SERVER_ID, 4097, 0)),
+                (2, msg(1, 0, 0, "b1")),
+                (2, msg(1, 0, 1, "b2"))
+            ]
+        );
+        // A live broadcast before the replays are acknowledged: the first two
+        // acks are the replays', absorbed; the third settles the live one.
+        s.feed(1, msg(1, 0, 4, "live"));
+        s.feed(0, ok(4096, 1, 4));
+        let earlier: Vec<_> = (1..=3).map(|seq| (1, ok(SERVER_ID, 1, seq))).collect();
+        assert_eq!(s.durable(4), earlier);
+        assert_eq!(s.feed(2, ok(4097, 1, 0)), []);
+        assert_eq!(s.feed(2, ok(4097, 1, 1)), []);
+        assert_eq!(s.feed(2, ok(4097, 1, 4)), [(1, ok(SERVER_ID, 1, 4))]);
+        s.router.check_invariants().unwrap();
+    }
 }

@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 #[path = "frames.rs"]
 mod frames;
+use evchat::testing::raw_client;
 pub use frames::*;
-#[path = "raw_client.rs"]
-mod raw_client;
 pub use raw_client::{QUIET, Raw, TIMEOUT};
 #[path = "ws_client.rs"]
 mod ws_client;

@@ -19,7 +19,7 @@
 //!   or corruption with its kind).
 #![no_main]
 
-use evchat::store::testing::{
+use evchat::testing::store_format::{
     Cursor, Damage, MAX_BODY_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step,
     encode_record,
 };

@@ -1,4 +1,4 @@
-//! Fuzz target for the routing layer (`evchat::router`), with no sockets.
+//! Fuzz target for the routing layer (`evchat::testing::Router`), with no sockets.
 //!
 //! The input is a set of limits and a sequence of events on up to eight fake
 //! connections: connect, a frame of any kind (origins biased toward the
@@ -53,7 +53,8 @@ use evchat::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, Header, Kind, SERVER_ID, is_emitter_id,
     is_exhibitor_id,
 };
-use evchat::router::{CloseReason, ConnId, Limits, Outbox, Router};
+use evchat::server::Limits;
+use evchat::testing::{CloseReason, ConnId, Outbox, Router};
 use libfuzzer_sys::fuzz_target;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::RangeInclusive;

@@ -5,11 +5,11 @@
 
 use clap::Parser;
 use evchat::cli::parse_secs;
-use evchat::router::Limits;
-use evchat::server::{Config, HistoryConfig, Server, WebConfig};
+use evchat::server::{Config, HistoryConfig, Limits, Server, WebConfig};
 use evchat::store::Fsync;
+use std::fmt;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,32 +39,32 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1", value_parser = parse_bind)]
     bind: IpAddr,
     /// Seconds an exhibitor may take to acknowledge a frame before it is dropped
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
-    ack_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults().limits.ack_timeout), value_parser = parse_positive_secs)]
+    ack_timeout: Secs,
     /// Seconds a new connection may take to send OI
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_positive_secs)]
-    handshake_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults().limits.handshake_timeout), value_parser = parse_positive_secs)]
+    handshake_timeout: Secs,
     /// Seconds shutdown waits for clients to acknowledge FLW
-    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_positive_secs)]
-    drain_timeout: Duration,
+    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults().drain_timeout), value_parser = parse_positive_secs)]
+    drain_timeout: Secs,
     /// Unsent bytes per connection past which it is dropped as a slow consumer
-    #[arg(long, value_name = "BYTES", default_value = "4194304", value_parser = parse_queue_bytes)]
+    #[arg(long, value_name = "BYTES", default_value_t = defaults().max_queue, value_parser = parse_queue_bytes)]
     max_queue: usize,
     /// Unsettled requests per emitter before the server stops reading it
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = defaults().limits.max_inflight as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_inflight: u32,
     /// Keep every accepted message in a durable log in DIR (see HISTORY.md)
     #[arg(long, value_name = "DIR")]
     history: Option<PathBuf>,
     /// With --history: send each exhibitor that identifies the last N
     /// broadcasts first (0: none)
-    #[arg(long, value_name = "N", default_value_t = 50, requires = "history", value_parser = clap::value_parser!(u16).range(..=10_000))]
+    #[arg(long, value_name = "N", default_value_t = history_defaults().replay as u16, requires = "history", value_parser = clap::value_parser!(u16).range(..=10_000))]
     replay: u16,
     /// With --history: always (an OK waits for the disk), everysec, or no
-    #[arg(long, value_name = "MODE", default_value = "everysec", requires = "history", value_parser = parse_fsync)]
+    #[arg(long, value_name = "MODE", default_value_t = history_defaults().fsync, requires = "history", value_parser = parse_fsync)]
     fsync: Fsync,
     /// With --history: past this many bytes the oldest part of the log is deleted
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30, requires = "history", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "BYTES", default_value_t = history_defaults().max_bytes, requires = "history", value_parser = clap::value_parser!(u64).range(1..))]
     history_max_bytes: u64,
     /// With --history: cut the log where it is corrupt instead of refusing to start
     #[arg(long, requires = "history")]
@@ -73,7 +73,7 @@ struct Args {
     /// (working at least half the time, input coming within that long): more
     /// throughput and less latency under load, for some CPU; an idle or
     /// lightly loaded server never spins (0: never)
-    #[arg(long, value_name = "MICROS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(..=10_000))]
+    #[arg(long, value_name = "MICROS", default_value_t = defaults().spin.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=10_000))]
     spin_us: u64,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]
@@ -89,6 +89,26 @@ struct Args {
     /// Less log output (-q warnings only, -qq errors only)
     #[arg(short, long, action = clap::ArgAction::Count)]
     quiet: u8,
+}
+
+/// The library's defaults, which the flags' defaults are read from.
+fn defaults() -> Config {
+    Config::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+}
+
+fn history_defaults() -> HistoryConfig {
+    HistoryConfig::new(PathBuf::new())
+}
+
+/// A duration given in seconds; shown (as a flag's default) the way it is
+/// typed.
+#[derive(Debug, Clone, Copy)]
+struct Secs(Duration);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
 }
 
 /// A host name or address for `--bind`, resolved once at start.
@@ -107,7 +127,7 @@ fn parse_bind(text: &str) -> Result<IpAddr, String> {
 
 /// A duration in seconds that must not be zero (a zero timeout would drop
 /// every client at once).
-fn parse_positive_secs(text: &str) -> Result<Duration, String> {
+fn parse_positive_secs(text: &str) -> Result<Secs, String> {
     let secs = parse_secs(text)?;
     if secs.is_zero() {
         return Err(
@@ -115,7 +135,7 @@ fn parse_positive_secs(text: &str) -> Result<Duration, String> {
                 .into(),
         );
     }
-    Ok(secs)
+    Ok(Secs(secs))
 }
 
 /// A per-connection queue size in bytes, 1 or more.
@@ -136,33 +156,37 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet);
     raise_descriptor_limit();
+    if args.history.is_some() {
+        ignore_file_size_signal();
+    }
     let config = Config {
         addr: SocketAddr::new(args.bind, args.port),
         limits: Limits {
-            ack_timeout: args.ack_timeout,
-            handshake_timeout: args.handshake_timeout,
+            ack_timeout: args.ack_timeout.0,
+            handshake_timeout: args.handshake_timeout.0,
             max_inflight: args.max_inflight as usize,
         },
         max_queue: args.max_queue,
-        drain_timeout: args.drain_timeout,
+        drain_timeout: args.drain_timeout.0,
         web: (!args.no_web).then(|| WebConfig {
             allowed_origins: args.allow_origin.clone(),
         }),
         spin: Duration::from_micros(args.spin_us),
+        history: args.history.clone().map(|dir| HistoryConfig {
+            dir,
+            replay: usize::from(args.replay),
+            fsync: args.fsync,
+            max_bytes: args.history_max_bytes,
+            repair: args.history_repair,
+        }),
     };
-    let mut server = match Server::bind(config.clone()) {
+    let server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("server: cannot listen on {}: {e}", config.addr);
+            eprintln!("server: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(dir) = &args.history
-        && let Err(e) = enable_history(&mut server, dir, &args)
-    {
-        eprintln!("server: history: {e}");
-        return ExitCode::FAILURE;
-    }
     let handle = server.shutdown_handle();
     let signals = AtomicUsize::new(0);
     if let Err(e) = ctrlc::set_handler(move || {
@@ -205,27 +229,14 @@ fn parse_fsync(text: &str) -> Result<Fsync, String> {
     text.parse()
 }
 
-/// Opens the history (which logs what recovery found).
-fn enable_history(
-    server: &mut Server,
-    dir: &std::path::Path,
-    args: &Args,
-) -> Result<(), evchat::store::StoreError> {
-    // Past the file-size limit (RLIMIT_FSIZE) a write must fail with EFBIG,
-    // which the history handles like a full disk, rather than raise SIGXFSZ,
-    // which would end the server.
+/// Past the file-size limit (RLIMIT_FSIZE) a history write must fail with
+/// EFBIG, which the history handles like a full disk, rather than raise
+/// SIGXFSZ, which would end the server.
+fn ignore_file_size_signal() {
     // SAFETY: setting a signal's disposition to SIG_IGN touches no memory.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    let config = HistoryConfig {
-        dir: dir.to_path_buf(),
-        replay: usize::from(args.replay),
-        fsync: args.fsync,
-        max_bytes: args.history_max_bytes,
-        repair: args.history_repair,
-    };
-    server.enable_history(&config)
 }
 
 fn init_logging(verbose: u8, quiet: u8) {

@@ -2,12 +2,12 @@
 //! log at start, appending each MSG the router accepts, writing each turn's
 //! records at the end of the turn, and telling the router which replies
 //! held for durability may go. The loop owns the store; the router sees
-//! only record numbers. Without history none of this runs.
+//! only record numbers, and at open the broadcasts the log recovered (its
+//! replay window keeps what fits). Without history none of this runs.
 
 use super::{Server, Wire};
-use crate::proto::FrameView;
+use crate::proto::{BROADCAST, FrameView};
 use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
-use bytes::Bytes;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
@@ -15,6 +15,7 @@ use tracing::{info, warn};
 /// How the server keeps history (the `--history` flags).
 #[derive(Debug, Clone)]
 pub struct HistoryConfig {
+    /// The log's directory.
     pub dir: PathBuf,
     /// Past broadcasts each exhibitor is sent when it identifies.
     pub replay: usize,
@@ -23,6 +24,20 @@ pub struct HistoryConfig {
     pub max_bytes: u64,
     /// Cut the log at corruption instead of refusing to start.
     pub repair: bool,
+}
+
+impl HistoryConfig {
+    /// The history's defaults, kept in `dir`: the one place they are
+    /// written (the server's flags take theirs from here).
+    pub fn new(dir: PathBuf) -> HistoryConfig {
+        HistoryConfig {
+            dir,
+            replay: 50,
+            fsync: Fsync::EverySec,
+            max_bytes: 1 << 30,
+            repair: false,
+        }
+    }
 }
 
 /// The open history, held by the loop's [`Wire`].
@@ -51,14 +66,19 @@ pub(super) struct History {
 impl Server {
     /// Opens (or creates) the history in `config.dir`, logs what recovery
     /// found (a torn tail cut, a repair, foreign files, retention), and
-    /// keeps every accepted MSG there from now on. Called before
-    /// [`Server::run`].
-    pub fn enable_history(&mut self, config: &HistoryConfig) -> Result<(), StoreError> {
+    /// keeps every accepted MSG there from now on. Called by
+    /// [`Server::bind`].
+    pub(super) fn open_history(&mut self, config: &HistoryConfig) -> Result<(), StoreError> {
         let mut options = Options::new(config.max_bytes);
         options.repair = config.repair;
-        options.recent_broadcasts = config.replay;
-        options.recent_broadcast_bytes = replay_max_bytes(self.config.max_queue);
-        let opened = Log::open(&config.dir, options)?;
+        self.router
+            .set_replay(config.replay, replay_max_bytes(self.config.max_queue));
+        let router = &mut self.router;
+        let opened = Log::open(&config.dir, options, |record| {
+            if record.dest == BROADCAST {
+                router.recall_broadcast(record.origin, record.text);
+            }
+        })?;
         for notice in &opened.notices {
             match notice {
                 Notice::Retired { .. } => info!("history: {notice}"),
@@ -84,12 +104,6 @@ impl Server {
             replay = config.replay,
             "history on"
         );
-        let recent = opened.recent_broadcasts.into_iter();
-        self.router.set_replay(
-            config.replay,
-            replay_max_bytes(self.config.max_queue),
-            recent.map(|record| (record.origin, Bytes::from(record.text))),
-        );
         self.wire.history = Some(History {
             writer,
             told_durable: 0,
@@ -102,8 +116,6 @@ impl Server {
 /// The most output a replay takes (texts and framing, as the router counts
 /// it): half an exhibitor's output cap, so that a replay leaves room for
 /// live traffic and never gets a new exhibitor cut off as a slow consumer.
-/// The scan at open keeps broadcasts by text within the same figure, a
-/// superset the router trims.
 fn replay_max_bytes(max_queue: usize) -> usize {
     max_queue / 2
 }

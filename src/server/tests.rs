@@ -16,14 +16,11 @@ use super::*;
 use crate::captured_log;
 use crate::proto::{ClientId, Encode, Frame, Kind, SERVER_ID};
 use crate::router::Limits;
+use crate::testing::raw_client::{Raw, TIMEOUT as WAIT};
 use bytes::BytesMut;
-use raw_client::{Raw, TIMEOUT as WAIT};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::{Mutex, MutexGuard};
-
-#[path = "../../tests/raw_client.rs"]
-mod raw_client;
 
 const S: ClientId = SERVER_ID;
 
@@ -68,6 +65,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         drain_timeout: Duration::from_secs(2),
         web: Some(WebConfig::default()),
         spin: Duration::from_micros(50),
+        history: None,
     })
     .unwrap();
     (serial, server)

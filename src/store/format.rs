@@ -5,6 +5,8 @@
 //! slice for tests and fuzzing), so recovery, the read-only reader and the
 //! fuzz target all share one reading of the format.
 
+// A record holds a MSG's text: its longest is the protocol's.
+use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -15,8 +17,6 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG1";
 pub const RECORD_HEADER_LEN: usize = 8;
 /// Body bytes before the text: time (8), origin (2), destination (2).
 pub const BODY_FIXED_LEN: usize = 12;
-/// The longest text a record holds: a MSG's text count is 16 bits.
-pub const MAX_TEXT_LEN: usize = u16::MAX as usize;
 /// The longest body a record may claim; a longer claim is damage.
 pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + MAX_TEXT_LEN;
 /// The longest record on disk (header and longest body). Written out: only

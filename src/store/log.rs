@@ -5,17 +5,20 @@
 //! `fsync` after [`Log::open`]: the files that need one are handed out as
 //! [`SegmentFile`]s, for the writer's sync thread.
 
+use super::StoreError;
 use super::format::{
-    Cursor, Damage, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step, parse_segment_name,
+    Cursor, Damage, RECORD_HEADER_LEN, RecordView, SEGMENT_MAGIC, Step, parse_segment_name,
     segment_name,
 };
-use super::{LOCK_FILE, StoreError};
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The name of the lock file in a history directory.
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// The largest segment [`Options::new`] picks.
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -34,10 +37,6 @@ pub struct Options {
     pub segment_bytes: u64,
     /// Truncate at corruption instead of refusing to open.
     pub repair: bool,
-    /// How many of the last broadcasts [`Log::open`] hands back...
-    pub recent_broadcasts: usize,
-    /// ... at most, and as many as fit in this many bytes of text.
-    pub recent_broadcast_bytes: usize,
 }
 
 impl Options {
@@ -49,8 +48,6 @@ impl Options {
             max_bytes,
             segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES),
             repair: false,
-            recent_broadcasts: 0,
-            recent_broadcast_bytes: usize::MAX,
         }
     }
 }
@@ -119,9 +116,6 @@ pub struct Opened {
     pub log: Log,
     /// What the scan found and did, in order.
     pub notices: Vec<Notice>,
-    /// The last [`Options::recent_broadcasts`] records addressed to
-    /// everyone, oldest first.
-    pub recent_broadcasts: Vec<Record>,
     /// Records the scan found (retention at open may have deleted some).
     pub records: u64,
 }
@@ -199,8 +193,14 @@ impl Log {
     /// Opens (creating if needed) the history in `dir`: locks it, scans
     /// every segment (HISTORY.md, "Recovery", says what counts as a torn
     /// tail), cuts a torn tail, refuses corruption unless
-    /// `options.repair`, and applies retention.
-    pub fn open(dir: &Path, options: Options) -> Result<Opened, StoreError> {
+    /// `options.repair`, and applies retention. Each record kept is handed
+    /// to `recovered` as the scan reads it, oldest first (those retention
+    /// then deletes too): what to keep of them is the caller's business.
+    pub fn open(
+        dir: &Path,
+        options: Options,
+        mut recovered: impl FnMut(RecordView<'_>),
+    ) -> Result<Opened, StoreError> {
         fs::create_dir_all(dir).map_err(StoreError::io(dir, "create directory"))?;
         let lock = lock(dir)?;
         let Listing {
@@ -211,7 +211,6 @@ impl Log {
             .into_iter()
             .map(|path| Notice::Foreign { path })
             .collect();
-        let mut recent = Recent::default();
         let mut scanned = Vec::with_capacity(found.len());
         let mut records = 0;
         for (i, (base, path)) in found.iter().enumerate() {
@@ -220,7 +219,7 @@ impl Log {
             // after the last one starts: a power failure in that moment can
             // tear it as it can the last.
             let may_tear = i + 2 >= found.len();
-            let scan = scan_segment(path, *base, next_base, may_tear, &options, &mut recent)?;
+            let scan = scan_segment(path, *base, next_base, may_tear, &options, &mut recovered)?;
             notices.extend(scan.notice);
             records += scan.records;
             scanned.push((
@@ -293,7 +292,6 @@ impl Log {
             }
         }
         Ok(Opened {
-            recent_broadcasts: recent.kept.into(),
             records,
             log,
             notices,
@@ -595,28 +593,6 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, StoreError> {
     Ok(Listing { segments, foreign })
 }
 
-/// The last broadcasts seen by the scan, bounded in count and bytes.
-#[derive(Default)]
-struct Recent {
-    kept: VecDeque<Record>,
-    bytes: usize,
-}
-
-impl Recent {
-    fn keep(&mut self, record: Record, options: &Options) {
-        self.bytes += record.text.len();
-        self.kept.push_back(record);
-        while self.kept.len() > options.recent_broadcasts
-            || self.bytes > options.recent_broadcast_bytes
-        {
-            let Some(dropped) = self.kept.pop_front() else {
-                break;
-            };
-            self.bytes -= dropped.text.len();
-        }
-    }
-}
-
 struct Scan {
     /// Bytes kept.
     len: u64,
@@ -625,15 +601,15 @@ struct Scan {
 }
 
 /// Reads one segment through, cutting a torn tail (where `may_tear`: the
-/// last two segments) or, with repair, corruption; keeps the recent
-/// broadcasts in `recent`.
+/// last two segments) or, with repair, corruption; hands each record kept
+/// to `recovered`.
 fn scan_segment(
     path: &Path,
     base: u64,
     next_base: Option<u64>,
     may_tear: bool,
     options: &Options,
-    recent: &mut Recent,
+    recovered: &mut impl FnMut(RecordView<'_>),
 ) -> Result<Scan, StoreError> {
     let file = File::open(path).map_err(StoreError::io(path, "open"))?;
     let end = file.metadata().map_err(StoreError::io(path, "stat"))?.len();
@@ -653,9 +629,7 @@ fn scan_segment(
                     break corruption(path, offset, end, damage, options)?;
                 }
                 records += 1;
-                if record.dest == 0 && options.recent_broadcasts > 0 {
-                    recent.keep(record.to_record(), options);
-                }
+                recovered(record);
             }
             Step::End => break (None, None),
             Step::TornTail { offset, len } => {
@@ -730,44 +704,6 @@ mod tests {
         assert_eq!(whole_records_within(&run, first), (first, 1));
         assert_eq!(whole_records_within(&run, second + 5), (second, 2));
         assert_eq!(whole_records_within(&run, run.len()), (run.len(), 3));
-    }
-
-    #[test]
-    fn the_scan_keeps_the_last_broadcasts_within_count_and_bytes() {
-        let options = Options {
-            recent_broadcasts: 3,
-            recent_broadcast_bytes: 10,
-            ..Options::new(0)
-        };
-        let mut recent = Recent::default();
-        let texts = |recent: &Recent| -> Vec<Vec<u8>> {
-            recent.kept.iter().map(|r| r.text.clone()).collect()
-        };
-        for text in [&b"aaaa"[..], b"bbbb", b"cc"] {
-            recent.keep(
-                Record {
-                    time_ms: 0,
-                    origin: 1,
-                    dest: 0,
-                    text: text.to_vec(),
-                },
-                &options,
-            );
-        }
-        // 10 bytes in three: both limits met exactly, nothing dropped.
-        assert_eq!(texts(&recent), [&b"aaaa"[..], b"bbbb", b"cc"]);
-        assert_eq!(recent.bytes, 10);
-        recent.keep(
-            Record {
-                time_ms: 0,
-                origin: 1,
-                dest: 0,
-                text: b"d".to_vec(),
-            },
-            &options,
-        );
-        assert_eq!(texts(&recent), [&b"bbbb"[..], b"cc", b"d"]);
-        assert_eq!(recent.bytes, 7);
     }
 
     #[test]

@@ -2,41 +2,35 @@
 //! server accepted, in a directory of checksummed segment files (the format
 //! is drawn in HISTORY.md and lives in [`format`]).
 //!
-//! - [`Log::open`] takes the directory's lock, scans every segment, cuts a
-//!   torn tail, refuses (or, asked to, repairs) corruption, and hands back
-//!   what it found, including the last broadcasts for replay.
-//! - [`Writer`] writes the log from the event loop (one `write` per turn,
-//!   to the kernel) and syncs it on a thread of its own (per [`Fsync`]),
-//!   saying which records are settled. Disk errors turn history off until
-//!   a write succeeds again; they never stop the loop.
+//! - `Log::open` takes the directory's lock, scans every segment, cuts a
+//!   torn tail, refuses (or, asked to, repairs) corruption, hands each
+//!   record it keeps to the caller (a server picks its replay from them),
+//!   and says what it found.
+//! - `Writer` writes the log from the event loop, to the kernel: one
+//!   `write` per turn, and one more for each segment the turn's records
+//!   fill. It syncs the log on a thread of its own (per [`Fsync`]), saying
+//!   which records are settled. Disk errors turn history off until a write
+//!   succeeds again; they never stop the loop.
 //! - [`Reader`] reads a log without the lock, safely while a server appends
 //!   to it, and can follow it.
 //!
 //! Nothing here touches sockets or the protocol's rules.
 
-mod format;
-mod log;
+// The log, the writer and the format are the server's business (and,
+// through `crate::testing`, the tests'); a reader is all a tool needs.
+pub(crate) mod format;
+pub(crate) mod log;
 mod reader;
-mod writer;
+pub(crate) mod writer;
 
-pub use format::{Damage, MAX_TEXT_LEN, Record};
-pub use log::{Log, Notice, Opened, Options};
+pub use format::Damage;
+pub(crate) use log::{LOCK_FILE, Log, Notice, Options};
 pub use reader::{Entry, Item, Reader};
-pub use writer::{Fsync, Ticket, Writer};
-
-/// The format's pieces are the log's business; the tests and the fuzz
-/// target build segments and read them with its cursor directly. (Declared
-/// once above, so that tools reading the source without `cfg` see it once.)
-#[cfg(feature = "testing")]
-pub mod testing {
-    pub use super::format::*;
-}
+pub use writer::Fsync;
+pub(crate) use writer::{Ticket, Writer};
 
 use std::io;
 use std::path::PathBuf;
-
-/// The name of the lock file in a history directory.
-pub const LOCK_FILE: &str = "LOCK";
 
 /// Why a history directory cannot be opened or read.
 #[derive(Debug, thiserror::Error)]

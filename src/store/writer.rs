@@ -4,10 +4,10 @@
 //!
 //! The loop [`Writer::append`]s each accepted message to a buffer (no system
 //! call) and, at the end of its turn, [`Writer::write`]s the turn's records
-//! to the log with one `write` (two when a segment fills): into the kernel's
-//! page cache, which a crash of the process does not lose. Under
-//! [`Fsync::EverySec`] and [`Fsync::No`] that settles them at once, so the
-//! replies waiting for them go out in the same turn.
+//! to the log with one `write`, and one more for each segment they fill:
+//! into the kernel's page cache, which a crash of the process does not
+//! lose. Under [`Fsync::EverySec`] and [`Fsync::No`] that settles them at
+//! once, so the replies waiting for them go out in the same turn.
 //!
 //! The sync thread only calls `fsync`, never `write`, and the loop never
 //! waits for it. Under [`Fsync::Always`] it syncs after every turn that
@@ -33,8 +33,9 @@
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
 //! write fails with `EFBIG` and is handled like a full disk.
 
-use super::format::{MAX_TEXT_LEN, encode_record};
+use super::format::encode_record;
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
+use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -467,6 +468,7 @@ mod tests {
         let log = Log::open(
             &dir.join(format!("evchat-writer-report-{}", std::process::id())),
             super::super::Options::new(1 << 20),
+            |_| {},
         )
         .unwrap()
         .log;

@@ -2,10 +2,8 @@
 //! or raw bytes, read frames with deadlines. Shared by the integration tests
 //! (through `util`) and the server's unit tests, so there is one such client.
 
-#![allow(dead_code)]
-
+use crate::proto::{ClientId, Frame, Kind, SERVER_ID};
 use bytes::BytesMut;
-use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
