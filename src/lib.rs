@@ -5,6 +5,7 @@
 //! the clients share ([`client`]), the command-line helpers of every
 //! binary ([`cli`]) and the durable message history ([`store`]).
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 mod connection;
