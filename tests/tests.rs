@@ -12,4 +12,5 @@ mod history;
 mod raw;
 mod reliability;
 mod router;
+mod user;
 mod web;
