@@ -156,29 +156,8 @@ enum Line {
     Text(String),
 }
 
-/// A parsed accounts file.
-///
-/// # The file
-///
-/// UTF-8 text, one account a line:
-///
-/// ```text
-/// # NAME  ROLES               SECRET                                     [EXPIRES]
-/// alice   view,emit,broadcast $argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>
-/// bot     emit,broadcast      sha256:<64 hex digits>                      2027-01-04T09:00:00Z
-/// ```
-///
-/// Fields are separated by spaces or tabs. NAME follows the name rule
-/// `[A-Za-z][A-Za-z0-9_.-]{0,23}` and is unique ignoring case. ROLES is a
-/// comma list (no spaces) of `view`, `emit`, `broadcast`, `admin`. SECRET
-/// is a password's argon2id PHC string (version 19, at most
-/// `m=262144,t=16,p=8`) or `sha256:` and the lower-case hex SHA-256 of a
-/// token (`evt_` and 64 hex digits, prefix included). EXPIRES, optional, is
-/// a UTC time `YYYY-MM-DDTHH:MM:SSZ` from which the secret is refused.
-/// Lines starting with `#` (after blanks) and blank lines are ignored; a
-/// line may end in CR LF. At most [`MAX_LINE_LEN`] bytes a line and
-/// [`MAX_FILE_LEN`] bytes in all. The file must be a regular file, not a
-/// symbolic link, with no permission for group or others (`chmod 600`).
+/// A parsed accounts file (its format: the [`auth`](super) module's
+/// documentation).
 #[derive(Clone, Debug)]
 pub struct Accounts {
     lines: Vec<Line>,

@@ -23,7 +23,7 @@ pub const MAX_ROLES_LEN: usize = 64;
 /// Why a roles list does not parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BadRoles {
-    #[error("the roles are empty (write one or more of view,emit,broadcast,admin)")]
+    #[error("the roles are empty (write one or more of view,emit,broadcast,admin, or - for none)")]
     Empty,
     #[error("the roles list is longer than {MAX_ROLES_LEN} characters")]
     TooLong,
@@ -68,10 +68,15 @@ impl Roles {
     }
 
     /// Parses `view,emit,...`: one or more role names, comma separated, no
-    /// spaces; a role written twice counts once.
+    /// spaces; a role written twice counts once. `-` is no role (an
+    /// account kept but allowed nothing), as [`Display`](fmt::Display)
+    /// writes it.
     pub fn parse(s: &str) -> Result<Roles, BadRoles> {
         if s.is_empty() {
             return Err(BadRoles::Empty);
+        }
+        if s == "-" {
+            return Ok(Roles::NONE);
         }
         if s.len() > MAX_ROLES_LEN {
             return Err(BadRoles::TooLong);
@@ -122,6 +127,7 @@ mod tests {
         assert_eq!(roles.to_string(), "view,emit,admin");
         assert_eq!(Roles::parse("view,emit,broadcast,admin"), Ok(Roles::ALL));
         assert_eq!(Roles::NONE.to_string(), "-");
+        assert_eq!(Roles::parse("-"), Ok(Roles::NONE));
     }
 
     #[test]
