@@ -171,6 +171,45 @@ fn add_with_token_prints_it_once_and_stores_only_its_sha256() {
 }
 
 #[test]
+fn an_age_for_expires_counts_from_now() {
+    let dir = TempDir::new("age");
+    let file = dir.file("accounts");
+    let unix = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = unix();
+    let run = user(
+        &[
+            "add",
+            s(&file),
+            "bot",
+            "--roles",
+            "emit",
+            "--token",
+            "--expires",
+            "30d",
+        ],
+        None,
+    );
+    let after = unix();
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let accounts = Accounts::load(&file).unwrap();
+    let expires = accounts.get("bot").unwrap().expires.unwrap();
+    let thirty_days = 30 * 86_400;
+    assert!(
+        (before + thirty_days..=after + thirty_days).contains(&expires.unix()),
+        "{expires} not 30 days after a time in [{before}, {after}]"
+    );
+    assert_eq!(
+        run.stderr,
+        format!("evchat user: added bot (emit; token, until {expires})\n")
+    );
+}
+
+#[test]
 fn add_replaces_an_account_on_its_line_and_keeps_comments() {
     let dir = TempDir::new("replace");
     let file = dir.file("accounts");
