@@ -332,6 +332,22 @@ impl Accounts {
         }
     }
 
+    /// After a reload (`self` the new accounts), the names in `old` whose
+    /// sessions must end: the account is gone, its roles lost a bit, or its
+    /// secret changed (replacing a leaked token revokes it). Names as `old`
+    /// wrote them; match sessions by [`Name::key`]. An account whose
+    /// expiry alone changed is not listed: its sessions take the new expiry
+    /// from [`Accounts::get`].
+    pub fn revoked_since(&self, old: &Accounts) -> Vec<Name> {
+        old.iter()
+            .filter(|before| match self.get(before.name.as_str()) {
+                None => true,
+                Some(now) => !now.roles.contains(before.roles) || now.secret != before.secret,
+            })
+            .map(|before| before.name.clone())
+            .collect()
+    }
+
     /// Checks a presented secret for an account at `now`.
     ///
     /// The work depends only on the presented secret: one starting `evt_`
@@ -638,6 +654,34 @@ mod tests {
         // One message for the client whatever the cause.
         let r = accounts.verify("carol", b"x", at(0)).unwrap_err();
         assert!(r.to_string().starts_with("wrong name or secret"));
+    }
+
+    #[test]
+    fn a_reload_revokes_removed_accounts_lost_roles_and_changed_secrets() {
+        let other = "sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        let old = Accounts::parse(
+            format!(
+                "gone view {DIGEST}\nshrunk view,emit {DIGEST}\nrekeyed view {DIGEST}\n\
+                 grown view {DIGEST}\nrenewed view {DIGEST} 2027-01-01T00:00:00Z\nsame view {DIGEST}\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let new = Accounts::parse(
+            format!(
+                "SHRUNK emit {DIGEST}\nrekeyed view {other}\ngrown view,admin {DIGEST}\n\
+                 renewed view {DIGEST} 2028-01-01T00:00:00Z\nsame view {DIGEST}\nnew view {DIGEST}\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let revoked: Vec<String> = new
+            .revoked_since(&old)
+            .iter()
+            .map(Name::to_string)
+            .collect();
+        assert_eq!(revoked, ["gone", "shrunk", "rekeyed"]);
+        assert!(new.revoked_since(&new).is_empty());
     }
 
     #[test]
