@@ -35,13 +35,14 @@ fn lines(data: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
+/// Neither blank nor a comment: spaces, tabs and CRs at either end do not
+/// count, and a comment starts with `#`.
 fn is_account_line(line: &[u8]) -> bool {
-    let trimmed: Vec<u8> = line
-        .iter()
-        .copied()
-        .skip_while(|&b| b == b' ' || b == b'\t')
-        .collect();
-    !trimmed.iter().all(|&b| b == b' ' || b == b'\t') && trimmed[0] != b'#'
+    let blank = |b: &u8| matches!(b, b' ' | b'\t' | b'\r');
+    match line.iter().find(|b| !blank(b)) {
+        None => false,
+        Some(&first) => first != b'#',
+    }
 }
 
 fn check_parsed(data: &[u8], accounts: &Accounts) {

@@ -176,7 +176,8 @@ impl Default for Accounts {
 }
 
 fn parse_account(text: &str) -> Result<Option<Account>, LineProblem> {
-    let trimmed = text.trim_matches([' ', '\t']);
+    // A stray CR at either end (a file edited with CR CR LF) is a blank.
+    let trimmed = text.trim_matches([' ', '\t', '\r']);
     if trimmed.is_empty() || trimmed.starts_with('#') {
         return Ok(None);
     }
@@ -248,7 +249,9 @@ impl Accounts {
             }
             let text = std::str::from_utf8(raw).map_err(|_| fail(LineProblem::NotUtf8))?;
             match parse_account(text).map_err(fail)? {
-                None => lines.push(Line::Text(text.to_string())),
+                // Written back with LF alone, a comment ending in CR would
+                // lose that CR to the next reading (as CR LF): drop them now.
+                None => lines.push(Line::Text(text.trim_end_matches('\r').to_string())),
                 Some(account) => {
                     if let Some(&first) = seen.get(&account.name.key()) {
                         return Err(fail(LineProblem::Duplicate(first)));
@@ -448,6 +451,16 @@ mod tests {
             Accounts::parse(written.as_bytes()).unwrap().to_bytes(),
             written.as_bytes()
         );
+    }
+
+    #[test]
+    fn comments_ending_in_cr_write_back_stably() {
+        // Found by the fuzz target: "# c\r\r\n" read as "# c\r", written
+        // "# c\r\n", read again as "# c": each rewrite lost a CR.
+        let accounts = Accounts::parse(b"# c\r\r\r\n\r\r\n").unwrap();
+        assert_eq!(accounts.to_bytes(), b"# c\n\n");
+        let again = Accounts::parse(&accounts.to_bytes()).unwrap();
+        assert_eq!(again.to_bytes(), accounts.to_bytes());
     }
 
     #[test]
