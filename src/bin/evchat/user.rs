@@ -11,8 +11,7 @@ use evchat::auth::{
     Account, Accounts, AccountsError, Credential, Expiry, MAX_PRESENTED_LEN, Name, Roles, Secret,
     TOKEN_PREFIX, parse_age,
 };
-use evchat::client::{InputLine, read_bounded_line};
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -234,19 +233,35 @@ fn acceptable(password: Credential) -> Result<Credential, String> {
     Ok(password)
 }
 
-/// One line of standard input, at most a little over the longest password
-/// kept (a longer line is refused with its length).
+/// One line of standard input, without its LF or CR LF. At most a little
+/// over the longest password is read: a longer line is refused, not
+/// buffered.
 fn read_line(what: &str) -> Result<Credential, String> {
-    match read_bounded_line(&mut io::stdin().lock(), MAX_PRESENTED_LEN + 1) {
-        Ok(InputLine::Line(line)) => Ok(Credential::new(line)),
-        Ok(InputLine::TooLong(_)) => Err(format!(
-            "the password is longer than {MAX_PRESENTED_LEN} bytes; nothing changed"
-        )),
-        Ok(InputLine::End | InputLine::Interrupted) => {
-            Err(format!("no {what} on standard input; nothing changed"))
-        }
-        Err(e) => Err(format!("reading the {what}: {e}")),
+    let too_long =
+        || format!("the {what} is longer than {MAX_PRESENTED_LEN} bytes; nothing changed");
+    // The longest line kept, its CR LF, and one byte to tell it is longer.
+    let cap = MAX_PRESENTED_LEN + 3;
+    let mut line = Vec::with_capacity(cap);
+    io::stdin()
+        .lock()
+        .take(cap as u64)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| format!("reading the {what}: {e}"))?;
+    if line.is_empty() {
+        return Err(format!("no {what} on standard input; nothing changed"));
     }
+    let ended = line.last() == Some(&b'\n');
+    if ended {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    let credential = Credential::new(line);
+    if credential.as_bytes().len() > MAX_PRESENTED_LEN {
+        return Err(too_long());
+    }
+    Ok(credential)
 }
 
 fn read_password(name: &Name) -> Result<Credential, String> {
