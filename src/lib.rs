@@ -9,6 +9,7 @@
 //! fuzz targets drive directly are in `testing`, behind the feature of
 //! that name.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 mod connection;

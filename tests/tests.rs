@@ -13,4 +13,5 @@ mod raw;
 mod reliability;
 mod router;
 mod store;
+mod user;
 mod web;

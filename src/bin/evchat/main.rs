@@ -7,6 +7,7 @@
 mod chat;
 mod check;
 mod history;
+mod user;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Print a server's message history
     History(history::HistoryArgs),
+    /// Add, list or remove accounts in a server's accounts file
+    User(user::UserArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,5 +43,6 @@ fn main() -> ExitCode {
         Command::Chat(args) => chat::run(args),
         Command::Check(args) => check::run(args),
         Command::History(args) => history::run(args),
+        Command::User(args) => user::run(args),
     }
 }
