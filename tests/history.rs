@@ -6,8 +6,8 @@
 //! a deadline; none is a sleep.
 
 use crate::store::{
-    FULL_DISK_LIMIT, KillOnDrop, TempDir, big_log, evchat, numbered, open_log, read_all, record,
-    record_offsets, records, segment_bytes, start_writer, wait_settled, write_log,
+    FULL_DISK_LIMIT, KillOnDrop, big_log, evchat, numbered, open_log, read_all, record,
+    record_offsets, records, segment_bytes, segment_path, start_writer, wait_settled, write_log,
 };
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
@@ -127,7 +127,7 @@ fn history_warns_of_an_incomplete_tail_and_shows_the_rest() {
     let dir = TempDir::new("cli-torn");
     let all = records(3);
     let whole = segment_bytes(&all);
-    fs::write(dir.segment(0), &whole[..whole.len() - 4]).unwrap();
+    fs::write(segment_path(dir.path(), 0), &whole[..whole.len() - 4]).unwrap();
     let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
     assert_eq!((code, out.len()), (0, 2));
     let offset = record_offsets(&all)[2];
@@ -138,11 +138,14 @@ fn history_warns_of_an_incomplete_tail_and_shows_the_rest() {
             "evchat history: {}: the last {len} bytes (from offset {offset}) are not a whole \
              record: a write in progress, or what a crash left (the server cuts it when it \
              next starts)",
-            dir.segment(0).display()
+            segment_path(dir.path(), 0).display()
         )]
     );
     // Reading changed nothing.
-    assert_eq!(fs::read(dir.segment(0)).unwrap(), &whole[..whole.len() - 4]);
+    assert_eq!(
+        fs::read(segment_path(dir.path(), 0)).unwrap(),
+        &whole[..whole.len() - 4]
+    );
 }
 
 #[test]
@@ -422,12 +425,12 @@ fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
     let all = records(3);
     let whole = segment_bytes(&all);
     let last = record_offsets(&all)[2];
-    fs::write(dir.segment(0), &whole[..whole.len() - 2]).unwrap();
+    fs::write(segment_path(dir.path(), 0), &whole[..whole.len() - 2]).unwrap();
     let server = Server::start(&["--history", d]);
     let want = format!(
         "history: {}: torn tail at offset {last} (an interrupted write): cut {} bytes, \
          holding no whole record",
-        dir.segment(0).display(),
+        segment_path(dir.path(), 0).display(),
         whole.len() as u64 - 2 - last
     );
     let line = wait_for_line(&server.proc.stderr, "torn tail");
@@ -437,16 +440,16 @@ fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
     let mut damaged = segment_bytes(&all);
     let bad = record_offsets(&all)[1];
     damaged[bad as usize + 21] ^= 1;
-    fs::write(dir.segment(0), &damaged).unwrap();
+    fs::write(segment_path(dir.path(), 0), &damaged).unwrap();
     let mut refused = Proc::spawn("server", &["0", "--bind", "127.0.0.1", "--history", d]);
     assert_eq!(refused.wait().code(), Some(1));
     let errors = refused.stderr.rest();
     let prefix = format!(
         "server: history: {}: corrupt at offset {bad}: checksum mismatch",
-        dir.segment(0).display()
+        segment_path(dir.path(), 0).display()
     );
     assert!(errors.iter().any(|l| l.starts_with(&prefix)), "{errors:#?}");
-    assert_eq!(fs::read(dir.segment(0)).unwrap(), damaged);
+    assert_eq!(fs::read(segment_path(dir.path(), 0)).unwrap(), damaged);
 
     let repaired = Server::start(&["--history", d, "--history-repair"]);
     let line = wait_for_line(&repaired.proc.stderr, "repair cut");
@@ -573,7 +576,7 @@ fn after_sigkill_under_fsync_everysec_the_log_reopens_and_says_what_it_cut() {
     drop(server);
     // A killed process loses nothing the kernel already took: the loop
     // wrote every OK'd record to the page cache before the OK.
-    let segment_len = fs::metadata(dir.segment(0)).unwrap().len();
+    let segment_len = fs::metadata(segment_path(dir.path(), 0)).unwrap().len();
     let restarted = Server::start(&["--history", d]);
     let mut cut = 0;
     while let Some(line) = restarted.proc.stderr.next_within(QUIET) {
@@ -591,7 +594,7 @@ fn after_sigkill_under_fsync_everysec_the_log_reopens_and_says_what_it_cut() {
     drop(restarted);
     let logged: std::collections::HashSet<String> = logged_texts(dir.path()).into_iter().collect();
     assert_eq!(
-        fs::metadata(dir.segment(0)).unwrap().len(),
+        fs::metadata(segment_path(dir.path(), 0)).unwrap().len(),
         segment_len - cut
     );
     let missing: Vec<&String> = oked.iter().filter(|t| !logged.contains(*t)).collect();

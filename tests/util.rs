@@ -276,9 +276,10 @@ fn holds_within_timeout(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// A fresh directory for one test (a server's `--history`), emptied first
-/// in case an earlier run left it, and removed when dropped: declared before
-/// the processes that use it, it outlives them.
+/// A fresh directory for one test (a server's `--history`, a log the store
+/// tests write), emptied first in case an earlier run left it, and removed
+/// when dropped: declared before the processes that use it, it outlives them.
+/// `name` must be unique among the tests, which run in one process.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
