@@ -770,12 +770,9 @@ fn timestamps_always_puts_the_local_time_before_chat_lines() {
     let (mut em, _) = server.emitter(None);
     em.input("(0) tick\n");
     em.stdout.expect_line("delivered #1");
-    let line = loop {
-        let line = chat.stdout.expect();
-        if line.ends_with("2 to all: tick") {
-            break line;
-        }
-    };
+    let (_, line) = chat
+        .stdout
+        .skip_until("the tick", TIMEOUT, |l| l.ends_with("2 to all: tick"));
     // HH:MM:SS, then a space, then the line.
     let (time, rest) = line.split_at(9);
     assert_eq!(rest, "2 to all: tick", "{line}");

@@ -433,7 +433,10 @@ fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
         segment_path(dir.path(), 0).display(),
         whole.len() as u64 - 2 - last
     );
-    let line = wait_for_line(&server.proc.stderr, "torn tail");
+    let (_, line) = server
+        .proc
+        .stderr
+        .skip_until("the torn tail", TIMEOUT, |l| l.contains("torn tail"));
     assert!(line.contains("WARN") && line.ends_with(&want), "{line}");
     drop(server);
 
@@ -452,7 +455,10 @@ fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
     assert_eq!(fs::read(segment_path(dir.path(), 0)).unwrap(), damaged);
 
     let repaired = Server::start(&["--history", d, "--history-repair"]);
-    let line = wait_for_line(&repaired.proc.stderr, "repair cut");
+    let (_, line) = repaired
+        .proc
+        .stderr
+        .skip_until("the repair cut", TIMEOUT, |l| l.contains("repair cut"));
     assert!(
         line.contains(&format!("corrupt at offset {bad} (checksum")),
         "{line}"
@@ -660,7 +666,7 @@ fn full_disk_server(mode: &str) {
     for seq in 1..=30 {
         send(seq, &text);
     }
-    let off = wait_for_line(&err, "history off: ");
+    let (_, off) = err.skip_until("history off", TIMEOUT, |l| l.contains("history off: "));
     assert!(off.contains("File too large"), "{mode}: {off}");
     // Room again (the limit raised from outside): the next write succeeds.
     let raised = libc::rlimit {
@@ -671,7 +677,9 @@ fn full_disk_server(mode: &str) {
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &raised, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     send(31, "after");
-    let on = wait_for_line(&err, "history back on: ");
+    let (_, on) = err.skip_until("history back on", TIMEOUT, |l| {
+        l.contains("history back on: ")
+    });
     assert!(on.contains("messages were not kept"), "{mode}: {on}");
     // `evchat history` reads it through with no complaint: the write cut
     // short at the limit left no part of a record before "after".
@@ -691,15 +699,4 @@ fn full_disk_server(mode: &str) {
     let reopened = open_log(dir.path(), big_log()).unwrap();
     assert_eq!(reopened.notices, vec![], "{mode}");
     assert_eq!(reopened.records, texts.len() as u64, "{mode}");
-}
-
-/// The first line of `lines` containing `part` (bounded by the harness's
-/// timeout per line).
-fn wait_for_line(lines: &Lines, part: &str) -> String {
-    loop {
-        let line = lines.expect();
-        if line.contains(part) {
-            return line;
-        }
-    }
 }
