@@ -5,7 +5,7 @@
 
 use crate::util::*;
 use evchat::proto::*;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// The server's id, short.
@@ -880,17 +880,7 @@ fn slow_consumer_is_disconnected_while_others_keep_receiving() {
     expect_exact(&mut em, &oks);
 
     // The slow exhibitor's connection ends (after whatever was already in flight).
-    slow.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut chunk = vec![0u8; 65536];
-    let mut drained = 0usize;
-    loop {
-        match slow.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => drained += n,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("slow exhibitor not closed (read {drained} bytes): {e}"),
-        }
-    }
+    let drained = read_to_end_within(&mut slow, TIMEOUT).len();
     assert!(
         drained < sent as usize * m_len(&text),
         "the slow exhibitor received every message ({drained} bytes)"

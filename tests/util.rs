@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use evchat::proto::ClientId;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -423,6 +423,31 @@ pub fn connect_with_small_rcvbuf(addr: SocketAddr, size: usize) -> TcpStream {
     socket.set_recv_buffer_size(size).unwrap();
     socket.connect(&addr.into()).unwrap();
     socket.into()
+}
+
+/// Reads until the peer closes (EOF or reset); fails after `wait`.
+pub fn read_to_end_within(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + wait;
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "not closed within {wait:?} ({} bytes read)",
+            all.len()
+        );
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("not closed within {wait:?} ({} bytes read)", all.len())
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
 }
 
 /// A deterministic byte generator (xorshift64*), so failures reproduce.

@@ -8,10 +8,11 @@
 
 use super::frames::hex;
 use super::raw_client::{QUIET, TIMEOUT};
+use super::read_to_end_within;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -420,29 +421,4 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> HttpAnswer {
     let length: usize = answer.header("Content-Length").parse().unwrap();
     assert_eq!(length, answer.body.len(), "Content-Length vs body");
     answer
-}
-
-/// Reads until the peer closes (EOF or reset); fails after `wait`.
-pub fn read_to_end_within(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + wait;
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "not closed within {wait:?} ({} bytes read)",
-            all.len()
-        );
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut chunk) {
-            Ok(0) => return all,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("not closed within {wait:?} ({} bytes read)", all.len())
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
 }
