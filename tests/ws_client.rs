@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use super::frames::hex;
-use super::raw_client::{QUIET, TIMEOUT};
+use super::raw_client::{TIMEOUT, assigned_id, expect_silence_on};
 use super::read_to_end_within;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use std::io::{ErrorKind, Read, Write};
@@ -341,29 +341,14 @@ impl Ws {
             "unread bytes pending: {}",
             hex(&self.buf)
         );
-        self.stream.set_read_timeout(Some(QUIET)).unwrap();
-        let mut chunk = [0u8; 64];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => panic!("connection closed"),
-            Ok(n) => panic!("unexpected {n} bytes: {}", hex(&chunk[..n])),
-            Err(e) => assert!(
-                matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-                "read error {e}"
-            ),
-        }
+        expect_silence_on(&self.stream);
     }
 
     /// OI with `origin` (0: exhibitor); returns the id from the OK, which
     /// must come as exactly one binary message.
     pub fn identify(&mut self, origin: ClientId) -> ClientId {
         self.send_proto(&Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
-        let ok = self.expect_proto();
-        assert_eq!(
-            (ok.kind, ok.origin, ok.seq),
-            (Kind::Ok, SERVER_ID, 0),
-            "{ok}"
-        );
-        ok.dest
+        assigned_id(&self.expect_proto())
     }
 }
 
