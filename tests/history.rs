@@ -204,6 +204,15 @@ fn ok(origin: ClientId, dest: ClientId, seq: u16) -> Frame {
     Frame::bare(Kind::Ok, origin, dest, seq)
 }
 
+/// `e` broadcasts `text` as `seq`, the only exhibitor `a` acks it, and the
+/// OK comes back to `e`.
+fn broadcast_acked(e: &mut Raw, e_id: ClientId, a: &mut Raw, a_id: ClientId, seq: u16, text: &str) {
+    e.send_frame(&msg(e_id, 0, seq, text));
+    a.expect_frame();
+    a.send_frame(&ok(a_id, e_id, seq));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+}
+
 /// The `text` fields of `evchat history DIR --json` (texts with no quote
 /// or escape in them), checking it ran cleanly.
 fn logged_texts(dir: &Path) -> Vec<String> {
@@ -303,10 +312,7 @@ fn a_replayed_exhibitor_that_never_acks_is_cut_by_the_ack_timeout() {
     let d = dir.path().to_str().unwrap();
     let server = Server::start(&["--history", d, "--ack-timeout", "0.3"]);
     let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
-    e.send_frame(&msg(e_id, 0, 1, "hello"));
-    a.expect_frame();
-    a.send_frame(&ok(a_id, e_id, 1));
-    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
+    broadcast_acked(&mut e, e_id, &mut a, a_id, 1, "hello");
     let mut silent = server.raw();
     silent.identify_exhibitor();
     assert_eq!(silent.expect_frame(), msg(e_id, 0, 0, "hello"));
@@ -323,10 +329,7 @@ fn a_replay_takes_at_most_half_of_max_queue_so_the_newcomer_is_not_cut() {
         .map(|i| char::from(b'a' + i).to_string().repeat(1800))
         .collect();
     for (seq, text) in (1..).zip(&texts) {
-        e.send_frame(&msg(e_id, 0, seq, text));
-        a.expect_frame();
-        a.send_frame(&ok(a_id, e_id, seq));
-        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+        broadcast_acked(&mut e, e_id, &mut a, a_id, seq, text);
     }
     // 4096 bytes of replay: the last two 1800-byte broadcasts, not a third.
     let mut late = server.raw();
@@ -355,10 +358,7 @@ fn a_replay_after_a_restart_is_bounded_as_a_live_one_with_framing() {
         let mut server = Server::start(&["--history", d, "--max-queue", "8192"]);
         let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
         for (seq, text) in (1..).zip(&texts) {
-            e.send_frame(&msg(e_id, 0, seq, text));
-            a.expect_frame();
-            a.send_frame(&ok(a_id, e_id, seq));
-            assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+            broadcast_acked(&mut e, e_id, &mut a, a_id, seq, text);
         }
         let mut late = server.raw();
         late.identify_exhibitor();
@@ -644,12 +644,7 @@ fn full_disk_server(mode: &str) {
     let pid = child.0.id() as i32;
     let out = Lines::new(child.0.stdout.take().unwrap(), "server stdout");
     let err = Lines::new(child.0.stderr.take().unwrap(), "server stderr");
-    let addr: std::net::SocketAddr = out
-        .expect()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = listening_addr(&out);
     let mut a = Raw::connect(addr);
     let a_id = a.identify_exhibitor();
     let mut e = Raw::connect(addr);
