@@ -13,14 +13,6 @@ const S: ClientId = SERVER_ID;
 
 // ---- connection helpers ----------------------------------------------------
 
-/// Reads exactly `want.len()` bytes and asserts they are `want`.
-fn expect_exact(raw: &mut Raw, want: &[u8]) {
-    let got = raw.expect_bytes(want.len());
-    if got != want {
-        panic!("bytes differ\n want: {}\n  got: {}", hex(want), hex(&got));
-    }
-}
-
 /// Exact bytes, then the server closes the connection.
 fn expect_exact_then_closed(raw: &mut Raw, want: &[u8]) {
     expect_exact(raw, want);

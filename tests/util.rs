@@ -411,6 +411,11 @@ impl Server {
     }
 }
 
+/// Reads exactly `want.len()` bytes from `raw` and asserts they are `want`.
+pub fn expect_exact(raw: &mut Raw, want: &[u8]) {
+    assert_bytes(want, &raw.expect_bytes(want.len()));
+}
+
 /// A TCP connection whose receive buffer is set small before connecting, so
 /// that a peer that never reads fills up quickly.
 pub fn connect_with_small_rcvbuf(addr: SocketAddr, size: usize) -> TcpStream {

@@ -16,13 +16,6 @@ const S: ClientId = SERVER_ID;
 
 // ---- clients -------------------------------------------------------------------
 
-fn expect_exact(raw: &mut Raw, want: &[u8]) {
-    let got = raw.expect_bytes(want.len());
-    if got != want {
-        panic!("bytes differ\n want: {}\n  got: {}", hex(want), hex(&got));
-    }
-}
-
 fn tcp_exhibitor(server: &Server) -> (Raw, ClientId) {
     let mut raw = server.raw();
     let id = raw.identify_exhibitor();

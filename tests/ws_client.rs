@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use super::frames::hex;
+use super::frames::{assert_bytes, hex};
 use super::raw_client::{TIMEOUT, assigned_id, expect_silence_on};
 use super::read_to_end_within;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
@@ -267,10 +267,7 @@ impl Ws {
     /// message carrying `payload`.
     pub fn expect_binary_exact(&mut self, payload: &[u8]) {
         let want = server_frame(OP_BINARY, payload);
-        let got = self.expect_bytes(want.len());
-        if got != want {
-            panic!("bytes differ\n want: {}\n  got: {}", hex(&want), hex(&got));
-        }
+        assert_bytes(&want, &self.expect_bytes(want.len()));
     }
 
     /// The protocol frame carried by the next message (which must be one
