@@ -213,6 +213,17 @@ fn broadcast_acked(e: &mut Raw, e_id: ClientId, a: &mut Raw, a_id: ClientId, seq
     assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
 }
 
+/// A new exhibitor on `server` is replayed exactly `texts`, broadcasts of
+/// `e_id` numbered from 0, and then nothing.
+fn expect_replay(server: &Server, e_id: ClientId, texts: &[&str]) {
+    let mut late = server.raw();
+    late.identify_exhibitor();
+    for (seq, text) in (0..).zip(texts) {
+        assert_eq!(late.expect_frame(), msg(e_id, 0, seq, text));
+    }
+    late.expect_silence();
+}
+
 /// The `text` fields of `evchat history DIR --json` (texts with no quote
 /// or escape in them), checking it ran cleanly.
 fn logged_texts(dir: &Path) -> Vec<String> {
@@ -332,11 +343,7 @@ fn a_replay_takes_at_most_half_of_max_queue_so_the_newcomer_is_not_cut() {
         broadcast_acked(&mut e, e_id, &mut a, a_id, seq, text);
     }
     // 4096 bytes of replay: the last two 1800-byte broadcasts, not a third.
-    let mut late = server.raw();
-    late.identify_exhibitor();
-    assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[8]));
-    assert_eq!(late.expect_frame(), msg(e_id, 0, 1, &texts[9]));
-    late.expect_silence();
+    expect_replay(&server, e_id, &[&texts[8], &texts[9]]);
 }
 
 /// The bound of a replay is kept in one place, the router's window, which
@@ -360,21 +367,15 @@ fn a_replay_after_a_restart_is_bounded_as_a_live_one_with_framing() {
         for (seq, text) in (1..).zip(&texts) {
             broadcast_acked(&mut e, e_id, &mut a, a_id, seq, text);
         }
-        let mut late = server.raw();
-        late.identify_exhibitor();
-        assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[2]));
-        late.expect_silence();
+        expect_replay(&server, e_id, &[&texts[2]]);
         // Gone before the shutdown, so that it waits for no FLW's ack.
-        drop((a, e, late));
+        drop((a, e));
         server.proc.signal(libc::SIGINT);
         assert!(server.proc.wait().success());
         e_id
     };
     let server = Server::start(&["--history", d, "--max-queue", "8192"]);
-    let mut late = server.raw();
-    late.identify_exhibitor();
-    assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[2]));
-    late.expect_silence();
+    expect_replay(&server, e_id, &[&texts[2]]);
 }
 
 #[test]
