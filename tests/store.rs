@@ -791,15 +791,13 @@ fn everysec_and_no_settle_records_when_the_write_returns() {
 /// Waits until the writer's sync thread has synced at least `sealed` full
 /// segments and `active` active ones; fails the test after [`TIMEOUT`].
 fn wait_syncs(writer: &Writer, sealed: u64, active: u64) -> (u64, u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let syncs = writer.syncs();
-        if syncs.0 >= sealed && syncs.1 >= active {
-            return syncs;
-        }
-        assert!(Instant::now() < deadline, "syncs {syncs:?}");
-        std::thread::yield_now();
-    }
+    let mut syncs = writer.syncs();
+    let what = format!("syncs of {sealed} full and {active} active segments");
+    wait_until(&what, || {
+        syncs = writer.syncs();
+        syncs.0 >= sealed && syncs.1 >= active
+    });
+    syncs
 }
 
 #[test]

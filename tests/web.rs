@@ -44,16 +44,9 @@ fn ws_emitter(server: &Server, origin: ClientId) -> (Ws, ClientId) {
 
 /// Waits for a server log line that contains every one of `needles`.
 fn expect_log(server: &Server, needles: &[&str]) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match server.proc.stderr.next_within(left) {
-            Some(line) if needles.iter().all(|n| line.contains(n)) => return line,
-            Some(line) => seen.push(line),
-            None => panic!("no log line with {needles:?}; saw {seen:#?}"),
-        }
-    }
+    let what = format!("log line with {needles:?}");
+    let wanted = |line: &str| needles.iter().all(|n| line.contains(n));
+    server.proc.stderr.skip_until(&what, TIMEOUT, wanted).1
 }
 
 /// A message through `em` to `ex` and back, both TCP: the server still
