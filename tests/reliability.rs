@@ -349,11 +349,6 @@ fn unread_by_server(port: u16) -> usize {
     total
 }
 
-/// Server stderr lines seen so far (without waiting).
-fn drain_log(server: &Server) -> Vec<String> {
-    std::iter::from_fn(|| server.proc.stderr.next_within(Duration::ZERO)).collect()
-}
-
 // ---- 1. length fields ---------------------------------------------------------------
 
 #[test]
@@ -706,7 +701,7 @@ fn slow_consumer_is_cut_off_and_memory_stays_bounded() {
         })
         .collect();
     let (mut em, em_id) = emitter(addr, 1);
-    drain_log(&server);
+    server.proc.stderr.drain();
     let before = rss_kib(pid);
 
     // Broadcasts until the server reports the slow consumer.
@@ -720,7 +715,10 @@ fn slow_consumer_is_cut_off_and_memory_stays_bounded() {
         );
         sent += 1;
         assert!(em.send(&msg(em_id, 0, sent, &text)));
-        dropped = drain_log(&server)
+        dropped = server
+            .proc
+            .stderr
+            .drain()
             .iter()
             .any(|l| l.contains("slow consumer"));
     }
@@ -1036,7 +1034,7 @@ fn ten_thousand_mid_frame_disconnects_leave_no_trace() {
     assert_eq!(list.body, Body::Clients(vec![1, 4096]), "{list}");
     ex.ack(ex_id, S, list.seq);
     em.expect_bytes(&hdr(Kind::Ok, S, em_id, 1));
-    let log = drain_log(&server);
+    let log = server.proc.stderr.drain();
     assert!(
         !log.iter().any(|l| l.contains("panicked")),
         "server log: {log:?}"

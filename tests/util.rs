@@ -143,6 +143,11 @@ impl Lines {
         }
     }
 
+    /// Takes the lines that have arrived so far, without waiting for more.
+    pub fn drain(&self) -> Vec<String> {
+        self.rx.try_iter().collect()
+    }
+
     /// The next line if one arrives within `wait`; None on timeout or end.
     pub fn next_within(&self, wait: Duration) -> Option<String> {
         self.rx.recv_timeout(wait).ok()
