@@ -214,7 +214,8 @@ fn unreachable_server_at_start_is_exit_1_with_the_cause() {
     assert_eq!(
         chat.stderr.rest(),
         vec![format!(
-            "evchat chat: cannot connect to {addr}: nothing is listening there (connection refused) — is the server running?"
+            "evchat chat: cannot connect to {addr}: nothing is listening there (connection \
+             refused) — is the server running?"
         )]
     );
 }

@@ -86,9 +86,18 @@ fn history_json_gives_utf8_text_or_base64() {
     assert_eq!(
         out,
         [
-            r#"{"record":0,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"origin":1,"dest":0,"text":"hello everyone"}"#,
-            r#"{"record":1,"time":"2025-12-01T13:45:03.000Z","time_ms":1764596703000,"origin":2,"dest":4096,"text":"Oi, \"tudo\" bem?\n"}"#,
-            r#"{"record":2,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"origin":1,"dest":0,"text_base64":"dGFiCWhlcmUgG1szMW3/"}"#,
+            concat!(
+                r#"{"record":0,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"#,
+                r#""origin":1,"dest":0,"text":"hello everyone"}"#,
+            ),
+            concat!(
+                r#"{"record":1,"time":"2025-12-01T13:45:03.000Z","time_ms":1764596703000,"#,
+                r#""origin":2,"dest":4096,"text":"Oi, \"tudo\" bem?\n"}"#,
+            ),
+            concat!(
+                r#"{"record":2,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"#,
+                r#""origin":1,"dest":0,"text_base64":"dGFiCWhlcmUgG1szMW3/"}"#,
+            ),
         ]
     );
 }

@@ -664,8 +664,10 @@ fn garbage_senders_beside_good_traffic() {
     assert!(em.send(&m));
     ex.expect_bytes(&m);
     println!(
-        "reliability[2]: {delivered}/{total} good messages delivered exactly and {acked}/{total} OKs \
-         in {:.2} s beside {GARBAGE} garbage senders ({} garbage connections, {} ERRO, {} closed by the server)",
+        "reliability[2]: {delivered}/{total} good messages delivered exactly and {acked}/{total} \
+         OKs \
+         in {:.2} s beside {GARBAGE} garbage senders ({} garbage connections, {} ERRO, {} closed \
+         by the server)",
         good_time.as_secs_f64(),
         stats.connections.load(Ordering::Relaxed),
         stats.erro.load(Ordering::Relaxed),
@@ -1395,7 +1397,11 @@ fn spoofed_frame(kind: Kind, origin: ClientId, dest: ClientId, seq: u16) -> Fram
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Against the router: exhibitors 4096 (conn 0) and 4097 (conn 1),
     /// emitter 1 paired with 4096 (conn 2), unpaired emitter 2 (conn 3).

@@ -1239,7 +1239,11 @@ fn arbitrary_records() -> impl Strategy<Value = Vec<Record>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Whatever the segment size and however the records are batched, a
     /// reopened log holds them all, numbered in order, in segments no
@@ -1302,7 +1306,11 @@ proptest! {
         let expected = if cut_at == torn_from {
             vec![]
         } else {
-            vec![Notice::TornTail { file: last_path.clone(), offset: torn_from, dropped: cut_at - torn_from }]
+            vec![Notice::TornTail {
+                file: last_path.clone(),
+                offset: torn_from,
+                dropped: cut_at - torn_from,
+            }]
         };
         prop_assert_eq!(reopened.notices.clone(), expected);
         drop(reopened);
