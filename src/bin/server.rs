@@ -129,6 +129,8 @@ struct Args {
     /// Also accept WebSocket connections from pages served at this origin
     /// (e.g. https://chat.example.com); repeatable. The server's own origin
     /// is always accepted.
+    // The doc is the --help text, so its URL stays plain.
+    #[allow(rustdoc::bare_urls)]
     #[arg(long, value_name = "URL")]
     allow_origin: Vec<String>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
