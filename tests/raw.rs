@@ -1,5 +1,5 @@
 //! Byte-level tests against the real `server` binary over raw TCP sockets.
-//! Frames are written out by hand (helpers below) and compared byte for byte
+//! Frames are written out by hand (`frames.rs`) and compared byte for byte
 //! with what the server sends. Every wait is a read with a deadline; what
 //! must not happen is checked with a short bounded read (`expect_silence`).
 

@@ -1,9 +1,12 @@
 //! Test harness: spawns the real binaries (found through `CARGO_BIN_EXE_*`),
 //! reads their output lines with timeouts, talks to the server over raw
-//! sockets, and reserves the ports a test must keep (one where nothing
-//! listens, one a server restarts on) so that no other process takes them.
-//! Every wait here has a deadline; where no read can see the awaited state
-//! (a child's exit, a count in /proc) it is polled, never slept for.
+//! sockets and WebSocket (`evchat::testing::raw_client`, `ws_client.rs`),
+//! gives each test that needs one a fresh directory, and reserves the ports
+//! a test must keep (one where nothing listens, one a server restarts on)
+//! so that no other process takes them. The waits the tests share are here,
+//! once each, and every one has a deadline; where no read can see the
+//! awaited state (a child's exit, a count in /proc) it is polled, never
+//! slept for.
 
 #![allow(dead_code)]
 
