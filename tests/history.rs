@@ -6,8 +6,8 @@
 //! a deadline; none is a sleep.
 
 use crate::store::{
-    FULL_DISK_LIMIT, KillOnDrop, big_log, evchat, numbered, open_log, read_all, record,
-    record_offsets, records, segment_bytes, segment_path, start_writer, wait_settled, write_log,
+    FULL_DISK_LIMIT, big_log, evchat, numbered, open_log, read_all, record, record_offsets,
+    records, segment_bytes, segment_path, start_writer, wait_settled, write_log,
 };
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
@@ -633,9 +633,7 @@ fn full_disk_server(mode: &str) {
     let mut command = Command::new(bin("server"));
     command
         .args(["0", "--bind", "127.0.0.1", "--history", d, "--fsync", mode])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -650,11 +648,10 @@ fn full_disk_server(mode: &str) {
             Ok(())
         });
     }
-    let mut child = KillOnDrop(command.spawn().unwrap());
-    let pid = child.0.id() as i32;
-    let out = Lines::new(child.0.stdout.take().unwrap(), "server stdout");
-    let err = Lines::new(child.0.stderr.take().unwrap(), "server stderr");
-    let addr = listening_addr(&out);
+    let child = Proc::spawn_command(command, "server");
+    let pid = child.pid();
+    let err = &child.stderr;
+    let addr = listening_addr(&child.stdout);
     let mut a = Raw::connect(addr);
     let a_id = a.identify_exhibitor();
     let mut e = Raw::connect(addr);

@@ -870,15 +870,6 @@ fn fsync_modes_read_as_the_server_flag_spells_them() {
 }
 
 /// A child process killed if the test fails before reaping it.
-pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The file-size limit the full-disk child runs under.
 pub(crate) const FULL_DISK_LIMIT: u64 = 16 * 1024;
 const FULL_DISK_ENV: &str = "EVCHAT_TEST_FULL_DISK_DIR";
@@ -900,9 +891,7 @@ fn run_child_test(name: &str, dir: &Path, limit: u64) -> Vec<String> {
             "--test-threads=1",
         ])
         .env(FULL_DISK_ENV, dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     // SAFETY: setrlimit and signal are async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -912,12 +901,10 @@ fn run_child_test(name: &str, dir: &Path, limit: u64) -> Vec<String> {
             Ok(())
         });
     }
-    let mut child = KillOnDrop(command.spawn().unwrap());
-    let out = Lines::new(child.0.stdout.take().unwrap(), "child test stdout");
-    let err = Lines::new(child.0.stderr.take().unwrap(), "child test stderr");
+    let mut child = Proc::spawn_command(command, "child test");
     // Both end when the child exits (bounded by the harness's timeout).
-    let (out, err) = (out.rest(), err.rest());
-    let status = child.0.wait().unwrap();
+    let (out, err) = (child.stdout.rest(), child.stderr.rest());
+    let status = child.wait();
     assert!(
         status.success(),
         "child failed: {status}\n{out:#?}\n{err:#?}"

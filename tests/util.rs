@@ -193,9 +193,16 @@ impl Proc {
     }
 
     fn spawn_program(program: &str, name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::piped());
+        Proc::spawn_command(command, name)
+    }
+
+    /// Spawns a `command` the test set up itself (a `pre_exec`, a limit)
+    /// with its output read into [`Lines`]; its stdin is as the command
+    /// says (piped, from the other constructors).
+    pub fn spawn_command(mut command: Command, name: &str) -> Proc {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
