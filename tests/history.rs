@@ -272,13 +272,8 @@ fn an_emitters_ok_means_the_message_is_already_in_the_log_in_every_fsync_mode() 
 fn without_history_a_late_exhibitor_gets_nothing_of_the_past() {
     let server = Server::start(&[]);
     let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
-    e.send_frame(&msg(e_id, 0, 1, "to all"));
-    let got = a.expect_frame();
-    a.send_frame(&ok(a_id, e_id, got.seq));
-    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
-    let mut b = server.raw();
-    b.identify_exhibitor();
-    b.expect_silence();
+    broadcast_acked(&mut e, e_id, &mut a, a_id, 1, "to all");
+    expect_replay(&server, e_id, &[]);
 }
 
 #[test]
