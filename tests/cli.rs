@@ -597,8 +597,8 @@ fn connection_refused_is_named() {
     assert_eq!(
         assert_fails_with_one_line(&mut em),
         format!(
-            "emitter: cannot connect to {addr}: nothing is listening there (connection refused) — \
-             is the server running?"
+            "emitter: cannot connect to {addr}: nothing is listening there (connection \
+             refused) — is the server running?"
         )
     );
 }
