@@ -1,5 +1,5 @@
 //! The event loop: one thread, whose [`Server`] owns a mio `Poll`, the
-//! listener, every [`Connection`] and the [`Router`]. It turns readiness
+//! listener, every `Connection` and the `Router`. It turns readiness
 //! into frames for the router and the router's decisions into bytes on
 //! sockets. It never blocks: reads and writes stop at `WouldBlock`, output
 //! waits in bounded per-client queues, and each readiness event does a

@@ -357,7 +357,8 @@ fn codec_matches_rust(tab: &Tab) {
     // Bidi controls that reorder a line are shown as \u{..}.
     let bidi = evaluate(
         tab,
-        "EvchatCodec.escapeText(new TextEncoder().encode('a\\u200e\\u200f\\u202a\\u202e\\u2066\\u2069b'))",
+        "EvchatCodec.escapeText(new \
+         TextEncoder().encode('a\\u200e\\u200f\\u202a\\u202e\\u2066\\u2069b'))",
         false,
     );
     assert_eq!(
@@ -395,7 +396,8 @@ fn codec_matches_rust(tab: &Tab) {
         let err = evaluate(
             tab,
             &format!(
-                "(() => {{ try {{ EvchatCodec.decode(Uint8Array.from({bytes:?})); return 'accepted'; }} \
+                "(() => {{ try {{ EvchatCodec.decode(Uint8Array.from({bytes:?})); return \
+                 'accepted'; }} \
                    catch (e) {{ return e.message; }} }})()"
             ),
             false,

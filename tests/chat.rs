@@ -6,6 +6,8 @@
 
 use crate::util::*;
 use evchat::proto::{Frame, Kind, SERVER_ID};
+use rexpect::process::WaitStatus;
+use rexpect::session::{PtySession, spawn_command};
 use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
@@ -212,7 +214,8 @@ fn unreachable_server_at_start_is_exit_1_with_the_cause() {
     assert_eq!(
         chat.stderr.rest(),
         vec![format!(
-            "evchat chat: cannot connect to {addr}: nothing is listening there (connection refused) — is the server running?"
+            "evchat chat: cannot connect to {addr}: nothing is listening there (connection \
+             refused) — is the server running?"
         )]
     );
 }
@@ -273,28 +276,43 @@ fn server_going_away_fails_pending_messages_then_the_chat_reconnects() {
     chat.stdout.expect_line("you to all: back again ✓");
 }
 
+/// `command` (the chat, or a shell around it) on a pseudo-terminal, as an
+/// xterm.
+fn in_terminal(mut command: Command) -> PtySession {
+    command.env("TERM", "xterm");
+    spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty")
+}
+
+/// `evchat chat ARGS` on a pseudo-terminal.
+fn chat_in_terminal(args: &[&str]) -> PtySession {
+    let mut command = Command::new(EVCHAT);
+    command.arg("chat").args(args);
+    in_terminal(command)
+}
+
+/// `text` as rexpect reports it: one char per byte.
+fn bytewise(text: &str) -> String {
+    text.bytes().map(char::from).collect()
+}
+
+/// The end of the terminal's output, then the chat's exit with code 0.
+fn expect_exit_0(chat: &mut PtySession) {
+    chat.exp_eof().unwrap();
+    match chat.process().wait().unwrap() {
+        WaitStatus::Exited(_, 0) => {}
+        other => panic!("chat ended with {other:?}"),
+    }
+}
+
 /// The terminal path: a pseudo-terminal, keys as a person types them.
 mod terminal {
     use super::*;
-    use rexpect::process::WaitStatus;
-    use rexpect::session::{PtySession, spawn_command};
-
-    /// `text` as rexpect reports it: one char per byte.
-    fn bytewise(text: &str) -> String {
-        text.bytes().map(char::from).collect()
-    }
-
-    fn spawn_in_terminal(addr: &str) -> PtySession {
-        let mut command = Command::new(EVCHAT);
-        command.args(["chat", addr]).env("TERM", "xterm");
-        spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty")
-    }
 
     #[test]
     fn typed_corrections_arrive_corrected_and_history_recalls_them() {
         let server = Server::start(&[]);
         let (other, _) = server.exhibitor();
-        let mut chat = spawn_in_terminal(&server.target());
+        let mut chat = chat_in_terminal(&[&server.target()]);
         chat.exp_string("you are 1 (emitter) / 4097 (exhibitor)")
             .unwrap();
         chat.exp_string("all> ").unwrap();
@@ -351,11 +369,7 @@ mod terminal {
         // Ctrl-D leaves: FLW, exit 0, and the chat's ids are gone.
         chat.exp_string("all> ").unwrap();
         chat.send_control('d').unwrap();
-        chat.exp_eof().unwrap();
-        match chat.process().wait().unwrap() {
-            WaitStatus::Exited(_, 0) => {}
-            other => panic!("chat ended with {other:?}"),
-        }
+        expect_exit_0(&mut chat);
         em.input("(CREQ) 0\n");
         other.stdout.expect_line("Clients (2): 2 4096");
     }
@@ -367,14 +381,11 @@ mod terminal {
         // A terminal 100 columns wide: "all> " and 170 characters take two
         // of its rows (three of 80, the width used when none is known).
         let mut command = Command::new("sh");
-        command
-            .args([
-                "-c",
-                &format!("stty cols 100 && exec {EVCHAT} chat {}", server.target()),
-            ])
-            .env("TERM", "xterm");
-        let mut chat =
-            spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty");
+        command.args([
+            "-c",
+            &format!("stty cols 100 && exec {EVCHAT} chat {}", server.target()),
+        ]);
+        let mut chat = in_terminal(command);
         chat.exp_string("all> ").unwrap();
         let text = "x".repeat(170);
         chat.send(&text).unwrap();
@@ -396,11 +407,8 @@ mod terminal {
         // Standard input is the terminal, standard output a pipe (to cat):
         // no line editor, so no prompt and no escape sequences in the pipe.
         let mut command = Command::new("sh");
-        command
-            .args(["-c", &format!("{EVCHAT} chat {} | cat", server.target())])
-            .env("TERM", "xterm");
-        let mut chat =
-            spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty");
+        command.args(["-c", &format!("{EVCHAT} chat {} | cat", server.target())]);
+        let mut chat = in_terminal(command);
         chat.exp_string("you are 1 (emitter) / 4097 (exhibitor)")
             .unwrap();
         chat.send("plain\r").unwrap();
@@ -417,15 +425,11 @@ mod terminal {
     fn ctrl_c_leaves_with_exit_0() {
         let server = Server::start(&[]);
         let (other, _) = server.exhibitor();
-        let mut chat = spawn_in_terminal(&server.target());
+        let mut chat = chat_in_terminal(&[&server.target()]);
         chat.exp_string("all> ").unwrap();
         chat.send("half a line").unwrap();
         chat.send_control('c').unwrap();
-        chat.exp_eof().unwrap();
-        match chat.process().wait().unwrap() {
-            WaitStatus::Exited(_, 0) => {}
-            other => panic!("chat ended with {other:?}"),
-        }
+        expect_exit_0(&mut chat);
         // Nothing of the half line was sent.
         let (mut em, _) = server.emitter(None);
         em.input("(CREQ) 0\n");
@@ -514,14 +518,8 @@ fn input_ending_while_the_server_is_away_is_exit_1() {
 /// line at once (the line editor will not run again to show it).
 #[test]
 fn server_shutdown_is_shown_on_a_terminal_too() {
-    use rexpect::process::WaitStatus;
     let server = Server::start(&[]);
-    let mut command = Command::new(EVCHAT);
-    command
-        .args(["chat", &server.target()])
-        .env("TERM", "xterm");
-    let mut chat =
-        rexpect::session::spawn_command(command, Some(TIMEOUT.as_millis() as u64)).unwrap();
+    let mut chat = chat_in_terminal(&[&server.target()]);
     chat.exp_string("all> ").unwrap();
     chat.send("half typed").unwrap();
     chat.flush().unwrap();
@@ -529,11 +527,7 @@ fn server_shutdown_is_shown_on_a_terminal_too() {
     server.proc.signal(libc::SIGINT);
     chat.exp_string("\r\x1b[2Kserver closed the chat\r\n")
         .unwrap();
-    chat.exp_eof().unwrap();
-    match chat.process().wait().unwrap() {
-        WaitStatus::Exited(_, 0) => {}
-        other => panic!("chat ended with {other:?}"),
-    }
+    expect_exit_0(&mut chat);
 }
 
 /// Regression (review): the chat hid every MSG from its own emitter id as
@@ -770,12 +764,9 @@ fn timestamps_always_puts_the_local_time_before_chat_lines() {
     let (mut em, _) = server.emitter(None);
     em.input("(0) tick\n");
     em.stdout.expect_line("delivered #1");
-    let line = loop {
-        let line = chat.stdout.expect();
-        if line.ends_with("2 to all: tick") {
-            break line;
-        }
-    };
+    let (_, line) = chat
+        .stdout
+        .skip_until("the tick", TIMEOUT, |l| l.ends_with("2 to all: tick"));
     // HH:MM:SS, then a space, then the line.
     let (time, rest) = line.split_at(9);
     assert_eq!(rest, "2 to all: tick", "{line}");
@@ -801,12 +792,6 @@ fn timestamps_always_puts_the_local_time_before_chat_lines() {
 /// the first Enter and threw the rest away.
 mod typed_ahead {
     use super::*;
-    use rexpect::session::{PtySession, spawn_command};
-
-    /// `text` as rexpect reports it: one char per byte.
-    fn bytewise(text: &str) -> String {
-        text.bytes().map(char::from).collect()
-    }
 
     /// Writes `keys` to the terminal in one `write`, as a fast typist's
     /// keystrokes (or a terminal without bracketed paste) arrive.
@@ -820,12 +805,7 @@ mod typed_ahead {
     fn every_line_typed_ahead_is_sent_and_shown_in_order() {
         let server = Server::start(&[]);
         let (other, other_id) = server.exhibitor();
-        let mut command = Command::new(EVCHAT);
-        command
-            .args(["chat", &server.target(), "--timestamps", "never"])
-            .env("TERM", "xterm");
-        let mut chat =
-            spawn_command(command, Some(TIMEOUT.as_millis() as u64)).expect("spawn in a pty");
+        let mut chat = chat_in_terminal(&[&server.target(), "--timestamps", "never"]);
         chat.exp_string("you are 1 (emitter) / 4097 (exhibitor)")
             .unwrap();
         chat.exp_string("all> ").unwrap();

@@ -291,7 +291,8 @@ fn crash_on_spoof_skips_the_rest_as_stopped() {
     assert!(
         detail.starts_with("exhibitor ")
             && detail.ends_with(
-                ": the server closed the connection; and the server stopped answering after this check"
+                ": the server closed the connection; and the server stopped answering after this \
+                 check"
             ),
         "{report:#}"
     );
@@ -363,7 +364,8 @@ fn a_failure_shows_what_was_sent_expected_and_received() {
     assert_eq!(
         detail[3],
         "sent:      emitter 1: 00 05 00 01 00 00 00 01 00 19 65 76 63 68 61 74 20 63 68 65 63 6b \
-         3a 20 74 6f 20 65 76 65 72 79 6f 6e 65   MSG(origin 1, dest 0, seq 1) \"evchat check: to everyone\""
+         3a 20 74 6f 20 65 76 65 72 79 6f 6e 65   MSG(origin 1, dest 0, seq 1) \"evchat check: to \
+         everyone\""
     );
     assert_eq!(
         detail[4],
@@ -371,7 +373,8 @@ fn a_failure_shows_what_was_sent_expected_and_received() {
     );
     assert!(
         detail[5].starts_with(
-            "expected:  MSG with the text of MSG(origin 1, dest 0, seq 1) \"evchat check: to everyone\""
+            "expected:  MSG with the text of MSG(origin 1, dest 0, seq 1) \"evchat check: to \
+             everyone\""
         ),
         "{out}"
     );

@@ -528,7 +528,8 @@ fn a_peer_that_does_not_speak_the_protocol_is_named_with_what_it_sent() {
         assert_eq!(
             line,
             format!(
-                "{client}: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad Request…`)"
+                "{client}: {addr} does not speak this protocol (it sent: `HTTP/1.1 400 Bad \
+                 Request…`)"
             )
         );
     }
@@ -563,7 +564,8 @@ fn no_answer_to_oi_within_10_s_is_named() {
     assert_eq!(
         line,
         format!(
-            "exhibitor: no answer to OI from {addr} within 10 s — is an evchat server listening there?"
+            "exhibitor: no answer to OI from {addr} within 10 s — is an evchat server listening \
+             there?"
         )
     );
     assert_exit(&mut p, 1);
@@ -595,7 +597,8 @@ fn connection_refused_is_named() {
     assert_eq!(
         assert_fails_with_one_line(&mut em),
         format!(
-            "emitter: cannot connect to {addr}: nothing is listening there (connection refused) — is the server running?"
+            "emitter: cannot connect to {addr}: nothing is listening there (connection \
+             refused) — is the server running?"
         )
     );
 }
@@ -622,7 +625,8 @@ fn over_long_lines_are_rejected_with_their_size_and_empty_messages_pass() {
     let long = format!("(4096) {}", "y".repeat(65_536));
     send_lines(&mut em, &[&huge, &long, "", "(4096)", "(4096) after"]);
     em.stderr.expect_line(
-        "emitter: line 1: line is 70007 bytes; a message carries at most 65535 bytes of text; nothing sent",
+        "emitter: line 1: line is 70007 bytes; a message carries at most 65535 bytes of text; \
+         nothing sent",
     );
     em.stderr.expect_line(
         "emitter: line 2: text is 65536 bytes; a message carries at most 65535; nothing sent",
@@ -654,7 +658,8 @@ fn server_refuses_zero_limits_with_the_allowed_range() {
         assert_eq!(
             server.stderr.expect(),
             format!(
-                "error: invalid value '0' for '{flag} <SECS>': 0 is not allowed: the allowed range is above 0 seconds (fractions such as 0.5 work)"
+                "error: invalid value '0' for '{flag} <SECS>': 0 is not allowed: the allowed range \
+                 is above 0 seconds (fractions such as 0.5 work)"
             )
         );
         assert_eq!(server.stdout.rest(), Vec::<String>::new());
@@ -664,7 +669,8 @@ fn server_refuses_zero_limits_with_the_allowed_range() {
     assert_eq!(
         server.stderr.expect(),
         format!(
-            "error: invalid value '0' for '--max-queue <BYTES>': 0 is not allowed: the allowed range is 1..={} bytes",
+            "error: invalid value '0' for '--max-queue <BYTES>': 0 is not allowed: the allowed \
+             range is 1..={} bytes",
             usize::MAX
         )
     );
@@ -692,7 +698,9 @@ fn server_logs_version_address_and_limits_at_start() {
     let server = Server::start(&["--max-queue", "65536", "--ack-timeout", "2.5"]);
     let line = server.proc.stderr.expect();
     let want = format!(
-        "INFO server: evchat server starting version=\"{}\" addr={} ack_timeout=2.5s handshake_timeout=10s drain_timeout=3s max_queue=65536 max_inflight=1024 web=true spin=100µs",
+        "INFO server: evchat server starting version=\"{}\" addr={} ack_timeout=2.5s \
+         handshake_timeout=10s drain_timeout=3s max_queue=65536 max_inflight=1024 web=true \
+         spin=100µs",
         env!("CARGO_PKG_VERSION"),
         server.addr
     );
@@ -877,7 +885,8 @@ fn an_address_without_a_port_is_explained() {
         assert_eq!(
             assert_fails_with_one_line(&mut p),
             format!(
-                "{client}: cannot connect to nonsense: expected HOST:PORT, for example 127.0.0.1:5000"
+                "{client}: cannot connect to nonsense: expected HOST:PORT, for example \
+                 127.0.0.1:5000"
             )
         );
     }

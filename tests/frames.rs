@@ -34,6 +34,13 @@ pub fn clist(origin: u16, dest: u16, seq: u16, ids: &[u16]) -> Vec<u8> {
     bytes
 }
 
+/// Asserts `got` is `want`, showing both in hex if not.
+pub fn assert_bytes(want: &[u8], got: &[u8]) {
+    if got != want {
+        panic!("bytes differ\n want: {}\n  got: {}", hex(want), hex(got));
+    }
+}
+
 /// Bytes as hex pairs, the first 64 of them, for failure messages.
 pub fn hex(bytes: &[u8]) -> String {
     let shown: Vec<String> = bytes.iter().take(64).map(|b| format!("{b:02x}")).collect();

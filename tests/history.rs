@@ -6,8 +6,8 @@
 //! a deadline; none is a sleep.
 
 use crate::store::{
-    FULL_DISK_LIMIT, KillOnDrop, TempDir, big_log, evchat, numbered, open_log, read_all, record,
-    record_offsets, records, segment_bytes, start_writer, wait_settled, write_log,
+    FULL_DISK_LIMIT, big_log, evchat, numbered, open_log, read_all, record, record_offsets,
+    records, segment_bytes, segment_path, start_writer, wait_settled, write_log,
 };
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
@@ -86,9 +86,18 @@ fn history_json_gives_utf8_text_or_base64() {
     assert_eq!(
         out,
         [
-            r#"{"record":0,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"origin":1,"dest":0,"text":"hello everyone"}"#,
-            r#"{"record":1,"time":"2025-12-01T13:45:03.000Z","time_ms":1764596703000,"origin":2,"dest":4096,"text":"Oi, \"tudo\" bem?\n"}"#,
-            r#"{"record":2,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"origin":1,"dest":0,"text_base64":"dGFiCWhlcmUgG1szMW3/"}"#,
+            concat!(
+                r#"{"record":0,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"#,
+                r#""origin":1,"dest":0,"text":"hello everyone"}"#,
+            ),
+            concat!(
+                r#"{"record":1,"time":"2025-12-01T13:45:03.000Z","time_ms":1764596703000,"#,
+                r#""origin":2,"dest":4096,"text":"Oi, \"tudo\" bem?\n"}"#,
+            ),
+            concat!(
+                r#"{"record":2,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"#,
+                r#""origin":1,"dest":0,"text_base64":"dGFiCWhlcmUgG1szMW3/"}"#,
+            ),
         ]
     );
 }
@@ -127,7 +136,7 @@ fn history_warns_of_an_incomplete_tail_and_shows_the_rest() {
     let dir = TempDir::new("cli-torn");
     let all = records(3);
     let whole = segment_bytes(&all);
-    fs::write(dir.segment(0), &whole[..whole.len() - 4]).unwrap();
+    fs::write(segment_path(dir.path(), 0), &whole[..whole.len() - 4]).unwrap();
     let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
     assert_eq!((code, out.len()), (0, 2));
     let offset = record_offsets(&all)[2];
@@ -138,11 +147,14 @@ fn history_warns_of_an_incomplete_tail_and_shows_the_rest() {
             "evchat history: {}: the last {len} bytes (from offset {offset}) are not a whole \
              record: a write in progress, or what a crash left (the server cuts it when it \
              next starts)",
-            dir.segment(0).display()
+            segment_path(dir.path(), 0).display()
         )]
     );
     // Reading changed nothing.
-    assert_eq!(fs::read(dir.segment(0)).unwrap(), &whole[..whole.len() - 4]);
+    assert_eq!(
+        fs::read(segment_path(dir.path(), 0)).unwrap(),
+        &whole[..whole.len() - 4]
+    );
 }
 
 #[test]
@@ -201,6 +213,26 @@ fn ok(origin: ClientId, dest: ClientId, seq: u16) -> Frame {
     Frame::bare(Kind::Ok, origin, dest, seq)
 }
 
+/// `e` broadcasts `text` as `seq`, the only exhibitor `a` acks it, and the
+/// OK comes back to `e`.
+fn broadcast_acked(e: &mut Raw, e_id: ClientId, a: &mut Raw, a_id: ClientId, seq: u16, text: &str) {
+    e.send_frame(&msg(e_id, 0, seq, text));
+    a.expect_frame();
+    a.send_frame(&ok(a_id, e_id, seq));
+    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+}
+
+/// A new exhibitor on `server` is replayed exactly `texts`, broadcasts of
+/// `e_id` numbered from 0, and then nothing.
+fn expect_replay(server: &Server, e_id: ClientId, texts: &[&str]) {
+    let mut late = server.raw();
+    late.identify_exhibitor();
+    for (seq, text) in (0..).zip(texts) {
+        assert_eq!(late.expect_frame(), msg(e_id, 0, seq, text));
+    }
+    late.expect_silence();
+}
+
 /// The `text` fields of `evchat history DIR --json` (texts with no quote
 /// or escape in them), checking it ran cleanly.
 fn logged_texts(dir: &Path) -> Vec<String> {
@@ -240,13 +272,8 @@ fn an_emitters_ok_means_the_message_is_already_in_the_log_in_every_fsync_mode() 
 fn without_history_a_late_exhibitor_gets_nothing_of_the_past() {
     let server = Server::start(&[]);
     let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
-    e.send_frame(&msg(e_id, 0, 1, "to all"));
-    let got = a.expect_frame();
-    a.send_frame(&ok(a_id, e_id, got.seq));
-    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
-    let mut b = server.raw();
-    b.identify_exhibitor();
-    b.expect_silence();
+    broadcast_acked(&mut e, e_id, &mut a, a_id, 1, "to all");
+    expect_replay(&server, e_id, &[]);
 }
 
 #[test]
@@ -300,10 +327,7 @@ fn a_replayed_exhibitor_that_never_acks_is_cut_by_the_ack_timeout() {
     let d = dir.path().to_str().unwrap();
     let server = Server::start(&["--history", d, "--ack-timeout", "0.3"]);
     let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
-    e.send_frame(&msg(e_id, 0, 1, "hello"));
-    a.expect_frame();
-    a.send_frame(&ok(a_id, e_id, 1));
-    assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, 1));
+    broadcast_acked(&mut e, e_id, &mut a, a_id, 1, "hello");
     let mut silent = server.raw();
     silent.identify_exhibitor();
     assert_eq!(silent.expect_frame(), msg(e_id, 0, 0, "hello"));
@@ -320,17 +344,10 @@ fn a_replay_takes_at_most_half_of_max_queue_so_the_newcomer_is_not_cut() {
         .map(|i| char::from(b'a' + i).to_string().repeat(1800))
         .collect();
     for (seq, text) in (1..).zip(&texts) {
-        e.send_frame(&msg(e_id, 0, seq, text));
-        a.expect_frame();
-        a.send_frame(&ok(a_id, e_id, seq));
-        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+        broadcast_acked(&mut e, e_id, &mut a, a_id, seq, text);
     }
     // 4096 bytes of replay: the last two 1800-byte broadcasts, not a third.
-    let mut late = server.raw();
-    late.identify_exhibitor();
-    assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[8]));
-    assert_eq!(late.expect_frame(), msg(e_id, 0, 1, &texts[9]));
-    late.expect_silence();
+    expect_replay(&server, e_id, &[&texts[8], &texts[9]]);
 }
 
 /// The bound of a replay is kept in one place, the router's window, which
@@ -352,26 +369,17 @@ fn a_replay_after_a_restart_is_bounded_as_a_live_one_with_framing() {
         let mut server = Server::start(&["--history", d, "--max-queue", "8192"]);
         let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
         for (seq, text) in (1..).zip(&texts) {
-            e.send_frame(&msg(e_id, 0, seq, text));
-            a.expect_frame();
-            a.send_frame(&ok(a_id, e_id, seq));
-            assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+            broadcast_acked(&mut e, e_id, &mut a, a_id, seq, text);
         }
-        let mut late = server.raw();
-        late.identify_exhibitor();
-        assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[2]));
-        late.expect_silence();
+        expect_replay(&server, e_id, &[&texts[2]]);
         // Gone before the shutdown, so that it waits for no FLW's ack.
-        drop((a, e, late));
+        drop((a, e));
         server.proc.signal(libc::SIGINT);
         assert!(server.proc.wait().success());
         e_id
     };
     let server = Server::start(&["--history", d, "--max-queue", "8192"]);
-    let mut late = server.raw();
-    late.identify_exhibitor();
-    assert_eq!(late.expect_frame(), msg(e_id, 0, 0, &texts[2]));
-    late.expect_silence();
+    expect_replay(&server, e_id, &[&texts[2]]);
 }
 
 #[test]
@@ -422,34 +430,40 @@ fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
     let all = records(3);
     let whole = segment_bytes(&all);
     let last = record_offsets(&all)[2];
-    fs::write(dir.segment(0), &whole[..whole.len() - 2]).unwrap();
+    fs::write(segment_path(dir.path(), 0), &whole[..whole.len() - 2]).unwrap();
     let server = Server::start(&["--history", d]);
     let want = format!(
         "history: {}: torn tail at offset {last} (an interrupted write): cut {} bytes, \
          holding no whole record",
-        dir.segment(0).display(),
+        segment_path(dir.path(), 0).display(),
         whole.len() as u64 - 2 - last
     );
-    let line = wait_for_line(&server.proc.stderr, "torn tail");
+    let (_, line) = server
+        .proc
+        .stderr
+        .skip_until("the torn tail", TIMEOUT, |l| l.contains("torn tail"));
     assert!(line.contains("WARN") && line.ends_with(&want), "{line}");
     drop(server);
 
     let mut damaged = segment_bytes(&all);
     let bad = record_offsets(&all)[1];
     damaged[bad as usize + 21] ^= 1;
-    fs::write(dir.segment(0), &damaged).unwrap();
+    fs::write(segment_path(dir.path(), 0), &damaged).unwrap();
     let mut refused = Proc::spawn("server", &["0", "--bind", "127.0.0.1", "--history", d]);
     assert_eq!(refused.wait().code(), Some(1));
     let errors = refused.stderr.rest();
     let prefix = format!(
         "server: history: {}: corrupt at offset {bad}: checksum mismatch",
-        dir.segment(0).display()
+        segment_path(dir.path(), 0).display()
     );
     assert!(errors.iter().any(|l| l.starts_with(&prefix)), "{errors:#?}");
-    assert_eq!(fs::read(dir.segment(0)).unwrap(), damaged);
+    assert_eq!(fs::read(segment_path(dir.path(), 0)).unwrap(), damaged);
 
     let repaired = Server::start(&["--history", d, "--history-repair"]);
-    let line = wait_for_line(&repaired.proc.stderr, "repair cut");
+    let (_, line) = repaired
+        .proc
+        .stderr
+        .skip_until("the repair cut", TIMEOUT, |l| l.contains("repair cut"));
     assert!(
         line.contains(&format!("corrupt at offset {bad} (checksum")),
         "{line}"
@@ -573,7 +587,7 @@ fn after_sigkill_under_fsync_everysec_the_log_reopens_and_says_what_it_cut() {
     drop(server);
     // A killed process loses nothing the kernel already took: the loop
     // wrote every OK'd record to the page cache before the OK.
-    let segment_len = fs::metadata(dir.segment(0)).unwrap().len();
+    let segment_len = fs::metadata(segment_path(dir.path(), 0)).unwrap().len();
     let restarted = Server::start(&["--history", d]);
     let mut cut = 0;
     while let Some(line) = restarted.proc.stderr.next_within(QUIET) {
@@ -591,7 +605,7 @@ fn after_sigkill_under_fsync_everysec_the_log_reopens_and_says_what_it_cut() {
     drop(restarted);
     let logged: std::collections::HashSet<String> = logged_texts(dir.path()).into_iter().collect();
     assert_eq!(
-        fs::metadata(dir.segment(0)).unwrap().len(),
+        fs::metadata(segment_path(dir.path(), 0)).unwrap().len(),
         segment_len - cut
     );
     let missing: Vec<&String> = oked.iter().filter(|t| !logged.contains(*t)).collect();
@@ -614,9 +628,7 @@ fn full_disk_server(mode: &str) {
     let mut command = Command::new(bin("server"));
     command
         .args(["0", "--bind", "127.0.0.1", "--history", d, "--fsync", mode])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     // SAFETY: setrlimit is async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -631,16 +643,10 @@ fn full_disk_server(mode: &str) {
             Ok(())
         });
     }
-    let mut child = KillOnDrop(command.spawn().unwrap());
-    let pid = child.0.id() as i32;
-    let out = Lines::new(child.0.stdout.take().unwrap(), "server stdout");
-    let err = Lines::new(child.0.stderr.take().unwrap(), "server stderr");
-    let addr: std::net::SocketAddr = out
-        .expect()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let child = Proc::spawn_command(command, "server");
+    let pid = child.pid();
+    let err = &child.stderr;
+    let addr = listening_addr(&child.stdout);
     let mut a = Raw::connect(addr);
     let a_id = a.identify_exhibitor();
     let mut e = Raw::connect(addr);
@@ -657,7 +663,7 @@ fn full_disk_server(mode: &str) {
     for seq in 1..=30 {
         send(seq, &text);
     }
-    let off = wait_for_line(&err, "history off: ");
+    let (_, off) = err.skip_until("history off", TIMEOUT, |l| l.contains("history off: "));
     assert!(off.contains("File too large"), "{mode}: {off}");
     // Room again (the limit raised from outside): the next write succeeds.
     let raised = libc::rlimit {
@@ -668,7 +674,9 @@ fn full_disk_server(mode: &str) {
     let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &raised, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     send(31, "after");
-    let on = wait_for_line(&err, "history back on: ");
+    let (_, on) = err.skip_until("history back on", TIMEOUT, |l| {
+        l.contains("history back on: ")
+    });
     assert!(on.contains("messages were not kept"), "{mode}: {on}");
     // `evchat history` reads it through with no complaint: the write cut
     // short at the limit left no part of a record before "after".
@@ -688,15 +696,4 @@ fn full_disk_server(mode: &str) {
     let reopened = open_log(dir.path(), big_log()).unwrap();
     assert_eq!(reopened.notices, vec![], "{mode}");
     assert_eq!(reopened.records, texts.len() as u64, "{mode}");
-}
-
-/// The first line of `lines` containing `part` (bounded by the harness's
-/// timeout per line).
-fn wait_for_line(lines: &Lines, part: &str) -> String {
-    loop {
-        let line = lines.expect();
-        if line.contains(part) {
-            return line;
-        }
-    }
 }

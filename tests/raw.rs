@@ -1,25 +1,17 @@
 //! Byte-level tests against the real `server` binary over raw TCP sockets.
-//! Frames are written out by hand (helpers below) and compared byte for byte
+//! Frames are written out by hand (`frames.rs`) and compared byte for byte
 //! with what the server sends. Every wait is a read with a deadline; what
 //! must not happen is checked with a short bounded read (`expect_silence`).
 
 use crate::util::*;
 use evchat::proto::*;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// The server's id, short.
 const S: ClientId = SERVER_ID;
 
 // ---- connection helpers ----------------------------------------------------
-
-/// Reads exactly `want.len()` bytes and asserts they are `want`.
-fn expect_exact(raw: &mut Raw, want: &[u8]) {
-    let got = raw.expect_bytes(want.len());
-    if got != want {
-        panic!("bytes differ\n want: {}\n  got: {}", hex(want), hex(&got));
-    }
-}
 
 /// Exact bytes, then the server closes the connection.
 fn expect_exact_then_closed(raw: &mut Raw, want: &[u8]) {
@@ -868,9 +860,8 @@ fn slow_consumer_is_disconnected_while_others_keep_receiving() {
         let m = msg(em_id, 0, sent, &text);
         em.send(&m);
         receive_and_ack(&mut reader, reader_id, &m);
-        while let Some(line) = server.proc.stderr.next_within(Duration::ZERO) {
-            dropped |= line.contains("slow consumer");
-        }
+        let log = server.proc.stderr.drain();
+        dropped |= log.iter().any(|line| line.contains("slow consumer"));
     }
     eprintln!("slow consumer dropped after {sent} messages");
     // The slow one's deliveries failed, the reader's succeeded: all OK, in order.
@@ -880,17 +871,7 @@ fn slow_consumer_is_disconnected_while_others_keep_receiving() {
     expect_exact(&mut em, &oks);
 
     // The slow exhibitor's connection ends (after whatever was already in flight).
-    slow.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut chunk = vec![0u8; 65536];
-    let mut drained = 0usize;
-    loop {
-        match slow.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => drained += n,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("slow exhibitor not closed (read {drained} bytes): {e}"),
-        }
-    }
+    let drained = read_to_end_within(&mut slow, TIMEOUT).len();
     assert!(
         drained < sent as usize * m_len(&text),
         "the slow exhibitor received every message ({drained} bytes)"
@@ -964,23 +945,22 @@ fn buffers_a_burst_left_behind_are_released_when_the_connections_go_idle() {
     expect_exact(&mut em, &hdr(Kind::Ok, S, em_id, 1));
     // A trim (every 5 s) frees what the burst made the server hold; one
     // that ran before the burst may have freed less, never nothing.
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match server.proc.stderr.next_within(left) {
-            Some(line) if line.contains("released idle connection buffers") => line,
-            Some(_) => continue,
-            None => panic!("no idle buffers released within {TIMEOUT:?}"),
-        };
+    let freed_the_burst = |line: &str| {
+        if !line.contains("released idle connection buffers") {
+            return false;
+        }
         let bytes: usize = line
             .rsplit_once("bytes=")
             .and_then(|(_, n)| n.trim().parse().ok())
             .unwrap_or_else(|| panic!("no byte count in {line:?}"));
         assert!(bytes > 0, "a trim that freed nothing is logged: {line:?}");
-        if bytes >= 60_000 {
-            break;
-        }
-    }
+        bytes >= 60_000
+    };
+    let what = "idle buffers released";
+    server
+        .proc
+        .stderr
+        .skip_until(what, TIMEOUT, freed_the_burst);
 }
 
 #[test]

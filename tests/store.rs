@@ -19,32 +19,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Instant;
 
-/// A fresh directory under the system's temporary directory, removed when
-/// dropped.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(name: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("evchat-test-history-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub(crate) fn segment(&self, base: u64) -> PathBuf {
-        self.0.join(format!("{base:020}.log"))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// The file of the segment whose first record is number `base`, in the
+/// history directory `dir`.
+pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
 }
 
 pub(crate) fn record(time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> Record {
@@ -206,7 +184,7 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
     let all = records(3);
     let whole = segment_bytes(&all);
     let last = record_offsets(&all)[2];
-    let path = dir.segment(0);
+    let path = segment_path(dir.path(), 0);
     for cut in last + 1..whole.len() as u64 {
         fs::write(&path, &whole[..cut as usize]).unwrap();
         let opened = open_log(dir.path(), big_log()).unwrap();
@@ -252,12 +230,12 @@ fn damage_inside_the_last_record_is_cut_as_a_torn_tail() {
     let last = record_offsets(&all)[2];
     let end = bytes.len() as u64;
     bytes[end as usize - 3] ^= 0x10;
-    fs::write(dir.segment(0), &bytes).unwrap();
+    fs::write(segment_path(dir.path(), 0), &bytes).unwrap();
     let opened = open_log(dir.path(), big_log()).unwrap();
     assert_eq!(
         opened.notices,
         vec![Notice::TornTail {
-            file: dir.segment(0),
+            file: segment_path(dir.path(), 0),
             offset: last,
             dropped: end - last,
         }]
@@ -272,7 +250,7 @@ fn a_flipped_bit_in_the_middle_stops_the_open_naming_file_and_offset() {
     let offsets = record_offsets(&all);
     let bad = offsets[2];
     bytes[bad as usize + 25] ^= 0x04;
-    let path = dir.segment(0);
+    let path = segment_path(dir.path(), 0);
     fs::write(&path, &bytes).unwrap();
 
     let err = open_log(dir.path(), big_log()).unwrap_err();
@@ -324,7 +302,7 @@ fn a_bad_length_in_the_middle_is_corruption_not_a_torn_tail() {
     let mut bytes = segment_bytes(&all);
     let bad = record_offsets(&all)[1] as usize;
     bytes[bad + 6] = 0xff;
-    fs::write(dir.segment(0), &bytes).unwrap();
+    fs::write(segment_path(dir.path(), 0), &bytes).unwrap();
     let err = open_log(dir.path(), big_log()).unwrap_err();
     assert!(
         matches!(err, StoreError::Corrupt { offset, .. } if offset == bad as u64),
@@ -341,14 +319,14 @@ fn a_torn_tail_in_the_segment_before_the_last_is_cut() {
     let all = records(4);
     let first = segment_bytes(&all[..2]);
     let cut = first.len() - 4;
-    fs::write(dir.segment(0), &first[..cut]).unwrap();
-    fs::write(dir.segment(2), segment_bytes(&all[2..])).unwrap();
+    fs::write(segment_path(dir.path(), 0), &first[..cut]).unwrap();
+    fs::write(segment_path(dir.path(), 2), segment_bytes(&all[2..])).unwrap();
     let opened = open_log(dir.path(), big_log()).unwrap();
     let offset = record_offsets(&all)[1];
     assert_eq!(
         opened.notices,
         vec![Notice::TornTail {
-            file: dir.segment(0),
+            file: segment_path(dir.path(), 0),
             offset,
             dropped: cut as u64 - offset,
         }]
@@ -356,7 +334,10 @@ fn a_torn_tail_in_the_segment_before_the_last_is_cut() {
     assert_eq!(opened.records, 3);
     assert_eq!(opened.log.next_record(), 4);
     drop(opened);
-    assert_eq!(fs::metadata(dir.segment(0)).unwrap().len(), offset);
+    assert_eq!(
+        fs::metadata(segment_path(dir.path(), 0)).unwrap().len(),
+        offset
+    );
 }
 
 #[test]
@@ -365,16 +346,16 @@ fn a_short_segment_further_back_is_corruption_not_a_torn_tail() {
     let all = records(5);
     let first = segment_bytes(&all[..2]);
     let cut = first.len() - 4;
-    fs::write(dir.segment(0), &first[..cut]).unwrap();
-    fs::write(dir.segment(2), segment_bytes(&all[2..4])).unwrap();
-    fs::write(dir.segment(4), segment_bytes(&all[4..])).unwrap();
+    fs::write(segment_path(dir.path(), 0), &first[..cut]).unwrap();
+    fs::write(segment_path(dir.path(), 2), segment_bytes(&all[2..4])).unwrap();
+    fs::write(segment_path(dir.path(), 4), segment_bytes(&all[4..])).unwrap();
     let err = open_log(dir.path(), big_log()).unwrap_err();
     assert_eq!(
         err.to_string(),
         format!(
             "{}: corrupt at offset {}: the segment ends inside a record \
              (--history-repair cuts the segment there)",
-            dir.segment(0).display(),
+            segment_path(dir.path(), 0).display(),
             record_offsets(&all)[1]
         )
     );
@@ -385,17 +366,20 @@ fn empty_segments_are_fine() {
     let dir = TempDir::new("empty-segments");
     let all = records(5);
     // A crash right after a new segment was created: it has no header yet.
-    fs::write(dir.segment(0), segment_bytes(&all[..2])).unwrap();
-    fs::write(dir.segment(2), b"").unwrap();
+    fs::write(segment_path(dir.path(), 0), segment_bytes(&all[..2])).unwrap();
+    fs::write(segment_path(dir.path(), 2), b"").unwrap();
     let opened = open_log(dir.path(), big_log()).unwrap();
     assert_eq!(opened.notices, vec![]);
     assert_eq!(opened.log.next_record(), 2);
     drop(opened);
-    assert_eq!(fs::read(dir.segment(2)).unwrap(), SEGMENT_MAGIC);
+    assert_eq!(
+        fs::read(segment_path(dir.path(), 2)).unwrap(),
+        SEGMENT_MAGIC
+    );
     write_log(dir.path(), &all[2..3]);
     // A segment holding only its header, before another.
-    fs::write(dir.segment(3), SEGMENT_MAGIC).unwrap();
-    fs::write(dir.segment(7), segment_bytes(&all[3..])).unwrap();
+    fs::write(segment_path(dir.path(), 3), SEGMENT_MAGIC).unwrap();
+    fs::write(segment_path(dir.path(), 7), segment_bytes(&all[3..])).unwrap();
     let opened = open_log(dir.path(), big_log()).unwrap();
     assert_eq!((opened.notices.clone(), opened.records), (vec![], 5));
     drop(opened);
@@ -544,7 +528,7 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     log.append(&batch).unwrap();
     // Someone removed the oldest segment; a directory took the next one's
     // name, so it cannot be deleted as a file.
-    let segment = |base: u64| dir.path().join(format!("{base:020}.log"));
+    let segment = |base: u64| segment_path(dir.path(), base);
     fs::remove_file(segment(0)).unwrap();
     fs::remove_file(segment(5)).unwrap();
     fs::create_dir(segment(5)).unwrap();
@@ -708,10 +692,12 @@ fn a_reader_behind_retention_reports_the_gap_and_reads_on() {
     opened.log.append(&encode(&all[3..])).unwrap();
     assert!(opened.log.retain().into_iter().all(|r| r.is_ok()));
     assert!(
-        !dir.segment(0).exists(),
+        !segment_path(dir.path(), 0).exists(),
         "retention should delete segment 0"
     );
-    let oldest_kept = (0..14).find(|&b| dir.segment(b).exists()).unwrap();
+    let oldest_kept = (0..14)
+        .find(|&b| segment_path(dir.path(), b).exists())
+        .unwrap();
     assert!(oldest_kept > 1);
     let mut rest = Vec::new();
     while let Some(item) = reader.next_item().unwrap() {
@@ -805,15 +791,13 @@ fn everysec_and_no_settle_records_when_the_write_returns() {
 /// Waits until the writer's sync thread has synced at least `sealed` full
 /// segments and `active` active ones; fails the test after [`TIMEOUT`].
 fn wait_syncs(writer: &Writer, sealed: u64, active: u64) -> (u64, u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let syncs = writer.syncs();
-        if syncs.0 >= sealed && syncs.1 >= active {
-            return syncs;
-        }
-        assert!(Instant::now() < deadline, "syncs {syncs:?}");
-        std::thread::yield_now();
-    }
+    let mut syncs = writer.syncs();
+    let what = format!("syncs of {sealed} full and {active} active segments");
+    wait_until(&what, || {
+        syncs = writer.syncs();
+        syncs.0 >= sealed && syncs.1 >= active
+    });
+    syncs
 }
 
 #[test]
@@ -886,15 +870,6 @@ fn fsync_modes_read_as_the_server_flag_spells_them() {
 }
 
 /// A child process killed if the test fails before reaping it.
-pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The file-size limit the full-disk child runs under.
 pub(crate) const FULL_DISK_LIMIT: u64 = 16 * 1024;
 const FULL_DISK_ENV: &str = "EVCHAT_TEST_FULL_DISK_DIR";
@@ -916,9 +891,7 @@ fn run_child_test(name: &str, dir: &Path, limit: u64) -> Vec<String> {
             "--test-threads=1",
         ])
         .env(FULL_DISK_ENV, dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
     // SAFETY: setrlimit and signal are async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -928,12 +901,10 @@ fn run_child_test(name: &str, dir: &Path, limit: u64) -> Vec<String> {
             Ok(())
         });
     }
-    let mut child = KillOnDrop(command.spawn().unwrap());
-    let out = Lines::new(child.0.stdout.take().unwrap(), "child test stdout");
-    let err = Lines::new(child.0.stderr.take().unwrap(), "child test stderr");
+    let mut child = Proc::spawn_command(command, "child test");
     // Both end when the child exits (bounded by the harness's timeout).
-    let (out, err) = (out.rest(), err.rest());
-    let status = child.0.wait().unwrap();
+    let (out, err) = (child.stdout.rest(), child.stderr.rest());
+    let status = child.wait();
     assert!(
         status.success(),
         "child failed: {status}\n{out:#?}\n{err:#?}"
@@ -1184,7 +1155,7 @@ fn a_reader_waits_at_a_record_still_being_written() {
     let offset = record_offsets(&all)[1];
     let mut file = fs::OpenOptions::new()
         .append(true)
-        .open(dir.segment(0))
+        .open(segment_path(dir.path(), 0))
         .unwrap();
     for split in [3, 20] {
         file.write_all(&second[..split]).unwrap();
@@ -1255,7 +1226,11 @@ fn arbitrary_records() -> impl Strategy<Value = Vec<Record>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 48,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Whatever the segment size and however the records are batched, a
     /// reopened log holds them all, numbered in order, in segments no
@@ -1318,7 +1293,11 @@ proptest! {
         let expected = if cut_at == torn_from {
             vec![]
         } else {
-            vec![Notice::TornTail { file: last_path.clone(), offset: torn_from, dropped: cut_at - torn_from }]
+            vec![Notice::TornTail {
+                file: last_path.clone(),
+                offset: torn_from,
+                dropped: cut_at - torn_from,
+            }]
         };
         prop_assert_eq!(reopened.notices.clone(), expected);
         drop(reopened);

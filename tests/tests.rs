@@ -1,5 +1,8 @@
 //! All integration tests build as one binary (faster to link, one place to
-//! list them). `util` is the harness; each other module covers one layer.
+//! list them). `util` is the harness (the byte-level frames of `frames.rs`
+//! and the WebSocket client of `ws_client.rs` are part of it); each other
+//! module covers one layer, one binary or RELIABILITY.md (`check` brings
+//! its fixture server, `check_fixture.rs`).
 
 mod util;
 

@@ -1,14 +1,17 @@
 //! Test harness: spawns the real binaries (found through `CARGO_BIN_EXE_*`),
 //! reads their output lines with timeouts, talks to the server over raw
-//! sockets, and reserves the ports a test must keep (one where nothing
-//! listens, one a server restarts on) so that no other process takes them.
-//! Every wait here has a deadline; where no read can see the awaited state
-//! (a child's exit, a count in /proc) it is polled, never slept for.
+//! sockets and WebSocket (`evchat::testing::raw_client`, `ws_client.rs`),
+//! gives each test that needs one a fresh directory, and reserves the ports
+//! a test must keep (one where nothing listens, one a server restarts on)
+//! so that no other process takes them. The waits the tests share are here,
+//! once each, and every one has a deadline; where no read can see the
+//! awaited state (a child's exit, a count in /proc) it is polled, never
+//! slept for.
 
 #![allow(dead_code)]
 
 use evchat::proto::ClientId;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -143,6 +146,11 @@ impl Lines {
         }
     }
 
+    /// Takes the lines that have arrived so far, without waiting for more.
+    pub fn drain(&self) -> Vec<String> {
+        self.rx.try_iter().collect()
+    }
+
     /// The next line if one arrives within `wait`; None on timeout or end.
     pub fn next_within(&self, wait: Duration) -> Option<String> {
         self.rx.recv_timeout(wait).ok()
@@ -185,9 +193,16 @@ impl Proc {
     }
 
     fn spawn_program(program: &str, name: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::piped());
+        Proc::spawn_command(command, name)
+    }
+
+    /// Spawns a `command` the test set up itself (a `pre_exec`, a limit)
+    /// with its output read into [`Lines`]; its stdin is as the command
+    /// says (piped, from the other constructors).
+    pub fn spawn_command(mut command: Command, name: &str) -> Proc {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -276,9 +291,10 @@ fn holds_within_timeout(mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// A fresh directory for one test (a server's `--history`), emptied first
-/// in case an earlier run left it, and removed when dropped: declared before
-/// the processes that use it, it outlives them.
+/// A fresh directory for one test (a server's `--history`, a log the store
+/// tests write), emptied first in case an earlier run left it, and removed
+/// when dropped: declared before the processes that use it, it outlives them.
+/// `name` must be unique among the tests, which run in one process.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
@@ -410,6 +426,11 @@ impl Server {
     }
 }
 
+/// Reads exactly `want.len()` bytes from `raw` and asserts they are `want`.
+pub fn expect_exact(raw: &mut Raw, want: &[u8]) {
+    assert_bytes(want, &raw.expect_bytes(want.len()));
+}
+
 /// A TCP connection whose receive buffer is set small before connecting, so
 /// that a peer that never reads fills up quickly.
 pub fn connect_with_small_rcvbuf(addr: SocketAddr, size: usize) -> TcpStream {
@@ -422,6 +443,31 @@ pub fn connect_with_small_rcvbuf(addr: SocketAddr, size: usize) -> TcpStream {
     socket.set_recv_buffer_size(size).unwrap();
     socket.connect(&addr.into()).unwrap();
     socket.into()
+}
+
+/// Reads until the peer closes (EOF or reset); fails after `wait`.
+pub fn read_to_end_within(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + wait;
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "not closed within {wait:?} ({} bytes read)",
+            all.len()
+        );
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("not closed within {wait:?} ({} bytes read)", all.len())
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
 }
 
 /// A deterministic byte generator (xorshift64*), so failures reproduce.

@@ -6,12 +6,13 @@
 
 #![allow(dead_code)]
 
-use super::frames::hex;
-use super::raw_client::{QUIET, TIMEOUT};
+use super::frames::{assert_bytes, hex};
+use super::raw_client::{TIMEOUT, assigned_id, expect_silence_on};
+use super::read_to_end_within;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub const OP_CONTINUATION: u8 = 0x0;
 pub const OP_TEXT: u8 = 0x1;
@@ -266,10 +267,7 @@ impl Ws {
     /// message carrying `payload`.
     pub fn expect_binary_exact(&mut self, payload: &[u8]) {
         let want = server_frame(OP_BINARY, payload);
-        let got = self.expect_bytes(want.len());
-        if got != want {
-            panic!("bytes differ\n want: {}\n  got: {}", hex(&want), hex(&got));
-        }
+        assert_bytes(&want, &self.expect_bytes(want.len()));
     }
 
     /// The protocol frame carried by the next message (which must be one
@@ -340,29 +338,14 @@ impl Ws {
             "unread bytes pending: {}",
             hex(&self.buf)
         );
-        self.stream.set_read_timeout(Some(QUIET)).unwrap();
-        let mut chunk = [0u8; 64];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => panic!("connection closed"),
-            Ok(n) => panic!("unexpected {n} bytes: {}", hex(&chunk[..n])),
-            Err(e) => assert!(
-                matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-                "read error {e}"
-            ),
-        }
+        expect_silence_on(&self.stream);
     }
 
     /// OI with `origin` (0: exhibitor); returns the id from the OK, which
     /// must come as exactly one binary message.
     pub fn identify(&mut self, origin: ClientId) -> ClientId {
         self.send_proto(&Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
-        let ok = self.expect_proto();
-        assert_eq!(
-            (ok.kind, ok.origin, ok.seq),
-            (Kind::Ok, SERVER_ID, 0),
-            "{ok}"
-        );
-        ok.dest
+        assigned_id(&self.expect_proto())
     }
 }
 
@@ -420,29 +403,4 @@ pub fn http_exchange(addr: SocketAddr, request: &[u8]) -> HttpAnswer {
     let length: usize = answer.header("Content-Length").parse().unwrap();
     assert_eq!(length, answer.body.len(), "Content-Length vs body");
     answer
-}
-
-/// Reads until the peer closes (EOF or reset); fails after `wait`.
-pub fn read_to_end_within(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + wait;
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "not closed within {wait:?} ({} bytes read)",
-            all.len()
-        );
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut chunk) {
-            Ok(0) => return all,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("not closed within {wait:?} ({} bytes read)", all.len())
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
 }

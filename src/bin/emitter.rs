@@ -43,6 +43,8 @@ emitter '[::1]:5000' --wait 2 < lines.txt"
 )]
 struct Args {
     /// Server address as host:port (IPv6: [addr]:port)
+    // The doc is the --help text, so its brackets stay unescaped.
+    #[allow(rustdoc::broken_intra_doc_links)]
     server: String,
     /// Exhibitor to pair with (4096-8191), as printed by `exhibitor`
     #[arg(value_parser = clap::value_parser!(u16).range(EXHIBITOR_ID_RANGE))]

@@ -31,6 +31,8 @@ exhibitor localhost:5000 | tee messages.log"
 )]
 struct Args {
     /// Server address as host:port (IPv6: [addr]:port)
+    // The doc is the --help text, so its brackets stay unescaped.
+    #[allow(rustdoc::broken_intra_doc_links)]
     server: String,
 }
 

@@ -39,32 +39,75 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1", value_parser = parse_bind)]
     bind: IpAddr,
     /// Seconds an exhibitor may take to acknowledge a frame before it is dropped
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults().limits.ack_timeout), value_parser = parse_positive_secs)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Secs(defaults().limits.ack_timeout),
+        value_parser = parse_positive_secs
+    )]
     ack_timeout: Secs,
     /// Seconds a new connection may take to send OI
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults().limits.handshake_timeout), value_parser = parse_positive_secs)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Secs(defaults().limits.handshake_timeout),
+        value_parser = parse_positive_secs
+    )]
     handshake_timeout: Secs,
     /// Seconds shutdown waits for clients to acknowledge FLW
-    #[arg(long, value_name = "SECS", default_value_t = Secs(defaults().drain_timeout), value_parser = parse_positive_secs)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Secs(defaults().drain_timeout),
+        value_parser = parse_positive_secs
+    )]
     drain_timeout: Secs,
     /// Unsent bytes per connection past which it is dropped as a slow consumer
-    #[arg(long, value_name = "BYTES", default_value_t = defaults().max_queue, value_parser = parse_queue_bytes)]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = defaults().max_queue,
+        value_parser = parse_queue_bytes
+    )]
     max_queue: usize,
     /// Unsettled requests per emitter before the server stops reading it
-    #[arg(long, value_name = "N", default_value_t = defaults().limits.max_inflight as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = defaults().limits.max_inflight as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     max_inflight: u32,
     /// Keep every accepted message in a durable log in DIR (see HISTORY.md)
     #[arg(long, value_name = "DIR")]
     history: Option<PathBuf>,
     /// With --history: send each exhibitor that identifies the last N
     /// broadcasts first (0: none)
-    #[arg(long, value_name = "N", default_value_t = history_defaults().replay as u16, requires = "history", value_parser = clap::value_parser!(u16).range(..=10_000))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = history_defaults().replay as u16,
+        requires = "history",
+        value_parser = clap::value_parser!(u16).range(..=10_000)
+    )]
     replay: u16,
     /// With --history: always (an OK waits for the disk), everysec, or no
-    #[arg(long, value_name = "MODE", default_value_t = history_defaults().fsync, requires = "history", value_parser = parse_fsync)]
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value_t = history_defaults().fsync,
+        requires = "history",
+        value_parser = parse_fsync
+    )]
     fsync: Fsync,
     /// With --history: past this many bytes the oldest part of the log is deleted
-    #[arg(long, value_name = "BYTES", default_value_t = history_defaults().max_bytes, requires = "history", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = history_defaults().max_bytes,
+        requires = "history",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     history_max_bytes: u64,
     /// With --history: cut the log where it is corrupt instead of refusing to start
     #[arg(long, requires = "history")]
@@ -73,7 +116,12 @@ struct Args {
     /// (working at least half the time, input coming within that long): more
     /// throughput and less latency under load, for some CPU; an idle or
     /// lightly loaded server never spins (0: never)
-    #[arg(long, value_name = "MICROS", default_value_t = defaults().spin.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=10_000))]
+    #[arg(
+        long,
+        value_name = "MICROS",
+        default_value_t = defaults().spin.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(..=10_000)
+    )]
     spin_us: u64,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]
@@ -81,6 +129,8 @@ struct Args {
     /// Also accept WebSocket connections from pages served at this origin
     /// (e.g. https://chat.example.com); repeatable. The server's own origin
     /// is always accepted.
+    // The doc is the --help text, so its URL stays plain.
+    #[allow(rustdoc::bare_urls)]
     #[arg(long, value_name = "URL")]
     allow_origin: Vec<String>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides

@@ -111,7 +111,7 @@ impl LineInput {
         matches!(self.source, Source::Editor(_))
     }
 
-    /// The next line, at most [`MAX_LINE_LEN`] bytes kept (the longest
+    /// The next line, at most `MAX_LINE_LEN` bytes kept (the longest
     /// message line); `prompt` is shown by the line editor only.
     pub fn read(&mut self, prompt: &str) -> io::Result<InputLine> {
         let editor = match &mut self.source {

@@ -47,7 +47,7 @@ pub struct Registered {
 /// How many of a foreign peer's first bytes an error shows.
 const SHOWN_PREFIX: usize = 24;
 
-/// Connects to `addr` ("host:port", "1.2.3.4:port" or "[::1]:port") and
+/// Connects to `addr` (`host:port`, `1.2.3.4:port` or `[::1]:port`) and
 /// sends OI with `origin` (0: exhibitor; an exhibitor id: pair with it).
 pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterError> {
     let stream = TcpStream::connect(addr).map_err(|e| RegisterError::Connect {

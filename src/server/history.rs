@@ -48,11 +48,12 @@ impl HistoryConfig {
 /// and replies already settled) went out, and before any reply that waited
 /// for them (as Redis writes its AOF before it replies): under `--fsync
 /// everysec` and `no` that settles them, and those replies go out in the
-/// same turn; an OK'd message then survives a crash of the server process. Under `always` the replies wait for the sync thread's `fsync`
-/// and go out in the turn after it wakes the loop; the loop never calls
-/// `fsync` and never waits for that thread. A failed write settles its
-/// records too (history is off until a write succeeds, and those OKs
-/// promise delivery only).
+/// same turn; an OK'd message then survives a crash of the server process.
+/// Under `always` the replies wait for the sync thread's `fsync` and go out
+/// in the turn after it wakes the loop; the loop never calls `fsync` and
+/// never waits for that thread. A failed write settles its records too
+/// (history is off until a write succeeds, and those OKs promise delivery
+/// only).
 pub(super) struct History {
     writer: Writer,
     /// What the router was last told is settled.

@@ -9,7 +9,8 @@
 //!
 //! A batch past the early-write size: part of it must reach its readers
 //! before the turn that routes it ends — one part each, and only for as
-//! many readers as a turn may write to early.
+//! many readers as may be written to early before the turn's flush
+//! (`EARLY_WRITES_PER_FLUSH`).
 
 use super::wire::{EARLY_WRITES_PER_FLUSH, WRITE_EARLY_AT};
 use super::*;
@@ -239,7 +240,7 @@ fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_e
     let (_serial, mut server) = loopback_server();
     let addr = server.local_addr();
     let oi = |origin| Frame::bare(Kind::Oi, origin, S, 0);
-    // One exhibitor more than a turn may write early to.
+    // One exhibitor more than may be written to early before a flush.
     let mut exhibitors = Vec::new();
     for n in 0..=EARLY_WRITES_PER_FLUSH as u16 {
         let mut x = Raw::connect(addr);

@@ -107,7 +107,7 @@ pub(super) struct Wire {
     pub(super) now: Instant,
     pub(super) conns: Slab<Slot>,
     /// Connections with output queued, written in the next flush phase (at
-    /// the end of the turn).
+    /// the end of the turn, and again when the history settles records).
     pub(super) dirty: Vec<ConnId>,
     /// Connections the event loop dropped; the router must hear of each.
     pub(super) dropped: Vec<ConnId>,

@@ -123,19 +123,7 @@ impl Raw {
     /// Asserts nothing arrives for [`QUIET`] (and the connection stays open).
     pub fn expect_silence(&mut self) {
         assert!(self.buf.is_empty(), "unread bytes pending");
-        self.stream.set_read_timeout(Some(QUIET)).unwrap();
-        let mut chunk = [0u8; 64];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => panic!("connection closed"),
-            Ok(n) => panic!("unexpected {n} bytes: {:?}", &chunk[..n]),
-            Err(e) => assert!(
-                matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ),
-                "read error {e}"
-            ),
-        }
+        expect_silence_on(&self.stream);
     }
 
     /// OI as an exhibitor; returns the id from the OK.
@@ -150,12 +138,35 @@ impl Raw {
 
     fn identify(&mut self, origin: ClientId) -> ClientId {
         self.send_frame(&Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
-        let ok = self.expect_frame();
-        assert_eq!(
-            (ok.kind, ok.origin, ok.seq),
-            (Kind::Ok, SERVER_ID, 0),
-            "{ok}"
-        );
-        ok.dest
+        assigned_id(&self.expect_frame())
+    }
+}
+
+/// The id `ok` assigns (its destination), failing the test unless it is the
+/// server's OK to an OI. The WebSocket test client checks its OK here too.
+pub fn assigned_id(ok: &Frame) -> ClientId {
+    assert_eq!(
+        (ok.kind, ok.origin, ok.seq),
+        (Kind::Ok, SERVER_ID, 0),
+        "{ok}"
+    );
+    ok.dest
+}
+
+/// Asserts nothing arrives on `stream` for [`QUIET`] and it stays open.
+/// The WebSocket test client, on the same kind of stream, waits here too.
+pub fn expect_silence_on(mut stream: &TcpStream) {
+    stream.set_read_timeout(Some(QUIET)).unwrap();
+    let mut chunk = [0u8; 64];
+    match stream.read(&mut chunk) {
+        Ok(0) => panic!("connection closed"),
+        Ok(n) => panic!("unexpected {n} bytes: {:02x?}", &chunk[..n]),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "read error {e}"
+        ),
     }
 }

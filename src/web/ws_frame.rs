@@ -107,7 +107,7 @@ pub fn put_binary_header(len: usize, out: &mut BytesMut) {
     }
 }
 
-/// Bytes [`put_binary_header`] writes for a message of `len` bytes.
+/// Bytes `put_binary_header` writes for a message of `len` bytes.
 #[inline]
 pub fn binary_header_len(len: usize) -> usize {
     match len {

@@ -78,7 +78,10 @@ pub const CATALOGUE: &[Check] = &[
         level: Level::Required,
         title: "OI with origin 0 gets OK with an exhibitor id (4096..=8191)",
         rule: "PROTOCOL.md, Server rules 1",
-        quote: Some("O servidor aloca identificadores … entre 2^12 e (2^13 − 1) para exibidores"),
+        quote: Some(
+            "O servidor aloca identificadores … entre 2^12 e (2^13 − 1) para \
+             exibidores",
+        ),
         hint: "answer OI(origin 0) with OK(origin 65535, dest = the new exhibitor id, seq = the \
             OI's)",
         needs: &["wire-header"],
