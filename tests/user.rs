@@ -11,35 +11,11 @@ use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-/// A fresh directory under the system's temporary directory, removed when
-/// dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("evchat-test-user-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What a finished `evchat user` run left.
 #[derive(Debug)]
@@ -94,8 +70,8 @@ fn all_of(text: &str, count: usize, allowed: impl Fn(char) -> bool) -> bool {
 
 #[test]
 fn add_with_a_password_from_stdin_creates_a_private_file_the_server_accepts() {
-    let dir = TempDir::new("add-password");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-add-password");
+    let file = dir.path().join("accounts");
     let run = user(
         &["add", s(&file), "alice", "--roles", "view,emit"],
         Some("correct horse\n"),
@@ -131,8 +107,8 @@ fn add_with_a_password_from_stdin_creates_a_private_file_the_server_accepts() {
 
 #[test]
 fn add_with_token_prints_it_once_and_stores_only_its_sha256() {
-    let dir = TempDir::new("add-token");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-add-token");
+    let file = dir.path().join("accounts");
     let run = user(
         &[
             "add",
@@ -172,8 +148,8 @@ fn add_with_token_prints_it_once_and_stores_only_its_sha256() {
 
 #[test]
 fn an_age_for_expires_counts_from_now() {
-    let dir = TempDir::new("age");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-age");
+    let file = dir.path().join("accounts");
     let unix = || {
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -211,8 +187,8 @@ fn an_age_for_expires_counts_from_now() {
 
 #[test]
 fn add_replaces_an_account_on_its_line_and_keeps_comments() {
-    let dir = TempDir::new("replace");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-replace");
+    let file = dir.path().join("accounts");
     write_private(
         &file,
         &format!("# team\nalice view {DIGEST}\n\nbob view {DIGEST}\n"),
@@ -236,8 +212,8 @@ fn add_replaces_an_account_on_its_line_and_keeps_comments() {
 
 #[test]
 fn list_shows_names_roles_kinds_and_expiry_never_a_secret() {
-    let dir = TempDir::new("list");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-list");
+    let file = dir.path().join("accounts");
     let phc =
         "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY";
     write_private(
@@ -261,8 +237,8 @@ fn list_shows_names_roles_kinds_and_expiry_never_a_secret() {
 
 #[test]
 fn remove_deletes_one_account_and_nothing_else() {
-    let dir = TempDir::new("remove");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-remove");
+    let file = dir.path().join("accounts");
     write_private(
         &file,
         &format!("# team\nalice view {DIGEST}\nbob emit {DIGEST}\n"),
@@ -288,8 +264,8 @@ fn remove_deletes_one_account_and_nothing_else() {
 
 #[test]
 fn bad_names_and_roles_are_usage_errors_and_write_nothing() {
-    let dir = TempDir::new("bad-args");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-bad-args");
+    let file = dir.path().join("accounts");
     for (args, message) in [
         (
             vec!["add", s(&file), "1alice", "--roles", "view"],
@@ -325,8 +301,8 @@ fn bad_names_and_roles_are_usage_errors_and_write_nothing() {
 
 #[test]
 fn bad_passwords_on_stdin_change_nothing() {
-    let dir = TempDir::new("bad-password");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-bad-password");
+    let file = dir.path().join("accounts");
     let long = format!("{}\n", "x".repeat(257));
     for (stdin, message) in [
         (
@@ -358,8 +334,8 @@ fn bad_passwords_on_stdin_change_nothing() {
 
 #[test]
 fn list_and_remove_of_a_missing_file_fail() {
-    let dir = TempDir::new("missing");
-    let file = dir.file("nope");
+    let dir = TempDir::new("user-missing");
+    let file = dir.path().join("nope");
     for args in [vec!["list", s(&file)], vec!["remove", s(&file), "alice"]] {
         let run = user(&args, None);
         assert_eq!(run.code, Some(1), "{args:?}");
@@ -376,12 +352,12 @@ fn list_and_remove_of_a_missing_file_fail() {
 
 #[test]
 fn a_file_readable_by_others_or_a_symlink_is_refused_and_left_alone() {
-    let dir = TempDir::new("not-private");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-not-private");
+    let file = dir.path().join("accounts");
     let text = format!("alice view {DIGEST}\n");
     fs::write(&file, &text).unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
-    let link = dir.file("link");
+    let link = dir.path().join("link");
     std::os::unix::fs::symlink(&file, &link).unwrap();
     for args in [
         vec!["list", s(&file)],
@@ -429,8 +405,8 @@ fn a_file_readable_by_others_or_a_symlink_is_refused_and_left_alone() {
 
 #[test]
 fn a_bad_line_is_named_by_number_without_its_content() {
-    let dir = TempDir::new("bad-line");
-    let file = dir.file("accounts");
+    let dir = TempDir::new("user-bad-line");
+    let file = dir.path().join("accounts");
     write_private(
         &file,
         &format!("alice view {DIGEST}\nbob view MyPlainPassword\n"),
@@ -460,8 +436,8 @@ mod terminal {
 
     #[test]
     fn the_password_is_typed_twice_without_echo() {
-        let dir = TempDir::new("tty");
-        let file = dir.file("accounts");
+        let dir = TempDir::new("user-tty");
+        let file = dir.path().join("accounts");
         let mut p = spawn_in_terminal(&format!(
             "stty echo; exec {} user add {} alice --roles view",
             bin("evchat"),
@@ -493,8 +469,8 @@ mod terminal {
 
     #[test]
     fn differing_passwords_and_ctrl_c_leave_the_echo_on() {
-        let dir = TempDir::new("tty-cancel");
-        let file = dir.file("accounts");
+        let dir = TempDir::new("user-tty-cancel");
+        let file = dir.path().join("accounts");
         // Echo on first (rexpect's terminal starts without it). The shell's
         // trap is reset in the child, so evchat gets the Ctrl-C; the shell
         // survives it and shows the terminal's settings afterwards.
