@@ -193,7 +193,7 @@ impl Writer {
         if self.batch_records == 0 {
             return;
         }
-        match self.log.append(&self.batch) {
+        match self.log.append_records(&self.batch, self.batch_records) {
             Ok(()) => self.back_on(),
             Err((written, e)) => self.off(&e, self.batch_records - written as u64),
         }
