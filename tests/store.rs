@@ -508,6 +508,45 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     assert_eq!(read_all(dir.path()), numbered(&all, 0));
 }
 
+/// The writer hands each turn's batch over with its record count, and a
+/// batch that fits the active segment is written without its records
+/// being walked: the counts of those turns must still number the segments
+/// that come after them.
+#[test]
+fn turns_that_fit_their_segment_still_number_the_next_ones() {
+    let dir = TempDir::new("turns-fit");
+    let all: Vec<Record> = (0..13)
+        .map(|i| record(2_000 + i, 2, 0, format!("same length {i:02}").as_bytes()))
+        .collect();
+    let record_len = (8 + 12 + all[0].text.len()) as u64;
+    let options = Options {
+        segment_bytes: 8 + 5 * record_len,
+        ..big_log()
+    };
+    let opened = open_log(dir.path(), options.clone()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    // Turns of 2, 2 (fit), 3 (fills the first segment, rolls), 1, 4 (fits,
+    // then fills the second), 1.
+    let mut from = 0;
+    let mut last = 0;
+    for turn in [2, 2, 3, 1, 4, 1] {
+        last = append_all(&mut writer, &all[from..from + turn]);
+        writer.write();
+        from += turn;
+    }
+    wait_settled(&writer, &settled, last);
+    drop(writer);
+    let bases: Vec<u64> = segment_files(dir.path())
+        .into_iter()
+        .map(|(base, _, _)| base)
+        .collect();
+    assert_eq!(bases, [0, 5, 10]);
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+    let reopened = open_log(dir.path(), options).unwrap();
+    assert_eq!(reopened.records, all.len() as u64);
+    assert_eq!(reopened.notices, vec![]);
+}
+
 #[test]
 fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     let dir = TempDir::new("retention-errors");
@@ -1262,6 +1301,40 @@ proptest! {
         for (_, path, len) in segment_files(dir.path()) {
             prop_assert!(len <= segment_bytes.max(8 + longest), "{}: {len}", path.display());
         }
+    }
+
+    /// The writer seals each turn's records together (their checksums
+    /// three at a time): whatever the records and however they fall into
+    /// turns, a reopened log finds every checksum right.
+    #[test]
+    fn records_written_in_turns_by_the_writer_reopen_whole(
+        all in arbitrary_records(),
+        segment_bytes in 1u64..3000,
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..5),
+    ) {
+        let dir = TempDir::new("prop-turns");
+        let options = Options { segment_bytes, ..big_log() };
+        let opened = open_log(dir.path(), options.clone()).unwrap();
+        let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+        let mut bounds: Vec<usize> = cuts.iter().map(|i| i.index(all.len())).collect();
+        bounds.push(all.len());
+        bounds.sort();
+        let mut from = 0;
+        let mut last = 0;
+        for to in bounds {
+            if to > from {
+                last = append_all(&mut writer, &all[from..to]);
+                writer.write();
+            }
+            from = to;
+        }
+        wait_settled(&writer, &settled, last);
+        drop(writer);
+        let reopened = open_log(dir.path(), options).unwrap();
+        prop_assert_eq!(reopened.notices.clone(), vec![]);
+        prop_assert_eq!(reopened.records, all.len() as u64);
+        drop(reopened);
+        prop_assert_eq!(read_all(dir.path()), numbered(&all, 0));
     }
 
     /// Cut anywhere in the last segment: reopening keeps exactly the whole

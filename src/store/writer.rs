@@ -33,7 +33,7 @@
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
 //! write fails with `EFBIG` and is handled like a full disk.
 
-use super::format::encode_record;
+use super::format::{encode_unsealed, seal_records};
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
 use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
@@ -179,7 +179,7 @@ impl Writer {
     /// [`MAX_TEXT_LEN`] (no MSG carries one) is cut to that length.
     pub fn append(&mut self, time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> Ticket {
         let text = &text[..text.len().min(MAX_TEXT_LEN)];
-        encode_record(&mut self.batch, time_ms, origin, dest, text);
+        encode_unsealed(&mut self.batch, time_ms, origin, dest, text);
         self.batch_records += 1;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -193,7 +193,9 @@ impl Writer {
         if self.batch_records == 0 {
             return;
         }
-        match self.log.append(&self.batch) {
+        // The turn's checksums, three records at a time (see `seal_records`).
+        seal_records(&mut self.batch);
+        match self.log.append_records(&self.batch, self.batch_records) {
             Ok(()) => self.back_on(),
             Err((written, e)) => self.off(&e, self.batch_records - written as u64),
         }
