@@ -8,12 +8,13 @@
 //!
 //! Every rule here is numbered as in PROTOCOL.md.
 
+use crate::proto::ext::{PLAIN_ROLES, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW};
 use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID,
     SeqCounter, is_emitter_id, is_exhibitor_id,
 };
 use bytes::Bytes;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -70,6 +71,8 @@ pub enum CloseReason {
     Unresponsive,
     /// The server is shutting down and the client had not identified.
     Shutdown,
+    /// A HELLO was refused with a code that closes (identity extension).
+    HelloRefused,
 }
 
 impl fmt::Display for CloseReason {
@@ -84,6 +87,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => "no OI within the handshake timeout",
             CloseReason::Unresponsive => "no acknowledgement within the ack timeout",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::HelloRefused => "HELLO refused",
         })
     }
 }
@@ -173,10 +177,44 @@ enum Role {
     },
 }
 
+/// What a session said of itself with HELLO (PROTOCOL.md, "Extension:
+/// identity"). The router is told the outcome, never how it was decided.
+#[derive(Debug, Default)]
+enum Hello {
+    /// No HELLO accepted: a plain client (or one whose HELLO got a code
+    /// that lets it try again).
+    #[default]
+    Plain,
+    /// A HELLO is being checked: nothing more is read until the verdict.
+    Checking,
+    /// Opted in, with this name (none: NL = 0).
+    Accepted { name: Option<Box<str>> },
+}
+
+/// Where a HELLO on a connection stands, for the event loop to answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloPlace {
+    /// Before OI, no HELLO accepted: a HELLO opts in.
+    Open,
+    /// Before OI, a HELLO accepted already: another is out of place.
+    Accepted,
+    /// After OI, by a client that opted in.
+    AfterOi,
+    /// After OI, by a plain client: extension frames are unknown to it.
+    Plain,
+}
+
+/// A HELLO's name is held by another session (ignoring case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameTaken;
+
 #[derive(Debug)]
 struct Session {
     id: ClientId,
     role: Role,
+    /// The roles byte's bits this session holds.
+    roles: u8,
+    hello: Hello,
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
     seq: SeqCounter,
@@ -306,6 +344,10 @@ pub struct Router {
     /// Requests whose reply waits for their history record to be durable,
     /// by the number [`Outbox::accepted`] gave, ascending.
     awaiting_durable: VecDeque<(u64, RequestRef)>,
+    /// `--auth`: an OI without an accepted HELLO is refused.
+    accounts_required: bool,
+    /// Names claimed by HELLO without accounts, by their lower-case key.
+    claimed: HashMap<Box<str>, ConnId>,
 }
 
 impl Router {
@@ -321,6 +363,87 @@ impl Router {
             earliest_deadline: None,
             replay: ReplayWindow::new(0, 0),
             awaiting_durable: VecDeque::new(),
+            accounts_required: false,
+            claimed: HashMap::new(),
+        }
+    }
+
+    /// With accounts (`--auth`), a client must sign in with HELLO before
+    /// its OI; a plain OI gets the rule-1 refusal.
+    pub fn require_accounts(&mut self, required: bool) {
+        self.accounts_required = required;
+    }
+
+    /// Where a HELLO from `conn` would stand now (None: no such session).
+    pub fn hello_place(&self, conn: ConnId) -> Option<HelloPlace> {
+        let session = self.session(conn)?;
+        Some(match (&session.role, &session.hello) {
+            (Role::Anonymous, Hello::Accepted { .. } | Hello::Checking) => HelloPlace::Accepted,
+            (Role::Anonymous, Hello::Plain) => HelloPlace::Open,
+            (_, Hello::Accepted { .. }) => HelloPlace::AfterOi,
+            _ => HelloPlace::Plain,
+        })
+    }
+
+    /// A HELLO from `conn` is being checked: its input waits for the verdict.
+    pub fn hello_checking(&mut self, conn: ConnId) {
+        if let Some(session) = self.session_mut(conn) {
+            session.hello = Hello::Checking;
+        }
+    }
+
+    /// `conn`'s HELLO is accepted with this name and these roles. `claim`:
+    /// the name is claimed for the session and must be free (no accounts);
+    /// otherwise sessions may share it (one account, several sessions).
+    pub fn hello_accepted(
+        &mut self,
+        conn: ConnId,
+        name: Option<&str>,
+        roles: u8,
+        claim: bool,
+        out: &mut impl Outbox,
+    ) -> Result<(), NameTaken> {
+        if self.session(conn).is_none() {
+            return Ok(());
+        }
+        if claim && let Some(name) = name {
+            let key: Box<str> = name.to_ascii_lowercase().into();
+            match self.claimed.get(&key) {
+                Some(&holder) if holder != conn => return Err(NameTaken),
+                _ => {
+                    self.claimed.insert(key, conn);
+                }
+            }
+        }
+        let session = self.session_mut(conn).expect("checked above");
+        let was_checking = matches!(session.hello, Hello::Checking);
+        session.hello = Hello::Accepted {
+            name: name.map(Into::into),
+        };
+        session.roles = roles;
+        info!(conn, name = name.unwrap_or(""), roles, "HELLO accepted");
+        if was_checking {
+            out.resume_input(conn);
+        }
+        Ok(())
+    }
+
+    /// A frame from `conn` is refused with ERRO(65535, own id, seq), the
+    /// connection kept: in its place among an emitter's replies.
+    pub fn refuse(&mut self, conn: ConnId, seq: u16, now: Instant, out: &mut impl Outbox) {
+        self.reply(conn, seq, false, now, out);
+    }
+
+    /// `conn`'s HELLO was answered with a code that closes the connection.
+    pub fn hello_refused(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
+        self.close(conn, CloseReason::HelloRefused, now, out);
+    }
+
+    /// The name `conn`'s session shows (its HELLO's, or its exhibitor's).
+    pub fn name(&self, conn: ConnId) -> Option<&str> {
+        match &self.session(conn)?.hello {
+            Hello::Accepted { name } => name.as_deref(),
+            _ => None,
         }
     }
 
@@ -361,6 +484,8 @@ impl Router {
         self.sessions[conn] = Some(Session {
             id: 0,
             role: Role::Anonymous,
+            roles: PLAIN_ROLES,
+            hello: Hello::Plain,
             connected_at: now,
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
@@ -384,6 +509,10 @@ impl Router {
             Some(Role::Emitter {
                 paused, finished, ..
             }) => !paused && !finished,
+            // A HELLO being checked holds what follows it.
+            Some(Role::Anonymous) => self
+                .session(conn)
+                .is_some_and(|s| !matches!(s.hello, Hello::Checking)),
             Some(_) => true,
             None => false,
         }
@@ -450,7 +579,10 @@ impl Router {
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
                 self.close(conn, CloseReason::Spoofed, now, out);
             }
-            Role::Emitter { .. } => self.on_emitter_frame(conn, frame, now, out),
+            Role::Emitter { .. } => {
+                let roles = session.roles;
+                self.on_emitter_frame(conn, frame, roles, now, out)
+            }
             Role::Exhibitor { .. } => self.on_exhibitor_frame(conn, frame, now, out),
         }
     }
@@ -645,6 +777,12 @@ impl Router {
     /// Rule 1.
     fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, now: Instant, out: &mut impl Outbox) {
         let wanted_exhibitor = oi.origin;
+        if let Err(why) = self.may_identify(conn, wanted_exhibitor) {
+            warn!(conn, requested = wanted_exhibitor, why, "OI refused");
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
+            self.close(conn, CloseReason::Refused, now, out);
+            return;
+        }
         let assigned = if wanted_exhibitor == 0 {
             self.free_exhibitor_ids
                 .pop_first()
@@ -736,7 +874,52 @@ impl Router {
         self.note_deadline(deadline);
     }
 
+    /// The identity extension's part of rule 1: with accounts, an OI needs
+    /// an accepted HELLO; the role for what it asks (view: an exhibitor,
+    /// emit: an emitter); and an emitter signed in pairs only with an
+    /// exhibitor of its own account.
+    fn may_identify(&self, conn: ConnId, wanted_exhibitor: ClientId) -> Result<(), &'static str> {
+        let Some(session) = self.session(conn) else {
+            return Ok(());
+        };
+        let Hello::Accepted { name } = &session.hello else {
+            return if self.accounts_required {
+                Err("no HELLO: this server runs with --auth (accounts required)")
+            } else {
+                Ok(())
+            };
+        };
+        let needed = if wanted_exhibitor == 0 {
+            ROLE_VIEW
+        } else {
+            ROLE_EMIT
+        };
+        if session.roles & needed != needed {
+            return Err("the account lacks the role");
+        }
+        if self.accounts_required
+            && is_exhibitor_id(wanted_exhibitor)
+            && let Some(ex) = self.ids.get(wanted_exhibitor)
+        {
+            let theirs = self.name(ex).map(str::to_ascii_lowercase);
+            if theirs != name.as_deref().map(str::to_ascii_lowercase) {
+                return Err("the exhibitor belongs to another account");
+            }
+        }
+        Ok(())
+    }
+
     fn pair_emitter(&mut self, conn: ConnId, id: ClientId, exhibitor: Option<ConnId>) {
+        // The pair shares one name: the emitter takes its exhibitor's.
+        if let Some(ex) = exhibitor {
+            let name: Option<Box<str>> = self.name(ex).map(Into::into);
+            if name.is_some() {
+                self.release_name(conn);
+                if let Some(session) = self.session_mut(conn) {
+                    session.hello = Hello::Accepted { name };
+                }
+            }
+        }
         let session = self.session_mut(conn).expect("pairing a live session");
         session.id = id;
         session.role = Role::Emitter {
@@ -759,11 +942,12 @@ impl Router {
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
+        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         match frame.kind {
-            Kind::Msg | Kind::Creq => self.request(conn, frame, now, out),
+            Kind::Msg | Kind::Creq => self.request(conn, frame, roles, now, out),
             Kind::Flw => {
                 // Rule 6: the OK goes out after every earlier reply, then the close.
                 self.push_reply(conn, frame.seq, 0, true);
@@ -822,15 +1006,27 @@ impl Router {
     }
 
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
+    /// Without the role the request needs (emit, or broadcast for 0) it has
+    /// no target: ERRO, in its place among the replies, nothing forwarded.
     fn request(
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
+        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         let mut targets = std::mem::take(&mut self.targets);
-        self.find_targets(frame.dest, &mut targets);
+        let needed = if frame.dest == 0 {
+            ROLE_BROADCAST
+        } else {
+            ROLE_EMIT
+        };
+        if roles & needed == needed {
+            self.find_targets(frame.dest, &mut targets);
+        } else {
+            info!(conn, id = frame.origin, kind = %frame.kind, dest = frame.dest, "refused: the session lacks the role");
+        }
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
         let held = if accepted { out.accepted(frame) } else { None };
         let waits = targets.len() as u32 + u32::from(held.is_some());
@@ -1092,6 +1288,7 @@ impl Router {
     /// Drops `conn` and settles everything that depended on it. Returns its
     /// id (0 if it never identified), or None if it was already gone.
     fn forget(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) -> Option<ClientId> {
+        self.release_name(conn);
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
         let id = session.id;
         match session.role {
@@ -1132,6 +1329,19 @@ impl Router {
     }
 
     // ---- helpers ------------------------------------------------------------
+
+    /// Frees the name `conn` claimed, if it claimed one.
+    fn release_name(&mut self, conn: ConnId) {
+        if self.claimed.is_empty() {
+            return;
+        }
+        if let Some(name) = self.name(conn) {
+            let key: Box<str> = name.to_ascii_lowercase().into();
+            if self.claimed.get(&key) == Some(&conn) {
+                self.claimed.remove(&key);
+            }
+        }
+    }
 
     fn note_deadline(&mut self, deadline: Instant) {
         self.earliest_deadline = Some(self.earliest_deadline.map_or(deadline, |e| e.min(deadline)));

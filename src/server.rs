@@ -25,9 +25,12 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod history;
+mod identity;
 mod spin;
 mod wire;
 pub use history::HistoryConfig;
+pub use identity::AuthConfig;
+use identity::{Auth, ExtStep};
 use spin::Spin;
 use wire::{Closing, Departure, Slot, Wire};
 
@@ -62,6 +65,9 @@ pub struct Config {
     pub spin: Duration,
     /// The durable history, opened by [`Server::bind`] (`None`: none kept).
     pub history: Option<HistoryConfig>,
+    /// Accounts for the identity extension, loaded by [`Server::bind`]
+    /// (`None`: no accounts; a HELLO may still claim a name).
+    pub auth: Option<AuthConfig>,
 }
 
 impl Config {
@@ -76,6 +82,7 @@ impl Config {
             web: Some(WebConfig::default()),
             spin: Duration::from_micros(100),
             history: None,
+            auth: None,
         }
     }
 }
@@ -89,6 +96,9 @@ pub enum StartError {
     /// The history could not be opened.
     #[error("history: {0}")]
     History(#[from] StoreError),
+    /// The accounts file could not be loaded (`--auth`).
+    #[error("--auth: {0}")]
+    Auth(#[from] crate::auth::AccountsError),
 }
 
 /// Asks a running server to shut down (rule 8) from another thread.
@@ -127,6 +137,8 @@ pub struct Server {
     /// or at this time, whichever comes first.
     drain_deadline: Option<Instant>,
     spin: Spin,
+    /// Sign-ins with accounts (`--auth`).
+    auth: Option<Auth>,
 }
 
 /// What the end of a loop turn decided.
@@ -175,7 +187,12 @@ impl Server {
             // Nothing to trim at start: the first trim may as well be due.
             next_trim: now,
             drain_deadline: None,
+            auth: None,
         };
+        if let Some(auth) = &server.config.auth {
+            server.auth = Some(Auth::start(auth, server.waker.clone())?);
+            server.router.require_accounts(true);
+        }
         if let Some(history) = &history {
             server.open_history(history)?;
         }
@@ -262,6 +279,8 @@ impl Server {
     /// are trimmed on schedule, and a drained shutdown ends the loop.
     fn end_turn(&mut self) -> Next {
         let now = self.wire.now;
+        // First, so that a connection a verdict lets go on is read this turn.
+        self.drain_sign_ins();
         for _ in 0..self.wire.ready.len() {
             let Some(conn) = self.wire.ready.pop_front() else {
                 break;
@@ -514,6 +533,15 @@ impl Server {
                     self.settle_dropped();
                 }
                 Ok(None) => break true,
+                Err(e) if crate::proto::ext::is_ext_kind(e.header().kind) => {
+                    let step = self.on_extension(conn, e.header(), &input[consumed..]);
+                    self.settle_dropped();
+                    match step {
+                        ExtStep::Took(len) => consumed += len,
+                        ExtStep::Wait => break true,
+                        ExtStep::Stop => break false,
+                    }
+                }
                 Err(e) => {
                     self.router
                         .on_undecodable(conn, e.header(), self.wire.now, &mut self.wire);
@@ -766,6 +794,7 @@ impl Server {
         if !self.wire.conns.contains(conn) {
             return;
         }
+        self.forget_sign_in(conn);
         let mut slot = self.wire.conns.remove(conn);
         let _ = self.poll.registry().deregister(&mut slot.conn.socket);
         let transport = slot.conn.stage();

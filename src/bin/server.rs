@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use evchat::cli::parse_secs;
-use evchat::server::{Config, HistoryConfig, Limits, Server, WebConfig};
+use evchat::server::{AuthConfig, Config, HistoryConfig, Limits, Server, WebConfig};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;
@@ -24,13 +24,14 @@ evchat server: relays messages from emitters to exhibitors.
 
 It listens on loopback (127.0.0.1) unless --bind says otherwise, prints
 'listening on ADDR' on stdout and logs to stderr (no colour if NO_COLOR is set). The
-same port serves a browser client at http://ADDR/ (WebSocket on /ws) unless --no-web. It has
-no authentication: anyone who can reach the port can chat. Ctrl-C or SIGTERM says
-goodbye (FLW) to every client and exits 0.",
+same port serves a browser client at http://ADDR/ (WebSocket on /ws) unless --no-web. Without
+--auth it has no authentication: anyone who can reach the port can chat (a client may claim a
+name with HELLO). With --auth FILE every client signs in to an account of FILE (see
+`evchat user`) before its OI. Ctrl-C or SIGTERM says goodbye (FLW) to every client and exits 0.",
     after_help = "Examples:\n  \
 server 5000                        this machine only (127.0.0.1:5000)\n  \
 server 5000 --bind 0.0.0.0         every IPv4 interface: open to the network\n  \
-server 5000 --no-web               the binary protocol only: no page, no WebSocket"
+server 5000 --auth accounts        sign-in required (evchat user add accounts NAME --roles R)"
 )]
 struct Args {
     /// TCP port to listen on (0 picks a free one)
@@ -75,6 +76,20 @@ struct Args {
     /// lightly loaded server never spins (0: never)
     #[arg(long, value_name = "MICROS", default_value_t = defaults().spin.as_micros() as u64, value_parser = clap::value_parser!(u64).range(..=10_000))]
     spin_us: u64,
+    /// Require a sign-in (HELLO) to an account of FILE before OI; FILE must
+    /// be private (chmod 600); see `evchat user` and PROTOCOL.md
+    #[arg(long, value_name = "FILE")]
+    auth: Option<PathBuf>,
+    /// With --auth: refused sign-ins per address (IPv6: /64) within
+    /// --auth-window before its sign-ins are refused unchecked
+    #[arg(long, value_name = "N", default_value_t = auth_defaults().failures, requires = "auth", value_parser = clap::value_parser!(u32).range(1..))]
+    auth_failures: u32,
+    /// With --auth: the window of --auth-failures, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = Secs(auth_defaults().window), requires = "auth", value_parser = parse_positive_secs)]
+    auth_window: Secs,
+    /// With --auth: sign-ins waiting to be checked; one more is answered "busy"
+    #[arg(long, value_name = "N", default_value_t = auth_defaults().queue as u32, requires = "auth", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    auth_queue: u32,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]
     no_web: bool,
@@ -94,6 +109,10 @@ struct Args {
 /// The library's defaults, which the flags' defaults are read from.
 fn defaults() -> Config {
     Config::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+}
+
+fn auth_defaults() -> AuthConfig {
+    AuthConfig::new(PathBuf::new())
 }
 
 fn history_defaults() -> HistoryConfig {
@@ -179,6 +198,12 @@ fn main() -> ExitCode {
             max_bytes: args.history_max_bytes,
             repair: args.history_repair,
         }),
+        auth: args.auth.clone().map(|file| AuthConfig {
+            file,
+            failures: args.auth_failures,
+            window: args.auth_window.0,
+            queue: args.auth_queue as usize,
+        }),
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -212,6 +237,21 @@ fn main() -> ExitCode {
         spin = ?config.spin,
         "evchat server starting"
     );
+    if let Some(auth) = &config.auth {
+        tracing::info!(
+            file = %auth.file.display(),
+            failures = auth.failures,
+            window = ?auth.window,
+            queue = auth.queue,
+            "accounts required (--auth)"
+        );
+    }
+    if config.auth.is_some() && !server.local_addr().ip().is_loopback() {
+        tracing::warn!(
+            "--auth on an address beyond loopback without TLS: secrets cross the network in \
+             clear; put the server behind a TLS proxy"
+        );
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "listening on {}", server.local_addr());
     let _ = stdout.flush();

@@ -73,7 +73,10 @@ impl Departure {
                 CloseReason::NotIdentified | CloseReason::Spoofed | CloseReason::BadFrame,
             ) => Ending::ProtocolViolation,
             Departure::Rule(
-                CloseReason::Refused | CloseReason::HandshakeTimeout | CloseReason::Unresponsive,
+                CloseReason::Refused
+                | CloseReason::HelloRefused
+                | CloseReason::HandshakeTimeout
+                | CloseReason::Unresponsive,
             ) => Ending::PolicyViolation,
             Departure::Transport(failure) => Ending::Failed(failure),
             Departure::PeerClosed
@@ -210,7 +213,7 @@ impl Wire {
 impl Wire {
     /// Queues a frame for `to`, encoded into the connection's output; past
     /// the output cap, `to` is dropped as a slow consumer.
-    fn queue_for(&mut self, to: ConnId, frame: &impl Encode) {
+    pub(super) fn queue_for(&mut self, to: ConnId, frame: &impl Encode) {
         let Some(slot) = self.conns.get_mut(to) else {
             return;
         };

@@ -1,0 +1,304 @@
+//! The identity extension in the event loop (PROTOCOL.md, "Extension:
+//! identity"): answering HELLO, and with accounts (`--auth`) handing its
+//! secret to the [`Verifier`] thread and the verdict back to the client and
+//! the router. The router is told a session's name and roles bits, never a
+//! secret or how it was checked; the verifier's notify callback wakes the
+//! loop's `mio::Waker`, and the outcomes are drained each turn.
+//!
+//! Only the error path of the loop's parse comes here (a type the plain
+//! codec does not know), so a client that never sends HELLO costs nothing
+//! more per frame.
+
+use super::Server;
+use crate::auth::{Accounts, AccountsError, Credential, FailureBudget, Name, Request, Verifier};
+use crate::proto::ext::{
+    Code, ExtError, ExtFrame, HELLO, Hello, HelloAck, KICK, PLAIN_ROLES, VERSION,
+};
+use crate::proto::{Header, SERVER_ID};
+use crate::router::{ConnId, HelloPlace, NameTaken};
+use mio::Waker;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Sources the failure budget remembers at most (PROTOCOL.md, "Limits").
+const BUDGET_SOURCES: usize = 4096;
+
+/// Accounts for the identity extension (`server --auth FILE`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The accounts file, read at start (and on reload) with
+    /// [`Accounts::load`].
+    pub file: PathBuf,
+    /// Refused sign-ins per source within `window` before its hellos are
+    /// refused unchecked (`--auth-failures`).
+    pub failures: u32,
+    /// The failure budget's window (`--auth-window`).
+    pub window: Duration,
+    /// Sign-ins waiting for the verifier; one more is "busy"
+    /// (`--auth-queue`).
+    pub queue: usize,
+}
+
+impl AuthConfig {
+    /// The defaults, with this accounts file.
+    pub fn new(file: PathBuf) -> AuthConfig {
+        AuthConfig {
+            file,
+            failures: 10,
+            window: Duration::from_secs(60),
+            queue: 64,
+        }
+    }
+}
+
+/// What the loop holds for sign-ins.
+pub(super) struct Auth {
+    verifier: Verifier,
+    budget: FailureBudget,
+    next_tag: u64,
+    /// Sign-ins being checked, by tag: the connection, its source and the
+    /// HELLO's seq (which the HELLOACK echoes).
+    checking: HashMap<u64, (ConnId, IpAddr, u16)>,
+    /// The tag each connection waits for (dropped with the connection, so
+    /// that a verdict never reaches a later connection in the same slot).
+    by_conn: HashMap<ConnId, u64>,
+}
+
+impl Auth {
+    /// Loads the accounts and starts the verifier, which wakes the loop
+    /// after each check.
+    pub(super) fn start(config: &AuthConfig, waker: Arc<Waker>) -> Result<Auth, AccountsError> {
+        let accounts = Accounts::load(&config.file)?;
+        let verifier = Verifier::new(accounts, config.queue, move || {
+            if let Err(e) = waker.wake() {
+                warn!(error = %e, "could not wake the event loop");
+            }
+        })
+        .map_err(|source| AccountsError::Read {
+            path: config.file.display().to_string(),
+            source,
+        })?;
+        Ok(Auth {
+            verifier,
+            budget: FailureBudget::new(config.failures, config.window, BUDGET_SOURCES),
+            next_tag: 0,
+            checking: HashMap::new(),
+            by_conn: HashMap::new(),
+        })
+    }
+
+    pub(super) fn forget_conn(&mut self, conn: ConnId) {
+        self.by_conn.remove(&conn);
+    }
+}
+
+/// What the loop does after an extension frame.
+pub(super) enum ExtStep {
+    /// The frame was taken: this many bytes; go on reading.
+    Took(usize),
+    /// Not whole yet: wait for more bytes.
+    Wait,
+    /// Stop reading this connection (closing, or waiting for a verdict).
+    Stop,
+}
+
+impl Server {
+    /// An extension type at the front of `buf` (the plain codec does not
+    /// know it). Read only where the extension allows it; anywhere else it
+    /// is an unknown type (rule 7) or a frame before OI (rule 1).
+    pub(super) fn on_extension(&mut self, conn: ConnId, header: Header, buf: &[u8]) -> ExtStep {
+        let now = self.wire.now;
+        let place = self.router.hello_place(conn);
+        match (place, header.kind) {
+            (Some(HelloPlace::Open), HELLO) => match ExtFrame::parse(buf) {
+                Ok(None) => ExtStep::Wait,
+                Ok(Some((ExtFrame::Hello(hello), len))) => {
+                    // Taken; while it is checked (or the connection closes)
+                    // the router takes no more input from it.
+                    self.on_hello(conn, hello);
+                    ExtStep::Took(len)
+                }
+                Ok(Some(_)) | Err(_) => {
+                    info!(conn, "malformed HELLO");
+                    self.hello_ack(conn, header.seq, Code::Malformed, 0, b"");
+                    ExtStep::Stop
+                }
+            },
+            (Some(HelloPlace::Accepted), HELLO) => {
+                info!(conn, "second HELLO after acceptance");
+                self.hello_ack(conn, header.seq, Code::Malformed, 0, b"");
+                ExtStep::Stop
+            }
+            // A HELLO after OI is refused like a second OI; a KICK is
+            // refused until it is served (ERRO, kept).
+            (Some(HelloPlace::AfterOi), HELLO | KICK) => match ExtFrame::parse(buf) {
+                Ok(None) => ExtStep::Wait,
+                Ok(Some((_, len))) => {
+                    info!(conn, kind = header.kind, "extension frame refused after OI");
+                    self.router.refuse(conn, header.seq, now, &mut self.wire);
+                    ExtStep::Took(len)
+                }
+                Err(ExtError::Malformed(_) | ExtError::NotExtension(_)) => {
+                    self.router
+                        .on_undecodable(conn, header, now, &mut self.wire);
+                    ExtStep::Stop
+                }
+            },
+            _ => {
+                self.router
+                    .on_undecodable(conn, header, now, &mut self.wire);
+                ExtStep::Stop
+            }
+        }
+    }
+
+    /// A well-formed HELLO from a connection that has not opted in yet.
+    fn on_hello(&mut self, conn: ConnId, hello: Hello) {
+        let now = self.wire.now;
+        let seq = hello.seq;
+        if hello.version != VERSION {
+            info!(
+                conn,
+                version = hello.version,
+                "HELLO of an unsupported version"
+            );
+            return self.hello_ack(conn, seq, Code::Version, 0, b"");
+        }
+        let name = std::str::from_utf8(&hello.name)
+            .ok()
+            .and_then(|s| Name::new(s).ok());
+        let Some(auth) = self.auth.as_mut() else {
+            // No accounts: the HELLO claims a name (or none) for the session.
+            if !hello.secret.is_empty() {
+                return self.hello_ack(conn, seq, Code::NoAccounts, 0, b"");
+            }
+            if hello.name.is_empty() {
+                return self.accept(conn, seq, None, PLAIN_ROLES, true);
+            }
+            let Some(name) = name else {
+                return self.hello_ack(conn, seq, Code::BadName, 0, b"");
+            };
+            return self.accept(conn, seq, Some(&name), PLAIN_ROLES, true);
+        };
+        let Some(peer) = self.wire.conns.get(conn).map(|slot| slot.peer.ip()) else {
+            return;
+        };
+        if !auth.budget.allows(peer, now) {
+            info!(conn, %peer, "sign-in refused unchecked: too many refused from this source");
+            return self.hello_ack(conn, seq, Code::TooManyFailures, 0, b"");
+        }
+        if hello.secret.is_empty() {
+            info!(conn, "HELLO without a secret to a server with accounts");
+            return self.hello_ack(conn, seq, Code::AccountsRequired, 0, b"");
+        }
+        let Some(name) = name else {
+            return self.hello_ack(conn, seq, Code::BadName, 0, b"");
+        };
+        let tag = auth.next_tag;
+        let request = Request {
+            tag,
+            name: name.as_str().to_string(),
+            secret: Credential::new(hello.secret.into_vec()),
+        };
+        if auth.verifier.submit(request).is_err() {
+            warn!(conn, "sign-in refused: the verifier's queue is full");
+            return self.hello_ack(conn, seq, Code::Busy, 0, b"");
+        }
+        auth.next_tag += 1;
+        auth.checking.insert(tag, (conn, peer, seq));
+        auth.by_conn.insert(conn, tag);
+        self.router.hello_checking(conn);
+    }
+
+    /// Code 0 for `conn`, the router told; code 3 if the name is taken.
+    fn accept(&mut self, conn: ConnId, seq: u16, name: Option<&Name>, roles: u8, claim: bool) {
+        let shown = name.map(Name::as_str);
+        match self
+            .router
+            .hello_accepted(conn, shown, roles, claim, &mut self.wire)
+        {
+            Ok(()) => {
+                let bytes = shown.unwrap_or("").as_bytes().to_vec();
+                self.hello_ack(conn, seq, Code::Accepted, roles, &bytes);
+            }
+            Err(NameTaken) => {
+                info!(conn, "HELLO's name is taken");
+                self.hello_ack(conn, seq, Code::NameTaken, 0, b"");
+            }
+        }
+    }
+
+    /// Sends HELLOACK; a code that closes closes the connection after it.
+    fn hello_ack(&mut self, conn: ConnId, seq: u16, code: Code, roles: u8, name: &[u8]) {
+        let ack = ExtFrame::HelloAck(HelloAck {
+            origin: SERVER_ID,
+            dest: 0,
+            seq,
+            code: code as u8,
+            version: VERSION,
+            roles,
+            name: name.to_vec(),
+        });
+        self.wire.queue_for(conn, &ack);
+        if code.closes() {
+            self.router
+                .hello_refused(conn, self.wire.now, &mut self.wire);
+            self.settle_dropped();
+        }
+    }
+
+    /// Answers the sign-ins the verifier has finished.
+    pub(super) fn drain_sign_ins(&mut self) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        let outcomes: Vec<_> = auth.verifier.drain_results().collect();
+        for outcome in outcomes {
+            let Some(auth) = self.auth.as_mut() else {
+                return;
+            };
+            let Some((conn, peer, seq)) = auth.checking.remove(&outcome.tag) else {
+                continue;
+            };
+            let live = auth.by_conn.get(&conn) == Some(&outcome.tag);
+            if live {
+                auth.by_conn.remove(&conn);
+            }
+            if let Err(refusal) = &outcome.result {
+                // Counted even when the client has gone: hanging up does
+                // not buy another guess.
+                auth.budget.record_failure(peer, now);
+                info!(conn, %peer, cause = %refusal.cause, "sign-in refused");
+            }
+            if !live {
+                continue;
+            }
+            match outcome.result {
+                Ok(identity) => {
+                    info!(conn, %peer, name = %identity.name, roles = %identity.roles, "signed in");
+                    self.accept(
+                        conn,
+                        seq,
+                        Some(&identity.name),
+                        identity.roles.bits(),
+                        false,
+                    );
+                }
+                Err(_) => self.hello_ack(conn, seq, Code::Refused, 0, b""),
+            }
+        }
+        self.settle_dropped();
+    }
+
+    /// Forgets what waits on `conn` (it is being removed).
+    pub(super) fn forget_sign_in(&mut self, conn: ConnId) {
+        if let Some(auth) = self.auth.as_mut() {
+            auth.forget_conn(conn);
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! The identity extension (PROTOCOL.md, "Extension: identity") against the
+//! real `server` binary, byte for byte over raw TCP: HELLO and every
+//! HELLOACK code, names without accounts, sign-ins with `--auth` (token
+//! secrets, so no argon2 cost), the failure budget, roles, and what a plain
+//! client sees (nothing new).
+
+use crate::util::*;
+use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
+use evchat::proto::*;
+use std::thread::sleep;
+use std::time::Duration;
+
+const S: ClientId = SERVER_ID;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x} ")).collect()
+}
+
+fn expect_exact(raw: &mut Raw, want: &[u8]) {
+    let got = raw.expect_bytes(want.len());
+    assert!(
+        got == want,
+        "bytes differ\n want: {}\n  got: {}",
+        hex(want),
+        hex(&got)
+    );
+}
+
+fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
+    [kind, origin, dest, seq]
+        .iter()
+        .flat_map(|f| f.to_be_bytes())
+        .collect()
+}
+
+/// HELLO(origin 0, dest 65535, seq 0): version 1, `name`, `secret`.
+fn hello(name: &[u8], secret: &[u8]) -> Vec<u8> {
+    hello_v(1, name, secret)
+}
+
+fn hello_v(version: u8, name: &[u8], secret: &[u8]) -> Vec<u8> {
+    let mut wire = header(8, 0, S, 0);
+    wire.extend_from_slice(&((4 + name.len() + secret.len()) as u16).to_be_bytes()); // L
+    wire.push(version);
+    wire.push(name.len() as u8); // NL
+    wire.extend_from_slice(name);
+    wire.extend_from_slice(&(secret.len() as u16).to_be_bytes()); // SL
+    wire.extend_from_slice(secret);
+    wire
+}
+
+/// HELLOACK(65535, 0, seq 0) with `code`, version 1, `roles`, `name`.
+fn helloack(code: u8, roles: u8, name: &[u8]) -> Vec<u8> {
+    let mut wire = header(9, S, 0, 0);
+    wire.extend_from_slice(&((4 + name.len()) as u16).to_be_bytes());
+    wire.extend_from_slice(&[code, 1, roles, name.len() as u8]);
+    wire.extend_from_slice(name);
+    wire
+}
+
+fn oi(origin: ClientId) -> Vec<u8> {
+    header(3, origin, S, 0)
+}
+
+fn ok(dest: ClientId, seq: u16) -> Vec<u8> {
+    header(1, S, dest, seq)
+}
+
+fn erro(dest: ClientId, seq: u16) -> Vec<u8> {
+    header(2, S, dest, seq)
+}
+
+fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &[u8]) -> Vec<u8> {
+    let mut wire = header(5, origin, dest, seq);
+    wire.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    wire.extend_from_slice(text);
+    wire
+}
+
+/// HELLO, its HELLOACK as expected, then OI; returns the id.
+fn opt_in(raw: &mut Raw, hello_bytes: &[u8], ack: &[u8], origin: ClientId) -> ClientId {
+    raw.send(hello_bytes);
+    expect_exact(raw, ack);
+    if origin == 0 {
+        raw.identify_exhibitor()
+    } else {
+        raw.identify_emitter(origin)
+    }
+}
+
+/// The roles without accounts: view, emit, broadcast.
+const PLAIN: u8 = 7;
+
+// ---- without accounts --------------------------------------------------
+
+#[test]
+fn without_auth_a_hello_claims_a_name() {
+    let server = Server::start(&[]);
+    let mut raw = server.raw();
+    raw.send(&hello(b"alice", b""));
+    expect_exact(&mut raw, &helloack(0, PLAIN, b"alice"));
+    raw.send(&oi(0));
+    expect_exact(&mut raw, &ok(4096, 0));
+    // NL = 0: opted in without a name.
+    let mut anon = server.raw();
+    anon.send(&hello(b"", b""));
+    expect_exact(&mut anon, &helloack(0, PLAIN, b""));
+}
+
+#[test]
+fn names_are_unique_ignoring_case_while_held() {
+    let server = Server::start(&[]);
+    let mut first = server.raw();
+    opt_in(
+        &mut first,
+        &hello(b"Alice", b""),
+        &helloack(0, PLAIN, b"Alice"),
+        0,
+    );
+    let mut second = server.raw();
+    second.send(&hello(b"aLICE", b""));
+    // Code 3, connection kept: another HELLO may follow.
+    expect_exact(&mut second, &helloack(3, 0, b""));
+    second.send(&hello(b"bob", b""));
+    expect_exact(&mut second, &helloack(0, PLAIN, b"bob"));
+    // Once the holder is gone, the name is free again.
+    drop(first);
+    let mut third = server.raw();
+    wait_until("the name is released", || {
+        third.send(&hello(b"ALICE", b""));
+        let got = third.expect_bytes(14);
+        if got == helloack(3, 0, b"") {
+            return false;
+        }
+        assert_eq!(&got[..], &helloack(0, PLAIN, b"ALICE")[..14]);
+        expect_exact(&mut third, b"ALICE");
+        true
+    });
+}
+
+#[test]
+fn bad_names_get_code_4_and_keep_the_connection() {
+    let server = Server::start(&[]);
+    let mut raw = server.raw();
+    for name in [
+        &b"1abc"[..],
+        b"al ice",
+        "alice\u{202e}txt".as_bytes(), // a bidi override
+        b"ali\xffce",                  // not UTF-8
+        &[b'a'; 25],                   // one over the rule's 24
+        &[b'a'; 64],                   // the frame's limit, still no name
+    ] {
+        raw.send(&hello(name, b""));
+        expect_exact(&mut raw, &helloack(4, 0, b""));
+    }
+    raw.send(&hello(b"zed", b""));
+    expect_exact(&mut raw, &helloack(0, PLAIN, b"zed"));
+}
+
+#[test]
+fn a_secret_without_accounts_gets_code_7_and_keeps_the_connection() {
+    let server = Server::start(&[]);
+    let mut raw = server.raw();
+    raw.send(&hello(b"alice", b"pw"));
+    expect_exact(&mut raw, &helloack(7, 0, b""));
+    raw.send(&hello(b"alice", b""));
+    expect_exact(&mut raw, &helloack(0, PLAIN, b"alice"));
+}
+
+#[test]
+fn a_hello_split_at_every_byte_is_read_whole() {
+    let server = Server::start(&[]);
+    let name = b"splitter";
+    let wire = hello(name, b"");
+    for cut in 1..wire.len() {
+        let mut raw = server.raw();
+        raw.send(&wire[..cut]);
+        sleep(Duration::from_millis(5));
+        raw.send(&wire[cut..]);
+        expect_exact(&mut raw, &helloack(0, PLAIN, name));
+        raw.send(&oi(0));
+        let ok = raw.expect_frame();
+        assert_eq!(ok.kind, Kind::Ok, "cut at {cut}");
+        // Gone before the next one claims the same name.
+        raw.send(&header(4, ok.dest, S, 1));
+        expect_exact(&mut raw, &ok_from_flw(ok.dest));
+        raw.expect_closed();
+    }
+}
+
+fn ok_from_flw(id: ClientId) -> Vec<u8> {
+    ok(id, 1)
+}
+
+#[test]
+fn malformed_hellos_get_code_8_and_close() {
+    let server = Server::start(&[]);
+    // L = 325, one over the limit: refused from the first 10 bytes alone.
+    let mut raw = server.raw();
+    let mut over = header(8, 0, S, 0);
+    over.extend_from_slice(&325u16.to_be_bytes());
+    raw.send(&over);
+    expect_exact(&mut raw, &helloack(8, 0, b""));
+    raw.expect_closed();
+    // NL = 65 within an L that would hold it.
+    let mut raw = server.raw();
+    raw.send(&hello(&[b'a'; 65], b""));
+    expect_exact(&mut raw, &helloack(8, 0, b""));
+    raw.expect_closed();
+    // SL = 257.
+    let mut raw = server.raw();
+    raw.send(&hello(b"a", &[b's'; 257]));
+    expect_exact(&mut raw, &helloack(8, 0, b""));
+    raw.expect_closed();
+    // Fields that do not add up to L (NL says 6, L says 11).
+    let mut raw = server.raw();
+    let mut wire = hello(b"alice", b"pw");
+    wire[11] = 6;
+    raw.send(&wire);
+    expect_exact(&mut raw, &helloack(8, 0, b""));
+    raw.expect_closed();
+}
+
+#[test]
+fn an_unsupported_version_gets_code_9_and_close() {
+    let server = Server::start(&[]);
+    let mut raw = server.raw();
+    raw.send(&hello_v(2, b"alice", b""));
+    expect_exact(&mut raw, &helloack(9, 0, b""));
+    raw.expect_closed();
+}
+
+#[test]
+fn a_second_hello_after_acceptance_gets_code_8_and_close() {
+    let server = Server::start(&[]);
+    let mut raw = server.raw();
+    raw.send(&hello(b"alice", b""));
+    expect_exact(&mut raw, &helloack(0, PLAIN, b"alice"));
+    raw.send(&hello(b"bob", b""));
+    expect_exact(&mut raw, &helloack(8, 0, b""));
+    raw.expect_closed();
+}
+
+#[test]
+fn a_hello_after_oi_is_refused_like_a_second_oi() {
+    let server = Server::start(&[]);
+    // Opted in: ERRO(65535, id, seq), kept.
+    let mut raw = server.raw();
+    let id = opt_in(
+        &mut raw,
+        &hello(b"alice", b""),
+        &helloack(0, PLAIN, b"alice"),
+        0,
+    );
+    raw.send(&hello(b"alice", b""));
+    expect_exact(&mut raw, &erro(id, 0));
+    raw.send(&header(4, id, S, 1));
+    expect_exact(&mut raw, &ok(id, 1));
+    // A plain client never opted in: an unknown type (rule 7), closed.
+    let mut plain = server.raw();
+    let id = plain.identify_exhibitor();
+    plain.send(&hello(b"bob", b""));
+    expect_exact(&mut plain, &erro(id, 0));
+    plain.expect_closed();
+}
+
+#[test]
+fn plain_clients_are_unchanged_and_never_see_an_extension_frame() {
+    let server = Server::start(&[]);
+    // An opted-in emitter next to plain ones changes nothing they see.
+    let mut named = server.raw();
+    let em = opt_in(
+        &mut named,
+        &hello(b"alice", b""),
+        &helloack(0, PLAIN, b"alice"),
+        1,
+    );
+    let mut ex = server.raw();
+    let ex_id = ex.identify_exhibitor();
+    let mut plain_em = server.raw();
+    let plain_id = plain_em.identify_emitter(1);
+    named.send(&msg(em, 0, 1, b"hi"));
+    expect_exact(&mut ex, &msg(em, 0, 1, b"hi"));
+    ex.send(&header(1, ex_id, em, 1));
+    expect_exact(&mut named, &ok(em, 1));
+    plain_em.send(&msg(plain_id, ex_id, 1, b"yo"));
+    expect_exact(&mut ex, &msg(plain_id, ex_id, 1, b"yo"));
+    ex.send(&header(1, ex_id, plain_id, 1));
+    expect_exact(&mut plain_em, &ok(plain_id, 1));
+    ex.expect_silence();
+}
+
+// ---- with accounts -----------------------------------------------------
+
+/// A token for `name`: `evt_` and 64 hex digits, varied by the name.
+fn token(name: &str) -> Credential {
+    let digits: String = (0..64)
+        .map(|i| {
+            let b = name.as_bytes()[i % name.len()] as usize + i;
+            char::from_digit((b % 16) as u32, 16).unwrap()
+        })
+        .collect();
+    Credential::new(format!("evt_{digits}").into_bytes())
+}
+
+/// An accounts file (mode 0600) with these accounts, token secrets.
+fn accounts_file(dir: &TempDir, accounts: &[(&str, Roles)]) -> String {
+    let mut all = Accounts::default();
+    for (name, roles) in accounts {
+        all.upsert(Account {
+            name: Name::new(name).unwrap(),
+            roles: *roles,
+            secret: Secret::for_token(&token(name)),
+            expires: None,
+        });
+    }
+    let path = dir.path().join("accounts");
+    all.save(&path).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn roles(list: &str) -> Roles {
+    Roles::parse(list).unwrap()
+}
+
+fn auth_server(dir: &TempDir, extra: &[&str]) -> Server {
+    let file = accounts_file(
+        dir,
+        &[
+            ("Alice", roles("view,emit,broadcast")),
+            ("viewer", roles("view")),
+            ("talker", roles("view,emit")),
+            ("boss", roles("view,emit,broadcast,admin")),
+        ],
+    );
+    let mut args = vec!["--auth", file.as_str()];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn sign_in(name: &str) -> Vec<u8> {
+    hello(name.as_bytes(), token(name).as_bytes())
+}
+
+#[test]
+fn with_auth_a_right_token_signs_in_with_the_accounts_spelling_and_roles() {
+    let dir = TempDir::new("ident-signin");
+    let server = auth_server(&dir, &[]);
+    let mut raw = server.raw();
+    // Any case names the account; the answer spells it as the file does.
+    raw.send(&hello(b"alice", token("Alice").as_bytes()));
+    expect_exact(&mut raw, &helloack(0, 7, b"Alice"));
+    raw.send(&oi(0));
+    expect_exact(&mut raw, &ok(4096, 0));
+    // One account, several sessions.
+    let mut again = server.raw();
+    again.send(&sign_in("Alice"));
+    expect_exact(&mut again, &helloack(0, 7, b"Alice"));
+    let mut boss = server.raw();
+    boss.send(&sign_in("boss"));
+    expect_exact(&mut boss, &helloack(0, 15, b"boss"));
+}
+
+#[test]
+fn with_auth_refusals_get_one_answer_and_close() {
+    let dir = TempDir::new("ident-refused");
+    let server = auth_server(&dir, &[]);
+    for wire in [
+        hello(b"Alice", token("boss").as_bytes()), // wrong secret
+        hello(b"nobody", token("nobody").as_bytes()), // no such account
+        hello(b"Alice", b"a password"),            // wrong password
+    ] {
+        let mut raw = server.raw();
+        raw.send(&wire);
+        expect_exact(&mut raw, &helloack(2, 0, b""));
+        raw.expect_closed();
+    }
+    // No secret: code 1, closed.
+    let mut raw = server.raw();
+    raw.send(&hello(b"Alice", b""));
+    expect_exact(&mut raw, &helloack(1, 0, b""));
+    raw.expect_closed();
+    // A bad name is code 4, kept.
+    let mut raw = server.raw();
+    raw.send(&hello("Al\u{202e}ice".as_bytes(), b"x"));
+    expect_exact(&mut raw, &helloack(4, 0, b""));
+    raw.send(&sign_in("Alice"));
+    expect_exact(&mut raw, &helloack(0, 7, b"Alice"));
+}
+
+#[test]
+fn with_auth_a_plain_oi_is_refused_and_logged_naming_auth() {
+    let dir = TempDir::new("ident-plain");
+    let server = auth_server(&dir, &[]);
+    let mut raw = server.raw();
+    raw.send(&oi(0));
+    expect_exact(&mut raw, &erro(0, 0));
+    raw.expect_closed();
+    let (_, line) =
+        server
+            .proc
+            .stderr
+            .skip_until("the refusal's log line", Duration::from_secs(10), |l| {
+                l.contains("OI refused") && l.contains("--auth")
+            });
+    assert!(!line.contains("evt_"), "{line}");
+}
+
+#[test]
+fn too_many_refusals_from_one_address_get_code_5_unchecked() {
+    let dir = TempDir::new("ident-budget");
+    let server = auth_server(&dir, &["--auth-failures", "2"]);
+    for _ in 0..2 {
+        let mut raw = server.raw();
+        raw.send(&hello(b"Alice", b"wrong"));
+        expect_exact(&mut raw, &helloack(2, 0, b""));
+        raw.expect_closed();
+    }
+    // Even the right secret is not checked now.
+    let mut raw = server.raw();
+    raw.send(&sign_in("Alice"));
+    expect_exact(&mut raw, &helloack(5, 0, b""));
+    raw.expect_closed();
+}
+
+#[test]
+fn roles_decide_what_a_session_may_do() {
+    let dir = TempDir::new("ident-roles");
+    let server = auth_server(&dir, &[]);
+    // view only: no emitter.
+    let mut viewer = server.raw();
+    viewer.send(&sign_in("viewer"));
+    expect_exact(&mut viewer, &helloack(0, 1, b"viewer"));
+    viewer.send(&oi(1));
+    expect_exact(&mut viewer, &erro(0, 0));
+    viewer.expect_closed();
+    // An exhibitor, and an emitter without broadcast paired with it.
+    let mut ex = server.raw();
+    let ex_id = opt_in(&mut ex, &sign_in("talker"), &helloack(0, 3, b"talker"), 0);
+    let mut em = server.raw();
+    let em_id = opt_in(
+        &mut em,
+        &sign_in("talker"),
+        &helloack(0, 3, b"talker"),
+        ex_id,
+    );
+    // To everyone: ERRO(65535, own id, seq), kept, nothing forwarded.
+    em.send(&msg(em_id, 0, 1, b"to all"));
+    expect_exact(&mut em, &erro(em_id, 1));
+    // To one client: delivered.
+    em.send(&msg(em_id, ex_id, 2, b"to you"));
+    expect_exact(&mut ex, &msg(em_id, ex_id, 2, b"to you"));
+    ex.send(&header(1, ex_id, em_id, 2));
+    expect_exact(&mut em, &ok(em_id, 2));
+    ex.expect_silence();
+    // Pairing with another account's exhibitor is refused as in rule 1.
+    let mut other = server.raw();
+    other.send(&sign_in("Alice"));
+    expect_exact(&mut other, &helloack(0, 7, b"Alice"));
+    let mut ex2 = server.raw();
+    let ex2_id = opt_in(&mut ex2, &sign_in("talker"), &helloack(0, 3, b"talker"), 0);
+    other.send(&oi(ex2_id));
+    expect_exact(&mut other, &erro(0, 0));
+    other.expect_closed();
+}
+
+#[test]
+fn a_bad_accounts_file_refuses_start() {
+    let dir = TempDir::new("ident-badfile");
+    let path = dir.path().join("accounts");
+    std::fs::write(&path, "alice view sha256:00\n").unwrap();
+    // Group-readable and malformed: either way the server does not start.
+    let mut proc = Proc::spawn("server", &["0", "--auth", path.to_str().unwrap()]);
+    let status = proc.wait();
+    assert!(!status.success());
+    let line = proc.stderr.expect();
+    assert!(line.starts_with("server: --auth: "), "{line}");
+}
+
+#[test]
+fn over_a_websocket_hello_is_the_first_message_and_a_refusal_closes_1008() {
+    let dir = TempDir::new("ident-ws");
+    let server = auth_server(&dir, &[]);
+    let mut ws = Ws::connect(server.addr);
+    ws.send_binary(&sign_in("Alice"));
+    ws.expect_binary_exact(&helloack(0, 7, b"Alice"));
+    ws.send_binary(&oi(0));
+    ws.expect_binary_exact(&ok(4096, 0));
+    let mut refused = Ws::connect(server.addr);
+    refused.send_binary(&hello(b"Alice", b"wrong"));
+    refused.expect_binary_exact(&helloack(2, 0, b""));
+    refused.expect_close(1008);
+    // A HELLO with more bytes after it is not one frame.
+    let mut two = Ws::connect(server.addr);
+    let mut wire = sign_in("Alice");
+    wire.extend_from_slice(&oi(0));
+    two.send_binary(&wire);
+    two.expect_close(1002);
+}
