@@ -8,7 +8,7 @@
 //!
 //! Every rule here is numbered as in PROTOCOL.md.
 
-use crate::proto::ext::{PLAIN_ROLES, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW};
+use crate::proto::ext::{ExtFrame, PLAIN_ROLES, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW, Who};
 use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID,
     SeqCounter, is_emitter_id, is_exhibitor_id,
@@ -28,6 +28,10 @@ pub type ConnId = usize;
 pub trait Outbox {
     /// Queue `frame` for `to`.
     fn send(&mut self, to: ConnId, frame: &Frame);
+    /// Queue an identity-extension frame (WHO) for `to`, a client that
+    /// opted in. An outbox that only records the plain protocol may
+    /// ignore these.
+    fn send_ext(&mut self, _to: ConnId, _frame: &ExtFrame) {}
     /// Queue a client's MSG, as it arrived, for each of `targets`. The
     /// default sends one owned copy to each; the server's outbox encodes
     /// straight from the view into each target's output.
@@ -131,6 +135,8 @@ enum Purpose {
     Farewell,
     /// A past broadcast replayed to a new exhibitor: the ack is absorbed.
     Replay,
+    /// WHO to an opted-in exhibitor: the ack is absorbed.
+    Who,
 }
 
 /// Names one request of one emitter connection.
@@ -208,6 +214,9 @@ pub enum HelloPlace {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameTaken;
 
+/// What an opted-in exhibitor was last told of each id: name and roles.
+type Told = HashMap<ClientId, (Option<Box<str>>, u8)>;
+
 #[derive(Debug)]
 struct Session {
     id: ClientId,
@@ -215,6 +224,9 @@ struct Session {
     /// The roles byte's bits this session holds.
     roles: u8,
     hello: Hello,
+    /// An opted-in exhibitor: the name and roles last told it for each id
+    /// (WHO). None for every other session.
+    told: Option<Box<Told>>,
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
     seq: SeqCounter,
@@ -348,6 +360,8 @@ pub struct Router {
     accounts_required: bool,
     /// Names claimed by HELLO without accounts, by their lower-case key.
     claimed: HashMap<Box<str>, ConnId>,
+    /// Opted-in exhibitors connected: while 0, routing tells no names.
+    tellers: usize,
 }
 
 impl Router {
@@ -365,6 +379,7 @@ impl Router {
             awaiting_durable: VecDeque::new(),
             accounts_required: false,
             claimed: HashMap::new(),
+            tellers: 0,
         }
     }
 
@@ -486,6 +501,7 @@ impl Router {
             role: Role::Anonymous,
             roles: PLAIN_ROLES,
             hello: Hello::Plain,
+            told: None,
             connected_at: now,
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
@@ -820,7 +836,12 @@ impl Router {
                 session.id = id;
                 if is_exhibitor_id(id) {
                     session.role = Role::Exhibitor { emitter: None };
+                    if matches!(session.hello, Hello::Accepted { .. }) {
+                        session.told = Some(Box::default());
+                        self.tellers += 1;
+                    }
                 }
+                let session = self.session_mut(conn).expect("identify on a live session");
                 match &session.role {
                     Role::Emitter {
                         exhibitor: Some(_), ..
@@ -1043,6 +1064,12 @@ impl Router {
         }
         let clist = (frame.kind == Kind::Creq).then(|| self.ids.ids().collect::<Vec<_>>());
         let deadline = now + self.limits.ack_timeout;
+        if self.tellers > 0 && !targets.is_empty() {
+            let about = clist
+                .as_deref()
+                .unwrap_or(std::slice::from_ref(&frame.origin));
+            self.tell_names(&targets, about, deadline, out);
+        }
         if clist.is_none() {
             out.forward(&targets, frame);
         }
@@ -1132,7 +1159,7 @@ impl Router {
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
             Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
-            Purpose::Replay => {}
+            Purpose::Replay | Purpose::Who => {}
         }
     }
 
@@ -1290,6 +1317,9 @@ impl Router {
     fn forget(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) -> Option<ClientId> {
         self.release_name(conn);
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
+        if session.told.is_some() {
+            self.tellers -= 1;
+        }
         let id = session.id;
         match session.role {
             Role::Anonymous => {}
@@ -1329,6 +1359,59 @@ impl Router {
     }
 
     // ---- helpers ------------------------------------------------------------
+
+    /// Sends each opted-in target a WHO for each id in `about` whose name
+    /// or roles differ from what it was last told (PROTOCOL.md, "WHO"):
+    /// before the MSG or CLIST that carries them. Numbered and acknowledged
+    /// like a CLIST.
+    fn tell_names(
+        &mut self,
+        targets: &[ConnId],
+        about: &[ClientId],
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        for &target in targets {
+            if self.session(target).is_none_or(|s| s.told.is_none()) {
+                continue;
+            }
+            for &id in about {
+                let Some(holder) = self.ids.get(id).and_then(|c| self.session(c)) else {
+                    continue;
+                };
+                let roles = holder.roles;
+                let shown = match &holder.hello {
+                    Hello::Accepted { name } => name.as_deref(),
+                    _ => None,
+                };
+                // Compared in place: what was told already costs no copy.
+                let known = self.session(target).and_then(|s| s.told.as_ref()?.get(&id));
+                if known.is_some_and(|(name, r)| name.as_deref() == shown && *r == roles) {
+                    continue;
+                }
+                let name: Option<Box<str>> = shown.map(Into::into);
+                let session = self.session_mut(target).expect("checked above");
+                let told = session.told.as_mut().expect("checked above");
+                let seq = session.seq.next_seq();
+                let who = ExtFrame::Who(Who {
+                    origin: SERVER_ID,
+                    dest: session.id,
+                    seq,
+                    id,
+                    roles,
+                    name: name.as_deref().unwrap_or("").as_bytes().to_vec(),
+                });
+                told.insert(id, (name, roles));
+                session.awaiting_ack.push_back(Delivery {
+                    seq,
+                    deadline,
+                    purpose: Purpose::Who,
+                });
+                out.send_ext(target, &who);
+                self.note_deadline(deadline);
+            }
+        }
+    }
 
     /// Frees the name `conn` claimed, if it claimed one.
     fn release_name(&mut self, conn: ConnId) {

@@ -449,7 +449,10 @@ fn roles_decide_what_a_session_may_do() {
     expect_exact(&mut em, &erro(em_id, 1));
     // To one client: delivered.
     em.send(&msg(em_id, ex_id, 2, b"to you"));
+    // (The exhibitor opted in: it is told its emitter's name, the pair's.)
+    expect_exact(&mut ex, &who(ex_id, 0, em_id, 3, b"talker"));
     expect_exact(&mut ex, &msg(em_id, ex_id, 2, b"to you"));
+    ex.send(&header(1, ex_id, S, 0));
     ex.send(&header(1, ex_id, em_id, 2));
     expect_exact(&mut em, &ok(em_id, 2));
     ex.expect_silence();
@@ -496,4 +499,92 @@ fn over_a_websocket_hello_is_the_first_message_and_a_refusal_closes_1008() {
     wire.extend_from_slice(&oi(0));
     two.send_binary(&wire);
     two.expect_close(1002);
+}
+
+// ---- WHO ---------------------------------------------------------------
+
+/// WHO(65535, to, seq): `id` is `name`, with `roles`.
+fn who(to: ClientId, seq: u16, id: ClientId, roles: u8, name: &[u8]) -> Vec<u8> {
+    let mut wire = header(10, S, to, seq);
+    wire.extend_from_slice(&((4 + name.len()) as u16).to_be_bytes());
+    wire.extend_from_slice(&id.to_be_bytes());
+    wire.extend_from_slice(&[roles, name.len() as u8]);
+    wire.extend_from_slice(name);
+    wire
+}
+
+fn clist(to: ClientId, seq: u16, ids: &[ClientId]) -> Vec<u8> {
+    let mut wire = header(7, S, to, seq);
+    wire.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
+        wire.extend_from_slice(&id.to_be_bytes());
+    }
+    wire
+}
+
+#[test]
+fn an_opted_in_exhibitor_is_told_names_before_messages_and_lists() {
+    let server = Server::start(&[]);
+    let mut eve = server.raw();
+    let eve_id = opt_in(
+        &mut eve,
+        &hello(b"eve", b""),
+        &helloack(0, PLAIN, b"eve"),
+        0,
+    );
+    let mut plain_ex = server.raw();
+    let plain_ex_id = plain_ex.identify_exhibitor();
+    let mut alice = server.raw();
+    let alice_id = opt_in(
+        &mut alice,
+        &hello(b"alice", b""),
+        &helloack(0, PLAIN, b"alice"),
+        1,
+    );
+    let mut plain_em = server.raw();
+    let plain_id = plain_em.identify_emitter(1);
+
+    // The first MSG from alice: WHO first, to eve only.
+    let hi = msg(alice_id, 0, 1, b"hi");
+    alice.send(&hi);
+    expect_exact(&mut eve, &who(eve_id, 0, alice_id, PLAIN, b"alice"));
+    expect_exact(&mut eve, &hi);
+    eve.send(&header(1, eve_id, S, 0)); // acks the WHO
+    eve.send(&header(1, eve_id, alice_id, 1)); // acks the MSG
+    expect_exact(&mut plain_ex, &hi);
+    plain_ex.send(&header(1, plain_ex_id, alice_id, 1));
+    expect_exact(&mut alice, &ok(alice_id, 1));
+
+    // Told once: the next MSG comes alone.
+    let again = msg(alice_id, eve_id, 2, b"again");
+    alice.send(&again);
+    expect_exact(&mut eve, &again);
+    eve.send(&header(1, eve_id, alice_id, 2));
+    expect_exact(&mut alice, &ok(alice_id, 2));
+
+    // A plain sender: WHO with NL = 0 (an id without a name).
+    let yo = msg(plain_id, eve_id, 1, b"yo");
+    plain_em.send(&yo);
+    expect_exact(&mut eve, &who(eve_id, 1, plain_id, PLAIN, b""));
+    expect_exact(&mut eve, &yo);
+    eve.send(&header(1, eve_id, S, 1));
+    eve.send(&header(1, eve_id, plain_id, 1));
+    expect_exact(&mut plain_em, &ok(plain_id, 1));
+
+    // CREQ: WHO for each listed id not yet told, then the CLIST.
+    alice.send(&header(6, alice_id, eve_id, 3));
+    expect_exact(&mut eve, &who(eve_id, 2, eve_id, PLAIN, b"eve"));
+    expect_exact(&mut eve, &who(eve_id, 3, plain_ex_id, PLAIN, b""));
+    expect_exact(
+        &mut eve,
+        &clist(eve_id, 4, &[alice_id, plain_id, eve_id, plain_ex_id]),
+    );
+    for seq in 2..=4 {
+        eve.send(&header(1, eve_id, S, seq));
+    }
+    expect_exact(&mut alice, &ok(alice_id, 3));
+
+    // The plain exhibitor never saw anything but the plain protocol.
+    plain_ex.expect_silence();
+    eve.expect_silence();
 }

@@ -7,6 +7,7 @@
 
 use super::history::History;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
+use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 use crate::router::{CloseReason, ConnId, Outbox};
 use slab::Slab;
@@ -247,6 +248,10 @@ impl Wire {
 
 impl Outbox for Wire {
     fn send(&mut self, to: ConnId, frame: &Frame) {
+        self.queue_for(to, frame);
+    }
+
+    fn send_ext(&mut self, to: ConnId, frame: &ExtFrame) {
         self.queue_for(to, frame);
     }
 
