@@ -8,7 +8,9 @@
 //!
 //! Every rule here is numbered as in PROTOCOL.md.
 
-use crate::proto::ext::{ExtFrame, PLAIN_ROLES, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW, Who};
+use crate::proto::ext::{
+    ExtFrame, PLAIN_ROLES, ROLE_ADMIN, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW, Who,
+};
 use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID,
     SeqCounter, is_emitter_id, is_exhibitor_id,
@@ -77,6 +79,8 @@ pub enum CloseReason {
     Shutdown,
     /// A HELLO was refused with a code that closes (identity extension).
     HelloRefused,
+    /// Signed in, not yet identified, when its account was revoked.
+    Revoked,
 }
 
 impl fmt::Display for CloseReason {
@@ -92,6 +96,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Unresponsive => "no acknowledgement within the ack timeout",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::HelloRefused => "HELLO refused",
+            CloseReason::Revoked => "account revoked before OI",
         })
     }
 }
@@ -447,6 +452,100 @@ impl Router {
     /// connection kept: in its place among an emitter's replies.
     pub fn refuse(&mut self, conn: ConnId, seq: u16, now: Instant, out: &mut impl Outbox) {
         self.reply(conn, seq, false, now, out);
+    }
+
+    /// KICK from `conn` (PROTOCOL.md, "KICK"): from an emitter with admin,
+    /// the session of `kick.dest` and the other half of its pair get FLW
+    /// and close as in rule 6, and the kicker gets OK in its place among
+    /// its replies. ERRO, kept, when the destination is not an identified
+    /// client, is the kicker or its own exhibitor, or the kicker lacks
+    /// admin; from an exhibitor, ERRO, kept (as MSG). The origin must be
+    /// the kicker's id (rule 2).
+    pub fn kick(&mut self, conn: ConnId, kick: Header, now: Instant, out: &mut impl Outbox) {
+        let Some(session) = self.session(conn) else {
+            return;
+        };
+        let id = session.id;
+        if kick.origin != id {
+            warn!(conn, id, claimed = kick.origin, "spoofed origin in KICK");
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, kick.seq));
+            self.close(conn, CloseReason::Spoofed, now, out);
+            return;
+        }
+        let own_exhibitor = match &session.role {
+            Role::Emitter {
+                finished: false,
+                exhibitor,
+                ..
+            } => *exhibitor,
+            Role::Emitter { .. } | Role::Anonymous => return,
+            Role::Exhibitor { .. } => {
+                debug!(conn, id, "KICK from an exhibitor refused");
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, kick.seq));
+                return;
+            }
+        };
+        let target = self.ids.get(kick.dest);
+        let refused = if session.roles & ROLE_ADMIN == 0 {
+            Some("the kicker lacks admin")
+        } else {
+            match target {
+                None => Some("no such client"),
+                Some(t) if t == conn || Some(t) == own_exhibitor => {
+                    Some("the kicker's own session")
+                }
+                Some(_) => None,
+            }
+        };
+        if let Some(why) = refused {
+            info!(conn, id, dest = kick.dest, why, "KICK refused");
+            self.reply(conn, kick.seq, false, now, out);
+            return;
+        }
+        let target = target.expect("refused above when None");
+        let partner = match self.session(target).map(|s| &s.role) {
+            Some(Role::Emitter { exhibitor, .. }) => *exhibitor,
+            Some(Role::Exhibitor { emitter }) => *emitter,
+            _ => None,
+        };
+        info!(
+            kicker = id,
+            kicker_name = self.name(conn).unwrap_or(""),
+            kicked = kick.dest,
+            kicked_name = self.name(target).unwrap_or(""),
+            "KICK"
+        );
+        for victim in std::iter::once(target).chain(partner) {
+            if self.session(victim).is_some_and(|s| !s.leaving) {
+                self.dismiss(victim, now, out);
+            }
+        }
+        self.reply(conn, kick.seq, true, now, out);
+    }
+
+    /// Ends every session signed in to the account `key` (lower case): an
+    /// identified one gets FLW and closes as by KICK, one not yet
+    /// identified is closed. Returns how many were ended.
+    pub fn revoke(&mut self, key: &str, now: Instant, out: &mut impl Outbox) -> usize {
+        let mut ended = 0;
+        for conn in 0..self.sessions.len() {
+            let Some(session) = self.session(conn) else {
+                continue;
+            };
+            let Hello::Accepted { name: Some(name) } = &session.hello else {
+                continue;
+            };
+            if !name.eq_ignore_ascii_case(key) || session.leaving {
+                continue;
+            }
+            ended += 1;
+            if matches!(session.role, Role::Anonymous) {
+                self.close(conn, CloseReason::Revoked, now, out);
+            } else {
+                self.dismiss(conn, now, out);
+            }
+        }
+        ended
     }
 
     /// `conn`'s HELLO was answered with a code that closes the connection.

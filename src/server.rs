@@ -117,6 +117,23 @@ impl ShutdownHandle {
     }
 }
 
+/// Asks a running server to reload its accounts file (`--auth`; SIGHUP)
+/// from another thread.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    requested: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ReloadHandle {
+    pub fn trigger(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!(error = %e, "could not wake the event loop");
+        }
+    }
+}
+
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     config: Config,
@@ -125,6 +142,7 @@ pub struct Server {
     local_addr: SocketAddr,
     waker: Arc<Waker>,
     shutdown_requested: Arc<AtomicBool>,
+    reload_requested: Arc<AtomicBool>,
     router: Router,
     wire: Wire,
     /// Held open so that, out of descriptors, a pending connection can still
@@ -172,6 +190,7 @@ impl Server {
             local_addr,
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
+            reload_requested: Arc::new(AtomicBool::new(false)),
             wire: Wire {
                 now,
                 conns: Slab::new(),
@@ -207,6 +226,13 @@ impl Server {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             requested: self.shutdown_requested.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            requested: self.reload_requested.clone(),
             waker: self.waker.clone(),
         }
     }
@@ -279,6 +305,9 @@ impl Server {
     /// are trimmed on schedule, and a drained shutdown ends the loop.
     fn end_turn(&mut self) -> Next {
         let now = self.wire.now;
+        if self.reload_requested.swap(false, Ordering::SeqCst) {
+            self.reload_accounts();
+        }
         // First, so that a connection a verdict lets go on is read this turn.
         self.drain_sign_ins();
         for _ in 0..self.wire.ready.len() {

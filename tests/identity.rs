@@ -588,3 +588,134 @@ fn an_opted_in_exhibitor_is_told_names_before_messages_and_lists() {
     plain_ex.expect_silence();
     eve.expect_silence();
 }
+
+// ---- KICK and reload -----------------------------------------------------
+
+fn kick(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
+    let mut wire = header(11, origin, dest, seq);
+    wire.extend_from_slice(&[0, 0]); // L = 0
+    wire
+}
+
+fn flw(to: ClientId, seq: u16) -> Vec<u8> {
+    header(4, S, to, seq)
+}
+
+#[test]
+fn an_admin_kicks_a_pair_and_others_may_not() {
+    let dir = TempDir::new("ident-kick");
+    let server = auth_server(&dir, &[]);
+    let mut ex = server.raw();
+    let ex_id = opt_in(&mut ex, &sign_in("talker"), &helloack(0, 3, b"talker"), 0);
+    let mut em = server.raw();
+    let em_id = opt_in(
+        &mut em,
+        &sign_in("talker"),
+        &helloack(0, 3, b"talker"),
+        ex_id,
+    );
+    let mut boss = server.raw();
+    let boss_id = opt_in(&mut boss, &sign_in("boss"), &helloack(0, 15, b"boss"), 1);
+    let mut alice = server.raw();
+    let alice_id = opt_in(&mut alice, &sign_in("Alice"), &helloack(0, 7, b"Alice"), 1);
+
+    // Without admin: ERRO, kept; nobody is told anything.
+    alice.send(&kick(alice_id, ex_id, 1));
+    expect_exact(&mut alice, &erro(alice_id, 1));
+    // Oneself, or an id nobody holds: ERRO, kept.
+    boss.send(&kick(boss_id, boss_id, 1));
+    expect_exact(&mut boss, &erro(boss_id, 1));
+    boss.send(&kick(boss_id, 4999, 2));
+    expect_exact(&mut boss, &erro(boss_id, 2));
+    ex.expect_silence();
+    em.expect_silence();
+
+    // The emitter is kicked: both halves of the pair get FLW, the kicker OK.
+    boss.send(&kick(boss_id, em_id, 3));
+    expect_exact(&mut em, &flw(em_id, 0));
+    expect_exact(&mut ex, &flw(ex_id, 0));
+    expect_exact(&mut boss, &ok(boss_id, 3));
+    em.send(&header(1, em_id, S, 0));
+    em.expect_closed();
+    ex.send(&header(1, ex_id, S, 0));
+    ex.expect_closed();
+    let (_, line) =
+        server
+            .proc
+            .stderr
+            .skip_until("the KICK log line", Duration::from_secs(10), |l| {
+                l.contains("KICK") && l.contains("kicked_name=\"talker\"")
+            });
+    assert!(line.contains("kicker_name=\"boss\""), "{line}");
+
+    // A KICK from an exhibitor: ERRO, kept (as MSG).
+    let mut viewer = server.raw();
+    let viewer_id = opt_in(
+        &mut viewer,
+        &sign_in("viewer"),
+        &helloack(0, 1, b"viewer"),
+        0,
+    );
+    viewer.send(&kick(viewer_id, alice_id, 1));
+    expect_exact(&mut viewer, &erro(viewer_id, 1));
+}
+
+#[test]
+fn without_auth_nobody_may_kick_and_a_plain_client_s_kick_is_unknown() {
+    let server = Server::start(&[]);
+    let mut named = server.raw();
+    let id = opt_in(
+        &mut named,
+        &hello(b"alice", b""),
+        &helloack(0, PLAIN, b"alice"),
+        1,
+    );
+    let mut other = server.raw();
+    let other_id = other.identify_exhibitor();
+    named.send(&kick(id, other_id, 1));
+    expect_exact(&mut named, &erro(id, 1));
+    other.expect_silence();
+    let mut plain = server.raw();
+    let plain_id = plain.identify_emitter(1);
+    plain.send(&kick(plain_id, other_id, 1));
+    expect_exact(&mut plain, &erro(plain_id, 1));
+    plain.expect_closed();
+}
+
+#[test]
+fn sighup_reloads_the_accounts_and_ends_revoked_sessions() {
+    let dir = TempDir::new("ident-reload");
+    let server = auth_server(&dir, &[]);
+    let file = dir.path().join("accounts");
+    let mut ex = server.raw();
+    let ex_id = opt_in(&mut ex, &sign_in("talker"), &helloack(0, 3, b"talker"), 0);
+    let mut alice = server.raw();
+    let alice_id = opt_in(&mut alice, &sign_in("Alice"), &helloack(0, 7, b"Alice"), 0);
+
+    // A bad new file: logged, the old accounts stay.
+    std::fs::write(&file, "this is not an accounts line\n").unwrap();
+    server.proc.signal(libc::SIGHUP);
+    server.proc.stderr.skip_until(
+        "the refusal of the new file",
+        Duration::from_secs(10),
+        |l| l.contains("old accounts stay"),
+    );
+    let mut again = server.raw();
+    again.send(&sign_in("talker"));
+    expect_exact(&mut again, &helloack(0, 3, b"talker"));
+    drop(again);
+
+    // talker removed: its session gets FLW; Alice's stays.
+    std::fs::remove_file(&file).unwrap();
+    accounts_file(&dir, &[("Alice", roles("view,emit,broadcast"))]);
+    server.proc.signal(libc::SIGHUP);
+    expect_exact(&mut ex, &flw(ex_id, 0));
+    ex.send(&header(1, ex_id, S, 0));
+    ex.expect_closed();
+    alice.expect_silence();
+    let _ = alice_id;
+    let mut gone = server.raw();
+    gone.send(&sign_in("talker"));
+    expect_exact(&mut gone, &helloack(2, 0, b""));
+    gone.expect_closed();
+}

@@ -174,6 +174,14 @@ fn parse_queue_bytes(text: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet);
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the waiting thread below takes SIGHUP.
+    if args.auth.is_some()
+        && let Err(e) = block_reload_signal()
+    {
+        eprintln!("server: cannot set up SIGHUP: {e}");
+        return ExitCode::FAILURE;
+    }
     raise_descriptor_limit();
     if args.history.is_some() {
         ignore_file_size_signal();
@@ -212,6 +220,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.auth.is_some() {
+        let reload = server.reload_handle();
+        let spawned = std::thread::Builder::new()
+            .name("evchat-sighup".to_string())
+            .spawn(move || wait_for_reload_signals(|| reload.trigger()));
+        if let Err(e) = spawned {
+            eprintln!("server: cannot set up SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let handle = server.shutdown_handle();
     let signals = AtomicUsize::new(0);
     if let Err(e) = ctrlc::set_handler(move || {
@@ -261,6 +279,43 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("server: event loop failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP (reload the accounts, `--auth`) is taken by one thread that
+/// waits for it with sigwait(2) and asks the loop to reload (a flag and its
+/// waker): nothing runs in a signal handler. The signal is blocked in
+/// every thread first, so that it is only ever delivered to that wait.
+fn block_reload_signal() -> std::io::Result<()> {
+    // SAFETY: the sigset is initialised by sigemptyset before use, and
+    // pthread_sigmask only reads it.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for SIGHUP forever, calling `reload` for each.
+fn wait_for_reload_signals(reload: impl Fn()) {
+    loop {
+        let mut signal = 0;
+        // SAFETY: as above; sigwait writes the signal number it took.
+        let rc = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::sigwait(&set, &mut signal)
+        };
+        if rc == 0 && signal == libc::SIGHUP {
+            tracing::info!("SIGHUP: reloading the accounts file");
+            reload();
         }
     }
 }

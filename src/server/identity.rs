@@ -133,10 +133,13 @@ impl Server {
                 self.hello_ack(conn, header.seq, Code::Malformed, 0, b"");
                 ExtStep::Stop
             }
-            // A HELLO after OI is refused like a second OI; a KICK is
-            // refused until it is served (ERRO, kept).
+            // A HELLO after OI is refused like a second OI (ERRO, kept).
             (Some(HelloPlace::AfterOi), HELLO | KICK) => match ExtFrame::parse(buf) {
                 Ok(None) => ExtStep::Wait,
+                Ok(Some((ExtFrame::Kick(kick), len))) => {
+                    self.router.kick(conn, kick, now, &mut self.wire);
+                    ExtStep::Took(len)
+                }
                 Ok(Some((_, len))) => {
                     info!(conn, kind = header.kind, "extension frame refused after OI");
                     self.router.refuse(conn, header.seq, now, &mut self.wire);
@@ -292,6 +295,41 @@ impl Server {
                 Err(_) => self.hello_ack(conn, seq, Code::Refused, 0, b""),
             }
         }
+        self.settle_dropped();
+    }
+
+    /// Reloads the accounts file (SIGHUP) with the same checks as at
+    /// start. A file that does not load is refused with a log line and the
+    /// old accounts are kept; otherwise the sessions of every account gone,
+    /// whose roles lost a bit or whose secret changed get FLW and close
+    /// (`Accounts::revoked_since`), and sign-ins checked from now on use
+    /// the new accounts.
+    pub(super) fn reload_accounts(&mut self) {
+        let now = self.wire.now;
+        let (Some(auth), Some(config)) = (self.auth.as_mut(), self.config.auth.as_ref()) else {
+            info!("SIGHUP: no --auth, nothing to reload");
+            return;
+        };
+        let accounts = match Accounts::load(&config.file) {
+            Ok(accounts) => accounts,
+            Err(e) => {
+                warn!(error = %e, "SIGHUP: the accounts file is refused; the old accounts stay");
+                return;
+            }
+        };
+        let revoked = accounts.revoked_since(&auth.verifier.accounts());
+        let count = accounts.len();
+        auth.verifier.replace_accounts(accounts);
+        let mut ended = 0;
+        for name in &revoked {
+            ended += self.router.revoke(&name.key(), now, &mut self.wire);
+        }
+        info!(
+            accounts = count,
+            revoked = revoked.len(),
+            sessions_ended = ended,
+            "SIGHUP: accounts reloaded"
+        );
         self.settle_dropped();
     }
 

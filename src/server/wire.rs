@@ -76,6 +76,7 @@ impl Departure {
             Departure::Rule(
                 CloseReason::Refused
                 | CloseReason::HelloRefused
+                | CloseReason::Revoked
                 | CloseReason::HandshakeTimeout
                 | CloseReason::Unresponsive,
             ) => Ending::PolicyViolation,
