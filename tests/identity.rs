@@ -719,3 +719,30 @@ fn sighup_reloads_the_accounts_and_ends_revoked_sessions() {
     expect_exact(&mut gone, &helloack(2, 0, b""));
     gone.expect_closed();
 }
+
+#[test]
+fn a_full_verifier_queue_answers_busy_and_closes() {
+    // A password account: argon2id, checked on the verifier thread for
+    // long enough (m=64 MiB, t=3: about a second here) that a second
+    // sign-in arrives while the first is checked. The hash is made up: a
+    // wrong password costs what a right one does.
+    let dir = TempDir::new("ident-busy");
+    let path = dir.path().join("accounts");
+    let line = format!(
+        "slow view $argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHRzYWx0c2FsdA${}\n",
+        "A".repeat(43)
+    );
+    evchat::auth::write_private(&path, line.as_bytes()).unwrap();
+    let server = Server::start(&["--auth", path.to_str().unwrap(), "--auth-queue", "1"]);
+    let mut first = server.raw();
+    first.send(&hello(b"slow", b"a password"));
+    // Taken by the verifier before the second arrives.
+    sleep(Duration::from_millis(100));
+    let mut second = server.raw();
+    second.send(&hello(b"slow", b"another one"));
+    expect_exact(&mut second, &helloack(6, 0, b""));
+    second.expect_closed();
+    // The first is answered once checked.
+    expect_exact(&mut first, &helloack(2, 0, b""));
+    first.expect_closed();
+}
