@@ -308,6 +308,7 @@ impl Server {
         if self.reload_requested.swap(false, Ordering::SeqCst) {
             self.reload_accounts();
         }
+        self.end_expired_sessions();
         // First, so that a connection a verdict lets go on is read this turn.
         self.drain_sign_ins();
         for _ in 0..self.wire.ready.len() {
@@ -363,6 +364,7 @@ impl Server {
             self.next_linger_deadline(),
             self.drain_deadline,
             Some(self.next_trim),
+            self.next_expiry(),
         ]
         .into_iter()
         .flatten()

@@ -746,3 +746,33 @@ fn a_full_verifier_queue_answers_busy_and_closes() {
     expect_exact(&mut first, &helloack(2, 0, b""));
     first.expect_closed();
 }
+
+#[test]
+fn a_session_ends_when_its_secret_expires() {
+    let dir = TempDir::new("ident-expiry");
+    let mut all = Accounts::default();
+    all.upsert(Account {
+        name: Name::new("brief").unwrap(),
+        roles: roles("view"),
+        secret: Secret::for_token(&token("brief")),
+        // Rounded down to the second: one to two seconds from now.
+        expires: Some(evchat::auth::Expiry::after(
+            std::time::SystemTime::now(),
+            Duration::from_secs(2),
+        )),
+    });
+    let path = dir.path().join("accounts");
+    all.save(&path).unwrap();
+    let server = Server::start(&["--auth", path.to_str().unwrap()]);
+    let mut raw = server.raw();
+    let id = opt_in(&mut raw, &sign_in("brief"), &helloack(0, 1, b"brief"), 0);
+    expect_exact(&mut raw, &flw(id, 0));
+    raw.send(&header(1, id, S, 0));
+    raw.expect_closed();
+    server
+        .proc
+        .stderr
+        .skip_until("the expiry's log line", Duration::from_secs(10), |l| {
+            l.contains("secret expired") && l.contains("brief")
+        });
+}

@@ -10,7 +10,9 @@
 //! more per frame.
 
 use super::Server;
-use crate::auth::{Accounts, AccountsError, Credential, FailureBudget, Name, Request, Verifier};
+use crate::auth::{
+    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Verifier,
+};
 use crate::proto::ext::{
     Code, ExtError, ExtFrame, HELLO, Hello, HelloAck, KICK, PLAIN_ROLES, VERSION,
 };
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
 /// Sources the failure budget remembers at most (PROTOCOL.md, "Limits").
@@ -66,6 +68,12 @@ pub(super) struct Auth {
     /// The tag each connection waits for (dropped with the connection, so
     /// that a verdict never reaches a later connection in the same slot).
     by_conn: HashMap<ConnId, u64>,
+    /// The account (lower-case key) of each signed-in connection, and how
+    /// many connections each such account has: what expiry is checked on.
+    signed_in: HashMap<ConnId, Box<str>>,
+    live: HashMap<Box<str>, u32>,
+    /// When the earliest expiry of a signed-in account passes.
+    next_expiry: Option<Instant>,
 }
 
 impl Auth {
@@ -88,12 +96,63 @@ impl Auth {
             next_tag: 0,
             checking: HashMap::new(),
             by_conn: HashMap::new(),
+            signed_in: HashMap::new(),
+            live: HashMap::new(),
+            next_expiry: None,
         })
     }
 
     pub(super) fn forget_conn(&mut self, conn: ConnId) {
         self.by_conn.remove(&conn);
+        if let Some(key) = self.signed_in.remove(&conn)
+            && let Some(count) = self.live.get_mut(&key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.live.remove(&key);
+            }
+        }
     }
+
+    /// `conn` signed in to the account `key`, whose secret expires then.
+    fn signed_in(&mut self, conn: ConnId, key: Box<str>, expires: Option<Expiry>) {
+        *self.live.entry(key.clone()).or_default() += 1;
+        self.signed_in.insert(conn, key);
+        if let Some(at) = expires.map(instant_of) {
+            self.next_expiry = Some(self.next_expiry.map_or(at, |e| e.min(at)));
+        }
+    }
+
+    /// The accounts with sessions whose secret has expired at `now`; notes
+    /// when the next one expires. Read from the current accounts, so that
+    /// a reload's expiry applies to sessions already signed in.
+    fn expired(&mut self, now: SystemTime) -> Vec<Box<str>> {
+        let accounts = self.verifier.accounts();
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for key in self.live.keys() {
+            let Some(expiry) = accounts.get(key).and_then(|a| a.expires) else {
+                continue;
+            };
+            if expiry.has_passed(now) {
+                expired.push(key.clone());
+            } else {
+                let at = instant_of(expiry);
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        self.next_expiry = next;
+        expired
+    }
+}
+
+/// The loop's clock reading at which `expiry` passes.
+fn instant_of(expiry: Expiry) -> Instant {
+    let left = expiry
+        .as_system_time()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Instant::now() + left
 }
 
 /// What the loop does after an extension frame.
@@ -284,6 +343,9 @@ impl Server {
             match outcome.result {
                 Ok(identity) => {
                     info!(conn, %peer, name = %identity.name, roles = %identity.roles, "signed in");
+                    if let Some(auth) = self.auth.as_mut() {
+                        auth.signed_in(conn, identity.name.key().into(), identity.expires);
+                    }
                     self.accept(
                         conn,
                         seq,
@@ -320,6 +382,8 @@ impl Server {
         let revoked = accounts.revoked_since(&auth.verifier.accounts());
         let count = accounts.len();
         auth.verifier.replace_accounts(accounts);
+        // A changed expiry applies to the sessions already signed in.
+        auth.next_expiry = Some(now);
         let mut ended = 0;
         for name in &revoked {
             ended += self.router.revoke(&name.key(), now, &mut self.wire);
@@ -331,6 +395,28 @@ impl Server {
             "SIGHUP: accounts reloaded"
         );
         self.settle_dropped();
+    }
+
+    /// Ends the sessions of accounts whose secret has expired, as by KICK
+    /// (FLW, closed on the OK), once their expiry passes.
+    pub(super) fn end_expired_sessions(&mut self) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        if auth.next_expiry.is_none_or(|at| now < at) {
+            return;
+        }
+        for key in auth.expired(SystemTime::now()) {
+            let ended = self.router.revoke(&key, now, &mut self.wire);
+            info!(account = %key, sessions_ended = ended, "secret expired: sessions ended");
+        }
+        self.settle_dropped();
+    }
+
+    /// When the next signed-in account's secret expires, for the poll.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.auth.as_ref()?.next_expiry
     }
 
     /// Forgets what waits on `conn` (it is being removed).
