@@ -428,6 +428,10 @@ impl Server {
         if let Err(e) = socket.set_nodelay(true) {
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
+        let Some(unidentified) = self.admit_unidentified(peer) else {
+            // Dropping the socket closes it: nothing was read or sent.
+            return;
+        };
         let entry = self.wire.conns.vacant_entry();
         let conn = entry.key();
         if let Err(e) = self
@@ -445,6 +449,7 @@ impl Server {
             dirty: false,
             ready: false,
             wrote_early: false,
+            unidentified,
         });
         self.router.connected(conn, self.wire.now);
         info!(conn, %peer, "connected");
@@ -585,8 +590,13 @@ impl Server {
             return false;
         };
         slot.conn.return_input(input, consumed);
+        let unidentified = slot.unidentified;
         if slot.closing.as_ref().is_some_and(|c| c.fin_sent) {
             self.discard_input(conn);
+        }
+        // Once per read, not per frame, and only until it identifies.
+        if unidentified && self.router.client_id(conn).is_some() {
+            self.identified(conn);
         }
         readable
     }
@@ -826,6 +836,9 @@ impl Server {
             return;
         }
         self.forget_sign_in(conn);
+        if self.wire.conns.get(conn).is_some_and(|s| s.unidentified) {
+            self.identified(conn);
+        }
         let mut slot = self.wire.conns.remove(conn);
         let _ = self.poll.registry().deregister(&mut slot.conn.socket);
         let transport = slot.conn.stage();

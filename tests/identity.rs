@@ -776,3 +776,38 @@ fn a_session_ends_when_its_secret_expires() {
             l.contains("secret expired") && l.contains("brief")
         });
 }
+
+#[test]
+fn connections_that_have_not_identified_are_capped_per_address() {
+    let dir = TempDir::new("ident-unidentified");
+    let server = auth_server(&dir, &["--max-unidentified", "2"]);
+    let mut a = server.raw();
+    let b = server.raw();
+    // A third, while two have not identified: closed at accept, unanswered.
+    let mut c = server.raw();
+    c.expect_closed();
+    // One identifies: room for one more.
+    opt_in(&mut a, &sign_in("Alice"), &helloack(0, 7, b"Alice"), 0);
+    let mut d = server.raw();
+    d.send(&sign_in("Alice"));
+    expect_exact(&mut d, &helloack(0, 7, b"Alice"));
+    // One leaves before identifying: room again.
+    drop(b);
+    wait_until("the cap has room again", || {
+        let mut e = server.raw();
+        e.send(&sign_in("Alice"));
+        answered(&mut e)
+    });
+}
+
+/// Whether the server answers (true) or closes (false) within TIMEOUT.
+fn answered(raw: &mut Raw) -> bool {
+    use std::io::Read;
+    raw.stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut byte = [0u8; 1];
+    match raw.stream.read(&mut byte) {
+        Ok(n) => n == 1,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+        Err(e) => panic!("read: {e}"),
+    }
+}

@@ -90,6 +90,10 @@ struct Args {
     /// With --auth: sign-ins waiting to be checked; one more is answered "busy"
     #[arg(long, value_name = "N", default_value_t = auth_defaults().queue as u32, requires = "auth", value_parser = clap::value_parser!(u32).range(1..=65_536))]
     auth_queue: u32,
+    /// With --auth: connections from one address (IPv6: /64) that have not
+    /// yet signed in and sent OI; one more is closed at once
+    #[arg(long, value_name = "N", default_value_t = auth_defaults().max_unidentified as u32, requires = "auth", value_parser = clap::value_parser!(u32).range(1..))]
+    max_unidentified: u32,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]
     no_web: bool,
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
             failures: args.auth_failures,
             window: args.auth_window.0,
             queue: args.auth_queue as usize,
+            max_unidentified: args.max_unidentified as usize,
         }),
     };
     let server = match Server::bind(config.clone()) {
@@ -261,6 +266,7 @@ fn main() -> ExitCode {
             failures = auth.failures,
             window = ?auth.window,
             queue = auth.queue,
+            max_unidentified = auth.max_unidentified,
             "accounts required (--auth)"
         );
     }

@@ -11,7 +11,7 @@
 
 use super::Server;
 use crate::auth::{
-    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Verifier,
+    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Verifier,
 };
 use crate::proto::ext::{
     Code, ExtError, ExtFrame, HELLO, Hello, HelloAck, KICK, PLAIN_ROLES, VERSION,
@@ -20,7 +20,7 @@ use crate::proto::{Header, SERVER_ID};
 use crate::router::{ConnId, HelloPlace, NameTaken};
 use mio::Waker;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -43,6 +43,9 @@ pub struct AuthConfig {
     /// Sign-ins waiting for the verifier; one more is "busy"
     /// (`--auth-queue`).
     pub queue: usize,
+    /// Connections from one address (IPv6: /64) that have not finished
+    /// HELLO and OI; one more is closed at accept (`--max-unidentified`).
+    pub max_unidentified: usize,
 }
 
 impl AuthConfig {
@@ -53,6 +56,7 @@ impl AuthConfig {
             failures: 10,
             window: Duration::from_secs(60),
             queue: 64,
+            max_unidentified: 64,
         }
     }
 }
@@ -74,6 +78,9 @@ pub(super) struct Auth {
     live: HashMap<Box<str>, u32>,
     /// When the earliest expiry of a signed-in account passes.
     next_expiry: Option<Instant>,
+    /// Connections not yet identified, per source.
+    unidentified: HashMap<Source, usize>,
+    max_unidentified: usize,
 }
 
 impl Auth {
@@ -99,6 +106,8 @@ impl Auth {
             signed_in: HashMap::new(),
             live: HashMap::new(),
             next_expiry: None,
+            unidentified: HashMap::new(),
+            max_unidentified: config.max_unidentified.max(1),
         })
     }
 
@@ -417,6 +426,42 @@ impl Server {
     /// When the next signed-in account's secret expires, for the poll.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
         self.auth.as_ref()?.next_expiry
+    }
+
+    /// Whether a connection from `peer` may be admitted, and whether it is
+    /// counted as unidentified: with `--auth`, at most
+    /// `--max-unidentified` from one source at once (None: close it).
+    pub(super) fn admit_unidentified(&mut self, peer: SocketAddr) -> Option<bool> {
+        let Some(auth) = self.auth.as_mut() else {
+            return Some(false);
+        };
+        let count = auth
+            .unidentified
+            .entry(Source::from(peer.ip()))
+            .or_default();
+        if *count >= auth.max_unidentified {
+            warn!(%peer, limit = auth.max_unidentified, "too many unidentified connections from this address: closed at accept");
+            return None;
+        }
+        *count += 1;
+        Some(true)
+    }
+
+    /// `conn` has its id, or is going: it no longer counts as unidentified.
+    pub(super) fn identified(&mut self, conn: ConnId) {
+        let Some(slot) = self.wire.conns.get_mut(conn) else {
+            return;
+        };
+        slot.unidentified = false;
+        let source = Source::from(slot.peer.ip());
+        if let Some(auth) = self.auth.as_mut()
+            && let Some(count) = auth.unidentified.get_mut(&source)
+        {
+            *count -= 1;
+            if *count == 0 {
+                auth.unidentified.remove(&source);
+            }
+        }
     }
 
     /// Forgets what waits on `conn` (it is being removed).

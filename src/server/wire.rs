@@ -144,6 +144,9 @@ pub(super) struct Slot {
     /// Output was written early since the connection was last flushed (see
     /// [`WRITE_EARLY_AT`]).
     pub(super) wrote_early: bool,
+    /// Counted against its address's `--max-unidentified` until it has an
+    /// id or is gone (only with `--auth`).
+    pub(super) unidentified: bool,
 }
 
 /// A connection on its way out, and how far it got.
