@@ -884,6 +884,43 @@ impl Router {
         {
             return Err("an id is both held and free".into());
         }
+        self.check_identity_invariants()
+    }
+
+    /// The identity extension's part of [`Router::check_invariants`].
+    #[cfg(feature = "testing")]
+    fn check_identity_invariants(&self) -> Result<(), String> {
+        let mut tellers = 0;
+        for (conn, session) in self.sessions.iter().enumerate() {
+            let Some(session) = session else { continue };
+            if session.told.is_some() {
+                tellers += 1;
+                if !matches!(session.role, Role::Exhibitor { .. })
+                    || !matches!(session.hello, Hello::Accepted { .. })
+                {
+                    return Err(format!(
+                        "conn {conn} is told names but is no opted-in exhibitor"
+                    ));
+                }
+            }
+            if matches!(session.hello, Hello::Checking) && !matches!(session.role, Role::Anonymous)
+            {
+                return Err(format!("conn {conn} identified while its HELLO is checked"));
+            }
+        }
+        if tellers != self.tellers {
+            return Err(format!(
+                "{} tellers counted, {tellers} sessions told",
+                self.tellers
+            ));
+        }
+        for (key, &conn) in &self.claimed {
+            if self.name(conn).map(str::to_ascii_lowercase).as_deref() != Some(&**key) {
+                return Err(format!(
+                    "name {key:?} claimed by conn {conn}, which does not show it"
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -811,3 +811,138 @@ fn answered(raw: &mut Raw) -> bool {
         Err(e) => panic!("read: {e}"),
     }
 }
+
+// ---- the router alone --------------------------------------------------
+
+mod rules {
+    //! The router's part, without a loop: what it is told (names, roles)
+    //! and what it sends, with its invariants checked after each step.
+
+    use super::{PLAIN, header, msg, who};
+    use evchat::proto::ext::ExtFrame;
+    use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
+    use evchat::server::Limits;
+    use evchat::testing::{CloseReason, ConnId, Outbox, Router};
+    use std::time::Instant;
+
+    #[derive(Default)]
+    struct Recorded {
+        sent: Vec<(ConnId, Vec<u8>)>,
+        closed: Vec<(ConnId, ClientId, CloseReason)>,
+        resumed: Vec<ConnId>,
+    }
+
+    impl Outbox for Recorded {
+        fn send(&mut self, to: ConnId, frame: &Frame) {
+            self.sent.push((to, frame.to_bytes().to_vec()));
+        }
+        fn send_ext(&mut self, to: ConnId, frame: &ExtFrame) {
+            self.sent.push((to, frame.to_bytes().to_vec()));
+        }
+        fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
+            self.closed.push((conn, id, reason));
+        }
+        fn resume_input(&mut self, conn: ConnId) {
+            self.resumed.push(conn);
+        }
+    }
+
+    fn checked(router: &Router) {
+        router.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn names_roles_who_and_kick_in_the_router() {
+        let mut r = Router::new(Limits::default());
+        let mut out = Recorded::default();
+        let now = Instant::now();
+        for conn in 0..4 {
+            r.connected(conn, now);
+        }
+        // A claim, and a clash ignoring case.
+        r.hello_accepted(0, Some("Alice"), PLAIN, true, &mut out)
+            .unwrap();
+        assert!(
+            r.hello_accepted(1, Some("alice"), PLAIN, true, &mut out)
+                .is_err()
+        );
+        checked(&r);
+        // A HELLO being checked holds the input; the verdict resumes it.
+        r.hello_checking(2);
+        assert!(!r.accepts_input(2));
+        r.hello_accepted(2, Some("bob"), PLAIN, true, &mut out)
+            .unwrap();
+        assert!(r.accepts_input(2));
+        assert_eq!(out.resumed, [2]);
+        checked(&r);
+
+        // Alice an exhibitor (opted in), bob an emitter, conn 3 plain.
+        r.on_frame(0, Frame::bare(Kind::Oi, 0, SERVER_ID, 0), now, &mut out);
+        r.on_frame(2, Frame::bare(Kind::Oi, 1, SERVER_ID, 0), now, &mut out);
+        r.on_frame(3, Frame::bare(Kind::Oi, 1, SERVER_ID, 0), now, &mut out);
+        assert_eq!(r.client_id(0), Some(4096));
+        assert_eq!(r.client_id(2), Some(1));
+        assert_eq!(r.client_id(3), Some(2));
+        checked(&r);
+        out.sent.clear();
+
+        // bob's MSG to everyone: WHO to Alice first, nothing new to conn 3.
+        let hi = Frame::msg(1, 0, 1, &b"hi"[..]).unwrap();
+        r.on_frame(2, hi.clone(), now, &mut out);
+        assert_eq!(
+            out.sent,
+            [
+                (0, who(4096, 0, 1, PLAIN, b"bob")),
+                (0, msg(1, 0, 1, b"hi")),
+            ]
+        );
+        checked(&r);
+        out.sent.clear();
+        // Acks settle the WHO, then the MSG: bob gets his OK.
+        r.on_frame(0, Frame::bare(Kind::Ok, 4096, SERVER_ID, 0), now, &mut out);
+        r.on_frame(0, Frame::bare(Kind::Ok, 4096, 1, 1), now, &mut out);
+        assert_eq!(out.sent, [(2, header(1, SERVER_ID, 1, 1))]);
+        out.sent.clear();
+
+        // No admin without accounts: a KICK gets ERRO, kept.
+        r.kick(2, kick_header(1, 2, 2), now, &mut out);
+        assert_eq!(out.sent, [(2, header(2, SERVER_ID, 1, 2))]);
+        assert!(out.closed.is_empty());
+        out.sent.clear();
+
+        // An admin (as with accounts) kicks the plain emitter: FLW, then OK.
+        r.hello_accepted(1, Some("root"), 15, true, &mut out)
+            .unwrap();
+        r.on_frame(1, Frame::bare(Kind::Oi, 1, SERVER_ID, 0), now, &mut out);
+        out.sent.clear();
+        r.kick(1, kick_header(3, 2, 1), now, &mut out);
+        assert_eq!(
+            out.sent,
+            [
+                (3, header(4, SERVER_ID, 2, 0)),
+                (1, header(1, SERVER_ID, 3, 1))
+            ]
+        );
+        checked(&r);
+
+        // Alice leaves: her name is free again, and no exhibitor is told.
+        r.disconnected(0, now, &mut out);
+        checked(&r);
+        r.connected(0, now);
+        r.hello_accepted(0, Some("ALICE"), PLAIN, true, &mut out)
+            .unwrap();
+        // Revoking an account ends its sessions (here: the one before OI).
+        assert_eq!(r.revoke("alice", now, &mut out), 1);
+        assert!(out.closed.contains(&(0, 0, CloseReason::Revoked)));
+        checked(&r);
+    }
+
+    fn kick_header(origin: ClientId, dest: ClientId, seq: u16) -> evchat::proto::Header {
+        evchat::proto::Header {
+            kind: 11,
+            origin,
+            dest,
+            seq,
+        }
+    }
+}
