@@ -1182,7 +1182,13 @@ impl Router {
         if roles & needed == needed {
             self.find_targets(frame.dest, &mut targets);
         } else {
-            info!(conn, id = frame.origin, kind = %frame.kind, dest = frame.dest, "refused: the session lacks the role");
+            info!(
+                conn,
+                id = frame.origin,
+                kind = %frame.kind,
+                dest = frame.dest,
+                "refused: the session lacks the role"
+            );
         }
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
         let held = if accepted { out.accepted(frame) } else { None };

@@ -82,17 +82,41 @@ struct Args {
     auth: Option<PathBuf>,
     /// With --auth: refused sign-ins per address (IPv6: /64) within
     /// --auth-window before its sign-ins are refused unchecked
-    #[arg(long, value_name = "N", default_value_t = auth_defaults().failures, requires = "auth", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = auth_defaults().failures,
+        requires = "auth",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     auth_failures: u32,
     /// With --auth: the window of --auth-failures, in seconds
-    #[arg(long, value_name = "SECS", default_value_t = Secs(auth_defaults().window), requires = "auth", value_parser = parse_positive_secs)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Secs(auth_defaults().window),
+        requires = "auth",
+        value_parser = parse_positive_secs
+    )]
     auth_window: Secs,
     /// With --auth: sign-ins waiting to be checked; one more is answered "busy"
-    #[arg(long, value_name = "N", default_value_t = auth_defaults().queue as u32, requires = "auth", value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = auth_defaults().queue as u32,
+        requires = "auth",
+        value_parser = clap::value_parser!(u32).range(1..=65_536)
+    )]
     auth_queue: u32,
     /// With --auth: connections from one address (IPv6: /64) that have not
     /// yet signed in and sent OI; one more is closed at once
-    #[arg(long, value_name = "N", default_value_t = auth_defaults().max_unidentified as u32, requires = "auth", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = auth_defaults().max_unidentified as u32,
+        requires = "auth",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     max_unidentified: u32,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]

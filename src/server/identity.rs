@@ -440,7 +440,11 @@ impl Server {
             .entry(Source::from(peer.ip()))
             .or_default();
         if *count >= auth.max_unidentified {
-            warn!(%peer, limit = auth.max_unidentified, "too many unidentified connections from this address: closed at accept");
+            warn!(
+                %peer,
+                limit = auth.max_unidentified,
+                "too many unidentified connections from this address: closed at accept"
+            );
             return None;
         }
         *count += 1;
