@@ -751,6 +751,10 @@ impl Server {
             return;
         }
         self.next_trim = now + TRIM_INTERVAL;
+        // On the same schedule: sources whose failure window has passed.
+        if let Some(auth) = self.auth.as_mut() {
+            auth.forget_expired_failures(now);
+        }
         let released: usize = self
             .wire
             .conns

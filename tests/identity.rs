@@ -946,3 +946,36 @@ mod rules {
         }
     }
 }
+
+#[test]
+fn no_secret_reaches_the_log_even_at_trace_level() {
+    let dir = TempDir::new("ident-log");
+    let file = accounts_file(&dir, &[("Alice", roles("view,emit,broadcast"))]);
+    let server = Server::start(&["--auth", &file, "-vv"]);
+    let right = token("Alice");
+    let wrong = token("Mallory");
+    let right_text = String::from_utf8(right.as_bytes().to_vec()).unwrap();
+    let wrong_text = String::from_utf8(wrong.as_bytes().to_vec()).unwrap();
+    let mut ok = server.raw();
+    ok.send(&hello(b"Alice", right.as_bytes()));
+    expect_exact(&mut ok, &helloack(0, 7, b"Alice"));
+    for secret in [wrong.as_bytes(), b"hunter2-password"] {
+        let mut refused = server.raw();
+        refused.send(&hello(b"Alice", secret));
+        expect_exact(&mut refused, &helloack(2, 0, b""));
+        refused.expect_closed();
+    }
+    server.proc.signal(libc::SIGTERM);
+    let lines = server.proc.stderr.rest();
+    assert!(lines.iter().any(|l| l.contains("sign-in refused")));
+    for line in &lines {
+        for secret in [
+            &right_text[..],
+            &wrong_text[..],
+            "hunter2",
+            &right_text[4..20],
+        ] {
+            assert!(!line.contains(secret), "a secret in the log: {line}");
+        }
+    }
+}

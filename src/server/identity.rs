@@ -123,6 +123,12 @@ impl Auth {
         }
     }
 
+    /// Forgets the failures of sources whose window has passed (memory
+    /// is bounded anyway; this keeps the table small when idle).
+    pub(super) fn forget_expired_failures(&mut self, now: Instant) {
+        self.budget.forget_expired(now);
+    }
+
     /// `conn` signed in to the account `key`, whose secret expires then.
     fn signed_in(&mut self, conn: ConnId, key: Box<str>, expires: Option<Expiry>) {
         *self.live.entry(key.clone()).or_default() += 1;
