@@ -468,16 +468,36 @@ fn roles_decide_what_a_session_may_do() {
 }
 
 #[test]
-fn a_bad_accounts_file_refuses_start() {
+fn a_bad_accounts_file_refuses_start_with_the_loaders_reason() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("ident-badfile");
-    let path = dir.path().join("accounts");
-    std::fs::write(&path, "alice view sha256:00\n").unwrap();
-    // Group-readable and malformed: either way the server does not start.
-    let mut proc = Proc::spawn("server", &["0", "--auth", path.to_str().unwrap()]);
-    let status = proc.wait();
-    assert!(!status.success());
-    let line = proc.stderr.expect();
-    assert!(line.starts_with("server: --auth: "), "{line}");
+    let good = accounts_file(&dir, &[("Alice", roles("view"))]);
+    let refused = |path: &std::path::Path, want: &str| {
+        let mut proc = Proc::spawn("server", &["0", "--auth", path.to_str().unwrap()]);
+        assert_eq!(proc.wait().code(), Some(1), "{want}");
+        let line = proc.stderr.expect();
+        assert!(line.starts_with("server: --auth: "), "{line}");
+        assert!(line.contains(want), "want {want:?} in {line}");
+        assert!(!line.contains("deadbeef"), "a field's content in {line}");
+    };
+    // Readable by group and others.
+    let open = dir.path().join("open");
+    std::fs::copy(&good, &open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(&open, "mode 0644");
+    // A symbolic link to a good file.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    refused(&link, "a symbolic link");
+    // A bad second line: its number, never its content.
+    let bad = dir.path().join("bad");
+    let mut text = std::fs::read_to_string(&good).unwrap();
+    text.push_str("bob view sha256:deadbeef\n");
+    evchat::auth::write_private(&bad, text.as_bytes()).unwrap();
+    let lines = text.lines().count();
+    refused(&bad, &format!("line {lines}: "));
+    // A missing file.
+    refused(&dir.path().join("missing"), "missing");
 }
 
 #[test]
