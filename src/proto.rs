@@ -21,6 +21,8 @@
 //! [`MAX_FRAME_LEN`] and a decoder's buffer needs no other cap.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+pub mod ext;
 use std::fmt;
 
 /// Bytes in the fixed header every frame starts with.

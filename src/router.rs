@@ -8,12 +8,15 @@
 //!
 //! Every rule here is numbered as in PROTOCOL.md.
 
+use crate::proto::ext::{
+    ExtFrame, PLAIN_ROLES, ROLE_ADMIN, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW, Who,
+};
 use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID,
     SeqCounter, is_emitter_id, is_exhibitor_id,
 };
 use bytes::Bytes;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -27,6 +30,10 @@ pub type ConnId = usize;
 pub trait Outbox {
     /// Queue `frame` for `to`.
     fn send(&mut self, to: ConnId, frame: &Frame);
+    /// Queue an identity-extension frame (WHO) for `to`, a client that
+    /// opted in. An outbox that only records the plain protocol may
+    /// ignore these.
+    fn send_ext(&mut self, _to: ConnId, _frame: &ExtFrame) {}
     /// Queue a client's MSG, as it arrived, for each of `targets`. The
     /// default sends one owned copy to each; the server's outbox encodes
     /// straight from the view into each target's output.
@@ -70,6 +77,10 @@ pub enum CloseReason {
     Unresponsive,
     /// The server is shutting down and the client had not identified.
     Shutdown,
+    /// A HELLO was refused with a code that closes (identity extension).
+    HelloRefused,
+    /// Signed in, not yet identified, when its account was revoked.
+    Revoked,
 }
 
 impl fmt::Display for CloseReason {
@@ -84,6 +95,8 @@ impl fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => "no OI within the handshake timeout",
             CloseReason::Unresponsive => "no acknowledgement within the ack timeout",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::HelloRefused => "HELLO refused",
+            CloseReason::Revoked => "account revoked before OI",
         })
     }
 }
@@ -127,6 +140,8 @@ enum Purpose {
     Farewell,
     /// A past broadcast replayed to a new exhibitor: the ack is absorbed.
     Replay,
+    /// WHO to an opted-in exhibitor: the ack is absorbed.
+    Who,
 }
 
 /// Names one request of one emitter connection.
@@ -173,10 +188,50 @@ enum Role {
     },
 }
 
+/// What a session said of itself with HELLO (PROTOCOL.md, "Extension:
+/// identity"). The router is told the outcome, never how it was decided.
+#[derive(Debug, Default)]
+enum Hello {
+    /// No HELLO accepted: a plain client (or one whose HELLO got a code
+    /// that lets it try again).
+    #[default]
+    Plain,
+    /// A HELLO is being checked: nothing more is read until the verdict.
+    Checking,
+    /// Opted in, with this name (none: NL = 0).
+    Accepted { name: Option<Box<str>> },
+}
+
+/// Where a HELLO on a connection stands, for the event loop to answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloPlace {
+    /// Before OI, no HELLO accepted: a HELLO opts in.
+    Open,
+    /// Before OI, a HELLO accepted already: another is out of place.
+    Accepted,
+    /// After OI, by a client that opted in.
+    AfterOi,
+    /// After OI, by a plain client: extension frames are unknown to it.
+    Plain,
+}
+
+/// A HELLO's name is held by another session (ignoring case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameTaken;
+
+/// What an opted-in exhibitor was last told of each id: name and roles.
+type Told = HashMap<ClientId, (Option<Box<str>>, u8)>;
+
 #[derive(Debug)]
 struct Session {
     id: ClientId,
     role: Role,
+    /// The roles byte's bits this session holds.
+    roles: u8,
+    hello: Hello,
+    /// An opted-in exhibitor: the name and roles last told it for each id
+    /// (WHO). None for every other session.
+    told: Option<Box<Told>>,
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
     seq: SeqCounter,
@@ -306,6 +361,12 @@ pub struct Router {
     /// Requests whose reply waits for their history record to be durable,
     /// by the number [`Outbox::accepted`] gave, ascending.
     awaiting_durable: VecDeque<(u64, RequestRef)>,
+    /// `--auth`: an OI without an accepted HELLO is refused.
+    accounts_required: bool,
+    /// Names claimed by HELLO without accounts, by their lower-case key.
+    claimed: HashMap<Box<str>, ConnId>,
+    /// Opted-in exhibitors connected: while 0, routing tells no names.
+    tellers: usize,
 }
 
 impl Router {
@@ -321,6 +382,182 @@ impl Router {
             earliest_deadline: None,
             replay: ReplayWindow::new(0, 0),
             awaiting_durable: VecDeque::new(),
+            accounts_required: false,
+            claimed: HashMap::new(),
+            tellers: 0,
+        }
+    }
+
+    /// With accounts (`--auth`), a client must sign in with HELLO before
+    /// its OI; a plain OI gets the rule-1 refusal.
+    pub fn require_accounts(&mut self, required: bool) {
+        self.accounts_required = required;
+    }
+
+    /// Where a HELLO from `conn` would stand now (None: no such session).
+    pub fn hello_place(&self, conn: ConnId) -> Option<HelloPlace> {
+        let session = self.session(conn)?;
+        Some(match (&session.role, &session.hello) {
+            (Role::Anonymous, Hello::Accepted { .. } | Hello::Checking) => HelloPlace::Accepted,
+            (Role::Anonymous, Hello::Plain) => HelloPlace::Open,
+            (_, Hello::Accepted { .. }) => HelloPlace::AfterOi,
+            _ => HelloPlace::Plain,
+        })
+    }
+
+    /// A HELLO from `conn` is being checked: its input waits for the verdict.
+    pub fn hello_checking(&mut self, conn: ConnId) {
+        if let Some(session) = self.session_mut(conn) {
+            session.hello = Hello::Checking;
+        }
+    }
+
+    /// `conn`'s HELLO is accepted with this name and these roles. `claim`:
+    /// the name is claimed for the session and must be free (no accounts);
+    /// otherwise sessions may share it (one account, several sessions).
+    pub fn hello_accepted(
+        &mut self,
+        conn: ConnId,
+        name: Option<&str>,
+        roles: u8,
+        claim: bool,
+        out: &mut impl Outbox,
+    ) -> Result<(), NameTaken> {
+        if self.session(conn).is_none() {
+            return Ok(());
+        }
+        if claim && let Some(name) = name {
+            let key: Box<str> = name.to_ascii_lowercase().into();
+            match self.claimed.get(&key) {
+                Some(&holder) if holder != conn => return Err(NameTaken),
+                _ => {
+                    self.claimed.insert(key, conn);
+                }
+            }
+        }
+        let session = self.session_mut(conn).expect("checked above");
+        let was_checking = matches!(session.hello, Hello::Checking);
+        session.hello = Hello::Accepted {
+            name: name.map(Into::into),
+        };
+        session.roles = roles;
+        info!(conn, name = name.unwrap_or(""), roles, "HELLO accepted");
+        if was_checking {
+            out.resume_input(conn);
+        }
+        Ok(())
+    }
+
+    /// A frame from `conn` is refused with ERRO(65535, own id, seq), the
+    /// connection kept: in its place among an emitter's replies.
+    pub fn refuse(&mut self, conn: ConnId, seq: u16, now: Instant, out: &mut impl Outbox) {
+        self.reply(conn, seq, false, now, out);
+    }
+
+    /// KICK from `conn` (PROTOCOL.md, "KICK"): from an emitter with admin,
+    /// the session of `kick.dest` and the other half of its pair get FLW
+    /// and close as in rule 6, and the kicker gets OK in its place among
+    /// its replies. ERRO, kept, when the destination is not an identified
+    /// client, is the kicker or its own exhibitor, or the kicker lacks
+    /// admin; from an exhibitor, ERRO, kept (as MSG). The origin must be
+    /// the kicker's id (rule 2).
+    pub fn kick(&mut self, conn: ConnId, kick: Header, now: Instant, out: &mut impl Outbox) {
+        let Some(session) = self.session(conn) else {
+            return;
+        };
+        let id = session.id;
+        if kick.origin != id {
+            warn!(conn, id, claimed = kick.origin, "spoofed origin in KICK");
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, kick.seq));
+            self.close(conn, CloseReason::Spoofed, now, out);
+            return;
+        }
+        let own_exhibitor = match &session.role {
+            Role::Emitter {
+                finished: false,
+                exhibitor,
+                ..
+            } => *exhibitor,
+            Role::Emitter { .. } | Role::Anonymous => return,
+            Role::Exhibitor { .. } => {
+                debug!(conn, id, "KICK from an exhibitor refused");
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, kick.seq));
+                return;
+            }
+        };
+        let target = self.ids.get(kick.dest);
+        let refused = if session.roles & ROLE_ADMIN == 0 {
+            Some("the kicker lacks admin")
+        } else {
+            match target {
+                None => Some("no such client"),
+                Some(t) if t == conn || Some(t) == own_exhibitor => {
+                    Some("the kicker's own session")
+                }
+                Some(_) => None,
+            }
+        };
+        if let Some(why) = refused {
+            info!(conn, id, dest = kick.dest, why, "KICK refused");
+            self.reply(conn, kick.seq, false, now, out);
+            return;
+        }
+        let target = target.expect("refused above when None");
+        let partner = match self.session(target).map(|s| &s.role) {
+            Some(Role::Emitter { exhibitor, .. }) => *exhibitor,
+            Some(Role::Exhibitor { emitter }) => *emitter,
+            _ => None,
+        };
+        info!(
+            kicker = id,
+            kicker_name = self.name(conn).unwrap_or(""),
+            kicked = kick.dest,
+            kicked_name = self.name(target).unwrap_or(""),
+            "KICK"
+        );
+        for victim in std::iter::once(target).chain(partner) {
+            if self.session(victim).is_some_and(|s| !s.leaving) {
+                self.dismiss(victim, now, out);
+            }
+        }
+        self.reply(conn, kick.seq, true, now, out);
+    }
+
+    /// Ends every session signed in to the account `key` (lower case): an
+    /// identified one gets FLW and closes as by KICK, one not yet
+    /// identified is closed. Returns how many were ended.
+    pub fn revoke(&mut self, key: &str, now: Instant, out: &mut impl Outbox) -> usize {
+        let mut ended = 0;
+        for conn in 0..self.sessions.len() {
+            let Some(session) = self.session(conn) else {
+                continue;
+            };
+            let Hello::Accepted { name: Some(name) } = &session.hello else {
+                continue;
+            };
+            if !name.eq_ignore_ascii_case(key) || session.leaving {
+                continue;
+            }
+            ended += 1;
+            if matches!(session.role, Role::Anonymous) {
+                self.close(conn, CloseReason::Revoked, now, out);
+            } else {
+                self.dismiss(conn, now, out);
+            }
+        }
+        ended
+    }
+
+    /// `conn`'s HELLO was answered with a code that closes the connection.
+    pub fn hello_refused(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
+        self.close(conn, CloseReason::HelloRefused, now, out);
+    }
+
+    /// The name `conn`'s session shows (its HELLO's, or its exhibitor's).
+    pub fn name(&self, conn: ConnId) -> Option<&str> {
+        match &self.session(conn)?.hello {
+            Hello::Accepted { name } => name.as_deref(),
+            _ => None,
         }
     }
 
@@ -361,6 +598,9 @@ impl Router {
         self.sessions[conn] = Some(Session {
             id: 0,
             role: Role::Anonymous,
+            roles: PLAIN_ROLES,
+            hello: Hello::Plain,
+            told: None,
             connected_at: now,
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
@@ -384,6 +624,10 @@ impl Router {
             Some(Role::Emitter {
                 paused, finished, ..
             }) => !paused && !finished,
+            // A HELLO being checked holds what follows it.
+            Some(Role::Anonymous) => self
+                .session(conn)
+                .is_some_and(|s| !matches!(s.hello, Hello::Checking)),
             Some(_) => true,
             None => false,
         }
@@ -450,7 +694,10 @@ impl Router {
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
                 self.close(conn, CloseReason::Spoofed, now, out);
             }
-            Role::Emitter { .. } => self.on_emitter_frame(conn, frame, now, out),
+            Role::Emitter { .. } => {
+                let roles = session.roles;
+                self.on_emitter_frame(conn, frame, roles, now, out)
+            }
             Role::Exhibitor { .. } => self.on_exhibitor_frame(conn, frame, now, out),
         }
     }
@@ -637,6 +884,43 @@ impl Router {
         {
             return Err("an id is both held and free".into());
         }
+        self.check_identity_invariants()
+    }
+
+    /// The identity extension's part of [`Router::check_invariants`].
+    #[cfg(feature = "testing")]
+    fn check_identity_invariants(&self) -> Result<(), String> {
+        let mut tellers = 0;
+        for (conn, session) in self.sessions.iter().enumerate() {
+            let Some(session) = session else { continue };
+            if session.told.is_some() {
+                tellers += 1;
+                if !matches!(session.role, Role::Exhibitor { .. })
+                    || !matches!(session.hello, Hello::Accepted { .. })
+                {
+                    return Err(format!(
+                        "conn {conn} is told names but is no opted-in exhibitor"
+                    ));
+                }
+            }
+            if matches!(session.hello, Hello::Checking) && !matches!(session.role, Role::Anonymous)
+            {
+                return Err(format!("conn {conn} identified while its HELLO is checked"));
+            }
+        }
+        if tellers != self.tellers {
+            return Err(format!(
+                "{} tellers counted, {tellers} sessions told",
+                self.tellers
+            ));
+        }
+        for (key, &conn) in &self.claimed {
+            if self.name(conn).map(str::to_ascii_lowercase).as_deref() != Some(&**key) {
+                return Err(format!(
+                    "name {key:?} claimed by conn {conn}, which does not show it"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -645,6 +929,12 @@ impl Router {
     /// Rule 1.
     fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, now: Instant, out: &mut impl Outbox) {
         let wanted_exhibitor = oi.origin;
+        if let Err(why) = self.may_identify(conn, wanted_exhibitor) {
+            warn!(conn, requested = wanted_exhibitor, why, "OI refused");
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
+            self.close(conn, CloseReason::Refused, now, out);
+            return;
+        }
         let assigned = if wanted_exhibitor == 0 {
             self.free_exhibitor_ids
                 .pop_first()
@@ -682,7 +972,12 @@ impl Router {
                 session.id = id;
                 if is_exhibitor_id(id) {
                     session.role = Role::Exhibitor { emitter: None };
+                    if matches!(session.hello, Hello::Accepted { .. }) {
+                        session.told = Some(Box::default());
+                        self.tellers += 1;
+                    }
                 }
+                let session = self.session_mut(conn).expect("identify on a live session");
                 match &session.role {
                     Role::Emitter {
                         exhibitor: Some(_), ..
@@ -736,7 +1031,52 @@ impl Router {
         self.note_deadline(deadline);
     }
 
+    /// The identity extension's part of rule 1: with accounts, an OI needs
+    /// an accepted HELLO; the role for what it asks (view: an exhibitor,
+    /// emit: an emitter); and an emitter signed in pairs only with an
+    /// exhibitor of its own account.
+    fn may_identify(&self, conn: ConnId, wanted_exhibitor: ClientId) -> Result<(), &'static str> {
+        let Some(session) = self.session(conn) else {
+            return Ok(());
+        };
+        let Hello::Accepted { name } = &session.hello else {
+            return if self.accounts_required {
+                Err("no HELLO: this server runs with --auth (accounts required)")
+            } else {
+                Ok(())
+            };
+        };
+        let needed = if wanted_exhibitor == 0 {
+            ROLE_VIEW
+        } else {
+            ROLE_EMIT
+        };
+        if session.roles & needed != needed {
+            return Err("the account lacks the role");
+        }
+        if self.accounts_required
+            && is_exhibitor_id(wanted_exhibitor)
+            && let Some(ex) = self.ids.get(wanted_exhibitor)
+        {
+            let theirs = self.name(ex).map(str::to_ascii_lowercase);
+            if theirs != name.as_deref().map(str::to_ascii_lowercase) {
+                return Err("the exhibitor belongs to another account");
+            }
+        }
+        Ok(())
+    }
+
     fn pair_emitter(&mut self, conn: ConnId, id: ClientId, exhibitor: Option<ConnId>) {
+        // The pair shares one name: the emitter takes its exhibitor's.
+        if let Some(ex) = exhibitor {
+            let name: Option<Box<str>> = self.name(ex).map(Into::into);
+            if name.is_some() {
+                self.release_name(conn);
+                if let Some(session) = self.session_mut(conn) {
+                    session.hello = Hello::Accepted { name };
+                }
+            }
+        }
         let session = self.session_mut(conn).expect("pairing a live session");
         session.id = id;
         session.role = Role::Emitter {
@@ -759,11 +1099,12 @@ impl Router {
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
+        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         match frame.kind {
-            Kind::Msg | Kind::Creq => self.request(conn, frame, now, out),
+            Kind::Msg | Kind::Creq => self.request(conn, frame, roles, now, out),
             Kind::Flw => {
                 // Rule 6: the OK goes out after every earlier reply, then the close.
                 self.push_reply(conn, frame.seq, 0, true);
@@ -822,15 +1163,33 @@ impl Router {
     }
 
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
+    /// Without the role the request needs (emit, or broadcast for 0) it has
+    /// no target: ERRO, in its place among the replies, nothing forwarded.
     fn request(
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
+        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         let mut targets = std::mem::take(&mut self.targets);
-        self.find_targets(frame.dest, &mut targets);
+        let needed = if frame.dest == 0 {
+            ROLE_BROADCAST
+        } else {
+            ROLE_EMIT
+        };
+        if roles & needed == needed {
+            self.find_targets(frame.dest, &mut targets);
+        } else {
+            info!(
+                conn,
+                id = frame.origin,
+                kind = %frame.kind,
+                dest = frame.dest,
+                "refused: the session lacks the role"
+            );
+        }
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
         let held = if accepted { out.accepted(frame) } else { None };
         let waits = targets.len() as u32 + u32::from(held.is_some());
@@ -847,6 +1206,12 @@ impl Router {
         }
         let clist = (frame.kind == Kind::Creq).then(|| self.ids.ids().collect::<Vec<_>>());
         let deadline = now + self.limits.ack_timeout;
+        if self.tellers > 0 && !targets.is_empty() {
+            let about = clist
+                .as_deref()
+                .unwrap_or(std::slice::from_ref(&frame.origin));
+            self.tell_names(&targets, about, deadline, out);
+        }
         if clist.is_none() {
             out.forward(&targets, frame);
         }
@@ -936,7 +1301,7 @@ impl Router {
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
             Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
-            Purpose::Replay => {}
+            Purpose::Replay | Purpose::Who => {}
         }
     }
 
@@ -1092,7 +1457,11 @@ impl Router {
     /// Drops `conn` and settles everything that depended on it. Returns its
     /// id (0 if it never identified), or None if it was already gone.
     fn forget(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) -> Option<ClientId> {
+        self.release_name(conn);
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
+        if session.told.is_some() {
+            self.tellers -= 1;
+        }
         let id = session.id;
         match session.role {
             Role::Anonymous => {}
@@ -1132,6 +1501,72 @@ impl Router {
     }
 
     // ---- helpers ------------------------------------------------------------
+
+    /// Sends each opted-in target a WHO for each id in `about` whose name
+    /// or roles differ from what it was last told (PROTOCOL.md, "WHO"):
+    /// before the MSG or CLIST that carries them. Numbered and acknowledged
+    /// like a CLIST.
+    fn tell_names(
+        &mut self,
+        targets: &[ConnId],
+        about: &[ClientId],
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        for &target in targets {
+            if self.session(target).is_none_or(|s| s.told.is_none()) {
+                continue;
+            }
+            for &id in about {
+                let Some(holder) = self.ids.get(id).and_then(|c| self.session(c)) else {
+                    continue;
+                };
+                let roles = holder.roles;
+                let shown = match &holder.hello {
+                    Hello::Accepted { name } => name.as_deref(),
+                    _ => None,
+                };
+                // Compared in place: what was told already costs no copy.
+                let known = self.session(target).and_then(|s| s.told.as_ref()?.get(&id));
+                if known.is_some_and(|(name, r)| name.as_deref() == shown && *r == roles) {
+                    continue;
+                }
+                let name: Option<Box<str>> = shown.map(Into::into);
+                let session = self.session_mut(target).expect("checked above");
+                let told = session.told.as_mut().expect("checked above");
+                let seq = session.seq.next_seq();
+                let who = ExtFrame::Who(Who {
+                    origin: SERVER_ID,
+                    dest: session.id,
+                    seq,
+                    id,
+                    roles,
+                    name: name.as_deref().unwrap_or("").as_bytes().to_vec(),
+                });
+                told.insert(id, (name, roles));
+                session.awaiting_ack.push_back(Delivery {
+                    seq,
+                    deadline,
+                    purpose: Purpose::Who,
+                });
+                out.send_ext(target, &who);
+                self.note_deadline(deadline);
+            }
+        }
+    }
+
+    /// Frees the name `conn` claimed, if it claimed one.
+    fn release_name(&mut self, conn: ConnId) {
+        if self.claimed.is_empty() {
+            return;
+        }
+        if let Some(name) = self.name(conn) {
+            let key: Box<str> = name.to_ascii_lowercase().into();
+            if self.claimed.get(&key) == Some(&conn) {
+                self.claimed.remove(&key);
+            }
+        }
+    }
 
     fn note_deadline(&mut self, deadline: Instant) {
         self.earliest_deadline = Some(self.earliest_deadline.map_or(deadline, |e| e.min(deadline)));

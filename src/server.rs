@@ -25,9 +25,12 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod history;
+mod identity;
 mod spin;
 mod wire;
 pub use history::HistoryConfig;
+pub use identity::AuthConfig;
+use identity::{Auth, ExtStep};
 use spin::Spin;
 use wire::{Closing, Departure, Slot, Wire};
 
@@ -62,6 +65,9 @@ pub struct Config {
     pub spin: Duration,
     /// The durable history, opened by [`Server::bind`] (`None`: none kept).
     pub history: Option<HistoryConfig>,
+    /// Accounts for the identity extension, loaded by [`Server::bind`]
+    /// (`None`: no accounts; a HELLO may still claim a name).
+    pub auth: Option<AuthConfig>,
 }
 
 impl Config {
@@ -76,6 +82,7 @@ impl Config {
             web: Some(WebConfig::default()),
             spin: Duration::from_micros(100),
             history: None,
+            auth: None,
         }
     }
 }
@@ -89,6 +96,9 @@ pub enum StartError {
     /// The history could not be opened.
     #[error("history: {0}")]
     History(#[from] StoreError),
+    /// The accounts file could not be loaded (`--auth`).
+    #[error("--auth: {0}")]
+    Auth(#[from] crate::auth::AccountsError),
 }
 
 /// Asks a running server to shut down (rule 8) from another thread.
@@ -107,6 +117,23 @@ impl ShutdownHandle {
     }
 }
 
+/// Asks a running server to reload its accounts file (`--auth`; SIGHUP)
+/// from another thread.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    requested: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ReloadHandle {
+    pub fn trigger(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!(error = %e, "could not wake the event loop");
+        }
+    }
+}
+
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     config: Config,
@@ -115,6 +142,7 @@ pub struct Server {
     local_addr: SocketAddr,
     waker: Arc<Waker>,
     shutdown_requested: Arc<AtomicBool>,
+    reload_requested: Arc<AtomicBool>,
     router: Router,
     wire: Wire,
     /// Held open so that, out of descriptors, a pending connection can still
@@ -127,6 +155,8 @@ pub struct Server {
     /// or at this time, whichever comes first.
     drain_deadline: Option<Instant>,
     spin: Spin,
+    /// Sign-ins with accounts (`--auth`).
+    auth: Option<Auth>,
 }
 
 /// What the end of a loop turn decided.
@@ -160,6 +190,7 @@ impl Server {
             local_addr,
             waker,
             shutdown_requested: Arc::new(AtomicBool::new(false)),
+            reload_requested: Arc::new(AtomicBool::new(false)),
             wire: Wire {
                 now,
                 conns: Slab::new(),
@@ -175,7 +206,12 @@ impl Server {
             // Nothing to trim at start: the first trim may as well be due.
             next_trim: now,
             drain_deadline: None,
+            auth: None,
         };
+        if let Some(auth) = &server.config.auth {
+            server.auth = Some(Auth::start(auth, server.waker.clone())?);
+            server.router.require_accounts(true);
+        }
         if let Some(history) = &history {
             server.open_history(history)?;
         }
@@ -190,6 +226,13 @@ impl Server {
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             requested: self.shutdown_requested.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            requested: self.reload_requested.clone(),
             waker: self.waker.clone(),
         }
     }
@@ -262,6 +305,12 @@ impl Server {
     /// are trimmed on schedule, and a drained shutdown ends the loop.
     fn end_turn(&mut self) -> Next {
         let now = self.wire.now;
+        if self.reload_requested.swap(false, Ordering::SeqCst) {
+            self.reload_accounts();
+        }
+        self.end_expired_sessions();
+        // First, so that a connection a verdict lets go on is read this turn.
+        self.drain_sign_ins();
         for _ in 0..self.wire.ready.len() {
             let Some(conn) = self.wire.ready.pop_front() else {
                 break;
@@ -315,6 +364,7 @@ impl Server {
             self.next_linger_deadline(),
             self.drain_deadline,
             Some(self.next_trim),
+            self.next_expiry(),
         ]
         .into_iter()
         .flatten()
@@ -378,6 +428,10 @@ impl Server {
         if let Err(e) = socket.set_nodelay(true) {
             debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
+        let Some(unidentified) = self.admit_unidentified(peer) else {
+            // Dropping the socket closes it: nothing was read or sent.
+            return;
+        };
         let entry = self.wire.conns.vacant_entry();
         let conn = entry.key();
         if let Err(e) = self
@@ -395,6 +449,7 @@ impl Server {
             dirty: false,
             ready: false,
             wrote_early: false,
+            unidentified,
         });
         self.router.connected(conn, self.wire.now);
         info!(conn, %peer, "connected");
@@ -514,6 +569,15 @@ impl Server {
                     self.settle_dropped();
                 }
                 Ok(None) => break true,
+                Err(e) if crate::proto::ext::is_ext_kind(e.header().kind) => {
+                    let step = self.on_extension(conn, e.header(), &input[consumed..]);
+                    self.settle_dropped();
+                    match step {
+                        ExtStep::Took(len) => consumed += len,
+                        ExtStep::Wait => break true,
+                        ExtStep::Stop => break false,
+                    }
+                }
                 Err(e) => {
                     self.router
                         .on_undecodable(conn, e.header(), self.wire.now, &mut self.wire);
@@ -526,8 +590,13 @@ impl Server {
             return false;
         };
         slot.conn.return_input(input, consumed);
+        let unidentified = slot.unidentified;
         if slot.closing.as_ref().is_some_and(|c| c.fin_sent) {
             self.discard_input(conn);
+        }
+        // Once per read, not per frame, and only until it identifies.
+        if unidentified && self.router.client_id(conn).is_some() {
+            self.identified(conn);
         }
         readable
     }
@@ -682,6 +751,10 @@ impl Server {
             return;
         }
         self.next_trim = now + TRIM_INTERVAL;
+        // On the same schedule: sources whose failure window has passed.
+        if let Some(auth) = self.auth.as_mut() {
+            auth.forget_expired_failures(now);
+        }
         let released: usize = self
             .wire
             .conns
@@ -765,6 +838,10 @@ impl Server {
     fn remove(&mut self, conn: ConnId) {
         if !self.wire.conns.contains(conn) {
             return;
+        }
+        self.forget_sign_in(conn);
+        if self.wire.conns.get(conn).is_some_and(|s| s.unidentified) {
+            self.identified(conn);
         }
         let mut slot = self.wire.conns.remove(conn);
         let _ = self.poll.registry().deregister(&mut slot.conn.socket);

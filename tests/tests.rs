@@ -12,6 +12,7 @@ mod check;
 mod cli;
 mod codec;
 mod history;
+mod identity;
 mod raw;
 mod reliability;
 mod router;

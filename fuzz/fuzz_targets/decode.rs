@@ -21,9 +21,16 @@
 //! reading) must agree with `decode` at every step: same length, same frame,
 //! same bytes when re-encoded, same error. Finally the frames must equal what an
 //! independent reading of PROTOCOL.md's wire format gives.
+//!
+//! The identity extension's frames (HELLO, HELLOACK, WHO, KICK) are read by
+//! their own parser, `ExtFrame::parse`: the same stream is read with it too,
+//! whole, split and trickled, and the three must agree; each frame it takes
+//! re-encodes to the bytes it consumed, and an over-long L is refused as
+//! soon as its 10 bytes are there, never later.
 #![no_main]
 
 use bytes::BytesMut;
+use evchat::proto::ext::{self, ExtError, ExtFrame};
 use evchat::proto::{Body, Encode, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError};
 use libfuzzer_sys::fuzz_target;
 
@@ -198,6 +205,69 @@ fn reference(stream: &[u8]) -> Outcome {
     }
 }
 
+#[derive(Debug, PartialEq)]
+struct ExtOutcome {
+    frames: Vec<ExtFrame>,
+    error: Option<ExtError>,
+    rest: Vec<u8>,
+}
+
+/// One `ExtFrame::parse` call on what is buffered; checks what it promises.
+fn ext_step(buffered: &[u8]) -> Result<Option<(ExtFrame, usize)>, ExtError> {
+    let result = ExtFrame::parse(buffered);
+    let announced = (buffered.len() >= HEADER_LEN + 2)
+        .then(|| HEADER_LEN + 2 + u16::from_be_bytes([buffered[8], buffered[9]]) as usize);
+    match &result {
+        Ok(Some((frame, len))) => {
+            assert_eq!(Some(*len), announced, "a frame is its announced length");
+            assert!(*len <= ext::MAX_EXT_FRAME_LEN);
+            assert_eq!(&frame.to_bytes()[..], &buffered[..*len], "ext re-encoding differs");
+            assert_eq!(frame.encoded_len(), *len);
+            assert_eq!(Header::peek(buffered), Some(frame.header()));
+            let shown = format!("{frame} {frame:?}");
+            assert!(!shown.is_empty());
+        }
+        Ok(None) => {
+            // Waiting is only for bytes that cannot be judged yet.
+            if let Some(n) = announced {
+                assert!(n > buffered.len() && n <= ext::MAX_EXT_FRAME_LEN);
+            }
+        }
+        Err(e) => {
+            assert_eq!(Some(e.header()), Header::peek(buffered));
+            if let ExtError::NotExtension(h) = e {
+                assert!(!ext::is_ext_kind(h.kind));
+            }
+        }
+    }
+    result
+}
+
+fn ext_in_chunks(stream: &[u8], cuts: impl IntoIterator<Item = usize>) -> ExtOutcome {
+    let mut frames = Vec::new();
+    let mut error = None;
+    let mut consumed = 0;
+    let mut fed = 0;
+    for cut in cuts.into_iter().chain([stream.len()]) {
+        fed = cut.clamp(fed, stream.len());
+        while error.is_none() {
+            match ext_step(&stream[consumed..fed]) {
+                Ok(Some((frame, len))) => {
+                    consumed += len;
+                    frames.push(frame);
+                }
+                Ok(None) => break,
+                Err(e) => error = Some(e),
+            }
+        }
+    }
+    ExtOutcome {
+        frames,
+        error,
+        rest: stream[consumed..].to_vec(),
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let (selector, stream) = match data {
         [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]) as usize, rest),
@@ -215,4 +285,19 @@ fuzz_target!(|data: &[u8]| {
         reference(stream),
         "decode disagrees with PROTOCOL.md"
     );
+
+    let ext_whole = ext_in_chunks(stream, []);
+    assert_eq!(ext_whole, ext_in_chunks(stream, [split]), "ext: split at {split}");
+    assert_eq!(ext_whole, ext_in_chunks(stream, 1..stream.len()), "ext: trickled");
+    // An over-long L is refused from the first 10 bytes alone.
+    if let Some(ExtError::Malformed(h)) = &ext_whole.error {
+        let at = stream.len() - ext_whole.rest.len();
+        let l = u16::from_be_bytes([stream[at + 8], stream[at + 9]]) as usize;
+        let first_ten = ExtFrame::parse(&stream[at..at + HEADER_LEN + 2]);
+        if first_ten != Ok(None) {
+            assert_eq!(first_ten, Err(ExtError::Malformed(*h)));
+        } else {
+            assert!(l <= ext::MAX_HELLO_BODY, "an over-long L waited for its body");
+        }
+    }
 });

@@ -31,6 +31,19 @@ OI_PAIRED = hdr(3, 4096, 0xFFFF, 0)
 MSG_HI = msg(1, 0, 1, b"hi")
 CLIST_2 = clist(0xFFFF, 4096, 0, [1, 4096])
 
+def ext(kind, origin, dest, seq, body):
+    return hdr(kind, origin, dest, seq) + struct.pack(">H", len(body)) + body
+
+
+def hello(name, secret, version=1):
+    return ext(8, 0, 0xFFFF, 0, bytes([version, len(name)]) + name + struct.pack(">H", len(secret)) + secret)
+
+
+HELLO_ALICE = hello(b"alice", b"pw")
+HELLOACK_ALICE = ext(9, 0xFFFF, 0, 0, b"\x00\x01\x03\x05alice")
+WHO_ALICE = ext(10, 0xFFFF, 4096, 3, b"\x00\x01\x03\x05alice")
+KICK_2 = ext(11, 1, 2, 5, b"")
+
 SEEDS = {
     # PROTOCOL.md's examples, one frame each, split in the middle
     "oi-exhibitor": (4, OI_EXHIBITOR),
@@ -64,6 +77,14 @@ SEEDS = {
     "unknown-8-after-ok": (12, OK_4096 + hdr(8, 1, 2, 0xBEEF) + b"trailing"),
     "unknown-ffff": (0, hdr(0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF)),
     "frames-then-garbage": (30, MSG_HI + CLIST_2 + b"\x00\x09garbage"),
+    # the identity extension (read by ExtFrame::parse), PROTOCOL.md's examples
+    "ext-hello": (13, HELLO_ALICE),
+    "ext-helloack-who-kick": (21, HELLOACK_ALICE + WHO_ALICE + KICK_2),
+    "ext-hello-limits": (9, hello(b"n" * 64, b"s" * 256)),
+    "ext-hello-over-long-l": (10, hdr(8, 0, 0xFFFF, 0) + b"\x01\x45"),
+    "ext-kick-with-body": (10, ext(11, 1, 2, 5, b"x")),
+    "ext-hello-nl-past-l": (12, hdr(8, 0, 0xFFFF, 0) + b"\x00\x0b\x01\x06alice\x00\x02pw"),
+    "ext-hello-then-oi": (22, HELLO_ALICE + OI_EXHIBITOR),
     "empty": (0, b""),
     "one-byte": (0, b"\x05"),
 }

@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use evchat::cli::parse_secs;
-use evchat::server::{Config, HistoryConfig, Limits, Server, WebConfig};
+use evchat::server::{AuthConfig, Config, HistoryConfig, Limits, Server, WebConfig};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;
@@ -24,13 +24,14 @@ evchat server: relays messages from emitters to exhibitors.
 
 It listens on loopback (127.0.0.1) unless --bind says otherwise, prints
 'listening on ADDR' on stdout and logs to stderr (no colour if NO_COLOR is set). The
-same port serves a browser client at http://ADDR/ (WebSocket on /ws) unless --no-web. It has
-no authentication: anyone who can reach the port can chat. Ctrl-C or SIGTERM says
-goodbye (FLW) to every client and exits 0.",
+same port serves a browser client at http://ADDR/ (WebSocket on /ws) unless --no-web. Without
+--auth it has no authentication: anyone who can reach the port can chat (a client may claim a
+name with HELLO). With --auth FILE every client signs in to an account of FILE (see
+`evchat user`) before its OI. Ctrl-C or SIGTERM says goodbye (FLW) to every client and exits 0.",
     after_help = "Examples:\n  \
 server 5000                        this machine only (127.0.0.1:5000)\n  \
 server 5000 --bind 0.0.0.0         every IPv4 interface: open to the network\n  \
-server 5000 --no-web               the binary protocol only: no page, no WebSocket"
+server 5000 --auth accounts        sign-in required (evchat user add accounts NAME --roles R)"
 )]
 struct Args {
     /// TCP port to listen on (0 picks a free one)
@@ -123,6 +124,48 @@ struct Args {
         value_parser = clap::value_parser!(u64).range(..=10_000)
     )]
     spin_us: u64,
+    /// Require a sign-in (HELLO) to an account of FILE before OI; FILE must
+    /// be private (chmod 600); see `evchat user` and PROTOCOL.md
+    #[arg(long, value_name = "FILE")]
+    auth: Option<PathBuf>,
+    /// With --auth: refused sign-ins per address (IPv6: /64) within
+    /// --auth-window before its sign-ins are refused unchecked
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = auth_defaults().failures,
+        requires = "auth",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    auth_failures: u32,
+    /// With --auth: the window of --auth-failures, in seconds
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Secs(auth_defaults().window),
+        requires = "auth",
+        value_parser = parse_positive_secs
+    )]
+    auth_window: Secs,
+    /// With --auth: sign-ins waiting to be checked; one more is answered "busy"
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = auth_defaults().queue as u32,
+        requires = "auth",
+        value_parser = clap::value_parser!(u32).range(1..=65_536)
+    )]
+    auth_queue: u32,
+    /// With --auth: connections from one address (IPv6: /64) that have not
+    /// yet signed in and sent OI; one more is closed at once
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = auth_defaults().max_unidentified as u32,
+        requires = "auth",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_unidentified: u32,
     /// Serve only the binary protocol: no page, no WebSocket on this port
     #[arg(long)]
     no_web: bool,
@@ -144,6 +187,10 @@ struct Args {
 /// The library's defaults, which the flags' defaults are read from.
 fn defaults() -> Config {
     Config::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+}
+
+fn auth_defaults() -> AuthConfig {
+    AuthConfig::new(PathBuf::new())
 }
 
 fn history_defaults() -> HistoryConfig {
@@ -205,6 +252,14 @@ fn parse_queue_bytes(text: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet);
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the waiting thread below takes SIGHUP.
+    if args.auth.is_some()
+        && let Err(e) = block_reload_signal()
+    {
+        eprintln!("server: cannot set up SIGHUP: {e}");
+        return ExitCode::FAILURE;
+    }
     raise_descriptor_limit();
     if args.history.is_some() {
         ignore_file_size_signal();
@@ -229,6 +284,13 @@ fn main() -> ExitCode {
             max_bytes: args.history_max_bytes,
             repair: args.history_repair,
         }),
+        auth: args.auth.clone().map(|file| AuthConfig {
+            file,
+            failures: args.auth_failures,
+            window: args.auth_window.0,
+            queue: args.auth_queue as usize,
+            max_unidentified: args.max_unidentified as usize,
+        }),
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -237,6 +299,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.auth.is_some() {
+        let reload = server.reload_handle();
+        let spawned = std::thread::Builder::new()
+            .name("evchat-sighup".to_string())
+            .spawn(move || wait_for_reload_signals(|| reload.trigger()));
+        if let Err(e) = spawned {
+            eprintln!("server: cannot set up SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let handle = server.shutdown_handle();
     let signals = AtomicUsize::new(0);
     if let Err(e) = ctrlc::set_handler(move || {
@@ -262,6 +334,22 @@ fn main() -> ExitCode {
         spin = ?config.spin,
         "evchat server starting"
     );
+    if let Some(auth) = &config.auth {
+        tracing::info!(
+            file = %auth.file.display(),
+            failures = auth.failures,
+            window = ?auth.window,
+            queue = auth.queue,
+            max_unidentified = auth.max_unidentified,
+            "accounts required (--auth)"
+        );
+    }
+    if config.auth.is_some() && !server.local_addr().ip().is_loopback() {
+        tracing::warn!(
+            "--auth on an address beyond loopback without TLS: secrets cross the network in \
+             clear; put the server behind a TLS proxy"
+        );
+    }
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "listening on {}", server.local_addr());
     let _ = stdout.flush();
@@ -271,6 +359,43 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("server: event loop failed: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGHUP (reload the accounts, `--auth`) is taken by one thread that
+/// waits for it with sigwait(2) and asks the loop to reload (a flag and its
+/// waker): nothing runs in a signal handler. The signal is blocked in
+/// every thread first, so that it is only ever delivered to that wait.
+fn block_reload_signal() -> std::io::Result<()> {
+    // SAFETY: the sigset is initialised by sigemptyset before use, and
+    // pthread_sigmask only reads it.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Waits for SIGHUP forever, calling `reload` for each.
+fn wait_for_reload_signals(reload: impl Fn()) {
+    loop {
+        let mut signal = 0;
+        // SAFETY: as above; sigwait writes the signal number it took.
+        let rc = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::sigwait(&set, &mut signal)
+        };
+        if rc == 0 && signal == libc::SIGHUP {
+            tracing::info!("SIGHUP: reloading the accounts file");
+            reload();
         }
     }
 }

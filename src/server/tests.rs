@@ -67,6 +67,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         web: Some(WebConfig::default()),
         spin: Duration::from_micros(50),
         history: None,
+        auth: None,
     })
     .unwrap();
     (serial, server)

@@ -7,6 +7,7 @@
 
 use super::history::History;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
+use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 use crate::router::{CloseReason, ConnId, Outbox};
 use slab::Slab;
@@ -73,7 +74,11 @@ impl Departure {
                 CloseReason::NotIdentified | CloseReason::Spoofed | CloseReason::BadFrame,
             ) => Ending::ProtocolViolation,
             Departure::Rule(
-                CloseReason::Refused | CloseReason::HandshakeTimeout | CloseReason::Unresponsive,
+                CloseReason::Refused
+                | CloseReason::HelloRefused
+                | CloseReason::Revoked
+                | CloseReason::HandshakeTimeout
+                | CloseReason::Unresponsive,
             ) => Ending::PolicyViolation,
             Departure::Transport(failure) => Ending::Failed(failure),
             Departure::PeerClosed
@@ -139,6 +144,9 @@ pub(super) struct Slot {
     /// Output was written early since the connection was last flushed (see
     /// [`WRITE_EARLY_AT`]).
     pub(super) wrote_early: bool,
+    /// Counted against its address's `--max-unidentified` until it has an
+    /// id or is gone (only with `--auth`).
+    pub(super) unidentified: bool,
 }
 
 /// A connection on its way out, and how far it got.
@@ -210,7 +218,7 @@ impl Wire {
 impl Wire {
     /// Queues a frame for `to`, encoded into the connection's output; past
     /// the output cap, `to` is dropped as a slow consumer.
-    fn queue_for(&mut self, to: ConnId, frame: &impl Encode) {
+    pub(super) fn queue_for(&mut self, to: ConnId, frame: &impl Encode) {
         let Some(slot) = self.conns.get_mut(to) else {
             return;
         };
@@ -244,6 +252,10 @@ impl Wire {
 
 impl Outbox for Wire {
     fn send(&mut self, to: ConnId, frame: &Frame) {
+        self.queue_for(to, frame);
+    }
+
+    fn send_ext(&mut self, to: ConnId, frame: &ExtFrame) {
         self.queue_for(to, frame);
     }
 

@@ -8,6 +8,7 @@
 use super::ws_frame::{
     FIN_BINARY, FrameHead, OPCODE_BINARY, OPCODE_CONTINUATION, OPCODE_TEXT, unmask,
 };
+use crate::proto::ext::{self, ExtFrame};
 use crate::proto::{FrameView, MAX_FRAME_LEN};
 use bytes::BytesMut;
 use std::fmt;
@@ -367,10 +368,20 @@ fn take_binary(masked: &[u8], mask: [u8; 4], frames: &mut BytesMut) -> Result<()
 
 /// Checks that one binary message's payload is exactly one frame. A frame
 /// of unknown type passes whole: the router answers it as on TCP (ERRO, then
-/// close).
+/// close). So does an identity-extension frame that is short or malformed
+/// (from a client that has not opted in it is an unknown type, which only
+/// the router can tell); one followed by more bytes is refused like any
+/// other frame.
 #[inline]
 fn check_one_frame(payload: &[u8]) -> Result<(), WsFailure> {
-    match FrameView::parse(payload) {
+    let parsed = match FrameView::parse(payload) {
+        Err(e) if ext::is_ext_kind(e.header().kind) => match ExtFrame::parse(payload) {
+            Ok(Some((_, len))) => Ok(Some(((), len))),
+            Ok(None) | Err(_) => return Ok(()),
+        },
+        other => other.map(|found| found.map(|(_, len)| ((), len))),
+    };
+    match parsed {
         Ok(Some((_, len))) if len == payload.len() => Ok(()),
         Ok(Some((_, len))) => Err(WsFailure::Protocol(format!(
             "message of {} bytes carries a {len}-byte frame and more",

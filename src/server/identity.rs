@@ -1,0 +1,483 @@
+//! The identity extension in the event loop (PROTOCOL.md, "Extension:
+//! identity"): answering HELLO, and with accounts (`--auth`) handing its
+//! secret to the [`Verifier`] thread and the verdict back to the client and
+//! the router. The router is told a session's name and roles bits, never a
+//! secret or how it was checked; the verifier's notify callback wakes the
+//! loop's `mio::Waker`, and the outcomes are drained each turn.
+//!
+//! Only the error path of the loop's parse comes here (a type the plain
+//! codec does not know), so a client that never sends HELLO costs nothing
+//! more per frame.
+
+use super::Server;
+use crate::auth::{
+    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Verifier,
+};
+use crate::proto::ext::{
+    Code, ExtError, ExtFrame, HELLO, Hello, HelloAck, KICK, PLAIN_ROLES, VERSION,
+};
+use crate::proto::{Header, SERVER_ID};
+use crate::router::{ConnId, HelloPlace, NameTaken};
+use mio::Waker;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{info, warn};
+
+/// Sources the failure budget remembers at most (PROTOCOL.md, "Limits").
+const BUDGET_SOURCES: usize = 4096;
+
+/// Accounts for the identity extension (`server --auth FILE`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The accounts file, read at start (and on reload) with
+    /// [`Accounts::load`].
+    pub file: PathBuf,
+    /// Refused sign-ins per source within `window` before its hellos are
+    /// refused unchecked (`--auth-failures`).
+    pub failures: u32,
+    /// The failure budget's window (`--auth-window`).
+    pub window: Duration,
+    /// Sign-ins waiting for the verifier; one more is "busy"
+    /// (`--auth-queue`).
+    pub queue: usize,
+    /// Connections from one address (IPv6: /64) that have not finished
+    /// HELLO and OI; one more is closed at accept (`--max-unidentified`).
+    pub max_unidentified: usize,
+}
+
+impl AuthConfig {
+    /// The defaults, with this accounts file.
+    pub fn new(file: PathBuf) -> AuthConfig {
+        AuthConfig {
+            file,
+            failures: 10,
+            window: Duration::from_secs(60),
+            queue: 64,
+            max_unidentified: 64,
+        }
+    }
+}
+
+/// What the loop holds for sign-ins.
+pub(super) struct Auth {
+    verifier: Verifier,
+    budget: FailureBudget,
+    next_tag: u64,
+    /// Sign-ins being checked, by tag: the connection, its source and the
+    /// HELLO's seq (which the HELLOACK echoes).
+    checking: HashMap<u64, (ConnId, IpAddr, u16)>,
+    /// The tag each connection waits for (dropped with the connection, so
+    /// that a verdict never reaches a later connection in the same slot).
+    by_conn: HashMap<ConnId, u64>,
+    /// The account (lower-case key) of each signed-in connection, and how
+    /// many connections each such account has: what expiry is checked on.
+    signed_in: HashMap<ConnId, Box<str>>,
+    live: HashMap<Box<str>, u32>,
+    /// When the earliest expiry of a signed-in account passes.
+    next_expiry: Option<Instant>,
+    /// Connections not yet identified, per source.
+    unidentified: HashMap<Source, usize>,
+    max_unidentified: usize,
+}
+
+impl Auth {
+    /// Loads the accounts and starts the verifier, which wakes the loop
+    /// after each check.
+    pub(super) fn start(config: &AuthConfig, waker: Arc<Waker>) -> Result<Auth, AccountsError> {
+        let accounts = Accounts::load(&config.file)?;
+        let verifier = Verifier::new(accounts, config.queue, move || {
+            if let Err(e) = waker.wake() {
+                warn!(error = %e, "could not wake the event loop");
+            }
+        })
+        .map_err(|source| AccountsError::Read {
+            path: config.file.display().to_string(),
+            source,
+        })?;
+        Ok(Auth {
+            verifier,
+            budget: FailureBudget::new(config.failures, config.window, BUDGET_SOURCES),
+            next_tag: 0,
+            checking: HashMap::new(),
+            by_conn: HashMap::new(),
+            signed_in: HashMap::new(),
+            live: HashMap::new(),
+            next_expiry: None,
+            unidentified: HashMap::new(),
+            max_unidentified: config.max_unidentified.max(1),
+        })
+    }
+
+    pub(super) fn forget_conn(&mut self, conn: ConnId) {
+        self.by_conn.remove(&conn);
+        if let Some(key) = self.signed_in.remove(&conn)
+            && let Some(count) = self.live.get_mut(&key)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.live.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets the failures of sources whose window has passed (memory
+    /// is bounded anyway; this keeps the table small when idle).
+    pub(super) fn forget_expired_failures(&mut self, now: Instant) {
+        self.budget.forget_expired(now);
+    }
+
+    /// `conn` signed in to the account `key`, whose secret expires then.
+    fn signed_in(&mut self, conn: ConnId, key: Box<str>, expires: Option<Expiry>) {
+        *self.live.entry(key.clone()).or_default() += 1;
+        self.signed_in.insert(conn, key);
+        if let Some(at) = expires.map(instant_of) {
+            self.next_expiry = Some(self.next_expiry.map_or(at, |e| e.min(at)));
+        }
+    }
+
+    /// The accounts with sessions whose secret has expired at `now`; notes
+    /// when the next one expires. Read from the current accounts, so that
+    /// a reload's expiry applies to sessions already signed in.
+    fn expired(&mut self, now: SystemTime) -> Vec<Box<str>> {
+        let accounts = self.verifier.accounts();
+        let mut expired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for key in self.live.keys() {
+            let Some(expiry) = accounts.get(key).and_then(|a| a.expires) else {
+                continue;
+            };
+            if expiry.has_passed(now) {
+                expired.push(key.clone());
+            } else {
+                let at = instant_of(expiry);
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        self.next_expiry = next;
+        expired
+    }
+}
+
+/// The loop's clock reading at which `expiry` passes.
+fn instant_of(expiry: Expiry) -> Instant {
+    let left = expiry
+        .as_system_time()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    Instant::now() + left
+}
+
+/// What the loop does after an extension frame.
+pub(super) enum ExtStep {
+    /// The frame was taken: this many bytes; go on reading.
+    Took(usize),
+    /// Not whole yet: wait for more bytes.
+    Wait,
+    /// Stop reading this connection (closing, or waiting for a verdict).
+    Stop,
+}
+
+impl Server {
+    /// An extension type at the front of `buf` (the plain codec does not
+    /// know it). Read only where the extension allows it; anywhere else it
+    /// is an unknown type (rule 7) or a frame before OI (rule 1).
+    pub(super) fn on_extension(&mut self, conn: ConnId, header: Header, buf: &[u8]) -> ExtStep {
+        let now = self.wire.now;
+        let place = self.router.hello_place(conn);
+        match (place, header.kind) {
+            (Some(HelloPlace::Open), HELLO) => match ExtFrame::parse(buf) {
+                Ok(None) => ExtStep::Wait,
+                Ok(Some((ExtFrame::Hello(hello), len))) => {
+                    // Taken; while it is checked (or the connection closes)
+                    // the router takes no more input from it.
+                    self.on_hello(conn, hello);
+                    ExtStep::Took(len)
+                }
+                Ok(Some(_)) | Err(_) => {
+                    info!(conn, "malformed HELLO");
+                    self.hello_ack(conn, header.seq, Code::Malformed, 0, b"");
+                    ExtStep::Stop
+                }
+            },
+            (Some(HelloPlace::Accepted), HELLO) => {
+                info!(conn, "second HELLO after acceptance");
+                self.hello_ack(conn, header.seq, Code::Malformed, 0, b"");
+                ExtStep::Stop
+            }
+            // A HELLO after OI is refused like a second OI (ERRO, kept).
+            (Some(HelloPlace::AfterOi), HELLO | KICK) => match ExtFrame::parse(buf) {
+                Ok(None) => ExtStep::Wait,
+                Ok(Some((ExtFrame::Kick(kick), len))) => {
+                    self.router.kick(conn, kick, now, &mut self.wire);
+                    ExtStep::Took(len)
+                }
+                Ok(Some((_, len))) => {
+                    info!(conn, kind = header.kind, "extension frame refused after OI");
+                    self.router.refuse(conn, header.seq, now, &mut self.wire);
+                    ExtStep::Took(len)
+                }
+                Err(ExtError::Malformed(_) | ExtError::NotExtension(_)) => {
+                    self.router
+                        .on_undecodable(conn, header, now, &mut self.wire);
+                    ExtStep::Stop
+                }
+            },
+            _ => {
+                self.router
+                    .on_undecodable(conn, header, now, &mut self.wire);
+                ExtStep::Stop
+            }
+        }
+    }
+
+    /// A well-formed HELLO from a connection that has not opted in yet.
+    fn on_hello(&mut self, conn: ConnId, hello: Hello) {
+        let now = self.wire.now;
+        let seq = hello.seq;
+        if hello.version != VERSION {
+            info!(
+                conn,
+                version = hello.version,
+                "HELLO of an unsupported version"
+            );
+            return self.hello_ack(conn, seq, Code::Version, 0, b"");
+        }
+        let name = std::str::from_utf8(&hello.name)
+            .ok()
+            .and_then(|s| Name::new(s).ok());
+        let Some(auth) = self.auth.as_mut() else {
+            // No accounts: the HELLO claims a name (or none) for the session.
+            if !hello.secret.is_empty() {
+                return self.hello_ack(conn, seq, Code::NoAccounts, 0, b"");
+            }
+            if hello.name.is_empty() {
+                return self.accept(conn, seq, None, PLAIN_ROLES, true);
+            }
+            let Some(name) = name else {
+                return self.hello_ack(conn, seq, Code::BadName, 0, b"");
+            };
+            return self.accept(conn, seq, Some(&name), PLAIN_ROLES, true);
+        };
+        let Some(peer) = self.wire.conns.get(conn).map(|slot| slot.peer.ip()) else {
+            return;
+        };
+        if !auth.budget.allows(peer, now) {
+            info!(conn, %peer, "sign-in refused unchecked: too many refused from this source");
+            return self.hello_ack(conn, seq, Code::TooManyFailures, 0, b"");
+        }
+        if hello.secret.is_empty() {
+            info!(conn, "HELLO without a secret to a server with accounts");
+            return self.hello_ack(conn, seq, Code::AccountsRequired, 0, b"");
+        }
+        let Some(name) = name else {
+            return self.hello_ack(conn, seq, Code::BadName, 0, b"");
+        };
+        let tag = auth.next_tag;
+        let request = Request {
+            tag,
+            name: name.as_str().to_string(),
+            secret: Credential::new(hello.secret.into_vec()),
+        };
+        if auth.verifier.submit(request).is_err() {
+            warn!(conn, "sign-in refused: the verifier's queue is full");
+            return self.hello_ack(conn, seq, Code::Busy, 0, b"");
+        }
+        auth.next_tag += 1;
+        auth.checking.insert(tag, (conn, peer, seq));
+        auth.by_conn.insert(conn, tag);
+        self.router.hello_checking(conn);
+    }
+
+    /// Code 0 for `conn`, the router told; code 3 if the name is taken.
+    fn accept(&mut self, conn: ConnId, seq: u16, name: Option<&Name>, roles: u8, claim: bool) {
+        let shown = name.map(Name::as_str);
+        match self
+            .router
+            .hello_accepted(conn, shown, roles, claim, &mut self.wire)
+        {
+            Ok(()) => {
+                let bytes = shown.unwrap_or("").as_bytes().to_vec();
+                self.hello_ack(conn, seq, Code::Accepted, roles, &bytes);
+            }
+            Err(NameTaken) => {
+                info!(conn, "HELLO's name is taken");
+                self.hello_ack(conn, seq, Code::NameTaken, 0, b"");
+            }
+        }
+    }
+
+    /// Sends HELLOACK; a code that closes closes the connection after it.
+    fn hello_ack(&mut self, conn: ConnId, seq: u16, code: Code, roles: u8, name: &[u8]) {
+        let ack = ExtFrame::HelloAck(HelloAck {
+            origin: SERVER_ID,
+            dest: 0,
+            seq,
+            code: code as u8,
+            version: VERSION,
+            roles,
+            name: name.to_vec(),
+        });
+        self.wire.queue_for(conn, &ack);
+        if code.closes() {
+            self.router
+                .hello_refused(conn, self.wire.now, &mut self.wire);
+            self.settle_dropped();
+        }
+    }
+
+    /// Answers the sign-ins the verifier has finished.
+    pub(super) fn drain_sign_ins(&mut self) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        let outcomes: Vec<_> = auth.verifier.drain_results().collect();
+        for outcome in outcomes {
+            let Some(auth) = self.auth.as_mut() else {
+                return;
+            };
+            let Some((conn, peer, seq)) = auth.checking.remove(&outcome.tag) else {
+                continue;
+            };
+            let live = auth.by_conn.get(&conn) == Some(&outcome.tag);
+            if live {
+                auth.by_conn.remove(&conn);
+            }
+            if let Err(refusal) = &outcome.result {
+                // Counted even when the client has gone: hanging up does
+                // not buy another guess.
+                auth.budget.record_failure(peer, now);
+                info!(conn, %peer, cause = %refusal.cause, "sign-in refused");
+            }
+            if !live {
+                continue;
+            }
+            match outcome.result {
+                Ok(identity) => {
+                    info!(conn, %peer, name = %identity.name, roles = %identity.roles, "signed in");
+                    if let Some(auth) = self.auth.as_mut() {
+                        auth.signed_in(conn, identity.name.key().into(), identity.expires);
+                    }
+                    self.accept(
+                        conn,
+                        seq,
+                        Some(&identity.name),
+                        identity.roles.bits(),
+                        false,
+                    );
+                }
+                Err(_) => self.hello_ack(conn, seq, Code::Refused, 0, b""),
+            }
+        }
+        self.settle_dropped();
+    }
+
+    /// Reloads the accounts file (SIGHUP) with the same checks as at
+    /// start. A file that does not load is refused with a log line and the
+    /// old accounts are kept; otherwise the sessions of every account gone,
+    /// whose roles lost a bit or whose secret changed get FLW and close
+    /// (`Accounts::revoked_since`), and sign-ins checked from now on use
+    /// the new accounts.
+    pub(super) fn reload_accounts(&mut self) {
+        let now = self.wire.now;
+        let (Some(auth), Some(config)) = (self.auth.as_mut(), self.config.auth.as_ref()) else {
+            info!("SIGHUP: no --auth, nothing to reload");
+            return;
+        };
+        let accounts = match Accounts::load(&config.file) {
+            Ok(accounts) => accounts,
+            Err(e) => {
+                warn!(error = %e, "SIGHUP: the accounts file is refused; the old accounts stay");
+                return;
+            }
+        };
+        let revoked = accounts.revoked_since(&auth.verifier.accounts());
+        let count = accounts.len();
+        auth.verifier.replace_accounts(accounts);
+        // A changed expiry applies to the sessions already signed in.
+        auth.next_expiry = Some(now);
+        let mut ended = 0;
+        for name in &revoked {
+            ended += self.router.revoke(&name.key(), now, &mut self.wire);
+        }
+        info!(
+            accounts = count,
+            revoked = revoked.len(),
+            sessions_ended = ended,
+            "SIGHUP: accounts reloaded"
+        );
+        self.settle_dropped();
+    }
+
+    /// Ends the sessions of accounts whose secret has expired, as by KICK
+    /// (FLW, closed on the OK), once their expiry passes.
+    pub(super) fn end_expired_sessions(&mut self) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        if auth.next_expiry.is_none_or(|at| now < at) {
+            return;
+        }
+        for key in auth.expired(SystemTime::now()) {
+            let ended = self.router.revoke(&key, now, &mut self.wire);
+            info!(account = %key, sessions_ended = ended, "secret expired: sessions ended");
+        }
+        self.settle_dropped();
+    }
+
+    /// When the next signed-in account's secret expires, for the poll.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.auth.as_ref()?.next_expiry
+    }
+
+    /// Whether a connection from `peer` may be admitted, and whether it is
+    /// counted as unidentified: with `--auth`, at most
+    /// `--max-unidentified` from one source at once (None: close it).
+    pub(super) fn admit_unidentified(&mut self, peer: SocketAddr) -> Option<bool> {
+        let Some(auth) = self.auth.as_mut() else {
+            return Some(false);
+        };
+        let count = auth
+            .unidentified
+            .entry(Source::from(peer.ip()))
+            .or_default();
+        if *count >= auth.max_unidentified {
+            warn!(
+                %peer,
+                limit = auth.max_unidentified,
+                "too many unidentified connections from this address: closed at accept"
+            );
+            return None;
+        }
+        *count += 1;
+        Some(true)
+    }
+
+    /// `conn` has its id, or is going: it no longer counts as unidentified.
+    pub(super) fn identified(&mut self, conn: ConnId) {
+        let Some(slot) = self.wire.conns.get_mut(conn) else {
+            return;
+        };
+        slot.unidentified = false;
+        let source = Source::from(slot.peer.ip());
+        if let Some(auth) = self.auth.as_mut()
+            && let Some(count) = auth.unidentified.get_mut(&source)
+        {
+            *count -= 1;
+            if *count == 0 {
+                auth.unidentified.remove(&source);
+            }
+        }
+    }
+
+    /// Forgets what waits on `conn` (it is being removed).
+    pub(super) fn forget_sign_in(&mut self, conn: ConnId) {
+        if let Some(auth) = self.auth.as_mut() {
+            auth.forget_conn(conn);
+        }
+    }
+}
