@@ -7,24 +7,9 @@
 use crate::util::*;
 use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
 use evchat::proto::*;
-use std::thread::sleep;
 use std::time::Duration;
 
 const S: ClientId = SERVER_ID;
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x} ")).collect()
-}
-
-fn expect_exact(raw: &mut Raw, want: &[u8]) {
-    let got = raw.expect_bytes(want.len());
-    assert!(
-        got == want,
-        "bytes differ\n want: {}\n  got: {}",
-        hex(want),
-        hex(&got)
-    );
-}
 
 fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
     [kind, origin, dest, seq]
@@ -175,7 +160,8 @@ fn a_hello_split_at_every_byte_is_read_whole() {
     for cut in 1..wire.len() {
         let mut raw = server.raw();
         raw.send(&wire[..cut]);
-        sleep(Duration::from_millis(5));
+        // Nothing comes back before the HELLO is whole.
+        raw.expect_silence();
         raw.send(&wire[cut..]);
         expect_exact(&mut raw, &helloack(0, PLAIN, name));
         raw.send(&oi(0));
@@ -753,11 +739,16 @@ fn a_full_verifier_queue_answers_busy_and_closes() {
         "A".repeat(43)
     );
     evchat::auth::write_private(&path, line.as_bytes()).unwrap();
-    let server = Server::start(&["--auth", path.to_str().unwrap(), "--auth-queue", "1"]);
+    let server = Server::start(&["--auth", path.to_str().unwrap(), "--auth-queue", "1", "-v"]);
     let mut first = server.raw();
     first.send(&hello(b"slow", b"a password"));
-    // Taken by the verifier before the second arrives.
-    sleep(Duration::from_millis(100));
+    // Queued for the verifier before the second arrives.
+    server
+        .proc
+        .stderr
+        .skip_until("the first sign-in queued", TIMEOUT, |line| {
+            line.contains("sign-in queued for the verifier")
+        });
     let mut second = server.raw();
     second.send(&hello(b"slow", b"another one"));
     expect_exact(&mut second, &helloack(6, 0, b""));

@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Sources the failure budget remembers at most (PROTOCOL.md, "Limits").
 const BUDGET_SOURCES: usize = 4096;
@@ -285,6 +285,7 @@ impl Server {
             warn!(conn, "sign-in refused: the verifier's queue is full");
             return self.hello_ack(conn, seq, Code::Busy, 0, b"");
         }
+        debug!(conn, "sign-in queued for the verifier");
         auth.next_tag += 1;
         auth.checking.insert(tag, (conn, peer, seq));
         auth.by_conn.insert(conn, tag);
