@@ -927,6 +927,10 @@ impl Router {
     // ---- identification -------------------------------------------------
 
     /// Rule 1.
+    // Once per connection: kept out of line so that `on_frame_view`, which
+    // every frame passes through, stays small (callgrind at 1:1: 14
+    // instructions a message fewer than with the identity checks inlined).
+    #[inline(never)]
     fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, now: Instant, out: &mut impl Outbox) {
         let wanted_exhibitor = oi.origin;
         if let Err(why) = self.may_identify(conn, wanted_exhibitor) {
