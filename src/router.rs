@@ -21,6 +21,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// The roles a sender needs for every request it may make.
+const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
+
 /// The event loop's handle for one connection. It must not be reused for a
 /// new connection until the router has forgotten the old one (after
 /// [`Outbox::close`] or [`Router::disconnected`]).
@@ -698,10 +701,15 @@ impl Router {
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
                 self.close(conn, CloseReason::Spoofed, now, out);
             }
-            Role::Emitter { .. } => {
-                let roles = session.roles;
-                self.on_emitter_frame(conn, frame, roles, now, out)
+            // Rule-free for a sender that may both emit and broadcast (every
+            // session without accounts): one test, and the request path
+            // below never looks at roles.
+            Role::Emitter { .. }
+                if session.roles & SENDS != SENDS && !may_request(session.roles, frame) =>
+            {
+                self.refuse_request(conn, frame, now, out)
             }
+            Role::Emitter { .. } => self.on_emitter_frame(conn, frame, now, out),
             Role::Exhibitor { .. } => self.on_exhibitor_frame(conn, frame, now, out),
         }
     }
@@ -1107,12 +1115,11 @@ impl Router {
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
-        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         match frame.kind {
-            Kind::Msg | Kind::Creq => self.request(conn, frame, roles, now, out),
+            Kind::Msg | Kind::Creq => self.request(conn, frame, now, out),
             Kind::Flw => {
                 // Rule 6: the OK goes out after every earlier reply, then the close.
                 self.push_reply(conn, frame.seq, 0, true);
@@ -1170,27 +1177,31 @@ impl Router {
         self.close(conn, CloseReason::BadFrame, now, out);
     }
 
+    /// A MSG or CREQ without the role it needs has no target: ERRO, in its
+    /// place among the replies, nothing forwarded.
+    #[inline(never)]
+    fn refuse_request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        log_role_refusal(conn, frame);
+        self.push_reply(conn, frame.seq, 0, false);
+        self.flush_replies(conn, now, out);
+    }
+
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
-    /// Without the role the request needs (emit, or broadcast for 0) it has
-    /// no target: ERRO, in its place among the replies, nothing forwarded.
     fn request(
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
-        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         let mut targets = std::mem::take(&mut self.targets);
-        // emit for one client, broadcast for 0; without a branch, since
-        // every request asks.
-        const _: () = assert!(ROLE_BROADCAST == ROLE_EMIT << 1);
-        let needed = ROLE_EMIT << u8::from(frame.dest == 0);
-        if roles & needed == needed {
-            self.find_targets(frame.dest, &mut targets);
-        } else {
-            log_role_refusal(conn, frame);
-        }
+        self.find_targets(frame.dest, &mut targets);
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
         let held = if accepted { out.accepted(frame) } else { None };
         let waits = targets.len() as u32 + u32::from(held.is_some());
@@ -1586,6 +1597,17 @@ impl Router {
 /// that the per-message path it sits in stays as small as it was before roles.
 #[cold]
 #[inline(never)]
+/// Whether `roles` allow `frame`: MSG and CREQ need emit, or broadcast when
+/// sent to 0; nothing else an emitter sends needs a role.
+fn may_request(roles: u8, frame: &FrameView<'_>) -> bool {
+    let needed = match (frame.kind, frame.dest) {
+        (Kind::Msg | Kind::Creq, 0) => ROLE_BROADCAST,
+        (Kind::Msg | Kind::Creq, _) => ROLE_EMIT,
+        _ => return true,
+    };
+    roles & needed == needed
+}
+
 fn log_role_refusal(conn: ConnId, frame: &FrameView<'_>) {
     info!(
         conn,
