@@ -235,8 +235,10 @@ struct Session {
     /// The roles byte's bits this session holds.
     roles: u8,
     hello: Hello,
-    /// An opted-in exhibitor: the name and roles last told it for each id
-    /// (WHO). None for every other session.
+    /// An opted-in exhibitor: it is told names (WHO).
+    teller: bool,
+    /// What a teller was told of each id; allocated at its first WHO, so
+    /// that an idle signed-in session costs no table.
     told: Option<Box<Told>>,
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
@@ -606,6 +608,7 @@ impl Router {
             role: Role::Anonymous,
             roles: PLAIN_ROLES,
             hello: Hello::Plain,
+            teller: false,
             told: None,
             connected_at: now,
             seq: SeqCounter::new(),
@@ -905,7 +908,10 @@ impl Router {
         let mut tellers = 0;
         for (conn, session) in self.sessions.iter().enumerate() {
             let Some(session) = session else { continue };
-            if session.told.is_some() {
+            if session.told.is_some() && !session.teller {
+                return Err(format!("conn {conn} has names told but is no teller"));
+            }
+            if session.teller {
                 tellers += 1;
                 if !matches!(session.role, Role::Exhibitor { .. })
                     || !matches!(session.hello, Hello::Accepted { .. })
@@ -989,7 +995,7 @@ impl Router {
                 if is_exhibitor_id(id) {
                     session.role = Role::Exhibitor { emitter: None };
                     if matches!(session.hello, Hello::Accepted { .. }) {
-                        session.told = Some(Box::default());
+                        session.teller = true;
                         self.tellers += 1;
                     }
                 }
@@ -1471,7 +1477,7 @@ impl Router {
     fn forget(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) -> Option<ClientId> {
         self.release_name(conn);
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
-        if session.told.is_some() {
+        if session.teller {
             self.tellers -= 1;
         }
         let id = session.id;
@@ -1526,7 +1532,7 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         for &target in targets {
-            if self.session(target).is_none_or(|s| s.told.is_none()) {
+            if self.session(target).is_none_or(|s| !s.teller) {
                 continue;
             }
             for &id in about {
@@ -1545,7 +1551,7 @@ impl Router {
                 }
                 let name: Option<Box<str>> = shown.map(Into::into);
                 let session = self.session_mut(target).expect("checked above");
-                let told = session.told.as_mut().expect("checked above");
+                let told = session.told.get_or_insert_with(Box::default);
                 let seq = session.seq.next_seq();
                 let who = ExtFrame::Who(Who {
                     origin: SERVER_ID,
