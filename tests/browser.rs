@@ -10,7 +10,8 @@
 
 use crate::util::{ReservedPort, Rng, Server, TempDir};
 use evchat::cli::escape_text;
-use evchat::proto::{Frame, Kind};
+use evchat::proto::ext::{ExtFrame, Hello, HelloAck, KICK, SecretBytes, Who};
+use evchat::proto::{Frame, Header, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
 use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption as ConsoleType;
 use headless_chrome::protocol::cdp::types::Event;
@@ -372,8 +373,44 @@ fn codec_matches_rust(tab: &Tab) {
         Frame::msg(1, 0, 7, "hi ção".as_bytes().to_vec()).unwrap(),
         Frame::clist(0xffff, 4096, 3, vec![1, 2, 4096, 8191]).unwrap(),
     ];
-    for frame in &frames {
-        let bytes = frame.to_bytes().to_vec();
+    let ext = [
+        ExtFrame::Hello(Hello {
+            origin: 0,
+            dest: 0xffff,
+            seq: 0,
+            version: 1,
+            name: b"alice".to_vec(),
+            secret: SecretBytes::new(b"pw".to_vec()),
+        }),
+        ExtFrame::HelloAck(HelloAck {
+            origin: 0xffff,
+            dest: 0,
+            seq: 0,
+            code: 3,
+            version: 1,
+            roles: 7,
+            name: b"Alice".to_vec(),
+        }),
+        ExtFrame::Who(Who {
+            origin: 0xffff,
+            dest: 4096,
+            seq: 9,
+            id: 4097,
+            roles: 15,
+            name: b"bob.b-1_x".to_vec(),
+        }),
+        ExtFrame::Kick(Header {
+            kind: KICK,
+            origin: 1,
+            dest: 2,
+            seq: 5,
+        }),
+    ];
+    let bytes_of = frames
+        .iter()
+        .map(|f| (f.to_string(), f.to_bytes().to_vec()))
+        .chain(ext.iter().map(|f| (f.to_string(), f.to_bytes().to_vec())));
+    for (frame, bytes) in bytes_of {
         let js = evaluate(
             tab,
             &format!(
@@ -385,13 +422,36 @@ fn codec_matches_rust(tab: &Tab) {
         let round: Vec<u8> = serde_json::from_str(js.as_str().unwrap()).unwrap();
         assert_eq!(round, bytes, "decode+encode of {frame}");
     }
-    // One WebSocket message is exactly one frame: short, trailing and
-    // unknown-type messages are refused, with the reason.
+    // One WebSocket message is exactly one frame: short, trailing,
+    // malformed and unknown-type messages are refused, with the reason.
     for (bytes, reason) in [
         (&b"\x00\x01\x00\x00\x00"[..], "short frame"),
         (b"\x00\x05\x00\x01\x00\x00\x00\x01\x00\x03hi", "short MSG"),
         (b"\x00\x01\x00\x00\x00\x00\x00\x00\x00", "trailing bytes"),
-        (b"\x00\x08\x00\x00\x00\x00\x00\x00", "unknown frame type 8"),
+        (b"\x00\x0c\x00\x00\x00\x00\x00\x00", "unknown frame type 12"),
+        (
+            b"\x00\x09\xff\xff\x00\x00\x00\x00",
+            "short HELLOACK: no length",
+        ),
+        // L = 29, one over HELLOACK's limit: refused from the length alone.
+        (
+            b"\x00\x09\xff\xff\x00\x00\x00\x00\x00\x1d",
+            "malformed HELLOACK: L is 29",
+        ),
+        // WHO whose NL (3) does not add up to L (6).
+        (
+            b"\x00\x0a\xff\xff\x10\x00\x00\x00\x00\x06\x00\x01\x07\x03ab",
+            "malformed WHO",
+        ),
+        (
+            b"\x00\x0a\xff\xff\x10\x00\x00\x00\x00\x06\x00\x01\x07\x02ab!",
+            "trailing bytes",
+        ),
+        // HELLO whose SL (5) is more than the bytes left.
+        (
+            b"\x00\x08\x00\x00\xff\xff\x00\x00\x00\x06\x01\x00\x00\x05pw",
+            "malformed HELLO",
+        ),
     ] {
         let err = evaluate(
             tab,
