@@ -347,6 +347,7 @@
         return; // already ours
       }
       claim = new Session(name);
+      claim.claimed = true;
       openExhibitor(claim);
       return;
     }
@@ -433,6 +434,7 @@
     this.exhibitorHello = false; // its HELLO accepted: OI next
     this.emitterHello = false;
     this.registered = false; // both halves (or, view only, the exhibitor) have ids
+    this.claimed = false; // started by the name field, replacing a session
     // Stopped at a taken or bad name: the server keeps the connection for
     // another HELLO, which waits for the user.
     this.naming = false;
@@ -687,7 +689,9 @@
     const ids = viewOnly
       ? 'exhibitor ' + s.exhibitorId + ' (view only: this account cannot send)'
       : 'emitter ' + s.emitterId + ' / exhibitor ' + s.exhibitorId;
-    note((everConnected ? 'reconnected: you are now ' : 'connected: you are ') +
+    const said = s.claimed ? 'name claimed: you are '
+      : everConnected ? 'reconnected: you are now ' : 'connected: you are ';
+    note(said +
       (s.ownName ? s.ownName + ', ' : '') + ids);
     everConnected = true;
     requestClients();
