@@ -865,18 +865,26 @@ fn bob_token() -> String {
     format!("evt_{}", "0123456789abcdef".repeat(4))
 }
 
+/// A token for viewer, who may only view.
+fn viewer_token() -> String {
+    format!("evt_{}", "fedcba9876543210".repeat(4))
+}
+
 /// An accounts file (mode 0600): alice with a password (argon2id, the
-/// parameters `evchat user add` uses), bob with a token; both may view,
-/// emit and broadcast.
+/// parameters `evchat user add` uses) and bob with a token, who may view,
+/// emit and broadcast; viewer with a token, who may only view.
 fn accounts_file(dir: &TempDir) -> String {
-    let roles = Roles::parse("view,emit,broadcast").unwrap();
-    let mut accounts = Accounts::default();
+    let all = Roles::parse("view,emit,broadcast").unwrap();
+    let token = |t: String| Secret::for_token(&Credential::new(t.into_bytes()));
     let password = Credential::new(ALICE_PASSWORD.as_bytes().to_vec());
-    for (name, secret) in [
-        ("alice", Secret::for_password(&password).unwrap()),
+    let mut accounts = Accounts::default();
+    for (name, roles, secret) in [
+        ("alice", all, Secret::for_password(&password).unwrap()),
+        ("bob", all, token(bob_token())),
         (
-            "bob",
-            Secret::for_token(&Credential::new(bob_token().into_bytes())),
+            "viewer",
+            Roles::parse("view").unwrap(),
+            token(viewer_token()),
         ),
     ] {
         accounts.upsert(Account {
@@ -1076,6 +1084,12 @@ fn page_says_why_a_sign_in_is_refused() {
     evaluate(&tab, "document.getElementById('secret').value = ''", false);
     sign_in(&tab, "alice", "");
     wait_sign_in_form(&tab, "Enter your password or token.");
+    // 257 bytes: one over what HELLO carries.
+    type_into(&tab, "#secret", &"é".repeat(128));
+    type_into(&tab, "#secret", "x");
+    tab.press_key("Enter").unwrap();
+    wait_sign_in_form(&tab, "A password or token is at most 256 bytes.");
+    evaluate(&tab, "document.getElementById('secret').value = ''", false);
 
     // Refused by the server (code 2): one sentence for both causes.
     type_into(&tab, "#secret", "not the password");
@@ -1214,6 +1228,88 @@ fn page_claims_a_name_and_others_see_it() {
             sent_shows("hi all", Some("to all"), "delivered")
         ),
     );
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+/// The page follows the server across restarts: from no accounts to
+/// accounts (the form comes back), signed in to an account that may only
+/// view (no emitter), and back to no accounts (code 7: the page drops the
+/// credentials and joins without them on the same connection).
+#[test]
+fn page_follows_the_server_between_accounts_and_none() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-modes");
+    let file = accounts_file(&dir);
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &[]);
+    let (_browser, tab, problems) = open_page(path, port.addr().port());
+    assert_eq!(wait_connected(&tab), (1, 4096));
+    let stop = |server: &mut Server| {
+        server.proc.signal(libc::SIGTERM);
+        assert!(server.proc.wait().success());
+    };
+
+    stop(&mut server);
+    let mut server = Server::start_on(&port, &["--auth", &file]);
+    wait_sign_in_form(&tab, "");
+    assert_eq!(
+        evaluate(&tab, "document.getElementById('name-form').hidden", false),
+        Value::Bool(true)
+    );
+
+    sign_in(&tab, "viewer", &viewer_token());
+    wait_for(
+        &tab,
+        "signed in, view only",
+        &format!(
+            "document.getElementById('state').textContent === 'connected, view only' && \
+             document.getElementById('send').disabled && \
+             {}.includes('reconnected: you are now viewer, exhibitor 4096 (view only: this \
+             account cannot send)') && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    assert_eq!(
+        [
+            dom_text(&tab, "own-name"),
+            dom_text(&tab, "emitter-id"),
+            dom_text(&tab, "exhibitor-id")
+        ],
+        ["viewer", "–", "4096"]
+    );
+    // It reads: bob's broadcast, shown by name, acknowledged.
+    let (mut bob, bob_id) = opted_in(
+        &server,
+        &hello("bob", bob_token().as_bytes()),
+        &accepted(7, "bob"),
+        1,
+    );
+    bob.send(&msg(bob_id, 0, 1, b"anyone reading?"));
+    expect_exact(&mut bob, &hdr(Kind::Ok, 0xffff, bob_id, 1));
+    wait_for(
+        &tab,
+        "bob's broadcast shown by name",
+        "[...document.querySelectorAll('#log li.in')].some(li => \
+           li.querySelector('.from').textContent === 'bob' && \
+           li.querySelector('.text').textContent === 'anyone reading?') && 'yes'",
+    );
+    drop(bob);
+
+    stop(&mut server);
+    let _server = Server::start_on(&port, &[]);
+    wait_for(
+        &tab,
+        "joined without an account",
+        "document.getElementById('state').dataset.state === 'connected' && \
+         document.getElementById('emitter-id').textContent === '1' && \
+         document.getElementById('own-name').textContent === '' && \
+         !document.getElementById('name-form').hidden && \
+         document.getElementById('sign-out').hidden && \
+         document.body.dataset.view === 'chat' && 'yes'",
+    );
+    wait_clients(&tab, "emitter 1 (you), exhibitor 4096 (you)");
 
     let problems = problems.lock().unwrap();
     assert!(problems.is_empty(), "the page reported: {problems:#?}");

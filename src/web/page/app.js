@@ -37,6 +37,9 @@
     lostSignIn: 'The connection to the server was lost. Try again.',
     badName: 'A name starts with a letter, then up to 23 letters, digits, ".", "_" or "-".',
     lostClaim: 'The name was not claimed: the connection was lost. Try again.',
+    refusedSignIn: function (code) {
+      return 'The server refused the sign-in (HELLOACK code ' + code + ').';
+    },
   });
 
   function nameTaken(name) {
@@ -652,6 +655,11 @@
         return;
       default:
         // 8 (malformed) or 9 (version): this page and the server disagree.
+        if (signingIn && !credentials.accepted) {
+          halt();
+          askSignIn(SAY.refusedSignIn(frame.code));
+          return;
+        }
         lose(s, 'the server refused the HELLO (HELLOACK code ' + frame.code + ')');
     }
   }
@@ -682,6 +690,11 @@
     failures = 0;
     showIds(s.emitterId, s.exhibitorId, s.ownName);
     const viewOnly = s.emitterId === null;
+    if (viewOnly) {
+      // No emitter, so no CREQ to mark where a replay ends: what is held
+      // is shown now, and a replay after a reconnection may repeat lines.
+      releaseHeld(s);
+    }
     showState('connected', viewOnly ? 'connected, view only' : 'connected');
     if (accounts === false) {
       ui.name.value = s.ownName;
