@@ -1314,3 +1314,61 @@ fn page_follows_the_server_between_accounts_and_none() {
     let problems = problems.lock().unwrap();
     assert!(problems.is_empty(), "the page reported: {problems:#?}");
 }
+
+/// A taken name leaves the claim's connection open for another HELLO;
+/// when the user takes longer than the handshake timeout, the server
+/// closes it, quietly for the page, and the next name goes out on a new
+/// connection.
+#[test]
+fn page_claims_a_name_after_the_kept_connection_timed_out() {
+    let Some(path) = chromium() else { return };
+    let server = Server::start(&["--handshake-timeout", "2"]);
+    let (_carol, _) = opted_in(
+        &server,
+        &hello("carol", b""),
+        &accepted(PLAIN_ROLES, "carol"),
+        0,
+    );
+    let (_browser, tab, problems) = open_page(path, server.addr.port());
+    assert_eq!(wait_connected(&tab), (1, 4097));
+
+    type_into(&tab, "#name", "carol");
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the taken name refused",
+        &format!(
+            "{} === 'The name \"carol\" is taken. Choose another.' && 'yes'",
+            text_of("name-problem")
+        ),
+    );
+    server.proc.stderr.skip_until(
+        "the kept connection closed",
+        Duration::from_secs(10),
+        |line| line.contains("no OI within the handshake timeout"),
+    );
+    // The chat went on, and the page said nothing of that close.
+    assert_eq!(wait_connected(&tab), (1, 4097));
+    assert_eq!(
+        evaluate(&tab, &texts("#log li.note .text", "|"), false),
+        Value::String("connected: you are emitter 1 / exhibitor 4097".into())
+    );
+
+    evaluate(&tab, "document.getElementById('name').value = ''", false);
+    type_into(&tab, "#name", "alice");
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the name claimed on a new connection",
+        &format!(
+            "{} === 'alice' && document.getElementById('name-problem').hidden && \
+             document.getElementById('state').dataset.state === 'connected' && \
+             {}.includes('name claimed: you are alice, ') && 'yes'",
+            text_of("own-name"),
+            texts("#log li.note", "\n")
+        ),
+    );
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
