@@ -333,8 +333,9 @@
       return;
     }
     showProblem(ui.nameProblem, '');
-    // A session stopped at a taken name asks again on its own connection.
-    const waiting = claim !== null ? claim : (session !== null && session.naming ? session : null);
+    // One stopped at a taken or bad name asks again on its own connection.
+    const waiting = claim !== null && claim.naming ? claim
+      : session !== null && session.naming ? session : null;
     if (waiting !== null && waiting.exhibitor.readyState === WebSocket.OPEN) {
       waiting.naming = false;
       waiting.name = name;
@@ -344,6 +345,11 @@
     if (waiting !== null) {
       // The server closed it meanwhile (the handshake timeout): start anew.
       drop(waiting);
+    }
+    if (claim !== null) {
+      // A claim still waiting for its answer gives way to this one: another
+      // HELLO on its connection would be one too many if it is accepted.
+      drop(claim);
     }
     if (session !== null && session.connected()) {
       if (name.toLowerCase() === session.ownName.toLowerCase()) {
