@@ -710,8 +710,7 @@
       : 'emitter ' + s.emitterId + ' / exhibitor ' + s.exhibitorId;
     const said = s.claimed ? 'name claimed: you are '
       : everConnected ? 'reconnected: you are now ' : 'connected: you are ';
-    note(said +
-      (s.ownName ? s.ownName + ', ' : '') + ids);
+    note(said + (s.ownName ? s.ownName + ', ' : '') + ids);
     everConnected = true;
     requestClients();
   }
