@@ -8,9 +8,11 @@
 //! command that installs it, except when a developer sets
 //! `EVCHAT_SKIP_BROWSER=1` outside CI (never when `CI=true`).
 
-use crate::util::{ReservedPort, Rng, Server, TempDir};
+use crate::util::{Raw, ReservedPort, Rng, Server, TempDir, expect_exact, hdr, msg, raw_hdr};
+use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
 use evchat::cli::escape_text;
-use evchat::proto::{Frame, Kind};
+use evchat::proto::ext::{ExtFrame, Hello, HelloAck, KICK, SecretBytes, Who};
+use evchat::proto::{Frame, Header, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
 use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption as ConsoleType;
 use headless_chrome::protocol::cdp::types::Event;
@@ -372,8 +374,44 @@ fn codec_matches_rust(tab: &Tab) {
         Frame::msg(1, 0, 7, "hi ção".as_bytes().to_vec()).unwrap(),
         Frame::clist(0xffff, 4096, 3, vec![1, 2, 4096, 8191]).unwrap(),
     ];
-    for frame in &frames {
-        let bytes = frame.to_bytes().to_vec();
+    let ext = [
+        ExtFrame::Hello(Hello {
+            origin: 0,
+            dest: 0xffff,
+            seq: 0,
+            version: 1,
+            name: b"alice".to_vec(),
+            secret: SecretBytes::new(b"pw".to_vec()),
+        }),
+        ExtFrame::HelloAck(HelloAck {
+            origin: 0xffff,
+            dest: 0,
+            seq: 0,
+            code: 3,
+            version: 1,
+            roles: 7,
+            name: b"Alice".to_vec(),
+        }),
+        ExtFrame::Who(Who {
+            origin: 0xffff,
+            dest: 4096,
+            seq: 9,
+            id: 4097,
+            roles: 15,
+            name: b"bob.b-1_x".to_vec(),
+        }),
+        ExtFrame::Kick(Header {
+            kind: KICK,
+            origin: 1,
+            dest: 2,
+            seq: 5,
+        }),
+    ];
+    let bytes_of = frames
+        .iter()
+        .map(|f| (f.to_string(), f.to_bytes().to_vec()))
+        .chain(ext.iter().map(|f| (f.to_string(), f.to_bytes().to_vec())));
+    for (frame, bytes) in bytes_of {
         let js = evaluate(
             tab,
             &format!(
@@ -385,13 +423,36 @@ fn codec_matches_rust(tab: &Tab) {
         let round: Vec<u8> = serde_json::from_str(js.as_str().unwrap()).unwrap();
         assert_eq!(round, bytes, "decode+encode of {frame}");
     }
-    // One WebSocket message is exactly one frame: short, trailing and
-    // unknown-type messages are refused, with the reason.
+    // One WebSocket message is exactly one frame: short, trailing,
+    // malformed and unknown-type messages are refused, with the reason.
     for (bytes, reason) in [
         (&b"\x00\x01\x00\x00\x00"[..], "short frame"),
         (b"\x00\x05\x00\x01\x00\x00\x00\x01\x00\x03hi", "short MSG"),
         (b"\x00\x01\x00\x00\x00\x00\x00\x00\x00", "trailing bytes"),
-        (b"\x00\x08\x00\x00\x00\x00\x00\x00", "unknown frame type 8"),
+        (b"\x00\x0c\x00\x00\x00\x00\x00\x00", "unknown frame type 12"),
+        (
+            b"\x00\x09\xff\xff\x00\x00\x00\x00",
+            "short HELLOACK: no length",
+        ),
+        // L = 29, one over HELLOACK's limit: refused from the length alone.
+        (
+            b"\x00\x09\xff\xff\x00\x00\x00\x00\x00\x1d",
+            "malformed HELLOACK: L is 29",
+        ),
+        // WHO whose NL (3) does not add up to L (6).
+        (
+            b"\x00\x0a\xff\xff\x10\x00\x00\x00\x00\x06\x00\x01\x07\x03ab",
+            "malformed WHO",
+        ),
+        (
+            b"\x00\x0a\xff\xff\x10\x00\x00\x00\x00\x06\x00\x01\x07\x02ab!",
+            "trailing bytes",
+        ),
+        // HELLO whose SL (5) is more than the bytes left.
+        (
+            b"\x00\x08\x00\x00\xff\xff\x00\x00\x00\x06\x01\x00\x00\x05pw",
+            "malformed HELLO",
+        ),
     ] {
         let err = evaluate(
             tab,
@@ -742,6 +803,570 @@ fn page_reconnected_to_a_server_with_history_shows_each_message_once() {
     assert_eq!(
         evaluate(&tab, &texts("#log li.out .text", "|"), false),
         Value::String("from the page".into())
+    );
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+// ---- the identity extension: sign-in, names ---------------------------
+
+/// The roles of a session without accounts: view, emit, broadcast.
+const PLAIN_ROLES: u8 = 7;
+/// Alice's password in the accounts file of the sign-in tests.
+const ALICE_PASSWORD: &str = "correct horse battery";
+
+/// HELLO(0, 65535, seq 0), version 1, written out byte by byte.
+fn hello(name: &str, secret: &[u8]) -> Vec<u8> {
+    let mut wire = raw_hdr(8, 0, 0xffff, 0);
+    wire.extend_from_slice(&((4 + name.len() + secret.len()) as u16).to_be_bytes());
+    wire.extend_from_slice(&[1, name.len() as u8]);
+    wire.extend_from_slice(name.as_bytes());
+    wire.extend_from_slice(&(secret.len() as u16).to_be_bytes());
+    wire.extend_from_slice(secret);
+    wire
+}
+
+/// HELLOACK(65535, 0, seq 0): code 0, version 1, `roles`, `name`.
+fn accepted(roles: u8, name: &str) -> Vec<u8> {
+    let mut wire = raw_hdr(9, 0xffff, 0, 0);
+    wire.extend_from_slice(&((4 + name.len()) as u16).to_be_bytes());
+    wire.extend_from_slice(&[0, 1, roles, name.len() as u8]);
+    wire.extend_from_slice(name.as_bytes());
+    wire
+}
+
+/// WHO(65535, `to`, `seq`): `id` is `name`, with `roles`.
+fn who(to: u16, seq: u16, id: u16, roles: u8, name: &str) -> Vec<u8> {
+    let mut wire = raw_hdr(10, 0xffff, to, seq);
+    wire.extend_from_slice(&((4 + name.len()) as u16).to_be_bytes());
+    wire.extend_from_slice(&id.to_be_bytes());
+    wire.extend_from_slice(&[roles, name.len() as u8]);
+    wire.extend_from_slice(name.as_bytes());
+    wire
+}
+
+/// A raw TCP client that opted in with `hello_bytes`, got `ack`, and
+/// registered: an exhibitor (`origin` 0) or an emitter paired with one.
+fn opted_in(server: &Server, hello_bytes: &[u8], ack: &[u8], origin: u16) -> (Raw, u16) {
+    let mut raw = server.raw();
+    raw.send(hello_bytes);
+    expect_exact(&mut raw, ack);
+    let id = if origin == 0 {
+        raw.identify_exhibitor()
+    } else {
+        raw.identify_emitter(origin)
+    };
+    (raw, id)
+}
+
+/// A token for bob: `evt_` and 64 hex digits.
+fn bob_token() -> String {
+    format!("evt_{}", "0123456789abcdef".repeat(4))
+}
+
+/// A token for viewer, who may only view.
+fn viewer_token() -> String {
+    format!("evt_{}", "fedcba9876543210".repeat(4))
+}
+
+/// An accounts file (mode 0600): alice with a password (argon2id, the
+/// parameters `evchat user add` uses) and bob with a token, who may view,
+/// emit and broadcast; viewer with a token, who may only view.
+fn accounts_file(dir: &TempDir) -> String {
+    let all = Roles::parse("view,emit,broadcast").unwrap();
+    let token = |t: String| Secret::for_token(&Credential::new(t.into_bytes()));
+    let password = Credential::new(ALICE_PASSWORD.as_bytes().to_vec());
+    let mut accounts = Accounts::default();
+    for (name, roles, secret) in [
+        ("alice", all, Secret::for_password(&password).unwrap()),
+        ("bob", all, token(bob_token())),
+        (
+            "viewer",
+            Roles::parse("view").unwrap(),
+            token(viewer_token()),
+        ),
+    ] {
+        accounts.upsert(Account {
+            name: Name::new(name).unwrap(),
+            roles,
+            secret,
+            expires: None,
+        });
+    }
+    let path = dir.path().join("accounts");
+    accounts.save(&path).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Types `text` into the field `selector`, as a keyboard user does.
+fn type_into(tab: &Tab, selector: &str, text: &str) {
+    tab.find_element(selector).unwrap().focus().unwrap();
+    tab.send_character(text).unwrap();
+}
+
+/// Signs in with the form: user, secret, Enter.
+fn sign_in(tab: &Tab, user: &str, secret: &str) {
+    type_into(tab, "#user", user);
+    type_into(tab, "#secret", secret);
+    tab.press_key("Enter").unwrap();
+}
+
+/// Waits until the sign-in form shows, in the log's place, with `problem`
+/// as its sentence ("" for none), and the state line asks to sign in.
+fn wait_sign_in_form(tab: &Tab, problem: &str) {
+    wait_for(
+        tab,
+        &format!("the sign-in form saying {problem:?}"),
+        &format!(
+            "(() => {{ const p = document.getElementById('sign-in-problem'); \
+               return document.body.dataset.view === 'sign-in' && \
+                 !document.getElementById('sign-in').hidden && \
+                 getComputedStyle(document.querySelector('.layout')).display === 'none' && \
+                 getComputedStyle(document.getElementById('composer')).display === 'none' && \
+                 document.getElementById('state').textContent === 'sign in to chat' && \
+                 !document.getElementById('sign-in-button').disabled && \
+                 (p.hidden ? '' : p.textContent) === {problem:?} && 'yes'; }})()"
+        ),
+    );
+}
+
+/// JavaScript: the text of the element with id `id`.
+fn text_of(id: &str) -> String {
+    format!("document.getElementById('{id}').textContent")
+}
+
+fn dom_text(tab: &Tab, id: &str) -> String {
+    match evaluate(tab, &text_of(id), false) {
+        Value::String(s) => s,
+        other => panic!("#{id}: {other:?}"),
+    }
+}
+
+/// With `--auth`: the page shows the form, signs in with a password, and
+/// chats with a TCP client signed in with a token, each side shown the
+/// other's name.
+#[test]
+fn page_signs_in_with_a_password_and_shows_names() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-sign-in");
+    let file = accounts_file(&dir);
+    let server = Server::start(&["--auth", &file]);
+    let bob_hello = hello("bob", bob_token().as_bytes());
+    let (mut bob_ex, bob_ex_id) = opted_in(&server, &bob_hello, &accepted(7, "bob"), 0);
+    let (mut bob_em, bob_em_id) = opted_in(&server, &bob_hello, &accepted(7, "bob"), bob_ex_id);
+    assert_eq!((bob_em_id, bob_ex_id), (1, 4096));
+
+    let (_browser, tab, problems) = open_page(path, server.addr.port());
+    // The page's first HELLO has no secret: code 1, so it asks.
+    wait_sign_in_form(&tab, "");
+    assert_eq!(
+        evaluate(
+            &tab,
+            "getComputedStyle(document.querySelector('.identity')).display",
+            false
+        ),
+        Value::String("none".into())
+    );
+
+    sign_in(&tab, "alice", ALICE_PASSWORD);
+    assert_eq!(wait_connected(&tab), (2, 4097));
+    assert_eq!(dom_text(&tab, "own-name"), "alice");
+    wait_for(
+        &tab,
+        "the sign-in announced",
+        &format!(
+            "{}.includes('connected: you are alice, emitter 2 / exhibitor 4097') && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    // The form is gone, the password with it, and nothing went in the URL.
+    assert_eq!(
+        evaluate(
+            &tab,
+            "[document.body.dataset.view, document.getElementById('sign-in').hidden, \
+              document.getElementById('secret').value, location.href, \
+              document.getElementById('sign-out').hidden, \
+              document.getElementById('name-form').hidden].join('|')",
+            false
+        ),
+        Value::String(format!(
+            "chat|true||http://127.0.0.1:{}/|false|true",
+            server.addr.port()
+        ))
+    );
+    // WHO named every listed id; the page acknowledged each (else the
+    // server would cut it at the ack timeout).
+    wait_clients(
+        &tab,
+        "bob · emitter 1, alice · emitter 2 (you), bob · exhibitor 4096, \
+         alice · exhibitor 4097 (you)",
+    );
+
+    // To bob by name: the picker's fourth entry.
+    press_keys(&tab, "#dest", &["ArrowDown", "ArrowDown", "ArrowDown"]);
+    assert_eq!(
+        evaluate(
+            &tab,
+            "document.getElementById('dest').selectedOptions[0].textContent",
+            false
+        ),
+        Value::String("bob (exhibitor 4096)".into())
+    );
+    type_and_send(&tab, "hi bob");
+    // bob's exhibitor is told who id 2 is, then gets the message.
+    expect_exact(&mut bob_ex, &who(bob_ex_id, 0, 2, PLAIN_ROLES, "alice"));
+    let to_bob = bob_ex.expect_frame();
+    assert_eq!(
+        (
+            to_bob.kind,
+            to_bob.origin,
+            to_bob.dest,
+            to_bob.text().map(|t| &t[..])
+        ),
+        (Kind::Msg, 2, bob_ex_id, Some(&b"hi bob"[..]))
+    );
+    bob_ex.send(&hdr(Kind::Ok, bob_ex_id, 0xffff, 0));
+    bob_ex.send(&hdr(Kind::Ok, bob_ex_id, 2, to_bob.seq));
+    wait_for(
+        &tab,
+        "the message to bob delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("hi bob", Some("to bob"), "delivered")
+        ),
+    );
+
+    // bob writes back: the page shows his name, not his id. His OK also
+    // says the page acknowledged each WHO: the server settles acks in order,
+    // so a WHO left unacknowledged would hold this MSG's entry until the
+    // ack timeout cut the page, and bob would get ERRO.
+    bob_em.send(&msg(bob_em_id, 4097, 1, b"hello alice"));
+    expect_exact(&mut bob_em, &hdr(Kind::Ok, 0xffff, bob_em_id, 1));
+    wait_for(
+        &tab,
+        "bob's message shown by name",
+        "[...document.querySelectorAll('#log li.in')].some(li => \
+           li.querySelector('.from').textContent === 'bob' && \
+           li.querySelector('.scope').textContent === 'to you' && \
+           li.querySelector('.text').textContent === 'hello alice') && 'yes'",
+    );
+    screenshot(&tab, "page-signed-in.png", DESKTOP);
+
+    // Signing out ends the session and brings the form back, empty.
+    press_keys(&tab, "#sign-out", &["Enter"]);
+    wait_sign_in_form(&tab, "");
+    assert_eq!(dom_text(&tab, "own-name"), "");
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+/// Each refusal is one plain sentence on the form: a wrong password and an
+/// unknown user read alike, then too many failures; what the page can
+/// judge itself is refused before anything is sent.
+#[test]
+fn page_says_why_a_sign_in_is_refused() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-refused");
+    let file = accounts_file(&dir);
+    let server = Server::start(&["--auth", &file, "--auth-failures", "2"]);
+    let (_browser, tab, problems) = open_page(path, server.addr.port());
+    wait_sign_in_form(&tab, "");
+
+    // Judged by the page: no HELLO goes out, so no failure is counted.
+    sign_in(&tab, "1alice", "whatever");
+    wait_sign_in_form(
+        &tab,
+        "A user name starts with a letter, then up to 23 letters, digits, \".\", \"_\" or \"-\".",
+    );
+    evaluate(&tab, "document.getElementById('user').value = ''", false);
+    evaluate(&tab, "document.getElementById('secret').value = ''", false);
+    sign_in(&tab, "alice", "");
+    wait_sign_in_form(&tab, "Enter your password or token.");
+    // 257 bytes: one over what HELLO carries.
+    type_into(&tab, "#secret", &"é".repeat(128));
+    type_into(&tab, "#secret", "x");
+    tab.press_key("Enter").unwrap();
+    wait_sign_in_form(&tab, "A password or token is at most 256 bytes.");
+    evaluate(&tab, "document.getElementById('secret').value = ''", false);
+
+    // Refused by the server (code 2): one sentence for both causes.
+    type_into(&tab, "#secret", "not the password");
+    tab.press_key("Enter").unwrap();
+    wait_sign_in_form(&tab, "Wrong user name or password.");
+    assert_eq!(
+        evaluate(&tab, "document.getElementById('secret').value", false),
+        Value::String(String::new()),
+        "the refused password is cleared"
+    );
+    screenshot(&tab, "page-sign-in.png", DESKTOP);
+    evaluate(&tab, "document.getElementById('user').value = ''", false);
+    sign_in(&tab, "nobody", "not the password");
+    wait_sign_in_form(&tab, "Wrong user name or password.");
+
+    // The budget of 2 is spent: even the right password is not checked.
+    evaluate(&tab, "document.getElementById('user').value = ''", false);
+    sign_in(&tab, "alice", ALICE_PASSWORD);
+    wait_sign_in_form(
+        &tab,
+        "Too many failed sign-ins from your address. Try again later.",
+    );
+    assert_eq!(dom_text(&tab, "emitter-id"), "–");
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+/// Without `--auth`: the page chats at once without a name, offers one,
+/// says clearly when it is taken, claims another while the chat goes on,
+/// and an opted-in TCP exhibitor is told the page's name.
+#[test]
+fn page_claims_a_name_and_others_see_it() {
+    let Some(path) = chromium() else { return };
+    let server = Server::start(&[]);
+    let (mut carol, carol_id) = opted_in(
+        &server,
+        &hello("carol", b""),
+        &accepted(PLAIN_ROLES, "carol"),
+        0,
+    );
+    assert_eq!(carol_id, 4096);
+
+    let (_browser, tab, problems) = open_page(path, server.addr.port());
+    assert_eq!(wait_connected(&tab), (1, 4097));
+    assert_eq!(dom_text(&tab, "own-name"), "");
+    assert_eq!(
+        evaluate(
+            &tab,
+            "[document.getElementById('name-form').hidden, \
+              document.getElementById('sign-out').hidden, document.body.dataset.view].join('|')",
+            false
+        ),
+        Value::String("false|true|chat".into())
+    );
+    wait_clients(
+        &tab,
+        "emitter 1 (you), carol · exhibitor 4096, exhibitor 4097 (you)",
+    );
+
+    // Not a name: said at once, nothing sent.
+    type_into(&tab, "#name", "9lives");
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the bad name refused",
+        &format!(
+            "{} === 'A name starts with a letter, then up to 23 letters, digits, \
+             \".\", \"_\" or \"-\".' && 'yes'",
+            text_of("name-problem")
+        ),
+    );
+
+    // Taken (any case): the sentence names it; the chat goes on meanwhile.
+    evaluate(&tab, "document.getElementById('name').value = ''", false);
+    type_into(&tab, "#name", "Carol");
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the taken name refused",
+        &format!(
+            "{} === 'The name \"Carol\" is taken. Choose another.' && \
+             !document.getElementById('name-problem').hidden && 'yes'",
+            text_of("name-problem")
+        ),
+    );
+    assert_eq!(wait_connected(&tab), (1, 4097));
+
+    // Another name, on the connection the server kept: the new session
+    // takes over and the old one leaves.
+    evaluate(&tab, "document.getElementById('name').value = ''", false);
+    type_into(&tab, "#name", "alice");
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the name claimed",
+        &format!(
+            "{} === 'alice' && document.getElementById('state').dataset.state === 'connected' \
+             && 'yes'",
+            text_of("own-name")
+        ),
+    );
+    let (emitter, exhibitor) = wait_connected(&tab);
+    wait_for(
+        &tab,
+        "the claim announced",
+        &format!(
+            "{}.includes('name claimed: you are alice, emitter {emitter} / exhibitor \
+             {exhibitor}') && document.getElementById('name-problem').hidden && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    wait_clients(
+        &tab,
+        &format!(
+            "alice · emitter {emitter} (you), carol · exhibitor 4096, \
+             alice · exhibitor {exhibitor} (you)"
+        ),
+    );
+
+    // carol is told the name before the first message from it.
+    type_and_send(&tab, "hi all");
+    expect_exact(&mut carol, &who(carol_id, 0, emitter, PLAIN_ROLES, "alice"));
+    let hi = carol.expect_frame();
+    assert_eq!(
+        (hi.kind, hi.origin, hi.dest, hi.text().map(|t| &t[..])),
+        (Kind::Msg, emitter, 0, Some(&b"hi all"[..]))
+    );
+    carol.send(&hdr(Kind::Ok, carol_id, 0xffff, 0));
+    carol.send(&hdr(Kind::Ok, carol_id, emitter, hi.seq));
+    wait_for(
+        &tab,
+        "the broadcast delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("hi all", Some("to all"), "delivered")
+        ),
+    );
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+/// The page follows the server across restarts: from no accounts to
+/// accounts (the form comes back), signed in to an account that may only
+/// view (no emitter), and back to no accounts (code 7: the page drops the
+/// credentials and joins without them on the same connection).
+#[test]
+fn page_follows_the_server_between_accounts_and_none() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-modes");
+    let file = accounts_file(&dir);
+    let port = ReservedPort::new();
+    let mut server = Server::start_on(&port, &[]);
+    let (_browser, tab, problems) = open_page(path, port.addr().port());
+    assert_eq!(wait_connected(&tab), (1, 4096));
+    let stop = |server: &mut Server| {
+        server.proc.signal(libc::SIGTERM);
+        assert!(server.proc.wait().success());
+    };
+
+    stop(&mut server);
+    let mut server = Server::start_on(&port, &["--auth", &file]);
+    wait_sign_in_form(&tab, "");
+    assert_eq!(
+        evaluate(&tab, "document.getElementById('name-form').hidden", false),
+        Value::Bool(true)
+    );
+
+    sign_in(&tab, "viewer", &viewer_token());
+    wait_for(
+        &tab,
+        "signed in, view only",
+        &format!(
+            "document.getElementById('state').textContent === 'connected, view only' && \
+             document.getElementById('send').disabled && \
+             {}.includes('reconnected: you are now viewer, exhibitor 4096 (view only: this \
+             account cannot send)') && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    assert_eq!(
+        [
+            dom_text(&tab, "own-name"),
+            dom_text(&tab, "emitter-id"),
+            dom_text(&tab, "exhibitor-id")
+        ],
+        ["viewer", "–", "4096"]
+    );
+    // It reads: bob's broadcast, shown by name, acknowledged.
+    let (mut bob, bob_id) = opted_in(
+        &server,
+        &hello("bob", bob_token().as_bytes()),
+        &accepted(7, "bob"),
+        1,
+    );
+    bob.send(&msg(bob_id, 0, 1, b"anyone reading?"));
+    expect_exact(&mut bob, &hdr(Kind::Ok, 0xffff, bob_id, 1));
+    wait_for(
+        &tab,
+        "bob's broadcast shown by name",
+        "[...document.querySelectorAll('#log li.in')].some(li => \
+           li.querySelector('.from').textContent === 'bob' && \
+           li.querySelector('.text').textContent === 'anyone reading?') && 'yes'",
+    );
+    drop(bob);
+
+    stop(&mut server);
+    let _server = Server::start_on(&port, &[]);
+    wait_for(
+        &tab,
+        "joined without an account",
+        "document.getElementById('state').dataset.state === 'connected' && \
+         document.getElementById('emitter-id').textContent === '1' && \
+         document.getElementById('own-name').textContent === '' && \
+         !document.getElementById('name-form').hidden && \
+         document.getElementById('sign-out').hidden && \
+         document.body.dataset.view === 'chat' && 'yes'",
+    );
+    wait_clients(&tab, "emitter 1 (you), exhibitor 4096 (you)");
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+/// A taken name leaves the claim's connection open for another HELLO;
+/// when the user takes longer than the handshake timeout, the server
+/// closes it, quietly for the page, and the next name goes out on a new
+/// connection.
+#[test]
+fn page_claims_a_name_after_the_kept_connection_timed_out() {
+    let Some(path) = chromium() else { return };
+    let server = Server::start(&["--handshake-timeout", "2"]);
+    let (_carol, _) = opted_in(
+        &server,
+        &hello("carol", b""),
+        &accepted(PLAIN_ROLES, "carol"),
+        0,
+    );
+    let (_browser, tab, problems) = open_page(path, server.addr.port());
+    assert_eq!(wait_connected(&tab), (1, 4097));
+
+    type_into(&tab, "#name", "carol");
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the taken name refused",
+        &format!(
+            "{} === 'The name \"carol\" is taken. Choose another.' && 'yes'",
+            text_of("name-problem")
+        ),
+    );
+    server.proc.stderr.skip_until(
+        "the kept connection closed",
+        Duration::from_secs(10),
+        |line| line.contains("no OI within the handshake timeout"),
+    );
+    // The chat went on, and the page said nothing of that close.
+    assert_eq!(wait_connected(&tab), (1, 4097));
+    assert_eq!(
+        evaluate(&tab, &texts("#log li.note .text", "|"), false),
+        Value::String("connected: you are emitter 1 / exhibitor 4097".into())
+    );
+
+    evaluate(&tab, "document.getElementById('name').value = ''", false);
+    type_into(&tab, "#name", "alice");
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        &tab,
+        "the name claimed on a new connection",
+        &format!(
+            "{} === 'alice' && document.getElementById('name-problem').hidden && \
+             document.getElementById('state').dataset.state === 'connected' && \
+             {}.includes('name claimed: you are alice, ') && 'yes'",
+            text_of("own-name"),
+            texts("#log li.note", "\n")
+        ),
     );
 
     let problems = problems.lock().unwrap();

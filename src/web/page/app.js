@@ -3,8 +3,12 @@
 // acknowledges) and an emitter paired with it (which sends), and drives the
 // page from them: identity and connection state, the message log, the send
 // box with per-message delivery status, the live client list, and
-// reconnection with backoff. Bytes <-> frames is codec.js's job. Everything
-// a peer sent reaches the page through textContent, never as markup.
+// reconnection with backoff. Both connections open with HELLO (the identity
+// extension): its answer tells the page whether the server has accounts, so
+// it shows a sign-in form, or an optional name to claim; WHO frames name
+// the ids it shows. Bytes <-> frames is codec.js's job. Everything a peer
+// sent reaches the page through textContent, never as markup. Credentials
+// live in this closure's memory only: never in a URL or in storage.
 'use strict';
 
 (function () {
@@ -21,7 +25,29 @@
   // How close to the bottom (px) still counts as "reading the newest".
   const STICK_PX = 40;
 
+  // What the page says for each HELLOACK refusal (PROTOCOL.md, "The hello
+  // and its answer"). An expired secret gets code 2 too: one sentence.
+  const SAY = Object.freeze({
+    wrong: 'Wrong user name or password.',
+    tooMany: 'Too many failed sign-ins from your address. Try again later.',
+    busy: 'The server is busy checking other sign-ins. Try again in a moment.',
+    badUser: 'A user name starts with a letter, then up to 23 letters, digits, ".", "_" or "-".',
+    noSecret: 'Enter your password or token.',
+    longSecret: 'A password or token is at most 256 bytes.',
+    lostSignIn: 'The connection to the server was lost. Try again.',
+    badName: 'A name starts with a letter, then up to 23 letters, digits, ".", "_" or "-".',
+    lostClaim: 'The name was not claimed: the connection was lost. Try again.',
+    refusedSignIn: function (code) {
+      return 'The server refused the sign-in (HELLOACK code ' + code + ').';
+    },
+  });
+
+  function nameTaken(name) {
+    return 'The name "' + name + '" is taken. Choose another.';
+  }
+
   const ui = {
+    ownName: document.getElementById('own-name'),
     emitterId: document.getElementById('emitter-id'),
     exhibitorId: document.getElementById('exhibitor-id'),
     state: document.getElementById('state'),
@@ -35,12 +61,32 @@
     dest: document.getElementById('dest'),
     text: document.getElementById('text'),
     send: document.getElementById('send'),
+    nameForm: document.getElementById('name-form'),
+    name: document.getElementById('name'),
+    nameProblem: document.getElementById('name-problem'),
+    signOut: document.getElementById('sign-out'),
+    signIn: document.getElementById('sign-in'),
+    signInForm: document.getElementById('sign-in-form'),
+    user: document.getElementById('user'),
+    secret: document.getElementById('secret'),
+    signInProblem: document.getElementById('sign-in-problem'),
+    signInButton: document.getElementById('sign-in-button'),
   };
 
   const encoder = new TextEncoder();
   const wsUrl = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
 
   let session = null; // the live Session, or null between attempts
+  // A Session claiming a new name (no accounts) while `session` chats on:
+  // it replaces `session` once its HELLO is accepted.
+  let claim = null;
+  // Whether the server has accounts: null until a HELLOACK says.
+  let accounts = null;
+  // With accounts: { user, secret (bytes), accepted } once the form is sent;
+  // kept for reconnections, dropped on a refusal or on signing out.
+  let credentials = null;
+  // Without accounts: the name this page claims ('' for none).
+  let wantedName = '';
   let failures = 0; // consecutive failed attempts: the backoff exponent
   let retryTimer = null;
   let everConnected = false;
@@ -123,8 +169,30 @@
     return 'client ' + id;
   }
 
-  function destName(dest) {
-    return dest === C.BROADCAST ? 'to all' : 'to ' + idName(dest);
+  // The name a WHO gave `id` in session `s`, or '' when it has none.
+  function nameOf(s, id) {
+    return s !== null && s.names.has(id) ? s.names.get(id) : '';
+  }
+
+  // A person's name when the server told one, else what the id is.
+  function who(s, id) {
+    return nameOf(s, id) || idName(id);
+  }
+
+  // Name and id, for the list and the picker.
+  function nameAndId(s, id) {
+    const name = nameOf(s, id);
+    return name ? name + ' (' + idName(id) + ')' : idName(id);
+  }
+
+  function destName(s, dest) {
+    return dest === C.BROADCAST ? 'to all' : 'to ' + who(s, dest);
+  }
+
+  // A name from the wire, for the page: the server sends only names that
+  // keep its rule, and escaping shows anything else as it is.
+  function nameText(bytes) {
+    return C.escapeText(bytes);
   }
 
   function broadcastKey(frame) {
@@ -150,11 +218,11 @@
     return 0;
   }
 
-  function showIncoming(frame, mine) {
+  function showIncoming(frame, from, mine) {
     const li = document.createElement('li');
     li.className = 'entry in';
     li.appendChild(metaLine([
-      span('from', mine ? 'you (' + idName(frame.origin) + ')' : idName(frame.origin)),
+      span('from', mine ? 'you (' + idName(frame.origin) + ')' : from),
       span('scope', frame.dest === C.BROADCAST ? 'to all' : 'to you'),
       timeStamp(),
     ]));
@@ -163,12 +231,12 @@
   }
 
   // Returns the entry and its status element, which the reply updates.
-  function showOutgoing(dest, bytes) {
+  function showOutgoing(s, dest, bytes) {
     const li = document.createElement('li');
     li.className = 'entry out';
     const status = span('status', 'pending');
     status.dataset.status = 'pending';
-    li.appendChild(metaLine([span('from', 'you'), span('scope', destName(dest)), timeStamp(), status]));
+    li.appendChild(metaLine([span('from', 'you'), span('scope', destName(s, dest)), timeStamp(), status]));
     li.appendChild(span('text', C.escapeText(bytes)));
     appendEntry(li);
     return { entry: li, status: status };
@@ -185,15 +253,119 @@
     ui.state.dataset.state = state;
     ui.state.textContent = text;
     const connected = state === 'connected';
-    ui.send.disabled = !connected;
-    ui.dest.disabled = !connected;
-    ui.refresh.disabled = !connected;
+    const canSend = connected && session !== null && session.emitterId !== null;
+    ui.send.disabled = !canSend;
+    ui.dest.disabled = !canSend;
+    ui.refresh.disabled = !canSend;
     ui.reconnect.hidden = state !== 'waiting';
   }
 
-  function showIds(emitterId, exhibitorId) {
+  function showIds(emitterId, exhibitorId, name) {
+    ui.ownName.textContent = name || '';
     ui.emitterId.textContent = emitterId === null ? '–' : String(emitterId);
     ui.exhibitorId.textContent = exhibitorId === null ? '–' : String(exhibitorId);
+  }
+
+  // ---- sign-in form and name field --------------------------------------
+
+  function showProblem(element, text) {
+    element.textContent = text;
+    element.hidden = text === '';
+  }
+
+  // The chat, or (a server with accounts and nobody signed in) the form.
+  function showView() {
+    const signingIn = accounts === true && (credentials === null || !credentials.accepted);
+    document.body.dataset.view = signingIn ? 'sign-in' : 'chat';
+    ui.signIn.hidden = !signingIn;
+    ui.nameForm.hidden = accounts !== false;
+    ui.signOut.hidden = !(accounts === true && credentials !== null && credentials.accepted);
+    ui.signInButton.disabled = signingIn && credentials !== null;
+    ui.signInButton.textContent = signingIn && credentials !== null ? 'Signing in…' : 'Sign in';
+  }
+
+  // The form, waiting for the user: `problem` says why ('' for nothing).
+  function askSignIn(problem) {
+    credentials = null;
+    showView();
+    showProblem(ui.signInProblem, problem);
+    showIds(null, null, '');
+    showState('signed-out', 'sign in to chat');
+    if (problem === SAY.wrong) {
+      ui.secret.value = '';
+    }
+    (ui.user.value === '' ? ui.user : ui.secret).focus();
+  }
+
+  function signInSubmitted() {
+    const user = ui.user.value;
+    const secret = encoder.encode(ui.secret.value);
+    if (!C.NAME_RULE.test(user)) {
+      showProblem(ui.signInProblem, SAY.badUser);
+      ui.user.focus();
+      return;
+    }
+    if (secret.length === 0) {
+      showProblem(ui.signInProblem, SAY.noSecret);
+      ui.secret.focus();
+      return;
+    }
+    if (secret.length > C.MAX_SECRET_LEN) {
+      showProblem(ui.signInProblem, SAY.longSecret);
+      ui.secret.focus();
+      return;
+    }
+    showProblem(ui.signInProblem, '');
+    credentials = { user: user, secret: secret, accepted: false };
+    accounts = true;
+    showView();
+    failures = 0;
+    start();
+  }
+
+  // Without accounts: claim the typed name ('' drops the name) for a new
+  // session; the current one chats on until the claim is accepted.
+  function nameSubmitted() {
+    const name = ui.name.value.trim();
+    if (name !== '' && !C.NAME_RULE.test(name)) {
+      showProblem(ui.nameProblem, SAY.badName);
+      ui.name.focus();
+      return;
+    }
+    showProblem(ui.nameProblem, '');
+    // One stopped at a taken or bad name asks again on its own connection.
+    const waiting = claim !== null && claim.naming ? claim
+      : session !== null && session.naming ? session : null;
+    if (waiting !== null && waiting.exhibitor.readyState === WebSocket.OPEN) {
+      waiting.naming = false;
+      waiting.name = name;
+      sendHello(waiting, 'exhibitor');
+      return;
+    }
+    if (waiting !== null) {
+      // The server closed it meanwhile (the handshake timeout): start anew.
+      drop(waiting);
+    }
+    if (claim !== null) {
+      // A claim still waiting for its answer gives way to this one: another
+      // HELLO on its connection would be one too many if it is accepted.
+      drop(claim);
+    }
+    if (session !== null && session.connected()) {
+      if (name.toLowerCase() === session.ownName.toLowerCase()) {
+        return; // already ours
+      }
+      claim = new Session(name);
+      claim.claimed = true;
+      openExhibitor(claim);
+      return;
+    }
+    wantedName = name;
+    if (session !== null) {
+      drop(session); // an attempt under way claims the old name
+    }
+    failures = 0;
+    start();
   }
 
   // ---- the client list and the destination picker ---------------------
@@ -204,10 +376,18 @@
 
   function showClients(ids) {
     listedIds = ids.slice();
+    const s = session;
     const items = ids.map(function (id) {
       const li = document.createElement('li');
       li.dataset.id = String(id);
-      li.appendChild(span('name', idName(id)));
+      const name = nameOf(s, id);
+      if (name) {
+        li.appendChild(span('name', name));
+        li.appendChild(document.createTextNode(' · '));
+        li.appendChild(span('id', idName(id)));
+      } else {
+        li.appendChild(span('name', idName(id)));
+      }
       if (isMine(id)) {
         li.className = 'mine';
         li.appendChild(document.createTextNode(' '));
@@ -232,7 +412,7 @@
     }
     options.push(new Option('everyone', '0'));
     listedIds.forEach(function (id) {
-      options.push(new Option(idName(id) + (isMine(id) ? ' (you)' : ''), String(id)));
+      options.push(new Option(nameAndId(session, id) + (isMine(id) ? ' (you)' : ''), String(id)));
     });
     if (chosen !== '' && chosen !== '0' && listedIds.indexOf(Number(chosen)) < 0) {
       options.push(new Option(idName(Number(chosen)) + ' (left)', chosen));
@@ -250,11 +430,23 @@
 
   // ---- one attempt: two registered connections ------------------------
 
-  function Session() {
+  // `name`: what the exhibitor's HELLO claims on a server without accounts
+  // ('' for no name).
+  function Session(name) {
+    this.name = name;
+    this.ownName = ''; // the name the server accepted ('' for none)
+    this.roles = 0; // the session's roles bits, from HELLOACK
     this.exhibitorId = null;
     this.emitterId = null;
     this.exhibitor = null; // WebSocket
     this.emitter = null; // WebSocket
+    this.exhibitorHello = false; // its HELLO accepted: OI next
+    this.emitterHello = false;
+    this.registered = false; // both halves (or, view only, the exhibitor) have ids
+    this.claimed = false; // started by the name field, replacing a session
+    // Stopped at a taken or bad name: the server keeps the connection for
+    // another HELLO, which waits for the user.
+    this.naming = false;
     this.emitterSeq = 0; // the emitter's next frame number (OI is 0)
     this.exhibitorSeq = 0;
     this.requests = new Map(); // emitter seq -> { kind, status? }
@@ -262,13 +454,16 @@
     this.listAgain = false; // another CREQ is due once it comes
     this.serverClosed = false;
     this.timer = null;
+    // What WHO frames told this session's exhibitor: id -> name. Ids are
+    // the server's, so the map lives and dies with the session.
+    this.names = new Map();
     // After a reconnection, what the exhibitor receives is held until the
     // answer to our first CREQ marks the end of the server's replay.
     this.held = everConnected ? [] : null;
   }
 
   Session.prototype.connected = function () {
-    return this.emitterId !== null;
+    return this.registered;
   };
 
   Session.prototype.nextEmitterSeq = function () {
@@ -276,6 +471,11 @@
     this.emitterSeq = (this.emitterSeq + 1) & 0xffff;
     return seq;
   };
+
+  // Whether frames and closes of `s` still matter.
+  function live(s) {
+    return s === session || s === claim;
+  }
 
   function send(ws, bytes) {
     if (ws !== null && ws.readyState === WebSocket.OPEN) {
@@ -298,7 +498,7 @@
     const ws = new WebSocket(wsUrl);
     ws.binaryType = 'arraybuffer';
     ws.onmessage = function (event) {
-      if (session !== s) {
+      if (!live(s)) {
         return;
       }
       if (typeof event.data === 'string') {
@@ -315,7 +515,9 @@
       onFrame(s, frame);
     };
     ws.onclose = function (event) {
-      if (session === s) {
+      // One waiting for a name is closed by the server's handshake timeout
+      // if the user takes long; nameSubmitted() then starts anew.
+      if (live(s) && !s.naming) {
         lose(s, (s.connected() ? 'connection lost' : 'cannot reach the server') + closeDetail(event));
       }
     };
@@ -328,38 +530,187 @@
     }
     clearTimeout(retryTimer);
     retryTimer = null;
-    const s = new Session();
+    if (accounts === true && credentials === null) {
+      showView(); // the form waits for the user
+      return;
+    }
+    const s = new Session(wantedName);
     session = s;
-    showIds(null, null);
-    showState('connecting', 'connecting…');
+    showIds(null, null, '');
+    showState('connecting', credentials !== null && !credentials.accepted ? 'signing in…' : 'connecting…');
+    openExhibitor(s);
+  }
+
+  function openExhibitor(s) {
     s.timer = setTimeout(function () {
-      if (session === s && !s.connected()) {
+      if (live(s) && !s.connected() && !s.naming) {
         lose(s, 'the server did not answer the registration');
       }
     }, REGISTRATION_TIMEOUT_MS);
     s.exhibitor = openSocket(s, onExhibitorFrame);
     s.exhibitor.onopen = function () {
-      // OI with origin 0: "I am an exhibitor". It is frame 0.
-      send(s.exhibitor, C.bare(T.OI, 0, C.SERVER_ID, s.exhibitorSeq));
-      s.exhibitorSeq = 1;
+      sendHello(s, 'exhibitor');
     };
   }
 
   function openEmitter(s) {
     s.emitter = openSocket(s, onEmitterFrame);
     s.emitter.onopen = function () {
-      // OI with our exhibitor's id as origin pairs the emitter with it.
-      send(s.emitter, C.bare(T.OI, s.exhibitorId, C.SERVER_ID, s.nextEmitterSeq()));
+      sendHello(s, 'emitter');
     };
+  }
+
+  // HELLO, the first frame on each connection (PROTOCOL.md, "The hello and
+  // its answer"). With accounts both halves sign in to the account; without,
+  // the exhibitor claims the session's name and the emitter, which takes its
+  // exhibitor's, claims none. A page that does not know yet sends neither:
+  // code 0 then means no accounts, code 1 that they are required.
+  function sendHello(s, half) {
+    let name = '';
+    let secret = new Uint8Array(0);
+    if (accounts === true && credentials !== null) {
+      name = credentials.user;
+      secret = credentials.secret;
+    } else if (half === 'exhibitor') {
+      name = s.name;
+    }
+    send(half === 'exhibitor' ? s.exhibitor : s.emitter, C.hello(encoder.encode(name), secret));
+  }
+
+  // The answer to a HELLO on one half of `s`.
+  function helloAnswered(s, half, frame) {
+    if (frame.type !== T.HELLOACK) {
+      // A server without the extension answers HELLO as an unknown type.
+      lose(s, frame.type === T.ERRO
+        ? 'the server does not know HELLO (the identity extension)'
+        : 'unexpected ' + C.TYPE_NAME[frame.type] + ' before HELLOACK');
+      return;
+    }
+    const signingIn = accounts === true && credentials !== null;
+    switch (frame.code) {
+      case C.CODE.ACCEPTED:
+        accounts = signingIn;
+        if (half === 'exhibitor') {
+          s.exhibitorHello = true;
+          s.ownName = nameText(frame.name);
+          s.roles = frame.roles;
+          if (signingIn && !credentials.accepted) {
+            credentials.accepted = true;
+            ui.secret.value = '';
+            showProblem(ui.signInProblem, '');
+          }
+          if (!signingIn) {
+            wantedName = s.name;
+            showProblem(ui.nameProblem, '');
+          }
+          if (s === claim) {
+            promote(s);
+          }
+          // OI with origin 0: "I am an exhibitor". It is frame 0.
+          send(s.exhibitor, C.bare(T.OI, 0, C.SERVER_ID, s.exhibitorSeq));
+          s.exhibitorSeq = 1;
+        } else {
+          s.emitterHello = true;
+          // OI with our exhibitor's id as origin pairs the emitter with it.
+          send(s.emitter, C.bare(T.OI, s.exhibitorId, C.SERVER_ID, s.nextEmitterSeq()));
+        }
+        showView();
+        return;
+      case C.CODE.NO_ACCOUNTS:
+        // Credentials for a server that has no accounts (it restarted
+        // without them): the connection is kept; ask as a page without.
+        accounts = false;
+        credentials = null;
+        showView();
+        sendHello(s, half);
+        return;
+      case C.CODE.NAME_TAKEN:
+      case C.CODE.BAD_NAME:
+        if (signingIn) {
+          halt();
+          askSignIn(SAY.badUser);
+          return;
+        }
+        s.naming = true;
+        clearTimeout(s.timer);
+        showProblem(ui.nameProblem, frame.code === C.CODE.NAME_TAKEN ? nameTaken(s.name) : SAY.badName);
+        ui.name.value = s.name;
+        ui.name.focus();
+        if (s === session) {
+          showState('naming', 'choose another name');
+        }
+        return;
+      case C.CODE.ACCOUNTS_REQUIRED:
+        accounts = true;
+        halt();
+        askSignIn('');
+        return;
+      case C.CODE.REFUSED:
+        accounts = true;
+        halt();
+        askSignIn(SAY.wrong);
+        return;
+      case C.CODE.TOO_MANY_FAILURES:
+        accounts = true;
+        halt();
+        askSignIn(SAY.tooMany);
+        return;
+      case C.CODE.BUSY:
+        halt();
+        askSignIn(SAY.busy);
+        return;
+      default:
+        // 8 (malformed) or 9 (version): this page and the server disagree.
+        if (signingIn && !credentials.accepted) {
+          halt();
+          askSignIn(SAY.refusedSignIn(frame.code));
+          return;
+        }
+        lose(s, 'the server refused the HELLO (HELLOACK code ' + frame.code + ')');
+    }
+  }
+
+  // A claimed name was accepted: its session takes over, the old one leaves.
+  function promote(s) {
+    const old = session;
+    claim = null;
+    session = s;
+    if (old !== null) {
+      // FLW from the emitter, as on leaving the page: the server dismisses
+      // the old exhibitor too.
+      if (old.emitterId !== null) {
+        send(old.emitter, C.bare(T.FLW, old.emitterId, C.SERVER_ID, old.nextEmitterSeq()));
+      }
+      end(old);
+    }
+    showIds(null, null, '');
+    forgetDestination();
+    showClients([]);
+    ui.clientCount.textContent = '';
+    showState('connecting', 'connecting…');
   }
 
   function registered(s) {
     clearTimeout(s.timer);
+    s.registered = true;
     failures = 0;
-    showIds(s.emitterId, s.exhibitorId);
-    showState('connected', 'connected');
-    note((everConnected ? 'reconnected: you are now emitter ' : 'connected: you are emitter ') +
-      s.emitterId + ' / exhibitor ' + s.exhibitorId);
+    showIds(s.emitterId, s.exhibitorId, s.ownName);
+    const viewOnly = s.emitterId === null;
+    if (viewOnly) {
+      // No emitter, so no CREQ to mark where a replay ends: what is held
+      // is shown now, and a replay after a reconnection may repeat lines.
+      releaseHeld(s);
+    }
+    showState('connected', viewOnly ? 'connected, view only' : 'connected');
+    if (accounts === false) {
+      ui.name.value = s.ownName;
+    }
+    const ids = viewOnly
+      ? 'exhibitor ' + s.exhibitorId + ' (view only: this account cannot send)'
+      : 'emitter ' + s.emitterId + ' / exhibitor ' + s.exhibitorId;
+    const said = s.claimed ? 'name claimed: you are '
+      : everConnected ? 'reconnected: you are now ' : 'connected: you are ';
+    note(said + (s.ownName ? s.ownName + ', ' : '') + ids);
     everConnected = true;
     requestClients();
   }
@@ -376,10 +727,20 @@
   }
 
   function onExhibitorFrame(s, frame) {
+    if (!s.exhibitorHello) {
+      helloAnswered(s, 'exhibitor', frame);
+      return;
+    }
     if (s.exhibitorId === null) {
       s.exhibitorId = registration(s, frame, 'exhibitor');
       if (s.exhibitorId !== null) {
-        openEmitter(s);
+        // An account without emit registers no emitter: the server would
+        // refuse its OI.
+        if (s.roles & C.ROLE.EMIT) {
+          openEmitter(s);
+        } else {
+          registered(s);
+        }
       }
       return;
     }
@@ -391,6 +752,8 @@
         const own = frame.origin === s.emitterId ? s.requests.get(frame.seq) : undefined;
         const received = {
           frame: frame,
+          // The sender as named now: a later WHO may give the id to another.
+          from: who(s, frame.origin),
           // Our own message reached our own exhibitor: it is already in the
           // log as sent; it is marked shown here rather than repeated.
           ownEntry: own !== undefined && own.kind === 'msg' ? own.entry : null,
@@ -413,6 +776,21 @@
         showClients(frame.ids);
         ack();
         break;
+      case T.WHO: {
+        // The name behind an id, before the MSG or CLIST that carries it;
+        // acknowledged like a CLIST (PROTOCOL.md, "Sequence numbers").
+        const name = nameText(frame.name);
+        if (name !== '') {
+          s.names.set(frame.id, name);
+        } else {
+          s.names.delete(frame.id);
+        }
+        ack();
+        if (s === session && listedIds.indexOf(frame.id) >= 0) {
+          showClients(listedIds);
+        }
+        break;
+      }
       case T.FLW:
         ack();
         serverClosed(s);
@@ -434,7 +812,7 @@
     if (received.ownEntry !== null) {
       received.ownEntry.classList.add('shown-here');
     } else {
-      showIncoming(frame, frame.origin === s.emitterId);
+      showIncoming(frame, received.from, frame.origin === s.emitterId);
     }
   }
 
@@ -458,6 +836,10 @@
   }
 
   function onEmitterFrame(s, frame) {
+    if (!s.emitterHello) {
+      helloAnswered(s, 'emitter', frame);
+      return;
+    }
     if (s.emitterId === null) {
       s.emitterId = registration(s, frame, 'emitter');
       if (s.emitterId !== null) {
@@ -505,13 +887,8 @@
     }
   }
 
-  // Ends an attempt: both sockets closed, unanswered messages marked, the
-  // next attempt scheduled with exponential backoff and jitter.
-  function lose(s, reason) {
-    if (session !== s) {
-      return;
-    }
-    session = null;
+  // Closes both sockets of `s` and settles what it leaves open.
+  function end(s) {
     clearTimeout(s.timer);
     // Acknowledged, so the server will not send them again.
     releaseHeld(s);
@@ -527,6 +904,52 @@
         setStatus(request.status, 'unconfirmed');
       }
     });
+  }
+
+  // Forgets `s` (a claim or a session waiting for a name) at once.
+  function drop(s) {
+    end(s);
+    if (s === claim) {
+      claim = null;
+    }
+    if (s === session) {
+      session = null;
+    }
+  }
+
+  // Ends every attempt and schedules none: the user acts next.
+  function halt() {
+    clearTimeout(retryTimer);
+    retryTimer = null;
+    [claim, session].forEach(function (s) {
+      if (s !== null) {
+        drop(s);
+      }
+    });
+    forgetDestination();
+    showClients([]);
+    ui.clientCount.textContent = '';
+  }
+
+  // Ends an attempt: both sockets closed, unanswered messages marked, the
+  // next attempt scheduled with exponential backoff and jitter.
+  function lose(s, reason) {
+    if (s === claim) {
+      drop(s);
+      showProblem(ui.nameProblem, SAY.lostClaim);
+      return;
+    }
+    if (session !== s) {
+      return;
+    }
+    if (accounts === true && credentials !== null && !credentials.accepted) {
+      // The form's sign-in got no answer: say so there.
+      halt();
+      askSignIn(SAY.lostSignIn);
+      return;
+    }
+    session = null;
+    end(s);
     if (s.connected() && !s.serverClosed) {
       note(reason);
     }
@@ -535,7 +958,7 @@
     // ±20% so that many pages cut off by one restart do not return at once.
     const delay = Math.min(BACKOFF_MAX_MS, Math.round(base * (0.8 + 0.4 * Math.random())));
     failures = Math.min(failures + 1, 16);
-    showIds(null, null);
+    showIds(null, null, '');
     forgetDestination();
     showClients([]);
     ui.clientCount.textContent = '';
@@ -549,7 +972,7 @@
   // only. One at a time; asks made meanwhile are folded into one more.
   function requestClients() {
     const s = session;
-    if (s === null || !s.connected()) {
+    if (s === null || !s.connected() || s.emitterId === null) {
       return;
     }
     if (s.listRequested) {
@@ -565,7 +988,7 @@
   function sendMessage() {
     const s = session;
     const text = ui.text.value;
-    if (s === null || !s.connected() || text === '') {
+    if (s === null || !s.connected() || s.emitterId === null || text === '') {
       return;
     }
     const bytes = encoder.encode(text);
@@ -580,7 +1003,7 @@
     }
     const dest = Number(ui.dest.value);
     const seq = s.nextEmitterSeq();
-    const shown = showOutgoing(dest, bytes);
+    const shown = showOutgoing(s, dest, bytes);
     s.requests.set(seq, { kind: 'msg', entry: shown.entry, status: shown.status });
     send(s.emitter, C.msg(s.emitterId, dest, seq, bytes));
     ui.text.value = '';
@@ -593,6 +1016,25 @@
     sendMessage();
   });
   ui.refresh.addEventListener('click', requestClients);
+  ui.signInForm.addEventListener('submit', function (event) {
+    event.preventDefault();
+    if (credentials === null) {
+      signInSubmitted();
+    }
+  });
+  ui.nameForm.addEventListener('submit', function (event) {
+    event.preventDefault();
+    nameSubmitted();
+  });
+  ui.signOut.addEventListener('click', function () {
+    const s = session;
+    if (s !== null && s.emitterId !== null) {
+      send(s.emitter, C.bare(T.FLW, s.emitterId, C.SERVER_ID, s.nextEmitterSeq()));
+    }
+    halt();
+    note('signed out');
+    askSignIn('');
+  });
   ui.reconnect.addEventListener('click', start);
   ui.jump.addEventListener('click', scrollToNewest);
   ui.log.addEventListener('scroll', function () {
@@ -610,7 +1052,11 @@
   window.addEventListener('pagehide', function () {
     const s = session;
     if (s !== null && s.connected()) {
-      send(s.emitter, C.bare(T.FLW, s.emitterId, C.SERVER_ID, s.nextEmitterSeq()));
+      if (s.emitterId !== null) {
+        send(s.emitter, C.bare(T.FLW, s.emitterId, C.SERVER_ID, s.nextEmitterSeq()));
+      } else {
+        send(s.exhibitor, C.bare(T.FLW, s.exhibitorId, C.SERVER_ID, s.exhibitorSeq));
+      }
     }
   });
 

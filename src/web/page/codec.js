@@ -10,18 +10,50 @@
 //  CLIST body: | N (u16) | N x id (u16)    |
 //  OK, ERRO, OI, FLW, CREQ: no body
 //
+// and the identity extension's (PROTOCOL.md, "Extension: identity"), each
+// a length L (u16) and L bytes of body after the header:
+//
+//  HELLO    (8):  | L | version (u8) | NL (u8) | name | SL (u16) | secret |
+//  HELLOACK (9):  | L | code (u8) | version (u8) | roles (u8) | NL (u8) | name |
+//  WHO     (10):  | L | id (u16) | roles (u8) | NL (u8) | name |
+//  KICK    (11):  | L = 0 |
+//
 // Over WebSocket each binary message carries exactly one frame, so decode()
 // takes one whole message and rejects anything that is not exactly one frame.
 'use strict';
 
 const EvchatCodec = (function () {
-  const TYPE = Object.freeze({ OK: 1, ERRO: 2, OI: 3, FLW: 4, MSG: 5, CREQ: 6, CLIST: 7 });
-  const TYPE_NAME = Object.freeze(['', 'OK', 'ERRO', 'OI', 'FLW', 'MSG', 'CREQ', 'CLIST']);
+  const TYPE = Object.freeze({
+    OK: 1, ERRO: 2, OI: 3, FLW: 4, MSG: 5, CREQ: 6, CLIST: 7,
+    HELLO: 8, HELLOACK: 9, WHO: 10, KICK: 11,
+  });
+  const TYPE_NAME = Object.freeze(['', 'OK', 'ERRO', 'OI', 'FLW', 'MSG', 'CREQ', 'CLIST',
+    'HELLO', 'HELLOACK', 'WHO', 'KICK']);
+  const LAST_TYPE = TYPE.KICK;
   const HEADER_LEN = 8;
   const MAX_TEXT_LEN = 0xffff;
   const MAX_FRAME_LEN = HEADER_LEN + 2 + 2 * 0xffff;
   const BROADCAST = 0;
   const SERVER_ID = 0xffff;
+  // The identity extension's version and limits (PROTOCOL.md, "Frames").
+  const VERSION = 1;
+  const MAX_HELLO_NAME_LEN = 64;
+  const MAX_SECRET_LEN = 256;
+  const MAX_SENT_NAME_LEN = 24;
+  const MAX_BODY = Object.freeze({ 8: 4 + 64 + 256, 9: 4 + 24, 10: 4 + 24, 11: 0 });
+  // The roles byte's bits.
+  const ROLE = Object.freeze({ VIEW: 1, EMIT: 2, BROADCAST: 4, ADMIN: 8 });
+  // HELLOACK's codes.
+  const CODE = Object.freeze({
+    ACCEPTED: 0, ACCOUNTS_REQUIRED: 1, REFUSED: 2, NAME_TAKEN: 3, BAD_NAME: 4,
+    TOO_MANY_FAILURES: 5, BUSY: 6, NO_ACCOUNTS: 7, MALFORMED: 8, VERSION: 9,
+  });
+  // A name, as the server judges it (PROTOCOL.md, "Names").
+  const NAME_RULE = /^[A-Za-z][A-Za-z0-9_.-]{0,23}$/;
+
+  function isExtension(type) {
+    return type >= TYPE.HELLO && type <= TYPE.KICK;
+  }
 
   function isEmitterId(id) {
     return id >= 1 && id <= 4095;
@@ -37,16 +69,81 @@ const EvchatCodec = (function () {
     }
   }
 
+  function checkU8(name, value) {
+    if (!Number.isInteger(value) || value < 0 || value > 0xff) {
+      throw new RangeError(name + ' must be an integer from 0 to 255, not ' + value);
+    }
+  }
+
+  function checkBytes(name, value, max) {
+    if (!(value instanceof Uint8Array)) {
+      throw new TypeError(name + ' must be a Uint8Array');
+    }
+    if (value.length > max) {
+      throw new RangeError(name + ' is ' + value.length + ' bytes; at most ' + max + ' fit');
+    }
+  }
+
+  // The body of an extension frame (after L), checked against its limits.
+  function extBody(frame) {
+    const type = frame.type;
+    if (type === TYPE.HELLO) {
+      checkU8('version', frame.version);
+      checkBytes('name', frame.name, MAX_HELLO_NAME_LEN);
+      checkBytes('secret', frame.secret, MAX_SECRET_LEN);
+      const body = new Uint8Array(4 + frame.name.length + frame.secret.length);
+      body[0] = frame.version;
+      body[1] = frame.name.length;
+      body.set(frame.name, 2);
+      const at = 2 + frame.name.length;
+      body[at] = frame.secret.length >> 8;
+      body[at + 1] = frame.secret.length & 0xff;
+      body.set(frame.secret, at + 2);
+      return body;
+    }
+    if (type === TYPE.HELLOACK) {
+      ['code', 'version', 'roles'].forEach(function (field) { checkU8(field, frame[field]); });
+      checkBytes('name', frame.name, MAX_SENT_NAME_LEN);
+      const body = new Uint8Array(4 + frame.name.length);
+      body.set([frame.code, frame.version, frame.roles, frame.name.length]);
+      body.set(frame.name, 4);
+      return body;
+    }
+    if (type === TYPE.WHO) {
+      checkU16('id', frame.id);
+      checkU8('roles', frame.roles);
+      checkBytes('name', frame.name, MAX_SENT_NAME_LEN);
+      const body = new Uint8Array(4 + frame.name.length);
+      body.set([frame.id >> 8, frame.id & 0xff, frame.roles, frame.name.length]);
+      body.set(frame.name, 4);
+      return body;
+    }
+    return new Uint8Array(0); // KICK
+  }
+
   // frame: { type, origin, dest, seq, text?: Uint8Array, ids?: number[] }
+  // or an extension frame with the fields decode() gives it.
   // Returns a Uint8Array holding exactly the frame's bytes.
   function encode(frame) {
     const type = frame.type;
-    if (!Number.isInteger(type) || type < TYPE.OK || type > TYPE.CLIST) {
+    if (!Number.isInteger(type) || type < TYPE.OK || type > LAST_TYPE) {
       throw new RangeError('unknown frame type ' + type);
     }
     checkU16('origin', frame.origin);
     checkU16('dest', frame.dest);
     checkU16('seq', frame.seq);
+    if (isExtension(type)) {
+      const body = extBody(frame);
+      const bytes = new Uint8Array(HEADER_LEN + 2 + body.length);
+      const view = new DataView(bytes.buffer);
+      view.setUint16(0, type);
+      view.setUint16(2, frame.origin);
+      view.setUint16(4, frame.dest);
+      view.setUint16(6, frame.seq);
+      view.setUint16(8, body.length);
+      bytes.set(body, 10);
+      return bytes;
+    }
     let bodyLen = 0;
     if (type === TYPE.MSG) {
       if (!(frame.text instanceof Uint8Array)) {
@@ -88,10 +185,57 @@ const EvchatCodec = (function () {
     return encode({ type: TYPE.MSG, origin: origin, dest: dest, seq: seq, text: text });
   }
 
+  // HELLO(0, 65535, seq 0), version 1: opts in, signs in or claims a name.
+  function hello(name, secret) {
+    return encode({
+      type: TYPE.HELLO, origin: 0, dest: SERVER_ID, seq: 0,
+      version: VERSION, name: name, secret: secret,
+    });
+  }
+
+  // An extension frame's body (the bytes after L) -> its fields, or throws
+  // when the fields do not add up to L or one is over its limit.
+  function decodeExtBody(frame, body) {
+    const type = frame.type;
+    const bad = function (why) {
+      return new Error('malformed ' + TYPE_NAME[type] + ': ' + why);
+    };
+    if (type === TYPE.HELLO) {
+      if (body.length < 4) {
+        throw bad('L is ' + body.length + ', at least 4');
+      }
+      const nl = body[1];
+      if (nl > MAX_HELLO_NAME_LEN || body.length < 4 + nl) {
+        throw bad('name length ' + nl);
+      }
+      const sl = (body[2 + nl] << 8) | body[3 + nl];
+      if (sl > MAX_SECRET_LEN || body.length !== 4 + nl + sl) {
+        throw bad('fields do not add up to L');
+      }
+      frame.version = body[0];
+      frame.name = body.slice(2, 2 + nl);
+      frame.secret = body.slice(4 + nl);
+    } else if (type === TYPE.HELLOACK || type === TYPE.WHO) {
+      if (body.length < 4 || body.length !== 4 + body[3]) {
+        throw bad('fields do not add up to L');
+      }
+      if (type === TYPE.HELLOACK) {
+        frame.code = body[0];
+        frame.version = body[1];
+      } else {
+        frame.id = (body[0] << 8) | body[1];
+      }
+      frame.roles = body[2];
+      frame.name = body.slice(4);
+    }
+    return frame;
+  }
+
   // One whole WebSocket message (ArrayBuffer or Uint8Array) -> one frame.
   // Throws an Error whose message says what is wrong: shorter than its
-  // header or its length field says, longer (trailing bytes), or a type
-  // that is not one of the seven.
+  // header or its length field says, longer (trailing bytes), an extension
+  // body over its limit or whose fields do not add up, or a type that is
+  // not one of the eleven.
   function decode(data) {
     let bytes;
     if (data instanceof ArrayBuffer) {
@@ -106,7 +250,7 @@ const EvchatCodec = (function () {
     }
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const type = view.getUint16(0);
-    if (type < TYPE.OK || type > TYPE.CLIST) {
+    if (type < TYPE.OK || type > LAST_TYPE) {
       throw new Error('unknown frame type ' + type);
     }
     const frame = {
@@ -116,7 +260,22 @@ const EvchatCodec = (function () {
       seq: view.getUint16(6),
     };
     let length = HEADER_LEN;
-    if (type === TYPE.MSG || type === TYPE.CLIST) {
+    if (isExtension(type)) {
+      if (bytes.length < HEADER_LEN + 2) {
+        throw new Error('short ' + TYPE_NAME[type] + ': no length field');
+      }
+      const l = view.getUint16(8);
+      if (l > MAX_BODY[type]) {
+        throw new Error('malformed ' + TYPE_NAME[type] + ': L is ' + l + ', at most ' + MAX_BODY[type]);
+      }
+      length = HEADER_LEN + 2 + l;
+      if (bytes.length < length) {
+        throw new Error('short ' + TYPE_NAME[type] + ': ' + bytes.length + ' of ' + length + ' bytes');
+      }
+      if (bytes.length === length) {
+        decodeExtBody(frame, bytes.subarray(10, length));
+      }
+    } else if (type === TYPE.MSG || type === TYPE.CLIST) {
       if (bytes.length < HEADER_LEN + 2) {
         throw new Error('short ' + TYPE_NAME[type] + ': no length field');
       }
@@ -254,11 +413,18 @@ const EvchatCodec = (function () {
     MAX_FRAME_LEN: MAX_FRAME_LEN,
     BROADCAST: BROADCAST,
     SERVER_ID: SERVER_ID,
+    VERSION: VERSION,
+    MAX_HELLO_NAME_LEN: MAX_HELLO_NAME_LEN,
+    MAX_SECRET_LEN: MAX_SECRET_LEN,
+    ROLE: ROLE,
+    CODE: CODE,
+    NAME_RULE: NAME_RULE,
     isEmitterId: isEmitterId,
     isExhibitorId: isExhibitorId,
     encode: encode,
     bare: bare,
     msg: msg,
+    hello: hello,
     decode: decode,
     escapeText: escapeText,
   });
