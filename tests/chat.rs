@@ -13,6 +13,10 @@ use std::process::Command;
 use std::time::Duration;
 
 const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
+/// Where `evchat chat --user` takes a token from.
+const TOKEN: &str = "EVCHAT_TOKEN";
+/// How many lines `/help` prints.
+const HELP_LINES: usize = 9;
 
 /// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
 /// types lines and skips to the line a test waits for.
@@ -38,6 +42,14 @@ impl Chat {
 
     fn spawn_with(args: &[&str]) -> Chat {
         Chat(Proc::spawn("evchat", args))
+    }
+
+    /// As [`Chat::spawn_with`], with these environment variables set.
+    fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Chat {
+        let mut command = Command::new(EVCHAT);
+        command.args(args).stdin(std::process::Stdio::piped());
+        command.envs(env.iter().copied());
+        Chat(Proc::spawn_command(command, "evchat"))
     }
 
     fn type_line(&mut self, line: &str) {
@@ -118,7 +130,8 @@ fn piped_chat_sends_receives_and_marks_each_message_exactly() {
     );
     chat.type_line("/to nobody");
     chat.stderr.expect_line(
-        "evchat chat: line 10: 'nobody' is not an id from 0 to 65535 or 'all'; nothing sent",
+        "evchat chat: line 10: no one named 'nobody' is known here; /list shows who is \
+         connected; nothing sent",
     );
     chat.type_line(&"x".repeat(70_000));
     chat.stderr.expect_line(
@@ -135,7 +148,7 @@ fn piped_chat_sends_receives_and_marks_each_message_exactly() {
         chat.stdout.expect(),
         "a line without / is a message to the current target (shown in the prompt)"
     );
-    for _ in 1..8 {
+    for _ in 1..HELP_LINES {
         chat.stdout.expect();
     }
 
@@ -618,9 +631,14 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
     );
 }
 
+/// The chat's HELLO that only opts in: version 1, no name, no secret.
+const OPT_IN_HELLO: [u8; 14] = [0, 8, 0, 0, 0xff, 0xff, 0, 0, 0, 4, 1, 0, 0, 0];
+/// HELLOACK code 0, roles view+emit+broadcast, no name.
+const WELCOME: [u8; 14] = [0, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 4, 0, 1, 7, 0];
+
 /// A scripted server, for what a real one does not do on cue: it answers
-/// the chat's two OIs (its exhibitor gets 4096, then its emitter 1) and
-/// hands the test both connections, exhibitor first.
+/// the chat's two HELLOs and OIs (its exhibitor gets 4096, then its emitter
+/// 1) and hands the test both connections, exhibitor first.
 fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -628,6 +646,8 @@ fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     std::thread::spawn(move || {
         let register = |id: u16| {
             let mut client = Raw::over(listener.accept().unwrap().0);
+            assert_eq!(client.expect_bytes(OPT_IN_HELLO.len()), OPT_IN_HELLO);
+            client.send(&WELCOME);
             let oi = client.expect_frame();
             assert_eq!(oi.kind, Kind::Oi, "{oi}");
             client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
@@ -638,6 +658,84 @@ fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
         let _ = tx.send((exhibitor, emitter));
     });
     (addr, rx)
+}
+
+/// What [`plain_only_server`] hands over: the start of the HELLO it
+/// refused, and the connections it registered.
+type PlainOnly = (Vec<u8>, Vec<Raw>);
+
+/// A server of the plain protocol only (another implementation, or evchat
+/// before the extension): HELLO is an unknown type, ERRO(65535, 0, 0) and a
+/// close. It hands the test the first 10 bytes of that HELLO; then, if
+/// `pairs`, it answers two plain OIs as [`scripted_server`] does and hands
+/// over both connections.
+fn plain_only_server(pairs: bool) -> (String, std::sync::mpsc::Receiver<PlainOnly>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = Raw::over(listener.accept().unwrap().0);
+        let hello = first.expect_bytes(10);
+        first.send_frame(&Frame::bare(Kind::Erro, SERVER_ID, 0, 0));
+        drop(first);
+        let mut pair = Vec::new();
+        for id in [4096, 1].into_iter().filter(|_| pairs) {
+            let mut client = Raw::over(listener.accept().unwrap().0);
+            let oi = client.expect_frame();
+            assert_eq!(oi.kind, Kind::Oi, "{oi}");
+            client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+            pair.push(client);
+        }
+        let _ = tx.send((hello, pair));
+    });
+    (addr, rx)
+}
+
+/// A server that does not know HELLO answers it as an unknown type
+/// (ERRO, close): the chat then speaks the plain protocol, quietly.
+#[test]
+fn a_server_without_the_extension_gets_the_plain_protocol() {
+    let (addr, registered) = plain_only_server(true);
+    let mut chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (hello, mut pair) = registered.recv_timeout(TIMEOUT).expect("registered");
+    assert_eq!(hello, OPT_IN_HELLO[..10]);
+    let mut exhibitor = pair.remove(0);
+    exhibitor.send_frame(&Frame::msg(2, 4096, 0, b"plain".to_vec()).unwrap());
+    chat.stdout.expect_line("2 to you: plain");
+    // The MSG's OK, on the plain path.
+    let ack = exhibitor.expect_frame();
+    assert_eq!(ack, Frame::bare(Kind::Ok, 4096, 2, 0));
+    // Leaving: FLW from its emitter; the server's end of the pair closes.
+    chat.stdin = None;
+    let mut emitter = pair.remove(0);
+    let flw = emitter.expect_frame();
+    assert_eq!((flw.kind, flw.origin), (Kind::Flw, 1), "{flw}");
+    drop(emitter);
+    drop(exhibitor);
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+}
+
+/// A name needs the extension: against a server without it the chat says
+/// so and exits 1 rather than chat nameless.
+#[test]
+fn a_name_asked_of_a_server_without_the_extension_is_exit_1() {
+    for ask in [["--name", "alice"], ["--user", "alice"]] {
+        let (addr, refused) = plain_only_server(false);
+        let mut chat = Chat::spawn_env(&["chat", &addr, ask[0], ask[1]], &[(TOKEN, "evt_x")]);
+        let (hello, _) = refused.recv_timeout(TIMEOUT).expect("a HELLO");
+        assert_eq!(hello[..4], [0, 8, 0, 0]);
+        assert_eq!(chat.wait().code(), Some(1));
+        assert_eq!(
+            chat.stderr.rest(),
+            [format!(
+                "evchat chat: {addr} does not speak the identity extension (it answered HELLO \
+                 with ERRO); --user and --name need a server that does"
+            )]
+        );
+    }
 }
 
 /// Reads the chat's OK to a FLW with sequence number `seq` from `from`.
