@@ -929,3 +929,302 @@ mod typed_ahead {
         chat.exp_string(&format!("{other_id}> ")).unwrap();
     }
 }
+
+/// The identity extension from the chat's side: signing in (a password at a
+/// prompt that does not echo it, a token from the environment or a file),
+/// each refusal's sentence and exit status, names claimed and shown, and
+/// names in `/to` and `/list`.
+mod identity {
+    use super::*;
+    use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
+
+    /// Alice's password; cheap argon2id parameters keep the tests fast (the
+    /// server accepts any within its maximum).
+    const PASSWORD: &str = "correct horse";
+    /// Bob's token.
+    const BOB_TOKEN: &str = "evt_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    /// A server with `--auth`: alice (a password) and bob (a token), both
+    /// with view, emit and broadcast.
+    fn auth_server(dir: &TempDir) -> Server {
+        let roles = Roles::parse("view,emit,broadcast").unwrap();
+        let cheap = argon2::Params::new(8, 1, 1, None).unwrap();
+        let mut accounts = Accounts::default();
+        for (name, secret) in [
+            (
+                "alice",
+                Secret::for_password_with(&Credential::new(PASSWORD.into()), cheap).unwrap(),
+            ),
+            ("bob", Secret::for_token(&Credential::new(BOB_TOKEN.into()))),
+        ] {
+            accounts.upsert(Account {
+                name: Name::new(name).unwrap(),
+                roles,
+                secret,
+                expires: None,
+            });
+        }
+        let path = dir.path().join("accounts");
+        accounts.save(&path).unwrap();
+        Server::start(&["--auth", path.to_str().unwrap()])
+    }
+
+    /// A private file holding `text`.
+    fn token_file(dir: &TempDir, name: &str, text: &str, mode: u32) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// Runs `evchat chat ARGS` with `env` to its end; its exit code and stderr.
+    fn refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Vec<String>) {
+        let mut chat = Chat::spawn_env(args, env);
+        let code = chat.wait().code();
+        (code, chat.stderr.rest())
+    }
+
+    #[test]
+    fn a_password_typed_at_the_prompt_is_not_echoed_and_signs_in() {
+        let dir = TempDir::new("chat-password");
+        let server = auth_server(&dir);
+        // rexpect starts its terminal with echo off; a terminal as people
+        // have it echoes, so the chat must turn echo off itself.
+        let mut shell = Command::new("sh");
+        shell.args(["-c", "stty echo && exec \"$0\" \"$@\"", EVCHAT, "chat"]);
+        shell.args([&server.target(), "--user", "alice"]);
+        let mut chat = in_terminal(shell);
+        chat.exp_string("Password for alice: ").unwrap();
+        chat.send_line(PASSWORD).unwrap();
+        let shown = chat
+            .exp_string("you are alice, 1 (emitter) / 4096 (exhibitor)")
+            .unwrap();
+        assert!(
+            !shown.contains("horse"),
+            "the password was echoed: {shown:?}"
+        );
+        chat.exp_string("all> ").unwrap();
+        // Its messages go out as alice's, to a chat of another account.
+        let bob = Chat::spawn_env(
+            &["chat", &server.target(), "--user", "bob"],
+            &[(TOKEN, BOB_TOKEN)],
+        );
+        bob.stdout
+            .expect_line("you are bob, 2 (emitter) / 4097 (exhibitor)");
+        chat.send_line("hi bob").unwrap();
+        bob.stdout.expect_line("alice to all: hi bob");
+        chat.send_control('d').unwrap();
+        expect_exit_0(&mut chat);
+    }
+
+    #[test]
+    fn a_token_comes_from_the_environment_or_a_private_file() {
+        let dir = TempDir::new("chat-token");
+        let server = auth_server(&dir);
+        let mut from_env = Chat::spawn_env(
+            &["chat", &server.target(), "--user", "BOB"],
+            &[(TOKEN, BOB_TOKEN)],
+        );
+        // The account's own spelling, whatever was typed.
+        from_env
+            .stdout
+            .expect_line("you are bob, 1 (emitter) / 4096 (exhibitor)");
+        let file = token_file(&dir, "token", &format!("{BOB_TOKEN}\n"), 0o600);
+        // The file wins over the environment.
+        let mut from_file = Chat::spawn_env(
+            &[
+                "chat",
+                &server.target(),
+                "--user",
+                "bob",
+                "--token-file",
+                &file,
+            ],
+            &[(TOKEN, "evt_wrong")],
+        );
+        from_file
+            .stdout
+            .expect_line("you are bob, 2 (emitter) / 4097 (exhibitor)");
+        // One account, two sessions: both show the same name.
+        from_file.type_line("/list");
+        from_file
+            .stdout
+            .expect_line("clients (4): bob(1) bob(2) bob(4096) bob(4097)");
+        for chat in [&mut from_env, &mut from_file] {
+            chat.stdin = None;
+            assert_eq!(chat.wait().code(), Some(0));
+            assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn a_bad_token_file_or_variable_is_refused_before_connecting() {
+        let dir = TempDir::new("chat-bad-token");
+        // Nothing listens: the refusal comes before any connection.
+        let port = ReservedPort::new();
+        let addr = port.addr().to_string();
+        let long = "x".repeat(257);
+        let cases = [
+            ("empty", "\n", 0o600, "is empty"),
+            (
+                "long",
+                long.as_str(),
+                0o600,
+                "is longer than 256 bytes; a secret is at most that",
+            ),
+            (
+                "lines",
+                "evt_a\nevt_b\n",
+                0o600,
+                "holds more than one line; put only the secret in it",
+            ),
+        ];
+        for (name, text, mode, why) in cases {
+            let file = token_file(&dir, name, text, mode);
+            let (code, stderr) = refused(
+                &["chat", &addr, "--user", "bob", "--token-file", &file],
+                &[],
+            );
+            assert_eq!(code, Some(2), "{name}");
+            assert_eq!(stderr, [format!("evchat chat: --token-file {file} {why}")]);
+        }
+        let open = token_file(&dir, "open", BOB_TOKEN, 0o644);
+        let (code, stderr) = refused(
+            &["chat", &addr, "--user", "bob", "--token-file", &open],
+            &[],
+        );
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            [format!(
+                "evchat chat: --token-file {open}: mode 0644 lets group or others read or write \
+                 it; a secret must stay private (chmod 600 {open})"
+            )]
+        );
+        let missing = dir.path().join("missing");
+        let missing = missing.to_str().unwrap();
+        let (code, stderr) = refused(
+            &["chat", &addr, "--user", "bob", "--token-file", missing],
+            &[],
+        );
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            [format!(
+                "evchat chat: --token-file {missing}: No such file or directory (os error 2)"
+            )]
+        );
+        let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[(TOKEN, "")]);
+        assert_eq!(code, Some(2));
+        assert_eq!(stderr, ["evchat chat: $EVCHAT_TOKEN is empty"]);
+        // Not a terminal, and no token: nowhere to get a password from.
+        let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[]);
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            [
+                "evchat chat: --user bob needs its password typed at a terminal, or a token in \
+              $EVCHAT_TOKEN or --token-file FILE"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_refusal_is_one_sentence_and_exit_1() {
+        let dir = TempDir::new("chat-refusals");
+        let server = auth_server(&dir);
+        let addr = server.target();
+        let wrong = "evchat chat: sign-in refused: unknown user or wrong password";
+        // A wrong password, a wrong token and an unknown account: one answer.
+        for (user, secret) in [("alice", "wrong"), ("bob", "evt_0"), ("carol", PASSWORD)] {
+            let (code, stderr) = refused(&["chat", &addr, "--user", user], &[(TOKEN, secret)]);
+            assert_eq!(
+                (code, &stderr[..]),
+                (Some(1), &[wrong.to_string()][..]),
+                "{user}"
+            );
+        }
+        // No account at all on a server that requires one, plain or named.
+        for args in [&["chat", &addr][..], &["chat", &addr, "--name", "dave"]] {
+            let (code, stderr) = refused(args, &[]);
+            assert_eq!(code, Some(1));
+            assert_eq!(
+                stderr,
+                ["evchat chat: this server requires an account: sign in with --user NAME"]
+            );
+        }
+        // An account on a server that has none.
+        let plain = Server::start(&[]);
+        let (code, stderr) = refused(
+            &["chat", &plain.target(), "--user", "bob"],
+            &[(TOKEN, BOB_TOKEN)],
+        );
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: this server has no accounts: use --name NAME instead of --user"]
+        );
+    }
+
+    #[test]
+    fn a_claimed_name_is_shown_to_others_and_found_by_to() {
+        let server = Server::start(&[]);
+        let mut alice = Chat::spawn_with(&["chat", &server.target(), "--name", "Alice"]);
+        alice
+            .stdout
+            .expect_line("you are Alice, 1 (emitter) / 4096 (exhibitor)");
+        // A plain chat (no name) next to it, and a plain exhibitor.
+        let mut other = Chat::spawn(&server.target());
+        other
+            .stdout
+            .expect_line("you are 2 (emitter) / 4097 (exhibitor)");
+        let (plain, _) = server.exhibitor();
+
+        alice.type_line("hello");
+        other.stdout.expect_line("Alice to all: hello");
+        // The plain exhibitor sees the plain protocol: ids only.
+        plain.stdout.expect_line("Message from 1 to all: hello");
+        alice.stdout.expect_line("you to all: hello ✓");
+
+        // A name, any case, reaches its holder's exhibitor.
+        other.type_line("/to alice");
+        other.stdout.expect_line("now talking to Alice (1)");
+        other.type_line("just you");
+        alice.stdout.expect_line("2 to you: just you");
+        other.stdout.expect_line("you to Alice: just you ✓");
+        other.type_line("/msg ALICE and this");
+        alice.stdout.expect_line("2 to you: and this");
+        other.stdout.expect_line("you to Alice: and this ✓");
+        // A name nobody holds: said, nothing sent.
+        other.type_line("/to bob");
+        other.stderr.expect_line(
+            "evchat chat: line 4: no one named 'bob' is known here; /list shows who is \
+             connected; nothing sent",
+        );
+
+        // The list shows names next to ids.
+        other.type_line("/list");
+        other
+            .stdout
+            .expect_line("clients (5): Alice(1) 2 Alice(4096) 4097 4098");
+        alice.type_line("/list");
+        alice
+            .stdout
+            .expect_line("clients (5): Alice(1) 2 Alice(4096) 4097 4098");
+
+        // The name is held: claimed again, in any case, it is refused.
+        let (code, stderr) = refused(&["chat", &server.target(), "--name", "ALICE"], &[]);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: name taken: pick another with --name"]
+        );
+
+        for chat in [&mut alice, &mut other] {
+            chat.stdin = None;
+            assert_eq!(chat.wait().code(), Some(0));
+            assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+        }
+    }
+}
