@@ -691,6 +691,56 @@ fn plain_only_server(pairs: bool) -> (String, std::sync::mpsc::Receiver<PlainOnl
     (addr, rx)
 }
 
+/// WHO tells the exhibitor a name, before the MSG that carries the id:
+/// the chat acknowledges it with OK(own id, 65535, its seq), as PROTOCOL.md
+/// says, and shows the name. A WHO with NL = 0 takes the name away again.
+#[test]
+fn who_is_acknowledged_and_names_the_sender() {
+    let (addr, connections) = scripted_server();
+    let chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (mut exhibitor, _emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+    // WHO to 4096, seq 3: id 2 is "bob", roles 7 (L = 7).
+    let who_bob = [
+        0, 10, 0xff, 0xff, 0x10, 0, 0, 3, 0, 7, 0, 2, 7, 3, b'b', b'o', b'b',
+    ];
+    exhibitor.send(&who_bob);
+    assert_eq!(
+        exhibitor.expect_frame(),
+        Frame::bare(Kind::Ok, 4096, SERVER_ID, 3)
+    );
+    exhibitor.send_frame(&Frame::msg(2, 4096, 9, b"hi".to_vec()).unwrap());
+    chat.stdout.expect_line("bob to you: hi");
+    assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 2, 9));
+    // The id now has no name (another session holds it).
+    let who_nobody = [0, 10, 0xff, 0xff, 0x10, 0, 0, 4, 0, 4, 0, 2, 7, 0];
+    exhibitor.send(&who_nobody);
+    assert_eq!(
+        exhibitor.expect_frame(),
+        Frame::bare(Kind::Ok, 4096, SERVER_ID, 4)
+    );
+    exhibitor.send_frame(&Frame::msg(2, 0, 10, b"again".to_vec()).unwrap());
+    chat.stdout.expect_line("2 to all: again");
+}
+
+/// A WHO that does not parse (its name longer than L says) is no frame:
+/// the connection is dropped as for any undecodable bytes, and the chat
+/// reconnects.
+#[test]
+fn a_malformed_who_drops_the_connection() {
+    let (addr, connections) = scripted_server();
+    let chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (mut exhibitor, mut emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+    exhibitor.send(&[0, 10, 0xff, 0xff, 0x10, 0, 0, 3, 0, 5, 0, 2, 7, 9, b'x']);
+    chat.stdout
+        .expect_line(&format!("connection to {addr} lost; reconnecting"));
+    exhibitor.expect_closed();
+    emitter.expect_closed();
+}
+
 /// A server that does not know HELLO answers it as an unknown type
 /// (ERRO, close): the chat then speaks the plain protocol, quietly.
 #[test]
@@ -946,7 +996,7 @@ mod identity {
 
     /// A server with `--auth`: alice (a password) and bob (a token), both
     /// with view, emit and broadcast.
-    fn auth_server(dir: &TempDir) -> Server {
+    fn auth_server(dir: &TempDir, extra: &[&str]) -> Server {
         let roles = Roles::parse("view,emit,broadcast").unwrap();
         let cheap = argon2::Params::new(8, 1, 1, None).unwrap();
         let mut accounts = Accounts::default();
@@ -966,7 +1016,9 @@ mod identity {
         }
         let path = dir.path().join("accounts");
         accounts.save(&path).unwrap();
-        Server::start(&["--auth", path.to_str().unwrap()])
+        let mut args = vec!["--auth", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Server::start(&args)
     }
 
     /// A private file holding `text`.
@@ -988,7 +1040,7 @@ mod identity {
     #[test]
     fn a_password_typed_at_the_prompt_is_not_echoed_and_signs_in() {
         let dir = TempDir::new("chat-password");
-        let server = auth_server(&dir);
+        let server = auth_server(&dir, &[]);
         // rexpect starts its terminal with echo off; a terminal as people
         // have it echoes, so the chat must turn echo off itself.
         let mut shell = Command::new("sh");
@@ -1021,7 +1073,7 @@ mod identity {
     #[test]
     fn a_token_comes_from_the_environment_or_a_private_file() {
         let dir = TempDir::new("chat-token");
-        let server = auth_server(&dir);
+        let server = auth_server(&dir, &[]);
         let mut from_env = Chat::spawn_env(
             &["chat", &server.target(), "--user", "BOB"],
             &[(TOKEN, BOB_TOKEN)],
@@ -1118,6 +1170,12 @@ mod identity {
         let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[(TOKEN, "")]);
         assert_eq!(code, Some(2));
         assert_eq!(stderr, ["evchat chat: $EVCHAT_TOKEN is empty"]);
+        let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[(TOKEN, &long)]);
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            ["evchat chat: $EVCHAT_TOKEN is longer than 256 bytes; a secret is at most that"]
+        );
         // Not a terminal, and no token: nowhere to get a password from.
         let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[]);
         assert_eq!(code, Some(2));
@@ -1133,7 +1191,7 @@ mod identity {
     #[test]
     fn every_refusal_is_one_sentence_and_exit_1() {
         let dir = TempDir::new("chat-refusals");
-        let server = auth_server(&dir);
+        let server = auth_server(&dir, &[]);
         let addr = server.target();
         let wrong = "evchat chat: sign-in refused: unknown user or wrong password";
         // A wrong password, a wrong token and an unknown account: one answer.
@@ -1165,6 +1223,98 @@ mod identity {
             stderr,
             ["evchat chat: this server has no accounts: use --name NAME instead of --user"]
         );
+    }
+
+    #[test]
+    fn too_many_refusals_from_an_address_have_their_own_sentence() {
+        let dir = TempDir::new("chat-budget");
+        let server = auth_server(&dir, &["--auth-failures", "1"]);
+        let args = ["chat", &server.target(), "--user", "alice"];
+        let (code, stderr) = refused(&args, &[(TOKEN, "wrong")]);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: sign-in refused: unknown user or wrong password"]
+        );
+        // The budget is spent: even the right password is not checked.
+        let (code, stderr) = refused(&args, &[(TOKEN, PASSWORD)]);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: too many refused sign-ins from this address; try again later"]
+        );
+    }
+
+    /// Reconnecting to a server that now refuses who we are (here it came
+    /// back with accounts, and a name is no sign-in) ends the chat: trying
+    /// again could only be refused again.
+    #[test]
+    fn a_refusal_on_reconnecting_ends_the_chat_with_status_1() {
+        let dir = TempDir::new("chat-refused-again");
+        let port = ReservedPort::new();
+        let mut server = Server::start_on(&port, &[]);
+        let mut chat = Chat::spawn_with(&["chat", &server.target(), "--name", "alice"]);
+        chat.stdout
+            .expect_line("you are alice, 1 (emitter) / 4096 (exhibitor)");
+        server.proc.signal(libc::SIGKILL);
+        assert_eq!(server.proc.wait().code(), None);
+        chat.stdout.expect_line(&format!(
+            "connection to {} lost; reconnecting",
+            server.target()
+        ));
+        let path = dir.path().join("accounts");
+        Accounts::default().save(&path).unwrap();
+        let _restarted = Server::start_on(&port, &["--auth", path.to_str().unwrap()]);
+        // Attempts before the restart fail with "cannot connect" and go on;
+        // backoff reaches 4 s at most by then.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Some(status) = chat.try_wait() {
+                break status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "the chat did not end");
+            if let Some(line) = chat.stdout.next_within(Duration::from_millis(100)) {
+                assert!(
+                    line.starts_with("reconnecting failed: cannot connect"),
+                    "{line}"
+                );
+            }
+        };
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            chat.stderr.rest(),
+            ["evchat chat: this server requires an account: sign in with --user NAME"]
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_no_name_is_a_usage_error() {
+        for args in [["--name", "1abc"], ["--user", "al ice"]] {
+            let (code, stderr) = refused(&["chat", "127.0.0.1:9", args[0], args[1]], &[]);
+            assert_eq!(code, Some(2));
+            assert!(
+                stderr[0].starts_with(&format!(
+                    "error: invalid value '{}' for '{} <NAME>'",
+                    args[1], args[0]
+                )),
+                "{stderr:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_password_is_refused_before_connecting() {
+        let port = ReservedPort::new();
+        let mut chat = chat_in_terminal(&[&port.addr().to_string(), "--user", "alice"]);
+        chat.exp_string("Password for alice: ").unwrap();
+        chat.send_line("").unwrap();
+        chat.exp_string("evchat chat: no password typed; nothing sent\r\n")
+            .unwrap();
+        chat.exp_eof().unwrap();
+        match chat.process().wait().unwrap() {
+            WaitStatus::Exited(_, 2) => {}
+            other => panic!("chat ended with {other:?}"),
+        }
     }
 
     #[test]

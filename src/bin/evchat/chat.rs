@@ -314,10 +314,15 @@ fn opening_hello(args: &ChatArgs) -> Result<Hello, String> {
     })
 }
 
-/// The password, typed without echo.
+/// The password, typed without echo. An empty one is refused here: sent,
+/// it would read as no secret at all.
 fn ask_password(account: &Name) -> Result<Credential, String> {
-    ask_secret(&format!("Password for {account}: "))
-        .map_err(|e| format!("reading the password: {e}"))
+    let password = ask_secret(&format!("Password for {account}: "))
+        .map_err(|e| format!("reading the password: {e}"))?;
+    if password.as_bytes().is_empty() {
+        return Err("no password typed; nothing sent".to_string());
+    }
+    Ok(password)
 }
 
 /// Registers an exhibitor, then an emitter paired with it, each after its
