@@ -6,7 +6,6 @@
 use evchat::auth::Name;
 use evchat::client::{Command, parse_command};
 use evchat::proto::{BROADCAST, ClientId, MAX_TEXT_LEN};
-use std::fmt;
 
 /// Who a plain line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,16 +18,6 @@ impl Target {
 impl From<Target> for Addressee {
     fn from(target: Target) -> Addressee {
         Addressee::Id(target)
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 == BROADCAST {
-            f.write_str("all")
-        } else {
-            write!(f, "{}", self.0)
-        }
     }
 }
 
