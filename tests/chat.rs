@@ -741,6 +741,92 @@ fn a_malformed_who_drops_the_connection() {
     emitter.expect_closed();
 }
 
+/// A server that answers the first HELLO with `answer` and closes; the
+/// address, and the HELLO's first 10 bytes once it came.
+fn answering_server(answer: Vec<u8>) -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut client = Raw::over(listener.accept().unwrap().0);
+        let hello = client.expect_bytes(10);
+        client.send(&answer);
+        let _ = tx.send(hello);
+    });
+    (addr, rx)
+}
+
+/// Each HELLOACK refusal is one sentence and exit 1, whatever the server
+/// that sends it; an answer that is not the extension's is said plainly.
+#[test]
+fn every_helloack_code_has_its_sentence() {
+    let ack = |code: u8, version: u8| vec![0, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 4, code, version, 0, 0];
+    let cases = [
+        (
+            ack(1, 1),
+            "this server requires an account: sign in with --user NAME".to_string(),
+        ),
+        (
+            ack(3, 1),
+            "name taken: pick another with --name".to_string(),
+        ),
+        (
+            ack(4, 1),
+            "bad name: a name is a letter, then up to 23 letters, digits, '_', '.' or '-'"
+                .to_string(),
+        ),
+        (
+            ack(5, 1),
+            "too many refused sign-ins from this address; try again later".to_string(),
+        ),
+        (
+            ack(6, 1),
+            "the server is busy checking other sign-ins; try again in a moment".to_string(),
+        ),
+        (
+            ack(8, 1),
+            "the server refused the HELLO as malformed or out of place (code 8)".to_string(),
+        ),
+        (
+            ack(9, 2),
+            "the server speaks version 2 of the identity extension; this client speaks 1"
+                .to_string(),
+        ),
+        // Accepted, but in a version this client does not speak.
+        (
+            ack(0, 2),
+            "the server speaks version 2 of the identity extension; this client speaks 1"
+                .to_string(),
+        ),
+    ];
+    for (answer, sentence) in cases {
+        let (addr, hello) = answering_server(answer.clone());
+        let mut chat = Chat::spawn_with(&["chat", &addr, "--name", "alice"]);
+        assert_eq!(hello.recv_timeout(TIMEOUT).unwrap()[..2], [0, 8]);
+        assert_eq!(chat.wait().code(), Some(1), "{answer:?}");
+        assert_eq!(chat.stderr.rest(), [format!("evchat chat: {sentence}")]);
+    }
+    // A code this client does not know, and bytes that are no frame.
+    for (answer, sentence) in [
+        (
+            ack(42, 1),
+            "answered HELLO with code 42, which this client does not know",
+        ),
+        (
+            b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+            "does not speak this protocol (it sent: `SSH-2.0-OpenSSH_9.6\\r\\n`)",
+        ),
+    ] {
+        let (addr, _hello) = answering_server(answer);
+        let mut chat = Chat::spawn_with(&["chat", &addr, "--name", "alice"]);
+        assert_eq!(chat.wait().code(), Some(1));
+        assert_eq!(
+            chat.stderr.rest(),
+            [format!("evchat chat: {addr} {sentence}")]
+        );
+    }
+}
+
 /// A server that does not know HELLO answers it as an unknown type
 /// (ERRO, close): the chat then speaks the plain protocol, quietly.
 #[test]
