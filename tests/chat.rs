@@ -1080,8 +1080,12 @@ mod identity {
     /// Bob's token.
     const BOB_TOKEN: &str = "evt_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
+    /// Watcher's token: an account that may only view.
+    const WATCHER_TOKEN: &str =
+        "evt_ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
     /// A server with `--auth`: alice (a password) and bob (a token), both
-    /// with view, emit and broadcast.
+    /// with view, emit and broadcast, and watcher (a token, view only).
     fn auth_server(dir: &TempDir, extra: &[&str]) -> Server {
         let roles = Roles::parse("view,emit,broadcast").unwrap();
         let cheap = argon2::Params::new(8, 1, 1, None).unwrap();
@@ -1092,7 +1096,16 @@ mod identity {
                 Secret::for_password_with(&Credential::new(PASSWORD.into()), cheap).unwrap(),
             ),
             ("bob", Secret::for_token(&Credential::new(BOB_TOKEN.into()))),
+            (
+                "watcher",
+                Secret::for_token(&Credential::new(WATCHER_TOKEN.into())),
+            ),
         ] {
+            let roles = if name == "watcher" {
+                Roles::parse("view").unwrap()
+            } else {
+                roles
+            };
             accounts.upsert(Account {
                 name: Name::new(name).unwrap(),
                 roles,
@@ -1298,6 +1311,20 @@ mod identity {
                 ["evchat chat: this server requires an account: sign in with --user NAME"]
             );
         }
+        // An account that may view but not emit: said, not taken for a
+        // full id range.
+        let (code, stderr) = refused(
+            &["chat", &addr, "--user", "watcher"],
+            &[(TOKEN, WATCHER_TOKEN)],
+        );
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            [
+                "evchat chat: signed in, but the account lacks the role emit (sending messages), \
+              which this client needs"
+            ]
+        );
         // An account on a server that has none.
         let plain = Server::start(&[]);
         let (code, stderr) = refused(

@@ -6,7 +6,7 @@
 use super::wire::{FrameReader, FrameWriter, Incoming, parse_incoming};
 use crate::auth::{Credential, Name};
 use crate::cli::escape_text;
-use crate::proto::ext::{Code, ExtFrame, HelloAck, SecretBytes, VERSION};
+use crate::proto::ext::{Code, ExtFrame, HelloAck, ROLE_EMIT, ROLE_VIEW, SecretBytes, VERSION};
 use crate::proto::{BROADCAST, ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
 use bytes::{Buf, BytesMut};
 use std::io::{self, Read};
@@ -67,6 +67,11 @@ pub enum RegisterError {
     Version(u8),
     #[error("{addr} answered HELLO with code {code}, which this client does not know")]
     UnknownCode { addr: String, code: u8 },
+    /// Signed in, but the session's roles do not allow the OI to come: the
+    /// server would refuse it as it refuses a full id range, which would
+    /// mislead.
+    #[error("signed in, but the account lacks the role {0}, which this client needs")]
+    LacksRole(&'static str),
 }
 
 impl RegisterError {
@@ -84,6 +89,7 @@ impl RegisterError {
                 | RegisterError::Malformed
                 | RegisterError::Version(_)
                 | RegisterError::UnknownCode { .. }
+                | RegisterError::LacksRole(_)
         )
     }
 }
@@ -181,7 +187,15 @@ pub fn register_with(
     let welcome = match hello {
         Some(hello) => {
             writer.send_unnumbered(&hello.frame()).map_err(io_error)?;
-            Some(answers.welcome()?)
+            let welcome = answers.welcome()?;
+            let (role, bit) = match origin {
+                BROADCAST => ("view (receiving messages)", ROLE_VIEW),
+                _ => ("emit (sending messages)", ROLE_EMIT),
+            };
+            if welcome.roles & bit == 0 {
+                return Err(RegisterError::LacksRole(role));
+            }
+            Some(welcome)
         }
         None => None,
     };
