@@ -13,6 +13,10 @@ use std::process::Command;
 use std::time::Duration;
 
 const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
+/// Where `evchat chat --user` takes a token from.
+const TOKEN: &str = "EVCHAT_TOKEN";
+/// How many lines `/help` prints.
+const HELP_LINES: usize = 9;
 
 /// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
 /// types lines and skips to the line a test waits for.
@@ -38,6 +42,14 @@ impl Chat {
 
     fn spawn_with(args: &[&str]) -> Chat {
         Chat(Proc::spawn("evchat", args))
+    }
+
+    /// As [`Chat::spawn_with`], with these environment variables set.
+    fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Chat {
+        let mut command = Command::new(EVCHAT);
+        command.args(args).stdin(std::process::Stdio::piped());
+        command.envs(env.iter().copied());
+        Chat(Proc::spawn_command(command, "evchat"))
     }
 
     fn type_line(&mut self, line: &str) {
@@ -118,7 +130,8 @@ fn piped_chat_sends_receives_and_marks_each_message_exactly() {
     );
     chat.type_line("/to nobody");
     chat.stderr.expect_line(
-        "evchat chat: line 10: 'nobody' is not an id from 0 to 65535 or 'all'; nothing sent",
+        "evchat chat: line 10: no one named 'nobody' is known here; /list shows who is \
+         connected; nothing sent",
     );
     chat.type_line(&"x".repeat(70_000));
     chat.stderr.expect_line(
@@ -135,7 +148,7 @@ fn piped_chat_sends_receives_and_marks_each_message_exactly() {
         chat.stdout.expect(),
         "a line without / is a message to the current target (shown in the prompt)"
     );
-    for _ in 1..8 {
+    for _ in 1..HELP_LINES {
         chat.stdout.expect();
     }
 
@@ -618,9 +631,14 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
     );
 }
 
+/// The chat's HELLO that only opts in: version 1, no name, no secret.
+const OPT_IN_HELLO: [u8; 14] = [0, 8, 0, 0, 0xff, 0xff, 0, 0, 0, 4, 1, 0, 0, 0];
+/// HELLOACK code 0, roles view+emit+broadcast, no name.
+const WELCOME: [u8; 14] = [0, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 4, 0, 1, 7, 0];
+
 /// A scripted server, for what a real one does not do on cue: it answers
-/// the chat's two OIs (its exhibitor gets 4096, then its emitter 1) and
-/// hands the test both connections, exhibitor first.
+/// the chat's two HELLOs and OIs (its exhibitor gets 4096, then its emitter
+/// 1) and hands the test both connections, exhibitor first.
 fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -628,6 +646,8 @@ fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     std::thread::spawn(move || {
         let register = |id: u16| {
             let mut client = Raw::over(listener.accept().unwrap().0);
+            assert_eq!(client.expect_bytes(OPT_IN_HELLO.len()), OPT_IN_HELLO);
+            client.send(&WELCOME);
             let oi = client.expect_frame();
             assert_eq!(oi.kind, Kind::Oi, "{oi}");
             client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
@@ -638,6 +658,220 @@ fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
         let _ = tx.send((exhibitor, emitter));
     });
     (addr, rx)
+}
+
+/// What [`plain_only_server`] hands over: the start of the HELLO it
+/// refused, and the connections it registered.
+type PlainOnly = (Vec<u8>, Vec<Raw>);
+
+/// A server of the plain protocol only (another implementation, or evchat
+/// before the extension): HELLO is an unknown type, ERRO(65535, 0, 0) and a
+/// close. It hands the test the first 10 bytes of that HELLO; then, if
+/// `pairs`, it answers two plain OIs as [`scripted_server`] does and hands
+/// over both connections.
+fn plain_only_server(pairs: bool) -> (String, std::sync::mpsc::Receiver<PlainOnly>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = Raw::over(listener.accept().unwrap().0);
+        let hello = first.expect_bytes(10);
+        first.send_frame(&Frame::bare(Kind::Erro, SERVER_ID, 0, 0));
+        drop(first);
+        let mut pair = Vec::new();
+        for id in [4096, 1].into_iter().filter(|_| pairs) {
+            let mut client = Raw::over(listener.accept().unwrap().0);
+            let oi = client.expect_frame();
+            assert_eq!(oi.kind, Kind::Oi, "{oi}");
+            client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+            pair.push(client);
+        }
+        let _ = tx.send((hello, pair));
+    });
+    (addr, rx)
+}
+
+/// WHO tells the exhibitor a name, before the MSG that carries the id:
+/// the chat acknowledges it with OK(own id, 65535, its seq), as PROTOCOL.md
+/// says, and shows the name. A WHO with NL = 0 takes the name away again.
+#[test]
+fn who_is_acknowledged_and_names_the_sender() {
+    let (addr, connections) = scripted_server();
+    let chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (mut exhibitor, _emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+    // WHO to 4096, seq 3: id 2 is "bob", roles 7 (L = 7).
+    let who_bob = [
+        0, 10, 0xff, 0xff, 0x10, 0, 0, 3, 0, 7, 0, 2, 7, 3, b'b', b'o', b'b',
+    ];
+    exhibitor.send(&who_bob);
+    assert_eq!(
+        exhibitor.expect_frame(),
+        Frame::bare(Kind::Ok, 4096, SERVER_ID, 3)
+    );
+    exhibitor.send_frame(&Frame::msg(2, 4096, 9, b"hi".to_vec()).unwrap());
+    chat.stdout.expect_line("bob to you: hi");
+    assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 2, 9));
+    // The id now has no name (another session holds it).
+    let who_nobody = [0, 10, 0xff, 0xff, 0x10, 0, 0, 4, 0, 4, 0, 2, 7, 0];
+    exhibitor.send(&who_nobody);
+    assert_eq!(
+        exhibitor.expect_frame(),
+        Frame::bare(Kind::Ok, 4096, SERVER_ID, 4)
+    );
+    exhibitor.send_frame(&Frame::msg(2, 0, 10, b"again".to_vec()).unwrap());
+    chat.stdout.expect_line("2 to all: again");
+}
+
+/// A WHO that does not parse (its name longer than L says) is no frame:
+/// the connection is dropped as for any undecodable bytes, and the chat
+/// reconnects.
+#[test]
+fn a_malformed_who_drops_the_connection() {
+    let (addr, connections) = scripted_server();
+    let chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (mut exhibitor, mut emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+    exhibitor.send(&[0, 10, 0xff, 0xff, 0x10, 0, 0, 3, 0, 5, 0, 2, 7, 9, b'x']);
+    chat.stdout
+        .expect_line(&format!("connection to {addr} lost; reconnecting"));
+    exhibitor.expect_closed();
+    emitter.expect_closed();
+}
+
+/// A server that answers the first HELLO with `answer` and closes; the
+/// address, and the HELLO's first 10 bytes once it came.
+fn answering_server(answer: Vec<u8>) -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut client = Raw::over(listener.accept().unwrap().0);
+        let hello = client.expect_bytes(10);
+        client.send(&answer);
+        let _ = tx.send(hello);
+    });
+    (addr, rx)
+}
+
+/// Each HELLOACK refusal is one sentence and exit 1, whatever the server
+/// that sends it; an answer that is not the extension's is said plainly.
+#[test]
+fn every_helloack_code_has_its_sentence() {
+    let ack = |code: u8, version: u8| vec![0, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 4, code, version, 0, 0];
+    let cases = [
+        (
+            ack(1, 1),
+            "this server requires an account: sign in with --user NAME".to_string(),
+        ),
+        (
+            ack(3, 1),
+            "name taken: pick another with --name".to_string(),
+        ),
+        (
+            ack(4, 1),
+            "bad name: a name is a letter, then up to 23 letters, digits, '_', '.' or '-'"
+                .to_string(),
+        ),
+        (
+            ack(5, 1),
+            "too many refused sign-ins from this address; try again later".to_string(),
+        ),
+        (
+            ack(6, 1),
+            "the server is busy checking other sign-ins; try again in a moment".to_string(),
+        ),
+        (
+            ack(8, 1),
+            "the server refused the HELLO as malformed or out of place (code 8)".to_string(),
+        ),
+        (
+            ack(9, 2),
+            "the server speaks version 2 of the identity extension; this client speaks 1"
+                .to_string(),
+        ),
+        // Accepted, but in a version this client does not speak.
+        (
+            ack(0, 2),
+            "the server speaks version 2 of the identity extension; this client speaks 1"
+                .to_string(),
+        ),
+    ];
+    for (answer, sentence) in cases {
+        let (addr, hello) = answering_server(answer.clone());
+        let mut chat = Chat::spawn_with(&["chat", &addr, "--name", "alice"]);
+        assert_eq!(hello.recv_timeout(TIMEOUT).unwrap()[..2], [0, 8]);
+        assert_eq!(chat.wait().code(), Some(1), "{answer:?}");
+        assert_eq!(chat.stderr.rest(), [format!("evchat chat: {sentence}")]);
+    }
+    // A code this client does not know, and bytes that are no frame.
+    for (answer, sentence) in [
+        (
+            ack(42, 1),
+            "answered HELLO with code 42, which this client does not know",
+        ),
+        (
+            b"SSH-2.0-OpenSSH_9.6\r\n".to_vec(),
+            "does not speak this protocol (it sent: `SSH-2.0-OpenSSH_9.6\\r\\n`)",
+        ),
+    ] {
+        let (addr, _hello) = answering_server(answer);
+        let mut chat = Chat::spawn_with(&["chat", &addr, "--name", "alice"]);
+        assert_eq!(chat.wait().code(), Some(1));
+        assert_eq!(
+            chat.stderr.rest(),
+            [format!("evchat chat: {addr} {sentence}")]
+        );
+    }
+}
+
+/// A server that does not know HELLO answers it as an unknown type
+/// (ERRO, close): the chat then speaks the plain protocol, quietly.
+#[test]
+fn a_server_without_the_extension_gets_the_plain_protocol() {
+    let (addr, registered) = plain_only_server(true);
+    let mut chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    let (hello, mut pair) = registered.recv_timeout(TIMEOUT).expect("registered");
+    assert_eq!(hello, OPT_IN_HELLO[..10]);
+    let mut exhibitor = pair.remove(0);
+    exhibitor.send_frame(&Frame::msg(2, 4096, 0, b"plain".to_vec()).unwrap());
+    chat.stdout.expect_line("2 to you: plain");
+    // The MSG's OK, on the plain path.
+    let ack = exhibitor.expect_frame();
+    assert_eq!(ack, Frame::bare(Kind::Ok, 4096, 2, 0));
+    // Leaving: FLW from its emitter; the server's end of the pair closes.
+    chat.stdin = None;
+    let mut emitter = pair.remove(0);
+    let flw = emitter.expect_frame();
+    assert_eq!((flw.kind, flw.origin), (Kind::Flw, 1), "{flw}");
+    drop(emitter);
+    drop(exhibitor);
+    assert_eq!(chat.wait().code(), Some(0));
+    assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+}
+
+/// A name needs the extension: against a server without it the chat says
+/// so and exits 1 rather than chat nameless.
+#[test]
+fn a_name_asked_of_a_server_without_the_extension_is_exit_1() {
+    for ask in [["--name", "alice"], ["--user", "alice"]] {
+        let (addr, refused) = plain_only_server(false);
+        let mut chat = Chat::spawn_env(&["chat", &addr, ask[0], ask[1]], &[(TOKEN, "evt_x")]);
+        let (hello, _) = refused.recv_timeout(TIMEOUT).expect("a HELLO");
+        assert_eq!(hello[..4], [0, 8, 0, 0]);
+        assert_eq!(chat.wait().code(), Some(1));
+        assert_eq!(
+            chat.stderr.rest(),
+            [format!(
+                "evchat chat: {addr} does not speak the identity extension (it answered HELLO \
+                 with ERRO); --user and --name need a server that does"
+            )]
+        );
+    }
 }
 
 /// Reads the chat's OK to a FLW with sequence number `seq` from `from`.
@@ -829,5 +1063,431 @@ mod typed_ahead {
         chat.exp_string(&bytewise(&format!("you to {other_id}: only you ✓")))
             .unwrap();
         chat.exp_string(&format!("{other_id}> ")).unwrap();
+    }
+}
+
+/// The identity extension from the chat's side: signing in (a password at a
+/// prompt that does not echo it, a token from the environment or a file),
+/// each refusal's sentence and exit status, names claimed and shown, and
+/// names in `/to` and `/list`.
+mod identity {
+    use super::*;
+    use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
+
+    /// Alice's password; cheap argon2id parameters keep the tests fast (the
+    /// server accepts any within its maximum).
+    const PASSWORD: &str = "correct horse";
+    /// Bob's token.
+    const BOB_TOKEN: &str = "evt_00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    /// Watcher's token: an account that may only view.
+    const WATCHER_TOKEN: &str =
+        "evt_ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    /// A server with `--auth`: alice (a password) and bob (a token), both
+    /// with view, emit and broadcast, and watcher (a token, view only).
+    fn auth_server(dir: &TempDir, extra: &[&str]) -> Server {
+        let roles = Roles::parse("view,emit,broadcast").unwrap();
+        let cheap = argon2::Params::new(8, 1, 1, None).unwrap();
+        let mut accounts = Accounts::default();
+        for (name, secret) in [
+            (
+                "alice",
+                Secret::for_password_with(&Credential::new(PASSWORD.into()), cheap).unwrap(),
+            ),
+            ("bob", Secret::for_token(&Credential::new(BOB_TOKEN.into()))),
+            (
+                "watcher",
+                Secret::for_token(&Credential::new(WATCHER_TOKEN.into())),
+            ),
+        ] {
+            let roles = if name == "watcher" {
+                Roles::parse("view").unwrap()
+            } else {
+                roles
+            };
+            accounts.upsert(Account {
+                name: Name::new(name).unwrap(),
+                roles,
+                secret,
+                expires: None,
+            });
+        }
+        let path = dir.path().join("accounts");
+        accounts.save(&path).unwrap();
+        let mut args = vec!["--auth", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    /// A private file holding `text`.
+    fn token_file(dir: &TempDir, name: &str, text: &str, mode: u32) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// Runs `evchat chat ARGS` with `env` to its end; its exit code and stderr.
+    fn refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Vec<String>) {
+        let mut chat = Chat::spawn_env(args, env);
+        let code = chat.wait().code();
+        (code, chat.stderr.rest())
+    }
+
+    #[test]
+    fn a_password_typed_at_the_prompt_is_not_echoed_and_signs_in() {
+        let dir = TempDir::new("chat-password");
+        let server = auth_server(&dir, &[]);
+        // rexpect starts its terminal with echo off; a terminal as people
+        // have it echoes, so the chat must turn echo off itself.
+        let mut shell = Command::new("sh");
+        shell.args(["-c", "stty echo && exec \"$0\" \"$@\"", EVCHAT, "chat"]);
+        shell.args([&server.target(), "--user", "alice"]);
+        let mut chat = in_terminal(shell);
+        chat.exp_string("Password for alice: ").unwrap();
+        chat.send_line(PASSWORD).unwrap();
+        let shown = chat
+            .exp_string("you are alice, 1 (emitter) / 4096 (exhibitor)")
+            .unwrap();
+        assert!(
+            !shown.contains("horse"),
+            "the password was echoed: {shown:?}"
+        );
+        chat.exp_string("all> ").unwrap();
+        // Its messages go out as alice's, to a chat of another account.
+        let bob = Chat::spawn_env(
+            &["chat", &server.target(), "--user", "bob"],
+            &[(TOKEN, BOB_TOKEN)],
+        );
+        bob.stdout
+            .expect_line("you are bob, 2 (emitter) / 4097 (exhibitor)");
+        chat.send_line("hi bob").unwrap();
+        bob.stdout.expect_line("alice to all: hi bob");
+        chat.send_control('d').unwrap();
+        expect_exit_0(&mut chat);
+    }
+
+    #[test]
+    fn a_token_comes_from_the_environment_or_a_private_file() {
+        let dir = TempDir::new("chat-token");
+        let server = auth_server(&dir, &[]);
+        let mut from_env = Chat::spawn_env(
+            &["chat", &server.target(), "--user", "BOB"],
+            &[(TOKEN, BOB_TOKEN)],
+        );
+        // The account's own spelling, whatever was typed.
+        from_env
+            .stdout
+            .expect_line("you are bob, 1 (emitter) / 4096 (exhibitor)");
+        let file = token_file(&dir, "token", &format!("{BOB_TOKEN}\n"), 0o600);
+        // The file wins over the environment.
+        let mut from_file = Chat::spawn_env(
+            &[
+                "chat",
+                &server.target(),
+                "--user",
+                "bob",
+                "--token-file",
+                &file,
+            ],
+            &[(TOKEN, "evt_wrong")],
+        );
+        from_file
+            .stdout
+            .expect_line("you are bob, 2 (emitter) / 4097 (exhibitor)");
+        // One account, two sessions: both show the same name.
+        from_file.type_line("/list");
+        from_file
+            .stdout
+            .expect_line("clients (4): bob(1) bob(2) bob(4096) bob(4097)");
+        for chat in [&mut from_env, &mut from_file] {
+            chat.stdin = None;
+            assert_eq!(chat.wait().code(), Some(0));
+            assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn a_bad_token_file_or_variable_is_refused_before_connecting() {
+        let dir = TempDir::new("chat-bad-token");
+        // Nothing listens: the refusal comes before any connection.
+        let port = ReservedPort::new();
+        let addr = port.addr().to_string();
+        let long = "x".repeat(257);
+        let cases = [
+            ("empty", "\n", 0o600, "is empty"),
+            (
+                "long",
+                long.as_str(),
+                0o600,
+                "is longer than 256 bytes; a secret is at most that",
+            ),
+            (
+                "lines",
+                "evt_a\nevt_b\n",
+                0o600,
+                "holds more than one line; put only the secret in it",
+            ),
+        ];
+        for (name, text, mode, why) in cases {
+            let file = token_file(&dir, name, text, mode);
+            let (code, stderr) = refused(
+                &["chat", &addr, "--user", "bob", "--token-file", &file],
+                &[],
+            );
+            assert_eq!(code, Some(2), "{name}");
+            assert_eq!(stderr, [format!("evchat chat: --token-file {file} {why}")]);
+        }
+        let open = token_file(&dir, "open", BOB_TOKEN, 0o644);
+        let (code, stderr) = refused(
+            &["chat", &addr, "--user", "bob", "--token-file", &open],
+            &[],
+        );
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            [format!(
+                "evchat chat: --token-file {open}: mode 0644 lets group or others read or write \
+                 it; a secret must stay private (chmod 600 {open})"
+            )]
+        );
+        let missing = dir.path().join("missing");
+        let missing = missing.to_str().unwrap();
+        let (code, stderr) = refused(
+            &["chat", &addr, "--user", "bob", "--token-file", missing],
+            &[],
+        );
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            [format!(
+                "evchat chat: --token-file {missing}: No such file or directory (os error 2)"
+            )]
+        );
+        let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[(TOKEN, "")]);
+        assert_eq!(code, Some(2));
+        assert_eq!(stderr, ["evchat chat: $EVCHAT_TOKEN is empty"]);
+        let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[(TOKEN, &long)]);
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            ["evchat chat: $EVCHAT_TOKEN is longer than 256 bytes; a secret is at most that"]
+        );
+        // Not a terminal, and no token: nowhere to get a password from.
+        let (code, stderr) = refused(&["chat", &addr, "--user", "bob"], &[]);
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            stderr,
+            [
+                "evchat chat: --user bob needs its password typed at a terminal, or a token in \
+              $EVCHAT_TOKEN or --token-file FILE"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_refusal_is_one_sentence_and_exit_1() {
+        let dir = TempDir::new("chat-refusals");
+        let server = auth_server(&dir, &[]);
+        let addr = server.target();
+        let wrong = "evchat chat: sign-in refused: unknown user or wrong password";
+        // A wrong password, a wrong token and an unknown account: one answer.
+        for (user, secret) in [("alice", "wrong"), ("bob", "evt_0"), ("carol", PASSWORD)] {
+            let (code, stderr) = refused(&["chat", &addr, "--user", user], &[(TOKEN, secret)]);
+            assert_eq!(
+                (code, &stderr[..]),
+                (Some(1), &[wrong.to_string()][..]),
+                "{user}"
+            );
+        }
+        // No account at all on a server that requires one, plain or named.
+        for args in [&["chat", &addr][..], &["chat", &addr, "--name", "dave"]] {
+            let (code, stderr) = refused(args, &[]);
+            assert_eq!(code, Some(1));
+            assert_eq!(
+                stderr,
+                ["evchat chat: this server requires an account: sign in with --user NAME"]
+            );
+        }
+        // An account that may view but not emit: said, not taken for a
+        // full id range.
+        let (code, stderr) = refused(
+            &["chat", &addr, "--user", "watcher"],
+            &[(TOKEN, WATCHER_TOKEN)],
+        );
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            [
+                "evchat chat: signed in, but the account lacks the role emit (sending messages), \
+              which this client needs"
+            ]
+        );
+        // An account on a server that has none.
+        let plain = Server::start(&[]);
+        let (code, stderr) = refused(
+            &["chat", &plain.target(), "--user", "bob"],
+            &[(TOKEN, BOB_TOKEN)],
+        );
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: this server has no accounts: use --name NAME instead of --user"]
+        );
+    }
+
+    #[test]
+    fn too_many_refusals_from_an_address_have_their_own_sentence() {
+        let dir = TempDir::new("chat-budget");
+        let server = auth_server(&dir, &["--auth-failures", "1"]);
+        let args = ["chat", &server.target(), "--user", "alice"];
+        let (code, stderr) = refused(&args, &[(TOKEN, "wrong")]);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: sign-in refused: unknown user or wrong password"]
+        );
+        // The budget is spent: even the right password is not checked.
+        let (code, stderr) = refused(&args, &[(TOKEN, PASSWORD)]);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: too many refused sign-ins from this address; try again later"]
+        );
+    }
+
+    /// Reconnecting to a server that now refuses who we are (here it came
+    /// back with accounts, and a name is no sign-in) ends the chat: trying
+    /// again could only be refused again.
+    #[test]
+    fn a_refusal_on_reconnecting_ends_the_chat_with_status_1() {
+        let dir = TempDir::new("chat-refused-again");
+        let port = ReservedPort::new();
+        let mut server = Server::start_on(&port, &[]);
+        let mut chat = Chat::spawn_with(&["chat", &server.target(), "--name", "alice"]);
+        chat.stdout
+            .expect_line("you are alice, 1 (emitter) / 4096 (exhibitor)");
+        server.proc.signal(libc::SIGKILL);
+        assert_eq!(server.proc.wait().code(), None);
+        chat.stdout.expect_line(&format!(
+            "connection to {} lost; reconnecting",
+            server.target()
+        ));
+        let path = dir.path().join("accounts");
+        Accounts::default().save(&path).unwrap();
+        let _restarted = Server::start_on(&port, &["--auth", path.to_str().unwrap()]);
+        // Attempts before the restart fail with "cannot connect" and go on;
+        // backoff reaches 4 s at most by then.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let code = loop {
+            if let Some(status) = chat.try_wait() {
+                break status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "the chat did not end");
+            if let Some(line) = chat.stdout.next_within(Duration::from_millis(100)) {
+                assert!(
+                    line.starts_with("reconnecting failed: cannot connect"),
+                    "{line}"
+                );
+            }
+        };
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            chat.stderr.rest(),
+            ["evchat chat: this server requires an account: sign in with --user NAME"]
+        );
+    }
+
+    #[test]
+    fn a_name_that_is_no_name_is_a_usage_error() {
+        for args in [["--name", "1abc"], ["--user", "al ice"]] {
+            let (code, stderr) = refused(&["chat", "127.0.0.1:9", args[0], args[1]], &[]);
+            assert_eq!(code, Some(2));
+            assert!(
+                stderr[0].starts_with(&format!(
+                    "error: invalid value '{}' for '{} <NAME>'",
+                    args[1], args[0]
+                )),
+                "{stderr:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_password_is_refused_before_connecting() {
+        let port = ReservedPort::new();
+        let mut chat = chat_in_terminal(&[&port.addr().to_string(), "--user", "alice"]);
+        chat.exp_string("Password for alice: ").unwrap();
+        chat.send_line("").unwrap();
+        chat.exp_string("evchat chat: no password typed; nothing sent\r\n")
+            .unwrap();
+        chat.exp_eof().unwrap();
+        match chat.process().wait().unwrap() {
+            WaitStatus::Exited(_, 2) => {}
+            other => panic!("chat ended with {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claimed_name_is_shown_to_others_and_found_by_to() {
+        let server = Server::start(&[]);
+        let mut alice = Chat::spawn_with(&["chat", &server.target(), "--name", "Alice"]);
+        alice
+            .stdout
+            .expect_line("you are Alice, 1 (emitter) / 4096 (exhibitor)");
+        // A plain chat (no name) next to it, and a plain exhibitor.
+        let mut other = Chat::spawn(&server.target());
+        other
+            .stdout
+            .expect_line("you are 2 (emitter) / 4097 (exhibitor)");
+        let (plain, _) = server.exhibitor();
+
+        alice.type_line("hello");
+        other.stdout.expect_line("Alice to all: hello");
+        // The plain exhibitor sees the plain protocol: ids only.
+        plain.stdout.expect_line("Message from 1 to all: hello");
+        alice.stdout.expect_line("you to all: hello ✓");
+
+        // A name, any case, reaches its holder's exhibitor.
+        other.type_line("/to alice");
+        other.stdout.expect_line("now talking to Alice (1)");
+        other.type_line("just you");
+        alice.stdout.expect_line("2 to you: just you");
+        other.stdout.expect_line("you to Alice: just you ✓");
+        other.type_line("/msg ALICE and this");
+        alice.stdout.expect_line("2 to you: and this");
+        other.stdout.expect_line("you to Alice: and this ✓");
+        // A name nobody holds: said, nothing sent.
+        other.type_line("/to bob");
+        other.stderr.expect_line(
+            "evchat chat: line 4: no one named 'bob' is known here; /list shows who is \
+             connected; nothing sent",
+        );
+
+        // The list shows names next to ids.
+        other.type_line("/list");
+        other
+            .stdout
+            .expect_line("clients (5): Alice(1) 2 Alice(4096) 4097 4098");
+        alice.type_line("/list");
+        alice
+            .stdout
+            .expect_line("clients (5): Alice(1) 2 Alice(4096) 4097 4098");
+
+        // The name is held: claimed again, in any case, it is refused.
+        let (code, stderr) = refused(&["chat", &server.target(), "--name", "ALICE"], &[]);
+        assert_eq!(code, Some(1));
+        assert_eq!(
+            stderr,
+            ["evchat chat: name taken: pick another with --name"]
+        );
+
+        for chat in [&mut alice, &mut other] {
+            chat.stdin = None;
+            assert_eq!(chat.wait().code(), Some(0));
+            assert_eq!(chat.stderr.rest(), Vec::<String>::new());
+        }
     }
 }

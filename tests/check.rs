@@ -84,7 +84,30 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
     (Fault::SecondOiForgets, &[], &["second-oi"]),
     (Fault::SpoofOk, &["spoof"], &[]),
     (Fault::FlwOkNoClose, &["flw-emitter", "flw-exhibitor"], &[]),
+    // The identity extension's faults; the plain protocol they serve right.
+    (Fault::HelloAckVersion0, &["identity-hello"], &[]),
+    (Fault::BadNameAccepted, &["identity-bad-name"], &[]),
+    (Fault::NameTakenCaseSensitive, &["identity-name-taken"], &[]),
+    (Fault::SecondHelloAccepted, &["identity-second-hello"], &[]),
+    (Fault::HelloAfterOiCloses, &["identity-hello-after-oi"], &[]),
+    // The opted-in exhibitor of plain-unchanged expects WHO first too.
+    (
+        Fault::WhoAfterMsg,
+        &["identity-who", "identity-plain-unchanged"],
+        &[],
+    ),
+    // The one KICK would close is a plain exhibitor: told a name too.
+    (
+        Fault::WhoToPlain,
+        &["identity-plain-unchanged", "identity-kick-refused"],
+        &[],
+    ),
+    (Fault::KickAccepted, &["identity-kick-refused"], &[]),
 ];
+
+/// How a skip says the server does not speak the identity extension.
+const NOT_SPOKEN: &str =
+    "not spoken: the server answers HELLO with ERRO: it does not speak the identity extension";
 
 /// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
 /// stdout, stderr).
@@ -175,10 +198,13 @@ fn set(ids: &[&str]) -> BTreeSet<String> {
 }
 
 /// Every skip must name its cause: a needed check that failed or was
-/// skipped, or the check after which the server stopped answering.
+/// skipped, the check after which the server stopped answering, or (the
+/// identity level only) an extension the server does not speak.
 fn assert_skips_explained(seen: &BTreeMap<String, Seen>) {
     for (id, s) in seen.iter().filter(|(_, s)| s.verdict == "skip") {
-        if let Some(rest) = s.detail.strip_prefix("needs ") {
+        if s.detail.starts_with("not spoken: ") {
+            assert_eq!(s.level, "identity", "{id}: {}", s.detail);
+        } else if let Some(rest) = s.detail.strip_prefix("needs ") {
             let (need, why) = rest.split_once(", which ").expect("needs X, which ...");
             let want = if why == "failed" { "fail" } else { "skip" };
             assert_eq!(seen[need].verdict, want, "{id}: {}", s.detail);
@@ -216,13 +242,57 @@ fn run_fault(fault: Fault) {
     assert_eq!(code, want, "{fault:?} exit status");
 }
 
+/// A correct server of the plain protocol passes every check but the
+/// identity level's, which is not spoken there: skipped, never failed.
 #[test]
 fn correct_fixture_passes_every_check() {
     let fixture = Fixture::start(Fault::None);
     let (code, seen, report) = check_json(&fixture.target(), CHECK_TIMEOUT);
+    for (id, s) in &seen {
+        if s.level == "identity" {
+            assert_eq!(
+                (s.verdict.as_str(), s.detail.as_str()),
+                ("skip", NOT_SPOKEN),
+                "{id}"
+            );
+        } else {
+            assert_eq!(s.verdict, "pass", "{id}: {report:#}");
+        }
+    }
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn correct_fixture_speaking_identity_passes_every_check() {
+    let fixture = Fixture::start(Fault::SpeaksIdentity);
+    let (code, seen, report) = check_json(&fixture.target(), CHECK_TIMEOUT);
     let not_passed: Vec<_> = seen.iter().filter(|(_, s)| s.verdict != "pass").collect();
     assert!(not_passed.is_empty(), "{report:#}");
     assert_eq!(code, 0);
+}
+
+/// With accounts every HELLO needs a secret the checker does not have: the
+/// level cannot claim names there, and says so.
+#[test]
+fn a_server_with_accounts_is_not_checked_for_identity() {
+    let dir = crate::util::TempDir::new("check-auth");
+    let path = dir.path().join("accounts");
+    evchat::auth::Accounts::default().save(&path).unwrap();
+    let server = Server::start(&["--auth", path.to_str().unwrap()]);
+    let (code, out, _) = evchat(&["check", &server.target(), "--level", "identity"]);
+    assert_eq!(code, 0);
+    let why = "not spoken: the server requires accounts (server --auth): these checks claim \
+               names, which needs a server without";
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[1].split_whitespace().take(2).collect::<Vec<_>>(),
+        ["skip", "identity-hello"]
+    );
+    assert_eq!(lines[2].trim(), why);
+    assert_eq!(
+        lines.last(),
+        Some(&"check: 0 passed, 0 failed, 0 notes, 8 skipped")
+    );
 }
 
 #[test]
@@ -275,11 +345,17 @@ fn crash_on_spoof_skips_the_rest_as_stopped() {
         .filter(|(_, s)| s.detail == "server stopped answering after spoof")
         .map(|(id, _)| id.clone())
         .collect();
+    // Every check after it, the identity level's included.
+    let after: Vec<String> = listed_ids()
+        .into_iter()
+        .skip_while(|id| id != "spoof")
+        .skip(1)
+        .collect();
     assert_eq!(
-        stopped,
-        set(&["many-clients", "silent-exhibitor", "slow-reader"]),
-        "{report:#}"
+        after[..3],
+        ["many-clients", "silent-exhibitor", "slow-reader"]
     );
+    assert_eq!(stopped, after.into_iter().collect(), "{report:#}");
     // The check's own failure is kept, with the stop added to it.
     let spoof = report["checks"]
         .as_array()
@@ -532,6 +608,14 @@ fault_tests! {
     fault_second_oi_forgets_the_client: SecondOiForgets,
     fault_spoof_answered_ok: SpoofOk,
     fault_flw_ok_without_close: FlwOkNoClose,
+    fault_helloack_version_0: HelloAckVersion0,
+    fault_bad_name_accepted: BadNameAccepted,
+    fault_name_taken_case_sensitive: NameTakenCaseSensitive,
+    fault_second_hello_accepted: SecondHelloAccepted,
+    fault_hello_after_oi_closes: HelloAfterOiCloses,
+    fault_who_after_msg: WhoAfterMsg,
+    fault_who_to_plain_clients: WhoToPlain,
+    fault_kick_accepted_without_admin: KickAccepted,
 }
 
 /// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.
@@ -615,15 +699,15 @@ fn list_shows_every_check_under_its_level_without_connecting() {
     assert_eq!(lines[0], "required:");
     assert_eq!(
         lines[1],
-        "  wire-header         frames start with an 8-byte header of big-endian u16 fields  \
-         (PROTOCOL.md, Wire format)"
+        "  wire-header               frames start with an 8-byte header of big-endian u16 \
+         fields  (PROTOCOL.md, Wire format)"
     );
     let headings: Vec<&str> = lines
         .iter()
         .copied()
         .filter(|l| !l.starts_with(' '))
         .collect();
-    assert_eq!(headings, ["required:", "choices:", "robust:"]);
+    assert_eq!(headings, ["required:", "choices:", "robust:", "identity:"]);
     let listed: Vec<String> = lines
         .iter()
         .filter_map(|l| l.strip_prefix("  "))
@@ -634,6 +718,7 @@ fn list_shows_every_check_under_its_level_without_connecting() {
     for (level, want) in [
         ("required", &["required:"][..]),
         ("robust", &["required:", "robust:"][..]),
+        ("identity", &["identity:"][..]),
     ] {
         let (code, out, _) = evchat(&["check", "--list", "--level", level]);
         assert_eq!(code, 0);

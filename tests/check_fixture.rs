@@ -4,6 +4,13 @@
 //! that breaks exactly one rule. Each fault is a bug seen in real servers of
 //! this protocol. It runs in-process on 127.0.0.1:0 and is torn down (every
 //! socket shut, the listener closed) when dropped.
+//!
+//! By default it speaks the plain protocol only (a HELLO is an unknown
+//! type), like most servers of the assignment; [`Fault::SpeaksIdentity`]
+//! and the faults after it speak the identity extension too, without
+//! accounts (names claimed by HELLO, WHO to exhibitors that opted in, KICK
+//! refused since nobody has admin), each of the latter breaking one of its
+//! rules.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
@@ -18,7 +25,13 @@ const FLW: u16 = 4;
 const MSG: u16 = 5;
 const CREQ: u16 = 6;
 const CLIST: u16 = 7;
+const HELLO: u16 = 8;
+const HELLOACK: u16 = 9;
+const WHO: u16 = 10;
+const KICK: u16 = 11;
 const SERVER: u16 = 65535;
+/// Every session's roles without accounts: view, emit, broadcast.
+const PLAIN_ROLES: u8 = 7;
 
 /// The one rule a fixture breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +131,42 @@ pub enum Fault {
     /// Answers FLW with OK and forgets the client, but never closes the
     /// connection.
     FlwOkNoClose,
+    /// A correct server that also speaks the identity extension.
+    SpeaksIdentity,
+    /// Puts version 0 in HELLOACK.
+    HelloAckVersion0,
+    /// Takes any bytes as a name.
+    BadNameAccepted,
+    /// Compares names with their case: "ALICE" is not "alice".
+    NameTakenCaseSensitive,
+    /// Accepts a second HELLO (a new name) after code 0.
+    SecondHelloAccepted,
+    /// Answers a HELLO after OI with ERRO, then closes (as for an unknown type).
+    HelloAfterOiCloses,
+    /// Sends WHO after the MSG it should precede.
+    WhoAfterMsg,
+    /// Tells every exhibitor, opted in or not, the name of a named id.
+    WhoToPlain,
+    /// Answers KICK from an emitter without admin with OK (closing nobody).
+    KickAccepted,
+}
+
+impl Fault {
+    /// Whether this server speaks the identity extension.
+    fn speaks_identity(self) -> bool {
+        matches!(
+            self,
+            Fault::SpeaksIdentity
+                | Fault::HelloAckVersion0
+                | Fault::BadNameAccepted
+                | Fault::NameTakenCaseSensitive
+                | Fault::SecondHelloAccepted
+                | Fault::HelloAfterOiCloses
+                | Fault::WhoAfterMsg
+                | Fault::WhoToPlain
+                | Fault::KickAccepted
+        )
+    }
 }
 
 /// A running fixture server.
@@ -270,11 +319,15 @@ struct In {
     body: Vec<u8>,
 }
 
-/// The writing half of a connection.
+/// The writing half of a connection, and what its reader must know of it.
 struct Out {
     conn: u64,
     stream: Mutex<TcpStream>,
     closed: AtomicBool,
+    /// Sent OI (and was given an id).
+    identified: AtomicBool,
+    /// Had a HELLO accepted: after OI, HELLO and KICK are frames it may send.
+    opted_in: AtomicBool,
 }
 
 impl Out {
@@ -312,12 +365,15 @@ fn serve(shared: &Arc<Shared>, conn: u64, stream: TcpStream) {
         conn,
         stream: Mutex::new(writer),
         closed: AtomicBool::new(false),
+        identified: AtomicBool::new(false),
+        opted_in: AtomicBool::new(false),
     });
     let mut reader = Reader {
         stream,
         buf: Vec::new(),
         wire: shared.wire(),
         mode: shared.fault,
+        out: out.clone(),
     };
     while let Some(frame) = reader.next() {
         if out.closed.load(Ordering::SeqCst) {
@@ -353,6 +409,7 @@ struct Reader {
     buf: Vec<u8>,
     wire: Wire,
     mode: Fault,
+    out: Arc<Out>,
 }
 
 impl Reader {
@@ -393,12 +450,21 @@ impl Reader {
             return None;
         }
         let kind = self.field(b, 0);
-        let (len, body) = if kind == MSG || kind == CLIST {
+        // An extension frame has a body of L bytes where the extension
+        // allows it: HELLO before OI, HELLO and KICK after OI once opted in.
+        // Anywhere else its type is unknown and the header is all there is.
+        let identified = self.out.identified.load(Ordering::SeqCst);
+        let ext = self.mode.speaks_identity()
+            && ((kind == HELLO && !identified)
+                || (identified
+                    && self.out.opted_in.load(Ordering::SeqCst)
+                    && (kind == HELLO || kind == KICK)));
+        let (len, body) = if kind == MSG || kind == CLIST || ext {
             if b.len() < 10 {
                 return None;
             }
             let count = self.field(b, 8) as usize;
-            let len = 10 + if kind == MSG { count } else { 2 * count };
+            let len = 10 + if kind == CLIST { 2 * count } else { count };
             if b.len() < len {
                 return None;
             }
@@ -482,11 +548,19 @@ struct Client {
     pending: VecDeque<Pending>,
     /// The server's numbering of the frames it originates to this client.
     seq: u16,
+    /// The session's name ("" for none).
+    name: String,
+    /// Sent HELLO before OI: an exhibitor that did is told names by WHO.
+    opted_in: bool,
+    /// The name this exhibitor was last told for each id.
+    told: HashMap<u16, String>,
 }
 
 enum Pending {
     Request(Arc<Mutex<Request>>),
     Farewell,
+    /// A WHO: its OK settles nothing else.
+    Who,
 }
 
 /// An emitter's MSG or CREQ, answered once every target has settled.
@@ -510,6 +584,9 @@ struct State {
     stalled_on: Option<u64>,
     /// BlockOnAck: deliveries just made, to wait for before serving anyone else.
     to_await: Vec<(u64, Arc<Mutex<Request>>)>,
+    /// The name each connection claimed with an accepted HELLO ("" for
+    /// none), held until it ends.
+    claimed: HashMap<u64, String>,
 }
 
 fn handle(shared: &Shared, out: &Arc<Out>, frame: In) {
@@ -563,7 +640,7 @@ impl State {
         };
         self.clients[id].pending.iter().any(|p| match p {
             Pending::Request(r) => Arc::ptr_eq(r, request),
-            Pending::Farewell => false,
+            Pending::Farewell | Pending::Who => false,
         })
     }
 
@@ -584,6 +661,9 @@ impl State {
             if f.kind == OI {
                 return self.identify(shared, out, &f, acts);
             }
+            if f.kind == HELLO && fault.speaks_identity() {
+                return self.hello(shared, out, &f, acts);
+            }
             match fault {
                 Fault::AcceptBeforeOi => return acts.push(reply(OK, 0, f.seq)),
                 Fault::CloseBeforeOi => {}
@@ -591,6 +671,21 @@ impl State {
             }
             return acts.push(Act::Close(out.clone()));
         };
+        if out.opted_in.load(Ordering::SeqCst) && (f.kind == HELLO || f.kind == KICK) {
+            // Like a second OI (HELLO), or a request the client's roles do
+            // not allow (KICK: nobody has admin without accounts).
+            let kind = if f.kind == KICK && fault == Fault::KickAccepted {
+                OK
+            } else {
+                ERRO
+            };
+            acts.push(reply(kind, id, f.seq));
+            if f.kind == HELLO && fault == Fault::HelloAfterOiCloses {
+                acts.push(Act::Close(out.clone()));
+                self.remove(shared, out.conn, acts);
+            }
+            return;
+        }
         if !(OK..=CLIST).contains(&f.kind) || f.kind == CLIST {
             let unknown = f.kind != CLIST;
             match fault {
@@ -707,7 +802,13 @@ impl State {
             out.clone(),
             encode(wire, [OK, SERVER, id, seq], None, &[]),
         ));
+        // A paired emitter takes its exhibitor's name.
+        let name = match &role {
+            Role::Emitter { exhibitor: Some(x) } => self.clients[x].name.clone(),
+            _ => self.claimed.get(&out.conn).cloned().unwrap_or_default(),
+        };
         self.ids.insert(out.conn, id);
+        out.identified.store(true, Ordering::SeqCst);
         self.clients.insert(
             id,
             Client {
@@ -715,8 +816,109 @@ impl State {
                 role,
                 pending: VecDeque::new(),
                 seq: 0,
+                name,
+                opted_in: out.opted_in.load(Ordering::SeqCst),
+                told: HashMap::new(),
             },
         );
+    }
+
+    /// A HELLO before OI: a name claimed (or none), without accounts.
+    fn hello(&mut self, shared: &Shared, out: &Arc<Out>, f: &In, acts: &mut Vec<Act>) {
+        let fault = shared.fault;
+        let answer = |code: u8, name: &str| {
+            let version = if fault == Fault::HelloAckVersion0 {
+                0
+            } else {
+                1
+            };
+            let roles = if code == 0 { PLAIN_ROLES } else { 0 };
+            let mut body = vec![code, version, roles, name.len() as u8];
+            body.extend_from_slice(name.as_bytes());
+            let fields = [HELLOACK, SERVER, 0, f.seq];
+            Act::Send(
+                out.clone(),
+                encode(shared.wire(), fields, Some(body.len() as u16), &body),
+            )
+        };
+        let close = |acts: &mut Vec<Act>, code: u8| {
+            acts.push(answer(code, ""));
+            acts.push(Act::Close(out.clone()));
+        };
+        // version, NL, name, SL (u16), secret.
+        let b = &f.body;
+        let Some(&nl) = b.get(1) else {
+            return close(acts, 8);
+        };
+        let nl = nl as usize;
+        let Some(sl) = b.get(2 + nl..4 + nl) else {
+            return close(acts, 8);
+        };
+        let sl = u16::from_be_bytes([sl[0], sl[1]]) as usize;
+        if nl > 64 || sl > 256 || b.len() != 4 + nl + sl {
+            return close(acts, 8);
+        }
+        let greeted = self.claimed.contains_key(&out.conn);
+        if greeted && fault != Fault::SecondHelloAccepted {
+            return close(acts, 8);
+        }
+        if b[0] != 1 {
+            return close(acts, 9);
+        }
+        if sl > 0 {
+            return acts.push(answer(7, ""));
+        }
+        let name = String::from_utf8_lossy(&b[2..2 + nl]).into_owned();
+        let valid = |name: &str| {
+            let mut chars = name.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                && name.len() <= 24
+                && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        };
+        if !name.is_empty() && !valid(&name) && fault != Fault::BadNameAccepted {
+            return acts.push(answer(4, ""));
+        }
+        let same = |held: &String| {
+            if fault == Fault::NameTakenCaseSensitive {
+                *held == name
+            } else {
+                held.eq_ignore_ascii_case(&name)
+            }
+        };
+        let taken = self
+            .claimed
+            .iter()
+            .any(|(conn, held)| *conn != out.conn && !name.is_empty() && same(held));
+        if taken {
+            return acts.push(answer(3, ""));
+        }
+        acts.push(answer(0, &name));
+        self.claimed.insert(out.conn, name);
+        out.opted_in.store(true, Ordering::SeqCst);
+    }
+
+    /// WHO(id) to `client` if it opted in (or, WhoToPlain, to anyone of a named id) and
+    /// was not told that name for `id` yet.
+    fn who(
+        fault: Fault,
+        wire: Wire,
+        (to, client): (u16, &mut Client),
+        id: u16,
+        name: &str,
+    ) -> Option<Act> {
+        let to_plain = fault == Fault::WhoToPlain && !name.is_empty();
+        if !(client.opted_in || to_plain) || client.told.get(&id).is_some_and(|told| told == name) {
+            return None;
+        }
+        client.told.insert(id, name.to_string());
+        let seq = client.seq;
+        client.seq = client.seq.wrapping_add(1);
+        let mut body = id.to_be_bytes().to_vec();
+        body.extend_from_slice(&[PLAIN_ROLES, name.len() as u8]);
+        body.extend_from_slice(name.as_bytes());
+        client.pending.push_back(Pending::Who);
+        let bytes = encode(wire, [WHO, SERVER, to, seq], Some(body.len() as u16), &body);
+        Some(Act::Send(client.out.clone(), bytes))
     }
 
     /// The exhibitors a MSG or CREQ (`kind`) to `dest` goes to.
@@ -783,10 +985,28 @@ impl State {
                 }
             })
             .collect();
+        let names: HashMap<u16, String> = self
+            .clients
+            .iter()
+            .map(|(id, c)| (*id, c.name.clone()))
+            .collect();
+        let told_of: Vec<u16> = if f.kind == MSG {
+            vec![f.origin]
+        } else {
+            ids.clone()
+        };
         for target in targets {
             let Some(client) = self.clients.get_mut(&target) else {
                 continue;
             };
+            // WHO for each id the frame carries that this exhibitor was
+            // not told, numbered before the frame (WhoAfterMsg: after).
+            if fault != Fault::WhoAfterMsg {
+                for id in &told_of {
+                    let name = names.get(id).map_or("", String::as_str);
+                    acts.extend(Self::who(fault, wire, (target, client), *id, name));
+                }
+            }
             let bytes = if f.kind == MSG {
                 let origin = if fault == Fault::ForwardFromServer {
                     SERVER
@@ -812,6 +1032,12 @@ impl State {
                 self.to_await.push((client.out.conn, request.clone()));
             }
             acts.push(Act::Send(client.out.clone(), bytes));
+            if fault == Fault::WhoAfterMsg {
+                for id in &told_of {
+                    let name = names.get(id).map_or("", String::as_str);
+                    acts.extend(Self::who(fault, wire, (target, client), *id, name));
+                }
+            }
         }
     }
 
@@ -827,13 +1053,15 @@ impl State {
                 let conn = client.out.conn;
                 self.remove(shared, conn, acts);
             }
-            None => {}
+            Some(Pending::Who) | None => {}
         }
     }
 
     /// Forgets connection `conn`: its deliveries fail, its exhibitor (if it
     /// was a paired emitter) gets FLW.
     fn remove(&mut self, shared: &Shared, conn: u64, acts: &mut Vec<Act>) {
+        // Its name is free again, whether or not it sent OI.
+        self.claimed.remove(&conn);
         let Some(id) = self.ids.remove(&conn) else {
             return;
         };

@@ -242,6 +242,11 @@ impl Proc {
         self.stdin = None;
     }
 
+    /// The exit status if the process has exited, without waiting.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Waits for the process to exit; fails the test after [`TIMEOUT`].
     pub fn wait(&mut self) -> ExitStatus {
         wait_for_exit(&mut self.child, &self.name)

@@ -1,10 +1,14 @@
-//! Connecting and registering: OI, the server's answer, and an error for
-//! each way it can fail, worded for the one line a client prints.
+//! Connecting and registering: the HELLO of the identity extension when
+//! the client opts in (PROTOCOL.md, "Extension: identity"), OI, the
+//! server's answers, and an error for each way it can fail, worded for the
+//! one line a client prints.
 
-use super::wire::{FrameReader, FrameWriter};
+use super::wire::{FrameReader, FrameWriter, Incoming, parse_incoming};
+use crate::auth::{Credential, Name};
 use crate::cli::escape_text;
+use crate::proto::ext::{Code, ExtFrame, HelloAck, ROLE_EMIT, ROLE_VIEW, SecretBytes, VERSION};
 use crate::proto::{BROADCAST, ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use std::io::{self, Read};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -35,6 +39,108 @@ pub enum RegisterError {
     Foreign { addr: String, sent: String },
     #[error("registration with {addr} failed: {source}")]
     Io { addr: String, source: io::Error },
+    // The answers to HELLO, one sentence each (PROTOCOL.md's codes).
+    #[error(
+        "{addr} does not speak the identity extension (it answered HELLO with ERRO); \
+         --user and --name need a server that does"
+    )]
+    NoIdentity { addr: String },
+    #[error("this server requires an account: sign in with --user NAME")]
+    AccountsRequired,
+    /// Code 2: an unknown account, a wrong secret and an expired one get
+    /// one answer from the server, and so one sentence here.
+    #[error("sign-in refused: unknown user or wrong password")]
+    Refused,
+    #[error("name taken: pick another with --name")]
+    NameTaken,
+    #[error("bad name: a name is a letter, then up to 23 letters, digits, '_', '.' or '-'")]
+    BadName,
+    #[error("too many refused sign-ins from this address; try again later")]
+    TooManyFailures,
+    #[error("the server is busy checking other sign-ins; try again in a moment")]
+    Busy,
+    #[error("this server has no accounts: use --name NAME instead of --user")]
+    NoAccounts,
+    #[error("the server refused the HELLO as malformed or out of place (code 8)")]
+    Malformed,
+    #[error("the server speaks version {0} of the identity extension; this client speaks 1")]
+    Version(u8),
+    #[error("{addr} answered HELLO with code {code}, which this client does not know")]
+    UnknownCode { addr: String, code: u8 },
+    /// Signed in, but the session's roles do not allow the OI to come: the
+    /// server would refuse it as it refuses a full id range, which would
+    /// mislead.
+    #[error("signed in, but the account lacks the role {0}, which this client needs")]
+    LacksRole(&'static str),
+}
+
+impl RegisterError {
+    /// Whether trying again cannot help: the server refuses who we are, or
+    /// is not the server for us (name taken, too many failures and busy
+    /// pass with time).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RegisterError::NoIdentity { .. }
+                | RegisterError::AccountsRequired
+                | RegisterError::Refused
+                | RegisterError::BadName
+                | RegisterError::NoAccounts
+                | RegisterError::Malformed
+                | RegisterError::Version(_)
+                | RegisterError::UnknownCode { .. }
+                | RegisterError::LacksRole(_)
+        )
+    }
+}
+
+/// What a client says in its HELLO (PROTOCOL.md, "The hello and its
+/// answer"): nothing but that it opts in, a name to claim on a server
+/// without accounts, or an account and its secret.
+#[derive(Debug, Clone)]
+pub enum Hello {
+    OptIn,
+    Claim(Name),
+    SignIn { account: Name, secret: Credential },
+}
+
+impl Hello {
+    /// The HELLO a paired emitter sends: the same account (it must be the
+    /// exhibitor's), or no name at all (it takes the exhibitor's at OI).
+    pub fn for_paired_emitter(&self) -> Hello {
+        match self {
+            Hello::SignIn { .. } => self.clone(),
+            Hello::OptIn | Hello::Claim(_) => Hello::OptIn,
+        }
+    }
+
+    fn frame(&self) -> ExtFrame {
+        let (name, secret) = match self {
+            Hello::OptIn => (Vec::new(), Vec::new()),
+            Hello::Claim(name) => (name.as_str().as_bytes().to_vec(), Vec::new()),
+            Hello::SignIn { account, secret } => (
+                account.as_str().as_bytes().to_vec(),
+                secret.as_bytes().to_vec(),
+            ),
+        };
+        ExtFrame::Hello(crate::proto::ext::Hello {
+            origin: BROADCAST,
+            dest: SERVER_ID,
+            seq: 0,
+            version: VERSION,
+            name,
+            secret: SecretBytes::new(secret),
+        })
+    }
+}
+
+/// The session HELLOACK code 0 granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The session's name (an account's own spelling); None when it has none.
+    pub name: Option<String>,
+    /// The roles byte.
+    pub roles: u8,
 }
 
 /// A client connected and identified.
@@ -42,6 +148,8 @@ pub struct Registered {
     pub id: ClientId,
     pub reader: FrameReader,
     pub writer: FrameWriter,
+    /// What HELLO granted, when the client opted in.
+    pub welcome: Option<Welcome>,
 }
 
 /// How many of a foreign peer's first bytes an error shows.
@@ -50,6 +158,16 @@ const SHOWN_PREFIX: usize = 24;
 /// Connects to `addr` (`host:port`, `1.2.3.4:port` or `[::1]:port`) and
 /// sends OI with `origin` (0: exhibitor; an exhibitor id: pair with it).
 pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterError> {
+    register_with(addr, origin, None)
+}
+
+/// As [`register`], first sending `hello` when there is one: OI follows
+/// only once HELLOACK code 0 has come.
+pub fn register_with(
+    addr: &str,
+    origin: ClientId,
+    hello: Option<&Hello>,
+) -> Result<Registered, RegisterError> {
     let stream = TcpStream::connect(addr).map_err(|e| RegisterError::Connect {
         addr: addr.to_string(),
         reason: connect_reason(&e),
@@ -59,22 +177,46 @@ pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterErro
         source,
     };
     let _ = stream.set_nodelay(true);
-    let mut read_half = stream.try_clone().map_err(io_error)?;
+    let read_half = stream.try_clone().map_err(io_error)?;
+    let mut answers = Answers {
+        stream: read_half,
+        buf: BytesMut::with_capacity(4096),
+        addr,
+    };
     let writer = FrameWriter::new(stream);
+    let welcome = match hello {
+        Some(hello) => {
+            writer.send_unnumbered(&hello.frame()).map_err(io_error)?;
+            let welcome = answers.welcome()?;
+            let (role, bit) = match origin {
+                BROADCAST => ("view (receiving messages)", ROLE_VIEW),
+                _ => ("emit (sending messages)", ROLE_EMIT),
+            };
+            if welcome.roles & bit == 0 {
+                return Err(RegisterError::LacksRole(role));
+            }
+            Some(welcome)
+        }
+        None => None,
+    };
     let oi_seq = writer
         .send_numbered(|seq| Frame::bare(Kind::Oi, origin, SERVER_ID, seq), |_| {})
         .map_err(io_error)?;
-    let (reply, raw, rest) = read_reply(&mut read_half, addr)?;
-    read_half.set_read_timeout(None).map_err(io_error)?;
+    let (reply, raw) = answers.next()?;
+    answers.stream.set_read_timeout(None).map_err(io_error)?;
     let foreign = || RegisterError::Foreign {
         addr: addr.to_string(),
         sent: show_prefix(&raw),
     };
+    let Incoming::Plain(reply) = reply else {
+        return Err(foreign());
+    };
     match reply.kind {
         Kind::Ok if reply.seq == oi_seq && reply.origin == SERVER_ID => Ok(Registered {
             id: reply.dest,
-            reader: FrameReader::new(read_half, rest),
+            reader: FrameReader::new(answers.stream, answers.buf),
             writer,
+            welcome,
         }),
         Kind::Erro if reply.origin == SERVER_ID => Err(match origin {
             BROADCAST => RegisterError::NoExhibitorId,
@@ -85,64 +227,118 @@ pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterErro
     }
 }
 
-/// Reads the first frame within [`REGISTRATION_TIMEOUT`]; returns it, the
-/// first bytes as received (for an error message) and what followed it.
-fn read_reply(
-    stream: &mut TcpStream,
-    addr: &str,
-) -> Result<(Frame, Vec<u8>, BytesMut), RegisterError> {
-    let deadline = Instant::now() + REGISTRATION_TIMEOUT;
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut probe = buf.clone();
-        match Frame::decode(&mut probe) {
-            Ok(Some(frame)) => {
-                let raw = buf[..buf.len().min(SHOWN_PREFIX + 1)].to_vec();
-                return Ok((frame, raw, probe));
-            }
-            Ok(None) => {}
-            Err(_) => {
-                return Err(RegisterError::Foreign {
-                    addr: addr.to_string(),
-                    sent: show_prefix(&buf),
-                });
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let no_answer = || RegisterError::NoAnswer {
-            addr: addr.to_string(),
+/// The server's answers during registration, each within
+/// [`REGISTRATION_TIMEOUT`].
+struct Answers<'a> {
+    stream: TcpStream,
+    /// Bytes read and not yet taken: what follows the OK is the reader's.
+    buf: BytesMut,
+    addr: &'a str,
+}
+
+impl Answers<'_> {
+    /// The answer to HELLO: code 0, or the refusal as an error.
+    fn welcome(&mut self) -> Result<Welcome, RegisterError> {
+        let addr = self.addr.to_string();
+        let (answer, raw) = self.next()?;
+        let foreign = || RegisterError::Foreign {
+            addr: addr.clone(),
+            sent: show_prefix(&raw),
         };
-        if left.is_zero() {
-            return Err(no_answer());
-        }
-        let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => {
-                return Err(RegisterError::Closed {
-                    addr: addr.to_string(),
-                });
+        let ack = match answer {
+            Incoming::Ext(ExtFrame::HelloAck(ack)) if ack.origin == SERVER_ID && ack.seq == 0 => {
+                ack
             }
-            // Part of something that is not a frame of ours, then EOF.
-            Ok(0) => {
-                return Err(RegisterError::Foreign {
-                    addr: addr.to_string(),
-                    sent: show_prefix(&buf),
-                });
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => return Err(no_answer()),
-                _ => {
-                    return Err(RegisterError::Io {
-                        addr: addr.to_string(),
-                        source: e,
+            // A server without the extension: an unknown type (rule 7).
+            Incoming::Plain(Frame {
+                kind: Kind::Erro,
+                origin: SERVER_ID,
+                seq: 0,
+                ..
+            }) => return Err(RegisterError::NoIdentity { addr }),
+            _ => return Err(foreign()),
+        };
+        welcome_or_refusal(&ack, &addr)
+    }
+
+    /// The next whole frame, and its first bytes as received (for an error
+    /// message).
+    fn next(&mut self) -> Result<(Incoming, Vec<u8>), RegisterError> {
+        let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+        let addr = || self.addr.to_string();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match parse_incoming(&self.buf) {
+                Ok(Some((frame, len))) => {
+                    let raw = self.buf[..len.min(SHOWN_PREFIX + 1)].to_vec();
+                    self.buf.advance(len);
+                    return Ok((frame, raw));
+                }
+                Ok(None) => {}
+                Err(_) => {
+                    return Err(RegisterError::Foreign {
+                        addr: addr(),
+                        sent: show_prefix(&self.buf),
                     });
                 }
-            },
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let no_answer = || RegisterError::NoAnswer { addr: addr() };
+            if left.is_zero() {
+                return Err(no_answer());
+            }
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut chunk) {
+                Ok(0) if self.buf.is_empty() => return Err(RegisterError::Closed { addr: addr() }),
+                // Part of something that is not a frame of ours, then EOF.
+                Ok(0) => {
+                    return Err(RegisterError::Foreign {
+                        addr: addr(),
+                        sent: show_prefix(&self.buf),
+                    });
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => return Err(no_answer()),
+                    _ => {
+                        return Err(RegisterError::Io {
+                            addr: addr(),
+                            source: e,
+                        });
+                    }
+                },
+            }
         }
     }
+}
+
+/// HELLOACK's code as the session it grants or the sentence refusing it.
+fn welcome_or_refusal(ack: &HelloAck, addr: &str) -> Result<Welcome, RegisterError> {
+    let Some(code) = Code::from_u8(ack.code) else {
+        return Err(RegisterError::UnknownCode {
+            addr: addr.to_string(),
+            code: ack.code,
+        });
+    };
+    Err(match code {
+        Code::Accepted if ack.version == VERSION => {
+            return Ok(Welcome {
+                // The server sends names by the name rule; shown escaped anyway.
+                name: (!ack.name.is_empty()).then(|| escape_text(&ack.name)),
+                roles: ack.roles,
+            });
+        }
+        Code::Accepted | Code::Version => RegisterError::Version(ack.version),
+        Code::AccountsRequired => RegisterError::AccountsRequired,
+        Code::Refused => RegisterError::Refused,
+        Code::NameTaken => RegisterError::NameTaken,
+        Code::BadName => RegisterError::BadName,
+        Code::TooManyFailures => RegisterError::TooManyFailures,
+        Code::Busy => RegisterError::Busy,
+        Code::NoAccounts => RegisterError::NoAccounts,
+        Code::Malformed => RegisterError::Malformed,
+    })
 }
 
 /// The first bytes a peer sent, escaped, with `…` when there were more.

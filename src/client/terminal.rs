@@ -1,10 +1,11 @@
 //! The terminal a client runs in: raw mode for the whole time the line
 //! editor reads it (so nothing typed is ever left to the terminal's own line
-//! discipline), the settings to give back, from whichever thread exits,
-//! reads of what was typed, and the terminal's width.
+//! discipline), echo off while a secret is typed, the settings to give
+//! back, from whichever thread exits, reads of what was typed, and the
+//! terminal's width.
 
 use std::io::{self, Write};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// The terminal settings found before raw mode, given back by
@@ -74,11 +75,66 @@ pub(super) fn restore_terminal() {
     }
 }
 
-/// Exits the process, first giving the terminal back in the state the line
-/// editor found it.
+/// Exits the process, first giving the terminal back as it was found (echo
+/// on again if a secret was being typed; cooked mode if the line editor
+/// had it).
 pub fn exit_process(code: i32) -> ! {
+    restore_echo();
     restore_terminal();
     std::process::exit(code)
+}
+
+/// The settings found when echo was turned off, while an [`EchoOff`]
+/// lives: a signal handler cannot reach the guard, but can reach this.
+static ECHO_SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
+
+/// Echo off on the terminal on stdin while it lives, so a secret typed
+/// there is not shown; on again when dropped (on every return and
+/// unwinding) and in [`exit_process`], which a signal handler calls. Line
+/// editing by the terminal (canonical mode) stays on, so a read returns
+/// one line at most: nothing typed after it is taken from the next reader.
+pub struct EchoOff(());
+
+impl EchoOff {
+    /// Turns echo off; an error when stdin is not a terminal.
+    pub fn new() -> io::Result<EchoOff> {
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: tcgetattr fills the struct on success, checked here.
+        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, termios.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: initialised by the successful tcgetattr above.
+        let saved = unsafe { termios.assume_init() };
+        let mut quiet = saved;
+        quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK);
+        // Saved before the change, so a signal that comes between the two
+        // still finds what to give back.
+        *ECHO_SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        // SAFETY: a valid termios for fd 0, as read above.
+        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &quiet) } != 0 {
+            let e = io::Error::last_os_error();
+            ECHO_SAVED.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return Err(e);
+        }
+        Ok(EchoOff(()))
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        restore_echo();
+    }
+}
+
+/// Gives back the settings an [`EchoOff`] changed; nothing when none lives.
+fn restore_echo() {
+    let saved = ECHO_SAVED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(saved) = saved {
+        // SAFETY: tcsetattr only reads the struct; fd 0 is our stdin.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &saved);
+        }
+    }
 }
 
 /// Reads what was typed into `buf`, waiting for at least one byte;

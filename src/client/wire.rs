@@ -1,9 +1,11 @@
-//! Frames over a blocking socket: a reader that yields whole frames, and a
-//! writer that several threads may share, drawing the client's sequence
-//! numbers in the order its frames leave.
+//! Frames over a blocking socket: a reader that yields whole frames (the
+//! identity extension's too, for a client that opted in), and a writer that
+//! several threads may share, drawing the client's sequence numbers in the
+//! order its frames leave.
 
-use crate::proto::{ClientId, Frame, Kind, SeqCounter};
-use bytes::BytesMut;
+use crate::proto::ext::{ExtError, ExtFrame, is_ext_kind};
+use crate::proto::{ClientId, Frame, FrameView, Header, Kind, ProtoError, SeqCounter};
+use bytes::{Buf, BytesMut};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Mutex;
@@ -22,13 +24,32 @@ impl FrameReader {
     }
 
     /// The next frame; `Ok(None)` when the server closed the connection.
+    /// An extension frame is an error here, as for a client that never
+    /// opted in.
     pub fn read_frame(&mut self) -> io::Result<Option<Frame>> {
+        self.read_with(|buf| Frame::decode(buf).map_err(invalid))
+    }
+
+    /// The next frame, the extension's included (for a client that sent
+    /// HELLO); `Ok(None)` when the server closed the connection.
+    pub fn read_incoming(&mut self) -> io::Result<Option<Incoming>> {
+        self.read_with(|buf| {
+            let parsed = parse_incoming(buf).map_err(invalid)?;
+            Ok(parsed.map(|(frame, len)| {
+                buf.advance(len);
+                frame
+            }))
+        })
+    }
+
+    fn read_with<T>(
+        &mut self,
+        mut decode: impl FnMut(&mut BytesMut) -> io::Result<Option<T>>,
+    ) -> io::Result<Option<T>> {
         let mut chunk = [0u8; 4096];
         loop {
-            match Frame::decode(&mut self.buf) {
-                Ok(Some(frame)) => return Ok(Some(frame)),
-                Ok(None) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            if let Some(frame) = decode(&mut self.buf)? {
+                return Ok(Some(frame));
             }
             let n = match self.stream.read(&mut chunk) {
                 Ok(n) => n,
@@ -46,6 +67,42 @@ impl FrameReader {
 
     pub fn set_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(timeout)
+    }
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// A frame from the server to a client that opted in: the plain protocol's
+/// or the extension's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Plain(Frame),
+    Ext(ExtFrame),
+}
+
+/// Why bytes are no frame at all.
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    #[error(transparent)]
+    Plain(#[from] ProtoError),
+    #[error(transparent)]
+    Ext(#[from] ExtError),
+}
+
+/// The whole frame at the start of `buf` and the bytes it takes, of either
+/// kind; consumes nothing. Both codecs bound a frame's length from its
+/// first 10 bytes, so nothing over the largest frame is ever buffered.
+pub fn parse_incoming(buf: &[u8]) -> Result<Option<(Incoming, usize)>, IncomingError> {
+    match Header::peek(buf) {
+        None => Ok(None),
+        Some(h) if is_ext_kind(h.kind) => {
+            Ok(ExtFrame::parse(buf)?.map(|(frame, len)| (Incoming::Ext(frame), len)))
+        }
+        Some(_) => {
+            Ok(FrameView::parse(buf)?.map(|(view, len)| (Incoming::Plain(view.to_frame()), len)))
+        }
     }
 }
 
@@ -89,6 +146,12 @@ impl FrameWriter {
         before_write(seq);
         state.stream.write_all(&frame.to_bytes())?;
         Ok(seq)
+    }
+
+    /// Sends an extension frame that draws no number (HELLO is not counted).
+    pub fn send_unnumbered(&self, frame: &ExtFrame) -> io::Result<()> {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        state.stream.write_all(&frame.to_bytes())
     }
 
     /// Shuts the connection down both ways, so that a thread blocked reading

@@ -5,22 +5,33 @@
 //! the connection is lost it reconnects with backoff and re-registers. With
 //! stdin or stdout not a terminal it reads and prints plain lines, so it can
 //! be scripted.
+//!
+//! Both connections open with the identity extension's HELLO (PROTOCOL.md,
+//! "Extension: identity"): signing in to an account (`--user`), claiming a
+//! name (`--name`) or only opting in, so that its exhibitor is told the
+//! names behind ids (WHO) and shows them. A server that does not know HELLO
+//! gets the plain protocol, unless a name was asked for.
 
 mod input;
 
 use clap::ValueEnum;
+use evchat::auth::{Credential, Name};
 use evchat::cli::{escape_text, parse_secs};
 use evchat::client::{
-    Book, Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, InputLine, LineInput, Printer,
-    RegisterError, Replies, Settled, exit_process, register,
+    Book, Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, Hello, Incoming, InputLine,
+    LineInput, Names, Printer, RegisterError, Registered, Replies, Settled, ask_secret,
+    exit_process, register, register_with, secret_from_env, secret_from_file,
 };
-use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind};
-use input::{ChatLine, HELP, Target, parse_chat_line};
+use evchat::proto::ext::ExtFrame;
+use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
+use input::{Addressee, ChatLine, HELP, Target, parse_chat_line};
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
@@ -28,15 +39,24 @@ use std::time::Duration;
 // everything else a user needs is in the text after the options.
 #[command(after_help = "\
 It registers an exhibitor, then an emitter paired with it, and says so ('you are 1
-(emitter) / 4096 (exhibitor)').
+(emitter) / 4096 (exhibitor)'; with a name: 'you are alice, 1 (emitter) / 4096
+(exhibitor)').
+
+Names (the identity extension; README, 'Accounts and names'): --user NAME signs in to
+an account on a server started with --auth, with the password typed at a prompt that
+does not echo it, or a token from $EVCHAT_TOKEN or --token-file. --name NAME claims a
+name on a server without accounts; if someone holds it, the chat exits with 'name
+taken'. Either way, and without them, received messages show the sender's name when
+it has one, and /to and /msg take a name.
 
 Input: a line goes to the current target (everyone at first), shown in the prompt.
 Received messages print above the line you are typing. Each message you send is shown
 once its reply comes: '✓' delivered, '✗ not delivered'.
   /to ID         talk to exhibitor ID, or to the exhibitor paired with emitter ID
+  /to NAME       talk to the one with that name (any case)
   /to all        talk to everyone
-  /msg ID text   one message to ID, without changing the target
-  /list          show who is connected
+  /msg ID text   one message to ID (or NAME), without changing the target
+  /list          show who is connected, with their names
   /help          list the commands
   /quit          leave (Ctrl-D and Ctrl-C too)
   (ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line that starts with /
@@ -46,8 +66,10 @@ it got. With stdin or stdout not a terminal it reads and prints plain lines (no
 timestamps unless asked), so it can be scripted; at the end of input it waits for
 outstanding replies (--wait) and leaves.
 
-Exit status: 0 when you leave or the server closes the chat; 1 when it cannot connect or
-register at start, or input ends while the server is away; 2 for a usage error.
+Exit status: 0 when you leave or the server closes the chat; 1 when it cannot connect,
+sign in or register at start, when a sign-in or name is refused on reconnecting, or when
+input ends while the server is away; 2 for a usage error (--user without a password
+prompt or a token).
 
 Examples:
   evchat chat 127.0.0.1:5000
@@ -62,7 +84,25 @@ pub struct ChatArgs {
     /// Seconds to wait at the end of input (Ctrl-D, end of a pipe) for outstanding replies
     #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_secs)]
     wait: Duration,
+    /// Sign in to this account (a server with --auth); the password is asked for on the
+    /// terminal, or the token is taken from $EVCHAT_TOKEN or --token-file
+    #[arg(long, value_name = "NAME", value_parser = parse_name, conflicts_with = "name")]
+    user: Option<Name>,
+    /// With --user: read the token (or password) from the first line of FILE (mode 0600)
+    #[arg(long, value_name = "FILE", requires = "user")]
+    token_file: Option<PathBuf>,
+    /// Claim this name on a server without accounts: a letter, then up to 23 letters,
+    /// digits, '_', '.', '-'
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<Name>,
 }
+
+fn parse_name(s: &str) -> Result<Name, String> {
+    Name::new(s).map_err(|e| e.to_string())
+}
+
+/// Where `--user`'s secret comes from when no file is given.
+const TOKEN_VAR: &str = "EVCHAT_TOKEN";
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum When {
@@ -83,6 +123,8 @@ const LAST_RETRY: Duration = Duration::from_secs(30);
 struct Session {
     emitter: ClientId,
     exhibitor: ClientId,
+    /// The name HELLO granted, if any.
+    name: Option<String>,
     /// The emitter's connection: messages, CREQ, FLW.
     to_server: FrameWriter,
     /// The exhibitor's connection: acknowledgements.
@@ -136,6 +178,10 @@ type Books = Book<Sent, State>;
 
 struct Chat {
     addr: String,
+    /// Sent again on every reconnection.
+    hello: Hello,
+    /// The names behind ids, as this session's exhibitor was told them.
+    names: Mutex<Names>,
     printer: Printer,
     timestamps: bool,
     replies: Replies<Sent, State>,
@@ -158,11 +204,13 @@ fn remember(seen: &mut VecDeque<(ClientId, Vec<u8>)>, origin: ClientId, text: &[
     seen.push_back((origin, text.to_vec()));
 }
 
-/// A MSG the exhibitor received, and whether it is our own coming back
-/// (judged when it arrived, while its request was still pending).
+/// A MSG the exhibitor received, whether it is our own coming back (judged
+/// when it arrived, while its request was still pending) and how its
+/// sender is shown (the name it had then).
 struct Received {
     frame: Frame,
     own: bool,
+    from: String,
 }
 
 /// How many broadcasts at the start of `replayed` were seen already: the
@@ -184,8 +232,28 @@ fn already_seen(seen: &VecDeque<(ClientId, Vec<u8>)>, replayed: &[(ClientId, &[u
         .unwrap_or(0)
 }
 
+/// The chat, once it runs: Ctrl-C leaves it. Before (at the password
+/// prompt, while connecting) Ctrl-C exits at once, echo on again.
+static RUNNING: OnceLock<Arc<Chat>> = OnceLock::new();
+
 pub fn run(args: ChatArgs) -> ExitCode {
-    let (session, readers) = match connect_pair(&args.server) {
+    if let Err(e) = ctrlc::set_handler(|| match RUNNING.get() {
+        Some(chat) => chat.leave(),
+        None => {
+            eprintln!();
+            exit_process(130)
+        }
+    }) {
+        eprintln!("evchat chat: cannot install the signal handler: {e}");
+    }
+    let hello = match opening_hello(&args) {
+        Ok(hello) => hello,
+        Err(message) => {
+            eprintln!("evchat chat: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let (session, readers) = match connect_pair(&args.server, &hello) {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("evchat chat: {e}");
@@ -197,6 +265,8 @@ pub fn run(args: ChatArgs) -> ExitCode {
     let terminal = input.is_terminal();
     let chat = Arc::new(Chat {
         addr: args.server,
+        hello,
+        names: Mutex::new(Names::default()),
         printer: input.printer(),
         timestamps: match args.timestamps {
             When::Auto => terminal,
@@ -207,12 +277,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
         closing: AtomicBool::new(false),
         seen: Mutex::new(VecDeque::new()),
     });
-    {
-        let chat = chat.clone();
-        if let Err(e) = ctrlc::set_handler(move || chat.leave()) {
-            eprintln!("evchat chat: cannot install the signal handler: {e}");
-        }
-    }
+    let _ = RUNNING.set(chat.clone());
     chat.start_session(session, readers, false);
     if terminal {
         chat.say("type a message and press Enter; /help lists the commands");
@@ -221,23 +286,82 @@ pub fn run(args: ChatArgs) -> ExitCode {
     chat.finish(args.wait)
 }
 
-/// Registers an exhibitor, then an emitter paired with it.
-fn connect_pair(addr: &str) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
-    let exhibitor = register(addr, BROADCAST)?;
-    let emitter = match register(addr, exhibitor.id) {
+/// The HELLO the options ask for: an account and its secret (from
+/// `--token-file`, `$EVCHAT_TOKEN` or a prompt, in that order), a name to
+/// claim, or only opting in. An error is a usage error.
+fn opening_hello(args: &ChatArgs) -> Result<Hello, String> {
+    if let Some(name) = &args.name {
+        return Ok(Hello::Claim(name.clone()));
+    }
+    let Some(account) = &args.user else {
+        return Ok(Hello::OptIn);
+    };
+    let secret = if let Some(path) = &args.token_file {
+        secret_from_file(path).map_err(|e| format!("--token-file {e}"))?
+    } else if let Some(token) = secret_from_env(TOKEN_VAR).map_err(|e| e.to_string())? {
+        token
+    } else if std::io::stdin().is_terminal() {
+        ask_password(account)?
+    } else {
+        return Err(format!(
+            "--user {account} needs its password typed at a terminal, or a token in \
+             ${TOKEN_VAR} or --token-file FILE"
+        ));
+    };
+    Ok(Hello::SignIn {
+        account: account.clone(),
+        secret,
+    })
+}
+
+/// The password, typed without echo. An empty one is refused here: sent,
+/// it would read as no secret at all.
+fn ask_password(account: &Name) -> Result<Credential, String> {
+    let password = ask_secret(&format!("Password for {account}: "))
+        .map_err(|e| format!("reading the password: {e}"))?;
+    if password.as_bytes().is_empty() {
+        return Err("no password typed; nothing sent".to_string());
+    }
+    Ok(password)
+}
+
+/// Registers an exhibitor, then an emitter paired with it, each after its
+/// HELLO. A server that answers HELLO as an unknown frame gets the plain
+/// protocol instead, unless a name or an account was asked for.
+fn connect_pair(
+    addr: &str,
+    hello: &Hello,
+) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
+    let (exhibitor, opted_in) = match register_with(addr, BROADCAST, Some(hello)) {
+        Ok(exhibitor) => (exhibitor, true),
+        Err(RegisterError::NoIdentity { .. }) if matches!(hello, Hello::OptIn) => {
+            (register(addr, BROADCAST)?, false)
+        }
+        Err(e) => return Err(e),
+    };
+    let emitter_hello = hello.for_paired_emitter();
+    let emitter = match register_with(addr, exhibitor.id, opted_in.then_some(&emitter_hello)) {
         Ok(emitter) => emitter,
         Err(e) => {
             exhibitor.writer.shutdown();
             return Err(e);
         }
     };
+    let Registered {
+        id,
+        writer,
+        reader,
+        welcome,
+        ..
+    } = exhibitor;
     let session = Session {
         emitter: emitter.id,
-        exhibitor: exhibitor.id,
+        exhibitor: id,
+        name: welcome.and_then(|w| w.name),
         to_server: emitter.writer,
-        acks: exhibitor.writer,
+        acks: writer,
     };
-    Ok((session, (emitter.reader, exhibitor.reader)))
+    Ok((session, (emitter.reader, reader)))
 }
 
 /// `HH:MM:SS ` in local time.
@@ -276,6 +400,35 @@ impl Chat {
         }
     }
 
+    fn names(&self) -> MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How an id is shown: its name when known, else its number.
+    fn label(&self, id: ClientId) -> String {
+        self.names().label(id)
+    }
+
+    /// The id a `/to` or `/msg` means: a name is looked up among those this
+    /// session was told (our own ids last).
+    fn resolve(&self, addressee: Addressee) -> Result<Target, String> {
+        match addressee {
+            Addressee::Id(target) => Ok(target),
+            Addressee::Name(name) => {
+                let own = self
+                    .lock()
+                    .client
+                    .session
+                    .as_ref()
+                    .map_or(Vec::new(), |s| vec![s.emitter, s.exhibitor]);
+                self.names()
+                    .resolve(&name, &own)
+                    .map(Target)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// A chat line (message or client list), with the time when shown.
     fn say_chat(self: &Arc<Self>, line: &str) {
         if self.timestamps {
@@ -300,9 +453,16 @@ impl Chat {
             state.client.session = Some(session.clone());
             session
         };
+        // A new exhibitor is told every name afresh.
+        self.names().clear();
         let ids = format!(
-            "you are {} (emitter) / {} (exhibitor)",
-            session.emitter, session.exhibitor
+            "you are {}{} (emitter) / {} (exhibitor)",
+            session
+                .name
+                .as_ref()
+                .map_or(String::new(), |n| format!("{n}, ")),
+            session.emitter,
+            session.exhibitor
         );
         self.say(&if again {
             format!("reconnected: {ids}")
@@ -336,7 +496,7 @@ impl Chat {
         loop {
             number += 1;
             let prompt = if input.is_terminal() {
-                format!("{target}> ")
+                format!("{}> ", self.label(target.0))
             } else {
                 String::new()
             };
@@ -358,9 +518,10 @@ impl Chat {
                 }
             };
             match parse_chat_line(&line, target) {
-                Ok(ChatLine::Send { dest, text }) => {
-                    self.send(number, Sent::Message { dest, text })
-                }
+                Ok(ChatLine::Send { dest, text }) => match self.resolve(dest) {
+                    Ok(dest) => self.send(number, Sent::Message { dest, text }),
+                    Err(e) => self.reject(number, &e),
+                },
                 Ok(ChatLine::ListHere) => {
                     let own = self.lock().client.session.as_ref().map(|s| s.emitter);
                     // CREQ to our own emitter id reaches our own exhibitor.
@@ -368,10 +529,18 @@ impl Chat {
                     self.send(number, Sent::List { dest })
                 }
                 Ok(ChatLine::ListTo(dest)) => self.send(number, Sent::List { dest }),
-                Ok(ChatLine::SetTarget(new)) => {
-                    target = new;
-                    self.say(&format!("now talking to {target}"));
-                }
+                Ok(ChatLine::SetTarget(new)) => match self.resolve(new) {
+                    Ok(new) => {
+                        target = new;
+                        let name = self.names().name(target.0).map(str::to_string);
+                        let shown = match name {
+                            Some(name) => format!("{name} ({})", target.0),
+                            None => self.label(target.0),
+                        };
+                        self.say(&format!("now talking to {shown}"));
+                    }
+                    Err(e) => self.reject(number, &e),
+                },
                 Ok(ChatLine::Help) => HELP.iter().for_each(|line| self.say(line)),
                 Ok(ChatLine::Quit) => self.leave(),
                 Ok(ChatLine::Nothing) => {}
@@ -426,7 +595,8 @@ impl Chat {
         }
         if let Some(Sent::Message { dest, text }) = what {
             self.say_chat(&format!(
-                "you to {dest}: {} ✗ not delivered (connection lost)",
+                "you to {}: {} ✗ not delivered (connection lost)",
+                self.label(dest.0),
                 escape_text(&text)
             ));
         }
@@ -471,8 +641,26 @@ impl Chat {
     fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader, again: bool) {
         let mut held = again.then(Vec::new);
         loop {
-            let frame = match reader.read_frame() {
-                Ok(Some(frame)) => frame,
+            let frame = match reader.read_incoming() {
+                Ok(Some(Incoming::Plain(frame))) => frame,
+                Ok(Some(Incoming::Ext(ExtFrame::Who(who)))) => {
+                    // Told before the MSG or CLIST that carries the id.
+                    self.names().learn(&who);
+                    if session
+                        .acks
+                        .send_ack(Kind::Ok, session.exhibitor, SERVER_ID, who.seq)
+                        .is_err()
+                    {
+                        self.release(held.take());
+                        return self.lost(&session, Half::Exhibitor);
+                    }
+                    continue;
+                }
+                Ok(Some(Incoming::Ext(other))) => {
+                    self.printer
+                        .error(&format!("evchat chat: ignoring unexpected {other}"));
+                    continue;
+                }
                 Ok(None) | Err(_) => {
                     self.release(held.take());
                     return self.lost(&session, Half::Exhibitor);
@@ -487,6 +675,7 @@ impl Chat {
                     // history replays to us.
                     let own = self.is_own_echo(&session, &frame);
                     let received = Received {
+                        from: self.label(frame.origin),
                         frame: frame.clone(),
                         own,
                     };
@@ -498,8 +687,15 @@ impl Chat {
                 (Kind::Clist, Body::Clients(ids)) => {
                     self.release(held.take());
                     let mut line = format!("clients ({}):", ids.len());
-                    for id in ids {
-                        line.push_str(&format!(" {id}"));
+                    {
+                        let mut names = self.names();
+                        let mut listed = ids.clone();
+                        listed.sort_unstable();
+                        names.keep_only(&listed);
+                        for &id in ids {
+                            line.push(' ');
+                            line.push_str(&names.listed(id));
+                        }
                     }
                     self.say_chat(&line);
                 }
@@ -552,7 +748,7 @@ impl Chat {
             } else {
                 "you"
             };
-            self.say_chat(&format!("{} to {to}: {}", frame.origin, escape_text(text)));
+            self.say_chat(&format!("{} to {to}: {}", received.from, escape_text(text)));
         }
     }
 
@@ -594,15 +790,19 @@ impl Chat {
         };
         let mark = if ok { "✓" } else { "✗ not delivered" };
         match sent {
-            Sent::Message { dest, text } => {
-                self.say_chat(&format!("you to {dest}: {} {mark}", escape_text(&text)))
-            }
+            Sent::Message { dest, text } => self.say_chat(&format!(
+                "you to {}: {} {mark}",
+                self.label(dest.0),
+                escape_text(&text)
+            )),
             // Our own list shows itself when it comes.
             Sent::List { dest } if dest.0 == session.emitter && ok => {}
             Sent::List { dest } if dest.0 == session.emitter => {
                 self.say_chat(&format!("client list {mark}"))
             }
-            Sent::List { dest } => self.say_chat(&format!("client list to {dest} {mark}")),
+            Sent::List { dest } => {
+                self.say_chat(&format!("client list to {} {mark}", self.label(dest.0)))
+            }
         }
     }
 
@@ -652,7 +852,8 @@ impl Chat {
         for sent in lost {
             if let Sent::Message { dest, text } = sent {
                 self.say_chat(&format!(
-                    "you to {dest}: {} ✗ not delivered (connection lost)",
+                    "you to {}: {} ✗ not delivered (connection lost)",
+                    self.label(dest.0),
                     escape_text(&text)
                 ));
             }
@@ -670,8 +871,14 @@ impl Chat {
             if self.lock().client.leaving {
                 return;
             }
-            match connect_pair(&self.addr) {
+            match connect_pair(&self.addr, &self.hello) {
                 Ok((session, readers)) => return self.start_session(session, readers, true),
+                // Trying again would be refused again (and spend the
+                // address's sign-in budget): the chat ends.
+                Err(e) if e.is_final() => {
+                    self.printer
+                        .exit_with(&format!("evchat chat: {e}"), true, 1)
+                }
                 Err(e) => {
                     delay = (delay * 2).min(LAST_RETRY);
                     self.say(&format!(

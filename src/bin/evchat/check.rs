@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 mod catalogue;
+mod identity;
 mod report;
 mod wire;
 
@@ -35,8 +36,11 @@ const EXIT_USAGE: u8 = 2;
 Each check runs on fresh connections; every read has a deadline (--timeout).
 Levels: `required` checks what the 2017 statement fixes; `choices` notes where
 the server decides differently from evchat on points the statement leaves open
-(never a failure); `robust` checks what a server exposed to a network must
-survive. After each check the server must still answer an OI.
+(never a failure); `identity` checks the identity extension (HELLO, names, WHO,
+KICK) on a server without accounts, and is reported as not spoken (skipped, never
+failed) when the server answers HELLO with ERRO; `robust` checks what a server
+exposed to a network must survive. After each check the server must still answer
+an OI.
 
 WARNING: the `robust` level sends hostile input (frames split byte by byte,
 unknown types, forged origins), opens hundreds of connections at once and
@@ -59,7 +63,8 @@ pub struct CheckArgs {
     /// How long any single read, write or connect may take
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_timeout)]
     timeout: Duration,
-    /// Which checks: `required`, `robust` (required + robust) or `all` (also choices)
+    /// Which checks: `required`, `robust` (required + robust), `identity` (the identity
+    /// extension's only) or `all`
     #[arg(long, value_enum, default_value_t = LevelArg::All)]
     level: LevelArg,
     /// Run exactly these checks (comma-separated ids), whatever --level
@@ -77,6 +82,7 @@ pub struct CheckArgs {
 enum LevelArg {
     Required,
     Robust,
+    Identity,
     All,
 }
 
@@ -171,7 +177,8 @@ fn select(args: &CheckArgs) -> Result<Vec<&'static Check>, String> {
         .iter()
         .filter(|c| match args.level {
             LevelArg::Required => c.level == Level::Required,
-            LevelArg::Robust => c.level != Level::Choices,
+            LevelArg::Robust => matches!(c.level, Level::Required | Level::Robust),
+            LevelArg::Identity => c.level == Level::Identity,
             LevelArg::All => true,
         })
         .collect())
@@ -221,6 +228,7 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
         let mut verdict = match (check.run)(ctx) {
             Ok(Done::Pass) => Verdict::Pass,
             Ok(Done::Note(note)) => Verdict::Note(note),
+            Ok(Done::NotSpoken(why)) => Verdict::Skip(format!("{NOT_SPOKEN}{why}")),
             Err(failure) => Verdict::Fail(failure),
         };
         answered |= !matches!(verdict, Verdict::Fail(_));
@@ -237,13 +245,18 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
     outcomes
 }
 
+/// How a skip says the server does not speak an extension; the checks that
+/// need that one say the same.
+const NOT_SPOKEN: &str = "not spoken: ";
+
 /// Why `check` cannot run: a check it needs ran and did not pass.
 fn unmet_need(check: &Check, outcomes: &[Outcome]) -> Option<String> {
     check.needs.iter().find_map(|need| {
         let outcome = outcomes.iter().find(|o| o.check.id == *need)?;
-        match outcome.verdict {
+        match &outcome.verdict {
             Verdict::Pass | Verdict::Note(_) => None,
             Verdict::Fail(_) => Some(format!("needs {need}, which failed")),
+            Verdict::Skip(why) if why.starts_with(NOT_SPOKEN) => Some(why.clone()),
             Verdict::Skip(_) => Some(format!("needs {need}, which was skipped")),
         }
     })

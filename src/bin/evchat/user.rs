@@ -11,10 +11,10 @@ use evchat::auth::{
     Account, Accounts, AccountsError, Credential, Expiry, MAX_PRESENTED_LEN, Name, Roles, Secret,
     TOKEN_PREFIX, parse_age,
 };
-use std::io::{self, BufRead, IsTerminal, Read, Write};
+use evchat::client::{SecretLineError, ask_secret, exit_process, read_secret_line};
+use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
 use std::time::SystemTime;
 
 #[derive(clap::Args, Debug)]
@@ -233,101 +233,41 @@ fn acceptable(password: Credential) -> Result<Credential, String> {
     Ok(password)
 }
 
-/// One line of standard input, without its LF or CR LF. At most a little
-/// over the longest password is read: a longer line is refused, not
-/// buffered.
+/// One line of standard input as a password, its error worded for `add`.
 fn read_line(what: &str) -> Result<Credential, String> {
-    let too_long =
-        || format!("the {what} is longer than {MAX_PRESENTED_LEN} bytes; nothing changed");
-    // The longest line kept, its CR LF, and one byte to tell it is longer.
-    let cap = MAX_PRESENTED_LEN + 3;
-    let mut line = Vec::with_capacity(cap);
-    io::stdin()
-        .lock()
-        .take(cap as u64)
-        .read_until(b'\n', &mut line)
-        .map_err(|e| format!("reading the {what}: {e}"))?;
-    if line.is_empty() {
-        return Err(format!("no {what} on standard input; nothing changed"));
-    }
-    let ended = line.last() == Some(&b'\n');
-    if ended {
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
+    read_secret_line(&mut io::stdin().lock()).map_err(|e| line_error(what, e))
+}
+
+fn line_error(what: &str, e: SecretLineError) -> String {
+    match e {
+        SecretLineError::Missing => format!("no {what} on standard input; nothing changed"),
+        SecretLineError::TooLong => {
+            format!("the {what} is longer than {MAX_PRESENTED_LEN} bytes; nothing changed")
         }
+        SecretLineError::Io(e) => format!("reading the {what}: {e}"),
     }
-    let credential = Credential::new(line);
-    if credential.as_bytes().len() > MAX_PRESENTED_LEN {
-        return Err(too_long());
-    }
-    Ok(credential)
 }
 
 fn read_password(name: &Name) -> Result<Credential, String> {
     if !io::stdin().is_terminal() {
         return acceptable(read_line("password")?);
     }
-    let _echo_off = EchoOff::new().map_err(|e| format!("turning the terminal's echo off: {e}"))?;
-    eprint!("Password for {name}: ");
-    let first = read_line("password");
-    eprintln!();
-    let first = acceptable(first?)?;
-    eprint!("Again: ");
-    let again = read_line("password");
-    eprintln!();
-    if again? != first {
+    // Ctrl-C at the prompt gives the terminal its echo back before leaving.
+    ctrlc::set_handler(|| {
+        eprintln!();
+        exit_process(130);
+    })
+    .map_err(|e| format!("cannot install the signal handler: {e}"))?;
+    let ask = |prompt: &str| {
+        ask_secret(prompt).map_err(|e| match e {
+            SecretLineError::Io(e) => format!("reading the password from the terminal: {e}"),
+            e => line_error("password", e),
+        })
+    };
+    let first = acceptable(ask(&format!("Password for {name}: "))?)?;
+    let again = ask("Again: ")?;
+    if again != first {
         return Err("the two passwords differ; nothing changed".to_string());
     }
     Ok(first)
-}
-
-/// The terminal's settings before echo was turned off, for the signal
-/// handler, which cannot reach the guard.
-static SAVED: OnceLock<libc::termios> = OnceLock::new();
-
-fn restore_terminal() {
-    if let Some(saved) = SAVED.get() {
-        // SAFETY: tcsetattr only reads the struct; fd 0 is our stdin.
-        unsafe {
-            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved);
-        }
-    }
-}
-
-/// Echo off on the terminal while it lives; on again when dropped (on
-/// every return and unwinding) and when Ctrl-C or a termination signal
-/// ends the process.
-struct EchoOff;
-
-impl EchoOff {
-    fn new() -> io::Result<EchoOff> {
-        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
-        // SAFETY: tcgetattr fills the struct on success, checked here.
-        if unsafe { libc::tcgetattr(libc::STDIN_FILENO, termios.as_mut_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: initialised by the successful tcgetattr above.
-        let saved = unsafe { termios.assume_init() };
-        let _ = SAVED.set(saved);
-        ctrlc::set_handler(|| {
-            restore_terminal();
-            eprintln!();
-            std::process::exit(130);
-        })
-        .map_err(io::Error::other)?;
-        let mut quiet = saved;
-        quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK);
-        // SAFETY: a valid termios for fd 0, as read above.
-        if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &quiet) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(EchoOff)
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        restore_terminal();
-    }
 }

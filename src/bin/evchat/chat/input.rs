@@ -1,10 +1,11 @@
 //! What a line typed into `evchat chat` means: a message to the current
 //! target, a `/command`, or one of the emitter's own `(ID) text`,
-//! `(CREQ) ID`, `(FLW)` lines. Pure parsing, no I/O.
+//! `(CREQ) ID`, `(FLW)` lines. Pure parsing, no I/O: a name typed where an
+//! id may go is handed on as typed, for the chat to look up.
 
+use evchat::auth::Name;
 use evchat::client::{Command, parse_command};
 use evchat::proto::{BROADCAST, ClientId, MAX_TEXT_LEN};
-use std::fmt;
 
 /// Who a plain line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,14 +15,17 @@ impl Target {
     pub const ALL: Target = Target(BROADCAST);
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 == BROADCAST {
-            f.write_str("all")
-        } else {
-            write!(f, "{}", self.0)
-        }
+impl From<Target> for Addressee {
+    fn from(target: Target) -> Addressee {
+        Addressee::Id(target)
     }
+}
+
+/// Who a `/to` or `/msg` names: an id (or all), or a name to look up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addressee {
+    Id(Target),
+    Name(String),
 }
 
 /// One line of chat input, understood.
@@ -29,15 +33,15 @@ impl fmt::Display for Target {
 pub enum ChatLine {
     /// A message: a plain line, `/msg ID text` or `(ID) text`.
     Send {
-        dest: Target,
+        dest: Addressee,
         text: Vec<u8>,
     },
     /// `/list`: the client list, shown here.
     ListHere,
     /// `(CREQ) ID`: the client list, shown by ID.
     ListTo(Target),
-    /// `/to ID` or `/to all`.
-    SetTarget(Target),
+    /// `/to ID`, `/to NAME` or `/to all`.
+    SetTarget(Addressee),
     Help,
     /// `/quit` or `(FLW)`.
     Quit,
@@ -50,11 +54,11 @@ pub enum ChatLine {
 pub enum ChatError {
     #[error("unknown command '{0}'; /help lists the commands")]
     UnknownCommand(String),
-    #[error("{0} takes an id (0-65535) or 'all'")]
+    #[error("{0} takes an id (0-65535), a name or 'all'")]
     NeedsTarget(&'static str),
-    #[error("'{0}' is not an id from 0 to 65535 or 'all'")]
+    #[error("'{0}' is not an id from 0 to 65535, a name or 'all'")]
     BadTarget(String),
-    #[error("usage: /msg ID text")]
+    #[error("usage: /msg ID|NAME text")]
     MsgUsage,
     #[error("{0} takes nothing after it")]
     Trailing(&'static str),
@@ -68,27 +72,33 @@ pub enum ChatError {
 pub const HELP: &[&str] = &[
     "a line without / is a message to the current target (shown in the prompt)",
     "/to ID        talk to exhibitor ID, or to the exhibitor paired with emitter ID",
+    "/to NAME      talk to the one with that name (any case; names come with messages and /list)",
     "/to all       talk to everyone (the start)",
-    "/msg ID text  one message to ID, without changing the target",
-    "/list         show who is connected",
+    "/msg ID text  one message to ID (or NAME), without changing the target",
+    "/list         show who is connected, with their names",
     "/help         this list",
     "/quit         leave (Ctrl-D and Ctrl-C too)",
     "(ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line starting with /",
 ];
 
-fn parse_target(word: &str) -> Result<Target, ChatError> {
+fn parse_target(word: &str) -> Result<Addressee, ChatError> {
     if word.eq_ignore_ascii_case("all") {
-        return Ok(Target::ALL);
+        return Ok(Addressee::Id(Target::ALL));
+    }
+    // A name starts with a letter, so it is never taken for an id.
+    if Name::new(word).is_ok() {
+        return Ok(Addressee::Name(word.to_string()));
     }
     if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ChatError::BadTarget(word.to_string()));
     }
     word.parse()
-        .map(Target)
+        .map(|id| Addressee::Id(Target(id)))
         .map_err(|_| ChatError::BadTarget(word.to_string()))
 }
 
-fn message(dest: Target, text: &[u8]) -> Result<ChatLine, ChatError> {
+fn message(dest: impl Into<Addressee>, text: &[u8]) -> Result<ChatLine, ChatError> {
+    let dest = dest.into();
     if text.len() > MAX_TEXT_LEN {
         return Err(ChatError::TooLong(text.len()));
     }
@@ -171,9 +181,13 @@ mod tests {
 
     fn send(dest: u16, text: &str) -> Result<ChatLine, ChatError> {
         Ok(ChatLine::Send {
-            dest: Target(dest),
+            dest: Addressee::Id(Target(dest)),
             text: text.as_bytes().to_vec(),
         })
+    }
+
+    fn to(id: u16) -> Result<ChatLine, ChatError> {
+        Ok(ChatLine::SetTarget(Addressee::Id(Target(id))))
     }
 
     #[test]
@@ -195,13 +209,19 @@ mod tests {
     #[test]
     fn commands() {
         let t = Target::ALL;
+        assert_eq!(parse_chat_line(b"/to 4097", t), to(4097));
+        assert_eq!(parse_chat_line(b"/TO all", t), to(0));
+        // A name is handed on as typed, for the chat to look up.
         assert_eq!(
-            parse_chat_line(b"/to 4097", t),
-            Ok(ChatLine::SetTarget(Target(4097)))
+            parse_chat_line(b"/to Alice", t),
+            Ok(ChatLine::SetTarget(Addressee::Name("Alice".into())))
         );
         assert_eq!(
-            parse_chat_line(b"/TO all", t),
-            Ok(ChatLine::SetTarget(Target::ALL))
+            parse_chat_line(b"/msg bob.b hi", t),
+            Ok(ChatLine::Send {
+                dest: Addressee::Name("bob.b".into()),
+                text: b"hi".to_vec()
+            })
         );
         assert_eq!(parse_chat_line(b"/msg 2 hi there", t), send(2, "hi there"));
         assert_eq!(parse_chat_line(b"/msg 2", t), send(2, ""));
@@ -232,6 +252,14 @@ mod tests {
             parse_chat_line(b"/to 70000", t),
             Err(ChatError::BadTarget("70000".into()))
         );
+        // Neither an id nor a name (names start with a letter, at most 24).
+        for bad in ["_x", "al ice", "a!", &"a".repeat(25)] {
+            assert_eq!(
+                parse_chat_line(format!("/to {bad}").as_bytes(), t),
+                Err(ChatError::BadTarget(bad.trim_start_matches(' ').into())),
+                "{bad}"
+            );
+        }
         assert_eq!(parse_chat_line(b"/msg", t), Err(ChatError::MsgUsage));
         assert_eq!(
             parse_chat_line(b"/list now", t),
@@ -255,7 +283,7 @@ mod tests {
         assert_eq!(
             parse_chat_line(&long, t),
             Ok(ChatLine::Send {
-                dest: t,
+                dest: Addressee::Id(t),
                 text: long.clone()
             })
         );

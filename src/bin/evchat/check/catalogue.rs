@@ -2,8 +2,12 @@
 //! id, level, title, the rule it checks (PROTOCOL.md, and for `required` the
 //! 2017 statement's own words), a hint for whoever must fix a failure, and
 //! the checks it needs to have passed. The order of [`CATALOGUE`] is the
-//! order of the run: required, then choices, then the hostile robust ones.
+//! order of the run: required, then choices, then the hostile robust ones,
+//! then the identity extension's (their functions are in `identity`): last,
+//! so that a server that does not know HELLO is checked on everything else
+//! first.
 
+use super::identity;
 use super::wire::{Answer, Conn, Ctx, Failure, UNUSED_EXHIBITOR, describe_frame};
 use evchat::proto::{
     ClientId, Frame, Kind, MAX_TEXT_LEN, SERVER_ID, is_emitter_id, is_exhibitor_id,
@@ -20,6 +24,8 @@ pub enum Level {
     Choices,
     /// What a server exposed to a network must survive.
     Robust,
+    /// The identity extension (PROTOCOL.md), when the server speaks it.
+    Identity,
 }
 
 impl Level {
@@ -27,15 +33,18 @@ impl Level {
         match self {
             Level::Required => "required",
             Level::Choices => "choices",
+            Level::Identity => "identity",
             Level::Robust => "robust",
         }
     }
 }
 
-/// A check that ran to the end: passed, or (choices) differed from evchat's decision.
+/// A check that ran to the end: passed, (choices) differed from evchat's
+/// decision, or (identity) found the server does not speak the extension.
 pub enum Done {
     Pass,
     Note(String),
+    NotSpoken(String),
 }
 
 pub type Outcome = Result<Done, Failure>;
@@ -57,6 +66,8 @@ pub struct Check {
 
 const OI_NEEDS: &[&str] = &["oi-exhibitor", "oi-emitter"];
 const ROUTE_NEEDS: &[&str] = &["route-unicast"];
+const IDENTITY_NEEDS: &[&str] = &["identity-hello"];
+const IDENTITY_ROUTE_NEEDS: &[&str] = &["identity-hello", "route-unicast", "route-broadcast"];
 
 pub const CATALOGUE: &[Check] = &[
     // ---- required ----------------------------------------------------------
@@ -397,6 +408,91 @@ pub const CATALOGUE: &[Check] = &[
             queue overflows",
         needs: ROUTE_NEEDS,
         run: slow_reader,
+    },
+    // ---- identity ----------------------------------------------------------
+    Check {
+        id: "identity-hello",
+        level: Level::Identity,
+        title: "HELLO gets HELLOACK code 0, version 1, seq echoed; OI follows",
+        rule: "PROTOCOL.md, Extension: identity, The hello and its answer",
+        quote: None,
+        hint: "answer HELLO(0, 65535, seq) with HELLOACK(65535, 0, seq): code, version 1, roles, \
+            name; keep the connection for its OI",
+        needs: OI_NEEDS,
+        run: identity::hello_then_oi,
+    },
+    Check {
+        id: "identity-bad-name",
+        level: Level::Identity,
+        title: "a HELLO with a bad name gets code 4 and the connection is kept",
+        rule: "PROTOCOL.md, Extension: identity, Names",
+        quote: None,
+        hint: "a name is [A-Za-z][A-Za-z0-9_.-]{0,23}; refuse others with code 4 and wait for \
+            another HELLO",
+        needs: IDENTITY_NEEDS,
+        run: identity::bad_name,
+    },
+    Check {
+        id: "identity-name-taken",
+        level: Level::Identity,
+        title: "a name held by another session, in any case, gets code 3",
+        rule: "PROTOCOL.md, Extension: identity, Names",
+        quote: None,
+        hint: "compare names ignoring ASCII case: Alice and alice are one name",
+        needs: IDENTITY_NEEDS,
+        run: identity::name_taken,
+    },
+    Check {
+        id: "identity-second-hello",
+        level: Level::Identity,
+        title: "a second HELLO after code 0 gets code 8 and a close",
+        rule: "PROTOCOL.md, Extension: identity, The hello and its answer",
+        quote: None,
+        hint: "one HELLO is accepted per connection; another before OI is out of place (code 8)",
+        needs: IDENTITY_NEEDS,
+        run: identity::second_hello,
+    },
+    Check {
+        id: "identity-hello-after-oi",
+        level: Level::Identity,
+        title: "a HELLO after OI gets ERRO and the connection is kept",
+        rule: "PROTOCOL.md, Extension: identity, The hello and its answer",
+        quote: None,
+        hint: "after OI treat HELLO as a second OI: ERRO(65535, id, seq), keep the client",
+        needs: IDENTITY_NEEDS,
+        run: identity::hello_after_oi,
+    },
+    Check {
+        id: "identity-who",
+        level: Level::Identity,
+        title: "an opted-in exhibitor gets WHO before the first MSG from a named id",
+        rule: "PROTOCOL.md, Extension: identity, Names",
+        quote: None,
+        hint: "send WHO(65535, exhibitor, server seq, id, roles, name) before the MSG, and take \
+            its OK in the same FIFO as CLIST's",
+        needs: IDENTITY_ROUTE_NEEDS,
+        run: identity::who_before_msg,
+    },
+    Check {
+        id: "identity-plain-unchanged",
+        level: Level::Identity,
+        title: "a client that never sent HELLO receives no extension frame",
+        rule: "PROTOCOL.md, Extension: identity",
+        quote: None,
+        hint: "WHO goes only to exhibitors that opted in; a plain client sees the plain protocol",
+        needs: IDENTITY_ROUTE_NEEDS,
+        run: identity::plain_sees_nothing_new,
+    },
+    Check {
+        id: "identity-kick-refused",
+        level: Level::Identity,
+        title: "KICK from an emitter without admin gets ERRO and closes nobody",
+        rule: "PROTOCOL.md, Extension: identity, Roles",
+        quote: None,
+        hint: "without accounts nobody has admin: answer KICK with ERRO(65535, own id, seq), \
+            keep both",
+        needs: IDENTITY_ROUTE_NEEDS,
+        run: identity::kick_without_admin,
     },
 ];
 

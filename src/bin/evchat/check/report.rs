@@ -93,16 +93,23 @@ impl Style {
 
 const INDENT: &str = "                          ";
 
+/// The width of the id column: the longest id shown, so that titles line
+/// up (at least 18, the width before the identity level's longer ids).
+fn id_width<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
+    ids.map(str::len).max().unwrap_or(0).max(18)
+}
+
 /// The human-readable report: one line per check, details under the ones
 /// that did not simply pass, then the summary line.
 pub fn text(target: &str, outcomes: &[Outcome], style: &Style) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "evchat check {target}: {} checks", outcomes.len());
+    let width = id_width(outcomes.iter().map(|o| o.check.id));
     for o in outcomes {
         let c = o.check;
         let _ = writeln!(
             out,
-            "  {}  {:<18}  {}",
+            "  {}  {:<width$}  {}",
             style.verdict(&o.verdict),
             c.id,
             c.title
@@ -211,14 +218,20 @@ pub fn json(target: &str, outcomes: &[Outcome]) -> String {
 /// under their levels.
 pub fn list_text(checks: &[&Check]) -> String {
     let mut out = String::new();
-    for level in [Level::Required, Level::Choices, Level::Robust] {
+    let width = id_width(checks.iter().map(|c| c.id));
+    for level in [
+        Level::Required,
+        Level::Choices,
+        Level::Robust,
+        Level::Identity,
+    ] {
         let mut of_level = checks.iter().filter(|c| c.level == level).peekable();
         if of_level.peek().is_none() {
             continue;
         }
         let _ = writeln!(out, "{}:", level.name());
         for c in of_level {
-            let _ = writeln!(out, "  {:<18}  {}  ({})", c.id, c.title, c.rule);
+            let _ = writeln!(out, "  {:<width$}  {}  ({})", c.id, c.title, c.rule);
         }
     }
     out

@@ -5,6 +5,8 @@
 //! both in hex with the frame decoded beside it.
 
 use bytes::BytesMut;
+use evchat::client::{Incoming, parse_incoming};
+use evchat::proto::ext::{ExtFrame, is_ext_kind};
 use evchat::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, SERVER_ID,
     SeqCounter, is_emitter_id, is_exhibitor_id,
@@ -104,6 +106,17 @@ pub fn describe(bytes: &[u8]) -> String {
     let Some(header) = Header::peek(bytes) else {
         return format!("{} bytes, less than a header", bytes.len());
     };
+    if is_ext_kind(header.kind) {
+        return match ExtFrame::parse(bytes) {
+            Ok(Some((frame, _))) => frame.to_string(),
+            Ok(None) => format!(
+                "an incomplete frame of type {} (the identity extension's), {} bytes",
+                header.kind,
+                bytes.len()
+            ),
+            Err(e) => e.to_string(),
+        };
+    }
     let Some(kind) = Kind::from_u16(header.kind) else {
         let swapped = header.kind.swap_bytes();
         let as_le = match Kind::from_u16(swapped) {
@@ -347,22 +360,39 @@ impl Conn {
             .push(bytes[..bytes.len().min(MAX_FRAME_LEN)].to_vec());
     }
 
-    /// The next frame, within the timeout.
+    /// The next frame, within the timeout. A frame of the identity
+    /// extension is not a frame here (a client that never sent HELLO must
+    /// never receive one): it is undecodable.
     pub fn recv(&mut self) -> Result<Frame, RecvError> {
+        self.recv_with(|buf| {
+            FrameView::parse(buf)
+                .map(|found| found.map(|(view, len)| (view.to_frame(), len)))
+                .map_err(|_| ())
+        })
+    }
+
+    /// The next frame of either kind, the identity extension's included
+    /// (for a client that sent HELLO), within the timeout.
+    pub fn recv_any(&mut self) -> Result<Incoming, RecvError> {
+        self.recv_with(|buf| parse_incoming(buf).map_err(|_| ()))
+    }
+
+    /// The read loop: `parse` finds a whole frame at the start of the
+    /// buffer (and its length) without taking it, says there is none yet,
+    /// or that the bytes are no frame.
+    fn recv_with<T>(
+        &mut self,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ()>,
+    ) -> Result<T, RecvError> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            let whole = FrameView::parse(&self.buf).map(|found| found.map(|(_, len)| len));
-            match whole {
-                Err(_) => {
+            match parse(&self.buf) {
+                Err(()) => {
                     self.done = true;
                     return Err(RecvError::Undecodable(self.buf.to_vec()));
                 }
-                Ok(Some(len)) => {
-                    self.last = self.buf[..len].to_vec();
-                    let frame = Frame::decode(&mut self.buf)
-                        .ok()
-                        .flatten()
-                        .expect("a whole frame of a known type decodes");
+                Ok(Some((frame, len))) => {
+                    self.last = self.buf.split_to(len).to_vec();
                     return Ok(frame);
                 }
                 Ok(None) => {}
