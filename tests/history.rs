@@ -406,6 +406,79 @@ fn broadcasts_are_replayed_after_a_restart_and_the_exhibitor_shows_them() {
     assert_eq!(late.stdout.next_within(QUIET), None);
 }
 
+/// Issue 21 item 4: ids are reused, so after a restart a replayed message
+/// from id 1 must not look as if it came from whoever holds id 1 now. An
+/// opted-in exhibitor is told the recorded name before it (PROTOCOL.md,
+/// "WHO"); a plain exhibitor gets exactly the plain protocol's replay.
+#[test]
+fn after_a_restart_replay_tells_an_opted_in_exhibitor_the_recorded_names() {
+    use crate::identity::{PLAIN, header, hello, helloack, opt_in, who};
+    let dir = TempDir::new("replay-names");
+    let d = dir.path().to_str().unwrap();
+    let bytes = |frame: Frame| frame.to_bytes().to_vec();
+    {
+        let mut server = Server::start(&["--history", d]);
+        let mut x = server.raw();
+        let x_id = x.identify_exhibitor();
+        let mut alice = server.raw();
+        let alice_id = opt_in(
+            &mut alice,
+            &hello(b"alice", b""),
+            &helloack(0, PLAIN, b"alice"),
+            1,
+        );
+        let mut plain = server.raw();
+        let plain_id = plain.identify_emitter(1);
+        assert_eq!((alice_id, plain_id), (1, 2));
+        broadcast_acked(&mut alice, 1, &mut x, x_id, 1, "hi from alice");
+        broadcast_acked(&mut plain, 2, &mut x, x_id, 1, "hi from a plain client");
+        drop((x, alice, plain));
+        server.proc.signal(libc::SIGINT);
+        assert!(server.proc.wait().success());
+    }
+    let server = Server::start(&["--history", d]);
+    // bob now holds id 1; no one holds id 2.
+    let mut bob = server.raw();
+    let bob_id = opt_in(
+        &mut bob,
+        &hello(b"bob", b""),
+        &helloack(0, PLAIN, b"bob"),
+        1,
+    );
+    assert_eq!(bob_id, 1);
+    let mut plain_ex = server.raw();
+    let plain_ex_id = plain_ex.identify_exhibitor();
+    assert_eq!(plain_ex.expect_frame(), msg(1, 0, 0, "hi from alice"));
+    assert_eq!(
+        plain_ex.expect_frame(),
+        msg(2, 0, 1, "hi from a plain client")
+    );
+    plain_ex.expect_silence();
+    let mut eve = server.raw();
+    eve.send(&hello(b"eve", b""));
+    expect_exact(&mut eve, &helloack(0, PLAIN, b"eve"));
+    eve.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+    let eve_id = plain_ex_id + 1;
+    expect_exact(&mut eve, &bytes(ok(SERVER_ID, eve_id, 0)));
+    expect_exact(&mut eve, &who(eve_id, 0, 1, PLAIN, b"alice"));
+    expect_exact(&mut eve, &bytes(msg(1, 0, 1, "hi from alice")));
+    expect_exact(&mut eve, &who(eve_id, 2, 2, PLAIN, b""));
+    expect_exact(&mut eve, &bytes(msg(2, 0, 3, "hi from a plain client")));
+    eve.expect_silence();
+    for seq in 0..4 {
+        eve.send(&header(1, eve_id, SERVER_ID, seq));
+    }
+    for seq in 0..2 {
+        plain_ex.send_frame(&ok(plain_ex_id, SERVER_ID, seq));
+    }
+    // bob speaks: eve is told id 1 is bob now; the plain exhibitor is not.
+    bob.send_frame(&msg(1, 0, 1, "bob here"));
+    expect_exact(&mut eve, &who(eve_id, 4, 1, PLAIN, b"bob"));
+    expect_exact(&mut eve, &bytes(msg(1, 0, 1, "bob here")));
+    assert_eq!(plain_ex.expect_frame(), msg(1, 0, 1, "bob here"));
+    plain_ex.expect_silence();
+}
+
 #[test]
 fn a_second_server_on_the_same_history_is_refused() {
     let dir = TempDir::new("server-lock");
