@@ -6,8 +6,8 @@
 //! a deadline; none is a sleep.
 
 use crate::store::{
-    FULL_DISK_LIMIT, big_log, evchat, numbered, open_log, read_all, record, record_offsets,
-    records, segment_bytes, segment_path, start_writer, wait_settled, write_log,
+    FULL_DISK_LIMIT, big_log, evchat, named, numbered, open_log, read_all, record, record_offsets,
+    records, segment_bytes, segment_bytes_v1, segment_path, start_writer, wait_settled, write_log,
 };
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
@@ -99,6 +99,73 @@ fn history_json_gives_utf8_text_or_base64() {
                 r#""origin":1,"dest":0,"text_base64":"dGFiCWhlcmUgG1szMW3/"}"#,
             ),
         ]
+    );
+}
+
+/// A log from before names were kept, then one message from alice, one
+/// from a plain client and one from bob, who has alice's old id.
+fn named_log(dir: &Path) {
+    let old = [record(1_764_596_700_000, 1, 0, b"before names")];
+    fs::write(segment_path(dir, 0), segment_bytes_v1(&old)).unwrap();
+    write_log(
+        dir,
+        &[
+            named(1_764_596_702_123, 1, 0, "alice", b"hi all"),
+            record(1_764_596_703_000, 2, 4096, b"plain to 4096"),
+            named(1_764_596_704_500, 1, 0, "Bob_2.0", b"same id, not alice"),
+        ],
+    );
+}
+
+#[test]
+fn history_shows_the_senders_name_as_the_chat_does_and_the_id_without_one() {
+    let dir = TempDir::new("cli-names");
+    named_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = evchat(&["history", d]);
+    assert_eq!((code, err), (0, Vec::<String>::new()));
+    assert_eq!(
+        out,
+        [
+            "2025-12-01T13:45:00.000Z Message from 1 to all: before names",
+            "2025-12-01T13:45:02.123Z Message from alice to all: hi all",
+            "2025-12-01T13:45:03.000Z Message from 2 to 4096: plain to 4096",
+            "2025-12-01T13:45:04.500Z Message from Bob_2.0 to all: same id, not alice",
+        ]
+    );
+    let (code, out, _) = evchat(&["history", d, "--json", "--from", "1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        [
+            concat!(
+                r#"{"record":0,"time":"2025-12-01T13:45:00.000Z","time_ms":1764596700000,"#,
+                r#""origin":1,"dest":0,"text":"before names"}"#,
+            ),
+            concat!(
+                r#"{"record":1,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"#,
+                r#""origin":1,"name":"alice","dest":0,"text":"hi all"}"#,
+            ),
+            concat!(
+                r#"{"record":3,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"#,
+                r#""origin":1,"name":"Bob_2.0","dest":0,"text":"same id, not alice"}"#,
+            ),
+        ]
+    );
+    // --from takes a name too, ignoring case, as names are unique.
+    let (code, out, _) = evchat(&["history", d, "--from", "ALICE"]);
+    assert_eq!(
+        (code, out),
+        (
+            0,
+            vec!["2025-12-01T13:45:02.123Z Message from alice to all: hi all".to_string()]
+        )
+    );
+    let (code, out, err) = evchat(&["history", d, "--from", "99999"]);
+    assert_eq!((code, out), (2, vec![]));
+    assert!(
+        err[0].contains("'99999' is not an id (0 to 65535)"),
+        "{err:?}"
     );
 }
 
@@ -436,6 +503,19 @@ fn after_a_restart_replay_tells_an_opted_in_exhibitor_the_recorded_names() {
         server.proc.signal(libc::SIGINT);
         assert!(server.proc.wait().success());
     }
+    // What the server kept, as `evchat history` shows it (after the time).
+    let (code, out, _) = evchat(&["history", d]);
+    let shown: Vec<&str> = out.iter().map(|line| &line[25..]).collect();
+    assert_eq!(
+        (code, shown),
+        (
+            0,
+            vec![
+                "Message from alice to all: hi from alice",
+                "Message from 2 to all: hi from a plain client"
+            ]
+        )
+    );
     let server = Server::start(&["--history", d]);
     // bob now holds id 1; no one holds id 2.
     let mut bob = server.raw();
