@@ -245,7 +245,7 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
     let dir = TempDir::new("cli-follow");
     let opened = open_log(dir.path(), big_log()).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
-    let t = writer.append(record(1_764_596_702_123, 1, 0, b"before").view());
+    let t = writer.append(&record(1_764_596_702_123, 1, 0, b"before").view());
     writer.write();
     wait_settled(&writer, &settled, t);
     let follower = Proc::spawn(
@@ -261,8 +261,8 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
     follower
         .stdout
         .expect_line("2025-12-01T13:45:02.123Z Message from 1 to all: before");
-    writer.append(record(1_764_596_703_000, 2, 4096, b"not for all").view());
-    writer.append(record(1_764_596_704_000, 3, 0, b"after").view());
+    writer.append(&record(1_764_596_703_000, 2, 4096, b"not for all").view());
+    writer.append(&record(1_764_596_704_000, 3, 0, b"after").view());
     writer.write();
     follower
         .stdout

@@ -158,7 +158,7 @@ pub(crate) fn wait_settled(writer: &Writer, settled: &Receiver<()>, ticket: Tick
 fn append_all(writer: &mut Writer, records: &[Record]) -> Ticket {
     let mut last = 0;
     for r in records {
-        last = writer.append(r.view());
+        last = writer.append(&r.view());
     }
     last
 }
@@ -1040,7 +1040,7 @@ fn under_no_a_roll_syncs_the_full_segment_but_never_the_active_one() {
     let opened = open_log(dir.path(), options).unwrap();
     let (mut writer, _) = start_writer(opened.log, Fsync::No);
     for r in &records(3) {
-        writer.append(record(r.time_ms, r.origin, r.dest, &[b'x'; 100]).view());
+        writer.append(&record(r.time_ms, r.origin, r.dest, &[b'x'; 100]).view());
         writer.write();
     }
     assert!(segment_files(dir.path()).len() > 1, "no roll");
@@ -1053,7 +1053,7 @@ fn under_everysec_a_write_is_synced_without_a_roll_or_a_close() {
     let dir = TempDir::new("everysec-sync");
     let opened = open_log(dir.path(), big_log()).unwrap();
     let (mut writer, _) = start_writer(opened.log, Fsync::EverySec);
-    writer.append(record(1, 1, 0, b"synced within a second").view());
+    writer.append(&record(1, 1, 0, b"synced within a second").view());
     writer.write();
     assert_eq!(wait_syncs(&writer, 0, 1), (0, 1));
 }
@@ -1065,12 +1065,12 @@ fn a_batch_buffer_over_a_mebibyte_is_freed_a_smaller_one_kept() {
     let (mut writer, _) = start_writer(opened.log, Fsync::No);
     let text = vec![b'x'; MAX_TEXT_LEN];
     for _ in 0..20 {
-        writer.append(record(1, 1, 0, &text).view());
+        writer.append(&record(1, 1, 0, &text).view());
     }
     assert!(writer.batch_capacity() > 1 << 20);
     writer.write();
     assert_eq!(writer.batch_capacity(), 0, "a burst's buffer is freed");
-    writer.append(record(2, 1, 0, &text).view());
+    writer.append(&record(2, 1, 0, &text).view());
     let small = writer.batch_capacity();
     writer.write();
     assert_eq!(writer.batch_capacity(), small, "a usual buffer is kept");
@@ -1237,12 +1237,12 @@ fn roll_failure_child() {
     };
     let opened = open_log(&dir, options).unwrap();
     let (mut writer, _) = start_writer(opened.log, Fsync::No);
-    writer.append(record(1, 1, 0, b"first").view());
+    writer.append(&record(1, 1, 0, b"first").view());
     writer.write();
     // Too small for a segment's header: the roll creates the next segment,
     // cannot write its magic, and must take the file away again.
     set_file_size_limit(Some(4)).unwrap();
-    let ticket = writer.append(record(2, 1, 0, b"second").view());
+    let ticket = writer.append(&record(2, 1, 0, b"second").view());
     writer.write();
     assert!(!writer.is_keeping());
     assert_eq!(writer.settled(), ticket + 1, "given up on, and settled");
@@ -1253,7 +1253,7 @@ fn roll_failure_child() {
         "no segment left behind by the failed roll"
     );
     set_file_size_limit(None).unwrap();
-    writer.append(record(3, 1, 0, b"third").view());
+    writer.append(&record(3, 1, 0, b"third").view());
     writer.write();
     assert!(writer.is_keeping());
     drop(writer);
@@ -1284,7 +1284,7 @@ fn full_disk_child() {
     // one cut short is cut off.
     let mut last = 0;
     for i in 0..20 {
-        last = writer.append(record(i, 1, 0, &text).view());
+        last = writer.append(&record(i, 1, 0, &text).view());
     }
     writer.write();
     wait_settled(&writer, &settled, last);
@@ -1293,7 +1293,7 @@ fn full_disk_child() {
     assert_eq!(read_all(&dir).len() as u64, whole);
     // Each new message tries again, fails, and is settled all the same.
     for i in 20..30 {
-        let ticket = writer.append(record(i, 1, 0, &text).view());
+        let ticket = writer.append(&record(i, 1, 0, &text).view());
         writer.write();
         wait_settled(&writer, &settled, ticket);
         assert!(!writer.is_keeping());
@@ -1301,7 +1301,7 @@ fn full_disk_child() {
     let kept = whole;
     // Room again: the next write succeeds and history is back on.
     set_file_size_limit(None).unwrap();
-    let ticket = writer.append(record(99, 2, 0, b"after").view());
+    let ticket = writer.append(&record(99, 2, 0, b"after").view());
     writer.write();
     wait_settled(&writer, &settled, ticket);
     assert!(writer.is_keeping());

@@ -138,7 +138,7 @@ impl History {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64)
         });
-        self.writer.append(RecordView {
+        self.writer.append(&RecordView {
             time_ms,
             origin: msg.origin,
             dest: msg.dest,
