@@ -161,12 +161,28 @@ fn history_shows_the_senders_name_as_the_chat_does_and_the_id_without_one() {
             vec!["2025-12-01T13:45:02.123Z Message from alice to all: hi all".to_string()]
         )
     );
-    let (code, out, err) = evchat(&["history", d, "--from", "99999"]);
-    assert_eq!((code, out), (2, vec![]));
-    assert!(
-        err[0].contains("'99999' is not an id (0 to 65535)"),
-        "{err:?}"
-    );
+    // Bad input: a clear error, exit 2, nothing printed.
+    let too_long = "a".repeat(25);
+    for (bad, why) in [
+        ("99999", "'99999' is not an id (0 to 65535)"),
+        ("", "'' is neither an id nor a name: the name is empty"),
+        (
+            "al ice",
+            "'al ice' is neither an id nor a name: the name may only hold letters",
+        ),
+        (
+            "1alice",
+            "'1alice' is neither an id nor a name: the name must start with a letter",
+        ),
+        (
+            &too_long,
+            "is neither an id nor a name: the name is longer than 24 characters",
+        ),
+    ] {
+        let (code, out, err) = evchat(&["history", d, "--from", bad]);
+        assert_eq!((code, out), (2, vec![]), "{bad:?}");
+        assert!(err[0].contains(why), "{bad:?}: {err:?}");
+    }
 }
 
 #[test]

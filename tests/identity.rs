@@ -991,32 +991,36 @@ mod rules {
     /// (8 + 2 + 28 + 10 = 48 bytes) besides its own framing (20).
     #[test]
     fn an_opted_in_replay_counts_a_who_per_message_against_the_cap() {
-        let mut r = Router::new(Limits::default());
-        let mut out = Recorded::default();
         // Five 10-byte broadcasts take 5 * 30 bytes plainly; with a WHO
-        // each, 78 bytes: two fit in 160, not three.
-        r.set_replay(10, 160);
-        for text in [
-            "0000000000",
-            "1111111111",
-            "2222222222",
-            "3333333333",
-            "4444444444",
-        ] {
-            r.recall_broadcast(1, recorded(Some("alice"), PLAIN), text.as_bytes());
+        // each, 78 bytes. Two fit in 156 (exactly: a byte more counted per
+        // message leaves one) and in 233 (a byte less lets three in).
+        for cap in [156, 233] {
+            let mut r = Router::new(Limits::default());
+            let mut out = Recorded::default();
+            r.set_replay(10, cap);
+            for text in [
+                "0000000000",
+                "1111111111",
+                "2222222222",
+                "3333333333",
+                "4444444444",
+            ] {
+                r.recall_broadcast(1, recorded(Some("alice"), PLAIN), text.as_bytes());
+            }
+            let plain = join_named(&mut r, &mut out, 0, None, PLAIN, 0);
+            assert_eq!(plain.len(), 1 + 5, "the OK and all five: {plain:?}");
+            let eve = join_named(&mut r, &mut out, 1, Some("eve"), PLAIN, 0);
+            assert_eq!(
+                eve,
+                [
+                    header(1, SERVER_ID, 4097, 0),
+                    who(4097, 0, 1, PLAIN, b"alice"),
+                    msg(1, 0, 1, b"3333333333"),
+                    msg(1, 0, 2, b"4444444444"),
+                ],
+                "cap {cap}"
+            );
         }
-        let plain = join_named(&mut r, &mut out, 0, None, PLAIN, 0);
-        assert_eq!(plain.len(), 1 + 5, "the OK and all five: {plain:?}");
-        let eve = join_named(&mut r, &mut out, 1, Some("eve"), PLAIN, 0);
-        assert_eq!(
-            eve,
-            [
-                header(1, SERVER_ID, 4097, 0),
-                who(4097, 0, 1, PLAIN, b"alice"),
-                msg(1, 0, 1, b"3333333333"),
-                msg(1, 0, 2, b"4444444444"),
-            ]
-        );
     }
 
     fn checked(router: &Router) {

@@ -5,6 +5,7 @@
 //! is safe on the log of a running server, and `--follow` prints new
 //! messages as the server stores them.
 
+use evchat::auth::Name;
 use evchat::cli::escape_text;
 use evchat::store::{Entry, Item, Reader};
 use std::fmt::Write as _;
@@ -131,15 +132,19 @@ enum Sender {
     Name(String),
 }
 
-/// `--from`: digits are an id, anything else a name.
+/// `--from`: digits are an id, anything else a name (names start with a
+/// letter, so the two never meet).
 fn parse_from(text: &str) -> Result<Sender, String> {
-    if text.bytes().all(|b| b.is_ascii_digit()) {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse()
             .map(Sender::Id)
             .map_err(|_| format!("'{text}' is not an id (0 to 65535)"));
     }
-    Ok(Sender::Name(text.to_ascii_lowercase()))
+    match Name::new(text) {
+        Ok(name) => Ok(Sender::Name(name.key())),
+        Err(e) => Err(format!("'{text}' is neither an id nor a name: {e}")),
+    }
 }
 
 fn selected(args: &HistoryArgs, entry: &Entry) -> bool {
