@@ -206,6 +206,9 @@ impl Log {
     /// `options.repair`, and applies retention. Each record kept is handed
     /// to `recovered` as the scan reads it, oldest first (those retention
     /// then deletes too): what to keep of them is the caller's business.
+    /// A last segment in format version 1 is left as it is and new records
+    /// go to a new segment ([`Notice::NewFormat`]): formats never share a
+    /// segment.
     pub fn open(
         dir: &Path,
         options: Options,
