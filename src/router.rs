@@ -9,7 +9,7 @@
 //! Every rule here is numbered as in PROTOCOL.md.
 
 use crate::proto::ext::{
-    ExtFrame, PLAIN_ROLES, ROLE_ADMIN, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW, Who,
+    ExtFrame, MAX_WHO_BODY, PLAIN_ROLES, ROLE_ADMIN, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW, Who,
 };
 use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID,
@@ -51,12 +51,22 @@ pub trait Outbox {
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason);
     /// `conn` was held back by flow control and may be read again.
     fn resume_input(&mut self, conn: ConnId);
-    /// A MSG was accepted for delivery (it has at least one target): a
-    /// server keeping history appends it. A number returned holds the
-    /// emitter's reply until [`Router::durable`] passes it.
-    fn accepted(&mut self, _msg: &FrameView<'_>) -> Option<u64> {
+    /// A MSG was accepted for delivery (it has at least one target), from
+    /// `sender`: a server keeping history appends it. A number returned
+    /// holds the emitter's reply until [`Router::durable`] passes it.
+    fn accepted(&mut self, _msg: &FrameView<'_>, _sender: Sender<'_>) -> Option<u64> {
         None
     }
+}
+
+/// Who sent a message, as a history keeps it (PROTOCOL.md, "Names"): the
+/// session's name and roles when the message was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender<'a> {
+    /// None: the session has no name (a plain client, or NL = 0).
+    pub name: Option<&'a str>,
+    /// The roles byte's bits the session held.
+    pub roles: u8,
 }
 
 /// Why the rules close a connection; shown in the disconnect log line.
@@ -260,6 +270,27 @@ struct Directory {
     len: usize,
 }
 
+impl Session {
+    /// The name the session shows (its HELLO's, or its exhibitor's).
+    fn name(&self) -> Option<&str> {
+        match &self.hello {
+            Hello::Accepted { name } => name.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The sender of a MSG from `conn`, whose session holds `roles`. A free
+/// function over the sessions alone, so that it can be used while another
+/// field of the router is borrowed mutably.
+fn sender(sessions: &[Option<Session>], conn: ConnId) -> Sender<'_> {
+    let session = sessions[conn].as_ref();
+    Sender {
+        name: session.and_then(Session::name),
+        roles: session.map_or(0, |s| s.roles),
+    }
+}
+
 impl Directory {
     fn new() -> Directory {
         Directory {
@@ -312,17 +343,34 @@ impl Directory {
 /// replay cap and got every new exhibitor cut off as a slow consumer.
 pub const REPLAY_FRAMING: usize = HEADER_LEN + 2 + 10;
 
+/// What a WHO before a replayed MSG takes at most in an opted-in
+/// exhibitor's output: the header, L, the longest body, and up to 10 bytes
+/// of transport framing.
+const REPLAY_WHO: usize = HEADER_LEN + 2 + MAX_WHO_BODY + 10;
+
 /// The last broadcasts a new exhibitor is sent: at most `len` of them, and
 /// as many as fit in `max_bytes` of output, each counted as its text plus
-/// [`REPLAY_FRAMING`]; the oldest go first. The one place that bound is
-/// kept: live broadcasts and a history's recovered ones pass through it alike.
+/// [`REPLAY_FRAMING`] (plus [`REPLAY_WHO`] for an opted-in exhibitor, which
+/// may be told a name before each); the oldest go first. The one place that
+/// bound is kept: live broadcasts and a history's recovered ones pass
+/// through it alike.
 struct ReplayWindow {
     len: usize,
     max_bytes: usize,
-    /// Origin and text, oldest first.
-    kept: VecDeque<(ClientId, Bytes)>,
-    /// Output bytes `kept` takes, framing included.
+    /// Oldest first.
+    kept: VecDeque<Replayed>,
+    /// Output bytes `kept` takes, framing included (WHO not included).
     bytes: usize,
+}
+
+/// A broadcast kept for replay, with its sender as it was when the message
+/// was accepted.
+struct Replayed {
+    origin: ClientId,
+    /// The sender's name then (None: none, or not recorded).
+    name: Option<Box<str>>,
+    roles: u8,
+    text: Bytes,
 }
 
 impl ReplayWindow {
@@ -335,19 +383,43 @@ impl ReplayWindow {
         }
     }
 
-    fn remember(&mut self, origin: ClientId, text: &[u8]) {
+    fn remember(&mut self, origin: ClientId, sender: Sender<'_>, text: &[u8]) {
         // Without replay a broadcast costs nothing here, not even the copy.
         if self.len == 0 {
             return;
         }
         self.bytes += text.len() + REPLAY_FRAMING;
-        self.kept.push_back((origin, Bytes::copy_from_slice(text)));
+        self.kept.push_back(Replayed {
+            origin,
+            name: sender.name.map(Into::into),
+            roles: sender.roles,
+            text: Bytes::copy_from_slice(text),
+        });
         while self.kept.len() > self.len || self.bytes > self.max_bytes {
-            let Some((_, dropped)) = self.kept.pop_front() else {
+            let Some(dropped) = self.kept.pop_front() else {
                 break;
             };
-            self.bytes -= dropped.len() + REPLAY_FRAMING;
+            self.bytes -= dropped.text.len() + REPLAY_FRAMING;
         }
+    }
+
+    /// The index of the first kept broadcast an exhibitor is replayed:
+    /// 0 for a plain one; for an opted-in one, the oldest after which the
+    /// rest fit in `max_bytes` with a WHO counted before each.
+    fn first_for(&self, opted_in: bool) -> usize {
+        if !opted_in {
+            return 0;
+        }
+        let mut bytes = 0;
+        let mut first = self.kept.len();
+        for (at, kept) in self.kept.iter().enumerate().rev() {
+            bytes += kept.text.len() + REPLAY_FRAMING + REPLAY_WHO;
+            if bytes > self.max_bytes {
+                break;
+            }
+            first = at;
+        }
+        first
     }
 }
 
@@ -563,10 +635,7 @@ impl Router {
 
     /// The name `conn`'s session shows (its HELLO's, or its exhibitor's).
     pub fn name(&self, conn: ConnId) -> Option<&str> {
-        match &self.session(conn)?.hello {
-            Hello::Accepted { name } => name.as_deref(),
-            _ => None,
-        }
+        self.session(conn)?.name()
     }
 
     /// Replays the last `len` broadcasts to each exhibitor as it identifies,
@@ -578,10 +647,10 @@ impl Router {
     }
 
     /// A broadcast from before this start (a history's, oldest first, after
-    /// [`Router::set_replay`]): kept for replay as if it had just been
-    /// accepted, within the same bound.
-    pub fn recall_broadcast(&mut self, origin: ClientId, text: &[u8]) {
-        self.replay.remember(origin, text);
+    /// [`Router::set_replay`]), with its sender as recorded: kept for replay
+    /// as if it had just been accepted, within the same bound.
+    pub fn recall_broadcast(&mut self, origin: ClientId, sender: Sender<'_>, text: &[u8]) {
+        self.replay.remember(origin, sender, text);
     }
 
     /// The history is done with every record numbered below `settled`
@@ -1026,18 +1095,28 @@ impl Router {
     }
 
     /// Sends a new exhibitor the remembered broadcasts, oldest first, as
-    /// MSGs numbered by the server; each awaits its ack like a live one.
+    /// MSGs numbered by the server; each awaits its ack like a live one. An
+    /// opted-in exhibitor is told the sender's name before each as for a
+    /// live MSG, and the recorded one when the origin id is now held by a
+    /// session with another name, or by none (PROTOCOL.md, "WHO").
     fn replay_to(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
         if self.replay.kept.is_empty() {
             return;
         }
         let deadline = now + self.limits.ack_timeout;
-        let session = self.sessions[conn]
-            .as_mut()
-            .expect("replay to a live session");
-        for (origin, text) in &self.replay.kept {
+        let opted_in = self.session(conn).is_some_and(|s| s.teller);
+        let first = self.replay.first_for(opted_in);
+        for at in first..self.replay.kept.len() {
+            let kept = &self.replay.kept[at];
+            let (origin, text) = (kept.origin, kept.text.clone());
+            if opted_in {
+                self.tell_replayed(conn, at, deadline, out);
+            }
+            let session = self.sessions[conn]
+                .as_mut()
+                .expect("replay to a live session");
             let seq = session.seq.next_seq();
-            let msg = Frame::msg(*origin, 0, seq, text.clone()).expect("a MSG's text fits");
+            let msg = Frame::msg(origin, 0, seq, text).expect("a MSG's text fits");
             out.send(conn, &msg);
             session.awaiting_ack.push_back(Delivery {
                 seq,
@@ -1047,10 +1126,32 @@ impl Router {
         }
         debug!(
             conn,
-            messages = self.replay.kept.len(),
+            messages = self.replay.kept.len() - first,
             "replayed recent broadcasts"
         );
         self.note_deadline(deadline);
+    }
+
+    /// Before the replay of kept broadcast `at` to the opted-in exhibitor
+    /// `conn`: a WHO when what it should show for the origin id differs
+    /// from what it was last told. It should show the session holding the
+    /// id now when that session has the recorded name (as for a live MSG),
+    /// the recorded name and roles otherwise.
+    fn tell_replayed(&mut self, conn: ConnId, at: usize, deadline: Instant, out: &mut impl Outbox) {
+        let kept = &self.replay.kept[at];
+        let holder = self.ids.get(kept.origin).and_then(|c| self.session(c));
+        let (name, roles) = match holder {
+            Some(holder) if holder.name() == kept.name.as_deref() => (holder.name(), holder.roles),
+            _ => (kept.name.as_deref(), kept.roles),
+        };
+        let told = self
+            .session(conn)
+            .and_then(|s| s.told.as_ref()?.get(&kept.origin));
+        if told.is_some_and(|(n, r)| n.as_deref() == name && *r == roles) {
+            return;
+        }
+        let (id, name) = (kept.origin, name.map(Into::into));
+        self.tell(conn, id, name, roles, deadline, out);
     }
 
     /// The identity extension's part of rule 1: with accounts, an OI needs
@@ -1209,15 +1310,20 @@ impl Router {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
-        let held = if accepted { out.accepted(frame) } else { None };
+        let held = if accepted {
+            out.accepted(frame, sender(&self.sessions, conn))
+        } else {
+            None
+        };
         let waits = targets.len() as u32 + u32::from(held.is_some());
         let request = self.push_reply(conn, frame.seq, waits, false);
         if let Some(number) = held {
             self.awaiting_durable.push_back((number, request));
         }
         if accepted && frame.dest == 0 {
-            self.replay
-                .remember(frame.origin, frame.text().unwrap_or_default());
+            let text = frame.text().unwrap_or_default();
+            let sender = sender(&self.sessions, conn);
+            self.replay.remember(frame.origin, sender, text);
         }
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
@@ -1540,37 +1646,48 @@ impl Router {
                     continue;
                 };
                 let roles = holder.roles;
-                let shown = match &holder.hello {
-                    Hello::Accepted { name } => name.as_deref(),
-                    _ => None,
-                };
+                let shown = holder.name();
                 // Compared in place: what was told already costs no copy.
                 let known = self.session(target).and_then(|s| s.told.as_ref()?.get(&id));
                 if known.is_some_and(|(name, r)| name.as_deref() == shown && *r == roles) {
                     continue;
                 }
                 let name: Option<Box<str>> = shown.map(Into::into);
-                let session = self.session_mut(target).expect("checked above");
-                let told = session.told.get_or_insert_with(Box::default);
-                let seq = session.seq.next_seq();
-                let who = ExtFrame::Who(Who {
-                    origin: SERVER_ID,
-                    dest: session.id,
-                    seq,
-                    id,
-                    roles,
-                    name: name.as_deref().unwrap_or("").as_bytes().to_vec(),
-                });
-                told.insert(id, (name, roles));
-                session.awaiting_ack.push_back(Delivery {
-                    seq,
-                    deadline,
-                    purpose: Purpose::Who,
-                });
-                out.send_ext(target, &who);
-                self.note_deadline(deadline);
+                self.tell(target, id, name, roles, deadline, out);
             }
         }
+    }
+
+    /// Sends the opted-in exhibitor `target` WHO(id, roles, name), numbered
+    /// and acknowledged like a CLIST, and notes it as told.
+    fn tell(
+        &mut self,
+        target: ConnId,
+        id: ClientId,
+        name: Option<Box<str>>,
+        roles: u8,
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let session = self.session_mut(target).expect("told a live session");
+        let told = session.told.get_or_insert_with(Box::default);
+        let seq = session.seq.next_seq();
+        let who = ExtFrame::Who(Who {
+            origin: SERVER_ID,
+            dest: session.id,
+            seq,
+            id,
+            roles,
+            name: name.as_deref().unwrap_or("").as_bytes().to_vec(),
+        });
+        told.insert(id, (name, roles));
+        session.awaiting_ack.push_back(Delivery {
+            seq,
+            deadline,
+            purpose: Purpose::Who,
+        });
+        out.send_ext(target, &who);
+        self.note_deadline(deadline);
     }
 
     /// Frees the name `conn` claimed, if it claimed one.

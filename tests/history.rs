@@ -6,8 +6,8 @@
 //! a deadline; none is a sleep.
 
 use crate::store::{
-    FULL_DISK_LIMIT, big_log, evchat, numbered, open_log, read_all, record, record_offsets,
-    records, segment_bytes, segment_path, start_writer, wait_settled, write_log,
+    FULL_DISK_LIMIT, big_log, evchat, named, numbered, open_log, read_all, record, record_offsets,
+    records, segment_bytes, segment_bytes_v1, segment_path, start_writer, wait_settled, write_log,
 };
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
@@ -102,6 +102,89 @@ fn history_json_gives_utf8_text_or_base64() {
     );
 }
 
+/// A log from before names were kept, then one message from alice, one
+/// from a plain client and one from bob, who has alice's old id.
+fn named_log(dir: &Path) {
+    let old = [record(1_764_596_700_000, 1, 0, b"before names")];
+    fs::write(segment_path(dir, 0), segment_bytes_v1(&old)).unwrap();
+    write_log(
+        dir,
+        &[
+            named(1_764_596_702_123, 1, 0, "alice", b"hi all"),
+            record(1_764_596_703_000, 2, 4096, b"plain to 4096"),
+            named(1_764_596_704_500, 1, 0, "Bob_2.0", b"same id, not alice"),
+        ],
+    );
+}
+
+#[test]
+fn history_shows_the_senders_name_as_the_chat_does_and_the_id_without_one() {
+    let dir = TempDir::new("cli-names");
+    named_log(dir.path());
+    let d = dir.path().to_str().unwrap();
+    let (code, out, err) = evchat(&["history", d]);
+    assert_eq!((code, err), (0, Vec::<String>::new()));
+    assert_eq!(
+        out,
+        [
+            "2025-12-01T13:45:00.000Z Message from 1 to all: before names",
+            "2025-12-01T13:45:02.123Z Message from alice to all: hi all",
+            "2025-12-01T13:45:03.000Z Message from 2 to 4096: plain to 4096",
+            "2025-12-01T13:45:04.500Z Message from Bob_2.0 to all: same id, not alice",
+        ]
+    );
+    let (code, out, _) = evchat(&["history", d, "--json", "--from", "1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        [
+            concat!(
+                r#"{"record":0,"time":"2025-12-01T13:45:00.000Z","time_ms":1764596700000,"#,
+                r#""origin":1,"dest":0,"text":"before names"}"#,
+            ),
+            concat!(
+                r#"{"record":1,"time":"2025-12-01T13:45:02.123Z","time_ms":1764596702123,"#,
+                r#""origin":1,"name":"alice","dest":0,"text":"hi all"}"#,
+            ),
+            concat!(
+                r#"{"record":3,"time":"2025-12-01T13:45:04.500Z","time_ms":1764596704500,"#,
+                r#""origin":1,"name":"Bob_2.0","dest":0,"text":"same id, not alice"}"#,
+            ),
+        ]
+    );
+    // --from takes a name too, ignoring case, as names are unique.
+    let (code, out, _) = evchat(&["history", d, "--from", "ALICE"]);
+    assert_eq!(
+        (code, out),
+        (
+            0,
+            vec!["2025-12-01T13:45:02.123Z Message from alice to all: hi all".to_string()]
+        )
+    );
+    // Bad input: a clear error, exit 2, nothing printed.
+    let too_long = "a".repeat(25);
+    for (bad, why) in [
+        ("99999", "'99999' is not an id (0 to 65535)"),
+        ("", "'' is neither an id nor a name: the name is empty"),
+        (
+            "al ice",
+            "'al ice' is neither an id nor a name: the name may only hold letters",
+        ),
+        (
+            "1alice",
+            "'1alice' is neither an id nor a name: the name must start with a letter",
+        ),
+        (
+            &too_long,
+            "is neither an id nor a name: the name is longer than 24 characters",
+        ),
+    ] {
+        let (code, out, err) = evchat(&["history", d, "--from", bad]);
+        assert_eq!((code, out), (2, vec![]), "{bad:?}");
+        assert!(err[0].contains(why), "{bad:?}: {err:?}");
+    }
+}
+
 #[test]
 fn history_filters_by_time_origin_and_destination() {
     let dir = TempDir::new("cli-filters");
@@ -178,7 +261,7 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
     let dir = TempDir::new("cli-follow");
     let opened = open_log(dir.path(), big_log()).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
-    let t = writer.append(1_764_596_702_123, 1, 0, b"before");
+    let t = writer.append(&record(1_764_596_702_123, 1, 0, b"before").view());
     writer.write();
     wait_settled(&writer, &settled, t);
     let follower = Proc::spawn(
@@ -194,8 +277,8 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
     follower
         .stdout
         .expect_line("2025-12-01T13:45:02.123Z Message from 1 to all: before");
-    writer.append(1_764_596_703_000, 2, 4096, b"not for all");
-    writer.append(1_764_596_704_000, 3, 0, b"after");
+    writer.append(&record(1_764_596_703_000, 2, 4096, b"not for all").view());
+    writer.append(&record(1_764_596_704_000, 3, 0, b"after").view());
     writer.write();
     follower
         .stdout
@@ -404,6 +487,92 @@ fn broadcasts_are_replayed_after_a_restart_and_the_exhibitor_shows_them() {
     late.stdout
         .expect_line("Message from 1 to all: before the restart");
     assert_eq!(late.stdout.next_within(QUIET), None);
+}
+
+/// Issue 21 item 4: ids are reused, so after a restart a replayed message
+/// from id 1 must not look as if it came from whoever holds id 1 now. An
+/// opted-in exhibitor is told the recorded name before it (PROTOCOL.md,
+/// "WHO"); a plain exhibitor gets exactly the plain protocol's replay.
+#[test]
+fn after_a_restart_replay_tells_an_opted_in_exhibitor_the_recorded_names() {
+    use crate::identity::{PLAIN, header, hello, helloack, opt_in, who};
+    let dir = TempDir::new("replay-names");
+    let d = dir.path().to_str().unwrap();
+    let bytes = |frame: Frame| frame.to_bytes().to_vec();
+    {
+        let mut server = Server::start(&["--history", d]);
+        let mut x = server.raw();
+        let x_id = x.identify_exhibitor();
+        let mut alice = server.raw();
+        let alice_id = opt_in(
+            &mut alice,
+            &hello(b"alice", b""),
+            &helloack(0, PLAIN, b"alice"),
+            1,
+        );
+        let mut plain = server.raw();
+        let plain_id = plain.identify_emitter(1);
+        assert_eq!((alice_id, plain_id), (1, 2));
+        broadcast_acked(&mut alice, 1, &mut x, x_id, 1, "hi from alice");
+        broadcast_acked(&mut plain, 2, &mut x, x_id, 1, "hi from a plain client");
+        drop((x, alice, plain));
+        server.proc.signal(libc::SIGINT);
+        assert!(server.proc.wait().success());
+    }
+    // What the server kept, as `evchat history` shows it (after the time).
+    let (code, out, _) = evchat(&["history", d]);
+    let shown: Vec<&str> = out.iter().map(|line| &line[25..]).collect();
+    assert_eq!(
+        (code, shown),
+        (
+            0,
+            vec![
+                "Message from alice to all: hi from alice",
+                "Message from 2 to all: hi from a plain client"
+            ]
+        )
+    );
+    let server = Server::start(&["--history", d]);
+    // bob now holds id 1; no one holds id 2.
+    let mut bob = server.raw();
+    let bob_id = opt_in(
+        &mut bob,
+        &hello(b"bob", b""),
+        &helloack(0, PLAIN, b"bob"),
+        1,
+    );
+    assert_eq!(bob_id, 1);
+    let mut plain_ex = server.raw();
+    let plain_ex_id = plain_ex.identify_exhibitor();
+    assert_eq!(plain_ex.expect_frame(), msg(1, 0, 0, "hi from alice"));
+    assert_eq!(
+        plain_ex.expect_frame(),
+        msg(2, 0, 1, "hi from a plain client")
+    );
+    plain_ex.expect_silence();
+    let mut eve = server.raw();
+    eve.send(&hello(b"eve", b""));
+    expect_exact(&mut eve, &helloack(0, PLAIN, b"eve"));
+    eve.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+    let eve_id = plain_ex_id + 1;
+    expect_exact(&mut eve, &bytes(ok(SERVER_ID, eve_id, 0)));
+    expect_exact(&mut eve, &who(eve_id, 0, 1, PLAIN, b"alice"));
+    expect_exact(&mut eve, &bytes(msg(1, 0, 1, "hi from alice")));
+    expect_exact(&mut eve, &who(eve_id, 2, 2, PLAIN, b""));
+    expect_exact(&mut eve, &bytes(msg(2, 0, 3, "hi from a plain client")));
+    eve.expect_silence();
+    for seq in 0..4 {
+        eve.send(&header(1, eve_id, SERVER_ID, seq));
+    }
+    for seq in 0..2 {
+        plain_ex.send_frame(&ok(plain_ex_id, SERVER_ID, seq));
+    }
+    // bob speaks: eve is told id 1 is bob now; the plain exhibitor is not.
+    bob.send_frame(&msg(1, 0, 1, "bob here"));
+    expect_exact(&mut eve, &who(eve_id, 4, 1, PLAIN, b"bob"));
+    expect_exact(&mut eve, &bytes(msg(1, 0, 1, "bob here")));
+    assert_eq!(plain_ex.expect_frame(), msg(1, 0, 1, "bob here"));
+    plain_ex.expect_silence();
 }
 
 #[test]

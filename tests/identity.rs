@@ -11,7 +11,7 @@ use std::time::Duration;
 
 const S: ClientId = SERVER_ID;
 
-fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
+pub(crate) fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
     [kind, origin, dest, seq]
         .iter()
         .flat_map(|f| f.to_be_bytes())
@@ -19,7 +19,7 @@ fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> Vec<u8> {
 }
 
 /// HELLO(origin 0, dest 65535, seq 0): version 1, `name`, `secret`.
-fn hello(name: &[u8], secret: &[u8]) -> Vec<u8> {
+pub(crate) fn hello(name: &[u8], secret: &[u8]) -> Vec<u8> {
     hello_v(1, name, secret)
 }
 
@@ -35,7 +35,7 @@ fn hello_v(version: u8, name: &[u8], secret: &[u8]) -> Vec<u8> {
 }
 
 /// HELLOACK(65535, 0, seq 0) with `code`, version 1, `roles`, `name`.
-fn helloack(code: u8, roles: u8, name: &[u8]) -> Vec<u8> {
+pub(crate) fn helloack(code: u8, roles: u8, name: &[u8]) -> Vec<u8> {
     let mut wire = header(9, S, 0, 0);
     wire.extend_from_slice(&((4 + name.len()) as u16).to_be_bytes());
     wire.extend_from_slice(&[code, 1, roles, name.len() as u8]);
@@ -63,7 +63,7 @@ fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &[u8]) -> Vec<u8> {
 }
 
 /// HELLO, its HELLOACK as expected, then OI; returns the id.
-fn opt_in(raw: &mut Raw, hello_bytes: &[u8], ack: &[u8], origin: ClientId) -> ClientId {
+pub(crate) fn opt_in(raw: &mut Raw, hello_bytes: &[u8], ack: &[u8], origin: ClientId) -> ClientId {
     raw.send(hello_bytes);
     expect_exact(raw, ack);
     if origin == 0 {
@@ -74,7 +74,7 @@ fn opt_in(raw: &mut Raw, hello_bytes: &[u8], ack: &[u8], origin: ClientId) -> Cl
 }
 
 /// The roles without accounts: view, emit, broadcast.
-const PLAIN: u8 = 7;
+pub(crate) const PLAIN: u8 = 7;
 
 // ---- without accounts --------------------------------------------------
 
@@ -510,7 +510,7 @@ fn over_a_websocket_hello_is_the_first_message_and_a_refusal_closes_1008() {
 // ---- WHO ---------------------------------------------------------------
 
 /// WHO(65535, to, seq): `id` is `name`, with `roles`.
-fn who(to: ClientId, seq: u16, id: ClientId, roles: u8, name: &[u8]) -> Vec<u8> {
+pub(crate) fn who(to: ClientId, seq: u16, id: ClientId, roles: u8, name: &[u8]) -> Vec<u8> {
     let mut wire = header(10, S, to, seq);
     wire.extend_from_slice(&((4 + name.len()) as u16).to_be_bytes());
     wire.extend_from_slice(&id.to_be_bytes());
@@ -830,10 +830,11 @@ mod rules {
     //! and what it sends, with its invariants checked after each step.
 
     use super::{PLAIN, header, msg, who};
+    use evchat::proto::FrameView;
     use evchat::proto::ext::ExtFrame;
     use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
     use evchat::server::Limits;
-    use evchat::testing::{CloseReason, ConnId, Outbox, Router};
+    use evchat::testing::{CloseReason, ConnId, Outbox, Router, Sender};
     use std::time::Instant;
 
     #[derive(Default)]
@@ -841,6 +842,8 @@ mod rules {
         sent: Vec<(ConnId, Vec<u8>)>,
         closed: Vec<(ConnId, ClientId, CloseReason)>,
         resumed: Vec<ConnId>,
+        /// The sender of each accepted MSG, as a history would keep it.
+        accepted: Vec<(Option<String>, u8)>,
     }
 
     impl Outbox for Recorded {
@@ -855,6 +858,168 @@ mod rules {
         }
         fn resume_input(&mut self, conn: ConnId) {
             self.resumed.push(conn);
+        }
+        fn accepted(&mut self, _: &FrameView<'_>, sender: Sender<'_>) -> Option<u64> {
+            self.accepted
+                .push((sender.name.map(String::from), sender.roles));
+            None
+        }
+    }
+
+    /// A sender as a history recovered it.
+    fn recorded(name: Option<&str>, roles: u8) -> Sender<'_> {
+        Sender { name, roles }
+    }
+
+    /// Connects `conn`, accepts its HELLO with `name` and `roles` (None: a
+    /// plain client, no HELLO), and identifies it with OI(`origin`);
+    /// returns what it was sent.
+    fn join_named(
+        r: &mut Router,
+        out: &mut Recorded,
+        conn: ConnId,
+        name: Option<&str>,
+        roles: u8,
+        origin: ClientId,
+    ) -> Vec<Vec<u8>> {
+        let now = Instant::now();
+        r.connected(conn, now);
+        if name.is_some() {
+            r.hello_accepted(conn, name, roles, true, out).unwrap();
+        }
+        r.on_frame(conn, Frame::bare(Kind::Oi, origin, SERVER_ID, 0), now, out);
+        checked(r);
+        let sent = std::mem::take(&mut out.sent);
+        sent.into_iter()
+            .map(|(to, bytes)| {
+                assert_eq!(to, conn);
+                bytes
+            })
+            .collect()
+    }
+
+    /// PROTOCOL.md, "WHO": replay tells an opted-in exhibitor the recorded
+    /// name before a replayed message whose origin id is now someone
+    /// else's or no one's, the holder's when it has the recorded name, and
+    /// each only when it changes; a plain exhibitor gets the plain replay.
+    #[test]
+    fn replay_tells_an_opted_in_exhibitor_the_recorded_names() {
+        let mut r = Router::new(Limits::default());
+        let mut out = Recorded::default();
+        r.set_replay(10, 100_000);
+        for (origin, sender, text) in [
+            (1, recorded(Some("alice"), 15), "hi"),
+            (1, recorded(Some("alice"), 15), "again"),
+            (2, recorded(None, 0), "from a log before names"),
+            (3, recorded(Some("carol"), PLAIN), "c"),
+            (1, recorded(Some("dave"), PLAIN), "d"),
+        ] {
+            r.recall_broadcast(origin, sender, text.as_bytes());
+        }
+        // Now alice holds id 1 (with other roles), bob id 2, no one id 3.
+        join_named(&mut r, &mut out, 0, Some("alice"), PLAIN, 1);
+        join_named(&mut r, &mut out, 1, Some("bob"), PLAIN, 1);
+        assert_eq!(r.client_id(1), Some(2));
+        let eve = join_named(&mut r, &mut out, 2, Some("eve"), PLAIN, 0);
+        assert_eq!(
+            eve,
+            [
+                header(1, SERVER_ID, 4096, 0),
+                // The holder has the recorded name: the holder, as live.
+                who(4096, 0, 1, PLAIN, b"alice"),
+                msg(1, 0, 1, b"hi"),
+                msg(1, 0, 2, b"again"),
+                // Held by another name: the recorded one (none, roles 0).
+                who(4096, 3, 2, 0, b""),
+                msg(2, 0, 4, b"from a log before names"),
+                // Held by no one: the recorded name.
+                who(4096, 5, 3, PLAIN, b"carol"),
+                msg(3, 0, 6, b"c"),
+                who(4096, 7, 1, PLAIN, b"dave"),
+                msg(1, 0, 8, b"d"),
+            ]
+        );
+        let plain = join_named(&mut r, &mut out, 3, None, PLAIN, 0);
+        assert_eq!(
+            plain,
+            [
+                header(1, SERVER_ID, 4097, 0),
+                msg(1, 0, 0, b"hi"),
+                msg(1, 0, 1, b"again"),
+                msg(2, 0, 2, b"from a log before names"),
+                msg(3, 0, 3, b"c"),
+                msg(1, 0, 4, b"d"),
+            ]
+        );
+        // The replay's WHOs and MSGs are acked like live ones.
+        let now = Instant::now();
+        for seq in 0..9 {
+            r.on_frame(
+                2,
+                Frame::bare(Kind::Ok, 4096, SERVER_ID, seq),
+                now,
+                &mut out,
+            );
+        }
+        for seq in 0..5 {
+            r.on_frame(
+                3,
+                Frame::bare(Kind::Ok, 4097, SERVER_ID, seq),
+                now,
+                &mut out,
+            );
+        }
+        assert_eq!(out.sent, []);
+        // alice speaks: eve was last told id 1 is dave, so she is told again.
+        let live = Frame::msg(1, 0, 1, &b"it is alice now"[..]).unwrap();
+        r.on_frame(0, live, now, &mut out);
+        assert_eq!(
+            out.sent,
+            [
+                (2, who(4096, 9, 1, PLAIN, b"alice")),
+                (2, msg(1, 0, 1, b"it is alice now")),
+                (3, msg(1, 0, 1, b"it is alice now")),
+            ]
+        );
+        // And what a history keeps of it: her name and roles.
+        assert_eq!(out.accepted, [(Some("alice".to_string()), PLAIN)]);
+        checked(&r);
+    }
+
+    /// The replay's bound holds with the WHOs: for an opted-in exhibitor
+    /// each message counts a WHO with the longest name on a WebSocket
+    /// (8 + 2 + 28 + 10 = 48 bytes) besides its own framing (20).
+    #[test]
+    fn an_opted_in_replay_counts_a_who_per_message_against_the_cap() {
+        // Five 10-byte broadcasts take 5 * 30 bytes plainly; with a WHO
+        // each, 78 bytes. Two fit in 156 (exactly: a byte more counted per
+        // message leaves one) and in 233 (a byte less lets three in).
+        for cap in [156, 233] {
+            let mut r = Router::new(Limits::default());
+            let mut out = Recorded::default();
+            r.set_replay(10, cap);
+            for text in [
+                "0000000000",
+                "1111111111",
+                "2222222222",
+                "3333333333",
+                "4444444444",
+            ] {
+                r.recall_broadcast(1, recorded(Some("alice"), PLAIN), text.as_bytes());
+            }
+            let plain = join_named(&mut r, &mut out, 0, None, PLAIN, 0);
+            assert_eq!(plain.len(), 1 + 5, "the OK and all five: {plain:?}");
+            let eve = join_named(&mut r, &mut out, 1, Some("eve"), PLAIN, 0);
+            assert_eq!(
+                eve,
+                [
+                    header(1, SERVER_ID, 4097, 0),
+                    who(4097, 0, 1, PLAIN, b"alice"),
+                    msg(1, 0, 1, b"3333333333"),
+                    msg(1, 0, 2, b"4444444444"),
+                ],
+                "cap {cap}"
+            );
         }
     }
 

@@ -859,8 +859,15 @@ mod history {
     use super::{msg, ok};
     use evchat::proto::{ClientId, Frame, FrameView, Kind, MAX_TEXT_LEN, SERVER_ID};
     use evchat::server::Limits;
-    use evchat::testing::{CloseReason, ConnId, Outbox, REPLAY_FRAMING, Router};
+    use evchat::testing::{CloseReason, ConnId, Outbox, REPLAY_FRAMING, Router, Sender};
     use std::time::Instant;
+
+    /// A recorded sender with no name (a plain client, or a log from
+    /// before names were kept).
+    const NO_NAME: Sender<'static> = Sender {
+        name: None,
+        roles: 0,
+    };
 
     /// An outbox that numbers the MSGs the router accepts, as the server's does
     /// with history on.
@@ -876,7 +883,7 @@ mod history {
         }
         fn close(&mut self, _: ConnId, _: ClientId, _: CloseReason) {}
         fn resume_input(&mut self, _: ConnId) {}
-        fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
+        fn accepted(&mut self, msg: &FrameView<'_>, _: Sender<'_>) -> Option<u64> {
             self.accepted.push(msg.to_frame());
             Some(self.accepted.len() as u64 - 1)
         }
@@ -959,7 +966,7 @@ mod history {
         let too_long = "x".repeat(cap);
         s.router.set_replay(10, cap);
         for (origin, text) in [old("12345"), old("6789"), old("abcde"), old(&too_long)] {
-            s.router.recall_broadcast(origin, &text);
+            s.router.recall_broadcast(origin, NO_NAME, &text);
         }
         assert_eq!(s.join(0, 0).len(), 1, "nothing fits after the too-long one");
         s.join(1, 1);
@@ -985,7 +992,7 @@ mod history {
         let empty = || (1, bytes::Bytes::new());
         s.router.set_replay(1000, 3 * REPLAY_FRAMING);
         for (origin, text) in std::iter::repeat_with(empty).take(100) {
-            s.router.recall_broadcast(origin, &text);
+            s.router.recall_broadcast(origin, NO_NAME, &text);
         }
         let joined = s.join(0, 0);
         assert_eq!(joined.len(), 1 + 3, "the OK and three replays: {joined:?}");
@@ -1013,7 +1020,7 @@ mod history {
     fn router_a_replayed_message_waits_the_ack_timeout_for_its_ack() {
         let mut s = Scene::new();
         s.router.set_replay(2, 1000);
-        s.router.recall_broadcast(7, b"from before");
+        s.router.recall_broadcast(7, NO_NAME, b"from before");
         assert_eq!(s.join(0, 0).len(), 2, "the OK and the replay");
         let ack_timeout = Limits::default().ack_timeout;
         let just_before = s.now + ack_timeout - std::time::Duration::from_millis(1);
@@ -1027,7 +1034,7 @@ mod history {
     fn router_replays_the_last_broadcasts_and_absorbs_their_acks() {
         let mut s = Scene::new();
         s.router.set_replay(2, 1000);
-        s.router.recall_broadcast(7, b"from before");
+        s.router.recall_broadcast(7, NO_NAME, b"from before");
         let joined = s.join(0, 0);
         assert_eq!(
             joined,

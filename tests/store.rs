@@ -9,7 +9,9 @@
 use crate::util::*;
 use evchat::proto::MAX_TEXT_LEN;
 use evchat::store::{Fsync, Item, Reader, StoreError};
-use evchat::testing::store_format::{RECORD_HEADER_LEN, SEGMENT_MAGIC, encode_record};
+use evchat::testing::store_format::{
+    RECORD_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, encode_record, encode_record_v1,
+};
 use evchat::testing::{Log, Notice, Opened, Options, Record, Ticket, Writer};
 use proptest::prelude::*;
 use std::fs;
@@ -25,11 +27,14 @@ pub(crate) fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.log"))
 }
 
+/// A record from a sender with no name.
 pub(crate) fn record(time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> Record {
     Record {
         time_ms,
         origin,
         dest,
+        roles: 0,
+        name: String::new(),
         text: text.to_vec(),
     }
 }
@@ -53,9 +58,14 @@ pub(crate) fn records(n: usize) -> Vec<Record> {
 pub(crate) fn encode(records: &[Record]) -> Vec<u8> {
     let mut bytes = Vec::new();
     for r in records {
-        encode_record(&mut bytes, r.time_ms, r.origin, r.dest, &r.text);
+        encode_record(&mut bytes, r.view());
     }
     bytes
+}
+
+/// A record's size on disk: 22 bytes, the sender's name and the text.
+pub(crate) fn encoded_len(r: &Record) -> u64 {
+    (RECORD_HEADER_LEN + 14 + r.name.len() + r.text.len()) as u64
 }
 
 /// A segment file's bytes: the header, then `records`.
@@ -115,7 +125,7 @@ pub(crate) fn record_offsets(records: &[Record]) -> Vec<u64> {
         .iter()
         .map(|r| {
             let start = at;
-            at += (RECORD_HEADER_LEN + 12 + r.text.len()) as u64;
+            at += encoded_len(r);
             start
         })
         .collect()
@@ -148,7 +158,7 @@ pub(crate) fn wait_settled(writer: &Writer, settled: &Receiver<()>, ticket: Tick
 fn append_all(writer: &mut Writer, records: &[Record]) -> Ticket {
     let mut last = 0;
     for r in records {
-        last = writer.append(r.time_ms, r.origin, r.dest, &r.text);
+        last = writer.append(&r.view());
     }
     last
 }
@@ -160,6 +170,176 @@ pub(crate) fn evchat(args: &[&str]) -> (i32, Vec<String>, Vec<String>) {
     let out = p.stdout.rest();
     let err = p.stderr.rest();
     (status.code().expect("exit code"), out, err)
+}
+
+/// A record from a sender with a name and roles.
+pub(crate) fn named(time_ms: u64, origin: u16, dest: u16, name: &str, text: &[u8]) -> Record {
+    Record {
+        roles: 7,
+        name: name.to_string(),
+        ..record(time_ms, origin, dest, text)
+    }
+}
+
+/// A version 1 segment (the format before names were kept), as evchat
+/// wrote it then: the magic, then `records` (their names and roles are not
+/// written).
+pub(crate) fn segment_bytes_v1(records: &[Record]) -> Vec<u8> {
+    let mut bytes = SEGMENT_MAGIC_V1.to_vec();
+    for r in records {
+        encode_record_v1(&mut bytes, r.time_ms, r.origin, r.dest, &r.text);
+    }
+    bytes
+}
+
+// ---- names and the two formats -------------------------------------------
+
+#[test]
+fn a_record_keeps_its_senders_name_and_roles_through_the_writer_and_a_reopen() {
+    let dir = TempDir::new("named");
+    let all = vec![
+        named(1, 1, 0, "alice", b"hi all"),
+        record(2, 2, 0, b"from a plain client"),
+        named(3, 3, 4096, "Bob_the-2.0", b""),
+        named(4, 1, 0, &"L".repeat(24), b"the longest name"),
+    ];
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let last = append_all(&mut writer, &all);
+    writer.write();
+    wait_settled(&writer, &settled, last);
+    drop(writer);
+    // The bytes on disk are the format's, record after record.
+    assert_eq!(
+        fs::read(segment_path(dir.path(), 0)).unwrap(),
+        segment_bytes(&all)
+    );
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+    let mut recovered = Vec::new();
+    let reopened = Log::open(dir.path(), big_log(), |r| recovered.push(r.to_record())).unwrap();
+    assert_eq!((reopened.records, reopened.notices), (4, vec![]));
+    assert_eq!(recovered, all);
+}
+
+#[test]
+fn an_old_format_log_still_reads_and_new_records_go_to_a_new_segment() {
+    let dir = TempDir::new("old-format");
+    let old = records(3);
+    let old_bytes = segment_bytes_v1(&old);
+    let first = segment_path(dir.path(), 0);
+    fs::write(&first, &old_bytes).unwrap();
+    // Read as records with no name and roles 0, by a reader and at open.
+    assert_eq!(read_all(dir.path()), numbered(&old, 0));
+    let mut recovered = Vec::new();
+    let opened = Log::open(dir.path(), big_log(), |r| recovered.push(r.to_record())).unwrap();
+    assert_eq!(recovered, old);
+    assert_eq!(opened.records, 3);
+    let next = segment_path(dir.path(), 3);
+    let notice = Notice::NewFormat {
+        file: first.clone(),
+        next: next.clone(),
+    };
+    assert_eq!(opened.notices, vec![notice.clone()]);
+    assert_eq!(
+        notice.to_string(),
+        format!(
+            "{}: written by an earlier evchat (format 1, without names): kept as it is; \
+             new records go to {} (format 2)",
+            first.display(),
+            next.display()
+        )
+    );
+    let new = [named(10, 1, 0, "alice", b"after the upgrade")];
+    let mut log = opened.log;
+    log.append(&encode(&new)).unwrap();
+    drop(log);
+    assert_eq!(
+        fs::read(&first).unwrap(),
+        old_bytes,
+        "the old segment is kept as it was"
+    );
+    assert_eq!(fs::read(&next).unwrap(), segment_bytes(&new));
+    let both: Vec<Record> = old.iter().chain(&new).cloned().collect();
+    assert_eq!(read_all(dir.path()), numbered(&both, 0));
+    // Once past it, a reopen has nothing to say.
+    let reopened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!((reopened.records, reopened.notices), (4, vec![]));
+}
+
+#[test]
+fn an_old_format_segment_with_no_record_is_rewritten_in_the_new_format() {
+    let dir = TempDir::new("old-format-empty");
+    let path = segment_path(dir.path(), 0);
+    fs::write(&path, SEGMENT_MAGIC_V1).unwrap();
+    let mut opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!((opened.records, &opened.notices[..]), (0, &[][..]));
+    assert_eq!(fs::read(&path).unwrap(), SEGMENT_MAGIC);
+    let new = [named(1, 1, 0, "alice", b"first")];
+    opened.log.append(&encode(&new)).unwrap();
+    drop(opened);
+    assert_eq!(fs::read(&path).unwrap(), segment_bytes(&new));
+}
+
+#[test]
+fn an_old_format_torn_tail_is_cut_by_its_own_layout_then_rolled_past() {
+    let dir = TempDir::new("old-format-torn");
+    let old = records(3);
+    let whole = segment_bytes_v1(&old);
+    // Version 1 records are 20 bytes and the text.
+    let last = whole.len() as u64 - (20 + old[2].text.len()) as u64;
+    let path = segment_path(dir.path(), 0);
+    fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!(
+        opened.notices,
+        vec![
+            Notice::TornTail {
+                file: path.clone(),
+                offset: last,
+                dropped: whole.len() as u64 - 1 - last,
+            },
+            Notice::NewFormat {
+                file: path.clone(),
+                next: segment_path(dir.path(), 2),
+            },
+        ]
+    );
+    drop(opened);
+    assert_eq!(read_all(dir.path()), numbered(&old[..2], 0));
+}
+
+/// A name field that a right checksum covers but that is not a name the
+/// format keeps stops the open like any corruption, naming file, offset
+/// and what is wrong, even in the last record of the last segment.
+#[test]
+fn a_bad_name_field_is_corruption_even_in_the_last_record() {
+    let dir = TempDir::new("bad-name");
+    let all = [
+        named(1, 1, 0, "alice", b"hi"),
+        named(2, 1, 0, "alice", b"hi"),
+    ];
+    let mut bytes = segment_bytes(&all);
+    let bad = record_offsets(&all)[1];
+    let name = bad as usize + RECORD_HEADER_LEN + 14;
+    bytes[name] = b'\n';
+    let crc = crc32c::crc32c(&bytes[bad as usize + 4..]);
+    bytes[bad as usize..bad as usize + 4].copy_from_slice(&crc.to_be_bytes());
+    let path = segment_path(dir.path(), 0);
+    fs::write(&path, &bytes).unwrap();
+    let e = open_log(dir.path(), big_log()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: corrupt at offset {bad}: the sender's name is not 0 to 24 printable ASCII \
+             bytes inside the record (--history-repair cuts the segment there)",
+            path.display()
+        )
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        bytes,
+        "nothing is cut without --history-repair"
+    );
 }
 
 // ---- recovery ----------------------------------------------------------
@@ -476,7 +656,7 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     let all: Vec<Record> = (0..12)
         .map(|i| record(1_000 + i, 1, 0, format!("same length {i:02}").as_bytes()))
         .collect();
-    let record_len = (8 + 12 + all[0].text.len()) as u64;
+    let record_len = (8 + 14 + all[0].text.len()) as u64;
     let options = Options {
         segment_bytes: 8 + 5 * record_len,
         ..big_log()
@@ -518,7 +698,7 @@ fn turns_that_fit_their_segment_still_number_the_next_ones() {
     let all: Vec<Record> = (0..13)
         .map(|i| record(2_000 + i, 2, 0, format!("same length {i:02}").as_bytes()))
         .collect();
-    let record_len = (8 + 12 + all[0].text.len()) as u64;
+    let record_len = (8 + 14 + all[0].text.len()) as u64;
     let options = Options {
         segment_bytes: 8 + 5 * record_len,
         ..big_log()
@@ -552,7 +732,7 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     let dir = TempDir::new("retention-errors");
     // Ten segments of five records each.
     let text = [b'r'; 50];
-    let record_len = (RECORD_HEADER_LEN + 12 + text.len()) as u64;
+    let record_len = (RECORD_HEADER_LEN + 14 + text.len()) as u64;
     let segment_bytes = SEGMENT_MAGIC.len() as u64 + 5 * record_len;
     let options = Options {
         max_bytes: 2 * segment_bytes,
@@ -562,7 +742,7 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     let mut log = open_log(dir.path(), options).unwrap().log;
     let mut batch = Vec::new();
     for i in 0..50 {
-        encode_record(&mut batch, i, 1, 0, &text);
+        encode_record(&mut batch, record(i, 1, 0, &text).view());
     }
     log.append(&batch).unwrap();
     // Someone removed the oldest segment; a directory took the next one's
@@ -860,7 +1040,7 @@ fn under_no_a_roll_syncs_the_full_segment_but_never_the_active_one() {
     let opened = open_log(dir.path(), options).unwrap();
     let (mut writer, _) = start_writer(opened.log, Fsync::No);
     for r in &records(3) {
-        writer.append(r.time_ms, r.origin, r.dest, &[b'x'; 100]);
+        writer.append(&record(r.time_ms, r.origin, r.dest, &[b'x'; 100]).view());
         writer.write();
     }
     assert!(segment_files(dir.path()).len() > 1, "no roll");
@@ -873,7 +1053,7 @@ fn under_everysec_a_write_is_synced_without_a_roll_or_a_close() {
     let dir = TempDir::new("everysec-sync");
     let opened = open_log(dir.path(), big_log()).unwrap();
     let (mut writer, _) = start_writer(opened.log, Fsync::EverySec);
-    writer.append(1, 1, 0, b"synced within a second");
+    writer.append(&record(1, 1, 0, b"synced within a second").view());
     writer.write();
     assert_eq!(wait_syncs(&writer, 0, 1), (0, 1));
 }
@@ -885,12 +1065,12 @@ fn a_batch_buffer_over_a_mebibyte_is_freed_a_smaller_one_kept() {
     let (mut writer, _) = start_writer(opened.log, Fsync::No);
     let text = vec![b'x'; MAX_TEXT_LEN];
     for _ in 0..20 {
-        writer.append(1, 1, 0, &text);
+        writer.append(&record(1, 1, 0, &text).view());
     }
     assert!(writer.batch_capacity() > 1 << 20);
     writer.write();
     assert_eq!(writer.batch_capacity(), 0, "a burst's buffer is freed");
-    writer.append(2, 1, 0, &text);
+    writer.append(&record(2, 1, 0, &text).view());
     let small = writer.batch_capacity();
     writer.write();
     assert_eq!(writer.batch_capacity(), small, "a usual buffer is kept");
@@ -1057,12 +1237,12 @@ fn roll_failure_child() {
     };
     let opened = open_log(&dir, options).unwrap();
     let (mut writer, _) = start_writer(opened.log, Fsync::No);
-    writer.append(1, 1, 0, b"first");
+    writer.append(&record(1, 1, 0, b"first").view());
     writer.write();
     // Too small for a segment's header: the roll creates the next segment,
     // cannot write its magic, and must take the file away again.
     set_file_size_limit(Some(4)).unwrap();
-    let ticket = writer.append(2, 1, 0, b"second");
+    let ticket = writer.append(&record(2, 1, 0, b"second").view());
     writer.write();
     assert!(!writer.is_keeping());
     assert_eq!(writer.settled(), ticket + 1, "given up on, and settled");
@@ -1073,7 +1253,7 @@ fn roll_failure_child() {
         "no segment left behind by the failed roll"
     );
     set_file_size_limit(None).unwrap();
-    writer.append(3, 1, 0, b"third");
+    writer.append(&record(3, 1, 0, b"third").view());
     writer.write();
     assert!(writer.is_keeping());
     drop(writer);
@@ -1104,7 +1284,7 @@ fn full_disk_child() {
     // one cut short is cut off.
     let mut last = 0;
     for i in 0..20 {
-        last = writer.append(i, 1, 0, &text);
+        last = writer.append(&record(i, 1, 0, &text).view());
     }
     writer.write();
     wait_settled(&writer, &settled, last);
@@ -1113,7 +1293,7 @@ fn full_disk_child() {
     assert_eq!(read_all(&dir).len() as u64, whole);
     // Each new message tries again, fails, and is settled all the same.
     for i in 20..30 {
-        let ticket = writer.append(i, 1, 0, &text);
+        let ticket = writer.append(&record(i, 1, 0, &text).view());
         writer.write();
         wait_settled(&writer, &settled, ticket);
         assert!(!writer.is_keeping());
@@ -1121,7 +1301,7 @@ fn full_disk_child() {
     let kept = whole;
     // Room again: the next write succeeds and history is back on.
     set_file_size_limit(None).unwrap();
-    let ticket = writer.append(99, 2, 0, b"after");
+    let ticket = writer.append(&record(99, 2, 0, b"after").view());
     writer.write();
     wait_settled(&writer, &settled, ticket);
     assert!(writer.is_keeping());
@@ -1258,6 +1438,9 @@ fn arbitrary_records() -> impl Strategy<Value = Vec<Record>> {
                 time_ms,
                 origin,
                 dest,
+                roles: origin as u8,
+                // Named and unnamed senders, names of every length.
+                name: "n".repeat(usize::from(origin % 25)),
                 text,
             }),
         1..40,
@@ -1297,7 +1480,7 @@ proptest! {
         prop_assert_eq!(reopened.records, all.len() as u64);
         drop(reopened);
         prop_assert_eq!(read_all(dir.path()), numbered(&all, 0));
-        let longest = all.iter().map(|r| r.text.len() as u64 + 20).max().unwrap();
+        let longest = all.iter().map(encoded_len).max().unwrap();
         for (_, path, len) in segment_files(dir.path()) {
             prop_assert!(len <= segment_bytes.max(8 + longest), "{}: {len}", path.display());
         }
@@ -1357,8 +1540,8 @@ proptest! {
         // The whole records of the last segment that end by the cut.
         let mut end = SEGMENT_MAGIC.len() as u64;
         let mut kept = last_base as usize;
-        while kept < all.len() && end + 20 + all[kept].text.len() as u64 <= cut_at {
-            end += 20 + all[kept].text.len() as u64;
+        while kept < all.len() && end + encoded_len(&all[kept]) <= cut_at {
+            end += encoded_len(&all[kept]);
             kept += 1;
         }
         let reopened = open_log(dir.path(), options).unwrap();

@@ -15,17 +15,17 @@
 //!   last record ended;
 //! * a final step, asked for again, comes again unchanged;
 //! * everything equals an independent reading of HISTORY.md's rules: the
-//!   header, the records, and where and why reading stops (end, torn tail,
-//!   or corruption with its kind).
+//!   header and its format version (`EVCHLOG2` with the sender's roles and
+//!   name in each record, `EVCHLOG1` without), the records, and where and
+//!   why reading stops (end, torn tail, or corruption with its kind, a bad
+//!   name field among them).
 #![no_main]
 
 use evchat::testing::store_format::{
-    Cursor, Damage, MAX_BODY_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC, Step,
-    encode_record,
+    Cursor, Damage, Format, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC,
+    SEGMENT_MAGIC_V1, Step, encode_record, encode_record_v1,
 };
 use libfuzzer_sys::fuzz_target;
-
-const BODY_FIXED_LEN: usize = 12;
 
 #[derive(Debug, PartialEq)]
 enum Stop {
@@ -43,29 +43,49 @@ struct Reading {
 fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
     let mut cursor = read_ahead.map_or_else(Cursor::new, Cursor::with_read_ahead);
     let end = segment.len() as u64;
-    let bound = 2 * read_ahead.unwrap_or(0).max(256 * 1024).max(2 * MAX_RECORD_LEN);
+    let bound = 2 * read_ahead
+        .unwrap_or(0)
+        .max(256 * 1024)
+        .max(2 * MAX_RECORD_LEN);
     let mut records = Vec::new();
     let mut expected_offset = SEGMENT_MAGIC.len() as u64;
+    // The format the magic names: records are re-encoded in it.
+    let format = if segment.get(..8) == Some(&SEGMENT_MAGIC_V1[..]) {
+        Format::V1
+    } else {
+        Format::V2
+    };
     let stop = loop {
         let step = cursor.next(segment, end, last).expect("slices do not fail");
         let stop = match step {
             Step::Record { offset, record } => {
                 assert_eq!(offset, expected_offset, "records must follow each other");
                 let mut encoded = Vec::new();
-                encode_record(
-                    &mut encoded,
-                    record.time_ms,
-                    record.origin,
-                    record.dest,
-                    record.text,
-                );
+                match format {
+                    Format::V2 => {
+                        encode_record(&mut encoded, record);
+                        assert_eq!(encoded.len(), record.encoded_len());
+                    }
+                    Format::V1 => {
+                        assert_eq!((record.roles, record.name), (0, ""));
+                        let (time, origin, dest) = (record.time_ms, record.origin, record.dest);
+                        encode_record_v1(&mut encoded, time, origin, dest, record.text);
+                    }
+                }
                 let at = offset as usize;
-                assert_eq!(encoded.len(), record.encoded_len());
-                assert_eq!(&segment[at..at + encoded.len()], &encoded[..], "re-encoding");
+                assert_eq!(
+                    &segment[at..at + encoded.len()],
+                    &encoded[..],
+                    "re-encoding"
+                );
                 expected_offset = offset + encoded.len() as u64;
                 records.push((offset, record.to_record()));
                 assert_eq!(cursor.offset(), expected_offset);
-                assert!(cursor.buffer_capacity() <= bound, "buffer grew past its bound");
+                assert_eq!(cursor.format(), format);
+                assert!(
+                    cursor.buffer_capacity() <= bound,
+                    "buffer grew past its bound"
+                );
                 continue;
             }
             Step::End => Stop::End,
@@ -80,7 +100,10 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
             Step::Corrupt { offset, damage } => Stop::Corrupt { offset, damage },
         };
         assert_eq!(again, stop, "a final step must repeat");
-        assert!(cursor.buffer_capacity() <= bound, "buffer grew past its bound");
+        assert!(
+            cursor.buffer_capacity() <= bound,
+            "buffer grew past its bound"
+        );
         break stop;
     };
     match &stop {
@@ -96,12 +119,19 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
 fn reference(segment: &[u8], last: bool) -> Reading {
     let end = segment.len() as u64;
     let u32_at = |i: usize| u32::from_be_bytes(segment[i..i + 4].try_into().unwrap());
+    // Version 2: 14 fixed body bytes, a name of up to 24; version 1: 12.
+    let version_2 = segment.get(..8) != Some(&SEGMENT_MAGIC_V1[..]);
+    let (fixed, longest) = if version_2 {
+        (14, 14 + 24 + 65_535)
+    } else {
+        (12, 12 + 65_535)
+    };
     let whole_record_at = |i: usize| -> bool {
         if segment.len() - i < RECORD_HEADER_LEN {
             return false;
         }
         let body = u32_at(i + 4) as usize;
-        (BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body)
+        (fixed..=longest).contains(&body)
             && i + RECORD_HEADER_LEN + body <= segment.len()
             && crc32c::crc32c(&segment[i + 4..i + RECORD_HEADER_LEN + body]) == u32_at(i)
     };
@@ -113,7 +143,7 @@ fn reference(segment: &[u8], last: bool) -> Reading {
             stop: Stop::End,
         };
     }
-    if segment.len() < 8 || segment[..8] != SEGMENT_MAGIC {
+    if segment.len() < 8 || segment[..8] != SEGMENT_MAGIC && segment[..8] != SEGMENT_MAGIC_V1 {
         let short = segment.len() < 8;
         let stop = if last && (zero || short && SEGMENT_MAGIC.starts_with(segment)) {
             Stop::Torn {
@@ -124,6 +154,11 @@ fn reference(segment: &[u8], last: bool) -> Reading {
             Stop::Corrupt {
                 offset: 0,
                 damage: Damage::Incomplete,
+            }
+        } else if segment.starts_with(b"EVCHLOG") && segment[7].is_ascii_digit() {
+            Stop::Corrupt {
+                offset: 0,
+                damage: Damage::UnknownVersion(segment[7]),
             }
         } else {
             Stop::Corrupt {
@@ -144,13 +179,40 @@ fn reference(segment: &[u8], last: bool) -> Reading {
         if whole_record_at(at) {
             let body = u32_at(at + 4) as usize;
             let b = &segment[at + RECORD_HEADER_LEN..at + RECORD_HEADER_LEN + body];
+            let (roles, name, text) = if version_2 {
+                let name_len = b[13] as usize;
+                let name = b.get(14..14 + name_len);
+                match name {
+                    Some(name)
+                        if name_len <= 24 && name.iter().all(|c| (0x21..=0x7e).contains(c)) =>
+                    {
+                        (
+                            b[12],
+                            String::from_utf8(name.to_vec()).unwrap(),
+                            &b[14 + name_len..],
+                        )
+                    }
+                    // A right checksum over a wrong name: corruption, last or not.
+                    _ => {
+                        let stop = Stop::Corrupt {
+                            offset: at as u64,
+                            damage: Damage::BadName,
+                        };
+                        return Reading { records, stop };
+                    }
+                }
+            } else {
+                (0, String::new(), &b[12..])
+            };
             records.push((
                 at as u64,
                 Record {
                     time_ms: u64::from_be_bytes(b[0..8].try_into().unwrap()),
                     origin: u16::from_be_bytes([b[8], b[9]]),
                     dest: u16::from_be_bytes([b[10], b[11]]),
-                    text: b[12..].to_vec(),
+                    roles,
+                    name,
+                    text: text.to_vec(),
                 },
             ));
             at += RECORD_HEADER_LEN + body;
@@ -160,7 +222,7 @@ fn reference(segment: &[u8], last: bool) -> Reading {
             Damage::Incomplete
         } else {
             let body = u32_at(at + 4);
-            if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&(body as usize)) {
+            if !(fixed..=longest).contains(&(body as usize)) {
                 Damage::BadLength(body)
             } else if at + RECORD_HEADER_LEN + body as usize > segment.len() {
                 Damage::Incomplete
@@ -199,5 +261,9 @@ fuzz_target!(|data: &[u8]| {
     let small = read(segment, last, Some(read_ahead));
     let default = read(segment, last, None);
     assert_eq!(small, default, "the read-ahead size changed what was read");
-    assert_eq!(small, reference(segment, last), "the cursor disagrees with HISTORY.md");
+    assert_eq!(
+        small,
+        reference(segment, last),
+        "the cursor disagrees with HISTORY.md"
+    );
 });

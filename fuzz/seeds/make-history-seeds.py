@@ -2,13 +2,17 @@
 """Writes the committed seed inputs of the `history` fuzz target into
 fuzz/seeds/history/. Each input is a flags byte (bit 0: the segment is the
 log's last), a 2-byte big-endian read-ahead selector, then a segment file as
-HISTORY.md lays it out (see fuzz_targets/history.rs). Rerun after changing
-the list; the names are the seeds' roles, so reruns are stable."""
+HISTORY.md lays it out (see fuzz_targets/history.rs). The seeds without a
+prefix are version 1 segments (EVCHLOG1, the format before names were kept),
+the `v2-` ones version 2 (EVCHLOG2, with the sender's roles and name). Rerun
+after changing the list; the names are the seeds' roles, so reruns are
+stable."""
 import os
 import struct
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history")
 MAGIC = b"EVCHLOG1"
+MAGIC2 = b"EVCHLOG2"
 
 
 def crc32c(data):
@@ -26,6 +30,19 @@ def record(time_ms, origin, dest, text):
     return struct.pack(">I", crc32c(length + body)) + length + body
 
 
+def record2(time_ms, origin, dest, roles, name, text):
+    body = struct.pack(">QHHBB", time_ms, origin, dest, roles, len(name)) + name + text
+    length = struct.pack(">I", len(body))
+    return struct.pack(">I", crc32c(length + body)) + length + body
+
+
+def with_name_field(name_len, name, text):
+    """A version 2 record whose name field is as given, its checksum right."""
+    body = struct.pack(">QHHBB", 5, 1, 0, 7, name_len) + name + text
+    length = struct.pack(">I", len(body))
+    return struct.pack(">I", crc32c(length + body)) + length + body
+
+
 def seed(last, read_ahead, segment):
     return bytes([1 if last else 0]) + struct.pack(">H", read_ahead) + segment
 
@@ -35,6 +52,13 @@ THREE = MAGIC + b"".join(
         record(1764596702123, 1, 0, b"hello everyone"),
         record(1764596703000, 2, 4096, b"Oi, tudo bem?"),
         record(1764596704500, 1, 0, b"\xff\x00 not utf-8"),
+    ]
+)
+THREE2 = MAGIC2 + b"".join(
+    [
+        record2(1764596702123, 1, 0, 7, b"alice", b"hello everyone"),
+        record2(1764596703000, 2, 4096, 7, b"", b"from a plain client"),
+        record2(1764596704500, 1, 0, 15, b"Bob_the-2.0", b"\xff\x00 not utf-8"),
     ]
 )
 SECOND = len(MAGIC) + 8 + 12 + len(b"hello everyone")
@@ -53,7 +77,18 @@ SEEDS = {
     "zero-tail": seed(True, 64, THREE + bytes(40)),
     "flipped-bit-middle": seed(True, 16, bytes(FLIPPED)),
     "length-past-end-middle": seed(True, 16, bytes(HUGE_LENGTH)),
-    "bad-magic": seed(True, 16, b"EVCHLOG2" + THREE[8:]),
+    "bad-magic": seed(True, 16, b"EVCHLOGX" + THREE[8:]),
+    "unknown-version": seed(False, 16, b"EVCHLOG3" + THREE[8:]),
+    "v2-three-records": seed(True, 5, THREE2),
+    "v2-three-records-sealed": seed(False, 4095, THREE2),
+    "v2-torn-in-name": seed(True, 7, THREE2[: len(MAGIC2) + 8 + 14 + 3]),
+    "v2-longest-name": seed(
+        True, 64, MAGIC2 + record2(9, 3, 0, 15, b"N" * 24, b"") + record2(9, 3, 0, 15, b"n", b"x")
+    ),
+    "v2-name-past-body": seed(True, 16, MAGIC2 + with_name_field(9, b"abc", b"")),
+    "v2-name-over-24": seed(True, 16, MAGIC2 + with_name_field(25, b"A" * 25, b"hi")),
+    "v2-name-not-printable": seed(False, 16, MAGIC2 + with_name_field(3, b"a\x1bb", b"hi")),
+    "v1-record-in-v2-segment": seed(True, 16, MAGIC2 + THREE[8:]),
     "record-inside-torn-record": seed(
         True, 32, MAGIC + record(1, 1, 0, record(2, 2, 0, b"inner") + b"xy")[:-1]
     ),

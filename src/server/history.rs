@@ -2,11 +2,15 @@
 //! log at start, appending each MSG the router accepts, writing each turn's
 //! records at the end of the turn, and telling the router which replies
 //! held for durability may go. The loop owns the store; the router sees
-//! only record numbers, and at open the broadcasts the log recovered (its
-//! replay window keeps what fits). Without history none of this runs.
+//! only record numbers, and at open the broadcasts the log recovered with
+//! their senders' names (its replay window keeps what fits). The router
+//! hands over each accepted MSG's sender, whose name and roles the record
+//! keeps. Without history none of this runs.
 
 use super::{Server, Wire};
 use crate::proto::{BROADCAST, FrameView};
+use crate::router::Sender;
+use crate::store::format::RecordView;
 use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -77,12 +81,16 @@ impl Server {
         let router = &mut self.router;
         let opened = Log::open(&config.dir, options, |record| {
             if record.dest == BROADCAST {
-                router.recall_broadcast(record.origin, record.text);
+                let sender = Sender {
+                    name: (!record.name.is_empty()).then_some(record.name),
+                    roles: record.roles,
+                };
+                router.recall_broadcast(record.origin, sender, record.text);
             }
         })?;
         for notice in &opened.notices {
             match notice {
-                Notice::Retired { .. } => info!("history: {notice}"),
+                Notice::Retired { .. } | Notice::NewFormat { .. } => info!("history: {notice}"),
                 _ => warn!("history: {notice}"),
             }
         }
@@ -122,15 +130,22 @@ fn replay_max_bytes(max_queue: usize) -> usize {
 }
 
 impl History {
-    /// Appends an accepted MSG; returns the number its reply waits for.
-    pub(super) fn append(&mut self, msg: &FrameView<'_>) -> Ticket {
+    /// Appends an accepted MSG from `sender`; returns the number its reply
+    /// waits for.
+    pub(super) fn append(&mut self, msg: &FrameView<'_>, sender: Sender<'_>) -> Ticket {
         let time_ms = *self.turn_time_ms.get_or_insert_with(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64)
         });
-        let text = msg.text().unwrap_or_default();
-        self.writer.append(time_ms, msg.origin, msg.dest, text)
+        self.writer.append(&RecordView {
+            time_ms,
+            origin: msg.origin,
+            dest: msg.dest,
+            roles: sender.roles,
+            name: sender.name.unwrap_or_default(),
+            text: msg.text().unwrap_or_default(),
+        })
     }
 
     /// End of a loop turn, after its output is flushed (the replies that
@@ -150,7 +165,7 @@ impl History {
 impl Wire {
     /// See [`crate::router::Outbox::accepted`].
     #[inline]
-    pub(super) fn keep(&mut self, msg: &FrameView<'_>) -> Option<Ticket> {
-        Some(self.history.as_mut()?.append(msg))
+    pub(super) fn keep(&mut self, msg: &FrameView<'_>, sender: Sender<'_>) -> Option<Ticket> {
+        Some(self.history.as_mut()?.append(msg, sender))
     }
 }

@@ -9,7 +9,7 @@ use super::history::History;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
 use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
-use crate::router::{CloseReason, ConnId, Outbox};
+use crate::router::{CloseReason, ConnId, Outbox, Sender};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::fmt;
@@ -274,7 +274,7 @@ impl Outbox for Wire {
     }
 
     #[inline]
-    fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
-        self.keep(msg)
+    fn accepted(&mut self, msg: &FrameView<'_>, sender: Sender<'_>) -> Option<u64> {
+        self.keep(msg, sender)
     }
 }

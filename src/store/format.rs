@@ -4,29 +4,79 @@
 //! opened here: the cursor reads through a [`Source`] (a file, or a byte
 //! slice for tests and fuzzing), so recovery, the read-only reader and the
 //! fuzz target all share one reading of the format.
+//!
+//! Two formats are read, each segment in the one its magic names: version
+//! 2, written now, keeps the sender's roles and name in each record;
+//! version 1, written by evchat before names were kept, is read as records
+//! with no name and roles 0 (not recorded).
 
-// A record holds a MSG's text: its longest is the protocol's.
+// A record holds a MSG's text: its longest is the protocol's; and the
+// sender's name, at most as long as the server ever sends one.
 use crate::proto::MAX_TEXT_LEN;
+use crate::proto::ext::MAX_SENT_NAME_LEN;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::FileExt;
 
-/// The first 8 bytes of every segment: what it is and the format version.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG1";
+/// The first 8 bytes of every segment written now: what it is and the
+/// format version (the last byte).
+pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG2";
+/// The magic of a version 1 segment: read, never written.
+pub const SEGMENT_MAGIC_V1: [u8; 8] = *b"EVCHLOG1";
 /// Bytes before a record's body: CRC32C (4) and body length (4).
 pub const RECORD_HEADER_LEN: usize = 8;
-/// Body bytes before the text: time (8), origin (2), destination (2).
-pub const BODY_FIXED_LEN: usize = 12;
+/// Body bytes before the name: time (8), origin (2), destination (2),
+/// roles (1), name length (1).
+pub const BODY_FIXED_LEN: usize = 14;
+/// Body bytes before the text in a version 1 record: time, origin,
+/// destination.
+pub const BODY_FIXED_LEN_V1: usize = 12;
+/// The longest sender's name a record keeps.
+pub const MAX_NAME_LEN: usize = MAX_SENT_NAME_LEN;
 /// The longest body a record may claim; a longer claim is damage.
-pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + MAX_TEXT_LEN;
-/// The longest record on disk (header and longest body). Written out: only
-/// scans sized by it use it, and any size finds the same records.
-pub const MAX_RECORD_LEN: usize = 65_555;
+pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + MAX_NAME_LEN + MAX_TEXT_LEN;
+/// The longest body a version 1 record may claim.
+pub const MAX_BODY_LEN_V1: usize = BODY_FIXED_LEN_V1 + MAX_TEXT_LEN;
+/// The longest record on disk (header and longest body), in either format.
+/// Written out: only scans sized by it use it, and any size finds the same
+/// records.
+pub const MAX_RECORD_LEN: usize = 65_581;
 const _: () = assert!(MAX_RECORD_LEN == RECORD_HEADER_LEN + MAX_BODY_LEN);
+const _: () = assert!(MAX_BODY_LEN_V1 < MAX_BODY_LEN);
 /// Digits in a segment name: enough for any u64, so names sort like numbers.
 const NAME_DIGITS: usize = 20;
 /// Bytes the cursor asks for at a time when it reads ahead.
 const READ_AHEAD: usize = 262_144; // 256 KiB
+
+/// The layout of a segment's records, as its magic names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `EVCHLOG1`: time, origin, destination, text.
+    V1,
+    /// `EVCHLOG2`: time, origin, destination, roles, name, text.
+    V2,
+}
+
+impl Format {
+    /// The format a segment's first 8 bytes name; None for any other bytes.
+    pub fn of_magic(magic: &[u8]) -> Option<Format> {
+        if magic == SEGMENT_MAGIC {
+            Some(Format::V2)
+        } else if magic == SEGMENT_MAGIC_V1 {
+            Some(Format::V1)
+        } else {
+            None
+        }
+    }
+
+    /// The body lengths a record of this format may claim.
+    fn body_lens(self) -> std::ops::RangeInclusive<usize> {
+        match self {
+            Format::V1 => BODY_FIXED_LEN_V1..=MAX_BODY_LEN_V1,
+            Format::V2 => BODY_FIXED_LEN..=MAX_BODY_LEN,
+        }
+    }
+}
 
 /// One message as the log keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,15 +87,38 @@ pub struct Record {
     pub origin: u16,
     /// The destination id; 0 is everyone.
     pub dest: u16,
+    /// The sender's roles byte (PROTOCOL.md, "Roles") when it sent; 0 in a
+    /// version 1 record, which did not keep them.
+    pub roles: u8,
+    /// The sender's name when it sent; empty: none (a plain client), or a
+    /// version 1 record, which did not keep names.
+    pub name: String,
     pub text: Vec<u8>,
 }
 
-/// A record read in place from the cursor's buffer.
+impl Record {
+    /// The record as a view, for encoding.
+    pub fn view(&self) -> RecordView<'_> {
+        RecordView {
+            time_ms: self.time_ms,
+            origin: self.origin,
+            dest: self.dest,
+            roles: self.roles,
+            name: &self.name,
+            text: &self.text,
+        }
+    }
+}
+
+/// A record read in place from the cursor's buffer, or one to encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordView<'a> {
     pub time_ms: u64,
     pub origin: u16,
     pub dest: u16,
+    pub roles: u8,
+    /// At most [`MAX_NAME_LEN`] bytes of printable ASCII; empty: none.
+    pub name: &'a str,
     pub text: &'a [u8],
 }
 
@@ -55,43 +128,91 @@ impl RecordView<'_> {
             time_ms: self.time_ms,
             origin: self.origin,
             dest: self.dest,
+            roles: self.roles,
+            name: self.name.to_string(),
             text: self.text.to_vec(),
         }
     }
 
-    /// The record's size on disk (for the fuzz target's checks).
+    /// The record's size on disk in the format written now (for the fuzz
+    /// target's checks).
     #[cfg(feature = "testing")]
     pub fn encoded_len(&self) -> usize {
-        RECORD_HEADER_LEN + BODY_FIXED_LEN + self.text.len()
+        RECORD_HEADER_LEN + BODY_FIXED_LEN + self.name.len() + self.text.len()
     }
 }
 
-/// Appends one record to `out`; `text` must be at most [`MAX_TEXT_LEN`].
-/// (The writer encodes a turn's records and seals them together.)
+/// Appends one record to `out` in the format written now; see
+/// [`encode_unsealed`] for what it must hold. (The writer encodes a turn's
+/// records and seals them together.)
 #[cfg(any(test, feature = "testing"))]
-pub fn encode_record(out: &mut Vec<u8>, time_ms: u64, origin: u16, dest: u16, text: &[u8]) {
+pub fn encode_record(out: &mut Vec<u8>, record: RecordView<'_>) {
     let start = out.len();
-    encode_unsealed(out, time_ms, origin, dest, text);
+    encode_unsealed(out, &record);
     seal_records(&mut out[start..]);
 }
 
-/// Appends one record to `out` with its checksum left zero, for
-/// [`seal_records`] to fill in; `text` must be at most [`MAX_TEXT_LEN`].
-///
-/// One `reserve`, the 20 header bytes in one copy, the text in another: a
-/// record is encoded once per message, so what it costs is per message
-/// (issue #26).
-pub fn encode_unsealed(out: &mut Vec<u8>, time_ms: u64, origin: u16, dest: u16, text: &[u8]) {
+/// Appends one version 1 record to `out` (the format evchat wrote before
+/// names were kept): the tests and the fuzz target build old logs with it.
+#[cfg(any(test, feature = "testing"))]
+pub fn encode_record_v1(out: &mut Vec<u8>, time_ms: u64, origin: u16, dest: u16, text: &[u8]) {
     assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
-    let body_len = (BODY_FIXED_LEN + text.len()) as u32;
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&((BODY_FIXED_LEN_V1 + text.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&dest.to_be_bytes());
+    out.extend_from_slice(text);
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Appends one record to `out` with its checksum left zero, for
+/// [`seal_records`] to fill in. The text must be at most [`MAX_TEXT_LEN`]
+/// bytes, the name at most [`MAX_NAME_LEN`] of printable ASCII (a name
+/// that follows PROTOCOL.md's rule is).
+///
+/// One `reserve`, the 22 header bytes in one copy, the name and the text
+/// in one each: a record is encoded once per message, so what it costs is
+/// per message (issue #26). A message with no name pays one byte for it.
+pub fn encode_unsealed(out: &mut Vec<u8>, record: &RecordView<'_>) {
+    let &RecordView {
+        time_ms,
+        origin,
+        dest,
+        roles,
+        name,
+        text,
+    } = record;
+    assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
+    assert!(name.len() <= MAX_NAME_LEN, "record name over 24 bytes");
+    debug_assert!(is_printable(name.as_bytes()), "record name not printable");
+    let body_len = (BODY_FIXED_LEN + name.len() + text.len()) as u32;
     let mut header = [0u8; RECORD_HEADER_LEN + BODY_FIXED_LEN];
     header[4..8].copy_from_slice(&body_len.to_be_bytes());
     header[8..16].copy_from_slice(&time_ms.to_be_bytes());
     header[16..18].copy_from_slice(&origin.to_be_bytes());
     header[18..20].copy_from_slice(&dest.to_be_bytes());
-    out.reserve(header.len() + text.len());
+    header[20..22].copy_from_slice(&[roles, name.len() as u8]);
+    out.reserve(header.len() + name.len() + text.len());
     out.extend_from_slice(&header);
+    // Most messages have no name: no copy, not even an empty one.
+    if !name.is_empty() {
+        out.extend_from_slice(name.as_bytes());
+    }
     out.extend_from_slice(text);
+}
+
+/// Whether every byte of a name is printable ASCII: what the format keeps
+/// (the server's names are narrower: PROTOCOL.md's rule).
+fn is_printable(name: &[u8]) -> bool {
+    name.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Whether a record can keep `name` (empty: none).
+pub fn keepable_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN && is_printable(name.as_bytes())
 }
 
 /// Fills in the checksum of every record in `records` (whole records, as
@@ -199,13 +320,13 @@ fn seal_records_sse42(records: &mut [u8]) {
 }
 
 /// Runs `bytes` through the CRC32C register `crc` (neither end inverted)
-/// with the `crc32` instruction: eight bytes at a time, then four, then one
-/// at a time (bytes are read as little-endian words: the instruction's bit
+/// with the `crc32` instruction: eight bytes at a time, then four, two and
+/// one (bytes are read as little-endian words: the instruction's bit
 /// order).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 fn crc_sse42(crc: u32, bytes: &[u8]) -> u32 {
-    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u32, _mm_crc32_u64};
+    use std::arch::x86_64::{_mm_crc32_u8, _mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64};
     let mut crc = u64::from(crc);
     let mut rest = bytes;
     while let Some((word, after)) = rest.split_first_chunk::<8>() {
@@ -217,7 +338,13 @@ fn crc_sse42(crc: u32, bytes: &[u8]) -> u32 {
         crc = _mm_crc32_u32(crc, u32::from_le_bytes(*word));
         rest = after;
     }
-    for &byte in rest {
+    // A record's body is 14 bytes and its name and text: an even tail is
+    // as common as an odd one.
+    if let Some((half, after)) = rest.split_first_chunk::<2>() {
+        crc = _mm_crc32_u16(crc, u16::from_le_bytes(*half));
+        rest = after;
+    }
+    if let Some(&byte) = rest.first() {
         crc = _mm_crc32_u8(crc, byte);
     }
     crc
@@ -275,10 +402,17 @@ impl Source for [u8] {
 /// What is wrong at the place where reading stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
-    /// The segment does not start with the magic (`EVCHLOG1`).
+    /// The segment does not start with a magic (`EVCHLOG2`, `EVCHLOG1`).
     BadMagic,
-    /// A record claims a body length no record can have.
+    /// The segment's magic names a format version this evchat does not
+    /// read (one written by a later evchat): the version's ASCII digit.
+    UnknownVersion(u8),
+    /// A record claims a body length no record of its format can have.
     BadLength(u32),
+    /// A whole record (its checksum right) whose sender's name is not at
+    /// most [`MAX_NAME_LEN`] bytes of printable ASCII inside the body: no
+    /// torn write leaves one, so it is corruption wherever it is.
+    BadName,
     /// The stored checksum is not the body's.
     BadChecksum { stored: u32, computed: u32 },
     /// The segment ends inside a record (or its header).
@@ -292,9 +426,20 @@ impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Damage::BadMagic => write!(f, "not an evchat history segment (bad magic)"),
+            Damage::UnknownVersion(digit) => write!(
+                f,
+                "segment format version {} is newer than this evchat reads (1 and 2)",
+                char::from(*digit)
+            ),
             Damage::BadLength(len) => write!(
                 f,
-                "record length {len} is out of range ({BODY_FIXED_LEN}..={MAX_BODY_LEN})"
+                "record length {len} is out of range ({BODY_FIXED_LEN}..={MAX_BODY_LEN}; \
+                 {BODY_FIXED_LEN_V1}..={MAX_BODY_LEN_V1} in a version 1 segment)"
+            ),
+            Damage::BadName => write!(
+                f,
+                "the sender's name is not 0 to {MAX_NAME_LEN} printable ASCII bytes \
+                 inside the record"
             ),
             Damage::BadChecksum { stored, computed } => write!(
                 f,
@@ -337,6 +482,8 @@ pub struct Cursor {
     window: Vec<u8>,
     window_start: u64,
     read_ahead: usize,
+    /// The segment's format, from its magic (read first).
+    format: Format,
 }
 
 impl Default for Cursor {
@@ -359,6 +506,7 @@ impl Cursor {
             window: Vec::new(),
             window_start: 0,
             read_ahead: read_ahead.max(1),
+            format: Format::V2,
         }
     }
 
@@ -366,6 +514,11 @@ impl Cursor {
     /// length of the segment's valid part once reading has stopped.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// The format of the segment, once its header was read.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// Bytes the read-ahead buffer holds on to (for the fuzz target's
@@ -385,7 +538,8 @@ impl Cursor {
     /// after it: what a write cut short leaves, whether its bytes are
     /// missing, zero or stale. Anything else is [`Step::Corrupt`]: a
     /// damaged header, a bad spot followed by good records, or any bad spot
-    /// in any other segment.
+    /// in any other segment. A whole record whose name field is wrong is
+    /// [`Damage::BadName`], corruption wherever it is.
     pub fn next<S: Source + ?Sized>(
         &mut self,
         source: &S,
@@ -410,24 +564,32 @@ impl Cursor {
         let header = self.bytes(source, at, RECORD_HEADER_LEN, end)?;
         let stored = u32::from_be_bytes(header[0..4].try_into().unwrap());
         let body_len = u32::from_be_bytes(header[4..8].try_into().unwrap());
-        if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&(body_len as usize)) {
+        if !self.format.body_lens().contains(&(body_len as usize)) {
             return self.bad(source, end, last, Damage::BadLength(body_len));
         }
         let record_len = RECORD_HEADER_LEN + body_len as usize;
         if record_len as u64 > left {
             return self.bad(source, end, last, Damage::Incomplete);
         }
+        let format = self.format;
         let bytes = self.bytes(source, at, record_len, end)?;
         let computed = checksum(&bytes[4..]);
         if computed != stored {
             return self.bad(source, end, last, Damage::BadChecksum { stored, computed });
+        }
+        if !name_field_ok(&bytes[RECORD_HEADER_LEN..], format) {
+            self.forget();
+            return Ok(Step::Corrupt {
+                offset: at,
+                damage: Damage::BadName,
+            });
         }
         self.offset = at + record_len as u64;
         let start = (at - self.window_start) as usize;
         let body = &self.window[start + RECORD_HEADER_LEN..start + record_len];
         Ok(Step::Record {
             offset: at,
-            record: view_body(body),
+            record: view_body(body, format),
         })
     }
 
@@ -444,7 +606,8 @@ impl Cursor {
         }
         let have = end.min(magic_len as u64) as usize;
         let head = self.bytes(source, 0, have, end)?;
-        if head == SEGMENT_MAGIC {
+        if let Some(format) = Format::of_magic(head) {
+            self.format = format;
             return Ok(None);
         }
         let head = head.to_vec();
@@ -462,6 +625,10 @@ impl Cursor {
         self.forget();
         let damage = if have < magic_len {
             Damage::Incomplete
+        } else if head[..magic_len - 1] == SEGMENT_MAGIC[..magic_len - 1]
+            && head[magic_len - 1].is_ascii_digit()
+        {
+            Damage::UnknownVersion(head[magic_len - 1])
         } else {
             Damage::BadMagic
         };
@@ -523,12 +690,13 @@ impl Cursor {
         from: u64,
         end: u64,
     ) -> io::Result<bool> {
+        let format = self.format;
         let mut block = from;
         while block < end {
             let n = (end - block).min(2 * MAX_RECORD_LEN as u64) as usize;
             let bytes = self.bytes(source, block, n, end)?;
             let starts = n.min(MAX_RECORD_LEN);
-            if (0..starts).any(|i| whole_record_at(&bytes[i..])) {
+            if (0..starts).any(|i| whole_record_at(&bytes[i..], format)) {
                 return Ok(true);
             }
             block += starts as u64;
@@ -584,27 +752,57 @@ fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
-/// Whether `bytes` begins with a whole record whose checksum is right.
-fn whole_record_at(bytes: &[u8]) -> bool {
+/// Whether `bytes` begins with a whole record of `format` whose checksum
+/// is right.
+fn whole_record_at(bytes: &[u8], format: Format) -> bool {
     if bytes.len() < RECORD_HEADER_LEN {
         return false;
     }
     let stored = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
     let body_len = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
-    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
+    if !format.body_lens().contains(&body_len) {
         return false;
     }
     let record_len = RECORD_HEADER_LEN + body_len;
     record_len <= bytes.len() && checksum(&bytes[4..record_len]) == stored
 }
 
-/// Reads a checked body (time, origin, destination, text).
-fn view_body(body: &[u8]) -> RecordView<'_> {
+/// Whether a body of `format` (its length in the format's range) holds a
+/// name the format keeps: at most [`MAX_NAME_LEN`] bytes of printable
+/// ASCII, inside the body. A version 1 body holds none.
+fn name_field_ok(body: &[u8], format: Format) -> bool {
+    match format {
+        Format::V1 => true,
+        Format::V2 => {
+            let name_len = usize::from(body[13]);
+            name_len <= MAX_NAME_LEN
+                && BODY_FIXED_LEN + name_len <= body.len()
+                && is_printable(&body[BODY_FIXED_LEN..BODY_FIXED_LEN + name_len])
+        }
+    }
+}
+
+/// Reads a body of `format` checked by [`name_field_ok`].
+fn view_body(body: &[u8], format: Format) -> RecordView<'_> {
+    let time_ms = u64::from_be_bytes(body[0..8].try_into().unwrap());
+    let origin = u16::from_be_bytes(body[8..10].try_into().unwrap());
+    let dest = u16::from_be_bytes(body[10..12].try_into().unwrap());
+    let (roles, name, text) = match format {
+        Format::V1 => (0, "", &body[BODY_FIXED_LEN_V1..]),
+        Format::V2 => {
+            let (name, text) = body[BODY_FIXED_LEN..].split_at(usize::from(body[13]));
+            // Checked printable ASCII, so UTF-8.
+            let name = std::str::from_utf8(name).unwrap_or_default();
+            (body[12], name, text)
+        }
+    };
     RecordView {
-        time_ms: u64::from_be_bytes(body[0..8].try_into().unwrap()),
-        origin: u16::from_be_bytes(body[8..10].try_into().unwrap()),
-        dest: u16::from_be_bytes(body[10..12].try_into().unwrap()),
-        text: &body[BODY_FIXED_LEN..],
+        time_ms,
+        origin,
+        dest,
+        roles,
+        name,
+        text,
     }
 }
 
@@ -612,10 +810,22 @@ fn view_body(body: &[u8]) -> RecordView<'_> {
 mod tests {
     use super::*;
 
+    /// A record from a sender with no name.
+    fn plain(time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> RecordView<'_> {
+        RecordView {
+            time_ms,
+            origin,
+            dest,
+            roles: 0,
+            name: "",
+            text,
+        }
+    }
+
     fn segment(records: &[(u64, u16, u16, &[u8])]) -> Vec<u8> {
         let mut bytes = SEGMENT_MAGIC.to_vec();
         for &(time, origin, dest, text) in records {
-            encode_record(&mut bytes, time, origin, dest, text);
+            encode_record(&mut bytes, plain(time, origin, dest, text));
         }
         bytes
     }
@@ -633,20 +843,151 @@ mod tests {
     }
 
     #[test]
-    fn record_layout_is_crc_length_time_origin_dest_text() {
+    fn record_layout_is_crc_length_time_origin_dest_roles_name_text() {
         let mut bytes = Vec::new();
-        encode_record(&mut bytes, 0x0102_0304_0506_0708, 1, 4096, b"hi");
+        let record = RecordView {
+            name: "alice",
+            roles: 7,
+            ..plain(0x0102_0304_0506_0708, 1, 4096, b"hi")
+        };
+        encode_record(&mut bytes, record);
         let crc = crc32c::crc32c(&bytes[4..]).to_be_bytes();
         #[rustfmt::skip]
         let want = [
             crc[0], crc[1], crc[2], crc[3], // CRC32C of everything after it
-            0, 0, 0, 14,                    // body length: 12 + text
+            0, 0, 0, 21,                    // body length: 14 + name + text
             1, 2, 3, 4, 5, 6, 7, 8,         // receive time, ms since the epoch
+            0, 1,                           // origin
+            0x10, 0x00,                     // destination
+            7,                              // the sender's roles
+            5, b'a', b'l', b'i', b'c', b'e', // the sender's name
+            b'h', b'i',                     // text
+        ];
+        assert_eq!(bytes, want);
+        let mut segment = SEGMENT_MAGIC.to_vec();
+        segment.extend_from_slice(&bytes);
+        assert_eq!(
+            read_all(&segment, false, 64),
+            (vec![record.to_record()], "End".into())
+        );
+    }
+
+    #[test]
+    fn a_record_with_no_name_pays_one_byte_for_it() {
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, plain(1, 1, 0, b"hi"));
+        assert_eq!(bytes.len(), RECORD_HEADER_LEN + 12 + 2 + 2);
+        assert_eq!(&bytes[20..], [0, 0, b'h', b'i'], "roles 0, no name, text");
+    }
+
+    #[test]
+    fn a_version_1_segment_reads_as_records_with_no_name() {
+        #[rustfmt::skip]
+        let body = [
+            0, 0, 0, 14,                    // body length: 12 + text
+            1, 2, 3, 4, 5, 6, 7, 8,         // receive time
             0, 1,                           // origin
             0x10, 0x00,                     // destination
             b'h', b'i',                     // text
         ];
-        assert_eq!(bytes, want);
+        let mut segment = b"EVCHLOG1".to_vec();
+        segment.extend_from_slice(&crc32c::crc32c(&body).to_be_bytes());
+        segment.extend_from_slice(&body);
+        let mut built = SEGMENT_MAGIC_V1.to_vec();
+        encode_record_v1(&mut built, 0x0102_0304_0506_0708, 1, 4096, b"hi");
+        assert_eq!(built, segment, "the test encoder writes version 1's bytes");
+        let want = plain(0x0102_0304_0506_0708, 1, 4096, b"hi").to_record();
+        let mut cursor = Cursor::with_read_ahead(7);
+        let end = segment.len() as u64;
+        match cursor.next(&segment[..], end, true).unwrap() {
+            Step::Record { offset: 8, record } => assert_eq!(record.to_record(), want),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cursor.format(), Format::V1);
+        // Version 1's lengths: 12 (no text) is whole, and the scan for a
+        // torn tail finds version 1 records.
+        assert_eq!(
+            read_all(&segment, true, 64),
+            (vec![want.clone()], "End".into())
+        );
+        let mut torn = segment.clone();
+        torn.extend_from_slice(&segment[8..20]);
+        let cut = segment.len();
+        assert_eq!(
+            read_all(&torn, true, 64).1,
+            format!("TornTail {{ offset: {cut}, len: 12 }}")
+        );
+        let mut hidden = segment.clone();
+        hidden.push(0xff);
+        hidden.extend_from_slice(&segment[8..]);
+        let end = read_all(&hidden, true, 64).1;
+        assert!(
+            end.starts_with(&format!("Corrupt {{ offset: {cut}, ")),
+            "{end}"
+        );
+    }
+
+    #[test]
+    fn a_later_format_version_is_named_not_called_bad_magic() {
+        let (_, end) = read_all(b"EVCHLOG3........", false, 64);
+        assert_eq!(end, "Corrupt { offset: 0, damage: UnknownVersion(51) }");
+        assert_eq!(
+            Damage::UnknownVersion(b'3').to_string(),
+            "segment format version 3 is newer than this evchat reads (1 and 2)"
+        );
+        let (_, end) = read_all(b"EVCHLOGx........", true, 64);
+        assert_eq!(end, "Corrupt { offset: 0, damage: BadMagic }");
+    }
+
+    /// A record whose checksum is right but whose name field is wrong
+    /// (longer than the body, longer than a name, not printable) is
+    /// corruption even at the end of the last segment: no torn write
+    /// leaves one.
+    #[test]
+    fn a_whole_record_with_a_bad_name_field_is_corruption_even_last() {
+        // The name length field of the segment's first record.
+        const NAME_AT: usize = SEGMENT_MAGIC.len() + RECORD_HEADER_LEN + 13;
+        let good = segment(&[(1, 1, 0, b"0123456789012345678901234567890123456789")]);
+        type Damaging = fn(&mut Vec<u8>);
+        let cases: [(&str, Damaging); 4] = [
+            ("past the body", |b| b[NAME_AT] = 41),
+            ("over 24", |b| b[NAME_AT] = 25),
+            ("a control byte", |b| {
+                b[NAME_AT] = 1;
+                b[NAME_AT + 1] = 0x1b;
+            }),
+            ("a space", |b| {
+                b[NAME_AT] = 2;
+                b[NAME_AT + 1] = b'a';
+                b[NAME_AT + 2] = b' ';
+            }),
+        ];
+        for (what, damage) in cases {
+            let mut bytes = good.clone();
+            damage(&mut bytes);
+            let body = SEGMENT_MAGIC.len() + 4;
+            let crc = crc32c::crc32c(&bytes[body..]);
+            bytes[body - 4..body].copy_from_slice(&crc.to_be_bytes());
+            for last in [true, false] {
+                let (records, end) = read_all(&bytes, last, 16);
+                assert!(records.is_empty(), "{what}");
+                assert_eq!(end, "Corrupt { offset: 8, damage: BadName }", "{what}");
+            }
+        }
+        // The longest name and a name that fills the body both read.
+        let longest = "N".repeat(MAX_NAME_LEN);
+        for text in [&b""[..], b"text"] {
+            let mut bytes = SEGMENT_MAGIC.to_vec();
+            let record = RecordView {
+                name: &longest,
+                ..plain(1, 1, 0, text)
+            };
+            encode_record(&mut bytes, record);
+            assert_eq!(
+                read_all(&bytes, true, 16),
+                (vec![record.to_record()], "End".into())
+            );
+        }
     }
 
     #[test]
@@ -679,7 +1020,7 @@ mod tests {
                     let len = lens[(first + k) % lens.len()];
                     let text: Vec<u8> = (0..len).map(|i| (i * 7 + k) as u8).collect();
                     let start = batch.len();
-                    encode_unsealed(&mut batch, k as u64, 1, 0, &text);
+                    encode_unsealed(&mut batch, &plain(k as u64, 1, 0, &text));
                     want.push(crc32c::crc32c(&batch[start + 4..]));
                 }
                 seal_records(&mut batch);
@@ -835,11 +1176,11 @@ mod tests {
         // The length field claims one byte more than the longest body.
         let mut claim = bytes.clone();
         let at = SEGMENT_MAGIC.len() + 4;
-        claim[at..at + 4].copy_from_slice(&(BODY_FIXED_LEN as u32 + 65_536).to_be_bytes());
+        claim[at..at + 4].copy_from_slice(&(MAX_BODY_LEN as u32 + 1).to_be_bytes());
         let (records, end) = read_all(&claim, false, 64);
         assert!(records.is_empty());
         assert_eq!(
-            end, "Corrupt { offset: 8, damage: BadLength(65548) }",
+            end, "Corrupt { offset: 8, damage: BadLength(65574) }",
             "a claim past the longest record"
         );
     }
@@ -914,7 +1255,7 @@ mod tests {
         let mut bytes = segment(&[(1, 1, 0, b"bad")]);
         bytes[SEGMENT_MAGIC.len()] ^= 1;
         bytes.resize(SEGMENT_MAGIC.len() + 1 + 65_500, b'x');
-        encode_record(&mut bytes, 2, 2, 0, &[b'y'; 100]);
+        encode_record(&mut bytes, plain(2, 2, 0, &[b'y'; 100]));
         let (records, end) = read_all(&bytes, true, 4096);
         assert!(records.is_empty());
         assert!(end.starts_with("Corrupt { offset: 8, "), "{end}");
@@ -925,7 +1266,7 @@ mod tests {
         // The text of the record cut short holds a whole record: a torn
         // write cannot produce a good record after the tear.
         let mut inner = Vec::new();
-        encode_record(&mut inner, 9, 9, 0, b"inner");
+        encode_record(&mut inner, plain(9, 9, 0, b"inner"));
         let mut bytes = segment(&[(1, 1, 0, &[&inner[..], b"xx"].concat())]);
         bytes.truncate(bytes.len() - 1);
         let (records, end) = read_all(&bytes, true, 64);

@@ -7,7 +7,7 @@
 
 use super::StoreError;
 use super::format::{
-    Cursor, Damage, RECORD_HEADER_LEN, RecordView, SEGMENT_MAGIC, Step, parse_segment_name,
+    Cursor, Damage, Format, RECORD_HEADER_LEN, RecordView, SEGMENT_MAGIC, Step, parse_segment_name,
     segment_name,
 };
 use std::collections::VecDeque;
@@ -73,6 +73,9 @@ pub enum Notice {
     Foreign { path: PathBuf },
     /// A segment deleted to bring the log under its size limit.
     Retired { file: PathBuf, bytes: u64 },
+    /// The last segment holds version 1 records (no names): it is left as
+    /// it is and new records go to a new segment in the format written now.
+    NewFormat { file: PathBuf, next: PathBuf },
 }
 
 impl fmt::Display for Notice {
@@ -105,6 +108,13 @@ impl fmt::Display for Notice {
                 f,
                 "{}: deleted ({bytes} bytes) to keep the log under its size limit",
                 file.display()
+            ),
+            Notice::NewFormat { file, next } => write!(
+                f,
+                "{}: written by an earlier evchat (format 1, without names): kept as it is; \
+                 new records go to {} (format 2)",
+                file.display(),
+                next.display()
             ),
         }
     }
@@ -196,6 +206,9 @@ impl Log {
     /// `options.repair`, and applies retention. Each record kept is handed
     /// to `recovered` as the scan reads it, oldest first (those retention
     /// then deletes too): what to keep of them is the caller's business.
+    /// A last segment in format version 1 is left as it is and new records
+    /// go to a new segment ([`Notice::NewFormat`]): formats never share a
+    /// segment.
     pub fn open(
         dir: &Path,
         options: Options,
@@ -229,22 +242,21 @@ impl Log {
                     len: scan.len,
                 },
                 scan.records,
+                scan.format,
             ));
         }
         let mut created = false;
-        let (mut active, active_records) = match scanned.pop() {
+        let (mut active, active_records, active_format) = match scanned.pop() {
             Some(last) => last,
             None => {
                 created = true;
                 let path = dir.join(segment_name(0));
-                (
-                    Segment {
-                        base: 0,
-                        path,
-                        len: 0,
-                    },
-                    0,
-                )
+                let segment = Segment {
+                    base: 0,
+                    path,
+                    len: 0,
+                };
+                (segment, 0, Format::V2)
             }
         };
         let mut active_file = OpenOptions::new()
@@ -252,6 +264,14 @@ impl Log {
             .append(true)
             .open(&active.path)
             .map_err(StoreError::io(&active.path, "open for appending"))?;
+        // A version 1 segment holding only its magic becomes a version 2
+        // one; holding records, it is rolled past below.
+        if active_format == Format::V1 && active_records == 0 {
+            active_file
+                .set_len(0)
+                .map_err(StoreError::io(&active.path, "truncate"))?;
+            active.len = 0;
+        }
         if active.len == 0 {
             active_file
                 .write_all(&SEGMENT_MAGIC)
@@ -261,7 +281,7 @@ impl Log {
         if created {
             sync_directory(dir).map_err(StoreError::io(dir, "sync directory"))?;
         }
-        let sealed: VecDeque<Segment> = scanned.into_iter().map(|(s, _)| s).collect();
+        let sealed: VecDeque<Segment> = scanned.into_iter().map(|(s, ..)| s).collect();
         let total_bytes = sealed.iter().map(|s| s.len).sum::<u64>() + active.len;
         let active_file = Arc::new(SegmentFile {
             path: active.path.clone(),
@@ -279,6 +299,19 @@ impl Log {
             total_bytes,
             cut_to: None,
         };
+        if active_format == Format::V1 && active_records > 0 {
+            // Records of two formats never share a segment. The sync
+            // thread syncs the old segment and the directory as after any
+            // roll, before a record of the new one counts as synced.
+            let file = log.active.path.clone();
+            log.roll().map_err(|e| StoreError::Io {
+                path: e.path,
+                op: e.op,
+                source: e.source,
+            })?;
+            let next = log.active.path.clone();
+            notices.push(Notice::NewFormat { file, next });
+        }
         for retired in log.retain() {
             match retired {
                 Ok(notice) => notices.push(notice),
@@ -616,6 +649,8 @@ struct Scan {
     /// Bytes kept.
     len: u64,
     records: u64,
+    /// The format its magic names (version 2 for a segment with none).
+    format: Format,
     notice: Option<Notice>,
 }
 
@@ -675,9 +710,16 @@ fn scan_segment(
         }
         None => end,
     };
+    // A segment cut back to nothing gets the magic written now.
+    let format = if len == 0 {
+        Format::V2
+    } else {
+        cursor.format()
+    };
     Ok(Scan {
         len,
         records,
+        format,
         notice,
     })
 }
@@ -714,10 +756,18 @@ mod tests {
     fn a_write_cut_short_keeps_only_the_records_it_got_out_whole() {
         let mut run = Vec::new();
         for text in [&b"one"[..], b"two", b"three"] {
-            crate::store::format::encode_record(&mut run, 1, 1, 0, text);
+            let record = crate::store::format::Record {
+                time_ms: 1,
+                origin: 1,
+                dest: 0,
+                roles: 0,
+                name: String::new(),
+                text: text.to_vec(),
+            };
+            crate::store::format::encode_record(&mut run, record.view());
         }
-        let first = 8 + 12 + 3;
-        let second = first + 8 + 12 + 3;
+        let first = 8 + 14 + 3;
+        let second = first + 8 + 14 + 3;
         assert_eq!(whole_records_within(&run, 0), (0, 0));
         assert_eq!(whole_records_within(&run, first - 1), (0, 0));
         assert_eq!(whole_records_within(&run, first), (first, 1));

@@ -33,7 +33,7 @@
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
 //! write fails with `EFBIG` and is handled like a full disk.
 
-use super::format::{encode_unsealed, seal_records};
+use super::format::{RecordView, encode_unsealed, keepable_name, seal_records};
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
 use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
@@ -176,10 +176,32 @@ impl Writer {
     }
 
     /// Adds a record to this turn's batch. A text longer than
-    /// [`MAX_TEXT_LEN`] (no MSG carries one) is cut to that length.
-    pub fn append(&mut self, time_ms: u64, origin: u16, dest: u16, text: &[u8]) -> Ticket {
-        let text = &text[..text.len().min(MAX_TEXT_LEN)];
-        encode_unsealed(&mut self.batch, time_ms, origin, dest, text);
+    /// [`MAX_TEXT_LEN`] (no MSG carries one) is cut to that length; a name
+    /// the format cannot keep (no session has one) is kept as none.
+    // Inlined into the server's one caller: a call per message, with the
+    // record spilled to the stack for it, cost more than the body.
+    #[inline]
+    pub fn append(&mut self, record: &RecordView<'_>) -> Ticket {
+        if record.text.len() <= MAX_TEXT_LEN && keepable_name(record.name) {
+            encode_unsealed(&mut self.batch, record);
+        } else {
+            debug_assert!(
+                keepable_name(record.name),
+                "a session name the log cannot keep"
+            );
+            let text = &record.text[..record.text.len().min(MAX_TEXT_LEN)];
+            let name = if keepable_name(record.name) {
+                record.name
+            } else {
+                ""
+            };
+            let kept = RecordView {
+                text,
+                name,
+                ..*record
+            };
+            encode_unsealed(&mut self.batch, &kept);
+        }
         self.batch_records += 1;
         let ticket = self.next_ticket;
         self.next_ticket += 1;

@@ -1,9 +1,11 @@
 //! `evchat history DIR`: prints a server's message log (`server --history
-//! DIR`) as an exhibitor would show each message, with its time and ids, or
-//! as JSON lines for other programs. It only reads: it takes no lock, so it
+//! DIR`) as an exhibitor would show each message, with its time, the
+//! sender's name (its id when it had none) and the destination, or as JSON
+//! lines for other programs. It only reads: it takes no lock, so it
 //! is safe on the log of a running server, and `--follow` prints new
 //! messages as the server stores them.
 
+use evchat::auth::Name;
 use evchat::cli::escape_text;
 use evchat::store::{Entry, Item, Reader};
 use std::fmt::Write as _;
@@ -20,8 +22,9 @@ const MS_PER_DAY: u64 = 86_400_000;
 pub struct HistoryArgs {
     /// The server's history directory (its --history DIR)
     dir: PathBuf,
-    /// One JSON object per line: record, time, time_ms, origin, dest, and
-    /// text (UTF-8) or text_base64 (when the text is not valid UTF-8)
+    /// One JSON object per line: record, time, time_ms, origin, name (when
+    /// the sender had one), dest, and text (UTF-8) or text_base64 (when the
+    /// text is not valid UTF-8)
     #[arg(long)]
     json: bool,
     /// Only messages received at or after TIME: 2026-12-01T13:45:00Z (UTC;
@@ -29,9 +32,9 @@ pub struct HistoryArgs {
     /// 2h, 3d
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
     since: Option<u64>,
-    /// Only messages from this id
-    #[arg(long, value_name = "ID")]
-    from: Option<u16>,
+    /// Only messages from this id, or from this name (ignoring case)
+    #[arg(long, value_name = "ID|NAME", value_parser = parse_from)]
+    from: Option<Sender>,
     /// Only messages to this id (0: those to everyone)
     #[arg(long, value_name = "ID")]
     to: Option<u16>,
@@ -121,19 +124,56 @@ fn print_history(args: &HistoryArgs) -> Result<(), Failure> {
     }
 }
 
+/// Whose messages `--from` keeps.
+#[derive(Debug, Clone)]
+enum Sender {
+    Id(u16),
+    /// A name, in lower case: names are one ignoring case.
+    Name(String),
+}
+
+/// `--from`: digits are an id, anything else a name (names start with a
+/// letter, so the two never meet).
+fn parse_from(text: &str) -> Result<Sender, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Sender::Id)
+            .map_err(|_| format!("'{text}' is not an id (0 to 65535)"));
+    }
+    match Name::new(text) {
+        Ok(name) => Ok(Sender::Name(name.key())),
+        Err(e) => Err(format!("'{text}' is neither an id nor a name: {e}")),
+    }
+}
+
 fn selected(args: &HistoryArgs, entry: &Entry) -> bool {
     let record = &entry.record;
+    let from = |from: &Sender| match from {
+        Sender::Id(id) => record.origin == *id,
+        Sender::Name(name) => record.name.eq_ignore_ascii_case(name),
+    };
     args.since.is_none_or(|since| record.time_ms >= since)
-        && args.from.is_none_or(|from| record.origin == from)
+        && args.from.as_ref().is_none_or(from)
         && args.to.is_none_or(|to| record.dest == to)
 }
 
-/// `2026-12-01T13:45:02.123Z Message from 1 to all: hello`, the way the
+/// `2026-12-01T13:45:02.123Z Message from alice to all: hello`, the way the
 /// exhibitor shows a message, with the time before it and the destination.
+/// The sender is shown as `evchat chat` shows one: by the name it had when
+/// it sent, by its id when it had none (a plain client, or a log from
+/// before names were kept).
 fn text_line(line: &mut String, entry: &Entry) {
     let record = &entry.record;
     write_time(line, record.time_ms);
-    let _ = write!(line, " Message from {} to ", record.origin);
+    line.push_str(" Message from ");
+    if record.name.is_empty() {
+        let _ = write!(line, "{}", record.origin);
+    } else {
+        // The log keeps printable ASCII only; escaped all the same.
+        line.push_str(&escape_text(record.name.as_bytes()));
+    }
+    line.push_str(" to ");
     if record.dest == 0 {
         line.push_str("all");
     } else {
@@ -149,9 +189,15 @@ fn json_line(line: &mut String, entry: &Entry) {
     write_time(line, record.time_ms);
     let _ = write!(
         line,
-        "\",\"time_ms\":{},\"origin\":{},\"dest\":{},",
-        record.time_ms, record.origin, record.dest
+        "\",\"time_ms\":{},\"origin\":{},",
+        record.time_ms, record.origin
     );
+    if !record.name.is_empty() {
+        line.push_str("\"name\":");
+        evchat::cli::json_string(line, &record.name);
+        line.push(',');
+    }
+    let _ = write!(line, "\"dest\":{},", record.dest);
     match std::str::from_utf8(&record.text) {
         Ok(text) => {
             line.push_str("\"text\":");
