@@ -52,9 +52,15 @@ pub trait Outbox {
     /// `conn` was held back by flow control and may be read again.
     fn resume_input(&mut self, conn: ConnId);
     /// A MSG was accepted for delivery (it has at least one target), from
-    /// `sender`: a server keeping history appends it. A number returned
-    /// holds the emitter's reply until [`Router::durable`] passes it.
-    fn accepted(&mut self, _msg: &FrameView<'_>, _sender: Sender<'_>) -> Option<u64> {
+    /// the sender `sender` tells: a server keeping history appends it. A
+    /// number returned holds the emitter's reply until [`Router::durable`]
+    /// passes it. The sender is looked up only when asked: without history,
+    /// never.
+    fn accepted<'s>(
+        &mut self,
+        _msg: &FrameView<'_>,
+        _sender: impl FnOnce() -> Sender<'s>,
+    ) -> Option<u64> {
         None
     }
 }
@@ -1311,7 +1317,7 @@ impl Router {
         self.find_targets(frame.dest, &mut targets);
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
         let held = if accepted {
-            out.accepted(frame, sender(&self.sessions, conn))
+            out.accepted(frame, || sender(&self.sessions, conn))
         } else {
             None
         };

@@ -859,7 +859,12 @@ mod rules {
         fn resume_input(&mut self, conn: ConnId) {
             self.resumed.push(conn);
         }
-        fn accepted(&mut self, _: &FrameView<'_>, sender: Sender<'_>) -> Option<u64> {
+        fn accepted<'s>(
+            &mut self,
+            _: &FrameView<'_>,
+            sender: impl FnOnce() -> Sender<'s>,
+        ) -> Option<u64> {
+            let sender = sender();
             self.accepted
                 .push((sender.name.map(String::from), sender.roles));
             None

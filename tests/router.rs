@@ -883,7 +883,11 @@ mod history {
         }
         fn close(&mut self, _: ConnId, _: ClientId, _: CloseReason) {}
         fn resume_input(&mut self, _: ConnId) {}
-        fn accepted(&mut self, msg: &FrameView<'_>, _: Sender<'_>) -> Option<u64> {
+        fn accepted<'s>(
+            &mut self,
+            msg: &FrameView<'_>,
+            _: impl FnOnce() -> Sender<'s>,
+        ) -> Option<u64> {
             self.accepted.push(msg.to_frame());
             Some(self.accepted.len() as u64 - 1)
         }

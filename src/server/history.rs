@@ -165,7 +165,11 @@ impl History {
 impl Wire {
     /// See [`crate::router::Outbox::accepted`].
     #[inline]
-    pub(super) fn keep(&mut self, msg: &FrameView<'_>, sender: Sender<'_>) -> Option<Ticket> {
-        Some(self.history.as_mut()?.append(msg, sender))
+    pub(super) fn keep<'s>(
+        &mut self,
+        msg: &FrameView<'_>,
+        sender: impl FnOnce() -> Sender<'s>,
+    ) -> Option<Ticket> {
+        Some(self.history.as_mut()?.append(msg, sender()))
     }
 }

@@ -274,7 +274,11 @@ impl Outbox for Wire {
     }
 
     #[inline]
-    fn accepted(&mut self, msg: &FrameView<'_>, sender: Sender<'_>) -> Option<u64> {
+    fn accepted<'s>(
+        &mut self,
+        msg: &FrameView<'_>,
+        sender: impl FnOnce() -> Sender<'s>,
+    ) -> Option<u64> {
         self.keep(msg, sender)
     }
 }
