@@ -274,10 +274,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     match run(target, &args) {
-        Ok(outcome) => {
+        Ok(Measured::Messages(outcome)) => {
             outcome.print(args.json);
             ExitCode::SUCCESS
         }
+        Ok(Measured::SignIns) => ExitCode::SUCCESS,
         Err(e) => {
             if args.json {
                 println!(
@@ -292,7 +293,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(target: Target, args: &Args) -> Result<Outcome, String> {
+/// What a run measured: messages (and memory), or sign-ins (printed as they
+/// are counted).
+enum Measured {
+    Messages(Outcome),
+    SignIns,
+}
+
+fn run(target: Target, args: &Args) -> Result<Measured, String> {
     let addr = args.addr.ok_or("--addr is required")?;
     if !addr.ip().is_loopback() {
         return Err(format!(
@@ -303,8 +311,10 @@ fn run(target: Target, args: &Args) -> Result<Outcome, String> {
     if let Some(cpu) = args.cpu {
         crate::sys::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
     }
+    crate::sys::raise_descriptor_limit();
+    crate::sys::tighten_timer_slack();
     if args.signins > 0 {
-        let account = args.sign_in.as_ref().expect("checked above");
+        let account = args.sign_in.as_ref().expect("checked with the arguments");
         crate::signin::run_signins(
             addr,
             account,
@@ -313,12 +323,10 @@ fn run(target: Target, args: &Args) -> Result<Outcome, String> {
             args.duration,
             args.json,
         )?;
-        std::process::exit(0);
+        return Ok(Measured::SignIns);
     }
-    crate::sys::raise_descriptor_limit();
-    crate::sys::tighten_timer_slack();
     if args.idle > 0 {
-        return crate::idle::run(target, addr, args);
+        return crate::idle::run(target, addr, args).map(Measured::Messages);
     }
     let plan = crate::setup::Plan::new(target, addr, args);
     let conns = crate::setup::connect_all(&plan)?;
@@ -348,7 +356,7 @@ fn run(target: Target, args: &Args) -> Result<Outcome, String> {
             get(&figures.busy),
         );
     }
-    outcome
+    outcome.map(Measured::Messages)
 }
 
 fn check_args(target: Target, args: &Args) -> Result<(), String> {
