@@ -296,7 +296,7 @@ fn main() -> ExitCode {
 /// What a run measured: messages (and memory), or sign-ins (printed as they
 /// are counted).
 enum Measured {
-    Messages(Outcome),
+    Messages(Box<Outcome>),
     SignIns,
 }
 
@@ -326,7 +326,7 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         return Ok(Measured::SignIns);
     }
     if args.idle > 0 {
-        return crate::idle::run(target, addr, args).map(Measured::Messages);
+        return crate::idle::run(target, addr, args).map(|o| Measured::Messages(Box::new(o)));
     }
     let plan = crate::setup::Plan::new(target, addr, args);
     let conns = crate::setup::connect_all(&plan)?;
@@ -356,7 +356,7 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
             get(&figures.busy),
         );
     }
-    outcome.map(Measured::Messages)
+    outcome.map(|o| Measured::Messages(Box::new(o)))
 }
 
 fn check_args(target: Target, args: &Args) -> Result<(), String> {
