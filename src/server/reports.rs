@@ -12,6 +12,7 @@ use super::metrics::{
     ACK_TIMEOUT, CLIENT_KINDS, CLOSE_REASONS, FRAME_TYPES, MSG, SLOW_CONSUMER, Snapshot,
     TRANSPORTS, transport_index,
 };
+use crate::cli::json_string;
 use crate::connection::{Authorization, Report, ReportAnswer, Stage};
 use crate::router::{ConnId, SessionKind};
 use std::fmt::Write;
@@ -152,9 +153,14 @@ impl Server {
         );
         list(w, CLOSE_REASONS.iter().zip(m.connections_closed));
         let _ = write!(w, "}},\"clients\":{{");
+        // Clients by kind: HTTP requests (this one, say) are no clients.
+        let http = transport_index(Stage::Http);
         let by_kind = CLIENT_KINDS
             .iter()
-            .zip(now.clients.iter().map(|t| t.iter().sum::<u64>()));
+            .zip(now.clients.iter().map(|by_transport| {
+                let all: u64 = by_transport.iter().sum();
+                all - by_transport[http]
+            }));
         list(w, by_kind);
         let _ = write!(w, "}},\"transports\":{{");
         let by_transport = TRANSPORTS
@@ -243,34 +249,5 @@ fn list<'a>(out: &mut String, pairs: impl Iterator<Item = (&'a &'a str, u64)>) {
             out.push(',');
         }
         let _ = write!(out, "\"{name}\":{count}");
-    }
-}
-
-/// `text` as a JSON string (RFC 8259: quotes, backslashes and control
-/// characters escaped).
-fn json_string(out: &mut String, text: &str) {
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_escaped_as_json_strings() {
-        let mut out = String::new();
-        json_string(&mut out, "a\"b\\c\nd\u{1}é");
-        assert_eq!(out, r#""a\"b\\c\nd\u0001é""#.replace("\\n", "\\u000a"));
     }
 }
