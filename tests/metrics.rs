@@ -700,3 +700,94 @@ fn json_logs_are_one_object_a_line_with_the_text_lines_fields() {
         })
     );
 }
+
+#[test]
+fn stats_live_redraws_with_rates_since_the_last_screen() {
+    let server = Server::start(&[]);
+    let (mut ex, ex_id, mut em, em_id) = named_pair(&server, b"alice");
+    let view = Proc::spawn("evchat", &["stats", &server.target(), "--interval", "0.1"]);
+    let screen_start = |l: &str| l.starts_with("evchat ") && l.contains(" at ");
+    view.stdout
+        .skip_until("the first screen", TIMEOUT, screen_start);
+    let (first, _) = view
+        .stdout
+        .skip_until("the second screen", TIMEOUT, screen_start);
+    // The first screen has no rates yet; every later one has.
+    assert!(
+        first
+            .iter()
+            .any(|l| l == "delivered   0, acks pending 0, queued 0 bytes"),
+        "{first:?}"
+    );
+    exchange(&mut em, em_id, &mut ex, ex_id, 2);
+    let (_, line) = view
+        .stdout
+        .skip_until("a screen with the two deliveries", TIMEOUT, |l| {
+            l.starts_with("delivered   2 (")
+        });
+    let rate = line
+        .strip_prefix("delivered   2 (")
+        .and_then(|rest| rest.strip_suffix("/s), acks pending 0, queued 0 bytes"))
+        .unwrap_or_else(|| panic!("{line}"));
+    rate.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+    // Not a terminal: no escape sequences.
+    assert!(first.iter().all(|l| !l.contains('\x1b')));
+}
+
+/// A listener that answers one request with `answer`, on a port the test
+/// holds (no bind-then-drop race).
+fn fake_http(answer: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if std::io::Read::read(&mut stream, &mut byte).unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        // The peer may stop reading once it has seen enough.
+        let _ = stream.write_all(&answer);
+    });
+    (addr, thread)
+}
+
+#[test]
+fn stats_refuses_an_answer_that_is_not_stats_json_or_too_large() {
+    let oversize = {
+        let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        answer.resize(answer.len() + (16 << 20) + 1, b' ');
+        answer
+    };
+    for (answer, why) in [
+        (
+            b"HTTP/1.1 200 OK\r\n\r\n{\"totals\":".to_vec(),
+            "the /stats JSON does not parse: EOF while parsing a value at line 1 column 10",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\n\r\n{\"totals\":{}}".to_vec(),
+            "the /stats JSON has no totals or clients",
+        ),
+        (
+            b"SSH-2.0-OpenSSH\r\n\r\n".to_vec(),
+            "not an HTTP/1.1 status line",
+        ),
+        (oversize, "answer over 16777216 bytes"),
+    ] {
+        let (addr, thread) = fake_http(answer);
+        let out = Command::new(bin("evchat"))
+            .args(["stats", &addr, "--once"])
+            .output()
+            .unwrap();
+        thread.join().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{why}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("evchat stats: {addr}: {why}\n")
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
