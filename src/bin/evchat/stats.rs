@@ -31,7 +31,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
-evchat stats 127.0.0.1:5000                  live view, refreshed every second (q: Ctrl-C)\n  \
+evchat stats 127.0.0.1:5000                  live view, redrawn every second; Ctrl-C ends it\n  \
 evchat stats 127.0.0.1:5000 --once           one screen\n  \
 evchat stats 127.0.0.1:5000 --json | jq .    the server's /stats JSON\n  \
 EVCHAT_TOKEN=evt_... evchat stats HOST:PORT  a server with --auth (an admin's token)")]
