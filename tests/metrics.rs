@@ -791,3 +791,23 @@ fn stats_refuses_an_answer_that_is_not_stats_json_or_too_large() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn history_appends_and_fsyncs_are_counted() {
+    let dir = TempDir::new("metrics-history");
+    let server = Server::start(&["--history", dir.arg(), "--fsync", "always"]);
+    let (mut ex, ex_id, mut em, em_id) = named_pair(&server, b"alice");
+    let before = metrics(&server);
+    assert_eq!(before["evchat_history_appends_total"], 0.0);
+    exchange(&mut em, em_id, &mut ex, ex_id, 4);
+    let after = metrics(&server);
+    assert_eq!(after["evchat_history_appends_total"], 4.0);
+    assert_eq!(
+        after["evchat_history_appended_bytes_total"],
+        (4 * b"counted".len()) as f64
+    );
+    // Under `always` each OK waited for a sync round: at least one ran.
+    assert!(after["evchat_history_fsyncs_total"] >= 1.0, "{after:?}");
+    assert!(after["evchat_history_fsync_seconds_total"] > 0.0);
+    assert!(after["evchat_history_write_seconds_total"] > 0.0);
+}

@@ -10,7 +10,7 @@ use super::{Server, Wire};
 use crate::proto::{BROADCAST, FrameView};
 use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 /// How the server keeps history (the `--history` flags).
@@ -132,6 +132,11 @@ impl History {
         });
         let text = msg.text().unwrap_or_default();
         self.writer.append(time_ms, msg.origin, msg.dest, text)
+    }
+
+    /// The sync thread's rounds so far and the time they took.
+    pub(super) fn sync_totals(&self) -> (u64, Duration) {
+        self.writer.sync_totals()
     }
 
     /// End of a loop turn, after its output is flushed (the replies that

@@ -327,10 +327,25 @@ impl Metrics {
             w,
             "evchat_history_write_seconds_total",
             "counter",
-            "Time the loop spent writing the history's records (fsync runs on its own thread).",
+            "Time the loop spent writing the history's records to the kernel.",
         );
         let written = seconds(self.history_write_nanos);
         sample(w, "evchat_history_write_seconds_total", "", written);
+        metric(
+            w,
+            "evchat_history_fsyncs_total",
+            "counter",
+            "Rounds of fsync of the history's written records, on its sync thread (--fsync).",
+        );
+        sample(w, "evchat_history_fsyncs_total", "", now.history_syncs);
+        metric(
+            w,
+            "evchat_history_fsync_seconds_total",
+            "counter",
+            "Time those fsync rounds took (the loop never waits for them).",
+        );
+        let synced = seconds(now.history_sync_nanos);
+        sample(w, "evchat_history_fsync_seconds_total", "", synced);
         metric(
             w,
             "evchat_scrapes_total",
@@ -377,6 +392,9 @@ pub(super) struct Snapshot {
     pub(super) clients: [[u64; TRANSPORTS.len()]; CLIENT_KINDS.len()],
     pub(super) acks_pending: u64,
     pub(super) queued_bytes: u64,
+    /// The history's sync rounds and their time (`--history`).
+    pub(super) history_syncs: u64,
+    pub(super) history_sync_nanos: u64,
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -95,6 +95,11 @@ impl Server {
             start_unix: self.start_unix,
             ..Snapshot::default()
         };
+        if let Some(history) = &self.wire.history {
+            let (rounds, time) = history.sync_totals();
+            snapshot.history_syncs = rounds;
+            snapshot.history_sync_nanos = time.as_nanos() as u64;
+        }
         for (conn, slot) in &self.wire.conns {
             let view = self.router.session_view(conn);
             let kind = view.map_or(SessionKind::Unidentified, |v| v.kind);
@@ -181,7 +186,8 @@ impl Server {
             "}},\"deliveries\":{},\"received_bytes\":{},\"sent_bytes\":{},\
              \"acks_pending\":{},\"output_queue_bytes\":{},\"slow_consumer_disconnects\":{},\
              \"ack_timeouts\":{},\"sign_ins\":{},\"sign_in_failures\":{},\
-             \"history_appends\":{},\"history_appended_bytes\":{},\"loop_turns\":{},\
+             \"history_appends\":{},\"history_appended_bytes\":{},\"history_fsyncs\":{},\
+             \"history_fsync_seconds\":{:.6},\"loop_turns\":{},\
              \"loop_seconds\":{:.6},\"spin_seconds\":{:.6}}}",
             m.deliveries,
             m.bytes_in,
@@ -194,6 +200,8 @@ impl Server {
             m.sign_in_failures,
             m.history_appends,
             m.history_bytes,
+            now.history_syncs,
+            now.history_sync_nanos as f64 / 1e9,
             m.turn_count,
             m.turn_nanos as f64 / 1e9,
             m.spin_nanos as f64 / 1e9,
