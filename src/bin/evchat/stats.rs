@@ -323,7 +323,7 @@ fn render(
     let transports = &t["transports"];
     let _ = writeln!(
         out,
-        "clients     {}: {} emitters, {} exhibitors, {} unidentified (tcp {}, ws {})",
+        "clients     {} (emitters {}, exhibitors {}, unidentified {}; tcp {}, ws {})",
         n(&clients["emitter"]) + n(&clients["exhibitor"]) + n(&clients["unidentified"]),
         n(&clients["emitter"]),
         n(&clients["exhibitor"]),
