@@ -18,6 +18,7 @@
 
 use crate::proto::Encode;
 use crate::web::{self, Answer, CloseCause, HeadError, Sniff, WebSocket, WsFailure, WsStatus};
+pub use crate::web::{Authorization, Report, ReportAnswer};
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
 use std::io::{self, Read, Write};
@@ -179,6 +180,13 @@ pub enum HttpOutcome {
     Upgraded(TransportStatus),
     /// The head cannot be served (a malformed one is answered 400 first).
     Refused(HttpRefusal),
+    /// A request for a report on the server's own state: the loop decides
+    /// who may read it and answers with [`Connection::answer_report`].
+    Report {
+        report: Report,
+        authorization: Option<Authorization>,
+        path: String,
+    },
 }
 
 /// A client connection as the event loop sees it. `S` is the socket: a mio
@@ -284,6 +292,14 @@ impl<S: Read + Write> Connection<S> {
                     path: request.path,
                 }
             }
+            Answer::Report(report) => {
+                self.input.clear();
+                HttpOutcome::Report {
+                    report,
+                    authorization: request.authorization,
+                    path: request.path,
+                }
+            }
             Answer::Upgrade { bytes } => {
                 self.queue_raw(&bytes);
                 let early = std::mem::take(&mut self.input);
@@ -295,9 +311,19 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
+    /// Queues the answer to an [`HttpOutcome::Report`] request (the whole
+    /// HTTP response); the connection is then closed like any answer.
+    /// Returns its status.
+    pub fn answer_report(&mut self, answer: ReportAnswer) -> u16 {
+        let (status, bytes) = web::report_answer(answer);
+        self.queue_raw(&bytes);
+        status
+    }
+
     /// Queues bytes as they are (an HTTP answer). Not held to the cap: an
     /// answer is sent once, on an output still empty, and is at most the
-    /// largest embedded file; refusing it would send nothing at all.
+    /// largest embedded file or a bounded report (`/stats` lists at most
+    /// 8192 clients); refusing it would send nothing at all.
     fn queue_raw(&mut self, bytes: &[u8]) {
         self.output.extend_from_slice(bytes);
     }

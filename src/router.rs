@@ -237,6 +237,26 @@ pub enum HelloPlace {
     Plain,
 }
 
+/// What a connection is to the rules, as the server's statistics show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionView {
+    /// Its id (0 before OI).
+    pub id: ClientId,
+    pub kind: SessionKind,
+    /// Frames sent to it that await its OK or ERRO.
+    pub awaiting_ack: usize,
+    /// An emitter's requests not yet answered.
+    pub unsettled: usize,
+}
+
+/// What a connection identified as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    Unidentified,
+    Emitter,
+    Exhibitor,
+}
+
 /// A HELLO's name is held by another session (ignoring case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NameTaken;
@@ -642,6 +662,22 @@ impl Router {
     /// The name `conn`'s session shows (its HELLO's, or its exhibitor's).
     pub fn name(&self, conn: ConnId) -> Option<&str> {
         self.session(conn)?.name()
+    }
+
+    /// What `conn` is, for statistics (read only; not on the routing path).
+    pub fn session_view(&self, conn: ConnId) -> Option<SessionView> {
+        let session = self.session(conn)?;
+        let (kind, unsettled) = match &session.role {
+            Role::Anonymous => (SessionKind::Unidentified, 0),
+            Role::Emitter { replies, .. } => (SessionKind::Emitter, replies.len()),
+            Role::Exhibitor { .. } => (SessionKind::Exhibitor, 0),
+        };
+        Some(SessionView {
+            id: session.id,
+            kind,
+            awaiting_ack: session.awaiting_ack.len(),
+            unsettled,
+        })
     }
 
     /// Replays the last `len` broadcasts to each exhibitor as it identifies,

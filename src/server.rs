@@ -24,13 +24,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod access;
 mod history;
 mod identity;
+mod metrics;
+mod reports;
 mod spin;
 mod wire;
+pub use access::{BadCidr, Cidr};
 pub use history::HistoryConfig;
 pub use identity::AuthConfig;
 use identity::{Auth, ExtStep};
+use metrics::Metrics;
 use spin::Spin;
 use wire::{Closing, Departure, Slot, Wire};
 
@@ -68,6 +73,9 @@ pub struct Config {
     /// Accounts for the identity extension, loaded by [`Server::bind`]
     /// (`None`: no accounts; a HELLO may still claim a name).
     pub auth: Option<AuthConfig>,
+    /// Addresses that may read `/metrics` and `/stats` without a token
+    /// (`--metrics-allow`; the rule is `server/access.rs`).
+    pub metrics_allow: Vec<Cidr>,
 }
 
 impl Config {
@@ -83,6 +91,7 @@ impl Config {
             spin: Duration::from_micros(100),
             history: None,
             auth: None,
+            metrics_allow: Vec::new(),
         }
     }
 }
@@ -157,6 +166,8 @@ pub struct Server {
     spin: Spin,
     /// Sign-ins with accounts (`--auth`).
     auth: Option<Auth>,
+    /// When the server started, in seconds since the Unix epoch.
+    start_unix: u64,
 }
 
 /// What the end of a loop turn decided.
@@ -200,6 +211,7 @@ impl Server {
                 closing: Vec::new(),
                 early_writes: 0,
                 history: None,
+                metrics: Metrics::default(),
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
@@ -207,6 +219,7 @@ impl Server {
             next_trim: now,
             drain_deadline: None,
             auth: None,
+            start_unix: unix_now(),
         };
         if let Some(auth) = &server.config.auth {
             server.auth = Some(Auth::start(auth, server.waker.clone())?);
@@ -256,8 +269,12 @@ impl Server {
     /// spinning as soon as a deadline is due.
     fn poll(&mut self, events: &mut Events) -> io::Result<()> {
         let start = Instant::now();
-        self.spin
-            .start(start, start.saturating_duration_since(self.wire.now));
+        // The last turn's work ended here: the clock read the spin policy
+        // needs anyway times it.
+        let worked = start.saturating_duration_since(self.wire.now);
+        self.wire.metrics.turn(worked);
+        self.spin.start(start, worked);
+        let mut spun = false;
         loop {
             let mut timeout = self.poll_timeout();
             let spinning = self.spin.keeps_spinning(Instant::now, timeout);
@@ -266,9 +283,19 @@ impl Server {
             }
             match self.poll.poll(events, timeout) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(()) if spinning && events.is_empty() => std::thread::yield_now(),
+                Ok(()) if spinning && events.is_empty() => {
+                    spun = true;
+                    std::thread::yield_now();
+                }
                 result => {
                     let now = Instant::now();
+                    if spinning || spun {
+                        // Spinning ended at this poll, or (when the poll
+                        // that ended it blocked) where its window closed.
+                        let until = if spinning { now } else { self.spin.until(now) };
+                        let nanos = until.saturating_duration_since(start).as_nanos();
+                        self.wire.metrics.spin_nanos += nanos as u64;
+                    }
                     self.spin
                         .record(now.saturating_duration_since(start), events.is_empty());
                     self.wire.now = now;
@@ -330,7 +357,12 @@ impl Server {
         // router holds every reply that waits for the log until told here,
         // so deliveries need not wait for the disk, and the exhibitors'
         // acks are on their way while the loop writes.
-        if let Some(durable) = self.wire.history.as_mut().and_then(|h| h.end_turn()) {
+        let wire = &mut self.wire;
+        if let Some(durable) = wire
+            .history
+            .as_mut()
+            .and_then(|h| h.end_turn(&mut wire.metrics))
+        {
             self.router.durable(durable, now, &mut self.wire);
             self.flush_and_reap();
         }
@@ -445,6 +477,7 @@ impl Server {
         entry.insert(Slot {
             conn: Connection::new(socket, self.config.max_queue, self.config.web.is_some()),
             peer,
+            since_unix: unix_now(),
             closing: None,
             dirty: false,
             ready: false,
@@ -452,6 +485,7 @@ impl Server {
             unidentified,
         });
         self.router.connected(conn, self.wire.now);
+        self.wire.metrics.connections_opened += 1;
         info!(conn, %peer, "connected");
     }
 
@@ -488,7 +522,10 @@ impl Server {
                 self.wire.mark_dirty(conn);
             }
             match status {
-                Ok(ReadStatus::Data(n)) => drained = short_read_drains && n < self.scratch.len(),
+                Ok(ReadStatus::Data(n)) => {
+                    self.wire.metrics.bytes_in += n as u64;
+                    drained = short_read_drains && n < self.scratch.len();
+                }
                 Ok(ReadStatus::WouldBlock) => return,
                 // Frames that came before the end are routed first (on a
                 // WebSocket one read can hold both).
@@ -563,6 +600,7 @@ impl Server {
             match FrameView::parse(&input[consumed..]) {
                 Ok(Some((frame, len))) => {
                     consumed += len;
+                    self.wire.metrics.frames_in[frame.kind as usize] += 1;
                     debug!(conn, %frame, "received");
                     self.router
                         .on_frame_view(conn, &frame, self.wire.now, &mut self.wire);
@@ -573,7 +611,13 @@ impl Server {
                     let step = self.on_extension(conn, e.header(), &input[consumed..]);
                     self.settle_dropped();
                     match step {
-                        ExtStep::Took(len) => consumed += len,
+                        ExtStep::Took(len) => {
+                            consumed += len;
+                            let kind = usize::from(e.header().kind);
+                            if let Some(count) = self.wire.metrics.frames_in.get_mut(kind) {
+                                *count += 1;
+                            }
+                        }
                         ExtStep::Wait => break true,
                         ExtStep::Stop => break false,
                     }
@@ -631,6 +675,19 @@ impl Server {
                 info!(conn, %peer, status, method, path, "HTTP request");
                 Departure::Served(status)
             }
+            HttpOutcome::Report {
+                report,
+                authorization,
+                path,
+            } => {
+                // The time the loop spends on it (BENCHMARKS.md measures it
+                // with 8,000 clients).
+                let start = Instant::now();
+                let status = self.serve_report(conn, report, authorization.as_ref());
+                let micros = start.elapsed().as_micros() as u64;
+                info!(conn, %peer, status, method = "GET", path, micros, "HTTP request");
+                Departure::Served(status)
+            }
             HttpOutcome::Refused(error) => {
                 warn!(conn, %peer, %error, "HTTP request refused");
                 Departure::BadRequest(error)
@@ -678,7 +735,11 @@ impl Server {
         slot.dirty = false;
         slot.wrote_early = false;
         let discard = slot.closing.as_ref().is_some_and(|c| c.discard);
+        let queued = slot.conn.queued_output();
         let written = if discard { Ok(true) } else { slot.conn.flush() };
+        if !discard {
+            self.wire.metrics.bytes_out += (queued - slot.conn.queued_output()) as u64;
+        }
         match written {
             Ok(true) if slot.closing.is_some() => self.finish_close(conn),
             Ok(true) => self.set_write_interest(conn, false),
@@ -845,6 +906,9 @@ impl Server {
         }
         let mut slot = self.wire.conns.remove(conn);
         let _ = self.poll.registry().deregister(&mut slot.conn.socket);
+        self.wire
+            .metrics
+            .closed(slot.closing.as_ref().map(|c| &c.reason));
         let transport = slot.conn.stage();
         match slot.closing {
             // An HTTP connection the handshake timeout closed never sent a
@@ -881,6 +945,13 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {

@@ -13,6 +13,7 @@ mod cli;
 mod codec;
 mod history;
 mod identity;
+mod metrics;
 mod raw;
 mod reliability;
 mod router;

@@ -5,7 +5,7 @@
 
 use clap::Parser;
 use evchat::cli::parse_secs;
-use evchat::server::{AuthConfig, Config, HistoryConfig, Limits, Server, WebConfig};
+use evchat::server::{AuthConfig, Cidr, Config, HistoryConfig, Limits, Server, WebConfig};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;
@@ -176,12 +176,29 @@ struct Args {
     #[allow(rustdoc::bare_urls)]
     #[arg(long, value_name = "URL")]
     allow_origin: Vec<String>,
+    /// Addresses that may read /metrics and /stats without a token, as
+    /// ADDR/BITS (e.g. 10.0.0.0/8); repeatable. Without it and without
+    /// --auth, loopback only; with --auth, an admin's token otherwise
+    #[arg(long, value_name = "CIDR")]
+    metrics_allow: Vec<Cidr>,
+    /// Log lines as text, or as one JSON object a line (for log shippers)
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: LogFormat,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
     /// Less log output (-q warnings only, -qq errors only)
     #[arg(short, long, action = clap::ArgAction::Count)]
     quiet: u8,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `TIME LEVEL target: message field=value ...`
+    Text,
+    /// `{"timestamp":...,"level":...,"fields":{"message":...,...},"target":...}`
+    Json,
 }
 
 /// The library's defaults, which the flags' defaults are read from.
@@ -251,7 +268,7 @@ fn parse_queue_bytes(text: &str) -> Result<usize, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.verbose, args.quiet);
+    init_logging(args.verbose, args.quiet, args.log_format);
     // Before any thread starts, so that every thread inherits the mask and
     // only the waiting thread below takes SIGHUP.
     if args.auth.is_some()
@@ -291,6 +308,7 @@ fn main() -> ExitCode {
             queue: args.auth_queue as usize,
             max_unidentified: args.max_unidentified as usize,
         }),
+        metrics_allow: args.metrics_allow.clone(),
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -414,7 +432,7 @@ fn ignore_file_size_signal() {
     }
 }
 
-fn init_logging(verbose: u8, quiet: u8) {
+fn init_logging(verbose: u8, quiet: u8, format: LogFormat) {
     let level = match (verbose, quiet) {
         (0, 0) => "info",
         (1, _) => "debug",
@@ -424,11 +442,18 @@ fn init_logging(verbose: u8, quiet: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && !evchat::cli::no_color())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr()) && !evchat::cli::no_color(),
+            )
+            .init(),
+        // The same fields as the text lines, one object a line; no colour.
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 /// Lifts the open-file soft limit to the hard limit so that every id (8191

@@ -7,13 +7,14 @@
 //! hands over each accepted MSG's sender, whose name and roles the record
 //! keeps. Without history none of this runs.
 
+use super::metrics::Metrics;
 use super::{Server, Wire};
 use crate::proto::{BROADCAST, FrameView};
 use crate::router::Sender;
 use crate::store::format::RecordView;
 use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 /// How the server keeps history (the `--history` flags).
@@ -148,12 +149,23 @@ impl History {
         })
     }
 
+    /// The sync thread's rounds so far and the time they took.
+    pub(super) fn sync_totals(&self) -> (u64, Duration) {
+        self.writer.sync_totals()
+    }
+
     /// End of a loop turn, after its output is flushed (the replies that
     /// wait for these records are still held by the router): writes the
     /// turn's records; returns how far records are settled, when that moved.
-    pub(super) fn end_turn(&mut self) -> Option<Ticket> {
-        self.turn_time_ms = None;
-        self.writer.write();
+    pub(super) fn end_turn(&mut self, metrics: &mut Metrics) -> Option<Ticket> {
+        // Timed only in a turn that appended: an idle turn reads no clock.
+        if self.turn_time_ms.take().is_some() {
+            let start = Instant::now();
+            self.writer.write();
+            metrics.history_write_nanos += start.elapsed().as_nanos() as u64;
+        } else {
+            self.writer.write();
+        }
         let settled = self.writer.settled();
         (settled > self.told_durable).then(|| {
             self.told_durable = settled;
@@ -170,6 +182,9 @@ impl Wire {
         msg: &FrameView<'_>,
         sender: impl FnOnce() -> Sender<'s>,
     ) -> Option<Ticket> {
-        Some(self.history.as_mut()?.append(msg, sender()))
+        let history = self.history.as_mut()?;
+        self.metrics.history_appends += 1;
+        self.metrics.history_bytes += msg.text().map_or(0, <[u8]>::len) as u64;
+        Some(history.append(msg, sender()))
     }
 }

@@ -14,7 +14,7 @@ use crate::auth::{
     Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Verifier,
 };
 use crate::proto::ext::{
-    Code, ExtError, ExtFrame, HELLO, Hello, HelloAck, KICK, PLAIN_ROLES, VERSION,
+    Code, ExtError, ExtFrame, HELLO, HELLOACK, Hello, HelloAck, KICK, PLAIN_ROLES, VERSION,
 };
 use crate::proto::{Header, SERVER_ID};
 use crate::router::{ConnId, HelloPlace, NameTaken};
@@ -109,6 +109,11 @@ impl Auth {
             unidentified: HashMap::new(),
             max_unidentified: config.max_unidentified.max(1),
         })
+    }
+
+    /// The accounts as last loaded (a report's access check reads them).
+    pub(super) fn accounts(&self) -> Arc<Accounts> {
+        self.verifier.accounts()
     }
 
     pub(super) fn forget_conn(&mut self, conn: ConnId) {
@@ -271,6 +276,7 @@ impl Server {
         };
         if !auth.budget.allows(peer, now) {
             info!(conn, %peer, "sign-in refused unchecked: too many refused from this source");
+            self.wire.metrics.sign_in_failures += 1;
             return self.hello_ack(conn, seq, Code::TooManyFailures, 0, b"");
         }
         if hello.secret.is_empty() {
@@ -326,6 +332,7 @@ impl Server {
             roles,
             name: name.to_vec(),
         });
+        self.wire.metrics.frames_out[usize::from(HELLOACK)] += 1;
         self.wire.queue_for(conn, &ack);
         if code.closes() {
             self.router
@@ -357,6 +364,7 @@ impl Server {
                 // not buy another guess.
                 auth.budget.record_failure(peer, now);
                 info!(conn, %peer, cause = %refusal.cause, "sign-in refused");
+                self.wire.metrics.sign_in_failures += 1;
             }
             if !live {
                 continue;
@@ -364,6 +372,7 @@ impl Server {
             match outcome.result {
                 Ok(identity) => {
                     info!(conn, %peer, name = %identity.name, roles = %identity.roles, "signed in");
+                    self.wire.metrics.sign_ins += 1;
                     if let Some(auth) = self.auth.as_mut() {
                         auth.signed_in(conn, identity.name.key().into(), identity.expires);
                     }

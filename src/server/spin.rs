@@ -77,6 +77,12 @@ impl Spin {
         self.until.is_some_and(|until| now() < until) && timeout != Some(Duration::ZERO)
     }
 
+    /// When the current poll's spinning stops: at `now`, or sooner where
+    /// its window closed.
+    pub(super) fn until(&self, now: Instant) -> Instant {
+        self.until.map_or(now, |until| until.min(now))
+    }
+
     /// How long the next poll may poll without blocking before it sleeps,
     /// after a turn that took `worked` since the last poll returned.
     fn window(&mut self, worked: Duration) -> Duration {

@@ -6,8 +6,9 @@
 //! the loop (`server.rs`) does the rest of the reading, writing and removing.
 
 use super::history::History;
+use super::metrics::Metrics;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
-use crate::proto::ext::ExtFrame;
+use crate::proto::ext::{ExtFrame, HELLO, HELLOACK, KICK, WHO};
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 use crate::router::{CloseReason, ConnId, Outbox, Sender};
 use slab::Slab;
@@ -126,12 +127,17 @@ pub(super) struct Wire {
     pub(super) early_writes: usize,
     /// The durable history, with `--history`.
     pub(super) history: Option<History>,
+    /// What the loop has counted (here, so that the router's sends are
+    /// counted where they are queued).
+    pub(super) metrics: Metrics,
 }
 
 /// One connection in the slab, and whether it is on the turn's lists.
 pub(super) struct Slot {
     pub(super) conn: Connection,
     pub(super) peer: SocketAddr,
+    /// When it was accepted, in seconds since the Unix epoch (`/stats`).
+    pub(super) since_unix: u64,
     /// Set once the connection is on its way out. A slot can be removed in
     /// the middle of a turn (its peer closed while it lingered) and its token
     /// reused by a connection accepted later in the same poll batch; an event
@@ -234,7 +240,10 @@ impl Wire {
             {
                 slot.wrote_early = true;
                 self.early_writes += 1;
-                if let Err(e) = slot.conn.flush() {
+                let queued = slot.conn.queued_output();
+                let flushed = slot.conn.flush();
+                self.metrics.bytes_out += (queued - slot.conn.queued_output()) as u64;
+                if let Err(e) = flushed {
                     debug!(conn = to, error = %e, "write failed");
                     self.drop_conn(to, Departure::IoError);
                     return;
@@ -252,14 +261,23 @@ impl Wire {
 
 impl Outbox for Wire {
     fn send(&mut self, to: ConnId, frame: &Frame) {
+        self.metrics.frames_out[frame.kind as usize] += 1;
         self.queue_for(to, frame);
     }
 
     fn send_ext(&mut self, to: ConnId, frame: &ExtFrame) {
+        let kind = match frame {
+            ExtFrame::Hello(_) => HELLO,
+            ExtFrame::HelloAck(_) => HELLOACK,
+            ExtFrame::Who(_) => WHO,
+            ExtFrame::Kick(_) => KICK,
+        };
+        self.metrics.frames_out[usize::from(kind)] += 1;
         self.queue_for(to, frame);
     }
 
     fn forward(&mut self, targets: &[ConnId], msg: &FrameView<'_>) {
+        self.metrics.deliveries += targets.len() as u64;
         for &to in targets {
             self.queue_for(to, msg);
         }

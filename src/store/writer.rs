@@ -119,6 +119,10 @@ struct Shared {
     /// (tried to): what the tests see of each mode's promise.
     sealed_syncs: AtomicU64,
     active_syncs: AtomicU64,
+    /// Sync rounds done and the time they took, in nanoseconds (the
+    /// server's metrics).
+    sync_rounds: AtomicU64,
+    sync_nanos: AtomicU64,
 }
 
 /// What the sync thread has to cover, as of the loop's last write.
@@ -277,6 +281,14 @@ impl Writer {
         (sealed, self.shared.active_syncs.load(Ordering::Acquire))
     }
 
+    /// How many sync rounds (`fsync` of what was written) the thread has
+    /// done, and the time they took.
+    pub fn sync_totals(&self) -> (u64, Duration) {
+        let nanos = self.shared.sync_nanos.load(Ordering::Relaxed);
+        let rounds = self.shared.sync_rounds.load(Ordering::Relaxed);
+        (rounds, Duration::from_nanos(nanos))
+    }
+
     /// The capacity of the batch buffer kept between turns.
     #[cfg(feature = "testing")]
     pub fn batch_capacity(&self) -> usize {
@@ -341,6 +353,8 @@ impl Shared {
             synced: AtomicU64::new(0),
             sealed_syncs: AtomicU64::new(0),
             active_syncs: AtomicU64::new(0),
+            sync_rounds: AtomicU64::new(0),
+            sync_nanos: AtomicU64::new(0),
         }
     }
 
@@ -436,6 +450,7 @@ impl SyncThread {
     /// Syncs the full segments, the directory after them, then the active
     /// segment; the first error, after trying them all.
     fn sync(&self, round: &Round) -> Result<(), WriteError> {
+        let start = Instant::now();
         let mut result = Ok(());
         for segment in &round.sealed {
             result = result.and(segment.sync());
@@ -457,6 +472,9 @@ impl SyncThread {
             .fetch_add(u64::from(round.active.is_some()), Ordering::Release);
         let sealed = round.sealed.len() as u64;
         shared.sealed_syncs.fetch_add(sealed, Ordering::Release);
+        let nanos = start.elapsed().as_nanos() as u64;
+        shared.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+        shared.sync_rounds.fetch_add(1, Ordering::Relaxed);
         result
     }
 

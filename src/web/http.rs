@@ -1,7 +1,9 @@
 //! HTTP/1.1 on the web port: the request head (parsed with `httparse`,
 //! bounded by [`MAX_HEAD_LEN`]) and the answer to it: the page's files, the
-//! WebSocket upgrade's 101 (after the handshake and origin checks), or an
-//! error status. Every answer but the upgrade closes the connection.
+//! WebSocket upgrade's 101 (after the handshake and origin checks), an
+//! error status, or, for `/metrics` and `/stats`, word that the server must
+//! answer from its own state ([`Answer::Report`]; [`report_answer`] then
+//! writes it). Every answer but the upgrade closes the connection.
 
 use super::page;
 
@@ -33,6 +35,39 @@ pub struct Request {
     pub connection: Option<String>,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    /// The `Authorization` header, which may carry a secret.
+    pub authorization: Option<Authorization>,
+}
+
+/// An `Authorization` header's value. It may hold a token, so its `Debug`
+/// shows nothing of it, and nothing here logs it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Authorization(String);
+
+impl Authorization {
+    /// The credentials of a `Bearer` scheme (RFC 6750; the scheme's name
+    /// in any case), if that is the scheme.
+    pub fn bearer(&self) -> Option<&str> {
+        let (scheme, credentials) = self.0.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| credentials.trim())
+    }
+}
+
+impl std::fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authorization(..)")
+    }
+}
+
+/// What the server reports on its own state over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// `GET /metrics`: the Prometheus text format.
+    Metrics,
+    /// `GET /stats`: JSON, totals and one entry per client.
+    Stats,
 }
 
 /// The request head at the start of `buf`, and the bytes it takes;
@@ -68,6 +103,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
         connection: header("connection"),
         ws_key: header("sec-websocket-key"),
         ws_version: header("sec-websocket-version"),
+        authorization: header("authorization").map(Authorization),
     };
     Ok(Some((request, len)))
 }
@@ -79,6 +115,8 @@ pub enum Answer {
     Close { status: u16, bytes: Vec<u8> },
     /// Send these bytes (the 101), then speak WebSocket.
     Upgrade { bytes: Vec<u8> },
+    /// The server answers from its own state (see [`report_answer`]).
+    Report(Report),
 }
 
 impl Answer {
@@ -86,6 +124,7 @@ impl Answer {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Answer::Close { bytes, .. } | Answer::Upgrade { bytes } => bytes,
+            Answer::Report(_) => &[],
         }
     }
 }
@@ -97,8 +136,11 @@ pub fn answer(req: &Request, allowed_origins: &[String]) -> Answer {
     if req.method != "GET" {
         return status(405, "only GET is served\n", &[("Allow", "GET")]);
     }
-    if req.path == "/ws" {
-        return upgrade(req, allowed_origins);
+    match req.path.as_str() {
+        "/ws" => return upgrade(req, allowed_origins),
+        "/metrics" => return Answer::Report(Report::Metrics),
+        "/stats" => return Answer::Report(Report::Stats),
+        _ => {}
     }
     match page::asset(&req.path) {
         Some(asset) => reply(200, asset.content_type, asset.body, &[]),
@@ -189,6 +231,43 @@ const COMMON_HEADERS: &str = "Cache-Control: no-store\r\nX-Content-Type-Options:
      img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'\r\nConnection: close\r\n";
 
+/// How the server answers a [`Report`] request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportAnswer {
+    /// 200 with this body, of this content type.
+    Body {
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+    /// 401: credentials are needed (a `Bearer` token).
+    Unauthorized,
+    /// 403: this address may not read it.
+    Forbidden,
+}
+
+/// The bytes of the answer to a [`Report`] request; its status.
+pub fn report_answer(answer: ReportAnswer) -> (u16, Vec<u8>) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match answer {
+        ReportAnswer::Body { content_type, body } => {
+            (200, reply_bytes(200, content_type, &body, &[]))
+        }
+        ReportAnswer::Unauthorized => (
+            401,
+            reply_bytes(
+                401,
+                TEXT,
+                b"an admin account's token is needed: Authorization: Bearer evt_...\n",
+                &[("WWW-Authenticate", "Bearer realm=\"evchat\"")],
+            ),
+        ),
+        ReportAnswer::Forbidden => (
+            403,
+            reply_bytes(403, TEXT, b"not allowed from this address\n", &[]),
+        ),
+    }
+}
+
 /// The answer to a head that cannot be parsed.
 pub fn bad_request() -> Answer {
     status(400, "malformed request\n", &[])
@@ -199,6 +278,13 @@ fn status(code: u16, body: &str, extra: &[(&str, &str)]) -> Answer {
 }
 
 fn reply(code: u16, content_type: &str, body: &[u8], extra: &[(&str, &str)]) -> Answer {
+    Answer::Close {
+        status: code,
+        bytes: reply_bytes(code, content_type, body, extra),
+    }
+}
+
+fn reply_bytes(code: u16, content_type: &str, body: &[u8], extra: &[(&str, &str)]) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\n\
          Content-Length: {}\r\n{COMMON_HEADERS}",
@@ -211,16 +297,14 @@ fn reply(code: u16, content_type: &str, body: &[u8], extra: &[(&str, &str)]) -> 
     head.push_str("\r\n");
     let mut bytes = head.into_bytes();
     bytes.extend_from_slice(body);
-    Answer::Close {
-        status: code,
-        bytes,
-    }
+    bytes
 }
 
 fn reason_phrase(code: u16) -> &'static str {
     match code {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",

@@ -1,12 +1,14 @@
 //! `evchat <command>`: the user-facing tools in one binary, so nothing
 //! installs under a generic name. `chat` is both clients in one terminal,
 //! `check` tests any server of the protocol rule by rule, `history` reads a
-//! server's message log. The protocol's own clients (`emitter`,
-//! `exhibitor`) and the `server` keep their own binaries.
+//! server's message log, `stats` shows a running server's `/stats`. The
+//! protocol's own clients (`emitter`, `exhibitor`) and the `server` keep
+//! their own binaries.
 
 mod chat;
 mod check;
 mod history;
+mod stats;
 mod user;
 
 use clap::{Parser, Subcommand};
@@ -19,7 +21,8 @@ use std::process::ExitCode;
     after_help = "Examples:\n  \
 evchat chat 127.0.0.1:5000              chat in this terminal\n  \
 evchat check 127.0.0.1:5000             check a server of the protocol, rule by rule\n  \
-evchat history /var/lib/evchat --json   a server's history (server --history DIR)"
+evchat history /var/lib/evchat --json   a server's history (server --history DIR)\n  \
+evchat stats 127.0.0.1:5000             a running server's clients and traffic, live"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +39,8 @@ enum Command {
     History(history::HistoryArgs),
     /// Add, list or remove accounts in a server's accounts file
     User(user::UserArgs),
+    /// A running server's statistics: a live view like top, or one screen
+    Stats(stats::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,5 +49,6 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::History(args) => history::run(args),
         Command::User(args) => user::run(args),
+        Command::Stats(args) => stats::run(args),
     }
 }
