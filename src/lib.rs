@@ -17,6 +17,7 @@ pub mod proto;
 mod router;
 pub mod server;
 pub mod store;
+pub mod tls;
 mod web;
 
 /// What the tests, benches and fuzz targets reach below the binaries' API:
@@ -28,7 +29,8 @@ mod web;
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::connection::{
-        Connection, Ending, HttpOutcome, ReadStatus, Stage, TransportStatus, WebConfig,
+        Accepts, Connection, Ending, HttpOutcome, PlainRefusal, ReadStatus, Stage, TransportStatus,
+        WebConfig,
     };
     pub use crate::router::{CloseReason, ConnId, Outbox, REPLAY_FRAMING, Router};
     pub use crate::store::format::Record;

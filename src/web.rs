@@ -14,7 +14,7 @@ mod sniff;
 mod websocket;
 mod ws_frame;
 
-pub use http::{Answer, HeadError, answer, bad_request, parse_head};
+pub use http::{Answer, HeadError, answer, bad_request, parse_head, tls_required};
 pub use sniff::{Sniff, sniff};
 pub use websocket::{CloseCause, WebSocket, WsFailure, WsStatus};
 pub use ws_frame::{binary_header_len, put_binary_header};

@@ -68,6 +68,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         spin: Duration::from_micros(50),
         history: None,
         auth: None,
+        tls: None,
     })
     .unwrap();
     (serial, server)
