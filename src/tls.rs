@@ -8,6 +8,7 @@
 //! event loop and the router never see ciphertext. PROTOCOL.md ("TLS
 //! transport") is the contract.
 
+pub mod generate;
 mod identity;
 mod session;
 

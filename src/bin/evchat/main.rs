@@ -1,9 +1,11 @@
 //! `evchat <command>`: the user-facing tools in one binary, so nothing
 //! installs under a generic name. `chat` is both clients in one terminal,
 //! `check` tests any server of the protocol rule by rule, `history` reads a
-//! server's message log. The protocol's own clients (`emitter`,
+//! server's message log, `user` edits accounts, `cert` makes throwaway TLS
+//! certificates. The protocol's own clients (`emitter`,
 //! `exhibitor`) and the `server` keep their own binaries.
 
+mod cert;
 mod chat;
 mod check;
 mod history;
@@ -19,7 +21,8 @@ use std::process::ExitCode;
     after_help = "Examples:\n  \
 evchat chat 127.0.0.1:5000              chat in this terminal\n  \
 evchat check 127.0.0.1:5000             check a server of the protocol, rule by rule\n  \
-evchat history /var/lib/evchat --json   a server's history (server --history DIR)"
+evchat history /var/lib/evchat --json   a server's history (server --history DIR)\n  \
+evchat cert --out tls chat.example      a test CA and certificate (server --tls-cert)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +39,8 @@ enum Command {
     History(history::HistoryArgs),
     /// Add, list or remove accounts in a server's accounts file
     User(user::UserArgs),
+    /// Make a throwaway CA and a server certificate for trying TLS
+    Cert(cert::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,5 +49,6 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::History(args) => history::run(args),
         Command::User(args) => user::run(args),
+        Command::Cert(args) => cert::run(args),
     }
 }
