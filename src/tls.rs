@@ -16,7 +16,10 @@ pub use identity::{IdentityError, TlsAcceptor};
 pub use session::{TlsFailure, TlsSession, TlsStatus};
 
 /// The one crypto provider, in one place: `ring` builds with the C compiler
-/// alone (aws-lc-rs, rustls' default, needs cmake).
+/// alone (aws-lc-rs, rustls' default, needs cmake). rustls 0.23.48 marks
+/// it deprecated for want of post-quantum key exchange, which only
+/// aws-lc-rs has; the classical suites it offers are still rustls' own.
+#[allow(deprecated)]
 fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -81,6 +81,8 @@ impl Certs {
         for cert in rustls::pki_types::CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
+        // As the server's (src/tls.rs says why it is allowed).
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         Arc::new(
             ClientConfig::builder_with_provider(provider)
