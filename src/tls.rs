@@ -8,12 +8,15 @@
 //! event loop and the router never see ciphertext. PROTOCOL.md ("TLS
 //! transport") is the contract.
 
+pub mod client;
 pub mod generate;
 mod identity;
 mod session;
+mod stream;
 
 pub use identity::{IdentityError, TlsAcceptor};
 pub use session::{TlsFailure, TlsSession, TlsStatus};
+pub use stream::ClientStream;
 
 /// The one crypto provider, in one place: `ring` builds with the C compiler
 /// alone (aws-lc-rs, rustls' default, needs cmake). rustls 0.23.48 marks

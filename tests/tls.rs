@@ -595,3 +595,129 @@ fn evchat_cert_writes_a_ca_a_chain_and_a_private_key() {
         format!("evchat cert: {out_arg}/ca.pem exists: remove it or choose another --out")
     );
 }
+
+// ---- the clients -----------------------------------------------------------------
+
+fn tls_target(server: &Server) -> String {
+    format!("tls://localhost:{}", server.addr.port())
+}
+
+#[test]
+fn exhibitor_and_emitter_speak_tls_with_tls_urls_and_the_tls_flag() {
+    let certs = Certs::new("tls-clients");
+    let server = tls_server(&certs, &["--require-tls"]);
+    let ca = certs.arg("ca.pem");
+    let ex = Proc::spawn("exhibitor", &[&tls_target(&server), "--ca", &ca]);
+    ex.stdout.expect_line("exhibitor 4096");
+    // --tls with a plain address: the certificate names 127.0.0.1 too.
+    let plain_addr = server.target();
+    let mut em = Proc::spawn("emitter", &[&plain_addr, "--tls", "--ca", &ca]);
+    em.stdout.expect_line("emitter 1");
+    em.input("(4096) hello over TLS\n");
+    ex.stdout.expect_line("Message from 1: hello over TLS");
+    em.stdout.expect_line("delivered #1");
+}
+
+#[test]
+fn evchat_chat_speaks_tls_and_sees_its_message_delivered() {
+    let certs = Certs::new("tls-chat");
+    let server = tls_server(&certs, &[]);
+    let mut chat = Proc::spawn(
+        "evchat",
+        &["chat", &tls_target(&server), "--ca", &certs.arg("ca.pem")],
+    );
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    chat.input("over TLS\n");
+    chat.stdout.expect_line("you to all: over TLS ✓");
+    chat.close_input();
+    assert!(chat.wait().success());
+}
+
+/// What `evchat chat` says when it cannot connect to `server`: its
+/// stderr, whole.
+fn chat_refusal(server: &Server, extra: &[&str]) -> String {
+    let target = tls_target(server);
+    let mut args = vec!["chat", target.as_str()];
+    args.extend_from_slice(extra);
+    let mut chat = Proc::spawn("evchat", &args);
+    assert!(!chat.wait().success());
+    chat.stderr.rest().join("\n")
+}
+
+#[test]
+fn an_expired_certificate_is_a_plain_sentence_in_evchat_chat() {
+    let day = Duration::from_secs(86_400);
+    let jan_2_2020 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_577_923_200);
+    let certs = Certs::valid_between("tls-expired", &["localhost"], jan_2_2020 - day, jan_2_2020);
+    let server = tls_server(&certs, &[]);
+    assert_eq!(
+        chat_refusal(&server, &["--ca", &certs.arg("ca.pem")]),
+        format!(
+            "evchat chat: cannot connect to {}: the server's certificate expired on 2020-01-02",
+            tls_target(&server)
+        )
+    );
+}
+
+#[test]
+fn a_certificate_for_another_name_is_a_plain_sentence_in_evchat_chat() {
+    let certs = Certs::valid_between(
+        "tls-wrong-name",
+        &["chat.example"],
+        SystemTime::now() - Duration::from_secs(3600),
+        SystemTime::now() + Duration::from_secs(3600),
+    );
+    let server = tls_server(&certs, &[]);
+    assert_eq!(
+        chat_refusal(&server, &["--ca", &certs.arg("ca.pem")]),
+        format!(
+            "evchat chat: cannot connect to {}: the server's certificate is not for localhost \
+             (it is for chat.example)",
+            tls_target(&server)
+        )
+    );
+}
+
+#[test]
+fn a_certificate_from_an_untrusted_ca_is_a_plain_sentence_in_evchat_chat() {
+    let certs = Certs::new("tls-unknown-issuer");
+    let other = Certs::new("tls-unknown-issuer-other");
+    let server = tls_server(&certs, &[]);
+    assert_eq!(
+        chat_refusal(&server, &["--ca", &other.arg("ca.pem")]),
+        format!(
+            "evchat chat: cannot connect to {}: the server's certificate is signed by a CA this \
+             client does not trust: give that CA with --ca FILE (evchat cert wrote ca.pem)",
+            tls_target(&server)
+        )
+    );
+}
+
+#[test]
+fn a_plain_server_met_with_tls_is_a_plain_sentence() {
+    let server = Server::start(&[]);
+    assert_eq!(
+        chat_refusal(&server, &["--insecure"]),
+        format!(
+            "warning: --insecure: the server's certificate is not checked, so anyone between \
+             here and the server can read and change everything\n\
+             evchat chat: cannot connect to {}: the server does not speak TLS there (a plain \
+             server? drop tls:// and --tls)",
+            tls_target(&server)
+        )
+    );
+}
+
+#[test]
+fn insecure_warns_on_every_start_and_connects() {
+    let certs = Certs::new("tls-insecure");
+    let server = tls_server(&certs, &[]);
+    let ex = Proc::spawn("exhibitor", &[&tls_target(&server), "--insecure"]);
+    assert_eq!(
+        ex.stderr.expect(),
+        "warning: --insecure: the server's certificate is not checked, so anyone between here \
+         and the server can read and change everything"
+    );
+    ex.stdout.expect_line("exhibitor 4096");
+}

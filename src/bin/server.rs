@@ -34,10 +34,8 @@ reloads the accounts and the certificate. Ctrl-C or SIGTERM says goodbye (FLW) t
 and exits 0.",
     after_help = "Examples:\n  \
 server 5000                        this machine only (127.0.0.1:5000)\n  \
-server 5000 --bind 0.0.0.0         every IPv4 interface: open to the network\n  \
 server 5000 --auth accounts        sign-in required (evchat user add accounts NAME --roles R)\n  \
-server 5000 --bind 0.0.0.0 --tls-cert cert.pem --tls-key key.pem --auth accounts\n\x20   \
-TLS and sign-in, open to the network (evchat cert makes a test certificate)"
+server 5000 --tls-cert cert.pem --tls-key key.pem   TLS too (evchat cert makes a test pair)"
 )]
 struct Args {
     /// TCP port to listen on (0 picks a free one)

@@ -4,9 +4,10 @@
 use super::wire::{FrameReader, FrameWriter};
 use crate::cli::escape_text;
 use crate::proto::{BROADCAST, ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
+use crate::tls::ClientStream;
+use crate::tls::client::{ConnectError, Endpoint};
 use bytes::BytesMut;
 use std::io::{self, Read};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// How long a client waits for the server to answer its OI.
@@ -47,18 +48,25 @@ pub struct Registered {
 /// How many of a foreign peer's first bytes an error shows.
 const SHOWN_PREFIX: usize = 24;
 
-/// Connects to `addr` (`host:port`, `1.2.3.4:port` or `[::1]:port`) and
-/// sends OI with `origin` (0: exhibitor; an exhibitor id: pair with it).
-pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterError> {
-    let stream = TcpStream::connect(addr).map_err(|e| RegisterError::Connect {
-        addr: addr.to_string(),
-        reason: connect_reason(&e),
+/// Connects to `target` (`host:port`, `1.2.3.4:port` or `[::1]:port`, with
+/// TLS or without) and sends OI with `origin` (0: exhibitor; an exhibitor
+/// id: pair with it).
+pub fn register(target: &Endpoint, origin: ClientId) -> Result<Registered, RegisterError> {
+    let addr = &target.to_string();
+    let stream = target.connect(REGISTRATION_TIMEOUT).map_err(|e| match e {
+        ConnectError::Io(e) => RegisterError::Connect {
+            addr: addr.to_string(),
+            reason: connect_reason(&e),
+        },
+        ConnectError::Tls(reason) => RegisterError::Connect {
+            addr: addr.to_string(),
+            reason,
+        },
     })?;
     let io_error = |source| RegisterError::Io {
         addr: addr.to_string(),
         source,
     };
-    let _ = stream.set_nodelay(true);
     let mut read_half = stream.try_clone().map_err(io_error)?;
     let writer = FrameWriter::new(stream);
     let oi_seq = writer
@@ -88,7 +96,7 @@ pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterErro
 /// Reads the first frame within [`REGISTRATION_TIMEOUT`]; returns it, the
 /// first bytes as received (for an error message) and what followed it.
 fn read_reply(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     addr: &str,
 ) -> Result<(Frame, Vec<u8>, BytesMut), RegisterError> {
     let deadline = Instant::now() + REGISTRATION_TIMEOUT;

@@ -31,6 +31,8 @@ pub enum GenerateError {
     BadName(String),
     #[error("cannot make the certificate: {0}")]
     Signing(#[from] rcgen::Error),
+    #[error("no random bytes from the system: {0}")]
+    Random(String),
 }
 
 /// Issues a CA and a server certificate for `names` (host names or IP
@@ -68,7 +70,11 @@ pub fn throwaway(
 
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::default();
-    ca.distinguished_name = named(&format!("evchat throwaway CA for {first}"));
+    // A name of its own, so that two throwaway CAs are never taken for one.
+    let mut tag = [0u8; 4];
+    getrandom::fill(&mut tag).map_err(|e| GenerateError::Random(e.to_string()))?;
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    ca.distinguished_name = named(&format!("evchat throwaway CA {tag} for {first}"));
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.name_constraints = Some(NameConstraints {

@@ -15,6 +15,7 @@ use evchat::client::{
     RegisterError, Replies, Settled, exit_process, register,
 };
 use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind};
+use evchat::tls::client::{Endpoint, TlsArgs};
 use input::{ChatLine, HELP, Target, parse_chat_line};
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
@@ -54,8 +55,11 @@ Examples:
   evchat chat localhost:5000 --timestamps never
   printf 'hello\\n/list\\n' | evchat chat localhost:5000")]
 pub struct ChatArgs {
-    /// Server address as host:port (IPv6: [addr]:port)
+    /// Server address as host:port (IPv6: [addr]:port); tls://host:port
+    /// for TLS
     server: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// When to show the local time before chat lines
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
     timestamps: When,
@@ -135,7 +139,7 @@ impl State {
 type Books = Book<Sent, State>;
 
 struct Chat {
-    addr: String,
+    target: Endpoint,
     printer: Printer,
     timestamps: bool,
     replies: Replies<Sent, State>,
@@ -185,7 +189,14 @@ fn already_seen(seen: &VecDeque<(ClientId, Vec<u8>)>, replayed: &[(ClientId, &[u
 }
 
 pub fn run(args: ChatArgs) -> ExitCode {
-    let (session, readers) = match connect_pair(&args.server) {
+    let target = match Endpoint::parse(&args.server, &args.tls) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("evchat chat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (session, readers) = match connect_pair(&target) {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("evchat chat: {e}");
@@ -196,7 +207,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
     let mut input = LineInput::stdin(Entered::Erased);
     let terminal = input.is_terminal();
     let chat = Arc::new(Chat {
-        addr: args.server,
+        target,
         printer: input.printer(),
         timestamps: match args.timestamps {
             When::Auto => terminal,
@@ -222,9 +233,9 @@ pub fn run(args: ChatArgs) -> ExitCode {
 }
 
 /// Registers an exhibitor, then an emitter paired with it.
-fn connect_pair(addr: &str) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
-    let exhibitor = register(addr, BROADCAST)?;
-    let emitter = match register(addr, exhibitor.id) {
+fn connect_pair(target: &Endpoint) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
+    let exhibitor = register(target, BROADCAST)?;
+    let emitter = match register(target, exhibitor.id) {
         Ok(emitter) => emitter,
         Err(e) => {
             exhibitor.writer.shutdown();
@@ -391,7 +402,7 @@ impl Chat {
         let Some(session) = self.lock().client.session.clone() else {
             return self.reject(
                 number,
-                &format!("not connected (reconnecting to {})", self.addr),
+                &format!("not connected (reconnecting to {})", self.target),
             );
         };
         let id = session.emitter;
@@ -648,7 +659,7 @@ impl Chat {
             Some(state.take_pending())
         });
         let Some(lost) = lost else { return };
-        self.say(&format!("connection to {} lost; reconnecting", self.addr));
+        self.say(&format!("connection to {} lost; reconnecting", self.target));
         for sent in lost {
             if let Sent::Message { dest, text } = sent {
                 self.say_chat(&format!(
@@ -670,7 +681,7 @@ impl Chat {
             if self.lock().client.leaving {
                 return;
             }
-            match connect_pair(&self.addr) {
+            match connect_pair(&self.target) {
                 Ok((session, readers)) => return self.start_session(session, readers, true),
                 Err(e) => {
                     delay = (delay * 2).min(LAST_RETRY);
