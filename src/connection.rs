@@ -482,6 +482,15 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
+    /// Ends a TLS session with close_notify after what is queued, where no
+    /// transport ending is said otherwise (after an HTTP answer); nothing
+    /// on a plain connection.
+    pub fn close_tls(&mut self) {
+        if let Transport::Tls(tls) = &mut self.transport {
+            tls.session.close();
+        }
+    }
+
     /// Reads once from the socket into `scratch`, and no further: the input
     /// takes the bytes in [`Connection::read_once`]; a closing connection
     /// leaves them there to be overwritten.

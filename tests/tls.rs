@@ -721,3 +721,44 @@ fn insecure_warns_on_every_start_and_connects() {
     );
     ex.stdout.expect_line("exhibitor 4096");
 }
+
+impl TlsRaw {
+    /// Reads to the end of the session, which must be a clean one
+    /// (close_notify): what came before it.
+    fn expect_clean_end(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no end within {TIMEOUT:?}");
+            self.stream.sock.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return all,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("not a clean end (close_notify) after {}: {e}", hex(&all)),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_refused_tls_client_gets_its_erro_then_close_notify() {
+    let certs = Certs::new("tls-erro-notify");
+    let server = tls_server(&certs, &[]);
+    let mut client = TlsRaw::connect(&server, &certs);
+    client.send(&msg(1, 4096, 9, b"before OI"));
+    assert_bytes(&hdr(Kind::Erro, S, 0, 9), &client.expect_clean_end());
+}
+
+#[test]
+fn the_page_over_tls_is_answered_then_close_notify() {
+    let certs = Certs::new("tls-http-notify");
+    let server = tls_server(&certs, &[]);
+    let mut client = TlsRaw::connect(&server, &certs);
+    client.send(b"GET /nowhere HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let answer = String::from_utf8(client.expect_clean_end()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nnot found\n"), "{answer}");
+}

@@ -198,6 +198,8 @@ impl Wire {
         let discard = reason.discards_output();
         if let Some(ending) = reason.ending() {
             slot.conn.close_transport(ending, &reason.to_string());
+        } else if !discard {
+            slot.conn.close_tls();
         }
         slot.closing = Some(Closing {
             reason,
