@@ -762,3 +762,20 @@ fn the_page_over_tls_is_answered_then_close_notify() {
     assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nnot found\n"), "{answer}");
 }
+
+#[test]
+fn evchat_check_passes_every_check_over_tls() {
+    let certs = Certs::new("tls-check");
+    let server = tls_server(&certs, &["--require-tls"]);
+    let mut check = Proc::spawn(
+        "evchat",
+        &["check", &tls_target(&server), "--ca", &certs.arg("ca.pem")],
+    );
+    assert!(check.wait().success());
+    let lines = check.stdout.rest();
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("check: ") && last.ends_with(" passed, 0 failed, 0 notes, 0 skipped"),
+        "{lines:#?}"
+    );
+}

@@ -122,6 +122,16 @@ impl Endpoint {
     pub fn connect(&self, timeout: Duration) -> Result<ClientStream, ConnectError> {
         let socket = TcpStream::connect(&self.addr).map_err(ConnectError::Io)?;
         let _ = socket.set_nodelay(true);
+        self.handshake(socket, timeout)
+    }
+
+    /// With TLS, the handshake over a socket already connected (within
+    /// `timeout`); without, the socket as it is.
+    pub fn handshake(
+        &self,
+        socket: TcpStream,
+        timeout: Duration,
+    ) -> Result<ClientStream, ConnectError> {
         let Some(tls) = &self.tls else {
             return Ok(ClientStream::plain(socket));
         };
@@ -139,14 +149,21 @@ impl Endpoint {
         socket.set_read_timeout(None).map_err(ConnectError::Io)?;
         Ok(ClientStream::tls(socket, conn))
     }
+
+    /// Whether this endpoint speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
 }
 
 /// Why connecting failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The socket: refused, unreachable, timed out.
+    #[error("{0}")]
     Io(io::Error),
     /// The TLS handshake, in a sentence.
+    #[error("{0}")]
     Tls(String),
 }
 

@@ -34,7 +34,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ClientStream {
-    pub(super) fn plain(socket: TcpStream) -> ClientStream {
+    /// A plain connection.
+    pub fn plain(socket: TcpStream) -> ClientStream {
         ClientStream { socket, tls: None }
     }
 
@@ -58,6 +59,15 @@ impl ClientStream {
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.socket.set_read_timeout(timeout)
+    }
+
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket.set_write_timeout(timeout)
+    }
+
+    /// Non-blocking from now on (a last write that must not wait).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.socket.set_nonblocking(nonblocking)
     }
 
     /// Shuts the socket down: a thread blocked reading it sees the end.
