@@ -654,12 +654,9 @@ impl<S: Read + Write> Connection<S> {
 /// current identity; its plaintext is sniffed again, for HTTP only.
 fn sniffed(accepts: &Accepts, first: &[u8]) -> Result<Option<Transport>, TransportFailure> {
     let sniff = web::sniff(first);
-    Ok(Some(match sniff {
-        Sniff::Undecided => return Ok(None),
-        Sniff::Tls if accepts.tls.is_some() => {
-            let Some(acceptor) = &accepts.tls else {
-                return Ok(None);
-            };
+    Ok(Some(match (sniff, &accepts.tls) {
+        (Sniff::Undecided, _) => return Ok(None),
+        (Sniff::Tls, Some(acceptor)) => {
             let session =
                 TlsSession::new(acceptor).map_err(|e| TransportFailure(Failure::Tls(e)))?;
             Transport::Tls(Box::new(Tls {
@@ -674,7 +671,7 @@ fn sniffed(accepts: &Accepts, first: &[u8]) -> Result<Option<Transport>, Transpo
         _ if accepts.plain_refused => Transport::PlainRefused {
             http: accepts.web && sniff == Sniff::Http,
         },
-        Sniff::Http if accepts.web => Transport::Http,
+        (Sniff::Http, _) if accepts.web => Transport::Http,
         _ => Transport::Binary,
     }))
 }

@@ -779,3 +779,44 @@ fn evchat_check_passes_every_check_over_tls() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn auth_beyond_loopback_with_tls_refuses_plain_connections_by_default() {
+    let certs = Certs::new("tls-auth-implied");
+    let accounts = certs.path("accounts");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&accounts)
+            .unwrap();
+    }
+    let server = Proc::spawn(
+        "server",
+        &[
+            "0",
+            "--bind",
+            "0.0.0.0",
+            "--auth",
+            accounts.to_str().unwrap(),
+            "--tls-cert",
+            &certs.arg("cert.pem"),
+            "--tls-key",
+            &certs.arg("key.pem"),
+        ],
+    );
+    let port = listening_addr(&server.stdout).port();
+    let mut raw = Raw::connect(([127, 0, 0, 1], port).into());
+    raw.send(&hdr(Kind::Oi, 0, 0, 3));
+    expect_exact(&mut raw, &[0, 2, 0xff, 0xff, 0, 0, 0, 3]);
+    raw.expect_closed();
+    // --auth alone refuses a plain OI the same way: the log says which rule.
+    let what = "the refusal's log line";
+    let line = server
+        .stderr
+        .skip_until(what, TIMEOUT, |line| line.contains("refused"))
+        .1;
+    assert!(line.contains("TLS is required (--require-tls)"), "{line}");
+}
