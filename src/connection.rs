@@ -763,7 +763,7 @@ mod tests {
     }
 
     /// The kinds of the whole frames buffered, consumed as the server does.
-    fn decode_all(conn: &mut Connection) -> Vec<Kind> {
+    fn decode_all<S: Read + Write>(conn: &mut Connection<S>) -> Vec<Kind> {
         let input = conn.take_input();
         let mut consumed = 0;
         let mut kinds = Vec::new();
@@ -933,6 +933,125 @@ mod tests {
         assert_eq!(closed[..2], [0x88, 5], "a close frame: code and reason");
         assert!(conn.queue(&Frame::bare(Kind::Ok, SERVER_ID, 1, 0)));
         assert_eq!(conn.output, closed);
+    }
+
+    /// A socket in memory: reads take what the test put in (WouldBlock
+    /// when there is none), writes pile up for the test to take.
+    #[derive(Default)]
+    struct MemorySocket {
+        incoming: std::collections::VecDeque<u8>,
+        outgoing: Vec<u8>,
+    }
+
+    impl Read for MemorySocket {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.incoming.is_empty() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.incoming.len());
+            for (slot, byte) in buf.iter_mut().zip(self.incoming.drain(..n)) {
+                *slot = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for MemorySocket {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.outgoing.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The server's identity and a client configuration that trusts it.
+    fn tls_pair() -> (TlsAcceptor, std::sync::Arc<rustls::ClientConfig>) {
+        use rustls_pki_types::pem::PemObject;
+        let now = std::time::SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        let made =
+            crate::tls::generate::throwaway(&["localhost".into()], now - day, now + day).unwrap();
+        let dir = std::env::temp_dir().join(format!("evchat-conn-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), &made.cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), &made.key_pem).unwrap();
+        let acceptor = TlsAcceptor::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_slice(made.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (acceptor, std::sync::Arc::new(client))
+    }
+
+    /// Regression of the brief's "split at every byte": a real ClientHello
+    /// (and every later client record) reaches the session one byte per
+    /// read, and the handshake completes and carries an OI whose frame
+    /// comes out whole.
+    #[test]
+    fn a_tls_handshake_fed_one_byte_per_read_completes_and_carries_frames() {
+        let (acceptor, client_config) = tls_pair();
+        let accepts = Accepts {
+            web: true,
+            tls: Some(acceptor),
+            plain_refused: false,
+        };
+        let mut conn = Connection::new(MemorySocket::default(), 1 << 16, &accepts);
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+        let mut one_byte = [0u8; 1];
+        let oi = Frame::bare(Kind::Oi, 0, 0, 5).to_bytes();
+        let mut sent_oi = false;
+        for _ in 0..64 {
+            if !client.is_handshaking() && !sent_oi {
+                client.writer().write_all(&oi).unwrap();
+                sent_oi = true;
+            }
+            let mut records = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut records).unwrap();
+            }
+            conn.socket.incoming.extend(records);
+            while !conn.socket.incoming.is_empty() {
+                let status = conn.read_once(&mut one_byte).unwrap();
+                assert_eq!(status, ReadStatus::Data(1));
+            }
+            assert!(conn.flush().unwrap());
+            let answer = std::mem::take(&mut conn.socket.outgoing);
+            if !answer.is_empty() {
+                client.read_tls(&mut &answer[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if sent_oi && conn.buffered_input() == oi.len() {
+                break;
+            }
+        }
+        assert!(!client.is_handshaking(), "the handshake completed");
+        assert!(conn.encrypted());
+        assert_eq!(conn.stage(), Stage::Binary);
+        assert_eq!(decode_all(&mut conn), vec![Kind::Oi]);
+        // And the answer goes back encrypted, whole.
+        assert!(conn.queue(&Frame::bare(Kind::Ok, SERVER_ID, 4096, 5)));
+        assert!(conn.flush().unwrap());
+        let records = std::mem::take(&mut conn.socket.outgoing);
+        client.read_tls(&mut &records[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut ok = [0u8; 8];
+        client.reader().read_exact(&mut ok).unwrap();
+        assert_eq!(
+            ok[..],
+            Frame::bare(Kind::Ok, SERVER_ID, 4096, 5).to_bytes()[..]
+        );
     }
 
     fn read_some(peer: &mut std::net::TcpStream) -> Vec<u8> {

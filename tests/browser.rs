@@ -762,7 +762,7 @@ fn spki_hash(cert: &Path) -> String {
     let script = format!(
         "{openssl} x509 -in '{cert}' -pubkey -noout | {openssl} pkey -pubin -outform der \
          | {openssl} dgst -sha256 -binary | {openssl} base64",
-        openssl = "/usr/bin/openssl",
+        openssl = crate::tls::openssl(),
         cert = cert.display()
     );
     let out = std::process::Command::new("sh")

@@ -161,7 +161,7 @@ impl TlsRaw {
 }
 
 /// The openssl binary, or a failure that says how to install it.
-fn openssl() -> &'static str {
+pub fn openssl() -> &'static str {
     assert!(
         Path::new(OPENSSL).exists(),
         "{OPENSSL} not found: the TLS tests need it \
