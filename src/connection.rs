@@ -535,6 +535,10 @@ impl<S: Read + Write> Connection<S> {
     /// Queues a frame for writing, encoded straight into the output buffer;
     /// false (and nothing queued) when it would take the unsent output past
     /// the cap.
+    // Inlined into the loop's queueing, as it was before TLS added an arm
+    // to its match: out of line, the plain server ran 1,260 instructions a
+    // message at 1:1 (callgrind) against 1,223 before TLS; inlined, 1,227.
+    #[inline]
     pub fn queue(&mut self, frame: &impl Encode) -> bool {
         let len = frame.encoded_len();
         match self.websocket() {
