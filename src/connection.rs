@@ -945,6 +945,8 @@ mod tests {
     struct MemorySocket {
         incoming: std::collections::VecDeque<u8>,
         outgoing: Vec<u8>,
+        /// Writes would block: a peer that does not read.
+        full: bool,
     }
 
     impl Read for MemorySocket {
@@ -962,6 +964,9 @@ mod tests {
 
     impl Write for MemorySocket {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.full {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             self.outgoing.extend_from_slice(buf);
             Ok(buf.len())
         }
@@ -998,19 +1003,17 @@ mod tests {
         (acceptor, std::sync::Arc::new(client))
     }
 
-    /// Regression of the brief's "split at every byte": a real ClientHello
-    /// (and every later client record) reaches the session one byte per
-    /// read, and the handshake completes and carries an OI whose frame
-    /// comes out whole.
-    #[test]
-    fn a_tls_handshake_fed_one_byte_per_read_completes_and_carries_frames() {
+    /// A TLS connection whose handshake (and an OI) went through a
+    /// one-byte scratch buffer, so that the session took every record a
+    /// byte per read; and the client at the other end.
+    fn handshaken() -> (Connection<MemorySocket>, rustls::ClientConnection) {
         let (acceptor, client_config) = tls_pair();
         let accepts = Accepts {
             web: true,
             tls: Some(acceptor),
             plain_refused: false,
         };
-        let mut conn = Connection::new(MemorySocket::default(), 1 << 16, &accepts);
+        let mut conn = Connection::new(MemorySocket::default(), 1 << 20, &accepts);
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
         let mut one_byte = [0u8; 1];
@@ -1041,6 +1044,16 @@ mod tests {
             }
         }
         assert!(!client.is_handshaking(), "the handshake completed");
+        (conn, client)
+    }
+
+    /// Regression of the brief's "split at every byte": a real ClientHello
+    /// (and every later client record) reaches the session one byte per
+    /// read, and the handshake completes and carries an OI whose frame
+    /// comes out whole.
+    #[test]
+    fn a_tls_handshake_fed_one_byte_per_read_completes_and_carries_frames() {
+        let (mut conn, mut client) = handshaken();
         assert!(conn.encrypted());
         assert_eq!(conn.stage(), Stage::Binary);
         assert_eq!(decode_all(&mut conn), vec![Kind::Oi]);
@@ -1056,6 +1069,30 @@ mod tests {
             ok[..],
             Frame::bare(Kind::Ok, SERVER_ID, 4096, 5).to_bytes()[..]
         );
+    }
+
+    /// To a peer that does not read, a TLS connection encrypts no more than
+    /// its high-water mark: the rest of its output stays plaintext, under
+    /// the output cap, where the slow-consumer rule sees it.
+    #[test]
+    fn tls_encrypts_ahead_of_a_peer_that_does_not_read_only_to_its_bound() {
+        let (mut conn, _client) = handshaken();
+        decode_all(&mut conn);
+        conn.socket.full = true;
+        let msg = Frame::msg(1, 4096, 0, vec![b'x'; 1000]).unwrap();
+        for _ in 0..500 {
+            assert!(conn.queue(&msg));
+        }
+        let queued = conn.queued_output();
+        assert!(!conn.flush().unwrap(), "nothing could be written");
+        let encrypted = conn.unsent_output() - conn.queued_output();
+        // The mark, a TLS record's worth past it, and its overhead.
+        assert!(
+            encrypted <= 32 * 1024 + 17 * 1024,
+            "{encrypted} bytes encrypted"
+        );
+        assert!(encrypted >= 32 * 1024, "{encrypted} bytes encrypted");
+        assert!(conn.queued_output() >= queued - 32 * 1024 - 17 * 1024);
     }
 
     fn read_some(peer: &mut std::net::TcpStream) -> Vec<u8> {

@@ -109,7 +109,11 @@ pub struct TlsRaw {
 
 impl TlsRaw {
     pub fn connect(server: &Server, certs: &Certs) -> TlsRaw {
-        let tcp = TcpStream::connect(server.addr).unwrap();
+        TlsRaw::over(TcpStream::connect(server.addr).unwrap(), certs)
+    }
+
+    /// TLS over a socket already connected.
+    pub fn over(tcp: TcpStream, certs: &Certs) -> TlsRaw {
         tcp.set_nodelay(true).unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let conn = ClientConnection::new(certs.client_config(), name).unwrap();
@@ -817,4 +821,30 @@ fn auth_beyond_loopback_with_tls_refuses_plain_connections_by_default() {
         .skip_until(what, TIMEOUT, |line| line.contains("refused"))
         .1;
     assert!(line.contains("TLS is required (--require-tls)"), "{line}");
+}
+
+#[test]
+fn a_tls_client_that_never_reads_is_cut_off_as_a_slow_consumer() {
+    let certs = Certs::new("tls-slow");
+    let server = tls_server(&certs, &["--max-queue", "65536", "--max-inflight", "65535"]);
+    let mut slow = TlsRaw::over(connect_with_small_rcvbuf(server.addr, 4096), &certs);
+    let slow_id = slow.identify(0);
+    let mut em = server.raw();
+    let em_id = em.identify_emitter(slow_id);
+    let text = [b'x'; 1000];
+    let mut frames = Vec::new();
+    for seq in 1..=3000u16 {
+        frames.extend(msg(em_id, slow_id, seq, &text));
+    }
+    // The server reads the emitter while the exhibitor's queue grows, and
+    // cuts the exhibitor off well before the 3 MB are through.
+    let writer = std::thread::spawn(move || {
+        let _ = em.stream.write_all(&frames);
+        em
+    });
+    let line = expect_log(&server, &["slow consumer"], || {});
+    assert!(line.contains("output queue full"), "{line}");
+    let _em = writer.join().unwrap();
+    let mut other = TlsRaw::connect(&server, &certs);
+    assert!(is_exhibitor_id(other.identify(0)));
 }
