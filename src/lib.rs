@@ -1,7 +1,8 @@
 //! evchat: an event-driven text messaging system speaking the
 //! OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol. The crate holds the wire format
 //! ([`proto`]), the server's rules (`router`), its socket layer
-//! and web transport (`connection`, `web`) and event loop ([`server`]), what
+//! and web transport (`connection`, `web`) and event loop ([`server`]), TLS
+//! for the server and the clients ([`tls`]), what
 //! the clients share ([`client`]), the command-line helpers of every
 //! binary ([`cli`]) and the durable message history ([`store`]).
 //!

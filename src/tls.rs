@@ -1,7 +1,8 @@
 //! TLS on the server's one port and in the clients: the server's identity
 //! read from PEM files (`identity`), one encrypted session below a
 //! connection, fed from the connection's own buffers (`session`), the
-//! clients' side over blocking sockets (`client`), and throwaway
+//! clients' side over blocking sockets (`client`: where and whom to trust;
+//! `stream`: a connection the clients' threads share), and throwaway
 //! certificates for `evchat cert` (`generate`). rustls is sans-I/O: nothing
 //! here reads or writes a socket of the server's, and the connection above
 //! hands the session its bytes as it hands a WebSocket its bytes, so the
