@@ -1,7 +1,8 @@
 //! evchat: an event-driven text messaging system speaking the
 //! OI/MSG/CREQ/CLIST/OK/ERRO/FLW protocol. The crate holds the wire format
 //! ([`proto`]), the server's rules (`router`), its socket layer
-//! and web transport (`connection`, `web`) and event loop ([`server`]), what
+//! and web transport (`connection`, `web`) and event loop ([`server`]), TLS
+//! for the server and the clients ([`tls`]), what
 //! the clients share ([`client`]), the command-line helpers of every
 //! binary ([`cli`]) and the durable message history ([`store`]).
 //!
@@ -17,6 +18,7 @@ pub mod proto;
 mod router;
 pub mod server;
 pub mod store;
+pub mod tls;
 mod web;
 
 /// What the tests, benches and fuzz targets reach below the binaries' API:
@@ -28,7 +30,8 @@ mod web;
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::connection::{
-        Connection, Ending, HttpOutcome, ReadStatus, Stage, TransportStatus, WebConfig,
+        Accepts, Connection, Ending, HttpOutcome, PlainRefusal, ReadStatus, Stage, TransportStatus,
+        WebConfig,
     };
     pub use crate::router::{CloseReason, ConnId, Outbox, REPLAY_FRAMING, Router, Sender};
     pub use crate::store::format::Record;

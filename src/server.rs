@@ -7,7 +7,7 @@
 //! What it holds of each connection between turns is `server/wire.rs`.
 
 pub use crate::connection::WebConfig;
-use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage, TransportStatus};
+use crate::connection::{Accepts, Connection, HttpOutcome, ReadStatus, Stage, TransportStatus};
 use crate::proto::FrameView;
 pub use crate::router::Limits;
 use crate::router::{CloseReason, ConnId, Router};
@@ -30,6 +30,7 @@ mod identity;
 mod metrics;
 mod reports;
 mod spin;
+mod tls;
 mod wire;
 pub use access::{BadCidr, Cidr};
 pub use history::HistoryConfig;
@@ -37,6 +38,7 @@ pub use identity::AuthConfig;
 use identity::{Auth, ExtStep};
 use metrics::Metrics;
 use spin::Spin;
+pub use tls::TlsConfig;
 use wire::{Closing, Departure, Slot, Wire};
 
 // Tokens above any slab key (connections take the small numbers). The
@@ -76,6 +78,9 @@ pub struct Config {
     /// Addresses that may read `/metrics` and `/stats` without a token
     /// (`--metrics-allow`; the rule is `server/access.rs`).
     pub metrics_allow: Vec<Cidr>,
+    /// TLS on the same port, its identity loaded by [`Server::bind`]
+    /// (`None`: plain only).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Config {
@@ -92,6 +97,7 @@ impl Config {
             history: None,
             auth: None,
             metrics_allow: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -108,6 +114,9 @@ pub enum StartError {
     /// The accounts file could not be loaded (`--auth`).
     #[error("--auth: {0}")]
     Auth(#[from] crate::auth::AccountsError),
+    /// The TLS certificate or key cannot serve (`--tls-cert`, `--tls-key`).
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::IdentityError),
 }
 
 /// Asks a running server to shut down (rule 8) from another thread.
@@ -126,8 +135,8 @@ impl ShutdownHandle {
     }
 }
 
-/// Asks a running server to reload its accounts file (`--auth`; SIGHUP)
-/// from another thread.
+/// Asks a running server to reload its accounts file (`--auth`) and its
+/// TLS certificate and key (SIGHUP) from another thread.
 #[derive(Clone)]
 pub struct ReloadHandle {
     requested: Arc<AtomicBool>,
@@ -168,6 +177,9 @@ pub struct Server {
     auth: Option<Auth>,
     /// When the server started, in seconds since the Unix epoch.
     start_unix: u64,
+    /// What new connections may speak; its TLS identity is replaced on
+    /// reload.
+    accepts: Accepts,
 }
 
 /// What the end of a loop turn decided.
@@ -182,6 +194,11 @@ impl Server {
     /// keeps one.
     pub fn bind(config: Config) -> Result<Server, StartError> {
         let addr = config.addr;
+        let accepts = Accepts {
+            web: config.web.is_some(),
+            tls: config.tls.as_ref().map(TlsConfig::load).transpose()?,
+            plain_refused: false,
+        };
         let listening = |source| StartError::Listen { addr, source };
         let poll = Poll::new().map_err(listening)?;
         let mut listener = listen(config.addr).map_err(listening)?;
@@ -220,6 +237,7 @@ impl Server {
             drain_deadline: None,
             auth: None,
             start_unix: unix_now(),
+            accepts,
         };
         if let Some(auth) = &server.config.auth {
             server.auth = Some(Auth::start(auth, server.waker.clone())?);
@@ -333,7 +351,10 @@ impl Server {
     fn end_turn(&mut self) -> Next {
         let now = self.wire.now;
         if self.reload_requested.swap(false, Ordering::SeqCst) {
-            self.reload_accounts();
+            if self.config.tls.is_none() || self.config.auth.is_some() {
+                self.reload_accounts();
+            }
+            self.reload_tls();
         }
         self.end_expired_sessions();
         // First, so that a connection a verdict lets go on is read this turn.
@@ -464,6 +485,7 @@ impl Server {
             // Dropping the socket closes it: nothing was read or sent.
             return;
         };
+        let accepts = self.accepts_from(peer);
         let entry = self.wire.conns.vacant_entry();
         let conn = entry.key();
         if let Err(e) = self
@@ -475,7 +497,7 @@ impl Server {
             return;
         }
         entry.insert(Slot {
-            conn: Connection::new(socket, self.config.max_queue, self.config.web.is_some()),
+            conn: Connection::new(socket, self.config.max_queue, &accepts),
             peer,
             since_unix: unix_now(),
             closing: None,
@@ -514,11 +536,11 @@ impl Server {
             let Some(slot) = self.wire.conns.get_mut(conn) else {
                 return;
             };
-            let queued = slot.conn.queued_output();
+            let queued = slot.conn.unsent_output();
             let status = slot.conn.read_once(&mut self.scratch);
-            // A WebSocket answers pings while it reads: the pong is output
-            // that nothing else would flush.
-            if slot.conn.queued_output() > queued {
+            // A WebSocket answers pings while it reads, a TLS session its
+            // handshake: output that nothing else would flush.
+            if slot.conn.unsent_output() > queued {
                 self.wire.mark_dirty(conn);
             }
             match status {
@@ -573,7 +595,11 @@ impl Server {
         };
         // Still sniffing, the input is at most seven capitals, shorter than
         // a frame header: the parse below waits for more, as it should.
-        if slot.closing.is_none() && slot.conn.stage() == Stage::Http {
+        let stage = slot.conn.stage();
+        if slot.closing.is_none() && stage == Stage::PlainRefused {
+            return self.refuse_plain(conn);
+        }
+        if slot.closing.is_none() && stage == Stage::Http {
             if !self.serve_http(conn) {
                 return false;
             }
@@ -909,14 +935,14 @@ impl Server {
         self.wire
             .metrics
             .closed(slot.closing.as_ref().map(|c| &c.reason));
-        let transport = slot.conn.stage();
+        let transport = TransportName(slot.conn.stage(), slot.conn.encrypted());
         match slot.closing {
             // An HTTP connection the handshake timeout closed never sent a
             // whole request head.
             Some(Closing {
                 reason: Departure::Rule(CloseReason::HandshakeTimeout),
                 ..
-            }) if transport == Stage::Http => info!(
+            }) if transport.0 == Stage::Http => info!(
                 conn,
                 peer = %slot.peer,
                 %transport,
@@ -931,6 +957,19 @@ impl Server {
             }
             None => info!(conn, peer = %slot.peer, %transport, "disconnected"),
         }
+    }
+}
+
+/// A connection's transport as the log names it: `tls+` before it when
+/// encrypted.
+struct TransportName(Stage, bool);
+
+impl std::fmt::Display for TransportName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.1 {
+            f.write_str("tls+")?;
+        }
+        self.0.fmt(f)
     }
 }
 

@@ -16,7 +16,7 @@ mod ws_frame;
 
 pub use http::{
     Answer, Authorization, HeadError, Report, ReportAnswer, answer, bad_request, parse_head,
-    report_answer,
+    report_answer, tls_required,
 };
 pub use sniff::{Sniff, sniff};
 pub use websocket::{CloseCause, WebSocket, WsFailure, WsStatus};

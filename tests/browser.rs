@@ -96,6 +96,13 @@ fn a_missing_browser_fails_the_test_unless_a_developer_skips_it() {
 }
 
 fn launch(path: PathBuf) -> Browser {
+    launch_with(path, &[])
+}
+
+/// Chromium with `extra` flags besides the usual.
+fn launch_with(path: PathBuf, extra: &[&OsStr]) -> Browser {
+    let mut args = vec![OsStr::new("--disable-component-update")];
+    args.extend_from_slice(extra);
     let options = LaunchOptions::default_builder()
         .path(Some(path))
         // Tests run as root in containers, where Chromium's sandbox cannot start.
@@ -105,7 +112,7 @@ fn launch(path: PathBuf) -> Browser {
         // per launch. Its default flags already include
         // --disable-background-networking, --disable-sync and --no-first-run;
         // enable_gpu stays false, which adds --disable-gpu.
-        .args(vec![OsStr::new("--disable-component-update")])
+        .args(args)
         .idle_browser_timeout(Duration::from_secs(60))
         .build()
         .expect("launch options");
@@ -1371,4 +1378,93 @@ fn page_claims_a_name_after_the_kept_connection_timed_out() {
 
     let problems = problems.lock().unwrap();
     assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+/// The base64 SHA-256 of the server certificate's public key, as
+/// Chromium's --ignore-certificate-errors-spki-list takes it (the openssl
+/// binary computes it, as Chromium's documentation shows).
+fn spki_hash(cert: &Path) -> String {
+    let script = format!(
+        "{openssl} x509 -in '{cert}' -pubkey -noout | {openssl} pkey -pubin -outform der \
+         | {openssl} dgst -sha256 -binary | {openssl} base64",
+        openssl = crate::tls::openssl(),
+        cert = cert.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn page_over_https_chats_over_wss_with_a_tls_client() {
+    let Some(path) = chromium() else { return };
+    let certs = crate::tls::Certs::new("browser-https");
+    // Plain connections are refused: the page connects only if it used wss.
+    let server = crate::tls::tls_server(&certs, &["--require-tls"]);
+    let mut tcp = crate::tls::TlsRaw::connect(&server, &certs);
+    let tcp_id = tcp.identify(0);
+    let trust = format!(
+        "--ignore-certificate-errors-spki-list={}",
+        spki_hash(&certs.path("cert.pem"))
+    );
+    let browser = launch_with(path, &[OsStr::new(&trust)]);
+    let tab = browser.new_tab().unwrap();
+    let problems = watch_problems(&tab);
+    let url = format!("https://localhost:{}/", server.addr.port());
+    tab.navigate_to(&url)
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+    assert_eq!(
+        evaluate(&tab, "location.protocol", false),
+        Value::String("https:".into())
+    );
+    let (emitter, exhibitor) = wait_connected(&tab);
+    wait_clients(
+        &tab,
+        &format!("emitter {emitter} (you), exhibitor {tcp_id}, exhibitor {exhibitor} (you)"),
+    );
+    type_and_send(&tab, "from https, olá");
+    let sent = Frame::msg(emitter, 0, 0, "from https, olá".as_bytes().to_vec()).unwrap();
+    let got = tcp.expect_bytes(sent.to_bytes().len());
+    let seq = u16::from_be_bytes([got[6], got[7]]);
+    let sent = Frame::msg(emitter, 0, seq, "from https, olá".as_bytes().to_vec()).unwrap();
+    assert_eq!(got, sent.to_bytes().to_vec(), "the broadcast's bytes");
+    tcp.send(&Frame::bare(Kind::Ok, tcp_id, emitter, seq).to_bytes());
+    wait_for(
+        &tab,
+        "the broadcast delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("from https, olá", Some("to all"), "delivered")
+        ),
+    );
+    // And the other way: an emitter over TLS broadcasts, the page shows it.
+    let mut em = crate::tls::TlsRaw::connect(&server, &certs);
+    let em_id = em.identify(tcp_id);
+    em.send(
+        &Frame::msg(em_id, 0, 1, b"to the page over TLS".to_vec())
+            .unwrap()
+            .to_bytes(),
+    );
+    wait_for(
+        &tab,
+        "the TLS client's broadcast shown",
+        &format!(
+            "{}.split('|').includes('to the page over TLS') && 'yes'",
+            texts("#log li.in .text", "|")
+        ),
+    );
+    let problems = problems.lock().unwrap().clone();
+    assert!(
+        problems.is_empty(),
+        "the page reported problems: {problems:?}"
+    );
 }

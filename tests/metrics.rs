@@ -485,7 +485,7 @@ fn stats_once_shows_exactly_what_the_server_counted() {
     };
     let want = format!(
         "evchat {version} at {addr}, started {started}\n\
-         clients     2 (emitters 1, exhibitors 1, unidentified 0; tcp 2, ws 0)\n\
+         clients     2 (emitters 1, exhibitors 1, unidentified 0; tcp 2, ws 0, tls 0, wss 0)\n\
          delivered   3, acks pending 0, queued 0 bytes\n\
          frames in   9: OK 3, OI 2, MSG 3, HELLO 1\n\
          frames out  9: OK 5, MSG 3, HELLOACK 1\n\

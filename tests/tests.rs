@@ -18,5 +18,6 @@ mod raw;
 mod reliability;
 mod router;
 mod store;
+mod tls;
 mod user;
 mod web;

@@ -7,7 +7,10 @@
 //! Input: byte 0 picks the read size (1 to 256 bytes per read), byte 1 the
 //! write size the fake socket accepts per call (0: it takes nothing, so the
 //! output cap is what bounds it); bit 0 of byte 2 puts a valid upgrade
-//! request in front of the rest, so the fuzzer starts in WebSocket framing.
+//! request in front of the rest, so the fuzzer starts in WebSocket framing;
+//! bit 1 serves TLS (a first byte of 0x16 then goes to a TLS session, with
+//! a throwaway certificate made once), bit 2 refuses plain connections
+//! (`--require-tls`).
 //!
 //! Checked on every step: no panic; the connection never holds more input
 //! than a request head, a WebSocket frame or a protocol frame in progress
@@ -15,13 +18,39 @@
 //! connection passes on is whole and re-encodes to the bytes it came in.
 #![no_main]
 
-use evchat::testing::{Connection, Ending, HttpOutcome, ReadStatus, Stage, TransportStatus};
+use evchat::testing::{
+    Accepts, Connection, Ending, HttpOutcome, PlainRefusal, ReadStatus, Stage, TransportStatus,
+};
+use evchat::tls::TlsAcceptor;
 use evchat::proto::{Encode, FrameView, MAX_FRAME_LEN};
 use evchat::testing::{MAX_HEAD_LEN, WebConfig};
 use libfuzzer_sys::fuzz_target;
 use std::io::{self, Read, Write};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// A throwaway identity, made once per fuzzing process.
+fn acceptor() -> TlsAcceptor {
+    static ACCEPTOR: OnceLock<TlsAcceptor> = OnceLock::new();
+    ACCEPTOR
+        .get_or_init(|| {
+            let now = SystemTime::now();
+            let day = Duration::from_secs(86_400);
+            let made = evchat::tls::generate::throwaway(&["localhost".into()], now - day, now + day)
+                .expect("a throwaway certificate");
+            let dir = std::env::temp_dir().join(format!("evchat-fuzz-tls-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cert.pem"), made.cert_pem).unwrap();
+            std::fs::write(dir.join("key.pem"), made.key_pem).unwrap();
+            TlsAcceptor::load(&dir.join("cert.pem"), &dir.join("key.pem")).expect("the pair loads")
+        })
+        .clone()
+}
 
 const MAX_OUTPUT: usize = 64 * 1024;
+/// What a TLS session may hold encrypted beyond the plaintext output cap:
+/// its high-water mark and a record's worth more, and its handshake.
+const TLS_SLACK: usize = 64 * 1024;
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: evchat\r\nUpgrade: websocket\r\n\
 Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -82,7 +111,12 @@ fuzz_target!(|data: &[u8]| {
         write_size: *write_size as usize * 64,
         blocked_once: false,
     };
-    let mut conn = Connection::new(socket, MAX_OUTPUT, true);
+    let accepts = Accepts {
+        web: true,
+        tls: (flags & 2 == 2).then(acceptor),
+        plain_refused: flags & 4 == 4,
+    };
+    let mut conn = Connection::new(socket, MAX_OUTPUT, &accepts);
     let config = WebConfig::default();
     let mut scratch = vec![0u8; 64 * 1024];
     loop {
@@ -102,12 +136,20 @@ fuzz_target!(|data: &[u8]| {
                 HttpOutcome::Upgraded(TransportStatus::Open) => {}
                 _ => break,
             },
+            Stage::PlainRefused => match conn.refuse_plain() {
+                PlainRefusal::Incomplete => {
+                    assert!(conn.buffered_input() < MAX_HEAD_LEN + 256, "refusal waits too long");
+                    continue;
+                }
+                _ => break,
+            },
             Stage::Binary | Stage::WebSocket => {}
         }
         if !route(&mut conn) {
             break;
         }
         assert!(conn.queued_output() <= MAX_OUTPUT, "output past its cap");
+        assert!(conn.unsent_output() <= MAX_OUTPUT + TLS_SLACK, "TLS output past its bound");
         let _ = conn.flush();
     }
     conn.close_transport(Ending::Normal, "done");

@@ -10,6 +10,7 @@ use evchat::client::{
     Settled, exit_process, parse_command, register,
 };
 use evchat::proto::{ClientId, EXHIBITOR_IDS, Frame, Kind};
+use evchat::tls::client::{Endpoint, TlsArgs};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,10 +43,13 @@ printf '(0) hello\\n' | emitter localhost:5000\n  \
 emitter '[::1]:5000' --wait 2 < lines.txt"
 )]
 struct Args {
-    /// Server address as host:port (IPv6: [addr]:port)
+    /// Server address as host:port (IPv6: [addr]:port); tls://host:port
+    /// for TLS
     // The doc is the --help text, so its brackets stay unescaped.
     #[allow(rustdoc::broken_intra_doc_links)]
     server: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Exhibitor to pair with (4096-8191), as printed by `exhibitor`
     #[arg(value_parser = clap::value_parser!(u16).range(EXHIBITOR_ID_RANGE))]
     exhibitor_id: Option<u16>,
@@ -68,7 +72,14 @@ struct Emitter {
 fn main() -> ExitCode {
     let args = Args::parse();
     let origin = args.exhibitor_id.unwrap_or(1);
-    let registered = match register(&args.server, origin) {
+    let target = match Endpoint::parse(&args.server, &args.tls) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("emitter: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let registered = match register(&target, origin) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("emitter: {e}");

@@ -5,6 +5,7 @@ use clap::Parser;
 use evchat::cli::{escape_text, print_line};
 use evchat::client::{FAREWELL_TIMEOUT, FrameWriter, register};
 use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
+use evchat::tls::client::{Endpoint, TlsArgs};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -30,10 +31,13 @@ exhibitor 127.0.0.1:5000\n  \
 exhibitor localhost:5000 | tee messages.log"
 )]
 struct Args {
-    /// Server address as host:port (IPv6: [addr]:port)
+    /// Server address as host:port (IPv6: [addr]:port); tls://host:port
+    /// for TLS
     // The doc is the --help text, so its brackets stay unescaped.
     #[allow(rustdoc::broken_intra_doc_links)]
     server: String,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// No FLW sent yet.
@@ -49,7 +53,14 @@ struct Exhibitor {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let registered = match register(&args.server, BROADCAST) {
+    let target = match Endpoint::parse(&args.server, &args.tls) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("exhibitor: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let registered = match register(&target, BROADCAST) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("exhibitor: {e}");

@@ -5,7 +5,9 @@
 
 use clap::Parser;
 use evchat::cli::parse_secs;
-use evchat::server::{AuthConfig, Cidr, Config, HistoryConfig, Limits, Server, WebConfig};
+use evchat::server::{
+    AuthConfig, Cidr, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
+};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;
@@ -27,11 +29,15 @@ It listens on loopback (127.0.0.1) unless --bind says otherwise, prints
 same port serves a browser client at http://ADDR/ (WebSocket on /ws) unless --no-web. Without
 --auth it has no authentication: anyone who can reach the port can chat (a client may claim a
 name with HELLO). With --auth FILE every client signs in to an account of FILE (see
-`evchat user`) before its OI. Ctrl-C or SIGTERM says goodbye (FLW) to every client and exits 0.",
+`evchat user`) before its OI. With --tls-cert and --tls-key the same port also speaks TLS
+(https://, wss://, tls:// for the clients); --require-tls refuses plain connections, and is
+implied by --auth on an address beyond loopback, where --auth without TLS is refused. SIGHUP
+reloads the accounts and the certificate. Ctrl-C or SIGTERM says goodbye (FLW) to every client
+and exits 0.",
     after_help = "Examples:\n  \
 server 5000                        this machine only (127.0.0.1:5000)\n  \
-server 5000 --bind 0.0.0.0         every IPv4 interface: open to the network\n  \
-server 5000 --auth accounts        sign-in required (evchat user add accounts NAME --roles R)"
+server 5000 --auth accounts        sign-in required (evchat user add accounts NAME --roles R)\n  \
+server 5000 --tls-cert cert.pem --tls-key key.pem   TLS too (evchat cert makes a test pair)"
 )]
 struct Args {
     /// TCP port to listen on (0 picks a free one)
@@ -184,6 +190,21 @@ struct Args {
     /// Log lines as text, or as one JSON object a line (for log shippers)
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
+    /// TLS on the same port: the certificate chain, PEM (server first);
+    /// SIGHUP reloads it
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Refuse unencrypted connections (rule 1's ERRO for the binary
+    /// protocol, 403 for HTTP); implied by --auth beyond loopback
+    #[arg(long, requires = "tls_cert")]
+    require_tls: bool,
+    /// With TLS required: still serve unencrypted connections from this
+    /// machine (a TLS proxy in front, local tools)
+    #[arg(long, requires = "tls_cert")]
+    allow_plain_loopback: bool,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -269,11 +290,23 @@ fn parse_queue_bytes(text: &str) -> Result<usize, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet, args.log_format);
+    // Secrets never cross the network in clear: a server open beyond this
+    // machine with accounts must encrypt (or sit behind a TLS proxy that
+    // reaches it on loopback).
+    let beyond_loopback = !args.bind.to_canonical().is_loopback();
+    if args.auth.is_some() && beyond_loopback && args.tls_cert.is_none() {
+        eprintln!(
+            "server: --auth on {} (beyond loopback) needs TLS: give --tls-cert and --tls-key, \
+             or bind to 127.0.0.1 behind a TLS proxy; sign-in secrets would cross the network \
+             in clear",
+            args.bind
+        );
+        return ExitCode::FAILURE;
+    }
+    let reloads = args.auth.is_some() || args.tls_cert.is_some();
     // Before any thread starts, so that every thread inherits the mask and
     // only the waiting thread below takes SIGHUP.
-    if args.auth.is_some()
-        && let Err(e) = block_reload_signal()
-    {
+    if reloads && let Err(e) = block_reload_signal() {
         eprintln!("server: cannot set up SIGHUP: {e}");
         return ExitCode::FAILURE;
     }
@@ -309,6 +342,15 @@ fn main() -> ExitCode {
             max_unidentified: args.max_unidentified as usize,
         }),
         metrics_allow: args.metrics_allow.clone(),
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert, key)| TlsConfig {
+                require: args.require_tls || (args.auth.is_some() && beyond_loopback),
+                allow_plain_loopback: args.allow_plain_loopback,
+                ..TlsConfig::new(cert, key)
+            }),
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -317,7 +359,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if args.auth.is_some() {
+    if reloads {
         let reload = server.reload_handle();
         let spawned = std::thread::Builder::new()
             .name("evchat-sighup".to_string())
@@ -362,10 +404,12 @@ fn main() -> ExitCode {
             "accounts required (--auth)"
         );
     }
-    if config.auth.is_some() && !server.local_addr().ip().is_loopback() {
-        tracing::warn!(
-            "--auth on an address beyond loopback without TLS: secrets cross the network in \
-             clear; put the server behind a TLS proxy"
+    if let Some(tls) = &config.tls {
+        tracing::info!(
+            cert = %tls.cert.display(),
+            require = tls.require,
+            allow_plain_loopback = tls.allow_plain_loopback,
+            "TLS on the same port"
         );
     }
     let mut stdout = std::io::stdout().lock();
@@ -381,7 +425,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// SIGHUP (reload the accounts, `--auth`) is taken by one thread that
+/// SIGHUP (reload the accounts, `--auth`, and the certificate) is taken by one thread that
 /// waits for it with sigwait(2) and asks the loop to reload (a flag and its
 /// waker): nothing runs in a signal handler. The signal is blocked in
 /// every thread first, so that it is only ever delivered to that wait.
@@ -412,7 +456,7 @@ fn wait_for_reload_signals(reload: impl Fn()) {
             libc::sigwait(&set, &mut signal)
         };
         if rc == 0 && signal == libc::SIGHUP {
-            tracing::info!("SIGHUP: reloading the accounts file");
+            tracing::info!("SIGHUP: reloading");
             reload();
         }
     }

@@ -8,9 +8,10 @@ use crate::auth::{Credential, Name};
 use crate::cli::escape_text;
 use crate::proto::ext::{Code, ExtFrame, HelloAck, ROLE_EMIT, ROLE_VIEW, SecretBytes, VERSION};
 use crate::proto::{BROADCAST, ClientId, EXHIBITOR_IDS, Frame, Kind, SERVER_ID};
+use crate::tls::ClientStream;
+use crate::tls::client::{ConnectError, Endpoint};
 use bytes::{Buf, BytesMut};
 use std::io::{self, Read};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// How long a client waits for the server to answer its OI.
@@ -155,28 +156,35 @@ pub struct Registered {
 /// How many of a foreign peer's first bytes an error shows.
 const SHOWN_PREFIX: usize = 24;
 
-/// Connects to `addr` (`host:port`, `1.2.3.4:port` or `[::1]:port`) and
-/// sends OI with `origin` (0: exhibitor; an exhibitor id: pair with it).
-pub fn register(addr: &str, origin: ClientId) -> Result<Registered, RegisterError> {
-    register_with(addr, origin, None)
+/// Connects to `target` (`host:port`, `1.2.3.4:port` or `[::1]:port`, with
+/// TLS or without) and sends OI with `origin` (0: exhibitor; an exhibitor
+/// id: pair with it).
+pub fn register(target: &Endpoint, origin: ClientId) -> Result<Registered, RegisterError> {
+    register_with(target, origin, None)
 }
 
 /// As [`register`], first sending `hello` when there is one: OI follows
 /// only once HELLOACK code 0 has come.
 pub fn register_with(
-    addr: &str,
+    target: &Endpoint,
     origin: ClientId,
     hello: Option<&Hello>,
 ) -> Result<Registered, RegisterError> {
-    let stream = TcpStream::connect(addr).map_err(|e| RegisterError::Connect {
-        addr: addr.to_string(),
-        reason: connect_reason(&e),
+    let addr = &target.to_string();
+    let stream = target.connect(REGISTRATION_TIMEOUT).map_err(|e| match e {
+        ConnectError::Io(e) => RegisterError::Connect {
+            addr: addr.to_string(),
+            reason: connect_reason(&e),
+        },
+        ConnectError::Tls(reason) => RegisterError::Connect {
+            addr: addr.to_string(),
+            reason,
+        },
     })?;
     let io_error = |source| RegisterError::Io {
         addr: addr.to_string(),
         source,
     };
-    let _ = stream.set_nodelay(true);
     let read_half = stream.try_clone().map_err(io_error)?;
     let mut answers = Answers {
         stream: read_half,
@@ -230,7 +238,7 @@ pub fn register_with(
 /// The server's answers during registration, each within
 /// [`REGISTRATION_TIMEOUT`].
 struct Answers<'a> {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Bytes read and not yet taken: what follows the OK is the reader's.
     buf: BytesMut,
     addr: &'a str,

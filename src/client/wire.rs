@@ -1,25 +1,25 @@
-//! Frames over a blocking socket: a reader that yields whole frames (the
+//! Frames over a blocking connection (plain or TLS, see [`ClientStream`]): a reader that yields whole frames (the
 //! identity extension's too, for a client that opted in), and a writer that
 //! several threads may share, drawing the client's sequence numbers in the
 //! order its frames leave.
 
 use crate::proto::ext::{ExtError, ExtFrame, is_ext_kind};
 use crate::proto::{ClientId, Frame, FrameView, Header, Kind, ProtoError, SeqCounter};
+use crate::tls::ClientStream;
 use bytes::{Buf, BytesMut};
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// Reads whole frames from a blocking socket.
 pub struct FrameReader {
-    stream: TcpStream,
+    stream: ClientStream,
     buf: BytesMut,
 }
 
 impl FrameReader {
     /// A reader of `stream` that first decodes `buf`, bytes already read.
-    pub(super) fn new(stream: TcpStream, buf: BytesMut) -> FrameReader {
+    pub(super) fn new(stream: ClientStream, buf: BytesMut) -> FrameReader {
         FrameReader { stream, buf }
     }
 
@@ -113,16 +113,16 @@ pub struct FrameWriter {
     inner: Mutex<WriterState>,
     /// A second handle on the socket, outside the lock, so that a shutdown
     /// never waits behind a write blocked on a dead peer.
-    control: Option<TcpStream>,
+    control: Option<ClientStream>,
 }
 
 struct WriterState {
-    stream: TcpStream,
+    stream: ClientStream,
     seq: SeqCounter,
 }
 
 impl FrameWriter {
-    pub(crate) fn new(stream: TcpStream) -> FrameWriter {
+    pub(crate) fn new(stream: ClientStream) -> FrameWriter {
         FrameWriter {
             control: stream.try_clone().ok(),
             inner: Mutex::new(WriterState {

@@ -27,7 +27,7 @@ pub(super) const TURN_BUCKETS: usize = 21;
 
 /// Why connections closed, as the `reason` label says it. Every
 /// [`Departure`] maps to one (see [`close_reason_index`]).
-pub(super) const CLOSE_REASONS: [&str; 18] = [
+pub(super) const CLOSE_REASONS: [&str; 19] = [
     "left",
     "dismissed",
     "oi_refused",
@@ -45,6 +45,7 @@ pub(super) const CLOSE_REASONS: [&str; 18] = [
     "http_answered",
     "http_refused",
     "transport_failed",
+    "tls_required",
     "other",
 ];
 
@@ -71,7 +72,8 @@ pub(super) fn close_reason_index(reason: Option<&Departure>) -> usize {
         Some(Departure::Served(_)) => 14,
         Some(Departure::BadRequest(_)) => 15,
         Some(Departure::Transport(_)) => 16,
-        None => 17,
+        Some(Departure::TlsRequired) => 17,
+        None => 18,
     }
 }
 
@@ -370,16 +372,19 @@ pub(super) const MSG: usize = 5;
 /// Client kinds, as [`Snapshot::clients`] indexes them.
 pub(super) const CLIENT_KINDS: [&str; 3] = ["unidentified", "emitter", "exhibitor"];
 /// Transports, as [`Snapshot::clients`] indexes them.
-pub(super) const TRANSPORTS: [&str; 4] = ["unknown", "tcp", "http", "ws"];
+pub(super) const TRANSPORTS: [&str; 7] = ["unknown", "tcp", "http", "ws", "tls", "https", "wss"];
 
-/// The index in [`TRANSPORTS`] of a connection's transport.
-pub(super) fn transport_index(stage: Stage) -> usize {
-    match stage {
-        Stage::Sniffing => 0,
+/// The index in [`TRANSPORTS`] of a connection's transport: what it
+/// speaks, and whether under TLS (a plain connection about to be refused
+/// for want of TLS is still "unknown").
+pub(super) fn transport_index(stage: Stage, encrypted: bool) -> usize {
+    let plain = match stage {
+        Stage::Sniffing | Stage::PlainRefused => return 0,
         Stage::Binary => 1,
         Stage::Http => 2,
         Stage::WebSocket => 3,
-    }
+    };
+    if encrypted { plain + 3 } else { plain }
 }
 
 /// What a scrape reads from the slab and the router: the state behind the

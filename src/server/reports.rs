@@ -28,7 +28,8 @@ struct Entry<'a> {
     id: u16,
     name: Option<&'a str>,
     kind: SessionKind,
-    transport: Stage,
+    /// Index in [`TRANSPORTS`].
+    transport: usize,
     peer: std::net::SocketAddr,
     since_unix: u64,
     queue_bytes: usize,
@@ -103,7 +104,8 @@ impl Server {
         for (conn, slot) in &self.wire.conns {
             let view = self.router.session_view(conn);
             let kind = view.map_or(SessionKind::Unidentified, |v| v.kind);
-            snapshot.clients[kind_index(kind)][transport_index(slot.conn.stage())] += 1;
+            let transport = transport_index(slot.conn.stage(), slot.conn.encrypted());
+            snapshot.clients[kind_index(kind)][transport] += 1;
             snapshot.acks_pending += view.map_or(0, |v| v.awaiting_ack) as u64;
             snapshot.queued_bytes += slot.conn.queued_output() as u64;
         }
@@ -127,7 +129,7 @@ impl Server {
                     id: view.map_or(0, |v| v.id),
                     name: self.router.name(conn),
                     kind: view.map_or(SessionKind::Unidentified, |v| v.kind),
-                    transport: slot.conn.stage(),
+                    transport: transport_index(slot.conn.stage(), slot.conn.encrypted()),
                     peer: slot.peer,
                     since_unix: slot.since_unix,
                     queue_bytes: slot.conn.queued_output(),
@@ -159,12 +161,15 @@ impl Server {
         list(w, CLOSE_REASONS.iter().zip(m.connections_closed));
         let _ = write!(w, "}},\"clients\":{{");
         // Clients by kind: HTTP requests (this one, say) are no clients.
-        let http = transport_index(Stage::Http);
+        let (http, https) = (
+            transport_index(Stage::Http, false),
+            transport_index(Stage::Http, true),
+        );
         let by_kind = CLIENT_KINDS
             .iter()
             .zip(now.clients.iter().map(|by_transport| {
                 let all: u64 = by_transport.iter().sum();
-                all - by_transport[http]
+                all - by_transport[http] - by_transport[https]
             }));
         list(w, by_kind);
         let _ = write!(w, "}},\"transports\":{{");
@@ -225,7 +230,7 @@ impl Server {
                 ",\"kind\":\"{}\",\"transport\":\"{}\",\"peer\":\"{}\",\"since\":{},\
                  \"queue_bytes\":{},\"pending_acks\":{}}}",
                 CLIENT_KINDS[kind_index(e.kind)],
-                TRANSPORTS[transport_index(e.transport)],
+                TRANSPORTS[e.transport],
                 e.peer,
                 e.since_unix,
                 e.queue_bytes,

@@ -51,8 +51,10 @@ pub(super) enum Departure {
     Served(u16),
     /// An HTTP request head that cannot be served.
     BadRequest(HttpRefusal),
-    /// A transport that broke its framing (a WebSocket).
+    /// A transport that broke its framing (a WebSocket, a TLS session).
     Transport(TransportFailure),
+    /// An unencrypted connection on a server that requires TLS.
+    TlsRequired,
 }
 
 impl Departure {
@@ -86,7 +88,8 @@ impl Departure {
             | Departure::IoError
             | Departure::SlowConsumer
             | Departure::Served(_)
-            | Departure::BadRequest(_) => return None,
+            | Departure::BadRequest(_)
+            | Departure::TlsRequired => return None,
         })
     }
 }
@@ -101,6 +104,7 @@ impl fmt::Display for Departure {
             Departure::Served(status) => write!(f, "HTTP request answered ({status})"),
             Departure::BadRequest(error) => write!(f, "HTTP {error}"),
             Departure::Transport(failure) => failure.fmt(f),
+            Departure::TlsRequired => f.write_str("plain connection refused: TLS is required"),
         }
     }
 }
@@ -200,6 +204,8 @@ impl Wire {
         let discard = reason.discards_output();
         if let Some(ending) = reason.ending() {
             slot.conn.close_transport(ending, &reason.to_string());
+        } else if !discard {
+            slot.conn.close_tls();
         }
         slot.closing = Some(Closing {
             reason,

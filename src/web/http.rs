@@ -273,6 +273,24 @@ pub fn bad_request() -> Answer {
     status(400, "malformed request\n", &[])
 }
 
+/// The answer to an unencrypted request on a server that requires TLS
+/// (`--require-tls`): 403, and the address to use instead when the `Host`
+/// header is a plain host name or address.
+pub fn tls_required(host: Option<&str>) -> Answer {
+    let plain_host = host.filter(|host| {
+        !host.is_empty()
+            && host.len() <= 255
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    });
+    let body = match plain_host {
+        Some(host) => format!("this server requires TLS: open https://{host}/ instead\n"),
+        None => "this server requires TLS: use https:// instead\n".to_string(),
+    };
+    status(403, &body, &[])
+}
+
 fn status(code: u16, body: &str, extra: &[(&str, &str)]) -> Answer {
     reply(code, "text/plain; charset=utf-8", body.as_bytes(), extra)
 }

@@ -1,9 +1,11 @@
-//! Telling HTTP from the binary protocol by a new connection's first bytes,
-//! so that one port serves both: the binary path judges everything that is
-//! not an HTTP request line.
+//! Telling HTTP, TLS and the binary protocol apart by a new connection's
+//! first bytes, so that one port serves them all: the binary path judges
+//! everything that is neither an HTTP request line nor a TLS record.
 
 /// Longest method name taken for the start of an HTTP request line.
 const MAX_METHOD_LEN: usize = 7;
+/// The content type of a TLS handshake record, a TLS connection's first byte.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// What the first bytes of a connection say it speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +15,8 @@ pub enum Sniff {
     Binary,
     /// An HTTP request line: a method in capitals, then a space.
     Http,
+    /// A TLS record: its content type, 22 (handshake), comes first.
+    Tls,
     /// Too few bytes to tell yet.
     Undecided,
 }
@@ -20,8 +24,13 @@ pub enum Sniff {
 /// Tells HTTP from the binary protocol by the first bytes. A protocol frame
 /// begins with `00` (its type is a big-endian u16 below 256), so any
 /// capital letter first means "not a valid frame"; only a capitalised word
-/// followed by a space is taken for HTTP, everything else stays binary.
+/// followed by a space is taken for HTTP. A ClientHello's record begins
+/// with 0x16, which no frame does either: that is TLS. Everything else
+/// stays binary.
 pub fn sniff(first: &[u8]) -> Sniff {
+    if first.first() == Some(&TLS_HANDSHAKE) {
+        return Sniff::Tls;
+    }
     for (i, &b) in first.iter().enumerate().take(MAX_METHOD_LEN + 1) {
         match b {
             b'A'..=b'Z' => {}
@@ -57,5 +66,13 @@ mod tests {
         assert_eq!(sniff(b"CONNECTS"), Sniff::Binary);
         assert_eq!(sniff(b"CONNECTS /"), Sniff::Binary);
         assert_eq!(sniff(b"GET\x00"), Sniff::Binary);
+    }
+
+    #[test]
+    fn sniffing_takes_a_first_byte_of_0x16_for_tls() {
+        assert_eq!(sniff(b"\x16"), Sniff::Tls);
+        assert_eq!(sniff(b"\x16\x03\x01\x02\x00"), Sniff::Tls);
+        assert_eq!(sniff(b"\x00\x16"), Sniff::Binary);
+        assert_eq!(sniff(b"\x15"), Sniff::Binary);
     }
 }

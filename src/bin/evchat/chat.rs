@@ -24,6 +24,7 @@ use evchat::client::{
 };
 use evchat::proto::ext::ExtFrame;
 use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
+use evchat::tls::client::{Endpoint, TlsArgs};
 use input::{Addressee, ChatLine, HELP, Target, parse_chat_line};
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
@@ -76,8 +77,11 @@ Examples:
   evchat chat localhost:5000 --timestamps never
   printf 'hello\\n/list\\n' | evchat chat localhost:5000")]
 pub struct ChatArgs {
-    /// Server address as host:port (IPv6: [addr]:port)
+    /// Server address as host:port (IPv6: [addr]:port); tls://host:port
+    /// for TLS
     server: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// When to show the local time before chat lines
     #[arg(long, value_enum, value_name = "WHEN", default_value = "auto")]
     timestamps: When,
@@ -177,7 +181,7 @@ impl State {
 type Books = Book<Sent, State>;
 
 struct Chat {
-    addr: String,
+    target: Endpoint,
     /// Sent again on every reconnection.
     hello: Hello,
     /// The names behind ids, as this session's exhibitor was told them.
@@ -253,7 +257,14 @@ pub fn run(args: ChatArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (session, readers) = match connect_pair(&args.server, &hello) {
+    let target = match Endpoint::parse(&args.server, &args.tls) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("evchat chat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (session, readers) = match connect_pair(&target, &hello) {
         Ok(pair) => pair,
         Err(e) => {
             eprintln!("evchat chat: {e}");
@@ -264,7 +275,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
     let mut input = LineInput::stdin(Entered::Erased);
     let terminal = input.is_terminal();
     let chat = Arc::new(Chat {
-        addr: args.server,
+        target,
         hello,
         names: Mutex::new(Names::default()),
         printer: input.printer(),
@@ -329,7 +340,7 @@ fn ask_password(account: &Name) -> Result<Credential, String> {
 /// HELLO. A server that answers HELLO as an unknown frame gets the plain
 /// protocol instead, unless a name or an account was asked for.
 fn connect_pair(
-    addr: &str,
+    addr: &Endpoint,
     hello: &Hello,
 ) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
     let (exhibitor, opted_in) = match register_with(addr, BROADCAST, Some(hello)) {
@@ -560,7 +571,7 @@ impl Chat {
         let Some(session) = self.lock().client.session.clone() else {
             return self.reject(
                 number,
-                &format!("not connected (reconnecting to {})", self.addr),
+                &format!("not connected (reconnecting to {})", self.target),
             );
         };
         let id = session.emitter;
@@ -848,7 +859,7 @@ impl Chat {
             Some(state.take_pending())
         });
         let Some(lost) = lost else { return };
-        self.say(&format!("connection to {} lost; reconnecting", self.addr));
+        self.say(&format!("connection to {} lost; reconnecting", self.target));
         for sent in lost {
             if let Sent::Message { dest, text } = sent {
                 self.say_chat(&format!(
@@ -871,7 +882,7 @@ impl Chat {
             if self.lock().client.leaving {
                 return;
             }
-            match connect_pair(&self.addr, &self.hello) {
+            match connect_pair(&self.target, &self.hello) {
                 Ok((session, readers)) => return self.start_session(session, readers, true),
                 // Trying again would be refused again (and spend the
                 // address's sign-in budget): the chat ends.

@@ -16,6 +16,7 @@ mod report;
 mod wire;
 
 use catalogue::{CATALOGUE, Check, Done, Level};
+use evchat::tls::client::{Endpoint, TlsArgs};
 use report::{Outcome, Style, Verdict};
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -57,9 +58,11 @@ Examples:
   evchat check 127.0.0.1:5000 --json > report.json
   evchat check --list                            the checks, without running them")]
 pub struct CheckArgs {
-    /// The server to check
+    /// The server to check (tls://HOST:PORT for TLS)
     #[arg(value_name = "HOST:PORT", required_unless_present = "list")]
     target: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// How long any single read, write or connect may take
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_timeout)]
     timeout: Duration,
@@ -111,7 +114,14 @@ pub fn run(args: CheckArgs) -> ExitCode {
         return print(&listing);
     }
     let target = args.target.unwrap_or_default();
-    let addr = match resolve(&target) {
+    let endpoint = match Endpoint::parse(&target, &args.tls) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            eprintln!("evchat check: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let addr = match resolve(&endpoint.addr) {
         Ok(addr) => addr,
         Err(message) => {
             eprintln!("evchat check: {message}");
@@ -121,6 +131,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
     let ctx = Ctx {
         addr,
         timeout: args.timeout,
+        tls: endpoint.is_tls().then_some(endpoint),
     };
     let outcomes = run_checks(&ctx, &selected);
     let shown = if args.json {

@@ -323,13 +323,15 @@ fn render(
     let transports = &t["transports"];
     let _ = writeln!(
         out,
-        "clients     {} (emitters {}, exhibitors {}, unidentified {}; tcp {}, ws {})",
+        "clients     {} (emitters {}, exhibitors {}, unidentified {}; tcp {}, ws {}, tls {}, wss {})",
         n(&clients["emitter"]) + n(&clients["exhibitor"]) + n(&clients["unidentified"]),
         n(&clients["emitter"]),
         n(&clients["exhibitor"]),
         n(&clients["unidentified"]),
         n(&transports["tcp"]),
         n(&transports["ws"]),
+        n(&transports["tls"]),
+        n(&transports["wss"]),
     );
     let _ = writeln!(
         out,

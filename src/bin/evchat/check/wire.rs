@@ -11,6 +11,8 @@ use evchat::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, SERVER_ID,
     SeqCounter, is_emitter_id, is_exhibitor_id,
 };
+use evchat::tls::ClientStream;
+use evchat::tls::client::Endpoint;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -20,6 +22,8 @@ pub struct Ctx {
     pub addr: SocketAddr,
     /// The deadline of every single read, write and connect.
     pub timeout: Duration,
+    /// With TLS (`tls://HOST:PORT`, `--tls`): how to speak it.
+    pub tls: Option<Endpoint>,
 }
 
 /// Frames a failure report shows from one connection's past (the latest).
@@ -200,7 +204,7 @@ fn read_failure(kind: ErrorKind) -> ReadFailure {
 pub struct Conn {
     /// "exhibitor 4096", "emitter 1", or "connection" before OI.
     label: String,
-    stream: TcpStream,
+    stream: ClientStream,
     /// Received bytes not yet taken as frames; never more than one frame
     /// plus one read, since frames are taken as soon as they are whole.
     buf: BytesMut,
@@ -227,11 +231,10 @@ impl Conn {
             )
             .with_hint("is the server running, and is HOST:PORT its address?")
         })?;
-        Ok(Conn::from_stream(stream, ctx))
+        Ok(Conn::from_stream(encrypted(stream, ctx)?, ctx))
     }
 
-    fn from_stream(stream: TcpStream, ctx: &Ctx) -> Conn {
-        let _ = stream.set_nodelay(true);
+    fn from_stream(stream: ClientStream, ctx: &Ctx) -> Conn {
         let _ = stream.set_write_timeout(Some(ctx.timeout));
         Conn {
             label: "connection".to_string(),
@@ -614,6 +617,22 @@ impl Drop for Conn {
     }
 }
 
+/// The connection as the checks speak on it: with TLS, once its handshake
+/// is done.
+fn encrypted(stream: TcpStream, ctx: &Ctx) -> Result<ClientStream, Failure> {
+    let _ = stream.set_nodelay(true);
+    let Some(endpoint) = &ctx.tls else {
+        return Ok(ClientStream::plain(stream));
+    };
+    endpoint.handshake(stream, ctx.timeout).map_err(|e| {
+        Failure::plain(
+            format!("cannot connect to {endpoint}: {e}"),
+            "the TLS handshake completes",
+            &std::io::Error::other(e.to_string()),
+        )
+    })
+}
+
 /// The highest exhibitor id, used as "an id nobody holds" on a server the
 /// checker has to itself.
 pub const UNUSED_EXHIBITOR: ClientId = *EXHIBITOR_IDS.end();
@@ -639,14 +658,14 @@ impl Conn {
         socket
             .connect_timeout(&ctx.addr.into(), ctx.timeout)
             .map_err(refused)?;
-        let mut conn = Conn::from_stream(socket.into(), ctx);
+        let mut conn = Conn::from_stream(encrypted(socket.into(), ctx)?, ctx);
         conn.identify(0, "exhibitor")?;
         Ok(conn)
     }
 
     /// A second handle on the socket, for a bulk write outside the frame
     /// bookkeeping; it has the same write deadline.
-    pub fn try_clone_stream(&self) -> Result<TcpStream, Failure> {
+    pub fn try_clone_stream(&self) -> Result<ClientStream, Failure> {
         self.stream.try_clone().map_err(|e| {
             Failure::plain(
                 format!("{}: cannot clone the socket: {e}", self.label),
@@ -670,6 +689,7 @@ mod tests {
         let ctx = Ctx {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_secs(10),
+            tls: None,
         };
         let conn = Conn::open(&ctx).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
@@ -684,6 +704,7 @@ mod tests {
         let ctx = Ctx {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_millis(100),
+            tls: None,
         };
         let conn = Conn::open(&ctx).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
@@ -867,6 +888,7 @@ mod tests {
         let ctx = Ctx {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_millis(100),
+            tls: None,
         };
         let reply = reply.to_vec();
         let server = std::thread::spawn(move || {
@@ -1022,6 +1044,7 @@ mod tests {
         let ctx = Ctx {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_secs(10),
+            tls: None,
         };
         let mut conn = Conn::open(&ctx).unwrap();
         let (peer, _) = listener.accept().unwrap();
