@@ -60,6 +60,8 @@ mod redis;
 mod report;
 #[path = "relay/setup.rs"]
 mod setup;
+#[path = "relay/signin.rs"]
+mod signin;
 #[path = "relay/streams.rs"]
 mod streams;
 #[path = "relay/sys.rs"]
@@ -225,6 +227,15 @@ pub struct Args {
     /// Open N idle identified connections instead, hold them and report the server's RSS per connection
     #[arg(long, default_value_t = 0)]
     pub idle: usize,
+    /// evchat targets: every connection signs in first with the identity extension's HELLO, as NAME with SECRET (a token or password; `:` alone opts in with no name on a server without accounts)
+    #[arg(long, value_name = "NAME:SECRET")]
+    pub sign_in: Option<evchat::SignIn>,
+    /// Instead of messages: T threads each repeating connect, HELLO (--sign-in), OI, FLW, close; reports sign-ins per second
+    #[arg(long, value_name = "T", default_value_t = 0)]
+    pub signins: usize,
+    /// During the run, one more client sends HELLOs with a wrong secret for --sign-in's name as fast as it can; reports how they were answered
+    #[arg(long)]
+    pub storm: bool,
     /// Server process id, to report its CPU time (and RSS with --idle)
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -263,10 +274,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     };
     match run(target, &args) {
-        Ok(outcome) => {
+        Ok(Measured::Messages(outcome)) => {
             outcome.print(args.json);
             ExitCode::SUCCESS
         }
+        Ok(Measured::SignIns) => ExitCode::SUCCESS,
         Err(e) => {
             if args.json {
                 println!(
@@ -281,7 +293,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(target: Target, args: &Args) -> Result<Outcome, String> {
+/// What a run measured: messages (and memory), or sign-ins (printed as they
+/// are counted).
+enum Measured {
+    Messages(Box<Outcome>),
+    SignIns,
+}
+
+fn run(target: Target, args: &Args) -> Result<Measured, String> {
     let addr = args.addr.ok_or("--addr is required")?;
     if !addr.ip().is_loopback() {
         return Err(format!(
@@ -294,12 +313,50 @@ fn run(target: Target, args: &Args) -> Result<Outcome, String> {
     }
     crate::sys::raise_descriptor_limit();
     crate::sys::tighten_timer_slack();
+    if args.signins > 0 {
+        let account = args.sign_in.as_ref().expect("checked with the arguments");
+        crate::signin::run_signins(
+            addr,
+            account,
+            args.signins,
+            args.warmup,
+            args.duration,
+            args.json,
+        )?;
+        return Ok(Measured::SignIns);
+    }
     if args.idle > 0 {
-        return crate::idle::run(target, addr, args);
+        return crate::idle::run(target, addr, args).map(|o| Measured::Messages(Box::new(o)));
     }
     let plan = crate::setup::Plan::new(target, addr, args);
     let conns = crate::setup::connect_all(&plan)?;
-    crate::driver::Driver::new(plan, conns, args)?.run()
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let storm = match (&args.sign_in, args.storm) {
+        (Some(account), true) => Some(signin::start_storm(
+            addr,
+            account.name.clone(),
+            stop.clone(),
+        )),
+        _ => None,
+    };
+    let started = std::time::Instant::now();
+    let outcome = crate::driver::Driver::new(plan, conns, args)?.run();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some((figures, worker)) = storm {
+        let _ = worker.join();
+        let secs = started.elapsed().as_secs_f64();
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        // On stderr, so the JSON line stays the run's own.
+        eprintln!(
+            "relay: storm: {} wrong-secret HELLOs in {secs:.2} s ({:.0}/s): {} refused after a check, {} throttled (code 5), {} busy (code 6)",
+            get(&figures.attempts),
+            get(&figures.attempts) as f64 / secs,
+            get(&figures.refused),
+            get(&figures.throttled),
+            get(&figures.busy),
+        );
+    }
+    outcome.map(|o| Measured::Messages(Box::new(o)))
 }
 
 fn check_args(target: Target, args: &Args) -> Result<(), String> {
@@ -308,6 +365,17 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
         return Err(format!(
             "--warmup and --duration must lie in 0..={MAX_SECS} s, duration above 0"
         ));
+    }
+    if (args.signins > 0 || args.storm) && args.sign_in.is_none() {
+        return Err("--signins and --storm need --sign-in NAME:SECRET".into());
+    }
+    if (args.signins > 0 || args.storm || args.sign_in.is_some())
+        && target.plain() != Target::Evchat
+    {
+        return Err("--sign-in, --signins and --storm are for evchat targets".into());
+    }
+    if args.signins > MAX_CONNS {
+        return Err(format!("--signins is at most {MAX_CONNS} threads"));
     }
     if args.idle > 0 {
         if matches!(target, Target::RedisStreams | Target::JetStream) {

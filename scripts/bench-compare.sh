@@ -26,6 +26,15 @@
 # evchat-hist-everysec/evchat (>= 0.8), evchat-hist-everysec/redis-streams-everysec,
 # evchat-hist-always/redis-streams-always and evchat-hist-always/jetstream (>= 2).
 # The idle workload is not run for redis-streams-* and jetstream.
+# evchat-auth: the same server with `--auth FILE` (one account, made for the
+# run, with a token); every connection of the generator signs in with HELLO
+# before OI (PROTOCOL.md, "Extension: identity"), so the ratio
+# evchat-auth/evchat (goal >= 0.95 on u32 b100 b1000) is what accounts cost a
+# signed-in session. evchat-auth-storm: the same, while one more client sends
+# HELLOs with a wrong secret as fast as it can (goal evchat-auth-storm /
+# evchat-auth >= 0.9; what the storm's HELLOs got is in loadgen.err). The
+# signin workload (evchat-auth targets only) counts whole short sessions per
+# second: connect, HELLO with the token, OI, FLW, close (4 threads).
 # evchat-baseline: the evchat server built from git revision $EVCHAT_BASELINE
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
 # to the server is measured against the code before it in the same run;
@@ -227,10 +236,27 @@ build_baseline() {
   [ -x "$BASELINE_BIN" ] || die "baseline build left no server binary"
 }
 
+# bench_accounts: the accounts file of the evchat-auth targets (made once per
+# run: one account "bench" with every sending role and a fresh token, stored
+# as its SHA-256 exactly as `evchat user add --token` writes it); prints its path.
+bench_accounts() {
+  if [ ! -s "$OUT/bench-accounts" ]; then
+    local token
+    token=evt_$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+    (
+      umask 077
+      printf '%s\n' "$token" >"$OUT/bench-token"
+      printf 'bench view,emit,broadcast sha256:%s\n' \
+        "$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)" >"$OUT/bench-accounts"
+    )
+  fi
+  echo "$OUT/bench-accounts"
+}
+
 # ---------------------------------------------------------------- one server
 # start_server TARGET: sets SRV_PID and SRV_PORT (and SRV_DATA for a durable one).
 start_server() {
-  local target=$1 dir="$RUN_DIR" bin=$EVCHAT_BIN history=()
+  local target=$1 dir="$RUN_DIR" bin=$EVCHAT_BIN extra=()
   case $target in
     evchat-hist-* | redis-streams-* | jetstream)
       # Fresh per run, on the repository's disk: /tmp may be a tmpfs, where
@@ -242,13 +268,14 @@ start_server() {
       ;;
   esac
   case $target in
-    evchat | evchat-ws | evchat-baseline* | evchat-hist-*)
+    evchat | evchat-ws | evchat-baseline* | evchat-hist-* | evchat-auth*)
       # One port for both transports: evchat-ws upgrades on /ws.
       case $target in evchat-baseline*) bin=$BASELINE_BIN ;; esac
+      case $target in evchat-auth*) extra=(--auth "$(bench_accounts)") ;; esac
       case $target in evchat-hist-*)
         # The log's other settings keep their defaults (replay 50: nothing
         # to replay in a fresh directory; 1 GiB retention).
-        history=(--history "$SRV_DATA/history" --fsync "${target#evchat-hist-}")
+        extra=(--history "$SRV_DATA/history" --fsync "${target#evchat-hist-}")
       esac
       # The redirection below truncates in the background child: without this,
       # the wait loop could read the previous run's port before it does.
@@ -256,7 +283,7 @@ start_server() {
       # Window 1024 fits the default --max-inflight; the generous queue lets a
       # 32 KiB-payload window sit in one exhibitor's output without a cut-off.
       taskset -c "$SERVER_CPU" "$bin" 0 --bind 127.0.0.1 -q \
-        --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) "${history[@]}" \
+        --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) "${extra[@]}" \
         >"$dir/evchat.out" 2>"$dir/evchat.err" &
       SRV_PID=$!
       local _
@@ -402,6 +429,7 @@ workload_args() {
     # The rate is added per target by run_one: a fraction of its saturation.
     lat50 | lat90) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW" ;;
     idle) echo "--idle $IDLE" ;;
+    signin) echo "--signins 4" ;;
     *) die "unknown workload $1" ;;
   esac
 }
@@ -433,7 +461,11 @@ print(statistics.median(v) if v else "")
 }
 
 run_one() { # run_one WORKLOAD REP TARGET
-  local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3 rate=()
+  local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3 rate=() sign_in=()
+  case $w/$t in
+    signin/evchat-auth) ;;
+    signin/*) return ;; # sign-ins are measured on evchat-auth only
+  esac
   if [ "$w" = idle ]; then dur=2; warm=0; fi
   case $w in lat50 | lat90)
     if [ -z "${SAT[$t]:-}" ]; then
@@ -449,6 +481,11 @@ run_one() { # run_one WORKLOAD REP TARGET
   # the results are renamed.
   case $t in
     evchat-baseline | evchat-hist-*) gen_target=evchat ;;
+    evchat-auth*)
+      bench_accounts >/dev/null
+      gen_target=evchat sign_in=(--sign-in "bench:$(cat "$OUT/bench-token")")
+      [ "$t" = evchat-auth ] || sign_in+=(--storm)
+      ;;
     evchat-baseline-ws) gen_target=evchat-ws ;;
     redis-streams-*) gen_target=redis-streams ;;
   esac
@@ -459,7 +496,7 @@ run_one() { # run_one WORKLOAD REP TARGET
     line=$(timeout $((${dur%.*} + ${warm%.*} + 120)) \
       taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "$gen_target" --addr "127.0.0.1:$SRV_PORT" \
       --cpu "$LOADGEN_CPU" --server-pid "$SRV_PID" --warmup "$warm" --duration "$dur" \
-      --json $(workload_args "$w") "${rate[@]}" 2>>"$RUN_DIR/loadgen.err") || rc=$?
+      --json $(workload_args "$w") "${rate[@]}" "${sign_in[@]}" 2>>"$RUN_DIR/loadgen.err") || rc=$?
     stop_server
     line=${line/\"target\":\"$gen_target\"/\"target\":\"$t\"}
     if [ -z "$line" ]; then
@@ -566,6 +603,8 @@ WORKLOADS = [
       ("lat_p50_us", "p50 µs", 0), ("lat_p99_us", "p99 µs", 0),
       ("lat_p999_us", "p99.9 µs", 0), ("lat_p999_us@quiet", "p99.9 µs, quiet runs", 0),
       ("server_cpu", "server CPU (cores)", 0)]),
+    ("signin", "sign-ins with a token (connect, HELLO, OI, FLW)",
+     [("signins_per_s", "sign-ins/s", 1)]),
     ("idle", "idle connections", [("rss_per_conn_bytes", "RSS B/conn", 0),
                                   ("hold_server_cpu_s", "server CPU s while held", 0)]),
 ]
@@ -603,6 +642,7 @@ head = ["workload", "figure"] + targets
 RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "nats-ws", None),
           ("evchat-ws", "evchat", None), ("evchat", "raw", None),
           ("evchat", "evchat-baseline", None),
+          ("evchat-auth", "evchat", "0.95"), ("evchat-auth-storm", "evchat-auth", "0.9"),
           ("evchat-ws", "evchat-baseline-ws", None),
           ("evchat-hist-no", "evchat", None), ("evchat-hist-everysec", "evchat", "0.8"),
           ("evchat-hist-always", "evchat", None),
@@ -660,7 +700,7 @@ brows = []
 contended_runs = []
 stolen_runs = []
 for w, title, _ in WORKLOADS:
-    if w not in present or w == "idle":
+    if w not in present or w in ("idle", "signin"):
         continue
     row = [title]
     for t in targets:

@@ -21,6 +21,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// The roles a sender needs for every request it may make.
+const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
+
 /// The event loop's handle for one connection. It must not be reused for a
 /// new connection until the router has forgotten the old one (after
 /// [`Outbox::close`] or [`Router::disconnected`]).
@@ -170,6 +173,9 @@ struct PendingReply {
 }
 
 #[derive(Debug)]
+// An explicit tag: the niche layout the compiler picks otherwise costs a
+// few instructions on every `match` of the role, once per frame or more.
+#[repr(u8)]
 enum Role {
     /// Connected, no OI yet.
     Anonymous,
@@ -229,8 +235,10 @@ struct Session {
     /// The roles byte's bits this session holds.
     roles: u8,
     hello: Hello,
-    /// An opted-in exhibitor: the name and roles last told it for each id
-    /// (WHO). None for every other session.
+    /// An opted-in exhibitor: it is told names (WHO).
+    teller: bool,
+    /// What a teller was told of each id; allocated at its first WHO, so
+    /// that an idle signed-in session costs no table.
     told: Option<Box<Told>>,
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
@@ -600,6 +608,7 @@ impl Router {
             role: Role::Anonymous,
             roles: PLAIN_ROLES,
             hello: Hello::Plain,
+            teller: false,
             told: None,
             connected_at: now,
             seq: SeqCounter::new(),
@@ -620,16 +629,17 @@ impl Router {
     /// Whether the event loop should decode more frames from `conn` now
     /// (false while flow control holds an emitter back, or after its FLW).
     pub fn accepts_input(&self, conn: ConnId) -> bool {
-        match self.session(conn).map(|s| &s.role) {
-            Some(Role::Emitter {
+        // Asked before every frame read: one lookup, one match.
+        let Some(session) = self.session(conn) else {
+            return false;
+        };
+        match &session.role {
+            Role::Emitter {
                 paused, finished, ..
-            }) => !paused && !finished,
+            } => !paused && !finished,
             // A HELLO being checked holds what follows it.
-            Some(Role::Anonymous) => self
-                .session(conn)
-                .is_some_and(|s| !matches!(s.hello, Hello::Checking)),
-            Some(_) => true,
-            None => false,
+            Role::Anonymous => !matches!(session.hello, Hello::Checking),
+            Role::Exhibitor { .. } => true,
         }
     }
 
@@ -694,10 +704,15 @@ impl Router {
                 out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, frame.seq));
                 self.close(conn, CloseReason::Spoofed, now, out);
             }
-            Role::Emitter { .. } => {
-                let roles = session.roles;
-                self.on_emitter_frame(conn, frame, roles, now, out)
+            // Rule-free for a sender that may both emit and broadcast (every
+            // session without accounts): one test, and the request path
+            // below never looks at roles.
+            Role::Emitter { .. }
+                if session.roles & SENDS != SENDS && !may_request(session.roles, frame) =>
+            {
+                self.refuse_request(conn, frame, now, out)
             }
+            Role::Emitter { .. } => self.on_emitter_frame(conn, frame, now, out),
             Role::Exhibitor { .. } => self.on_exhibitor_frame(conn, frame, now, out),
         }
     }
@@ -893,7 +908,10 @@ impl Router {
         let mut tellers = 0;
         for (conn, session) in self.sessions.iter().enumerate() {
             let Some(session) = session else { continue };
-            if session.told.is_some() {
+            if session.told.is_some() && !session.teller {
+                return Err(format!("conn {conn} has names told but is no teller"));
+            }
+            if session.teller {
                 tellers += 1;
                 if !matches!(session.role, Role::Exhibitor { .. })
                     || !matches!(session.hello, Hello::Accepted { .. })
@@ -977,7 +995,7 @@ impl Router {
                 if is_exhibitor_id(id) {
                     session.role = Role::Exhibitor { emitter: None };
                     if matches!(session.hello, Hello::Accepted { .. }) {
-                        session.told = Some(Box::default());
+                        session.teller = true;
                         self.tellers += 1;
                     }
                 }
@@ -1103,12 +1121,11 @@ impl Router {
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
-        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         match frame.kind {
-            Kind::Msg | Kind::Creq => self.request(conn, frame, roles, now, out),
+            Kind::Msg | Kind::Creq => self.request(conn, frame, now, out),
             Kind::Flw => {
                 // Rule 6: the OK goes out after every earlier reply, then the close.
                 self.push_reply(conn, frame.seq, 0, true);
@@ -1166,28 +1183,31 @@ impl Router {
         self.close(conn, CloseReason::BadFrame, now, out);
     }
 
+    /// A MSG or CREQ without the role it needs has no target: ERRO, in its
+    /// place among the replies, nothing forwarded.
+    #[inline(never)]
+    fn refuse_request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        log_role_refusal(conn, frame);
+        self.push_reply(conn, frame.seq, 0, false);
+        self.flush_replies(conn, now, out);
+    }
+
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
-    /// Without the role the request needs (emit, or broadcast for 0) it has
-    /// no target: ERRO, in its place among the replies, nothing forwarded.
     fn request(
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
-        roles: u8,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         let mut targets = std::mem::take(&mut self.targets);
-        let needed = if frame.dest == 0 {
-            ROLE_BROADCAST
-        } else {
-            ROLE_EMIT
-        };
-        if roles & needed == needed {
-            self.find_targets(frame.dest, &mut targets);
-        } else {
-            log_role_refusal(conn, frame);
-        }
+        self.find_targets(frame.dest, &mut targets);
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
         let held = if accepted { out.accepted(frame) } else { None };
         let waits = targets.len() as u32 + u32::from(held.is_some());
@@ -1457,7 +1477,7 @@ impl Router {
     fn forget(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) -> Option<ClientId> {
         self.release_name(conn);
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
-        if session.told.is_some() {
+        if session.teller {
             self.tellers -= 1;
         }
         let id = session.id;
@@ -1512,7 +1532,7 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         for &target in targets {
-            if self.session(target).is_none_or(|s| s.told.is_none()) {
+            if self.session(target).is_none_or(|s| !s.teller) {
                 continue;
             }
             for &id in about {
@@ -1531,7 +1551,7 @@ impl Router {
                 }
                 let name: Option<Box<str>> = shown.map(Into::into);
                 let session = self.session_mut(target).expect("checked above");
-                let told = session.told.as_mut().expect("checked above");
+                let told = session.told.get_or_insert_with(Box::default);
                 let seq = session.seq.next_seq();
                 let who = ExtFrame::Who(Who {
                     origin: SERVER_ID,
@@ -1583,6 +1603,17 @@ impl Router {
 /// that the per-message path it sits in stays as small as it was before roles.
 #[cold]
 #[inline(never)]
+/// Whether `roles` allow `frame`: MSG and CREQ need emit, or broadcast when
+/// sent to 0; nothing else an emitter sends needs a role.
+fn may_request(roles: u8, frame: &FrameView<'_>) -> bool {
+    let needed = match (frame.kind, frame.dest) {
+        (Kind::Msg | Kind::Creq, 0) => ROLE_BROADCAST,
+        (Kind::Msg | Kind::Creq, _) => ROLE_EMIT,
+        _ => return true,
+    };
+    roles & needed == needed
+}
+
 fn log_role_refusal(conn: ConnId, frame: &FrameView<'_>) {
     info!(
         conn,

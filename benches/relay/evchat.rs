@@ -2,7 +2,10 @@
 //! emitter pipelines MSG frames and counts the server's in-order OK/ERRO
 //! replies; the exhibitor answers every MSG with OK(own id, frame origin,
 //! frame seq), exactly as `exhibitor` does after showing it. Over WebSocket
-//! (`evchat-ws`) every frame is one binary message, both ways.
+//! (`evchat-ws`) every frame is one binary message, both ways. With
+//! `--sign-in NAME:SECRET` every connection opens with the identity
+//! extension's HELLO (PROTOCOL.md, "Extension: identity") and its
+//! exhibitors acknowledge the WHO frames that then come before messages.
 
 use crate::conn::{Role, Session};
 use crate::flow::Ctx;
@@ -15,10 +18,87 @@ const MSG: u16 = Kind::Msg as u16;
 const OK: u16 = Kind::Ok as u16;
 const ERRO: u16 = Kind::Erro as u16;
 const FLW: u16 = Kind::Flw as u16;
+const HELLOACK: u16 = 9;
+const WHO: u16 = 10;
+
+/// An account (or, without `--auth`, a name) every connection signs in as.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub name: String,
+    pub secret: String,
+}
+
+impl std::str::FromStr for SignIn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<SignIn, String> {
+        let (name, secret) = s
+            .split_once(':')
+            .ok_or("--sign-in takes NAME:SECRET (the secret may be empty)")?;
+        Ok(SignIn {
+            name: name.to_owned(),
+            secret: secret.to_owned(),
+        })
+    }
+}
+
+/// A HELLO frame for `name` and `secret` (version 1).
+pub fn hello_frame(name: &str, secret: &[u8]) -> Vec<u8> {
+    let body_len = 4 + name.len() + secret.len();
+    let mut f = header(8, 0, SERVER_ID, 0).to_vec();
+    f.extend_from_slice(&(body_len as u16).to_be_bytes());
+    f.push(1);
+    f.push(name.len() as u8);
+    f.extend_from_slice(name.as_bytes());
+    f.extend_from_slice(&(secret.len() as u16).to_be_bytes());
+    f.extend_from_slice(secret);
+    f
+}
+
+/// Sends HELLO and reads HELLOACK; returns its code and the bytes after it.
+pub fn hello(
+    stream: &mut (impl Read + Write),
+    name: &str,
+    secret: &[u8],
+) -> Result<(u8, Vec<u8>), String> {
+    stream
+        .write_all(&hello_frame(name, secret))
+        .map_err(|e| format!("HELLO: {e}"))?;
+    let mut buf = Vec::new();
+    let len = read_until(stream, &mut buf, |b| {
+        if b.len() >= HEADER_LEN && u16::from_be_bytes([b[0], b[1]]) != HELLOACK {
+            return Err(format!(
+                "HELLO answered with frame type {}: does this server speak the identity extension?",
+                u16::from_be_bytes([b[0], b[1]])
+            ));
+        }
+        Ok(b.get(8..10)
+            .map(|l| 10 + u16::from_be_bytes([l[0], l[1]]) as usize)
+            .filter(|&end| b.len() >= end))
+    })?;
+    let code = *buf.get(10).ok_or("HELLOACK without a body")?;
+    Ok((code, buf.split_off(len)))
+}
 
 /// Sends OI with `origin` (0: exhibitor; an exhibitor id: paired emitter;
 /// 1: unpaired emitter) and returns the assigned id and any bytes after the OK.
-pub fn identify(stream: &mut (impl Read + Write), origin: u16) -> Result<(u16, Vec<u8>), String> {
+pub fn identify(
+    stream: &mut (impl Read + Write),
+    origin: u16,
+    sign_in: Option<&SignIn>,
+) -> Result<(u16, Vec<u8>), String> {
+    if let Some(account) = sign_in {
+        let (code, rest) = hello(stream, &account.name, account.secret.as_bytes())?;
+        if code != 0 {
+            return Err(format!(
+                "HELLO as {:?} refused with code {code} (PROTOCOL.md, \"The hello and its answer\")",
+                account.name
+            ));
+        }
+        if !rest.is_empty() {
+            return Err("bytes after HELLOACK before OI".into());
+        }
+    }
     let oi = Frame::bare(Kind::Oi, origin, SERVER_ID, 0).to_bytes();
     stream.write_all(&oi).map_err(|e| format!("OI: {e}"))?;
     let mut buf = Vec::new();
@@ -87,6 +167,17 @@ pub fn parse(
                     ctx.replied(p, kind == OK);
                 }
                 pos += HEADER_LEN;
+            }
+            WHO => {
+                // A name for an id, numbered like CLIST: acknowledged, not shown.
+                let Some(len) = frame.get(8..10) else { break };
+                let end = 10 + u16::from_be_bytes([len[0], len[1]]) as usize;
+                if frame.len() < end {
+                    break;
+                }
+                let seq = u16::from_be_bytes([frame[6], frame[7]]);
+                out.message(&[&header(OK, s.own_id, SERVER_ID, seq)]);
+                pos += end;
             }
             FLW => {
                 let seq = u16::from_be_bytes([frame[6], frame[7]]);

@@ -22,13 +22,13 @@ const EVCHAT_IDS: usize = 8191;
 /// Pause before the baseline reading, for the server to finish starting.
 const SETTLE: Duration = Duration::from_millis(500);
 
-fn open(opener: &mut Opener, target: Target, k: usize) -> Result<Link, String> {
+fn open(opener: &mut Opener, target: Target, k: usize, args: &Args) -> Result<Link, String> {
     let mut stream = opener.next_link()?;
     let target = target.plain();
     match target {
         Target::Evchat => {
             let origin = if k < EVCHAT_EXHIBITOR_IDS { 0 } else { 1 };
-            evchat::identify(&mut stream, origin)?;
+            evchat::identify(&mut stream, origin, args.sign_in.as_ref())?;
         }
         Target::Redis => {
             redis::subscribe(&mut stream, &format!("i{k}"))?;
@@ -73,7 +73,9 @@ pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, Str
     let mut held = Vec::with_capacity(n);
     let mut opener = Opener::new(target, addr, n);
     for k in 0..n {
-        held.push(open(&mut opener, target, k).map_err(|e| format!("idle connection {k}: {e}"))?);
+        held.push(
+            open(&mut opener, target, k, args).map_err(|e| format!("idle connection {k}: {e}"))?,
+        );
     }
     let secs = opened.elapsed().as_secs_f64();
     eprintln!(

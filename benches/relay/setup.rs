@@ -28,6 +28,7 @@ pub struct Plan {
     pub emitters: usize,
     pub exhibitors: usize,
     pub size: usize,
+    pub sign_in: Option<evchat::SignIn>,
 }
 
 impl Plan {
@@ -39,6 +40,7 @@ impl Plan {
             emitters: args.emitters,
             exhibitors: args.exhibitors,
             size: args.size,
+            sign_in: args.sign_in.clone(),
         }
     }
 
@@ -221,7 +223,7 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
         let mut session = Session::new(Role::Sub);
         let leftover = match target {
             Target::Evchat => {
-                let (id, rest) = evchat::identify(&mut stream, 0)?;
+                let (id, rest) = evchat::identify(&mut stream, 0, plan.sign_in.as_ref())?;
                 session.own_id = id;
                 exhibitor_ids.push(id);
                 rest
@@ -255,7 +257,7 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                     (Mode::Unicast, None) => return Err(format!("no exhibitor for emitter {i}")),
                     (Mode::Broadcast, _) => (1, 0),
                 };
-                let (id, rest) = evchat::identify(&mut stream, origin)?;
+                let (id, rest) = evchat::identify(&mut stream, origin, plan.sign_in.as_ref())?;
                 session.own_id = id;
                 session.dest = dest;
                 rest

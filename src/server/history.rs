@@ -149,6 +149,7 @@ impl History {
 
 impl Wire {
     /// See [`crate::router::Outbox::accepted`].
+    #[inline]
     pub(super) fn keep(&mut self, msg: &FrameView<'_>) -> Option<Ticket> {
         Some(self.history.as_mut()?.append(msg))
     }

@@ -74,8 +74,8 @@ pub(super) struct Auth {
     by_conn: HashMap<ConnId, u64>,
     /// The account (lower-case key) of each signed-in connection, and how
     /// many connections each such account has: what expiry is checked on.
-    signed_in: HashMap<ConnId, Box<str>>,
-    live: HashMap<Box<str>, u32>,
+    signed_in: HashMap<ConnId, Arc<str>>,
+    live: HashMap<Arc<str>, u32>,
     /// When the earliest expiry of a signed-in account passes.
     next_expiry: Option<Instant>,
     /// Connections not yet identified, per source.
@@ -131,6 +131,11 @@ impl Auth {
 
     /// `conn` signed in to the account `key`, whose secret expires then.
     fn signed_in(&mut self, conn: ConnId, key: Box<str>, expires: Option<Expiry>) {
+        // One copy of the key per account, however many sessions it holds.
+        let key = match self.live.get_key_value(&*key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(key),
+        };
         *self.live.entry(key.clone()).or_default() += 1;
         self.signed_in.insert(conn, key);
         if let Some(at) = expires.map(instant_of) {
@@ -150,7 +155,7 @@ impl Auth {
                 continue;
             };
             if expiry.has_passed(now) {
-                expired.push(key.clone());
+                expired.push(Box::from(&**key));
             } else {
                 let at = instant_of(expiry);
                 next = Some(next.map_or(at, |n| n.min(at)));

@@ -277,6 +277,7 @@ impl Outbox for Wire {
         self.mark_ready(conn);
     }
 
+    #[inline]
     fn accepted(&mut self, msg: &FrameView<'_>) -> Option<u64> {
         self.keep(msg)
     }

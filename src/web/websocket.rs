@@ -374,25 +374,43 @@ fn take_binary(masked: &[u8], mask: [u8; 4], frames: &mut BytesMut) -> Result<()
 /// other frame.
 #[inline]
 fn check_one_frame(payload: &[u8]) -> Result<(), WsFailure> {
-    let parsed = match FrameView::parse(payload) {
-        Err(e) if ext::is_ext_kind(e.header().kind) => match ExtFrame::parse(payload) {
-            Ok(Some((_, len))) => Ok(Some(((), len))),
-            Ok(None) | Err(_) => return Ok(()),
-        },
-        other => other.map(|found| found.map(|(_, len)| ((), len))),
+    // Every message passes here: the plain frame's length is taken straight
+    // from the parse, with no intermediate result to build.
+    let len = match FrameView::parse(payload) {
+        Ok(Some((_, len))) => len,
+        Ok(None) => return Err(not_whole(payload.len())),
+        Err(e) => return check_other_frame(payload, e.header().kind),
     };
-    match parsed {
-        Ok(Some((_, len))) if len == payload.len() => Ok(()),
-        Ok(Some((_, len))) => Err(WsFailure::Protocol(format!(
-            "message of {} bytes carries a {len}-byte frame and more",
-            payload.len()
-        ))),
-        Ok(None) => Err(WsFailure::Protocol(format!(
-            "message of {} bytes is not a whole frame",
-            payload.len()
-        ))),
-        Err(_) => Ok(()),
+    if len == payload.len() {
+        Ok(())
+    } else {
+        Err(more_than_a_frame(payload.len(), len))
     }
+}
+
+/// The rest of [`check_one_frame`], out of line so that the plain path
+/// stays small enough to inline: an extension frame must also be alone.
+#[cold]
+fn check_other_frame(payload: &[u8], kind: u16) -> Result<(), WsFailure> {
+    if !ext::is_ext_kind(kind) {
+        return Ok(());
+    }
+    match ExtFrame::parse(payload) {
+        Ok(Some((_, len))) if len != payload.len() => Err(more_than_a_frame(payload.len(), len)),
+        _ => Ok(()),
+    }
+}
+
+#[cold]
+fn not_whole(message: usize) -> WsFailure {
+    WsFailure::Protocol(format!("message of {message} bytes is not a whole frame"))
+}
+
+#[cold]
+fn more_than_a_frame(message: usize, frame: usize) -> WsFailure {
+    WsFailure::Protocol(format!(
+        "message of {message} bytes carries a {frame}-byte frame and more"
+    ))
 }
 
 /// Where a feed puts what it finds: protocol bytes in the input, the

@@ -1,0 +1,141 @@
+//! The identity workloads (PROTOCOL.md, "Extension: identity").
+//!
+//! `--signins T`: T threads, each repeating a whole short session as fast as
+//! it can (connect, HELLO with `--sign-in`'s account, OI as an exhibitor,
+//! FLW, the server's OK, close) and counting those completed within
+//! `--duration` after `--warmup`. The figure is sign-ins per second.
+//!
+//! `--storm`: during an ordinary run, one more thread plays an attacker
+//! sending HELLOs with a wrong secret for `--sign-in`'s name as fast as one
+//! client can (a new connection for each, since a refusal closes it), so the
+//! run's throughput can be set beside the same run without it.
+
+use crate::evchat::{self, SignIn};
+use crate::setup::{connect, read_until};
+use ::evchat::proto::{Frame, HEADER_LEN, Header, Kind, SERVER_ID};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// One whole session; Ok(()) once the server's OK to FLW arrived.
+fn one_session(addr: SocketAddr, account: &SignIn) -> Result<(), String> {
+    let mut stream = connect(addr)?;
+    let (id, rest) = evchat::identify(&mut stream, 0, Some(account))?;
+    if !rest.is_empty() {
+        return Err("bytes after the OK to OI".into());
+    }
+    let flw = Frame::bare(Kind::Flw, id, SERVER_ID, 1).to_bytes();
+    stream.write_all(&flw).map_err(|e| format!("FLW: {e}"))?;
+    let mut buf = Vec::new();
+    read_until(&mut stream, &mut buf, |b| {
+        Ok((b.len() >= HEADER_LEN).then_some(HEADER_LEN))
+    })?;
+    let reply = Header::peek(&buf).expect("8 bytes read");
+    if reply.kind != Kind::Ok as u16 || reply.seq != 1 {
+        return Err(format!(
+            "FLW answered with type {} seq {}",
+            reply.kind, reply.seq
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `threads` sign-in loops; prints and returns sign-ins per second.
+pub fn run_signins(
+    addr: SocketAddr,
+    account: &SignIn,
+    threads: usize,
+    warmup: f64,
+    duration: f64,
+    json: bool,
+) -> Result<f64, String> {
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (counting, stop, done, account) = (
+                counting.clone(),
+                stop.clone(),
+                done.clone(),
+                account.clone(),
+            );
+            std::thread::spawn(move || -> Result<(), String> {
+                while !stop.load(Ordering::Relaxed) {
+                    one_session(addr, &account)?;
+                    if counting.load(Ordering::Relaxed) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(warmup));
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(duration));
+    counting.store(false, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    let count = done.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| "a sign-in thread panicked".to_owned())??;
+    }
+    let rate = count as f64 / secs;
+    if json {
+        println!(
+            "{{\"target\":\"evchat\",\"threads\":{threads},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}"
+        );
+    } else {
+        println!(
+            "signins    {threads} threads, {secs:.2} s: {count} sessions, {rate:.0} sign-ins/s"
+        );
+    }
+    Ok(rate)
+}
+
+/// Wrong-secret HELLOs sent and how they were answered, while the storm ran.
+#[derive(Debug, Default)]
+pub struct StormFigures {
+    pub attempts: AtomicU64,
+    /// HELLOACK code 2 (checked and refused).
+    pub refused: AtomicU64,
+    /// Code 5 (the address's failure budget is spent).
+    pub throttled: AtomicU64,
+    /// Code 6 (the verifier's queue is full).
+    pub busy: AtomicU64,
+}
+
+/// Starts the attacker thread; it stops when `stop` is set.
+pub fn start_storm(
+    addr: SocketAddr,
+    name: String,
+    stop: Arc<AtomicBool>,
+) -> (Arc<StormFigures>, std::thread::JoinHandle<()>) {
+    let figures = Arc::new(StormFigures::default());
+    let counts = figures.clone();
+    let worker = std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut stream) = connect(addr) else {
+                continue;
+            };
+            let Ok((code, _)) = evchat::hello(&mut stream, &name, b"not the password") else {
+                continue;
+            };
+            counts.attempts.fetch_add(1, Ordering::Relaxed);
+            let bucket = match code {
+                2 => &counts.refused,
+                5 => &counts.throttled,
+                6 => &counts.busy,
+                _ => continue,
+            };
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    (figures, worker)
+}
