@@ -66,6 +66,8 @@ mod signin;
 mod streams;
 #[path = "relay/sys.rs"]
 mod sys;
+#[path = "relay/tls.rs"]
+mod tls;
 #[path = "relay/ws.rs"]
 mod ws;
 
@@ -121,6 +123,12 @@ pub enum Target {
     /// protocol; settled by delivery, like `nats`. The machine's limit.
     #[value(name = "raw")]
     Raw,
+    /// evchat over TLS on its one port (`--tls-cert`): the plain protocol inside.
+    #[value(name = "evchat-tls")]
+    EvchatTls,
+    /// NATS core over TLS (nats-server's `tls {}` block; INFO in clear, then the handshake).
+    #[value(name = "nats-tls")]
+    NatsTls,
 }
 
 impl Target {
@@ -140,6 +148,8 @@ impl Target {
             Target::RedisStreams => "redis-streams",
             Target::JetStream => "jetstream",
             Target::Raw => "raw",
+            Target::EvchatTls => "evchat-tls",
+            Target::NatsTls => "nats-tls",
         }
     }
 
@@ -152,8 +162,15 @@ impl Target {
             Target::NatsVerboseWs => Target::NatsVerbose,
             Target::Mqtt0Ws => Target::Mqtt0,
             Target::Mqtt1Ws => Target::Mqtt1,
+            Target::EvchatTls => Target::Evchat,
+            Target::NatsTls => Target::Nats,
             t => t,
         }
+    }
+
+    /// Whether the connections speak TLS (see `tls.rs`).
+    pub fn tls(self) -> bool {
+        matches!(self, Target::EvchatTls | Target::NatsTls)
     }
 
     /// Where a WebSocket target takes the upgrade; `None` for plain TCP.
@@ -236,6 +253,15 @@ pub struct Args {
     /// During the run, one more client sends HELLOs with a wrong secret for --sign-in's name as fast as it can; reports how they were answered
     #[arg(long)]
     pub storm: bool,
+    /// TLS targets: the CA (PEM) that signed the server's certificate
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// TLS targets: the name the server's certificate must carry
+    #[arg(long, default_value = "localhost")]
+    pub tls_name: String,
+    /// evchat-tls: during the run, one more client completes TLS handshakes and hangs up as fast as it can; reports how many
+    #[arg(long)]
+    pub handshake_storm: bool,
     /// Server process id, to report its CPU time (and RSS with --idle)
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -311,13 +337,17 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
     if let Some(cpu) = args.cpu {
         crate::sys::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
     }
+    if target.tls() {
+        let ca = args.ca.as_deref().ok_or("TLS targets need --ca FILE")?;
+        crate::tls::configure(ca, &args.tls_name)?;
+    }
     crate::sys::raise_descriptor_limit();
     crate::sys::tighten_timer_slack();
     if args.signins > 0 {
-        let account = args.sign_in.as_ref().expect("checked with the arguments");
         crate::signin::run_signins(
+            target,
             addr,
-            account,
+            args.sign_in.as_ref(),
             args.signins,
             args.warmup,
             args.duration,
@@ -339,9 +369,21 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         )),
         _ => None,
     };
+    let handshakes = args
+        .handshake_storm
+        .then(|| signin::start_handshake_storm(target, addr, stop.clone()));
     let started = std::time::Instant::now();
     let outcome = crate::driver::Driver::new(plan, conns, args)?.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some((done, worker)) = handshakes {
+        let _ = worker.join();
+        let n = done.load(std::sync::atomic::Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "relay: handshake storm: {n} TLS handshakes in {secs:.2} s ({:.0}/s)",
+            n as f64 / secs
+        );
+    }
     if let Some((figures, worker)) = storm {
         let _ = worker.join();
         let secs = started.elapsed().as_secs_f64();
@@ -366,8 +408,14 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
             "--warmup and --duration must lie in 0..={MAX_SECS} s, duration above 0"
         ));
     }
-    if (args.signins > 0 || args.storm) && args.sign_in.is_none() {
-        return Err("--signins and --storm need --sign-in NAME:SECRET".into());
+    if args.storm && args.sign_in.is_none() {
+        return Err("--storm needs --sign-in NAME:SECRET".into());
+    }
+    if args.signins > 0 && args.sign_in.is_none() && !target.tls() {
+        return Err("--signins needs --sign-in NAME:SECRET (or a TLS target: handshakes)".into());
+    }
+    if args.handshake_storm && target != Target::EvchatTls {
+        return Err("--handshake-storm is for the evchat-tls target".into());
     }
     if (args.signins > 0 || args.storm || args.sign_in.is_some())
         && target.plain() != Target::Evchat

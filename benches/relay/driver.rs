@@ -23,7 +23,7 @@ use crate::ws::{self, WsConn};
 use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, raw, redis, streams};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use std::io::{self, Read};
+use std::io;
 use std::time::{Duration, Instant};
 
 /// Bytes read at once; also the least free space offered to each read.
@@ -281,12 +281,15 @@ impl Driver {
             }
             self.scratch[..carried].copy_from_slice(&conn.pending);
             let space = self.scratch.len() - carried;
-            match conn.sock.read(&mut self.scratch[carried..]) {
+            let tls = conn.tls.is_some();
+            match conn.read(&mut self.scratch[carried..]) {
                 Ok(0) => return Err(self.lost(i, "the server closed the connection")),
                 Ok(n) => {
                     self.ctx.counters.wire_in += n as u64;
                     self.consume(i, n)?;
-                    if n < space {
+                    // A short read drained the socket; on TLS it only means
+                    // one record's plaintext ended (edge-triggered: read on).
+                    if n < space && !tls {
                         break;
                     }
                 }
@@ -441,10 +444,10 @@ fn parse(
     ctx: &mut Ctx,
 ) -> Result<usize, String> {
     match target {
-        Target::Evchat => evchat::parse(session, input, out, ctx),
+        Target::Evchat | Target::EvchatTls => evchat::parse(session, input, out, ctx),
         Target::Redis => redis::parse(session, input, ctx),
         Target::RedisStreams => streams::parse(session, input, out, ctx),
-        Target::Nats | Target::NatsVerbose | Target::JetStream => {
+        Target::Nats | Target::NatsVerbose | Target::JetStream | Target::NatsTls => {
             nats::parse(session, input, out, ctx)
         }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::parse(session, input, out, ctx),
@@ -474,9 +477,9 @@ fn encode(
     out: &mut Vec<u8>,
 ) {
     match target {
-        Target::Evchat => evchat::encode(session, head, pad, out),
+        Target::Evchat | Target::EvchatTls => evchat::encode(session, head, pad, out),
         Target::Redis | Target::RedisStreams => redis::encode(session, head, pad, out),
-        Target::Nats | Target::NatsVerbose | Target::JetStream => {
+        Target::Nats | Target::NatsVerbose | Target::JetStream | Target::NatsTls => {
             nats::encode(session, head, pad, out)
         }
         Target::Mqtt0 | Target::Mqtt1 => mqtt::encode(session, head, pad, out),

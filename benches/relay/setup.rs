@@ -8,6 +8,7 @@
 //! comes first and the protocol's handshake runs inside it.
 
 use crate::conn::{Conn, Role, Session};
+use crate::tls::TlsStream;
 use crate::ws::{self, Masker, WsConn, WsStream};
 use crate::{Args, Mode, Target, evchat, mqtt, nats, raw, redis, streams};
 use std::collections::VecDeque;
@@ -105,10 +106,11 @@ pub fn read_until(
     }
 }
 
-/// A connection during its handshakes: plain TCP, or WebSocket over it.
+/// A connection during its handshakes: plain TCP, WebSocket over it, or TLS.
 pub enum Link {
     Tcp(TcpStream),
     Ws(WsStream),
+    Tls(Box<TlsStream>),
 }
 
 /// WebSocket upgrades requested at once before their answers are read.
@@ -140,6 +142,17 @@ impl Opener {
 
     /// The next connection, upgraded to WebSocket on a `*-ws` target.
     pub fn next_link(&mut self) -> Result<Link, String> {
+        if self.target.tls() {
+            let mut sock = connect(self.addr)?;
+            // nats-server 2.9 speaks first, in clear; the handshake follows.
+            let mut clear = Vec::new();
+            if self.target == Target::NatsTls {
+                read_until(&mut sock, &mut clear, |b| {
+                    Ok(b.windows(2).position(|w| w == b"\r\n").map(|at| at + 2))
+                })?;
+            }
+            return Ok(Link::Tls(Box::new(TlsStream::handshake(sock, clear)?)));
+        }
         let Some(endpoint) = self.target.websocket() else {
             return Ok(Link::Tcp(connect(self.addr)?));
         };
@@ -173,9 +186,17 @@ impl Link {
     /// Hands a handshaken connection to mio; `leftover` is what its
     /// handshake read past the reply.
     pub fn into_conn(self, leftover: Vec<u8>, session: Session) -> Result<Conn, String> {
-        let (stream, pending, ws) = match self {
-            Link::Tcp(tcp) => (tcp, leftover, WsConn::new(Masker::new(0))),
-            Link::Ws(ws) => ws.into_parts(leftover),
+        let (stream, pending, ws, tls) = match self {
+            Link::Tcp(tcp) => (tcp, leftover, WsConn::new(Masker::new(0)), None),
+            Link::Ws(ws) => {
+                let (stream, pending, ws) = ws.into_parts(leftover);
+                (stream, pending, ws, None)
+            }
+            Link::Tls(tls) => {
+                let (stream, session, _) = tls.into_parts();
+                let plain = WsConn::new(Masker::new(0));
+                (stream, leftover, plain, Some(session))
+            }
         };
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         Ok(Conn::new(
@@ -183,6 +204,7 @@ impl Link {
             pending,
             session,
             ws,
+            tls,
         ))
     }
 }
@@ -192,6 +214,7 @@ impl Read for Link {
         match self {
             Link::Tcp(s) => s.read(buf),
             Link::Ws(s) => s.read(buf),
+            Link::Tls(s) => s.read(buf),
         }
     }
 }
@@ -201,6 +224,7 @@ impl Write for Link {
         match self {
             Link::Tcp(s) => s.write(buf),
             Link::Ws(s) => s.write(buf),
+            Link::Tls(s) => s.write(buf),
         }
     }
 
@@ -208,6 +232,7 @@ impl Write for Link {
         match self {
             Link::Tcp(s) => s.flush(),
             Link::Ws(s) => s.flush(),
+            Link::Tls(s) => s.flush(),
         }
     }
 }

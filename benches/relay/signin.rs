@@ -9,9 +9,14 @@
 //! sending HELLOs with a wrong secret for `--sign-in`'s name as fast as one
 //! client can (a new connection for each, since a refusal closes it), so the
 //! run's throughput can be set beside the same run without it.
+//!
+//! On a TLS target (`evchat-tls`) each session above starts with a TLS
+//! handshake, and `--handshake-storm` is the attacker's TLS counterpart: one
+//! thread completing handshakes and hanging up, as fast as it can.
 
+use crate::Target;
 use crate::evchat::{self, SignIn};
-use crate::setup::{connect, read_until};
+use crate::setup::{Link, Opener, connect, read_until};
 use ::evchat::proto::{Frame, HEADER_LEN, Header, Kind, SERVER_ID};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -19,10 +24,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// One connection of `target` (TCP, or TLS with its handshake done).
+fn open(target: Target, addr: SocketAddr) -> Result<Link, String> {
+    Opener::new(target, addr, 1).next_link()
+}
+
 /// One whole session; Ok(()) once the server's OK to FLW arrived.
-fn one_session(addr: SocketAddr, account: &SignIn) -> Result<(), String> {
-    let mut stream = connect(addr)?;
-    let (id, rest) = evchat::identify(&mut stream, 0, Some(account))?;
+fn one_session(target: Target, addr: SocketAddr, account: Option<&SignIn>) -> Result<(), String> {
+    let mut stream = open(target, addr)?;
+    let (id, rest) = evchat::identify(&mut stream, 0, account)?;
     if !rest.is_empty() {
         return Err("bytes after the OK to OI".into());
     }
@@ -44,8 +54,9 @@ fn one_session(addr: SocketAddr, account: &SignIn) -> Result<(), String> {
 
 /// Runs `threads` sign-in loops; prints and returns sign-ins per second.
 pub fn run_signins(
+    target: Target,
     addr: SocketAddr,
-    account: &SignIn,
+    account: Option<&SignIn>,
     threads: usize,
     warmup: f64,
     duration: f64,
@@ -60,11 +71,11 @@ pub fn run_signins(
                 counting.clone(),
                 stop.clone(),
                 done.clone(),
-                account.clone(),
+                account.cloned(),
             );
             std::thread::spawn(move || -> Result<(), String> {
                 while !stop.load(Ordering::Relaxed) {
-                    one_session(addr, &account)?;
+                    one_session(target, addr, account.as_ref())?;
                     if counting.load(Ordering::Relaxed) {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
@@ -89,7 +100,8 @@ pub fn run_signins(
     let rate = count as f64 / secs;
     if json {
         println!(
-            "{{\"target\":\"evchat\",\"threads\":{threads},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}"
+            "{{\"target\":\"{}\",\"threads\":{threads},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}",
+            target.name()
         );
     } else {
         println!(
@@ -138,4 +150,22 @@ pub fn start_storm(
         }
     });
     (figures, worker)
+}
+
+/// Starts the TLS attacker: handshakes completed and dropped, counted.
+pub fn start_handshake_storm(
+    target: Target,
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+    let done = Arc::new(AtomicU64::new(0));
+    let count = done.clone();
+    let worker = std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if open(target, addr).is_ok() {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    (done, worker)
 }
