@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 mod connection;
+pub mod discovery;
 pub mod proto;
 mod router;
 pub mod server;

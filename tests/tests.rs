@@ -11,6 +11,7 @@ mod chat;
 mod check;
 mod cli;
 mod codec;
+mod discovery;
 mod history;
 mod identity;
 mod metrics;

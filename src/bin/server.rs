@@ -181,6 +181,13 @@ struct Args {
     /// --auth, loopback only; with --auth, an admin's token otherwise
     #[arg(long, value_name = "CIDR")]
     metrics_allow: Vec<Cidr>,
+    /// Answer LAN discovery (`evchat find`) on UDP, same port number: LAN only, off by
+    /// default; broadcasts reach the server only with --bind 0.0.0.0
+    #[arg(long)]
+    announce: bool,
+    /// The name --announce gives (at most 63 bytes; default: the host name)
+    #[arg(long, value_name = "NAME", requires = "announce")]
+    name: Option<String>,
     /// Log lines as text, or as one JSON object a line (for log shippers)
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -199,6 +206,37 @@ enum LogFormat {
     Text,
     /// `{"timestamp":...,"level":...,"fields":{"message":...,...},"target":...}`
     Json,
+}
+
+/// The name `--announce` answers with: `--name`, else the host name;
+/// `None` without `--announce`.
+fn announced_name(args: &Args) -> Result<Option<String>, String> {
+    if !args.announce {
+        return Ok(None);
+    }
+    if args.bind.is_ipv6() {
+        return Err("--announce: discovery is IPv4; --bind an IPv4 address".to_string());
+    }
+    let wanted = match &args.name {
+        Some(name) => name.clone(),
+        None => host_name().map_err(|e| format!("--announce: no host name ({e}): give --name"))?,
+    };
+    evchat::discovery::server_name(&wanted)
+        .map(Some)
+        .ok_or_else(|| format!("--name '{wanted}': nothing printable left to announce"))
+}
+
+/// This machine's host name (gethostname(2)).
+fn host_name() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 /// The library's defaults, which the flags' defaults are read from.
@@ -309,6 +347,13 @@ fn main() -> ExitCode {
             max_unidentified: args.max_unidentified as usize,
         }),
         metrics_allow: args.metrics_allow.clone(),
+        announce: match announced_name(&args) {
+            Ok(name) => name,
+            Err(message) => {
+                eprintln!("server: {message}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -361,6 +406,16 @@ fn main() -> ExitCode {
             max_unidentified = auth.max_unidentified,
             "accounts required (--auth)"
         );
+    }
+    if let Some(name) = &config.announce {
+        tracing::info!(name = %name, "answering LAN discovery on UDP (--announce)");
+        if !server.local_addr().ip().is_unspecified() {
+            tracing::warn!(
+                "--announce with --bind {}: only queries sent to that address are heard; \
+                 broadcasts need --bind 0.0.0.0",
+                server.local_addr().ip()
+            );
+        }
     }
     if config.auth.is_some() && !server.local_addr().ip().is_loopback() {
         tracing::warn!(

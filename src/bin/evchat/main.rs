@@ -1,12 +1,14 @@
 //! `evchat <command>`: the user-facing tools in one binary, so nothing
 //! installs under a generic name. `chat` is both clients in one terminal,
 //! `check` tests any server of the protocol rule by rule, `history` reads a
-//! server's message log, `stats` shows a running server's `/stats`. The
+//! server's message log, `stats` shows a running server's `/stats`, `find`
+//! lists the servers that answer LAN discovery. The
 //! protocol's own clients (`emitter`, `exhibitor`) and the `server` keep
 //! their own binaries.
 
 mod chat;
 mod check;
+mod find;
 mod history;
 mod stats;
 mod user;
@@ -22,7 +24,8 @@ use std::process::ExitCode;
 evchat chat 127.0.0.1:5000              chat in this terminal\n  \
 evchat check 127.0.0.1:5000             check a server of the protocol, rule by rule\n  \
 evchat history /var/lib/evchat --json   a server's history (server --history DIR)\n  \
-evchat stats 127.0.0.1:5000             a running server's clients and traffic, live"
+evchat stats 127.0.0.1:5000             a running server's clients and traffic, live\n  \
+evchat find                             servers on the LAN that announce themselves"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +44,8 @@ enum Command {
     User(user::UserArgs),
     /// A running server's statistics: a live view like top, or one screen
     Stats(stats::StatsArgs),
+    /// List the servers on the LAN that answer discovery (server --announce)
+    Find(find::FindArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +55,6 @@ fn main() -> ExitCode {
         Command::History(args) => history::run(args),
         Command::User(args) => user::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Find(args) => find::run(args),
     }
 }
