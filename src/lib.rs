@@ -3,7 +3,9 @@
 //! ([`proto`]), the server's rules (`router`), its socket layer
 //! and web transport (`connection`, `web`) and event loop ([`server`]), what
 //! the clients share ([`client`]), the command-line helpers of every
-//! binary ([`cli`]) and the durable message history ([`store`]).
+//! binary ([`cli`]), the durable message history ([`store`]), LAN
+//! discovery's datagrams ([`discovery`]) and systemd's readiness message
+//! ([`sd_notify`]).
 //!
 //! The binaries see only what they use; the insides the tests, benches and
 //! fuzz targets drive directly are in `testing`, behind the feature of
@@ -16,6 +18,7 @@ mod connection;
 pub mod discovery;
 pub mod proto;
 mod router;
+pub mod sd_notify;
 pub mod server;
 pub mod store;
 mod web;

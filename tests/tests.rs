@@ -18,6 +18,7 @@ mod metrics;
 mod raw;
 mod reliability;
 mod router;
+mod service;
 mod store;
 mod user;
 mod web;

@@ -1,7 +1,8 @@
 //! `server <port>`: the evchat relay. Parses flags (loopback unless `--bind`
 //! says otherwise; zero limits refused), raises the descriptor limit, binds,
-//! logs what it runs with, prints `listening on <addr>` and runs the event
-//! loop until SIGINT/SIGTERM has drained every client.
+//! logs what it runs with, prints `listening on <addr>` (and tells a
+//! `Type=notify` service manager `READY=1`) and runs the event loop until
+//! SIGINT/SIGTERM (`STOPPING=1`) has drained every client.
 
 use clap::Parser;
 use evchat::cli::parse_secs;
@@ -376,6 +377,10 @@ fn main() -> ExitCode {
     let signals = AtomicUsize::new(0);
     if let Err(e) = ctrlc::set_handler(move || {
         if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A service manager waiting on us learns the drain has begun.
+            if let Err(e) = evchat::sd_notify::notify("STOPPING=1") {
+                tracing::warn!(error = %e, "cannot tell the service manager STOPPING=1");
+            }
             handle.trigger();
         } else {
             eprintln!("server: second signal, exiting without draining");
@@ -427,6 +432,10 @@ fn main() -> ExitCode {
     let _ = writeln!(stdout, "listening on {}", server.local_addr());
     let _ = stdout.flush();
     drop(stdout);
+    // Type=notify: the unit is started once the port accepts connections.
+    if let Err(e) = evchat::sd_notify::notify("READY=1") {
+        tracing::warn!(error = %e, "cannot tell the service manager READY=1");
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
