@@ -1,7 +1,8 @@
 //! LAN discovery (`server --announce`, `evchat find`; PROTOCOL.md,
-//! "Discovery") between two network namespaces that each test makes: a
-//! veth pair, 169.254.77.1/24 on the server's side and .2 on the finder's.
-//! Nothing is sent anywhere else: the broadcasts stay on that pair. The
+//! "Discovery") between network namespaces that each test makes: the
+//! finder's, with a bridge at 169.254.77.2/24, and one a server, each
+//! joined to that bridge by a veth pair (169.254.77.1, .3, ...). Nothing is
+//! sent anywhere else: the broadcasts stay on that bridge. The
 //! namespaces are named after the process and the test, and removed by a
 //! guard however the test ends. Without `ip netns` (not root, no
 //! iproute2) these tests skip with a line saying so, except under CI=true,
@@ -14,13 +15,13 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const SERVER_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
 const FINDER_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 2);
 const PORT: u16 = 5000;
 
-/// Two namespaces joined by a veth pair; removed when dropped.
+/// Namespaces for one finder and `n` servers, each server joined to a
+/// bridge in the finder's namespace by a veth pair; removed when dropped.
 struct Lan {
-    server: String,
+    servers: Vec<String>,
     finder: String,
 }
 
@@ -39,39 +40,80 @@ fn ip(args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// Server `i`'s address: 169.254.77.1, .3, .5 ...
+fn server_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(169, 254, 77, 1 + 2 * i as u8)
+}
+
 impl Lan {
-    /// The pair, or why it cannot be made here.
-    fn new() -> Result<Lan, String> {
+    /// The namespaces, or why they cannot be made here.
+    fn new(servers: usize) -> Result<Lan, String> {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let base = format!("evchat-{}-{n}", std::process::id());
-        let lan = Lan {
-            server: format!("{base}-s"),
+        let mut lan = Lan {
+            servers: Vec::new(),
             finder: format!("{base}-f"),
         };
-        ip(&["netns", "add", &lan.server])?;
-        // From here on the guard removes what was made.
         ip(&["netns", "add", &lan.finder])?;
-        let (s, f) = (lan.server.as_str(), lan.finder.as_str());
+        // From here on the guard removes what was made.
+        let f = lan.finder.clone();
+        let finder_cidr = format!("{FINDER_IP}/24");
+        ip(&["-n", &f, "link", "add", "br0", "type", "bridge"])?;
         ip(&[
-            "-n", s, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", f,
+            "-n",
+            &f,
+            "addr",
+            "add",
+            &finder_cidr,
+            "broadcast",
+            "+",
+            "dev",
+            "br0",
         ])?;
-        for (ns, dev, addr) in [(s, "v0", SERVER_IP), (f, "v1", FINDER_IP)] {
-            let cidr = format!("{addr}/24");
-            ip(&["-n", ns, "addr", "add", &cidr, "broadcast", "+", "dev", dev])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        ip(&["-n", &f, "link", "set", "lo", "up"])?;
+        ip(&["-n", &f, "link", "set", "br0", "up"])?;
+        for i in 0..servers {
+            let s = format!("{base}-s{i}");
+            ip(&["netns", "add", &s])?;
+            lan.servers.push(s.clone());
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &s, "link", "add", "v0", "type", "veth", "peer", "name", &port, "netns", &f,
+            ])?;
+            let cidr = format!("{}/24", server_ip(i));
+            ip(&[
+                "-n",
+                &s,
+                "addr",
+                "add",
+                &cidr,
+                "broadcast",
+                "+",
+                "dev",
+                "v0",
+            ])?;
+            ip(&["-n", &s, "link", "set", "lo", "up"])?;
+            ip(&["-n", &s, "link", "set", "v0", "up"])?;
+            ip(&["-n", &f, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &f, "link", "set", &port, "up"])?;
         }
         Ok(lan)
     }
 
-    /// `server PORT --bind 0.0.0.0 EXTRA...` in the server's namespace.
+    /// `server PORT --bind 0.0.0.0 EXTRA...` in the first server's
+    /// namespace.
     fn server(&self, extra: &[&str]) -> (Proc, SocketAddr) {
+        self.server_in(0, extra)
+    }
+
+    /// `server PORT --bind 0.0.0.0 EXTRA...` in server `i`'s namespace.
+    fn server_in(&self, i: usize, extra: &[&str]) -> (Proc, SocketAddr) {
         let port = PORT.to_string();
         let mut args = vec![
             "netns",
             "exec",
-            &self.server,
+            &self.servers[i],
             bin("server"),
             &port,
             "--bind",
@@ -118,16 +160,22 @@ impl Lan {
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        // Deleting a namespace deletes its end of the pair, and so the pair.
-        let _ = ip(&["netns", "del", &self.server]);
-        let _ = ip(&["netns", "del", &self.finder]);
+        // Deleting a namespace deletes its end of each pair, and so the
+        // pair.
+        for ns in self.servers.iter().chain([&self.finder]) {
+            let _ = ip(&["netns", "del", ns]);
+        }
     }
 }
 
-/// The LAN, or `None` (after saying why) where namespaces cannot be made
-/// and CI is not set.
+/// A LAN of one server, or `None` (after saying why) where namespaces
+/// cannot be made and CI is not set.
 fn lan() -> Option<Lan> {
-    match Lan::new() {
+    lan_of(1)
+}
+
+fn lan_of(servers: usize) -> Option<Lan> {
+    match Lan::new(servers) {
         Ok(lan) => Some(lan),
         Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
             panic!("network namespaces are needed under CI=true: {why}")
@@ -164,7 +212,8 @@ fn collect(socket: &UdpSocket, quiet: Duration, limit: Duration) -> (Vec<Answer>
 fn discovery_counts(lan: &Lan) -> [u64; 3] {
     lan.in_finder(|| {
         use std::io::{Read, Write};
-        let mut http = std::net::TcpStream::connect((SERVER_IP, PORT)).expect("connect /metrics");
+        let mut http =
+            std::net::TcpStream::connect((server_ip(0), PORT)).expect("connect /metrics");
         http.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
@@ -259,7 +308,7 @@ fn a_forged_or_truncated_query_gets_no_answer() {
     ]);
     let (answers, other) = lan.in_finder(|| {
         let socket = UdpSocket::bind((FINDER_IP, 0)).unwrap();
-        let to = (SERVER_IP, PORT);
+        let to = (server_ip(0), PORT);
         let good = Query { nonce: 42 }.encode();
         let mut forged: Vec<Vec<u8>> = vec![
             good[..127].to_vec(),
@@ -301,7 +350,7 @@ fn a_flood_of_queries_is_rate_limited_and_the_chat_goes_on() {
     const MESSAGES: u16 = 50;
     let (answers, elapsed, delivered) = lan.in_finder(|| {
         use evchat::testing::raw_client::Raw;
-        let server = SocketAddr::from((SERVER_IP, PORT));
+        let server = SocketAddr::from((server_ip(0), PORT));
         let mut exhibitor = Raw::connect(server);
         let x = exhibitor.identify_exhibitor();
         let mut emitter = Raw::connect(server);
@@ -382,5 +431,95 @@ fn chat_without_an_address_and_no_server_says_so() {
         String::from_utf8_lossy(&out.stderr),
         "evchat chat: no server answered on UDP port 5000 within 1s (a server answers only with \
          --announce); give HOST:PORT\n"
+    );
+}
+
+/// Two servers answer: `evchat find` lists both; `evchat chat` without an
+/// address lists them and joins the one chosen.
+#[test]
+fn chat_with_several_servers_found_asks_which() {
+    let Some(lan) = lan_of(2) else { return };
+    let (_one, _) = lan.server_in(0, &["--announce", "--name", "lab-1"]);
+    let (two, _) = lan.server_in(1, &["--announce", "--name", "lab-2"]);
+    let (code, out, err) = lan.find(&[]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "169.254.77.1:5000  lab-1  plain  open\n169.254.77.3:5000  lab-2  plain  open\n"
+        ),
+        "{err}"
+    );
+    let mut chat = Proc::spawn_with(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lan.finder,
+            bin("evchat"),
+            "chat",
+            "--timestamps",
+            "never",
+        ],
+    );
+    chat.stderr.expect_line("evchat chat: 2 servers answered:");
+    chat.stderr
+        .expect_line("  1  169.254.77.1:5000  lab-1  plain  open");
+    chat.stderr
+        .expect_line("  2  169.254.77.3:5000  lab-2  plain  open");
+    chat.input("2\n");
+    // The second server sees the chat's two connections.
+    two.stderr.skip_until(
+        "a connection from the finder",
+        Duration::from_secs(10),
+        |l| l.contains("connected") && l.contains("169.254.77.2:"),
+    );
+}
+
+/// A choice that is no server's number: said, exit 1.
+#[test]
+fn chat_with_several_servers_refuses_a_bad_choice() {
+    let Some(lan) = lan_of(2) else { return };
+    let (_one, _) = lan.server_in(0, &["--announce", "--name", "lab-1"]);
+    let (_two, _) = lan.server_in(1, &["--announce", "--name", "lab-2"]);
+    let mut chat = Proc::spawn_with("ip", &["netns", "exec", &lan.finder, bin("evchat"), "chat"]);
+    chat.input("3\n");
+    chat.close_input();
+    assert_eq!(chat.wait().code(), Some(1));
+    let said = chat.stderr.rest();
+    assert_eq!(
+        said.last().map(String::as_str),
+        Some("which one (1-2)? evchat chat: '3' is not a number from 1 to 2"),
+        "{said:?}"
+    );
+}
+
+/// `server` with `--announce` where it cannot work: exit 2, saying why,
+/// before anything is bound.
+#[test]
+fn announce_refuses_an_ipv6_bind_and_an_empty_name() {
+    for (args, want) in [
+        (
+            &["0", "--bind", "::1", "--announce"][..],
+            "server: --announce: discovery is IPv4; --bind an IPv4 address\n",
+        ),
+        (
+            &["0", "--announce", "--name", "   "][..],
+            "server: --name '   ': nothing printable left to announce\n",
+        ),
+    ] {
+        let out = Command::new(bin("server")).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), want, "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}");
+    }
+    let out = Command::new(bin("server"))
+        .args(["0", "--name", "lab"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--announce"),
+        "--name needs --announce"
     );
 }
