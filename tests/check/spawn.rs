@@ -278,3 +278,36 @@ fn spawn_and_an_address_together_are_a_usage_error() {
     assert_eq!(code, 2);
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+/// Ctrl-C during a `--spawn` run stops the server it started (which is in
+/// a process group of its own, out of the terminal's reach) and exits 130.
+#[test]
+fn interrupting_a_spawn_run_leaves_no_server_behind() {
+    use crate::util::{Proc, wait_until};
+    // A name no other process has: sleep takes a fraction.
+    let marker = format!("sleep 3600.{}", std::process::id());
+    let command = format!("exec {marker} # {{port}}");
+    let running = || {
+        let found = std::process::Command::new("pgrep")
+            .args(["-fx", &marker])
+            .output()
+            .unwrap();
+        !found.stdout.is_empty()
+    };
+    let mut check = Proc::spawn(
+        "evchat",
+        &[
+            "check",
+            "--spawn",
+            &command,
+            "--spawn-wait",
+            "60",
+            "--only",
+            "wire-header",
+        ],
+    );
+    wait_until("the spawned command runs", running);
+    check.signal(libc::SIGINT);
+    assert_eq!(check.wait().code(), Some(130));
+    wait_until("the spawned command is gone", || !running());
+}

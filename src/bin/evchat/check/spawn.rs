@@ -17,12 +17,18 @@
 //! `tcp6`: a socket in LISTEN state on the port), not found by connecting:
 //! the servers `--spawn` is for often die when a client disconnects, and a
 //! test connection would be that client.
+//!
+//! The server's own process group keeps a Ctrl-C at the terminal from
+//! reaching it directly, so [`Spawner::new`] has Ctrl-C (and SIGTERM) kill
+//! the running server's group before `evchat check` exits: no server is
+//! left behind.
 
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +44,9 @@ const TAIL_LINES: usize = 5;
 const TAIL_LINE_BYTES: usize = 200;
 /// Where the command says which port to listen on.
 pub const PORT_MARK: &str = "{port}";
+/// The process group of the server running now (0: none), for the
+/// interrupt handler.
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
 
 /// How to start the server under test.
 pub struct Spawner {
@@ -56,6 +65,16 @@ impl Spawner {
                  (e.g. --spawn './server {PORT_MARK}')"
             ));
         }
+        // Exit status 130, as for an interrupted command.
+        ctrlc::set_handler(|| {
+            let group = RUNNING_GROUP.swap(0, Ordering::SeqCst);
+            if group != 0 {
+                // SAFETY: kill(2) with a process group id and a signal number.
+                unsafe { libc::kill(-group, libc::SIGKILL) };
+            }
+            std::process::exit(130);
+        })
+        .map_err(|e| format!("cannot install the Ctrl-C handler: {e}"))?;
         Ok(Spawner {
             command: command.to_string(),
             wait,
@@ -92,6 +111,7 @@ impl Spawner {
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot run /bin/sh -c '{command}': {e}"))?;
+        RUNNING_GROUP.store(child.id() as i32, Ordering::SeqCst);
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let (drained, pipes_closed) = channel();
         for pipe in [
@@ -186,6 +206,7 @@ impl Running {
             return;
         }
         self.stopped = true;
+        RUNNING_GROUP.store(0, Ordering::SeqCst);
         let group = -(self.child.id() as i32);
         // SAFETY: kill(2) with a process group id and a signal number.
         unsafe { libc::kill(group, libc::SIGTERM) };
