@@ -4,7 +4,9 @@
 //! and web transport (`connection`, `web`) and event loop ([`server`]), TLS
 //! for the server and the clients ([`tls`]), what
 //! the clients share ([`client`]), the command-line helpers of every
-//! binary ([`cli`]) and the durable message history ([`store`]).
+//! binary ([`cli`]), the durable message history ([`store`]), LAN
+//! discovery's datagrams ([`discovery`]) and systemd's readiness message
+//! ([`sd_notify`]).
 //!
 //! The binaries see only what they use; the insides the tests, benches and
 //! fuzz targets drive directly are in `testing`, behind the feature of
@@ -14,8 +16,10 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 mod connection;
+pub mod discovery;
 pub mod proto;
 mod router;
+pub mod sd_notify;
 pub mod server;
 pub mod store;
 pub mod tls;

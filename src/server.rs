@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod access;
+mod announce;
 mod history;
 mod identity;
 mod metrics;
@@ -33,6 +34,7 @@ mod spin;
 mod tls;
 mod wire;
 pub use access::{BadCidr, Cidr};
+use announce::Announcer;
 pub use history::HistoryConfig;
 pub use identity::AuthConfig;
 use identity::{Auth, ExtStep};
@@ -46,6 +48,8 @@ use wire::{Closing, Departure, Slot, Wire};
 // turn.
 const LISTENER: Token = Token(0x4000_0000);
 const WAKER: Token = Token(0x4000_0001);
+/// The discovery socket (`--announce`).
+const DISCOVERY: Token = Token(0x4000_0002);
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
@@ -81,6 +85,9 @@ pub struct Config {
     /// TLS on the same port, its identity loaded by [`Server::bind`]
     /// (`None`: plain only).
     pub tls: Option<TlsConfig>,
+    /// Answer LAN discovery queries on UDP, same port, with this name
+    /// (`--announce`; `None`: no UDP socket at all).
+    pub announce: Option<String>,
 }
 
 impl Config {
@@ -98,6 +105,7 @@ impl Config {
             auth: None,
             metrics_allow: Vec::new(),
             tls: None,
+            announce: None,
         }
     }
 }
@@ -111,6 +119,9 @@ pub enum StartError {
     /// The history could not be opened.
     #[error("history: {0}")]
     History(#[from] StoreError),
+    /// The discovery socket could not be set up (`--announce`).
+    #[error("--announce: cannot listen on UDP {addr}: {source}")]
+    Announce { addr: SocketAddr, source: io::Error },
     /// The accounts file could not be loaded (`--auth`).
     #[error("--auth: {0}")]
     Auth(#[from] crate::auth::AccountsError),
@@ -180,6 +191,8 @@ pub struct Server {
     /// What new connections may speak; its TLS identity is replaced on
     /// reload.
     accepts: Accepts,
+    /// The discovery socket (`--announce`), until shutdown begins.
+    announcer: Option<Announcer>,
 }
 
 /// What the end of a loop turn decided.
@@ -238,7 +251,11 @@ impl Server {
             auth: None,
             start_unix: unix_now(),
             accepts,
+            announcer: None,
         };
+        if let Some(name) = &server.config.announce {
+            server.announcer = Some(server.announce(name.clone())?);
+        }
         if let Some(auth) = &server.config.auth {
             server.auth = Some(Auth::start(auth, server.waker.clone())?);
             server.router.require_accounts(true);
@@ -247,6 +264,38 @@ impl Server {
             server.open_history(history)?;
         }
         Ok(server)
+    }
+
+    /// Binds the discovery socket on the TCP listener's address and port.
+    fn announce(&self, name: String) -> Result<Announcer, StartError> {
+        let addr = self.local_addr;
+        let failed = |source| StartError::Announce { addr, source };
+        let answer = crate::discovery::Answer {
+            nonce: 0,
+            port: addr.port(),
+            // Set when the port speaks TLS: the clients that discover it
+            // then connect with TLS.
+            tls: self.config.tls.is_some(),
+            accounts: self.config.auth.is_some(),
+            name,
+        };
+        let mut announcer = Announcer::bind(addr, answer).map_err(failed)?;
+        self.poll
+            .registry()
+            .register(&mut announcer.socket, DISCOVERY, Interest::READABLE)
+            .map_err(failed)?;
+        Ok(announcer)
+    }
+
+    /// Reads (a bounded number of) discovery queries and answers them.
+    fn serve_discovery(&mut self) {
+        let Some(announcer) = &mut self.announcer else {
+            return;
+        };
+        let metrics = &mut self.wire.metrics;
+        announcer.serve(self.wire.now, |heard| {
+            metrics.discovery[heard.index()] += 1;
+        });
     }
 
     /// The address actually bound (the real port when 0 was asked).
@@ -330,6 +379,7 @@ impl Server {
             match event.token() {
                 LISTENER => self.accept_all(),
                 WAKER => {}
+                DISCOVERY => self.serve_discovery(),
                 Token(conn) => {
                     if event.is_writable() {
                         self.wire.mark_dirty(conn);
@@ -367,6 +417,9 @@ impl Server {
                 slot.ready = false;
                 self.service_input(conn, false);
             }
+        }
+        if self.announcer.as_ref().is_some_and(|a| a.backlog) {
+            self.serve_discovery();
         }
         self.router.tick(now, &mut self.wire);
         if self.drain_deadline.is_none() && self.shutdown_requested.load(Ordering::SeqCst) {
@@ -409,7 +462,7 @@ impl Server {
     /// work left, else until the earliest deadline. Measured from a fresh
     /// clock read, since the turn's own work took time.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.wire.ready.is_empty() {
+        if !self.wire.ready.is_empty() || self.announcer.as_ref().is_some_and(|a| a.backlog) {
             return Some(Duration::ZERO);
         }
         [
@@ -432,6 +485,10 @@ impl Server {
         );
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
+        }
+        // A server on its way out is not offered to anyone.
+        if let Some(mut announcer) = self.announcer.take() {
+            let _ = self.poll.registry().deregister(&mut announcer.socket);
         }
         self.router.shutdown(now, &mut self.wire);
         now + self.config.drain_timeout

@@ -473,6 +473,8 @@ fn chat_help_explains_commands_and_ends_with_examples() {
         examples.lines().collect::<Vec<_>>(),
         [
             "  evchat chat 127.0.0.1:5000",
+            "  evchat chat                       the server on the LAN that answers discovery \
+             (evchat find)",
             "  evchat chat localhost:5000 --timestamps never",
             "  printf 'hello\\n/list\\n' | evchat chat localhost:5000",
         ]

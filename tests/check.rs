@@ -7,6 +7,7 @@
 
 #[path = "check_fixture.rs"]
 mod check_fixture;
+mod spawn;
 
 use crate::util::{BrokenOutput, ReservedPort, Server, evchat_into};
 use check_fixture::{Fault, Fixture};
@@ -26,7 +27,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// microseconds, but on a loaded machine (mutation testing runs these tests
 /// 16 at a time on 2 cores) the fixture's thread per connection took more
 /// than 1 s to answer an OI.
-const CHECK_TIMEOUT: &str = "3";
+pub(crate) const CHECK_TIMEOUT: &str = "3";
 
 /// Each fault, the checks it must fail and the choices it must note.
 const FAULTS: &[(Fault, &[&str], &[&str])] = &[
@@ -111,7 +112,7 @@ const NOT_SPOKEN: &str =
 
 /// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
 /// stdout, stderr).
-fn evchat(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn evchat(args: &[&str]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_evchat"))
         .args(args)
         .stdin(Stdio::null())

@@ -103,6 +103,10 @@ pub enum Fault {
     /// a delivery to it is outstanding (the emitter still gets its ERRO; a
     /// freed client then used on the loop's next turn).
     CrashAfterVanish,
+    /// Stops entirely whenever a client's connection ends, however it
+    /// ends (like a real server of the assignment, whose loop then uses
+    /// the freed client): for `evchat check --spawn`.
+    CrashOnLeave,
     /// Forwards a MSG or CREQ but never answers the emitter (the
     /// exhibitor's OK taken as the end of it).
     NoReplyToEmitter,
@@ -177,13 +181,19 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn start(fault: Fault) -> Fixture {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Fixture::start_on(fault, 0)
+    }
+
+    /// On 127.0.0.1:`port` (0: one the kernel picks).
+    pub fn start_on(fault: Fault, port: u16) -> Fixture {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared {
             fault,
             addr,
             state: Mutex::new(State::default()),
             stopped: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             state_changed: Condvar::new(),
             sockets: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
@@ -195,6 +205,22 @@ impl Fixture {
 
     pub fn target(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Returns once the fixture has stopped (crashed, for the faults that
+    /// stop it) and what it wrote before is out.
+    pub fn wait_stopped(&self) {
+        let mut state = lock(&self.shared.state);
+        while !self.shared.down.load(Ordering::SeqCst) {
+            // `stop` signals without the lock when a crash holds it: the
+            // flag is read again at least every 100 ms.
+            state = self
+                .shared
+                .state_changed
+                .wait_timeout(state, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
     }
 }
 
@@ -209,6 +235,9 @@ struct Shared {
     addr: SocketAddr,
     state: Mutex<State>,
     stopped: AtomicBool,
+    /// Set once `stop` has shut every socket: what a crash writes first
+    /// (CrashAfterVanish's ERRO) is out by then.
+    down: AtomicBool,
     /// Signalled after every change to `state` (BlockOnAck waits on it).
     state_changed: Condvar,
     /// Every open socket, so that stopping can shut them all.
@@ -229,6 +258,7 @@ impl Shared {
         for socket in lock(&self.sockets).values() {
             let _ = socket.shutdown(Shutdown::Both);
         }
+        self.down.store(true, Ordering::SeqCst);
         // Under the lock when free, so no waiter misses it; a crash comes
         // from inside `handle`, which holds it already.
         let _guard = self.state.try_lock();
@@ -383,7 +413,8 @@ fn serve(shared: &Arc<Shared>, conn: u64, stream: TcpStream) {
     }
     let mut state = shared.state_for(conn);
     let mut acts = Vec::new();
-    let crash = shared.fault == Fault::CrashAfterVanish && state.owes_delivery(conn);
+    let crash = (shared.fault == Fault::CrashAfterVanish && state.owes_delivery(conn))
+        || shared.fault == Fault::CrashOnLeave;
     if shared.fault == Fault::SilentOnVanish
         && let Some(id) = state.ids.get(&conn).copied()
         && let Some(client) = state.clients.get_mut(&id)

@@ -1,7 +1,8 @@
 //! `server <port>`: the evchat relay. Parses flags (loopback unless `--bind`
 //! says otherwise; zero limits refused), raises the descriptor limit, binds,
-//! logs what it runs with, prints `listening on <addr>` and runs the event
-//! loop until SIGINT/SIGTERM has drained every client.
+//! logs what it runs with, prints `listening on <addr>` (and tells a
+//! `Type=notify` service manager `READY=1`) and runs the event loop until
+//! SIGINT/SIGTERM (`STOPPING=1`) has drained every client.
 
 use clap::Parser;
 use evchat::cli::parse_secs;
@@ -187,6 +188,13 @@ struct Args {
     /// --auth, loopback only; with --auth, an admin's token otherwise
     #[arg(long, value_name = "CIDR")]
     metrics_allow: Vec<Cidr>,
+    /// Answer LAN discovery (`evchat find`) on UDP, same port number: LAN only, off by
+    /// default; broadcasts reach the server only with --bind 0.0.0.0
+    #[arg(long)]
+    announce: bool,
+    /// The name --announce gives (at most 63 bytes; default: the host name)
+    #[arg(long, value_name = "NAME", requires = "announce")]
+    name: Option<String>,
     /// Log lines as text, or as one JSON object a line (for log shippers)
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -220,6 +228,37 @@ enum LogFormat {
     Text,
     /// `{"timestamp":...,"level":...,"fields":{"message":...,...},"target":...}`
     Json,
+}
+
+/// The name `--announce` answers with: `--name`, else the host name;
+/// `None` without `--announce`.
+fn announced_name(args: &Args) -> Result<Option<String>, String> {
+    if !args.announce {
+        return Ok(None);
+    }
+    if args.bind.is_ipv6() {
+        return Err("--announce: discovery is IPv4; --bind an IPv4 address".to_string());
+    }
+    let wanted = match &args.name {
+        Some(name) => name.clone(),
+        None => host_name().map_err(|e| format!("--announce: no host name ({e}): give --name"))?,
+    };
+    evchat::discovery::server_name(&wanted)
+        .map(Some)
+        .ok_or_else(|| format!("--name '{wanted}': nothing printable left to announce"))
+}
+
+/// This machine's host name (gethostname(2)).
+fn host_name() -> std::io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 /// The library's defaults, which the flags' defaults are read from.
@@ -351,6 +390,13 @@ fn main() -> ExitCode {
                 allow_plain_loopback: args.allow_plain_loopback,
                 ..TlsConfig::new(cert, key)
             }),
+        announce: match announced_name(&args) {
+            Ok(name) => name,
+            Err(message) => {
+                eprintln!("server: {message}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -373,6 +419,10 @@ fn main() -> ExitCode {
     let signals = AtomicUsize::new(0);
     if let Err(e) = ctrlc::set_handler(move || {
         if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            // A service manager waiting on us learns the drain has begun.
+            if let Err(e) = evchat::sd_notify::notify("STOPPING=1") {
+                tracing::warn!(error = %e, "cannot tell the service manager STOPPING=1");
+            }
             handle.trigger();
         } else {
             eprintln!("server: second signal, exiting without draining");
@@ -404,6 +454,16 @@ fn main() -> ExitCode {
             "accounts required (--auth)"
         );
     }
+    if let Some(name) = &config.announce {
+        tracing::info!(name = %name, "answering LAN discovery on UDP (--announce)");
+        if !server.local_addr().ip().is_unspecified() {
+            tracing::warn!(
+                "--announce with --bind {}: only queries sent to that address are heard; \
+                 broadcasts need --bind 0.0.0.0",
+                server.local_addr().ip()
+            );
+        }
+    }
     if let Some(tls) = &config.tls {
         tracing::info!(
             cert = %tls.cert.display(),
@@ -416,6 +476,10 @@ fn main() -> ExitCode {
     let _ = writeln!(stdout, "listening on {}", server.local_addr());
     let _ = stdout.flush();
     drop(stdout);
+    // Type=notify: the unit is started once the port accepts connections.
+    if let Err(e) = evchat::sd_notify::notify("READY=1") {
+        tracing::warn!(error = %e, "cannot tell the service manager READY=1");
+    }
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -114,6 +114,9 @@ pub(super) struct Metrics {
     /// `/metrics` and `/stats` requests answered, and refused.
     pub(super) scrapes: u64,
     pub(super) scrapes_refused: u64,
+    /// Discovery datagrams (`--announce`) by what became of them (see
+    /// `Heard::LABELS`).
+    pub(super) discovery: [u64; 3],
 }
 
 impl Metrics {
@@ -362,6 +365,17 @@ impl Metrics {
             "Requests for /metrics and /stats refused (401 or 403).",
         );
         sample(w, "evchat_scrapes_refused_total", "", self.scrapes_refused);
+        metric(
+            w,
+            "evchat_discovery_queries_total",
+            "counter",
+            "Discovery datagrams on UDP (--announce): answered, rate_limited, or ignored (not a \
+             query, or from a source that is not answered).",
+        );
+        for (outcome, count) in super::announce::Heard::LABELS.iter().zip(self.discovery) {
+            let labels = format!("outcome=\"{outcome}\"");
+            sample(w, "evchat_discovery_queries_total", &labels, count);
+        }
         out
     }
 }

@@ -70,6 +70,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         auth: None,
         metrics_allow: Vec::new(),
         tls: None,
+        announce: None,
     })
     .unwrap();
     (serial, server)

@@ -74,12 +74,14 @@ prompt or a token).
 
 Examples:
   evchat chat 127.0.0.1:5000
+  evchat chat                       the server on the LAN that answers discovery (evchat find)
   evchat chat localhost:5000 --timestamps never
   printf 'hello\\n/list\\n' | evchat chat localhost:5000")]
 pub struct ChatArgs {
-    /// Server address as host:port (IPv6: [addr]:port); tls://host:port
-    /// for TLS
-    server: String,
+    /// Server address as host:port (IPv6: [addr]:port); tls://host:port for TLS;
+    /// without it, the LAN is asked (evchat find, port 5000): one server answering is
+    /// joined, several are listed to choose from
+    server: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
     /// When to show the local time before chat lines
@@ -236,6 +238,47 @@ fn already_seen(seen: &VecDeque<(ClientId, Vec<u8>)>, replayed: &[(ClientId, &[u
         .unwrap_or(0)
 }
 
+/// The server `evchat find` finds on the LAN: the one that answers, or the
+/// one chosen from a list on standard input when several do.
+fn discovered_server() -> Result<String, String> {
+    use crate::find::{DEFAULT_PORT, DEFAULT_WAIT, find, nothing_found};
+    let found = find(DEFAULT_PORT, DEFAULT_WAIT).map_err(|e| format!("finding a server: {e}"))?;
+    match &found[..] {
+        [] => Err(format!(
+            "{}; give HOST:PORT",
+            nothing_found(DEFAULT_PORT, DEFAULT_WAIT).trim_start_matches("evchat find: ")
+        )),
+        [one] => {
+            eprintln!("evchat chat: joining {}", one.line());
+            Ok(one.endpoint())
+        }
+        several => {
+            eprintln!("evchat chat: {} servers answered:", several.len());
+            for (n, server) in several.iter().enumerate() {
+                eprintln!("  {}  {}", n + 1, server.line());
+            }
+            eprint!("which one (1-{})? ", several.len());
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("reading the choice: {e}"))?;
+            let chosen = line
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| several.get(n.checked_sub(1)?))
+                .ok_or_else(|| {
+                    format!(
+                        "'{}' is not a number from 1 to {}",
+                        line.trim(),
+                        several.len()
+                    )
+                })?;
+            Ok(chosen.endpoint())
+        }
+    }
+}
+
 /// The chat, once it runs: Ctrl-C leaves it. Before (at the password
 /// prompt, while connecting) Ctrl-C exits at once, echo on again.
 static RUNNING: OnceLock<Arc<Chat>> = OnceLock::new();
@@ -257,7 +300,14 @@ pub fn run(args: ChatArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let target = match Endpoint::parse(&args.server, &args.tls) {
+    let server = match args.server.clone().map_or_else(discovered_server, Ok) {
+        Ok(server) => server,
+        Err(message) => {
+            eprintln!("evchat chat: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = match Endpoint::parse(&server, &args.tls) {
         Ok(target) => target,
         Err(e) => {
             eprintln!("evchat chat: {e}");

@@ -4,7 +4,8 @@
 //! failed, and the liveness probe after each check that turns a crashed
 //! server into "stopped answering after CHECK" instead of a cascade of
 //! failures. The checks are in `catalogue`, the blocking client
-//! with deadlines in `wire`, the output in `report`.
+//! with deadlines in `wire`, the output in `report`, the server started
+//! afresh for each check (`--spawn`) in `spawn`.
 
 // A `Failure` is the cold path (a check stops at its first) and carries the
 // whole report of it; boxing it would only move the allocation.
@@ -13,11 +14,13 @@
 mod catalogue;
 mod identity;
 mod report;
+mod spawn;
 mod wire;
 
 use catalogue::{CATALOGUE, Check, Done, Level};
 use evchat::tls::client::{Endpoint, TlsArgs};
 use report::{Outcome, Style, Verdict};
+use spawn::Spawner;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -29,6 +32,8 @@ use wire::{Conn, Ctx, Failure};
 const EXIT_OTHER_FAILED: u8 = 3;
 /// Exit status for a bad command line or an address that does not resolve.
 const EXIT_USAGE: u8 = 2;
+/// Exit status when the `--spawn` command did not start a server.
+const EXIT_NOT_STARTED: u8 = 4;
 
 #[derive(clap::Args, Debug)]
 // The subcommand's one-line about comes from main.rs; everything else a
@@ -43,26 +48,44 @@ failed) when the server answers HELLO with ERRO; `robust` checks what a server
 exposed to a network must survive. After each check the server must still answer
 an OI.
 
+With --spawn 'COMMAND {port}' each check runs on a server of its own: the
+command is run by /bin/sh with a free port (chosen by the kernel) in place of
+{port}, in a process group of its own; the check starts once a socket listens
+on that port (read from /proc/net/tcp, without connecting: --spawn-wait bounds
+the wait) and the group gets SIGTERM after it, SIGKILL 2 s later. A command that
+exits saying its address is in use is started again on another port (3 tries).
+A server that stops answering after a check then still gets a verdict on every
+other: the stop is reported under that check and counts as a failure.
+
 WARNING: the `robust` level sends hostile input (frames split byte by byte,
 unknown types, forged origins), opens hundreds of connections at once and
 pushes megabytes at a client that does not read. Point it only at a server
 you are allowed to test.
 
 Exit status: 0 when no check failed (notes never fail), 1 when a required
-check failed, 3 when only other checks failed, 2 on a usage error.
+check failed, 3 when only other checks failed (or the server stopped after a
+check), 2 on a usage error, 4 when the --spawn command did not start a server.
 
 Examples:
   evchat check 127.0.0.1:5000                    every check, 2 s per read
   evchat check localhost:5000 --level required   only what the statement fixes
   evchat check 10.0.0.7:5000 --only route-broadcast,seq-echo
   evchat check 127.0.0.1:5000 --json > report.json
+  evchat check --spawn './server {port}'         a fresh server for each check
   evchat check --list                            the checks, without running them")]
 pub struct CheckArgs {
     /// The server to check (tls://HOST:PORT for TLS)
-    #[arg(value_name = "HOST:PORT", required_unless_present = "list")]
+    #[arg(value_name = "HOST:PORT", required_unless_present_any = ["list", "spawn"])]
     target: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Start the server under test for each check: a shell command with {port} where the
+    /// port to listen on goes
+    #[arg(long, value_name = "COMMAND", conflicts_with = "target")]
+    spawn: Option<String>,
+    /// How long a --spawn server may take to listen
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_timeout)]
+    spawn_wait: Duration,
     /// How long any single read, write or connect may take
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_timeout)]
     timeout: Duration,
@@ -113,27 +136,40 @@ pub fn run(args: CheckArgs) -> ExitCode {
         };
         return print(&listing);
     }
-    let target = args.target.unwrap_or_default();
-    let endpoint = match Endpoint::parse(&target, &args.tls) {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            eprintln!("evchat check: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let (target, outcomes, not_started) = if let Some(command) = &args.spawn {
+        let spawner = match Spawner::new(command, args.spawn_wait) {
+            Ok(spawner) => spawner,
+            Err(message) => {
+                eprintln!("evchat check: {message}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let (outcomes, not_started) = run_spawned(&spawner, args.timeout, &selected);
+        let target = format!("--spawn '{}'", spawner.command());
+        (target, outcomes, not_started)
+    } else {
+        let target = args.target.unwrap_or_default();
+        let endpoint = match Endpoint::parse(&target, &args.tls) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                eprintln!("evchat check: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let addr = match resolve(&endpoint.addr) {
+            Ok(addr) => addr,
+            Err(message) => {
+                eprintln!("evchat check: {message}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        let ctx = Ctx {
+            addr,
+            timeout: args.timeout,
+            tls: endpoint.is_tls().then_some(endpoint),
+        };
+        (target, run_checks(&ctx, &selected), None)
     };
-    let addr = match resolve(&endpoint.addr) {
-        Ok(addr) => addr,
-        Err(message) => {
-            eprintln!("evchat check: {message}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let ctx = Ctx {
-        addr,
-        timeout: args.timeout,
-        tls: endpoint.is_tls().then_some(endpoint),
-    };
-    let outcomes = run_checks(&ctx, &selected);
     let shown = if args.json {
         report::json(&target, &outcomes)
     } else {
@@ -141,6 +177,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
         report::text(&target, &outcomes, &Style { colour })
     };
     let printed = print(&shown);
+    if let Some(why) = not_started {
+        eprintln!("evchat check: {why}");
+        return ExitCode::from(EXIT_NOT_STARTED);
+    }
     let failed = |required: bool| {
         outcomes.iter().any(|o| {
             (o.check.level == Level::Required) == required && matches!(o.verdict, Verdict::Fail(_))
@@ -148,7 +188,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
     };
     if failed(true) {
         ExitCode::FAILURE
-    } else if failed(false) {
+    } else if failed(false) || outcomes.iter().any(|o| o.stopped_after) {
         ExitCode::from(EXIT_OTHER_FAILED)
     } else {
         printed
@@ -223,37 +263,94 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
     let mut answered = false;
     for &check in selected {
         if let Some(reason) = &stopped {
-            outcomes.push(Outcome {
-                check,
-                verdict: Verdict::Skip(reason.clone()),
-            });
+            outcomes.push(Outcome::skipped(check, reason.clone()));
             continue;
         }
         if let Some(reason) = unmet_need(check, &outcomes) {
-            outcomes.push(Outcome {
-                check,
-                verdict: Verdict::Skip(reason),
-            });
+            outcomes.push(Outcome::skipped(check, reason));
             continue;
         }
-        let mut verdict = match (check.run)(ctx) {
-            Ok(Done::Pass) => Verdict::Pass,
-            Ok(Done::Note(note)) => Verdict::Note(note),
-            Ok(Done::NotSpoken(why)) => Verdict::Skip(format!("{NOT_SPOKEN}{why}")),
-            Err(failure) => Verdict::Fail(failure),
-        };
+        let mut verdict = verdict_of(check, ctx);
+        let mut stopped_here = false;
         answered |= !matches!(verdict, Verdict::Fail(_));
         match probe(ctx) {
             Ok(()) => answered = true,
             Err(probe_failure) if answered => {
                 stopped = Some(format!("server stopped answering after {}", check.id));
                 verdict = stopped_after(verdict, probe_failure);
+                stopped_here = true;
             }
             Err(_) => stopped = Some(format!("server not answering ({} failed)", check.id)),
         }
-        outcomes.push(Outcome { check, verdict });
+        outcomes.push(Outcome {
+            check,
+            verdict,
+            stopped_after: stopped_here,
+        });
     }
     outcomes
+}
+
+/// Runs `selected` in order, each on a server `spawner` starts for it and
+/// stops after it. A check keeps the verdict of what it saw; a server that
+/// no longer answers a probe after it is reported beside that verdict, and
+/// the next check has a server of its own. A server that does not start
+/// ends the run: that check and the rest are skipped, and the reason is
+/// returned.
+fn run_spawned(
+    spawner: &Spawner,
+    timeout: Duration,
+    selected: &[&'static Check],
+) -> (Vec<Outcome>, Option<String>) {
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(selected.len());
+    let mut not_started: Option<(&str, String)> = None;
+    for &check in selected {
+        if let Some((first, _)) = &not_started {
+            let reason = format!("the server did not start for {first}");
+            outcomes.push(Outcome::skipped(check, reason));
+            continue;
+        }
+        if let Some(reason) = unmet_need(check, &outcomes) {
+            outcomes.push(Outcome::skipped(check, reason));
+            continue;
+        }
+        let mut server = match spawner.start() {
+            Ok(server) => server,
+            Err(why) => {
+                let reason = format!("the server did not start: {why}");
+                outcomes.push(Outcome::skipped(check, reason));
+                not_started = Some((check.id, why));
+                continue;
+            }
+        };
+        // A spawned server is checked over plain TCP on loopback.
+        let ctx = Ctx {
+            addr: server.addr,
+            timeout,
+            tls: None,
+        };
+        let verdict = verdict_of(check, &ctx);
+        let stopped_after = probe(&ctx).is_err();
+        server.stop();
+        outcomes.push(Outcome {
+            check,
+            verdict,
+            stopped_after,
+        });
+    }
+    let not_started =
+        not_started.map(|(id, why)| format!("the server did not start for {id}: {why}"));
+    (outcomes, not_started)
+}
+
+/// Runs one check against the server at `ctx`.
+fn verdict_of(check: &Check, ctx: &Ctx) -> Verdict {
+    match (check.run)(ctx) {
+        Ok(Done::Pass) => Verdict::Pass,
+        Ok(Done::Note(note)) => Verdict::Note(note),
+        Ok(Done::NotSpoken(why)) => Verdict::Skip(format!("{NOT_SPOKEN}{why}")),
+        Err(failure) => Verdict::Fail(failure),
+    }
 }
 
 /// How a skip says the server does not speak an extension; the checks that

@@ -1,14 +1,15 @@
 //! `evchat <command>`: the user-facing tools in one binary, so nothing
 //! installs under a generic name. `chat` is both clients in one terminal,
 //! `check` tests any server of the protocol rule by rule, `history` reads a
-//! server's message log, `stats` shows a running server's `/stats`, `user`
-//! edits accounts, `cert` makes throwaway TLS certificates. The protocol's
-//! own clients (`emitter`, `exhibitor`) and the `server` keep their own
-//! binaries.
+//! server's message log, `stats` shows a running server's `/stats`, `find`
+//! lists the servers that answer LAN discovery, `user` edits accounts, `cert`
+//! makes throwaway TLS certificates. The protocol's own clients (`emitter`,
+//! `exhibitor`) and the `server` keep their own binaries.
 
 mod cert;
 mod chat;
 mod check;
+mod find;
 mod history;
 mod stats;
 mod user;
@@ -24,7 +25,8 @@ use std::process::ExitCode;
 evchat chat 127.0.0.1:5000              chat in this terminal\n  \
 evchat check 127.0.0.1:5000             check a server of the protocol, rule by rule\n  \
 evchat history /var/lib/evchat --json   a server's history (server --history DIR)\n  \
-evchat stats 127.0.0.1:5000             a running server's clients and traffic, live
+evchat stats 127.0.0.1:5000             a running server's clients and traffic, live\n  \
+evchat find                             servers on the LAN that announce themselves\n  \
 evchat cert --out tls chat.example      a test CA and certificate (server --tls-cert)"
 )]
 struct Cli {
@@ -46,6 +48,8 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Make a throwaway CA and a server certificate for trying TLS
     Cert(cert::CertArgs),
+    /// List the servers on the LAN that answer discovery (server --announce)
+    Find(find::FindArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,5 +60,6 @@ fn main() -> ExitCode {
         Command::User(args) => user::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Cert(args) => cert::run(args),
+        Command::Find(args) => find::run(args),
     }
 }

@@ -28,6 +28,53 @@ impl Verdict {
 pub struct Outcome {
     pub check: &'static Check,
     pub verdict: Verdict,
+    /// The server no longer answered a probe after this check ran.
+    pub stopped_after: bool,
+}
+
+impl Outcome {
+    pub fn skipped(check: &'static Check, reason: String) -> Outcome {
+        Outcome {
+            check,
+            verdict: Verdict::Skip(reason),
+            stopped_after: false,
+        }
+    }
+}
+
+/// Under a check that a `--spawn` server did not survive.
+const STOPPED_AFTER: &str = "the server stopped answering after this check";
+/// How a skip says the checks before it ended with the server gone.
+const STOPPED_SKIP: &str = "server stopped answering after ";
+
+/// A line after the summary, if the run calls for one: without `--spawn`,
+/// which checks were not run because the server stopped, and how to have
+/// them run; with it, how many checks the server did not survive.
+pub fn closing_note(outcomes: &[Outcome]) -> Option<String> {
+    let not_run = outcomes
+        .iter()
+        .filter(|o| matches!(&o.verdict, Verdict::Skip(why) if why.starts_with(STOPPED_SKIP)))
+        .count();
+    if not_run > 0 {
+        let after = outcomes.iter().find(|o| o.stopped_after)?.check.id;
+        return Some(format!(
+            "{not_run} {} not run: the server stopped answering after {after}; \
+             --spawn 'COMMAND {{port}}' starts a fresh server for each check",
+            if not_run == 1 {
+                "check was"
+            } else {
+                "checks were"
+            }
+        ));
+    }
+    let stopped = outcomes.iter().filter(|o| o.stopped_after).count();
+    (stopped > 0).then(|| {
+        format!(
+            "the server stopped answering after {stopped} of {} checks (each ran on a server \
+             of its own)",
+            outcomes.len()
+        )
+    })
 }
 
 /// Counts per verdict.
@@ -121,9 +168,17 @@ pub fn text(target: &str, outcomes: &[Outcome], style: &Style) -> String {
             }
             Verdict::Fail(f) => failure_text(&mut out, c, f),
         }
+        // Without --spawn the stop is the failure shown above already.
+        if o.stopped_after && !matches!(o.verdict, Verdict::Fail(_)) {
+            let _ = writeln!(out, "{INDENT}{STOPPED_AFTER}");
+        }
     }
     out.push_str(&Summary::of(outcomes).line());
     out.push('\n');
+    if let Some(note) = closing_note(outcomes) {
+        out.push_str(&note);
+        out.push('\n');
+    }
     out
 }
 
@@ -203,14 +258,18 @@ pub fn json(target: &str, outcomes: &[Outcome]) -> String {
                 );
             }
         }
-        out.push('}');
+        let _ = write!(out, ",\"stopped_after\":{}}}", o.stopped_after);
     }
     let s = Summary::of(outcomes);
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "\n],\"summary\":{{\"passed\":{},\"failed\":{},\"notes\":{},\"skipped\":{}}}}}",
+        "\n],\"summary\":{{\"passed\":{},\"failed\":{},\"notes\":{},\"skipped\":{}}}",
         s.passed, s.failed, s.notes, s.skipped
     );
+    if let Some(note) = closing_note(outcomes) {
+        let _ = write!(out, ",\"note\":{}", quote(&note));
+    }
+    out.push_str("}\n");
     out
 }
 
