@@ -96,10 +96,6 @@ fn main() -> ExitCode {
     });
     {
         let emitter = emitter.clone();
-        std::thread::spawn(move || emitter.read_replies(registered.reader));
-    }
-    {
-        let emitter = emitter.clone();
         if let Err(e) = ctrlc::set_handler(move || emitter.leave()) {
             eprintln!("emitter: cannot install the signal handler: {e}");
         }
@@ -109,8 +105,14 @@ fn main() -> ExitCode {
         None => format!("emitter {}", registered.id),
     };
     // Printed only once Ctrl-C is handled: whoever reads the banner may
-    // signal at once and must get a clean FLW.
+    // signal at once and must get a clean FLW. And before the replies are
+    // read: a server that closes at once would otherwise end the process
+    // ("went away") before it said which id it had.
     let _ = emitter.printer.line(&banner);
+    {
+        let emitter = emitter.clone();
+        std::thread::spawn(move || emitter.read_replies(registered.reader));
+    }
     emitter.read_input(&mut input, args.wait);
     emitter.leave()
 }
