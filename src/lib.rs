@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 mod connection;
+mod priority;
 pub mod proto;
 mod router;
 pub mod server;
