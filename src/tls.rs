@@ -14,10 +14,12 @@ pub mod generate;
 mod identity;
 mod session;
 mod stream;
+mod workers;
 
 pub use identity::{IdentityError, TlsAcceptor};
 pub use session::{TlsFailure, TlsSession, TlsStatus};
 pub use stream::ClientStream;
+pub use workers::{Done, Panicked, Workers};
 
 /// The one crypto provider, in one place: `ring` builds with the C compiler
 /// alone (aws-lc-rs, rustls' default, needs cmake). rustls 0.23.48 marks
