@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod access;
+mod handshakes;
 mod history;
 mod identity;
 mod metrics;
@@ -33,6 +34,7 @@ mod spin;
 mod tls;
 mod wire;
 pub use access::{BadCidr, Cidr};
+use handshakes::Handshakes;
 pub use history::HistoryConfig;
 pub use identity::AuthConfig;
 use identity::{Auth, ExtStep};
@@ -175,6 +177,8 @@ pub struct Server {
     spin: Spin,
     /// Sign-ins with accounts (`--auth`).
     auth: Option<Auth>,
+    /// TLS handshakes run on worker threads (`--tls-workers`, with TLS).
+    handshakes: Option<Handshakes>,
     /// When the server started, in seconds since the Unix epoch.
     start_unix: u64,
     /// What new connections may speak; its TLS identity is replaced on
@@ -198,6 +202,7 @@ impl Server {
             web: config.web.is_some(),
             tls: config.tls.as_ref().map(TlsConfig::load).transpose()?,
             plain_refused: false,
+            handshake_jobs: config.tls.as_ref().is_some_and(|tls| tls.workers > 0),
         };
         let listening = |source| StartError::Listen { addr, source };
         let poll = Poll::new().map_err(listening)?;
@@ -236,12 +241,20 @@ impl Server {
             next_trim: now,
             drain_deadline: None,
             auth: None,
+            handshakes: None,
             start_unix: unix_now(),
             accepts,
         };
         if let Some(auth) = &server.config.auth {
             server.auth = Some(Auth::start(auth, server.waker.clone())?);
             server.router.require_accounts(true);
+        }
+        if let Some(tls) = &server.config.tls
+            && tls.workers > 0
+        {
+            let started = Handshakes::start(tls.workers, tls.queue, server.waker.clone());
+            server.handshakes =
+                Some(started.map_err(|source| StartError::Listen { addr, source })?);
         }
         if let Some(history) = &history {
             server.open_history(history)?;
@@ -357,8 +370,10 @@ impl Server {
             self.reload_tls();
         }
         self.end_expired_sessions();
-        // First, so that a connection a verdict lets go on is read this turn.
+        // First, so that a connection a verdict (or a handshake step back)
+        // lets go on is read this turn.
         self.drain_sign_ins();
+        self.drain_handshakes();
         for _ in 0..self.wire.ready.len() {
             let Some(conn) = self.wire.ready.pop_front() else {
                 break;
@@ -538,6 +553,8 @@ impl Server {
             };
             let queued = slot.conn.unsent_output();
             let status = slot.conn.read_once(&mut self.scratch);
+            // Bytes held for a handshake step: reading waits for the step.
+            let paused = slot.conn.handshake_paused();
             // A WebSocket answers pings while it reads, a TLS session its
             // handshake: output that nothing else would flush.
             if slot.conn.unsent_output() > queued {
@@ -547,6 +564,10 @@ impl Server {
                 Ok(ReadStatus::Data(n)) => {
                     self.wire.metrics.bytes_in += n as u64;
                     drained = short_read_drains && n < self.scratch.len();
+                    if paused {
+                        self.hand_out_handshake(conn);
+                        return;
+                    }
                 }
                 Ok(ReadStatus::WouldBlock) => return,
                 // Frames that came before the end are routed first (on a
@@ -927,6 +948,7 @@ impl Server {
             return;
         }
         self.forget_sign_in(conn);
+        self.forget_handshake(conn);
         if self.wire.conns.get(conn).is_some_and(|s| s.unidentified) {
             self.identified(conn);
         }
