@@ -77,6 +77,10 @@ pub struct Accepts {
 pub enum ReadStatus {
     /// Bytes were appended to the input buffer.
     Data(usize),
+    /// Bytes were read for the TLS handshake and held for its next step,
+    /// for the loop to hand out ([`Connection::handshake_job`]); nothing
+    /// more is read until that step is back.
+    Handshake(usize),
     /// Nothing more to read until the next readiness event.
     WouldBlock,
     /// The peer closed its side (or sent a WebSocket close).
@@ -350,6 +354,7 @@ impl<S: Read + Write> Connection<S> {
             }
             Transport::Tls(tls) if tls.jobs && tls.session.is_handshaking() => {
                 tls.held.extend_from_slice(bytes);
+                return Ok(ReadStatus::Handshake(n));
             }
             Transport::Tls(tls) => {
                 let fed = feed_tls(
@@ -369,6 +374,7 @@ impl<S: Read + Write> Connection<S> {
                         // The start of the handshake, for a worker.
                         tls.held = std::mem::take(&mut self.input).to_vec();
                         self.transport = Transport::Tls(tls);
+                        return Ok(ReadStatus::Handshake(n));
                     }
                     Ok(Some(Transport::Tls(mut tls))) => {
                         // What came so far is the start of the handshake.
@@ -412,6 +418,7 @@ impl<S: Read + Write> Connection<S> {
 
     /// Whether reading waits for a handshake step: one is away on a worker,
     /// or bytes read for the next one wait to be handed out.
+    #[inline]
     pub fn handshake_paused(&self) -> bool {
         match &self.transport {
             Transport::Tls(tls) => tls.session.is_away() || !tls.held.is_empty(),
@@ -1174,15 +1181,18 @@ mod tests {
             conn.socket.incoming.extend(records);
             while !conn.socket.incoming.is_empty() {
                 let status = conn.read_once(&mut one_byte).unwrap();
-                assert_eq!(status, ReadStatus::Data(1));
                 let paused = conn.handshake_paused();
                 match conn.handshake_job() {
                     Some(job) => {
                         assert!(jobs && paused);
+                        assert_eq!(status, ReadStatus::Handshake(1));
                         assert_eq!(job.len(), 1);
                         assert_eq!(conn.take_back_handshake(job.run()), None);
                     }
-                    None => assert!(!paused),
+                    None => {
+                        assert!(!paused);
+                        assert_eq!(status, ReadStatus::Data(1));
+                    }
                 }
             }
             assert!(conn.flush().unwrap());
@@ -1264,7 +1274,7 @@ mod tests {
         let mut scratch = [0u8; 4096];
         assert_eq!(
             conn.read_once(&mut scratch).unwrap(),
-            ReadStatus::Data(hello.len())
+            ReadStatus::Handshake(hello.len())
         );
         assert!(conn.handshake_paused());
         let job = conn.handshake_job().expect("the ClientHello, as a job");
@@ -1306,7 +1316,7 @@ mod tests {
         let mut scratch = vec![0u8; 64 * 1024];
         assert_eq!(
             conn.read_once(&mut scratch).unwrap(),
-            ReadStatus::Data(bytes.len())
+            ReadStatus::Handshake(bytes.len())
         );
         let job = conn.handshake_job().unwrap();
         assert_eq!(job.len(), MAX_HANDSHAKE_JOB);

@@ -553,8 +553,6 @@ impl Server {
             };
             let queued = slot.conn.unsent_output();
             let status = slot.conn.read_once(&mut self.scratch);
-            // Bytes held for a handshake step: reading waits for the step.
-            let paused = slot.conn.handshake_paused();
             // A WebSocket answers pings while it reads, a TLS session its
             // handshake: output that nothing else would flush.
             if slot.conn.unsent_output() > queued {
@@ -564,10 +562,12 @@ impl Server {
                 Ok(ReadStatus::Data(n)) => {
                     self.wire.metrics.bytes_in += n as u64;
                     drained = short_read_drains && n < self.scratch.len();
-                    if paused {
-                        self.hand_out_handshake(conn);
-                        return;
-                    }
+                }
+                // Reading waits for the handshake step these bytes make.
+                Ok(ReadStatus::Handshake(n)) => {
+                    self.wire.metrics.bytes_in += n as u64;
+                    self.hand_out_handshake(conn);
+                    return;
                 }
                 Ok(ReadStatus::WouldBlock) => return,
                 // Frames that came before the end are routed first (on a
@@ -839,7 +839,7 @@ impl Server {
             // The bytes stay in the scratch buffer, which the next read
             // overwrites.
             match slot.conn.read_socket(&mut self.scratch) {
-                Ok(ReadStatus::Data(_)) => {}
+                Ok(ReadStatus::Data(_) | ReadStatus::Handshake(_)) => {}
                 Ok(ReadStatus::WouldBlock) => return,
                 Ok(ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full) | Err(_) => {
                     self.remove(conn);

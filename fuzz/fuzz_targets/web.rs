@@ -131,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let status = conn.read_once(&mut scratch).expect("the fake socket never fails");
         match status {
-            ReadStatus::Data(_) => {}
+            ReadStatus::Data(_) | ReadStatus::Handshake(_) => {}
             ReadStatus::WouldBlock => continue,
             ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full => break,
         }

@@ -189,7 +189,8 @@ impl Server {
         // The step's records, and any output that waited for the session.
         self.wire.mark_dirty(conn);
         let end = match status {
-            None | Some(ReadStatus::Data(_) | ReadStatus::WouldBlock) => {
+            None
+            | Some(ReadStatus::Data(_) | ReadStatus::Handshake(_) | ReadStatus::WouldBlock) => {
                 if paused {
                     self.hand_out_handshake(conn);
                 } else {
