@@ -948,6 +948,7 @@ fn connections_that_close_during_their_handshake_leave_no_connection_behind() {
 fn tls_workers_zero_runs_handshakes_on_the_loop_and_serves_them() {
     let certs = Certs::new("tls-workers0");
     let server = tls_server(&certs, &["--tls-workers", "0"]);
+    expect_log(&server, &["TLS on the same port", "workers=0"], || {});
     let mut ex = TlsRaw::connect(&server, &certs);
     let ex_id = ex.identify(0);
     let mut em = TlsRaw::connect(&server, &certs);

@@ -421,6 +421,7 @@ fn main() -> ExitCode {
             cert = %tls.cert.display(),
             require = tls.require,
             allow_plain_loopback = tls.allow_plain_loopback,
+            workers = tls.workers,
             "TLS on the same port"
         );
     }
