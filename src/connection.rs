@@ -22,9 +22,18 @@
 //! connection's bytes are; its output is encrypted when it is flushed. So
 //! nothing above knows a connection is encrypted, and a plain one pays for
 //! TLS with nothing but the arm of a match it already made.
+//!
+//! Where the loop runs handshakes on worker threads
+//! ([`Accepts::handshake_jobs`]), a handshaking connection keeps the bytes
+//! it reads instead of feeding them, and hands them out with the session's
+//! state as a job ([`Connection::handshake_job`]); until the step comes
+//! back ([`Connection::take_back_handshake`]) it reads nothing more, so
+//! what it holds is one read's worth.
 
 use crate::proto::{Encode, HEADER_LEN};
-use crate::tls::{TlsAcceptor, TlsFailure, TlsSession, TlsStatus};
+use crate::tls::{
+    HandshakeJob, HandshakeStep, MAX_HANDSHAKE_JOB, TlsAcceptor, TlsFailure, TlsSession, TlsStatus,
+};
 use crate::web::{self, Answer, CloseCause, HeadError, Sniff, WebSocket, WsFailure, WsStatus};
 pub use crate::web::{Authorization, Report, ReportAnswer};
 use bytes::{Buf, BytesMut};
@@ -58,6 +67,9 @@ pub struct Accepts {
     /// Unencrypted connections are refused (`--require-tls`): the loop
     /// answers their first frame or request head with a refusal.
     pub plain_refused: bool,
+    /// TLS handshakes are handed out as jobs for worker threads
+    /// ([`Connection::handshake_job`]) instead of run as bytes arrive.
+    pub handshake_jobs: bool,
 }
 
 /// What a read attempt found.
@@ -65,6 +77,10 @@ pub struct Accepts {
 pub enum ReadStatus {
     /// Bytes were appended to the input buffer.
     Data(usize),
+    /// Bytes were read for the TLS handshake and held for its next step,
+    /// for the loop to hand out ([`Connection::handshake_job`]); nothing
+    /// more is read until that step is back.
+    Handshake(usize),
     /// Nothing more to read until the next readiness event.
     WouldBlock,
     /// The peer closed its side (or sent a WebSocket close).
@@ -120,6 +136,12 @@ impl std::fmt::Display for TransportFailure {
             Failure::WebSocket(failure) => failure.fmt(f),
             Failure::Tls(failure) => failure.fmt(f),
         }
+    }
+}
+
+impl From<TlsFailure> for TransportFailure {
+    fn from(failure: TlsFailure) -> TransportFailure {
+        TransportFailure(Failure::Tls(failure))
     }
 }
 
@@ -196,6 +218,11 @@ enum Transport {
 struct Tls {
     session: TlsSession,
     inner: Transport,
+    /// The handshake runs as jobs for worker threads.
+    jobs: bool,
+    /// Handshake bytes read and not yet handed to a worker (at most one
+    /// read's worth: nothing is read while any wait or the session is away).
+    held: Vec<u8>,
 }
 
 /// What the event loop needs to know of a connection's transport (inside
@@ -302,7 +329,13 @@ impl<S: Read + Write> Connection<S> {
     /// grows only by what arrived: as it is, or, on a WebSocket, by the
     /// frames its whole messages carry; on TLS, by what the records
     /// decrypt to, taken the same way.
+    ///
+    /// While a handshake step is away on a worker, or bytes wait for one,
+    /// nothing is read: `WouldBlock` until the loop takes the step back.
     pub fn read_once(&mut self, scratch: &mut [u8]) -> io::Result<ReadStatus> {
+        if self.handshake_paused() {
+            return Ok(ReadStatus::WouldBlock);
+        }
         let status = self.read_socket(scratch)?;
         let ReadStatus::Data(n) = status else {
             return Ok(status);
@@ -319,6 +352,10 @@ impl<S: Read + Write> Connection<S> {
                     }
                 }
             }
+            Transport::Tls(tls) if tls.jobs && tls.session.is_handshaking() => {
+                tls.held.extend_from_slice(bytes);
+                return Ok(ReadStatus::Handshake(n));
+            }
             Transport::Tls(tls) => {
                 let fed = feed_tls(
                     tls,
@@ -333,6 +370,12 @@ impl<S: Read + Write> Connection<S> {
                 self.input.extend_from_slice(bytes);
                 match sniffed(accepts, &self.input) {
                     Ok(None) => {}
+                    Ok(Some(Transport::Tls(mut tls))) if tls.jobs => {
+                        // The start of the handshake, for a worker.
+                        tls.held = std::mem::take(&mut self.input).to_vec();
+                        self.transport = Transport::Tls(tls);
+                        return Ok(ReadStatus::Handshake(n));
+                    }
                     Ok(Some(Transport::Tls(mut tls))) => {
                         // What came so far is the start of the handshake.
                         let early = std::mem::take(&mut self.input);
@@ -371,6 +414,74 @@ impl<S: Read + Write> Connection<S> {
     /// Whether the connection is encrypted (for the log).
     pub fn encrypted(&self) -> bool {
         matches!(self.transport, Transport::Tls(_))
+    }
+
+    /// Whether reading waits for a handshake step: one is away on a worker,
+    /// or bytes read for the next one wait to be handed out.
+    #[inline]
+    pub fn handshake_paused(&self) -> bool {
+        match &self.transport {
+            Transport::Tls(tls) => tls.session.is_away() || !tls.held.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The handshake's next step for a worker: the session's state and up
+    /// to [`MAX_HANDSHAKE_JOB`] of the bytes read for it (`None` when none
+    /// wait, or a step is away already).
+    pub fn handshake_job(&mut self) -> Option<HandshakeJob> {
+        let Transport::Tls(tls) = &mut self.transport else {
+            return None;
+        };
+        if tls.held.is_empty() || tls.session.is_away() {
+            return None;
+        }
+        let bytes = if tls.held.len() <= MAX_HANDSHAKE_JOB {
+            std::mem::take(&mut tls.held)
+        } else {
+            let rest = tls.held.split_off(MAX_HANDSHAKE_JOB);
+            std::mem::replace(&mut tls.held, rest)
+        };
+        tls.session.lend(bytes)
+    }
+
+    /// Takes a handshake step back from a worker: its records are queued
+    /// for the socket, and once the handshake is done what came after it
+    /// (in the step's bytes and in any still held) is fed as any read is.
+    /// `None` while the connection stays open; reading may resume unless
+    /// [`handshake_paused`](Connection::handshake_paused) (bytes held for
+    /// the next step).
+    pub fn take_back_handshake(&mut self, step: HandshakeStep) -> Option<ReadStatus> {
+        let Transport::Tls(tls) = &mut self.transport else {
+            return None;
+        };
+        let Tls {
+            session,
+            inner,
+            held,
+            ..
+        } = &mut **tls;
+        let (input, output, max_output) = (&mut self.input, &mut self.output, self.max_output);
+        let fed = session.take_back(step, |plain| {
+            match take_plain(inner, plain, input, output, max_output) {
+                TransportStatus::Open => Ok(()),
+                stop => Err(stop),
+            }
+        });
+        if let Some(end) = settle(fed) {
+            return Some(end);
+        }
+        if session.is_handshaking() || held.is_empty() {
+            return None;
+        }
+        let rest = std::mem::take(held);
+        feed_tls(
+            tls,
+            &rest,
+            &mut self.input,
+            &mut self.output,
+            self.max_output,
+        )
     }
 
     /// The transport that carries frames: inside TLS, the inner one.
@@ -693,9 +804,10 @@ fn sniffed(accepts: &Accepts, first: &[u8]) -> Result<Option<Transport>, Transpo
                 session,
                 inner: Transport::Sniffing(Accepts {
                     web: accepts.web,
-                    tls: None,
-                    plain_refused: false,
+                    ..Accepts::default()
                 }),
+                jobs: accepts.handshake_jobs,
+                held: Vec::new(),
             }))
         }
         _ if accepts.plain_refused => Transport::PlainRefused {
@@ -727,13 +839,19 @@ fn feed_tls(
     output: &mut BytesMut,
     max_output: usize,
 ) -> Option<ReadStatus> {
-    let Tls { session, inner } = tls;
+    let Tls { session, inner, .. } = tls;
     let fed = session.feed(bytes, |plain| {
         match take_plain(inner, plain, input, output, max_output) {
             TransportStatus::Open => Ok(()),
             stop => Err(stop),
         }
     });
+    settle(fed)
+}
+
+/// What a TLS session's feed came to, as a read reports it: `None` while
+/// the connection stays open.
+fn settle(fed: Result<TlsStatus, TransportStatus>) -> Option<ReadStatus> {
     match fed {
         Ok(TlsStatus::Open) | Err(TransportStatus::Open) => None,
         Ok(TlsStatus::Closed) | Err(TransportStatus::Closed) => Some(ReadStatus::Closed),
@@ -1029,15 +1147,21 @@ mod tests {
         (acceptor, std::sync::Arc::new(client))
     }
 
+    fn handshaken() -> (Connection<MemorySocket>, rustls::ClientConnection) {
+        handshaken_with(false)
+    }
+
     /// A TLS connection whose handshake (and an OI) went through a
     /// one-byte scratch buffer, so that the session took every record a
-    /// byte per read; and the client at the other end.
-    fn handshaken() -> (Connection<MemorySocket>, rustls::ClientConnection) {
+    /// byte per read (with `jobs`: each byte a handshake job, run here as
+    /// a worker runs it); and the client at the other end.
+    fn handshaken_with(jobs: bool) -> (Connection<MemorySocket>, rustls::ClientConnection) {
         let (acceptor, client_config) = tls_pair();
         let accepts = Accepts {
             web: true,
             tls: Some(acceptor),
             plain_refused: false,
+            handshake_jobs: jobs,
         };
         let mut conn = Connection::new(MemorySocket::default(), 1 << 20, &accepts);
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
@@ -1057,7 +1181,19 @@ mod tests {
             conn.socket.incoming.extend(records);
             while !conn.socket.incoming.is_empty() {
                 let status = conn.read_once(&mut one_byte).unwrap();
-                assert_eq!(status, ReadStatus::Data(1));
+                let paused = conn.handshake_paused();
+                match conn.handshake_job() {
+                    Some(job) => {
+                        assert!(jobs && paused);
+                        assert_eq!(status, ReadStatus::Handshake(1));
+                        assert_eq!(job.len(), 1);
+                        assert_eq!(conn.take_back_handshake(job.run()), None);
+                    }
+                    None => {
+                        assert!(!paused);
+                        assert_eq!(status, ReadStatus::Data(1));
+                    }
+                }
             }
             assert!(conn.flush().unwrap());
             let answer = std::mem::take(&mut conn.socket.outgoing);
@@ -1094,6 +1230,100 @@ mod tests {
         assert_eq!(
             ok[..],
             Frame::bare(Kind::Ok, SERVER_ID, 4096, 5).to_bytes()[..]
+        );
+    }
+
+    /// The same with every handshake step handed out as a job: the
+    /// handshake completes, and the OI that followed it comes out whole.
+    #[test]
+    fn a_tls_handshake_run_as_one_byte_jobs_completes_and_carries_frames() {
+        let (mut conn, mut client) = handshaken_with(true);
+        assert!(!conn.handshake_paused());
+        assert_eq!(conn.stage(), Stage::Binary);
+        assert_eq!(decode_all(&mut conn), vec![Kind::Oi]);
+        assert!(conn.queue(&Frame::bare(Kind::Ok, SERVER_ID, 4096, 5)));
+        assert!(conn.flush().unwrap());
+        let records = std::mem::take(&mut conn.socket.outgoing);
+        client.read_tls(&mut &records[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut ok = [0u8; 8];
+        client.reader().read_exact(&mut ok).unwrap();
+        assert_eq!(
+            ok[..],
+            Frame::bare(Kind::Ok, SERVER_ID, 4096, 5).to_bytes()[..]
+        );
+    }
+
+    /// A connection whose handshake step is away reads nothing (its bytes
+    /// wait in the socket), hands out no second step, and writes nothing
+    /// until the step is back; then the server's flight goes out.
+    #[test]
+    fn a_handshaking_connection_reads_nothing_while_its_step_is_away() {
+        let (acceptor, client_config) = tls_pair();
+        let accepts = Accepts {
+            tls: Some(acceptor),
+            handshake_jobs: true,
+            ..Accepts::default()
+        };
+        let mut conn = Connection::new(MemorySocket::default(), 1 << 20, &accepts);
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        conn.socket.incoming.extend(&hello);
+        let mut scratch = [0u8; 4096];
+        assert_eq!(
+            conn.read_once(&mut scratch).unwrap(),
+            ReadStatus::Handshake(hello.len())
+        );
+        assert!(conn.handshake_paused());
+        let job = conn.handshake_job().expect("the ClientHello, as a job");
+        assert_eq!(job.len(), hello.len());
+        conn.socket.incoming.extend(b"later");
+        assert_eq!(
+            conn.read_once(&mut scratch).unwrap(),
+            ReadStatus::WouldBlock
+        );
+        assert_eq!(conn.socket.incoming.len(), 5, "nothing was read");
+        assert!(conn.handshake_job().is_none(), "one step away at a time");
+        assert!(conn.flush().unwrap());
+        assert!(conn.socket.outgoing.is_empty());
+        assert_eq!(conn.take_back_handshake(job.run()), None);
+        assert!(!conn.handshake_paused());
+        assert!(conn.flush().unwrap());
+        let flight = std::mem::take(&mut conn.socket.outgoing);
+        assert_eq!(flight[0], 0x16, "a handshake record: the ServerHello");
+        client.read_tls(&mut &flight[..]).unwrap();
+        client.process_new_packets().unwrap();
+        assert!(!client.is_handshaking(), "the server's whole flight came");
+    }
+
+    /// A job carries at most one TLS record's worth of the bytes read; the
+    /// rest waits for the next job. Garbage after 0x16 fails the step,
+    /// and the read that follows it says so.
+    #[test]
+    fn a_handshake_job_is_bounded_and_a_failed_step_fails_the_connection() {
+        let (acceptor, _) = tls_pair();
+        let accepts = Accepts {
+            tls: Some(acceptor),
+            handshake_jobs: true,
+            ..Accepts::default()
+        };
+        let mut conn = Connection::new(MemorySocket::default(), 1 << 20, &accepts);
+        let mut bytes = vec![0x16];
+        bytes.extend(std::iter::repeat_n(0xee, 40 * 1024));
+        conn.socket.incoming.extend(&bytes);
+        let mut scratch = vec![0u8; 64 * 1024];
+        assert_eq!(
+            conn.read_once(&mut scratch).unwrap(),
+            ReadStatus::Handshake(bytes.len())
+        );
+        let job = conn.handshake_job().unwrap();
+        assert_eq!(job.len(), MAX_HANDSHAKE_JOB);
+        let status = conn.take_back_handshake(job.run());
+        assert!(
+            matches!(&status, Some(ReadStatus::Failed(failure)) if failure.to_string().starts_with("TLS: ")),
+            "{status:?}"
         );
     }
 

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 mod connection;
 pub mod discovery;
+mod priority;
 pub mod proto;
 mod router;
 pub mod sd_notify;

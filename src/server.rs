@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 mod access;
 mod announce;
+mod handshakes;
 mod history;
 mod identity;
 mod metrics;
@@ -35,6 +36,7 @@ mod tls;
 mod wire;
 pub use access::{BadCidr, Cidr};
 use announce::Announcer;
+use handshakes::Handshakes;
 pub use history::HistoryConfig;
 pub use identity::AuthConfig;
 use identity::{Auth, ExtStep};
@@ -186,6 +188,8 @@ pub struct Server {
     spin: Spin,
     /// Sign-ins with accounts (`--auth`).
     auth: Option<Auth>,
+    /// TLS handshakes run on worker threads (`--tls-workers`, with TLS).
+    handshakes: Option<Handshakes>,
     /// When the server started, in seconds since the Unix epoch.
     start_unix: u64,
     /// What new connections may speak; its TLS identity is replaced on
@@ -211,6 +215,7 @@ impl Server {
             web: config.web.is_some(),
             tls: config.tls.as_ref().map(TlsConfig::load).transpose()?,
             plain_refused: false,
+            handshake_jobs: config.tls.as_ref().is_some_and(|tls| tls.workers > 0),
         };
         let listening = |source| StartError::Listen { addr, source };
         let poll = Poll::new().map_err(listening)?;
@@ -249,6 +254,7 @@ impl Server {
             next_trim: now,
             drain_deadline: None,
             auth: None,
+            handshakes: None,
             start_unix: unix_now(),
             accepts,
             announcer: None,
@@ -259,6 +265,13 @@ impl Server {
         if let Some(auth) = &server.config.auth {
             server.auth = Some(Auth::start(auth, server.waker.clone())?);
             server.router.require_accounts(true);
+        }
+        if let Some(tls) = &server.config.tls
+            && tls.workers > 0
+        {
+            let started = Handshakes::start(tls.workers, tls.queue, server.waker.clone());
+            server.handshakes =
+                Some(started.map_err(|source| StartError::Listen { addr, source })?);
         }
         if let Some(history) = &history {
             server.open_history(history)?;
@@ -407,8 +420,10 @@ impl Server {
             self.reload_tls();
         }
         self.end_expired_sessions();
-        // First, so that a connection a verdict lets go on is read this turn.
+        // First, so that a connection a verdict (or a handshake step back)
+        // lets go on is read this turn.
         self.drain_sign_ins();
+        self.drain_handshakes();
         for _ in 0..self.wire.ready.len() {
             let Some(conn) = self.wire.ready.pop_front() else {
                 break;
@@ -604,6 +619,12 @@ impl Server {
                 Ok(ReadStatus::Data(n)) => {
                     self.wire.metrics.bytes_in += n as u64;
                     drained = short_read_drains && n < self.scratch.len();
+                }
+                // Reading waits for the handshake step these bytes make.
+                Ok(ReadStatus::Handshake(n)) => {
+                    self.wire.metrics.bytes_in += n as u64;
+                    self.hand_out_handshake(conn);
+                    return;
                 }
                 Ok(ReadStatus::WouldBlock) => return,
                 // Frames that came before the end are routed first (on a
@@ -875,7 +896,7 @@ impl Server {
             // The bytes stay in the scratch buffer, which the next read
             // overwrites.
             match slot.conn.read_socket(&mut self.scratch) {
-                Ok(ReadStatus::Data(_)) => {}
+                Ok(ReadStatus::Data(_) | ReadStatus::Handshake(_)) => {}
                 Ok(ReadStatus::WouldBlock) => return,
                 Ok(ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full) | Err(_) => {
                     self.remove(conn);
@@ -984,6 +1005,7 @@ impl Server {
             return;
         }
         self.forget_sign_in(conn);
+        self.forget_handshake(conn);
         if self.wire.conns.get(conn).is_some_and(|s| s.unidentified) {
             self.identified(conn);
         }

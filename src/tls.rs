@@ -3,7 +3,8 @@
 //! connection, fed from the connection's own buffers (`session`), the
 //! clients' side over blocking sockets (`client`: where and whom to trust;
 //! `stream`: a connection the clients' threads share), and throwaway
-//! certificates for `evchat cert` (`generate`). rustls is sans-I/O: nothing
+//! certificates for `evchat cert` (`generate`), and the threads that run
+//! server handshakes off the event loop (`workers`). rustls is sans-I/O: nothing
 //! here reads or writes a socket of the server's, and the connection above
 //! hands the session its bytes as it hands a WebSocket its bytes, so the
 //! event loop and the router never see ciphertext. PROTOCOL.md ("TLS
@@ -14,10 +15,14 @@ pub mod generate;
 mod identity;
 mod session;
 mod stream;
+mod workers;
 
 pub use identity::{IdentityError, TlsAcceptor};
-pub use session::{TlsFailure, TlsSession, TlsStatus};
+pub use session::{
+    HandshakeJob, HandshakeStep, MAX_HANDSHAKE_JOB, TlsFailure, TlsSession, TlsStatus,
+};
 pub use stream::ClientStream;
+pub use workers::{Done, Panicked, Workers};
 
 /// The one crypto provider, in one place: `ring` builds with the C compiler
 /// alone (aws-lc-rs, rustls' default, needs cmake). rustls 0.23.48 marks

@@ -109,7 +109,12 @@ pub struct TlsRaw {
 
 impl TlsRaw {
     pub fn connect(server: &Server, certs: &Certs) -> TlsRaw {
-        TlsRaw::over(TcpStream::connect(server.addr).unwrap(), certs)
+        TlsRaw::connect_to(server.addr, certs)
+    }
+
+    /// TLS to `addr` (from a thread that holds no `Server`).
+    pub fn connect_to(addr: std::net::SocketAddr, certs: &Certs) -> TlsRaw {
+        TlsRaw::over(TcpStream::connect(addr).unwrap(), certs)
     }
 
     /// TLS over a socket already connected.
@@ -847,4 +852,131 @@ fn a_tls_client_that_never_reads_is_cut_off_as_a_slow_consumer() {
     let _em = writer.join().unwrap();
     let mut other = TlsRaw::connect(&server, &certs);
     assert!(is_exhibitor_id(other.identify(0)));
+}
+
+// ---- handshakes on worker threads (--tls-workers) --------------------------
+
+/// `/stats` as JSON, asked over a plain connection.
+fn stats(server: &Server) -> serde_json::Value {
+    let request = b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = http_exchange(server.addr, request);
+    serde_json::from_slice(&answer.body).expect("/stats is JSON")
+}
+
+/// Connections open now, by the server's own count: opened less closed,
+/// less the `/stats` request asking.
+fn connections_open(server: &Server) -> u64 {
+    let stats = stats(server);
+    let totals = &stats["totals"];
+    let closed: u64 = totals["connections_closed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    totals["connections_opened"].as_u64().unwrap() - closed - 1
+}
+
+#[test]
+fn fifty_concurrent_handshakes_complete_and_every_session_carries_a_message() {
+    let certs = Certs::new("tls-fifty");
+    let server = tls_server(&certs, &[]);
+    let start = std::sync::Barrier::new(50);
+    // Every handshake at once: 25 exhibitors identify as theirs completes,
+    // 25 emitters complete theirs and wait for their exhibitor's id.
+    let (exhibitors, emitters) = std::thread::scope(|scope| {
+        let connect = |exhibitor: bool| {
+            let (certs, start, addr) = (&certs, &start, server.addr);
+            scope.spawn(move || {
+                start.wait();
+                let mut client = TlsRaw::connect_to(addr, certs);
+                if exhibitor {
+                    let id = client.identify(0);
+                    (client, id)
+                } else {
+                    let TlsRaw { stream } = &mut client;
+                    stream.conn.complete_io(&mut stream.sock).unwrap();
+                    (client, 0)
+                }
+            })
+        };
+        let exhibitors: Vec<_> = (0..25).map(|_| connect(true)).collect();
+        let emitters: Vec<_> = (0..25).map(|_| connect(false)).collect();
+        let join = |threads: Vec<std::thread::ScopedJoinHandle<'_, (TlsRaw, ClientId)>>| {
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        };
+        (join(exhibitors), join(emitters))
+    });
+    for ((mut ex, ex_id), (mut em, _)) in exhibitors.into_iter().zip(emitters) {
+        assert!(is_exhibitor_id(ex_id));
+        let em_id = em.identify(ex_id);
+        let m = msg(em_id, ex_id, 1, b"after fifty handshakes");
+        em.send(&m);
+        ex.expect_exact(&m);
+        ex.send(&hdr(Kind::Ok, ex_id, em_id, 1));
+        em.expect_exact(&hdr(Kind::Ok, S, em_id, 1));
+    }
+}
+
+#[test]
+fn connections_that_close_during_their_handshake_leave_no_connection_behind() {
+    let certs = Certs::new("tls-gone");
+    let server = tls_server(&certs, &[]);
+    let (_conn, hello) = client_hello(&certs);
+    // Whole ClientHellos (their step goes to a worker, and the peer is
+    // gone when it comes back) and halves (the step waits for more).
+    for n in 0..20 {
+        let mut tcp = TcpStream::connect(server.addr).unwrap();
+        let sent = if n % 2 == 0 {
+            hello.len()
+        } else {
+            hello.len() / 2
+        };
+        tcp.write_all(&hello[..sent]).unwrap();
+    }
+    wait_until("every connection closed", || connections_open(&server) == 0);
+    let stats = stats(&server);
+    assert_eq!(stats["clients_total"], 0, "{stats}");
+    let mut good = TlsRaw::connect(&server, &certs);
+    assert!(is_exhibitor_id(good.identify(0)));
+}
+
+#[test]
+fn tls_workers_zero_runs_handshakes_on_the_loop_and_serves_them() {
+    let certs = Certs::new("tls-workers0");
+    let server = tls_server(&certs, &["--tls-workers", "0"]);
+    expect_log(&server, &["TLS on the same port", "workers=0"], || {});
+    let mut ex = TlsRaw::connect(&server, &certs);
+    let ex_id = ex.identify(0);
+    let mut em = TlsRaw::connect(&server, &certs);
+    let em_id = em.identify(ex_id);
+    let m = msg(em_id, ex_id, 1, b"handshaken on the loop");
+    em.send(&m);
+    ex.expect_exact(&m);
+}
+
+#[test]
+fn tls_workers_out_of_range_or_without_tls_is_refused_with_the_reason() {
+    let certs = Certs::new("tls-workers-bad");
+    let mut args = certs.server_args();
+    args.extend(["--tls-workers".to_string(), "65".to_string()]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.insert(0, "0");
+    let mut server = Proc::spawn("server", &args);
+    assert_eq!(server.wait().code(), Some(2));
+    assert_eq!(
+        server.stderr.expect(),
+        "error: invalid value '65' for '--tls-workers <N>': 65 is not in 0..=64"
+    );
+    let mut server = Proc::spawn("server", &["0", "--tls-workers", "2"]);
+    assert_eq!(server.wait().code(), Some(2));
+    assert_eq!(
+        server.stderr.expect(),
+        "error: the following required arguments were not provided:"
+    );
+    assert_eq!(server.stderr.expect(), "  --tls-key <FILE>");
+    assert_eq!(server.stderr.expect(), "  --tls-cert <FILE>");
 }

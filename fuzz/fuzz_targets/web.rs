@@ -10,7 +10,8 @@
 //! request in front of the rest, so the fuzzer starts in WebSocket framing;
 //! bit 1 serves TLS (a first byte of 0x16 then goes to a TLS session, with
 //! a throwaway certificate made once), bit 2 refuses plain connections
-//! (`--require-tls`).
+//! (`--require-tls`), bit 3 hands the TLS handshake out as jobs, run here
+//! between reads as the server's handshake workers run them.
 //!
 //! Checked on every step: no panic; the connection never holds more input
 //! than a request head, a WebSocket frame or a protocol frame in progress
@@ -21,7 +22,7 @@
 use evchat::testing::{
     Accepts, Connection, Ending, HttpOutcome, PlainRefusal, ReadStatus, Stage, TransportStatus,
 };
-use evchat::tls::TlsAcceptor;
+use evchat::tls::{MAX_HANDSHAKE_JOB, TlsAcceptor};
 use evchat::proto::{Encode, FrameView, MAX_FRAME_LEN};
 use evchat::testing::{MAX_HEAD_LEN, WebConfig};
 use libfuzzer_sys::fuzz_target;
@@ -115,14 +116,22 @@ fuzz_target!(|data: &[u8]| {
         web: true,
         tls: (flags & 2 == 2).then(acceptor),
         plain_refused: flags & 4 == 4,
+        handshake_jobs: flags & 8 == 8,
     };
     let mut conn = Connection::new(socket, MAX_OUTPUT, &accepts);
     let config = WebConfig::default();
     let mut scratch = vec![0u8; 64 * 1024];
     loop {
+        if let Some(job) = conn.handshake_job() {
+            assert!(job.len() <= MAX_HANDSHAKE_JOB, "a handshake job past its bound");
+            match conn.take_back_handshake(job.run()) {
+                None => continue,
+                Some(_) => break,
+            }
+        }
         let status = conn.read_once(&mut scratch).expect("the fake socket never fails");
         match status {
-            ReadStatus::Data(_) => {}
+            ReadStatus::Data(_) | ReadStatus::Handshake(_) => {}
             ReadStatus::WouldBlock => continue,
             ReadStatus::Closed | ReadStatus::Failed(_) | ReadStatus::Full => break,
         }

@@ -81,7 +81,7 @@ impl Verifier {
         let thread = std::thread::Builder::new()
             .name("evchat-verifier".to_string())
             .spawn(move || {
-                lower_priority();
+                crate::priority::lower_thread_priority();
                 for request in job_rx {
                     let current =
                         Arc::clone(&shared.lock().unwrap_or_else(PoisonError::into_inner));
@@ -163,18 +163,6 @@ impl Drop for Verifier {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// Gives the verifier thread a lower scheduling priority (nice 10) than the
-/// event loop: a storm of password guesses then takes only the CPU the loop
-/// leaves, instead of half a core it shares with it. On Linux the nice value
-/// belongs to the thread; failing to lower it only costs that protection.
-fn lower_priority() {
-    // SAFETY: gettid and setpriority take plain integers and touch no memory.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 

@@ -213,6 +213,17 @@ struct Args {
     /// machine (a TLS proxy in front, local tools)
     #[arg(long, requires = "tls_cert")]
     allow_plain_loopback: bool,
+    /// Threads that run TLS handshakes (the certificate's signature, the
+    /// key exchange) beside the event loop, at a lower priority; 0 runs
+    /// them on the loop
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = TlsConfig::new(PathBuf::new(), PathBuf::new()).workers as u32,
+        requires = "tls_cert",
+        value_parser = clap::value_parser!(u32).range(0..=64)
+    )]
+    tls_workers: u32,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -388,6 +399,7 @@ fn main() -> ExitCode {
             .map(|(cert, key)| TlsConfig {
                 require: args.require_tls || (args.auth.is_some() && beyond_loopback),
                 allow_plain_loopback: args.allow_plain_loopback,
+                workers: args.tls_workers as usize,
                 ..TlsConfig::new(cert, key)
             }),
         announce: match announced_name(&args) {
@@ -469,6 +481,7 @@ fn main() -> ExitCode {
             cert = %tls.cert.display(),
             require = tls.require,
             allow_plain_loopback = tls.allow_plain_loopback,
+            workers = tls.workers,
             "TLS on the same port"
         );
     }

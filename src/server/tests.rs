@@ -11,6 +11,11 @@
 //! before the turn that routes it ends — one part each, and only for as
 //! many readers as may be written to early before the turn's flush
 //! (`EARLY_WRITES_PER_FLUSH`).
+//!
+//! TLS handshakes on workers: connections past the workers' queue wait in
+//! line and are all served; a connection removed while its step is away
+//! leaves nothing behind, and the step that comes back for its slot never
+//! reaches the connection that took the slot next.
 
 use super::wire::{EARLY_WRITES_PER_FLUSH, WRITE_EARLY_AT};
 use super::*;
@@ -56,6 +61,11 @@ fn turn(server: &mut Server) {
 /// A server on a free loopback port with default limits, and the
 /// guard that keeps it the only one (see `ONE_SERVER_AT_A_TIME`).
 fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
+    loopback_server_with(None)
+}
+
+/// The same, with TLS.
+fn loopback_server_with(tls: Option<TlsConfig>) -> (MutexGuard<'static, ()>, Server) {
     let serial = ONE_SERVER_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -69,7 +79,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         history: None,
         auth: None,
         metrics_allow: Vec::new(),
-        tls: None,
+        tls,
         announce: None,
     })
     .unwrap();
@@ -318,4 +328,160 @@ fn early_writes_go_once_to_each_of_the_first_few_destinations_the_rest_at_turn_e
             assert_eq!((frame.kind, frame.seq), (Kind::Msg, seq), "{frame}");
         }
     }
+}
+
+/// A throwaway certificate for localhost in `dir` (kept by the caller
+/// while the server runs), the server's TLS with `workers` threads taking
+/// `queue` steps at once, and a client configuration that trusts it.
+fn tls_setup(
+    dir: &std::path::Path,
+    workers: usize,
+    queue: usize,
+) -> (TlsConfig, Arc<rustls::ClientConfig>) {
+    use rustls_pki_types::pem::PemObject;
+    let now = std::time::SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let made =
+        crate::tls::generate::throwaway(&["localhost".into()], now - day, now + day).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), &made.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &made.key_pem).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(made.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = TlsConfig {
+        workers,
+        queue,
+        ..TlsConfig::new(dir.join("cert.pem"), dir.join("key.pem"))
+    };
+    (tls, Arc::new(client))
+}
+
+/// A TLS client on its own thread: it connects, sends OI (which drives
+/// the handshake first) and sends back the OK's bytes, or its error.
+fn tls_client_thread(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    done: std::sync::mpsc::Sender<Result<Vec<u8>, String>>,
+) {
+    std::thread::spawn(move || {
+        let run = || -> io::Result<Vec<u8>> {
+            use std::io::Read;
+            let tcp = std::net::TcpStream::connect(addr)?;
+            tcp.set_read_timeout(Some(WAIT))?;
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+            let mut stream = rustls::StreamOwned::new(conn, tcp);
+            stream.write_all(&Frame::bare(Kind::Oi, 0, 0, 1).to_bytes())?;
+            let mut ok = vec![0u8; 8];
+            stream.read_exact(&mut ok)?;
+            Ok(ok)
+        };
+        let _ = done.send(run().map_err(|e| e.to_string()));
+    });
+}
+
+/// Accepts and reads every connection (no end of turn, so that no step
+/// comes back) until `done` holds, bounded by WAIT.
+fn serve_without_end_of_turn(server: &mut Server, mut done: impl FnMut(&Server) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done(server) {
+        assert!(
+            Instant::now() < deadline,
+            "the scene did not set within {WAIT:?}"
+        );
+        server.wire.now = Instant::now();
+        server.accept_all();
+        let conns: Vec<ConnId> = server.wire.conns.iter().map(|(conn, _)| conn).collect();
+        for conn in conns {
+            server.service_input(conn, false);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Each answer is an OK with an exhibitor's id for the OI's seq.
+fn assert_all_identified(answers: Vec<Result<Vec<u8>, String>>) {
+    for answer in answers {
+        let ok = answer.expect("a TLS client identified");
+        assert_eq!(ok[..4], Frame::bare(Kind::Ok, S, 0, 1).to_bytes()[..4]);
+        assert_eq!(ok[6..], [0, 1], "the OI's seq");
+    }
+}
+
+#[test]
+fn handshakes_past_the_workers_queue_wait_in_line_and_are_all_served() {
+    let dir = std::env::temp_dir().join(format!("evchat-hs-queue-{}", std::process::id()));
+    let (tls, client) = tls_setup(&dir, 1, 1);
+    let (_serial, mut server) = loopback_server_with(Some(tls));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..3 {
+        tls_client_thread(server.local_addr(), client.clone(), tx.clone());
+    }
+    // One step on the only place the queue has; the other two in line,
+    // their input paused.
+    serve_without_end_of_turn(&mut server, |s| {
+        let h = s.handshakes.as_ref().unwrap();
+        h.away() == 1 && h.waiting() == 2
+    });
+    let paused = server
+        .wire
+        .conns
+        .iter()
+        .filter(|(_, s)| s.conn.handshake_paused());
+    assert_eq!(paused.count(), 3);
+    let mut answers = Vec::new();
+    drive_until(&mut server, || {
+        answers.extend(rx.try_iter());
+        (answers.len() == 3).then_some(())
+    });
+    assert_all_identified(answers);
+    let h = server.handshakes.as_ref().unwrap();
+    assert_eq!((h.away(), h.waiting(), h.on_workers()), (0, 0, 0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_connection_removed_while_its_step_is_away_leaves_nothing_and_misroutes_nothing() {
+    let dir = std::env::temp_dir().join(format!("evchat-hs-gone-{}", std::process::id()));
+    let (tls, client) = tls_setup(&dir, 1, 4);
+    let (_serial, mut server) = loopback_server_with(Some(tls));
+    // A ClientHello, then the peer is gone while its step is away.
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut hello_client = rustls::ClientConnection::new(client.clone(), name).unwrap();
+    let mut hello = Vec::new();
+    hello_client.write_tls(&mut hello).unwrap();
+    let mut gone = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    gone.write_all(&hello).unwrap();
+    serve_without_end_of_turn(&mut server, |s| s.handshakes.as_ref().unwrap().away() == 1);
+    let (old, _) = server.wire.conns.iter().next().unwrap();
+    drop(gone);
+    // Removed as the handshake timeout or a shutdown's drain removes it.
+    server.wire.drop_conn(old, Departure::PeerClosed);
+    server.settle_dropped();
+    server.remove(old);
+    assert_eq!(server.handshakes.as_ref().unwrap().away(), 0);
+    assert!(server.wire.conns.is_empty());
+    // The next connection takes the same slot; the old step, back at the
+    // end of a turn, must not reach it.
+    assert_eq!(server.wire.conns.vacant_key(), old, "the slot is reused");
+    let (tx, rx) = std::sync::mpsc::channel();
+    tls_client_thread(server.local_addr(), client, tx);
+    let answer = drive_until(&mut server, || rx.try_recv().ok());
+    assert_all_identified(vec![answer]);
+    let h = server.handshakes.as_ref().unwrap();
+    assert_eq!(
+        (h.away(), h.on_workers()),
+        (0, 0),
+        "the old step was dropped"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

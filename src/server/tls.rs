@@ -28,6 +28,12 @@ pub struct TlsConfig {
     /// served (`--allow-plain-loopback`), for a TLS proxy on this machine
     /// or local tools.
     pub allow_plain_loopback: bool,
+    /// Threads that run handshakes off the event loop (`--tls-workers`);
+    /// 0: the loop runs them itself.
+    pub workers: usize,
+    /// Handshake steps the workers take at once; a connection past them
+    /// waits in line, its input paused (see `server/handshakes.rs`).
+    pub queue: usize,
 }
 
 impl TlsConfig {
@@ -38,6 +44,8 @@ impl TlsConfig {
             key,
             require: false,
             allow_plain_loopback: false,
+            workers: 1,
+            queue: 64,
         }
     }
 
