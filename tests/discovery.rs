@@ -245,7 +245,7 @@ fn a_server_with_announce_is_found_from_another_namespace() {
 }
 
 #[test]
-fn a_server_with_accounts_says_so() {
+fn a_server_with_accounts_and_tls_says_so() {
     let Some(lan) = lan() else { return };
     let dir = crate::util::TempDir::new("discovery-auth");
     let accounts = dir.path().join("accounts");
@@ -266,17 +266,33 @@ fn a_server_with_accounts_says_so() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+    // Accounts beyond loopback need TLS (the server refuses to start
+    // without it): the answer says both.
+    let tls = dir.path().join("tls");
+    let certs = Command::new(bin("evchat"))
+        .args(["cert", "--out", tls.to_str().unwrap(), "169.254.77.1"])
+        .output()
+        .unwrap();
+    assert!(
+        certs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&certs.stderr)
+    );
     let (_server, _) = lan.server(&[
         "--announce",
         "--name",
         "lab-b",
         "--auth",
         accounts.to_str().unwrap(),
+        "--tls-cert",
+        tls.join("cert.pem").to_str().unwrap(),
+        "--tls-key",
+        tls.join("key.pem").to_str().unwrap(),
     ]);
     let (code, out, err) = lan.find(&[]);
     assert_eq!(
         (code, out.as_str()),
-        (0, "169.254.77.1:5000  lab-b  plain  accounts\n"),
+        (0, "169.254.77.1:5000  lab-b  TLS  accounts\n"),
         "{err}"
     );
 }
