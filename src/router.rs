@@ -21,6 +21,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod rooms;
+pub use rooms::{MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
+
 /// The roles a sender needs for every request it may make.
 const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
 
@@ -161,6 +164,8 @@ enum Purpose {
     Replay,
     /// WHO to an opted-in exhibitor: the ack is absorbed.
     Who,
+    /// A queue room's message given to this member session under a ticket.
+    Queued { room: ClientId, ticket: u64 },
 }
 
 /// Names one request of one emitter connection.
@@ -186,6 +191,8 @@ struct PendingReply {
     any_ok: bool,
     /// This is the reply to FLW: the emitter is closed once it is sent.
     closes: bool,
+    /// An extension answer (ROOMACK, ROOMLIST) sent in place of OK/ERRO.
+    answer: Option<Box<ExtFrame>>,
 }
 
 #[derive(Debug)]
@@ -276,6 +283,9 @@ struct Session {
     /// What a teller was told of each id; allocated at its first WHO, so
     /// that an idle signed-in session costs no table.
     told: Option<Box<Told>>,
+    /// A teller with a name: that name in lower case, under which it
+    /// receives the rooms the name is a member of.
+    member: Option<Box<str>>,
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
     seq: SeqCounter,
@@ -473,6 +483,8 @@ pub struct Router {
     claimed: HashMap<Box<str>, ConnId>,
     /// Opted-in exhibitors connected: while 0, routing tells no names.
     tellers: usize,
+    /// Rooms and work queues (PROTOCOL.md, "Extension: rooms and queues").
+    rooms: rooms::Rooms,
 }
 
 impl Router {
@@ -491,6 +503,7 @@ impl Router {
             accounts_required: false,
             claimed: HashMap::new(),
             tellers: 0,
+            rooms: rooms::Rooms::new(RoomLimits::default()),
         }
     }
 
@@ -721,6 +734,7 @@ impl Router {
             hello: Hello::Plain,
             teller: false,
             told: None,
+            member: None,
             connected_at: now,
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
@@ -876,7 +890,14 @@ impl Router {
                 None => {}
             }
         }
+        if let Some(d) = self.rooms.next_deadline() {
+            earliest = Some(earliest.map_or(d, |e| e.min(d)));
+        }
         self.earliest_deadline = earliest;
+        self.expire_queues(now, out);
+        if let Some(d) = self.rooms.next_deadline() {
+            self.note_deadline(d);
+        }
         for conn in expired {
             let Some(session) = self.session(conn) else {
                 continue;
@@ -1043,6 +1064,7 @@ impl Router {
                 self.tellers
             ));
         }
+        self.check_room_invariants()?;
         for (key, &conn) in &self.claimed {
             if self.name(conn).map(str::to_ascii_lowercase).as_deref() != Some(&**key) {
                 return Err(format!(
@@ -1105,7 +1127,8 @@ impl Router {
                 session.id = id;
                 if is_exhibitor_id(id) {
                     session.role = Role::Exhibitor { emitter: None };
-                    if matches!(session.hello, Hello::Accepted { .. }) {
+                    if let Hello::Accepted { name } = &session.hello {
+                        session.member = name.as_deref().map(|n| n.to_ascii_lowercase().into());
                         session.teller = true;
                         self.tellers += 1;
                     }
@@ -1126,6 +1149,7 @@ impl Router {
                 out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
                 if is_exhibitor_id(id) {
                     self.replay_to(conn, now, out);
+                    self.room_session_online(conn, now, out);
                 }
             }
             Err(why) => {
@@ -1349,6 +1373,9 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
+        if is_room_id(frame.dest) && frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
+            return self.queue_request(conn, frame, now, out);
+        }
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
@@ -1419,6 +1446,10 @@ impl Router {
             return;
         }
         let Some(conn) = self.ids.get(dest) else {
+            if is_room_id(dest) {
+                let online = self.rooms.online(dest).iter().copied();
+                targets.extend(online.filter(|&conn| live_exhibitor(conn)));
+            }
             return;
         };
         let target = if is_emitter_id(dest) {
@@ -1467,6 +1498,9 @@ impl Router {
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
             Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
+            Purpose::Queued { room, ticket } => {
+                self.queue_acked(conn, room, ticket, ack.kind == Kind::Ok, now, out)
+            }
             Purpose::Replay | Purpose::Who => {}
         }
     }
@@ -1497,6 +1531,7 @@ impl Router {
             outstanding,
             any_ok: false,
             closes,
+            answer: None,
         });
         if replies.len() >= max_inflight {
             *paused = true;
@@ -1515,6 +1550,25 @@ impl Router {
         };
         let index = request.checked_sub(replies.front()?.request)? as usize;
         (index < replies.len()).then_some(index)
+    }
+
+    /// An extension answer to emitter `conn`'s request `seq`, in its place
+    /// among its replies (rule 4's order).
+    fn reply_ext(
+        &mut self,
+        conn: ConnId,
+        seq: u16,
+        answer: ExtFrame,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        self.push_reply(conn, seq, 0, false);
+        if let Some(Role::Emitter { replies, .. }) = self.session_mut(conn).map(|s| &mut s.role)
+            && let Some(last) = replies.back_mut()
+        {
+            last.answer = Some(Box::new(answer));
+        }
+        self.flush_replies(conn, now, out);
     }
 
     /// A reply to a client that has no requests in flight goes out at once;
@@ -1573,6 +1627,10 @@ impl Router {
         let mut closes = false;
         while replies.front().is_some_and(|r| r.outstanding == 0) {
             let reply = replies.pop_front().expect("front checked");
+            if let Some(answer) = reply.answer {
+                out.send_ext(emitter, &answer);
+                continue;
+            }
             let kind = if reply.any_ok || reply.closes {
                 Kind::Ok
             } else {
@@ -1655,11 +1713,17 @@ impl Router {
                 {
                     *exhibitor = None;
                 }
-                // Rule 6: its unsettled deliveries fail.
+                // Rule 6: its unsettled deliveries fail; a queue message
+                // it held goes to the next member session.
                 for delivery in session.awaiting_ack {
-                    if let Purpose::Request(request) = delivery.purpose {
-                        self.settle(request, false, now, out);
+                    match delivery.purpose {
+                        Purpose::Request(request) => self.settle(request, false, now, out),
+                        Purpose::Queued { room, ticket } => self.queue_dropped(conn, room, ticket),
+                        _ => {}
                     }
+                }
+                if let Some(key) = session.member {
+                    self.room_session_offline(conn, &key, now, out);
                 }
             }
         }

@@ -9,8 +9,8 @@
 pub use crate::connection::WebConfig;
 use crate::connection::{Connection, HttpOutcome, ReadStatus, Stage, TransportStatus};
 use crate::proto::FrameView;
-pub use crate::router::Limits;
 use crate::router::{CloseReason, ConnId, Router};
+pub use crate::router::{Limits, MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
 use crate::store::StoreError;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -76,6 +76,9 @@ pub struct Config {
     /// Addresses that may read `/metrics` and `/stats` without a token
     /// (`--metrics-allow`; the rule is `server/access.rs`).
     pub metrics_allow: Vec<Cidr>,
+    /// Bounds of rooms and work queues (PROTOCOL.md, "Extension: rooms
+    /// and queues").
+    pub rooms: RoomLimits,
 }
 
 impl Config {
@@ -92,6 +95,7 @@ impl Config {
             history: None,
             auth: None,
             metrics_allow: Vec::new(),
+            rooms: RoomLimits::default(),
         }
     }
 }
@@ -192,8 +196,10 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(listening)?);
         let now = Instant::now();
         let history = config.history.clone();
+        let mut router = Router::new(config.limits);
+        router.set_room_limits(config.rooms);
         let mut server = Server {
-            router: Router::new(config.limits),
+            router,
             spin: Spin::new(config.spin),
             config,
             poll,

@@ -16,6 +16,7 @@ mod identity;
 mod metrics;
 mod raw;
 mod reliability;
+mod rooms;
 mod router;
 mod store;
 mod user;

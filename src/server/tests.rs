@@ -69,6 +69,7 @@ fn loopback_server() -> (MutexGuard<'static, ()>, Server) {
         history: None,
         auth: None,
         metrics_allow: Vec::new(),
+        rooms: crate::router::RoomLimits::default(),
     })
     .unwrap();
     (serial, server)
