@@ -1394,6 +1394,9 @@ impl Router {
             let sender = sender(&self.sessions, conn);
             self.replay.remember(frame.origin, sender, text);
         }
+        if accepted && is_room_id(frame.dest) {
+            self.room_said(frame.dest, frame, conn, &targets);
+        }
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
         }

@@ -3,7 +3,7 @@
 //! LEAVE, ROOMS and every ROOMACK code, a MSG to a room and to a queue room,
 //! membership that belongs to a name, and each bad input of issue 23.
 
-use crate::identity::{header, hello, helloack};
+use crate::identity::{accounts_file, header, hello, helloack, roles, token};
 use crate::util::*;
 use evchat::proto::*;
 use std::collections::HashMap;
@@ -152,6 +152,28 @@ impl Member {
         }
     }
 
+    /// A pair signed in to the account `name` (token secret) on a server
+    /// with `--auth`; `bits` is its roles byte.
+    fn signed_in(server: &Server, name: &str, bits: u8) -> Member {
+        let hello_bytes = hello(name.as_bytes(), token(name).as_bytes());
+        let ack = helloack(0, bits, name.as_bytes());
+        let mut ex = server.raw();
+        ex.send(&hello_bytes);
+        expect_exact(&mut ex, &ack);
+        let ex_id = ex.identify_exhibitor();
+        let mut em = server.raw();
+        em.send(&hello_bytes);
+        expect_exact(&mut em, &ack);
+        let em_id = em.identify_emitter(ex_id);
+        Member {
+            ex,
+            ex_id,
+            em,
+            em_id,
+            seq: 1,
+        }
+    }
+
     fn next_seq(&mut self) -> u16 {
         self.seq += 1;
         self.seq - 1
@@ -176,6 +198,16 @@ impl Member {
         self.em.send(&msg(self.em_id, dest, seq, text));
         seq
     }
+}
+
+/// Drops `member`'s connections and waits until the server no longer
+/// sends it anything: a MSG to its exhibitor gets ERRO once the session
+/// is gone or being dismissed (when it was still there, only then).
+fn away(writer: &mut Raw, writer_id: ClientId, member: Member) {
+    let ex_id = member.ex_id;
+    drop(member);
+    writer.send(&msg(writer_id, ex_id, 0xfff0, b"ping"));
+    expect_exact(writer, &erro(writer_id, 0xfff0));
 }
 
 /// The whole next frame, of either codec, as bytes.
@@ -450,6 +482,106 @@ fn a_spoofed_origin_in_a_join_closes() {
     alice.em.send(&join(alice.em_id + 1, 1, false, b"ops"));
     expect_exact(&mut alice.em, &erro(alice.em_id, 1));
     alice.em.expect_closed();
+}
+
+#[test]
+fn with_history_a_member_back_from_away_gets_what_it_missed_once_in_order() {
+    let dir = TempDir::new("rooms-catch-up");
+    let server = Server::start(&["--history", dir.arg()]);
+    let mut alice = Member::new(&server, "alice");
+    let mut bob = Member::new(&server, "bob");
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    bob.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
+    let mut writer = server.raw();
+    let writer_id = writer.identify_emitter(1);
+    away(&mut writer, writer_id, bob);
+    // While bob is away alice shows two messages.
+    for (seq, text) in [(1u16, &b"one"[..]), (2, b"two")] {
+        writer.send(&msg(writer_id, ROOM, seq, text));
+        let got = next_msg(&mut alice.ex, alice.ex_id);
+        assert_eq!(got, msg(writer_id, ROOM, seq, text));
+        alice.ex.send(&ok(alice.ex_id, writer_id, seq));
+        expect_exact(&mut writer, &ok(S, writer_id, seq));
+    }
+    // bob is back: what the room said while away comes first, in order,
+    // numbered by the server, before anything new.
+    let mut bob = Member::reclaim(&server, "bob");
+    writer.send(&msg(writer_id, ROOM, 3, b"three"));
+    expect_exact(&mut bob.ex, &who(bob.ex_id, 0, writer_id, PLAIN, b""));
+    expect_exact(&mut bob.ex, &msg(writer_id, ROOM, 1, b"one"));
+    expect_exact(&mut bob.ex, &msg(writer_id, ROOM, 2, b"two"));
+    expect_exact(&mut bob.ex, &msg(writer_id, ROOM, 3, b"three"));
+    for seq in 0..=3 {
+        let to = if seq == 0 { S } else { writer_id };
+        bob.ex.send(&ok(bob.ex_id, to, seq));
+    }
+    assert_eq!(
+        next_msg(&mut alice.ex, alice.ex_id),
+        msg(writer_id, ROOM, 3, b"three")
+    );
+    alice.ex.send(&ok(alice.ex_id, writer_id, 3));
+    expect_exact(&mut writer, &ok(S, writer_id, 3));
+    // Back again at once: nothing missed, nothing sent twice.
+    drop(bob);
+    let mut bob = Member::reclaim(&server, "bob");
+    bob.ex.expect_silence();
+    // A replay never reaches a non-member.
+    let mut carol = Member::new(&server, "carol");
+    carol.ex.expect_silence();
+    let seq = carol.next_seq();
+    carol.em.send(&rooms(carol.em_id, seq));
+    expect_exact(
+        &mut carol.em,
+        &roomlist(carol.em_id, seq, &[(ROOM, 0, 2, b"ops")]),
+    );
+}
+
+#[test]
+fn without_history_nothing_is_kept_for_a_member_away() {
+    let server = Server::start(&[]);
+    let mut alice = Member::new(&server, "alice");
+    let mut bob = Member::new(&server, "bob");
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    bob.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
+    let mut writer = server.raw();
+    let writer_id = writer.identify_emitter(1);
+    away(&mut writer, writer_id, bob);
+    writer.send(&msg(writer_id, ROOM, 1, b"one"));
+    assert_eq!(
+        next_msg(&mut alice.ex, alice.ex_id),
+        msg(writer_id, ROOM, 1, b"one")
+    );
+    alice.ex.send(&ok(alice.ex_id, writer_id, 1));
+    expect_exact(&mut writer, &ok(S, writer_id, 1));
+    let mut bob = Member::reclaim(&server, "bob");
+    bob.ex.expect_silence();
+}
+
+#[test]
+fn with_accounts_creating_a_room_needs_broadcast_and_joining_needs_view() {
+    let dir = TempDir::new("rooms-auth");
+    let file = accounts_file(
+        &dir,
+        &[
+            ("alice", roles("view,emit,broadcast")),
+            ("talker", roles("view,emit")),
+        ],
+    );
+    let server = Server::start(&["--auth", &file]);
+    let mut alice = Member::signed_in(&server, "alice", 7);
+    let mut talker = Member::signed_in(&server, "talker", 3);
+    // talker may not create a room (either kind) ...
+    talker.join("mine", false, |d, s| refused(d, s, 6));
+    talker.join("jobs", true, |d, s| refused(d, s, 6));
+    // ... but joins one alice made, and writes to it with emit.
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    talker.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
+    let seq = talker.say(ROOM, b"hi");
+    expect_exact(
+        &mut alice.ex,
+        &who(alice.ex_id, 0, talker.em_id, 3, b"talker"),
+    );
+    expect_exact(&mut alice.ex, &msg(talker.em_id, ROOM, seq, b"hi"));
 }
 
 // ---- work queues -----------------------------------------------------------

@@ -309,7 +309,9 @@ impl ExtError {
     }
 }
 
-fn max_body(kind: u16) -> usize {
+/// The largest L a frame of type `kind` may announce (0 for a type that
+/// is not the extension's).
+pub fn max_body(kind: u16) -> usize {
     match kind {
         HELLO => MAX_HELLO_BODY,
         HELLOACK => MAX_HELLOACK_BODY,

@@ -7,7 +7,9 @@
 //! disk, clock or secrets; the room name it is handed was checked against
 //! the name rule by the caller.
 
-use super::{ConnId, Delivery, Outbox, Purpose, RequestRef, Role, Router, Session};
+use super::{
+    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, RequestRef, Role, Router, Sender, Session,
+};
 use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
 };
@@ -94,6 +96,26 @@ struct Room {
     holding: HashMap<ConnId, Held>,
     /// Messages waiting for a member session, oldest first (queue rooms).
     waiting: VecDeque<Queued>,
+    /// What the room said lately, oldest first, numbered (ordinary rooms,
+    /// with history only): a member back from away is sent what it missed.
+    kept: VecDeque<(u64, Said)>,
+    /// Output bytes `kept` takes, framing included.
+    kept_bytes: usize,
+    /// The number the next kept message gets.
+    next_number: u64,
+    /// The last kept message each member name was sent (or, at its JOIN,
+    /// the last one before it): what it missed starts after.
+    seen: HashMap<Box<str>, u64>,
+}
+
+/// A room message kept for members away: who sent it (as accepted) and
+/// the MSG's fields.
+#[derive(Debug)]
+struct Said {
+    origin: ClientId,
+    name: Option<Box<str>>,
+    roles: u8,
+    text: Bytes,
 }
 
 /// Every room of one server.
@@ -107,6 +129,10 @@ pub(super) struct Rooms {
     of_name: HashMap<Box<str>, Vec<ClientId>>,
     free_ids: BTreeSet<ClientId>,
     next_ticket: u64,
+    /// Messages each ordinary room keeps for members away (0: none, the
+    /// server keeps no history), and the output bytes they may take.
+    keep: usize,
+    keep_bytes: usize,
 }
 
 impl Rooms {
@@ -120,6 +146,8 @@ impl Rooms {
             of_name: HashMap::new(),
             free_ids: (first..first + max as ClientId).collect(),
             next_ticket: 0,
+            keep: 0,
+            keep_bytes: 0,
         }
     }
 
@@ -152,7 +180,18 @@ type Answer = Result<(ClientId, u8, u16, Box<str>), RoomCode>;
 impl Router {
     /// The rooms' bounds (before any client connects).
     pub fn set_room_limits(&mut self, limits: RoomLimits) {
+        let (keep, keep_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
         self.rooms = Rooms::new(limits);
+        self.keep_room_messages(keep, keep_bytes);
+    }
+
+    /// With history: each ordinary room keeps its last `len` messages that
+    /// were shown, within `max_bytes` of output counted as for the
+    /// broadcast replay, and a member session that comes online is sent
+    /// those its name has not been sent (PROTOCOL.md, "With history").
+    pub fn keep_room_messages(&mut self, len: usize, max_bytes: usize) {
+        self.rooms.keep = len;
+        self.rooms.keep_bytes = max_bytes;
     }
 
     /// JOIN from `conn` (PROTOCOL.md, "Membership and messages"). `room`
@@ -314,6 +353,10 @@ impl Router {
                         cursor: 0,
                         holding: HashMap::new(),
                         waiting: VecDeque::new(),
+                        kept: VecDeque::new(),
+                        kept_bytes: 0,
+                        next_number: 0,
+                        seen: HashMap::new(),
                     },
                 );
                 info!(room = id, name = room, queue, "room created");
@@ -328,6 +371,11 @@ impl Router {
             .filter(|&c| self.session(c).and_then(member_key) == Some(&*member))
             .collect();
         let entry = self.rooms.by_id.get_mut(&id).expect("found or made above");
+        // A new member misses nothing said before it joined.
+        let last = entry.next_number.checked_sub(1);
+        if let Some(last) = last {
+            entry.seen.insert(member.clone(), last);
+        }
         entry.members.insert(member.clone());
         entry.online.extend(online);
         self.rooms.of_name.entry(member).or_default().push(id);
@@ -355,6 +403,7 @@ impl Router {
         if !entry.members.remove(&member) {
             return Err(RoomCode::NotMember);
         }
+        entry.seen.remove(&member);
         if let Some(list) = self.rooms.of_name.get_mut(&member) {
             list.retain(|&r| r != id);
             if list.is_empty() {
@@ -456,8 +505,141 @@ impl Router {
             if let Some(room) = self.rooms.by_id.get_mut(&id) {
                 room.online.push(conn);
             }
+            self.catch_up(id, conn, now, out);
             self.dispatch_queue(id, now, out);
         }
+    }
+
+    /// A shown MSG to the ordinary room `id`, from `from`, reached
+    /// `targets`: kept for the members away, and noted as sent to the
+    /// names of those who got it.
+    pub(super) fn room_said(
+        &mut self,
+        id: ClientId,
+        frame: &FrameView<'_>,
+        from: ConnId,
+        targets: &[ConnId],
+    ) {
+        let (keep, max_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
+        if keep == 0 {
+            return;
+        }
+        let Router {
+            rooms, sessions, ..
+        } = self;
+        let Some(room) = rooms.by_id.get_mut(&id) else {
+            return;
+        };
+        let sender: Sender<'_> = super::sender(sessions, from);
+        let text = frame.text().unwrap_or_default();
+        let number = room.next_number;
+        room.next_number += 1;
+        room.kept_bytes += text.len() + REPLAY_FRAMING;
+        room.kept.push_back((
+            number,
+            Said {
+                origin: frame.origin,
+                name: sender.name.map(Into::into),
+                roles: sender.roles,
+                text: Bytes::copy_from_slice(text),
+            },
+        ));
+        while room.kept.len() > keep || room.kept_bytes > max_bytes {
+            let Some((_, dropped)) = room.kept.pop_front() else {
+                break;
+            };
+            room.kept_bytes -= dropped.text.len() + REPLAY_FRAMING;
+        }
+        for &conn in targets {
+            let key = sessions
+                .get(conn)
+                .and_then(Option::as_ref)
+                .and_then(member_key);
+            if let Some(key) = key
+                && let Some(seen) = room.seen.get_mut(key)
+            {
+                *seen = number;
+            } else if let Some(key) = key {
+                room.seen.insert(key.into(), number);
+            }
+        }
+    }
+
+    /// Sends the member session `conn`, just online, what room `id` said
+    /// that its name has not been sent, oldest first, each once (the name
+    /// is noted as sent at once): MSG(original origin, room id, the
+    /// server's seq), acknowledged like the broadcast replay.
+    fn catch_up(&mut self, id: ClientId, conn: ConnId, now: Instant, out: &mut impl Outbox) {
+        let Some(key) = self
+            .session(conn)
+            .and_then(member_key)
+            .map(Box::<str>::from)
+        else {
+            return;
+        };
+        let Some(room) = self.rooms.by_id.get(&id) else {
+            return;
+        };
+        if room.queue || room.kept.is_empty() {
+            return;
+        }
+        let after = room.seen.get(&key).copied();
+        let missed: Vec<(ClientId, Option<Box<str>>, u8, Bytes)> = room
+            .kept
+            .iter()
+            .filter(|(n, _)| after.is_none_or(|a| *n > a))
+            .map(|(_, s)| (s.origin, s.name.clone(), s.roles, s.text.clone()))
+            .collect();
+        let last = room.kept.back().map(|(n, _)| *n);
+        if let (Some(last), Some(room)) = (last, self.rooms.by_id.get_mut(&id)) {
+            room.seen.insert(key, last);
+        }
+        if missed.is_empty() {
+            return;
+        }
+        let deadline = now + self.limits.ack_timeout;
+        for (origin, name, roles, text) in &missed {
+            self.tell_as_said(conn, *origin, name.as_deref(), *roles, deadline, out);
+            let session = self.session_mut(conn).expect("caught up a live session");
+            let seq = session.seq.next_seq();
+            let msg = Frame::msg(*origin, id, seq, text.clone()).expect("a MSG's text fits");
+            out.send(conn, &msg);
+            session.awaiting_ack.push_back(Delivery {
+                seq,
+                deadline,
+                purpose: Purpose::Replay,
+            });
+        }
+        debug!(conn, room = id, messages = missed.len(), "room caught up");
+        self.note_deadline(deadline);
+    }
+
+    /// Before a kept room message to `conn`: a WHO when what it should show
+    /// for `origin` differs from what it was told, as for the broadcast
+    /// replay (the holder of the id now when it has the recorded name, the
+    /// recorded name and roles otherwise).
+    fn tell_as_said(
+        &mut self,
+        conn: ConnId,
+        origin: ClientId,
+        name: Option<&str>,
+        roles: u8,
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let holder = self.ids.get(origin).and_then(|c| self.session(c));
+        let (name, roles) = match holder {
+            Some(holder) if holder.name() == name => (holder.name(), holder.roles),
+            _ => (name, roles),
+        };
+        let told = self
+            .session(conn)
+            .and_then(|s| s.told.as_ref()?.get(&origin));
+        if told.is_some_and(|(n, r)| n.as_deref() == name && *r == roles) {
+            return;
+        }
+        let name = name.map(Into::into);
+        self.tell(conn, origin, name, roles, deadline, out);
     }
 
     /// The exhibitor `conn`, showing the member name `key`, is gone: it
