@@ -189,10 +189,21 @@ struct PendingReply {
     outstanding: u32,
     /// At least one target answered OK.
     any_ok: bool,
-    /// This is the reply to FLW: the emitter is closed once it is sent.
-    closes: bool,
-    /// An extension answer (ROOMACK, ROOMLIST) sent in place of OK/ERRO.
-    answer: Option<Box<ExtFrame>>,
+    /// What is sent when it settles.
+    form: ReplyForm,
+}
+
+/// What a settled reply is sent as. One byte, so that a pending reply stays
+/// as small as before rooms (it is pushed and popped once a message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum ReplyForm {
+    /// OK, or ERRO when no target answered OK.
+    Ack,
+    /// The OK to FLW: the emitter is closed once it is sent.
+    Farewell,
+    /// An extension answer (ROOMACK, ROOMLIST), kept in [`Router::answers`].
+    Answer,
 }
 
 #[derive(Debug)]
@@ -485,6 +496,9 @@ pub struct Router {
     tellers: usize,
     /// Rooms and work queues (PROTOCOL.md, "Extension: rooms and queues").
     rooms: rooms::Rooms,
+    /// The extension answers owed, by emitter and request number: sent in
+    /// the reply's place when it reaches the head of the queue.
+    answers: HashMap<(ConnId, u64), ExtFrame>,
 }
 
 impl Router {
@@ -504,6 +518,7 @@ impl Router {
             claimed: HashMap::new(),
             tellers: 0,
             rooms: rooms::Rooms::new(RoomLimits::default()),
+            answers: HashMap::new(),
         }
     }
 
@@ -1366,6 +1381,8 @@ impl Router {
     }
 
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
+    /// A room's destination costs the plain path one range check: the rest
+    /// is out of line.
     fn request(
         &mut self,
         conn: ConnId,
@@ -1373,9 +1390,38 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        if is_room_id(frame.dest) && frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
+        if is_room_id(frame.dest) {
+            return self.room_request(conn, frame, now, out);
+        }
+        self.request_to::<false>(conn, frame, now, out);
+    }
+
+    /// A MSG or CREQ to a room id: a queue room's MSG waits its turn, the
+    /// rest is routed as any request, and a shown message is kept.
+    #[inline(never)]
+    fn room_request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
             return self.queue_request(conn, frame, now, out);
         }
+        self.request_to::<true>(conn, frame, now, out);
+    }
+
+    /// The body of [`Router::request`], compiled once for clients'
+    /// destinations and once for rooms'.
+    #[inline(always)]
+    fn request_to<const ROOM: bool>(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
         let accepted = frame.kind == Kind::Msg && !targets.is_empty();
@@ -1394,7 +1440,7 @@ impl Router {
             let sender = sender(&self.sessions, conn);
             self.replay.remember(frame.origin, sender, text);
         }
-        if accepted && is_room_id(frame.dest) {
+        if ROOM && accepted {
             self.room_said(frame.dest, frame, conn, &targets);
         }
         if targets.is_empty() {
@@ -1533,8 +1579,11 @@ impl Router {
             seq,
             outstanding,
             any_ok: false,
-            closes,
-            answer: None,
+            form: if closes {
+                ReplyForm::Farewell
+            } else {
+                ReplyForm::Ack
+            },
         });
         if replies.len() >= max_inflight {
             *paused = true;
@@ -1565,11 +1614,12 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        self.push_reply(conn, seq, 0, false);
+        let request = self.push_reply(conn, seq, 0, false);
         if let Some(Role::Emitter { replies, .. }) = self.session_mut(conn).map(|s| &mut s.role)
             && let Some(last) = replies.back_mut()
         {
-            last.answer = Some(Box::new(answer));
+            last.form = ReplyForm::Answer;
+            self.answers.insert((conn, request.request), answer);
         }
         self.flush_replies(conn, now, out);
     }
@@ -1614,7 +1664,10 @@ impl Router {
     /// Sends every settled reply at the head of the emitter's queue.
     fn flush_replies(&mut self, emitter: ConnId, now: Instant, out: &mut impl Outbox) {
         let max_inflight = self.limits.max_inflight;
-        let Some(session) = self.session_mut(emitter) else {
+        let Router {
+            sessions, answers, ..
+        } = self;
+        let Some(session) = sessions.get_mut(emitter).and_then(Option::as_mut) else {
             return;
         };
         let id = session.id;
@@ -1630,17 +1683,20 @@ impl Router {
         let mut closes = false;
         while replies.front().is_some_and(|r| r.outstanding == 0) {
             let reply = replies.pop_front().expect("front checked");
-            if let Some(answer) = reply.answer {
-                out.send_ext(emitter, &answer);
+            if reply.form == ReplyForm::Answer {
+                if let Some(answer) = answers.remove(&(emitter, reply.request)) {
+                    out.send_ext(emitter, &answer);
+                }
                 continue;
             }
-            let kind = if reply.any_ok || reply.closes {
+            let farewell = reply.form == ReplyForm::Farewell;
+            let kind = if reply.any_ok || farewell {
                 Kind::Ok
             } else {
                 Kind::Erro
             };
             out.send(emitter, &Frame::bare(kind, SERVER_ID, id, reply.seq));
-            if reply.closes {
+            if farewell {
                 closes = true;
                 break;
             }
@@ -1695,6 +1751,9 @@ impl Router {
             Role::Emitter { exhibitor, .. } => {
                 self.ids.remove(session.id);
                 self.free_emitter_ids.insert(session.id);
+                if !self.answers.is_empty() {
+                    self.answers.retain(|&(owner, _), _| owner != conn);
+                }
                 // Rule 6: the paired exhibitor is told to leave too.
                 if let Some(ex) = exhibitor {
                     if let Some(Role::Exhibitor { emitter }) =
