@@ -297,6 +297,11 @@ struct Session {
     /// A teller with a name: that name in lower case, under which it
     /// receives the rooms the name is a member of.
     member: Option<Box<str>>,
+    /// A teller: the id it was last found told about, and the directory's
+    /// epoch then. While both match, a MSG from that id needs no look-up
+    /// in `told` (a room's or a broadcast's many targets, message after
+    /// message from one sender).
+    checked: (ClientId, u64),
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
     seq: SeqCounter,
@@ -315,6 +320,9 @@ struct Directory {
     by_id: Vec<Option<ConnId>>,
     exhibitors: Vec<(ClientId, ConnId)>,
     len: usize,
+    /// Changes whenever an id is taken or freed: while it stands, what
+    /// each id shows (its holder's name and roles) stands too.
+    epoch: u64,
 }
 
 impl Session {
@@ -344,6 +352,7 @@ impl Directory {
             by_id: vec![None; *EXHIBITOR_IDS.end() as usize + 1],
             exhibitors: Vec::new(),
             len: 0,
+            epoch: 0,
         }
     }
 
@@ -356,6 +365,7 @@ impl Directory {
         debug_assert!(slot.is_none(), "id {id} assigned twice");
         *slot = Some(conn);
         self.len += 1;
+        self.epoch += 1;
         if is_exhibitor_id(id) {
             let at = self.exhibitors.partition_point(|(other, _)| *other < id);
             self.exhibitors.insert(at, (id, conn));
@@ -365,6 +375,7 @@ impl Directory {
     fn remove(&mut self, id: ClientId) {
         if self.by_id[id as usize].take().is_some() {
             self.len -= 1;
+            self.epoch += 1;
             if let Ok(at) = self
                 .exhibitors
                 .binary_search_by_key(&id, |(other, _)| *other)
@@ -750,6 +761,7 @@ impl Router {
             teller: false,
             told: None,
             member: None,
+            checked: (0, u64::MAX),
             connected_at: now,
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
@@ -1805,8 +1817,12 @@ impl Router {
         deadline: Instant,
         out: &mut impl Outbox,
     ) {
+        let epoch = self.ids.epoch;
         for &target in targets {
-            if self.session(target).is_none_or(|s| !s.teller) {
+            let Some(session) = self.session(target) else {
+                continue;
+            };
+            if !session.teller || (about.len() == 1 && session.checked == (about[0], epoch)) {
                 continue;
             }
             for &id in about {
@@ -1823,6 +1839,11 @@ impl Router {
                 let name: Option<Box<str>> = shown.map(Into::into);
                 self.tell(target, id, name, roles, deadline, out);
             }
+            if let [id] = about
+                && let Some(session) = self.session_mut(target)
+            {
+                session.checked = (*id, epoch);
+            }
         }
     }
 
@@ -1838,6 +1859,8 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let session = self.session_mut(target).expect("told a live session");
+        // What was found told may change here (a replay tells recorded names).
+        session.checked = (0, u64::MAX);
         let told = session.told.get_or_insert_with(Box::default);
         let seq = session.seq.next_seq();
         let who = ExtFrame::Who(Who {
