@@ -13,8 +13,8 @@ use super::{
 use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
 };
-use crate::proto::{ClientId, Frame, FrameView, Header, Kind, SERVER_ID};
-use bytes::Bytes;
+use crate::proto::{ClientId, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
@@ -92,8 +92,12 @@ struct Room {
     online: Vec<ConnId>,
     /// Where the queue's next turn starts in `online`.
     cursor: usize,
-    /// The message each member session holds (queue rooms).
-    holding: HashMap<ConnId, Held>,
+    /// The message each member session holds (queue rooms), by the
+    /// session's place in `online`: a turn scans no hash table.
+    holding: Vec<Option<Held>>,
+    /// How many of `holding` are held: when all are, a new message only
+    /// waits.
+    held: usize,
     /// Messages waiting for a member session, oldest first (queue rooms).
     waiting: VecDeque<Queued>,
     /// What the room said lately, oldest first, numbered (ordinary rooms,
@@ -351,7 +355,8 @@ impl Router {
                         members: BTreeSet::new(),
                         online: Vec::new(),
                         cursor: 0,
-                        holding: HashMap::new(),
+                        holding: Vec::new(),
+                        held: 0,
                         waiting: VecDeque::new(),
                         kept: VecDeque::new(),
                         kept_bytes: 0,
@@ -377,6 +382,7 @@ impl Router {
             entry.seen.insert(member.clone(), last);
         }
         entry.members.insert(member.clone());
+        entry.holding.extend(online.iter().map(|_| None));
         entry.online.extend(online);
         self.rooms.of_name.entry(member).or_default().push(id);
         info!(conn, room = id, "joined");
@@ -446,7 +452,7 @@ impl Router {
         self.rooms.by_key.remove(&*room.name.to_ascii_lowercase());
         self.rooms.free_ids.insert(id);
         info!(room = id, "room gone: no member left");
-        let held = room.holding.into_values().map(|h| h.msg);
+        let held = room.holding.into_iter().flatten().map(|h| h.msg);
         for msg in held.chain(room.waiting) {
             self.settle(msg.request, false, now, out);
         }
@@ -504,6 +510,7 @@ impl Router {
         for id in ids {
             if let Some(room) = self.rooms.by_id.get_mut(&id) {
                 room.online.push(conn);
+                room.holding.push(None);
             }
             self.catch_up(id, conn, now, out);
             self.dispatch_queue(id, now, out);
@@ -666,14 +673,16 @@ impl Router {
         let Some(room) = self.rooms.by_id.get_mut(&id) else {
             return;
         };
-        if let Some(at) = room.online.iter().position(|&c| c == conn) {
-            room.online.remove(at);
-            if room.cursor > at {
-                room.cursor -= 1;
-            }
+        let Some(at) = room.online.iter().position(|&c| c == conn) else {
+            return;
+        };
+        room.online.remove(at);
+        if room.cursor > at {
+            room.cursor -= 1;
         }
-        if let Some(held) = room.holding.remove(&conn) {
+        if let Some(held) = room.holding.remove(at) {
             debug!(conn, room = id, "queue message passed on");
+            room.held -= 1;
             room.waiting.push_front(held.msg);
         }
     }
@@ -704,8 +713,16 @@ impl Router {
             return;
         }
         let request = self.push_reply(conn, frame.seq, 1, false);
+        // The MSG as it arrived, in one allocation.
+        let text = frame.text().unwrap_or_default();
+        let mut wire = BytesMut::with_capacity(HEADER_LEN + 2 + text.len());
+        for field in [Kind::Msg as u16, frame.origin, frame.dest, frame.seq] {
+            wire.put_u16(field);
+        }
+        wire.put_u16(text.len() as u16);
+        wire.put_slice(text);
         let msg = Queued {
-            wire: frame.to_frame().to_bytes(),
+            wire: wire.freeze(),
             request,
             since: now,
         };
@@ -729,9 +746,12 @@ impl Router {
                 return;
             }
             let n = room.online.len();
+            if room.held == n {
+                return;
+            }
             let free = (0..n).map(|i| (room.cursor + i) % n).find(|&at| {
                 let c = room.online[at];
-                !room.holding.contains_key(&c)
+                room.holding[at].is_none()
                     && sessions
                         .get(c)
                         .and_then(Option::as_ref)
@@ -746,7 +766,8 @@ impl Router {
             let ticket = rooms.next_ticket;
             rooms.next_ticket += 1;
             let wire = msg.wire.clone();
-            room.holding.insert(target, Held { ticket, msg });
+            room.holding[at] = Some(Held { ticket, msg });
+            room.held += 1;
             let (view, _) = FrameView::parse(&wire)
                 .ok()
                 .flatten()
@@ -779,10 +800,14 @@ impl Router {
         let Some(room) = self.rooms.by_id.get_mut(&id) else {
             return;
         };
-        if room.holding.get(&conn).is_none_or(|h| h.ticket != ticket) {
+        let Some(at) = room.online.iter().position(|&c| c == conn) else {
             return; // passed on already (the session left the room)
+        };
+        if room.holding[at].as_ref().is_none_or(|h| h.ticket != ticket) {
+            return; // passed on already, and given to it again since
         }
-        let held = room.holding.remove(&conn).expect("checked above");
+        let held = room.holding[at].take().expect("checked above");
+        room.held -= 1;
         self.settle(held.msg.request, ok, now, out);
         self.dispatch_queue(id, now, out);
     }
@@ -793,8 +818,15 @@ impl Router {
         let Some(room) = self.rooms.by_id.get_mut(&id) else {
             return;
         };
-        if room.holding.get(&conn).is_some_and(|h| h.ticket == ticket) {
-            let held = room.holding.remove(&conn).expect("checked above");
+        let Some(at) = room.online.iter().position(|&c| c == conn) else {
+            return;
+        };
+        if room.holding[at]
+            .as_ref()
+            .is_some_and(|h| h.ticket == ticket)
+        {
+            let held = room.holding[at].take().expect("checked above");
+            room.held -= 1;
             room.waiting.push_front(held.msg);
         }
     }
@@ -842,8 +874,10 @@ impl Router {
                     return Err(format!("room {id} lists conn {c}, no member session"));
                 }
             }
-            if room.holding.keys().any(|c| !room.online.contains(c)) {
-                return Err(format!("room {id}: a message held by a session not online"));
+            if room.holding.len() != room.online.len()
+                || room.held != room.holding.iter().flatten().count()
+            {
+                return Err(format!("room {id}: held messages miscounted"));
             }
         }
         for (name, ids) in &rooms.of_name {
