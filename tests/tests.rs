@@ -16,6 +16,7 @@ mod identity;
 mod metrics;
 mod raw;
 mod reliability;
+mod room_rules;
 mod rooms;
 mod router;
 mod store;

@@ -683,7 +683,12 @@ impl Router {
         if let Some(held) = room.holding.remove(at) {
             debug!(conn, room = id, "queue message passed on");
             room.held -= 1;
+            let due = held.msg.since + self.rooms.limits.queue_wait;
             room.waiting.push_front(held.msg);
+            // Regression (tests/room_rules.rs): without it a message passed
+            // on by a session closed at a tick waited past its bound, since
+            // that tick had already taken the rooms' earliest deadline.
+            self.note_deadline(due);
         }
     }
 
@@ -827,7 +832,9 @@ impl Router {
         {
             let held = room.holding[at].take().expect("checked above");
             room.held -= 1;
+            let due = held.msg.since + self.rooms.limits.queue_wait;
             room.waiting.push_front(held.msg);
+            self.note_deadline(due);
         }
     }
 
