@@ -198,6 +198,13 @@ pub enum Mode {
     Unicast,
     /// Every publisher sends to every subscriber (evchat: destination 0).
     Broadcast,
+    /// Every publisher sends to one room all subscribers belong to (evchat:
+    /// a room's id, each exhibitor a member by name; other targets: as
+    /// broadcast).
+    Room,
+    /// Each message goes to one subscriber in turn (evchat: a queue room;
+    /// NATS: one queue group).
+    Queue,
 }
 
 /// Bytes at the start of every payload: send time, publisher, sequence.

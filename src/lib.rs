@@ -38,7 +38,9 @@ pub mod testing {
         Accepts, Connection, Ending, HttpOutcome, PlainRefusal, ReadStatus, Stage, TransportStatus,
         WebConfig,
     };
-    pub use crate::router::{CloseReason, ConnId, Outbox, REPLAY_FRAMING, Router, Sender};
+    pub use crate::router::{
+        CloseReason, ConnId, Outbox, REPLAY_FRAMING, ROOM_IDS, RoomLimits, Router, Sender,
+    };
     pub use crate::store::format::Record;
     pub use crate::store::log::{Log, Notice, Opened, Options};
     pub use crate::store::writer::{Ticket, Writer};

@@ -21,6 +21,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod rooms;
+pub use rooms::{MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
+
 /// The roles a sender needs for every request it may make.
 const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
 
@@ -161,6 +164,8 @@ enum Purpose {
     Replay,
     /// WHO to an opted-in exhibitor: the ack is absorbed.
     Who,
+    /// A queue room's message given to this member session under a ticket.
+    Queued { room: ClientId, ticket: u64 },
 }
 
 /// Names one request of one emitter connection.
@@ -184,8 +189,21 @@ struct PendingReply {
     outstanding: u32,
     /// At least one target answered OK.
     any_ok: bool,
-    /// This is the reply to FLW: the emitter is closed once it is sent.
-    closes: bool,
+    /// What is sent when it settles.
+    form: ReplyForm,
+}
+
+/// What a settled reply is sent as. One byte, so that a pending reply stays
+/// as small as before rooms (it is pushed and popped once a message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum ReplyForm {
+    /// OK, or ERRO when no target answered OK.
+    Ack,
+    /// The OK to FLW: the emitter is closed once it is sent.
+    Farewell,
+    /// An extension answer (ROOMACK, ROOMLIST), kept in [`Router::answers`].
+    Answer,
 }
 
 #[derive(Debug)]
@@ -276,6 +294,14 @@ struct Session {
     /// What a teller was told of each id; allocated at its first WHO, so
     /// that an idle signed-in session costs no table.
     told: Option<Box<Told>>,
+    /// A teller with a name: that name in lower case, under which it
+    /// receives the rooms the name is a member of.
+    member: Option<Box<str>>,
+    /// A teller: the id it was last found told about, and the directory's
+    /// epoch then. While both match, a MSG from that id needs no look-up
+    /// in `told` (a room's or a broadcast's many targets, message after
+    /// message from one sender).
+    checked: (ClientId, u64),
     connected_at: Instant,
     /// The server's own numbering of the frames it originates to this client.
     seq: SeqCounter,
@@ -294,6 +320,9 @@ struct Directory {
     by_id: Vec<Option<ConnId>>,
     exhibitors: Vec<(ClientId, ConnId)>,
     len: usize,
+    /// Changes whenever an id is taken or freed: while it stands, what
+    /// each id shows (its holder's name and roles) stands too.
+    epoch: u64,
 }
 
 impl Session {
@@ -323,6 +352,7 @@ impl Directory {
             by_id: vec![None; *EXHIBITOR_IDS.end() as usize + 1],
             exhibitors: Vec::new(),
             len: 0,
+            epoch: 0,
         }
     }
 
@@ -335,6 +365,7 @@ impl Directory {
         debug_assert!(slot.is_none(), "id {id} assigned twice");
         *slot = Some(conn);
         self.len += 1;
+        self.epoch += 1;
         if is_exhibitor_id(id) {
             let at = self.exhibitors.partition_point(|(other, _)| *other < id);
             self.exhibitors.insert(at, (id, conn));
@@ -344,6 +375,7 @@ impl Directory {
     fn remove(&mut self, id: ClientId) {
         if self.by_id[id as usize].take().is_some() {
             self.len -= 1;
+            self.epoch += 1;
             if let Ok(at) = self
                 .exhibitors
                 .binary_search_by_key(&id, |(other, _)| *other)
@@ -473,6 +505,11 @@ pub struct Router {
     claimed: HashMap<Box<str>, ConnId>,
     /// Opted-in exhibitors connected: while 0, routing tells no names.
     tellers: usize,
+    /// Rooms and work queues (PROTOCOL.md, "Extension: rooms and queues").
+    rooms: rooms::Rooms,
+    /// The extension answers owed, by emitter and request number: sent in
+    /// the reply's place when it reaches the head of the queue.
+    answers: HashMap<(ConnId, u64), ExtFrame>,
 }
 
 impl Router {
@@ -491,6 +528,8 @@ impl Router {
             accounts_required: false,
             claimed: HashMap::new(),
             tellers: 0,
+            rooms: rooms::Rooms::new(RoomLimits::default()),
+            answers: HashMap::new(),
         }
     }
 
@@ -721,6 +760,8 @@ impl Router {
             hello: Hello::Plain,
             teller: false,
             told: None,
+            member: None,
+            checked: (0, u64::MAX),
             connected_at: now,
             seq: SeqCounter::new(),
             awaiting_ack: VecDeque::new(),
@@ -876,7 +917,14 @@ impl Router {
                 None => {}
             }
         }
+        if let Some(d) = self.rooms.next_deadline() {
+            earliest = Some(earliest.map_or(d, |e| e.min(d)));
+        }
         self.earliest_deadline = earliest;
+        self.expire_queues(now, out);
+        if let Some(d) = self.rooms.next_deadline() {
+            self.note_deadline(d);
+        }
         for conn in expired {
             let Some(session) = self.session(conn) else {
                 continue;
@@ -1043,6 +1091,7 @@ impl Router {
                 self.tellers
             ));
         }
+        self.check_room_invariants()?;
         for (key, &conn) in &self.claimed {
             if self.name(conn).map(str::to_ascii_lowercase).as_deref() != Some(&**key) {
                 return Err(format!(
@@ -1105,7 +1154,8 @@ impl Router {
                 session.id = id;
                 if is_exhibitor_id(id) {
                     session.role = Role::Exhibitor { emitter: None };
-                    if matches!(session.hello, Hello::Accepted { .. }) {
+                    if let Hello::Accepted { name } = &session.hello {
+                        session.member = name.as_deref().map(|n| n.to_ascii_lowercase().into());
                         session.teller = true;
                         self.tellers += 1;
                     }
@@ -1126,6 +1176,7 @@ impl Router {
                 out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
                 if is_exhibitor_id(id) {
                     self.replay_to(conn, now, out);
+                    self.room_session_online(conn, now, out);
                 }
             }
             Err(why) => {
@@ -1342,7 +1393,41 @@ impl Router {
     }
 
     /// Rules 3–5: forward a MSG, or answer a CREQ with CLISTs, to every target.
+    /// A room's destination costs the plain path one range check: the rest
+    /// is out of line.
     fn request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if is_room_id(frame.dest) {
+            return self.room_request(conn, frame, now, out);
+        }
+        self.request_to::<false>(conn, frame, now, out);
+    }
+
+    /// A MSG or CREQ to a room id: a queue room's MSG waits its turn, the
+    /// rest is routed as any request, and a shown message is kept.
+    #[inline(never)]
+    fn room_request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
+            return self.queue_request(conn, frame, now, out);
+        }
+        self.request_to::<true>(conn, frame, now, out);
+    }
+
+    /// The body of [`Router::request`], compiled once for clients'
+    /// destinations and once for rooms'.
+    #[inline(always)]
+    fn request_to<const ROOM: bool>(
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
@@ -1366,6 +1451,9 @@ impl Router {
             let text = frame.text().unwrap_or_default();
             let sender = sender(&self.sessions, conn);
             self.replay.remember(frame.origin, sender, text);
+        }
+        if ROOM && accepted {
+            self.room_said(frame.dest, frame, conn, &targets);
         }
         if targets.is_empty() {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
@@ -1419,6 +1507,10 @@ impl Router {
             return;
         }
         let Some(conn) = self.ids.get(dest) else {
+            if is_room_id(dest) {
+                let online = self.rooms.online(dest).iter().copied();
+                targets.extend(online.filter(|&conn| live_exhibitor(conn)));
+            }
             return;
         };
         let target = if is_emitter_id(dest) {
@@ -1467,6 +1559,9 @@ impl Router {
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
             Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
+            Purpose::Queued { room, ticket } => {
+                self.queue_acked(conn, room, ticket, ack.kind == Kind::Ok, now, out)
+            }
             Purpose::Replay | Purpose::Who => {}
         }
     }
@@ -1496,7 +1591,11 @@ impl Router {
             seq,
             outstanding,
             any_ok: false,
-            closes,
+            form: if closes {
+                ReplyForm::Farewell
+            } else {
+                ReplyForm::Ack
+            },
         });
         if replies.len() >= max_inflight {
             *paused = true;
@@ -1515,6 +1614,26 @@ impl Router {
         };
         let index = request.checked_sub(replies.front()?.request)? as usize;
         (index < replies.len()).then_some(index)
+    }
+
+    /// An extension answer to emitter `conn`'s request `seq`, in its place
+    /// among its replies (rule 4's order).
+    fn reply_ext(
+        &mut self,
+        conn: ConnId,
+        seq: u16,
+        answer: ExtFrame,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let request = self.push_reply(conn, seq, 0, false);
+        if let Some(Role::Emitter { replies, .. }) = self.session_mut(conn).map(|s| &mut s.role)
+            && let Some(last) = replies.back_mut()
+        {
+            last.form = ReplyForm::Answer;
+            self.answers.insert((conn, request.request), answer);
+        }
+        self.flush_replies(conn, now, out);
     }
 
     /// A reply to a client that has no requests in flight goes out at once;
@@ -1557,7 +1676,10 @@ impl Router {
     /// Sends every settled reply at the head of the emitter's queue.
     fn flush_replies(&mut self, emitter: ConnId, now: Instant, out: &mut impl Outbox) {
         let max_inflight = self.limits.max_inflight;
-        let Some(session) = self.session_mut(emitter) else {
+        let Router {
+            sessions, answers, ..
+        } = self;
+        let Some(session) = sessions.get_mut(emitter).and_then(Option::as_mut) else {
             return;
         };
         let id = session.id;
@@ -1573,13 +1695,20 @@ impl Router {
         let mut closes = false;
         while replies.front().is_some_and(|r| r.outstanding == 0) {
             let reply = replies.pop_front().expect("front checked");
-            let kind = if reply.any_ok || reply.closes {
+            if reply.form == ReplyForm::Answer {
+                if let Some(answer) = answers.remove(&(emitter, reply.request)) {
+                    out.send_ext(emitter, &answer);
+                }
+                continue;
+            }
+            let farewell = reply.form == ReplyForm::Farewell;
+            let kind = if reply.any_ok || farewell {
                 Kind::Ok
             } else {
                 Kind::Erro
             };
             out.send(emitter, &Frame::bare(kind, SERVER_ID, id, reply.seq));
-            if reply.closes {
+            if farewell {
                 closes = true;
                 break;
             }
@@ -1634,6 +1763,9 @@ impl Router {
             Role::Emitter { exhibitor, .. } => {
                 self.ids.remove(session.id);
                 self.free_emitter_ids.insert(session.id);
+                if !self.answers.is_empty() {
+                    self.answers.retain(|&(owner, _), _| owner != conn);
+                }
                 // Rule 6: the paired exhibitor is told to leave too.
                 if let Some(ex) = exhibitor {
                     if let Some(Role::Exhibitor { emitter }) =
@@ -1655,11 +1787,17 @@ impl Router {
                 {
                     *exhibitor = None;
                 }
-                // Rule 6: its unsettled deliveries fail.
+                // Rule 6: its unsettled deliveries fail; a queue message
+                // it held goes to the next member session.
                 for delivery in session.awaiting_ack {
-                    if let Purpose::Request(request) = delivery.purpose {
-                        self.settle(request, false, now, out);
+                    match delivery.purpose {
+                        Purpose::Request(request) => self.settle(request, false, now, out),
+                        Purpose::Queued { room, ticket } => self.queue_dropped(conn, room, ticket),
+                        _ => {}
                     }
+                }
+                if let Some(key) = session.member {
+                    self.room_session_offline(conn, &key, now, out);
                 }
             }
         }
@@ -1679,8 +1817,12 @@ impl Router {
         deadline: Instant,
         out: &mut impl Outbox,
     ) {
+        let epoch = self.ids.epoch;
         for &target in targets {
-            if self.session(target).is_none_or(|s| !s.teller) {
+            let Some(session) = self.session(target) else {
+                continue;
+            };
+            if !session.teller || (about.len() == 1 && session.checked == (about[0], epoch)) {
                 continue;
             }
             for &id in about {
@@ -1697,6 +1839,11 @@ impl Router {
                 let name: Option<Box<str>> = shown.map(Into::into);
                 self.tell(target, id, name, roles, deadline, out);
             }
+            if let [id] = about
+                && let Some(session) = self.session_mut(target)
+            {
+                session.checked = (*id, epoch);
+            }
         }
     }
 
@@ -1712,6 +1859,8 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let session = self.session_mut(target).expect("told a live session");
+        // What was found told may change here (a replay tells recorded names).
+        session.checked = (0, u64::MAX);
         let told = session.told.get_or_insert_with(Box::default);
         let seq = session.seq.next_seq();
         let who = ExtFrame::Who(Who {

@@ -9,8 +9,8 @@
 pub use crate::connection::WebConfig;
 use crate::connection::{Accepts, Connection, HttpOutcome, ReadStatus, Stage, TransportStatus};
 use crate::proto::FrameView;
-pub use crate::router::Limits;
 use crate::router::{CloseReason, ConnId, Router};
+pub use crate::router::{Limits, MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
 use crate::store::StoreError;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -90,6 +90,9 @@ pub struct Config {
     /// Answer LAN discovery queries on UDP, same port, with this name
     /// (`--announce`; `None`: no UDP socket at all).
     pub announce: Option<String>,
+    /// Bounds of rooms and work queues (PROTOCOL.md, "Extension: rooms
+    /// and queues").
+    pub rooms: RoomLimits,
 }
 
 impl Config {
@@ -108,6 +111,7 @@ impl Config {
             metrics_allow: Vec::new(),
             tls: None,
             announce: None,
+            rooms: RoomLimits::default(),
         }
     }
 }
@@ -227,8 +231,10 @@ impl Server {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(listening)?);
         let now = Instant::now();
         let history = config.history.clone();
+        let mut router = Router::new(config.limits);
+        router.set_room_limits(config.rooms);
         let mut server = Server {
-            router: Router::new(config.limits),
+            router,
             spin: Spin::new(config.spin),
             config,
             poll,

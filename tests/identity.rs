@@ -279,7 +279,7 @@ fn plain_clients_are_unchanged_and_never_see_an_extension_frame() {
 // ---- with accounts -----------------------------------------------------
 
 /// A token for `name`: `evt_` and 64 hex digits, varied by the name.
-fn token(name: &str) -> Credential {
+pub(crate) fn token(name: &str) -> Credential {
     let digits: String = (0..64)
         .map(|i| {
             let b = name.as_bytes()[i % name.len()] as usize + i;
@@ -290,7 +290,7 @@ fn token(name: &str) -> Credential {
 }
 
 /// An accounts file (mode 0600) with these accounts, token secrets.
-fn accounts_file(dir: &TempDir, accounts: &[(&str, Roles)]) -> String {
+pub(crate) fn accounts_file(dir: &TempDir, accounts: &[(&str, Roles)]) -> String {
     let mut all = Accounts::default();
     for (name, roles) in accounts {
         all.upsert(Account {
@@ -305,7 +305,7 @@ fn accounts_file(dir: &TempDir, accounts: &[(&str, Roles)]) -> String {
     path.to_str().unwrap().to_string()
 }
 
-fn roles(list: &str) -> Roles {
+pub(crate) fn roles(list: &str) -> Roles {
     Roles::parse(list).unwrap()
 }
 

@@ -17,6 +17,8 @@ mod identity;
 mod metrics;
 mod raw;
 mod reliability;
+mod room_rules;
+mod rooms;
 mod router;
 mod service;
 mod store;

@@ -20,6 +20,8 @@ const ERRO: u16 = Kind::Erro as u16;
 const FLW: u16 = Kind::Flw as u16;
 const HELLOACK: u16 = 9;
 const WHO: u16 = 10;
+const JOIN: u16 = 12;
+const ROOMACK: u16 = 15;
 
 /// An account (or, without `--auth`, a name) every connection signs in as.
 #[derive(Debug, Clone)]
@@ -113,6 +115,54 @@ pub fn identify(
         ));
     }
     Ok((reply.dest, buf.split_off(HEADER_LEN)))
+}
+
+/// HELLO claiming `name` (no accounts), then OI as an exhibitor: a member
+/// session for the room workloads.
+pub fn identify_named(
+    stream: &mut (impl Read + Write),
+    name: &str,
+) -> Result<(u16, Vec<u8>), String> {
+    let (code, rest) = hello(stream, name, b"")?;
+    if code != 0 || !rest.is_empty() {
+        return Err(format!("HELLO claiming {name:?} answered code {code}"));
+    }
+    identify(stream, 0, None)
+}
+
+/// Opens an emitter paired with the named exhibitor `exhibitor` and sends
+/// JOIN for the room `relay` (a queue room when `queue`); returns the room
+/// id from the ROOMACK. The emitter must outlive the run (its FLW or close
+/// would dismiss its exhibitor), so it is leaked: the process's exit
+/// closes it.
+pub fn join_room(addr: std::net::SocketAddr, exhibitor: u16, queue: bool) -> Result<u16, String> {
+    let mut stream = crate::setup::connect(addr)?;
+    let (code, _) = hello(&mut stream, "", b"")?;
+    if code != 0 {
+        return Err(format!("HELLO of a joining emitter answered code {code}"));
+    }
+    let (id, _) = identify(&mut stream, exhibitor, None)?;
+    let name = b"relay";
+    let mut join = header(JOIN, id, SERVER_ID, 1).to_vec();
+    join.extend_from_slice(&(2 + name.len() as u16).to_be_bytes());
+    join.extend_from_slice(&[u8::from(queue), name.len() as u8]);
+    join.extend_from_slice(name);
+    stream.write_all(&join).map_err(|e| format!("JOIN: {e}"))?;
+    let mut buf = Vec::new();
+    read_until(&mut stream, &mut buf, |b| {
+        Ok(b.get(8..10)
+            .map(|l| 10 + u16::from_be_bytes([l[0], l[1]]) as usize)
+            .filter(|&end| b.len() >= end))
+    })?;
+    if u16::from_be_bytes([buf[0], buf[1]]) != ROOMACK || buf.get(10) != Some(&0) {
+        return Err(format!(
+            "JOIN answered {:?}: does the server speak rooms?",
+            &buf[..]
+        ));
+    }
+    let room = u16::from_be_bytes([buf[12], buf[13]]);
+    Box::leak(Box::new(stream));
+    Ok(room)
 }
 
 fn header(kind: u16, origin: u16, dest: u16, seq: u16) -> [u8; HEADER_LEN] {

@@ -155,6 +155,8 @@ impl Outcome {
             match self.mode {
                 Mode::Unicast => "unicast",
                 Mode::Broadcast => "broadcast",
+                Mode::Room => "room",
+                Mode::Queue => "queue",
             },
             self.emitters,
             self.exhibitors,

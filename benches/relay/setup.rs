@@ -48,8 +48,8 @@ impl Plan {
     /// Subscribers each publisher's message reaches.
     pub fn fanout(&self) -> u32 {
         match self.mode {
-            Mode::Unicast => 1,
-            Mode::Broadcast => self.exhibitors as u32,
+            Mode::Unicast | Mode::Queue => 1,
+            Mode::Broadcast | Mode::Room => self.exhibitors as u32,
         }
     }
 
@@ -57,7 +57,9 @@ impl Plan {
     fn channel(&self, i: usize) -> String {
         match self.mode {
             Mode::Unicast => format!("u{i}"),
-            Mode::Broadcast => "b".to_owned(),
+            Mode::Broadcast | Mode::Room => "b".to_owned(),
+            // NATS: subject `q`, queue group `relay` (SUB q relay 1).
+            Mode::Queue => "q relay".to_owned(),
         }
     }
 }
@@ -242,11 +244,20 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(plan.exhibitors + plan.emitters);
     let mut exhibitor_ids = Vec::with_capacity(plan.exhibitors);
     let target = plan.target.plain();
+    let in_room = matches!(plan.mode, Mode::Room | Mode::Queue) && target == Target::Evchat;
     let mut opener = Opener::new(plan.target, plan.addr, plan.exhibitors + plan.emitters);
+    let mut room = 0;
     for i in 0..plan.exhibitors {
         let mut stream = opener.next_link()?;
         let mut session = Session::new(Role::Sub);
         let leftover = match target {
+            Target::Evchat if in_room => {
+                let name = format!("relay{i}");
+                let (id, rest) = evchat::identify_named(&mut stream, &name)?;
+                session.own_id = id;
+                room = evchat::join_room(plan.addr, id, plan.mode == Mode::Queue)?;
+                rest
+            }
             Target::Evchat => {
                 let (id, rest) = evchat::identify(&mut stream, 0, plan.sign_in.as_ref())?;
                 session.own_id = id;
@@ -281,6 +292,7 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                     (Mode::Unicast, Some(&id)) => (id, id),
                     (Mode::Unicast, None) => return Err(format!("no exhibitor for emitter {i}")),
                     (Mode::Broadcast, _) => (1, 0),
+                    (Mode::Room | Mode::Queue, _) => (1, room),
                 };
                 let (id, rest) = evchat::identify(&mut stream, origin, plan.sign_in.as_ref())?;
                 session.own_id = id;

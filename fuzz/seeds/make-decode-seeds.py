@@ -43,6 +43,11 @@ HELLO_ALICE = hello(b"alice", b"pw")
 HELLOACK_ALICE = ext(9, 0xFFFF, 0, 0, b"\x00\x01\x03\x05alice")
 WHO_ALICE = ext(10, 0xFFFF, 4096, 3, b"\x00\x01\x03\x05alice")
 KICK_2 = ext(11, 1, 2, 5, b"")
+JOIN_OPS = ext(12, 1, 0xFFFF, 4, b"\x00\x03ops")
+LEAVE_OPS = ext(13, 1, 0xFFFF, 7, b"\x03ops")
+ROOMS_6 = ext(14, 1, 0xFFFF, 6, b"")
+ROOMACK_OPS = ext(15, 0xFFFF, 1, 4, b"\x00\x00\x40\x00\x00\x01\x03ops")
+ROOMLIST_2 = ext(16, 0xFFFF, 1, 6, b"\x00\x02\x40\x00\x00\x00\x01\x03ops\x40\x01\x01\x00\x02\x04jobs")
 
 SEEDS = {
     # PROTOCOL.md's examples, one frame each, split in the middle
@@ -85,6 +90,13 @@ SEEDS = {
     "ext-kick-with-body": (10, ext(11, 1, 2, 5, b"x")),
     "ext-hello-nl-past-l": (12, hdr(8, 0, 0xFFFF, 0) + b"\x00\x0b\x01\x06alice\x00\x02pw"),
     "ext-hello-then-oi": (22, HELLO_ALICE + OI_EXHIBITOR),
+    # the rooms' frames (PROTOCOL.md, "Extension: rooms and queues")
+    "ext-join-leave-rooms": (17, JOIN_OPS + LEAVE_OPS + ROOMS_6),
+    "ext-roomack-roomlist": (25, ROOMACK_OPS + ROOMLIST_2),
+    "ext-join-queue-flag": (9, ext(12, 1, 0xFFFF, 4, b"\x01\x04jobs")),
+    "ext-join-unknown-flag": (9, ext(12, 1, 0xFFFF, 4, b"\x02\x03ops")),
+    "ext-join-over-long-l": (10, hdr(12, 1, 0xFFFF, 4) + b"\x00\x43"),
+    "ext-roomlist-n-past-body": (12, ext(16, 0xFFFF, 1, 6, b"\xff\xff\x40\x00")),
     "empty": (0, b""),
     "one-byte": (0, b"\x05"),
 }

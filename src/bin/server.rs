@@ -9,6 +9,7 @@ use evchat::cli::parse_secs;
 use evchat::server::{
     AuthConfig, Cidr, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
 };
+use evchat::server::{MAX_ROOMS_CEILING, RoomLimits};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;
@@ -195,6 +196,46 @@ struct Args {
     /// The name --announce gives (at most 63 bytes; default: the host name)
     #[arg(long, value_name = "NAME", requires = "announce")]
     name: Option<String>,
+    /// Rooms the server holds at most (PROTOCOL.md, rooms and queues)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = defaults().rooms.max_rooms as u16,
+        value_parser = clap::value_parser!(u16).range(1..=MAX_ROOMS_CEILING as i64)
+    )]
+    max_rooms: u16,
+    /// Rooms one name may be a member of
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = defaults().rooms.rooms_per_name as u16,
+        value_parser = clap::value_parser!(u16).range(1..=MAX_ROOMS_CEILING as i64)
+    )]
+    rooms_per_name: u16,
+    /// Members (names) one room may have
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = defaults().rooms.room_members as u16,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    room_members: u16,
+    /// Messages that may wait in one queue room for a free member
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = defaults().rooms.queue_depth as u32,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    queue_depth: u32,
+    /// Seconds a queue message may wait for a free member before its sender gets ERRO
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Secs(defaults().rooms.queue_wait),
+        value_parser = parse_positive_secs
+    )]
+    queue_wait: Secs,
     /// Log lines as text, or as one JSON object a line (for log shippers)
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -408,6 +449,13 @@ fn main() -> ExitCode {
                 eprintln!("server: {message}");
                 return ExitCode::from(2);
             }
+        },
+        rooms: RoomLimits {
+            max_rooms: usize::from(args.max_rooms),
+            rooms_per_name: usize::from(args.rooms_per_name),
+            room_members: usize::from(args.room_members),
+            queue_depth: args.queue_depth as usize,
+            queue_wait: args.queue_wait.0,
         },
     };
     let server = match Server::bind(config.clone()) {

@@ -1,17 +1,24 @@
-//! The identity extension's four frames (PROTOCOL.md, "Extension: identity"):
-//! HELLO 8, HELLOACK 9, WHO 10, KICK 11. Each is the 8-byte header, a
-//! length L (u16) and L bytes of body:
+//! The extension's frames: the identity extension's four (PROTOCOL.md,
+//! "Extension: identity"), HELLO 8, HELLOACK 9, WHO 10, KICK 11, and the
+//! rooms' five ("Extension: rooms and queues"), JOIN 12, LEAVE 13, ROOMS 14,
+//! ROOMACK 15, ROOMLIST 16. Each is the 8-byte header, a length L (u16)
+//! and L bytes of body:
 //!
 //! ```text
 //!  HELLO    (8):  header | L | version (u8) | NL (u8) | name | SL (u16) | secret
 //!  HELLOACK (9):  header | L | code (u8) | version (u8) | roles (u8) | NL (u8) | name
 //!  WHO     (10):  header | L | id (u16) | roles (u8) | NL (u8) | name
 //!  KICK    (11):  header | L = 0
+//!  JOIN    (12):  header | L | flags (u8) | NL (u8) | name
+//!  LEAVE   (13):  header | L | NL (u8) | name
+//!  ROOMS   (14):  header | L = 0
+//!  ROOMACK (15):  header | L | code (u8) | flags (u8) | room (u16) | members (u16) | NL (u8) | name
+//!  ROOMLIST(16):  header | L | N (u16) | N × (room (u16) | flags (u8) | members (u16) | NL (u8) | name)
 //! ```
 //!
 //! They are kept apart from [`Kind`](super::Kind) on purpose: to the plain
 //! codec ([`Frame::decode`](super::Frame::decode),
-//! [`FrameView::parse`](super::FrameView::parse)) a type 8..=11 stays an
+//! [`FrameView::parse`](super::FrameView::parse)) a type 8..=16 stays an
 //! unknown type, which is what it is for a client that has not opted in
 //! (rule 7). The server reads these frames with [`ExtFrame::parse`] only
 //! where the extension allows them, so the per-MSG path is untouched.
@@ -33,6 +40,21 @@ pub const HELLOACK: u16 = 9;
 pub const WHO: u16 = 10;
 /// KICK's type field.
 pub const KICK: u16 = 11;
+/// JOIN's type field.
+pub const JOIN: u16 = 12;
+/// LEAVE's type field.
+pub const LEAVE: u16 = 13;
+/// ROOMS' type field.
+pub const ROOMS: u16 = 14;
+/// ROOMACK's type field.
+pub const ROOMACK: u16 = 15;
+/// ROOMLIST's type field.
+pub const ROOMLIST: u16 = 16;
+/// JOIN's and ROOMACK's flag for a queue room; no other flag is defined.
+pub const FLAG_QUEUE: u8 = 1;
+/// The longest room name a JOIN or LEAVE may carry (judged by the name
+/// rule within it, malformed beyond).
+pub const MAX_ROOM_NAME_LEN: usize = 64;
 /// The extension's version, carried in HELLO and HELLOACK.
 pub const VERSION: u8 = 1;
 /// The longest name a HELLO may carry (a longer one that is not a name is
@@ -46,8 +68,13 @@ pub const MAX_SENT_NAME_LEN: usize = 24;
 pub const MAX_HELLO_BODY: usize = 4 + MAX_HELLO_NAME_LEN + MAX_SECRET_LEN;
 pub const MAX_HELLOACK_BODY: usize = 4 + MAX_SENT_NAME_LEN;
 pub const MAX_WHO_BODY: usize = 4 + MAX_SENT_NAME_LEN;
-/// The largest extension frame on the wire.
-pub const MAX_EXT_FRAME_LEN: usize = HEADER_LEN + 2 + MAX_HELLO_BODY;
+pub const MAX_JOIN_BODY: usize = 2 + MAX_ROOM_NAME_LEN;
+pub const MAX_LEAVE_BODY: usize = 1 + MAX_ROOM_NAME_LEN;
+pub const MAX_ROOMACK_BODY: usize = 7 + MAX_SENT_NAME_LEN;
+/// What one room takes in a ROOMLIST at most.
+pub const MAX_ROOMLIST_ENTRY: usize = 6 + MAX_SENT_NAME_LEN;
+/// The largest extension frame on the wire (a ROOMLIST whose L is 65535).
+pub const MAX_EXT_FRAME_LEN: usize = HEADER_LEN + 2 + u16::MAX as usize;
 
 /// The roles byte's bits (PROTOCOL.md, "Roles"): register an exhibitor.
 pub const ROLE_VIEW: u8 = 1;
@@ -62,7 +89,23 @@ pub const PLAIN_ROLES: u8 = ROLE_VIEW | ROLE_EMIT | ROLE_BROADCAST;
 
 /// Whether a type field names one of the extension's frames.
 pub fn is_ext_kind(kind: u16) -> bool {
-    (HELLO..=KICK).contains(&kind)
+    (HELLO..=ROOMLIST).contains(&kind)
+}
+
+/// ROOMACK's codes (PROTOCOL.md, "Extension: rooms and queues").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RoomCode {
+    Done = 0,
+    BadName = 1,
+    TooManyRooms = 2,
+    RoomFull = 3,
+    NotMember = 4,
+    NoName = 5,
+    NotAllowed = 6,
+    ServerFull = 7,
+    OtherKind = 8,
+    Stored = 9,
 }
 
 /// HELLOACK's codes.
@@ -177,6 +220,58 @@ pub struct Who {
     pub name: Vec<u8>,
 }
 
+/// JOIN: an emitter's name joins a room, creating it if need be. The name
+/// is bytes as sent (the server applies the rule: code 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    pub flags: u8,
+    pub name: Vec<u8>,
+}
+
+/// LEAVE: an emitter's name leaves a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leave {
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    pub name: Vec<u8>,
+}
+
+/// ROOMACK: the answer to JOIN or LEAVE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomAck {
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    /// The raw code byte (see [`RoomCode`]).
+    pub code: u8,
+    pub flags: u8,
+    pub room: ClientId,
+    pub members: u16,
+    pub name: Vec<u8>,
+}
+
+/// One room in a ROOMLIST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomEntry {
+    pub room: ClientId,
+    pub flags: u8,
+    pub members: u16,
+    pub name: Vec<u8>,
+}
+
+/// ROOMLIST: the answer to ROOMS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomList {
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    pub rooms: Vec<RoomEntry>,
+}
+
 /// One extension frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtFrame {
@@ -185,6 +280,12 @@ pub enum ExtFrame {
     Who(Who),
     /// KICK: origin is the kicker, dest the id to close.
     Kick(Header),
+    Join(Join),
+    Leave(Leave),
+    /// ROOMS: origin is the asker.
+    Rooms(Header),
+    RoomAck(RoomAck),
+    RoomList(RoomList),
 }
 
 /// Why bytes are not an extension frame. Each carries the header, so the
@@ -208,11 +309,17 @@ impl ExtError {
     }
 }
 
-fn max_body(kind: u16) -> usize {
+/// The largest L a frame of type `kind` may announce (0 for a type that
+/// is not the extension's).
+pub fn max_body(kind: u16) -> usize {
     match kind {
         HELLO => MAX_HELLO_BODY,
         HELLOACK => MAX_HELLOACK_BODY,
         WHO => MAX_WHO_BODY,
+        JOIN => MAX_JOIN_BODY,
+        LEAVE => MAX_LEAVE_BODY,
+        ROOMACK => MAX_ROOMACK_BODY,
+        ROOMLIST => u16::MAX as usize,
         _ => 0,
     }
 }
@@ -299,6 +406,60 @@ impl ExtFrame {
                     name: name.to_vec(),
                 })
             }
+            JOIN => {
+                let [flags, nl, name @ ..] = body else {
+                    return Err(bad());
+                };
+                if name.len() != *nl as usize || flags & !FLAG_QUEUE != 0 {
+                    return Err(bad());
+                }
+                ExtFrame::Join(Join {
+                    origin,
+                    dest,
+                    seq,
+                    flags: *flags,
+                    name: name.to_vec(),
+                })
+            }
+            LEAVE => {
+                let [nl, name @ ..] = body else {
+                    return Err(bad());
+                };
+                if name.len() != *nl as usize {
+                    return Err(bad());
+                }
+                ExtFrame::Leave(Leave {
+                    origin,
+                    dest,
+                    seq,
+                    name: name.to_vec(),
+                })
+            }
+            ROOMACK => {
+                let [code, flags, r0, r1, m0, m1, nl, name @ ..] = body else {
+                    return Err(bad());
+                };
+                if name.len() != *nl as usize {
+                    return Err(bad());
+                }
+                ExtFrame::RoomAck(RoomAck {
+                    origin,
+                    dest,
+                    seq,
+                    code: *code,
+                    flags: *flags,
+                    room: u16::from_be_bytes([*r0, *r1]),
+                    members: u16::from_be_bytes([*m0, *m1]),
+                    name: name.to_vec(),
+                })
+            }
+            ROOMLIST => ExtFrame::RoomList(RoomList {
+                origin,
+                dest,
+                seq,
+                rooms: parse_room_entries(body).ok_or_else(bad)?,
+            }),
+            ROOMS => ExtFrame::Rooms(header),
             // KICK: L = 0 was checked against its limit above.
             _ => ExtFrame::Kick(header),
         };
@@ -311,7 +472,11 @@ impl ExtFrame {
             ExtFrame::Hello(h) => (HELLO, h.origin, h.dest, h.seq),
             ExtFrame::HelloAck(a) => (HELLOACK, a.origin, a.dest, a.seq),
             ExtFrame::Who(w) => (WHO, w.origin, w.dest, w.seq),
-            ExtFrame::Kick(h) => return *h,
+            ExtFrame::Join(j) => (JOIN, j.origin, j.dest, j.seq),
+            ExtFrame::Leave(l) => (LEAVE, l.origin, l.dest, l.seq),
+            ExtFrame::RoomAck(a) => (ROOMACK, a.origin, a.dest, a.seq),
+            ExtFrame::RoomList(l) => (ROOMLIST, l.origin, l.dest, l.seq),
+            ExtFrame::Kick(h) | ExtFrame::Rooms(h) => return *h,
         };
         Header {
             kind,
@@ -329,9 +494,56 @@ impl ExtFrame {
             }
             ExtFrame::HelloAck(a) => 4 + a.name.len().min(MAX_SENT_NAME_LEN),
             ExtFrame::Who(w) => 4 + w.name.len().min(MAX_SENT_NAME_LEN),
-            ExtFrame::Kick(_) => 0,
+            ExtFrame::Kick(_) | ExtFrame::Rooms(_) => 0,
+            ExtFrame::Join(j) => 2 + j.name.len().min(MAX_ROOM_NAME_LEN),
+            ExtFrame::Leave(l) => 1 + l.name.len().min(MAX_ROOM_NAME_LEN),
+            ExtFrame::RoomAck(a) => 7 + a.name.len().min(MAX_SENT_NAME_LEN),
+            ExtFrame::RoomList(l) => 2 + listed(&l.rooms).map(|e| 6 + e.name.len()).sum::<usize>(),
         }
     }
+}
+
+/// The entries of a ROOMLIST that fit in one frame (a list built by hand
+/// past 65535 bytes is cut, so that what goes out always parses), each name
+/// cut to the sent limit.
+fn listed(rooms: &[RoomEntry]) -> impl Iterator<Item = RoomEntry> + '_ {
+    let mut len = 2;
+    rooms
+        .iter()
+        .map(|e| RoomEntry {
+            name: e.name[..e.name.len().min(MAX_SENT_NAME_LEN)].to_vec(),
+            ..*e
+        })
+        .take_while(move |e| {
+            len += 6 + e.name.len();
+            len <= u16::MAX as usize
+        })
+}
+
+/// A ROOMLIST's body: N, then N entries that fill it exactly.
+fn parse_room_entries(body: &[u8]) -> Option<Vec<RoomEntry>> {
+    let (n, mut rest) = body.split_first_chunk::<2>()?;
+    let n = u16::from_be_bytes(*n) as usize;
+    // Each entry takes at least 6 bytes: an N the body cannot hold is
+    // refused before anything is allocated for it.
+    if n * 6 > rest.len() {
+        return None;
+    }
+    let mut rooms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let [r0, r1, flags, m0, m1, nl, tail @ ..] = rest else {
+            return None;
+        };
+        let name = tail.get(..*nl as usize)?;
+        rooms.push(RoomEntry {
+            room: u16::from_be_bytes([*r0, *r1]),
+            flags: *flags,
+            members: u16::from_be_bytes([*m0, *m1]),
+            name: name.to_vec(),
+        });
+        rest = &tail[*nl as usize..];
+    }
+    rest.is_empty().then_some(rooms)
 }
 
 impl super::Encode for ExtFrame {
@@ -344,9 +556,11 @@ impl super::Encode for ExtFrame {
     fn encode_into(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len());
         let header = self.header();
-        // KICK keeps its own type field; the others are fixed by the variant.
+        // KICK and ROOMS keep their own type field; the others are fixed by
+        // the variant.
         out.put_u16(match self {
             ExtFrame::Kick(_) => KICK,
+            ExtFrame::Rooms(_) => ROOMS,
             _ => header.kind,
         });
         out.put_u16(header.origin);
@@ -375,7 +589,36 @@ impl super::Encode for ExtFrame {
                 out.put_slice(&[w.roles, name.len() as u8]);
                 out.put_slice(name);
             }
-            ExtFrame::Kick(_) => {}
+            ExtFrame::Kick(_) | ExtFrame::Rooms(_) => {}
+            ExtFrame::Join(j) => {
+                let name = &j.name[..j.name.len().min(MAX_ROOM_NAME_LEN)];
+                out.put_slice(&[j.flags, name.len() as u8]);
+                out.put_slice(name);
+            }
+            ExtFrame::Leave(l) => {
+                let name = &l.name[..l.name.len().min(MAX_ROOM_NAME_LEN)];
+                out.put_u8(name.len() as u8);
+                out.put_slice(name);
+            }
+            ExtFrame::RoomAck(a) => {
+                let name = &a.name[..a.name.len().min(MAX_SENT_NAME_LEN)];
+                out.put_slice(&[a.code, a.flags]);
+                out.put_u16(a.room);
+                out.put_u16(a.members);
+                out.put_u8(name.len() as u8);
+                out.put_slice(name);
+            }
+            ExtFrame::RoomList(l) => {
+                let entries: Vec<RoomEntry> = listed(&l.rooms).collect();
+                out.put_u16(entries.len() as u16);
+                for e in entries {
+                    out.put_u16(e.room);
+                    out.put_u8(e.flags);
+                    out.put_u16(e.members);
+                    out.put_u8(e.name.len() as u8);
+                    out.put_slice(&e.name);
+                }
+            }
         }
     }
 }
@@ -399,6 +642,11 @@ impl fmt::Display for ExtFrame {
             ExtFrame::HelloAck(_) => "HELLOACK",
             ExtFrame::Who(_) => "WHO",
             ExtFrame::Kick(_) => "KICK",
+            ExtFrame::Join(_) => "JOIN",
+            ExtFrame::Leave(_) => "LEAVE",
+            ExtFrame::Rooms(_) => "ROOMS",
+            ExtFrame::RoomAck(_) => "ROOMACK",
+            ExtFrame::RoomList(_) => "ROOMLIST",
         };
         write!(
             f,
@@ -408,6 +656,8 @@ impl fmt::Display for ExtFrame {
         match self {
             ExtFrame::HelloAck(a) => write!(f, " code {}", a.code),
             ExtFrame::Who(w) => write!(f, " id {}", w.id),
+            ExtFrame::RoomAck(a) => write!(f, " code {} room {}", a.code, a.room),
+            ExtFrame::RoomList(l) => write!(f, " {} rooms", l.rooms.len()),
             _ => Ok(()),
         }
     }
@@ -494,7 +744,138 @@ mod tests {
                     seq: 5,
                 }),
             ),
+            (
+                // JOIN from 1, seq 4: room "ops", not a queue.
+                b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x05\x00\x03ops",
+                ExtFrame::Join(Join {
+                    origin: 1,
+                    dest: 0xffff,
+                    seq: 4,
+                    flags: 0,
+                    name: b"ops".to_vec(),
+                }),
+            ),
+            (
+                // LEAVE from 1, seq 7: room "ops".
+                b"\x00\x0d\x00\x01\xff\xff\x00\x07\x00\x04\x03ops",
+                ExtFrame::Leave(Leave {
+                    origin: 1,
+                    dest: 0xffff,
+                    seq: 7,
+                    name: b"ops".to_vec(),
+                }),
+            ),
+            (
+                // ROOMACK: code 0, room 16384 "ops", 1 member.
+                b"\x00\x0f\xff\xff\x00\x01\x00\x04\x00\x0a\x00\x00\x40\x00\x00\x01\x03ops",
+                ExtFrame::RoomAck(RoomAck {
+                    origin: 0xffff,
+                    dest: 1,
+                    seq: 4,
+                    code: 0,
+                    flags: 0,
+                    room: 0x4000,
+                    members: 1,
+                    name: b"ops".to_vec(),
+                }),
+            ),
+            (
+                // ROOMS from 1, seq 6.
+                b"\x00\x0e\x00\x01\xff\xff\x00\x06\x00\x00",
+                ExtFrame::Rooms(Header {
+                    kind: ROOMS,
+                    origin: 1,
+                    dest: 0xffff,
+                    seq: 6,
+                }),
+            ),
+            (
+                // ROOMLIST: 16384 "ops" (1 member) and queue 16385 "jobs" (2).
+                b"\x00\x10\xff\xff\x00\x01\x00\x06\x00\x15\x00\x02\
+                  \x40\x00\x00\x00\x01\x03ops\
+                  \x40\x01\x01\x00\x02\x04jobs",
+                ExtFrame::RoomList(RoomList {
+                    origin: 0xffff,
+                    dest: 1,
+                    seq: 6,
+                    rooms: vec![
+                        RoomEntry {
+                            room: 0x4000,
+                            flags: 0,
+                            members: 1,
+                            name: b"ops".to_vec(),
+                        },
+                        RoomEntry {
+                            room: 0x4001,
+                            flags: FLAG_QUEUE,
+                            members: 2,
+                            name: b"jobs".to_vec(),
+                        },
+                    ],
+                }),
+            ),
         ]
+    }
+
+    #[test]
+    fn malformed_room_frames_are_refused() {
+        // JOIN announcing L = 67 (2 + 64 + 1): refused from the first ten bytes.
+        assert!(malformed(b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x43"));
+        // JOIN with L = 66 waits for its body (a 64-byte name is readable).
+        assert_eq!(
+            ExtFrame::parse(b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x42"),
+            Ok(None)
+        );
+        // JOIN whose NL disagrees with L, and one with an unknown flag.
+        assert!(malformed(
+            b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x05\x00\x04ops"
+        ));
+        assert!(malformed(
+            b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x05\x02\x03ops"
+        ));
+        // LEAVE over its limit; LEAVE with L = 0 (no NL).
+        assert!(malformed(b"\x00\x0d\x00\x01\xff\xff\x00\x04\x00\x42"));
+        assert!(malformed(b"\x00\x0d\x00\x01\xff\xff\x00\x04\x00\x00"));
+        // ROOMS with a body.
+        assert!(malformed(b"\x00\x0e\x00\x01\xff\xff\x00\x04\x00\x01\x00"));
+        // ROOMACK over its limit (7 + 24 + 1).
+        assert!(malformed(b"\x00\x0f\xff\xff\x00\x01\x00\x04\x00\x20"));
+        // ROOMLIST: N larger than the body holds; an entry past the body;
+        // bytes left after N entries.
+        assert!(malformed(
+            b"\x00\x10\xff\xff\x00\x01\x00\x06\x00\x02\xff\xff"
+        ));
+        assert!(malformed(
+            b"\x00\x10\xff\xff\x00\x01\x00\x06\x00\x08\x00\x01\x40\x00\x00\x00\x01\x03"
+        ));
+        assert!(malformed(
+            b"\x00\x10\xff\xff\x00\x01\x00\x06\x00\x09\x00\x01\x40\x00\x00\x00\x01\x00X"
+        ));
+    }
+
+    #[test]
+    fn a_roomlist_built_past_one_frame_is_cut_to_what_fits() {
+        let entry = RoomEntry {
+            room: 0x4000,
+            flags: 0,
+            members: 1,
+            name: vec![b'r'; 30],
+        };
+        let list = ExtFrame::RoomList(RoomList {
+            origin: 0xffff,
+            dest: 1,
+            seq: 0,
+            rooms: vec![entry; 3000],
+        });
+        let wire = list.to_bytes();
+        assert!(wire.len() <= MAX_EXT_FRAME_LEN);
+        let Ok(Some((ExtFrame::RoomList(back), len))) = ExtFrame::parse(&wire) else {
+            panic!("a cut ROOMLIST parses");
+        };
+        assert_eq!(len, wire.len());
+        // Each entry is cut to a 24-byte name: 30 bytes; 2 + 2184 × 30 = 65522.
+        assert_eq!(back.rooms.len(), 2184);
+        assert!(back.rooms.iter().all(|e| e.name.len() == MAX_SENT_NAME_LEN));
     }
 
     #[test]
@@ -589,14 +970,14 @@ mod tests {
             secret: SecretBytes::new(vec![b's'; 256]),
         });
         let wire = frame.to_bytes();
-        assert_eq!(wire.len(), MAX_EXT_FRAME_LEN);
+        assert_eq!(wire.len(), HEADER_LEN + 2 + MAX_HELLO_BODY);
         assert_eq!(&wire[8..10], b"\x01\x44");
         assert_eq!(ExtFrame::parse(&wire), Ok(Some((frame, wire.len()))));
     }
 
     #[test]
     fn other_types_are_not_extension_frames() {
-        for kind in [1u16, 7, 12, 0xffff] {
+        for kind in [1u16, 7, 17, 0xffff] {
             let mut wire = kind.to_be_bytes().to_vec();
             wire.extend_from_slice(b"\x00\x01\x00\x00\x00\x07\x00\x00");
             assert!(matches!(

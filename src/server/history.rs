@@ -79,6 +79,8 @@ impl Server {
         options.repair = config.repair;
         self.router
             .set_replay(config.replay, replay_max_bytes(self.config.max_queue));
+        self.router
+            .keep_room_messages(config.replay, replay_max_bytes(self.config.max_queue));
         let router = &mut self.router;
         let opened = Log::open(&config.dir, options, |record| {
             if record.dest == BROADCAST {

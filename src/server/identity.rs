@@ -14,7 +14,8 @@ use crate::auth::{
     Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Verifier,
 };
 use crate::proto::ext::{
-    Code, ExtError, ExtFrame, HELLO, HELLOACK, Hello, HelloAck, KICK, PLAIN_ROLES, VERSION,
+    Code, ExtError, ExtFrame, FLAG_QUEUE, HELLO, HELLOACK, Hello, HelloAck, JOIN, KICK, LEAVE,
+    PLAIN_ROLES, ROOMS, VERSION,
 };
 use crate::proto::{Header, SERVER_ID};
 use crate::router::{ConnId, HelloPlace, NameTaken};
@@ -218,23 +219,45 @@ impl Server {
                 ExtStep::Stop
             }
             // A HELLO after OI is refused like a second OI (ERRO, kept).
-            (Some(HelloPlace::AfterOi), HELLO | KICK) => match ExtFrame::parse(buf) {
-                Ok(None) => ExtStep::Wait,
-                Ok(Some((ExtFrame::Kick(kick), len))) => {
-                    self.router.kick(conn, kick, now, &mut self.wire);
-                    ExtStep::Took(len)
+            (Some(HelloPlace::AfterOi), HELLO | KICK | JOIN | LEAVE | ROOMS) => {
+                match ExtFrame::parse(buf) {
+                    Ok(None) => ExtStep::Wait,
+                    Ok(Some((ExtFrame::Kick(kick), len))) => {
+                        self.router.kick(conn, kick, now, &mut self.wire);
+                        ExtStep::Took(len)
+                    }
+                    Ok(Some((ExtFrame::Join(join), len))) => {
+                        let header = ExtFrame::Join(join.clone()).header();
+                        let room = room_name(&join.name);
+                        let queue = join.flags & FLAG_QUEUE != 0;
+                        let room = room.as_ref().map(Name::as_str);
+                        self.router
+                            .join(conn, header, queue, room, now, &mut self.wire);
+                        ExtStep::Took(len)
+                    }
+                    Ok(Some((ExtFrame::Leave(leave), len))) => {
+                        let header = ExtFrame::Leave(leave.clone()).header();
+                        let room = room_name(&leave.name);
+                        let room = room.as_ref().map(Name::as_str);
+                        self.router.leave(conn, header, room, now, &mut self.wire);
+                        ExtStep::Took(len)
+                    }
+                    Ok(Some((ExtFrame::Rooms(header), len))) => {
+                        self.router.list_rooms(conn, header, now, &mut self.wire);
+                        ExtStep::Took(len)
+                    }
+                    Ok(Some((_, len))) => {
+                        info!(conn, kind = header.kind, "extension frame refused after OI");
+                        self.router.refuse(conn, header.seq, now, &mut self.wire);
+                        ExtStep::Took(len)
+                    }
+                    Err(ExtError::Malformed(_) | ExtError::NotExtension(_)) => {
+                        self.router
+                            .on_undecodable(conn, header, now, &mut self.wire);
+                        ExtStep::Stop
+                    }
                 }
-                Ok(Some((_, len))) => {
-                    info!(conn, kind = header.kind, "extension frame refused after OI");
-                    self.router.refuse(conn, header.seq, now, &mut self.wire);
-                    ExtStep::Took(len)
-                }
-                Err(ExtError::Malformed(_) | ExtError::NotExtension(_)) => {
-                    self.router
-                        .on_undecodable(conn, header, now, &mut self.wire);
-                    ExtStep::Stop
-                }
-            },
+            }
             _ => {
                 self.router
                     .on_undecodable(conn, header, now, &mut self.wire);
@@ -495,4 +518,12 @@ impl Server {
             auth.forget_conn(conn);
         }
     }
+}
+
+/// A room name as sent, if it follows the name rule (the router is handed
+/// only names that do: one rule, the accounts' [`Name`]).
+fn room_name(bytes: &[u8]) -> Option<Name> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| Name::new(s).ok())
 }

@@ -16,9 +16,10 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// Frame types by their wire number: the plain protocol's 1..=7 and the
-/// identity extension's 8..=11 (0 is no type; kept so the number indexes).
-pub(super) const FRAME_TYPES: [&str; 12] = [
+/// extension's 8..=16 (0 is no type; kept so the number indexes).
+pub(super) const FRAME_TYPES: [&str; 17] = [
     "", "OK", "ERRO", "OI", "FLW", "MSG", "CREQ", "CLIST", "HELLO", "HELLOACK", "WHO", "KICK",
+    "JOIN", "LEAVE", "ROOMS", "ROOMACK", "ROOMLIST",
 ];
 
 /// Loop turn buckets: turns of at most 1 µs, 2 µs, 4 µs ... 2^(n-1) µs

@@ -81,6 +81,7 @@ fn loopback_server_with(tls: Option<TlsConfig>) -> (MutexGuard<'static, ()>, Ser
         metrics_allow: Vec::new(),
         tls,
         announce: None,
+        rooms: crate::router::RoomLimits::default(),
     })
     .unwrap();
     (serial, server)

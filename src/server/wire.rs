@@ -8,7 +8,7 @@
 use super::history::History;
 use super::metrics::Metrics;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
-use crate::proto::ext::{ExtFrame, HELLO, HELLOACK, KICK, WHO};
+use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 use crate::router::{CloseReason, ConnId, Outbox, Sender};
 use slab::Slab;
@@ -272,13 +272,10 @@ impl Outbox for Wire {
     }
 
     fn send_ext(&mut self, to: ConnId, frame: &ExtFrame) {
-        let kind = match frame {
-            ExtFrame::Hello(_) => HELLO,
-            ExtFrame::HelloAck(_) => HELLOACK,
-            ExtFrame::Who(_) => WHO,
-            ExtFrame::Kick(_) => KICK,
-        };
-        self.metrics.frames_out[usize::from(kind)] += 1;
+        let kind = usize::from(frame.header().kind);
+        if let Some(count) = self.metrics.frames_out.get_mut(kind) {
+            *count += 1;
+        }
         self.queue_for(to, frame);
     }
 

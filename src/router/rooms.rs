@@ -1,0 +1,909 @@
+//! Rooms and work queues (PROTOCOL.md, "Extension: rooms and queues"): which
+//! room each id names, which names are its members, which member sessions
+//! are online to receive it, and for a queue room the messages waiting and
+//! the one each member session holds (prefetch 1). Membership belongs to a
+//! name (lower case, as names are unique ignoring case), so it outlives the
+//! sessions that show the name. Like the rest of the router: no sockets,
+//! disk, clock or secrets; the room name it is handed was checked against
+//! the name rule by the caller.
+
+use super::{
+    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, RequestRef, Role, Router, Sender, Session,
+};
+use crate::proto::ext::{
+    ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
+};
+use crate::proto::{ClientId, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The ids rooms take: a part of the destination space no client id uses.
+pub const ROOM_IDS: RangeInclusive<ClientId> = 0x4000..=0x7fff;
+
+/// The most rooms a server may be asked to hold: a ROOMLIST of them all
+/// fits in one frame (2 + 2048 × 30 bytes).
+pub const MAX_ROOMS_CEILING: usize = 2048;
+
+/// Whether `id` lies in the rooms' range: one mask and compare, the only
+/// work a MSG to a client does for rooms.
+#[inline]
+pub fn is_room_id(id: ClientId) -> bool {
+    id & 0xc000 == 0x4000
+}
+
+/// The rooms' bounds (each a server flag; PROTOCOL.md, "Limits").
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// Rooms the server holds at most (`--max-rooms`, at most 2048).
+    pub max_rooms: usize,
+    /// Rooms one name may be a member of (`--rooms-per-name`).
+    pub rooms_per_name: usize,
+    /// Members (names) one room may have (`--room-members`).
+    pub room_members: usize,
+    /// Messages waiting in one queue room (`--queue-depth`).
+    pub queue_depth: usize,
+    /// How long a queue message may wait for a member (`--queue-wait`).
+    pub queue_wait: Duration,
+}
+
+impl Default for RoomLimits {
+    fn default() -> RoomLimits {
+        RoomLimits {
+            max_rooms: 1024,
+            rooms_per_name: 64,
+            room_members: 1024,
+            queue_depth: 1024,
+            queue_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A queue message not yet acknowledged: its bytes as they arrived, the
+/// request its emitter's reply settles, and when it arrived (the wait bound
+/// runs from then, redeliveries included).
+#[derive(Debug, Clone)]
+struct Queued {
+    wire: Bytes,
+    request: RequestRef,
+    since: Instant,
+}
+
+/// A queue message a member session holds, under a ticket that its
+/// delivery carries: a delivery whose ticket no longer matches (the message
+/// was passed on) settles nothing.
+#[derive(Debug)]
+struct Held {
+    ticket: u64,
+    msg: Queued,
+}
+
+#[derive(Debug)]
+struct Room {
+    /// The spelling of the JOIN that created it.
+    name: Box<str>,
+    queue: bool,
+    /// Member names, lower case.
+    members: BTreeSet<Box<str>>,
+    /// Member sessions online (opted-in exhibitors showing a member name),
+    /// in the order they came online: the queue's turn goes round them.
+    online: Vec<ConnId>,
+    /// Where the queue's next turn starts in `online`.
+    cursor: usize,
+    /// The message each member session holds (queue rooms), by the
+    /// session's place in `online`: a turn scans no hash table.
+    holding: Vec<Option<Held>>,
+    /// How many of `holding` are held: when all are, a new message only
+    /// waits.
+    held: usize,
+    /// Messages waiting for a member session, oldest first (queue rooms).
+    waiting: VecDeque<Queued>,
+    /// What the room said lately, oldest first, numbered (ordinary rooms,
+    /// with history only): a member back from away is sent what it missed.
+    kept: VecDeque<(u64, Said)>,
+    /// Output bytes `kept` takes, framing included.
+    kept_bytes: usize,
+    /// The number the next kept message gets.
+    next_number: u64,
+    /// The last kept message each member name was sent (or, at its JOIN,
+    /// the last one before it): what it missed starts after.
+    seen: HashMap<Box<str>, u64>,
+}
+
+/// A room message kept for members away: who sent it (as accepted) and
+/// the MSG's fields.
+#[derive(Debug)]
+struct Said {
+    origin: ClientId,
+    name: Option<Box<str>>,
+    roles: u8,
+    text: Bytes,
+}
+
+/// Every room of one server.
+#[derive(Debug)]
+pub(super) struct Rooms {
+    limits: RoomLimits,
+    by_id: BTreeMap<ClientId, Room>,
+    /// Room ids by lower-case name.
+    by_key: HashMap<Box<str>, ClientId>,
+    /// The rooms each member name is in.
+    of_name: HashMap<Box<str>, Vec<ClientId>>,
+    free_ids: BTreeSet<ClientId>,
+    next_ticket: u64,
+    /// Messages each ordinary room keeps for members away (0: none, the
+    /// server keeps no history), and the output bytes they may take.
+    keep: usize,
+    keep_bytes: usize,
+}
+
+impl Rooms {
+    pub(super) fn new(limits: RoomLimits) -> Rooms {
+        let max = limits.max_rooms.min(MAX_ROOMS_CEILING);
+        let first = *ROOM_IDS.start();
+        Rooms {
+            limits,
+            by_id: BTreeMap::new(),
+            by_key: HashMap::new(),
+            of_name: HashMap::new(),
+            free_ids: (first..first + max as ClientId).collect(),
+            next_ticket: 0,
+            keep: 0,
+            keep_bytes: 0,
+        }
+    }
+
+    /// Whether `id` names a queue room.
+    pub(super) fn is_queue(&self, id: ClientId) -> bool {
+        self.by_id.get(&id).is_some_and(|r| r.queue)
+    }
+
+    /// The member sessions online of an ordinary room (none for a queue).
+    pub(super) fn online(&self, id: ClientId) -> &[ConnId] {
+        match self.by_id.get(&id) {
+            Some(room) if !room.queue => &room.online,
+            _ => &[],
+        }
+    }
+
+    /// When the oldest waiting queue message is given up on.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.by_id
+            .values()
+            .filter_map(|r| r.waiting.front())
+            .map(|q| q.since + self.limits.queue_wait)
+            .min()
+    }
+}
+
+/// What a JOIN or LEAVE came to.
+type Answer = Result<(ClientId, u8, u16, Box<str>), RoomCode>;
+
+impl Router {
+    /// The rooms' bounds (before any client connects).
+    pub fn set_room_limits(&mut self, limits: RoomLimits) {
+        let (keep, keep_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
+        self.rooms = Rooms::new(limits);
+        self.keep_room_messages(keep, keep_bytes);
+    }
+
+    /// With history: each ordinary room keeps its last `len` messages that
+    /// were shown, within `max_bytes` of output counted as for the
+    /// broadcast replay, and a member session that comes online is sent
+    /// those its name has not been sent (PROTOCOL.md, "With history").
+    pub fn keep_room_messages(&mut self, len: usize, max_bytes: usize) {
+        self.rooms.keep = len;
+        self.rooms.keep_bytes = max_bytes;
+    }
+
+    /// JOIN from `conn` (PROTOCOL.md, "Membership and messages"). `room`
+    /// is the room name if it follows the name rule (None: code 1).
+    pub fn join(
+        &mut self,
+        conn: ConnId,
+        header: Header,
+        queue: bool,
+        room: Option<&str>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if !self.room_request_from(conn, header, now, out) {
+            return;
+        }
+        let answer = self.try_join(conn, queue, room);
+        self.answer_room_request(conn, header.seq, answer, now, out);
+    }
+
+    /// LEAVE from `conn`; `room` as for [`Router::join`].
+    pub fn leave(
+        &mut self,
+        conn: ConnId,
+        header: Header,
+        room: Option<&str>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if !self.room_request_from(conn, header, now, out) {
+            return;
+        }
+        let answer = self.try_leave(conn, room, now, out);
+        self.answer_room_request(conn, header.seq, answer, now, out);
+    }
+
+    /// ROOMS from `conn`: every room, ascending, with its member count.
+    pub fn list_rooms(
+        &mut self,
+        conn: ConnId,
+        header: Header,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if !self.room_request_from(conn, header, now, out) {
+            return;
+        }
+        let rooms = self
+            .rooms
+            .by_id
+            .iter()
+            .map(|(&id, room)| RoomEntry {
+                room: id,
+                flags: if room.queue { FLAG_QUEUE } else { 0 },
+                members: room.members.len().min(u16::MAX as usize) as u16,
+                name: room.name.as_bytes().to_vec(),
+            })
+            .collect();
+        let id = self.session(conn).map_or(0, |s| s.id);
+        let list = ExtFrame::RoomList(RoomList {
+            origin: SERVER_ID,
+            dest: id,
+            seq: header.seq,
+            rooms,
+        });
+        self.reply_ext(conn, header.seq, list, now, out);
+    }
+
+    /// Whether a room request from `conn` is to be answered: from an emitter
+    /// that has not left, with its own id as origin (rule 2: else ERRO and
+    /// close). From an exhibitor: ERRO, kept, as for a MSG.
+    fn room_request_from(
+        &mut self,
+        conn: ConnId,
+        header: Header,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) -> bool {
+        let Some(session) = self.session(conn) else {
+            return false;
+        };
+        let id = session.id;
+        if header.origin != id {
+            warn!(
+                conn,
+                id,
+                claimed = header.origin,
+                "spoofed origin in a room request"
+            );
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, header.seq));
+            self.close(conn, super::CloseReason::Spoofed, now, out);
+            return false;
+        }
+        match &session.role {
+            Role::Emitter {
+                finished: false, ..
+            } => true,
+            Role::Emitter { .. } | Role::Anonymous => false,
+            Role::Exhibitor { .. } => {
+                debug!(conn, id, "room request from an exhibitor refused");
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, id, header.seq));
+                false
+            }
+        }
+    }
+
+    fn try_join(&mut self, conn: ConnId, queue: bool, room: Option<&str>) -> Answer {
+        let room = room.ok_or(RoomCode::BadName)?;
+        let session = self.session(conn).expect("checked by the caller");
+        let member: Box<str> = session
+            .name()
+            .ok_or(RoomCode::NoName)?
+            .to_ascii_lowercase()
+            .into();
+        let roles = session.roles;
+        let limits = self.rooms.limits;
+        let key: Box<str> = room.to_ascii_lowercase().into();
+        let rooms_of_member = self.rooms.of_name.get(&member).map_or(0, Vec::len);
+        let id = match self.rooms.by_key.get(&key) {
+            Some(&id) => {
+                let existing = &self.rooms.by_id[&id];
+                if existing.queue != queue {
+                    return Err(RoomCode::OtherKind);
+                }
+                if existing.members.contains(&member) {
+                    return Ok(room_answer(id, existing));
+                }
+                if roles & ROLE_VIEW == 0 {
+                    return Err(RoomCode::NotAllowed);
+                }
+                if existing.members.len() >= limits.room_members {
+                    return Err(RoomCode::RoomFull);
+                }
+                if rooms_of_member >= limits.rooms_per_name {
+                    return Err(RoomCode::TooManyRooms);
+                }
+                id
+            }
+            None => {
+                if roles & (ROLE_VIEW | ROLE_BROADCAST) != ROLE_VIEW | ROLE_BROADCAST {
+                    return Err(RoomCode::NotAllowed);
+                }
+                if rooms_of_member >= limits.rooms_per_name {
+                    return Err(RoomCode::TooManyRooms);
+                }
+                let id = self
+                    .rooms
+                    .free_ids
+                    .pop_first()
+                    .ok_or(RoomCode::ServerFull)?;
+                self.rooms.by_key.insert(key, id);
+                self.rooms.by_id.insert(
+                    id,
+                    Room {
+                        name: room.into(),
+                        queue,
+                        members: BTreeSet::new(),
+                        online: Vec::new(),
+                        cursor: 0,
+                        holding: Vec::new(),
+                        held: 0,
+                        waiting: VecDeque::new(),
+                        kept: VecDeque::new(),
+                        kept_bytes: 0,
+                        next_number: 0,
+                        seen: HashMap::new(),
+                    },
+                );
+                info!(room = id, name = room, queue, "room created");
+                id
+            }
+        };
+        let online: Vec<ConnId> = self
+            .ids
+            .exhibitors
+            .iter()
+            .map(|&(_, c)| c)
+            .filter(|&c| self.session(c).and_then(member_key) == Some(&*member))
+            .collect();
+        let entry = self.rooms.by_id.get_mut(&id).expect("found or made above");
+        // A new member misses nothing said before it joined.
+        let last = entry.next_number.checked_sub(1);
+        if let Some(last) = last {
+            entry.seen.insert(member.clone(), last);
+        }
+        entry.members.insert(member.clone());
+        entry.holding.extend(online.iter().map(|_| None));
+        entry.online.extend(online);
+        self.rooms.of_name.entry(member).or_default().push(id);
+        info!(conn, room = id, "joined");
+        Ok(room_answer(id, &self.rooms.by_id[&id]))
+    }
+
+    fn try_leave(
+        &mut self,
+        conn: ConnId,
+        room: Option<&str>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) -> Answer {
+        let room = room.ok_or(RoomCode::BadName)?;
+        let session = self.session(conn).expect("checked by the caller");
+        let member: Box<str> = session
+            .name()
+            .ok_or(RoomCode::NoName)?
+            .to_ascii_lowercase()
+            .into();
+        let key = room.to_ascii_lowercase();
+        let id = *self.rooms.by_key.get(&*key).ok_or(RoomCode::NotMember)?;
+        let entry = self.rooms.by_id.get_mut(&id).expect("keyed rooms exist");
+        if !entry.members.remove(&member) {
+            return Err(RoomCode::NotMember);
+        }
+        entry.seen.remove(&member);
+        if let Some(list) = self.rooms.of_name.get_mut(&member) {
+            list.retain(|&r| r != id);
+            if list.is_empty() {
+                self.rooms.of_name.remove(&member);
+            }
+        }
+        // The name's sessions stop receiving; what they held goes on.
+        let sessions = &self.sessions;
+        let gone: Vec<ConnId> = entry
+            .online
+            .iter()
+            .copied()
+            .filter(|&c| {
+                sessions
+                    .get(c)
+                    .and_then(Option::as_ref)
+                    .and_then(member_key)
+                    == Some(&*member)
+            })
+            .collect();
+        for conn in gone {
+            self.room_session_gone(id, conn);
+        }
+        info!(conn, room = id, "left");
+        let answer = room_answer(id, &self.rooms.by_id[&id]);
+        if self.rooms.by_id[&id].members.is_empty() {
+            self.remove_room(id, now, out);
+        } else {
+            self.dispatch_queue(id, now, out);
+        }
+        Ok(answer)
+    }
+
+    /// Removes room `id`, which has no member left: its waiting messages
+    /// are answered ERRO, its id is free again.
+    fn remove_room(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
+        let Some(room) = self.rooms.by_id.remove(&id) else {
+            return;
+        };
+        self.rooms.by_key.remove(&*room.name.to_ascii_lowercase());
+        self.rooms.free_ids.insert(id);
+        info!(room = id, "room gone: no member left");
+        let held = room.holding.into_iter().flatten().map(|h| h.msg);
+        for msg in held.chain(room.waiting) {
+            self.settle(msg.request, false, now, out);
+        }
+    }
+
+    /// The ROOMACK for `answer`, in its place among `conn`'s replies.
+    fn answer_room_request(
+        &mut self,
+        conn: ConnId,
+        seq: u16,
+        answer: Answer,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let id = self.session(conn).map_or(0, |s| s.id);
+        let (code, (room, flags, members, name)) = match answer {
+            Ok(fields) => (RoomCode::Done, fields),
+            Err(code) => (code, (0, 0, 0, "".into())),
+        };
+        if code != RoomCode::Done {
+            debug!(conn, id, code = code as u8, "room request refused");
+        }
+        let ack = ExtFrame::RoomAck(RoomAck {
+            origin: SERVER_ID,
+            dest: id,
+            seq,
+            code: code as u8,
+            flags,
+            room,
+            members,
+            name: name.as_bytes().to_vec(),
+        });
+        self.reply_ext(conn, seq, ack, now, out);
+    }
+
+    // ---- sessions coming and going ----------------------------------------
+
+    /// An opted-in exhibitor showing a name identified: it receives the
+    /// rooms the name is a member of.
+    pub(super) fn room_session_online(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if self.rooms.of_name.is_empty() {
+            return;
+        }
+        let Some(key) = self.session(conn).and_then(member_key) else {
+            return;
+        };
+        let Some(ids) = self.rooms.of_name.get(key).cloned() else {
+            return;
+        };
+        for id in ids {
+            if let Some(room) = self.rooms.by_id.get_mut(&id) {
+                room.online.push(conn);
+                room.holding.push(None);
+            }
+            self.catch_up(id, conn, now, out);
+            self.dispatch_queue(id, now, out);
+        }
+    }
+
+    /// A shown MSG to the ordinary room `id`, from `from`, reached
+    /// `targets`: kept for the members away, and noted as sent to the
+    /// names of those who got it.
+    pub(super) fn room_said(
+        &mut self,
+        id: ClientId,
+        frame: &FrameView<'_>,
+        from: ConnId,
+        targets: &[ConnId],
+    ) {
+        let (keep, max_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
+        if keep == 0 {
+            return;
+        }
+        let Router {
+            rooms, sessions, ..
+        } = self;
+        let Some(room) = rooms.by_id.get_mut(&id) else {
+            return;
+        };
+        let sender: Sender<'_> = super::sender(sessions, from);
+        let text = frame.text().unwrap_or_default();
+        let number = room.next_number;
+        room.next_number += 1;
+        room.kept_bytes += text.len() + REPLAY_FRAMING;
+        room.kept.push_back((
+            number,
+            Said {
+                origin: frame.origin,
+                name: sender.name.map(Into::into),
+                roles: sender.roles,
+                text: Bytes::copy_from_slice(text),
+            },
+        ));
+        while room.kept.len() > keep || room.kept_bytes > max_bytes {
+            let Some((_, dropped)) = room.kept.pop_front() else {
+                break;
+            };
+            room.kept_bytes -= dropped.text.len() + REPLAY_FRAMING;
+        }
+        for &conn in targets {
+            let key = sessions
+                .get(conn)
+                .and_then(Option::as_ref)
+                .and_then(member_key);
+            if let Some(key) = key
+                && let Some(seen) = room.seen.get_mut(key)
+            {
+                *seen = number;
+            } else if let Some(key) = key {
+                room.seen.insert(key.into(), number);
+            }
+        }
+    }
+
+    /// Sends the member session `conn`, just online, what room `id` said
+    /// that its name has not been sent, oldest first, each once (the name
+    /// is noted as sent at once): MSG(original origin, room id, the
+    /// server's seq), acknowledged like the broadcast replay.
+    fn catch_up(&mut self, id: ClientId, conn: ConnId, now: Instant, out: &mut impl Outbox) {
+        let Some(key) = self
+            .session(conn)
+            .and_then(member_key)
+            .map(Box::<str>::from)
+        else {
+            return;
+        };
+        let Some(room) = self.rooms.by_id.get(&id) else {
+            return;
+        };
+        if room.queue || room.kept.is_empty() {
+            return;
+        }
+        let after = room.seen.get(&key).copied();
+        let missed: Vec<(ClientId, Option<Box<str>>, u8, Bytes)> = room
+            .kept
+            .iter()
+            .filter(|(n, _)| after.is_none_or(|a| *n > a))
+            .map(|(_, s)| (s.origin, s.name.clone(), s.roles, s.text.clone()))
+            .collect();
+        let last = room.kept.back().map(|(n, _)| *n);
+        if let (Some(last), Some(room)) = (last, self.rooms.by_id.get_mut(&id)) {
+            room.seen.insert(key, last);
+        }
+        if missed.is_empty() {
+            return;
+        }
+        let deadline = now + self.limits.ack_timeout;
+        for (origin, name, roles, text) in &missed {
+            self.tell_as_said(conn, *origin, name.as_deref(), *roles, deadline, out);
+            let session = self.session_mut(conn).expect("caught up a live session");
+            let seq = session.seq.next_seq();
+            let msg = Frame::msg(*origin, id, seq, text.clone()).expect("a MSG's text fits");
+            out.send(conn, &msg);
+            session.awaiting_ack.push_back(Delivery {
+                seq,
+                deadline,
+                purpose: Purpose::Replay,
+            });
+        }
+        debug!(conn, room = id, messages = missed.len(), "room caught up");
+        self.note_deadline(deadline);
+    }
+
+    /// Before a kept room message to `conn`: a WHO when what it should show
+    /// for `origin` differs from what it was told, as for the broadcast
+    /// replay (the holder of the id now when it has the recorded name, the
+    /// recorded name and roles otherwise).
+    fn tell_as_said(
+        &mut self,
+        conn: ConnId,
+        origin: ClientId,
+        name: Option<&str>,
+        roles: u8,
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let holder = self.ids.get(origin).and_then(|c| self.session(c));
+        let (name, roles) = match holder {
+            Some(holder) if holder.name() == name => (holder.name(), holder.roles),
+            _ => (name, roles),
+        };
+        let told = self
+            .session(conn)
+            .and_then(|s| s.told.as_ref()?.get(&origin));
+        if told.is_some_and(|(n, r)| n.as_deref() == name && *r == roles) {
+            return;
+        }
+        let name = name.map(Into::into);
+        self.tell(conn, origin, name, roles, deadline, out);
+    }
+
+    /// The exhibitor `conn`, showing the member name `key`, is gone: it
+    /// leaves its rooms' online lists, and what it held is passed on.
+    pub(super) fn room_session_offline(
+        &mut self,
+        conn: ConnId,
+        key: &str,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let Some(ids) = self.rooms.of_name.get(key).cloned() else {
+            return;
+        };
+        for id in ids {
+            self.room_session_gone(id, conn);
+            self.dispatch_queue(id, now, out);
+        }
+    }
+
+    /// `conn` no longer receives room `id`; a message it held goes back to
+    /// the front of the room's waiting line (at-least-once).
+    fn room_session_gone(&mut self, id: ClientId, conn: ConnId) {
+        let Some(room) = self.rooms.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = room.online.iter().position(|&c| c == conn) else {
+            return;
+        };
+        room.online.remove(at);
+        if room.cursor > at {
+            room.cursor -= 1;
+        }
+        if let Some(held) = room.holding.remove(at) {
+            debug!(conn, room = id, "queue message passed on");
+            room.held -= 1;
+            let due = held.msg.since + self.rooms.limits.queue_wait;
+            room.waiting.push_front(held.msg);
+            // Regression (tests/room_rules.rs): without it a message passed
+            // on by a session closed at a tick waited past its bound, since
+            // that tick had already taken the rooms' earliest deadline.
+            self.note_deadline(due);
+        }
+    }
+
+    // ---- work queues --------------------------------------------------------
+
+    /// A MSG to the queue room `frame.dest` (PROTOCOL.md, "Work queues"):
+    /// it waits in the room until a member session is free, unless the room
+    /// is full (ERRO at once).
+    pub(super) fn queue_request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let depth = self.rooms.limits.queue_depth;
+        let room = frame.dest;
+        let full = self
+            .rooms
+            .by_id
+            .get(&room)
+            .is_none_or(|r| r.waiting.len() >= depth);
+        if full {
+            debug!(conn, room, "queue full: refused");
+            self.push_reply(conn, frame.seq, 0, false);
+            self.flush_replies(conn, now, out);
+            return;
+        }
+        let request = self.push_reply(conn, frame.seq, 1, false);
+        // The MSG as it arrived, in one allocation.
+        let text = frame.text().unwrap_or_default();
+        let mut wire = BytesMut::with_capacity(HEADER_LEN + 2 + text.len());
+        for field in [Kind::Msg as u16, frame.origin, frame.dest, frame.seq] {
+            wire.put_u16(field);
+        }
+        wire.put_u16(text.len() as u16);
+        wire.put_slice(text);
+        let msg = Queued {
+            wire: wire.freeze(),
+            request,
+            since: now,
+        };
+        let entry = self.rooms.by_id.get_mut(&room).expect("checked above");
+        entry.waiting.push_back(msg);
+        self.note_deadline(now + self.rooms.limits.queue_wait);
+        self.dispatch_queue(room, now, out);
+    }
+
+    /// Gives waiting messages of room `id` to free member sessions, in turn.
+    fn dispatch_queue(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
+        let deadline = now + self.limits.ack_timeout;
+        loop {
+            let Router {
+                rooms, sessions, ..
+            } = self;
+            let Some(room) = rooms.by_id.get_mut(&id) else {
+                return;
+            };
+            if room.waiting.is_empty() || !room.queue {
+                return;
+            }
+            let n = room.online.len();
+            if room.held == n {
+                return;
+            }
+            let free = (0..n).map(|i| (room.cursor + i) % n).find(|&at| {
+                let c = room.online[at];
+                room.holding[at].is_none()
+                    && sessions
+                        .get(c)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|s| !s.leaving)
+            });
+            let Some(at) = free else {
+                return;
+            };
+            let target = room.online[at];
+            room.cursor = (at + 1) % n;
+            let msg = room.waiting.pop_front().expect("checked non-empty");
+            let ticket = rooms.next_ticket;
+            rooms.next_ticket += 1;
+            let wire = msg.wire.clone();
+            room.holding[at] = Some(Held { ticket, msg });
+            room.held += 1;
+            let (view, _) = FrameView::parse(&wire)
+                .ok()
+                .flatten()
+                .expect("a queued MSG was a whole frame");
+            if self.tellers > 0 {
+                self.tell_names(&[target], &[view.origin], deadline, out);
+            }
+            out.forward(&[target], &view);
+            let session = self.session_mut(target).expect("free sessions are live");
+            session.awaiting_ack.push_back(Delivery {
+                seq: view.seq,
+                deadline,
+                purpose: Purpose::Queued { room: id, ticket },
+            });
+            self.note_deadline(deadline);
+        }
+    }
+
+    /// `conn` acknowledged the queue message it was given under `ticket`:
+    /// its emitter's reply settles and the session is free for the next.
+    pub(super) fn queue_acked(
+        &mut self,
+        conn: ConnId,
+        id: ClientId,
+        ticket: u64,
+        ok: bool,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let Some(room) = self.rooms.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = room.online.iter().position(|&c| c == conn) else {
+            return; // passed on already (the session left the room)
+        };
+        if room.holding[at].as_ref().is_none_or(|h| h.ticket != ticket) {
+            return; // passed on already, and given to it again since
+        }
+        let held = room.holding[at].take().expect("checked above");
+        room.held -= 1;
+        self.settle(held.msg.request, ok, now, out);
+        self.dispatch_queue(id, now, out);
+    }
+
+    /// A delivery of room `id` under `ticket` failed with `conn`'s end:
+    /// the message goes back to wait for the next member session.
+    pub(super) fn queue_dropped(&mut self, conn: ConnId, id: ClientId, ticket: u64) {
+        let Some(room) = self.rooms.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = room.online.iter().position(|&c| c == conn) else {
+            return;
+        };
+        if room.holding[at]
+            .as_ref()
+            .is_some_and(|h| h.ticket == ticket)
+        {
+            let held = room.holding[at].take().expect("checked above");
+            room.held -= 1;
+            let due = held.msg.since + self.rooms.limits.queue_wait;
+            room.waiting.push_front(held.msg);
+            self.note_deadline(due);
+        }
+    }
+
+    /// Gives up on queue messages that waited `--queue-wait`: ERRO to
+    /// their emitters.
+    pub(super) fn expire_queues(&mut self, now: Instant, out: &mut impl Outbox) {
+        let wait = self.rooms.limits.queue_wait;
+        let mut expired = Vec::new();
+        for room in self.rooms.by_id.values_mut() {
+            while room.waiting.front().is_some_and(|q| q.since + wait <= now) {
+                expired.push(room.waiting.pop_front().expect("checked").request);
+            }
+        }
+        if !expired.is_empty() {
+            info!(messages = expired.len(), "queue messages waited too long");
+        }
+        for request in expired {
+            self.settle(request, false, now, out);
+        }
+    }
+
+    /// The rooms' part of [`Router::check_invariants`].
+    #[cfg(feature = "testing")]
+    pub(super) fn check_room_invariants(&self) -> Result<(), String> {
+        let rooms = &self.rooms;
+        if rooms.by_id.len() != rooms.by_key.len() {
+            return Err("rooms by id and by name disagree".into());
+        }
+        for (&id, room) in &rooms.by_id {
+            if room.members.is_empty() {
+                return Err(format!("room {id} has no member but exists"));
+            }
+            if rooms.free_ids.contains(&id) {
+                return Err(format!("room {id} is both held and free"));
+            }
+            for member in &room.members {
+                if !rooms.of_name.get(member).is_some_and(|l| l.contains(&id)) {
+                    return Err(format!("room {id}'s member {member} does not list it"));
+                }
+            }
+            for &c in &room.online {
+                let key = self.session(c).and_then(member_key);
+                if !key.is_some_and(|k| room.members.contains(k)) {
+                    return Err(format!("room {id} lists conn {c}, no member session"));
+                }
+            }
+            if room.holding.len() != room.online.len()
+                || room.held != room.holding.iter().flatten().count()
+            {
+                return Err(format!("room {id}: held messages miscounted"));
+            }
+        }
+        for (name, ids) in &rooms.of_name {
+            if ids.is_empty() || ids.len() > rooms.limits.rooms_per_name {
+                return Err(format!("name {name} is in {} rooms", ids.len()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A ROOMACK's fields for room `id`.
+fn room_answer(id: ClientId, room: &Room) -> (ClientId, u8, u16, Box<str>) {
+    let flags = if room.queue { FLAG_QUEUE } else { 0 };
+    let members = room.members.len().min(u16::MAX as usize) as u16;
+    (id, flags, members, room.name.clone())
+}
+
+/// The member name (lower case) an opted-in exhibitor receives rooms for.
+fn member_key(session: &Session) -> Option<&str> {
+    session.member.as_deref()
+}
