@@ -1127,7 +1127,12 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let made =
             crate::tls::generate::throwaway(&["localhost".into()], now - day, now + day).unwrap();
-        let dir = std::env::temp_dir().join(format!("evchat-conn-tls-{}", std::process::id()));
+        // One directory per call: the tests run in parallel in one process,
+        // and a shared one was removed under another test's feet.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("evchat-conn-tls-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cert.pem"), &made.cert_pem).unwrap();
         std::fs::write(dir.join("key.pem"), &made.key_pem).unwrap();
@@ -1219,18 +1224,7 @@ mod tests {
         assert!(conn.encrypted());
         assert_eq!(conn.stage(), Stage::Binary);
         assert_eq!(decode_all(&mut conn), vec![Kind::Oi]);
-        // And the answer goes back encrypted, whole.
-        assert!(conn.queue(&Frame::bare(Kind::Ok, SERVER_ID, 4096, 5)));
-        assert!(conn.flush().unwrap());
-        let records = std::mem::take(&mut conn.socket.outgoing);
-        client.read_tls(&mut &records[..]).unwrap();
-        client.process_new_packets().unwrap();
-        let mut ok = [0u8; 8];
-        client.reader().read_exact(&mut ok).unwrap();
-        assert_eq!(
-            ok[..],
-            Frame::bare(Kind::Ok, SERVER_ID, 4096, 5).to_bytes()[..]
-        );
+        answer_goes_back_encrypted(&mut conn, &mut client);
     }
 
     /// The same with every handshake step handed out as a job: the
@@ -1241,6 +1235,14 @@ mod tests {
         assert!(!conn.handshake_paused());
         assert_eq!(conn.stage(), Stage::Binary);
         assert_eq!(decode_all(&mut conn), vec![Kind::Oi]);
+        answer_goes_back_encrypted(&mut conn, &mut client);
+    }
+
+    /// An OK queued on `conn` reaches `client` encrypted, and whole.
+    fn answer_goes_back_encrypted(
+        conn: &mut Connection<MemorySocket>,
+        client: &mut rustls::ClientConnection,
+    ) {
         assert!(conn.queue(&Frame::bare(Kind::Ok, SERVER_ID, 4096, 5)));
         assert!(conn.flush().unwrap());
         let records = std::mem::take(&mut conn.socket.outgoing);
