@@ -142,13 +142,13 @@ impl Metrics {
     pub(super) fn render_prometheus(&self, now: &Snapshot) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let w = &mut out;
-        metric(
+        single(
             w,
             "evchat_start_time_seconds",
             "gauge",
             "When the server started, in seconds since the Unix epoch.",
+            now.start_unix as f64,
         );
-        sample(w, "evchat_start_time_seconds", "", now.start_unix as f64);
         metric(
             w,
             "evchat_connections_opened_total",
@@ -224,41 +224,41 @@ impl Metrics {
             let labels = format!("type=\"{kind}\"");
             sample(w, "evchat_frames_sent_total", &labels, count);
         }
-        metric(
+        single(
             w,
             "evchat_deliveries_total",
             "counter",
             "MSGs forwarded to an exhibitor, one per target.",
+            self.deliveries,
         );
-        sample(w, "evchat_deliveries_total", "", self.deliveries);
-        metric(
+        single(
             w,
             "evchat_received_bytes_total",
             "counter",
             "Bytes read from client sockets, transport framing included.",
+            self.bytes_in,
         );
-        sample(w, "evchat_received_bytes_total", "", self.bytes_in);
-        metric(
+        single(
             w,
             "evchat_sent_bytes_total",
             "counter",
             "Bytes written to client sockets, transport framing included.",
+            self.bytes_out,
         );
-        sample(w, "evchat_sent_bytes_total", "", self.bytes_out);
-        metric(
+        single(
             w,
             "evchat_acks_pending",
             "gauge",
             "Frames sent to clients that await their OK or ERRO.",
+            now.acks_pending,
         );
-        sample(w, "evchat_acks_pending", "", now.acks_pending);
-        metric(
+        single(
             w,
             "evchat_output_queue_bytes",
             "gauge",
             "Bytes queued for clients and not yet written.",
+            now.queued_bytes,
         );
-        sample(w, "evchat_output_queue_bytes", "", now.queued_bytes);
         metric(
             w,
             "evchat_loop_turn_seconds",
@@ -284,20 +284,20 @@ impl Metrics {
             seconds(self.turn_nanos),
         );
         sample(w, "evchat_loop_turn_seconds_count", "", self.turn_count);
-        metric(
+        single(
             w,
             "evchat_spin_seconds_total",
             "counter",
             "Time the loop polled without sleeping (--spin-us).",
+            seconds(self.spin_nanos),
         );
-        sample(w, "evchat_spin_seconds_total", "", seconds(self.spin_nanos));
-        metric(
+        single(
             w,
             "evchat_sign_ins_total",
             "counter",
             "Sign-ins (HELLO with a secret, --auth) accepted.",
+            self.sign_ins,
         );
-        sample(w, "evchat_sign_ins_total", "", self.sign_ins);
         metric(
             w,
             "evchat_sign_in_failures_total",
@@ -310,13 +310,13 @@ impl Metrics {
             "",
             self.sign_in_failures,
         );
-        metric(
+        single(
             w,
             "evchat_history_appends_total",
             "counter",
             "MSGs appended to the history (--history).",
+            self.history_appends,
         );
-        sample(w, "evchat_history_appends_total", "", self.history_appends);
         metric(
             w,
             "evchat_history_appended_bytes_total",
@@ -337,13 +337,13 @@ impl Metrics {
         );
         let written = seconds(self.history_write_nanos);
         sample(w, "evchat_history_write_seconds_total", "", written);
-        metric(
+        single(
             w,
             "evchat_history_fsyncs_total",
             "counter",
             "Rounds of fsync of the history's written records, on its sync thread (--fsync).",
+            now.history_syncs,
         );
-        sample(w, "evchat_history_fsyncs_total", "", now.history_syncs);
         metric(
             w,
             "evchat_history_fsync_seconds_total",
@@ -352,20 +352,20 @@ impl Metrics {
         );
         let synced = seconds(now.history_sync_nanos);
         sample(w, "evchat_history_fsync_seconds_total", "", synced);
-        metric(
+        single(
             w,
             "evchat_scrapes_total",
             "counter",
             "Requests for /metrics and /stats answered (this one excluded).",
+            self.scrapes,
         );
-        sample(w, "evchat_scrapes_total", "", self.scrapes);
-        metric(
+        single(
             w,
             "evchat_scrapes_refused_total",
             "counter",
             "Requests for /metrics and /stats refused (401 or 403).",
+            self.scrapes_refused,
         );
-        sample(w, "evchat_scrapes_refused_total", "", self.scrapes_refused);
         metric(
             w,
             "evchat_discovery_queries_total",
@@ -419,6 +419,12 @@ pub(super) struct Snapshot {
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A metric of one unlabelled sample: its HELP and TYPE lines, then it.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    metric(out, name, kind, help);
+    sample(out, name, "", value);
 }
 
 fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
