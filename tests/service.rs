@@ -86,12 +86,14 @@ fn server_with_a_dead_notify_socket_warns_and_runs() {
 fn the_service_unit_verifies() {
     let analyze = Command::new("systemd-analyze").arg("--version").output();
     if analyze.is_err() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "systemd-analyze is needed under CI=true (Debian's systemd package)"
+        // Nothing skips by itself, and under CI nothing skips at all.
+        let ci = std::env::var("CI").as_deref() == Ok("true");
+        assert!(
+            !ci && std::env::var("EVCHAT_SKIP_SYSTEMD").as_deref() == Ok("1"),
+            "systemd-analyze is needed (Debian's systemd package; .ci/run installs it). \
+             Outside CI, EVCHAT_SKIP_SYSTEMD=1 skips this test."
         );
-        eprintln!("skipped: no systemd-analyze here");
+        eprintln!("skipped (EVCHAT_SKIP_SYSTEMD=1): no systemd-analyze here");
         return;
     }
     let unit = std::fs::read_to_string(concat!(
