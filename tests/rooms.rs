@@ -600,15 +600,22 @@ fn next_msg(raw: &mut Raw, own: ClientId) -> Vec<u8> {
     }
 }
 
-#[test]
-fn a_queue_gives_each_message_to_one_member_in_turn_one_at_a_time() {
-    let server = Server::start(&[]);
-    let mut w1 = Member::new(&server, "w1");
-    let mut w2 = Member::new(&server, "w2");
+/// Members w1 and w2 of the queue room "jobs" (created by w1), and an
+/// unpaired emitter, the boss, who writes to it: what each queue test starts from.
+fn queue_of_two(server: &Server) -> (Member, Member, Raw, ClientId) {
+    let mut w1 = Member::new(server, "w1");
+    let mut w2 = Member::new(server, "w2");
     w1.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
     w2.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 2, b"jobs")));
     let mut boss = server.raw();
     let boss_id = boss.identify_emitter(1);
+    (w1, w2, boss, boss_id)
+}
+
+#[test]
+fn a_queue_gives_each_message_to_one_member_in_turn_one_at_a_time() {
+    let server = Server::start(&[]);
+    let (mut w1, mut w2, mut boss, boss_id) = queue_of_two(&server);
     for seq in 1..=3 {
         boss.send(&msg(boss_id, ROOM, seq, format!("job {seq}").as_bytes()));
     }
@@ -642,12 +649,7 @@ fn a_queue_gives_each_message_to_one_member_in_turn_one_at_a_time() {
 #[test]
 fn a_queue_member_that_disconnects_holding_a_message_passes_it_on() {
     let server = Server::start(&[]);
-    let mut w1 = Member::new(&server, "w1");
-    let mut w2 = Member::new(&server, "w2");
-    w1.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
-    w2.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 2, b"jobs")));
-    let mut boss = server.raw();
-    let boss_id = boss.identify_emitter(1);
+    let (mut w1, mut w2, mut boss, boss_id) = queue_of_two(&server);
     boss.send(&msg(boss_id, ROOM, 1, b"job"));
     assert_eq!(
         next_msg(&mut w1.ex, w1.ex_id),
@@ -665,12 +667,7 @@ fn a_queue_member_that_disconnects_holding_a_message_passes_it_on() {
 #[test]
 fn a_queue_member_that_leaves_the_room_holding_a_message_passes_it_on() {
     let server = Server::start(&[]);
-    let mut w1 = Member::new(&server, "w1");
-    let mut w2 = Member::new(&server, "w2");
-    w1.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
-    w2.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 2, b"jobs")));
-    let mut boss = server.raw();
-    let boss_id = boss.identify_emitter(1);
+    let (mut w1, mut w2, mut boss, boss_id) = queue_of_two(&server);
     boss.send(&msg(boss_id, ROOM, 1, b"job"));
     assert_eq!(
         next_msg(&mut w1.ex, w1.ex_id),
@@ -691,12 +688,7 @@ fn a_queue_member_that_leaves_the_room_holding_a_message_passes_it_on() {
 #[test]
 fn a_queue_member_that_never_acknowledges_is_dropped_and_the_message_goes_on() {
     let server = Server::start(&["--ack-timeout", "0.5"]);
-    let mut w1 = Member::new(&server, "w1");
-    let mut w2 = Member::new(&server, "w2");
-    w1.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
-    w2.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 2, b"jobs")));
-    let mut boss = server.raw();
-    let boss_id = boss.identify_emitter(1);
+    let (mut w1, mut w2, mut boss, boss_id) = queue_of_two(&server);
     boss.send(&msg(boss_id, ROOM, 1, b"job"));
     // w1 takes it and stays silent: at the ack timeout it is closed as
     // unresponsive and w2 gets the message.
