@@ -76,6 +76,19 @@ pub(crate) fn opt_in(raw: &mut Raw, hello_bytes: &[u8], ack: &[u8], origin: Clie
 /// The roles without accounts: view, emit, broadcast.
 pub(crate) const PLAIN: u8 = 7;
 
+/// A new client of a server without accounts that claimed `name` and
+/// registered with `origin` (0: an exhibitor), with the id it got.
+fn claimed(server: &Server, name: &[u8], origin: ClientId) -> (Raw, ClientId) {
+    let mut raw = server.raw();
+    let id = opt_in(
+        &mut raw,
+        &hello(name, b""),
+        &helloack(0, PLAIN, name),
+        origin,
+    );
+    (raw, id)
+}
+
 // ---- without accounts --------------------------------------------------
 
 #[test]
@@ -231,13 +244,7 @@ fn a_second_hello_after_acceptance_gets_code_8_and_close() {
 fn a_hello_after_oi_is_refused_like_a_second_oi() {
     let server = Server::start(&[]);
     // Opted in: ERRO(65535, id, seq), kept.
-    let mut raw = server.raw();
-    let id = opt_in(
-        &mut raw,
-        &hello(b"alice", b""),
-        &helloack(0, PLAIN, b"alice"),
-        0,
-    );
+    let (mut raw, id) = claimed(&server, b"alice", 0);
     raw.send(&hello(b"alice", b""));
     expect_exact(&mut raw, &erro(id, 0));
     raw.send(&header(4, id, S, 1));
@@ -254,13 +261,7 @@ fn a_hello_after_oi_is_refused_like_a_second_oi() {
 fn plain_clients_are_unchanged_and_never_see_an_extension_frame() {
     let server = Server::start(&[]);
     // An opted-in emitter next to plain ones changes nothing they see.
-    let mut named = server.raw();
-    let em = opt_in(
-        &mut named,
-        &hello(b"alice", b""),
-        &helloack(0, PLAIN, b"alice"),
-        1,
-    );
+    let (mut named, em) = claimed(&server, b"alice", 1);
     let mut ex = server.raw();
     let ex_id = ex.identify_exhibitor();
     let mut plain_em = server.raw();
@@ -531,22 +532,10 @@ fn clist(to: ClientId, seq: u16, ids: &[ClientId]) -> Vec<u8> {
 #[test]
 fn an_opted_in_exhibitor_is_told_names_before_messages_and_lists() {
     let server = Server::start(&[]);
-    let mut eve = server.raw();
-    let eve_id = opt_in(
-        &mut eve,
-        &hello(b"eve", b""),
-        &helloack(0, PLAIN, b"eve"),
-        0,
-    );
+    let (mut eve, eve_id) = claimed(&server, b"eve", 0);
     let mut plain_ex = server.raw();
     let plain_ex_id = plain_ex.identify_exhibitor();
-    let mut alice = server.raw();
-    let alice_id = opt_in(
-        &mut alice,
-        &hello(b"alice", b""),
-        &helloack(0, PLAIN, b"alice"),
-        1,
-    );
+    let (mut alice, alice_id) = claimed(&server, b"alice", 1);
     let mut plain_em = server.raw();
     let plain_id = plain_em.identify_emitter(1);
 
@@ -669,13 +658,7 @@ fn an_admin_kicks_a_pair_and_others_may_not() {
 #[test]
 fn without_auth_nobody_may_kick_and_a_plain_client_s_kick_is_unknown() {
     let server = Server::start(&[]);
-    let mut named = server.raw();
-    let id = opt_in(
-        &mut named,
-        &hello(b"alice", b""),
-        &helloack(0, PLAIN, b"alice"),
-        1,
-    );
+    let (mut named, id) = claimed(&server, b"alice", 1);
     let mut other = server.raw();
     let other_id = other.identify_exhibitor();
     named.send(&kick(id, other_id, 1));
