@@ -171,22 +171,20 @@ impl Metrics {
             let labels = format!("reason=\"{reason}\"");
             sample(w, "evchat_connections_closed_total", &labels, count);
         }
-        metric(
+        single(
             w,
             "evchat_slow_consumer_disconnects_total",
             "counter",
             "Connections cut off because their unsent output passed --max-queue.",
+            self.connections_closed[SLOW_CONSUMER],
         );
-        let slow = self.connections_closed[SLOW_CONSUMER];
-        sample(w, "evchat_slow_consumer_disconnects_total", "", slow);
-        metric(
+        single(
             w,
             "evchat_ack_timeouts_total",
             "counter",
             "Exhibitors dropped because an acknowledgement did not come within --ack-timeout.",
+            self.connections_closed[ACK_TIMEOUT],
         );
-        let timeouts = self.connections_closed[ACK_TIMEOUT];
-        sample(w, "evchat_ack_timeouts_total", "", timeouts);
         metric(
             w,
             "evchat_clients",
