@@ -505,6 +505,14 @@ pub struct Router {
     claimed: HashMap<Box<str>, ConnId>,
     /// Opted-in exhibitors connected: while 0, routing tells no names.
     tellers: usize,
+    /// Bumped whenever what some teller was told may have changed (a WHO
+    /// sent, a teller added), so that `everyone_told` can be trusted.
+    tellers_changed: u64,
+    /// The id every teller was last found told about, with the directory's
+    /// epoch and `tellers_changed` then: while all three stand, a MSG from
+    /// that id needs no per-target check at all (a broadcast from one
+    /// sender to many opted-in exhibitors).
+    everyone_told: (ClientId, u64, u64),
     /// Rooms and work queues (PROTOCOL.md, "Extension: rooms and queues").
     rooms: rooms::Rooms,
     /// The extension answers owed, by emitter and request number: sent in
@@ -528,6 +536,8 @@ impl Router {
             accounts_required: false,
             claimed: HashMap::new(),
             tellers: 0,
+            tellers_changed: 0,
+            everyone_told: (0, u64::MAX, u64::MAX),
             rooms: rooms::Rooms::new(RoomLimits::default()),
             answers: HashMap::new(),
         }
@@ -1158,6 +1168,7 @@ impl Router {
                         session.member = name.as_deref().map(|n| n.to_ascii_lowercase().into());
                         session.teller = true;
                         self.tellers += 1;
+                        self.tellers_changed += 1;
                     }
                 }
                 let session = self.session_mut(conn).expect("identify on a live session");
@@ -1818,11 +1829,23 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let epoch = self.ids.epoch;
+        let single = match about {
+            [id] => Some(*id),
+            _ => None,
+        };
+        if single.is_some_and(|id| self.everyone_told == (id, epoch, self.tellers_changed)) {
+            return;
+        }
+        let mut tellers_seen = 0;
         for &target in targets {
             let Some(session) = self.session(target) else {
                 continue;
             };
-            if !session.teller || (about.len() == 1 && session.checked == (about[0], epoch)) {
+            if !session.teller {
+                continue;
+            }
+            tellers_seen += 1;
+            if single.is_some_and(|id| session.checked == (id, epoch)) {
                 continue;
             }
             for &id in about {
@@ -1839,11 +1862,18 @@ impl Router {
                 let name: Option<Box<str>> = shown.map(Into::into);
                 self.tell(target, id, name, roles, deadline, out);
             }
-            if let [id] = about
+            if let Some(id) = single
                 && let Some(session) = self.session_mut(target)
             {
-                session.checked = (*id, epoch);
+                session.checked = (id, epoch);
             }
+        }
+        // Every teller was among the targets (they are distinct sessions)
+        // and is now told of the one sender.
+        if let Some(id) = single
+            && tellers_seen == self.tellers
+        {
+            self.everyone_told = (id, epoch, self.tellers_changed);
         }
     }
 
@@ -1858,6 +1888,7 @@ impl Router {
         deadline: Instant,
         out: &mut impl Outbox,
     ) {
+        self.tellers_changed += 1;
         let session = self.session_mut(target).expect("told a live session");
         // What was found told may change here (a replay tells recorded names).
         session.checked = (0, u64::MAX);

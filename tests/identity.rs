@@ -584,6 +584,53 @@ fn an_opted_in_exhibitor_is_told_names_before_messages_and_lists() {
     eve.expect_silence();
 }
 
+/// A broadcast from alice to two opted-in exhibitors, acknowledged; the
+/// WHO, when one comes, first.
+fn broadcast_seen(
+    alice: &mut Raw,
+    alice_id: ClientId,
+    seq: u16,
+    tellers: &mut [(&mut Raw, ClientId, Option<u16>)],
+) {
+    let hi = msg(alice_id, 0, seq, b"hi");
+    alice.send(&hi);
+    for (raw, id, who_seq) in tellers.iter_mut() {
+        if let Some(who_seq) = who_seq {
+            expect_exact(raw, &who(*id, *who_seq, alice_id, PLAIN, b"alice"));
+            raw.send(&header(1, *id, S, *who_seq));
+        }
+        expect_exact(raw, &hi);
+        raw.send(&header(1, *id, alice_id, seq));
+    }
+    expect_exact(alice, &ok(alice_id, seq));
+}
+
+#[test]
+fn a_broadcast_tells_each_opted_in_exhibitor_a_name_once_newcomers_included() {
+    let server = Server::start(&[]);
+    let (mut eve, eve_id) = claimed(&server, b"eve", 0);
+    let (mut alice, alice_id) = claimed(&server, b"alice", 1);
+    broadcast_seen(&mut alice, alice_id, 1, &mut [(&mut eve, eve_id, Some(0))]);
+    broadcast_seen(&mut alice, alice_id, 2, &mut [(&mut eve, eve_id, None)]);
+
+    // A newcomer is told; the one told already is not told again.
+    let (mut frank, frank_id) = claimed(&server, b"frank", 0);
+    broadcast_seen(
+        &mut alice,
+        alice_id,
+        3,
+        &mut [(&mut eve, eve_id, None), (&mut frank, frank_id, Some(0))],
+    );
+    broadcast_seen(
+        &mut alice,
+        alice_id,
+        4,
+        &mut [(&mut eve, eve_id, None), (&mut frank, frank_id, None)],
+    );
+    eve.expect_silence();
+    frank.expect_silence();
+}
+
 // ---- KICK and reload -----------------------------------------------------
 
 fn kick(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
