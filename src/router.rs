@@ -294,8 +294,10 @@ struct Session {
     /// What a teller was told of each id; allocated at its first WHO, so
     /// that an idle signed-in session costs no table.
     told: Option<Box<Told>>,
-    /// A teller with a name: that name in lower case, under which it
-    /// receives the rooms the name is a member of.
+    /// A teller whose name has upper-case letters: that name in lower case.
+    /// A teller receives the rooms its name is a member of under the name
+    /// in lower case ([`Session::member_key`]); an all lower-case name is
+    /// its own key, and costs an idle session no copy.
     member: Option<Box<str>>,
     /// A teller: the id it was last found told about, and the directory's
     /// epoch then. While both match, a MSG from that id needs no look-up
@@ -332,6 +334,15 @@ impl Session {
             Hello::Accepted { name } => name.as_deref(),
             _ => None,
         }
+    }
+
+    /// A teller with a name: the name in lower case, under which it
+    /// receives the rooms the name is a member of.
+    fn member_key(&self) -> Option<&str> {
+        if !self.teller {
+            return None;
+        }
+        self.member.as_deref().or_else(|| self.name())
     }
 }
 
@@ -1165,7 +1176,10 @@ impl Router {
                 if is_exhibitor_id(id) {
                     session.role = Role::Exhibitor { emitter: None };
                     if let Hello::Accepted { name } = &session.hello {
-                        session.member = name.as_deref().map(|n| n.to_ascii_lowercase().into());
+                        session.member = name
+                            .as_deref()
+                            .filter(|n| n.bytes().any(|b| b.is_ascii_uppercase()))
+                            .map(|n| n.to_ascii_lowercase().into());
                         session.teller = true;
                         self.tellers += 1;
                         self.tellers_changed += 1;
@@ -1769,6 +1783,7 @@ impl Router {
             self.tellers -= 1;
         }
         let id = session.id;
+        let member: Option<Box<str>> = session.member_key().map(Into::into);
         match session.role {
             Role::Anonymous => {}
             Role::Emitter { exhibitor, .. } => {
@@ -1807,7 +1822,7 @@ impl Router {
                         _ => {}
                     }
                 }
-                if let Some(key) = session.member {
+                if let Some(key) = member {
                     self.room_session_offline(conn, &key, now, out);
                 }
             }

@@ -258,7 +258,8 @@ fn join_creates_a_room_rooms_lists_it_and_a_second_join_is_counted() {
 fn a_room_message_reaches_every_member_and_its_ok_waits_for_all() {
     let server = Server::start(&[]);
     let mut alice = Member::new(&server, "alice");
-    let mut bob = Member::new(&server, "bob");
+    // A name with capitals is a member under its lower-case form.
+    let mut bob = Member::new(&server, "Bob");
     alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
     bob.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
     // A plain emitter, no member, writes to the room by its number.

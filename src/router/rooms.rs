@@ -905,5 +905,5 @@ fn room_answer(id: ClientId, room: &Room) -> (ClientId, u8, u16, Box<str>) {
 
 /// The member name (lower case) an opted-in exhibitor receives rooms for.
 fn member_key(session: &Session) -> Option<&str> {
-    session.member.as_deref()
+    session.member_key()
 }

@@ -73,9 +73,11 @@ pub(super) struct Auth {
     /// The tag each connection waits for (dropped with the connection, so
     /// that a verdict never reaches a later connection in the same slot).
     by_conn: HashMap<ConnId, u64>,
-    /// The account (lower-case key) of each signed-in connection, and how
-    /// many connections each such account has: what expiry is checked on.
-    signed_in: HashMap<ConnId, Arc<str>>,
+    /// The account (lower-case key) of each signed-in connection, indexed
+    /// by connection (slab indices are dense: 16 bytes a slot, where a map
+    /// cost an idle session about 50), and how many connections each such
+    /// account has: what expiry is checked on.
+    signed_in: Vec<Option<Arc<str>>>,
     live: HashMap<Arc<str>, u32>,
     /// When the earliest expiry of a signed-in account passes.
     next_expiry: Option<Instant>,
@@ -104,7 +106,7 @@ impl Auth {
             next_tag: 0,
             checking: HashMap::new(),
             by_conn: HashMap::new(),
-            signed_in: HashMap::new(),
+            signed_in: Vec::new(),
             live: HashMap::new(),
             next_expiry: None,
             unidentified: HashMap::new(),
@@ -119,7 +121,7 @@ impl Auth {
 
     pub(super) fn forget_conn(&mut self, conn: ConnId) {
         self.by_conn.remove(&conn);
-        if let Some(key) = self.signed_in.remove(&conn)
+        if let Some(key) = self.signed_in.get_mut(conn).and_then(Option::take)
             && let Some(count) = self.live.get_mut(&key)
         {
             *count -= 1;
@@ -143,7 +145,10 @@ impl Auth {
             None => Arc::from(key),
         };
         *self.live.entry(key.clone()).or_default() += 1;
-        self.signed_in.insert(conn, key);
+        if self.signed_in.len() <= conn {
+            self.signed_in.resize(conn + 1, None);
+        }
+        self.signed_in[conn] = Some(key);
         if let Some(at) = expires.map(instant_of) {
             self.next_expiry = Some(self.next_expiry.map_or(at, |e| e.min(at)));
         }
