@@ -1,9 +1,10 @@
 //! One server-side TLS session below a connection: a rustls
 //! `ServerConnection` fed the socket's bytes by the connection, handing
 //! back plaintext chunk by chunk, and producing the encrypted bytes the
-//! connection writes. Its buffers are bounded: rustls' own by
-//! [`RUSTLS_BUFFER_LIMIT`], the encrypted output by taking plaintext only
-//! while less than [`CIPHER_HIGH_WATER`] waits for the socket.
+//! connection writes. Its buffers are bounded by [`RUSTLS_BUFFER_LIMIT`]:
+//! rustls' own records go straight to the socket, and the encrypted bytes
+//! kept here are only what reading made (a handshake flight, an alert, or
+//! records rustls held when a read came), written before anything newer.
 //!
 //! While the handshake runs, its steps can be done elsewhere: the session
 //! [`lend`](TlsSession::lend)s its rustls state with the bytes read as a
@@ -23,10 +24,6 @@ use std::io::{self, BufRead, Write};
 /// of unsent records: the connection's own output buffer holds the rest,
 /// under `--max-queue`.
 const RUSTLS_BUFFER_LIMIT: usize = 32 * 1024;
-/// Plaintext is encrypted only while fewer encrypted bytes than this wait
-/// for the socket, so a peer that does not read holds at most this much
-/// here (and a record's worth more).
-const CIPHER_HIGH_WATER: usize = 32 * 1024;
 
 /// Why a TLS session broke: the peer's bytes are not TLS, or TLS that
 /// rustls refused (a bad handshake, an alert, a decryption failure).
@@ -239,26 +236,9 @@ impl TlsSession {
     /// (its output comes with the handshake's end, which a read brings),
     /// and while the session is away, when `plain` waits for its return.
     pub fn flush(&mut self, plain: &mut BytesMut, socket: &mut impl Write) -> io::Result<bool> {
-        loop {
-            let mut progressed = false;
-            if let Some(conn) = self.conn.as_mut() {
-                if !plain.is_empty() && self.cipher.len() < CIPHER_HIGH_WATER {
-                    let taken = conn.writer().write(plain)?;
-                    plain.advance(taken);
-                    progressed = taken > 0;
-                }
-                if plain.is_empty() && self.notify_pending {
-                    self.notify_pending = false;
-                    conn.send_close_notify();
-                }
-            }
-            self.drain();
-            if self.cipher.is_empty() {
-                if plain.is_empty() || !progressed {
-                    return Ok(true);
-                }
-                continue;
-            }
+        // Records made while reading (a handshake flight, an alert) are
+        // older than anything encrypted below: they go first.
+        while !self.cipher.is_empty() {
             match socket.write(&self.cipher) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.cipher.advance(n),
@@ -267,6 +247,39 @@ impl TlsSession {
                     io::ErrorKind::Interrupted => {}
                     _ => return Err(e),
                 },
+            }
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            let mut progressed = false;
+            if !plain.is_empty() {
+                // rustls takes no more than its buffer limit holds.
+                let taken = conn.writer().write(plain)?;
+                plain.advance(taken);
+                progressed = taken > 0;
+            }
+            if plain.is_empty() && self.notify_pending {
+                self.notify_pending = false;
+                conn.send_close_notify();
+            }
+            // From rustls' records straight to the socket (one vectored
+            // write): copying them into a buffer of our own first cost a
+            // copy and that buffer's growth for every byte sent.
+            while conn.wants_write() {
+                match conn.write_tls(socket) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) => match e.kind() {
+                        io::ErrorKind::WouldBlock => return Ok(false),
+                        io::ErrorKind::Interrupted => {}
+                        _ => return Err(e),
+                    },
+                }
+            }
+            if plain.is_empty() || !progressed {
+                return Ok(true);
             }
         }
     }
