@@ -243,7 +243,8 @@ impl Outcome {
             j,
             ",\"server_cpu\":{},\"client_cpu\":{},\"server_wait\":{},\"client_wait\":{},\
              \"server_core_idle\":{},\"client_core_idle\":{},\"server_core_steal\":{},\
-             \"client_core_steal\":{},\"contended\":{},\"stolen\":{},\"bottleneck\":\"{}\"}}",
+             \"client_core_steal\":{},\"contended\":{},\"stolen\":{},\"bottleneck\":\"{}\",\
+             \"generator_pid\":{}}}",
             opt(self.server_cpu),
             opt(self.client_cpu),
             opt(self.server_wait),
@@ -254,7 +255,8 @@ impl Outcome {
             opt(self.client_core_steal),
             self.contended(),
             self.stolen(),
-            self.bottleneck()
+            self.bottleneck(),
+            std::process::id(),
         );
         j
     }
