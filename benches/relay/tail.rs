@@ -37,24 +37,28 @@ impl Slow {
 pub struct Slowest {
     kept: Vec<Slow>,
     capacity: usize,
-    /// The smallest latency kept once full (a delivery must beat it).
+    /// What a delivery's latency must exceed to be kept, so that the hot
+    /// path makes one comparison: 0 while there is room (every latency is at
+    /// least 1), the smallest kept once full, `u64::MAX` with no capacity.
     floor: u64,
 }
 
 impl Slowest {
     pub fn new(capacity: usize) -> Slowest {
-        Slowest {
+        let mut slowest = Slowest {
             kept: Vec::with_capacity(capacity),
             capacity,
             floor: 0,
-        }
+        };
+        slowest.reset();
+        slowest
     }
 
     /// Whether a delivery of `latency_ns` would be kept: the caller looks up
     /// the rest of its figures only then.
     #[inline]
     pub fn wants(&self, latency_ns: u64) -> bool {
-        self.capacity > 0 && (self.kept.len() < self.capacity || latency_ns > self.floor)
+        latency_ns > self.floor
     }
 
     /// Keeps `slow`, dropping the fastest kept if full.
@@ -85,7 +89,7 @@ impl Slowest {
 
     pub fn reset(&mut self) {
         self.kept.clear();
-        self.floor = 0;
+        self.floor = if self.capacity == 0 { u64::MAX } else { 0 };
     }
 
     /// What is kept, in the order the messages were due.
