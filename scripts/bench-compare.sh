@@ -86,6 +86,8 @@
 #                                   lat/lat50/lat90 run, and lay the run's
 #                                   slowest deliveries beside it
 #                                   (scripts/tail-explain.py): RUN_DIR/sched-*.txt
+#                                   (SCHED_TRACE=keep also keeps each trace,
+#                                   tens of MB a run, as RUN_DIR/sched-*.data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -583,6 +585,8 @@ run_one() { # run_one WORKLOAD REP TARGET
     # The slowest deliveries beside what the scheduler did meanwhile.
     python3 scripts/tail-explain.py <(echo "$line") "$sched" "$server_pid" \
       >"${sched%.data}.txt" 2>&1 || true
+    # Tens of MB a run: kept only when asked for.
+    [ "$SCHED_TRACE" = keep ] || rm -f "$sched" "$sched.old"
   fi
 }
 
