@@ -820,3 +820,14 @@ if stolen_runs:
     print("core (steal time): " + ", ".join(sorted({f"{t} {w}" for w, t in stolen_runs})) + ".")
     print("Latency tails from such runs measure the host, not the servers.")
 PY
+
+# With SCHED_TRACE: each traced run's worst delivery and what held it.
+if [ -n "$SCHED_TRACE" ] && compgen -G "$RUN_DIR/sched-*.txt" >/dev/null; then
+  echo
+  echo "Slowest delivery of each traced run, and what held it for at least half of"
+  echo "its latency (scripts/tail-explain.py; details in $RUN_DIR/sched-*.txt):"
+  for f in "$RUN_DIR"/sched-*.txt; do
+    printf '  %-40s %s\n' "$(basename "$f" .txt | sed 's/^sched-//')" \
+      "$(sed -n 's/^worst: //p' "$f" | tail -n 1)"
+  done
+fi

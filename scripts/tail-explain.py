@@ -6,10 +6,11 @@ slowest deliveries with its due time on CLOCK_MONOTONIC and its latency;
 `perf sched record -k CLOCK_MONOTONIC` stamps scheduler events on the same
 clock. For each slow delivery, over [due, due + latency], this prints how
 long the server's threads and the generator were running, how long they
-waited on a run queue (runnable, another task on their CPU), and which
-other tasks held the CPUs meanwhile. What neither side ran or waited for is
-time both were asleep: the kernel path, or the host (a vCPU that is not
-scheduled shows no events at all).
+waited on a run queue (runnable, another task on their CPU), what held it
+for at least half its latency ("mostly"), and which other tasks held the
+CPUs meanwhile; the last line names the worst delivery's cause. What
+neither side ran or waited for ("unseen") is time both were asleep: the
+kernel path, or the host (a vCPU that is not scheduled shows no events).
 
 Usage:
   scripts/tail-explain.py RESULT.json SCHED.data SERVER_PID
@@ -86,8 +87,9 @@ def main():
         return None
 
     print(
-        "due (mono s)       latency  =  late + flight   | server run/wait  | generator run/wait | others on the CPUs meanwhile"
+        "due (mono s)       latency  =  late + flight   | server run/wait  | generator run/wait | mostly          | others on the CPUs meanwhile"
     )
+    worst = None
     for s in slowest:
         t0 = s["due_mono_s"]
         t1 = t0 + s["lat_us"] / 1e6
@@ -103,8 +105,9 @@ def main():
             elif kind == "run" and not comm.startswith("<idle>"):
                 others[f"{comm}@{cpu}"] += ms
         top = sorted(others.items(), key=lambda kv: -kv[1])[:3]
+        cause = mostly(took, s["lat_us"] / 1e3)
         print(
-            "%.6f %8.0f µs = %6.0f + %6.0f | %5.2f / %5.2f ms | %5.2f / %5.2f ms    | %s"
+            "%.6f %8.0f µs = %6.0f + %6.0f | %5.2f / %5.2f ms | %5.2f / %5.2f ms    | %-15s | %s"
             % (
                 t0,
                 s["lat_us"],
@@ -114,9 +117,26 @@ def main():
                 took[("server", "wait")],
                 took[("generator", "run")],
                 took[("generator", "wait")],
+                cause,
                 ", ".join(f"{k} {v:.2f} ms" for k, v in top) or "-",
             )
         )
+        if worst is None or s["lat_us"] > worst[0]:
+            worst = (s["lat_us"], cause)
+    print("worst: %.0f µs, mostly %s" % worst)
+
+
+def mostly(took, latency_ms):
+    """What held a slow delivery for at least half of its latency: one side
+    running or queued, or, when neither did, time the guest cannot see."""
+    parts = {
+        "server ran": took[("server", "run")],
+        "server queued": took[("server", "wait")],
+        "generator ran": took[("generator", "run")],
+        "generator queued": took[("generator", "wait")],
+    }
+    name, ms = max(parts.items(), key=lambda kv: kv[1])
+    return name if ms >= latency_ms / 2 else "unseen"
 
 
 if __name__ == "__main__":
