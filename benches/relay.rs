@@ -24,6 +24,9 @@
 //! its rate and carries that due time in its head, so latency counts from
 //! the schedule and a send held back by the generator or a full window is
 //! not hidden (coordinated omission).
+//! The slowest deliveries are also kept one by one (`--slowest`, `tail.rs`):
+//! due time on `CLOCK_MONOTONIC`, how late the generator sent each, and the
+//! rest of its trip, to lay beside a scheduler trace of the same run.
 //! Counting starts after `--warmup` and lasts `--duration`; then the process
 //! prints its figures (one JSON line with `--json`) and exits, closing every
 //! connection. `--idle N` instead opens N identified connections, holds them
@@ -66,6 +69,8 @@ mod signin;
 mod streams;
 #[path = "relay/sys.rs"]
 mod sys;
+#[path = "relay/tail.rs"]
+mod tail;
 #[path = "relay/tls.rs"]
 mod tls;
 #[path = "relay/ws.rs"]
@@ -239,6 +244,9 @@ pub struct Args {
     /// Fixed offered rate in messages/s over all publishers, open loop: latency counts from each message's scheduled time (default: as fast as the window allows)
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Report the N slowest deliveries one by one: when each was due, how late the generator sent it, how long it then took, on CLOCK_MONOTONIC (to lay beside `perf sched`); at most 1000
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub slowest: usize,
     /// Seconds of load before counting starts
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
@@ -286,6 +294,7 @@ pub struct Args {
 /// Upper bounds that keep a mistyped command line from running away.
 const MAX_SECS: f64 = 3600.0;
 const MAX_CONNS: usize = 20_000;
+const MAX_SLOWEST: usize = 1000;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -414,6 +423,9 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
         return Err(format!(
             "--warmup and --duration must lie in 0..={MAX_SECS} s, duration above 0"
         ));
+    }
+    if args.slowest > MAX_SLOWEST {
+        return Err(format!("--slowest keeps at most {MAX_SLOWEST} deliveries"));
     }
     if args.storm && args.sign_in.is_none() {
         return Err("--storm needs --sign-in NAME:SECRET".into());

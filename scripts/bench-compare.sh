@@ -81,6 +81,13 @@
 #   SATURATION="evchat=4.5e6 nats=1.6e6"  msg/s the lat50/lat90 fractions are
 #                                   taken of, per target, instead of measuring u32
 #   SERVER_CPU=0 LOADGEN_CPU=1 OUT=target/bench-compare
+#   SCHED_TRACE=1                   record the scheduler (perf sched record -k
+#                                   CLOCK_MONOTONIC, system-wide) through each
+#                                   lat/lat50/lat90 run, and lay the run's
+#                                   slowest deliveries beside it
+#                                   (scripts/tail-explain.py): RUN_DIR/sched-*.txt
+#                                   (SCHED_TRACE=keep also keeps each trace,
+#                                   tens of MB a run, as RUN_DIR/sched-*.data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,6 +102,7 @@ TARGETS=$(echo "${TARGETS//,/ }" | xargs)
 WORKLOADS=$(echo "${WORKLOADS//,/ }" | xargs)
 EVCHAT_BASELINE=${EVCHAT_BASELINE:-}
 SATURATION=${SATURATION:-}
+SCHED_TRACE=${SCHED_TRACE:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
 OUT=${OUT:-target/bench-compare}
@@ -536,14 +544,29 @@ run_one() { # run_one WORKLOAD REP TARGET
     nats-queue) gen_target=nats ;;
     redis-streams-*) gen_target=redis-streams ;;
   esac
+  local sched="" sched_pid="" server_pid=""
   for attempt in $(seq $((STEAL_RETRIES + 1))); do
     rc=0
     start_server "$t"
+    server_pid=$SRV_PID
+    case $SCHED_TRACE/$w in
+      ?*/lat | ?*/lat50 | ?*/lat90)
+        sched="$RUN_DIR/sched-$w-$rep-$t.data"
+        perf sched record -k CLOCK_MONOTONIC -o "$sched" 2>>"$RUN_DIR/perf.err" &
+        sched_pid=$!
+        sleep 0.5 # perf has opened its events
+        ;;
+    esac
     # shellcheck disable=SC2046
     line=$(timeout $((${dur%.*} + ${warm%.*} + 120)) \
       taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "$gen_target" --addr "127.0.0.1:$SRV_PORT" \
       --cpu "$LOADGEN_CPU" --server-pid "$SRV_PID" --warmup "$warm" --duration "$dur" \
       --json $(workload_args "$w") "${rate[@]}" "${sign_in[@]}" 2>>"$RUN_DIR/loadgen.err") || rc=$?
+    if [ -n "$sched_pid" ]; then
+      kill -INT "$sched_pid" 2>/dev/null || true
+      wait "$sched_pid" 2>/dev/null || true
+      sched_pid=""
+    fi
     stop_server
     line=${line/\"target\":\"$gen_target\"/\"target\":\"$t\"}
     if [ -z "$line" ]; then
@@ -558,6 +581,13 @@ run_one() { # run_one WORKLOAD REP TARGET
   done
   printf '{"workload":"%s","rep":%s,"attempts":%s,"result":%s}\n' "$w" "$rep" "$attempt" "$line" >>"$RESULTS"
   printf '%-6s rep %s %-15s %s\n' "$w" "$rep" "$t" "$(summary "$line")" >&2
+  if [ -n "$sched" ]; then
+    # The slowest deliveries beside what the scheduler did meanwhile.
+    python3 scripts/tail-explain.py <(echo "$line") "$sched" "$server_pid" \
+      >"${sched%.data}.txt" 2>&1 || true
+    # Tens of MB a run: kept only when asked for.
+    [ "$SCHED_TRACE" = keep ] || rm -f "$sched" "$sched.old"
+  fi
 }
 
 summary() { # a short human line from one JSON result
@@ -584,6 +614,7 @@ else:
 [ "$(nproc)" -ge 2 ] || say "warning: fewer than 2 CPUs; server and load generator will share one"
 command -v taskset >/dev/null || die "taskset (util-linux) is required"
 command -v python3 >/dev/null || die "python3 is required for the summary table"
+[ -z "$SCHED_TRACE" ] || command -v perf >/dev/null || die "SCHED_TRACE needs perf (linux-perf)"
 install_servers
 build
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -789,3 +820,14 @@ if stolen_runs:
     print("core (steal time): " + ", ".join(sorted({f"{t} {w}" for w, t in stolen_runs})) + ".")
     print("Latency tails from such runs measure the host, not the servers.")
 PY
+
+# With SCHED_TRACE: each traced run's worst delivery and what held it.
+if [ -n "$SCHED_TRACE" ] && compgen -G "$RUN_DIR/sched-*.txt" >/dev/null; then
+  echo
+  echo "Slowest delivery of each traced run, and what held it for at least half of"
+  echo "its latency (scripts/tail-explain.py; details in $RUN_DIR/sched-*.txt):"
+  for f in "$RUN_DIR"/sched-*.txt; do
+    printf '  %-40s %s\n' "$(basename "$f" .txt | sed 's/^sched-//')" \
+      "$(sed -n 's/^worst: //p' "$f" | tail -n 1)"
+  done
+fi

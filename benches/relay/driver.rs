@@ -16,9 +16,10 @@
 
 use crate::conn::{Conn, Role, Session};
 use crate::flow::{Counters, Ctx};
-use crate::report::{Latency, Outcome};
+use crate::report::{Latency, Outcome, SlowDelivery};
 use crate::setup::Plan;
 use crate::sys::{self, Ticker};
+use crate::tail;
 use crate::ws::{self, WsConn};
 use crate::{Args, HEAD_LEN, Target, evchat, mqtt, nats, raw, redis, streams};
 use mio::unix::SourceFd;
@@ -64,8 +65,10 @@ pub struct Driver {
     scratch: Vec<u8>,
     /// Connections with output queued this turn.
     flush_list: Vec<usize>,
-    /// The clock payload timestamps count from.
+    /// The clock payload timestamps count from, and where it stood on
+    /// `CLOCK_MONOTONIC` (which `Instant` reads on Linux).
     base: Instant,
+    base_mono_ns: u64,
     /// Zeros that pad each payload from its head to `--size`.
     pad: Vec<u8>,
     /// Messages per nanosecond per publisher with `--rate`, and the start of
@@ -101,6 +104,8 @@ impl Driver {
             plan.fanout(),
             gate_delivery,
             gate_replies,
+            args.rate.is_some(),
+            args.slowest,
         );
         let pad = vec![0u8; plan.size - HEAD_LEN];
         Ok(Driver {
@@ -115,6 +120,7 @@ impl Driver {
             scratch: vec![0; SCRATCH],
             flush_list: Vec::new(),
             base: Instant::now(),
+            base_mono_ns: tail::monotonic_ns(),
             pad,
             pace: None,
             ticker: None,
@@ -189,6 +195,7 @@ impl Driver {
             let now = Instant::now();
             if first.is_none() && now >= warm_end {
                 self.ctx.hist.reset();
+                self.ctx.slowest.reset();
                 first = Some(self.snapshot());
             }
             if now >= end {
@@ -361,6 +368,7 @@ impl Driver {
             head[0..8].copy_from_slice(&now.to_le_bytes());
             head[8..12].copy_from_slice(&(p as u32).to_le_bytes());
             let conn = &mut self.conns[i];
+            let flow = &mut self.ctx.flows[p];
             for k in 0..n {
                 // Open loop (wrk2): at a fixed rate a message carries the time
                 // it was due, so a send delayed by a full window or a late
@@ -368,6 +376,9 @@ impl Driver {
                 if let Some((per_ns, since)) = self.pace {
                     let due = since + ((sent + k) as f64 / per_ns) as u64;
                     head[0..8].copy_from_slice(&due.to_le_bytes());
+                    if let Some(left) = &mut flow.left {
+                        left.record(sent + k, now);
+                    }
                 }
                 head[12..16].copy_from_slice(&((sent + k) as u32).to_le_bytes());
                 encode(
@@ -379,7 +390,7 @@ impl Driver {
                     &mut conn.out,
                 );
             }
-            self.ctx.flows[p].sent += n;
+            flow.sent += n;
             self.ctx.counters.sent += n;
             conn.flush(&mut self.ctx.counters)
                 .map_err(|e| self.lost(i, &e.to_string()))?;
@@ -414,6 +425,20 @@ impl Driver {
                 max_us: hist.max() as f64 / 1000.0,
                 count: hist.len(),
             }),
+            slowest: self
+                .ctx
+                .slowest
+                .by_due_time()
+                .iter()
+                .map(|s| SlowDelivery {
+                    due_mono_s: (self.base_mono_ns + s.due_ns) as f64 / 1e9,
+                    since_start_s: (s.due_ns as f64 - (first.at - self.base).as_nanos() as f64)
+                        / 1e9,
+                    latency_us: s.latency_ns() as f64 / 1e3,
+                    late_us: (s.left_ns - s.due_ns) as f64 / 1e3,
+                    flight_us: s.arrived_ns.saturating_sub(s.left_ns) as f64 / 1e3,
+                })
+                .collect(),
             server_cpu: rate_of(first.server_cpu, last.server_cpu),
             client_cpu: Some((last.own_cpu - first.own_cpu) / secs),
             server_wait: rate_of(first.server_wait, last.server_wait),

@@ -22,6 +22,7 @@
 //! publisher by more than the window and no broker buffers without bound.
 
 use crate::HEAD_LEN;
+use crate::tail::{SendTimes, Slow, Slowest};
 use hdrhistogram::Histogram;
 
 /// Running totals; the report subtracts the snapshot taken at warm-up end.
@@ -57,6 +58,9 @@ pub struct Flow {
     mask: u64,
     /// Queued for a pump this turn.
     pub dirty: bool,
+    /// With `--rate`: when each outstanding message actually left, so a slow
+    /// delivery can say how late the generator sent it.
+    pub left: Option<SendTimes>,
 }
 
 /// Shared state every parser reports into.
@@ -66,6 +70,8 @@ pub struct Ctx {
     pub counters: Counters,
     /// Delivery latency in nanoseconds.
     pub hist: Histogram<u64>,
+    /// The slowest deliveries, one by one (`--slowest`).
+    pub slowest: Slowest,
     pub flows: Vec<Flow>,
     /// Publishers whose window opened this turn.
     pub dirty: Vec<usize>,
@@ -85,6 +91,8 @@ impl Ctx {
         fanout: u32,
         gate_delivery: bool,
         gate_replies: bool,
+        paced: bool,
+        slowest: usize,
     ) -> Ctx {
         let ring_len = (window as usize).next_power_of_two();
         let flows = publishers
@@ -101,6 +109,7 @@ impl Ctx {
                 },
                 mask: ring_len as u64 - 1,
                 dirty: false,
+                left: paced.then(|| SendTimes::new(window)),
             })
             .collect();
         Ctx {
@@ -108,6 +117,7 @@ impl Ctx {
             counters: Counters::default(),
             // 1 ns .. 100 s at 3 significant digits.
             hist: Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid bounds"),
+            slowest: Slowest::new(slowest),
             flows,
             dirty: Vec::new(),
             fanout,
@@ -149,8 +159,11 @@ impl Ctx {
         let sent_ns = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
         let p = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")) as usize;
         let seq = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as u64;
-        self.hist
-            .saturating_record(self.now_ns.saturating_sub(sent_ns).max(1));
+        let latency = self.now_ns.saturating_sub(sent_ns).max(1);
+        self.hist.saturating_record(latency);
+        if self.slowest.wants(latency) {
+            self.keep_slow(sent_ns, p, seq);
+        }
         if !self.gate_delivery {
             return;
         }
@@ -178,6 +191,23 @@ impl Ctx {
             }
             self.mark(p);
         }
+    }
+
+    /// Keeps a delivery among the slowest, with the time its message left
+    /// (out of line: the hot path only compares against the floor).
+    #[cold]
+    #[inline(never)]
+    fn keep_slow(&mut self, due_ns: u64, p: usize, seq: u64) {
+        let left_ns = self
+            .flows
+            .get(p)
+            .and_then(|f| f.left.as_ref())
+            .map_or(due_ns, |left| left.get(seq).max(due_ns));
+        self.slowest.offer(Slow {
+            due_ns,
+            left_ns,
+            arrived_ns: self.now_ns,
+        });
     }
 
     /// Publisher `p` received an acknowledgement (`ok` false: a refusal).

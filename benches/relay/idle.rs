@@ -88,6 +88,7 @@ pub fn run(target: Target, addr: SocketAddr, args: &Args) -> Result<Outcome, Str
     let hold_server_cpu_secs = cpu().zip(cpu_before).map(|(after, before)| after - before);
     let rss_after_kib = rss();
     Ok(Outcome {
+        slowest: Vec::new(),
         target,
         mode: Mode::Unicast,
         emitters: 0,

@@ -13,6 +13,22 @@ pub struct Latency {
     pub count: u64,
 }
 
+/// One of the slowest deliveries (`tail.rs`): when it was due, and its
+/// latency split into the generator's lateness in sending it and the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct SlowDelivery {
+    /// Due time on `CLOCK_MONOTONIC`, in seconds (as `perf sched timehist
+    /// -k CLOCK_MONOTONIC` prints its timestamps).
+    pub due_mono_s: f64,
+    /// Due time from the start of counting.
+    pub since_start_s: f64,
+    pub latency_us: f64,
+    /// From due to written (zero unless paced).
+    pub late_us: f64,
+    /// From written to read by its subscriber.
+    pub flight_us: f64,
+}
+
 /// The memory workload's figures.
 #[derive(Debug, Clone, Copy)]
 pub struct IdleFigures {
@@ -49,6 +65,8 @@ pub struct Outcome {
     pub garbled: u64,
     pub wire_bytes: u64,
     pub latency: Option<Latency>,
+    /// The slowest deliveries of the measured window, by due time.
+    pub slowest: Vec<SlowDelivery>,
     /// CPU time over wall time in the window (1.0 = one core busy).
     pub server_cpu: Option<f64>,
     pub client_cpu: Option<f64>,
@@ -205,12 +223,28 @@ impl Outcome {
                 opt(l.map(|l| l.max_us)),
                 l.map_or(0, |l| l.count),
             );
+            j.push_str(",\"slowest\":[");
+            for (k, s) in self.slowest.iter().enumerate() {
+                let _ = write!(
+                    j,
+                    "{}{{\"due_mono_s\":{:.6},\"since_start_s\":{:.6},\"lat_us\":{:.1},\
+                     \"late_us\":{:.1},\"flight_us\":{:.1}}}",
+                    if k == 0 { "" } else { "," },
+                    s.due_mono_s,
+                    s.since_start_s,
+                    s.latency_us,
+                    s.late_us,
+                    s.flight_us,
+                );
+            }
+            j.push(']');
         }
         let _ = write!(
             j,
             ",\"server_cpu\":{},\"client_cpu\":{},\"server_wait\":{},\"client_wait\":{},\
              \"server_core_idle\":{},\"client_core_idle\":{},\"server_core_steal\":{},\
-             \"client_core_steal\":{},\"contended\":{},\"stolen\":{},\"bottleneck\":\"{}\"}}",
+             \"client_core_steal\":{},\"contended\":{},\"stolen\":{},\"bottleneck\":\"{}\",\
+             \"generator_pid\":{}}}",
             opt(self.server_cpu),
             opt(self.client_cpu),
             opt(self.server_wait),
@@ -221,7 +255,8 @@ impl Outcome {
             opt(self.client_core_steal),
             self.contended(),
             self.stolen(),
-            self.bottleneck()
+            self.bottleneck(),
+            std::process::id(),
         );
         j
     }
@@ -277,6 +312,21 @@ impl Outcome {
                     "  latency    p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  max {:.1} µs  ({} samples)",
                     l.p50_us, l.p99_us, l.p999_us, l.max_us, l.count
                 );
+            }
+            if !self.slowest.is_empty() {
+                let _ = writeln!(
+                    t,
+                    "  slowest    {} deliveries, by due time: due at (s from counting start, \
+                     CLOCK_MONOTONIC s) latency = sent late + flight",
+                    self.slowest.len()
+                );
+                for s in &self.slowest {
+                    let _ = writeln!(
+                        t,
+                        "             +{:.6} s ({:.6}) {:.1} µs = {:.1} + {:.1}",
+                        s.since_start_s, s.due_mono_s, s.latency_us, s.late_us, s.flight_us
+                    );
+                }
             }
         }
         let pct = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{:.0}%", v * 100.0));
