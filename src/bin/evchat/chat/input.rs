@@ -1,10 +1,14 @@
 //! What a line typed into `evchat chat` means: a message to the current
-//! target, a `/command`, or one of the emitter's own `(ID) text`,
-//! `(CREQ) ID`, `(FLW)` lines. Pure parsing, no I/O: a name typed where an
-//! id may go is handed on as typed, for the chat to look up.
+//! target, a `/command` (rooms' among them: `/join`, `/leave`, `/rooms`,
+//! `/to #room`), or one of the emitter's own `(ID) text`, `(CREQ) ID`,
+//! `(FLW)` lines. Pure parsing, no I/O: a name or `#room` typed where an id
+//! may go is handed on as typed, for the chat to look up; a room's name is
+//! judged by the server (ROOMACK code 1), only its length here, since a
+//! JOIN or LEAVE over 64 bytes would be malformed.
 
 use evchat::auth::Name;
 use evchat::client::{Command, parse_command};
+use evchat::proto::ext::MAX_ROOM_NAME_LEN;
 use evchat::proto::{BROADCAST, ClientId, MAX_TEXT_LEN};
 
 /// Who a plain line goes to.
@@ -21,11 +25,13 @@ impl From<Target> for Addressee {
     }
 }
 
-/// Who a `/to` or `/msg` names: an id (or all), or a name to look up.
+/// Who a `/to` or `/msg` names: an id (or all), a name to look up, or a
+/// room (`#name`, kept without its `#`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addressee {
     Id(Target),
     Name(String),
+    Room(String),
 }
 
 /// One line of chat input, understood.
@@ -40,8 +46,17 @@ pub enum ChatLine {
     ListHere,
     /// `(CREQ) ID`: the client list, shown by ID.
     ListTo(Target),
-    /// `/to ID`, `/to NAME` or `/to all`.
+    /// `/to ID`, `/to NAME`, `/to #room` or `/to all`.
     SetTarget(Addressee),
+    /// `/join #room`, `/join #room --queue`: the room's name, without `#`.
+    Join {
+        room: String,
+        queue: bool,
+    },
+    /// `/leave #room`.
+    LeaveRoom(String),
+    /// `/rooms`: the server's rooms, with their kinds and member counts.
+    Rooms,
     Help,
     /// `/quit` or `(FLW)`.
     Quit,
@@ -54,10 +69,16 @@ pub enum ChatLine {
 pub enum ChatError {
     #[error("unknown command '{0}'; /help lists the commands")]
     UnknownCommand(String),
-    #[error("{0} takes an id (0-65535), a name or 'all'")]
+    #[error("{0} takes an id (0-65535), a name, #room or 'all'")]
     NeedsTarget(&'static str),
-    #[error("'{0}' is not an id from 0 to 65535, a name or 'all'")]
+    #[error("'{0}' is not an id from 0 to 65535, a name, #room or 'all'")]
     BadTarget(String),
+    #[error("usage: {0}")]
+    RoomUsage(&'static str),
+    #[error("'{0}' is not a room: rooms are written #name")]
+    NotARoom(String),
+    #[error("a room's name is at most 64 bytes; '#{0}…' is longer")]
+    RoomTooLong(String),
     #[error("usage: /msg ID|NAME text")]
     MsgUsage,
     #[error("{0} takes nothing after it")]
@@ -74,14 +95,37 @@ pub const HELP: &[&str] = &[
     "/to ID        talk to exhibitor ID, or to the exhibitor paired with emitter ID",
     "/to NAME      talk to the one with that name (any case; names come with messages and /list)",
     "/to all       talk to everyone (the start)",
-    "/msg ID text  one message to ID (or NAME), without changing the target",
+    "/to #room     talk to a room (its members see it; you need not be one)",
+    "/msg ID text  one message to ID (or NAME, or #room), without changing the target",
     "/list         show who is connected, with their names",
+    "/join #room   join a room, creating it if it does not exist (--queue: a work queue)",
+    "/leave #room  leave a room",
+    "/rooms        list the rooms, their kinds and member counts",
     "/help         this list",
     "/quit         leave (Ctrl-D and Ctrl-C too)",
     "(ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line starting with /",
 ];
 
+/// A room typed as `#name`: the name as typed (the server judges it), at
+/// most [`MAX_ROOM_NAME_LEN`] bytes.
+fn parse_room(word: &str) -> Result<String, ChatError> {
+    let Some(name) = word.strip_prefix('#').filter(|name| !name.is_empty()) else {
+        return Err(ChatError::NotARoom(word.to_string()));
+    };
+    if name.len() > MAX_ROOM_NAME_LEN {
+        let mut cut = MAX_ROOM_NAME_LEN.min(24);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Err(ChatError::RoomTooLong(name[..cut].to_string()));
+    }
+    Ok(name.to_string())
+}
+
 fn parse_target(word: &str) -> Result<Addressee, ChatError> {
+    if word.starts_with('#') {
+        return parse_room(word).map(Addressee::Room);
+    }
     if word.eq_ignore_ascii_case("all") {
         return Ok(Addressee::Id(Target::ALL));
     }
@@ -166,6 +210,33 @@ fn parse_slash(line: &[u8]) -> Result<ChatLine, ChatError> {
             let dest = parse_target(&String::from_utf8_lossy(id))?;
             message(dest, text)
         }
+        "/join" => {
+            const USAGE: &str = "/join #room [--queue]";
+            let words: Vec<String> = String::from_utf8_lossy(rest)
+                .split_ascii_whitespace()
+                .map(str::to_string)
+                .collect();
+            let (room, queue) = match &words[..] {
+                [room] => (room, false),
+                [room, flag] if flag == "--queue" => (room, true),
+                _ => return Err(ChatError::RoomUsage(USAGE)),
+            };
+            Ok(ChatLine::Join {
+                room: parse_room(room)?,
+                queue,
+            })
+        }
+        "/leave" => {
+            let words: Vec<String> = String::from_utf8_lossy(rest)
+                .split_ascii_whitespace()
+                .map(str::to_string)
+                .collect();
+            match &words[..] {
+                [room] => parse_room(room).map(ChatLine::LeaveRoom),
+                _ => Err(ChatError::RoomUsage("/leave #room")),
+            }
+        }
+        "/rooms" => only("/rooms", ChatLine::Rooms),
         "/list" => only("/list", ChatLine::ListHere),
         "/help" => only("/help", ChatLine::Help),
         "/quit" => only("/quit", ChatLine::Quit),
@@ -235,6 +306,81 @@ mod tests {
             Ok(ChatLine::ListTo(Target::ALL))
         );
         assert_eq!(parse_chat_line(b"(flw)", t), Ok(ChatLine::Quit));
+    }
+
+    #[test]
+    fn room_commands() {
+        let t = Target::ALL;
+        assert_eq!(
+            parse_chat_line(b"/join #ops", t),
+            Ok(ChatLine::Join {
+                room: "ops".into(),
+                queue: false
+            })
+        );
+        assert_eq!(
+            parse_chat_line(b"/JOIN  #jobs  --queue ", t),
+            Ok(ChatLine::Join {
+                room: "jobs".into(),
+                queue: true
+            })
+        );
+        assert_eq!(
+            parse_chat_line(b"/leave #ops", t),
+            Ok(ChatLine::LeaveRoom("ops".into()))
+        );
+        assert_eq!(parse_chat_line(b"/rooms", t), Ok(ChatLine::Rooms));
+        assert_eq!(
+            parse_chat_line(b"/to #Ops", t),
+            Ok(ChatLine::SetTarget(Addressee::Room("Ops".into())))
+        );
+        assert_eq!(
+            parse_chat_line(b"/msg #ops deploy done", t),
+            Ok(ChatLine::Send {
+                dest: Addressee::Room("ops".into()),
+                text: b"deploy done".to_vec()
+            })
+        );
+        // The name rule is the server's to apply (ROOMACK code 1).
+        assert_eq!(
+            parse_chat_line(b"/join #9lives", t),
+            Ok(ChatLine::Join {
+                room: "9lives".into(),
+                queue: false
+            })
+        );
+    }
+
+    #[test]
+    fn bad_room_commands_are_errors() {
+        let t = Target::ALL;
+        let usage = Err(ChatError::RoomUsage("/join #room [--queue]"));
+        assert_eq!(parse_chat_line(b"/join", t), usage);
+        assert_eq!(parse_chat_line(b"/join #a #b", t), usage);
+        assert_eq!(parse_chat_line(b"/join #a --fast", t), usage);
+        assert_eq!(
+            parse_chat_line(b"/leave", t),
+            Err(ChatError::RoomUsage("/leave #room"))
+        );
+        assert_eq!(
+            parse_chat_line(b"/join ops", t),
+            Err(ChatError::NotARoom("ops".into()))
+        );
+        assert_eq!(
+            parse_chat_line(b"/to #", t),
+            Err(ChatError::NotARoom("#".into()))
+        );
+        assert_eq!(
+            parse_chat_line(b"/rooms all", t),
+            Err(ChatError::Trailing("/rooms"))
+        );
+        // 64 bytes go to the server; 65 would make a malformed JOIN.
+        let longest = format!("/join #{}", "a".repeat(64));
+        assert!(parse_chat_line(longest.as_bytes(), t).is_ok());
+        assert_eq!(
+            parse_chat_line(format!("/join #{}", "a".repeat(65)).as_bytes(), t),
+            Err(ChatError::RoomTooLong("a".repeat(24)))
+        );
     }
 
     #[test]
