@@ -11,7 +11,10 @@
 use crate::util::{Raw, ReservedPort, Rng, Server, TempDir, expect_exact, hdr, msg, raw_hdr};
 use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
 use evchat::cli::escape_text;
-use evchat::proto::ext::{ExtFrame, Hello, HelloAck, KICK, SecretBytes, Who};
+use evchat::proto::ext::{
+    ExtFrame, FLAG_QUEUE, Hello, HelloAck, Join, KICK, Leave, ROOMS, RoomAck, RoomEntry, RoomList,
+    SecretBytes, Who,
+};
 use evchat::proto::{Frame, Header, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
 use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption as ConsoleType;
@@ -413,6 +416,60 @@ fn codec_matches_rust(tab: &Tab) {
             dest: 2,
             seq: 5,
         }),
+        ExtFrame::Join(Join {
+            origin: 1,
+            dest: 0xffff,
+            seq: 4,
+            flags: FLAG_QUEUE,
+            name: b"jobs".to_vec(),
+        }),
+        ExtFrame::Leave(Leave {
+            origin: 1,
+            dest: 0xffff,
+            seq: 5,
+            name: b"ops".to_vec(),
+        }),
+        ExtFrame::Rooms(Header {
+            kind: ROOMS,
+            origin: 1,
+            dest: 0xffff,
+            seq: 6,
+        }),
+        ExtFrame::RoomAck(RoomAck {
+            origin: 0xffff,
+            dest: 1,
+            seq: 4,
+            code: 0,
+            flags: FLAG_QUEUE,
+            room: 0x4001,
+            members: 300,
+            name: b"jobs".to_vec(),
+        }),
+        ExtFrame::RoomList(RoomList {
+            origin: 0xffff,
+            dest: 1,
+            seq: 6,
+            rooms: vec![
+                RoomEntry {
+                    room: 0x4000,
+                    flags: 0,
+                    members: 2,
+                    name: b"ops".to_vec(),
+                },
+                RoomEntry {
+                    room: 0x7fff,
+                    flags: FLAG_QUEUE,
+                    members: 1024,
+                    name: b"a.b-c_d".to_vec(),
+                },
+            ],
+        }),
+        ExtFrame::RoomList(RoomList {
+            origin: 0xffff,
+            dest: 1,
+            seq: 7,
+            rooms: vec![],
+        }),
     ];
     let bytes_of = frames
         .iter()
@@ -436,7 +493,26 @@ fn codec_matches_rust(tab: &Tab) {
         (&b"\x00\x01\x00\x00\x00"[..], "short frame"),
         (b"\x00\x05\x00\x01\x00\x00\x00\x01\x00\x03hi", "short MSG"),
         (b"\x00\x01\x00\x00\x00\x00\x00\x00\x00", "trailing bytes"),
-        (b"\x00\x0c\x00\x00\x00\x00\x00\x00", "unknown frame type 12"),
+        (b"\x00\x11\x00\x00\x00\x00\x00\x00", "unknown frame type 17"),
+        (
+            b"\x00\x0c\x00\x00\x00\x00\x00\x00",
+            "short JOIN: no length field",
+        ),
+        // L = 67, one over JOIN's limit.
+        (
+            b"\x00\x0c\x00\x01\xff\xff\x00\x01\x00\x43",
+            "malformed JOIN: L is 67",
+        ),
+        // ROOMACK whose NL (3) does not add up to L (9).
+        (
+            b"\x00\x0f\xff\xff\x00\x01\x00\x01\x00\x09\x00\x00\x40\x00\x00\x01\x03op",
+            "malformed ROOMACK",
+        ),
+        // ROOMLIST announcing two rooms with bytes for one.
+        (
+            b"\x00\x10\xff\xff\x00\x01\x00\x01\x00\x0a\x00\x02\x40\x00\x00\x00\x01\x02ab",
+            "malformed ROOMLIST",
+        ),
         (
             b"\x00\x09\xff\xff\x00\x00\x00\x00",
             "short HELLOACK: no length",
@@ -1467,4 +1543,235 @@ fn page_over_https_chats_over_wss_with_a_tls_client() {
         problems.is_empty(),
         "the page reported problems: {problems:?}"
     );
+}
+
+/// JavaScript: the rooms list, each room's parts joined by `|` and the
+/// rooms by `, ` ("#ops|2 members|Open|Leave").
+const ROOMS_SHOWN: &str = "[...document.querySelectorAll('#rooms li')].map(li => \
+     [...li.children].map(e => e.textContent).join('|')).join(', ')";
+
+/// Claims `name` with the name field and waits until the page chats as it.
+fn claim_name(tab: &Tab, name: &str) {
+    type_into(tab, "#name", name);
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        tab,
+        &format!("the name {name} claimed"),
+        &format!(
+            "{} === {name:?} && document.getElementById('state').dataset.state === 'connected' \
+             && 'yes'",
+            text_of("own-name")
+        ),
+    );
+}
+
+/// Joins `typed` with the rooms form (Enter), and waits for the page to
+/// say it joined `room` (the server's spelling) and open its conversation.
+fn join_with_form(tab: &Tab, typed: &str, room: &str) {
+    type_into(tab, "#room-name", typed);
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        tab,
+        &format!("#{room} joined"),
+        &format!(
+            "{}.includes('joined #{room}') && \
+             document.querySelector('#conversations button[aria-current=\"true\"]') \
+               .textContent === '#{room}' && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+}
+
+/// JavaScript: the texts of the received entries of conversation `conv`,
+/// with their sender and scope, one a line ("alice in #ops: hi").
+fn conversation_lines(conv: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#log li.in[data-conv=\"{conv}\"]')].map(li => \
+           li.querySelector('.from').textContent + ' ' + li.querySelector('.scope').textContent \
+           + ': ' + li.querySelector('.text').textContent).join('\\n')"
+    )
+}
+
+/// Two pages in one room; one leaves (closes its page) and comes back with
+/// the same name on a server with `--history`: it is shown, in the room's
+/// conversation, what the room said meanwhile, once and in order, and
+/// switching conversations shows each one's lines only.
+#[test]
+fn page_member_back_in_a_room_sees_what_it_missed() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-rooms");
+    let server = Server::start(&["--history", dir.arg()]);
+    let (_browser, alice, problems) = open_page(path.clone(), server.addr.port());
+    wait_connected(&alice);
+    claim_name(&alice, "alice");
+    // bob's page in a browser of its own: a background tab is not given
+    // focus or keys.
+    let bob_browser = launch(path);
+    let url = format!("http://127.0.0.1:{}/", server.addr.port());
+    let open_bob = || {
+        let bob = bob_browser.new_tab().unwrap();
+        bob.navigate_to(&url)
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
+        wait_connected(&bob);
+        claim_name(&bob, "bob");
+        bob
+    };
+    let bob = open_bob();
+
+    join_with_form(&alice, "#ops", "ops");
+    // Any case, with or without '#', is the same room.
+    join_with_form(&bob, "OPS", "ops");
+    wait_for(
+        &bob,
+        "the room listed with two members",
+        &format!("{ROOMS_SHOWN} === '#ops|2 members|Open|Leave' && 'yes'"),
+    );
+    let room = evaluate(
+        &bob,
+        "document.querySelector('#rooms li').dataset.room",
+        false,
+    );
+    let room: u16 = room.as_str().unwrap().parse().unwrap();
+    assert!((0x4000..=0x7fff).contains(&room), "room id {room}");
+    let conv = format!("room:{room}");
+
+    // alice writes in the room's conversation (the picker follows it).
+    type_and_send(&alice, "before you left");
+    wait_for(
+        &alice,
+        "the room message delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("before you left", Some("in #ops"), "delivered")
+        ),
+    );
+    wait_for(
+        &bob,
+        "the room message shown in its conversation",
+        &format!(
+            "(() => {{ const t = {}; return t === 'alice in #ops: before you left' && t; }})()",
+            conversation_lines(&conv)
+        ),
+    );
+
+    // bob closes his page (FLW); his name stays a member.
+    bob.close(true).unwrap();
+    wait_for(
+        &alice,
+        "bob gone",
+        &format!(
+            "(() => {{ const t = {}; return t !== '' && !t.includes('bob') && 'yes'; }})()",
+            texts("#clients li", ", ")
+        ),
+    );
+    for text in ["while you were away", "and this"] {
+        type_and_send(&alice, text);
+        wait_for(
+            &alice,
+            "delivered to the room (alice's own page)",
+            &format!(
+                "{} && 'yes'",
+                sent_shows(text, Some("in #ops"), "delivered")
+            ),
+        );
+    }
+    // A broadcast too, so that switching conversations has lines to hide.
+    evaluate(
+        &alice,
+        "document.querySelector('#conversations button[data-conv=\"everyone\"]').click()",
+        false,
+    );
+    type_and_send(&alice, "to everyone");
+    wait_for(
+        &alice,
+        "the broadcast delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("to everyone", Some("to all"), "delivered")
+        ),
+    );
+
+    // bob comes back with the same name: what the room said while he was
+    // away is shown, in its conversation, once, in order, and not what he
+    // had seen.
+    let bob = open_bob();
+    wait_for(
+        &bob,
+        "the missed room messages",
+        &format!(
+            "(() => {{ const t = {}; return t === 'alice in #ops: while you were away\\n\
+             alice in #ops: and this' && t; }})()",
+            conversation_lines(&conv)
+        ),
+    );
+    // His page knows he is a member (the room's messages reached him).
+    wait_for(
+        &bob,
+        "bob shown as a member",
+        &format!("{ROOMS_SHOWN} === '#ops|2 members|Open|Leave' && 'yes'"),
+    );
+    // Opening the room's conversation shows its lines only.
+    evaluate(
+        &bob,
+        &format!("document.querySelector('#conversations button[data-conv=\"{conv}\"]').click()"),
+        false,
+    );
+    let visible = "[...document.querySelectorAll('#log li.in')].filter(li => !li.hidden)\
+                   .map(li => li.querySelector('.text').textContent).join('|')";
+    wait_for(
+        &bob,
+        "only the room's lines",
+        &format!(
+            "(() => {{ const t = {visible}; return t === 'while you were away|and this' && t; }})()"
+        ),
+    );
+    evaluate(
+        &bob,
+        "document.querySelector('#conversations button[data-conv=\"everyone\"]').click()",
+        false,
+    );
+    wait_for(
+        &bob,
+        "only the broadcasts",
+        &format!("(() => {{ const t = {visible}; return t === 'to everyone' && t; }})()"),
+    );
+
+    // bob answers in the room; alice's page, in the room's conversation
+    // with its list refreshed, is the README's picture.
+    evaluate(
+        &bob,
+        &format!("document.querySelector('#conversations button[data-conv=\"{conv}\"]').click()"),
+        false,
+    );
+    type_and_send(&bob, "back, thanks");
+    wait_for(
+        &alice,
+        "bob's answer in the room",
+        &format!(
+            "{}.endsWith('bob in #ops: back, thanks') && 'yes'",
+            conversation_lines(&conv)
+        ),
+    );
+    evaluate(
+        &alice,
+        &format!("document.querySelector('#conversations button[data-conv=\"{conv}\"]').click()"),
+        false,
+    );
+    evaluate(
+        &alice,
+        "document.getElementById('rooms-refresh').click()",
+        false,
+    );
+    wait_for(
+        &alice,
+        "the room's count refreshed",
+        &format!("{ROOMS_SHOWN} === '#ops|2 members|Open|Leave' && 'yes'"),
+    );
+    type_into(&alice, "#text", "welcome back");
+    screenshot(&alice, "page-rooms.png", DESKTOP);
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
 }
