@@ -1,11 +1,15 @@
-//! Rooms in `evchat chat`, through the real binaries (PROTOCOL.md,
-//! "Extension: rooms and queues"; README, "Rooms"): `/join`, `/leave`,
-//! `/rooms`, `/to #room`, messages shown with their room, each ROOMACK
-//! code as its sentence, and the sentence for a chat without a name.
-//! Piped chats, so every line is exact; every wait is for a line or an
-//! exit, with a deadline.
+//! Rooms and waiting messages in `evchat chat`, through the real binary
+//! (PROTOCOL.md, "Extension: rooms and queues" and "Waiting messages";
+//! README, "Rooms"): `/join`, `/leave`, `/rooms`, `/to #room`, messages
+//! shown with their room, each ROOMACK code as its sentence, the sentence
+//! for a chat without a name; TELL to a name not online and a waiting
+//! message shown as such, against a scripted server (this server does not
+//! serve TELL yet). Piped chats, so every line is exact; every wait is for
+//! a line or an exit, with a deadline.
 
 use crate::util::*;
+use evchat::proto::ext::{ExtFrame, HelloAck, ROOMS, RoomAck, RoomList, Tell, Waiting, Who};
+use evchat::proto::{Frame, Header, Kind, SERVER_ID};
 
 /// `evchat chat ADDR --name NAME`, piped, once it has said who it is.
 fn named(server: &Server, name: &str) -> Proc {
@@ -254,4 +258,192 @@ fn a_member_back_from_away_is_shown_what_its_room_said() {
     bob.stdout.expect_line("alice in #ops: and this");
     leave_quietly(bob);
     leave_quietly(alice);
+}
+
+/// A scripted server for a chat named `name`: it answers both HELLOs with
+/// code 0 and the name, the OIs with 4096 (exhibitor) and 1 (emitter), the
+/// emitter's first request (ROOMS) with an empty ROOMLIST, and hands the
+/// test both connections, exhibitor first.
+fn scripted_named_server(name: &'static str) -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let welcome = ExtFrame::HelloAck(HelloAck {
+            origin: SERVER_ID,
+            dest: 0,
+            seq: 0,
+            code: 0,
+            version: 1,
+            roles: 7,
+            name: name.as_bytes().to_vec(),
+        });
+        let register = |id: u16, hello_len: usize| {
+            let mut client = Raw::over(listener.accept().unwrap().0);
+            client.expect_bytes(hello_len);
+            client.send(&welcome.to_bytes());
+            let oi = client.expect_frame();
+            assert_eq!(oi.kind, Kind::Oi, "{oi}");
+            client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+            client
+        };
+        // The exhibitor's HELLO claims the name; the emitter's carries none.
+        let exhibitor = register(4096, 14 + name.len());
+        let mut emitter = register(1, 14);
+        let rooms = ExtFrame::Rooms(Header {
+            kind: ROOMS,
+            origin: 1,
+            dest: SERVER_ID,
+            seq: 1,
+        });
+        assert_eq!(emitter.expect_bytes(10), rooms.to_bytes().to_vec());
+        let listed = ExtFrame::RoomList(RoomList {
+            origin: SERVER_ID,
+            dest: 1,
+            seq: 1,
+            rooms: vec![],
+        });
+        emitter.send(&listed.to_bytes());
+        let _ = tx.send((exhibitor, emitter));
+    });
+    (addr, rx)
+}
+
+fn tell_bytes(seq: u16, name: &str, text: &str) -> Vec<u8> {
+    let tell = ExtFrame::Tell(Tell {
+        origin: 1,
+        dest: SERVER_ID,
+        seq,
+        name: name.as_bytes().to_vec(),
+        text: text.as_bytes().to_vec().into(),
+    });
+    tell.to_bytes().to_vec()
+}
+
+fn tell_answer(seq: u16, code: u8, name: &str) -> Vec<u8> {
+    let ack = ExtFrame::RoomAck(RoomAck {
+        origin: SERVER_ID,
+        dest: 1,
+        seq,
+        code,
+        flags: 0,
+        room: 0,
+        members: 0,
+        name: name.as_bytes().to_vec(),
+    });
+    ack.to_bytes().to_vec()
+}
+
+/// `/to NAME` for a name not online makes a named chat send TELL; each
+/// answer is its mark ("stored for alice" on code 9). A message that waited
+/// for our name comes after WAITING, is acknowledged like any, and is shown
+/// marked, with the time the server stored it.
+#[test]
+fn a_name_not_online_is_told_and_waiting_messages_are_marked() {
+    let (addr, connections) = scripted_named_server("carol");
+    let mut chat = Proc::spawn_command(
+        {
+            let mut command = std::process::Command::new(bin("evchat"));
+            command
+                .args(["chat", &addr, "--name", "carol", "--timestamps", "always"])
+                .env("TZ", "UTC")
+                .stdin(std::process::Stdio::piped());
+            command
+        },
+        "evchat",
+    );
+    chat.stdout
+        .expect_line("you are carol, 1 (emitter) / 4096 (exhibitor)");
+    let (mut exhibitor, mut emitter) = connections.recv_timeout(TIMEOUT).expect("registered");
+    // Chat lines carry the local time first: "HH:MM:SS ".
+    let untimed = |line: String| -> String {
+        let (time, rest) = line.split_at(9);
+        assert!(
+            time.as_bytes()[2] == b':' && time.ends_with(' '),
+            "{line:?}"
+        );
+        rest.to_string()
+    };
+
+    type_line(&mut chat, "/to alice");
+    chat.stdout.expect_line(
+        "now talking to alice, who is not online here: messages wait for them where the \
+         server keeps them",
+    );
+    type_line(&mut chat, "hi");
+    assert_eq!(emitter.expect_bytes(18), tell_bytes(2, "alice", "hi"));
+    emitter.send(&tell_answer(2, 9, "alice"));
+    assert_eq!(
+        untimed(chat.stdout.expect()),
+        "you to alice: hi ⏳ stored for alice"
+    );
+
+    type_line(&mut chat, "/msg dave x");
+    assert_eq!(emitter.expect_bytes(16), tell_bytes(3, "dave", "x"));
+    emitter.send(&tell_answer(3, 10, ""));
+    assert_eq!(
+        untimed(chat.stdout.expect()),
+        "you to dave: x ✗ not delivered: no one named dave is known to the server"
+    );
+    type_line(&mut chat, "again");
+    assert_eq!(emitter.expect_bytes(21), tell_bytes(4, "alice", "again"));
+    emitter.send(&tell_answer(4, 11, ""));
+    assert_eq!(
+        untimed(chat.stdout.expect()),
+        "you to alice: again ✗ not stored: alice has as many messages waiting as the server \
+         allows"
+    );
+    // alice came online meanwhile: the server shows it (OK), or refuses it.
+    type_line(&mut chat, "seen?");
+    assert_eq!(emitter.expect_bytes(21), tell_bytes(5, "alice", "seen?"));
+    emitter.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, 1, 5));
+    assert_eq!(untimed(chat.stdout.expect()), "you to alice: seen? ✓");
+    type_line(&mut chat, "gone");
+    assert_eq!(emitter.expect_bytes(20), tell_bytes(6, "alice", "gone"));
+    emitter.send_frame(&Frame::bare(Kind::Erro, SERVER_ID, 1, 6));
+    assert_eq!(
+        untimed(chat.stdout.expect()),
+        "you to alice: gone ✗ not delivered"
+    );
+    // A TELL's L holds the name too: 65535 - 1 - 5 bytes of text at most.
+    type_line(&mut chat, &"x".repeat(65_530));
+    chat.stderr.expect_line(
+        "evchat chat: line 7: text is 65530 bytes; a message to alice, who is not online \
+         here, carries at most 65529; nothing sent",
+    );
+
+    // A message that waited: WAITING, WHO, MSG, each acknowledged.
+    let waiting = ExtFrame::Waiting(Waiting {
+        origin: SERVER_ID,
+        dest: 4096,
+        seq: 1,
+        // 2025-12-01T13:45:02.123Z
+        time_ms: 1_764_596_702_123,
+    });
+    exhibitor.send(&waiting.to_bytes());
+    assert_eq!(
+        exhibitor.expect_frame(),
+        Frame::bare(Kind::Ok, 4096, SERVER_ID, 1)
+    );
+    let who = ExtFrame::Who(Who {
+        origin: SERVER_ID,
+        dest: 4096,
+        seq: 2,
+        id: 2,
+        roles: 7,
+        name: b"bob".to_vec(),
+    });
+    exhibitor.send(&who.to_bytes());
+    assert_eq!(
+        exhibitor.expect_frame(),
+        Frame::bare(Kind::Ok, 4096, SERVER_ID, 2)
+    );
+    exhibitor.send_frame(&Frame::msg(2, 4096, 3, b"hi carol".to_vec()).unwrap());
+    chat.stdout
+        .expect_line("13:45:02 bob (while you were away): hi carol");
+    assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 2, 3));
+    // The next one is live: not marked.
+    exhibitor.send_frame(&Frame::msg(2, 4096, 4, b"now".to_vec()).unwrap());
+    assert_eq!(untimed(chat.stdout.expect()), "bob to you: now");
+    assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 2, 4));
 }

@@ -20,10 +20,12 @@ use evchat::auth::{Credential, Name};
 use evchat::cli::{escape_text, parse_secs};
 use evchat::client::{
     Book, Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, Hello, Incoming, InputLine,
-    LineInput, Names, Printer, RegisterError, Registered, Replies, Settled, ask_secret,
-    exit_process, register, register_with, secret_from_env, secret_from_file,
+    LineInput, NameLookupError, Names, Printer, RegisterError, Registered, Replies, Settled,
+    ask_secret, exit_process, register, register_with, secret_from_env, secret_from_file,
 };
-use evchat::proto::ext::{ExtFrame, FLAG_QUEUE, Join, Leave, RoomAck, RoomList};
+use evchat::proto::ext::{
+    ExtFrame, FLAG_QUEUE, Join, Leave, MAX_TELL_BODY, RoomAck, RoomCode, RoomList, Tell,
+};
 use evchat::proto::{BROADCAST, Body, ClientId, Encode, Frame, Header, Kind, SERVER_ID};
 use evchat::server::is_room_id;
 use evchat::tls::client::{Endpoint, TlsArgs};
@@ -166,6 +168,12 @@ enum Sent {
         dest: Target,
         text: Vec<u8>,
     },
+    /// TELL: a message to a name no session of which is known online here;
+    /// the server shows it at once or keeps it until the name signs in.
+    Tell {
+        name: String,
+        text: Vec<u8>,
+    },
     List {
         dest: Target,
     },
@@ -205,6 +213,7 @@ impl Outgoing {
                     ExtFrame::Join(join) => join.seq = seq,
                     ExtFrame::Leave(leave) => leave.seq = seq,
                     ExtFrame::Rooms(header) => header.seq = seq,
+                    ExtFrame::Tell(tell) => tell.seq = seq,
                     _ => unreachable!("the chat sends no other numbered extension frame"),
                 }
                 Outgoing::Ext(frame)
@@ -227,6 +236,13 @@ impl Encode for Outgoing {
             Outgoing::Ext(frame) => frame.encode_into(out),
         }
     }
+}
+
+/// Where a `/to` or `/msg` goes once looked up.
+enum Dest {
+    Id(Target),
+    /// A name not online as far as this chat knows: TELL.
+    Away(String),
 }
 
 /// How long the chat waits for the server's rooms to name a room id, or a
@@ -300,6 +316,9 @@ struct Received {
     frame: Frame,
     own: bool,
     from: String,
+    /// When the server stored it, for a message that waited for our name
+    /// (the WAITING before it said so), in ms since the epoch.
+    waited: Option<u64>,
 }
 
 /// How many broadcasts at the start of `replayed` were seen already: the
@@ -510,12 +529,17 @@ fn connect_pair(
 
 /// `HH:MM:SS ` in local time.
 fn local_time() -> String {
-    // SAFETY: time(NULL) has no preconditions; localtime_r writes only the
-    // struct passed and reports failure by returning null.
+    // SAFETY: time(NULL) has no preconditions.
+    local_time_of(unsafe { libc::time(std::ptr::null_mut()) })
+}
+
+/// `HH:MM:SS ` of `when` (seconds since the epoch) in local time.
+fn local_time_of(when: libc::time_t) -> String {
+    // SAFETY: localtime_r writes only the struct passed and reports
+    // failure by returning null.
     unsafe {
-        let now = libc::time(std::ptr::null_mut());
         let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
+        if libc::localtime_r(&when, &mut tm).is_null() {
             return String::new();
         }
         format!("{:02}:{:02}:{:02} ", tm.tm_hour, tm.tm_min, tm.tm_sec)
@@ -529,6 +553,30 @@ fn jittered(base: Duration) -> Duration {
     // A factor from 0.8 to 1.2.
     let factor = 0.8 + (random % 4001) as f64 / 10_000.0;
     base.mul_f64(factor)
+}
+
+/// Whether `text` fits in a TELL to `name`: its L holds the name too.
+fn tell_room(name: &str, text: &[u8]) -> Result<(), String> {
+    let most = MAX_TELL_BODY - 1 - name.len();
+    if text.len() > most {
+        return Err(format!(
+            "text is {} bytes; a message to {name}, who is not online here, carries at most {most}",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The mark a TELL's ROOMACK puts after the message (PROTOCOL.md,
+/// "Waiting messages").
+fn tell_answer(name: &str, code: u8) -> String {
+    match code {
+        c if c == RoomCode::Stored as u8 => format!("⏳ stored for {name}"),
+        1 => format!("✗ not delivered: '{name}' is not a name"),
+        10 => format!("✗ not delivered: no one named {name} is known to the server"),
+        11 => format!("✗ not stored: {name} has as many messages waiting as the server allows"),
+        code => format!("✗ not delivered (ROOMACK code {code})"),
+    }
 }
 
 impl Chat {
@@ -560,13 +608,13 @@ impl Chat {
     /// The id a `/to` or `/msg` means: a name is looked up among those this
     /// session was told (our own ids last); a room among the rooms known,
     /// asking the server for them when it is not.
-    fn resolve(self: &Arc<Self>, addressee: Addressee) -> Result<Target, String> {
+    fn resolve(self: &Arc<Self>, addressee: Addressee) -> Result<Dest, String> {
         match addressee {
-            Addressee::Id(target) => Ok(target),
+            Addressee::Id(target) => Ok(Dest::Id(target)),
             Addressee::Room(room) => {
                 self.needs_a_name()?;
                 if let Some(id) = self.lock().client.rooms.find(&room) {
-                    return Ok(Target(id));
+                    return Ok(Dest::Id(Target(id)));
                 }
                 let Some(seq) = self.send(0, Sent::Rooms { shown: false }) else {
                     return Err(format!("not connected (reconnecting to {})", self.target));
@@ -574,24 +622,33 @@ impl Chat {
                 let (state, _) = self.replies.wait_until(ROOMS_WAIT, |state| {
                     state.get(seq).is_none() || state.client.session.is_none()
                 });
-                state.client.rooms.find(&room).map(Target).ok_or_else(|| {
-                    format!(
-                        "no room '#{}' exists; /join #{0} creates it, /rooms lists them",
-                        escape_text(room.as_bytes())
-                    )
-                })
+                state
+                    .client
+                    .rooms
+                    .find(&room)
+                    .map(|id| Dest::Id(Target(id)))
+                    .ok_or_else(|| {
+                        format!(
+                            "no room '#{}' exists; /join #{0} creates it, /rooms lists them",
+                            escape_text(room.as_bytes())
+                        )
+                    })
             }
             Addressee::Name(name) => {
-                let own = self
-                    .lock()
-                    .client
-                    .session
-                    .as_ref()
-                    .map_or(Vec::new(), |s| vec![s.emitter, s.exhibitor]);
-                self.names()
-                    .resolve(&name, &own)
-                    .map(Target)
-                    .map_err(|e| e.to_string())
+                let (own, named) = {
+                    let state = self.lock();
+                    let session = state.client.session.as_ref();
+                    let own = session.map_or(Vec::new(), |s| vec![s.emitter, s.exhibitor]);
+                    (own, session.is_some_and(|s| s.name.is_some()))
+                };
+                match self.names().resolve(&name, &own) {
+                    Ok(id) => Ok(Dest::Id(Target(id))),
+                    // Not online here: a named session may leave a message
+                    // waiting (TELL); the server says whether it knows the
+                    // name.
+                    Err(NameLookupError::Unknown(_)) if named => Ok(Dest::Away(name)),
+                    Err(e) => Err(e.to_string()),
+                }
             }
         }
     }
@@ -687,13 +744,16 @@ impl Chat {
         // When talking to a room, its name: its id is looked up at each
         // line, as a server restarted may have given it another.
         let mut target_room: Option<String> = None;
+        // When talking to a name not online: its messages go as TELL.
+        let mut target_away: Option<String> = None;
         let mut number = 0u64;
         loop {
             number += 1;
             let prompt = if input.is_terminal() {
-                match &target_room {
-                    Some(room) => format!("#{}> ", escape_text(room.as_bytes())),
-                    None => format!("{}> ", self.label(target.0)),
+                match (&target_room, &target_away) {
+                    (Some(room), _) => format!("#{}> ", escape_text(room.as_bytes())),
+                    (_, Some(name)) => format!("{name} (away)> "),
+                    _ => format!("{}> ", self.label(target.0)),
                 }
             } else {
                 String::new()
@@ -717,16 +777,25 @@ impl Chat {
             };
             match parse_chat_line(&line, target) {
                 Ok(ChatLine::Send { dest, text }) => {
-                    let dest = match (&target_room, dest) {
-                        (Some(room), Addressee::Id(id)) if id == target => {
+                    let dest = match (&target_room, &target_away, dest) {
+                        (Some(room), _, Addressee::Id(id)) if id == target => {
                             Addressee::Room(room.clone())
                         }
-                        (_, dest) => dest,
+                        (_, Some(name), Addressee::Id(id)) if id == target => {
+                            Addressee::Name(name.clone())
+                        }
+                        (_, _, dest) => dest,
                     };
                     match self.resolve(dest) {
-                        Ok(dest) => {
+                        Ok(Dest::Id(dest)) => {
                             self.send(number, Sent::Message { dest, text });
                         }
+                        Ok(Dest::Away(name)) => match tell_room(&name, &text) {
+                            Ok(()) => {
+                                self.send(number, Sent::Tell { name, text });
+                            }
+                            Err(e) => self.reject(number, &e),
+                        },
                         Err(e) => self.reject(number, &e),
                     }
                 }
@@ -745,9 +814,20 @@ impl Chat {
                         _ => None,
                     };
                     match self.resolve(new) {
-                        Ok(new) => {
+                        Ok(Dest::Away(name)) => {
+                            // Messages to it go as TELL until it is online.
+                            target = Target::ALL;
+                            target_room = None;
+                            self.say(&format!(
+                                "now talking to {name}, who is not online here: messages \
+                                 wait for them where the server keeps them"
+                            ));
+                            target_away = Some(name);
+                        }
+                        Ok(Dest::Id(new)) => {
                             target = new;
                             target_room = room;
+                            target_away = None;
                             let name = self.names().name(target.0).map(str::to_string);
                             let shown = match name {
                                 Some(name) => format!("{name} ({})", target.0),
@@ -829,6 +909,13 @@ impl Chat {
                     }),
                 })
             }
+            Sent::Tell { name, text } => Outgoing::Ext(ExtFrame::Tell(Tell {
+                origin: id,
+                dest: SERVER_ID,
+                seq: 0,
+                name: name.as_bytes().to_vec(),
+                text: text.clone().into(),
+            })),
             Sent::Rooms { .. } => Outgoing::Ext(ExtFrame::Rooms(Header {
                 kind: evchat::proto::ext::ROOMS,
                 origin: id,
@@ -871,6 +958,10 @@ impl Chat {
             Sent::Message { dest, text } => self.say_chat(&format!(
                 "you to {}: {} ✗ not delivered (connection lost)",
                 self.label(dest.0),
+                escape_text(&text)
+            )),
+            Sent::Tell { name, text } => self.say_chat(&format!(
+                "you to {name}: {} ✗ not delivered (connection lost)",
                 escape_text(&text)
             )),
             Sent::Room { request, typed } => {
@@ -939,6 +1030,8 @@ impl Chat {
     /// already shown is dropped.
     fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader, again: bool) {
         let mut held = again.then(Vec::new);
+        // Set by WAITING: the next MSG waited for our name, stored then.
+        let mut waited = None;
         loop {
             let frame = match reader.read_incoming() {
                 Ok(Some(Incoming::Plain(frame))) => frame,
@@ -948,6 +1041,19 @@ impl Chat {
                     if session
                         .acks
                         .send_ack(Kind::Ok, session.exhibitor, SERVER_ID, who.seq)
+                        .is_err()
+                    {
+                        self.release(held.take());
+                        return self.lost(&session, Half::Exhibitor);
+                    }
+                    continue;
+                }
+                Ok(Some(Incoming::Ext(ExtFrame::Waiting(waiting)))) => {
+                    // Acknowledged like a CLIST; it marks the MSG after it.
+                    waited = Some(waiting.time_ms);
+                    if session
+                        .acks
+                        .send_ack(Kind::Ok, session.exhibitor, waiting.origin, waiting.seq)
                         .is_err()
                     {
                         self.release(held.take());
@@ -977,6 +1083,7 @@ impl Chat {
                         from: self.label(frame.origin),
                         frame: frame.clone(),
                         own,
+                        waited: waited.take(),
                     };
                     match held.as_mut() {
                         Some(held) => held.push(received),
@@ -984,6 +1091,8 @@ impl Chat {
                     }
                 }
                 (Kind::Clist, Body::Clients(ids)) => {
+                    // WAITING marks a MSG only.
+                    waited = None;
                     self.release(held.take());
                     let mut line = format!("clients ({}):", ids.len());
                     {
@@ -1043,6 +1152,19 @@ impl Chat {
         }
         if received.own {
             return;
+        }
+        if let Some(stored_ms) = received.waited {
+            let line = format!(
+                "{} (while you were away): {}",
+                received.from,
+                escape_text(text)
+            );
+            return if self.timestamps {
+                let stored = (stored_ms / 1000).min(libc::time_t::MAX as u64) as libc::time_t;
+                self.say(&format!("{}{line}", local_time_of(stored)))
+            } else {
+                self.say(&line)
+            };
         }
         if is_room_id(frame.dest) {
             let room = self.room_label(frame.dest);
@@ -1143,6 +1265,14 @@ impl Chat {
             }
             (Sent::List { dest }, Reply::Ok | Reply::Erro) => {
                 self.say_chat(&format!("client list to {} {mark}", self.label(dest.0)))
+            }
+            (Sent::Tell { name, text }, reply) => {
+                let said = match reply {
+                    Reply::Ok => "✓".to_string(),
+                    Reply::RoomAck(ack) => tell_answer(&name, ack.code),
+                    Reply::Erro | Reply::RoomList(_) => "✗ not delivered".to_string(),
+                };
+                self.say_chat(&format!("you to {name}: {} {said}", escape_text(&text)))
             }
             (Sent::Room { request, typed }, Reply::RoomAck(ack)) => {
                 self.say_chat(&room_answer(request, &typed, &ack))
