@@ -13,7 +13,7 @@ use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
 use evchat::cli::escape_text;
 use evchat::proto::ext::{
     ExtFrame, FLAG_QUEUE, Hello, HelloAck, Join, KICK, Leave, ROOMS, RoomAck, RoomEntry, RoomList,
-    SecretBytes, Who,
+    SecretBytes, Tell, Waiting, Who,
 };
 use evchat::proto::{Frame, Header, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
@@ -470,6 +470,26 @@ fn codec_matches_rust(tab: &Tab) {
             seq: 7,
             rooms: vec![],
         }),
+        ExtFrame::Tell(Tell {
+            origin: 1,
+            dest: 0xffff,
+            seq: 8,
+            name: b"bob".to_vec(),
+            text: "hi ção".as_bytes().to_vec().into(),
+        }),
+        ExtFrame::Tell(Tell {
+            origin: 1,
+            dest: 0xffff,
+            seq: 9,
+            name: b"bob".to_vec(),
+            text: Vec::new().into(),
+        }),
+        ExtFrame::Waiting(Waiting {
+            origin: 0xffff,
+            dest: 4096,
+            seq: 3,
+            time_ms: 1_764_596_702_123,
+        }),
     ];
     let bytes_of = frames
         .iter()
@@ -493,7 +513,17 @@ fn codec_matches_rust(tab: &Tab) {
         (&b"\x00\x01\x00\x00\x00"[..], "short frame"),
         (b"\x00\x05\x00\x01\x00\x00\x00\x01\x00\x03hi", "short MSG"),
         (b"\x00\x01\x00\x00\x00\x00\x00\x00\x00", "trailing bytes"),
-        (b"\x00\x11\x00\x00\x00\x00\x00\x00", "unknown frame type 17"),
+        (b"\x00\x13\x00\x00\x00\x00\x00\x00", "unknown frame type 19"),
+        // WAITING's L is 8, no other.
+        (
+            b"\x00\x12\xff\xff\x10\x00\x00\x01\x00\x07\x00\x00\x00\x00\x00\x00\x00",
+            "malformed WAITING: L is 7",
+        ),
+        // TELL whose NL (9) runs past L (3).
+        (
+            b"\x00\x11\x00\x01\xff\xff\x00\x01\x00\x03\x09ab",
+            "malformed TELL",
+        ),
         (
             b"\x00\x0c\x00\x00\x00\x00\x00\x00",
             "short JOIN: no length field",

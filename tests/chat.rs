@@ -16,7 +16,7 @@ const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
 /// Where `evchat chat --user` takes a token from.
 const TOKEN: &str = "EVCHAT_TOKEN";
 /// How many lines `/help` prints.
-const HELP_LINES: usize = 13;
+const HELP_LINES: usize = 14;
 
 /// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
 /// types lines and skips to the line a test waits for.

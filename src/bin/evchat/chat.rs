@@ -60,7 +60,10 @@ Input: a line goes to the current target (everyone at first), shown in the promp
 Received messages print above the line you are typing. Each message you send is shown
 once its reply comes: '✓' delivered, '✗ not delivered'.
   /to ID         talk to exhibitor ID, or to the exhibitor paired with emitter ID
-  /to NAME       talk to the one with that name (any case)
+  /to NAME       talk to the one with that name (any case); with --name or --user, to
+                 one not online too: the server keeps the message until they are back
+                 ('stored for NAME'), and shows you those kept for you, marked
+                 '(while you were away)'
   /to all        talk to everyone
   /to #room      talk to a room (its members get it; you need not be one)
   /msg ID text   one message to ID (or NAME, or #room), without changing the target

@@ -178,8 +178,9 @@
     return s;
   }
 
-  function timeStamp() {
-    const now = new Date();
+  // The time of `when` (now when not given).
+  function timeStamp(when) {
+    const now = when || new Date();
     const t = document.createElement('time');
     t.dateTime = now.toISOString();
     t.textContent = now.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
@@ -407,15 +408,18 @@
     updatePicker();
   }
 
-  function showIncoming(s, frame, from, mine) {
+  // `waited`: when the server stored a message that waited for our name
+  // (ms since 1970), or null.
+  function showIncoming(s, frame, from, mine, waited) {
     const li = document.createElement('li');
-    li.className = 'entry in';
+    li.className = waited === null ? 'entry in' : 'entry in waited';
     const room = C.isRoomId(frame.dest);
     li.appendChild(metaLine([
       span('from', mine ? 'you (' + idName(frame.origin) + ')' : from),
-      span('scope', room ? 'in ' + roomLabel(frame.dest)
-        : frame.dest === C.BROADCAST ? 'to all' : 'to you'),
-      timeStamp(),
+      span('scope', waited !== null ? 'while you were away'
+        : room ? 'in ' + roomLabel(frame.dest)
+          : frame.dest === C.BROADCAST ? 'to all' : 'to you'),
+      timeStamp(waited === null ? undefined : new Date(waited)),
     ]));
     li.appendChild(span('text', C.escapeText(frame.text)));
     if (room) {
@@ -824,6 +828,9 @@
     // What WHO frames told this session's exhibitor: id -> name. Ids are
     // the server's, so the map lives and dies with the session.
     this.names = new Map();
+    // Set by WAITING: the next MSG waited for this page's name, stored at
+    // this time (ms since 1970).
+    this.waitedNext = null;
     // After a reconnection, what the exhibitor receives is held until the
     // answer to our first CREQ marks the end of the server's replay.
     this.held = everConnected ? [] : null;
@@ -1125,7 +1132,9 @@
           // Our own message reached our own exhibitor: it is already in the
           // log as sent; it is marked shown here rather than repeated.
           ownEntry: own !== undefined && own.kind === 'msg' ? own.entry : null,
+          waited: s.waitedNext,
         };
+        s.waitedNext = null;
         if (s.held !== null) {
           s.held.push(received);
         } else {
@@ -1137,9 +1146,16 @@
         }
         break;
       }
+      case T.WAITING:
+        // The next MSG waited for our name (PROTOCOL.md, "Waiting
+        // messages"); acknowledged like a CLIST.
+        s.waitedNext = frame.timeMs;
+        ack();
+        break;
       case T.CLIST:
         // Sent after everything the server queued for us before our
         // emitter existed, the replay included.
+        s.waitedNext = null;
         releaseHeld(s);
         showClients(frame.ids);
         ack();
@@ -1184,7 +1200,7 @@
     if (received.ownEntry !== null) {
       received.ownEntry.classList.add('shown-here');
     } else {
-      showIncoming(s, frame, received.from, frame.origin === s.emitterId);
+      showIncoming(s, frame, received.from, frame.origin === s.emitterId, received.waited);
     }
   }
 

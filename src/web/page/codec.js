@@ -26,6 +26,11 @@
 //  ROOMACK  (15):  | L | code (u8) | flags (u8) | room id (u16) | members (u16) | NL (u8) | name |
 //  ROOMLIST (16):  | L | N (u16) | N x ( room id (u16) | flags (u8) | members (u16) | NL (u8) | name ) |
 //
+// and the waiting messages' (PROTOCOL.md, "Waiting messages"):
+//
+//  TELL    (17):  | L | NL (u8) | name | text (L - 1 - NL bytes) |
+//  WAITING (18):  | L = 8 | time_ms (u64) |
+//
 // Over WebSocket each binary message carries exactly one frame, so decode()
 // takes one whole message and rejects anything that is not exactly one frame.
 'use strict';
@@ -34,11 +39,11 @@ const EvchatCodec = (function () {
   const TYPE = Object.freeze({
     OK: 1, ERRO: 2, OI: 3, FLW: 4, MSG: 5, CREQ: 6, CLIST: 7,
     HELLO: 8, HELLOACK: 9, WHO: 10, KICK: 11,
-    JOIN: 12, LEAVE: 13, ROOMS: 14, ROOMACK: 15, ROOMLIST: 16,
+    JOIN: 12, LEAVE: 13, ROOMS: 14, ROOMACK: 15, ROOMLIST: 16, TELL: 17, WAITING: 18,
   });
   const TYPE_NAME = Object.freeze(['', 'OK', 'ERRO', 'OI', 'FLW', 'MSG', 'CREQ', 'CLIST',
-    'HELLO', 'HELLOACK', 'WHO', 'KICK', 'JOIN', 'LEAVE', 'ROOMS', 'ROOMACK', 'ROOMLIST']);
-  const LAST_TYPE = TYPE.ROOMLIST;
+    'HELLO', 'HELLOACK', 'WHO', 'KICK', 'JOIN', 'LEAVE', 'ROOMS', 'ROOMACK', 'ROOMLIST', 'TELL', 'WAITING']);
+  const LAST_TYPE = TYPE.WAITING;
   const HEADER_LEN = 8;
   const MAX_TEXT_LEN = 0xffff;
   const MAX_FRAME_LEN = HEADER_LEN + 2 + 2 * 0xffff;
@@ -53,6 +58,7 @@ const EvchatCodec = (function () {
   const MAX_BODY = Object.freeze({
     8: 4 + 64 + 256, 9: 4 + 24, 10: 4 + 24, 11: 0,
     12: 2 + MAX_ROOM_NAME_LEN, 13: 1 + MAX_ROOM_NAME_LEN, 14: 0, 15: 7 + 24, 16: 0xffff,
+    17: 0xffff, 18: 8,
   });
   // JOIN's and ROOMACK's flag for a queue room; room ids' range.
   const FLAG_QUEUE = 1;
@@ -182,6 +188,23 @@ const EvchatCodec = (function () {
         body.set(r.name, at + 6);
         at += 6 + r.name.length;
       });
+      return body;
+    }
+    if (type === TYPE.TELL) {
+      checkBytes('name', frame.name, MAX_ROOM_NAME_LEN);
+      checkBytes('text', frame.text, 0xffff - 1 - frame.name.length);
+      const body = new Uint8Array(1 + frame.name.length + frame.text.length);
+      body[0] = frame.name.length;
+      body.set(frame.name, 1);
+      body.set(frame.text, 1 + frame.name.length);
+      return body;
+    }
+    if (type === TYPE.WAITING) {
+      if (!Number.isSafeInteger(frame.timeMs) || frame.timeMs < 0) {
+        throw new RangeError('timeMs must be a whole number of milliseconds, not ' + frame.timeMs);
+      }
+      const body = new Uint8Array(8);
+      new DataView(body.buffer).setBigUint64(0, BigInt(frame.timeMs));
       return body;
     }
     return new Uint8Array(0); // KICK, ROOMS
@@ -351,6 +374,18 @@ const EvchatCodec = (function () {
         throw bad('fields do not add up to L');
       }
       frame.rooms = rooms;
+    } else if (type === TYPE.TELL) {
+      if (body.length < 1 || body[0] > MAX_ROOM_NAME_LEN || body.length < 1 + body[0]) {
+        throw bad('fields do not add up to L');
+      }
+      frame.name = body.slice(1, 1 + body[0]);
+      frame.text = body.slice(1 + body[0]);
+    } else if (type === TYPE.WAITING) {
+      if (body.length !== 8) {
+        throw bad('L is ' + body.length + ', not 8');
+      }
+      // Milliseconds since 1970 stay below 2^53 for some 285,000 years.
+      frame.timeMs = Number(new DataView(body.buffer, body.byteOffset, 8).getBigUint64(0));
     }
     return frame;
   }

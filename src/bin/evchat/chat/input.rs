@@ -93,7 +93,8 @@ pub enum ChatError {
 pub const HELP: &[&str] = &[
     "a line without / is a message to the current target (shown in the prompt)",
     "/to ID        talk to exhibitor ID, or to the exhibitor paired with emitter ID",
-    "/to NAME      talk to the one with that name (any case; names come with messages and /list)",
+    "/to NAME      talk to the one with that name (any case; names come with messages and /list);",
+    "              named yourself, to one not online too: the server keeps it until they are back",
     "/to all       talk to everyone (the start)",
     "/to #room     talk to a room (its members see it; you need not be one)",
     "/msg ID text  one message to ID (or NAME, or #room), without changing the target",
