@@ -1633,6 +1633,16 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
     let server = Server::start(&["--history", dir.arg()]);
     let (_browser, alice, problems) = open_page(path.clone(), server.addr.port());
     wait_connected(&alice);
+    // Without a name the page says why rooms cannot be joined.
+    wait_for(
+        &alice,
+        "rooms need a name",
+        &format!(
+            "{} === 'Rooms belong to names: choose a name (or sign in) to join one.' && \
+             document.getElementById('room-join').disabled && 'yes'",
+            text_of("room-problem")
+        ),
+    );
     claim_name(&alice, "alice");
     // bob's page in a browser of its own: a background tab is not given
     // focus or keys.
@@ -1650,7 +1660,46 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
     };
     let bob = open_bob();
 
+    // Not a room name: said at once, nothing sent.
+    type_into(&alice, "#room-name", "#9lives");
+    alice.press_key("Enter").unwrap();
+    wait_for(
+        &alice,
+        "the bad room name refused",
+        &format!(
+            "{} === 'A room name starts with a letter, then up to 23 letters, digits, \
+             \".\", \"_\" or \"-\".' && 'yes'",
+            text_of("room-problem")
+        ),
+    );
+    evaluate(
+        &alice,
+        "document.getElementById('room-name').value = ''",
+        false,
+    );
     join_with_form(&alice, "#ops", "ops");
+    // The server's refusals are sentences too: #ops is no queue.
+    evaluate(
+        &alice,
+        "document.getElementById('room-queue').checked = true",
+        false,
+    );
+    type_into(&alice, "#room-name", "ops");
+    alice.press_key("Enter").unwrap();
+    wait_for(
+        &alice,
+        "the other kind refused",
+        &format!(
+            "{} === '#ops is an ordinary room, not a queue: join it without \"queue\".' && 'yes'",
+            text_of("room-problem")
+        ),
+    );
+    evaluate(
+        &alice,
+        "document.getElementById('room-queue').checked = false; \
+         document.getElementById('room-name').value = ''",
+        false,
+    );
     // Any case, with or without '#', is the same room.
     join_with_form(&bob, "OPS", "ops");
     wait_for(

@@ -447,3 +447,38 @@ fn a_name_not_online_is_told_and_waiting_messages_are_marked() {
     assert_eq!(untimed(chat.stdout.expect()), "bob to you: now");
     assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 2, 4));
 }
+
+/// With accounts, creating a room needs `broadcast` (PROTOCOL.md, "Roles"):
+/// an account with view and emit only gets code 6, as a sentence.
+#[test]
+fn a_join_the_account_may_not_make_is_one_sentence() {
+    use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
+    let dir = TempDir::new("chat-rooms-roles");
+    let token = format!("evt_{}", "0123456789abcdef".repeat(4));
+    let mut accounts = Accounts::default();
+    accounts.upsert(Account {
+        name: Name::new("ann").unwrap(),
+        roles: Roles::parse("view,emit").unwrap(),
+        secret: Secret::for_token(&Credential::new(token.clone().into_bytes())),
+        expires: None,
+    });
+    let path = dir.path().join("accounts");
+    accounts.save(&path).unwrap();
+    let server = Server::start(&["--auth", path.to_str().unwrap()]);
+    let mut command = std::process::Command::new(bin("evchat"));
+    command
+        .args(["chat", &server.target(), "--user", "ann"])
+        .env("EVCHAT_TOKEN", &token)
+        .stdin(std::process::Stdio::piped());
+    let mut ann = Proc::spawn_command(command, "evchat");
+    ann.stdout
+        .expect_line("you are ann, 1 (emitter) / 4096 (exhibitor)");
+    type_line(&mut ann, "/join #ops");
+    ann.stdout.expect_line(
+        "you may not join #ops: joining needs the view role, creating a room broadcast too",
+    );
+    type_line(&mut ann, "/rooms");
+    ann.stdout
+        .expect_line("rooms (0): none; /join #room creates one");
+    leave_quietly(ann);
+}
