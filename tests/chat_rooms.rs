@@ -51,6 +51,10 @@ fn two_named_chats_talk_in_a_room_and_one_leaves_it() {
     bob.stdout.expect_line("alice in #ops: deploy done");
     // Our own copy (alice is a member) is shown once, with its mark.
     alice.stdout.expect_line("you to #ops: deploy done ✓");
+    // An explicit id is not the room, though the room is the target.
+    type_line(&mut alice, "(0) to everyone");
+    bob.stdout.expect_line("alice to all: to everyone");
+    alice.stdout.expect_line("you to all: to everyone ✓");
     type_line(&mut bob, "/msg #ops thanks");
     alice.stdout.expect_line("bob in #ops: thanks");
     bob.stdout.expect_line("you to #ops: thanks ✓");

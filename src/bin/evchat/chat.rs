@@ -614,6 +614,9 @@ impl Chat {
     fn resolve(self: &Arc<Self>, addressee: Addressee) -> Result<Dest, String> {
         match addressee {
             Addressee::Id(target) => Ok(Dest::Id(target)),
+            // The chat turns the current target into one of the others
+            // before looking it up.
+            Addressee::Current => Err("no current target".to_string()),
             Addressee::Room(room) => {
                 self.needs_a_name()?;
                 if let Some(id) = self.lock().client.rooms.find(&room) {
@@ -778,16 +781,13 @@ impl Chat {
                     return;
                 }
             };
-            match parse_chat_line(&line, target) {
+            match parse_chat_line(&line) {
                 Ok(ChatLine::Send { dest, text }) => {
-                    let dest = match (&target_room, &target_away, dest) {
-                        (Some(room), _, Addressee::Id(id)) if id == target => {
-                            Addressee::Room(room.clone())
-                        }
-                        (_, Some(name), Addressee::Id(id)) if id == target => {
-                            Addressee::Name(name.clone())
-                        }
-                        (_, _, dest) => dest,
+                    let dest = match (dest, &target_room, &target_away) {
+                        (Addressee::Current, Some(room), _) => Addressee::Room(room.clone()),
+                        (Addressee::Current, _, Some(name)) => Addressee::Name(name.clone()),
+                        (Addressee::Current, _, _) => Addressee::Id(target),
+                        (dest, _, _) => dest,
                     };
                     match self.resolve(dest) {
                         Ok(Dest::Id(dest)) => {
