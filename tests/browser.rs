@@ -1644,6 +1644,7 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
         ),
     );
     claim_name(&alice, "alice");
+    let (_, alice_exhibitor) = wait_connected(&alice);
     // bob's page in a browser of its own: a background tab is not given
     // focus or keys.
     let bob_browser = launch(path);
@@ -1697,8 +1698,15 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
     evaluate(
         &alice,
         "document.getElementById('room-queue').checked = false; \
-         document.getElementById('room-name').value = ''",
+         document.getElementById('room-name').value = ''; \
+         document.getElementById('room-name').dispatchEvent(new Event('input'))",
         false,
+    );
+    // Editing the field clears the last answer.
+    wait_for(
+        &alice,
+        "the answer cleared",
+        "document.getElementById('room-problem').hidden && 'yes'",
     );
     // Any case, with or without '#', is the same room.
     join_with_form(&bob, "OPS", "ops");
@@ -1735,16 +1743,49 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
         ),
     );
 
-    // bob closes his page (FLW); his name stays a member.
-    bob.close(true).unwrap();
+    // Choosing alice in "To" moves bob to their conversation; his line
+    // starts one on alice's page too.
+    evaluate(
+        &bob,
+        &format!(
+            "(() => {{ const d = document.getElementById('dest'); d.value = '{alice_exhibitor}'; \
+               d.dispatchEvent(new Event('change')); }})()"
+        ),
+        false,
+    );
+    type_and_send(&bob, "psst");
     wait_for(
         &alice,
-        "bob gone",
+        "bob's private line in his conversation",
         &format!(
-            "(() => {{ const t = {}; return t !== '' && !t.includes('bob') && 'yes'; }})()",
-            texts("#clients li", ", ")
+            "(() => {{ const t = {}; return t === 'bob to you: psst' && t; }})()",
+            conversation_lines("person:bob")
         ),
     );
+
+    // bob closes his page (FLW); his name stays a member.
+    bob.close(true).unwrap();
+    // Until the server has let bob go, alice's Refresh still lists him.
+    let deadline = std::time::Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    loop {
+        let listed = evaluate(
+            &alice,
+            "new Promise((resolve) => { const list = document.getElementById('clients'); \
+               const observer = new MutationObserver(() => { observer.disconnect(); \
+                 resolve(list.textContent); }); \
+               observer.observe(list, { childList: true }); \
+               document.getElementById('refresh').click(); \
+               setTimeout(() => { observer.disconnect(); resolve(list.textContent); }, 2000); })",
+            true,
+        );
+        if !listed.as_str().unwrap().contains("bob") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob still listed: {listed}"
+        );
+    }
     for text in ["while you were away", "and this"] {
         type_and_send(&alice, text);
         wait_for(
@@ -1756,6 +1797,29 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
             ),
         );
     }
+    // bob's conversation while he is away: "To" says so rather than keep
+    // #ops, and nothing is sent.
+    evaluate(
+        &alice,
+        "document.querySelector('#conversations button[data-conv=\"person:bob\"]').click()",
+        false,
+    );
+    type_and_send(&alice, "are you there?");
+    wait_for(
+        &alice,
+        "nothing sent to bob away",
+        &format!(
+            "{}.includes('not sent: choose who gets it (bob is not connected)') && \
+             document.getElementById('dest').value === '' && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    // The text stays in the box, to send once "To" is chosen.
+    assert_eq!(
+        evaluate(&alice, "document.getElementById('text').value", false),
+        Value::String("are you there?".into())
+    );
+    evaluate(&alice, "document.getElementById('text').value = ''", false);
     // A broadcast too, so that switching conversations has lines to hide.
     evaluate(
         &alice,

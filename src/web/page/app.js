@@ -387,6 +387,10 @@
       const dest = destinationOf(key);
       if (dest !== null) {
         choose(dest);
+      } else {
+        // Not connected now: sending must not go to whoever "To" held.
+        ui.dest.appendChild(new Option(conversationLabel(key) + ' is not connected', ''));
+        ui.dest.value = '';
       }
     }
     ui.log.querySelectorAll('li').forEach(function (li) {
@@ -620,7 +624,8 @@
     const chosen = ui.dest.value;
     const options = [];
     if (chosen === '') {
-      options.push(new Option('choose again (ids changed)', ''));
+      const said = ui.dest.selectedOptions.length > 0 ? ui.dest.selectedOptions[0].textContent : '';
+      options.push(new Option(said || 'choose again (ids changed)', ''));
     }
     options.push(new Option('everyone', '0'));
     listedIds.forEach(function (id) {
@@ -635,6 +640,14 @@
     }
     ui.dest.replaceChildren.apply(ui.dest, options);
     ui.dest.value = chosen;
+    if (chosen === '' && current.startsWith('person:')) {
+      // The person this conversation is with is back: by name, so no
+      // one else is taken for them.
+      const dest = destinationOf(current);
+      if (dest !== null) {
+        choose(dest);
+      }
+    }
   }
 
   // Points the picker at `dest`, adding it when the list lacks it.
@@ -1406,7 +1419,10 @@
       return;
     }
     if (ui.dest.value === '') {
-      note('not sent: choose who gets it (the ids changed when the chat reconnected)');
+      const said = ui.dest.selectedOptions.length > 0 ? ui.dest.selectedOptions[0].textContent : '';
+      note(said.endsWith(' is not connected')
+        ? 'not sent: choose who gets it (' + said + ')'
+        : 'not sent: choose who gets it (the ids changed when the chat reconnected)');
       ui.dest.focus();
       return;
     }
@@ -1426,6 +1442,12 @@
   });
   ui.refresh.addEventListener('click', requestClients);
   ui.roomsRefresh.addEventListener('click', requestRooms);
+  ui.roomName.addEventListener('input', function () {
+    // A new name to join: the last answer no longer applies.
+    if (ui.roomProblem.textContent !== SAY.roomsNeedAName) {
+      showProblem(ui.roomProblem, '');
+    }
+  });
   ui.roomForm.addEventListener('submit', function (event) {
     event.preventDefault();
     roomFormSubmitted();
