@@ -11,7 +11,10 @@
 use crate::util::{Raw, ReservedPort, Rng, Server, TempDir, expect_exact, hdr, msg, raw_hdr};
 use evchat::auth::{Account, Accounts, Credential, Name, Roles, Secret};
 use evchat::cli::escape_text;
-use evchat::proto::ext::{ExtFrame, Hello, HelloAck, KICK, SecretBytes, Who};
+use evchat::proto::ext::{
+    ExtFrame, FLAG_QUEUE, Hello, HelloAck, Join, KICK, Leave, ROOMS, RoomAck, RoomEntry, RoomList,
+    SecretBytes, Tell, Waiting, Who,
+};
 use evchat::proto::{Frame, Header, Kind};
 use headless_chrome::protocol::cdp::Log::LogEntryLevel;
 use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption as ConsoleType;
@@ -413,6 +416,80 @@ fn codec_matches_rust(tab: &Tab) {
             dest: 2,
             seq: 5,
         }),
+        ExtFrame::Join(Join {
+            origin: 1,
+            dest: 0xffff,
+            seq: 4,
+            flags: FLAG_QUEUE,
+            name: b"jobs".to_vec(),
+        }),
+        ExtFrame::Leave(Leave {
+            origin: 1,
+            dest: 0xffff,
+            seq: 5,
+            name: b"ops".to_vec(),
+        }),
+        ExtFrame::Rooms(Header {
+            kind: ROOMS,
+            origin: 1,
+            dest: 0xffff,
+            seq: 6,
+        }),
+        ExtFrame::RoomAck(RoomAck {
+            origin: 0xffff,
+            dest: 1,
+            seq: 4,
+            code: 0,
+            flags: FLAG_QUEUE,
+            room: 0x4001,
+            members: 300,
+            name: b"jobs".to_vec(),
+        }),
+        ExtFrame::RoomList(RoomList {
+            origin: 0xffff,
+            dest: 1,
+            seq: 6,
+            rooms: vec![
+                RoomEntry {
+                    room: 0x4000,
+                    flags: 0,
+                    members: 2,
+                    name: b"ops".to_vec(),
+                },
+                RoomEntry {
+                    room: 0x7fff,
+                    flags: FLAG_QUEUE,
+                    members: 1024,
+                    name: b"a.b-c_d".to_vec(),
+                },
+            ],
+        }),
+        ExtFrame::RoomList(RoomList {
+            origin: 0xffff,
+            dest: 1,
+            seq: 7,
+            rooms: vec![],
+        }),
+        ExtFrame::Tell(Tell {
+            origin: 1,
+            dest: 0xffff,
+            seq: 8,
+            name: b"bob".to_vec(),
+            text: "hi ção".as_bytes().to_vec().into(),
+        }),
+        ExtFrame::Tell(Tell {
+            origin: 1,
+            dest: 0xffff,
+            seq: 9,
+            name: b"bob".to_vec(),
+            text: Vec::new().into(),
+        }),
+        ExtFrame::Waiting(Waiting {
+            origin: 0xffff,
+            dest: 4096,
+            seq: 3,
+            time_ms: 1_764_596_702_123,
+        }),
     ];
     let bytes_of = frames
         .iter()
@@ -436,7 +513,36 @@ fn codec_matches_rust(tab: &Tab) {
         (&b"\x00\x01\x00\x00\x00"[..], "short frame"),
         (b"\x00\x05\x00\x01\x00\x00\x00\x01\x00\x03hi", "short MSG"),
         (b"\x00\x01\x00\x00\x00\x00\x00\x00\x00", "trailing bytes"),
-        (b"\x00\x0c\x00\x00\x00\x00\x00\x00", "unknown frame type 12"),
+        (b"\x00\x13\x00\x00\x00\x00\x00\x00", "unknown frame type 19"),
+        // WAITING's L is 8, no other.
+        (
+            b"\x00\x12\xff\xff\x10\x00\x00\x01\x00\x07\x00\x00\x00\x00\x00\x00\x00",
+            "malformed WAITING: L is 7",
+        ),
+        // TELL whose NL (9) runs past L (3).
+        (
+            b"\x00\x11\x00\x01\xff\xff\x00\x01\x00\x03\x09ab",
+            "malformed TELL",
+        ),
+        (
+            b"\x00\x0c\x00\x00\x00\x00\x00\x00",
+            "short JOIN: no length field",
+        ),
+        // L = 67, one over JOIN's limit.
+        (
+            b"\x00\x0c\x00\x01\xff\xff\x00\x01\x00\x43",
+            "malformed JOIN: L is 67",
+        ),
+        // ROOMACK whose NL (3) does not add up to L (9).
+        (
+            b"\x00\x0f\xff\xff\x00\x01\x00\x01\x00\x09\x00\x00\x40\x00\x00\x01\x03op",
+            "malformed ROOMACK",
+        ),
+        // ROOMLIST announcing two rooms with bytes for one.
+        (
+            b"\x00\x10\xff\xff\x00\x01\x00\x01\x00\x0a\x00\x02\x40\x00\x00\x00\x01\x02ab",
+            "malformed ROOMLIST",
+        ),
         (
             b"\x00\x09\xff\xff\x00\x00\x00\x00",
             "short HELLOACK: no length",
@@ -1467,4 +1573,348 @@ fn page_over_https_chats_over_wss_with_a_tls_client() {
         problems.is_empty(),
         "the page reported problems: {problems:?}"
     );
+}
+
+/// JavaScript: the rooms list, each room's parts joined by `|` and the
+/// rooms by `, ` ("#ops|2 members|Open|Leave").
+const ROOMS_SHOWN: &str = "[...document.querySelectorAll('#rooms li')].map(li => \
+     [...li.children].map(e => e.textContent).join('|')).join(', ')";
+
+/// Claims `name` with the name field and waits until the page chats as it.
+fn claim_name(tab: &Tab, name: &str) {
+    type_into(tab, "#name", name);
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        tab,
+        &format!("the name {name} claimed"),
+        &format!(
+            "{} === {name:?} && document.getElementById('state').dataset.state === 'connected' \
+             && 'yes'",
+            text_of("own-name")
+        ),
+    );
+}
+
+/// Joins `typed` with the rooms form (Enter), and waits for the page to
+/// say it joined `room` (the server's spelling) and open its conversation.
+fn join_with_form(tab: &Tab, typed: &str, room: &str) {
+    type_into(tab, "#room-name", typed);
+    tab.press_key("Enter").unwrap();
+    wait_for(
+        tab,
+        &format!("#{room} joined"),
+        &format!(
+            "{}.includes('joined #{room}') && \
+             document.querySelector('#conversations button[aria-current=\"true\"]') \
+               .textContent === '#{room}' && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+}
+
+/// JavaScript: the texts of the received entries of conversation `conv`,
+/// with their sender and scope, one a line ("alice in #ops: hi").
+fn conversation_lines(conv: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#log li.in[data-conv=\"{conv}\"]')].map(li => \
+           li.querySelector('.from').textContent + ' ' + li.querySelector('.scope').textContent \
+           + ': ' + li.querySelector('.text').textContent).join('\\n')"
+    )
+}
+
+/// Two pages in one room; one leaves (closes its page) and comes back with
+/// the same name on a server with `--history`: it is shown, in the room's
+/// conversation, what the room said meanwhile, once and in order, and
+/// switching conversations shows each one's lines only.
+#[test]
+fn page_member_back_in_a_room_sees_what_it_missed() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-rooms");
+    let server = Server::start(&["--history", dir.arg()]);
+    let (_browser, alice, problems) = open_page(path.clone(), server.addr.port());
+    wait_connected(&alice);
+    // Without a name the page says why rooms cannot be joined.
+    wait_for(
+        &alice,
+        "rooms need a name",
+        &format!(
+            "{} === 'Rooms belong to names: choose a name (or sign in) to join one.' && \
+             document.getElementById('room-join').disabled && 'yes'",
+            text_of("room-problem")
+        ),
+    );
+    claim_name(&alice, "alice");
+    let (_, alice_exhibitor) = wait_connected(&alice);
+    // bob's page in a browser of its own: a background tab is not given
+    // focus or keys.
+    let bob_browser = launch(path);
+    let url = format!("http://127.0.0.1:{}/", server.addr.port());
+    let open_bob = || {
+        let bob = bob_browser.new_tab().unwrap();
+        bob.navigate_to(&url)
+            .unwrap()
+            .wait_until_navigated()
+            .unwrap();
+        wait_connected(&bob);
+        claim_name(&bob, "bob");
+        bob
+    };
+    let bob = open_bob();
+
+    // Not a room name: said at once, nothing sent.
+    type_into(&alice, "#room-name", "#9lives");
+    alice.press_key("Enter").unwrap();
+    wait_for(
+        &alice,
+        "the bad room name refused",
+        &format!(
+            "{} === 'A room name starts with a letter, then up to 23 letters, digits, \
+             \".\", \"_\" or \"-\".' && 'yes'",
+            text_of("room-problem")
+        ),
+    );
+    evaluate(
+        &alice,
+        "document.getElementById('room-name').value = ''",
+        false,
+    );
+    join_with_form(&alice, "#ops", "ops");
+    // The server's refusals are sentences too: #ops is no queue.
+    evaluate(
+        &alice,
+        "document.getElementById('room-queue').checked = true",
+        false,
+    );
+    type_into(&alice, "#room-name", "ops");
+    alice.press_key("Enter").unwrap();
+    wait_for(
+        &alice,
+        "the other kind refused",
+        &format!(
+            "{} === '#ops is an ordinary room, not a queue: join it without \"queue\".' && 'yes'",
+            text_of("room-problem")
+        ),
+    );
+    evaluate(
+        &alice,
+        "document.getElementById('room-queue').checked = false; \
+         document.getElementById('room-name').value = ''; \
+         document.getElementById('room-name').dispatchEvent(new Event('input'))",
+        false,
+    );
+    // Editing the field clears the last answer.
+    wait_for(
+        &alice,
+        "the answer cleared",
+        "document.getElementById('room-problem').hidden && 'yes'",
+    );
+    // Any case, with or without '#', is the same room.
+    join_with_form(&bob, "OPS", "ops");
+    wait_for(
+        &bob,
+        "the room listed with two members",
+        &format!("{ROOMS_SHOWN} === '#ops|2 members|Open|Leave' && 'yes'"),
+    );
+    let room = evaluate(
+        &bob,
+        "document.querySelector('#rooms li').dataset.room",
+        false,
+    );
+    let room: u16 = room.as_str().unwrap().parse().unwrap();
+    assert!((0x4000..=0x7fff).contains(&room), "room id {room}");
+    let conv = format!("room:{room}");
+
+    // alice writes in the room's conversation (the picker follows it).
+    type_and_send(&alice, "before you left");
+    wait_for(
+        &alice,
+        "the room message delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("before you left", Some("in #ops"), "delivered")
+        ),
+    );
+    wait_for(
+        &bob,
+        "the room message shown in its conversation",
+        &format!(
+            "(() => {{ const t = {}; return t === 'alice in #ops: before you left' && t; }})()",
+            conversation_lines(&conv)
+        ),
+    );
+
+    // Choosing alice in "To" moves bob to their conversation; his line
+    // starts one on alice's page too.
+    evaluate(
+        &bob,
+        &format!(
+            "(() => {{ const d = document.getElementById('dest'); d.value = '{alice_exhibitor}'; \
+               d.dispatchEvent(new Event('change')); }})()"
+        ),
+        false,
+    );
+    type_and_send(&bob, "psst");
+    wait_for(
+        &alice,
+        "bob's private line in his conversation",
+        &format!(
+            "(() => {{ const t = {}; return t === 'bob to you: psst' && t; }})()",
+            conversation_lines("person:bob")
+        ),
+    );
+
+    // bob closes his page (FLW); his name stays a member.
+    bob.close(true).unwrap();
+    // Until the server has let bob go, alice's Refresh still lists him.
+    let deadline = std::time::Instant::now() + Duration::from_millis(PAGE_WAIT_MS);
+    loop {
+        let listed = evaluate(
+            &alice,
+            "new Promise((resolve) => { const list = document.getElementById('clients'); \
+               const observer = new MutationObserver(() => { observer.disconnect(); \
+                 resolve(list.textContent); }); \
+               observer.observe(list, { childList: true }); \
+               document.getElementById('refresh').click(); \
+               setTimeout(() => { observer.disconnect(); resolve(list.textContent); }, 2000); })",
+            true,
+        );
+        if !listed.as_str().unwrap().contains("bob") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob still listed: {listed}"
+        );
+    }
+    for text in ["while you were away", "and this"] {
+        type_and_send(&alice, text);
+        wait_for(
+            &alice,
+            "delivered to the room (alice's own page)",
+            &format!(
+                "{} && 'yes'",
+                sent_shows(text, Some("in #ops"), "delivered")
+            ),
+        );
+    }
+    // bob's conversation while he is away: "To" says so rather than keep
+    // #ops, and nothing is sent.
+    evaluate(
+        &alice,
+        "document.querySelector('#conversations button[data-conv=\"person:bob\"]').click()",
+        false,
+    );
+    type_and_send(&alice, "are you there?");
+    wait_for(
+        &alice,
+        "nothing sent to bob away",
+        &format!(
+            "{}.includes('not sent: choose who gets it (bob is not connected)') && \
+             document.getElementById('dest').value === '' && 'yes'",
+            texts("#log li.note", "\n")
+        ),
+    );
+    // The text stays in the box, to send once "To" is chosen.
+    assert_eq!(
+        evaluate(&alice, "document.getElementById('text').value", false),
+        Value::String("are you there?".into())
+    );
+    evaluate(&alice, "document.getElementById('text').value = ''", false);
+    // A broadcast too, so that switching conversations has lines to hide.
+    evaluate(
+        &alice,
+        "document.querySelector('#conversations button[data-conv=\"everyone\"]').click()",
+        false,
+    );
+    type_and_send(&alice, "to everyone");
+    wait_for(
+        &alice,
+        "the broadcast delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("to everyone", Some("to all"), "delivered")
+        ),
+    );
+
+    // bob comes back with the same name: what the room said while he was
+    // away is shown, in its conversation, once, in order, and not what he
+    // had seen.
+    let bob = open_bob();
+    wait_for(
+        &bob,
+        "the missed room messages",
+        &format!(
+            "(() => {{ const t = {}; return t === 'alice in #ops: while you were away\\n\
+             alice in #ops: and this' && t; }})()",
+            conversation_lines(&conv)
+        ),
+    );
+    // His page knows he is a member (the room's messages reached him).
+    wait_for(
+        &bob,
+        "bob shown as a member",
+        &format!("{ROOMS_SHOWN} === '#ops|2 members|Open|Leave' && 'yes'"),
+    );
+    // Opening the room's conversation shows its lines only.
+    evaluate(
+        &bob,
+        &format!("document.querySelector('#conversations button[data-conv=\"{conv}\"]').click()"),
+        false,
+    );
+    let visible = "[...document.querySelectorAll('#log li.in')].filter(li => !li.hidden)\
+                   .map(li => li.querySelector('.text').textContent).join('|')";
+    wait_for(
+        &bob,
+        "only the room's lines",
+        &format!(
+            "(() => {{ const t = {visible}; return t === 'while you were away|and this' && t; }})()"
+        ),
+    );
+    evaluate(
+        &bob,
+        "document.querySelector('#conversations button[data-conv=\"everyone\"]').click()",
+        false,
+    );
+    wait_for(
+        &bob,
+        "only the broadcasts",
+        &format!("(() => {{ const t = {visible}; return t === 'to everyone' && t; }})()"),
+    );
+
+    // bob answers in the room; alice's page, in the room's conversation
+    // with its list refreshed, is the README's picture.
+    evaluate(
+        &bob,
+        &format!("document.querySelector('#conversations button[data-conv=\"{conv}\"]').click()"),
+        false,
+    );
+    type_and_send(&bob, "back, thanks");
+    wait_for(
+        &alice,
+        "bob's answer in the room",
+        &format!(
+            "{}.endsWith('bob in #ops: back, thanks') && 'yes'",
+            conversation_lines(&conv)
+        ),
+    );
+    evaluate(
+        &alice,
+        &format!("document.querySelector('#conversations button[data-conv=\"{conv}\"]').click()"),
+        false,
+    );
+    evaluate(
+        &alice,
+        "document.getElementById('rooms-refresh').click()",
+        false,
+    );
+    wait_for(
+        &alice,
+        "the room's count refreshed",
+        &format!("{ROOMS_SHOWN} === '#ops|2 members|Open|Leave' && 'yes'"),
+    );
+    type_into(&alice, "#text", "welcome back");
+    screenshot(&alice, "page-rooms.png", DESKTOP);
+
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
 }

@@ -16,7 +16,7 @@ const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
 /// Where `evchat chat --user` takes a token from.
 const TOKEN: &str = "EVCHAT_TOKEN";
 /// How many lines `/help` prints.
-const HELP_LINES: usize = 9;
+const HELP_LINES: usize = 14;
 
 /// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
 /// types lines and skips to the line a test waits for.
@@ -465,6 +465,10 @@ fn chat_help_explains_commands_and_ends_with_examples() {
         "/help",
         "/quit",
         "(CREQ) ID",
+        "/join #room",
+        "/leave #room",
+        "/rooms",
+        "/to #room",
     ] {
         assert!(text.contains(command), "{command} missing: {text}");
     }

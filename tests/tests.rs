@@ -8,6 +8,7 @@ mod util;
 
 mod browser;
 mod chat;
+mod chat_rooms;
 mod check;
 mod cli;
 mod codec;

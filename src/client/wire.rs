@@ -4,7 +4,7 @@
 //! order its frames leave.
 
 use crate::proto::ext::{ExtError, ExtFrame, is_ext_kind};
-use crate::proto::{ClientId, Frame, FrameView, Header, Kind, ProtoError, SeqCounter};
+use crate::proto::{ClientId, Encode, Frame, FrameView, Header, Kind, ProtoError, SeqCounter};
 use crate::tls::ClientStream;
 use bytes::{Buf, BytesMut};
 use std::io::{self, Read, Write};
@@ -132,19 +132,22 @@ impl FrameWriter {
         }
     }
 
-    /// Sends a frame the client originates: `build` gets its sequence number.
+    /// Sends a frame the client originates (a plain one, or an extension
+    /// request such as JOIN): `build` gets its sequence number.
     /// `before_write` runs under the lock with the number, before the bytes
     /// leave, so a reply can never arrive before the caller has noted it.
-    pub fn send_numbered(
+    pub fn send_numbered<F: Encode>(
         &self,
-        build: impl FnOnce(u16) -> Frame,
+        build: impl FnOnce(u16) -> F,
         before_write: impl FnOnce(u16),
     ) -> io::Result<u16> {
         let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let seq = state.seq.next_seq();
         let frame = build(seq);
         before_write(seq);
-        state.stream.write_all(&frame.to_bytes())?;
+        let mut bytes = BytesMut::with_capacity(frame.encoded_len());
+        frame.encode_into(&mut bytes);
+        state.stream.write_all(&bytes)?;
         Ok(seq)
     }
 

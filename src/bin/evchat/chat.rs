@@ -13,19 +13,24 @@
 //! gets the plain protocol, unless a name was asked for.
 
 mod input;
+mod rooms;
 
 use clap::ValueEnum;
 use evchat::auth::{Credential, Name};
 use evchat::cli::{escape_text, parse_secs};
 use evchat::client::{
     Book, Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, Hello, Incoming, InputLine,
-    LineInput, Names, Printer, RegisterError, Registered, Replies, Settled, ask_secret,
-    exit_process, register, register_with, secret_from_env, secret_from_file,
+    LineInput, NameLookupError, Names, Printer, RegisterError, Registered, Replies, Settled,
+    ask_secret, exit_process, register, register_with, secret_from_env, secret_from_file,
 };
-use evchat::proto::ext::ExtFrame;
-use evchat::proto::{BROADCAST, Body, ClientId, Frame, Kind, SERVER_ID};
+use evchat::proto::ext::{
+    ExtFrame, FLAG_QUEUE, Join, Leave, MAX_TELL_BODY, RoomAck, RoomCode, RoomList, Tell,
+};
+use evchat::proto::{BROADCAST, Body, ClientId, Encode, Frame, Header, Kind, SERVER_ID};
+use evchat::server::is_room_id;
 use evchat::tls::client::{Endpoint, TlsArgs};
 use input::{Addressee, ChatLine, HELP, Target, parse_chat_line};
+use rooms::{RoomBook, RoomRequest, room_answer, room_list_line};
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::io::IsTerminal;
@@ -48,16 +53,25 @@ an account on a server started with --auth, with the password typed at a prompt 
 does not echo it, or a token from $EVCHAT_TOKEN or --token-file. --name NAME claims a
 name on a server without accounts; if someone holds it, the chat exits with 'name
 taken'. Either way, and without them, received messages show the sender's name when
-it has one, and /to and /msg take a name.
+it has one, and /to and /msg take a name. Rooms belong to names: the room commands
+need --name or --user; a message in a room is shown as 'alice in #ops: text'.
 
 Input: a line goes to the current target (everyone at first), shown in the prompt.
 Received messages print above the line you are typing. Each message you send is shown
 once its reply comes: '✓' delivered, '✗ not delivered'.
   /to ID         talk to exhibitor ID, or to the exhibitor paired with emitter ID
-  /to NAME       talk to the one with that name (any case)
+  /to NAME       talk to the one with that name (any case); with --name or --user, to
+                 one not online too: the server keeps the message until they are back
+                 ('stored for NAME'), and shows you those kept for you, marked
+                 '(while you were away)'
   /to all        talk to everyone
-  /msg ID text   one message to ID (or NAME), without changing the target
+  /to #room      talk to a room (its members get it; you need not be one)
+  /msg ID text   one message to ID (or NAME, or #room), without changing the target
   /list          show who is connected, with their names
+  /join #room    join a room, creating it if it does not exist; --queue: a work queue,
+                 whose messages each go to one member in turn
+  /leave #room   leave a room
+  /rooms         list the rooms, their kinds and member counts
   /help          list the commands
   /quit          leave (Ctrl-D and Ctrl-C too)
   (ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line that starts with /
@@ -153,9 +167,95 @@ impl Session {
 
 /// Something sent whose reply has not come yet.
 enum Sent {
-    Message { dest: Target, text: Vec<u8> },
-    List { dest: Target },
+    Message {
+        dest: Target,
+        text: Vec<u8>,
+    },
+    /// TELL: a message to a name no session of which is known online here;
+    /// the server shows it at once or keeps it until the name signs in.
+    Tell {
+        name: String,
+        text: Vec<u8>,
+    },
+    List {
+        dest: Target,
+    },
+    /// JOIN or LEAVE of the room typed (without `#`).
+    Room {
+        request: RoomRequest,
+        typed: String,
+    },
+    /// ROOMS; `shown` when the user asked (`/rooms`), not when the chat
+    /// only needs the rooms' names.
+    Rooms {
+        shown: bool,
+    },
 }
+
+/// A reply to something sent: the plain protocol's or the rooms'.
+enum Reply {
+    Ok,
+    Erro,
+    RoomAck(RoomAck),
+    RoomList(RoomList),
+}
+
+/// A request as it goes out: a plain frame or the extension's.
+enum Outgoing {
+    Plain(Frame),
+    Ext(ExtFrame),
+}
+
+impl Outgoing {
+    /// The request with its sequence number.
+    fn numbered(self, seq: u16) -> Outgoing {
+        match self {
+            Outgoing::Plain(frame) => Outgoing::Plain(Frame { seq, ..frame }),
+            Outgoing::Ext(mut frame) => {
+                match &mut frame {
+                    ExtFrame::Join(join) => join.seq = seq,
+                    ExtFrame::Leave(leave) => leave.seq = seq,
+                    ExtFrame::Rooms(header) => header.seq = seq,
+                    ExtFrame::Tell(tell) => tell.seq = seq,
+                    _ => unreachable!("the chat sends no other numbered extension frame"),
+                }
+                Outgoing::Ext(frame)
+            }
+        }
+    }
+}
+
+impl Encode for Outgoing {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Outgoing::Plain(frame) => frame.encoded_len(),
+            Outgoing::Ext(frame) => frame.encoded_len(),
+        }
+    }
+
+    fn encode_into(&self, out: &mut bytes::BytesMut) {
+        match self {
+            Outgoing::Plain(frame) => frame.encode_into(out),
+            Outgoing::Ext(frame) => frame.encode_into(out),
+        }
+    }
+}
+
+/// Where a `/to` or `/msg` goes once looked up.
+enum Dest {
+    Id(Target),
+    /// A name not online as far as this chat knows: TELL.
+    Away(String),
+}
+
+/// How long the chat waits for the server's rooms to name a room id, or a
+/// `#room` typed: the answer to ROOMS is immediate unless requests sent
+/// before it are still waiting for theirs.
+const ROOMS_WAIT: Duration = Duration::from_secs(5);
+
+/// What the chat says when a room command is typed without a name.
+const ROOMS_NEED_A_NAME: &str = "rooms belong to names: start evchat chat with --name NAME \
+                                 (or --user NAME on a server with accounts)";
 
 /// What the chat keeps with its books (the requests of the current session
 /// awaiting OK/ERRO, and our FLW), under their lock.
@@ -169,6 +269,8 @@ struct State {
     /// Once the server has said goodbye: which halves answered its FLW (or
     /// ended), by [`Half`].
     halves_done: [bool; 2],
+    /// The server's rooms, as this session was told them.
+    rooms: RoomBook,
 }
 
 impl State {
@@ -217,6 +319,9 @@ struct Received {
     frame: Frame,
     own: bool,
     from: String,
+    /// When the server stored it, for a message that waited for our name
+    /// (the WAITING before it said so), in ms since the epoch.
+    waited: Option<u64>,
 }
 
 /// How many broadcasts at the start of `replayed` were seen already: the
@@ -427,12 +532,17 @@ fn connect_pair(
 
 /// `HH:MM:SS ` in local time.
 fn local_time() -> String {
-    // SAFETY: time(NULL) has no preconditions; localtime_r writes only the
-    // struct passed and reports failure by returning null.
+    // SAFETY: time(NULL) has no preconditions.
+    local_time_of(unsafe { libc::time(std::ptr::null_mut()) })
+}
+
+/// `HH:MM:SS ` of `when` (seconds since the epoch) in local time.
+fn local_time_of(when: libc::time_t) -> String {
+    // SAFETY: localtime_r writes only the struct passed and reports
+    // failure by returning null.
     unsafe {
-        let now = libc::time(std::ptr::null_mut());
         let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
+        if libc::localtime_r(&when, &mut tm).is_null() {
             return String::new();
         }
         format!("{:02}:{:02}:{:02} ", tm.tm_hour, tm.tm_min, tm.tm_sec)
@@ -446,6 +556,30 @@ fn jittered(base: Duration) -> Duration {
     // A factor from 0.8 to 1.2.
     let factor = 0.8 + (random % 4001) as f64 / 10_000.0;
     base.mul_f64(factor)
+}
+
+/// Whether `text` fits in a TELL to `name`: its L holds the name too.
+fn tell_room(name: &str, text: &[u8]) -> Result<(), String> {
+    let most = MAX_TELL_BODY - 1 - name.len();
+    if text.len() > most {
+        return Err(format!(
+            "text is {} bytes; a message to {name}, who is not online here, carries at most {most}",
+            text.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The mark a TELL's ROOMACK puts after the message (PROTOCOL.md,
+/// "Waiting messages").
+fn tell_answer(name: &str, code: u8) -> String {
+    match code {
+        c if c == RoomCode::Stored as u8 => format!("⏳ stored for {name}"),
+        1 => format!("✗ not delivered: '{name}' is not a name"),
+        10 => format!("✗ not delivered: no one named {name} is known to the server"),
+        11 => format!("✗ not stored: {name} has as many messages waiting as the server allows"),
+        code => format!("✗ not delivered (ROOMACK code {code})"),
+    }
 }
 
 impl Chat {
@@ -465,28 +599,79 @@ impl Chat {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How an id is shown: its name when known, else its number.
+    /// How an id is shown: its name when known, else its number; a room's
+    /// id as `#name`.
     fn label(&self, id: ClientId) -> String {
+        if is_room_id(id) {
+            return self.lock().client.rooms.label(id);
+        }
         self.names().label(id)
     }
 
     /// The id a `/to` or `/msg` means: a name is looked up among those this
-    /// session was told (our own ids last).
-    fn resolve(&self, addressee: Addressee) -> Result<Target, String> {
+    /// session was told (our own ids last); a room among the rooms known,
+    /// asking the server for them when it is not.
+    fn resolve(self: &Arc<Self>, addressee: Addressee) -> Result<Dest, String> {
         match addressee {
-            Addressee::Id(target) => Ok(target),
-            Addressee::Name(name) => {
-                let own = self
-                    .lock()
+            Addressee::Id(target) => Ok(Dest::Id(target)),
+            // The chat turns the current target into one of the others
+            // before looking it up.
+            Addressee::Current => Err("no current target".to_string()),
+            Addressee::Room(room) => {
+                self.needs_a_name()?;
+                if let Some(id) = self.lock().client.rooms.find(&room) {
+                    return Ok(Dest::Id(Target(id)));
+                }
+                let Some(seq) = self.send(0, Sent::Rooms { shown: false }) else {
+                    return Err(format!("not connected (reconnecting to {})", self.target));
+                };
+                let (state, _) = self.replies.wait_until(ROOMS_WAIT, |state| {
+                    state.get(seq).is_none() || state.client.session.is_none()
+                });
+                state
                     .client
-                    .session
-                    .as_ref()
-                    .map_or(Vec::new(), |s| vec![s.emitter, s.exhibitor]);
-                self.names()
-                    .resolve(&name, &own)
-                    .map(Target)
-                    .map_err(|e| e.to_string())
+                    .rooms
+                    .find(&room)
+                    .map(|id| Dest::Id(Target(id)))
+                    .ok_or_else(|| {
+                        format!(
+                            "no room '#{}' exists; /join #{0} creates it, /rooms lists them",
+                            escape_text(room.as_bytes())
+                        )
+                    })
             }
+            Addressee::Name(name) => {
+                let (own, named) = {
+                    let state = self.lock();
+                    let session = state.client.session.as_ref();
+                    let own = session.map_or(Vec::new(), |s| vec![s.emitter, s.exhibitor]);
+                    (own, session.is_some_and(|s| s.name.is_some()))
+                };
+                match self.names().resolve(&name, &own) {
+                    Ok(id) => Ok(Dest::Id(Target(id))),
+                    // Not online here: a named session may leave a message
+                    // waiting (TELL); the server says whether it knows the
+                    // name.
+                    Err(NameLookupError::Unknown(_)) if named => Ok(Dest::Away(name)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Rooms are the extension's, and membership belongs to a name: room
+    /// commands need a session that has one.
+    fn needs_a_name(&self) -> Result<(), String> {
+        let named = self
+            .lock()
+            .client
+            .session
+            .as_ref()
+            .is_some_and(|s| s.name.is_some());
+        if named {
+            Ok(())
+        } else {
+            Err(ROOMS_NEED_A_NAME.to_string())
         }
     }
 
@@ -512,6 +697,8 @@ impl Chat {
             state.take_pending();
             let session = Arc::new(session);
             state.client.session = Some(session.clone());
+            // Rooms may be numbered anew by another server run.
+            state.client.rooms.clear();
             session
         };
         // A new exhibitor is told every name afresh.
@@ -538,6 +725,13 @@ impl Chat {
         let chat = self.clone();
         let registered = session.clone();
         std::thread::spawn(move || chat.read_received(session, exhibitor_reader, again));
+        if registered.name.is_some() {
+            // The names of the rooms this name is in: their messages may
+            // come before any JOIN of ours (a member back from away is sent
+            // what it missed). The first request, so nothing delays its
+            // answer while our exhibitor waits for it.
+            self.send(0, Sent::Rooms { shown: false });
+        }
         if again {
             // Its CLIST reaches our exhibitor after whatever the server
             // replayed to it: the end of the replay (see read_received).
@@ -553,11 +747,20 @@ impl Chat {
     /// Input until its end: Ctrl-C, `/quit` and `(FLW)` leave at once.
     fn read_input(self: &Arc<Self>, input: &mut LineInput) {
         let mut target = Target::ALL;
+        // When talking to a room, its name: its id is looked up at each
+        // line, as a server restarted may have given it another.
+        let mut target_room: Option<String> = None;
+        // When talking to a name not online: its messages go as TELL.
+        let mut target_away: Option<String> = None;
         let mut number = 0u64;
         loop {
             number += 1;
             let prompt = if input.is_terminal() {
-                format!("{}> ", self.label(target.0))
+                match (&target_room, &target_away) {
+                    (Some(room), _) => format!("#{}> ", escape_text(room.as_bytes())),
+                    (_, Some(name)) => format!("{name} (away)> "),
+                    _ => format!("{}> ", self.label(target.0)),
+                }
             } else {
                 String::new()
             };
@@ -578,27 +781,76 @@ impl Chat {
                     return;
                 }
             };
-            match parse_chat_line(&line, target) {
-                Ok(ChatLine::Send { dest, text }) => match self.resolve(dest) {
-                    Ok(dest) => self.send(number, Sent::Message { dest, text }),
-                    Err(e) => self.reject(number, &e),
-                },
+            match parse_chat_line(&line) {
+                Ok(ChatLine::Send { dest, text }) => {
+                    let dest = match (dest, &target_room, &target_away) {
+                        (Addressee::Current, Some(room), _) => Addressee::Room(room.clone()),
+                        (Addressee::Current, _, Some(name)) => Addressee::Name(name.clone()),
+                        (Addressee::Current, _, _) => Addressee::Id(target),
+                        (dest, _, _) => dest,
+                    };
+                    match self.resolve(dest) {
+                        Ok(Dest::Id(dest)) => {
+                            self.send(number, Sent::Message { dest, text });
+                        }
+                        Ok(Dest::Away(name)) => match tell_room(&name, &text) {
+                            Ok(()) => {
+                                self.send(number, Sent::Tell { name, text });
+                            }
+                            Err(e) => self.reject(number, &e),
+                        },
+                        Err(e) => self.reject(number, &e),
+                    }
+                }
                 Ok(ChatLine::ListHere) => {
                     let own = self.lock().client.session.as_ref().map(|s| s.emitter);
                     // CREQ to our own emitter id reaches our own exhibitor.
                     let dest = Target(own.unwrap_or(BROADCAST));
-                    self.send(number, Sent::List { dest })
+                    self.send(number, Sent::List { dest });
                 }
-                Ok(ChatLine::ListTo(dest)) => self.send(number, Sent::List { dest }),
-                Ok(ChatLine::SetTarget(new)) => match self.resolve(new) {
-                    Ok(new) => {
-                        target = new;
-                        let name = self.names().name(target.0).map(str::to_string);
-                        let shown = match name {
-                            Some(name) => format!("{name} ({})", target.0),
-                            None => self.label(target.0),
-                        };
-                        self.say(&format!("now talking to {shown}"));
+                Ok(ChatLine::ListTo(dest)) => {
+                    self.send(number, Sent::List { dest });
+                }
+                Ok(ChatLine::SetTarget(new)) => {
+                    let room = match &new {
+                        Addressee::Room(room) => Some(room.clone()),
+                        _ => None,
+                    };
+                    match self.resolve(new) {
+                        Ok(Dest::Away(name)) => {
+                            // Messages to it go as TELL until it is online.
+                            target = Target::ALL;
+                            target_room = None;
+                            self.say(&format!(
+                                "now talking to {name}, who is not online here: messages \
+                                 wait for them where the server keeps them"
+                            ));
+                            target_away = Some(name);
+                        }
+                        Ok(Dest::Id(new)) => {
+                            target = new;
+                            target_room = room;
+                            target_away = None;
+                            let name = self.names().name(target.0).map(str::to_string);
+                            let shown = match name {
+                                Some(name) => format!("{name} ({})", target.0),
+                                None => self.label(target.0),
+                            };
+                            self.say(&format!("now talking to {shown}"));
+                        }
+                        Err(e) => self.reject(number, &e),
+                    }
+                }
+                Ok(ChatLine::Join { room, queue }) => {
+                    let request = RoomRequest::Join { queue };
+                    self.send_room(number, request, room);
+                }
+                Ok(ChatLine::LeaveRoom(room)) => {
+                    self.send_room(number, RoomRequest::Leave, room);
+                }
+                Ok(ChatLine::Rooms) => match self.needs_a_name() {
+                    Ok(()) => {
+                        self.send(number, Sent::Rooms { shown: true });
                     }
                     Err(e) => self.reject(number, &e),
                 },
@@ -610,31 +862,74 @@ impl Chat {
         }
     }
 
+    /// JOIN or LEAVE, for a session with a name.
+    fn send_room(self: &Arc<Self>, number: u64, request: RoomRequest, typed: String) {
+        match self.needs_a_name() {
+            Ok(()) => {
+                self.send(number, Sent::Room { request, typed });
+            }
+            Err(e) => self.reject(number, &e),
+        }
+    }
+
     fn reject(&self, number: u64, reason: &str) {
         self.printer.error(&format!(
             "evchat chat: line {number}: {reason}; nothing sent"
         ));
     }
 
-    /// Sends a message or CREQ through the current session.
-    fn send(self: &Arc<Self>, number: u64, what: Sent) {
+    /// Sends a message, CREQ or room request through the current session;
+    /// the number it was sent with.
+    fn send(self: &Arc<Self>, number: u64, what: Sent) -> Option<u16> {
         let Some(session) = self.lock().client.session.clone() else {
-            return self.reject(
+            self.reject(
                 number,
                 &format!("not connected (reconnecting to {})", self.target),
             );
+            return None;
         };
         let id = session.emitter;
         let frame = match &what {
-            Sent::Message { dest, text } => {
-                Frame::msg(id, dest.0, 0, text.clone()).expect("the parser bounds the text")
+            Sent::Message { dest, text } => Outgoing::Plain(
+                Frame::msg(id, dest.0, 0, text.clone()).expect("the parser bounds the text"),
+            ),
+            Sent::List { dest } => Outgoing::Plain(Frame::bare(Kind::Creq, id, dest.0, 0)),
+            Sent::Room { request, typed } => {
+                let name = typed.as_bytes().to_vec();
+                Outgoing::Ext(match *request {
+                    RoomRequest::Join { queue } => ExtFrame::Join(Join {
+                        origin: id,
+                        dest: SERVER_ID,
+                        seq: 0,
+                        flags: if queue { FLAG_QUEUE } else { 0 },
+                        name,
+                    }),
+                    RoomRequest::Leave => ExtFrame::Leave(Leave {
+                        origin: id,
+                        dest: SERVER_ID,
+                        seq: 0,
+                        name,
+                    }),
+                })
             }
-            Sent::List { dest } => Frame::bare(Kind::Creq, id, dest.0, 0),
+            Sent::Tell { name, text } => Outgoing::Ext(ExtFrame::Tell(Tell {
+                origin: id,
+                dest: SERVER_ID,
+                seq: 0,
+                name: name.as_bytes().to_vec(),
+                text: text.clone().into(),
+            })),
+            Sent::Rooms { .. } => Outgoing::Ext(ExtFrame::Rooms(Header {
+                kind: evchat::proto::ext::ROOMS,
+                origin: id,
+                dest: SERVER_ID,
+                seq: 0,
+            })),
         };
         let mut what = Some(what);
         let mut noted = None;
         let sent = session.to_server.send_numbered(
-            |seq| Frame { seq, ..frame },
+            |seq| frame.numbered(seq),
             |seq| {
                 let mut state = self.lock();
                 if state.client.is_current(&session) {
@@ -643,8 +938,8 @@ impl Chat {
                 }
             },
         );
-        if sent.is_ok() {
-            return;
+        if let Ok(seq) = sent {
+            return noted.and(Some(seq));
         }
         // The connection broke under the write. Unless the loss was already
         // reported with this request in it, report it here.
@@ -654,24 +949,61 @@ impl Chat {
                 what = state.forget(seq);
             }
         }
-        if let Some(Sent::Message { dest, text }) = what {
-            self.say_chat(&format!(
+        if let Some(sent) = what {
+            self.report_lost(sent);
+        }
+        None
+    }
+
+    /// Says what became of a request whose connection was lost.
+    fn report_lost(self: &Arc<Self>, sent: Sent) {
+        match sent {
+            Sent::Message { dest, text } => self.say_chat(&format!(
                 "you to {}: {} ✗ not delivered (connection lost)",
                 self.label(dest.0),
                 escape_text(&text)
-            ));
+            )),
+            Sent::Tell { name, text } => self.say_chat(&format!(
+                "you to {name}: {} ✗ not delivered (connection lost)",
+                escape_text(&text)
+            )),
+            Sent::Room { request, typed } => {
+                let command = match request {
+                    RoomRequest::Join { .. } => "/join",
+                    RoomRequest::Leave => "/leave",
+                };
+                self.say_chat(&format!(
+                    "{command} #{}: no answer (connection lost)",
+                    escape_text(typed.as_bytes())
+                ))
+            }
+            Sent::List { .. } | Sent::Rooms { .. } => {}
         }
     }
 
     /// Replies to what the emitter sent; the server's FLW.
     fn read_replies(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader) {
         loop {
-            let frame = match reader.read_frame() {
-                Ok(Some(frame)) => frame,
+            let frame = match reader.read_incoming() {
+                Ok(Some(Incoming::Plain(frame))) => frame,
+                Ok(Some(Incoming::Ext(ExtFrame::RoomAck(ack)))) => {
+                    self.settled(&session, ack.seq, Reply::RoomAck(ack));
+                    continue;
+                }
+                Ok(Some(Incoming::Ext(ExtFrame::RoomList(list)))) => {
+                    self.settled(&session, list.seq, Reply::RoomList(list));
+                    continue;
+                }
+                Ok(Some(Incoming::Ext(other))) => {
+                    self.printer
+                        .error(&format!("evchat chat: ignoring unexpected {other}"));
+                    continue;
+                }
                 Ok(None) | Err(_) => return self.lost(&session, Half::Emitter),
             };
             match frame.kind {
-                Kind::Ok | Kind::Erro => self.settled(&session, frame.seq, frame.kind == Kind::Ok),
+                Kind::Ok => self.settled(&session, frame.seq, Reply::Ok),
+                Kind::Erro => self.settled(&session, frame.seq, Reply::Erro),
                 Kind::Flw => {
                     let _ = session.to_server.send_ack(
                         Kind::Ok,
@@ -701,6 +1033,8 @@ impl Chat {
     /// already shown is dropped.
     fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader, again: bool) {
         let mut held = again.then(Vec::new);
+        // Set by WAITING: the next MSG waited for our name, stored then.
+        let mut waited = None;
         loop {
             let frame = match reader.read_incoming() {
                 Ok(Some(Incoming::Plain(frame))) => frame,
@@ -710,6 +1044,19 @@ impl Chat {
                     if session
                         .acks
                         .send_ack(Kind::Ok, session.exhibitor, SERVER_ID, who.seq)
+                        .is_err()
+                    {
+                        self.release(held.take());
+                        return self.lost(&session, Half::Exhibitor);
+                    }
+                    continue;
+                }
+                Ok(Some(Incoming::Ext(ExtFrame::Waiting(waiting)))) => {
+                    // Acknowledged like a CLIST; it marks the MSG after it.
+                    waited = Some(waiting.time_ms);
+                    if session
+                        .acks
+                        .send_ack(Kind::Ok, session.exhibitor, waiting.origin, waiting.seq)
                         .is_err()
                     {
                         self.release(held.take());
@@ -739,6 +1086,7 @@ impl Chat {
                         from: self.label(frame.origin),
                         frame: frame.clone(),
                         own,
+                        waited: waited.take(),
                     };
                     match held.as_mut() {
                         Some(held) => held.push(received),
@@ -746,6 +1094,8 @@ impl Chat {
                     }
                 }
                 (Kind::Clist, Body::Clients(ids)) => {
+                    // WAITING marks a MSG only.
+                    waited = None;
                     self.release(held.take());
                     let mut line = format!("clients ({}):", ids.len());
                     {
@@ -803,14 +1153,53 @@ impl Chat {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             remember(&mut seen, frame.origin, text);
         }
-        if !received.own {
-            let to = if frame.dest == BROADCAST {
-                "all"
-            } else {
-                "you"
-            };
-            self.say_chat(&format!("{} to {to}: {}", received.from, escape_text(text)));
+        if received.own {
+            return;
         }
+        if let Some(stored_ms) = received.waited {
+            let line = format!(
+                "{} (while you were away): {}",
+                received.from,
+                escape_text(text)
+            );
+            return if self.timestamps {
+                let stored = (stored_ms / 1000).min(libc::time_t::MAX as u64) as libc::time_t;
+                self.say(&format!("{}{line}", local_time_of(stored)))
+            } else {
+                self.say(&line)
+            };
+        }
+        if is_room_id(frame.dest) {
+            let room = self.room_label(frame.dest);
+            return self.say_chat(&format!(
+                "{} in {room}: {}",
+                received.from,
+                escape_text(text)
+            ));
+        }
+        let to = if frame.dest == BROADCAST {
+            "all"
+        } else {
+            "you"
+        };
+        self.say_chat(&format!("{} to {to}: {}", received.from, escape_text(text)));
+    }
+
+    /// A room's `#name` for a message received in it. Until the session's
+    /// first ROOMLIST (asked for on registering) has come, a room not known
+    /// yet is waited for, briefly: a member back from away is sent its
+    /// rooms' messages before its emitter is even registered.
+    fn room_label(&self, room: ClientId) -> String {
+        let (state, _) = self.replies.wait_until(ROOMS_WAIT, |state| {
+            let rooms = &state.client.rooms;
+            let asked = state
+                .client
+                .session
+                .as_ref()
+                .is_some_and(|s| s.name.is_some());
+            !asked || rooms.listed || rooms.knows(room)
+        });
+        state.client.rooms.label(room)
     }
 
     /// Shows what a reconnected exhibitor held, less the start of the
@@ -835,11 +1224,26 @@ impl Chat {
         }
     }
 
-    fn settled(self: &Arc<Self>, session: &Session, seq: u16, ok: bool) {
+    /// A reply to the request numbered `seq`: shown, and what it says of
+    /// the rooms noted (in the same update, for whoever waits on it).
+    fn settled(self: &Arc<Self>, session: &Session, seq: u16, reply: Reply) {
         // A reply to a session given up is ignored: its loss was reported.
-        let settled = self
-            .replies
-            .update(|state| state.client.is_current(session).then(|| state.settle(seq)));
+        let settled = self.replies.update(|state| {
+            if !state.client.is_current(session) {
+                return None;
+            }
+            let settled = state.settle(seq);
+            if let Settled::Request(sent) = &settled {
+                match (sent, &reply) {
+                    (Sent::Room { .. }, Reply::RoomAck(ack)) => state.client.rooms.learn(ack),
+                    (Sent::Rooms { .. }, Reply::RoomList(list)) => {
+                        state.client.rooms.replace(&list.rooms)
+                    }
+                    _ => {}
+                }
+            }
+            Some(settled)
+        });
         let sent = match settled {
             Some(Settled::Request(sent)) => sent,
             Some(Settled::Farewell) | None => return,
@@ -849,21 +1253,57 @@ impl Chat {
                     .error(&format!("evchat chat: reply for unknown request #{seq}"));
             }
         };
+        let ok = matches!(reply, Reply::Ok);
         let mark = if ok { "✓" } else { "✗ not delivered" };
-        match sent {
-            Sent::Message { dest, text } => self.say_chat(&format!(
+        match (sent, reply) {
+            (Sent::Message { dest, text }, Reply::Ok | Reply::Erro) => self.say_chat(&format!(
                 "you to {}: {} {mark}",
                 self.label(dest.0),
                 escape_text(&text)
             )),
             // Our own list shows itself when it comes.
-            Sent::List { dest } if dest.0 == session.emitter && ok => {}
-            Sent::List { dest } if dest.0 == session.emitter => {
+            (Sent::List { dest }, Reply::Ok) if dest.0 == session.emitter => {}
+            (Sent::List { dest }, Reply::Ok | Reply::Erro) if dest.0 == session.emitter => {
                 self.say_chat(&format!("client list {mark}"))
             }
-            Sent::List { dest } => {
+            (Sent::List { dest }, Reply::Ok | Reply::Erro) => {
                 self.say_chat(&format!("client list to {} {mark}", self.label(dest.0)))
             }
+            (Sent::Tell { name, text }, reply) => {
+                let said = match reply {
+                    Reply::Ok => "✓".to_string(),
+                    Reply::RoomAck(ack) => tell_answer(&name, ack.code),
+                    Reply::Erro | Reply::RoomList(_) => "✗ not delivered".to_string(),
+                };
+                self.say_chat(&format!("you to {name}: {} {said}", escape_text(&text)))
+            }
+            (Sent::Room { request, typed }, Reply::RoomAck(ack)) => {
+                self.say_chat(&room_answer(request, &typed, &ack))
+            }
+            (Sent::Rooms { shown }, Reply::RoomList(list)) => {
+                if shown {
+                    self.say_chat(&room_list_line(&list.rooms));
+                }
+            }
+            // The server refused the request as a frame (an exhibitor's, or
+            // a server that has no rooms): said, not taken for an answer.
+            (Sent::Room { request, typed }, Reply::Erro) => {
+                let command = match request {
+                    RoomRequest::Join { .. } => "/join",
+                    RoomRequest::Leave => "/leave",
+                };
+                self.say_chat(&format!(
+                    "{command} #{}: refused by the server (ERRO)",
+                    escape_text(typed.as_bytes())
+                ))
+            }
+            (Sent::Rooms { shown: true }, Reply::Erro) => {
+                self.say_chat("/rooms: refused by the server (ERRO)")
+            }
+            (Sent::Rooms { shown: false }, Reply::Erro) => {}
+            (_, _) => self.printer.error(&format!(
+                "evchat chat: a reply of the wrong kind to request #{seq}"
+            )),
         }
     }
 
@@ -911,13 +1351,7 @@ impl Chat {
         let Some(lost) = lost else { return };
         self.say(&format!("connection to {} lost; reconnecting", self.target));
         for sent in lost {
-            if let Sent::Message { dest, text } = sent {
-                self.say_chat(&format!(
-                    "you to {}: {} ✗ not delivered (connection lost)",
-                    self.label(dest.0),
-                    escape_text(&text)
-                ));
-            }
+            self.report_lost(sent);
         }
         self.reconnect();
     }

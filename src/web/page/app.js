@@ -6,7 +6,10 @@
 // reconnection with backoff. Both connections open with HELLO (the identity
 // extension): its answer tells the page whether the server has accounts, so
 // it shows a sign-in form, or an optional name to claim; WHO frames name
-// the ids it shows. Bytes <-> frames is codec.js's job. Everything a peer
+// the ids it shows. Rooms (ROOMS, JOIN, LEAVE) are listed beside the log,
+// and the log is split into conversations, one per room or person (and
+// one for everyone); "All messages" shows them together. Bytes <-> frames
+// is codec.js's job. Everything a peer
 // sent reaches the page through textContent, never as markup. Credentials
 // live in this closure's memory only: never in a URL or in storage.
 'use strict';
@@ -37,10 +40,30 @@
     lostSignIn: 'The connection to the server was lost. Try again.',
     badName: 'A name starts with a letter, then up to 23 letters, digits, ".", "_" or "-".',
     lostClaim: 'The name was not claimed: the connection was lost. Try again.',
+    roomsNeedAName: 'Rooms belong to names: choose a name (or sign in) to join one.',
+    badRoom: 'A room name starts with a letter, then up to 23 letters, digits, ".", "_" or "-".',
     refusedSignIn: function (code) {
       return 'The server refused the sign-in (HELLOACK code ' + code + ').';
     },
   });
+
+  // What the page says for each ROOMACK code (PROTOCOL.md, "Extension:
+  // rooms and queues"), for the room `room` as typed.
+  function roomAnswer(code, room, queue) {
+    switch (code) {
+      case 1: return '"#' + room + '" is not a room name: a letter, then up to 23 letters, digits, ".", "_" or "-".';
+      case 2: return 'Cannot join #' + room + ': you are in as many rooms as the server allows. Leave one first.';
+      case 3: return 'Cannot join #' + room + ': it has as many members as the server allows.';
+      case 4: return 'You are not in #' + room + ' (or it does not exist).';
+      case 5: return SAY.roomsNeedAName;
+      case 6: return 'You may not join #' + room + ': joining needs the view role, creating a room broadcast too.';
+      case 7: return 'Cannot create #' + room + ': the server has as many rooms as it allows.';
+      case 8: return queue
+        ? '#' + room + ' is an ordinary room, not a queue: join it without "queue".'
+        : '#' + room + ' is a queue room: join it with "queue".';
+      default: return 'The server answered for #' + room + ' with ROOMACK code ' + code + '.';
+    }
+  }
 
   function nameTaken(name) {
     return 'The name "' + name + '" is taken. Choose another.';
@@ -71,6 +94,15 @@
     secret: document.getElementById('secret'),
     signInProblem: document.getElementById('sign-in-problem'),
     signInButton: document.getElementById('sign-in-button'),
+    conversations: document.getElementById('conversations'),
+    rooms: document.getElementById('rooms'),
+    roomCount: document.getElementById('room-count'),
+    roomsRefresh: document.getElementById('rooms-refresh'),
+    roomForm: document.getElementById('room-form'),
+    roomName: document.getElementById('room-name'),
+    roomQueue: document.getElementById('room-queue'),
+    roomJoin: document.getElementById('room-join'),
+    roomProblem: document.getElementById('room-problem'),
   };
 
   const encoder = new TextEncoder();
@@ -96,6 +128,20 @@
   // again, and those already shown are not shown twice.
   const SEEN_MAX = 500;
   const seenBroadcasts = [];
+  // The server's rooms by id, as the last ROOMLIST (and ROOMACKs since)
+  // gave them: { name (escaped), queue, members }. At most --max-rooms.
+  let rooms = new Map();
+  // The rooms this page's name is in, by lower-case name: from its JOINs
+  // and LEAVEs, and from room messages it receives (only members do).
+  const joined = new Set();
+  // Rooms whose messages came before their names (a member back from away
+  // is sent what it missed first): joined once a ROOMLIST names them.
+  const receivedIn = new Set();
+  // Conversations by key ('everyone', 'room:ID', 'person:name', 'id:N'),
+  // in the order they began: { unread }. The log's entries carry their
+  // conversation's key; 'all' shows every entry.
+  const conversations = new Map([['everyone', { unread: 0 }]]);
+  let current = 'all';
 
   // ---- the log --------------------------------------------------------
 
@@ -110,6 +156,10 @@
 
   function appendEntry(li) {
     const stick = nearBottom();
+    li.hidden = !inView(li);
+    if (li.hidden) {
+      countUnread(li.dataset.conv);
+    }
     ui.log.appendChild(li);
     while (ui.log.childElementCount > LOG_LIMIT) {
       ui.log.firstElementChild.remove();
@@ -128,8 +178,9 @@
     return s;
   }
 
-  function timeStamp() {
-    const now = new Date();
+  // The time of `when` (now when not given).
+  function timeStamp(when) {
+    const now = when || new Date();
     const t = document.createElement('time');
     t.dateTime = now.toISOString();
     t.textContent = now.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
@@ -218,15 +269,171 @@
     return 0;
   }
 
-  function showIncoming(frame, from, mine) {
+  // ---- conversations ------------------------------------------------
+
+  function roomLabel(id) {
+    const room = rooms.get(id);
+    return room ? '#' + room.name : 'room ' + id;
+  }
+
+  // The conversation a message to `dest` belongs to, in session `s`.
+  function conversationOf(s, dest) {
+    if (dest === C.BROADCAST) {
+      return 'everyone';
+    }
+    if (C.isRoomId(dest)) {
+      return 'room:' + dest;
+    }
+    const name = nameOf(s, dest);
+    return name ? 'person:' + name.toLowerCase() : 'id:' + dest;
+  }
+
+  function conversationLabel(key) {
+    if (key === 'all') {
+      return 'All messages';
+    }
+    if (key === 'everyone') {
+      return 'Everyone';
+    }
+    const [kind, rest] = [key.slice(0, key.indexOf(':')), key.slice(key.indexOf(':') + 1)];
+    if (kind === 'room') {
+      return roomLabel(Number(rest));
+    }
+    if (kind === 'person') {
+      // The name as the server spells it, from any id that has it.
+      const s = session;
+      if (s !== null) {
+        for (const name of s.names.values()) {
+          if (name.toLowerCase() === rest) {
+            return name;
+          }
+        }
+      }
+      return rest;
+    }
+    return idName(Number(rest));
+  }
+
+  // The destination id a conversation writes to now, or null (a person
+  // not connected, or 'all', which keeps the picker's choice).
+  function destinationOf(key) {
+    if (key === 'everyone') {
+      return C.BROADCAST;
+    }
+    const colon = key.indexOf(':');
+    const kind = key.slice(0, colon);
+    const rest = key.slice(colon + 1);
+    if (kind === 'room' || kind === 'id') {
+      return Number(rest);
+    }
+    if (kind === 'person') {
+      // Their exhibitor first (an emitter's id reaches its exhibitor too).
+      const ids = listedIds.filter(function (id) {
+        return nameOf(session, id).toLowerCase() === rest;
+      });
+      const exhibitor = ids.find(C.isExhibitorId);
+      return exhibitor !== undefined ? exhibitor : ids.length > 0 ? ids[0] : null;
+    }
+    return null;
+  }
+
+  function inView(li) {
+    return current === 'all' || li.dataset.conv === undefined || li.dataset.conv === current;
+  }
+
+  function countUnread(key) {
+    const conversation = conversations.get(key);
+    if (conversation !== undefined) {
+      conversation.unread++;
+      showConversations();
+    }
+  }
+
+  function addConversation(key) {
+    if (!conversations.has(key)) {
+      conversations.set(key, { unread: 0 });
+      showConversations();
+    }
+  }
+
+  function showConversations() {
+    const items = ['all'].concat(Array.from(conversations.keys())).map(function (key) {
+      const li = document.createElement('li');
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.dataset.conv = key;
+      button.setAttribute('aria-current', String(key === current));
+      button.appendChild(span('label', conversationLabel(key)));
+      const conversation = conversations.get(key);
+      if (conversation !== undefined && conversation.unread > 0) {
+        button.appendChild(span('unread', String(conversation.unread)));
+      }
+      button.addEventListener('click', function () {
+        openConversation(key);
+      });
+      li.appendChild(button);
+      return li;
+    });
+    ui.conversations.replaceChildren.apply(ui.conversations, items);
+  }
+
+  // Shows only `key`'s entries (every one for 'all'), and points the
+  // picker at whoever the conversation writes to.
+  function openConversation(key) {
+    current = key;
+    if (key !== 'all') {
+      addConversation(key);
+      conversations.get(key).unread = 0;
+      const dest = destinationOf(key);
+      if (dest !== null) {
+        choose(dest);
+      } else {
+        // Not connected now: sending must not go to whoever "To" held.
+        ui.dest.appendChild(new Option(conversationLabel(key) + ' is not connected', ''));
+        ui.dest.value = '';
+      }
+    }
+    ui.log.querySelectorAll('li').forEach(function (li) {
+      li.hidden = !inView(li);
+    });
+    ui.log.dataset.conv = key;
+    showConversations();
+    scrollToNewest();
+  }
+
+  // Room ids named anew (a ROOMLIST or ROOMACK): the entries and the lists
+  // that show them say so.
+  function relabelRooms() {
+    ui.log.querySelectorAll('li[data-room]').forEach(function (li) {
+      li.querySelector('.scope').textContent = 'in ' + roomLabel(Number(li.dataset.room));
+    });
+    showConversations();
+    showRooms();
+    updatePicker();
+  }
+
+  // `waited`: when the server stored a message that waited for our name
+  // (ms since 1970), or null.
+  function showIncoming(s, frame, from, mine, waited) {
     const li = document.createElement('li');
-    li.className = 'entry in';
+    li.className = waited === null ? 'entry in' : 'entry in waited';
+    const room = C.isRoomId(frame.dest);
     li.appendChild(metaLine([
       span('from', mine ? 'you (' + idName(frame.origin) + ')' : from),
-      span('scope', frame.dest === C.BROADCAST ? 'to all' : 'to you'),
-      timeStamp(),
+      span('scope', waited !== null ? 'while you were away'
+        : room ? 'in ' + roomLabel(frame.dest)
+          : frame.dest === C.BROADCAST ? 'to all' : 'to you'),
+      timeStamp(waited === null ? undefined : new Date(waited)),
     ]));
     li.appendChild(span('text', C.escapeText(frame.text)));
+    if (room) {
+      li.dataset.room = String(frame.dest);
+    }
+    // A message to us belongs with its sender; one to a room, with it.
+    const key = room || frame.dest === C.BROADCAST
+      ? conversationOf(s, frame.dest) : conversationOf(s, frame.origin);
+    li.dataset.conv = key;
+    addConversation(key);
     appendEntry(li);
   }
 
@@ -236,8 +443,14 @@
     li.className = 'entry out';
     const status = span('status', 'pending');
     status.dataset.status = 'pending';
-    li.appendChild(metaLine([span('from', 'you'), span('scope', destName(s, dest)), timeStamp(), status]));
+    const scope = C.isRoomId(dest) ? 'in ' + roomLabel(dest) : destName(s, dest);
+    li.appendChild(metaLine([span('from', 'you'), span('scope', scope), timeStamp(), status]));
     li.appendChild(span('text', C.escapeText(bytes)));
+    if (C.isRoomId(dest)) {
+      li.dataset.room = String(dest);
+    }
+    li.dataset.conv = conversationOf(s, dest);
+    addConversation(li.dataset.conv);
     appendEntry(li);
     return { entry: li, status: status };
   }
@@ -257,7 +470,10 @@
     ui.send.disabled = !canSend;
     ui.dest.disabled = !canSend;
     ui.refresh.disabled = !canSend;
+    ui.roomsRefresh.disabled = !canSend;
+    ui.roomJoin.disabled = !canSend || session.ownName === '';
     ui.reconnect.hidden = state !== 'waiting';
+    showRooms();
   }
 
   function showIds(emitterId, exhibitorId, name) {
@@ -408,17 +624,185 @@
     const chosen = ui.dest.value;
     const options = [];
     if (chosen === '') {
-      options.push(new Option('choose again (ids changed)', ''));
+      const said = ui.dest.selectedOptions.length > 0 ? ui.dest.selectedOptions[0].textContent : '';
+      options.push(new Option(said || 'choose again (ids changed)', ''));
     }
     options.push(new Option('everyone', '0'));
     listedIds.forEach(function (id) {
       options.push(new Option(nameAndId(session, id) + (isMine(id) ? ' (you)' : ''), String(id)));
     });
-    if (chosen !== '' && chosen !== '0' && listedIds.indexOf(Number(chosen)) < 0) {
+    rooms.forEach(function (room, id) {
+      options.push(new Option('#' + room.name + (room.queue ? ' (queue room)' : ' (room)'), String(id)));
+    });
+    if (chosen !== '' && chosen !== '0' && listedIds.indexOf(Number(chosen)) < 0
+      && !rooms.has(Number(chosen))) {
       options.push(new Option(idName(Number(chosen)) + ' (left)', chosen));
     }
     ui.dest.replaceChildren.apply(ui.dest, options);
     ui.dest.value = chosen;
+    if (chosen === '' && current.startsWith('person:')) {
+      // The person this conversation is with is back: by name, so no
+      // one else is taken for them.
+      const dest = destinationOf(current);
+      if (dest !== null) {
+        choose(dest);
+      }
+    }
+  }
+
+  // Points the picker at `dest`, adding it when the list lacks it.
+  function choose(dest) {
+    const value = String(dest);
+    if (!Array.from(ui.dest.options).some(function (o) { return o.value === value; })) {
+      ui.dest.appendChild(new Option(C.isRoomId(dest) ? roomLabel(dest) : idName(dest), value));
+    }
+    ui.dest.value = value;
+  }
+
+  // ---- rooms -------------------------------------------------------------
+
+  function showRooms() {
+    const s = session;
+    const canJoin = s !== null && s.connected() && s.emitterId !== null && s.ownName !== '';
+    const items = Array.from(rooms.entries()).map(function (entry) {
+      const id = entry[0];
+      const room = entry[1];
+      const li = document.createElement('li');
+      li.dataset.room = String(id);
+      li.appendChild(span('name', '#' + room.name));
+      li.appendChild(document.createTextNode(' '));
+      li.appendChild(span('kind', (room.queue ? 'queue, ' : '')
+        + room.members + (room.members === 1 ? ' member' : ' members')));
+      const member = joined.has(room.name.toLowerCase());
+      const open = document.createElement('button');
+      open.type = 'button';
+      open.className = 'open';
+      open.textContent = 'Open';
+      open.addEventListener('click', function () { openConversation('room:' + id); });
+      const toggle = document.createElement('button');
+      toggle.type = 'button';
+      toggle.className = member ? 'leave' : 'join';
+      toggle.textContent = member ? 'Leave' : 'Join';
+      toggle.disabled = !canJoin;
+      toggle.addEventListener('click', function () {
+        if (member) {
+          leaveRoom(room.name);
+        } else {
+          joinRoom(room.name, room.queue);
+        }
+      });
+      li.appendChild(open);
+      li.appendChild(toggle);
+      return li;
+    });
+    ui.rooms.replaceChildren.apply(ui.rooms, items);
+    ui.roomCount.textContent = rooms.size > 0 ? '(' + rooms.size + ')' : '';
+    if (s !== null && s.connected() && s.ownName === '' && s.emitterId !== null) {
+      showProblem(ui.roomProblem, SAY.roomsNeedAName);
+    } else if (ui.roomProblem.textContent === SAY.roomsNeedAName) {
+      showProblem(ui.roomProblem, '');
+    }
+  }
+
+  // A request of the rooms extension from our emitter: `request` is what
+  // its answer is matched with.
+  function roomRequest(request, bytesOf) {
+    const s = session;
+    if (s === null || !s.connected() || s.emitterId === null) {
+      return false;
+    }
+    const seq = s.nextEmitterSeq();
+    s.requests.set(seq, request);
+    send(s.emitter, bytesOf(s.emitterId, seq));
+    return true;
+  }
+
+  function requestRooms() {
+    roomRequest({ kind: 'rooms' }, function (origin, seq) {
+      return C.encode({ type: T.ROOMS, origin: origin, dest: C.SERVER_ID, seq: seq });
+    });
+  }
+
+  function joinRoom(name, queue) {
+    if (session === null || session.ownName === '') {
+      showProblem(ui.roomProblem, SAY.roomsNeedAName);
+      return;
+    }
+    roomRequest({ kind: 'join', room: name, queue: queue }, function (origin, seq) {
+      return C.join(origin, seq, encoder.encode(name), queue);
+    });
+  }
+
+  function leaveRoom(name) {
+    roomRequest({ kind: 'leave', room: name }, function (origin, seq) {
+      return C.leave(origin, seq, encoder.encode(name));
+    });
+  }
+
+  function roomFormSubmitted() {
+    const name = ui.roomName.value.trim().replace(/^#/, '');
+    if (!C.NAME_RULE.test(name)) {
+      showProblem(ui.roomProblem, SAY.badRoom);
+      ui.roomName.focus();
+      return;
+    }
+    showProblem(ui.roomProblem, '');
+    joinRoom(name, ui.roomQueue.checked);
+  }
+
+  // The answer to a JOIN or LEAVE.
+  function roomAnswered(request, frame) {
+    if (frame.type === T.ERRO) {
+      showProblem(ui.roomProblem, 'The server refused the request (ERRO).');
+      return;
+    }
+    if (frame.code !== 0) {
+      showProblem(ui.roomProblem, roomAnswer(frame.code, request.room, request.queue));
+      return;
+    }
+    showProblem(ui.roomProblem, '');
+    const name = nameText(frame.name);
+    const queue = (frame.flags & C.FLAG_QUEUE) !== 0;
+    rooms.set(frame.room, { name: name, queue: queue, members: frame.members });
+    if (request.kind === 'join') {
+      joined.add(name.toLowerCase());
+      note('joined ' + (queue ? 'queue ' : '') + '#' + name);
+      ui.roomName.value = '';
+      relabelRooms();
+      openConversation('room:' + frame.room);
+    } else {
+      joined.delete(name.toLowerCase());
+      note('left #' + name);
+      // Its count, or whether it is gone, comes with the list.
+      requestRooms();
+    }
+  }
+
+  // Notes that the name is in room `id`, once the room's name is known.
+  function memberOf(id) {
+    if (rooms.has(id)) {
+      joined.add(rooms.get(id).name.toLowerCase());
+    } else {
+      receivedIn.add(id);
+    }
+  }
+
+  function roomsListed(frame) {
+    rooms = new Map();
+    frame.rooms.forEach(function (r) {
+      rooms.set(r.room, {
+        name: nameText(r.name),
+        queue: (r.flags & C.FLAG_QUEUE) !== 0,
+        members: r.members,
+      });
+    });
+    receivedIn.forEach(function (id) {
+      if (rooms.has(id)) {
+        joined.add(rooms.get(id).name.toLowerCase());
+      }
+    });
+    receivedIn.clear();
+    relabelRooms();
   }
 
   function forgetDestination() {
@@ -457,6 +841,9 @@
     // What WHO frames told this session's exhibitor: id -> name. Ids are
     // the server's, so the map lives and dies with the session.
     this.names = new Map();
+    // Set by WAITING: the next MSG waited for this page's name, stored at
+    // this time (ms since 1970).
+    this.waitedNext = null;
     // After a reconnection, what the exhibitor receives is held until the
     // answer to our first CREQ marks the end of the server's replay.
     this.held = everConnected ? [] : null;
@@ -713,6 +1100,7 @@
     note(said + (s.ownName ? s.ownName + ', ' : '') + ids);
     everConnected = true;
     requestClients();
+    requestRooms();
   }
 
   // The answer to an OI: OK with seq 0 and our new id as destination.
@@ -757,7 +1145,9 @@
           // Our own message reached our own exhibitor: it is already in the
           // log as sent; it is marked shown here rather than repeated.
           ownEntry: own !== undefined && own.kind === 'msg' ? own.entry : null,
+          waited: s.waitedNext,
         };
+        s.waitedNext = null;
         if (s.held !== null) {
           s.held.push(received);
         } else {
@@ -769,9 +1159,16 @@
         }
         break;
       }
+      case T.WAITING:
+        // The next MSG waited for our name (PROTOCOL.md, "Waiting
+        // messages"); acknowledged like a CLIST.
+        s.waitedNext = frame.timeMs;
+        ack();
+        break;
       case T.CLIST:
         // Sent after everything the server queued for us before our
         // emitter existed, the replay included.
+        s.waitedNext = null;
         releaseHeld(s);
         showClients(frame.ids);
         ack();
@@ -803,6 +1200,10 @@
 
   function showReceived(s, received) {
     const frame = received.frame;
+    if (C.isRoomId(frame.dest)) {
+      // Only members receive a room's messages.
+      memberOf(frame.dest);
+    }
     if (frame.dest === C.BROADCAST) {
       seenBroadcasts.push(broadcastKey(frame));
       if (seenBroadcasts.length > SEEN_MAX) {
@@ -812,7 +1213,7 @@
     if (received.ownEntry !== null) {
       received.ownEntry.classList.add('shown-here');
     } else {
-      showIncoming(frame, received.from, frame.origin === s.emitterId);
+      showIncoming(s, frame, received.from, frame.origin === s.emitterId, received.waited);
     }
   }
 
@@ -856,7 +1257,11 @@
           return;
         }
         s.requests.delete(frame.seq);
-        if (request.kind === 'msg') {
+        if (request.kind === 'join' || request.kind === 'leave') {
+          roomAnswered(request, frame);
+        } else if (request.kind === 'rooms') {
+          // ERRO: a server without rooms; the list stays empty.
+        } else if (request.kind === 'msg') {
           setStatus(request.status, frame.type === T.OK ? 'delivered' : 'not delivered');
         } else if (request.kind === 'creq') {
           // The CLIST came first; if the server refused the CREQ, nothing
@@ -867,6 +1272,23 @@
             s.listAgain = false;
             requestClients();
           }
+        }
+        break;
+      }
+      case T.ROOMACK:
+      case T.ROOMLIST: {
+        // Answers in the reply order, in place of OK or ERRO.
+        const request = s.requests.get(frame.seq);
+        const wanted = frame.type === T.ROOMLIST ? ['rooms'] : ['join', 'leave'];
+        if (request === undefined || wanted.indexOf(request.kind) < 0) {
+          console.warn('evchat: ' + C.TYPE_NAME[frame.type] + ' answers no such request, seq ' + frame.seq);
+          return;
+        }
+        s.requests.delete(frame.seq);
+        if (frame.type === T.ROOMLIST) {
+          roomsListed(frame);
+        } else {
+          roomAnswered(request, frame);
         }
         break;
       }
@@ -997,7 +1419,10 @@
       return;
     }
     if (ui.dest.value === '') {
-      note('not sent: choose who gets it (the ids changed when the chat reconnected)');
+      const said = ui.dest.selectedOptions.length > 0 ? ui.dest.selectedOptions[0].textContent : '';
+      note(said.endsWith(' is not connected')
+        ? 'not sent: choose who gets it (' + said + ')'
+        : 'not sent: choose who gets it (the ids changed when the chat reconnected)');
       ui.dest.focus();
       return;
     }
@@ -1016,6 +1441,23 @@
     sendMessage();
   });
   ui.refresh.addEventListener('click', requestClients);
+  ui.roomsRefresh.addEventListener('click', requestRooms);
+  ui.roomName.addEventListener('input', function () {
+    // A new name to join: the last answer no longer applies.
+    if (ui.roomProblem.textContent !== SAY.roomsNeedAName) {
+      showProblem(ui.roomProblem, '');
+    }
+  });
+  ui.roomForm.addEventListener('submit', function (event) {
+    event.preventDefault();
+    roomFormSubmitted();
+  });
+  ui.dest.addEventListener('change', function () {
+    // Within a conversation, choosing someone else moves to theirs.
+    if (current !== 'all' && ui.dest.value !== '') {
+      openConversation(conversationOf(session, Number(ui.dest.value)));
+    }
+  });
   ui.signInForm.addEventListener('submit', function (event) {
     event.preventDefault();
     if (credentials === null) {
@@ -1060,5 +1502,6 @@
     }
   });
 
+  showConversations();
   start();
 })();

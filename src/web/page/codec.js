@@ -18,6 +18,19 @@
 //  WHO     (10):  | L | id (u16) | roles (u8) | NL (u8) | name |
 //  KICK    (11):  | L = 0 |
 //
+// and the rooms' (PROTOCOL.md, "Extension: rooms and queues"), the same way:
+//
+//  JOIN     (12):  | L | flags (u8) | NL (u8) | room name |
+//  LEAVE    (13):  | L | NL (u8) | room name |
+//  ROOMS    (14):  | L = 0 |
+//  ROOMACK  (15):  | L | code (u8) | flags (u8) | room id (u16) | members (u16) | NL (u8) | name |
+//  ROOMLIST (16):  | L | N (u16) | N x ( room id (u16) | flags (u8) | members (u16) | NL (u8) | name ) |
+//
+// and the waiting messages' (PROTOCOL.md, "Waiting messages"):
+//
+//  TELL    (17):  | L | NL (u8) | name | text (L - 1 - NL bytes) |
+//  WAITING (18):  | L = 8 | time_ms (u64) |
+//
 // Over WebSocket each binary message carries exactly one frame, so decode()
 // takes one whole message and rejects anything that is not exactly one frame.
 'use strict';
@@ -26,10 +39,11 @@ const EvchatCodec = (function () {
   const TYPE = Object.freeze({
     OK: 1, ERRO: 2, OI: 3, FLW: 4, MSG: 5, CREQ: 6, CLIST: 7,
     HELLO: 8, HELLOACK: 9, WHO: 10, KICK: 11,
+    JOIN: 12, LEAVE: 13, ROOMS: 14, ROOMACK: 15, ROOMLIST: 16, TELL: 17, WAITING: 18,
   });
   const TYPE_NAME = Object.freeze(['', 'OK', 'ERRO', 'OI', 'FLW', 'MSG', 'CREQ', 'CLIST',
-    'HELLO', 'HELLOACK', 'WHO', 'KICK']);
-  const LAST_TYPE = TYPE.KICK;
+    'HELLO', 'HELLOACK', 'WHO', 'KICK', 'JOIN', 'LEAVE', 'ROOMS', 'ROOMACK', 'ROOMLIST', 'TELL', 'WAITING']);
+  const LAST_TYPE = TYPE.WAITING;
   const HEADER_LEN = 8;
   const MAX_TEXT_LEN = 0xffff;
   const MAX_FRAME_LEN = HEADER_LEN + 2 + 2 * 0xffff;
@@ -40,7 +54,16 @@ const EvchatCodec = (function () {
   const MAX_HELLO_NAME_LEN = 64;
   const MAX_SECRET_LEN = 256;
   const MAX_SENT_NAME_LEN = 24;
-  const MAX_BODY = Object.freeze({ 8: 4 + 64 + 256, 9: 4 + 24, 10: 4 + 24, 11: 0 });
+  const MAX_ROOM_NAME_LEN = 64;
+  const MAX_BODY = Object.freeze({
+    8: 4 + 64 + 256, 9: 4 + 24, 10: 4 + 24, 11: 0,
+    12: 2 + MAX_ROOM_NAME_LEN, 13: 1 + MAX_ROOM_NAME_LEN, 14: 0, 15: 7 + 24, 16: 0xffff,
+    17: 0xffff, 18: 8,
+  });
+  // JOIN's and ROOMACK's flag for a queue room; room ids' range.
+  const FLAG_QUEUE = 1;
+  const ROOM_FIRST = 0x4000;
+  const ROOM_LAST = 0x7fff;
   // The roles byte's bits.
   const ROLE = Object.freeze({ VIEW: 1, EMIT: 2, BROADCAST: 4, ADMIN: 8 });
   // HELLOACK's codes.
@@ -52,7 +75,11 @@ const EvchatCodec = (function () {
   const NAME_RULE = /^[A-Za-z][A-Za-z0-9_.-]{0,23}$/;
 
   function isExtension(type) {
-    return type >= TYPE.HELLO && type <= TYPE.KICK;
+    return type >= TYPE.HELLO && type <= LAST_TYPE;
+  }
+
+  function isRoomId(id) {
+    return id >= ROOM_FIRST && id <= ROOM_LAST;
   }
 
   function isEmitterId(id) {
@@ -118,7 +145,69 @@ const EvchatCodec = (function () {
       body.set(frame.name, 4);
       return body;
     }
-    return new Uint8Array(0); // KICK
+    if (type === TYPE.JOIN || type === TYPE.LEAVE) {
+      checkBytes('name', frame.name, MAX_ROOM_NAME_LEN);
+      const head = type === TYPE.JOIN ? [frame.flags, frame.name.length] : [frame.name.length];
+      if (type === TYPE.JOIN) {
+        checkU8('flags', frame.flags);
+      }
+      const body = new Uint8Array(head.length + frame.name.length);
+      body.set(head);
+      body.set(frame.name, head.length);
+      return body;
+    }
+    if (type === TYPE.ROOMACK) {
+      ['code', 'flags'].forEach(function (field) { checkU8(field, frame[field]); });
+      checkU16('room', frame.room);
+      checkU16('members', frame.members);
+      checkBytes('name', frame.name, MAX_SENT_NAME_LEN);
+      const body = new Uint8Array(7 + frame.name.length);
+      body.set([frame.code, frame.flags, frame.room >> 8, frame.room & 0xff,
+        frame.members >> 8, frame.members & 0xff, frame.name.length]);
+      body.set(frame.name, 7);
+      return body;
+    }
+    if (type === TYPE.ROOMLIST) {
+      let len = 2;
+      frame.rooms.forEach(function (r) {
+        checkU16('room', r.room);
+        checkU8('flags', r.flags);
+        checkU16('members', r.members);
+        checkBytes('name', r.name, MAX_SENT_NAME_LEN);
+        len += 6 + r.name.length;
+      });
+      if (len > 0xffff) {
+        throw new RangeError('ROOMLIST is ' + len + ' bytes; at most 65535 fit');
+      }
+      const body = new Uint8Array(len);
+      body.set([frame.rooms.length >> 8, frame.rooms.length & 0xff]);
+      let at = 2;
+      frame.rooms.forEach(function (r) {
+        body.set([r.room >> 8, r.room & 0xff, r.flags, r.members >> 8, r.members & 0xff,
+          r.name.length], at);
+        body.set(r.name, at + 6);
+        at += 6 + r.name.length;
+      });
+      return body;
+    }
+    if (type === TYPE.TELL) {
+      checkBytes('name', frame.name, MAX_ROOM_NAME_LEN);
+      checkBytes('text', frame.text, 0xffff - 1 - frame.name.length);
+      const body = new Uint8Array(1 + frame.name.length + frame.text.length);
+      body[0] = frame.name.length;
+      body.set(frame.name, 1);
+      body.set(frame.text, 1 + frame.name.length);
+      return body;
+    }
+    if (type === TYPE.WAITING) {
+      if (!Number.isSafeInteger(frame.timeMs) || frame.timeMs < 0) {
+        throw new RangeError('timeMs must be a whole number of milliseconds, not ' + frame.timeMs);
+      }
+      const body = new Uint8Array(8);
+      new DataView(body.buffer).setBigUint64(0, BigInt(frame.timeMs));
+      return body;
+    }
+    return new Uint8Array(0); // KICK, ROOMS
   }
 
   // frame: { type, origin, dest, seq, text?: Uint8Array, ids?: number[] }
@@ -185,6 +274,19 @@ const EvchatCodec = (function () {
     return encode({ type: TYPE.MSG, origin: origin, dest: dest, seq: seq, text: text });
   }
 
+  // JOIN(origin, 65535, seq): joins (creating) the room `name`, a queue
+  // when `queue`.
+  function join(origin, seq, name, queue) {
+    return encode({
+      type: TYPE.JOIN, origin: origin, dest: SERVER_ID, seq: seq,
+      flags: queue ? FLAG_QUEUE : 0, name: name,
+    });
+  }
+
+  function leave(origin, seq, name) {
+    return encode({ type: TYPE.LEAVE, origin: origin, dest: SERVER_ID, seq: seq, name: name });
+  }
+
   // HELLO(0, 65535, seq 0), version 1: opts in, signs in or claims a name.
   function hello(name, secret) {
     return encode({
@@ -227,6 +329,63 @@ const EvchatCodec = (function () {
       }
       frame.roles = body[2];
       frame.name = body.slice(4);
+    } else if (type === TYPE.JOIN) {
+      if (body.length < 2 || body.length !== 2 + body[1] || body[1] > MAX_ROOM_NAME_LEN) {
+        throw bad('fields do not add up to L');
+      }
+      frame.flags = body[0];
+      frame.name = body.slice(2);
+    } else if (type === TYPE.LEAVE) {
+      if (body.length < 1 || body.length !== 1 + body[0]) {
+        throw bad('fields do not add up to L');
+      }
+      frame.name = body.slice(1);
+    } else if (type === TYPE.ROOMACK) {
+      if (body.length < 7 || body.length !== 7 + body[6]) {
+        throw bad('fields do not add up to L');
+      }
+      frame.code = body[0];
+      frame.flags = body[1];
+      frame.room = (body[2] << 8) | body[3];
+      frame.members = (body[4] << 8) | body[5];
+      frame.name = body.slice(7);
+    } else if (type === TYPE.ROOMLIST) {
+      if (body.length < 2) {
+        throw bad('L is ' + body.length + ', at least 2');
+      }
+      const n = (body[0] << 8) | body[1];
+      const rooms = [];
+      let at = 2;
+      for (let i = 0; i < n; i++) {
+        if (at + 6 > body.length || at + 6 + body[at + 5] > body.length
+          || body[at + 5] > MAX_SENT_NAME_LEN) {
+          throw bad('room ' + i + ' runs past L');
+        }
+        const nl = body[at + 5];
+        rooms.push({
+          room: (body[at] << 8) | body[at + 1],
+          flags: body[at + 2],
+          members: (body[at + 3] << 8) | body[at + 4],
+          name: body.slice(at + 6, at + 6 + nl),
+        });
+        at += 6 + nl;
+      }
+      if (at !== body.length) {
+        throw bad('fields do not add up to L');
+      }
+      frame.rooms = rooms;
+    } else if (type === TYPE.TELL) {
+      if (body.length < 1 || body[0] > MAX_ROOM_NAME_LEN || body.length < 1 + body[0]) {
+        throw bad('fields do not add up to L');
+      }
+      frame.name = body.slice(1, 1 + body[0]);
+      frame.text = body.slice(1 + body[0]);
+    } else if (type === TYPE.WAITING) {
+      if (body.length !== 8) {
+        throw bad('L is ' + body.length + ', not 8');
+      }
+      // Milliseconds since 1970 stay below 2^53 for some 285,000 years.
+      frame.timeMs = Number(new DataView(body.buffer, body.byteOffset, 8).getBigUint64(0));
     }
     return frame;
   }
@@ -416,15 +575,20 @@ const EvchatCodec = (function () {
     VERSION: VERSION,
     MAX_HELLO_NAME_LEN: MAX_HELLO_NAME_LEN,
     MAX_SECRET_LEN: MAX_SECRET_LEN,
+    MAX_ROOM_NAME_LEN: MAX_ROOM_NAME_LEN,
+    FLAG_QUEUE: FLAG_QUEUE,
     ROLE: ROLE,
     CODE: CODE,
     NAME_RULE: NAME_RULE,
     isEmitterId: isEmitterId,
     isExhibitorId: isExhibitorId,
+    isRoomId: isRoomId,
     encode: encode,
     bare: bare,
     msg: msg,
     hello: hello,
+    join: join,
+    leave: leave,
     decode: decode,
     escapeText: escapeText,
   });

@@ -1,10 +1,14 @@
 //! What a line typed into `evchat chat` means: a message to the current
-//! target, a `/command`, or one of the emitter's own `(ID) text`,
-//! `(CREQ) ID`, `(FLW)` lines. Pure parsing, no I/O: a name typed where an
-//! id may go is handed on as typed, for the chat to look up.
+//! target, a `/command` (rooms' among them: `/join`, `/leave`, `/rooms`,
+//! `/to #room`), or one of the emitter's own `(ID) text`, `(CREQ) ID`,
+//! `(FLW)` lines. Pure parsing, no I/O: a name or `#room` typed where an id
+//! may go is handed on as typed, for the chat to look up; a room's name is
+//! judged by the server (ROOMACK code 1), only its length here, since a
+//! JOIN or LEAVE over 64 bytes would be malformed.
 
 use evchat::auth::Name;
 use evchat::client::{Command, parse_command};
+use evchat::proto::ext::MAX_ROOM_NAME_LEN;
 use evchat::proto::{BROADCAST, ClientId, MAX_TEXT_LEN};
 
 /// Who a plain line goes to.
@@ -21,11 +25,15 @@ impl From<Target> for Addressee {
     }
 }
 
-/// Who a `/to` or `/msg` names: an id (or all), or a name to look up.
+/// Who a line goes to: whoever the chat talks to now (a plain line), or
+/// what `/to`, `/msg` or `(ID)` names: an id (or all), a name to look up,
+/// or a room (`#name`, kept without its `#`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addressee {
+    Current,
     Id(Target),
     Name(String),
+    Room(String),
 }
 
 /// One line of chat input, understood.
@@ -40,8 +48,17 @@ pub enum ChatLine {
     ListHere,
     /// `(CREQ) ID`: the client list, shown by ID.
     ListTo(Target),
-    /// `/to ID`, `/to NAME` or `/to all`.
+    /// `/to ID`, `/to NAME`, `/to #room` or `/to all`.
     SetTarget(Addressee),
+    /// `/join #room`, `/join #room --queue`: the room's name, without `#`.
+    Join {
+        room: String,
+        queue: bool,
+    },
+    /// `/leave #room`.
+    LeaveRoom(String),
+    /// `/rooms`: the server's rooms, with their kinds and member counts.
+    Rooms,
     Help,
     /// `/quit` or `(FLW)`.
     Quit,
@@ -54,10 +71,16 @@ pub enum ChatLine {
 pub enum ChatError {
     #[error("unknown command '{0}'; /help lists the commands")]
     UnknownCommand(String),
-    #[error("{0} takes an id (0-65535), a name or 'all'")]
+    #[error("{0} takes an id (0-65535), a name, #room or 'all'")]
     NeedsTarget(&'static str),
-    #[error("'{0}' is not an id from 0 to 65535, a name or 'all'")]
+    #[error("'{0}' is not an id from 0 to 65535, a name, #room or 'all'")]
     BadTarget(String),
+    #[error("usage: {0}")]
+    RoomUsage(&'static str),
+    #[error("'{0}' is not a room: rooms are written #name")]
+    NotARoom(String),
+    #[error("a room's name is at most 64 bytes; '#{0}…' is longer")]
+    RoomTooLong(String),
     #[error("usage: /msg ID|NAME text")]
     MsgUsage,
     #[error("{0} takes nothing after it")]
@@ -72,16 +95,40 @@ pub enum ChatError {
 pub const HELP: &[&str] = &[
     "a line without / is a message to the current target (shown in the prompt)",
     "/to ID        talk to exhibitor ID, or to the exhibitor paired with emitter ID",
-    "/to NAME      talk to the one with that name (any case; names come with messages and /list)",
+    "/to NAME      talk to the one with that name (any case; names come with messages and /list);",
+    "              named yourself, to one not online too: the server keeps it until they are back",
     "/to all       talk to everyone (the start)",
-    "/msg ID text  one message to ID (or NAME), without changing the target",
+    "/to #room     talk to a room (its members see it; you need not be one)",
+    "/msg ID text  one message to ID (or NAME, or #room), without changing the target",
     "/list         show who is connected, with their names",
+    "/join #room   join a room, creating it if it does not exist (--queue: a work queue)",
+    "/leave #room  leave a room",
+    "/rooms        list the rooms, their kinds and member counts",
     "/help         this list",
     "/quit         leave (Ctrl-D and Ctrl-C too)",
     "(ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line starting with /",
 ];
 
+/// A room typed as `#name`: the name as typed (the server judges it), at
+/// most [`MAX_ROOM_NAME_LEN`] bytes.
+fn parse_room(word: &str) -> Result<String, ChatError> {
+    let Some(name) = word.strip_prefix('#').filter(|name| !name.is_empty()) else {
+        return Err(ChatError::NotARoom(word.to_string()));
+    };
+    if name.len() > MAX_ROOM_NAME_LEN {
+        let mut cut = MAX_ROOM_NAME_LEN.min(24);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Err(ChatError::RoomTooLong(name[..cut].to_string()));
+    }
+    Ok(name.to_string())
+}
+
 fn parse_target(word: &str) -> Result<Addressee, ChatError> {
+    if word.starts_with('#') {
+        return parse_room(word).map(Addressee::Room);
+    }
     if word.eq_ignore_ascii_case("all") {
         return Ok(Addressee::Id(Target::ALL));
     }
@@ -108,15 +155,16 @@ fn message(dest: impl Into<Addressee>, text: &[u8]) -> Result<ChatLine, ChatErro
     })
 }
 
-/// Parses one line (without its ending) typed while talking to `target`.
-pub fn parse_chat_line(line: &[u8], target: Target) -> Result<ChatLine, ChatError> {
+/// Parses one line (without its ending); a plain line goes to
+/// [`Addressee::Current`], which the chat knows.
+pub fn parse_chat_line(line: &[u8]) -> Result<ChatLine, ChatError> {
     if line.trim_ascii().is_empty() {
         return Ok(ChatLine::Nothing);
     }
     if let Some(rest) = line.strip_prefix(b"//") {
         let mut text = b"/".to_vec();
         text.extend_from_slice(rest);
-        return message(target, &text);
+        return message(Addressee::Current, &text);
     }
     if line.starts_with(b"/") {
         return parse_slash(line);
@@ -132,7 +180,7 @@ pub fn parse_chat_line(line: &[u8], target: Target) -> Result<ChatLine, ChatErro
             Err(e) => return Err(ChatError::Emitter(e.to_string())),
         }
     }
-    message(target, line)
+    message(Addressee::Current, line)
 }
 
 fn parse_slash(line: &[u8]) -> Result<ChatLine, ChatError> {
@@ -166,6 +214,33 @@ fn parse_slash(line: &[u8]) -> Result<ChatLine, ChatError> {
             let dest = parse_target(&String::from_utf8_lossy(id))?;
             message(dest, text)
         }
+        "/join" => {
+            const USAGE: &str = "/join #room [--queue]";
+            let words: Vec<String> = String::from_utf8_lossy(rest)
+                .split_ascii_whitespace()
+                .map(str::to_string)
+                .collect();
+            let (room, queue) = match &words[..] {
+                [room] => (room, false),
+                [room, flag] if flag == "--queue" => (room, true),
+                _ => return Err(ChatError::RoomUsage(USAGE)),
+            };
+            Ok(ChatLine::Join {
+                room: parse_room(room)?,
+                queue,
+            })
+        }
+        "/leave" => {
+            let words: Vec<String> = String::from_utf8_lossy(rest)
+                .split_ascii_whitespace()
+                .map(str::to_string)
+                .collect();
+            match &words[..] {
+                [room] => parse_room(room).map(ChatLine::LeaveRoom),
+                _ => Err(ChatError::RoomUsage("/leave #room")),
+            }
+        }
+        "/rooms" => only("/rooms", ChatLine::Rooms),
         "/list" => only("/list", ChatLine::ListHere),
         "/help" => only("/help", ChatLine::Help),
         "/quit" => only("/quit", ChatLine::Quit),
@@ -190,100 +265,174 @@ mod tests {
         Ok(ChatLine::SetTarget(Addressee::Id(Target(id))))
     }
 
+    fn current(text: &str) -> Result<ChatLine, ChatError> {
+        Ok(ChatLine::Send {
+            dest: Addressee::Current,
+            text: text.as_bytes().to_vec(),
+        })
+    }
+
     #[test]
     fn a_plain_line_goes_to_the_current_target_as_typed() {
-        assert_eq!(parse_chat_line(b"hello", Target::ALL), send(0, "hello"));
+        assert_eq!(parse_chat_line(b"hello"), current("hello"));
         assert_eq!(
-            parse_chat_line(b"  two  spaces ", Target(4097)),
-            send(4097, "  two  spaces ")
+            parse_chat_line(b"  two  spaces "),
+            current("  two  spaces ")
         );
-        assert_eq!(parse_chat_line(b"//etc", Target::ALL), send(0, "/etc"));
-        assert_eq!(
-            parse_chat_line(b"(lol) hi", Target::ALL),
-            send(0, "(lol) hi")
-        );
-        assert_eq!(parse_chat_line(b"", Target::ALL), Ok(ChatLine::Nothing));
-        assert_eq!(parse_chat_line(b"   ", Target::ALL), Ok(ChatLine::Nothing));
+        assert_eq!(parse_chat_line(b"//etc"), current("/etc"));
+        assert_eq!(parse_chat_line(b"(lol) hi"), current("(lol) hi"));
+        // An explicit id is not the current target, even when equal to it.
+        assert_eq!(parse_chat_line(b"(0) hi"), send(0, "hi"));
+        assert_eq!(parse_chat_line(b""), Ok(ChatLine::Nothing));
+        assert_eq!(parse_chat_line(b"   "), Ok(ChatLine::Nothing));
     }
 
     #[test]
     fn commands() {
-        let t = Target::ALL;
-        assert_eq!(parse_chat_line(b"/to 4097", t), to(4097));
-        assert_eq!(parse_chat_line(b"/TO all", t), to(0));
+        assert_eq!(parse_chat_line(b"/to 4097"), to(4097));
+        assert_eq!(parse_chat_line(b"/TO all"), to(0));
         // A name is handed on as typed, for the chat to look up.
         assert_eq!(
-            parse_chat_line(b"/to Alice", t),
+            parse_chat_line(b"/to Alice"),
             Ok(ChatLine::SetTarget(Addressee::Name("Alice".into())))
         );
         assert_eq!(
-            parse_chat_line(b"/msg bob.b hi", t),
+            parse_chat_line(b"/msg bob.b hi"),
             Ok(ChatLine::Send {
                 dest: Addressee::Name("bob.b".into()),
                 text: b"hi".to_vec()
             })
         );
-        assert_eq!(parse_chat_line(b"/msg 2 hi there", t), send(2, "hi there"));
-        assert_eq!(parse_chat_line(b"/msg 2", t), send(2, ""));
-        assert_eq!(parse_chat_line(b"/list", t), Ok(ChatLine::ListHere));
-        assert_eq!(parse_chat_line(b"/help", t), Ok(ChatLine::Help));
-        assert_eq!(parse_chat_line(b"/quit", t), Ok(ChatLine::Quit));
-        assert_eq!(parse_chat_line(b"(4096) x", t), send(4096, "x"));
-        assert_eq!(parse_chat_line(b"(4096)", t), send(4096, ""));
+        assert_eq!(parse_chat_line(b"/msg 2 hi there"), send(2, "hi there"));
+        assert_eq!(parse_chat_line(b"/msg 2"), send(2, ""));
+        assert_eq!(parse_chat_line(b"/list"), Ok(ChatLine::ListHere));
+        assert_eq!(parse_chat_line(b"/help"), Ok(ChatLine::Help));
+        assert_eq!(parse_chat_line(b"/quit"), Ok(ChatLine::Quit));
+        assert_eq!(parse_chat_line(b"(4096) x"), send(4096, "x"));
+        assert_eq!(parse_chat_line(b"(4096)"), send(4096, ""));
         assert_eq!(
-            parse_chat_line(b"(CREQ) 0", t),
+            parse_chat_line(b"(CREQ) 0"),
             Ok(ChatLine::ListTo(Target::ALL))
         );
-        assert_eq!(parse_chat_line(b"(flw)", t), Ok(ChatLine::Quit));
+        assert_eq!(parse_chat_line(b"(flw)"), Ok(ChatLine::Quit));
+    }
+
+    #[test]
+    fn room_commands() {
+        assert_eq!(
+            parse_chat_line(b"/join #ops"),
+            Ok(ChatLine::Join {
+                room: "ops".into(),
+                queue: false
+            })
+        );
+        assert_eq!(
+            parse_chat_line(b"/JOIN  #jobs  --queue "),
+            Ok(ChatLine::Join {
+                room: "jobs".into(),
+                queue: true
+            })
+        );
+        assert_eq!(
+            parse_chat_line(b"/leave #ops"),
+            Ok(ChatLine::LeaveRoom("ops".into()))
+        );
+        assert_eq!(parse_chat_line(b"/rooms"), Ok(ChatLine::Rooms));
+        assert_eq!(
+            parse_chat_line(b"/to #Ops"),
+            Ok(ChatLine::SetTarget(Addressee::Room("Ops".into())))
+        );
+        assert_eq!(
+            parse_chat_line(b"/msg #ops deploy done"),
+            Ok(ChatLine::Send {
+                dest: Addressee::Room("ops".into()),
+                text: b"deploy done".to_vec()
+            })
+        );
+        // The name rule is the server's to apply (ROOMACK code 1).
+        assert_eq!(
+            parse_chat_line(b"/join #9lives"),
+            Ok(ChatLine::Join {
+                room: "9lives".into(),
+                queue: false
+            })
+        );
+    }
+
+    #[test]
+    fn bad_room_commands_are_errors() {
+        let usage = Err(ChatError::RoomUsage("/join #room [--queue]"));
+        assert_eq!(parse_chat_line(b"/join"), usage);
+        assert_eq!(parse_chat_line(b"/join #a #b"), usage);
+        assert_eq!(parse_chat_line(b"/join #a --fast"), usage);
+        assert_eq!(
+            parse_chat_line(b"/leave"),
+            Err(ChatError::RoomUsage("/leave #room"))
+        );
+        assert_eq!(
+            parse_chat_line(b"/join ops"),
+            Err(ChatError::NotARoom("ops".into()))
+        );
+        assert_eq!(
+            parse_chat_line(b"/to #"),
+            Err(ChatError::NotARoom("#".into()))
+        );
+        assert_eq!(
+            parse_chat_line(b"/rooms all"),
+            Err(ChatError::Trailing("/rooms"))
+        );
+        // 64 bytes go to the server; 65 would make a malformed JOIN.
+        let longest = format!("/join #{}", "a".repeat(64));
+        assert!(parse_chat_line(longest.as_bytes()).is_ok());
+        assert_eq!(
+            parse_chat_line(format!("/join #{}", "a".repeat(65)).as_bytes()),
+            Err(ChatError::RoomTooLong("a".repeat(24)))
+        );
     }
 
     #[test]
     fn bad_commands_are_errors() {
-        let t = Target::ALL;
         assert_eq!(
-            parse_chat_line(b"/frobnicate", t),
+            parse_chat_line(b"/frobnicate"),
             Err(ChatError::UnknownCommand("/frobnicate".into()))
         );
+        assert_eq!(parse_chat_line(b"/to"), Err(ChatError::NeedsTarget("/to")));
         assert_eq!(
-            parse_chat_line(b"/to", t),
-            Err(ChatError::NeedsTarget("/to"))
-        );
-        assert_eq!(
-            parse_chat_line(b"/to 70000", t),
+            parse_chat_line(b"/to 70000"),
             Err(ChatError::BadTarget("70000".into()))
         );
         // Neither an id nor a name (names start with a letter, at most 24).
         for bad in ["_x", "al ice", "a!", &"a".repeat(25)] {
             assert_eq!(
-                parse_chat_line(format!("/to {bad}").as_bytes(), t),
+                parse_chat_line(format!("/to {bad}").as_bytes()),
                 Err(ChatError::BadTarget(bad.trim_start_matches(' ').into())),
                 "{bad}"
             );
         }
-        assert_eq!(parse_chat_line(b"/msg", t), Err(ChatError::MsgUsage));
+        assert_eq!(parse_chat_line(b"/msg"), Err(ChatError::MsgUsage));
         assert_eq!(
-            parse_chat_line(b"/list now", t),
+            parse_chat_line(b"/list now"),
             Err(ChatError::Trailing("/list"))
         );
         assert_eq!(
-            parse_chat_line(b"(4096)x", t),
+            parse_chat_line(b"(4096)x"),
             Err(ChatError::Emitter(
                 "expected a space between ')' and the text".into()
             ))
         );
         // A sign is not a digit, though u16's parser would take it.
         assert_eq!(
-            parse_chat_line(b"/to +5", t),
+            parse_chat_line(b"/to +5"),
             Err(ChatError::BadTarget("+5".into()))
         );
         let mut long = vec![b'a'; 65536];
-        assert_eq!(parse_chat_line(&long, t), Err(ChatError::TooLong(65536)));
+        assert_eq!(parse_chat_line(&long), Err(ChatError::TooLong(65536)));
         // The longest text a MSG carries is sent.
         long.pop();
         assert_eq!(
-            parse_chat_line(&long, t),
+            parse_chat_line(&long),
             Ok(ChatLine::Send {
-                dest: Addressee::Id(t),
+                dest: Addressee::Current,
                 text: long.clone()
             })
         );
