@@ -23,7 +23,7 @@
 //! independent reading of PROTOCOL.md's wire format gives.
 //!
 //! The extension's frames (HELLO, HELLOACK, WHO, KICK, and the rooms' JOIN,
-//! LEAVE, ROOMS, ROOMACK, ROOMLIST) are read by their own parser, `ExtFrame::parse`: the same stream is read with it too,
+//! LEAVE, ROOMS, ROOMACK, ROOMLIST, and the waiting messages' TELL and WAITING) are read by their own parser, `ExtFrame::parse`: the same stream is read with it too,
 //! whole, split and trickled, and the three must agree; each frame it takes
 //! re-encodes to the bytes it consumed, and an over-long L is refused as
 //! soon as its 10 bytes are there, never later.

@@ -97,6 +97,11 @@ SEEDS = {
     "ext-join-unknown-flag": (9, ext(12, 1, 0xFFFF, 4, b"\x02\x03ops")),
     "ext-join-over-long-l": (10, hdr(12, 1, 0xFFFF, 4) + b"\x00\x43"),
     "ext-roomlist-n-past-body": (12, ext(16, 0xFFFF, 1, 6, b"\xff\xff\x40\x00")),
+    # the waiting messages' frames (PROTOCOL.md, "Waiting messages")
+    "ext-tell-waiting": (14, ext(17, 1, 0xFFFF, 7, b"\x03bobhi") + ext(18, 0xFFFF, 4096, 3, b"\x00\x00\x01\x9a\xda\x28\xdb\xab")),
+    "ext-tell-nl-past-body": (11, ext(17, 1, 0xFFFF, 7, b"\x05bo")),
+    "ext-tell-empty-text": (10, ext(17, 1, 0xFFFF, 8, b"\x03bob")),
+    "ext-waiting-over-long-l": (10, hdr(18, 0xFFFF, 4096, 3) + b"\x00\x09"),
     "empty": (0, b""),
     "one-byte": (0, b"\x05"),
 }

@@ -1,8 +1,9 @@
 //! The extension's frames: the identity extension's four (PROTOCOL.md,
 //! "Extension: identity"), HELLO 8, HELLOACK 9, WHO 10, KICK 11, and the
 //! rooms' five ("Extension: rooms and queues"), JOIN 12, LEAVE 13, ROOMS 14,
-//! ROOMACK 15, ROOMLIST 16. Each is the 8-byte header, a length L (u16)
-//! and L bytes of body:
+//! ROOMACK 15, ROOMLIST 16, and the waiting messages' two ("Waiting
+//! messages"), TELL 17 and WAITING 18. Each is the 8-byte header, a length
+//! L (u16) and L bytes of body:
 //!
 //! ```text
 //!  HELLO    (8):  header | L | version (u8) | NL (u8) | name | SL (u16) | secret
@@ -14,11 +15,13 @@
 //!  ROOMS   (14):  header | L = 0
 //!  ROOMACK (15):  header | L | code (u8) | flags (u8) | room (u16) | members (u16) | NL (u8) | name
 //!  ROOMLIST(16):  header | L | N (u16) | N × (room (u16) | flags (u8) | members (u16) | NL (u8) | name)
+//!  TELL    (17):  header | L | NL (u8) | name | text (L - 1 - NL bytes)
+//!  WAITING (18):  header | L = 8 | time_ms (u64)
 //! ```
 //!
 //! They are kept apart from [`Kind`](super::Kind) on purpose: to the plain
 //! codec ([`Frame::decode`](super::Frame::decode),
-//! [`FrameView::parse`](super::FrameView::parse)) a type 8..=16 stays an
+//! [`FrameView::parse`](super::FrameView::parse)) a type 8..=18 stays an
 //! unknown type, which is what it is for a client that has not opted in
 //! (rule 7). The server reads these frames with [`ExtFrame::parse`] only
 //! where the extension allows them, so the per-MSG path is untouched.
@@ -50,6 +53,10 @@ pub const ROOMS: u16 = 14;
 pub const ROOMACK: u16 = 15;
 /// ROOMLIST's type field.
 pub const ROOMLIST: u16 = 16;
+/// TELL's type field: a message to a name, online or not.
+pub const TELL: u16 = 17;
+/// WAITING's type field: the MSG after it waited for its addressee.
+pub const WAITING: u16 = 18;
 /// JOIN's and ROOMACK's flag for a queue room; no other flag is defined.
 pub const FLAG_QUEUE: u8 = 1;
 /// The longest room name a JOIN or LEAVE may carry (judged by the name
@@ -71,6 +78,10 @@ pub const MAX_WHO_BODY: usize = 4 + MAX_SENT_NAME_LEN;
 pub const MAX_JOIN_BODY: usize = 2 + MAX_ROOM_NAME_LEN;
 pub const MAX_LEAVE_BODY: usize = 1 + MAX_ROOM_NAME_LEN;
 pub const MAX_ROOMACK_BODY: usize = 7 + MAX_SENT_NAME_LEN;
+/// TELL's L is only bounded by its u16; its NL is at most
+/// [`MAX_ROOM_NAME_LEN`], as a JOIN's.
+pub const MAX_TELL_BODY: usize = u16::MAX as usize;
+pub const WAITING_BODY: usize = 8;
 /// What one room takes in a ROOMLIST at most.
 pub const MAX_ROOMLIST_ENTRY: usize = 6 + MAX_SENT_NAME_LEN;
 /// The largest extension frame on the wire (a ROOMLIST whose L is 65535).
@@ -89,7 +100,7 @@ pub const PLAIN_ROLES: u8 = ROLE_VIEW | ROLE_EMIT | ROLE_BROADCAST;
 
 /// Whether a type field names one of the extension's frames.
 pub fn is_ext_kind(kind: u16) -> bool {
-    (HELLO..=ROOMLIST).contains(&kind)
+    (HELLO..=WAITING).contains(&kind)
 }
 
 /// ROOMACK's codes (PROTOCOL.md, "Extension: rooms and queues").
@@ -272,6 +283,28 @@ pub struct RoomList {
     pub rooms: Vec<RoomEntry>,
 }
 
+/// TELL: a message to a name, delivered at once to its sessions online,
+/// or (with history) kept until the name comes back. The name is bytes as
+/// sent (the server applies the rule: ROOMACK code 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tell {
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    pub name: Vec<u8>,
+    pub text: bytes::Bytes,
+}
+
+/// WAITING: the MSG that follows it to this exhibitor waited for its name,
+/// stored at `time_ms` (milliseconds since the Unix epoch, UTC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub origin: ClientId,
+    pub dest: ClientId,
+    pub seq: u16,
+    pub time_ms: u64,
+}
+
 /// One extension frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExtFrame {
@@ -286,6 +319,8 @@ pub enum ExtFrame {
     Rooms(Header),
     RoomAck(RoomAck),
     RoomList(RoomList),
+    Tell(Tell),
+    Waiting(Waiting),
 }
 
 /// Why bytes are not an extension frame. Each carries the header, so the
@@ -320,6 +355,8 @@ pub fn max_body(kind: u16) -> usize {
         LEAVE => MAX_LEAVE_BODY,
         ROOMACK => MAX_ROOMACK_BODY,
         ROOMLIST => u16::MAX as usize,
+        TELL => MAX_TELL_BODY,
+        WAITING => WAITING_BODY,
         _ => 0,
     }
 }
@@ -459,6 +496,34 @@ impl ExtFrame {
                 seq,
                 rooms: parse_room_entries(body).ok_or_else(bad)?,
             }),
+            TELL => {
+                let [nl, rest @ ..] = body else {
+                    return Err(bad());
+                };
+                let nl = *nl as usize;
+                if nl > MAX_ROOM_NAME_LEN || rest.len() < nl {
+                    return Err(bad());
+                }
+                let (name, text) = rest.split_at(nl);
+                ExtFrame::Tell(Tell {
+                    origin,
+                    dest,
+                    seq,
+                    name: name.to_vec(),
+                    text: bytes::Bytes::copy_from_slice(text),
+                })
+            }
+            WAITING => {
+                let Ok(time) = <[u8; 8]>::try_from(body) else {
+                    return Err(bad());
+                };
+                ExtFrame::Waiting(Waiting {
+                    origin,
+                    dest,
+                    seq,
+                    time_ms: u64::from_be_bytes(time),
+                })
+            }
             ROOMS => ExtFrame::Rooms(header),
             // KICK: L = 0 was checked against its limit above.
             _ => ExtFrame::Kick(header),
@@ -476,6 +541,8 @@ impl ExtFrame {
             ExtFrame::Leave(l) => (LEAVE, l.origin, l.dest, l.seq),
             ExtFrame::RoomAck(a) => (ROOMACK, a.origin, a.dest, a.seq),
             ExtFrame::RoomList(l) => (ROOMLIST, l.origin, l.dest, l.seq),
+            ExtFrame::Tell(t) => (TELL, t.origin, t.dest, t.seq),
+            ExtFrame::Waiting(w) => (WAITING, w.origin, w.dest, w.seq),
             ExtFrame::Kick(h) | ExtFrame::Rooms(h) => return *h,
         };
         Header {
@@ -499,8 +566,22 @@ impl ExtFrame {
             ExtFrame::Leave(l) => 1 + l.name.len().min(MAX_ROOM_NAME_LEN),
             ExtFrame::RoomAck(a) => 7 + a.name.len().min(MAX_SENT_NAME_LEN),
             ExtFrame::RoomList(l) => 2 + listed(&l.rooms).map(|e| 6 + e.name.len()).sum::<usize>(),
+            ExtFrame::Tell(t) => {
+                let (name, text) = tell_fields(t);
+                1 + name.len() + text.len()
+            }
+            ExtFrame::Waiting(_) => WAITING_BODY,
         }
     }
+}
+
+/// A TELL's name and text as they go out: the name cut to
+/// [`MAX_ROOM_NAME_LEN`], the text to what fits in L after it (built by
+/// hand past that), so that what goes out always parses.
+fn tell_fields(t: &Tell) -> (&[u8], &[u8]) {
+    let name = &t.name[..t.name.len().min(MAX_ROOM_NAME_LEN)];
+    let room = MAX_TELL_BODY - 1 - name.len();
+    (name, &t.text[..t.text.len().min(room)])
 }
 
 /// The entries of a ROOMLIST that fit in one frame (a list built by hand
@@ -619,6 +700,13 @@ impl super::Encode for ExtFrame {
                     out.put_slice(&e.name);
                 }
             }
+            ExtFrame::Tell(t) => {
+                let (name, text) = tell_fields(t);
+                out.put_u8(name.len() as u8);
+                out.put_slice(name);
+                out.put_slice(text);
+            }
+            ExtFrame::Waiting(w) => out.put_u64(w.time_ms),
         }
     }
 }
@@ -647,6 +735,8 @@ impl fmt::Display for ExtFrame {
             ExtFrame::Rooms(_) => "ROOMS",
             ExtFrame::RoomAck(_) => "ROOMACK",
             ExtFrame::RoomList(_) => "ROOMLIST",
+            ExtFrame::Tell(_) => "TELL",
+            ExtFrame::Waiting(_) => "WAITING",
         };
         write!(
             f,
@@ -658,6 +748,7 @@ impl fmt::Display for ExtFrame {
             ExtFrame::Who(w) => write!(f, " id {}", w.id),
             ExtFrame::RoomAck(a) => write!(f, " code {} room {}", a.code, a.room),
             ExtFrame::RoomList(l) => write!(f, " {} rooms", l.rooms.len()),
+            ExtFrame::Tell(t) => write!(f, " {} bytes", t.text.len()),
             _ => Ok(()),
         }
     }
@@ -814,7 +905,68 @@ mod tests {
                     ],
                 }),
             ),
+            (
+                // TELL from emitter 1, seq 7: to "bob", "hi" (L = 6).
+                b"\x00\x11\x00\x01\xff\xff\x00\x07\x00\x06\x03bobhi",
+                ExtFrame::Tell(Tell {
+                    origin: 1,
+                    dest: 0xffff,
+                    seq: 7,
+                    name: b"bob".to_vec(),
+                    text: bytes::Bytes::from_static(b"hi"),
+                }),
+            ),
+            (
+                // WAITING to exhibitor 4096, seq 3: stored at
+                // 2025-12-01T13:45:02.123Z.
+                b"\x00\x12\xff\xff\x10\x00\x00\x03\x00\x08\
+                  \x00\x00\x01\x9a\xda\x28\xdb\xab",
+                ExtFrame::Waiting(Waiting {
+                    origin: 0xffff,
+                    dest: 0x1000,
+                    seq: 3,
+                    time_ms: 1_764_596_702_123,
+                }),
+            ),
         ]
+    }
+
+    #[test]
+    fn malformed_waiting_message_frames_are_refused() {
+        // TELL with L = 0 (no NL); NL over 64 (65, with the bytes there);
+        // NL past the body.
+        assert!(malformed(b"\x00\x11\x00\x01\xff\xff\x00\x07\x00\x00"));
+        let mut long = b"\x00\x11\x00\x01\xff\xff\x00\x07\x00\x42\x41".to_vec();
+        long.extend_from_slice(&[b'a'; 65]);
+        assert!(malformed(&long));
+        assert!(malformed(b"\x00\x11\x00\x01\xff\xff\x00\x07\x00\x03\x05bo"));
+        // WAITING with L = 9 is refused from the first ten bytes; L = 7 once
+        // its body is there.
+        assert!(malformed(b"\x00\x12\xff\xff\x10\x00\x00\x03\x00\x09"));
+        assert!(malformed(
+            b"\x00\x12\xff\xff\x10\x00\x00\x03\x00\x07\x00\x00\x00\x00\x00\x00\x00"
+        ));
+    }
+
+    #[test]
+    fn a_tell_carries_a_64_byte_name_and_fills_l_with_text() {
+        // NL = 64 is readable (the name rule judges it); the text takes the
+        // rest of a full L.
+        let tell = ExtFrame::Tell(Tell {
+            origin: 1,
+            dest: 0xffff,
+            seq: 0,
+            name: vec![b'n'; MAX_ROOM_NAME_LEN],
+            text: bytes::Bytes::from(vec![b't'; u16::MAX as usize]),
+        });
+        let wire = tell.to_bytes();
+        assert_eq!(wire.len(), MAX_EXT_FRAME_LEN);
+        let Ok(Some((ExtFrame::Tell(back), len))) = ExtFrame::parse(&wire) else {
+            panic!("a full TELL parses");
+        };
+        assert_eq!(len, wire.len());
+        assert_eq!(back.name.len(), MAX_ROOM_NAME_LEN);
+        assert_eq!(back.text.len(), u16::MAX as usize - 1 - MAX_ROOM_NAME_LEN);
     }
 
     #[test]
@@ -977,7 +1129,7 @@ mod tests {
 
     #[test]
     fn other_types_are_not_extension_frames() {
-        for kind in [1u16, 7, 17, 0xffff] {
+        for kind in [1u16, 7, 19, 0xffff] {
             let mut wire = kind.to_be_bytes().to_vec();
             wire.extend_from_slice(b"\x00\x01\x00\x00\x00\x07\x00\x00");
             assert!(matches!(
