@@ -35,6 +35,7 @@
 
 use super::format::{RecordView, encode_unsealed, keepable_name, seal_records};
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
+use super::rooms::RoomRecord;
 use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
 use std::path::PathBuf;
@@ -98,6 +99,8 @@ pub struct Writer {
     /// Records appended since the last write, encoded.
     batch: Vec<u8>,
     batch_records: u64,
+    /// The batch holds a room record (its segments are kept by retention).
+    batch_rooms: bool,
     next_ticket: Ticket,
     /// Tickets below this are written to the kernel, or given up on.
     written: Ticket,
@@ -170,6 +173,7 @@ impl Writer {
             mode,
             batch: Vec::new(),
             batch_records: 0,
+            batch_rooms: false,
             next_ticket: 0,
             written: 0,
             failing: false,
@@ -212,6 +216,17 @@ impl Writer {
         ticket
     }
 
+    /// Adds a room record (rooms, memberships, waiting messages) stamped
+    /// `time_ms` to this turn's batch.
+    pub fn append_room(&mut self, time_ms: u64, record: &RoomRecord<'_>) -> Ticket {
+        record.encode_unsealed(time_ms, &mut self.batch);
+        self.batch_records += 1;
+        self.batch_rooms = true;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        ticket
+    }
+
     /// Writes the records appended since the last call to the log (to the
     /// kernel, not synced), then tells the sync thread. Never waits for the
     /// thread; the lock it takes is only ever held for a few assignments.
@@ -221,7 +236,10 @@ impl Writer {
         }
         // The turn's checksums, three records at a time (see `seal_records`).
         seal_records(&mut self.batch);
-        match self.log.append_records(&self.batch, self.batch_records) {
+        match self
+            .log
+            .append_records(&self.batch, self.batch_records, self.batch_rooms)
+        {
             Ok(()) => self.back_on(),
             Err((written, e)) => self.off(&e, self.batch_records - written as u64),
         }
@@ -240,6 +258,7 @@ impl Writer {
             self.batch.clear();
         }
         self.batch_records = 0;
+        self.batch_rooms = false;
         self.written = self.next_ticket;
         let sealed = self.log.take_sealed();
         let rolled = !sealed.is_empty();
