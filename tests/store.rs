@@ -924,6 +924,7 @@ fn retention_stops_at_a_segment_holding_room_records_and_says_so() {
         &RoomRecord::Waiting {
             wait: 1,
             origin: 1,
+            seq: 4,
             room: 0,
             to: "bob",
             sender: "alice",

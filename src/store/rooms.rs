@@ -12,8 +12,8 @@ use crate::proto::MAX_TEXT_LEN;
 /// The destination that marks a room record.
 pub const ROOM_RECORD_DEST: u16 = 0xffff;
 /// The most a waiting message's record holds before its text: wait id (8),
-/// origin (2), room (2), NL (1) and the addressee's name (24).
-pub const MAX_WAITING_HEAD: usize = 13 + MAX_NAME_LEN;
+/// origin (2), seq (2), room (2), NL (1) and the addressee's name (24).
+pub const MAX_WAITING_HEAD: usize = 15 + MAX_NAME_LEN;
 
 const JOINED: u16 = 1;
 const LEFT: u16 = 2;
@@ -50,10 +50,12 @@ pub enum RoomRecord<'a> {
     /// the room says from here.
     Offline { room: u16, member: &'a str },
     /// A message waiting: for a member of the queue room `room`, or (room
-    /// 0) for the name `to`. `wait` names it for [`RoomRecord::Settled`].
+    /// 0) for the name `to`. `wait` names it for [`RoomRecord::Settled`];
+    /// `origin` and `seq` are its MSG's (or TELL's) as it arrived.
     Waiting {
         wait: u64,
         origin: u16,
+        seq: u16,
         room: u16,
         to: &'a str,
         sender: &'a str,
@@ -108,6 +110,7 @@ impl<'a> RoomRecord<'a> {
             WAITING => {
                 let (wait, rest) = text.split_first_chunk::<8>()?;
                 let (origin, rest) = rest.split_first_chunk::<2>()?;
+                let (seq, rest) = rest.split_first_chunk::<2>()?;
                 let (room, rest) = rest.split_first_chunk::<2>()?;
                 let (nl, rest) = rest.split_first()?;
                 let nl = usize::from(*nl);
@@ -124,6 +127,7 @@ impl<'a> RoomRecord<'a> {
                 RoomRecord::Waiting {
                     wait: u64::from_be_bytes(*wait),
                     origin: u16::from_be_bytes(*origin),
+                    seq: u16::from_be_bytes(*seq),
                     room,
                     to,
                     sender: record.name,
@@ -146,7 +150,7 @@ impl<'a> RoomRecord<'a> {
     /// format cannot keep are a caller's bug (the server's names follow
     /// the name rule).
     pub fn encode_unsealed(&self, time_ms: u64, out: &mut Vec<u8>) {
-        let mut fields = [0u8; 13];
+        let mut fields = [0u8; 15];
         let (kind, roles, name, head, tail): (u16, u8, &str, &[u8], &[u8]) = match *self {
             RoomRecord::Joined {
                 room,
@@ -174,6 +178,7 @@ impl<'a> RoomRecord<'a> {
             RoomRecord::Waiting {
                 wait,
                 origin,
+                seq,
                 room,
                 to,
                 sender,
@@ -182,9 +187,10 @@ impl<'a> RoomRecord<'a> {
             } => {
                 fields[..8].copy_from_slice(&wait.to_be_bytes());
                 fields[8..10].copy_from_slice(&origin.to_be_bytes());
-                fields[10..12].copy_from_slice(&room.to_be_bytes());
-                fields[12] = to.len() as u8;
-                out.reserve(RECORD_HEADER_LEN + BODY_FIXED_LEN + 37 + text.len());
+                fields[10..12].copy_from_slice(&seq.to_be_bytes());
+                fields[12..14].copy_from_slice(&room.to_be_bytes());
+                fields[14] = to.len() as u8;
+                out.reserve(RECORD_HEADER_LEN + BODY_FIXED_LEN + MAX_WAITING_HEAD + text.len());
                 encode(
                     out,
                     time_ms,
@@ -268,6 +274,7 @@ mod tests {
             RoomRecord::Waiting {
                 wait: 7,
                 origin: 1,
+                seq: 9,
                 room: 0,
                 to: "bob",
                 sender: "alice",
@@ -277,6 +284,7 @@ mod tests {
             RoomRecord::Waiting {
                 wait: 8,
                 origin: 2,
+                seq: 0xffff,
                 room: 0x4001,
                 to: "",
                 sender: "",
@@ -350,9 +358,9 @@ mod tests {
             (2, 0, "a", vec![0x40, 0, 0]),        // LEFT with a byte more
             (3, 1, "a", vec![0x40, 0]),           // ONLINE with roles
             (4, 0, "", vec![0x40, 0]),            // OFFLINE with no member
-            (5, 0, "", vec![0; 12]),              // WAITING short of NL
-            (5, 0, "", [vec![0; 12], vec![3], b"bo".to_vec()].concat()), // NL past text
-            (5, 0, "", [vec![0; 12], vec![0]].concat()), // neither room nor name
+            (5, 0, "", vec![0; 14]),              // WAITING short of NL
+            (5, 0, "", [vec![0; 14], vec![3], b"bo".to_vec()].concat()), // NL past text
+            (5, 0, "", [vec![0; 14], vec![0]].concat()), // neither room nor name
             (6, 0, "", vec![0; 7]),               // SETTLED short
             (6, 0, "a", vec![0; 8]),              // SETTLED with a name
         ];

@@ -1,0 +1,247 @@
+//! What the history's records say about rooms, read back at start
+//! (HISTORY.md, "Rooms and waiting messages"): the log's records, oldest
+//! first, folded into the rooms, members, kept messages and waiting
+//! messages a server had, then handed to the router. The router never sees
+//! a record; this file never sees a socket.
+
+use crate::proto::ClientId;
+use crate::router::{Recalled, RecalledMessage, RecalledRoom, Router, is_room_id};
+use crate::store::format::RecordView;
+use crate::store::rooms::RoomRecord;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// The rooms' state as the records so far leave it.
+#[derive(Debug, Default)]
+pub(super) struct RoomLog {
+    /// Messages each ordinary room keeps (`--replay`).
+    keep: usize,
+    /// Records folded so far: a message's place in the log.
+    position: u64,
+    rooms: BTreeMap<ClientId, RoomState>,
+    /// Waiting messages not settled, by their number (the order they came).
+    waiting: BTreeMap<u64, Waiting>,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    name: String,
+    queue: bool,
+    members: BTreeMap<String, Member>,
+    /// The last `keep` messages to the room, numbered by their place.
+    kept: VecDeque<RecalledMessage>,
+    /// The place of the room's last message.
+    last: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Member {
+    /// The place of the last message it was sent.
+    seen: Option<u64>,
+    /// A session of it receives the room's messages as they come.
+    online: bool,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    origin: ClientId,
+    seq: u16,
+    room: ClientId,
+    to: String,
+    name: Option<String>,
+    roles: u8,
+    text: Vec<u8>,
+    time_ms: u64,
+}
+
+impl RoomLog {
+    pub(super) fn new(keep: usize) -> RoomLog {
+        RoomLog {
+            keep,
+            ..RoomLog::default()
+        }
+    }
+
+    /// The next record of the log.
+    pub(super) fn fold(&mut self, record: &RecordView<'_>) {
+        let place = self.position;
+        self.position += 1;
+        match RoomRecord::read(record) {
+            Some(room_record) => self.fold_room_record(room_record, record.time_ms),
+            None if is_room_id(record.dest) => self.fold_room_message(place, record),
+            None => {}
+        }
+    }
+
+    fn fold_room_message(&mut self, place: u64, record: &RecordView<'_>) {
+        let Some(room) = self.rooms.get_mut(&record.dest) else {
+            return;
+        };
+        if room.queue {
+            return;
+        }
+        room.last = Some(place);
+        for member in room.members.values_mut().filter(|m| m.online) {
+            member.seen = Some(place);
+        }
+        if self.keep == 0 {
+            return;
+        }
+        let name = (!record.name.is_empty()).then(|| record.name.to_string());
+        room.kept.push_back((
+            place,
+            record.origin,
+            name,
+            record.roles,
+            record.text.to_vec(),
+        ));
+        if room.kept.len() > self.keep {
+            room.kept.pop_front();
+        }
+    }
+
+    fn fold_room_record(&mut self, record: RoomRecord<'_>, time_ms: u64) {
+        match record {
+            RoomRecord::Joined {
+                room,
+                room_name,
+                queue,
+                online,
+                member,
+            } => {
+                let state = self.rooms.entry(room).or_insert_with(|| RoomState {
+                    name: room_name.to_string(),
+                    queue,
+                    members: BTreeMap::new(),
+                    kept: VecDeque::new(),
+                    last: None,
+                });
+                let seen = state.last;
+                state
+                    .members
+                    .insert(member.to_string(), Member { seen, online });
+            }
+            RoomRecord::Left { room, member } => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    state.members.remove(member);
+                    if state.members.is_empty() {
+                        self.rooms.remove(&room);
+                    }
+                }
+            }
+            RoomRecord::Online { room, member } | RoomRecord::Offline { room, member } => {
+                let online = matches!(record, RoomRecord::Online { .. });
+                if let Some(state) = self.rooms.get_mut(&room)
+                    && let Some(m) = state.members.get_mut(member)
+                {
+                    if online {
+                        m.seen = state.last;
+                    }
+                    m.online = online;
+                }
+            }
+            RoomRecord::Waiting {
+                wait,
+                origin,
+                seq,
+                room,
+                to,
+                sender,
+                roles,
+                text,
+            } => {
+                self.waiting.insert(
+                    wait,
+                    Waiting {
+                        origin,
+                        seq,
+                        room,
+                        to: to.to_string(),
+                        name: (!sender.is_empty()).then(|| sender.to_string()),
+                        roles,
+                        text: text.to_vec(),
+                        time_ms,
+                    },
+                );
+            }
+            RoomRecord::Settled { wait } => {
+                self.waiting.remove(&wait);
+            }
+        }
+    }
+
+    /// Hands what the records left to `router` (its bounds set): every
+    /// room with its members, kept messages and waiting queue messages,
+    /// and every message waiting for a name. A member online when the log
+    /// ends (the server stopped without noting it offline) was sent every
+    /// message up to there.
+    pub(super) fn recall(self, router: &mut Router, now: Instant) {
+        let RoomLog {
+            rooms, mut waiting, ..
+        } = self;
+        let (mut recalled_rooms, mut queued, mut letters) = (0, 0, 0);
+        for (id, state) in rooms {
+            let members = state
+                .members
+                .into_iter()
+                .map(|(name, m)| (name, if m.online { state.last } else { m.seen }))
+                .collect();
+            let mut in_room = Vec::new();
+            if state.queue {
+                let waits: Vec<u64> = waiting
+                    .iter()
+                    .filter(|(_, w)| w.room == id)
+                    .map(|(&wait, _)| wait)
+                    .collect();
+                for wait in waits {
+                    let w = waiting.remove(&wait).expect("listed above");
+                    in_room.push((wait, w.origin, w.seq, w.text));
+                }
+            }
+            queued += in_room.len();
+            let room = RecalledRoom {
+                id,
+                name: state.name,
+                queue: state.queue,
+                members,
+                kept: state.kept.into_iter().collect(),
+                waiting: in_room,
+            };
+            if router.recall_room(room, now) {
+                recalled_rooms += 1;
+            } else {
+                warn!(
+                    room = id,
+                    "history: a room recovered does not fit the server's limits: not kept"
+                );
+            }
+        }
+        for (wait, w) in waiting {
+            if w.room != 0 {
+                warn!(
+                    wait,
+                    room = w.room,
+                    "history: a queue message for a room that is gone: dropped"
+                );
+                continue;
+            }
+            letters += 1;
+            router.recall_waiting(Recalled {
+                wait,
+                origin: w.origin,
+                to: w.to,
+                name: w.name,
+                roles: w.roles,
+                text: w.text,
+                time_ms: w.time_ms,
+            });
+        }
+        if recalled_rooms + letters > 0 {
+            info!(
+                rooms = recalled_rooms,
+                queued, letters, "history: rooms and waiting messages recovered"
+            );
+        }
+    }
+}
