@@ -318,3 +318,29 @@ fn without_history_a_tell_to_an_offline_name_is_erro() {
     let mut bob = Member::reclaim(&server, "bob");
     bob.ex.expect_silence();
 }
+
+#[test]
+fn the_tell_bounds_refuse_zero_and_need_history() {
+    let dir = TempDir::new("tell-flags");
+    for (flag, want) in [
+        (
+            "--tell-max",
+            "error: invalid value '0' for '--tell-max <N>': 0 is not in 1..=100000",
+        ),
+        (
+            "--tell-max-bytes",
+            "error: invalid value '0' for '--tell-max-bytes <BYTES>': 0 is not in 1..=1073741824",
+        ),
+    ] {
+        let mut server = Proc::spawn("server", &["0", "--history", dir.arg(), flag, "0"]);
+        crate::cli::assert_exit(&mut server, 2);
+        assert_eq!(server.stderr.expect(), want);
+    }
+    let mut server = Proc::spawn("server", &["0", "--tell-max", "5"]);
+    crate::cli::assert_exit(&mut server, 2);
+    assert_eq!(
+        server.stderr.expect(),
+        "error: the following required arguments were not provided:"
+    );
+    assert_eq!(server.stderr.expect(), "  --history <DIR>");
+}
