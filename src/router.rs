@@ -100,7 +100,8 @@ pub enum RoomEvent<'a> {
     /// The last session of `member` in room `room` went.
     Offline { room: ClientId, member: &'a str },
     /// A message now waits: in the queue room `room`, or (room 0) for the
-    /// name `to`.
+    /// name `to`. `stored_ms`: when it was stored, if not now (a
+    /// checkpoint's copy).
     Waiting {
         wait: u64,
         origin: ClientId,
@@ -109,9 +110,25 @@ pub enum RoomEvent<'a> {
         to: &'a str,
         sender: Sender<'a>,
         text: &'a [u8],
+        stored_ms: Option<u64>,
     },
     /// The waiting message `wait` is gone.
     Settled { wait: u64 },
+    /// In a snapshot ([`Router::room_snapshot`]): a message room `room`
+    /// keeps, oldest first.
+    Kept {
+        room: ClientId,
+        origin: ClientId,
+        sender: Sender<'a>,
+        text: &'a [u8],
+    },
+    /// In a snapshot, after room `room`'s kept messages: `member` was sent
+    /// the first `count` of them.
+    Seen {
+        room: ClientId,
+        member: &'a str,
+        count: u32,
+    },
 }
 
 /// Who sent a message, as a history keeps it (PROTOCOL.md, "Names"): the

@@ -462,6 +462,9 @@ impl Server {
             self.router.durable(durable, now, &mut self.wire);
             self.flush_and_reap();
         }
+        if let Some(history) = self.wire.history.as_mut() {
+            history.checkpoint_after_roll(&self.router);
+        }
         self.trim_idle_buffers();
         let Some(deadline) = self.drain_deadline else {
             return Next::Continue;

@@ -344,3 +344,60 @@ fn the_tell_bounds_refuse_zero_and_need_history() {
     );
     assert_eq!(server.stderr.expect(), "  --history <DIR>");
 }
+
+/// Checkpoints let retention go past room records (HISTORY.md, "Rooms and
+/// waiting messages"): once the segments holding the JOINs and the TELL are
+/// deleted, a restart still has the membership, what bob missed and the
+/// message waiting for him, from the checkpoint's copies alone.
+#[test]
+fn retention_takes_segments_with_room_records_once_a_checkpoint_covers_them() {
+    let dir = TempDir::new("durable-checkpoint");
+    // Segments of 256 KiB, at most 2 MiB kept.
+    let limit = ["--history-max-bytes", "2097152"];
+    let mut args = vec!["--history", dir.arg()];
+    args.extend_from_slice(&limit);
+    let server = Server::start(&args);
+    let mut alice = Member::new(&server, "alice");
+    let mut bob = Member::new(&server, "bob");
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    bob.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
+    let mut writer = server.raw();
+    let writer_id = writer.identify_emitter(1);
+    away(&mut writer, writer_id, bob);
+    writer.send(&msg(writer_id, ROOM, 1, b"first"));
+    let got = crate::rooms::next_msg(&mut alice.ex, alice.ex_id);
+    assert_eq!(got, msg(writer_id, ROOM, 1, b"first"));
+    alice.ex.send(&ok(alice.ex_id, writer_id, 1));
+    expect_exact(&mut writer, &ok(S, writer_id, 1));
+    let seq = alice.next_seq();
+    alice.em.send(&tell(alice.em_id, seq, b"bob", b"see you"));
+    expect_exact(&mut alice.em, &stored(alice.em_id, seq, b"bob"));
+    // 2.4 MB of messages to alice alone: segments fill, checkpoints follow
+    // each, and retention deletes the first segments.
+    let big = vec![b'x'; 60_000];
+    let mut seq = 2;
+    while std::fs::metadata(crate::store::segment_path(dir.path(), 0)).is_ok() {
+        assert!(
+            seq < 200,
+            "the first segment is still there after {seq} messages"
+        );
+        writer.send(&msg(writer_id, alice.ex_id, seq, &big));
+        let got = crate::rooms::next_msg(&mut alice.ex, alice.ex_id);
+        assert_eq!(got.len(), 10 + big.len());
+        alice.ex.send(&ok(alice.ex_id, writer_id, seq));
+        expect_exact(&mut writer, &ok(S, writer_id, seq));
+        seq += 1;
+    }
+    let alice_em = alice.em_id;
+    drop((alice, writer));
+    server.proc.signal(libc::SIGKILL);
+    drop(server);
+    let server = Server::start(&args);
+    let mut bob = Member::new(&server, "bob");
+    expect_exact(&mut bob.ex, &who(bob.ex_id, 0, writer_id, PLAIN, b""));
+    expect_exact(&mut bob.ex, &msg(writer_id, ROOM, 1, b"first"));
+    expect_waiting(&mut bob.ex, bob.ex_id, 2);
+    expect_exact(&mut bob.ex, &who(bob.ex_id, 3, alice_em, PLAIN, b"alice"));
+    expect_exact(&mut bob.ex, &msg(alice_em, bob.ex_id, 4, b"see you"));
+    bob.ex.expect_silence();
+}

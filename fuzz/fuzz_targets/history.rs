@@ -327,6 +327,9 @@ fn room_fields_ok(dest: u16, kind: u16, roles: u8, name: &str, text: &[u8]) -> b
                 && (room == 0) != (nl == 0)
         }
         6 => name.is_empty() && roles == 0 && text.len() == 8,
+        7 => name.is_empty() && roles == 0 && (text == [0] || text == [1]),
+        8 => text.len() >= 4 && text.len() - 4 <= 65_535,
+        9 => !name.is_empty() && roles == 0 && text.len() == 6,
         _ => false,
     }
 }

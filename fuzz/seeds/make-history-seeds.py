@@ -60,6 +60,11 @@ ROOMS3 = MAGIC3 + b"".join(
         room(5, 0, b"", struct.pack(">QHHHB", 2, 2, 3, 0x4001, 0) + b"job"),
         room(6, 0, b"", struct.pack(">Q", 1)),
         room(2, 0, b"alice", b"\x40\x00"),
+        room(7, 0, b"", b"\x00"),
+        room(1, 1, b"bob", b"\x40\x00ops"),
+        room(8, 7, b"alice", b"\x40\x00\x00\x01" + b"kept"),
+        room(9, 0, b"bob", b"\x40\x00" + struct.pack(">I", 1)),
+        room(7, 0, b"", b"\x01"),
     ]
 )
 
@@ -109,6 +114,8 @@ SEEDS = {
         False, 16, MAGIC3 + room(5, 0, b"", struct.pack(">QHHHB", 1, 1, 1, 0x4000, 1) + b"b")
     ),
     "v3-settled-short": seed(True, 16, MAGIC3 + room(6, 0, b"", b"\x00" * 7)),
+    "v3-checkpoint-bad-phase": seed(True, 16, MAGIC3 + room(7, 0, b"", b"\x02")),
+    "v3-seen-no-member": seed(False, 16, MAGIC3 + room(9, 0, b"", b"\x40\x00\x00\x00\x00\x01")),
     "v3-longest-waiting": seed(
         True,
         64,

@@ -313,6 +313,81 @@ impl Router {
         true
     }
 
+    /// Everything a history needs to rebuild the rooms and the waiting
+    /// messages from nothing (a checkpoint, HISTORY.md): each membership
+    /// (online or not), each ordinary room's kept messages and how many of
+    /// them each member was sent, each queue message not acknowledged and
+    /// each message waiting for a name.
+    pub fn room_snapshot(&self, emit: &mut impl FnMut(&RoomEvent<'_>)) {
+        for (&id, room) in &self.rooms.by_id {
+            for member in &room.members {
+                let online = room
+                    .online
+                    .iter()
+                    .any(|&c| self.session(c).and_then(member_key) == Some(&**member));
+                emit(&RoomEvent::Joined {
+                    room: id,
+                    room_name: &room.name,
+                    queue: room.queue,
+                    online,
+                    member,
+                });
+            }
+            for (_, said) in &room.kept {
+                emit(&RoomEvent::Kept {
+                    room: id,
+                    origin: said.origin,
+                    sender: Sender {
+                        name: said.name.as_deref(),
+                        roles: said.roles,
+                    },
+                    text: &said.text,
+                });
+            }
+            if !room.kept.is_empty() {
+                for member in &room.members {
+                    let seen = room.seen.get(member);
+                    let count = room
+                        .kept
+                        .iter()
+                        .filter(|(n, _)| seen.is_some_and(|s| n <= s))
+                        .count();
+                    emit(&RoomEvent::Seen {
+                        room: id,
+                        member,
+                        count: count as u32,
+                    });
+                }
+            }
+            let held = room.holding.iter().flatten().map(|h| &h.msg);
+            for msg in held.chain(&room.waiting) {
+                let Ok(Some((view, _))) = FrameView::parse(&msg.wire) else {
+                    continue;
+                };
+                emit(&RoomEvent::Waiting {
+                    wait: msg.wait,
+                    origin: view.origin,
+                    seq: view.seq,
+                    room: id,
+                    to: "",
+                    sender: Sender {
+                        name: None,
+                        roles: 0,
+                    },
+                    text: view.text().unwrap_or_default(),
+                    stored_ms: None,
+                });
+            }
+        }
+        self.waiting_snapshot(emit);
+    }
+
+    /// Whether there are rooms or messages waiting for names: what a
+    /// checkpoint would hold.
+    pub fn has_room_state(&self) -> bool {
+        !self.rooms.by_id.is_empty() || !self.waiting.is_empty()
+    }
+
     /// JOIN from `conn` (PROTOCOL.md, "Membership and messages"). `room`
     /// is the room name if it follows the name rule (None: code 1).
     pub fn join(
@@ -913,6 +988,7 @@ impl Router {
             to: "",
             sender: super::sender(&self.sessions, conn),
             text,
+            stored_ms: None,
         });
         let msg = Queued {
             wire: wire.freeze(),

@@ -81,6 +81,10 @@ impl Waiting {
     pub(super) fn new() -> Waiting {
         Waiting::default()
     }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
 }
 
 impl Router {
@@ -111,6 +115,28 @@ impl Router {
             time_ms: letter.time_ms,
             out_to: None,
         });
+    }
+
+    /// Every message waiting for a name, as [`Router::room_snapshot`]
+    /// gives it.
+    pub(super) fn waiting_snapshot(&self, emit: &mut impl FnMut(&RoomEvent<'_>)) {
+        for (key, letters) in &self.waiting.by_name {
+            for letter in &letters.queue {
+                emit(&RoomEvent::Waiting {
+                    wait: letter.wait,
+                    origin: letter.origin,
+                    seq: 0,
+                    room: 0,
+                    to: key,
+                    sender: super::Sender {
+                        name: letter.name.as_deref(),
+                        roles: letter.roles,
+                    },
+                    text: &letter.text,
+                    stored_ms: Some(letter.time_ms),
+                });
+            }
+        }
     }
 
     /// TELL from `conn` (PROTOCOL.md, "Waiting messages"): `name` is the
@@ -176,6 +202,7 @@ impl Router {
             to: &key,
             sender: teller,
             text: &text,
+            stored_ms: None,
         });
         let letter = Letter {
             wait,

@@ -13,7 +13,7 @@ use super::metrics::Metrics;
 use super::room_log::RoomLog;
 use super::{Server, Wire};
 use crate::proto::{BROADCAST, FrameView};
-use crate::router::{RoomEvent, Sender, TellLimits};
+use crate::router::{RoomEvent, Router, Sender, TellLimits};
 use crate::store::format::RecordView;
 use crate::store::rooms::RoomRecord;
 use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
@@ -168,7 +168,7 @@ impl History {
     /// Appends the room record for `event`; returns the number a reply
     /// waiting for it waits for.
     pub(super) fn append_room(&mut self, event: &RoomEvent<'_>) -> Ticket {
-        let time_ms = self.turn_time_ms();
+        let mut time_ms = self.turn_time_ms();
         let record = match *event {
             RoomEvent::Joined {
                 room,
@@ -194,19 +194,71 @@ impl History {
                 to,
                 sender,
                 text,
-            } => RoomRecord::Waiting {
-                wait,
-                origin,
-                seq,
+                stored_ms,
+            } => {
+                time_ms = stored_ms.unwrap_or(time_ms);
+                RoomRecord::Waiting {
+                    wait,
+                    origin,
+                    seq,
+                    room,
+                    to,
+                    sender: sender.name.unwrap_or_default(),
+                    roles: sender.roles,
+                    text,
+                }
+            }
+            RoomEvent::Settled { wait } => RoomRecord::Settled { wait },
+            RoomEvent::Kept {
                 room,
-                to,
+                origin,
+                sender,
+                text,
+            } => RoomRecord::Kept {
+                room,
+                origin,
                 sender: sender.name.unwrap_or_default(),
                 roles: sender.roles,
                 text,
             },
-            RoomEvent::Settled { wait } => RoomRecord::Settled { wait },
+            RoomEvent::Seen {
+                room,
+                member,
+                count,
+            } => RoomRecord::Seen {
+                room,
+                member,
+                count,
+            },
         };
         self.writer.append_room(time_ms, &record)
+    }
+
+    /// After a segment filled, when there is room state or the log holds
+    /// room records no checkpoint covers: writes a checkpoint, the whole
+    /// room state as `router` holds it between two CHECKPOINT records, so
+    /// that retention may take every segment before it (HISTORY.md,
+    /// "Rooms and waiting messages"). Written at once, ahead of the next
+    /// turn's records.
+    pub(super) fn checkpoint_after_roll(&mut self, router: &Router) {
+        if !self.writer.take_rolled()
+            || !(router.has_room_state() || self.writer.needs_checkpoint())
+        {
+            return;
+        }
+        let time_ms = self.turn_time_ms();
+        self.writer
+            .append_room(time_ms, &RoomRecord::Checkpoint { end: false });
+        router.room_snapshot(&mut |event| {
+            self.append_room(event);
+        });
+        self.writer
+            .append_room(time_ms, &RoomRecord::Checkpoint { end: true });
+        self.writer.write();
+        // A roll the checkpoint itself made calls for no other: one larger
+        // than a segment would otherwise be written again every turn.
+        self.writer.take_rolled();
+        self.turn_time_ms = None;
     }
 
     /// The sync thread's rounds so far and the time they took.

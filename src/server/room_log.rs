@@ -22,6 +22,9 @@ pub(super) struct RoomLog {
     rooms: BTreeMap<ClientId, RoomState>,
     /// Waiting messages not settled, by their number (the order they came).
     waiting: BTreeMap<u64, Waiting>,
+    /// Inside a checkpoint: the state before it, given back if the
+    /// checkpoint never completes (the log ends inside it).
+    before_checkpoint: Option<(BTreeMap<ClientId, RoomState>, BTreeMap<u64, Waiting>)>,
 }
 
 #[derive(Debug)]
@@ -68,7 +71,7 @@ impl RoomLog {
         let place = self.position;
         self.position += 1;
         match RoomRecord::read(record) {
-            Some(room_record) => self.fold_room_record(room_record, record.time_ms),
+            Some(room_record) => self.fold_room_record(room_record, place, record.time_ms),
             None if is_room_id(record.dest) => self.fold_room_message(place, record),
             None => {}
         }
@@ -101,8 +104,48 @@ impl RoomLog {
         }
     }
 
-    fn fold_room_record(&mut self, record: RoomRecord<'_>, time_ms: u64) {
+    fn fold_room_record(&mut self, record: RoomRecord<'_>, place: u64, time_ms: u64) {
         match record {
+            RoomRecord::Checkpoint { end: false } => {
+                let before = (
+                    std::mem::take(&mut self.rooms),
+                    std::mem::take(&mut self.waiting),
+                );
+                // A checkpoint inside one that never completed: what came
+                // before the first is the state to fall back to.
+                self.before_checkpoint.get_or_insert(before);
+            }
+            RoomRecord::Checkpoint { end: true } => self.before_checkpoint = None,
+            RoomRecord::Kept {
+                room,
+                origin,
+                sender,
+                roles,
+                text,
+            } => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    let name = (!sender.is_empty()).then(|| sender.to_string());
+                    state
+                        .kept
+                        .push_back((place, origin, name, roles, text.to_vec()));
+                    state.last = Some(place);
+                }
+            }
+            RoomRecord::Seen {
+                room,
+                member,
+                count,
+            } => {
+                if let Some(state) = self.rooms.get_mut(&room) {
+                    let seen = match count as usize {
+                        0 => None,
+                        n => state.kept.get(n - 1).or(state.kept.back()).map(|k| k.0),
+                    };
+                    if let Some(m) = state.members.get_mut(member) {
+                        m.seen = seen;
+                    }
+                }
+            }
             RoomRecord::Joined {
                 room,
                 room_name,
@@ -178,8 +221,17 @@ impl RoomLog {
     /// message up to there.
     pub(super) fn recall(self, router: &mut Router, now: Instant) {
         let RoomLog {
-            rooms, mut waiting, ..
+            mut rooms,
+            mut waiting,
+            before_checkpoint,
+            ..
         } = self;
+        if let Some((before_rooms, before_waiting)) = before_checkpoint {
+            warn!(
+                "history: the log ends inside a checkpoint of the rooms: the state before it is kept"
+            );
+            (rooms, waiting) = (before_rooms, before_waiting);
+        }
         let (mut recalled_rooms, mut queued, mut letters) = (0, 0, 0);
         for (id, state) in rooms {
             let members = state

@@ -10,7 +10,7 @@ use super::format::{
     Cursor, Damage, Format, RECORD_HEADER_LEN, RecordView, SEGMENT_MAGIC, Step, parse_segment_name,
     segment_name,
 };
-use super::rooms::ROOM_RECORD_DEST;
+use super::rooms::{ROOM_RECORD_DEST, RoomRecord};
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -213,6 +213,9 @@ pub struct Log {
     /// The segment retention last stopped at for its room records (told
     /// once).
     kept_for_rooms: Option<u64>,
+    /// The segment the last whole checkpoint of the rooms starts in (at the
+    /// latest): the room records before it are no longer needed.
+    checkpoint_base: Option<u64>,
 }
 
 /// A write that failed: the file, what was being done, and the error.
@@ -256,12 +259,24 @@ impl Log {
             .collect();
         let mut scanned = Vec::with_capacity(found.len());
         let mut records = 0;
+        // Where the last whole checkpoint of the rooms began.
+        let (mut begun, mut checkpoint_base) = (None, None);
         for (i, (base, path)) in found.iter().enumerate() {
             let next_base = found.get(i + 1).map(|(next, _)| *next);
             // The segment before the last is synced by the sync thread just
             // after the last one starts: a power failure in that moment can
             // tear it as it can the last.
             let may_tear = i + 2 >= found.len();
+            let mut recovered = |record: RecordView<'_>| {
+                match RoomRecord::read(&record) {
+                    Some(RoomRecord::Checkpoint { end: false }) => begun = Some(*base),
+                    Some(RoomRecord::Checkpoint { end: true }) => {
+                        checkpoint_base = begun.take().or(checkpoint_base);
+                    }
+                    _ => {}
+                }
+                recovered(record);
+            };
             let scan = scan_segment(path, *base, next_base, may_tear, &options, &mut recovered)?;
             notices.extend(scan.notice);
             records += scan.records;
@@ -331,6 +346,7 @@ impl Log {
             total_bytes,
             cut_to: None,
             kept_for_rooms: None,
+            checkpoint_base,
         };
         if active_format != Format::V3 && active_records > 0 {
             // Records of two formats never share a segment. The sync
@@ -366,6 +382,15 @@ impl Log {
             log,
             notices,
         })
+    }
+
+    /// Whether a segment holds room records that no checkpoint covers
+    /// (older than the last checkpoint's, or any when there is none).
+    pub(crate) fn needs_checkpoint(&self) -> bool {
+        self.sealed
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .any(|s| s.rooms && self.checkpoint_base.is_none_or(|base| s.base < base))
     }
 
     /// The number the next appended record gets.
@@ -408,7 +433,7 @@ impl Log {
     #[cfg(feature = "testing")]
     pub fn append(&mut self, batch: &[u8]) -> Result<(), (usize, WriteError)> {
         let (_, records) = whole_records_within(batch, batch.len());
-        self.append_records(batch, records, false)
+        self.append_records(batch, records, false, false)
     }
 
     /// [`Log::append`] for a batch the caller knows holds `records`
@@ -417,8 +442,25 @@ impl Log {
     /// records, a walk that otherwise costs per message.
     ///
     /// `rooms`: the batch holds a room record, so every segment it is
-    /// written to is kept by retention.
+    /// written to is kept by retention until a checkpoint. `checkpoint`:
+    /// the batch starts with a whole checkpoint of the rooms; once written,
+    /// retention may take every segment before the one it starts in.
     pub(crate) fn append_records(
+        &mut self,
+        batch: &[u8],
+        records: u64,
+        rooms: bool,
+        checkpoint: bool,
+    ) -> Result<(), (usize, WriteError)> {
+        let starts_in = self.active.base;
+        self.append_run(batch, records, rooms)?;
+        if checkpoint {
+            self.checkpoint_base = Some(starts_in);
+        }
+        Ok(())
+    }
+
+    fn append_run(
         &mut self,
         batch: &[u8],
         records: u64,
@@ -485,16 +527,21 @@ impl Log {
     /// an unlink each, no `fsync` (the directory's next sync makes it
     /// durable; a segment deleted but still listed after a power failure is
     /// deleted again at the next open).
-    /// Retention stops at the first segment holding a room record (and says
-    /// so once per segment): past it, a membership or a waiting message
-    /// would be lost.
+    /// Retention stops at the segment the last whole checkpoint of the
+    /// rooms starts in, or, before any, at the first segment holding a
+    /// room record (and says so once per segment): past it, a membership or
+    /// a waiting message would be lost.
     pub fn retain(&mut self) -> Vec<Result<Notice, WriteError>> {
         let mut done = Vec::new();
         while self.total_bytes > self.options.max_bytes {
             let Some(oldest) = self.sealed.front() else {
                 break;
             };
-            if oldest.rooms {
+            let needed = match self.checkpoint_base {
+                Some(base) => oldest.base >= base,
+                None => oldest.rooms,
+            };
+            if needed {
                 if self.kept_for_rooms != Some(oldest.base) {
                     self.kept_for_rooms = Some(oldest.base);
                     done.push(Ok(Notice::KeptForRooms {

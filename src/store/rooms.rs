@@ -21,6 +21,9 @@ const ONLINE: u16 = 3;
 const OFFLINE: u16 = 4;
 const WAITING: u16 = 5;
 const SETTLED: u16 = 6;
+const CHECKPOINT: u16 = 7;
+const KEPT: u16 = 8;
+const SEEN: u16 = 9;
 
 /// A JOINED record's flags (its roles field).
 const FLAG_QUEUE: u8 = 1;
@@ -65,6 +68,26 @@ pub enum RoomRecord<'a> {
     /// The waiting message `wait` is gone: delivered and acknowledged,
     /// refused, or given up on.
     Settled { wait: u64 },
+    /// A checkpoint begins (`end` false) or is complete (`end` true): the
+    /// room records between the two are the whole live state then, and
+    /// replace what the records before said.
+    Checkpoint { end: bool },
+    /// In a checkpoint: a message room `room` keeps, oldest first, as the
+    /// room said it.
+    Kept {
+        room: u16,
+        origin: u16,
+        sender: &'a str,
+        roles: u8,
+        text: &'a [u8],
+    },
+    /// In a checkpoint, after room `room`'s KEPT records: `member` was sent
+    /// the first `count` of them.
+    Seen {
+        room: u16,
+        member: &'a str,
+        count: u32,
+    },
 }
 
 impl<'a> RoomRecord<'a> {
@@ -141,6 +164,33 @@ impl<'a> RoomRecord<'a> {
                     wait: u64::from_be_bytes(wait),
                 }
             }
+            CHECKPOINT if member.is_empty() && record.roles == 0 => match text {
+                [0] => RoomRecord::Checkpoint { end: false },
+                [1] => RoomRecord::Checkpoint { end: true },
+                _ => return None,
+            },
+            KEPT => {
+                let (room, rest) = text.split_first_chunk::<2>()?;
+                let (origin, text) = rest.split_first_chunk::<2>()?;
+                if text.len() > MAX_TEXT_LEN {
+                    return None;
+                }
+                RoomRecord::Kept {
+                    room: u16::from_be_bytes(*room),
+                    origin: u16::from_be_bytes(*origin),
+                    sender: member,
+                    roles: record.roles,
+                    text,
+                }
+            }
+            SEEN if !member.is_empty() && record.roles == 0 => {
+                let fields: [u8; 6] = text.try_into().ok()?;
+                RoomRecord::Seen {
+                    room: u16::from_be_bytes([fields[0], fields[1]]),
+                    member,
+                    count: u32::from_be_bytes([fields[2], fields[3], fields[4], fields[5]]),
+                }
+            }
             _ => return None,
         })
     }
@@ -204,6 +254,30 @@ impl<'a> RoomRecord<'a> {
             RoomRecord::Settled { wait } => {
                 fields[..8].copy_from_slice(&wait.to_be_bytes());
                 (SETTLED, 0, "", &fields[..8], &[][..])
+            }
+            RoomRecord::Checkpoint { end } => {
+                fields[0] = u8::from(end);
+                (CHECKPOINT, 0, "", &fields[..1], &[][..])
+            }
+            RoomRecord::Kept {
+                room,
+                origin,
+                sender,
+                roles,
+                text,
+            } => {
+                fields[..2].copy_from_slice(&room.to_be_bytes());
+                fields[2..4].copy_from_slice(&origin.to_be_bytes());
+                (KEPT, roles, sender, &fields[..4], text)
+            }
+            RoomRecord::Seen {
+                room,
+                member,
+                count,
+            } => {
+                fields[..2].copy_from_slice(&room.to_be_bytes());
+                fields[2..6].copy_from_slice(&count.to_be_bytes());
+                (SEEN, 0, member, &fields[..6], &[][..])
             }
         };
         encode(out, time_ms, kind, roles, name, &[head, tail]);
@@ -292,6 +366,20 @@ mod tests {
                 text: &[b'x'; MAX_TEXT_LEN],
             },
             RoomRecord::Settled { wait: 7 },
+            RoomRecord::Checkpoint { end: false },
+            RoomRecord::Kept {
+                room: 0x4000,
+                origin: 3,
+                sender: "alice",
+                roles: 7,
+                text: b"kept",
+            },
+            RoomRecord::Seen {
+                room: 0x4000,
+                member: "bob",
+                count: 1,
+            },
+            RoomRecord::Checkpoint { end: true },
         ]
     }
 
@@ -349,7 +437,7 @@ mod tests {
     fn a_room_record_with_wrong_fields_is_corruption_wherever_it_is() {
         let bad: Vec<(u16, u8, &str, Vec<u8>)> = vec![
             (0, 0, "a", vec![0x40, 0]),                                  // kind 0
-            (9, 0, "a", vec![0x40, 0]),                                  // kind 9
+            (10, 0, "a", vec![0x40, 0]),                                 // kind 10
             (1, 0, "a", vec![0x40]),                                     // JOINED without a room id
             (1, 0, "a", vec![0x40, 0]),                                  // JOINED with no room name
             (1, 4, "a", b"\x40\x00ops".to_vec()), // JOINED with an unknown flag
@@ -363,6 +451,11 @@ mod tests {
             (5, 0, "", [vec![0; 14], vec![0]].concat()), // neither room nor name
             (6, 0, "", vec![0; 7]),               // SETTLED short
             (6, 0, "a", vec![0; 8]),              // SETTLED with a name
+            (7, 0, "", vec![2]),                  // CHECKPOINT of no phase
+            (7, 0, "", vec![0, 0]),               // CHECKPOINT with a byte more
+            (8, 0, "", vec![0x40, 0, 0]),         // KEPT short of its origin
+            (9, 0, "b", vec![0x40, 0, 0, 0, 1]),  // SEEN short of its count
+            (9, 0, "", vec![0x40, 0, 0, 0, 0, 1]), // SEEN with no member
         ];
         for (kind, roles, name, text) in bad {
             let mut batch = Vec::new();

@@ -101,6 +101,10 @@ pub struct Writer {
     batch_records: u64,
     /// The batch holds a room record (its segments are kept by retention).
     batch_rooms: bool,
+    /// The batch starts with a checkpoint of the rooms.
+    batch_checkpoint: bool,
+    /// A segment filled since [`Writer::take_rolled`] last looked.
+    rolled: bool,
     next_ticket: Ticket,
     /// Tickets below this are written to the kernel, or given up on.
     written: Ticket,
@@ -174,6 +178,8 @@ impl Writer {
             batch: Vec::new(),
             batch_records: 0,
             batch_rooms: false,
+            batch_checkpoint: false,
+            rolled: false,
             next_ticket: 0,
             written: 0,
             failing: false,
@@ -219,6 +225,10 @@ impl Writer {
     /// Adds a room record (rooms, memberships, waiting messages) stamped
     /// `time_ms` to this turn's batch.
     pub fn append_room(&mut self, time_ms: u64, record: &RoomRecord<'_>) -> Ticket {
+        if *record == (RoomRecord::Checkpoint { end: false }) {
+            debug_assert!(self.batch.is_empty(), "a checkpoint starts its batch");
+            self.batch_checkpoint = self.batch.is_empty();
+        }
         record.encode_unsealed(time_ms, &mut self.batch);
         self.batch_records += 1;
         self.batch_rooms = true;
@@ -236,10 +246,12 @@ impl Writer {
         }
         // The turn's checksums, three records at a time (see `seal_records`).
         seal_records(&mut self.batch);
-        match self
-            .log
-            .append_records(&self.batch, self.batch_records, self.batch_rooms)
-        {
+        match self.log.append_records(
+            &self.batch,
+            self.batch_records,
+            self.batch_rooms,
+            self.batch_checkpoint,
+        ) {
             Ok(()) => self.back_on(),
             Err((written, e)) => self.off(&e, self.batch_records - written as u64),
         }
@@ -259,9 +271,11 @@ impl Writer {
         }
         self.batch_records = 0;
         self.batch_rooms = false;
+        self.batch_checkpoint = false;
         self.written = self.next_ticket;
         let sealed = self.log.take_sealed();
         let rolled = !sealed.is_empty();
+        self.rolled |= rolled;
         let mut state = self.shared.lock();
         state.written = self.written;
         if rolled {
@@ -273,6 +287,18 @@ impl Writer {
         if rolled || self.mode == Fsync::Always {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Whether a segment filled since the last call: the server then
+    /// writes a checkpoint of the rooms, so that retention can take the
+    /// segments before it.
+    pub fn take_rolled(&mut self) -> bool {
+        std::mem::take(&mut self.rolled)
+    }
+
+    /// Whether the log holds room records that no checkpoint covers.
+    pub fn needs_checkpoint(&self) -> bool {
+        self.log.needs_checkpoint()
     }
 
     /// Every ticket below this is settled: written, and synced under

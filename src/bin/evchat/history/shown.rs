@@ -1,8 +1,10 @@
 //! Which records `evchat history` shows, and as what (HISTORY.md, "Rooms
 //! and waiting messages"): a message record as it is; a room record only
 //! when it holds a message (a waiting one: a TELL stored for a name, or a
-//! message to a queue room), the rest (memberships, presence, settlements)
-//! only teaching it the rooms' names, by id, as the log goes.
+//! message to a queue room) outside a checkpoint (whose copies were shown
+//! where they were first written), the rest (memberships, presence,
+//! settlements, checkpoints) only teaching it the rooms' names, by id, as
+//! the log goes.
 
 use evchat::store::Entry;
 use evchat::store::rooms::RoomRecord;
@@ -28,6 +30,8 @@ pub struct Shown<'a> {
 #[derive(Default)]
 pub struct RoomNames {
     by_id: HashMap<u16, String>,
+    /// Between a checkpoint's two records: its copies are not shown.
+    in_checkpoint: bool,
 }
 
 impl RoomNames {
@@ -42,6 +46,11 @@ impl RoomNames {
                 self.by_id.insert(room, room_name.to_string());
                 None
             }
+            Some(RoomRecord::Checkpoint { end }) => {
+                self.in_checkpoint = !end;
+                None
+            }
+            Some(RoomRecord::Waiting { .. }) if self.in_checkpoint => None,
             Some(RoomRecord::Waiting {
                 origin,
                 room,
