@@ -462,7 +462,9 @@ impl Server {
             self.router.durable(durable, now, &mut self.wire);
             self.flush_and_reap();
         }
-        if let Some(history) = self.wire.history.as_mut() {
+        if let Some(history) = self.wire.history.as_mut()
+            && history.rolled()
+        {
             history.checkpoint_after_roll(&self.router);
         }
         self.trim_idle_buffers();

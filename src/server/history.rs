@@ -240,6 +240,10 @@ impl History {
     /// that retention may take every segment before it (HISTORY.md,
     /// "Rooms and waiting messages"). Written at once, ahead of the next
     /// turn's records.
+    ///
+    /// The loop asks [`History::rolled`] each turn and calls this only
+    /// then, out of line: a turn without a roll pays one load and a branch.
+    #[inline(never)]
     pub(super) fn checkpoint_after_roll(&mut self, router: &Router) {
         if !self.writer.take_rolled()
             || !(router.has_room_state() || self.writer.needs_checkpoint())
@@ -259,6 +263,12 @@ impl History {
         // than a segment would otherwise be written again every turn.
         self.writer.take_rolled();
         self.turn_time_ms = None;
+    }
+
+    /// Whether a segment filled since the last checkpoint check.
+    #[inline]
+    pub(super) fn rolled(&self) -> bool {
+        self.writer.rolled()
     }
 
     /// The sync thread's rounds so far and the time they took.

@@ -289,6 +289,12 @@ impl Writer {
         }
     }
 
+    /// Whether a segment filled since [`Writer::take_rolled`] last looked.
+    #[inline]
+    pub fn rolled(&self) -> bool {
+        self.rolled
+    }
+
     /// Whether a segment filled since the last call: the server then
     /// writes a checkpoint of the rooms, so that retention can take the
     /// segments before it.
