@@ -70,7 +70,23 @@ impl RoomLog {
     pub(super) fn fold(&mut self, record: &RecordView<'_>) {
         let place = self.position;
         self.position += 1;
-        match RoomRecord::read(record) {
+        let room_record = RoomRecord::read(record);
+        // Only these come between a checkpoint's two records: anything else
+        // means it was cut short (a failed write), and it is dropped.
+        let in_checkpoint = matches!(
+            room_record,
+            Some(
+                RoomRecord::Joined { .. }
+                    | RoomRecord::Kept { .. }
+                    | RoomRecord::Seen { .. }
+                    | RoomRecord::Waiting { .. }
+                    | RoomRecord::Checkpoint { end: true }
+            )
+        );
+        if !in_checkpoint {
+            self.abandon_checkpoint();
+        }
+        match room_record {
             Some(room_record) => self.fold_room_record(room_record, place, record.time_ms),
             None if is_room_id(record.dest) => self.fold_room_message(place, record),
             None => {}
@@ -107,13 +123,10 @@ impl RoomLog {
     fn fold_room_record(&mut self, record: RoomRecord<'_>, place: u64, time_ms: u64) {
         match record {
             RoomRecord::Checkpoint { end: false } => {
-                let before = (
+                self.before_checkpoint = Some((
                     std::mem::take(&mut self.rooms),
                     std::mem::take(&mut self.waiting),
-                );
-                // A checkpoint inside one that never completed: what came
-                // before the first is the state to fall back to.
-                self.before_checkpoint.get_or_insert(before);
+                ));
             }
             RoomRecord::Checkpoint { end: true } => self.before_checkpoint = None,
             RoomRecord::Kept {
@@ -214,24 +227,25 @@ impl RoomLog {
         }
     }
 
+    /// A checkpoint that did not complete: the state before it stands.
+    fn abandon_checkpoint(&mut self) {
+        if let Some((rooms, waiting)) = self.before_checkpoint.take() {
+            warn!("history: a checkpoint of the rooms was cut short: the state before it is kept");
+            (self.rooms, self.waiting) = (rooms, waiting);
+        }
+    }
+
     /// Hands what the records left to `router` (its bounds set): every
     /// room with its members, kept messages and waiting queue messages,
     /// and every message waiting for a name. A member online when the log
     /// ends (the server stopped without noting it offline) was sent every
     /// message up to there.
     pub(super) fn recall(self, router: &mut Router, now: Instant) {
+        let mut log = self;
+        log.abandon_checkpoint();
         let RoomLog {
-            mut rooms,
-            mut waiting,
-            before_checkpoint,
-            ..
-        } = self;
-        if let Some((before_rooms, before_waiting)) = before_checkpoint {
-            warn!(
-                "history: the log ends inside a checkpoint of the rooms: the state before it is kept"
-            );
-            (rooms, waiting) = (before_rooms, before_waiting);
-        }
+            rooms, mut waiting, ..
+        } = log;
         let (mut recalled_rooms, mut queued, mut letters) = (0, 0, 0);
         for (id, state) in rooms {
             let members = state
@@ -295,5 +309,103 @@ impl RoomLog {
                 queued, letters, "history: rooms and waiting messages recovered"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::format::{Cursor, SEGMENT_MAGIC, Step, seal_records};
+
+    /// Folds `records`, encoded and read back as the log would hand them.
+    fn folded(records: &[RoomRecord<'_>]) -> RoomLog {
+        let mut batch = Vec::new();
+        for r in records {
+            r.encode_unsealed(1, &mut batch);
+        }
+        seal_records(&mut batch);
+        let mut bytes = SEGMENT_MAGIC.to_vec();
+        bytes.extend_from_slice(&batch);
+        let mut log = RoomLog::new(5);
+        let mut cursor = Cursor::new();
+        while let Ok(Step::Record { record, .. }) =
+            cursor.next(&bytes[..], bytes.len() as u64, true)
+        {
+            log.fold(&record);
+        }
+        log
+    }
+
+    fn joined(member: &str) -> RoomRecord<'_> {
+        RoomRecord::Joined {
+            room: 0x4000,
+            room_name: "ops",
+            queue: false,
+            online: false,
+            member,
+        }
+    }
+
+    fn members(log: &RoomLog) -> Vec<&str> {
+        log.rooms[&0x4000].members.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_complete_checkpoint_replaces_what_came_before() {
+        let begin = RoomRecord::Checkpoint { end: false };
+        let end = RoomRecord::Checkpoint { end: true };
+        let log = folded(&[joined("alice"), begin, joined("bob"), end]);
+        assert_eq!(members(&log), ["bob"]);
+    }
+
+    #[test]
+    fn a_checkpoint_cut_short_leaves_the_state_before_it() {
+        let begin = RoomRecord::Checkpoint { end: false };
+        // Another kind of record before its end: a write that failed.
+        let online = RoomRecord::Online {
+            room: 0x4000,
+            member: "alice",
+        };
+        let log = folded(&[joined("alice"), begin, joined("bob"), online]);
+        assert_eq!(members(&log), ["alice"]);
+        assert!(log.rooms[&0x4000].members["alice"].online);
+        // The log ends inside it.
+        let mut log = folded(&[joined("alice"), begin, joined("bob")]);
+        log.abandon_checkpoint();
+        assert_eq!(members(&log), ["alice"]);
+    }
+
+    #[test]
+    fn seen_in_a_checkpoint_points_at_its_kept_copies() {
+        let kept = |text: &'static [u8]| RoomRecord::Kept {
+            room: 0x4000,
+            origin: 1,
+            sender: "",
+            roles: 7,
+            text,
+        };
+        let log = folded(&[
+            RoomRecord::Checkpoint { end: false },
+            joined("alice"),
+            joined("bob"),
+            kept(b"one"),
+            kept(b"two"),
+            RoomRecord::Seen {
+                room: 0x4000,
+                member: "alice",
+                count: 1,
+            },
+            RoomRecord::Seen {
+                room: 0x4000,
+                member: "bob",
+                count: 0,
+            },
+            RoomRecord::Checkpoint { end: true },
+        ]);
+        let room = &log.rooms[&0x4000];
+        let places: Vec<u64> = room.kept.iter().map(|k| k.0).collect();
+        assert_eq!(places, [3, 4]);
+        assert_eq!(room.members["alice"].seen, Some(3));
+        assert_eq!(room.members["bob"].seen, None);
     }
 }
