@@ -347,7 +347,11 @@ mod tests {
     }
 
     fn members(log: &RoomLog) -> Vec<&str> {
-        log.rooms[&0x4000].members.keys().map(String::as_str).collect()
+        log.rooms[&0x4000]
+            .members
+            .keys()
+            .map(String::as_str)
+            .collect()
     }
 
     #[test]

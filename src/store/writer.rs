@@ -35,7 +35,7 @@
 
 use super::format::{RecordView, encode_unsealed, keepable_name, seal_records};
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
-use super::rooms::RoomRecord;
+use super::rooms::{ROOM_RECORD_DEST, RoomRecord};
 use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
 use std::path::PathBuf;
@@ -196,6 +196,10 @@ impl Writer {
     // record spilled to the stack for it, cost more than the body.
     #[inline]
     pub fn append(&mut self, record: &RecordView<'_>) -> Ticket {
+        debug_assert_ne!(
+            record.dest, ROOM_RECORD_DEST,
+            "a message record to 65535 would read as a room record"
+        );
         if record.text.len() <= MAX_TEXT_LEN && keepable_name(record.name) {
             encode_unsealed(&mut self.batch, record);
         } else {
