@@ -22,7 +22,11 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod rooms;
-pub use rooms::{MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
+mod waiting;
+pub use rooms::{
+    MAX_ROOMS_CEILING, ROOM_IDS, RecalledMessage, RecalledRoom, RoomLimits, is_room_id,
+};
+pub use waiting::{Recalled, TellLimits};
 
 /// The roles a sender needs for every request it may make.
 const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
@@ -66,6 +70,65 @@ pub trait Outbox {
     ) -> Option<u64> {
         None
     }
+    /// A change to the rooms or the waiting messages that a server keeping
+    /// history records (HISTORY.md, "Rooms and waiting messages"). A number
+    /// returned is handled as for [`Outbox::accepted`] where a reply waits
+    /// for the record (a stored TELL's ROOMACK code 9).
+    fn room_event(&mut self, _event: &RoomEvent<'_>) -> Option<u64> {
+        None
+    }
+}
+
+/// What changed in the rooms or the waiting messages, for a history to
+/// record. Member and addressee names are lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomEvent<'a> {
+    /// `member` joined room `room` (spelt `room_name`); `online`: a session
+    /// of it receives the room from now on.
+    Joined {
+        room: ClientId,
+        room_name: &'a str,
+        queue: bool,
+        online: bool,
+        member: &'a str,
+    },
+    /// `member` left room `room`.
+    Left { room: ClientId, member: &'a str },
+    /// The first session of `member` in room `room` came online and was
+    /// sent what it missed.
+    Online { room: ClientId, member: &'a str },
+    /// The last session of `member` in room `room` went.
+    Offline { room: ClientId, member: &'a str },
+    /// A message now waits: in the queue room `room`, or (room 0) for the
+    /// name `to`. `stored_ms`: when it was stored, if not now (a
+    /// checkpoint's copy).
+    Waiting {
+        wait: u64,
+        origin: ClientId,
+        seq: u16,
+        room: ClientId,
+        to: &'a str,
+        sender: Sender<'a>,
+        text: &'a [u8],
+        stored_ms: Option<u64>,
+    },
+    /// The waiting message `wait` is gone.
+    Settled { wait: u64 },
+    /// In a snapshot ([`Router::room_snapshot`]): a message room `room`
+    /// keeps, oldest first.
+    Kept {
+        room: ClientId,
+        origin: ClientId,
+        sender: Sender<'a>,
+        text: &'a [u8],
+    },
+    /// In a snapshot, after room `room`'s kept messages: `member` was sent
+    /// the first `count` of them.
+    Seen {
+        room: ClientId,
+        member: &'a str,
+        count: u32,
+    },
 }
 
 /// Who sent a message, as a history keeps it (PROTOCOL.md, "Names"): the
@@ -166,6 +229,9 @@ enum Purpose {
     Who,
     /// A queue room's message given to this member session under a ticket.
     Queued { room: ClientId, ticket: u64 },
+    /// A message that waited for this session's name: its answer settles
+    /// it (PROTOCOL.md, "Waiting messages").
+    Waited { wait: u64 },
 }
 
 /// Names one request of one emitter connection.
@@ -529,6 +595,10 @@ pub struct Router {
     /// The extension answers owed, by emitter and request number: sent in
     /// the reply's place when it reaches the head of the queue.
     answers: HashMap<(ConnId, u64), ExtFrame>,
+    /// Messages waiting for names (TELL to an offline name).
+    waiting: waiting::Waiting,
+    /// The number the next waiting message (queue or name) gets.
+    next_wait: u64,
 }
 
 impl Router {
@@ -551,6 +621,8 @@ impl Router {
             everyone_told: (0, u64::MAX, u64::MAX),
             rooms: rooms::Rooms::new(RoomLimits::default()),
             answers: HashMap::new(),
+            waiting: waiting::Waiting::new(),
+            next_wait: 0,
         }
     }
 
@@ -1202,6 +1274,7 @@ impl Router {
                 if is_exhibitor_id(id) {
                     self.replay_to(conn, now, out);
                     self.room_session_online(conn, now, out);
+                    self.deliver_waiting(conn, now, out);
                 }
             }
             Err(why) => {
@@ -1587,6 +1660,7 @@ impl Router {
             Purpose::Queued { room, ticket } => {
                 self.queue_acked(conn, room, ticket, ack.kind == Kind::Ok, now, out)
             }
+            Purpose::Waited { wait } => self.waited_answered(conn, wait, out),
             Purpose::Replay | Purpose::Who => {}
         }
     }
@@ -1651,7 +1725,24 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let request = self.push_reply(conn, seq, 0, false);
+        self.reply_ext_after(conn, seq, answer, None, now, out);
+    }
+
+    /// [`Router::reply_ext`] for an answer that waits for history record
+    /// `held` too (when there is one), as a MSG's OK does.
+    fn reply_ext_after(
+        &mut self,
+        conn: ConnId,
+        seq: u16,
+        answer: ExtFrame,
+        held: Option<u64>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let request = self.push_reply(conn, seq, u32::from(held.is_some()), false);
+        if let Some(number) = held {
+            self.awaiting_durable.push_back((number, request));
+        }
         if let Some(Role::Emitter { replies, .. }) = self.session_mut(conn).map(|s| &mut s.role)
             && let Some(last) = replies.back_mut()
         {
@@ -1823,6 +1914,7 @@ impl Router {
                     }
                 }
                 if let Some(key) = member {
+                    self.waiting_dropped(conn, &key);
                     self.room_session_offline(conn, &key, now, out);
                 }
             }

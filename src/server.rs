@@ -10,7 +10,7 @@ pub use crate::connection::WebConfig;
 use crate::connection::{Accepts, Connection, HttpOutcome, ReadStatus, Stage, TransportStatus};
 use crate::proto::FrameView;
 use crate::router::{CloseReason, ConnId, Router};
-pub use crate::router::{Limits, MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
+pub use crate::router::{Limits, MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, TellLimits, is_room_id};
 use crate::store::StoreError;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -31,6 +31,7 @@ mod history;
 mod identity;
 mod metrics;
 mod reports;
+mod room_log;
 mod spin;
 mod tls;
 mod wire;
@@ -460,6 +461,11 @@ impl Server {
         {
             self.router.durable(durable, now, &mut self.wire);
             self.flush_and_reap();
+        }
+        if let Some(history) = self.wire.history.as_mut()
+            && history.rolled()
+        {
+            history.checkpoint_after_roll(&self.router);
         }
         self.trim_idle_buffers();
         let Some(deadline) = self.drain_deadline else {

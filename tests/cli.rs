@@ -23,7 +23,7 @@ fn send_bytes(p: &mut Proc, bytes: &[u8]) {
 }
 
 /// Waits for the process to exit and asserts its exit code.
-fn assert_exit(p: &mut Proc, code: i32) {
+pub(crate) fn assert_exit(p: &mut Proc, code: i32) {
     let status: ExitStatus = p.wait();
     if status.code() != Some(code) {
         panic!(

@@ -9,28 +9,28 @@ use evchat::proto::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const S: ClientId = SERVER_ID;
+pub(crate) const S: ClientId = SERVER_ID;
 /// The first room id (PROTOCOL.md, "Room ids").
-const ROOM: ClientId = 0x4000;
+pub(crate) const ROOM: ClientId = 0x4000;
 /// The roles without accounts.
-const PLAIN: u8 = 7;
+pub(crate) const PLAIN: u8 = 7;
 
-fn ok(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
+pub(crate) fn ok(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
     header(1, origin, dest, seq)
 }
 
-fn erro(dest: ClientId, seq: u16) -> Vec<u8> {
+pub(crate) fn erro(dest: ClientId, seq: u16) -> Vec<u8> {
     header(2, S, dest, seq)
 }
 
-fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &[u8]) -> Vec<u8> {
+pub(crate) fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &[u8]) -> Vec<u8> {
     let mut wire = header(5, origin, dest, seq);
     wire.extend_from_slice(&(text.len() as u16).to_be_bytes());
     wire.extend_from_slice(text);
     wire
 }
 
-fn join(origin: ClientId, seq: u16, queue: bool, name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(origin: ClientId, seq: u16, queue: bool, name: &[u8]) -> Vec<u8> {
     let mut wire = header(12, origin, S, seq);
     wire.extend_from_slice(&((2 + name.len()) as u16).to_be_bytes());
     wire.extend_from_slice(&[u8::from(queue), name.len() as u8]);
@@ -38,7 +38,7 @@ fn join(origin: ClientId, seq: u16, queue: bool, name: &[u8]) -> Vec<u8> {
     wire
 }
 
-fn leave(origin: ClientId, seq: u16, name: &[u8]) -> Vec<u8> {
+pub(crate) fn leave(origin: ClientId, seq: u16, name: &[u8]) -> Vec<u8> {
     let mut wire = header(13, origin, S, seq);
     wire.extend_from_slice(&((1 + name.len()) as u16).to_be_bytes());
     wire.push(name.len() as u8);
@@ -46,14 +46,19 @@ fn leave(origin: ClientId, seq: u16, name: &[u8]) -> Vec<u8> {
     wire
 }
 
-fn rooms(origin: ClientId, seq: u16) -> Vec<u8> {
+pub(crate) fn rooms(origin: ClientId, seq: u16) -> Vec<u8> {
     let mut wire = header(14, origin, S, seq);
     wire.extend_from_slice(&[0, 0]);
     wire
 }
 
 /// ROOMACK(65535, `dest`, `seq`) with `code` and, for code 0, the room.
-fn roomack(dest: ClientId, seq: u16, code: u8, room: (ClientId, u8, u16, &[u8])) -> Vec<u8> {
+pub(crate) fn roomack(
+    dest: ClientId,
+    seq: u16,
+    code: u8,
+    room: (ClientId, u8, u16, &[u8]),
+) -> Vec<u8> {
     let (id, flags, members, name) = room;
     let mut wire = header(15, S, dest, seq);
     wire.extend_from_slice(&((7 + name.len()) as u16).to_be_bytes());
@@ -65,11 +70,15 @@ fn roomack(dest: ClientId, seq: u16, code: u8, room: (ClientId, u8, u16, &[u8]))
     wire
 }
 
-fn refused(dest: ClientId, seq: u16, code: u8) -> Vec<u8> {
+pub(crate) fn refused(dest: ClientId, seq: u16, code: u8) -> Vec<u8> {
     roomack(dest, seq, code, (0, 0, 0, b""))
 }
 
-fn roomlist(dest: ClientId, seq: u16, entries: &[(ClientId, u8, u16, &[u8])]) -> Vec<u8> {
+pub(crate) fn roomlist(
+    dest: ClientId,
+    seq: u16,
+    entries: &[(ClientId, u8, u16, &[u8])],
+) -> Vec<u8> {
     let mut body = (entries.len() as u16).to_be_bytes().to_vec();
     for (id, flags, members, name) in entries {
         body.extend_from_slice(&id.to_be_bytes());
@@ -84,7 +93,7 @@ fn roomlist(dest: ClientId, seq: u16, entries: &[(ClientId, u8, u16, &[u8])]) ->
     wire
 }
 
-fn who(dest: ClientId, seq: u16, id: ClientId, roles: u8, name: &[u8]) -> Vec<u8> {
+pub(crate) fn who(dest: ClientId, seq: u16, id: ClientId, roles: u8, name: &[u8]) -> Vec<u8> {
     let mut wire = header(10, S, dest, seq);
     wire.extend_from_slice(&((4 + name.len()) as u16).to_be_bytes());
     wire.extend_from_slice(&id.to_be_bytes());
@@ -95,17 +104,17 @@ fn who(dest: ClientId, seq: u16, id: ClientId, roles: u8, name: &[u8]) -> Vec<u8
 
 /// A named pair: an exhibitor that claimed `name` and an emitter paired
 /// with it (its HELLO carries no name: it takes the exhibitor's).
-struct Member {
-    ex: Raw,
-    ex_id: ClientId,
-    em: Raw,
-    em_id: ClientId,
+pub(crate) struct Member {
+    pub(crate) ex: Raw,
+    pub(crate) ex_id: ClientId,
+    pub(crate) em: Raw,
+    pub(crate) em_id: ClientId,
     /// The emitter's next seq.
     seq: u16,
 }
 
 impl Member {
-    fn new(server: &Server, name: &str) -> Member {
+    pub(crate) fn new(server: &Server, name: &str) -> Member {
         let mut ex = server.raw();
         ex.send(&hello(name.as_bytes(), b""));
         expect_exact(&mut ex, &helloack(0, PLAIN, name.as_bytes()));
@@ -125,7 +134,7 @@ impl Member {
 
     /// As [`Member::new`], once the name's previous session has let it go
     /// (HELLO code 3 until then).
-    fn reclaim(server: &Server, name: &str) -> Member {
+    pub(crate) fn reclaim(server: &Server, name: &str) -> Member {
         let mut ex = loop {
             let mut ex = server.raw();
             ex.send(&hello(name.as_bytes(), b""));
@@ -174,13 +183,18 @@ impl Member {
         }
     }
 
-    fn next_seq(&mut self) -> u16 {
+    pub(crate) fn next_seq(&mut self) -> u16 {
         self.seq += 1;
         self.seq - 1
     }
 
     /// JOIN `room`; asserts the ROOMACK is `want` (built for this seq).
-    fn join(&mut self, room: &str, queue: bool, want: impl FnOnce(ClientId, u16) -> Vec<u8>) {
+    pub(crate) fn join(
+        &mut self,
+        room: &str,
+        queue: bool,
+        want: impl FnOnce(ClientId, u16) -> Vec<u8>,
+    ) {
         let seq = self.next_seq();
         self.em.send(&join(self.em_id, seq, queue, room.as_bytes()));
         expect_exact(&mut self.em, &want(self.em_id, seq));
@@ -203,7 +217,7 @@ impl Member {
 /// Drops `member`'s connections and waits until the server no longer
 /// sends it anything: a MSG to its exhibitor gets ERRO once the session
 /// is gone or being dismissed (when it was still there, only then).
-fn away(writer: &mut Raw, writer_id: ClientId, member: Member) {
+pub(crate) fn away(writer: &mut Raw, writer_id: ClientId, member: Member) {
     let ex_id = member.ex_id;
     drop(member);
     writer.send(&msg(writer_id, ex_id, 0xfff0, b"ping"));
@@ -211,7 +225,7 @@ fn away(writer: &mut Raw, writer_id: ClientId, member: Member) {
 }
 
 /// The whole next frame, of either codec, as bytes.
-fn next_frame(raw: &mut Raw) -> Vec<u8> {
+pub(crate) fn next_frame(raw: &mut Raw) -> Vec<u8> {
     let mut wire = raw.expect_bytes(8);
     let kind = u16::from_be_bytes([wire[0], wire[1]]);
     let count = match kind {
@@ -589,7 +603,7 @@ fn with_accounts_creating_a_room_needs_broadcast_and_joining_needs_view() {
 
 /// Reads `raw` until the MSG, acknowledging any WHO on the way; returns the
 /// MSG's bytes.
-fn next_msg(raw: &mut Raw, own: ClientId) -> Vec<u8> {
+pub(crate) fn next_msg(raw: &mut Raw, own: ClientId) -> Vec<u8> {
     loop {
         let frame = next_frame(raw);
         let seq = u16::from_be_bytes([frame[6], frame[7]]);

@@ -8,9 +8,11 @@
 
 use crate::util::*;
 use evchat::proto::MAX_TEXT_LEN;
+use evchat::store::rooms::RoomRecord;
 use evchat::store::{Fsync, Item, Reader, StoreError};
 use evchat::testing::store_format::{
-    RECORD_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, encode_record, encode_record_v1,
+    RECORD_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2, encode_record,
+    encode_record_v1,
 };
 use evchat::testing::{Log, Notice, Opened, Options, Record, Ticket, Writer};
 use proptest::prelude::*;
@@ -80,9 +82,18 @@ pub(crate) fn segment_bytes(records: &[Record]) -> Vec<u8> {
 /// process's descriptors, the log's lock file among them, and the lock is
 /// released only when the last copy closes (at the child's exec).
 pub(crate) fn open_log(dir: &Path, options: Options) -> Result<Opened, StoreError> {
+    open_log_with(dir, options, |_| {})
+}
+
+/// [`open_log`], handing each record recovered to `recovered`.
+pub(crate) fn open_log_with(
+    dir: &Path,
+    options: Options,
+    mut recovered: impl FnMut(evchat::testing::store_format::RecordView<'_>),
+) -> Result<Opened, StoreError> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        match Log::open(dir, options.clone(), |_| {}) {
+        match Log::open(dir, options.clone(), &mut recovered) {
             Err(StoreError::Locked { .. }) if Instant::now() < deadline => std::thread::yield_now(),
             result => return result,
         }
@@ -237,6 +248,7 @@ fn an_old_format_log_still_reads_and_new_records_go_to_a_new_segment() {
     let next = segment_path(dir.path(), 3);
     let notice = Notice::NewFormat {
         file: first.clone(),
+        version: 1,
         next: next.clone(),
     };
     assert_eq!(opened.notices, vec![notice.clone()]);
@@ -244,7 +256,7 @@ fn an_old_format_log_still_reads_and_new_records_go_to_a_new_segment() {
         notice.to_string(),
         format!(
             "{}: written by an earlier evchat (format 1, without names): kept as it is; \
-             new records go to {} (format 2)",
+             new records go to {} (format 3)",
             first.display(),
             next.display()
         )
@@ -300,6 +312,7 @@ fn an_old_format_torn_tail_is_cut_by_its_own_layout_then_rolled_past() {
             },
             Notice::NewFormat {
                 file: path.clone(),
+                version: 1,
                 next: segment_path(dir.path(), 2),
             },
         ]
@@ -891,6 +904,98 @@ fn retention_deletes_the_oldest_segments_past_the_size_limit() {
     assert_eq!(opened.log.total_bytes(), on_disk);
 }
 
+/// Retention never takes a membership or a waiting message with it
+/// (HISTORY.md, "Rooms and waiting messages"): it stops at the first
+/// segment holding a room record, and the open says so.
+#[test]
+fn retention_stops_at_a_segment_holding_room_records_and_says_so() {
+    let dir = TempDir::new("retention-rooms");
+    let options = Options {
+        max_bytes: 4096,
+        segment_bytes: 1024,
+        ..big_log()
+    };
+    let opened = open_log(dir.path(), options.clone()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let all = records(300);
+    append_all(&mut writer, &all[..3]);
+    writer.append_room(
+        5,
+        &RoomRecord::Waiting {
+            wait: 1,
+            origin: 1,
+            seq: 4,
+            room: 0,
+            to: "bob",
+            sender: "alice",
+            roles: 7,
+            text: b"waits",
+        },
+    );
+    let mut last = 0;
+    for chunk in all[3..].chunks(7) {
+        last = append_all(&mut writer, chunk);
+        writer.write();
+    }
+    wait_settled(&writer, &settled, last);
+    drop(writer);
+    let files = segment_files(dir.path());
+    assert_eq!(
+        files[0].0, 0,
+        "the room record's segment is kept: {files:?}"
+    );
+    let on_disk: u64 = files.iter().map(|f| f.2).sum();
+    assert!(on_disk > options.max_bytes, "{on_disk} bytes");
+    let mut waiting = Vec::new();
+    let reopened = open_log_with(dir.path(), options.clone(), |r| {
+        if let Some(RoomRecord::Waiting { text, .. }) = RoomRecord::read(&r) {
+            waiting.push(text.to_vec());
+        }
+    })
+    .unwrap();
+    assert_eq!(waiting, vec![b"waits".to_vec()]);
+    assert_eq!(
+        reopened.notices,
+        vec![Notice::KeptForRooms {
+            file: segment_path(dir.path(), 0),
+            over: on_disk - options.max_bytes,
+        }]
+    );
+}
+
+/// A log whose last segment is version 2 (before room records) is read and
+/// new records go to a new version 3 segment.
+#[test]
+fn a_version_2_last_segment_is_kept_and_new_records_go_to_a_version_3_one() {
+    let dir = TempDir::new("format-2");
+    let old = records(2);
+    let mut bytes = SEGMENT_MAGIC_V2.to_vec();
+    bytes.extend_from_slice(&encode(&old));
+    let first = segment_path(dir.path(), 0);
+    fs::write(&first, &bytes).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let next = segment_path(dir.path(), 2);
+    let notice = Notice::NewFormat {
+        file: first.clone(),
+        version: 2,
+        next: next.clone(),
+    };
+    assert_eq!(opened.notices, vec![notice.clone()]);
+    assert_eq!(
+        notice.to_string(),
+        format!(
+            "{}: written by an earlier evchat (format 2, without room records): kept as it is; \
+             new records go to {} (format 3)",
+            first.display(),
+            next.display()
+        )
+    );
+    drop(opened);
+    assert_eq!(fs::read(&first).unwrap(), bytes);
+    assert_eq!(fs::read(&next).unwrap(), SEGMENT_MAGIC);
+    assert_eq!(read_all(dir.path()), numbered(&old, 0));
+}
+
 #[test]
 fn a_reader_behind_retention_reports_the_gap_and_reads_on() {
     let dir = TempDir::new("retention-gap");
@@ -1431,7 +1536,9 @@ fn arbitrary_records() -> impl Strategy<Value = Vec<Record>> {
         (
             any::<u64>(),
             any::<u16>(),
-            any::<u16>(),
+            // Any destination a message has: 65535 marks a room record
+            // (HISTORY.md), which no accepted MSG is.
+            0..u16::MAX,
             proptest::collection::vec(any::<u8>(), 0..300),
         )
             .prop_map(|(time_ms, origin, dest, text)| Record {

@@ -20,6 +20,7 @@ mod raw;
 mod reliability;
 mod room_rules;
 mod rooms;
+mod rooms_durable;
 mod router;
 mod service;
 mod store;

@@ -15,15 +15,19 @@
 //!   last record ended;
 //! * a final step, asked for again, comes again unchanged;
 //! * everything equals an independent reading of HISTORY.md's rules: the
-//!   header and its format version (`EVCHLOG2` with the sender's roles and
-//!   name in each record, `EVCHLOG1` without), the records, and where and
-//!   why reading stops (end, torn tail, or corruption with its kind, a bad
-//!   name field among them).
+//!   header and its format version (`EVCHLOG3` with room records,
+//!   `EVCHLOG2` with the sender's roles and name in each record, `EVCHLOG1`
+//!   without), the records, and where and why reading stops (end, torn
+//!   tail, or corruption with its kind: a bad name field, and in version 3
+//!   a room record whose kind or fields are wrong, among them);
+//! * in version 3, every room record (dest 65535) reads as a `RoomRecord`
+//!   and re-encodes to its bytes.
 #![no_main]
 
+use evchat::store::rooms::RoomRecord;
 use evchat::testing::store_format::{
     Cursor, Damage, Format, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC,
-    SEGMENT_MAGIC_V1, Step, encode_record, encode_record_v1,
+    SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2, Step, encode_record, encode_record_v1, seal_records,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -52,8 +56,10 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
     // The format the magic names: records are re-encoded in it.
     let format = if segment.get(..8) == Some(&SEGMENT_MAGIC_V1[..]) {
         Format::V1
-    } else {
+    } else if segment.get(..8) == Some(&SEGMENT_MAGIC_V2[..]) {
         Format::V2
+    } else {
+        Format::V3
     };
     let stop = loop {
         let step = cursor.next(segment, end, last).expect("slices do not fail");
@@ -62,7 +68,13 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
                 assert_eq!(offset, expected_offset, "records must follow each other");
                 let mut encoded = Vec::new();
                 match format {
-                    Format::V2 => {
+                    Format::V3 if record.dest == 0xffff => {
+                        let room =
+                            RoomRecord::read(&record).expect("a room record the cursor took");
+                        room.encode_unsealed(record.time_ms, &mut encoded);
+                        seal_records(&mut encoded);
+                    }
+                    Format::V2 | Format::V3 => {
                         encode_record(&mut encoded, record);
                         assert_eq!(encoded.len(), record.encoded_len());
                     }
@@ -119,9 +131,14 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
 fn reference(segment: &[u8], last: bool) -> Reading {
     let end = segment.len() as u64;
     let u32_at = |i: usize| u32::from_be_bytes(segment[i..i + 4].try_into().unwrap());
-    // Version 2: 14 fixed body bytes, a name of up to 24; version 1: 12.
-    let version_2 = segment.get(..8) != Some(&SEGMENT_MAGIC_V1[..]);
-    let (fixed, longest) = if version_2 {
+    // Versions 2 and 3: 14 fixed body bytes, a name of up to 24 (and in 3,
+    // up to 39 bytes of a waiting message's fields); version 1: 12.
+    let version_1 = segment.get(..8) == Some(&SEGMENT_MAGIC_V1[..]);
+    let version_2 = !version_1;
+    let version_3 = segment.get(..8) == Some(&SEGMENT_MAGIC[..]);
+    let (fixed, longest) = if version_3 {
+        (14, 14 + 24 + 65_535 + 39)
+    } else if version_2 {
         (14, 14 + 24 + 65_535)
     } else {
         (12, 12 + 65_535)
@@ -143,7 +160,11 @@ fn reference(segment: &[u8], last: bool) -> Reading {
             stop: Stop::End,
         };
     }
-    if segment.len() < 8 || segment[..8] != SEGMENT_MAGIC && segment[..8] != SEGMENT_MAGIC_V1 {
+    if segment.len() < 8
+        || segment[..8] != SEGMENT_MAGIC
+            && segment[..8] != SEGMENT_MAGIC_V2
+            && segment[..8] != SEGMENT_MAGIC_V1
+    {
         let short = segment.len() < 8;
         let stop = if last && (zero || short && SEGMENT_MAGIC.starts_with(segment)) {
             Stop::Torn {
@@ -204,6 +225,15 @@ fn reference(segment: &[u8], last: bool) -> Reading {
             } else {
                 (0, String::new(), &b[12..])
             };
+            let dest = u16::from_be_bytes([b[10], b[11]]);
+            let kind = u16::from_be_bytes([b[8], b[9]]);
+            if version_3 && !room_fields_ok(dest, kind, roles, &name, text) {
+                let stop = Stop::Corrupt {
+                    offset: at as u64,
+                    damage: Damage::BadRoomRecord,
+                };
+                return Reading { records, stop };
+            }
             records.push((
                 at as u64,
                 Record {
@@ -267,3 +297,39 @@ fuzz_target!(|data: &[u8]| {
         "the cursor disagrees with HISTORY.md"
     );
 });
+
+/// HISTORY.md's table of room records, read directly: whether a version 3
+/// record's fields are ones some record has.
+fn room_fields_ok(dest: u16, kind: u16, roles: u8, name: &str, text: &[u8]) -> bool {
+    let printable = |b: &[u8]| b.iter().all(|c| (0x21..=0x7e).contains(c));
+    if dest != 0xffff {
+        return text.len() <= 65_535;
+    }
+    match kind {
+        1 => {
+            !name.is_empty()
+                && roles & !3 == 0
+                && text.len() > 2
+                && text.len() <= 2 + 24
+                && printable(&text[2..])
+        }
+        2..=4 => !name.is_empty() && roles == 0 && text.len() == 2,
+        5 => {
+            if text.len() < 15 {
+                return false;
+            }
+            let nl = text[14] as usize;
+            let room = u16::from_be_bytes([text[12], text[13]]);
+            nl <= 24
+                && text.len() >= 15 + nl
+                && printable(&text[15..15 + nl])
+                && text.len() - 15 - nl <= 65_535
+                && (room == 0) != (nl == 0)
+        }
+        6 => name.is_empty() && roles == 0 && text.len() == 8,
+        7 => name.is_empty() && roles == 0 && (text == [0] || text == [1]),
+        8 => text.len() >= 4 && text.len() - 4 <= 65_535,
+        9 => !name.is_empty() && roles == 0 && text.len() == 6,
+        _ => false,
+    }
+}

@@ -4,7 +4,8 @@ fuzz/seeds/history/. Each input is a flags byte (bit 0: the segment is the
 log's last), a 2-byte big-endian read-ahead selector, then a segment file as
 HISTORY.md lays it out (see fuzz_targets/history.rs). The seeds without a
 prefix are version 1 segments (EVCHLOG1, the format before names were kept),
-the `v2-` ones version 2 (EVCHLOG2, with the sender's roles and name). Rerun
+the `v2-` ones version 2 (EVCHLOG2, with the sender's roles and name), the
+`v3-` ones version 3 (EVCHLOG3, with room records: dest 65535). Rerun
 after changing the list; the names are the seeds' roles, so reruns are
 stable."""
 import os
@@ -13,6 +14,7 @@ import struct
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history")
 MAGIC = b"EVCHLOG1"
 MAGIC2 = b"EVCHLOG2"
+MAGIC3 = b"EVCHLOG3"
 
 
 def crc32c(data):
@@ -41,6 +43,30 @@ def with_name_field(name_len, name, text):
     body = struct.pack(">QHHBB", 5, 1, 0, 7, name_len) + name + text
     length = struct.pack(">I", len(body))
     return struct.pack(">I", crc32c(length + body)) + length + body
+
+
+def room(kind, roles, name, fields):
+    """A version 3 room record (HISTORY.md, "Rooms and waiting messages")."""
+    return record2(1764596705000, kind, 0xFFFF, roles, name, fields)
+
+
+ROOMS3 = MAGIC3 + b"".join(
+    [
+        room(1, 3, b"alice", b"\x40\x00ops"),
+        record2(1764596706000, 1, 0x4000, 7, b"alice", b"to the room"),
+        room(3, 0, b"bob", b"\x40\x00"),
+        room(4, 0, b"bob", b"\x40\x00"),
+        room(5, 7, b"alice", struct.pack(">QHHHB", 1, 1, 9, 0, 3) + b"bob" + b"see you"),
+        room(5, 0, b"", struct.pack(">QHHHB", 2, 2, 3, 0x4001, 0) + b"job"),
+        room(6, 0, b"", struct.pack(">Q", 1)),
+        room(2, 0, b"alice", b"\x40\x00"),
+        room(7, 0, b"", b"\x00"),
+        room(1, 1, b"bob", b"\x40\x00ops"),
+        room(8, 7, b"alice", b"\x40\x00\x00\x01" + b"kept"),
+        room(9, 0, b"bob", b"\x40\x00" + struct.pack(">I", 1)),
+        room(7, 0, b"", b"\x01"),
+    ]
+)
 
 
 def seed(last, read_ahead, segment):
@@ -78,7 +104,23 @@ SEEDS = {
     "flipped-bit-middle": seed(True, 16, bytes(FLIPPED)),
     "length-past-end-middle": seed(True, 16, bytes(HUGE_LENGTH)),
     "bad-magic": seed(True, 16, b"EVCHLOGX" + THREE[8:]),
-    "unknown-version": seed(False, 16, b"EVCHLOG3" + THREE[8:]),
+    "unknown-version": seed(False, 16, b"EVCHLOG4" + THREE[8:]),
+    "v3-room-records": seed(True, 9, ROOMS3),
+    "v3-room-records-sealed": seed(False, 4095, ROOMS3),
+    "v3-torn-in-waiting": seed(True, 7, ROOMS3[:-60]),
+    "v3-unknown-kind": seed(True, 16, MAGIC3 + room(9, 0, b"a", b"\x40\x00")),
+    "v3-joined-no-room-name": seed(True, 16, MAGIC3 + room(1, 0, b"a", b"\x40\x00")),
+    "v3-waiting-name-and-room": seed(
+        False, 16, MAGIC3 + room(5, 0, b"", struct.pack(">QHHHB", 1, 1, 1, 0x4000, 1) + b"b")
+    ),
+    "v3-settled-short": seed(True, 16, MAGIC3 + room(6, 0, b"", b"\x00" * 7)),
+    "v3-checkpoint-bad-phase": seed(True, 16, MAGIC3 + room(7, 0, b"", b"\x02")),
+    "v3-seen-no-member": seed(False, 16, MAGIC3 + room(9, 0, b"", b"\x40\x00\x00\x00\x00\x01")),
+    "v3-longest-waiting": seed(
+        True,
+        64,
+        MAGIC3 + room(5, 0, b"N" * 24, struct.pack(">QHHHB", 3, 1, 1, 0, 24) + b"n" * 24 + b"x" * 65535),
+    ),
     "v2-three-records": seed(True, 5, THREE2),
     "v2-three-records-sealed": seed(False, 4095, THREE2),
     "v2-torn-in-name": seed(True, 7, THREE2[: len(MAGIC2) + 8 + 14 + 3]),

@@ -9,7 +9,7 @@ use evchat::cli::parse_secs;
 use evchat::server::{
     AuthConfig, Cidr, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
 };
-use evchat::server::{MAX_ROOMS_CEILING, RoomLimits};
+use evchat::server::{MAX_ROOMS_CEILING, RoomLimits, TellLimits};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;
@@ -121,6 +121,24 @@ struct Args {
     /// With --history: cut the log where it is corrupt instead of refusing to start
     #[arg(long, requires = "history")]
     history_repair: bool,
+    /// With --history: messages that may wait for one offline name (TELL)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = history_defaults().tells.max as u32,
+        requires = "history",
+        value_parser = clap::value_parser!(u32).range(1..=100_000)
+    )]
+    tell_max: u32,
+    /// With --history: bytes of text that may wait for one offline name (TELL)
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = history_defaults().tells.max_bytes as u64,
+        requires = "history",
+        value_parser = clap::value_parser!(u64).range(1..=1 << 30)
+    )]
+    tell_max_bytes: u64,
     /// Microseconds the loop keeps polling before it sleeps while it is busy
     /// (working at least half the time, input coming within that long): more
     /// throughput and less latency under load, for some CPU; an idle or
@@ -424,6 +442,10 @@ fn main() -> ExitCode {
             fsync: args.fsync,
             max_bytes: args.history_max_bytes,
             repair: args.history_repair,
+            tells: TellLimits {
+                max: args.tell_max as usize,
+                max_bytes: args.tell_max_bytes as usize,
+            },
         }),
         auth: args.auth.clone().map(|file| AuthConfig {
             file,

@@ -117,6 +117,8 @@ pub enum RoomCode {
     ServerFull = 7,
     OtherKind = 8,
     Stored = 9,
+    UnknownName = 10,
+    TooManyWaiting = 11,
 }
 
 /// HELLOACK's codes.

@@ -8,7 +8,8 @@
 //! the name rule by the caller.
 
 use super::{
-    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, RequestRef, Role, Router, Sender, Session,
+    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, RequestRef, Role, RoomEvent, Router, Sender,
+    Session,
 };
 use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
@@ -62,13 +63,36 @@ impl Default for RoomLimits {
 }
 
 /// A queue message not yet acknowledged: its bytes as they arrived, the
-/// request its emitter's reply settles, and when it arrived (the wait bound
-/// runs from then, redeliveries included).
+/// request its emitter's reply settles (none for one recovered from
+/// history: its emitter is gone), when it arrived (the wait bound runs from
+/// then, redeliveries included), and the number a history records it by.
 #[derive(Debug, Clone)]
 struct Queued {
     wire: Bytes,
-    request: RequestRef,
+    request: Option<RequestRef>,
     since: Instant,
+    wait: u64,
+}
+
+/// A room message as a history recovered it: (number, origin, sender's
+/// name, roles, text).
+pub type RecalledMessage = (u64, ClientId, Option<String>, u8, Vec<u8>);
+
+/// A room as a history recovered it, for [`Router::recall_room`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecalledRoom {
+    pub id: ClientId,
+    /// Its spelling.
+    pub name: String,
+    pub queue: bool,
+    /// Member names (lower case), each with the number of the last kept
+    /// message it was sent (None: none of `kept`).
+    pub members: Vec<(String, Option<u64>)>,
+    /// What it said lately, oldest first, numbered in ascending order.
+    pub kept: Vec<RecalledMessage>,
+    /// A queue room's waiting messages, oldest first: (wait, origin, seq,
+    /// text).
+    pub waiting: Vec<(u64, ClientId, u16, Vec<u8>)>,
 }
 
 /// A queue message a member session holds, under a ticket that its
@@ -168,6 +192,12 @@ impl Rooms {
         }
     }
 
+    /// Whether `key` (a lower-case name) is a member of some room: the only
+    /// way the server knows a name that has no session.
+    pub(super) fn knows_name(&self, key: &str) -> bool {
+        self.of_name.contains_key(key)
+    }
+
     /// When the oldest waiting queue message is given up on.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.by_id
@@ -198,6 +228,166 @@ impl Router {
         self.rooms.keep_bytes = max_bytes;
     }
 
+    /// A room from before this start, as a history recovered it (after
+    /// [`Router::keep_room_messages`], before any client connects): its
+    /// members, what it kept (within the same bounds as live) and what each
+    /// member was sent, and a queue room's waiting messages, which wait
+    /// afresh from `now`. A room whose id or name is taken, or past
+    /// `--max-rooms`, is not recalled (false).
+    pub fn recall_room(&mut self, recalled: RecalledRoom, now: Instant) -> bool {
+        let key: Box<str> = recalled.name.to_ascii_lowercase().into();
+        if recalled.members.is_empty()
+            || self.rooms.by_key.contains_key(&key)
+            || !self.rooms.free_ids.remove(&recalled.id)
+        {
+            return false;
+        }
+        let mut room = Room {
+            name: recalled.name.into(),
+            queue: recalled.queue,
+            members: BTreeSet::new(),
+            online: Vec::new(),
+            cursor: 0,
+            holding: Vec::new(),
+            held: 0,
+            waiting: VecDeque::new(),
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            next_number: 0,
+            seen: HashMap::new(),
+        };
+        let (keep, max_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
+        if keep > 0 && !recalled.queue {
+            for (number, origin, name, roles, text) in recalled.kept {
+                room.kept_bytes += text.len() + REPLAY_FRAMING;
+                room.next_number = number + 1;
+                room.kept.push_back((
+                    number,
+                    Said {
+                        origin,
+                        name: name.map(String::into_boxed_str),
+                        roles,
+                        text: Bytes::from(text),
+                    },
+                ));
+            }
+            while room.kept.len() > keep || room.kept_bytes > max_bytes {
+                let Some((_, dropped)) = room.kept.pop_front() else {
+                    break;
+                };
+                room.kept_bytes -= dropped.text.len() + REPLAY_FRAMING;
+            }
+        }
+        for (member, seen) in recalled.members {
+            let member: Box<str> = member.into();
+            if let Some(seen) = seen {
+                room.seen.insert(member.clone(), seen);
+            }
+            let rooms_of = self.rooms.of_name.entry(member.clone()).or_default();
+            rooms_of.push(recalled.id);
+            room.members.insert(member);
+        }
+        for (wait, origin, seq, text) in recalled.waiting {
+            self.next_wait = self.next_wait.max(wait + 1);
+            let msg = Frame::msg(origin, recalled.id, seq, Bytes::from(text))
+                .expect("a recalled text fits a MSG");
+            room.waiting.push_back(Queued {
+                wire: msg.to_bytes(),
+                request: None,
+                since: now,
+                wait,
+            });
+        }
+        if !room.waiting.is_empty() {
+            self.note_deadline(now + self.rooms.limits.queue_wait);
+        }
+        info!(
+            room = recalled.id,
+            members = room.members.len(),
+            kept = room.kept.len(),
+            waiting = room.waiting.len(),
+            "room recalled from history"
+        );
+        self.rooms.by_key.insert(key, recalled.id);
+        self.rooms.by_id.insert(recalled.id, room);
+        true
+    }
+
+    /// Everything a history needs to rebuild the rooms and the waiting
+    /// messages from nothing (a checkpoint, HISTORY.md): each membership
+    /// (online or not), each ordinary room's kept messages and how many of
+    /// them each member was sent, each queue message not acknowledged and
+    /// each message waiting for a name.
+    pub fn room_snapshot(&self, emit: &mut impl FnMut(&RoomEvent<'_>)) {
+        for (&id, room) in &self.rooms.by_id {
+            for member in &room.members {
+                let online = room
+                    .online
+                    .iter()
+                    .any(|&c| self.session(c).and_then(member_key) == Some(&**member));
+                emit(&RoomEvent::Joined {
+                    room: id,
+                    room_name: &room.name,
+                    queue: room.queue,
+                    online,
+                    member,
+                });
+            }
+            for (_, said) in &room.kept {
+                emit(&RoomEvent::Kept {
+                    room: id,
+                    origin: said.origin,
+                    sender: Sender {
+                        name: said.name.as_deref(),
+                        roles: said.roles,
+                    },
+                    text: &said.text,
+                });
+            }
+            if !room.kept.is_empty() {
+                for member in &room.members {
+                    let seen = room.seen.get(member);
+                    let count = room
+                        .kept
+                        .iter()
+                        .filter(|(n, _)| seen.is_some_and(|s| n <= s))
+                        .count();
+                    emit(&RoomEvent::Seen {
+                        room: id,
+                        member,
+                        count: count as u32,
+                    });
+                }
+            }
+            let held = room.holding.iter().flatten().map(|h| &h.msg);
+            for msg in held.chain(&room.waiting) {
+                let Ok(Some((view, _))) = FrameView::parse(&msg.wire) else {
+                    continue;
+                };
+                emit(&RoomEvent::Waiting {
+                    wait: msg.wait,
+                    origin: view.origin,
+                    seq: view.seq,
+                    room: id,
+                    to: "",
+                    sender: Sender {
+                        name: None,
+                        roles: 0,
+                    },
+                    text: view.text().unwrap_or_default(),
+                    stored_ms: None,
+                });
+            }
+        }
+        self.waiting_snapshot(emit);
+    }
+
+    /// Whether there are rooms or messages waiting for names: what a
+    /// checkpoint would hold.
+    pub fn has_room_state(&self) -> bool {
+        !self.rooms.by_id.is_empty() || !self.waiting.is_empty()
+    }
+
     /// JOIN from `conn` (PROTOCOL.md, "Membership and messages"). `room`
     /// is the room name if it follows the name rule (None: code 1).
     pub fn join(
@@ -212,7 +402,7 @@ impl Router {
         if !self.room_request_from(conn, header, now, out) {
             return;
         }
-        let answer = self.try_join(conn, queue, room);
+        let answer = self.try_join(conn, queue, room, out);
         self.answer_room_request(conn, header.seq, answer, now, out);
     }
 
@@ -267,7 +457,7 @@ impl Router {
     /// Whether a room request from `conn` is to be answered: from an emitter
     /// that has not left, with its own id as origin (rule 2: else ERRO and
     /// close). From an exhibitor: ERRO, kept, as for a MSG.
-    fn room_request_from(
+    pub(super) fn room_request_from(
         &mut self,
         conn: ConnId,
         header: Header,
@@ -302,7 +492,13 @@ impl Router {
         }
     }
 
-    fn try_join(&mut self, conn: ConnId, queue: bool, room: Option<&str>) -> Answer {
+    fn try_join(
+        &mut self,
+        conn: ConnId,
+        queue: bool,
+        room: Option<&str>,
+        out: &mut impl Outbox,
+    ) -> Answer {
         let room = room.ok_or(RoomCode::BadName)?;
         let session = self.session(conn).expect("checked by the caller");
         let member: Box<str> = session
@@ -383,7 +579,15 @@ impl Router {
         }
         entry.members.insert(member.clone());
         entry.holding.extend(online.iter().map(|_| None));
+        let is_online = !online.is_empty();
         entry.online.extend(online);
+        out.room_event(&RoomEvent::Joined {
+            room: id,
+            room_name: &entry.name,
+            queue,
+            online: is_online,
+            member: &member,
+        });
         self.rooms.of_name.entry(member).or_default().push(id);
         info!(conn, room = id, "joined");
         Ok(room_answer(id, &self.rooms.by_id[&id]))
@@ -410,6 +614,10 @@ impl Router {
             return Err(RoomCode::NotMember);
         }
         entry.seen.remove(&member);
+        out.room_event(&RoomEvent::Left {
+            room: id,
+            member: &member,
+        });
         if let Some(list) = self.rooms.of_name.get_mut(&member) {
             list.retain(|&r| r != id);
             if list.is_empty() {
@@ -431,7 +639,8 @@ impl Router {
             })
             .collect();
         for conn in gone {
-            self.room_session_gone(id, conn);
+            // A member no more: LEFT says it all, no OFFLINE.
+            self.room_session_gone(id, conn, None, out);
         }
         info!(conn, room = id, "left");
         let answer = room_answer(id, &self.rooms.by_id[&id]);
@@ -454,12 +663,15 @@ impl Router {
         info!(room = id, "room gone: no member left");
         let held = room.holding.into_iter().flatten().map(|h| h.msg);
         for msg in held.chain(room.waiting) {
-            self.settle(msg.request, false, now, out);
+            out.room_event(&RoomEvent::Settled { wait: msg.wait });
+            if let Some(request) = msg.request {
+                self.settle(request, false, now, out);
+            }
         }
     }
 
     /// The ROOMACK for `answer`, in its place among `conn`'s replies.
-    fn answer_room_request(
+    pub(super) fn answer_room_request(
         &mut self,
         conn: ConnId,
         seq: u16,
@@ -501,18 +713,34 @@ impl Router {
         if self.rooms.of_name.is_empty() {
             return;
         }
-        let Some(key) = self.session(conn).and_then(member_key) else {
+        let Some(key) = self.session(conn).and_then(member_key).map(String::from) else {
             return;
         };
-        let Some(ids) = self.rooms.of_name.get(key).cloned() else {
+        let Some(ids) = self.rooms.of_name.get(key.as_str()).cloned() else {
             return;
         };
         for id in ids {
-            if let Some(room) = self.rooms.by_id.get_mut(&id) {
+            let Router {
+                rooms, sessions, ..
+            } = &mut *self;
+            if let Some(room) = rooms.by_id.get_mut(&id) {
+                let first = !room.online.iter().any(|&c| {
+                    sessions
+                        .get(c)
+                        .and_then(Option::as_ref)
+                        .and_then(member_key)
+                        == Some(key.as_str())
+                });
                 room.online.push(conn);
                 room.holding.push(None);
+                self.catch_up(id, conn, now, out);
+                if first {
+                    out.room_event(&RoomEvent::Online {
+                        room: id,
+                        member: &key,
+                    });
+                }
             }
-            self.catch_up(id, conn, now, out);
             self.dispatch_queue(id, now, out);
         }
     }
@@ -625,7 +853,7 @@ impl Router {
     /// for `origin` differs from what it was told, as for the broadcast
     /// replay (the holder of the id now when it has the recorded name, the
     /// recorded name and roles otherwise).
-    fn tell_as_said(
+    pub(super) fn tell_as_said(
         &mut self,
         conn: ConnId,
         origin: ClientId,
@@ -662,28 +890,52 @@ impl Router {
             return;
         };
         for id in ids {
-            self.room_session_gone(id, conn);
+            self.room_session_gone(id, conn, Some(key), out);
             self.dispatch_queue(id, now, out);
         }
     }
 
     /// `conn` no longer receives room `id`; a message it held goes back to
-    /// the front of the room's waiting line (at-least-once).
-    fn room_session_gone(&mut self, id: ClientId, conn: ConnId) {
-        let Some(room) = self.rooms.by_id.get_mut(&id) else {
+    /// the front of the room's waiting line (at-least-once). `member`: the
+    /// member name it showed, still a member: when it was the name's last
+    /// session there, a history notes the name offline.
+    fn room_session_gone(
+        &mut self,
+        id: ClientId,
+        conn: ConnId,
+        member: Option<&str>,
+        out: &mut impl Outbox,
+    ) {
+        let queue_wait = self.rooms.limits.queue_wait;
+        let Router {
+            rooms, sessions, ..
+        } = &mut *self;
+        let Some(room) = rooms.by_id.get_mut(&id) else {
             return;
         };
         let Some(at) = room.online.iter().position(|&c| c == conn) else {
             return;
         };
         room.online.remove(at);
+        if let Some(member) = member {
+            let others = room.online.iter().any(|&c| {
+                sessions
+                    .get(c)
+                    .and_then(Option::as_ref)
+                    .and_then(member_key)
+                    == Some(member)
+            });
+            if !others {
+                out.room_event(&RoomEvent::Offline { room: id, member });
+            }
+        }
         if room.cursor > at {
             room.cursor -= 1;
         }
         if let Some(held) = room.holding.remove(at) {
             debug!(conn, room = id, "queue message passed on");
             room.held -= 1;
-            let due = held.msg.since + self.rooms.limits.queue_wait;
+            let due = held.msg.since + queue_wait;
             room.waiting.push_front(held.msg);
             // Regression (tests/room_rules.rs): without it a message passed
             // on by a session closed at a tick waited past its bound, since
@@ -718,6 +970,8 @@ impl Router {
             return;
         }
         let request = self.push_reply(conn, frame.seq, 1, false);
+        let wait = self.next_wait;
+        self.next_wait += 1;
         // The MSG as it arrived, in one allocation.
         let text = frame.text().unwrap_or_default();
         let mut wire = BytesMut::with_capacity(HEADER_LEN + 2 + text.len());
@@ -726,10 +980,21 @@ impl Router {
         }
         wire.put_u16(text.len() as u16);
         wire.put_slice(text);
+        out.room_event(&RoomEvent::Waiting {
+            wait,
+            origin: frame.origin,
+            seq: frame.seq,
+            room,
+            to: "",
+            sender: super::sender(&self.sessions, conn),
+            text,
+            stored_ms: None,
+        });
         let msg = Queued {
             wire: wire.freeze(),
-            request,
+            request: Some(request),
             since: now,
+            wait,
         };
         let entry = self.rooms.by_id.get_mut(&room).expect("checked above");
         entry.waiting.push_back(msg);
@@ -813,7 +1078,12 @@ impl Router {
         }
         let held = room.holding[at].take().expect("checked above");
         room.held -= 1;
-        self.settle(held.msg.request, ok, now, out);
+        out.room_event(&RoomEvent::Settled {
+            wait: held.msg.wait,
+        });
+        if let Some(request) = held.msg.request {
+            self.settle(request, ok, now, out);
+        }
         self.dispatch_queue(id, now, out);
     }
 
@@ -845,14 +1115,18 @@ impl Router {
         let mut expired = Vec::new();
         for room in self.rooms.by_id.values_mut() {
             while room.waiting.front().is_some_and(|q| q.since + wait <= now) {
-                expired.push(room.waiting.pop_front().expect("checked").request);
+                let msg = room.waiting.pop_front().expect("checked");
+                expired.push((msg.wait, msg.request));
             }
         }
         if !expired.is_empty() {
             info!(messages = expired.len(), "queue messages waited too long");
         }
-        for request in expired {
-            self.settle(request, false, now, out);
+        for (wait, request) in expired {
+            out.room_event(&RoomEvent::Settled { wait });
+            if let Some(request) = request {
+                self.settle(request, false, now, out);
+            }
         }
     }
 

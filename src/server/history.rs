@@ -5,13 +5,17 @@
 //! only record numbers, and at open the broadcasts the log recovered with
 //! their senders' names (its replay window keeps what fits). The router
 //! hands over each accepted MSG's sender, whose name and roles the record
-//! keeps. Without history none of this runs.
+//! keeps, and each change to the rooms and waiting messages, which become
+//! room records; at open, what those records left is handed back to it
+//! (`room_log.rs`). Without history none of this runs.
 
 use super::metrics::Metrics;
+use super::room_log::RoomLog;
 use super::{Server, Wire};
 use crate::proto::{BROADCAST, FrameView};
-use crate::router::Sender;
+use crate::router::{RoomEvent, Router, Sender, TellLimits};
 use crate::store::format::RecordView;
+use crate::store::rooms::RoomRecord;
 use crate::store::{Fsync, Log, Notice, Options, StoreError, Ticket, Writer};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,6 +33,9 @@ pub struct HistoryConfig {
     pub max_bytes: u64,
     /// Cut the log at corruption instead of refusing to start.
     pub repair: bool,
+    /// What may wait for one offline name (`--tell-max`,
+    /// `--tell-max-bytes`).
+    pub tells: TellLimits,
 }
 
 impl HistoryConfig {
@@ -41,6 +48,7 @@ impl HistoryConfig {
             fsync: Fsync::EverySec,
             max_bytes: 1 << 30,
             repair: false,
+            tells: TellLimits::default(),
         }
     }
 }
@@ -81,8 +89,11 @@ impl Server {
             .set_replay(config.replay, replay_max_bytes(self.config.max_queue));
         self.router
             .keep_room_messages(config.replay, replay_max_bytes(self.config.max_queue));
+        self.router.keep_waiting(config.tells);
         let router = &mut self.router;
+        let mut rooms = RoomLog::new(config.replay);
         let opened = Log::open(&config.dir, options, |record| {
+            rooms.fold(&record);
             if record.dest == BROADCAST {
                 let sender = Sender {
                     name: (!record.name.is_empty()).then_some(record.name),
@@ -91,9 +102,11 @@ impl Server {
                 router.recall_broadcast(record.origin, sender, record.text);
             }
         })?;
+        rooms.recall(&mut self.router, Instant::now());
         for notice in &opened.notices {
             match notice {
                 Notice::Retired { .. } | Notice::NewFormat { .. } => info!("history: {notice}"),
+                Notice::KeptForRooms { .. } => warn!("history: {notice}"),
                 _ => warn!("history: {notice}"),
             }
         }
@@ -136,11 +149,7 @@ impl History {
     /// Appends an accepted MSG from `sender`; returns the number its reply
     /// waits for.
     pub(super) fn append(&mut self, msg: &FrameView<'_>, sender: Sender<'_>) -> Ticket {
-        let time_ms = *self.turn_time_ms.get_or_insert_with(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| since.as_millis() as u64)
-        });
+        let time_ms = self.turn_time_ms();
         self.writer.append(&RecordView {
             time_ms,
             origin: msg.origin,
@@ -149,6 +158,117 @@ impl History {
             name: sender.name.unwrap_or_default(),
             text: msg.text().unwrap_or_default(),
         })
+    }
+
+    /// This turn's wall-clock time, read once a turn.
+    fn turn_time_ms(&mut self) -> u64 {
+        *self.turn_time_ms.get_or_insert_with(wall_clock_ms)
+    }
+
+    /// Appends the room record for `event`; returns the number a reply
+    /// waiting for it waits for.
+    pub(super) fn append_room(&mut self, event: &RoomEvent<'_>) -> Ticket {
+        let mut time_ms = self.turn_time_ms();
+        let record = match *event {
+            RoomEvent::Joined {
+                room,
+                room_name,
+                queue,
+                online,
+                member,
+            } => RoomRecord::Joined {
+                room,
+                room_name,
+                queue,
+                online,
+                member,
+            },
+            RoomEvent::Left { room, member } => RoomRecord::Left { room, member },
+            RoomEvent::Online { room, member } => RoomRecord::Online { room, member },
+            RoomEvent::Offline { room, member } => RoomRecord::Offline { room, member },
+            RoomEvent::Waiting {
+                wait,
+                origin,
+                seq,
+                room,
+                to,
+                sender,
+                text,
+                stored_ms,
+            } => {
+                time_ms = stored_ms.unwrap_or(time_ms);
+                RoomRecord::Waiting {
+                    wait,
+                    origin,
+                    seq,
+                    room,
+                    to,
+                    sender: sender.name.unwrap_or_default(),
+                    roles: sender.roles,
+                    text,
+                }
+            }
+            RoomEvent::Settled { wait } => RoomRecord::Settled { wait },
+            RoomEvent::Kept {
+                room,
+                origin,
+                sender,
+                text,
+            } => RoomRecord::Kept {
+                room,
+                origin,
+                sender: sender.name.unwrap_or_default(),
+                roles: sender.roles,
+                text,
+            },
+            RoomEvent::Seen {
+                room,
+                member,
+                count,
+            } => RoomRecord::Seen {
+                room,
+                member,
+                count,
+            },
+        };
+        self.writer.append_room(time_ms, &record)
+    }
+
+    /// After a segment filled, when there is room state or the log holds
+    /// room records no checkpoint covers: writes a checkpoint, the whole
+    /// room state as `router` holds it between two CHECKPOINT records, so
+    /// that retention may take every segment before it (HISTORY.md,
+    /// "Rooms and waiting messages"). Written at once, ahead of the next
+    /// turn's records.
+    ///
+    /// The loop asks [`History::rolled`] each turn and calls this only
+    /// then, out of line: a turn without a roll pays one load and a branch.
+    #[inline(never)]
+    pub(super) fn checkpoint_after_roll(&mut self, router: &Router) {
+        if !self.writer.take_rolled()
+            || !(router.has_room_state() || self.writer.needs_checkpoint())
+        {
+            return;
+        }
+        let time_ms = self.turn_time_ms();
+        self.writer
+            .append_room(time_ms, &RoomRecord::Checkpoint { end: false });
+        router.room_snapshot(&mut |event| {
+            self.append_room(event);
+        });
+        self.writer
+            .append_room(time_ms, &RoomRecord::Checkpoint { end: true });
+        self.writer.write();
+        // A roll the checkpoint itself made calls for no other: one larger
+        // than a segment would otherwise be written again every turn.
+        self.writer.take_rolled();
+        self.turn_time_ms = None;
+    }
+
+    /// Whether a segment filled since the last checkpoint check.
+    #[inline]
+    pub(super) fn rolled(&self) -> bool {
+        self.writer.rolled()
     }
 
     /// The sync thread's rounds so far and the time they took.
@@ -176,7 +296,19 @@ impl History {
     }
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub(super) fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 impl Wire {
+    /// See [`crate::router::Outbox::room_event`].
+    pub(super) fn keep_room_event(&mut self, event: &RoomEvent<'_>) -> Option<Ticket> {
+        Some(self.history.as_mut()?.append_room(event))
+    }
+
     /// See [`crate::router::Outbox::accepted`].
     #[inline]
     pub(super) fn keep<'s>(

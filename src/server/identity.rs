@@ -15,7 +15,7 @@ use crate::auth::{
 };
 use crate::proto::ext::{
     Code, ExtError, ExtFrame, FLAG_QUEUE, HELLO, HELLOACK, Hello, HelloAck, JOIN, KICK, LEAVE,
-    PLAIN_ROLES, ROOMS, VERSION,
+    PLAIN_ROLES, ROOMS, TELL, VERSION,
 };
 use crate::proto::{Header, SERVER_ID};
 use crate::router::{ConnId, HelloPlace, NameTaken};
@@ -224,7 +224,7 @@ impl Server {
                 ExtStep::Stop
             }
             // A HELLO after OI is refused like a second OI (ERRO, kept).
-            (Some(HelloPlace::AfterOi), HELLO | KICK | JOIN | LEAVE | ROOMS) => {
+            (Some(HelloPlace::AfterOi), HELLO | KICK | JOIN | LEAVE | ROOMS | TELL) => {
                 match ExtFrame::parse(buf) {
                     Ok(None) => ExtStep::Wait,
                     Ok(Some((ExtFrame::Kick(kick), len))) => {
@@ -249,6 +249,23 @@ impl Server {
                     }
                     Ok(Some((ExtFrame::Rooms(header), len))) => {
                         self.router.list_rooms(conn, header, now, &mut self.wire);
+                        ExtStep::Took(len)
+                    }
+                    Ok(Some((ExtFrame::Tell(tell), len))) => {
+                        let name = room_name(&tell.name);
+                        let name = name.as_ref().map(Name::as_str);
+                        // A TELL is rare: one clock read each, for the
+                        // time a stored one is shown with.
+                        let now_ms = super::history::wall_clock_ms();
+                        self.router.tell_request(
+                            conn,
+                            header,
+                            name,
+                            tell.text,
+                            now_ms,
+                            now,
+                            &mut self.wire,
+                        );
                         ExtStep::Took(len)
                     }
                     Ok(Some((_, len))) => {

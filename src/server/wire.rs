@@ -10,7 +10,7 @@ use super::metrics::Metrics;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
 use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
-use crate::router::{CloseReason, ConnId, Outbox, Sender};
+use crate::router::{CloseReason, ConnId, Outbox, RoomEvent, Sender};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::fmt;
@@ -301,5 +301,9 @@ impl Outbox for Wire {
         sender: impl FnOnce() -> Sender<'s>,
     ) -> Option<u64> {
         self.keep(msg, sender)
+    }
+
+    fn room_event(&mut self, event: &RoomEvent<'_>) -> Option<u64> {
+        self.keep_room_event(event)
     }
 }

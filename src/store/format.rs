@@ -5,8 +5,10 @@
 //! slice for tests and fuzzing), so recovery, the read-only reader and the
 //! fuzz target all share one reading of the format.
 //!
-//! Two formats are read, each segment in the one its magic names: version
-//! 2, written now, keeps the sender's roles and name in each record;
+//! Three formats are read, each segment in the one its magic names:
+//! version 3, written now, has version 2's layout and adds room records
+//! (a destination of 65535, which no message has: [`super::rooms`] reads
+//! them); version 2 keeps the sender's roles and name in each record;
 //! version 1, written by evchat before names were kept, is read as records
 //! with no name and roles 0 (not recorded).
 
@@ -20,7 +22,9 @@ use std::os::unix::fs::FileExt;
 
 /// The first 8 bytes of every segment written now: what it is and the
 /// format version (the last byte).
-pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG2";
+pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG3";
+/// The magic of a version 2 segment (no room records): read, never written.
+pub const SEGMENT_MAGIC_V2: [u8; 8] = *b"EVCHLOG2";
 /// The magic of a version 1 segment: read, never written.
 pub const SEGMENT_MAGIC_V1: [u8; 8] = *b"EVCHLOG1";
 /// Bytes before a record's body: CRC32C (4) and body length (4).
@@ -33,15 +37,19 @@ pub const BODY_FIXED_LEN: usize = 14;
 pub const BODY_FIXED_LEN_V1: usize = 12;
 /// The longest sender's name a record keeps.
 pub const MAX_NAME_LEN: usize = MAX_SENT_NAME_LEN;
-/// The longest body a record may claim; a longer claim is damage.
+/// The longest body a message record may claim (and any record of version
+/// 2); a longer claim is damage.
 pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + MAX_NAME_LEN + MAX_TEXT_LEN;
+/// The longest body a version 3 record may claim: a room record keeping a
+/// waiting message holds its text and up to 39 bytes more.
+pub const MAX_BODY_LEN_V3: usize = MAX_BODY_LEN + super::rooms::MAX_WAITING_HEAD;
 /// The longest body a version 1 record may claim.
 pub const MAX_BODY_LEN_V1: usize = BODY_FIXED_LEN_V1 + MAX_TEXT_LEN;
 /// The longest record on disk (header and longest body), in either format.
 /// Written out: only scans sized by it use it, and any size finds the same
 /// records.
-pub const MAX_RECORD_LEN: usize = 65_581;
-const _: () = assert!(MAX_RECORD_LEN == RECORD_HEADER_LEN + MAX_BODY_LEN);
+pub const MAX_RECORD_LEN: usize = 65_620;
+const _: () = assert!(MAX_RECORD_LEN == RECORD_HEADER_LEN + MAX_BODY_LEN_V3);
 const _: () = assert!(MAX_BODY_LEN_V1 < MAX_BODY_LEN);
 /// Digits in a segment name: enough for any u64, so names sort like numbers.
 const NAME_DIGITS: usize = 20;
@@ -55,12 +63,16 @@ pub enum Format {
     V1,
     /// `EVCHLOG2`: time, origin, destination, roles, name, text.
     V2,
+    /// `EVCHLOG3`: version 2's layout; a record to 65535 is a room record.
+    V3,
 }
 
 impl Format {
     /// The format a segment's first 8 bytes name; None for any other bytes.
     pub fn of_magic(magic: &[u8]) -> Option<Format> {
         if magic == SEGMENT_MAGIC {
+            Some(Format::V3)
+        } else if magic == SEGMENT_MAGIC_V2 {
             Some(Format::V2)
         } else if magic == SEGMENT_MAGIC_V1 {
             Some(Format::V1)
@@ -74,6 +86,16 @@ impl Format {
         match self {
             Format::V1 => BODY_FIXED_LEN_V1..=MAX_BODY_LEN_V1,
             Format::V2 => BODY_FIXED_LEN..=MAX_BODY_LEN,
+            Format::V3 => BODY_FIXED_LEN..=MAX_BODY_LEN_V3,
+        }
+    }
+
+    /// The version's digit, as its magic ends.
+    pub fn version(self) -> u8 {
+        match self {
+            Format::V1 => 1,
+            Format::V2 => 2,
+            Format::V3 => 3,
         }
     }
 }
@@ -304,15 +326,21 @@ fn seal_records_sse42(records: &mut [u8]) {
             }
             done = 8 * words;
         }
-        let sealed: [u32; 3] = std::array::from_fn(|k| {
-            let rest = bodies[k].get(done..).unwrap_or_default();
-            let crc = crcs[k] as u32;
-            if rest.len() > SHORT_CHECKSUM_MAX {
+        // A loop, not `array::from_fn`: its closure does not take this
+        // function's target feature, and once the compiler stopped inlining
+        // it (an unrelated change elsewhere in the crate) each record paid
+        // a call and `crc_sse42` out of line: about 20 instructions a
+        // message at 1:1 under callgrind.
+        let mut sealed = [0u32; 3];
+        for ((seal, body), crc) in sealed.iter_mut().zip(bodies).zip(crcs) {
+            let rest = body.get(done..).unwrap_or_default();
+            let crc = crc as u32;
+            *seal = if rest.len() > SHORT_CHECKSUM_MAX {
                 crc32c::crc32c_append(!crc, rest)
             } else {
                 !crc_sse42(crc, rest)
-            }
-        });
+            };
+        }
         for (k, &(start, _)) in spans[..n].iter().enumerate() {
             records[start..start + 4].copy_from_slice(&sealed[k].to_be_bytes());
         }
@@ -402,7 +430,8 @@ impl Source for [u8] {
 /// What is wrong at the place where reading stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
-    /// The segment does not start with a magic (`EVCHLOG2`, `EVCHLOG1`).
+    /// The segment does not start with a magic (`EVCHLOG3`, `EVCHLOG2`,
+    /// `EVCHLOG1`).
     BadMagic,
     /// The segment's magic names a format version this evchat does not
     /// read (one written by a later evchat): the version's ASCII digit.
@@ -413,6 +442,11 @@ pub enum Damage {
     /// most [`MAX_NAME_LEN`] bytes of printable ASCII inside the body: no
     /// torn write leaves one, so it is corruption wherever it is.
     BadName,
+    /// A whole record of version 3 whose fields no record has: a room
+    /// record (to 65535) of no known kind or whose fields do not add up, or
+    /// a message record with a text over 65535 bytes. No torn write leaves
+    /// one: corruption wherever it is.
+    BadRoomRecord,
     /// The stored checksum is not the body's.
     BadChecksum { stored: u32, computed: u32 },
     /// The segment ends inside a record (or its header).
@@ -428,18 +462,24 @@ impl fmt::Display for Damage {
             Damage::BadMagic => write!(f, "not an evchat history segment (bad magic)"),
             Damage::UnknownVersion(digit) => write!(
                 f,
-                "segment format version {} is newer than this evchat reads (1 and 2)",
+                "segment format version {} is newer than this evchat reads (1 to 3)",
                 char::from(*digit)
             ),
             Damage::BadLength(len) => write!(
                 f,
-                "record length {len} is out of range ({BODY_FIXED_LEN}..={MAX_BODY_LEN}; \
+                "record length {len} is out of range ({BODY_FIXED_LEN}..={MAX_BODY_LEN_V3}; \
+                 ..={MAX_BODY_LEN} in a version 2 segment, \
                  {BODY_FIXED_LEN_V1}..={MAX_BODY_LEN_V1} in a version 1 segment)"
             ),
             Damage::BadName => write!(
                 f,
                 "the sender's name is not 0 to {MAX_NAME_LEN} printable ASCII bytes \
                  inside the record"
+            ),
+            Damage::BadRoomRecord => write!(
+                f,
+                "a room record of no known kind or with fields that do not add up, \
+                 or a message record with a text over {MAX_TEXT_LEN} bytes"
             ),
             Damage::BadChecksum { stored, computed } => write!(
                 f,
@@ -506,7 +546,7 @@ impl Cursor {
             window: Vec::new(),
             window_start: 0,
             read_ahead: read_ahead.max(1),
-            format: Format::V2,
+            format: Format::V3,
         }
     }
 
@@ -582,6 +622,16 @@ impl Cursor {
             return Ok(Step::Corrupt {
                 offset: at,
                 damage: Damage::BadName,
+            });
+        }
+        let start = (at - self.window_start) as usize;
+        let body = &self.window[start + RECORD_HEADER_LEN..start + record_len];
+        let record = view_body(body, format);
+        if format == Format::V3 && !super::rooms::fields_ok(&record) {
+            self.forget();
+            return Ok(Step::Corrupt {
+                offset: at,
+                damage: Damage::BadRoomRecord,
             });
         }
         self.offset = at + record_len as u64;
@@ -773,7 +823,7 @@ fn whole_record_at(bytes: &[u8], format: Format) -> bool {
 fn name_field_ok(body: &[u8], format: Format) -> bool {
     match format {
         Format::V1 => true,
-        Format::V2 => {
+        Format::V2 | Format::V3 => {
             let name_len = usize::from(body[13]);
             name_len <= MAX_NAME_LEN
                 && BODY_FIXED_LEN + name_len <= body.len()
@@ -789,7 +839,7 @@ fn view_body(body: &[u8], format: Format) -> RecordView<'_> {
     let dest = u16::from_be_bytes(body[10..12].try_into().unwrap());
     let (roles, name, text) = match format {
         Format::V1 => (0, "", &body[BODY_FIXED_LEN_V1..]),
-        Format::V2 => {
+        Format::V2 | Format::V3 => {
             let (name, text) = body[BODY_FIXED_LEN..].split_at(usize::from(body[13]));
             // Checked printable ASCII, so UTF-8.
             let name = std::str::from_utf8(name).unwrap_or_default();
@@ -929,11 +979,11 @@ mod tests {
 
     #[test]
     fn a_later_format_version_is_named_not_called_bad_magic() {
-        let (_, end) = read_all(b"EVCHLOG3........", false, 64);
-        assert_eq!(end, "Corrupt { offset: 0, damage: UnknownVersion(51) }");
+        let (_, end) = read_all(b"EVCHLOG4........", false, 64);
+        assert_eq!(end, "Corrupt { offset: 0, damage: UnknownVersion(52) }");
         assert_eq!(
-            Damage::UnknownVersion(b'3').to_string(),
-            "segment format version 3 is newer than this evchat reads (1 and 2)"
+            Damage::UnknownVersion(b'4').to_string(),
+            "segment format version 4 is newer than this evchat reads (1 to 3)"
         );
         let (_, end) = read_all(b"EVCHLOGx........", true, 64);
         assert_eq!(end, "Corrupt { offset: 0, damage: BadMagic }");
@@ -1176,11 +1226,11 @@ mod tests {
         // The length field claims one byte more than the longest body.
         let mut claim = bytes.clone();
         let at = SEGMENT_MAGIC.len() + 4;
-        claim[at..at + 4].copy_from_slice(&(MAX_BODY_LEN as u32 + 1).to_be_bytes());
+        claim[at..at + 4].copy_from_slice(&(MAX_BODY_LEN_V3 as u32 + 1).to_be_bytes());
         let (records, end) = read_all(&claim, false, 64);
         assert!(records.is_empty());
         assert_eq!(
-            end, "Corrupt { offset: 8, damage: BadLength(65574) }",
+            end, "Corrupt { offset: 8, damage: BadLength(65613) }",
             "a claim past the longest record"
         );
     }

@@ -10,6 +10,7 @@ use super::format::{
     Cursor, Damage, Format, RECORD_HEADER_LEN, RecordView, SEGMENT_MAGIC, Step, parse_segment_name,
     segment_name,
 };
+use super::rooms::{ROOM_RECORD_DEST, RoomRecord};
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
@@ -73,9 +74,18 @@ pub enum Notice {
     Foreign { path: PathBuf },
     /// A segment deleted to bring the log under its size limit.
     Retired { file: PathBuf, bytes: u64 },
-    /// The last segment holds version 1 records (no names): it is left as
-    /// it is and new records go to a new segment in the format written now.
-    NewFormat { file: PathBuf, next: PathBuf },
+    /// The last segment holds records of an earlier format (1: no names;
+    /// 2: no room records): it is left as it is and new records go to a new
+    /// segment in the format written now.
+    NewFormat {
+        file: PathBuf,
+        version: u8,
+        next: PathBuf,
+    },
+    /// Retention stopped at a segment holding room records: the log is
+    /// over its size limit by `over` bytes rather than lose a membership or
+    /// a waiting message (HISTORY.md, "Rooms and waiting messages").
+    KeptForRooms { file: PathBuf, over: u64 },
 }
 
 impl fmt::Display for Notice {
@@ -109,12 +119,27 @@ impl fmt::Display for Notice {
                 "{}: deleted ({bytes} bytes) to keep the log under its size limit",
                 file.display()
             ),
-            Notice::NewFormat { file, next } => write!(
+            Notice::NewFormat {
+                file,
+                version,
+                next,
+            } => write!(
                 f,
-                "{}: written by an earlier evchat (format 1, without names): kept as it is; \
-                 new records go to {} (format 2)",
+                "{}: written by an earlier evchat (format {version}, {}): kept as it is; \
+                 new records go to {} (format 3)",
                 file.display(),
+                if *version == 1 {
+                    "without names"
+                } else {
+                    "without room records"
+                },
                 next.display()
+            ),
+            Notice::KeptForRooms { file, over } => write!(
+                f,
+                "{}: holds room records, so it and later segments are kept: the log is \
+                 {over} bytes over --history-max-bytes",
+                file.display()
             ),
         }
     }
@@ -137,6 +162,8 @@ struct Segment {
     path: PathBuf,
     /// Bytes in it, header included.
     len: u64,
+    /// It holds a room record: retention stops at it.
+    rooms: bool,
 }
 
 /// A segment open for appending, shared with the thread that syncs it.
@@ -183,6 +210,12 @@ pub struct Log {
     /// After a failed write: the length the active segment must be cut back
     /// to before anything else is appended to it (kept while cutting fails).
     cut_to: Option<u64>,
+    /// The segment retention last stopped at for its room records (told
+    /// once).
+    kept_for_rooms: Option<u64>,
+    /// The segment the last whole checkpoint of the rooms starts in (at the
+    /// latest): the room records before it are no longer needed.
+    checkpoint_base: Option<u64>,
 }
 
 /// A write that failed: the file, what was being done, and the error.
@@ -226,12 +259,24 @@ impl Log {
             .collect();
         let mut scanned = Vec::with_capacity(found.len());
         let mut records = 0;
+        // Where the last whole checkpoint of the rooms began.
+        let (mut begun, mut checkpoint_base) = (None, None);
         for (i, (base, path)) in found.iter().enumerate() {
             let next_base = found.get(i + 1).map(|(next, _)| *next);
             // The segment before the last is synced by the sync thread just
             // after the last one starts: a power failure in that moment can
             // tear it as it can the last.
             let may_tear = i + 2 >= found.len();
+            let mut recovered = |record: RecordView<'_>| {
+                match RoomRecord::read(&record) {
+                    Some(RoomRecord::Checkpoint { end: false }) => begun = Some(*base),
+                    Some(RoomRecord::Checkpoint { end: true }) => {
+                        checkpoint_base = begun.take().or(checkpoint_base);
+                    }
+                    _ => {}
+                }
+                recovered(record);
+            };
             let scan = scan_segment(path, *base, next_base, may_tear, &options, &mut recovered)?;
             notices.extend(scan.notice);
             records += scan.records;
@@ -240,6 +285,7 @@ impl Log {
                     base: *base,
                     path: path.clone(),
                     len: scan.len,
+                    rooms: scan.rooms,
                 },
                 scan.records,
                 scan.format,
@@ -255,8 +301,9 @@ impl Log {
                     base: 0,
                     path,
                     len: 0,
+                    rooms: false,
                 };
-                (segment, 0, Format::V2)
+                (segment, 0, Format::V3)
             }
         };
         let mut active_file = OpenOptions::new()
@@ -264,9 +311,9 @@ impl Log {
             .append(true)
             .open(&active.path)
             .map_err(StoreError::io(&active.path, "open for appending"))?;
-        // A version 1 segment holding only its magic becomes a version 2
-        // one; holding records, it is rolled past below.
-        if active_format == Format::V1 && active_records == 0 {
+        // A segment of an earlier version holding only its magic becomes a
+        // version 3 one; holding records, it is rolled past below.
+        if active_format != Format::V3 && active_records == 0 {
             active_file
                 .set_len(0)
                 .map_err(StoreError::io(&active.path, "truncate"))?;
@@ -298,8 +345,10 @@ impl Log {
             active_records,
             total_bytes,
             cut_to: None,
+            kept_for_rooms: None,
+            checkpoint_base,
         };
-        if active_format == Format::V1 && active_records > 0 {
+        if active_format != Format::V3 && active_records > 0 {
             // Records of two formats never share a segment. The sync
             // thread syncs the old segment and the directory as after any
             // roll, before a record of the new one counts as synced.
@@ -310,7 +359,11 @@ impl Log {
                 source: e.source,
             })?;
             let next = log.active.path.clone();
-            notices.push(Notice::NewFormat { file, next });
+            notices.push(Notice::NewFormat {
+                file,
+                version: active_format.version(),
+                next,
+            });
         }
         for retired in log.retain() {
             match retired {
@@ -329,6 +382,15 @@ impl Log {
             log,
             notices,
         })
+    }
+
+    /// Whether a segment holds room records that no checkpoint covers
+    /// (older than the last checkpoint's, or any when there is none).
+    pub(crate) fn needs_checkpoint(&self) -> bool {
+        self.sealed
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .any(|s| s.rooms && self.checkpoint_base.is_none_or(|base| s.base < base))
     }
 
     /// The number the next appended record gets.
@@ -371,17 +433,38 @@ impl Log {
     #[cfg(feature = "testing")]
     pub fn append(&mut self, batch: &[u8]) -> Result<(), (usize, WriteError)> {
         let (_, records) = whole_records_within(batch, batch.len());
-        self.append_records(batch, records)
+        self.append_records(batch, records, false, false)
     }
 
     /// [`Log::append`] for a batch the caller knows holds `records`
     /// records: when the batch fits in the active segment (every turn but
     /// the one that fills a segment) it is written without walking its
     /// records, a walk that otherwise costs per message.
+    ///
+    /// `rooms`: the batch holds a room record, so every segment it is
+    /// written to is kept by retention until a checkpoint. `checkpoint`:
+    /// the batch starts with a whole checkpoint of the rooms; once written,
+    /// retention may take every segment before the one it starts in.
     pub(crate) fn append_records(
         &mut self,
         batch: &[u8],
         records: u64,
+        rooms: bool,
+        checkpoint: bool,
+    ) -> Result<(), (usize, WriteError)> {
+        let starts_in = self.active.base;
+        self.append_run(batch, records, rooms)?;
+        if checkpoint {
+            self.checkpoint_base = Some(starts_in);
+        }
+        Ok(())
+    }
+
+    fn append_run(
+        &mut self,
+        batch: &[u8],
+        records: u64,
+        rooms: bool,
     ) -> Result<(), (usize, WriteError)> {
         debug_assert_eq!(whole_records_within(batch, batch.len()).1, records);
         if let Err(e) = self.finish_cut() {
@@ -413,6 +496,7 @@ impl Log {
                 continue;
             }
             let run = &batch[at..run_end];
+            self.active.rooms |= rooms;
             let (done, failed) = write_some(&self.active_file.file, run);
             // Keep the records the write got out whole (a reader may have
             // seen them already); cut a partial one back.
@@ -443,12 +527,31 @@ impl Log {
     /// an unlink each, no `fsync` (the directory's next sync makes it
     /// durable; a segment deleted but still listed after a power failure is
     /// deleted again at the next open).
+    /// Retention stops at the segment the last whole checkpoint of the
+    /// rooms starts in, or, before any, at the first segment holding a
+    /// room record (and says so once per segment): past it, a membership or
+    /// a waiting message would be lost.
     pub fn retain(&mut self) -> Vec<Result<Notice, WriteError>> {
         let mut done = Vec::new();
         while self.total_bytes > self.options.max_bytes {
-            let Some(oldest) = self.sealed.pop_front() else {
+            let Some(oldest) = self.sealed.front() else {
                 break;
             };
+            let needed = match self.checkpoint_base {
+                Some(base) => oldest.base >= base,
+                None => oldest.rooms,
+            };
+            if needed {
+                if self.kept_for_rooms != Some(oldest.base) {
+                    self.kept_for_rooms = Some(oldest.base);
+                    done.push(Ok(Notice::KeptForRooms {
+                        file: oldest.path.clone(),
+                        over: self.total_bytes - self.options.max_bytes,
+                    }));
+                }
+                break;
+            }
+            let oldest = self.sealed.pop_front().expect("front checked");
             self.total_bytes -= oldest.len;
             // A segment that cannot be deleted leaves the accounting anyway,
             // so that one stuck file does not make every batch retry it.
@@ -520,7 +623,13 @@ impl Log {
             path: path.clone(),
             file,
         });
-        let done = std::mem::replace(&mut self.active, Segment { base, path, len });
+        let next = Segment {
+            base,
+            path,
+            len,
+            rooms: false,
+        };
+        let done = std::mem::replace(&mut self.active, next);
         self.sealed.push_back(done);
         let full = std::mem::replace(&mut self.active_file, new_file);
         self.sealed_unsynced.push(full);
@@ -649,9 +758,11 @@ struct Scan {
     /// Bytes kept.
     len: u64,
     records: u64,
-    /// The format its magic names (version 2 for a segment with none).
+    /// The format its magic names (version 3 for a segment with none).
     format: Format,
     notice: Option<Notice>,
+    /// It holds a room record.
+    rooms: bool,
 }
 
 /// Reads one segment through, cutting a torn tail (where `may_tear`: the
@@ -670,6 +781,7 @@ fn scan_segment(
     let room = next_base.map(|next| next - base);
     let mut cursor = Cursor::new();
     let mut records = 0;
+    let mut rooms = false;
     let (cut_at, notice) = loop {
         let step = cursor
             .next(&file, end, may_tear)
@@ -683,6 +795,7 @@ fn scan_segment(
                     break corruption(path, offset, end, damage, options)?;
                 }
                 records += 1;
+                rooms |= record.dest == ROOM_RECORD_DEST;
                 recovered(record);
             }
             Step::End => break (None, None),
@@ -712,7 +825,7 @@ fn scan_segment(
     };
     // A segment cut back to nothing gets the magic written now.
     let format = if len == 0 {
-        Format::V2
+        Format::V3
     } else {
         cursor.format()
     };
@@ -721,6 +834,7 @@ fn scan_segment(
         records,
         format,
         notice,
+        rooms,
     })
 }
 

@@ -21,6 +21,7 @@
 pub(crate) mod format;
 pub(crate) mod log;
 mod reader;
+pub mod rooms;
 pub(crate) mod writer;
 
 pub use format::Damage;

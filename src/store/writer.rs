@@ -35,6 +35,7 @@
 
 use super::format::{RecordView, encode_unsealed, keepable_name, seal_records};
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
+use super::rooms::{ROOM_RECORD_DEST, RoomRecord};
 use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
 use std::path::PathBuf;
@@ -98,6 +99,12 @@ pub struct Writer {
     /// Records appended since the last write, encoded.
     batch: Vec<u8>,
     batch_records: u64,
+    /// The batch holds a room record (its segments are kept by retention).
+    batch_rooms: bool,
+    /// The batch starts with a checkpoint of the rooms.
+    batch_checkpoint: bool,
+    /// A segment filled since [`Writer::take_rolled`] last looked.
+    rolled: bool,
     next_ticket: Ticket,
     /// Tickets below this are written to the kernel, or given up on.
     written: Ticket,
@@ -170,6 +177,9 @@ impl Writer {
             mode,
             batch: Vec::new(),
             batch_records: 0,
+            batch_rooms: false,
+            batch_checkpoint: false,
+            rolled: false,
             next_ticket: 0,
             written: 0,
             failing: false,
@@ -186,6 +196,10 @@ impl Writer {
     // record spilled to the stack for it, cost more than the body.
     #[inline]
     pub fn append(&mut self, record: &RecordView<'_>) -> Ticket {
+        debug_assert_ne!(
+            record.dest, ROOM_RECORD_DEST,
+            "a message record to 65535 would read as a room record"
+        );
         if record.text.len() <= MAX_TEXT_LEN && keepable_name(record.name) {
             encode_unsealed(&mut self.batch, record);
         } else {
@@ -212,6 +226,21 @@ impl Writer {
         ticket
     }
 
+    /// Adds a room record (rooms, memberships, waiting messages) stamped
+    /// `time_ms` to this turn's batch.
+    pub fn append_room(&mut self, time_ms: u64, record: &RoomRecord<'_>) -> Ticket {
+        if *record == (RoomRecord::Checkpoint { end: false }) {
+            debug_assert!(self.batch.is_empty(), "a checkpoint starts its batch");
+            self.batch_checkpoint = self.batch.is_empty();
+        }
+        record.encode_unsealed(time_ms, &mut self.batch);
+        self.batch_records += 1;
+        self.batch_rooms = true;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        ticket
+    }
+
     /// Writes the records appended since the last call to the log (to the
     /// kernel, not synced), then tells the sync thread. Never waits for the
     /// thread; the lock it takes is only ever held for a few assignments.
@@ -221,7 +250,12 @@ impl Writer {
         }
         // The turn's checksums, three records at a time (see `seal_records`).
         seal_records(&mut self.batch);
-        match self.log.append_records(&self.batch, self.batch_records) {
+        match self.log.append_records(
+            &self.batch,
+            self.batch_records,
+            self.batch_rooms,
+            self.batch_checkpoint,
+        ) {
             Ok(()) => self.back_on(),
             Err((written, e)) => self.off(&e, self.batch_records - written as u64),
         }
@@ -240,9 +274,12 @@ impl Writer {
             self.batch.clear();
         }
         self.batch_records = 0;
+        self.batch_rooms = false;
+        self.batch_checkpoint = false;
         self.written = self.next_ticket;
         let sealed = self.log.take_sealed();
         let rolled = !sealed.is_empty();
+        self.rolled |= rolled;
         let mut state = self.shared.lock();
         state.written = self.written;
         if rolled {
@@ -254,6 +291,24 @@ impl Writer {
         if rolled || self.mode == Fsync::Always {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Whether a segment filled since [`Writer::take_rolled`] last looked.
+    #[inline]
+    pub fn rolled(&self) -> bool {
+        self.rolled
+    }
+
+    /// Whether a segment filled since the last call: the server then
+    /// writes a checkpoint of the rooms, so that retention can take the
+    /// segments before it.
+    pub fn take_rolled(&mut self) -> bool {
+        std::mem::take(&mut self.rolled)
+    }
+
+    /// Whether the log holds room records that no checkpoint covers.
+    pub fn needs_checkpoint(&self) -> bool {
+        self.log.needs_checkpoint()
     }
 
     /// Every ticket below this is settled: written, and synced under

@@ -1,9 +1,14 @@
 //! `evchat history DIR`: prints a server's message log (`server --history
 //! DIR`) as an exhibitor would show each message, with its time, the
 //! sender's name (its id when it had none) and the destination, or as JSON
-//! lines for other programs. It only reads: it takes no lock, so it
-//! is safe on the log of a running server, and `--follow` prints new
-//! messages as the server stores them.
+//! lines for other programs; `--room` keeps one room's (a message's room
+//! is named by the log's room records: `shown.rs`). It only reads: it
+//! takes no lock, so it is safe on the log of a running server, and
+//! `--follow` prints new messages as the server stores them.
+
+mod shown;
+
+use shown::{RoomNames, Shown};
 
 use evchat::auth::Name;
 use evchat::cli::escape_text;
@@ -38,6 +43,10 @@ pub struct HistoryArgs {
     /// Only messages to this id (0: those to everyone)
     #[arg(long, value_name = "ID")]
     to: Option<u16>,
+    /// Only messages to this room (its name, ignoring case; `#` before it
+    /// optional), queued ones included
+    #[arg(long, value_name = "NAME", value_parser = parse_room)]
+    room: Option<String>,
     /// Keep reading: print new messages as the server stores them
     #[arg(long)]
     follow: bool,
@@ -80,15 +89,19 @@ fn print_history(args: &HistoryArgs) -> Result<(), Failure> {
     }
     let mut out = BufWriter::new(io::stdout().lock());
     let mut line = String::new();
+    let mut rooms = RoomNames::default();
     loop {
         match reader.next_item().map_err(Failure::Log)? {
             Some(Item::Record(entry)) => {
-                if selected(args, &entry) {
+                let Some(shown) = rooms.read(&entry) else {
+                    continue;
+                };
+                if selected(args, &entry, &shown) {
                     line.clear();
                     if args.json {
-                        json_line(&mut line, &entry);
+                        json_line(&mut line, &entry, &shown);
                     } else {
-                        text_line(&mut line, &entry);
+                        text_line(&mut line, &entry, &shown);
                     }
                     line.push('\n');
                     out.write_all(line.as_bytes())?;
@@ -147,15 +160,26 @@ fn parse_from(text: &str) -> Result<Sender, String> {
     }
 }
 
-fn selected(args: &HistoryArgs, entry: &Entry) -> bool {
-    let record = &entry.record;
+/// `--room`: a room name by the name rule, `#` before it optional; kept
+/// in lower case.
+fn parse_room(text: &str) -> Result<String, String> {
+    let name = text.strip_prefix('#').unwrap_or(text);
+    match Name::new(name) {
+        Ok(name) => Ok(name.key()),
+        Err(e) => Err(format!("'{text}' is not a room name: {e}")),
+    }
+}
+
+fn selected(args: &HistoryArgs, entry: &Entry, shown: &Shown<'_>) -> bool {
     let from = |from: &Sender| match from {
-        Sender::Id(id) => record.origin == *id,
-        Sender::Name(name) => record.name.eq_ignore_ascii_case(name),
+        Sender::Id(id) => shown.origin == *id,
+        Sender::Name(name) => shown.name.eq_ignore_ascii_case(name),
     };
-    args.since.is_none_or(|since| record.time_ms >= since)
+    let room = |room: &String| shown.room.is_some_and(|r| r.eq_ignore_ascii_case(room));
+    args.since.is_none_or(|since| entry.record.time_ms >= since)
         && args.from.as_ref().is_none_or(from)
-        && args.to.is_none_or(|to| record.dest == to)
+        && args.to.is_none_or(|to| shown.dest == to)
+        && args.room.as_ref().is_none_or(room)
 }
 
 /// `2026-12-01T13:45:02.123Z Message from alice to all: hello`, the way the
@@ -163,49 +187,75 @@ fn selected(args: &HistoryArgs, entry: &Entry) -> bool {
 /// The sender is shown as `evchat chat` shows one: by the name it had when
 /// it sent, by its id when it had none (a plain client, or a log from
 /// before names were kept).
-fn text_line(line: &mut String, entry: &Entry) {
-    let record = &entry.record;
-    write_time(line, record.time_ms);
+/// A room is shown `#name` (its id when the log does not name it), a TELL
+/// stored for a name by the name, marked `(stored)`, and a message to a
+/// queue room `(queued)`.
+fn text_line(line: &mut String, entry: &Entry, shown: &Shown<'_>) {
+    write_time(line, entry.record.time_ms);
     line.push_str(" Message from ");
-    if record.name.is_empty() {
-        let _ = write!(line, "{}", record.origin);
+    if shown.name.is_empty() {
+        let _ = write!(line, "{}", shown.origin);
     } else {
         // The log keeps printable ASCII only; escaped all the same.
-        line.push_str(&escape_text(record.name.as_bytes()));
+        line.push_str(&escape_text(shown.name.as_bytes()));
     }
     line.push_str(" to ");
-    if record.dest == 0 {
-        line.push_str("all");
-    } else {
-        let _ = write!(line, "{}", record.dest);
+    match (shown.to_name, shown.room) {
+        (Some(to), _) => {
+            line.push_str(&escape_text(to.as_bytes()));
+            line.push_str(" (stored)");
+        }
+        (None, Some(room)) => {
+            line.push('#');
+            line.push_str(&escape_text(room.as_bytes()));
+        }
+        (None, None) if shown.dest == 0 => line.push_str("all"),
+        (None, None) => {
+            let _ = write!(line, "{}", shown.dest);
+        }
+    }
+    if shown.waiting && shown.to_name.is_none() {
+        line.push_str(" (queued)");
     }
     line.push_str(": ");
-    line.push_str(&escape_text(&record.text));
+    line.push_str(&escape_text(shown.text));
 }
 
-fn json_line(line: &mut String, entry: &Entry) {
+fn json_line(line: &mut String, entry: &Entry, shown: &Shown<'_>) {
     let record = &entry.record;
     let _ = write!(line, "{{\"record\":{},\"time\":\"", entry.number);
     write_time(line, record.time_ms);
     let _ = write!(
         line,
         "\",\"time_ms\":{},\"origin\":{},",
-        record.time_ms, record.origin
+        record.time_ms, shown.origin
     );
-    if !record.name.is_empty() {
+    if !shown.name.is_empty() {
         line.push_str("\"name\":");
-        evchat::cli::json_string(line, &record.name);
+        evchat::cli::json_string(line, shown.name);
         line.push(',');
     }
-    let _ = write!(line, "\"dest\":{},", record.dest);
-    match std::str::from_utf8(&record.text) {
+    let _ = write!(line, "\"dest\":{},", shown.dest);
+    if let Some(room) = shown.room {
+        line.push_str("\"room\":");
+        evchat::cli::json_string(line, room);
+        line.push(',');
+    }
+    if let Some(to) = shown.to_name {
+        line.push_str("\"to\":");
+        evchat::cli::json_string(line, to);
+        line.push_str(",\"stored\":true,");
+    } else if shown.waiting {
+        line.push_str("\"queued\":true,");
+    }
+    match std::str::from_utf8(shown.text) {
         Ok(text) => {
             line.push_str("\"text\":");
             evchat::cli::json_string(line, text);
         }
         Err(_) => {
             line.push_str("\"text_base64\":\"");
-            base64(line, &record.text);
+            base64(line, shown.text);
             line.push('"');
         }
     }
