@@ -35,6 +35,17 @@ use super::{ClientId, HEADER_LEN, Header};
 use bytes::{BufMut, BytesMut};
 use std::fmt;
 
+/// The ids rooms take (PROTOCOL.md, "Room ids"): a part of the destination
+/// space no client id, the broadcast or the server uses.
+pub const ROOM_IDS: std::ops::RangeInclusive<ClientId> = 0x4000..=0x7fff;
+
+/// Whether `id` lies in the rooms' range: one mask and compare, the only
+/// work a MSG to a client does for rooms.
+#[inline]
+pub fn is_room_id(id: ClientId) -> bool {
+    id & 0xc000 == 0x4000
+}
+
 /// HELLO's type field.
 pub const HELLO: u16 = 8;
 /// HELLOACK's type field.

@@ -17,23 +17,15 @@ use crate::proto::ext::{
 use crate::proto::{ClientId, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// The ids rooms take: a part of the destination space no client id uses.
-pub const ROOM_IDS: RangeInclusive<ClientId> = 0x4000..=0x7fff;
+// The rooms' part of the id space is the wire's (clients read it too).
+pub use crate::proto::ext::{ROOM_IDS, is_room_id};
 
 /// The most rooms a server may be asked to hold: a ROOMLIST of them all
 /// fits in one frame (2 + 2048 × 30 bytes).
 pub const MAX_ROOMS_CEILING: usize = 2048;
-
-/// Whether `id` lies in the rooms' range: one mask and compare, the only
-/// work a MSG to a client does for rooms.
-#[inline]
-pub fn is_room_id(id: ClientId) -> bool {
-    id & 0xc000 == 0x4000
-}
 
 /// The rooms' bounds (each a server flag; PROTOCOL.md, "Limits").
 #[derive(Debug, Clone, Copy)]

@@ -23,11 +23,11 @@ use evchat::client::{
     LineInput, NameLookupError, Names, Printer, RegisterError, Registered, Replies, Settled,
     ask_secret, exit_process, register, register_with, secret_from_env, secret_from_file,
 };
+use evchat::proto::ext::is_room_id;
 use evchat::proto::ext::{
     ExtFrame, FLAG_QUEUE, Join, Leave, MAX_TELL_BODY, RoomAck, RoomCode, RoomList, Tell,
 };
 use evchat::proto::{BROADCAST, Body, ClientId, Encode, Frame, Header, Kind, SERVER_ID};
-use evchat::server::is_room_id;
 use evchat::tls::client::{Endpoint, TlsArgs};
 use input::{Addressee, ChatLine, HELP, Target, parse_chat_line};
 use rooms::{RoomBook, RoomRequest, room_answer, room_list_line};
