@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 mod connection;
 pub mod discovery;
 mod priority;
