@@ -21,7 +21,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod remote;
 mod rooms;
+pub use remote::NodeRef;
 pub use rooms::{MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
 
 /// The roles a sender needs for every request it may make.
@@ -66,6 +68,17 @@ pub trait Outbox {
     ) -> Option<u64> {
         None
     }
+    /// Several nodes (CLUSTER.md): ask the engine for the lowest free id
+    /// for `conn`'s OI (in the exhibitor range or the emitter range); the
+    /// answer comes back through [`Router::id_claimed`].
+    fn claim_id(&mut self, _conn: ConnId, _exhibitor: bool) {}
+    /// Several nodes: this node no longer holds `id`.
+    fn release_id(&mut self, _id: ClientId) {}
+    /// Several nodes: `frame` goes to node `node` as relay number `relay`,
+    /// answered through [`Router::relay_acked`].
+    fn relay(&mut self, _node: NodeRef, _relay: u64, _frame: &FrameView<'_>) {}
+    /// Several nodes: the outcome of relay `relay` from node `node`.
+    fn relay_ack(&mut self, _node: NodeRef, _relay: u64, _ok: bool) {}
 }
 
 /// Who sent a message, as a history keeps it (PROTOCOL.md, "Names"): the
@@ -166,6 +179,8 @@ enum Purpose {
     Who,
     /// A queue room's message given to this member session under a ticket.
     Queued { room: ClientId, ticket: u64 },
+    /// One target of a request relayed from another node (CLUSTER.md).
+    Relayed { key: u64 },
 }
 
 /// Names one request of one emitter connection.
@@ -529,6 +544,8 @@ pub struct Router {
     /// The extension answers owed, by emitter and request number: sent in
     /// the reply's place when it reaches the head of the queue.
     answers: HashMap<(ConnId, u64), ExtFrame>,
+    /// Other nodes, with a cluster (CLUSTER.md); off and empty without.
+    remote: remote::Remote,
 }
 
 impl Router {
@@ -551,6 +568,7 @@ impl Router {
             everyone_told: (0, u64::MAX, u64::MAX),
             rooms: rooms::Rooms::new(RoomLimits::default()),
             answers: HashMap::new(),
+            remote: remote::Remote::default(),
         }
     }
 
@@ -810,8 +828,11 @@ impl Router {
             Role::Emitter {
                 paused, finished, ..
             } => !paused && !finished,
-            // A HELLO being checked holds what follows it.
-            Role::Anonymous => !matches!(session.hello, Hello::Checking),
+            // A HELLO being checked, or an OI's id being claimed, holds
+            // what follows it.
+            Role::Anonymous => {
+                !matches!(session.hello, Hello::Checking) && !self.remote.is_claiming(conn)
+            }
             Role::Exhibitor { .. } => true,
         }
     }
@@ -856,7 +877,9 @@ impl Router {
         };
         let id = session.id;
         match &session.role {
-            Role::Anonymous if frame.kind == Kind::Oi => self.identify(conn, frame, now, out),
+            Role::Anonymous if frame.kind == Kind::Oi => {
+                self.identify(conn, frame.origin, frame.seq, None, now, out)
+            }
             Role::Anonymous => {
                 // Rule 1: nothing but OI before identification.
                 warn!(conn, kind = %frame.kind, "frame before OI");
@@ -940,6 +963,12 @@ impl Router {
         }
         if let Some(d) = self.rooms.next_deadline() {
             earliest = Some(earliest.map_or(d, |e| e.min(d)));
+        }
+        if self.remote.enabled {
+            self.expire_relays(now, out);
+            if let Some(d) = self.remote.next_deadline() {
+                earliest = Some(earliest.map_or(d, |e| e.min(d)));
+            }
         }
         self.earliest_deadline = earliest;
         self.expire_queues(now, out);
@@ -1130,44 +1159,54 @@ impl Router {
     // every frame passes through, stays small (callgrind at 1:1: 14
     // instructions a message fewer than with the identity checks inlined).
     #[inline(never)]
-    fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, now: Instant, out: &mut impl Outbox) {
-        let wanted_exhibitor = oi.origin;
+    fn identify(
+        &mut self,
+        conn: ConnId,
+        wanted_exhibitor: ClientId,
+        seq: u16,
+        claimed: Option<ClientId>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         if let Err(why) = self.may_identify(conn, wanted_exhibitor) {
             warn!(conn, requested = wanted_exhibitor, why, "OI refused");
-            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, seq));
             self.close(conn, CloseReason::Refused, now, out);
             return;
         }
-        let assigned = if wanted_exhibitor == 0 {
-            self.free_exhibitor_ids
-                .pop_first()
-                .ok_or("no exhibitor id free")
+        let pairing = if is_exhibitor_id(wanted_exhibitor) {
+            match self.ids.get(wanted_exhibitor) {
+                None => Err("no such exhibitor"),
+                Some(ex) => match self.sessions[ex].as_ref().map(|s| (&s.role, s.leaving)) {
+                    Some((Role::Exhibitor { emitter: None }, false)) => Ok(Some(ex)),
+                    Some((_, true)) => Err("exhibitor is leaving"),
+                    _ => Err("exhibitor already paired"),
+                },
+            }
         } else {
-            let pairing = if is_exhibitor_id(wanted_exhibitor) {
-                match self.ids.get(wanted_exhibitor) {
-                    None => Err("no such exhibitor"),
-                    Some(ex) => match self.sessions[ex].as_ref().map(|s| (&s.role, s.leaving)) {
-                        Some((Role::Exhibitor { emitter: None }, false)) => Ok(Some(ex)),
-                        Some((_, true)) => Err("exhibitor is leaving"),
-                        _ => Err("exhibitor already paired"),
-                    },
-                }
-            } else {
-                Ok(None)
-            };
-            pairing
-                .and_then(|pair| {
-                    let id = self
-                        .free_emitter_ids
-                        .pop_first()
-                        .ok_or("no emitter id free")?;
-                    Ok((id, pair))
-                })
-                .map(|(id, pair)| {
-                    self.pair_emitter(conn, id, pair);
-                    id
-                })
+            Ok(None)
         };
+        // With several nodes the engine picks the id: the OI waits for it
+        // (checked again when it comes, as the exhibitor may have left).
+        if self.remote.enabled && claimed.is_none() && pairing.is_ok() {
+            return self.claim_for(conn, wanted_exhibitor, seq, out);
+        }
+        let assigned = pairing.and_then(|pair| {
+            let free = if wanted_exhibitor == 0 {
+                &mut self.free_exhibitor_ids
+            } else {
+                &mut self.free_emitter_ids
+            };
+            let id = match claimed {
+                Some(id) => free.take(&id).unwrap_or(id),
+                None if wanted_exhibitor == 0 => free.pop_first().ok_or("no exhibitor id free")?,
+                None => free.pop_first().ok_or("no emitter id free")?,
+            };
+            if wanted_exhibitor != 0 {
+                self.pair_emitter(conn, id, pair);
+            }
+            Ok(id)
+        });
         match assigned {
             Ok(id) => {
                 self.ids.insert(id, conn);
@@ -1198,7 +1237,7 @@ impl Router {
                     Role::Emitter { .. } => info!(conn, id, "emitter identified"),
                     _ => info!(conn, id, "exhibitor identified"),
                 }
-                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, seq));
                 if is_exhibitor_id(id) {
                     self.replay_to(conn, now, out);
                     self.room_session_online(conn, now, out);
@@ -1206,7 +1245,7 @@ impl Router {
             }
             Err(why) => {
                 warn!(conn, requested = wanted_exhibitor, why, "OI refused");
-                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, seq));
                 self.close(conn, CloseReason::Refused, now, out);
             }
         }
@@ -1461,13 +1500,19 @@ impl Router {
     ) {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
-        let accepted = frame.kind == Kind::Msg && !targets.is_empty();
+        // Other nodes holding targets: each counts as one (CLUSTER.md).
+        let nodes = if self.remote.enabled {
+            self.remote_targets(frame.dest)
+        } else {
+            0
+        };
+        let accepted = frame.kind == Kind::Msg && (!targets.is_empty() || nodes > 0);
         let held = if accepted {
             out.accepted(frame, || sender(&self.sessions, conn))
         } else {
             None
         };
-        let waits = targets.len() as u32 + u32::from(held.is_some());
+        let waits = (targets.len() + nodes) as u32 + u32::from(held.is_some());
         let request = self.push_reply(conn, frame.seq, waits, false);
         if let Some(number) = held {
             self.awaiting_durable.push_back((number, request));
@@ -1480,10 +1525,13 @@ impl Router {
         if ROOM && accepted {
             self.room_said(frame.dest, frame, conn, &targets);
         }
-        if targets.is_empty() {
+        if targets.is_empty() && nodes == 0 {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
         }
-        let clist = (frame.kind == Kind::Creq).then(|| self.ids.ids().collect::<Vec<_>>());
+        if nodes > 0 {
+            self.relay_out(request, frame, now, out);
+        }
+        let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
         let deadline = now + self.limits.ack_timeout;
         if self.tellers > 0 && !targets.is_empty() {
             let about = clist
@@ -1587,6 +1635,7 @@ impl Router {
             Purpose::Queued { room, ticket } => {
                 self.queue_acked(conn, room, ticket, ack.kind == Kind::Ok, now, out)
             }
+            Purpose::Relayed { key } => self.relay_settled(key, ack.kind == Kind::Ok, out),
             Purpose::Replay | Purpose::Who => {}
         }
     }
@@ -1784,6 +1833,9 @@ impl Router {
         }
         let id = session.id;
         let member: Option<Box<str>> = session.member_key().map(Into::into);
+        if self.remote.enabled {
+            self.remote.forget(conn, &session, out);
+        }
         match session.role {
             Role::Anonymous => {}
             Role::Emitter { exhibitor, .. } => {
@@ -1819,6 +1871,7 @@ impl Router {
                     match delivery.purpose {
                         Purpose::Request(request) => self.settle(request, false, now, out),
                         Purpose::Queued { room, ticket } => self.queue_dropped(conn, room, ticket),
+                        Purpose::Relayed { key } => self.relay_settled(key, false, out),
                         _ => {}
                     }
                 }

@@ -10,6 +10,7 @@ mod browser;
 mod chat;
 mod check;
 mod cli;
+mod cluster;
 mod codec;
 mod discovery;
 mod history;

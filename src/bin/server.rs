@@ -7,7 +7,7 @@
 use clap::Parser;
 use evchat::cli::parse_secs;
 use evchat::server::{
-    AuthConfig, Cidr, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
+    AuthConfig, Cidr, ClusterConfig, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
 };
 use evchat::server::{MAX_ROOMS_CEILING, RoomLimits};
 use evchat::store::Fsync;
@@ -196,6 +196,13 @@ struct Args {
     /// The name --announce gives (at most 63 bytes; default: the host name)
     #[arg(long, value_name = "NAME", requires = "announce")]
     name: Option<String>,
+    /// Join the nodes sharing this Redis as one system (CLUSTER.md): one id
+    /// space, messages routed to clients on any node
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (default: HOST:PORT)
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
     /// Rooms the server holds at most (PROTOCOL.md, rooms and queues)
     #[arg(
         long,
@@ -457,6 +464,13 @@ fn main() -> ExitCode {
             queue_depth: args.queue_depth as usize,
             queue_wait: args.queue_wait.0,
         },
+        cluster: args.cluster.clone().map(|url| ClusterConfig {
+            url,
+            node: args.node.clone().unwrap_or_else(|| {
+                let host = host_name().unwrap_or_else(|_| "localhost".into());
+                format!("{host}:{}", args.port)
+            }),
+        }),
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
