@@ -1469,7 +1469,24 @@ impl Router {
         if is_room_id(frame.dest) {
             return self.room_request(conn, frame, now, out);
         }
-        self.request_to::<false>(conn, frame, now, out);
+        if self.remote.enabled {
+            return self.cluster_request(conn, frame, now, out);
+        }
+        self.request_to::<false, false>(conn, frame, now, out);
+    }
+
+    /// A MSG or CREQ on a node of several: routed here and to the other
+    /// nodes concerned (CLUSTER.md). Out of line, so that a single server
+    /// pays one test for clusters on each request.
+    #[inline(never)]
+    fn cluster_request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        self.request_to::<false, true>(conn, frame, now, out);
     }
 
     /// A MSG or CREQ to a room id: a queue room's MSG waits its turn, the
@@ -1485,13 +1502,14 @@ impl Router {
         if frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
             return self.queue_request(conn, frame, now, out);
         }
-        self.request_to::<true>(conn, frame, now, out);
+        self.request_to::<true, false>(conn, frame, now, out);
     }
 
-    /// The body of [`Router::request`], compiled once for clients'
-    /// destinations and once for rooms'.
+    /// The body of [`Router::request`], compiled for clients'
+    /// destinations, for rooms', and for clients' on a node of several
+    /// (rooms are each node's own).
     #[inline(always)]
-    fn request_to<const ROOM: bool>(
+    fn request_to<const ROOM: bool, const CLUSTER: bool>(
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
@@ -1501,7 +1519,7 @@ impl Router {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
         // Other nodes holding targets: each counts as one (CLUSTER.md).
-        let nodes = if self.remote.enabled {
+        let nodes = if CLUSTER {
             self.remote_targets(frame.dest)
         } else {
             0

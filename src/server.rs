@@ -212,7 +212,7 @@ pub struct Server {
     /// The discovery socket (`--announce`), until shutdown begins.
     announcer: Option<Announcer>,
     /// The engine bridge (`--cluster`).
-    cluster: Option<Cluster>,
+    cluster: Option<Box<Cluster>>,
 }
 
 /// What the end of a loop turn decided.
@@ -280,7 +280,7 @@ impl Server {
             cluster: None,
         };
         if let Some(cluster) = &server.config.cluster {
-            server.cluster = Some(Cluster::start(cluster, server.waker.clone())?);
+            server.cluster = Some(Box::new(Cluster::start(cluster, server.waker.clone())?));
             server.wire.cluster = Some(Box::default());
             server.router.enable_cluster();
         }
@@ -462,7 +462,9 @@ impl Server {
             self.serve_discovery();
         }
         self.router.tick(now, &mut self.wire);
-        self.cluster_turn();
+        if self.cluster.is_some() {
+            self.cluster_turn();
+        }
         if self.drain_deadline.is_none() && self.shutdown_requested.load(Ordering::SeqCst) {
             self.drain_deadline = Some(self.begin_shutdown(now));
         }

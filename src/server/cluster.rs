@@ -131,7 +131,8 @@ const ROUNDS_PER_TURN: usize = 4;
 
 impl Server {
     /// Once a turn: the engine's events to the router, then what the router
-    /// asked to the engine.
+    /// asked to the engine. Out of line: a single server never calls it.
+    #[inline(never)]
     pub(super) fn cluster_turn(&mut self) {
         let Some(mut cluster) = self.cluster.take() else {
             return;
