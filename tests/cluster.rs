@@ -16,8 +16,8 @@ const IDS_FREED_WITHIN: Duration = Duration::from_secs(10);
 
 /// A `redis-server` of the test's own, with no persistence.
 struct Redis {
-    /// Killed when the test ends (dropped).
-    _proc: Proc,
+    /// Killed when the test ends (dropped), or by the test.
+    proc: Proc,
     url: String,
     _dir: TempDir,
     _port: ReservedPort,
@@ -47,7 +47,7 @@ impl Redis {
             line.contains("Ready to accept connections")
         });
         Redis {
-            _proc: proc,
+            proc,
             url: format!("redis://127.0.0.1:{port_arg}"),
             _dir: dir,
             _port: port,
@@ -55,7 +55,13 @@ impl Redis {
     }
 
     fn node(&self, name: &str) -> Server {
-        Server::start(&["--cluster", &self.url, "--node", name])
+        self.node_with(name, &[])
+    }
+
+    fn node_with(&self, name: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--cluster", &self.url, "--node", name];
+        args.extend_from_slice(extra);
+        Server::start(&args)
     }
 
     fn client(&self) -> redis::Connection {
@@ -331,4 +337,132 @@ fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_ch
     // Nothing else was delivered or said on either side.
     on_b.expect_silence();
     emitter.expect_silence();
+}
+
+#[test]
+fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused() {
+    let redis = Redis::start("cluster-engine-down");
+    // A long lease, so that the node is still serving (not yet fenced)
+    // while the test looks: it fences after 20 s without a renewal.
+    let lease = ["--cluster-lease", "30"];
+    let (a, b) = (redis.node_with("a", &lease), redis.node_with("b", &lease));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let mut on_a = a.raw();
+    let y = on_a.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    let remote = Frame::msg(e, x, 1, bytes::Bytes::from_static(b"while up")).unwrap();
+    deliver(&mut emitter, &mut on_b, &remote);
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
+    );
+
+    redis.proc.signal(libc::SIGKILL);
+    // Between two clients of one node: as before.
+    let local = Frame::msg(e, y, 2, bytes::Bytes::from_static(b"still here")).unwrap();
+    emitter.send_frame(&local);
+    assert_bytes(&local.to_bytes(), &acknowledge(&mut on_a).to_bytes());
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 2)
+    );
+    // To another node: ERRO (once the node has noticed; never an OK, and
+    // nothing reaches the other node).
+    let deadline = Instant::now() + TIMEOUT;
+    for seq in 3.. {
+        emitter.send_frame(&Frame::msg(e, x, seq, bytes::Bytes::from_static(b"gone")).unwrap());
+        assert_eq!(
+            emitter.expect_frame(),
+            Frame::bare(Kind::Erro, SERVER_ID, e, seq)
+        );
+        // The first attempts may be published before the bridge sees Redis
+        // gone: they fail as unreachable all the same. Wait for the OI.
+        let mut newcomer = a.raw();
+        newcomer.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+        let answer = newcomer.expect_frame();
+        if answer == Frame::bare(Kind::Erro, SERVER_ID, 0, 0) {
+            newcomer.expect_closed();
+            break;
+        }
+        // Claimed before Redis went: a real id, then it leaves.
+        assert_eq!(answer.kind, Kind::Ok, "{answer}");
+        assert!(Instant::now() < deadline, "OIs never refused");
+    }
+    on_b.expect_silence();
+}
+
+#[test]
+fn a_node_stopped_past_its_lease_is_reaped_and_fences_itself_when_it_wakes() {
+    let redis = Redis::start("cluster-sigstop");
+    let a = redis.node("a");
+    let b = redis.node("b");
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    b.proc.signal(libc::SIGSTOP);
+    // Its lease runs out and node A's reap frees its id: an OI on A
+    // is given it (polled, within the bound).
+    let stopped = Instant::now();
+    // Kept open: A holds the id while B wakes.
+    let _holder = loop {
+        let mut again = a.raw();
+        if again.identify_exhibitor() == x {
+            break again;
+        }
+        assert!(
+            stopped.elapsed() < IDS_FREED_WITHIN,
+            "id {x} not freed in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    b.proc.signal(libc::SIGCONT);
+    // On waking it learns it was reaped and stops serving: FLW to its
+    // client, as at shutdown.
+    let flw = on_b.expect_frame();
+    assert_eq!(
+        (flw.kind, flw.origin, flw.dest),
+        (Kind::Flw, SERVER_ID, x),
+        "{flw}"
+    );
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, flw.seq));
+    on_b.expect_closed();
+    b.proc
+        .stderr
+        .skip_until("the fence", TIMEOUT, |line| line.contains("fenced"));
+    // It joins again as a new incarnation and serves new clients.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut fresh = b.raw();
+        fresh.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+        let answer = fresh.expect_frame();
+        if answer.kind == Kind::Ok {
+            assert_ne!(answer.dest, x, "id {x} held twice");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never rejoined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_cluster_flags_are_refused_with_a_clear_error() {
+    for (args, want) in [
+        (&["--cluster", "http://127.0.0.1:1"][..], "--cluster: "),
+        (
+            &["--cluster", "redis://127.0.0.1:1", "--cluster-lease", "0"][..],
+            "1.5 to 86400",
+        ),
+        (&["--node", "a"][..], "--cluster"),
+    ] {
+        let mut all = vec!["0"];
+        all.extend_from_slice(args);
+        let mut server = Proc::spawn("server", &all);
+        assert!(!server.wait().success(), "{args:?}");
+        let (_, line) = server
+            .stderr
+            .skip_until("the error", TIMEOUT, |line| line.contains(want));
+        assert!(!line.is_empty());
+    }
 }

@@ -5,7 +5,8 @@
 //! them, renews the lease and reaps dead nodes; the subscriber thread turns
 //! the change channel and this node's channel into events. Both queues are
 //! bounded, every call has a timeout, and each event wakes the loop. A lost
-//! lease (or subscription) fences the incarnation and joins a new one.
+//! lease fences the incarnation and joins a new one; a lost subscription is
+//! made again, and the id table read again, while the lease holds.
 
 use super::scripts::{CLAIM, REAP, RELEASE};
 use super::{Engine, Event, NodeId, Request};
@@ -44,14 +45,19 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// The defaults of CLUSTER.md, for this server and node name.
-    pub fn new(url: String, node: String) -> RedisConfig {
+    /// The default lease (CLUSTER.md): a dead node's ids are free within
+    /// 8 s (the lease, then the next reap).
+    pub const LEASE: Duration = Duration::from_secs(6);
+
+    /// For this server and node name, with a lease of `lease`: renewed
+    /// every third of it, fenced after two thirds without a renewal.
+    pub fn new(url: String, node: String, lease: Duration) -> RedisConfig {
         RedisConfig {
             url,
             node,
-            lease: Duration::from_secs(6),
-            renew: Duration::from_secs(2),
-            fence_after: Duration::from_secs(4),
+            lease,
+            renew: lease / 3,
+            fence_after: lease * 2 / 3,
             queue: 4096,
         }
     }
@@ -157,7 +163,7 @@ struct Incarnation {
 enum Ended {
     /// The loop is gone: leave cleanly.
     Stopped,
-    /// The lease (or the subscription) is lost: join again.
+    /// The lease is lost: join again.
     Fenced,
 }
 
@@ -292,15 +298,23 @@ impl Commands {
             stop_subscriber: Arc::new(AtomicBool::new(false)),
             subscriber_lost: Arc::new(AtomicBool::new(false)),
         };
-        self.subscribe(&incarnation)?;
+        self.resync(&incarnation)?;
+        info!(node, name = %name, "cluster: joined");
+        Ok(incarnation)
+    }
+
+    /// Subscribes, then reads the id table and hands it to the loop: at
+    /// join, and again after the subscription was lost.
+    fn resync(&mut self, incarnation: &Incarnation) -> redis::RedisResult<()> {
+        let node = incarnation.node;
+        self.subscribe(incarnation)?;
         // Read after subscribing: a change that races this read arrives
         // after it, and the last word about an id wins.
         let con = self.connection()?;
         let owners: Vec<(ClientId, NodeId)> = redis::cmd("HGETALL").arg(key("owner")).query(con)?;
         let held = owners.into_iter().filter(|&(_, n)| n != node).collect();
-        info!(node, name = %name, "cluster: joined");
         self.tell.event(Event::Joined { node, held });
-        Ok(incarnation)
+        Ok(())
     }
 
     /// Starts the incarnation's subscriber and waits until it listens.
@@ -339,9 +353,6 @@ impl Commands {
         let mut last_renewed = Instant::now();
         let mut next_renew = last_renewed + self.config.renew;
         loop {
-            if incarnation.subscriber_lost.load(Ordering::SeqCst) {
-                return Ended::Fenced;
-            }
             let wait = next_renew.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(request) => {
@@ -358,7 +369,20 @@ impl Commands {
             }
             next_renew = now + self.config.renew;
             match self.renew(incarnation) {
-                Ok(true) => last_renewed = Instant::now(),
+                Ok(true) => {
+                    last_renewed = Instant::now();
+                    // Back within the lease: subscribe and read the table
+                    // again (what changed meanwhile was not heard).
+                    if incarnation.subscriber_lost.swap(false, Ordering::SeqCst) {
+                        match self.resync(incarnation) {
+                            Ok(()) => info!(node = incarnation.node, "cluster: resubscribed"),
+                            Err(e) => {
+                                warn!(error = %e, "cluster: cannot resubscribe yet");
+                                incarnation.subscriber_lost.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
                 Ok(false) => return Ended::Fenced,
                 Err(e) => {
                     warn!(error = %e, "cluster: lease renewal failed");

@@ -15,6 +15,7 @@ use crate::router::ConnId;
 use mio::Waker;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::{info, warn};
 
 /// `server --cluster URL [--node NAME]`.
@@ -24,6 +25,19 @@ pub struct ClusterConfig {
     pub url: String,
     /// This node's name, shown in its lease and logs.
     pub node: String,
+    /// How long the node's lease lives unless renewed (`--cluster-lease`).
+    pub lease: Duration,
+}
+
+impl ClusterConfig {
+    /// The defaults, for this Redis and node name.
+    pub fn new(url: String, node: String) -> ClusterConfig {
+        ClusterConfig {
+            url,
+            node,
+            lease: RedisConfig::LEASE,
+        }
+    }
 }
 
 /// What the router asked of other nodes this turn (the outbox writes it).
@@ -106,7 +120,7 @@ pub(super) struct Cluster {
 impl Cluster {
     pub(super) fn start(config: &ClusterConfig, waker: Arc<Waker>) -> redis::RedisResult<Cluster> {
         let engine = RedisEngine::start(
-            RedisConfig::new(config.url.clone(), config.node.clone()),
+            RedisConfig::new(config.url.clone(), config.node.clone(), config.lease),
             move || {
                 if let Err(e) = waker.wake() {
                     warn!(error = %e, "could not wake the event loop");
