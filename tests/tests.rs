@@ -11,6 +11,7 @@ mod chat;
 mod check;
 mod cli;
 mod cluster;
+mod cluster_sim;
 mod codec;
 mod discovery;
 mod history;
