@@ -314,17 +314,21 @@ fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_ch
         .query(&mut con)
         .unwrap();
     assert_eq!(heard, 2);
+    // Two threads log these (the change on the bridge's subscriber, the
+    // batch on the loop): in either order.
     for node in [&a, &b] {
-        node.proc
-            .stderr
-            .skip_until("the dropped batch", TIMEOUT, |line| {
-                line.contains("malformed batch dropped")
-            });
-        node.proc
-            .stderr
-            .skip_until("the dropped change", TIMEOUT, |line| {
-                line.contains("malformed change dropped")
-            });
+        let mut seen = (false, false);
+        while seen != (true, true) {
+            let (_, line) = node
+                .proc
+                .stderr
+                .skip_until("the dropped messages", TIMEOUT, |line| {
+                    line.contains("malformed batch dropped")
+                        || line.contains("malformed change dropped")
+                });
+            seen.0 |= line.contains("malformed batch dropped");
+            seen.1 |= line.contains("malformed change dropped");
+        }
     }
     // Routing goes on as before, in both directions of the same pair.
     let after = Frame::msg(e, x, 2, bytes::Bytes::from_static(b"after")).unwrap();
@@ -341,7 +345,7 @@ fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_ch
 
 #[test]
 fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused() {
-    let redis = Redis::start("cluster-engine-down");
+    let mut redis = Redis::start("cluster-engine-down");
     // A long lease, so that the node is still serving (not yet fenced)
     // while the test looks: it fences after 20 s without a renewal.
     let lease = ["--cluster-lease", "30"];
@@ -361,6 +365,8 @@ fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused
     );
 
     redis.proc.signal(libc::SIGKILL);
+    // Gone, sockets and all, before anything is sent.
+    redis.proc.wait();
     // Between two clients of one node: as before.
     let local = Frame::msg(e, y, 2, bytes::Bytes::from_static(b"still here")).unwrap();
     emitter.send_frame(&local);

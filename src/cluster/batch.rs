@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! 'E' 1 | sender incarnation u64 BE | record*
-//! record = 1 | relay u64 BE | frame length u16 BE | frame   (RELAY: a MSG or CREQ)
+//! record = 1 | relay u64 BE | frame length u32 BE | frame   (RELAY: a MSG or CREQ)
 //!        | 2 | relay u64 BE | ok u8 (1 OK, 0 ERRO)           (ACK)
 //! ```
 
@@ -69,7 +69,8 @@ impl BatchWriter {
     pub fn push_relay(&mut self, relay: u64, frame: &FrameView<'_>) {
         self.buf.extend_from_slice(&[RELAY]);
         self.buf.extend_from_slice(&relay.to_be_bytes());
-        let len = frame.encoded_len() as u16;
+        // u32: a MSG with the longest text is 65,545 bytes.
+        let len = frame.encoded_len() as u32;
         self.buf.extend_from_slice(&len.to_be_bytes());
         frame.encode_into(&mut self.buf);
         self.relays.push(relay);
@@ -113,8 +114,8 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
         let (relay, after) = take_u64(after)?;
         match tag {
             RELAY => {
-                let (len, after) = after.split_first_chunk::<2>().ok_or(BatchError::Short)?;
-                let len = usize::from(u16::from_be_bytes(*len));
+                let (len, after) = after.split_first_chunk::<4>().ok_or(BatchError::Short)?;
+                let len = u32::from_be_bytes(*len) as usize;
                 let framed = after.get(..len).ok_or(BatchError::Short)?;
                 let frame = match FrameView::parse(framed) {
                     Ok(Some((frame, used)))
@@ -197,6 +198,23 @@ mod tests {
     }
 
     #[test]
+    fn a_message_with_the_longest_text_is_relayed_whole() {
+        let text = bytes::Bytes::from(vec![b'x'; crate::proto::MAX_TEXT_LEN]);
+        let wire = Frame::msg(1, 0, 2, text).unwrap().to_bytes();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        let mut w = BatchWriter::new(5);
+        w.push_relay(1, &view);
+        w.push_ack(2, true);
+        let (bytes, _) = w.finish();
+        let (_, records) = parse(&bytes).unwrap();
+        match &records[0] {
+            Record::Relay { frame, .. } => assert_eq!(frame.to_frame().to_bytes(), wire),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(records[1], Record::Ack { relay: 2, ok: true }));
+    }
+
+    #[test]
     fn every_fault_refuses_the_whole_batch() {
         let wire = msg();
         let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
@@ -215,7 +233,7 @@ mod tests {
         let mut bad = BatchWriter::new(1).finish().0;
         bad.push(RELAY);
         bad.extend_from_slice(&5u64.to_be_bytes());
-        bad.extend_from_slice(&(oi.len() as u16).to_be_bytes());
+        bad.extend_from_slice(&(oi.len() as u32).to_be_bytes());
         bad.extend_from_slice(&oi);
         assert_eq!(fault(&bad), BatchError::BadFrame);
         let mut ack = BatchWriter::new(1).finish().0;
