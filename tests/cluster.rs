@@ -472,3 +472,26 @@ fn bad_cluster_flags_are_refused_with_a_clear_error() {
         assert!(!line.is_empty());
     }
 }
+
+#[test]
+fn evchat_check_passes_against_every_node() {
+    use crate::check::{CHECK_TIMEOUT, check_json, ids_with, listed_ids};
+    let redis = Redis::start("cluster-check");
+    let nodes = [redis.node("a"), redis.node("b")];
+    let listed: BTreeSet<String> = listed_ids().into_iter().collect();
+    let mut con = redis.client();
+    for node in &nodes {
+        // The last run's clients are gone and their ids released, so that
+        // `lowest-free-id` sees the whole system free.
+        wait_until("every id released", || {
+            let held: i64 = redis::cmd("BITCOUNT")
+                .arg("evchat:ids")
+                .query(&mut con)
+                .unwrap();
+            held == 0
+        });
+        let (code, seen, report) = check_json(&node.target(), CHECK_TIMEOUT);
+        assert_eq!(ids_with(&seen, "pass"), listed, "{report:#}");
+        assert_eq!(code, 0);
+    }
+}
