@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 mod remote;
 mod rooms;
-pub use remote::NodeRef;
+pub use remote::{NodeRef, PairNotice};
 pub use rooms::{MAX_ROOMS_CEILING, ROOM_IDS, RoomLimits, is_room_id};
 
 /// The roles a sender needs for every request it may make.
@@ -79,6 +79,8 @@ pub trait Outbox {
     fn relay(&mut self, _node: NodeRef, _relay: u64, _frame: &FrameView<'_>) {}
     /// Several nodes: the outcome of relay `relay` from node `node`.
     fn relay_ack(&mut self, _node: NodeRef, _relay: u64, _ok: bool) {}
+    /// Several nodes: a notice for the other half of a pair, on `node`.
+    fn pair_notice(&mut self, _node: NodeRef, _notice: PairNotice) {}
 }
 
 /// Who sent a message, as a history keeps it (PROTOCOL.md, "Names"): the
@@ -1174,11 +1176,22 @@ impl Router {
             self.close(conn, CloseReason::Refused, now, out);
             return;
         }
+        if self.remote.enabled
+            && is_exhibitor_id(wanted_exhibitor)
+            && self.ids.get(wanted_exhibitor).is_none()
+            && let Some(node) = self.remote_owner(wanted_exhibitor)
+        {
+            return self.pair_across(conn, wanted_exhibitor, seq, claimed, node, now, out);
+        }
         let pairing = if is_exhibitor_id(wanted_exhibitor) {
             match self.ids.get(wanted_exhibitor) {
                 None => Err("no such exhibitor"),
                 Some(ex) => match self.sessions[ex].as_ref().map(|s| (&s.role, s.leaving)) {
-                    Some((Role::Exhibitor { emitter: None }, false)) => Ok(Some(ex)),
+                    Some((Role::Exhibitor { emitter: None }, false))
+                        if !self.remote.is_paired_in(ex) =>
+                    {
+                        Ok(Some(ex))
+                    }
                     Some((_, true)) => Err("exhibitor is leaving"),
                     _ => Err("exhibitor already paired"),
                 },
@@ -1601,6 +1614,12 @@ impl Router {
             if is_room_id(dest) {
                 let online = self.rooms.online(dest).iter().copied();
                 targets.extend(online.filter(|&conn| live_exhibitor(conn)));
+            } else if self.remote.enabled
+                && let Some(ex) = self.remote.exhibitor_of(dest)
+                && live_exhibitor(ex)
+            {
+                // Another node's emitter, paired with an exhibitor here.
+                targets.push(ex);
             }
             return;
         };

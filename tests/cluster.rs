@@ -495,3 +495,151 @@ fn evchat_check_passes_against_every_node() {
         assert_eq!(code, 0);
     }
 }
+
+/// OI with `origin` (an exhibitor id) on `node` until it is answered OK
+/// (the node learns of an exhibitor on another node a moment after its
+/// claim; until then the OI is refused, as for no such exhibitor, and
+/// closed). Polls with a deadline; returns the connection and its id.
+fn pair_with(node: &Server, exhibitor: ClientId) -> (Raw, ClientId) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut raw = node.raw();
+        raw.send_frame(&Frame::bare(Kind::Oi, exhibitor, SERVER_ID, 0));
+        let answer = raw.expect_frame();
+        if answer.kind == Kind::Ok {
+            return (raw, evchat::testing::raw_client::assigned_id(&answer));
+        }
+        assert_eq!(answer, Frame::bare(Kind::Erro, SERVER_ID, 0, 0));
+        raw.expect_closed();
+        assert!(Instant::now() < deadline, "never paired with {exhibitor}");
+        // Polling for the replica, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_pair_may_straddle_nodes_route_through_a_third_and_its_flw_cascades() {
+    let redis = Redis::start("cluster-pairs");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let (mut paired, e) = pair_with(&a, x);
+
+    // To its own id: its exhibitor on the other node, byte for byte, and
+    // the OK after that exhibitor's.
+    let own = Frame::msg(e, e, 1, bytes::Bytes::from_static(b"to mine")).unwrap();
+    paired.send_frame(&own);
+    assert_bytes(&own.to_bytes(), &on_b.expect_frame().to_bytes());
+    paired.expect_silence();
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+    assert_eq!(
+        paired.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
+    );
+
+    // From the exhibitor's node, and from a third node (through the
+    // emitter's node), to the emitter's id: the same exhibitor.
+    for node in [&b, &c] {
+        let mut other = node.raw();
+        let o = other.identify_emitter(1);
+        let to_pair = Frame::msg(o, e, 2, bytes::Bytes::from_static(b"via the pair")).unwrap();
+        let got = deliver(&mut other, &mut on_b, &to_pair);
+        assert_bytes(&to_pair.to_bytes(), &got.to_bytes());
+        on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 2));
+        assert_eq!(other.expect_frame(), Frame::bare(Kind::Ok, SERVER_ID, o, 2));
+    }
+
+    // Taken: a second emitter, on a third node, is refused.
+    let mut late = c.raw();
+    late.send_frame(&Frame::bare(Kind::Oi, x, SERVER_ID, 0));
+    assert_eq!(
+        late.expect_frame(),
+        Frame::bare(Kind::Erro, SERVER_ID, 0, 0)
+    );
+    late.expect_closed();
+
+    // Rule 6 across nodes: the emitter's FLW gets its OK, then its
+    // exhibitor is dismissed on its own node.
+    paired.send_frame(&Frame::bare(Kind::Flw, e, SERVER_ID, 3));
+    assert_eq!(
+        paired.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 3)
+    );
+    paired.expect_closed();
+    let flw = on_b.expect_frame();
+    assert_eq!(
+        (flw.kind, flw.origin, flw.dest),
+        (Kind::Flw, SERVER_ID, x),
+        "{flw}"
+    );
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, flw.seq));
+    on_b.expect_closed();
+}
+
+#[test]
+fn a_pairing_race_from_two_nodes_has_exactly_one_winner() {
+    let redis = Redis::start("cluster-pair-race");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    // Both nodes know of the exhibitor before the race: each routes to it.
+    for node in [&a, &c] {
+        let mut probe = node.raw();
+        let p = probe.identify_emitter(1);
+        let hello = Frame::msg(p, x, 1, bytes::Bytes::from_static(b"probe")).unwrap();
+        deliver(&mut probe, &mut on_b, &hello);
+        on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+        assert_eq!(probe.expect_frame(), Frame::bare(Kind::Ok, SERVER_ID, p, 1));
+    }
+    let answers: Vec<(Frame, Raw)> = std::thread::scope(|scope| {
+        let racers: Vec<_> = [&a, &c]
+            .into_iter()
+            .map(|node| {
+                let addr = node.addr;
+                scope.spawn(move || {
+                    let mut raw = Raw::connect(addr);
+                    raw.send_frame(&Frame::bare(Kind::Oi, x, SERVER_ID, 0));
+                    (raw.expect_frame(), raw)
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let winners = answers.iter().filter(|(f, _)| f.kind == Kind::Ok).count();
+    assert_eq!(
+        winners,
+        1,
+        "{:?}",
+        answers
+            .iter()
+            .map(|(f, _)| f.to_string())
+            .collect::<Vec<_>>()
+    );
+    for (answer, mut raw) in answers {
+        if answer.kind == Kind::Erro {
+            assert_eq!(answer, Frame::bare(Kind::Erro, SERVER_ID, 0, 0));
+            raw.expect_closed();
+        }
+    }
+}
+
+#[test]
+fn when_the_emitter_s_node_is_killed_its_exhibitor_on_another_node_is_dismissed() {
+    let redis = Redis::start("cluster-pair-kill");
+    let mut a = redis.node("a");
+    let b = redis.node("b");
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let (_paired, _e) = pair_with(&a, x);
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait();
+    // Rule 6: an emitter gone without FLW dismisses its exhibitor.
+    let flw = on_b
+        .frame_within(IDS_FREED_WITHIN)
+        .expect("the exhibitor is still connected");
+    assert_eq!(
+        (flw.kind, flw.origin, flw.dest),
+        (Kind::Flw, SERVER_ID, x),
+        "{flw}"
+    );
+}

@@ -10,12 +10,12 @@
 //! targets answered OK; each router's own invariants.
 
 use crate::util::Rng;
-use evchat::cluster::batch::{self, BatchWriter, Record};
+use evchat::cluster::batch::{self, BatchWriter, PairRecord, Record};
 use evchat::cluster::memory::{MemoryEngine, MemoryHub};
 use evchat::cluster::{Engine, Event, NodeId, Request};
 use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
 use evchat::server::Limits;
-use evchat::testing::{CloseReason, ConnId, Outbox, Router};
+use evchat::testing::{CloseReason, ConnId, Outbox, PairNotice, Router};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,52 @@ impl Outbox for Recorder {
             .entry(node)
             .or_insert_with(|| BatchWriter::new(from));
         batch.push_ack(relay, ok);
+    }
+    fn pair_notice(&mut self, node: u64, notice: PairNotice) {
+        let from = self.node;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        batch.push_pair(record(notice));
+    }
+}
+
+/// The router's pair notice as a batch record, and back, as the loop's
+/// glue converts them.
+fn record(notice: PairNotice) -> PairRecord {
+    match notice {
+        PairNotice::Pair {
+            token,
+            exhibitor,
+            emitter,
+        } => PairRecord::Pair {
+            token,
+            exhibitor,
+            emitter,
+        },
+        PairNotice::Paired { token, ok } => PairRecord::Paired { token, ok },
+        PairNotice::Dismiss { exhibitor, emitter } => PairRecord::Dismiss { exhibitor, emitter },
+        PairNotice::Unpaired { exhibitor, emitter } => PairRecord::Unpaired { exhibitor, emitter },
+        PairNotice::Unpair { exhibitor, emitter } => PairRecord::Unpair { exhibitor, emitter },
+    }
+}
+
+fn notice(record: PairRecord) -> PairNotice {
+    match record {
+        PairRecord::Pair {
+            token,
+            exhibitor,
+            emitter,
+        } => PairNotice::Pair {
+            token,
+            exhibitor,
+            emitter,
+        },
+        PairRecord::Paired { token, ok } => PairNotice::Paired { token, ok },
+        PairRecord::Dismiss { exhibitor, emitter } => PairNotice::Dismiss { exhibitor, emitter },
+        PairRecord::Unpaired { exhibitor, emitter } => PairNotice::Unpaired { exhibitor, emitter },
+        PairRecord::Unpair { exhibitor, emitter } => PairNotice::Unpair { exhibitor, emitter },
     }
 }
 
@@ -136,6 +182,7 @@ impl Node {
                             Record::Ack { relay, ok } => {
                                 router.relay_acked(from, relay, ok, now, out)
                             }
+                            Record::Pair(r) => router.pair_notice(from, notice(r), now, out),
                         }
                     }
                 }
@@ -253,7 +300,20 @@ impl World {
         let conn = n.next_conn;
         n.next_conn += 1;
         n.router.connected(conn, self.now);
-        let origin = if kind == Kindof::Exhibitor { 0 } else { 1 };
+        let exhibitors: Vec<ClientId> = self
+            .clients
+            .iter()
+            .filter(|c| c.kind == Kindof::Exhibitor)
+            .filter_map(|c| c.id)
+            .collect();
+        let origin = match kind {
+            Kindof::Exhibitor => 0,
+            // A third of the emitters ask to pair, on any node.
+            Kindof::Emitter if !exhibitors.is_empty() && self.rng.next().is_multiple_of(3) => {
+                exhibitors[self.pick(exhibitors.len())]
+            }
+            Kindof::Emitter => 1,
+        };
         self.clients.push(Client {
             node,
             conn,

@@ -7,6 +7,11 @@
 //! 'E' 1 | sender incarnation u64 BE | record*
 //! record = 1 | relay u64 BE | frame length u32 BE | frame   (RELAY: a MSG or CREQ)
 //!        | 2 | relay u64 BE | ok u8 (1 OK, 0 ERRO)           (ACK)
+//!        | 3 | token u64 BE | exhibitor u16 | emitter u16   (PAIR: may my emitter pair?)
+//!        | 4 | token u64 BE | ok u8                         (PAIRED: the answer)
+//!        | 5 | exhibitor u16 | emitter u16                  (DISMISS: its emitter is gone)
+//!        | 6 | exhibitor u16 | emitter u16                  (UNPAIRED: its exhibitor is gone)
+//!        | 7 | exhibitor u16 | emitter u16                  (UNPAIR: the pairing was given up)
 //! ```
 
 use super::NodeId;
@@ -17,6 +22,11 @@ const MAGIC: u8 = b'E';
 const VERSION: u8 = 1;
 const RELAY: u8 = 1;
 const ACK: u8 = 2;
+const PAIR: u8 = 3;
+const PAIRED: u8 = 4;
+const DISMISS: u8 = 5;
+const UNPAIRED: u8 = 6;
+const UNPAIR: u8 = 7;
 /// Header bytes: magic, version, incarnation.
 const HEADER: usize = 2 + 8;
 /// A batch grows to about this size before it is published early (and a
@@ -30,6 +40,27 @@ pub enum Record<'a> {
     Relay { relay: u64, frame: FrameView<'a> },
     /// The outcome of relay `relay` that this node sent the batch's sender.
     Ack { relay: u64, ok: bool },
+    /// A pair across nodes (CLUSTER.md, "Pairs across nodes").
+    Pair(PairRecord),
+}
+
+/// The records that make and end a pair whose halves are on two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairRecord {
+    /// The sender's emitter `emitter` asks to pair with `exhibitor` here.
+    Pair {
+        token: u64,
+        exhibitor: u16,
+        emitter: u16,
+    },
+    /// The answer to the sender's PAIR `token`.
+    Paired { token: u64, ok: bool },
+    /// The emitter `emitter` (the sender's) is gone: `exhibitor` leaves.
+    Dismiss { exhibitor: u16, emitter: u16 },
+    /// The exhibitor `exhibitor` (the sender's) is gone: `emitter` is unpaired.
+    Unpaired { exhibitor: u16, emitter: u16 },
+    /// The sender gave up pairing `emitter` with `exhibitor`: forget it.
+    Unpair { exhibitor: u16, emitter: u16 },
 }
 
 /// Why a batch was refused.
@@ -82,6 +113,34 @@ impl BatchWriter {
         self.buf.extend_from_slice(&[u8::from(ok)]);
     }
 
+    pub fn push_pair(&mut self, record: PairRecord) {
+        let (tag, ids) = match record {
+            PairRecord::Pair {
+                token,
+                exhibitor,
+                emitter,
+            } => {
+                self.buf.extend_from_slice(&[PAIR]);
+                self.buf.extend_from_slice(&token.to_be_bytes());
+                self.buf.extend_from_slice(&exhibitor.to_be_bytes());
+                self.buf.extend_from_slice(&emitter.to_be_bytes());
+                return;
+            }
+            PairRecord::Paired { token, ok } => {
+                self.buf.extend_from_slice(&[PAIRED]);
+                self.buf.extend_from_slice(&token.to_be_bytes());
+                self.buf.extend_from_slice(&[u8::from(ok)]);
+                return;
+            }
+            PairRecord::Dismiss { exhibitor, emitter } => (DISMISS, (exhibitor, emitter)),
+            PairRecord::Unpaired { exhibitor, emitter } => (UNPAIRED, (exhibitor, emitter)),
+            PairRecord::Unpair { exhibitor, emitter } => (UNPAIR, (exhibitor, emitter)),
+        };
+        self.buf.extend_from_slice(&[tag]);
+        self.buf.extend_from_slice(&ids.0.to_be_bytes());
+        self.buf.extend_from_slice(&ids.1.to_be_bytes());
+    }
+
     /// Bytes written so far.
     pub fn len(&self) -> usize {
         self.buf.len()
@@ -111,8 +170,40 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
     let mut records = Vec::new();
     let mut rest = &bytes[HEADER..];
     while let Some((&tag, after)) = rest.split_first() {
+        if let DISMISS | UNPAIRED | UNPAIR = tag {
+            let (exhibitor, after) = take_u16(after)?;
+            let (emitter, after) = take_u16(after)?;
+            records.push(Record::Pair(match tag {
+                DISMISS => PairRecord::Dismiss { exhibitor, emitter },
+                UNPAIRED => PairRecord::Unpaired { exhibitor, emitter },
+                _ => PairRecord::Unpair { exhibitor, emitter },
+            }));
+            rest = after;
+            continue;
+        }
         let (relay, after) = take_u64(after)?;
         match tag {
+            PAIR => {
+                let (exhibitor, after) = take_u16(after)?;
+                let (emitter, after) = take_u16(after)?;
+                records.push(Record::Pair(PairRecord::Pair {
+                    token: relay,
+                    exhibitor,
+                    emitter,
+                }));
+                rest = after;
+            }
+            PAIRED => {
+                let (&ok, after) = after.split_first().ok_or(BatchError::Short)?;
+                if ok > 1 {
+                    return Err(BatchError::Short);
+                }
+                records.push(Record::Pair(PairRecord::Paired {
+                    token: relay,
+                    ok: ok == 1,
+                }));
+                rest = after;
+            }
             RELAY => {
                 let (len, after) = after.split_first_chunk::<4>().ok_or(BatchError::Short)?;
                 let len = u32::from_be_bytes(*len) as usize;
@@ -140,6 +231,11 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
         }
     }
     Ok((from, records))
+}
+
+fn take_u16(bytes: &[u8]) -> Result<(u16, &[u8]), BatchError> {
+    let (head, rest) = bytes.split_first_chunk::<2>().ok_or(BatchError::Short)?;
+    Ok((u16::from_be_bytes(*head), rest))
 }
 
 fn take_u64(bytes: &[u8]) -> Result<(u64, &[u8]), BatchError> {
@@ -198,6 +294,46 @@ mod tests {
     }
 
     #[test]
+    fn pair_records_round_trip_and_a_short_one_is_refused() {
+        let records = [
+            PairRecord::Pair {
+                token: 9,
+                exhibitor: 4096,
+                emitter: 3,
+            },
+            PairRecord::Paired { token: 9, ok: true },
+            PairRecord::Dismiss {
+                exhibitor: 4096,
+                emitter: 3,
+            },
+            PairRecord::Unpaired {
+                exhibitor: 4097,
+                emitter: 4,
+            },
+            PairRecord::Unpair {
+                exhibitor: 4098,
+                emitter: 5,
+            },
+        ];
+        let mut w = BatchWriter::new(2);
+        for record in records {
+            w.push_pair(record);
+        }
+        let (bytes, relays) = w.finish();
+        assert!(relays.is_empty());
+        let (_, parsed) = parse(&bytes).unwrap();
+        let parsed: Vec<PairRecord> = parsed
+            .into_iter()
+            .map(|r| match r {
+                Record::Pair(p) => p,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(parsed, records);
+        assert_eq!(fault(&bytes[..bytes.len() - 1]), BatchError::Short);
+    }
+
+    #[test]
     fn a_message_with_the_longest_text_is_relayed_whole() {
         let text = bytes::Bytes::from(vec![b'x'; crate::proto::MAX_TEXT_LEN]);
         let wire = Frame::msg(1, 0, 2, text).unwrap().to_bytes();
@@ -224,9 +360,9 @@ mod tests {
         assert_eq!(fault(b"X\x01\0\0\0\0\0\0\0\x01"), BatchError::BadHeader);
         assert_eq!(fault(b"E\x01\0\0"), BatchError::BadHeader);
         let mut unknown = good.clone();
-        unknown.push(7);
+        unknown.push(9);
         unknown.extend_from_slice(&[0; 8]);
-        assert_eq!(fault(&unknown), BatchError::UnknownRecord(7));
+        assert_eq!(fault(&unknown), BatchError::UnknownRecord(9));
         assert_eq!(fault(&good[..good.len() - 1]), BatchError::Short);
         // A relayed OI is not something a node relays.
         let oi = Frame::bare(Kind::Oi, 0, 0, 1).to_bytes();

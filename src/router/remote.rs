@@ -2,7 +2,8 @@
 //! each id (a replica the loop keeps up to date from the engine), the OIs
 //! waiting for an id the engine claims, the requests relayed to other
 //! nodes and awaiting their acknowledgement, and the relays from other
-//! nodes being delivered here. It is handed routes and acknowledgements as
+//! nodes being delivered here, and the pairs whose emitter and exhibitor
+//! are on two nodes. It is handed routes and acknowledgements as
 //! plain data and answers through the [`Outbox`]; it never sees the engine.
 //! Without a cluster none of it is allocated, and a request pays one branch.
 
@@ -12,7 +13,7 @@ use crate::proto::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Another node, as the loop names it (its incarnation).
 pub type NodeRef = u64;
@@ -25,7 +26,58 @@ const RELAY_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 struct Sent {
     node: NodeRef,
-    request: RequestRef,
+    origin: SentFor,
+    deadline: Instant,
+}
+
+/// What a relay's ACK settles.
+#[derive(Debug, Clone, Copy)]
+enum SentFor {
+    /// One target of an emitter's request here.
+    Request(RequestRef),
+    /// A relay received from another node, passed on to the node of the
+    /// destination emitter's exhibitor (by its key in `received`).
+    Chain(u64),
+}
+
+/// A notice between the two halves of a pair on two nodes (CLUSTER.md,
+/// "Pairs across nodes"); the loop carries it in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairNotice {
+    /// My emitter `emitter` asks to pair with your `exhibitor`.
+    Pair {
+        token: u64,
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+    /// The answer to PAIR `token`.
+    Paired { token: u64, ok: bool },
+    /// My emitter `emitter` is gone: your `exhibitor` leaves (rule 6).
+    Dismiss {
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+    /// My exhibitor `exhibitor` is gone: your `emitter` is unpaired.
+    Unpaired {
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+    /// I gave up pairing `emitter` with your `exhibitor`: forget it.
+    Unpair {
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+}
+
+/// An emitter's OI waiting for another node's answer to PAIR.
+#[derive(Debug, Clone, Copy)]
+struct PairWait {
+    conn: ConnId,
+    node: NodeRef,
+    exhibitor: ClientId,
+    /// The id claimed for the emitter.
+    emitter: ClientId,
+    seq: u16,
     deadline: Instant,
 }
 
@@ -57,24 +109,70 @@ pub(super) struct Remote {
     received: HashMap<u64, Received>,
     /// The nodes of the request being routed.
     nodes: Vec<NodeRef>,
+    /// Emitters here paired with an exhibitor on another node: its node
+    /// and id.
+    paired_out: HashMap<ConnId, (NodeRef, ClientId)>,
+    /// Exhibitors here paired with an emitter on another node, by the
+    /// emitter's id: its node and the exhibitor's connection.
+    paired_in: HashMap<ClientId, (NodeRef, ConnId)>,
+    /// The same pairs by the exhibitor's connection: the node and the
+    /// emitter's id.
+    paired_in_by_exhibitor: HashMap<ConnId, (NodeRef, ClientId)>,
+    /// OIs waiting for PAIRED, by token, and their tokens by connection.
+    pairing: HashMap<u64, PairWait>,
+    pairing_conns: HashMap<ConnId, u64>,
+    next_token: u64,
 }
 
 impl Remote {
     /// Whether `conn`'s OI waits for its id (its input is held meanwhile).
     pub(super) fn is_claiming(&self, conn: ConnId) -> bool {
-        self.claiming.contains_key(&conn)
+        self.claiming.contains_key(&conn) || self.pairing_conns.contains_key(&conn)
     }
 
-    /// `conn` is gone: its claim (if any) is dropped, and its id released.
+    /// Whether the exhibitor `conn` is paired with an emitter on another node.
+    pub(super) fn is_paired_in(&self, conn: ConnId) -> bool {
+        self.paired_in_by_exhibitor.contains_key(&conn)
+    }
+
+    /// The exhibitor here paired with the emitter `id` of another node.
+    pub(super) fn exhibitor_of(&self, id: ClientId) -> Option<ConnId> {
+        self.paired_in.get(&id).map(|&(_, conn)| conn)
+    }
+
+    /// `conn` is gone: its claim or pairing (if any) is dropped, its id
+    /// released, and the other half of a pair across nodes told (rule 6).
     pub(super) fn forget(&mut self, conn: ConnId, session: &Session, out: &mut impl Outbox) {
         self.claiming.remove(&conn);
+        if let Some(token) = self.pairing_conns.remove(&conn)
+            && let Some(wait) = self.pairing.remove(&token)
+        {
+            out.release_id(wait.emitter);
+            let (exhibitor, emitter) = (wait.exhibitor, wait.emitter);
+            out.pair_notice(wait.node, PairNotice::Unpair { exhibitor, emitter });
+        }
+        if let Some((node, exhibitor)) = self.paired_out.remove(&conn) {
+            let emitter = session.id;
+            out.pair_notice(node, PairNotice::Dismiss { exhibitor, emitter });
+        }
+        if let Some((node, emitter)) = self.paired_in_by_exhibitor.remove(&conn) {
+            self.paired_in.remove(&emitter);
+            let exhibitor = session.id;
+            out.pair_notice(node, PairNotice::Unpaired { exhibitor, emitter });
+        }
         if !matches!(session.role, Role::Anonymous) {
             out.release_id(session.id);
         }
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.sent.first_key_value().map(|(_, sent)| sent.deadline)
+        let relays = self.sent.first_key_value().map(|(_, sent)| sent.deadline);
+        let pairs = self.pairing.values().map(|wait| wait.deadline).min();
+        relays.into_iter().chain(pairs).min()
+    }
+
+    fn owner_of(&self, id: ClientId) -> Option<NodeRef> {
+        self.owner.get(usize::from(id)).copied().flatten()
     }
 
     fn hold(&mut self, id: ClientId, node: NodeRef) {
@@ -139,6 +237,11 @@ impl Router {
         self.remote.free(id, node);
     }
 
+    /// Which other node holds `id`, if one does.
+    pub(super) fn remote_owner(&self, id: ClientId) -> Option<NodeRef> {
+        self.remote.owner_of(id)
+    }
+
     /// Every id another node holds, ascending, for a CLIST with this
     /// node's own.
     pub(super) fn all_ids(&self) -> Vec<ClientId> {
@@ -164,6 +267,34 @@ impl Router {
             }
         }
         self.remote.exhibitors.remove(&node);
+        // Rule 6 across nodes: emitters here lose their exhibitor there;
+        // exhibitors here whose emitter was there are dismissed.
+        self.remote.paired_out.retain(|_, (n, _)| *n != node);
+        let orphans: Vec<ConnId> = self
+            .remote
+            .paired_in_by_exhibitor
+            .iter()
+            .filter(|(_, (n, _))| *n == node)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in orphans {
+            if let Some((_, emitter)) = self.remote.paired_in_by_exhibitor.remove(&conn) {
+                self.remote.paired_in.remove(&emitter);
+            }
+            if self.session(conn).is_some_and(|s| !s.leaving) {
+                self.dismiss(conn, now, out);
+            }
+        }
+        let waits: Vec<u64> = self
+            .remote
+            .pairing
+            .iter()
+            .filter(|(_, wait)| wait.node == node)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in waits {
+            self.pair_failed(token, now, out);
+        }
         let failed: Vec<u64> = self
             .remote
             .sent
@@ -193,7 +324,7 @@ impl Router {
             if self.remote.sent.get(relay).is_some_and(|s| s.node == node)
                 && let Some(sent) = self.remote.sent.remove(relay)
             {
-                self.settle(sent.request, false, now, out);
+                self.sent_settled(sent.origin, false, now, out);
             }
         }
     }
@@ -205,9 +336,12 @@ impl Router {
         self.shutdown(now, out);
         let sent = std::mem::take(&mut self.remote.sent);
         for (_, sent) in sent {
-            self.settle(sent.request, false, now, out);
+            self.sent_settled(sent.origin, false, now, out);
         }
         self.remote.received.clear();
+        self.remote.paired_out.clear();
+        self.remote.paired_in.clear();
+        self.remote.paired_in_by_exhibitor.clear();
         self.cluster_joined(&[]);
     }
 
@@ -239,7 +373,170 @@ impl Router {
             return false;
         };
         self.identify(conn, origin, seq, Some(id), now, out);
-        self.client_id(conn) == Some(id)
+        self.client_id(conn) == Some(id) || self.remote.pairing_conns.contains_key(&conn)
+    }
+
+    /// An emitter's OI names `exhibitor`, held by `node`: with its id
+    /// claimed, that node is asked to pair them; until it answers (or
+    /// the ack timeout passes) the OI waits.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pair_across(
+        &mut self,
+        conn: ConnId,
+        exhibitor: ClientId,
+        seq: u16,
+        claimed: Option<ClientId>,
+        node: NodeRef,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let Some(emitter) = claimed else {
+            return self.claim_for(conn, exhibitor, seq, out);
+        };
+        let token = self.remote.next_token;
+        self.remote.next_token += 1;
+        let deadline = now + self.limits.ack_timeout;
+        let wait = PairWait {
+            conn,
+            node,
+            exhibitor,
+            emitter,
+            seq,
+            deadline,
+        };
+        self.remote.pairing.insert(token, wait);
+        self.remote.pairing_conns.insert(conn, token);
+        out.pair_notice(
+            node,
+            PairNotice::Pair {
+                token,
+                exhibitor,
+                emitter,
+            },
+        );
+        self.note_deadline(deadline);
+    }
+
+    /// A pairing that will not be: ERRO to the OI and close (rule 1), the
+    /// claimed id released, the other node told to forget it.
+    fn pair_failed(&mut self, token: u64, now: Instant, out: &mut impl Outbox) {
+        let Some(wait) = self.remote.pairing.remove(&token) else {
+            return;
+        };
+        self.remote.pairing_conns.remove(&wait.conn);
+        warn!(
+            conn = wait.conn,
+            requested = wait.exhibitor,
+            "OI refused: no pair across nodes"
+        );
+        out.release_id(wait.emitter);
+        let (exhibitor, emitter) = (wait.exhibitor, wait.emitter);
+        out.pair_notice(wait.node, PairNotice::Unpair { exhibitor, emitter });
+        if self.session(wait.conn).is_some() {
+            out.resume_input(wait.conn);
+            out.send(wait.conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, wait.seq));
+            self.close(wait.conn, super::CloseReason::Refused, now, out);
+        }
+    }
+
+    /// A notice from the other half of a pair on node `from`.
+    pub fn pair_notice(
+        &mut self,
+        from: NodeRef,
+        notice: PairNotice,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        match notice {
+            PairNotice::Pair {
+                token,
+                exhibitor,
+                emitter,
+            } => {
+                // One loop decides, so of two racing PAIRs (or a PAIR and
+                // a local OI) exactly one wins.
+                let free = self.ids.get(exhibitor).filter(|&x| {
+                    self.session(x).is_some_and(|s| {
+                        !s.leaving && matches!(s.role, Role::Exhibitor { emitter: None })
+                    }) && !self.remote.is_paired_in(x)
+                });
+                if let Some(x) = free {
+                    self.remote.paired_in.insert(emitter, (from, x));
+                    self.remote
+                        .paired_in_by_exhibitor
+                        .insert(x, (from, emitter));
+                    info!(
+                        exhibitor,
+                        emitter,
+                        node = from,
+                        "exhibitor paired across nodes"
+                    );
+                }
+                let ok = free.is_some();
+                out.pair_notice(from, PairNotice::Paired { token, ok });
+            }
+            PairNotice::Paired { token, ok } => {
+                let Some(wait) = self.remote.pairing.get(&token).copied() else {
+                    return; // given up already (and UNPAIR sent)
+                };
+                if wait.node != from {
+                    return;
+                }
+                if !ok || self.session(wait.conn).is_none() {
+                    return self.pair_failed(token, now, out);
+                }
+                self.remote.pairing.remove(&token);
+                self.remote.pairing_conns.remove(&wait.conn);
+                let (conn, id) = (wait.conn, wait.emitter);
+                self.free_emitter_ids.remove(&id);
+                self.pair_emitter(conn, id, None);
+                self.ids.insert(id, conn);
+                self.remote.paired_out.insert(conn, (from, wait.exhibitor));
+                info!(
+                    conn,
+                    id,
+                    exhibitor = wait.exhibitor,
+                    node = from,
+                    "emitter identified, paired across nodes"
+                );
+                out.resume_input(conn);
+                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, wait.seq));
+            }
+            PairNotice::Dismiss { exhibitor, emitter } => {
+                if let Some(x) = self.unpair_in(from, exhibitor, emitter)
+                    && self.session(x).is_some_and(|s| !s.leaving)
+                {
+                    self.dismiss(x, now, out);
+                }
+            }
+            PairNotice::Unpair { exhibitor, emitter } => {
+                self.unpair_in(from, exhibitor, emitter);
+            }
+            PairNotice::Unpaired { exhibitor, emitter } => {
+                if let Some(conn) = self.ids.get(emitter)
+                    && self.remote.paired_out.get(&conn) == Some(&(from, exhibitor))
+                {
+                    self.remote.paired_out.remove(&conn);
+                }
+            }
+        }
+    }
+
+    /// Forgets the pair of this node's `exhibitor` with `from`'s `emitter`,
+    /// if it stands; returns the exhibitor's connection.
+    fn unpair_in(
+        &mut self,
+        from: NodeRef,
+        exhibitor: ClientId,
+        emitter: ClientId,
+    ) -> Option<ConnId> {
+        let &(node, x) = self.remote.paired_in.get(&emitter)?;
+        if node != from || self.client_id(x) != Some(exhibitor) {
+            return None;
+        }
+        self.remote.paired_in.remove(&emitter);
+        self.remote.paired_in_by_exhibitor.remove(&x);
+        Some(x)
     }
 
     /// An identify that must wait for the engine: noted, and the claim asked.
@@ -257,14 +554,18 @@ impl Router {
     /// Fills the nodes a request to `dest` must also go to; returns how many.
     #[inline(never)]
     pub(super) fn remote_targets(&mut self, dest: ClientId) -> usize {
+        let local = self.ids.get(dest);
         let remote = &mut self.remote;
         remote.nodes.clear();
         if dest == 0 {
             remote.nodes.extend(remote.exhibitors.keys().copied());
-        } else if (is_emitter_id(dest) || is_exhibitor_id(dest))
-            && let Some(Some(node)) = remote.owner.get(usize::from(dest))
-        {
-            remote.nodes.push(*node);
+        } else if remote.paired_in.contains_key(&dest) {
+            // Another node's emitter whose exhibitor is here: local.
+        } else if let Some(node) = remote.owner_of(dest) {
+            remote.nodes.push(node);
+        } else if let Some(&(node, _)) = local.and_then(|conn| remote.paired_out.get(&conn)) {
+            // An emitter here whose exhibitor is on another node.
+            remote.nodes.push(node);
         }
         remote.nodes.len()
     }
@@ -287,7 +588,7 @@ impl Router {
                 relay,
                 Sent {
                     node,
-                    request,
+                    origin: SentFor::Request(request),
                     deadline,
                 },
             );
@@ -309,9 +610,16 @@ impl Router {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
         if targets.is_empty() {
+            self.targets = targets;
+            let chained = self
+                .ids
+                .get(frame.dest)
+                .filter(|_| is_emitter_id(frame.dest));
+            if let Some(&(node, _)) = chained.and_then(|c| self.remote.paired_out.get(&c)) {
+                return self.relay_on(from, relay, node, frame, now, out);
+            }
             debug!(from, dest = frame.dest, "relay with no target here");
             out.relay_ack(from, relay, false);
-            self.targets = targets;
             return;
         }
         let key = self.remote.next_received;
@@ -353,6 +661,51 @@ impl Router {
         self.targets = targets;
     }
 
+    /// A relay to an emitter here whose exhibitor is on node `node`: passed
+    /// on, and answered when that node answers.
+    fn relay_on(
+        &mut self,
+        from: NodeRef,
+        relay: u64,
+        node: NodeRef,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let key = self.remote.next_received;
+        self.remote.next_received += 1;
+        self.remote.received.insert(
+            key,
+            Received {
+                from,
+                relay,
+                outstanding: 1,
+                any_ok: false,
+            },
+        );
+        let onward = self.remote.next_relay;
+        self.remote.next_relay += 1;
+        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
+        self.remote.sent.insert(
+            onward,
+            Sent {
+                node,
+                origin: SentFor::Chain(key),
+                deadline,
+            },
+        );
+        out.relay(node, onward, frame);
+        self.note_deadline(deadline);
+    }
+
+    /// A relay this node sent was answered (or failed).
+    fn sent_settled(&mut self, origin: SentFor, ok: bool, now: Instant, out: &mut impl Outbox) {
+        match origin {
+            SentFor::Request(request) => self.settle(request, ok, now, out),
+            SentFor::Chain(key) => self.relay_settled(key, ok, out),
+        }
+    }
+
     /// One target of a relay from another node settled.
     pub(super) fn relay_settled(&mut self, key: u64, ok: bool, out: &mut impl Outbox) {
         let Some(received) = self.remote.received.get_mut(&key) else {
@@ -380,7 +733,7 @@ impl Router {
             return;
         }
         let sent = self.remote.sent.remove(&relay).expect("found above");
-        self.settle(sent.request, ok, now, out);
+        self.sent_settled(sent.origin, ok, now, out);
     }
 
     /// Relays whose node did not answer in time fail.
@@ -394,7 +747,17 @@ impl Router {
                 node = sent.node,
                 "no ACK from the node in time: the delivery fails"
             );
-            self.settle(sent.request, false, now, out);
+            self.sent_settled(sent.origin, false, now, out);
+        }
+        let overdue: Vec<u64> = self
+            .remote
+            .pairing
+            .iter()
+            .filter(|(_, wait)| wait.deadline <= now)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in overdue {
+            self.pair_failed(token, now, out);
         }
     }
 }

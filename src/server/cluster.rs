@@ -7,11 +7,11 @@
 //! threads wake the loop's `mio::Waker`; nothing here blocks.
 
 use super::Server;
-use crate::cluster::batch::{self, BatchWriter, Record};
+use crate::cluster::batch::{self, BatchWriter, PairRecord, Record};
 use crate::cluster::redis::{RedisConfig, RedisEngine};
 use crate::cluster::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, FrameView};
-use crate::router::ConnId;
+use crate::router::{ConnId, PairNotice};
 use mio::Waker;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -68,6 +68,16 @@ impl Outgoing {
             .entry(node)
             .or_insert_with(|| BatchWriter::new(from));
         batch.push_relay(relay, frame);
+        self.bound(node);
+    }
+
+    pub(super) fn pair_notice(&mut self, node: NodeId, notice: PairNotice) {
+        let from = self.from;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        batch.push_pair(to_record(notice));
         self.bound(node);
     }
 
@@ -241,13 +251,15 @@ impl Server {
         if let Some(node) = cluster.node.take() {
             warn!(node, "cluster: fenced: dismissing every client");
         }
+        // What the fence itself asks of other nodes goes nowhere: this
+        // incarnation is over.
+        self.router.fence(self.wire.now, &mut self.wire);
         if let Some(outgoing) = self.wire.cluster.as_deref_mut() {
             outgoing.from = 0;
             outgoing.batches.clear();
             outgoing.full.clear();
             outgoing.releases.clear();
         }
-        self.router.fence(self.wire.now, &mut self.wire);
     }
 
     /// A batch from another node: checked whole, then each record routed.
@@ -273,6 +285,10 @@ impl Server {
                 Record::Ack { relay, ok } => {
                     self.router
                         .relay_acked(from, relay, ok, now, &mut self.wire)
+                }
+                Record::Pair(record) => {
+                    let notice = to_notice(record);
+                    self.router.pair_notice(from, notice, now, &mut self.wire)
                 }
             }
             self.settle_dropped();
@@ -323,5 +339,43 @@ impl Server {
             }
         }
         self.settle_dropped();
+    }
+}
+
+/// The router's pair notice as the batch writes it (the router does not
+/// know the batch format, nor the batch the router).
+fn to_record(notice: PairNotice) -> PairRecord {
+    match notice {
+        PairNotice::Pair {
+            token,
+            exhibitor,
+            emitter,
+        } => PairRecord::Pair {
+            token,
+            exhibitor,
+            emitter,
+        },
+        PairNotice::Paired { token, ok } => PairRecord::Paired { token, ok },
+        PairNotice::Dismiss { exhibitor, emitter } => PairRecord::Dismiss { exhibitor, emitter },
+        PairNotice::Unpaired { exhibitor, emitter } => PairRecord::Unpaired { exhibitor, emitter },
+        PairNotice::Unpair { exhibitor, emitter } => PairRecord::Unpair { exhibitor, emitter },
+    }
+}
+
+fn to_notice(record: PairRecord) -> PairNotice {
+    match record {
+        PairRecord::Pair {
+            token,
+            exhibitor,
+            emitter,
+        } => PairNotice::Pair {
+            token,
+            exhibitor,
+            emitter,
+        },
+        PairRecord::Paired { token, ok } => PairNotice::Paired { token, ok },
+        PairRecord::Dismiss { exhibitor, emitter } => PairNotice::Dismiss { exhibitor, emitter },
+        PairRecord::Unpaired { exhibitor, emitter } => PairNotice::Unpaired { exhibitor, emitter },
+        PairRecord::Unpair { exhibitor, emitter } => PairNotice::Unpair { exhibitor, emitter },
     }
 }

@@ -11,7 +11,7 @@ use super::metrics::Metrics;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
 use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
-use crate::router::{CloseReason, ConnId, NodeRef, Outbox, Sender};
+use crate::router::{CloseReason, ConnId, NodeRef, Outbox, PairNotice, Sender};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::fmt;
@@ -334,6 +334,12 @@ impl Outbox for Wire {
     fn relay_ack(&mut self, node: NodeRef, relay: u64, ok: bool) {
         if let Some(outgoing) = self.cluster.as_deref_mut() {
             outgoing.relay_ack(node, relay, ok);
+        }
+    }
+
+    fn pair_notice(&mut self, node: NodeRef, notice: PairNotice) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.pair_notice(node, notice);
         }
     }
 }
