@@ -1,6 +1,7 @@
 //! An engine in memory, for tests: several nodes in one process share a
 //! [`MemoryHub`] that does what Redis does for the Redis engine (the id
-//! table, the channels), at once and in order, and can crash a node.
+//! table, the channels), at once and in order, and can crash a node or
+//! fence it (its lease lost: reaped, then joined again as a new one).
 
 use super::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
@@ -93,6 +94,38 @@ pub struct MemoryEngine {
 impl MemoryEngine {
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// This node loses its lease (a partition from the engine, a stall):
+    /// the others see it reaped (its ids freed, [`Event::Down`]); what
+    /// it had not yet drained is lost; it is told [`Event::Fenced`] and
+    /// joins again as a new incarnation.
+    pub fn fence(&mut self) {
+        let mut hub = self.hub.lock();
+        let Some(inbox) = hub.nodes.remove(&self.node) else {
+            return;
+        };
+        let old = self.node;
+        hub.owner.retain(|_, n| *n != old);
+        hub.tell_all(&Event::Down { node: old });
+        hub.next_node += 1;
+        self.node = hub.next_node;
+        let held = hub.owner.iter().map(|(&id, &n)| (id, n)).collect();
+        let events = vec![
+            Event::Fenced,
+            Event::Joined {
+                node: self.node,
+                held,
+            },
+        ];
+        (inbox.wake)();
+        hub.nodes.insert(
+            self.node,
+            Inbox {
+                events,
+                wake: inbox.wake,
+            },
+        );
     }
 }
 

@@ -362,7 +362,11 @@ impl Router {
             return false;
         }
         out.resume_input(conn);
-        let Some(id) = id else {
+        // After a fence, a client of the old incarnation being dismissed
+        // may still show the id the new one is given: refused until it has
+        // gone, rather than two sessions here with one id (found by the
+        // simulation).
+        let Some(id) = id.filter(|&id| self.ids.get(id).is_none()) else {
             warn!(
                 conn,
                 requested = origin,
@@ -482,7 +486,8 @@ impl Router {
                 if wait.node != from {
                     return;
                 }
-                if !ok || self.session(wait.conn).is_none() {
+                let taken = self.ids.get(wait.emitter).is_some();
+                if !ok || taken || self.session(wait.conn).is_none() {
                     return self.pair_failed(token, now, out);
                 }
                 self.remote.pairing.remove(&token);
