@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 mod connection;
 pub mod discovery;
 mod priority;
@@ -39,7 +40,8 @@ pub mod testing {
         WebConfig,
     };
     pub use crate::router::{
-        CloseReason, ConnId, Outbox, REPLAY_FRAMING, ROOM_IDS, RoomLimits, Router, Sender,
+        CloseReason, ConnId, Outbox, PairNotice, REPLAY_FRAMING, ROOM_IDS, RoomLimits, Router,
+        Sender,
     };
     pub use crate::store::format::Record;
     pub use crate::store::log::{Log, Notice, Opened, Options};

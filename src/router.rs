@@ -21,8 +21,10 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod remote;
 mod rooms;
 mod waiting;
+pub use remote::{NodeRef, PairNotice};
 pub use rooms::{
     MAX_ROOMS_CEILING, ROOM_IDS, RecalledMessage, RecalledRoom, RoomLimits, is_room_id,
 };
@@ -77,6 +79,19 @@ pub trait Outbox {
     fn room_event(&mut self, _event: &RoomEvent<'_>) -> Option<u64> {
         None
     }
+    /// Several nodes (CLUSTER.md): ask the engine for the lowest free id
+    /// for `conn`'s OI (in the exhibitor range or the emitter range); the
+    /// answer comes back through [`Router::id_claimed`].
+    fn claim_id(&mut self, _conn: ConnId, _exhibitor: bool) {}
+    /// Several nodes: this node no longer holds `id`.
+    fn release_id(&mut self, _id: ClientId) {}
+    /// Several nodes: `frame` goes to node `node` as relay number `relay`,
+    /// answered through [`Router::relay_acked`].
+    fn relay(&mut self, _node: NodeRef, _relay: u64, _frame: &FrameView<'_>) {}
+    /// Several nodes: the outcome of relay `relay` from node `node`.
+    fn relay_ack(&mut self, _node: NodeRef, _relay: u64, _ok: bool) {}
+    /// Several nodes: a notice for the other half of a pair, on `node`.
+    fn pair_notice(&mut self, _node: NodeRef, _notice: PairNotice) {}
 }
 
 /// What changed in the rooms or the waiting messages, for a history to
@@ -232,6 +247,8 @@ enum Purpose {
     /// A message that waited for this session's name: its answer settles
     /// it (PROTOCOL.md, "Waiting messages").
     Waited { wait: u64 },
+    /// One target of a request relayed from another node (CLUSTER.md).
+    Relayed { key: u64 },
 }
 
 /// Names one request of one emitter connection.
@@ -599,6 +616,8 @@ pub struct Router {
     waiting: waiting::Waiting,
     /// The number the next waiting message (queue or name) gets.
     next_wait: u64,
+    /// Other nodes, with a cluster (CLUSTER.md); off and empty without.
+    remote: remote::Remote,
 }
 
 impl Router {
@@ -623,6 +642,7 @@ impl Router {
             answers: HashMap::new(),
             waiting: waiting::Waiting::new(),
             next_wait: 0,
+            remote: remote::Remote::default(),
         }
     }
 
@@ -882,8 +902,11 @@ impl Router {
             Role::Emitter {
                 paused, finished, ..
             } => !paused && !finished,
-            // A HELLO being checked holds what follows it.
-            Role::Anonymous => !matches!(session.hello, Hello::Checking),
+            // A HELLO being checked, or an OI's id being claimed, holds
+            // what follows it.
+            Role::Anonymous => {
+                !matches!(session.hello, Hello::Checking) && !self.remote.is_claiming(conn)
+            }
             Role::Exhibitor { .. } => true,
         }
     }
@@ -928,7 +951,9 @@ impl Router {
         };
         let id = session.id;
         match &session.role {
-            Role::Anonymous if frame.kind == Kind::Oi => self.identify(conn, frame, now, out),
+            Role::Anonymous if frame.kind == Kind::Oi => {
+                self.identify(conn, frame.origin, frame.seq, None, now, out)
+            }
             Role::Anonymous => {
                 // Rule 1: nothing but OI before identification.
                 warn!(conn, kind = %frame.kind, "frame before OI");
@@ -1012,6 +1037,12 @@ impl Router {
         }
         if let Some(d) = self.rooms.next_deadline() {
             earliest = Some(earliest.map_or(d, |e| e.min(d)));
+        }
+        if self.remote.enabled {
+            self.expire_relays(now, out);
+            if let Some(d) = self.remote.next_deadline() {
+                earliest = Some(earliest.map_or(d, |e| e.min(d)));
+            }
         }
         self.earliest_deadline = earliest;
         self.expire_queues(now, out);
@@ -1202,44 +1233,65 @@ impl Router {
     // every frame passes through, stays small (callgrind at 1:1: 14
     // instructions a message fewer than with the identity checks inlined).
     #[inline(never)]
-    fn identify(&mut self, conn: ConnId, oi: &FrameView<'_>, now: Instant, out: &mut impl Outbox) {
-        let wanted_exhibitor = oi.origin;
+    fn identify(
+        &mut self,
+        conn: ConnId,
+        wanted_exhibitor: ClientId,
+        seq: u16,
+        claimed: Option<ClientId>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
         if let Err(why) = self.may_identify(conn, wanted_exhibitor) {
             warn!(conn, requested = wanted_exhibitor, why, "OI refused");
-            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, seq));
             self.close(conn, CloseReason::Refused, now, out);
             return;
         }
-        let assigned = if wanted_exhibitor == 0 {
-            self.free_exhibitor_ids
-                .pop_first()
-                .ok_or("no exhibitor id free")
+        if self.remote.enabled
+            && is_exhibitor_id(wanted_exhibitor)
+            && self.ids.get(wanted_exhibitor).is_none()
+            && let Some(node) = self.remote_owner(wanted_exhibitor)
+        {
+            return self.pair_across(conn, wanted_exhibitor, seq, claimed, node, now, out);
+        }
+        let pairing = if is_exhibitor_id(wanted_exhibitor) {
+            match self.ids.get(wanted_exhibitor) {
+                None => Err("no such exhibitor"),
+                Some(ex) => match self.sessions[ex].as_ref().map(|s| (&s.role, s.leaving)) {
+                    Some((Role::Exhibitor { emitter: None }, false))
+                        if !self.remote.is_paired_in(ex) =>
+                    {
+                        Ok(Some(ex))
+                    }
+                    Some((_, true)) => Err("exhibitor is leaving"),
+                    _ => Err("exhibitor already paired"),
+                },
+            }
         } else {
-            let pairing = if is_exhibitor_id(wanted_exhibitor) {
-                match self.ids.get(wanted_exhibitor) {
-                    None => Err("no such exhibitor"),
-                    Some(ex) => match self.sessions[ex].as_ref().map(|s| (&s.role, s.leaving)) {
-                        Some((Role::Exhibitor { emitter: None }, false)) => Ok(Some(ex)),
-                        Some((_, true)) => Err("exhibitor is leaving"),
-                        _ => Err("exhibitor already paired"),
-                    },
-                }
-            } else {
-                Ok(None)
-            };
-            pairing
-                .and_then(|pair| {
-                    let id = self
-                        .free_emitter_ids
-                        .pop_first()
-                        .ok_or("no emitter id free")?;
-                    Ok((id, pair))
-                })
-                .map(|(id, pair)| {
-                    self.pair_emitter(conn, id, pair);
-                    id
-                })
+            Ok(None)
         };
+        // With several nodes the engine picks the id: the OI waits for it
+        // (checked again when it comes, as the exhibitor may have left).
+        if self.remote.enabled && claimed.is_none() && pairing.is_ok() {
+            return self.claim_for(conn, wanted_exhibitor, seq, out);
+        }
+        let assigned = pairing.and_then(|pair| {
+            let free = if wanted_exhibitor == 0 {
+                &mut self.free_exhibitor_ids
+            } else {
+                &mut self.free_emitter_ids
+            };
+            let id = match claimed {
+                Some(id) => free.take(&id).unwrap_or(id),
+                None if wanted_exhibitor == 0 => free.pop_first().ok_or("no exhibitor id free")?,
+                None => free.pop_first().ok_or("no emitter id free")?,
+            };
+            if wanted_exhibitor != 0 {
+                self.pair_emitter(conn, id, pair);
+            }
+            Ok(id)
+        });
         match assigned {
             Ok(id) => {
                 self.ids.insert(id, conn);
@@ -1270,7 +1322,7 @@ impl Router {
                     Role::Emitter { .. } => info!(conn, id, "emitter identified"),
                     _ => info!(conn, id, "exhibitor identified"),
                 }
-                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, seq));
                 if is_exhibitor_id(id) {
                     self.replay_to(conn, now, out);
                     self.room_session_online(conn, now, out);
@@ -1279,7 +1331,7 @@ impl Router {
             }
             Err(why) => {
                 warn!(conn, requested = wanted_exhibitor, why, "OI refused");
-                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, oi.seq));
+                out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, seq));
                 self.close(conn, CloseReason::Refused, now, out);
             }
         }
@@ -1503,7 +1555,24 @@ impl Router {
         if is_room_id(frame.dest) {
             return self.room_request(conn, frame, now, out);
         }
-        self.request_to::<false>(conn, frame, now, out);
+        if self.remote.enabled {
+            return self.cluster_request(conn, frame, now, out);
+        }
+        self.request_to::<false, false>(conn, frame, now, out);
+    }
+
+    /// A MSG or CREQ on a node of several: routed here and to the other
+    /// nodes concerned (CLUSTER.md). Out of line, so that a single server
+    /// pays one test for clusters on each request.
+    #[inline(never)]
+    fn cluster_request(
+        &mut self,
+        conn: ConnId,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        self.request_to::<false, true>(conn, frame, now, out);
     }
 
     /// A MSG or CREQ to a room id: a queue room's MSG waits its turn, the
@@ -1519,13 +1588,14 @@ impl Router {
         if frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
             return self.queue_request(conn, frame, now, out);
         }
-        self.request_to::<true>(conn, frame, now, out);
+        self.request_to::<true, false>(conn, frame, now, out);
     }
 
-    /// The body of [`Router::request`], compiled once for clients'
-    /// destinations and once for rooms'.
+    /// The body of [`Router::request`], compiled for clients'
+    /// destinations, for rooms', and for clients' on a node of several
+    /// (rooms are each node's own).
     #[inline(always)]
-    fn request_to<const ROOM: bool>(
+    fn request_to<const ROOM: bool, const CLUSTER: bool>(
         &mut self,
         conn: ConnId,
         frame: &FrameView<'_>,
@@ -1534,13 +1604,19 @@ impl Router {
     ) {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
-        let accepted = frame.kind == Kind::Msg && !targets.is_empty();
+        // Other nodes holding targets: each counts as one (CLUSTER.md).
+        let nodes = if CLUSTER {
+            self.remote_targets(frame.dest)
+        } else {
+            0
+        };
+        let accepted = frame.kind == Kind::Msg && (!targets.is_empty() || nodes > 0);
         let held = if accepted {
             out.accepted(frame, || sender(&self.sessions, conn))
         } else {
             None
         };
-        let waits = targets.len() as u32 + u32::from(held.is_some());
+        let waits = (targets.len() + nodes) as u32 + u32::from(held.is_some());
         let request = self.push_reply(conn, frame.seq, waits, false);
         if let Some(number) = held {
             self.awaiting_durable.push_back((number, request));
@@ -1553,10 +1629,13 @@ impl Router {
         if ROOM && accepted {
             self.room_said(frame.dest, frame, conn, &targets);
         }
-        if targets.is_empty() {
+        if targets.is_empty() && nodes == 0 {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");
         }
-        let clist = (frame.kind == Kind::Creq).then(|| self.ids.ids().collect::<Vec<_>>());
+        if nodes > 0 {
+            self.relay_out(request, frame, now, out);
+        }
+        let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
         let deadline = now + self.limits.ack_timeout;
         if self.tellers > 0 && !targets.is_empty() {
             let about = clist
@@ -1608,6 +1687,12 @@ impl Router {
             if is_room_id(dest) {
                 let online = self.rooms.online(dest).iter().copied();
                 targets.extend(online.filter(|&conn| live_exhibitor(conn)));
+            } else if self.remote.enabled
+                && let Some(ex) = self.remote.exhibitor_of(dest)
+                && live_exhibitor(ex)
+            {
+                // Another node's emitter, paired with an exhibitor here.
+                targets.push(ex);
             }
             return;
         };
@@ -1661,6 +1746,7 @@ impl Router {
                 self.queue_acked(conn, room, ticket, ack.kind == Kind::Ok, now, out)
             }
             Purpose::Waited { wait } => self.waited_answered(conn, wait, out),
+            Purpose::Relayed { key } => self.relay_settled(key, ack.kind == Kind::Ok, out),
             Purpose::Replay | Purpose::Who => {}
         }
     }
@@ -1875,6 +1961,9 @@ impl Router {
         }
         let id = session.id;
         let member: Option<Box<str>> = session.member_key().map(Into::into);
+        if self.remote.enabled {
+            self.remote.forget(conn, &session, out);
+        }
         match session.role {
             Role::Anonymous => {}
             Role::Emitter { exhibitor, .. } => {
@@ -1910,6 +1999,7 @@ impl Router {
                     match delivery.purpose {
                         Purpose::Request(request) => self.settle(request, false, now, out),
                         Purpose::Queued { room, ticket } => self.queue_dropped(conn, room, ticket),
+                        Purpose::Relayed { key } => self.relay_settled(key, false, out),
                         _ => {}
                     }
                 }

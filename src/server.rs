@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 mod access;
 mod announce;
+mod cluster;
 mod handshakes;
 mod history;
 mod identity;
@@ -37,6 +38,8 @@ mod tls;
 mod wire;
 pub use access::{BadCidr, Cidr};
 use announce::Announcer;
+use cluster::Cluster;
+pub use cluster::ClusterConfig;
 use handshakes::Handshakes;
 pub use history::HistoryConfig;
 pub use identity::AuthConfig;
@@ -94,6 +97,9 @@ pub struct Config {
     /// Bounds of rooms and work queues (PROTOCOL.md, "Extension: rooms
     /// and queues").
     pub rooms: RoomLimits,
+    /// Several nodes over one Redis (`--cluster`, CLUSTER.md; `None`: this
+    /// server is the whole system).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Config {
@@ -113,6 +119,7 @@ impl Config {
             tls: None,
             announce: None,
             rooms: RoomLimits::default(),
+            cluster: None,
         }
     }
 }
@@ -135,6 +142,9 @@ pub enum StartError {
     /// The TLS certificate or key cannot serve (`--tls-cert`, `--tls-key`).
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::IdentityError),
+    /// The engine cannot be used (`--cluster`).
+    #[error("--cluster: {0}")]
+    Cluster(#[from] redis::RedisError),
 }
 
 /// Asks a running server to shut down (rule 8) from another thread.
@@ -202,6 +212,8 @@ pub struct Server {
     accepts: Accepts,
     /// The discovery socket (`--announce`), until shutdown begins.
     announcer: Option<Announcer>,
+    /// The engine bridge (`--cluster`).
+    cluster: Option<Box<Cluster>>,
 }
 
 /// What the end of a loop turn decided.
@@ -254,6 +266,7 @@ impl Server {
                 early_writes: 0,
                 history: None,
                 metrics: Metrics::default(),
+                cluster: None,
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],
@@ -265,7 +278,13 @@ impl Server {
             start_unix: unix_now(),
             accepts,
             announcer: None,
+            cluster: None,
         };
+        if let Some(cluster) = &server.config.cluster {
+            server.cluster = Some(Box::new(Cluster::start(cluster, server.waker.clone())?));
+            server.wire.cluster = Some(Box::default());
+            server.router.enable_cluster();
+        }
         if let Some(name) = &server.config.announce {
             server.announcer = Some(server.announce(name.clone())?);
         }
@@ -444,6 +463,9 @@ impl Server {
             self.serve_discovery();
         }
         self.router.tick(now, &mut self.wire);
+        if self.cluster.is_some() {
+            self.cluster_turn();
+        }
         if self.drain_deadline.is_none() && self.shutdown_requested.load(Ordering::SeqCst) {
             self.drain_deadline = Some(self.begin_shutdown(now));
         }

@@ -163,14 +163,14 @@ fn evchat_json(args: &[&str]) -> (i32, String, Value) {
 }
 
 /// One check's line in the JSON report.
-struct Seen {
+pub(crate) struct Seen {
     verdict: String,
     detail: String,
     level: String,
 }
 
 /// Runs every check against `target` as JSON; (exit code, id → outcome).
-fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Value) {
+pub(crate) fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Value) {
     let (code, _, report) = evchat_json(&["check", target, "--json", "--timeout", timeout]);
     let mut seen = BTreeMap::new();
     for check in report["checks"].as_array().expect("checks array") {
@@ -187,7 +187,7 @@ fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Valu
     (code, seen, report)
 }
 
-fn ids_with(seen: &BTreeMap<String, Seen>, verdict: &str) -> BTreeSet<String> {
+pub(crate) fn ids_with(seen: &BTreeMap<String, Seen>, verdict: &str) -> BTreeSet<String> {
     seen.iter()
         .filter(|(_, s)| s.verdict == verdict)
         .map(|(id, _)| id.clone())
@@ -307,7 +307,7 @@ fn real_server_passes_every_check() {
 }
 
 /// The ids `--list --json` names, in order.
-fn listed_ids() -> Vec<String> {
+pub(crate) fn listed_ids() -> Vec<String> {
     let (code, out, _) = evchat(&["check", "--list", "--json"]);
     assert_eq!(code, 0);
     let list: Value = serde_json::from_str(&out).expect("JSON");

@@ -11,6 +11,8 @@ mod chat;
 mod chat_rooms;
 mod check;
 mod cli;
+mod cluster;
+mod cluster_sim;
 mod codec;
 mod discovery;
 mod history;

@@ -7,7 +7,7 @@
 use clap::Parser;
 use evchat::cli::parse_secs;
 use evchat::server::{
-    AuthConfig, Cidr, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
+    AuthConfig, Cidr, ClusterConfig, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
 };
 use evchat::server::{MAX_ROOMS_CEILING, RoomLimits, TellLimits};
 use evchat::store::Fsync;
@@ -214,6 +214,23 @@ struct Args {
     /// The name --announce gives (at most 63 bytes; default: the host name)
     #[arg(long, value_name = "NAME", requires = "announce")]
     name: Option<String>,
+    /// Join the nodes sharing this Redis as one system (CLUSTER.md): one id
+    /// space, messages routed to clients on any node
+    #[arg(long, value_name = "redis://HOST:PORT")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (default: HOST:PORT)
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+    /// Seconds a node's lease lives unless renewed (every third of it); a node that
+    /// cannot renew for two thirds of it stops serving (CLUSTER.md)
+    #[arg(
+        long,
+        value_name = "SECS",
+        requires = "cluster",
+        default_value_t = Secs(cluster_defaults().lease),
+        value_parser = parse_lease_secs
+    )]
+    cluster_lease: Secs,
     /// Rooms the server holds at most (PROTOCOL.md, rooms and queues)
     #[arg(
         long,
@@ -338,6 +355,22 @@ fn defaults() -> Config {
 
 fn auth_defaults() -> AuthConfig {
     AuthConfig::new(PathBuf::new())
+}
+
+fn cluster_defaults() -> ClusterConfig {
+    ClusterConfig::new(String::new(), String::new())
+}
+
+/// A lease in seconds: at least 1.5, so that a renewal every third of it
+/// is not below half a second; at most a day.
+fn parse_lease_secs(text: &str) -> Result<Secs, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(1.5..=86_400.0).contains(&secs) {
+        return Err(format!("'{text}': a lease is 1.5 to 86400 seconds"));
+    }
+    Ok(Secs(Duration::from_secs_f64(secs)))
 }
 
 fn history_defaults() -> HistoryConfig {
@@ -479,6 +512,14 @@ fn main() -> ExitCode {
             queue_depth: args.queue_depth as usize,
             queue_wait: args.queue_wait.0,
         },
+        cluster: args.cluster.clone().map(|url| ClusterConfig {
+            url,
+            node: args.node.clone().unwrap_or_else(|| {
+                let host = host_name().unwrap_or_else(|_| "localhost".into());
+                format!("{host}:{}", args.port)
+            }),
+            lease: args.cluster_lease.0,
+        }),
     };
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,

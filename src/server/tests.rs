@@ -82,6 +82,7 @@ fn loopback_server_with(tls: Option<TlsConfig>) -> (MutexGuard<'static, ()>, Ser
         tls,
         announce: None,
         rooms: crate::router::RoomLimits::default(),
+        cluster: None,
     })
     .unwrap();
     (serial, server)

@@ -5,12 +5,13 @@
 //! destination's output here, and written at once past [`WRITE_EARLY_AT`];
 //! the loop (`server.rs`) does the rest of the reading, writing and removing.
 
+use super::cluster::Outgoing;
 use super::history::History;
 use super::metrics::Metrics;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
 use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
-use crate::router::{CloseReason, ConnId, Outbox, RoomEvent, Sender};
+use crate::router::{CloseReason, ConnId, NodeRef, Outbox, PairNotice, RoomEvent, Sender};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::fmt;
@@ -134,6 +135,8 @@ pub(super) struct Wire {
     /// What the loop has counted (here, so that the router's sends are
     /// counted where they are queued).
     pub(super) metrics: Metrics,
+    /// What the router asked of other nodes this turn (`--cluster`).
+    pub(super) cluster: Option<Box<Outgoing>>,
 }
 
 /// One connection in the slab, and whether it is on the turn's lists.
@@ -265,6 +268,15 @@ impl Wire {
     }
 }
 
+impl Wire {
+    /// This node no longer holds `id` (`--cluster`).
+    pub(super) fn cluster_release(&mut self, id: ClientId) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.release(id);
+        }
+    }
+}
+
 impl Outbox for Wire {
     fn send(&mut self, to: ConnId, frame: &Frame) {
         self.metrics.frames_out[frame.kind as usize] += 1;
@@ -305,5 +317,33 @@ impl Outbox for Wire {
 
     fn room_event(&mut self, event: &RoomEvent<'_>) -> Option<u64> {
         self.keep_room_event(event)
+    }
+
+    fn claim_id(&mut self, conn: ConnId, exhibitor: bool) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.claim(conn, exhibitor);
+        }
+    }
+
+    fn release_id(&mut self, id: ClientId) {
+        self.cluster_release(id);
+    }
+
+    fn relay(&mut self, node: NodeRef, relay: u64, frame: &FrameView<'_>) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.relay(node, relay, frame);
+        }
+    }
+
+    fn relay_ack(&mut self, node: NodeRef, relay: u64, ok: bool) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.relay_ack(node, relay, ok);
+        }
+    }
+
+    fn pair_notice(&mut self, node: NodeRef, notice: PairNotice) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.pair_notice(node, notice);
+        }
     }
 }

@@ -1,0 +1,385 @@
+//! The bytes one node publishes to another in one turn (CLUSTER.md,
+//! "Messages between nodes"): a header naming the sender's incarnation,
+//! then relayed client frames and acknowledgements of relays. Pure bytes
+//! both ways; a batch that does not parse is refused whole.
+//!
+//! ```text
+//! 'E' 1 | sender incarnation u64 BE | record*
+//! record = 1 | relay u64 BE | frame length u32 BE | frame   (RELAY: a MSG or CREQ)
+//!        | 2 | relay u64 BE | ok u8 (1 OK, 0 ERRO)           (ACK)
+//!        | 3 | token u64 BE | exhibitor u16 | emitter u16   (PAIR: may my emitter pair?)
+//!        | 4 | token u64 BE | ok u8                         (PAIRED: the answer)
+//!        | 5 | exhibitor u16 | emitter u16                  (DISMISS: its emitter is gone)
+//!        | 6 | exhibitor u16 | emitter u16                  (UNPAIRED: its exhibitor is gone)
+//!        | 7 | exhibitor u16 | emitter u16                  (UNPAIR: the pairing was given up)
+//! ```
+
+use super::NodeId;
+use crate::proto::{Encode, FrameView, Kind};
+use bytes::BytesMut;
+
+const MAGIC: u8 = b'E';
+const VERSION: u8 = 1;
+const RELAY: u8 = 1;
+const ACK: u8 = 2;
+const PAIR: u8 = 3;
+const PAIRED: u8 = 4;
+const DISMISS: u8 = 5;
+const UNPAIRED: u8 = 6;
+const UNPAIR: u8 = 7;
+/// Header bytes: magic, version, incarnation.
+const HEADER: usize = 2 + 8;
+/// A batch grows to about this size before it is published early (and a
+/// received one larger than twice this is refused unread).
+pub const FLUSH_AT: usize = 1 << 20;
+
+/// One record of a batch, borrowing from it.
+#[derive(Debug)]
+pub enum Record<'a> {
+    /// A client's MSG or CREQ to deliver; `relay` names it in the ACK.
+    Relay { relay: u64, frame: FrameView<'a> },
+    /// The outcome of relay `relay` that this node sent the batch's sender.
+    Ack { relay: u64, ok: bool },
+    /// A pair across nodes (CLUSTER.md, "Pairs across nodes").
+    Pair(PairRecord),
+}
+
+/// The records that make and end a pair whose halves are on two nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairRecord {
+    /// The sender's emitter `emitter` asks to pair with `exhibitor` here.
+    Pair {
+        token: u64,
+        exhibitor: u16,
+        emitter: u16,
+    },
+    /// The answer to the sender's PAIR `token`.
+    Paired { token: u64, ok: bool },
+    /// The emitter `emitter` (the sender's) is gone: `exhibitor` leaves.
+    Dismiss { exhibitor: u16, emitter: u16 },
+    /// The exhibitor `exhibitor` (the sender's) is gone: `emitter` is unpaired.
+    Unpaired { exhibitor: u16, emitter: u16 },
+    /// The sender gave up pairing `emitter` with `exhibitor`: forget it.
+    Unpair { exhibitor: u16, emitter: u16 },
+}
+
+/// Why a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch of {0} bytes is over the limit")]
+    TooLarge(usize),
+    #[error("not an evchat batch (magic or version)")]
+    BadHeader,
+    #[error("unknown record tag {0}")]
+    UnknownRecord(u8),
+    #[error("record cut short")]
+    Short,
+    #[error("relayed bytes are not one whole MSG or CREQ")]
+    BadFrame,
+}
+
+/// A batch being written for one destination.
+#[derive(Debug)]
+pub struct BatchWriter {
+    buf: BytesMut,
+    /// The relays it carries, failed together if it cannot be delivered.
+    relays: Vec<u64>,
+}
+
+impl BatchWriter {
+    pub fn new(from: NodeId) -> BatchWriter {
+        let mut buf = BytesMut::with_capacity(256);
+        buf.extend_from_slice(&[MAGIC, VERSION]);
+        buf.extend_from_slice(&from.to_be_bytes());
+        BatchWriter {
+            buf,
+            relays: Vec::new(),
+        }
+    }
+
+    pub fn push_relay(&mut self, relay: u64, frame: &FrameView<'_>) {
+        self.buf.extend_from_slice(&[RELAY]);
+        self.buf.extend_from_slice(&relay.to_be_bytes());
+        // u32: a MSG with the longest text is 65,545 bytes.
+        let len = frame.encoded_len() as u32;
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        frame.encode_into(&mut self.buf);
+        self.relays.push(relay);
+    }
+
+    pub fn push_ack(&mut self, relay: u64, ok: bool) {
+        self.buf.extend_from_slice(&[ACK]);
+        self.buf.extend_from_slice(&relay.to_be_bytes());
+        self.buf.extend_from_slice(&[u8::from(ok)]);
+    }
+
+    pub fn push_pair(&mut self, record: PairRecord) {
+        let (tag, ids) = match record {
+            PairRecord::Pair {
+                token,
+                exhibitor,
+                emitter,
+            } => {
+                self.buf.extend_from_slice(&[PAIR]);
+                self.buf.extend_from_slice(&token.to_be_bytes());
+                self.buf.extend_from_slice(&exhibitor.to_be_bytes());
+                self.buf.extend_from_slice(&emitter.to_be_bytes());
+                return;
+            }
+            PairRecord::Paired { token, ok } => {
+                self.buf.extend_from_slice(&[PAIRED]);
+                self.buf.extend_from_slice(&token.to_be_bytes());
+                self.buf.extend_from_slice(&[u8::from(ok)]);
+                return;
+            }
+            PairRecord::Dismiss { exhibitor, emitter } => (DISMISS, (exhibitor, emitter)),
+            PairRecord::Unpaired { exhibitor, emitter } => (UNPAIRED, (exhibitor, emitter)),
+            PairRecord::Unpair { exhibitor, emitter } => (UNPAIR, (exhibitor, emitter)),
+        };
+        self.buf.extend_from_slice(&[tag]);
+        self.buf.extend_from_slice(&ids.0.to_be_bytes());
+        self.buf.extend_from_slice(&ids.1.to_be_bytes());
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no record was written.
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == HEADER
+    }
+
+    /// The finished bytes, and the relays they carry.
+    pub fn finish(self) -> (Vec<u8>, Vec<u64>) {
+        (self.buf.to_vec(), self.relays)
+    }
+}
+
+/// Checks a whole batch and returns its sender and records; nothing is
+/// returned from a batch with any fault in it.
+pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
+    if bytes.len() > 2 * FLUSH_AT {
+        return Err(BatchError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < HEADER || bytes[0] != MAGIC || bytes[1] != VERSION {
+        return Err(BatchError::BadHeader);
+    }
+    let from = u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes"));
+    let mut records = Vec::new();
+    let mut rest = &bytes[HEADER..];
+    while let Some((&tag, after)) = rest.split_first() {
+        if let DISMISS | UNPAIRED | UNPAIR = tag {
+            let (exhibitor, after) = take_u16(after)?;
+            let (emitter, after) = take_u16(after)?;
+            records.push(Record::Pair(match tag {
+                DISMISS => PairRecord::Dismiss { exhibitor, emitter },
+                UNPAIRED => PairRecord::Unpaired { exhibitor, emitter },
+                _ => PairRecord::Unpair { exhibitor, emitter },
+            }));
+            rest = after;
+            continue;
+        }
+        let (relay, after) = take_u64(after)?;
+        match tag {
+            PAIR => {
+                let (exhibitor, after) = take_u16(after)?;
+                let (emitter, after) = take_u16(after)?;
+                records.push(Record::Pair(PairRecord::Pair {
+                    token: relay,
+                    exhibitor,
+                    emitter,
+                }));
+                rest = after;
+            }
+            PAIRED => {
+                let (&ok, after) = after.split_first().ok_or(BatchError::Short)?;
+                if ok > 1 {
+                    return Err(BatchError::Short);
+                }
+                records.push(Record::Pair(PairRecord::Paired {
+                    token: relay,
+                    ok: ok == 1,
+                }));
+                rest = after;
+            }
+            RELAY => {
+                let (len, after) = after.split_first_chunk::<4>().ok_or(BatchError::Short)?;
+                let len = u32::from_be_bytes(*len) as usize;
+                let framed = after.get(..len).ok_or(BatchError::Short)?;
+                let frame = match FrameView::parse(framed) {
+                    Ok(Some((frame, used)))
+                        if used == len && matches!(frame.kind, Kind::Msg | Kind::Creq) =>
+                    {
+                        frame
+                    }
+                    _ => return Err(BatchError::BadFrame),
+                };
+                records.push(Record::Relay { relay, frame });
+                rest = &after[len..];
+            }
+            ACK => {
+                let (&ok, after) = after.split_first().ok_or(BatchError::Short)?;
+                if ok > 1 {
+                    return Err(BatchError::Short);
+                }
+                records.push(Record::Ack { relay, ok: ok == 1 });
+                rest = after;
+            }
+            other => return Err(BatchError::UnknownRecord(other)),
+        }
+    }
+    Ok((from, records))
+}
+
+fn take_u16(bytes: &[u8]) -> Result<(u16, &[u8]), BatchError> {
+    let (head, rest) = bytes.split_first_chunk::<2>().ok_or(BatchError::Short)?;
+    Ok((u16::from_be_bytes(*head), rest))
+}
+
+fn take_u64(bytes: &[u8]) -> Result<(u64, &[u8]), BatchError> {
+    let (head, rest) = bytes.split_first_chunk::<8>().ok_or(BatchError::Short)?;
+    Ok((u64::from_be_bytes(*head), rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Frame;
+
+    fn msg() -> Vec<u8> {
+        Frame::msg(1, 4096, 7, bytes::Bytes::from_static(b"hi"))
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_batch_round_trips_relays_and_acks() {
+        let wire = msg();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        let mut w = BatchWriter::new(42);
+        assert!(w.is_empty());
+        w.push_relay(3, &view);
+        w.push_ack(9, false);
+        w.push_ack(10, true);
+        let (bytes, relays) = w.finish();
+        assert_eq!(relays, vec![3]);
+        let (from, records) = parse(&bytes).unwrap();
+        assert_eq!(from, 42);
+        assert_eq!(records.len(), 3);
+        match &records[0] {
+            Record::Relay { relay: 3, frame } => assert_eq!(frame.to_frame().to_bytes()[..], wire),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            records[1],
+            Record::Ack {
+                relay: 9,
+                ok: false
+            }
+        ));
+        assert!(matches!(
+            records[2],
+            Record::Ack {
+                relay: 10,
+                ok: true
+            }
+        ));
+    }
+
+    fn fault(bytes: &[u8]) -> BatchError {
+        parse(bytes).expect_err("a faulty batch")
+    }
+
+    #[test]
+    fn pair_records_round_trip_and_a_short_one_is_refused() {
+        let records = [
+            PairRecord::Pair {
+                token: 9,
+                exhibitor: 4096,
+                emitter: 3,
+            },
+            PairRecord::Paired { token: 9, ok: true },
+            PairRecord::Dismiss {
+                exhibitor: 4096,
+                emitter: 3,
+            },
+            PairRecord::Unpaired {
+                exhibitor: 4097,
+                emitter: 4,
+            },
+            PairRecord::Unpair {
+                exhibitor: 4098,
+                emitter: 5,
+            },
+        ];
+        let mut w = BatchWriter::new(2);
+        for record in records {
+            w.push_pair(record);
+        }
+        let (bytes, relays) = w.finish();
+        assert!(relays.is_empty());
+        let (_, parsed) = parse(&bytes).unwrap();
+        let parsed: Vec<PairRecord> = parsed
+            .into_iter()
+            .map(|r| match r {
+                Record::Pair(p) => p,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(parsed, records);
+        assert_eq!(fault(&bytes[..bytes.len() - 1]), BatchError::Short);
+    }
+
+    #[test]
+    fn a_message_with_the_longest_text_is_relayed_whole() {
+        let text = bytes::Bytes::from(vec![b'x'; crate::proto::MAX_TEXT_LEN]);
+        let wire = Frame::msg(1, 0, 2, text).unwrap().to_bytes();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        let mut w = BatchWriter::new(5);
+        w.push_relay(1, &view);
+        w.push_ack(2, true);
+        let (bytes, _) = w.finish();
+        let (_, records) = parse(&bytes).unwrap();
+        match &records[0] {
+            Record::Relay { frame, .. } => assert_eq!(frame.to_frame().to_bytes(), wire),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(records[1], Record::Ack { relay: 2, ok: true }));
+    }
+
+    #[test]
+    fn every_fault_refuses_the_whole_batch() {
+        let wire = msg();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        let mut w = BatchWriter::new(1);
+        w.push_relay(1, &view);
+        let (good, _) = w.finish();
+        assert_eq!(fault(b"X\x01\0\0\0\0\0\0\0\x01"), BatchError::BadHeader);
+        assert_eq!(fault(b"E\x01\0\0"), BatchError::BadHeader);
+        let mut unknown = good.clone();
+        unknown.push(9);
+        unknown.extend_from_slice(&[0; 8]);
+        assert_eq!(fault(&unknown), BatchError::UnknownRecord(9));
+        assert_eq!(fault(&good[..good.len() - 1]), BatchError::Short);
+        // A relayed OI is not something a node relays.
+        let oi = Frame::bare(Kind::Oi, 0, 0, 1).to_bytes();
+        let mut bad = BatchWriter::new(1).finish().0;
+        bad.push(RELAY);
+        bad.extend_from_slice(&5u64.to_be_bytes());
+        bad.extend_from_slice(&(oi.len() as u32).to_be_bytes());
+        bad.extend_from_slice(&oi);
+        assert_eq!(fault(&bad), BatchError::BadFrame);
+        let mut ack = BatchWriter::new(1).finish().0;
+        ack.push(ACK);
+        ack.extend_from_slice(&5u64.to_be_bytes());
+        ack.push(2);
+        assert_eq!(fault(&ack), BatchError::Short);
+        assert!(matches!(
+            fault(&vec![0; 2 * FLUSH_AT + 1]),
+            BatchError::TooLarge(_)
+        ));
+    }
+}

@@ -1,0 +1,239 @@
+//! An engine in memory, for tests: several nodes in one process share a
+//! [`MemoryHub`] that does what Redis does for the Redis engine (the id
+//! table, the channels), at once and in order, and can crash a node or
+//! fence it (its lease lost: reaped, then joined again as a new one).
+
+use super::{Engine, Event, NodeId, Request};
+use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// What the nodes of one test share.
+#[derive(Clone, Default)]
+pub struct MemoryHub {
+    inner: Arc<Mutex<Hub>>,
+}
+
+#[derive(Default)]
+struct Hub {
+    next_node: NodeId,
+    owner: BTreeMap<ClientId, NodeId>,
+    /// Each live node's undrained events and how it is woken.
+    nodes: HashMap<NodeId, Inbox>,
+}
+
+struct Inbox {
+    events: Vec<Event>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Hub {
+    fn tell(&mut self, node: NodeId, event: Event) {
+        if let Some(inbox) = self.nodes.get_mut(&node) {
+            inbox.events.push(event);
+            (inbox.wake)();
+        }
+    }
+
+    fn tell_all(&mut self, event: &Event) {
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for node in nodes {
+            self.tell(node, event.clone());
+        }
+    }
+}
+
+impl MemoryHub {
+    pub fn new() -> MemoryHub {
+        MemoryHub::default()
+    }
+
+    /// A new node joins; its first event is [`Event::Joined`].
+    pub fn join(&self, wake: impl Fn() + Send + Sync + 'static) -> MemoryEngine {
+        let mut hub = self.lock();
+        hub.next_node += 1;
+        let node = hub.next_node;
+        let held = hub.owner.iter().map(|(&id, &n)| (id, n)).collect();
+        hub.nodes.insert(
+            node,
+            Inbox {
+                events: vec![Event::Joined { node, held }],
+                wake: Arc::new(wake),
+            },
+        );
+        MemoryEngine {
+            hub: self.clone(),
+            node,
+        }
+    }
+
+    /// `node` dies: its ids are freed and every other node told it is down.
+    pub fn crash(&self, node: NodeId) {
+        let mut hub = self.lock();
+        hub.nodes.remove(&node);
+        hub.owner.retain(|_, n| *n != node);
+        hub.tell_all(&Event::Down { node });
+    }
+
+    /// Who holds `id`, if anyone.
+    pub fn owner(&self, id: ClientId) -> Option<NodeId> {
+        self.lock().owner.get(&id).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One node's handle on the hub.
+pub struct MemoryEngine {
+    hub: MemoryHub,
+    node: NodeId,
+}
+
+impl MemoryEngine {
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// This node loses its lease (a partition from the engine, a stall):
+    /// the others see it reaped (its ids freed, [`Event::Down`]); what
+    /// it had not yet drained is lost; it is told [`Event::Fenced`] and
+    /// joins again as a new incarnation.
+    pub fn fence(&mut self) {
+        let mut hub = self.hub.lock();
+        let Some(inbox) = hub.nodes.remove(&self.node) else {
+            return;
+        };
+        let old = self.node;
+        hub.owner.retain(|_, n| *n != old);
+        hub.tell_all(&Event::Down { node: old });
+        hub.next_node += 1;
+        self.node = hub.next_node;
+        let held = hub.owner.iter().map(|(&id, &n)| (id, n)).collect();
+        let events = vec![
+            Event::Fenced,
+            Event::Joined {
+                node: self.node,
+                held,
+            },
+        ];
+        (inbox.wake)();
+        hub.nodes.insert(
+            self.node,
+            Inbox {
+                events,
+                wake: inbox.wake,
+            },
+        );
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn submit(&mut self, request: Request) -> Result<(), Request> {
+        let mut hub = self.hub.lock();
+        if !hub.nodes.contains_key(&self.node) {
+            return Err(request);
+        }
+        match request {
+            Request::Claim { claim, exhibitor } => {
+                let range = if exhibitor {
+                    EXHIBITOR_IDS
+                } else {
+                    EMITTER_IDS
+                };
+                let id = range.clone().find(|id| !hub.owner.contains_key(id));
+                if let Some(id) = id {
+                    hub.owner.insert(id, self.node);
+                    hub.tell_all(&Event::Held {
+                        id,
+                        node: self.node,
+                    });
+                }
+                hub.tell(self.node, Event::Claimed { claim, id });
+            }
+            Request::Release { id } => {
+                if hub.owner.get(&id) == Some(&self.node) {
+                    hub.owner.remove(&id);
+                    hub.tell_all(&Event::Freed {
+                        id,
+                        node: self.node,
+                    });
+                }
+            }
+            Request::Publish { to, batch, relays } => {
+                if hub.nodes.contains_key(&to) {
+                    hub.tell(to, Event::Batch { bytes: batch });
+                } else {
+                    hub.tell(self.node, Event::Unreachable { node: to, relays });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, into: &mut Vec<Event>) {
+        if let Some(inbox) = self.hub.lock().nodes.get_mut(&self.node) {
+            into.append(&mut inbox.events);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drained(engine: &mut MemoryEngine) -> Vec<Event> {
+        let mut events = Vec::new();
+        engine.drain(&mut events);
+        events
+    }
+
+    #[test]
+    fn claims_take_the_lowest_free_id_across_nodes_and_a_crash_frees_them() {
+        let hub = MemoryHub::new();
+        let mut a = hub.join(|| {});
+        let mut b = hub.join(|| {});
+        a.submit(Request::Claim {
+            claim: 1,
+            exhibitor: false,
+        })
+        .unwrap();
+        b.submit(Request::Claim {
+            claim: 1,
+            exhibitor: false,
+        })
+        .unwrap();
+        b.submit(Request::Claim {
+            claim: 2,
+            exhibitor: true,
+        })
+        .unwrap();
+        assert_eq!(hub.owner(1), Some(a.node()));
+        assert_eq!(hub.owner(2), Some(b.node()));
+        assert_eq!(hub.owner(4096), Some(b.node()));
+        let events = drained(&mut a);
+        assert!(events.contains(&Event::Claimed {
+            claim: 1,
+            id: Some(1)
+        }));
+        assert!(events.contains(&Event::Held {
+            id: 4096,
+            node: b.node()
+        }));
+        hub.crash(b.node());
+        assert_eq!(hub.owner(2), None);
+        assert!(drained(&mut a).contains(&Event::Down { node: b.node() }));
+        let relays = vec![7];
+        a.submit(Request::Publish {
+            to: b.node(),
+            batch: vec![],
+            relays: relays.clone(),
+        })
+        .unwrap();
+        assert!(drained(&mut a).contains(&Event::Unreachable {
+            node: b.node(),
+            relays
+        }));
+    }
+}

@@ -1,0 +1,71 @@
+//! The engine bridge (CLUSTER.md): what a node asks of the engine that
+//! several evchat nodes share (claim and release ids, publish a batch to
+//! another node) and what the engine tells it back (its incarnation, the
+//! id table's changes, batches from other nodes, a fence). The loop only
+//! ever calls [`Engine::submit`] and [`Engine::drain`], neither of which
+//! blocks; an engine that talks to a server does so on threads of its own
+//! and wakes the loop's `mio::Waker`. The router never sees this module:
+//! the loop hands it remote routes and acknowledgements as plain data.
+
+pub mod batch;
+pub mod memory;
+pub mod redis;
+mod scripts;
+
+use crate::proto::ClientId;
+
+/// A node incarnation: unique across the system and forever (the engine
+/// numbers every join), so it names both the node and which life of it.
+pub type NodeId = u64;
+
+/// What the loop asks of the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Claim the lowest id no live node holds, in the exhibitor range or
+    /// the emitter range; answered by [`Event::Claimed`] with `claim`.
+    Claim { claim: u64, exhibitor: bool },
+    /// This node no longer holds `id`.
+    Release { id: ClientId },
+    /// One batch (see [`batch`]) for node `to`; `relays` are the relay
+    /// numbers it carries, failed by [`Event::Unreachable`] if it cannot go.
+    Publish {
+        to: NodeId,
+        batch: Vec<u8>,
+        relays: Vec<u64>,
+    },
+}
+
+/// What the engine tells the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This node joined as incarnation `node`; `held` is every id another
+    /// node holds, with its holder, as read after subscribing.
+    Joined {
+        node: NodeId,
+        held: Vec<(ClientId, NodeId)>,
+    },
+    /// The answer to [`Request::Claim`] (None: the range is full, or the
+    /// engine could not be asked).
+    Claimed { claim: u64, id: Option<ClientId> },
+    /// `node` now holds `id`.
+    Held { id: ClientId, node: NodeId },
+    /// `node` no longer holds `id`.
+    Freed { id: ClientId, node: NodeId },
+    /// `node`'s lease expired and its ids were freed.
+    Down { node: NodeId },
+    /// A batch another node published to this one, still to be checked.
+    Batch { bytes: Vec<u8> },
+    /// A batch for `node` could not be delivered: these relays fail.
+    Unreachable { node: NodeId, relays: Vec<u64> },
+    /// This incarnation lost its lease: stop serving, then expect a new
+    /// [`Event::Joined`].
+    Fenced,
+}
+
+/// The engine's side of the bridge, as the loop sees it.
+pub trait Engine {
+    /// Queues `request` without blocking; gives it back if the queue is full.
+    fn submit(&mut self, request: Request) -> Result<(), Request>;
+    /// Moves every event that has arrived into `into`, without blocking.
+    fn drain(&mut self, into: &mut Vec<Event>);
+}

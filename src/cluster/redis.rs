@@ -1,0 +1,628 @@
+//! The Redis engine (CLUSTER.md): two bridge threads beside the event
+//! loop, with the `redis` crate's blocking client. The command thread
+//! joins (a new incarnation, its lease, the id table read after the
+//! subscription), runs claims, releases and publishes as the loop queues
+//! them, renews the lease and reaps dead nodes; the subscriber thread turns
+//! the change channel and this node's channel into events. Both queues are
+//! bounded, every call has a timeout, and each event wakes the loop. A lost
+//! lease fences the incarnation and joins a new one; a lost subscription is
+//! made again, and the id table read again, while the lease holds.
+
+use super::scripts::{CLAIM, REAP, RELEASE};
+use super::{Engine, Event, NodeId, Request};
+use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Every key and channel starts with this.
+const PREFIX: &str = "evchat:";
+/// How long any one call to Redis may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the subscriber looks up from its socket to see if it should stop.
+const SUBSCRIBER_TICK: Duration = Duration::from_millis(250);
+/// How long a failed join waits before the next attempt.
+const REJOIN_PAUSE: Duration = Duration::from_millis(500);
+
+/// How a node uses Redis (`server --cluster URL --node NAME`).
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT`.
+    pub url: String,
+    /// Shown in the node's lease and in logs.
+    pub node: String,
+    /// How long a lease lives unless renewed.
+    pub lease: Duration,
+    /// How often it is renewed (and dead nodes reaped).
+    pub renew: Duration,
+    /// No successful renewal for this long fences the node.
+    pub fence_after: Duration,
+    /// Requests the loop may queue before [`Engine::submit`] gives them back.
+    pub queue: usize,
+}
+
+impl RedisConfig {
+    /// The default lease (CLUSTER.md): a dead node's ids are free within
+    /// 8 s (the lease, then the next reap).
+    pub const LEASE: Duration = Duration::from_secs(6);
+
+    /// For this server and node name, with a lease of `lease`: renewed
+    /// every third of it, fenced after two thirds without a renewal.
+    pub fn new(url: String, node: String, lease: Duration) -> RedisConfig {
+        RedisConfig {
+            url,
+            node,
+            lease,
+            renew: lease / 3,
+            fence_after: lease * 2 / 3,
+            queue: 4096,
+        }
+    }
+}
+
+/// The loop's handle on the two bridge threads.
+pub struct RedisEngine {
+    requests: Option<SyncSender<Request>>,
+    /// Dropped first at the end, so that a bridge thread blocked handing
+    /// over an event sees the loop gone.
+    events: Option<Receiver<Event>>,
+    commands: Option<JoinHandle<()>>,
+}
+
+/// What the bridge threads share: where events go, and how the loop is woken.
+#[derive(Clone)]
+struct Tell {
+    events: SyncSender<Event>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Tell {
+    /// False once the loop is gone.
+    fn event(&self, event: Event) -> bool {
+        let sent = self.events.send(event).is_ok();
+        (self.wake)();
+        sent
+    }
+}
+
+impl RedisEngine {
+    /// Checks the URL and starts the bridge; joining happens on the command
+    /// thread (claims queued meanwhile wait for it).
+    pub fn start(
+        config: RedisConfig,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> Result<RedisEngine, redis::RedisError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let (requests, inbox) = sync_channel(config.queue);
+        let (events_tx, events) = sync_channel(config.queue);
+        let tell = Tell {
+            events: events_tx,
+            wake: Arc::new(wake),
+        };
+        let commands = std::thread::Builder::new()
+            .name("cluster-commands".into())
+            .spawn(move || Commands::new(config, client, inbox, tell).run())
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
+        Ok(RedisEngine {
+            requests: Some(requests),
+            events: Some(events),
+            commands: Some(commands),
+        })
+    }
+}
+
+impl Engine for RedisEngine {
+    fn submit(&mut self, request: Request) -> Result<(), Request> {
+        let Some(requests) = &self.requests else {
+            return Err(request);
+        };
+        requests.try_send(request).map_err(|e| match e {
+            TrySendError::Full(r) | TrySendError::Disconnected(r) => r,
+        })
+    }
+
+    fn drain(&mut self, into: &mut Vec<Event>) {
+        if let Some(events) = &self.events {
+            into.extend(events.try_iter());
+        }
+    }
+}
+
+impl Drop for RedisEngine {
+    /// Lets the command thread finish what was queued (the releases of a
+    /// shutdown), give up its lease and reap itself, so that its ids are
+    /// free at once rather than at the lease's end.
+    fn drop(&mut self) {
+        self.requests = None;
+        self.events = None;
+        if let Some(commands) = self.commands.take() {
+            let _ = commands.join();
+        }
+    }
+}
+
+fn key(rest: &str) -> String {
+    format!("{PREFIX}{rest}")
+}
+
+/// One life of this node in the system.
+struct Incarnation {
+    node: NodeId,
+    held_key: String,
+    lease_key: String,
+    /// Stops this incarnation's subscriber thread.
+    stop_subscriber: Arc<AtomicBool>,
+    /// Set by the subscriber when its connection broke.
+    subscriber_lost: Arc<AtomicBool>,
+}
+
+/// Why an incarnation's service ended.
+enum Ended {
+    /// The loop is gone: leave cleanly.
+    Stopped,
+    /// The lease is lost: join again.
+    Fenced,
+}
+
+struct Commands {
+    config: RedisConfig,
+    client: redis::Client,
+    inbox: Receiver<Request>,
+    tell: Tell,
+    con: Option<redis::Connection>,
+    claim: redis::Script,
+    release: redis::Script,
+    reap: redis::Script,
+}
+
+impl Commands {
+    fn new(
+        config: RedisConfig,
+        client: redis::Client,
+        inbox: Receiver<Request>,
+        tell: Tell,
+    ) -> Commands {
+        Commands {
+            config,
+            client,
+            inbox,
+            tell,
+            con: None,
+            claim: redis::Script::new(CLAIM),
+            release: redis::Script::new(RELEASE),
+            reap: redis::Script::new(REAP),
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            let incarnation = match self.join() {
+                Ok(incarnation) => incarnation,
+                Err(e) => {
+                    warn!(error = %e, url = %self.config.url, "cluster: cannot join; retrying");
+                    self.con = None;
+                    if self.refuse_for(REJOIN_PAUSE) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let ended = self.serve(&incarnation);
+            incarnation.stop_subscriber.store(true, Ordering::SeqCst);
+            match ended {
+                Ended::Stopped => {
+                    self.leave(&incarnation);
+                    return;
+                }
+                Ended::Fenced => {
+                    warn!(
+                        node = incarnation.node,
+                        "cluster: lease lost; fencing this node"
+                    );
+                    if !self.tell.event(Event::Fenced) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers every request as failed for `pause` (not joined: nothing can
+    /// be claimed or published). True when the loop is gone.
+    fn refuse_for(&mut self, pause: Duration) -> bool {
+        let until = Instant::now() + pause;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok(request) => {
+                    if !self.fail(request) {
+                        return true;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+    }
+
+    /// Tells the loop `request` could not be done. False when the loop is gone.
+    fn fail(&self, request: Request) -> bool {
+        match request {
+            Request::Claim { claim, .. } => self.tell.event(Event::Claimed { claim, id: None }),
+            Request::Publish { to, relays, .. } => {
+                self.tell.event(Event::Unreachable { node: to, relays })
+            }
+            Request::Release { .. } => true,
+        }
+    }
+
+    fn connection(&mut self) -> redis::RedisResult<&mut redis::Connection> {
+        if self.con.is_none() {
+            let con = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
+            con.set_read_timeout(Some(CALL_TIMEOUT))?;
+            con.set_write_timeout(Some(CALL_TIMEOUT))?;
+            self.con = Some(con);
+        }
+        Ok(self.con.as_mut().expect("connected above"))
+    }
+
+    fn join(&mut self) -> redis::RedisResult<Incarnation> {
+        let lease_ms = self.config.lease.as_millis() as u64;
+        let name = self.config.node.clone();
+        let con = self.connection()?;
+        let node: NodeId = redis::cmd("INCR").arg(key("incarnation")).query(con)?;
+        let lease_key = key(&format!("lease:{node}"));
+        redis::cmd("SET")
+            .arg(&lease_key)
+            .arg(&name)
+            .arg("PX")
+            .arg(lease_ms)
+            .query::<()>(con)?;
+        redis::cmd("SADD")
+            .arg(key("nodes"))
+            .arg(node)
+            .query::<()>(con)?;
+        // Pre-sized, so that a ranged BITPOS never meets a short key.
+        redis::cmd("SETBIT")
+            .arg(key("ids"))
+            .arg(*EXHIBITOR_IDS.end())
+            .arg(0)
+            .query::<()>(con)?;
+        let incarnation = Incarnation {
+            node,
+            held_key: key(&format!("held:{node}")),
+            lease_key,
+            stop_subscriber: Arc::new(AtomicBool::new(false)),
+            subscriber_lost: Arc::new(AtomicBool::new(false)),
+        };
+        self.resync(&incarnation)?;
+        info!(node, name = %name, "cluster: joined");
+        Ok(incarnation)
+    }
+
+    /// Subscribes, then reads the id table and hands it to the loop: at
+    /// join, and again after the subscription was lost.
+    fn resync(&mut self, incarnation: &Incarnation) -> redis::RedisResult<()> {
+        let node = incarnation.node;
+        self.subscribe(incarnation)?;
+        // Read after subscribing: a change that races this read arrives
+        // after it, and the last word about an id wins.
+        let con = self.connection()?;
+        let owners: Vec<(ClientId, NodeId)> = redis::cmd("HGETALL").arg(key("owner")).query(con)?;
+        let held = owners.into_iter().filter(|&(_, n)| n != node).collect();
+        self.tell.event(Event::Joined { node, held });
+        Ok(())
+    }
+
+    /// Starts the incarnation's subscriber and waits until it listens.
+    fn subscribe(&self, incarnation: &Incarnation) -> redis::RedisResult<()> {
+        let mut con = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
+        con.set_write_timeout(Some(CALL_TIMEOUT))?;
+        let channels = [key("chg"), key(&format!("node:{}", incarnation.node))];
+        let (ready_tx, ready) = sync_channel(1);
+        let tell = self.tell.clone();
+        let stop = incarnation.stop_subscriber.clone();
+        let lost = incarnation.subscriber_lost.clone();
+        std::thread::Builder::new()
+            .name("cluster-subscriber".into())
+            .spawn(move || {
+                let mut pubsub = con.as_pubsub();
+                let subscribed = pubsub
+                    .subscribe(&channels[..])
+                    .and_then(|()| pubsub.set_read_timeout(Some(SUBSCRIBER_TICK)));
+                let ok = subscribed.is_ok();
+                let _ = ready_tx.send(subscribed);
+                if ok {
+                    listen(&mut pubsub, &channels[0], &tell, &stop, &lost);
+                }
+            })
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
+        match ready.recv_timeout(CALL_TIMEOUT) {
+            Ok(result) => result,
+            Err(_) => {
+                incarnation.stop_subscriber.store(true, Ordering::SeqCst);
+                Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())
+            }
+        }
+    }
+
+    fn serve(&mut self, incarnation: &Incarnation) -> Ended {
+        let mut last_renewed = Instant::now();
+        let mut next_renew = last_renewed + self.config.renew;
+        loop {
+            let wait = next_renew.saturating_duration_since(Instant::now());
+            match self.inbox.recv_timeout(wait) {
+                Ok(request) => {
+                    if let Some(ended) = self.handle(incarnation, request) {
+                        return ended;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ended::Stopped,
+            }
+            let now = Instant::now();
+            if now < next_renew {
+                continue;
+            }
+            next_renew = now + self.config.renew;
+            match self.renew(incarnation) {
+                Ok(true) => {
+                    last_renewed = Instant::now();
+                    // Back within the lease: subscribe and read the table
+                    // again (what changed meanwhile was not heard).
+                    if incarnation.subscriber_lost.swap(false, Ordering::SeqCst) {
+                        match self.resync(incarnation) {
+                            Ok(()) => info!(node = incarnation.node, "cluster: resubscribed"),
+                            Err(e) => {
+                                warn!(error = %e, "cluster: cannot resubscribe yet");
+                                incarnation.subscriber_lost.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
+                Ok(false) => return Ended::Fenced,
+                Err(e) => {
+                    warn!(error = %e, "cluster: lease renewal failed");
+                    self.con = None;
+                }
+            }
+            if last_renewed.elapsed() >= self.config.fence_after {
+                return Ended::Fenced;
+            }
+        }
+    }
+
+    /// Renews the lease (false: it is gone), then reaps dead nodes.
+    fn renew(&mut self, incarnation: &Incarnation) -> redis::RedisResult<bool> {
+        let lease_ms = self.config.lease.as_millis() as u64;
+        let name = self.config.node.clone();
+        let con = self.connection()?;
+        let renewed: Option<String> = redis::cmd("SET")
+            .arg(&incarnation.lease_key)
+            .arg(&name)
+            .arg("XX")
+            .arg("PX")
+            .arg(lease_ms)
+            .query(con)?;
+        if renewed.is_none() {
+            return Ok(false);
+        }
+        self.reap()?;
+        Ok(true)
+    }
+
+    fn reap(&mut self) -> redis::RedisResult<()> {
+        let script = self.reap.clone();
+        let con = self.connection()?;
+        let reaped: i64 = script
+            .key(key("nodes"))
+            .key(key("ids"))
+            .key(key("owner"))
+            .arg(PREFIX)
+            .arg(key("chg"))
+            .invoke(con)?;
+        if reaped > 0 {
+            info!(reaped, "cluster: reaped nodes whose lease expired");
+        }
+        Ok(())
+    }
+
+    /// Does one request; Some when the incarnation must end.
+    fn handle(&mut self, incarnation: &Incarnation, request: Request) -> Option<Ended> {
+        let result = match &request {
+            Request::Claim { claim, exhibitor } => {
+                let range = if *exhibitor {
+                    EXHIBITOR_IDS
+                } else {
+                    EMITTER_IDS
+                };
+                match self.claim(incarnation, *range.start(), *range.end()) {
+                    Ok(-2) => {
+                        self.tell.event(Event::Claimed {
+                            claim: *claim,
+                            id: None,
+                        });
+                        return Some(Ended::Fenced);
+                    }
+                    Ok(id) => {
+                        let id = ClientId::try_from(id).ok().filter(|id| range.contains(id));
+                        let sent = self.tell.event(Event::Claimed { claim: *claim, id });
+                        return (!sent).then_some(Ended::Stopped);
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Request::Release { id } => self.release(incarnation, *id),
+            Request::Publish { to, batch, relays } => match self.publish(*to, batch) {
+                Ok(0) => {
+                    debug!(node = to, "cluster: batch reached no subscriber");
+                    let event = Event::Unreachable {
+                        node: *to,
+                        relays: relays.clone(),
+                    };
+                    return (!self.tell.event(event)).then_some(Ended::Stopped);
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "cluster: engine call failed");
+            self.con = None;
+            if !self.fail(request) {
+                return Some(Ended::Stopped);
+            }
+        }
+        None
+    }
+
+    fn claim(
+        &mut self,
+        incarnation: &Incarnation,
+        lo: ClientId,
+        hi: ClientId,
+    ) -> redis::RedisResult<i64> {
+        let script = self.claim.clone();
+        let con = self.connection()?;
+        script
+            .key(key("ids"))
+            .key(key("owner"))
+            .key(&incarnation.held_key)
+            .key(&incarnation.lease_key)
+            .arg(lo)
+            .arg(hi)
+            .arg(incarnation.node)
+            .arg(key("chg"))
+            .invoke(con)
+    }
+
+    fn release(&mut self, incarnation: &Incarnation, id: ClientId) -> redis::RedisResult<()> {
+        let script = self.release.clone();
+        let con = self.connection()?;
+        script
+            .key(key("ids"))
+            .key(key("owner"))
+            .key(&incarnation.held_key)
+            .arg(id)
+            .arg(incarnation.node)
+            .arg(key("chg"))
+            .invoke::<i64>(con)
+            .map(drop)
+    }
+
+    fn publish(&mut self, to: NodeId, batch: &[u8]) -> redis::RedisResult<i64> {
+        let con = self.connection()?;
+        redis::cmd("PUBLISH")
+            .arg(key(&format!("node:{to}")))
+            .arg(batch)
+            .query(con)
+    }
+
+    /// A clean exit: the lease goes, and a reap frees whatever this
+    /// incarnation still holds.
+    fn leave(&mut self, incarnation: &Incarnation) {
+        let left = self.connection().and_then(|con| {
+            redis::cmd("DEL")
+                .arg(&incarnation.lease_key)
+                .query::<()>(con)
+        });
+        if let Err(e) = left.and_then(|()| self.reap()) {
+            warn!(error = %e, "cluster: could not leave cleanly; the lease will expire");
+        } else {
+            info!(node = incarnation.node, "cluster: left");
+        }
+    }
+}
+
+/// The subscriber's loop: changes and batches become events until `stop`.
+fn listen(
+    pubsub: &mut redis::PubSub<'_>,
+    changes: &str,
+    tell: &Tell,
+    stop: &AtomicBool,
+    lost: &AtomicBool,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let message = match pubsub.get_message() {
+            Ok(message) => message,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) => {
+                warn!(error = %e, "cluster: subscription lost");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let event = if message.get_channel_name() == changes {
+            match parse_change(message.get_payload_bytes()) {
+                Some(event) => event,
+                None => {
+                    warn!(
+                        bytes = message.get_payload_bytes().len(),
+                        "cluster: malformed change dropped"
+                    );
+                    continue;
+                }
+            }
+        } else {
+            Event::Batch {
+                bytes: message.get_payload_bytes().to_vec(),
+            }
+        };
+        if !tell.event(event) {
+            return;
+        }
+    }
+}
+
+/// `+ID NODE`, `-ID NODE` or `down NODE`, as the scripts publish them.
+pub(super) fn parse_change(payload: &[u8]) -> Option<Event> {
+    let text = std::str::from_utf8(payload).ok()?;
+    if let Some(node) = text.strip_prefix("down ") {
+        return Some(Event::Down {
+            node: node.parse().ok()?,
+        });
+    }
+    let (sign, rest) = text.split_at_checked(1)?;
+    let (id, node) = rest.split_once(' ')?;
+    let id: ClientId = id.parse().ok()?;
+    let node: NodeId = node.parse().ok()?;
+    if !(EMITTER_IDS.contains(&id) || EXHIBITOR_IDS.contains(&id)) {
+        return None;
+    }
+    match sign {
+        "+" => Some(Event::Held { id, node }),
+        "-" => Some(Event::Freed { id, node }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_parse_and_anything_else_is_refused() {
+        assert_eq!(parse_change(b"+5 3"), Some(Event::Held { id: 5, node: 3 }));
+        assert_eq!(
+            parse_change(b"-4096 3"),
+            Some(Event::Freed { id: 4096, node: 3 })
+        );
+        assert_eq!(parse_change(b"down 7"), Some(Event::Down { node: 7 }));
+        for bad in [
+            &b""[..],
+            b"+",
+            b"+5",
+            b"*5 3",
+            b"+0 3",
+            b"+8192 3",
+            b"+5 x",
+            b"down",
+            b"\xff",
+        ] {
+            assert_eq!(parse_change(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,768 @@
+//! The rules' part of several nodes (CLUSTER.md): which other node holds
+//! each id (a replica the loop keeps up to date from the engine), the OIs
+//! waiting for an id the engine claims, the requests relayed to other
+//! nodes and awaiting their acknowledgement, and the relays from other
+//! nodes being delivered here, and the pairs whose emitter and exhibitor
+//! are on two nodes. It is handed routes and acknowledgements as
+//! plain data and answers through the [`Outbox`]; it never sees the engine.
+//! Without a cluster none of it is allocated, and a request pays one branch.
+
+use super::{ConnId, Delivery, Outbox, Purpose, RequestRef, Role, Router, Session};
+use crate::proto::{
+    ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Another node, as the loop names it (its incarnation).
+pub type NodeRef = u64;
+
+/// How much longer than the ack timeout a relay may wait for the other
+/// node's ACK: its exhibitors have the ack timeout, then the ACK travels.
+const RELAY_GRACE: Duration = Duration::from_secs(2);
+
+/// A request relayed to another node, awaiting its ACK.
+#[derive(Debug)]
+struct Sent {
+    node: NodeRef,
+    origin: SentFor,
+    deadline: Instant,
+}
+
+/// What a relay's ACK settles.
+#[derive(Debug, Clone, Copy)]
+enum SentFor {
+    /// One target of an emitter's request here.
+    Request(RequestRef),
+    /// A relay received from another node, passed on to the node of the
+    /// destination emitter's exhibitor (by its key in `received`).
+    Chain(u64),
+}
+
+/// A notice between the two halves of a pair on two nodes (CLUSTER.md,
+/// "Pairs across nodes"); the loop carries it in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairNotice {
+    /// My emitter `emitter` asks to pair with your `exhibitor`.
+    Pair {
+        token: u64,
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+    /// The answer to PAIR `token`.
+    Paired { token: u64, ok: bool },
+    /// My emitter `emitter` is gone: your `exhibitor` leaves (rule 6).
+    Dismiss {
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+    /// My exhibitor `exhibitor` is gone: your `emitter` is unpaired.
+    Unpaired {
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+    /// I gave up pairing `emitter` with your `exhibitor`: forget it.
+    Unpair {
+        exhibitor: ClientId,
+        emitter: ClientId,
+    },
+}
+
+/// An emitter's OI waiting for another node's answer to PAIR.
+#[derive(Debug, Clone, Copy)]
+struct PairWait {
+    conn: ConnId,
+    node: NodeRef,
+    exhibitor: ClientId,
+    /// The id claimed for the emitter.
+    emitter: ClientId,
+    seq: u16,
+    deadline: Instant,
+}
+
+/// A relay from another node, being delivered to targets here.
+#[derive(Debug)]
+struct Received {
+    from: NodeRef,
+    relay: u64,
+    outstanding: u32,
+    any_ok: bool,
+}
+
+/// The cluster state of one router (empty and off on a single server).
+#[derive(Debug, Default)]
+pub(super) struct Remote {
+    pub(super) enabled: bool,
+    /// Which other node holds each id (indexed by id; empty until enabled).
+    owner: Vec<Option<NodeRef>>,
+    /// How many exhibitor ids each other node holds: a broadcast goes to
+    /// the nodes counted here.
+    exhibitors: BTreeMap<NodeRef, u32>,
+    /// Anonymous connections whose OI waits for a claimed id: the OI's
+    /// origin and seq.
+    claiming: HashMap<ConnId, (ClientId, u16)>,
+    next_relay: u64,
+    /// By relay number, so the first has the earliest deadline.
+    sent: BTreeMap<u64, Sent>,
+    next_received: u64,
+    received: HashMap<u64, Received>,
+    /// The nodes of the request being routed.
+    nodes: Vec<NodeRef>,
+    /// Emitters here paired with an exhibitor on another node: its node
+    /// and id.
+    paired_out: HashMap<ConnId, (NodeRef, ClientId)>,
+    /// Exhibitors here paired with an emitter on another node, by the
+    /// emitter's id: its node and the exhibitor's connection.
+    paired_in: HashMap<ClientId, (NodeRef, ConnId)>,
+    /// The same pairs by the exhibitor's connection: the node and the
+    /// emitter's id.
+    paired_in_by_exhibitor: HashMap<ConnId, (NodeRef, ClientId)>,
+    /// OIs waiting for PAIRED, by token, and their tokens by connection.
+    pairing: HashMap<u64, PairWait>,
+    pairing_conns: HashMap<ConnId, u64>,
+    next_token: u64,
+}
+
+impl Remote {
+    /// Whether `conn`'s OI waits for its id (its input is held meanwhile).
+    pub(super) fn is_claiming(&self, conn: ConnId) -> bool {
+        self.claiming.contains_key(&conn) || self.pairing_conns.contains_key(&conn)
+    }
+
+    /// Whether the exhibitor `conn` is paired with an emitter on another node.
+    pub(super) fn is_paired_in(&self, conn: ConnId) -> bool {
+        self.paired_in_by_exhibitor.contains_key(&conn)
+    }
+
+    /// The exhibitor here paired with the emitter `id` of another node.
+    pub(super) fn exhibitor_of(&self, id: ClientId) -> Option<ConnId> {
+        self.paired_in.get(&id).map(|&(_, conn)| conn)
+    }
+
+    /// `conn` is gone: its claim or pairing (if any) is dropped, its id
+    /// released, and the other half of a pair across nodes told (rule 6).
+    pub(super) fn forget(&mut self, conn: ConnId, session: &Session, out: &mut impl Outbox) {
+        self.claiming.remove(&conn);
+        if let Some(token) = self.pairing_conns.remove(&conn)
+            && let Some(wait) = self.pairing.remove(&token)
+        {
+            out.release_id(wait.emitter);
+            let (exhibitor, emitter) = (wait.exhibitor, wait.emitter);
+            out.pair_notice(wait.node, PairNotice::Unpair { exhibitor, emitter });
+        }
+        if let Some((node, exhibitor)) = self.paired_out.remove(&conn) {
+            let emitter = session.id;
+            out.pair_notice(node, PairNotice::Dismiss { exhibitor, emitter });
+        }
+        if let Some((node, emitter)) = self.paired_in_by_exhibitor.remove(&conn) {
+            self.paired_in.remove(&emitter);
+            let exhibitor = session.id;
+            out.pair_notice(node, PairNotice::Unpaired { exhibitor, emitter });
+        }
+        if !matches!(session.role, Role::Anonymous) {
+            out.release_id(session.id);
+        }
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let relays = self.sent.first_key_value().map(|(_, sent)| sent.deadline);
+        let pairs = self.pairing.values().map(|wait| wait.deadline).min();
+        relays.into_iter().chain(pairs).min()
+    }
+
+    fn owner_of(&self, id: ClientId) -> Option<NodeRef> {
+        self.owner.get(usize::from(id)).copied().flatten()
+    }
+
+    fn hold(&mut self, id: ClientId, node: NodeRef) {
+        let Some(slot) = self.owner.get_mut(usize::from(id)) else {
+            return;
+        };
+        if let Some(old) = slot.replace(node) {
+            self.uncount(id, old);
+        }
+        if is_exhibitor_id(id) {
+            *self.exhibitors.entry(node).or_default() += 1;
+        }
+    }
+
+    fn free(&mut self, id: ClientId, node: NodeRef) {
+        let Some(slot) = self.owner.get_mut(usize::from(id)) else {
+            return;
+        };
+        if *slot == Some(node) {
+            *slot = None;
+            self.uncount(id, node);
+        }
+    }
+
+    fn uncount(&mut self, id: ClientId, node: NodeRef) {
+        if is_exhibitor_id(id)
+            && let Some(count) = self.exhibitors.get_mut(&node)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.exhibitors.remove(&node);
+            }
+        }
+    }
+}
+
+impl Router {
+    /// This router serves one node of several: OIs wait for ids the engine
+    /// claims ([`Outbox::claim_id`]), departures release them, and
+    /// requests reach ids other nodes hold.
+    pub fn enable_cluster(&mut self) {
+        self.remote.enabled = true;
+        self.remote.owner = vec![None; usize::from(*EXHIBITOR_IDS.end()) + 1];
+    }
+
+    /// The node (re)joined: `held` is every id other nodes hold.
+    pub fn cluster_joined(&mut self, held: &[(ClientId, NodeRef)]) {
+        self.remote.owner.fill(None);
+        self.remote.exhibitors.clear();
+        for &(id, node) in held {
+            self.remote.hold(id, node);
+        }
+    }
+
+    /// Another node now holds `id`.
+    pub fn remote_held(&mut self, id: ClientId, node: NodeRef) {
+        self.remote.hold(id, node);
+    }
+
+    /// Another node no longer holds `id`.
+    pub fn remote_freed(&mut self, id: ClientId, node: NodeRef) {
+        self.remote.free(id, node);
+    }
+
+    /// Which other node holds `id`, if one does.
+    pub(super) fn remote_owner(&self, id: ClientId) -> Option<NodeRef> {
+        self.remote.owner_of(id)
+    }
+
+    /// Every id another node holds, ascending, for a CLIST with this
+    /// node's own.
+    pub(super) fn all_ids(&self) -> Vec<ClientId> {
+        let mut ids: Vec<ClientId> = self.ids.ids().collect();
+        if self.remote.enabled {
+            let remote = self.remote.owner.iter().enumerate();
+            ids.extend(
+                remote
+                    .filter(|(_, n)| n.is_some())
+                    .map(|(id, _)| id as ClientId),
+            );
+            ids.sort_unstable();
+        }
+        ids
+    }
+
+    /// `node` is gone (its lease expired): its ids are forgotten and every
+    /// request relayed to it fails.
+    pub fn node_down(&mut self, node: NodeRef, now: Instant, out: &mut impl Outbox) {
+        for slot in &mut self.remote.owner {
+            if *slot == Some(node) {
+                *slot = None;
+            }
+        }
+        self.remote.exhibitors.remove(&node);
+        // Rule 6 across nodes: emitters here lose their exhibitor there;
+        // exhibitors here whose emitter was there are dismissed.
+        self.remote.paired_out.retain(|_, (n, _)| *n != node);
+        let orphans: Vec<ConnId> = self
+            .remote
+            .paired_in_by_exhibitor
+            .iter()
+            .filter(|(_, (n, _))| *n == node)
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in orphans {
+            if let Some((_, emitter)) = self.remote.paired_in_by_exhibitor.remove(&conn) {
+                self.remote.paired_in.remove(&emitter);
+            }
+            if self.session(conn).is_some_and(|s| !s.leaving) {
+                self.dismiss(conn, now, out);
+            }
+        }
+        let waits: Vec<u64> = self
+            .remote
+            .pairing
+            .iter()
+            .filter(|(_, wait)| wait.node == node)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in waits {
+            self.pair_failed(token, now, out);
+        }
+        let failed: Vec<u64> = self
+            .remote
+            .sent
+            .iter()
+            .filter(|(_, sent)| sent.node == node)
+            .map(|(&relay, _)| relay)
+            .collect();
+        if !failed.is_empty() {
+            warn!(
+                node,
+                relays = failed.len(),
+                "node down: its deliveries fail"
+            );
+        }
+        self.relays_failed(node, &failed, now, out);
+    }
+
+    /// These relays to `node` could not be delivered: they fail.
+    pub fn relays_failed(
+        &mut self,
+        node: NodeRef,
+        relays: &[u64],
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        for relay in relays {
+            if self.remote.sent.get(relay).is_some_and(|s| s.node == node)
+                && let Some(sent) = self.remote.sent.remove(relay)
+            {
+                self.sent_settled(sent.origin, false, now, out);
+            }
+        }
+    }
+
+    /// This node lost its lease: every client is dismissed as at shutdown
+    /// (rule 8), every relay fails, and what it knew of others is dropped
+    /// until it joins again.
+    pub fn fence(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.shutdown(now, out);
+        let sent = std::mem::take(&mut self.remote.sent);
+        for (_, sent) in sent {
+            self.sent_settled(sent.origin, false, now, out);
+        }
+        self.remote.received.clear();
+        self.remote.paired_out.clear();
+        self.remote.paired_in.clear();
+        self.remote.paired_in_by_exhibitor.clear();
+        self.cluster_joined(&[]);
+    }
+
+    /// The engine answered `conn`'s claim: the OI goes on with `id`, or is
+    /// refused without one. Returns whether `conn` now holds `id` (if not,
+    /// the caller releases it).
+    pub fn id_claimed(
+        &mut self,
+        conn: ConnId,
+        id: Option<ClientId>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) -> bool {
+        let Some((origin, seq)) = self.remote.claiming.remove(&conn) else {
+            return false;
+        };
+        if self.session(conn).is_none() {
+            return false;
+        }
+        out.resume_input(conn);
+        // After a fence, a client of the old incarnation being dismissed
+        // may still show the id the new one is given: refused until it has
+        // gone, rather than two sessions here with one id (found by the
+        // simulation).
+        let Some(id) = id.filter(|&id| self.ids.get(id).is_none()) else {
+            warn!(
+                conn,
+                requested = origin,
+                "OI refused: no id could be claimed"
+            );
+            out.send(conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, seq));
+            self.close(conn, super::CloseReason::Refused, now, out);
+            return false;
+        };
+        self.identify(conn, origin, seq, Some(id), now, out);
+        self.client_id(conn) == Some(id) || self.remote.pairing_conns.contains_key(&conn)
+    }
+
+    /// An emitter's OI names `exhibitor`, held by `node`: with its id
+    /// claimed, that node is asked to pair them; until it answers (or
+    /// the ack timeout passes) the OI waits.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn pair_across(
+        &mut self,
+        conn: ConnId,
+        exhibitor: ClientId,
+        seq: u16,
+        claimed: Option<ClientId>,
+        node: NodeRef,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let Some(emitter) = claimed else {
+            return self.claim_for(conn, exhibitor, seq, out);
+        };
+        let token = self.remote.next_token;
+        self.remote.next_token += 1;
+        let deadline = now + self.limits.ack_timeout;
+        let wait = PairWait {
+            conn,
+            node,
+            exhibitor,
+            emitter,
+            seq,
+            deadline,
+        };
+        self.remote.pairing.insert(token, wait);
+        self.remote.pairing_conns.insert(conn, token);
+        out.pair_notice(
+            node,
+            PairNotice::Pair {
+                token,
+                exhibitor,
+                emitter,
+            },
+        );
+        self.note_deadline(deadline);
+    }
+
+    /// A pairing that will not be: ERRO to the OI and close (rule 1), the
+    /// claimed id released, the other node told to forget it.
+    fn pair_failed(&mut self, token: u64, now: Instant, out: &mut impl Outbox) {
+        let Some(wait) = self.remote.pairing.remove(&token) else {
+            return;
+        };
+        self.remote.pairing_conns.remove(&wait.conn);
+        warn!(
+            conn = wait.conn,
+            requested = wait.exhibitor,
+            "OI refused: no pair across nodes"
+        );
+        out.release_id(wait.emitter);
+        let (exhibitor, emitter) = (wait.exhibitor, wait.emitter);
+        out.pair_notice(wait.node, PairNotice::Unpair { exhibitor, emitter });
+        if self.session(wait.conn).is_some() {
+            out.resume_input(wait.conn);
+            out.send(wait.conn, &Frame::bare(Kind::Erro, SERVER_ID, 0, wait.seq));
+            self.close(wait.conn, super::CloseReason::Refused, now, out);
+        }
+    }
+
+    /// A notice from the other half of a pair on node `from`.
+    pub fn pair_notice(
+        &mut self,
+        from: NodeRef,
+        notice: PairNotice,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        match notice {
+            PairNotice::Pair {
+                token,
+                exhibitor,
+                emitter,
+            } => {
+                // One loop decides, so of two racing PAIRs (or a PAIR and
+                // a local OI) exactly one wins.
+                let free = self.ids.get(exhibitor).filter(|&x| {
+                    self.session(x).is_some_and(|s| {
+                        !s.leaving && matches!(s.role, Role::Exhibitor { emitter: None })
+                    }) && !self.remote.is_paired_in(x)
+                });
+                if let Some(x) = free {
+                    self.remote.paired_in.insert(emitter, (from, x));
+                    self.remote
+                        .paired_in_by_exhibitor
+                        .insert(x, (from, emitter));
+                    info!(
+                        exhibitor,
+                        emitter,
+                        node = from,
+                        "exhibitor paired across nodes"
+                    );
+                }
+                let ok = free.is_some();
+                out.pair_notice(from, PairNotice::Paired { token, ok });
+            }
+            PairNotice::Paired { token, ok } => {
+                let Some(wait) = self.remote.pairing.get(&token).copied() else {
+                    return; // given up already (and UNPAIR sent)
+                };
+                if wait.node != from {
+                    return;
+                }
+                let taken = self.ids.get(wait.emitter).is_some();
+                if !ok || taken || self.session(wait.conn).is_none() {
+                    return self.pair_failed(token, now, out);
+                }
+                self.remote.pairing.remove(&token);
+                self.remote.pairing_conns.remove(&wait.conn);
+                let (conn, id) = (wait.conn, wait.emitter);
+                self.free_emitter_ids.remove(&id);
+                self.pair_emitter(conn, id, None);
+                self.ids.insert(id, conn);
+                self.remote.paired_out.insert(conn, (from, wait.exhibitor));
+                info!(
+                    conn,
+                    id,
+                    exhibitor = wait.exhibitor,
+                    node = from,
+                    "emitter identified, paired across nodes"
+                );
+                out.resume_input(conn);
+                out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, wait.seq));
+            }
+            PairNotice::Dismiss { exhibitor, emitter } => {
+                if let Some(x) = self.unpair_in(from, exhibitor, emitter)
+                    && self.session(x).is_some_and(|s| !s.leaving)
+                {
+                    self.dismiss(x, now, out);
+                }
+            }
+            PairNotice::Unpair { exhibitor, emitter } => {
+                self.unpair_in(from, exhibitor, emitter);
+            }
+            PairNotice::Unpaired { exhibitor, emitter } => {
+                if let Some(conn) = self.ids.get(emitter)
+                    && self.remote.paired_out.get(&conn) == Some(&(from, exhibitor))
+                {
+                    self.remote.paired_out.remove(&conn);
+                }
+            }
+        }
+    }
+
+    /// Forgets the pair of this node's `exhibitor` with `from`'s `emitter`,
+    /// if it stands; returns the exhibitor's connection.
+    fn unpair_in(
+        &mut self,
+        from: NodeRef,
+        exhibitor: ClientId,
+        emitter: ClientId,
+    ) -> Option<ConnId> {
+        let &(node, x) = self.remote.paired_in.get(&emitter)?;
+        if node != from || self.client_id(x) != Some(exhibitor) {
+            return None;
+        }
+        self.remote.paired_in.remove(&emitter);
+        self.remote.paired_in_by_exhibitor.remove(&x);
+        Some(x)
+    }
+
+    /// An identify that must wait for the engine: noted, and the claim asked.
+    pub(super) fn claim_for(
+        &mut self,
+        conn: ConnId,
+        origin: ClientId,
+        seq: u16,
+        out: &mut impl Outbox,
+    ) {
+        self.remote.claiming.insert(conn, (origin, seq));
+        out.claim_id(conn, origin == 0);
+    }
+
+    /// Fills the nodes a request to `dest` must also go to; returns how many.
+    #[inline(never)]
+    pub(super) fn remote_targets(&mut self, dest: ClientId) -> usize {
+        let local = self.ids.get(dest);
+        let remote = &mut self.remote;
+        remote.nodes.clear();
+        if dest == 0 {
+            remote.nodes.extend(remote.exhibitors.keys().copied());
+        } else if remote.paired_in.contains_key(&dest) {
+            // Another node's emitter whose exhibitor is here: local.
+        } else if let Some(node) = remote.owner_of(dest) {
+            remote.nodes.push(node);
+        } else if let Some(&(node, _)) = local.and_then(|conn| remote.paired_out.get(&conn)) {
+            // An emitter here whose exhibitor is on another node.
+            remote.nodes.push(node);
+        }
+        remote.nodes.len()
+    }
+
+    /// Relays `frame` to the nodes [`Router::remote_targets`] found, each a
+    /// target of `request`.
+    #[inline(never)]
+    pub(super) fn relay_out(
+        &mut self,
+        request: RequestRef,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
+        for &node in &self.remote.nodes {
+            let relay = self.remote.next_relay;
+            self.remote.next_relay += 1;
+            self.remote.sent.insert(
+                relay,
+                Sent {
+                    node,
+                    origin: SentFor::Request(request),
+                    deadline,
+                },
+            );
+            out.relay(node, relay, frame);
+        }
+        self.note_deadline(deadline);
+    }
+
+    /// A request relayed from node `from`: delivered to this node's targets
+    /// as any request (rules 3–5); one ACK goes back once they settle.
+    pub fn relayed(
+        &mut self,
+        from: NodeRef,
+        relay: u64,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let mut targets = std::mem::take(&mut self.targets);
+        self.find_targets(frame.dest, &mut targets);
+        if targets.is_empty() {
+            self.targets = targets;
+            let chained = self
+                .ids
+                .get(frame.dest)
+                .filter(|_| is_emitter_id(frame.dest));
+            if let Some(&(node, _)) = chained.and_then(|c| self.remote.paired_out.get(&c)) {
+                return self.relay_on(from, relay, node, frame, now, out);
+            }
+            debug!(from, dest = frame.dest, "relay with no target here");
+            out.relay_ack(from, relay, false);
+            return;
+        }
+        let key = self.remote.next_received;
+        self.remote.next_received += 1;
+        self.remote.received.insert(
+            key,
+            Received {
+                from,
+                relay,
+                outstanding: targets.len() as u32,
+                any_ok: false,
+            },
+        );
+        let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
+        if clist.is_none() {
+            out.forward(&targets, frame);
+        }
+        let deadline = now + self.limits.ack_timeout;
+        for &target in &targets {
+            let session = self.session_mut(target).expect("targets are live");
+            let seq = match &clist {
+                None => frame.seq,
+                Some(ids) => {
+                    let seq = session.seq.next_seq();
+                    let list = Frame::clist(SERVER_ID, frame.dest, seq, ids.clone())
+                        .expect("at most 8191 clients");
+                    out.send(target, &list);
+                    seq
+                }
+            };
+            session.awaiting_ack.push_back(Delivery {
+                seq,
+                deadline,
+                purpose: Purpose::Relayed { key },
+            });
+        }
+        self.note_deadline(deadline);
+        targets.clear();
+        self.targets = targets;
+    }
+
+    /// A relay to an emitter here whose exhibitor is on node `node`: passed
+    /// on, and answered when that node answers.
+    fn relay_on(
+        &mut self,
+        from: NodeRef,
+        relay: u64,
+        node: NodeRef,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let key = self.remote.next_received;
+        self.remote.next_received += 1;
+        self.remote.received.insert(
+            key,
+            Received {
+                from,
+                relay,
+                outstanding: 1,
+                any_ok: false,
+            },
+        );
+        let onward = self.remote.next_relay;
+        self.remote.next_relay += 1;
+        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
+        self.remote.sent.insert(
+            onward,
+            Sent {
+                node,
+                origin: SentFor::Chain(key),
+                deadline,
+            },
+        );
+        out.relay(node, onward, frame);
+        self.note_deadline(deadline);
+    }
+
+    /// A relay this node sent was answered (or failed).
+    fn sent_settled(&mut self, origin: SentFor, ok: bool, now: Instant, out: &mut impl Outbox) {
+        match origin {
+            SentFor::Request(request) => self.settle(request, ok, now, out),
+            SentFor::Chain(key) => self.relay_settled(key, ok, out),
+        }
+    }
+
+    /// One target of a relay from another node settled.
+    pub(super) fn relay_settled(&mut self, key: u64, ok: bool, out: &mut impl Outbox) {
+        let Some(received) = self.remote.received.get_mut(&key) else {
+            return;
+        };
+        received.outstanding -= 1;
+        received.any_ok |= ok;
+        if received.outstanding == 0 {
+            let received = self.remote.received.remove(&key).expect("found above");
+            out.relay_ack(received.from, received.relay, received.any_ok);
+        }
+    }
+
+    /// Node `from` answered relay `relay`.
+    pub fn relay_acked(
+        &mut self,
+        from: NodeRef,
+        relay: u64,
+        ok: bool,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if self.remote.sent.get(&relay).is_none_or(|s| s.node != from) {
+            debug!(from, relay, "ACK for no relay pending on that node ignored");
+            return;
+        }
+        let sent = self.remote.sent.remove(&relay).expect("found above");
+        self.sent_settled(sent.origin, ok, now, out);
+    }
+
+    /// Relays whose node did not answer in time fail.
+    pub(super) fn expire_relays(&mut self, now: Instant, out: &mut impl Outbox) {
+        while let Some(entry) = self.remote.sent.first_entry() {
+            if entry.get().deadline > now {
+                break;
+            }
+            let sent = entry.remove();
+            warn!(
+                node = sent.node,
+                "no ACK from the node in time: the delivery fails"
+            );
+            self.sent_settled(sent.origin, false, now, out);
+        }
+        let overdue: Vec<u64> = self
+            .remote
+            .pairing
+            .iter()
+            .filter(|(_, wait)| wait.deadline <= now)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in overdue {
+            self.pair_failed(token, now, out);
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Several nodes in the event loop (CLUSTER.md): between the router and
+//! the engine bridge. What the router asked this turn (claims, releases,
+//! relays and their ACKs, gathered in [`Outgoing`] by the outbox) goes to
+//! the engine once per turn, one batch per destination node; what the
+//! engine told (its incarnation, the id table's changes, batches from other
+//! nodes, a fence) is handed to the router as plain data. The engine's
+//! threads wake the loop's `mio::Waker`; nothing here blocks.
+
+use super::Server;
+use crate::cluster::batch::{self, BatchWriter, PairRecord, Record};
+use crate::cluster::redis::{RedisConfig, RedisEngine};
+use crate::cluster::{Engine, Event, NodeId, Request};
+use crate::proto::{ClientId, FrameView};
+use crate::router::{ConnId, PairNotice};
+use mio::Waker;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// `server --cluster URL [--node NAME]`.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The Redis server shared by the nodes (`redis://HOST:PORT`).
+    pub url: String,
+    /// This node's name, shown in its lease and logs.
+    pub node: String,
+    /// How long the node's lease lives unless renewed (`--cluster-lease`).
+    pub lease: Duration,
+}
+
+impl ClusterConfig {
+    /// The defaults, for this Redis and node name.
+    pub fn new(url: String, node: String) -> ClusterConfig {
+        ClusterConfig {
+            url,
+            node,
+            lease: RedisConfig::LEASE,
+        }
+    }
+}
+
+/// What the router asked of other nodes this turn (the outbox writes it).
+#[derive(Default)]
+pub(super) struct Outgoing {
+    /// This node's incarnation, which every batch carries (0: not joined).
+    from: NodeId,
+    claims: Vec<(ConnId, bool)>,
+    releases: Vec<ClientId>,
+    batches: BTreeMap<NodeId, BatchWriter>,
+    /// Batches that grew past [`batch::FLUSH_AT`] within the turn.
+    full: Vec<(NodeId, BatchWriter)>,
+}
+
+impl Outgoing {
+    pub(super) fn claim(&mut self, conn: ConnId, exhibitor: bool) {
+        self.claims.push((conn, exhibitor));
+    }
+
+    pub(super) fn release(&mut self, id: ClientId) {
+        self.releases.push(id);
+    }
+
+    pub(super) fn relay(&mut self, node: NodeId, relay: u64, frame: &FrameView<'_>) {
+        let from = self.from;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        batch.push_relay(relay, frame);
+        self.bound(node);
+    }
+
+    pub(super) fn pair_notice(&mut self, node: NodeId, notice: PairNotice) {
+        let from = self.from;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        batch.push_pair(to_record(notice));
+        self.bound(node);
+    }
+
+    /// A batch past the size bound goes on its own; the next starts anew.
+    fn bound(&mut self, node: NodeId) {
+        if self
+            .batches
+            .get(&node)
+            .is_some_and(|b| b.len() >= batch::FLUSH_AT)
+            && let Some(batch) = self.batches.remove(&node)
+        {
+            self.full.push((node, batch));
+        }
+    }
+
+    pub(super) fn relay_ack(&mut self, node: NodeId, relay: u64, ok: bool) {
+        let from = self.from;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        batch.push_ack(relay, ok);
+        self.bound(node);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+            && self.releases.is_empty()
+            && self.batches.is_empty()
+            && self.full.is_empty()
+    }
+}
+
+/// The loop's side of the bridge.
+pub(super) struct Cluster {
+    engine: Box<dyn Engine + Send>,
+    /// This node's incarnation, once joined.
+    node: Option<NodeId>,
+    /// Incarnations reaped: anything still heard from them is stale.
+    down: HashSet<NodeId>,
+    next_claim: u64,
+    /// Claims asked, by number: the connection they are for. A connection
+    /// is also mapped to its claim, so that an answer for a connection
+    /// since closed (its slot perhaps reused) is released, not given.
+    claims: HashMap<u64, ConnId>,
+    claim_of: HashMap<ConnId, u64>,
+    events: Vec<Event>,
+}
+
+impl Cluster {
+    pub(super) fn start(config: &ClusterConfig, waker: Arc<Waker>) -> redis::RedisResult<Cluster> {
+        let engine = RedisEngine::start(
+            RedisConfig::new(config.url.clone(), config.node.clone(), config.lease),
+            move || {
+                if let Err(e) = waker.wake() {
+                    warn!(error = %e, "could not wake the event loop");
+                }
+            },
+        )?;
+        Ok(Cluster {
+            engine: Box::new(engine),
+            node: None,
+            down: HashSet::new(),
+            next_claim: 0,
+            claims: HashMap::new(),
+            claim_of: HashMap::new(),
+            events: Vec::new(),
+        })
+    }
+}
+
+/// Rounds of "apply, then submit" one turn may take: what the router
+/// answers to events is submitted in the same turn.
+const ROUNDS_PER_TURN: usize = 4;
+
+impl Server {
+    /// Once a turn: the engine's events to the router, then what the router
+    /// asked to the engine. Out of line: a single server never calls it.
+    #[inline(never)]
+    pub(super) fn cluster_turn(&mut self) {
+        let Some(mut cluster) = self.cluster.take() else {
+            return;
+        };
+        for _ in 0..ROUNDS_PER_TURN {
+            cluster.engine.drain(&mut cluster.events);
+            let events = std::mem::take(&mut cluster.events);
+            let busy = !events.is_empty();
+            for event in events {
+                self.cluster_event(&mut cluster, event);
+            }
+            let outgoing = self.wire.cluster.as_deref().is_some_and(|o| !o.is_empty());
+            if outgoing {
+                self.cluster_submit(&mut cluster);
+            }
+            if !busy && !outgoing {
+                break;
+            }
+        }
+        self.cluster = Some(cluster);
+    }
+
+    fn cluster_event(&mut self, cluster: &mut Cluster, event: Event) {
+        let now = self.wire.now;
+        match event {
+            Event::Joined { node, held } => {
+                info!(
+                    node,
+                    others = held.len(),
+                    "cluster: serving as this incarnation"
+                );
+                cluster.node = Some(node);
+                if let Some(outgoing) = self.wire.cluster.as_deref_mut() {
+                    outgoing.from = node;
+                }
+                let held: Vec<_> = held
+                    .into_iter()
+                    .filter(|(_, n)| !cluster.down.contains(n))
+                    .collect();
+                self.router.cluster_joined(&held);
+            }
+            Event::Claimed { claim, id } => {
+                let conn = cluster.claims.remove(&claim);
+                let current = conn.filter(|c| cluster.claim_of.get(c) == Some(&claim));
+                let kept = match current {
+                    Some(conn) => {
+                        cluster.claim_of.remove(&conn);
+                        self.router.id_claimed(conn, id, now, &mut self.wire)
+                    }
+                    None => false,
+                };
+                if !kept && let Some(id) = id {
+                    self.wire.cluster_release(id);
+                }
+            }
+            Event::Held { id, node }
+                if Some(node) != cluster.node && !cluster.down.contains(&node) =>
+            {
+                self.router.remote_held(id, node);
+            }
+            Event::Freed { id, node } if Some(node) != cluster.node => {
+                self.router.remote_freed(id, node);
+            }
+            Event::Held { .. } | Event::Freed { .. } => {}
+            Event::Down { node } => {
+                cluster.down.insert(node);
+                if Some(node) == cluster.node {
+                    // Reaped while alive: its ids may be handed out again.
+                    warn!(node, "cluster: this incarnation was reaped; fencing");
+                    self.cluster_fence(cluster);
+                } else {
+                    info!(node, "cluster: node down");
+                    self.router.node_down(node, now, &mut self.wire);
+                }
+            }
+            Event::Batch { bytes } => self.cluster_batch(cluster, &bytes),
+            Event::Unreachable { node, relays } => {
+                warn!(
+                    node,
+                    relays = relays.len(),
+                    "cluster: batch not delivered; its relays fail"
+                );
+                self.router
+                    .relays_failed(node, &relays, now, &mut self.wire);
+            }
+            Event::Fenced => self.cluster_fence(cluster),
+        }
+        self.settle_dropped();
+    }
+
+    fn cluster_fence(&mut self, cluster: &mut Cluster) {
+        if let Some(node) = cluster.node.take() {
+            warn!(node, "cluster: fenced: dismissing every client");
+        }
+        // What the fence itself asks of other nodes goes nowhere: this
+        // incarnation is over.
+        self.router.fence(self.wire.now, &mut self.wire);
+        if let Some(outgoing) = self.wire.cluster.as_deref_mut() {
+            outgoing.from = 0;
+            outgoing.batches.clear();
+            outgoing.full.clear();
+            outgoing.releases.clear();
+        }
+    }
+
+    /// A batch from another node: checked whole, then each record routed.
+    fn cluster_batch(&mut self, cluster: &Cluster, bytes: &[u8]) {
+        let now = self.wire.now;
+        let (from, records) = match batch::parse(bytes) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                warn!(error = %e, bytes = bytes.len(), "cluster: malformed batch dropped");
+                return;
+            }
+        };
+        if cluster.down.contains(&from) || Some(from) == cluster.node || cluster.node.is_none() {
+            warn!(from, "cluster: batch from a stale incarnation dropped");
+            return;
+        }
+        for record in records {
+            match record {
+                Record::Relay { relay, frame } => {
+                    self.router
+                        .relayed(from, relay, &frame, now, &mut self.wire)
+                }
+                Record::Ack { relay, ok } => {
+                    self.router
+                        .relay_acked(from, relay, ok, now, &mut self.wire)
+                }
+                Record::Pair(record) => {
+                    let notice = to_notice(record);
+                    self.router.pair_notice(from, notice, now, &mut self.wire)
+                }
+            }
+            self.settle_dropped();
+        }
+    }
+
+    fn cluster_submit(&mut self, cluster: &mut Cluster) {
+        let Some(outgoing) = self.wire.cluster.as_deref_mut() else {
+            return;
+        };
+        let claims = std::mem::take(&mut outgoing.claims);
+        let releases = std::mem::take(&mut outgoing.releases);
+        let mut batches = std::mem::take(&mut outgoing.full);
+        batches.extend(std::mem::take(&mut outgoing.batches));
+        let now = self.wire.now;
+        for (conn, exhibitor) in claims {
+            let claim = cluster.next_claim;
+            cluster.next_claim += 1;
+            if cluster
+                .engine
+                .submit(Request::Claim { claim, exhibitor })
+                .is_ok()
+            {
+                cluster.claims.insert(claim, conn);
+                cluster.claim_of.insert(conn, claim);
+            } else {
+                warn!(conn, "cluster: engine queue full; OI refused");
+                self.router.id_claimed(conn, None, now, &mut self.wire);
+            }
+        }
+        for id in releases {
+            if cluster.engine.submit(Request::Release { id }).is_err() {
+                warn!(
+                    id,
+                    "cluster: engine queue full; the id stays held until this node's lease ends"
+                );
+            }
+        }
+        for (to, writer) in batches {
+            let (batch, relays) = writer.finish();
+            if let Err(Request::Publish { relays, .. }) =
+                cluster
+                    .engine
+                    .submit(Request::Publish { to, batch, relays })
+            {
+                warn!(node = to, "cluster: engine queue full; relays fail");
+                self.router.relays_failed(to, &relays, now, &mut self.wire);
+            }
+        }
+        self.settle_dropped();
+    }
+}
+
+/// The router's pair notice as the batch writes it (the router does not
+/// know the batch format, nor the batch the router).
+fn to_record(notice: PairNotice) -> PairRecord {
+    match notice {
+        PairNotice::Pair {
+            token,
+            exhibitor,
+            emitter,
+        } => PairRecord::Pair {
+            token,
+            exhibitor,
+            emitter,
+        },
+        PairNotice::Paired { token, ok } => PairRecord::Paired { token, ok },
+        PairNotice::Dismiss { exhibitor, emitter } => PairRecord::Dismiss { exhibitor, emitter },
+        PairNotice::Unpaired { exhibitor, emitter } => PairRecord::Unpaired { exhibitor, emitter },
+        PairNotice::Unpair { exhibitor, emitter } => PairRecord::Unpair { exhibitor, emitter },
+    }
+}
+
+fn to_notice(record: PairRecord) -> PairNotice {
+    match record {
+        PairRecord::Pair {
+            token,
+            exhibitor,
+            emitter,
+        } => PairNotice::Pair {
+            token,
+            exhibitor,
+            emitter,
+        },
+        PairRecord::Paired { token, ok } => PairNotice::Paired { token, ok },
+        PairRecord::Dismiss { exhibitor, emitter } => PairNotice::Dismiss { exhibitor, emitter },
+        PairRecord::Unpaired { exhibitor, emitter } => PairNotice::Unpaired { exhibitor, emitter },
+        PairRecord::Unpair { exhibitor, emitter } => PairNotice::Unpair { exhibitor, emitter },
+    }
+}

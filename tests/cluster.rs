@@ -1,0 +1,645 @@
+//! Several nodes over one Redis (CLUSTER.md, issue 25): real `server`
+//! processes with `--cluster`, and a real `redis-server` each test starts
+//! on a port it reserved, in a directory of its own. Asserts one id space
+//! (parallel OIs get unique, lowest ids), routing across nodes with exact
+//! bytes and OK only after the remote acknowledgement, a killed node's ids
+//! freed and its pending deliveries answered ERRO, and malformed messages
+//! on the engine's channels dropped without harm.
+
+use crate::util::*;
+use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// How long a killed node may hold its ids (the issue's bound).
+const IDS_FREED_WITHIN: Duration = Duration::from_secs(10);
+
+/// A `redis-server` of the test's own, with no persistence.
+struct Redis {
+    /// Killed when the test ends (dropped), or by the test.
+    proc: Proc,
+    url: String,
+    _dir: TempDir,
+    _port: ReservedPort,
+}
+
+impl Redis {
+    fn start(name: &str) -> Redis {
+        let port = ReservedPort::new();
+        let dir = TempDir::new(name);
+        let port_arg = port.addr().port().to_string();
+        let proc = Proc::spawn_with(
+            "redis-server",
+            &[
+                "--port",
+                &port_arg,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.arg(),
+            ],
+        );
+        proc.stdout.skip_until("redis ready", TIMEOUT, |line| {
+            line.contains("Ready to accept connections")
+        });
+        Redis {
+            proc,
+            url: format!("redis://127.0.0.1:{port_arg}"),
+            _dir: dir,
+            _port: port,
+        }
+    }
+
+    fn node(&self, name: &str) -> Server {
+        self.node_with(name, &[])
+    }
+
+    fn node_with(&self, name: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--cluster", &self.url, "--node", name];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+/// Sends `frame` from `emitter` until `exhibitor` receives it, and
+/// returns what it received: a node learns of an id claimed elsewhere a
+/// moment after the claim's OK, and until then the MSG has no target and
+/// is answered ERRO (nothing delivered), so it is sent again. Polls both
+/// connections without blocking, with a deadline.
+fn deliver(emitter: &mut Raw, exhibitor: &mut Raw, frame: &Frame) -> Frame {
+    let deadline = Instant::now() + TIMEOUT;
+    emitter.send_frame(frame);
+    loop {
+        if let Some(got) = exhibitor.try_frame() {
+            return got.expect("the exhibitor is still connected");
+        }
+        if let Some(reply) = emitter.try_frame() {
+            let refused = Frame::bare(Kind::Erro, SERVER_ID, frame.origin, frame.seq);
+            assert_eq!(reply.expect("the emitter is still connected"), refused);
+            emitter.send_frame(frame);
+        }
+        assert!(Instant::now() < deadline, "never delivered: {frame}");
+        // Polling, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An exhibitor that answers every frame it receives with OK, echoing its seq.
+fn acknowledge(exhibitor: &mut Raw) -> Frame {
+    let frame = exhibitor.expect_frame();
+    exhibitor.send_frame(&Frame::bare(Kind::Ok, frame.dest, SERVER_ID, frame.seq));
+    frame
+}
+
+#[test]
+fn parallel_ois_on_three_nodes_get_unique_lowest_ids() {
+    let redis = Redis::start("cluster-ids");
+    let nodes = [redis.node("a"), redis.node("b"), redis.node("c")];
+    let per_node = 6;
+    let ids: Vec<(ClientId, ClientId)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .flat_map(|node| (0..per_node).map(move |_| node.addr))
+            .map(|addr| {
+                scope.spawn(move || {
+                    let mut exhibitor = Raw::connect(addr);
+                    let mut emitter = Raw::connect(addr);
+                    exhibitor.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+                    emitter.send_frame(&Frame::bare(Kind::Oi, 1, SERVER_ID, 0));
+                    let ids = (
+                        evchat::testing::raw_client::assigned_id(&exhibitor.expect_frame()),
+                        evchat::testing::raw_client::assigned_id(&emitter.expect_frame()),
+                    );
+                    // Held open until every id is handed out.
+                    (ids, exhibitor, emitter)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        results.into_iter().map(|(ids, _, _)| ids).collect()
+    });
+    let n = nodes.len() * per_node;
+    let exhibitors: BTreeSet<ClientId> = ids.iter().map(|&(e, _)| e).collect();
+    let emitters: BTreeSet<ClientId> = ids.iter().map(|&(_, m)| m).collect();
+    assert_eq!(
+        exhibitors,
+        (4096..4096 + n as ClientId).collect(),
+        "{ids:?}"
+    );
+    assert_eq!(emitters, (1..=n as ClientId).collect(), "{ids:?}");
+}
+
+#[test]
+fn unicast_and_broadcast_cross_nodes_byte_for_byte_with_ok_after_the_ack() {
+    let redis = Redis::start("cluster-route");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let mut on_a = a.raw();
+    let y = on_a.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    assert_ne!(x, y);
+
+    // Unicast to the exhibitor on the other node: the frame arrives as
+    // sent, and the emitter's OK waits for that exhibitor's OK.
+    let unicast = Frame::msg(e, x, 7, bytes::Bytes::from_static("über".as_bytes())).unwrap();
+    let got = deliver(&mut emitter, &mut on_b, &unicast);
+    assert_bytes(&unicast.to_bytes(), &got.to_bytes());
+    emitter.expect_silence();
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 7));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 7)
+    );
+
+    // Broadcast: both exhibitors, one per node, get the same bytes; the OK
+    // waits for both acknowledgements.
+    let broadcast = Frame::msg(e, 0, 8, bytes::Bytes::from_static(b"to all")).unwrap();
+    emitter.send_frame(&broadcast);
+    for exhibitor in [&mut on_a, &mut on_b] {
+        let got = exhibitor.expect_frame();
+        assert_bytes(&broadcast.to_bytes(), &got.to_bytes());
+    }
+    on_a.send_frame(&Frame::bare(Kind::Ok, y, SERVER_ID, 8));
+    emitter.expect_silence();
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 8));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 8)
+    );
+
+    // A MSG to an emitter on the other node reaches its paired exhibitor
+    // there; an ERRO from the target makes the reply ERRO.
+    let mut paired = b.raw();
+    let p = paired.identify_emitter(x);
+    let to_pair = Frame::msg(e, p, 9, bytes::Bytes::from_static(b"pair")).unwrap();
+    let got = deliver(&mut emitter, &mut on_b, &to_pair);
+    assert_bytes(&to_pair.to_bytes(), &got.to_bytes());
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 9));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 9)
+    );
+    let refused = Frame::msg(e, p, 10, bytes::Bytes::from_static(b"no")).unwrap();
+    emitter.send_frame(&refused);
+    assert_bytes(&refused.to_bytes(), &on_b.expect_frame().to_bytes());
+    on_b.send_frame(&Frame::bare(Kind::Erro, x, SERVER_ID, 10));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Erro, SERVER_ID, e, 10)
+    );
+    drop(paired);
+}
+
+#[test]
+fn clist_lists_every_node_s_clients() {
+    let redis = Redis::start("cluster-clist");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let mut emitter_b = b.raw();
+    let eb = emitter_b.identify_emitter(1);
+    let mut on_a = a.raw();
+    let y = on_a.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    let mut want: Vec<ClientId> = vec![x, eb, y, e];
+    want.sort_unstable();
+    // The CLIST is built from what node A knows: poll until it knows all.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        emitter.send_frame(&Frame::bare(Kind::Creq, e, y, seq));
+        let list = acknowledge(&mut on_a);
+        assert_eq!(
+            emitter.expect_frame(),
+            Frame::bare(Kind::Ok, SERVER_ID, e, seq)
+        );
+        let want_list = Frame::clist(SERVER_ID, y, list.seq, want.clone()).unwrap();
+        if list == want_list {
+            break;
+        }
+        assert!(Instant::now() < deadline, "CLIST never whole: {list}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_node_frees_its_ids_in_time_and_its_pending_deliveries_fail() {
+    let redis = Redis::start("cluster-kill");
+    let a = redis.node("a");
+    let mut b = redis.node("b");
+    let mut silent = b.raw();
+    let x = silent.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    // Delivered to B's exhibitor, which never acknowledges.
+    let msg = Frame::msg(e, x, 3, bytes::Bytes::from_static(b"are you there")).unwrap();
+    let got = deliver(&mut emitter, &mut silent, &msg);
+    assert_bytes(&msg.to_bytes(), &got.to_bytes());
+    b.proc.signal(libc::SIGKILL);
+    b.proc.wait();
+    let killed = Instant::now();
+    // The delivery pending on the dead node is answered ERRO, never OK.
+    assert_eq!(
+        emitter
+            .frame_within(IDS_FREED_WITHIN)
+            .expect("emitter still connected"),
+        Frame::bare(Kind::Erro, SERVER_ID, e, 3)
+    );
+    // Its exhibitor id is free again, for an OI on the surviving node.
+    loop {
+        let mut again = a.raw();
+        if again.identify_exhibitor() == x {
+            break;
+        }
+        assert!(
+            killed.elapsed() < IDS_FREED_WITHIN,
+            "id {x} not freed in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(killed.elapsed() < IDS_FREED_WITHIN);
+    drop(silent);
+}
+
+#[test]
+fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_changes() {
+    let redis = Redis::start("cluster-garbage");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    let before = Frame::msg(e, x, 1, bytes::Bytes::from_static(b"before")).unwrap();
+    deliver(&mut emitter, &mut on_b, &before);
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
+    );
+
+    let mut con = redis.client();
+    let channels: Vec<String> = redis::cmd("PUBSUB")
+        .arg("CHANNELS")
+        .arg("evchat:node:*")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(channels.len(), 2, "{channels:?}");
+    for channel in &channels {
+        let garbage: &[u8] = b"E\x01\0\0\0\0\0\0\0\x01\x09junk";
+        let heard: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(garbage)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(heard, 1);
+    }
+    let heard: i64 = redis::cmd("PUBLISH")
+        .arg("evchat:chg")
+        .arg("+99999 nonsense")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(heard, 2);
+    // Two threads log these (the change on the bridge's subscriber, the
+    // batch on the loop): in either order.
+    for node in [&a, &b] {
+        let mut seen = (false, false);
+        while seen != (true, true) {
+            let (_, line) = node
+                .proc
+                .stderr
+                .skip_until("the dropped messages", TIMEOUT, |line| {
+                    line.contains("malformed batch dropped")
+                        || line.contains("malformed change dropped")
+                });
+            seen.0 |= line.contains("malformed batch dropped");
+            seen.1 |= line.contains("malformed change dropped");
+        }
+    }
+    // Routing goes on as before, in both directions of the same pair.
+    let after = Frame::msg(e, x, 2, bytes::Bytes::from_static(b"after")).unwrap();
+    emitter.send_frame(&after);
+    assert_bytes(&after.to_bytes(), &acknowledge(&mut on_b).to_bytes());
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 2)
+    );
+    // Nothing else was delivered or said on either side.
+    on_b.expect_silence();
+    emitter.expect_silence();
+}
+
+#[test]
+fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused() {
+    let mut redis = Redis::start("cluster-engine-down");
+    // A long lease, so that the node is still serving (not yet fenced)
+    // while the test looks: it fences after 20 s without a renewal.
+    let lease = ["--cluster-lease", "30"];
+    let (a, b) = (redis.node_with("a", &lease), redis.node_with("b", &lease));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let mut on_a = a.raw();
+    let y = on_a.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    let remote = Frame::msg(e, x, 1, bytes::Bytes::from_static(b"while up")).unwrap();
+    deliver(&mut emitter, &mut on_b, &remote);
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
+    );
+
+    redis.proc.signal(libc::SIGKILL);
+    // Gone, sockets and all, before anything is sent.
+    redis.proc.wait();
+    // Between two clients of one node: as before.
+    let local = Frame::msg(e, y, 2, bytes::Bytes::from_static(b"still here")).unwrap();
+    emitter.send_frame(&local);
+    assert_bytes(&local.to_bytes(), &acknowledge(&mut on_a).to_bytes());
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 2)
+    );
+    // To another node: ERRO (once the node has noticed; never an OK, and
+    // nothing reaches the other node).
+    let deadline = Instant::now() + TIMEOUT;
+    for seq in 3.. {
+        emitter.send_frame(&Frame::msg(e, x, seq, bytes::Bytes::from_static(b"gone")).unwrap());
+        assert_eq!(
+            emitter.expect_frame(),
+            Frame::bare(Kind::Erro, SERVER_ID, e, seq)
+        );
+        // The first attempts may be published before the bridge sees Redis
+        // gone: they fail as unreachable all the same. Wait for the OI.
+        let mut newcomer = a.raw();
+        newcomer.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+        let answer = newcomer.expect_frame();
+        if answer == Frame::bare(Kind::Erro, SERVER_ID, 0, 0) {
+            newcomer.expect_closed();
+            break;
+        }
+        // Claimed before Redis went: a real id, then it leaves.
+        assert_eq!(answer.kind, Kind::Ok, "{answer}");
+        assert!(Instant::now() < deadline, "OIs never refused");
+    }
+    on_b.expect_silence();
+}
+
+#[test]
+fn a_node_stopped_past_its_lease_is_reaped_and_fences_itself_when_it_wakes() {
+    let redis = Redis::start("cluster-sigstop");
+    let a = redis.node("a");
+    let b = redis.node("b");
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    b.proc.signal(libc::SIGSTOP);
+    // Its lease runs out and node A's reap frees its id: an OI on A
+    // is given it (polled, within the bound).
+    let stopped = Instant::now();
+    // Kept open: A holds the id while B wakes.
+    let _holder = loop {
+        let mut again = a.raw();
+        if again.identify_exhibitor() == x {
+            break again;
+        }
+        assert!(
+            stopped.elapsed() < IDS_FREED_WITHIN,
+            "id {x} not freed in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    b.proc.signal(libc::SIGCONT);
+    // On waking it learns it was reaped and stops serving: FLW to its
+    // client, as at shutdown.
+    let flw = on_b.expect_frame();
+    assert_eq!(
+        (flw.kind, flw.origin, flw.dest),
+        (Kind::Flw, SERVER_ID, x),
+        "{flw}"
+    );
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, flw.seq));
+    on_b.expect_closed();
+    b.proc
+        .stderr
+        .skip_until("the fence", TIMEOUT, |line| line.contains("fenced"));
+    // It joins again as a new incarnation and serves new clients.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut fresh = b.raw();
+        fresh.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+        let answer = fresh.expect_frame();
+        if answer.kind == Kind::Ok {
+            assert_ne!(answer.dest, x, "id {x} held twice");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never rejoined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_cluster_flags_are_refused_with_a_clear_error() {
+    for (args, want) in [
+        (&["--cluster", "http://127.0.0.1:1"][..], "--cluster: "),
+        (
+            &["--cluster", "redis://127.0.0.1:1", "--cluster-lease", "0"][..],
+            "1.5 to 86400",
+        ),
+        (&["--node", "a"][..], "--cluster"),
+    ] {
+        let mut all = vec!["0"];
+        all.extend_from_slice(args);
+        let mut server = Proc::spawn("server", &all);
+        assert!(!server.wait().success(), "{args:?}");
+        let (_, line) = server
+            .stderr
+            .skip_until("the error", TIMEOUT, |line| line.contains(want));
+        assert!(!line.is_empty());
+    }
+}
+
+#[test]
+fn evchat_check_passes_against_every_node() {
+    use crate::check::{CHECK_TIMEOUT, check_json, ids_with, listed_ids};
+    let redis = Redis::start("cluster-check");
+    let nodes = [redis.node("a"), redis.node("b")];
+    let listed: BTreeSet<String> = listed_ids().into_iter().collect();
+    let mut con = redis.client();
+    for node in &nodes {
+        // The last run's clients are gone and their ids released, so that
+        // `lowest-free-id` sees the whole system free.
+        wait_until("every id released", || {
+            let held: i64 = redis::cmd("BITCOUNT")
+                .arg("evchat:ids")
+                .query(&mut con)
+                .unwrap();
+            held == 0
+        });
+        let (code, seen, report) = check_json(&node.target(), CHECK_TIMEOUT);
+        assert_eq!(ids_with(&seen, "pass"), listed, "{report:#}");
+        assert_eq!(code, 0);
+    }
+}
+
+/// OI with `origin` (an exhibitor id) on `node` until it is answered OK
+/// (the node learns of an exhibitor on another node a moment after its
+/// claim; until then the OI is refused, as for no such exhibitor, and
+/// closed). Polls with a deadline; returns the connection and its id.
+fn pair_with(node: &Server, exhibitor: ClientId) -> (Raw, ClientId) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let mut raw = node.raw();
+        raw.send_frame(&Frame::bare(Kind::Oi, exhibitor, SERVER_ID, 0));
+        let answer = raw.expect_frame();
+        if answer.kind == Kind::Ok {
+            return (raw, evchat::testing::raw_client::assigned_id(&answer));
+        }
+        assert_eq!(answer, Frame::bare(Kind::Erro, SERVER_ID, 0, 0));
+        raw.expect_closed();
+        assert!(Instant::now() < deadline, "never paired with {exhibitor}");
+        // Polling for the replica, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_pair_may_straddle_nodes_route_through_a_third_and_its_flw_cascades() {
+    let redis = Redis::start("cluster-pairs");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let (mut paired, e) = pair_with(&a, x);
+
+    // To its own id: its exhibitor on the other node, byte for byte, and
+    // the OK after that exhibitor's.
+    let own = Frame::msg(e, e, 1, bytes::Bytes::from_static(b"to mine")).unwrap();
+    paired.send_frame(&own);
+    assert_bytes(&own.to_bytes(), &on_b.expect_frame().to_bytes());
+    paired.expect_silence();
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+    assert_eq!(
+        paired.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
+    );
+
+    // From the exhibitor's node, and from a third node (through the
+    // emitter's node), to the emitter's id: the same exhibitor.
+    for node in [&b, &c] {
+        let mut other = node.raw();
+        let o = other.identify_emitter(1);
+        let to_pair = Frame::msg(o, e, 2, bytes::Bytes::from_static(b"via the pair")).unwrap();
+        let got = deliver(&mut other, &mut on_b, &to_pair);
+        assert_bytes(&to_pair.to_bytes(), &got.to_bytes());
+        on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 2));
+        assert_eq!(other.expect_frame(), Frame::bare(Kind::Ok, SERVER_ID, o, 2));
+    }
+
+    // Taken: a second emitter, on a third node, is refused.
+    let mut late = c.raw();
+    late.send_frame(&Frame::bare(Kind::Oi, x, SERVER_ID, 0));
+    assert_eq!(
+        late.expect_frame(),
+        Frame::bare(Kind::Erro, SERVER_ID, 0, 0)
+    );
+    late.expect_closed();
+
+    // Rule 6 across nodes: the emitter's FLW gets its OK, then its
+    // exhibitor is dismissed on its own node.
+    paired.send_frame(&Frame::bare(Kind::Flw, e, SERVER_ID, 3));
+    assert_eq!(
+        paired.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 3)
+    );
+    paired.expect_closed();
+    let flw = on_b.expect_frame();
+    assert_eq!(
+        (flw.kind, flw.origin, flw.dest),
+        (Kind::Flw, SERVER_ID, x),
+        "{flw}"
+    );
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, flw.seq));
+    on_b.expect_closed();
+}
+
+#[test]
+fn a_pairing_race_from_two_nodes_has_exactly_one_winner() {
+    let redis = Redis::start("cluster-pair-race");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    // Both nodes know of the exhibitor before the race: each routes to it.
+    for node in [&a, &c] {
+        let mut probe = node.raw();
+        let p = probe.identify_emitter(1);
+        let hello = Frame::msg(p, x, 1, bytes::Bytes::from_static(b"probe")).unwrap();
+        deliver(&mut probe, &mut on_b, &hello);
+        on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+        assert_eq!(probe.expect_frame(), Frame::bare(Kind::Ok, SERVER_ID, p, 1));
+    }
+    let answers: Vec<(Frame, Raw)> = std::thread::scope(|scope| {
+        let racers: Vec<_> = [&a, &c]
+            .into_iter()
+            .map(|node| {
+                let addr = node.addr;
+                scope.spawn(move || {
+                    let mut raw = Raw::connect(addr);
+                    raw.send_frame(&Frame::bare(Kind::Oi, x, SERVER_ID, 0));
+                    (raw.expect_frame(), raw)
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let winners = answers.iter().filter(|(f, _)| f.kind == Kind::Ok).count();
+    assert_eq!(
+        winners,
+        1,
+        "{:?}",
+        answers
+            .iter()
+            .map(|(f, _)| f.to_string())
+            .collect::<Vec<_>>()
+    );
+    for (answer, mut raw) in answers {
+        if answer.kind == Kind::Erro {
+            assert_eq!(answer, Frame::bare(Kind::Erro, SERVER_ID, 0, 0));
+            raw.expect_closed();
+        }
+    }
+}
+
+#[test]
+fn when_the_emitter_s_node_is_killed_its_exhibitor_on_another_node_is_dismissed() {
+    let redis = Redis::start("cluster-pair-kill");
+    let mut a = redis.node("a");
+    let b = redis.node("b");
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let (_paired, _e) = pair_with(&a, x);
+    a.proc.signal(libc::SIGKILL);
+    a.proc.wait();
+    // Rule 6: an emitter gone without FLW dismisses its exhibitor.
+    let flw = on_b
+        .frame_within(IDS_FREED_WITHIN)
+        .expect("the exhibitor is still connected");
+    assert_eq!(
+        (flw.kind, flw.origin, flw.dest),
+        (Kind::Flw, SERVER_ID, x),
+        "{flw}"
+    );
+}
