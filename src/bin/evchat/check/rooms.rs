@@ -546,8 +546,20 @@ pub fn queue_waits(ctx: &Ctx) -> Outcome {
     let mut a = Member::new(ctx)?;
     let room = join(&mut a.em, &fresh_room(), true, JOINED)?.room;
     let name = go_offline(a)?;
-    let mut writer = Conn::emitter(ctx, 1)?;
+    // The writer's paired exhibitor receiving a MSG sent after the queue's
+    // shows the server has taken the queue message before the member is
+    // back (the writer's own replies wait behind it).
+    let mut watcher = Conn::exhibitor(ctx)?;
+    let mut writer = Conn::emitter(ctx, watcher.me())?;
     let msg = say(&mut writer, room, "evchat check: waits for a member")?;
+    let marker = say(
+        &mut writer,
+        watcher.me(),
+        "evchat check: after the queue message",
+    )?;
+    watcher
+        .expect_forward(&marker, true)
+        .map_err(|f| writer.blame(f))?;
     let mut back = come_back(ctx, &name)?;
     receive(&mut back, &msg, &writer).map_err(|f| {
         f.with_hint(
@@ -558,6 +570,11 @@ pub fn queue_waits(ctx: &Ctx) -> Outcome {
         &mut writer,
         Kind::Ok,
         "OK: the member that came back showed it",
+    )?;
+    expect_answer(
+        &mut writer,
+        Kind::Ok,
+        "OK for the MSG to the writer's exhibitor",
     )?;
     pass()
 }
