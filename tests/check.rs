@@ -10,7 +10,7 @@ mod check_fixture;
 mod spawn;
 
 use crate::util::{BrokenOutput, ReservedPort, Server, evchat_into};
-use check_fixture::{Fault, Fixture};
+use check_fixture::{Fault, Fixture, QUEUE_WAIT};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -104,11 +104,49 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
         &[],
     ),
     (Fault::KickAccepted, &["identity-kick-refused"], &[]),
+    // Rooms and queues; the rest (identity included) they serve right.
+    (Fault::RoomIdsLow, &["rooms-join"], &[]),
+    (Fault::RoomBadNameAccepted, &["rooms-bad-name"], &[]),
+    (Fault::LeaveNotMemberOk, &["rooms-leave"], &[]),
+    (Fault::RoomListNoMembers, &["rooms-list"], &[]),
+    (
+        Fault::RoomMsgFirstMemberOnly,
+        &["rooms-msg-members", "rooms-ok-after-all"],
+        &[],
+    ),
+    (Fault::RoomEarlyOk, &["rooms-ok-after-all"], &[]),
+    (Fault::RoomMsgToNamed, &["rooms-members-only"], &[]),
+    (Fault::RoomToPlain, &["rooms-plain-unchanged"], &[]),
+    (
+        Fault::RoomNonMemberRefused,
+        &["rooms-non-member-writes"],
+        &[],
+    ),
+    (Fault::RoomMissingOk, &["rooms-missing-id"], &[]),
+    // Copied like an ordinary room's: every member has it, none waits.
+    (
+        Fault::QueueToAll,
+        &["queue-one-member", "queue-prefetch", "queue-waits"],
+        &[],
+    ),
+    (Fault::QueueNoPrefetch, &["queue-prefetch"], &[]),
+    (Fault::QueueLostOnLeave, &["queue-redelivery"], &[]),
+    (Fault::QueueNoWait, &["queue-waits"], &[]),
+    (Fault::QueueNeverGivesUp, &["queue-gives-up"], &[]),
 ];
 
 /// How a skip says the server does not speak the identity extension.
 const NOT_SPOKEN: &str =
     "not spoken: the server answers HELLO with ERRO: it does not speak the identity extension";
+/// How a skip says the server does not speak rooms.
+const ROOMS_NOT_SPOKEN: &str =
+    "not spoken: the server answers JOIN with ERRO: it does not speak rooms";
+
+/// `--queue-wait` as the checker is told it: the fixture's, and the real
+/// server's in these tests.
+pub(crate) fn queue_wait() -> String {
+    QUEUE_WAIT.as_secs().to_string()
+}
 
 /// Runs `evchat ARGS` to its end, within [`RUN_LIMIT`]; (exit code,
 /// stdout, stderr).
@@ -169,9 +207,20 @@ pub(crate) struct Seen {
     level: String,
 }
 
-/// Runs every check against `target` as JSON; (exit code, id → outcome).
+/// Runs every check against `target` as JSON, the queue's give-up check
+/// included (told the fixture's `--queue-wait`); (exit code, id → outcome).
 pub(crate) fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Value) {
-    let (code, _, report) = evchat_json(&["check", target, "--json", "--timeout", timeout]);
+    let wait = queue_wait();
+    let args = [
+        "check",
+        target,
+        "--json",
+        "--timeout",
+        timeout,
+        "--queue-wait",
+        &wait,
+    ];
+    let (code, _, report) = evchat_json(&args);
     let mut seen = BTreeMap::new();
     for check in report["checks"].as_array().expect("checks array") {
         let text = |key: &str| check[key].as_str().unwrap_or_default().to_string();
@@ -204,7 +253,11 @@ fn set(ids: &[&str]) -> BTreeSet<String> {
 fn assert_skips_explained(seen: &BTreeMap<String, Seen>) {
     for (id, s) in seen.iter().filter(|(_, s)| s.verdict == "skip") {
         if s.detail.starts_with("not spoken: ") {
-            assert_eq!(s.level, "identity", "{id}: {}", s.detail);
+            assert!(
+                ["identity", "rooms"].contains(&s.level.as_str()),
+                "{id}: {}",
+                s.detail
+            );
         } else if let Some(rest) = s.detail.strip_prefix("needs ") {
             let (need, why) = rest.split_once(", which ").expect("needs X, which ...");
             let want = if why == "failed" { "fail" } else { "skip" };
@@ -244,13 +297,14 @@ fn run_fault(fault: Fault) {
 }
 
 /// A correct server of the plain protocol passes every check but the
-/// identity level's, which is not spoken there: skipped, never failed.
+/// identity and rooms levels', which are not spoken there: skipped, never
+/// failed.
 #[test]
 fn correct_fixture_passes_every_check() {
     let fixture = Fixture::start(Fault::None);
     let (code, seen, report) = check_json(&fixture.target(), CHECK_TIMEOUT);
     for (id, s) in &seen {
-        if s.level == "identity" {
+        if s.level == "identity" || s.level == "rooms" {
             assert_eq!(
                 (s.verdict.as_str(), s.detail.as_str()),
                 ("skip", NOT_SPOKEN),
@@ -263,13 +317,62 @@ fn correct_fixture_passes_every_check() {
     assert_eq!(code, 0);
 }
 
+/// Speaking the identity extension without rooms: the rooms level is not
+/// spoken (JOIN is an unknown type), everything else passes.
 #[test]
 fn correct_fixture_speaking_identity_passes_every_check() {
     let fixture = Fixture::start(Fault::SpeaksIdentity);
     let (code, seen, report) = check_json(&fixture.target(), CHECK_TIMEOUT);
+    for (id, s) in &seen {
+        if s.level == "rooms" {
+            assert_eq!(
+                (s.verdict.as_str(), s.detail.as_str()),
+                ("skip", ROOMS_NOT_SPOKEN),
+                "{id}"
+            );
+        } else {
+            assert_eq!(s.verdict, "pass", "{id}: {report:#}");
+        }
+    }
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn correct_fixture_speaking_rooms_passes_every_check() {
+    let fixture = Fixture::start(Fault::SpeaksRooms);
+    let (code, seen, report) = check_json(&fixture.target(), CHECK_TIMEOUT);
     let not_passed: Vec<_> = seen.iter().filter(|(_, s)| s.verdict != "pass").collect();
     assert!(not_passed.is_empty(), "{report:#}");
     assert_eq!(code, 0);
+}
+
+/// The give-up check waits out the server's --queue-wait: without being
+/// told it, it is not run, and says what to give.
+#[test]
+fn queue_gives_up_is_not_run_without_queue_wait() {
+    let fixture = Fixture::start(Fault::QueueNeverGivesUp);
+    let (code, out, _) = evchat(&[
+        "check",
+        &fixture.target(),
+        "--level",
+        "rooms",
+        "--timeout",
+        CHECK_TIMEOUT,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("  skip  queue-gives-up "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        lines[at + 1].trim(),
+        "not asked: give --queue-wait SECS (the server's) to wait a queue message out"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"check: 14 passed, 0 failed, 0 notes, 1 skipped")
+    );
 }
 
 /// With accounts every HELLO needs a secret the checker does not have: the
@@ -298,7 +401,7 @@ fn a_server_with_accounts_is_not_checked_for_identity() {
 
 #[test]
 fn real_server_passes_every_check() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--queue-wait", &queue_wait()]);
     let (code, seen, report) = check_json(&server.target(), CHECK_TIMEOUT);
     let listed: BTreeSet<String> = listed_ids().into_iter().collect();
     assert_eq!(ids_with(&seen, "pass"), listed, "{report:#}");
@@ -617,6 +720,21 @@ fault_tests! {
     fault_who_after_msg: WhoAfterMsg,
     fault_who_to_plain_clients: WhoToPlain,
     fault_kick_accepted_without_admin: KickAccepted,
+    fault_room_ids_low: RoomIdsLow,
+    fault_room_bad_name_accepted: RoomBadNameAccepted,
+    fault_leave_not_member_ok: LeaveNotMemberOk,
+    fault_room_list_no_members: RoomListNoMembers,
+    fault_room_msg_first_member_only: RoomMsgFirstMemberOnly,
+    fault_room_early_ok: RoomEarlyOk,
+    fault_room_msg_to_named: RoomMsgToNamed,
+    fault_room_to_plain: RoomToPlain,
+    fault_room_non_member_refused: RoomNonMemberRefused,
+    fault_room_missing_ok: RoomMissingOk,
+    fault_queue_to_all: QueueToAll,
+    fault_queue_no_prefetch: QueueNoPrefetch,
+    fault_queue_lost_on_leave: QueueLostOnLeave,
+    fault_queue_no_wait: QueueNoWait,
+    fault_queue_never_gives_up: QueueNeverGivesUp,
 }
 
 /// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.
@@ -708,7 +826,10 @@ fn list_shows_every_check_under_its_level_without_connecting() {
         .copied()
         .filter(|l| !l.starts_with(' '))
         .collect();
-    assert_eq!(headings, ["required:", "choices:", "robust:", "identity:"]);
+    assert_eq!(
+        headings,
+        ["required:", "choices:", "robust:", "identity:", "rooms:"]
+    );
     let listed: Vec<String> = lines
         .iter()
         .filter_map(|l| l.strip_prefix("  "))
@@ -720,6 +841,7 @@ fn list_shows_every_check_under_its_level_without_connecting() {
         ("required", &["required:"][..]),
         ("robust", &["required:", "robust:"][..]),
         ("identity", &["identity:"][..]),
+        ("rooms", &["rooms:"][..]),
     ] {
         let (code, out, _) = evchat(&["check", "--list", "--level", level]);
         assert_eq!(code, 0);

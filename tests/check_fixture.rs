@@ -10,13 +10,17 @@
 //! and the faults after it speak the identity extension too, without
 //! accounts (names claimed by HELLO, WHO to exhibitors that opted in, KICK
 //! refused since nobody has admin), each of the latter breaking one of its
-//! rules.
+//! rules. [`Fault::SpeaksRooms`] and the faults after it speak rooms and
+//! work queues too (JOIN, LEAVE, ROOMS, MSG to a room id, a queue room
+//! with prefetch 1 and a `--queue-wait` of [`QUEUE_WAIT`]), the latter each
+//! breaking one of their rules.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 const OK: u16 = 1;
 const ERRO: u16 = 2;
@@ -29,7 +33,17 @@ const HELLO: u16 = 8;
 const HELLOACK: u16 = 9;
 const WHO: u16 = 10;
 const KICK: u16 = 11;
+const JOIN: u16 = 12;
+const LEAVE: u16 = 13;
+const ROOMS: u16 = 14;
+const ROOMACK: u16 = 15;
+const ROOMLIST: u16 = 16;
 const SERVER: u16 = 65535;
+/// The room ids (PROTOCOL.md, "Room ids").
+const ROOM_IDS: std::ops::RangeInclusive<u16> = 0x4000..=0x7fff;
+/// How long a queue message waits for a member before its emitter gets
+/// ERRO (the server's `--queue-wait`): `evchat check --queue-wait 2`.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Every session's roles without accounts: view, emit, broadcast.
 const PLAIN_ROLES: u8 = 7;
 
@@ -153,23 +167,80 @@ pub enum Fault {
     WhoToPlain,
     /// Answers KICK from an emitter without admin with OK (closing nobody).
     KickAccepted,
+    /// A correct server that also speaks rooms and work queues.
+    SpeaksRooms,
+    /// Gives rooms ids from 256 up, inside the emitters' range.
+    RoomIdsLow,
+    /// Takes any bytes as a room name.
+    RoomBadNameAccepted,
+    /// Answers LEAVE of a room one is not in with code 0.
+    LeaveNotMemberOk,
+    /// Lists every room with 0 members.
+    RoomListNoMembers,
+    /// Sends a room's MSG to its first member session only.
+    RoomMsgFirstMemberOnly,
+    /// Answers a room's MSG as soon as one member settled it.
+    RoomEarlyOk,
+    /// Sends a room's MSG to every opted-in exhibitor with a name.
+    RoomMsgToNamed,
+    /// Sends a room's MSG to the plain exhibitors too.
+    RoomToPlain,
+    /// Refuses (ERRO) a MSG to an ordinary room from a session whose name
+    /// is not a member.
+    RoomNonMemberRefused,
+    /// Answers OK to a MSG to a room id no room holds.
+    RoomMissingOk,
+    /// Copies a queue room's MSG to every member, like an ordinary room.
+    QueueToAll,
+    /// Hands queue messages to a member that still holds one.
+    QueueNoPrefetch,
+    /// Answers ERRO for the message a queue member held when it left.
+    QueueLostOnLeave,
+    /// Answers ERRO at once to a queue message when no member is online.
+    QueueNoWait,
+    /// Never gives up on a waiting queue message.
+    QueueNeverGivesUp,
 }
 
 impl Fault {
-    /// Whether this server speaks the identity extension.
-    fn speaks_identity(self) -> bool {
+    /// Whether this server speaks rooms and work queues.
+    fn speaks_rooms(self) -> bool {
         matches!(
             self,
-            Fault::SpeaksIdentity
-                | Fault::HelloAckVersion0
-                | Fault::BadNameAccepted
-                | Fault::NameTakenCaseSensitive
-                | Fault::SecondHelloAccepted
-                | Fault::HelloAfterOiCloses
-                | Fault::WhoAfterMsg
-                | Fault::WhoToPlain
-                | Fault::KickAccepted
+            Fault::SpeaksRooms
+                | Fault::RoomIdsLow
+                | Fault::RoomBadNameAccepted
+                | Fault::LeaveNotMemberOk
+                | Fault::RoomListNoMembers
+                | Fault::RoomMsgFirstMemberOnly
+                | Fault::RoomEarlyOk
+                | Fault::RoomMsgToNamed
+                | Fault::RoomToPlain
+                | Fault::RoomNonMemberRefused
+                | Fault::RoomMissingOk
+                | Fault::QueueToAll
+                | Fault::QueueNoPrefetch
+                | Fault::QueueLostOnLeave
+                | Fault::QueueNoWait
+                | Fault::QueueNeverGivesUp
         )
+    }
+
+    /// Whether this server speaks the identity extension.
+    fn speaks_identity(self) -> bool {
+        self.speaks_rooms()
+            || matches!(
+                self,
+                Fault::SpeaksIdentity
+                    | Fault::HelloAckVersion0
+                    | Fault::BadNameAccepted
+                    | Fault::NameTakenCaseSensitive
+                    | Fault::SecondHelloAccepted
+                    | Fault::HelloAfterOiCloses
+                    | Fault::WhoAfterMsg
+                    | Fault::WhoToPlain
+                    | Fault::KickAccepted
+            )
     }
 }
 
@@ -200,6 +271,10 @@ impl Fixture {
         });
         let accepting = shared.clone();
         std::thread::spawn(move || accept_loop(&accepting, listener));
+        if fault.speaks_rooms() && fault != Fault::QueueNeverGivesUp {
+            let ticking = shared.clone();
+            std::thread::spawn(move || give_up_loop(&ticking));
+        }
         Fixture { addr, shared }
     }
 
@@ -292,6 +367,28 @@ impl Shared {
             le: self.fault == Fault::LittleEndian,
             swapped: self.fault == Fault::OkErroSwapped,
         }
+    }
+}
+
+/// Every 50 ms, answers ERRO to the queue messages that waited
+/// [`QUEUE_WAIT`], until the fixture stops.
+fn give_up_loop(shared: &Shared) {
+    while !shared.stopped.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut acts = Vec::new();
+        let mut state = lock(&shared.state);
+        for room in state.rooms.values_mut() {
+            while room
+                .waiting
+                .front()
+                .is_some_and(|q| q.since.elapsed() >= QUEUE_WAIT)
+            {
+                let queued = room.waiting.pop_front().expect("front");
+                answer(shared, &queued.request, false, &mut acts);
+            }
+        }
+        drop(state);
+        perform(acts);
     }
 }
 
@@ -485,11 +582,10 @@ impl Reader {
         // allows it: HELLO before OI, HELLO and KICK after OI once opted in.
         // Anywhere else its type is unknown and the header is all there is.
         let identified = self.out.identified.load(Ordering::SeqCst);
-        let ext = self.mode.speaks_identity()
-            && ((kind == HELLO && !identified)
-                || (identified
-                    && self.out.opted_in.load(Ordering::SeqCst)
-                    && (kind == HELLO || kind == KICK)));
+        let opted_in = identified && self.out.opted_in.load(Ordering::SeqCst);
+        let ext = (self.mode.speaks_identity()
+            && ((kind == HELLO && !identified) || (opted_in && (kind == HELLO || kind == KICK))))
+            || (self.mode.speaks_rooms() && opted_in && (JOIN..=ROOMS).contains(&kind));
         let (len, body) = if kind == MSG || kind == CLIST || ext {
             if b.len() < 10 {
                 return None;
@@ -585,6 +681,8 @@ struct Client {
     opted_in: bool,
     /// The name this exhibitor was last told for each id.
     told: HashMap<u16, String>,
+    /// When it came online, in the order of OIs: a queue's turn order.
+    online: u64,
 }
 
 enum Pending {
@@ -592,6 +690,43 @@ enum Pending {
     Farewell,
     /// A WHO: its OK settles nothing else.
     Who,
+    /// A queue room's message this member session holds.
+    Queued(u16, Queued),
+}
+
+/// A MSG to a queue room, waiting or held by a member session.
+struct Queued {
+    request: Arc<Mutex<Request>>,
+    /// The MSG as it arrived.
+    bytes: Vec<u8>,
+    origin: u16,
+    since: Instant,
+}
+
+struct Room {
+    /// As the first JOIN spelt it.
+    name: String,
+    queue: bool,
+    /// The member names, as each JOIN spelt it.
+    members: Vec<String>,
+    /// Queue messages no member session holds yet, oldest first.
+    waiting: VecDeque<Queued>,
+    /// The `online` stamp of the member session served last.
+    last_served: u64,
+}
+
+impl Room {
+    fn has_member(&self, name: &str) -> bool {
+        !name.is_empty() && self.members.iter().any(|m| m.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The name rule (user names and room names alike).
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.len() <= 24
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// An emitter's MSG or CREQ, answered once every target has settled.
@@ -602,6 +737,8 @@ struct Request {
     outstanding: usize,
     any_ok: bool,
     answered: bool,
+    /// RoomEarlyOk: answered at the first target's answer.
+    first_settles: bool,
 }
 
 #[derive(Default)]
@@ -618,6 +755,9 @@ struct State {
     /// The name each connection claimed with an accepted HELLO ("" for
     /// none), held until it ends.
     claimed: HashMap<u64, String>,
+    rooms: BTreeMap<u16, Room>,
+    /// The `online` stamp of the last client to send OI.
+    onlines: u64,
 }
 
 fn handle(shared: &Shared, out: &Arc<Out>, frame: In) {
@@ -671,7 +811,7 @@ impl State {
         };
         self.clients[id].pending.iter().any(|p| match p {
             Pending::Request(r) => Arc::ptr_eq(r, request),
-            Pending::Farewell | Pending::Who => false,
+            Pending::Farewell | Pending::Who | Pending::Queued(..) => false,
         })
     }
 
@@ -716,6 +856,20 @@ impl State {
                 self.remove(shared, out.conn, acts);
             }
             return;
+        }
+        if out.opted_in.load(Ordering::SeqCst)
+            && fault.speaks_rooms()
+            && (JOIN..=ROOMS).contains(&f.kind)
+        {
+            let is_emitter = matches!(
+                self.clients.get(&id).map(|c| &c.role),
+                Some(Role::Emitter { .. })
+            );
+            if is_emitter {
+                return self.room_request(shared, out, id, &f, acts);
+            }
+            // As a MSG from an exhibitor: ERRO, kept.
+            return acts.push(reply(ERRO, id, f.seq));
         }
         if !(OK..=CLIST).contains(&f.kind) || f.kind == CLIST {
             let unknown = f.kind != CLIST;
@@ -850,8 +1004,15 @@ impl State {
                 name,
                 opted_in: out.opted_in.load(Ordering::SeqCst),
                 told: HashMap::new(),
+                online: self.onlines + 1,
             },
         );
+        self.onlines += 1;
+        // A member session came online: queue messages may wait for it.
+        let queues: Vec<u16> = self.rooms.keys().copied().collect();
+        for room in queues {
+            self.dispatch(shared, room, acts);
+        }
     }
 
     /// A HELLO before OI: a name claimed (or none), without accounts.
@@ -900,13 +1061,7 @@ impl State {
             return acts.push(answer(7, ""));
         }
         let name = String::from_utf8_lossy(&b[2..2 + nl]).into_owned();
-        let valid = |name: &str| {
-            let mut chars = name.chars();
-            chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-                && name.len() <= 24
-                && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        };
-        if !name.is_empty() && !valid(&name) && fault != Fault::BadNameAccepted {
+        if !name.is_empty() && !valid_name(&name) && fault != Fault::BadNameAccepted {
             return acts.push(answer(4, ""));
         }
         let same = |held: &String| {
@@ -976,6 +1131,10 @@ impl State {
     fn route(&mut self, shared: &Shared, out: &Arc<Out>, me: u16, f: &In, acts: &mut Vec<Act>) {
         let fault = shared.fault;
         let wire = shared.wire();
+        let room_id = self.rooms.contains_key(&f.dest) || ROOM_IDS.contains(&f.dest);
+        if fault.speaks_rooms() && f.kind == MSG && room_id {
+            return self.route_room(shared, out, me, f, acts);
+        }
         let reply_seq = if fault == Fault::NoSeqEcho { 0 } else { f.seq };
         let targets = self.targets(fault, f.kind, f.dest);
         if targets.is_empty() {
@@ -994,6 +1153,7 @@ impl State {
             outstanding: targets.len(),
             any_ok: false,
             answered: fault == Fault::EarlyOk,
+            first_settles: false,
         }));
         if fault == Fault::EarlyOk {
             let bytes = encode(wire, [OK, SERVER, me, reply_seq], None, &[]);
@@ -1072,6 +1232,325 @@ impl State {
         }
     }
 
+    /// The sessions a room's messages go to: opted-in exhibitors whose name
+    /// is a member, in the order they came online.
+    fn member_sessions(&self, room: u16) -> Vec<(u64, u16)> {
+        let Some(room) = self.rooms.get(&room) else {
+            return Vec::new();
+        };
+        let mut sessions: Vec<(u64, u16)> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Exhibitor { .. }))
+            .filter(|(_, c)| c.opted_in && room.has_member(&c.name))
+            .map(|(id, c)| (c.online, *id))
+            .collect();
+        sessions.sort_unstable();
+        sessions
+    }
+
+    /// The exhibitors an ordinary room's MSG goes to.
+    fn room_targets(&self, fault: Fault, room: u16) -> Vec<u16> {
+        let mut targets: Vec<u16> = self
+            .member_sessions(room)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let exhibitors = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Exhibitor { .. }));
+        match fault {
+            Fault::RoomMsgFirstMemberOnly => targets.truncate(1),
+            Fault::RoomMsgToNamed => {
+                targets = exhibitors
+                    .filter(|(_, c)| c.opted_in && !c.name.is_empty())
+                    .map(|(id, _)| *id)
+                    .collect()
+            }
+            Fault::RoomToPlain => {
+                targets.extend(exhibitors.filter(|(_, c)| !c.opted_in).map(|(id, _)| *id))
+            }
+            _ => {}
+        }
+        targets
+    }
+
+    /// A MSG to a room id: to every member session, or (a queue room) to
+    /// one in turn once one is free.
+    fn route_room(
+        &mut self,
+        shared: &Shared,
+        out: &Arc<Out>,
+        me: u16,
+        f: &In,
+        acts: &mut Vec<Act>,
+    ) {
+        let fault = shared.fault;
+        let wire = shared.wire();
+        let reply = |kind: u16| {
+            Act::Send(
+                out.clone(),
+                encode(wire, [kind, SERVER, me, f.seq], None, &[]),
+            )
+        };
+        let sender = self
+            .clients
+            .get(&me)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let Some(room) = self.rooms.get_mut(&f.dest) else {
+            let kind = if fault == Fault::RoomMissingOk {
+                OK
+            } else {
+                ERRO
+            };
+            return acts.push(reply(kind));
+        };
+        let request = Arc::new(Mutex::new(Request {
+            emitter: out.clone(),
+            emitter_id: me,
+            seq: f.seq,
+            outstanding: 1,
+            any_ok: false,
+            answered: false,
+            first_settles: fault == Fault::RoomEarlyOk,
+        }));
+        let count = f.body.len() as u16;
+        let bytes = encode(wire, [MSG, f.origin, f.dest, f.seq], Some(count), &f.body);
+        if room.queue && fault != Fault::QueueToAll {
+            let queued = Queued {
+                request,
+                bytes,
+                origin: f.origin,
+                since: Instant::now(),
+            };
+            let room = f.dest;
+            if fault == Fault::QueueNoWait && self.member_sessions(room).is_empty() {
+                return acts.push(reply(ERRO));
+            }
+            self.rooms
+                .get_mut(&room)
+                .expect("the room")
+                .waiting
+                .push_back(queued);
+            return self.dispatch(shared, room, acts);
+        }
+        if fault == Fault::RoomNonMemberRefused && !room.has_member(&sender) {
+            return acts.push(reply(ERRO));
+        }
+        let targets = self.room_targets(fault, f.dest);
+        if targets.is_empty() {
+            return acts.push(reply(ERRO));
+        }
+        lock(&request).outstanding = targets.len();
+        for target in targets {
+            let Some(client) = self.clients.get_mut(&target) else {
+                continue;
+            };
+            acts.extend(Self::who(fault, wire, (target, client), f.origin, &sender));
+            client.pending.push_back(Pending::Request(request.clone()));
+            acts.push(Act::Send(client.out.clone(), bytes.clone()));
+        }
+    }
+
+    /// Hands a queue room's waiting messages to free member sessions, in
+    /// turn after the one served last.
+    fn dispatch(&mut self, shared: &Shared, room_id: u16, acts: &mut Vec<Act>) {
+        let fault = shared.fault;
+        loop {
+            let Some(room) = self.rooms.get(&room_id) else {
+                return;
+            };
+            if !room.queue || room.waiting.is_empty() {
+                return;
+            }
+            let holds = |id: &u16| {
+                self.clients[id]
+                    .pending
+                    .iter()
+                    .any(|p| matches!(p, Pending::Queued(r, _) if *r == room_id))
+            };
+            let free: Vec<(u64, u16)> = self
+                .member_sessions(room_id)
+                .into_iter()
+                .filter(|(_, id)| fault == Fault::QueueNoPrefetch || !holds(id))
+                .collect();
+            let next = free
+                .iter()
+                .find(|(online, _)| *online > room.last_served)
+                .or(free.first());
+            let Some(&(online, target)) = next else {
+                return;
+            };
+            let room = self.rooms.get_mut(&room_id).expect("the room");
+            room.last_served = online;
+            let queued = room.waiting.pop_front().expect("a waiting message");
+            let name = self
+                .clients
+                .get(&queued.origin)
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
+            let client = self.clients.get_mut(&target).expect("a member session");
+            acts.extend(Self::who(
+                fault,
+                shared.wire(),
+                (target, client),
+                queued.origin,
+                &name,
+            ));
+            acts.push(Act::Send(client.out.clone(), queued.bytes.clone()));
+            client.pending.push_back(Pending::Queued(room_id, queued));
+        }
+    }
+
+    /// JOIN, LEAVE or ROOMS from opted-in emitter `me`.
+    fn room_request(
+        &mut self,
+        shared: &Shared,
+        out: &Arc<Out>,
+        me: u16,
+        f: &In,
+        acts: &mut Vec<Act>,
+    ) {
+        let fault = shared.fault;
+        let wire = shared.wire();
+        let roomack = |code: u8, room: Option<(u16, &Room)>| {
+            let mut body = vec![code];
+            match room {
+                Some((id, room)) => {
+                    body.push(u8::from(room.queue));
+                    body.extend_from_slice(&id.to_be_bytes());
+                    body.extend_from_slice(&(room.members.len() as u16).to_be_bytes());
+                    body.push(room.name.len() as u8);
+                    body.extend_from_slice(room.name.as_bytes());
+                }
+                None => body.extend_from_slice(&[0; 6]),
+            }
+            let fields = [ROOMACK, SERVER, me, f.seq];
+            Act::Send(
+                out.clone(),
+                encode(wire, fields, Some(body.len() as u16), &body),
+            )
+        };
+        let b = &f.body;
+        // JOIN: flags, NL, name; LEAVE: NL, name; ROOMS: nothing.
+        let name_at = match f.kind {
+            JOIN => 1,
+            LEAVE => 0,
+            _ => usize::MAX,
+        };
+        let parsed = match f.kind {
+            ROOMS => b.is_empty().then(String::new),
+            _ => b.get(name_at).and_then(|&nl| {
+                let nl = nl as usize;
+                let flags_ok = f.kind == LEAVE || b[0] <= 1;
+                (nl <= 64 && b.len() == name_at + 1 + nl && flags_ok)
+                    .then(|| String::from_utf8_lossy(&b[name_at + 1..]).into_owned())
+            }),
+        };
+        let Some(name) = parsed else {
+            acts.push(Act::Send(
+                out.clone(),
+                encode(wire, [ERRO, SERVER, me, f.seq], None, &[]),
+            ));
+            acts.push(Act::Close(out.clone()));
+            return self.remove(shared, out.conn, acts);
+        };
+        let member = self
+            .clients
+            .get(&me)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let found = self
+            .rooms
+            .iter()
+            .find(|(_, r)| r.name.eq_ignore_ascii_case(&name))
+            .map(|(id, _)| *id);
+        match f.kind {
+            ROOMS => {
+                let mut body = (self.rooms.len() as u16).to_be_bytes().to_vec();
+                for (id, room) in &self.rooms {
+                    let members = if fault == Fault::RoomListNoMembers {
+                        0
+                    } else {
+                        room.members.len() as u16
+                    };
+                    body.extend_from_slice(&id.to_be_bytes());
+                    body.push(u8::from(room.queue));
+                    body.extend_from_slice(&members.to_be_bytes());
+                    body.push(room.name.len() as u8);
+                    body.extend_from_slice(room.name.as_bytes());
+                }
+                let fields = [ROOMLIST, SERVER, me, f.seq];
+                acts.push(Act::Send(
+                    out.clone(),
+                    encode(wire, fields, Some(body.len() as u16), &body),
+                ));
+            }
+            JOIN if !valid_name(&name) && fault != Fault::RoomBadNameAccepted => {
+                acts.push(roomack(1, None))
+            }
+            JOIN if member.is_empty() => acts.push(roomack(5, None)),
+            JOIN => {
+                let queue = b[0] == 1;
+                let id = match found {
+                    Some(id) => id,
+                    None => {
+                        let ids = if fault == Fault::RoomIdsLow {
+                            0x100..=0x3fff
+                        } else {
+                            ROOM_IDS
+                        };
+                        let Some(id) = ids.into_iter().find(|id| !self.rooms.contains_key(id))
+                        else {
+                            return acts.push(roomack(7, None));
+                        };
+                        let room = Room {
+                            name,
+                            queue,
+                            members: Vec::new(),
+                            waiting: VecDeque::new(),
+                            last_served: 0,
+                        };
+                        self.rooms.insert(id, room);
+                        id
+                    }
+                };
+                let room = self.rooms.get_mut(&id).expect("the room");
+                if room.queue != queue {
+                    return acts.push(roomack(8, None));
+                }
+                if !room.has_member(&member) {
+                    room.members.push(member);
+                }
+                acts.push(roomack(0, Some((id, room))));
+                // A new member's sessions may take waiting messages.
+                self.dispatch(shared, id, acts);
+            }
+            _ => {
+                let left = found.filter(|id| self.rooms[id].has_member(&member));
+                let Some(id) = left else {
+                    let code = if fault == Fault::LeaveNotMemberOk {
+                        0
+                    } else {
+                        4
+                    };
+                    return acts.push(roomack(code, None));
+                };
+                let room = self.rooms.get_mut(&id).expect("the room");
+                room.members.retain(|m| !m.eq_ignore_ascii_case(&member));
+                acts.push(roomack(0, Some((id, room))));
+                if room.members.is_empty() {
+                    let room = self.rooms.remove(&id).expect("the room");
+                    for queued in room.waiting {
+                        answer(shared, &queued.request, false, acts);
+                    }
+                }
+            }
+        }
+    }
+
     /// Exhibitor `id` acknowledged (OK or ERRO) its oldest pending frame.
     fn settle(&mut self, shared: &Shared, id: u16, ok: bool, acts: &mut Vec<Act>) {
         let Some(client) = self.clients.get_mut(&id) else {
@@ -1079,6 +1558,10 @@ impl State {
         };
         match client.pending.pop_front() {
             Some(Pending::Request(request)) => answer(shared, &request, ok, acts),
+            Some(Pending::Queued(room, queued)) => {
+                answer(shared, &queued.request, ok, acts);
+                self.dispatch(shared, room, acts);
+            }
             Some(Pending::Farewell) => {
                 acts.push(Act::Close(client.out.clone()));
                 let conn = client.out.conn;
@@ -1099,9 +1582,25 @@ impl State {
         let Some(client) = self.clients.remove(&id) else {
             return;
         };
+        let mut passed_back: Vec<(u16, Queued)> = Vec::new();
         for pending in client.pending {
-            if let Pending::Request(request) = pending {
-                answer(shared, &request, false, acts);
+            match pending {
+                Pending::Request(request) => answer(shared, &request, false, acts),
+                Pending::Queued(_, queued) if shared.fault == Fault::QueueLostOnLeave => {
+                    answer(shared, &queued.request, false, acts)
+                }
+                Pending::Queued(room, queued) => passed_back.push((room, queued)),
+                Pending::Farewell | Pending::Who => {}
+            }
+        }
+        // Back to the front of their queues, in the order they were held.
+        for (room, queued) in passed_back.into_iter().rev() {
+            match self.rooms.get_mut(&room) {
+                Some(held_by) => {
+                    held_by.waiting.push_front(queued);
+                    self.dispatch(shared, room, acts);
+                }
+                None => answer(shared, &queued.request, false, acts),
             }
         }
         match client.role {
@@ -1139,7 +1638,8 @@ fn answer(shared: &Shared, request: &Mutex<Request>, ok: bool, acts: &mut Vec<Ac
     let mut request = lock(request);
     request.outstanding = request.outstanding.saturating_sub(1);
     request.any_ok |= ok;
-    if request.outstanding > 0 || request.answered {
+    let settled = request.outstanding == 0 || request.first_settles;
+    if !settled || request.answered {
         return;
     }
     request.answered = true;

@@ -475,9 +475,14 @@ fn bad_cluster_flags_are_refused_with_a_clear_error() {
 
 #[test]
 fn evchat_check_passes_against_every_node() {
-    use crate::check::{CHECK_TIMEOUT, check_json, ids_with, listed_ids};
+    use crate::check::{CHECK_TIMEOUT, check_json, ids_with, listed_ids, queue_wait};
     let redis = Redis::start("cluster-check");
-    let nodes = [redis.node("a"), redis.node("b")];
+    // The queue's give-up check waits out the server's --queue-wait.
+    let wait = queue_wait();
+    let nodes = [
+        redis.node_with("a", &["--queue-wait", &wait]),
+        redis.node_with("b", &["--queue-wait", &wait]),
+    ];
     let listed: BTreeSet<String> = listed_ids().into_iter().collect();
     let mut con = redis.client();
     for node in &nodes {

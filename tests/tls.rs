@@ -773,10 +773,18 @@ fn the_page_over_tls_is_answered_then_close_notify() {
 #[test]
 fn evchat_check_passes_every_check_over_tls() {
     let certs = Certs::new("tls-check");
-    let server = tls_server(&certs, &["--require-tls"]);
+    // The queue's give-up check runs only when told the server's wait.
+    let server = tls_server(&certs, &["--require-tls", "--queue-wait", "1"]);
     let mut check = Proc::spawn(
         "evchat",
-        &["check", &tls_target(&server), "--ca", &certs.arg("ca.pem")],
+        &[
+            "check",
+            &tls_target(&server),
+            "--ca",
+            &certs.arg("ca.pem"),
+            "--queue-wait",
+            "1",
+        ],
     );
     assert!(check.wait().success());
     let lines = check.stdout.rest();

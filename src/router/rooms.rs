@@ -1122,6 +1122,14 @@ impl Router {
         }
     }
 
+    /// Room `id`'s queue load: messages waiting and messages held by member
+    /// sessions (None: no such room). The fuzz target bounds their sum.
+    #[cfg(feature = "testing")]
+    pub fn queue_load(&self, id: ClientId) -> Option<(usize, usize)> {
+        let room = self.rooms.by_id.get(&id)?;
+        Some((room.waiting.len(), room.held))
+    }
+
     /// The rooms' part of [`Router::check_invariants`].
     #[cfg(feature = "testing")]
     pub(super) fn check_room_invariants(&self) -> Result<(), String> {

@@ -14,6 +14,7 @@
 mod catalogue;
 mod identity;
 mod report;
+mod rooms;
 mod spawn;
 mod wire;
 
@@ -44,7 +45,10 @@ Levels: `required` checks what the 2017 statement fixes; `choices` notes where
 the server decides differently from evchat on points the statement leaves open
 (never a failure); `identity` checks the identity extension (HELLO, names, WHO,
 KICK) on a server without accounts, and is reported as not spoken (skipped, never
-failed) when the server answers HELLO with ERRO; `robust` checks what a server
+failed) when the server answers HELLO with ERRO; `rooms` checks rooms and work
+queues (JOIN, LEAVE, ROOMS, MSG to a room id), not spoken when the server answers
+JOIN with ERRO; the queue's give-up check runs only with --queue-wait (the
+server's own, which it waits out); `robust` checks what a server
 exposed to a network must survive. After each check the server must still answer
 an OI.
 
@@ -90,9 +94,13 @@ pub struct CheckArgs {
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_timeout)]
     timeout: Duration,
     /// Which checks: `required`, `robust` (required + robust), `identity` (the identity
-    /// extension's only) or `all`
+    /// extension's only), `rooms` (rooms and queues only) or `all`
     #[arg(long, value_enum, default_value_t = LevelArg::All)]
     level: LevelArg,
+    /// The server's --queue-wait: check that a queue message nobody can take is given up
+    /// on (ERRO) within it (the check waits that long; without this flag it is not run)
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    queue_wait: Option<Duration>,
     /// Run exactly these checks (comma-separated ids), whatever --level
     #[arg(long, value_name = "ID,...", value_delimiter = ',')]
     only: Vec<String>,
@@ -109,6 +117,7 @@ enum LevelArg {
     Required,
     Robust,
     Identity,
+    Rooms,
     All,
 }
 
@@ -144,7 +153,8 @@ pub fn run(args: CheckArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let (outcomes, not_started) = run_spawned(&spawner, args.timeout, &selected);
+        let (outcomes, not_started) =
+            run_spawned(&spawner, args.timeout, args.queue_wait, &selected);
         let target = format!("--spawn '{}'", spawner.command());
         (target, outcomes, not_started)
     } else {
@@ -167,6 +177,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
             addr,
             timeout: args.timeout,
             tls: endpoint.is_tls().then_some(endpoint),
+            queue_wait: args.queue_wait,
         };
         (target, run_checks(&ctx, &selected), None)
     };
@@ -230,6 +241,7 @@ fn select(args: &CheckArgs) -> Result<Vec<&'static Check>, String> {
             LevelArg::Required => c.level == Level::Required,
             LevelArg::Robust => matches!(c.level, Level::Required | Level::Robust),
             LevelArg::Identity => c.level == Level::Identity,
+            LevelArg::Rooms => c.level == Level::Rooms,
             LevelArg::All => true,
         })
         .collect())
@@ -300,6 +312,7 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
 fn run_spawned(
     spawner: &Spawner,
     timeout: Duration,
+    queue_wait: Option<Duration>,
     selected: &[&'static Check],
 ) -> (Vec<Outcome>, Option<String>) {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(selected.len());
@@ -328,6 +341,7 @@ fn run_spawned(
             addr: server.addr,
             timeout,
             tls: None,
+            queue_wait,
         };
         let verdict = verdict_of(check, &ctx);
         let stopped_after = probe(&ctx).is_err();
@@ -349,6 +363,7 @@ fn verdict_of(check: &Check, ctx: &Ctx) -> Verdict {
         Ok(Done::Pass) => Verdict::Pass,
         Ok(Done::Note(note)) => Verdict::Note(note),
         Ok(Done::NotSpoken(why)) => Verdict::Skip(format!("{NOT_SPOKEN}{why}")),
+        Ok(Done::NotAsked(why)) => Verdict::Skip(format!("{NOT_ASKED}{why}")),
         Err(failure) => Verdict::Fail(failure),
     }
 }
@@ -356,6 +371,9 @@ fn verdict_of(check: &Check, ctx: &Ctx) -> Verdict {
 /// How a skip says the server does not speak an extension; the checks that
 /// need that one say the same.
 const NOT_SPOKEN: &str = "not spoken: ";
+
+/// How a skip says the check needs an option that was not given.
+const NOT_ASKED: &str = "not asked: ";
 
 /// Why `check` cannot run: a check it needs ran and did not pass.
 fn unmet_need(check: &Check, outcomes: &[Outcome]) -> Option<String> {

@@ -3,11 +3,12 @@
 //! 2017 statement's own words), a hint for whoever must fix a failure, and
 //! the checks it needs to have passed. The order of [`CATALOGUE`] is the
 //! order of the run: required, then choices, then the hostile robust ones,
-//! then the identity extension's (their functions are in `identity`): last,
-//! so that a server that does not know HELLO is checked on everything else
-//! first.
+//! then the identity extension's (their functions are in `identity`), then
+//! rooms and queues (in `rooms`, which need names): last, so that a server
+//! that does not know HELLO or JOIN is checked on everything else first.
 
 use super::identity;
+use super::rooms;
 use super::wire::{Answer, Conn, Ctx, Failure, UNUSED_EXHIBITOR, describe_frame};
 use evchat::proto::{
     ClientId, Frame, Kind, MAX_TEXT_LEN, SERVER_ID, is_emitter_id, is_exhibitor_id,
@@ -26,6 +27,8 @@ pub enum Level {
     Robust,
     /// The identity extension (PROTOCOL.md), when the server speaks it.
     Identity,
+    /// Rooms and work queues (PROTOCOL.md), when the server speaks them.
+    Rooms,
 }
 
 impl Level {
@@ -34,6 +37,7 @@ impl Level {
             Level::Required => "required",
             Level::Choices => "choices",
             Level::Identity => "identity",
+            Level::Rooms => "rooms",
             Level::Robust => "robust",
         }
     }
@@ -45,6 +49,8 @@ pub enum Done {
     Pass,
     Note(String),
     NotSpoken(String),
+    /// Not run: it needs an option that was not given (which, in words).
+    NotAsked(String),
 }
 
 pub type Outcome = Result<Done, Failure>;
@@ -68,6 +74,11 @@ const OI_NEEDS: &[&str] = &["oi-exhibitor", "oi-emitter"];
 const ROUTE_NEEDS: &[&str] = &["route-unicast"];
 const IDENTITY_NEEDS: &[&str] = &["identity-hello"];
 const IDENTITY_ROUTE_NEEDS: &[&str] = &["identity-hello", "route-unicast", "route-broadcast"];
+const ROOMS_NEEDS: &[&str] = &["rooms-join"];
+const ROOM_MSG_NEEDS: &[&str] = &["rooms-join", "identity-who"];
+const QUEUE_NEEDS: &[&str] = &["rooms-join", "identity-who", "rooms-msg-members"];
+const ROOMS_RULE: &str = "PROTOCOL.md, Extension: rooms and queues, Membership and messages";
+const QUEUE_RULE: &str = "PROTOCOL.md, Extension: rooms and queues, Work queues";
 
 pub const CATALOGUE: &[Check] = &[
     // ---- required ----------------------------------------------------------
@@ -493,6 +504,157 @@ pub const CATALOGUE: &[Check] = &[
             keep both",
         needs: IDENTITY_ROUTE_NEEDS,
         run: identity::kick_without_admin,
+    },
+    // ---- rooms -------------------------------------------------------------
+    Check {
+        id: "rooms-join",
+        level: Level::Rooms,
+        title: "JOIN gets ROOMACK code 0: an id in 16384..=32767, the member count, the name",
+        rule: "PROTOCOL.md, Extension: rooms and queues, Frames",
+        quote: None,
+        hint: "give a new room the lowest free id in 0x4000..=0x7fff; a second JOIN (any case) names the same room; count names, not sessions",
+        needs: &["identity-hello", "identity-who"],
+        run: rooms::join_counts,
+    },
+    Check {
+        id: "rooms-bad-name",
+        level: Level::Rooms,
+        title: "a JOIN with a bad room name gets code 1 and the connection is kept",
+        rule: "PROTOCOL.md, Extension: rooms and queues, Frames",
+        quote: None,
+        hint: "room names follow the rule of user names; refuse others with ROOMACK code 1 (id, flags, count 0, no name)",
+        needs: ROOMS_NEEDS,
+        run: rooms::bad_name,
+    },
+    Check {
+        id: "rooms-leave",
+        level: Level::Rooms,
+        title: "LEAVE gets code 0, and LEAVE of a room one is not in gets code 4",
+        rule: "PROTOCOL.md, Extension: rooms and queues, Frames",
+        quote: None,
+        hint: "LEAVE by a name that is not a member (or of no room) is ROOMACK code 4, not 0",
+        needs: ROOMS_NEEDS,
+        run: rooms::leave_twice,
+    },
+    Check {
+        id: "rooms-list",
+        level: Level::Rooms,
+        title: "ROOMS gets ROOMLIST: every room, ascending ids, with its member count",
+        rule: "PROTOCOL.md, Extension: rooms and queues, Frames",
+        quote: None,
+        hint: "list each room as id, flags, members (names), name, in ascending id",
+        needs: ROOMS_NEEDS,
+        run: rooms::list_counts,
+    },
+    Check {
+        id: "rooms-msg-members",
+        level: Level::Rooms,
+        title: "a MSG to a room reaches every member's exhibitor, unchanged, the sender's own too",
+        rule: ROOMS_RULE,
+        quote: None,
+        hint: "send the MSG as it arrived (dest = the room id) to the exhibitor of every member session online",
+        needs: ROOM_MSG_NEEDS,
+        run: rooms::msg_reaches_members,
+    },
+    Check {
+        id: "rooms-ok-after-all",
+        level: Level::Rooms,
+        title: "the emitter's OK comes after every member settled the room's MSG",
+        rule: ROOMS_RULE,
+        quote: None,
+        hint: "count a room's MSG like a broadcast: one reply once every target answered, OK if any showed it",
+        needs: ROOM_MSG_NEEDS,
+        run: rooms::ok_after_all,
+    },
+    Check {
+        id: "rooms-members-only",
+        level: Level::Rooms,
+        title: "a room's MSG does not reach an opted-in exhibitor whose name is not a member",
+        rule: ROOMS_RULE,
+        quote: None,
+        hint: "a room's targets are its members' sessions, not every named exhibitor",
+        needs: ROOM_MSG_NEEDS,
+        run: rooms::not_to_non_members,
+    },
+    Check {
+        id: "rooms-plain-unchanged",
+        level: Level::Rooms,
+        title: "a plain exhibitor never receives a room's MSG; a plain JOIN is an unknown type",
+        rule: ROOMS_RULE,
+        quote: None,
+        hint: "a client that never sent HELLO is never a member: it sees the plain protocol only",
+        needs: ROOM_MSG_NEEDS,
+        run: rooms::plain_sees_nothing_new,
+    },
+    Check {
+        id: "rooms-non-member-writes",
+        level: Level::Rooms,
+        title: "a plain emitter that is no member may write to a room",
+        rule: ROOMS_RULE,
+        quote: None,
+        hint: "a room is an address: any session that may emit may send to its id, member or not",
+        needs: ROOM_MSG_NEEDS,
+        run: rooms::non_member_writes,
+    },
+    Check {
+        id: "rooms-missing-id",
+        level: Level::Rooms,
+        title: "a MSG to a room id no room holds gets ERRO",
+        rule: ROOMS_RULE,
+        quote: None,
+        hint: "a MSG to a room id with no room has no target: ERRO(65535, own id, seq), as for an unknown client",
+        needs: ROOM_MSG_NEEDS,
+        run: rooms::missing_room,
+    },
+    Check {
+        id: "queue-one-member",
+        level: Level::Rooms,
+        title: "a queue room's MSG goes to exactly one member, the members in turn",
+        rule: QUEUE_RULE,
+        quote: None,
+        hint: "hand each queue message to one member session, round robin, not to every member",
+        needs: QUEUE_NEEDS,
+        run: rooms::queue_one_member,
+    },
+    Check {
+        id: "queue-prefetch",
+        level: Level::Rooms,
+        title: "a queue member holds one unacknowledged message at a time (prefetch 1)",
+        rule: QUEUE_RULE,
+        quote: None,
+        hint: "skip member sessions that hold an unacknowledged message of the room; the next waits for the OK",
+        needs: QUEUE_NEEDS,
+        run: rooms::queue_prefetch_one,
+    },
+    Check {
+        id: "queue-redelivery",
+        level: Level::Rooms,
+        title: "a message held by a member that leaves unacknowledged goes to the next member",
+        rule: QUEUE_RULE,
+        quote: None,
+        hint: "when a holder disconnects, put its message back and hand it to another member (at-least-once)",
+        needs: QUEUE_NEEDS,
+        run: rooms::queue_redelivers,
+    },
+    Check {
+        id: "queue-waits",
+        level: Level::Rooms,
+        title: "with no member online a queue message waits for one to come back",
+        rule: QUEUE_RULE,
+        quote: None,
+        hint: "keep a queue message (up to --queue-wait) while no member session is online; send it at OI",
+        needs: QUEUE_NEEDS,
+        run: rooms::queue_waits,
+    },
+    Check {
+        id: "queue-gives-up",
+        level: Level::Rooms,
+        title: "a queue message nobody takes within --queue-wait gets ERRO",
+        rule: QUEUE_RULE,
+        quote: None,
+        hint: "answer ERRO to a queue message that waited --queue-wait; never keep the emitter waiting forever",
+        needs: QUEUE_NEEDS,
+        run: rooms::queue_gives_up,
     },
 ];
 

@@ -14,14 +14,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A name no other session of this run holds: the checks claim names, and
 /// a session of an earlier check may not have ended yet.
-fn fresh_name() -> String {
+pub(super) fn fresh_name() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("chk{}n{n}", std::process::id() % 10_000_000)
 }
 
 /// HELLO(0, 65535, seq 0), version 1, with `name` and no secret.
-fn hello(name: &str) -> Vec<u8> {
+pub(super) fn hello(name: &str) -> Vec<u8> {
     ExtFrame::Hello(evchat::proto::ext::Hello {
         origin: 0,
         dest: SERVER_ID,
@@ -58,7 +58,12 @@ fn hello_answered(conn: &mut Conn, name: &str, code: Code) -> Result<HelloAck, F
 
 /// A connection that opted in (claiming `name`, or none) and sent OI with
 /// `origin` as `role`.
-fn opted_in(ctx: &Ctx, name: &str, origin: ClientId, role: &str) -> Result<Conn, Failure> {
+pub(super) fn opted_in(
+    ctx: &Ctx,
+    name: &str,
+    origin: ClientId,
+    role: &str,
+) -> Result<Conn, Failure> {
     let mut conn = Conn::open(ctx)?;
     hello_answered(&mut conn, name, Code::Accepted)?;
     conn.identify(origin, role)?;
@@ -84,7 +89,7 @@ fn expect_plain(conn: &mut Conn, want: &str) -> Result<Frame, Failure> {
 }
 
 /// Acknowledges a WHO as PROTOCOL.md says: OK(own id, 65535, its seq).
-fn ack_who(conn: &mut Conn, who: &Who) -> Result<(), Failure> {
+pub(super) fn ack_who(conn: &mut Conn, who: &Who) -> Result<(), Failure> {
     conn.send(&Frame::bare(Kind::Ok, conn.me(), SERVER_ID, who.seq))
 }
 

@@ -283,6 +283,7 @@ pub fn list_text(checks: &[&Check]) -> String {
         Level::Choices,
         Level::Robust,
         Level::Identity,
+        Level::Rooms,
     ] {
         let mut of_level = checks.iter().filter(|c| c.level == level).peekable();
         if of_level.peek().is_none() {

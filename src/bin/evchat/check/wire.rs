@@ -24,6 +24,9 @@ pub struct Ctx {
     pub timeout: Duration,
     /// With TLS (`tls://HOST:PORT`, `--tls`): how to speak it.
     pub tls: Option<Endpoint>,
+    /// The server's `--queue-wait`, when given (`--queue-wait`): the rooms
+    /// level then waits that long for a queue message to be given up on.
+    pub queue_wait: Option<Duration>,
 }
 
 /// Frames a failure report shows from one connection's past (the latest).
@@ -313,6 +316,12 @@ impl Conn {
     /// The id from OI; only called on identified connections.
     pub fn me(&self) -> ClientId {
         self.id.unwrap_or(0)
+    }
+
+    /// Every later read waits at most `timeout` (a wait the server sets,
+    /// such as `--queue-wait`, plus the usual deadline).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     /// The sequence number for this client's next frame.
@@ -690,6 +699,7 @@ mod tests {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_secs(10),
             tls: None,
+            queue_wait: None,
         };
         let conn = Conn::open(&ctx).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
@@ -705,6 +715,7 @@ mod tests {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_millis(100),
             tls: None,
+            queue_wait: None,
         };
         let conn = Conn::open(&ctx).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
@@ -889,6 +900,7 @@ mod tests {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_millis(100),
             tls: None,
+            queue_wait: None,
         };
         let reply = reply.to_vec();
         let server = std::thread::spawn(move || {
@@ -1045,6 +1057,7 @@ mod tests {
             addr: listener.local_addr().unwrap(),
             timeout: Duration::from_secs(10),
             tls: None,
+            queue_wait: None,
         };
         let mut conn = Conn::open(&ctx).unwrap();
         let (peer, _) = listener.accept().unwrap();
