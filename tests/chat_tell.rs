@@ -151,3 +151,47 @@ fn the_servers_refusals_of_a_tell_are_each_one_sentence() {
     assert_eq!(bob.stdout.next_within(QUIET), None);
     leave_quietly(bob);
 }
+
+/// Regression: after a restart, the WHO before a waiting message names the
+/// teller's id then, which may be anyone's now, our own emitter's even
+/// (bob, first back, is given id 1, alice's before). bob's chat took that
+/// WHO as who holds id 1, and his `/to alice` sent his answer to himself
+/// ("you to bob: ... ✓"). Now it is a TELL, stored for alice, and shown
+/// to her when she is back.
+#[test]
+fn an_answer_to_a_waiting_message_after_a_restart_reaches_its_teller() {
+    let dir = TempDir::new("chat-tell-answer");
+    let server = Server::start(&["--history", dir.arg(), "--fsync", "always"]);
+    let mut alice = named(&server, "alice", &[]);
+    let mut bob = named(&server, "bob", &[]);
+    for chat in [&mut alice, &mut bob] {
+        type_line(chat, "/join #ops");
+    }
+    alice.stdout.expect_line("joined #ops (1 member)");
+    bob.stdout.expect_line("joined #ops (2 members)");
+    leave_quietly(bob);
+    type_line(&mut alice, "/msg bob call me");
+    alice
+        .stdout
+        .expect_line("you to bob: call me ⏳ stored for bob");
+    leave_quietly(alice);
+
+    let server = restart(server, &dir);
+    let mut bob = named(&server, "bob", &[]);
+    bob.stdout
+        .expect_line("alice (while you were away): call me");
+    type_line(&mut bob, "/to alice");
+    bob.stdout.expect_line(
+        "now talking to alice, who is not online here: messages wait for them where the \
+         server keeps them",
+    );
+    type_line(&mut bob, "calling now");
+    bob.stdout
+        .expect_line("you to alice: calling now ⏳ stored for alice");
+    leave_quietly(bob);
+    let alice = named(&server, "alice", &[]);
+    alice
+        .stdout
+        .expect_line("bob (while you were away): calling now");
+    leave_quietly(alice);
+}

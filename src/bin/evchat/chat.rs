@@ -1039,8 +1039,14 @@ impl Chat {
             let frame = match reader.read_incoming() {
                 Ok(Some(Incoming::Plain(frame))) => frame,
                 Ok(Some(Incoming::Ext(ExtFrame::Who(who)))) => {
-                    // Told before the MSG or CLIST that carries the id.
-                    self.names().learn(&who);
+                    // Told before the MSG or CLIST that carries the id;
+                    // after WAITING, the teller as they were when the
+                    // message was stored, not who holds the id now.
+                    if waited.is_some() {
+                        self.names().learn_past(&who);
+                    } else {
+                        self.names().learn(&who);
+                    }
                     if session
                         .acks
                         .send_ack(Kind::Ok, session.exhibitor, SERVER_ID, who.seq)
