@@ -879,13 +879,18 @@ impl Chat {
     }
 
     /// Sends a message, CREQ or room request through the current session;
-    /// the number it was sent with.
+    /// the number it was sent with. `number` is the input line's; 0 is a
+    /// request of the chat's own (ROOMS and CREQ on registering, ROOMS to
+    /// look a room up), of which no line is said when there is no session:
+    /// the loss is being reported, and a caller says what it could not do.
     fn send(self: &Arc<Self>, number: u64, what: Sent) -> Option<u16> {
         let Some(session) = self.lock().client.session.clone() else {
-            self.reject(
-                number,
-                &format!("not connected (reconnecting to {})", self.target),
-            );
+            if number != 0 {
+                self.reject(
+                    number,
+                    &format!("not connected (reconnecting to {})", self.target),
+                );
+            }
             return None;
         };
         let id = session.emitter;
