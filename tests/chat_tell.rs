@@ -194,3 +194,39 @@ fn an_answer_to_a_waiting_message_after_a_restart_reaches_its_teller() {
         .expect_line("bob (while you were away): calling now");
     leave_quietly(alice);
 }
+
+/// Regression: a chat learns a name's id when its holder speaks and
+/// forgets it only at a CLIST, so after bob left, alice's `/to bob` meant
+/// his old id: the MSG got ERRO ("✗ not delivered") though the server
+/// would have kept it for him. A named chat now sends TELL to a name it
+/// knows too; the server finds it online or keeps the message waiting.
+#[test]
+fn a_name_that_left_since_it_spoke_is_told_not_sent_to_its_old_id() {
+    let dir = TempDir::new("chat-tell-left");
+    let server = Server::start(&["--history", dir.arg()]);
+    let mut alice = named(&server, "alice", &[]);
+    let mut bob = named(&server, "bob", &[]);
+    type_line(&mut bob, "/join #ops");
+    bob.stdout.expect_line("joined #ops (1 member)");
+    type_line(&mut bob, "/msg alice back in five");
+    alice.stdout.expect_line("bob to you: back in five");
+    bob.stdout.expect_line("you to alice: back in five ✓");
+    // Online: the TELL is shown by bob, and alice gets OK.
+    type_line(&mut alice, "/to BOB");
+    let bob_id = alice.stdout.expect_prefixed("now talking to bob (");
+    assert!(bob_id.ends_with(')'), "{bob_id}");
+    type_line(&mut alice, "ok");
+    bob.stdout.expect_line("alice to you: ok");
+    alice.stdout.expect_line("you to bob: ok ✓");
+    leave_quietly(bob);
+
+    type_line(&mut alice, "the meeting moved to three");
+    alice
+        .stdout
+        .expect_line("you to bob: the meeting moved to three ⏳ stored for bob");
+    leave_quietly(alice);
+    let bob = named(&server, "bob", &[]);
+    bob.stdout
+        .expect_line("alice (while you were away): the meeting moved to three");
+    leave_quietly(bob);
+}
