@@ -41,7 +41,7 @@ pub mod testing {
     };
     pub use crate::router::{
         CloseReason, ConnId, Outbox, PairNotice, REPLAY_FRAMING, ROOM_IDS, RoomLimits, Router,
-        Sender,
+        Sender, TellLimits,
     };
     pub use crate::store::format::Record;
     pub use crate::store::log::{Log, Notice, Opened, Options};

@@ -1918,3 +1918,103 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
     let problems = problems.lock().unwrap();
     assert!(problems.is_empty(), "the page reported: {problems:#?}");
 }
+
+/// `evchat chat ADDR --name NAME`, piped, once it has said who it is.
+fn named_chat(server: &Server, name: &str) -> crate::util::Proc {
+    let chat = crate::util::Proc::spawn("evchat", &["chat", &server.target(), "--name", name]);
+    let said = chat.stdout.expect_prefixed(&format!("you are {name}, "));
+    assert!(said.ends_with(" (exhibitor)"), "{said}");
+    chat
+}
+
+/// A message told (TELL) to bob while he was away, by a real `evchat chat`,
+/// is shown on bob's page when he claims his name again, marked "while you
+/// were away". The page acknowledges WAITING as well as the MSG after it
+/// (PROTOCOL.md, "Waiting messages": both count in rule 4's FIFO): a page
+/// that acknowledged only the MSG would be one ack short and cut off at
+/// `--ack-timeout`. A plain exhibitor that never acknowledges is the
+/// clock: once the server has cut it off, more than the ack timeout has
+/// passed since the page was sent WAITING, and the page, still connected
+/// with the same ids, is shown a message sent after that.
+#[test]
+fn page_back_with_its_name_shows_a_waiting_message_marked_and_stays_connected() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-tell");
+    let server = Server::start(&["--history", dir.arg(), "--ack-timeout", "1"]);
+    // bob's name is a member of #ops, then offline.
+    let mut bob_chat = named_chat(&server, "bob");
+    bob_chat.input("/join #ops\n");
+    bob_chat.stdout.expect_line("joined #ops (1 member)");
+    bob_chat.close_input();
+    assert_eq!(bob_chat.wait().code(), Some(0));
+    let mut alice = named_chat(&server, "alice");
+    let before = now_ms();
+    alice.input("/msg bob the build is green\n");
+    alice
+        .stdout
+        .expect_line("you to bob: the build is green ⏳ stored for bob");
+    let after = now_ms();
+
+    let (_browser, bob, problems) = open_page(path, server.addr.port());
+    wait_connected(&bob);
+    claim_name(&bob, "bob");
+    let ids = wait_connected(&bob);
+    let waited = "[...document.querySelectorAll('#log li.in.waited')].map(li => \
+                  li.querySelector('.from').textContent + ' ' + \
+                  li.querySelector('.scope').textContent + ': ' + \
+                  li.querySelector('.text').textContent).join('\\n')";
+    wait_for(
+        &bob,
+        "the waiting message shown marked",
+        &format!(
+            "(() => {{ const t = {waited}; \
+               return t === 'alice while you were away: the build is green' && t; }})()"
+        ),
+    );
+    // Marked with the time the server stored it, not the time shown.
+    let stamped = evaluate(
+        &bob,
+        "String(Date.parse(document.querySelector('#log li.in.waited time').dateTime))",
+        false,
+    );
+    let stamped: u64 = stamped.as_str().unwrap().parse().unwrap();
+    assert!(
+        (before..=after).contains(&stamped),
+        "stored at {stamped}, not between {before} and {after}"
+    );
+
+    // The clock: a MSG to a plain exhibitor that never acknowledges fails
+    // (ERRO to its emitter) once --ack-timeout has passed.
+    let mut mute = Raw::connect(server.addr);
+    let mute_id = mute.identify_exhibitor();
+    let mut clock = Raw::connect(server.addr);
+    let clock_id = clock.identify_emitter(1);
+    clock.send(&msg(clock_id, mute_id, 1, b"tick"));
+    assert_eq!(
+        clock.frame_within(Duration::from_millis(PAGE_WAIT_MS)),
+        Some(Frame::bare(Kind::Erro, 0xffff, clock_id, 1)),
+        "the mute exhibitor's delivery fails at the ack timeout"
+    );
+
+    alice.input("/msg bob still there?\n");
+    alice.stdout.expect_line("you to bob: still there? ✓");
+    wait_for(
+        &bob,
+        "the later message shown live",
+        &format!(
+            "(() => {{ const t = {}; return t === 'alice to you: still there?' && t; }})()",
+            "[...document.querySelectorAll('#log li.in:not(.waited)')].map(li => \
+               li.querySelector('.from').textContent + ' ' + \
+               li.querySelector('.scope').textContent + ': ' + \
+               li.querySelector('.text').textContent).join('\\n')"
+        ),
+    );
+    assert_eq!(wait_connected(&bob), ids, "the page kept its session");
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.unwrap().as_millis() as u64
+}

@@ -3,9 +3,10 @@
 //! README, "Rooms"): `/join`, `/leave`, `/rooms`, `/to #room`, messages
 //! shown with their room, each ROOMACK code as its sentence, the sentence
 //! for a chat without a name; TELL to a name not online and a waiting
-//! message shown as such, against a scripted server (this server does not
-//! serve TELL yet). Piped chats, so every line is exact; every wait is for
-//! a line or an exit, with a deadline.
+//! message shown as such, against a scripted server, which can give every
+//! answer in one run (`chat_tell.rs` has the real server's). Piped chats,
+//! so every line is exact; every wait is for a line or an exit, with a
+//! deadline.
 
 use crate::util::*;
 use evchat::proto::ext::{ExtFrame, HelloAck, ROOMS, RoomAck, RoomList, Tell, Waiting, Who};

@@ -1,35 +1,44 @@
 //! The rooms' rules without sockets (PROTOCOL.md, "Extension: rooms and
-//! queues"): a [`Router`] driven by arbitrary sequences of room messages,
-//! acknowledgements, members leaving, rejoining, dropping and coming back,
-//! and time passing. After every step the router's invariants hold; at the
-//! end, once every member acknowledges what it holds and the queue's wait
+//! queues", and "Waiting messages"): a [`Router`] driven by arbitrary
+//! sequences of room messages, TELLs to the members' names, acknowledgements,
+//! members leaving, rejoining, going away, dropping and coming back, and time
+//! passing. After every step the router's invariants hold; at the end, once
+//! every member is back and acknowledges what it holds and the queue's wait
 //! bound has passed, every request has had exactly one reply, in order, an
-//! OK only for a message a member acknowledged with OK. (Two members may
-//! both acknowledge one message: one that left the room or dropped while
-//! holding it, and the next. That is the at-least-once PROTOCOL.md states.)
+//! OK only for a message a member acknowledged with OK, and every TELL
+//! answered "stored" (code 9) answered by its name at least once; no session
+//! is sent one waiting message twice, and none once a session answered it.
+//! (Two members, or two sessions of a name, may both acknowledge one
+//! message: one that left the room or dropped while holding it, and the
+//! next. That is the at-least-once PROTOCOL.md states.)
 
-use evchat::proto::ext::{ExtFrame, PLAIN_ROLES};
+use evchat::proto::ext::{ExtFrame, PLAIN_ROLES, RoomCode};
 use evchat::proto::{ClientId, Frame, Header, Kind, SERVER_ID};
 use evchat::server::Limits;
-use evchat::testing::{CloseReason, ConnId, Outbox, RoomLimits, Router};
+use evchat::testing::{CloseReason, ConnId, Outbox, RoomLimits, Router, TellLimits};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// What the router sent, in order (an extension frame as None: WHO to an
-/// exhibitor, ROOMACK to an emitter), and what it closed.
+/// What the router sent, in order (WHO and WAITING to an exhibitor,
+/// ROOMACK to an emitter as extension frames), and what it closed.
 #[derive(Default)]
 struct Recorder {
-    frames: Vec<(ConnId, Option<Frame>)>,
+    frames: Vec<(ConnId, Sent)>,
     closed: Vec<ConnId>,
+}
+
+enum Sent {
+    Plain(Frame),
+    Ext(ExtFrame),
 }
 
 impl Outbox for Recorder {
     fn send(&mut self, to: ConnId, frame: &Frame) {
-        self.frames.push((to, Some(frame.clone())));
+        self.frames.push((to, Sent::Plain(frame.clone())));
     }
-    fn send_ext(&mut self, to: ConnId, _frame: &ExtFrame) {
-        self.frames.push((to, None));
+    fn send_ext(&mut self, to: ConnId, frame: &ExtFrame) {
+        self.frames.push((to, Sent::Ext(frame.clone())));
     }
     fn close(&mut self, conn: ConnId, _id: ClientId, _reason: CloseReason) {
         self.closed.push(conn);
@@ -43,8 +52,13 @@ enum Step {
     Send,
     /// Member `n` acknowledges the oldest frame it holds (OK, or ERRO).
     Ack(u8, bool),
+    /// The writer sends a TELL to member `n`'s name.
+    Tell(u8),
     /// Member `n`'s exhibitor drops, then a new one of the same name comes.
     Reconnect(u8),
+    /// Member `n` goes away (both its connections drop), or comes back.
+    Away(u8),
+    Back(u8),
     /// Member `n` leaves the room, then joins again.
     LeaveAndJoin(u8),
     /// Time passes (tenths of a second).
@@ -54,8 +68,11 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => Just(Step::Send),
+        3 => (0..3u8).prop_map(Step::Tell),
         6 => (0..3u8, any::<bool>()).prop_map(|(n, ok)| Step::Ack(n, ok)),
         1 => (0..3u8).prop_map(Step::Reconnect),
+        1 => (0..3u8).prop_map(Step::Away),
+        1 => (0..3u8).prop_map(Step::Back),
         1 => (0..3u8).prop_map(Step::LeaveAndJoin),
         1 => (0..40u8).prop_map(Step::Wait),
     ]
@@ -71,14 +88,31 @@ struct World {
     next_conn: ConnId,
     /// Each member's exhibitor connection and id, and its emitter's.
     members: Vec<(ConnId, ClientId, ConnId, ClientId, u16)>,
+    /// Whether each member has a session (not away, not closed).
+    online: Vec<bool>,
     writer_id: ClientId,
     writer_seq: u16,
     /// Frames each exhibitor has not acknowledged yet, oldest first.
     unacked: HashMap<ConnId, Vec<Frame>>,
-    /// Queue message texts acknowledged with OK, and by how many.
+    /// Message texts acknowledged with OK, and by how many.
     shown: HashMap<String, u32>,
-    /// The writer's replies, in the order they came: seq and OK or not.
-    replies: Vec<(u16, bool)>,
+    /// Message texts a member answered, OK or ERRO: a waiting message
+    /// is settled by either.
+    answered: HashMap<String, u32>,
+    /// How many times each exhibitor was sent each TELL's text.
+    told: HashMap<(ConnId, String), u32>,
+    /// TELL texts sent again after a member had answered them.
+    resent: Vec<String>,
+    /// The writer's replies, in the order they came: seq and answer.
+    replies: Vec<(u16, Answer)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    Erro,
+    /// A TELL's ROOMACK code.
+    Code(u8),
 }
 
 impl World {
@@ -92,19 +126,32 @@ impl World {
             queue_wait: Duration::from_secs(2),
             ..RoomLimits::default()
         });
+        // As with --history; a low bound, so that code 11 comes too.
+        router.keep_waiting(TellLimits {
+            max: 3,
+            ..TellLimits::default()
+        });
         let mut w = World {
             router,
             out: Recorder::default(),
             now: Instant::now(),
             next_conn: 1,
             members: Vec::new(),
+            online: vec![true; 3],
             writer_id: 0,
             writer_seq: 0,
             unacked: HashMap::new(),
             shown: HashMap::new(),
+            answered: HashMap::new(),
+            told: HashMap::new(),
+            resent: Vec::new(),
             replies: Vec::new(),
         };
         w.router.connected(WRITER, w.now);
+        // Opted in, without a name: TELL is the extension's.
+        w.router
+            .hello_accepted(WRITER, None, PLAIN_ROLES, true, &mut w.out)
+            .unwrap();
         w.router.on_frame(
             WRITER,
             Frame::bare(Kind::Oi, 1, SERVER_ID, 0),
@@ -113,20 +160,26 @@ impl World {
         );
         w.writer_id = w.take_ok(WRITER);
         for n in 0..3 {
-            let (ex, ex_id) = w.named_exhibitor(n);
-            let em = w.next_conn;
-            w.next_conn += 1;
-            w.router.connected(em, w.now);
-            w.router
-                .hello_accepted(em, None, PLAIN_ROLES, true, &mut w.out)
-                .unwrap();
-            let frame = Frame::bare(Kind::Oi, ex_id, SERVER_ID, 0);
-            w.router.on_frame(em, frame, w.now, &mut w.out);
-            let em_id = w.take_ok(em);
-            w.members.push((ex, ex_id, em, em_id, 1));
+            let member = w.named_session(n);
+            w.members.push(member);
             w.join(n as usize);
         }
         w
+    }
+
+    /// A new session of member `n`'s name: an exhibitor, then its emitter.
+    fn named_session(&mut self, n: u8) -> (ConnId, ClientId, ConnId, ClientId, u16) {
+        let (ex, ex_id) = self.named_exhibitor(n);
+        let em = self.next_conn;
+        self.next_conn += 1;
+        self.router.connected(em, self.now);
+        self.router
+            .hello_accepted(em, None, PLAIN_ROLES, true, &mut self.out)
+            .unwrap();
+        let frame = Frame::bare(Kind::Oi, ex_id, SERVER_ID, 0);
+        self.router.on_frame(em, frame, self.now, &mut self.out);
+        let em_id = self.take_ok(em);
+        (ex, ex_id, em, em_id, 1)
     }
 
     fn named_exhibitor(&mut self, n: u8) -> (ConnId, ClientId) {
@@ -148,9 +201,12 @@ impl World {
             .out
             .frames
             .iter()
-            .position(|(to, f)| *to == conn && f.as_ref().is_some_and(|f| f.kind == Kind::Ok))
+            .position(|(to, f)| *to == conn && matches!(f, Sent::Plain(f) if f.kind == Kind::Ok))
             .expect("an OK to the OI");
-        self.out.frames.remove(at).1.expect("a plain frame").dest
+        match self.out.frames.remove(at).1 {
+            Sent::Plain(ok) => ok.dest,
+            Sent::Ext(_) => unreachable!("found as a plain OK"),
+        }
     }
 
     fn join(&mut self, n: usize) {
@@ -183,25 +239,59 @@ impl World {
     fn collect(&mut self) {
         for (to, frame) in self.out.frames.drain(..) {
             match frame {
-                Some(frame) if to == WRITER => {
-                    self.replies.push((frame.seq, frame.kind == Kind::Ok));
+                Sent::Plain(frame) if to == WRITER => {
+                    let answer = if frame.kind == Kind::Ok {
+                        Answer::Ok
+                    } else {
+                        Answer::Erro
+                    };
+                    self.replies.push((frame.seq, answer));
                 }
-                Some(frame) if matches!(frame.kind, Kind::Msg | Kind::Flw) => {
+                Sent::Ext(ExtFrame::RoomAck(ack)) if to == WRITER => {
+                    self.replies.push((ack.seq, Answer::Code(ack.code)));
+                }
+                Sent::Plain(frame) if matches!(frame.kind, Kind::Msg | Kind::Flw) => {
+                    if let Some(text) = frame.text().filter(|t| t.starts_with(b"t")) {
+                        let text = String::from_utf8(text.to_vec()).unwrap();
+                        if self.answered.contains_key(&text) {
+                            self.resent.push(text.clone());
+                        }
+                        *self.told.entry((to, text)).or_default() += 1;
+                    }
                     self.unacked.entry(to).or_default().push(frame);
                 }
-                Some(_) => {}
-                // WHO to an exhibitor awaits an OK like a MSG (any seq: a
-                // mismatch is only logged); a ROOMACK to an emitter does not.
-                None if self.members.iter().any(|m| m.0 == to) => {
-                    let who = Frame::bare(Kind::Ok, 0, 0, u16::MAX); // stands for the WHO
-                    self.unacked.entry(to).or_default().push(who);
+                Sent::Plain(_) => {}
+                // WHO and WAITING to an exhibitor await an OK like a MSG
+                // (any seq: a mismatch is only logged); a ROOMACK to an
+                // emitter does not.
+                Sent::Ext(_) if self.members.iter().any(|m| m.0 == to) => {
+                    let ext = Frame::bare(Kind::Ok, 0, 0, u16::MAX); // stands for it
+                    self.unacked.entry(to).or_default().push(ext);
                 }
-                None => {}
+                Sent::Ext(_) => {}
             }
         }
         for conn in self.out.closed.drain(..) {
             self.unacked.remove(&conn);
+            // Cut off (the ack timeout): that name has no session now.
+            if let Some(n) = self.members.iter().position(|m| m.0 == conn) {
+                self.online[n] = false;
+            }
         }
+    }
+
+    fn go_away(&mut self, n: usize) {
+        let (ex, _, em, ..) = self.members[n];
+        self.router.disconnected(ex, self.now, &mut self.out);
+        self.unacked.remove(&ex);
+        // Its emitter is dismissed with FLW, then goes too.
+        self.router.disconnected(em, self.now, &mut self.out);
+        self.online[n] = false;
+    }
+
+    fn come_back(&mut self, n: usize) {
+        self.members[n] = self.named_session(n as u8);
+        self.online[n] = true;
     }
 
     fn apply(&mut self, step: &Step) {
@@ -228,32 +318,49 @@ impl World {
                     return;
                 };
                 let kind = if ok { Kind::Ok } else { Kind::Erro };
-                if ok && frame.kind == Kind::Msg {
+                if frame.kind == Kind::Msg {
                     let text = String::from_utf8(frame.text().unwrap().to_vec()).unwrap();
-                    *self.shown.entry(text).or_default() += 1;
+                    if ok {
+                        *self.shown.entry(text.clone()).or_default() += 1;
+                    }
+                    *self.answered.entry(text).or_default() += 1;
                 }
                 let ack = Frame::bare(kind, ex_id, frame.origin, frame.seq);
                 self.router.on_frame(ex, ack, self.now, &mut self.out);
             }
-            Step::Reconnect(n) => {
-                let (ex, ..) = self.members[n as usize];
-                self.router.disconnected(ex, self.now, &mut self.out);
-                self.unacked.remove(&ex);
-                // Its emitter is dismissed with FLW; a new pair comes.
-                let (_, _, em, ..) = self.members[n as usize];
-                self.router.disconnected(em, self.now, &mut self.out);
-                let (ex, ex_id) = self.named_exhibitor(n);
-                let em = self.next_conn;
-                self.next_conn += 1;
-                self.router.connected(em, self.now);
-                self.router
-                    .hello_accepted(em, None, PLAIN_ROLES, true, &mut self.out)
-                    .unwrap();
-                let frame = Frame::bare(Kind::Oi, ex_id, SERVER_ID, 0);
-                self.router.on_frame(em, frame, self.now, &mut self.out);
-                let em_id = self.take_ok(em);
-                self.members[n as usize] = (ex, ex_id, em, em_id, 1);
+            Step::Tell(n) => {
+                self.writer_seq += 1;
+                let seq = self.writer_seq;
+                let header = Header {
+                    kind: 17,
+                    origin: self.writer_id,
+                    dest: SERVER_ID,
+                    seq,
+                };
+                let text = bytes::Bytes::from(format!("t{seq}"));
+                let name = format!("W{n}"); // any case is the name
+                // The wall clock a stored message is stamped with.
+                let now_ms = 1_764_596_702_123 + u64::from(seq);
+                self.router.tell_request(
+                    WRITER,
+                    header,
+                    Some(&name),
+                    text,
+                    now_ms,
+                    self.now,
+                    &mut self.out,
+                );
             }
+            Step::Reconnect(n) => {
+                if self.online[n as usize] {
+                    self.go_away(n as usize);
+                }
+                self.come_back(n as usize);
+            }
+            Step::Away(n) if self.online[n as usize] => self.go_away(n as usize),
+            Step::Back(n) if !self.online[n as usize] => self.come_back(n as usize),
+            Step::Away(_) | Step::Back(_) => {}
+            Step::LeaveAndJoin(n) if !self.online[n as usize] => {}
             Step::LeaveAndJoin(n) => {
                 self.leave(n as usize);
                 self.join(n as usize);
@@ -280,8 +387,11 @@ proptest! {
                 panic!("after {s:?}: {e}");
             }
         }
-        // Everyone acknowledges everything until nothing is left, then the
-        // wait bound passes.
+        // Everyone comes back and acknowledges everything until nothing is
+        // left, then the wait bound passes.
+        for n in 0..3u8 {
+            w.apply(&Step::Back(n));
+        }
         for _ in 0..10_000 {
             let pending: Vec<u8> = (0..3u8)
                 .filter(|&n| w.unacked.get(&w.members[n as usize].0).is_some_and(|q| !q.is_empty()))
@@ -295,12 +405,35 @@ proptest! {
         }
         w.apply(&Step::Wait(30));
         w.router.check_invariants().unwrap();
-        // The writer got exactly one reply to each MSG, in order; an OK
-        // only for a message some member acknowledged with OK.
+        prop_assert!(w.online.iter().all(|&on| on), "a member cut off at the end");
+        // The writer got exactly one reply to each MSG and TELL, in order;
+        // an OK only for a message some member acknowledged with OK.
         let seqs: Vec<u16> = w.replies.iter().map(|r| r.0).collect();
         prop_assert_eq!(seqs, (1..=w.writer_seq).collect::<Vec<_>>());
-        for &(seq, ok) in &w.replies {
-            prop_assert!(!ok || w.shown.contains_key(&format!("m{seq}")), "OK to m{}", seq);
+        let is_tell = |seq: u16| steps.iter().filter(|s| matches!(s, Step::Send | Step::Tell(_)))
+            .nth(usize::from(seq) - 1).is_some_and(|s| matches!(s, Step::Tell(_)));
+        for &(seq, answer) in &w.replies {
+            let text = format!("{}{seq}", if is_tell(seq) { "t" } else { "m" });
+            match answer {
+                Answer::Ok => prop_assert!(w.shown.contains_key(&text), "OK to {}", text),
+                Answer::Erro => {}
+                // Stored: answered by a session of the name by the end
+                // (at-least-once; an ERRO settles it too).
+                Answer::Code(code) if code == RoomCode::Stored as u8 => {
+                    prop_assert!(is_tell(seq), "code 9 to a MSG");
+                    prop_assert!(w.answered.contains_key(&text), "{} stored, never answered", text);
+                }
+                Answer::Code(code) => {
+                    prop_assert_eq!(code, RoomCode::TooManyWaiting as u8, "to {}", text);
+                    prop_assert!(!w.shown.contains_key(&text), "{} refused, yet shown", text);
+                }
+            }
+        }
+        // Settled is gone for good: none is sent again once answered.
+        prop_assert!(w.resent.is_empty(), "sent again after an answer: {:?}", w.resent);
+        // At most once per session: a session is sent a message once.
+        for ((conn, text), &times) in &w.told {
+            prop_assert_eq!(times, 1, "{} sent {} times to conn {}", text, times, conn);
         }
     }
 }

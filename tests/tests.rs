@@ -9,6 +9,7 @@ mod util;
 mod browser;
 mod chat;
 mod chat_rooms;
+mod chat_tell;
 mod check;
 mod cli;
 mod cluster;

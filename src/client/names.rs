@@ -11,7 +11,14 @@ use std::collections::BTreeMap;
 /// What a client knows of who holds which id.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
+    /// What the server said the id's holder is called: shown, and looked
+    /// up by `/to NAME`.
     by_id: BTreeMap<ClientId, String>,
+    /// What the server said an id was called when a message that waited
+    /// was stored (the WHO between WAITING and its MSG): shown for the id,
+    /// never looked up, since the id may be someone else's now (after a
+    /// restart, even our own).
+    past: BTreeMap<ClientId, String>,
 }
 
 /// Why a name typed by the user does not lead to one id.
@@ -33,6 +40,7 @@ fn list(ids: &[ClientId]) -> String {
 impl Names {
     /// Takes what a WHO says: the id's name, or (NL = 0) that it has none.
     pub fn learn(&mut self, who: &Who) {
+        self.past.remove(&who.id);
         if who.name.is_empty() {
             self.by_id.remove(&who.id);
         } else {
@@ -42,20 +50,39 @@ impl Names {
         }
     }
 
+    /// Takes a WHO told before a message that waited (PROTOCOL.md,
+    /// "Waiting messages"): the name the id had when the message was
+    /// stored. It is the server's last word on the id, so it is what the id
+    /// shows until the next WHO; but it says nothing of who holds the id
+    /// now, so `resolve` does not find it.
+    pub fn learn_past(&mut self, who: &Who) {
+        self.by_id.remove(&who.id);
+        if who.name.is_empty() {
+            self.past.remove(&who.id);
+        } else {
+            self.past.insert(who.id, escape_text(&who.name));
+        }
+    }
+
     /// Forgets every id a client list does not carry: they have left, and
     /// whoever gets the id next is told again.
     pub fn keep_only(&mut self, listed: &[ClientId]) {
         self.by_id.retain(|id, _| listed.binary_search(id).is_ok());
+        self.past.retain(|id, _| listed.binary_search(id).is_ok());
     }
 
     /// Forgets everything (a new session: the server tells it afresh).
     pub fn clear(&mut self) {
         self.by_id.clear();
+        self.past.clear();
     }
 
     /// The name of `id`, if it has one.
     pub fn name(&self, id: ClientId) -> Option<&str> {
-        self.by_id.get(&id).map(String::as_str)
+        self.by_id
+            .get(&id)
+            .or(self.past.get(&id))
+            .map(String::as_str)
     }
 
     /// How `id` is shown: its name when it has one, else the number; 0 as
@@ -168,6 +195,31 @@ mod tests {
         // Our own session is left out while another holds the name.
         assert_eq!(names.resolve("alice", &[4099]), Ok(4097));
         assert_eq!(names.resolve("alice", &[4097, 4099]), Ok(1));
+    }
+
+    /// Regression: after a restart the WHO before a waiting message named
+    /// id 1 "alice", the teller then, while id 1 was our own emitter now;
+    /// `/to alice` then sent the message to ourselves.
+    #[test]
+    fn a_name_told_before_a_waiting_message_is_shown_but_not_looked_up() {
+        let mut names = Names::default();
+        names.learn(&who(2, "carol"));
+        names.learn_past(&who(1, "alice"));
+        names.learn_past(&who(2, "dave"));
+        assert_eq!(names.label(1), "alice");
+        assert_eq!(names.label(2), "dave");
+        for name in ["alice", "dave", "carol"] {
+            assert_eq!(
+                names.resolve(name, &[1, 4096]),
+                Err(NameLookupError::Unknown(name.into()))
+            );
+        }
+        // The next WHO for the id is about whoever holds it now.
+        names.learn(&who(1, "bob"));
+        assert_eq!(names.label(1), "bob");
+        assert_eq!(names.resolve("bob", &[]), Ok(1));
+        names.keep_only(&[1]);
+        assert_eq!(names.label(2), "2");
     }
 
     #[test]

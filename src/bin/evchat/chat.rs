@@ -244,6 +244,10 @@ impl Encode for Outgoing {
 /// Where a `/to` or `/msg` goes once looked up.
 enum Dest {
     Id(Target),
+    /// Someone else's name, from a named session, online as far as this
+    /// chat knows at `Target`: TELL, which the server sends there if the
+    /// name is still online and keeps waiting if it has left since.
+    Named(Target, String),
     /// A name not online as far as this chat knows: TELL.
     Away(String),
 }
@@ -641,13 +645,24 @@ impl Chat {
                     })
             }
             Addressee::Name(name) => {
-                let (own, named) = {
+                let (own, named, ours) = {
                     let state = self.lock();
                     let session = state.client.session.as_ref();
                     let own = session.map_or(Vec::new(), |s| vec![s.emitter, s.exhibitor]);
-                    (own, session.is_some_and(|s| s.name.is_some()))
+                    let own_name = session.and_then(|s| s.name.as_deref());
+                    let ours = own_name.is_some_and(|n| n.eq_ignore_ascii_case(&name));
+                    (own, own_name.is_some(), ours)
                 };
-                match self.names().resolve(&name, &own) {
+                let names = self.names();
+                match names.resolve(&name, &own) {
+                    // Ids are told when someone speaks and forgotten only
+                    // by a CLIST, so the id may be gone: the server, which
+                    // knows, finds the name (spelt as it told it). Not our
+                    // own name: a TELL to it would reach us too.
+                    Ok(id) if named && !ours => {
+                        let spelt = names.name(id).map_or(name, str::to_string);
+                        Ok(Dest::Named(Target(id), spelt))
+                    }
                     Ok(id) => Ok(Dest::Id(Target(id))),
                     // Not online here: a named session may leave a message
                     // waiting (TELL); the server says whether it knows the
@@ -750,7 +765,8 @@ impl Chat {
         // When talking to a room, its name: its id is looked up at each
         // line, as a server restarted may have given it another.
         let mut target_room: Option<String> = None;
-        // When talking to a name not online: its messages go as TELL.
+        // When talking to a name from a named session, online or not: its
+        // messages go as TELL, looked up again at each line.
         let mut target_away: Option<String> = None;
         let mut number = 0u64;
         loop {
@@ -758,6 +774,9 @@ impl Chat {
             let prompt = if input.is_terminal() {
                 match (&target_room, &target_away) {
                     (Some(room), _) => format!("#{}> ", escape_text(room.as_bytes())),
+                    (_, Some(name)) if self.names().resolve(name, &[]).is_ok() => {
+                        format!("{name}> ")
+                    }
                     (_, Some(name)) => format!("{name} (away)> "),
                     _ => format!("{}> ", self.label(target.0)),
                 }
@@ -793,12 +812,14 @@ impl Chat {
                         Ok(Dest::Id(dest)) => {
                             self.send(number, Sent::Message { dest, text });
                         }
-                        Ok(Dest::Away(name)) => match tell_room(&name, &text) {
-                            Ok(()) => {
-                                self.send(number, Sent::Tell { name, text });
+                        Ok(Dest::Away(name) | Dest::Named(_, name)) => {
+                            match tell_room(&name, &text) {
+                                Ok(()) => {
+                                    self.send(number, Sent::Tell { name, text });
+                                }
+                                Err(e) => self.reject(number, &e),
                             }
-                            Err(e) => self.reject(number, &e),
-                        },
+                        }
                         Err(e) => self.reject(number, &e),
                     }
                 }
@@ -825,6 +846,12 @@ impl Chat {
                                 "now talking to {name}, who is not online here: messages \
                                  wait for them where the server keeps them"
                             ));
+                            target_away = Some(name);
+                        }
+                        Ok(Dest::Named(new, name)) => {
+                            target = new;
+                            target_room = None;
+                            self.say(&format!("now talking to {name} ({})", new.0));
                             target_away = Some(name);
                         }
                         Ok(Dest::Id(new)) => {
@@ -879,13 +906,18 @@ impl Chat {
     }
 
     /// Sends a message, CREQ or room request through the current session;
-    /// the number it was sent with.
+    /// the number it was sent with. `number` is the input line's; 0 is a
+    /// request of the chat's own (ROOMS and CREQ on registering, ROOMS to
+    /// look a room up), of which no line is said when there is no session:
+    /// the loss is being reported, and a caller says what it could not do.
     fn send(self: &Arc<Self>, number: u64, what: Sent) -> Option<u16> {
         let Some(session) = self.lock().client.session.clone() else {
-            self.reject(
-                number,
-                &format!("not connected (reconnecting to {})", self.target),
-            );
+            if number != 0 {
+                self.reject(
+                    number,
+                    &format!("not connected (reconnecting to {})", self.target),
+                );
+            }
             return None;
         };
         let id = session.emitter;
@@ -1039,8 +1071,14 @@ impl Chat {
             let frame = match reader.read_incoming() {
                 Ok(Some(Incoming::Plain(frame))) => frame,
                 Ok(Some(Incoming::Ext(ExtFrame::Who(who)))) => {
-                    // Told before the MSG or CLIST that carries the id.
-                    self.names().learn(&who);
+                    // Told before the MSG or CLIST that carries the id;
+                    // after WAITING, the teller as they were when the
+                    // message was stored, not who holds the id now.
+                    if waited.is_some() {
+                        self.names().learn_past(&who);
+                    } else {
+                        self.names().learn(&who);
+                    }
                     if session
                         .acks
                         .send_ack(Kind::Ok, session.exhibitor, SERVER_ID, who.seq)
