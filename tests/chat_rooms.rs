@@ -11,21 +11,34 @@
 use crate::util::*;
 use evchat::proto::ext::{ExtFrame, HelloAck, ROOMS, RoomAck, RoomList, Tell, Waiting, Who};
 use evchat::proto::{Frame, Header, Kind, SERVER_ID};
+use std::process::{Command, Stdio};
 
 /// `evchat chat ADDR --name NAME`, piped, once it has said who it is.
 fn named(server: &Server, name: &str) -> Proc {
-    let chat = Proc::spawn("evchat", &["chat", &server.target(), "--name", name]);
+    named_with(server, name, &[])
+}
+
+/// `evchat chat ADDR --name NAME EXTRA...`, piped, in UTC, once it has
+/// said who it is.
+pub(crate) fn named_with(server: &Server, name: &str, extra: &[&str]) -> Proc {
+    let mut command = Command::new(bin("evchat"));
+    command
+        .args(["chat", &server.target(), "--name", name])
+        .args(extra)
+        .env("TZ", "UTC")
+        .stdin(Stdio::piped());
+    let chat = Proc::spawn_command(command, &format!("evchat chat {name}"));
     let said = chat.stdout.expect_prefixed(&format!("you are {name}, "));
     assert!(said.ends_with(" (exhibitor)"), "{said}");
     chat
 }
 
-fn type_line(chat: &mut Proc, line: &str) {
+pub(crate) fn type_line(chat: &mut Proc, line: &str) {
     chat.input(&format!("{line}\n"));
 }
 
 /// Ends a chat's input and checks it left cleanly, saying nothing more.
-fn leave_quietly(mut chat: Proc) {
+pub(crate) fn leave_quietly(mut chat: Proc) {
     chat.close_input();
     assert_eq!(chat.wait().code(), Some(0));
     assert_eq!(chat.stdout.rest(), Vec::<String>::new());

@@ -6,36 +6,9 @@
 //! server. Piped chats, so every line is exact; every wait is for a line
 //! or an exit, with a deadline.
 
+use crate::chat_rooms::{leave_quietly, named_with as named, type_line};
 use crate::util::*;
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// `evchat chat ADDR --name NAME EXTRA...`, piped, in UTC, once it has
-/// said who it is.
-fn named(server: &Server, name: &str, extra: &[&str]) -> Proc {
-    let mut command = Command::new(bin("evchat"));
-    command
-        .args(["chat", &server.target(), "--name", name])
-        .args(extra)
-        .env("TZ", "UTC")
-        .stdin(Stdio::piped());
-    let chat = Proc::spawn_command(command, &format!("evchat chat {name}"));
-    let said = chat.stdout.expect_prefixed(&format!("you are {name}, "));
-    assert!(said.ends_with(" (exhibitor)"), "{said}");
-    chat
-}
-
-fn type_line(chat: &mut Proc, line: &str) {
-    chat.input(&format!("{line}\n"));
-}
-
-/// Ends a chat's input and checks it left cleanly, saying nothing more.
-fn leave_quietly(mut chat: Proc) {
-    chat.close_input();
-    assert_eq!(chat.wait().code(), Some(0));
-    assert_eq!(chat.stdout.rest(), Vec::<String>::new());
-    assert_eq!(chat.stderr.rest(), Vec::<String>::new());
-}
 
 /// Kills `server` (SIGKILL: it writes nothing more) and starts another on
 /// the same history.
