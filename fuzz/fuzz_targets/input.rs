@@ -80,10 +80,7 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(Command::Message { text, .. }) = parse_command(&line) {
             assert!(text.len() <= MAX_TEXT_LEN);
         }
-        let target = chat_input::Target::ALL;
-        if let Ok(chat_input::ChatLine::Send { text, .. }) =
-            chat_input::parse_chat_line(&line, target)
-        {
+        if let Ok(chat_input::ChatLine::Send { text, .. }) = chat_input::parse_chat_line(&line) {
             assert!(text.len() <= MAX_TEXT_LEN);
         }
         let shown = escape_text(&line);
