@@ -87,7 +87,14 @@ impl Raw {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Frame::decode(&mut self.buf).unwrap().map(Some)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                None
+            }
             Err(e) => panic!("read: {e}"),
         };
         self.stream.set_nonblocking(false).unwrap();
@@ -108,7 +115,12 @@ impl Raw {
             assert!(!left.is_zero(), "fewer than {n} bytes within {TIMEOUT:?}");
             self.stream.set_read_timeout(Some(left)).unwrap();
             let mut chunk = [0u8; 65536];
-            let got = self.stream.read(&mut chunk).unwrap();
+            let got = match self.stream.read(&mut chunk) {
+                Ok(got) => got,
+                // A signal meant for another test's child: read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("read: {e}"),
+            };
             assert!(got > 0, "closed after {} of {n} bytes", self.buf.len());
             self.buf.extend_from_slice(&chunk[..got]);
         }
