@@ -903,6 +903,7 @@ impl Chat {
                         seq: 0,
                         flags: if queue { FLAG_QUEUE } else { 0 },
                         name,
+                        prefetch: None,
                     }),
                     RoomRequest::Leave => ExtFrame::Leave(Leave {
                         origin: id,
