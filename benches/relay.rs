@@ -241,6 +241,9 @@ pub struct Args {
     /// Messages each publisher may have outstanding
     #[arg(long, default_value_t = 1024)]
     pub window: u32,
+    /// Queue mode on evchat: each member joins with this prefetch (unacknowledged messages it may hold, 1..=255; 1 sends the JOIN without one, as before prefetch existed)
+    #[arg(long, default_value_t = 1)]
+    pub prefetch: u8,
     /// Fixed offered rate in messages/s over all publishers, open loop: latency counts from each message's scheduled time (default: as fast as the window allows)
     #[arg(long)]
     pub rate: Option<f64>,
@@ -465,6 +468,12 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     }
     if args.window == 0 || args.window > 65_535 {
         return Err("--window must lie in 1..=65535".into());
+    }
+    if args.prefetch == 0 {
+        return Err("--prefetch must lie in 1..=255".into());
+    }
+    if args.prefetch != 1 && args.mode != Mode::Queue {
+        return Err("--prefetch is a queue's: give it with --mode queue".into());
     }
     if let Some(rate) = args.rate
         && !(rate.is_finite() && rate > 0.0)

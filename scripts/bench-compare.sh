@@ -61,7 +61,10 @@
 # then run first, added if missing, unless SATURATION gives the rates); idle;
 # r100 (one emitter to a room of 100 named members: evchat's rooms, set
 # beside b100) and q10 (one emitter to a queue room of 10 members, each
-# message to one: evchat's work queue against nats-queue).
+# message to one: evchat's work queue against nats-queue); q10p is q10 with
+# each member joining with prefetch PREFETCH (default 64; PROTOCOL.md,
+# "Prefetch"): NATS queue subscribers take no acks, so for nats-queue it is
+# q10 again.
 # The fixed-rate workloads are open loop: latency counts from each message's
 # scheduled send time (as wrk2 does), not from when it left.
 #
@@ -96,6 +99,7 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 STEAL_RETRIES=${STEAL_RETRIES:-3}
 IDLE=${IDLE:-8000}
+PREFETCH=${PREFETCH:-64}
 TARGETS=${TARGETS:-"evchat redis nats nats-verbose mqtt0 mqtt1"}
 WORKLOADS=${WORKLOADS:-"u32 b100 b1000 u1k u32k lat idle"}
 TARGETS=$(echo "${TARGETS//,/ }" | xargs)
@@ -469,6 +473,7 @@ workload_args() {
     b1000) echo "--mode broadcast --emitters 1 --exhibitors 1000 --size 32 --window $WINDOW" ;;
     r100) echo "--mode room --emitters 1 --exhibitors 100 --size 32 --window $WINDOW" ;;
     q10) echo "--mode queue --emitters 1 --exhibitors 10 --size 32 --window $WINDOW" ;;
+    q10p) echo "--mode queue --emitters 1 --exhibitors 10 --size 32 --window $WINDOW --prefetch $PREFETCH" ;;
     u1k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 1024 --window $WINDOW" ;;
     u32k) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32768 --window $WINDOW" ;;
     lat) echo "--mode unicast --emitters 1 --exhibitors 1 --size 32 --window $WINDOW --rate 10000" ;;
@@ -663,6 +668,7 @@ WORKLOADS = [
     ("b1000", "1:1000 broadcast 32 B", [("delivered_per_s", "deliveries/s", 1)]),
     ("r100", "1:100 room 32 B", [("delivered_per_s", "deliveries/s", 1)]),
     ("q10", "queue of 10 32 B", [("delivered_per_s", "deliveries/s", 1)]),
+    ("q10p", "queue of 10 32 B, prefetch", [("delivered_per_s", "deliveries/s", 1)]),
     ("u1k", "1:1 unicast 1 KiB", [("delivered_per_s", "deliveries/s", 1),
                                   ("bytes_per_s", "payload B/s", 1)]),
     ("u32k", "1:1 unicast 32 KiB", [("delivered_per_s", "deliveries/s", 1),

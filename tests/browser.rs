@@ -422,6 +422,7 @@ fn codec_matches_rust(tab: &Tab) {
             seq: 4,
             flags: FLAG_QUEUE,
             name: b"jobs".to_vec(),
+            prefetch: None,
         }),
         ExtFrame::Leave(Leave {
             origin: 1,

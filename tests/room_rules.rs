@@ -219,7 +219,7 @@ impl World {
             seq,
         };
         self.router
-            .join(em, header, true, Some("jobs"), self.now, &mut self.out);
+            .join(em, header, true, 1, Some("jobs"), self.now, &mut self.out);
     }
 
     fn leave(&mut self, n: usize) {

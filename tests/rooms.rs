@@ -38,6 +38,17 @@ pub(crate) fn join(origin: ClientId, seq: u16, queue: bool, name: &[u8]) -> Vec<
     wire
 }
 
+/// JOIN with the raw `flags` byte and, after the name, `tail` (the
+/// prefetch byte when flag 2 is set): L counts whatever is given.
+pub(crate) fn join_raw(origin: ClientId, seq: u16, flags: u8, name: &[u8], tail: &[u8]) -> Vec<u8> {
+    let mut wire = header(12, origin, S, seq);
+    wire.extend_from_slice(&((2 + name.len() + tail.len()) as u16).to_be_bytes());
+    wire.extend_from_slice(&[flags, name.len() as u8]);
+    wire.extend_from_slice(name);
+    wire.extend_from_slice(tail);
+    wire
+}
+
 pub(crate) fn leave(origin: ClientId, seq: u16, name: &[u8]) -> Vec<u8> {
     let mut wire = header(13, origin, S, seq);
     wire.extend_from_slice(&((1 + name.len()) as u16).to_be_bytes());
@@ -197,6 +208,20 @@ impl Member {
     ) {
         let seq = self.next_seq();
         self.em.send(&join(self.em_id, seq, queue, room.as_bytes()));
+        expect_exact(&mut self.em, &want(self.em_id, seq));
+    }
+
+    /// JOIN the queue room `room` with `prefetch`; asserts the ROOMACK is
+    /// `want`.
+    fn join_prefetch(
+        &mut self,
+        room: &str,
+        prefetch: u8,
+        want: impl FnOnce(ClientId, u16) -> Vec<u8>,
+    ) {
+        let seq = self.next_seq();
+        let wire = join_raw(self.em_id, seq, 3, room.as_bytes(), &[prefetch]);
+        self.em.send(&wire);
         expect_exact(&mut self.em, &want(self.em_id, seq));
     }
 
@@ -845,4 +870,176 @@ fn a_queue_shares_1000_messages_among_3_members_one_killed_halfway() {
         "{:?}",
         acked.iter().map(Vec::len).collect::<Vec<_>>()
     );
+}
+
+// ---- prefetch ---------------------------------------------------------------
+
+/// The boss sends "job N" (seq N) for each N of `jobs` to the queue room.
+fn send_jobs(boss: &mut Raw, boss_id: ClientId, jobs: std::ops::RangeInclusive<u16>) {
+    for seq in jobs {
+        boss.send(&msg(boss_id, ROOM, seq, format!("job {seq}").as_bytes()));
+    }
+}
+
+#[test]
+fn a_member_with_prefetch_3_holds_3_before_acking_and_each_ack_frees_one() {
+    let server = Server::start(&[]);
+    let mut w1 = Member::new(&server, "w1");
+    // The ROOMACK's flags are the room's kind: 1, not the JOIN's 3.
+    w1.join_prefetch("jobs", 3, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
+    let mut boss = server.raw();
+    let boss_id = boss.identify_emitter(1);
+    send_jobs(&mut boss, boss_id, 1..=5);
+    for seq in 1..=3 {
+        let want = msg(boss_id, ROOM, seq, format!("job {seq}").as_bytes());
+        assert_eq!(next_msg(&mut w1.ex, w1.ex_id), want);
+    }
+    w1.ex.expect_silence();
+    // Each OK settles the oldest held and lets one more through.
+    w1.ex.send(&ok(w1.ex_id, boss_id, 1));
+    expect_exact(&mut boss, &ok(S, boss_id, 1));
+    assert_eq!(
+        next_msg(&mut w1.ex, w1.ex_id),
+        msg(boss_id, ROOM, 4, b"job 4")
+    );
+    w1.ex.expect_silence();
+    w1.ex.send(&ok(w1.ex_id, boss_id, 2));
+    expect_exact(&mut boss, &ok(S, boss_id, 2));
+    assert_eq!(
+        next_msg(&mut w1.ex, w1.ex_id),
+        msg(boss_id, ROOM, 5, b"job 5")
+    );
+    for seq in 3..=5 {
+        w1.ex.send(&ok(w1.ex_id, boss_id, seq));
+        expect_exact(&mut boss, &ok(S, boss_id, seq));
+    }
+    boss.expect_silence();
+}
+
+#[test]
+fn a_join_again_without_a_prefetch_is_back_to_prefetch_1() {
+    let server = Server::start(&[]);
+    let mut w1 = Member::new(&server, "w1");
+    w1.join_prefetch("jobs", 3, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
+    w1.join("jobs", true, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
+    let mut boss = server.raw();
+    let boss_id = boss.identify_emitter(1);
+    send_jobs(&mut boss, boss_id, 1..=2);
+    assert_eq!(
+        next_msg(&mut w1.ex, w1.ex_id),
+        msg(boss_id, ROOM, 1, b"job 1")
+    );
+    w1.ex.expect_silence();
+    w1.ex.send(&ok(w1.ex_id, boss_id, 1));
+    assert_eq!(
+        next_msg(&mut w1.ex, w1.ex_id),
+        msg(boss_id, ROOM, 2, b"job 2")
+    );
+}
+
+/// w1 (prefetch 3) holds jobs 1..=3; w2 (prefetch 3) joined after and
+/// holds nothing: what the passing-on tests start from.
+fn w1_holding_three(server: &Server) -> (Member, Member, Raw, ClientId) {
+    let mut w1 = Member::new(server, "w1");
+    w1.join_prefetch("jobs", 3, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
+    let mut boss = server.raw();
+    let boss_id = boss.identify_emitter(1);
+    send_jobs(&mut boss, boss_id, 1..=3);
+    for seq in 1..=3 {
+        let want = msg(boss_id, ROOM, seq, format!("job {seq}").as_bytes());
+        assert_eq!(next_msg(&mut w1.ex, w1.ex_id), want);
+    }
+    let mut w2 = Member::new(server, "w2");
+    w2.join_prefetch("jobs", 3, |d, s| roomack(d, s, 0, (ROOM, 1, 2, b"jobs")));
+    w2.ex.expect_silence();
+    (w1, w2, boss, boss_id)
+}
+
+/// w2 gets jobs 1..=3 in order, acknowledges them, and the boss gets its
+/// three OKs in order.
+fn w2_takes_the_three_over(w2: &mut Member, boss: &mut Raw, boss_id: ClientId) {
+    for seq in 1..=3 {
+        let want = msg(boss_id, ROOM, seq, format!("job {seq}").as_bytes());
+        assert_eq!(next_msg(&mut w2.ex, w2.ex_id), want);
+    }
+    for seq in 1..=3 {
+        w2.ex.send(&ok(w2.ex_id, boss_id, seq));
+    }
+    for seq in 1..=3 {
+        expect_exact(boss, &ok(S, boss_id, seq));
+    }
+    boss.expect_silence();
+}
+
+#[test]
+fn a_prefetch_member_leaving_with_3_held_passes_all_3_on_in_order() {
+    let server = Server::start(&[]);
+    let (mut w1, mut w2, mut boss, boss_id) = w1_holding_three(&server);
+    w1.leave("jobs", |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
+    w2_takes_the_three_over(&mut w2, &mut boss, boss_id);
+    // w1's late OKs settle nothing.
+    for seq in 1..=3 {
+        w1.ex.send(&ok(w1.ex_id, boss_id, seq));
+    }
+    boss.expect_silence();
+}
+
+#[test]
+fn a_prefetch_member_disconnecting_with_3_held_passes_all_3_on_in_order() {
+    let server = Server::start(&[]);
+    let (w1, mut w2, mut boss, boss_id) = w1_holding_three(&server);
+    drop(w1);
+    w2_takes_the_three_over(&mut w2, &mut boss, boss_id);
+}
+
+#[test]
+fn a_join_with_prefetch_0_is_malformed() {
+    let server = Server::start(&[]);
+    let mut alice = Member::new(&server, "alice");
+    let seq = alice.next_seq();
+    alice.em.send(&join_raw(alice.em_id, seq, 3, b"jobs", &[0]));
+    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
+    alice.em.expect_closed();
+}
+
+#[test]
+fn a_join_with_the_prefetch_flag_but_no_byte_is_malformed() {
+    let server = Server::start(&[]);
+    let mut alice = Member::new(&server, "alice");
+    let seq = alice.next_seq();
+    alice.em.send(&join_raw(alice.em_id, seq, 3, b"jobs", &[]));
+    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
+    alice.em.expect_closed();
+}
+
+#[test]
+fn a_join_with_a_prefetch_byte_but_no_flag_is_malformed() {
+    let server = Server::start(&[]);
+    let mut alice = Member::new(&server, "alice");
+    let seq = alice.next_seq();
+    alice.em.send(&join_raw(alice.em_id, seq, 1, b"jobs", &[4]));
+    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
+    alice.em.expect_closed();
+}
+
+#[test]
+fn a_prefetch_on_an_ordinary_join_is_malformed() {
+    let server = Server::start(&[]);
+    let mut alice = Member::new(&server, "alice");
+    let seq = alice.next_seq();
+    alice.em.send(&join_raw(alice.em_id, seq, 2, b"ops", &[4]));
+    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
+    alice.em.expect_closed();
+}
+
+#[test]
+fn a_prefetch_join_of_an_ordinary_room_is_code_8() {
+    let server = Server::start(&[]);
+    let mut alice = Member::new(&server, "alice");
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    let mut bob = Member::new(&server, "bob");
+    bob.join_prefetch("ops", 4, |d, s| refused(d, s, 8));
+    // Nothing changed: bob was not made a member (his ordinary JOIN is
+    // the second member, not the third).
+    bob.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
 }

@@ -131,11 +131,16 @@ pub fn identify_named(
 }
 
 /// Opens an emitter paired with the named exhibitor `exhibitor` and sends
-/// JOIN for the room `relay` (a queue room when `queue`); returns the room
+/// JOIN for the room `relay` (a queue room when `queue` is Some, with that
+/// prefetch: a JOIN of prefetch 1 carries none); returns the room
 /// id from the ROOMACK. The emitter must outlive the run (its FLW or close
 /// would dismiss its exhibitor), so it is leaked: the process's exit
 /// closes it.
-pub fn join_room(addr: std::net::SocketAddr, exhibitor: u16, queue: bool) -> Result<u16, String> {
+pub fn join_room(
+    addr: std::net::SocketAddr,
+    exhibitor: u16,
+    queue: Option<u8>,
+) -> Result<u16, String> {
     let mut stream = crate::setup::connect(addr)?;
     let (code, _) = hello(&mut stream, "", b"")?;
     if code != 0 {
@@ -143,10 +148,15 @@ pub fn join_room(addr: std::net::SocketAddr, exhibitor: u16, queue: bool) -> Res
     }
     let (id, _) = identify(&mut stream, exhibitor, None)?;
     let name = b"relay";
+    // PROTOCOL.md, JOIN: flag 1 a queue, flag 2 a prefetch byte after the name.
+    let prefetch = queue.filter(|&p| p != 1);
+    let flags = u8::from(queue.is_some()) | if prefetch.is_some() { 2 } else { 0 };
     let mut join = header(JOIN, id, SERVER_ID, 1).to_vec();
-    join.extend_from_slice(&(2 + name.len() as u16).to_be_bytes());
-    join.extend_from_slice(&[u8::from(queue), name.len() as u8]);
+    let len = 2 + name.len() + usize::from(prefetch.is_some());
+    join.extend_from_slice(&(len as u16).to_be_bytes());
+    join.extend_from_slice(&[flags, name.len() as u8]);
     join.extend_from_slice(name);
+    join.extend(prefetch);
     stream.write_all(&join).map_err(|e| format!("JOIN: {e}"))?;
     let mut buf = Vec::new();
     read_until(&mut stream, &mut buf, |b| {

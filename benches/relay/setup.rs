@@ -30,6 +30,8 @@ pub struct Plan {
     pub exhibitors: usize,
     pub size: usize,
     pub sign_in: Option<evchat::SignIn>,
+    /// Queue mode: each member's prefetch (1: the JOIN carries none).
+    pub prefetch: u8,
 }
 
 impl Plan {
@@ -42,6 +44,7 @@ impl Plan {
             exhibitors: args.exhibitors,
             size: args.size,
             sign_in: args.sign_in.clone(),
+            prefetch: args.prefetch,
         }
     }
 
@@ -255,7 +258,8 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                 let name = format!("relay{i}");
                 let (id, rest) = evchat::identify_named(&mut stream, &name)?;
                 session.own_id = id;
-                room = evchat::join_room(plan.addr, id, plan.mode == Mode::Queue)?;
+                let queue = (plan.mode == Mode::Queue).then_some(plan.prefetch);
+                room = evchat::join_room(plan.addr, id, queue)?;
                 rest
             }
             Target::Evchat => {

@@ -6,8 +6,8 @@
 //! sequence of events on up to eight fake connections: a session opening
 //! (a HELLO accepted with one of a few names, some differing only in case,
 //! or none, or no HELLO at all; then OI as an exhibitor or as an emitter,
-//! paired or not), JOIN (ordinary or queue, of a few room names, one breaking
-//! the name rule), LEAVE, ROOMS, a MSG to a room, to a room id no room
+//! paired or not), JOIN (ordinary or queue, a queue's with or without a
+//! prefetch of 1 to 4, of a few room names, one breaking the name rule), LEAVE, ROOMS, a MSG to a room, to a room id no room
 //! holds, to everyone or to an exhibitor, an exhibitor acknowledging the
 //! oldest frame it holds (OK or ERRO), FLW, a disconnect, and time passing
 //! with or without a tick. A frame is fed to an emitter only while it
@@ -31,11 +31,13 @@
 //!   in;
 //! * a queue message is held by at most one member session at a time (held
 //!   from its delivery until that session acknowledges it, closes, or its
-//!   name leaves the room), and a session holds at most one message of a
-//!   queue room (prefetch 1);
+//!   name leaves the room), and a session is given a message of a queue
+//!   room only while it holds fewer than its name's prefetch there (the
+//!   last JOIN's, 1 without one);
 //! * memory stays bounded by the limits: rooms ≤ `max_rooms`, members ≤
 //!   `room_members`, and a queue room's waiting plus held messages ≤
-//!   `queue_depth` + the connections (one passed back by each at most).
+//!   `queue_depth` + the connections × the largest prefetch (what they may
+//!   pass back).
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -53,6 +55,8 @@ const CONNS: usize = 8;
 const NAMES: [&str; 4] = ["ann", "bob", "cy", "ANN"];
 /// Room names; the last breaks the name rule (the caller passes None).
 const ROOM_NAMES: [&str; 5] = ["ops", "OPS", "jobs", "q", "1bad"];
+/// The largest prefetch a JOIN asks for here (small, so it is reached).
+const MAX_PREFETCH: u8 = 4;
 
 // ---- the input ------------------------------------------------------------
 
@@ -93,6 +97,8 @@ enum Event {
         conn: u8,
         room: u8,
         queue: bool,
+        /// A queue JOIN's prefetch: 0 none (1), else 1 + this mod 4.
+        prefetch: u8,
     },
     Leave {
         conn: u8,
@@ -237,6 +243,8 @@ struct ModelRoom {
     key: String,
     queue: bool,
     members: BTreeSet<String>,
+    /// Each member name's prefetch (queue rooms; absent: 1).
+    prefetch: HashMap<String, u8>,
 }
 
 struct Harness {
@@ -246,9 +254,9 @@ struct Harness {
     conns: Vec<Conn>,
     rooms: BTreeMap<ClientId, ModelRoom>,
     /// Which session holds each queue message (by text), and what each
-    /// session holds, by room.
+    /// session holds, by room, in the order it was given them.
     holder: HashMap<Vec<u8>, ConnId>,
-    holding: HashMap<(ConnId, ClientId), Vec<u8>>,
+    holding: HashMap<(ConnId, ClientId), Vec<Vec<u8>>>,
     /// The connections the batch being checked closes.
     closing: BTreeSet<ConnId>,
     limits: RoomLimits,
@@ -324,16 +332,27 @@ impl Harness {
                 exhibitor,
                 pair,
             } => self.open(conn, opt_in, name, roles, exhibitor, pair),
-            Event::Join { conn, room, queue } => {
+            Event::Join {
+                conn,
+                room,
+                queue,
+                prefetch,
+            } => {
                 let Some(c) = self.opted_in_sender(conn) else {
                     return;
                 };
                 let name = ROOM_NAMES[usize::from(room) % ROOM_NAMES.len()];
                 let room = (name != "1bad").then_some(name);
-                let (code, id, members) = self.predict_join(c, queue, room);
+                // The codec lets a prefetch through on a queue JOIN only.
+                let prefetch = match prefetch {
+                    0 => 1,
+                    p if queue => 1 + p % MAX_PREFETCH,
+                    _ => 1,
+                };
+                let (code, id, members) = self.predict_join(c, queue, prefetch, room);
                 let header = self.request_header(c, 12, Request::Join(code, id, members));
                 self.router
-                    .join(c, header, queue, room, self.now, &mut self.out);
+                    .join(c, header, queue, prefetch, room, self.now, &mut self.out);
             }
             Event::Leave { conn, room } => {
                 let Some(c) = self.opted_in_sender(conn) else {
@@ -472,10 +491,10 @@ impl Harness {
             && self.holder.get(text) == Some(&c)
         {
             self.holder.remove(text);
-            self.holding.remove(&(c, *room));
+            self.unhold(c, *room, text);
         }
         let kind = if ok { Kind::Ok } else { Kind::Erro };
-        let frame = Frame::bare(kind, conn.id, held.origin, held.seq);
+        let frame = Frame::bare(kind, self.conns[c].id, held.origin, held.seq);
         self.router.on_frame(c, frame, self.now, &mut self.out);
     }
 
@@ -484,12 +503,24 @@ impl Harness {
         self.conns[c].live = false;
         self.conns[c].requests.clear();
         self.conns[c].unacked.clear();
-        self.holding.retain(|(conn, _), text| {
+        self.holding.retain(|(conn, _), texts| {
             if *conn == c {
-                self.holder.remove(text);
+                for text in texts.iter() {
+                    self.holder.remove(text);
+                }
             }
             *conn != c
         });
+    }
+
+    /// `c` no longer holds `text` of `room`.
+    fn unhold(&mut self, c: ConnId, room: ClientId, text: &[u8]) {
+        if let Some(texts) = self.holding.get_mut(&(c, room)) {
+            texts.retain(|t| t != text);
+            if texts.is_empty() {
+                self.holding.remove(&(c, room));
+            }
+        }
     }
 
     /// Checks what the router sent and files it.
@@ -561,7 +592,8 @@ impl Harness {
     }
 
     /// A room's MSG reached exhibitor `to`: it must be a member session; a
-    /// queue message must be free and `to` hold no other of its room.
+    /// queue message must be free and `to` hold fewer of its room than its
+    /// name's prefetch.
     fn room_delivery(&mut self, to: ConnId, frame: &Frame) -> Option<(ClientId, Vec<u8>)> {
         let room = frame.dest;
         assert!(
@@ -580,19 +612,26 @@ impl Harness {
         if !model.queue {
             return None;
         }
+        let prefetch = key
+            .as_ref()
+            .and_then(|k| model.prefetch.get(k))
+            .copied()
+            .unwrap_or(1);
         let text = frame.text().expect("a MSG").to_vec();
         if let Some(&other) = self.holder.get(&text) {
             assert!(
                 self.closing.contains(&other),
                 "queue message {text:?} to conn {to} while conn {other} holds it"
             );
-            self.holding.remove(&(other, room));
+            self.unhold(other, room, &text);
         }
-        if let Some(held) = self.holding.get(&(to, room)) {
-            panic!("conn {to} given {text:?} while holding {held:?} of room {room}");
-        }
+        let held = self.holding.entry((to, room)).or_default();
+        assert!(
+            held.len() < usize::from(prefetch),
+            "conn {to} given {text:?} while holding {held:?} of room {room} (prefetch {prefetch})"
+        );
+        held.push(text.clone());
         self.holder.insert(text.clone(), to);
-        self.holding.insert((to, room), text.clone());
         Some((room, text))
     }
 
@@ -636,7 +675,13 @@ impl Harness {
     /// What the router answers `c`'s JOIN (PROTOCOL.md's codes, checked in
     /// the router's order), applied to the model at once: the answer may
     /// wait behind the emitter's earlier replies, its effect does not.
-    fn predict_join(&mut self, c: ConnId, queue: bool, room: Option<&str>) -> (u8, ClientId, u16) {
+    fn predict_join(
+        &mut self,
+        c: ConnId,
+        queue: bool,
+        prefetch: u8,
+        room: Option<&str>,
+    ) -> (u8, ClientId, u16) {
         let Some(room) = room else { return (1, 0, 0) };
         let Some(member) = self.conns[c].name.clone() else {
             return (5, 0, 0);
@@ -660,7 +705,11 @@ impl Harness {
                     return (8, 0, 0);
                 }
                 if existing.members.contains(&member) {
-                    return (0, id, existing.members.len() as u16);
+                    let count = existing.members.len() as u16;
+                    // A JOIN again sets the prefetch afresh.
+                    let room = self.rooms.get_mut(&id).expect("found");
+                    room.prefetch.insert(member, prefetch);
+                    return (0, id, count);
                 }
                 if roles & ROLE_VIEW == 0 {
                     return (6, 0, 0);
@@ -691,12 +740,14 @@ impl Harness {
                     key,
                     queue,
                     members: BTreeSet::new(),
+                    prefetch: HashMap::new(),
                 };
                 self.rooms.insert(id, room);
                 id
             }
         };
         let room = self.rooms.get_mut(&id).expect("found or made");
+        room.prefetch.insert(member.clone(), prefetch);
         room.members.insert(member);
         (0, id, room.members.len() as u16)
     }
@@ -719,15 +770,18 @@ impl Harness {
         };
         let entry = self.rooms.get_mut(&id).expect("found");
         entry.members.remove(&member);
+        entry.prefetch.remove(&member);
         let left = entry.members.len() as u16;
         if left == 0 {
             self.rooms.remove(&id);
         }
         let sessions: Vec<ConnId> = (0..CONNS)
-            .filter(|&s| self.conns[s].live && self.conns[s].name.as_deref() == Some(member.as_str()))
+            .filter(|&s| {
+                self.conns[s].live && self.conns[s].name.as_deref() == Some(member.as_str())
+            })
             .collect();
         for s in sessions {
-            if let Some(text) = self.holding.remove(&(s, id)) {
+            for text in self.holding.remove(&(s, id)).unwrap_or_default() {
                 self.holder.remove(&text);
             }
         }
@@ -750,7 +804,7 @@ impl Harness {
                     .queue_load(*id)
                     .unwrap_or_else(|| panic!("room {id} is gone from the router"));
                 assert!(
-                    waiting + held <= self.limits.queue_depth + CONNS,
+                    waiting + held <= self.limits.queue_depth + CONNS * usize::from(MAX_PREFETCH),
                     "queue room {id}: {waiting} waiting + {held} held"
                 );
             }

@@ -68,8 +68,11 @@ pub const ROOMLIST: u16 = 16;
 pub const TELL: u16 = 17;
 /// WAITING's type field: the MSG after it waited for its addressee.
 pub const WAITING: u16 = 18;
-/// JOIN's and ROOMACK's flag for a queue room; no other flag is defined.
+/// JOIN's and ROOMACK's flag for a queue room.
 pub const FLAG_QUEUE: u8 = 1;
+/// JOIN's flag for "a prefetch byte follows the name" (queue rooms only;
+/// never in a ROOMACK). No other flag is defined.
+pub const FLAG_PREFETCH: u8 = 2;
 /// The longest room name a JOIN or LEAVE may carry (judged by the name
 /// rule within it, malformed beyond).
 pub const MAX_ROOM_NAME_LEN: usize = 64;
@@ -86,7 +89,7 @@ pub const MAX_SENT_NAME_LEN: usize = 24;
 pub const MAX_HELLO_BODY: usize = 4 + MAX_HELLO_NAME_LEN + MAX_SECRET_LEN;
 pub const MAX_HELLOACK_BODY: usize = 4 + MAX_SENT_NAME_LEN;
 pub const MAX_WHO_BODY: usize = 4 + MAX_SENT_NAME_LEN;
-pub const MAX_JOIN_BODY: usize = 2 + MAX_ROOM_NAME_LEN;
+pub const MAX_JOIN_BODY: usize = 3 + MAX_ROOM_NAME_LEN;
 pub const MAX_LEAVE_BODY: usize = 1 + MAX_ROOM_NAME_LEN;
 pub const MAX_ROOMACK_BODY: usize = 7 + MAX_SENT_NAME_LEN;
 /// TELL's L is only bounded by its u16; its NL is at most
@@ -251,8 +254,14 @@ pub struct Join {
     pub origin: ClientId,
     pub dest: ClientId,
     pub seq: u16,
+    /// [`FLAG_QUEUE`]; [`FLAG_PREFETCH`] is set on the wire exactly when
+    /// `prefetch` is Some, whatever this field says.
     pub flags: u8,
     pub name: Vec<u8>,
+    /// How many unacknowledged messages of a queue room each session of
+    /// the name may hold (1 ..= 255; None: 1, and the JOIN's bytes are the
+    /// ones without the flag).
+    pub prefetch: Option<u8>,
 }
 
 /// LEAVE: an emitter's name leaves a room.
@@ -457,18 +466,31 @@ impl ExtFrame {
                 })
             }
             JOIN => {
-                let [flags, nl, name @ ..] = body else {
+                let [flags, nl, rest @ ..] = body else {
                     return Err(bad());
                 };
-                if name.len() != *nl as usize || flags & !FLAG_QUEUE != 0 {
+                let (flags, nl) = (*flags, *nl as usize);
+                let with_prefetch = flags & FLAG_PREFETCH != 0;
+                // A prefetch is a queue's; 0 would hold nothing.
+                if flags & !(FLAG_QUEUE | FLAG_PREFETCH) != 0
+                    || (with_prefetch && flags & FLAG_QUEUE == 0)
+                    || nl > MAX_ROOM_NAME_LEN
+                    || rest.len() != nl + usize::from(with_prefetch)
+                {
+                    return Err(bad());
+                }
+                let (name, tail) = rest.split_at(nl);
+                let prefetch = tail.first().copied();
+                if prefetch == Some(0) {
                     return Err(bad());
                 }
                 ExtFrame::Join(Join {
                     origin,
                     dest,
                     seq,
-                    flags: *flags,
+                    flags,
                     name: name.to_vec(),
+                    prefetch,
                 })
             }
             LEAVE => {
@@ -575,7 +597,9 @@ impl ExtFrame {
             ExtFrame::HelloAck(a) => 4 + a.name.len().min(MAX_SENT_NAME_LEN),
             ExtFrame::Who(w) => 4 + w.name.len().min(MAX_SENT_NAME_LEN),
             ExtFrame::Kick(_) | ExtFrame::Rooms(_) => 0,
-            ExtFrame::Join(j) => 2 + j.name.len().min(MAX_ROOM_NAME_LEN),
+            ExtFrame::Join(j) => {
+                2 + j.name.len().min(MAX_ROOM_NAME_LEN) + usize::from(j.prefetch.is_some())
+            }
             ExtFrame::Leave(l) => 1 + l.name.len().min(MAX_ROOM_NAME_LEN),
             ExtFrame::RoomAck(a) => 7 + a.name.len().min(MAX_SENT_NAME_LEN),
             ExtFrame::RoomList(l) => 2 + listed(&l.rooms).map(|e| 6 + e.name.len()).sum::<usize>(),
@@ -686,8 +710,15 @@ impl super::Encode for ExtFrame {
             ExtFrame::Kick(_) | ExtFrame::Rooms(_) => {}
             ExtFrame::Join(j) => {
                 let name = &j.name[..j.name.len().min(MAX_ROOM_NAME_LEN)];
-                out.put_slice(&[j.flags, name.len() as u8]);
+                let flags = match j.prefetch {
+                    Some(_) => j.flags | FLAG_PREFETCH,
+                    None => j.flags & !FLAG_PREFETCH,
+                };
+                out.put_slice(&[flags, name.len() as u8]);
                 out.put_slice(name);
+                if let Some(prefetch) = j.prefetch {
+                    out.put_u8(prefetch);
+                }
             }
             ExtFrame::Leave(l) => {
                 let name = &l.name[..l.name.len().min(MAX_ROOM_NAME_LEN)];
@@ -857,6 +888,19 @@ mod tests {
                     seq: 4,
                     flags: 0,
                     name: b"ops".to_vec(),
+                    prefetch: None,
+                }),
+            ),
+            (
+                // JOIN from 1, seq 5: queue room "jobs", prefetch 64.
+                b"\x00\x0c\x00\x01\xff\xff\x00\x05\x00\x07\x03\x04jobs\x40",
+                ExtFrame::Join(Join {
+                    origin: 1,
+                    dest: 0xffff,
+                    seq: 5,
+                    flags: FLAG_QUEUE | FLAG_PREFETCH,
+                    name: b"jobs".to_vec(),
+                    prefetch: Some(64),
                 }),
             ),
             (
@@ -984,13 +1028,31 @@ mod tests {
 
     #[test]
     fn malformed_room_frames_are_refused() {
-        // JOIN announcing L = 67 (2 + 64 + 1): refused from the first ten bytes.
-        assert!(malformed(b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x43"));
-        // JOIN with L = 66 waits for its body (a 64-byte name is readable).
+        // JOIN announcing L = 68 (3 + 64 + 1): refused from the first ten bytes.
+        assert!(malformed(b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x44"));
+        // JOIN with L = 67 waits for its body (a 64-byte name and a prefetch).
         assert_eq!(
-            ExtFrame::parse(b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x42"),
+            ExtFrame::parse(b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x43"),
             Ok(None)
         );
+        // L = 67 without the prefetch flag: a 65-byte name, over the limit.
+        let mut long = b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x43\x01\x41".to_vec();
+        long.extend([b'a'; 65]);
+        assert!(malformed(&long));
+        // Prefetch 0; the prefetch flag without its byte; the prefetch flag
+        // on an ordinary room; a byte after the name without the flag.
+        assert!(malformed(
+            b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x06\x03\x03ops\x00"
+        ));
+        assert!(malformed(
+            b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x05\x03\x03ops"
+        ));
+        assert!(malformed(
+            b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x06\x02\x03ops\x05"
+        ));
+        assert!(malformed(
+            b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x06\x01\x03ops\x05"
+        ));
         // JOIN whose NL disagrees with L, and one with an unknown flag.
         assert!(malformed(
             b"\x00\x0c\x00\x01\xff\xff\x00\x04\x00\x05\x00\x04ops"

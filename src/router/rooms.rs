@@ -1,7 +1,8 @@
 //! Rooms and work queues (PROTOCOL.md, "Extension: rooms and queues"): which
 //! room each id names, which names are its members, which member sessions
 //! are online to receive it, and for a queue room the messages waiting and
-//! the one each member session holds (prefetch 1). Membership belongs to a
+//! those each member session holds (up to its name's prefetch, 1 unless
+//! its JOIN asked for more). Membership belongs to a
 //! name (lower case, as names are unique ignoring case), so it outlives the
 //! sessions that show the name. Like the rest of the router: no sockets,
 //! disk, clock or secrets; the room name it is handed was checked against
@@ -108,12 +109,19 @@ struct Room {
     online: Vec<ConnId>,
     /// Where the queue's next turn starts in `online`.
     cursor: usize,
-    /// The message each member session holds (queue rooms), by the
-    /// session's place in `online`: a turn scans no hash table.
-    holding: Vec<Option<Held>>,
-    /// How many of `holding` are held: when all are, a new message only
-    /// waits.
+    /// The messages each member session holds (queue rooms), oldest first,
+    /// by the session's place in `online`: a turn scans no hash table.
+    holding: Vec<VecDeque<Held>>,
+    /// How many messages each member session may hold (its name's
+    /// prefetch), by its place in `online`.
+    capacity: Vec<u8>,
+    /// How many messages `holding` holds in all.
     held: usize,
+    /// How many member sessions hold their capacity: when all do, a new
+    /// message only waits (no scan).
+    full: usize,
+    /// Member names that asked a prefetch other than 1 (queue rooms).
+    prefetch: HashMap<Box<str>, u8>,
     /// Messages waiting for a member session, oldest first (queue rooms).
     waiting: VecDeque<Queued>,
     /// What the room said lately, oldest first, numbered (ordinary rooms,
@@ -241,7 +249,10 @@ impl Router {
             online: Vec::new(),
             cursor: 0,
             holding: Vec::new(),
+            capacity: Vec::new(),
             held: 0,
+            full: 0,
+            prefetch: HashMap::new(),
             waiting: VecDeque::new(),
             kept: VecDeque::new(),
             kept_bytes: 0,
@@ -381,12 +392,17 @@ impl Router {
     }
 
     /// JOIN from `conn` (PROTOCOL.md, "Membership and messages"). `room`
-    /// is the room name if it follows the name rule (None: code 1).
+    /// is the room name if it follows the name rule (None: code 1);
+    /// `prefetch` is how many unacknowledged messages of a queue room each
+    /// session of the name may hold (1 when the JOIN carried none; the
+    /// codec refuses 0 and a prefetch on an ordinary JOIN).
+    #[allow(clippy::too_many_arguments)] // one per field of the request
     pub fn join(
         &mut self,
         conn: ConnId,
         header: Header,
         queue: bool,
+        prefetch: u8,
         room: Option<&str>,
         now: Instant,
         out: &mut impl Outbox,
@@ -394,8 +410,13 @@ impl Router {
         if !self.room_request_from(conn, header, now, out) {
             return;
         }
-        let answer = self.try_join(conn, queue, room, out);
+        let answer = self.try_join(conn, queue, prefetch.max(1), room, out);
+        let joined = answer.as_ref().ok().map(|&(id, ..)| id);
         self.answer_room_request(conn, header.seq, answer, now, out);
+        // Sessions online for the name may take waiting messages now.
+        if let Some(id) = joined {
+            self.dispatch_queue(id, now, out);
+        }
     }
 
     /// LEAVE from `conn`; `room` as for [`Router::join`].
@@ -488,6 +509,7 @@ impl Router {
         &mut self,
         conn: ConnId,
         queue: bool,
+        prefetch: u8,
         room: Option<&str>,
         out: &mut impl Outbox,
     ) -> Answer {
@@ -509,7 +531,10 @@ impl Router {
                     return Err(RoomCode::OtherKind);
                 }
                 if existing.members.contains(&member) {
-                    return Ok(room_answer(id, existing));
+                    // A JOIN again sets the name's prefetch afresh.
+                    let room = self.rooms.by_id.get_mut(&id).expect("found above");
+                    room.set_prefetch(&member, prefetch, &self.sessions);
+                    return Ok(room_answer(id, room));
                 }
                 if roles & ROLE_VIEW == 0 {
                     return Err(RoomCode::NotAllowed);
@@ -544,7 +569,10 @@ impl Router {
                         online: Vec::new(),
                         cursor: 0,
                         holding: Vec::new(),
+                        capacity: Vec::new(),
                         held: 0,
+                        full: 0,
+                        prefetch: HashMap::new(),
                         waiting: VecDeque::new(),
                         kept: VecDeque::new(),
                         kept_bytes: 0,
@@ -570,7 +598,11 @@ impl Router {
             entry.seen.insert(member.clone(), last);
         }
         entry.members.insert(member.clone());
-        entry.holding.extend(online.iter().map(|_| None));
+        if prefetch != 1 {
+            entry.prefetch.insert(member.clone(), prefetch);
+        }
+        entry.holding.extend(online.iter().map(|_| VecDeque::new()));
+        entry.capacity.extend(online.iter().map(|_| prefetch));
         let is_online = !online.is_empty();
         entry.online.extend(online);
         out.room_event(&RoomEvent::Joined {
@@ -606,6 +638,7 @@ impl Router {
             return Err(RoomCode::NotMember);
         }
         entry.seen.remove(&member);
+        entry.prefetch.remove(&member);
         out.room_event(&RoomEvent::Left {
             room: id,
             member: &member,
@@ -724,7 +757,9 @@ impl Router {
                         == Some(key.as_str())
                 });
                 room.online.push(conn);
-                room.holding.push(None);
+                room.holding.push(VecDeque::new());
+                room.capacity
+                    .push(room.prefetch.get(key.as_str()).copied().unwrap_or(1));
                 self.catch_up(id, conn, now, out);
                 if first {
                     out.room_event(&RoomEvent::Online {
@@ -924,11 +959,13 @@ impl Router {
         if room.cursor > at {
             room.cursor -= 1;
         }
-        if let Some(held) = room.holding.remove(at) {
-            debug!(conn, room = id, "queue message passed on");
-            room.held -= 1;
-            let due = held.msg.since + queue_wait;
-            room.waiting.push_front(held.msg);
+        if room.is_full(at) {
+            room.full -= 1;
+        }
+        room.capacity.remove(at);
+        let held = room.holding.remove(at);
+        if let Some(due) = room.pass_on(held, queue_wait) {
+            debug!(conn, room = id, "queue messages passed on");
             // Regression (tests/room_rules.rs): without it a message passed
             // on by a session closed at a tick waited past its bound, since
             // that tick had already taken the rooms' earliest deadline.
@@ -1008,12 +1045,12 @@ impl Router {
                 return;
             }
             let n = room.online.len();
-            if room.held == n {
+            if room.full == n {
                 return;
             }
             let free = (0..n).map(|i| (room.cursor + i) % n).find(|&at| {
                 let c = room.online[at];
-                room.holding[at].is_none()
+                !room.is_full(at)
                     && sessions
                         .get(c)
                         .and_then(Option::as_ref)
@@ -1028,8 +1065,11 @@ impl Router {
             let ticket = rooms.next_ticket;
             rooms.next_ticket += 1;
             let wire = msg.wire.clone();
-            room.holding[at] = Some(Held { ticket, msg });
+            room.holding[at].push_back(Held { ticket, msg });
             room.held += 1;
+            if room.is_full(at) {
+                room.full += 1;
+            }
             let (view, _) = FrameView::parse(&wire)
                 .ok()
                 .flatten()
@@ -1065,11 +1105,17 @@ impl Router {
         let Some(at) = room.online.iter().position(|&c| c == conn) else {
             return; // passed on already (the session left the room)
         };
-        if room.holding[at].as_ref().is_none_or(|h| h.ticket != ticket) {
+        // Rule 4 settles the oldest delivery first, so the ticket is the
+        // oldest held but one passed on and given to it again since.
+        let Some(place) = room.holding[at].iter().position(|h| h.ticket == ticket) else {
             return; // passed on already, and given to it again since
-        }
-        let held = room.holding[at].take().expect("checked above");
+        };
+        let was_full = room.is_full(at);
+        let held = room.holding[at].remove(place).expect("found above");
         room.held -= 1;
+        if was_full && !room.is_full(at) {
+            room.full -= 1;
+        }
         out.room_event(&RoomEvent::Settled {
             wait: held.msg.wait,
         });
@@ -1080,23 +1126,25 @@ impl Router {
     }
 
     /// A delivery of room `id` under `ticket` failed with `conn`'s end:
-    /// the message goes back to wait for the next member session.
+    /// every message the session holds of the room goes back to wait for
+    /// the next member session, in arrival order (the later deliveries of
+    /// the same end then find nothing left to pass on).
     pub(super) fn queue_dropped(&mut self, conn: ConnId, id: ClientId, ticket: u64) {
+        let queue_wait = self.rooms.limits.queue_wait;
         let Some(room) = self.rooms.by_id.get_mut(&id) else {
             return;
         };
         let Some(at) = room.online.iter().position(|&c| c == conn) else {
             return;
         };
-        if room.holding[at]
-            .as_ref()
-            .is_some_and(|h| h.ticket == ticket)
-        {
-            let held = room.holding[at].take().expect("checked above");
-            room.held -= 1;
-            let due = held.msg.since + self.rooms.limits.queue_wait;
-            room.waiting.push_front(held.msg);
-            self.note_deadline(due);
+        if room.holding[at].iter().any(|h| h.ticket == ticket) {
+            if room.is_full(at) {
+                room.full -= 1;
+            }
+            let held = std::mem::take(&mut room.holding[at]);
+            if let Some(due) = room.pass_on(held, queue_wait) {
+                self.note_deadline(due);
+            }
         }
     }
 
@@ -1156,9 +1204,17 @@ impl Router {
                 }
             }
             if room.holding.len() != room.online.len()
+                || room.capacity.len() != room.online.len()
                 || room.held != room.holding.iter().flatten().count()
+                || room.full
+                    != (0..room.online.len())
+                        .filter(|&at| room.is_full(at))
+                        .count()
             {
                 return Err(format!("room {id}: held messages miscounted"));
+            }
+            if room.capacity.contains(&0) {
+                return Err(format!("room {id}: a member session may hold nothing"));
             }
         }
         for (name, ids) in &rooms.of_name {
@@ -1167,6 +1223,52 @@ impl Router {
             }
         }
         Ok(())
+    }
+}
+
+impl Room {
+    /// Whether the member session at `at` in `online` holds as many
+    /// messages as it may.
+    fn is_full(&self, at: usize) -> bool {
+        self.holding[at].len() >= usize::from(self.capacity[at])
+    }
+
+    /// Messages a member session held go back to the front of the waiting
+    /// line, in the order they were given to it (at-least-once); returns
+    /// the earliest wait bound among them.
+    fn pass_on(&mut self, held: VecDeque<Held>, queue_wait: Duration) -> Option<Instant> {
+        let due = held.iter().map(|h| h.msg.since + queue_wait).min();
+        self.held -= held.len();
+        for held in held.into_iter().rev() {
+            self.waiting.push_front(held.msg);
+        }
+        due
+    }
+
+    /// Sets the prefetch of the member name `member` (1: the default) and
+    /// of its sessions online here.
+    fn set_prefetch(&mut self, member: &str, prefetch: u8, sessions: &[Option<Session>]) {
+        if prefetch == 1 {
+            self.prefetch.remove(member);
+        } else {
+            self.prefetch.insert(member.into(), prefetch);
+        }
+        for at in 0..self.online.len() {
+            let of_member = sessions
+                .get(self.online[at])
+                .and_then(Option::as_ref)
+                .and_then(member_key)
+                == Some(member);
+            if of_member {
+                let was_full = self.is_full(at);
+                self.capacity[at] = prefetch;
+                match (was_full, self.is_full(at)) {
+                    (true, false) => self.full -= 1,
+                    (false, true) => self.full += 1,
+                    _ => {}
+                }
+            }
+        }
     }
 }
 

@@ -235,9 +235,10 @@ impl Server {
                         let header = ExtFrame::Join(join.clone()).header();
                         let room = room_name(&join.name);
                         let queue = join.flags & FLAG_QUEUE != 0;
+                        let prefetch = join.prefetch.unwrap_or(1);
                         let room = room.as_ref().map(Name::as_str);
                         self.router
-                            .join(conn, header, queue, room, now, &mut self.wire);
+                            .join(conn, header, queue, prefetch, room, now, &mut self.wire);
                         ExtStep::Took(len)
                     }
                     Ok(Some((ExtFrame::Leave(leave), len))) => {

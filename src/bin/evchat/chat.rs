@@ -868,8 +868,12 @@ impl Chat {
                         Err(e) => self.reject(number, &e),
                     }
                 }
-                Ok(ChatLine::Join { room, queue }) => {
-                    let request = RoomRequest::Join { queue };
+                Ok(ChatLine::Join {
+                    room,
+                    queue,
+                    prefetch,
+                }) => {
+                    let request = RoomRequest::Join { queue, prefetch };
                     self.send_room(number, request, room);
                 }
                 Ok(ChatLine::LeaveRoom(room)) => {
@@ -929,12 +933,13 @@ impl Chat {
             Sent::Room { request, typed } => {
                 let name = typed.as_bytes().to_vec();
                 Outgoing::Ext(match *request {
-                    RoomRequest::Join { queue } => ExtFrame::Join(Join {
+                    RoomRequest::Join { queue, prefetch } => ExtFrame::Join(Join {
                         origin: id,
                         dest: SERVER_ID,
                         seq: 0,
                         flags: if queue { FLAG_QUEUE } else { 0 },
                         name,
+                        prefetch,
                     }),
                     RoomRequest::Leave => ExtFrame::Leave(Leave {
                         origin: id,

@@ -50,10 +50,13 @@ pub enum ChatLine {
     ListTo(Target),
     /// `/to ID`, `/to NAME`, `/to #room` or `/to all`.
     SetTarget(Addressee),
-    /// `/join #room`, `/join #room --queue`: the room's name, without `#`.
+    /// `/join #room`, `/join #room --queue [--prefetch N]`: the room's
+    /// name, without `#`, and the queue's prefetch (None: the JOIN carries
+    /// none, so 1).
     Join {
         room: String,
         queue: bool,
+        prefetch: Option<u8>,
     },
     /// `/leave #room`.
     LeaveRoom(String),
@@ -101,7 +104,8 @@ pub const HELP: &[&str] = &[
     "/to #room     talk to a room (its members see it; you need not be one)",
     "/msg ID text  one message to ID (or NAME, or #room), without changing the target",
     "/list         show who is connected, with their names",
-    "/join #room   join a room, creating it if it does not exist (--queue: a work queue)",
+    "/join #room   join a room, creating it if it does not exist (--queue: a work queue; \
+     --queue --prefetch N: hold up to N of its messages at once)",
     "/leave #room  leave a room",
     "/rooms        list the rooms, their kinds and member counts",
     "/help         this list",
@@ -220,14 +224,24 @@ fn parse_slash(line: &[u8]) -> Result<ChatLine, ChatError> {
                 .split_ascii_whitespace()
                 .map(str::to_string)
                 .collect();
-            let (room, queue) = match &words[..] {
-                [room] => (room, false),
-                [room, flag] if flag == "--queue" => (room, true),
+            const PREFETCH_USAGE: &str = "/join #room --queue --prefetch N (N in 1..=255)";
+            let (room, queue, prefetch) = match &words[..] {
+                [room] => (room, false, None),
+                [room, flag] if flag == "--queue" => (room, true, None),
+                [room, flag, option, n] if flag == "--queue" && option == "--prefetch" => {
+                    let n = n.parse::<u8>().ok().filter(|&n| n > 0);
+                    let n = n.ok_or(ChatError::RoomUsage(PREFETCH_USAGE))?;
+                    (room, true, Some(n))
+                }
+                _ if words.iter().any(|w| w == "--prefetch") => {
+                    return Err(ChatError::RoomUsage(PREFETCH_USAGE));
+                }
                 _ => return Err(ChatError::RoomUsage(USAGE)),
             };
             Ok(ChatLine::Join {
                 room: parse_room(room)?,
                 queue,
+                prefetch,
             })
         }
         "/leave" => {
@@ -323,14 +337,24 @@ mod tests {
             parse_chat_line(b"/join #ops"),
             Ok(ChatLine::Join {
                 room: "ops".into(),
-                queue: false
+                queue: false,
+                prefetch: None
             })
         );
         assert_eq!(
             parse_chat_line(b"/JOIN  #jobs  --queue "),
             Ok(ChatLine::Join {
                 room: "jobs".into(),
-                queue: true
+                queue: true,
+                prefetch: None
+            })
+        );
+        assert_eq!(
+            parse_chat_line(b"/join #jobs --queue --prefetch 64"),
+            Ok(ChatLine::Join {
+                room: "jobs".into(),
+                queue: true,
+                prefetch: Some(64)
             })
         );
         assert_eq!(
@@ -354,7 +378,8 @@ mod tests {
             parse_chat_line(b"/join #9lives"),
             Ok(ChatLine::Join {
                 room: "9lives".into(),
-                queue: false
+                queue: false,
+                prefetch: None
             })
         );
     }
@@ -365,6 +390,20 @@ mod tests {
         assert_eq!(parse_chat_line(b"/join"), usage);
         assert_eq!(parse_chat_line(b"/join #a #b"), usage);
         assert_eq!(parse_chat_line(b"/join #a --fast"), usage);
+        // A prefetch is a queue's, 1..=255, after --queue.
+        let prefetch = Err(ChatError::RoomUsage(
+            "/join #room --queue --prefetch N (N in 1..=255)",
+        ));
+        for line in [
+            &b"/join #a --queue --prefetch 0"[..],
+            b"/join #a --queue --prefetch 256",
+            b"/join #a --queue --prefetch x",
+            b"/join #a --queue --prefetch",
+            b"/join #a --prefetch 4",
+            b"/join #a --prefetch 4 --queue",
+        ] {
+            assert_eq!(parse_chat_line(line), prefetch, "{line:?}");
+        }
         assert_eq!(
             parse_chat_line(b"/leave"),
             Err(ChatError::RoomUsage("/leave #room"))

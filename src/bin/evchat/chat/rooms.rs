@@ -30,7 +30,11 @@ pub struct RoomBook {
 /// What a JOIN or LEAVE asked, to word its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoomRequest {
-    Join { queue: bool },
+    /// JOIN, of a queue room or not, with the prefetch it asks (None: 1).
+    Join {
+        queue: bool,
+        prefetch: Option<u8>,
+    },
     Leave,
 }
 
@@ -155,7 +159,7 @@ pub fn room_answer(request: RoomRequest, typed: &str, ack: &RoomAck) -> String {
         ),
         7 => format!("cannot create #{typed}: the server has as many rooms as it allows"),
         8 => match request {
-            RoomRequest::Join { queue: true } => {
+            RoomRequest::Join { queue: true, .. } => {
                 format!("#{typed} is an ordinary room, not a queue: /join #{typed} without --queue")
             }
             _ => format!("#{typed} is a queue room: /join #{typed} --queue"),
@@ -223,7 +227,10 @@ mod tests {
 
     #[test]
     fn every_roomack_code_is_a_sentence() {
-        let join = RoomRequest::Join { queue: false };
+        let join = RoomRequest::Join {
+            queue: false,
+            prefetch: None,
+        };
         let said = |code, request| room_answer(request, "ops", &ack(code, 0, 0, 0, ""));
         assert_eq!(
             room_answer(join, "ops", &ack(0, 0, 16384, 2, "Ops")),
@@ -242,7 +249,13 @@ mod tests {
             "you are not in #ops (or it does not exist)"
         );
         assert_eq!(
-            said(8, RoomRequest::Join { queue: true }),
+            said(
+                8,
+                RoomRequest::Join {
+                    queue: true,
+                    prefetch: None
+                }
+            ),
             "#ops is an ordinary room, not a queue: /join #ops without --queue"
         );
         assert_eq!(said(8, join), "#ops is a queue room: /join #ops --queue");

@@ -56,6 +56,7 @@ fn join_bytes(conn: &mut Conn, room: &str, flags: u8) -> Vec<u8> {
         seq,
         flags,
         name: room.as_bytes().to_vec(),
+        prefetch: None,
     })
     .to_bytes()
     .to_vec()
