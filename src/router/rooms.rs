@@ -242,23 +242,7 @@ impl Router {
         {
             return false;
         }
-        let mut room = Room {
-            name: recalled.name.into(),
-            queue: recalled.queue,
-            members: BTreeSet::new(),
-            online: Vec::new(),
-            cursor: 0,
-            holding: Vec::new(),
-            capacity: Vec::new(),
-            held: 0,
-            full: 0,
-            prefetch: HashMap::new(),
-            waiting: VecDeque::new(),
-            kept: VecDeque::new(),
-            kept_bytes: 0,
-            next_number: 0,
-            seen: HashMap::new(),
-        };
+        let mut room = Room::empty(recalled.name.into(), recalled.queue);
         let (keep, max_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
         if keep > 0 && !recalled.queue {
             for (number, origin, name, roles, text) in recalled.kept {
@@ -560,26 +544,7 @@ impl Router {
                     .pop_first()
                     .ok_or(RoomCode::ServerFull)?;
                 self.rooms.by_key.insert(key, id);
-                self.rooms.by_id.insert(
-                    id,
-                    Room {
-                        name: room.into(),
-                        queue,
-                        members: BTreeSet::new(),
-                        online: Vec::new(),
-                        cursor: 0,
-                        holding: Vec::new(),
-                        capacity: Vec::new(),
-                        held: 0,
-                        full: 0,
-                        prefetch: HashMap::new(),
-                        waiting: VecDeque::new(),
-                        kept: VecDeque::new(),
-                        kept_bytes: 0,
-                        next_number: 0,
-                        seen: HashMap::new(),
-                    },
-                );
+                self.rooms.by_id.insert(id, Room::empty(room.into(), queue));
                 info!(room = id, name = room, queue, "room created");
                 id
             }
@@ -1227,6 +1192,28 @@ impl Router {
 }
 
 impl Room {
+    /// A room with no members, messages or holds yet: made by a first JOIN
+    /// or rebuilt from the log.
+    fn empty(name: Box<str>, queue: bool) -> Room {
+        Room {
+            name,
+            queue,
+            members: BTreeSet::new(),
+            online: Vec::new(),
+            cursor: 0,
+            holding: Vec::new(),
+            capacity: Vec::new(),
+            held: 0,
+            full: 0,
+            prefetch: HashMap::new(),
+            waiting: VecDeque::new(),
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            next_number: 0,
+            seen: HashMap::new(),
+        }
+    }
+
     /// Whether the member session at `at` in `online` holds as many
     /// messages as it may.
     fn is_full(&self, at: usize) -> bool {
