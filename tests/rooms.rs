@@ -992,44 +992,37 @@ fn a_prefetch_member_disconnecting_with_3_held_passes_all_3_on_in_order() {
     w2_takes_the_three_over(&mut w2, &mut boss, boss_id);
 }
 
-#[test]
-fn a_join_with_prefetch_0_is_malformed() {
+/// A JOIN with `flags`, room `name` and `extra` bytes after it, from a
+/// fresh member: ERRO and the connection closed (rule 7).
+fn join_is_malformed(flags: u8, name: &[u8], extra: &[u8]) {
     let server = Server::start(&[]);
     let mut alice = Member::new(&server, "alice");
     let seq = alice.next_seq();
-    alice.em.send(&join_raw(alice.em_id, seq, 3, b"jobs", &[0]));
+    alice
+        .em
+        .send(&join_raw(alice.em_id, seq, flags, name, extra));
     expect_exact(&mut alice.em, &erro(alice.em_id, seq));
     alice.em.expect_closed();
+}
+
+#[test]
+fn a_join_with_prefetch_0_is_malformed() {
+    join_is_malformed(3, b"jobs", &[0]);
 }
 
 #[test]
 fn a_join_with_the_prefetch_flag_but_no_byte_is_malformed() {
-    let server = Server::start(&[]);
-    let mut alice = Member::new(&server, "alice");
-    let seq = alice.next_seq();
-    alice.em.send(&join_raw(alice.em_id, seq, 3, b"jobs", &[]));
-    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
-    alice.em.expect_closed();
+    join_is_malformed(3, b"jobs", &[]);
 }
 
 #[test]
 fn a_join_with_a_prefetch_byte_but_no_flag_is_malformed() {
-    let server = Server::start(&[]);
-    let mut alice = Member::new(&server, "alice");
-    let seq = alice.next_seq();
-    alice.em.send(&join_raw(alice.em_id, seq, 1, b"jobs", &[4]));
-    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
-    alice.em.expect_closed();
+    join_is_malformed(1, b"jobs", &[4]);
 }
 
 #[test]
 fn a_prefetch_on_an_ordinary_join_is_malformed() {
-    let server = Server::start(&[]);
-    let mut alice = Member::new(&server, "alice");
-    let seq = alice.next_seq();
-    alice.em.send(&join_raw(alice.em_id, seq, 2, b"ops", &[4]));
-    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
-    alice.em.expect_closed();
+    join_is_malformed(2, b"ops", &[4]);
 }
 
 #[test]
