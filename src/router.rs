@@ -2074,6 +2074,15 @@ impl Router {
         }
     }
 
+    /// Whether `target` needs no WHO about `id`: it is no teller, or was
+    /// found told of `id` in this epoch already ([`Router::tell_names`]'s
+    /// own first test, for a caller with one target and one sender).
+    #[inline(always)]
+    fn told_already(&self, target: ConnId, id: ClientId) -> bool {
+        self.session(target)
+            .is_some_and(|s| !s.teller || s.checked == (id, self.ids.epoch))
+    }
+
     /// Sends the opted-in exhibitor `target` WHO(id, roles, name), numbered
     /// and acknowledged like a CLIST, and notes it as told.
     fn tell(

@@ -16,8 +16,8 @@ use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
 };
 use crate::proto::{ClientId, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID};
-use bytes::{BufMut, Bytes, BytesMut};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -61,7 +61,7 @@ impl Default for RoomLimits {
 /// then, redeliveries included), and the number a history records it by.
 #[derive(Debug, Clone)]
 struct Queued {
-    wire: Bytes,
+    wire: Vec<u8>,
     request: Option<RequestRef>,
     since: Instant,
     wait: u64,
@@ -150,7 +150,7 @@ struct Said {
 #[derive(Debug)]
 pub(super) struct Rooms {
     limits: RoomLimits,
-    by_id: BTreeMap<ClientId, Room>,
+    by_id: RoomTable,
     /// Room ids by lower-case name.
     by_key: HashMap<Box<str>, ClientId>,
     /// The rooms each member name is in.
@@ -161,7 +161,17 @@ pub(super) struct Rooms {
     /// server keeps no history), and the output bytes they may take.
     keep: usize,
     keep_bytes: usize,
+    /// Buffers of settled queue messages, for the next ones to be copied
+    /// into (at most `SPARE_WIRES`, each of at most `SPARE_WIRE_BYTES`).
+    spare_wires: Vec<Vec<u8>>,
 }
+
+/// How many buffers of settled queue messages are kept for reuse, and the
+/// largest kept: as many as an emitter's window of short messages (a turn
+/// may read a whole window), together at most 256 KiB, so a burst of long
+/// messages leaves no large buffers behind.
+const SPARE_WIRES: usize = 1024;
+const SPARE_WIRE_BYTES: usize = 256;
 
 impl Rooms {
     pub(super) fn new(limits: RoomLimits) -> Rooms {
@@ -169,13 +179,23 @@ impl Rooms {
         let first = *ROOM_IDS.start();
         Rooms {
             limits,
-            by_id: BTreeMap::new(),
+            by_id: RoomTable::default(),
             by_key: HashMap::new(),
             of_name: HashMap::new(),
             free_ids: (first..first + max as ClientId).collect(),
             next_ticket: 0,
             keep: 0,
             keep_bytes: 0,
+            spare_wires: Vec::new(),
+        }
+    }
+
+    /// Keeps a settled queue message's buffer for the next one, if it is
+    /// small and the spares are not all there.
+    fn give_back(&mut self, mut wire: Vec<u8>) {
+        if wire.capacity() <= SPARE_WIRE_BYTES && self.spare_wires.len() < SPARE_WIRES {
+            wire.clear();
+            self.spare_wires.push(wire);
         }
     }
 
@@ -279,7 +299,7 @@ impl Router {
             let msg = Frame::msg(origin, recalled.id, seq, Bytes::from(text))
                 .expect("a recalled text fits a MSG");
             room.waiting.push_back(Queued {
-                wire: msg.to_bytes(),
+                wire: msg.to_bytes().to_vec(),
                 request: None,
                 since: now,
                 wait,
@@ -306,7 +326,7 @@ impl Router {
     /// them each member was sent, each queue message not acknowledged and
     /// each message waiting for a name.
     pub fn room_snapshot(&self, emit: &mut impl FnMut(&RoomEvent<'_>)) {
-        for (&id, room) in &self.rooms.by_id {
+        for (id, room) in self.rooms.by_id.iter() {
             for member in &room.members {
                 let online = room
                     .online
@@ -434,7 +454,7 @@ impl Router {
             .rooms
             .by_id
             .iter()
-            .map(|(&id, room)| RoomEntry {
+            .map(|(id, room)| RoomEntry {
                 room: id,
                 flags: if room.queue { FLAG_QUEUE } else { 0 },
                 members: room.members.len().min(u16::MAX as usize) as u16,
@@ -966,14 +986,16 @@ impl Router {
         let request = self.push_reply(conn, frame.seq, 1, false);
         let wait = self.next_wait;
         self.next_wait += 1;
-        // The MSG as it arrived, in one allocation.
+        // The MSG as it arrived, in a buffer a settled message gave back
+        // when there is one: a queue message costs no allocation then.
         let text = frame.text().unwrap_or_default();
-        let mut wire = BytesMut::with_capacity(HEADER_LEN + 2 + text.len());
+        let mut wire = self.rooms.spare_wires.pop().unwrap_or_default();
+        wire.reserve(HEADER_LEN + 2 + text.len());
         for field in [Kind::Msg as u16, frame.origin, frame.dest, frame.seq] {
-            wire.put_u16(field);
+            wire.extend_from_slice(&field.to_be_bytes());
         }
-        wire.put_u16(text.len() as u16);
-        wire.put_slice(text);
+        wire.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        wire.extend_from_slice(text);
         out.room_event(&RoomEvent::Waiting {
             wait,
             origin: frame.origin,
@@ -985,7 +1007,7 @@ impl Router {
             stored_ms: None,
         });
         let msg = Queued {
-            wire: wire.freeze(),
+            wire,
             request: Some(request),
             since: now,
             wait,
@@ -998,10 +1020,13 @@ impl Router {
 
     /// Gives waiting messages of room `id` to free member sessions, in turn.
     fn dispatch_queue(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
-        let deadline = now + self.limits.ack_timeout;
+        let mut deadline = None;
         loop {
             let Router {
-                rooms, sessions, ..
+                rooms,
+                sessions,
+                limits,
+                ..
             } = self;
             let Some(room) = rooms.by_id.get_mut(&id) else {
                 return;
@@ -1013,39 +1038,47 @@ impl Router {
             if room.full == n {
                 return;
             }
-            let free = (0..n).map(|i| (room.cursor + i) % n).find(|&at| {
-                let c = room.online[at];
-                !room.is_full(at)
-                    && sessions
-                        .get(c)
-                        .and_then(Option::as_ref)
-                        .is_some_and(|s| !s.leaving)
-            });
+            // The first free member session from the cursor on, round.
+            let free = (room.cursor..n)
+                .chain(0..room.cursor)
+                .find(|&at| room.is_free(at, sessions));
             let Some(at) = free else {
                 return;
             };
             let target = room.online[at];
-            room.cursor = (at + 1) % n;
-            let msg = room.waiting.pop_front().expect("checked non-empty");
+            room.cursor = if at + 1 == n { 0 } else { at + 1 };
+            let deadline = *deadline.get_or_insert_with(|| now + limits.ack_timeout);
             let ticket = rooms.next_ticket;
             rooms.next_ticket += 1;
-            let wire = msg.wire.clone();
+            let msg = room.waiting.pop_front().expect("checked non-empty");
+            let origin = u16::from_be_bytes([msg.wire[2], msg.wire[3]]);
+            if self.tellers > 0 && !self.told_already(target, origin) {
+                self.tell_names(&[target], &[origin], deadline, out);
+            }
+            // The message is held before it goes out, and goes out from
+            // where it is held: no copy of it is made.
+            let Router {
+                rooms, sessions, ..
+            } = self;
+            let room = rooms.by_id.get_mut(&id).expect("found above");
             room.holding[at].push_back(Held { ticket, msg });
             room.held += 1;
             if room.is_full(at) {
                 room.full += 1;
             }
-            let (view, _) = FrameView::parse(&wire)
+            let held = room.holding[at].back().expect("pushed above");
+            let (view, _) = FrameView::parse(&held.msg.wire)
                 .ok()
                 .flatten()
                 .expect("a queued MSG was a whole frame");
-            if self.tellers > 0 {
-                self.tell_names(&[target], &[view.origin], deadline, out);
-            }
             out.forward(&[target], &view);
-            let session = self.session_mut(target).expect("free sessions are live");
+            let seq = view.seq;
+            let session = sessions
+                .get_mut(target)
+                .and_then(Option::as_mut)
+                .expect("free sessions are live");
             session.awaiting_ack.push_back(Delivery {
-                seq: view.seq,
+                seq,
                 deadline,
                 purpose: Purpose::Queued { room: id, ticket },
             });
@@ -1076,7 +1109,12 @@ impl Router {
             return; // passed on already, and given to it again since
         };
         let was_full = room.is_full(at);
-        let held = room.holding[at].remove(place).expect("found above");
+        let held = if place == 0 {
+            room.holding[at].pop_front()
+        } else {
+            room.holding[at].remove(place)
+        };
+        let held = held.expect("found above");
         room.held -= 1;
         if was_full && !room.is_full(at) {
             room.full -= 1;
@@ -1084,6 +1122,7 @@ impl Router {
         out.room_event(&RoomEvent::Settled {
             wait: held.msg.wait,
         });
+        self.rooms.give_back(held.msg.wire);
         if let Some(request) = held.msg.request {
             self.settle(request, ok, now, out);
         }
@@ -1150,7 +1189,7 @@ impl Router {
         if rooms.by_id.len() != rooms.by_key.len() {
             return Err("rooms by id and by name disagree".into());
         }
-        for (&id, room) in &rooms.by_id {
+        for (id, room) in rooms.by_id.iter() {
             if room.members.is_empty() {
                 return Err(format!("room {id} has no member but exists"));
             }
@@ -1214,6 +1253,17 @@ impl Room {
         }
     }
 
+    /// Whether the member session at `at` in `online` may be given a
+    /// message: it holds fewer than it may, and is not leaving.
+    #[inline(always)]
+    fn is_free(&self, at: usize, sessions: &[Option<Session>]) -> bool {
+        !self.is_full(at)
+            && sessions
+                .get(self.online[at])
+                .and_then(Option::as_ref)
+                .is_some_and(|s| !s.leaving)
+    }
+
     /// Whether the member session at `at` in `online` holds as many
     /// messages as it may.
     fn is_full(&self, at: usize) -> bool {
@@ -1269,4 +1319,81 @@ fn room_answer(id: ClientId, room: &Room) -> (ClientId, u8, u16, Box<str>) {
 /// The member name (lower case) an opted-in exhibitor receives rooms for.
 fn member_key(session: &Session) -> Option<&str> {
     session.member_key()
+}
+
+/// Rooms by id: a slot per id of `ROOM_IDS` up to the highest in use, so a
+/// message to a room finds it by an index instead of a tree search. Room
+/// ids are handed out lowest first, so the slots stay dense, and there are
+/// at most `MAX_ROOMS_CEILING` of them.
+#[derive(Debug, Default)]
+struct RoomTable {
+    slots: Vec<Option<Box<Room>>>,
+    len: usize,
+}
+
+impl RoomTable {
+    fn slot(id: ClientId) -> Option<usize> {
+        id.checked_sub(*ROOM_IDS.start()).map(usize::from)
+    }
+
+    fn get(&self, id: &ClientId) -> Option<&Room> {
+        self.slots.get(Self::slot(*id)?)?.as_deref()
+    }
+
+    fn get_mut(&mut self, id: &ClientId) -> Option<&mut Room> {
+        self.slots.get_mut(Self::slot(*id)?)?.as_deref_mut()
+    }
+
+    fn insert(&mut self, id: ClientId, room: Room) {
+        let at = Self::slot(id).expect("a room id");
+        if at >= self.slots.len() {
+            self.slots.resize_with(at + 1, || None);
+        }
+        if self.slots[at].replace(Box::new(room)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, id: &ClientId) -> Option<Room> {
+        let room = self.slots.get_mut(Self::slot(*id)?)?.take()?;
+        self.len -= 1;
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+        }
+        Some(*room)
+    }
+
+    #[cfg(feature = "testing")]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The rooms in ascending order of id.
+    fn iter(&self) -> impl Iterator<Item = (ClientId, &Room)> {
+        let first = *ROOM_IDS.start();
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(at, room)| Some((first + at as ClientId, room.as_deref()?)))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Room> {
+        self.slots.iter().filter_map(Option::as_deref)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Room> {
+        self.slots.iter_mut().filter_map(Option::as_deref_mut)
+    }
+}
+
+impl std::ops::Index<&ClientId> for RoomTable {
+    type Output = Room;
+
+    fn index(&self, id: &ClientId) -> &Room {
+        self.get(id).expect("a room in the table")
+    }
 }
