@@ -65,7 +65,7 @@ impl Redis {
         Server::start(&args)
     }
 
-    fn client(&self) -> redis::Connection {
+    pub(crate) fn client(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
             .unwrap()
             .get_connection()

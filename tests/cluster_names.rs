@@ -292,3 +292,78 @@ fn one_accounts_file_signs_in_on_every_node() {
     let _second = pair(alice_ex).expect("Alice's own pairing");
     alice_a.expect_silence();
 }
+
+#[test]
+fn malformed_or_stray_name_news_is_dropped_and_names_stay_right() {
+    let redis = Redis::start("cnames-garbage");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let (mut eve, eve_id) = named(&a, b"eve", 0);
+    let mut plain_ex = a.raw();
+    let plain_ex_id = plain_ex.identify_exhibitor();
+    let (mut alice, alice_id) = named(&b, b"alice", 1);
+    let mut con = redis.client();
+    let b_node: u64 = redis::cmd("HGET")
+        .arg("evchat:owner")
+        .arg(alice_id)
+        .query(&mut con)
+        .unwrap();
+    // What alice's id shows, from a node that does not hold it (ignored),
+    // and in forms no node publishes (each dropped with a warning).
+    let stray = format!("={alice_id} {} 7 mallory", b_node + 1000);
+    let bad = [
+        format!("={alice_id} {b_node} 7 two words"),
+        format!("={alice_id} {b_node} 300 mallory"),
+        format!("={alice_id} {b_node} 7 1mallory"),
+        format!("={alice_id} {b_node} 7"),
+    ];
+    for change in std::iter::once(&stray).chain(&bad) {
+        let heard: i64 = redis::cmd("PUBLISH")
+            .arg("evchat:chg")
+            .arg(change)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(heard, 2, "{change}");
+    }
+    for node in [&a, &b] {
+        for _ in &bad {
+            node.proc
+                .stderr
+                .skip_until("a dropped change", TIMEOUT, |line| {
+                    line.contains("malformed change dropped")
+                });
+        }
+    }
+    // alice's first broadcast that reaches a: eve is told her own name.
+    // No exhibitor on b: until b hears of a's, the MSG has no target and
+    // gets ERRO; alice sends again until the plain exhibitor on a has it
+    // (polling both, with a deadline).
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seq = 1;
+    alice.send(&msg(alice_id, 0, seq, b"hi"));
+    let hi = loop {
+        if let Some(got) = plain_ex.try_frame() {
+            break got.expect("still connected");
+        }
+        if let Some(reply) = alice.try_frame() {
+            let refused = Frame::bare(Kind::Erro, SERVER_ID, alice_id, seq);
+            assert_eq!(reply.expect("still connected"), refused);
+            seq += 1;
+            alice.send(&msg(alice_id, 0, seq, b"hi"));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broadcast never reached node a"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(hi, Frame::msg(alice_id, 0, seq, b"hi".to_vec()).unwrap());
+    expect_exact(&mut eve, &who(eve_id, 0, alice_id, PLAIN, b"alice"));
+    expect_exact(&mut eve, &msg(alice_id, 0, seq, b"hi"));
+    eve.send(&header(1, eve_id, S, 0));
+    eve.send(&header(1, eve_id, alice_id, seq));
+    plain_ex.send(&header(1, plain_ex_id, alice_id, seq));
+    assert_eq!(
+        alice.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, alice_id, seq)
+    );
+}
