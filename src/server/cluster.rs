@@ -356,7 +356,7 @@ impl Server {
                 .submit(Request::ReleaseName { name })
                 .is_err()
             {
-                warn!("cluster: engine queue full; a name stays held until this node's lease ends");
+                warn!("cluster: engine queue full; a name stays held until this incarnation ends");
             }
         }
         for (claim, name) in name_claims {
