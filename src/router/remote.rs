@@ -408,11 +408,13 @@ impl Router {
     /// `node` is gone (its lease expired): its ids are forgotten and every
     /// request relayed to it fails.
     pub fn node_down(&mut self, node: NodeRef, now: Instant, out: &mut impl Outbox) {
-        for slot in &mut self.remote.owner {
+        for (slot, shows) in self.remote.owner.iter_mut().zip(&mut self.remote.shows) {
             if *slot == Some(node) {
                 *slot = None;
+                *shows = None;
             }
         }
+        self.ids.epoch += 1;
         self.remote.exhibitors.remove(&node);
         // Rule 6 across nodes: emitters here lose their exhibitor there;
         // exhibitors here whose emitter was there are dismissed.
