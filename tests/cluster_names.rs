@@ -369,6 +369,33 @@ fn malformed_or_stray_name_news_is_dropped_and_names_stay_right() {
     );
 }
 
+#[test]
+fn with_redis_gone_a_hello_naming_itself_is_refused_busy_and_one_without_a_name_is_accepted() {
+    let mut redis = Redis::start("cnames-engine-down");
+    // A long lease: the node is still serving (not fenced) while the test looks.
+    let a = redis.node_with("a", &["--cluster-lease", "30"]);
+    let (mut alice, _) = named(&a, b"alice", 0);
+    redis.proc.signal(libc::SIGKILL);
+    redis.proc.wait();
+    // A name cannot be claimed: code 6 (busy), and the connection closed,
+    // as an OI is refused (ERRO, close) while the engine is away.
+    let mut bob = a.raw();
+    assert_eq!(hello_code(&mut bob, b"bob"), 6);
+    bob.expect_closed();
+    let mut plain = a.raw();
+    plain.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+    assert_eq!(
+        plain.expect_frame(),
+        Frame::bare(Kind::Erro, SERVER_ID, 0, 0)
+    );
+    plain.expect_closed();
+    // No name, nothing to claim: opted in as on one node.
+    let mut anon = a.raw();
+    assert_eq!(hello_code(&mut anon, b""), 0);
+    // A session holding its name keeps it.
+    alice.expect_silence();
+}
+
 // ---- a deterministic simulation of names across nodes --------------------
 
 mod simulation {
