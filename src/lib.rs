@@ -40,8 +40,8 @@ pub mod testing {
         WebConfig,
     };
     pub use crate::router::{
-        CloseReason, ConnId, Outbox, PairNotice, REPLAY_FRAMING, ROOM_IDS, RoomLimits, Router,
-        Sender, TellLimits,
+        CloseReason, ConnId, NameAnswer, Outbox, PairNotice, REPLAY_FRAMING, ROOM_IDS, RoomLimits,
+        Router, Sender, TellLimits,
     };
     pub use crate::store::format::Record;
     pub use crate::store::log::{Log, Notice, Opened, Options};

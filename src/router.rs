@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 mod remote;
 mod rooms;
 mod waiting;
-pub use remote::{NodeRef, PairNotice};
+pub use remote::{NameAnswer, NodeRef, PairNotice};
 pub use rooms::{
     MAX_ROOMS_CEILING, ROOM_IDS, RecalledMessage, RecalledRoom, RoomLimits, is_room_id,
 };
@@ -92,6 +92,15 @@ pub trait Outbox {
     fn relay_ack(&mut self, _node: NodeRef, _relay: u64, _ok: bool) {}
     /// Several nodes: a notice for the other half of a pair, on `node`.
     fn pair_notice(&mut self, _node: NodeRef, _notice: PairNotice) {}
+    /// Several nodes: ask the engine for the name `name` (lower case) as
+    /// claim number `claim`; the answer comes back through
+    /// [`Router::name_claimed`].
+    fn claim_name(&mut self, _claim: u64, _name: &str) {}
+    /// Several nodes: this node no longer holds the name `name` (lower case).
+    fn release_name(&mut self, _name: &str) {}
+    /// Several nodes: the id `id` this node holds shows `name` and `roles`
+    /// (what the other nodes' WHO tell of it).
+    fn show_id(&mut self, _id: ClientId, _roles: u8, _name: Option<&str>) {}
 }
 
 /// What changed in the rooms or the waiting messages, for a history to
@@ -1288,7 +1297,7 @@ impl Router {
                 None => free.pop_first().ok_or("no emitter id free")?,
             };
             if wanted_exhibitor != 0 {
-                self.pair_emitter(conn, id, pair);
+                self.pair_emitter(conn, id, pair, out);
             }
             Ok(id)
         });
@@ -1420,11 +1429,18 @@ impl Router {
         if session.roles & needed != needed {
             return Err("the account lacks the role");
         }
-        if self.accounts_required
-            && is_exhibitor_id(wanted_exhibitor)
-            && let Some(ex) = self.ids.get(wanted_exhibitor)
-        {
-            let theirs = self.name(ex).map(str::to_ascii_lowercase);
+        if self.accounts_required && is_exhibitor_id(wanted_exhibitor) {
+            // Held here, or on another node that said whose it is (one it
+            // has not said of yet is refused: the account is not known).
+            let theirs = match self.ids.get(wanted_exhibitor) {
+                Some(ex) => self.name(ex),
+                None if self.remote_owner(wanted_exhibitor).is_some() => self
+                    .remote
+                    .shown(wanted_exhibitor)
+                    .and_then(|(name, _)| name),
+                None => return Ok(()), // no such exhibitor: refused below
+            };
+            let theirs = theirs.map(str::to_ascii_lowercase);
             if theirs != name.as_deref().map(str::to_ascii_lowercase) {
                 return Err("the exhibitor belongs to another account");
             }
@@ -1432,12 +1448,18 @@ impl Router {
         Ok(())
     }
 
-    fn pair_emitter(&mut self, conn: ConnId, id: ClientId, exhibitor: Option<ConnId>) {
+    fn pair_emitter(
+        &mut self,
+        conn: ConnId,
+        id: ClientId,
+        exhibitor: Option<ConnId>,
+        out: &mut impl Outbox,
+    ) {
         // The pair shares one name: the emitter takes its exhibitor's.
         if let Some(ex) = exhibitor {
             let name: Option<Box<str>> = self.name(ex).map(Into::into);
             if name.is_some() {
-                self.release_name(conn);
+                self.release_name(conn, out);
                 if let Some(session) = self.session_mut(conn) {
                     session.hello = Hello::Accepted { name };
                 }
@@ -1954,7 +1976,7 @@ impl Router {
     /// Drops `conn` and settles everything that depended on it. Returns its
     /// id (0 if it never identified), or None if it was already gone.
     fn forget(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) -> Option<ClientId> {
-        self.release_name(conn);
+        self.release_name(conn, out);
         let session = self.sessions.get_mut(conn).and_then(Option::take)?;
         if session.teller {
             self.tellers -= 1;
@@ -2046,11 +2068,14 @@ impl Router {
                 continue;
             }
             for &id in about {
-                let Some(holder) = self.ids.get(id).and_then(|c| self.session(c)) else {
+                // Held here, or by another node that said what it shows.
+                let holder = self.ids.get(id).and_then(|c| self.session(c));
+                let Some((shown, roles)) = holder
+                    .map(|h| (h.name(), h.roles))
+                    .or_else(|| self.remote.shown(id))
+                else {
                     continue;
                 };
-                let roles = holder.roles;
-                let shown = holder.name();
                 // Compared in place: what was told already costs no copy.
                 let known = self.session(target).and_then(|s| s.told.as_ref()?.get(&id));
                 if known.is_some_and(|(name, r)| name.as_deref() == shown && *r == roles) {
@@ -2118,8 +2143,9 @@ impl Router {
         self.note_deadline(deadline);
     }
 
-    /// Frees the name `conn` claimed, if it claimed one.
-    fn release_name(&mut self, conn: ConnId) {
+    /// Frees the name `conn` claimed, if it claimed one (with several
+    /// nodes, in the engine too).
+    fn release_name(&mut self, conn: ConnId, out: &mut impl Outbox) {
         if self.claimed.is_empty() {
             return;
         }
@@ -2127,6 +2153,9 @@ impl Router {
             let key: Box<str> = name.to_ascii_lowercase().into();
             if self.claimed.get(&key) == Some(&conn) {
                 self.claimed.remove(&key);
+                if self.remote.enabled {
+                    out.release_name(&key);
+                }
             }
         }
     }

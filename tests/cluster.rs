@@ -14,17 +14,18 @@ use std::time::{Duration, Instant};
 /// How long a killed node may hold its ids (the bound).
 const IDS_FREED_WITHIN: Duration = Duration::from_secs(10);
 
-/// A `redis-server` of the test's own, with no persistence.
-struct Redis {
+/// A `redis-server` of the test's own, with no persistence (shared with
+/// `cluster_names.rs`).
+pub(crate) struct Redis {
     /// Killed when the test ends (dropped), or by the test.
-    proc: Proc,
-    url: String,
+    pub(crate) proc: Proc,
+    pub(crate) url: String,
     _dir: TempDir,
     _port: ReservedPort,
 }
 
 impl Redis {
-    fn start(name: &str) -> Redis {
+    pub(crate) fn start(name: &str) -> Redis {
         let port = ReservedPort::new();
         let dir = TempDir::new(name);
         let port_arg = port.addr().port().to_string();
@@ -54,17 +55,17 @@ impl Redis {
         }
     }
 
-    fn node(&self, name: &str) -> Server {
+    pub(crate) fn node(&self, name: &str) -> Server {
         self.node_with(name, &[])
     }
 
-    fn node_with(&self, name: &str, extra: &[&str]) -> Server {
+    pub(crate) fn node_with(&self, name: &str, extra: &[&str]) -> Server {
         let mut args = vec!["--cluster", &self.url, "--node", name];
         args.extend_from_slice(extra);
         Server::start(&args)
     }
 
-    fn client(&self) -> redis::Connection {
+    pub(crate) fn client(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
             .unwrap()
             .get_connection()
@@ -96,7 +97,7 @@ fn deliver(emitter: &mut Raw, exhibitor: &mut Raw, frame: &Frame) -> Frame {
 }
 
 /// An exhibitor that answers every frame it receives with OK, echoing its seq.
-fn acknowledge(exhibitor: &mut Raw) -> Frame {
+pub(crate) fn acknowledge(exhibitor: &mut Raw) -> Frame {
     let frame = exhibitor.expect_frame();
     exhibitor.send_frame(&Frame::bare(Kind::Ok, frame.dest, SERVER_ID, frame.seq));
     frame

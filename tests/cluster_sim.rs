@@ -170,6 +170,8 @@ impl Node {
                 }
                 Event::Freed { id, node } if node != me => router.remote_freed(id, node),
                 Event::Held { .. } | Event::Freed { .. } => {}
+                // These clients send no HELLO: no names are claimed or shown.
+                Event::NameClaimed { .. } | Event::Shown { .. } => {}
                 Event::Down { node } => {
                     self.down.insert(node);
                     router.node_down(node, now, out);

@@ -13,6 +13,7 @@ mod chat_tell;
 mod check;
 mod cli;
 mod cluster;
+mod cluster_names;
 mod cluster_sim;
 mod codec;
 mod discovery;

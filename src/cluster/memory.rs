@@ -2,6 +2,8 @@
 //! [`MemoryHub`] that does what Redis does for the Redis engine (the id
 //! table, the channels), at once and in order, and can crash a node or
 //! fence it (its lease lost: reaped, then joined again as a new one).
+//! Names are claimed in it as in Redis: one holder system-wide, freed with
+//! their node.
 
 use super::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
@@ -18,6 +20,10 @@ pub struct MemoryHub {
 struct Hub {
     next_node: NodeId,
     owner: BTreeMap<ClientId, NodeId>,
+    /// Who holds each name (lower case).
+    names: HashMap<String, NodeId>,
+    /// What each held id shows: its roles and name.
+    shows: BTreeMap<ClientId, (u8, String)>,
     /// Each live node's undrained events and how it is woken.
     nodes: HashMap<NodeId, Inbox>,
 }
@@ -33,6 +39,28 @@ impl Hub {
             inbox.events.push(event);
             (inbox.wake)();
         }
+    }
+
+    /// `node` is gone: its ids, names and what they showed with it.
+    fn forget_node(&mut self, node: NodeId) {
+        let owner = &self.owner;
+        self.shows
+            .retain(|id, _| owner.get(id).is_some_and(|&n| n != node));
+        self.owner.retain(|_, n| *n != node);
+        self.names.retain(|_, n| *n != node);
+    }
+
+    /// The join events of `node`: the id table, then what each id shows.
+    fn joined(&self, node: NodeId) -> Vec<Event> {
+        let held = self.owner.iter().map(|(&id, &n)| (id, n)).collect();
+        let mut events = vec![Event::Joined { node, held }];
+        events.extend(self.shows.iter().map(|(&id, (roles, name))| Event::Shown {
+            id,
+            node: self.owner[&id],
+            roles: *roles,
+            name: name.clone(),
+        }));
+        events
     }
 
     fn tell_all(&mut self, event: &Event) {
@@ -53,11 +81,11 @@ impl MemoryHub {
         let mut hub = self.lock();
         hub.next_node += 1;
         let node = hub.next_node;
-        let held = hub.owner.iter().map(|(&id, &n)| (id, n)).collect();
+        let events = hub.joined(node);
         hub.nodes.insert(
             node,
             Inbox {
-                events: vec![Event::Joined { node, held }],
+                events,
                 wake: Arc::new(wake),
             },
         );
@@ -71,8 +99,13 @@ impl MemoryHub {
     pub fn crash(&self, node: NodeId) {
         let mut hub = self.lock();
         hub.nodes.remove(&node);
-        hub.owner.retain(|_, n| *n != node);
+        hub.forget_node(node);
         hub.tell_all(&Event::Down { node });
+    }
+
+    /// Which node holds the name `name` (lower case), if any.
+    pub fn name_holder(&self, name: &str) -> Option<NodeId> {
+        self.lock().names.get(name).copied()
     }
 
     /// Who holds `id`, if anyone.
@@ -106,18 +139,12 @@ impl MemoryEngine {
             return;
         };
         let old = self.node;
-        hub.owner.retain(|_, n| *n != old);
+        hub.forget_node(old);
         hub.tell_all(&Event::Down { node: old });
         hub.next_node += 1;
         self.node = hub.next_node;
-        let held = hub.owner.iter().map(|(&id, &n)| (id, n)).collect();
-        let events = vec![
-            Event::Fenced,
-            Event::Joined {
-                node: self.node,
-                held,
-            },
-        ];
+        let mut events = vec![Event::Fenced];
+        events.extend(hub.joined(self.node));
         (inbox.wake)();
         hub.nodes.insert(
             self.node,
@@ -152,9 +179,39 @@ impl Engine for MemoryEngine {
                 }
                 hub.tell(self.node, Event::Claimed { claim, id });
             }
+            Request::ClaimName { claim, name } => {
+                let won = !hub.names.contains_key(&name);
+                if won {
+                    hub.names.insert(name, self.node);
+                }
+                hub.tell(
+                    self.node,
+                    Event::NameClaimed {
+                        claim,
+                        won: Some(won),
+                    },
+                );
+            }
+            Request::ReleaseName { name } => {
+                if hub.names.get(&name) == Some(&self.node) {
+                    hub.names.remove(&name);
+                }
+            }
+            Request::Show { id, roles, name } => {
+                if hub.owner.get(&id) == Some(&self.node) {
+                    hub.shows.insert(id, (roles, name.clone()));
+                    hub.tell_all(&Event::Shown {
+                        id,
+                        node: self.node,
+                        roles,
+                        name,
+                    });
+                }
+            }
             Request::Release { id } => {
                 if hub.owner.get(&id) == Some(&self.node) {
                     hub.owner.remove(&id);
+                    hub.shows.remove(&id);
                     hub.tell_all(&Event::Freed {
                         id,
                         node: self.node,

@@ -26,6 +26,18 @@ pub enum Request {
     Claim { claim: u64, exhibitor: bool },
     /// This node no longer holds `id`.
     Release { id: ClientId },
+    /// Claim the name `name` (lower case) for a session of this node;
+    /// answered by [`Event::NameClaimed`] with `claim`.
+    ClaimName { claim: u64, name: String },
+    /// This node no longer holds the name `name` (lower case).
+    ReleaseName { name: String },
+    /// The id `id` this node holds shows `name` (empty: none) and `roles`
+    /// (what other nodes' WHO tell of it).
+    Show {
+        id: ClientId,
+        roles: u8,
+        name: String,
+    },
     /// One batch (see [`batch`]) for node `to`; `relays` are the relay
     /// numbers it carries, failed by [`Event::Unreachable`] if it cannot go.
     Publish {
@@ -47,8 +59,18 @@ pub enum Event {
     /// The answer to [`Request::Claim`] (None: the range is full, or the
     /// engine could not be asked).
     Claimed { claim: u64, id: Option<ClientId> },
+    /// The answer to [`Request::ClaimName`]: `Some(true)` won, `Some(false)`
+    /// held by another session, `None` the engine could not be asked.
+    NameClaimed { claim: u64, won: Option<bool> },
     /// `node` now holds `id`.
     Held { id: ClientId, node: NodeId },
+    /// `node`'s id `id` shows `name` (empty: none) and `roles`.
+    Shown {
+        id: ClientId,
+        node: NodeId,
+        roles: u8,
+        name: String,
+    },
     /// `node` no longer holds `id`.
     Freed { id: ClientId, node: NodeId },
     /// `node`'s lease expired and its ids were freed.

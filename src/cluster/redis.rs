@@ -8,7 +8,7 @@
 //! lease fences the incarnation and joins a new one; a lost subscription is
 //! made again, and the id table read again, while the lease holds.
 
-use super::scripts::{CLAIM, REAP, RELEASE};
+use super::scripts::{CLAIM, CLAIM_NAME, REAP, RELEASE, RELEASE_NAME, SHOW};
 use super::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
 use std::sync::Arc;
@@ -152,6 +152,8 @@ fn key(rest: &str) -> String {
 struct Incarnation {
     node: NodeId,
     held_key: String,
+    /// The names this incarnation holds (what its reaping frees).
+    names_key: String,
     lease_key: String,
     /// Stops this incarnation's subscriber thread.
     stop_subscriber: Arc<AtomicBool>,
@@ -176,6 +178,9 @@ struct Commands {
     claim: redis::Script,
     release: redis::Script,
     reap: redis::Script,
+    claim_name: redis::Script,
+    release_name: redis::Script,
+    show: redis::Script,
 }
 
 impl Commands {
@@ -194,6 +199,9 @@ impl Commands {
             claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
             reap: redis::Script::new(REAP),
+            claim_name: redis::Script::new(CLAIM_NAME),
+            release_name: redis::Script::new(RELEASE_NAME),
+            show: redis::Script::new(SHOW),
         }
     }
 
@@ -252,10 +260,13 @@ impl Commands {
     fn fail(&self, request: Request) -> bool {
         match request {
             Request::Claim { claim, .. } => self.tell.event(Event::Claimed { claim, id: None }),
+            Request::ClaimName { claim, .. } => {
+                self.tell.event(Event::NameClaimed { claim, won: None })
+            }
             Request::Publish { to, relays, .. } => {
                 self.tell.event(Event::Unreachable { node: to, relays })
             }
-            Request::Release { .. } => true,
+            Request::Release { .. } | Request::ReleaseName { .. } | Request::Show { .. } => true,
         }
     }
 
@@ -294,6 +305,7 @@ impl Commands {
         let incarnation = Incarnation {
             node,
             held_key: key(&format!("held:{node}")),
+            names_key: key(&format!("names:{node}")),
             lease_key,
             stop_subscriber: Arc::new(AtomicBool::new(false)),
             subscriber_lost: Arc::new(AtomicBool::new(false)),
@@ -303,25 +315,27 @@ impl Commands {
         Ok(incarnation)
     }
 
-    /// Subscribes, then reads the id table and hands it to the loop: at
-    /// join, and again after the subscription was lost.
+    /// Subscribes, then reads the id table and what each id shows and
+    /// hands them to the loop: at join, and again after the subscription
+    /// was lost.
     fn resync(&mut self, incarnation: &Incarnation) -> redis::RedisResult<()> {
-        let node = incarnation.node;
-        self.subscribe(incarnation)?;
-        // Read after subscribing: a change that races this read arrives
-        // after it, and the last word about an id wins.
-        let con = self.connection()?;
-        let owners: Vec<(ClientId, NodeId)> = redis::cmd("HGETALL").arg(key("owner")).query(con)?;
-        let held = owners.into_iter().filter(|&(_, n)| n != node).collect();
-        self.tell.event(Event::Joined { node, held });
-        Ok(())
+        self.subscribe(incarnation)
     }
 
-    /// Starts the incarnation's subscriber and waits until it listens.
+    /// Starts the incarnation's subscriber and waits until it listens and
+    /// has told the loop the table. The subscriber thread reads the table
+    /// itself, after subscribing and before the first change it hears: so
+    /// every change that raced the read reaches the loop after the table
+    /// (and the last word about an id wins), never before it, where the
+    /// table would overwrite it (found by `cluster_names.rs`).
     fn subscribe(&self, incarnation: &Incarnation) -> redis::RedisResult<()> {
         let mut con = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
         con.set_write_timeout(Some(CALL_TIMEOUT))?;
-        let channels = [key("chg"), key(&format!("node:{}", incarnation.node))];
+        let mut reader = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
+        reader.set_read_timeout(Some(CALL_TIMEOUT))?;
+        reader.set_write_timeout(Some(CALL_TIMEOUT))?;
+        let node = incarnation.node;
+        let channels = [key("chg"), key(&format!("node:{node}"))];
         let (ready_tx, ready) = sync_channel(1);
         let tell = self.tell.clone();
         let stop = incarnation.stop_subscriber.clone();
@@ -332,15 +346,23 @@ impl Commands {
                 let mut pubsub = con.as_pubsub();
                 let subscribed = pubsub
                     .subscribe(&channels[..])
-                    .and_then(|()| pubsub.set_read_timeout(Some(SUBSCRIBER_TICK)));
-                let ok = subscribed.is_ok();
-                let _ = ready_tx.send(subscribed);
-                if ok {
-                    listen(&mut pubsub, &channels[0], &tell, &stop, &lost);
+                    .and_then(|()| pubsub.set_read_timeout(Some(SUBSCRIBER_TICK)))
+                    .and_then(|()| read_table(&mut reader, node));
+                match subscribed {
+                    Ok(table) => {
+                        for event in table {
+                            tell.event(event);
+                        }
+                        let _ = ready_tx.send(Ok(()));
+                        listen(&mut pubsub, &channels[0], &tell, &stop, &lost);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
             })
             .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
-        match ready.recv_timeout(CALL_TIMEOUT) {
+        match ready.recv_timeout(CALL_TIMEOUT * 2) {
             Ok(result) => result,
             Err(_) => {
                 incarnation.stop_subscriber.store(true, Ordering::SeqCst);
@@ -421,6 +443,8 @@ impl Commands {
             .key(key("nodes"))
             .key(key("ids"))
             .key(key("owner"))
+            .key(key("who"))
+            .key(key("names"))
             .arg(PREFIX)
             .arg(key("chg"))
             .invoke(con)?;
@@ -455,6 +479,23 @@ impl Commands {
                     Err(e) => Err(e),
                 }
             }
+            Request::ClaimName { claim, name } => match self.claim_name(incarnation, name) {
+                Ok(-2) => {
+                    let claim = *claim;
+                    self.tell.event(Event::NameClaimed { claim, won: None });
+                    return Some(Ended::Fenced);
+                }
+                Ok(won) => {
+                    let event = Event::NameClaimed {
+                        claim: *claim,
+                        won: Some(won == 1),
+                    };
+                    return (!self.tell.event(event)).then_some(Ended::Stopped);
+                }
+                Err(e) => Err(e),
+            },
+            Request::ReleaseName { name } => self.release_name(incarnation, name),
+            Request::Show { id, roles, name } => self.show(incarnation, *id, *roles, name),
             Request::Release { id } => self.release(incarnation, *id),
             Request::Publish { to, batch, relays } => match self.publish(*to, batch) {
                 Ok(0) => {
@@ -506,8 +547,54 @@ impl Commands {
             .key(key("ids"))
             .key(key("owner"))
             .key(&incarnation.held_key)
+            .key(key("who"))
             .arg(id)
             .arg(incarnation.node)
+            .arg(key("chg"))
+            .invoke::<i64>(con)
+            .map(drop)
+    }
+
+    fn claim_name(&mut self, incarnation: &Incarnation, name: &str) -> redis::RedisResult<i64> {
+        let script = self.claim_name.clone();
+        let con = self.connection()?;
+        script
+            .key(key("names"))
+            .key(&incarnation.names_key)
+            .key(&incarnation.lease_key)
+            .arg(name)
+            .arg(incarnation.node)
+            .invoke(con)
+    }
+
+    fn release_name(&mut self, incarnation: &Incarnation, name: &str) -> redis::RedisResult<()> {
+        let script = self.release_name.clone();
+        let con = self.connection()?;
+        script
+            .key(key("names"))
+            .key(&incarnation.names_key)
+            .arg(name)
+            .arg(incarnation.node)
+            .invoke::<i64>(con)
+            .map(drop)
+    }
+
+    fn show(
+        &mut self,
+        incarnation: &Incarnation,
+        id: ClientId,
+        roles: u8,
+        name: &str,
+    ) -> redis::RedisResult<()> {
+        let script = self.show.clone();
+        let con = self.connection()?;
+        script
+            .key(key("owner"))
+            .key(key("who"))
+            .arg(id)
+            .arg(incarnation.node)
+            .arg(roles)
+            .arg(name)
             .arg(key("chg"))
             .invoke::<i64>(con)
             .map(drop)
@@ -535,6 +622,24 @@ impl Commands {
             info!(node = incarnation.node, "cluster: left");
         }
     }
+}
+
+/// The table as incarnation `node` joins with it: [`Event::Joined`] with
+/// every id another node holds, then an [`Event::Shown`] for each of them
+/// that has said what it shows.
+fn read_table(con: &mut redis::Connection, node: NodeId) -> redis::RedisResult<Vec<Event>> {
+    let owners: Vec<(ClientId, NodeId)> = redis::cmd("HGETALL").arg(key("owner")).query(con)?;
+    let shows: Vec<(ClientId, String)> = redis::cmd("HGETALL").arg(key("who")).query(con)?;
+    let holders: std::collections::HashMap<ClientId, NodeId> =
+        owners.iter().copied().filter(|&(_, n)| n != node).collect();
+    let held = owners.into_iter().filter(|&(_, n)| n != node).collect();
+    let mut events = vec![Event::Joined { node, held }];
+    // An id not in the table was freed between the two reads: skipped.
+    events.extend(shows.into_iter().filter_map(|(id, shown)| {
+        let &holder = holders.get(&id)?;
+        parse_shown(id, holder, &shown)
+    }));
+    Ok(events)
 }
 
 /// The subscriber's loop: changes and batches become events until `stop`.
@@ -577,13 +682,19 @@ fn listen(
     }
 }
 
-/// `+ID NODE`, `-ID NODE` or `down NODE`, as the scripts publish them.
+/// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME` or `down NODE`, as the
+/// scripts publish them.
 pub(super) fn parse_change(payload: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(payload).ok()?;
     if let Some(node) = text.strip_prefix("down ") {
         return Some(Event::Down {
             node: node.parse().ok()?,
         });
+    }
+    if let Some(rest) = text.strip_prefix('=') {
+        let (id, rest) = rest.split_once(' ')?;
+        let (node, shown) = rest.split_once(' ')?;
+        return parse_shown(id.parse().ok()?, node.parse().ok()?, shown);
     }
     let (sign, rest) = text.split_at_checked(1)?;
     let (id, node) = rest.split_once(' ')?;
@@ -599,6 +710,36 @@ pub(super) fn parse_change(payload: &[u8]) -> Option<Event> {
     }
 }
 
+/// `ROLES NAME` (NAME may be empty) as the show script keeps it: what
+/// `node`'s id `id` shows. A name that breaks the name rule is refused.
+fn parse_shown(id: ClientId, node: NodeId, shown: &str) -> Option<Event> {
+    let (roles, name) = shown.split_once(' ')?;
+    let roles: u8 = roles.parse().ok()?;
+    if !(name.is_empty() || follows_name_rule(name))
+        || !(EMITTER_IDS.contains(&id) || EXHIBITOR_IDS.contains(&id))
+    {
+        return None;
+    }
+    Some(Event::Shown {
+        id,
+        node,
+        roles,
+        name: name.to_string(),
+    })
+}
+
+/// PROTOCOL.md's name rule, `[A-Za-z][A-Za-z0-9_.-]{0,23}`, checked here
+/// (the cluster imports only the codec): a name from another node is
+/// handed on only if a HELLO could have claimed it.
+fn follows_name_rule(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() <= 24
+        && bytes.first().is_some_and(u8::is_ascii_alphabetic)
+        && bytes[1..]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,6 +752,24 @@ mod tests {
             Some(Event::Freed { id: 4096, node: 3 })
         );
         assert_eq!(parse_change(b"down 7"), Some(Event::Down { node: 7 }));
+        assert_eq!(
+            parse_change(b"=5 3 7 alice"),
+            Some(Event::Shown {
+                id: 5,
+                node: 3,
+                roles: 7,
+                name: "alice".into()
+            })
+        );
+        assert_eq!(
+            parse_change(b"=4097 3 1 "),
+            Some(Event::Shown {
+                id: 4097,
+                node: 3,
+                roles: 1,
+                name: String::new()
+            })
+        );
         for bad in [
             &b""[..],
             b"+",
@@ -621,6 +780,14 @@ mod tests {
             b"+5 x",
             b"down",
             b"\xff",
+            b"=5 3 7",
+            b"=5 3 x alice",
+            b"=5 3 256 alice",
+            b"=0 3 7 alice",
+            b"=5 3 7 al ice",
+            b"=5 3 7 9lives",
+            b"=5 3 7 abcdefghijklmnopqrstuvwxy",
+            b"=5 x 7 alice",
         ] {
             assert_eq!(parse_change(bad), None, "{bad:?}");
         }

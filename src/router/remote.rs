@@ -3,11 +3,14 @@
 //! waiting for an id the engine claims, the requests relayed to other
 //! nodes and awaiting their acknowledgement, and the relays from other
 //! nodes being delivered here, and the pairs whose emitter and exhibitor
-//! are on two nodes. It is handed routes and acknowledgements as
+//! are on two nodes, the names claimed in the engine and what each other
+//! node's id shows (for WHO). It is handed routes and acknowledgements as
 //! plain data and answers through the [`Outbox`]; it never sees the engine.
 //! Without a cluster none of it is allocated, and a request pays one branch.
 
-use super::{ConnId, Delivery, Outbox, Purpose, RequestRef, Role, Router, Session};
+use super::{
+    ConnId, Delivery, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session,
+};
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
@@ -81,6 +84,32 @@ struct PairWait {
     deadline: Instant,
 }
 
+/// A HELLO waiting for the engine's answer to its name claim.
+#[derive(Debug)]
+struct NameWait {
+    claim: u64,
+    seq: u16,
+    name: Box<str>,
+    roles: u8,
+}
+
+/// The engine's answer to a HELLO's name claim, for the loop to send as
+/// HELLOACK.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NameAnswer {
+    /// The name is the session's (code 0).
+    Accepted {
+        conn: ConnId,
+        seq: u16,
+        name: Box<str>,
+        roles: u8,
+    },
+    /// Another session, on this node or another, holds it (code 3).
+    Taken { conn: ConnId, seq: u16 },
+    /// The engine could not be asked: refused as an OI is (code 6, busy).
+    Failed { conn: ConnId, seq: u16 },
+}
+
 /// A relay from another node, being delivered to targets here.
 #[derive(Debug)]
 struct Received {
@@ -96,6 +125,17 @@ pub(super) struct Remote {
     pub(super) enabled: bool,
     /// Which other node holds each id (indexed by id; empty until enabled).
     owner: Vec<Option<NodeRef>>,
+    /// What each id another node holds shows: its roles and name (indexed
+    /// by id; None until that node says, or for ids held here).
+    shows: Vec<Option<(u8, Option<Box<str>>)>>,
+    /// HELLO name claims asked of the engine, by claim number: the
+    /// connection and the name's key (lower case). Kept until answered,
+    /// so that a name won for a connection since gone is released.
+    name_claims: HashMap<u64, (ConnId, Box<str>)>,
+    /// The HELLO each connection waits on: its claim number, seq, the
+    /// name as sent, and the roles it will hold.
+    naming: HashMap<ConnId, NameWait>,
+    next_name_claim: u64,
     /// How many exhibitor ids each other node holds: a broadcast goes to
     /// the nodes counted here.
     exhibitors: BTreeMap<NodeRef, u32>,
@@ -144,6 +184,7 @@ impl Remote {
     /// released, and the other half of a pair across nodes told (rule 6).
     pub(super) fn forget(&mut self, conn: ConnId, session: &Session, out: &mut impl Outbox) {
         self.claiming.remove(&conn);
+        self.naming.remove(&conn);
         if let Some(token) = self.pairing_conns.remove(&conn)
             && let Some(wait) = self.pairing.remove(&token)
         {
@@ -182,6 +223,8 @@ impl Remote {
         if let Some(old) = slot.replace(node) {
             self.uncount(id, old);
         }
+        // A new holder shows nothing until its node says what.
+        self.shows[usize::from(id)] = None;
         if is_exhibitor_id(id) {
             *self.exhibitors.entry(node).or_default() += 1;
         }
@@ -194,7 +237,15 @@ impl Remote {
         if *slot == Some(node) {
             *slot = None;
             self.uncount(id, node);
+            self.shows[usize::from(id)] = None;
         }
+    }
+
+    /// What the id `id`, held by another node, shows: its name and roles
+    /// (None: not known yet, or not held elsewhere).
+    pub(super) fn shown(&self, id: ClientId) -> Option<(Option<&str>, u8)> {
+        let (roles, name) = self.shows.get(usize::from(id))?.as_ref()?;
+        Some((name.as_deref(), *roles))
     }
 
     fn uncount(&mut self, id: ClientId, node: NodeRef) {
@@ -216,25 +267,121 @@ impl Router {
     pub fn enable_cluster(&mut self) {
         self.remote.enabled = true;
         self.remote.owner = vec![None; usize::from(*EXHIBITOR_IDS.end()) + 1];
+        self.remote.shows = vec![None; usize::from(*EXHIBITOR_IDS.end()) + 1];
     }
 
     /// The node (re)joined: `held` is every id other nodes hold.
     pub fn cluster_joined(&mut self, held: &[(ClientId, NodeRef)]) {
         self.remote.owner.fill(None);
+        self.remote.shows.fill(None);
         self.remote.exhibitors.clear();
         for &(id, node) in held {
             self.remote.hold(id, node);
         }
+        self.ids.epoch += 1;
     }
 
     /// Another node now holds `id`.
     pub fn remote_held(&mut self, id: ClientId, node: NodeRef) {
         self.remote.hold(id, node);
+        // What ids show is cached per epoch (WHO): a change moves it on.
+        self.ids.epoch += 1;
     }
 
     /// Another node no longer holds `id`.
     pub fn remote_freed(&mut self, id: ClientId, node: NodeRef) {
         self.remote.free(id, node);
+        self.ids.epoch += 1;
+    }
+
+    /// `node`'s id `id` shows `name` and `roles` (what WHO tells of it
+    /// here); ignored unless the replica has `node` holding `id`.
+    pub fn remote_shown(&mut self, id: ClientId, node: NodeRef, roles: u8, name: Option<&str>) {
+        if self.remote.owner_of(id) != Some(node) {
+            return;
+        }
+        self.remote.shows[usize::from(id)] = Some((roles, name.map(Into::into)));
+        self.ids.epoch += 1;
+    }
+
+    /// A HELLO from `conn` claims `name` for the session, with these
+    /// roles: with several nodes the engine decides (one holder in the
+    /// whole system), and until it answers the HELLO waits as an OI waits
+    /// for its id (input held). A name held here is refused at once.
+    pub fn claim_name(
+        &mut self,
+        conn: ConnId,
+        seq: u16,
+        name: &str,
+        roles: u8,
+        out: &mut impl Outbox,
+    ) -> Result<(), NameTaken> {
+        let key: Box<str> = name.to_ascii_lowercase().into();
+        if self.claimed.get(&key).is_some_and(|&holder| holder != conn) {
+            return Err(NameTaken);
+        }
+        let Some(session) = self.session_mut(conn) else {
+            return Ok(());
+        };
+        session.hello = Hello::Checking;
+        let claim = self.remote.next_name_claim;
+        self.remote.next_name_claim += 1;
+        out.claim_name(claim, &key);
+        self.remote.name_claims.insert(claim, (conn, key));
+        let wait = NameWait {
+            claim,
+            seq,
+            name: name.into(),
+            roles,
+        };
+        self.remote.naming.insert(conn, wait);
+        Ok(())
+    }
+
+    /// The engine answered name claim `claim` (`won`: None when it could
+    /// not be asked). Returns what the HELLO gets, or None when its
+    /// connection has gone (a name won for it is released).
+    pub fn name_claimed(
+        &mut self,
+        claim: u64,
+        won: Option<bool>,
+        out: &mut impl Outbox,
+    ) -> Option<NameAnswer> {
+        let (conn, key) = self.remote.name_claims.remove(&claim)?;
+        let current = self
+            .remote
+            .naming
+            .get(&conn)
+            .is_some_and(|wait| wait.claim == claim);
+        if !current {
+            if won == Some(true) {
+                out.release_name(&key);
+            }
+            return None;
+        }
+        let wait = self.remote.naming.remove(&conn).expect("found above");
+        let seq = wait.seq;
+        if won == Some(true) {
+            match self.hello_accepted(conn, Some(&wait.name), wait.roles, true, out) {
+                Ok(()) => {
+                    return Some(NameAnswer::Accepted {
+                        conn,
+                        seq,
+                        name: wait.name,
+                        roles: wait.roles,
+                    });
+                }
+                Err(NameTaken) => out.release_name(&key),
+            }
+        }
+        if let Some(session) = self.session_mut(conn) {
+            session.hello = Hello::Plain;
+        }
+        out.resume_input(conn);
+        Some(match won {
+            None => NameAnswer::Failed { conn, seq },
+            Some(_) => NameAnswer::Taken { conn, seq },
+        })
     }
 
     /// Which other node holds `id`, if one does.
@@ -261,11 +408,13 @@ impl Router {
     /// `node` is gone (its lease expired): its ids are forgotten and every
     /// request relayed to it fails.
     pub fn node_down(&mut self, node: NodeRef, now: Instant, out: &mut impl Outbox) {
-        for slot in &mut self.remote.owner {
+        for (slot, shows) in self.remote.owner.iter_mut().zip(&mut self.remote.shows) {
             if *slot == Some(node) {
                 *slot = None;
+                *shows = None;
             }
         }
+        self.ids.epoch += 1;
         self.remote.exhibitors.remove(&node);
         // Rule 6 across nodes: emitters here lose their exhibitor there;
         // exhibitors here whose emitter was there are dismissed.
@@ -377,7 +526,20 @@ impl Router {
             return false;
         };
         self.identify(conn, origin, seq, Some(id), now, out);
-        self.client_id(conn) == Some(id) || self.remote.pairing_conns.contains_key(&conn)
+        if self.client_id(conn) == Some(id) {
+            self.show(conn, out);
+            return true;
+        }
+        self.remote.pairing_conns.contains_key(&conn)
+    }
+
+    /// Tells the other nodes what `conn`'s id shows (its name and roles),
+    /// once it holds it: before its first request can be relayed, since
+    /// one engine connection carries both in order.
+    fn show(&self, conn: ConnId, out: &mut impl Outbox) {
+        if let Some(session) = self.session(conn) {
+            out.show_id(session.id, session.roles, session.name());
+        }
     }
 
     /// An emitter's OI names `exhibitor`, held by `node`: with its id
@@ -494,7 +656,7 @@ impl Router {
                 self.remote.pairing_conns.remove(&wait.conn);
                 let (conn, id) = (wait.conn, wait.emitter);
                 self.free_emitter_ids.remove(&id);
-                self.pair_emitter(conn, id, None);
+                self.pair_emitter(conn, id, None, out);
                 self.ids.insert(id, conn);
                 self.remote.paired_out.insert(conn, (from, wait.exhibitor));
                 info!(
@@ -506,6 +668,7 @@ impl Router {
                 );
                 out.resume_input(conn);
                 out.send(conn, &Frame::bare(Kind::Ok, SERVER_ID, id, wait.seq));
+                self.show(conn, out);
             }
             PairNotice::Dismiss { exhibitor, emitter } => {
                 if let Some(x) = self.unpair_in(from, exhibitor, emitter)
@@ -639,10 +802,18 @@ impl Router {
             },
         );
         let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
+        let deadline = now + self.limits.ack_timeout;
+        // WHO before a remote sender's first message, and before a CLIST
+        // for each id it carries, as for a local one.
+        if self.tellers > 0 {
+            let about = clist
+                .as_deref()
+                .unwrap_or(std::slice::from_ref(&frame.origin));
+            self.tell_names(&targets, about, deadline, out);
+        }
         if clist.is_none() {
             out.forward(&targets, frame);
         }
-        let deadline = now + self.limits.ack_timeout;
         for &target in &targets {
             let session = self.session_mut(target).expect("targets are live");
             let seq = match &clist {

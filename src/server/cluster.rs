@@ -47,6 +47,11 @@ pub(super) struct Outgoing {
     from: NodeId,
     claims: Vec<(ConnId, bool)>,
     releases: Vec<ClientId>,
+    /// HELLO names to claim (claim number, lower-case name) and to release.
+    name_claims: Vec<(u64, String)>,
+    name_releases: Vec<String>,
+    /// What ids this node now holds show: id, roles, name (empty: none).
+    shows: Vec<(ClientId, u8, String)>,
     batches: BTreeMap<NodeId, BatchWriter>,
     /// Batches that grew past [`batch::FLUSH_AT`] within the turn.
     full: Vec<(NodeId, BatchWriter)>,
@@ -59,6 +64,19 @@ impl Outgoing {
 
     pub(super) fn release(&mut self, id: ClientId) {
         self.releases.push(id);
+    }
+
+    pub(super) fn claim_name(&mut self, claim: u64, name: &str) {
+        self.name_claims.push((claim, name.to_string()));
+    }
+
+    pub(super) fn release_name(&mut self, name: &str) {
+        self.name_releases.push(name.to_string());
+    }
+
+    pub(super) fn show(&mut self, id: ClientId, roles: u8, name: Option<&str>) {
+        self.shows
+            .push((id, roles, name.unwrap_or_default().to_string()));
     }
 
     pub(super) fn relay(&mut self, node: NodeId, relay: u64, frame: &FrameView<'_>) {
@@ -106,6 +124,9 @@ impl Outgoing {
     fn is_empty(&self) -> bool {
         self.claims.is_empty()
             && self.releases.is_empty()
+            && self.name_claims.is_empty()
+            && self.name_releases.is_empty()
+            && self.shows.is_empty()
             && self.batches.is_empty()
             && self.full.is_empty()
     }
@@ -221,6 +242,21 @@ impl Server {
                 self.router.remote_freed(id, node);
             }
             Event::Held { .. } | Event::Freed { .. } => {}
+            Event::Shown {
+                id,
+                node,
+                roles,
+                name,
+            } if Some(node) != cluster.node => {
+                let name = (!name.is_empty()).then_some(name.as_str());
+                self.router.remote_shown(id, node, roles, name);
+            }
+            Event::Shown { .. } => {}
+            Event::NameClaimed { claim, won } => {
+                if let Some(answer) = self.router.name_claimed(claim, won, &mut self.wire) {
+                    self.name_answered(answer);
+                }
+            }
             Event::Down { node } => {
                 cluster.down.insert(node);
                 if Some(node) == cluster.node {
@@ -259,6 +295,10 @@ impl Server {
             outgoing.batches.clear();
             outgoing.full.clear();
             outgoing.releases.clear();
+            // The reap of the old incarnation frees its names and what its
+            // ids showed.
+            outgoing.name_releases.clear();
+            outgoing.shows.clear();
         }
     }
 
@@ -301,9 +341,36 @@ impl Server {
         };
         let claims = std::mem::take(&mut outgoing.claims);
         let releases = std::mem::take(&mut outgoing.releases);
+        let name_claims = std::mem::take(&mut outgoing.name_claims);
+        let name_releases = std::mem::take(&mut outgoing.name_releases);
+        let shows = std::mem::take(&mut outgoing.shows);
         let mut batches = std::mem::take(&mut outgoing.full);
         batches.extend(std::mem::take(&mut outgoing.batches));
         let now = self.wire.now;
+        // Releases before claims, so that a name given up and claimed again
+        // in one turn is free when the claim runs (one engine connection
+        // runs them in order).
+        for name in name_releases {
+            if cluster
+                .engine
+                .submit(Request::ReleaseName { name })
+                .is_err()
+            {
+                warn!("cluster: engine queue full; a name stays held until this incarnation ends");
+            }
+        }
+        for (claim, name) in name_claims {
+            if cluster
+                .engine
+                .submit(Request::ClaimName { claim, name })
+                .is_err()
+            {
+                warn!("cluster: engine queue full; HELLO refused");
+                if let Some(answer) = self.router.name_claimed(claim, None, &mut self.wire) {
+                    self.name_answered(answer);
+                }
+            }
+        }
         for (conn, exhibitor) in claims {
             let claim = cluster.next_claim;
             cluster.next_claim += 1;
@@ -324,6 +391,20 @@ impl Server {
                 warn!(
                     id,
                     "cluster: engine queue full; the id stays held until this node's lease ends"
+                );
+            }
+        }
+        // Before the batches: another node knows what an id shows before
+        // it relays the id's first request.
+        for (id, roles, name) in shows {
+            if cluster
+                .engine
+                .submit(Request::Show { id, roles, name })
+                .is_err()
+            {
+                warn!(
+                    id,
+                    "cluster: engine queue full; other nodes tell no name for the id"
                 );
             }
         }

@@ -18,7 +18,7 @@ use crate::proto::ext::{
     PLAIN_ROLES, ROOMS, TELL, VERSION,
 };
 use crate::proto::{Header, SERVER_ID};
-use crate::router::{ConnId, HelloPlace, NameTaken};
+use crate::router::{ConnId, HelloPlace, NameAnswer, NameTaken};
 use mio::Waker;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -350,8 +350,24 @@ impl Server {
     }
 
     /// Code 0 for `conn`, the router told; code 3 if the name is taken.
+    /// With several nodes a claimed name is asked of the engine first: the
+    /// HELLO waits for [`Server::name_answered`].
     fn accept(&mut self, conn: ConnId, seq: u16, name: Option<&Name>, roles: u8, claim: bool) {
         let shown = name.map(Name::as_str);
+        if claim
+            && self.wire.cluster.is_some()
+            && let Some(shown) = shown
+        {
+            if self
+                .router
+                .claim_name(conn, seq, shown, roles, &mut self.wire)
+                .is_err()
+            {
+                info!(conn, "HELLO's name is taken");
+                self.hello_ack(conn, seq, Code::NameTaken, 0, b"");
+            }
+            return;
+        }
         match self
             .router
             .hello_accepted(conn, shown, roles, claim, &mut self.wire)
@@ -363,6 +379,29 @@ impl Server {
             Err(NameTaken) => {
                 info!(conn, "HELLO's name is taken");
                 self.hello_ack(conn, seq, Code::NameTaken, 0, b"");
+            }
+        }
+    }
+
+    /// The engine answered a HELLO's name claim (several nodes).
+    pub(super) fn name_answered(&mut self, answer: NameAnswer) {
+        match answer {
+            NameAnswer::Accepted {
+                conn,
+                seq,
+                name,
+                roles,
+            } => self.hello_ack(conn, seq, Code::Accepted, roles, name.as_bytes()),
+            NameAnswer::Taken { conn, seq } => {
+                info!(conn, "HELLO's name is taken on another node");
+                self.hello_ack(conn, seq, Code::NameTaken, 0, b"");
+            }
+            NameAnswer::Failed { conn, seq } => {
+                warn!(
+                    conn,
+                    "HELLO refused: the name could not be claimed (cluster engine unavailable)"
+                );
+                self.hello_ack(conn, seq, Code::Busy, 0, b"");
             }
         }
     }

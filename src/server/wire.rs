@@ -346,4 +346,22 @@ impl Outbox for Wire {
             outgoing.pair_notice(node, notice);
         }
     }
+
+    fn claim_name(&mut self, claim: u64, name: &str) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.claim_name(claim, name);
+        }
+    }
+
+    fn release_name(&mut self, name: &str) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.release_name(name);
+        }
+    }
+
+    fn show_id(&mut self, id: ClientId, roles: u8, name: Option<&str>) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.show(id, roles, name);
+        }
+    }
 }
