@@ -851,14 +851,74 @@ impl Router {
     /// (written, synced if the server was asked to, or given up on after a
     /// disk error): the replies held for them go out, in request order
     /// (rule 4).
+    ///
+    /// The held replies of a turn mostly come in runs of one emitter's (at
+    /// 1:1, the whole turn): each run is counted down with one look-up of
+    /// the emitter and flushed once at its end, rather than settled one
+    /// by one (issue #26: this second count-down was a held reply's largest
+    /// cost in the router). What is sent is the same: replies go out from
+    /// the head of the emitter's queue, in request order, once settled.
     pub fn durable(&mut self, settled: u64, now: Instant, out: &mut impl Outbox) {
-        while let Some(&(number, request)) = self.awaiting_durable.front() {
+        while let Some(&(number, first)) = self.awaiting_durable.front() {
             if number >= settled {
                 break;
             }
             self.awaiting_durable.pop_front();
-            self.settle(request, false, now, out);
+            let head_settled = self.release_held_run(first, settled);
+            if head_settled {
+                self.flush_replies(first.emitter, now, out);
+            }
         }
+    }
+
+    /// Counts down `first` and the requests of the same emitter connection
+    /// that follow it in [`Router::awaiting_durable`] below `settled`
+    /// (popping them); whether the emitter's oldest reply is then due.
+    fn release_held_run(&mut self, first: RequestRef, settled: u64) -> bool {
+        let Router {
+            sessions,
+            awaiting_durable,
+            ..
+        } = self;
+        let same =
+            |r: &RequestRef| r.emitter == first.emitter && r.incarnation == first.incarnation;
+        let live = sessions
+            .get_mut(first.emitter)
+            .and_then(Option::as_mut)
+            .filter(|s| s.incarnation == first.incarnation);
+        let Some(Session {
+            role: Role::Emitter { replies, .. },
+            ..
+        }) = live
+        else {
+            // The emitter left (its replies went with it), or its ConnId
+            // names another connection now: drop the rest of its run.
+            while awaiting_durable
+                .front()
+                .is_some_and(|&(n, r)| n < settled && same(&r))
+            {
+                awaiting_durable.pop_front();
+            }
+            return false;
+        };
+        let mut request = first.request;
+        loop {
+            if let Some(reply) = replies
+                .front()
+                .and_then(|head| request.checked_sub(head.request))
+                .and_then(|index| replies.get_mut(index as usize))
+            {
+                reply.outstanding = reply.outstanding.saturating_sub(1);
+            }
+            match awaiting_durable.front() {
+                Some(&(n, r)) if n < settled && same(&r) => {
+                    awaiting_durable.pop_front();
+                    request = r.request;
+                }
+                _ => break,
+            }
+        }
+        replies.front().is_some_and(|head| head.outstanding == 0)
     }
 
     /// A new connection `conn` was accepted at `now`.
