@@ -961,7 +961,8 @@ mod history {
     }
 
     /// The held replies of a turn are released in runs of one emitter's
-    /// (issue #26): a run stops at another emitter's, a reply that still
+    /// (issue #26): a run stops at another emitter's and may be settled
+    /// part way, a reply that still
     /// waits for its exhibitor holds the ones behind it, and a held
     /// request of a connection that left never settles the next
     /// connection's on the same ConnId.
@@ -982,21 +983,32 @@ mod history {
         assert_eq!(s.feed(0, ok(4096, 1, 3)), [(1, ok(SERVER_ID, 1, 3))]);
         assert_eq!(s.durable(4), []);
 
+        // A run settled part way: the rest of it stays held.
+        for seq in 5..=7 {
+            s.feed(1, msg(1, 4096, seq, "run")); // records 4, 5, 6
+            s.feed(0, ok(4096, 1, seq));
+        }
+        assert_eq!(
+            s.durable(6),
+            [(1, ok(SERVER_ID, 1, 5)), (1, ok(SERVER_ID, 1, 6))]
+        );
+        assert_eq!(s.durable(7), [(1, ok(SERVER_ID, 1, 7))]);
+
         // Each connection's first request: the same place in its queue.
         s.join(3, 3);
-        s.feed(3, msg(3, 4096, 1, "gone")); // record 4
+        s.feed(3, msg(3, 4096, 1, "gone")); // record 7
         s.feed(0, ok(4096, 3, 1));
         s.router.disconnected(3, s.now, &mut s.out);
         s.join(3, 3);
-        s.feed(3, msg(3, 4096, 1, "again")); // record 5
-        s.feed(1, msg(1, 4096, 4, "e")); // record 6
+        s.feed(3, msg(3, 4096, 1, "again")); // record 8
+        s.feed(1, msg(1, 4096, 8, "e")); // record 9
         s.feed(0, ok(4096, 3, 1));
-        s.feed(0, ok(4096, 1, 4));
+        s.feed(0, ok(4096, 1, 8));
         s.out.sent.clear();
-        assert_eq!(s.durable(5), [], "record 4's connection is gone");
+        assert_eq!(s.durable(8), [], "record 7's connection is gone");
         assert_eq!(
-            s.durable(7),
-            [(3, ok(SERVER_ID, 3, 1)), (1, ok(SERVER_ID, 1, 4))]
+            s.durable(10),
+            [(3, ok(SERVER_ID, 3, 1)), (1, ok(SERVER_ID, 1, 8))]
         );
     }
 
