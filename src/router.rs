@@ -270,6 +270,16 @@ struct RequestRef {
     request: u64,
 }
 
+/// Replies held for history records: `count` consecutive requests of one
+/// emitter connection from `request` on, each waiting for one record, from
+/// `first_record` on. A turn's MSGs from one emitter make one run.
+#[derive(Debug, Clone, Copy)]
+struct HeldRun {
+    first_record: u64,
+    request: RequestRef,
+    count: u64,
+}
+
 /// A reply an emitter is owed, kept in request order (rule 4).
 #[derive(Debug)]
 struct PendingReply {
@@ -600,8 +610,8 @@ pub struct Router {
     /// The broadcasts a new exhibitor is sent first.
     replay: ReplayWindow,
     /// Requests whose reply waits for their history record to be durable,
-    /// by the number [`Outbox::accepted`] gave, ascending.
-    awaiting_durable: VecDeque<(u64, RequestRef)>,
+    /// by the number [`Outbox::accepted`] gave, ascending, in runs.
+    awaiting_durable: VecDeque<HeldRun>,
     /// `--auth`: an OI without an accepted HELLO is refused.
     accounts_required: bool,
     /// Names claimed by HELLO without accounts, by their lower-case key.
@@ -860,14 +870,77 @@ impl Router {
     /// (written, synced if the server was asked to, or given up on after a
     /// disk error): the replies held for them go out, in request order
     /// (rule 4).
+    ///
+    /// Held replies are kept in runs (see [`HeldRun`]): at 1:1 a turn's
+    /// are one run, counted down with one look-up of the emitter and a
+    /// walk over its queue, rather than settled one by one (issue #26:
+    /// this second count-down was a held reply's largest cost in the
+    /// router). What is sent is the same.
     pub fn durable(&mut self, settled: u64, now: Instant, out: &mut impl Outbox) {
-        while let Some(&(number, request)) = self.awaiting_durable.front() {
-            if number >= settled {
+        while let Some(run) = self.awaiting_durable.front_mut() {
+            if run.first_record >= settled {
                 break;
             }
-            self.awaiting_durable.pop_front();
-            self.settle(request, false, now, out);
+            let count = run.count.min(settled - run.first_record);
+            let first = run.request;
+            if count == run.count {
+                self.awaiting_durable.pop_front();
+            } else {
+                run.first_record += count;
+                run.request.request += count;
+                run.count -= count;
+            }
+            if self.release_held(first, count) {
+                self.flush_replies(first.emitter, now, out);
+            }
         }
+    }
+
+    /// Holds `request`'s reply until history record `number` is settled
+    /// (one more count on its outstanding targets, made by the caller).
+    fn hold_for_record(&mut self, number: u64, request: RequestRef) {
+        if let Some(run) = self.awaiting_durable.back_mut()
+            && run.first_record + run.count == number
+            && run.request.request + run.count == request.request
+            && run.request.emitter == request.emitter
+            && run.request.incarnation == request.incarnation
+        {
+            run.count += 1;
+            return;
+        }
+        self.awaiting_durable.push_back(HeldRun {
+            first_record: number,
+            request,
+            count: 1,
+        });
+    }
+
+    /// Counts down the `count` requests from `first` on, one connection's:
+    /// their records are settled. Whether the emitter's oldest reply is
+    /// then due.
+    fn release_held(&mut self, first: RequestRef, count: u64) -> bool {
+        let Some(session) = self.session_mut(first.emitter) else {
+            return false; // the emitter left; its replies went with it
+        };
+        if session.incarnation != first.incarnation {
+            return false; // ... and its ConnId now names another connection
+        }
+        let Role::Emitter { replies, .. } = &mut session.role else {
+            return false;
+        };
+        let Some(head) = replies.front().map(|r| r.request) else {
+            return false;
+        };
+        // Requests before the head were answered already (none is while
+        // its record is held); those past the end do not exist.
+        let from = first.request.max(head);
+        let to = (first.request + count).min(head + replies.len() as u64);
+        if from < to {
+            for reply in replies.range_mut((from - head) as usize..(to - head) as usize) {
+                reply.outstanding = reply.outstanding.saturating_sub(1);
+            }
+        }
+        replies.front().is_some_and(|r| r.outstanding == 0)
     }
 
     /// A new connection `conn` was accepted at `now`.
@@ -1641,7 +1714,7 @@ impl Router {
         let waits = (targets.len() + nodes) as u32 + u32::from(held.is_some());
         let request = self.push_reply(conn, frame.seq, waits, false);
         if let Some(number) = held {
-            self.awaiting_durable.push_back((number, request));
+            self.hold_for_record(number, request);
         }
         if accepted && frame.dest == 0 {
             let text = frame.text().unwrap_or_default();
@@ -1849,7 +1922,7 @@ impl Router {
     ) {
         let request = self.push_reply(conn, seq, u32::from(held.is_some()), false);
         if let Some(number) = held {
-            self.awaiting_durable.push_back((number, request));
+            self.hold_for_record(number, request);
         }
         if let Some(Role::Emitter { replies, .. }) = self.session_mut(conn).map(|s| &mut s.role)
             && let Some(last) = replies.back_mut()

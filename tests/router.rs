@@ -960,6 +960,58 @@ mod history {
         );
     }
 
+    /// The held replies of a turn are released in runs of one emitter's
+    /// (issue #26): a run stops at another emitter's and may be settled
+    /// part way, a reply that still
+    /// waits for its exhibitor holds the ones behind it, and a held
+    /// request of a connection that left never settles the next
+    /// connection's on the same ConnId.
+    #[test]
+    fn router_releases_runs_of_held_replies_per_emitter_and_connection() {
+        let mut s = Scene::new();
+        s.join(0, 0); // exhibitor 4096
+        s.join(1, 1);
+        s.join(2, 2);
+        s.feed(1, msg(1, 4096, 1, "a")); // record 0
+        s.feed(1, msg(1, 4096, 2, "b")); // record 1
+        s.feed(2, msg(2, 4096, 1, "c")); // record 2
+        s.feed(1, msg(1, 4096, 3, "d")); // record 3
+        s.feed(0, ok(4096, 1, 1));
+        assert_eq!(s.durable(4), [(1, ok(SERVER_ID, 1, 1))]);
+        assert_eq!(s.feed(0, ok(4096, 1, 2)), [(1, ok(SERVER_ID, 1, 2))]);
+        assert_eq!(s.feed(0, ok(4096, 2, 1)), [(2, ok(SERVER_ID, 2, 1))]);
+        assert_eq!(s.feed(0, ok(4096, 1, 3)), [(1, ok(SERVER_ID, 1, 3))]);
+        assert_eq!(s.durable(4), []);
+
+        // A run settled part way: the rest of it stays held.
+        for seq in 5..=7 {
+            s.feed(1, msg(1, 4096, seq, "run")); // records 4, 5, 6
+            s.feed(0, ok(4096, 1, seq));
+        }
+        assert_eq!(
+            s.durable(6),
+            [(1, ok(SERVER_ID, 1, 5)), (1, ok(SERVER_ID, 1, 6))]
+        );
+        assert_eq!(s.durable(7), [(1, ok(SERVER_ID, 1, 7))]);
+
+        // Each connection's first request: the same place in its queue.
+        s.join(3, 3);
+        s.feed(3, msg(3, 4096, 1, "gone")); // record 7
+        s.feed(0, ok(4096, 3, 1));
+        s.router.disconnected(3, s.now, &mut s.out);
+        s.join(3, 3);
+        s.feed(3, msg(3, 4096, 1, "again")); // record 8
+        s.feed(1, msg(1, 4096, 8, "e")); // record 9
+        s.feed(0, ok(4096, 3, 1));
+        s.feed(0, ok(4096, 1, 8));
+        s.out.sent.clear();
+        assert_eq!(s.durable(8), [], "record 7's connection is gone");
+        assert_eq!(
+            s.durable(10),
+            [(3, ok(SERVER_ID, 3, 1)), (1, ok(SERVER_ID, 1, 8))]
+        );
+    }
+
     #[test]
     fn router_replay_keeps_only_what_fits_its_byte_cap() {
         let mut s = Scene::new();

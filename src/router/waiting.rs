@@ -251,7 +251,7 @@ impl Router {
         let waits = targets.len() as u32 + u32::from(held.is_some());
         let request = self.push_reply(conn, header.seq, waits, false);
         if let Some(number) = held {
-            self.awaiting_durable.push_back((number, request));
+            self.hold_for_record(number, request);
         }
         let deadline = now + self.limits.ack_timeout;
         if self.tellers > 0 {

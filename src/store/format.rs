@@ -199,6 +199,23 @@ pub fn encode_record_v1(out: &mut Vec<u8>, time_ms: u64, origin: u16, dest: u16,
 /// in one each: a record is encoded once per message, so what it costs is
 /// per message (issue #26). A message with no name pays one byte for it.
 pub fn encode_unsealed(out: &mut Vec<u8>, record: &RecordView<'_>) {
+    assert!(
+        record.text.len() <= MAX_TEXT_LEN,
+        "record text over 65535 bytes"
+    );
+    assert!(
+        record.name.len() <= MAX_NAME_LEN,
+        "record name over 24 bytes"
+    );
+    encode_kept_unsealed(out, record);
+}
+
+/// [`encode_unsealed`] for a record the caller has checked (the writer,
+/// which cuts what the format cannot keep): inlined into it, so that a
+/// message's record is encoded with no call and no check made twice
+/// (issue #26).
+#[inline(always)]
+pub(crate) fn encode_kept_unsealed(out: &mut Vec<u8>, record: &RecordView<'_>) {
     let &RecordView {
         time_ms,
         origin,
@@ -207,9 +224,8 @@ pub fn encode_unsealed(out: &mut Vec<u8>, record: &RecordView<'_>) {
         name,
         text,
     } = record;
-    assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
-    assert!(name.len() <= MAX_NAME_LEN, "record name over 24 bytes");
-    debug_assert!(is_printable(name.as_bytes()), "record name not printable");
+    debug_assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
+    debug_assert!(keepable_name(name), "record name not keepable");
     let body_len = (BODY_FIXED_LEN + name.len() + text.len()) as u32;
     let mut header = [0u8; RECORD_HEADER_LEN + BODY_FIXED_LEN];
     header[4..8].copy_from_slice(&body_len.to_be_bytes());

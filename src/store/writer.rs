@@ -33,7 +33,7 @@
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
 //! write fails with `EFBIG` and is handled like a full disk.
 
-use super::format::{RecordView, encode_unsealed, keepable_name, seal_records};
+use super::format::{RecordView, encode_kept_unsealed, keepable_name, seal_records};
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
 use super::rooms::{ROOM_RECORD_DEST, RoomRecord};
 use crate::proto::MAX_TEXT_LEN;
@@ -201,7 +201,7 @@ impl Writer {
             "a message record to 65535 would read as a room record"
         );
         if record.text.len() <= MAX_TEXT_LEN && keepable_name(record.name) {
-            encode_unsealed(&mut self.batch, record);
+            encode_kept_unsealed(&mut self.batch, record);
         } else {
             debug_assert!(
                 keepable_name(record.name),
@@ -218,7 +218,7 @@ impl Writer {
                 name,
                 ..*record
             };
-            encode_unsealed(&mut self.batch, &kept);
+            encode_kept_unsealed(&mut self.batch, &kept);
         }
         self.batch_records += 1;
         let ticket = self.next_ticket;
