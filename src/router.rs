@@ -21,6 +21,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod pair_retry;
 mod remote;
 mod rooms;
 mod waiting;

@@ -252,9 +252,11 @@ impl Commands {
     fn fail(&self, request: Request) -> bool {
         match request {
             Request::Claim { claim, .. } => self.tell.event(Event::Claimed { claim, id: None }),
-            Request::Publish { to, relays, .. } => {
-                self.tell.event(Event::Unreachable { node: to, relays })
-            }
+            Request::Publish { to, relays, batch } => self.tell.event(Event::Unreachable {
+                node: to,
+                relays,
+                batch,
+            }),
             Request::Release { .. } => true,
         }
     }
@@ -456,14 +458,10 @@ impl Commands {
                 }
             }
             Request::Release { id } => self.release(incarnation, *id),
-            Request::Publish { to, batch, relays } => match self.publish(*to, batch) {
+            Request::Publish { to, batch, .. } => match self.publish(*to, batch) {
                 Ok(0) => {
                     debug!(node = to, "cluster: batch reached no subscriber");
-                    let event = Event::Unreachable {
-                        node: *to,
-                        relays: relays.clone(),
-                    };
-                    return (!self.tell.event(event)).then_some(Ended::Stopped);
+                    return (!self.fail(request)).then_some(Ended::Stopped);
                 }
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),

@@ -7,6 +7,7 @@
 //! plain data and answers through the [`Outbox`]; it never sees the engine.
 //! Without a cluster none of it is allocated, and a request pays one branch.
 
+use super::pair_retry::PairRetries;
 use super::{ConnId, Delivery, Outbox, Purpose, RequestRef, Role, Router, Session};
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
@@ -42,7 +43,7 @@ enum SentFor {
 
 /// A notice between the two halves of a pair on two nodes (CLUSTER.md,
 /// "Pairs across nodes"); the loop carries it in a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PairNotice {
     /// My emitter `emitter` asks to pair with your `exhibitor`.
     Pair {
@@ -122,6 +123,8 @@ pub(super) struct Remote {
     pairing: HashMap<u64, PairWait>,
     pairing_conns: HashMap<ConnId, u64>,
     next_token: u64,
+    /// Pair notices the engine could not carry, to be sent again.
+    pub(super) retries: PairRetries,
 }
 
 impl Remote {
@@ -168,7 +171,18 @@ impl Remote {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let relays = self.sent.first_key_value().map(|(_, sent)| sent.deadline);
         let pairs = self.pairing.values().map(|wait| wait.deadline).min();
-        relays.into_iter().chain(pairs).min()
+        let retries = self.retries.next_due();
+        relays.into_iter().chain(pairs).chain(retries).min()
+    }
+
+    /// Whether a pair notice that failed is still worth sending: a PAIR
+    /// only while its OI still waits for the answer; the others always
+    /// (each is idempotent, and moot only once its node is gone).
+    pub(super) fn pair_notice_matters(&self, notice: &PairNotice) -> bool {
+        match notice {
+            PairNotice::Pair { token, .. } => self.pairing.contains_key(token),
+            _ => true,
+        }
     }
 
     fn owner_of(&self, id: ClientId) -> Option<NodeRef> {
@@ -267,6 +281,7 @@ impl Router {
             }
         }
         self.remote.exhibitors.remove(&node);
+        self.remote.retries.forget_node(node);
         // Rule 6 across nodes: emitters here lose their exhibitor there;
         // exhibitors here whose emitter was there are dismissed.
         self.remote.paired_out.retain(|_, (n, _)| *n != node);
@@ -342,6 +357,7 @@ impl Router {
         self.remote.paired_out.clear();
         self.remote.paired_in.clear();
         self.remote.paired_in_by_exhibitor.clear();
+        self.remote.retries.clear();
         self.cluster_joined(&[]);
     }
 
@@ -764,5 +780,6 @@ impl Router {
         for token in overdue {
             self.pair_failed(token, now, out);
         }
+        self.resend_pair_notices(now, out);
     }
 }
