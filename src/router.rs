@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 mod pair_retry;
 mod remote;
 mod rooms;
+mod sequence_map;
 mod waiting;
 pub use remote::{NodeRef, PairNotice};
 pub use rooms::{

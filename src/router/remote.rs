@@ -8,6 +8,7 @@
 //! Without a cluster none of it is allocated, and a request pays one branch.
 
 use super::pair_retry::PairRetries;
+use super::sequence_map::SequenceMap;
 use super::{ConnId, Delivery, Outbox, Purpose, RequestRef, Role, Router, Session};
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
@@ -107,7 +108,7 @@ pub(super) struct Remote {
     /// By relay number, so the first has the earliest deadline.
     sent: BTreeMap<u64, Sent>,
     next_received: u64,
-    received: HashMap<u64, Received>,
+    received: SequenceMap<Received>,
     /// The nodes of the request being routed.
     nodes: Vec<NodeRef>,
     /// Emitters here paired with an exhibitor on another node: its node
