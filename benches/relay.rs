@@ -226,6 +226,9 @@ pub struct Args {
     /// Server address (for `*-ws` targets, the WebSocket listener's); loopback only (127.0.0.0/8 or ::1)
     #[arg(long)]
     pub addr: Option<SocketAddr>,
+    /// evchat, unicast or broadcast: the exhibitors connect here instead of --addr (another node of one cluster: CLUSTER.md); loopback only
+    #[arg(long)]
+    pub exhibitor_addr: Option<SocketAddr>,
     /// Publishers (evchat emitters)
     #[arg(long, default_value_t = 1)]
     pub emitters: usize,
@@ -353,6 +356,13 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         ));
     }
     check_args(target, args)?;
+    if let Some(other) = args.exhibitor_addr
+        && !other.ip().is_loopback()
+    {
+        return Err(format!(
+            "{other} is not a loopback address; refusing to connect"
+        ));
+    }
     if let Some(cpu) = args.cpu {
         crate::sys::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
     }
@@ -443,6 +453,16 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
         && target.plain() != Target::Evchat
     {
         return Err("--sign-in, --signins and --storm are for evchat targets".into());
+    }
+    if args.exhibitor_addr.is_some()
+        && (target != Target::Evchat
+            || !matches!(args.mode, Mode::Unicast | Mode::Broadcast)
+            || args.idle > 0
+            || args.signins > 0)
+    {
+        return Err(
+            "--exhibitor-addr is for the evchat target in unicast or broadcast mode".into(),
+        );
     }
     if args.signins > MAX_CONNS {
         return Err(format!("--signins is at most {MAX_CONNS} threads"));

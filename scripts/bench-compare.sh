@@ -48,6 +48,19 @@
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
 # to the server is measured against the code before it in the same run;
 # evchat-baseline-ws: the same server driven as `evchat-ws`.
+# evchat-cluster: one evchat node with `--cluster` to a redis-server of its
+# own (CLUSTER.md), all traffic between clients of that node: what joining a
+# cluster costs a node (goal evchat-cluster/evchat >= 0.9). evchat-2node: two
+# nodes on one redis-server, the generator's emitters on node A and its
+# exhibitors on node B (`relay --exhibitor-addr`), so every delivery crosses
+# nodes through Redis: set beside `redis` (pub/sub), goal evchat-2node/redis
+# >= 2 (u32, b100, b1000). Node A goes on $SERVER_CPU; node B on $SERVER_CPU2
+# and the cluster's redis-server on $REDIS_CPU, both $SERVER_CPU unless set:
+# on a two-core machine the whole system then has the one core `redis` alone
+# has, and the generator keeps its own (on a larger one, SERVER_CPU2=2
+# REDIS_CPU=3 gives each process a core). The generator's --server-pid is
+# node B's (the exhibitors' node, which fans out); all three are stopped
+# after each run.
 # raw: benches/raw_forwarder.rs, a bare single-threaded epoll forwarder (no
 # parsing, no ids, no acks; a publisher's bytes copied to every subscriber),
 # pinned like the servers and driven by the same generator: the machine's
@@ -84,6 +97,8 @@
 #   SATURATION="evchat=4.5e6 nats=1.6e6"  msg/s the lat50/lat90 fractions are
 #                                   taken of, per target, instead of measuring u32
 #   SERVER_CPU=0 LOADGEN_CPU=1 OUT=target/bench-compare
+#   SERVER_CPU2=$SERVER_CPU REDIS_CPU=$SERVER_CPU   evchat-2node's node B, and
+#                                   the redis-server of evchat-cluster/-2node
 #   SCHED_TRACE=1                   record the scheduler (perf sched record -k
 #                                   CLOCK_MONOTONIC, system-wide) through each
 #                                   lat/lat50/lat90 run, and lay the run's
@@ -109,6 +124,8 @@ SATURATION=${SATURATION:-}
 SCHED_TRACE=${SCHED_TRACE:-}
 SERVER_CPU=${SERVER_CPU:-0}
 LOADGEN_CPU=${LOADGEN_CPU:-1}
+SERVER_CPU2=${SERVER_CPU2:-$SERVER_CPU}
+REDIS_CPU=${REDIS_CPU:-$SERVER_CPU}
 OUT=${OUT:-target/bench-compare}
 WINDOW=1024
 
@@ -120,13 +137,18 @@ die() { printf 'bench-compare: %s\n' "$*" >&2; exit 1; }
 # foreground (it stops by itself): the server is all there is to stop.
 SRV_PID=""
 SRV_DATA="" # a durable target's data directory, removed with its server
+# The cluster targets' other processes (a second node, their redis-server),
+# stopped with the server.
+SRV_MORE=()
 cleanup() {
-  if [ -n "$SRV_PID" ]; then
-    kill "$SRV_PID" 2>/dev/null || true
+  local pid
+  for pid in "$SRV_PID" "${SRV_MORE[@]}"; do
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null || true
     sleep 0.2
-    kill -9 "$SRV_PID" 2>/dev/null || true
-    wait "$SRV_PID" 2>/dev/null || true
-  fi
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   if [ -n "$SRV_DATA" ]; then rm -rf "$SRV_DATA"; fi
 }
 trap cleanup EXIT
@@ -167,7 +189,7 @@ need_mqtt() {
   case " $TARGETS " in *" mqtt0 "* | *" mqtt1 "* | *" mqtt0-ws "* | *" mqtt1-ws "*) return 0 ;; esac
   return 1
 }
-need_redis() { case " $TARGETS " in *" redis "* | *" redis-streams-"*) return 0 ;; esac; return 1; }
+need_redis() { case " $TARGETS " in *" redis "* | *" redis-streams-"* | *" evchat-cluster "* | *" evchat-2node "*) return 0 ;; esac; return 1; }
 
 drop_targets() { # drop_targets NAME... : removes them from TARGETS
   local t out=""
@@ -302,6 +324,36 @@ start_server() {
       ;;
   esac
   case $target in
+    evchat-cluster | evchat-2node)
+      # The cluster's redis-server, then the node(s) once it listens; a node
+      # takes OIs only once it has joined (it says so at info level).
+      local rport
+      rport=$("$LOADGEN" --free-port)
+      taskset -c "$REDIS_CPU" "$REDIS_BIN" --port "$rport" --bind 127.0.0.1 \
+        --save '' --appendonly no --protected-mode no --daemonize no \
+        --maxclients 16000 --client-output-buffer-limit 'pubsub 0 0 0' \
+        --loglevel warning >"$dir/redis.log" 2>&1 &
+      SRV_MORE+=($!)
+      local _
+      for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null; then break; fi
+        sleep 0.05
+      done
+      start_node "$SERVER_CPU" a "redis://127.0.0.1:$rport"
+      if [ "$target" = evchat-2node ]; then
+        # Node A takes the emitters; the generator's --addr stays on it.
+        local a_pid=$NODE_PID
+        SRV_ADDR2=127.0.0.1:$NODE_PORT
+        start_node "$SERVER_CPU2" b "redis://127.0.0.1:$rport"
+        SRV_MORE+=("$a_pid")
+        SRV_PID=$NODE_PID
+        SRV_EXHIBITORS=127.0.0.1:$NODE_PORT
+        SRV_PORT=${SRV_ADDR2##*:}
+      else
+        SRV_PID=$NODE_PID
+        SRV_PORT=$NODE_PORT
+      fi
+      ;;
     evchat | evchat-ws | evchat-baseline* | evchat-hist-* | evchat-auth* | evchat-tls*)
       # One port for both transports: evchat-ws upgrades on /ws.
       case $target in evchat-baseline*) bin=$BASELINE_BIN ;; esac
@@ -434,6 +486,29 @@ EOF
   esac
 }
 
+# start_node CPU NAME REDIS_URL: one evchat node with --cluster, pinned to
+# CPU, as the evchat target is started otherwise; sets NODE_PID and NODE_PORT
+# once it has joined the cluster.
+start_node() {
+  local cpu=$1 name=$2 url=$3 dir="$RUN_DIR"
+  rm -f "$dir/evchat-$name.out" "$dir/evchat-$name.err"
+  RUST_LOG=warn,evchat::server::cluster=info taskset -c "$cpu" "$EVCHAT_BIN" 0 \
+    --bind 127.0.0.1 -q --max-inflight 65535 --max-queue $((512 * 1024 * 1024)) \
+    --cluster "$url" --node "$name" \
+    >"$dir/evchat-$name.out" 2>"$dir/evchat-$name.err" &
+  NODE_PID=$!
+  local _
+  for _ in $(seq 200); do
+    if grep -q 'serving as this incarnation' "$dir/evchat-$name.err" 2>/dev/null; then break; fi
+    kill -0 "$NODE_PID" 2>/dev/null || die "evchat node $name exited: $(cat "$dir/evchat-$name.err")"
+    sleep 0.05
+  done
+  grep -q 'serving as this incarnation' "$dir/evchat-$name.err" ||
+    die "evchat node $name never joined its cluster: $(cat "$dir/evchat-$name.err")"
+  NODE_PORT=$(sed -n '1s/^listening on .*:\([0-9]*\)$/\1/p' "$dir/evchat-$name.out")
+  [ -n "$NODE_PORT" ] || die "evchat node $name printed no address"
+}
+
 # second_port PORT: a free port other than PORT.
 second_port() {
   local p _
@@ -459,6 +534,13 @@ stop_server() {
   kill -9 "$SRV_PID" 2>/dev/null || true
   wait "$SRV_PID" 2>/dev/null || true
   SRV_PID=""
+  local pid
+  for pid in "${SRV_MORE[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  SRV_MORE=()
+  SRV_EXHIBITORS=""
   if [ -n "$SRV_DATA" ]; then
     rm -rf "$SRV_DATA"
     SRV_DATA=""
@@ -531,7 +613,7 @@ run_one() { # run_one WORKLOAD REP TARGET
   # durable Redis setup what the generator's redis-streams target speaks;
   # the results are renamed.
   case $t in
-    evchat-baseline | evchat-hist-*) gen_target=evchat ;;
+    evchat-baseline | evchat-hist-* | evchat-cluster | evchat-2node) gen_target=evchat ;;
     evchat-auth*)
       bench_accounts >/dev/null
       gen_target=evchat sign_in=(--sign-in "bench:$(cat "$OUT/bench-token")")
@@ -554,6 +636,8 @@ run_one() { # run_one WORKLOAD REP TARGET
     rc=0
     start_server "$t"
     server_pid=$SRV_PID
+    local elsewhere=()
+    [ -z "${SRV_EXHIBITORS:-}" ] || elsewhere=(--exhibitor-addr "$SRV_EXHIBITORS")
     case $SCHED_TRACE/$w in
       ?*/lat | ?*/lat50 | ?*/lat90)
         sched="$RUN_DIR/sched-$w-$rep-$t.data"
@@ -566,7 +650,8 @@ run_one() { # run_one WORKLOAD REP TARGET
     line=$(timeout $((${dur%.*} + ${warm%.*} + 120)) \
       taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "$gen_target" --addr "127.0.0.1:$SRV_PORT" \
       --cpu "$LOADGEN_CPU" --server-pid "$SRV_PID" --warmup "$warm" --duration "$dur" \
-      --json $(workload_args "$w") "${rate[@]}" "${sign_in[@]}" 2>>"$RUN_DIR/loadgen.err") || rc=$?
+      --json $(workload_args "$w") "${rate[@]}" "${sign_in[@]}" "${elsewhere[@]}" \
+      2>>"$RUN_DIR/loadgen.err") || rc=$?
     if [ -n "$sched_pid" ]; then
       kill -INT "$sched_pid" 2>/dev/null || true
       wait "$sched_pid" 2>/dev/null || true
@@ -728,6 +813,8 @@ head = ["workload", "figure"] + targets
 RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "nats-ws", None),
           ("evchat-ws", "evchat", None), ("evchat", "raw", None),
           ("evchat", "evchat-baseline", None),
+          ("evchat-cluster", "evchat", "0.9"), ("evchat-2node", "redis", "2"),
+          ("evchat-2node", "evchat", None),
           ("evchat-auth", "evchat", "0.95"), ("evchat-auth-storm", "evchat-auth", "0.9"),
           ("evchat-tls", "nats-tls", "2"), ("evchat-tls", "evchat", None),
           ("evchat-tls-hstorm", "evchat-tls", "0.8"),

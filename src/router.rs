@@ -21,8 +21,10 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod pair_retry;
 mod remote;
 mod rooms;
+mod sequence_map;
 mod waiting;
 pub use remote::{NameAnswer, NodeRef, PairNotice};
 pub use rooms::{

@@ -20,39 +20,55 @@ pub(crate) struct Redis {
     /// Killed when the test ends (dropped), or by the test.
     pub(crate) proc: Proc,
     pub(crate) url: String,
+    /// The persistence flags it was started with, for a restart.
+    persistence: Vec<String>,
     _dir: TempDir,
     _port: ReservedPort,
 }
 
 impl Redis {
     pub(crate) fn start(name: &str) -> Redis {
+        Redis::start_with(name, &["--appendonly", "no"])
+    }
+
+    /// One that keeps every write in its append-only file, synced before
+    /// each answer, so that `kill -9` and a restart lose nothing.
+    fn start_durable(name: &str) -> Redis {
+        Redis::start_with(name, &["--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    fn start_with(name: &str, persistence: &[&str]) -> Redis {
         let port = ReservedPort::new();
         let dir = TempDir::new(name);
         let port_arg = port.addr().port().to_string();
-        let proc = Proc::spawn_with(
-            "redis-server",
-            &[
-                "--port",
-                &port_arg,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir.arg(),
-            ],
-        );
-        proc.stdout.skip_until("redis ready", TIMEOUT, |line| {
-            line.contains("Ready to accept connections")
-        });
+        let proc = Redis::spawn(&port_arg, &dir, persistence);
         Redis {
             proc,
             url: format!("redis://127.0.0.1:{port_arg}"),
+            persistence: persistence.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
             _port: port,
         }
+    }
+
+    fn spawn(port: &str, dir: &TempDir, persistence: &[&str]) -> Proc {
+        let mut args = vec!["--port", port, "--bind", "127.0.0.1", "--save", ""];
+        args.extend_from_slice(persistence);
+        args.extend_from_slice(&["--dir", dir.arg()]);
+        let proc = Proc::spawn_with("redis-server", &args);
+        proc.stdout.skip_until("redis ready", TIMEOUT, |line| {
+            line.contains("Ready to accept connections")
+        });
+        proc
+    }
+
+    /// `kill -9`, then the same server again on the same port and directory.
+    fn kill_and_restart(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait();
+        let port = self._port.addr().port().to_string();
+        let persistence: Vec<&str> = self.persistence.iter().map(String::as_str).collect();
+        self.proc = Redis::spawn(&port, &self._dir, &persistence);
     }
 
     pub(crate) fn node(&self, name: &str) -> Server {
@@ -399,6 +415,65 @@ fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused
         assert!(Instant::now() < deadline, "OIs never refused");
     }
     on_b.expect_silence();
+}
+
+/// Redis killed with `kill -9` and started again on its port well within
+/// the lease (its data kept in its append-only file): the nodes subscribe
+/// again and read the id table again, traffic between them flows again, no
+/// node fences itself (no client is sent FLW), and no id is held twice.
+#[test]
+fn redis_restarted_within_the_lease_is_rejoined_without_a_fence() {
+    let mut redis = Redis::start_durable("cluster-redis-restart");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    let before = Frame::msg(e, x, 1, bytes::Bytes::from_static(b"before")).unwrap();
+    deliver(&mut emitter, &mut on_b, &before);
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
+    );
+
+    redis.kill_and_restart();
+
+    // Relays fail (ERRO) until node B has subscribed again; then they
+    // arrive, byte for byte, and the OK waits for the exhibitor's.
+    let after = Frame::msg(e, x, 2, bytes::Bytes::from_static(b"after")).unwrap();
+    let got = deliver(&mut emitter, &mut on_b, &after);
+    assert_bytes(&after.to_bytes(), &got.to_bytes());
+    emitter.expect_silence();
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 2));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 2)
+    );
+    // And the other way: a new emitter on B reaches a new exhibitor on A.
+    let mut on_a = a.raw();
+    let y = on_a.identify_exhibitor();
+    let mut from_b = b.raw();
+    let f = from_b.identify_emitter(1);
+    assert!(x != y && e != f, "new ids are fresh: {x} {y} {e} {f}");
+    let back = Frame::msg(f, y, 1, bytes::Bytes::from_static(b"back")).unwrap();
+    deliver(&mut from_b, &mut on_a, &back);
+    on_a.send_frame(&Frame::bare(Kind::Ok, y, SERVER_ID, 1));
+    assert_eq!(
+        from_b.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, f, 1)
+    );
+    // Neither node fenced itself: the first clients were never sent FLW,
+    // and Redis shows each id held once, by the node that gave it out.
+    on_b.expect_silence();
+    emitter.expect_silence();
+    let owners: std::collections::HashMap<ClientId, u64> = redis::Cmd::hgetall("evchat:owner")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(owners.len(), 4, "{owners:?}");
+    assert_eq!(owners[&x], owners[&f], "{owners:?}");
+    assert_eq!(owners[&e], owners[&y], "{owners:?}");
+    assert_ne!(owners[&x], owners[&e], "{owners:?}");
 }
 
 #[test]

@@ -193,9 +193,11 @@ impl Node {
                         }
                     }
                 }
-                Event::Unreachable { node, relays } => {
-                    router.relays_failed(node, &relays, now, out)
-                }
+                Event::Unreachable {
+                    node,
+                    relays,
+                    batch,
+                } => undelivered(router, node, &relays, &batch, now, out),
                 Event::Fenced => router.fence(now, out),
             }
         }
@@ -205,22 +207,53 @@ impl Node {
         for (conn, exhibitor) in std::mem::take(&mut self.out.claims) {
             let claim = self.next_claim;
             self.next_claim += 1;
-            self.claims.insert(claim, conn);
-            self.engine
+            if self
+                .engine
                 .submit(Request::Claim { claim, exhibitor })
-                .unwrap();
+                .is_ok()
+            {
+                self.claims.insert(claim, conn);
+            } else {
+                // As the loop does: the OI is refused.
+                self.router.id_claimed(conn, None, now, &mut self.out);
+            }
         }
         for id in std::mem::take(&mut self.out.releases) {
-            self.engine.submit(Request::Release { id }).unwrap();
+            // Refused: the id stays held until this node's lease ends.
+            let _ = self.engine.submit(Request::Release { id });
         }
         for (to, writer) in std::mem::take(&mut self.out.batches) {
             let (batch, relays) = writer.finish();
-            self.engine
-                .submit(Request::Publish { to, batch, relays })
-                .unwrap();
+            if let Err(Request::Publish { relays, batch, .. }) =
+                self.engine.submit(Request::Publish { to, batch, relays })
+            {
+                undelivered(&mut self.router, to, &relays, &batch, now, &mut self.out);
+            }
         }
         busy || outgoing
     }
+}
+
+/// A batch the engine could not carry, as the loop's glue handles it: its
+/// relays fail and its pair notices go back to the router to be retried.
+fn undelivered(
+    router: &mut Router,
+    node: NodeId,
+    relays: &[u64],
+    batch: &[u8],
+    now: Instant,
+    out: &mut Recorder,
+) {
+    router.relays_failed(node, relays, now, out);
+    let (_, records) = batch::parse(batch).expect("our own batch parses");
+    let notices: Vec<PairNotice> = records
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Pair(r) => Some(notice(r)),
+            _ => None,
+        })
+        .collect();
+    router.pair_notices_failed(node, &notices, now);
 }
 
 #[derive(Debug, PartialEq)]
@@ -256,6 +289,11 @@ struct World {
     /// Requests some target answered OK.
     acked_ok: HashSet<u64>,
     replies: u64,
+    /// Steps taken, and the channels cut between two nodes: the nodes and
+    /// the step at which the cut heals.
+    steps: u64,
+    cuts: Vec<(NodeId, NodeId, u64)>,
+    cuts_made: u64,
 }
 
 impl World {
@@ -275,6 +313,9 @@ impl World {
             next_request: 0,
             acked_ok: HashSet::new(),
             replies: 0,
+            steps: 0,
+            cuts: Vec::new(),
+            cuts_made: 0,
         };
         world.settle();
         world
@@ -305,10 +346,6 @@ impl World {
         let live = self.live_nodes();
         let node = live[self.pick(live.len())];
         let refuses = self.rng.next().is_multiple_of(5);
-        let n = self.nodes[node].as_mut().unwrap();
-        let conn = n.next_conn;
-        n.next_conn += 1;
-        n.router.connected(conn, self.now);
         let exhibitors: Vec<ClientId> = self
             .clients
             .iter()
@@ -323,6 +360,16 @@ impl World {
             }
             Kindof::Emitter => 1,
         };
+        self.connect_at(node, kind, origin, refuses);
+    }
+
+    /// A client connects to `node` and sends OI with `origin`; returns its
+    /// index among the clients.
+    fn connect_at(&mut self, node: usize, kind: Kindof, origin: ClientId, refuses: bool) -> usize {
+        let n = self.nodes[node].as_mut().unwrap();
+        let conn = n.next_conn;
+        n.next_conn += 1;
+        n.router.connected(conn, self.now);
         self.clients.push(Client {
             node,
             conn,
@@ -336,6 +383,7 @@ impl World {
         });
         let client = self.clients.len() - 1;
         self.frame(client, Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
+        client
     }
 
     /// A random identified emitter sends a MSG to a random id (or to all).
@@ -488,7 +536,64 @@ impl World {
         }
     }
 
-    fn step(&mut self, crashes: bool) {
+    /// Heals the cuts that are due, and (with `partitions`) now and then
+    /// cuts the channel between two live nodes for 10 to 60 steps (up to
+    /// 0.4 s of simulated time: past the ack timeout, within the grace).
+    fn partition(&mut self, partitions: bool) {
+        self.steps += 1;
+        let (steps, hub) = (self.steps, &self.hub);
+        self.cuts.retain(|&(a, b, heal_at)| {
+            let due = heal_at <= steps;
+            if due {
+                hub.heal(a, b);
+            }
+            !due
+        });
+        let live = self.live_nodes();
+        if !partitions || live.len() < 2 || !self.rng.next().is_multiple_of(40) {
+            return;
+        }
+        let first = self.pick(live.len());
+        let second = (first + 1 + self.pick(live.len() - 1)) % live.len();
+        let node = |i: usize| self.nodes[live[i]].as_ref().unwrap().engine.node();
+        let (a, b) = (node(first), node(second));
+        let heal_at = steps + 10 + self.rng.next() % 50;
+        self.hub.partition(a, b);
+        self.cuts.push((a, b, heal_at));
+        self.cuts_made += 1;
+    }
+
+    /// Every cut heals, every exhibitor answers what it holds, and time
+    /// passes `rounds` × 0.5 s, so every request left has its reply.
+    fn quiesce(&mut self, rounds: usize) {
+        self.hub.heal_all();
+        self.cuts.clear();
+        for _ in 0..rounds {
+            // Acknowledging a FLW closes the client: the list shrinks.
+            let mut c = 0;
+            while c < self.clients.len() {
+                if self.clients[c].unacked.is_empty() {
+                    c += 1;
+                    continue;
+                }
+                self.acknowledge(c);
+                self.settle();
+            }
+            self.now += Duration::from_millis(500);
+            self.settle();
+            self.check();
+        }
+        for client in &self.clients {
+            assert!(
+                client.awaiting.is_empty(),
+                "requests never answered: {:?}",
+                client.awaiting
+            );
+        }
+    }
+
+    fn step(&mut self, crashes: bool, partitions: bool) {
+        self.partition(partitions);
         self.now += Duration::from_millis(7);
         match self.rng.next() % 100 {
             0..=9 => self.connect(Kindof::Exhibitor),
@@ -530,34 +635,90 @@ fn routers_on_an_in_memory_engine_keep_ids_unique_replies_whole_and_oks_earned()
     for seed in 1..=30u64 {
         let mut world = World::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3);
         for _ in 0..400 {
-            world.step(true);
+            world.step(true, false);
         }
         // Quiet: every exhibitor answers what it holds and time passes the
         // ack timeout, so every request left must have had its reply.
-        for _ in 0..50 {
-            // Acknowledging a FLW closes the client: the list shrinks.
-            let mut c = 0;
-            while c < world.clients.len() {
-                if world.clients[c].unacked.is_empty() {
-                    c += 1;
-                    continue;
-                }
-                world.acknowledge(c);
-                world.settle();
-            }
-            world.now += Duration::from_millis(500);
-            world.settle();
-            world.check();
-        }
-        for client in &world.clients {
-            assert!(
-                client.awaiting.is_empty(),
-                "requests never answered: {:?}",
-                client.awaiting
-            );
-        }
+        world.quiesce(50);
         replies += world.replies;
     }
     // The simulation did route: many requests were answered.
     assert!(replies > 1000, "only {replies} replies");
+}
+
+/// Two nodes that both keep their leases lose the channel between them for
+/// a while (relays, ACKs and pair notices lost without a word): every
+/// request still gets exactly one reply, in order, none an OK before a
+/// target's OK, no id twice; a relay lost to the partition is answered ERRO
+/// once the ack timeout and the grace have passed (2.2 s here), so 3 s
+/// after the last cut heals nothing is left waiting.
+#[test]
+fn partitions_between_nodes_that_keep_their_leases_leave_no_request_unanswered() {
+    let (mut replies, mut cuts) = (0, 0);
+    for seed in 1..=30u64 {
+        let mut world = World::new(seed.wrapping_mul(0x2545_f491_4f6c_dd1d), 3);
+        for _ in 0..400 {
+            world.step(false, true);
+        }
+        world.quiesce(6);
+        replies += world.replies;
+        cuts += world.cuts_made;
+    }
+    assert!(replies > 1000, "only {replies} replies");
+    assert!(cuts > 100, "only {cuts} partitions");
+}
+
+/// A DISMISS the engine refused (its queue full) is sent again until the
+/// engine carries it: the exhibitor on the other node is dismissed once
+/// the engine takes requests again (rule 6 across nodes).
+#[test]
+fn a_dismiss_the_engine_refused_is_sent_again_until_it_is_carried() {
+    let mut world = World::new(7, 2);
+    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
+    world.settle();
+    let x = world.clients[exhibitor]
+        .id
+        .expect("the exhibitor has an id");
+    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
+    world.settle();
+    assert!(world.clients[emitter].id.is_some(), "paired across nodes");
+    world.nodes[0].as_mut().unwrap().engine.refuse(true);
+    world.leave(emitter);
+    for _ in 0..10 {
+        world.now += Duration::from_millis(100);
+        world.settle();
+    }
+    let exhibitor = world.clients.iter().find(|c| c.id == Some(x)).unwrap();
+    assert!(!exhibitor.dismissed, "nothing reached node 1 yet");
+    world.nodes[0].as_mut().unwrap().engine.refuse(false);
+    world.now += Duration::from_millis(100);
+    world.settle();
+    let exhibitor = world.clients.iter().find(|c| c.id == Some(x)).unwrap();
+    assert!(exhibitor.dismissed, "the retried DISMISS reached node 1");
+    assert_eq!(exhibitor.unacked.back().map(|f| f.kind), Some(Kind::Flw));
+}
+
+/// The retries are bounded: a notice refused for longer than they last
+/// (10 s) is given up, and nothing is sent once the engine is back.
+#[test]
+fn a_pair_notice_refused_past_the_retry_bound_is_given_up() {
+    let mut world = World::new(11, 2);
+    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
+    world.settle();
+    let x = world.clients[exhibitor].id.unwrap();
+    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
+    world.settle();
+    world.nodes[0].as_mut().unwrap().engine.refuse(true);
+    world.leave(emitter);
+    for _ in 0..110 {
+        world.now += Duration::from_millis(100);
+        world.settle();
+    }
+    world.nodes[0].as_mut().unwrap().engine.refuse(false);
+    for _ in 0..10 {
+        world.now += Duration::from_millis(100);
+        world.settle();
+    }
+    let exhibitor = world.clients.iter().find(|c| c.id == Some(x)).unwrap();
+    assert!(!exhibitor.dismissed, "a notice given up is not sent");
 }

@@ -25,6 +25,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Plan {
     pub target: Target,
     pub addr: SocketAddr,
+    /// Where the subscribers connect: `addr`, or another node of the same
+    /// evchat cluster (`--exhibitor-addr`), so every delivery crosses nodes.
+    pub exhibitor_addr: SocketAddr,
     pub mode: Mode,
     pub emitters: usize,
     pub exhibitors: usize,
@@ -39,6 +42,7 @@ impl Plan {
         Plan {
             target,
             addr,
+            exhibitor_addr: args.exhibitor_addr.unwrap_or(addr),
             mode: args.mode,
             emitters: args.emitters,
             exhibitors: args.exhibitors,
@@ -242,13 +246,31 @@ impl Write for Link {
     }
 }
 
+/// An emitter's OI on one node naming an exhibitor on another: that node
+/// learns of the exhibitor's id a moment after its OK, and until then the
+/// OI is refused and the connection closed, so it is tried again on a new
+/// connection (`stream` is replaced), for as long as a handshake may take.
+fn identify_across(stream: &mut Link, plan: &Plan, origin: u16) -> Result<(u16, Vec<u8>), String> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        match evchat::identify(stream, origin, plan.sign_in.as_ref()) {
+            Ok(done) => return Ok(done),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                *stream = Link::Tcp(connect(plan.addr)?);
+            }
+        }
+    }
+}
+
 /// Opens every connection of the plan: subscribers `0..M`, then publishers.
 pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
     let mut conns = Vec::with_capacity(plan.exhibitors + plan.emitters);
     let mut exhibitor_ids = Vec::with_capacity(plan.exhibitors);
     let target = plan.target.plain();
     let in_room = matches!(plan.mode, Mode::Room | Mode::Queue) && target == Target::Evchat;
-    let mut opener = Opener::new(plan.target, plan.addr, plan.exhibitors + plan.emitters);
+    let mut opener = Opener::new(plan.target, plan.exhibitor_addr, plan.exhibitors);
     let mut room = 0;
     for i in 0..plan.exhibitors {
         let mut stream = opener.next_link()?;
@@ -286,6 +308,7 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
         };
         conns.push(stream.into_conn(leftover, session)?);
     }
+    let mut opener = Opener::new(plan.target, plan.addr, plan.emitters);
     for i in 0..plan.emitters {
         let mut stream = opener.next_link()?;
         let mut session = Session::new(Role::Pub(i));
@@ -298,7 +321,11 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                     (Mode::Broadcast, _) => (1, 0),
                     (Mode::Room | Mode::Queue, _) => (1, room),
                 };
-                let (id, rest) = evchat::identify(&mut stream, origin, plan.sign_in.as_ref())?;
+                let (id, rest) = if plan.exhibitor_addr == plan.addr {
+                    evchat::identify(&mut stream, origin, plan.sign_in.as_ref())?
+                } else {
+                    identify_across(&mut stream, plan, origin)?
+                };
                 session.own_id = id;
                 session.dest = dest;
                 rest

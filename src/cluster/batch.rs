@@ -153,7 +153,8 @@ impl BatchWriter {
 
     /// The finished bytes, and the relays they carry.
     pub fn finish(self) -> (Vec<u8>, Vec<u64>) {
-        (self.buf.to_vec(), self.relays)
+        // The writer's own allocation, handed over rather than copied.
+        (Vec::from(self.buf), self.relays)
     }
 }
 

@@ -1,13 +1,16 @@
 //! An engine in memory, for tests: several nodes in one process share a
 //! [`MemoryHub`] that does what Redis does for the Redis engine (the id
 //! table, the channels), at once and in order, and can crash a node or
-//! fence it (its lease lost: reaped, then joined again as a new one).
+//! fence it (its lease lost: reaped, then joined again as a new one), cut
+//! the channel between two nodes that both keep their leases (a
+//! partition: what one publishes to the other is lost, unannounced), or
+//! make one node's engine refuse requests (its queue full, Redis away).
 //! Names are claimed in it as in Redis: one holder system-wide, freed with
 //! their node.
 
 use super::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// What the nodes of one test share.
@@ -26,6 +29,12 @@ struct Hub {
     shows: BTreeMap<ClientId, (u8, String)>,
     /// Each live node's undrained events and how it is woken.
     nodes: HashMap<NodeId, Inbox>,
+    /// Pairs of nodes (lower first) whose batches to each other are lost.
+    cut: HashSet<(NodeId, NodeId)>,
+}
+
+fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
+    (a.min(b), a.max(b))
 }
 
 struct Inbox {
@@ -92,6 +101,7 @@ impl MemoryHub {
         MemoryEngine {
             hub: self.clone(),
             node,
+            refusing: false,
         }
     }
 
@@ -108,6 +118,23 @@ impl MemoryHub {
         self.lock().names.get(name).copied()
     }
 
+    /// Cuts the channel between `a` and `b` both ways: each keeps its lease
+    /// and its ids, but what one publishes to the other is lost without a
+    /// word (as a message into a dropped subscription would be).
+    pub fn partition(&self, a: NodeId, b: NodeId) {
+        self.lock().cut.insert(pair(a, b));
+    }
+
+    /// Joins `a` and `b` again.
+    pub fn heal(&self, a: NodeId, b: NodeId) {
+        self.lock().cut.remove(&pair(a, b));
+    }
+
+    /// Joins every partitioned pair again.
+    pub fn heal_all(&self) {
+        self.lock().cut.clear();
+    }
+
     /// Who holds `id`, if anyone.
     pub fn owner(&self, id: ClientId) -> Option<NodeId> {
         self.lock().owner.get(&id).copied()
@@ -122,11 +149,19 @@ impl MemoryHub {
 pub struct MemoryEngine {
     hub: MemoryHub,
     node: NodeId,
+    /// Every request is given back, as a full queue would.
+    refusing: bool,
 }
 
 impl MemoryEngine {
     pub fn node(&self) -> NodeId {
         self.node
+    }
+
+    /// From now on (`true`) or no longer, [`Engine::submit`] gives every
+    /// request back, as when the Redis engine's queue is full.
+    pub fn refuse(&mut self, refusing: bool) {
+        self.refusing = refusing;
     }
 
     /// This node loses its lease (a partition from the engine, a stall):
@@ -158,6 +193,9 @@ impl MemoryEngine {
 
 impl Engine for MemoryEngine {
     fn submit(&mut self, request: Request) -> Result<(), Request> {
+        if self.refusing {
+            return Err(request);
+        }
         let mut hub = self.hub.lock();
         if !hub.nodes.contains_key(&self.node) {
             return Err(request);
@@ -219,10 +257,17 @@ impl Engine for MemoryEngine {
                 }
             }
             Request::Publish { to, batch, relays } => {
-                if hub.nodes.contains_key(&to) {
+                if hub.cut.contains(&pair(self.node, to)) {
+                    // Lost in the partition: no one is told.
+                } else if hub.nodes.contains_key(&to) {
                     hub.tell(to, Event::Batch { bytes: batch });
                 } else {
-                    hub.tell(self.node, Event::Unreachable { node: to, relays });
+                    let event = Event::Unreachable {
+                        node: to,
+                        relays,
+                        batch,
+                    };
+                    hub.tell(self.node, event);
                 }
             }
         }
@@ -290,7 +335,8 @@ mod tests {
         .unwrap();
         assert!(drained(&mut a).contains(&Event::Unreachable {
             node: b.node(),
-            relays
+            relays,
+            batch: vec![],
         }));
     }
 }

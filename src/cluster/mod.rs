@@ -77,8 +77,13 @@ pub enum Event {
     Down { node: NodeId },
     /// A batch another node published to this one, still to be checked.
     Batch { bytes: Vec<u8> },
-    /// A batch for `node` could not be delivered: these relays fail.
-    Unreachable { node: NodeId, relays: Vec<u64> },
+    /// A batch for `node` could not be delivered: these relays fail, and
+    /// the pair notices in `batch` are sent again (CLUSTER.md).
+    Unreachable {
+        node: NodeId,
+        relays: Vec<u64>,
+        batch: Vec<u8>,
+    },
     /// This incarnation lost its lease: stop serving, then expect a new
     /// [`Event::Joined`].
     Fenced,

@@ -26,6 +26,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBSCRIBER_TICK: Duration = Duration::from_millis(250);
 /// How long a failed join waits before the next attempt.
 const REJOIN_PAUSE: Duration = Duration::from_millis(500);
+/// At most this many publishes go to Redis as one pipeline.
+const PIPELINE_MAX: usize = 64;
 
 /// How a node uses Redis (`server --cluster URL --node NAME`).
 #[derive(Debug, Clone)]
@@ -263,9 +265,11 @@ impl Commands {
             Request::ClaimName { claim, .. } => {
                 self.tell.event(Event::NameClaimed { claim, won: None })
             }
-            Request::Publish { to, relays, .. } => {
-                self.tell.event(Event::Unreachable { node: to, relays })
-            }
+            Request::Publish { to, relays, batch } => self.tell.event(Event::Unreachable {
+                node: to,
+                relays,
+                batch,
+            }),
             Request::Release { .. } | Request::ReleaseName { .. } | Request::Show { .. } => true,
         }
     }
@@ -378,7 +382,7 @@ impl Commands {
             let wait = next_renew.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(request) => {
-                    if let Some(ended) = self.handle(incarnation, request) {
+                    if let Some(ended) = self.handle_queued(incarnation, request) {
                         return ended;
                     }
                 }
@@ -454,6 +458,76 @@ impl Commands {
         Ok(())
     }
 
+    /// Does `first` and the publishes queued right behind it: consecutive
+    /// publishes (up to [`PIPELINE_MAX`]) go to Redis as one pipeline, one
+    /// write and one round trip, instead of a round trip each. A claim or
+    /// release found behind them is done after them, so order is kept.
+    /// Some when the incarnation must end.
+    fn handle_queued(&mut self, incarnation: &Incarnation, first: Request) -> Option<Ended> {
+        let mut publishes = Vec::new();
+        let mut pending = Some(first);
+        while let Some(request) = pending.take() {
+            if !matches!(request, Request::Publish { .. }) {
+                if let Some(ended) = self.publish_all(incarnation, publishes) {
+                    return Some(ended);
+                }
+                return self.handle(incarnation, request);
+            }
+            publishes.push(request);
+            if publishes.len() < PIPELINE_MAX {
+                pending = self.inbox.try_recv().ok();
+            }
+        }
+        self.publish_all(incarnation, publishes)
+    }
+
+    /// Sends these publishes as one pipeline; a batch that reached no
+    /// subscriber, or every one if the call failed, is reported undelivered.
+    fn publish_all(
+        &mut self,
+        incarnation: &Incarnation,
+        mut publishes: Vec<Request>,
+    ) -> Option<Ended> {
+        if publishes.len() <= 1 {
+            let request = publishes.pop()?;
+            return self.handle(incarnation, request);
+        }
+        let mut pipe = redis::pipe();
+        for request in &publishes {
+            if let Request::Publish { to, batch, .. } = request {
+                pipe.cmd("PUBLISH")
+                    .arg(key(&format!("node:{to}")))
+                    .arg(batch.as_slice());
+            }
+        }
+        let counts: redis::RedisResult<Vec<i64>> =
+            self.connection().and_then(|con| pipe.query(con));
+        let failed: Vec<Request> = match counts {
+            Ok(counts) if counts.len() == publishes.len() => publishes
+                .into_iter()
+                .zip(counts)
+                .filter(|&(_, count)| count == 0)
+                .map(|(request, _)| request)
+                .collect(),
+            Ok(_) => {
+                warn!("cluster: a pipeline of publishes answered short; its batches fail");
+                publishes
+            }
+            Err(e) => {
+                warn!(error = %e, "cluster: engine call failed");
+                self.con = None;
+                publishes
+            }
+        };
+        for request in failed {
+            debug!("cluster: batch reached no subscriber");
+            if !self.fail(request) {
+                return Some(Ended::Stopped);
+            }
+        }
+        None
+    }
+
     /// Does one request; Some when the incarnation must end.
     fn handle(&mut self, incarnation: &Incarnation, request: Request) -> Option<Ended> {
         let result = match &request {
@@ -497,14 +571,10 @@ impl Commands {
             Request::ReleaseName { name } => self.release_name(incarnation, name),
             Request::Show { id, roles, name } => self.show(incarnation, *id, *roles, name),
             Request::Release { id } => self.release(incarnation, *id),
-            Request::Publish { to, batch, relays } => match self.publish(*to, batch) {
+            Request::Publish { to, batch, .. } => match self.publish(*to, batch) {
                 Ok(0) => {
                     debug!(node = to, "cluster: batch reached no subscriber");
-                    let event = Event::Unreachable {
-                        node: *to,
-                        relays: relays.clone(),
-                    };
-                    return (!self.tell.event(event)).then_some(Ended::Stopped);
+                    return (!self.fail(request)).then_some(Ended::Stopped);
                 }
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),

@@ -8,6 +8,8 @@
 //! plain data and answers through the [`Outbox`]; it never sees the engine.
 //! Without a cluster none of it is allocated, and a request pays one branch.
 
+use super::pair_retry::PairRetries;
+use super::sequence_map::SequenceMap;
 use super::{
     ConnId, Delivery, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session,
 };
@@ -45,7 +47,7 @@ enum SentFor {
 
 /// A notice between the two halves of a pair on two nodes (CLUSTER.md,
 /// "Pairs across nodes"); the loop carries it in a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PairNotice {
     /// My emitter `emitter` asks to pair with your `exhibitor`.
     Pair {
@@ -146,7 +148,7 @@ pub(super) struct Remote {
     /// By relay number, so the first has the earliest deadline.
     sent: BTreeMap<u64, Sent>,
     next_received: u64,
-    received: HashMap<u64, Received>,
+    received: SequenceMap<Received>,
     /// The nodes of the request being routed.
     nodes: Vec<NodeRef>,
     /// Emitters here paired with an exhibitor on another node: its node
@@ -162,6 +164,8 @@ pub(super) struct Remote {
     pairing: HashMap<u64, PairWait>,
     pairing_conns: HashMap<ConnId, u64>,
     next_token: u64,
+    /// Pair notices the engine could not carry, to be sent again.
+    pub(super) retries: PairRetries,
 }
 
 impl Remote {
@@ -209,7 +213,18 @@ impl Remote {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let relays = self.sent.first_key_value().map(|(_, sent)| sent.deadline);
         let pairs = self.pairing.values().map(|wait| wait.deadline).min();
-        relays.into_iter().chain(pairs).min()
+        let retries = self.retries.next_due();
+        relays.into_iter().chain(pairs).chain(retries).min()
+    }
+
+    /// Whether a pair notice that failed is still worth sending: a PAIR
+    /// only while its OI still waits for the answer; the others always
+    /// (each is idempotent, and moot only once its node is gone).
+    pub(super) fn pair_notice_matters(&self, notice: &PairNotice) -> bool {
+        match notice {
+            PairNotice::Pair { token, .. } => self.pairing.contains_key(token),
+            _ => true,
+        }
     }
 
     fn owner_of(&self, id: ClientId) -> Option<NodeRef> {
@@ -416,6 +431,7 @@ impl Router {
         }
         self.ids.epoch += 1;
         self.remote.exhibitors.remove(&node);
+        self.remote.retries.forget_node(node);
         // Rule 6 across nodes: emitters here lose their exhibitor there;
         // exhibitors here whose emitter was there are dismissed.
         self.remote.paired_out.retain(|_, (n, _)| *n != node);
@@ -491,6 +507,7 @@ impl Router {
         self.remote.paired_out.clear();
         self.remote.paired_in.clear();
         self.remote.paired_in_by_exhibitor.clear();
+        self.remote.retries.clear();
         self.cluster_joined(&[]);
     }
 
@@ -935,5 +952,6 @@ impl Router {
         for token in overdue {
             self.pair_failed(token, now, out);
         }
+        self.resend_pair_notices(now, out);
     }
 }

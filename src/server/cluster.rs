@@ -269,14 +269,17 @@ impl Server {
                 }
             }
             Event::Batch { bytes } => self.cluster_batch(cluster, &bytes),
-            Event::Unreachable { node, relays } => {
+            Event::Unreachable {
+                node,
+                relays,
+                batch,
+            } => {
                 warn!(
                     node,
                     relays = relays.len(),
                     "cluster: batch not delivered; its relays fail"
                 );
-                self.router
-                    .relays_failed(node, &relays, now, &mut self.wire);
+                self.cluster_undelivered(node, &relays, &batch);
             }
             Event::Fenced => self.cluster_fence(cluster),
         }
@@ -410,16 +413,36 @@ impl Server {
         }
         for (to, writer) in batches {
             let (batch, relays) = writer.finish();
-            if let Err(Request::Publish { relays, .. }) =
-                cluster
-                    .engine
-                    .submit(Request::Publish { to, batch, relays })
+            if let Err(Request::Publish { relays, batch, .. }) = cluster
+                .engine
+                .submit(Request::Publish { to, batch, relays })
             {
                 warn!(node = to, "cluster: engine queue full; relays fail");
-                self.router.relays_failed(to, &relays, now, &mut self.wire);
+                self.cluster_undelivered(to, &relays, &batch);
             }
         }
         self.settle_dropped();
+    }
+
+    /// A batch for `node` the engine could not carry: its relays fail (ERRO,
+    /// never a false OK) and its pair notices are handed back to the router
+    /// to be sent again (`router/pair_retry.rs`).
+    fn cluster_undelivered(&mut self, node: NodeId, relays: &[u64], batch: &[u8]) {
+        let now = self.wire.now;
+        self.router.relays_failed(node, relays, now, &mut self.wire);
+        // Our own batch: it parses, unless empty of records or cut short.
+        if let Ok((_, records)) = batch::parse(batch) {
+            let notices: Vec<PairNotice> = records
+                .into_iter()
+                .filter_map(|record| match record {
+                    Record::Pair(record) => Some(to_notice(record)),
+                    _ => None,
+                })
+                .collect();
+            if !notices.is_empty() {
+                self.router.pair_notices_failed(node, &notices, now);
+            }
+        }
     }
 }
 
