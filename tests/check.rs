@@ -126,10 +126,20 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
     // Copied like an ordinary room's: every member has it, none waits.
     (
         Fault::QueueToAll,
-        &["queue-one-member", "queue-prefetch", "queue-waits"],
+        &[
+            "queue-one-member",
+            "queue-prefetch",
+            "queue-prefetch-asked",
+            "queue-waits",
+        ],
         &[],
     ),
-    (Fault::QueueNoPrefetch, &["queue-prefetch"], &[]),
+    (
+        Fault::QueueNoPrefetch,
+        &["queue-prefetch", "queue-prefetch-asked"],
+        &[],
+    ),
+    (Fault::QueuePrefetchIgnored, &["queue-prefetch-asked"], &[]),
     (Fault::QueueLostOnLeave, &["queue-redelivery"], &[]),
     (Fault::QueueNoWait, &["queue-waits"], &[]),
     (Fault::QueueNeverGivesUp, &["queue-gives-up"], &[]),
@@ -371,7 +381,7 @@ fn queue_gives_up_is_not_run_without_queue_wait() {
     );
     assert_eq!(
         lines.last(),
-        Some(&"check: 14 passed, 0 failed, 0 notes, 1 skipped")
+        Some(&"check: 15 passed, 0 failed, 0 notes, 1 skipped")
     );
 }
 
@@ -732,6 +742,7 @@ fault_tests! {
     fault_room_missing_ok: RoomMissingOk,
     fault_queue_to_all: QueueToAll,
     fault_queue_no_prefetch: QueueNoPrefetch,
+    fault_queue_prefetch_ignored: QueuePrefetchIgnored,
     fault_queue_lost_on_leave: QueueLostOnLeave,
     fault_queue_no_wait: QueueNoWait,
     fault_queue_never_gives_up: QueueNeverGivesUp,
@@ -884,5 +895,64 @@ fn a_report_that_cannot_be_written_is_an_error() {
             "evchat check: cannot write the report: No space left on device (os error 28)\n"
                 .to_string()
         )
+    );
+}
+
+/// A server that takes a JOIN's prefetch but holds every member to one
+/// message fails `queue-prefetch-asked`, and the report says which message
+/// came instead of the second one held, and what to do.
+#[test]
+fn a_server_ignoring_the_prefetch_fails_its_check_with_this_report() {
+    let fixture = Fixture::start(Fault::QueuePrefetchIgnored);
+    let (code, out, _) = evchat(&[
+        "check",
+        &fixture.target(),
+        "--level",
+        "rooms",
+        "--timeout",
+        CHECK_TIMEOUT,
+    ]);
+    assert_eq!(code, 3, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL  queue-prefetch-asked "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        lines[at],
+        "FAIL  queue-prefetch-asked     a member whose JOIN asked prefetch 2 holds two \
+         unacknowledged messages, not three"
+    );
+    assert_eq!(
+        lines[at + 1],
+        "exhibitor 4096: not the message sent, unchanged"
+    );
+    let field = |name: &str| {
+        lines[at..]
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .trim()
+    };
+    assert_eq!(
+        field("rule:"),
+        "PROTOCOL.md, Extension: rooms and queues, Work queues, Prefetch"
+    );
+    assert!(
+        field("expected:").ends_with("\"evchat check: prefetch 2 of 2\""),
+        "{out}"
+    );
+    assert!(
+        field("received:").ends_with("\"evchat check: while two are held\""),
+        "{out}"
+    );
+    assert_eq!(
+        field("hint:"),
+        "a member whose JOIN carried prefetch P holds up to P unacknowledged messages of the \
+         queue: give it the second before the first's OK"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"check: 14 passed, 1 failed, 0 notes, 1 skipped")
     );
 }

@@ -194,6 +194,8 @@ pub enum Fault {
     QueueToAll,
     /// Hands queue messages to a member that still holds one.
     QueueNoPrefetch,
+    /// Takes a JOIN's prefetch (flag 2) but holds every member to 1.
+    QueuePrefetchIgnored,
     /// Answers ERRO for the message a queue member held when it left.
     QueueLostOnLeave,
     /// Answers ERRO at once to a queue message when no member is online.
@@ -220,6 +222,7 @@ impl Fault {
                 | Fault::RoomMissingOk
                 | Fault::QueueToAll
                 | Fault::QueueNoPrefetch
+                | Fault::QueuePrefetchIgnored
                 | Fault::QueueLostOnLeave
                 | Fault::QueueNoWait
                 | Fault::QueueNeverGivesUp
@@ -709,6 +712,8 @@ struct Room {
     queue: bool,
     /// The member names, as each JOIN spelt it.
     members: Vec<String>,
+    /// The prefetch a member name's JOIN asked (lower case; 1 when absent).
+    prefetch: HashMap<String, u8>,
     /// Queue messages no member session holds yet, oldest first.
     waiting: VecDeque<Queued>,
     /// The `online` stamp of the member session served last.
@@ -1365,16 +1370,24 @@ impl State {
             if !room.queue || room.waiting.is_empty() {
                 return;
             }
-            let holds = |id: &u16| {
-                self.clients[id]
+            let has_room = |id: &u16| {
+                let client = &self.clients[id];
+                let held = client
                     .pending
                     .iter()
-                    .any(|p| matches!(p, Pending::Queued(r, _) if *r == room_id))
+                    .filter(|p| matches!(p, Pending::Queued(r, _) if *r == room_id))
+                    .count();
+                let asked = room.prefetch.get(&client.name.to_ascii_lowercase());
+                let prefetch = match fault {
+                    Fault::QueuePrefetchIgnored => 1,
+                    _ => asked.copied().unwrap_or(1),
+                };
+                held < usize::from(prefetch)
             };
             let free: Vec<(u64, u16)> = self
                 .member_sessions(room_id)
                 .into_iter()
-                .filter(|(_, id)| fault == Fault::QueueNoPrefetch || !holds(id))
+                .filter(|(_, id)| fault == Fault::QueueNoPrefetch || has_room(id))
                 .collect();
             let next = free
                 .iter()
@@ -1444,9 +1457,13 @@ impl State {
             ROOMS => b.is_empty().then(String::new),
             _ => b.get(name_at).and_then(|&nl| {
                 let nl = nl as usize;
-                let flags_ok = f.kind == LEAVE || b[0] <= 1;
-                (nl <= 64 && b.len() == name_at + 1 + nl && flags_ok)
-                    .then(|| String::from_utf8_lossy(&b[name_at + 1..]).into_owned())
+                // Flag 2 (a queue's only): a prefetch byte, 1..=255, follows.
+                let prefetched = f.kind == JOIN && b[0] == 3;
+                let flags_ok = f.kind == LEAVE || b[0] <= 1 || prefetched;
+                let tail = usize::from(prefetched);
+                let end = name_at + 1 + nl;
+                (nl <= 64 && b.len() == end + tail && flags_ok && (!prefetched || b[end] > 0))
+                    .then(|| String::from_utf8_lossy(&b[name_at + 1..end]).into_owned())
             }),
         };
         let Some(name) = parsed else {
@@ -1493,7 +1510,8 @@ impl State {
             }
             JOIN if member.is_empty() => acts.push(roomack(5, None)),
             JOIN => {
-                let queue = b[0] == 1;
+                let queue = b[0] & 1 == 1;
+                let prefetch = (b[0] == 3).then(|| b[b.len() - 1]);
                 let id = match found {
                     Some(id) => id,
                     None => {
@@ -1510,6 +1528,7 @@ impl State {
                             name,
                             queue,
                             members: Vec::new(),
+                            prefetch: HashMap::new(),
                             waiting: VecDeque::new(),
                             last_served: 0,
                         };
@@ -1521,6 +1540,12 @@ impl State {
                 if room.queue != queue {
                     return acts.push(roomack(8, None));
                 }
+                // A JOIN again sets the prefetch afresh (none: back to 1).
+                let key = member.to_ascii_lowercase();
+                match prefetch {
+                    Some(prefetch) => room.prefetch.insert(key, prefetch),
+                    None => room.prefetch.remove(&key),
+                };
                 if !room.has_member(&member) {
                     room.members.push(member);
                 }
@@ -1540,6 +1565,7 @@ impl State {
                 };
                 let room = self.rooms.get_mut(&id).expect("the room");
                 room.members.retain(|m| !m.eq_ignore_ascii_case(&member));
+                room.prefetch.remove(&member.to_ascii_lowercase());
                 acts.push(roomack(0, Some((id, room))));
                 if room.members.is_empty() {
                     let room = self.rooms.remove(&id).expect("the room");

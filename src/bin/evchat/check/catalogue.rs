@@ -627,6 +627,16 @@ pub const CATALOGUE: &[Check] = &[
         run: rooms::queue_prefetch_one,
     },
     Check {
+        id: "queue-prefetch-asked",
+        level: Level::Rooms,
+        title: "a member whose JOIN asked prefetch 2 holds two unacknowledged messages, not three",
+        rule: "PROTOCOL.md, Extension: rooms and queues, Work queues, Prefetch",
+        quote: None,
+        hint: "JOIN flag 2 carries a prefetch P: each session of the name may hold up to P unacknowledged messages of the queue",
+        needs: QUEUE_NEEDS,
+        run: rooms::queue_prefetch_asked,
+    },
+    Check {
         id: "queue-redelivery",
         level: Level::Rooms,
         title: "a message held by a member that leaves unacknowledged goes to the next member",

@@ -49,6 +49,11 @@ fn fresh_room() -> String {
 }
 
 fn join_bytes(conn: &mut Conn, room: &str, flags: u8) -> Vec<u8> {
+    join_prefetch_bytes(conn, room, flags, None)
+}
+
+/// JOIN with `prefetch` (Some: flag 2 and its byte; a queue's only).
+fn join_prefetch_bytes(conn: &mut Conn, room: &str, flags: u8, prefetch: Option<u8>) -> Vec<u8> {
     let seq = conn.next_seq();
     ExtFrame::Join(Join {
         origin: conn.me(),
@@ -56,7 +61,7 @@ fn join_bytes(conn: &mut Conn, room: &str, flags: u8) -> Vec<u8> {
         seq,
         flags,
         name: room.as_bytes().to_vec(),
-        prefetch: None,
+        prefetch,
     })
     .to_bytes()
     .to_vec()
@@ -523,6 +528,57 @@ pub fn queue_prefetch_one(ctx: &Ctx) -> Outcome {
     a.ex.ack(&marked)?;
     receive(&mut a.ex, &second, &writer)?;
     for what in ["OK for the first", "OK for the second", "OK for the marker"] {
+        expect_answer(&mut writer, Kind::Ok, what)?;
+    }
+    pass()
+}
+
+/// A member whose JOIN asked a prefetch of 2 holds two unacknowledged
+/// messages at once, and not a third.
+pub fn queue_prefetch_asked(ctx: &Ctx) -> Outcome {
+    let mut a = Member::new(ctx)?;
+    let room = fresh_room();
+    let bytes = join_prefetch_bytes(&mut a.em, &room, FLAG_QUEUE, Some(2));
+    let seq = Header::peek(&bytes).map_or(0, |h| h.seq);
+    a.em.send_bytes(&bytes)?;
+    let want = format!(
+        "ROOMACK(origin 65535, dest {}, seq {seq}) code 0 to JOIN with prefetch 2",
+        a.em.me()
+    );
+    let ack = expect_roomack(&mut a.em, seq, &want)?;
+    if ack.code != JOINED || ack.flags != FLAG_QUEUE || !ROOM_IDS.contains(&ack.room) {
+        return Err(a.em.unexpected(
+            format!("ROOMACK code {}, flags {}", ack.code, ack.flags),
+            &want,
+        ));
+    }
+    let mut writer = Conn::emitter(ctx, 1)?;
+    let first = say(&mut writer, ack.room, "evchat check: prefetch 1 of 2")?;
+    let second = say(&mut writer, ack.room, "evchat check: prefetch 2 of 2")?;
+    let third = say(&mut writer, ack.room, "evchat check: over the prefetch")?;
+    let marker = say(&mut writer, a.ex.me(), "evchat check: while two are held")?;
+    let held = [
+        expect_msg(&mut a.ex, &first, &writer)?,
+        expect_msg(&mut a.ex, &second, &writer).map_err(|f| {
+            f.with_hint(
+                "a member whose JOIN carried prefetch P holds up to P unacknowledged messages \
+                 of the queue: give it the second before the first's OK",
+            )
+        })?,
+    ];
+    // Two held: the third waits, so the marker is the next MSG.
+    let marked = expect_msg(&mut a.ex, &marker, &writer)
+        .map_err(|f| f.with_hint("no more than the prefetch asked: the third waits for an OK"))?;
+    for msg in held.iter().chain([&marked]) {
+        a.ex.ack(msg)?;
+    }
+    receive(&mut a.ex, &third, &writer)?;
+    for what in [
+        "OK for the first",
+        "OK for the second",
+        "OK for the third",
+        "OK for the marker",
+    ] {
         expect_answer(&mut writer, Kind::Ok, what)?;
     }
     pass()
