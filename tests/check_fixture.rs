@@ -38,6 +38,8 @@ const LEAVE: u16 = 13;
 const ROOMS: u16 = 14;
 const ROOMACK: u16 = 15;
 const ROOMLIST: u16 = 16;
+const TELL: u16 = 17;
+const WAITING: u16 = 18;
 const SERVER: u16 = 65535;
 /// The room ids (PROTOCOL.md, "Room ids").
 const ROOM_IDS: std::ops::RangeInclusive<u16> = 0x4000..=0x7fff;
@@ -202,6 +204,12 @@ pub enum Fault {
     QueueNoWait,
     /// Never gives up on a waiting queue message.
     QueueNeverGivesUp,
+    /// Stores a TELL to a name that is online instead of showing it.
+    TellOnlineStored,
+    /// Answers a TELL it stores with OK (which means "shown").
+    TellStoredOk,
+    /// Sends a stored TELL's MSG without the WAITING before it.
+    TellNoWaiting,
 }
 
 impl Fault {
@@ -226,6 +234,9 @@ impl Fault {
                 | Fault::QueueLostOnLeave
                 | Fault::QueueNoWait
                 | Fault::QueueNeverGivesUp
+                | Fault::TellOnlineStored
+                | Fault::TellStoredOk
+                | Fault::TellNoWaiting
         )
     }
 
@@ -588,7 +599,9 @@ impl Reader {
         let opted_in = identified && self.out.opted_in.load(Ordering::SeqCst);
         let ext = (self.mode.speaks_identity()
             && ((kind == HELLO && !identified) || (opted_in && (kind == HELLO || kind == KICK))))
-            || (self.mode.speaks_rooms() && opted_in && (JOIN..=ROOMS).contains(&kind));
+            || (self.mode.speaks_rooms()
+                && opted_in
+                && ((JOIN..=ROOMS).contains(&kind) || kind == TELL));
         let (len, body) = if kind == MSG || kind == CLIST || ext {
             if b.len() < 10 {
                 return None;
@@ -706,6 +719,15 @@ struct Queued {
     since: Instant,
 }
 
+/// A TELL kept for a name that was offline.
+struct Letter {
+    origin: u16,
+    /// The teller's name, for the WHO before it.
+    sender: String,
+    text: Vec<u8>,
+    time_ms: u64,
+}
+
 struct Room {
     /// As the first JOIN spelt it.
     name: String,
@@ -761,6 +783,8 @@ struct State {
     /// none), held until it ends.
     claimed: HashMap<u64, String>,
     rooms: BTreeMap<u16, Room>,
+    /// Messages told to offline names (lower case), oldest first.
+    letters: HashMap<String, VecDeque<Letter>>,
     /// The `online` stamp of the last client to send OI.
     onlines: u64,
 }
@@ -864,12 +888,15 @@ impl State {
         }
         if out.opted_in.load(Ordering::SeqCst)
             && fault.speaks_rooms()
-            && (JOIN..=ROOMS).contains(&f.kind)
+            && ((JOIN..=ROOMS).contains(&f.kind) || f.kind == TELL)
         {
             let is_emitter = matches!(
                 self.clients.get(&id).map(|c| &c.role),
                 Some(Role::Emitter { .. })
             );
+            if is_emitter && f.kind == TELL {
+                return self.tell(shared, out, id, &f, acts);
+            }
             if is_emitter {
                 return self.room_request(shared, out, id, &f, acts);
             }
@@ -1018,6 +1045,137 @@ impl State {
         for room in queues {
             self.dispatch(shared, room, acts);
         }
+        self.deliver_letters(shared, id, acts);
+    }
+
+    /// What was told to the name of exhibitor `id`, now online: each as
+    /// WAITING, WHO when needed, and the MSG, all acknowledged like a WHO.
+    fn deliver_letters(&mut self, shared: &Shared, id: u16, acts: &mut Vec<Act>) {
+        let wire = shared.wire();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if !client.opted_in || !matches!(client.role, Role::Exhibitor { .. }) {
+            return;
+        }
+        let Some(letters) = self.letters.remove(&client.name.to_ascii_lowercase()) else {
+            return;
+        };
+        for letter in letters {
+            if shared.fault != Fault::TellNoWaiting {
+                let seq = client.seq;
+                client.seq = seq.wrapping_add(1);
+                let time = letter.time_ms.to_be_bytes();
+                let bytes = encode(wire, [WAITING, SERVER, id, seq], Some(8), &time);
+                acts.push(Act::Send(client.out.clone(), bytes));
+                client.pending.push_back(Pending::Who);
+            }
+            acts.extend(Self::who(
+                shared.fault,
+                wire,
+                (id, client),
+                letter.origin,
+                &letter.sender,
+            ));
+            let seq = client.seq;
+            client.seq = seq.wrapping_add(1);
+            let count = letter.text.len() as u16;
+            let fields = [MSG, letter.origin, id, seq];
+            acts.push(Act::Send(
+                client.out.clone(),
+                encode(wire, fields, Some(count), &letter.text),
+            ));
+            client.pending.push_back(Pending::Who);
+        }
+    }
+
+    /// TELL from opted-in emitter `me`: a MSG to the name's exhibitors when
+    /// online, else kept for it when it is known (a room's member).
+    fn tell(&mut self, shared: &Shared, out: &Arc<Out>, me: u16, f: &In, acts: &mut Vec<Act>) {
+        let fault = shared.fault;
+        let wire = shared.wire();
+        let reply = |kind: u16| {
+            Act::Send(
+                out.clone(),
+                encode(wire, [kind, SERVER, me, f.seq], None, &[]),
+            )
+        };
+        let b = &f.body;
+        let Some(nl) = b
+            .first()
+            .map(|&nl| nl as usize)
+            .filter(|&nl| nl <= 64 && b.len() > nl)
+        else {
+            acts.push(reply(ERRO));
+            acts.push(Act::Close(out.clone()));
+            return self.remove(shared, out.conn, acts);
+        };
+        let name = String::from_utf8_lossy(&b[1..1 + nl]).into_owned();
+        let text = b[1 + nl..].to_vec();
+        let roomack = |code: u8, name: &str| {
+            let mut body = vec![code, 0, 0, 0, 0, 0, name.len() as u8];
+            body.extend_from_slice(name.as_bytes());
+            let fields = [ROOMACK, SERVER, me, f.seq];
+            Act::Send(
+                out.clone(),
+                encode(wire, fields, Some(body.len() as u16), &body),
+            )
+        };
+        if !valid_name(&name) {
+            return acts.push(roomack(1, ""));
+        }
+        let teller = self
+            .clients
+            .get(&me)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let targets: Vec<u16> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Exhibitor { .. }))
+            .filter(|(_, c)| c.opted_in && c.name.eq_ignore_ascii_case(&name))
+            .map(|(id, _)| *id)
+            .collect();
+        if !targets.is_empty() && fault != Fault::TellOnlineStored {
+            let request = Arc::new(Mutex::new(Request {
+                emitter: out.clone(),
+                emitter_id: me,
+                seq: f.seq,
+                outstanding: targets.len(),
+                any_ok: false,
+                answered: false,
+                first_settles: false,
+            }));
+            for target in targets {
+                let client = self.clients.get_mut(&target).expect("a target");
+                acts.extend(Self::who(fault, wire, (target, client), f.origin, &teller));
+                let fields = [MSG, f.origin, target, f.seq];
+                let bytes = encode(wire, fields, Some(text.len() as u16), &text);
+                client.pending.push_back(Pending::Request(request.clone()));
+                acts.push(Act::Send(client.out.clone(), bytes));
+            }
+            return;
+        }
+        let key = name.to_ascii_lowercase();
+        let known = !targets.is_empty()
+            || self.letters.contains_key(&key)
+            || self.rooms.values().any(|r| r.has_member(&name));
+        if !known {
+            return acts.push(roomack(10, ""));
+        }
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.letters.entry(key).or_default().push_back(Letter {
+            origin: f.origin,
+            sender: teller,
+            text,
+            time_ms,
+        });
+        if fault == Fault::TellStoredOk {
+            return acts.push(reply(OK));
+        }
+        acts.push(roomack(9, &name));
     }
 
     /// A HELLO before OI: a name claimed (or none), without accounts.
