@@ -492,6 +492,12 @@
     status.textContent = text || value;
   }
 
+  // The answer `frame` (OK, ERRO or ROOMACK) to a TELL, on its entry.
+  function toldAnswered(request, frame) {
+    const [value, text] = toldAnswer(frame, request.name);
+    setStatus(request.status, value, text);
+  }
+
   // ---- connection state ------------------------------------------------
 
   function showState(state, text) {
@@ -1297,7 +1303,7 @@
         } else if (request.kind === 'msg') {
           setStatus(request.status, frame.type === T.OK ? 'delivered' : 'not delivered');
         } else if (request.kind === 'tell') {
-          setStatus.apply(null, [request.status].concat(toldAnswer(frame, request.name)));
+          toldAnswered(request, frame);
         } else if (request.kind === 'creq') {
           // The CLIST came first; if the server refused the CREQ, nothing
           // marks the replay's end any more clearly than this.
@@ -1323,7 +1329,7 @@
         if (frame.type === T.ROOMLIST) {
           roomsListed(frame);
         } else if (request.kind === 'tell') {
-          setStatus.apply(null, [request.status].concat(toldAnswer(frame, request.name)));
+          toldAnswered(request, frame);
         } else {
           roomAnswered(request, frame);
         }
