@@ -21,6 +21,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod names;
 mod pair_retry;
 mod remote;
 mod rooms;
@@ -635,6 +636,8 @@ pub struct Router {
     answers: HashMap<(ConnId, u64), ExtFrame>,
     /// Messages waiting for names (TELL to an offline name).
     waiting: waiting::Waiting,
+    /// The names a TELL to an offline name may be stored for.
+    known: names::KnownNames,
     /// The number the next waiting message (queue or name) gets.
     next_wait: u64,
     /// Other nodes, with a cluster (CLUSTER.md); off and empty without.
@@ -662,6 +665,7 @@ impl Router {
             rooms: rooms::Rooms::new(RoomLimits::default()),
             answers: HashMap::new(),
             waiting: waiting::Waiting::new(),
+            known: names::KnownNames::default(),
             next_wait: 0,
             remote: remote::Remote::default(),
         }
@@ -721,6 +725,9 @@ impl Router {
         };
         session.roles = roles;
         info!(conn, name = name.unwrap_or(""), roles, "HELLO accepted");
+        if let Some(name) = name {
+            self.saw_name(name);
+        }
         if was_checking {
             out.resume_input(conn);
         }

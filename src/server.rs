@@ -291,6 +291,7 @@ impl Server {
         if let Some(auth) = &server.config.auth {
             server.auth = Some(Auth::start(auth, server.waker.clone())?);
             server.router.require_accounts(true);
+            server.hand_account_names();
         }
         if let Some(tls) = &server.config.tls
             && tls.workers > 0

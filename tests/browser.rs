@@ -2019,3 +2019,115 @@ fn now_ms() -> u64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     since.unwrap().as_millis() as u64
 }
+
+/// JavaScript: whether the newest note the page shows says exactly `want`.
+fn last_note_is(want: &str) -> String {
+    format!(
+        "(() => {{ const n = [...document.querySelectorAll('#log li.note .text')]; \
+           return n.length > 0 && n[n.length - 1].textContent === {want:?} && 'yes'; }})()"
+    )
+}
+
+/// The page leaves a message for a name that is offline: "/tell NAME
+/// text" sends TELL, its entry says "stored for bob", and bob's page,
+/// claiming the name later, shows it marked as waited for. bob never
+/// joined a room: the server knows his name because he signed in since it
+/// started (PROTOCOL.md, "Known names"). A name never seen, a bad name and
+/// a bare "/tell" each get their sentence, and a TELL to a name online is
+/// shown there at once, "delivered".
+#[test]
+fn page_tells_an_offline_name_and_the_name_sees_it_on_sign_in() {
+    let Some(path) = chromium() else { return };
+    let dir = TempDir::new("page-tells");
+    let server = Server::start(&["--history", dir.arg()]);
+    let mut bob_chat = named_chat(&server, "bob");
+    bob_chat.close_input();
+    assert_eq!(bob_chat.wait().code(), Some(0));
+
+    let (_alice_browser, alice, alice_problems) = open_page(path.clone(), server.addr.port());
+    wait_connected(&alice);
+    claim_name(&alice, "alice");
+    type_and_send(&alice, "/tell");
+    wait_for(
+        &alice,
+        "the usage of /tell",
+        &last_note_is("not sent: /tell NAME message leaves a message for NAME, online or not"),
+    );
+    // A line not sent stays in the box, to be mended.
+    let clear = "document.getElementById('text').value = ''";
+    evaluate(&alice, clear, false);
+    type_and_send(&alice, "/tell 1bob hi");
+    wait_for(
+        &alice,
+        "a bad name refused before sending",
+        &last_note_is(
+            "not sent: \"1bob\" is not a name: a letter, then up to 23 letters, digits, \".\", \"_\" or \"-\"",
+        ),
+    );
+    evaluate(&alice, clear, false);
+    type_and_send(&alice, "/tell dave hi");
+    wait_for(
+        &alice,
+        "a name the server does not know",
+        &format!(
+            "{} && 'yes'",
+            sent_shows(
+                "hi",
+                Some("to dave"),
+                "not delivered: no one named dave is known to the server"
+            )
+        ),
+    );
+    type_and_send(&alice, "/tell bob see you at 3");
+    wait_for(
+        &alice,
+        "the message stored for bob",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("see you at 3", Some("to bob"), "stored for bob")
+        ),
+    );
+    assert_eq!(
+        evaluate(&alice, "document.getElementById('text').value", false),
+        Value::String(String::new()),
+        "the box is cleared once told"
+    );
+
+    let (_bob_browser, bob, bob_problems) = open_page(path, server.addr.port());
+    wait_connected(&bob);
+    claim_name(&bob, "bob");
+    let waited = "[...document.querySelectorAll('#log li.in.waited')].map(li => \
+                  li.querySelector('.from').textContent + ' ' + \
+                  li.querySelector('.scope').textContent + ': ' + \
+                  li.querySelector('.text').textContent).join('\\n')";
+    wait_for(
+        &bob,
+        "the told message shown marked",
+        &format!(
+            "(() => {{ const t = {waited}; \
+               return t === 'alice while you were away: see you at 3' && t; }})()"
+        ),
+    );
+    // bob answers with /tell too: alice is online, so it is a MSG to her.
+    type_and_send(&bob, "/tell alice got it");
+    wait_for(
+        &bob,
+        "the answer delivered",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("got it", Some("to alice"), "delivered")
+        ),
+    );
+    wait_for(
+        &alice,
+        "bob's answer shown",
+        &format!(
+            "(() => {{ const t = {}; return t === 'bob to you: got it' && t; }})()",
+            conversation_lines("person:bob")
+        ),
+    );
+    for problems in [alice_problems, bob_problems] {
+        let problems = problems.lock().unwrap();
+        assert!(problems.is_empty(), "the page reported: {problems:#?}");
+    }
+}

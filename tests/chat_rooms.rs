@@ -283,6 +283,15 @@ fn a_member_back_from_away_is_shown_what_its_room_said() {
 /// emitter's first request (ROOMS) with an empty ROOMLIST, and hands the
 /// test both connections, exhibitor first.
 fn scripted_named_server(name: &'static str) -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
+    scripted_named_sessions(name, 1)
+}
+
+/// As [`scripted_named_server`], for `sessions` registrations one after
+/// the other (a chat reconnecting registers again).
+fn scripted_named_sessions(
+    name: &'static str,
+    sessions: usize,
+) -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -305,24 +314,28 @@ fn scripted_named_server(name: &'static str) -> (String, std::sync::mpsc::Receiv
             client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
             client
         };
-        // The exhibitor's HELLO claims the name; the emitter's carries none.
-        let exhibitor = register(4096, 14 + name.len());
-        let mut emitter = register(1, 14);
-        let rooms = ExtFrame::Rooms(Header {
-            kind: ROOMS,
-            origin: 1,
-            dest: SERVER_ID,
-            seq: 1,
-        });
-        assert_eq!(emitter.expect_bytes(10), rooms.to_bytes().to_vec());
-        let listed = ExtFrame::RoomList(RoomList {
-            origin: SERVER_ID,
-            dest: 1,
-            seq: 1,
-            rooms: vec![],
-        });
-        emitter.send(&listed.to_bytes());
-        let _ = tx.send((exhibitor, emitter));
+        for _ in 0..sessions {
+            // The exhibitor's HELLO claims the name; the emitter's carries none.
+            let exhibitor = register(4096, 14 + name.len());
+            let mut emitter = register(1, 14);
+            let rooms = ExtFrame::Rooms(Header {
+                kind: ROOMS,
+                origin: 1,
+                dest: SERVER_ID,
+                seq: 1,
+            });
+            assert_eq!(emitter.expect_bytes(10), rooms.to_bytes().to_vec());
+            let listed = ExtFrame::RoomList(RoomList {
+                origin: SERVER_ID,
+                dest: 1,
+                seq: 1,
+                rooms: vec![],
+            });
+            emitter.send(&listed.to_bytes());
+            if tx.send((exhibitor, emitter)).is_err() {
+                return;
+            }
+        }
     });
     (addr, rx)
 }
@@ -499,4 +512,78 @@ fn a_join_the_account_may_not_make_is_one_sentence() {
     ann.stdout
         .expect_line("rooms (0): none; /join #room creates one");
     leave_quietly(ann);
+}
+
+/// ROOMACK code 0 for the queue room "jobs" (16384, 1 member), to `seq`.
+fn jobs_joined(seq: u16) -> Vec<u8> {
+    let ack = ExtFrame::RoomAck(RoomAck {
+        origin: SERVER_ID,
+        dest: 1,
+        seq,
+        code: 0,
+        flags: 1,
+        room: 0x4000,
+        members: 1,
+        name: b"jobs".to_vec(),
+    });
+    ack.to_bytes().to_vec()
+}
+
+/// A queue joined with `--prefetch` is joined again with it after each
+/// reconnection, by the bytes (PROTOCOL.md, "Prefetch": a server keeps the
+/// membership, never the prefetch, so without this a worker back from a
+/// dropped connection takes one message at a time); a JOIN again without
+/// `--prefetch` forgets it, and the next reconnection sends no JOIN.
+#[test]
+fn a_chat_joins_its_queue_again_with_its_prefetch_after_a_reconnect() {
+    let (addr, sessions) = scripted_named_sessions("w1", 3);
+    let mut command = Command::new(bin("evchat"));
+    command
+        .args(["chat", &addr, "--name", "w1"])
+        .stdin(Stdio::piped());
+    let mut chat = Proc::spawn_command(command, "evchat chat w1");
+    chat.stdout
+        .expect_line("you are w1, 1 (emitter) / 4096 (exhibitor)");
+    let (exhibitor, mut emitter) = sessions.recv_timeout(TIMEOUT).expect("registered");
+    type_line(&mut chat, "/join #jobs --queue --prefetch 3");
+    // JOIN(1, 65535, 2): flags 3 (a queue, a prefetch follows), "jobs", 3.
+    let join_with_3 = |seq: u16| {
+        let mut wire = vec![0, 12, 0, 1, 0xff, 0xff, 0, seq as u8, 0, 7, 3, 4];
+        wire.extend_from_slice(b"jobs");
+        wire.push(3);
+        wire
+    };
+    assert_eq!(emitter.expect_bytes(17), join_with_3(2));
+    emitter.send(&jobs_joined(2));
+    chat.stdout.expect_line("joined queue #jobs (1 member)");
+
+    drop((exhibitor, emitter));
+    chat.stdout
+        .expect_line(&format!("connection to {addr} lost; reconnecting"));
+    let (exhibitor, mut emitter) = sessions.recv_timeout(TIMEOUT).expect("registered again");
+    chat.stdout
+        .expect_line("reconnected: you are w1, 1 (emitter) / 4096 (exhibitor)");
+    // After ROOMS: the JOIN with its prefetch, then the CREQ that marks the
+    // end of the server's replay.
+    assert_eq!(emitter.expect_bytes(17), join_with_3(2));
+    emitter.send(&jobs_joined(2));
+    chat.stdout.expect_line("joined queue #jobs (1 member)");
+    let creq = Frame::bare(Kind::Creq, 1, 1, 3);
+    assert_eq!(emitter.expect_frame(), creq);
+    emitter.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, 1, 3));
+
+    // Joined again without --prefetch: back to 1, nothing to ask again.
+    type_line(&mut chat, "/join #jobs --queue");
+    let mut plain_join = vec![0, 12, 0, 1, 0xff, 0xff, 0, 4, 0, 6, 1, 4];
+    plain_join.extend_from_slice(b"jobs");
+    assert_eq!(emitter.expect_bytes(16), plain_join);
+    emitter.send(&jobs_joined(4));
+    chat.stdout.expect_line("joined queue #jobs (1 member)");
+    drop((exhibitor, emitter));
+    chat.stdout
+        .expect_line(&format!("connection to {addr} lost; reconnecting"));
+    let (_exhibitor, mut emitter) = sessions.recv_timeout(TIMEOUT).expect("registered again");
+    chat.stdout
+        .expect_line("reconnected: you are w1, 1 (emitter) / 4096 (exhibitor)");
+    assert_eq!(emitter.expect_frame(), Frame::bare(Kind::Creq, 1, 1, 2));
 }

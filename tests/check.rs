@@ -126,13 +126,26 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
     // Copied like an ordinary room's: every member has it, none waits.
     (
         Fault::QueueToAll,
-        &["queue-one-member", "queue-prefetch", "queue-waits"],
+        &[
+            "queue-one-member",
+            "queue-prefetch",
+            "queue-prefetch-asked",
+            "queue-waits",
+        ],
         &[],
     ),
-    (Fault::QueueNoPrefetch, &["queue-prefetch"], &[]),
+    (
+        Fault::QueueNoPrefetch,
+        &["queue-prefetch", "queue-prefetch-asked"],
+        &[],
+    ),
+    (Fault::QueuePrefetchIgnored, &["queue-prefetch-asked"], &[]),
     (Fault::QueueLostOnLeave, &["queue-redelivery"], &[]),
     (Fault::QueueNoWait, &["queue-waits"], &[]),
     (Fault::QueueNeverGivesUp, &["queue-gives-up"], &[]),
+    (Fault::TellOnlineStored, &["tell-online"], &[]),
+    (Fault::TellStoredOk, &["tell-waits"], &[]),
+    (Fault::TellNoWaiting, &["tell-waits"], &[]),
 ];
 
 /// How a skip says the server does not speak the identity extension.
@@ -208,10 +221,22 @@ pub(crate) struct Seen {
 }
 
 /// Runs every check against `target` as JSON, the queue's give-up check
-/// included (told the fixture's `--queue-wait`); (exit code, id → outcome).
+/// included (told the fixture's `--queue-wait`), and the stored TELL's
+/// (told the server keeps history, as the fixture does); (exit code, id →
+/// outcome).
 pub(crate) fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, Seen>, Value) {
+    check_json_with(target, timeout, true)
+}
+
+/// As [`check_json`]; `history`: `--history` is given (the server keeps
+/// history).
+pub(crate) fn check_json_with(
+    target: &str,
+    timeout: &str,
+    history: bool,
+) -> (i32, BTreeMap<String, Seen>, Value) {
     let wait = queue_wait();
-    let args = [
+    let mut args = vec![
         "check",
         target,
         "--json",
@@ -220,6 +245,9 @@ pub(crate) fn check_json(target: &str, timeout: &str) -> (i32, BTreeMap<String, 
         "--queue-wait",
         &wait,
     ];
+    if history {
+        args.push("--history");
+    }
     let (code, _, report) = evchat_json(&args);
     let mut seen = BTreeMap::new();
     for check in report["checks"].as_array().expect("checks array") {
@@ -371,7 +399,7 @@ fn queue_gives_up_is_not_run_without_queue_wait() {
     );
     assert_eq!(
         lines.last(),
-        Some(&"check: 14 passed, 0 failed, 0 notes, 1 skipped")
+        Some(&"check: 16 passed, 0 failed, 0 notes, 2 skipped")
     );
 }
 
@@ -401,12 +429,48 @@ fn a_server_with_accounts_is_not_checked_for_identity() {
 
 #[test]
 fn real_server_passes_every_check() {
+    // Without history (which would replay broadcasts to each new
+    // exhibitor): the stored TELL's check is not asked, and is run below.
     let server = Server::start(&["--queue-wait", &queue_wait()]);
-    let (code, seen, report) = check_json(&server.target(), CHECK_TIMEOUT);
-    let listed: BTreeSet<String> = listed_ids().into_iter().collect();
+    let (code, seen, report) = check_json_with(&server.target(), CHECK_TIMEOUT, false);
+    let mut listed: BTreeSet<String> = listed_ids().into_iter().collect();
+    listed.remove("tell-waits");
     assert_eq!(ids_with(&seen, "pass"), listed, "{report:#}");
     assert_eq!(report["summary"]["passed"], listed.len());
+    assert_eq!(
+        seen["tell-waits"].detail,
+        "not asked: give --history when the server keeps history: only then is a TELL to an \
+         offline name stored"
+    );
     assert_eq!(code, 0);
+}
+
+/// The real server with `--history` stores a TELL to an offline name and
+/// sends it behind WAITING.
+#[test]
+fn real_server_with_history_passes_the_stored_tell_check() {
+    let dir = crate::util::TempDir::new("check-tell");
+    let server = Server::start(&["--history", dir.arg()]);
+    let (code, out, _) = evchat(&[
+        "check",
+        &server.target(),
+        "--only",
+        "tell-waits",
+        "--history",
+        "--timeout",
+        CHECK_TIMEOUT,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines[1],
+        "pass  tell-waits          a TELL to an offline name is stored (ROOMACK code 9) and sent behind \
+         WAITING when it is back"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"check: 1 passed, 0 failed, 0 notes, 0 skipped")
+    );
 }
 
 /// The ids `--list --json` names, in order.
@@ -732,9 +796,13 @@ fault_tests! {
     fault_room_missing_ok: RoomMissingOk,
     fault_queue_to_all: QueueToAll,
     fault_queue_no_prefetch: QueueNoPrefetch,
+    fault_queue_prefetch_ignored: QueuePrefetchIgnored,
     fault_queue_lost_on_leave: QueueLostOnLeave,
     fault_queue_no_wait: QueueNoWait,
     fault_queue_never_gives_up: QueueNeverGivesUp,
+    fault_tell_online_stored: TellOnlineStored,
+    fault_tell_stored_answered_ok: TellStoredOk,
+    fault_tell_delivered_without_waiting: TellNoWaiting,
 }
 
 /// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.
@@ -884,5 +952,64 @@ fn a_report_that_cannot_be_written_is_an_error() {
             "evchat check: cannot write the report: No space left on device (os error 28)\n"
                 .to_string()
         )
+    );
+}
+
+/// A server that takes a JOIN's prefetch but holds every member to one
+/// message fails `queue-prefetch-asked`, and the report says which message
+/// came instead of the second one held, and what to do.
+#[test]
+fn a_server_ignoring_the_prefetch_fails_its_check_with_this_report() {
+    let fixture = Fixture::start(Fault::QueuePrefetchIgnored);
+    let (code, out, _) = evchat(&[
+        "check",
+        &fixture.target(),
+        "--level",
+        "rooms",
+        "--timeout",
+        CHECK_TIMEOUT,
+    ]);
+    assert_eq!(code, 3, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL  queue-prefetch-asked "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        lines[at],
+        "FAIL  queue-prefetch-asked     a member whose JOIN asked prefetch 2 holds two \
+         unacknowledged messages, not three"
+    );
+    assert_eq!(
+        lines[at + 1],
+        "exhibitor 4096: not the message sent, unchanged"
+    );
+    let field = |name: &str| {
+        lines[at..]
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .trim()
+    };
+    assert_eq!(
+        field("rule:"),
+        "PROTOCOL.md, Extension: rooms and queues, Work queues, Prefetch"
+    );
+    assert!(
+        field("expected:").ends_with("\"evchat check: prefetch 2 of 2\""),
+        "{out}"
+    );
+    assert!(
+        field("received:").ends_with("\"evchat check: while two are held\""),
+        "{out}"
+    );
+    assert_eq!(
+        field("hint:"),
+        "a member whose JOIN carried prefetch P holds up to P unacknowledged messages of the \
+         queue: give it the second before the first's OK"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"check: 15 passed, 1 failed, 0 notes, 2 skipped")
     );
 }

@@ -38,6 +38,8 @@ const LEAVE: u16 = 13;
 const ROOMS: u16 = 14;
 const ROOMACK: u16 = 15;
 const ROOMLIST: u16 = 16;
+const TELL: u16 = 17;
+const WAITING: u16 = 18;
 const SERVER: u16 = 65535;
 /// The room ids (PROTOCOL.md, "Room ids").
 const ROOM_IDS: std::ops::RangeInclusive<u16> = 0x4000..=0x7fff;
@@ -194,12 +196,20 @@ pub enum Fault {
     QueueToAll,
     /// Hands queue messages to a member that still holds one.
     QueueNoPrefetch,
+    /// Takes a JOIN's prefetch (flag 2) but holds every member to 1.
+    QueuePrefetchIgnored,
     /// Answers ERRO for the message a queue member held when it left.
     QueueLostOnLeave,
     /// Answers ERRO at once to a queue message when no member is online.
     QueueNoWait,
     /// Never gives up on a waiting queue message.
     QueueNeverGivesUp,
+    /// Stores a TELL to a name that is online instead of showing it.
+    TellOnlineStored,
+    /// Answers a TELL it stores with OK (which means "shown").
+    TellStoredOk,
+    /// Sends a stored TELL's MSG without the WAITING before it.
+    TellNoWaiting,
 }
 
 impl Fault {
@@ -220,9 +230,13 @@ impl Fault {
                 | Fault::RoomMissingOk
                 | Fault::QueueToAll
                 | Fault::QueueNoPrefetch
+                | Fault::QueuePrefetchIgnored
                 | Fault::QueueLostOnLeave
                 | Fault::QueueNoWait
                 | Fault::QueueNeverGivesUp
+                | Fault::TellOnlineStored
+                | Fault::TellStoredOk
+                | Fault::TellNoWaiting
         )
     }
 
@@ -585,7 +599,9 @@ impl Reader {
         let opted_in = identified && self.out.opted_in.load(Ordering::SeqCst);
         let ext = (self.mode.speaks_identity()
             && ((kind == HELLO && !identified) || (opted_in && (kind == HELLO || kind == KICK))))
-            || (self.mode.speaks_rooms() && opted_in && (JOIN..=ROOMS).contains(&kind));
+            || (self.mode.speaks_rooms()
+                && opted_in
+                && ((JOIN..=ROOMS).contains(&kind) || kind == TELL));
         let (len, body) = if kind == MSG || kind == CLIST || ext {
             if b.len() < 10 {
                 return None;
@@ -703,12 +719,23 @@ struct Queued {
     since: Instant,
 }
 
+/// A TELL kept for a name that was offline.
+struct Letter {
+    origin: u16,
+    /// The teller's name, for the WHO before it.
+    sender: String,
+    text: Vec<u8>,
+    time_ms: u64,
+}
+
 struct Room {
     /// As the first JOIN spelt it.
     name: String,
     queue: bool,
     /// The member names, as each JOIN spelt it.
     members: Vec<String>,
+    /// The prefetch a member name's JOIN asked (lower case; 1 when absent).
+    prefetch: HashMap<String, u8>,
     /// Queue messages no member session holds yet, oldest first.
     waiting: VecDeque<Queued>,
     /// The `online` stamp of the member session served last.
@@ -756,6 +783,8 @@ struct State {
     /// none), held until it ends.
     claimed: HashMap<u64, String>,
     rooms: BTreeMap<u16, Room>,
+    /// Messages told to offline names (lower case), oldest first.
+    letters: HashMap<String, VecDeque<Letter>>,
     /// The `online` stamp of the last client to send OI.
     onlines: u64,
 }
@@ -859,12 +888,15 @@ impl State {
         }
         if out.opted_in.load(Ordering::SeqCst)
             && fault.speaks_rooms()
-            && (JOIN..=ROOMS).contains(&f.kind)
+            && ((JOIN..=ROOMS).contains(&f.kind) || f.kind == TELL)
         {
             let is_emitter = matches!(
                 self.clients.get(&id).map(|c| &c.role),
                 Some(Role::Emitter { .. })
             );
+            if is_emitter && f.kind == TELL {
+                return self.tell(shared, out, id, &f, acts);
+            }
             if is_emitter {
                 return self.room_request(shared, out, id, &f, acts);
             }
@@ -1013,6 +1045,137 @@ impl State {
         for room in queues {
             self.dispatch(shared, room, acts);
         }
+        self.deliver_letters(shared, id, acts);
+    }
+
+    /// What was told to the name of exhibitor `id`, now online: each as
+    /// WAITING, WHO when needed, and the MSG, all acknowledged like a WHO.
+    fn deliver_letters(&mut self, shared: &Shared, id: u16, acts: &mut Vec<Act>) {
+        let wire = shared.wire();
+        let Some(client) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if !client.opted_in || !matches!(client.role, Role::Exhibitor { .. }) {
+            return;
+        }
+        let Some(letters) = self.letters.remove(&client.name.to_ascii_lowercase()) else {
+            return;
+        };
+        for letter in letters {
+            if shared.fault != Fault::TellNoWaiting {
+                let seq = client.seq;
+                client.seq = seq.wrapping_add(1);
+                let time = letter.time_ms.to_be_bytes();
+                let bytes = encode(wire, [WAITING, SERVER, id, seq], Some(8), &time);
+                acts.push(Act::Send(client.out.clone(), bytes));
+                client.pending.push_back(Pending::Who);
+            }
+            acts.extend(Self::who(
+                shared.fault,
+                wire,
+                (id, client),
+                letter.origin,
+                &letter.sender,
+            ));
+            let seq = client.seq;
+            client.seq = seq.wrapping_add(1);
+            let count = letter.text.len() as u16;
+            let fields = [MSG, letter.origin, id, seq];
+            acts.push(Act::Send(
+                client.out.clone(),
+                encode(wire, fields, Some(count), &letter.text),
+            ));
+            client.pending.push_back(Pending::Who);
+        }
+    }
+
+    /// TELL from opted-in emitter `me`: a MSG to the name's exhibitors when
+    /// online, else kept for it when it is known (a room's member).
+    fn tell(&mut self, shared: &Shared, out: &Arc<Out>, me: u16, f: &In, acts: &mut Vec<Act>) {
+        let fault = shared.fault;
+        let wire = shared.wire();
+        let reply = |kind: u16| {
+            Act::Send(
+                out.clone(),
+                encode(wire, [kind, SERVER, me, f.seq], None, &[]),
+            )
+        };
+        let b = &f.body;
+        let Some(nl) = b
+            .first()
+            .map(|&nl| nl as usize)
+            .filter(|&nl| nl <= 64 && b.len() > nl)
+        else {
+            acts.push(reply(ERRO));
+            acts.push(Act::Close(out.clone()));
+            return self.remove(shared, out.conn, acts);
+        };
+        let name = String::from_utf8_lossy(&b[1..1 + nl]).into_owned();
+        let text = b[1 + nl..].to_vec();
+        let roomack = |code: u8, name: &str| {
+            let mut body = vec![code, 0, 0, 0, 0, 0, name.len() as u8];
+            body.extend_from_slice(name.as_bytes());
+            let fields = [ROOMACK, SERVER, me, f.seq];
+            Act::Send(
+                out.clone(),
+                encode(wire, fields, Some(body.len() as u16), &body),
+            )
+        };
+        if !valid_name(&name) {
+            return acts.push(roomack(1, ""));
+        }
+        let teller = self
+            .clients
+            .get(&me)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let targets: Vec<u16> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Exhibitor { .. }))
+            .filter(|(_, c)| c.opted_in && c.name.eq_ignore_ascii_case(&name))
+            .map(|(id, _)| *id)
+            .collect();
+        if !targets.is_empty() && fault != Fault::TellOnlineStored {
+            let request = Arc::new(Mutex::new(Request {
+                emitter: out.clone(),
+                emitter_id: me,
+                seq: f.seq,
+                outstanding: targets.len(),
+                any_ok: false,
+                answered: false,
+                first_settles: false,
+            }));
+            for target in targets {
+                let client = self.clients.get_mut(&target).expect("a target");
+                acts.extend(Self::who(fault, wire, (target, client), f.origin, &teller));
+                let fields = [MSG, f.origin, target, f.seq];
+                let bytes = encode(wire, fields, Some(text.len() as u16), &text);
+                client.pending.push_back(Pending::Request(request.clone()));
+                acts.push(Act::Send(client.out.clone(), bytes));
+            }
+            return;
+        }
+        let key = name.to_ascii_lowercase();
+        let known = !targets.is_empty()
+            || self.letters.contains_key(&key)
+            || self.rooms.values().any(|r| r.has_member(&name));
+        if !known {
+            return acts.push(roomack(10, ""));
+        }
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.letters.entry(key).or_default().push_back(Letter {
+            origin: f.origin,
+            sender: teller,
+            text,
+            time_ms,
+        });
+        if fault == Fault::TellStoredOk {
+            return acts.push(reply(OK));
+        }
+        acts.push(roomack(9, &name));
     }
 
     /// A HELLO before OI: a name claimed (or none), without accounts.
@@ -1365,16 +1528,24 @@ impl State {
             if !room.queue || room.waiting.is_empty() {
                 return;
             }
-            let holds = |id: &u16| {
-                self.clients[id]
+            let has_room = |id: &u16| {
+                let client = &self.clients[id];
+                let held = client
                     .pending
                     .iter()
-                    .any(|p| matches!(p, Pending::Queued(r, _) if *r == room_id))
+                    .filter(|p| matches!(p, Pending::Queued(r, _) if *r == room_id))
+                    .count();
+                let asked = room.prefetch.get(&client.name.to_ascii_lowercase());
+                let prefetch = match fault {
+                    Fault::QueuePrefetchIgnored => 1,
+                    _ => asked.copied().unwrap_or(1),
+                };
+                held < usize::from(prefetch)
             };
             let free: Vec<(u64, u16)> = self
                 .member_sessions(room_id)
                 .into_iter()
-                .filter(|(_, id)| fault == Fault::QueueNoPrefetch || !holds(id))
+                .filter(|(_, id)| fault == Fault::QueueNoPrefetch || has_room(id))
                 .collect();
             let next = free
                 .iter()
@@ -1444,9 +1615,13 @@ impl State {
             ROOMS => b.is_empty().then(String::new),
             _ => b.get(name_at).and_then(|&nl| {
                 let nl = nl as usize;
-                let flags_ok = f.kind == LEAVE || b[0] <= 1;
-                (nl <= 64 && b.len() == name_at + 1 + nl && flags_ok)
-                    .then(|| String::from_utf8_lossy(&b[name_at + 1..]).into_owned())
+                // Flag 2 (a queue's only): a prefetch byte, 1..=255, follows.
+                let prefetched = f.kind == JOIN && b[0] == 3;
+                let flags_ok = f.kind == LEAVE || b[0] <= 1 || prefetched;
+                let tail = usize::from(prefetched);
+                let end = name_at + 1 + nl;
+                (nl <= 64 && b.len() == end + tail && flags_ok && (!prefetched || b[end] > 0))
+                    .then(|| String::from_utf8_lossy(&b[name_at + 1..end]).into_owned())
             }),
         };
         let Some(name) = parsed else {
@@ -1493,7 +1668,8 @@ impl State {
             }
             JOIN if member.is_empty() => acts.push(roomack(5, None)),
             JOIN => {
-                let queue = b[0] == 1;
+                let queue = b[0] & 1 == 1;
+                let prefetch = (b[0] == 3).then(|| b[b.len() - 1]);
                 let id = match found {
                     Some(id) => id,
                     None => {
@@ -1510,6 +1686,7 @@ impl State {
                             name,
                             queue,
                             members: Vec::new(),
+                            prefetch: HashMap::new(),
                             waiting: VecDeque::new(),
                             last_served: 0,
                         };
@@ -1521,6 +1698,12 @@ impl State {
                 if room.queue != queue {
                     return acts.push(roomack(8, None));
                 }
+                // A JOIN again sets the prefetch afresh (none: back to 1).
+                let key = member.to_ascii_lowercase();
+                match prefetch {
+                    Some(prefetch) => room.prefetch.insert(key, prefetch),
+                    None => room.prefetch.remove(&key),
+                };
                 if !room.has_member(&member) {
                     room.members.push(member);
                 }
@@ -1540,6 +1723,7 @@ impl State {
                 };
                 let room = self.rooms.get_mut(&id).expect("the room");
                 room.members.retain(|m| !m.eq_ignore_ascii_case(&member));
+                room.prefetch.remove(&member.to_ascii_lowercase());
                 acts.push(roomack(0, Some((id, room))));
                 if room.members.is_empty() {
                     let room = self.rooms.remove(&id).expect("the room");

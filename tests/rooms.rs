@@ -174,7 +174,7 @@ impl Member {
 
     /// A pair signed in to the account `name` (token secret) on a server
     /// with `--auth`; `bits` is its roles byte.
-    fn signed_in(server: &Server, name: &str, bits: u8) -> Member {
+    pub(crate) fn signed_in(server: &Server, name: &str, bits: u8) -> Member {
         let hello_bytes = hello(name.as_bytes(), token(name).as_bytes());
         let ack = helloack(0, bits, name.as_bytes());
         let mut ex = server.raw();

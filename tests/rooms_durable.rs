@@ -3,9 +3,10 @@
 //! HISTORY.md, "Rooms and waiting messages"), byte for byte over raw TCP:
 //! the server is killed with SIGKILL and started again on the same
 //! history, and what it promised comes back, once, in order, and never to
-//! a name that is not a member. TELL's bad inputs are here too.
+//! a name that is not a member. TELL's bad inputs, and which offline names
+//! a TELL may wait for, are here too.
 
-use crate::identity::header;
+use crate::identity::{accounts_file, header, hello, helloack, roles};
 use crate::rooms::{Member, PLAIN, ROOM, S, away, erro, msg, next_frame, ok, roomack, who};
 use crate::util::*;
 use evchat::proto::ClientId;
@@ -302,6 +303,163 @@ fn tell_bad_inputs_each_get_their_answer() {
     expect_waiting(&mut bob.ex, bob.ex_id, 3);
     expect_exact(&mut bob.ex, &msg(id, bob.ex_id, 4, b"two"));
     bob.ex.expect_silence();
+}
+
+/// With accounts every account's name is known (PROTOCOL.md, "Waiting
+/// messages"): a TELL to one that never signed in nor joined a room waits
+/// for its first sign-in, across a restart; a reload makes a new account's
+/// name known; a name with no account is code 10.
+#[test]
+fn with_accounts_a_tell_to_an_account_never_seen_waits_for_its_first_sign_in() {
+    let dir = TempDir::new("tell-accounts");
+    let history = TempDir::new("tell-accounts-log");
+    let file = accounts_file(
+        &dir,
+        &[
+            ("alice", roles("view,emit,broadcast")),
+            ("bob", roles("view,emit")),
+        ],
+    );
+    let auth = ["--auth", file.as_str()];
+    let mut args = vec!["--history", history.arg(), "--fsync", "always"];
+    args.extend_from_slice(&auth);
+    let server = Server::start(&args);
+    let mut alice = Member::signed_in(&server, "alice", PLAIN);
+    let id = alice.em_id;
+    let seq = alice.next_seq();
+    alice.em.send(&tell(id, seq, b"Bob", b"welcome"));
+    expect_exact(&mut alice.em, &stored(id, seq, b"Bob"));
+    for name in [&b"nobody"[..], b"dave"] {
+        let seq = alice.next_seq();
+        alice.em.send(&tell(id, seq, name, b"x"));
+        expect_exact(&mut alice.em, &refused(id, seq, 10));
+    }
+    // dave's account is added: after the reload a TELL to him is stored.
+    accounts_file(
+        &dir,
+        &[
+            ("alice", roles("view,emit,broadcast")),
+            ("bob", roles("view,emit")),
+            ("dave", roles("view")),
+        ],
+    );
+    server.proc.signal(libc::SIGHUP);
+    server
+        .proc
+        .stderr
+        .skip_until("the reload", std::time::Duration::from_secs(10), |l| {
+            l.contains("SIGHUP: accounts reloaded")
+        });
+    let seq = alice.next_seq();
+    alice.em.send(&tell(id, seq, b"dave", b"hi dave"));
+    expect_exact(&mut alice.em, &stored(id, seq, b"dave"));
+    drop(alice);
+    let server = restart(server, &history, &auth);
+    // bob signs in for the first time, after the restart: his message.
+    let mut bob = Member::signed_in(&server, "bob", 3);
+    expect_waiting(&mut bob.ex, bob.ex_id, 0);
+    expect_exact(&mut bob.ex, &who(bob.ex_id, 1, id, PLAIN, b"alice"));
+    expect_exact(&mut bob.ex, &msg(id, bob.ex_id, 2, b"welcome"));
+    for seq in 0..=2 {
+        bob.ex.send(&ok(bob.ex_id, S, seq));
+    }
+    bob.ex.expect_silence();
+    // The accounts are known after the restart too: bob, offline again.
+    drop(bob);
+    let mut alice = Member::signed_in(&server, "alice", PLAIN);
+    let (id, seq) = (alice.em_id, alice.next_seq());
+    alice.em.send(&tell(id, seq, b"bob", b"again"));
+    expect_exact(&mut alice.em, &stored(id, seq, b"bob"));
+    let seq = alice.next_seq();
+    alice.em.send(&tell(id, seq, b"nobody", b"x"));
+    expect_exact(&mut alice.em, &refused(id, seq, 10));
+}
+
+/// TELL from `id` to `name`; asserts the ROOMACK has `code` (9 or a
+/// refusal).
+fn tell_answered(raw: &mut Raw, id: ClientId, seq: u16, name: &[u8], code: u8) {
+    raw.send(&tell(id, seq, name, b"hi"));
+    let answer = match code {
+        9 => stored(id, seq, name),
+        code => refused(id, seq, code),
+    };
+    expect_exact(raw, &answer);
+}
+
+/// Without accounts a name is known once a session signed in with it since
+/// the start, or when the log holds it (a sender's name), at most
+/// `--tell-names` of them, the one seen longest ago forgotten first.
+#[test]
+fn without_accounts_names_seen_since_the_start_or_in_the_log_are_known() {
+    let dir = TempDir::new("tell-seen");
+    let extra = ["--tell-names", "2"];
+    let mut args = vec!["--history", dir.arg(), "--fsync", "always"];
+    args.extend_from_slice(&extra);
+    let server = Server::start(&args);
+    // An opted-in emitter without a name tells: it adds no name itself.
+    let teller = |server: &Server| {
+        let mut raw = server.raw();
+        raw.send(&hello(b"", b""));
+        expect_exact(&mut raw, &helloack(0, PLAIN, b""));
+        let id = raw.identify_emitter(1);
+        (raw, id)
+    };
+    let (mut t, t_id) = teller(&server);
+    let mut seq = 0;
+    let mut tell_to = |t: &mut Raw, name: &[u8], code: u8| {
+        seq += 1;
+        tell_answered(t, t_id, seq, name, code);
+    };
+    tell_to(&mut t, b"bob", 10);
+    for name in ["bob", "carol", "dave"] {
+        let member = Member::new(&server, name);
+        away(&mut t, t_id, member);
+    }
+    // Three names seen, two kept: bob, seen first, is forgotten.
+    tell_to(&mut t, b"bob", 10);
+    tell_to(&mut t, b"carol", 9);
+    tell_to(&mut t, b"dave", 9);
+    // erin tells, so the log holds her name as a sender's.
+    let mut erin = server.raw();
+    erin.send(&hello(b"erin", b""));
+    expect_exact(&mut erin, &helloack(0, PLAIN, b"erin"));
+    let erin_id = erin.identify_emitter(1);
+    erin.send(&tell(erin_id, 1, b"carol", b"from erin"));
+    expect_exact(&mut erin, &stored(erin_id, 1, b"carol"));
+    drop((t, erin));
+    let server = restart(server, &dir, &extra);
+    let (mut t, t_id) = teller(&server);
+    let mut seq = 0;
+    let mut tell_to = |t: &mut Raw, name: &[u8], code: u8| {
+        seq += 1;
+        tell_answered(t, t_id, seq, name, code);
+    };
+    // erin from the log; carol and dave have messages waiting; bob was
+    // seen by the old server only.
+    tell_to(&mut t, b"erin", 9);
+    tell_to(&mut t, b"dave", 9);
+    tell_to(&mut t, b"bob", 10);
+}
+
+#[test]
+fn the_tell_names_bound_refuses_zero_and_needs_history() {
+    let mut server = Proc::spawn("server", &["0", "--tell-names", "5"]);
+    crate::cli::assert_exit(&mut server, 2);
+    assert_eq!(
+        server.stderr.expect(),
+        "error: the following required arguments were not provided:"
+    );
+    assert_eq!(server.stderr.expect(), "  --history <DIR>");
+    let dir = TempDir::new("tell-names-flag");
+    let mut server = Proc::spawn(
+        "server",
+        &["0", "--history", dir.arg(), "--tell-names", "0"],
+    );
+    crate::cli::assert_exit(&mut server, 2);
+    assert_eq!(
+        server.stderr.expect(),
+        "error: invalid value '0' for '--tell-names <N>': 0 is not in 1..=10000000"
+    );
 }
 
 #[test]

@@ -139,6 +139,17 @@ struct Args {
         value_parser = clap::value_parser!(u64).range(1..=1 << 30)
     )]
     tell_max_bytes: u64,
+    /// With --history, without --auth: names seen (signed in with, or in the
+    /// log) that a TELL may be stored for, the one seen longest ago
+    /// forgotten first (with --auth every account's name counts)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = history_defaults().tells.names as u32,
+        requires = "history",
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000)
+    )]
+    tell_names: u32,
     /// Microseconds the loop keeps polling before it sleeps while it is busy
     /// (working at least half the time, input coming within that long): more
     /// throughput and less latency under load, for some CPU; an idle or
@@ -478,6 +489,7 @@ fn main() -> ExitCode {
             tells: TellLimits {
                 max: args.tell_max as usize,
                 max_bytes: args.tell_max_bytes as usize,
+                names: args.tell_names as usize,
             },
         }),
         auth: args.auth.clone().map(|file| AuthConfig {

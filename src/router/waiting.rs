@@ -1,6 +1,6 @@
 //! Messages to names (PROTOCOL.md, "Waiting messages"): a TELL to a name
 //! online goes to its exhibitors as a MSG; to an offline name known to the
-//! server (a room's member) it is stored, when the server keeps history,
+//! server (`names.rs`) it is stored, when the server keeps history,
 //! until a session of the name identifies, then sent behind a WAITING frame
 //! and settled by its answer. Like the rest of the router: no disk and no
 //! clock; the loop hands in the wall-clock time a message is stored at and
@@ -21,6 +21,9 @@ pub struct TellLimits {
     pub max: usize,
     /// Bytes of text waiting for one name (`--tell-max-bytes`).
     pub max_bytes: usize,
+    /// Without accounts: names seen that count as known, the one seen
+    /// longest ago forgotten first (`--tell-names`).
+    pub names: usize,
 }
 
 impl Default for TellLimits {
@@ -28,6 +31,7 @@ impl Default for TellLimits {
         TellLimits {
             max: 100,
             max_bytes: 1 << 20,
+            names: 100_000,
         }
     }
 }
@@ -85,6 +89,11 @@ impl Waiting {
     pub(super) fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+
+    /// Messages wait for the name `key` (lower case).
+    pub(super) fn has_letters_for(&self, key: &str) -> bool {
+        self.by_name.contains_key(key)
+    }
 }
 
 impl Router {
@@ -93,6 +102,7 @@ impl Router {
     pub fn keep_waiting(&mut self, limits: TellLimits) {
         self.waiting.stores = true;
         self.waiting.limits = limits;
+        self.keep_names_seen(limits.names);
     }
 
     /// A message for a name from before this start (after
@@ -181,7 +191,7 @@ impl Router {
             debug!(conn, "TELL to a name offline, no history: refused");
             return self.reply(conn, seq, false, now, out);
         }
-        if !self.rooms.knows_name(&key) {
+        if !self.knows_name(&key) {
             return self.answer_room_request(conn, seq, Err(RoomCode::UnknownName), now, out);
         }
         let limits = self.waiting.limits;

@@ -94,6 +94,9 @@ impl Server {
         let mut rooms = RoomLog::new(config.replay);
         let opened = Log::open(&config.dir, options, |record| {
             rooms.fold(&record);
+            if !record.name.is_empty() {
+                router.saw_name(record.name);
+            }
             if record.dest == BROADCAST {
                 let sender = Sender {
                     name: (!record.name.is_empty()).then_some(record.name),

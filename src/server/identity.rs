@@ -475,6 +475,16 @@ impl Server {
         self.settle_dropped();
     }
 
+    /// Hands the router the accounts' names as they are now (at start and
+    /// after each reload): the offline names a TELL may be stored for.
+    pub(super) fn hand_account_names(&mut self) {
+        if let Some(auth) = &self.auth {
+            let accounts = auth.accounts();
+            let names = accounts.iter().map(|a| a.name.as_str());
+            self.router.know_account_names(names);
+        }
+    }
+
     /// Reloads the accounts file (SIGHUP) with the same checks as at
     /// start. A file that does not load is refused with a log line and the
     /// old accounts are kept; otherwise the sessions of every account gone,
@@ -499,6 +509,7 @@ impl Server {
         auth.verifier.replace_accounts(accounts);
         // A changed expiry applies to the sessions already signed in.
         auth.next_expiry = Some(now);
+        self.hand_account_names();
         let mut ended = 0;
         for name in &revoked {
             ended += self.router.revoke(&name.key(), now, &mut self.wire);

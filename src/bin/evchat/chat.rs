@@ -30,7 +30,7 @@ use evchat::proto::ext::{
 use evchat::proto::{BROADCAST, Body, ClientId, Encode, Frame, Header, Kind, SERVER_ID};
 use evchat::tls::client::{Endpoint, TlsArgs};
 use input::{Addressee, ChatLine, HELP, Target, parse_chat_line};
-use rooms::{RoomBook, RoomRequest, room_answer, room_list_line};
+use rooms::{Prefetches, RoomBook, RoomRequest, room_answer, room_list_line};
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::io::IsTerminal;
@@ -275,6 +275,8 @@ struct State {
     halves_done: [bool; 2],
     /// The server's rooms, as this session was told them.
     rooms: RoomBook,
+    /// The prefetch of each queue room joined with one, across sessions.
+    prefetches: Prefetches,
 }
 
 impl State {
@@ -746,6 +748,20 @@ impl Chat {
             // what it missed). The first request, so nothing delays its
             // answer while our exhibitor waits for it.
             self.send(0, Sent::Rooms { shown: false });
+        }
+        if again && registered.name.is_some() {
+            // The server kept the memberships (or not), never a prefetch:
+            // each queue joined with one is joined with it again, so a
+            // worker keeps taking several at a time (PROTOCOL.md,
+            // "Prefetch"). Its answer is shown as any JOIN's.
+            let joins = self.lock().client.prefetches.joins();
+            for (typed, prefetch) in joins {
+                let request = RoomRequest::Join {
+                    queue: true,
+                    prefetch: Some(prefetch),
+                };
+                self.send(0, Sent::Room { request, typed });
+            }
         }
         if again {
             // Its CLIST reaches our exhibitor after whatever the server
@@ -1278,7 +1294,10 @@ impl Chat {
             let settled = state.settle(seq);
             if let Settled::Request(sent) = &settled {
                 match (sent, &reply) {
-                    (Sent::Room { .. }, Reply::RoomAck(ack)) => state.client.rooms.learn(ack),
+                    (Sent::Room { request, typed }, Reply::RoomAck(ack)) => {
+                        state.client.rooms.learn(ack);
+                        state.client.prefetches.note(*request, typed, ack);
+                    }
                     (Sent::Rooms { .. }, Reply::RoomList(list)) => {
                         state.client.rooms.replace(&list.rooms)
                     }

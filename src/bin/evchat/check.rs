@@ -48,7 +48,8 @@ KICK) on a server without accounts, and is reported as not spoken (skipped, neve
 failed) when the server answers HELLO with ERRO; `rooms` checks rooms and work
 queues (JOIN, LEAVE, ROOMS, MSG to a room id), not spoken when the server answers
 JOIN with ERRO; the queue's give-up check runs only with --queue-wait (the
-server's own, which it waits out); `robust` checks what a server
+server's own, which it waits out), and the check of a TELL to an offline name
+only with --history (a server without history refuses it); `robust` checks what a server
 exposed to a network must survive. After each check the server must still answer
 an OI.
 
@@ -101,6 +102,10 @@ pub struct CheckArgs {
     /// on (ERRO) within it (the check waits that long; without this flag it is not run)
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     queue_wait: Option<Duration>,
+    /// The server keeps history (its --history): check that a TELL to an offline name is
+    /// stored and sent behind WAITING when the name is back (without this flag it is not run)
+    #[arg(long)]
+    history: bool,
     /// Run exactly these checks (comma-separated ids), whatever --level
     #[arg(long, value_name = "ID,...", value_delimiter = ',')]
     only: Vec<String>,
@@ -153,8 +158,11 @@ pub fn run(args: CheckArgs) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             }
         };
-        let (outcomes, not_started) =
-            run_spawned(&spawner, args.timeout, args.queue_wait, &selected);
+        let (outcomes, not_started) = run_spawned(
+            &spawner,
+            (args.timeout, args.queue_wait, args.history),
+            &selected,
+        );
         let target = format!("--spawn '{}'", spawner.command());
         (target, outcomes, not_started)
     } else {
@@ -178,6 +186,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
             timeout: args.timeout,
             tls: endpoint.is_tls().then_some(endpoint),
             queue_wait: args.queue_wait,
+            history: args.history,
         };
         (target, run_checks(&ctx, &selected), None)
     };
@@ -309,10 +318,10 @@ fn run_checks(ctx: &Ctx, selected: &[&'static Check]) -> Vec<Outcome> {
 /// the next check has a server of its own. A server that does not start
 /// ends the run: that check and the rest are skipped, and the reason is
 /// returned.
+/// `(timeout, queue_wait, history)`: as the flags gave them.
 fn run_spawned(
     spawner: &Spawner,
-    timeout: Duration,
-    queue_wait: Option<Duration>,
+    (timeout, queue_wait, history): (Duration, Option<Duration>, bool),
     selected: &[&'static Check],
 ) -> (Vec<Outcome>, Option<String>) {
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(selected.len());
@@ -342,6 +351,7 @@ fn run_spawned(
             timeout,
             tls: None,
             queue_wait,
+            history,
         };
         let verdict = verdict_of(check, &ctx);
         let stopped_after = probe(&ctx).is_err();

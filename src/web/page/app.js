@@ -6,7 +6,9 @@
 // reconnection with backoff. Both connections open with HELLO (the identity
 // extension): its answer tells the page whether the server has accounts, so
 // it shows a sign-in form, or an optional name to claim; WHO frames name
-// the ids it shows. Rooms (ROOMS, JOIN, LEAVE) are listed beside the log,
+// the ids it shows. "/tell NAME text" in the send box leaves a message for
+// a name, online or not (TELL); one that waited for ours comes marked
+// (WAITING). Rooms (ROOMS, JOIN, LEAVE) are listed beside the log,
 // and the log is split into conversations, one per room or person (and
 // one for everyone); "All messages" shows them together. Bytes <-> frames
 // is codec.js's job. Everything a peer
@@ -64,6 +66,25 @@
       default: return 'The server answered for #' + room + ' with ROOMACK code ' + code + '.';
     }
   }
+
+  // What the page says of a TELL's answer to `name` as typed: the entry's
+  // status and its text (PROTOCOL.md, "Waiting messages").
+  function toldAnswer(frame, name) {
+    if (frame.type === T.OK) {
+      return ['delivered', 'delivered'];
+    }
+    if (frame.type === T.ERRO) {
+      return ['not delivered', 'not delivered'];
+    }
+    switch (frame.code) {
+      case 9: return ['stored', 'stored for ' + name];
+      case 10: return ['not delivered', 'not delivered: no one named ' + name + ' is known to the server'];
+      case 11: return ['not delivered', 'not stored: ' + name + ' has as many messages waiting as the server allows'];
+      default: return ['not delivered', 'not delivered (ROOMACK code ' + frame.code + ')'];
+    }
+  }
+
+  const TELL_USAGE = 'not sent: /tell NAME message leaves a message for NAME, online or not';
 
   function nameTaken(name) {
     return 'The name "' + name + '" is taken. Choose another.';
@@ -439,25 +460,42 @@
 
   // Returns the entry and its status element, which the reply updates.
   function showOutgoing(s, dest, bytes) {
+    const scope = C.isRoomId(dest) ? 'in ' + roomLabel(dest) : destName(s, dest);
+    const shown = showSent(scope, conversationOf(s, dest), bytes);
+    if (C.isRoomId(dest)) {
+      shown.entry.dataset.room = String(dest);
+    }
+    return shown;
+  }
+
+  // A message told to the name `name`: in that person's conversation.
+  function showTold(name, bytes) {
+    return showSent('to ' + name, 'person:' + name.toLowerCase(), bytes);
+  }
+
+  function showSent(scope, conv, bytes) {
     const li = document.createElement('li');
     li.className = 'entry out';
     const status = span('status', 'pending');
     status.dataset.status = 'pending';
-    const scope = C.isRoomId(dest) ? 'in ' + roomLabel(dest) : destName(s, dest);
     li.appendChild(metaLine([span('from', 'you'), span('scope', scope), timeStamp(), status]));
     li.appendChild(span('text', C.escapeText(bytes)));
-    if (C.isRoomId(dest)) {
-      li.dataset.room = String(dest);
-    }
-    li.dataset.conv = conversationOf(s, dest);
-    addConversation(li.dataset.conv);
+    li.dataset.conv = conv;
+    addConversation(conv);
     appendEntry(li);
     return { entry: li, status: status };
   }
 
-  function setStatus(status, value) {
+  // `text`: what the status says, when more than `value`.
+  function setStatus(status, value, text) {
     status.dataset.status = value;
-    status.textContent = value;
+    status.textContent = text || value;
+  }
+
+  // The answer `frame` (OK, ERRO or ROOMACK) to a TELL, on its entry.
+  function toldAnswered(request, frame) {
+    const [value, text] = toldAnswer(frame, request.name);
+    setStatus(request.status, value, text);
   }
 
   // ---- connection state ------------------------------------------------
@@ -1144,7 +1182,8 @@
           from: who(s, frame.origin),
           // Our own message reached our own exhibitor: it is already in the
           // log as sent; it is marked shown here rather than repeated.
-          ownEntry: own !== undefined && own.kind === 'msg' ? own.entry : null,
+          ownEntry: own !== undefined && (own.kind === 'msg' || own.kind === 'tell')
+            ? own.entry : null,
           waited: s.waitedNext,
         };
         s.waitedNext = null;
@@ -1263,6 +1302,8 @@
           // ERRO: a server without rooms; the list stays empty.
         } else if (request.kind === 'msg') {
           setStatus(request.status, frame.type === T.OK ? 'delivered' : 'not delivered');
+        } else if (request.kind === 'tell') {
+          toldAnswered(request, frame);
         } else if (request.kind === 'creq') {
           // The CLIST came first; if the server refused the CREQ, nothing
           // marks the replay's end any more clearly than this.
@@ -1279,7 +1320,7 @@
       case T.ROOMLIST: {
         // Answers in the reply order, in place of OK or ERRO.
         const request = s.requests.get(frame.seq);
-        const wanted = frame.type === T.ROOMLIST ? ['rooms'] : ['join', 'leave'];
+        const wanted = frame.type === T.ROOMLIST ? ['rooms'] : ['join', 'leave', 'tell'];
         if (request === undefined || wanted.indexOf(request.kind) < 0) {
           console.warn('evchat: ' + C.TYPE_NAME[frame.type] + ' answers no such request, seq ' + frame.seq);
           return;
@@ -1287,6 +1328,8 @@
         s.requests.delete(frame.seq);
         if (frame.type === T.ROOMLIST) {
           roomsListed(frame);
+        } else if (request.kind === 'tell') {
+          toldAnswered(request, frame);
         } else {
           roomAnswered(request, frame);
         }
@@ -1322,7 +1365,7 @@
     });
     // No OK or ERRO will come: whether these were shown is unknown.
     s.requests.forEach(function (request) {
-      if (request.kind === 'msg') {
+      if (request.kind === 'msg' || request.kind === 'tell') {
         setStatus(request.status, 'unconfirmed');
       }
     });
@@ -1413,6 +1456,10 @@
     if (s === null || !s.connected() || s.emitterId === null || text === '') {
       return;
     }
+    if (text === '/tell' || text.startsWith('/tell ')) {
+      tellMessage(s, text);
+      return;
+    }
     const bytes = encoder.encode(text);
     if (bytes.length > C.MAX_TEXT_LEN) {
       note('not sent: the message is ' + bytes.length + ' bytes; at most 65535 fit');
@@ -1420,8 +1467,9 @@
     }
     if (ui.dest.value === '') {
       const said = ui.dest.selectedOptions.length > 0 ? ui.dest.selectedOptions[0].textContent : '';
-      note(said.endsWith(' is not connected')
-        ? 'not sent: choose who gets it (' + said + ')'
+      const away = said.endsWith(' is not connected') ? said.slice(0, -' is not connected'.length) : '';
+      note(away !== ''
+        ? 'not sent: choose who gets it (' + said + '); /tell ' + away + ' message leaves it for them'
         : 'not sent: choose who gets it (the ids changed when the chat reconnected)');
       ui.dest.focus();
       return;
@@ -1431,6 +1479,35 @@
     const shown = showOutgoing(s, dest, bytes);
     s.requests.set(seq, { kind: 'msg', entry: shown.entry, status: shown.status });
     send(s.emitter, C.msg(s.emitterId, dest, seq, bytes));
+    ui.text.value = '';
+    ui.text.focus();
+    scrollToNewest();
+  }
+
+  // "/tell NAME message": TELL, whether NAME is online or not. The name
+  // is checked against the rule first, so a typo costs no request.
+  function tellMessage(s, line) {
+    const parts = /^\/tell\s+(\S+)\s+(\S[\s\S]*)$/.exec(line);
+    if (parts === null) {
+      note(TELL_USAGE);
+      return;
+    }
+    const name = parts[1].replace(/^@/, '');
+    if (!C.NAME_RULE.test(name)) {
+      note('not sent: "' + name + '" is not a name: a letter, then up to 23 letters, digits, ".", "_" or "-"');
+      return;
+    }
+    const nameBytes = encoder.encode(name);
+    const bytes = encoder.encode(parts[2]);
+    if (bytes.length > C.MAX_TEXT_LEN - 1 - nameBytes.length) {
+      note('not sent: the message is ' + bytes.length + ' bytes; at most ' +
+        (C.MAX_TEXT_LEN - 1 - nameBytes.length) + ' fit with the name');
+      return;
+    }
+    const seq = s.nextEmitterSeq();
+    const shown = showTold(name, bytes);
+    s.requests.set(seq, { kind: 'tell', name: name, entry: shown.entry, status: shown.status });
+    send(s.emitter, C.tell(s.emitterId, seq, nameBytes, bytes));
     ui.text.value = '';
     ui.text.focus();
     scrollToNewest();

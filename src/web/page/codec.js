@@ -283,6 +283,11 @@ const EvchatCodec = (function () {
     });
   }
 
+  // TELL(origin, 65535, seq): `text` for the name `name`, online or not.
+  function tell(origin, seq, name, text) {
+    return encode({ type: TYPE.TELL, origin: origin, dest: SERVER_ID, seq: seq, name: name, text: text });
+  }
+
   function leave(origin, seq, name) {
     return encode({ type: TYPE.LEAVE, origin: origin, dest: SERVER_ID, seq: seq, name: name });
   }
@@ -589,6 +594,7 @@ const EvchatCodec = (function () {
     hello: hello,
     join: join,
     leave: leave,
+    tell: tell,
     decode: decode,
     escapeText: escapeText,
   });

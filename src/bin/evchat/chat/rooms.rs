@@ -1,8 +1,9 @@
 //! What `evchat chat` knows of the server's rooms (PROTOCOL.md, "Extension:
 //! rooms and queues"): their names and kinds by id, from the ROOMACKs and
 //! ROOMLISTs its emitter is sent, so a room's id can be shown as `#name`
-//! and a `#name` typed can be sent to; and the sentence each ROOMACK code
-//! is shown as. Pure bookkeeping and wording, no I/O.
+//! and a `#name` typed can be sent to; the queue prefetch this chat's JOINs
+//! asked, to ask it again at each sign-in; and the sentence each ROOMACK
+//! code is shown as. Pure bookkeeping and wording, no I/O.
 
 use evchat::cli::escape_text;
 use evchat::proto::ClientId;
@@ -91,6 +92,44 @@ impl RoomBook {
             Some(room) => format!("#{}", room.name),
             None => format!("room {id}"),
         }
+    }
+}
+
+/// The queue rooms this chat joined with a prefetch, by lower-case name:
+/// the name as typed and the prefetch. A server keeps memberships, not the
+/// prefetch (PROTOCOL.md, "Prefetch"), so each is asked again after a
+/// reconnection. At most `--rooms-per-name` (64 by default) rooms take a
+/// JOIN's code 0, so this stays that small.
+#[derive(Debug, Default)]
+pub struct Prefetches {
+    by_room: BTreeMap<String, (String, u8)>,
+}
+
+impl Prefetches {
+    /// Takes the answer `ack` to `request` for the room `typed`: a JOIN with
+    /// a prefetch done keeps it; one without, or a LEAVE done, forgets it
+    /// (the server is back to 1 for that name).
+    pub fn note(&mut self, request: RoomRequest, typed: &str, ack: &RoomAck) {
+        if ack.code != RoomCode::Done as u8 {
+            return;
+        }
+        let key = typed.to_ascii_lowercase();
+        match request {
+            RoomRequest::Join {
+                queue: true,
+                prefetch: Some(prefetch),
+            } => {
+                self.by_room.insert(key, (typed.to_string(), prefetch));
+            }
+            RoomRequest::Join { .. } | RoomRequest::Leave => {
+                self.by_room.remove(&key);
+            }
+        }
+    }
+
+    /// The JOINs to send again: each room as typed and its prefetch.
+    pub fn joins(&self) -> Vec<(String, u8)> {
+        self.by_room.values().cloned().collect()
     }
 }
 
@@ -271,5 +310,27 @@ mod tests {
             room_answer(join, "a\x1b[2J", &ack(1, 0, 0, 0, "")),
             r"'#a\x1b[2J' is not a room name: a letter, then up to 23 letters, digits, '.', '_' or '-'"
         );
+    }
+
+    #[test]
+    fn a_prefetch_is_kept_by_a_join_done_and_forgotten_by_a_plain_join_or_a_leave() {
+        let mut prefetches = Prefetches::default();
+        let with = |prefetch| RoomRequest::Join {
+            queue: true,
+            prefetch,
+        };
+        let done = ack(0, FLAG_QUEUE, 16384, 1, "jobs");
+        prefetches.note(with(Some(64)), "Jobs", &ack(3, 0, 0, 0, ""));
+        assert_eq!(prefetches.joins(), vec![], "a refused JOIN keeps nothing");
+        prefetches.note(with(Some(64)), "Jobs", &done);
+        prefetches.note(with(Some(8)), "work", &done);
+        assert_eq!(
+            prefetches.joins(),
+            vec![("Jobs".to_string(), 64), ("work".to_string(), 8)]
+        );
+        prefetches.note(with(None), "JOBS", &done);
+        assert_eq!(prefetches.joins(), vec![("work".to_string(), 8)]);
+        prefetches.note(RoomRequest::Leave, "Work", &done);
+        assert_eq!(prefetches.joins(), vec![]);
     }
 }

@@ -627,6 +627,16 @@ pub const CATALOGUE: &[Check] = &[
         run: rooms::queue_prefetch_one,
     },
     Check {
+        id: "queue-prefetch-asked",
+        level: Level::Rooms,
+        title: "a member whose JOIN asked prefetch 2 holds two unacknowledged messages, not three",
+        rule: "PROTOCOL.md, Extension: rooms and queues, Work queues, Prefetch",
+        quote: None,
+        hint: "JOIN flag 2 carries a prefetch P: each session of the name may hold up to P unacknowledged messages of the queue",
+        needs: QUEUE_NEEDS,
+        run: rooms::queue_prefetch_asked,
+    },
+    Check {
         id: "queue-redelivery",
         level: Level::Rooms,
         title: "a message held by a member that leaves unacknowledged goes to the next member",
@@ -656,7 +666,31 @@ pub const CATALOGUE: &[Check] = &[
         needs: QUEUE_NEEDS,
         run: rooms::queue_gives_up,
     },
+    Check {
+        id: "tell-online",
+        level: Level::Rooms,
+        title: "a TELL to a name online is a MSG to its exhibitor, answered OK once shown",
+        rule: "PROTOCOL.md, Waiting messages",
+        quote: None,
+        hint: "find the name's exhibitors (ignoring case) and send each MSG(teller, exhibitor, the TELL's seq, text)",
+        needs: TELL_NEEDS,
+        run: rooms::tell_online,
+    },
+    Check {
+        id: "tell-waits",
+        level: Level::Rooms,
+        title: "a TELL to an offline name is stored (ROOMACK code 9) and sent behind WAITING when it is back",
+        rule: "PROTOCOL.md, Waiting messages",
+        quote: None,
+        hint: "with history, keep a TELL for an offline name the server knows, answer code 9, and at its OI send WAITING(time stored) then the MSG",
+        needs: TELL_NEEDS,
+        run: rooms::tell_waits,
+    },
 ];
+
+/// What the TELL checks need: names, rooms (a known name is a member) and
+/// a MSG reaching a member.
+const TELL_NEEDS: &[&str] = &["rooms-join", "identity-who", "rooms-msg-members"];
 
 /// Looks a check up by id.
 pub fn find(id: &str) -> Option<&'static Check> {

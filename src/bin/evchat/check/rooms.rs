@@ -13,7 +13,7 @@ use super::catalogue::{Done, Outcome};
 use super::identity::{ack_who, fresh_name, hello, opted_in};
 use super::wire::{Conn, Ctx, Failure, RecvError};
 use evchat::client::Incoming;
-use evchat::proto::ext::{Code, ExtFrame, FLAG_QUEUE, Join, Leave, RoomAck, RoomList};
+use evchat::proto::ext::{Code, ExtFrame, FLAG_QUEUE, Join, Leave, RoomAck, RoomList, Tell};
 use evchat::proto::{ClientId, Frame, Header, Kind, SERVER_ID};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ const ROOM_IDS: std::ops::RangeInclusive<ClientId> = 0x4000..=0x7fff;
 const JOINED: u8 = 0;
 const BAD_NAME: u8 = 1;
 const NOT_MEMBER: u8 = 4;
+const STORED: u8 = 9;
 /// More WHO before one MSG than the checker's few clients could need.
 const MAX_WHOS: usize = 64;
 
@@ -49,6 +50,11 @@ fn fresh_room() -> String {
 }
 
 fn join_bytes(conn: &mut Conn, room: &str, flags: u8) -> Vec<u8> {
+    join_prefetch_bytes(conn, room, flags, None)
+}
+
+/// JOIN with `prefetch` (Some: flag 2 and its byte; a queue's only).
+fn join_prefetch_bytes(conn: &mut Conn, room: &str, flags: u8, prefetch: Option<u8>) -> Vec<u8> {
     let seq = conn.next_seq();
     ExtFrame::Join(Join {
         origin: conn.me(),
@@ -56,7 +62,7 @@ fn join_bytes(conn: &mut Conn, room: &str, flags: u8) -> Vec<u8> {
         seq,
         flags,
         name: room.as_bytes().to_vec(),
-        prefetch: None,
+        prefetch,
     })
     .to_bytes()
     .to_vec()
@@ -528,6 +534,57 @@ pub fn queue_prefetch_one(ctx: &Ctx) -> Outcome {
     pass()
 }
 
+/// A member whose JOIN asked a prefetch of 2 holds two unacknowledged
+/// messages at once, and not a third.
+pub fn queue_prefetch_asked(ctx: &Ctx) -> Outcome {
+    let mut a = Member::new(ctx)?;
+    let room = fresh_room();
+    let bytes = join_prefetch_bytes(&mut a.em, &room, FLAG_QUEUE, Some(2));
+    let seq = Header::peek(&bytes).map_or(0, |h| h.seq);
+    a.em.send_bytes(&bytes)?;
+    let want = format!(
+        "ROOMACK(origin 65535, dest {}, seq {seq}) code 0 to JOIN with prefetch 2",
+        a.em.me()
+    );
+    let ack = expect_roomack(&mut a.em, seq, &want)?;
+    if ack.code != JOINED || ack.flags != FLAG_QUEUE || !ROOM_IDS.contains(&ack.room) {
+        return Err(a.em.unexpected(
+            format!("ROOMACK code {}, flags {}", ack.code, ack.flags),
+            &want,
+        ));
+    }
+    let mut writer = Conn::emitter(ctx, 1)?;
+    let first = say(&mut writer, ack.room, "evchat check: prefetch 1 of 2")?;
+    let second = say(&mut writer, ack.room, "evchat check: prefetch 2 of 2")?;
+    let third = say(&mut writer, ack.room, "evchat check: over the prefetch")?;
+    let marker = say(&mut writer, a.ex.me(), "evchat check: while two are held")?;
+    let held = [
+        expect_msg(&mut a.ex, &first, &writer)?,
+        expect_msg(&mut a.ex, &second, &writer).map_err(|f| {
+            f.with_hint(
+                "a member whose JOIN carried prefetch P holds up to P unacknowledged messages \
+                 of the queue: give it the second before the first's OK",
+            )
+        })?,
+    ];
+    // Two held: the third waits, so the marker is the next MSG.
+    let marked = expect_msg(&mut a.ex, &marker, &writer)
+        .map_err(|f| f.with_hint("no more than the prefetch asked: the third waits for an OK"))?;
+    for msg in held.iter().chain([&marked]) {
+        a.ex.ack(msg)?;
+    }
+    receive(&mut a.ex, &third, &writer)?;
+    for what in [
+        "OK for the first",
+        "OK for the second",
+        "OK for the third",
+        "OK for the marker",
+    ] {
+        expect_answer(&mut writer, Kind::Ok, what)?;
+    }
+    pass()
+}
+
 pub fn queue_redelivers(ctx: &Ctx) -> Outcome {
     let (a, mut b, room) = room_of_two(ctx, true)?;
     let Member { ex: mut holder, .. } = a;
@@ -598,4 +655,135 @@ pub fn queue_gives_up(ctx: &Ctx) -> Outcome {
         "ERRO once the message waited --queue-wait with no member online",
     )?;
     pass()
+}
+
+/// TELL from `conn` to `name`; the frame's seq.
+fn tell(conn: &mut Conn, name: &str, text: &str) -> Result<u16, Failure> {
+    let seq = conn.next_seq();
+    let bytes = ExtFrame::Tell(Tell {
+        origin: conn.me(),
+        dest: SERVER_ID,
+        seq,
+        name: name.as_bytes().to_vec(),
+        text: text.as_bytes().to_vec().into(),
+    })
+    .to_bytes();
+    conn.send_bytes(&bytes)?;
+    Ok(seq)
+}
+
+/// The MSG a TELL from `teller` (its `seq`) with `text` is shown as on the
+/// exhibitor `to`.
+fn told(teller: &Conn, to: ClientId, seq: u16, text: &str) -> Frame {
+    Frame::msg(teller.me(), to, seq, text.as_bytes().to_vec()).expect("short text")
+}
+
+pub fn tell_online(ctx: &Ctx) -> Outcome {
+    let mut a = Member::new(ctx)?;
+    let mut b = Member::new(ctx)?;
+    // The name in another case: names are unique ignoring case.
+    let text = "evchat check: told to a name online";
+    let seq = tell(&mut a.em, &b.name.to_ascii_uppercase(), text)?;
+    let marker = say(&mut a.em, b.ex.me(), "evchat check: after the TELL")?;
+    let want = told(&a.em, b.ex.me(), seq, text);
+    let shown = expect_msg(&mut b.ex, &want, &a.em).map_err(|f| {
+        f.with_hint(
+            "a TELL to a name online is MSG(teller, exhibitor, the TELL's seq, text) to each \
+             exhibitor showing the name",
+        )
+    })?;
+    b.ex.ack(&shown)?;
+    receive(&mut b.ex, &marker, &a.em)?;
+    let want = format!("OK(65535, {}, {seq}): the TELL was shown", a.em.me());
+    let reply = a.em.expect_reply(&want)?;
+    if reply.kind != Kind::Ok || reply.seq != seq {
+        return Err(a
+            .em
+            .unexpected(format!("{} seq {}", reply.kind, reply.seq), &want));
+    }
+    expect_answer(&mut a.em, Kind::Ok, "OK for the MSG after the TELL")?;
+    pass()
+}
+
+pub fn tell_waits(ctx: &Ctx) -> Outcome {
+    if !ctx.history {
+        return Ok(Done::NotAsked(
+            "give --history when the server keeps history: only then is a TELL to an offline \
+             name stored"
+                .to_string(),
+        ));
+    }
+    // b's name is a member of a room, then offline: known to any server.
+    let mut b = Member::new(ctx)?;
+    join(&mut b.em, &fresh_room(), false, JOINED)?;
+    let name = go_offline(b)?;
+    let mut a = Member::new(ctx)?;
+    let text = "evchat check: waits for its name";
+    let before = wall_clock_ms();
+    let seq = tell(&mut a.em, &name, text)?;
+    let want = format!(
+        "ROOMACK(65535, {}, {seq}) code 9 for \"{name}\": stored, never OK (OK means shown)",
+        a.em.me()
+    );
+    let ack =
+        match a.em.recv_any() {
+            Ok(Incoming::Ext(ExtFrame::RoomAck(ack))) => ack,
+            Ok(_) => {
+                return Err(a
+                .em
+                .unexpected("the answer to a TELL to an offline name is not ROOMACK", &want)
+                .with_hint(
+                    "store a TELL to an offline name the server knows and answer ROOMACK code 9",
+                ));
+            }
+            Err(e) => return Err(a.em.recv_failure(e, &want)),
+        };
+    let right = ack.origin == SERVER_ID
+        && ack.dest == a.em.me()
+        && ack.seq == seq
+        && ack.code == STORED
+        && (ack.flags, ack.room, ack.members) == (0, 0, 0)
+        && ack.name == name.as_bytes();
+    if !right {
+        return Err(a.em.unexpected(format!("ROOMACK code {}", ack.code), &want));
+    }
+    let after = wall_clock_ms();
+    let mut back = come_back(ctx, &name)?;
+    let want = format!(
+        "WAITING(65535, {}, server seq, time_ms in {before}..={after}) before the MSG",
+        back.me()
+    );
+    let waiting = match back.recv_any() {
+        Ok(Incoming::Ext(ExtFrame::Waiting(waiting))) => waiting,
+        Ok(_) => {
+            return Err(back
+                .unexpected("not WAITING", &want)
+                .with_hint("a message that waited for a name goes behind WAITING(time stored)"));
+        }
+        Err(e) => return Err(back.recv_failure(e, &want)),
+    };
+    if waiting.origin != SERVER_ID
+        || waiting.dest != back.me()
+        || !(before..=after).contains(&waiting.time_ms)
+    {
+        return Err(back.unexpected(format!("WAITING time_ms {}", waiting.time_ms), &want));
+    }
+    back.send(&Frame::bare(Kind::Ok, back.me(), SERVER_ID, waiting.seq))?;
+    let want = format!("the MSG from {} with the text told", a.em.me());
+    let msg = next_msg(&mut back, &want)?;
+    if msg.origin != a.em.me()
+        || msg.dest != back.me()
+        || msg.text().map(|t| &t[..]) != Some(text.as_bytes())
+    {
+        return Err(back.unexpected("not the message told", &want));
+    }
+    back.ack(&msg)?;
+    pass()
+}
+
+/// Now, in ms since the Unix epoch, as WAITING carries it.
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -27,6 +27,9 @@ pub struct Ctx {
     /// The server's `--queue-wait`, when given (`--queue-wait`): the rooms
     /// level then waits that long for a queue message to be given up on.
     pub queue_wait: Option<Duration>,
+    /// The server keeps history (`--history`): a TELL to an offline name
+    /// is stored, so the rooms level checks it is.
+    pub history: bool,
 }
 
 /// Frames a failure report shows from one connection's past (the latest).
@@ -700,6 +703,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             tls: None,
             queue_wait: None,
+            history: false,
         };
         let conn = Conn::open(&ctx).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
@@ -716,6 +720,7 @@ mod tests {
             timeout: Duration::from_millis(100),
             tls: None,
             queue_wait: None,
+            history: false,
         };
         let conn = Conn::open(&ctx).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
@@ -901,6 +906,7 @@ mod tests {
             timeout: Duration::from_millis(100),
             tls: None,
             queue_wait: None,
+            history: false,
         };
         let reply = reply.to_vec();
         let server = std::thread::spawn(move || {
@@ -1058,6 +1064,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             tls: None,
             queue_wait: None,
+            history: false,
         };
         let mut conn = Conn::open(&ctx).unwrap();
         let (peer, _) = listener.accept().unwrap();
