@@ -19,7 +19,7 @@ cargo build --manifest-path "$manifest" --bins
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in decode router rooms web ws_frames input history accounts discovery; do
+for target in decode router rooms web ws_frames input history accounts discovery cluster; do
   seeds=("fuzz/seeds/$target"/*)
   echo "== $target: ${#seeds[@]} seeds"
   if [ ${#seeds[@]} -eq 0 ]; then

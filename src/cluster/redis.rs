@@ -753,8 +753,8 @@ fn listen(
 }
 
 /// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME` or `down NODE`, as the
-/// scripts publish them.
-pub(super) fn parse_change(payload: &[u8]) -> Option<Event> {
+/// scripts publish them (public for the fuzz target).
+pub fn parse_change(payload: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(payload).ok()?;
     if let Some(node) = text.strip_prefix("down ") {
         return Some(Event::Down {

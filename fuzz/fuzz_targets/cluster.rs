@@ -1,0 +1,42 @@
+//! Fuzz target for what a node reads from Redis (`evchat::cluster`): the
+//! bytes are one message on a node's own channel (a batch from another
+//! node) and one on the change channel.
+//!
+//! * Neither parser panics, whatever the bytes.
+//! * A batch is accepted whole or not at all, and one that is accepted is
+//!   its bytes: written again record by record, it gives the same bytes
+//!   (nothing in it is ignored or guessed).
+//! * A change names only client ids, and a shown name is at most 24 bytes
+//!   of the name rule.
+#![no_main]
+
+use evchat::cluster::Event;
+use evchat::cluster::batch::{BatchWriter, FLUSH_AT, Record, parse};
+use evchat::cluster::redis::parse_change;
+use evchat::proto::{EMITTER_IDS, EXHIBITOR_IDS};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((from, records)) = parse(data) {
+        assert!(data.len() <= 2 * FLUSH_AT);
+        let mut again = BatchWriter::new(from);
+        for record in &records {
+            match record {
+                Record::Relay { relay, frame } => again.push_relay(*relay, frame),
+                Record::Ack { relay, ok } => again.push_ack(*relay, *ok),
+                Record::Pair(pair) => again.push_pair(*pair),
+            }
+        }
+        assert_eq!(again.finish().0, data, "a batch is its bytes");
+    }
+    let client = |id| EMITTER_IDS.contains(&id) || EXHIBITOR_IDS.contains(&id);
+    match parse_change(data) {
+        Some(Event::Held { id, .. } | Event::Freed { id, .. }) => assert!(client(id)),
+        Some(Event::Shown { id, name, .. }) => {
+            assert!(client(id));
+            assert!(name.len() <= 24 && name.is_ascii());
+        }
+        Some(Event::Down { .. }) | None => {}
+        Some(other) => panic!("a change parsed as {other:?}"),
+    }
+});
