@@ -112,6 +112,24 @@ fn deliver(emitter: &mut Raw, exhibitor: &mut Raw, frame: &Frame) -> Frame {
     }
 }
 
+/// An emitter on `a` and an exhibitor on `b` (with their ids), once one
+/// MSG between them went across and its OK came back after the
+/// exhibitor's: the two nodes see each other.
+fn one_message_across(a: &Server, b: &Server) -> (Raw, ClientId, Raw, ClientId) {
+    let mut on_b = b.raw();
+    let x = on_b.identify_exhibitor();
+    let mut emitter = a.raw();
+    let e = emitter.identify_emitter(1);
+    let before = Frame::msg(e, x, 1, bytes::Bytes::from_static(b"before")).unwrap();
+    deliver(&mut emitter, &mut on_b, &before);
+    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
+    );
+    (emitter, e, on_b, x)
+}
+
 /// An exhibitor that answers every frame it receives with OK, echoing its seq.
 pub(crate) fn acknowledge(exhibitor: &mut Raw) -> Frame {
     let frame = exhibitor.expect_frame();
@@ -297,17 +315,7 @@ fn a_killed_node_frees_its_ids_in_time_and_its_pending_deliveries_fail() {
 fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_changes() {
     let redis = Redis::start("cluster-garbage");
     let (a, b) = (redis.node("a"), redis.node("b"));
-    let mut on_b = b.raw();
-    let x = on_b.identify_exhibitor();
-    let mut emitter = a.raw();
-    let e = emitter.identify_emitter(1);
-    let before = Frame::msg(e, x, 1, bytes::Bytes::from_static(b"before")).unwrap();
-    deliver(&mut emitter, &mut on_b, &before);
-    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
-    assert_eq!(
-        emitter.expect_frame(),
-        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
-    );
+    let (mut emitter, e, mut on_b, x) = one_message_across(&a, &b);
 
     let mut con = redis.client();
     let channels: Vec<String> = redis::cmd("PUBSUB")
@@ -425,17 +433,7 @@ fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused
 fn redis_restarted_within_the_lease_is_rejoined_without_a_fence() {
     let mut redis = Redis::start_durable("cluster-redis-restart");
     let (a, b) = (redis.node("a"), redis.node("b"));
-    let mut on_b = b.raw();
-    let x = on_b.identify_exhibitor();
-    let mut emitter = a.raw();
-    let e = emitter.identify_emitter(1);
-    let before = Frame::msg(e, x, 1, bytes::Bytes::from_static(b"before")).unwrap();
-    deliver(&mut emitter, &mut on_b, &before);
-    on_b.send_frame(&Frame::bare(Kind::Ok, x, SERVER_ID, 1));
-    assert_eq!(
-        emitter.expect_frame(),
-        Frame::bare(Kind::Ok, SERVER_ID, e, 1)
-    );
+    let (mut emitter, e, mut on_b, x) = one_message_across(&a, &b);
 
     redis.kill_and_restart();
 
