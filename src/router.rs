@@ -1739,18 +1739,37 @@ impl Router {
         if nodes > 0 {
             self.relay_out(request, frame, now, out);
         }
+        self.deliver(&targets, frame, now, Purpose::Request(request), out);
+        targets.clear();
+        self.targets = targets;
+        self.flush_replies(conn, now, out);
+    }
+
+    /// Hands `frame` to `targets`, each to acknowledge it under `purpose`:
+    /// WHO first where an opted-in target needs it, then the MSG, or for a
+    /// CREQ a CLIST the server numbers for each target (rules 4 and 5).
+    /// Local requests and those relayed from another node share it.
+    #[inline(always)]
+    fn deliver(
+        &mut self,
+        targets: &[ConnId],
+        frame: &FrameView<'_>,
+        now: Instant,
+        purpose: Purpose,
+        out: &mut impl Outbox,
+    ) {
         let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
         let deadline = now + self.limits.ack_timeout;
         if self.tellers > 0 && !targets.is_empty() {
             let about = clist
                 .as_deref()
                 .unwrap_or(std::slice::from_ref(&frame.origin));
-            self.tell_names(&targets, about, deadline, out);
+            self.tell_names(targets, about, deadline, out);
         }
         if clist.is_none() {
-            out.forward(&targets, frame);
+            out.forward(targets, frame);
         }
-        for &target in &targets {
+        for &target in targets {
             let session = self.session_mut(target).expect("targets are live");
             let seq = match &clist {
                 None => frame.seq,
@@ -1765,15 +1784,12 @@ impl Router {
             session.awaiting_ack.push_back(Delivery {
                 seq,
                 deadline,
-                purpose: Purpose::Request(request),
+                purpose,
             });
         }
         if !targets.is_empty() {
             self.note_deadline(deadline);
         }
-        targets.clear();
-        self.targets = targets;
-        self.flush_replies(conn, now, out);
     }
 
     /// Fills `targets` with the exhibitors a MSG or CREQ to `dest` goes to.

@@ -10,9 +10,7 @@
 
 use super::pair_retry::PairRetries;
 use super::sequence_map::SequenceMap;
-use super::{
-    ConnId, Delivery, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session,
-};
+use super::{ConnId, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session};
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
@@ -818,38 +816,10 @@ impl Router {
                 any_ok: false,
             },
         );
-        let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
-        let deadline = now + self.limits.ack_timeout;
         // WHO before a remote sender's first message, and before a CLIST
-        // for each id it carries, as for a local one.
-        if self.tellers > 0 {
-            let about = clist
-                .as_deref()
-                .unwrap_or(std::slice::from_ref(&frame.origin));
-            self.tell_names(&targets, about, deadline, out);
-        }
-        if clist.is_none() {
-            out.forward(&targets, frame);
-        }
-        for &target in &targets {
-            let session = self.session_mut(target).expect("targets are live");
-            let seq = match &clist {
-                None => frame.seq,
-                Some(ids) => {
-                    let seq = session.seq.next_seq();
-                    let list = Frame::clist(SERVER_ID, frame.dest, seq, ids.clone())
-                        .expect("at most 8191 clients");
-                    out.send(target, &list);
-                    seq
-                }
-            };
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                deadline,
-                purpose: Purpose::Relayed { key },
-            });
-        }
-        self.note_deadline(deadline);
+        // for each id it carries, as for a local one (`targets` is not
+        // empty here).
+        self.deliver(&targets, frame, now, Purpose::Relayed { key }, out);
         targets.clear();
         self.targets = targets;
     }
