@@ -58,6 +58,12 @@ pub mod testing {
     }
 
     pub mod raw_client;
+
+    /// The loop's conversions between the router's pair notices and the
+    /// batch's records, for the cluster simulation.
+    pub mod cluster_glue {
+        pub use crate::server::cluster::{to_notice, to_record};
+    }
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 mod access;
 mod announce;
-mod cluster;
+pub(crate) mod cluster;
 mod handshakes;
 mod history;
 mod identity;

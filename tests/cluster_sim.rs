@@ -10,11 +10,12 @@
 //! targets answered OK; each router's own invariants.
 
 use crate::util::Rng;
-use evchat::cluster::batch::{self, BatchWriter, PairRecord, Record};
+use evchat::cluster::batch::{self, BatchWriter, Record};
 use evchat::cluster::memory::{MemoryEngine, MemoryHub};
 use evchat::cluster::{Engine, Event, NodeId, Request};
 use evchat::proto::{ClientId, Frame, FrameView, Kind, SERVER_ID};
 use evchat::server::Limits;
+use evchat::testing::cluster_glue::{to_notice as notice, to_record as record};
 use evchat::testing::{CloseReason, ConnId, Outbox, PairNotice, Router};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -66,44 +67,6 @@ impl Outbox for Recorder {
             .entry(node)
             .or_insert_with(|| BatchWriter::new(from));
         batch.push_pair(record(notice));
-    }
-}
-
-/// The router's pair notice as a batch record, and back, as the loop's
-/// glue converts them.
-fn record(notice: PairNotice) -> PairRecord {
-    match notice {
-        PairNotice::Pair {
-            token,
-            exhibitor,
-            emitter,
-        } => PairRecord::Pair {
-            token,
-            exhibitor,
-            emitter,
-        },
-        PairNotice::Paired { token, ok } => PairRecord::Paired { token, ok },
-        PairNotice::Dismiss { exhibitor, emitter } => PairRecord::Dismiss { exhibitor, emitter },
-        PairNotice::Unpaired { exhibitor, emitter } => PairRecord::Unpaired { exhibitor, emitter },
-        PairNotice::Unpair { exhibitor, emitter } => PairRecord::Unpair { exhibitor, emitter },
-    }
-}
-
-fn notice(record: PairRecord) -> PairNotice {
-    match record {
-        PairRecord::Pair {
-            token,
-            exhibitor,
-            emitter,
-        } => PairNotice::Pair {
-            token,
-            exhibitor,
-            emitter,
-        },
-        PairRecord::Paired { token, ok } => PairNotice::Paired { token, ok },
-        PairRecord::Dismiss { exhibitor, emitter } => PairNotice::Dismiss { exhibitor, emitter },
-        PairRecord::Unpaired { exhibitor, emitter } => PairNotice::Unpaired { exhibitor, emitter },
-        PairRecord::Unpair { exhibitor, emitter } => PairNotice::Unpair { exhibitor, emitter },
     }
 }
 

@@ -447,8 +447,9 @@ impl Server {
 }
 
 /// The router's pair notice as the batch writes it (the router does not
-/// know the batch format, nor the batch the router).
-fn to_record(notice: PairNotice) -> PairRecord {
+/// know the batch format, nor the batch the router). Public for the
+/// cluster simulation, which stands in for this glue.
+pub fn to_record(notice: PairNotice) -> PairRecord {
     match notice {
         PairNotice::Pair {
             token,
@@ -466,7 +467,8 @@ fn to_record(notice: PairNotice) -> PairRecord {
     }
 }
 
-fn to_notice(record: PairRecord) -> PairNotice {
+/// A batch's pair record as the router's notice.
+pub fn to_notice(record: PairRecord) -> PairNotice {
     match record {
         PairRecord::Pair {
             token,
