@@ -607,6 +607,23 @@ impl Conn {
         }
     }
 
+    /// Hangs up (end of stream, no FLW) and reads until the server closes
+    /// its side, discarding what arrives. When this returns, the server has
+    /// handled every byte this client sent: nothing of it can reach whoever
+    /// holds an id next. Bounded by the timeout between frames; a server
+    /// that never closes is waited for once, not failed here.
+    pub fn hang_up_and_wait(mut self) {
+        self.done = true;
+        if self.stream.shutdown(Shutdown::Write).is_err() {
+            return;
+        }
+        let skip = |buf: &[u8]| match parse_incoming(buf) {
+            Ok(found) => Ok(found.map(|(_, len)| ((), len))),
+            Err(_) => Err(()),
+        };
+        while self.recv_with(skip).is_ok() {}
+    }
+
     /// Closes this side at once, without FLW (a client that vanishes).
     pub fn vanish(mut self) {
         self.done = true;
