@@ -146,6 +146,7 @@ const FAULTS: &[(Fault, &[&str], &[&str])] = &[
     (Fault::TellOnlineStored, &["tell-online"], &[]),
     (Fault::TellStoredOk, &["tell-waits"], &[]),
     (Fault::TellNoWaiting, &["tell-waits"], &[]),
+    (Fault::TellUnknownStored, &["tell-unknown"], &[]),
 ];
 
 /// How a skip says the server does not speak the identity extension.
@@ -399,7 +400,7 @@ fn queue_gives_up_is_not_run_without_queue_wait() {
     );
     assert_eq!(
         lines.last(),
-        Some(&"check: 16 passed, 0 failed, 0 notes, 2 skipped")
+        Some(&"check: 16 passed, 0 failed, 0 notes, 3 skipped")
     );
 }
 
@@ -430,11 +431,14 @@ fn a_server_with_accounts_is_not_checked_for_identity() {
 #[test]
 fn real_server_passes_every_check() {
     // Without history (which would replay broadcasts to each new
-    // exhibitor): the stored TELL's check is not asked, and is run below.
+    // exhibitor): the checks of a TELL to an offline name are not asked,
+    // and are run below.
     let server = Server::start(&["--queue-wait", &queue_wait()]);
     let (code, seen, report) = check_json_with(&server.target(), CHECK_TIMEOUT, false);
     let mut listed: BTreeSet<String> = listed_ids().into_iter().collect();
-    listed.remove("tell-waits");
+    for id in HISTORY_ONLY {
+        listed.remove(*id);
+    }
     assert_eq!(ids_with(&seen, "pass"), listed, "{report:#}");
     assert_eq!(report["summary"]["passed"], listed.len());
     assert_eq!(
@@ -442,20 +446,28 @@ fn real_server_passes_every_check() {
         "not asked: give --history when the server keeps history: only then is a TELL to an \
          offline name stored"
     );
+    assert_eq!(
+        seen["tell-unknown"].detail,
+        "not asked: give --history when the server keeps history: without it a TELL to any \
+         offline name is refused with ERRO, known or not"
+    );
     assert_eq!(code, 0);
 }
 
-/// The real server with `--history` stores a TELL to an offline name and
-/// sends it behind WAITING.
+/// The checks run only against a server with `--history`.
+pub(crate) const HISTORY_ONLY: &[&str] = &["tell-waits", "tell-unknown"];
+
+/// The real server with `--history` stores a TELL to an offline name it
+/// knows, sends it behind WAITING, and refuses one to a name it does not.
 #[test]
-fn real_server_with_history_passes_the_stored_tell_check() {
+fn real_server_with_history_passes_the_stored_tell_checks() {
     let dir = crate::util::TempDir::new("check-tell");
     let server = Server::start(&["--history", dir.arg()]);
     let (code, out, _) = evchat(&[
         "check",
         &server.target(),
         "--only",
-        "tell-waits",
+        "tell-waits,tell-unknown",
         "--history",
         "--timeout",
         CHECK_TIMEOUT,
@@ -468,8 +480,13 @@ fn real_server_with_history_passes_the_stored_tell_check() {
          WAITING when it is back"
     );
     assert_eq!(
+        lines[2],
+        "pass  tell-unknown        a TELL to a name the server does not know is refused with \
+         ROOMACK code 10"
+    );
+    assert_eq!(
         lines.last(),
-        Some(&"check: 1 passed, 0 failed, 0 notes, 0 skipped")
+        Some(&"check: 2 passed, 0 failed, 0 notes, 0 skipped")
     );
 }
 
@@ -803,6 +820,7 @@ fault_tests! {
     fault_tell_online_stored: TellOnlineStored,
     fault_tell_stored_answered_ok: TellStoredOk,
     fault_tell_delivered_without_waiting: TellNoWaiting,
+    fault_tell_unknown_stored: TellUnknownStored,
 }
 
 /// Runs `evchat ARGS` with its stdout on a pseudo-terminal; what it wrote.
@@ -1010,6 +1028,6 @@ fn a_server_ignoring_the_prefetch_fails_its_check_with_this_report() {
     );
     assert_eq!(
         lines.last(),
-        Some(&"check: 15 passed, 1 failed, 0 notes, 2 skipped")
+        Some(&"check: 15 passed, 1 failed, 0 notes, 3 skipped")
     );
 }

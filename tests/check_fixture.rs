@@ -210,6 +210,8 @@ pub enum Fault {
     TellStoredOk,
     /// Sends a stored TELL's MSG without the WAITING before it.
     TellNoWaiting,
+    /// Stores a TELL to a name it has never seen (code 9, not 10).
+    TellUnknownStored,
 }
 
 impl Fault {
@@ -237,6 +239,7 @@ impl Fault {
                 | Fault::TellOnlineStored
                 | Fault::TellStoredOk
                 | Fault::TellNoWaiting
+                | Fault::TellUnknownStored
         )
     }
 
@@ -1160,7 +1163,7 @@ impl State {
         let known = !targets.is_empty()
             || self.letters.contains_key(&key)
             || self.rooms.values().any(|r| r.has_member(&name));
-        if !known {
+        if !known && fault != Fault::TellUnknownStored {
             return acts.push(roomack(10, ""));
         }
         let time_ms = std::time::SystemTime::now()

@@ -48,7 +48,7 @@ KICK) on a server without accounts, and is reported as not spoken (skipped, neve
 failed) when the server answers HELLO with ERRO; `rooms` checks rooms and work
 queues (JOIN, LEAVE, ROOMS, MSG to a room id), not spoken when the server answers
 JOIN with ERRO; the queue's give-up check runs only with --queue-wait (the
-server's own, which it waits out), and the check of a TELL to an offline name
+server's own, which it waits out), and the checks of a TELL to an offline name
 only with --history (a server without history refuses it); `robust` checks what a server
 exposed to a network must survive. After each check the server must still answer
 an OI.

@@ -686,6 +686,16 @@ pub const CATALOGUE: &[Check] = &[
         needs: TELL_NEEDS,
         run: rooms::tell_waits,
     },
+    Check {
+        id: "tell-unknown",
+        level: Level::Rooms,
+        title: "a TELL to a name the server does not know is refused with ROOMACK code 10",
+        rule: "PROTOCOL.md, Waiting messages",
+        quote: None,
+        hint: "with history, store a TELL only for a name the server knows; answer any other offline name with code 10",
+        needs: TELL_NEEDS,
+        run: rooms::tell_unknown,
+    },
 ];
 
 /// What the TELL checks need: names, rooms (a known name is a member) and

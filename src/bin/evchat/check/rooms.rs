@@ -24,6 +24,7 @@ const JOINED: u8 = 0;
 const BAD_NAME: u8 = 1;
 const NOT_MEMBER: u8 = 4;
 const STORED: u8 = 9;
+const NO_SUCH_NAME: u8 = 10;
 /// More WHO before one MSG than the checker's few clients could need.
 const MAX_WHOS: usize = 64;
 
@@ -725,19 +726,11 @@ pub fn tell_waits(ctx: &Ctx) -> Outcome {
         "ROOMACK(65535, {}, {seq}) code 9 for \"{name}\": stored, never OK (OK means shown)",
         a.em.me()
     );
-    let ack =
-        match a.em.recv_any() {
-            Ok(Incoming::Ext(ExtFrame::RoomAck(ack))) => ack,
-            Ok(_) => {
-                return Err(a
-                .em
-                .unexpected("the answer to a TELL to an offline name is not ROOMACK", &want)
-                .with_hint(
-                    "store a TELL to an offline name the server knows and answer ROOMACK code 9",
-                ));
-            }
-            Err(e) => return Err(a.em.recv_failure(e, &want)),
-        };
+    let ack = tell_answer(
+        &mut a.em,
+        &want,
+        "store a TELL to an offline name the server knows and answer ROOMACK code 9",
+    )?;
     let right = ack.origin == SERVER_ID
         && ack.dest == a.em.me()
         && ack.seq == seq
@@ -778,6 +771,55 @@ pub fn tell_waits(ctx: &Ctx) -> Outcome {
         return Err(back.unexpected("not the message told", &want));
     }
     back.ack(&msg)?;
+    pass()
+}
+
+/// The ROOMACK that answers a TELL (`want` says which, `hint` how to send it).
+fn tell_answer(conn: &mut Conn, want: &str, hint: &str) -> Result<RoomAck, Failure> {
+    match conn.recv_any() {
+        Ok(Incoming::Ext(ExtFrame::RoomAck(ack))) => Ok(ack),
+        Ok(_) => Err(conn
+            .unexpected(
+                "the answer to a TELL to an offline name is not ROOMACK",
+                want,
+            )
+            .with_hint(hint)),
+        Err(e) => Err(conn.recv_failure(e, want)),
+    }
+}
+
+pub fn tell_unknown(ctx: &Ctx) -> Outcome {
+    if !ctx.history {
+        return Ok(Done::NotAsked(
+            "give --history when the server keeps history: without it a TELL to any offline \
+             name is refused with ERRO, known or not"
+                .to_string(),
+        ));
+    }
+    let mut a = Member::new(ctx)?;
+    // A name nobody has used: not an account, not a member, never seen.
+    let name = fresh_name();
+    let seq = tell(&mut a.em, &name, "evchat check: to nobody")?;
+    let want = format!(
+        "ROOMACK(65535, {}, {seq}) code 10 with room 0, flags 0, members 0 and no name: \
+         \"{name}\" is not known, so nothing is stored",
+        a.em.me()
+    );
+    let hint = "answer a TELL to a name that is neither online nor known (an account, a room's \
+                member, a name seen) with ROOMACK code 10, and store nothing";
+    let ack = tell_answer(&mut a.em, &want, hint)?;
+    let right = ack.origin == SERVER_ID
+        && ack.dest == a.em.me()
+        && ack.seq == seq
+        && ack.code == NO_SUCH_NAME
+        && (ack.flags, ack.room, ack.members) == (0, 0, 0)
+        && ack.name.is_empty();
+    if !right {
+        return Err(a
+            .em
+            .unexpected(format!("ROOMACK code {}", ack.code), &want)
+            .with_hint(hint));
+    }
     pass()
 }
 
