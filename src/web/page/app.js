@@ -7,8 +7,8 @@
 // extension): its answer tells the page whether the server has accounts, so
 // it shows a sign-in form, or an optional name to claim; WHO frames name
 // the ids it shows. "/tell NAME text" in the send box leaves a message for
-// a name, online or not (TELL); one that waited for ours comes marked
-// (WAITING). Rooms (ROOMS, JOIN, LEAVE) are listed beside the log,
+// a name, online or not (TELL), and so does sending in the conversation of
+// someone not connected; one that waited for ours comes marked (WAITING). Rooms (ROOMS, JOIN, LEAVE) are listed beside the log,
 // and the log is split into conversations, one per room or person (and
 // one for everyone); "All messages" shows them together. Bytes <-> frames
 // is codec.js's job. Everything a peer
@@ -1468,9 +1468,13 @@
     if (ui.dest.value === '') {
       const said = ui.dest.selectedOptions.length > 0 ? ui.dest.selectedOptions[0].textContent : '';
       const away = said.endsWith(' is not connected') ? said.slice(0, -' is not connected'.length) : '';
-      note(away !== ''
-        ? 'not sent: choose who gets it (' + said + '); /tell ' + away + ' message leaves it for them'
-        : 'not sent: choose who gets it (the ids changed when the chat reconnected)');
+      if (away !== '') {
+        // The conversation of someone away: the message waits for them
+        // (or the server says why it cannot), as "/tell" would do.
+        tellName(s, away, text);
+        return;
+      }
+      note('not sent: choose who gets it (the ids changed when the chat reconnected)');
       ui.dest.focus();
       return;
     }
@@ -1492,13 +1496,17 @@
       note(TELL_USAGE);
       return;
     }
-    const name = parts[1].replace(/^@/, '');
+    tellName(s, parts[1].replace(/^@/, ''), parts[2]);
+  }
+
+  // TELL `text` to `name`; its entry goes in the name's conversation.
+  function tellName(s, name, text) {
     if (!C.NAME_RULE.test(name)) {
       note('not sent: "' + name + '" is not a name: a letter, then up to 23 letters, digits, ".", "_" or "-"');
       return;
     }
     const nameBytes = encoder.encode(name);
-    const bytes = encoder.encode(parts[2]);
+    const bytes = encoder.encode(text);
     if (bytes.length > C.MAX_TEXT_LEN - 1 - nameBytes.length) {
       note('not sent: the message is ' + bytes.length + ' bytes; at most ' +
         (C.MAX_TEXT_LEN - 1 - nameBytes.length) + ' fit with the name');
