@@ -6,9 +6,11 @@
 //! partition: what one publishes to the other is lost, unannounced), or
 //! make one node's engine refuse requests (its queue full, Redis away).
 //! Names are claimed in it as in Redis: one holder system-wide, freed with
-//! their node.
+//! their node; rooms too: one id per room name, members by name, bounded
+//! as the Redis scripts bound them.
 
-use super::{Engine, Event, NodeId, Request};
+use super::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome, RoomState};
+use crate::proto::ext::ROOM_IDS;
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +33,8 @@ struct Hub {
     nodes: HashMap<NodeId, Inbox>,
     /// Pairs of nodes (lower first) whose batches to each other are lost.
     cut: HashSet<(NodeId, NodeId)>,
+    /// Rooms by id: their kind, spelling and member names (lower case).
+    rooms: BTreeMap<ClientId, RoomState>,
 }
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -69,7 +73,93 @@ impl Hub {
             roles: *roles,
             name: name.clone(),
         }));
+        let rooms = self.rooms.values().cloned().collect();
+        events.push(Event::Rooms { rooms });
         events
+    }
+
+    /// [`Request::JoinRoom`], as the Redis script does it.
+    fn join_room(&mut self, join: RoomJoin) -> RoomOutcome {
+        let found = self
+            .rooms
+            .values()
+            .find(|r| r.spelling.eq_ignore_ascii_case(&join.key))
+            .map(|r| (r.id, r.queue, r.members.len()));
+        let rooms_of = self
+            .rooms
+            .values()
+            .filter(|r| r.members.contains(&join.member))
+            .count();
+        let id = match found {
+            Some((_, queue, _)) if queue != join.queue => return RoomOutcome::OtherKind,
+            Some((id, _, _)) if self.rooms[&id].members.contains(&join.member) => id,
+            Some((_, _, members)) if members >= join.room_members as usize => {
+                return RoomOutcome::RoomFull;
+            }
+            _ if rooms_of >= join.rooms_per_name as usize => return RoomOutcome::TooManyRooms,
+            Some((id, _, _)) => id,
+            None if !join.may_create => return RoomOutcome::NotAllowed,
+            None => {
+                let first = *ROOM_IDS.start();
+                let range = first..first + join.max_rooms;
+                let Some(id) = range.into_iter().find(|id| !self.rooms.contains_key(id)) else {
+                    return RoomOutcome::NoRoomId;
+                };
+                let room = RoomState {
+                    id,
+                    queue: join.queue,
+                    spelling: join.spelling.clone(),
+                    members: Vec::new(),
+                };
+                self.rooms.insert(id, room);
+                id
+            }
+        };
+        let room = self.rooms.get_mut(&id).expect("found or made above");
+        if !room.members.contains(&join.member) {
+            room.members.push(join.member.clone());
+            let event = Event::RoomJoined {
+                id,
+                queue: room.queue,
+                spelling: room.spelling.clone(),
+                member: join.member,
+            };
+            self.tell_all(&event);
+        }
+        let room = &self.rooms[&id];
+        RoomOutcome::Joined {
+            id,
+            queue: room.queue,
+            spelling: room.spelling.clone(),
+            members: room.members.len() as u32,
+        }
+    }
+
+    /// [`Request::LeaveRoom`], as the Redis script does it.
+    fn leave_room(&mut self, key: &str, member: String) -> RoomOutcome {
+        let Some(room) = self
+            .rooms
+            .values_mut()
+            .find(|r| r.spelling.eq_ignore_ascii_case(key))
+        else {
+            return RoomOutcome::NotMember;
+        };
+        let Some(at) = room.members.iter().position(|m| *m == member) else {
+            return RoomOutcome::NotMember;
+        };
+        room.members.remove(at);
+        let outcome = RoomOutcome::Left {
+            id: room.id,
+            queue: room.queue,
+            spelling: room.spelling.clone(),
+            members: room.members.len() as u32,
+        };
+        let id = room.id;
+        if room.members.is_empty() {
+            self.rooms.remove(&id);
+        }
+        self.tell_all(&Event::RoomLeft { id, member });
+        outcome
     }
 
     fn tell_all(&mut self, event: &Event) {
@@ -255,6 +345,14 @@ impl Engine for MemoryEngine {
                         node: self.node,
                     });
                 }
+            }
+            Request::JoinRoom { claim, join } => {
+                let outcome = Some(hub.join_room(join));
+                hub.tell(self.node, Event::RoomAnswered { claim, outcome });
+            }
+            Request::LeaveRoom { claim, key, member } => {
+                let outcome = Some(hub.leave_room(&key, member));
+                hub.tell(self.node, Event::RoomAnswered { claim, outcome });
             }
             Request::Publish { to, batch, relays } => {
                 if hub.cut.contains(&pair(self.node, to)) {

@@ -10,7 +10,9 @@
 
 use super::pair_retry::PairRetries;
 use super::sequence_map::SequenceMap;
-use super::{ConnId, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session};
+use super::{
+    ConnId, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session, is_room_id,
+};
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
@@ -259,6 +261,14 @@ impl Remote {
     pub(super) fn shown(&self, id: ClientId) -> Option<(Option<&str>, u8)> {
         let (roles, name) = self.shows.get(usize::from(id))?.as_ref()?;
         Some((name.as_deref(), *roles))
+    }
+
+    /// Each exhibitor id another node holds that shows a name: its node
+    /// and the name (where a room's members may be online).
+    pub(super) fn named_exhibitors(&self) -> impl Iterator<Item = (NodeRef, &str)> {
+        let held = self.owner.iter().zip(&self.shows).enumerate();
+        held.filter(|&(id, _)| is_exhibitor_id(id as ClientId))
+            .filter_map(|(_, (node, shown))| Some(((*node)?, shown.as_ref()?.1.as_deref()?)))
     }
 
     fn uncount(&mut self, id: ClientId, node: NodeRef) {
@@ -737,6 +747,13 @@ impl Router {
     /// Fills the nodes a request to `dest` must also go to; returns how many.
     #[inline(never)]
     pub(super) fn remote_targets(&mut self, dest: ClientId) -> usize {
+        if is_room_id(dest) {
+            let mut nodes = std::mem::take(&mut self.remote.nodes);
+            nodes.clear();
+            self.room_nodes(dest, &mut nodes);
+            self.remote.nodes = nodes;
+            return self.remote.nodes.len();
+        }
         let local = self.ids.get(dest);
         let remote = &mut self.remote;
         remote.nodes.clear();

@@ -1,0 +1,279 @@
+//! Rooms across nodes (CLUSTER.md, "Rooms across nodes"): real `server`
+//! processes with `--cluster` over a real `redis-server`, byte for byte
+//! over raw TCP. One room name has one id on every node, even joined on
+//! two at once (and of a room and a queue raced, one wins); membership
+//! belongs to the name system-wide, so a member signed in on any node
+//! receives the room; a room MSG reaches members on three nodes with the
+//! emitter's OK after all three acknowledged, and a member's node killed
+//! during a delivery gives ERRO, never OK; with Redis gone a JOIN is
+//! refused as a full table is.
+
+use crate::cluster::Redis;
+use crate::rooms::{
+    Member, PLAIN, ROOM, S, erro, join, msg, next_frame, ok, refused, roomack, rooms, who,
+};
+use crate::util::*;
+use evchat::proto::ClientId;
+use std::time::{Duration, Instant};
+
+/// How long a killed node may hold its deliveries (its lease, then a
+/// reap; the bound for ids).
+const FAILED_WITHIN: Duration = Duration::from_secs(10);
+
+/// Asks ROOMS through `member` until `room` is listed with `count`
+/// members: the node's replica has heard every JOIN made elsewhere.
+fn wait_members(member: &mut Member, room: &[u8], count: u16) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let seq = member.next_seq();
+        member.em.send(&rooms(member.em_id, seq));
+        let list = next_frame(&mut member.em);
+        let mut entry = Vec::new();
+        entry.extend_from_slice(&count.to_be_bytes());
+        entry.push(room.len() as u8);
+        entry.extend_from_slice(room);
+        if list.windows(entry.len()).any(|w| w == entry.as_slice()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never listed with {count} members",
+            String::from_utf8_lossy(room)
+        );
+        // Polling, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends MSG(`text`) from `writer` to the room until it is delivered to
+/// `member`'s exhibitor (bytes arrive there) rather than refused (ERRO:
+/// no target known yet); returns the delivered MSG's seq. Polls both
+/// connections without blocking, with a deadline.
+fn send_until_delivered(writer: &mut Member, member: &mut Member, text: &[u8]) -> u16 {
+    let deadline = Instant::now() + TIMEOUT;
+    'send: loop {
+        let seq = writer.next_seq();
+        writer.em.send(&msg(writer.em_id, ROOM, seq, text));
+        loop {
+            if member.ex.bytes_ready() {
+                return seq;
+            }
+            if let Some(reply) = writer.em.try_frame() {
+                let reply = reply.expect("the writer is still connected");
+                assert_eq!(reply.to_bytes().to_vec(), erro(writer.em_id, seq));
+                assert!(Instant::now() < deadline, "never delivered");
+                // Polling, bounded by the deadline above.
+                std::thread::sleep(Duration::from_millis(20));
+                continue 'send;
+            }
+            assert!(Instant::now() < deadline, "neither delivered nor refused");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A ROOMACK's code and room id, from its bytes.
+fn ack_code_and_room(ack: &[u8]) -> (u8, ClientId) {
+    assert_eq!(&ack[..2], &[0, 15], "a ROOMACK: {ack:?}");
+    (ack[10], u16::from_be_bytes([ack[12], ack[13]]))
+}
+
+#[test]
+fn a_room_message_reaches_members_on_three_nodes_and_its_ok_waits_for_all_three() {
+    let redis = Redis::start("crooms-three");
+    let nodes = [redis.node("a"), redis.node("b"), redis.node("c")];
+    let names = ["alice", "bob", "carol"];
+    let mut members: Vec<Member> = nodes
+        .iter()
+        .zip(names)
+        .map(|(node, name)| Member::new(node, name))
+        .collect();
+    // One id on every node; the count is the system's.
+    for (count, m) in members.iter_mut().enumerate() {
+        let count = count as u16 + 1;
+        m.join("ops", false, |d, s| {
+            roomack(d, s, 0, (ROOM, 0, count, b"ops"))
+        });
+    }
+    let mut writer = Member::new(&nodes[0], "dave");
+    wait_members(&mut writer, b"ops", 3);
+    let seq = writer.next_seq();
+    let text = b"deploy done";
+    writer.em.send(&msg(writer.em_id, ROOM, seq, text));
+    for m in &mut members {
+        // Told who the writer is, then the MSG as it was sent.
+        expect_exact(&mut m.ex, &who(m.ex_id, 0, writer.em_id, PLAIN, b"dave"));
+        expect_exact(&mut m.ex, &msg(writer.em_id, ROOM, seq, text));
+    }
+    writer.ex.expect_silence();
+    for m in &mut members[..2] {
+        m.ex.send(&ok(m.ex_id, S, 0));
+        m.ex.send(&ok(m.ex_id, writer.em_id, seq));
+    }
+    // Two of three acknowledged: the emitter still waits.
+    writer.em.expect_silence();
+    let carol = &mut members[2];
+    carol.ex.send(&ok(carol.ex_id, S, 0));
+    carol.ex.send(&ok(carol.ex_id, writer.em_id, seq));
+    expect_exact(&mut writer.em, &ok(S, writer.em_id, seq));
+}
+
+#[test]
+fn one_room_name_joined_on_two_nodes_at_once_has_one_id() {
+    let redis = Redis::start("crooms-race");
+    let a = redis.node("a");
+    let b = redis.node("b");
+    for round in 0..8 {
+        let mut on_a = Member::new(&a, &format!("ann{round}"));
+        let mut on_b = Member::new(&b, &format!("ben{round}"));
+        // The same room in two spellings, sent at once to the two nodes.
+        let (seq_a, seq_b) = (on_a.next_seq(), on_b.next_seq());
+        let room = format!("race{round}");
+        on_a.em
+            .send(&join(on_a.em_id, seq_a, false, room.as_bytes()));
+        on_b.em.send(&join(
+            on_b.em_id,
+            seq_b,
+            false,
+            room.to_uppercase().as_bytes(),
+        ));
+        let (ack_a, ack_b) = (next_frame(&mut on_a.em), next_frame(&mut on_b.em));
+        let (code_a, id_a) = ack_code_and_room(&ack_a);
+        let (code_b, id_b) = ack_code_and_room(&ack_b);
+        assert_eq!((code_a, code_b), (0, 0), "round {round}: both joined");
+        assert_eq!(id_a, id_b, "round {round}: one id for one name");
+        // Rounds keep their rooms: each new one takes the next free id.
+        assert_eq!(
+            id_a,
+            ROOM + round as u16,
+            "round {round}: the lowest free id"
+        );
+        // The first JOIN the script ran spelled it; both say so.
+        assert_eq!(ack_a[17..], ack_b[17..], "round {round}: one spelling");
+        // Counts 1 and 2, in the order the script ran them.
+        let mut counts = [ack_a[15], ack_b[15]];
+        counts.sort_unstable();
+        assert_eq!(counts, [1, 2], "round {round}");
+
+        // A room and a queue of one name raced: one wins, the other is
+        // told the room is of the other kind (code 8), as on one node.
+        let (seq_a, seq_b) = (on_a.next_seq(), on_b.next_seq());
+        let kind = format!("kind{round}");
+        on_a.em
+            .send(&join(on_a.em_id, seq_a, false, kind.as_bytes()));
+        on_b.em
+            .send(&join(on_b.em_id, seq_b, true, kind.as_bytes()));
+        let (ack_a, ack_b) = (next_frame(&mut on_a.em), next_frame(&mut on_b.em));
+        let mut codes = [ack_code_and_room(&ack_a).0, ack_code_and_room(&ack_b).0];
+        codes.sort_unstable();
+        assert_eq!(codes, [0, 8], "round {round}: one kind wins");
+        let loser = if ack_a[10] == 8 {
+            (ack_a, on_a.em_id, seq_a)
+        } else {
+            (ack_b, on_b.em_id, seq_b)
+        };
+        assert_eq!(loser.0, refused(loser.1, loser.2, 8));
+        // Both leave the queue or room they are in: the kind room is
+        // gone (its id is free), the race room stays for the next round.
+        for m in [&mut on_a, &mut on_b] {
+            let seq = m.next_seq();
+            m.em.send(&crate::rooms::leave(m.em_id, seq, kind.as_bytes()));
+            let (code, _) = ack_code_and_room(&next_frame(&mut m.em));
+            assert!(code == 0 || code == 4, "round {round}: LEAVE code {code}");
+        }
+    }
+}
+
+#[test]
+fn a_member_gone_from_one_node_and_signed_in_on_another_is_still_a_member() {
+    let redis = Redis::start("crooms-move");
+    let a = redis.node("a");
+    let b = redis.node("b");
+    let c = redis.node("c");
+    let mut alice = Member::new(&a, "alice");
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    let mut writer = Member::new(&b, "walt");
+    // alice's sessions leave node a (she is still a member) ...
+    drop(alice);
+    // ... and she signs in on node c, once her name is free again.
+    let mut alice = Member::reclaim(&c, "alice");
+    // Writing on node b reaches her on c once b has heard she is online
+    // there (her exhibitor's name, on the change channel): until then the
+    // MSG has no target and is answered ERRO at once, and is sent again.
+    let seq = send_until_delivered(&mut writer, &mut alice, b"hello alice");
+    expect_exact(
+        &mut alice.ex,
+        &who(alice.ex_id, 0, writer.em_id, PLAIN, b"walt"),
+    );
+    expect_exact(&mut alice.ex, &msg(writer.em_id, ROOM, seq, b"hello alice"));
+    alice.ex.send(&ok(alice.ex_id, S, 0));
+    alice.ex.send(&ok(alice.ex_id, writer.em_id, seq));
+    expect_exact(&mut writer.em, &ok(S, writer.em_id, seq));
+    // She leaves the room on node c: code 0, no member left.
+    let leave_seq = alice.next_seq();
+    alice
+        .em
+        .send(&crate::rooms::leave(alice.em_id, leave_seq, b"ops"));
+    expect_exact(
+        &mut alice.em,
+        &roomack(alice.em_id, leave_seq, 0, (ROOM, 0, 0, b"ops")),
+    );
+}
+
+#[test]
+fn a_member_s_node_killed_during_a_room_delivery_gives_erro_never_ok() {
+    let redis = Redis::start("crooms-kill");
+    let a = redis.node("a");
+    let mut b = redis.node("b");
+    let mut bob = Member::new(&b, "bob");
+    bob.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    let mut writer = Member::new(&a, "walt");
+    wait_members(&mut writer, b"ops", 1);
+    let seq = writer.next_seq();
+    writer
+        .em
+        .send(&msg(writer.em_id, ROOM, seq, b"are you there"));
+    // Delivered on node b, never acknowledged.
+    expect_exact(
+        &mut bob.ex,
+        &who(bob.ex_id, 0, writer.em_id, PLAIN, b"walt"),
+    );
+    expect_exact(&mut bob.ex, &msg(writer.em_id, ROOM, seq, b"are you there"));
+    b.proc.signal(libc::SIGKILL);
+    b.proc.wait();
+    let got = writer
+        .em
+        .frame_within(FAILED_WITHIN)
+        .expect("still connected");
+    assert_eq!(
+        got.to_bytes().to_vec(),
+        erro(writer.em_id, seq),
+        "ERRO, never OK, once the member's node is gone"
+    );
+    drop(bob);
+}
+
+#[test]
+fn with_redis_gone_a_join_is_refused_as_a_full_table_is() {
+    let redis = Redis::start("crooms-down");
+    let a = redis.node("a");
+    let mut alice = Member::new(&a, "alice");
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    redis.proc.signal(libc::SIGKILL);
+    // A room it knows and one it does not: the engine cannot be asked.
+    for room in ["news", "ops2"] {
+        let seq = alice.next_seq();
+        alice
+            .em
+            .send(&join(alice.em_id, seq, false, room.as_bytes()));
+        expect_exact(&mut alice.em, &refused(alice.em_id, seq, 7));
+    }
+    // Traffic within the node goes on: the room's local member gets it.
+    let seq = alice.next_seq();
+    alice.em.send(&msg(alice.em_id, ROOM, seq, b"local"));
+    expect_exact(
+        &mut alice.ex,
+        &who(alice.ex_id, 0, alice.em_id, PLAIN, b"alice"),
+    );
+    expect_exact(&mut alice.ex, &msg(alice.em_id, ROOM, seq, b"local"));
+}
