@@ -1739,6 +1739,9 @@ impl Router {
         }
         if ROOM && accepted {
             self.room_said(frame.dest, frame, conn, &targets);
+            if CLUSTER && nodes > 0 {
+                self.room_said_across(frame.dest);
+            }
         }
         if targets.is_empty() && nodes == 0 {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");

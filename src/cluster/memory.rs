@@ -437,4 +437,85 @@ mod tests {
             batch: vec![],
         }));
     }
+
+    fn join_request(claim: u64, room: &str, queue: bool, member: &str) -> Request {
+        Request::JoinRoom {
+            claim,
+            join: RoomJoin {
+                key: room.to_ascii_lowercase(),
+                spelling: room.into(),
+                queue,
+                member: member.into(),
+                may_create: true,
+                max_rooms: 2,
+                room_members: 2,
+                rooms_per_name: 2,
+            },
+        }
+    }
+
+    fn answer(engine: &mut MemoryEngine) -> Option<RoomOutcome> {
+        drained(engine).into_iter().find_map(|e| match e {
+            Event::RoomAnswered { outcome, .. } => outcome,
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_room_name_has_one_id_on_every_node_and_the_bounds_hold_system_wide() {
+        let hub = MemoryHub::new();
+        let mut a = hub.join(|| {});
+        let mut b = hub.join(|| {});
+        drained(&mut a);
+        drained(&mut b);
+        a.submit(join_request(1, "Ops", false, "alice")).unwrap();
+        b.submit(join_request(1, "OPS", false, "bob")).unwrap();
+        let first = *ROOM_IDS.start();
+        let joined = |members| RoomOutcome::Joined {
+            id: first,
+            queue: false,
+            spelling: "Ops".into(),
+            members,
+        };
+        let heard_by_a = drained(&mut a);
+        assert!(heard_by_a.contains(&Event::RoomAnswered {
+            claim: 1,
+            outcome: Some(joined(1))
+        }));
+        assert_eq!(answer(&mut b), Some(joined(2)));
+        // Every node hears each join (its replica), the first node too.
+        assert!(heard_by_a.contains(&Event::RoomJoined {
+            id: first,
+            queue: false,
+            spelling: "Ops".into(),
+            member: "bob".into()
+        }));
+        b.submit(join_request(2, "ops", true, "carol")).unwrap();
+        assert_eq!(answer(&mut b), Some(RoomOutcome::OtherKind));
+        b.submit(join_request(3, "ops", false, "carol")).unwrap();
+        assert_eq!(answer(&mut b), Some(RoomOutcome::RoomFull));
+        b.submit(join_request(4, "jobs", true, "carol")).unwrap();
+        assert!(matches!(answer(&mut b), Some(RoomOutcome::Joined { id, .. }) if id == first + 1));
+        b.submit(join_request(5, "more", false, "carol")).unwrap();
+        assert_eq!(answer(&mut b), Some(RoomOutcome::NoRoomId));
+        // The last member gone, the room is gone and its id free.
+        for (claim, member) in [(6, "alice"), (7, "bob")] {
+            a.submit(Request::LeaveRoom {
+                claim,
+                key: "ops".into(),
+                member: member.into(),
+            })
+            .unwrap();
+            assert!(matches!(answer(&mut a), Some(RoomOutcome::Left { .. })));
+        }
+        a.submit(Request::LeaveRoom {
+            claim: 8,
+            key: "ops".into(),
+            member: "bob".into(),
+        })
+        .unwrap();
+        assert_eq!(answer(&mut a), Some(RoomOutcome::NotMember));
+        a.submit(join_request(9, "news", false, "dave")).unwrap();
+        assert!(matches!(answer(&mut a), Some(RoomOutcome::Joined { id, .. }) if id == first));
+    }
 }

@@ -1099,4 +1099,105 @@ mod tests {
             assert_eq!(parse_change(bad), None, "{bad:?}");
         }
     }
+
+    #[test]
+    fn room_changes_parse_and_anything_else_is_refused() {
+        assert_eq!(
+            parse_change(b"j 16384 0 Ops alice"),
+            Some(Event::RoomJoined {
+                id: 16384,
+                queue: false,
+                spelling: "Ops".into(),
+                member: "alice".into()
+            })
+        );
+        assert_eq!(
+            parse_change(b"j 18431 1 jobs bob"),
+            Some(Event::RoomJoined {
+                id: 18431,
+                queue: true,
+                spelling: "jobs".into(),
+                member: "bob".into()
+            })
+        );
+        assert_eq!(
+            parse_change(b"l 16384 alice"),
+            Some(Event::RoomLeft {
+                id: 16384,
+                member: "alice".into()
+            })
+        );
+        for bad in [
+            &b"j"[..],
+            b"j ",
+            b"j 16384",
+            b"j 16384 0",
+            b"j 16384 0 ops",
+            b"j 16384 2 ops alice",
+            b"j 16383 0 ops alice",
+            b"j 32768 0 ops alice",
+            b"j 5 0 ops alice",
+            b"j x 0 ops alice",
+            b"j 16384 0 9ops alice",
+            b"j 16384 0 ops al!ce",
+            b"j 16384 0 ops alice extra",
+            b"j 16384 0 abcdefghijklmnopqrstuvwxy alice",
+            b"l",
+            b"l 16384",
+            b"l 16384 ",
+            b"l 16383 alice",
+            b"l 16384 al ice",
+            b"l x alice",
+        ] {
+            assert_eq!(parse_change(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn room_script_answers_parse_and_anything_else_is_malformed() {
+        use redis::Value::{BulkString, Int};
+        let joined = [Int(16385), Int(1), Int(3), BulkString(b"Jobs".to_vec())];
+        assert!(matches!(
+            parse_room_reply(&joined, true),
+            RoomReply::Outcome(RoomOutcome::Joined { id: 16385, queue: true, members: 3, ref spelling }) if spelling == "Jobs"
+        ));
+        let left = [Int(16384), Int(0), Int(0), BulkString(b"ops".to_vec())];
+        assert!(matches!(
+            parse_room_reply(&left, false),
+            RoomReply::Outcome(RoomOutcome::Left {
+                id: 16384,
+                members: 0,
+                ..
+            })
+        ));
+        for (code, outcome) in [
+            (-1, RoomOutcome::NoRoomId),
+            (-3, RoomOutcome::OtherKind),
+            (-4, RoomOutcome::RoomFull),
+            (-5, RoomOutcome::TooManyRooms),
+            (-6, RoomOutcome::NotAllowed),
+            (-7, RoomOutcome::NotMember),
+        ] {
+            assert!(
+                matches!(parse_room_reply(&[Int(code)], true), RoomReply::Outcome(o) if o == outcome)
+            );
+        }
+        assert!(matches!(
+            parse_room_reply(&[Int(-2)], true),
+            RoomReply::Fenced
+        ));
+        for bad in [
+            vec![],
+            vec![Int(-8)],
+            vec![Int(5), Int(0), Int(1), BulkString(b"ops".to_vec())],
+            vec![Int(16384), Int(0), Int(1), BulkString(b"o ps".to_vec())],
+            vec![Int(16384), Int(0), Int(1)],
+            vec![BulkString(b"x".to_vec())],
+        ] {
+            assert!(
+                matches!(parse_room_reply(&bad, true), RoomReply::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
 }

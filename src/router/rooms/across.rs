@@ -422,6 +422,25 @@ impl Router {
         self.rooms.across.membership_changed();
     }
 
+    /// A message to room `id` just kept here went to other nodes too: the
+    /// members online there are noted as sent it, as those here are, so
+    /// that one signing in here later is not sent it again.
+    pub(in crate::router) fn room_said_across(&mut self, id: ClientId) {
+        let Router { rooms, remote, .. } = self;
+        let Some(room) = rooms.by_id.get_mut(&id) else {
+            return;
+        };
+        let Some(last) = room.next_number.checked_sub(1) else {
+            return; // nothing is kept (no history)
+        };
+        for (_, name) in remote.named_exhibitors() {
+            let key = name.to_ascii_lowercase();
+            if room.members.contains(key.as_str()) {
+                room.seen.insert(key.into(), last);
+            }
+        }
+    }
+
     /// Adds to `into` the other nodes where a member of room `id` is
     /// online (an exhibitor there shows a member's name): each is one
     /// target of a message to the room. Computed again only when the id
