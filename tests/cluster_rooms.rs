@@ -6,7 +6,8 @@
 //! receives the room; a room MSG reaches members on three nodes with the
 //! emitter's OK after all three acknowledged, and a member's node killed
 //! during a delivery gives ERRO, never OK; with Redis gone a JOIN is
-//! refused as a full table is.
+//! refused as a full table is; a TELL reaches its addressee online on
+//! another node.
 
 use crate::cluster::Redis;
 use crate::rooms::{
@@ -45,15 +46,19 @@ fn wait_members(member: &mut Member, room: &[u8], count: u16) {
     }
 }
 
-/// Sends MSG(`text`) from `writer` to the room until it is delivered to
-/// `member`'s exhibitor (bytes arrive there) rather than refused (ERRO:
-/// no target known yet); returns the delivered MSG's seq. Polls both
-/// connections without blocking, with a deadline.
-fn send_until_delivered(writer: &mut Member, member: &mut Member, text: &[u8]) -> u16 {
+/// Sends what `request` makes (for the writer's id and a seq) until it
+/// is delivered to `member`'s exhibitor (bytes arrive there) rather than
+/// refused (ERRO: no target known yet); returns the delivered one's seq.
+/// Polls both connections without blocking, with a deadline.
+fn send_until_delivered(
+    writer: &mut Member,
+    member: &mut Member,
+    request: impl Fn(ClientId, u16) -> Vec<u8>,
+) -> u16 {
     let deadline = Instant::now() + TIMEOUT;
     'send: loop {
         let seq = writer.next_seq();
-        writer.em.send(&msg(writer.em_id, ROOM, seq, text));
+        writer.em.send(&request(writer.em_id, seq));
         loop {
             if member.ex.bytes_ready() {
                 return seq;
@@ -200,7 +205,8 @@ fn a_member_gone_from_one_node_and_signed_in_on_another_is_still_a_member() {
     // Writing on node b reaches her on c once b has heard she is online
     // there (her exhibitor's name, on the change channel): until then the
     // MSG has no target and is answered ERRO at once, and is sent again.
-    let seq = send_until_delivered(&mut writer, &mut alice, b"hello alice");
+    let room_msg = |id, seq| msg(id, ROOM, seq, b"hello alice");
+    let seq = send_until_delivered(&mut writer, &mut alice, room_msg);
     expect_exact(
         &mut alice.ex,
         &who(alice.ex_id, 0, writer.em_id, PLAIN, b"walt"),
@@ -276,4 +282,48 @@ fn with_redis_gone_a_join_is_refused_as_a_full_table_is() {
         &who(alice.ex_id, 0, alice.em_id, PLAIN, b"alice"),
     );
     expect_exact(&mut alice.ex, &msg(alice.em_id, ROOM, seq, b"local"));
+}
+
+/// TELL(`name`, `text`) from `origin` (PROTOCOL.md, "Waiting messages").
+fn tell(origin: ClientId, seq: u16, name: &[u8], text: &[u8]) -> Vec<u8> {
+    let mut wire = crate::identity::header(17, origin, S, seq);
+    wire.extend_from_slice(&((1 + name.len() + text.len()) as u16).to_be_bytes());
+    wire.push(name.len() as u8);
+    wire.extend_from_slice(name);
+    wire.extend_from_slice(text);
+    wire
+}
+
+#[test]
+fn a_tell_reaches_its_addressee_online_on_another_node_answered_like_a_msg() {
+    let redis = Redis::start("crooms-tell");
+    let a = redis.node("a");
+    let b = redis.node("b");
+    let mut bob = Member::new(&b, "bob");
+    let mut alice = Member::new(&a, "alice");
+    // Until node a has heard bob's exhibitor show his name, bob is offline
+    // there (no history: ERRO) and the TELL is sent again.
+    let to_bob = |id, seq| tell(id, seq, b"BOB", b"hi");
+    let seq = send_until_delivered(&mut alice, &mut bob, to_bob);
+    // As on one node: WHO, then MSG(teller, bob's exhibitor, the TELL's seq).
+    expect_exact(
+        &mut bob.ex,
+        &who(bob.ex_id, 0, alice.em_id, PLAIN, b"alice"),
+    );
+    expect_exact(&mut bob.ex, &msg(alice.em_id, bob.ex_id, seq, b"hi"));
+    alice.em.expect_silence();
+    bob.ex.send(&ok(bob.ex_id, S, 0));
+    bob.ex.send(&ok(bob.ex_id, alice.em_id, seq));
+    expect_exact(&mut alice.em, &ok(S, alice.em_id, seq));
+    // Refused on node b: ERRO, as a MSG refused.
+    let seq = alice.next_seq();
+    alice.em.send(&tell(alice.em_id, seq, b"bob", b"again"));
+    expect_exact(&mut bob.ex, &msg(alice.em_id, bob.ex_id, seq, b"again"));
+    bob.ex.send(&header_erro(bob.ex_id, alice.em_id, seq));
+    expect_exact(&mut alice.em, &erro(alice.em_id, seq));
+}
+
+/// ERRO from an exhibitor to `dest`.
+fn header_erro(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
+    crate::identity::header(2, origin, dest, seq)
 }

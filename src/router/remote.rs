@@ -263,12 +263,15 @@ impl Remote {
         Some((name.as_deref(), *roles))
     }
 
-    /// Each exhibitor id another node holds that shows a name: its node
-    /// and the name (where a room's members may be online).
-    pub(super) fn named_exhibitors(&self) -> impl Iterator<Item = (NodeRef, &str)> {
+    /// Each exhibitor id another node holds that shows a name: the id, its
+    /// node and the name (where a room's members, or a TELL's addressee,
+    /// may be online).
+    pub(super) fn named_exhibitors(&self) -> impl Iterator<Item = (ClientId, NodeRef, &str)> {
         let held = self.owner.iter().zip(&self.shows).enumerate();
         held.filter(|&(id, _)| is_exhibitor_id(id as ClientId))
-            .filter_map(|(_, (node, shown))| Some(((*node)?, shown.as_ref()?.1.as_deref()?)))
+            .filter_map(|(id, (node, shown))| {
+                Some((id as ClientId, (*node)?, shown.as_ref()?.1.as_deref()?))
+            })
     }
 
     fn uncount(&mut self, id: ClientId, node: NodeRef) {
@@ -795,6 +798,20 @@ impl Router {
             out.relay(node, relay, frame);
         }
         self.note_deadline(deadline);
+    }
+
+    /// Relays `frame` to `node` alone, as one target of `request`.
+    pub(super) fn relay_to(
+        &mut self,
+        node: NodeRef,
+        request: RequestRef,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        self.remote.nodes.clear();
+        self.remote.nodes.push(node);
+        self.relay_out(request, frame, now, out);
     }
 
     /// A request relayed from node `from`: delivered to this node's targets

@@ -6,7 +6,7 @@
 //! clock; the loop hands in the wall-clock time a message is stored at and
 //! records what it is told through [`Outbox::room_event`].
 
-use super::{ConnId, Delivery, Outbox, Purpose, RoomEvent, Router, sender};
+use super::{ConnId, Delivery, NodeRef, Outbox, Purpose, RoomEvent, Router, sender};
 use crate::proto::ext::{ExtFrame, ROLE_EMIT, RoomAck, RoomCode, Waiting as WaitingFrame};
 use crate::proto::{ClientId, Frame, FrameView, Header, SERVER_ID};
 use bytes::Bytes;
@@ -180,8 +180,19 @@ impl Router {
             self.session(c)
                 .is_some_and(|s| !s.leaving && s.member_key() == Some(&*key))
         }));
-        if !targets.is_empty() {
-            self.tell_online(conn, header, &targets, text, now, out);
+        // On a node of several, its exhibitors online elsewhere too
+        // (CLUSTER.md, "Waiting messages across nodes").
+        let elsewhere: Vec<(ClientId, NodeRef)> = if self.remote.enabled {
+            let named = self.remote.named_exhibitors();
+            named
+                .filter(|(_, _, name)| name.eq_ignore_ascii_case(&key))
+                .map(|(id, node, _)| (id, node))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !targets.is_empty() || !elsewhere.is_empty() {
+            self.tell_online(conn, header, &targets, &elsewhere, text, now, out);
             targets.clear();
             self.targets = targets;
             return;
@@ -242,29 +253,43 @@ impl Router {
     }
 
     /// A TELL to a name online: MSG(teller, target, the TELL's seq) to each
-    /// of its exhibitors, answered by rule 4 as a MSG.
+    /// of its exhibitors, here (`targets`) and on other nodes (`elsewhere`:
+    /// each id relayed to its node as one target), answered by rule 4 as a
+    /// MSG.
+    #[allow(clippy::too_many_arguments)]
     fn tell_online(
         &mut self,
         conn: ConnId,
         header: Header,
         targets: &[ConnId],
+        elsewhere: &[(ClientId, NodeRef)],
         text: Bytes,
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let first = self.session(targets[0]).map_or(0, |s| s.id);
+        let first = match targets.first() {
+            Some(&target) => self.session(target).map_or(0, |s| s.id),
+            None => elsewhere[0].0,
+        };
         let wire = Frame::msg(header.origin, first, header.seq, text.clone())
             .expect("a TELL's text fits a MSG")
             .to_bytes();
         let (view, _) = FrameView::parse(&wire).ok().flatten().expect("a whole MSG");
         let held = out.accepted(&view, || sender(&self.sessions, conn));
-        let waits = targets.len() as u32 + u32::from(held.is_some());
+        let waits = (targets.len() + elsewhere.len()) as u32 + u32::from(held.is_some());
         let request = self.push_reply(conn, header.seq, waits, false);
         if let Some(number) = held {
             self.hold_for_record(number, request);
         }
+        for &(id, node) in elsewhere {
+            let wire = Frame::msg(header.origin, id, header.seq, text.clone())
+                .expect("a TELL's text fits a MSG")
+                .to_bytes();
+            let (view, _) = FrameView::parse(&wire).ok().flatten().expect("a whole MSG");
+            self.relay_to(node, request, &view, now, out);
+        }
         let deadline = now + self.limits.ack_timeout;
-        if self.tellers > 0 {
+        if self.tellers > 0 && !targets.is_empty() {
             self.tell_names(targets, &[header.origin], deadline, out);
         }
         for &target in targets {
@@ -278,7 +303,9 @@ impl Router {
                 purpose: Purpose::Request(request),
             });
         }
-        self.note_deadline(deadline);
+        if !targets.is_empty() {
+            self.note_deadline(deadline);
+        }
         self.flush_replies(conn, now, out);
     }
 

@@ -433,7 +433,7 @@ impl Router {
         let Some(last) = room.next_number.checked_sub(1) else {
             return; // nothing is kept (no history)
         };
-        for (_, name) in remote.named_exhibitors() {
+        for (_, _, name) in remote.named_exhibitors() {
             let key = name.to_ascii_lowercase();
             if room.members.contains(key.as_str()) {
                 room.seen.insert(key.into(), last);
@@ -457,7 +457,7 @@ impl Router {
             return;
         };
         let mut nodes: Vec<NodeRef> = Vec::new();
-        for (node, name) in self.remote.named_exhibitors() {
+        for (_, node, name) in self.remote.named_exhibitors() {
             if !nodes.contains(&node) && room.members.contains(&*name.to_ascii_lowercase()) {
                 nodes.push(node);
             }
