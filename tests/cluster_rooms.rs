@@ -11,7 +11,7 @@
 
 use crate::cluster::Redis;
 use crate::rooms::{
-    Member, PLAIN, ROOM, S, erro, join, msg, next_frame, ok, refused, roomack, rooms, who,
+    Member, PLAIN, ROOM, S, erro, join, msg, next_frame, ok, refused, roomack, roomlist, rooms, who,
 };
 use crate::util::*;
 use evchat::proto::ClientId;
@@ -326,4 +326,79 @@ fn a_tell_reaches_its_addressee_online_on_another_node_answered_like_a_msg() {
 /// ERRO from an exhibitor to `dest`.
 fn header_erro(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
     crate::identity::header(2, origin, dest, seq)
+}
+
+#[test]
+fn malformed_or_out_of_bounds_room_changes_are_dropped_and_rooms_stay_right() {
+    let redis = Redis::start("crooms-garbage");
+    let a = redis.node("a");
+    // Node b is run with a smaller bound than a (CLUSTER.md: give every
+    // node the same bounds): its replica keeps to its own.
+    let b = redis.node_with("b", &["--room-members", "1"]);
+    let mut alice = Member::new(&a, "alice");
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    let mut bert = Member::new(&b, "bert");
+    wait_members(&mut bert, b"ops", 1);
+    let mut con = redis.client();
+    let bad = [
+        "j 16384 0 ops al!ce",
+        "j 99999 0 far bob",
+        "j 16384 2 ops bob",
+        "j 16384 0 ops",
+        "j 16384 0 ops bob extra",
+        "l 16384",
+        "l 16383 alice",
+        "l 16384 al ice",
+    ];
+    for change in bad {
+        let heard: i64 = redis::cmd("PUBLISH")
+            .arg("evchat:chg")
+            .arg(change)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(heard, 2, "{change}");
+    }
+    for node in [&a, &b] {
+        for change in bad {
+            node.proc.stderr.skip_until(change, TIMEOUT, |line| {
+                line.contains("malformed change dropped")
+            });
+        }
+    }
+    // Well-formed, but past the ids a node may hold: both refuse it.
+    let far: i64 = redis::cmd("PUBLISH")
+        .arg("evchat:chg")
+        .arg("j 18432 0 far bob")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(far, 2);
+    for node in [&a, &b] {
+        node.proc
+            .stderr
+            .skip_until("the far room", TIMEOUT, |line| {
+                line.contains("a room past the ids a node may hold ignored")
+            });
+    }
+    // A second member joined through a (its bound is 1024): b's replica
+    // keeps to its own bound of 1 and says so.
+    let mut carol = Member::new(&a, "carol");
+    carol.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
+    b.proc
+        .stderr
+        .skip_until("carol's membership", TIMEOUT, |line| {
+            line.contains("a membership past this node's bounds ignored")
+        });
+    // Each node lists exactly what it holds: nothing of the garbage.
+    let seq = alice.next_seq();
+    alice.em.send(&rooms(alice.em_id, seq));
+    expect_exact(
+        &mut alice.em,
+        &roomlist(alice.em_id, seq, &[(ROOM, 0, 2, b"ops")]),
+    );
+    let seq = bert.next_seq();
+    bert.em.send(&rooms(bert.em_id, seq));
+    expect_exact(
+        &mut bert.em,
+        &roomlist(bert.em_id, seq, &[(ROOM, 0, 1, b"ops")]),
+    );
 }
