@@ -402,3 +402,327 @@ fn malformed_or_out_of_bounds_room_changes_are_dropped_and_rooms_stay_right() {
         &roomlist(bert.em_id, seq, &[(ROOM, 0, 1, b"ops")]),
     );
 }
+
+mod simulation {
+    //! Three `Router`s on the in-memory engine, each with named emitter
+    //! sessions (the same names on every node, as one account signed in on
+    //! several), driven by seeded random JOINs and LEAVEs of a few rooms and
+    //! queues, in any case, while nodes crash and are fenced. The glue does
+    //! what the loop's does for rooms (`server/cluster.rs`, through its own
+    //! conversions). Asserted whenever everything in flight has arrived:
+    //! every node's rooms are the engine's (one id per name, one name per
+    //! id, the same kind and members everywhere), every JOIN and LEAVE of a
+    //! session still there got exactly one ROOMACK, and each router's
+    //! invariants hold.
+
+    use crate::util::Rng;
+    use evchat::cluster::memory::{MemoryEngine, MemoryHub};
+    use evchat::cluster::{Engine, Event, Request};
+    use evchat::proto::ext::ExtFrame;
+    use evchat::proto::{ClientId, Frame, Header, Kind, SERVER_ID};
+    use evchat::server::Limits;
+    use evchat::testing::cluster_glue::{room_answer, room_request};
+    use evchat::testing::{CloseReason, ConnId, Outbox, RoomClaim, RoomEvent, RoomFacts, Router};
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+    use std::time::Instant;
+
+    const NAMES: [&str; 3] = ["ann", "bob", "cat"];
+    const ROOMS: [(&str, bool); 4] = [
+        ("ops", false),
+        ("news", false),
+        ("jobs", true),
+        ("OPS", true),
+    ];
+
+    #[derive(Default)]
+    struct Recorder {
+        closed: Vec<ConnId>,
+        id_claims: Vec<ConnId>,
+        room_claims: Vec<RoomClaim>,
+        /// ROOMACKs sent, by connection: (seq, code).
+        acks: Vec<(ConnId, u16, u8)>,
+    }
+
+    impl Outbox for Recorder {
+        fn send(&mut self, _to: ConnId, _frame: &Frame) {}
+        fn send_ext(&mut self, to: ConnId, frame: &ExtFrame) {
+            if let ExtFrame::RoomAck(ack) = frame {
+                self.acks.push((to, ack.seq, ack.code));
+            }
+        }
+        fn close(&mut self, conn: ConnId, _id: ClientId, _reason: CloseReason) {
+            self.closed.push(conn);
+        }
+        fn resume_input(&mut self, _conn: ConnId) {}
+        fn claim_id(&mut self, conn: ConnId, _exhibitor: bool) {
+            self.id_claims.push(conn);
+        }
+        fn room_claim(&mut self, claim: &RoomClaim) {
+            self.room_claims.push(claim.clone());
+        }
+    }
+
+    /// A named emitter session: its id once identified, its next seq, the
+    /// seqs of its JOINs and LEAVEs not yet answered, and whether a fence
+    /// dismissed it (it asks no more, and is still answered).
+    struct Session {
+        id: Option<ClientId>,
+        seq: u16,
+        asked: BTreeSet<u16>,
+        dismissed: bool,
+    }
+
+    struct Node {
+        router: Router,
+        engine: MemoryEngine,
+        out: Recorder,
+        next_claim: u64,
+        id_claims: HashMap<u64, ConnId>,
+        sessions: BTreeMap<ConnId, Session>,
+        next_conn: ConnId,
+    }
+
+    impl Node {
+        fn new(hub: &MemoryHub, now: Instant) -> Node {
+            let mut router = Router::new(Limits::default());
+            router.enable_cluster();
+            let mut node = Node {
+                router,
+                engine: hub.join(|| {}),
+                out: Recorder::default(),
+                next_claim: 0,
+                id_claims: HashMap::new(),
+                sessions: BTreeMap::new(),
+                next_conn: 0,
+            };
+            node.sign_in(now);
+            node
+        }
+
+        /// A session of each name, identified as an emitter.
+        fn sign_in(&mut self, now: Instant) {
+            for name in NAMES {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.router.connected(conn, now);
+                self.router
+                    .hello_accepted(conn, Some(name), 7, false, &mut self.out)
+                    .unwrap();
+                let oi = Frame::bare(Kind::Oi, 1, SERVER_ID, 0);
+                self.router.on_frame(conn, oi, now, &mut self.out);
+                let session = Session {
+                    id: None,
+                    seq: 1,
+                    asked: BTreeSet::new(),
+                    dismissed: false,
+                };
+                self.sessions.insert(conn, session);
+            }
+        }
+
+        fn request(&mut self, rng: &mut Rng, now: Instant) {
+            let ready: Vec<ConnId> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.id.is_some() && !s.dismissed)
+                .map(|(&c, _)| c)
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            let conn = ready[(rng.next() % ready.len() as u64) as usize];
+            let (room, queue) = ROOMS[(rng.next() % ROOMS.len() as u64) as usize];
+            let session = self.sessions.get_mut(&conn).expect("ready");
+            let seq = session.seq;
+            session.seq += 1;
+            session.asked.insert(seq);
+            let header = Header {
+                kind: 12,
+                origin: session.id.expect("ready"),
+                dest: SERVER_ID,
+                seq,
+            };
+            if rng.next().is_multiple_of(3) {
+                let header = Header { kind: 13, ..header };
+                self.router
+                    .leave(conn, header, Some(room), now, &mut self.out);
+            } else {
+                self.router
+                    .join(conn, header, queue, 1, Some(room), now, &mut self.out);
+            }
+            self.answered();
+        }
+
+        /// ROOMACKs and closes the router sent: each ROOMACK answers one
+        /// request still waiting, never one twice.
+        fn answered(&mut self) {
+            for (conn, seq, code) in std::mem::take(&mut self.out.acks) {
+                let Some(session) = self.sessions.get_mut(&conn) else {
+                    panic!(
+                        "a ROOMACK to conn {conn} (seq {seq}, code {code}), no session of {:?}",
+                        self.sessions.keys().collect::<Vec<_>>()
+                    );
+                };
+                assert!(
+                    session.asked.remove(&seq),
+                    "conn {conn}: a ROOMACK (code {code}) for seq {seq}, not waiting"
+                );
+            }
+            for conn in std::mem::take(&mut self.out.closed) {
+                self.sessions.remove(&conn);
+            }
+        }
+
+        /// Engine events to the router, its requests to the engine; true if
+        /// anything happened.
+        fn pump(&mut self, now: Instant) -> bool {
+            let mut events = Vec::new();
+            self.engine.drain(&mut events);
+            let busy = !events.is_empty();
+            for event in events {
+                let (router, out) = (&mut self.router, &mut self.out);
+                match event {
+                    Event::Joined { held, .. } => router.cluster_joined(&held),
+                    Event::Claimed { claim, id } => {
+                        let conn = self.id_claims.remove(&claim).expect("a claim asked");
+                        if router.id_claimed(conn, id, now, out)
+                            && let Some(session) = self.sessions.get_mut(&conn)
+                        {
+                            session.id = id;
+                        }
+                    }
+                    Event::RoomAnswered { claim, outcome } => {
+                        router.room_answered(claim, outcome.map(room_answer), now, out)
+                    }
+                    Event::RoomJoined {
+                        id,
+                        queue,
+                        spelling,
+                        member,
+                    } => router.remote_room_joined(id, queue, &spelling, &member, now, out),
+                    Event::RoomLeft { id, member } => {
+                        router.remote_room_left(id, &member, now, out)
+                    }
+                    Event::Rooms { rooms } => {
+                        let rooms: Vec<(RoomFacts, Vec<String>)> = rooms
+                            .into_iter()
+                            .map(|r| {
+                                let facts = RoomFacts {
+                                    id: r.id,
+                                    queue: r.queue,
+                                    spelling: r.spelling,
+                                    members: r.members.len() as u32,
+                                };
+                                (facts, r.members)
+                            })
+                            .collect();
+                        router.rooms_read(&rooms, now, out);
+                    }
+                    Event::Down { node } => router.node_down(node, now, out),
+                    Event::Fenced => router.fence(now, out),
+                    _ => {}
+                }
+                self.answered();
+            }
+            let outgoing = !self.out.id_claims.is_empty() || !self.out.room_claims.is_empty();
+            for conn in std::mem::take(&mut self.out.id_claims) {
+                let claim = self.next_claim;
+                self.next_claim += 1;
+                self.id_claims.insert(claim, conn);
+                let request = Request::Claim {
+                    claim,
+                    exhibitor: false,
+                };
+                self.engine.submit(request).unwrap();
+            }
+            for claim in std::mem::take(&mut self.out.room_claims) {
+                let (_, request) = room_request(claim);
+                self.engine.submit(request).unwrap();
+            }
+            busy || outgoing
+        }
+
+        /// This node's rooms: id → (name in lower case, queue, members).
+        fn rooms(&self) -> BTreeMap<ClientId, (String, bool, BTreeSet<String>)> {
+            let mut rooms: BTreeMap<ClientId, (String, bool, BTreeSet<String>)> = BTreeMap::new();
+            self.router.room_snapshot(&mut |event| {
+                if let RoomEvent::Joined {
+                    room,
+                    room_name,
+                    queue,
+                    member,
+                    ..
+                } = event
+                {
+                    let entry = rooms.entry(*room).or_insert_with(|| {
+                        (room_name.to_ascii_lowercase(), *queue, BTreeSet::new())
+                    });
+                    entry.2.insert(member.to_string());
+                }
+            });
+            rooms
+        }
+    }
+
+    fn engine_rooms(hub: &MemoryHub) -> BTreeMap<ClientId, (String, bool, BTreeSet<String>)> {
+        hub.rooms()
+            .into_iter()
+            .map(|r| {
+                let members = r.members.into_iter().collect();
+                (r.id, (r.spelling.to_ascii_lowercase(), r.queue, members))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_node_s_rooms_are_the_engine_s_through_races_crashes_and_fences() {
+        for seed in 1..=12u64 {
+            let mut rng = Rng(seed);
+            let hub = MemoryHub::new();
+            let now = Instant::now();
+            let mut nodes: Vec<Node> = (0..3).map(|_| Node::new(&hub, now)).collect();
+            for step in 0..400 {
+                let at = (rng.next() % 3) as usize;
+                match rng.next() % 100 {
+                    0..=91 => nodes[at].request(&mut rng, now),
+                    92..=95 => {
+                        // Fenced: its sessions are dismissed, new ones sign in.
+                        nodes[at].engine.fence();
+                        nodes[at].pump(now);
+                        for session in nodes[at].sessions.values_mut() {
+                            session.dismissed = true;
+                        }
+                        nodes[at].sign_in(now);
+                    }
+                    _ => {
+                        hub.crash(nodes[at].engine.node());
+                        nodes[at] = Node::new(&hub, now);
+                    }
+                }
+                // Some nodes hear what is in flight, so JOINs race.
+                for node in nodes.iter_mut() {
+                    if rng.next().is_multiple_of(2) {
+                        node.pump(now);
+                    }
+                }
+                if step % 10 == 9 {
+                    while nodes.iter_mut().fold(false, |busy, n| n.pump(now) | busy) {}
+                    let engine = engine_rooms(&hub);
+                    let names: BTreeSet<&String> = engine.values().map(|(n, ..)| n).collect();
+                    assert_eq!(names.len(), engine.len(), "seed {seed}: one id per name");
+                    for (i, node) in nodes.iter().enumerate() {
+                        assert_eq!(node.rooms(), engine, "seed {seed} step {step} node {i}");
+                        node.router.check_invariants().unwrap();
+                        for (conn, session) in &node.sessions {
+                            assert!(
+                                session.asked.is_empty(),
+                                "seed {seed} step {step}: conn {conn} unanswered {:?}",
+                                session.asked
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

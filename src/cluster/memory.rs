@@ -225,6 +225,11 @@ impl MemoryHub {
         self.lock().cut.clear();
     }
 
+    /// Every room the hub holds, by id, with its members (lower case).
+    pub fn rooms(&self) -> Vec<RoomState> {
+        self.lock().rooms.values().cloned().collect()
+    }
+
     /// Who holds `id`, if anyone.
     pub fn owner(&self, id: ClientId) -> Option<NodeId> {
         self.lock().owner.get(&id).copied()

@@ -509,6 +509,7 @@ impl Router {
     /// (rule 8), every relay fails, and what it knew of others is dropped
     /// until it joins again.
     pub fn fence(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.room_claims_failed(now, out);
         self.shutdown(now, out);
         let sent = std::mem::take(&mut self.remote.sent);
         for (_, sent) in sent {

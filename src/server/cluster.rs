@@ -497,8 +497,9 @@ impl Server {
     }
 }
 
-/// The router's room claim as the engine's request, with its number.
-fn room_request(claim: RoomClaim) -> (u64, Request) {
+/// The router's room claim as the engine's request, with its number
+/// (public for the cluster simulation, as [`to_record`]).
+pub fn room_request(claim: RoomClaim) -> (u64, Request) {
     match claim {
         RoomClaim::Join {
             claim,
@@ -536,7 +537,7 @@ fn room_request(claim: RoomClaim) -> (u64, Request) {
 
 /// What the engine made of a JOIN or LEAVE, as the router's answer: the
 /// room, or the ROOMACK code of a refusal (PROTOCOL.md).
-fn room_answer(outcome: RoomOutcome) -> Result<RoomFacts, RoomCode> {
+pub fn room_answer(outcome: RoomOutcome) -> Result<RoomFacts, RoomCode> {
     match outcome {
         RoomOutcome::Joined {
             id,

@@ -265,6 +265,18 @@ impl Router {
         }
     }
 
+    /// This node is fenced: what it asked of its old incarnation may never
+    /// be answered, so every JOIN and LEAVE still waiting is answered now
+    /// as if the engine could not be asked (code 7; the replica is read
+    /// afresh at the next join, whatever the engine did).
+    pub(in crate::router) fn room_claims_failed(&mut self, now: Instant, out: &mut impl Outbox) {
+        let mut claims: Vec<u64> = self.rooms.across.waits.keys().copied().collect();
+        claims.sort_unstable();
+        for claim in claims {
+            self.room_answered(claim, None, now, out);
+        }
+    }
+
     /// `member` joined room `id` on some node (the change channel).
     pub fn remote_room_joined(
         &mut self,
