@@ -181,7 +181,7 @@ impl Router {
                 .is_some_and(|s| !s.leaving && s.member_key() == Some(&*key))
         }));
         // On a node of several, its exhibitors online elsewhere too
-        // (CLUSTER.md, "Waiting messages across nodes").
+        // (CLUSTER.md, "Rooms across nodes", TELL).
         let elsewhere: Vec<(ClientId, NodeRef)> = if self.remote.enabled {
             let named = self.remote.named_exhibitors();
             named
