@@ -32,7 +32,7 @@ pub use rooms::{
     MAX_ROOMS_CEILING, ROOM_IDS, RecalledMessage, RecalledRoom, RoomClaim, RoomFacts, RoomLimits,
     is_room_id,
 };
-pub use waiting::{Recalled, TellLimits};
+pub use waiting::{Recalled, RemoteLetter, TellLimits};
 
 /// The roles a sender needs for every request it may make.
 const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
@@ -108,6 +108,9 @@ pub trait Outbox {
     /// Several nodes: a JOIN or LEAVE for the engine to decide; the answer
     /// comes back through [`Router::room_answered`].
     fn room_claim(&mut self, _claim: &RoomClaim) {}
+    /// Several nodes: a message waiting here for a name, for the node
+    /// `node` where it is online, as relay number `relay`.
+    fn waited(&mut self, _node: NodeRef, _relay: u64, _letter: &RemoteLetter<'_>) {}
 }
 
 /// What changed in the rooms or the waiting messages, for a history to

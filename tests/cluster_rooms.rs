@@ -323,6 +323,111 @@ fn a_tell_reaches_its_addressee_online_on_another_node_answered_like_a_msg() {
     expect_exact(&mut alice.em, &erro(alice.em_id, seq));
 }
 
+#[test]
+fn a_waiting_message_is_delivered_when_its_name_comes_online_on_another_node() {
+    let redis = Redis::start("crooms-waiting");
+    let dir = TempDir::new("crooms-waiting-a");
+    // Node a keeps what is told on it (history); node b keeps nothing.
+    let a = redis.node_with("a", &["--history", dir.arg(), "--fsync", "always"]);
+    let b = redis.node("b");
+    let mut alice = Member::new(&a, "alice");
+    // bob is known on node a (seen there), then offline everywhere.
+    let bob = Member::new(&a, "bob");
+    let mut writer = a.raw();
+    let writer_id = writer.identify_emitter(1);
+    crate::rooms::away(&mut writer, writer_id, bob);
+    let seq = alice.next_seq();
+    alice.em.send(&tell(alice.em_id, seq, b"Bob", b"see you"));
+    expect_exact(
+        &mut alice.em,
+        &roomack(alice.em_id, seq, 9, (0, 0, 0, b"Bob")),
+    );
+    // bob signs in on node b: node a sends what waits for him there, as
+    // one node would: WAITING, WHO, the MSG, numbered by b.
+    let mut bob = Member::reclaim(&b, "bob");
+    let frame = next_frame(&mut bob.ex);
+    let mut want = crate::identity::header(18, S, bob.ex_id, 0);
+    want.extend_from_slice(&[0, 8]);
+    assert_eq!(frame[..10], want[..], "a WAITING frame: {frame:?}");
+    let stored_ms = u64::from_be_bytes(frame[10..18].try_into().unwrap());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        stored_ms <= now_ms && now_ms - stored_ms < 60_000,
+        "{stored_ms}"
+    );
+    expect_exact(
+        &mut bob.ex,
+        &who(bob.ex_id, 1, alice.em_id, PLAIN, b"alice"),
+    );
+    expect_exact(&mut bob.ex, &msg(alice.em_id, bob.ex_id, 2, b"see you"));
+    for seq in 0..=2 {
+        bob.ex.send(&ok(bob.ex_id, S, seq));
+    }
+    bob.ex.expect_silence();
+    // Settled on node a by bob's answer on b: back on a, he gets nothing.
+    drop(bob);
+    let mut bob = Member::reclaim(&a, "bob");
+    bob.ex.expect_silence();
+}
+
+#[test]
+fn a_waiting_message_held_on_a_killed_node_waits_again_and_is_delivered_back_home() {
+    let redis = Redis::start("crooms-waiting-kill");
+    let dir = TempDir::new("crooms-waiting-kill-a");
+    let a = redis.node_with("a", &["--history", dir.arg(), "--fsync", "always"]);
+    let mut b = redis.node("b");
+    let mut alice = Member::new(&a, "alice");
+    let bob = Member::new(&a, "bob");
+    let mut writer = a.raw();
+    let writer_id = writer.identify_emitter(1);
+    crate::rooms::away(&mut writer, writer_id, bob);
+    let seq = alice.next_seq();
+    alice
+        .em
+        .send(&tell(alice.em_id, seq, b"bob", b"are you there"));
+    expect_exact(
+        &mut alice.em,
+        &roomack(alice.em_id, seq, 9, (0, 0, 0, b"bob")),
+    );
+    // Sent to bob on node b, which dies before he answers.
+    let mut bob = Member::reclaim(&b, "bob");
+    assert_eq!(next_frame(&mut bob.ex)[..2], [0, 18], "WAITING first");
+    expect_exact(
+        &mut bob.ex,
+        &who(bob.ex_id, 1, alice.em_id, PLAIN, b"alice"),
+    );
+    expect_exact(
+        &mut bob.ex,
+        &msg(alice.em_id, bob.ex_id, 2, b"are you there"),
+    );
+    b.proc.signal(libc::SIGKILL);
+    b.proc.wait();
+    drop(bob);
+    // Not lost (at-least-once): bob back on node a gets it there, once
+    // his name is free again (the reap) and node a has heard b is down,
+    // in either order.
+    let mut bob = Member::reclaim(&a, "bob");
+    let frame = next_frame(&mut bob.ex);
+    let mut want = crate::identity::header(18, S, bob.ex_id, 0);
+    want.extend_from_slice(&[0, 8]);
+    assert_eq!(frame[..10], want[..], "a WAITING frame: {frame:?}");
+    expect_exact(
+        &mut bob.ex,
+        &who(bob.ex_id, 1, alice.em_id, PLAIN, b"alice"),
+    );
+    expect_exact(
+        &mut bob.ex,
+        &msg(alice.em_id, bob.ex_id, 2, b"are you there"),
+    );
+    for seq in 0..=2 {
+        bob.ex.send(&ok(bob.ex_id, S, seq));
+    }
+    bob.ex.expect_silence();
+}
+
 /// ERRO from an exhibitor to `dest`.
 fn header_erro(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
     crate::identity::header(2, origin, dest, seq)

@@ -159,6 +159,8 @@ impl Node {
                                 router.relay_acked(from, relay, ok, now, out)
                             }
                             Record::Pair(r) => router.pair_notice(from, notice(r), now, out),
+                            // No HELLO, no names: nothing waits for one.
+                            Record::Waited { .. } => unreachable!("no waiting messages here"),
                         }
                     }
                 }

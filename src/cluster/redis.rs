@@ -1038,7 +1038,7 @@ fn parse_shown(id: ClientId, node: NodeId, shown: &str) -> Option<Event> {
 /// PROTOCOL.md's name rule, `[A-Za-z][A-Za-z0-9_.-]{0,23}`, checked here
 /// (the cluster imports only the codec): a name from another node is
 /// handed on only if a HELLO could have claimed it.
-fn follows_name_rule(name: &str) -> bool {
+pub(super) fn follows_name_rule(name: &str) -> bool {
     let bytes = name.as_bytes();
     bytes.len() <= 24
         && bytes.first().is_some_and(u8::is_ascii_alphabetic)

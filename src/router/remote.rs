@@ -11,7 +11,8 @@
 use super::pair_retry::PairRetries;
 use super::sequence_map::SequenceMap;
 use super::{
-    ConnId, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session, is_room_id,
+    ConnId, Hello, NameTaken, Outbox, Purpose, RemoteLetter, RequestRef, Role, Router, Session,
+    is_room_id,
 };
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
@@ -43,6 +44,9 @@ enum SentFor {
     /// A relay received from another node, passed on to the node of the
     /// destination emitter's exhibitor (by its key in `received`).
     Chain(u64),
+    /// A message waiting here for a name, sent to the node where the name
+    /// is online (by its wait number).
+    Waited(u64),
 }
 
 /// A notice between the two halves of a pair on two nodes (CLUSTER.md,
@@ -901,7 +905,50 @@ impl Router {
         match origin {
             SentFor::Request(request) => self.settle(request, ok, now, out),
             SentFor::Chain(key) => self.relay_settled(key, ok, out),
+            SentFor::Waited(wait) => self.waited_away_settled(wait, ok, now, out),
         }
+    }
+
+    /// Sends node `node` the waiting message `wait` (a WAITED record);
+    /// its ACK, or its failure, settles it.
+    pub(super) fn relay_waited(
+        &mut self,
+        node: NodeRef,
+        wait: u64,
+        letter: &RemoteLetter<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let relay = self.remote.next_relay;
+        self.remote.next_relay += 1;
+        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
+        self.remote.sent.insert(
+            relay,
+            Sent {
+                node,
+                origin: SentFor::Waited(wait),
+                deadline,
+            },
+        );
+        out.waited(node, relay, letter);
+        self.note_deadline(deadline);
+    }
+
+    /// Notes relay `relay` from node `from` as being delivered to one
+    /// target here; returns its key (for [`Purpose::Relayed`]).
+    pub(super) fn receiving(&mut self, from: NodeRef, relay: u64) -> u64 {
+        let key = self.remote.next_received;
+        self.remote.next_received += 1;
+        self.remote.received.insert(
+            key,
+            Received {
+                from,
+                relay,
+                outstanding: 1,
+                any_ok: false,
+            },
+        );
+        key
     }
 
     /// One target of a relay from another node settled.

@@ -14,6 +14,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 use tracing::{debug, info};
 
+mod across;
+pub use across::RemoteLetter;
+
 /// The bounds on what waits for one name (each a server flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TellLimits {
@@ -63,6 +66,9 @@ struct Letter {
     time_ms: u64,
     /// The session it was sent to and that has not answered yet.
     out_to: Option<ConnId>,
+    /// The other node it was sent to, whose answer has not come yet
+    /// (CLUSTER.md, "Rooms across nodes", TELL).
+    away: Option<NodeRef>,
 }
 
 /// What waits for one name.
@@ -124,6 +130,7 @@ impl Router {
             text: Bytes::from(letter.text),
             time_ms: letter.time_ms,
             out_to: None,
+            away: None,
         });
     }
 
@@ -233,6 +240,7 @@ impl Router {
             text,
             time_ms: now_ms,
             out_to: None,
+            away: None,
         };
         let letters = self.waiting.by_name.entry(key).or_default();
         letters.bytes += letter.text.len();
@@ -326,7 +334,11 @@ impl Router {
         let Some(letters) = self.waiting.by_name.get_mut(&key) else {
             return;
         };
-        if letters.queue.iter().any(|l| l.out_to.is_some()) {
+        if letters
+            .queue
+            .iter()
+            .any(|l| l.out_to.is_some() || l.away.is_some())
+        {
             return;
         }
         let mut sending = Vec::with_capacity(letters.queue.len());
@@ -343,38 +355,54 @@ impl Router {
         }
         let deadline = now + self.limits.ack_timeout;
         for (wait, origin, name, roles, text, time_ms) in sending.iter().cloned() {
-            let session = self.session_mut(conn).expect("delivered to a live session");
-            let id = session.id;
-            let seq = session.seq.next_seq();
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                deadline,
-                purpose: Purpose::Replay,
-            });
-            out.send_ext(
-                conn,
-                &ExtFrame::Waiting(WaitingFrame {
-                    origin: SERVER_ID,
-                    dest: id,
-                    seq,
-                    time_ms,
-                }),
-            );
-            self.tell_as_said(conn, origin, name.as_deref(), roles, deadline, out);
-            let session = self.session_mut(conn).expect("delivered to a live session");
-            let seq = session.seq.next_seq();
-            out.send(
-                conn,
-                &Frame::msg(origin, id, seq, text).expect("a waiting text fits a MSG"),
-            );
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                deadline,
-                purpose: Purpose::Waited { wait },
-            });
+            let said = (origin, name.as_deref(), roles, text);
+            self.send_letter(conn, time_ms, said, Purpose::Waited { wait }, deadline, out);
         }
         debug!(conn, messages = sending.len(), "waiting messages sent");
         self.note_deadline(deadline);
+    }
+
+    /// Sends the exhibitor `conn` one waiting message, as WAITING(`time_ms`),
+    /// WHO when needed, and MSG(teller, `conn`'s id, the server's seq)
+    /// acknowledged under `purpose`.
+    fn send_letter(
+        &mut self,
+        conn: ConnId,
+        time_ms: u64,
+        (origin, name, roles, text): (ClientId, Option<&str>, u8, Bytes),
+        purpose: Purpose,
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let session = self.session_mut(conn).expect("delivered to a live session");
+        let id = session.id;
+        let seq = session.seq.next_seq();
+        session.awaiting_ack.push_back(Delivery {
+            seq,
+            deadline,
+            purpose: Purpose::Replay,
+        });
+        out.send_ext(
+            conn,
+            &ExtFrame::Waiting(WaitingFrame {
+                origin: SERVER_ID,
+                dest: id,
+                seq,
+                time_ms,
+            }),
+        );
+        self.tell_as_said(conn, origin, name, roles, deadline, out);
+        let session = self.session_mut(conn).expect("delivered to a live session");
+        let seq = session.seq.next_seq();
+        out.send(
+            conn,
+            &Frame::msg(origin, id, seq, text).expect("a waiting text fits a MSG"),
+        );
+        session.awaiting_ack.push_back(Delivery {
+            seq,
+            deadline,
+            purpose,
+        });
     }
 
     /// `conn` answered the waiting message `wait`: it is settled. Out of

@@ -12,7 +12,7 @@ use crate::cluster::redis::{RedisConfig, RedisEngine};
 use crate::cluster::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome};
 use crate::proto::ext::RoomCode;
 use crate::proto::{ClientId, FrameView};
-use crate::router::{ConnId, PairNotice, RoomClaim, RoomFacts};
+use crate::router::{ConnId, PairNotice, RemoteLetter, RoomClaim, RoomFacts};
 use mio::Waker;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -116,6 +116,17 @@ impl Outgoing {
         {
             self.full.push((node, batch));
         }
+    }
+
+    pub(super) fn waited(&mut self, node: NodeId, relay: u64, letter: &RemoteLetter<'_>) {
+        let from = self.from;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        let (stored_ms, roles, name) = (letter.stored_ms, letter.roles, letter.name);
+        batch.push_waited(relay, stored_ms, roles, name, letter.frame);
+        self.bound(node);
     }
 
     pub(super) fn relay_ack(&mut self, node: NodeId, relay: u64, ok: bool) {
@@ -258,6 +269,11 @@ impl Server {
             } if Some(node) != cluster.node => {
                 let name = (!name.is_empty()).then_some(name.as_str());
                 self.router.remote_shown(id, node, roles, name);
+                if let Some(name) = name {
+                    // Messages waiting here for that name go to it there.
+                    self.router
+                        .remote_named(id, node, name, now, &mut self.wire);
+                }
             }
             Event::Shown { .. } => {}
             Event::NameClaimed { claim, won } => {
@@ -373,6 +389,22 @@ impl Server {
                 Record::Pair(record) => {
                     let notice = to_notice(record);
                     self.router.pair_notice(from, notice, now, &mut self.wire)
+                }
+                Record::Waited {
+                    relay,
+                    stored_ms,
+                    roles,
+                    name,
+                    frame,
+                } => {
+                    let letter = RemoteLetter {
+                        stored_ms,
+                        roles,
+                        name,
+                        frame: &frame,
+                    };
+                    self.router
+                        .waited_relayed(from, relay, &letter, now, &mut self.wire)
                 }
             }
             self.settle_dropped();

@@ -12,7 +12,7 @@ use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
 use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
 use crate::router::{
-    CloseReason, ConnId, NodeRef, Outbox, PairNotice, RoomClaim, RoomEvent, Sender,
+    CloseReason, ConnId, NodeRef, Outbox, PairNotice, RemoteLetter, RoomClaim, RoomEvent, Sender,
 };
 use slab::Slab;
 use std::collections::VecDeque;
@@ -370,6 +370,12 @@ impl Outbox for Wire {
     fn room_claim(&mut self, claim: &RoomClaim) {
         if let Some(outgoing) = self.cluster.as_deref_mut() {
             outgoing.room_claim(claim);
+        }
+    }
+
+    fn waited(&mut self, node: NodeRef, relay: u64, letter: &RemoteLetter<'_>) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.waited(node, relay, letter);
         }
     }
 }
