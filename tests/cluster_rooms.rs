@@ -266,14 +266,18 @@ fn with_redis_gone_a_join_is_refused_as_a_full_table_is() {
     let mut alice = Member::new(&a, "alice");
     alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
     redis.proc.signal(libc::SIGKILL);
-    // A room it knows and one it does not: the engine cannot be asked.
-    for room in ["news", "ops2"] {
-        let seq = alice.next_seq();
-        alice
-            .em
-            .send(&join(alice.em_id, seq, false, room.as_bytes()));
-        expect_exact(&mut alice.em, &refused(alice.em_id, seq, 7));
-    }
+    // A room no node has made: the engine cannot be asked (code 7).
+    let seq = alice.next_seq();
+    alice.em.send(&join(alice.em_id, seq, false, b"news"));
+    expect_exact(&mut alice.em, &refused(alice.em_id, seq, 7));
+    // A JOIN of a room she is in is answered here, without the engine.
+    alice.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    // A LEAVE is the engine's to decide: code 7 too, and she stays in.
+    let seq = alice.next_seq();
+    alice
+        .em
+        .send(&crate::rooms::leave(alice.em_id, seq, b"ops"));
+    expect_exact(&mut alice.em, &refused(alice.em_id, seq, 7));
     // Traffic within the node goes on: the room's local member gets it.
     let seq = alice.next_seq();
     alice.em.send(&msg(alice.em_id, ROOM, seq, b"local"));
