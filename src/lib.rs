@@ -40,8 +40,8 @@ pub mod testing {
         WebConfig,
     };
     pub use crate::router::{
-        CloseReason, ConnId, NameAnswer, Outbox, PairNotice, REPLAY_FRAMING, ROOM_IDS, RoomLimits,
-        Router, Sender, TellLimits,
+        CloseReason, ConnId, NameAnswer, Outbox, PairNotice, REPLAY_FRAMING, ROOM_IDS, RoomClaim,
+        RoomEvent, RoomFacts, RoomLimits, Router, Sender, TellLimits,
     };
     pub use crate::store::format::Record;
     pub use crate::store::log::{Log, Notice, Opened, Options};
@@ -60,9 +60,10 @@ pub mod testing {
     pub mod raw_client;
 
     /// The loop's conversions between the router's pair notices and the
-    /// batch's records, for the cluster simulation.
+    /// batch's records, and between its room claims and the engine's
+    /// requests and answers, for the cluster simulations.
     pub mod cluster_glue {
-        pub use crate::server::cluster::{to_notice, to_record};
+        pub use crate::server::cluster::{room_answer, room_request, to_notice, to_record};
     }
 }
 

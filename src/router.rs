@@ -29,9 +29,10 @@ mod sequence_map;
 mod waiting;
 pub use remote::{NameAnswer, NodeRef, PairNotice};
 pub use rooms::{
-    MAX_ROOMS_CEILING, ROOM_IDS, RecalledMessage, RecalledRoom, RoomLimits, is_room_id,
+    MAX_ROOMS_CEILING, ROOM_IDS, RecalledMessage, RecalledRoom, RoomClaim, RoomFacts, RoomLimits,
+    is_room_id,
 };
-pub use waiting::{Recalled, TellLimits};
+pub use waiting::{Recalled, RemoteLetter, TellLimits};
 
 /// The roles a sender needs for every request it may make.
 const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
@@ -104,6 +105,12 @@ pub trait Outbox {
     /// Several nodes: the id `id` this node holds shows `name` and `roles`
     /// (what the other nodes' WHO tell of it).
     fn show_id(&mut self, _id: ClientId, _roles: u8, _name: Option<&str>) {}
+    /// Several nodes: a JOIN or LEAVE for the engine to decide; the answer
+    /// comes back through [`Router::room_answered`].
+    fn room_claim(&mut self, _claim: &RoomClaim) {}
+    /// Several nodes: a message waiting here for a name, for the node
+    /// `node` where it is online, as relay number `relay`.
+    fn waited(&mut self, _node: NodeRef, _relay: u64, _letter: &RemoteLetter<'_>) {}
 }
 
 /// What changed in the rooms or the waiting messages, for a history to
@@ -1692,12 +1699,15 @@ impl Router {
         if frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
             return self.queue_request(conn, frame, now, out);
         }
+        if self.remote.enabled {
+            // Members may be online on other nodes (CLUSTER.md).
+            return self.request_to::<true, true>(conn, frame, now, out);
+        }
         self.request_to::<true, false>(conn, frame, now, out);
     }
 
     /// The body of [`Router::request`], compiled for clients'
-    /// destinations, for rooms', and for clients' on a node of several
-    /// (rooms are each node's own).
+    /// destinations and rooms', each alone or on a node of several.
     #[inline(always)]
     fn request_to<const ROOM: bool, const CLUSTER: bool>(
         &mut self,
@@ -1732,6 +1742,9 @@ impl Router {
         }
         if ROOM && accepted {
             self.room_said(frame.dest, frame, conn, &targets);
+            if CLUSTER && nodes > 0 {
+                self.room_said_across(frame.dest);
+            }
         }
         if targets.is_empty() && nodes == 0 {
             debug!(conn, dest = frame.dest, kind = %frame.kind, "no target");

@@ -133,8 +133,14 @@ impl Node {
                 }
                 Event::Freed { id, node } if node != me => router.remote_freed(id, node),
                 Event::Held { .. } | Event::Freed { .. } => {}
-                // These clients send no HELLO: no names are claimed or shown.
-                Event::NameClaimed { .. } | Event::Shown { .. } => {}
+                // These clients send no HELLO: no names are claimed or
+                // shown, no rooms joined (the engine reports none at join).
+                Event::NameClaimed { .. }
+                | Event::Shown { .. }
+                | Event::RoomAnswered { .. }
+                | Event::RoomJoined { .. }
+                | Event::RoomLeft { .. }
+                | Event::Rooms { .. } => {}
                 Event::Down { node } => {
                     self.down.insert(node);
                     router.node_down(node, now, out);
@@ -153,6 +159,8 @@ impl Node {
                                 router.relay_acked(from, relay, ok, now, out)
                             }
                             Record::Pair(r) => router.pair_notice(from, notice(r), now, out),
+                            // No HELLO, no names: nothing waits for one.
+                            Record::Waited { .. } => unreachable!("no waiting messages here"),
                         }
                     }
                 }

@@ -6,13 +6,14 @@
 //! * A batch is accepted whole or not at all, and one that is accepted is
 //!   its bytes: written again record by record, it gives the same bytes
 //!   (nothing in it is ignored or guessed).
-//! * A change names only client ids, and a shown name is at most 24 bytes
-//!   of the name rule.
+//! * A change names only client ids (room ids for a room's), and a shown
+//!   or member name is at most 24 bytes of the name rule.
 #![no_main]
 
 use evchat::cluster::Event;
 use evchat::cluster::batch::{BatchWriter, FLUSH_AT, Record, parse};
 use evchat::cluster::redis::parse_change;
+use evchat::proto::ext::ROOM_IDS;
 use evchat::proto::{EMITTER_IDS, EXHIBITOR_IDS};
 use libfuzzer_sys::fuzz_target;
 
@@ -25,6 +26,13 @@ fuzz_target!(|data: &[u8]| {
                 Record::Relay { relay, frame } => again.push_relay(*relay, frame),
                 Record::Ack { relay, ok } => again.push_ack(*relay, *ok),
                 Record::Pair(pair) => again.push_pair(*pair),
+                Record::Waited {
+                    relay,
+                    stored_ms,
+                    roles,
+                    name,
+                    frame,
+                } => again.push_waited(*relay, *stored_ms, *roles, *name, frame),
             }
         }
         assert_eq!(again.finish().0, data, "a batch is its bytes");
@@ -35,6 +43,19 @@ fuzz_target!(|data: &[u8]| {
         Some(Event::Shown { id, name, .. }) => {
             assert!(client(id));
             assert!(name.len() <= 24 && name.is_ascii());
+        }
+        Some(Event::RoomJoined {
+            id,
+            spelling,
+            member,
+            ..
+        }) => {
+            assert!(ROOM_IDS.contains(&id));
+            assert!(spelling.len() <= 24 && member.len() <= 24);
+        }
+        Some(Event::RoomLeft { id, member }) => {
+            assert!(ROOM_IDS.contains(&id));
+            assert!(member.len() <= 24 && member.is_ascii());
         }
         Some(Event::Down { .. }) | None => {}
         Some(other) => panic!("a change parsed as {other:?}"),

@@ -12,9 +12,13 @@
 //!        | 5 | exhibitor u16 | emitter u16                  (DISMISS: its emitter is gone)
 //!        | 6 | exhibitor u16 | emitter u16                  (UNPAIRED: its exhibitor is gone)
 //!        | 7 | exhibitor u16 | emitter u16                  (UNPAIR: the pairing was given up)
+//!        | 8 | relay u64 BE | stored ms u64 BE | roles u8 | NL u8 | NL bytes of name
+//!            | frame length u32 BE | MSG(teller, addressee's exhibitor, 0, text)
+//!                                       (WAITED: a waiting message for an exhibitor here)
 //! ```
 
 use super::NodeId;
+use super::redis::follows_name_rule;
 use crate::proto::{Encode, FrameView, Kind};
 use bytes::BytesMut;
 
@@ -27,6 +31,7 @@ const PAIRED: u8 = 4;
 const DISMISS: u8 = 5;
 const UNPAIRED: u8 = 6;
 const UNPAIR: u8 = 7;
+const WAITED: u8 = 8;
 /// Header bytes: magic, version, incarnation.
 const HEADER: usize = 2 + 8;
 /// A batch grows to about this size before it is published early (and a
@@ -42,6 +47,17 @@ pub enum Record<'a> {
     Ack { relay: u64, ok: bool },
     /// A pair across nodes (CLUSTER.md, "Pairs across nodes").
     Pair(PairRecord),
+    /// A message that waited for a name, for the exhibitor `frame.dest`
+    /// here (CLUSTER.md, "Rooms across nodes", TELL): stored at
+    /// `stored_ms`, told by `name` (None: no name) with `roles`; `relay`
+    /// names it in the ACK.
+    Waited {
+        relay: u64,
+        stored_ms: u64,
+        roles: u8,
+        name: Option<&'a str>,
+        frame: FrameView<'a>,
+    },
 }
 
 /// The records that make and end a pair whose halves are on two nodes.
@@ -76,6 +92,8 @@ pub enum BatchError {
     Short,
     #[error("relayed bytes are not one whole MSG or CREQ")]
     BadFrame,
+    #[error("a waiting message's teller is not a name")]
+    BadName,
 }
 
 /// A batch being written for one destination.
@@ -101,6 +119,28 @@ impl BatchWriter {
         self.buf.extend_from_slice(&[RELAY]);
         self.buf.extend_from_slice(&relay.to_be_bytes());
         // u32: a MSG with the longest text is 65,545 bytes.
+        let len = frame.encoded_len() as u32;
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        frame.encode_into(&mut self.buf);
+        self.relays.push(relay);
+    }
+
+    /// A WAITED record; `name` follows the name rule (the teller's, as
+    /// stored), `frame` is the MSG.
+    pub fn push_waited(
+        &mut self,
+        relay: u64,
+        stored_ms: u64,
+        roles: u8,
+        name: Option<&str>,
+        frame: &FrameView<'_>,
+    ) {
+        let name = name.unwrap_or_default();
+        self.buf.extend_from_slice(&[WAITED]);
+        self.buf.extend_from_slice(&relay.to_be_bytes());
+        self.buf.extend_from_slice(&stored_ms.to_be_bytes());
+        self.buf.extend_from_slice(&[roles, name.len() as u8]);
+        self.buf.extend_from_slice(name.as_bytes());
         let len = frame.encoded_len() as u32;
         self.buf.extend_from_slice(&len.to_be_bytes());
         frame.encode_into(&mut self.buf);
@@ -206,19 +246,28 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
                 rest = after;
             }
             RELAY => {
-                let (len, after) = after.split_first_chunk::<4>().ok_or(BatchError::Short)?;
-                let len = u32::from_be_bytes(*len) as usize;
-                let framed = after.get(..len).ok_or(BatchError::Short)?;
-                let frame = match FrameView::parse(framed) {
-                    Ok(Some((frame, used)))
-                        if used == len && matches!(frame.kind, Kind::Msg | Kind::Creq) =>
-                    {
-                        frame
-                    }
-                    _ => return Err(BatchError::BadFrame),
-                };
+                let (frame, after) = take_frame(after, &[Kind::Msg, Kind::Creq])?;
                 records.push(Record::Relay { relay, frame });
-                rest = &after[len..];
+                rest = after;
+            }
+            WAITED => {
+                let (stored_ms, after) = take_u64(after)?;
+                let (&[roles, len], after) =
+                    after.split_first_chunk::<2>().ok_or(BatchError::Short)?;
+                let named = after.get(..usize::from(len)).ok_or(BatchError::Short)?;
+                let name = std::str::from_utf8(named).map_err(|_| BatchError::BadName)?;
+                if !(name.is_empty() || follows_name_rule(name)) {
+                    return Err(BatchError::BadName);
+                }
+                let (frame, after) = take_frame(&after[usize::from(len)..], &[Kind::Msg])?;
+                records.push(Record::Waited {
+                    relay,
+                    stored_ms,
+                    roles,
+                    name: (!name.is_empty()).then_some(name),
+                    frame,
+                });
+                rest = after;
             }
             ACK => {
                 let (&ok, after) = after.split_first().ok_or(BatchError::Short)?;
@@ -232,6 +281,22 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
         }
     }
     Ok((from, records))
+}
+
+/// A frame length (u32) and a whole frame of one of `kinds`.
+fn take_frame<'a>(
+    bytes: &'a [u8],
+    kinds: &[Kind],
+) -> Result<(FrameView<'a>, &'a [u8]), BatchError> {
+    let (len, after) = bytes.split_first_chunk::<4>().ok_or(BatchError::Short)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    let framed = after.get(..len).ok_or(BatchError::Short)?;
+    match FrameView::parse(framed) {
+        Ok(Some((frame, used))) if used == len && kinds.contains(&frame.kind) => {
+            Ok((frame, &after[len..]))
+        }
+        _ => Err(BatchError::BadFrame),
+    }
 }
 
 fn take_u16(bytes: &[u8]) -> Result<(u16, &[u8]), BatchError> {
@@ -382,5 +447,66 @@ mod tests {
             fault(&vec![0; 2 * FLUSH_AT + 1]),
             BatchError::TooLarge(_)
         ));
+    }
+
+    #[test]
+    fn a_waited_record_round_trips_and_a_bad_teller_or_frame_is_refused() {
+        let wire = msg();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        let mut w = BatchWriter::new(3);
+        w.push_waited(7, 1_700_000_000_000, 15, Some("alice"), &view);
+        w.push_waited(8, 1, 0, None, &view);
+        let (bytes, relays) = w.finish();
+        assert_eq!(relays, vec![7, 8]);
+        let (_, records) = parse(&bytes).unwrap();
+        match &records[..] {
+            [
+                Record::Waited {
+                    relay: 7,
+                    stored_ms: 1_700_000_000_000,
+                    roles: 15,
+                    name: Some("alice"),
+                    frame,
+                },
+                Record::Waited {
+                    relay: 8,
+                    stored_ms: 1,
+                    roles: 0,
+                    name: None,
+                    ..
+                },
+            ] => assert_eq!(frame.to_frame().to_bytes()[..], wire),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fault(&bytes[..bytes.len() - 1]), BatchError::Short);
+        let waited = |name: &[u8], frame: &[u8]| {
+            let mut bad = BatchWriter::new(1).finish().0;
+            bad.push(WAITED);
+            bad.extend_from_slice(&5u64.to_be_bytes());
+            bad.extend_from_slice(&9u64.to_be_bytes());
+            bad.extend_from_slice(&[7, name.len() as u8]);
+            bad.extend_from_slice(name);
+            bad.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            bad.extend_from_slice(frame);
+            bad
+        };
+        assert!(parse(&waited(b"bob", &wire)).is_ok());
+        for name in [
+            &b"9lives"[..],
+            b"al ice",
+            b"\xff\xfe",
+            b"abcdefghijklmnopqrstuvwxy",
+        ] {
+            assert_eq!(fault(&waited(name, &wire)), BatchError::BadName, "{name:?}");
+        }
+        // Only a MSG waits: a CREQ or an OI is not a waiting message.
+        let creq = Frame::bare(Kind::Creq, 1, 4096, 2).to_bytes();
+        assert_eq!(fault(&waited(b"bob", &creq)), BatchError::BadFrame);
+        let oi = Frame::bare(Kind::Oi, 0, 0, 1).to_bytes();
+        assert_eq!(fault(&waited(b"bob", &oi)), BatchError::BadFrame);
+        assert_eq!(
+            fault(&waited(b"bob", &wire[..wire.len() - 1])),
+            BatchError::BadFrame
+        );
     }
 }

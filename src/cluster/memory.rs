@@ -6,9 +6,11 @@
 //! partition: what one publishes to the other is lost, unannounced), or
 //! make one node's engine refuse requests (its queue full, Redis away).
 //! Names are claimed in it as in Redis: one holder system-wide, freed with
-//! their node.
+//! their node; rooms too: one id per room name, members by name, bounded
+//! as the Redis scripts bound them.
 
-use super::{Engine, Event, NodeId, Request};
+use super::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome, RoomState};
+use crate::proto::ext::ROOM_IDS;
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +33,8 @@ struct Hub {
     nodes: HashMap<NodeId, Inbox>,
     /// Pairs of nodes (lower first) whose batches to each other are lost.
     cut: HashSet<(NodeId, NodeId)>,
+    /// Rooms by id: their kind, spelling and member names (lower case).
+    rooms: BTreeMap<ClientId, RoomState>,
 }
 
 fn pair(a: NodeId, b: NodeId) -> (NodeId, NodeId) {
@@ -69,7 +73,93 @@ impl Hub {
             roles: *roles,
             name: name.clone(),
         }));
+        let rooms = self.rooms.values().cloned().collect();
+        events.push(Event::Rooms { rooms });
         events
+    }
+
+    /// [`Request::JoinRoom`], as the Redis script does it.
+    fn join_room(&mut self, join: RoomJoin) -> RoomOutcome {
+        let found = self
+            .rooms
+            .values()
+            .find(|r| r.spelling.eq_ignore_ascii_case(&join.key))
+            .map(|r| (r.id, r.queue, r.members.len()));
+        let rooms_of = self
+            .rooms
+            .values()
+            .filter(|r| r.members.contains(&join.member))
+            .count();
+        let id = match found {
+            Some((_, queue, _)) if queue != join.queue => return RoomOutcome::OtherKind,
+            Some((id, _, _)) if self.rooms[&id].members.contains(&join.member) => id,
+            Some((_, _, members)) if members >= join.room_members as usize => {
+                return RoomOutcome::RoomFull;
+            }
+            _ if rooms_of >= join.rooms_per_name as usize => return RoomOutcome::TooManyRooms,
+            Some((id, _, _)) => id,
+            None if !join.may_create => return RoomOutcome::NotAllowed,
+            None => {
+                let first = *ROOM_IDS.start();
+                let range = first..first + join.max_rooms;
+                let Some(id) = range.into_iter().find(|id| !self.rooms.contains_key(id)) else {
+                    return RoomOutcome::NoRoomId;
+                };
+                let room = RoomState {
+                    id,
+                    queue: join.queue,
+                    spelling: join.spelling.clone(),
+                    members: Vec::new(),
+                };
+                self.rooms.insert(id, room);
+                id
+            }
+        };
+        let room = self.rooms.get_mut(&id).expect("found or made above");
+        if !room.members.contains(&join.member) {
+            room.members.push(join.member.clone());
+            let event = Event::RoomJoined {
+                id,
+                queue: room.queue,
+                spelling: room.spelling.clone(),
+                member: join.member,
+            };
+            self.tell_all(&event);
+        }
+        let room = &self.rooms[&id];
+        RoomOutcome::Joined {
+            id,
+            queue: room.queue,
+            spelling: room.spelling.clone(),
+            members: room.members.len() as u32,
+        }
+    }
+
+    /// [`Request::LeaveRoom`], as the Redis script does it.
+    fn leave_room(&mut self, key: &str, member: String) -> RoomOutcome {
+        let Some(room) = self
+            .rooms
+            .values_mut()
+            .find(|r| r.spelling.eq_ignore_ascii_case(key))
+        else {
+            return RoomOutcome::NotMember;
+        };
+        let Some(at) = room.members.iter().position(|m| *m == member) else {
+            return RoomOutcome::NotMember;
+        };
+        room.members.remove(at);
+        let outcome = RoomOutcome::Left {
+            id: room.id,
+            queue: room.queue,
+            spelling: room.spelling.clone(),
+            members: room.members.len() as u32,
+        };
+        let id = room.id;
+        if room.members.is_empty() {
+            self.rooms.remove(&id);
+        }
+        self.tell_all(&Event::RoomLeft { id, member });
+        outcome
     }
 
     fn tell_all(&mut self, event: &Event) {
@@ -133,6 +223,11 @@ impl MemoryHub {
     /// Joins every partitioned pair again.
     pub fn heal_all(&self) {
         self.lock().cut.clear();
+    }
+
+    /// Every room the hub holds, by id, with its members (lower case).
+    pub fn rooms(&self) -> Vec<RoomState> {
+        self.lock().rooms.values().cloned().collect()
     }
 
     /// Who holds `id`, if anyone.
@@ -256,6 +351,14 @@ impl Engine for MemoryEngine {
                     });
                 }
             }
+            Request::JoinRoom { claim, join } => {
+                let outcome = Some(hub.join_room(join));
+                hub.tell(self.node, Event::RoomAnswered { claim, outcome });
+            }
+            Request::LeaveRoom { claim, key, member } => {
+                let outcome = Some(hub.leave_room(&key, member));
+                hub.tell(self.node, Event::RoomAnswered { claim, outcome });
+            }
             Request::Publish { to, batch, relays } => {
                 if hub.cut.contains(&pair(self.node, to)) {
                     // Lost in the partition: no one is told.
@@ -338,5 +441,86 @@ mod tests {
             relays,
             batch: vec![],
         }));
+    }
+
+    fn join_request(claim: u64, room: &str, queue: bool, member: &str) -> Request {
+        Request::JoinRoom {
+            claim,
+            join: RoomJoin {
+                key: room.to_ascii_lowercase(),
+                spelling: room.into(),
+                queue,
+                member: member.into(),
+                may_create: true,
+                max_rooms: 2,
+                room_members: 2,
+                rooms_per_name: 2,
+            },
+        }
+    }
+
+    fn answer(engine: &mut MemoryEngine) -> Option<RoomOutcome> {
+        drained(engine).into_iter().find_map(|e| match e {
+            Event::RoomAnswered { outcome, .. } => outcome,
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_room_name_has_one_id_on_every_node_and_the_bounds_hold_system_wide() {
+        let hub = MemoryHub::new();
+        let mut a = hub.join(|| {});
+        let mut b = hub.join(|| {});
+        drained(&mut a);
+        drained(&mut b);
+        a.submit(join_request(1, "Ops", false, "alice")).unwrap();
+        b.submit(join_request(1, "OPS", false, "bob")).unwrap();
+        let first = *ROOM_IDS.start();
+        let joined = |members| RoomOutcome::Joined {
+            id: first,
+            queue: false,
+            spelling: "Ops".into(),
+            members,
+        };
+        let heard_by_a = drained(&mut a);
+        assert!(heard_by_a.contains(&Event::RoomAnswered {
+            claim: 1,
+            outcome: Some(joined(1))
+        }));
+        assert_eq!(answer(&mut b), Some(joined(2)));
+        // Every node hears each join (its replica), the first node too.
+        assert!(heard_by_a.contains(&Event::RoomJoined {
+            id: first,
+            queue: false,
+            spelling: "Ops".into(),
+            member: "bob".into()
+        }));
+        b.submit(join_request(2, "ops", true, "carol")).unwrap();
+        assert_eq!(answer(&mut b), Some(RoomOutcome::OtherKind));
+        b.submit(join_request(3, "ops", false, "carol")).unwrap();
+        assert_eq!(answer(&mut b), Some(RoomOutcome::RoomFull));
+        b.submit(join_request(4, "jobs", true, "carol")).unwrap();
+        assert!(matches!(answer(&mut b), Some(RoomOutcome::Joined { id, .. }) if id == first + 1));
+        b.submit(join_request(5, "more", false, "carol")).unwrap();
+        assert_eq!(answer(&mut b), Some(RoomOutcome::NoRoomId));
+        // The last member gone, the room is gone and its id free.
+        for (claim, member) in [(6, "alice"), (7, "bob")] {
+            a.submit(Request::LeaveRoom {
+                claim,
+                key: "ops".into(),
+                member: member.into(),
+            })
+            .unwrap();
+            assert!(matches!(answer(&mut a), Some(RoomOutcome::Left { .. })));
+        }
+        a.submit(Request::LeaveRoom {
+            claim: 8,
+            key: "ops".into(),
+            member: "bob".into(),
+        })
+        .unwrap();
+        assert_eq!(answer(&mut a), Some(RoomOutcome::NotMember));
+        a.submit(join_request(9, "news", false, "dave")).unwrap();
+        assert!(matches!(answer(&mut a), Some(RoomOutcome::Joined { id, .. }) if id == first));
     }
 }

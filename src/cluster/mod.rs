@@ -45,6 +45,75 @@ pub enum Request {
         batch: Vec<u8>,
         relays: Vec<u64>,
     },
+    /// Make `member` (lower case) a member of the room `key` (its name in
+    /// lower case), creating it as `spelling` of kind `queue` if no room
+    /// has the name and `may_create`; answered by [`Event::RoomAnswered`]
+    /// with `claim`.
+    JoinRoom { claim: u64, join: RoomJoin },
+    /// `member` (lower case) leaves the room `key`; answered by
+    /// [`Event::RoomAnswered`] with `claim`.
+    LeaveRoom {
+        claim: u64,
+        key: String,
+        member: String,
+    },
+}
+
+/// A JOIN that asks the engine (CLUSTER.md, "Rooms across nodes"), with
+/// the bounds of the asking node, which hold system-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomJoin {
+    pub key: String,
+    pub spelling: String,
+    pub queue: bool,
+    pub member: String,
+    pub may_create: bool,
+    /// Room ids are handed out among the first `max_rooms` of the range.
+    pub max_rooms: u16,
+    pub room_members: u32,
+    pub rooms_per_name: u32,
+}
+
+/// What the engine made of a JOIN or LEAVE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomOutcome {
+    /// The member is in (or was already in) the room, which has `members`
+    /// members now.
+    Joined {
+        id: ClientId,
+        queue: bool,
+        spelling: String,
+        members: u32,
+    },
+    /// The member left; `members` remain (0: the room is gone, its id free).
+    Left {
+        id: ClientId,
+        queue: bool,
+        spelling: String,
+        members: u32,
+    },
+    /// The room exists with the other kind.
+    OtherKind,
+    /// The room has the most members it may have.
+    RoomFull,
+    /// The member is in the most rooms it may be in.
+    TooManyRooms,
+    /// Every room id the asking node may hand out is taken.
+    NoRoomId,
+    /// No room of that name (JOIN: and the member may not create one).
+    NotAllowed,
+    /// LEAVE: not a member, or no such room.
+    NotMember,
+}
+
+/// A room as the engine holds it, for a node's replica at join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomState {
+    pub id: ClientId,
+    pub queue: bool,
+    pub spelling: String,
+    /// Member names, lower case.
+    pub members: Vec<String>,
 }
 
 /// What the engine tells the loop.
@@ -84,6 +153,24 @@ pub enum Event {
         relays: Vec<u64>,
         batch: Vec<u8>,
     },
+    /// The answer to [`Request::JoinRoom`] or [`Request::LeaveRoom`]
+    /// (None: the engine could not be asked).
+    RoomAnswered {
+        claim: u64,
+        outcome: Option<RoomOutcome>,
+    },
+    /// `member` joined the room `id` (of kind `queue`, spelled `spelling`),
+    /// on whichever node.
+    RoomJoined {
+        id: ClientId,
+        queue: bool,
+        spelling: String,
+        member: String,
+    },
+    /// `member` left the room `id`, on whichever node.
+    RoomLeft { id: ClientId, member: String },
+    /// Every room and its members, as read at join (after [`Event::Joined`]).
+    Rooms { rooms: Vec<RoomState> },
     /// This incarnation lost its lease: stop serving, then expect a new
     /// [`Event::Joined`].
     Fenced,

@@ -8,8 +8,9 @@
 //! lease fences the incarnation and joins a new one; a lost subscription is
 //! made again, and the id table read again, while the lease holds.
 
-use super::scripts::{CLAIM, CLAIM_NAME, REAP, RELEASE, RELEASE_NAME, SHOW};
-use super::{Engine, Event, NodeId, Request};
+use super::scripts::{CLAIM, CLAIM_NAME, JOIN_ROOM, LEAVE_ROOM, REAP, RELEASE, RELEASE_NAME, SHOW};
+use super::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome, RoomState};
+use crate::proto::ext::ROOM_IDS;
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// How many room ids the range offers a node at most (the router's
+/// `MAX_ROOMS_CEILING`: a ROOMLIST of them all fits in one frame).
+const ROOM_ID_SPAN: u16 = 2048;
 /// Every key and channel starts with this.
 const PREFIX: &str = "evchat:";
 /// How long any one call to Redis may take.
@@ -183,6 +187,8 @@ struct Commands {
     claim_name: redis::Script,
     release_name: redis::Script,
     show: redis::Script,
+    join_room: redis::Script,
+    leave_room: redis::Script,
 }
 
 impl Commands {
@@ -204,6 +210,8 @@ impl Commands {
             claim_name: redis::Script::new(CLAIM_NAME),
             release_name: redis::Script::new(RELEASE_NAME),
             show: redis::Script::new(SHOW),
+            join_room: redis::Script::new(JOIN_ROOM),
+            leave_room: redis::Script::new(LEAVE_ROOM),
         }
     }
 
@@ -270,6 +278,12 @@ impl Commands {
                 relays,
                 batch,
             }),
+            Request::JoinRoom { claim, .. } | Request::LeaveRoom { claim, .. } => {
+                self.tell.event(Event::RoomAnswered {
+                    claim,
+                    outcome: None,
+                })
+            }
             Request::Release { .. } | Request::ReleaseName { .. } | Request::Show { .. } => true,
         }
     }
@@ -304,6 +318,11 @@ impl Commands {
         redis::cmd("SETBIT")
             .arg(key("ids"))
             .arg(*EXHIBITOR_IDS.end())
+            .arg(0)
+            .query::<()>(con)?;
+        redis::cmd("SETBIT")
+            .arg(key("roomids"))
+            .arg(*ROOM_IDS.end())
             .arg(0)
             .query::<()>(con)?;
         let incarnation = Incarnation {
@@ -568,6 +587,28 @@ impl Commands {
                 }
                 Err(e) => Err(e),
             },
+            Request::JoinRoom { claim, join } => match self.join_room(incarnation, join) {
+                Ok(RoomReply::Fenced) => {
+                    let claim = *claim;
+                    self.tell.event(Event::RoomAnswered {
+                        claim,
+                        outcome: None,
+                    });
+                    return Some(Ended::Fenced);
+                }
+                Ok(reply) => {
+                    let event = reply.answer(*claim);
+                    return (!self.tell.event(event)).then_some(Ended::Stopped);
+                }
+                Err(e) => Err(e),
+            },
+            Request::LeaveRoom { claim, key, member } => match self.leave_room(key, member) {
+                Ok(reply) => {
+                    let event = reply.answer(*claim);
+                    return (!self.tell.event(event)).then_some(Ended::Stopped);
+                }
+                Err(e) => Err(e),
+            },
             Request::ReleaseName { name } => self.release_name(incarnation, name),
             Request::Show { id, roles, name } => self.show(incarnation, *id, *roles, name),
             Request::Release { id } => self.release(incarnation, *id),
@@ -670,6 +711,49 @@ impl Commands {
             .map(drop)
     }
 
+    /// Runs the join script: None when its answer does not parse.
+    fn join_room(
+        &mut self,
+        incarnation: &Incarnation,
+        join: &RoomJoin,
+    ) -> redis::RedisResult<RoomReply> {
+        let script = self.join_room.clone();
+        let lo = *ROOM_IDS.start();
+        let hi = lo + join.max_rooms.clamp(1, ROOM_ID_SPAN) - 1;
+        let con = self.connection()?;
+        let reply: Vec<redis::Value> = script
+            .key(key("rooms"))
+            .key(key("roomids"))
+            .key(&incarnation.lease_key)
+            .arg(&join.key)
+            .arg(&join.spelling)
+            .arg(u8::from(join.queue))
+            .arg(&join.member)
+            .arg(lo)
+            .arg(hi)
+            .arg(join.room_members)
+            .arg(join.rooms_per_name)
+            .arg(u8::from(join.may_create))
+            .arg(PREFIX)
+            .arg(key("chg"))
+            .invoke(con)?;
+        Ok(parse_room_reply(&reply, true))
+    }
+
+    fn leave_room(&mut self, room: &str, member: &str) -> redis::RedisResult<RoomReply> {
+        let script = self.leave_room.clone();
+        let con = self.connection()?;
+        let reply: Vec<redis::Value> = script
+            .key(key("rooms"))
+            .key(key("roomids"))
+            .arg(room)
+            .arg(member)
+            .arg(PREFIX)
+            .arg(key("chg"))
+            .invoke(con)?;
+        Ok(parse_room_reply(&reply, false))
+    }
+
     fn publish(&mut self, to: NodeId, batch: &[u8]) -> redis::RedisResult<i64> {
         let con = self.connection()?;
         redis::cmd("PUBLISH")
@@ -694,6 +778,149 @@ impl Commands {
     }
 }
 
+/// What a room script answered.
+enum RoomReply {
+    Outcome(RoomOutcome),
+    /// The caller's lease is gone.
+    Fenced,
+    /// Not an answer the scripts give (logged; the request fails).
+    Malformed,
+}
+
+impl RoomReply {
+    fn answer(self, claim: u64) -> Event {
+        let outcome = match self {
+            RoomReply::Outcome(outcome) => Some(outcome),
+            RoomReply::Fenced => None,
+            RoomReply::Malformed => {
+                warn!("cluster: a room script answered what it never answers; refused");
+                None
+            }
+        };
+        Event::RoomAnswered { claim, outcome }
+    }
+}
+
+/// `{id, kind, members, spelling}` or `{code}` as [`JOIN_ROOM`] and
+/// [`LEAVE_ROOM`] return them.
+fn parse_room_reply(reply: &[redis::Value], joining: bool) -> RoomReply {
+    let int = |v: &redis::Value| redis::from_redis_value_ref::<i64>(v).ok();
+    let outcome = match reply {
+        [code] => match int(code) {
+            Some(-1) => RoomOutcome::NoRoomId,
+            Some(-2) => return RoomReply::Fenced,
+            Some(-3) => RoomOutcome::OtherKind,
+            Some(-4) => RoomOutcome::RoomFull,
+            Some(-5) => RoomOutcome::TooManyRooms,
+            Some(-6) => RoomOutcome::NotAllowed,
+            Some(-7) => RoomOutcome::NotMember,
+            _ => return RoomReply::Malformed,
+        },
+        [id, kind, members, spelling] => {
+            let id = int(id).and_then(|id| ClientId::try_from(id).ok());
+            let spelling = redis::from_redis_value_ref::<String>(spelling).ok();
+            let (Some(id), Some(kind), Some(members), Some(spelling)) =
+                (id, int(kind), int(members), spelling)
+            else {
+                return RoomReply::Malformed;
+            };
+            if !ROOM_IDS.contains(&id) || !follows_name_rule(&spelling) {
+                return RoomReply::Malformed;
+            }
+            let (queue, members) = (kind == 1, members.clamp(0, u32::MAX.into()) as u32);
+            if joining {
+                RoomOutcome::Joined {
+                    id,
+                    queue,
+                    spelling,
+                    members,
+                }
+            } else {
+                RoomOutcome::Left {
+                    id,
+                    queue,
+                    spelling,
+                    members,
+                }
+            }
+        }
+        _ => return RoomReply::Malformed,
+    };
+    RoomReply::Outcome(outcome)
+}
+
+/// Every room and its members, for a node's replica at join.
+fn read_rooms(con: &mut redis::Connection) -> redis::RedisResult<Vec<RoomState>> {
+    let rooms: Vec<(String, String)> = redis::cmd("HGETALL").arg(key("rooms")).query(con)?;
+    let mut states = Vec::with_capacity(rooms.len());
+    for (_, held) in rooms {
+        let Some(Event::RoomJoined {
+            id,
+            queue,
+            spelling,
+            ..
+        }) = parse_room_joined(&format!("{held} -"), false)
+        else {
+            warn!("cluster: a malformed room in Redis skipped");
+            continue;
+        };
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key(&format!("members:{id}")))
+            .query(con)?;
+        let members = members
+            .into_iter()
+            .filter(|m| follows_name_rule(m))
+            .collect();
+        states.push(RoomState {
+            id,
+            queue,
+            spelling,
+            members,
+        });
+    }
+    Ok(states)
+}
+
+/// `ID KIND SPELLING MEMBER` (after `j `): a member joined a room. With
+/// `member` false the member is not checked (the rooms hash has none).
+fn parse_room_joined(text: &str, member: bool) -> Option<Event> {
+    let mut fields = text.split(' ');
+    let id: ClientId = fields.next()?.parse().ok()?;
+    let queue = match fields.next()? {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    let spelling = fields.next()?;
+    let who = fields.next()?;
+    if fields.next().is_some()
+        || !ROOM_IDS.contains(&id)
+        || !follows_name_rule(spelling)
+        || (member && !follows_name_rule(who))
+    {
+        return None;
+    }
+    Some(Event::RoomJoined {
+        id,
+        queue,
+        spelling: spelling.to_string(),
+        member: who.to_string(),
+    })
+}
+
+/// `ID MEMBER` (after `l `): a member left a room.
+fn parse_room_left(text: &str) -> Option<Event> {
+    let (id, member) = text.split_once(' ')?;
+    let id: ClientId = id.parse().ok()?;
+    if !ROOM_IDS.contains(&id) || !follows_name_rule(member) {
+        return None;
+    }
+    Some(Event::RoomLeft {
+        id,
+        member: member.to_string(),
+    })
+}
+
 /// The table as incarnation `node` joins with it: [`Event::Joined`] with
 /// every id another node holds, then an [`Event::Shown`] for each of them
 /// that has said what it shows.
@@ -709,6 +936,9 @@ fn read_table(con: &mut redis::Connection, node: NodeId) -> redis::RedisResult<V
         let &holder = holders.get(&id)?;
         parse_shown(id, holder, &shown)
     }));
+    events.push(Event::Rooms {
+        rooms: read_rooms(con)?,
+    });
     Ok(events)
 }
 
@@ -752,7 +982,8 @@ fn listen(
     }
 }
 
-/// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME` or `down NODE`, as the
+/// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME`, `j ID KIND SPELLING
+/// MEMBER`, `l ID MEMBER` or `down NODE`, as the
 /// scripts publish them (public for the fuzz target).
 pub fn parse_change(payload: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(payload).ok()?;
@@ -760,6 +991,12 @@ pub fn parse_change(payload: &[u8]) -> Option<Event> {
         return Some(Event::Down {
             node: node.parse().ok()?,
         });
+    }
+    if let Some(rest) = text.strip_prefix("j ") {
+        return parse_room_joined(rest, true);
+    }
+    if let Some(rest) = text.strip_prefix("l ") {
+        return parse_room_left(rest);
     }
     if let Some(rest) = text.strip_prefix('=') {
         let (id, rest) = rest.split_once(' ')?;
@@ -801,7 +1038,7 @@ fn parse_shown(id: ClientId, node: NodeId, shown: &str) -> Option<Event> {
 /// PROTOCOL.md's name rule, `[A-Za-z][A-Za-z0-9_.-]{0,23}`, checked here
 /// (the cluster imports only the codec): a name from another node is
 /// handed on only if a HELLO could have claimed it.
-fn follows_name_rule(name: &str) -> bool {
+pub(super) fn follows_name_rule(name: &str) -> bool {
     let bytes = name.as_bytes();
     bytes.len() <= 24
         && bytes.first().is_some_and(u8::is_ascii_alphabetic)
@@ -860,6 +1097,107 @@ mod tests {
             b"=5 x 7 alice",
         ] {
             assert_eq!(parse_change(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn room_changes_parse_and_anything_else_is_refused() {
+        assert_eq!(
+            parse_change(b"j 16384 0 Ops alice"),
+            Some(Event::RoomJoined {
+                id: 16384,
+                queue: false,
+                spelling: "Ops".into(),
+                member: "alice".into()
+            })
+        );
+        assert_eq!(
+            parse_change(b"j 18431 1 jobs bob"),
+            Some(Event::RoomJoined {
+                id: 18431,
+                queue: true,
+                spelling: "jobs".into(),
+                member: "bob".into()
+            })
+        );
+        assert_eq!(
+            parse_change(b"l 16384 alice"),
+            Some(Event::RoomLeft {
+                id: 16384,
+                member: "alice".into()
+            })
+        );
+        for bad in [
+            &b"j"[..],
+            b"j ",
+            b"j 16384",
+            b"j 16384 0",
+            b"j 16384 0 ops",
+            b"j 16384 2 ops alice",
+            b"j 16383 0 ops alice",
+            b"j 32768 0 ops alice",
+            b"j 5 0 ops alice",
+            b"j x 0 ops alice",
+            b"j 16384 0 9ops alice",
+            b"j 16384 0 ops al!ce",
+            b"j 16384 0 ops alice extra",
+            b"j 16384 0 abcdefghijklmnopqrstuvwxy alice",
+            b"l",
+            b"l 16384",
+            b"l 16384 ",
+            b"l 16383 alice",
+            b"l 16384 al ice",
+            b"l x alice",
+        ] {
+            assert_eq!(parse_change(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn room_script_answers_parse_and_anything_else_is_malformed() {
+        use redis::Value::{BulkString, Int};
+        let joined = [Int(16385), Int(1), Int(3), BulkString(b"Jobs".to_vec())];
+        assert!(matches!(
+            parse_room_reply(&joined, true),
+            RoomReply::Outcome(RoomOutcome::Joined { id: 16385, queue: true, members: 3, ref spelling }) if spelling == "Jobs"
+        ));
+        let left = [Int(16384), Int(0), Int(0), BulkString(b"ops".to_vec())];
+        assert!(matches!(
+            parse_room_reply(&left, false),
+            RoomReply::Outcome(RoomOutcome::Left {
+                id: 16384,
+                members: 0,
+                ..
+            })
+        ));
+        for (code, outcome) in [
+            (-1, RoomOutcome::NoRoomId),
+            (-3, RoomOutcome::OtherKind),
+            (-4, RoomOutcome::RoomFull),
+            (-5, RoomOutcome::TooManyRooms),
+            (-6, RoomOutcome::NotAllowed),
+            (-7, RoomOutcome::NotMember),
+        ] {
+            assert!(
+                matches!(parse_room_reply(&[Int(code)], true), RoomReply::Outcome(o) if o == outcome)
+            );
+        }
+        assert!(matches!(
+            parse_room_reply(&[Int(-2)], true),
+            RoomReply::Fenced
+        ));
+        for bad in [
+            vec![],
+            vec![Int(-8)],
+            vec![Int(5), Int(0), Int(1), BulkString(b"ops".to_vec())],
+            vec![Int(16384), Int(0), Int(1), BulkString(b"o ps".to_vec())],
+            vec![Int(16384), Int(0), Int(1)],
+            vec![BulkString(b"x".to_vec())],
+        ] {
+            assert!(
+                matches!(parse_room_reply(&bad, true), RoomReply::Malformed),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -89,3 +89,66 @@ for _, inc in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return reaped
 "#;
+
+/// KEYS: rooms hash (name → `ID KIND SPELLING`), room ids bitmap, lease.
+/// ARGV: room name (lower case), spelling, kind (0 room, 1 queue), member
+/// (lower case), lowest id, highest id, members bound, rooms-per-name
+/// bound, may create (1/0), key prefix, change channel. Makes the member
+/// one of the room's, creating the room at the lowest free id if no room
+/// has the name. Returns {id, kind, members, spelling}, or {code}: -1 no
+/// free id, -2 fenced, -3 the other kind, -4 room full, -5 the member is in
+/// too many rooms, -6 no such room and the member may not create it.
+pub(super) const JOIN_ROOM: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-2} end
+local id, kind, spelling
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held then
+  local a, b, c = string.match(held, '^(%d+) (%d) (.+)$')
+  id = tonumber(a)
+  kind = b
+  spelling = c
+  if kind ~= ARGV[3] then return {-3} end
+  local members = ARGV[10] .. 'members:' .. id
+  if redis.call('SISMEMBER', members, ARGV[4]) == 1 then
+    return {id, tonumber(kind), redis.call('SCARD', members), spelling}
+  end
+  if redis.call('SCARD', members) >= tonumber(ARGV[7]) then return {-4} end
+end
+local of = ARGV[10] .. 'roomsof:' .. ARGV[4]
+if redis.call('SCARD', of) >= tonumber(ARGV[8]) then return {-5} end
+if not id then
+  if ARGV[9] ~= '1' then return {-6} end
+  id = redis.call('BITPOS', KEYS[2], 0, ARGV[5], ARGV[6], 'BIT')
+  if id < tonumber(ARGV[5]) or id > tonumber(ARGV[6]) then return {-1} end
+  redis.call('SETBIT', KEYS[2], id, 1)
+  kind = ARGV[3]
+  spelling = ARGV[2]
+  redis.call('HSET', KEYS[1], ARGV[1], id .. ' ' .. kind .. ' ' .. spelling)
+end
+local members = ARGV[10] .. 'members:' .. id
+redis.call('SADD', members, ARGV[4])
+redis.call('SADD', of, id)
+redis.call('PUBLISH', ARGV[11], 'j ' .. id .. ' ' .. kind .. ' ' .. spelling .. ' ' .. ARGV[4])
+return {id, tonumber(kind), redis.call('SCARD', members), spelling}
+"#;
+
+/// KEYS: rooms hash, room ids bitmap. ARGV: room name (lower case), member
+/// (lower case), key prefix, change channel. The member leaves; a room left
+/// with no member is gone and its id free. Returns {id, kind, members
+/// left, spelling}, or {-7}: no such room, or not a member.
+pub(super) const LEAVE_ROOM: &str = r#"
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return {-7} end
+local a, kind, spelling = string.match(held, '^(%d+) (%d) (.+)$')
+local id = tonumber(a)
+local members = ARGV[3] .. 'members:' .. id
+if redis.call('SREM', members, ARGV[2]) == 0 then return {-7} end
+redis.call('SREM', ARGV[3] .. 'roomsof:' .. ARGV[2], id)
+local left = redis.call('SCARD', members)
+if left == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SETBIT', KEYS[2], id, 0)
+end
+redis.call('PUBLISH', ARGV[4], 'l ' .. id .. ' ' .. ARGV[2])
+return {id, tonumber(kind), left, spelling}
+"#;

@@ -10,7 +10,10 @@
 
 use super::pair_retry::PairRetries;
 use super::sequence_map::SequenceMap;
-use super::{ConnId, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router, Session};
+use super::{
+    ConnId, Hello, NameTaken, Outbox, Purpose, RemoteLetter, RequestRef, Role, Router, Session,
+    is_room_id,
+};
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
@@ -41,6 +44,9 @@ enum SentFor {
     /// A relay received from another node, passed on to the node of the
     /// destination emitter's exhibitor (by its key in `received`).
     Chain(u64),
+    /// A message waiting here for a name, sent to the node where the name
+    /// is online (by its wait number).
+    Waited(u64),
 }
 
 /// A notice between the two halves of a pair on two nodes (CLUSTER.md,
@@ -259,6 +265,17 @@ impl Remote {
     pub(super) fn shown(&self, id: ClientId) -> Option<(Option<&str>, u8)> {
         let (roles, name) = self.shows.get(usize::from(id))?.as_ref()?;
         Some((name.as_deref(), *roles))
+    }
+
+    /// Each exhibitor id another node holds that shows a name: the id, its
+    /// node and the name (where a room's members, or a TELL's addressee,
+    /// may be online).
+    pub(super) fn named_exhibitors(&self) -> impl Iterator<Item = (ClientId, NodeRef, &str)> {
+        let held = self.owner.iter().zip(&self.shows).enumerate();
+        held.filter(|&(id, _)| is_exhibitor_id(id as ClientId))
+            .filter_map(|(id, (node, shown))| {
+                Some((id as ClientId, (*node)?, shown.as_ref()?.1.as_deref()?))
+            })
     }
 
     fn uncount(&mut self, id: ClientId, node: NodeRef) {
@@ -496,6 +513,7 @@ impl Router {
     /// (rule 8), every relay fails, and what it knew of others is dropped
     /// until it joins again.
     pub fn fence(&mut self, now: Instant, out: &mut impl Outbox) {
+        self.room_claims_failed(now, out);
         self.shutdown(now, out);
         let sent = std::mem::take(&mut self.remote.sent);
         for (_, sent) in sent {
@@ -737,6 +755,13 @@ impl Router {
     /// Fills the nodes a request to `dest` must also go to; returns how many.
     #[inline(never)]
     pub(super) fn remote_targets(&mut self, dest: ClientId) -> usize {
+        if is_room_id(dest) {
+            let mut nodes = std::mem::take(&mut self.remote.nodes);
+            nodes.clear();
+            self.room_nodes(dest, &mut nodes);
+            self.remote.nodes = nodes;
+            return self.remote.nodes.len();
+        }
         let local = self.ids.get(dest);
         let remote = &mut self.remote;
         remote.nodes.clear();
@@ -778,6 +803,20 @@ impl Router {
             out.relay(node, relay, frame);
         }
         self.note_deadline(deadline);
+    }
+
+    /// Relays `frame` to `node` alone, as one target of `request`.
+    pub(super) fn relay_to(
+        &mut self,
+        node: NodeRef,
+        request: RequestRef,
+        frame: &FrameView<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        self.remote.nodes.clear();
+        self.remote.nodes.push(node);
+        self.relay_out(request, frame, now, out);
     }
 
     /// A request relayed from node `from`: delivered to this node's targets
@@ -866,7 +905,50 @@ impl Router {
         match origin {
             SentFor::Request(request) => self.settle(request, ok, now, out),
             SentFor::Chain(key) => self.relay_settled(key, ok, out),
+            SentFor::Waited(wait) => self.waited_away_settled(wait, ok, now, out),
         }
+    }
+
+    /// Sends node `node` the waiting message `wait` (a WAITED record);
+    /// its ACK, or its failure, settles it.
+    pub(super) fn relay_waited(
+        &mut self,
+        node: NodeRef,
+        wait: u64,
+        letter: &RemoteLetter<'_>,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let relay = self.remote.next_relay;
+        self.remote.next_relay += 1;
+        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
+        self.remote.sent.insert(
+            relay,
+            Sent {
+                node,
+                origin: SentFor::Waited(wait),
+                deadline,
+            },
+        );
+        out.waited(node, relay, letter);
+        self.note_deadline(deadline);
+    }
+
+    /// Notes relay `relay` from node `from` as being delivered to one
+    /// target here; returns its key (for [`Purpose::Relayed`]).
+    pub(super) fn receiving(&mut self, from: NodeRef, relay: u64) -> u64 {
+        let key = self.remote.next_received;
+        self.remote.next_received += 1;
+        self.remote.received.insert(
+            key,
+            Received {
+                from,
+                relay,
+                outstanding: 1,
+                any_ok: false,
+            },
+        );
+        key
     }
 
     /// One target of a relay from another node settled.

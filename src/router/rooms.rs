@@ -21,6 +21,9 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod across;
+pub use across::{RoomClaim, RoomFacts};
+
 // The rooms' part of the id space is the wire's (clients read it too).
 pub use crate::proto::ext::{ROOM_IDS, is_room_id};
 
@@ -164,6 +167,9 @@ pub(super) struct Rooms {
     /// Buffers of settled queue messages, for the next ones to be copied
     /// into (at most `SPARE_WIRES`, each of at most `SPARE_WIRE_BYTES`).
     spare_wires: Vec<Vec<u8>>,
+    /// On a node of several: the JOINs and LEAVEs the engine decides, and
+    /// which other nodes have members of each room online.
+    across: across::Across,
 }
 
 /// How many buffers of settled queue messages are kept for reuse, and the
@@ -187,6 +193,7 @@ impl Rooms {
             keep: 0,
             keep_bytes: 0,
             spare_wires: Vec::new(),
+            across: across::Across::default(),
         }
     }
 
@@ -414,6 +421,9 @@ impl Router {
         if !self.room_request_from(conn, header, now, out) {
             return;
         }
+        if self.remote.enabled {
+            return self.join_across(conn, header.seq, queue, prefetch.max(1), room, now, out);
+        }
         let answer = self.try_join(conn, queue, prefetch.max(1), room, out);
         let joined = answer.as_ref().ok().map(|&(id, ..)| id);
         self.answer_room_request(conn, header.seq, answer, now, out);
@@ -434,6 +444,9 @@ impl Router {
     ) {
         if !self.room_request_from(conn, header, now, out) {
             return;
+        }
+        if self.remote.enabled {
+            return self.leave_across(conn, header.seq, room, now, out);
         }
         let answer = self.try_leave(conn, room, now, out);
         self.answer_room_request(conn, header.seq, answer, now, out);
@@ -569,6 +582,23 @@ impl Router {
                 id
             }
         };
+        self.add_member(id, member, prefetch, true, out);
+        info!(conn, room = id, "joined");
+        Ok(room_answer(id, &self.rooms.by_id[&id]))
+    }
+
+    /// Makes `member` (lower case, not yet one) a member of room `id` with
+    /// this prefetch: its sessions online here receive the room from now on,
+    /// and it misses nothing said before. `logged`: a history records it
+    /// (a membership made through this node).
+    fn add_member(
+        &mut self,
+        id: ClientId,
+        member: Box<str>,
+        prefetch: u8,
+        logged: bool,
+        out: &mut impl Outbox,
+    ) {
         let online: Vec<ConnId> = self
             .ids
             .exhibitors
@@ -576,7 +606,7 @@ impl Router {
             .map(|&(_, c)| c)
             .filter(|&c| self.session(c).and_then(member_key) == Some(&*member))
             .collect();
-        let entry = self.rooms.by_id.get_mut(&id).expect("found or made above");
+        let entry = self.rooms.by_id.get_mut(&id).expect("an existing room");
         // A new member misses nothing said before it joined.
         let last = entry.next_number.checked_sub(1);
         if let Some(last) = last {
@@ -590,16 +620,17 @@ impl Router {
         entry.capacity.extend(online.iter().map(|_| prefetch));
         let is_online = !online.is_empty();
         entry.online.extend(online);
-        out.room_event(&RoomEvent::Joined {
-            room: id,
-            room_name: &entry.name,
-            queue,
-            online: is_online,
-            member: &member,
-        });
+        if logged {
+            out.room_event(&RoomEvent::Joined {
+                room: id,
+                room_name: &entry.name,
+                queue: entry.queue,
+                online: is_online,
+                member: &member,
+            });
+        }
         self.rooms.of_name.entry(member).or_default().push(id);
-        info!(conn, room = id, "joined");
-        Ok(room_answer(id, &self.rooms.by_id[&id]))
+        self.rooms.across.membership_changed();
     }
 
     fn try_leave(
@@ -618,20 +649,40 @@ impl Router {
             .into();
         let key = room.to_ascii_lowercase();
         let id = *self.rooms.by_key.get(&*key).ok_or(RoomCode::NotMember)?;
-        let entry = self.rooms.by_id.get_mut(&id).expect("keyed rooms exist");
-        if !entry.members.remove(&member) {
-            return Err(RoomCode::NotMember);
+        let answer = self
+            .remove_member(id, &member, true, now, out)
+            .ok_or(RoomCode::NotMember)?;
+        info!(conn, room = id, "left");
+        Ok(answer)
+    }
+
+    /// `member` (lower case) is a member of room `id` no more: its sessions
+    /// here stop receiving it (what they held goes on), and a room left
+    /// with no member is removed. Returns the ROOMACK's fields as the room
+    /// stood once the member left (None: it was not a member). `logged` as
+    /// for [`Router::add_member`].
+    fn remove_member(
+        &mut self,
+        id: ClientId,
+        member: &str,
+        logged: bool,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) -> Option<(ClientId, u8, u16, Box<str>)> {
+        let entry = self.rooms.by_id.get_mut(&id)?;
+        if !entry.members.remove(member) {
+            return None;
         }
-        entry.seen.remove(&member);
-        entry.prefetch.remove(&member);
-        out.room_event(&RoomEvent::Left {
-            room: id,
-            member: &member,
-        });
-        if let Some(list) = self.rooms.of_name.get_mut(&member) {
+        entry.seen.remove(member);
+        entry.prefetch.remove(member);
+        if logged {
+            out.room_event(&RoomEvent::Left { room: id, member });
+        }
+        self.rooms.across.membership_changed();
+        if let Some(list) = self.rooms.of_name.get_mut(member) {
             list.retain(|&r| r != id);
             if list.is_empty() {
-                self.rooms.of_name.remove(&member);
+                self.rooms.of_name.remove(member);
             }
         }
         // The name's sessions stop receiving; what they held goes on.
@@ -645,21 +696,20 @@ impl Router {
                     .get(c)
                     .and_then(Option::as_ref)
                     .and_then(member_key)
-                    == Some(&*member)
+                    == Some(member)
             })
             .collect();
         for conn in gone {
             // A member no more: LEFT says it all, no OFFLINE.
             self.room_session_gone(id, conn, None, out);
         }
-        info!(conn, room = id, "left");
         let answer = room_answer(id, &self.rooms.by_id[&id]);
         if self.rooms.by_id[&id].members.is_empty() {
             self.remove_room(id, now, out);
         } else {
             self.dispatch_queue(id, now, out);
         }
-        Ok(answer)
+        Some(answer)
     }
 
     /// Removes room `id`, which has no member left: its waiting messages
@@ -689,6 +739,12 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
+        let ack = self.room_ack(conn, seq, answer);
+        self.reply_ext(conn, seq, ack, now, out);
+    }
+
+    /// The ROOMACK that tells `conn` `answer`.
+    fn room_ack(&self, conn: ConnId, seq: u16, answer: Answer) -> ExtFrame {
         let id = self.session(conn).map_or(0, |s| s.id);
         let (code, (room, flags, members, name)) = match answer {
             Ok(fields) => (RoomCode::Done, fields),
@@ -697,7 +753,7 @@ impl Router {
         if code != RoomCode::Done {
             debug!(conn, id, code = code as u8, "room request refused");
         }
-        let ack = ExtFrame::RoomAck(RoomAck {
+        ExtFrame::RoomAck(RoomAck {
             origin: SERVER_ID,
             dest: id,
             seq,
@@ -706,8 +762,7 @@ impl Router {
             room,
             members,
             name: name.as_bytes().to_vec(),
-        });
-        self.reply_ext(conn, seq, ack, now, out);
+        })
     }
 
     // ---- sessions coming and going ----------------------------------------

@@ -6,13 +6,16 @@
 //! clock; the loop hands in the wall-clock time a message is stored at and
 //! records what it is told through [`Outbox::room_event`].
 
-use super::{ConnId, Delivery, Outbox, Purpose, RoomEvent, Router, sender};
+use super::{ConnId, Delivery, NodeRef, Outbox, Purpose, RoomEvent, Router, sender};
 use crate::proto::ext::{ExtFrame, ROLE_EMIT, RoomAck, RoomCode, Waiting as WaitingFrame};
 use crate::proto::{ClientId, Frame, FrameView, Header, SERVER_ID};
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 use tracing::{debug, info};
+
+mod across;
+pub use across::RemoteLetter;
 
 /// The bounds on what waits for one name (each a server flag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +66,9 @@ struct Letter {
     time_ms: u64,
     /// The session it was sent to and that has not answered yet.
     out_to: Option<ConnId>,
+    /// The other node it was sent to, whose answer has not come yet
+    /// (CLUSTER.md, "Rooms across nodes", TELL).
+    away: Option<NodeRef>,
 }
 
 /// What waits for one name.
@@ -124,6 +130,7 @@ impl Router {
             text: Bytes::from(letter.text),
             time_ms: letter.time_ms,
             out_to: None,
+            away: None,
         });
     }
 
@@ -180,8 +187,19 @@ impl Router {
             self.session(c)
                 .is_some_and(|s| !s.leaving && s.member_key() == Some(&*key))
         }));
-        if !targets.is_empty() {
-            self.tell_online(conn, header, &targets, text, now, out);
+        // On a node of several, its exhibitors online elsewhere too
+        // (CLUSTER.md, "Rooms across nodes", TELL).
+        let elsewhere: Vec<(ClientId, NodeRef)> = if self.remote.enabled {
+            let named = self.remote.named_exhibitors();
+            named
+                .filter(|(_, _, name)| name.eq_ignore_ascii_case(&key))
+                .map(|(id, node, _)| (id, node))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !targets.is_empty() || !elsewhere.is_empty() {
+            self.tell_online(conn, header, &targets, &elsewhere, text, now, out);
             targets.clear();
             self.targets = targets;
             return;
@@ -222,6 +240,7 @@ impl Router {
             text,
             time_ms: now_ms,
             out_to: None,
+            away: None,
         };
         let letters = self.waiting.by_name.entry(key).or_default();
         letters.bytes += letter.text.len();
@@ -242,29 +261,43 @@ impl Router {
     }
 
     /// A TELL to a name online: MSG(teller, target, the TELL's seq) to each
-    /// of its exhibitors, answered by rule 4 as a MSG.
+    /// of its exhibitors, here (`targets`) and on other nodes (`elsewhere`:
+    /// each id relayed to its node as one target), answered by rule 4 as a
+    /// MSG.
+    #[allow(clippy::too_many_arguments)]
     fn tell_online(
         &mut self,
         conn: ConnId,
         header: Header,
         targets: &[ConnId],
+        elsewhere: &[(ClientId, NodeRef)],
         text: Bytes,
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let first = self.session(targets[0]).map_or(0, |s| s.id);
+        let first = match targets.first() {
+            Some(&target) => self.session(target).map_or(0, |s| s.id),
+            None => elsewhere[0].0,
+        };
         let wire = Frame::msg(header.origin, first, header.seq, text.clone())
             .expect("a TELL's text fits a MSG")
             .to_bytes();
         let (view, _) = FrameView::parse(&wire).ok().flatten().expect("a whole MSG");
         let held = out.accepted(&view, || sender(&self.sessions, conn));
-        let waits = targets.len() as u32 + u32::from(held.is_some());
+        let waits = (targets.len() + elsewhere.len()) as u32 + u32::from(held.is_some());
         let request = self.push_reply(conn, header.seq, waits, false);
         if let Some(number) = held {
             self.hold_for_record(number, request);
         }
+        for &(id, node) in elsewhere {
+            let wire = Frame::msg(header.origin, id, header.seq, text.clone())
+                .expect("a TELL's text fits a MSG")
+                .to_bytes();
+            let (view, _) = FrameView::parse(&wire).ok().flatten().expect("a whole MSG");
+            self.relay_to(node, request, &view, now, out);
+        }
         let deadline = now + self.limits.ack_timeout;
-        if self.tellers > 0 {
+        if self.tellers > 0 && !targets.is_empty() {
             self.tell_names(targets, &[header.origin], deadline, out);
         }
         for &target in targets {
@@ -278,7 +311,9 @@ impl Router {
                 purpose: Purpose::Request(request),
             });
         }
-        self.note_deadline(deadline);
+        if !targets.is_empty() {
+            self.note_deadline(deadline);
+        }
         self.flush_replies(conn, now, out);
     }
 
@@ -299,7 +334,11 @@ impl Router {
         let Some(letters) = self.waiting.by_name.get_mut(&key) else {
             return;
         };
-        if letters.queue.iter().any(|l| l.out_to.is_some()) {
+        if letters
+            .queue
+            .iter()
+            .any(|l| l.out_to.is_some() || l.away.is_some())
+        {
             return;
         }
         let mut sending = Vec::with_capacity(letters.queue.len());
@@ -316,38 +355,54 @@ impl Router {
         }
         let deadline = now + self.limits.ack_timeout;
         for (wait, origin, name, roles, text, time_ms) in sending.iter().cloned() {
-            let session = self.session_mut(conn).expect("delivered to a live session");
-            let id = session.id;
-            let seq = session.seq.next_seq();
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                deadline,
-                purpose: Purpose::Replay,
-            });
-            out.send_ext(
-                conn,
-                &ExtFrame::Waiting(WaitingFrame {
-                    origin: SERVER_ID,
-                    dest: id,
-                    seq,
-                    time_ms,
-                }),
-            );
-            self.tell_as_said(conn, origin, name.as_deref(), roles, deadline, out);
-            let session = self.session_mut(conn).expect("delivered to a live session");
-            let seq = session.seq.next_seq();
-            out.send(
-                conn,
-                &Frame::msg(origin, id, seq, text).expect("a waiting text fits a MSG"),
-            );
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                deadline,
-                purpose: Purpose::Waited { wait },
-            });
+            let said = (origin, name.as_deref(), roles, text);
+            self.send_letter(conn, time_ms, said, Purpose::Waited { wait }, deadline, out);
         }
         debug!(conn, messages = sending.len(), "waiting messages sent");
         self.note_deadline(deadline);
+    }
+
+    /// Sends the exhibitor `conn` one waiting message, as WAITING(`time_ms`),
+    /// WHO when needed, and MSG(teller, `conn`'s id, the server's seq)
+    /// acknowledged under `purpose`.
+    fn send_letter(
+        &mut self,
+        conn: ConnId,
+        time_ms: u64,
+        (origin, name, roles, text): (ClientId, Option<&str>, u8, Bytes),
+        purpose: Purpose,
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let session = self.session_mut(conn).expect("delivered to a live session");
+        let id = session.id;
+        let seq = session.seq.next_seq();
+        session.awaiting_ack.push_back(Delivery {
+            seq,
+            deadline,
+            purpose: Purpose::Replay,
+        });
+        out.send_ext(
+            conn,
+            &ExtFrame::Waiting(WaitingFrame {
+                origin: SERVER_ID,
+                dest: id,
+                seq,
+                time_ms,
+            }),
+        );
+        self.tell_as_said(conn, origin, name, roles, deadline, out);
+        let session = self.session_mut(conn).expect("delivered to a live session");
+        let seq = session.seq.next_seq();
+        out.send(
+            conn,
+            &Frame::msg(origin, id, seq, text).expect("a waiting text fits a MSG"),
+        );
+        session.awaiting_ack.push_back(Delivery {
+            seq,
+            deadline,
+            purpose,
+        });
     }
 
     /// `conn` answered the waiting message `wait`: it is settled. Out of

@@ -9,9 +9,10 @@
 use super::Server;
 use crate::cluster::batch::{self, BatchWriter, PairRecord, Record};
 use crate::cluster::redis::{RedisConfig, RedisEngine};
-use crate::cluster::{Engine, Event, NodeId, Request};
+use crate::cluster::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome};
+use crate::proto::ext::RoomCode;
 use crate::proto::{ClientId, FrameView};
-use crate::router::{ConnId, PairNotice};
+use crate::router::{ConnId, PairNotice, RemoteLetter, RoomClaim, RoomFacts};
 use mio::Waker;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -52,6 +53,8 @@ pub(super) struct Outgoing {
     name_releases: Vec<String>,
     /// What ids this node now holds show: id, roles, name (empty: none).
     shows: Vec<(ClientId, u8, String)>,
+    /// JOINs and LEAVEs for the engine to decide.
+    room_claims: Vec<RoomClaim>,
     batches: BTreeMap<NodeId, BatchWriter>,
     /// Batches that grew past [`batch::FLUSH_AT`] within the turn.
     full: Vec<(NodeId, BatchWriter)>,
@@ -77,6 +80,10 @@ impl Outgoing {
     pub(super) fn show(&mut self, id: ClientId, roles: u8, name: Option<&str>) {
         self.shows
             .push((id, roles, name.unwrap_or_default().to_string()));
+    }
+
+    pub(super) fn room_claim(&mut self, claim: &RoomClaim) {
+        self.room_claims.push(claim.clone());
     }
 
     pub(super) fn relay(&mut self, node: NodeId, relay: u64, frame: &FrameView<'_>) {
@@ -111,6 +118,17 @@ impl Outgoing {
         }
     }
 
+    pub(super) fn waited(&mut self, node: NodeId, relay: u64, letter: &RemoteLetter<'_>) {
+        let from = self.from;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        let (stored_ms, roles, name) = (letter.stored_ms, letter.roles, letter.name);
+        batch.push_waited(relay, stored_ms, roles, name, letter.frame);
+        self.bound(node);
+    }
+
     pub(super) fn relay_ack(&mut self, node: NodeId, relay: u64, ok: bool) {
         let from = self.from;
         let batch = self
@@ -127,6 +145,7 @@ impl Outgoing {
             && self.name_claims.is_empty()
             && self.name_releases.is_empty()
             && self.shows.is_empty()
+            && self.room_claims.is_empty()
             && self.batches.is_empty()
             && self.full.is_empty()
     }
@@ -250,6 +269,11 @@ impl Server {
             } if Some(node) != cluster.node => {
                 let name = (!name.is_empty()).then_some(name.as_str());
                 self.router.remote_shown(id, node, roles, name);
+                if let Some(name) = name {
+                    // Messages waiting here for that name go to it there.
+                    self.router
+                        .remote_named(id, node, name, now, &mut self.wire);
+                }
             }
             Event::Shown { .. } => {}
             Event::NameClaimed { claim, won } => {
@@ -280,6 +304,39 @@ impl Server {
                     "cluster: batch not delivered; its relays fail"
                 );
                 self.cluster_undelivered(node, &relays, &batch);
+            }
+            Event::RoomAnswered { claim, outcome } => {
+                let outcome = outcome.map(room_answer);
+                self.router
+                    .room_answered(claim, outcome, now, &mut self.wire);
+            }
+            Event::RoomJoined {
+                id,
+                queue,
+                spelling,
+                member,
+            } => {
+                self.router
+                    .remote_room_joined(id, queue, &spelling, &member, now, &mut self.wire);
+            }
+            Event::RoomLeft { id, member } => {
+                self.router
+                    .remote_room_left(id, &member, now, &mut self.wire);
+            }
+            Event::Rooms { rooms } => {
+                let rooms: Vec<(RoomFacts, Vec<String>)> = rooms
+                    .into_iter()
+                    .map(|room| {
+                        let facts = RoomFacts {
+                            id: room.id,
+                            queue: room.queue,
+                            spelling: room.spelling,
+                            members: room.members.len() as u32,
+                        };
+                        (facts, room.members)
+                    })
+                    .collect();
+                self.router.rooms_read(&rooms, now, &mut self.wire);
             }
             Event::Fenced => self.cluster_fence(cluster),
         }
@@ -333,6 +390,22 @@ impl Server {
                     let notice = to_notice(record);
                     self.router.pair_notice(from, notice, now, &mut self.wire)
                 }
+                Record::Waited {
+                    relay,
+                    stored_ms,
+                    roles,
+                    name,
+                    frame,
+                } => {
+                    let letter = RemoteLetter {
+                        stored_ms,
+                        roles,
+                        name,
+                        frame: &frame,
+                    };
+                    self.router
+                        .waited_relayed(from, relay, &letter, now, &mut self.wire)
+                }
             }
             self.settle_dropped();
         }
@@ -347,6 +420,7 @@ impl Server {
         let name_claims = std::mem::take(&mut outgoing.name_claims);
         let name_releases = std::mem::take(&mut outgoing.name_releases);
         let shows = std::mem::take(&mut outgoing.shows);
+        let room_claims = std::mem::take(&mut outgoing.room_claims);
         let mut batches = std::mem::take(&mut outgoing.full);
         batches.extend(std::mem::take(&mut outgoing.batches));
         let now = self.wire.now;
@@ -411,6 +485,15 @@ impl Server {
                 );
             }
         }
+        // Before the batches too: a member joined here is in the other
+        // nodes' replicas before a message this turn relays to the room.
+        for claim in room_claims {
+            let (number, request) = room_request(claim);
+            if cluster.engine.submit(request).is_err() {
+                warn!("cluster: engine queue full; a JOIN or LEAVE refused");
+                self.router.room_answered(number, None, now, &mut self.wire);
+            }
+        }
         for (to, writer) in batches {
             let (batch, relays) = writer.finish();
             if let Err(Request::Publish { relays, batch, .. }) = cluster
@@ -443,6 +526,74 @@ impl Server {
                 self.router.pair_notices_failed(node, &notices, now);
             }
         }
+    }
+}
+
+/// The router's room claim as the engine's request, with its number
+/// (public for the cluster simulation, as [`to_record`]).
+pub fn room_request(claim: RoomClaim) -> (u64, Request) {
+    match claim {
+        RoomClaim::Join {
+            claim,
+            key,
+            spelling,
+            queue,
+            member,
+            may_create,
+            max_rooms,
+            room_members,
+            rooms_per_name,
+        } => {
+            let join = RoomJoin {
+                key: key.into(),
+                spelling: spelling.into(),
+                queue,
+                member: member.into(),
+                may_create,
+                max_rooms,
+                room_members,
+                rooms_per_name,
+            };
+            (claim, Request::JoinRoom { claim, join })
+        }
+        RoomClaim::Leave { claim, key, member } => (
+            claim,
+            Request::LeaveRoom {
+                claim,
+                key: key.into(),
+                member: member.into(),
+            },
+        ),
+    }
+}
+
+/// What the engine made of a JOIN or LEAVE, as the router's answer: the
+/// room, or the ROOMACK code of a refusal (PROTOCOL.md).
+pub fn room_answer(outcome: RoomOutcome) -> Result<RoomFacts, RoomCode> {
+    match outcome {
+        RoomOutcome::Joined {
+            id,
+            queue,
+            spelling,
+            members,
+        }
+        | RoomOutcome::Left {
+            id,
+            queue,
+            spelling,
+            members,
+        } => Ok(RoomFacts {
+            id,
+            queue,
+            spelling,
+            members,
+        }),
+        RoomOutcome::OtherKind => Err(RoomCode::OtherKind),
+        RoomOutcome::RoomFull => Err(RoomCode::RoomFull),
+        RoomOutcome::TooManyRooms => Err(RoomCode::TooManyRooms),
+        RoomOutcome::NoRoomId => Err(RoomCode::ServerFull),
+        RoomOutcome::NotAllowed => Err(RoomCode::NotAllowed),
+        RoomOutcome::NotMember => Err(RoomCode::NotMember),
     }
 }
 

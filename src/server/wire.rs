@@ -11,7 +11,9 @@ use super::metrics::Metrics;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
 use crate::proto::ext::ExtFrame;
 use crate::proto::{ClientId, Encode, Frame, FrameView};
-use crate::router::{CloseReason, ConnId, NodeRef, Outbox, PairNotice, RoomEvent, Sender};
+use crate::router::{
+    CloseReason, ConnId, NodeRef, Outbox, PairNotice, RemoteLetter, RoomClaim, RoomEvent, Sender,
+};
 use slab::Slab;
 use std::collections::VecDeque;
 use std::fmt;
@@ -362,6 +364,18 @@ impl Outbox for Wire {
     fn show_id(&mut self, id: ClientId, roles: u8, name: Option<&str>) {
         if let Some(outgoing) = self.cluster.as_deref_mut() {
             outgoing.show(id, roles, name);
+        }
+    }
+
+    fn room_claim(&mut self, claim: &RoomClaim) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.room_claim(claim);
+        }
+    }
+
+    fn waited(&mut self, node: NodeRef, relay: u64, letter: &RemoteLetter<'_>) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.waited(node, relay, letter);
         }
     }
 }

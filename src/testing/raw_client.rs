@@ -101,6 +101,27 @@ impl Raw {
         got
     }
 
+    /// Whether any bytes have arrived (of any frame, extension frames
+    /// included) and not yet been read. Never blocks.
+    pub fn bytes_ready(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        self.stream.set_nonblocking(true).unwrap();
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+        self.stream.set_nonblocking(false).unwrap();
+        !self.buf.is_empty()
+    }
+
     /// The next frame; fails the test on close or timeout.
     pub fn expect_frame(&mut self) -> Frame {
         self.frame_within(TIMEOUT)
