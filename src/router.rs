@@ -254,8 +254,13 @@ enum Purpose {
     Replay,
     /// WHO to an opted-in exhibitor: the ack is absorbed.
     Who,
-    /// A queue room's message given to this member session under a ticket.
-    Queued { room: ClientId, ticket: u64 },
+    /// A queue room's message, in its slot there, given to this member
+    /// session under a ticket (a slot given again has another).
+    Queued {
+        room: ClientId,
+        slot: u32,
+        ticket: u64,
+    },
     /// A message that waited for this session's name: its answer settles
     /// it (PROTOCOL.md, "Waiting messages").
     Waited { wait: u64 },
@@ -1862,8 +1867,8 @@ impl Router {
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
             Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
-            Purpose::Queued { room, ticket } => {
-                self.queue_acked(conn, room, ticket, ack.kind == Kind::Ok, now, out)
+            Purpose::Queued { room, slot, ticket } => {
+                self.queue_acked(conn, room, slot, ticket, ack.kind == Kind::Ok, now, out)
             }
             Purpose::Waited { wait } => self.waited_answered(conn, wait, out),
             Purpose::Relayed { key } => self.relay_settled(key, ack.kind == Kind::Ok, out),
@@ -2118,7 +2123,9 @@ impl Router {
                 for delivery in session.awaiting_ack {
                     match delivery.purpose {
                         Purpose::Request(request) => self.settle(request, false, now, out),
-                        Purpose::Queued { room, ticket } => self.queue_dropped(conn, room, ticket),
+                        Purpose::Queued { room, slot, ticket } => {
+                            self.queue_dropped(conn, room, slot, ticket)
+                        }
                         Purpose::Relayed { key } => self.relay_settled(key, false, out),
                         _ => {}
                     }
