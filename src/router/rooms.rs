@@ -919,22 +919,28 @@ impl Router {
         let wait = self.next_wait;
         self.next_wait += 1;
         let text = frame.text().unwrap_or_default();
+        let Router {
+            rooms, sessions, ..
+        } = &mut *self;
         out.room_event(&RoomEvent::Waiting {
             wait,
             origin: frame.origin,
             seq: frame.seq,
             room,
             to: "",
-            sender: super::sender(&self.sessions, conn),
+            sender: super::sender(sessions, conn),
             text,
             stored_ms: None,
         });
-        let entry = self.rooms.by_id.get_mut(&room).expect("checked above");
+        let entry = rooms.by_id.get_mut(&room).expect("checked above");
         entry
             .work
             .push_waiting(frame.origin, frame.seq, text, Some(request), now, wait);
+        let turn = entry.work.next_turn();
         self.note_deadline(now + self.rooms.limits.queue_wait);
-        self.dispatch_queue(room, now, out);
+        if let Some(at) = turn {
+            self.dispatch_turns(room, at, now, out);
+        }
     }
 
     /// Gives waiting messages of room `id` to free member sessions, in turn.
@@ -942,38 +948,33 @@ impl Router {
     /// is free or nothing waits: that answer costs no call.
     #[inline(always)]
     fn dispatch_queue(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
-        let turn = self.rooms.by_id.get(&id);
-        if turn.is_some_and(|r| r.queue && r.work.next_turn().is_some()) {
-            self.dispatch_turns(id, now, out);
+        let room = self.rooms.by_id.get(&id).filter(|r| r.queue);
+        if let Some(at) = room.and_then(|r| r.work.next_turn()) {
+            self.dispatch_turns(id, at, now, out);
         }
     }
 
-    /// The body of [`Router::dispatch_queue`], once a turn is due.
+    /// The body of [`Router::dispatch_queue`], from the turn of the member
+    /// session at `at` in queue room `id`.
     #[inline(never)]
-    fn dispatch_turns(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
+    fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
         let mut deadline = None;
-        loop {
+        let mut turn = Some(at);
+        while let Some(at) = turn {
             let Router {
                 rooms,
                 sessions,
                 limits,
                 ..
             } = self;
-            let Some(room) = rooms.by_id.get_mut(&id) else {
-                return;
-            };
-            if !room.queue {
-                return;
-            }
-            let Some(at) = room.work.next_turn() else {
-                return;
-            };
+            let room = rooms.by_id.get_mut(&id).expect("a queue room's turn");
             let target = room.online[at];
             let live = sessions.get(target).and_then(Option::as_ref);
             if live.is_none_or(|s| s.leaving) {
                 // Leaving or gone: passed over until it settles a message
                 // (or leaves the room, which it is about to).
                 room.work.skip(at);
+                turn = room.work.next_turn();
                 continue;
             }
             let deadline = *deadline.get_or_insert_with(|| now + limits.ack_timeout);
@@ -989,8 +990,10 @@ impl Router {
             let Router {
                 rooms, sessions, ..
             } = self;
-            let view = rooms.by_id[&id].work.view(slot, id);
+            let work = &rooms.by_id[&id].work;
+            let view = work.view(slot, id);
             out.forward(&[target], &view);
+            turn = work.next_turn();
             let session = sessions
                 .get_mut(target)
                 .and_then(Option::as_mut)
@@ -1004,6 +1007,8 @@ impl Router {
                     ticket,
                 },
             });
+        }
+        if let Some(deadline) = deadline {
             self.note_deadline(deadline);
         }
     }

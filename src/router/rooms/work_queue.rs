@@ -169,24 +169,28 @@ impl WorkQueue {
         if self.waiting.is_empty() {
             return None;
         }
+        let words = self.free.len();
         let from = if self.cursor < self.capacity.len() {
             self.cursor
         } else {
             0
         };
-        let (word, bit) = (from / 64, from % 64);
-        let first = self.free.get(word)? & (!0u64 << bit);
-        if first != 0 {
-            return Some(word * 64 + first.trailing_zeros() as usize);
+        // The cursor's word from the cursor on, the words after it, then
+        // round to the start and the cursor's word again (its bits from
+        // the cursor on are clear by then).
+        let start = from / 64;
+        let mut word = start;
+        let mut bits = *self.free.get(start)? & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            word = if word + 1 == words { 0 } else { word + 1 };
+            bits = self.free[word];
+            if word == start {
+                return (bits != 0).then(|| word * 64 + bits.trailing_zeros() as usize);
+            }
         }
-        // After the cursor's word, then round to the start (the cursor's
-        // word again: its bits from the cursor on are clear, see above).
-        let after = self.free.iter().enumerate().skip(word + 1);
-        let before = self.free.iter().enumerate().take(word + 1);
-        after
-            .chain(before)
-            .find(|&(_, &bits)| bits != 0)
-            .map(|(word, bits)| word * 64 + bits.trailing_zeros() as usize)
     }
 
     /// Gives the oldest waiting message to the member session at `at`
