@@ -438,6 +438,15 @@ struct Directory {
 }
 
 impl Session {
+    /// Whether this session needs no WHO about `id` in the directory's
+    /// `epoch`: it is no teller, or was found told of `id` then already
+    /// ([`Router::tell_names`]'s own first test, for a caller with one
+    /// target and one sender).
+    #[inline(always)]
+    fn told_of(&self, id: ClientId, epoch: u64) -> bool {
+        !self.teller || self.checked == (id, epoch)
+    }
+
     /// The name the session shows (its HELLO's, or its exhibitor's).
     fn name(&self) -> Option<&str> {
         match &self.hello {
@@ -2202,15 +2211,6 @@ impl Router {
         {
             self.everyone_told = (id, epoch, self.tellers_changed);
         }
-    }
-
-    /// Whether `target` needs no WHO about `id`: it is no teller, or was
-    /// found told of `id` in this epoch already ([`Router::tell_names`]'s
-    /// own first test, for a caller with one target and one sender).
-    #[inline(always)]
-    fn told_already(&self, target: ConnId, id: ClientId) -> bool {
-        self.session(target)
-            .is_some_and(|s| !s.teller || s.checked == (id, self.ids.epoch))
     }
 
     /// Sends the opted-in exhibitor `target` WHO(id, roles, name), numbered

@@ -958,46 +958,46 @@ impl Router {
     /// session at `at` in queue room `id`.
     #[inline(never)]
     fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
-        let mut deadline = None;
+        let deadline = now + self.limits.ack_timeout;
+        let mut given = false;
+        // Set once the session of this turn was told the sender's name.
+        let mut told = false;
         let mut turn = Some(at);
         while let Some(at) = turn {
             let Router {
                 rooms,
                 sessions,
-                limits,
+                ids,
+                tellers,
                 ..
             } = self;
             let room = rooms.by_id.get_mut(&id).expect("a queue room's turn");
             let target = room.online[at];
-            let live = sessions.get(target).and_then(Option::as_ref);
-            if live.is_none_or(|s| s.leaving) {
+            let live = sessions.get_mut(target).and_then(Option::as_mut);
+            let Some(session) = live.filter(|s| !s.leaving) else {
                 // Leaving or gone: passed over until it settles a message
                 // (or leaves the room, which it is about to).
                 room.work.skip(at);
                 turn = room.work.next_turn();
+                told = false;
+                continue;
+            };
+            let origin = room.work.next_origin();
+            if *tellers > 0 && !told && !session.told_of(origin, ids.epoch) {
+                // Rare (a sender this session was not found told about):
+                // the WHO goes first, then the same turn again.
+                self.tell_names(&[target], &[origin], deadline, out);
+                told = true;
                 continue;
             }
-            let deadline = *deadline.get_or_insert_with(|| now + limits.ack_timeout);
+            told = false;
             let ticket = rooms.next_ticket;
             rooms.next_ticket += 1;
             // The message is held before it goes out, and goes out from
             // where it is held: no copy of it is made.
             let slot = room.work.give(at, ticket);
-            let origin = room.work.origin(slot);
-            if self.tellers > 0 && !self.told_already(target, origin) {
-                self.tell_names(&[target], &[origin], deadline, out);
-            }
-            let Router {
-                rooms, sessions, ..
-            } = self;
-            let work = &rooms.by_id[&id].work;
-            let view = work.view(slot, id);
+            let view = room.work.view(slot, id);
             out.forward(&[target], &view);
-            turn = work.next_turn();
-            let session = sessions
-                .get_mut(target)
-                .and_then(Option::as_mut)
-                .expect("free sessions are live");
             session.awaiting_ack.push_back(Delivery {
                 seq: view.seq,
                 deadline,
@@ -1007,8 +1007,10 @@ impl Router {
                     ticket,
                 },
             });
+            given = true;
+            turn = room.work.next_turn();
         }
-        if let Some(deadline) = deadline {
+        if given {
             self.note_deadline(deadline);
         }
     }

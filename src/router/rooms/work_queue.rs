@@ -209,9 +209,11 @@ impl WorkQueue {
         slot
     }
 
-    /// Who sent the message in `slot`.
-    pub(super) fn origin(&self, slot: u32) -> ClientId {
-        self.slots[slot as usize].origin
+    /// Who sent the oldest waiting message (0: none waits).
+    pub(super) fn next_origin(&self) -> ClientId {
+        self.waiting
+            .front()
+            .map_or(0, |&slot| self.slots[slot as usize].origin)
     }
 
     /// The MSG in `slot`, to the room `room`, as it arrived.
