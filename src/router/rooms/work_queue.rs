@@ -407,3 +407,110 @@ impl WorkQueue {
         self.vacant.push(slot);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue of `places` member sessions each holding up to `capacity`,
+    /// with messages "0", "1", … waiting (origin 1, seq = the number).
+    fn queue(places: usize, capacity: u8, messages: u16) -> WorkQueue {
+        let mut work = WorkQueue::default();
+        for _ in 0..places {
+            work.add_place(capacity);
+        }
+        let now = Instant::now();
+        for n in 0..messages {
+            work.push_waiting(1, n, n.to_string().as_bytes(), None, now, u64::from(n));
+        }
+        work
+    }
+
+    /// Gives turns until none is due; returns (place, seq) of each.
+    fn turns(work: &mut WorkQueue, ticket: &mut u64) -> Vec<(usize, u16)> {
+        let mut given = Vec::new();
+        while let Some(at) = work.next_turn() {
+            *ticket += 1;
+            let slot = work.give(at, *ticket);
+            given.push((at, work.view(slot, 9).seq));
+        }
+        given
+    }
+
+    #[test]
+    fn the_turn_goes_round_from_the_cursor_across_bitset_words() {
+        let mut work = queue(130, 1, 200);
+        let mut ticket = 0;
+        let given = turns(&mut work, &mut ticket);
+        let expected: Vec<(usize, u16)> = (0..130).map(|at| (at, at as u16)).collect();
+        assert_eq!(given, expected, "one each, in place order");
+        assert_eq!((work.held(), work.waiting_len()), (130, 70));
+        // Places 100 and 5 settle (the cursor is past the end): the turn
+        // wraps to 5 first, then goes on to 100.
+        let slot_of = |work: &WorkQueue, seq: u16| {
+            (0..work.slots.len() as u32)
+                .find(|&s| {
+                    work.slots[s as usize].since.is_some() && work.slots[s as usize].seq == seq
+                })
+                .expect("a message in a slot")
+        };
+        let (s100, s5) = (slot_of(&work, 100), slot_of(&work, 5));
+        assert!(work.settle(s100, 101).is_some());
+        assert!(work.settle(s5, 6).is_some());
+        assert_eq!(turns(&mut work, &mut ticket), vec![(5, 130), (100, 131)]);
+        work.check(130).expect("counts agree");
+    }
+
+    #[test]
+    fn a_session_that_leaves_passes_on_what_it_held_in_the_order_given() {
+        let mut work = queue(2, 3, 5);
+        let mut ticket = 0;
+        // Round robin, one at a time: 0 gets 0, 2, 4; 1 gets 1, 3.
+        let given = turns(&mut work, &mut ticket);
+        assert_eq!(given, vec![(0, 0), (1, 1), (0, 2), (1, 3), (0, 4)]);
+        let since = work.remove_place(0);
+        assert!(since.is_some());
+        let order: Vec<u16> = work.messages().map(|(_, _, seq, _)| seq).collect();
+        assert_eq!(
+            order,
+            vec![1, 3, 0, 2, 4],
+            "held by 1, then 0's back in front"
+        );
+        // The former place 1 is place 0 now, with room for one more.
+        assert_eq!(turns(&mut work, &mut ticket), vec![(0, 0)]);
+        work.check(1).expect("counts agree");
+    }
+
+    #[test]
+    fn an_ack_for_a_message_passed_on_settles_nothing() {
+        let mut work = queue(2, 1, 1);
+        let slot = work.give(0, 7);
+        assert_eq!(work.drop_holder_of(slot, 6), None, "another ticket");
+        assert!(work.drop_holder_of(slot, 7).is_some());
+        assert!(work.settle(slot, 7).is_none(), "passed on");
+        let again = work.give(1, 8);
+        assert_eq!(again, slot, "the same message, given again");
+        assert!(work.settle(slot, 7).is_none(), "the first holder's ticket");
+        let settled = work
+            .settle(slot, 8)
+            .map(|(wait, request)| (wait, request.is_none()));
+        assert_eq!(settled, Some((0, true)));
+        assert_eq!((work.held(), work.waiting_len()), (0, 0));
+        work.check(2).expect("counts agree");
+    }
+
+    #[test]
+    fn a_skipped_session_takes_turns_again_once_it_settles_one() {
+        let mut work = queue(2, 2, 4);
+        let mut ticket = 0;
+        work.skip(0);
+        assert_eq!(turns(&mut work, &mut ticket), vec![(1, 0), (1, 1)]);
+        let slot = (0..work.slots.len() as u32)
+            .find(|&s| work.slots[s as usize].seq == 0)
+            .expect("message 0");
+        assert!(work.settle(slot, 1).is_some());
+        // Place 1 has room again, and the turn is past it: round to 0,
+        // which is still passed over (it settled nothing), then 1.
+        assert_eq!(turns(&mut work, &mut ticket), vec![(1, 2)]);
+    }
+}
