@@ -426,6 +426,27 @@ impl<'a> FrameView<'a> {
         Ok(Some((view, len)))
     }
 
+    /// A MSG made of its fields, as [`Frame::msg`] makes an owned one: for
+    /// a message held by the server and sent on as it arrived, without
+    /// keeping its bytes in wire order or parsing them again.
+    pub fn msg(
+        origin: ClientId,
+        dest: ClientId,
+        seq: u16,
+        text: &'a [u8],
+    ) -> Result<FrameView<'a>, EncodeError> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(EncodeError::TextTooLong(text.len()));
+        }
+        Ok(FrameView {
+            kind: Kind::Msg,
+            origin,
+            dest,
+            seq,
+            body: text,
+        })
+    }
+
     /// The text of a MSG, if this is one.
     pub fn text(&self) -> Option<&'a [u8]> {
         (self.kind == Kind::Msg).then_some(self.body)

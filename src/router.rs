@@ -261,8 +261,13 @@ enum Purpose {
     Replay,
     /// WHO to an opted-in exhibitor: the ack is absorbed.
     Who,
-    /// A queue room's message given to this member session under a ticket.
-    Queued { room: ClientId, ticket: u64 },
+    /// A queue room's message, in its slot there, given to this member
+    /// session under a ticket (a slot given again has another).
+    Queued {
+        room: ClientId,
+        slot: u32,
+        ticket: u64,
+    },
     /// A message that waited for this session's name: its answer settles
     /// it (PROTOCOL.md, "Waiting messages").
     Waited { wait: u64 },
@@ -440,6 +445,15 @@ struct Directory {
 }
 
 impl Session {
+    /// Whether this session needs no WHO about `id` in the directory's
+    /// `epoch`: it is no teller, or was found told of `id` then already
+    /// ([`Router::tell_names`]'s own first test, for a caller with one
+    /// target and one sender).
+    #[inline(always)]
+    fn told_of(&self, id: ClientId, epoch: u64) -> bool {
+        !self.teller || self.checked == (id, epoch)
+    }
+
     /// The name the session shows (its HELLO's, or its exhibitor's).
     fn name(&self) -> Option<&str> {
         match &self.hello {
@@ -1875,8 +1889,8 @@ impl Router {
         match delivery.purpose {
             Purpose::Farewell => self.close(conn, CloseReason::Dismissed, now, out),
             Purpose::Request(request) => self.settle(request, ack.kind == Kind::Ok, now, out),
-            Purpose::Queued { room, ticket } => {
-                self.queue_acked(conn, room, ticket, ack.kind == Kind::Ok, now, out)
+            Purpose::Queued { room, slot, ticket } => {
+                self.queue_acked(conn, room, slot, ticket, ack.kind == Kind::Ok, now, out)
             }
             Purpose::Waited { wait } => self.waited_answered(conn, wait, out),
             Purpose::Relayed { key } => self.relay_settled(key, ack.kind == Kind::Ok, out),
@@ -2131,7 +2145,9 @@ impl Router {
                 for delivery in session.awaiting_ack {
                     match delivery.purpose {
                         Purpose::Request(request) => self.settle(request, false, now, out),
-                        Purpose::Queued { room, ticket } => self.queue_dropped(conn, room, ticket),
+                        Purpose::Queued { room, slot, ticket } => {
+                            self.queue_dropped(conn, room, slot, ticket)
+                        }
                         Purpose::Relayed { key } => self.relay_settled(key, false, out),
                         _ => {}
                     }
@@ -2208,15 +2224,6 @@ impl Router {
         {
             self.everyone_told = (id, epoch, self.tellers_changed);
         }
-    }
-
-    /// Whether `target` needs no WHO about `id`: it is no teller, or was
-    /// found told of `id` in this epoch already ([`Router::tell_names`]'s
-    /// own first test, for a caller with one target and one sender).
-    #[inline(always)]
-    fn told_already(&self, target: ConnId, id: ClientId) -> bool {
-        self.session(target)
-            .is_some_and(|s| !s.teller || s.checked == (id, self.ids.epoch))
     }
 
     /// Sends the opted-in exhibitor `target` WHO(id, roles, name), numbered

@@ -280,8 +280,7 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
                 let name = format!("relay{i}");
                 let (id, rest) = evchat::identify_named(&mut stream, &name)?;
                 session.own_id = id;
-                let queue = (plan.mode == Mode::Queue).then_some(plan.prefetch);
-                room = evchat::join_room(plan.addr, id, queue)?;
+                exhibitor_ids.push(id);
                 rest
             }
             Target::Evchat => {
@@ -307,6 +306,18 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
             t => unreachable!("{t:?} is not a plain target"),
         };
         conns.push(stream.into_conn(leftover, session)?);
+    }
+    // The members' joining emitters (kept open for the run) come after all
+    // the members, as a broadcast's publishers come after its subscribers:
+    // opened between them, each idle emitter sat between two members in
+    // the server's memory, and a room of 100 spent about 8 ns a delivery
+    // more than the broadcast on that layout alone (BENCHMARKS.md, "Ninth
+    // round").
+    if in_room {
+        let queue = (plan.mode == Mode::Queue).then_some(plan.prefetch);
+        for &id in &exhibitor_ids {
+            room = evchat::join_room(plan.addr, id, queue)?;
+        }
     }
     let mut opener = Opener::new(plan.target, plan.addr, plan.emitters);
     for i in 0..plan.emitters {

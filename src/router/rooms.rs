@@ -9,17 +9,19 @@
 //! the name rule by the caller.
 
 use super::{
-    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, RequestRef, Role, RoomEvent, Router, Sender,
-    Session,
+    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, Role, RoomEvent, Router, Sender, Session,
 };
 use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
 };
-use crate::proto::{ClientId, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID};
+use crate::proto::{ClientId, Frame, FrameView, Header, Kind, MAX_TEXT_LEN, SERVER_ID};
 use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
+use work_queue::WorkQueue;
+
+mod work_queue;
 
 mod across;
 pub use across::{RoomClaim, RoomFacts};
@@ -58,18 +60,6 @@ impl Default for RoomLimits {
     }
 }
 
-/// A queue message not yet acknowledged: its bytes as they arrived, the
-/// request its emitter's reply settles (none for one recovered from
-/// history: its emitter is gone), when it arrived (the wait bound runs from
-/// then, redeliveries included), and the number a history records it by.
-#[derive(Debug, Clone)]
-struct Queued {
-    wire: Vec<u8>,
-    request: Option<RequestRef>,
-    since: Instant,
-    wait: u64,
-}
-
 /// A room message as a history recovered it: (number, origin, sender's
 /// name, roles, text).
 pub type RecalledMessage = (u64, ClientId, Option<String>, u8, Vec<u8>);
@@ -91,15 +81,6 @@ pub struct RecalledRoom {
     pub waiting: Vec<(u64, ClientId, u16, Vec<u8>)>,
 }
 
-/// A queue message a member session holds, under a ticket that its
-/// delivery carries: a delivery whose ticket no longer matches (the message
-/// was passed on) settles nothing.
-#[derive(Debug)]
-struct Held {
-    ticket: u64,
-    msg: Queued,
-}
-
 #[derive(Debug)]
 struct Room {
     /// The spelling of the JOIN that created it.
@@ -110,23 +91,12 @@ struct Room {
     /// Member sessions online (opted-in exhibitors showing a member name),
     /// in the order they came online: the queue's turn goes round them.
     online: Vec<ConnId>,
-    /// Where the queue's next turn starts in `online`.
-    cursor: usize,
-    /// The messages each member session holds (queue rooms), oldest first,
-    /// by the session's place in `online`: a turn scans no hash table.
-    holding: Vec<VecDeque<Held>>,
-    /// How many messages each member session may hold (its name's
-    /// prefetch), by its place in `online`.
-    capacity: Vec<u8>,
-    /// How many messages `holding` holds in all.
-    held: usize,
-    /// How many member sessions hold their capacity: when all do, a new
-    /// message only waits (no scan).
-    full: usize,
+    /// A queue room's messages, waiting or held, and what each session of
+    /// `online` holds and may hold, by its place there (every room keeps
+    /// the places; only a queue room has messages).
+    work: WorkQueue,
     /// Member names that asked a prefetch other than 1 (queue rooms).
     prefetch: HashMap<Box<str>, u8>,
-    /// Messages waiting for a member session, oldest first (queue rooms).
-    waiting: VecDeque<Queued>,
     /// What the room said lately, oldest first, numbered (ordinary rooms,
     /// with history only): a member back from away is sent what it missed.
     kept: VecDeque<(u64, Said)>,
@@ -164,20 +134,10 @@ pub(super) struct Rooms {
     /// server keeps no history), and the output bytes they may take.
     keep: usize,
     keep_bytes: usize,
-    /// Buffers of settled queue messages, for the next ones to be copied
-    /// into (at most `SPARE_WIRES`, each of at most `SPARE_WIRE_BYTES`).
-    spare_wires: Vec<Vec<u8>>,
     /// On a node of several: the JOINs and LEAVEs the engine decides, and
     /// which other nodes have members of each room online.
     across: across::Across,
 }
-
-/// How many buffers of settled queue messages are kept for reuse, and the
-/// largest kept: as many as an emitter's window of short messages (a turn
-/// may read a whole window), together at most 256 KiB, so a burst of long
-/// messages leaves no large buffers behind.
-const SPARE_WIRES: usize = 1024;
-const SPARE_WIRE_BYTES: usize = 256;
 
 impl Rooms {
     pub(super) fn new(limits: RoomLimits) -> Rooms {
@@ -192,17 +152,7 @@ impl Rooms {
             next_ticket: 0,
             keep: 0,
             keep_bytes: 0,
-            spare_wires: Vec::new(),
             across: across::Across::default(),
-        }
-    }
-
-    /// Keeps a settled queue message's buffer for the next one, if it is
-    /// small and the spares are not all there.
-    fn give_back(&mut self, mut wire: Vec<u8>) {
-        if wire.capacity() <= SPARE_WIRE_BYTES && self.spare_wires.len() < SPARE_WIRES {
-            wire.clear();
-            self.spare_wires.push(wire);
         }
     }
 
@@ -229,8 +179,8 @@ impl Rooms {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.by_id
             .values()
-            .filter_map(|r| r.waiting.front())
-            .map(|q| q.since + self.limits.queue_wait)
+            .filter_map(|r| r.work.oldest_since())
+            .map(|since| since + self.limits.queue_wait)
             .min()
     }
 }
@@ -303,23 +253,19 @@ impl Router {
         }
         for (wait, origin, seq, text) in recalled.waiting {
             self.next_wait = self.next_wait.max(wait + 1);
-            let msg = Frame::msg(origin, recalled.id, seq, Bytes::from(text))
-                .expect("a recalled text fits a MSG");
-            room.waiting.push_back(Queued {
-                wire: msg.to_bytes().to_vec(),
-                request: None,
-                since: now,
-                wait,
-            });
+            // A history records what came in a MSG: a longer text would
+            // fail later, at its turn, so it fails here.
+            assert!(text.len() <= MAX_TEXT_LEN, "a recalled text fits a MSG");
+            room.work.push_waiting(origin, seq, &text, None, now, wait);
         }
-        if !room.waiting.is_empty() {
+        if room.work.waiting_len() > 0 {
             self.note_deadline(now + self.rooms.limits.queue_wait);
         }
         info!(
             room = recalled.id,
             members = room.members.len(),
             kept = room.kept.len(),
-            waiting = room.waiting.len(),
+            waiting = room.work.waiting_len(),
             "room recalled from history"
         );
         self.rooms.by_key.insert(key, recalled.id);
@@ -373,22 +319,18 @@ impl Router {
                     });
                 }
             }
-            let held = room.holding.iter().flatten().map(|h| &h.msg);
-            for msg in held.chain(&room.waiting) {
-                let Ok(Some((view, _))) = FrameView::parse(&msg.wire) else {
-                    continue;
-                };
+            for (wait, origin, seq, text) in room.work.messages() {
                 emit(&RoomEvent::Waiting {
-                    wait: msg.wait,
-                    origin: view.origin,
-                    seq: view.seq,
+                    wait,
+                    origin,
+                    seq,
                     room: id,
                     to: "",
                     sender: Sender {
                         name: None,
                         roles: 0,
                     },
-                    text: view.text().unwrap_or_default(),
+                    text,
                     stored_ms: None,
                 });
             }
@@ -616,8 +558,9 @@ impl Router {
         if prefetch != 1 {
             entry.prefetch.insert(member.clone(), prefetch);
         }
-        entry.holding.extend(online.iter().map(|_| VecDeque::new()));
-        entry.capacity.extend(online.iter().map(|_| prefetch));
+        for _ in &online {
+            entry.work.add_place(prefetch);
+        }
         let is_online = !online.is_empty();
         entry.online.extend(online);
         if logged {
@@ -721,10 +664,9 @@ impl Router {
         self.rooms.by_key.remove(&*room.name.to_ascii_lowercase());
         self.rooms.free_ids.insert(id);
         info!(room = id, "room gone: no member left");
-        let held = room.holding.into_iter().flatten().map(|h| h.msg);
-        for msg in held.chain(room.waiting) {
-            out.room_event(&RoomEvent::Settled { wait: msg.wait });
-            if let Some(request) = msg.request {
+        for (wait, request) in room.work.into_answers() {
+            out.room_event(&RoomEvent::Settled { wait });
+            if let Some(request) = request {
                 self.settle(request, false, now, out);
             }
         }
@@ -797,9 +739,8 @@ impl Router {
                         == Some(key.as_str())
                 });
                 room.online.push(conn);
-                room.holding.push(VecDeque::new());
-                room.capacity
-                    .push(room.prefetch.get(key.as_str()).copied().unwrap_or(1));
+                let prefetch = room.prefetch.get(key.as_str()).copied().unwrap_or(1);
+                room.work.add_place(prefetch);
                 self.catch_up(id, conn, now, out);
                 if first {
                     out.room_event(&RoomEvent::Online {
@@ -996,15 +937,8 @@ impl Router {
                 out.room_event(&RoomEvent::Offline { room: id, member });
             }
         }
-        if room.cursor > at {
-            room.cursor -= 1;
-        }
-        if room.is_full(at) {
-            room.full -= 1;
-        }
-        room.capacity.remove(at);
-        let held = room.holding.remove(at);
-        if let Some(due) = room.pass_on(held, queue_wait) {
+        if let Some(since) = room.work.remove_place(at) {
+            let due = since + queue_wait;
             debug!(conn, room = id, "queue messages passed on");
             // Regression (tests/room_rules.rs): without it a message passed
             // on by a session closed at a tick waited past its bound, since
@@ -1031,7 +965,7 @@ impl Router {
             .rooms
             .by_id
             .get(&room)
-            .is_none_or(|r| r.waiting.len() >= depth);
+            .is_none_or(|r| r.work.waiting_len() >= depth);
         if full {
             debug!(conn, room, "queue full: refused");
             self.push_reply(conn, frame.seq, 0, false);
@@ -1041,112 +975,112 @@ impl Router {
         let request = self.push_reply(conn, frame.seq, 1, false);
         let wait = self.next_wait;
         self.next_wait += 1;
-        // The MSG as it arrived, in a buffer a settled message gave back
-        // when there is one: a queue message costs no allocation then.
         let text = frame.text().unwrap_or_default();
-        let mut wire = self.rooms.spare_wires.pop().unwrap_or_default();
-        wire.reserve(HEADER_LEN + 2 + text.len());
-        for field in [Kind::Msg as u16, frame.origin, frame.dest, frame.seq] {
-            wire.extend_from_slice(&field.to_be_bytes());
-        }
-        wire.extend_from_slice(&(text.len() as u16).to_be_bytes());
-        wire.extend_from_slice(text);
+        let Router {
+            rooms, sessions, ..
+        } = &mut *self;
         out.room_event(&RoomEvent::Waiting {
             wait,
             origin: frame.origin,
             seq: frame.seq,
             room,
             to: "",
-            sender: super::sender(&self.sessions, conn),
+            sender: super::sender(sessions, conn),
             text,
             stored_ms: None,
         });
-        let msg = Queued {
-            wire,
-            request: Some(request),
-            since: now,
-            wait,
-        };
-        let entry = self.rooms.by_id.get_mut(&room).expect("checked above");
-        entry.waiting.push_back(msg);
+        let entry = rooms.by_id.get_mut(&room).expect("checked above");
+        entry
+            .work
+            .push_waiting(frame.origin, frame.seq, text, Some(request), now, wait);
+        let turn = entry.work.next_turn();
         self.note_deadline(now + self.rooms.limits.queue_wait);
-        self.dispatch_queue(room, now, out);
+        if let Some(at) = turn {
+            self.dispatch_turns(room, at, now, out);
+        }
     }
 
     /// Gives waiting messages of room `id` to free member sessions, in turn.
+    /// Every arrival and every acknowledgement asks, and often no session
+    /// is free or nothing waits: that answer costs no call.
+    #[inline(always)]
     fn dispatch_queue(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
-        let mut deadline = None;
-        loop {
+        let room = self.rooms.by_id.get(&id).filter(|r| r.queue);
+        if let Some(at) = room.and_then(|r| r.work.next_turn()) {
+            self.dispatch_turns(id, at, now, out);
+        }
+    }
+
+    /// The body of [`Router::dispatch_queue`], from the turn of the member
+    /// session at `at` in queue room `id`.
+    #[inline(never)]
+    fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
+        let deadline = now + self.limits.ack_timeout;
+        let mut given = false;
+        // Set once the session of this turn was told the sender's name.
+        let mut told = false;
+        let mut turn = Some(at);
+        while let Some(at) = turn {
             let Router {
                 rooms,
                 sessions,
-                limits,
+                ids,
+                tellers,
                 ..
             } = self;
-            let Some(room) = rooms.by_id.get_mut(&id) else {
-                return;
-            };
-            if room.waiting.is_empty() || !room.queue {
-                return;
-            }
-            let n = room.online.len();
-            if room.full == n {
-                return;
-            }
-            // The first free member session from the cursor on, round.
-            let free = (room.cursor..n)
-                .chain(0..room.cursor)
-                .find(|&at| room.is_free(at, sessions));
-            let Some(at) = free else {
-                return;
-            };
+            let room = rooms.by_id.get_mut(&id).expect("a queue room's turn");
             let target = room.online[at];
-            room.cursor = if at + 1 == n { 0 } else { at + 1 };
-            let deadline = *deadline.get_or_insert_with(|| now + limits.ack_timeout);
+            let live = sessions.get_mut(target).and_then(Option::as_mut);
+            let Some(session) = live.filter(|s| !s.leaving) else {
+                // Leaving or gone: passed over until it settles a message
+                // (or leaves the room, which it is about to).
+                room.work.skip(at);
+                turn = room.work.next_turn();
+                told = false;
+                continue;
+            };
+            let origin = room.work.next_origin();
+            if *tellers > 0 && !told && !session.told_of(origin, ids.epoch) {
+                // Rare (a sender this session was not found told about):
+                // the WHO goes first, then the same turn again.
+                self.tell_names(&[target], &[origin], deadline, out);
+                told = true;
+                continue;
+            }
+            told = false;
             let ticket = rooms.next_ticket;
             rooms.next_ticket += 1;
-            let msg = room.waiting.pop_front().expect("checked non-empty");
-            let origin = u16::from_be_bytes([msg.wire[2], msg.wire[3]]);
-            if self.tellers > 0 && !self.told_already(target, origin) {
-                self.tell_names(&[target], &[origin], deadline, out);
-            }
             // The message is held before it goes out, and goes out from
             // where it is held: no copy of it is made.
-            let Router {
-                rooms, sessions, ..
-            } = self;
-            let room = rooms.by_id.get_mut(&id).expect("found above");
-            room.holding[at].push_back(Held { ticket, msg });
-            room.held += 1;
-            if room.is_full(at) {
-                room.full += 1;
-            }
-            let held = room.holding[at].back().expect("pushed above");
-            let (view, _) = FrameView::parse(&held.msg.wire)
-                .ok()
-                .flatten()
-                .expect("a queued MSG was a whole frame");
+            let slot = room.work.give(at, ticket);
+            let view = room.work.view(slot, id);
             out.forward(&[target], &view);
-            let seq = view.seq;
-            let session = sessions
-                .get_mut(target)
-                .and_then(Option::as_mut)
-                .expect("free sessions are live");
             session.awaiting_ack.push_back(Delivery {
-                seq,
+                seq: view.seq,
                 deadline,
-                purpose: Purpose::Queued { room: id, ticket },
+                purpose: Purpose::Queued {
+                    room: id,
+                    slot,
+                    ticket,
+                },
             });
+            given = true;
+            turn = room.work.next_turn();
+        }
+        if given {
             self.note_deadline(deadline);
         }
     }
 
-    /// `conn` acknowledged the queue message it was given under `ticket`:
-    /// its emitter's reply settles and the session is free for the next.
+    /// `conn` acknowledged the queue message in `slot` it was given under
+    /// `ticket`: its emitter's reply settles and the session is free for
+    /// the next.
+    #[allow(clippy::too_many_arguments)] // the delivery's three fields
     pub(super) fn queue_acked(
         &mut self,
         conn: ConnId,
         id: ClientId,
+        slot: u32,
         ticket: u64,
         ok: bool,
         now: Instant,
@@ -1155,55 +1089,33 @@ impl Router {
         let Some(room) = self.rooms.by_id.get_mut(&id) else {
             return;
         };
-        let Some(at) = room.online.iter().position(|&c| c == conn) else {
-            return; // passed on already (the session left the room)
+        let Some((wait, request)) = room.work.settle(slot, ticket) else {
+            debug!(
+                conn,
+                room = id,
+                "acknowledged a queue message passed on already"
+            );
+            return;
         };
-        // Rule 4 settles the oldest delivery first, so the ticket is the
-        // oldest held but one passed on and given to it again since.
-        let Some(place) = room.holding[at].iter().position(|h| h.ticket == ticket) else {
-            return; // passed on already, and given to it again since
-        };
-        let was_full = room.is_full(at);
-        let held = if place == 0 {
-            room.holding[at].pop_front()
-        } else {
-            room.holding[at].remove(place)
-        };
-        let held = held.expect("found above");
-        room.held -= 1;
-        if was_full && !room.is_full(at) {
-            room.full -= 1;
-        }
-        out.room_event(&RoomEvent::Settled {
-            wait: held.msg.wait,
-        });
-        self.rooms.give_back(held.msg.wire);
-        if let Some(request) = held.msg.request {
+        out.room_event(&RoomEvent::Settled { wait });
+        if let Some(request) = request {
             self.settle(request, ok, now, out);
         }
         self.dispatch_queue(id, now, out);
     }
 
-    /// A delivery of room `id` under `ticket` failed with `conn`'s end:
-    /// every message the session holds of the room goes back to wait for
-    /// the next member session, in arrival order (the later deliveries of
-    /// the same end then find nothing left to pass on).
-    pub(super) fn queue_dropped(&mut self, conn: ConnId, id: ClientId, ticket: u64) {
+    /// A delivery of room `id` in `slot` under `ticket` failed with `conn`'s
+    /// end: every message the session holds of the room goes back to wait
+    /// for the next member session, in the order it was given them (the
+    /// later deliveries of the same end then find nothing left to pass on).
+    pub(super) fn queue_dropped(&mut self, conn: ConnId, id: ClientId, slot: u32, ticket: u64) {
         let queue_wait = self.rooms.limits.queue_wait;
         let Some(room) = self.rooms.by_id.get_mut(&id) else {
             return;
         };
-        let Some(at) = room.online.iter().position(|&c| c == conn) else {
-            return;
-        };
-        if room.holding[at].iter().any(|h| h.ticket == ticket) {
-            if room.is_full(at) {
-                room.full -= 1;
-            }
-            let held = std::mem::take(&mut room.holding[at]);
-            if let Some(due) = room.pass_on(held, queue_wait) {
-                self.note_deadline(due);
-            }
+        if let Some(since) = room.work.drop_holder_of(slot, ticket) {
+            debug!(conn, room = id, "queue messages passed on");
+            self.note_deadline(since + queue_wait);
         }
     }
 
@@ -1212,10 +1124,9 @@ impl Router {
     pub(super) fn expire_queues(&mut self, now: Instant, out: &mut impl Outbox) {
         let wait = self.rooms.limits.queue_wait;
         let mut expired = Vec::new();
-        for room in self.rooms.by_id.values_mut() {
-            while room.waiting.front().is_some_and(|q| q.since + wait <= now) {
-                let msg = room.waiting.pop_front().expect("checked");
-                expired.push((msg.wait, msg.request));
+        if let Some(before) = now.checked_sub(wait) {
+            for room in self.rooms.by_id.values_mut() {
+                room.work.expire(before, &mut expired);
             }
         }
         if !expired.is_empty() {
@@ -1234,7 +1145,7 @@ impl Router {
     #[cfg(feature = "testing")]
     pub fn queue_load(&self, id: ClientId) -> Option<(usize, usize)> {
         let room = self.rooms.by_id.get(&id)?;
-        Some((room.waiting.len(), room.held))
+        Some((room.work.waiting_len(), room.work.held()))
     }
 
     /// The rooms' part of [`Router::check_invariants`].
@@ -1262,18 +1173,15 @@ impl Router {
                     return Err(format!("room {id} lists conn {c}, no member session"));
                 }
             }
-            if room.holding.len() != room.online.len()
-                || room.capacity.len() != room.online.len()
-                || room.held != room.holding.iter().flatten().count()
-                || room.full
-                    != (0..room.online.len())
-                        .filter(|&at| room.is_full(at))
-                        .count()
-            {
-                return Err(format!("room {id}: held messages miscounted"));
-            }
-            if room.capacity.contains(&0) {
-                return Err(format!("room {id}: a member session may hold nothing"));
+            room.work
+                .check(room.online.len())
+                .map_err(|e| format!("room {id}: {e}"))?;
+            // Only a leaving or gone session is passed over with room left.
+            for (at, &c) in room.online.iter().enumerate() {
+                let live = self.session(c).is_some_and(|s| !s.leaving);
+                if room.queue && live && room.work.has_room(at) && !room.work.is_free(at) {
+                    return Err(format!("room {id}: conn {c} has room but is passed over"));
+                }
             }
         }
         for (name, ids) in &rooms.of_name {
@@ -1294,47 +1202,13 @@ impl Room {
             queue,
             members: BTreeSet::new(),
             online: Vec::new(),
-            cursor: 0,
-            holding: Vec::new(),
-            capacity: Vec::new(),
-            held: 0,
-            full: 0,
+            work: WorkQueue::default(),
             prefetch: HashMap::new(),
-            waiting: VecDeque::new(),
             kept: VecDeque::new(),
             kept_bytes: 0,
             next_number: 0,
             seen: HashMap::new(),
         }
-    }
-
-    /// Whether the member session at `at` in `online` may be given a
-    /// message: it holds fewer than it may, and is not leaving.
-    #[inline(always)]
-    fn is_free(&self, at: usize, sessions: &[Option<Session>]) -> bool {
-        !self.is_full(at)
-            && sessions
-                .get(self.online[at])
-                .and_then(Option::as_ref)
-                .is_some_and(|s| !s.leaving)
-    }
-
-    /// Whether the member session at `at` in `online` holds as many
-    /// messages as it may.
-    fn is_full(&self, at: usize) -> bool {
-        self.holding[at].len() >= usize::from(self.capacity[at])
-    }
-
-    /// Messages a member session held go back to the front of the waiting
-    /// line, in the order they were given to it (at-least-once); returns
-    /// the earliest wait bound among them.
-    fn pass_on(&mut self, held: VecDeque<Held>, queue_wait: Duration) -> Option<Instant> {
-        let due = held.iter().map(|h| h.msg.since + queue_wait).min();
-        self.held -= held.len();
-        for held in held.into_iter().rev() {
-            self.waiting.push_front(held.msg);
-        }
-        due
     }
 
     /// Sets the prefetch of the member name `member` (1: the default) and
@@ -1352,13 +1226,7 @@ impl Room {
                 .and_then(member_key)
                 == Some(member);
             if of_member {
-                let was_full = self.is_full(at);
-                self.capacity[at] = prefetch;
-                match (was_full, self.is_full(at)) {
-                    (true, false) => self.full -= 1,
-                    (false, true) => self.full += 1,
-                    _ => {}
-                }
+                self.work.set_capacity(at, prefetch);
             }
         }
     }
