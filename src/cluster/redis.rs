@@ -12,7 +12,7 @@ use super::scripts::{CLAIM, CLAIM_NAME, REAP, RELEASE, RELEASE_NAME, SHOW};
 use super::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -71,6 +71,8 @@ pub struct RedisEngine {
     /// Dropped first at the end, so that a bridge thread blocked handing
     /// over an event sees the loop gone.
     events: Option<Receiver<Event>>,
+    /// Cleared before each drain (see [`Tell::woken`]).
+    woken: Arc<AtomicBool>,
     commands: Option<JoinHandle<()>>,
 }
 
@@ -79,13 +81,24 @@ pub struct RedisEngine {
 struct Tell {
     events: SyncSender<Event>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// Set when the loop has been woken and has not drained since: events
+    /// queued meanwhile wake it no more (each wake is a write to the
+    /// loop's waker, a system call, and at 1:1 across nodes every batch
+    /// and every ACK would pay one).
+    woken: Arc<AtomicBool>,
 }
 
 impl Tell {
     /// False once the loop is gone.
     fn event(&self, event: Event) -> bool {
         let sent = self.events.send(event).is_ok();
-        (self.wake)();
+        // The send, then the flag; the drain clears the flag, then reads
+        // (both fenced): so either the drain takes this event or this
+        // sees the flag clear and wakes the loop.
+        fence(Ordering::SeqCst);
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            (self.wake)();
+        }
         sent
     }
 }
@@ -100,9 +113,11 @@ impl RedisEngine {
         let client = redis::Client::open(config.url.as_str())?;
         let (requests, inbox) = sync_channel(config.queue);
         let (events_tx, events) = sync_channel(config.queue);
+        let woken = Arc::new(AtomicBool::new(false));
         let tell = Tell {
             events: events_tx,
             wake: Arc::new(wake),
+            woken: woken.clone(),
         };
         let commands = std::thread::Builder::new()
             .name("cluster-commands".into())
@@ -111,6 +126,7 @@ impl RedisEngine {
         Ok(RedisEngine {
             requests: Some(requests),
             events: Some(events),
+            woken,
             commands: Some(commands),
         })
     }
@@ -128,6 +144,8 @@ impl Engine for RedisEngine {
 
     fn drain(&mut self, into: &mut Vec<Event>) {
         if let Some(events) = &self.events {
+            self.woken.store(false, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             into.extend(events.try_iter());
         }
     }
