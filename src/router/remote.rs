@@ -14,6 +14,7 @@ use super::{ConnId, Hello, NameTaken, Outbox, Purpose, RequestRef, Role, Router,
 use crate::proto::{
     ClientId, EXHIBITOR_IDS, Frame, FrameView, Kind, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -918,11 +919,22 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        if self.remote.sent.get(&relay).is_none_or(|s| s.node != from) {
-            debug!(from, relay, "ACK for no relay pending on that node ignored");
+        // One lookup: this runs once per delivery on the emitters' node.
+        let Entry::Occupied(entry) = self.remote.sent.entry(relay) else {
+            debug!(from, relay, "ACK for no relay pending ignored");
+            return;
+        };
+        if entry.get().node != from {
+            debug!(
+                from,
+                relay, "ACK for a relay pending on another node ignored"
+            );
             return;
         }
-        let sent = self.remote.take_sent(relay).expect("found above");
+        let sent = entry.remove();
+        if self.remote.sent.is_empty() {
+            self.remote.sent_due = None;
+        }
         self.sent_settled(sent.origin, ok, now, out);
     }
 
