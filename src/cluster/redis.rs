@@ -3,14 +3,17 @@
 //! joins (a new incarnation, its lease, the id table read after the
 //! subscription), runs claims, releases and publishes as the loop queues
 //! them, renews the lease and reaps dead nodes; the subscriber thread turns
-//! the change channel and this node's channel into events. Both queues are
+//! the change channel and this node's channel into events, reading its
+//! socket itself (`subscription.rs`), not through the crate. Both queues are
 //! bounded, every call has a timeout, and each event wakes the loop. A lost
 //! lease fences the incarnation and joins a new one; a lost subscription is
 //! made again, and the id table read again, while the lease holds.
 
 use super::scripts::{CLAIM, CLAIM_NAME, REAP, RELEASE, RELEASE_NAME, SHOW};
+use super::subscription::{Reply, Subscription};
 use super::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -356,8 +359,17 @@ impl Commands {
     /// (and the last word about an id wins), never before it, where the
     /// table would overwrite it (found by `cluster_names.rs`).
     fn subscribe(&self, incarnation: &Incarnation) -> redis::RedisResult<()> {
-        let mut con = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
-        con.set_write_timeout(Some(CALL_TIMEOUT))?;
+        let info = self.client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            return Err(std::io::Error::other(
+                "the subscription needs a TCP address (redis://HOST:PORT)",
+            )
+            .into());
+        };
+        let settings = info.redis_settings();
+        let auth: Option<(Option<String>, String)> = settings
+            .password()
+            .map(|password| (settings.username().map(Into::into), password.into()));
         let mut reader = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
         reader.set_read_timeout(Some(CALL_TIMEOUT))?;
         reader.set_write_timeout(Some(CALL_TIMEOUT))?;
@@ -370,18 +382,18 @@ impl Commands {
         std::thread::Builder::new()
             .name("cluster-subscriber".into())
             .spawn(move || {
-                let mut pubsub = con.as_pubsub();
-                let subscribed = pubsub
-                    .subscribe(&channels[..])
-                    .and_then(|()| pubsub.set_read_timeout(Some(SUBSCRIBER_TICK)))
-                    .and_then(|()| read_table(&mut reader, node));
+                let auth = auth.as_ref().map(|(u, p)| (u.as_deref(), p.as_str()));
+                let subscribed = Subscription::open(&host, port, auth, &channels, CALL_TIMEOUT)
+                    .and_then(|sub| sub.set_read_timeout(SUBSCRIBER_TICK).map(|()| sub))
+                    .map_err(redis::RedisError::from)
+                    .and_then(|sub| Ok((sub, read_table(&mut reader, node)?)));
                 match subscribed {
-                    Ok(table) => {
+                    Ok((mut sub, table)) => {
                         for event in table {
                             tell.event(event);
                         }
                         let _ = ready_tx.send(Ok(()));
-                        listen(&mut pubsub, &channels[0], &tell, &stop, &lost);
+                        listen(&mut sub, channels[0].as_bytes(), &tell, &stop, &lost);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -762,42 +774,69 @@ fn read_table(con: &mut redis::Connection, node: NodeId) -> redis::RedisResult<V
 
 /// The subscriber's loop: changes and batches become events until `stop`.
 fn listen(
-    pubsub: &mut redis::PubSub<'_>,
-    changes: &str,
+    sub: &mut Subscription,
+    changes: &[u8],
     tell: &Tell,
     stop: &AtomicBool,
     lost: &AtomicBool,
 ) {
+    for (channel, payload) in sub.take_early() {
+        if !heard(&channel, &payload, changes, tell) {
+            return;
+        }
+    }
     while !stop.load(Ordering::SeqCst) {
-        let message = match pubsub.get_message() {
-            Ok(message) => message,
-            Err(e) if e.is_timeout() => continue,
+        loop {
+            match sub.next_reply() {
+                Ok(Some(Reply::Message { channel, payload })) => {
+                    if !heard(channel, payload, changes, tell) {
+                        return;
+                    }
+                }
+                Ok(Some(Reply::Ok | Reply::Subscribed)) => {}
+                Ok(None) => break,
+                Ok(Some(Reply::Error(text))) => {
+                    let text = String::from_utf8_lossy(text);
+                    warn!(error = %text, "cluster: subscription refused by Redis");
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cluster: subscription lost");
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        match sub.fill() {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => {
                 warn!(error = %e, "cluster: subscription lost");
                 lost.store(true, Ordering::SeqCst);
                 return;
             }
-        };
-        let event = if message.get_channel_name() == changes {
-            match parse_change(message.get_payload_bytes()) {
-                Some(event) => event,
-                None => {
-                    warn!(
-                        bytes = message.get_payload_bytes().len(),
-                        "cluster: malformed change dropped"
-                    );
-                    continue;
-                }
-            }
-        } else {
-            Event::Batch {
-                bytes: message.get_payload_bytes().to_vec(),
-            }
-        };
-        if !tell.event(event) {
-            return;
         }
     }
+}
+
+/// A message on `channel`: a change (on `changes`) or a batch, told to
+/// the loop. False once the loop is gone.
+fn heard(channel: &[u8], payload: &[u8], changes: &[u8], tell: &Tell) -> bool {
+    let event = if channel == changes {
+        match parse_change(payload) {
+            Some(event) => event,
+            None => {
+                warn!(bytes = payload.len(), "cluster: malformed change dropped");
+                return true;
+            }
+        }
+    } else {
+        Event::Batch {
+            bytes: payload.to_vec(),
+        }
+    };
+    tell.event(event)
 }
 
 /// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME` or `down NODE`, as the
