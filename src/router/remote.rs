@@ -789,7 +789,7 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
+        let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
         for &node in &self.remote.nodes {
             let relay = self.remote.next_relay;
             self.remote.next_relay += 1;
@@ -875,7 +875,7 @@ impl Router {
         );
         let onward = self.remote.next_relay;
         self.remote.next_relay += 1;
-        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
+        let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
         self.remote.sent.insert(
             onward,
             Sent {

@@ -13,7 +13,7 @@ use crate::cluster::{Engine, Event, NodeId, Request};
 use crate::proto::{ClientId, FrameView};
 use crate::router::{ConnId, PairNotice};
 use mio::Waker;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -52,7 +52,10 @@ pub(super) struct Outgoing {
     name_releases: Vec<String>,
     /// What ids this node now holds show: id, roles, name (empty: none).
     shows: Vec<(ClientId, u8, String)>,
-    batches: BTreeMap<NodeId, BatchWriter>,
+    /// The turn's batch for each node written to, in the order first
+    /// written: a few nodes, so a search from the last (at 1:1 the only
+    /// one) is cheaper than a map's lookup for every record.
+    batches: Vec<(NodeId, BatchWriter)>,
     /// Batches that grew past [`batch::FLUSH_AT`] within the turn.
     full: Vec<(NodeId, BatchWriter)>,
     /// The size of the last batch to each node (forgotten at a fence).
@@ -81,41 +84,41 @@ impl Outgoing {
             .push((id, roles, name.unwrap_or_default().to_string()));
     }
 
-    /// The batch being written for `node` this turn, started at the size
-    /// of the last one (see [`BatchWriter::with_capacity`]).
-    fn batch(&mut self, node: NodeId) -> &mut BatchWriter {
-        let (from, sizes) = (self.from, &self.sizes);
-        self.batches.entry(node).or_insert_with(|| {
-            let size = sizes.get(&node).copied().unwrap_or(0);
-            BatchWriter::with_capacity(from, size)
-        })
+    /// Where in `batches` the batch being written for `node` this turn is,
+    /// started at the size of the last one (see [`BatchWriter::with_capacity`]).
+    fn batch(&mut self, node: NodeId) -> usize {
+        if let Some(at) = self.batches.iter().rposition(|(n, _)| *n == node) {
+            return at;
+        }
+        let size = self.sizes.get(&node).copied().unwrap_or(0);
+        let batch = BatchWriter::with_capacity(self.from, size);
+        self.batches.push((node, batch));
+        self.batches.len() - 1
     }
 
     pub(super) fn relay(&mut self, node: NodeId, relay: u64, frame: &FrameView<'_>) {
-        let batch = self.batch(node);
-        batch.push_relay(relay, frame);
-        let full = batch.len() >= batch::FLUSH_AT;
-        self.bound(node, full);
+        let at = self.batch(node);
+        self.batches[at].1.push_relay(relay, frame);
+        self.bound(at);
     }
 
     pub(super) fn pair_notice(&mut self, node: NodeId, notice: PairNotice) {
-        let batch = self.batch(node);
-        batch.push_pair(to_record(notice));
-        let full = batch.len() >= batch::FLUSH_AT;
-        self.bound(node, full);
+        let at = self.batch(node);
+        self.batches[at].1.push_pair(to_record(notice));
+        self.bound(at);
     }
 
     pub(super) fn relay_ack(&mut self, node: NodeId, relay: u64, ok: bool) {
-        let batch = self.batch(node);
-        batch.push_ack(relay, ok);
-        let full = batch.len() >= batch::FLUSH_AT;
-        self.bound(node, full);
+        let at = self.batch(node);
+        self.batches[at].1.push_ack(relay, ok);
+        self.bound(at);
     }
 
     /// A batch past the size bound goes on its own; the next starts anew.
-    fn bound(&mut self, node: NodeId, full: bool) {
-        if full && let Some(batch) = self.batches.remove(&node) {
-            self.full.push((node, batch));
+    fn bound(&mut self, at: usize) {
+        if self.batches[at].1.len() >= batch::FLUSH_AT {
+            let full = self.batches.remove(at);
+            self.full.push(full);
         }
     }
 
@@ -123,7 +126,7 @@ impl Outgoing {
     /// is kept for its next batch.
     fn take_batches(&mut self) -> Vec<(NodeId, BatchWriter)> {
         let mut batches = std::mem::take(&mut self.full);
-        batches.extend(std::mem::take(&mut self.batches));
+        batches.append(&mut self.batches);
         for (node, batch) in &batches {
             self.sizes.insert(*node, batch.len());
         }
