@@ -186,7 +186,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Connects to the Redis at `addr` (a `HOST:PORT`), signs in if given
+    /// Connects to the Redis at `host`:`port`, signs in if given
     /// credentials (`AUTH [user] password`), subscribes to `channels` and
     /// waits for every confirmation; every step within `timeout`.
     pub fn open(
