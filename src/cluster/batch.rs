@@ -38,6 +38,10 @@ const HEADER: usize = 2 + 8;
 /// received one larger than twice this is refused unread).
 pub const FLUSH_AT: usize = 1 << 20;
 
+/// The most a batch's buffer starts with: beyond this, doubling copies
+/// little beside the writing, and a buffer this small stays off `mmap`.
+const START_AT_MOST: usize = 64 << 10;
+
 /// One record of a batch, borrowing from it.
 #[derive(Debug)]
 pub enum Record<'a> {
@@ -106,7 +110,15 @@ pub struct BatchWriter {
 
 impl BatchWriter {
     pub fn new(from: NodeId) -> BatchWriter {
-        let mut buf = BytesMut::with_capacity(256);
+        BatchWriter::with_capacity(from, 256)
+    }
+
+    /// A writer whose buffer takes `capacity` bytes (at most
+    /// [`START_AT_MOST`]) before it grows: the loop passes the size of the
+    /// last batch to the same node, so that a batch of hundreds of relays
+    /// is not copied by each doubling.
+    pub fn with_capacity(from: NodeId, capacity: usize) -> BatchWriter {
+        let mut buf = BytesMut::with_capacity(capacity.clamp(256, START_AT_MOST));
         buf.extend_from_slice(&[MAGIC, VERSION]);
         buf.extend_from_slice(&from.to_be_bytes());
         BatchWriter {
@@ -116,11 +128,14 @@ impl BatchWriter {
     }
 
     pub fn push_relay(&mut self, relay: u64, frame: &FrameView<'_>) {
-        self.buf.extend_from_slice(&[RELAY]);
-        self.buf.extend_from_slice(&relay.to_be_bytes());
         // u32: a MSG with the longest text is 65,545 bytes.
-        let len = frame.encoded_len() as u32;
-        self.buf.extend_from_slice(&len.to_be_bytes());
+        let len = frame.encoded_len();
+        let mut head = [RELAY; 13];
+        head[1..9].copy_from_slice(&relay.to_be_bytes());
+        head[9..].copy_from_slice(&(len as u32).to_be_bytes());
+        // One reservation for the record: this runs once per relay.
+        self.buf.reserve(head.len() + len);
+        self.buf.extend_from_slice(&head);
         frame.encode_into(&mut self.buf);
         self.relays.push(relay);
     }
@@ -148,9 +163,10 @@ impl BatchWriter {
     }
 
     pub fn push_ack(&mut self, relay: u64, ok: bool) {
-        self.buf.extend_from_slice(&[ACK]);
-        self.buf.extend_from_slice(&relay.to_be_bytes());
-        self.buf.extend_from_slice(&[u8::from(ok)]);
+        let mut record = [ACK; 10];
+        record[1..9].copy_from_slice(&relay.to_be_bytes());
+        record[9] = u8::from(ok);
+        self.buf.extend_from_slice(&record);
     }
 
     pub fn push_pair(&mut self, record: PairRecord) {

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod memory;
 pub mod redis;
 mod scripts;
+pub mod subscription;
 
 use crate::proto::ClientId;
 

@@ -3,17 +3,20 @@
 //! joins (a new incarnation, its lease, the id table read after the
 //! subscription), runs claims, releases and publishes as the loop queues
 //! them, renews the lease and reaps dead nodes; the subscriber thread turns
-//! the change channel and this node's channel into events. Both queues are
+//! the change channel and this node's channel into events, reading its
+//! socket itself (`subscription.rs`), not through the crate. Both queues are
 //! bounded, every call has a timeout, and each event wakes the loop. A lost
 //! lease fences the incarnation and joins a new one; a lost subscription is
 //! made again, and the id table read again, while the lease holds.
 
 use super::scripts::{CLAIM, CLAIM_NAME, JOIN_ROOM, LEAVE_ROOM, REAP, RELEASE, RELEASE_NAME, SHOW};
+use super::subscription::{Reply, Subscription};
 use super::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome, RoomState};
 use crate::proto::ext::ROOM_IDS;
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
+use std::io::ErrorKind;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +35,8 @@ const SUBSCRIBER_TICK: Duration = Duration::from_millis(250);
 const REJOIN_PAUSE: Duration = Duration::from_millis(500);
 /// At most this many publishes go to Redis as one pipeline.
 const PIPELINE_MAX: usize = 64;
+/// The packed pipeline's buffer is kept up to this size between pipelines.
+const PACKED_KEEP: usize = 1 << 20;
 
 /// How a node uses Redis (`server --cluster URL --node NAME`).
 #[derive(Debug, Clone)]
@@ -75,6 +80,8 @@ pub struct RedisEngine {
     /// Dropped first at the end, so that a bridge thread blocked handing
     /// over an event sees the loop gone.
     events: Option<Receiver<Event>>,
+    /// Cleared before each drain (see [`Tell::woken`]).
+    woken: Arc<AtomicBool>,
     commands: Option<JoinHandle<()>>,
 }
 
@@ -83,13 +90,24 @@ pub struct RedisEngine {
 struct Tell {
     events: SyncSender<Event>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// Set when the loop has been woken and has not drained since: events
+    /// queued meanwhile wake it no more (each wake is a write to the
+    /// loop's waker, a system call, and at 1:1 across nodes every batch
+    /// and every ACK would pay one).
+    woken: Arc<AtomicBool>,
 }
 
 impl Tell {
     /// False once the loop is gone.
     fn event(&self, event: Event) -> bool {
         let sent = self.events.send(event).is_ok();
-        (self.wake)();
+        // The send, then the flag; the drain clears the flag, then reads
+        // (both fenced): so either the drain takes this event or this
+        // sees the flag clear and wakes the loop.
+        fence(Ordering::SeqCst);
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            (self.wake)();
+        }
         sent
     }
 }
@@ -104,9 +122,11 @@ impl RedisEngine {
         let client = redis::Client::open(config.url.as_str())?;
         let (requests, inbox) = sync_channel(config.queue);
         let (events_tx, events) = sync_channel(config.queue);
+        let woken = Arc::new(AtomicBool::new(false));
         let tell = Tell {
             events: events_tx,
             wake: Arc::new(wake),
+            woken: woken.clone(),
         };
         let commands = std::thread::Builder::new()
             .name("cluster-commands".into())
@@ -115,6 +135,7 @@ impl RedisEngine {
         Ok(RedisEngine {
             requests: Some(requests),
             events: Some(events),
+            woken,
             commands: Some(commands),
         })
     }
@@ -132,6 +153,8 @@ impl Engine for RedisEngine {
 
     fn drain(&mut self, into: &mut Vec<Event>) {
         if let Some(events) = &self.events {
+            self.woken.store(false, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
             into.extend(events.try_iter());
         }
     }
@@ -189,6 +212,8 @@ struct Commands {
     show: redis::Script,
     join_room: redis::Script,
     leave_room: redis::Script,
+    /// The pipeline of publishes being written (see [`pack_publish`]).
+    packed: Vec<u8>,
 }
 
 impl Commands {
@@ -212,6 +237,7 @@ impl Commands {
             show: redis::Script::new(SHOW),
             join_room: redis::Script::new(JOIN_ROOM),
             leave_room: redis::Script::new(LEAVE_ROOM),
+            packed: Vec::new(),
         }
     }
 
@@ -352,8 +378,17 @@ impl Commands {
     /// (and the last word about an id wins), never before it, where the
     /// table would overwrite it (found by `cluster_names.rs`).
     fn subscribe(&self, incarnation: &Incarnation) -> redis::RedisResult<()> {
-        let mut con = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
-        con.set_write_timeout(Some(CALL_TIMEOUT))?;
+        let info = self.client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            return Err(std::io::Error::other(
+                "the subscription needs a TCP address (redis://HOST:PORT)",
+            )
+            .into());
+        };
+        let settings = info.redis_settings();
+        let auth: Option<(Option<String>, String)> = settings
+            .password()
+            .map(|password| (settings.username().map(Into::into), password.into()));
         let mut reader = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
         reader.set_read_timeout(Some(CALL_TIMEOUT))?;
         reader.set_write_timeout(Some(CALL_TIMEOUT))?;
@@ -366,18 +401,18 @@ impl Commands {
         std::thread::Builder::new()
             .name("cluster-subscriber".into())
             .spawn(move || {
-                let mut pubsub = con.as_pubsub();
-                let subscribed = pubsub
-                    .subscribe(&channels[..])
-                    .and_then(|()| pubsub.set_read_timeout(Some(SUBSCRIBER_TICK)))
-                    .and_then(|()| read_table(&mut reader, node));
+                let auth = auth.as_ref().map(|(u, p)| (u.as_deref(), p.as_str()));
+                let subscribed = Subscription::open(&host, port, auth, &channels, CALL_TIMEOUT)
+                    .and_then(|sub| sub.set_read_timeout(SUBSCRIBER_TICK).map(|()| sub))
+                    .map_err(redis::RedisError::from)
+                    .and_then(|sub| Ok((sub, read_table(&mut reader, node)?)));
                 match subscribed {
-                    Ok(table) => {
+                    Ok((mut sub, table)) => {
                         for event in table {
                             tell.event(event);
                         }
                         let _ = ready_tx.send(Ok(()));
-                        listen(&mut pubsub, &channels[0], &tell, &stop, &lost);
+                        listen(&mut sub, channels[0].as_bytes(), &tell, &stop, &lost);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -487,7 +522,7 @@ impl Commands {
         let mut pending = Some(first);
         while let Some(request) = pending.take() {
             if !matches!(request, Request::Publish { .. }) {
-                if let Some(ended) = self.publish_all(incarnation, publishes) {
+                if let Some(ended) = self.publish_all(publishes) {
                     return Some(ended);
                 }
                 return self.handle(incarnation, request);
@@ -497,41 +532,40 @@ impl Commands {
                 pending = self.inbox.try_recv().ok();
             }
         }
-        self.publish_all(incarnation, publishes)
+        self.publish_all(publishes)
     }
 
-    /// Sends these publishes as one pipeline; a batch that reached no
-    /// subscriber, or every one if the call failed, is reported undelivered.
-    fn publish_all(
-        &mut self,
-        incarnation: &Incarnation,
-        mut publishes: Vec<Request>,
-    ) -> Option<Ended> {
-        if publishes.len() <= 1 {
-            let request = publishes.pop()?;
-            return self.handle(incarnation, request);
+    /// Sends these publishes as one pipeline, written by [`pack_publish`]
+    /// into one reused buffer (the redis crate's `Cmd` copied each batch
+    /// twice, once into the command and once into its packing: about 55
+    /// instructions a delivery at 1:1, CLUSTER.md "Numbers"); a batch that
+    /// reached no subscriber, or every one if the call failed, is reported
+    /// undelivered.
+    fn publish_all(&mut self, publishes: Vec<Request>) -> Option<Ended> {
+        if publishes.is_empty() {
+            return None;
         }
-        let mut pipe = redis::pipe();
+        let mut packed = std::mem::take(&mut self.packed);
+        packed.clear();
         for request in &publishes {
             if let Request::Publish { to, batch, .. } = request {
-                pipe.cmd("PUBLISH")
-                    .arg(key(&format!("node:{to}")))
-                    .arg(batch.as_slice());
+                pack_publish(&mut packed, *to, batch);
             }
         }
-        let counts: redis::RedisResult<Vec<i64>> =
-            self.connection().and_then(|con| pipe.query(con));
+        let counts = self
+            .connection()
+            .and_then(|con| send_and_count(con, &packed, publishes.len()));
+        // Kept for the next pipeline, but not a burst's worth of batches.
+        packed.truncate(0);
+        packed.shrink_to(PACKED_KEEP);
+        self.packed = packed;
         let failed: Vec<Request> = match counts {
-            Ok(counts) if counts.len() == publishes.len() => publishes
+            Ok(counts) => publishes
                 .into_iter()
                 .zip(counts)
                 .filter(|&(_, count)| count == 0)
                 .map(|(request, _)| request)
                 .collect(),
-            Ok(_) => {
-                warn!("cluster: a pipeline of publishes answered short; its batches fail");
-                publishes
-            }
             Err(e) => {
                 warn!(error = %e, "cluster: engine call failed");
                 self.con = None;
@@ -612,14 +646,7 @@ impl Commands {
             Request::ReleaseName { name } => self.release_name(incarnation, name),
             Request::Show { id, roles, name } => self.show(incarnation, *id, *roles, name),
             Request::Release { id } => self.release(incarnation, *id),
-            Request::Publish { to, batch, .. } => match self.publish(*to, batch) {
-                Ok(0) => {
-                    debug!(node = to, "cluster: batch reached no subscriber");
-                    return (!self.fail(request)).then_some(Ended::Stopped);
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            },
+            Request::Publish { .. } => return self.publish_all(vec![request]),
         };
         if let Err(e) = result {
             warn!(error = %e, "cluster: engine call failed");
@@ -753,15 +780,6 @@ impl Commands {
             .invoke(con)?;
         Ok(parse_room_reply(&reply, false))
     }
-
-    fn publish(&mut self, to: NodeId, batch: &[u8]) -> redis::RedisResult<i64> {
-        let con = self.connection()?;
-        redis::cmd("PUBLISH")
-            .arg(key(&format!("node:{to}")))
-            .arg(batch)
-            .query(con)
-    }
-
     /// A clean exit: the lease goes, and a reap frees whatever this
     /// incarnation still holds.
     fn leave(&mut self, incarnation: &Incarnation) {
@@ -921,6 +939,47 @@ fn parse_room_left(text: &str) -> Option<Event> {
     })
 }
 
+/// Appends `PUBLISH evchat:node:<to> <batch>` as Redis reads a command
+/// (an array of bulk strings, RESP).
+fn pack_publish(packed: &mut Vec<u8>, to: NodeId, batch: &[u8]) {
+    let channel = key(&format!("node:{to}"));
+    let head = format!(
+        "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",
+        channel.len(),
+        batch.len()
+    );
+    packed.reserve(head.len() + batch.len() + 2);
+    packed.extend_from_slice(head.as_bytes());
+    packed.extend_from_slice(batch);
+    packed.extend_from_slice(b"\r\n");
+}
+
+/// Sends `count` packed PUBLISH commands at once and reads their answers:
+/// how many subscribers each reached. Any answer that is not a count (an
+/// error from Redis) fails the whole call, and the connection is dropped.
+fn send_and_count(
+    con: &mut redis::Connection,
+    packed: &[u8],
+    count: usize,
+) -> redis::RedisResult<Vec<i64>> {
+    con.send_packed_command(packed)?;
+    let mut counts = Vec::with_capacity(count);
+    while counts.len() < count {
+        match con.recv_response()? {
+            // RESP3 may put pushes between replies: not an answer.
+            redis::Value::Push { .. } => {}
+            redis::Value::Int(n) => counts.push(n),
+            other => {
+                let error = redis::RedisError::from(std::io::Error::other(format!(
+                    "PUBLISH answered {other:?}"
+                )));
+                return Err(error);
+            }
+        }
+    }
+    Ok(counts)
+}
+
 /// The table as incarnation `node` joins with it: [`Event::Joined`] with
 /// every id another node holds, then an [`Event::Shown`] for each of them
 /// that has said what it shows.
@@ -944,42 +1003,69 @@ fn read_table(con: &mut redis::Connection, node: NodeId) -> redis::RedisResult<V
 
 /// The subscriber's loop: changes and batches become events until `stop`.
 fn listen(
-    pubsub: &mut redis::PubSub<'_>,
-    changes: &str,
+    sub: &mut Subscription,
+    changes: &[u8],
     tell: &Tell,
     stop: &AtomicBool,
     lost: &AtomicBool,
 ) {
+    for (channel, payload) in sub.take_early() {
+        if !heard(&channel, &payload, changes, tell) {
+            return;
+        }
+    }
     while !stop.load(Ordering::SeqCst) {
-        let message = match pubsub.get_message() {
-            Ok(message) => message,
-            Err(e) if e.is_timeout() => continue,
+        loop {
+            match sub.next_reply() {
+                Ok(Some(Reply::Message { channel, payload })) => {
+                    if !heard(channel, payload, changes, tell) {
+                        return;
+                    }
+                }
+                Ok(Some(Reply::Ok | Reply::Subscribed)) => {}
+                Ok(None) => break,
+                Ok(Some(Reply::Error(text))) => {
+                    let text = String::from_utf8_lossy(text);
+                    warn!(error = %text, "cluster: subscription refused by Redis");
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cluster: subscription lost");
+                    lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        match sub.fill() {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => {
                 warn!(error = %e, "cluster: subscription lost");
                 lost.store(true, Ordering::SeqCst);
                 return;
             }
-        };
-        let event = if message.get_channel_name() == changes {
-            match parse_change(message.get_payload_bytes()) {
-                Some(event) => event,
-                None => {
-                    warn!(
-                        bytes = message.get_payload_bytes().len(),
-                        "cluster: malformed change dropped"
-                    );
-                    continue;
-                }
-            }
-        } else {
-            Event::Batch {
-                bytes: message.get_payload_bytes().to_vec(),
-            }
-        };
-        if !tell.event(event) {
-            return;
         }
     }
+}
+
+/// A message on `channel`: a change (on `changes`) or a batch, told to
+/// the loop. False once the loop is gone.
+fn heard(channel: &[u8], payload: &[u8], changes: &[u8], tell: &Tell) -> bool {
+    let event = if channel == changes {
+        match parse_change(payload) {
+            Some(event) => event,
+            None => {
+                warn!(bytes = payload.len(), "cluster: malformed change dropped");
+                return true;
+            }
+        }
+    } else {
+        Event::Batch {
+            bytes: payload.to_vec(),
+        }
+    };
+    tell.event(event)
 }
 
 /// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME`, `j ID KIND SPELLING
@@ -1050,6 +1136,18 @@ pub(super) fn follows_name_rule(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publishes_are_packed_as_redis_reads_commands_one_after_another() {
+        let mut packed = Vec::new();
+        pack_publish(&mut packed, 7, b"E\x01\r\n");
+        pack_publish(&mut packed, 12, b"");
+        assert_eq!(
+            packed,
+            b"*3\r\n$7\r\nPUBLISH\r\n$13\r\nevchat:node:7\r\n$4\r\nE\x01\r\n\r\n\
+              *3\r\n$7\r\nPUBLISH\r\n$14\r\nevchat:node:12\r\n$0\r\n\r\n"
+        );
+    }
 
     #[test]
     fn changes_parse_and_anything_else_is_refused() {

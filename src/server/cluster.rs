@@ -14,7 +14,7 @@ use crate::proto::ext::RoomCode;
 use crate::proto::{ClientId, FrameView};
 use crate::router::{ConnId, PairNotice, RemoteLetter, RoomClaim, RoomFacts};
 use mio::Waker;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -55,9 +55,14 @@ pub(super) struct Outgoing {
     shows: Vec<(ClientId, u8, String)>,
     /// JOINs and LEAVEs for the engine to decide.
     room_claims: Vec<RoomClaim>,
-    batches: BTreeMap<NodeId, BatchWriter>,
+    /// The turn's batch for each node written to, in the order first
+    /// written: a few nodes, so a search from the last (at 1:1 the only
+    /// one) is cheaper than a map's lookup for every record.
+    batches: Vec<(NodeId, BatchWriter)>,
     /// Batches that grew past [`batch::FLUSH_AT`] within the turn.
     full: Vec<(NodeId, BatchWriter)>,
+    /// The size of the last batch to each node (forgotten at a fence).
+    sizes: HashMap<NodeId, usize>,
 }
 
 impl Outgoing {
@@ -86,57 +91,62 @@ impl Outgoing {
         self.room_claims.push(claim.clone());
     }
 
+    /// Where in `batches` the batch being written for `node` this turn is,
+    /// started at the size of the last one (see [`BatchWriter::with_capacity`]).
+    fn batch(&mut self, node: NodeId) -> usize {
+        if let Some(at) = self.batches.iter().rposition(|(n, _)| *n == node) {
+            return at;
+        }
+        let size = self.sizes.get(&node).copied().unwrap_or(0);
+        let batch = BatchWriter::with_capacity(self.from, size);
+        self.batches.push((node, batch));
+        self.batches.len() - 1
+    }
+
     pub(super) fn relay(&mut self, node: NodeId, relay: u64, frame: &FrameView<'_>) {
-        let from = self.from;
-        let batch = self
-            .batches
-            .entry(node)
-            .or_insert_with(|| BatchWriter::new(from));
-        batch.push_relay(relay, frame);
-        self.bound(node);
+        let at = self.batch(node);
+        self.batches[at].1.push_relay(relay, frame);
+        self.bound(at);
     }
 
     pub(super) fn pair_notice(&mut self, node: NodeId, notice: PairNotice) {
-        let from = self.from;
-        let batch = self
-            .batches
-            .entry(node)
-            .or_insert_with(|| BatchWriter::new(from));
-        batch.push_pair(to_record(notice));
-        self.bound(node);
-    }
-
-    /// A batch past the size bound goes on its own; the next starts anew.
-    fn bound(&mut self, node: NodeId) {
-        if self
-            .batches
-            .get(&node)
-            .is_some_and(|b| b.len() >= batch::FLUSH_AT)
-            && let Some(batch) = self.batches.remove(&node)
-        {
-            self.full.push((node, batch));
-        }
+        let at = self.batch(node);
+        self.batches[at].1.push_pair(to_record(notice));
+        self.bound(at);
     }
 
     pub(super) fn waited(&mut self, node: NodeId, relay: u64, letter: &RemoteLetter<'_>) {
-        let from = self.from;
-        let batch = self
-            .batches
-            .entry(node)
-            .or_insert_with(|| BatchWriter::new(from));
+        let at = self.batch(node);
         let (stored_ms, roles, name) = (letter.stored_ms, letter.roles, letter.name);
-        batch.push_waited(relay, stored_ms, roles, name, letter.frame);
-        self.bound(node);
+        self.batches[at]
+            .1
+            .push_waited(relay, stored_ms, roles, name, letter.frame);
+        self.bound(at);
     }
 
     pub(super) fn relay_ack(&mut self, node: NodeId, relay: u64, ok: bool) {
-        let from = self.from;
-        let batch = self
-            .batches
-            .entry(node)
-            .or_insert_with(|| BatchWriter::new(from));
-        batch.push_ack(relay, ok);
-        self.bound(node);
+        let at = self.batch(node);
+        self.batches[at].1.push_ack(relay, ok);
+        self.bound(at);
+    }
+
+    /// A batch past the size bound goes on its own; the next starts anew.
+    fn bound(&mut self, at: usize) {
+        if self.batches[at].1.len() >= batch::FLUSH_AT {
+            let full = self.batches.remove(at);
+            self.full.push(full);
+        }
+    }
+
+    /// The batches written this turn, ready to publish; each node's size
+    /// is kept for its next batch.
+    fn take_batches(&mut self) -> Vec<(NodeId, BatchWriter)> {
+        let mut batches = std::mem::take(&mut self.full);
+        batches.append(&mut self.batches);
+        for (node, batch) in &batches {
+            self.sizes.insert(*node, batch.len());
+        }
+        batches
     }
 
     fn is_empty(&self) -> bool {
@@ -165,6 +175,44 @@ pub(super) struct Cluster {
     claims: HashMap<u64, ConnId>,
     claim_of: HashMap<ConnId, u64>,
     events: Vec<Event>,
+    /// What crossed the bridge, told once at exit (CLUSTER.md, "Numbers").
+    counts: Counts,
+}
+
+/// How the traffic between nodes was grouped, counted by the loop and
+/// logged once when the node stops (at info level, target
+/// `evchat::server::cluster`): how many records a publish carries and how
+/// many events a turn takes are what the round trip at 1:1 is made of.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Turns that took at least one event from the engine, and the events.
+    event_turns: u64,
+    events: u64,
+    /// Batches handed to the engine to publish, their relays and bytes.
+    batches_out: u64,
+    relays_out: u64,
+    bytes_out: u64,
+    /// Batches heard from other nodes, and their relays and ACKs.
+    batches_in: u64,
+    relays_in: u64,
+    acks_in: u64,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let c = &self.counts;
+        info!(
+            event_turns = c.event_turns,
+            events = c.events,
+            batches_out = c.batches_out,
+            relays_out = c.relays_out,
+            bytes_out = c.bytes_out,
+            batches_in = c.batches_in,
+            relays_in = c.relays_in,
+            acks_in = c.acks_in,
+            "cluster: traffic between nodes"
+        );
+    }
 }
 
 impl Cluster {
@@ -185,6 +233,7 @@ impl Cluster {
             claims: HashMap::new(),
             claim_of: HashMap::new(),
             events: Vec::new(),
+            counts: Counts::default(),
         })
     }
 }
@@ -205,6 +254,10 @@ impl Server {
             cluster.engine.drain(&mut cluster.events);
             let events = std::mem::take(&mut cluster.events);
             let busy = !events.is_empty();
+            if busy {
+                cluster.counts.event_turns += 1;
+                cluster.counts.events += events.len() as u64;
+            }
             for event in events {
                 self.cluster_event(&mut cluster, event);
             }
@@ -289,6 +342,9 @@ impl Server {
                     self.cluster_fence(cluster);
                 } else {
                     info!(node, "cluster: node down");
+                    if let Some(outgoing) = self.wire.cluster.as_deref_mut() {
+                        outgoing.sizes.remove(&node);
+                    }
                     self.router.node_down(node, now, &mut self.wire);
                 }
             }
@@ -354,6 +410,7 @@ impl Server {
             outgoing.from = 0;
             outgoing.batches.clear();
             outgoing.full.clear();
+            outgoing.sizes.clear();
             outgoing.releases.clear();
             // The reap of the old incarnation frees its names and what its
             // ids showed.
@@ -363,7 +420,7 @@ impl Server {
     }
 
     /// A batch from another node: checked whole, then each record routed.
-    fn cluster_batch(&mut self, cluster: &Cluster, bytes: &[u8]) {
+    fn cluster_batch(&mut self, cluster: &mut Cluster, bytes: &[u8]) {
         let now = self.wire.now;
         let (from, records) = match batch::parse(bytes) {
             Ok(parsed) => parsed,
@@ -376,13 +433,16 @@ impl Server {
             warn!(from, "cluster: batch from a stale incarnation dropped");
             return;
         }
+        cluster.counts.batches_in += 1;
         for record in records {
             match record {
                 Record::Relay { relay, frame } => {
+                    cluster.counts.relays_in += 1;
                     self.router
                         .relayed(from, relay, &frame, now, &mut self.wire)
                 }
                 Record::Ack { relay, ok } => {
+                    cluster.counts.acks_in += 1;
                     self.router
                         .relay_acked(from, relay, ok, now, &mut self.wire)
                 }
@@ -421,8 +481,7 @@ impl Server {
         let name_releases = std::mem::take(&mut outgoing.name_releases);
         let shows = std::mem::take(&mut outgoing.shows);
         let room_claims = std::mem::take(&mut outgoing.room_claims);
-        let mut batches = std::mem::take(&mut outgoing.full);
-        batches.extend(std::mem::take(&mut outgoing.batches));
+        let batches = outgoing.take_batches();
         let now = self.wire.now;
         // Releases before claims, so that a name given up and claimed again
         // in one turn is free when the claim runs (one engine connection
@@ -496,6 +555,9 @@ impl Server {
         }
         for (to, writer) in batches {
             let (batch, relays) = writer.finish();
+            cluster.counts.batches_out += 1;
+            cluster.counts.relays_out += relays.len() as u64;
+            cluster.counts.bytes_out += batch.len() as u64;
             if let Err(Request::Publish { relays, batch, .. }) = cluster
                 .engine
                 .submit(Request::Publish { to, batch, relays })
