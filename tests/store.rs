@@ -703,6 +703,50 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     assert_eq!(read_all(dir.path()), numbered(&all, 0));
 }
 
+/// Each segment gets its disk blocks up front (`fallocate` keeping the
+/// size: BENCHMARKS.md, "Ninth round"), at open and at each roll, while its
+/// length stays what was written: readers and recovery see no zero tail.
+#[test]
+fn segments_reserve_their_blocks_but_keep_the_length_written() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("reserve-blocks");
+    let all = records(40);
+    let options = Options {
+        segment_bytes: 1 << 20,
+        ..big_log()
+    };
+    let mut opened = open_log(dir.path(), options.clone()).unwrap();
+    let first = segment_path(dir.path(), 0);
+    let meta = fs::metadata(&first).unwrap();
+    assert_eq!(meta.len(), SEGMENT_MAGIC.len() as u64);
+    // A file system without fallocate is written as before.
+    let reserves = reserve_supported(dir.path());
+    if reserves {
+        assert!(meta.blocks() * 512 >= 1 << 20, "{} blocks", meta.blocks());
+    }
+    opened.log.append(&encode(&all)).unwrap();
+    drop(opened);
+    let written = SEGMENT_MAGIC.len() as u64 + all.iter().map(encoded_len).sum::<u64>();
+    assert_eq!(fs::metadata(&first).unwrap().len(), written);
+    let reopened = open_log(dir.path(), options).unwrap();
+    assert_eq!(reopened.notices, vec![]);
+    assert_eq!(reopened.records, all.len() as u64);
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+}
+
+/// Whether the file system under `dir` takes `fallocate` (probed on a
+/// scratch file, removed after).
+fn reserve_supported(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let probe = dir.join("probe.fallocate");
+    let file = fs::File::create(&probe).unwrap();
+    // SAFETY: a plain system call on a descriptor `file` keeps open.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 4096) };
+    drop(file);
+    fs::remove_file(&probe).unwrap();
+    rc == 0
+}
+
 /// The writer hands each turn's batch over with its record count, and a
 /// batch that fits the active segment is written without its records
 /// being walked: the counts of those turns must still number the segments
