@@ -11,8 +11,8 @@ use evchat::proto::MAX_TEXT_LEN;
 use evchat::store::rooms::RoomRecord;
 use evchat::store::{Fsync, Item, Reader, StoreError};
 use evchat::testing::store_format::{
-    RECORD_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2, encode_record,
-    encode_record_v1,
+    BATCH_HEADER_LEN, BATCH_RECORD_HEAD_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2,
+    SEGMENT_MAGIC_V3, encode_record, encode_record_v1, encode_record_v3,
 };
 use evchat::testing::{Log, Notice, Opened, Options, Record, Ticket, Writer};
 use proptest::prelude::*;
@@ -65,9 +65,11 @@ pub(crate) fn encode(records: &[Record]) -> Vec<u8> {
     bytes
 }
 
-/// A record's size on disk: 22 bytes, the sender's name and the text.
+/// A record's size on disk as [`encode`] writes it, a batch of its own:
+/// 16 bytes of batch header, 10 of record head, the sender's name and the
+/// text.
 pub(crate) fn encoded_len(r: &Record) -> u64 {
-    (RECORD_HEADER_LEN + 14 + r.name.len() + r.text.len()) as u64
+    (BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN + r.name.len() + r.text.len()) as u64
 }
 
 /// A segment file's bytes: the header, then `records`.
@@ -258,7 +260,7 @@ fn an_old_format_log_still_reads_and_new_records_go_to_a_new_segment() {
         notice.to_string(),
         format!(
             "{}: written by an earlier evchat (format 1, without names): kept as it is; \
-             new records go to {} (format 3)",
+             new records go to {} (format 4)",
             first.display(),
             next.display()
         )
@@ -335,7 +337,7 @@ fn a_bad_name_field_is_corruption_even_in_the_last_record() {
     ];
     let mut bytes = segment_bytes(&all);
     let bad = record_offsets(&all)[1];
-    let name = bad as usize + RECORD_HEADER_LEN + 14;
+    let name = bad as usize + BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN;
     bytes[name] = b'\n';
     let crc = crc32c::crc32c(&bytes[bad as usize + 4..]);
     bytes[bad as usize..bad as usize + 4].copy_from_slice(&crc.to_be_bytes());
@@ -671,7 +673,7 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     let all: Vec<Record> = (0..12)
         .map(|i| record(1_000 + i, 1, 0, format!("same length {i:02}").as_bytes()))
         .collect();
-    let record_len = (8 + 14 + all[0].text.len()) as u64;
+    let record_len = encoded_len(&all[0]);
     let options = Options {
         segment_bytes: 8 + 5 * record_len,
         ..big_log()
@@ -757,7 +759,7 @@ fn turns_that_fit_their_segment_still_number_the_next_ones() {
     let all: Vec<Record> = (0..13)
         .map(|i| record(2_000 + i, 2, 0, format!("same length {i:02}").as_bytes()))
         .collect();
-    let record_len = (8 + 14 + all[0].text.len()) as u64;
+    let record_len = encoded_len(&all[0]);
     let options = Options {
         segment_bytes: 8 + 5 * record_len,
         ..big_log()
@@ -791,7 +793,7 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     let dir = TempDir::new("retention-errors");
     // Ten segments of five records each.
     let text = [b'r'; 50];
-    let record_len = (RECORD_HEADER_LEN + 14 + text.len()) as u64;
+    let record_len = (BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN + text.len()) as u64;
     let segment_bytes = SEGMENT_MAGIC.len() as u64 + 5 * record_len;
     let options = Options {
         max_bytes: 2 * segment_bytes,
@@ -1009,37 +1011,49 @@ fn retention_stops_at_a_segment_holding_room_records_and_says_so() {
     );
 }
 
-/// A log whose last segment is version 2 (before room records) is read and
-/// new records go to a new version 3 segment.
+/// A log whose last segment is version 2 (before room records) or 3 (a
+/// checksum a record, before batches) is read, and new records go to a new
+/// version 4 segment: a directory of mixed versions reads in order.
 #[test]
-fn a_version_2_last_segment_is_kept_and_new_records_go_to_a_version_3_one() {
-    let dir = TempDir::new("format-2");
-    let old = records(2);
-    let mut bytes = SEGMENT_MAGIC_V2.to_vec();
-    bytes.extend_from_slice(&encode(&old));
-    let first = segment_path(dir.path(), 0);
-    fs::write(&first, &bytes).unwrap();
-    let opened = open_log(dir.path(), big_log()).unwrap();
-    let next = segment_path(dir.path(), 2);
-    let notice = Notice::NewFormat {
-        file: first.clone(),
-        version: 2,
-        next: next.clone(),
-    };
-    assert_eq!(opened.notices, vec![notice.clone()]);
-    assert_eq!(
-        notice.to_string(),
-        format!(
-            "{}: written by an earlier evchat (format 2, without room records): kept as it is; \
-             new records go to {} (format 3)",
-            first.display(),
-            next.display()
-        )
-    );
-    drop(opened);
-    assert_eq!(fs::read(&first).unwrap(), bytes);
-    assert_eq!(fs::read(&next).unwrap(), SEGMENT_MAGIC);
-    assert_eq!(read_all(dir.path()), numbered(&old, 0));
+fn a_version_2_or_3_last_segment_is_kept_and_new_records_go_to_a_version_4_one() {
+    for (version, magic, what) in [
+        (2, SEGMENT_MAGIC_V2, "without room records"),
+        (3, SEGMENT_MAGIC_V3, "without batches"),
+    ] {
+        let dir = TempDir::new(&format!("format-{version}"));
+        let all = records(5);
+        let old = &all[..2];
+        let mut bytes = magic.to_vec();
+        for r in old {
+            encode_record_v3(&mut bytes, r.view());
+        }
+        let first = segment_path(dir.path(), 0);
+        fs::write(&first, &bytes).unwrap();
+        let mut opened = open_log(dir.path(), big_log()).unwrap();
+        let next = segment_path(dir.path(), 2);
+        let notice = Notice::NewFormat {
+            file: first.clone(),
+            version,
+            next: next.clone(),
+        };
+        assert_eq!(opened.notices, vec![notice.clone()]);
+        assert_eq!(
+            notice.to_string(),
+            format!(
+                "{}: written by an earlier evchat (format {version}, {what}): kept as it is; \
+                 new records go to {} (format 4)",
+                first.display(),
+                next.display()
+            )
+        );
+        opened.log.append(&encode(&all[2..])).unwrap();
+        drop(opened);
+        assert_eq!(fs::read(&first).unwrap(), bytes);
+        assert_eq!(&fs::read(&next).unwrap()[..8], SEGMENT_MAGIC);
+        assert_eq!(read_all(dir.path()), numbered(&all, 0));
+        let reopened = open_log(dir.path(), big_log()).unwrap();
+        assert_eq!((reopened.records, reopened.notices), (5, vec![]));
+    }
 }
 
 #[test]
@@ -1328,7 +1342,8 @@ fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
     assert_eq!(on.len(), 1, "{err:#?}");
     // Of the first burst of 20, those past the limit; then each of the ten
     // tried while it was off.
-    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64) / (RECORD_HEADER_LEN as u64 + 1012);
+    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64)
+        / ((BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN) as u64 + 1000);
     let not_kept = 20 - whole + 10;
     assert!(
         on[0].contains(&format!("; {not_kept} messages were not kept")),
@@ -1440,7 +1455,8 @@ fn full_disk_child() {
     writer.write();
     wait_settled(&writer, &settled, last);
     assert!(!writer.is_keeping());
-    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64) / (RECORD_HEADER_LEN as u64 + 1012);
+    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64)
+        / ((BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN) as u64 + 1000);
     assert_eq!(read_all(&dir).len() as u64, whole);
     // Each new message tries again, fails, and is settled all the same.
     for i in 20..30 {
