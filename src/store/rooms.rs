@@ -1,4 +1,4 @@
-//! Room records: the records of format 3 that keep rooms, memberships and
+//! Room records: the records of formats 3 and 4 that keep rooms, memberships and
 //! waiting messages across a restart (HISTORY.md, "Rooms and waiting
 //! messages", draws them). A room record has a message record's layout with
 //! the destination 65535, which no accepted message has; its origin field
@@ -296,7 +296,7 @@ impl<'a> RoomRecord<'a> {
     }
 }
 
-/// Whether a version 3 record's fields are ones some record has: a room
+/// Whether a version 3 or 4 record's fields are ones some record has: a room
 /// record [`RoomRecord::read`] takes, or a message record whose text is at
 /// most 65535 bytes.
 pub(super) fn fields_ok(record: &RecordView<'_>) -> bool {
