@@ -419,6 +419,111 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
     );
 }
 
+/// Two turns written by the writer, each one batch of several records,
+/// as the log holds them; and where the second batch starts.
+fn two_turns_of_batches(dir: &Path) -> (Vec<Record>, u64) {
+    let all: Vec<Record> = (0..7)
+        .map(|i| {
+            let time = if i < 4 { 5_000 } else { 6_000 };
+            named(
+                time,
+                1 + i as u16,
+                0,
+                "alice",
+                format!("turn text {i}").as_bytes(),
+            )
+        })
+        .collect();
+    let opened = open_log(dir, big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::Always);
+    append_all(&mut writer, &all[..4]);
+    writer.write();
+    let last = append_all(&mut writer, &all[4..]);
+    writer.write();
+    wait_settled(&writer, &settled, last);
+    drop(writer);
+    let first_batch: u64 = BATCH_HEADER_LEN as u64
+        + all[..4]
+            .iter()
+            .map(|r| (BATCH_RECORD_HEAD_LEN + r.name.len() + r.text.len()) as u64)
+            .sum::<u64>();
+    (all, SEGMENT_MAGIC.len() as u64 + first_batch)
+}
+
+/// A crash that tears the last turn's batch anywhere loses that whole
+/// turn and nothing before it: the server cuts the batch, keeps the turn
+/// before, and appends after it.
+#[test]
+fn a_torn_batch_is_cut_at_every_byte_keeping_the_turns_before_it() {
+    let dir = TempDir::new("torn-batch-every-byte");
+    let (all, second) = two_turns_of_batches(dir.path());
+    let path = segment_path(dir.path(), 0);
+    let whole = fs::read(&path).unwrap();
+    for cut in second + 1..whole.len() as u64 {
+        fs::write(&path, &whole[..cut as usize]).unwrap();
+        let opened = open_log(dir.path(), big_log()).unwrap();
+        let torn = Notice::TornTail {
+            file: path.clone(),
+            offset: second,
+            dropped: cut - second,
+        };
+        assert_eq!(opened.notices, vec![torn], "cut at {cut}");
+        assert_eq!(opened.records, 4, "cut at {cut}");
+        drop(opened);
+        assert_eq!(fs::metadata(&path).unwrap().len(), second, "cut at {cut}");
+        assert_eq!(read_all(dir.path()), numbered(&all[..4], 0), "cut at {cut}");
+        write_log(dir.path(), &all[4..]);
+        assert_eq!(read_all(dir.path()), numbered(&all, 0), "cut at {cut}");
+    }
+}
+
+/// A flipped bit anywhere in a batch with a whole batch after it is
+/// corruption at that batch's start: the server refuses to start and names
+/// it; `--history-repair` cuts there, keeping the batches before it whole
+/// and none of the damaged batch's records.
+#[test]
+fn corruption_inside_a_batch_is_refused_at_the_batch_and_repair_cuts_there() {
+    let dir = TempDir::new("corrupt-batch");
+    let (all, second) = two_turns_of_batches(dir.path());
+    let path = segment_path(dir.path(), 0);
+    let whole = fs::read(&path).unwrap();
+    // A third turn after the damage, so that the damage is not a torn tail.
+    write_log(dir.path(), &all[..1]);
+    let three = fs::read(&path).unwrap();
+    for byte in [8, 12, 20, 30, second as usize - 1] {
+        let mut bad = three.clone();
+        bad[byte] ^= 0x04;
+        fs::write(&path, &bad).unwrap();
+        let e = open_log(dir.path(), big_log()).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Corrupt { offset: 8, .. }),
+            "byte {byte}: {e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), bad, "nothing cut without repair");
+    }
+    let mut bad = three.clone();
+    bad[(second as usize + whole.len()) / 2] ^= 0x04;
+    fs::write(&path, &bad).unwrap();
+    let e = open_log(dir.path(), big_log()).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Corrupt { offset, .. } if offset == second),
+        "{e}"
+    );
+    let options = Options {
+        repair: true,
+        ..big_log()
+    };
+    let repaired = open_log(dir.path(), options).unwrap();
+    assert_eq!(repaired.records, 4);
+    assert!(
+        matches!(&repaired.notices[..], [Notice::Repaired { offset, .. }] if *offset == second),
+        "{:?}",
+        repaired.notices
+    );
+    drop(repaired);
+    assert_eq!(read_all(dir.path()), numbered(&all[..4], 0));
+}
+
 #[test]
 fn damage_inside_the_last_record_is_cut_as_a_torn_tail() {
     let dir = TempDir::new("torn-damaged");
