@@ -1829,6 +1829,41 @@ mod tests {
         assert_eq!(end, "Corrupt { offset: 8, damage: BadName }");
     }
 
+    /// A whole batch holding a room record of no known kind, or a message
+    /// record whose text is over 65535 bytes, is corruption at the batch,
+    /// even last, and none of its records is handed out.
+    #[test]
+    fn a_batch_with_a_record_no_record_has_is_corruption_even_last() {
+        let long = vec![b'x'; MAX_TEXT_LEN + 1];
+        for (origin, dest, text) in [
+            (
+                42u16,
+                super::super::rooms::ROOM_RECORD_DEST,
+                &b"\x40\x00"[..],
+            ),
+            (1, 0, &long[..]),
+        ] {
+            let mut batches = Batches::new();
+            batches.push(&plain(1, 1, 0, b"fine"));
+            let mut bytes = SEGMENT_MAGIC.to_vec();
+            bytes.extend_from_slice(batches.seal());
+            // A record no writer makes (`push` refuses it): what a damaged
+            // log could hold, its batch's length and checksum made right.
+            bytes.extend_from_slice(&((6 + text.len()) as u32).to_be_bytes());
+            bytes.extend_from_slice(&origin.to_be_bytes());
+            bytes.extend_from_slice(&dest.to_be_bytes());
+            bytes.extend_from_slice(&[0, 0]);
+            bytes.extend_from_slice(text);
+            let len = (bytes.len() - 8 - RECORD_HEADER_LEN) as u32;
+            bytes[12..16].copy_from_slice(&len.to_be_bytes());
+            let crc = crc32c::crc32c(&bytes[12..]);
+            bytes[8..12].copy_from_slice(&crc.to_be_bytes());
+            let (records, end) = read_all(&bytes, true, 64);
+            assert!(records.is_empty());
+            assert_eq!(end, "Corrupt { offset: 8, damage: BadRoomRecord }");
+        }
+    }
+
     /// Room records go into batches like messages and read back the same.
     #[test]
     fn room_records_read_back_from_a_batch() {
