@@ -15,7 +15,7 @@ use evchat::store::Fsync;
 use evchat::store::rooms::RoomRecord;
 use evchat::testing::REPLAY_FRAMING;
 use evchat::testing::Record;
-use evchat::testing::store_format::{encode_unsealed, seal_records};
+use evchat::testing::store_format::{Batches, SEGMENT_MAGIC_V3, encode_unsealed, seal_records};
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -190,35 +190,14 @@ fn history_shows_the_senders_name_as_the_chat_does_and_the_id_without_one() {
 
 /// A log with rooms in it (HISTORY.md, "Rooms and waiting messages"), as a
 /// server writes it: two rooms, messages to them, a TELL stored for a name,
-/// and records that are not messages (memberships, a settlement).
-fn rooms_log(dir: &Path) {
-    let mut batch = Vec::new();
-    let room = |t: u64, r: RoomRecord<'_>, batch: &mut Vec<u8>| r.encode_unsealed(t, batch);
-    let message = |m: Record, batch: &mut Vec<u8>| encode_unsealed(batch, &m.view());
-    room(
-        1_000,
-        RoomRecord::Joined {
-            room: 0x4000,
-            room_name: "Ops",
-            queue: false,
-            online: true,
-            member: "alice",
-        },
-        &mut batch,
-    );
-    room(
-        1_000,
-        RoomRecord::Joined {
-            room: 0x4001,
-            room_name: "jobs",
-            queue: true,
-            online: true,
-            member: "bob",
-        },
-        &mut batch,
-    );
-    message(named(2_000, 1, 0x4000, "alice", b"deploy done"), &mut batch);
-    message(named(3_000, 2, 0, "bob", b"hello all"), &mut batch);
+/// and records that are not messages (memberships, a settlement). Written
+/// in batches (format 4, through the log), or with `v3` a record each, as
+/// evchat wrote it before batches (format 3, as a file).
+fn rooms_log(dir: &Path, v3: bool) {
+    enum Written {
+        Room(u64, RoomRecord<'static>),
+        Message(Record),
+    }
     let waiting = |wait, origin, seq, room, to, sender, text| RoomRecord::Waiting {
         wait,
         origin,
@@ -229,79 +208,119 @@ fn rooms_log(dir: &Path) {
         roles: 7,
         text,
     };
-    room(
-        4_000,
-        waiting(0, 2, 5, 0x4001, "", "bob", b"job 1"),
-        &mut batch,
-    );
-    room(
-        5_000,
-        waiting(1, 1, 6, 0, "bob", "alice", b"see you"),
-        &mut batch,
-    );
-    room(6_000, RoomRecord::Settled { wait: 0 }, &mut batch);
-    message(record(7_000, 3, 0x4000, b"late"), &mut batch);
-    seal_records(&mut batch);
+    let log = [
+        Written::Room(
+            1_000,
+            RoomRecord::Joined {
+                room: 0x4000,
+                room_name: "Ops",
+                queue: false,
+                online: true,
+                member: "alice",
+            },
+        ),
+        Written::Room(
+            1_000,
+            RoomRecord::Joined {
+                room: 0x4001,
+                room_name: "jobs",
+                queue: true,
+                online: true,
+                member: "bob",
+            },
+        ),
+        Written::Message(named(2_000, 1, 0x4000, "alice", b"deploy done")),
+        Written::Message(named(3_000, 2, 0, "bob", b"hello all")),
+        Written::Room(4_000, waiting(0, 2, 5, 0x4001, "", "bob", b"job 1")),
+        Written::Room(5_000, waiting(1, 1, 6, 0, "bob", "alice", b"see you")),
+        Written::Room(6_000, RoomRecord::Settled { wait: 0 }),
+        Written::Message(record(7_000, 3, 0x4000, b"late")),
+    ];
+    if v3 {
+        let mut bytes = Vec::new();
+        for written in &log {
+            match written {
+                Written::Room(time, room) => room.encode_unsealed(*time, &mut bytes),
+                Written::Message(m) => encode_unsealed(&mut bytes, &m.view()),
+            }
+        }
+        seal_records(&mut bytes);
+        let mut file = SEGMENT_MAGIC_V3.to_vec();
+        file.extend(bytes);
+        fs::write(segment_path(dir, 0), file).unwrap();
+        return;
+    }
+    let mut batches = Batches::new();
+    for written in &log {
+        match written {
+            Written::Room(time, room) => batches.push_room(*time, room),
+            Written::Message(m) => batches.push(&m.view()),
+        }
+    }
     let mut opened = open_log(dir, big_log()).unwrap();
-    opened.log.append(&batch).unwrap();
+    opened.log.append(batches.seal()).unwrap();
 }
 
+/// The same output from a log of batches (format 4) as from one of single
+/// records (format 3): the format changes no byte of `evchat history`.
 #[test]
 fn history_names_rooms_marks_waiting_messages_and_filters_by_room() {
-    let dir = TempDir::new("cli-rooms");
-    rooms_log(dir.path());
-    let d = dir.path().to_str().unwrap();
-    let run = |args: &[&str]| -> Vec<String> {
-        let mut all = vec!["history", d];
-        all.extend_from_slice(args);
-        let (code, out, err) = evchat(&all);
-        assert_eq!((code, err), (0, Vec::<String>::new()), "{args:?}");
-        out
-    };
-    assert_eq!(
-        run(&[]),
-        [
-            "1970-01-01T00:00:02.000Z Message from alice to #Ops: deploy done",
-            "1970-01-01T00:00:03.000Z Message from bob to all: hello all",
-            "1970-01-01T00:00:04.000Z Message from bob to #jobs (queued): job 1",
-            "1970-01-01T00:00:05.000Z Message from alice to bob (stored): see you",
-            "1970-01-01T00:00:07.000Z Message from 3 to #Ops: late",
-        ]
-    );
-    assert_eq!(
-        run(&["--room", "ops"]),
-        [
-            "1970-01-01T00:00:02.000Z Message from alice to #Ops: deploy done",
-            "1970-01-01T00:00:07.000Z Message from 3 to #Ops: late",
-        ]
-    );
-    assert_eq!(
-        run(&["--room", "#JOBS", "--json"]),
-        [
-            "{\"record\":4,\"time\":\"1970-01-01T00:00:04.000Z\",\"time_ms\":4000,\"origin\":2,\
+    for v3 in [false, true] {
+        let dir = TempDir::new(if v3 { "cli-rooms-v3" } else { "cli-rooms" });
+        rooms_log(dir.path(), v3);
+        let d = dir.path().to_str().unwrap();
+        let run = |args: &[&str]| -> Vec<String> {
+            let mut all = vec!["history", d];
+            all.extend_from_slice(args);
+            let (code, out, err) = evchat(&all);
+            assert_eq!((code, err), (0, Vec::<String>::new()), "{args:?}");
+            out
+        };
+        assert_eq!(
+            run(&[]),
+            [
+                "1970-01-01T00:00:02.000Z Message from alice to #Ops: deploy done",
+                "1970-01-01T00:00:03.000Z Message from bob to all: hello all",
+                "1970-01-01T00:00:04.000Z Message from bob to #jobs (queued): job 1",
+                "1970-01-01T00:00:05.000Z Message from alice to bob (stored): see you",
+                "1970-01-01T00:00:07.000Z Message from 3 to #Ops: late",
+            ]
+        );
+        assert_eq!(
+            run(&["--room", "ops"]),
+            [
+                "1970-01-01T00:00:02.000Z Message from alice to #Ops: deploy done",
+                "1970-01-01T00:00:07.000Z Message from 3 to #Ops: late",
+            ]
+        );
+        assert_eq!(
+            run(&["--room", "#JOBS", "--json"]),
+            [
+                "{\"record\":4,\"time\":\"1970-01-01T00:00:04.000Z\",\"time_ms\":4000,\"origin\":2,\
              \"name\":\"bob\",\"dest\":16385,\"room\":\"jobs\",\"queued\":true,\"text\":\"job 1\"}"
-        ]
-    );
-    assert_eq!(
-        run(&[
-            "--from",
-            "alice",
-            "--json",
-            "--since",
-            "1970-01-01T00:00:04Z"
-        ]),
-        [
-            "{\"record\":5,\"time\":\"1970-01-01T00:00:05.000Z\",\"time_ms\":5000,\"origin\":1,\
+            ]
+        );
+        assert_eq!(
+            run(&[
+                "--from",
+                "alice",
+                "--json",
+                "--since",
+                "1970-01-01T00:00:04Z"
+            ]),
+            [
+                "{\"record\":5,\"time\":\"1970-01-01T00:00:05.000Z\",\"time_ms\":5000,\"origin\":1,\
              \"name\":\"alice\",\"dest\":65535,\"to\":\"bob\",\"stored\":true,\"text\":\"see you\"}"
-        ]
-    );
-    assert_eq!(run(&["--room", "nowhere"]), Vec::<String>::new());
-    let (code, out, err) = evchat(&["history", d, "--room", "1ops"]);
-    assert_eq!((code, out), (2, vec![]));
-    assert!(
-        err[0].contains("'1ops' is not a room name: the name must start with a letter"),
-        "{err:?}"
-    );
+            ]
+        );
+        assert_eq!(run(&["--room", "nowhere"]), Vec::<String>::new());
+        let (code, out, err) = evchat(&["history", d, "--room", "1ops"]);
+        assert_eq!((code, out), (2, vec![]));
+        assert!(
+            err[0].contains("'1ops' is not a room name: the name must start with a letter"),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]

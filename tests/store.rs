@@ -11,8 +11,8 @@ use evchat::proto::MAX_TEXT_LEN;
 use evchat::store::rooms::RoomRecord;
 use evchat::store::{Fsync, Item, Reader, StoreError};
 use evchat::testing::store_format::{
-    RECORD_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2, encode_record,
-    encode_record_v1,
+    BATCH_HEADER_LEN, BATCH_RECORD_HEAD_LEN, SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2,
+    SEGMENT_MAGIC_V3, encode_record, encode_record_v1, encode_record_v3,
 };
 use evchat::testing::{Log, Notice, Opened, Options, Record, Ticket, Writer};
 use proptest::prelude::*;
@@ -65,9 +65,11 @@ pub(crate) fn encode(records: &[Record]) -> Vec<u8> {
     bytes
 }
 
-/// A record's size on disk: 22 bytes, the sender's name and the text.
+/// A record's size on disk as [`encode`] writes it, a batch of its own:
+/// 16 bytes of batch header, 10 of record head, the sender's name and the
+/// text.
 pub(crate) fn encoded_len(r: &Record) -> u64 {
-    (RECORD_HEADER_LEN + 14 + r.name.len() + r.text.len()) as u64
+    (BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN + r.name.len() + r.text.len()) as u64
 }
 
 /// A segment file's bytes: the header, then `records`.
@@ -258,7 +260,7 @@ fn an_old_format_log_still_reads_and_new_records_go_to_a_new_segment() {
         notice.to_string(),
         format!(
             "{}: written by an earlier evchat (format 1, without names): kept as it is; \
-             new records go to {} (format 3)",
+             new records go to {} (format 4)",
             first.display(),
             next.display()
         )
@@ -335,7 +337,7 @@ fn a_bad_name_field_is_corruption_even_in_the_last_record() {
     ];
     let mut bytes = segment_bytes(&all);
     let bad = record_offsets(&all)[1];
-    let name = bad as usize + RECORD_HEADER_LEN + 14;
+    let name = bad as usize + BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN;
     bytes[name] = b'\n';
     let crc = crc32c::crc32c(&bytes[bad as usize + 4..]);
     bytes[bad as usize..bad as usize + 4].copy_from_slice(&crc.to_be_bytes());
@@ -415,6 +417,111 @@ fn a_torn_tail_is_cut_at_every_byte_of_the_last_record() {
             path.display()
         )
     );
+}
+
+/// Two turns written by the writer, each one batch of several records,
+/// as the log holds them; and where the second batch starts.
+fn two_turns_of_batches(dir: &Path) -> (Vec<Record>, u64) {
+    let all: Vec<Record> = (0..7)
+        .map(|i| {
+            let time = if i < 4 { 5_000 } else { 6_000 };
+            named(
+                time,
+                1 + i as u16,
+                0,
+                "alice",
+                format!("turn text {i}").as_bytes(),
+            )
+        })
+        .collect();
+    let opened = open_log(dir, big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::Always);
+    append_all(&mut writer, &all[..4]);
+    writer.write();
+    let last = append_all(&mut writer, &all[4..]);
+    writer.write();
+    wait_settled(&writer, &settled, last);
+    drop(writer);
+    let first_batch: u64 = BATCH_HEADER_LEN as u64
+        + all[..4]
+            .iter()
+            .map(|r| (BATCH_RECORD_HEAD_LEN + r.name.len() + r.text.len()) as u64)
+            .sum::<u64>();
+    (all, SEGMENT_MAGIC.len() as u64 + first_batch)
+}
+
+/// A crash that tears the last turn's batch anywhere loses that whole
+/// turn and nothing before it: the server cuts the batch, keeps the turn
+/// before, and appends after it.
+#[test]
+fn a_torn_batch_is_cut_at_every_byte_keeping_the_turns_before_it() {
+    let dir = TempDir::new("torn-batch-every-byte");
+    let (all, second) = two_turns_of_batches(dir.path());
+    let path = segment_path(dir.path(), 0);
+    let whole = fs::read(&path).unwrap();
+    for cut in second + 1..whole.len() as u64 {
+        fs::write(&path, &whole[..cut as usize]).unwrap();
+        let opened = open_log(dir.path(), big_log()).unwrap();
+        let torn = Notice::TornTail {
+            file: path.clone(),
+            offset: second,
+            dropped: cut - second,
+        };
+        assert_eq!(opened.notices, vec![torn], "cut at {cut}");
+        assert_eq!(opened.records, 4, "cut at {cut}");
+        drop(opened);
+        assert_eq!(fs::metadata(&path).unwrap().len(), second, "cut at {cut}");
+        assert_eq!(read_all(dir.path()), numbered(&all[..4], 0), "cut at {cut}");
+        write_log(dir.path(), &all[4..]);
+        assert_eq!(read_all(dir.path()), numbered(&all, 0), "cut at {cut}");
+    }
+}
+
+/// A flipped bit anywhere in a batch with a whole batch after it is
+/// corruption at that batch's start: the server refuses to start and names
+/// it; `--history-repair` cuts there, keeping the batches before it whole
+/// and none of the damaged batch's records.
+#[test]
+fn corruption_inside_a_batch_is_refused_at_the_batch_and_repair_cuts_there() {
+    let dir = TempDir::new("corrupt-batch");
+    let (all, second) = two_turns_of_batches(dir.path());
+    let path = segment_path(dir.path(), 0);
+    let whole = fs::read(&path).unwrap();
+    // A third turn after the damage, so that the damage is not a torn tail.
+    write_log(dir.path(), &all[..1]);
+    let three = fs::read(&path).unwrap();
+    for byte in [8, 12, 20, 30, second as usize - 1] {
+        let mut bad = three.clone();
+        bad[byte] ^= 0x04;
+        fs::write(&path, &bad).unwrap();
+        let e = open_log(dir.path(), big_log()).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Corrupt { offset: 8, .. }),
+            "byte {byte}: {e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), bad, "nothing cut without repair");
+    }
+    let mut bad = three.clone();
+    bad[(second as usize + whole.len()) / 2] ^= 0x04;
+    fs::write(&path, &bad).unwrap();
+    let e = open_log(dir.path(), big_log()).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Corrupt { offset, .. } if offset == second),
+        "{e}"
+    );
+    let options = Options {
+        repair: true,
+        ..big_log()
+    };
+    let repaired = open_log(dir.path(), options).unwrap();
+    assert_eq!(repaired.records, 4);
+    assert!(
+        matches!(&repaired.notices[..], [Notice::Repaired { offset, .. }] if *offset == second),
+        "{:?}",
+        repaired.notices
+    );
+    drop(repaired);
+    assert_eq!(read_all(dir.path()), numbered(&all[..4], 0));
 }
 
 #[test]
@@ -671,7 +778,7 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     let all: Vec<Record> = (0..12)
         .map(|i| record(1_000 + i, 1, 0, format!("same length {i:02}").as_bytes()))
         .collect();
-    let record_len = (8 + 14 + all[0].text.len()) as u64;
+    let record_len = encoded_len(&all[0]);
     let options = Options {
         segment_bytes: 8 + 5 * record_len,
         ..big_log()
@@ -703,6 +810,50 @@ fn one_write_that_spans_segments_fills_each_to_its_size() {
     assert_eq!(read_all(dir.path()), numbered(&all, 0));
 }
 
+/// Each segment gets its disk blocks up front (`fallocate` keeping the
+/// size: BENCHMARKS.md, "Ninth round"), at open and at each roll, while its
+/// length stays what was written: readers and recovery see no zero tail.
+#[test]
+fn segments_reserve_their_blocks_but_keep_the_length_written() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("reserve-blocks");
+    let all = records(40);
+    let options = Options {
+        segment_bytes: 1 << 20,
+        ..big_log()
+    };
+    let mut opened = open_log(dir.path(), options.clone()).unwrap();
+    let first = segment_path(dir.path(), 0);
+    let meta = fs::metadata(&first).unwrap();
+    assert_eq!(meta.len(), SEGMENT_MAGIC.len() as u64);
+    // A file system without fallocate is written as before.
+    let reserves = reserve_supported(dir.path());
+    if reserves {
+        assert!(meta.blocks() * 512 >= 1 << 20, "{} blocks", meta.blocks());
+    }
+    opened.log.append(&encode(&all)).unwrap();
+    drop(opened);
+    let written = SEGMENT_MAGIC.len() as u64 + all.iter().map(encoded_len).sum::<u64>();
+    assert_eq!(fs::metadata(&first).unwrap().len(), written);
+    let reopened = open_log(dir.path(), options).unwrap();
+    assert_eq!(reopened.notices, vec![]);
+    assert_eq!(reopened.records, all.len() as u64);
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+}
+
+/// Whether the file system under `dir` takes `fallocate` (probed on a
+/// scratch file, removed after).
+fn reserve_supported(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let probe = dir.join("probe.fallocate");
+    let file = fs::File::create(&probe).unwrap();
+    // SAFETY: a plain system call on a descriptor `file` keeps open.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 4096) };
+    drop(file);
+    fs::remove_file(&probe).unwrap();
+    rc == 0
+}
+
 /// The writer hands each turn's batch over with its record count, and a
 /// batch that fits the active segment is written without its records
 /// being walked: the counts of those turns must still number the segments
@@ -713,7 +864,7 @@ fn turns_that_fit_their_segment_still_number_the_next_ones() {
     let all: Vec<Record> = (0..13)
         .map(|i| record(2_000 + i, 2, 0, format!("same length {i:02}").as_bytes()))
         .collect();
-    let record_len = (8 + 14 + all[0].text.len()) as u64;
+    let record_len = encoded_len(&all[0]);
     let options = Options {
         segment_bytes: 8 + 5 * record_len,
         ..big_log()
@@ -747,7 +898,7 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     let dir = TempDir::new("retention-errors");
     // Ten segments of five records each.
     let text = [b'r'; 50];
-    let record_len = (RECORD_HEADER_LEN + 14 + text.len()) as u64;
+    let record_len = (BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN + text.len()) as u64;
     let segment_bytes = SEGMENT_MAGIC.len() as u64 + 5 * record_len;
     let options = Options {
         max_bytes: 2 * segment_bytes,
@@ -965,37 +1116,49 @@ fn retention_stops_at_a_segment_holding_room_records_and_says_so() {
     );
 }
 
-/// A log whose last segment is version 2 (before room records) is read and
-/// new records go to a new version 3 segment.
+/// A log whose last segment is version 2 (before room records) or 3 (a
+/// checksum a record, before batches) is read, and new records go to a new
+/// version 4 segment: a directory of mixed versions reads in order.
 #[test]
-fn a_version_2_last_segment_is_kept_and_new_records_go_to_a_version_3_one() {
-    let dir = TempDir::new("format-2");
-    let old = records(2);
-    let mut bytes = SEGMENT_MAGIC_V2.to_vec();
-    bytes.extend_from_slice(&encode(&old));
-    let first = segment_path(dir.path(), 0);
-    fs::write(&first, &bytes).unwrap();
-    let opened = open_log(dir.path(), big_log()).unwrap();
-    let next = segment_path(dir.path(), 2);
-    let notice = Notice::NewFormat {
-        file: first.clone(),
-        version: 2,
-        next: next.clone(),
-    };
-    assert_eq!(opened.notices, vec![notice.clone()]);
-    assert_eq!(
-        notice.to_string(),
-        format!(
-            "{}: written by an earlier evchat (format 2, without room records): kept as it is; \
-             new records go to {} (format 3)",
-            first.display(),
-            next.display()
-        )
-    );
-    drop(opened);
-    assert_eq!(fs::read(&first).unwrap(), bytes);
-    assert_eq!(fs::read(&next).unwrap(), SEGMENT_MAGIC);
-    assert_eq!(read_all(dir.path()), numbered(&old, 0));
+fn a_version_2_or_3_last_segment_is_kept_and_new_records_go_to_a_version_4_one() {
+    for (version, magic, what) in [
+        (2, SEGMENT_MAGIC_V2, "without room records"),
+        (3, SEGMENT_MAGIC_V3, "without batches"),
+    ] {
+        let dir = TempDir::new(&format!("format-{version}"));
+        let all = records(5);
+        let old = &all[..2];
+        let mut bytes = magic.to_vec();
+        for r in old {
+            encode_record_v3(&mut bytes, r.view());
+        }
+        let first = segment_path(dir.path(), 0);
+        fs::write(&first, &bytes).unwrap();
+        let mut opened = open_log(dir.path(), big_log()).unwrap();
+        let next = segment_path(dir.path(), 2);
+        let notice = Notice::NewFormat {
+            file: first.clone(),
+            version,
+            next: next.clone(),
+        };
+        assert_eq!(opened.notices, vec![notice.clone()]);
+        assert_eq!(
+            notice.to_string(),
+            format!(
+                "{}: written by an earlier evchat (format {version}, {what}): kept as it is; \
+                 new records go to {} (format 4)",
+                first.display(),
+                next.display()
+            )
+        );
+        opened.log.append(&encode(&all[2..])).unwrap();
+        drop(opened);
+        assert_eq!(fs::read(&first).unwrap(), bytes);
+        assert_eq!(&fs::read(&next).unwrap()[..8], SEGMENT_MAGIC);
+        assert_eq!(read_all(dir.path()), numbered(&all, 0));
+        let reopened = open_log(dir.path(), big_log()).unwrap();
+        assert_eq!((reopened.records, reopened.notices), (5, vec![]));
+    }
 }
 
 #[test]
@@ -1284,7 +1447,8 @@ fn a_full_disk_turns_history_off_and_back_on_without_stalling() {
     assert_eq!(on.len(), 1, "{err:#?}");
     // Of the first burst of 20, those past the limit; then each of the ten
     // tried while it was off.
-    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64) / (RECORD_HEADER_LEN as u64 + 1012);
+    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64)
+        / ((BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN) as u64 + 1000);
     let not_kept = 20 - whole + 10;
     assert!(
         on[0].contains(&format!("; {not_kept} messages were not kept")),
@@ -1396,7 +1560,8 @@ fn full_disk_child() {
     writer.write();
     wait_settled(&writer, &settled, last);
     assert!(!writer.is_keeping());
-    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64) / (RECORD_HEADER_LEN as u64 + 1012);
+    let whole = (FULL_DISK_LIMIT - SEGMENT_MAGIC.len() as u64)
+        / ((BATCH_HEADER_LEN + BATCH_RECORD_HEAD_LEN) as u64 + 1000);
     assert_eq!(read_all(&dir).len() as u64, whole);
     // Each new message tries again, fails, and is settled all the same.
     for i in 20..30 {

@@ -46,8 +46,15 @@ fn is_account_line(line: &[u8]) -> bool {
 }
 
 fn check_parsed(data: &[u8], accounts: &Accounts) {
-    let expected = lines(data).into_iter().filter(|l| is_account_line(l)).count();
-    assert_eq!(accounts.len(), expected, "every non-comment line is an account");
+    let expected = lines(data)
+        .into_iter()
+        .filter(|l| is_account_line(l))
+        .count();
+    assert_eq!(
+        accounts.len(),
+        expected,
+        "every non-comment line is an account"
+    );
     assert_eq!(accounts.iter().count(), expected);
     let mut keys = std::collections::HashSet::new();
     for account in accounts.iter() {
@@ -58,11 +65,18 @@ fn check_parsed(data: &[u8], accounts: &Accounts) {
     }
     let written = accounts.to_bytes();
     let again = Accounts::parse(&written).expect("what was written parses");
-    assert!(again.iter().eq(accounts.iter()), "the same accounts after writing");
+    assert!(
+        again.iter().eq(accounts.iter()),
+        "the same accounts after writing"
+    );
     assert_eq!(again.to_bytes(), written, "writing is stable");
     let now = SystemTime::now();
     for account in accounts.iter() {
-        assert!(accounts.verify(account.name.as_str(), b"evt_fuzz", now).is_err());
+        assert!(
+            accounts
+                .verify(account.name.as_str(), b"evt_fuzz", now)
+                .is_err()
+        );
     }
     assert!(accounts.verify("nobody.at.all", b"evt_fuzz", now).is_err());
 }
@@ -103,7 +117,11 @@ fn check_refused(data: &[u8], error: &AccountsError) {
         AccountsError::TooLarge { .. } => assert!(data.len() > MAX_FILE_LEN),
         AccountsError::Line { line, .. } => {
             let all = lines(data);
-            assert!((1..=all.len()).contains(line), "line {line} of {}", all.len());
+            assert!(
+                (1..=all.len()).contains(line),
+                "line {line} of {}",
+                all.len()
+            );
             let before = all[..line - 1].join(&b'\n');
             Accounts::parse(&before).expect("the lines before the bad one parse");
             let bad = all[line - 1];

@@ -31,7 +31,9 @@
 
 use bytes::BytesMut;
 use evchat::proto::ext::{self, ExtError, ExtFrame};
-use evchat::proto::{Body, Encode, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError};
+use evchat::proto::{
+    Body, Encode, Frame, FrameView, HEADER_LEN, Header, Kind, MAX_FRAME_LEN, ProtoError,
+};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, PartialEq)]
@@ -221,7 +223,11 @@ fn ext_step(buffered: &[u8]) -> Result<Option<(ExtFrame, usize)>, ExtError> {
         Ok(Some((frame, len))) => {
             assert_eq!(Some(*len), announced, "a frame is its announced length");
             assert!(*len <= ext::MAX_EXT_FRAME_LEN);
-            assert_eq!(&frame.to_bytes()[..], &buffered[..*len], "ext re-encoding differs");
+            assert_eq!(
+                &frame.to_bytes()[..],
+                &buffered[..*len],
+                "ext re-encoding differs"
+            );
             assert_eq!(frame.encoded_len(), *len);
             assert_eq!(Header::peek(buffered), Some(frame.header()));
             let shown = format!("{frame} {frame:?}");
@@ -287,8 +293,16 @@ fuzz_target!(|data: &[u8]| {
     );
 
     let ext_whole = ext_in_chunks(stream, []);
-    assert_eq!(ext_whole, ext_in_chunks(stream, [split]), "ext: split at {split}");
-    assert_eq!(ext_whole, ext_in_chunks(stream, 1..stream.len()), "ext: trickled");
+    assert_eq!(
+        ext_whole,
+        ext_in_chunks(stream, [split]),
+        "ext: split at {split}"
+    );
+    assert_eq!(
+        ext_whole,
+        ext_in_chunks(stream, 1..stream.len()),
+        "ext: trickled"
+    );
     // An over-long L is refused from the first 10 bytes alone.
     if let Some(ExtError::Malformed(h)) = &ext_whole.error {
         let at = stream.len() - ext_whole.rest.len();
@@ -297,7 +311,10 @@ fuzz_target!(|data: &[u8]| {
         if first_ten != Ok(None) {
             assert_eq!(first_ten, Err(ExtError::Malformed(*h)));
         } else {
-            assert!(l <= ext::max_body(h.kind), "an over-long L waited for its body");
+            assert!(
+                l <= ext::max_body(h.kind),
+                "an over-long L waited for its body"
+            );
         }
     }
 });

@@ -10,12 +10,15 @@
 //!   (the buffer's size never changes what is read);
 //! * the cursor's buffer stays bounded (two of the longest records, or the
 //!   read-ahead, whichever is more, with room for `Vec` growth);
-//! * each record re-encodes to exactly the bytes it was read from, offsets
+//! * each record re-encodes to exactly the bytes it was read from (in
+//!   version 4, as a record of a batch, its time the batch's), offsets
 //!   follow each other with no gap, and the final step's offset is where the
 //!   last record ended;
 //! * a final step, asked for again, comes again unchanged;
 //! * everything equals an independent reading of HISTORY.md's rules: the
-//!   header and its format version (`EVCHLOG3` with room records,
+//!   header and its format version (`EVCHLOG4` with its records in
+//!   checksummed batches, each batch checked whole before its first record
+//!   is handed out, `EVCHLOG3` with room records,
 //!   `EVCHLOG2` with the sender's roles and name in each record, `EVCHLOG1`
 //!   without), the records, and where and why reading stops (end, torn
 //!   tail, or corruption with its kind: a bad name field, and in version 3
@@ -26,8 +29,9 @@
 
 use evchat::store::rooms::RoomRecord;
 use evchat::testing::store_format::{
-    Cursor, Damage, Format, MAX_RECORD_LEN, RECORD_HEADER_LEN, Record, SEGMENT_MAGIC,
-    SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2, Step, encode_record, encode_record_v1, seal_records,
+    Batches, Cursor, Damage, Format, MAX_BATCH_BODY, MAX_UNIT_LEN, RECORD_HEADER_LEN, Record,
+    SEGMENT_MAGIC, SEGMENT_MAGIC_V1, SEGMENT_MAGIC_V2, SEGMENT_MAGIC_V3, Step, encode_record_v1,
+    encode_record_v3, seal_records,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -50,7 +54,7 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
     let bound = 2 * read_ahead
         .unwrap_or(0)
         .max(256 * 1024)
-        .max(2 * MAX_RECORD_LEN);
+        .max(2 * MAX_UNIT_LEN);
     let mut records = Vec::new();
     let mut expected_offset = SEGMENT_MAGIC.len() as u64;
     // The format the magic names: records are re-encoded in it.
@@ -58,13 +62,58 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
         Format::V1
     } else if segment.get(..8) == Some(&SEGMENT_MAGIC_V2[..]) {
         Format::V2
-    } else {
+    } else if segment.get(..8) == Some(&SEGMENT_MAGIC_V3[..]) {
         Format::V3
+    } else {
+        Format::V4
     };
+    // In version 4: the batch being read.
+    let mut batch_at = None;
     let stop = loop {
         let step = cursor.next(segment, end, last).expect("slices do not fail");
         let stop = match step {
-            Step::Record { offset, record } => {
+            Step::Record {
+                offset,
+                record,
+                unit,
+            } => {
+                let at = offset as usize;
+                if format == Format::V4 {
+                    if batch_at != Some(unit.offset) {
+                        // A new batch: right after the last, its time the
+                        // record's, its records as many as it says.
+                        assert_eq!(
+                            unit.offset, expected_offset,
+                            "batches must follow each other"
+                        );
+                        batch_at = Some(unit.offset);
+                        expected_offset = unit.offset + 16;
+                        let u = unit.offset as usize;
+                        assert_eq!(&segment[u + 8..u + 16], &record.time_ms.to_be_bytes());
+                    }
+                    assert_eq!(offset, expected_offset, "records must follow each other");
+                    let mut one = Batches::new();
+                    if record.dest == 0xffff {
+                        let room =
+                            RoomRecord::read(&record).expect("a room record the cursor took");
+                        one.push_room(record.time_ms, &room);
+                    } else {
+                        one.push(&record);
+                    }
+                    let encoded = &one.seal()[16..];
+                    assert_eq!(encoded.len(), record.encoded_len());
+                    assert_eq!(&segment[at..at + encoded.len()], encoded, "re-encoding");
+                    expected_offset = offset + encoded.len() as u64;
+                    records.push((offset, record.to_record()));
+                    let u = unit.offset as usize;
+                    let unit_len = RECORD_HEADER_LEN
+                        + u32::from_be_bytes(segment[u + 4..u + 8].try_into().unwrap()) as usize;
+                    assert_eq!(cursor.offset(), unit.offset + unit_len as u64);
+                    assert_eq!(cursor.format(), format);
+                    continue;
+                }
+                assert_eq!(unit.offset, offset, "a record of its own before version 4");
+                assert_eq!(unit.records, 1);
                 assert_eq!(offset, expected_offset, "records must follow each other");
                 let mut encoded = Vec::new();
                 match format {
@@ -74,9 +123,8 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
                         room.encode_unsealed(record.time_ms, &mut encoded);
                         seal_records(&mut encoded);
                     }
-                    Format::V2 | Format::V3 => {
-                        encode_record(&mut encoded, record);
-                        assert_eq!(encoded.len(), record.encoded_len());
+                    Format::V2 | Format::V3 | Format::V4 => {
+                        encode_record_v3(&mut encoded, record);
                     }
                     Format::V1 => {
                         assert_eq!((record.roles, record.name), (0, ""));
@@ -84,7 +132,6 @@ fn read(segment: &[u8], last: bool, read_ahead: Option<usize>) -> Reading {
                         encode_record_v1(&mut encoded, time, origin, dest, record.text);
                     }
                 }
-                let at = offset as usize;
                 assert_eq!(
                     &segment[at..at + encoded.len()],
                     &encoded[..],
@@ -135,8 +182,14 @@ fn reference(segment: &[u8], last: bool) -> Reading {
     // up to 39 bytes of a waiting message's fields); version 1: 12.
     let version_1 = segment.get(..8) == Some(&SEGMENT_MAGIC_V1[..]);
     let version_2 = !version_1;
-    let version_3 = segment.get(..8) == Some(&SEGMENT_MAGIC[..]);
-    let (fixed, longest) = if version_3 {
+    let version_4 = segment.get(..8) == Some(&SEGMENT_MAGIC[..]);
+    let version_3 = version_4 || segment.get(..8) == Some(&SEGMENT_MAGIC_V3[..]);
+    // Version 4's unit is a batch: its time, up to 64 KiB of records and
+    // one more of the longest (a record: 4 + 6 + 24 + 65535 + 39).
+    assert_eq!(MAX_BATCH_BODY, 8 + 65_535 + 4 + 6 + 24 + 65_535 + 39);
+    let (fixed, longest) = if version_4 {
+        (8 + 4 + 6, MAX_BATCH_BODY)
+    } else if version_3 {
         (14, 14 + 24 + 65_535 + 39)
     } else if version_2 {
         (14, 14 + 24 + 65_535)
@@ -162,6 +215,7 @@ fn reference(segment: &[u8], last: bool) -> Reading {
     }
     if segment.len() < 8
         || segment[..8] != SEGMENT_MAGIC
+            && segment[..8] != SEGMENT_MAGIC_V3
             && segment[..8] != SEGMENT_MAGIC_V2
             && segment[..8] != SEGMENT_MAGIC_V1
     {
@@ -196,6 +250,21 @@ fn reference(segment: &[u8], last: bool) -> Reading {
                 records,
                 stop: Stop::End,
             };
+        }
+        if version_4 && whole_record_at(at) {
+            let body = u32_at(at + 4) as usize;
+            match batch_records(at, &segment[at..at + RECORD_HEADER_LEN + body]) {
+                Ok(mut batch) => records.append(&mut batch),
+                Err(damage) => {
+                    let stop = Stop::Corrupt {
+                        offset: at as u64,
+                        damage,
+                    };
+                    return Reading { records, stop };
+                }
+            }
+            at += RECORD_HEADER_LEN + body;
+            continue;
         }
         if whole_record_at(at) {
             let body = u32_at(at + 4) as usize;
@@ -277,6 +346,52 @@ fn reference(segment: &[u8], last: bool) -> Reading {
         };
         return Reading { records, stop };
     }
+}
+
+/// A whole version 4 batch at `at` (its checksum right), read directly:
+/// its records with their offsets, or why it is corrupt.
+fn batch_records(at: usize, batch: &[u8]) -> Result<Vec<(u64, Record)>, Damage> {
+    let time_ms = u64::from_be_bytes(batch[8..16].try_into().unwrap());
+    let mut records = Vec::new();
+    let mut i = 16;
+    while i < batch.len() {
+        if batch.len() - i < 4 {
+            return Err(Damage::BadBatch);
+        }
+        let len = u32::from_be_bytes(batch[i..i + 4].try_into().unwrap()) as usize;
+        if !(6..=6 + 24 + 65_535 + 39).contains(&len) || len > batch.len() - i - 4 {
+            return Err(Damage::BadBatch);
+        }
+        let b = &batch[i + 4..i + 4 + len];
+        let name_len = b[5] as usize;
+        let name = match b.get(6..6 + name_len) {
+            Some(name) if name_len <= 24 && name.iter().all(|c| (0x21..=0x7e).contains(c)) => {
+                String::from_utf8(name.to_vec()).unwrap()
+            }
+            _ => return Err(Damage::BadName),
+        };
+        let text = &b[6 + name_len..];
+        let (origin, dest) = (
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        );
+        if !room_fields_ok(dest, origin, b[4], &name, text) {
+            return Err(Damage::BadRoomRecord);
+        }
+        records.push((
+            (at + i) as u64,
+            Record {
+                time_ms,
+                origin,
+                dest,
+                roles: b[4],
+                name,
+                text: text.to_vec(),
+            },
+        ));
+        i += 4 + len;
+    }
+    Ok(records)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -18,8 +18,8 @@
 
 use evchat::cli::escape_text;
 use evchat::client::{Command, InputLine, parse_command};
-use evchat::testing::read_bounded_line;
 use evchat::proto::MAX_TEXT_LEN;
+use evchat::testing::read_bounded_line;
 use libfuzzer_sys::fuzz_target;
 use std::io::BufReader;
 

@@ -19,12 +19,12 @@
 //! connection passes on is whole and re-encodes to the bytes it came in.
 #![no_main]
 
+use evchat::proto::{Encode, FrameView, MAX_FRAME_LEN};
 use evchat::testing::{
     Accepts, Connection, Ending, HttpOutcome, PlainRefusal, ReadStatus, Stage, TransportStatus,
 };
-use evchat::tls::{MAX_HANDSHAKE_JOB, TlsAcceptor};
-use evchat::proto::{Encode, FrameView, MAX_FRAME_LEN};
 use evchat::testing::{MAX_HEAD_LEN, WebConfig};
+use evchat::tls::{MAX_HANDSHAKE_JOB, TlsAcceptor};
 use libfuzzer_sys::fuzz_target;
 use std::io::{self, Read, Write};
 use std::sync::OnceLock;
@@ -37,8 +37,9 @@ fn acceptor() -> TlsAcceptor {
         .get_or_init(|| {
             let now = SystemTime::now();
             let day = Duration::from_secs(86_400);
-            let made = evchat::tls::generate::throwaway(&["localhost".into()], now - day, now + day)
-                .expect("a throwaway certificate");
+            let made =
+                evchat::tls::generate::throwaway(&["localhost".into()], now - day, now + day)
+                    .expect("a throwaway certificate");
             let dir = std::env::temp_dir().join(format!("evchat-fuzz-tls-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("cert.pem"), made.cert_pem).unwrap();
@@ -76,7 +77,10 @@ impl Read for FakeSocket {
             }
             return Ok(0);
         }
-        let n = self.read_size.min(buf.len()).min(self.input.len() - self.at);
+        let n = self
+            .read_size
+            .min(buf.len())
+            .min(self.input.len() - self.at);
         buf[..n].copy_from_slice(&self.input[self.at..self.at + n]);
         self.at += n;
         Ok(n)
@@ -123,13 +127,18 @@ fuzz_target!(|data: &[u8]| {
     let mut scratch = vec![0u8; 64 * 1024];
     loop {
         if let Some(job) = conn.handshake_job() {
-            assert!(job.len() <= MAX_HANDSHAKE_JOB, "a handshake job past its bound");
+            assert!(
+                job.len() <= MAX_HANDSHAKE_JOB,
+                "a handshake job past its bound"
+            );
             match conn.take_back_handshake(job.run()) {
                 None => continue,
                 Some(_) => break,
             }
         }
-        let status = conn.read_once(&mut scratch).expect("the fake socket never fails");
+        let status = conn
+            .read_once(&mut scratch)
+            .expect("the fake socket never fails");
         match status {
             ReadStatus::Data(_) | ReadStatus::Handshake(_) => {}
             ReadStatus::WouldBlock => continue,
@@ -139,7 +148,10 @@ fuzz_target!(|data: &[u8]| {
             Stage::Sniffing => continue,
             Stage::Http => match conn.serve_http(&config) {
                 HttpOutcome::Incomplete => {
-                    assert!(conn.buffered_input() < MAX_HEAD_LEN + 256, "head grew past its cap");
+                    assert!(
+                        conn.buffered_input() < MAX_HEAD_LEN + 256,
+                        "head grew past its cap"
+                    );
                     continue;
                 }
                 HttpOutcome::Upgraded(TransportStatus::Open) => {}
@@ -147,7 +159,10 @@ fuzz_target!(|data: &[u8]| {
             },
             Stage::PlainRefused => match conn.refuse_plain() {
                 PlainRefusal::Incomplete => {
-                    assert!(conn.buffered_input() < MAX_HEAD_LEN + 256, "refusal waits too long");
+                    assert!(
+                        conn.buffered_input() < MAX_HEAD_LEN + 256,
+                        "refusal waits too long"
+                    );
                     continue;
                 }
                 _ => break,
@@ -158,7 +173,10 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         assert!(conn.queued_output() <= MAX_OUTPUT, "output past its cap");
-        assert!(conn.unsent_output() <= MAX_OUTPUT + TLS_SLACK, "TLS output past its bound");
+        assert!(
+            conn.unsent_output() <= MAX_OUTPUT + TLS_SLACK,
+            "TLS output past its bound"
+        );
         let _ = conn.flush();
     }
     conn.close_transport(Ending::Normal, "done");
@@ -177,7 +195,11 @@ fn route(conn: &mut Connection<FakeSocket>) -> bool {
             Ok(Some((frame, len))) => {
                 let mut again = bytes::BytesMut::new();
                 frame.encode_into(&mut again);
-                assert_eq!(&again[..], &input[consumed..consumed + len], "re-encoding differs");
+                assert_eq!(
+                    &again[..],
+                    &input[consumed..consumed + len],
+                    "re-encoding differs"
+                );
                 consumed += len;
                 conn.queue(&frame);
             }
@@ -189,10 +211,17 @@ fn route(conn: &mut Connection<FakeSocket>) -> bool {
         }
     }
     if websocket && !lost {
-        assert_eq!(consumed, input.len(), "a WebSocket passed on part of a frame");
+        assert_eq!(
+            consumed,
+            input.len(),
+            "a WebSocket passed on part of a frame"
+        );
     }
     if !lost {
-        assert!(input.len() - consumed < MAX_FRAME_LEN, "input past one frame");
+        assert!(
+            input.len() - consumed < MAX_FRAME_LEN,
+            "input past one frame"
+        );
     }
     conn.return_input(input, consumed);
     !lost

@@ -5,7 +5,8 @@ log's last), a 2-byte big-endian read-ahead selector, then a segment file as
 HISTORY.md lays it out (see fuzz_targets/history.rs). The seeds without a
 prefix are version 1 segments (EVCHLOG1, the format before names were kept),
 the `v2-` ones version 2 (EVCHLOG2, with the sender's roles and name), the
-`v3-` ones version 3 (EVCHLOG3, with room records: dest 65535). Rerun
+`v3-` ones version 3 (EVCHLOG3, with room records: dest 65535), the
+`v4-` ones version 4 (EVCHLOG4, the records in checksummed batches). Rerun
 after changing the list; the names are the seeds' roles, so reruns are
 stable."""
 import os
@@ -15,6 +16,7 @@ HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "history")
 MAGIC = b"EVCHLOG1"
 MAGIC2 = b"EVCHLOG2"
 MAGIC3 = b"EVCHLOG3"
+MAGIC4 = b"EVCHLOG4"
 
 
 def crc32c(data):
@@ -65,6 +67,40 @@ ROOMS3 = MAGIC3 + b"".join(
         room(8, 7, b"alice", b"\x40\x00\x00\x01" + b"kept"),
         room(9, 0, b"bob", b"\x40\x00" + struct.pack(">I", 1)),
         room(7, 0, b"", b"\x01"),
+    ]
+)
+
+
+def batch(time_ms, records):
+    """A version 4 batch: records given as (origin, dest, roles, name, text)."""
+    body = struct.pack(">Q", time_ms) + b"".join(
+        struct.pack(">IHHBB", 6 + len(name) + len(text), origin, dest, roles, len(name)) + name + text
+        for origin, dest, roles, name, text in records
+    )
+    length = struct.pack(">I", len(body))
+    return struct.pack(">I", crc32c(length + body)) + length + body
+
+
+def raw_batch(time_ms, inside):
+    """A version 4 batch holding `inside` as its records' bytes, its checksum right."""
+    body = struct.pack(">Q", time_ms) + inside
+    length = struct.pack(">I", len(body))
+    return struct.pack(">I", crc32c(length + body)) + length + body
+
+
+BATCHES4 = MAGIC4 + b"".join(
+    [
+        batch(
+            1764596702123,
+            [
+                (1, 0, 0, b"", b"hello everyone"),
+                (2, 4096, 7, b"alice", b"Oi, tudo bem?"),
+                (1, 0xFFFF, 3, b"alice", b"\x40\x00ops"),
+                (5, 0xFFFF, 7, b"alice", struct.pack(">QHHHB", 1, 1, 9, 0, 3) + b"bob" + b"see you"),
+            ],
+        ),
+        batch(1764596703000, [(6, 0xFFFF, 0, b"", struct.pack(">Q", 1)), (3, 0x4000, 0, b"", b"x" * 40)]),
+        batch(1764596704500, [(1, 0, 0, b"", b"\xff\x00 not utf-8")]),
     ]
 )
 
@@ -131,6 +167,15 @@ SEEDS = {
     "v2-name-over-24": seed(True, 16, MAGIC2 + with_name_field(25, b"A" * 25, b"hi")),
     "v2-name-not-printable": seed(False, 16, MAGIC2 + with_name_field(3, b"a\x1bb", b"hi")),
     "v1-record-in-v2-segment": seed(True, 16, MAGIC2 + THREE[8:]),
+    "v4-batches": seed(True, 9, BATCHES4),
+    "v4-batches-sealed": seed(False, 4095, BATCHES4),
+    "v4-torn-in-last-batch": seed(True, 7, BATCHES4[:-5]),
+    "v4-flipped-bit-first-batch": seed(True, 64, BATCHES4[:40] + bytes([BATCHES4[40] ^ 4]) + BATCHES4[41:]),
+    "v4-record-past-batch": seed(True, 16, MAGIC4 + raw_batch(1, struct.pack(">IHHBB", 9, 1, 0, 0, 0) + b"ab")),
+    "v4-record-short": seed(False, 16, MAGIC4 + raw_batch(1, struct.pack(">IHHBB", 6, 1, 0, 0, 0) + b"ab")),
+    "v4-name-over-24": seed(True, 16, MAGIC4 + raw_batch(1, struct.pack(">IHHBB", 6, 1, 0, 0, 25))),
+    "v4-unknown-room-kind": seed(True, 16, MAGIC4 + batch(1, [(9, 0xFFFF, 0, b"a", b"\x40\x00")])),
+    "v3-record-in-v4-segment": seed(True, 16, MAGIC4 + ROOMS3[8:]),
     "record-inside-torn-record": seed(
         True, 32, MAGIC + record(1, 1, 0, record(2, 2, 0, b"inner") + b"xy")[:-1]
     ),

@@ -315,7 +315,7 @@ impl RoomLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::format::{Cursor, SEGMENT_MAGIC, Step, seal_records};
+    use crate::store::format::{Cursor, SEGMENT_MAGIC_V3 as SEGMENT_MAGIC, Step, seal_records};
 
     /// Folds `records`, encoded and read back as the log would hand them.
     fn folded(records: &[RoomRecord<'_>]) -> RoomLog {

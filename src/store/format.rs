@@ -5,12 +5,18 @@
 //! slice for tests and fuzzing), so recovery, the read-only reader and the
 //! fuzz target all share one reading of the format.
 //!
-//! Three formats are read, each segment in the one its magic names:
-//! version 3, written now, has version 2's layout and adds room records
+//! Four formats are read, each segment in the one its magic names:
+//! version 4, written now, keeps version 3's records in **batches**, one
+//! checksum and one time for the records of a loop turn ([`Batches`]
+//! builds them); version 3 has version 2's layout and adds room records
 //! (a destination of 65535, which no message has: [`super::rooms`] reads
 //! them); version 2 keeps the sender's roles and name in each record;
 //! version 1, written by evchat before names were kept, is read as records
 //! with no name and roles 0 (not recorded).
+//!
+//! The cursor reads a segment in **units**: a record in versions 1 to 3, a
+//! batch in version 4. A unit is whole or it is not; recovery keeps or cuts
+//! units, never part of one.
 
 // A record holds a MSG's text: its longest is the protocol's; and the
 // sender's name, at most as long as the server ever sends one.
@@ -22,13 +28,37 @@ use std::os::unix::fs::FileExt;
 
 /// The first 8 bytes of every segment written now: what it is and the
 /// format version (the last byte).
-pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG3";
+pub const SEGMENT_MAGIC: [u8; 8] = *b"EVCHLOG4";
+/// The magic of a version 3 segment (a checksum per record): read, never
+/// written.
+pub const SEGMENT_MAGIC_V3: [u8; 8] = *b"EVCHLOG3";
 /// The magic of a version 2 segment (no room records): read, never written.
 pub const SEGMENT_MAGIC_V2: [u8; 8] = *b"EVCHLOG2";
 /// The magic of a version 1 segment: read, never written.
 pub const SEGMENT_MAGIC_V1: [u8; 8] = *b"EVCHLOG1";
-/// Bytes before a record's body: CRC32C (4) and body length (4).
+/// Bytes before a unit's body (a record's in versions 1 to 3, a batch's in
+/// version 4): CRC32C (4) and body length (4).
 pub const RECORD_HEADER_LEN: usize = 8;
+/// A version 4 batch's header: CRC32C (4), length (4), time (8).
+pub const BATCH_HEADER_LEN: usize = 16;
+/// Bytes of a record in a batch before its name: length (4), origin (2),
+/// destination (2), roles (1), name length (1).
+pub const BATCH_RECORD_HEAD_LEN: usize = 10;
+/// The shortest body a record in a batch claims: origin, destination,
+/// roles, name length.
+const BATCH_RECORD_MIN_BODY: usize = 6;
+/// The longest body a record in a batch may claim: a room record keeping
+/// a waiting message (as in version 3, less the time the batch holds).
+const BATCH_RECORD_MAX_BODY: usize = MAX_BODY_LEN_V3 - 8;
+/// The writer closes a batch once its records take this many bytes, so a
+/// batch (and the torn-tail search, which tries every offset of the longest
+/// one) stays bounded however long a turn is.
+pub const BATCH_SPLIT: usize = 65_536;
+/// The longest batch body (after its length field) there can be: its time,
+/// records short of [`BATCH_SPLIT`], then one more of the longest.
+pub const MAX_BATCH_BODY: usize = 8 + BATCH_SPLIT - 1 + 4 + BATCH_RECORD_MAX_BODY;
+/// The shortest: its time and one record with no name and no text.
+const MIN_BATCH_BODY: usize = 8 + 4 + BATCH_RECORD_MIN_BODY;
 /// Body bytes before the name: time (8), origin (2), destination (2),
 /// roles (1), name length (1).
 pub const BODY_FIXED_LEN: usize = 14;
@@ -45,11 +75,14 @@ pub const MAX_BODY_LEN: usize = BODY_FIXED_LEN + MAX_NAME_LEN + MAX_TEXT_LEN;
 pub const MAX_BODY_LEN_V3: usize = MAX_BODY_LEN + super::rooms::MAX_WAITING_HEAD;
 /// The longest body a version 1 record may claim.
 pub const MAX_BODY_LEN_V1: usize = BODY_FIXED_LEN_V1 + MAX_TEXT_LEN;
-/// The longest record on disk (header and longest body), in either format.
-/// Written out: only scans sized by it use it, and any size finds the same
-/// records.
+/// The longest record on disk in versions 1 to 3 (header and longest
+/// body). Written out: only scans sized by it use it, and any size finds
+/// the same records.
 pub const MAX_RECORD_LEN: usize = 65_620;
 const _: () = assert!(MAX_RECORD_LEN == RECORD_HEADER_LEN + MAX_BODY_LEN_V3);
+/// The longest unit on disk in any format: a version 4 batch.
+pub const MAX_UNIT_LEN: usize = RECORD_HEADER_LEN + MAX_BATCH_BODY;
+const _: () = assert!(MAX_UNIT_LEN > MAX_RECORD_LEN);
 const _: () = assert!(MAX_BODY_LEN_V1 < MAX_BODY_LEN);
 /// Digits in a segment name: enough for any u64, so names sort like numbers.
 const NAME_DIGITS: usize = 20;
@@ -65,12 +98,16 @@ pub enum Format {
     V2,
     /// `EVCHLOG3`: version 2's layout; a record to 65535 is a room record.
     V3,
+    /// `EVCHLOG4`: version 3's records, in checksummed batches.
+    V4,
 }
 
 impl Format {
     /// The format a segment's first 8 bytes name; None for any other bytes.
     pub fn of_magic(magic: &[u8]) -> Option<Format> {
         if magic == SEGMENT_MAGIC {
+            Some(Format::V4)
+        } else if magic == SEGMENT_MAGIC_V3 {
             Some(Format::V3)
         } else if magic == SEGMENT_MAGIC_V2 {
             Some(Format::V2)
@@ -81,13 +118,19 @@ impl Format {
         }
     }
 
-    /// The body lengths a record of this format may claim.
+    /// The body lengths a unit of this format may claim.
     fn body_lens(self) -> std::ops::RangeInclusive<usize> {
         match self {
             Format::V1 => BODY_FIXED_LEN_V1..=MAX_BODY_LEN_V1,
             Format::V2 => BODY_FIXED_LEN..=MAX_BODY_LEN,
             Format::V3 => BODY_FIXED_LEN..=MAX_BODY_LEN_V3,
+            Format::V4 => MIN_BATCH_BODY..=MAX_BATCH_BODY,
         }
+    }
+
+    /// The longest unit of this format on disk.
+    fn max_unit_len(self) -> usize {
+        RECORD_HEADER_LEN + *self.body_lens().end()
     }
 
     /// The version's digit, as its magic ends.
@@ -96,6 +139,7 @@ impl Format {
             Format::V1 => 1,
             Format::V2 => 2,
             Format::V3 => 3,
+            Format::V4 => 4,
         }
     }
 }
@@ -156,19 +200,29 @@ impl RecordView<'_> {
         }
     }
 
-    /// The record's size on disk in the format written now (for the fuzz
-    /// target's checks).
+    /// The record's size on disk in a batch of version 4, the batch's
+    /// header not counted (for the fuzz target's checks).
     #[cfg(feature = "testing")]
     pub fn encoded_len(&self) -> usize {
-        RECORD_HEADER_LEN + BODY_FIXED_LEN + self.name.len() + self.text.len()
+        BATCH_RECORD_HEAD_LEN + self.name.len() + self.text.len()
     }
 }
 
-/// Appends one record to `out` in the format written now; see
-/// [`encode_unsealed`] for what it must hold. (The writer encodes a turn's
-/// records and seals them together.)
+/// Appends one batch holding one record to `out`, sealed, in the format
+/// written now (tests and the fuzz target build logs with it; the writer
+/// builds its batches with [`Batches`]). See [`encode_unsealed`] for what
+/// the record must hold.
 #[cfg(any(test, feature = "testing"))]
 pub fn encode_record(out: &mut Vec<u8>, record: RecordView<'_>) {
+    let mut batches = Batches::new();
+    batches.push(&record);
+    out.extend_from_slice(batches.seal());
+}
+
+/// Appends one version 3 record to `out`, sealed (a checksum of its own):
+/// the tests and the fuzz target build logs of the earlier format with it.
+#[cfg(any(test, feature = "testing"))]
+pub fn encode_record_v3(out: &mut Vec<u8>, record: RecordView<'_>) {
     let start = out.len();
     encode_unsealed(out, &record);
     seal_records(&mut out[start..]);
@@ -190,35 +244,11 @@ pub fn encode_record_v1(out: &mut Vec<u8>, time_ms: u64, origin: u16, dest: u16,
     out[start..start + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// Appends one record to `out` with its checksum left zero, for
+/// Appends one version 3 record to `out` with its checksum left zero, for
 /// [`seal_records`] to fill in. The text must be at most [`MAX_TEXT_LEN`]
-/// bytes, the name at most [`MAX_NAME_LEN`] of printable ASCII (a name
-/// that follows PROTOCOL.md's rule is).
-///
-/// One `reserve`, the 22 header bytes in one copy, the name and the text
-/// in one each: a record is encoded once per message, so what it costs is
-/// per message (issue #26). A message with no name pays one byte for it.
-/// The writer encodes its records inline (`encode_kept_unsealed`); this is
-/// the same format for tests, the fuzz target and the store bench.
+/// bytes, the name at most [`MAX_NAME_LEN`] of printable ASCII.
 #[cfg(any(test, feature = "testing"))]
 pub fn encode_unsealed(out: &mut Vec<u8>, record: &RecordView<'_>) {
-    assert!(
-        record.text.len() <= MAX_TEXT_LEN,
-        "record text over 65535 bytes"
-    );
-    assert!(
-        record.name.len() <= MAX_NAME_LEN,
-        "record name over 24 bytes"
-    );
-    encode_kept_unsealed(out, record);
-}
-
-/// [`encode_unsealed`] for a record the caller has checked (the writer,
-/// which cuts what the format cannot keep): inlined into it, so that a
-/// message's record is encoded with no call and no check made twice
-/// (issue #26).
-#[inline(always)]
-pub(crate) fn encode_kept_unsealed(out: &mut Vec<u8>, record: &RecordView<'_>) {
     let &RecordView {
         time_ms,
         origin,
@@ -227,22 +257,179 @@ pub(crate) fn encode_kept_unsealed(out: &mut Vec<u8>, record: &RecordView<'_>) {
         name,
         text,
     } = record;
-    debug_assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
-    debug_assert!(keepable_name(name), "record name not keepable");
+    assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
+    assert!(name.len() <= MAX_NAME_LEN, "record name over 24 bytes");
     let body_len = (BODY_FIXED_LEN + name.len() + text.len()) as u32;
-    let mut header = [0u8; RECORD_HEADER_LEN + BODY_FIXED_LEN];
-    header[4..8].copy_from_slice(&body_len.to_be_bytes());
-    header[8..16].copy_from_slice(&time_ms.to_be_bytes());
-    header[16..18].copy_from_slice(&origin.to_be_bytes());
-    header[18..20].copy_from_slice(&dest.to_be_bytes());
-    header[20..22].copy_from_slice(&[roles, name.len() as u8]);
-    out.reserve(header.len() + name.len() + text.len());
-    out.extend_from_slice(&header);
-    // Most messages have no name: no copy, not even an empty one.
-    if !name.is_empty() {
-        out.extend_from_slice(name.as_bytes());
-    }
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&body_len.to_be_bytes());
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&dest.to_be_bytes());
+    out.extend_from_slice(&[roles, name.len() as u8]);
+    out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(text);
+}
+
+/// A turn's records as version 4 batches, built in place, ready for one
+/// `write` (HISTORY.md, "Segment layout"): a batch holds records of one
+/// time, at most [`BATCH_SPLIT`] bytes of them and one more; a record of
+/// another time, or one past that bound, opens the next batch. Each batch's
+/// length and checksum are filled in by [`Batches::seal`]: one CRC32C a
+/// batch instead of one a record, and 12 bytes less a record (issue #26).
+#[derive(Debug, Default)]
+pub struct Batches {
+    bytes: Vec<u8>,
+    /// Where the open batch's header starts in `bytes`; None: none open.
+    open: Option<usize>,
+    /// The time of the open batch's records.
+    open_time: u64,
+    records: u64,
+}
+
+impl Batches {
+    pub fn new() -> Batches {
+        Batches::default()
+    }
+
+    /// Adds a message record. The text must be at most [`MAX_TEXT_LEN`]
+    /// bytes, the name at most [`MAX_NAME_LEN`] of printable ASCII (a name
+    /// that follows PROTOCOL.md's rule is).
+    #[cfg(any(test, feature = "testing"))]
+    pub fn push(&mut self, record: &RecordView<'_>) {
+        assert!(
+            record.text.len() <= MAX_TEXT_LEN,
+            "record text over 65535 bytes"
+        );
+        assert!(keepable_name(record.name), "record name not keepable");
+        self.push_kept(record);
+    }
+
+    /// [`Batches::push`] for a record the caller has checked (the writer,
+    /// which cuts what the format cannot keep): inlined into it, so that a
+    /// message's record is encoded with no call and no check made twice.
+    #[inline(always)]
+    pub(crate) fn push_kept(&mut self, record: &RecordView<'_>) {
+        let &RecordView {
+            time_ms,
+            origin,
+            dest,
+            roles,
+            name,
+            text,
+        } = record;
+        debug_assert!(text.len() <= MAX_TEXT_LEN, "record text over 65535 bytes");
+        debug_assert!(keepable_name(name), "record name not keepable");
+        self.batch_for(time_ms);
+        let body_len = (BATCH_RECORD_MIN_BODY + name.len() + text.len()) as u32;
+        let mut head = [0u8; BATCH_RECORD_HEAD_LEN];
+        head[0..4].copy_from_slice(&body_len.to_be_bytes());
+        head[4..6].copy_from_slice(&origin.to_be_bytes());
+        head[6..8].copy_from_slice(&dest.to_be_bytes());
+        head[8..10].copy_from_slice(&[roles, name.len() as u8]);
+        self.bytes.reserve(head.len() + name.len() + text.len());
+        self.bytes.extend_from_slice(&head);
+        // Most messages have no name: no copy, not even an empty one.
+        if !name.is_empty() {
+            self.bytes.extend_from_slice(name.as_bytes());
+        }
+        self.bytes.extend_from_slice(text);
+        self.records += 1;
+    }
+
+    /// Adds a room record stamped `time_ms`.
+    pub fn push_room(&mut self, time_ms: u64, record: &super::rooms::RoomRecord<'_>) {
+        self.batch_for(time_ms);
+        record.encode_in_batch(&mut self.bytes);
+        self.records += 1;
+    }
+
+    /// Makes sure the open batch can take a record stamped `time_ms`.
+    #[inline(always)]
+    fn batch_for(&mut self, time_ms: u64) {
+        match self.open {
+            Some(start)
+                if self.open_time == time_ms
+                    && self.bytes.len() - start < BATCH_HEADER_LEN + BATCH_SPLIT => {}
+            _ => self.open_batch(time_ms),
+        }
+    }
+
+    fn open_batch(&mut self, time_ms: u64) {
+        self.close();
+        self.open = Some(self.bytes.len());
+        self.open_time = time_ms;
+        let mut header = [0u8; BATCH_HEADER_LEN];
+        header[8..16].copy_from_slice(&time_ms.to_be_bytes());
+        self.bytes.extend_from_slice(&header);
+    }
+
+    /// Writes the open batch's length: it takes no more records.
+    fn close(&mut self) {
+        if let Some(start) = self.open.take() {
+            let len = (self.bytes.len() - start - RECORD_HEADER_LEN) as u32;
+            self.bytes[start + 4..start + 8].copy_from_slice(&len.to_be_bytes());
+        }
+    }
+
+    /// Closes the open batch and fills in every batch's checksum: the bytes
+    /// to write, whole batches back to back.
+    pub fn seal(&mut self) -> &[u8] {
+        self.close();
+        let mut at = 0;
+        while at < self.bytes.len() {
+            let end = at + unit_len(&self.bytes[at..]);
+            let crc = checksum(&self.bytes[at + 4..end]);
+            self.bytes[at..at + 4].copy_from_slice(&crc.to_be_bytes());
+            at = end;
+        }
+        &self.bytes
+    }
+
+    /// Records added since the last [`Batches::clear`].
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Whether no record was added since the last [`Batches::clear`].
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
+
+    /// Forgets every batch; keeps the buffer for the next turn unless it
+    /// grew past `keep` bytes.
+    pub fn clear(&mut self, keep: usize) {
+        if self.bytes.capacity() > keep {
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.clear();
+        }
+        self.open = None;
+        self.records = 0;
+    }
+
+    /// The buffer's capacity.
+    #[cfg(feature = "testing")]
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+}
+
+/// The length of the unit (a record of versions 1 to 3, a batch of version
+/// 4) that starts `bytes`, from its length field.
+pub(crate) fn unit_len(bytes: &[u8]) -> usize {
+    RECORD_HEADER_LEN + u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize
+}
+
+/// The records in `batch`, a whole version 4 batch as [`Batches`] builds
+/// it (only the writer's own batches are counted this way).
+pub(crate) fn batch_records(batch: &[u8]) -> u64 {
+    let mut at = BATCH_HEADER_LEN;
+    let mut records = 0;
+    while at + 4 <= batch.len() {
+        at += 4 + u32::from_be_bytes(batch[at..at + 4].try_into().unwrap()) as usize;
+        records += 1;
+    }
+    records
 }
 
 /// Whether every byte of a name is printable ASCII: what the format keeps
@@ -256,14 +443,17 @@ pub fn keepable_name(name: &str) -> bool {
     name.len() <= MAX_NAME_LEN && is_printable(name.as_bytes())
 }
 
-/// Fills in the checksum of every record in `records` (whole records, as
-/// [`encode_unsealed`] writes them, one after another).
+/// Fills in the checksum of every version 3 record in `records` (whole
+/// records, as [`encode_unsealed`] writes them, one after another): how
+/// evchat sealed a turn's records before batches; the tests, the fuzz
+/// target and the store bench build version 3 logs with it.
 ///
 /// The `crc32` instruction takes three cycles before its result can feed
 /// the next one, so the checksum of one short record is a chain that waits
 /// on itself; records are independent, so this runs three of them side by
 /// side, word by word. The values are the records' own CRC32C: the format
 /// does not change.
+#[cfg(any(test, feature = "testing"))]
 pub fn seal_records(records: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -276,16 +466,11 @@ pub fn seal_records(records: &mut [u8]) {
     }
     let mut at = 0;
     while at < records.len() {
-        let len = sealed_len(&records[at..]);
+        let len = unit_len(&records[at..]);
         let crc = crc32c::crc32c(&records[at + 4..at + len]);
         records[at..at + 4].copy_from_slice(&crc.to_be_bytes());
         at += len;
     }
-}
-
-/// The length of the record that starts `bytes`, from its length field.
-fn sealed_len(bytes: &[u8]) -> usize {
-    RECORD_HEADER_LEN + u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize
 }
 
 /// CRC32C of `bytes`: the `crc32c` crate's value, computed inline with the
@@ -311,7 +496,7 @@ const SHORT_CHECKSUM_MAX: usize = 256;
 /// [`seal_records`] with the `crc32` instruction: records three at a time,
 /// their bodies' words in lockstep as far as the shortest goes, then each
 /// one's rest on its own.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", any(test, feature = "testing")))]
 #[target_feature(enable = "sse4.2")]
 fn seal_records_sse42(records: &mut [u8]) {
     use std::arch::x86_64::_mm_crc32_u64;
@@ -320,7 +505,7 @@ fn seal_records_sse42(records: &mut [u8]) {
         let mut spans = [(0, 0); 3];
         let mut n = 0;
         while n < 3 && at < records.len() {
-            let len = sealed_len(&records[at..]);
+            let len = unit_len(&records[at..]);
             spans[n] = (at, at + len);
             n += 1;
             at += len;
@@ -449,7 +634,7 @@ impl Source for [u8] {
 /// What is wrong at the place where reading stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
-    /// The segment does not start with a magic (`EVCHLOG3`, `EVCHLOG2`,
+    /// The segment does not start with a magic (`EVCHLOG4` to
     /// `EVCHLOG1`).
     BadMagic,
     /// The segment's magic names a format version this evchat does not
@@ -466,6 +651,10 @@ pub enum Damage {
     /// a message record with a text over 65535 bytes. No torn write leaves
     /// one: corruption wherever it is.
     BadRoomRecord,
+    /// A whole batch of version 4 (its checksum right) whose records do
+    /// not fill it exactly: a record's length out of range or running past
+    /// the batch. No torn write leaves one: corruption wherever it is.
+    BadBatch,
     /// The stored checksum is not the body's.
     BadChecksum { stored: u32, computed: u32 },
     /// The segment ends inside a record (or its header).
@@ -481,12 +670,14 @@ impl fmt::Display for Damage {
             Damage::BadMagic => write!(f, "not an evchat history segment (bad magic)"),
             Damage::UnknownVersion(digit) => write!(
                 f,
-                "segment format version {} is newer than this evchat reads (1 to 3)",
+                "segment format version {} is newer than this evchat reads (1 to 4)",
                 char::from(*digit)
             ),
             Damage::BadLength(len) => write!(
                 f,
-                "record length {len} is out of range ({BODY_FIXED_LEN}..={MAX_BODY_LEN_V3}; \
+                "record length {len} is out of range (a batch: \
+                 {MIN_BATCH_BODY}..={MAX_BATCH_BODY}; a record: \
+                 {BODY_FIXED_LEN}..={MAX_BODY_LEN_V3} in a version 3 segment, \
                  ..={MAX_BODY_LEN} in a version 2 segment, \
                  {BODY_FIXED_LEN_V1}..={MAX_BODY_LEN_V1} in a version 1 segment)"
             ),
@@ -499,6 +690,11 @@ impl fmt::Display for Damage {
                 f,
                 "a room record of no known kind or with fields that do not add up, \
                  or a message record with a text over {MAX_TEXT_LEN} bytes"
+            ),
+            Damage::BadBatch => write!(
+                f,
+                "a batch whose records do not fill it exactly (a record's length out \
+                 of range or running past the batch)"
             ),
             Damage::BadChecksum { stored, computed } => write!(
                 f,
@@ -516,8 +712,13 @@ impl fmt::Display for Damage {
 /// One step of a [`Cursor`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step<'a> {
-    /// A whole record with a good checksum, starting at `offset`.
-    Record { offset: u64, record: RecordView<'a> },
+    /// A whole record with a good checksum, starting at `offset`, from
+    /// `unit`.
+    Record {
+        offset: u64,
+        record: RecordView<'a>,
+        unit: Unit,
+    },
     /// Every byte up to the end was read as whole records.
     End,
     /// The last segment's bytes from `offset` to the end are the remains of
@@ -526,6 +727,16 @@ pub enum Step<'a> {
     TornTail { offset: u64, len: u64 },
     /// Damage at `offset` that is not a torn tail.
     Corrupt { offset: u64, damage: Damage },
+}
+
+/// What a record was read from: a record of its own before version 4, a
+/// batch in version 4 (kept or cut whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    /// Where it starts in the segment.
+    pub offset: u64,
+    /// The records it holds.
+    pub records: u64,
 }
 
 /// Reads a segment's records in order through a bounded read-ahead buffer
@@ -543,6 +754,21 @@ pub struct Cursor {
     read_ahead: usize,
     /// The segment's format, from its magic (read first).
     format: Format,
+    /// The verified batch (version 4) whose records are being handed out.
+    pending: Option<Pending>,
+    /// The last unit read.
+    unit: Unit,
+}
+
+/// The records of a verified batch still to hand out, as places in the
+/// cursor's window.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Where the next record starts.
+    next: usize,
+    /// Where the batch ends.
+    end: usize,
+    time_ms: u64,
 }
 
 impl Default for Cursor {
@@ -565,12 +791,19 @@ impl Cursor {
             window: Vec::new(),
             window_start: 0,
             read_ahead: read_ahead.max(1),
-            format: Format::V3,
+            format: Format::V4,
+            pending: None,
+            unit: Unit {
+                offset: 0,
+                records: 0,
+            },
         }
     }
 
-    /// Where the next record starts (after the last one returned); the
-    /// length of the segment's valid part once reading has stopped.
+    /// Where the next unit starts (after the one the last record returned
+    /// came from: a version 4 batch is verified whole before its first
+    /// record is handed out); the length of the segment's valid part once
+    /// reading has stopped.
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -599,12 +832,19 @@ impl Cursor {
     /// damaged header, a bad spot followed by good records, or any bad spot
     /// in any other segment. A whole record whose name field is wrong is
     /// [`Damage::BadName`], corruption wherever it is.
+    ///
+    /// In version 4 the unit is a batch: it is checked whole (its checksum,
+    /// then every record's framing and fields) before its first record is
+    /// returned, so a batch is kept or cut whole, never in part.
     pub fn next<S: Source + ?Sized>(
         &mut self,
         source: &S,
         end: u64,
         last: bool,
     ) -> io::Result<Step<'_>> {
+        if self.pending.is_some() {
+            return Ok(self.pending_record());
+        }
         if self.offset == 0 {
             match self.check_header(source, end, last)? {
                 Some(step) => return Ok(step),
@@ -636,6 +876,29 @@ impl Cursor {
         if computed != stored {
             return self.bad(source, end, last, Damage::BadChecksum { stored, computed });
         }
+        if format == Format::V4 {
+            let start = (at - self.window_start) as usize;
+            let batch = &self.window[start..start + record_len];
+            return match check_batch(batch) {
+                Ok((records, time_ms)) => {
+                    self.offset = at + record_len as u64;
+                    self.unit = Unit {
+                        offset: at,
+                        records,
+                    };
+                    self.pending = Some(Pending {
+                        next: start + BATCH_HEADER_LEN,
+                        end: start + record_len,
+                        time_ms,
+                    });
+                    Ok(self.pending_record())
+                }
+                Err(damage) => {
+                    self.forget();
+                    Ok(Step::Corrupt { offset: at, damage })
+                }
+            };
+        }
         if !name_field_ok(&bytes[RECORD_HEADER_LEN..], format) {
             self.forget();
             return Ok(Step::Corrupt {
@@ -654,12 +917,34 @@ impl Cursor {
             });
         }
         self.offset = at + record_len as u64;
+        self.unit = Unit {
+            offset: at,
+            records: 1,
+        };
         let start = (at - self.window_start) as usize;
         let body = &self.window[start + RECORD_HEADER_LEN..start + record_len];
         Ok(Step::Record {
             offset: at,
             record: view_body(body, format),
+            unit: self.unit,
         })
+    }
+
+    /// The next record of the verified batch being handed out.
+    fn pending_record(&mut self) -> Step<'_> {
+        let pending = self.pending.as_mut().expect("a batch is being read");
+        let at = pending.next;
+        let len = 4 + u32::from_be_bytes(self.window[at..at + 4].try_into().unwrap()) as usize;
+        pending.next += len;
+        let time_ms = pending.time_ms;
+        if pending.next >= pending.end {
+            self.pending = None;
+        }
+        Step::Record {
+            offset: self.window_start + at as u64,
+            record: view_batch_record(time_ms, &self.window[at + 4..at + len]),
+            unit: self.unit,
+        }
     }
 
     /// Checks the segment header; None when it is there and right.
@@ -728,6 +1013,7 @@ impl Cursor {
     /// tail may be rewritten (a failed write undone, then written again),
     /// so the next attempt must read it afresh.
     fn forget(&mut self) {
+        self.pending = None;
         self.window.clear();
         self.window_start = 0;
     }
@@ -750,9 +1036,10 @@ impl Cursor {
         Ok(true)
     }
 
-    /// Whether a whole record with a good checksum starts at any byte in
-    /// `[from, end)`. Reads in blocks of two records' length, so memory
-    /// stays bounded however long the range is.
+    /// Whether a whole unit (record, or version 4 batch) with a good
+    /// checksum starts at any byte in `[from, end)`. Reads in blocks of two
+    /// of the longest units, so memory stays bounded however long the
+    /// range is.
     fn whole_record_within<S: Source + ?Sized>(
         &mut self,
         source: &S,
@@ -760,11 +1047,12 @@ impl Cursor {
         end: u64,
     ) -> io::Result<bool> {
         let format = self.format;
+        let longest = format.max_unit_len();
         let mut block = from;
         while block < end {
-            let n = (end - block).min(2 * MAX_RECORD_LEN as u64) as usize;
+            let n = (end - block).min(2 * longest as u64) as usize;
             let bytes = self.bytes(source, block, n, end)?;
-            let starts = n.min(MAX_RECORD_LEN);
+            let starts = n.min(longest);
             if (0..starts).any(|i| whole_record_at(&bytes[i..], format)) {
                 return Ok(true);
             }
@@ -821,8 +1109,8 @@ fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
-/// Whether `bytes` begins with a whole record of `format` whose checksum
-/// is right.
+/// Whether `bytes` begins with a whole unit of `format` (a record, a batch
+/// in version 4) whose checksum is right.
 fn whole_record_at(bytes: &[u8], format: Format) -> bool {
     if bytes.len() < RECORD_HEADER_LEN {
         return false;
@@ -842,7 +1130,7 @@ fn whole_record_at(bytes: &[u8], format: Format) -> bool {
 fn name_field_ok(body: &[u8], format: Format) -> bool {
     match format {
         Format::V1 => true,
-        Format::V2 | Format::V3 => {
+        Format::V2 | Format::V3 | Format::V4 => {
             let name_len = usize::from(body[13]);
             name_len <= MAX_NAME_LEN
                 && BODY_FIXED_LEN + name_len <= body.len()
@@ -858,7 +1146,7 @@ fn view_body(body: &[u8], format: Format) -> RecordView<'_> {
     let dest = u16::from_be_bytes(body[10..12].try_into().unwrap());
     let (roles, name, text) = match format {
         Format::V1 => (0, "", &body[BODY_FIXED_LEN_V1..]),
-        Format::V2 | Format::V3 => {
+        Format::V2 | Format::V3 | Format::V4 => {
             let (name, text) = body[BODY_FIXED_LEN..].split_at(usize::from(body[13]));
             // Checked printable ASCII, so UTF-8.
             let name = std::str::from_utf8(name).unwrap_or_default();
@@ -871,6 +1159,54 @@ fn view_body(body: &[u8], format: Format) -> RecordView<'_> {
         dest,
         roles,
         name,
+        text,
+    }
+}
+
+/// Checks a version 4 batch whose checksum is right: its records fill it
+/// exactly, each name is one the format keeps, each record's fields are
+/// some record's ([`super::rooms::fields_ok`]). Its record count and time,
+/// or the damage.
+fn check_batch(batch: &[u8]) -> Result<(u64, u64), Damage> {
+    let time_ms = u64::from_be_bytes(batch[8..16].try_into().unwrap());
+    let mut at = BATCH_HEADER_LEN;
+    let mut records = 0;
+    while at < batch.len() {
+        let Some(head) = batch.get(at..at + 4) else {
+            return Err(Damage::BadBatch);
+        };
+        let len = u32::from_be_bytes(head.try_into().unwrap()) as usize;
+        let left = batch.len() - at - 4;
+        if !(BATCH_RECORD_MIN_BODY..=BATCH_RECORD_MAX_BODY).contains(&len) || len > left {
+            return Err(Damage::BadBatch);
+        }
+        let body = &batch[at + 4..at + 4 + len];
+        let name_len = usize::from(body[5]);
+        if name_len > MAX_NAME_LEN
+            || BATCH_RECORD_MIN_BODY + name_len > len
+            || !is_printable(&body[BATCH_RECORD_MIN_BODY..BATCH_RECORD_MIN_BODY + name_len])
+        {
+            return Err(Damage::BadName);
+        }
+        if !super::rooms::fields_ok(&view_batch_record(time_ms, body)) {
+            return Err(Damage::BadRoomRecord);
+        }
+        records += 1;
+        at += 4 + len;
+    }
+    Ok((records, time_ms))
+}
+
+/// Reads the body of a record in a batch (checked by [`check_batch`]).
+fn view_batch_record(time_ms: u64, body: &[u8]) -> RecordView<'_> {
+    let (name, text) = body[BATCH_RECORD_MIN_BODY..].split_at(usize::from(body[5]));
+    RecordView {
+        time_ms,
+        origin: u16::from_be_bytes([body[0], body[1]]),
+        dest: u16::from_be_bytes([body[2], body[3]]),
+        roles: body[4],
+        // Checked printable ASCII, so UTF-8.
+        name: std::str::from_utf8(name).unwrap_or_default(),
         text,
     }
 }
@@ -892,9 +1228,9 @@ mod tests {
     }
 
     fn segment(records: &[(u64, u16, u16, &[u8])]) -> Vec<u8> {
-        let mut bytes = SEGMENT_MAGIC.to_vec();
+        let mut bytes = SEGMENT_MAGIC_V3.to_vec();
         for &(time, origin, dest, text) in records {
-            encode_record(&mut bytes, plain(time, origin, dest, text));
+            encode_record_v3(&mut bytes, plain(time, origin, dest, text));
         }
         bytes
     }
@@ -919,7 +1255,7 @@ mod tests {
             roles: 7,
             ..plain(0x0102_0304_0506_0708, 1, 4096, b"hi")
         };
-        encode_record(&mut bytes, record);
+        encode_record_v3(&mut bytes, record);
         let crc = crc32c::crc32c(&bytes[4..]).to_be_bytes();
         #[rustfmt::skip]
         let want = [
@@ -933,7 +1269,7 @@ mod tests {
             b'h', b'i',                     // text
         ];
         assert_eq!(bytes, want);
-        let mut segment = SEGMENT_MAGIC.to_vec();
+        let mut segment = SEGMENT_MAGIC_V3.to_vec();
         segment.extend_from_slice(&bytes);
         assert_eq!(
             read_all(&segment, false, 64),
@@ -944,7 +1280,7 @@ mod tests {
     #[test]
     fn a_record_with_no_name_pays_one_byte_for_it() {
         let mut bytes = Vec::new();
-        encode_record(&mut bytes, plain(1, 1, 0, b"hi"));
+        encode_record_v3(&mut bytes, plain(1, 1, 0, b"hi"));
         assert_eq!(bytes.len(), RECORD_HEADER_LEN + 12 + 2 + 2);
         assert_eq!(&bytes[20..], [0, 0, b'h', b'i'], "roles 0, no name, text");
     }
@@ -969,7 +1305,9 @@ mod tests {
         let mut cursor = Cursor::with_read_ahead(7);
         let end = segment.len() as u64;
         match cursor.next(&segment[..], end, true).unwrap() {
-            Step::Record { offset: 8, record } => assert_eq!(record.to_record(), want),
+            Step::Record {
+                offset: 8, record, ..
+            } => assert_eq!(record.to_record(), want),
             other => panic!("{other:?}"),
         }
         assert_eq!(cursor.format(), Format::V1);
@@ -998,11 +1336,11 @@ mod tests {
 
     #[test]
     fn a_later_format_version_is_named_not_called_bad_magic() {
-        let (_, end) = read_all(b"EVCHLOG4........", false, 64);
-        assert_eq!(end, "Corrupt { offset: 0, damage: UnknownVersion(52) }");
+        let (_, end) = read_all(b"EVCHLOG5........", false, 64);
+        assert_eq!(end, "Corrupt { offset: 0, damage: UnknownVersion(53) }");
         assert_eq!(
-            Damage::UnknownVersion(b'4').to_string(),
-            "segment format version 4 is newer than this evchat reads (1 to 3)"
+            Damage::UnknownVersion(b'5').to_string(),
+            "segment format version 5 is newer than this evchat reads (1 to 4)"
         );
         let (_, end) = read_all(b"EVCHLOGx........", true, 64);
         assert_eq!(end, "Corrupt { offset: 0, damage: BadMagic }");
@@ -1015,7 +1353,7 @@ mod tests {
     #[test]
     fn a_whole_record_with_a_bad_name_field_is_corruption_even_last() {
         // The name length field of the segment's first record.
-        const NAME_AT: usize = SEGMENT_MAGIC.len() + RECORD_HEADER_LEN + 13;
+        const NAME_AT: usize = SEGMENT_MAGIC_V3.len() + RECORD_HEADER_LEN + 13;
         let good = segment(&[(1, 1, 0, b"0123456789012345678901234567890123456789")]);
         type Damaging = fn(&mut Vec<u8>);
         let cases: [(&str, Damaging); 4] = [
@@ -1034,7 +1372,7 @@ mod tests {
         for (what, damage) in cases {
             let mut bytes = good.clone();
             damage(&mut bytes);
-            let body = SEGMENT_MAGIC.len() + 4;
+            let body = SEGMENT_MAGIC_V3.len() + 4;
             let crc = crc32c::crc32c(&bytes[body..]);
             bytes[body - 4..body].copy_from_slice(&crc.to_be_bytes());
             for last in [true, false] {
@@ -1046,12 +1384,12 @@ mod tests {
         // The longest name and a name that fills the body both read.
         let longest = "N".repeat(MAX_NAME_LEN);
         for text in [&b""[..], b"text"] {
-            let mut bytes = SEGMENT_MAGIC.to_vec();
+            let mut bytes = SEGMENT_MAGIC_V3.to_vec();
             let record = RecordView {
                 name: &longest,
                 ..plain(1, 1, 0, text)
             };
-            encode_record(&mut bytes, record);
+            encode_record_v3(&mut bytes, record);
             assert_eq!(
                 read_all(&bytes, true, 16),
                 (vec![record.to_record()], "End".into())
@@ -1097,7 +1435,7 @@ mod tests {
                 for (k, &crc) in want.iter().enumerate() {
                     let stored = u32::from_be_bytes(batch[at..at + 4].try_into().unwrap());
                     assert_eq!(stored, crc, "record {k} of {count}, from {first}");
-                    at += sealed_len(&batch[at..]);
+                    at += unit_len(&batch[at..]);
                 }
                 assert_eq!(at, batch.len());
             }
@@ -1135,7 +1473,10 @@ mod tests {
     #[test]
     fn an_empty_segment_has_no_records() {
         assert_eq!(read_all(&[], false, 64), (vec![], "End".into()));
-        assert_eq!(read_all(&SEGMENT_MAGIC, false, 64), (vec![], "End".into()));
+        assert_eq!(
+            read_all(&SEGMENT_MAGIC_V3, false, 64),
+            (vec![], "End".into())
+        );
     }
 
     /// A live log's tail may be undone (a failed write cut back) and
@@ -1180,10 +1521,10 @@ mod tests {
 
     #[test]
     fn a_cut_header_in_the_last_segment_is_torn_elsewhere_corrupt() {
-        for cut in 1..SEGMENT_MAGIC.len() {
-            let (_, end) = read_all(&SEGMENT_MAGIC[..cut], true, 64);
+        for cut in 1..SEGMENT_MAGIC_V3.len() {
+            let (_, end) = read_all(&SEGMENT_MAGIC_V3[..cut], true, 64);
             assert_eq!(end, format!("TornTail {{ offset: 0, len: {cut} }}"));
-            let (_, end) = read_all(&SEGMENT_MAGIC[..cut], false, 64);
+            let (_, end) = read_all(&SEGMENT_MAGIC_V3[..cut], false, 64);
             assert_eq!(end, "Corrupt { offset: 0, damage: Incomplete }");
         }
         let (_, end) = read_all(b"NOTALOG1....", true, 64);
@@ -1218,7 +1559,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_before_the_last_record_is_corruption_at_its_record() {
         let bytes = segment(&[(1, 1, 0, b"one"), (2, 2, 0, b"two"), (3, 3, 0, b"three")]);
-        let second = SEGMENT_MAGIC.len() + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3;
+        let second = SEGMENT_MAGIC_V3.len() + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3;
         let third = second + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3;
         for byte in second..third {
             for bit in 0..8 {
@@ -1244,7 +1585,7 @@ mod tests {
         assert_eq!(end, "End");
         // The length field claims one byte more than the longest body.
         let mut claim = bytes.clone();
-        let at = SEGMENT_MAGIC.len() + 4;
+        let at = SEGMENT_MAGIC_V3.len() + 4;
         claim[at..at + 4].copy_from_slice(&(MAX_BODY_LEN_V3 as u32 + 1).to_be_bytes());
         let (records, end) = read_all(&claim, false, 64);
         assert!(records.is_empty());
@@ -1283,7 +1624,7 @@ mod tests {
     #[test]
     fn the_offset_is_where_the_next_record_starts_then_the_valid_length() {
         let bytes = segment(&[(1, 1, 0, b"one"), (2, 2, 0, b"two")]);
-        let first = (SEGMENT_MAGIC.len() + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3) as u64;
+        let first = (SEGMENT_MAGIC_V3.len() + RECORD_HEADER_LEN + BODY_FIXED_LEN + 3) as u64;
         let mut torn = bytes.clone();
         torn.extend_from_slice(&[1, 2, 3]);
         let mut cursor = Cursor::with_read_ahead(16);
@@ -1306,15 +1647,248 @@ mod tests {
     }
 
     #[test]
-    fn a_record_view_knows_its_size_on_disk() {
-        let bytes = segment(&[(7, 1, 4096, b"sized")]);
+    fn a_record_view_knows_its_size_in_a_batch() {
+        let mut bytes = SEGMENT_MAGIC.to_vec();
+        encode_record(&mut bytes, plain(7, 1, 4096, b"sized"));
         let mut cursor = Cursor::with_read_ahead(64);
         match cursor.next(&bytes[..], bytes.len() as u64, true).unwrap() {
-            Step::Record { record, .. } => {
-                assert_eq!(record.encoded_len(), bytes.len() - SEGMENT_MAGIC.len());
-            }
+            Step::Record { record, .. } => assert_eq!(
+                record.encoded_len(),
+                bytes.len() - SEGMENT_MAGIC.len() - BATCH_HEADER_LEN
+            ),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A version 4 segment: `turns` of records, each turn's records built
+    /// into batches as the writer builds them.
+    fn batch_segment(turns: &[Vec<RecordView<'_>>]) -> Vec<u8> {
+        let mut bytes = SEGMENT_MAGIC.to_vec();
+        for turn in turns {
+            let mut batches = Batches::new();
+            for record in turn {
+                batches.push(record);
+            }
+            bytes.extend_from_slice(batches.seal());
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_batch_is_crc_length_time_then_records_of_length_origin_dest_roles_name_text() {
+        let named = RecordView {
+            time_ms: 0x0102_0304_0506_0708,
+            origin: 0x0a0b,
+            dest: 0,
+            roles: 0x21,
+            name: "al",
+            text: b"hi",
+        };
+        let bytes = batch_segment(&[vec![named, plain(0x0102_0304_0506_0708, 3, 4, b"")]]);
+        let batch = &bytes[8..];
+        #[rustfmt::skip]
+        let body: &[u8] = &[
+            0, 0, 0, 32,                      // length: the rest of the batch
+            1, 2, 3, 4, 5, 6, 7, 8,           // time_ms, the batch's
+            0, 0, 0, 10,                      // record length: 6 + NL + text
+            0x0a, 0x0b, 0, 0, 0x21, 2,        // origin, dest, roles, NL
+            b'a', b'l', b'h', b'i',           // name, text
+            0, 0, 0, 6,                       // the second record: no name, no text
+            0, 3, 0, 4, 0, 0,
+        ];
+        assert_eq!(&batch[4..], body);
+        let crc = u32::from_be_bytes(batch[..4].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(body));
+        let (records, end) = read_all(&bytes, true, 7);
+        assert_eq!(end, "End");
+        assert_eq!(records[0], named.to_record());
+        assert_eq!(records[1].origin, 3);
+    }
+
+    /// The seventh round's figure: a 32-byte text from a client with no
+    /// name takes 42 bytes and its share of a batch header (54 in version
+    /// 3).
+    #[test]
+    fn a_record_of_32_bytes_of_text_takes_42_bytes_in_a_batch() {
+        let text = [b'x'; 32];
+        let turn: Vec<RecordView<'_>> = (0..100).map(|i| plain(5, i, 0, &text)).collect();
+        let bytes = batch_segment(&[turn]);
+        assert_eq!(bytes.len(), 8 + BATCH_HEADER_LEN + 100 * 42);
+        let mut v3 = Vec::new();
+        encode_record_v3(&mut v3, plain(5, 1, 0, &text));
+        assert_eq!(v3.len(), 54);
+    }
+
+    /// A batch holds records of one time and at most [`BATCH_SPLIT`] bytes
+    /// of them and one more: a turn past that, or a record of another
+    /// time, opens the next batch. Each batch is one unit.
+    #[test]
+    fn batches_split_at_a_change_of_time_and_past_the_bound() {
+        let text = vec![b'y'; 1000];
+        let mut turn: Vec<RecordView<'_>> = (0..70).map(|i| plain(9, i, 0, &text)).collect();
+        turn.push(plain(10, 70, 0, b"later"));
+        let bytes = batch_segment(&[turn]);
+        let mut cursor = Cursor::with_read_ahead(100);
+        let mut units = Vec::new();
+        let mut records = 0;
+        while let Step::Record { unit, record, .. } =
+            cursor.next(&bytes[..], bytes.len() as u64, true).unwrap()
+        {
+            assert_eq!(record.origin, records);
+            records += 1;
+            if units.last() != Some(&unit) {
+                units.push(unit);
+            }
+        }
+        assert_eq!(records, 71);
+        // 1010 bytes a record: the 65th passes 65536 bytes.
+        let counts: Vec<u64> = units.iter().map(|u| u.records).collect();
+        assert_eq!(counts, [65, 5, 1]);
+        assert_eq!(units[0].offset, 8);
+        assert_eq!(units[1].offset, 8 + 16 + 65 * 1010);
+    }
+
+    /// The torn-tail rule applied to batches: a cut anywhere in the last
+    /// batch keeps every batch before it and nothing of it, whatever the
+    /// read-ahead.
+    #[test]
+    fn every_cut_inside_the_last_batch_keeps_the_batches_before_it_only() {
+        let bytes = batch_segment(&[
+            vec![plain(1, 1, 0, b"one"), plain(1, 2, 0, b"two")],
+            vec![plain(2, 3, 0, b"three"), plain(2, 4, 0, b"four")],
+        ]);
+        let last = 8 + 16 + 2 * 10 + 6;
+        for cut in last..bytes.len() {
+            for read_ahead in [1, 13, 4096] {
+                let (records, end) = read_all(&bytes[..cut], true, read_ahead);
+                assert_eq!(records.len(), 2, "cut {cut}");
+                let want = if cut == last {
+                    "End".to_string()
+                } else {
+                    format!("TornTail {{ offset: {last}, len: {} }}", cut - last)
+                };
+                assert_eq!(end, want, "cut {cut}");
+            }
+        }
+    }
+
+    /// A flipped bit in a batch with a whole batch after it is corruption
+    /// at the damaged batch, and none of its records is handed out; in the
+    /// last batch it is a torn tail.
+    #[test]
+    fn a_flipped_bit_inside_a_batch_is_corruption_before_the_last_torn_in_it() {
+        let bytes = batch_segment(&[
+            vec![plain(1, 1, 0, b"one")],
+            vec![plain(2, 2, 0, b"two"), plain(2, 3, 0, b"three")],
+            vec![plain(3, 4, 0, b"four")],
+        ]);
+        let second = 8 + 16 + 13;
+        let third = second + 16 + 13 + 15;
+        for byte in second..third {
+            let mut bad = bytes.clone();
+            bad[byte] ^= 0x10;
+            let (records, end) = read_all(&bad, true, 64);
+            assert_eq!(records.len(), 1, "byte {byte}");
+            assert!(
+                end.starts_with(&format!("Corrupt {{ offset: {second},")),
+                "{end}"
+            );
+        }
+        for byte in third..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[byte] ^= 0x10;
+            let (records, end) = read_all(&bad, true, 64);
+            assert_eq!(records.len(), 3, "byte {byte}");
+            assert!(
+                end.starts_with(&format!("TornTail {{ offset: {third},")),
+                "{end}"
+            );
+        }
+    }
+
+    /// A batch whose checksum is right but whose records do not fill it
+    /// (a length past its end, or short of it) is corruption even last: no
+    /// torn write leaves one.
+    #[test]
+    fn a_whole_batch_whose_records_do_not_fill_it_is_corruption_even_last() {
+        let good = batch_segment(&[vec![plain(1, 1, 0, b"abc"), plain(1, 2, 0, b"de")]]);
+        for (at, value) in [(8 + 16 + 3, 10u8), (8 + 16 + 3, 200), (8 + 16 + 3, 5)] {
+            let mut bad = good.clone();
+            bad[at] = value;
+            let crc = crc32c::crc32c(&bad[12..]);
+            bad[8..12].copy_from_slice(&crc.to_be_bytes());
+            let (records, end) = read_all(&bad, true, 64);
+            assert!(records.is_empty());
+            assert_eq!(end, "Corrupt { offset: 8, damage: BadBatch }");
+        }
+        let mut bad_name = good.clone();
+        bad_name[8 + 16 + 9] = 25;
+        let crc = crc32c::crc32c(&bad_name[12..]);
+        bad_name[8..12].copy_from_slice(&crc.to_be_bytes());
+        let (_, end) = read_all(&bad_name, true, 64);
+        assert_eq!(end, "Corrupt { offset: 8, damage: BadName }");
+    }
+
+    /// A whole batch holding a room record of no known kind, or a message
+    /// record whose text is over 65535 bytes, is corruption at the batch,
+    /// even last, and none of its records is handed out.
+    #[test]
+    fn a_batch_with_a_record_no_record_has_is_corruption_even_last() {
+        let long = vec![b'x'; MAX_TEXT_LEN + 1];
+        for (origin, dest, text) in [
+            (
+                42u16,
+                super::super::rooms::ROOM_RECORD_DEST,
+                &b"\x40\x00"[..],
+            ),
+            (1, 0, &long[..]),
+        ] {
+            let mut batches = Batches::new();
+            batches.push(&plain(1, 1, 0, b"fine"));
+            let mut bytes = SEGMENT_MAGIC.to_vec();
+            bytes.extend_from_slice(batches.seal());
+            // A record no writer makes (`push` refuses it): what a damaged
+            // log could hold, its batch's length and checksum made right.
+            bytes.extend_from_slice(&((6 + text.len()) as u32).to_be_bytes());
+            bytes.extend_from_slice(&origin.to_be_bytes());
+            bytes.extend_from_slice(&dest.to_be_bytes());
+            bytes.extend_from_slice(&[0, 0]);
+            bytes.extend_from_slice(text);
+            let len = (bytes.len() - 8 - RECORD_HEADER_LEN) as u32;
+            bytes[12..16].copy_from_slice(&len.to_be_bytes());
+            let crc = crc32c::crc32c(&bytes[12..]);
+            bytes[8..12].copy_from_slice(&crc.to_be_bytes());
+            let (records, end) = read_all(&bytes, true, 64);
+            assert!(records.is_empty());
+            assert_eq!(end, "Corrupt { offset: 8, damage: BadRoomRecord }");
+        }
+    }
+
+    /// Room records go into batches like messages and read back the same.
+    #[test]
+    fn room_records_read_back_from_a_batch() {
+        use super::super::rooms::RoomRecord;
+        let joined = RoomRecord::Joined {
+            room: 16384,
+            room_name: "ops",
+            queue: true,
+            online: true,
+            member: "al",
+        };
+        let settled = RoomRecord::Settled { wait: 7 };
+        let mut batches = Batches::new();
+        batches.push_room(1, &joined);
+        batches.push(&plain(1, 3, 16384, b"to the room"));
+        batches.push_room(2, &settled);
+        let mut bytes = SEGMENT_MAGIC.to_vec();
+        bytes.extend_from_slice(batches.seal());
+        let (records, end) = read_all(&bytes, true, 64);
+        assert_eq!(end, "End");
+        assert_eq!(records.len(), 3);
+        assert_eq!(RoomRecord::read(&records[0].view()), Some(joined));
+        assert_eq!(records[1].text, b"to the room");
+        assert_eq!(RoomRecord::read(&records[2].view()), Some(settled));
+        assert_eq!(records[2].time_ms, 2);
     }
 
     #[test]
@@ -1322,9 +1896,9 @@ mod tests {
         // A bad record, 65,500 bytes of junk, then a whole record: found
         // across the scan's first block boundary, so not a torn tail.
         let mut bytes = segment(&[(1, 1, 0, b"bad")]);
-        bytes[SEGMENT_MAGIC.len()] ^= 1;
-        bytes.resize(SEGMENT_MAGIC.len() + 1 + 65_500, b'x');
-        encode_record(&mut bytes, plain(2, 2, 0, &[b'y'; 100]));
+        bytes[SEGMENT_MAGIC_V3.len()] ^= 1;
+        bytes.resize(SEGMENT_MAGIC_V3.len() + 1 + 65_500, b'x');
+        encode_record_v3(&mut bytes, plain(2, 2, 0, &[b'y'; 100]));
         let (records, end) = read_all(&bytes, true, 4096);
         assert!(records.is_empty());
         assert!(end.starts_with("Corrupt { offset: 8, "), "{end}");
@@ -1335,7 +1909,7 @@ mod tests {
         // The text of the record cut short holds a whole record: a torn
         // write cannot produce a good record after the tear.
         let mut inner = Vec::new();
-        encode_record(&mut inner, plain(9, 9, 0, b"inner"));
+        encode_record_v3(&mut inner, plain(9, 9, 0, b"inner"));
         let mut bytes = segment(&[(1, 1, 0, &[&inner[..], b"xx"].concat())]);
         bytes.truncate(bytes.len() - 1);
         let (records, end) = read_all(&bytes, true, 64);

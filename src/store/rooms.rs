@@ -1,4 +1,4 @@
-//! Room records: the records of format 3 that keep rooms, memberships and
+//! Room records: the records of formats 3 and 4 that keep rooms, memberships and
 //! waiting messages across a restart (HISTORY.md, "Rooms and waiting
 //! messages", draws them). A room record has a message record's layout with
 //! the destination 65535, which no accepted message has; its origin field
@@ -195,11 +195,23 @@ impl<'a> RoomRecord<'a> {
         })
     }
 
-    /// Appends the record, stamped `time_ms`, to `out` with its checksum
-    /// left zero for [`super::format::seal_records`]. Names that the
-    /// format cannot keep are a caller's bug (the server's names follow
-    /// the name rule).
+    /// Appends the record as version 3 wrote it, stamped `time_ms`, to
+    /// `out` with its checksum left zero for
+    /// [`super::format::seal_records`] (tests and the fuzz target build
+    /// version 3 logs with it).
+    #[cfg(any(test, feature = "testing"))]
     pub fn encode_unsealed(&self, time_ms: u64, out: &mut Vec<u8>) {
+        self.encode_as(Layout::Record { time_ms }, out);
+    }
+
+    /// Appends the record as a record of a version 4 batch (its time is the
+    /// batch's) to `out`. Names that the format cannot keep are a caller's
+    /// bug (the server's names follow the name rule).
+    pub(crate) fn encode_in_batch(&self, out: &mut Vec<u8>) {
+        self.encode_as(Layout::InBatch, out);
+    }
+
+    fn encode_as(&self, layout: Layout, out: &mut Vec<u8>) {
         let mut fields = [0u8; 15];
         let (kind, roles, name, head, tail): (u16, u8, &str, &[u8], &[u8]) = match *self {
             RoomRecord::Joined {
@@ -243,7 +255,7 @@ impl<'a> RoomRecord<'a> {
                 out.reserve(RECORD_HEADER_LEN + BODY_FIXED_LEN + MAX_WAITING_HEAD + text.len());
                 encode(
                     out,
-                    time_ms,
+                    layout,
                     WAITING,
                     roles,
                     sender,
@@ -280,11 +292,11 @@ impl<'a> RoomRecord<'a> {
                 (SEEN, 0, member, &fields[..6], &[][..])
             }
         };
-        encode(out, time_ms, kind, roles, name, &[head, tail]);
+        encode(out, layout, kind, roles, name, &[head, tail]);
     }
 }
 
-/// Whether a version 3 record's fields are ones some record has: a room
+/// Whether a version 3 or 4 record's fields are ones some record has: a room
 /// record [`RoomRecord::read`] takes, or a message record whose text is at
 /// most 65535 bytes.
 pub(super) fn fields_ok(record: &RecordView<'_>) -> bool {
@@ -295,14 +307,34 @@ pub(super) fn fields_ok(record: &RecordView<'_>) -> bool {
     }
 }
 
+/// Where a room record goes: a record of its own (version 3), or a batch.
+#[derive(Clone, Copy)]
+enum Layout {
+    #[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
+    Record {
+        time_ms: u64,
+    },
+    InBatch,
+}
+
 /// One record in the message layout, its text made of `parts`.
-fn encode(out: &mut Vec<u8>, time_ms: u64, kind: u16, roles: u8, name: &str, parts: &[&[u8]]) {
+fn encode(out: &mut Vec<u8>, layout: Layout, kind: u16, roles: u8, name: &str, parts: &[&[u8]]) {
     assert!(name.len() <= MAX_NAME_LEN, "room record name over 24 bytes");
     let text_len: usize = parts.iter().map(|p| p.len()).sum();
-    let body_len = (BODY_FIXED_LEN + name.len() + text_len) as u32;
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&body_len.to_be_bytes());
-    out.extend_from_slice(&time_ms.to_be_bytes());
+    match layout {
+        Layout::Record { time_ms } => {
+            let body_len = (BODY_FIXED_LEN + name.len() + text_len) as u32;
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&body_len.to_be_bytes());
+            out.extend_from_slice(&time_ms.to_be_bytes());
+        }
+        Layout::InBatch => {
+            // Origin, destination, roles and NL: the version 3 body less
+            // its time.
+            let body_len = (BODY_FIXED_LEN - 8 + name.len() + text_len) as u32;
+            out.extend_from_slice(&body_len.to_be_bytes());
+        }
+    }
     out.extend_from_slice(&kind.to_be_bytes());
     out.extend_from_slice(&ROOM_RECORD_DEST.to_be_bytes());
     out.extend_from_slice(&[roles, name.len() as u8]);
@@ -314,7 +346,9 @@ fn encode(out: &mut Vec<u8>, time_ms: u64, kind: u16, roles: u8, name: &str, par
 
 #[cfg(test)]
 mod tests {
-    use super::super::format::{Cursor, Damage, SEGMENT_MAGIC, Step, seal_records};
+    use super::super::format::{
+        Cursor, Damage, SEGMENT_MAGIC_V3 as SEGMENT_MAGIC, Step, seal_records,
+    };
     use super::*;
 
     fn all_kinds() -> Vec<RoomRecord<'static>> {
@@ -459,7 +493,14 @@ mod tests {
         ];
         for (kind, roles, name, text) in bad {
             let mut batch = Vec::new();
-            encode(&mut batch, 0, kind, roles, name, &[&text]);
+            encode(
+                &mut batch,
+                Layout::Record { time_ms: 0 },
+                kind,
+                roles,
+                name,
+                &[&text],
+            );
             seal_records(&mut batch);
             let mut bytes = SEGMENT_MAGIC.to_vec();
             bytes.extend_from_slice(&batch);
@@ -482,7 +523,14 @@ mod tests {
     fn a_message_record_over_65535_bytes_of_text_is_corruption_in_version_3() {
         let text = vec![b'x'; MAX_TEXT_LEN + 1];
         let mut batch = Vec::new();
-        encode(&mut batch, 0, 1, 0, "", &[&text]);
+        encode(
+            &mut batch,
+            Layout::Record { time_ms: 0 },
+            1,
+            0,
+            "",
+            &[&text],
+        );
         // To 0, not 65535: a message record.
         batch[18..20].copy_from_slice(&[0, 0]);
         seal_records(&mut batch);

@@ -33,7 +33,7 @@
 //! `SIGXFSZ`, whose default action ends the process; with it ignored the
 //! write fails with `EFBIG` and is handled like a full disk.
 
-use super::format::{RecordView, encode_kept_unsealed, keepable_name, seal_records};
+use super::format::{Batches, RecordView, keepable_name};
 use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
 use super::rooms::{ROOM_RECORD_DEST, RoomRecord};
 use crate::proto::MAX_TEXT_LEN;
@@ -96,9 +96,8 @@ pub type Ticket = u64;
 pub struct Writer {
     log: Log,
     mode: Fsync,
-    /// Records appended since the last write, encoded.
-    batch: Vec<u8>,
-    batch_records: u64,
+    /// Records appended since the last write, encoded in batches.
+    batch: Batches,
     /// The batch holds a room record (its segments are kept by retention).
     batch_rooms: bool,
     /// The batch starts with a checkpoint of the rooms.
@@ -175,8 +174,7 @@ impl Writer {
         Ok(Writer {
             log,
             mode,
-            batch: Vec::new(),
-            batch_records: 0,
+            batch: Batches::new(),
             batch_rooms: false,
             batch_checkpoint: false,
             rolled: false,
@@ -201,7 +199,7 @@ impl Writer {
             "a message record to 65535 would read as a room record"
         );
         if record.text.len() <= MAX_TEXT_LEN && keepable_name(record.name) {
-            encode_kept_unsealed(&mut self.batch, record);
+            self.batch.push_kept(record);
         } else {
             debug_assert!(
                 keepable_name(record.name),
@@ -218,9 +216,8 @@ impl Writer {
                 name,
                 ..*record
             };
-            encode_kept_unsealed(&mut self.batch, &kept);
+            self.batch.push_kept(&kept);
         }
-        self.batch_records += 1;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         ticket
@@ -233,8 +230,7 @@ impl Writer {
             debug_assert!(self.batch.is_empty(), "a checkpoint starts its batch");
             self.batch_checkpoint = self.batch.is_empty();
         }
-        record.encode_unsealed(time_ms, &mut self.batch);
-        self.batch_records += 1;
+        self.batch.push_room(time_ms, record);
         self.batch_rooms = true;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -245,19 +241,18 @@ impl Writer {
     /// kernel, not synced), then tells the sync thread. Never waits for the
     /// thread; the lock it takes is only ever held for a few assignments.
     pub fn write(&mut self) {
-        if self.batch_records == 0 {
+        if self.batch.is_empty() {
             return;
         }
-        // The turn's checksums, three records at a time (see `seal_records`).
-        seal_records(&mut self.batch);
-        match self.log.append_records(
-            &self.batch,
-            self.batch_records,
-            self.batch_rooms,
-            self.batch_checkpoint,
-        ) {
+        let records = self.batch.records();
+        // The turn's batches' lengths and checksums, one CRC32C a batch.
+        let bytes = self.batch.seal();
+        match self
+            .log
+            .append_records(bytes, records, self.batch_rooms, self.batch_checkpoint)
+        {
             Ok(()) => self.back_on(),
-            Err((written, e)) => self.off(&e, self.batch_records - written as u64),
+            Err((written, e)) => self.off(&e, records - written as u64),
         }
         // Retention here, in the writing thread: an unlink when a segment
         // is due to go (after a roll), never an fsync.
@@ -268,12 +263,7 @@ impl Writer {
                 Err(e) => warn!("history: {e}"),
             }
         }
-        if self.batch.capacity() > BATCH_KEEP_BYTES {
-            self.batch = Vec::new();
-        } else {
-            self.batch.clear();
-        }
-        self.batch_records = 0;
+        self.batch.clear(BATCH_KEEP_BYTES);
         self.batch_rooms = false;
         self.batch_checkpoint = false;
         self.written = self.next_ticket;
