@@ -531,6 +531,10 @@ fn bad_cluster_flags_are_refused_with_a_clear_error() {
     for (args, want) in [
         (&["--cluster", "http://127.0.0.1:1"][..], "--cluster: "),
         (
+            &["--cluster", "redis+unix:///tmp/evchat-no-such.sock"][..],
+            "--cluster: a TCP address is needed",
+        ),
+        (
             &["--cluster", "redis://127.0.0.1:1", "--cluster-lease", "0"][..],
             "1.5 to 86400",
         ),

@@ -120,6 +120,17 @@ impl RedisEngine {
         wake: impl Fn() + Send + Sync + 'static,
     ) -> Result<RedisEngine, redis::RedisError> {
         let client = redis::Client::open(config.url.as_str())?;
+        // The subscriber reads its own TCP socket (`subscription.rs`): say
+        // so at start, not at every attempt to join.
+        if !matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::Tcp(..)
+        ) {
+            return Err(std::io::Error::other(
+                "a TCP address is needed (redis://[USER:PASSWORD@]HOST:PORT[/DB]), not a unix socket",
+            )
+            .into());
+        }
         let (requests, inbox) = sync_channel(config.queue);
         let (events_tx, events) = sync_channel(config.queue);
         let woken = Arc::new(AtomicBool::new(false));
