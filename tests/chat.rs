@@ -873,8 +873,9 @@ fn a_name_asked_of_a_server_without_the_extension_is_exit_1() {
         assert_eq!(
             chat.stderr.rest(),
             [format!(
-                "evchat chat: {addr} does not speak the identity extension (it answered HELLO \
-                 with ERRO); --user and --name need a server that does"
+                "evchat chat: {addr} answered HELLO with ERRO: it does not speak the identity \
+                 extension, which --user and --name need, or it takes TLS only (try \
+                 tls://{addr})"
             )]
         );
     }

@@ -575,17 +575,32 @@ fn no_answer_to_oi_within_10_s_is_named() {
 fn exhausted_ids_are_named() {
     // ERRO(65535, 0, 0): what the server answers when no id is free.
     const ERRO: &[u8] = &[0, 2, 0xff, 0xff, 0, 0, 0, 0];
+    // The same ERRO refuses a plain OI on a server that admits signed-in
+    // or TLS clients only: the sentence names those causes too.
+    let others = |addr: &str| {
+        format!(
+            ", or the server admits signed-in clients only (server --auth: evchat chat --user \
+             NAME signs in) or TLS ones only (try tls://{addr})"
+        )
+    };
     let addr = fake_peer(Some(ERRO));
     let mut ex = Proc::spawn("exhibitor", &[&addr]);
     assert_eq!(
         assert_fails_with_one_line(&mut ex),
-        "exhibitor: the server refused the exhibitor: all exhibitor ids (4096-8191) are in use"
+        format!(
+            "exhibitor: the server refused the exhibitor: all exhibitor ids (4096-8191) are in \
+             use{}",
+            others(&addr)
+        )
     );
     let addr = fake_peer(Some(ERRO));
     let mut em = Proc::spawn("emitter", &[&addr]);
     assert_eq!(
         assert_fails_with_one_line(&mut em),
-        "emitter: the server refused the emitter: all emitter ids (1-4095) are in use"
+        format!(
+            "emitter: the server refused the emitter: all emitter ids (1-4095) are in use{}",
+            others(&addr)
+        )
     );
 }
 
