@@ -618,6 +618,36 @@ fn connection_refused_is_named() {
     );
 }
 
+/// The page's address pasted where HOST:PORT goes is named as what it is,
+/// before any connection (it used to fail a name lookup of "http").
+#[test]
+fn a_web_address_or_another_scheme_is_refused_with_what_to_give() {
+    let unused = ReservedPort::new();
+    let addr = unused.target();
+    for (program, given) in [
+        ("emitter", format!("http://{addr}/")),
+        ("exhibitor", format!("wss://{addr}/ws")),
+    ] {
+        let mut p = Proc::spawn(program, &[&given]);
+        assert_eq!(
+            assert_fails_with_one_line(&mut p),
+            format!(
+                "{program}: '{given}' is a web address, for a browser; give HOST:PORT, or \
+                 tls://HOST:PORT for TLS"
+            )
+        );
+    }
+    let given = format!("tcp://{addr}");
+    let mut chat = Proc::spawn("evchat", &["chat", &given]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut chat),
+        format!(
+            "evchat chat: '{given}' has a scheme other than tls://; give HOST:PORT, or \
+             tls://HOST:PORT for TLS"
+        )
+    );
+}
+
 #[test]
 fn exhibitor_escapes_bidi_and_invisible_formatting_characters() {
     let server = Server::start(&[]);

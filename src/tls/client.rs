@@ -79,14 +79,24 @@ pub enum EndpointError {
     NoSystemRoots,
     #[error("'{0}' is not HOST:PORT (a host name or address, then a port)")]
     BadAddress(String),
+    /// The page's address (`http://`, `https://`) or its WebSocket's, which
+    /// a newcomer copies from the browser.
+    #[error("'{0}' is a web address, for a browser; give HOST:PORT, or tls://HOST:PORT for TLS")]
+    WebAddress(String),
+    #[error("'{0}' has a scheme other than tls://; give HOST:PORT, or tls://HOST:PORT for TLS")]
+    Scheme(String),
 }
 
 impl Endpoint {
     /// The server argument (`HOST:PORT` or `tls://HOST:PORT`) with the TLS
     /// flags. Prints [`INSECURE_WARNING`] to stderr with `--insecure`.
     pub fn parse(server: &str, args: &TlsArgs) -> Result<Endpoint, EndpointError> {
-        let (addr, tls) = match server.strip_prefix("tls://") {
-            Some(addr) => (addr, true),
+        let (addr, tls) = match server.split_once("://") {
+            Some(("tls", addr)) => (addr, true),
+            Some(("http" | "https" | "ws" | "wss", _)) => {
+                return Err(EndpointError::WebAddress(server.to_string()));
+            }
+            Some(_) => return Err(EndpointError::Scheme(server.to_string())),
             None => (server, args.tls),
         };
         let addr = addr.trim_end_matches('/').to_string();
