@@ -16,7 +16,7 @@ const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
 /// Where `evchat chat --user` takes a token from.
 const TOKEN: &str = "EVCHAT_TOKEN";
 /// How many lines `/help` prints.
-const HELP_LINES: usize = 14;
+const HELP_LINES: usize = 18;
 
 /// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
 /// types lines and skips to the line a test waits for.
@@ -144,12 +144,15 @@ fn piped_chat_sends_receives_and_marks_each_message_exactly() {
     chat.stdout.expect_line("you to 4096: /slash ✓");
 
     chat.type_line("/help");
+    let help: Vec<String> = (0..HELP_LINES).map(|_| chat.stdout.expect()).collect();
     assert_eq!(
-        chat.stdout.expect(),
-        "a line without / is a message to the current target (shown in the prompt)"
+        help[0],
+        "a line without / is a message to the current target (in the prompt)"
     );
-    for _ in 1..HELP_LINES {
-        chat.stdout.expect();
+    assert_eq!(help[HELP_LINES - 1], "// sends a line that starts with /");
+    // Within 72 columns: a narrow terminal breaks longer lines mid-word.
+    for line in &help {
+        assert!(line.chars().count() <= 72, "{line:?}");
     }
 
     chat.type_line("/quit");
