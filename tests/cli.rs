@@ -618,6 +618,31 @@ fn connection_refused_is_named() {
     );
 }
 
+/// A port another program holds, and an address that is not this
+/// machine's, refuse start with what to do after the system's words.
+#[test]
+fn a_server_that_cannot_listen_says_what_to_do() {
+    let first = Server::start(&[]);
+    let port = first.addr.port().to_string();
+    let mut second = Proc::spawn("server", &[&port]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut second),
+        format!(
+            "server: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); \
+             another program (another server?) listens on port {port}: stop it, or give another \
+             port"
+        )
+    );
+    // 192.0.2.1 is TEST-NET-1 (RFC 5737): no machine's own address.
+    let mut elsewhere = Proc::spawn("server", &["0", "--bind", "192.0.2.1"]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut elsewhere),
+        "server: cannot listen on 192.0.2.1:0: Cannot assign requested address (os error 99); \
+         192.0.2.1 is not an address of this machine: give --bind one of its addresses, or \
+         0.0.0.0 (or ::) for all of them"
+    );
+}
+
 /// The page's address pasted where HOST:PORT goes is named as what it is,
 /// before any connection (it used to fail a name lookup of "http").
 #[test]
