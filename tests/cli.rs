@@ -633,12 +633,12 @@ fn a_server_that_cannot_listen_says_what_to_do() {
              port"
         )
     );
-    // 192.0.2.1 is TEST-NET-1 (RFC 5737): no machine's own address.
-    let mut elsewhere = Proc::spawn("server", &["0", "--bind", "192.0.2.1"]);
+    // 203.0.113.77 is in TEST-NET-3 (RFC 5737): no machine's own address.
+    let mut elsewhere = Proc::spawn("server", &["0", "--bind", "203.0.113.77"]);
     assert_eq!(
         assert_fails_with_one_line(&mut elsewhere),
-        "server: cannot listen on 192.0.2.1:0: Cannot assign requested address (os error 99); \
-         192.0.2.1 is not an address of this machine: give --bind one of its addresses, or \
+        "server: cannot listen on 203.0.113.77:0: Cannot assign requested address (os error 99); \
+         203.0.113.77 is not an address of this machine: give --bind one of its addresses, or \
          0.0.0.0 (or ::) for all of them"
     );
 }
