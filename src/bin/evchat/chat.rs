@@ -859,8 +859,8 @@ impl Chat {
                             target = Target::ALL;
                             target_room = None;
                             self.say(&format!(
-                                "now talking to {name}, who is not online here: messages \
-                                 wait for them where the server keeps them"
+                                "now talking to {name}, who is not online here: the server \
+                                 keeps messages for them if it runs with --history"
                             ));
                             target_away = Some(name);
                         }
@@ -1335,7 +1335,14 @@ impl Chat {
                 let said = match reply {
                     Reply::Ok => "✓".to_string(),
                     Reply::RoomAck(ack) => tell_answer(&name, ack.code),
-                    Reply::Erro | Reply::RoomList(_) => "✗ not delivered".to_string(),
+                    // ERRO: the name is offline and the server stores nothing
+                    // (no --history), or its session left before showing it
+                    // (PROTOCOL.md, "Waiting messages").
+                    Reply::Erro => format!(
+                        "✗ not delivered: {name} is not online (a server keeps messages \
+                         for later only with --history)"
+                    ),
+                    Reply::RoomList(_) => "✗ not delivered".to_string(),
                 };
                 self.say_chat(&format!("you to {name}: {} {said}", escape_text(&text)))
             }
