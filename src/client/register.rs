@@ -406,8 +406,9 @@ fn show_prefix(bytes: &[u8]) -> String {
     shown
 }
 
-/// Why a connection attempt failed, in words a user can act on.
-fn connect_reason(e: &io::Error) -> String {
+/// Why a connection attempt failed, in words a user can act on (the
+/// clients' and `evchat stats`' one wording).
+pub fn connect_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => {
             "nothing is listening there (connection refused) — is the server running?".into()
