@@ -50,6 +50,15 @@ fn assert_fails_with_one_line(p: &mut Proc) -> String {
     errors.into_iter().next().unwrap()
 }
 
+/// Asserts `p` exits 2 (a usage error) with one line on stderr, which it returns.
+fn fails_as_usage_with_one_line(p: &mut Proc) -> String {
+    assert_exit(p, 2);
+    assert_eq!(p.stdout.rest(), Vec::<String>::new(), "unexpected stdout");
+    let errors = p.stderr.rest();
+    assert_eq!(errors.len(), 1, "expected one stderr line: {errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
 /// Asserts a bad-input report for input line `number`, whatever the reason.
 fn assert_bad_line(line: &str, number: usize) {
     let prefix = format!("emitter: line {number}: ");
@@ -644,7 +653,8 @@ fn a_server_that_cannot_listen_says_what_to_do() {
 }
 
 /// The page's address pasted where HOST:PORT goes is named as what it is,
-/// before any connection (it used to fail a name lookup of "http").
+/// a usage error before any connection (it used to fail a name lookup of
+/// "http").
 #[test]
 fn a_web_address_or_another_scheme_is_refused_with_what_to_give() {
     let unused = ReservedPort::new();
@@ -655,7 +665,7 @@ fn a_web_address_or_another_scheme_is_refused_with_what_to_give() {
     ] {
         let mut p = Proc::spawn(program, &[&given]);
         assert_eq!(
-            assert_fails_with_one_line(&mut p),
+            fails_as_usage_with_one_line(&mut p),
             format!(
                 "{program}: '{given}' is a web address, for a browser; give HOST:PORT, or \
                  tls://HOST:PORT for TLS"
@@ -665,7 +675,7 @@ fn a_web_address_or_another_scheme_is_refused_with_what_to_give() {
     let given = format!("tcp://{addr}");
     let mut chat = Proc::spawn("evchat", &["chat", &given]);
     assert_eq!(
-        assert_fails_with_one_line(&mut chat),
+        fails_as_usage_with_one_line(&mut chat),
         format!(
             "evchat chat: '{given}' has a scheme other than tls://; give HOST:PORT, or \
              tls://HOST:PORT for TLS"
@@ -948,17 +958,23 @@ fn a_foreign_reply_of_exactly_the_shown_prefix_has_no_ellipsis() {
     );
 }
 
+/// A usage error (status 2), found before connecting: no port, a port
+/// that is not a number, no host.
 #[test]
 fn an_address_without_a_port_is_explained() {
     for client in ["emitter", "exhibitor"] {
-        let mut p = Proc::spawn(client, &["nonsense"]);
-        assert_eq!(
-            assert_fails_with_one_line(&mut p),
-            format!(
-                "{client}: cannot connect to nonsense: expected HOST:PORT, for example \
-                 127.0.0.1:5000"
-            )
-        );
+        for given in ["nonsense", "localhost:5000x", ":5000"] {
+            let mut p = Proc::spawn(client, &[given]);
+            assert_exit(&mut p, 2);
+            assert_eq!(p.stdout.rest(), Vec::<String>::new());
+            assert_eq!(
+                p.stderr.rest(),
+                [format!(
+                    "{client}: '{given}' is not HOST:PORT (a host name or address, then a port: \
+                     127.0.0.1:5000)"
+                )]
+            );
+        }
     }
 }
 

@@ -422,7 +422,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
         Ok(target) => target,
         Err(e) => {
             eprintln!("evchat chat: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
     let (session, readers) = match connect_pair(&target, &hello) {
