@@ -83,8 +83,8 @@ outstanding replies (--wait) and leaves.
 
 Exit status: 0 when you leave or the server closes the chat; 1 when it cannot connect,
 sign in or register at start, when a sign-in or name is refused on reconnecting, or when
-input ends while the server is away; 2 for a usage error (--user without a password
-prompt or a token).
+input ends while the server is away; 2 for a usage error (an address that is not
+HOST:PORT, --ca without TLS, --user without a password prompt or a token).
 
 Examples:
   evchat chat 127.0.0.1:5000
