@@ -239,8 +239,9 @@ fn room_commands_without_a_name_say_why_and_send_nothing() {
         "evchat chat: line 6: 'ops' is not a room: rooms are written #name; nothing sent",
     );
     type_line(&mut chat, "/join #ops --fast");
-    chat.stderr
-        .expect_line("evchat chat: line 7: usage: /join #room [--queue]; nothing sent");
+    chat.stderr.expect_line(
+        "evchat chat: line 7: usage: /join #room [--queue [--prefetch N]]; nothing sent",
+    );
     type_line(&mut chat, &format!("/join #{}", "a".repeat(65)));
     chat.stderr.expect_line(&format!(
         "evchat chat: line 8: a room's name is at most 64 bytes; '#{}…' is longer; nothing sent",

@@ -223,7 +223,7 @@ fn parse_slash(line: &[u8]) -> Result<ChatLine, ChatError> {
             message(dest, text)
         }
         "/join" => {
-            const USAGE: &str = "/join #room [--queue]";
+            const USAGE: &str = "/join #room [--queue [--prefetch N]]";
             let words: Vec<String> = String::from_utf8_lossy(rest)
                 .split_ascii_whitespace()
                 .map(str::to_string)
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn bad_room_commands_are_errors() {
-        let usage = Err(ChatError::RoomUsage("/join #room [--queue]"));
+        let usage = Err(ChatError::RoomUsage("/join #room [--queue [--prefetch N]]"));
         assert_eq!(parse_chat_line(b"/join"), usage);
         assert_eq!(parse_chat_line(b"/join #a #b"), usage);
         assert_eq!(parse_chat_line(b"/join #a --fast"), usage);
