@@ -324,6 +324,26 @@ fn expect_exit_0(chat: &mut PtySession) {
 mod terminal {
     use super::*;
 
+    /// A refused line on a terminal is said without "evchat chat: line N:":
+    /// it shows right above the line just typed, and nobody counted lines.
+    #[test]
+    fn a_refused_line_on_a_terminal_is_said_without_a_line_number() {
+        let server = Server::start(&[]);
+        let mut chat = chat_in_terminal(&[&server.target()]);
+        chat.exp_string("all> ").unwrap();
+        chat.send_line("/bogus").unwrap();
+        let before = chat
+            .exp_string("unknown command '/bogus'; /help lists the commands; nothing sent")
+            .unwrap();
+        // What came between the typed line and the sentence: the editor's
+        // erasing of the input line only.
+        let after_typed = before.rsplit("/bogus").next().unwrap();
+        assert!(!after_typed.contains("line"), "{after_typed:?}");
+        chat.exp_string("all> ").unwrap();
+        chat.send_line("/quit").unwrap();
+        expect_exit_0(&mut chat);
+    }
+
     #[test]
     fn typed_corrections_arrive_corrected_and_history_recalls_them() {
         let server = Server::start(&[]);

@@ -920,9 +920,15 @@ impl Chat {
     }
 
     fn reject(&self, number: u64, reason: &str) {
-        self.printer.error(&format!(
-            "evchat chat: line {number}: {reason}; nothing sent"
-        ));
+        // On a terminal the refusal shows right above the line just typed,
+        // whose number the user never saw; piped input keeps it, for scripts.
+        if self.printer.has_screen() {
+            self.printer.error(&format!("{reason}; nothing sent"));
+        } else {
+            self.printer.error(&format!(
+                "evchat chat: line {number}: {reason}; nothing sent"
+            ));
+        }
     }
 
     /// Sends a message, CREQ or room request through the current session;
