@@ -16,7 +16,7 @@ const EVCHAT: &str = env!("CARGO_BIN_EXE_evchat");
 /// Where `evchat chat --user` takes a token from.
 const TOKEN: &str = "EVCHAT_TOKEN";
 /// How many lines `/help` prints.
-const HELP_LINES: usize = 14;
+const HELP_LINES: usize = 18;
 
 /// `evchat chat ADDR` with piped stdin, stdout and stderr: a [`Proc`] that
 /// types lines and skips to the line a test waits for.
@@ -144,12 +144,15 @@ fn piped_chat_sends_receives_and_marks_each_message_exactly() {
     chat.stdout.expect_line("you to 4096: /slash ✓");
 
     chat.type_line("/help");
+    let help: Vec<String> = (0..HELP_LINES).map(|_| chat.stdout.expect()).collect();
     assert_eq!(
-        chat.stdout.expect(),
-        "a line without / is a message to the current target (shown in the prompt)"
+        help[0],
+        "a line without / is a message to the current target (in the prompt)"
     );
-    for _ in 1..HELP_LINES {
-        chat.stdout.expect();
+    assert_eq!(help[HELP_LINES - 1], "// sends a line that starts with /");
+    // Within 72 columns: a narrow terminal breaks longer lines mid-word.
+    for line in &help {
+        assert!(line.chars().count() <= 72, "{line:?}");
     }
 
     chat.type_line("/quit");
@@ -320,6 +323,26 @@ fn expect_exit_0(chat: &mut PtySession) {
 /// The terminal path: a pseudo-terminal, keys as a person types them.
 mod terminal {
     use super::*;
+
+    /// A refused line on a terminal is said without "evchat chat: line N:":
+    /// it shows right above the line just typed, and nobody counted lines.
+    #[test]
+    fn a_refused_line_on_a_terminal_is_said_without_a_line_number() {
+        let server = Server::start(&[]);
+        let mut chat = chat_in_terminal(&[&server.target()]);
+        chat.exp_string("all> ").unwrap();
+        chat.send_line("/bogus").unwrap();
+        let before = chat
+            .exp_string("unknown command '/bogus'; /help lists the commands; nothing sent")
+            .unwrap();
+        // What came between the typed line and the sentence: the editor's
+        // erasing of the input line only.
+        let after_typed = before.rsplit("/bogus").next().unwrap();
+        assert!(!after_typed.contains("line"), "{after_typed:?}");
+        chat.exp_string("all> ").unwrap();
+        chat.send_line("/quit").unwrap();
+        expect_exit_0(&mut chat);
+    }
 
     #[test]
     fn typed_corrections_arrive_corrected_and_history_recalls_them() {
@@ -873,8 +896,9 @@ fn a_name_asked_of_a_server_without_the_extension_is_exit_1() {
         assert_eq!(
             chat.stderr.rest(),
             [format!(
-                "evchat chat: {addr} does not speak the identity extension (it answered HELLO \
-                 with ERRO); --user and --name need a server that does"
+                "evchat chat: {addr} answered HELLO with ERRO: it does not speak the identity \
+                 extension, which --user and --name need, or it takes TLS only (try \
+                 tls://{addr})"
             )]
         );
     }

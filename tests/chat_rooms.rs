@@ -239,8 +239,9 @@ fn room_commands_without_a_name_say_why_and_send_nothing() {
         "evchat chat: line 6: 'ops' is not a room: rooms are written #name; nothing sent",
     );
     type_line(&mut chat, "/join #ops --fast");
-    chat.stderr
-        .expect_line("evchat chat: line 7: usage: /join #room [--queue]; nothing sent");
+    chat.stderr.expect_line(
+        "evchat chat: line 7: usage: /join #room [--queue [--prefetch N]]; nothing sent",
+    );
     type_line(&mut chat, &format!("/join #{}", "a".repeat(65)));
     chat.stderr.expect_line(&format!(
         "evchat chat: line 8: a room's name is at most 64 bytes; '#{}…' is longer; nothing sent",
@@ -398,8 +399,8 @@ fn a_name_not_online_is_told_and_waiting_messages_are_marked() {
 
     type_line(&mut chat, "/to alice");
     chat.stdout.expect_line(
-        "now talking to alice, who is not online here: messages wait for them where the \
-         server keeps them",
+        "now talking to alice, who is not online here: the server keeps messages for \
+         them if it runs with --history",
     );
     type_line(&mut chat, "hi");
     assert_eq!(emitter.expect_bytes(18), tell_bytes(2, "alice", "hi"));
@@ -434,7 +435,8 @@ fn a_name_not_online_is_told_and_waiting_messages_are_marked() {
     emitter.send_frame(&Frame::bare(Kind::Erro, SERVER_ID, 1, 6));
     assert_eq!(
         untimed(chat.stdout.expect()),
-        "you to alice: gone ✗ not delivered"
+        "you to alice: gone ✗ not delivered: alice is not online (a server keeps messages for \
+         later only with --history)"
     );
     // A TELL's L holds the name too: 65535 - 1 - 5 bytes of text at most.
     type_line(&mut chat, &"x".repeat(65_530));

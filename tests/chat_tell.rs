@@ -52,8 +52,8 @@ fn a_message_told_to_an_away_member_is_shown_once_after_a_restart() {
     let mut alice = named(&server, "alice", &[]);
     type_line(&mut alice, "/to bob");
     alice.stdout.expect_line(
-        "now talking to bob, who is not online here: messages wait for them where the \
-         server keeps them",
+        "now talking to bob, who is not online here: the server keeps messages for \
+         them if it runs with --history",
     );
     let before = now_secs();
     type_line(&mut alice, "see you after the deploy");
@@ -125,6 +125,20 @@ fn the_servers_refusals_of_a_tell_are_each_one_sentence() {
     leave_quietly(bob);
 }
 
+/// Without `--history` a TELL gets ERRO (nothing is stored): the chat says
+/// why rather than a bare "not delivered", which read as a fault.
+#[test]
+fn a_tell_to_a_server_without_history_says_it_keeps_no_messages() {
+    let server = Server::start(&[]);
+    let mut alice = named(&server, "alice", &[]);
+    type_line(&mut alice, "/msg bob are you there?");
+    alice.stdout.expect_line(
+        "you to bob: are you there? ✗ not delivered: bob is not online (a server keeps \
+         messages for later only with --history)",
+    );
+    leave_quietly(alice);
+}
+
 /// Regression: after a restart, the WHO before a waiting message names the
 /// teller's id then, which may be anyone's now, our own emitter's even
 /// (bob, first back, is given id 1, alice's before). bob's chat took that
@@ -154,8 +168,8 @@ fn an_answer_to_a_waiting_message_after_a_restart_reaches_its_teller() {
         .expect_line("alice (while you were away): call me");
     type_line(&mut bob, "/to alice");
     bob.stdout.expect_line(
-        "now talking to alice, who is not online here: messages wait for them where the \
-         server keeps them",
+        "now talking to alice, who is not online here: the server keeps messages for \
+         them if it runs with --history",
     );
     type_line(&mut bob, "calling now");
     bob.stdout

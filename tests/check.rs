@@ -944,9 +944,10 @@ fn a_target_is_required_unless_listing() {
     assert!(err.contains("<HOST:PORT>"), "{err}");
     let (code, _, err) = evchat(&["check", "no-port-here"]);
     assert_eq!(code, 2);
-    assert!(
-        err.starts_with("evchat check: cannot resolve 'no-port-here' (expected HOST:PORT)"),
-        "{err}"
+    assert_eq!(
+        err,
+        "evchat check: 'no-port-here' is not HOST:PORT (a host name or address, then a port: \
+         127.0.0.1:5000)\n"
     );
     let (code, _, err) = evchat(&["check", "127.0.0.1:9", "--timeout", "0"]);
     assert_eq!(code, 2);

@@ -50,6 +50,15 @@ fn assert_fails_with_one_line(p: &mut Proc) -> String {
     errors.into_iter().next().unwrap()
 }
 
+/// Asserts `p` exits 2 (a usage error) with one line on stderr, which it returns.
+fn fails_as_usage_with_one_line(p: &mut Proc) -> String {
+    assert_exit(p, 2);
+    assert_eq!(p.stdout.rest(), Vec::<String>::new(), "unexpected stdout");
+    let errors = p.stderr.rest();
+    assert_eq!(errors.len(), 1, "expected one stderr line: {errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
 /// Asserts a bad-input report for input line `number`, whatever the reason.
 fn assert_bad_line(line: &str, number: usize) {
     let prefix = format!("emitter: line {number}: ");
@@ -575,17 +584,32 @@ fn no_answer_to_oi_within_10_s_is_named() {
 fn exhausted_ids_are_named() {
     // ERRO(65535, 0, 0): what the server answers when no id is free.
     const ERRO: &[u8] = &[0, 2, 0xff, 0xff, 0, 0, 0, 0];
+    // The same ERRO refuses a plain OI on a server that admits signed-in
+    // or TLS clients only: the sentence names those causes too.
+    let others = |addr: &str| {
+        format!(
+            ", or the server admits signed-in clients only (server --auth: evchat chat --user \
+             NAME signs in) or TLS ones only (try tls://{addr})"
+        )
+    };
     let addr = fake_peer(Some(ERRO));
     let mut ex = Proc::spawn("exhibitor", &[&addr]);
     assert_eq!(
         assert_fails_with_one_line(&mut ex),
-        "exhibitor: the server refused the exhibitor: all exhibitor ids (4096-8191) are in use"
+        format!(
+            "exhibitor: the server refused the exhibitor: all exhibitor ids (4096-8191) are in \
+             use{}",
+            others(&addr)
+        )
     );
     let addr = fake_peer(Some(ERRO));
     let mut em = Proc::spawn("emitter", &[&addr]);
     assert_eq!(
         assert_fails_with_one_line(&mut em),
-        "emitter: the server refused the emitter: all emitter ids (1-4095) are in use"
+        format!(
+            "emitter: the server refused the emitter: all emitter ids (1-4095) are in use{}",
+            others(&addr)
+        )
     );
 }
 
@@ -599,6 +623,62 @@ fn connection_refused_is_named() {
         format!(
             "emitter: cannot connect to {addr}: nothing is listening there (connection \
              refused) — is the server running?"
+        )
+    );
+}
+
+/// A port another program holds, and an address that is not this
+/// machine's, refuse start with what to do after the system's words.
+#[test]
+fn a_server_that_cannot_listen_says_what_to_do() {
+    let first = Server::start(&[]);
+    let port = first.addr.port().to_string();
+    let mut second = Proc::spawn("server", &[&port]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut second),
+        format!(
+            "server: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); \
+             another program (another server?) listens on port {port}: stop it, or give another \
+             port"
+        )
+    );
+    // 203.0.113.77 is in TEST-NET-3 (RFC 5737): no machine's own address.
+    let mut elsewhere = Proc::spawn("server", &["0", "--bind", "203.0.113.77"]);
+    assert_eq!(
+        assert_fails_with_one_line(&mut elsewhere),
+        "server: cannot listen on 203.0.113.77:0: Cannot assign requested address (os error 99); \
+         203.0.113.77 is not an address of this machine: give --bind one of its addresses, or \
+         0.0.0.0 (or ::) for all of them"
+    );
+}
+
+/// The page's address pasted where HOST:PORT goes is named as what it is,
+/// a usage error before any connection (it used to fail a name lookup of
+/// "http").
+#[test]
+fn a_web_address_or_another_scheme_is_refused_with_what_to_give() {
+    let unused = ReservedPort::new();
+    let addr = unused.target();
+    for (program, given) in [
+        ("emitter", format!("http://{addr}/")),
+        ("exhibitor", format!("wss://{addr}/ws")),
+    ] {
+        let mut p = Proc::spawn(program, &[&given]);
+        assert_eq!(
+            fails_as_usage_with_one_line(&mut p),
+            format!(
+                "{program}: '{given}' is a web address, for a browser; give HOST:PORT, or \
+                 tls://HOST:PORT for TLS"
+            )
+        );
+    }
+    let given = format!("tcp://{addr}");
+    let mut chat = Proc::spawn("evchat", &["chat", &given]);
+    assert_eq!(
+        fails_as_usage_with_one_line(&mut chat),
+        format!(
+            "evchat chat: '{given}' has a scheme other than tls://; give HOST:PORT, or \
+             tls://HOST:PORT for TLS"
         )
     );
 }
@@ -878,17 +958,23 @@ fn a_foreign_reply_of_exactly_the_shown_prefix_has_no_ellipsis() {
     );
 }
 
+/// A usage error (status 2), found before connecting: no port, a port
+/// that is not a number, no host.
 #[test]
 fn an_address_without_a_port_is_explained() {
     for client in ["emitter", "exhibitor"] {
-        let mut p = Proc::spawn(client, &["nonsense"]);
-        assert_eq!(
-            assert_fails_with_one_line(&mut p),
-            format!(
-                "{client}: cannot connect to nonsense: expected HOST:PORT, for example \
-                 127.0.0.1:5000"
-            )
-        );
+        for given in ["nonsense", "localhost:5000x", ":5000"] {
+            let mut p = Proc::spawn(client, &[given]);
+            assert_exit(&mut p, 2);
+            assert_eq!(p.stdout.rest(), Vec::<String>::new());
+            assert_eq!(
+                p.stderr.rest(),
+                [format!(
+                    "{client}: '{given}' is not HOST:PORT (a host name or address, then a port: \
+                     127.0.0.1:5000)"
+                )]
+            );
+        }
     }
 }
 

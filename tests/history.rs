@@ -378,6 +378,38 @@ fn history_warns_of_an_incomplete_tail_and_shows_the_rest() {
     );
 }
 
+/// A directory given by mistake (`/tmp`, a home directory) names three of
+/// its files, then counts the rest and asks, rather than a line per file.
+#[test]
+fn history_of_a_directory_full_of_other_files_names_three_and_counts_the_rest() {
+    let dir = TempDir::new("cli-foreign-many");
+    sample_log(dir.path());
+    for name in ["a.txt", "b.txt", "c.txt", "d.txt", "e.txt"] {
+        fs::write(dir.path().join(name), "not a log").unwrap();
+    }
+    let (code, out, err) = evchat(&["history", dir.arg()]);
+    assert_eq!((code, out.len()), (0, 3));
+    let foreign = |name: &str| {
+        format!(
+            "evchat history: {}: not a history segment; ignored",
+            dir.path().join(name).display()
+        )
+    };
+    assert_eq!(
+        err,
+        [
+            foreign("a.txt"),
+            foreign("b.txt"),
+            foreign("c.txt"),
+            format!(
+                "evchat history: {}: 2 more entries that are not history segments; ignored (is \
+                 it the directory a server was given with --history?)",
+                dir.arg()
+            ),
+        ]
+    );
+}
+
 #[test]
 fn history_of_a_missing_directory_is_one_clear_error() {
     let dir = TempDir::new("cli-missing");

@@ -638,6 +638,34 @@ fn stats_refuses_a_token_file_that_holds_no_token() {
     );
 }
 
+/// No server there, or no port given: the clients' sentences, not the
+/// system's "Connection refused (os error 111)".
+#[test]
+fn stats_without_a_server_or_a_port_says_so_as_the_clients_do() {
+    let unused = ReservedPort::new();
+    let addr = unused.target();
+    for (given, reason) in [
+        (
+            addr.as_str(),
+            "nothing is listening there (connection refused) — is the server running?",
+        ),
+        (
+            "127.0.0.1",
+            "expected HOST:PORT, for example 127.0.0.1:5000",
+        ),
+    ] {
+        let out = Command::new(bin("evchat"))
+            .args(["stats", given, "--once"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("evchat stats: cannot connect to {given}: {reason}\n")
+        );
+    }
+}
+
 #[test]
 fn stats_says_when_the_port_is_not_an_evchat_servers_http() {
     // A binary-only server: the request is no frame, so it is closed

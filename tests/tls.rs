@@ -10,6 +10,7 @@
 //! tests fail with the command that installs it, never skip.
 
 use crate::util::*;
+use evchat::auth::Roles;
 use evchat::proto::*;
 use evchat::tls::generate::throwaway;
 use rustls::pki_types::ServerName;
@@ -452,6 +453,50 @@ fn a_plain_protocol_client_on_a_require_tls_server_gets_rule_1s_refusal() {
     expect_log(&server, &["TLS is required"], || {});
     let mut good = TlsRaw::connect(&server, &certs);
     assert!(is_exhibitor_id(good.identify(0)));
+}
+
+/// A newcomer who forgets `tls://` is told to write it: the plain clients'
+/// OI and the chat's HELLO get rule 1's ERRO, which alone would read as
+/// full id ranges or a server without the identity extension.
+#[test]
+fn a_plain_client_on_a_require_tls_server_is_told_to_try_tls() {
+    let certs = Certs::new("tls-require-clients");
+    let server = tls_server(&certs, &["--require-tls"]);
+    let addr = server.target();
+    let mut ex = Proc::spawn("exhibitor", &[&addr]);
+    assert_eq!(ex.wait().code(), Some(1));
+    assert_eq!(
+        ex.stderr.rest(),
+        [format!(
+            "exhibitor: the server refused the exhibitor: all exhibitor ids (4096-8191) are in \
+             use, or the server admits signed-in clients only (server --auth: evchat chat \
+             --user NAME signs in) or TLS ones only (try tls://{addr})"
+        )]
+    );
+    let mut chat = Proc::spawn("evchat", &["chat", &addr, "--name", "alice"]);
+    assert_eq!(chat.wait().code(), Some(1));
+    assert_eq!(
+        chat.stderr.rest(),
+        [format!(
+            "evchat chat: {addr} answered HELLO with ERRO: it does not speak the identity \
+             extension, which --user and --name need, or it takes TLS only (try tls://{addr})"
+        )]
+    );
+    // Over TLS, refused for want of a sign-in, the sentence leaves TLS out.
+    let dir = TempDir::new("tls-require-clients-accounts");
+    let accounts = crate::identity::accounts_file(&dir, &[("alice", Roles::ALL)]);
+    let server = tls_server(&certs, &["--auth", &accounts]);
+    let target = tls_target(&server);
+    let mut ex = Proc::spawn("exhibitor", &[&target, "--ca", &certs.arg("ca.pem")]);
+    assert_eq!(ex.wait().code(), Some(1));
+    assert_eq!(
+        ex.stderr.rest(),
+        [
+            "exhibitor: the server refused the exhibitor: all exhibitor ids (4096-8191) are in \
+             use, or the server admits signed-in clients only (server --auth: evchat chat \
+             --user NAME signs in)"
+        ]
+    );
 }
 
 #[test]

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         Ok(target) => target,
         Err(e) => {
             eprintln!("emitter: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
     let registered = match register(&target, origin) {

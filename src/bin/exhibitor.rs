@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Ok(target) => target,
         Err(e) => {
             eprintln!("exhibitor: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
     let registered = match register(&target, BROADCAST) {

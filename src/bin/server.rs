@@ -9,7 +9,7 @@ use evchat::cli::parse_secs;
 use evchat::server::{
     AuthConfig, Cidr, ClusterConfig, Config, HistoryConfig, Limits, Server, TlsConfig, WebConfig,
 };
-use evchat::server::{MAX_ROOMS_CEILING, RoomLimits, TellLimits};
+use evchat::server::{MAX_ROOMS_CEILING, RoomLimits, StartError, TellLimits};
 use evchat::store::Fsync;
 use std::fmt;
 use std::io::Write;
@@ -440,6 +440,27 @@ fn parse_queue_bytes(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// What a newcomer can do about the commonest ways of failing to listen,
+/// after the system's own words.
+fn what_to_do(e: &StartError) -> String {
+    let StartError::Listen { addr, source } = e else {
+        return String::new();
+    };
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "; another program (another server?) listens on port {}: stop it, or give \
+             another port",
+            addr.port()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "; {} is not an address of this machine: give --bind one of its addresses, or \
+             0.0.0.0 (or ::) for all of them",
+            addr.ip()
+        ),
+        _ => String::new(),
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose, args.quiet, args.log_format);
@@ -536,7 +557,7 @@ fn main() -> ExitCode {
     let server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("server: {e}");
+            eprintln!("server: {e}{}", what_to_do(&e));
             return ExitCode::FAILURE;
         }
     };

@@ -26,7 +26,9 @@ pub use editor::Entered;
 pub use input::{InputLine, LineInput};
 pub use names::{NameLookupError, Names};
 pub use printer::Printer;
-pub use register::{Hello, RegisterError, Registered, Welcome, register, register_with};
+pub use register::{
+    Hello, RegisterError, Registered, Welcome, connect_reason, register, register_with,
+};
 pub use replies::{Book, Farewell, Replies, Settled};
 pub use secret::{
     GivenSecretError, SecretLineError, ask_secret, read_secret_line, secret_from_env,

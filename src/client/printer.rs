@@ -63,6 +63,12 @@ impl Printer {
         super::terminal::exit_process(code)
     }
 
+    /// Whether lines print above a line editor's input line (a terminal),
+    /// rather than plainly.
+    pub fn has_screen(&self) -> bool {
+        self.screen.is_some()
+    }
+
     /// Prints an error line: to stderr plainly, above the input line otherwise.
     pub fn error(&self, text: &str) {
         match &self.screen {

@@ -25,10 +25,20 @@ pub enum RegisterError {
     Connect { addr: String, reason: String },
     #[error("exhibitor {0} is not connected or is already paired with another emitter")]
     NotPairable(ClientId),
-    #[error("the server refused the exhibitor: all exhibitor ids (4096-8191) are in use")]
-    NoExhibitorId,
-    #[error("the server refused the emitter: all emitter ids (1-4095) are in use")]
-    NoEmitterId,
+    // ERRO to a new client's OI. The protocol's cause comes first; a server
+    // that admits signed-in or TLS clients only answers a plain OI with the
+    // same ERRO (PROTOCOL.md, rule 1), and a newcomer meets that far more
+    // often than a full id range.
+    #[error(
+        "the server refused the exhibitor: all exhibitor ids (4096-8191) are in use{}",
+        other_refusals(addr, *tls)
+    )]
+    NoExhibitorId { addr: String, tls: bool },
+    #[error(
+        "the server refused the emitter: all emitter ids (1-4095) are in use{}",
+        other_refusals(addr, *tls)
+    )]
+    NoEmitterId { addr: String, tls: bool },
     #[error(
         "no answer to OI from {addr} within {} s — is an evchat server listening there?",
         REGISTRATION_TIMEOUT.as_secs()
@@ -41,11 +51,10 @@ pub enum RegisterError {
     #[error("registration with {addr} failed: {source}")]
     Io { addr: String, source: io::Error },
     // The answers to HELLO, one sentence each (PROTOCOL.md's codes).
-    #[error(
-        "{addr} does not speak the identity extension (it answered HELLO with ERRO); \
-         --user and --name need a server that does"
-    )]
-    NoIdentity { addr: String },
+    /// A server that admits TLS clients only answers a plain HELLO with
+    /// the same ERRO (rule 1), so a plain connection names that cause too.
+    #[error("{}", no_identity(addr, *tls))]
+    NoIdentity { addr: String, tls: bool },
     #[error("this server requires an account: sign in with --user NAME")]
     AccountsRequired,
     /// Code 2: an unknown account, a wrong secret and an expired one get
@@ -190,6 +199,7 @@ pub fn register_with(
         stream: read_half,
         buf: BytesMut::with_capacity(4096),
         addr,
+        tls: target.is_tls(),
     };
     let writer = FrameWriter::new(stream);
     let welcome = match hello {
@@ -226,11 +236,14 @@ pub fn register_with(
             writer,
             welcome,
         }),
-        Kind::Erro if reply.origin == SERVER_ID => Err(match origin {
-            BROADCAST => RegisterError::NoExhibitorId,
-            o if EXHIBITOR_IDS.contains(&o) => RegisterError::NotPairable(o),
-            _ => RegisterError::NoEmitterId,
-        }),
+        Kind::Erro if reply.origin == SERVER_ID => {
+            let (addr, tls) = (addr.to_string(), target.is_tls());
+            Err(match origin {
+                BROADCAST => RegisterError::NoExhibitorId { addr, tls },
+                id if EXHIBITOR_IDS.contains(&id) => RegisterError::NotPairable(id),
+                _ => RegisterError::NoEmitterId { addr, tls },
+            })
+        }
         _ => Err(foreign()),
     }
 }
@@ -242,6 +255,9 @@ struct Answers<'a> {
     /// Bytes read and not yet taken: what follows the OK is the reader's.
     buf: BytesMut,
     addr: &'a str,
+    /// Whether the connection speaks TLS: a plain one's refusals may mean
+    /// the server wants TLS.
+    tls: bool,
 }
 
 impl Answers<'_> {
@@ -263,7 +279,12 @@ impl Answers<'_> {
                 origin: SERVER_ID,
                 seq: 0,
                 ..
-            }) => return Err(RegisterError::NoIdentity { addr }),
+            }) => {
+                return Err(RegisterError::NoIdentity {
+                    addr,
+                    tls: self.tls,
+                });
+            }
             _ => return Err(foreign()),
         };
         welcome_or_refusal(&ack, &addr)
@@ -349,6 +370,33 @@ fn welcome_or_refusal(ack: &HelloAck, addr: &str) -> Result<Welcome, RegisterErr
     })
 }
 
+/// The causes of an ERRO to OI beside the protocol's: a server that admits
+/// signed-in clients only (`--auth`), or over a plain connection, TLS
+/// clients only (`--require-tls`).
+fn other_refusals(addr: &str, tls: bool) -> String {
+    let sign_in = "signed-in clients only (server --auth: evchat chat --user NAME signs in)";
+    if tls {
+        format!(", or the server admits {sign_in}")
+    } else {
+        format!(", or the server admits {sign_in} or TLS ones only (try tls://{addr})")
+    }
+}
+
+/// What an ERRO to HELLO means, as [`RegisterError::NoIdentity`] says it.
+fn no_identity(addr: &str, tls: bool) -> String {
+    if tls {
+        format!(
+            "{addr} does not speak the identity extension (it answered HELLO with ERRO); \
+             --user and --name need a server that does"
+        )
+    } else {
+        format!(
+            "{addr} answered HELLO with ERRO: it does not speak the identity extension, \
+             which --user and --name need, or it takes TLS only (try tls://{addr})"
+        )
+    }
+}
+
 /// The first bytes a peer sent, escaped, with `…` when there were more.
 fn show_prefix(bytes: &[u8]) -> String {
     let mut shown = escape_text(&bytes[..bytes.len().min(SHOWN_PREFIX)]);
@@ -358,8 +406,9 @@ fn show_prefix(bytes: &[u8]) -> String {
     shown
 }
 
-/// Why a connection attempt failed, in words a user can act on.
-fn connect_reason(e: &io::Error) -> String {
+/// Why a connection attempt failed, in words a user can act on (the
+/// clients' and `evchat stats`' one wording).
+pub fn connect_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => {
             "nothing is listening there (connection refused) — is the server running?".into()

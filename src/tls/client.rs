@@ -77,16 +77,40 @@ pub enum EndpointError {
     NotTls(String),
     #[error("no trusted CA found on this system: give the server's CA with --ca FILE")]
     NoSystemRoots,
-    #[error("'{0}' is not HOST:PORT (a host name or address, then a port)")]
+    #[error("'{0}' is not HOST:PORT (a host name or address, then a port: 127.0.0.1:5000)")]
     BadAddress(String),
+    /// The page's address (`http://`, `https://`) or its WebSocket's, which
+    /// a newcomer copies from the browser.
+    #[error("'{0}' is a web address, for a browser; give HOST:PORT, or tls://HOST:PORT for TLS")]
+    WebAddress(String),
+    #[error("'{0}' has a scheme other than tls://; give HOST:PORT, or tls://HOST:PORT for TLS")]
+    Scheme(String),
+}
+
+impl EndpointError {
+    /// Whether the command line is at fault (exit status 2), not a file or
+    /// the system's CAs.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            EndpointError::NotTls(_)
+                | EndpointError::BadAddress(_)
+                | EndpointError::WebAddress(_)
+                | EndpointError::Scheme(_)
+        )
+    }
 }
 
 impl Endpoint {
     /// The server argument (`HOST:PORT` or `tls://HOST:PORT`) with the TLS
     /// flags. Prints [`INSECURE_WARNING`] to stderr with `--insecure`.
     pub fn parse(server: &str, args: &TlsArgs) -> Result<Endpoint, EndpointError> {
-        let (addr, tls) = match server.strip_prefix("tls://") {
-            Some(addr) => (addr, true),
+        let (addr, tls) = match server.split_once("://") {
+            Some(("tls", addr)) => (addr, true),
+            Some(("http" | "https" | "ws" | "wss", _)) => {
+                return Err(EndpointError::WebAddress(server.to_string()));
+            }
+            Some(_) => return Err(EndpointError::Scheme(server.to_string())),
             None => (server, args.tls),
         };
         let addr = addr.trim_end_matches('/').to_string();
@@ -94,6 +118,7 @@ impl Endpoint {
             if args.ca.is_some() || args.insecure {
                 return Err(EndpointError::NotTls(addr));
             }
+            host_and_port(&addr)?;
             return Ok(Endpoint { addr, tls: None });
         }
         let name = server_name(&addr)?;
@@ -170,11 +195,21 @@ pub enum ConnectError {
 /// The host part of `HOST:PORT` (`[v6]:PORT` too), as the certificate
 /// must name it.
 fn server_name(addr: &str) -> Result<ServerName<'static>, EndpointError> {
+    let host = host_and_port(addr)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(|_| EndpointError::BadAddress(addr.to_string()))
+}
+
+/// The host part of `HOST:PORT`, once the port is a port number: a
+/// missing or mistyped port is a usage error before any connection.
+fn host_and_port(addr: &str) -> Result<&str, EndpointError> {
     let bad = || EndpointError::BadAddress(addr.to_string());
     let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    ServerName::try_from(host.to_string()).map_err(|_| bad())
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(host)
 }
 
 /// The CAs trusted: the file given, else the system's.

@@ -83,8 +83,8 @@ outstanding replies (--wait) and leaves.
 
 Exit status: 0 when you leave or the server closes the chat; 1 when it cannot connect,
 sign in or register at start, when a sign-in or name is refused on reconnecting, or when
-input ends while the server is away; 2 for a usage error (--user without a password
-prompt or a token).
+input ends while the server is away; 2 for a usage error (an address that is not
+HOST:PORT, --ca without TLS, --user without a password prompt or a token).
 
 Examples:
   evchat chat 127.0.0.1:5000
@@ -422,7 +422,7 @@ pub fn run(args: ChatArgs) -> ExitCode {
         Ok(target) => target,
         Err(e) => {
             eprintln!("evchat chat: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
     let (session, readers) = match connect_pair(&target, &hello) {
@@ -859,8 +859,8 @@ impl Chat {
                             target = Target::ALL;
                             target_room = None;
                             self.say(&format!(
-                                "now talking to {name}, who is not online here: messages \
-                                 wait for them where the server keeps them"
+                                "now talking to {name}, who is not online here: the server \
+                                 keeps messages for them if it runs with --history"
                             ));
                             target_away = Some(name);
                         }
@@ -920,9 +920,15 @@ impl Chat {
     }
 
     fn reject(&self, number: u64, reason: &str) {
-        self.printer.error(&format!(
-            "evchat chat: line {number}: {reason}; nothing sent"
-        ));
+        // On a terminal the refusal shows right above the line just typed,
+        // whose number the user never saw; piped input keeps it, for scripts.
+        if self.printer.has_screen() {
+            self.printer.error(&format!("{reason}; nothing sent"));
+        } else {
+            self.printer.error(&format!(
+                "evchat chat: line {number}: {reason}; nothing sent"
+            ));
+        }
     }
 
     /// Sends a message, CREQ or room request through the current session;
@@ -1335,7 +1341,14 @@ impl Chat {
                 let said = match reply {
                     Reply::Ok => "✓".to_string(),
                     Reply::RoomAck(ack) => tell_answer(&name, ack.code),
-                    Reply::Erro | Reply::RoomList(_) => "✗ not delivered".to_string(),
+                    // ERRO: the name is offline and the server stores nothing
+                    // (no --history), or its session left before showing it
+                    // (PROTOCOL.md, "Waiting messages").
+                    Reply::Erro => format!(
+                        "✗ not delivered: {name} is not online (a server keeps messages \
+                         for later only with --history)"
+                    ),
+                    Reply::RoomList(_) => "✗ not delivered".to_string(),
                 };
                 self.say_chat(&format!("you to {name}: {} {said}", escape_text(&text)))
             }

@@ -22,6 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How often `--follow` looks for new records.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 const MS_PER_DAY: u64 = 86_400_000;
+/// Foreign files named one by one: a directory given by mistake (`/tmp`)
+/// would otherwise bury the answer under a line per file.
+const FOREIGN_SHOWN: usize = 3;
 
 #[derive(clap::Args, Debug)]
 pub struct HistoryArgs {
@@ -81,10 +84,19 @@ impl From<io::Error> for Failure {
 
 fn print_history(args: &HistoryArgs) -> Result<(), Failure> {
     let mut reader = Reader::open(&args.dir).map_err(Failure::Log)?;
-    for path in reader.foreign_files() {
+    let foreign = reader.foreign_files();
+    for path in foreign.iter().take(FOREIGN_SHOWN) {
         eprintln!(
             "evchat history: {}: not a history segment; ignored",
             path.display()
+        );
+    }
+    if foreign.len() > FOREIGN_SHOWN {
+        eprintln!(
+            "evchat history: {}: {} more entries that are not history segments; ignored \
+             (is it the directory a server was given with --history?)",
+            args.dir.display(),
+            foreign.len() - FOREIGN_SHOWN
         );
     }
     let mut out = BufWriter::new(io::stdout().lock());

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "evchat tools: chat, check a server, read history",
+    about = "evchat tools: chat, check a server, read its history, and more (the commands below)",
     after_help = "Examples:\n  \
 evchat chat 127.0.0.1:5000              chat in this terminal\n  \
 evchat check 127.0.0.1:5000             check a server of the protocol, rule by rule\n  \

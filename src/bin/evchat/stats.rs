@@ -67,7 +67,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 /// Why no screen could be shown.
 #[derive(Debug, thiserror::Error)]
 enum StatsError {
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}: {}", evchat::client::connect_reason(source))]
     Connect { addr: String, source: io::Error },
     #[error("{addr}: {source}")]
     Io { addr: String, source: io::Error },

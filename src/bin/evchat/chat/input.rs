@@ -94,23 +94,27 @@ pub enum ChatError {
     Emitter(String),
 }
 
-/// The commands, for `/help`.
+/// The commands, for `/help`: each line within 72 columns, so that a
+/// narrow terminal does not break them mid-word.
 pub const HELP: &[&str] = &[
-    "a line without / is a message to the current target (shown in the prompt)",
-    "/to ID        talk to exhibitor ID, or to the exhibitor paired with emitter ID",
-    "/to NAME      talk to the one with that name (any case; names come with messages and /list);",
-    "              named yourself, to one not online too: the server keeps it until they are back",
-    "/to all       talk to everyone (the start)",
+    "a line without / is a message to the current target (in the prompt)",
+    "/to ID        talk to exhibitor ID, or to the one paired with emitter ID",
+    "/to NAME      talk to the one with that name (any case; names come with",
+    "              messages and /list); with a name of your own, to one not",
+    "              online too: the server keeps it until they are back",
+    "/to all       talk to everyone (where you start)",
     "/to #room     talk to a room (its members see it; you need not be one)",
-    "/msg ID text  one message to ID (or NAME, or #room), without changing the target",
+    "/msg ID text  one message to ID (or NAME, or #room); the target stays",
     "/list         show who is connected, with their names",
-    "/join #room   join a room, creating it if it does not exist (--queue: a work queue; \
-     --queue --prefetch N: hold up to N of its messages at once)",
+    "/join #room   join a room, creating it if it does not exist; --queue:",
+    "              a work queue; --queue --prefetch N: hold up to N of its",
+    "              messages at once",
     "/leave #room  leave a room",
     "/rooms        list the rooms, their kinds and member counts",
     "/help         this list",
     "/quit         leave (Ctrl-D and Ctrl-C too)",
-    "(ID) text, (CREQ) ID and (FLW) work as in the emitter; // sends a line starting with /",
+    "(ID) text, (CREQ) ID and (FLW) work as in the emitter;",
+    "// sends a line that starts with /",
 ];
 
 /// A room typed as `#name`: the name as typed (the server judges it), at
@@ -219,7 +223,7 @@ fn parse_slash(line: &[u8]) -> Result<ChatLine, ChatError> {
             message(dest, text)
         }
         "/join" => {
-            const USAGE: &str = "/join #room [--queue]";
+            const USAGE: &str = "/join #room [--queue [--prefetch N]]";
             let words: Vec<String> = String::from_utf8_lossy(rest)
                 .split_ascii_whitespace()
                 .map(str::to_string)
@@ -386,7 +390,7 @@ mod tests {
 
     #[test]
     fn bad_room_commands_are_errors() {
-        let usage = Err(ChatError::RoomUsage("/join #room [--queue]"));
+        let usage = Err(ChatError::RoomUsage("/join #room [--queue [--prefetch N]]"));
         assert_eq!(parse_chat_line(b"/join"), usage);
         assert_eq!(parse_chat_line(b"/join #a #b"), usage);
         assert_eq!(parse_chat_line(b"/join #a --fast"), usage);
