@@ -8,8 +8,8 @@
 
 use evchat::auth::Name;
 use evchat::client::{Command, parse_command};
-use evchat::proto::ext::MAX_ROOM_NAME_LEN;
-use evchat::proto::{BROADCAST, ClientId, MAX_TEXT_LEN};
+use evchat::proto::ext::{MAX_ROOM_NAME_LEN, ROOM_IDS};
+use evchat::proto::{BROADCAST, ClientId, EMITTER_IDS, EXHIBITOR_IDS, MAX_TEXT_LEN};
 
 /// Who a plain line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +74,9 @@ pub enum ChatLine {
 pub enum ChatError {
     #[error("unknown command '{0}'; /help lists the commands")]
     UnknownCommand(String),
-    #[error("{0} takes an id (0-65535), a name, #room or 'all'")]
+    #[error("{0} takes an id, a name, #room or 'all'")]
     NeedsTarget(&'static str),
-    #[error("'{0}' is not an id from 0 to 65535, a name, #room or 'all'")]
+    #[error("'{0}' is not a client's id (1-8191), a room's (16384-32767), a name, #room or 'all'")]
     BadTarget(String),
     #[error("usage: {0}")]
     RoomUsage(&'static str),
@@ -147,9 +147,18 @@ fn parse_target(word: &str) -> Result<Addressee, ChatError> {
     if word.is_empty() || !word.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ChatError::BadTarget(word.to_string()));
     }
-    word.parse()
+    // Only ids something can hold: a MSG to any other would only come back
+    // refused.
+    word.parse::<ClientId>()
+        .ok()
+        .filter(|&id| {
+            id == BROADCAST
+                || EMITTER_IDS.contains(&id)
+                || EXHIBITOR_IDS.contains(&id)
+                || ROOM_IDS.contains(&id)
+        })
         .map(|id| Addressee::Id(Target(id)))
-        .map_err(|_| ChatError::BadTarget(word.to_string()))
+        .ok_or_else(|| ChatError::BadTarget(word.to_string()))
 }
 
 fn message(dest: impl Into<Addressee>, text: &[u8]) -> Result<ChatLine, ChatError> {
@@ -440,10 +449,17 @@ mod tests {
             Err(ChatError::UnknownCommand("/frobnicate".into()))
         );
         assert_eq!(parse_chat_line(b"/to"), Err(ChatError::NeedsTarget("/to")));
-        assert_eq!(
-            parse_chat_line(b"/to 70000"),
-            Err(ChatError::BadTarget("70000".into()))
-        );
+        // Past 16 bits, or an id no client or room can hold.
+        for bad in ["70000", "8192", "9999", "16383", "32768", "65535"] {
+            assert_eq!(
+                parse_chat_line(format!("/to {bad}").as_bytes()),
+                Err(ChatError::BadTarget(bad.into())),
+                "{bad}"
+            );
+        }
+        for good in [0, 1, 4095, 4096, 8191, 16384, 32767] {
+            assert_eq!(parse_chat_line(format!("/to {good}").as_bytes()), to(good));
+        }
         // Neither an id nor a name (names start with a letter, at most 24).
         for bad in ["_x", "al ice", "a!", &"a".repeat(25)] {
             assert_eq!(
