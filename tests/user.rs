@@ -277,7 +277,7 @@ fn bad_names_and_roles_are_usage_errors_and_write_nothing() {
         ),
         (
             vec!["add", s(&file), "alice", "--roles", "view,root"],
-            "error: invalid value 'view,root' for '--roles <ROLES>': the roles list has a role other than view, emit, broadcast and admin\n",
+            "error: invalid value 'view,root' for '--roles <ROLES>': 'root' is not a role: the roles are view, emit, broadcast and admin\n",
         ),
         (
             vec![

@@ -8,8 +8,8 @@
 //! refuses it, when it is not private.
 
 use evchat::auth::{
-    Account, Accounts, AccountsError, Credential, Expiry, MAX_PRESENTED_LEN, Name, Roles, Secret,
-    TOKEN_PREFIX, parse_age,
+    Account, Accounts, AccountsError, BadRoles, Credential, Expiry, MAX_PRESENTED_LEN, Name, Roles,
+    Secret, TOKEN_PREFIX, parse_age,
 };
 use evchat::client::{SecretLineError, ask_secret, exit_process, read_secret_line};
 use std::io::{self, IsTerminal, Write};
@@ -75,7 +75,17 @@ fn parse_name(s: &str) -> Result<Name, String> {
 }
 
 fn parse_roles(s: &str) -> Result<Roles, String> {
-    Roles::parse(s).map_err(|e| e.to_string())
+    Roles::parse(s).map_err(|e| match e {
+        // Typed here, not read from a file: naming the word helps.
+        BadRoles::Unknown => {
+            let word = s.split(',').find(|word| Roles::parse(word).is_err());
+            format!(
+                "'{}' is not a role: the roles are view, emit, broadcast and admin",
+                word.unwrap_or(s)
+            )
+        }
+        e => e.to_string(),
+    })
 }
 
 fn parse_when(s: &str) -> Result<When, String> {
