@@ -1634,12 +1634,15 @@ fn page_member_back_in_a_room_sees_what_it_missed() {
     let server = Server::start(&["--history", dir.arg()]);
     let (_browser, alice, problems) = open_page(path.clone(), server.addr.port());
     wait_connected(&alice);
-    // Without a name the page says why rooms cannot be joined.
+    // Without a name the page says why rooms cannot be joined: a muted
+    // hint, since nothing was refused yet.
     wait_for(
         &alice,
         "rooms need a name",
         &format!(
             "{} === 'Rooms belong to names: choose a name (or sign in) to join one.' && \
+             document.getElementById('room-problem').dataset.tone === 'hint' && \
+             getComputedStyle(document.getElementById('room-problem')).fontWeight === '400' && \
              document.getElementById('room-join').disabled && 'yes'",
             text_of("room-problem")
         ),

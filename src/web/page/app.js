@@ -525,6 +525,14 @@
   function showProblem(element, text) {
     element.textContent = text;
     element.hidden = text === '';
+    delete element.dataset.tone;
+  }
+
+  // Like a problem's place, for what is only a hint (shown muted): nothing
+  // went wrong yet.
+  function showHint(element, text) {
+    showProblem(element, text);
+    element.dataset.tone = 'hint';
   }
 
   // The chat, or (a server with accounts and nobody signed in) the form.
@@ -736,7 +744,10 @@
     ui.rooms.replaceChildren.apply(ui.rooms, items);
     ui.roomCount.textContent = rooms.size > 0 ? '(' + rooms.size + ')' : '';
     if (s !== null && s.connected() && s.ownName === '' && s.emitterId !== null) {
-      showProblem(ui.roomProblem, SAY.roomsNeedAName);
+      // Said before anyone tried to join: a hint, not a refusal.
+      if (ui.roomProblem.textContent !== SAY.roomsNeedAName) {
+        showHint(ui.roomProblem, SAY.roomsNeedAName);
+      }
     } else if (ui.roomProblem.textContent === SAY.roomsNeedAName) {
       showProblem(ui.roomProblem, '');
     }
