@@ -545,7 +545,7 @@ fn input_ending_while_the_server_is_away_is_exit_1() {
         failed.starts_with(&format!(
             "reconnecting failed: cannot connect to {}",
             server.target()
-        )) && failed.ends_with("; next try in about 2 s"),
+        )) && failed.ends_with(" (next try in about 2 s)"),
         "{failed}"
     );
     chat.stdin = None;

@@ -1452,7 +1452,7 @@ impl Chat {
                 Err(e) => {
                     delay = (delay * 2).min(LAST_RETRY);
                     self.say(&format!(
-                        "reconnecting failed: {e}; next try in about {} s",
+                        "reconnecting failed: {e} (next try in about {} s)",
                         delay.as_secs()
                     ));
                 }
