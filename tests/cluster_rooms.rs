@@ -432,6 +432,57 @@ fn a_waiting_message_held_on_a_killed_node_waits_again_and_is_delivered_back_hom
     bob.ex.expect_silence();
 }
 
+/// A node that stays up but never answers a waiting message it was sent
+/// (stopped, its lease still held) fails it at the relay's deadline, as
+/// any relay fails: the message does not stay away until that node's
+/// lease runs out.
+#[test]
+fn a_waiting_message_sent_to_a_silent_node_fails_at_the_relay_deadline() {
+    let redis = Redis::start("crooms-waiting-silent");
+    let dir = TempDir::new("crooms-waiting-silent-a");
+    // Relays from node a wait --ack-timeout + 2 s: 3 s here.
+    let a = redis.node_with(
+        "a",
+        &[
+            "--history",
+            dir.arg(),
+            "--fsync",
+            "always",
+            "--ack-timeout",
+            "1",
+        ],
+    );
+    let b = redis.node_with("b", &["--cluster-lease", "60"]);
+    let mut alice = Member::new(&a, "alice");
+    let bob = Member::new(&a, "bob");
+    let mut writer = a.raw();
+    let writer_id = writer.identify_emitter(1);
+    crate::rooms::away(&mut writer, writer_id, bob);
+    let seq = alice.next_seq();
+    alice.em.send(&tell(alice.em_id, seq, b"bob", b"hello?"));
+    expect_exact(
+        &mut alice.em,
+        &roomack(alice.em_id, seq, 9, (0, 0, 0, b"bob")),
+    );
+    let mut bob = Member::reclaim(&b, "bob");
+    assert_eq!(next_frame(&mut bob.ex)[..2], [0, 18], "WAITING first");
+    expect_exact(
+        &mut bob.ex,
+        &who(bob.ex_id, 1, alice.em_id, PLAIN, b"alice"),
+    );
+    expect_exact(&mut bob.ex, &msg(alice.em_id, bob.ex_id, 2, b"hello?"));
+    // Node b goes silent before bob answers, and keeps its lease.
+    b.proc.signal(libc::SIGSTOP);
+    let (_, line) = a
+        .proc
+        .stderr
+        .skip_until("the relay's deadline", TIMEOUT, |line| {
+            line.contains("no ACK from the node in time")
+        });
+    b.proc.signal(libc::SIGCONT);
+    assert!(!line.is_empty());
+}
+
 /// ERRO from an exhibitor to `dest`.
 fn header_erro(origin: ClientId, dest: ClientId, seq: u16) -> Vec<u8> {
     crate::identity::header(2, origin, dest, seq)

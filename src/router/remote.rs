@@ -245,6 +245,16 @@ impl Remote {
         self.sent_due = Some(self.sent_due.map_or(deadline, |due| due.min(deadline)));
     }
 
+    /// A relay about to be sent, awaited until its deadline (which the
+    /// sweep then knows of): its number.
+    fn await_ack(&mut self, sent: Sent) -> u64 {
+        let relay = self.next_relay;
+        self.next_relay += 1;
+        self.sent_due_by(sent.deadline);
+        self.sent.insert(relay, sent);
+        relay
+    }
+
     /// Relay `relay` settled: no longer awaited.
     fn take_sent(&mut self, relay: u64) -> Option<Sent> {
         let sent = self.sent.remove(&relay);
@@ -815,20 +825,15 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
-        for &node in &self.remote.nodes {
-            let relay = self.remote.next_relay;
-            self.remote.next_relay += 1;
-            self.remote.sent.insert(
-                relay,
-                Sent {
-                    node,
-                    origin: SentFor::Request(request),
-                    deadline,
-                },
-            );
+        for at in 0..self.remote.nodes.len() {
+            let node = self.remote.nodes[at];
+            let relay = self.remote.await_ack(Sent {
+                node,
+                origin: SentFor::Request(request),
+                deadline,
+            });
             out.relay(node, relay, frame);
         }
-        self.remote.sent_due_by(deadline);
         self.note_deadline(deadline);
     }
 
@@ -912,19 +917,13 @@ impl Router {
                 any_ok: false,
             },
         );
-        let onward = self.remote.next_relay;
-        self.remote.next_relay += 1;
         let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
-        self.remote.sent.insert(
-            onward,
-            Sent {
-                node,
-                origin: SentFor::Chain(key),
-                deadline,
-            },
-        );
+        let onward = self.remote.await_ack(Sent {
+            node,
+            origin: SentFor::Chain(key),
+            deadline,
+        });
         out.relay(node, onward, frame);
-        self.remote.sent_due_by(deadline);
         self.note_deadline(deadline);
     }
 
@@ -947,17 +946,14 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let relay = self.remote.next_relay;
-        self.remote.next_relay += 1;
-        let deadline = now + self.limits.ack_timeout + RELAY_GRACE;
-        self.remote.sent.insert(
-            relay,
-            Sent {
-                node,
-                origin: SentFor::Waited(wait),
-                deadline,
-            },
-        );
+        let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
+        // Awaited like any relay: one that is never answered fails at its
+        // deadline (and the message waits again).
+        let relay = self.remote.await_ack(Sent {
+            node,
+            origin: SentFor::Waited(wait),
+            deadline,
+        });
         out.waited(node, relay, letter);
         self.note_deadline(deadline);
     }
