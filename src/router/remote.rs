@@ -906,17 +906,7 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let key = self.remote.next_received;
-        self.remote.next_received += 1;
-        self.remote.received.insert(
-            key,
-            Received {
-                from,
-                relay,
-                outstanding: 1,
-                any_ok: false,
-            },
-        );
+        let key = self.receiving(from, relay);
         let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
         let onward = self.remote.await_ack(Sent {
             node,

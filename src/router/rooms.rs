@@ -464,6 +464,14 @@ impl Router {
         }
     }
 
+    /// The name `conn`'s session is a member by (lower case), or code 5:
+    /// membership belongs to a name.
+    fn name_key(&self, conn: ConnId) -> Result<Box<str>, RoomCode> {
+        let session = self.session(conn).expect("checked by the caller");
+        let name = session.name().ok_or(RoomCode::NoName)?;
+        Ok(name.to_ascii_lowercase().into())
+    }
+
     fn try_join(
         &mut self,
         conn: ConnId,
@@ -473,13 +481,8 @@ impl Router {
         out: &mut impl Outbox,
     ) -> Answer {
         let room = room.ok_or(RoomCode::BadName)?;
-        let session = self.session(conn).expect("checked by the caller");
-        let member: Box<str> = session
-            .name()
-            .ok_or(RoomCode::NoName)?
-            .to_ascii_lowercase()
-            .into();
-        let roles = session.roles;
+        let member = self.name_key(conn)?;
+        let roles = self.session(conn).expect("checked by the caller").roles;
         let limits = self.rooms.limits;
         let key: Box<str> = room.to_ascii_lowercase().into();
         let rooms_of_member = self.rooms.of_name.get(&member).map_or(0, Vec::len);
@@ -584,12 +587,7 @@ impl Router {
         out: &mut impl Outbox,
     ) -> Answer {
         let room = room.ok_or(RoomCode::BadName)?;
-        let session = self.session(conn).expect("checked by the caller");
-        let member: Box<str> = session
-            .name()
-            .ok_or(RoomCode::NoName)?
-            .to_ascii_lowercase()
-            .into();
+        let member = self.name_key(conn)?;
         let key = room.to_ascii_lowercase();
         let id = *self.rooms.by_key.get(&*key).ok_or(RoomCode::NotMember)?;
         let answer = self

@@ -130,13 +130,8 @@ impl Router {
         room: Option<&str>,
     ) -> Result<(Box<str>, Box<str>, Box<str>, bool), Answer> {
         let room = room.ok_or(Err(RoomCode::BadName))?;
-        let session = self.session(conn).expect("checked by the caller");
-        let member: Box<str> = session
-            .name()
-            .ok_or(Err(RoomCode::NoName))?
-            .to_ascii_lowercase()
-            .into();
-        let roles = session.roles;
+        let member = self.name_key(conn).map_err(Err)?;
+        let roles = self.session(conn).expect("checked by the caller").roles;
         let key: Box<str> = room.to_ascii_lowercase().into();
         if let Some(&id) = self.rooms.by_key.get(&key) {
             let existing = &self.rooms.by_id[&id];
@@ -166,12 +161,7 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let asked = room.ok_or(RoomCode::BadName).and_then(|room| {
-            let session = self.session(conn).expect("checked by the caller");
-            let member: Box<str> = session
-                .name()
-                .ok_or(RoomCode::NoName)?
-                .to_ascii_lowercase()
-                .into();
+            let member = self.name_key(conn)?;
             Ok((Box::<str>::from(room.to_ascii_lowercase()), member))
         });
         let (key, member) = match asked {
