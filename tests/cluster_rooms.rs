@@ -327,6 +327,24 @@ fn a_tell_reaches_its_addressee_online_on_another_node_answered_like_a_msg() {
     expect_exact(&mut alice.em, &erro(alice.em_id, seq));
 }
 
+/// On node `a` (with history): alice online, bob known there and then
+/// offline everywhere, and alice's TELL of `text` to `spelled` (bob's name
+/// in some case) stored for him (ROOMACK code 9). Returns alice.
+fn told_while_away(a: &Server, spelled: &[u8], text: &[u8]) -> Member {
+    let mut alice = Member::new(a, "alice");
+    let bob = Member::new(a, "bob");
+    let mut writer = a.raw();
+    let writer_id = writer.identify_emitter(1);
+    crate::rooms::away(&mut writer, writer_id, bob);
+    let seq = alice.next_seq();
+    alice.em.send(&tell(alice.em_id, seq, spelled, text));
+    expect_exact(
+        &mut alice.em,
+        &roomack(alice.em_id, seq, 9, (0, 0, 0, spelled)),
+    );
+    alice
+}
+
 #[test]
 fn a_waiting_message_is_delivered_when_its_name_comes_online_on_another_node() {
     let redis = Redis::start("crooms-waiting");
@@ -334,18 +352,8 @@ fn a_waiting_message_is_delivered_when_its_name_comes_online_on_another_node() {
     // Node a keeps what is told on it (history); node b keeps nothing.
     let a = redis.node_with("a", &["--history", dir.arg(), "--fsync", "always"]);
     let b = redis.node("b");
-    let mut alice = Member::new(&a, "alice");
     // bob is known on node a (seen there), then offline everywhere.
-    let bob = Member::new(&a, "bob");
-    let mut writer = a.raw();
-    let writer_id = writer.identify_emitter(1);
-    crate::rooms::away(&mut writer, writer_id, bob);
-    let seq = alice.next_seq();
-    alice.em.send(&tell(alice.em_id, seq, b"Bob", b"see you"));
-    expect_exact(
-        &mut alice.em,
-        &roomack(alice.em_id, seq, 9, (0, 0, 0, b"Bob")),
-    );
+    let alice = told_while_away(&a, b"Bob", b"see you");
     // bob signs in on node b: node a sends what waits for him there, as
     // one node would: WAITING, WHO, the MSG, numbered by b.
     let mut bob = Member::reclaim(&b, "bob");
@@ -383,19 +391,7 @@ fn a_waiting_message_held_on_a_killed_node_waits_again_and_is_delivered_back_hom
     let dir = TempDir::new("crooms-waiting-kill-a");
     let a = redis.node_with("a", &["--history", dir.arg(), "--fsync", "always"]);
     let mut b = redis.node("b");
-    let mut alice = Member::new(&a, "alice");
-    let bob = Member::new(&a, "bob");
-    let mut writer = a.raw();
-    let writer_id = writer.identify_emitter(1);
-    crate::rooms::away(&mut writer, writer_id, bob);
-    let seq = alice.next_seq();
-    alice
-        .em
-        .send(&tell(alice.em_id, seq, b"bob", b"are you there"));
-    expect_exact(
-        &mut alice.em,
-        &roomack(alice.em_id, seq, 9, (0, 0, 0, b"bob")),
-    );
+    let alice = told_while_away(&a, b"bob", b"are you there");
     // Sent to bob on node b, which dies before he answers.
     let mut bob = Member::reclaim(&b, "bob");
     assert_eq!(next_frame(&mut bob.ex)[..2], [0, 18], "WAITING first");
@@ -453,17 +449,7 @@ fn a_waiting_message_sent_to_a_silent_node_fails_at_the_relay_deadline() {
         ],
     );
     let b = redis.node_with("b", &["--cluster-lease", "60"]);
-    let mut alice = Member::new(&a, "alice");
-    let bob = Member::new(&a, "bob");
-    let mut writer = a.raw();
-    let writer_id = writer.identify_emitter(1);
-    crate::rooms::away(&mut writer, writer_id, bob);
-    let seq = alice.next_seq();
-    alice.em.send(&tell(alice.em_id, seq, b"bob", b"hello?"));
-    expect_exact(
-        &mut alice.em,
-        &roomack(alice.em_id, seq, 9, (0, 0, 0, b"bob")),
-    );
+    let alice = told_while_away(&a, b"bob", b"hello?");
     let mut bob = Member::reclaim(&b, "bob");
     assert_eq!(next_frame(&mut bob.ex)[..2], [0, 18], "WAITING first");
     expect_exact(

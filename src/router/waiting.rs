@@ -78,6 +78,16 @@ struct Letters {
     bytes: usize,
 }
 
+impl Letters {
+    /// Whether one of them is out already (to a session here, or to
+    /// another node): the rest go after it is settled, in order.
+    fn any_out(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|l| l.out_to.is_some() || l.away.is_some())
+    }
+}
+
 /// Every name's waiting messages.
 #[derive(Debug, Default)]
 pub(super) struct Waiting {
@@ -334,11 +344,7 @@ impl Router {
         let Some(letters) = self.waiting.by_name.get_mut(&key) else {
             return;
         };
-        if letters
-            .queue
-            .iter()
-            .any(|l| l.out_to.is_some() || l.away.is_some())
-        {
+        if letters.any_out() {
             return;
         }
         let mut sending = Vec::with_capacity(letters.queue.len());

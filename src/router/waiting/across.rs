@@ -41,11 +41,7 @@ impl Router {
         let Some(letters) = self.waiting.by_name.get_mut(key.as_str()) else {
             return;
         };
-        if letters
-            .queue
-            .iter()
-            .any(|l| l.out_to.is_some() || l.away.is_some())
-        {
+        if letters.any_out() {
             return;
         }
         let sending: Vec<_> = letters
