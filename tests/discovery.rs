@@ -124,6 +124,25 @@ impl Lan {
         (proc, addr)
     }
 
+    /// `server PORT --bind BIND EXTRA...` in the finder's own namespace: a
+    /// server on the finder's machine.
+    fn server_beside_finder(&self, bind: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+        let port = PORT.to_string();
+        let mut args = vec![
+            "netns",
+            "exec",
+            &self.finder,
+            bin("server"),
+            &port,
+            "--bind",
+            bind,
+        ];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn_with("ip", &args);
+        let addr = listening_addr(&proc.stdout);
+        (proc, addr)
+    }
+
     /// `evchat find ARGS` in the finder's namespace: (exit code, stdout,
     /// stderr).
     fn find(&self, args: &[&str]) -> (i32, String, String) {
@@ -245,6 +264,35 @@ fn a_server_with_announce_is_found_from_another_namespace() {
     assert_eq!(
         (code, out.as_str()),
         (0, "169.254.77.1:5000  lab-a  plain  open\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_server_on_this_machine_bound_to_loopback_is_found() {
+    let Some(lan) = lan() else { return };
+    let (_server, addr) = lan.server_beside_finder("127.0.0.1", &["--announce", "--name", "here"]);
+    assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], PORT)));
+    let (code, out, err) = lan.find(&["--port", "5000"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "127.0.0.1:5000  here  plain  open\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_server_on_this_machine_bound_to_every_address_is_listed_once() {
+    let Some(lan) = lan() else { return };
+    let (_here, _) = lan.server_beside_finder("0.0.0.0", &["--announce", "--name", "here"]);
+    let (_there, _) = lan.server(&["--announce", "--name", "lab-a"]);
+    let (code, out, err) = lan.find(&["--port", "5000"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "169.254.77.1:5000  lab-a  plain  open\n169.254.77.2:5000  here  plain  open\n"
+        ),
         "{err}"
     );
 }

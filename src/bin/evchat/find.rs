@@ -1,9 +1,10 @@
 //! `evchat find`: asks the LAN which evchat servers answer discovery
 //! (`server --announce`; PROTOCOL.md, "Discovery") and lists them. The
-//! query goes to 255.255.255.255 and to the broadcast address of each
-//! interface that has one, on the servers' port number; answers are taken
-//! for `--timeout` and kept only if they carry the query's nonce. `evchat
-//! chat` without an address uses [`find`] too.
+//! query goes to 255.255.255.255, to the broadcast address of each
+//! interface that has one and to 127.0.0.1 (a server on this machine bound
+//! to loopback hears no broadcast), on the servers' port number; answers
+//! are taken for `--timeout` and kept only if they carry the query's nonce.
+//! `evchat chat` without an address uses [`find`] too.
 
 use evchat::discovery::{Answer, MAX_ANSWER_LEN, Query};
 use std::collections::BTreeMap;
@@ -24,7 +25,8 @@ const MAX_FOUND: usize = 256;
 #[command(after_help = "\
 Servers answer only when started with --announce (off by default), and only to
 queries from private, link-local or loopback IPv4 addresses: discovery is for the
-LAN. The query is a UDP broadcast; nothing beyond the local network receives it.
+LAN. The query is a UDP broadcast, and goes to 127.0.0.1 too for a server on this
+machine; nothing beyond the local network receives it.
 
 Each server found is one line: ADDRESS  NAME  TLS-or-plain  accounts-or-open.
 Exit status: 0 when some server answered, 1 when none did.
@@ -111,7 +113,7 @@ pub fn find(port: u16, wait: Duration) -> io::Result<Vec<Found>> {
     let query = Query { nonce }.encode();
     let mut sent = 0;
     let mut last_error = None;
-    for to in broadcast_addresses() {
+    for to in query_addresses() {
         match socket.send_to(&query, SocketAddrV4::new(to, port)) {
             Ok(_) => sent += 1,
             Err(e) => last_error = Some(e),
@@ -160,13 +162,35 @@ pub fn find(port: u16, wait: Duration) -> io::Result<Vec<Found>> {
             accounts: answer.accounts,
         });
     }
-    Ok(found.into_values().collect())
+    Ok(without_loopback_twins(found.into_values().collect()))
 }
 
-/// 255.255.255.255 and the broadcast address of every interface that is
-/// up and has one (getifaddrs(3)), each once.
-fn broadcast_addresses() -> Vec<Ipv4Addr> {
-    let mut addresses = vec![Ipv4Addr::BROADCAST];
+/// A server on this machine bound to every address answers both the
+/// broadcast (from a LAN address) and the loopback query: it is listed once,
+/// at its LAN address, which other machines can use too.
+fn without_loopback_twins(found: Vec<Found>) -> Vec<Found> {
+    let twin = |loopback: &Found| {
+        found.iter().any(|other| {
+            !other.addr.ip().is_loopback()
+                && other.addr.port() == loopback.addr.port()
+                && other.name == loopback.name
+        })
+    };
+    let keep: Vec<bool> = found
+        .iter()
+        .map(|server| !server.addr.ip().is_loopback() || !twin(server))
+        .collect();
+    found
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(server, keep)| keep.then_some(server))
+        .collect()
+}
+
+/// 255.255.255.255, the broadcast address of every interface that is up and
+/// has one (getifaddrs(3)), each once, and 127.0.0.1.
+fn query_addresses() -> Vec<Ipv4Addr> {
+    let mut addresses = vec![Ipv4Addr::BROADCAST, Ipv4Addr::LOCALHOST];
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a list freed below; each entry
     // and its address pointers are valid until then, and are only read.
