@@ -9,7 +9,8 @@
 //! Every rule here is numbered as in PROTOCOL.md.
 
 use crate::proto::ext::{
-    ExtFrame, MAX_WHO_BODY, PLAIN_ROLES, ROLE_ADMIN, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW, Who,
+    ExtFrame, MAX_WHO_BODY, PLAIN_ROLES, ROLE_ADMIN, ROLE_BROADCAST, ROLE_EMIT, ROLE_VIEW,
+    RoleWords, Who,
 };
 use crate::proto::{
     ClientId, EMITTER_IDS, EXHIBITOR_IDS, Frame, FrameView, HEADER_LEN, Header, Kind, SERVER_ID,
@@ -745,7 +746,7 @@ impl Router {
             name: name.map(Into::into),
         };
         session.roles = roles;
-        info!(conn, name = name.unwrap_or(""), roles, "HELLO accepted");
+        info!(conn, name = name.unwrap_or(""), roles = %RoleWords(roles), "HELLO accepted");
         if let Some(name) = name {
             self.saw_name(name);
         }

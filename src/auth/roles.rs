@@ -2,20 +2,13 @@
 //! (it never sees a secret). The same bits travel on the wire
 //! (PROTOCOL.md, "Extension: identity").
 
+use crate::proto::ext::{ROLE_WORDS, RoleWords};
 use std::fmt;
 
 /// A set of roles. The bits are the wire's: view 1, emit 2, broadcast 4,
 /// admin 8.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Roles(u8);
-
-/// The roles in the order they are written.
-const ALL: [(Roles, &str); 4] = [
-    (Roles::VIEW, "view"),
-    (Roles::EMIT, "emit"),
-    (Roles::BROADCAST, "broadcast"),
-    (Roles::ADMIN, "admin"),
-];
 
 /// The longest roles field: every role once, with commas.
 pub const MAX_ROLES_LEN: usize = 64;
@@ -86,11 +79,11 @@ impl Roles {
             if item.is_empty() {
                 return Err(BadRoles::EmptyItem);
             }
-            let (role, _) = ALL
+            let (bit, _) = ROLE_WORDS
                 .iter()
                 .find(|(_, word)| *word == item)
                 .ok_or(BadRoles::Unknown)?;
-            roles = roles.union(*role);
+            roles = roles.union(Roles(*bit));
         }
         Ok(roles)
     }
@@ -99,20 +92,7 @@ impl Roles {
 impl fmt::Display for Roles {
     /// `view,emit`, in the canonical order; `-` for no role.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for (role, word) in ALL {
-            if self.contains(role) {
-                if !first {
-                    f.write_str(",")?;
-                }
-                f.write_str(word)?;
-                first = false;
-            }
-        }
-        if first {
-            f.write_str("-")?;
-        }
-        Ok(())
+        RoleWords(self.0).fmt(f)
     }
 }
 

@@ -112,6 +112,39 @@ pub const ROLE_ADMIN: u8 = 8;
 /// What every session holds on a server without accounts: all but admin.
 pub const PLAIN_ROLES: u8 = ROLE_VIEW | ROLE_EMIT | ROLE_BROADCAST;
 
+/// Each role's bit and the word an accounts file and a log write for it, in
+/// the order they are written.
+pub const ROLE_WORDS: [(u8, &str); 4] = [
+    (ROLE_VIEW, "view"),
+    (ROLE_EMIT, "emit"),
+    (ROLE_BROADCAST, "broadcast"),
+    (ROLE_ADMIN, "admin"),
+];
+
+/// A roles byte written as words (`view,emit`; `-` for none), so logs read as
+/// the accounts file does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoleWords(pub u8);
+
+impl std::fmt::Display for RoleWords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (bit, word) in ROLE_WORDS {
+            if self.0 & bit != 0 {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(word)?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("-")?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether a type field names one of the extension's frames.
 pub fn is_ext_kind(kind: u16) -> bool {
     (HELLO..=WAITING).contains(&kind)
@@ -802,6 +835,15 @@ impl fmt::Display for ExtFrame {
 mod tests {
     use super::super::Encode;
     use super::*;
+
+    #[test]
+    fn a_roles_byte_is_written_as_the_accounts_file_writes_it() {
+        assert_eq!(RoleWords(PLAIN_ROLES).to_string(), "view,emit,broadcast");
+        assert_eq!(RoleWords(ROLE_VIEW | ROLE_ADMIN).to_string(), "view,admin");
+        assert_eq!(RoleWords(0).to_string(), "-");
+        // Bits beyond the four roles are not words.
+        assert_eq!(RoleWords(0xf0 | ROLE_EMIT).to_string(), "emit");
+    }
 
     /// PROTOCOL.md's HELLO example: version 1, name "alice", secret "pw".
     const HELLO_ALICE: &[u8] = b"\
