@@ -1195,6 +1195,9 @@
           // log as sent; it is marked shown here rather than repeated.
           ownEntry: own !== undefined && (own.kind === 'msg' || own.kind === 'tell')
             ? own.entry : null,
+          // Ours only if we sent it: a replayed message from an earlier
+          // holder of our emitter id is someone else's.
+          mine: own !== undefined,
           waited: s.waitedNext,
         };
         s.waitedNext = null;
@@ -1263,7 +1266,7 @@
     if (received.ownEntry !== null) {
       received.ownEntry.classList.add('shown-here');
     } else {
-      showIncoming(s, frame, received.from, frame.origin === s.emitterId, received.waited);
+      showIncoming(s, frame, received.from, received.mine, received.waited);
     }
   }
 
