@@ -313,10 +313,13 @@ pub fn connect_all(plan: &Plan) -> Result<Vec<Conn>, String> {
     // the server's memory, and a room of 100 spent about 8 ns a delivery
     // more than the broadcast on that layout alone (BENCHMARKS.md, "Ninth
     // round").
+    // A member joins through its own node: with `--exhibitor-addr` the
+    // exhibitors are on another node than the emitters, and the room's
+    // membership reaches the emitters' node over the cluster.
     if in_room {
         let queue = (plan.mode == Mode::Queue).then_some(plan.prefetch);
         for &id in &exhibitor_ids {
-            room = evchat::join_room(plan.addr, id, queue)?;
+            room = evchat::join_room(plan.exhibitor_addr, id, queue)?;
         }
     }
     let mut opener = Opener::new(plan.target, plan.addr, plan.emitters);
