@@ -108,39 +108,13 @@ impl Lan {
 
     /// `server PORT --bind 0.0.0.0 EXTRA...` in server `i`'s namespace.
     fn server_in(&self, i: usize, extra: &[&str]) -> (Proc, SocketAddr) {
-        let port = PORT.to_string();
-        let mut args = vec![
-            "netns",
-            "exec",
-            &self.servers[i],
-            bin("server"),
-            &port,
-            "--bind",
-            "0.0.0.0",
-        ];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn_with("ip", &args);
-        let addr = listening_addr(&proc.stdout);
-        (proc, addr)
+        server_in_namespace(&self.servers[i], "0.0.0.0", extra)
     }
 
     /// `server PORT --bind BIND EXTRA...` in the finder's own namespace: a
     /// server on the finder's machine.
     fn server_beside_finder(&self, bind: &str, extra: &[&str]) -> (Proc, SocketAddr) {
-        let port = PORT.to_string();
-        let mut args = vec![
-            "netns",
-            "exec",
-            &self.finder,
-            bin("server"),
-            &port,
-            "--bind",
-            bind,
-        ];
-        args.extend_from_slice(extra);
-        let proc = Proc::spawn_with("ip", &args);
-        let addr = listening_addr(&proc.stdout);
-        (proc, addr)
+        server_in_namespace(&self.finder, bind, extra)
     }
 
     /// `evchat find ARGS` in the finder's namespace: (exit code, stdout,
@@ -174,6 +148,17 @@ impl Lan {
         .join()
         .expect("the finder's thread")
     }
+}
+
+/// `server PORT --bind BIND EXTRA...` in the namespace `ns`, once it
+/// listens.
+fn server_in_namespace(ns: &str, bind: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = PORT.to_string();
+    let mut args = vec!["netns", "exec", ns, bin("server"), &port, "--bind", bind];
+    args.extend_from_slice(extra);
+    let proc = Proc::spawn_with("ip", &args);
+    let addr = listening_addr(&proc.stdout);
+    (proc, addr)
 }
 
 impl Drop for Lan {
@@ -255,17 +240,19 @@ fn discovery_counts(lan: &Lan) -> [u64; 3] {
     })
 }
 
+/// `evchat find --port 5000` in the finder's namespace exits 0 and lists
+/// exactly `lines`.
+fn assert_found(lan: &Lan, lines: &str) {
+    let (code, out, err) = lan.find(&["--port", "5000"]);
+    assert_eq!((code, out.as_str()), (0, lines), "{err}");
+}
+
 #[test]
 fn a_server_with_announce_is_found_from_another_namespace() {
     let Some(lan) = lan() else { return };
     let (_server, addr) = lan.server(&["--announce", "--name", "lab-a"]);
     assert_eq!(addr, SocketAddr::from(([0, 0, 0, 0], PORT)));
-    let (code, out, err) = lan.find(&["--port", "5000"]);
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "169.254.77.1:5000  lab-a  plain  open\n"),
-        "{err}"
-    );
+    assert_found(&lan, "169.254.77.1:5000  lab-a  plain  open\n");
 }
 
 #[test]
@@ -273,12 +260,7 @@ fn a_server_on_this_machine_bound_to_loopback_is_found() {
     let Some(lan) = lan() else { return };
     let (_server, addr) = lan.server_beside_finder("127.0.0.1", &["--announce", "--name", "here"]);
     assert_eq!(addr, SocketAddr::from(([127, 0, 0, 1], PORT)));
-    let (code, out, err) = lan.find(&["--port", "5000"]);
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "127.0.0.1:5000  here  plain  open\n"),
-        "{err}"
-    );
+    assert_found(&lan, "127.0.0.1:5000  here  plain  open\n");
 }
 
 #[test]
@@ -286,14 +268,9 @@ fn a_server_on_this_machine_bound_to_every_address_is_listed_once() {
     let Some(lan) = lan() else { return };
     let (_here, _) = lan.server_beside_finder("0.0.0.0", &["--announce", "--name", "here"]);
     let (_there, _) = lan.server(&["--announce", "--name", "lab-a"]);
-    let (code, out, err) = lan.find(&["--port", "5000"]);
-    assert_eq!(
-        (code, out.as_str()),
-        (
-            0,
-            "169.254.77.1:5000  lab-a  plain  open\n169.254.77.2:5000  here  plain  open\n"
-        ),
-        "{err}"
+    assert_found(
+        &lan,
+        "169.254.77.1:5000  lab-a  plain  open\n169.254.77.2:5000  here  plain  open\n",
     );
 }
 
