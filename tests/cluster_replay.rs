@@ -5,9 +5,9 @@
 //! member back on a third node is sent what two other nodes' writers said
 //! while it was away, once, oldest first as that node heard them, before
 //! anything new; back again on another node it is sent nothing twice; a
-//! node killed takes nothing from what the others kept; without
-//! `--history` nothing is kept; a malformed SAID record is dropped with a
-//! warning and counted.
+//! node killed takes nothing from what the others kept; a copy the engine
+//! could not carry is lost to that node only; without `--history` nothing
+//! is kept; a malformed SAID record is dropped with a warning and counted.
 
 use crate::cluster::{Redis, acknowledge};
 use crate::cluster_rooms::{send_until_delivered, wait_members};
@@ -256,6 +256,72 @@ fn a_killed_node_s_room_messages_are_still_replayed_from_the_copies_others_kept(
     al.ex.send(&ok(al.ex_id, walt.em_id, 2));
     al.ex.expect_silence();
     will.ex.expect_silence();
+}
+
+#[test]
+fn a_copy_the_engine_could_not_carry_is_lost_to_that_node_only() {
+    let mut redis = Redis::start_durable("creplay-down");
+    let dirs = ["a", "b"].map(|n| TempDir::new(&format!("creplay-down-{n}")));
+    let a = redis.node_with("a", &history(&dirs[0]));
+    let b = redis.node_with("b", &history(&dirs[1]));
+    // carol online on a, where walt writes: the room is shown there alone.
+    let mut carol = Member::new(&a, "carol");
+    carol.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
+    let mut al = Member::new(&b, "al");
+    al.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 2, b"ops")));
+    let mut bo = Member::new(&b, "bo");
+    bo.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 3, b"ops")));
+    let will = Member::new(&b, "will");
+    let mut walt = Member::new(&a, "walt");
+    wait_members(&mut walt, b"ops", 3);
+    drop(al);
+    drop(bo);
+    // Node a knows b holds a client (will): it would copy to b.
+    let mut probe = Prober::new(&a);
+    let deadline = Instant::now() + TIMEOUT;
+    while !probe.ids().contains(&will.ex_id) {
+        assert!(Instant::now() < deadline, "node a never heard of will");
+        // Polling, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Their names are free in Redis (else held until b's incarnation ends,
+    // a release being refused while Redis is down).
+    let mut con = redis.client();
+    wait_until("al's and bo's names released", || {
+        ["al", "bo"].iter().all(|name| {
+            !redis::cmd("HEXISTS")
+                .arg("evchat:names")
+                .arg(name)
+                .query::<bool>(&mut con)
+                .unwrap()
+        })
+    });
+    drop(con);
+    // Redis dies; walt's message is shown on a, and its copy for b fails.
+    redis.kill();
+    said_while_away(&mut walt, &mut carol, &[b"one"]);
+    a.proc
+        .stderr
+        .skip_until("the failed publish", TIMEOUT, |line| {
+            line.contains("cluster: engine call failed")
+        });
+    // Back within the lease: both nodes subscribe again, no fence.
+    redis.restart();
+    for node in [&a, &b] {
+        node.proc
+            .stderr
+            .skip_until("the new subscription", TIMEOUT, |line| {
+                line.contains("cluster: resubscribed")
+            });
+    }
+    // bo back on b: the copy never came, nothing is sent (node a, hearing
+    // bo online on b, notes bo as sent it: CLUSTER.md, "History").
+    let mut bo = Member::reclaim(&b, "bo");
+    bo.ex.expect_silence();
+    // al back on a, where it was said, is sent it there.
+    let mut al = Member::reclaim(&a, "al");
+    expect_exact(&mut al.ex, &who(al.ex_id, 0, walt.em_id, PLAIN, b"walt"));
+    expect_exact(&mut al.ex, &msg(walt.em_id, ROOM, 1, b"one"));
 }
 
 #[test]
