@@ -112,6 +112,10 @@ pub trait Outbox {
     /// Several nodes: a message waiting here for a name, for the node
     /// `node` where it is online, as relay number `relay`.
     fn waited(&mut self, _node: NodeRef, _relay: u64, _letter: &RemoteLetter<'_>) {}
+    /// Several nodes, with history: a copy of `frame`, a message said in
+    /// an ordinary room here, for node `node` to keep for the room's
+    /// members away (CLUSTER.md, "History"); nothing answers it.
+    fn room_copy(&mut self, _node: NodeRef, _frame: &FrameView<'_>) {}
 }
 
 /// What changed in the rooms or the waiting messages, for a history to
@@ -1759,6 +1763,9 @@ impl Router {
             self.room_said(frame.dest, frame, conn, &targets);
             if CLUSTER && nodes > 0 {
                 self.room_said_across(frame.dest);
+            }
+            if CLUSTER {
+                self.room_copies_out(frame, out);
             }
         }
         if targets.is_empty() && nodes == 0 {

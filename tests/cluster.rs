@@ -33,7 +33,7 @@ impl Redis {
 
     /// One that keeps every write in its append-only file, synced before
     /// each answer, so that `kill -9` and a restart lose nothing.
-    fn start_durable(name: &str) -> Redis {
+    pub(crate) fn start_durable(name: &str) -> Redis {
         Redis::start_with(name, &["--appendonly", "yes", "--appendfsync", "always"])
     }
 
@@ -64,8 +64,18 @@ impl Redis {
 
     /// `kill -9`, then the same server again on the same port and directory.
     fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// `kill -9`.
+    pub(crate) fn kill(&mut self) {
         self.proc.signal(libc::SIGKILL);
         self.proc.wait();
+    }
+
+    /// The same server again on the same port and directory, once killed.
+    pub(crate) fn restart(&mut self) {
         let port = self._port.addr().port().to_string();
         let persistence: Vec<&str> = self.persistence.iter().map(String::as_str).collect();
         self.proc = Redis::spawn(&port, &self._dir, &persistence);

@@ -23,7 +23,7 @@ const FAILED_WITHIN: Duration = Duration::from_secs(10);
 
 /// Asks ROOMS through `member` until `room` is listed with `count`
 /// members: the node's replica has heard every JOIN made elsewhere.
-fn wait_members(member: &mut Member, room: &[u8], count: u16) {
+pub(crate) fn wait_members(member: &mut Member, room: &[u8], count: u16) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let seq = member.next_seq();
@@ -50,7 +50,7 @@ fn wait_members(member: &mut Member, room: &[u8], count: u16) {
 /// is delivered to `member`'s exhibitor (bytes arrive there) rather than
 /// refused (ERRO: no target known yet); returns the delivered one's seq.
 /// Polls both connections without blocking, with a deadline.
-fn send_until_delivered(
+pub(crate) fn send_until_delivered(
     writer: &mut Member,
     member: &mut Member,
     request: impl Fn(ClientId, u16) -> Vec<u8>,

@@ -15,10 +15,13 @@
 //!        | 8 | relay u64 BE | stored ms u64 BE | roles u8 | NL u8 | NL bytes of name
 //!            | frame length u32 BE | MSG(teller, addressee's exhibitor, 0, text)
 //!                                       (WAITED: a waiting message for an exhibitor here)
+//!        | 16 | frame length u32 BE | MSG(origin, room id, seq, text)
+//!                                       (SAID: a room's message to keep, no answer)
 //! ```
 
 use super::NodeId;
 use super::redis::follows_name_rule;
+use crate::proto::ext::is_room_id;
 use crate::proto::{Encode, FrameView, Kind};
 use bytes::BytesMut;
 
@@ -32,6 +35,8 @@ const DISMISS: u8 = 5;
 const UNPAIRED: u8 = 6;
 const UNPAIR: u8 = 7;
 const WAITED: u8 = 8;
+/// Far from the others, so that records added beside 8 do not meet it.
+const SAID: u8 = 16;
 /// Header bytes: magic, version, incarnation.
 const HEADER: usize = 2 + 8;
 /// A batch grows to about this size before it is published early (and a
@@ -62,6 +67,10 @@ pub enum Record<'a> {
         name: Option<&'a str>,
         frame: FrameView<'a>,
     },
+    /// A message said in the room `frame.dest` on the sender's node, for
+    /// this node to keep for the room's members away (CLUSTER.md,
+    /// "History"); nothing answers it.
+    Said { frame: FrameView<'a> },
 }
 
 /// The records that make and end a pair whose halves are on two nodes.
@@ -98,6 +107,8 @@ pub enum BatchError {
     BadFrame,
     #[error("a waiting message's teller is not a name")]
     BadName,
+    #[error("a room's message to keep is not to a room id")]
+    NotARoom,
 }
 
 /// A batch being written for one destination.
@@ -160,6 +171,15 @@ impl BatchWriter {
         self.buf.extend_from_slice(&len.to_be_bytes());
         frame.encode_into(&mut self.buf);
         self.relays.push(relay);
+    }
+
+    /// A SAID record: `frame` is a MSG to a room id.
+    pub fn push_said(&mut self, frame: &FrameView<'_>) {
+        let len = frame.encoded_len() as u32;
+        self.buf.reserve(5 + len as usize);
+        self.buf.extend_from_slice(&[SAID]);
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        frame.encode_into(&mut self.buf);
     }
 
     pub fn push_ack(&mut self, relay: u64, ok: bool) {
@@ -235,6 +255,15 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
                 UNPAIRED => PairRecord::Unpaired { exhibitor, emitter },
                 _ => PairRecord::Unpair { exhibitor, emitter },
             }));
+            rest = after;
+            continue;
+        }
+        if tag == SAID {
+            let (frame, after) = take_frame(after, &[Kind::Msg])?;
+            if !is_room_id(frame.dest) {
+                return Err(BatchError::NotARoom);
+            }
+            records.push(Record::Said { frame });
             rest = after;
             continue;
         }
@@ -524,5 +553,39 @@ mod tests {
             fault(&waited(b"bob", &wire[..wire.len() - 1])),
             BatchError::BadFrame
         );
+    }
+
+    #[test]
+    fn a_said_record_round_trips_and_one_not_to_a_room_or_not_a_msg_is_refused() {
+        let wire = Frame::msg(3, 0x4000, 9, bytes::Bytes::from_static(b"hi"))
+            .unwrap()
+            .to_bytes();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        let mut w = BatchWriter::new(4);
+        w.push_said(&view);
+        w.push_ack(2, true);
+        let (bytes, relays) = w.finish();
+        assert!(relays.is_empty(), "nothing answers a SAID record");
+        let (_, records) = parse(&bytes).unwrap();
+        match &records[..] {
+            [Record::Said { frame }, Record::Ack { relay: 2, ok: true }] => {
+                assert_eq!(frame.to_frame().to_bytes(), wire)
+            }
+            other => panic!("{other:?}"),
+        }
+        let said = |frame: &[u8]| {
+            let mut bad = BatchWriter::new(1).finish().0;
+            bad.push(SAID);
+            bad.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            bad.extend_from_slice(frame);
+            bad
+        };
+        assert!(parse(&said(&wire)).is_ok());
+        let to_client = msg();
+        assert_eq!(fault(&said(&to_client)), BatchError::NotARoom);
+        let creq = Frame::bare(Kind::Creq, 1, 0x4000, 2).to_bytes();
+        assert_eq!(fault(&said(&creq)), BatchError::BadFrame);
+        assert_eq!(fault(&said(&wire[..wire.len() - 1])), BatchError::BadFrame);
+        assert_eq!(fault(&said(&wire)[..13]), BatchError::Short);
     }
 }

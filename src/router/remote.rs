@@ -311,6 +311,19 @@ impl Remote {
             })
     }
 
+    /// Every other node holding at least one id, in ascending order.
+    pub(super) fn nodes_holding(&self, into: &mut Vec<NodeRef>) {
+        into.clear();
+        into.extend(self.owner.iter().flatten().copied());
+        into.sort_unstable();
+        into.dedup();
+    }
+
+    /// The other nodes the request being routed was found to go to.
+    pub(super) fn request_nodes(&self) -> &[NodeRef] {
+        &self.nodes
+    }
+
     fn uncount(&mut self, id: ClientId, node: NodeRef) {
         if is_exhibitor_id(id)
             && let Some(count) = self.exhibitors.get_mut(&node)
@@ -365,6 +378,9 @@ impl Router {
         }
         self.remote.shows[usize::from(id)] = Some((roles, name.map(Into::into)));
         self.ids.epoch += 1;
+        if let Some(name) = name.filter(|_| is_exhibitor_id(id)) {
+            self.room_member_online_elsewhere(name);
+        }
     }
 
     /// A HELLO from `conn` claims `name` for the session, with these
@@ -863,6 +879,10 @@ impl Router {
     ) {
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
+        if is_room_id(frame.dest) {
+            // Kept here too, for members back on this node (CLUSTER.md).
+            self.room_relay_heard(frame, &targets);
+        }
         if targets.is_empty() {
             self.targets = targets;
             let chained = self

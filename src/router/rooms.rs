@@ -26,6 +26,8 @@ mod work_queue;
 mod across;
 pub use across::{RoomClaim, RoomFacts};
 
+mod copies;
+
 // The rooms' part of the id space is the wire's (clients read it too).
 pub use crate::proto::ext::{ROOM_IDS, is_room_id};
 
@@ -137,6 +139,9 @@ pub(super) struct Rooms {
     /// On a node of several: the JOINs and LEAVEs the engine decides, and
     /// which other nodes have members of each room online.
     across: across::Across,
+    /// On a node of several, with history: the other nodes each kept
+    /// message is copied to.
+    copies: copies::Keepers,
 }
 
 impl Rooms {
@@ -153,6 +158,7 @@ impl Rooms {
             keep: 0,
             keep_bytes: 0,
             across: across::Across::default(),
+            copies: copies::Keepers::default(),
         }
     }
 
@@ -761,17 +767,31 @@ impl Router {
         from: ConnId,
         targets: &[ConnId],
     ) {
-        let (keep, max_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
-        if keep == 0 {
+        if self.rooms.keep == 0 {
             return;
         }
+        let sender: Sender<'_> = super::sender(&self.sessions, from);
+        let sender = (sender.name.map(Box::<str>::from), sender.roles);
+        self.room_keep(id, frame, sender, targets);
+    }
+
+    /// Keeps `frame`, a MSG to the ordinary room `id` from `sender` (name
+    /// and roles), for the members away, and notes the names of the
+    /// sessions here it reached (`targets`) as sent it. With history only.
+    fn room_keep(
+        &mut self,
+        id: ClientId,
+        frame: &FrameView<'_>,
+        sender: (Option<Box<str>>, u8),
+        targets: &[ConnId],
+    ) {
+        let (keep, max_bytes) = (self.rooms.keep, self.rooms.keep_bytes);
         let Router {
             rooms, sessions, ..
         } = self;
         let Some(room) = rooms.by_id.get_mut(&id) else {
             return;
         };
-        let sender: Sender<'_> = super::sender(sessions, from);
         let text = frame.text().unwrap_or_default();
         let number = room.next_number;
         room.next_number += 1;
@@ -780,8 +800,8 @@ impl Router {
             number,
             Said {
                 origin: frame.origin,
-                name: sender.name.map(Into::into),
-                roles: sender.roles,
+                name: sender.0,
+                roles: sender.1,
                 text: Bytes::copy_from_slice(text),
             },
         ));

@@ -124,6 +124,12 @@ impl Outgoing {
         self.bound(at);
     }
 
+    pub(super) fn room_copy(&mut self, node: NodeId, frame: &FrameView<'_>) {
+        let at = self.batch(node);
+        self.batches[at].1.push_said(frame);
+        self.bound(at);
+    }
+
     pub(super) fn relay_ack(&mut self, node: NodeId, relay: u64, ok: bool) {
         let at = self.batch(node);
         self.batches[at].1.push_ack(relay, ok);
@@ -196,6 +202,10 @@ struct Counts {
     batches_in: u64,
     relays_in: u64,
     acks_in: u64,
+    /// Room messages heard from other nodes to keep (SAID records).
+    said_in: u64,
+    /// Batches refused whole: malformed (each also logged).
+    batches_dropped: u64,
 }
 
 impl Drop for Cluster {
@@ -210,6 +220,8 @@ impl Drop for Cluster {
             batches_in = c.batches_in,
             relays_in = c.relays_in,
             acks_in = c.acks_in,
+            said_in = c.said_in,
+            batches_dropped = c.batches_dropped,
             "cluster: traffic between nodes"
         );
     }
@@ -426,6 +438,7 @@ impl Server {
             Ok(parsed) => parsed,
             Err(e) => {
                 warn!(error = %e, bytes = bytes.len(), "cluster: malformed batch dropped");
+                cluster.counts.batches_dropped += 1;
                 return;
             }
         };
@@ -465,6 +478,11 @@ impl Server {
                     };
                     self.router
                         .waited_relayed(from, relay, &letter, now, &mut self.wire)
+                }
+                Record::Said { frame } => {
+                    cluster.counts.said_in += 1;
+                    self.router
+                        .room_copy_heard(from, &frame, now, &mut self.wire)
                 }
             }
             self.settle_dropped();

@@ -378,4 +378,10 @@ impl Outbox for Wire {
             outgoing.waited(node, relay, letter);
         }
     }
+
+    fn room_copy(&mut self, node: NodeRef, frame: &FrameView<'_>) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.room_copy(node, frame);
+        }
+    }
 }
