@@ -12,6 +12,16 @@
  *       falloc  fallocate the whole file (length TOTAL), then overwrite it
  *       reuse   write the whole file and sync it, then overwrite it (a
  *               recycled segment whose pages are still cached)
+ *       mmap    fallocate the whole file, map it MAP_SHARED, memcpy each
+ *               chunk into the mapping in turn (no write(); the first
+ *               store to each page faults: page_mkwrite)
+ *       mmappop mmap with MAP_POPULATE (on a shared mapping it maps the
+ *               pages for reading: the first store still faults)
+ *       mmapwill mmap, then madvise(MADV_WILLNEED) on the whole file
+ *       mmappw  mmap, then madvise(MADV_POPULATE_WRITE) on the whole file
+ *               before the clock starts (the write faults paid up front)
+ *       mmapahead mmap, and a second thread MADV_POPULATE_WRITEs each
+ *               1 MiB ahead of the writer (the faults paid off its thread)
  * Prints the CPU time (user + system) of the writes and of the fdatasync,
  * both in this thread, and the CPU every other task used meanwhile (the
  * kernel's writeback among them: a hint on a shared machine). Not a Rust
@@ -22,14 +32,43 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static long minor_faults;
 
 static double cpu_seconds(void) {
     struct rusage r;
     getrusage(RUSAGE_THREAD, &r);
+    minor_faults = r.ru_minflt;
     return r.ru_utime.tv_sec + r.ru_utime.tv_usec * 1e-6 + r.ru_stime.tv_sec +
            r.ru_stime.tv_usec * 1e-6;
+}
+
+/* mmapahead: how far the writer has got, and the helper's own CPU. */
+static _Atomic long written_upto;
+static char *ahead_map;
+static long ahead_total;
+static double ahead_cpu;
+#define AHEAD (1L << 20)
+
+static void *populate_ahead(void *unused) {
+    (void)unused;
+    double before = cpu_seconds();
+    for (long done = 0; done < ahead_total; done += AHEAD) {
+        while (done > atomic_load(&written_upto) + 4 * AHEAD) usleep(50);
+        long len = ahead_total - done < AHEAD ? ahead_total - done : AHEAD;
+        if (madvise(ahead_map + done, len, MADV_POPULATE_WRITE)) { perror("madvise"); break; }
+    }
+    ahead_cpu = cpu_seconds() - before;
+    return NULL;
 }
 
 /* CPU seconds every CPU has spent busy (not idle or waiting for I/O), from
@@ -47,7 +86,10 @@ static double busy_seconds(void) {
 
 int main(int argc, char **argv) {
     if (argc != 5) {
-        fprintf(stderr, "usage: %s PATH TOTAL CHUNK plain|keepsz|falloc|reuse\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s PATH TOTAL CHUNK plain|keepsz|falloc|reuse|mmap|mmappop|mmapwill|mmappw|"
+                "mmapahead\n",
+                argv[0]);
         return 2;
     }
     const char *path = argv[1], *mode = argv[4];
@@ -64,6 +106,44 @@ int main(int argc, char **argv) {
         append = 0;
         for (long done = 0; done < total; done += chunk) if (write(fd, buf, chunk) != chunk) { perror("write"); return 1; }
         fdatasync(fd);
+    }
+    if (!strncmp(mode, "mmap", 4)) {
+        if (fallocate(fd, 0, 0, total)) perror("fallocate");
+        close(fd);
+        fd = open(path, O_RDWR);
+        double setup_before = cpu_seconds();
+        int flags = MAP_SHARED | (!strcmp(mode, "mmappop") ? MAP_POPULATE : 0);
+        char *map = mmap(NULL, total, PROT_READ | PROT_WRITE, flags, fd, 0);
+        if (map == MAP_FAILED) { perror("mmap"); return 1; }
+        if (!strcmp(mode, "mmapwill") && madvise(map, total, MADV_WILLNEED)) perror("madvise");
+        if (!strcmp(mode, "mmappw") && madvise(map, total, MADV_POPULATE_WRITE)) perror("madvise");
+        double setup = cpu_seconds() - setup_before;
+        pthread_t helper;
+        ahead_map = map;
+        ahead_total = total;
+        if (!strcmp(mode, "mmapahead")) pthread_create(&helper, NULL, populate_ahead, NULL);
+        double busy_before = busy_seconds();
+        double before = cpu_seconds();
+        long faults_before = minor_faults, copies = 0;
+        for (long done = 0; done < total; done += chunk, copies++) {
+            long len = total - done < chunk ? total - done : chunk;
+            memcpy(map + done, buf, len);
+            atomic_store(&written_upto, done + len);
+        }
+        double written = cpu_seconds();
+        long faults = minor_faults - faults_before;
+        if (!strcmp(mode, "mmapahead")) pthread_join(helper, NULL);
+        if (msync(map, total, MS_SYNC)) perror("msync");
+        double synced = cpu_seconds();
+        double others = busy_seconds() - busy_before - (synced - before);
+        printf("%-9s %s: %ld copies of %ld B: copy CPU %.3f s (%.2f ns/B, %ld faults), msync CPU "
+               "%.3f s, map+madvise CPU %.3f s, helper CPU %.3f s, other CPU meanwhile %.2f s\n",
+               mode, path, copies, chunk, written - before, (written - before) / total * 1e9,
+               faults, synced - written, setup, ahead_cpu, others);
+        munmap(map, total);
+        close(fd);
+        unlink(path);
+        return 0;
     }
     close(fd);
     fd = open(path, O_WRONLY | (append ? O_APPEND : 0));

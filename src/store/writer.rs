@@ -192,7 +192,7 @@ impl Writer {
     /// the format cannot keep (no session has one) is kept as none.
     // Inlined into the server's one caller: a call per message, with the
     // record spilled to the stack for it, cost more than the body.
-    #[inline]
+    #[inline(always)]
     pub fn append(&mut self, record: &RecordView<'_>) -> Ticket {
         debug_assert_ne!(
             record.dest, ROOM_RECORD_DEST,
