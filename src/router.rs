@@ -111,6 +111,17 @@ pub trait Outbox {
     /// Several nodes: a message waiting here for a name, for the node
     /// `node` where it is online, as relay number `relay`.
     fn waited(&mut self, _node: NodeRef, _relay: u64, _letter: &RemoteLetter<'_>) {}
+    /// Several nodes: a queue room's message `frame`, dispatched here (its
+    /// home), for the member session `exhibitor` on node `node`, as relay
+    /// number `relay`.
+    fn queued(
+        &mut self,
+        _node: NodeRef,
+        _relay: u64,
+        _exhibitor: ClientId,
+        _frame: &FrameView<'_>,
+    ) {
+    }
 }
 
 /// What changed in the rooms or the waiting messages, for a history to

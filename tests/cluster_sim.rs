@@ -161,6 +161,8 @@ impl Node {
                             Record::Pair(r) => router.pair_notice(from, notice(r), now, out),
                             // No HELLO, no names: nothing waits for one.
                             Record::Waited { .. } => unreachable!("no waiting messages here"),
+                            // No rooms: no queue messages.
+                            Record::Queued { .. } => unreachable!("no queue rooms here"),
                         }
                     }
                 }
