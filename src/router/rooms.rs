@@ -1025,6 +1025,8 @@ impl Router {
     fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
         let deadline = now + self.limits.ack_timeout;
         let mut given = false;
+        // Set once a message went to a member session on another node.
+        let mut away = false;
         // Set once the session of this turn was told the sender's name.
         let mut told = false;
         let mut turn = Some(at);
@@ -1034,21 +1036,26 @@ impl Router {
                 sessions,
                 ids,
                 tellers,
+                remote,
+                limits,
                 ..
             } = self;
             let room = rooms.by_id.get_mut(&id).expect("a queue room's turn");
-            let Some(&target) = room.online.get(at) else {
-                // A member session on another node (CLUSTER.md, "Queues
-                // across nodes").
-                turn = self.give_away(id, at, now, out);
-                told = false;
-                continue;
-            };
+            // Past the sessions here: a member session on another node.
+            let target = room.online.get(at).copied().unwrap_or(ConnId::MAX);
             let live = sessions.get_mut(target).and_then(Option::as_mut);
             let Some(session) = live.filter(|s| !s.leaving) else {
-                // Leaving or gone: passed over until it settles a message
-                // (or leaves the room, which it is about to).
-                room.work.skip(at);
+                if at < room.online.len() {
+                    // Leaving or gone: passed over until it settles a
+                    // message (or leaves the room, which it is about to).
+                    room.work.skip(at);
+                } else {
+                    let ticket = rooms.next_ticket;
+                    rooms.next_ticket += 1;
+                    let deadline = now + (limits.ack_timeout + super::remote::RELAY_GRACE);
+                    room.give_away(id, at, ticket, remote, deadline, out);
+                    away = true;
+                }
                 turn = room.work.next_turn();
                 told = false;
                 continue;
@@ -1083,6 +1090,9 @@ impl Router {
         }
         if given {
             self.note_deadline(deadline);
+        }
+        if away {
+            self.note_away_deadline(now);
         }
     }
 

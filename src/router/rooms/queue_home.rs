@@ -10,9 +10,9 @@
 //! side of a QUEUED relay. Plain data in, the [`Outbox`] out; a single
 //! server builds none of it.
 
-use super::member_key;
+use super::{Room, member_key};
 use crate::proto::{ClientId, FrameView, Kind};
-use crate::router::remote::RELAY_GRACE;
+use crate::router::remote::{RELAY_GRACE, Remote};
 use crate::router::{ConnId, NodeRef, Outbox, Purpose, Role, RoomEvent, Router, Sender};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -104,7 +104,7 @@ impl Router {
                 debug!(room = id, "queue messages passed on from another node");
                 self.note_deadline(since + queue_wait);
             }
-            self.dispatch_queue(id, now, out);
+            self.dispatch_across(id, now, out);
         }
     }
 
@@ -180,12 +180,15 @@ impl Router {
             .work
             .push_waiting(frame.origin, frame.seq, text, None, now, wait);
         self.note_deadline(now + self.rooms.limits.queue_wait);
-        self.dispatch_queue(room, now, out);
+        self.dispatch_across(room, now, out);
     }
 
     /// A queue message with no emitter here settled (`ok`: a member showed
     /// it) or was given up: when another node relayed it here, that node
-    /// is answered.
+    /// is answered. Out of line: a single server's acknowledgements never
+    /// come here (their messages have an emitter).
+    #[cold]
+    #[inline(never)]
     pub(in crate::router) fn queue_answered_home(
         &mut self,
         wait: u64,
@@ -197,28 +200,17 @@ impl Router {
         }
     }
 
-    /// Gives the oldest waiting message of queue room `id` to the member
-    /// session at place `at`, on another node: a QUEUED relay. Returns the
-    /// next turn.
-    pub(in crate::router) fn give_away(
-        &mut self,
-        id: ClientId,
-        at: usize,
-        now: Instant,
-        out: &mut impl Outbox,
-    ) -> Option<usize> {
-        let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
-        let Router { rooms, remote, .. } = self;
-        let room = rooms.by_id.get_mut(&id).expect("a queue room's turn");
-        let (node, exhibitor) = room.away[at - room.online.len()];
-        let ticket = rooms.next_ticket;
-        rooms.next_ticket += 1;
-        let slot = room.work.give(at, ticket);
-        let relay = remote.await_queued(node, (id, slot, ticket), deadline);
-        out.queued(node, relay, exhibitor, &room.work.view(slot, id));
-        let next = room.work.next_turn();
-        self.note_deadline(deadline);
-        next
+    /// [`Router::dispatch_queue`] for this module's callers, out of line:
+    /// each inlined copy of it weighs on the one-node paths' inlining.
+    #[inline(never)]
+    fn dispatch_across(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
+        self.dispatch_queue(id, now, out);
+    }
+
+    /// Queue messages went to member sessions on other nodes: the loop
+    /// wakes by their relays' deadline.
+    pub(in crate::router) fn note_away_deadline(&mut self, now: Instant) {
+        self.note_deadline(now + (self.limits.ack_timeout + RELAY_GRACE));
     }
 
     /// The node of the member session a queue message was given to
@@ -235,12 +227,26 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         if ok {
-            return self.queue_acked(AWAY, room, slot, ticket, true, now, out);
+            // As [`Router::queue_acked`] does, not called: a second caller
+            // would keep it from being inlined into the one-node path.
+            let Some(entry) = self.rooms.by_id.get_mut(&room) else {
+                return;
+            };
+            let Some((wait, request)) = entry.work.settle(slot, ticket) else {
+                debug!(room, "a queue message passed on already was acknowledged");
+                return;
+            };
+            out.room_event(&RoomEvent::Settled { wait });
+            match request {
+                Some(request) => self.settle(request, true, now, out),
+                None => self.queue_answered_home(wait, true, out),
+            }
+            return self.dispatch_across(room, now, out);
         }
         self.queue_dropped(AWAY, room, slot, ticket);
         // A node gone may still be listed: list again first.
         self.queues_across(now, out);
-        self.dispatch_queue(room, now, out);
+        self.dispatch_across(room, now, out);
     }
 
     /// A queue message from its home `from` (relay `relay`) for the member
@@ -284,5 +290,26 @@ impl Router {
             room = frame.dest,
             "queue message from its home"
         );
+    }
+}
+
+impl Room {
+    /// Gives the oldest waiting message of this queue room (`id`) to the
+    /// member session at place `at`, on another node, under `ticket`: a
+    /// QUEUED relay, awaited until `deadline` (the caller notes it).
+    #[inline(never)]
+    pub(super) fn give_away(
+        &mut self,
+        id: ClientId,
+        at: usize,
+        ticket: u64,
+        remote: &mut Remote,
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let (node, exhibitor) = self.away[at - self.online.len()];
+        let slot = self.work.give(at, ticket);
+        let relay = remote.await_queued(node, (id, slot, ticket), deadline);
+        out.queued(node, relay, exhibitor, &self.work.view(slot, id));
     }
 }
