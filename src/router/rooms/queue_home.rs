@@ -25,8 +25,8 @@ const AWAY: ConnId = ConnId::MAX;
 /// The queue rooms' cluster state of one router.
 #[derive(Debug, Default)]
 pub(in crate::router) struct Homes {
-    /// This node's incarnation (0 until joined: every queue is then
-    /// dispatched here, as on one node).
+    /// This node's incarnation (0 until joined: lower than any other,
+    /// so this node is then home for every queue it has a member of).
     me: NodeRef,
     /// The id table's epoch and the membership generation the member
     /// sessions on other nodes were last listed at.
