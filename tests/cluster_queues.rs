@@ -265,3 +265,25 @@ fn a_member_holds_one_message_at_a_time_from_emitters_on_two_nodes() {
     w.ex.send(&ok(w.ex_id, chief.em_id, second));
     expect_exact(&mut chief.em, &ok(S, chief.em_id, second));
 }
+
+/// No member online anywhere: the message waits (on the node it was sent
+/// to, or on the home it was relayed to before the member's node heard it
+/// go), and reaches the member once it signs in again on a third node.
+#[test]
+fn a_message_waits_while_no_member_is_online_and_reaches_one_signing_in_elsewhere() {
+    let redis = Redis::start("cqueue-wait");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut boss = Member::new(&a, "boss");
+    let w = worker(&b, "w", 1);
+    wait_members(&mut boss, b"jobs", 1);
+    drop(w);
+    let seqs = send_jobs(&mut boss, 1);
+    boss.em.expect_silence();
+    let mut w = Member::reclaim(&c, "w");
+    assert_eq!(
+        first_job(&mut w, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    w.ex.send(&ok(w.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+}
