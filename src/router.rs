@@ -116,6 +116,17 @@ pub trait Outbox {
     /// an ordinary room here, for node `node` to keep for the room's
     /// members away (CLUSTER.md, "History"); nothing answers it.
     fn room_copy(&mut self, _node: NodeRef, _frame: &FrameView<'_>) {}
+    /// Several nodes: a queue room's message `frame`, dispatched here (its
+    /// home), for the member session `exhibitor` on node `node`, as relay
+    /// number `relay`.
+    fn queued(
+        &mut self,
+        _node: NodeRef,
+        _relay: u64,
+        _exhibitor: ClientId,
+        _frame: &FrameView<'_>,
+    ) {
+    }
 }
 
 /// What changed in the rooms or the waiting messages, for a history to

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// How long a killed node may hold its deliveries (its lease, then a
 /// reap; the bound for ids).
-const FAILED_WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const FAILED_WITHIN: Duration = Duration::from_secs(10);
 
 /// Asks ROOMS through `member` until `room` is listed with `count`
 /// members: the node's replica has heard every JOIN made elsewhere.

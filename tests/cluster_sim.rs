@@ -163,6 +163,8 @@ impl Node {
                             Record::Waited { .. } => unreachable!("no waiting messages here"),
                             // No history, no rooms: nothing is copied.
                             Record::Said { .. } => unreachable!("no room copies here"),
+                            // No rooms: no queue messages.
+                            Record::Queued { .. } => unreachable!("no queue rooms here"),
                         }
                     }
                 }

@@ -14,6 +14,7 @@ mod check;
 mod cli;
 mod cluster;
 mod cluster_names;
+mod cluster_queues;
 mod cluster_replay;
 mod cluster_rooms;
 mod cluster_sim;

@@ -17,12 +17,14 @@
 //!                                       (WAITED: a waiting message for an exhibitor here)
 //!        | 16 | frame length u32 BE | MSG(origin, room id, seq, text)
 //!                                       (SAID: a room's message to keep, no answer)
+//!        | 9 | relay u64 BE | exhibitor u16 | frame length u32 | MSG(origin, queue room, seq, text)
+//!                                       (QUEUED: a queue message for that exhibitor here)
 //! ```
 
 use super::NodeId;
 use super::redis::follows_name_rule;
 use crate::proto::ext::is_room_id;
-use crate::proto::{Encode, FrameView, Kind};
+use crate::proto::{Encode, FrameView, Kind, is_exhibitor_id};
 use bytes::BytesMut;
 
 const MAGIC: u8 = b'E';
@@ -37,6 +39,7 @@ const UNPAIR: u8 = 7;
 const WAITED: u8 = 8;
 /// Far from the others, so that records added beside 8 do not meet it.
 const SAID: u8 = 16;
+const QUEUED: u8 = 9;
 /// Header bytes: magic, version, incarnation.
 const HEADER: usize = 2 + 8;
 /// A batch grows to about this size before it is published early (and a
@@ -71,6 +74,14 @@ pub enum Record<'a> {
     /// this node to keep for the room's members away (CLUSTER.md,
     /// "History"); nothing answers it.
     Said { frame: FrameView<'a> },
+    /// A queue room's message from its home, for the member session
+    /// `exhibitor` here (CLUSTER.md, "Queues across nodes"): the MSG as
+    /// it came to the room; `relay` names it in the ACK.
+    Queued {
+        relay: u64,
+        exhibitor: u16,
+        frame: FrameView<'a>,
+    },
 }
 
 /// The records that make and end a pair whose halves are on two nodes.
@@ -109,6 +120,8 @@ pub enum BatchError {
     BadName,
     #[error("a room's message to keep is not to a room id")]
     NotARoom,
+    #[error("a queue message is not for an exhibitor, or not to a room")]
+    BadQueued,
 }
 
 /// A batch being written for one destination.
@@ -180,6 +193,18 @@ impl BatchWriter {
         self.buf.extend_from_slice(&[SAID]);
         self.buf.extend_from_slice(&len.to_be_bytes());
         frame.encode_into(&mut self.buf);
+    }
+
+    /// A QUEUED record: `frame` is the MSG to the queue room, for the
+    /// exhibitor `exhibitor` of the receiving node.
+    pub fn push_queued(&mut self, relay: u64, exhibitor: u16, frame: &FrameView<'_>) {
+        self.buf.extend_from_slice(&[QUEUED]);
+        self.buf.extend_from_slice(&relay.to_be_bytes());
+        self.buf.extend_from_slice(&exhibitor.to_be_bytes());
+        let len = frame.encoded_len() as u32;
+        self.buf.extend_from_slice(&len.to_be_bytes());
+        frame.encode_into(&mut self.buf);
+        self.relays.push(relay);
     }
 
     pub fn push_ack(&mut self, relay: u64, ok: bool) {
@@ -310,6 +335,19 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
                     stored_ms,
                     roles,
                     name: (!name.is_empty()).then_some(name),
+                    frame,
+                });
+                rest = after;
+            }
+            QUEUED => {
+                let (exhibitor, after) = take_u16(after)?;
+                let (frame, after) = take_frame(after, &[Kind::Msg])?;
+                if !is_exhibitor_id(exhibitor) || !is_room_id(frame.dest) {
+                    return Err(BatchError::BadQueued);
+                }
+                records.push(Record::Queued {
+                    relay,
+                    exhibitor,
                     frame,
                 });
                 rest = after;
@@ -471,9 +509,9 @@ mod tests {
         assert_eq!(fault(b"X\x01\0\0\0\0\0\0\0\x01"), BatchError::BadHeader);
         assert_eq!(fault(b"E\x01\0\0"), BatchError::BadHeader);
         let mut unknown = good.clone();
-        unknown.push(9);
+        unknown.push(10);
         unknown.extend_from_slice(&[0; 8]);
-        assert_eq!(fault(&unknown), BatchError::UnknownRecord(9));
+        assert_eq!(fault(&unknown), BatchError::UnknownRecord(10));
         assert_eq!(fault(&good[..good.len() - 1]), BatchError::Short);
         // A relayed OI is not something a node relays.
         let oi = Frame::bare(Kind::Oi, 0, 0, 1).to_bytes();
@@ -551,6 +589,59 @@ mod tests {
         assert_eq!(fault(&waited(b"bob", &oi)), BatchError::BadFrame);
         assert_eq!(
             fault(&waited(b"bob", &wire[..wire.len() - 1])),
+            BatchError::BadFrame
+        );
+    }
+
+    #[test]
+    fn a_queued_record_round_trips_and_a_bad_exhibitor_room_or_frame_is_refused() {
+        let wire = Frame::msg(12, 16384, 3, bytes::Bytes::from_static(b"job"))
+            .unwrap()
+            .to_bytes();
+        let (view, _) = FrameView::parse(&wire).unwrap().unwrap();
+        let mut w = BatchWriter::new(4);
+        w.push_queued(11, 4100, &view);
+        let (bytes, relays) = w.finish();
+        assert_eq!(relays, vec![11]);
+        // 'E' 1 | incarnation | 9 | relay | exhibitor | length | the MSG.
+        let mut expected = vec![b'E', 1, 0, 0, 0, 0, 0, 0, 0, 4, 9];
+        expected.extend_from_slice(&11u64.to_be_bytes());
+        expected.extend_from_slice(&4100u16.to_be_bytes());
+        expected.extend_from_slice(&(wire.len() as u32).to_be_bytes());
+        expected.extend_from_slice(&wire);
+        assert_eq!(bytes, expected);
+        match &parse(&bytes).unwrap().1[..] {
+            [
+                Record::Queued {
+                    relay: 11,
+                    exhibitor: 4100,
+                    frame,
+                },
+            ] => assert_eq!(frame.to_frame().to_bytes()[..], wire),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fault(&bytes[..bytes.len() - 1]), BatchError::Short);
+        let queued = |exhibitor: u16, frame: &[u8]| {
+            let mut bad = BatchWriter::new(1).finish().0;
+            bad.push(QUEUED);
+            bad.extend_from_slice(&5u64.to_be_bytes());
+            bad.extend_from_slice(&exhibitor.to_be_bytes());
+            bad.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            bad.extend_from_slice(frame);
+            bad
+        };
+        assert!(parse(&queued(4096, &wire)).is_ok());
+        // An emitter's id, or the id 0, is not a member session.
+        assert_eq!(fault(&queued(12, &wire)), BatchError::BadQueued);
+        assert_eq!(fault(&queued(0, &wire)), BatchError::BadQueued);
+        // A MSG to a client's id is not a queue message.
+        let unicast = msg();
+        assert_eq!(fault(&queued(4096, &unicast)), BatchError::BadQueued);
+        // Only a whole MSG is queued.
+        let creq = Frame::bare(Kind::Creq, 1, 16384, 2).to_bytes();
+        assert_eq!(fault(&queued(4096, &creq)), BatchError::BadFrame);
+        assert_eq!(
+            fault(&queued(4096, &wire[..wire.len() - 1])),
             BatchError::BadFrame
         );
     }

@@ -27,7 +27,7 @@ pub type NodeRef = u64;
 
 /// How much longer than the ack timeout a relay may wait for the other
 /// node's ACK: its exhibitors have the ack timeout, then the ACK travels.
-const RELAY_GRACE: Duration = Duration::from_secs(2);
+pub(super) const RELAY_GRACE: Duration = Duration::from_secs(2);
 
 /// A request relayed to another node, awaiting its ACK.
 #[derive(Debug)]
@@ -48,6 +48,13 @@ enum SentFor {
     /// A message waiting here for a name, sent to the node where the name
     /// is online (by its wait number).
     Waited(u64),
+    /// A queue room's message this node (its home) gave to a member session
+    /// on another node: the room, the message's slot and ticket there.
+    Queued {
+        room: ClientId,
+        slot: u32,
+        ticket: u64,
+    },
 }
 
 /// A notice between the two halves of a pair on two nodes (CLUSTER.md,
@@ -247,6 +254,21 @@ impl Remote {
 
     /// A relay about to be sent, awaited until its deadline (which the
     /// sweep then knows of): its number.
+    /// A queue message of `room`, held in `slot` under `ticket`, goes to
+    /// a member session on `node`: returns the relay number its ACK names.
+    pub(super) fn await_queued(
+        &mut self,
+        node: NodeRef,
+        (room, slot, ticket): (ClientId, u32, u64),
+        deadline: Instant,
+    ) -> u64 {
+        self.await_ack(Sent {
+            node,
+            origin: SentFor::Queued { room, slot, ticket },
+            deadline,
+        })
+    }
+
     fn await_ack(&mut self, sent: Sent) -> u64 {
         let relay = self.next_relay;
         self.next_relay += 1;
@@ -877,6 +899,10 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
+        if is_room_id(frame.dest) && frame.kind == Kind::Msg && self.rooms.is_queue(frame.dest) {
+            // A queue message sent on another node: this node is its home.
+            return self.queue_relayed_home(from, relay, frame, now, out);
+        }
         let mut targets = std::mem::take(&mut self.targets);
         self.find_targets(frame.dest, &mut targets);
         if is_room_id(frame.dest) {
@@ -943,7 +969,32 @@ impl Router {
             SentFor::Request(request) => self.settle(request, ok, now, out),
             SentFor::Chain(key) => self.relay_settled(key, ok, out),
             SentFor::Waited(wait) => self.waited_away_settled(wait, ok, now, out),
+            SentFor::Queued { room, slot, ticket } => {
+                self.queue_away_settled(room, slot, ticket, ok, now, out)
+            }
         }
+    }
+
+    /// Relays the queue message `frame` to the queue's home `node`, as the
+    /// one target of `request`: awaited for as long as the home may keep
+    /// it waiting (`wait`) and then a member takes to answer.
+    pub(super) fn relay_home(
+        &mut self,
+        node: NodeRef,
+        request: RequestRef,
+        frame: &FrameView<'_>,
+        wait: Duration,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let deadline = now + (wait + self.limits.ack_timeout + RELAY_GRACE);
+        let relay = self.remote.await_ack(Sent {
+            node,
+            origin: SentFor::Request(request),
+            deadline,
+        });
+        out.relay(node, relay, frame);
+        self.note_deadline(deadline);
     }
 
     /// Sends node `node` the waiting message `wait` (a WAITED record);

@@ -27,6 +27,7 @@ mod across;
 pub use across::{RoomClaim, RoomFacts};
 
 mod copies;
+mod queue_home;
 
 // The rooms' part of the id space is the wire's (clients read it too).
 pub use crate::proto::ext::{ROOM_IDS, is_room_id};
@@ -94,9 +95,14 @@ struct Room {
     /// in the order they came online: the queue's turn goes round them.
     online: Vec<ConnId>,
     /// A queue room's messages, waiting or held, and what each session of
-    /// `online` holds and may hold, by its place there (every room keeps
-    /// the places; only a queue room has messages).
+    /// `online`, then of `away`, holds and may hold, by its place there
+    /// (every room keeps the places; only a queue room has messages).
     work: WorkQueue,
+    /// On a node of several, a queue room's member sessions on other
+    /// nodes (node, exhibitor id), whose places come after `online`'s:
+    /// this node gives them the messages it dispatches (CLUSTER.md,
+    /// "Queues across nodes"). Empty on a single server.
+    away: Vec<(super::NodeRef, ClientId)>,
     /// Member names that asked a prefetch other than 1 (queue rooms).
     prefetch: HashMap<Box<str>, u8>,
     /// What the room said lately, oldest first, numbered (ordinary rooms,
@@ -567,11 +573,10 @@ impl Router {
         if prefetch != 1 {
             entry.prefetch.insert(member.clone(), prefetch);
         }
-        for _ in &online {
-            entry.work.add_place(prefetch);
-        }
         let is_online = !online.is_empty();
-        entry.online.extend(online);
+        for conn in online {
+            entry.add_online(conn, prefetch);
+        }
         if logged {
             out.room_event(&RoomEvent::Joined {
                 room: id,
@@ -672,6 +677,8 @@ impl Router {
             out.room_event(&RoomEvent::Settled { wait });
             if let Some(request) = request {
                 self.settle(request, false, now, out);
+            } else {
+                self.queue_answered_home(wait, false, out);
             }
         }
     }
@@ -742,9 +749,8 @@ impl Router {
                         .and_then(member_key)
                         == Some(key.as_str())
                 });
-                room.online.push(conn);
                 let prefetch = room.prefetch.get(key.as_str()).copied().unwrap_or(1);
-                room.work.add_place(prefetch);
+                room.add_online(conn, prefetch);
                 self.catch_up(id, conn, now, out);
                 if first {
                     out.room_event(&RoomEvent::Online {
@@ -977,6 +983,9 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
+        if self.remote.enabled && self.queue_sent_home(conn, frame, now, out) {
+            return;
+        }
         let depth = self.rooms.limits.queue_depth;
         let room = frame.dest;
         let full = self
@@ -1035,6 +1044,8 @@ impl Router {
     fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
         let deadline = now + self.limits.ack_timeout;
         let mut given = false;
+        // Set once a message went to a member session on another node.
+        let mut away = false;
         // Set once the session of this turn was told the sender's name.
         let mut told = false;
         let mut turn = Some(at);
@@ -1044,15 +1055,26 @@ impl Router {
                 sessions,
                 ids,
                 tellers,
+                remote,
+                limits,
                 ..
             } = self;
             let room = rooms.by_id.get_mut(&id).expect("a queue room's turn");
-            let target = room.online[at];
+            // Past the sessions here: a member session on another node.
+            let target = room.online.get(at).copied().unwrap_or(ConnId::MAX);
             let live = sessions.get_mut(target).and_then(Option::as_mut);
             let Some(session) = live.filter(|s| !s.leaving) else {
-                // Leaving or gone: passed over until it settles a message
-                // (or leaves the room, which it is about to).
-                room.work.skip(at);
+                if at < room.online.len() {
+                    // Leaving or gone: passed over until it settles a
+                    // message (or leaves the room, which it is about to).
+                    room.work.skip(at);
+                } else {
+                    let ticket = rooms.next_ticket;
+                    rooms.next_ticket += 1;
+                    let deadline = now + (limits.ack_timeout + super::remote::RELAY_GRACE);
+                    room.give_away(id, at, ticket, remote, deadline, out);
+                    away = true;
+                }
                 turn = room.work.next_turn();
                 told = false;
                 continue;
@@ -1088,6 +1110,9 @@ impl Router {
         if given {
             self.note_deadline(deadline);
         }
+        if away {
+            self.note_away_deadline(now);
+        }
     }
 
     /// `conn` acknowledged the queue message in `slot` it was given under
@@ -1118,6 +1143,8 @@ impl Router {
         out.room_event(&RoomEvent::Settled { wait });
         if let Some(request) = request {
             self.settle(request, ok, now, out);
+        } else {
+            self.queue_answered_home(wait, ok, out);
         }
         self.dispatch_queue(id, now, out);
     }
@@ -1154,6 +1181,8 @@ impl Router {
             out.room_event(&RoomEvent::Settled { wait });
             if let Some(request) = request {
                 self.settle(request, false, now, out);
+            } else {
+                self.queue_answered_home(wait, false, out);
             }
         }
     }
@@ -1192,7 +1221,7 @@ impl Router {
                 }
             }
             room.work
-                .check(room.online.len())
+                .check(room.online.len() + room.away.len())
                 .map_err(|e| format!("room {id}: {e}"))?;
             // Only a leaving or gone session is passed over with room left.
             for (at, &c) in room.online.iter().enumerate() {
@@ -1221,11 +1250,24 @@ impl Room {
             members: BTreeSet::new(),
             online: Vec::new(),
             work: WorkQueue::default(),
+            away: Vec::new(),
             prefetch: HashMap::new(),
             kept: VecDeque::new(),
             kept_bytes: 0,
             next_number: 0,
             seen: HashMap::new(),
+        }
+    }
+
+    /// The member session `conn` comes online here, able to hold
+    /// `prefetch`: its place is after the others here, before those on
+    /// other nodes.
+    fn add_online(&mut self, conn: ConnId, prefetch: u8) {
+        self.online.push(conn);
+        if self.away.is_empty() {
+            self.work.add_place(prefetch);
+        } else {
+            self.work.insert_place(self.online.len() - 1, prefetch);
         }
     }
 

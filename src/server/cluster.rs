@@ -130,6 +130,18 @@ impl Outgoing {
         self.bound(at);
     }
 
+    pub(super) fn queued(
+        &mut self,
+        node: NodeId,
+        relay: u64,
+        exhibitor: ClientId,
+        frame: &FrameView<'_>,
+    ) {
+        let at = self.batch(node);
+        self.batches[at].1.push_queued(relay, exhibitor, frame);
+        self.bound(at);
+    }
+
     pub(super) fn relay_ack(&mut self, node: NodeId, relay: u64, ok: bool) {
         let at = self.batch(node);
         self.batches[at].1.push_ack(relay, ok);
@@ -294,6 +306,7 @@ impl Server {
                     "cluster: serving as this incarnation"
                 );
                 cluster.node = Some(node);
+                self.router.cluster_node(node);
                 if let Some(outgoing) = self.wire.cluster.as_deref_mut() {
                     outgoing.from = node;
                 }
@@ -408,6 +421,10 @@ impl Server {
             }
             Event::Fenced => self.cluster_fence(cluster),
         }
+        // Whatever changed the id table or a membership may change who
+        // receives a queue room's messages here (CLUSTER.md, "Queues
+        // across nodes"); nothing to do when neither changed.
+        self.router.queues_across(now, &mut self.wire);
         self.settle_dropped();
     }
 
@@ -483,6 +500,14 @@ impl Server {
                     cluster.counts.said_in += 1;
                     self.router
                         .room_copy_heard(from, &frame, now, &mut self.wire)
+                }
+                Record::Queued {
+                    relay,
+                    exhibitor,
+                    frame,
+                } => {
+                    self.router
+                        .queued_relayed(from, relay, exhibitor, &frame, now, &mut self.wire)
                 }
             }
             self.settle_dropped();

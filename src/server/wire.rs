@@ -373,6 +373,12 @@ impl Outbox for Wire {
         }
     }
 
+    fn queued(&mut self, node: NodeRef, relay: u64, exhibitor: ClientId, frame: &FrameView<'_>) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.queued(node, relay, exhibitor, frame);
+        }
+    }
+
     fn waited(&mut self, node: NodeRef, relay: u64, letter: &RemoteLetter<'_>) {
         if let Some(outgoing) = self.cluster.as_deref_mut() {
             outgoing.waited(node, relay, letter);

@@ -70,10 +70,12 @@ pub(in crate::router) struct Across {
     waits: HashMap<u64, RoomWait>,
     /// Moves on at every membership change here, so that `nodes` is
     /// computed again.
-    generation: u64,
+    pub(in crate::router) generation: u64,
     /// Per room: the other nodes with a member online, as computed at the
     /// id table's epoch and membership generation noted beside them.
     nodes: HashMap<ClientId, (u64, u64, Vec<NodeRef>)>,
+    /// The queue rooms' part: their homes and member sessions elsewhere.
+    pub(in crate::router) homes: super::queue_home::Homes,
 }
 
 impl Across {

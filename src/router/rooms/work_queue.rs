@@ -124,6 +124,24 @@ impl WorkQueue {
         self.set_free(at, capacity > 0);
     }
 
+    /// A member session came online at place `at`, before the places from
+    /// `at` on, which move up one (on a node of several, sessions here come
+    /// before those on other nodes: CLUSTER.md, "Queues across nodes").
+    pub(super) fn insert_place(&mut self, at: usize, capacity: u8) {
+        self.capacity.insert(at, capacity);
+        self.holds.insert(at, 0);
+        let place = at as u32;
+        for slot in &mut self.slots {
+            if slot.holder != NOT_HELD && slot.holder >= place {
+                slot.holder += 1;
+            }
+        }
+        if self.cursor > at {
+            self.cursor += 1;
+        }
+        self.rebuild_free();
+    }
+
     /// The member session at `at` left: the places after it move down one,
     /// and what it held goes back to the front of the waiting line, in the
     /// order it was given them (at-least-once). Returns when the earliest
@@ -141,13 +159,17 @@ impl WorkQueue {
         if self.cursor > at {
             self.cursor -= 1;
         }
-        // Places moved: the bits are rebuilt from the counts (a session
-        // known unable to take more is found so again at its next turn).
+        self.rebuild_free();
+        since
+    }
+
+    /// Places moved: the bits are rebuilt from the counts (a session known
+    /// unable to take more is found so again at its next turn).
+    fn rebuild_free(&mut self) {
         self.free = vec![0; self.capacity.len().div_ceil(64)];
         for at in 0..self.capacity.len() {
             self.set_free(at, self.holds[at] < u16::from(self.capacity[at]));
         }
-        since
     }
 
     /// The member session at `at` may hold `capacity` messages from now on
@@ -497,6 +519,22 @@ mod tests {
             .map(|(wait, request)| (wait, request.is_none()));
         assert_eq!(settled, Some((0, true)));
         assert_eq!((work.held(), work.waiting_len()), (0, 0));
+        work.check(2).expect("counts agree");
+    }
+
+    #[test]
+    fn a_place_inserted_before_others_moves_their_holds_up_one() {
+        let mut work = queue(2, 1, 3);
+        let mut ticket = 0;
+        assert_eq!(turns(&mut work, &mut ticket), vec![(0, 0), (1, 1)]);
+        // A session comes online before place 1 (now place 2): it takes the
+        // next message, and place 2 still holds message 1.
+        work.insert_place(1, 1);
+        work.check(3).expect("counts agree");
+        assert_eq!(turns(&mut work, &mut ticket), vec![(1, 2)]);
+        work.remove_place(2);
+        let order: Vec<u16> = work.messages().map(|(_, _, seq, _)| seq).collect();
+        assert_eq!(order, vec![0, 2, 1], "held by 0 and 1, then 1 back to wait");
         work.check(2).expect("counts agree");
     }
 

@@ -1,0 +1,289 @@
+//! Work queues across nodes (CLUSTER.md, "Queues across nodes"): real
+//! `server` processes with `--cluster` over a real `redis-server`, byte for
+//! byte over raw TCP. A queue has one turn system-wide, kept by its home
+//! (the lowest incarnation with a member online): messages sent on any
+//! node go there and each reaches exactly one member session, on any node,
+//! in turn; a member's node killed passes what its member held on to the
+//! others (at-least-once); the home killed fails what it held with ERRO,
+//! never OK, and the queue goes on at the next home.
+
+use crate::cluster::Redis;
+use crate::cluster_rooms::{FAILED_WITHIN, wait_members};
+use crate::rooms::{Member, PLAIN, ROOM, S, erro, msg, next_msg, ok, roomack, who};
+use crate::util::*;
+use std::collections::BTreeMap;
+
+/// The incarnation the node named `node` serves as (its lease key holds
+/// its name).
+fn incarnation(redis: &Redis, node: &str) -> u64 {
+    let mut db = redis.client();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("evchat:lease:*")
+        .query(&mut db)
+        .expect("KEYS");
+    for key in keys {
+        let name: Option<String> = redis::cmd("GET").arg(&key).query(&mut db).expect("GET");
+        if name.as_deref() == Some(node) {
+            return key.rsplit(':').next().unwrap().parse().expect("a number");
+        }
+    }
+    panic!("node {node} holds no lease");
+}
+
+/// The text of queue message number `n`.
+fn job(n: u16) -> Vec<u8> {
+    format!("job {n}").into_bytes()
+}
+
+/// Member `name` on `node` joins the queue "jobs" as its `count`th member.
+fn worker(node: &Server, name: &str, count: u16) -> Member {
+    let mut member = Member::new(node, name);
+    member.join("jobs", true, |d, s| {
+        roomack(d, s, 0, (ROOM, 1, count, b"jobs"))
+    });
+    member
+}
+
+/// The first queue message `member` receives from `boss`: the WHO telling
+/// who the boss is (acknowledged), then the MSG; returns the MSG's bytes.
+fn first_job(member: &mut Member, boss: &Member) -> Vec<u8> {
+    expect_exact(
+        &mut member.ex,
+        &who(member.ex_id, 0, boss.em_id, PLAIN, b"boss"),
+    );
+    member.ex.send(&ok(member.ex_id, S, 0));
+    next_msg(&mut member.ex, member.ex_id)
+}
+
+/// Sends jobs 1..=n to the queue from `boss`; returns their seqs by number.
+fn send_jobs(boss: &mut Member, n: u16) -> BTreeMap<u16, u16> {
+    (1..=n)
+        .map(|number| {
+            let seq = boss.next_seq();
+            boss.em.send(&msg(boss.em_id, ROOM, seq, &job(number)));
+            (number, seq)
+        })
+        .collect()
+}
+
+#[test]
+fn a_queue_with_members_on_two_nodes_shares_a_third_node_s_messages_in_turn() {
+    let redis = Redis::start("cqueue-share");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut members = [worker(&a, "w1", 1), worker(&b, "w2", 2)];
+    let mut boss = Member::new(&c, "boss");
+    wait_members(&mut boss, b"jobs", 2);
+    const N: u16 = 20;
+    let seqs = send_jobs(&mut boss, N);
+    // Jobs 1 and 2 go out at once, one to each member (the home's own
+    // member first): each holds one, as prefetch 1 allows.
+    let mut held = [
+        first_job(&mut members[0], &boss),
+        first_job(&mut members[1], &boss),
+    ];
+    let first = if held[0] == msg(boss.em_id, ROOM, seqs[&1], &job(1)) {
+        0
+    } else {
+        1
+    };
+    // Then in turn: the member that acknowledges is the only one free, so
+    // it takes the next job; odd jobs to one, even jobs to the other.
+    for n in 1..=N {
+        let at = if n % 2 == 1 { first } else { 1 - first };
+        let seq = seqs[&n];
+        assert_eq!(
+            held[at],
+            msg(boss.em_id, ROOM, seq, &job(n)),
+            "job {n} to member {at}"
+        );
+        let member = &mut members[at];
+        member.ex.send(&ok(member.ex_id, boss.em_id, seq));
+        // The OK only once the member acknowledged, across two nodes.
+        expect_exact(&mut boss.em, &ok(S, boss.em_id, seq));
+        if n + 2 <= N {
+            held[at] = next_msg(&mut member.ex, member.ex_id);
+        }
+    }
+    for member in &mut members {
+        member.ex.expect_silence();
+    }
+    boss.em.expect_silence();
+}
+
+#[test]
+fn a_queue_message_on_a_node_with_no_member_reaches_a_member_on_another() {
+    let redis = Redis::start("cqueue-elsewhere");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let mut boss = Member::new(&a, "boss");
+    let mut w = worker(&b, "w", 1);
+    wait_members(&mut boss, b"jobs", 1);
+    let seqs = send_jobs(&mut boss, 1);
+    assert_eq!(
+        first_job(&mut w, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    // Not answered yet: the emitter waits.
+    boss.em.expect_silence();
+    w.ex.send(&ok(w.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+}
+
+/// The nodes a, b and c, members w1 on a and w2 on b, and the boss on c
+/// who writes to the queue; and which of a and b is the queue's home
+/// (0: a, 1: b), the lower incarnation of the two.
+fn two_members_and_a_boss(redis: &Redis) -> ([Server; 3], [Member; 2], Member, usize) {
+    let nodes = [redis.node("a"), redis.node("b"), redis.node("c")];
+    let members = [worker(&nodes[0], "w1", 1), worker(&nodes[1], "w2", 2)];
+    let mut boss = Member::new(&nodes[2], "boss");
+    wait_members(&mut boss, b"jobs", 2);
+    let home = usize::from(incarnation(redis, "a") > incarnation(redis, "b"));
+    (nodes, members, boss, home)
+}
+
+/// A member's node killed while its member holds a message: that message
+/// goes to the other member, every other message is shown once, and the
+/// emitter gets OK for all of them (at-least-once: the one held when the
+/// node died is shown twice, once on each node).
+#[test]
+fn a_member_s_node_killed_halfway_passes_its_message_on_and_loses_none() {
+    let redis = Redis::start("cqueue-member-kill");
+    let (mut nodes, mut members, mut boss, home) = two_members_and_a_boss(&redis);
+    let other = 1 - home;
+    const N: u16 = 10;
+    let seqs = send_jobs(&mut boss, N);
+    // The home's own member takes odd jobs, the other even ones.
+    let mut held = [Vec::new(), Vec::new()];
+    held[home] = first_job(&mut members[home], &boss);
+    held[other] = first_job(&mut members[other], &boss);
+    for n in 1..=5u16 {
+        let at = if n % 2 == 1 { home } else { other };
+        let seq = seqs[&n];
+        assert_eq!(held[at], msg(boss.em_id, ROOM, seq, &job(n)), "job {n}");
+        let member = &mut members[at];
+        member.ex.send(&ok(member.ex_id, boss.em_id, seq));
+        expect_exact(&mut boss.em, &ok(S, boss.em_id, seq));
+        held[at] = next_msg(&mut member.ex, member.ex_id);
+    }
+    // The home's member holds job 7, the other's job 6 (shown, never
+    // acknowledged): its node dies.
+    assert_eq!(held[home], msg(boss.em_id, ROOM, seqs[&7], &job(7)));
+    assert_eq!(held[other], msg(boss.em_id, ROOM, seqs[&6], &job(6)));
+    nodes[other].proc.signal(libc::SIGKILL);
+    nodes[other].proc.wait();
+    // Everything left reaches the home's member, job 6 included, each
+    // once, in whatever order the reap lets job 6 back in.
+    let member = &mut members[home];
+    let mut shown: Vec<u16> = vec![7];
+    member.ex.send(&ok(member.ex_id, boss.em_id, seqs[&7]));
+    while shown.len() < 5 {
+        let frame = member
+            .ex
+            .frame_within(FAILED_WITHIN)
+            .expect("the home's member still connected")
+            .to_bytes()
+            .to_vec();
+        let n = (6..=N)
+            .find(|&n| frame == msg(boss.em_id, ROOM, seqs[&n], &job(n)))
+            .unwrap_or_else(|| panic!("not a job left: {frame:?}"));
+        assert!(!shown.contains(&n), "job {n} shown twice on the home");
+        shown.push(n);
+        member.ex.send(&ok(member.ex_id, boss.em_id, seqs[&n]));
+    }
+    shown.sort_unstable();
+    assert_eq!(shown, vec![6, 7, 8, 9, 10]);
+    // OK for every job, in request order, never ERRO.
+    for n in 6..=N {
+        expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&n]));
+    }
+    member.ex.expect_silence();
+    boss.em.expect_silence();
+}
+
+/// The home killed while its member holds a message from another node:
+/// the emitter gets ERRO (never OK) once the home is reaped, and the next
+/// message goes to the member on the node that is home now.
+#[test]
+fn the_home_killed_fails_what_it_held_with_erro_and_the_queue_goes_on() {
+    let redis = Redis::start("cqueue-home-kill");
+    let (mut nodes, mut members, mut boss, home) = two_members_and_a_boss(&redis);
+    let survivor = 1 - home;
+    let seqs = send_jobs(&mut boss, 1);
+    assert_eq!(
+        first_job(&mut members[home], &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    nodes[home].proc.signal(libc::SIGKILL);
+    nodes[home].proc.wait();
+    let got = boss
+        .em
+        .frame_within(FAILED_WITHIN)
+        .expect("the boss still connected");
+    assert_eq!(
+        got.to_bytes().to_vec(),
+        erro(boss.em_id, seqs[&1]),
+        "ERRO, never OK, once the home is gone"
+    );
+    // Node c heard the home go: the survivor's node is the home now.
+    let seq = boss.next_seq();
+    boss.em.send(&msg(boss.em_id, ROOM, seq, &job(2)));
+    let member = &mut members[survivor];
+    assert_eq!(
+        first_job(member, &boss),
+        msg(boss.em_id, ROOM, seq, &job(2))
+    );
+    member.ex.send(&ok(member.ex_id, boss.em_id, seq));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seq));
+}
+
+/// One turn system-wide: a member with prefetch 1 holds one message at a
+/// time even when two nodes' emitters write to the queue (with a turn per
+/// node, each node would give it one).
+#[test]
+fn a_member_holds_one_message_at_a_time_from_emitters_on_two_nodes() {
+    let redis = Redis::start("cqueue-one-turn");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut w = worker(&b, "w", 1);
+    let mut boss = Member::new(&a, "boss");
+    let mut chief = Member::new(&c, "chief");
+    wait_members(&mut boss, b"jobs", 1);
+    wait_members(&mut chief, b"jobs", 1);
+    let first = send_jobs(&mut boss, 1)[&1];
+    assert_eq!(
+        first_job(&mut w, &boss),
+        msg(boss.em_id, ROOM, first, &job(1))
+    );
+    let second = chief.next_seq();
+    chief.em.send(&msg(chief.em_id, ROOM, second, &job(2)));
+    // w holds job 1: job 2 waits at the home until w acknowledges it.
+    w.ex.expect_silence();
+    w.ex.send(&ok(w.ex_id, boss.em_id, first));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, first));
+    expect_exact(&mut w.ex, &who(w.ex_id, 1, chief.em_id, PLAIN, b"chief"));
+    w.ex.send(&ok(w.ex_id, S, 1));
+    expect_exact(&mut w.ex, &msg(chief.em_id, ROOM, second, &job(2)));
+    chief.em.expect_silence();
+    w.ex.send(&ok(w.ex_id, chief.em_id, second));
+    expect_exact(&mut chief.em, &ok(S, chief.em_id, second));
+}
+
+/// No member online anywhere: the message waits (on the node it was sent
+/// to, or on the home it was relayed to before the member's node heard it
+/// go), and reaches the member once it signs in again on a third node.
+#[test]
+fn a_message_waits_while_no_member_is_online_and_reaches_one_signing_in_elsewhere() {
+    let redis = Redis::start("cqueue-wait");
+    let (a, b, c) = (redis.node("a"), redis.node("b"), redis.node("c"));
+    let mut boss = Member::new(&a, "boss");
+    let w = worker(&b, "w", 1);
+    wait_members(&mut boss, b"jobs", 1);
+    drop(w);
+    let seqs = send_jobs(&mut boss, 1);
+    boss.em.expect_silence();
+    let mut w = Member::reclaim(&c, "w");
+    assert_eq!(
+        first_job(&mut w, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    w.ex.send(&ok(w.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+}
