@@ -9,7 +9,8 @@
 //! the name rule by the caller.
 
 use super::{
-    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, Role, RoomEvent, Router, Sender, Session,
+    ConnId, Deadline, Delivery, Outbox, Purpose, REPLAY_FRAMING, Role, RoomEvent, Router, Sender,
+    Session,
 };
 use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
@@ -838,7 +839,7 @@ impl Router {
         if missed.is_empty() {
             return;
         }
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now, self.limits.ack_timeout);
         for (origin, name, roles, text) in &missed {
             self.tell_as_said(conn, *origin, name.as_deref(), *roles, deadline, out);
             let session = self.session_mut(conn).expect("caught up a live session");
@@ -847,12 +848,12 @@ impl Router {
             out.send(conn, &msg);
             session.awaiting_ack.push_back(Delivery {
                 seq,
-                deadline,
+                due: deadline.due,
                 purpose: Purpose::Replay,
             });
         }
         debug!(conn, room = id, messages = missed.len(), "room caught up");
-        self.note_deadline(deadline);
+        self.note_deadline(deadline.at);
     }
 
     /// Before a kept room message to `conn`: a WHO when what it should show
@@ -865,7 +866,7 @@ impl Router {
         origin: ClientId,
         name: Option<&str>,
         roles: u8,
-        deadline: Instant,
+        deadline: Deadline,
         out: &mut impl Outbox,
     ) {
         let holder = self.ids.get(origin).and_then(|c| self.session(c));
@@ -1013,7 +1014,7 @@ impl Router {
     /// session at `at` in queue room `id`.
     #[inline(never)]
     fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now, self.limits.ack_timeout);
         let mut given = false;
         // Set once the session of this turn was told the sender's name.
         let mut told = false;
@@ -1055,7 +1056,7 @@ impl Router {
             out.forward(&[target], &view);
             session.awaiting_ack.push_back(Delivery {
                 seq: view.seq,
-                deadline,
+                due: deadline.due,
                 purpose: Purpose::Queued {
                     room: id,
                     slot,
@@ -1066,7 +1067,7 @@ impl Router {
             turn = room.work.next_turn();
         }
         if given {
-            self.note_deadline(deadline);
+            self.note_deadline(deadline.at);
         }
     }
 
