@@ -233,7 +233,8 @@ impl fmt::Display for CloseReason {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// How long a delivered frame may wait for its OK before the exhibitor is
-    /// dropped as unresponsive.
+    /// dropped as unresponsive; at most about 12 days (longer counts as that:
+    /// deadlines are kept in 32 bits, `router/deadline.rs`).
     pub ack_timeout: Duration,
     /// How long a connection may stay without OI.
     pub handshake_timeout: Duration,
