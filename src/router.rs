@@ -707,7 +707,7 @@ impl Router {
             free_emitter_ids: EMITTER_IDS.collect(),
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
             next_incarnation: 0,
-            timeline: Timeline::default(),
+            timeline: Timeline::new(limits.ack_timeout),
             earliest_deadline: None,
             replay: ReplayWindow::new(0, 0),
             awaiting_durable: VecDeque::new(),
@@ -1491,7 +1491,7 @@ impl Router {
         if self.replay.kept.is_empty() {
             return;
         }
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         let opted_in = self.session(conn).is_some_and(|s| s.teller);
         let first = self.replay.first_for(opted_in);
         for at in first..self.replay.kept.len() {
@@ -1825,7 +1825,7 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         if self.tellers > 0 && !targets.is_empty() {
             let about = clist
                 .as_deref()
@@ -2111,7 +2111,7 @@ impl Router {
     /// Sends the server's FLW to `conn`; it is closed on its OK (or at the
     /// ack timeout).
     fn dismiss(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         let Some(session) = self.session_mut(conn) else {
             return;
         };

@@ -29,36 +29,50 @@ pub(super) struct Deadline {
     pub(super) due: Due,
 }
 
-/// The router's millisecond count, from the first `now` it was given.
-#[derive(Debug, Default)]
+/// The router's millisecond count, from the first `now` it was given, and
+/// the one wait acknowledgement deadlines are set for.
+#[derive(Debug)]
 pub(super) struct Timeline {
     epoch: Option<Instant>,
-    /// The last deadline set, by the `now` and wait it was set for: a
-    /// turn's deliveries share one `now`, so most need no arithmetic.
-    last: Option<(Instant, Duration, Deadline)>,
+    /// The wait (the ack timeout, at most [`MAX_WAIT`]).
+    wait: Duration,
+    /// The last deadline set, with the `now` it was set for: a turn's
+    /// deliveries share one `now`, so most need no arithmetic.
+    last: Option<(Instant, Deadline)>,
 }
 
 impl Timeline {
-    /// The deadline `wait` after `now` (at most [`MAX_WAIT`]), rounded up
-    /// to the next millisecond.
+    /// A timeline whose deadlines fall `wait` after the `now` they are
+    /// set at (a longer wait than [`MAX_WAIT`] counts as that).
+    pub(super) fn new(wait: Duration) -> Timeline {
+        Timeline {
+            epoch: None,
+            wait: wait.min(MAX_WAIT),
+            last: None,
+        }
+    }
+
+    /// The deadline the wait after `now`, rounded up to the next
+    /// millisecond.
     #[inline]
-    pub(super) fn after(&mut self, now: Instant, wait: Duration) -> Deadline {
+    pub(super) fn after(&mut self, now: Instant) -> Deadline {
         match self.last {
-            Some((then, waited, deadline)) if then == now && waited == wait => deadline,
-            _ => self.set(now, wait),
+            Some((then, deadline)) if then == now => deadline,
+            _ => self.set(now),
         }
     }
 
     #[inline(never)]
-    fn set(&mut self, now: Instant, wait: Duration) -> Deadline {
+    fn set(&mut self, now: Instant) -> Deadline {
         let epoch = *self.epoch.get_or_insert(now);
-        let span = now.saturating_duration_since(epoch) + wait.min(MAX_WAIT);
-        let ms = span.as_millis() as u64 + u64::from(!span.subsec_nanos().is_multiple_of(1_000_000));
+        let span = now.saturating_duration_since(epoch) + self.wait;
+        let ms =
+            span.as_millis() as u64 + u64::from(!span.subsec_nanos().is_multiple_of(1_000_000));
         let deadline = Deadline {
             at: epoch + Duration::from_millis(ms),
             due: Due(ms as u32),
         };
-        self.last = Some((now, wait, deadline));
+        self.last = Some((now, deadline));
         deadline
     }
 
@@ -81,11 +95,12 @@ mod tests {
     #[test]
     fn a_deadline_falls_at_or_just_after_the_wait_never_before() {
         let start = Instant::now();
-        let mut timeline = Timeline::default();
         for (offset_us, wait_us) in [(0, 10_000_000), (1_500, 500_000), (999, 1), (7, 0)] {
-            let now = start + Duration::from_micros(offset_us);
             let wait = Duration::from_micros(wait_us);
-            let deadline = timeline.after(now, wait);
+            let mut timeline = Timeline::new(wait);
+            timeline.after(start);
+            let now = start + Duration::from_micros(offset_us);
+            let deadline = timeline.after(now);
             assert!(deadline.at >= now + wait, "not early");
             assert!(
                 deadline.at < now + wait + Duration::from_millis(2),
@@ -98,11 +113,12 @@ mod tests {
     #[test]
     fn a_passed_deadline_is_seen_as_passed_and_a_far_wait_is_cut() {
         let start = Instant::now();
-        let mut timeline = Timeline::default();
-        let deadline = timeline.after(start, Duration::from_secs(10));
+        let mut timeline = Timeline::new(Duration::from_secs(10));
+        let deadline = timeline.after(start);
         let later = start + Duration::from_secs(11);
         assert!(timeline.instant(deadline.due, later) <= later);
-        let far = timeline.after(start, Duration::from_secs(100 * 86_400));
+        let mut timeline = Timeline::new(Duration::from_secs(100 * 86_400));
+        let far = timeline.after(start);
         assert_eq!(far.at, start + MAX_WAIT);
         assert!(timeline.instant(far.due, start) > start + Duration::from_secs(86_400));
     }
@@ -110,11 +126,11 @@ mod tests {
     #[test]
     fn deadlines_are_read_across_the_wrap_of_32_bits() {
         let start = Instant::now();
-        let mut timeline = Timeline::default();
-        timeline.after(start, Duration::ZERO);
+        let mut timeline = Timeline::new(Duration::from_secs(10));
+        timeline.after(start);
         // 50 days on, the millisecond count has wrapped past 2^32.
         let now = start + Duration::from_secs(50 * 86_400);
-        let deadline = timeline.after(now, Duration::from_secs(10));
+        let deadline = timeline.after(now);
         assert_eq!(deadline.at, now + Duration::from_secs(10));
         assert_eq!(timeline.instant(deadline.due, now), deadline.at);
         let past = now + Duration::from_secs(20);

@@ -839,7 +839,7 @@ impl Router {
         if missed.is_empty() {
             return;
         }
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         for (origin, name, roles, text) in &missed {
             self.tell_as_said(conn, *origin, name.as_deref(), *roles, deadline, out);
             let session = self.session_mut(conn).expect("caught up a live session");
@@ -1014,7 +1014,7 @@ impl Router {
     /// session at `at` in queue room `id`.
     #[inline(never)]
     fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         let mut given = false;
         // Set once the session of this turn was told the sender's name.
         let mut told = false;

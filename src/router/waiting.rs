@@ -306,7 +306,7 @@ impl Router {
             let (view, _) = FrameView::parse(&wire).ok().flatten().expect("a whole MSG");
             self.relay_to(node, request, &view, now, out);
         }
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         if self.tellers > 0 && !targets.is_empty() {
             self.tell_names(targets, &[header.origin], deadline, out);
         }
@@ -359,7 +359,7 @@ impl Router {
                 letter.time_ms,
             ));
         }
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         for (wait, origin, name, roles, text, time_ms) in sending.iter().cloned() {
             let said = (origin, name.as_deref(), roles, text);
             self.send_letter(conn, time_ms, said, Purpose::Waited { wait }, deadline, out);

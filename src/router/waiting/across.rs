@@ -150,7 +150,7 @@ impl Router {
             return;
         };
         let key = self.receiving(from, relay);
-        let deadline = self.timeline.after(now, self.limits.ack_timeout);
+        let deadline = self.timeline.after(now);
         let text = Bytes::copy_from_slice(frame.text().unwrap_or_default());
         let said = (frame.origin, letter.name, letter.roles, text);
         let purpose = Purpose::Relayed { key };
