@@ -165,18 +165,25 @@ impl Encode for Frame {
     }
 
     fn encode_into(&self, out: &mut BytesMut) {
-        out.reserve(self.encoded_len());
-        out.put_u16(self.kind as u16);
-        out.put_u16(self.origin);
-        out.put_u16(self.dest);
-        out.put_u16(self.seq);
+        // The header (and a MSG's count) go in as one array, as for a
+        // forwarded MSG: a bare OK or ERRO to the emitter is written once
+        // per message, and four `put_u16` checked the space four times.
+        let mut head = [0u8; HEADER_LEN + 2];
+        head[0..2].copy_from_slice(&(self.kind as u16).to_be_bytes());
+        head[2..4].copy_from_slice(&self.origin.to_be_bytes());
+        head[4..6].copy_from_slice(&self.dest.to_be_bytes());
+        head[6..8].copy_from_slice(&self.seq.to_be_bytes());
         match self.wire_body() {
-            WireBody::None => {}
+            WireBody::None => out.extend_from_slice(&head[..HEADER_LEN]),
             WireBody::Text(text) => {
-                out.put_u16(text.len() as u16);
-                out.put_slice(text);
+                head[8..10].copy_from_slice(&(text.len() as u16).to_be_bytes());
+                out.reserve(head.len() + text.len());
+                out.extend_from_slice(&head);
+                out.extend_from_slice(text);
             }
             WireBody::Clients(ids) => {
+                out.reserve(HEADER_LEN + 2 + 2 * ids.len());
+                out.extend_from_slice(&head[..HEADER_LEN]);
                 out.put_u16(ids.len() as u16);
                 for id in ids {
                     out.put_u16(*id);

@@ -22,12 +22,14 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod deadline;
 mod names;
 mod pair_retry;
 mod remote;
 mod rooms;
 mod sequence_map;
 mod waiting;
+use deadline::{Deadline, Due, Timeline};
 pub use remote::{NameAnswer, NodeRef, PairNotice};
 pub use rooms::{
     MAX_ROOMS_CEILING, ROOM_IDS, RecalledMessage, RecalledRoom, RoomClaim, RoomFacts, RoomLimits,
@@ -42,6 +44,13 @@ const SENDS: u8 = ROLE_EMIT | ROLE_BROADCAST;
 /// new connection until the router has forgotten the old one (after
 /// [`Outbox::close`] or [`Router::disconnected`]).
 pub type ConnId = usize;
+
+/// Tells connections that held the same [`ConnId`] apart: numbered as they
+/// connect, modulo 2^32 (a [`Delivery`] keeps it in 32 bits). A stale
+/// delivery could settle a newer connection's request only if its
+/// `ConnId` went to exactly the 2^32nd connection after its own before
+/// its ack or timeout.
+type Incarnation = u32;
 
 /// Where the router's decisions go.
 pub trait Outbox {
@@ -240,7 +249,8 @@ impl fmt::Display for CloseReason {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// How long a delivered frame may wait for its OK before the exhibitor is
-    /// dropped as unresponsive.
+    /// dropped as unresponsive; at most about 12 days (longer counts as that:
+    /// deadlines are kept in 32 bits, `router/deadline.rs`).
     pub ack_timeout: Duration,
     /// How long a connection may stay without OI.
     pub handshake_timeout: Duration,
@@ -258,13 +268,16 @@ impl Default for Limits {
     }
 }
 
-/// A frame the server sent that awaits the receiver's OK or ERRO.
+/// A frame the server sent that awaits the receiver's OK or ERRO. One is
+/// written per target of every fan-out and kept until its ack, so it is
+/// kept to 32 bytes (a test holds it there): the deadline in 32 bits, the
+/// request's connection and incarnation in 32 each.
 #[derive(Debug)]
 struct Delivery {
+    purpose: Purpose,
+    due: Due,
     /// The sequence number the ack should echo (a mismatch is only logged).
     seq: u16,
-    deadline: Instant,
-    purpose: Purpose,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -294,11 +307,28 @@ enum Purpose {
 /// Names one request of one emitter connection.
 #[derive(Debug, Clone, Copy)]
 struct RequestRef {
-    emitter: ConnId,
+    /// The emitter's [`ConnId`], in 32 bits (see [`RequestRef::emitter`]).
+    emitter: u32,
     /// Which connection held `emitter` when the request was made.
-    incarnation: u64,
+    incarnation: Incarnation,
     /// The request's number in that emitter's reply queue.
     request: u64,
+}
+
+impl RequestRef {
+    fn new(emitter: ConnId, incarnation: Incarnation, request: u64) -> RequestRef {
+        RequestRef {
+            // A slab key below the descriptor limit.
+            emitter: u32::try_from(emitter).expect("a connection number fits in 32 bits"),
+            incarnation,
+            request,
+        }
+    }
+
+    /// The emitter's connection.
+    fn emitter(self) -> ConnId {
+        self.emitter as ConnId
+    }
 }
 
 /// Replies held for history records: `count` consecutive requests of one
@@ -446,7 +476,7 @@ struct Session {
     leaving: bool,
     /// Unique per connection ever made, so that a delivery made for an
     /// earlier connection with the same `ConnId` never settles a newer one's.
-    incarnation: u64,
+    incarnation: Incarnation,
 }
 
 /// Which connection holds each id: a direct table (ids are below 8192, so a
@@ -644,7 +674,9 @@ pub struct Router {
     targets: Vec<ConnId>,
     free_emitter_ids: BTreeSet<ClientId>,
     free_exhibitor_ids: BTreeSet<ClientId>,
-    next_incarnation: u64,
+    next_incarnation: Incarnation,
+    /// The millisecond count acknowledgement deadlines are kept on.
+    timeline: Timeline,
     /// No deadline falls before this; `tick` does nothing until then.
     earliest_deadline: Option<Instant>,
     /// The broadcasts a new exhibitor is sent first.
@@ -691,6 +723,7 @@ impl Router {
             free_emitter_ids: EMITTER_IDS.collect(),
             free_exhibitor_ids: EXHIBITOR_IDS.collect(),
             next_incarnation: 0,
+            timeline: Timeline::new(limits.ack_timeout),
             earliest_deadline: None,
             replay: ReplayWindow::new(0, 0),
             awaiting_durable: VecDeque::new(),
@@ -937,7 +970,7 @@ impl Router {
                 run.count -= count;
             }
             if self.release_held(first, count) {
-                self.flush_replies(first.emitter, now, out);
+                self.flush_replies(first.emitter(), now, out);
             }
         }
     }
@@ -965,7 +998,7 @@ impl Router {
     /// their records are settled. Whether the emitter's oldest reply is
     /// then due.
     fn release_held(&mut self, first: RequestRef, count: u64) -> bool {
-        let Some(session) = self.session_mut(first.emitter) else {
+        let Some(session) = self.session_mut(first.emitter()) else {
             return false; // the emitter left; its replies went with it
         };
         if session.incarnation != first.incarnation {
@@ -1009,7 +1042,7 @@ impl Router {
             leaving: false,
             incarnation: self.next_incarnation,
         });
-        self.next_incarnation += 1;
+        self.next_incarnation = self.next_incarnation.wrapping_add(1);
         self.note_deadline(now + self.limits.handshake_timeout);
     }
 
@@ -1155,7 +1188,7 @@ impl Router {
             let Some(session) = session else { continue };
             let deadline = match session.role {
                 Role::Anonymous => Some(session.connected_at + self.limits.handshake_timeout),
-                _ => session.awaiting_ack.front().map(|d| d.deadline),
+                _ => (session.awaiting_ack.front()).map(|d| self.timeline.instant(d.due, now)),
             };
             match deadline {
                 Some(d) if d <= now => expired.push(conn),
@@ -1281,7 +1314,7 @@ impl Router {
                 if let Purpose::Request(r) = delivery.purpose {
                     // A delivery may outlive its emitter (then it settles to
                     // nothing), but a live emitter must still owe that reply.
-                    if let Some(em) = self.session(r.emitter)
+                    if let Some(em) = self.session(r.emitter())
                         && em.incarnation == r.incarnation
                         && Router::pending_index(&em.role, r.request).is_none()
                     {
@@ -1474,7 +1507,7 @@ impl Router {
         if self.replay.kept.is_empty() {
             return;
         }
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         let opted_in = self.session(conn).is_some_and(|s| s.teller);
         let first = self.replay.first_for(opted_in);
         for at in first..self.replay.kept.len() {
@@ -1491,7 +1524,7 @@ impl Router {
             out.send(conn, &msg);
             session.awaiting_ack.push_back(Delivery {
                 seq,
-                deadline,
+                due: deadline.due,
                 purpose: Purpose::Replay,
             });
         }
@@ -1500,7 +1533,7 @@ impl Router {
             messages = self.replay.kept.len() - first,
             "replayed recent broadcasts"
         );
-        self.note_deadline(deadline);
+        self.note_deadline(deadline.at);
     }
 
     /// Before the replay of kept broadcast `at` to the opted-in exhibitor
@@ -1508,7 +1541,13 @@ impl Router {
     /// from what it was last told. It should show the session holding the
     /// id now when that session has the recorded name (as for a live MSG),
     /// the recorded name and roles otherwise.
-    fn tell_replayed(&mut self, conn: ConnId, at: usize, deadline: Instant, out: &mut impl Outbox) {
+    fn tell_replayed(
+        &mut self,
+        conn: ConnId,
+        at: usize,
+        deadline: Deadline,
+        out: &mut impl Outbox,
+    ) {
         let kept = &self.replay.kept[at];
         let holder = self.ids.get(kept.origin).and_then(|c| self.session(c));
         let (name, roles) = match holder {
@@ -1805,7 +1844,7 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let clist = (frame.kind == Kind::Creq).then(|| self.all_ids());
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         if self.tellers > 0 && !targets.is_empty() {
             let about = clist
                 .as_deref()
@@ -1829,12 +1868,12 @@ impl Router {
             };
             session.awaiting_ack.push_back(Delivery {
                 seq,
-                deadline,
+                due: deadline.due,
                 purpose,
             });
         }
         if !targets.is_empty() {
-            self.note_deadline(deadline);
+            self.note_deadline(deadline.at);
         }
     }
 
@@ -1951,11 +1990,7 @@ impl Router {
         if replies.len() >= max_inflight {
             *paused = true;
         }
-        RequestRef {
-            emitter: conn,
-            incarnation,
-            request,
-        }
+        RequestRef::new(conn, incarnation, request)
     }
 
     /// Where request number `request` sits in an emitter's reply queue.
@@ -2021,7 +2056,7 @@ impl Router {
 
     /// One target of `request` answered (or failed).
     fn settle(&mut self, request: RequestRef, ok: bool, now: Instant, out: &mut impl Outbox) {
-        let Some(session) = self.session_mut(request.emitter) else {
+        let Some(session) = self.session_mut(request.emitter()) else {
             return; // the emitter left; its replies went with it
         };
         if session.incarnation != request.incarnation {
@@ -2037,7 +2072,7 @@ impl Router {
         reply.outstanding = reply.outstanding.saturating_sub(1);
         reply.any_ok |= ok;
         if index == 0 && reply.outstanding == 0 {
-            self.flush_replies(request.emitter, now, out);
+            self.flush_replies(request.emitter(), now, out);
         }
     }
 
@@ -2095,7 +2130,7 @@ impl Router {
     /// Sends the server's FLW to `conn`; it is closed on its OK (or at the
     /// ack timeout).
     fn dismiss(&mut self, conn: ConnId, now: Instant, out: &mut impl Outbox) {
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         let Some(session) = self.session_mut(conn) else {
             return;
         };
@@ -2103,11 +2138,11 @@ impl Router {
         session.leaving = true;
         session.awaiting_ack.push_back(Delivery {
             seq,
-            deadline,
+            due: deadline.due,
             purpose: Purpose::Farewell,
         });
         out.send(conn, &Frame::bare(Kind::Flw, SERVER_ID, session.id, seq));
-        self.note_deadline(deadline);
+        self.note_deadline(deadline.at);
     }
 
     /// Closes `conn` from the router's side.
@@ -2190,7 +2225,7 @@ impl Router {
         &mut self,
         targets: &[ConnId],
         about: &[ClientId],
-        deadline: Instant,
+        deadline: Deadline,
         out: &mut impl Outbox,
     ) {
         let epoch = self.ids.epoch;
@@ -2253,7 +2288,7 @@ impl Router {
         id: ClientId,
         name: Option<Box<str>>,
         roles: u8,
-        deadline: Instant,
+        deadline: Deadline,
         out: &mut impl Outbox,
     ) {
         self.tellers_changed += 1;
@@ -2273,11 +2308,11 @@ impl Router {
         told.insert(id, (name, roles));
         session.awaiting_ack.push_back(Delivery {
             seq,
-            deadline,
+            due: deadline.due,
             purpose: Purpose::Who,
         });
         out.send_ext(target, &who);
-        self.note_deadline(deadline);
+        self.note_deadline(deadline.at);
     }
 
     /// Frees the name `conn` claimed, if it claimed one (with several
@@ -2333,4 +2368,18 @@ fn log_role_refusal(conn: ConnId, frame: &FrameView<'_>) {
         dest = frame.dest,
         "refused: the session lacks the role"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One is written per target of every fan-out and kept until the ack
+    /// (BENCHMARKS.md, "Tenth round": at 56 bytes, a window to 100 targets
+    /// kept 5.7 MB of them live).
+    #[test]
+    fn a_delivery_is_kept_to_32_bytes() {
+        assert_eq!(std::mem::size_of::<Delivery>(), 32);
+        assert_eq!(std::mem::size_of::<Purpose>(), 24);
+    }
 }

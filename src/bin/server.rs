@@ -47,7 +47,8 @@ struct Args {
     /// Address or host name to listen on: 0.0.0.0 (or ::) serves the network
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1", value_parser = parse_bind)]
     bind: IpAddr,
-    /// Seconds an exhibitor may take to acknowledge a frame before it is dropped
+    /// Seconds an exhibitor may take to acknowledge a frame before it is dropped (at most
+    /// 12 days: a longer wait counts as 12 days)
     #[arg(
         long,
         value_name = "SECS",

@@ -9,7 +9,8 @@
 //! the name rule by the caller.
 
 use super::{
-    ConnId, Delivery, Outbox, Purpose, REPLAY_FRAMING, Role, RoomEvent, Router, Sender, Session,
+    ConnId, Deadline, Delivery, Outbox, Purpose, REPLAY_FRAMING, Role, RoomEvent, Router, Sender,
+    Session,
 };
 use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
@@ -864,7 +865,7 @@ impl Router {
         if missed.is_empty() {
             return;
         }
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         for (origin, name, roles, text) in &missed {
             self.tell_as_said(conn, *origin, name.as_deref(), *roles, deadline, out);
             let session = self.session_mut(conn).expect("caught up a live session");
@@ -873,12 +874,12 @@ impl Router {
             out.send(conn, &msg);
             session.awaiting_ack.push_back(Delivery {
                 seq,
-                deadline,
+                due: deadline.due,
                 purpose: Purpose::Replay,
             });
         }
         debug!(conn, room = id, messages = missed.len(), "room caught up");
-        self.note_deadline(deadline);
+        self.note_deadline(deadline.at);
     }
 
     /// Before a kept room message to `conn`: a WHO when what it should show
@@ -891,7 +892,7 @@ impl Router {
         origin: ClientId,
         name: Option<&str>,
         roles: u8,
-        deadline: Instant,
+        deadline: Deadline,
         out: &mut impl Outbox,
     ) {
         let holder = self.ids.get(origin).and_then(|c| self.session(c));
@@ -1042,7 +1043,7 @@ impl Router {
     /// session at `at` in queue room `id`.
     #[inline(never)]
     fn dispatch_turns(&mut self, id: ClientId, at: usize, now: Instant, out: &mut impl Outbox) {
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         let mut given = false;
         // Set once a message went to a member session on another node.
         let mut away = false;
@@ -1097,7 +1098,7 @@ impl Router {
             out.forward(&[target], &view);
             session.awaiting_ack.push_back(Delivery {
                 seq: view.seq,
-                deadline,
+                due: deadline.due,
                 purpose: Purpose::Queued {
                     room: id,
                     slot,
@@ -1108,7 +1109,7 @@ impl Router {
             turn = room.work.next_turn();
         }
         if given {
-            self.note_deadline(deadline);
+            self.note_deadline(deadline.at);
         }
         if away {
             self.note_away_deadline(now);

@@ -6,7 +6,7 @@
 //! clock; the loop hands in the wall-clock time a message is stored at and
 //! records what it is told through [`Outbox::room_event`].
 
-use super::{ConnId, Delivery, NodeRef, Outbox, Purpose, RoomEvent, Router, sender};
+use super::{ConnId, Deadline, Delivery, NodeRef, Outbox, Purpose, RoomEvent, Router, sender};
 use crate::proto::ext::{ExtFrame, ROLE_EMIT, RoomAck, RoomCode, Waiting as WaitingFrame};
 use crate::proto::{ClientId, Frame, FrameView, Header, SERVER_ID};
 use bytes::Bytes;
@@ -306,7 +306,7 @@ impl Router {
             let (view, _) = FrameView::parse(&wire).ok().flatten().expect("a whole MSG");
             self.relay_to(node, request, &view, now, out);
         }
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         if self.tellers > 0 && !targets.is_empty() {
             self.tell_names(targets, &[header.origin], deadline, out);
         }
@@ -317,12 +317,12 @@ impl Router {
             out.send(target, &msg);
             session.awaiting_ack.push_back(Delivery {
                 seq: header.seq,
-                deadline,
+                due: deadline.due,
                 purpose: Purpose::Request(request),
             });
         }
         if !targets.is_empty() {
-            self.note_deadline(deadline);
+            self.note_deadline(deadline.at);
         }
         self.flush_replies(conn, now, out);
     }
@@ -359,13 +359,13 @@ impl Router {
                 letter.time_ms,
             ));
         }
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         for (wait, origin, name, roles, text, time_ms) in sending.iter().cloned() {
             let said = (origin, name.as_deref(), roles, text);
             self.send_letter(conn, time_ms, said, Purpose::Waited { wait }, deadline, out);
         }
         debug!(conn, messages = sending.len(), "waiting messages sent");
-        self.note_deadline(deadline);
+        self.note_deadline(deadline.at);
     }
 
     /// Sends the exhibitor `conn` one waiting message, as WAITING(`time_ms`),
@@ -377,7 +377,7 @@ impl Router {
         time_ms: u64,
         (origin, name, roles, text): (ClientId, Option<&str>, u8, Bytes),
         purpose: Purpose,
-        deadline: Instant,
+        deadline: Deadline,
         out: &mut impl Outbox,
     ) {
         let session = self.session_mut(conn).expect("delivered to a live session");
@@ -385,7 +385,7 @@ impl Router {
         let seq = session.seq.next_seq();
         session.awaiting_ack.push_back(Delivery {
             seq,
-            deadline,
+            due: deadline.due,
             purpose: Purpose::Replay,
         });
         out.send_ext(
@@ -406,7 +406,7 @@ impl Router {
         );
         session.awaiting_ack.push_back(Delivery {
             seq,
-            deadline,
+            due: deadline.due,
             purpose,
         });
     }

@@ -150,11 +150,11 @@ impl Router {
             return;
         };
         let key = self.receiving(from, relay);
-        let deadline = now + self.limits.ack_timeout;
+        let deadline = self.timeline.after(now);
         let text = Bytes::copy_from_slice(frame.text().unwrap_or_default());
         let said = (frame.origin, letter.name, letter.roles, text);
         let purpose = Purpose::Relayed { key };
         self.send_letter(conn, letter.stored_ms, said, purpose, deadline, out);
-        self.note_deadline(deadline);
+        self.note_deadline(deadline.at);
     }
 }
