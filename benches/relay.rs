@@ -65,6 +65,8 @@ mod report;
 mod setup;
 #[path = "relay/signin.rs"]
 mod signin;
+#[path = "relay/signin_events.rs"]
+mod signin_events;
 #[path = "relay/streams.rs"]
 mod streams;
 #[path = "relay/sys.rs"]
@@ -271,6 +273,9 @@ pub struct Args {
     /// Instead of messages: T threads each repeating connect, HELLO (--sign-in), OI, FLW, close; reports sign-ins per second
     #[arg(long, value_name = "T", default_value_t = 0)]
     pub signins: usize,
+    /// With --signins: each of the T threads an event loop keeping N sessions in flight (many clients arriving at once) instead of one blocking session after another; 0 keeps the blocking driver
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub signins_inflight: usize,
     /// During the run, one more client sends HELLOs with a wrong secret for --sign-in's name as fast as it can; reports how they were answered
     #[arg(long)]
     pub storm: bool,
@@ -378,6 +383,7 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
             addr,
             args.sign_in.as_ref(),
             args.signins,
+            args.signins_inflight,
             args.warmup,
             args.duration,
             args.json,
@@ -463,6 +469,14 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
         return Err(
             "--exhibitor-addr is for the evchat target in unicast or broadcast mode".into(),
         );
+    }
+    if args.signins_inflight > 0 && (args.signins == 0 || target.tls()) {
+        return Err("--signins-inflight is for --signins on a plain TCP evchat target".into());
+    }
+    if args.signins.saturating_mul(args.signins_inflight) > MAX_CONNS {
+        return Err(format!(
+            "--signins times --signins-inflight is at most {MAX_CONNS}"
+        ));
     }
     if args.signins > MAX_CONNS {
         return Err(format!("--signins is at most {MAX_CONNS} threads"));

@@ -3,7 +3,9 @@
 //! `--signins T`: T threads, each repeating a whole short session as fast as
 //! it can (connect, HELLO with `--sign-in`'s account, OI as an exhibitor,
 //! FLW, the server's OK, close) and counting those completed within
-//! `--duration` after `--warmup`. The figure is sign-ins per second.
+//! `--duration` after `--warmup`. The figure is sign-ins per second. With
+//! `--signins-inflight N` the T threads are event-driven instead, each
+//! keeping N sessions in flight (`signin_events.rs`).
 //!
 //! `--storm`: during an ordinary run, one more thread plays an attacker
 //! sending HELLOs with a wrong secret for `--sign-in`'s name as fast as one
@@ -52,12 +54,16 @@ fn one_session(target: Target, addr: SocketAddr, account: Option<&SignIn>) -> Re
     Ok(())
 }
 
-/// Runs `threads` sign-in loops; prints and returns sign-ins per second.
+/// Runs `threads` sign-in loops (blocking, or with `inflight` > 0 each an
+/// event loop with that many sessions in flight); prints and returns
+/// sign-ins per second.
+#[allow(clippy::too_many_arguments)]
 pub fn run_signins(
     target: Target,
     addr: SocketAddr,
     account: Option<&SignIn>,
     threads: usize,
+    inflight: usize,
     warmup: f64,
     duration: f64,
     json: bool,
@@ -74,6 +80,12 @@ pub fn run_signins(
                 account.cloned(),
             );
             std::thread::spawn(move || -> Result<(), String> {
+                if inflight > 0 {
+                    let account = account.ok_or("--signins-inflight needs --sign-in")?;
+                    return crate::signin_events::run_thread(
+                        addr, account, inflight, counting, stop, done,
+                    );
+                }
                 while !stop.load(Ordering::Relaxed) {
                     one_session(target, addr, account.as_ref())?;
                     if counting.load(Ordering::Relaxed) {
@@ -100,12 +112,12 @@ pub fn run_signins(
     let rate = count as f64 / secs;
     if json {
         println!(
-            "{{\"target\":\"{}\",\"threads\":{threads},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}",
+            "{{\"target\":\"{}\",\"threads\":{threads},\"inflight\":{inflight},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}",
             target.name()
         );
     } else {
         println!(
-            "signins    {threads} threads, {secs:.2} s: {count} sessions, {rate:.0} sign-ins/s"
+            "signins    {threads} threads, {inflight} in flight each (0: blocking), {secs:.2} s: {count} sessions, {rate:.0} sign-ins/s"
         );
     }
     Ok(rate)
