@@ -470,6 +470,7 @@ impl Server {
         if self.drain_deadline.is_none() && self.shutdown_requested.load(Ordering::SeqCst) {
             self.drain_deadline = Some(self.begin_shutdown(now));
         }
+        self.hand_off_sign_ins();
         self.settle_dropped();
         self.flush_and_reap();
         // The turn's records are written after its output went out: the

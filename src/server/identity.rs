@@ -3,7 +3,8 @@
 //! secret to the [`Verifier`] thread and the verdict back to the client and
 //! the router. The router is told a session's name and roles bits, never a
 //! secret or how it was checked; the verifier's notify callback wakes the
-//! loop's `mio::Waker`, and the outcomes are drained each turn.
+//! loop's `mio::Waker`, and the outcomes are drained each turn, as the
+//! turn's hellos are handed to it together at the turn's end.
 //!
 //! Only the error path of the loop's parse comes here (a type the plain
 //! codec does not know), so a client that never sends HELLO costs nothing
@@ -423,6 +424,14 @@ impl Server {
             self.router
                 .hello_refused(conn, self.wire.now, &mut self.wire);
             self.settle_dropped();
+        }
+    }
+
+    /// Gives the verifier the turn's sign-ins at once (one lock, at most
+    /// one wake-up of its thread, however many hellos the turn read).
+    pub(super) fn hand_off_sign_ins(&mut self) {
+        if let Some(auth) = self.auth.as_mut() {
+            auth.verifier.hand_off();
         }
     }
 
