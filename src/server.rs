@@ -447,6 +447,7 @@ impl Server {
             self.reload_tls();
         }
         self.end_expired_sessions();
+        self.answer_held_refusals();
         // First, so that a connection a verdict (or a handshake step back)
         // lets go on is read this turn.
         self.drain_sign_ins();
@@ -522,6 +523,7 @@ impl Server {
             self.drain_deadline,
             Some(self.next_trim),
             self.next_expiry(),
+            self.next_held_refusal(),
         ]
         .into_iter()
         .flatten()

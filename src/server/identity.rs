@@ -12,7 +12,8 @@
 
 use super::Server;
 use crate::auth::{
-    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Verifier,
+    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Tarpit,
+    Verifier,
 };
 use crate::proto::ext::{
     Code, ExtError, ExtFrame, FLAG_QUEUE, HELLO, HELLOACK, Hello, HelloAck, JOIN, KICK, LEAVE,
@@ -31,6 +32,10 @@ use tracing::{debug, info, warn};
 /// Sources the failure budget remembers at most (PROTOCOL.md, "Limits").
 const BUDGET_SOURCES: usize = 4096;
 
+/// Refusals held for `--auth-delay` at most at once; more are answered at
+/// once (PROTOCOL.md, "Limits").
+const HELD_REFUSALS: usize = 4096;
+
 /// Accounts for the identity extension (`server --auth FILE`).
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -48,6 +53,10 @@ pub struct AuthConfig {
     /// Connections from one address (IPv6: /64) that have not finished
     /// HELLO and OI; one more is closed at accept (`--max-unidentified`).
     pub max_unidentified: usize,
+    /// How long a refused sign-in (code 2 or 5) waits for its answer
+    /// (`--auth-delay`): a client guessing one connection after another
+    /// gets one guess a delay (zero: answered at once).
+    pub refusal_delay: Duration,
 }
 
 impl AuthConfig {
@@ -59,6 +68,7 @@ impl AuthConfig {
             window: Duration::from_secs(60),
             queue: 64,
             max_unidentified: 64,
+            refusal_delay: Duration::from_secs(1),
         }
     }
 }
@@ -85,6 +95,10 @@ pub(super) struct Auth {
     /// Connections not yet identified, per source.
     unidentified: HashMap<Source, usize>,
     max_unidentified: usize,
+    /// Refusals waiting for `--auth-delay`: the connection, the tag it
+    /// waits for in `by_conn` (so a later connection in its slot is never
+    /// answered), the HELLO's seq and the code.
+    held: Tarpit<(ConnId, u64, u16, Code)>,
 }
 
 impl Auth {
@@ -112,6 +126,7 @@ impl Auth {
             next_expiry: None,
             unidentified: HashMap::new(),
             max_unidentified: config.max_unidentified.max(1),
+            held: Tarpit::new(config.refusal_delay, HELD_REFUSALS),
         })
     }
 
@@ -324,7 +339,7 @@ impl Server {
         if !auth.budget.allows(peer, now) {
             info!(conn, %peer, "sign-in refused unchecked: too many refused from this source");
             self.wire.metrics.sign_in_failures += 1;
-            return self.hello_ack(conn, seq, Code::TooManyFailures, 0, b"");
+            return self.refuse_later(conn, seq, Code::TooManyFailures);
         }
         if hello.secret.is_empty() {
             info!(conn, "HELLO without a secret to a server with accounts");
@@ -478,10 +493,54 @@ impl Server {
                         false,
                     );
                 }
-                Err(_) => self.hello_ack(conn, seq, Code::Refused, 0, b""),
+                Err(_) => self.refuse_later(conn, seq, Code::Refused),
             }
         }
         self.settle_dropped();
+    }
+
+    /// Answers a refused HELLO after `--auth-delay` (the tarpit), keeping
+    /// the session waiting as while its secret is checked; at once when
+    /// there is no delay or too many refusals are held.
+    fn refuse_later(&mut self, conn: ConnId, seq: u16, code: Code) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return self.hello_ack(conn, seq, code, 0, b"");
+        };
+        let tag = auth.next_tag;
+        if auth.held.hold(now, (conn, tag, seq, code)).is_some() {
+            return self.hello_ack(conn, seq, code, 0, b"");
+        }
+        auth.next_tag += 1;
+        auth.by_conn.insert(conn, tag);
+        self.router.hello_checking(conn);
+    }
+
+    /// Sends the held refusals that are due, to connections still open.
+    pub(super) fn answer_held_refusals(&mut self) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        if auth.held.next_due().is_none_or(|due| now < due) {
+            return;
+        }
+        let due: Vec<_> = auth.held.take_due(now).collect();
+        for (conn, tag, seq, code) in due {
+            let Some(auth) = self.auth.as_mut() else {
+                return;
+            };
+            if auth.by_conn.get(&conn) != Some(&tag) {
+                continue;
+            }
+            auth.by_conn.remove(&conn);
+            self.hello_ack(conn, seq, code, 0, b"");
+        }
+    }
+
+    /// When the earliest held refusal is due, for the poll.
+    pub(super) fn next_held_refusal(&self) -> Option<Instant> {
+        self.auth.as_ref()?.held.next_due()
     }
 
     /// Hands the router the accounts' names as they are now (at start and
