@@ -279,6 +279,9 @@ pub struct Args {
     /// During the run, one more client sends HELLOs with a wrong secret for --sign-in's name as fast as it can; reports how they were answered
     #[arg(long)]
     pub storm: bool,
+    /// With --storm: the attacker keeps N guesses in flight (N connections from this one address, each guessing again as soon as answered) instead of waiting for each answer
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub storm_connections: usize,
     /// TLS targets: the CA (PEM) that signed the server's certificate
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
@@ -400,6 +403,7 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         (Some(account), true) => Some(signin::start_storm(
             addr,
             account.name.clone(),
+            args.storm_connections,
             stop.clone(),
         )),
         _ => None,
@@ -445,6 +449,9 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     }
     if args.slowest > MAX_SLOWEST {
         return Err(format!("--slowest keeps at most {MAX_SLOWEST} deliveries"));
+    }
+    if args.storm_connections == 0 || args.storm_connections > 1024 {
+        return Err("--storm-connections is 1 to 1024".into());
     }
     if args.storm && args.sign_in.is_none() {
         return Err("--storm needs --sign-in NAME:SECRET".into());

@@ -10,7 +10,8 @@
 //! `--storm`: during an ordinary run, one more thread plays an attacker
 //! sending HELLOs with a wrong secret for `--sign-in`'s name as fast as one
 //! client can (a new connection for each, since a refusal closes it), so the
-//! run's throughput can be set beside the same run without it.
+//! run's throughput can be set beside the same run without it;
+//! `--storm-connections N` keeps N such guesses in flight instead of one.
 //!
 //! On a TLS target (`evchat-tls`) each session above starts with a TLS
 //! handshake, and `--handshake-storm` is the attacker's TLS counterpart: one
@@ -135,33 +136,52 @@ pub struct StormFigures {
     pub busy: AtomicU64,
 }
 
-/// Starts the attacker thread; it stops when `stop` is set.
+/// Starts the attacker: `connections` threads on this one address, each
+/// guessing over a new connection as soon as its last one was answered
+/// (one thread: the attacker that waits for each answer; more: one that
+/// keeps that many guesses in flight, up to the server's
+/// `--max-unidentified`, beyond which its connections are closed at
+/// accept). Stops when `stop` is set.
 pub fn start_storm(
     addr: SocketAddr,
     name: String,
+    connections: usize,
     stop: Arc<AtomicBool>,
 ) -> (Arc<StormFigures>, std::thread::JoinHandle<()>) {
     let figures = Arc::new(StormFigures::default());
     let counts = figures.clone();
     let worker = std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(mut stream) = connect(addr) else {
-                continue;
-            };
-            let Ok((code, _)) = evchat::hello(&mut stream, &name, b"not the password") else {
-                continue;
-            };
-            counts.attempts.fetch_add(1, Ordering::Relaxed);
-            let bucket = match code {
-                2 => &counts.refused,
-                5 => &counts.throttled,
-                6 => &counts.busy,
-                _ => continue,
-            };
-            bucket.fetch_add(1, Ordering::Relaxed);
+        let guessers: Vec<_> = (0..connections.max(1))
+            .map(|_| {
+                let (counts, stop, name) = (counts.clone(), stop.clone(), name.clone());
+                std::thread::spawn(move || guess_until(addr, &name, &counts, &stop))
+            })
+            .collect();
+        for guesser in guessers {
+            let _ = guesser.join();
         }
     });
     (figures, worker)
+}
+
+/// One guessing connection after another until `stop`.
+fn guess_until(addr: SocketAddr, name: &str, counts: &StormFigures, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = connect(addr) else {
+            continue;
+        };
+        let Ok((code, _)) = evchat::hello(&mut stream, name, b"not the password") else {
+            continue;
+        };
+        counts.attempts.fetch_add(1, Ordering::Relaxed);
+        let bucket = match code {
+            2 => &counts.refused,
+            5 => &counts.throttled,
+            6 => &counts.busy,
+            _ => continue,
+        };
+        bucket.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Starts the TLS attacker: handshakes completed and dropped, counted.
