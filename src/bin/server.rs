@@ -184,10 +184,10 @@ struct Args {
         value_parser = parse_positive_secs
     )]
     auth_window: Secs,
-    /// With --auth: seconds before a refused sign-in (wrong secret, unknown
-    /// account, or too many refused) is answered, as login programs do, so
-    /// that guessing one connection after another gets one guess a delay
-    /// (0: at once; fractions such as 0.25 work)
+    /// With --auth: a refused sign-in (wrong secret, unknown account, or too
+    /// many refused) is answered no sooner than SECS after its HELLO, as
+    /// login programs do, so that guessing one connection after another
+    /// gets one guess a delay (0: at once; fractions such as 0.25 work)
     #[arg(
         long,
         value_name = "SECS",

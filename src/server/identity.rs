@@ -53,9 +53,9 @@ pub struct AuthConfig {
     /// Connections from one address (IPv6: /64) that have not finished
     /// HELLO and OI; one more is closed at accept (`--max-unidentified`).
     pub max_unidentified: usize,
-    /// How long a refused sign-in (code 2 or 5) waits for its answer
-    /// (`--auth-delay`): a client guessing one connection after another
-    /// gets one guess a delay (zero: answered at once).
+    /// How long after its HELLO a refused sign-in (code 2 or 5) is
+    /// answered at the soonest (`--auth-delay`): a client guessing one
+    /// connection after another gets one guess a delay (zero: at once).
     pub refusal_delay: Duration,
 }
 
@@ -78,9 +78,10 @@ pub(super) struct Auth {
     verifier: Verifier,
     budget: FailureBudget,
     next_tag: u64,
-    /// Sign-ins being checked, by tag: the connection, its source and the
-    /// HELLO's seq (which the HELLOACK echoes).
-    checking: HashMap<u64, (ConnId, IpAddr, u16)>,
+    /// Sign-ins being checked, by tag: the connection, its source, the
+    /// HELLO's seq (which the HELLOACK echoes) and when it arrived (what a
+    /// refusal's delay runs from).
+    checking: HashMap<u64, (ConnId, IpAddr, u16, Instant)>,
     /// The tag each connection waits for (dropped with the connection, so
     /// that a verdict never reaches a later connection in the same slot).
     by_conn: HashMap<ConnId, u64>,
@@ -339,7 +340,7 @@ impl Server {
         if !auth.budget.allows(peer, now) {
             info!(conn, %peer, "sign-in refused unchecked: too many refused from this source");
             self.wire.metrics.sign_in_failures += 1;
-            return self.refuse_later(conn, seq, Code::TooManyFailures);
+            return self.refuse_later(conn, seq, now, Code::TooManyFailures);
         }
         if hello.secret.is_empty() {
             info!(conn, "HELLO without a secret to a server with accounts");
@@ -360,7 +361,7 @@ impl Server {
         }
         debug!(conn, "sign-in queued for the verifier");
         auth.next_tag += 1;
-        auth.checking.insert(tag, (conn, peer, seq));
+        auth.checking.insert(tag, (conn, peer, seq, now));
         auth.by_conn.insert(conn, tag);
         self.router.hello_checking(conn);
     }
@@ -461,7 +462,7 @@ impl Server {
             let Some(auth) = self.auth.as_mut() else {
                 return;
             };
-            let Some((conn, peer, seq)) = auth.checking.remove(&outcome.tag) else {
+            let Some((conn, peer, seq, since)) = auth.checking.remove(&outcome.tag) else {
                 continue;
             };
             let live = auth.by_conn.get(&conn) == Some(&outcome.tag);
@@ -493,22 +494,23 @@ impl Server {
                         false,
                     );
                 }
-                Err(_) => self.refuse_later(conn, seq, Code::Refused),
+                Err(_) => self.refuse_later(conn, seq, since, Code::Refused),
             }
         }
         self.settle_dropped();
     }
 
-    /// Answers a refused HELLO after `--auth-delay` (the tarpit), keeping
-    /// the session waiting as while its secret is checked; at once when
-    /// there is no delay or too many refusals are held.
-    fn refuse_later(&mut self, conn: ConnId, seq: u16, code: Code) {
+    /// Answers a refused HELLO that arrived at `since` no sooner than
+    /// `--auth-delay` after it (the tarpit), keeping the session waiting as
+    /// while its secret is checked; at once when that has passed or too
+    /// many refusals are held.
+    fn refuse_later(&mut self, conn: ConnId, seq: u16, since: Instant, code: Code) {
         let now = self.wire.now;
         let Some(auth) = self.auth.as_mut() else {
             return self.hello_ack(conn, seq, code, 0, b"");
         };
         let tag = auth.next_tag;
-        if auth.held.hold(now, (conn, tag, seq, code)).is_some() {
+        if auth.held.hold(now, since, (conn, tag, seq, code)).is_some() {
             return self.hello_ack(conn, seq, code, 0, b"");
         }
         auth.next_tag += 1;
