@@ -65,6 +65,8 @@ mod report;
 mod setup;
 #[path = "relay/signin.rs"]
 mod signin;
+#[path = "relay/signin_events.rs"]
+mod signin_events;
 #[path = "relay/streams.rs"]
 mod streams;
 #[path = "relay/sys.rs"]
@@ -271,9 +273,15 @@ pub struct Args {
     /// Instead of messages: T threads each repeating connect, HELLO (--sign-in), OI, FLW, close; reports sign-ins per second
     #[arg(long, value_name = "T", default_value_t = 0)]
     pub signins: usize,
+    /// With --signins: each of the T threads an event loop keeping N sessions in flight (many clients arriving at once) instead of one blocking session after another; 0 keeps the blocking driver
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub signins_inflight: usize,
     /// During the run, one more client sends HELLOs with a wrong secret for --sign-in's name as fast as it can; reports how they were answered
     #[arg(long)]
     pub storm: bool,
+    /// With --storm: the attacker keeps N guesses in flight (N connections from this one address, each guessing again as soon as answered) instead of waiting for each answer
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub storm_connections: usize,
     /// TLS targets: the CA (PEM) that signed the server's certificate
     #[arg(long, value_name = "FILE")]
     pub ca: Option<std::path::PathBuf>,
@@ -378,6 +386,7 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
             addr,
             args.sign_in.as_ref(),
             args.signins,
+            args.signins_inflight,
             args.warmup,
             args.duration,
             args.json,
@@ -394,6 +403,7 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         (Some(account), true) => Some(signin::start_storm(
             addr,
             account.name.clone(),
+            args.storm_connections,
             stop.clone(),
         )),
         _ => None,
@@ -440,6 +450,9 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     if args.slowest > MAX_SLOWEST {
         return Err(format!("--slowest keeps at most {MAX_SLOWEST} deliveries"));
     }
+    if args.storm_connections == 0 || args.storm_connections > 1024 {
+        return Err("--storm-connections is 1 to 1024".into());
+    }
     if args.storm && args.sign_in.is_none() {
         return Err("--storm needs --sign-in NAME:SECRET".into());
     }
@@ -463,6 +476,14 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
         return Err(
             "--exhibitor-addr is for the evchat target in unicast, broadcast or room mode".into(),
         );
+    }
+    if args.signins_inflight > 0 && (args.signins == 0 || target.tls()) {
+        return Err("--signins-inflight is for --signins on a plain TCP evchat target".into());
+    }
+    if args.signins.saturating_mul(args.signins_inflight) > MAX_CONNS {
+        return Err(format!(
+            "--signins times --signins-inflight is at most {MAX_CONNS}"
+        ));
     }
     if args.signins > MAX_CONNS {
         return Err(format!("--signins is at most {MAX_CONNS} threads"));

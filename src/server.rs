@@ -447,6 +447,7 @@ impl Server {
             self.reload_tls();
         }
         self.end_expired_sessions();
+        self.answer_held_refusals();
         // First, so that a connection a verdict (or a handshake step back)
         // lets go on is read this turn.
         self.drain_sign_ins();
@@ -470,6 +471,7 @@ impl Server {
         if self.drain_deadline.is_none() && self.shutdown_requested.load(Ordering::SeqCst) {
             self.drain_deadline = Some(self.begin_shutdown(now));
         }
+        self.hand_off_sign_ins();
         self.settle_dropped();
         self.flush_and_reap();
         // The turn's records are written after its output went out: the
@@ -521,6 +523,7 @@ impl Server {
             self.drain_deadline,
             Some(self.next_trim),
             self.next_expiry(),
+            self.next_held_refusal(),
         ]
         .into_iter()
         .flatten()

@@ -22,6 +22,7 @@ mod codec;
 mod discovery;
 mod history;
 mod identity;
+mod identity_storm;
 mod metrics;
 mod raw;
 mod reliability;

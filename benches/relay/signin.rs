@@ -3,12 +3,15 @@
 //! `--signins T`: T threads, each repeating a whole short session as fast as
 //! it can (connect, HELLO with `--sign-in`'s account, OI as an exhibitor,
 //! FLW, the server's OK, close) and counting those completed within
-//! `--duration` after `--warmup`. The figure is sign-ins per second.
+//! `--duration` after `--warmup`. The figure is sign-ins per second. With
+//! `--signins-inflight N` the T threads are event-driven instead, each
+//! keeping N sessions in flight (`signin_events.rs`).
 //!
 //! `--storm`: during an ordinary run, one more thread plays an attacker
 //! sending HELLOs with a wrong secret for `--sign-in`'s name as fast as one
 //! client can (a new connection for each, since a refusal closes it), so the
-//! run's throughput can be set beside the same run without it.
+//! run's throughput can be set beside the same run without it;
+//! `--storm-connections N` keeps N such guesses in flight instead of one.
 //!
 //! On a TLS target (`evchat-tls`) each session above starts with a TLS
 //! handshake, and `--handshake-storm` is the attacker's TLS counterpart: one
@@ -52,12 +55,16 @@ fn one_session(target: Target, addr: SocketAddr, account: Option<&SignIn>) -> Re
     Ok(())
 }
 
-/// Runs `threads` sign-in loops; prints and returns sign-ins per second.
+/// Runs `threads` sign-in loops (blocking, or with `inflight` > 0 each an
+/// event loop with that many sessions in flight); prints and returns
+/// sign-ins per second.
+#[allow(clippy::too_many_arguments)]
 pub fn run_signins(
     target: Target,
     addr: SocketAddr,
     account: Option<&SignIn>,
     threads: usize,
+    inflight: usize,
     warmup: f64,
     duration: f64,
     json: bool,
@@ -74,6 +81,12 @@ pub fn run_signins(
                 account.cloned(),
             );
             std::thread::spawn(move || -> Result<(), String> {
+                if inflight > 0 {
+                    let account = account.ok_or("--signins-inflight needs --sign-in")?;
+                    return crate::signin_events::run_thread(
+                        addr, account, inflight, counting, stop, done,
+                    );
+                }
                 while !stop.load(Ordering::Relaxed) {
                     one_session(target, addr, account.as_ref())?;
                     if counting.load(Ordering::Relaxed) {
@@ -100,12 +113,12 @@ pub fn run_signins(
     let rate = count as f64 / secs;
     if json {
         println!(
-            "{{\"target\":\"{}\",\"threads\":{threads},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}",
+            "{{\"target\":\"{}\",\"threads\":{threads},\"inflight\":{inflight},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}",
             target.name()
         );
     } else {
         println!(
-            "signins    {threads} threads, {secs:.2} s: {count} sessions, {rate:.0} sign-ins/s"
+            "signins    {threads} threads, {inflight} in flight each (0: blocking), {secs:.2} s: {count} sessions, {rate:.0} sign-ins/s"
         );
     }
     Ok(rate)
@@ -123,33 +136,52 @@ pub struct StormFigures {
     pub busy: AtomicU64,
 }
 
-/// Starts the attacker thread; it stops when `stop` is set.
+/// Starts the attacker: `connections` threads on this one address, each
+/// guessing over a new connection as soon as its last one was answered
+/// (one thread: the attacker that waits for each answer; more: one that
+/// keeps that many guesses in flight, up to the server's
+/// `--max-unidentified`, beyond which its connections are closed at
+/// accept). Stops when `stop` is set.
 pub fn start_storm(
     addr: SocketAddr,
     name: String,
+    connections: usize,
     stop: Arc<AtomicBool>,
 ) -> (Arc<StormFigures>, std::thread::JoinHandle<()>) {
     let figures = Arc::new(StormFigures::default());
     let counts = figures.clone();
     let worker = std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(mut stream) = connect(addr) else {
-                continue;
-            };
-            let Ok((code, _)) = evchat::hello(&mut stream, &name, b"not the password") else {
-                continue;
-            };
-            counts.attempts.fetch_add(1, Ordering::Relaxed);
-            let bucket = match code {
-                2 => &counts.refused,
-                5 => &counts.throttled,
-                6 => &counts.busy,
-                _ => continue,
-            };
-            bucket.fetch_add(1, Ordering::Relaxed);
+        let guessers: Vec<_> = (0..connections.max(1))
+            .map(|_| {
+                let (counts, stop, name) = (counts.clone(), stop.clone(), name.clone());
+                std::thread::spawn(move || guess_until(addr, &name, &counts, &stop))
+            })
+            .collect();
+        for guesser in guessers {
+            let _ = guesser.join();
         }
     });
     (figures, worker)
+}
+
+/// One guessing connection after another until `stop`.
+fn guess_until(addr: SocketAddr, name: &str, counts: &StormFigures, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = connect(addr) else {
+            continue;
+        };
+        let Ok((code, _)) = evchat::hello(&mut stream, name, b"not the password") else {
+            continue;
+        };
+        counts.attempts.fetch_add(1, Ordering::Relaxed);
+        let bucket = match code {
+            2 => &counts.refused,
+            5 => &counts.throttled,
+            6 => &counts.busy,
+            _ => continue,
+        };
+        bucket.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Starts the TLS attacker: handshakes completed and dropped, counted.

@@ -2,8 +2,9 @@
 //! "Extension: identity"): the accounts file ([`Accounts`], its format
 //! below), checking a presented secret
 //! ([`Accounts::verify`]), the worker thread that does it off the event
-//! loop ([`Verifier`]) and the failure budget per source address
-//! ([`FailureBudget`]).
+//! loop ([`Verifier`]), the failure budget per source address
+//! ([`FailureBudget`]) and the delay before a refusal is answered
+//! ([`Tarpit`]).
 //!
 //! This part stands alone: it imports nothing of the router, the event
 //! loop, the connections or the web transport, and the router never
@@ -48,6 +49,7 @@ mod file;
 mod name;
 mod roles;
 mod secret;
+mod tarpit;
 mod verifier;
 
 pub use accounts::{
@@ -62,4 +64,5 @@ pub use roles::{BadRoles, Roles};
 pub use secret::{
     BadSecret, Credential, MAX_PRESENTED_LEN, Secret, TOKEN_PREFIX, looks_like_token, token_digest,
 };
+pub use tarpit::Tarpit;
 pub use verifier::{Busy, Outcome, Request, Verifier};

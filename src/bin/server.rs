@@ -185,6 +185,18 @@ struct Args {
         value_parser = parse_positive_secs
     )]
     auth_window: Secs,
+    /// With --auth: a refused sign-in (wrong secret, unknown account, or too
+    /// many refused) is answered no sooner than SECS after its HELLO, as
+    /// login programs do, so that guessing one connection after another
+    /// gets one guess a delay (0: at once; fractions such as 0.25 work)
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = Secs(auth_defaults().refusal_delay),
+        requires = "auth",
+        value_parser = parse_delay_secs
+    )]
+    auth_delay: Secs,
     /// With --auth: sign-ins waiting to be checked; one more is answered "busy"
     #[arg(
         long,
@@ -416,6 +428,10 @@ fn parse_bind(text: &str) -> Result<IpAddr, String> {
 
 /// A duration in seconds that must not be zero (a zero timeout would drop
 /// every client at once).
+fn parse_delay_secs(text: &str) -> Result<Secs, String> {
+    parse_secs(text).map(Secs)
+}
+
 fn parse_positive_secs(text: &str) -> Result<Secs, String> {
     let secs = parse_secs(text)?;
     if secs.is_zero() {
@@ -478,6 +494,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
+    if args.auth.is_some() && args.auth_delay.0 >= args.handshake_timeout.0 {
+        eprintln!(
+            "server: --auth-delay ({} s) must be shorter than --handshake-timeout ({} s): \
+             a refused client would be closed before its answer",
+            args.auth_delay, args.handshake_timeout
+        );
+        return ExitCode::FAILURE;
+    }
     let reloads = args.auth.is_some() || args.tls_cert.is_some();
     // Before any thread starts, so that every thread inherits the mask and
     // only the waiting thread below takes SIGHUP.
@@ -520,6 +544,7 @@ fn main() -> ExitCode {
             window: args.auth_window.0,
             queue: args.auth_queue as usize,
             max_unidentified: args.max_unidentified as usize,
+            refusal_delay: args.auth_delay.0,
         }),
         metrics_allow: args.metrics_allow.clone(),
         tls: args

@@ -3,7 +3,8 @@
 //! secret to the [`Verifier`] thread and the verdict back to the client and
 //! the router. The router is told a session's name and roles bits, never a
 //! secret or how it was checked; the verifier's notify callback wakes the
-//! loop's `mio::Waker`, and the outcomes are drained each turn.
+//! loop's `mio::Waker`, and the outcomes are drained each turn, as the
+//! turn's hellos are handed to it together at the turn's end.
 //!
 //! Only the error path of the loop's parse comes here (a type the plain
 //! codec does not know), so a client that never sends HELLO costs nothing
@@ -11,7 +12,8 @@
 
 use super::Server;
 use crate::auth::{
-    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Verifier,
+    Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Tarpit,
+    Verifier,
 };
 use crate::proto::ext::{
     Code, ExtError, ExtFrame, FLAG_QUEUE, HELLO, HELLOACK, Hello, HelloAck, JOIN, KICK, LEAVE,
@@ -30,6 +32,10 @@ use tracing::{debug, info, warn};
 /// Sources the failure budget remembers at most (PROTOCOL.md, "Limits").
 const BUDGET_SOURCES: usize = 4096;
 
+/// Refusals held for `--auth-delay` at most at once; more are answered at
+/// once (PROTOCOL.md, "Limits").
+const HELD_REFUSALS: usize = 4096;
+
 /// Accounts for the identity extension (`server --auth FILE`).
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -47,6 +53,10 @@ pub struct AuthConfig {
     /// Connections from one address (IPv6: /64) that have not finished
     /// HELLO and OI; one more is closed at accept (`--max-unidentified`).
     pub max_unidentified: usize,
+    /// How long after its HELLO a refused sign-in (code 2 or 5) is
+    /// answered at the soonest (`--auth-delay`): a client guessing one
+    /// connection after another gets one guess a delay (zero: at once).
+    pub refusal_delay: Duration,
 }
 
 impl AuthConfig {
@@ -58,6 +68,7 @@ impl AuthConfig {
             window: Duration::from_secs(60),
             queue: 64,
             max_unidentified: 64,
+            refusal_delay: Duration::from_secs(1),
         }
     }
 }
@@ -67,9 +78,10 @@ pub(super) struct Auth {
     verifier: Verifier,
     budget: FailureBudget,
     next_tag: u64,
-    /// Sign-ins being checked, by tag: the connection, its source and the
-    /// HELLO's seq (which the HELLOACK echoes).
-    checking: HashMap<u64, (ConnId, IpAddr, u16)>,
+    /// Sign-ins being checked, by tag: the connection, its source, the
+    /// HELLO's seq (which the HELLOACK echoes) and when it arrived (what a
+    /// refusal's delay runs from).
+    checking: HashMap<u64, (ConnId, IpAddr, u16, Instant)>,
     /// The tag each connection waits for (dropped with the connection, so
     /// that a verdict never reaches a later connection in the same slot).
     by_conn: HashMap<ConnId, u64>,
@@ -84,6 +96,10 @@ pub(super) struct Auth {
     /// Connections not yet identified, per source.
     unidentified: HashMap<Source, usize>,
     max_unidentified: usize,
+    /// Refusals waiting for `--auth-delay`: the connection, the tag it
+    /// waits for in `by_conn` (so a later connection in its slot is never
+    /// answered), the HELLO's seq and the code.
+    held: Tarpit<(ConnId, u64, u16, Code)>,
 }
 
 impl Auth {
@@ -111,6 +127,7 @@ impl Auth {
             next_expiry: None,
             unidentified: HashMap::new(),
             max_unidentified: config.max_unidentified.max(1),
+            held: Tarpit::new(config.refusal_delay, HELD_REFUSALS),
         })
     }
 
@@ -323,7 +340,7 @@ impl Server {
         if !auth.budget.allows(peer, now) {
             info!(conn, %peer, "sign-in refused unchecked: too many refused from this source");
             self.wire.metrics.sign_in_failures += 1;
-            return self.hello_ack(conn, seq, Code::TooManyFailures, 0, b"");
+            return self.refuse_later(conn, seq, now, Code::TooManyFailures);
         }
         if hello.secret.is_empty() {
             info!(conn, "HELLO without a secret to a server with accounts");
@@ -344,7 +361,7 @@ impl Server {
         }
         debug!(conn, "sign-in queued for the verifier");
         auth.next_tag += 1;
-        auth.checking.insert(tag, (conn, peer, seq));
+        auth.checking.insert(tag, (conn, peer, seq, now));
         auth.by_conn.insert(conn, tag);
         self.router.hello_checking(conn);
     }
@@ -426,6 +443,14 @@ impl Server {
         }
     }
 
+    /// Gives the verifier the turn's sign-ins at once (one lock, at most
+    /// one wake-up of its thread, however many hellos the turn read).
+    pub(super) fn hand_off_sign_ins(&mut self) {
+        if let Some(auth) = self.auth.as_mut() {
+            auth.verifier.hand_off();
+        }
+    }
+
     /// Answers the sign-ins the verifier has finished.
     pub(super) fn drain_sign_ins(&mut self) {
         let now = self.wire.now;
@@ -437,7 +462,7 @@ impl Server {
             let Some(auth) = self.auth.as_mut() else {
                 return;
             };
-            let Some((conn, peer, seq)) = auth.checking.remove(&outcome.tag) else {
+            let Some((conn, peer, seq, since)) = auth.checking.remove(&outcome.tag) else {
                 continue;
             };
             let live = auth.by_conn.get(&conn) == Some(&outcome.tag);
@@ -469,10 +494,55 @@ impl Server {
                         false,
                     );
                 }
-                Err(_) => self.hello_ack(conn, seq, Code::Refused, 0, b""),
+                Err(_) => self.refuse_later(conn, seq, since, Code::Refused),
             }
         }
         self.settle_dropped();
+    }
+
+    /// Answers a refused HELLO that arrived at `since` no sooner than
+    /// `--auth-delay` after it (the tarpit), keeping the session waiting as
+    /// while its secret is checked; at once when that has passed or too
+    /// many refusals are held.
+    fn refuse_later(&mut self, conn: ConnId, seq: u16, since: Instant, code: Code) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return self.hello_ack(conn, seq, code, 0, b"");
+        };
+        let tag = auth.next_tag;
+        if auth.held.hold(now, since, (conn, tag, seq, code)).is_some() {
+            return self.hello_ack(conn, seq, code, 0, b"");
+        }
+        auth.next_tag += 1;
+        auth.by_conn.insert(conn, tag);
+        self.router.hello_checking(conn);
+    }
+
+    /// Sends the held refusals that are due, to connections still open.
+    pub(super) fn answer_held_refusals(&mut self) {
+        let now = self.wire.now;
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
+        if auth.held.next_due().is_none_or(|due| now < due) {
+            return;
+        }
+        let due: Vec<_> = auth.held.take_due(now).collect();
+        for (conn, tag, seq, code) in due {
+            let Some(auth) = self.auth.as_mut() else {
+                return;
+            };
+            if auth.by_conn.get(&conn) != Some(&tag) {
+                continue;
+            }
+            auth.by_conn.remove(&conn);
+            self.hello_ack(conn, seq, code, 0, b"");
+        }
+    }
+
+    /// When the earliest held refusal is due, for the poll.
+    pub(super) fn next_held_refusal(&self) -> Option<Instant> {
+        self.auth.as_ref()?.held.next_due()
     }
 
     /// Hands the router the accounts' names as they are now (at start and

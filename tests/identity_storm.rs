@@ -1,0 +1,222 @@
+//! The identity extension under wrong-secret storms (PROTOCOL.md, "Extension:
+//! identity", "Refusals"): a refusal is answered only after `--auth-delay`,
+//! a held answer never reaches a later connection, and a storm from one
+//! address neither stops signed-in traffic nor a sign-in from elsewhere.
+
+use crate::identity::{header, hello, helloack, opt_in, roles, token, who};
+use crate::util::*;
+use evchat::auth::{Account, Accounts, Credential, Name, Secret};
+use evchat::proto::*;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A bound on a wait, never a measure of speed.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Alice (a token, every sending role) and pw (a password with argon2id at
+/// its cheapest, so that a debug build checks it quickly; view only).
+fn accounts(dir: &TempDir) -> String {
+    let mut all = Accounts::default();
+    all.upsert(Account {
+        name: Name::new("Alice").unwrap(),
+        roles: roles("view,emit,broadcast"),
+        secret: Secret::for_token(&token("Alice")),
+        expires: None,
+    });
+    let cheap = argon2::Params::new(8, 1, 1, None).unwrap();
+    all.upsert(Account {
+        name: Name::new("pw").unwrap(),
+        roles: roles("view"),
+        secret: Secret::for_password_with(&Credential::new(b"open sesame".to_vec()), cheap)
+            .unwrap(),
+        expires: None,
+    });
+    let path = dir.path().join("accounts");
+    all.save(&path).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &[u8]) -> Vec<u8> {
+    let mut wire = header(5, origin, dest, seq);
+    wire.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    wire.extend_from_slice(text);
+    wire
+}
+
+/// A connection to `addr` from the local address `source` (any of
+/// 127.0.0.0/8 is this machine's): another client address for the budget.
+fn raw_from(addr: SocketAddr, source: IpAddr) -> Raw {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .unwrap();
+    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    Raw::over(socket.into())
+}
+
+#[test]
+fn a_refusal_is_answered_no_sooner_than_the_auth_delay() {
+    let dir = TempDir::new("storm-delay");
+    let file = accounts(&dir);
+    let server = Server::start(&["--auth", &file, "--auth-delay", "1.5"]);
+    let mut raw = server.raw();
+    let sent = Instant::now();
+    raw.send(&hello(b"Alice", token("pw").as_bytes()));
+    expect_exact(&mut raw, &helloack(2, 0, b""));
+    // A lower bound the server guarantees, not a measure of speed.
+    assert!(sent.elapsed() >= Duration::from_millis(1500));
+    raw.expect_closed();
+    // A right secret is not delayed (only its answer's wait for the
+    // verifier), and the connection goes on.
+    let mut alice = server.raw();
+    alice.send(&hello(b"Alice", token("Alice").as_bytes()));
+    expect_exact(&mut alice, &helloack(0, 7, b"Alice"));
+}
+
+#[test]
+fn a_held_refusal_never_reaches_the_next_connection_in_its_slot() {
+    let dir = TempDir::new("storm-slot");
+    let file = accounts(&dir);
+    let server = Server::start(&["--auth", &file, "--auth-delay", "1"]);
+    let mut gone = server.raw();
+    gone.send(&hello(b"Alice", token("pw").as_bytes()));
+    drop(gone);
+    // Likely the slot the closed one had; signed in, told nothing else
+    // once the held refusal has come due.
+    let mut next = server.raw();
+    let id = opt_in(
+        &mut next,
+        &hello(b"Alice", token("Alice").as_bytes()),
+        &helloack(0, 7, b"Alice"),
+        0,
+    );
+    assert_eq!(id, 4096);
+    let due = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < due {
+        next.expect_silence();
+    }
+    next.expect_silence();
+}
+
+#[test]
+fn an_auth_delay_as_long_as_the_handshake_timeout_refuses_start() {
+    let dir = TempDir::new("storm-flags");
+    let file = accounts(&dir);
+    let mut proc = Proc::spawn(
+        "server",
+        &[
+            "0",
+            "--auth",
+            &file,
+            "--auth-delay",
+            "5",
+            "--handshake-timeout",
+            "5",
+        ],
+    );
+    assert_eq!(proc.wait().code(), Some(1));
+    let line = proc.stderr.expect();
+    assert_eq!(
+        line,
+        "server: --auth-delay (5 s) must be shorter than --handshake-timeout (5 s): \
+         a refused client would be closed before its answer"
+    );
+}
+
+#[test]
+fn during_a_wrong_password_storm_signed_in_traffic_goes_on_and_others_sign_in() {
+    let dir = TempDir::new("storm-traffic");
+    let file = accounts(&dir);
+    let server = Server::start(&[
+        "--auth",
+        &file,
+        "--auth-failures",
+        "3",
+        "--auth-delay",
+        "0.2",
+    ]);
+    let mut ex = server.raw();
+    let ex_id = opt_in(
+        &mut ex,
+        &hello(b"Alice", token("Alice").as_bytes()),
+        &helloack(0, 7, b"Alice"),
+        0,
+    );
+    let mut em = server.raw();
+    let em_id = opt_in(
+        &mut em,
+        &hello(b"Alice", token("Alice").as_bytes()),
+        &helloack(0, 7, b"Alice"),
+        ex_id,
+    );
+
+    // Four guessers on 127.0.0.1, a new connection for each guess.
+    let stop = Arc::new(AtomicBool::new(false));
+    let codes: Arc<[AtomicU64; 256]> = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
+    let addr = server.addr;
+    let guessers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, codes) = (stop.clone(), codes.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut stream = TcpStream::connect(addr).unwrap();
+                    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                    stream.write_all(&hello(b"pw", b"wrong password")).unwrap();
+                    let mut ack = [0u8; 14];
+                    stream.read_exact(&mut ack).unwrap();
+                    codes[usize::from(ack[10])].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + PATIENCE;
+    while codes[5].load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the budget of 3 spent within {PATIENCE:?}"
+        );
+        std::thread::yield_now();
+    }
+
+    // The signed-in pair talks on.
+    em.send(&msg(em_id, ex_id, 1, b"still here"));
+    expect_exact(&mut ex, &who(ex_id, 0, em_id, 7, b"Alice"));
+    expect_exact(&mut ex, &msg(em_id, ex_id, 1, b"still here"));
+    ex.send(&header(1, ex_id, SERVER_ID, 0));
+    for seq in 1..=20u16 {
+        if seq > 1 {
+            em.send(&msg(em_id, ex_id, seq, b"still here"));
+            expect_exact(&mut ex, &msg(em_id, ex_id, seq, b"still here"));
+        }
+        ex.send(&header(1, ex_id, em_id, seq));
+        expect_exact(&mut em, &header(1, SERVER_ID, em_id, seq));
+    }
+    // The right password from another address signs in, storm or not.
+    let mut other = raw_from(addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    opt_in(
+        &mut other,
+        &hello(b"pw", b"open sesame"),
+        &helloack(0, 1, b"pw"),
+        0,
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for guesser in guessers {
+        guesser.join().unwrap();
+    }
+    // Every guess got one of the two refusals: checked (at least the
+    // budget's 3, a few more if they were in flight when it ran out), or
+    // refused unchecked.
+    let seen: Vec<(usize, u64)> = (0..256)
+        .map(|c| (c, codes[c].load(Ordering::Relaxed)))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    assert!(seen.iter().all(|&(c, _)| c == 2 || c == 5), "{seen:?}");
+    assert!(codes[2].load(Ordering::Relaxed) >= 3, "{seen:?}");
+}
