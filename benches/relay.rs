@@ -228,7 +228,7 @@ pub struct Args {
     /// Server address (for `*-ws` targets, the WebSocket listener's); loopback only (127.0.0.0/8 or ::1)
     #[arg(long)]
     pub addr: Option<SocketAddr>,
-    /// evchat, unicast, broadcast or room: the exhibitors (and a room's members) connect here instead of --addr (another node of one cluster: CLUSTER.md); loopback only
+    /// evchat, unicast, broadcast, room or queue: the exhibitors (and a room's members) connect here instead of --addr (another node of one cluster: CLUSTER.md); loopback only
     #[arg(long)]
     pub exhibitor_addr: Option<SocketAddr>,
     /// Publishers (evchat emitters)
@@ -469,12 +469,16 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     }
     if args.exhibitor_addr.is_some()
         && (target != Target::Evchat
-            || !matches!(args.mode, Mode::Unicast | Mode::Broadcast | Mode::Room)
+            || !matches!(
+                args.mode,
+                Mode::Unicast | Mode::Broadcast | Mode::Room | Mode::Queue
+            )
             || args.idle > 0
             || args.signins > 0)
     {
         return Err(
-            "--exhibitor-addr is for the evchat target in unicast, broadcast or room mode".into(),
+            "--exhibitor-addr is for the evchat target in unicast, broadcast, room or queue mode"
+                .into(),
         );
     }
     if args.signins_inflight > 0 && (args.signins == 0 || target.tls()) {

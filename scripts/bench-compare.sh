@@ -57,7 +57,7 @@
 # nodes on one redis-server, the generator's emitters on node A and its
 # exhibitors on node B (`relay --exhibitor-addr`), so every delivery crosses
 # nodes through Redis: set beside `redis` (pub/sub), goal evchat-2node/redis
-# >= 2 (u32, b100, b1000; r100 too, the room's members joining on node B).
+# >= 2 (u32, b100, b1000; r100 and q10p too, the members joining on node B).
 # Node A goes on $SERVER_CPU; node B on $SERVER_CPU2
 # and the cluster's redis-server on $REDIS_CPU, both $SERVER_CPU unless set:
 # on a two-core machine the whole system then has the one core `redis` alone
