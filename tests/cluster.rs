@@ -97,6 +97,15 @@ impl Redis {
             .get_connection()
             .unwrap()
     }
+
+    /// The channels the nodes subscribe to, one a node (`PUBSUB CHANNELS`).
+    pub(crate) fn node_channels(&self, con: &mut redis::Connection) -> Vec<String> {
+        redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("evchat:node:*")
+            .query(con)
+            .unwrap()
+    }
 }
 
 /// Sends `frame` from `emitter` until `exhibitor` receives it, and
@@ -328,11 +337,7 @@ fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_ch
     let (mut emitter, e, mut on_b, x) = one_message_across(&a, &b);
 
     let mut con = redis.client();
-    let channels: Vec<String> = redis::cmd("PUBSUB")
-        .arg("CHANNELS")
-        .arg("evchat:node:*")
-        .query(&mut con)
-        .unwrap();
+    let channels = redis.node_channels(&mut con);
     assert_eq!(channels.len(), 2, "{channels:?}");
     for channel in &channels {
         let garbage: &[u8] = b"E\x01\0\0\0\0\0\0\0\x01\x09junk";

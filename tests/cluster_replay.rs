@@ -350,11 +350,7 @@ fn a_malformed_said_record_is_dropped_with_a_warning_and_counted() {
     let mut al = Member::new(&a, "al");
     al.join("ops", false, |d, s| roomack(d, s, 0, (ROOM, 0, 1, b"ops")));
     let mut con = redis.client();
-    let channels: Vec<String> = redis::cmd("PUBSUB")
-        .arg("CHANNELS")
-        .arg("evchat:node:*")
-        .query(&mut con)
-        .unwrap();
+    let channels = redis.node_channels(&mut con);
     assert_eq!(channels.len(), 1, "{channels:?}");
     // SAID (16) records from a node "99": a MSG to a client id, not a
     // room; then a MSG to the room cut one byte short.

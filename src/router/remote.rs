@@ -865,14 +865,27 @@ impl Router {
         let deadline = now + (self.limits.ack_timeout + RELAY_GRACE);
         for at in 0..self.remote.nodes.len() {
             let node = self.remote.nodes[at];
-            let relay = self.remote.await_ack(Sent {
-                node,
-                origin: SentFor::Request(request),
-                deadline,
-            });
-            out.relay(node, relay, frame);
+            self.relay_awaiting(node, request, frame, deadline, out);
         }
         self.note_deadline(deadline);
+    }
+
+    /// Relays `frame` to `node` as a target of `request` whose ACK is
+    /// awaited until `deadline` (the caller notes the deadline).
+    fn relay_awaiting(
+        &mut self,
+        node: NodeRef,
+        request: RequestRef,
+        frame: &FrameView<'_>,
+        deadline: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let relay = self.remote.await_ack(Sent {
+            node,
+            origin: SentFor::Request(request),
+            deadline,
+        });
+        out.relay(node, relay, frame);
     }
 
     /// Relays `frame` to `node` alone, as one target of `request`.
@@ -988,12 +1001,7 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         let deadline = now + (wait + self.limits.ack_timeout + RELAY_GRACE);
-        let relay = self.remote.await_ack(Sent {
-            node,
-            origin: SentFor::Request(request),
-            deadline,
-        });
-        out.relay(node, relay, frame);
+        self.relay_awaiting(node, request, frame, deadline, out);
         self.note_deadline(deadline);
     }
 

@@ -174,6 +174,15 @@ impl Rooms {
         self.by_id.get(&id).is_some_and(|r| r.queue)
     }
 
+    /// Whether a message to the queue room `id` must be refused: the room
+    /// is gone or holds `--queue-depth` messages waiting.
+    pub(super) fn queue_is_full(&self, id: ClientId) -> bool {
+        let depth = self.limits.queue_depth;
+        self.by_id
+            .get(&id)
+            .is_none_or(|r| r.work.waiting_len() >= depth)
+    }
+
     /// The member sessions online of an ordinary room (none for a queue).
     pub(super) fn online(&self, id: ClientId) -> &[ConnId] {
         match self.by_id.get(&id) {
@@ -987,14 +996,8 @@ impl Router {
         if self.remote.enabled && self.queue_sent_home(conn, frame, now, out) {
             return;
         }
-        let depth = self.rooms.limits.queue_depth;
         let room = frame.dest;
-        let full = self
-            .rooms
-            .by_id
-            .get(&room)
-            .is_none_or(|r| r.work.waiting_len() >= depth);
-        if full {
+        if self.rooms.queue_is_full(room) {
             debug!(conn, room, "queue full: refused");
             self.push_reply(conn, frame.seq, 0, false);
             self.flush_replies(conn, now, out);

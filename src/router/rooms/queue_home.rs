@@ -145,13 +145,7 @@ impl Router {
     ) {
         self.queues_across(now, out);
         let room = frame.dest;
-        let depth = self.rooms.limits.queue_depth;
-        let full = self
-            .rooms
-            .by_id
-            .get(&room)
-            .is_none_or(|r| r.work.waiting_len() >= depth);
-        if full {
+        if self.rooms.queue_is_full(room) {
             debug!(from, room, "queue full: relayed message refused");
             out.relay_ack(from, relay, false);
             return;
