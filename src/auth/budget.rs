@@ -7,6 +7,13 @@
 //!
 //! A success does not reset the count, so that an account holder cannot
 //! interleave guesses at other accounts with sign-ins of their own.
+//!
+//! Checks in flight count against the budget too: a failure is known only
+//! when the verifier answers, so without them a client sending many
+//! guesses at once would have every one checked before the first failure
+//! came back. A check is begun only while failures plus checks in flight
+//! stay under the limit, and ended (a failure or not) when its answer
+//! comes back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -42,6 +49,9 @@ struct Entry {
     /// When this source's window began (its first failure in it).
     since: Instant,
     failures: u32,
+    /// Checks begun and not yet ended (not bound to the window: each ends
+    /// when the verifier answers).
+    in_flight: u32,
     /// Its key in `by_age`.
     order: u64,
 }
@@ -83,6 +93,50 @@ impl FailureBudget {
         }
     }
 
+    /// Failures of `e` in its current window (none once it has passed).
+    fn live_failures(&self, e: &Entry, now: Instant) -> u32 {
+        if now.saturating_duration_since(e.since) < self.window {
+            e.failures
+        } else {
+            0
+        }
+    }
+
+    /// Begins a check for a hello from `ip` at `now` if the source's
+    /// failures plus its checks in flight are under the limit (true), so
+    /// that guesses sent at once cannot outrun the budget; false otherwise,
+    /// and nothing is counted. End it with [`end_check`](Self::end_check).
+    pub fn begin_check(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let source = Source::from(ip);
+        if let Some(e) = self.entries.get(&source) {
+            if self.live_failures(e, now).saturating_add(e.in_flight) >= self.limit {
+                return false;
+            }
+            if let Some(e) = self.entries.get_mut(&source) {
+                e.in_flight += 1;
+            }
+            return true;
+        }
+        if self.limit == 0 {
+            return false;
+        }
+        // No failures yet: the entry's window starts at its first failure
+        // (`record_failure` renews a window that holds none).
+        let entry = self.insert(source, now);
+        entry.in_flight = 1;
+        true
+    }
+
+    /// Ends a check begun with [`begin_check`](Self::begin_check), whatever
+    /// its verdict (count a refusal with
+    /// [`record_failure`](Self::record_failure) as well). A source
+    /// forgotten meanwhile (evicted past the cap) has nothing to end.
+    pub fn end_check(&mut self, ip: IpAddr) {
+        if let Some(e) = self.entries.get_mut(&Source::from(ip)) {
+            e.in_flight = e.in_flight.saturating_sub(1);
+        }
+    }
+
     /// When a refused source may try again (None if it is not refused).
     pub fn refused_until(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
         let e = self.entries.get(&Source::from(ip))?;
@@ -93,11 +147,12 @@ impl FailureBudget {
     pub fn record_failure(&mut self, ip: IpAddr, now: Instant) {
         let source = Source::from(ip);
         if let Some(e) = self.entries.get_mut(&source) {
-            if now.saturating_duration_since(e.since) < self.window {
+            if e.failures > 0 && now.saturating_duration_since(e.since) < self.window {
                 e.failures = e.failures.saturating_add(1);
                 return;
             }
-            // The window has passed: a new one starts now.
+            // The window has passed, or the entry held checks in flight
+            // only: a new one starts now.
             self.by_age.remove(&e.order);
             e.since = now;
             e.failures = 1;
@@ -106,6 +161,12 @@ impl FailureBudget {
             self.next_order += 1;
             return;
         }
+        self.insert(source, now).failures = 1;
+    }
+
+    /// A new entry for `source` with no failures and no checks, its window
+    /// starting at `now`; past the cap the oldest window is forgotten.
+    fn insert(&mut self, source: Source, now: Instant) -> &mut Entry {
         while self.entries.len() >= self.cap {
             let Some((_, oldest)) = self.by_age.pop_first() else {
                 break;
@@ -115,23 +176,22 @@ impl FailureBudget {
         let order = self.next_order;
         self.next_order += 1;
         self.by_age.insert(order, source);
-        self.entries.insert(
-            source,
-            Entry {
-                since: now,
-                failures: 1,
-                order,
-            },
-        );
+        self.entries.entry(source).or_insert(Entry {
+            since: now,
+            failures: 0,
+            in_flight: 0,
+            order,
+        })
     }
 
-    /// Forgets the sources whose window has passed (call now and then: it
-    /// only frees memory, decisions are the same without it).
+    /// Forgets the sources whose window has passed and that have no check
+    /// in flight (call now and then: it only frees memory, decisions are
+    /// the same without it).
     pub fn forget_expired(&mut self, now: Instant) {
         let window = self.window;
         let by_age = &mut self.by_age;
         self.entries.retain(|_, e| {
-            let live = now.saturating_duration_since(e.since) < window;
+            let live = e.in_flight > 0 || now.saturating_duration_since(e.since) < window;
             if !live {
                 by_age.remove(&e.order);
             }
@@ -242,6 +302,59 @@ mod tests {
         assert!(!budget.allows(v4(1), t0 + WINDOW));
         assert!(!budget.allows(v4(3), t0 + WINDOW));
         assert!(budget.allows(v4(2), t0 + WINDOW));
+    }
+
+    #[test]
+    fn checks_in_flight_count_against_the_budget() {
+        let t0 = Instant::now();
+        let mut budget = FailureBudget::new(3, WINDOW, 100);
+        // Five guesses at once: three are checked, two are not.
+        let begun: Vec<bool> = (0..5).map(|_| budget.begin_check(v4(1), t0)).collect();
+        assert_eq!(begun, [true, true, true, false, false]);
+        assert!(budget.begin_check(v4(2), t0), "another address has its own");
+        // A success gives its slot back, and one more may be checked.
+        budget.end_check(v4(1));
+        assert!(budget.begin_check(v4(1), t0));
+        assert!(!budget.begin_check(v4(1), t0));
+        // Failures take the place of the checks they end.
+        for _ in 0..3 {
+            budget.end_check(v4(1));
+            budget.record_failure(v4(1), t0 + Duration::from_secs(1));
+        }
+        assert!(!budget.allows(v4(1), t0 + Duration::from_secs(2)));
+        assert!(!budget.begin_check(v4(1), t0 + Duration::from_secs(2)));
+        // The window runs from the first failure, not the first check.
+        assert!(!budget.begin_check(v4(1), t0 + WINDOW));
+        assert!(budget.begin_check(v4(1), t0 + WINDOW + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_source_with_checks_in_flight_is_not_forgotten_as_expired() {
+        let t0 = Instant::now();
+        let mut budget = FailureBudget::new(2, WINDOW, 10);
+        assert!(budget.begin_check(v4(1), t0));
+        assert!(budget.begin_check(v4(1), t0));
+        budget.forget_expired(t0 + WINDOW * 2);
+        assert_eq!(budget.tracked(), 1);
+        assert!(!budget.begin_check(v4(1), t0 + WINDOW * 2));
+        budget.end_check(v4(1));
+        budget.end_check(v4(1));
+        budget.forget_expired(t0 + WINDOW * 2);
+        assert_eq!(budget.tracked(), 0);
+        // Ending a check of a forgotten source changes nothing.
+        budget.end_check(v4(1));
+        assert_eq!(budget.tracked(), 0);
+    }
+
+    #[test]
+    fn checks_in_flight_keep_the_table_within_its_cap() {
+        let t0 = Instant::now();
+        let mut budget = FailureBudget::new(1, WINDOW, 3);
+        for i in 1..=5 {
+            assert!(budget.begin_check(v4(i), t0));
+        }
+        assert_eq!(budget.tracked(), 3);
+        assert_eq!(budget.by_age.len(), 3);
     }
 
     #[test]

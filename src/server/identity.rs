@@ -43,7 +43,8 @@ pub struct AuthConfig {
     /// [`Accounts::load`].
     pub file: PathBuf,
     /// Refused sign-ins per source within `window` before its hellos are
-    /// refused unchecked (`--auth-failures`).
+    /// refused unchecked (`--auth-failures`); checks still in flight
+    /// count against it, so guesses sent at once get no more.
     pub failures: u32,
     /// The failure budget's window (`--auth-window`).
     pub window: Duration,
@@ -349,6 +350,13 @@ impl Server {
         let Some(name) = name else {
             return self.hello_ack(conn, seq, Code::BadName, 0, b"");
         };
+        // Guesses sent at once all arrive before the first failure is
+        // known: the checks in flight count against the budget too.
+        if !auth.budget.begin_check(peer, now) {
+            info!(conn, %peer, "sign-in refused unchecked: the source's budget is spent by checks in flight");
+            self.wire.metrics.sign_in_failures += 1;
+            return self.refuse_later(conn, seq, now, Code::TooManyFailures);
+        }
         let tag = auth.next_tag;
         let request = Request {
             tag,
@@ -356,6 +364,7 @@ impl Server {
             secret: Credential::new(hello.secret.into_vec()),
         };
         if auth.verifier.submit(request).is_err() {
+            auth.budget.end_check(peer);
             warn!(conn, "sign-in refused: the verifier's queue is full");
             return self.hello_ack(conn, seq, Code::Busy, 0, b"");
         }
@@ -465,6 +474,7 @@ impl Server {
             let Some((conn, peer, seq, since)) = auth.checking.remove(&outcome.tag) else {
                 continue;
             };
+            auth.budget.end_check(peer);
             let live = auth.by_conn.get(&conn) == Some(&outcome.tag);
             if live {
                 auth.by_conn.remove(&conn);
