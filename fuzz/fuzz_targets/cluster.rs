@@ -36,6 +36,12 @@ fuzz_target!(|data: &[u8]| {
                     name,
                     frame,
                 } => again.push_waited(*relay, *stored_ms, *roles, *name, frame),
+                Record::Said { frame } => again.push_said(frame),
+                Record::Queued {
+                    relay,
+                    exhibitor,
+                    frame,
+                } => again.push_queued(*relay, *exhibitor, frame),
             }
         }
         assert_eq!(again.finish().0, data, "a batch is its bytes");
