@@ -776,3 +776,48 @@ fn an_unpair_after_the_emitter_s_release_leaves_the_exhibitor_free_not_dismissed
         "the exhibitor pairs again"
     );
 }
+
+/// A lost subscription loses the release and the DISMISS together; the id
+/// table read again at the new subscription (as the Redis engine does, a
+/// new `Joined` for the same incarnation) lacks the emitter's id, and the
+/// exhibitor is dismissed once the grace has passed.
+#[test]
+fn a_dismiss_lost_with_a_subscription_is_made_good_when_the_id_table_is_read_again() {
+    let mut world = World::new(13, 2);
+    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
+    world.settle();
+    let x = world.clients[exhibitor]
+        .id
+        .expect("the exhibitor has an id");
+    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
+    world.settle();
+    let e = world.clients[emitter].id.expect("paired across nodes");
+    world.leave(emitter);
+    let now = world.now;
+    world.nodes[0].as_mut().unwrap().pump(now);
+    let (a, b) = (world.nodes[0].as_ref(), world.nodes[1].as_ref());
+    let (a, b) = (a.unwrap().engine.node(), b.unwrap().engine.node());
+    // Everything node 1 was to hear is lost with its subscription.
+    let mut lost = Vec::new();
+    world.nodes[1].as_mut().unwrap().engine.drain(&mut lost);
+    assert!(lost.contains(&Event::Freed { id: e, node: a }));
+    let held: Vec<(ClientId, NodeId)> = (1..=8191)
+        .filter_map(|id| world.hub.owner(id).map(|node| (id, node)))
+        .filter(|&(_, node)| node != b)
+        .collect();
+    assert!(
+        held.iter().all(|&(id, _)| id != e),
+        "the emitter's id is free"
+    );
+    let second = world.nodes[1].as_mut().unwrap();
+    second.router.cluster_joined(&held, now);
+    world.settle();
+    assert!(
+        !client_with_id(&world, x).unwrap().dismissed,
+        "the grace runs"
+    );
+    pass_100ms(&mut world, 21);
+    let dismissed = client_with_id(&world, x).unwrap();
+    assert!(dismissed.dismissed, "dismissed from the table read again");
+    assert_eq!(dismissed.unacked.back().map(|f| f.kind), Some(Kind::Flw));
+}
