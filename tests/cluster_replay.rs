@@ -285,28 +285,31 @@ fn a_copy_the_engine_could_not_carry_is_lost_to_that_node_only() {
         // Polling, bounded by the deadline above.
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Their names and their ids are free in Redis (else held until b's
-    // incarnation ends, a release being refused while Redis is down). The
-    // ids too: node b submits a session's name release before its ids'
-    // (and may see the two connections close in two turns), so a name
-    // free does not mean its ids are; an exhibitor id still showing "al"
-    // when Redis dies is read again by node a at its new subscription,
-    // which then takes al as online on b and notes al as sent "one".
+    // Their names are free in Redis, and node b holds none of their ids
+    // (else held until b's incarnation ends, a release being refused while
+    // Redis is down). The ids too: node b submits a session's name release
+    // before its ids' (and may see the two connections close in two
+    // turns), so a name free does not mean its ids are; an exhibitor id
+    // still showing "al" on b when Redis dies is read again by node a at
+    // its new subscription, which then takes al as online on b and notes
+    // al as sent "one". Not held by b, rather than not held at all: the
+    // prober on a may have claimed one of them since (the lowest free id).
     let mut con = redis.client();
-    let mut held = |key: &str, field: String| {
-        redis::cmd("HEXISTS")
+    let mut hget = |key: &str, field: String| {
+        redis::cmd("HGET")
             .arg(key)
             .arg(field)
-            .query::<bool>(&mut con)
+            .query::<Option<String>>(&mut con)
             .unwrap()
     };
-    wait_until("al's and bo's names and ids released", || {
+    let node_b = hget("evchat:owner", will.ex_id.to_string()).expect("will's id held by b");
+    wait_until("al's and bo's names and ids released on b", || {
         ["al", "bo"]
             .iter()
-            .all(|name| !held("evchat:names", name.to_string()))
+            .all(|name| hget("evchat:names", name.to_string()).is_none())
             && gone_ids
                 .iter()
-                .all(|id| !held("evchat:owner", id.to_string()))
+                .all(|id| hget("evchat:owner", id.to_string()).as_ref() != Some(&node_b))
     });
     drop(con);
     // Redis dies; walt's message is shown on a, and its copy for b fails.
