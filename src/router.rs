@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 mod deadline;
 mod names;
+mod pair_reconcile;
 mod pair_retry;
 mod remote;
 mod rooms;

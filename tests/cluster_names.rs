@@ -495,7 +495,7 @@ mod simulation {
             let busy = !events.is_empty();
             for event in events {
                 match event {
-                    Event::Joined { held, .. } => self.router.cluster_joined(&held),
+                    Event::Joined { held, .. } => self.router.cluster_joined(&held, now),
                     Event::NameClaimed { claim, won } => {
                         if let Some(answer) = self.router.name_claimed(claim, won, &mut self.out) {
                             self.answered(answer);

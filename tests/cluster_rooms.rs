@@ -728,7 +728,7 @@ mod simulation {
             for event in events {
                 let (router, out) = (&mut self.router, &mut self.out);
                 match event {
-                    Event::Joined { held, .. } => router.cluster_joined(&held),
+                    Event::Joined { held, .. } => router.cluster_joined(&held, now),
                     Event::Claimed { claim, id } => {
                         let conn = self.id_claims.remove(&claim).expect("a claim asked");
                         if router.id_claimed(conn, id, now, out)

@@ -118,7 +118,7 @@ impl Node {
                     // A new incarnation after a fence: its batches say so.
                     out.node = node;
                     me = node;
-                    router.cluster_joined(&held);
+                    router.cluster_joined(&held, now);
                 }
                 Event::Claimed { claim, id } => {
                     let conn = self.claims.remove(&claim).expect("a claim asked");
@@ -131,7 +131,7 @@ impl Node {
                 Event::Held { id, node } if node != me && !self.down.contains(&node) => {
                     router.remote_held(id, node)
                 }
-                Event::Freed { id, node } if node != me => router.remote_freed(id, node),
+                Event::Freed { id, node } if node != me => router.remote_freed(id, node, now),
                 Event::Held { .. } | Event::Freed { .. } => {}
                 // These clients send no HELLO: no names are claimed or
                 // shown, no rooms joined (the engine reports none at join).
@@ -696,4 +696,128 @@ fn a_pair_notice_refused_past_the_retry_bound_is_given_up() {
     }
     let exhibitor = world.clients.iter().find(|c| c.id == Some(x)).unwrap();
     assert!(!exhibitor.dismissed, "a notice given up is not sent");
+}
+
+/// The exhibitor `x`'s client, if it is still connected.
+fn client_with_id(world: &World, x: ClientId) -> Option<&Client> {
+    world.clients.iter().find(|c| c.id == Some(x))
+}
+
+/// Simulated time passes by `steps` × 100 ms, each step settled.
+fn pass_100ms(world: &mut World, steps: usize) {
+    for _ in 0..steps {
+        world.now += Duration::from_millis(100);
+        world.settle();
+    }
+}
+
+/// A DISMISS lost without a word (the channel between two nodes that
+/// keep their leases cut while the emitter leaves) is made good from the
+/// id table: node 1 hears the emitter's id freed, no notice follows within
+/// the grace (2 s), and the exhibitor is dismissed (rule 6 across nodes),
+/// once, though the cut healed before and nothing is sent again.
+#[test]
+fn a_dismiss_lost_in_a_partition_is_made_good_from_the_emitter_s_freed_id() {
+    let mut world = World::new(5, 2);
+    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
+    world.settle();
+    let x = world.clients[exhibitor]
+        .id
+        .expect("the exhibitor has an id");
+    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
+    world.settle();
+    assert!(world.clients[emitter].id.is_some(), "paired across nodes");
+    let node = |world: &World, i: usize| world.nodes[i].as_ref().unwrap().engine.node();
+    let (a, b) = (node(&world, 0), node(&world, 1));
+    world.hub.partition(a, b);
+    world.leave(emitter);
+    world.settle();
+    pass_100ms(&mut world, 5);
+    world.hub.heal(a, b);
+    pass_100ms(&mut world, 10);
+    let waiting = client_with_id(&world, x).unwrap();
+    assert!(!waiting.dismissed, "the DISMISS was lost, the grace runs");
+    pass_100ms(&mut world, 6);
+    let dismissed = client_with_id(&world, x).unwrap();
+    assert!(dismissed.dismissed, "dismissed from the freed id");
+    let flws = dismissed.unacked.iter().filter(|f| f.kind == Kind::Flw);
+    assert_eq!(flws.count(), 1);
+    assert_eq!(dismissed.unacked.back().map(|f| f.kind), Some(Kind::Flw));
+}
+
+/// The release an UNPAIR follows is no DISMISS: an emitter gone while
+/// node 1 was accepting its PAIR frees its id and sends UNPAIR; node 1,
+/// having paired the exhibitor, unpairs it on the UNPAIR and does not
+/// dismiss it when the grace has passed; a new emitter pairs with it.
+#[test]
+fn an_unpair_after_the_emitter_s_release_leaves_the_exhibitor_free_not_dismissed() {
+    let mut world = World::new(9, 2);
+    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
+    world.settle();
+    let x = world.clients[exhibitor]
+        .id
+        .expect("the exhibitor has an id");
+    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
+    let now = world.now;
+    // Node 0 only: its id claimed, then PAIR published to node 1.
+    let first = world.nodes[0].as_mut().unwrap();
+    first.pump(now);
+    first.pump(now);
+    assert!(world.clients[emitter].id.is_none(), "the OI still waits");
+    world.leave(emitter);
+    world.settle();
+    pass_100ms(&mut world, 25);
+    let kept = client_with_id(&world, x).unwrap();
+    assert!(!kept.dismissed, "an UNPAIR leaves the exhibitor");
+    let again = world.connect_at(0, Kindof::Emitter, x, false);
+    world.settle();
+    assert!(
+        world.clients[again].id.is_some(),
+        "the exhibitor pairs again"
+    );
+}
+
+/// A lost subscription loses the release and the DISMISS together; the id
+/// table read again at the new subscription (as the Redis engine does, a
+/// new `Joined` for the same incarnation) lacks the emitter's id, and the
+/// exhibitor is dismissed once the grace has passed.
+#[test]
+fn a_dismiss_lost_with_a_subscription_is_made_good_when_the_id_table_is_read_again() {
+    let mut world = World::new(13, 2);
+    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
+    world.settle();
+    let x = world.clients[exhibitor]
+        .id
+        .expect("the exhibitor has an id");
+    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
+    world.settle();
+    let e = world.clients[emitter].id.expect("paired across nodes");
+    world.leave(emitter);
+    let now = world.now;
+    world.nodes[0].as_mut().unwrap().pump(now);
+    let (a, b) = (world.nodes[0].as_ref(), world.nodes[1].as_ref());
+    let (a, b) = (a.unwrap().engine.node(), b.unwrap().engine.node());
+    // Everything node 1 was to hear is lost with its subscription.
+    let mut lost = Vec::new();
+    world.nodes[1].as_mut().unwrap().engine.drain(&mut lost);
+    assert!(lost.contains(&Event::Freed { id: e, node: a }));
+    let held: Vec<(ClientId, NodeId)> = (1..=8191)
+        .filter_map(|id| world.hub.owner(id).map(|node| (id, node)))
+        .filter(|&(_, node)| node != b)
+        .collect();
+    assert!(
+        held.iter().all(|&(id, _)| id != e),
+        "the emitter's id is free"
+    );
+    let second = world.nodes[1].as_mut().unwrap();
+    second.router.cluster_joined(&held, now);
+    world.settle();
+    assert!(
+        !client_with_id(&world, x).unwrap().dismissed,
+        "the grace runs"
+    );
+    pass_100ms(&mut world, 21);
+    let dismissed = client_with_id(&world, x).unwrap();
+    assert!(dismissed.dismissed, "dismissed from the table read again");
+    assert_eq!(dismissed.unacked.back().map(|f| f.kind), Some(Kind::Flw));
 }

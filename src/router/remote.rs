@@ -8,6 +8,7 @@
 //! plain data and answers through the [`Outbox`]; it never sees the engine.
 //! Without a cluster none of it is allocated, and a request pays one branch.
 
+use super::pair_reconcile::Orphans;
 use super::pair_retry::PairRetries;
 use super::sequence_map::SequenceMap;
 use super::{
@@ -173,19 +174,22 @@ pub(super) struct Remote {
     nodes: Vec<NodeRef>,
     /// Emitters here paired with an exhibitor on another node: its node
     /// and id.
-    paired_out: HashMap<ConnId, (NodeRef, ClientId)>,
+    pub(super) paired_out: HashMap<ConnId, (NodeRef, ClientId)>,
     /// Exhibitors here paired with an emitter on another node, by the
     /// emitter's id: its node and the exhibitor's connection.
-    paired_in: HashMap<ClientId, (NodeRef, ConnId)>,
+    pub(super) paired_in: HashMap<ClientId, (NodeRef, ConnId)>,
     /// The same pairs by the exhibitor's connection: the node and the
     /// emitter's id.
-    paired_in_by_exhibitor: HashMap<ConnId, (NodeRef, ClientId)>,
+    pub(super) paired_in_by_exhibitor: HashMap<ConnId, (NodeRef, ClientId)>,
     /// OIs waiting for PAIRED, by token, and their tokens by connection.
     pairing: HashMap<u64, PairWait>,
     pairing_conns: HashMap<ConnId, u64>,
     next_token: u64,
     /// Pair notices the engine could not carry, to be sent again.
     pub(super) retries: PairRetries,
+    /// Exhibitors here whose emitter's id was freed, awaiting the notice
+    /// that says why (`pair_reconcile.rs`).
+    pub(super) orphans: Orphans,
 }
 
 impl Remote {
@@ -220,6 +224,7 @@ impl Remote {
             let emitter = session.id;
             out.pair_notice(node, PairNotice::Dismiss { exhibitor, emitter });
         }
+        self.orphans.settled(conn);
         if let Some((node, emitter)) = self.paired_in_by_exhibitor.remove(&conn) {
             self.paired_in.remove(&emitter);
             let exhibitor = session.id;
@@ -234,7 +239,13 @@ impl Remote {
         let relays = self.sent_due;
         let pairs = self.pairing.values().map(|wait| wait.deadline).min();
         let retries = self.retries.next_due();
-        relays.into_iter().chain(pairs).chain(retries).min()
+        let orphans = self.orphans.next_due();
+        relays
+            .into_iter()
+            .chain(pairs)
+            .chain(retries)
+            .chain(orphans)
+            .min()
     }
 
     /// Whether a pair notice that failed is still worth sending: a PAIR
@@ -369,7 +380,10 @@ impl Router {
     }
 
     /// The node (re)joined: `held` is every id other nodes hold.
-    pub fn cluster_joined(&mut self, held: &[(ClientId, NodeRef)]) {
+    /// Pairs across nodes whose other half's id the table lacks are
+    /// reconciled as if its release had been heard (`pair_reconcile.rs`):
+    /// a lost subscription may have lost both the release and the notice.
+    pub fn cluster_joined(&mut self, held: &[(ClientId, NodeRef)], now: Instant) {
         self.remote.owner.fill(None);
         self.remote.shows.fill(None);
         self.remote.exhibitors.clear();
@@ -377,6 +391,15 @@ impl Router {
             self.remote.hold(id, node);
         }
         self.ids.epoch += 1;
+        let remote = &self.remote;
+        let halves = remote.paired_out.values().copied();
+        let halves = halves.chain(remote.paired_in.iter().map(|(&e, &(node, _))| (node, e)));
+        let gone: Vec<(NodeRef, ClientId)> = halves
+            .filter(|&(node, id)| remote.owner_of(id) != Some(node))
+            .collect();
+        for (node, id) in gone {
+            self.pair_half_freed(id, node, now);
+        }
     }
 
     /// Another node now holds `id`.
@@ -386,8 +409,10 @@ impl Router {
         self.ids.epoch += 1;
     }
 
-    /// Another node no longer holds `id`.
-    pub fn remote_freed(&mut self, id: ClientId, node: NodeRef) {
+    /// Another node no longer holds `id`; a pair across nodes whose other
+    /// half it was is reconciled (`pair_reconcile.rs`).
+    pub fn remote_freed(&mut self, id: ClientId, node: NodeRef, now: Instant) {
+        self.pair_half_freed(id, node, now);
         self.remote.free(id, node);
         self.ids.epoch += 1;
     }
@@ -598,7 +623,8 @@ impl Router {
         self.remote.paired_in.clear();
         self.remote.paired_in_by_exhibitor.clear();
         self.remote.retries.clear();
-        self.cluster_joined(&[]);
+        self.remote.orphans.clear();
+        self.cluster_joined(&[], now);
     }
 
     /// The engine answered `conn`'s claim: the OI goes on with `id`, or is
@@ -734,6 +760,7 @@ impl Router {
                     }) && !self.remote.is_paired_in(x)
                 });
                 if let Some(x) = free {
+                    self.remote.orphans.settled(x);
                     self.remote.paired_in.insert(emitter, (from, x));
                     self.remote
                         .paired_in_by_exhibitor
@@ -811,6 +838,7 @@ impl Router {
         }
         self.remote.paired_in.remove(&emitter);
         self.remote.paired_in_by_exhibitor.remove(&x);
+        self.remote.orphans.settled(x);
         Some(x)
     }
 
@@ -1085,7 +1113,9 @@ impl Router {
         self.sent_settled(sent.origin, ok, now, out);
     }
 
-    /// Relays whose node did not answer in time fail.
+    /// Relays whose node did not answer in time fail, pairings not
+    /// answered in time are given up, pair notices due again are sent and
+    /// exhibitors whose emitter's release no notice followed are dismissed.
     pub(super) fn expire_relays(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.remote.sent_due.is_some_and(|due| due <= now) {
             let mut overdue: Vec<u64> = Vec::new();
@@ -1122,5 +1152,6 @@ impl Router {
             self.pair_failed(token, now, out);
         }
         self.resend_pair_notices(now, out);
+        self.dismiss_orphans(now, out);
     }
 }

@@ -314,7 +314,7 @@ impl Server {
                     .into_iter()
                     .filter(|(_, n)| !cluster.down.contains(n))
                     .collect();
-                self.router.cluster_joined(&held);
+                self.router.cluster_joined(&held, now);
             }
             Event::Claimed { claim, id } => {
                 let conn = cluster.claims.remove(&claim);
@@ -336,7 +336,7 @@ impl Server {
                 self.router.remote_held(id, node);
             }
             Event::Freed { id, node } if Some(node) != cluster.node => {
-                self.router.remote_freed(id, node);
+                self.router.remote_freed(id, node, now);
             }
             Event::Held { .. } | Event::Freed { .. } => {}
             Event::Shown {
