@@ -16,6 +16,8 @@
 //! line and are all served; a connection removed while its step is away
 //! leaves nothing behind, and the step that comes back for its slot never
 //! reaches the connection that took the slot next.
+//!
+//! Accepted sockets inherit TCP_NODELAY from the listener.
 
 use super::wire::{EARLY_WRITES_PER_FLUSH, WRITE_EARLY_AT};
 use super::*;
@@ -53,6 +55,7 @@ fn turn(server: &mut Server) {
     server.accept_all();
     let conns: Vec<ConnId> = server.wire.conns.iter().map(|(conn, _)| conn).collect();
     for conn in conns {
+        server.wire.conns[conn].read_to_empty = false;
         server.service_input(conn, false);
     }
     assert_eq!(server.end_turn(), Next::Continue);
@@ -404,6 +407,7 @@ fn serve_without_end_of_turn(server: &mut Server, mut done: impl FnMut(&Server) 
         server.accept_all();
         let conns: Vec<ConnId> = server.wire.conns.iter().map(|(conn, _)| conn).collect();
         for conn in conns {
+            server.wire.conns[conn].read_to_empty = false;
             server.service_input(conn, false);
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -486,4 +490,24 @@ fn a_connection_removed_while_its_step_is_away_leaves_nothing_and_misroutes_noth
         "the old step was dropped"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Linux copies TCP_NODELAY from the listening socket to each accepted one,
+/// so `admit` spends no system call on it: a reply still leaves at once.
+#[cfg(target_os = "linux")]
+#[test]
+fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
+    let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let accepted = loop {
+        match listener.accept() {
+            Ok((socket, _)) => break socket,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    assert!(accepted.nodelay().unwrap());
 }

@@ -162,6 +162,11 @@ pub(super) struct Slot {
     /// Counted against its address's `--max-unidentified` until it has an
     /// id or is gone (only with `--auth`).
     pub(super) unidentified: bool,
+    /// The last read emptied the socket (a short read, or `WouldBlock`) and
+    /// no readiness was reported since: with edge-triggered events, a read
+    /// now could only say `WouldBlock`, so it is skipped (a verdict that
+    /// lets input go on, and the close after FLW, each save one).
+    pub(super) read_to_empty: bool,
 }
 
 /// A connection on its way out, and how far it got.
