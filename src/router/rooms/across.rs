@@ -34,6 +34,8 @@ pub enum RoomClaim {
         max_rooms: u16,
         room_members: u32,
         rooms_per_name: u32,
+        /// The prefetch the JOIN asked (CLUSTER.md, "Queues across nodes").
+        prefetch: u8,
     },
     Leave {
         claim: u64,
@@ -117,6 +119,7 @@ impl Router {
             max_rooms: limits.max_rooms.min(MAX_ROOMS_CEILING) as u16,
             room_members: limits.room_members.min(u32::MAX as usize) as u32,
             rooms_per_name: limits.rooms_per_name.min(u32::MAX as usize) as u32,
+            prefetch,
         });
     }
 
@@ -142,8 +145,14 @@ impl Router {
             }
             if existing.members.contains(&member) {
                 let room = self.rooms.by_id.get_mut(&id).expect("found above");
+                let before = room.prefetch.get(&member).copied().unwrap_or(1);
                 room.set_prefetch(&member, prefetch, &self.sessions);
-                return Err(Ok(room_answer(id, room)));
+                // A new prefetch of a queue's member must reach its home,
+                // which may be another node: the engine tells every node.
+                if !queue || before == prefetch {
+                    return Err(Ok(room_answer(id, room)));
+                }
+                return Ok((key, room.name.clone(), member, false));
             }
         }
         if roles & ROLE_VIEW == 0 {
@@ -269,18 +278,31 @@ impl Router {
         }
     }
 
-    /// `member` joined room `id` on some node (the change channel).
+    /// `member` joined room `id` on some node, or joined it again, asking
+    /// `prefetch` (None: the line did not say) (the change channel).
+    #[allow(clippy::too_many_arguments)]
     pub fn remote_room_joined(
         &mut self,
         id: ClientId,
         queue: bool,
         spelling: &str,
         member: &str,
+        prefetch: Option<u8>,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         let member = member.to_ascii_lowercase();
         self.replica_join(id, queue, spelling, &member, false, now, out);
+        if let Some(prefetch) = prefetch
+            && let Some(room) = self.rooms.by_id.get_mut(&id)
+            && room.queue
+            && room.members.contains(member.as_str())
+            && room.prefetch.get(member.as_str()).copied().unwrap_or(1) != prefetch
+        {
+            room.set_prefetch(&member, prefetch, &self.sessions);
+            // Its sessions on other nodes are listed again with it.
+            self.rooms.across.membership_changed();
+        }
         self.dispatch_queue(id, now, out);
     }
 

@@ -54,8 +54,9 @@ impl Router {
 
     /// Lists again, when the id table or a membership changed since, each
     /// queue room's member sessions on other nodes: a session gone passes
-    /// on what it held (at-least-once), one new takes turns from now on
-    /// (prefetch 1), and what waits is dispatched.
+    /// on what it held (at-least-once), one new takes turns from now on,
+    /// each may hold its name's prefetch (as the `j` changes said), and
+    /// what waits is dispatched.
     pub fn queues_across(&mut self, now: Instant, out: &mut impl Outbox) {
         let mark = (self.ids.epoch, self.rooms.across.generation);
         if !self.remote.enabled || self.rooms.across.homes.synced == Some(mark) {
@@ -80,24 +81,34 @@ impl Router {
         let queue_wait = self.rooms.limits.queue_wait;
         for id in queues {
             let room = self.rooms.by_id.get_mut(&id).expect("listed above");
-            let mut wanted: Vec<(NodeRef, ClientId)> = named
+            let mut wanted: Vec<((NodeRef, ClientId), u8)> = named
                 .iter()
                 .filter(|(_, _, name)| room.members.contains(name.as_str()))
-                .map(|&(exhibitor, node, _)| (node, exhibitor))
+                .map(|&(exhibitor, node, ref name)| {
+                    let prefetch = room.prefetch.get(name.as_str()).copied().unwrap_or(1);
+                    ((node, exhibitor), prefetch)
+                })
                 .collect();
             wanted.sort_unstable();
             let base = room.online.len();
             let mut passed_on = None;
             for at in (0..room.away.len()).rev() {
-                if wanted.binary_search(&room.away[at]).is_err() {
+                let session = room.away[at];
+                if wanted.binary_search_by_key(&session, |&(s, _)| s).is_err() {
                     room.away.remove(at);
                     passed_on = passed_on.or(room.work.remove_place(base + at));
                 }
             }
-            for session in wanted {
-                if !room.away.contains(&session) {
-                    room.away.push(session);
-                    room.work.add_place(1);
+            for (session, prefetch) in wanted {
+                match room.away.iter().position(|&s| s == session) {
+                    Some(at) if room.work.capacity(base + at) != prefetch => {
+                        room.work.set_capacity(base + at, prefetch);
+                    }
+                    Some(_) => {}
+                    None => {
+                        room.away.push(session);
+                        room.work.add_place(prefetch);
+                    }
                 }
             }
             if let Some(since) = passed_on {

@@ -172,6 +172,11 @@ impl WorkQueue {
         }
     }
 
+    /// How many messages the member session at `at` may hold.
+    pub(super) fn capacity(&self, at: usize) -> u8 {
+        self.capacity[at]
+    }
+
     /// The member session at `at` may hold `capacity` messages from now on
     /// (those it holds above it are kept until acknowledged).
     pub(super) fn set_capacity(&mut self, at: usize, capacity: u8) {
