@@ -211,6 +211,38 @@ impl Router {
         }
     }
 
+    /// This node is fenced: the queue messages relayed to its old
+    /// incarnation by other nodes, and those its own emitters sent (they
+    /// are dismissed), are forgotten, waiting or held, as a home killed
+    /// loses them. The other nodes answer theirs ERRO when that
+    /// incarnation is reaped (`down`), and its emitters are answered ERRO
+    /// here: a message kept would be shown after its ERRO, and again if a
+    /// member on another node showed it already, its ack now unheard
+    /// (found by the simulation). A message recovered from history (no
+    /// emitter) stays: it is durable, shown again at worst.
+    pub(in crate::router) fn forget_on_fence(&mut self, now: Instant, out: &mut impl Outbox) {
+        let relayed = std::mem::take(&mut self.rooms.across.homes.relayed);
+        let mut forgotten = Vec::new();
+        for room in self.rooms.by_id.values_mut().filter(|room| room.queue) {
+            let gone = |wait, emitted_here| emitted_here || relayed.contains_key(&wait);
+            room.work.forget(gone, &mut forgotten);
+        }
+        if forgotten.is_empty() {
+            return;
+        }
+        debug!(
+            messages = forgotten.len(),
+            "fenced: queue messages of the old incarnation forgotten"
+        );
+        forgotten.sort_unstable_by_key(|&(wait, _)| wait);
+        for (wait, request) in forgotten {
+            out.room_event(&RoomEvent::Settled { wait });
+            if let Some(request) = request {
+                self.settle(request, false, now, out);
+            }
+        }
+    }
+
     /// [`Router::dispatch_queue`] for this module's callers, out of line:
     /// each inlined copy of it weighs on the one-node paths' inlining.
     #[inline(never)]

@@ -299,6 +299,34 @@ impl WorkQueue {
         }
     }
 
+    /// Forgets every message, waiting or held, that `gone` picks (by its
+    /// wait number and whether it has a request here), adding each one's
+    /// answer to `forgotten`. Their holders may take others.
+    pub(super) fn forget(
+        &mut self,
+        gone: impl Fn(u64, bool) -> bool,
+        forgotten: &mut Vec<Answered>,
+    ) {
+        for slot in 0..self.slots.len() as u32 {
+            let entry = &self.slots[slot as usize];
+            if entry.since.is_none() || !gone(entry.wait, entry.request.is_some()) {
+                continue;
+            }
+            let holder = entry.holder;
+            if holder == NOT_HELD {
+                self.waiting.retain(|&s| s != slot);
+            } else {
+                let at = holder as usize;
+                self.holds[at] -= 1;
+                self.held -= 1;
+                self.set_free(at, self.holds[at] < u16::from(self.capacity[at]));
+            }
+            let entry = &mut self.slots[slot as usize];
+            forgotten.push((entry.wait, entry.request.take()));
+            self.release(slot);
+        }
+    }
+
     /// Every message, held ones first in the order given, then the waiting
     /// ones oldest first: (wait, origin, seq, text).
     pub(super) fn messages(&self) -> impl Iterator<Item = (u64, ClientId, u16, &[u8])> {
@@ -487,6 +515,27 @@ mod tests {
         assert!(work.settle(s5, 6).is_some());
         assert_eq!(turns(&mut work, &mut ticket), vec![(5, 130), (100, 131)]);
         work.check(130).expect("counts agree");
+    }
+
+    #[test]
+    fn forgotten_messages_leave_the_line_and_free_their_holders() {
+        // Two places of prefetch 2; messages 0..6 (wait numbers = seqs).
+        let mut work = queue(2, 2, 6);
+        let mut ticket = 0;
+        assert_eq!(
+            turns(&mut work, &mut ticket),
+            vec![(0, 0), (1, 1), (0, 2), (1, 3)]
+        );
+        // Forget the odd ones: 1 and 3 held by place 1, 5 waiting.
+        let mut forgotten = Vec::new();
+        work.forget(|wait, _| wait % 2 == 1, &mut forgotten);
+        let mut waits: Vec<u64> = forgotten.iter().map(|&(wait, _)| wait).collect();
+        waits.sort_unstable();
+        assert_eq!(waits, vec![1, 3, 5]);
+        assert_eq!((work.held(), work.waiting_len()), (2, 1));
+        work.check(2).expect("counts agree");
+        // Place 1 holds nothing now: it takes message 4, the only one left.
+        assert_eq!(turns(&mut work, &mut ticket), vec![(1, 4)]);
     }
 
     #[test]
