@@ -18,10 +18,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 use tracing::debug;
 
-/// What stands for the connection in the log lines of a queue message
-/// settled by another node (no connection here answered it).
-const AWAY: ConnId = ConnId::MAX;
-
 /// The queue rooms' cluster state of one router.
 #[derive(Debug, Default)]
 pub(in crate::router) struct Homes {
@@ -286,7 +282,21 @@ impl Router {
             }
             return self.dispatch_across(room, now, out);
         }
-        self.queue_dropped(AWAY, room, slot, ticket);
+        // Only this message is passed on: on one node a failed delivery
+        // means its session ended, but a relay unanswered (lost to a
+        // partition, late) leaves the session there, showing what it was
+        // given since; passing that on too showed it twice (found by the
+        // simulation).
+        let queue_wait = self.rooms.limits.queue_wait;
+        if let Some(since) = self
+            .rooms
+            .by_id
+            .get_mut(&room)
+            .and_then(|entry| entry.work.drop_delivery(slot, ticket))
+        {
+            debug!(room, "a queue message passed on from another node");
+            self.note_deadline(since + queue_wait);
+        }
         // A node gone may still be listed: list again first.
         self.queues_across(now, out);
         self.dispatch_across(room, now, out);

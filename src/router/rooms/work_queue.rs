@@ -285,6 +285,27 @@ impl WorkQueue {
         since
     }
 
+    /// The delivery of `slot` under `ticket` to a member session on another
+    /// node failed (its relay not answered OK): that message alone goes
+    /// back to the front of the waiting line. The session may still be
+    /// there and showing what it was given since, each awaited by its own
+    /// relay. Returns when it arrived; None if it was settled or passed on
+    /// since.
+    pub(super) fn drop_delivery(&mut self, slot: u32, ticket: u64) -> Option<Instant> {
+        let entry = self.slots.get_mut(slot as usize)?;
+        if entry.holder == NOT_HELD || entry.ticket != ticket {
+            return None;
+        }
+        let at = entry.holder as usize;
+        entry.holder = NOT_HELD;
+        let since = entry.since;
+        self.waiting.push_front(slot);
+        self.holds[at] -= 1;
+        self.held -= 1;
+        self.set_free(at, self.holds[at] < u16::from(self.capacity[at]));
+        since
+    }
+
     /// Gives up on the messages that arrived at or before `before`, oldest
     /// first.
     pub(super) fn expire(&mut self, before: Instant, expired: &mut Vec<Answered>) {
@@ -515,6 +536,21 @@ mod tests {
         assert!(work.settle(s5, 6).is_some());
         assert_eq!(turns(&mut work, &mut ticket), vec![(5, 130), (100, 131)]);
         work.check(130).expect("counts agree");
+    }
+
+    #[test]
+    fn a_failed_delivery_elsewhere_passes_on_that_message_alone() {
+        // One place of prefetch 2 holds messages 0 and 1; 2 waits.
+        let mut work = queue(1, 2, 3);
+        let mut ticket = 0;
+        assert_eq!(turns(&mut work, &mut ticket), vec![(0, 0), (0, 1)]);
+        // Message 0's relay failed (ticket 1): it goes back first; the
+        // session keeps message 1, which it may be showing.
+        assert!(work.drop_delivery(0, 1).is_some());
+        assert_eq!((work.held(), work.waiting_len()), (1, 2));
+        assert!(work.drop_delivery(0, 1).is_none(), "passed on already");
+        work.check(1).expect("counts agree");
+        assert_eq!(turns(&mut work, &mut ticket), vec![(0, 0)]);
     }
 
     #[test]
