@@ -89,7 +89,8 @@ impl Across {
 impl Router {
     /// JOIN on a node of several: refused here when this node can tell
     /// (bad name, no name, the other kind, no role), answered here when
-    /// the name is a member already (the prefetch set afresh), else asked
+    /// the name is a member already (the prefetch set afresh, and a new
+    /// one told to every node through the engine, unanswered), else asked
     /// of the engine; its ROOMACK keeps its place among the replies.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::router) fn join_across(
@@ -102,13 +103,43 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
+        let renewed = self.prefetch_renewed(conn, queue, prefetch, room);
         let (key, spelling, member, may_create) = match self.join_here(conn, queue, prefetch, room)
         {
             Ok(asked) => asked,
-            Err(answer) => return self.answer_room_request(conn, seq, answer, now, out),
+            Err(answer) => {
+                if let Some((key, spelling, member)) = renewed {
+                    // The queue's home may be another node: the engine
+                    // says the new prefetch to every node (the `j` line).
+                    // Its answer waits for no one; without the engine the
+                    // JOIN is still answered here, as before.
+                    let claim = self.rooms.across.next_claim;
+                    self.rooms.across.next_claim += 1;
+                    self.send_join_claim(claim, key, spelling, true, member, false, prefetch, out);
+                }
+                return self.answer_room_request(conn, seq, answer, now, out);
+            }
         };
-        let limits = self.rooms.limits;
         let claim = self.room_claim_wait(conn, seq, member.clone(), Some(prefetch));
+        self.send_join_claim(
+            claim, key, spelling, queue, member, may_create, prefetch, out,
+        );
+    }
+
+    /// A JOIN claim to the engine, with this node's bounds.
+    #[allow(clippy::too_many_arguments)]
+    fn send_join_claim(
+        &self,
+        claim: u64,
+        key: Box<str>,
+        spelling: Box<str>,
+        queue: bool,
+        member: Box<str>,
+        may_create: bool,
+        prefetch: u8,
+        out: &mut impl Outbox,
+    ) {
+        let limits = self.rooms.limits;
         out.room_claim(&RoomClaim::Join {
             claim,
             key,
@@ -121,6 +152,24 @@ impl Router {
             rooms_per_name: limits.rooms_per_name.min(u32::MAX as usize) as u32,
             prefetch,
         });
+    }
+
+    /// A queue JOIN by a member already, asking a prefetch other than the
+    /// one this node holds for the name: the room's key and spelling and
+    /// the member, for the engine to tell every node.
+    fn prefetch_renewed(
+        &self,
+        conn: ConnId,
+        queue: bool,
+        prefetch: u8,
+        room: Option<&str>,
+    ) -> Option<(Box<str>, Box<str>, Box<str>)> {
+        let key: Box<str> = room?.to_ascii_lowercase().into();
+        let existing = &self.rooms.by_id[self.rooms.by_key.get(&key)?];
+        let member = self.name_key(conn).ok()?;
+        let known = existing.prefetch.get(&member).copied().unwrap_or(1);
+        (queue && existing.queue && existing.members.contains(&member) && known != prefetch)
+            .then(|| (key, existing.name.clone(), member))
     }
 
     /// What this node decides of a JOIN by itself (Err: the answer), or
@@ -145,14 +194,8 @@ impl Router {
             }
             if existing.members.contains(&member) {
                 let room = self.rooms.by_id.get_mut(&id).expect("found above");
-                let before = room.prefetch.get(&member).copied().unwrap_or(1);
                 room.set_prefetch(&member, prefetch, &self.sessions);
-                // A new prefetch of a queue's member must reach its home,
-                // which may be another node: the engine tells every node.
-                if !queue || before == prefetch {
-                    return Err(Ok(room_answer(id, room)));
-                }
-                return Ok((key, room.name.clone(), member, false));
+                return Err(Ok(room_answer(id, room)));
             }
         }
         if roles & ROLE_VIEW == 0 {
