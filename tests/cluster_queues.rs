@@ -14,20 +14,28 @@ use crate::util::*;
 use std::collections::BTreeMap;
 
 /// The incarnation the node named `node` serves as (its lease key holds
-/// its name).
+/// its name), once it has joined: a node just started may not have yet.
 fn incarnation(redis: &Redis, node: &str) -> u64 {
     let mut db = redis.client();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("evchat:lease:*")
-        .query(&mut db)
-        .expect("KEYS");
-    for key in keys {
-        let name: Option<String> = redis::cmd("GET").arg(&key).query(&mut db).expect("GET");
-        if name.as_deref() == Some(node) {
-            return key.rsplit(':').next().unwrap().parse().expect("a number");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("evchat:lease:*")
+            .query(&mut db)
+            .expect("KEYS");
+        for key in keys {
+            let name: Option<String> = redis::cmd("GET").arg(&key).query(&mut db).expect("GET");
+            if name.as_deref() == Some(node) {
+                return key.rsplit(':').next().unwrap().parse().expect("a number");
+            }
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node {node} holds no lease"
+        );
+        // Polling, bounded by the deadline above.
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    panic!("node {node} holds no lease");
 }
 
 /// The text of queue message number `n`.
@@ -286,4 +294,114 @@ fn a_message_waits_while_no_member_is_online_and_reaches_one_signing_in_elsewher
     );
     w.ex.send(&ok(w.ex_id, boss.em_id, seqs[&1]));
     expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+}
+
+/// A member's prefetch reaches the home on another node (the `j` change
+/// carries it): w4, on the node that is not home, joined with prefetch 4
+/// and holds four unacknowledged jobs from the home, as it would on one
+/// node; the sixth job waits until a member acknowledges one. Before the
+/// prefetch was carried, w4 held one and jobs 3–6 all waited.
+#[test]
+fn a_member_on_another_node_than_the_home_holds_up_to_its_prefetch() {
+    let redis = Redis::start("cqueue-prefetch");
+    let nodes = [redis.node("a"), redis.node("b")];
+    let home = usize::from(incarnation(&redis, "a") > incarnation(&redis, "b"));
+    let mut w1 = worker(&nodes[home], "w1", 1);
+    let mut w4 = Member::new(&nodes[1 - home], "w4");
+    w4.join_prefetch("jobs", 4, |d, s| roomack(d, s, 0, (ROOM, 1, 2, b"jobs")));
+    // The boss on the home: once it lists two members, the home heard w4's
+    // join (and, before it on the same channel, what w4 shows).
+    let mut boss = Member::new(&nodes[home], "boss");
+    wait_members(&mut boss, b"jobs", 2);
+    let seqs = send_jobs(&mut boss, 6);
+    // The home's own member first, then w4 up to its prefetch.
+    assert_eq!(
+        first_job(&mut w1, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    assert_eq!(
+        first_job(&mut w4, &boss),
+        msg(boss.em_id, ROOM, seqs[&2], &job(2))
+    );
+    for n in 3..=5 {
+        assert_eq!(
+            next_msg(&mut w4.ex, w4.ex_id),
+            msg(boss.em_id, ROOM, seqs[&n], &job(n)),
+            "job {n} held by w4 unacknowledged"
+        );
+    }
+    // Both full: job 6 waits, and nobody is answered yet.
+    w4.ex.expect_silence();
+    w1.ex.expect_silence();
+    boss.em.expect_silence();
+    // w4 acknowledges job 3: it has room again and takes job 6 (w1 is
+    // still full); the OK for job 3 waits behind job 1 and 2's (rule 4
+    // keeps the emitter's replies in order).
+    w4.ex.send(&ok(w4.ex_id, boss.em_id, seqs[&3]));
+    assert_eq!(
+        next_msg(&mut w4.ex, w4.ex_id),
+        msg(boss.em_id, ROOM, seqs[&6], &job(6))
+    );
+    w1.ex.send(&ok(w1.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+    for n in [2, 4, 5, 6] {
+        w4.ex.send(&ok(w4.ex_id, boss.em_id, seqs[&n]));
+    }
+    for n in 2..=6 {
+        expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&n]));
+    }
+    w1.ex.expect_silence();
+    w4.ex.expect_silence();
+    boss.em.expect_silence();
+}
+
+/// A member JOINs again with a new prefetch on a node that is not the
+/// queue's home: answered there at once, as before, and the engine tells
+/// every node the new prefetch (the `j` line again), so the home lets its
+/// session hold three. A later JOIN from the same node ("sync", a member
+/// too, prefetch 1) goes through Redis after it: once the home lists it,
+/// the home heard the new prefetch.
+#[test]
+fn a_member_joining_again_with_a_new_prefetch_elsewhere_holds_that_many_from_the_home() {
+    let redis = Redis::start("cqueue-prefetch-again");
+    let nodes = [redis.node("a"), redis.node("b")];
+    let home = usize::from(incarnation(&redis, "a") > incarnation(&redis, "b"));
+    let mut w1 = worker(&nodes[home], "w1", 1);
+    let mut w3 = worker(&nodes[1 - home], "w3", 2);
+    w3.join_prefetch("jobs", 3, |d, s| roomack(d, s, 0, (ROOM, 1, 2, b"jobs")));
+    let mut sync = worker(&nodes[1 - home], "sync", 3);
+    let mut boss = Member::new(&nodes[home], "boss");
+    wait_members(&mut boss, b"jobs", 3);
+    let seqs = send_jobs(&mut boss, 6);
+    // The turn: w1 (the home's own), then w3 and sync, then round again:
+    // sync is full at one, w3 takes jobs 4 and 5 too (three held).
+    assert_eq!(
+        first_job(&mut w1, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    assert_eq!(
+        first_job(&mut w3, &boss),
+        msg(boss.em_id, ROOM, seqs[&2], &job(2))
+    );
+    assert_eq!(
+        first_job(&mut sync, &boss),
+        msg(boss.em_id, ROOM, seqs[&3], &job(3))
+    );
+    for n in 4..=5 {
+        assert_eq!(
+            next_msg(&mut w3.ex, w3.ex_id),
+            msg(boss.em_id, ROOM, seqs[&n], &job(n)),
+            "job {n} held by w3 unacknowledged"
+        );
+    }
+    // Everyone full: job 6 waits until w1 acknowledges job 1.
+    w3.ex.expect_silence();
+    w1.ex.expect_silence();
+    sync.ex.expect_silence();
+    w1.ex.send(&ok(w1.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+    assert_eq!(
+        next_msg(&mut w1.ex, w1.ex_id),
+        msg(boss.em_id, ROOM, seqs[&6], &job(6))
+    );
 }

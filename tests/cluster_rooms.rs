@@ -745,7 +745,10 @@ mod simulation {
                         queue,
                         spelling,
                         member,
-                    } => router.remote_room_joined(id, queue, &spelling, &member, now, out),
+                        prefetch,
+                    } => {
+                        router.remote_room_joined(id, queue, &spelling, &member, prefetch, now, out)
+                    }
                     Event::RoomLeft { id, member } => {
                         router.remote_room_left(id, &member, now, out)
                     }

@@ -213,7 +213,7 @@ impl Member {
 
     /// JOIN the queue room `room` with `prefetch`; asserts the ROOMACK is
     /// `want`.
-    fn join_prefetch(
+    pub(crate) fn join_prefetch(
         &mut self,
         room: &str,
         prefetch: u8,

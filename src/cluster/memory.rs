@@ -118,14 +118,17 @@ impl Hub {
         let room = self.rooms.get_mut(&id).expect("found or made above");
         if !room.members.contains(&join.member) {
             room.members.push(join.member.clone());
-            let event = Event::RoomJoined {
-                id,
-                queue: room.queue,
-                spelling: room.spelling.clone(),
-                member: join.member,
-            };
-            self.tell_all(&event);
         }
+        // A member already is told again, as the script does: its JOIN
+        // again carries the prefetch afresh.
+        let event = Event::RoomJoined {
+            id,
+            queue: room.queue,
+            spelling: room.spelling.clone(),
+            member: join.member,
+            prefetch: Some(join.prefetch.max(1)),
+        };
+        self.tell_all(&event);
         let room = &self.rooms[&id];
         RoomOutcome::Joined {
             id,
@@ -455,6 +458,7 @@ mod tests {
                 max_rooms: 2,
                 room_members: 2,
                 rooms_per_name: 2,
+                prefetch: 1,
             },
         }
     }
@@ -493,7 +497,8 @@ mod tests {
             id: first,
             queue: false,
             spelling: "Ops".into(),
-            member: "bob".into()
+            member: "bob".into(),
+            prefetch: Some(1),
         }));
         b.submit(join_request(2, "ops", true, "carol")).unwrap();
         assert_eq!(answer(&mut b), Some(RoomOutcome::OtherKind));

@@ -73,6 +73,10 @@ pub struct RoomJoin {
     pub max_rooms: u16,
     pub room_members: u32,
     pub rooms_per_name: u32,
+    /// The prefetch the JOIN asked (1 unless a queue JOIN asked more):
+    /// the change line carries it to every node, so that a queue's home
+    /// lets the member's sessions elsewhere hold as many.
+    pub prefetch: u8,
 }
 
 /// What the engine made of a JOIN or LEAVE.
@@ -161,12 +165,14 @@ pub enum Event {
         outcome: Option<RoomOutcome>,
     },
     /// `member` joined the room `id` (of kind `queue`, spelled `spelling`),
-    /// on whichever node.
+    /// on whichever node, or joined again; `prefetch`: the prefetch its
+    /// JOIN asked (None from a line that does not carry one).
     RoomJoined {
         id: ClientId,
         queue: bool,
         spelling: String,
         member: String,
+        prefetch: Option<u8>,
     },
     /// `member` left the room `id`, on whichever node.
     RoomLeft { id: ClientId, member: String },

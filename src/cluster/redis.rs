@@ -774,6 +774,7 @@ impl Commands {
             .arg(u8::from(join.may_create))
             .arg(PREFIX)
             .arg(key("chg"))
+            .arg(join.prefetch.max(1))
             .invoke(con)?;
         Ok(parse_room_reply(&reply, true))
     }
@@ -922,6 +923,11 @@ fn parse_room_joined(text: &str, member: bool) -> Option<Event> {
     };
     let spelling = fields.next()?;
     let who = fields.next()?;
+    // Lines from before the prefetch was carried end at the member.
+    let prefetch = match fields.next() {
+        None => None,
+        Some(prefetch) => Some(prefetch.parse::<u8>().ok().filter(|&p| p > 0)?),
+    };
     if fields.next().is_some()
         || !ROOM_IDS.contains(&id)
         || !follows_name_rule(spelling)
@@ -934,6 +940,7 @@ fn parse_room_joined(text: &str, member: bool) -> Option<Event> {
         queue,
         spelling: spelling.to_string(),
         member: who.to_string(),
+        prefetch,
     })
 }
 
@@ -1080,7 +1087,7 @@ fn heard(channel: &[u8], payload: &[u8], changes: &[u8], tell: &Tell) -> bool {
 }
 
 /// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME`, `j ID KIND SPELLING
-/// MEMBER`, `l ID MEMBER` or `down NODE`, as the
+/// MEMBER [PREFETCH]`, `l ID MEMBER` or `down NODE`, as the
 /// scripts publish them (public for the fuzz target).
 pub fn parse_change(payload: &[u8]) -> Option<Event> {
     let text = std::str::from_utf8(payload).ok()?;
@@ -1217,7 +1224,8 @@ mod tests {
                 id: 16384,
                 queue: false,
                 spelling: "Ops".into(),
-                member: "alice".into()
+                member: "alice".into(),
+                prefetch: None,
             })
         );
         assert_eq!(
@@ -1226,7 +1234,18 @@ mod tests {
                 id: 18431,
                 queue: true,
                 spelling: "jobs".into(),
-                member: "bob".into()
+                member: "bob".into(),
+                prefetch: None,
+            })
+        );
+        assert_eq!(
+            parse_change(b"j 18431 1 jobs bob 4"),
+            Some(Event::RoomJoined {
+                id: 18431,
+                queue: true,
+                spelling: "jobs".into(),
+                member: "bob".into(),
+                prefetch: Some(4),
             })
         );
         assert_eq!(
@@ -1250,6 +1269,12 @@ mod tests {
             b"j 16384 0 9ops alice",
             b"j 16384 0 ops al!ce",
             b"j 16384 0 ops alice extra",
+            b"j 16384 1 jobs alice 0",
+            b"j 16384 1 jobs alice 256",
+            b"j 16384 1 jobs alice -1",
+            b"j 16384 1 jobs alice 4 4",
+            b"j 16384 1 jobs alice 4 ",
+            b"j 16384 1 jobs alice ",
             b"j 16384 0 abcdefghijklmnopqrstuvwxy alice",
             b"l",
             b"l 16384",

@@ -93,9 +93,11 @@ return reaped
 /// KEYS: rooms hash (name → `ID KIND SPELLING`), room ids bitmap, lease.
 /// ARGV: room name (lower case), spelling, kind (0 room, 1 queue), member
 /// (lower case), lowest id, highest id, members bound, rooms-per-name
-/// bound, may create (1/0), key prefix, change channel. Makes the member
-/// one of the room's, creating the room at the lowest free id if no room
-/// has the name. Returns {id, kind, members, spelling}, or {code}: -1 no
+/// bound, may create (1/0), key prefix, change channel, prefetch. Makes
+/// the member one of the room's, creating the room at the lowest free id
+/// if no room has the name, and publishes `j ID KIND SPELLING MEMBER
+/// PREFETCH` (a member already, too: its JOIN again sets the prefetch
+/// afresh on every node; nothing else changes). Returns {id, kind, members, spelling}, or {code}: -1 no
 /// free id, -2 fenced, -3 the other kind, -4 room full, -5 the member is in
 /// too many rooms, -6 no such room and the member may not create it.
 pub(super) const JOIN_ROOM: &str = r#"
@@ -110,6 +112,7 @@ if held then
   if kind ~= ARGV[3] then return {-3} end
   local members = ARGV[10] .. 'members:' .. id
   if redis.call('SISMEMBER', members, ARGV[4]) == 1 then
+    redis.call('PUBLISH', ARGV[11], 'j ' .. id .. ' ' .. kind .. ' ' .. spelling .. ' ' .. ARGV[4] .. ' ' .. ARGV[12])
     return {id, tonumber(kind), redis.call('SCARD', members), spelling}
   end
   if redis.call('SCARD', members) >= tonumber(ARGV[7]) then return {-4} end
@@ -128,7 +131,7 @@ end
 local members = ARGV[10] .. 'members:' .. id
 redis.call('SADD', members, ARGV[4])
 redis.call('SADD', of, id)
-redis.call('PUBLISH', ARGV[11], 'j ' .. id .. ' ' .. kind .. ' ' .. spelling .. ' ' .. ARGV[4])
+redis.call('PUBLISH', ARGV[11], 'j ' .. id .. ' ' .. kind .. ' ' .. spelling .. ' ' .. ARGV[4] .. ' ' .. ARGV[12])
 return {id, tonumber(kind), redis.call('SCARD', members), spelling}
 "#;
 

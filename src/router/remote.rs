@@ -618,6 +618,7 @@ impl Router {
         for (_, sent) in sent {
             self.sent_settled(sent.origin, false, now, out);
         }
+        self.forget_on_fence(now, out);
         self.remote.received.clear();
         self.remote.paired_out.clear();
         self.remote.paired_in.clear();

@@ -396,9 +396,17 @@ impl Server {
                 queue,
                 spelling,
                 member,
+                prefetch,
             } => {
-                self.router
-                    .remote_room_joined(id, queue, &spelling, &member, now, &mut self.wire);
+                self.router.remote_room_joined(
+                    id,
+                    queue,
+                    &spelling,
+                    &member,
+                    prefetch,
+                    now,
+                    &mut self.wire,
+                );
             }
             Event::RoomLeft { id, member } => {
                 self.router
@@ -648,6 +656,7 @@ pub fn room_request(claim: RoomClaim) -> (u64, Request) {
             max_rooms,
             room_members,
             rooms_per_name,
+            prefetch,
         } => {
             let join = RoomJoin {
                 key: key.into(),
@@ -658,6 +667,7 @@ pub fn room_request(claim: RoomClaim) -> (u64, Request) {
                 max_rooms,
                 room_members,
                 rooms_per_name,
+                prefetch,
             };
             (claim, Request::JoinRoom { claim, join })
         }

@@ -34,6 +34,8 @@ pub enum RoomClaim {
         max_rooms: u16,
         room_members: u32,
         rooms_per_name: u32,
+        /// The prefetch the JOIN asked (CLUSTER.md, "Queues across nodes").
+        prefetch: u8,
     },
     Leave {
         claim: u64,
@@ -87,7 +89,8 @@ impl Across {
 impl Router {
     /// JOIN on a node of several: refused here when this node can tell
     /// (bad name, no name, the other kind, no role), answered here when
-    /// the name is a member already (the prefetch set afresh), else asked
+    /// the name is a member already (the prefetch set afresh, and a new
+    /// one told to every node through the engine, unanswered), else asked
     /// of the engine; its ROOMACK keeps its place among the replies.
     #[allow(clippy::too_many_arguments)]
     pub(in crate::router) fn join_across(
@@ -100,13 +103,43 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
+        let renewed = self.prefetch_renewed(conn, queue, prefetch, room);
         let (key, spelling, member, may_create) = match self.join_here(conn, queue, prefetch, room)
         {
             Ok(asked) => asked,
-            Err(answer) => return self.answer_room_request(conn, seq, answer, now, out),
+            Err(answer) => {
+                if let Some((key, spelling, member)) = renewed {
+                    // The queue's home may be another node: the engine
+                    // says the new prefetch to every node (the `j` line).
+                    // Its answer waits for no one; without the engine the
+                    // JOIN is still answered here, as before.
+                    let claim = self.rooms.across.next_claim;
+                    self.rooms.across.next_claim += 1;
+                    self.send_join_claim(claim, key, spelling, true, member, false, prefetch, out);
+                }
+                return self.answer_room_request(conn, seq, answer, now, out);
+            }
         };
-        let limits = self.rooms.limits;
         let claim = self.room_claim_wait(conn, seq, member.clone(), Some(prefetch));
+        self.send_join_claim(
+            claim, key, spelling, queue, member, may_create, prefetch, out,
+        );
+    }
+
+    /// A JOIN claim to the engine, with this node's bounds.
+    #[allow(clippy::too_many_arguments)]
+    fn send_join_claim(
+        &self,
+        claim: u64,
+        key: Box<str>,
+        spelling: Box<str>,
+        queue: bool,
+        member: Box<str>,
+        may_create: bool,
+        prefetch: u8,
+        out: &mut impl Outbox,
+    ) {
+        let limits = self.rooms.limits;
         out.room_claim(&RoomClaim::Join {
             claim,
             key,
@@ -117,7 +150,26 @@ impl Router {
             max_rooms: limits.max_rooms.min(MAX_ROOMS_CEILING) as u16,
             room_members: limits.room_members.min(u32::MAX as usize) as u32,
             rooms_per_name: limits.rooms_per_name.min(u32::MAX as usize) as u32,
+            prefetch,
         });
+    }
+
+    /// A queue JOIN by a member already, asking a prefetch other than the
+    /// one this node holds for the name: the room's key and spelling and
+    /// the member, for the engine to tell every node.
+    fn prefetch_renewed(
+        &self,
+        conn: ConnId,
+        queue: bool,
+        prefetch: u8,
+        room: Option<&str>,
+    ) -> Option<(Box<str>, Box<str>, Box<str>)> {
+        let key: Box<str> = room?.to_ascii_lowercase().into();
+        let existing = &self.rooms.by_id[self.rooms.by_key.get(&key)?];
+        let member = self.name_key(conn).ok()?;
+        let known = existing.prefetch.get(&member).copied().unwrap_or(1);
+        (queue && existing.queue && existing.members.contains(&member) && known != prefetch)
+            .then(|| (key, existing.name.clone(), member))
     }
 
     /// What this node decides of a JOIN by itself (Err: the answer), or
@@ -269,18 +321,31 @@ impl Router {
         }
     }
 
-    /// `member` joined room `id` on some node (the change channel).
+    /// `member` joined room `id` on some node, or joined it again, asking
+    /// `prefetch` (None: the line did not say) (the change channel).
+    #[allow(clippy::too_many_arguments)]
     pub fn remote_room_joined(
         &mut self,
         id: ClientId,
         queue: bool,
         spelling: &str,
         member: &str,
+        prefetch: Option<u8>,
         now: Instant,
         out: &mut impl Outbox,
     ) {
         let member = member.to_ascii_lowercase();
         self.replica_join(id, queue, spelling, &member, false, now, out);
+        if let Some(prefetch) = prefetch
+            && let Some(room) = self.rooms.by_id.get_mut(&id)
+            && room.queue
+            && room.members.contains(member.as_str())
+            && room.prefetch.get(member.as_str()).copied().unwrap_or(1) != prefetch
+        {
+            room.set_prefetch(&member, prefetch, &self.sessions);
+            // Its sessions on other nodes are listed again with it.
+            self.rooms.across.membership_changed();
+        }
         self.dispatch_queue(id, now, out);
     }
 

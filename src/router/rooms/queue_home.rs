@@ -18,10 +18,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 use tracing::debug;
 
-/// What stands for the connection in the log lines of a queue message
-/// settled by another node (no connection here answered it).
-const AWAY: ConnId = ConnId::MAX;
-
 /// The queue rooms' cluster state of one router.
 #[derive(Debug, Default)]
 pub(in crate::router) struct Homes {
@@ -54,8 +50,9 @@ impl Router {
 
     /// Lists again, when the id table or a membership changed since, each
     /// queue room's member sessions on other nodes: a session gone passes
-    /// on what it held (at-least-once), one new takes turns from now on
-    /// (prefetch 1), and what waits is dispatched.
+    /// on what it held (at-least-once), one new takes turns from now on,
+    /// each may hold its name's prefetch (as the `j` changes said), and
+    /// what waits is dispatched.
     pub fn queues_across(&mut self, now: Instant, out: &mut impl Outbox) {
         let mark = (self.ids.epoch, self.rooms.across.generation);
         if !self.remote.enabled || self.rooms.across.homes.synced == Some(mark) {
@@ -80,24 +77,34 @@ impl Router {
         let queue_wait = self.rooms.limits.queue_wait;
         for id in queues {
             let room = self.rooms.by_id.get_mut(&id).expect("listed above");
-            let mut wanted: Vec<(NodeRef, ClientId)> = named
+            let mut wanted: Vec<((NodeRef, ClientId), u8)> = named
                 .iter()
                 .filter(|(_, _, name)| room.members.contains(name.as_str()))
-                .map(|&(exhibitor, node, _)| (node, exhibitor))
+                .map(|&(exhibitor, node, ref name)| {
+                    let prefetch = room.prefetch.get(name.as_str()).copied().unwrap_or(1);
+                    ((node, exhibitor), prefetch)
+                })
                 .collect();
             wanted.sort_unstable();
             let base = room.online.len();
             let mut passed_on = None;
             for at in (0..room.away.len()).rev() {
-                if wanted.binary_search(&room.away[at]).is_err() {
+                let session = room.away[at];
+                if wanted.binary_search_by_key(&session, |&(s, _)| s).is_err() {
                     room.away.remove(at);
                     passed_on = passed_on.or(room.work.remove_place(base + at));
                 }
             }
-            for session in wanted {
-                if !room.away.contains(&session) {
-                    room.away.push(session);
-                    room.work.add_place(1);
+            for (session, prefetch) in wanted {
+                match room.away.iter().position(|&s| s == session) {
+                    Some(at) if room.work.capacity(base + at) != prefetch => {
+                        room.work.set_capacity(base + at, prefetch);
+                    }
+                    Some(_) => {}
+                    None => {
+                        room.away.push(session);
+                        room.work.add_place(prefetch);
+                    }
                 }
             }
             if let Some(since) = passed_on {
@@ -194,6 +201,38 @@ impl Router {
         }
     }
 
+    /// This node is fenced: the queue messages relayed to its old
+    /// incarnation by other nodes, and those its own emitters sent (they
+    /// are dismissed), are forgotten, waiting or held, as a home killed
+    /// loses them. The other nodes answer theirs ERRO when that
+    /// incarnation is reaped (`down`), and its emitters are answered ERRO
+    /// here: a message kept would be shown after its ERRO, and again if a
+    /// member on another node showed it already, its ack now unheard
+    /// (found by the simulation). A message recovered from history (no
+    /// emitter) stays: it is durable, shown again at worst.
+    pub(in crate::router) fn forget_on_fence(&mut self, now: Instant, out: &mut impl Outbox) {
+        let relayed = std::mem::take(&mut self.rooms.across.homes.relayed);
+        let mut forgotten = Vec::new();
+        for room in self.rooms.by_id.values_mut().filter(|room| room.queue) {
+            let gone = |wait, emitted_here| emitted_here || relayed.contains_key(&wait);
+            room.work.forget(gone, &mut forgotten);
+        }
+        if forgotten.is_empty() {
+            return;
+        }
+        debug!(
+            messages = forgotten.len(),
+            "fenced: queue messages of the old incarnation forgotten"
+        );
+        forgotten.sort_unstable_by_key(|&(wait, _)| wait);
+        for (wait, request) in forgotten {
+            out.room_event(&RoomEvent::Settled { wait });
+            if let Some(request) = request {
+                self.settle(request, false, now, out);
+            }
+        }
+    }
+
     /// [`Router::dispatch_queue`] for this module's callers, out of line:
     /// each inlined copy of it weighs on the one-node paths' inlining.
     #[inline(never)]
@@ -237,7 +276,21 @@ impl Router {
             }
             return self.dispatch_across(room, now, out);
         }
-        self.queue_dropped(AWAY, room, slot, ticket);
+        // Only this message is passed on: on one node a failed delivery
+        // means its session ended, but a relay unanswered (lost to a
+        // partition, late) leaves the session there, showing what it was
+        // given since; passing that on too showed it twice (found by the
+        // simulation).
+        let queue_wait = self.rooms.limits.queue_wait;
+        if let Some(since) = self
+            .rooms
+            .by_id
+            .get_mut(&room)
+            .and_then(|entry| entry.work.drop_delivery(slot, ticket))
+        {
+            debug!(room, "a queue message passed on from another node");
+            self.note_deadline(since + queue_wait);
+        }
         // A node gone may still be listed: list again first.
         self.queues_across(now, out);
         self.dispatch_across(room, now, out);

@@ -172,6 +172,11 @@ impl WorkQueue {
         }
     }
 
+    /// How many messages the member session at `at` may hold.
+    pub(super) fn capacity(&self, at: usize) -> u8 {
+        self.capacity[at]
+    }
+
     /// The member session at `at` may hold `capacity` messages from now on
     /// (those it holds above it are kept until acknowledged).
     pub(super) fn set_capacity(&mut self, at: usize, capacity: u8) {
@@ -280,6 +285,27 @@ impl WorkQueue {
         since
     }
 
+    /// The delivery of `slot` under `ticket` to a member session on another
+    /// node failed (its relay not answered OK): that message alone goes
+    /// back to the front of the waiting line. The session may still be
+    /// there and showing what it was given since, each awaited by its own
+    /// relay. Returns when it arrived; None if it was settled or passed on
+    /// since.
+    pub(super) fn drop_delivery(&mut self, slot: u32, ticket: u64) -> Option<Instant> {
+        let entry = self.slots.get_mut(slot as usize)?;
+        if entry.holder == NOT_HELD || entry.ticket != ticket {
+            return None;
+        }
+        let at = entry.holder as usize;
+        entry.holder = NOT_HELD;
+        let since = entry.since;
+        self.waiting.push_front(slot);
+        self.holds[at] -= 1;
+        self.held -= 1;
+        self.set_free(at, self.holds[at] < u16::from(self.capacity[at]));
+        since
+    }
+
     /// Gives up on the messages that arrived at or before `before`, oldest
     /// first.
     pub(super) fn expire(&mut self, before: Instant, expired: &mut Vec<Answered>) {
@@ -290,6 +316,34 @@ impl WorkQueue {
             }
             self.waiting.pop_front();
             expired.push((entry.wait, entry.request.take()));
+            self.release(slot);
+        }
+    }
+
+    /// Forgets every message, waiting or held, that `gone` picks (by its
+    /// wait number and whether it has a request here), adding each one's
+    /// answer to `forgotten`. Their holders may take others.
+    pub(super) fn forget(
+        &mut self,
+        gone: impl Fn(u64, bool) -> bool,
+        forgotten: &mut Vec<Answered>,
+    ) {
+        for slot in 0..self.slots.len() as u32 {
+            let entry = &self.slots[slot as usize];
+            if entry.since.is_none() || !gone(entry.wait, entry.request.is_some()) {
+                continue;
+            }
+            let holder = entry.holder;
+            if holder == NOT_HELD {
+                self.waiting.retain(|&s| s != slot);
+            } else {
+                let at = holder as usize;
+                self.holds[at] -= 1;
+                self.held -= 1;
+                self.set_free(at, self.holds[at] < u16::from(self.capacity[at]));
+            }
+            let entry = &mut self.slots[slot as usize];
+            forgotten.push((entry.wait, entry.request.take()));
             self.release(slot);
         }
     }
@@ -482,6 +536,42 @@ mod tests {
         assert!(work.settle(s5, 6).is_some());
         assert_eq!(turns(&mut work, &mut ticket), vec![(5, 130), (100, 131)]);
         work.check(130).expect("counts agree");
+    }
+
+    #[test]
+    fn a_failed_delivery_elsewhere_passes_on_that_message_alone() {
+        // One place of prefetch 2 holds messages 0 and 1; 2 waits.
+        let mut work = queue(1, 2, 3);
+        let mut ticket = 0;
+        assert_eq!(turns(&mut work, &mut ticket), vec![(0, 0), (0, 1)]);
+        // Message 0's relay failed (ticket 1): it goes back first; the
+        // session keeps message 1, which it may be showing.
+        assert!(work.drop_delivery(0, 1).is_some());
+        assert_eq!((work.held(), work.waiting_len()), (1, 2));
+        assert!(work.drop_delivery(0, 1).is_none(), "passed on already");
+        work.check(1).expect("counts agree");
+        assert_eq!(turns(&mut work, &mut ticket), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn forgotten_messages_leave_the_line_and_free_their_holders() {
+        // Two places of prefetch 2; messages 0..6 (wait numbers = seqs).
+        let mut work = queue(2, 2, 6);
+        let mut ticket = 0;
+        assert_eq!(
+            turns(&mut work, &mut ticket),
+            vec![(0, 0), (1, 1), (0, 2), (1, 3)]
+        );
+        // Forget the odd ones: 1 and 3 held by place 1, 5 waiting.
+        let mut forgotten = Vec::new();
+        work.forget(|wait, _| wait % 2 == 1, &mut forgotten);
+        let mut waits: Vec<u64> = forgotten.iter().map(|&(wait, _)| wait).collect();
+        waits.sort_unstable();
+        assert_eq!(waits, vec![1, 3, 5]);
+        assert_eq!((work.held(), work.waiting_len()), (2, 1));
+        work.check(2).expect("counts agree");
+        // Place 1 holds nothing now: it takes message 4, the only one left.
+        assert_eq!(turns(&mut work, &mut ticket), vec![(1, 4)]);
     }
 
     #[test]
