@@ -967,13 +967,7 @@ fn partitions_between_nodes_that_keep_their_leases_leave_no_request_unanswered()
 #[test]
 fn a_dismiss_the_engine_refused_is_sent_again_until_it_is_carried() {
     let mut world = World::new(7, 2);
-    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
-    world.settle();
-    let x = world.clients[exhibitor]
-        .id
-        .expect("the exhibitor has an id");
-    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
-    world.settle();
+    let (x, emitter) = pair_across(&mut world);
     assert!(world.clients[emitter].id.is_some(), "paired across nodes");
     world.nodes[0].as_mut().unwrap().engine.refuse(true);
     world.leave(emitter);
@@ -996,11 +990,7 @@ fn a_dismiss_the_engine_refused_is_sent_again_until_it_is_carried() {
 #[test]
 fn a_pair_notice_refused_past_the_retry_bound_is_given_up() {
     let mut world = World::new(11, 2);
-    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
-    world.settle();
-    let x = world.clients[exhibitor].id.unwrap();
-    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
-    world.settle();
+    let (x, emitter) = pair_across(&mut world);
     world.nodes[0].as_mut().unwrap().engine.refuse(true);
     world.leave(emitter);
     for _ in 0..110 {
@@ -1014,6 +1004,19 @@ fn a_pair_notice_refused_past_the_retry_bound_is_given_up() {
     }
     let exhibitor = world.clients.iter().find(|c| c.id == Some(x)).unwrap();
     assert!(!exhibitor.dismissed, "a notice given up is not sent");
+}
+
+/// An exhibitor on node 1 and an emitter on node 0 paired with it, each
+/// settled: (the exhibitor's id, the emitter's client).
+fn pair_across(world: &mut World) -> (ClientId, usize) {
+    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
+    world.settle();
+    let x = world.clients[exhibitor]
+        .id
+        .expect("the exhibitor has an id");
+    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
+    world.settle();
+    (x, emitter)
 }
 
 /// The exhibitor `x`'s client, if it is still connected.
@@ -1037,13 +1040,7 @@ fn pass_100ms(world: &mut World, steps: usize) {
 #[test]
 fn a_dismiss_lost_in_a_partition_is_made_good_from_the_emitter_s_freed_id() {
     let mut world = World::new(5, 2);
-    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
-    world.settle();
-    let x = world.clients[exhibitor]
-        .id
-        .expect("the exhibitor has an id");
-    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
-    world.settle();
+    let (x, emitter) = pair_across(&mut world);
     assert!(world.clients[emitter].id.is_some(), "paired across nodes");
     let node = |world: &World, i: usize| world.nodes[i].as_ref().unwrap().engine.node();
     let (a, b) = (node(&world, 0), node(&world, 1));
@@ -1102,13 +1099,7 @@ fn an_unpair_after_the_emitter_s_release_leaves_the_exhibitor_free_not_dismissed
 #[test]
 fn a_dismiss_lost_with_a_subscription_is_made_good_when_the_id_table_is_read_again() {
     let mut world = World::new(13, 2);
-    let exhibitor = world.connect_at(1, Kindof::Exhibitor, 0, false);
-    world.settle();
-    let x = world.clients[exhibitor]
-        .id
-        .expect("the exhibitor has an id");
-    let emitter = world.connect_at(0, Kindof::Emitter, x, false);
-    world.settle();
+    let (x, emitter) = pair_across(&mut world);
     let e = world.clients[emitter].id.expect("paired across nodes");
     world.leave(emitter);
     let now = world.now;
