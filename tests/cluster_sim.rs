@@ -1131,6 +1131,27 @@ fn a_dismiss_lost_with_a_subscription_is_made_good_when_the_id_table_is_read_aga
     assert_eq!(dismissed.unacked.back().map(|f| f.kind), Some(Kind::Flw));
 }
 
+/// 30 queue worlds of 400 steps each (seeds `1..=30` times `mix`), with
+/// crashes and fences or partitions as asked, each run to quiet: the
+/// replies, the queue messages shown, those shown again and the cuts made,
+/// summed over the worlds.
+fn queue_worlds(mix: u64, crashes: bool, partitions: bool) -> (u64, u64, u64, u64) {
+    let (mut replies, mut shown, mut again, mut cuts) = (0, 0, 0, 0);
+    for seed in 1..=30u64 {
+        let mut world = World::with_queue(seed.wrapping_mul(mix), 3);
+        for _ in 0..400 {
+            world.step(crashes, partitions);
+        }
+        world.quiesce(20);
+        replies += world.replies;
+        let queue = world.queue.as_ref().unwrap();
+        shown += queue.shown;
+        again += queue.shown_again;
+        cuts += world.cuts_made;
+    }
+    (replies, shown, again, cuts)
+}
+
 /// Work queues across nodes (CLUSTER.md, "Queues across nodes"): one queue
 /// room whose three member names have sessions coming and going on three
 /// nodes, emitters on any node writing to it, nodes crashing and fenced.
@@ -1141,18 +1162,7 @@ fn a_dismiss_lost_with_a_subscription_is_made_good_when_the_id_table_is_read_aga
 /// ends with its emitter's OK or ERRO.
 #[test]
 fn a_queue_across_crashing_nodes_shows_each_message_to_one_member_at_a_time() {
-    let (mut replies, mut shown, mut again) = (0, 0, 0);
-    for seed in 1..=30u64 {
-        let mut world = World::with_queue(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3);
-        for _ in 0..400 {
-            world.step(true, false);
-        }
-        world.quiesce(20);
-        replies += world.replies;
-        let queue = world.queue.as_ref().unwrap();
-        shown += queue.shown;
-        again += queue.shown_again;
-    }
+    let (replies, shown, again, _) = queue_worlds(0x9e37_79b9_7f4a_7c15, true, false);
     assert!(replies > 500, "only {replies} replies");
     assert!(shown > 500, "only {shown} queue messages shown");
     eprintln!("queue simulation, crashes: {replies} replies, {shown} shown, {again} again");
@@ -1164,17 +1174,7 @@ fn a_queue_across_crashing_nodes_shows_each_message_to_one_member_at_a_time() {
 /// with OK or ERRO, never OK before a member's OK.
 #[test]
 fn a_queue_across_partitioned_nodes_loses_no_message_silently() {
-    let (mut replies, mut shown, mut cuts) = (0, 0, 0);
-    for seed in 1..=30u64 {
-        let mut world = World::with_queue(seed.wrapping_mul(0x2545_f491_4f6c_dd1d), 3);
-        for _ in 0..400 {
-            world.step(false, true);
-        }
-        world.quiesce(20);
-        replies += world.replies;
-        shown += world.queue.as_ref().unwrap().shown;
-        cuts += world.cuts_made;
-    }
+    let (replies, shown, _, cuts) = queue_worlds(0x2545_f491_4f6c_dd1d, false, true);
     assert!(replies > 500, "only {replies} replies");
     assert!(shown > 500, "only {shown} queue messages shown");
     assert!(cuts > 100, "only {cuts} partitions");
