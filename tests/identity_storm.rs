@@ -303,3 +303,45 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_budget() {
         assert!(Instant::now() < deadline, "no check within {PATIENCE:?}");
     }
 }
+
+// Issue 21: honest sign-ins behind one address (a reverse proxy, a NAT)
+// sent at once are never refused for the budget's checks in flight: tokens
+// do not count while in flight (one SHA-256; 256 bits cannot be guessed),
+// and passwords past the budget wait for a check to end.
+#[test]
+fn sign_ins_sent_at_once_from_one_address_all_succeed() {
+    // Within the 64 unidentified connections a source may hold.
+    const TOKENS: usize = 48;
+    const PASSWORDS: usize = 8;
+    let dir = TempDir::new("storm-honest");
+    let file = accounts(&dir);
+    let server = Server::start(&[
+        "--auth",
+        &file,
+        "--auth-failures",
+        "3",
+        "--metrics-allow",
+        "127.0.0.0/8",
+    ]);
+    let alice = token("Alice");
+    let mut tokens: Vec<Raw> = (0..TOKENS).map(|_| server.raw()).collect();
+    let mut passwords: Vec<Raw> = (0..PASSWORDS).map(|_| server.raw()).collect();
+    for raw in &mut tokens {
+        raw.send(&hello(b"Alice", alice.as_bytes()));
+    }
+    for raw in &mut passwords {
+        raw.send(&hello(b"pw", b"open sesame"));
+    }
+    let alice_ack = helloack(0, roles("view,emit,broadcast").bits(), b"Alice");
+    for raw in &mut tokens {
+        expect_exact(raw, &alice_ack);
+    }
+    let pw_ack = helloack(0, roles("view").bits(), b"pw");
+    for raw in &mut passwords {
+        expect_exact(raw, &pw_ack);
+    }
+    // Each session goes on to the plain protocol.
+    tokens[0].identify_exhibitor();
+    passwords[PASSWORDS - 1].identify_exhibitor();
+    assert_eq!(sign_in_failures(server.addr), 0);
+}

@@ -13,7 +13,7 @@
 use super::Server;
 use crate::auth::{
     Accounts, AccountsError, Credential, Expiry, FailureBudget, Name, Request, Source, Tarpit,
-    Verifier,
+    Verifier, looks_like_token,
 };
 use crate::proto::ext::{
     Code, ExtError, ExtFrame, FLAG_QUEUE, HELLO, HELLOACK, Hello, HelloAck, JOIN, KICK, LEAVE,
@@ -22,7 +22,7 @@ use crate::proto::ext::{
 use crate::proto::{Header, SERVER_ID};
 use crate::router::{ConnId, HelloPlace, NameAnswer, NameTaken};
 use mio::Waker;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,15 +74,43 @@ impl AuthConfig {
     }
 }
 
+/// A sign-in being checked.
+struct Checking {
+    conn: ConnId,
+    peer: IpAddr,
+    /// The HELLO's seq, which the HELLOACK echoes.
+    seq: u16,
+    /// When the HELLO arrived: what a refusal's delay runs from.
+    since: Instant,
+    /// Whether it counts against its source's budget while in flight (a
+    /// password: see [`Server::on_hello`]).
+    counted: bool,
+}
+
+/// A password sign-in waiting for its source's budget to allow a check.
+struct Waiting {
+    conn: ConnId,
+    /// The tag it waits for in `by_conn` (so a later connection in its
+    /// slot is never answered), and then is checked under.
+    tag: u64,
+    seq: u16,
+    since: Instant,
+    name: Name,
+    secret: Credential,
+}
+
 /// What the loop holds for sign-ins.
 pub(super) struct Auth {
     verifier: Verifier,
     budget: FailureBudget,
     next_tag: u64,
-    /// Sign-ins being checked, by tag: the connection, its source, the
-    /// HELLO's seq (which the HELLOACK echoes) and when it arrived (what a
-    /// refusal's delay runs from).
-    checking: HashMap<u64, (ConnId, IpAddr, u16, Instant)>,
+    /// Sign-ins being checked, by tag.
+    checking: HashMap<u64, Checking>,
+    /// Password sign-ins waiting for a check in flight from their source
+    /// to end (their source's failures plus checks in flight reached the
+    /// budget), oldest first. Bounded by the unidentified connections a
+    /// source may hold (`--max-unidentified`).
+    waiting: HashMap<Source, VecDeque<Waiting>>,
     /// The tag each connection waits for (dropped with the connection, so
     /// that a verdict never reaches a later connection in the same slot).
     by_conn: HashMap<ConnId, u64>,
@@ -122,6 +150,7 @@ impl Auth {
             budget: FailureBudget::new(config.failures, config.window, BUDGET_SOURCES),
             next_tag: 0,
             checking: HashMap::new(),
+            waiting: HashMap::new(),
             by_conn: HashMap::new(),
             signed_in: Vec::new(),
             live: HashMap::new(),
@@ -350,29 +379,119 @@ impl Server {
         let Some(name) = name else {
             return self.hello_ack(conn, seq, Code::BadName, 0, b"");
         };
-        // Guesses sent at once all arrive before the first failure is
-        // known: the checks in flight count against the budget too.
-        if !auth.budget.begin_check(peer, now) {
-            info!(conn, %peer, "sign-in refused unchecked: the source's budget is spent by checks in flight");
-            self.wire.metrics.sign_in_failures += 1;
-            return self.refuse_later(conn, seq, now, Code::TooManyFailures);
-        }
+        // A presented token costs one SHA-256 and guessing 256 bits is
+        // futile, so only passwords (argon2) count while in flight: guesses
+        // sent at once all arrive before the first failure is known. A
+        // password over the budget waits for a check in flight to end
+        // rather than being refused: honest sign-ins behind one address (a
+        // proxy, a NAT) are slowed, never refused for it.
+        let counted = !looks_like_token(hello.secret.as_bytes());
+        let secret = Credential::new(hello.secret.into_vec());
         let tag = auth.next_tag;
+        auth.next_tag += 1;
+        auth.by_conn.insert(conn, tag);
+        self.router.hello_checking(conn);
+        if counted && !auth.budget.begin_check(peer, now) {
+            debug!(conn, %peer, "sign-in waits for a check in flight from its source");
+            auth.waiting
+                .entry(Source::from(peer))
+                .or_default()
+                .push_back(Waiting {
+                    conn,
+                    tag,
+                    seq,
+                    since: now,
+                    name,
+                    secret,
+                });
+            return;
+        }
+        self.submit_check(conn, tag, peer, seq, now, &name, secret, counted);
+    }
+
+    /// Hands a sign-in to the verifier; code 7 (busy) if its queue is full.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_check(
+        &mut self,
+        conn: ConnId,
+        tag: u64,
+        peer: IpAddr,
+        seq: u16,
+        since: Instant,
+        name: &Name,
+        secret: Credential,
+        counted: bool,
+    ) {
+        let Some(auth) = self.auth.as_mut() else {
+            return;
+        };
         let request = Request {
             tag,
             name: name.as_str().to_string(),
-            secret: Credential::new(hello.secret.into_vec()),
+            secret,
         };
         if auth.verifier.submit(request).is_err() {
-            auth.budget.end_check(peer);
+            if counted {
+                auth.budget.end_check(peer);
+            }
+            auth.by_conn.remove(&conn);
             warn!(conn, "sign-in refused: the verifier's queue is full");
             return self.hello_ack(conn, seq, Code::Busy, 0, b"");
         }
         debug!(conn, "sign-in queued for the verifier");
-        auth.next_tag += 1;
-        auth.checking.insert(tag, (conn, peer, seq, now));
-        auth.by_conn.insert(conn, tag);
-        self.router.hello_checking(conn);
+        auth.checking.insert(
+            tag,
+            Checking {
+                conn,
+                peer,
+                seq,
+                since,
+                counted,
+            },
+        );
+    }
+
+    /// Starts the waiting sign-ins of `peer`'s source that its budget now
+    /// allows, skipping connections gone meanwhile; refuses them all (code
+    /// 5) once its failures have spent the budget.
+    fn start_waiting(&mut self, peer: IpAddr) {
+        let now = self.wire.now;
+        let source = Source::from(peer);
+        loop {
+            let Some(auth) = self.auth.as_mut() else {
+                return;
+            };
+            let Some(queue) = auth.waiting.get_mut(&source) else {
+                return;
+            };
+            let Some(next) = queue.pop_front() else {
+                auth.waiting.remove(&source);
+                return;
+            };
+            if auth.by_conn.get(&next.conn) != Some(&next.tag) {
+                continue;
+            }
+            if !auth.budget.allows(peer, now) {
+                auth.by_conn.remove(&next.conn);
+                info!(conn = next.conn, %peer, "sign-in refused unchecked: too many refused from this source");
+                self.wire.metrics.sign_in_failures += 1;
+                self.refuse_later(next.conn, next.seq, next.since, Code::TooManyFailures);
+                continue;
+            }
+            if !auth.budget.begin_check(peer, now) {
+                queue.push_front(next);
+                return;
+            }
+            let Waiting {
+                conn,
+                tag,
+                seq,
+                since,
+                name,
+                secret,
+            } = next;
+            self.submit_check(conn, tag, peer, seq, since, &name, secret, true);
+        }
     }
 
     /// Code 0 for `conn`, the router told; code 3 if the name is taken.
@@ -467,14 +586,27 @@ impl Server {
             return;
         };
         let outcomes: Vec<_> = auth.verifier.drain_results().collect();
+        // Sources whose checks in flight ended: their waiting sign-ins may
+        // start once this turn's failures are counted.
+        let mut ended = Vec::new();
         for outcome in outcomes {
             let Some(auth) = self.auth.as_mut() else {
                 return;
             };
-            let Some((conn, peer, seq, since)) = auth.checking.remove(&outcome.tag) else {
+            let Some(Checking {
+                conn,
+                peer,
+                seq,
+                since,
+                counted,
+            }) = auth.checking.remove(&outcome.tag)
+            else {
                 continue;
             };
-            auth.budget.end_check(peer);
+            if counted {
+                auth.budget.end_check(peer);
+                ended.push(peer);
+            }
             let live = auth.by_conn.get(&conn) == Some(&outcome.tag);
             if live {
                 auth.by_conn.remove(&conn);
@@ -506,6 +638,9 @@ impl Server {
                 }
                 Err(_) => self.refuse_later(conn, seq, since, Code::Refused),
             }
+        }
+        for peer in ended {
+            self.start_waiting(peer);
         }
         self.settle_dropped();
     }
