@@ -50,7 +50,8 @@
 # evchat-baseline: the evchat server built from git revision $EVCHAT_BASELINE
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
 # to the server is measured against the code before it in the same run;
-# evchat-baseline-ws: the same server driven as `evchat-ws`.
+# evchat-baseline-ws: the same server driven as `evchat-ws`; evchat-baseline-auth
+# the same server driven as `evchat-auth` (sign-ins measured too).
 # evchat-cluster: one evchat node with `--cluster` to a redis-server of its
 # own (CLUSTER.md), all traffic between clients of that node: what joining a
 # cluster costs a node (goal evchat-cluster/evchat >= 0.9). evchat-2node: two
@@ -264,7 +265,7 @@ build() {
   [ -x "${RAW_BIN:-}" ] || die "could not find the raw_forwarder bench binary"
   EVCHAT_BIN=target/release/server
   EVCHAT_CLI=target/release/evchat
-  case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "*) build_baseline ;; esac
+  case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "* | *" evchat-baseline-auth "*) build_baseline ;; esac
 }
 
 # The server at $EVCHAT_BASELINE, from `git archive` (no worktree is
@@ -361,7 +362,7 @@ start_server() {
     evchat | evchat-ws | evchat-baseline* | evchat-hist-* | evchat-auth* | evchat-tls*)
       # One port for both transports: evchat-ws upgrades on /ws.
       case $target in evchat-baseline*) bin=$BASELINE_BIN ;; esac
-      case $target in evchat-auth*) extra=(--auth "$(bench_accounts)") ;; esac
+      case $target in evchat-auth* | evchat-baseline-auth) extra=(--auth "$(bench_accounts)") ;; esac
       case $target in evchat-tls*)
         bench_tls >/dev/null
         extra=(--tls-cert "$OUT/tls/cert.pem" --tls-key "$OUT/tls/key.pem")
@@ -602,6 +603,7 @@ run_one() { # run_one WORKLOAD REP TARGET
   local w=$1 rep=$2 t=$3 line rc dur=$DURATION warm=$WARMUP attempt gen_target=$3 rate=() sign_in=()
   case $w/$t in
     signin/evchat-auth | signin/evchat-tls | signin64/evchat-auth) ;;
+    signin/evchat-baseline-auth | signin64/evchat-baseline-auth) ;;
     signin/* | signin64/*) return ;; # sign-ins are measured on evchat-auth and evchat-tls only
   esac
   if [ "$w" = idle ]; then dur=2; warm=0; fi
@@ -619,10 +621,10 @@ run_one() { # run_one WORKLOAD REP TARGET
   # the results are renamed.
   case $t in
     evchat-baseline | evchat-hist-* | evchat-cluster | evchat-2node) gen_target=evchat ;;
-    evchat-auth*)
+    evchat-auth* | evchat-baseline-auth)
       bench_accounts >/dev/null
       gen_target=evchat sign_in=(--sign-in "bench:$(cat "$OUT/bench-token")")
-      [ "$t" = evchat-auth ] || sign_in+=(--storm)
+      case $t in evchat-auth | evchat-baseline-auth) ;; *) sign_in+=(--storm) ;; esac
       ;;
     evchat-tls*)
       bench_tls >/dev/null
@@ -822,7 +824,7 @@ RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "na
           ("evchat", "evchat-baseline", None),
           ("evchat-cluster", "evchat", "0.9"), ("evchat-2node", "redis", "2"),
           ("evchat-2node", "evchat", None),
-          ("evchat-auth", "evchat", "0.95"), ("evchat-auth-storm", "evchat-auth", "0.9"),
+          ("evchat-auth", "evchat", "0.95"), ("evchat-auth", "evchat-baseline-auth", None), ("evchat-auth-storm", "evchat-auth", "0.9"),
           ("evchat-tls", "nats-tls", "2"), ("evchat-tls", "evchat", None),
           ("evchat-tls-hstorm", "evchat-tls", "0.8"),
           ("evchat-ws", "evchat-baseline-ws", None),
