@@ -345,3 +345,44 @@ fn sign_ins_sent_at_once_from_one_address_all_succeed() {
     passwords[PASSWORDS - 1].identify_exhibitor();
     assert_eq!(sign_in_failures(server.addr), 0);
 }
+
+// Issue 21: a password sign-in waiting for its source's budget whose
+// client hangs up is dropped, and never answers a later connection that
+// takes its slot.
+#[test]
+fn a_waiting_sign_in_that_hangs_up_answers_nobody() {
+    const SIGN_INS: usize = 6;
+    let dir = TempDir::new("storm-wait-gone");
+    let file = accounts(&dir);
+    let server = Server::start(&[
+        "--auth",
+        &file,
+        "--auth-failures",
+        "1",
+        "--metrics-allow",
+        "127.0.0.0/8",
+    ]);
+    // One check in flight at a time: the rest wait, and every other one
+    // hangs up as soon as it has asked.
+    let mut staying = Vec::new();
+    for i in 0..SIGN_INS {
+        let mut raw = server.raw();
+        raw.send(&hello(b"pw", b"open sesame"));
+        if i % 2 == 0 {
+            staying.push(raw);
+        }
+    }
+    // Later connections, likely in the slots the leavers freed, ask too.
+    for _ in 0..SIGN_INS / 2 {
+        let mut raw = server.raw();
+        raw.send(&hello(b"pw", b"open sesame"));
+        staying.push(raw);
+    }
+    let ack = helloack(0, roles("view").bits(), b"pw");
+    for raw in &mut staying {
+        expect_exact(raw, &ack);
+        // One answer each: the next bytes are OI's OK.
+        raw.identify_exhibitor();
+    }
+    assert_eq!(sign_in_failures(server.addr), 0);
+}
