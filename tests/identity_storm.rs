@@ -222,6 +222,22 @@ fn during_a_wrong_password_storm_signed_in_traffic_goes_on_and_others_sign_in() 
 }
 
 /// `evchat_sign_in_failures_total` as `/metrics` reports it now.
+/// A server with the accounts above, `failures` refused sign-ins allowed
+/// per address, and its metrics open to this machine.
+fn budget_server(dir: &TempDir, failures: &str, extra: &[&str]) -> Server {
+    let file = accounts(dir);
+    let mut args = vec![
+        "--auth",
+        &file,
+        "--auth-failures",
+        failures,
+        "--metrics-allow",
+        "127.0.0.0/8",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
 fn sign_in_failures(addr: SocketAddr) -> u64 {
     let request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let answer = http_exchange(addr, request);
@@ -241,19 +257,7 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_budget() {
     const BUDGET: usize = 3;
     const GUESSES: usize = 12;
     let dir = TempDir::new("storm-at-once");
-    let file = accounts(&dir);
-    let server = Server::start(&[
-        "--auth",
-        &file,
-        "--auth-failures",
-        "3",
-        "--auth-window",
-        "3",
-        "--auth-delay",
-        "0.2",
-        "--metrics-allow",
-        "127.0.0.0/8",
-    ]);
+    let server = budget_server(&dir, "3", &["--auth-window", "3", "--auth-delay", "0.2"]);
     // Every connection open first, then every guess written before any
     // answer is read.
     let mut guessers: Vec<Raw> = (0..GUESSES).map(|_| server.raw()).collect();
@@ -314,15 +318,7 @@ fn sign_ins_sent_at_once_from_one_address_all_succeed() {
     const TOKENS: usize = 48;
     const PASSWORDS: usize = 8;
     let dir = TempDir::new("storm-honest");
-    let file = accounts(&dir);
-    let server = Server::start(&[
-        "--auth",
-        &file,
-        "--auth-failures",
-        "3",
-        "--metrics-allow",
-        "127.0.0.0/8",
-    ]);
+    let server = budget_server(&dir, "3", &[]);
     let alice = token("Alice");
     let mut tokens: Vec<Raw> = (0..TOKENS).map(|_| server.raw()).collect();
     let mut passwords: Vec<Raw> = (0..PASSWORDS).map(|_| server.raw()).collect();
@@ -353,15 +349,7 @@ fn sign_ins_sent_at_once_from_one_address_all_succeed() {
 fn a_waiting_sign_in_that_hangs_up_answers_nobody() {
     const SIGN_INS: usize = 6;
     let dir = TempDir::new("storm-wait-gone");
-    let file = accounts(&dir);
-    let server = Server::start(&[
-        "--auth",
-        &file,
-        "--auth-failures",
-        "1",
-        "--metrics-allow",
-        "127.0.0.0/8",
-    ]);
+    let server = budget_server(&dir, "1", &[]);
     // One check in flight at a time: the rest wait, and every other one
     // hangs up as soon as it has asked.
     let mut staying = Vec::new();
