@@ -648,6 +648,33 @@ fn evchat_cert_writes_a_ca_a_chain_and_a_private_key() {
     );
 }
 
+// The files are written before the advice is printed: a reader that stops
+// early (`evchat cert ... | head`) costs only the advice, not a panic.
+#[test]
+fn evchat_cert_into_a_closed_pipe_writes_its_files_and_succeeds() {
+    let dir = TempDir::new("tls-evchat-cert-pipe");
+    let out = dir.path().join("made");
+    let mut cert = Command::new(bin("evchat"))
+        .args(["cert", "--out", out.to_str().unwrap(), "localhost"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reading end closed before anything is written.
+    drop(cert.stdout.take());
+    let done = cert.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{:?}: {}",
+        done.status,
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&done.stderr), "");
+    for name in ["ca.pem", "cert.pem", "key.pem"] {
+        assert!(out.join(name).is_file(), "{name} written");
+    }
+}
+
 // ---- the clients -----------------------------------------------------------------
 
 fn tls_target(server: &Server) -> String {

@@ -65,7 +65,9 @@ fn write(args: &CertArgs) -> Result<(), String> {
     }
     let dir = args.out.display();
     let hosts = args.hosts.join(" ");
-    println!(
+    // The files are written: a reader that stops early (`| head`) loses
+    // only the advice, so a closed pipe is not an error.
+    let advice = format!(
         "wrote {dir}/ca.pem (the CA), {dir}/cert.pem (the server's chain) and {dir}/key.pem \
          (its key, mode 0600)
 for {hosts}, valid {days} days. The CA's own key was not kept: it signs nothing more, and
@@ -82,11 +84,16 @@ Trust the CA, one of:
   a browser:       Chromium: Settings > Privacy and security > Security > Manage certificates
                    > Authorities > Import {dir}/ca.pem (trust it for websites); Firefox:
                    Settings > Privacy & Security > Certificates > View Certificates >
-                   Authorities > Import. Then open https://{first}:5000/",
+                   Authorities > Import. Then open https://{first}:5000/\n",
         days = args.days,
         first = args.hosts[0],
     );
-    Ok(())
+    match std::io::stdout().lock().write_all(advice.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn create(path: &Path, pem: &str, mode: u32) -> Result<(), String> {
