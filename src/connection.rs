@@ -1362,10 +1362,10 @@ mod tests {
         let encrypted = queued - conn.queued_output();
         // The limit, and a TLS record's worth past it.
         assert!(
-            encrypted <= 32 * 1024 + 16 * 1024,
+            encrypted <= 64 * 1024 + 16 * 1024,
             "{encrypted} bytes encrypted"
         );
-        assert!(encrypted >= 32 * 1024, "{encrypted} bytes encrypted");
+        assert!(encrypted >= 64 * 1024, "{encrypted} bytes encrypted");
         // A second flush, still blocked, takes nothing more.
         assert!(!conn.flush().unwrap(), "nothing could be written");
         assert_eq!(queued - conn.queued_output(), encrypted);

@@ -22,8 +22,11 @@ use std::io::{self, BufRead, Write};
 
 /// What rustls may hold of unsent plaintext (before the handshake ends) and
 /// of unsent records: the connection's own output buffer holds the rest,
-/// under `--max-queue`.
-const RUSTLS_BUFFER_LIMIT: usize = 32 * 1024;
+/// under `--max-queue`. 64 KiB, so that a loop turn's output for one
+/// connection (about 50 KB at 1:100) is sealed whole and leaves in one
+/// `writev`: at 32 KiB it took two (BENCHMARKS.md, "TLS at 1:100, round
+/// two").
+const RUSTLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Why a TLS session broke: the peer's bytes are not TLS, or TLS that
 /// rustls refused (a bad handshake, an alert, a decryption failure).
