@@ -390,6 +390,7 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
             args.warmup,
             args.duration,
             args.json,
+            args.server_pid,
         )?;
         return Ok(Measured::SignIns);
     }

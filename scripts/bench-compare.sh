@@ -697,6 +697,10 @@ elif "idle" in r:
     b = r.get("rss_per_conn_bytes")
     c = r.get("hold_server_cpu_s")
     print("%s connections, %s B/conn, server CPU while held %s ms" % (r["idle"], "?" if b is None else "%.0f" % b, "?" if c is None else "%.0f" % (c * 1e3)))
+elif "signins_per_s" in r:
+    print("%.0f sign-ins/s; cpu server %s gen %s, us a sign-in server %s gen %s" % (
+        r["signins_per_s"], r.get("server_cpu"), r.get("client_cpu"),
+        r.get("server_us_per_signin"), r.get("client_us_per_signin")))
 else:
     print("%.3f M deliveries/s, p50 %s us p99 %s us; cpu server %s gen %s, run-queue wait %s/%s, steal %s/%s -> %s%s%s" % (
         r["delivered_per_s"] / 1e6, r.get("lat_p50_us"), r.get("lat_p99_us"),

@@ -775,32 +775,84 @@ impl<S: Read + Write> Connection<S> {
         // capacity still counts the bytes it holds. Regression (mutation
         // testing): advanced past, they no longer counted, and a buffer a
         // burst had grown was kept.
-        let mut written = 0;
-        let result = loop {
-            if written == self.output.len() {
-                break Ok(true);
-            }
-            match self.socket.write(&self.output[written..]) {
-                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => written += n,
-                Err(e) => match e.kind() {
-                    io::ErrorKind::WouldBlock => break Ok(false),
-                    io::ErrorKind::Interrupted => {}
-                    _ => break Err(e),
-                },
-            }
-        };
-        if !matches!(result, Ok(true)) {
-            self.output.advance(written);
-            return result;
-        }
-        if self.output.capacity() > KEEP_OUTPUT_CAPACITY {
-            self.output = BytesMut::new();
-        } else {
-            self.output.clear();
-        }
-        Ok(true)
+        write_out(&mut self.output, |bytes| self.socket.write(bytes))
     }
+}
+
+impl Connection<TcpStream> {
+    /// [`flush`](Connection::flush) for a connection whose FIN follows at
+    /// once (`shutdown` when this returns true). On Linux a plain
+    /// connection's bytes go with MSG_MORE, which holds their last partial
+    /// segment back, and the shutdown tacks its FIN onto that segment and
+    /// sends it: one packet instead of two for both kernels to process, a
+    /// tenth of a short session's server CPU. Nothing waits on it: the
+    /// shutdown comes in the same turn, and should it not (a write that
+    /// blocks), the next flush or the close sends what is held.
+    pub fn flush_before_fin(&mut self) -> io::Result<bool> {
+        if matches!(self.transport, Transport::Tls(_)) {
+            return self.flush();
+        }
+        write_out(&mut self.output, |bytes| send_more(&self.socket, bytes))
+    }
+}
+
+/// One `send` with MSG_MORE (Linux: more follows, hold a partial segment).
+#[cfg(target_os = "linux")]
+fn send_more(socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `bytes` is valid for reads of its length, and the descriptor
+    // is the stream's own, open while `socket` is borrowed.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_MORE,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_more(mut socket: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    socket.write(bytes)
+}
+
+/// Writes `output` with `write` until it is all written or the socket would
+/// block; returns whether everything was written.
+fn write_out(
+    output: &mut BytesMut,
+    mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> io::Result<bool> {
+    let mut written = 0;
+    let result = loop {
+        if written == output.len() {
+            break Ok(true);
+        }
+        match write(&output[written..]) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock => break Ok(false),
+                io::ErrorKind::Interrupted => {}
+                _ => break Err(e),
+            },
+        }
+    };
+    if !matches!(result, Ok(true)) {
+        output.advance(written);
+        return result;
+    }
+    if output.capacity() > KEEP_OUTPUT_CAPACITY {
+        *output = BytesMut::new();
+    } else {
+        output.clear();
+    }
+    Ok(true)
 }
 
 /// What a sniffing connection turns out to speak, once its first bytes
@@ -959,6 +1011,37 @@ mod tests {
         let held = conn.buffer_capacity();
         assert_eq!(conn.release_idle_buffers(), held);
         assert_eq!(conn.buffer_capacity(), 0);
+    }
+
+    /// The last bytes before a FIN go with MSG_MORE (held for the FIN to
+    /// ride on): the peer still reads them whole, then the end of the
+    /// stream, whether the shutdown follows or the connection is dropped.
+    #[test]
+    fn bytes_flushed_before_fin_arrive_whole_then_the_end() {
+        for shutdown in [true, false] {
+            let (mut conn, mut peer) = pair();
+            peer.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let frames = [
+                Frame::bare(Kind::Ok, SERVER_ID, 1, 0),
+                Frame::msg(1, 2, 7, b"last words".to_vec()).unwrap(),
+            ];
+            let mut expected = Vec::new();
+            for frame in &frames {
+                assert!(conn.queue(frame));
+                expected.extend(frame.to_bytes());
+            }
+            assert!(conn.flush_before_fin().unwrap());
+            assert_eq!(conn.queued_output(), 0);
+            if shutdown {
+                conn.socket.shutdown(std::net::Shutdown::Write).unwrap();
+            } else {
+                drop(conn);
+            }
+            let mut received = Vec::new();
+            peer.read_to_end(&mut received).unwrap();
+            assert_eq!(received, expected, "shutdown: {shutdown}");
+        }
     }
 
     /// Regression (mutation testing: any threshold passed every test). A

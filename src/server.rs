@@ -893,7 +893,12 @@ impl Server {
         slot.wrote_early = false;
         let discard = slot.closing.as_ref().is_some_and(|c| c.discard);
         let queued = slot.conn.queued_output();
-        let written = if discard { Ok(true) } else { slot.conn.flush() };
+        let written = match &slot.closing {
+            _ if discard => Ok(true),
+            // The FIN follows in `finish_close`: it can ride on the last bytes.
+            Some(_) => slot.conn.flush_before_fin(),
+            None => slot.conn.flush(),
+        };
         if !discard {
             self.wire.metrics.bytes_out += (queued - slot.conn.queued_output()) as u64;
         }

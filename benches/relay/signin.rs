@@ -55,9 +55,20 @@ fn one_session(target: Target, addr: SocketAddr, account: Option<&SignIn>) -> Re
     Ok(())
 }
 
+/// CPU seconds used so far by the server (when its pid is known) and by
+/// this process, all threads of each.
+fn cpu_now(server_pid: Option<u32>) -> (Option<f64>, f64) {
+    (
+        server_pid.and_then(crate::sys::process_cpu_secs),
+        crate::sys::own_cpu_secs(),
+    )
+}
+
 /// Runs `threads` sign-in loops (blocking, or with `inflight` > 0 each an
 /// event loop with that many sessions in flight); prints and returns
-/// sign-ins per second.
+/// sign-ins per second, with the CPU each side used in the counted window
+/// (a share of one core, and microseconds a sign-in): the side near a
+/// whole core is the one that sets the figure.
 #[allow(clippy::too_many_arguments)]
 pub fn run_signins(
     target: Target,
@@ -68,6 +79,7 @@ pub fn run_signins(
     warmup: f64,
     duration: f64,
     json: bool,
+    server_pid: Option<u32>,
 ) -> Result<f64, String> {
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -98,12 +110,18 @@ pub fn run_signins(
         })
         .collect();
     std::thread::sleep(Duration::from_secs_f64(warmup));
+    let cpu_before = cpu_now(server_pid);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(duration));
     counting.store(false, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     let count = done.load(Ordering::Relaxed);
+    let cpu_after = cpu_now(server_pid);
+    let server_cpu = cpu_after.0.zip(cpu_before.0).map(|(a, b)| a - b);
+    let client_cpu = cpu_after.1 - cpu_before.1;
+    let share = |cpu: f64| cpu / secs;
+    let per_signin_us = |cpu: f64| cpu * 1e6 / count.max(1) as f64;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker
@@ -112,13 +130,31 @@ pub fn run_signins(
     }
     let rate = count as f64 / secs;
     if json {
+        let opt = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.3}"));
         println!(
-            "{{\"target\":\"{}\",\"threads\":{threads},\"inflight\":{inflight},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1}}}",
-            target.name()
+            "{{\"target\":\"{}\",\"threads\":{threads},\"inflight\":{inflight},\"secs\":{secs:.4},\"signins\":{count},\"signins_per_s\":{rate:.1},\
+             \"server_cpu\":{},\"client_cpu\":{:.3},\"server_us_per_signin\":{},\"client_us_per_signin\":{:.1}}}",
+            target.name(),
+            opt(server_cpu.map(share)),
+            share(client_cpu),
+            opt(server_cpu.map(per_signin_us)),
+            per_signin_us(client_cpu),
         );
     } else {
         println!(
             "signins    {threads} threads, {inflight} in flight each (0: blocking), {secs:.2} s: {count} sessions, {rate:.0} sign-ins/s"
+        );
+        let server = server_cpu.map_or("?".to_owned(), |c| {
+            format!(
+                "{:.0}% ({:.1} us a sign-in)",
+                share(c) * 100.0,
+                per_signin_us(c)
+            )
+        });
+        println!(
+            "  cpu        server {server}  load generator {:.0}% ({:.1} us a sign-in)",
+            share(client_cpu) * 100.0,
+            per_signin_us(client_cpu)
         );
     }
     Ok(rate)
