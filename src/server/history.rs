@@ -282,6 +282,11 @@ impl History {
         self.writer.sync_totals()
     }
 
+    /// The MSGs appended so far and their text bytes.
+    pub(super) fn appended(&self) -> (u64, u64) {
+        self.writer.appended()
+    }
+
     /// End of a loop turn, after its output is flushed (the replies that
     /// wait for these records are still held by the router): writes the
     /// turn's records; returns how far records are settled, when that moved.
@@ -322,9 +327,8 @@ impl Wire {
         msg: &FrameView<'_>,
         sender: impl FnOnce() -> Sender<'s>,
     ) -> Option<Ticket> {
+        // Counted by the writer, a write at a time (`History::appended`).
         let history = self.history.as_mut()?;
-        self.metrics.history_appends += 1;
-        self.metrics.history_bytes += msg.text().map_or(0, <[u8]>::len) as u64;
         Some(history.append(msg, sender()))
     }
 }

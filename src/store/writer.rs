@@ -111,6 +111,9 @@ pub struct Writer {
     failing: bool,
     /// Records lost since history went off.
     not_kept: u64,
+    /// Message records appended, and their text bytes, up to the last
+    /// write (see [`Writer::appended`]).
+    appended_before: (u64, u64),
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -182,6 +185,7 @@ impl Writer {
             written: 0,
             failing: false,
             not_kept: 0,
+            appended_before: (0, 0),
             shared,
             thread: Some(thread),
         })
@@ -263,6 +267,7 @@ impl Writer {
                 Err(e) => warn!("history: {e}"),
             }
         }
+        self.appended_before = self.appended();
         self.batch.clear(BATCH_KEEP_BYTES);
         self.batch_rooms = false;
         self.batch_checkpoint = false;
@@ -281,6 +286,17 @@ impl Writer {
         if rolled || self.mode == Fsync::Always {
             self.shared.wake.notify_one();
         }
+    }
+
+    /// The message records appended so far (room records not counted),
+    /// and the bytes of their texts: the server's metrics, counted once a
+    /// write from the batch rather than once a message.
+    pub fn appended(&self) -> (u64, u64) {
+        let (messages, text) = self.batch.messages();
+        (
+            self.appended_before.0 + messages,
+            self.appended_before.1 + text,
+        )
     }
 
     /// Whether a segment filled since [`Writer::take_rolled`] last looked.
