@@ -342,6 +342,24 @@ struct HeldRun {
     count: u64,
 }
 
+impl HeldRun {
+    /// No run: [`Router::hold_for_record`] extends it to no record.
+    const NONE: HeldRun = HeldRun {
+        first_record: u64::MAX,
+        request: RequestRef {
+            emitter: u32::MAX,
+            incarnation: 0,
+            request: 0,
+        },
+        count: 0,
+    };
+}
+
+/// The held runs [`Router::replies_wait_for_log`] looks at, at most: past
+/// them it answers yes (the log is written), so that a turn with many
+/// emitters' runs pays a bounded look.
+const LOG_WAIT_SCAN: usize = 64;
+
 /// A reply an emitter is owed, kept in request order (rule 4).
 #[derive(Debug)]
 struct PendingReply {
@@ -685,6 +703,11 @@ pub struct Router {
     /// Requests whose reply waits for their history record to be durable,
     /// by the number [`Outbox::accepted`] gave, ascending, in runs.
     awaiting_durable: VecDeque<HeldRun>,
+    /// The newest run, while it grows: after every run in
+    /// `awaiting_durable`. Kept apart so that a held MSG extends it by a
+    /// few compares on a field rather than through the deque's wrapped
+    /// back index (issue 26); `count` 0: none.
+    growing_run: HeldRun,
     /// `--auth`: an OI without an accepted HELLO is refused.
     accounts_required: bool,
     /// Names claimed by HELLO without accounts, by their lower-case key.
@@ -728,6 +751,7 @@ impl Router {
             earliest_deadline: None,
             replay: ReplayWindow::new(0, 0),
             awaiting_durable: VecDeque::new(),
+            growing_run: HeldRun::NONE,
             accounts_required: false,
             claimed: HashMap::new(),
             tellers: 0,
@@ -957,6 +981,10 @@ impl Router {
     /// this second count-down was a held reply's largest cost in the
     /// router). What is sent is the same.
     pub fn durable(&mut self, settled: u64, now: Instant, out: &mut impl Outbox) {
+        if self.growing_run.count > 0 {
+            let run = std::mem::replace(&mut self.growing_run, HeldRun::NONE);
+            self.awaiting_durable.push_back(run);
+        }
         while let Some(run) = self.awaiting_durable.front_mut() {
             if run.first_record >= settled {
                 break;
@@ -978,9 +1006,11 @@ impl Router {
 
     /// Holds `request`'s reply until history record `number` is settled
     /// (one more count on its outstanding targets, made by the caller).
+    #[inline]
     fn hold_for_record(&mut self, number: u64, request: RequestRef) {
-        if let Some(run) = self.awaiting_durable.back_mut()
-            && run.first_record + run.count == number
+        let run = &mut self.growing_run;
+        // No record is numbered u64::MAX: the empty run extends nothing.
+        if run.first_record.wrapping_add(run.count) == number
             && run.request.request + run.count == request.request
             && run.request.emitter == request.emitter
             && run.request.incarnation == request.incarnation
@@ -988,11 +1018,51 @@ impl Router {
             run.count += 1;
             return;
         }
-        self.awaiting_durable.push_back(HeldRun {
+        self.start_run(number, request);
+    }
+
+    /// Starts a new growing run at `number`, the old one queued.
+    #[inline(never)]
+    fn start_run(&mut self, number: u64, request: RequestRef) {
+        let run = HeldRun {
             first_record: number,
             request,
             count: 1,
-        });
+        };
+        let old = std::mem::replace(&mut self.growing_run, run);
+        if old.count > 0 {
+            self.awaiting_durable.push_back(old);
+        }
+    }
+
+    /// Whether settling the records held now would send a reply at once:
+    /// a held run's first request heads its emitter's reply queue with
+    /// nothing but its record outstanding. The loop may leave a turn's
+    /// records for a later, larger write while this is false (issue 26).
+    /// Looks at [`LOG_WAIT_SCAN`] runs at most, and past them says yes.
+    pub fn replies_wait_for_log(&self) -> bool {
+        let growing = (self.growing_run.count > 0).then_some(&self.growing_run);
+        for (looked, run) in self.awaiting_durable.iter().chain(growing).enumerate() {
+            if looked == LOG_WAIT_SCAN {
+                return true;
+            }
+            let Some(session) = self.session(run.request.emitter()) else {
+                continue;
+            };
+            if session.incarnation != run.request.incarnation {
+                continue;
+            }
+            let Role::Emitter { replies, .. } = &session.role else {
+                continue;
+            };
+            if replies
+                .front()
+                .is_some_and(|r| r.request == run.request.request && r.outstanding == 1)
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Counts down the `count` requests from `first` on, one connection's:

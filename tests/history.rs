@@ -521,6 +521,74 @@ fn an_emitters_ok_means_the_message_is_already_in_the_log_in_every_fsync_mode() 
     }
 }
 
+/// MSGs to `dest` numbered `first..first + n`, of 32-byte texts, as one
+/// write: enough for one turn's records to pass the size from which the
+/// server may leave them for a later write (issue 26).
+fn burst(e: &mut Raw, e_id: ClientId, dest: ClientId, first: u16, n: u16) -> Vec<String> {
+    let mut bytes = Vec::new();
+    let texts: Vec<String> = (first..first + n).map(|seq| format!("{seq:032}")).collect();
+    for (seq, text) in (first..).zip(&texts) {
+        bytes.extend_from_slice(&msg(e_id, dest, seq, text).to_bytes());
+    }
+    e.send(&bytes);
+    texts
+}
+
+/// Under load a turn's records may wait for a later, larger write while no
+/// reply needs them (issue 26); an OK still comes only after its record is
+/// in the log, read right after the OK.
+#[test]
+fn under_load_an_ok_still_comes_only_after_its_record_is_in_the_log() {
+    let dir = TempDir::new("ok-logged-burst");
+    let server = Server::start(&["--history", dir.arg(), "--max-inflight", "1000"]);
+    let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
+    let mut logged = 0;
+    for round in 0..3 {
+        let first = 1 + round * 400;
+        let texts = burst(&mut e, e_id, a_id, first, 400);
+        let mut acks = Vec::new();
+        for (seq, text) in (first..).zip(&texts) {
+            assert_eq!(a.expect_frame(), msg(e_id, a_id, seq, text));
+            acks.extend_from_slice(&ok(a_id, e_id, seq).to_bytes());
+        }
+        a.send(&acks);
+        assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, first));
+        let now = logged_texts(dir.path());
+        assert!(now.len() > logged, "round {round}: OK before its record");
+        assert_eq!(now[logged], texts[0]);
+        for seq in first + 1..first + 400 {
+            assert_eq!(e.expect_frame(), ok(SERVER_ID, e_id, seq));
+        }
+        let now = logged_texts(dir.path());
+        assert_eq!(now[logged..logged + 400], texts[..], "round {round}");
+        logged += 400;
+    }
+}
+
+/// Records that wait for a later write are written within moments even if
+/// no reply ever needs them: here the exhibitor never acks, and the ack
+/// timeout (a minute) is far past the wait.
+#[test]
+fn records_no_reply_needs_yet_are_written_within_moments() {
+    let dir = TempDir::new("unacked-logged");
+    let server = Server::start(&[
+        "--history",
+        dir.arg(),
+        "--max-inflight",
+        "1000",
+        "--ack-timeout",
+        "60",
+    ]);
+    let (mut a, a_id, mut e, e_id) = exhibitor_and_emitter(&server);
+    let texts = burst(&mut e, e_id, a_id, 1, 400);
+    for (seq, text) in (1..).zip(&texts) {
+        assert_eq!(a.expect_frame(), msg(e_id, a_id, seq, text));
+    }
+    wait_until("every record in the log", || {
+        logged_texts(dir.path()) == texts
+    });
+}
+
 #[test]
 fn without_history_a_late_exhibitor_gets_nothing_of_the_past() {
     let server = Server::start(&[]);

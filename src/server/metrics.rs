@@ -107,9 +107,6 @@ pub(super) struct Metrics {
     pub(super) spin_nanos: u64,
     pub(super) sign_ins: u64,
     pub(super) sign_in_failures: u64,
-    pub(super) history_appends: u64,
-    /// Text bytes of the MSGs appended to the history.
-    pub(super) history_bytes: u64,
     /// Time the loop spent writing the turn's records to the log.
     pub(super) history_write_nanos: u64,
     /// `/metrics` and `/stats` requests answered, and refused.
@@ -313,7 +310,7 @@ impl Metrics {
             "evchat_history_appends_total",
             "counter",
             "MSGs appended to the history (--history).",
-            self.history_appends,
+            now.history_appends,
         );
         metric(
             w,
@@ -325,7 +322,7 @@ impl Metrics {
             w,
             "evchat_history_appended_bytes_total",
             "",
-            self.history_bytes,
+            now.history_bytes,
         );
         metric(
             w,
@@ -410,6 +407,9 @@ pub(super) struct Snapshot {
     pub(super) clients: [[u64; TRANSPORTS.len()]; CLIENT_KINDS.len()],
     pub(super) acks_pending: u64,
     pub(super) queued_bytes: u64,
+    /// MSGs appended to the history and their text bytes (`--history`).
+    pub(super) history_appends: u64,
+    pub(super) history_bytes: u64,
     /// The history's sync rounds and their time (`--history`).
     pub(super) history_syncs: u64,
     pub(super) history_sync_nanos: u64,

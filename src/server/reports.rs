@@ -99,6 +99,7 @@ impl Server {
         if let Some(history) = &self.wire.history {
             let (rounds, time) = history.sync_totals();
             snapshot.history_syncs = rounds;
+            (snapshot.history_appends, snapshot.history_bytes) = history.appended();
             snapshot.history_sync_nanos = time.as_nanos() as u64;
         }
         for (conn, slot) in &self.wire.conns {
@@ -203,8 +204,8 @@ impl Server {
             m.connections_closed[ACK_TIMEOUT],
             m.sign_ins,
             m.sign_in_failures,
-            m.history_appends,
-            m.history_bytes,
+            now.history_appends,
+            now.history_bytes,
             now.history_syncs,
             now.history_sync_nanos as f64 / 1e9,
             m.turn_count,

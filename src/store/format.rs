@@ -284,6 +284,14 @@ pub struct Batches {
     /// The time of the open batch's records.
     open_time: u64,
     records: u64,
+    /// Of `bytes`: batch headers, room records (their count and bytes) and
+    /// message records' name bytes, so that the messages and their text
+    /// bytes are counted once a turn (see [`Batches::messages`]) rather
+    /// than once a message.
+    batch_headers: usize,
+    room_records: u64,
+    room_bytes: usize,
+    name_bytes: usize,
 }
 
 impl Batches {
@@ -342,6 +350,7 @@ impl Batches {
             // Most messages have no name: no copy, not even an empty one.
             if !name.is_empty() {
                 std::ptr::copy_nonoverlapping(name.as_ptr(), out.add(10), name.len());
+                self.name_bytes += name.len();
             }
             copy_text(text, out.add(10 + name.len()));
             self.bytes.set_len(at + len);
@@ -352,8 +361,11 @@ impl Batches {
     /// Adds a room record stamped `time_ms`.
     pub fn push_room(&mut self, time_ms: u64, record: &super::rooms::RoomRecord<'_>) {
         self.batch_for(time_ms);
+        let at = self.bytes.len();
         record.encode_in_batch(&mut self.bytes);
         self.records += 1;
+        self.room_records += 1;
+        self.room_bytes += self.bytes.len() - at;
     }
 
     /// Makes sure the open batch can take a record stamped `time_ms`.
@@ -374,6 +386,7 @@ impl Batches {
         let mut header = [0u8; BATCH_HEADER_LEN];
         header[8..16].copy_from_slice(&time_ms.to_be_bytes());
         self.bytes.extend_from_slice(&header);
+        self.batch_headers += 1;
     }
 
     /// Writes the open batch's length: it takes no more records.
@@ -408,6 +421,23 @@ impl Batches {
         self.records == 0
     }
 
+    /// The bytes of the batches so far, headers included.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The message records added since the last [`Batches::clear`] and
+    /// the bytes of their texts, worked out from what the buffer holds.
+    pub fn messages(&self) -> (u64, u64) {
+        let messages = self.records - self.room_records;
+        let text = self.bytes.len()
+            - self.batch_headers * BATCH_HEADER_LEN
+            - self.room_bytes
+            - messages as usize * BATCH_RECORD_HEAD_LEN
+            - self.name_bytes;
+        (messages, text as u64)
+    }
+
     /// Forgets every batch; keeps the buffer for the next turn unless it
     /// grew past `keep` bytes.
     pub fn clear(&mut self, keep: usize) {
@@ -418,6 +448,10 @@ impl Batches {
         }
         self.open = None;
         self.records = 0;
+        self.batch_headers = 0;
+        self.room_records = 0;
+        self.room_bytes = 0;
+        self.name_bytes = 0;
     }
 
     /// The buffer's capacity.
@@ -1273,6 +1307,35 @@ mod tests {
             name: "",
             text,
         }
+    }
+
+    /// The messages and their text bytes are worked out from the buffer
+    /// (the server's metrics, counted once a write): names, room records
+    /// and the headers of several batches are not text.
+    #[test]
+    fn batches_count_their_messages_and_text_bytes() {
+        let mut batches = Batches::new();
+        assert_eq!(batches.messages(), (0, 0));
+        batches.push(&plain(1, 1, 0, b"hello"));
+        batches.push(&RecordView {
+            name: "alice",
+            ..plain(1, 2, 4096, b"")
+        });
+        batches.push_room(
+            1,
+            &super::super::rooms::RoomRecord::Left {
+                room: 3,
+                member: "bob",
+            },
+        );
+        batches.push(&plain(2, 1, 0, &[b'x'; 40])); // another time: a second batch
+        assert_eq!(batches.messages(), (3, 45));
+        batches.seal();
+        assert_eq!(batches.messages(), (3, 45), "sealing adds no text");
+        batches.clear(1 << 20);
+        assert_eq!(batches.messages(), (0, 0));
+        batches.push(&plain(3, 1, 0, b"again"));
+        assert_eq!(batches.messages(), (1, 5));
     }
 
     fn segment(records: &[(u64, u16, u16, &[u8])]) -> Vec<u8> {
