@@ -37,6 +37,11 @@ const REJOIN_PAUSE: Duration = Duration::from_millis(500);
 const PIPELINE_MAX: usize = 64;
 /// The packed pipeline's buffer is kept up to this size between pipelines.
 const PACKED_KEEP: usize = 1 << 20;
+/// At most this many releases (of ids and of names together) wait for the
+/// engine to return; past it a release is given up (held until this
+/// incarnation ends, as before retries). A node holds at most 8,191 ids
+/// and a name per session.
+const PENDING_RELEASES_MAX: usize = 16_384;
 
 /// How a node uses Redis (`server --cluster URL --node NAME`).
 #[derive(Debug, Clone)]
@@ -225,6 +230,52 @@ struct Commands {
     leave_room: redis::Script,
     /// The pipeline of publishes being written (see [`pack_publish`]).
     packed: Vec<u8>,
+    /// Releases the engine refused (Redis unreachable) in this
+    /// incarnation, tried again at each successful renewal (see
+    /// [`Commands::retry_releases`]).
+    pending: PendingReleases,
+}
+
+/// Id and name releases a failed call left undone: the id or name stays
+/// held system-wide (no other node can have it) until one goes through.
+#[derive(Debug, Default)]
+struct PendingReleases {
+    ids: Vec<ClientId>,
+    names: Vec<String>,
+}
+
+impl PendingReleases {
+    fn len(&self) -> usize {
+        self.ids.len() + self.names.len()
+    }
+
+    /// Keeps `request` (a release) to try again; false past the bound.
+    fn keep(&mut self, request: &Request) -> bool {
+        if self.len() >= PENDING_RELEASES_MAX {
+            return false;
+        }
+        match request {
+            Request::Release { id } if !self.ids.contains(id) => self.ids.push(*id),
+            Request::ReleaseName { name } if !self.names.contains(name) => {
+                self.names.push(name.clone())
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// This incarnation was given `id` again: a release of it still
+    /// waiting went through after all (the call failed after Redis ran
+    /// it) and must not be retried, or it would free the id of a client
+    /// now holding it.
+    fn claimed_id(&mut self, id: ClientId) {
+        self.ids.retain(|&held| held != id);
+    }
+
+    /// As [`PendingReleases::claimed_id`], for a HELLO name.
+    fn claimed_name(&mut self, name: &str) {
+        self.names.retain(|held| held != name);
+    }
 }
 
 impl Commands {
@@ -249,6 +300,7 @@ impl Commands {
             join_room: redis::Script::new(JOIN_ROOM),
             leave_room: redis::Script::new(LEAVE_ROOM),
             packed: Vec::new(),
+            pending: PendingReleases::default(),
         }
     }
 
@@ -338,6 +390,8 @@ impl Commands {
     fn join(&mut self) -> redis::RedisResult<Incarnation> {
         let lease_ms = self.config.lease.as_millis() as u64;
         let name = self.config.node.clone();
+        // What an old incarnation left held, its reap frees.
+        self.pending = PendingReleases::default();
         let con = self.connection()?;
         let node: NodeId = redis::cmd("INCR").arg(key("incarnation")).query(con)?;
         let lease_key = key(&format!("lease:{node}"));
@@ -462,6 +516,8 @@ impl Commands {
             match self.renew(incarnation) {
                 Ok(true) => {
                     last_renewed = Instant::now();
+                    // Before the table is read again: it then shows them free.
+                    self.retry_releases(incarnation);
                     // Back within the lease: subscribe and read the table
                     // again (what changed meanwhile was not heard).
                     if incarnation.subscriber_lost.swap(false, Ordering::SeqCst) {
@@ -503,6 +559,52 @@ impl Commands {
         }
         self.reap()?;
         Ok(true)
+    }
+
+    /// Tries again the releases a failed call left undone (Redis was
+    /// unreachable), oldest first, until one fails again: each is the
+    /// same checked script (it frees only what this incarnation still
+    /// holds), so one that did go through the first time changes nothing.
+    fn retry_releases(&mut self, incarnation: &Incarnation) {
+        if self.pending.len() == 0 {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut done = 0;
+        let mut failed = None;
+        for &id in &pending.ids {
+            if let Err(e) = self.release(incarnation, id) {
+                failed = Some(e);
+                break;
+            }
+            done += 1;
+        }
+        pending.ids.drain(..done);
+        let ids = done;
+        done = 0;
+        if failed.is_none() {
+            for name in &pending.names {
+                if let Err(e) = self.release_name(incarnation, name) {
+                    failed = Some(e);
+                    break;
+                }
+                done += 1;
+            }
+            pending.names.drain(..done);
+        }
+        let left = pending.len();
+        self.pending = pending;
+        match failed {
+            None => info!(
+                ids,
+                names = done,
+                "cluster: releases refused earlier went through"
+            ),
+            Some(e) => {
+                warn!(error = %e, left, "cluster: releases still wait for the engine");
+                self.con = None;
+            }
+        }
     }
 
     fn reap(&mut self) -> redis::RedisResult<()> {
@@ -611,6 +713,9 @@ impl Commands {
                     }
                     Ok(id) => {
                         let id = ClientId::try_from(id).ok().filter(|id| range.contains(id));
+                        if let Some(id) = id {
+                            self.pending.claimed_id(id);
+                        }
                         let sent = self.tell.event(Event::Claimed { claim: *claim, id });
                         return (!sent).then_some(Ended::Stopped);
                     }
@@ -624,6 +729,9 @@ impl Commands {
                     return Some(Ended::Fenced);
                 }
                 Ok(won) => {
+                    if won == 1 {
+                        self.pending.claimed_name(name);
+                    }
                     let event = Event::NameClaimed {
                         claim: *claim,
                         won: Some(won == 1),
@@ -662,6 +770,13 @@ impl Commands {
         if let Err(e) = result {
             warn!(error = %e, "cluster: engine call failed");
             self.con = None;
+            if matches!(
+                request,
+                Request::Release { .. } | Request::ReleaseName { .. }
+            ) && !self.pending.keep(&request)
+            {
+                warn!("cluster: too many releases wait; this one is given up");
+            }
             if !self.fail(request) {
                 return Some(Ended::Stopped);
             }
