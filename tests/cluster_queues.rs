@@ -355,6 +355,50 @@ fn a_member_on_another_node_than_the_home_holds_up_to_its_prefetch() {
     boss.em.expect_silence();
 }
 
+/// A queue member's prefetch is kept in Redis with its membership: a node
+/// started after the JOIN (it reads the rooms whole and hears no `j` line
+/// of it) lets the member's session there hold as many as it asked.
+/// Before, it counted prefetch 1 until the member's next JOIN (issue 25).
+#[test]
+fn a_node_started_after_a_join_learns_the_member_s_prefetch_from_redis() {
+    let redis = Redis::start("cqueue-prefetch-read");
+    let b = redis.node("b");
+    let mut w4 = Member::new(&b, "w4");
+    w4.join_prefetch("jobs", 4, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
+    drop(w4);
+    let c = redis.node("c");
+    let mut w4 = Member::reclaim(&c, "w4");
+    let mut boss = Member::new(&c, "boss");
+    wait_members(&mut boss, b"jobs", 1);
+    let seqs = send_jobs(&mut boss, 5);
+    assert_eq!(
+        first_job(&mut w4, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    for n in 2..=4 {
+        assert_eq!(
+            next_msg(&mut w4.ex, w4.ex_id),
+            msg(boss.em_id, ROOM, seqs[&n], &job(n)),
+            "job {n} held by w4 unacknowledged"
+        );
+    }
+    // Four held: job 5 waits until w4 acknowledges one.
+    w4.ex.expect_silence();
+    boss.em.expect_silence();
+    w4.ex.send(&ok(w4.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+    assert_eq!(
+        next_msg(&mut w4.ex, w4.ex_id),
+        msg(boss.em_id, ROOM, seqs[&5], &job(5))
+    );
+    for n in 2..=5 {
+        w4.ex.send(&ok(w4.ex_id, boss.em_id, seqs[&n]));
+        expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&n]));
+    }
+    w4.ex.expect_silence();
+    boss.em.expect_silence();
+}
+
 /// A member JOINs again with a new prefetch on a node that is not the
 /// queue's home: answered there at once, as before, and the engine tells
 /// every node the new prefetch (the `j` line again), so the home lets its

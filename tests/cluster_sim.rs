@@ -192,6 +192,12 @@ impl Node {
                 } => router.remote_room_joined(id, queue, &spelling, &member, prefetch, now, out),
                 Event::RoomLeft { id, member } => router.remote_room_left(id, &member, now, out),
                 Event::Rooms { rooms } => {
+                    // As the server's loop does: the prefetches read with
+                    // the rooms, once the replica holds them.
+                    let prefetches: Vec<_> = rooms
+                        .iter()
+                        .map(|r| (r.id, r.spelling.clone(), r.prefetch.clone()))
+                        .collect();
                     let rooms: Vec<(RoomFacts, Vec<String>)> = rooms
                         .into_iter()
                         .map(|r| {
@@ -205,6 +211,14 @@ impl Node {
                         })
                         .collect();
                     router.rooms_read(&rooms, now, out);
+                    for (id, spelling, members) in prefetches {
+                        for (member, prefetch) in members {
+                            let prefetch = Some(prefetch);
+                            router.remote_room_joined(
+                                id, true, &spelling, &member, prefetch, now, out,
+                            );
+                        }
+                    }
                 }
                 Event::Down { node } => {
                     self.down.insert(node);

@@ -1012,18 +1012,46 @@ fn read_rooms(con: &mut redis::Connection) -> redis::RedisResult<Vec<RoomState>>
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(key(&format!("members:{id}")))
             .query(con)?;
-        let members = members
+        let members: Vec<String> = members
             .into_iter()
             .filter(|m| follows_name_rule(m))
             .collect();
+        let prefetch = if queue {
+            let kept: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(key(&format!("prefetch:{id}")))
+                .query(con)?;
+            read_prefetch(kept, &members)
+        } else {
+            Vec::new()
+        };
         states.push(RoomState {
             id,
             queue,
             spelling,
             members,
+            prefetch,
         });
     }
     Ok(states)
+}
+
+/// A queue's `prefetch:ID` hash as read: the entries of its `members`
+/// whose prefetch is 1–255 (anything else is skipped with a warning, and
+/// the member counts 1).
+fn read_prefetch(kept: Vec<(String, String)>, members: &[String]) -> Vec<(String, u8)> {
+    kept.into_iter()
+        .filter_map(|(member, prefetch)| {
+            let prefetch = prefetch.parse::<u8>().ok().filter(|&p| p > 0);
+            match prefetch {
+                Some(p) if members.contains(&member) => Some((member, p)),
+                Some(_) => None,
+                None => {
+                    warn!("cluster: a malformed prefetch in Redis skipped");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// `ID KIND SPELLING MEMBER` (after `j `): a member joined a room. With
@@ -1329,6 +1357,29 @@ mod tests {
         ] {
             assert_eq!(parse_change(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn prefetches_read_from_redis_keep_members_only_and_refuse_bad_values() {
+        let members = ["w1".to_string(), "w4".to_string(), "w9".to_string()];
+        let kept = [
+            ("w4", "4"),
+            ("w1", "255"),
+            // Not a member (any more): skipped.
+            ("gone", "3"),
+            // Not 1–255: skipped, the member counts 1.
+            ("w9", "0"),
+            ("w9", "256"),
+            ("w9", "-1"),
+            ("w9", "two"),
+            ("w9", ""),
+        ]
+        .map(|(m, p)| (m.to_string(), p.to_string()));
+        assert_eq!(
+            read_prefetch(kept.to_vec(), &members),
+            vec![("w4".to_string(), 4), ("w1".to_string(), 255)]
+        );
+        assert!(read_prefetch(Vec::new(), &members).is_empty());
     }
 
     #[test]

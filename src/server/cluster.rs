@@ -413,9 +413,15 @@ impl Server {
                     .remote_room_left(id, &member, now, &mut self.wire);
             }
             Event::Rooms { rooms } => {
+                // What each queue member's last JOIN asked, applied (as a
+                // `j` line's prefetch is) once the replica holds the rooms.
+                let mut prefetches = Vec::new();
                 let rooms: Vec<(RoomFacts, Vec<String>)> = rooms
                     .into_iter()
                     .map(|room| {
+                        if !room.prefetch.is_empty() {
+                            prefetches.push((room.id, room.spelling.clone(), room.prefetch));
+                        }
                         let facts = RoomFacts {
                             id: room.id,
                             queue: room.queue,
@@ -426,6 +432,19 @@ impl Server {
                     })
                     .collect();
                 self.router.rooms_read(&rooms, now, &mut self.wire);
+                for (id, spelling, members) in prefetches {
+                    for (member, prefetch) in members {
+                        self.router.remote_room_joined(
+                            id,
+                            true,
+                            &spelling,
+                            &member,
+                            Some(prefetch),
+                            now,
+                            &mut self.wire,
+                        );
+                    }
+                }
             }
             Event::Fenced => self.cluster_fence(cluster),
         }
