@@ -93,6 +93,14 @@ impl Outbox for Recorder {
             .or_insert_with(|| BatchWriter::new(from));
         batch.push_ack(relay, ok);
     }
+    fn relay_refused(&mut self, node: u64, relay: u64) {
+        let from = self.node;
+        let batch = self
+            .batches
+            .entry(node)
+            .or_insert_with(|| BatchWriter::new(from));
+        batch.push_refused(relay);
+    }
     fn pair_notice(&mut self, node: u64, notice: PairNotice) {
         let from = self.node;
         let batch = self
@@ -236,6 +244,9 @@ impl Node {
                             }
                             Record::Ack { relay, ok } => {
                                 router.relay_acked(from, relay, ok, now, out)
+                            }
+                            Record::Refused { relay } => {
+                                router.relay_refused(from, relay, now, out)
                             }
                             Record::Pair(r) => router.pair_notice(from, notice(r), now, out),
                             // No TELL: nothing waits for a name.

@@ -148,6 +148,12 @@ impl Outgoing {
         self.bound(at);
     }
 
+    pub(super) fn relay_refused(&mut self, node: NodeId, relay: u64) {
+        let at = self.batch(node);
+        self.batches[at].1.push_refused(relay);
+        self.bound(at);
+    }
+
     /// A batch past the size bound goes on its own; the next starts anew.
     fn bound(&mut self, at: usize) {
         if self.batches[at].1.len() >= batch::FLUSH_AT {
@@ -502,6 +508,10 @@ impl Server {
                     cluster.counts.acks_in += 1;
                     self.router
                         .relay_acked(from, relay, ok, now, &mut self.wire)
+                }
+                Record::Refused { relay } => {
+                    cluster.counts.acks_in += 1;
+                    self.router.relay_refused(from, relay, now, &mut self.wire)
                 }
                 Record::Pair(record) => {
                     let notice = to_notice(record);
