@@ -1154,8 +1154,9 @@ impl Router {
 
     /// Node `from` answered relay `relay` REFUSED: its target answered
     /// ERRO. A queue message so answered is settled ERRO, as on one node
-    /// (not passed on to the next member); any other relay fails as with
-    /// an ERRO ACK.
+    /// (not passed on to the next member); a waiting message is settled,
+    /// as one node's ERRO settles it (it does not wait again); any other
+    /// relay fails as with an ERRO ACK.
     pub fn relay_refused(
         &mut self,
         from: NodeRef,
@@ -1177,6 +1178,7 @@ impl Router {
             SentFor::Queued { room, slot, ticket } => {
                 self.queue_away_answered(room, slot, ticket, false, now, out)
             }
+            SentFor::Waited(wait) => self.waited_away_settled(wait, true, now, out),
             origin => self.sent_settled(origin, false, now, out),
         }
     }
