@@ -570,36 +570,32 @@ impl Commands {
             return;
         }
         let mut pending = std::mem::take(&mut self.pending);
-        let mut done = 0;
-        let mut failed = None;
-        for &id in &pending.ids {
-            if let Err(e) = self.release(incarnation, id) {
-                failed = Some(e);
-                break;
-            }
-            done += 1;
-        }
-        pending.ids.drain(..done);
-        let ids = done;
-        done = 0;
-        if failed.is_none() {
-            for name in &pending.names {
-                if let Err(e) = self.release_name(incarnation, name) {
-                    failed = Some(e);
-                    break;
-                }
-                done += 1;
-            }
-            pending.names.drain(..done);
-        }
+        let mut error = None;
+        let kept = |done: redis::RedisResult<()>, error: &mut Option<redis::RedisError>| {
+            done.map_err(|e| *error = Some(e)).is_ok()
+        };
+        // Names first: once another node sees a retried id free, the
+        // names released with it are free too (one connection, in order).
+        let names = pending
+            .names
+            .iter()
+            .take_while(|name| kept(self.release_name(incarnation, name), &mut error))
+            .count();
+        pending.names.drain(..names);
+        let ids = if pending.names.is_empty() {
+            pending
+                .ids
+                .iter()
+                .take_while(|&&id| kept(self.release(incarnation, id), &mut error))
+                .count()
+        } else {
+            0
+        };
+        pending.ids.drain(..ids);
         let left = pending.len();
         self.pending = pending;
-        match failed {
-            None => info!(
-                ids,
-                names = done,
-                "cluster: releases refused earlier went through"
-            ),
+        match error {
+            None => info!(ids, names, "cluster: releases refused earlier went through"),
             Some(e) => {
                 warn!(error = %e, left, "cluster: releases still wait for the engine");
                 self.con = None;
