@@ -106,8 +106,8 @@ pub trait Outbox {
     /// Several nodes: the outcome of relay `relay` from node `node`.
     fn relay_ack(&mut self, _node: NodeRef, _relay: u64, _ok: bool) {}
     /// Several nodes: relay `relay` from node `node` (a queue message for
-    /// a member session here) was answered ERRO by its target, answered
-    /// through [`Router::relay_refused`].
+    /// a member session here, or a waiting message for its addressee) was
+    /// answered ERRO by its target; heard through [`Router::relay_refused`].
     fn relay_refused(&mut self, _node: NodeRef, _relay: u64) {}
     /// Several nodes: a notice for the other half of a pair, on `node`.
     fn pair_notice(&mut self, _node: NodeRef, _notice: PairNotice) {}

@@ -60,8 +60,8 @@ pub enum Record<'a> {
     Relay { relay: u64, frame: FrameView<'a> },
     /// The outcome of relay `relay` that this node sent the batch's sender.
     Ack { relay: u64, ok: bool },
-    /// Relay `relay` (a QUEUED one) reached its target, which answered
-    /// ERRO: not a failure to pass on, an answer (an ACK whose value is 2).
+    /// Relay `relay` (a QUEUED or WAITED one) reached its target, which
+    /// answered ERRO: not a failure, an answer (an ACK whose value is 2).
     Refused { relay: u64 },
     /// A pair across nodes (CLUSTER.md, "Pairs across nodes").
     Pair(PairRecord),

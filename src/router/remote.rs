@@ -133,7 +133,8 @@ struct Received {
     outstanding: u32,
     any_ok: bool,
     /// Its one target answering ERRO is told back as such (a REFUSED
-    /// ACK), not as a failure: a queue message for a member session here.
+    /// ACK), not as a failure: a queue message for a member session here,
+    /// or a waiting message for its addressee.
     refusable: bool,
 }
 
@@ -1098,8 +1099,8 @@ impl Router {
     }
 
     /// True when relay `key` tells an ERRO, now told (REFUSED). Out of
-    /// line: only a queue message's member on another node than its home
-    /// comes here.
+    /// line: only a queue message's member on another node than its home,
+    /// or a waiting message's addressee, comes here.
     #[cold]
     #[inline(never)]
     fn relay_refused_here(&mut self, key: u64, out: &mut impl Outbox) -> bool {
