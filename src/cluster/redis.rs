@@ -254,11 +254,12 @@ impl PendingReleases {
         if self.len() >= PENDING_RELEASES_MAX {
             return false;
         }
+        // No check for a copy: an id or name is released once per claim
+        // (a claim of it drops what waits), and the script run twice for
+        // one would change nothing the second time.
         match request {
-            Request::Release { id } if !self.ids.contains(id) => self.ids.push(*id),
-            Request::ReleaseName { name } if !self.names.contains(name) => {
-                self.names.push(name.clone())
-            }
+            Request::Release { id } => self.ids.push(*id),
+            Request::ReleaseName { name } => self.names.push(name.clone()),
             _ => {}
         }
         true
@@ -1353,6 +1354,29 @@ mod tests {
         ] {
             assert_eq!(parse_change(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn releases_wait_bounded_and_one_for_an_id_or_name_claimed_again_is_dropped() {
+        let mut pending = PendingReleases::default();
+        assert!(pending.keep(&Request::Release { id: 4096 }));
+        assert!(pending.keep(&Request::Release { id: 4097 }));
+        let bob = Request::ReleaseName { name: "bob".into() };
+        assert!(pending.keep(&bob));
+        // Given 4096 again by a claim: its release ran after all, and a
+        // retry would free the id of the client now holding it.
+        pending.claimed_id(4096);
+        pending.claimed_name("bob");
+        assert_eq!(
+            (pending.ids.as_slice(), pending.names.len()),
+            (&[4097][..], 0)
+        );
+        // Bounded: past the bound a release is given up, not kept.
+        while pending.len() < PENDING_RELEASES_MAX {
+            assert!(pending.keep(&bob));
+        }
+        assert!(!pending.keep(&Request::Release { id: 5000 }));
+        assert_eq!(pending.len(), PENDING_RELEASES_MAX);
     }
 
     #[test]
