@@ -105,6 +105,10 @@ pub trait Outbox {
     fn relay(&mut self, _node: NodeRef, _relay: u64, _frame: &FrameView<'_>) {}
     /// Several nodes: the outcome of relay `relay` from node `node`.
     fn relay_ack(&mut self, _node: NodeRef, _relay: u64, _ok: bool) {}
+    /// Several nodes: relay `relay` from node `node` (a queue message for
+    /// a member session here, or a waiting message for its addressee) was
+    /// answered ERRO by its target; heard through [`Router::relay_refused`].
+    fn relay_refused(&mut self, _node: NodeRef, _relay: u64) {}
     /// Several nodes: a notice for the other half of a pair, on `node`.
     fn pair_notice(&mut self, _node: NodeRef, _notice: PairNotice) {}
     /// Several nodes: ask the engine for the name `name` (lower case) as
@@ -2022,7 +2026,7 @@ impl Router {
                 self.queue_acked(conn, room, slot, ticket, ack.kind == Kind::Ok, now, out)
             }
             Purpose::Waited { wait } => self.waited_answered(conn, wait, out),
-            Purpose::Relayed { key } => self.relay_settled(key, ack.kind == Kind::Ok, out),
+            Purpose::Relayed { key } => self.relay_answered(key, ack.kind == Kind::Ok, out),
             Purpose::Replay | Purpose::Who => {}
         }
     }

@@ -489,6 +489,54 @@ fn redis_restarted_within_the_lease_is_rejoined_without_a_fence() {
     assert_ne!(owners[&x], owners[&e], "{owners:?}");
 }
 
+/// An id (and a HELLO name) whose release Redis could not take (it was
+/// down as the client left) is released once Redis is back within the
+/// lease: another node's OI is given the id, the lowest free, and its HELLO
+/// the name. Before, both stayed held system-wide until the node's
+/// incarnation ended (issue 25).
+#[test]
+fn an_id_released_while_redis_is_down_is_free_again_when_it_returns() {
+    use crate::identity::{hello, helloack};
+    let mut redis = Redis::start_durable("cluster-release-retry");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let mut on_a = a.raw();
+    on_a.send(&hello(b"carol", b""));
+    expect_exact(&mut on_a, &helloack(0, crate::rooms::PLAIN, b"carol"));
+    let x = on_a.identify_exhibitor();
+    redis.kill();
+    drop(on_a);
+    // Node A's release meets no Redis.
+    a.proc
+        .stderr
+        .skip_until("the refused release", TIMEOUT, |line| {
+            line.contains("engine call failed")
+        });
+    redis.restart();
+    let back = Instant::now();
+    loop {
+        let mut on_b = b.raw();
+        on_b.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+        let answer = on_b.expect_frame();
+        if answer.kind == Kind::Ok && answer.dest == x {
+            break;
+        }
+        assert!(
+            back.elapsed() < IDS_FREED_WITHIN,
+            "id {x} still held after Redis returned: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The name was released in the same retry, before the id.
+    let mut carol = b.raw();
+    carol.send(&hello(b"carol", b""));
+    expect_exact(&mut carol, &helloack(0, crate::rooms::PLAIN, b"carol"));
+    a.proc
+        .stderr
+        .skip_until("the retried release", TIMEOUT, |line| {
+            line.contains("releases refused earlier went through")
+        });
+}
+
 #[test]
 fn a_node_stopped_past_its_lease_is_reaped_and_fences_itself_when_it_wakes() {
     let redis = Redis::start("cluster-sigstop");

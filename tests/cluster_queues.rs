@@ -9,6 +9,7 @@
 
 use crate::cluster::Redis;
 use crate::cluster_rooms::{FAILED_WITHIN, wait_members};
+use crate::identity::header;
 use crate::rooms::{Member, PLAIN, ROOM, S, erro, msg, next_msg, ok, roomack, who};
 use crate::util::*;
 use std::collections::BTreeMap;
@@ -351,6 +352,92 @@ fn a_member_on_another_node_than_the_home_holds_up_to_its_prefetch() {
         expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&n]));
     }
     w1.ex.expect_silence();
+    w4.ex.expect_silence();
+    boss.em.expect_silence();
+}
+
+/// A member session on another node than the queue's home answers ERRO:
+/// the emitter gets ERRO, as on one node, and the message goes to no other
+/// member (the member's node tells the ERRO back as a REFUSED ACK). Before,
+/// the ACK told no ERRO from a departure, and the message was passed on
+/// (here: to w2 itself again, the only member with room) (issue 25).
+#[test]
+fn a_member_s_erro_on_another_node_than_the_home_answers_the_emitter_erro() {
+    let redis = Redis::start("cqueue-erro");
+    let nodes = [redis.node("a"), redis.node("b")];
+    let home = usize::from(incarnation(&redis, "a") > incarnation(&redis, "b"));
+    let mut w1 = worker(&nodes[home], "w1", 1);
+    let mut w2 = worker(&nodes[1 - home], "w2", 2);
+    let mut boss = Member::new(&nodes[home], "boss");
+    wait_members(&mut boss, b"jobs", 2);
+    let seqs = send_jobs(&mut boss, 3);
+    assert_eq!(
+        first_job(&mut w1, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    assert_eq!(
+        first_job(&mut w2, &boss),
+        msg(boss.em_id, ROOM, seqs[&2], &job(2))
+    );
+    // w2 answers job 2 ERRO.
+    w2.ex.send(&header(2, w2.ex_id, boss.em_id, seqs[&2]));
+    // Job 3 goes to w2, free again; job 2 to nobody.
+    assert_eq!(
+        next_msg(&mut w2.ex, w2.ex_id),
+        msg(boss.em_id, ROOM, seqs[&3], &job(3))
+    );
+    // Rule 4 keeps the emitter's replies in order: job 1's first.
+    boss.em.expect_silence();
+    w1.ex.send(&ok(w1.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &erro(boss.em_id, seqs[&2]));
+    w2.ex.send(&ok(w2.ex_id, boss.em_id, seqs[&3]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&3]));
+    w1.ex.expect_silence();
+    w2.ex.expect_silence();
+    boss.em.expect_silence();
+}
+
+/// A queue member's prefetch is kept in Redis with its membership: a node
+/// started after the JOIN (it reads the rooms whole and hears no `j` line
+/// of it) lets the member's session there hold as many as it asked.
+/// Before, it counted prefetch 1 until the member's next JOIN (issue 25).
+#[test]
+fn a_node_started_after_a_join_learns_the_member_s_prefetch_from_redis() {
+    let redis = Redis::start("cqueue-prefetch-read");
+    let b = redis.node("b");
+    let mut w4 = Member::new(&b, "w4");
+    w4.join_prefetch("jobs", 4, |d, s| roomack(d, s, 0, (ROOM, 1, 1, b"jobs")));
+    drop(w4);
+    let c = redis.node("c");
+    let mut w4 = Member::reclaim(&c, "w4");
+    let mut boss = Member::new(&c, "boss");
+    wait_members(&mut boss, b"jobs", 1);
+    let seqs = send_jobs(&mut boss, 5);
+    assert_eq!(
+        first_job(&mut w4, &boss),
+        msg(boss.em_id, ROOM, seqs[&1], &job(1))
+    );
+    for n in 2..=4 {
+        assert_eq!(
+            next_msg(&mut w4.ex, w4.ex_id),
+            msg(boss.em_id, ROOM, seqs[&n], &job(n)),
+            "job {n} held by w4 unacknowledged"
+        );
+    }
+    // Four held: job 5 waits until w4 acknowledges one.
+    w4.ex.expect_silence();
+    boss.em.expect_silence();
+    w4.ex.send(&ok(w4.ex_id, boss.em_id, seqs[&1]));
+    expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&1]));
+    assert_eq!(
+        next_msg(&mut w4.ex, w4.ex_id),
+        msg(boss.em_id, ROOM, seqs[&5], &job(5))
+    );
+    for n in 2..=5 {
+        w4.ex.send(&ok(w4.ex_id, boss.em_id, seqs[&n]));
+        expect_exact(&mut boss.em, &ok(S, boss.em_id, seqs[&n]));
+    }
     w4.ex.expect_silence();
     boss.em.expect_silence();
 }

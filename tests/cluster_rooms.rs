@@ -385,6 +385,34 @@ fn a_waiting_message_is_delivered_when_its_name_comes_online_on_another_node() {
     bob.ex.expect_silence();
 }
 
+/// The addressee answering a waiting message ERRO on another node than the
+/// one keeping it settles the message there, as one node's ERRO does: its
+/// node tells the ERRO back as a REFUSED ACK. Before, the ACK told no ERRO
+/// from a departure, and the message waited again (issue 25).
+#[test]
+fn a_waiting_message_answered_erro_on_another_node_is_settled_as_on_one_node() {
+    let redis = Redis::start("crooms-waiting-erro");
+    let dir = TempDir::new("crooms-waiting-erro-a");
+    let a = redis.node_with("a", &["--history", dir.arg(), "--fsync", "always"]);
+    let b = redis.node("b");
+    let alice = told_while_away(&a, b"bob", b"no thanks");
+    let mut bob = Member::reclaim(&b, "bob");
+    assert_eq!(next_frame(&mut bob.ex)[..2], [0, 18], "WAITING first");
+    expect_exact(
+        &mut bob.ex,
+        &who(bob.ex_id, 1, alice.em_id, PLAIN, b"alice"),
+    );
+    expect_exact(&mut bob.ex, &msg(alice.em_id, bob.ex_id, 2, b"no thanks"));
+    bob.ex.send(&ok(bob.ex_id, S, 0));
+    bob.ex.send(&ok(bob.ex_id, S, 1));
+    bob.ex.send(&header_erro(bob.ex_id, alice.em_id, 2));
+    bob.ex.expect_silence();
+    // Settled on node a: back there, bob is sent nothing.
+    drop(bob);
+    let mut bob = Member::reclaim(&a, "bob");
+    bob.ex.expect_silence();
+}
+
 #[test]
 fn a_waiting_message_held_on_a_killed_node_waits_again_and_is_delivered_back_home() {
     let redis = Redis::start("crooms-waiting-kill");

@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
             match record {
                 Record::Relay { relay, frame } => again.push_relay(*relay, frame),
                 Record::Ack { relay, ok } => again.push_ack(*relay, *ok),
+                Record::Refused { relay } => again.push_refused(*relay),
                 Record::Pair(pair) => again.push_pair(*pair),
                 Record::Waited {
                     relay,

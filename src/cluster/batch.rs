@@ -6,7 +6,8 @@
 //! ```text
 //! 'E' 1 | sender incarnation u64 BE | record*
 //! record = 1 | relay u64 BE | frame length u32 BE | frame   (RELAY: a MSG or CREQ)
-//!        | 2 | relay u64 BE | ok u8 (1 OK, 0 ERRO)           (ACK)
+//!        | 2 | relay u64 BE | ok u8 (1 OK, 0 ERRO, 2 REFUSED) (ACK; REFUSED: the
+//!                                       target itself answered ERRO)
 //!        | 3 | token u64 BE | exhibitor u16 | emitter u16   (PAIR: may my emitter pair?)
 //!        | 4 | token u64 BE | ok u8                         (PAIRED: the answer)
 //!        | 5 | exhibitor u16 | emitter u16                  (DISMISS: its emitter is gone)
@@ -40,6 +41,8 @@ const WAITED: u8 = 8;
 /// Far from the others, so that records added beside 8 do not meet it.
 const SAID: u8 = 16;
 const QUEUED: u8 = 9;
+/// The ACK value for a target that answered ERRO (1 is OK, 0 a failure).
+const REFUSED: u8 = 2;
 /// Header bytes: magic, version, incarnation.
 const HEADER: usize = 2 + 8;
 /// A batch grows to about this size before it is published early (and a
@@ -57,6 +60,9 @@ pub enum Record<'a> {
     Relay { relay: u64, frame: FrameView<'a> },
     /// The outcome of relay `relay` that this node sent the batch's sender.
     Ack { relay: u64, ok: bool },
+    /// Relay `relay` (a QUEUED or WAITED one) reached its target, which
+    /// answered ERRO: not a failure, an answer (an ACK whose value is 2).
+    Refused { relay: u64 },
     /// A pair across nodes (CLUSTER.md, "Pairs across nodes").
     Pair(PairRecord),
     /// A message that waited for a name, for the exhibitor `frame.dest`
@@ -214,6 +220,16 @@ impl BatchWriter {
         self.buf.extend_from_slice(&record);
     }
 
+    /// An ACK of relay `relay` saying its target answered ERRO (value 2).
+    /// A node built before it refuses the whole batch (an unknown ACK
+    /// value is a fault there), never reads it as OK or as a failure.
+    pub fn push_refused(&mut self, relay: u64) {
+        let mut record = [ACK; 10];
+        record[1..9].copy_from_slice(&relay.to_be_bytes());
+        record[9] = REFUSED;
+        self.buf.extend_from_slice(&record);
+    }
+
     pub fn push_pair(&mut self, record: PairRecord) {
         let (tag, ids) = match record {
             PairRecord::Pair {
@@ -354,10 +370,11 @@ pub fn parse(bytes: &[u8]) -> Result<(NodeId, Vec<Record<'_>>), BatchError> {
             }
             ACK => {
                 let (&ok, after) = after.split_first().ok_or(BatchError::Short)?;
-                if ok > 1 {
-                    return Err(BatchError::Short);
-                }
-                records.push(Record::Ack { relay, ok: ok == 1 });
+                records.push(match ok {
+                    0 | 1 => Record::Ack { relay, ok: ok == 1 },
+                    REFUSED => Record::Refused { relay },
+                    _ => return Err(BatchError::Short),
+                });
                 rest = after;
             }
             other => return Err(BatchError::UnknownRecord(other)),
@@ -436,6 +453,33 @@ mod tests {
                 ok: true
             }
         ));
+    }
+
+    #[test]
+    fn a_refused_ack_round_trips_as_value_2_beside_ok_and_erro() {
+        let mut w = BatchWriter::new(7);
+        w.push_ack(1, true);
+        w.push_refused(2);
+        w.push_ack(3, false);
+        let (bytes, relays) = w.finish();
+        assert!(relays.is_empty());
+        // 'E' 1 | incarnation | 2 | relay 2 | 2.
+        let mut refused = vec![ACK];
+        refused.extend_from_slice(&2u64.to_be_bytes());
+        refused.push(2);
+        assert_eq!(bytes[HEADER + 10..HEADER + 20], refused[..]);
+        match &parse(&bytes).unwrap().1[..] {
+            [
+                Record::Ack { relay: 1, ok: true },
+                Record::Refused { relay: 2 },
+                Record::Ack {
+                    relay: 3,
+                    ok: false,
+                },
+            ] => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fault(&bytes[..HEADER + 19]), BatchError::Short);
     }
 
     fn fault(bytes: &[u8]) -> BatchError {
@@ -524,7 +568,7 @@ mod tests {
         let mut ack = BatchWriter::new(1).finish().0;
         ack.push(ACK);
         ack.extend_from_slice(&5u64.to_be_bytes());
-        ack.push(2);
+        ack.push(3);
         assert_eq!(fault(&ack), BatchError::Short);
         assert!(matches!(
             fault(&vec![0; 2 * FLUSH_AT + 1]),

@@ -110,6 +110,7 @@ impl Hub {
                     queue: join.queue,
                     spelling: join.spelling.clone(),
                     members: Vec::new(),
+                    prefetch: Vec::new(),
                 };
                 self.rooms.insert(id, room);
                 id
@@ -118,6 +119,11 @@ impl Hub {
         let room = self.rooms.get_mut(&id).expect("found or made above");
         if !room.members.contains(&join.member) {
             room.members.push(join.member.clone());
+        }
+        if room.queue {
+            room.prefetch.retain(|(m, _)| *m != join.member);
+            room.prefetch
+                .push((join.member.clone(), join.prefetch.max(1)));
         }
         // A member already is told again, as the script does: its JOIN
         // again carries the prefetch afresh.
@@ -151,6 +157,7 @@ impl Hub {
             return RoomOutcome::NotMember;
         };
         room.members.remove(at);
+        room.prefetch.retain(|(m, _)| *m != member);
         let outcome = RoomOutcome::Left {
             id: room.id,
             queue: room.queue,

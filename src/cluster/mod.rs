@@ -119,6 +119,9 @@ pub struct RoomState {
     pub spelling: String,
     /// Member names, lower case.
     pub members: Vec<String>,
+    /// A queue's members with the prefetch their last JOIN asked (lower
+    /// case; a member missing here counts 1, as one that never said).
+    pub prefetch: Vec<(String, u8)>,
 }
 
 /// What the engine tells the loop.

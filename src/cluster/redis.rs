@@ -37,6 +37,11 @@ const REJOIN_PAUSE: Duration = Duration::from_millis(500);
 const PIPELINE_MAX: usize = 64;
 /// The packed pipeline's buffer is kept up to this size between pipelines.
 const PACKED_KEEP: usize = 1 << 20;
+/// At most this many releases (of ids and of names together) wait for the
+/// engine to return; past it a release is given up (held until this
+/// incarnation ends, as before retries). A node holds at most 8,191 ids
+/// and a name per session.
+const PENDING_RELEASES_MAX: usize = 16_384;
 
 /// How a node uses Redis (`server --cluster URL --node NAME`).
 #[derive(Debug, Clone)]
@@ -225,6 +230,53 @@ struct Commands {
     leave_room: redis::Script,
     /// The pipeline of publishes being written (see [`pack_publish`]).
     packed: Vec<u8>,
+    /// Releases the engine refused (Redis unreachable) in this
+    /// incarnation, tried again at each successful renewal (see
+    /// [`Commands::retry_releases`]).
+    pending: PendingReleases,
+}
+
+/// Id and name releases a failed call left undone: the id or name stays
+/// held system-wide (no other node can have it) until one goes through.
+#[derive(Debug, Default)]
+struct PendingReleases {
+    ids: Vec<ClientId>,
+    names: Vec<String>,
+}
+
+impl PendingReleases {
+    fn len(&self) -> usize {
+        self.ids.len() + self.names.len()
+    }
+
+    /// Keeps `request` (a release) to try again; false past the bound.
+    fn keep(&mut self, request: &Request) -> bool {
+        if self.len() >= PENDING_RELEASES_MAX {
+            return false;
+        }
+        // No check for a copy: an id or name is released once per claim
+        // (a claim of it drops what waits), and the script run twice for
+        // one would change nothing the second time.
+        match request {
+            Request::Release { id } => self.ids.push(*id),
+            Request::ReleaseName { name } => self.names.push(name.clone()),
+            _ => {}
+        }
+        true
+    }
+
+    /// This incarnation was given `id` again: a release of it still
+    /// waiting went through after all (the call failed after Redis ran
+    /// it) and must not be retried, or it would free the id of a client
+    /// now holding it.
+    fn claimed_id(&mut self, id: ClientId) {
+        self.ids.retain(|&held| held != id);
+    }
+
+    /// As [`PendingReleases::claimed_id`], for a HELLO name.
+    fn claimed_name(&mut self, name: &str) {
+        self.names.retain(|held| held != name);
+    }
 }
 
 impl Commands {
@@ -249,6 +301,7 @@ impl Commands {
             join_room: redis::Script::new(JOIN_ROOM),
             leave_room: redis::Script::new(LEAVE_ROOM),
             packed: Vec::new(),
+            pending: PendingReleases::default(),
         }
     }
 
@@ -338,6 +391,8 @@ impl Commands {
     fn join(&mut self) -> redis::RedisResult<Incarnation> {
         let lease_ms = self.config.lease.as_millis() as u64;
         let name = self.config.node.clone();
+        // What an old incarnation left held, its reap frees.
+        self.pending = PendingReleases::default();
         let con = self.connection()?;
         let node: NodeId = redis::cmd("INCR").arg(key("incarnation")).query(con)?;
         let lease_key = key(&format!("lease:{node}"));
@@ -462,6 +517,8 @@ impl Commands {
             match self.renew(incarnation) {
                 Ok(true) => {
                     last_renewed = Instant::now();
+                    // Before the table is read again: it then shows them free.
+                    self.retry_releases(incarnation);
                     // Back within the lease: subscribe and read the table
                     // again (what changed meanwhile was not heard).
                     if incarnation.subscriber_lost.swap(false, Ordering::SeqCst) {
@@ -503,6 +560,48 @@ impl Commands {
         }
         self.reap()?;
         Ok(true)
+    }
+
+    /// Tries again the releases a failed call left undone (Redis was
+    /// unreachable), oldest first, until one fails again: each is the
+    /// same checked script (it frees only what this incarnation still
+    /// holds), so one that did go through the first time changes nothing.
+    fn retry_releases(&mut self, incarnation: &Incarnation) {
+        if self.pending.len() == 0 {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut error = None;
+        let kept = |done: redis::RedisResult<()>, error: &mut Option<redis::RedisError>| {
+            done.map_err(|e| *error = Some(e)).is_ok()
+        };
+        // Names first: once another node sees a retried id free, the
+        // names released with it are free too (one connection, in order).
+        let names = pending
+            .names
+            .iter()
+            .take_while(|name| kept(self.release_name(incarnation, name), &mut error))
+            .count();
+        pending.names.drain(..names);
+        let ids = if pending.names.is_empty() {
+            pending
+                .ids
+                .iter()
+                .take_while(|&&id| kept(self.release(incarnation, id), &mut error))
+                .count()
+        } else {
+            0
+        };
+        pending.ids.drain(..ids);
+        let left = pending.len();
+        self.pending = pending;
+        match error {
+            None => info!(ids, names, "cluster: releases refused earlier went through"),
+            Some(e) => {
+                warn!(error = %e, left, "cluster: releases still wait for the engine");
+                self.con = None;
+            }
+        }
     }
 
     fn reap(&mut self) -> redis::RedisResult<()> {
@@ -611,6 +710,9 @@ impl Commands {
                     }
                     Ok(id) => {
                         let id = ClientId::try_from(id).ok().filter(|id| range.contains(id));
+                        if let Some(id) = id {
+                            self.pending.claimed_id(id);
+                        }
                         let sent = self.tell.event(Event::Claimed { claim: *claim, id });
                         return (!sent).then_some(Ended::Stopped);
                     }
@@ -624,6 +726,9 @@ impl Commands {
                     return Some(Ended::Fenced);
                 }
                 Ok(won) => {
+                    if won == 1 {
+                        self.pending.claimed_name(name);
+                    }
                     let event = Event::NameClaimed {
                         claim: *claim,
                         won: Some(won == 1),
@@ -662,6 +767,13 @@ impl Commands {
         if let Err(e) = result {
             warn!(error = %e, "cluster: engine call failed");
             self.con = None;
+            if matches!(
+                request,
+                Request::Release { .. } | Request::ReleaseName { .. }
+            ) && !self.pending.keep(&request)
+            {
+                warn!("cluster: too many releases wait; this one is given up");
+            }
             if !self.fail(request) {
                 return Some(Ended::Stopped);
             }
@@ -897,18 +1009,46 @@ fn read_rooms(con: &mut redis::Connection) -> redis::RedisResult<Vec<RoomState>>
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(key(&format!("members:{id}")))
             .query(con)?;
-        let members = members
+        let members: Vec<String> = members
             .into_iter()
             .filter(|m| follows_name_rule(m))
             .collect();
+        let prefetch = if queue {
+            let kept: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(key(&format!("prefetch:{id}")))
+                .query(con)?;
+            read_prefetch(kept, &members)
+        } else {
+            Vec::new()
+        };
         states.push(RoomState {
             id,
             queue,
             spelling,
             members,
+            prefetch,
         });
     }
     Ok(states)
+}
+
+/// A queue's `prefetch:ID` hash as read: the entries of its `members`
+/// whose prefetch is 1–255 (anything else is skipped with a warning, and
+/// the member counts 1).
+fn read_prefetch(kept: Vec<(String, String)>, members: &[String]) -> Vec<(String, u8)> {
+    kept.into_iter()
+        .filter_map(|(member, prefetch)| {
+            let prefetch = prefetch.parse::<u8>().ok().filter(|&p| p > 0);
+            match prefetch {
+                Some(p) if members.contains(&member) => Some((member, p)),
+                Some(_) => None,
+                None => {
+                    warn!("cluster: a malformed prefetch in Redis skipped");
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// `ID KIND SPELLING MEMBER` (after `j `): a member joined a room. With
@@ -1214,6 +1354,52 @@ mod tests {
         ] {
             assert_eq!(parse_change(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn releases_wait_bounded_and_one_for_an_id_or_name_claimed_again_is_dropped() {
+        let mut pending = PendingReleases::default();
+        assert!(pending.keep(&Request::Release { id: 4096 }));
+        assert!(pending.keep(&Request::Release { id: 4097 }));
+        let bob = Request::ReleaseName { name: "bob".into() };
+        assert!(pending.keep(&bob));
+        // Given 4096 again by a claim: its release ran after all, and a
+        // retry would free the id of the client now holding it.
+        pending.claimed_id(4096);
+        pending.claimed_name("bob");
+        assert_eq!(
+            (pending.ids.as_slice(), pending.names.len()),
+            (&[4097][..], 0)
+        );
+        // Bounded: past the bound a release is given up, not kept.
+        while pending.len() < PENDING_RELEASES_MAX {
+            assert!(pending.keep(&bob));
+        }
+        assert!(!pending.keep(&Request::Release { id: 5000 }));
+        assert_eq!(pending.len(), PENDING_RELEASES_MAX);
+    }
+
+    #[test]
+    fn prefetches_read_from_redis_keep_members_only_and_refuse_bad_values() {
+        let members = ["w1".to_string(), "w4".to_string(), "w9".to_string()];
+        let kept = [
+            ("w4", "4"),
+            ("w1", "255"),
+            // Not a member (any more): skipped.
+            ("gone", "3"),
+            // Not 1–255: skipped, the member counts 1.
+            ("w9", "0"),
+            ("w9", "256"),
+            ("w9", "-1"),
+            ("w9", "two"),
+            ("w9", ""),
+        ]
+        .map(|(m, p)| (m.to_string(), p.to_string()));
+        assert_eq!(
+            read_prefetch(kept.to_vec(), &members),
+            vec![("w4".to_string(), 4), ("w1".to_string(), 255)]
+        );
+        assert!(read_prefetch(Vec::new(), &members).is_empty());
     }
 
     #[test]

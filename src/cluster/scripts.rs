@@ -97,7 +97,9 @@ return reaped
 /// the member one of the room's, creating the room at the lowest free id
 /// if no room has the name, and publishes `j ID KIND SPELLING MEMBER
 /// PREFETCH` (a member already, too: its JOIN again sets the prefetch
-/// afresh on every node; nothing else changes). Returns {id, kind, members, spelling}, or {code}: -1 no
+/// afresh on every node; nothing else changes); a queue member's prefetch
+/// is kept in `prefetch:ID` (member → prefetch), for a node reading the
+/// rooms whole. Returns {id, kind, members, spelling}, or {code}: -1 no
 /// free id, -2 fenced, -3 the other kind, -4 room full, -5 the member is in
 /// too many rooms, -6 no such room and the member may not create it.
 pub(super) const JOIN_ROOM: &str = r#"
@@ -112,6 +114,7 @@ if held then
   if kind ~= ARGV[3] then return {-3} end
   local members = ARGV[10] .. 'members:' .. id
   if redis.call('SISMEMBER', members, ARGV[4]) == 1 then
+    if kind == '1' then redis.call('HSET', ARGV[10] .. 'prefetch:' .. id, ARGV[4], ARGV[12]) end
     redis.call('PUBLISH', ARGV[11], 'j ' .. id .. ' ' .. kind .. ' ' .. spelling .. ' ' .. ARGV[4] .. ' ' .. ARGV[12])
     return {id, tonumber(kind), redis.call('SCARD', members), spelling}
   end
@@ -131,13 +134,14 @@ end
 local members = ARGV[10] .. 'members:' .. id
 redis.call('SADD', members, ARGV[4])
 redis.call('SADD', of, id)
+if kind == '1' then redis.call('HSET', ARGV[10] .. 'prefetch:' .. id, ARGV[4], ARGV[12]) end
 redis.call('PUBLISH', ARGV[11], 'j ' .. id .. ' ' .. kind .. ' ' .. spelling .. ' ' .. ARGV[4] .. ' ' .. ARGV[12])
 return {id, tonumber(kind), redis.call('SCARD', members), spelling}
 "#;
 
 /// KEYS: rooms hash, room ids bitmap. ARGV: room name (lower case), member
-/// (lower case), key prefix, change channel. The member leaves; a room left
-/// with no member is gone and its id free. Returns {id, kind, members
+/// (lower case), key prefix, change channel. The member leaves (and its
+/// prefetch with it); a room left with no member is gone and its id free. Returns {id, kind, members
 /// left, spelling}, or {-7}: no such room, or not a member.
 pub(super) const LEAVE_ROOM: &str = r#"
 local held = redis.call('HGET', KEYS[1], ARGV[1])
@@ -147,8 +151,10 @@ local id = tonumber(a)
 local members = ARGV[3] .. 'members:' .. id
 if redis.call('SREM', members, ARGV[2]) == 0 then return {-7} end
 redis.call('SREM', ARGV[3] .. 'roomsof:' .. ARGV[2], id)
+redis.call('HDEL', ARGV[3] .. 'prefetch:' .. id, ARGV[2])
 local left = redis.call('SCARD', members)
 if left == 0 then
+  redis.call('DEL', ARGV[3] .. 'prefetch:' .. id)
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('SETBIT', KEYS[2], id, 0)
 end

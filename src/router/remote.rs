@@ -132,6 +132,10 @@ struct Received {
     relay: u64,
     outstanding: u32,
     any_ok: bool,
+    /// Its one target answering ERRO is told back as such (a REFUSED
+    /// ACK), not as a failure: a queue message for a member session here,
+    /// or a waiting message for its addressee.
+    refusable: bool,
 }
 
 /// The cluster state of one router (empty and off on a single server).
@@ -973,6 +977,7 @@ impl Router {
                 relay,
                 outstanding: targets.len() as u32,
                 any_ok: false,
+                refusable: false,
             },
         );
         // WHO before a remote sender's first message, and before a CLIST
@@ -1059,6 +1064,16 @@ impl Router {
     /// Notes relay `relay` from node `from` as being delivered to one
     /// target here; returns its key (for [`Purpose::Relayed`]).
     pub(super) fn receiving(&mut self, from: NodeRef, relay: u64) -> u64 {
+        self.receiving_one(from, relay, false)
+    }
+
+    /// As [`Router::receiving`], for a relay whose target answering ERRO
+    /// is told back as such ([`Router::relay_answered`]).
+    pub(super) fn receiving_refusable(&mut self, from: NodeRef, relay: u64) -> u64 {
+        self.receiving_one(from, relay, true)
+    }
+
+    fn receiving_one(&mut self, from: NodeRef, relay: u64, refusable: bool) -> u64 {
         let key = self.remote.next_received;
         self.remote.next_received += 1;
         self.remote.received.insert(
@@ -1068,9 +1083,33 @@ impl Router {
                 relay,
                 outstanding: 1,
                 any_ok: false,
+                refusable,
             },
         );
         key
+    }
+
+    /// A target here answered relay `key` (`ok`: OK). An ERRO to a relay
+    /// that tells it ([`Router::receiving_refusable`]) goes back as
+    /// REFUSED; anything else as [`Router::relay_settled`].
+    pub(super) fn relay_answered(&mut self, key: u64, ok: bool, out: &mut impl Outbox) {
+        if ok || !self.relay_refused_here(key, out) {
+            self.relay_settled(key, ok, out);
+        }
+    }
+
+    /// True when relay `key` tells an ERRO, now told (REFUSED). Out of
+    /// line: only a queue message's member on another node than its home,
+    /// or a waiting message's addressee, comes here.
+    #[cold]
+    #[inline(never)]
+    fn relay_refused_here(&mut self, key: u64, out: &mut impl Outbox) -> bool {
+        if !self.remote.received.get(&key).is_some_and(|r| r.refusable) {
+            return false;
+        }
+        let received = self.remote.received.remove(&key).expect("found above");
+        out.relay_refused(received.from, received.relay);
+        true
     }
 
     /// One target of a relay from another node settled.
@@ -1112,6 +1151,37 @@ impl Router {
             self.remote.sent_due = None;
         }
         self.sent_settled(sent.origin, ok, now, out);
+    }
+
+    /// Node `from` answered relay `relay` REFUSED: its target answered
+    /// ERRO. A queue message so answered is settled ERRO, as on one node
+    /// (not passed on to the next member); a waiting message is settled,
+    /// as one node's ERRO settles it (it does not wait again); any other
+    /// relay fails as with an ERRO ACK.
+    pub fn relay_refused(
+        &mut self,
+        from: NodeRef,
+        relay: u64,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        if self
+            .remote
+            .sent
+            .get(&relay)
+            .is_none_or(|sent| sent.node != from)
+        {
+            debug!(from, relay, "REFUSED for no relay pending there ignored");
+            return;
+        }
+        let sent = self.remote.take_sent(relay).expect("found above");
+        match sent.origin {
+            SentFor::Queued { room, slot, ticket } => {
+                self.queue_away_answered(room, slot, ticket, false, now, out)
+            }
+            SentFor::Waited(wait) => self.waited_away_settled(wait, true, now, out),
+            origin => self.sent_settled(origin, false, now, out),
+        }
     }
 
     /// Relays whose node did not answer in time fail, pairings not

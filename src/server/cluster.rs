@@ -148,6 +148,12 @@ impl Outgoing {
         self.bound(at);
     }
 
+    pub(super) fn relay_refused(&mut self, node: NodeId, relay: u64) {
+        let at = self.batch(node);
+        self.batches[at].1.push_refused(relay);
+        self.bound(at);
+    }
+
     /// A batch past the size bound goes on its own; the next starts anew.
     fn bound(&mut self, at: usize) {
         if self.batches[at].1.len() >= batch::FLUSH_AT {
@@ -413,9 +419,15 @@ impl Server {
                     .remote_room_left(id, &member, now, &mut self.wire);
             }
             Event::Rooms { rooms } => {
+                // What each queue member's last JOIN asked, applied (as a
+                // `j` line's prefetch is) once the replica holds the rooms.
+                let mut prefetches = Vec::new();
                 let rooms: Vec<(RoomFacts, Vec<String>)> = rooms
                     .into_iter()
                     .map(|room| {
+                        if !room.prefetch.is_empty() {
+                            prefetches.push((room.id, room.spelling.clone(), room.prefetch));
+                        }
                         let facts = RoomFacts {
                             id: room.id,
                             queue: room.queue,
@@ -426,6 +438,19 @@ impl Server {
                     })
                     .collect();
                 self.router.rooms_read(&rooms, now, &mut self.wire);
+                for (id, spelling, members) in prefetches {
+                    for (member, prefetch) in members {
+                        self.router.remote_room_joined(
+                            id,
+                            true,
+                            &spelling,
+                            &member,
+                            Some(prefetch),
+                            now,
+                            &mut self.wire,
+                        );
+                    }
+                }
             }
             Event::Fenced => self.cluster_fence(cluster),
         }
@@ -483,6 +508,10 @@ impl Server {
                     cluster.counts.acks_in += 1;
                     self.router
                         .relay_acked(from, relay, ok, now, &mut self.wire)
+                }
+                Record::Refused { relay } => {
+                    cluster.counts.acks_in += 1;
+                    self.router.relay_refused(from, relay, now, &mut self.wire)
                 }
                 Record::Pair(record) => {
                     let notice = to_notice(record);

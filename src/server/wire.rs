@@ -348,6 +348,12 @@ impl Outbox for Wire {
         }
     }
 
+    fn relay_refused(&mut self, node: NodeRef, relay: u64) {
+        if let Some(outgoing) = self.cluster.as_deref_mut() {
+            outgoing.relay_refused(node, relay);
+        }
+    }
+
     fn pair_notice(&mut self, node: NodeRef, notice: PairNotice) {
         if let Some(outgoing) = self.cluster.as_deref_mut() {
             outgoing.pair_notice(node, notice);

@@ -247,9 +247,10 @@ impl Router {
     }
 
     /// The node of the member session a queue message was given to
-    /// answered (`ok`: the member showed it) or failed it (it answered
-    /// ERRO, left, its node died or said nothing in time): settled, or
-    /// passed on to the next member session (at-least-once).
+    /// answered (`ok`: the member showed it) or failed it (it left, its
+    /// node died or said nothing in time; a member's ERRO comes as REFUSED,
+    /// [`Router::queue_away_answered`]): settled, or passed on to the next
+    /// member session (at-least-once).
     pub(in crate::router) fn queue_away_settled(
         &mut self,
         room: ClientId,
@@ -260,21 +261,7 @@ impl Router {
         out: &mut impl Outbox,
     ) {
         if ok {
-            // As [`Router::queue_acked`] does, not called: a second caller
-            // would keep it from being inlined into the one-node path.
-            let Some(entry) = self.rooms.by_id.get_mut(&room) else {
-                return;
-            };
-            let Some((wait, request)) = entry.work.settle(slot, ticket) else {
-                debug!(room, "a queue message passed on already was acknowledged");
-                return;
-            };
-            out.room_event(&RoomEvent::Settled { wait });
-            match request {
-                Some(request) => self.settle(request, true, now, out),
-                None => self.queue_answered_home(wait, true, out),
-            }
-            return self.dispatch_across(room, now, out);
+            return self.queue_away_answered(room, slot, ticket, true, now, out);
         }
         // Only this message is passed on: on one node a failed delivery
         // means its session ended, but a relay unanswered (lost to a
@@ -296,10 +283,41 @@ impl Router {
         self.dispatch_across(room, now, out);
     }
 
+    /// The member session on another node a queue message was given to
+    /// answered it (`ok`: OK; else ERRO, told by a REFUSED ACK): settled
+    /// with that answer to its emitter, as [`Router::queue_acked`] does on
+    /// one node (not called: a second caller would keep it from being
+    /// inlined into the one-node path).
+    pub(in crate::router) fn queue_away_answered(
+        &mut self,
+        room: ClientId,
+        slot: u32,
+        ticket: u64,
+        ok: bool,
+        now: Instant,
+        out: &mut impl Outbox,
+    ) {
+        let Some(entry) = self.rooms.by_id.get_mut(&room) else {
+            return;
+        };
+        let Some((wait, request)) = entry.work.settle(slot, ticket) else {
+            debug!(room, "a queue message passed on already was answered");
+            return;
+        };
+        out.room_event(&RoomEvent::Settled { wait });
+        match request {
+            Some(request) => self.settle(request, ok, now, out),
+            None => self.queue_answered_home(wait, ok, out),
+        }
+        self.dispatch_across(room, now, out);
+    }
+
     /// A queue message from its home `from` (relay `relay`) for the member
     /// session `exhibitor` here: delivered as any (WHO first when needed),
-    /// answered by one ACK when the member answers; ERRO at once when no
-    /// member session of the room holds that id here.
+    /// answered by one ACK when the member answers (REFUSED when it
+    /// answers ERRO, which settles the message as on one node); ERRO (a
+    /// failure: passed on) at once when no member session of the room
+    /// holds that id here.
     pub fn queued_relayed(
         &mut self,
         from: NodeRef,
@@ -323,7 +341,7 @@ impl Router {
             out.relay_ack(from, relay, false);
             return;
         };
-        let key = self.receiving(from, relay);
+        let key = self.receiving_refusable(from, relay);
         self.deliver(
             std::slice::from_ref(&conn),
             frame,

@@ -76,8 +76,9 @@ impl Router {
     }
 
     /// The node waiting message `wait` went to answered it (`ok`: its
-    /// exhibitor did) or failed it (the node gone or silent, the exhibitor
-    /// gone): settled, or waiting here again, and sent at once to a session
+    /// exhibitor did, OK or ERRO, the latter by a REFUSED ACK) or failed it
+    /// (the node gone or silent, the exhibitor gone): settled, or waiting
+    /// here again, and sent at once to a session
     /// of the name online here, if one is (it may have signed in while the
     /// message was away).
     pub(in crate::router) fn waited_away_settled(
@@ -122,8 +123,9 @@ impl Router {
 
     /// A waiting message from node `from` (relay `relay`) for the
     /// exhibitor `letter.frame.dest` here: sent to it as a waiting message
-    /// is, and answered with one ACK once it answers; ERRO at once when no
-    /// opted-in exhibitor holds that id here.
+    /// is, and answered with one ACK once it answers (REFUSED for its ERRO,
+    /// which settles the message as on one node); ERRO (a failure: it
+    /// waits again) at once when no opted-in exhibitor holds that id here.
     pub fn waited_relayed(
         &mut self,
         from: NodeRef,
@@ -149,7 +151,7 @@ impl Router {
             out.relay_ack(from, relay, false);
             return;
         };
-        let key = self.receiving(from, relay);
+        let key = self.receiving_refusable(from, relay);
         let deadline = self.timeline.after(now);
         let text = Bytes::copy_from_slice(frame.text().unwrap_or_default());
         let said = (frame.origin, letter.name, letter.roles, text);
