@@ -149,6 +149,11 @@ pub(super) struct Rooms {
     /// On a node of several, with history: the other nodes each kept
     /// message is copied to.
     copies: copies::Keepers,
+    /// Queue rooms owed a turn by the frames of the input batch being
+    /// routed (a member's acks, an emitter's messages): given once at the
+    /// batch's end ([`Router::end_of_input`]), so 64 acks read together
+    /// make one turn of up to 64 messages, not 64 turns of one.
+    turns_owed: Vec<ClientId>,
 }
 
 impl Rooms {
@@ -166,6 +171,19 @@ impl Rooms {
             keep_bytes: 0,
             across: across::Across::default(),
             copies: copies::Keepers::default(),
+            turns_owed: Vec::new(),
+        }
+    }
+
+    /// Notes that queue room `id` has a member session free and may have
+    /// messages waiting: its turn is given at the end of the input batch.
+    #[inline]
+    fn owe_turn(&mut self, id: ClientId) {
+        // A batch is one connection's frames: it frees places in one or a
+        // few rooms, most often the room just noted, so the last entry is
+        // tested first and the short list scanned only past it.
+        if self.turns_owed.last() != Some(&id) && !self.turns_owed.contains(&id) {
+            self.turns_owed.push(id);
         }
     }
 
@@ -1024,11 +1042,26 @@ impl Router {
         entry
             .work
             .push_waiting(frame.origin, frame.seq, text, Some(request), now, wait);
-        let turn = entry.work.next_turn();
+        let free = entry.work.next_turn().is_some();
         self.note_deadline(now + self.rooms.limits.queue_wait);
-        if let Some(at) = turn {
-            self.dispatch_turns(room, at, now, out);
+        if free {
+            self.rooms.owe_turn(room);
         }
+    }
+
+    /// Gives the queue turns the input batch just routed owed (a member's
+    /// acks, an emitter's messages to a queue with a member free). The server calls it once a connection's
+    /// buffered frames were routed; [`Router::on_frame`] after its frame.
+    pub fn end_of_input(&mut self, now: Instant, out: &mut impl Outbox) {
+        if self.rooms.turns_owed.is_empty() {
+            return;
+        }
+        let mut owed = std::mem::take(&mut self.rooms.turns_owed);
+        for &id in &owed {
+            self.dispatch_queue(id, now, out);
+        }
+        owed.clear();
+        self.rooms.turns_owed = owed;
     }
 
     /// Gives waiting messages of room `id` to free member sessions, in turn.
@@ -1150,7 +1183,7 @@ impl Router {
         } else {
             self.queue_answered_home(wait, ok, out);
         }
-        self.dispatch_queue(id, now, out);
+        self.rooms.owe_turn(id);
     }
 
     /// A delivery of room `id` in `slot` under `ticket` failed with `conn`'s
@@ -1203,6 +1236,9 @@ impl Router {
     #[cfg(feature = "testing")]
     pub(super) fn check_room_invariants(&self) -> Result<(), String> {
         let rooms = &self.rooms;
+        if !rooms.turns_owed.is_empty() {
+            return Err("a queue turn owed past the end of its input batch".into());
+        }
         if rooms.by_id.len() != rooms.by_key.len() {
             return Err("rooms by id and by name disagree".into());
         }
