@@ -116,6 +116,9 @@ struct Room {
     /// The last kept message each member name was sent (or, at its JOIN,
     /// the last one before it): what it missed starts after.
     seen: HashMap<Box<str>, u64>,
+    /// Listed in [`Rooms::turns_owed`] (a queue room): each ack of a batch
+    /// tests this flag instead of searching the list.
+    turn_owed: bool,
 }
 
 /// A room message kept for members away: who sent it (as accepted) and
@@ -150,9 +153,10 @@ pub(super) struct Rooms {
     /// message is copied to.
     copies: copies::Keepers,
     /// Queue rooms owed a turn by the frames of the input batch being
-    /// routed (a member's acks, an emitter's messages): given once at the
-    /// batch's end ([`Router::end_of_input`]), so 64 acks read together
-    /// make one turn of up to 64 messages, not 64 turns of one.
+    /// routed (a member's acks, an emitter's messages), each once (its
+    /// `turn_owed` set): given at the batch's end ([`Router::end_of_input`]),
+    /// so 64 acks read together make one turn of up to 64 messages, not 64
+    /// turns of one.
     turns_owed: Vec<ClientId>,
 }
 
@@ -172,18 +176,6 @@ impl Rooms {
             across: across::Across::default(),
             copies: copies::Keepers::default(),
             turns_owed: Vec::new(),
-        }
-    }
-
-    /// Notes that queue room `id` has a member session free and may have
-    /// messages waiting: its turn is given at the end of the input batch.
-    #[inline]
-    fn owe_turn(&mut self, id: ClientId) {
-        // A batch is one connection's frames: it frees places in one or a
-        // few rooms, most often the room just noted, so the last entry is
-        // tested first and the short list scanned only past it.
-        if self.turns_owed.last() != Some(&id) && !self.turns_owed.contains(&id) {
-            self.turns_owed.push(id);
         }
     }
 
@@ -1042,11 +1034,10 @@ impl Router {
         entry
             .work
             .push_waiting(frame.origin, frame.seq, text, Some(request), now, wait);
-        let free = entry.work.next_turn().is_some();
-        self.note_deadline(now + self.rooms.limits.queue_wait);
-        if free {
-            self.rooms.owe_turn(room);
+        if entry.work.next_turn().is_some() {
+            entry.owe_turn(room, &mut rooms.turns_owed);
         }
+        self.note_deadline(now + self.rooms.limits.queue_wait);
     }
 
     /// Gives the queue turns the input batch just routed owed (a member's
@@ -1058,6 +1049,11 @@ impl Router {
         }
         let mut owed = std::mem::take(&mut self.rooms.turns_owed);
         for &id in &owed {
+            // Gone since, or the id taken by a new room: nothing, or a
+            // turn that finds nothing to give.
+            if let Some(room) = self.rooms.by_id.get_mut(&id) {
+                room.turn_owed = false;
+            }
             self.dispatch_queue(id, now, out);
         }
         owed.clear();
@@ -1166,7 +1162,10 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let Some(room) = self.rooms.by_id.get_mut(&id) else {
+        let Rooms {
+            by_id, turns_owed, ..
+        } = &mut self.rooms;
+        let Some(room) = by_id.get_mut(&id) else {
             return;
         };
         let Some((wait, request)) = room.work.settle(slot, ticket) else {
@@ -1177,13 +1176,13 @@ impl Router {
             );
             return;
         };
+        room.owe_turn(id, turns_owed);
         out.room_event(&RoomEvent::Settled { wait });
         if let Some(request) = request {
             self.settle(request, ok, now, out);
         } else {
             self.queue_answered_home(wait, ok, out);
         }
-        self.rooms.owe_turn(id);
     }
 
     /// A delivery of room `id` in `slot` under `ticket` failed with `conn`'s
@@ -1236,7 +1235,7 @@ impl Router {
     #[cfg(feature = "testing")]
     pub(super) fn check_room_invariants(&self) -> Result<(), String> {
         let rooms = &self.rooms;
-        if !rooms.turns_owed.is_empty() {
+        if !rooms.turns_owed.is_empty() || rooms.by_id.values().any(|r| r.turn_owed) {
             return Err("a queue turn owed past the end of its input batch".into());
         }
         if rooms.by_id.len() != rooms.by_key.len() {
@@ -1281,6 +1280,17 @@ impl Router {
 }
 
 impl Room {
+    /// Notes that this queue room, `id`, has a member session free and may
+    /// have messages waiting: its turn is given at the end of the input
+    /// batch, once however many of the batch's frames owed it.
+    #[inline(always)]
+    fn owe_turn(&mut self, id: ClientId, turns_owed: &mut Vec<ClientId>) {
+        if !self.turn_owed {
+            self.turn_owed = true;
+            turns_owed.push(id);
+        }
+    }
+
     /// A room with no members, messages or holds yet: made by a first JOIN
     /// or rebuilt from the log.
     fn empty(name: Box<str>, queue: bool) -> Room {
@@ -1296,6 +1306,7 @@ impl Room {
             kept_bytes: 0,
             next_number: 0,
             seen: HashMap::new(),
+            turn_owed: false,
         }
     }
 
