@@ -430,6 +430,35 @@ impl World {
     }
 }
 
+/// A queue message given at its arrival goes out before a MSG its emitter
+/// sent next, in the same read, to that member's exhibitor directly: the
+/// turns a read owes are deferred to its end only for a member's acks.
+/// (Found by `evchat check`'s queue-prefetch-asked when its frames came in
+/// one read.)
+#[test]
+fn a_queue_message_goes_out_before_the_next_msg_its_emitter_sent_in_the_same_read() {
+    let mut w = World::new();
+    w.collect();
+    // The members came online in order: the turn starts at member 0.
+    let (ex, ex_id, ..) = w.members[0];
+    let mut input = Vec::new();
+    for (seq, dest, text) in [(1, ROOM, "m1"), (2, ex_id, "direct")] {
+        let msg = Frame::msg(w.writer_id, dest, seq, bytes::Bytes::from(text)).unwrap();
+        input.extend_from_slice(&msg.to_bytes());
+    }
+    w.route_batch(WRITER, &input);
+    let shown: Vec<&[u8]> = w
+        .out
+        .frames
+        .iter()
+        .filter_map(|(to, f)| match f {
+            Sent::Plain(f) if *to == ex && f.kind == Kind::Msg => f.text().map(|t| &t[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shown, [&b"m1"[..], &b"direct"[..]]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 

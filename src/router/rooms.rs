@@ -152,8 +152,8 @@ pub(super) struct Rooms {
     /// On a node of several, with history: the other nodes each kept
     /// message is copied to.
     copies: copies::Keepers,
-    /// Queue rooms owed a turn by the frames of the input batch being
-    /// routed (a member's acks, an emitter's messages), each once (its
+    /// Queue rooms owed a turn by the acks of the input batch being
+    /// routed (a member session's OKs and ERROs), each once (its
     /// `turn_owed` set): given at the batch's end ([`Router::end_of_input`]),
     /// so 64 acks read together make one turn of up to 64 messages, not 64
     /// turns of one.
@@ -1034,14 +1034,17 @@ impl Router {
         entry
             .work
             .push_waiting(frame.origin, frame.seq, text, Some(request), now, wait);
-        if entry.work.next_turn().is_some() {
-            entry.owe_turn(room, &mut rooms.turns_owed);
-        }
+        let turn = entry.work.next_turn();
         self.note_deadline(now + self.rooms.limits.queue_wait);
+        // Given at once, not at the batch's end: a MSG the same emitter
+        // sends next to a member's exhibitor directly must come after it.
+        if let Some(at) = turn {
+            self.dispatch_turns(room, at, now, out);
+        }
     }
 
-    /// Gives the queue turns the input batch just routed owed (a member's
-    /// acks, an emitter's messages to a queue with a member free). The server calls it once a connection's
+    /// Gives the queue turns the input batch just routed owed (a member
+    /// session's acks: nothing else can reach that session in between). The server calls it once a connection's
     /// buffered frames were routed; [`Router::on_frame`] after its frame.
     pub fn end_of_input(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.rooms.turns_owed.is_empty() {
