@@ -1044,8 +1044,9 @@ impl Router {
     }
 
     /// Gives the queue turns the input batch just routed owed (a member
-    /// session's acks: nothing else can reach that session in between). The server calls it once a connection's
-    /// buffered frames were routed; [`Router::on_frame`] after its frame.
+    /// session's acks: nothing else can reach that session in between).
+    /// The server calls it once a connection's buffered frames were
+    /// routed; [`Router::on_frame`] after its frame.
     pub fn end_of_input(&mut self, now: Instant, out: &mut impl Outbox) {
         if self.rooms.turns_owed.is_empty() {
             return;
@@ -1064,8 +1065,8 @@ impl Router {
     }
 
     /// Gives waiting messages of room `id` to free member sessions, in turn.
-    /// Every arrival and every acknowledgement asks, and often no session
-    /// is free or nothing waits: that answer costs no call.
+    /// Every arrival and every read of acknowledgements asks, and often no
+    /// session is free or nothing waits: that answer costs no call.
     #[inline(always)]
     fn dispatch_queue(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
         let room = self.rooms.by_id.get(&id).filter(|r| r.queue);
