@@ -1164,7 +1164,7 @@ impl Router {
     }
 
     /// One frame arrived on `conn`, as an owned [`Frame`] (tests, fuzzing):
-    /// routed exactly as its wire bytes would be.
+    /// routed exactly as its wire bytes would be, as a batch of one.
     #[cfg(feature = "testing")]
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
         let wire = frame.to_bytes();
@@ -1172,9 +1172,11 @@ impl Router {
             .expect("an encoded frame has a known type")
             .expect("an encoded frame is whole");
         self.on_frame_view(conn, &view, now, out);
+        self.end_of_input(now, out);
     }
 
-    /// One frame arrived on `conn`, read in place from its input.
+    /// One frame arrived on `conn`, read in place from its input. The
+    /// caller ends each batch of frames with [`Router::end_of_input`].
     pub fn on_frame_view(
         &mut self,
         conn: ConnId,

@@ -1,6 +1,7 @@
 //! The rooms' rules without sockets (PROTOCOL.md, "Extension: rooms and
 //! queues", and "Waiting messages"): a [`Router`] driven by arbitrary
-//! sequences of room messages, TELLs to the members' names, acknowledgements,
+//! sequences of room messages (one or several in a read), TELLs to the
+//! members' names, acknowledgements (one, or all a member holds in a read),
 //! members leaving, rejoining, going away, dropping and coming back, and time
 //! passing. After every step the router's invariants hold; at the end, once
 //! every member is back and acknowledges what it holds and the queue's wait
@@ -13,7 +14,7 @@
 //! next. That is the at-least-once PROTOCOL.md states.)
 
 use evchat::proto::ext::{ExtFrame, PLAIN_ROLES, RoomCode};
-use evchat::proto::{ClientId, Frame, Header, Kind, SERVER_ID};
+use evchat::proto::{ClientId, Frame, FrameView, Header, Kind, SERVER_ID};
 use evchat::server::Limits;
 use evchat::testing::{CloseReason, ConnId, Outbox, RoomLimits, Router, TellLimits};
 use proptest::prelude::*;
@@ -52,6 +53,11 @@ enum Step {
     Send,
     /// Member `n` acknowledges the oldest frame it holds (OK, or ERRO).
     Ack(u8, bool),
+    /// Member `n` acknowledges everything it holds with OK, in one read:
+    /// the places it frees are given their turn at the batch's end.
+    AckAll(u8),
+    /// The writer sends this many MSGs to the queue room in one read.
+    SendMany(u8),
     /// The writer sends a TELL to member `n`'s name.
     Tell(u8),
     /// Member `n`'s exhibitor drops, then a new one of the same name comes.
@@ -70,6 +76,8 @@ fn step() -> impl Strategy<Value = Step> {
         4 => Just(Step::Send),
         3 => (0..3u8).prop_map(Step::Tell),
         6 => (0..3u8, any::<bool>()).prop_map(|(n, ok)| Step::Ack(n, ok)),
+        2 => (0..3u8).prop_map(Step::AckAll),
+        1 => (2..6u8).prop_map(Step::SendMany),
         1 => (0..3u8).prop_map(Step::Reconnect),
         1 => (0..3u8).prop_map(Step::Away),
         1 => (0..3u8).prop_map(Step::Back),
@@ -79,6 +87,9 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 const WRITER: ConnId = 0;
+/// Each member's prefetch: one holds a message at a time, the others
+/// several, so a read of acks can free several places at once.
+const PREFETCH: [u8; 3] = [1, 2, 3];
 const ROOM: ClientId = 0x4000;
 
 struct World {
@@ -218,8 +229,15 @@ impl World {
             dest: SERVER_ID,
             seq,
         };
-        self.router
-            .join(em, header, true, 1, Some("jobs"), self.now, &mut self.out);
+        self.router.join(
+            em,
+            header,
+            true,
+            PREFETCH[n],
+            Some("jobs"),
+            self.now,
+            &mut self.out,
+        );
     }
 
     fn leave(&mut self, n: usize) {
@@ -233,6 +251,18 @@ impl World {
         };
         self.router
             .leave(em, header, Some("jobs"), self.now, &mut self.out);
+    }
+
+    /// Routes `input`, several frames read at once on `conn`, as the server
+    /// does: each in place, then the batch's end.
+    fn route_batch(&mut self, conn: ConnId, input: &[u8]) {
+        let mut consumed = 0;
+        while let Some((frame, len)) = FrameView::parse(&input[consumed..]).unwrap() {
+            consumed += len;
+            self.router
+                .on_frame_view(conn, &frame, self.now, &mut self.out);
+        }
+        self.router.end_of_input(self.now, &mut self.out);
     }
 
     /// Files what the router sent to exhibitors as unacknowledged.
@@ -328,6 +358,32 @@ impl World {
                 let ack = Frame::bare(kind, ex_id, frame.origin, frame.seq);
                 self.router.on_frame(ex, ack, self.now, &mut self.out);
             }
+            Step::AckAll(n) => {
+                let (ex, ex_id, ..) = self.members[n as usize];
+                let held = self.unacked.remove(&ex).unwrap_or_default();
+                let mut input = Vec::new();
+                for frame in held {
+                    if frame.kind == Kind::Msg {
+                        let text = String::from_utf8(frame.text().unwrap().to_vec()).unwrap();
+                        *self.shown.entry(text.clone()).or_default() += 1;
+                        *self.answered.entry(text).or_default() += 1;
+                    }
+                    input.extend_from_slice(
+                        &Frame::bare(Kind::Ok, ex_id, frame.origin, frame.seq).to_bytes(),
+                    );
+                }
+                self.route_batch(ex, &input);
+            }
+            Step::SendMany(count) => {
+                let mut input = Vec::new();
+                for _ in 0..count {
+                    self.writer_seq += 1;
+                    let text = bytes::Bytes::from(format!("m{}", self.writer_seq));
+                    let frame = Frame::msg(self.writer_id, ROOM, self.writer_seq, text).unwrap();
+                    input.extend_from_slice(&frame.to_bytes());
+                }
+                self.route_batch(WRITER, &input);
+            }
             Step::Tell(n) => {
                 self.writer_seq += 1;
                 let seq = self.writer_seq;
@@ -374,6 +430,35 @@ impl World {
     }
 }
 
+/// A queue message given at its arrival goes out before a MSG its emitter
+/// sent next, in the same read, to that member's exhibitor directly: the
+/// turns a read owes are deferred to its end only for a member's acks.
+/// (Found by `evchat check`'s queue-prefetch-asked when its frames came in
+/// one read.)
+#[test]
+fn a_queue_message_goes_out_before_the_next_msg_its_emitter_sent_in_the_same_read() {
+    let mut w = World::new();
+    w.collect();
+    // The members came online in order: the turn starts at member 0.
+    let (ex, ex_id, ..) = w.members[0];
+    let mut input = Vec::new();
+    for (seq, dest, text) in [(1, ROOM, "m1"), (2, ex_id, "direct")] {
+        let msg = Frame::msg(w.writer_id, dest, seq, bytes::Bytes::from(text)).unwrap();
+        input.extend_from_slice(&msg.to_bytes());
+    }
+    w.route_batch(WRITER, &input);
+    let shown: Vec<&[u8]> = w
+        .out
+        .frames
+        .iter()
+        .filter_map(|(to, f)| match f {
+            Sent::Plain(f) if *to == ex && f.kind == Kind::Msg => f.text().map(|t| &t[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shown, [&b"m1"[..], &b"direct"[..]]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -410,8 +495,14 @@ proptest! {
         // an OK only for a message some member acknowledged with OK.
         let seqs: Vec<u16> = w.replies.iter().map(|r| r.0).collect();
         prop_assert_eq!(seqs, (1..=w.writer_seq).collect::<Vec<_>>());
-        let is_tell = |seq: u16| steps.iter().filter(|s| matches!(s, Step::Send | Step::Tell(_)))
-            .nth(usize::from(seq) - 1).is_some_and(|s| matches!(s, Step::Tell(_)));
+        // Whether each request, by seq from 1, was a TELL (else a MSG).
+        let tells: Vec<bool> = steps.iter().flat_map(|s| match *s {
+            Step::Send => vec![false],
+            Step::SendMany(count) => vec![false; usize::from(count)],
+            Step::Tell(_) => vec![true],
+            _ => vec![],
+        }).collect();
+        let is_tell = |seq: u16| tells[usize::from(seq) - 1];
         for &(seq, answer) in &w.replies {
             let text = format!("{}{seq}", if is_tell(seq) { "t" } else { "m" });
             match answer {
