@@ -51,7 +51,8 @@
 # (e.g. EVCHAT_BASELINE=83b3c33^), driven exactly as `evchat`, so that a change
 # to the server is measured against the code before it in the same run;
 # evchat-baseline-ws: the same server driven as `evchat-ws`; evchat-baseline-auth
-# the same server driven as `evchat-auth` (sign-ins measured too).
+# the same server driven as `evchat-auth` (sign-ins measured too);
+# evchat-baseline-hist-MODE the same server as `evchat-hist-MODE`.
 # evchat-cluster: one evchat node with `--cluster` to a redis-server of its
 # own (CLUSTER.md), all traffic between clients of that node: what joining a
 # cluster costs a node (goal evchat-cluster/evchat >= 0.9). evchat-2node: two
@@ -265,7 +266,7 @@ build() {
   [ -x "${RAW_BIN:-}" ] || die "could not find the raw_forwarder bench binary"
   EVCHAT_BIN=target/release/server
   EVCHAT_CLI=target/release/evchat
-  case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "* | *" evchat-baseline-auth "*) build_baseline ;; esac
+  case " $TARGETS " in *" evchat-baseline "* | *" evchat-baseline-ws "* | *" evchat-baseline-auth "* | *" evchat-baseline-hist-"*) build_baseline ;; esac
 }
 
 # The server at $EVCHAT_BASELINE, from `git archive` (no worktree is
@@ -319,7 +320,7 @@ bench_tls() {
 start_server() {
   local target=$1 dir="$RUN_DIR" bin=$EVCHAT_BIN extra=()
   case $target in
-    evchat-hist-* | redis-streams-* | jetstream)
+    evchat-hist-* | evchat-baseline-hist-* | redis-streams-* | jetstream)
       # Fresh per run, on the repository's disk: /tmp may be a tmpfs, where
       # fsync costs nothing and the durable figures would mean nothing.
       case $RUN_DIR in
@@ -368,10 +369,10 @@ start_server() {
         extra=(--tls-cert "$OUT/tls/cert.pem" --tls-key "$OUT/tls/key.pem")
         ;;
       esac
-      case $target in evchat-hist-*)
+      case $target in evchat-hist-* | evchat-baseline-hist-*)
         # The log's other settings keep their defaults (replay 50: nothing
         # to replay in a fresh directory; 1 GiB retention).
-        extra=(--history "$SRV_DATA/history" --fsync "${target#evchat-hist-}")
+        extra=(--history "$SRV_DATA/history" --fsync "${target##*-hist-}")
       esac
       # The redirection below truncates in the background child: without this,
       # the wait loop could read the previous run's port before it does.
@@ -620,7 +621,7 @@ run_one() { # run_one WORKLOAD REP TARGET
   # durable Redis setup what the generator's redis-streams target speaks;
   # the results are renamed.
   case $t in
-    evchat-baseline | evchat-hist-* | evchat-cluster | evchat-2node) gen_target=evchat ;;
+    evchat-baseline | evchat-hist-* | evchat-baseline-hist-* | evchat-cluster | evchat-2node) gen_target=evchat ;;
     evchat-auth* | evchat-baseline-auth)
       bench_accounts >/dev/null
       gen_target=evchat sign_in=(--sign-in "bench:$(cat "$OUT/bench-token")")
@@ -834,6 +835,8 @@ RATIOS = [("evchat", "redis", None), ("evchat", "nats", None), ("evchat-ws", "na
           ("evchat-ws", "evchat-baseline-ws", None),
           ("evchat-hist-no", "evchat", None), ("evchat-hist-everysec", "evchat", "0.8"),
           ("evchat-hist-always", "evchat", None),
+          ("evchat-hist-everysec", "evchat-baseline-hist-everysec", None),
+          ("evchat-baseline-hist-everysec", "evchat-baseline", None),
           ("evchat-hist-everysec", "redis-streams-everysec", "2"),
           ("evchat-hist-always", "redis-streams-always", "2"),
           ("evchat-hist-always", "jetstream", "2")]
