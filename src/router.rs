@@ -359,11 +359,6 @@ impl HeldRun {
     };
 }
 
-/// The held runs [`Router::replies_wait_for_log`] looks at, at most: past
-/// them it answers yes (the log is written), so that a turn with many
-/// emitters' runs pays a bounded look.
-const LOG_WAIT_SCAN: usize = 64;
-
 /// A reply an emitter is owed, kept in request order (rule 4).
 #[derive(Debug)]
 struct PendingReply {
@@ -1037,36 +1032,6 @@ impl Router {
         if old.count > 0 {
             self.awaiting_durable.push_back(old);
         }
-    }
-
-    /// Whether settling the records held now would send a reply at once:
-    /// a held run's first request heads its emitter's reply queue with
-    /// nothing but its record outstanding. The loop may leave a turn's
-    /// records for a later, larger write while this is false (issue 26).
-    /// Looks at [`LOG_WAIT_SCAN`] runs at most, and past them says yes.
-    pub fn replies_wait_for_log(&self) -> bool {
-        let growing = (self.growing_run.count > 0).then_some(&self.growing_run);
-        for (looked, run) in self.awaiting_durable.iter().chain(growing).enumerate() {
-            if looked == LOG_WAIT_SCAN {
-                return true;
-            }
-            let Some(session) = self.session(run.request.emitter()) else {
-                continue;
-            };
-            if session.incarnation != run.request.incarnation {
-                continue;
-            }
-            let Role::Emitter { replies, .. } = &session.role else {
-                continue;
-            };
-            if replies
-                .front()
-                .is_some_and(|r| r.request == run.request.request && r.outstanding == 1)
-            {
-                return true;
-            }
-        }
-        false
     }
 
     /// Counts down the `count` requests from `first` on, one connection's:

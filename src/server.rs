@@ -484,11 +484,10 @@ impl Server {
         // so deliveries need not wait for the disk, and the exhibitors'
         // acks are on their way while the loop writes.
         let wire = &mut self.wire;
-        let router = &self.router;
         if let Some(durable) = wire
             .history
             .as_mut()
-            .and_then(|h| h.end_turn(&mut wire.metrics, now, || router.replies_wait_for_log()))
+            .and_then(|h| h.end_turn(&mut wire.metrics))
         {
             self.router.durable(durable, now, &mut self.wire);
             self.flush_and_reap();
@@ -530,7 +529,6 @@ impl Server {
             Some(self.next_trim),
             self.next_expiry(),
             self.next_held_refusal(),
-            self.wire.history.as_ref().and_then(|h| h.write_deadline()),
         ]
         .into_iter()
         .flatten()

@@ -943,50 +943,6 @@ mod history {
         assert_eq!(s.out.accepted.len(), 1);
     }
 
-    /// The loop may leave a turn's records for a later write while no
-    /// reply waits for them alone (issue 26): the router says when one does.
-    #[test]
-    fn router_says_when_settling_the_log_would_send_a_reply() {
-        let mut s = Scene::new();
-        s.join(0, 0); // exhibitor 4096
-        s.join(3, 0); // exhibitor 4097
-        s.join(1, 1);
-        s.join(2, 2);
-        assert!(!s.router.replies_wait_for_log(), "nothing is held");
-        s.feed(1, msg(1, 4096, 1, "a")); // record 0
-        s.feed(1, msg(1, 4097, 2, "b")); // record 1
-        s.feed(2, msg(2, 4097, 1, "c")); // record 2
-        assert!(
-            !s.router.replies_wait_for_log(),
-            "every reply waits for its exhibitor too"
-        );
-        s.feed(3, ok(4097, 1, 2));
-        assert!(
-            !s.router.replies_wait_for_log(),
-            "emitter 1's second reply waits behind its first"
-        );
-        s.feed(3, ok(4097, 2, 1));
-        assert!(
-            s.router.replies_wait_for_log(),
-            "emitter 2's reply waits for record 2 alone"
-        );
-        assert_eq!(
-            s.durable(2),
-            [],
-            "emitter 1's first reply waits for its ack"
-        );
-        assert!(s.router.replies_wait_for_log());
-        assert_eq!(s.durable(3), [(2, ok(SERVER_ID, 2, 1))]);
-        assert!(
-            !s.router.replies_wait_for_log(),
-            "what is left waits for an exhibitor, not the log"
-        );
-        assert_eq!(
-            s.feed(0, ok(4096, 1, 1)),
-            [(1, ok(SERVER_ID, 1, 1)), (1, ok(SERVER_ID, 1, 2))]
-        );
-    }
-
     #[test]
     fn router_releases_held_replies_in_request_order() {
         let mut s = Scene::new();

@@ -75,14 +75,7 @@ pub(super) struct History {
     /// turn's messages arrived together, and a clock read per message cost
     /// a tenth of the loop's time at 1:1 on this kind of VM.
     turn_time_ms: Option<u64>,
-    /// Since when appended records wait for a later turn's write (see
-    /// [`History::end_turn`]); None: none wait.
-    waiting_since: Option<Instant>,
 }
-
-/// The longest appended records wait for a later turn's write while no
-/// reply needs them: the loop's poll wakes for it.
-const WRITE_WAIT_MAX: Duration = Duration::from_millis(1);
 
 impl Server {
     /// Opens (or creates) the history in `config.dir`, logs what recovery
@@ -143,7 +136,6 @@ impl Server {
             writer,
             told_durable: 0,
             turn_time_ms: None,
-            waiting_since: None,
         });
         Ok(())
     }
@@ -279,12 +271,6 @@ impl History {
         self.turn_time_ms = None;
     }
 
-    /// When records waiting for a later turn's write are to be written at
-    /// the latest: the loop's poll sleeps no longer.
-    pub(super) fn write_deadline(&self) -> Option<Instant> {
-        self.waiting_since.map(|since| since + WRITE_WAIT_MAX)
-    }
-
     /// Whether a segment filled since the last checkpoint check.
     #[inline]
     pub(super) fn rolled(&self) -> bool {
@@ -301,35 +287,17 @@ impl History {
         self.writer.appended()
     }
 
-    /// End of a loop turn at `now`, after its output is flushed (the
-    /// replies that wait for these records are still held by the router):
-    /// writes the records appended since the last write; returns how far
-    /// records are settled, when that moved.
-    ///
-    /// Under load the write may wait for a later turn (issue 26): while
-    /// [`Writer::may_wait`] allows, `replies_wait` (the router's
-    /// [`Router::replies_wait_for_log`]) says no reply would go out yet,
-    /// and for at most [`WRITE_WAIT_MAX`]. At 1:1 a turn's OKs wait for the
-    /// exhibitor's acks, which come a turn later, so two turns' records go
-    /// in one write. Every reply still goes out only after its record is
-    /// written (HISTORY.md, "Durability").
-    pub(super) fn end_turn(
-        &mut self,
-        metrics: &mut Metrics,
-        now: Instant,
-        replies_wait: impl FnOnce() -> bool,
-    ) -> Option<Ticket> {
-        self.turn_time_ms = None;
-        // An idle turn reads no clock.
-        if self.writer.pending() {
-            let since = *self.waiting_since.get_or_insert(now);
-            if self.writer.may_wait() && now < since + WRITE_WAIT_MAX && !replies_wait() {
-                return None;
-            }
-            self.waiting_since = None;
+    /// End of a loop turn, after its output is flushed (the replies that
+    /// wait for these records are still held by the router): writes the
+    /// turn's records; returns how far records are settled, when that moved.
+    pub(super) fn end_turn(&mut self, metrics: &mut Metrics) -> Option<Ticket> {
+        // Timed only in a turn that appended: an idle turn reads no clock.
+        if self.turn_time_ms.take().is_some() {
             let start = Instant::now();
             self.writer.write();
             metrics.history_write_nanos += start.elapsed().as_nanos() as u64;
+        } else {
+            self.writer.write();
         }
         let settled = self.writer.settled();
         (settled > self.told_durable).then(|| {

@@ -421,11 +421,6 @@ impl Batches {
         self.records == 0
     }
 
-    /// The bytes of the batches so far, headers included.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
     /// The message records added since the last [`Batches::clear`] and
     /// the bytes of their texts, worked out from what the buffer holds.
     pub fn messages(&self) -> (u64, u64) {

@@ -7,9 +7,7 @@
 //! to the log with one `write`, and one more for each segment they fill:
 //! into the kernel's page cache, which a crash of the process does not
 //! lose. Under [`Fsync::EverySec`] and [`Fsync::No`] that settles them at
-//! once, so the replies waiting for them go out in the same turn. Under
-//! load the loop may leave a turn's records for a later turn's write while
-//! no reply waits for them ([`Writer::may_wait`]).
+//! once, so the replies waiting for them go out in the same turn.
 //!
 //! The sync thread only calls `fsync`, never `write`, and the loop never
 //! waits for it. Under [`Fsync::Always`] it syncs after every turn that
@@ -53,14 +51,6 @@ const EVERYSEC: Duration = Duration::from_secs(1);
 /// The batch buffer kept from one turn to the next; the buffer of a larger
 /// turn (a burst of long messages) is freed once written.
 const BATCH_KEEP_BYTES: usize = 1_048_576; // 1 MiB
-/// Records under this many bytes are written in their own turn: a small
-/// write costs its caller little, and waiting would only add its time to
-/// the turn whose replies need it (see [`Writer::may_wait`]).
-const WAIT_MIN_BYTES: usize = 8_192;
-/// Records past this many bytes are written in their own turn: writes
-/// larger than this save little more a byte (BENCHMARKS.md, "Ninth round
-/// (log)").
-const WAIT_MAX_BYTES: usize = 65_536;
 
 /// When records are synced to disk (the choices of Redis's `appendfsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,28 +297,6 @@ impl Writer {
             self.appended_before.0 + messages,
             self.appended_before.1 + text,
         )
-    }
-
-    /// Whether records were appended since the last write.
-    #[inline]
-    pub fn pending(&self) -> bool {
-        !self.batch.is_empty()
-    }
-
-    /// Whether the records appended since the last write may wait for a
-    /// later turn's write, when no reply waits for them yet: one `write` of
-    /// two turns' records costs the loop a fifth less a byte on ext4 than
-    /// two writes (BENCHMARKS.md, "Log round eleven"), and nothing is
-    /// promised about a record before its reply goes out. Not under
-    /// [`Fsync::Always`] (its group commit starts with the write), not for
-    /// room records (memberships and settlements are written in their turn,
-    /// as before), and not for a turn's batch too small or large to gain.
-    #[inline]
-    pub fn may_wait(&self) -> bool {
-        let bytes = self.batch.len();
-        self.mode != Fsync::Always
-            && !self.batch_rooms
-            && (WAIT_MIN_BYTES..WAIT_MAX_BYTES).contains(&bytes)
     }
 
     /// Whether a segment filled since [`Writer::take_rolled`] last looked.
