@@ -91,7 +91,6 @@ impl Rig {
             self.router
                 .on_frame_view(conn, &frame, self.now, &mut self.out);
         }
-        self.router.end_of_input(self.now, &mut self.out);
         assert_eq!(consumed, input.len(), "a partial frame was fed");
     }
 

@@ -1129,7 +1129,7 @@ impl Router {
     }
 
     /// One frame arrived on `conn`, as an owned [`Frame`] (tests, fuzzing):
-    /// routed exactly as its wire bytes would be, as a batch of one.
+    /// routed exactly as its wire bytes would be.
     #[cfg(feature = "testing")]
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, out: &mut impl Outbox) {
         let wire = frame.to_bytes();
@@ -1137,11 +1137,9 @@ impl Router {
             .expect("an encoded frame has a known type")
             .expect("an encoded frame is whole");
         self.on_frame_view(conn, &view, now, out);
-        self.end_of_input(now, out);
     }
 
-    /// One frame arrived on `conn`, read in place from its input. The
-    /// caller ends each batch of frames with [`Router::end_of_input`].
+    /// One frame arrived on `conn`, read in place from its input.
     pub fn on_frame_view(
         &mut self,
         conn: ConnId,

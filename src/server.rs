@@ -787,9 +787,6 @@ impl Server {
                 }
             }
         };
-        // Once per batch: the queue turns its frames freed, given together.
-        self.router.end_of_input(self.wire.now, &mut self.wire);
-        self.settle_dropped();
         let Some(slot) = self.wire.conns.get_mut(conn) else {
             return false;
         };

@@ -254,7 +254,7 @@ impl World {
     }
 
     /// Routes `input`, several frames read at once on `conn`, as the server
-    /// does: each in place, then the batch's end.
+    /// does: each in place.
     fn route_batch(&mut self, conn: ConnId, input: &[u8]) {
         let mut consumed = 0;
         while let Some((frame, len)) = FrameView::parse(&input[consumed..]).unwrap() {
@@ -262,7 +262,6 @@ impl World {
             self.router
                 .on_frame_view(conn, &frame, self.now, &mut self.out);
         }
-        self.router.end_of_input(self.now, &mut self.out);
     }
 
     /// Files what the router sent to exhibitors as unacknowledged.

@@ -116,9 +116,6 @@ struct Room {
     /// The last kept message each member name was sent (or, at its JOIN,
     /// the last one before it): what it missed starts after.
     seen: HashMap<Box<str>, u64>,
-    /// Listed in [`Rooms::turns_owed`] (a queue room): each ack of a batch
-    /// tests this flag instead of searching the list.
-    turn_owed: bool,
 }
 
 /// A room message kept for members away: who sent it (as accepted) and
@@ -152,12 +149,6 @@ pub(super) struct Rooms {
     /// On a node of several, with history: the other nodes each kept
     /// message is copied to.
     copies: copies::Keepers,
-    /// Queue rooms owed a turn by the acks of the input batch being
-    /// routed (a member session's OKs and ERROs), each once (its
-    /// `turn_owed` set): given at the batch's end ([`Router::end_of_input`]),
-    /// so 64 acks read together make one turn of up to 64 messages, not 64
-    /// turns of one.
-    turns_owed: Vec<ClientId>,
 }
 
 impl Rooms {
@@ -175,7 +166,6 @@ impl Rooms {
             keep_bytes: 0,
             across: across::Across::default(),
             copies: copies::Keepers::default(),
-            turns_owed: Vec::new(),
         }
     }
 
@@ -1036,37 +1026,14 @@ impl Router {
             .push_waiting(frame.origin, frame.seq, text, Some(request), now, wait);
         let turn = entry.work.next_turn();
         self.note_deadline(now + self.rooms.limits.queue_wait);
-        // Given at once, not at the batch's end: a MSG the same emitter
-        // sends next to a member's exhibitor directly must come after it.
         if let Some(at) = turn {
             self.dispatch_turns(room, at, now, out);
         }
     }
 
-    /// Gives the queue turns the input batch just routed owed (a member
-    /// session's acks: nothing else can reach that session in between).
-    /// The server calls it once a connection's buffered frames were
-    /// routed; [`Router::on_frame`] after its frame.
-    pub fn end_of_input(&mut self, now: Instant, out: &mut impl Outbox) {
-        if self.rooms.turns_owed.is_empty() {
-            return;
-        }
-        let mut owed = std::mem::take(&mut self.rooms.turns_owed);
-        for &id in &owed {
-            // Gone since, or the id taken by a new room: nothing, or a
-            // turn that finds nothing to give.
-            if let Some(room) = self.rooms.by_id.get_mut(&id) {
-                room.turn_owed = false;
-            }
-            self.dispatch_queue(id, now, out);
-        }
-        owed.clear();
-        self.rooms.turns_owed = owed;
-    }
-
     /// Gives waiting messages of room `id` to free member sessions, in turn.
-    /// Every arrival and every read of acknowledgements asks, and often no
-    /// session is free or nothing waits: that answer costs no call.
+    /// Every arrival and every acknowledgement asks, and often no session
+    /// is free or nothing waits: that answer costs no call.
     #[inline(always)]
     fn dispatch_queue(&mut self, id: ClientId, now: Instant, out: &mut impl Outbox) {
         let room = self.rooms.by_id.get(&id).filter(|r| r.queue);
@@ -1166,10 +1133,7 @@ impl Router {
         now: Instant,
         out: &mut impl Outbox,
     ) {
-        let Rooms {
-            by_id, turns_owed, ..
-        } = &mut self.rooms;
-        let Some(room) = by_id.get_mut(&id) else {
+        let Some(room) = self.rooms.by_id.get_mut(&id) else {
             return;
         };
         let Some((wait, request)) = room.work.settle(slot, ticket) else {
@@ -1180,13 +1144,13 @@ impl Router {
             );
             return;
         };
-        room.owe_turn(id, turns_owed);
         out.room_event(&RoomEvent::Settled { wait });
         if let Some(request) = request {
             self.settle(request, ok, now, out);
         } else {
             self.queue_answered_home(wait, ok, out);
         }
+        self.dispatch_queue(id, now, out);
     }
 
     /// A delivery of room `id` in `slot` under `ticket` failed with `conn`'s
@@ -1239,9 +1203,6 @@ impl Router {
     #[cfg(feature = "testing")]
     pub(super) fn check_room_invariants(&self) -> Result<(), String> {
         let rooms = &self.rooms;
-        if !rooms.turns_owed.is_empty() || rooms.by_id.values().any(|r| r.turn_owed) {
-            return Err("a queue turn owed past the end of its input batch".into());
-        }
         if rooms.by_id.len() != rooms.by_key.len() {
             return Err("rooms by id and by name disagree".into());
         }
@@ -1284,17 +1245,6 @@ impl Router {
 }
 
 impl Room {
-    /// Notes that this queue room, `id`, has a member session free and may
-    /// have messages waiting: its turn is given at the end of the input
-    /// batch, once however many of the batch's frames owed it.
-    #[inline(always)]
-    fn owe_turn(&mut self, id: ClientId, turns_owed: &mut Vec<ClientId>) {
-        if !self.turn_owed {
-            self.turn_owed = true;
-            turns_owed.push(id);
-        }
-    }
-
     /// A room with no members, messages or holds yet: made by a first JOIN
     /// or rebuilt from the log.
     fn empty(name: Box<str>, queue: bool) -> Room {
@@ -1310,7 +1260,6 @@ impl Room {
             kept_bytes: 0,
             next_number: 0,
             seen: HashMap::new(),
-            turn_owed: false,
         }
     }
 
