@@ -489,32 +489,15 @@ impl World {
     /// A client with the name `name` (its HELLO accepted, sessions of one
     /// name sharing it) connects to `node` and sends OI.
     fn connect_named(&mut self, node: usize, kind: Kindof, name: &'static str) -> usize {
-        let n = self.nodes[node].as_mut().unwrap();
-        let conn = n.next_conn;
-        n.next_conn += 1;
-        n.router.connected(conn, self.now);
-        let Node { router, out, .. } = n;
+        let conn = self.open_conn(node);
+        let Node { router, out, .. } = self.nodes[node].as_mut().unwrap();
         router
             .hello_accepted(conn, Some(name), PLAIN_ROLES, false, out)
             .expect("names are shared");
         let origin = if kind == Kindof::Exhibitor { 0 } else { 1 };
         // One member session in five answers ERRO to what it is shown.
         let refuses = kind == Kindof::Exhibitor && self.rng.next().is_multiple_of(5);
-        self.clients.push(Client {
-            node,
-            conn,
-            kind,
-            id: None,
-            next_seq: 1,
-            awaiting: VecDeque::new(),
-            unacked: VecDeque::new(),
-            received_at: VecDeque::new(),
-            refuses,
-            dismissed: false,
-        });
-        let client = self.clients.len() - 1;
-        self.frame(client, Frame::bare(Kind::Oi, origin, SERVER_ID, 0));
-        client
+        self.identify(node, conn, kind, origin, refuses)
     }
 
     /// What client `c` held of the queue's messages may be shown again.
@@ -640,10 +623,29 @@ impl World {
     /// A client connects to `node` and sends OI with `origin`; returns its
     /// index among the clients.
     fn connect_at(&mut self, node: usize, kind: Kindof, origin: ClientId, refuses: bool) -> usize {
+        let conn = self.open_conn(node);
+        self.identify(node, conn, kind, origin, refuses)
+    }
+
+    /// A new connection on `node`, told to its router.
+    fn open_conn(&mut self, node: usize) -> ConnId {
         let n = self.nodes[node].as_mut().unwrap();
         let conn = n.next_conn;
         n.next_conn += 1;
         n.router.connected(conn, self.now);
+        conn
+    }
+
+    /// `conn` on `node` becomes a client that sends OI with `origin`;
+    /// returns its index among the clients.
+    fn identify(
+        &mut self,
+        node: usize,
+        conn: ConnId,
+        kind: Kindof,
+        origin: ClientId,
+        refuses: bool,
+    ) -> usize {
         self.clients.push(Client {
             node,
             conn,
