@@ -529,6 +529,7 @@ impl Server {
             Some(self.next_trim),
             self.next_expiry(),
             self.next_held_refusal(),
+            self.cluster.as_ref().and_then(|c| c.retry_at()),
         ]
         .into_iter()
         .flatten()

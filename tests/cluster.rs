@@ -537,6 +537,87 @@ fn an_id_released_while_redis_is_down_is_free_again_when_it_returns() {
         });
 }
 
+/// A full bridge queue delays a release but never drops it: node A's
+/// queue holds one request, Redis is stopped while four of its clients
+/// (one named) leave, so the command thread blocks on the first release
+/// and the queue turns the rest away. Once Redis runs again, node B's
+/// OIs get exactly those four ids and its HELLO the name. (Before, the
+/// releases the queue turned away were given up: their ids stayed held
+/// until node A's incarnation ended.)
+#[test]
+fn releases_a_full_bridge_queue_turned_away_go_through_once_it_drains() {
+    use crate::identity::{hello, helloack};
+    let redis = Redis::start("cluster-release-queue");
+    // A lease long enough that nobody is fenced while Redis is stopped.
+    let a = redis.node_with("a", &["--cluster-queue", "1", "--cluster-lease", "30"]);
+    let b = redis.node_with("b", &["--cluster-lease", "30"]);
+    // With a queue of one, a claim may meet the queue still holding the
+    // one before it (refused, as it should be): each is asked until taken.
+    let on_a = |name: Option<&[u8]>| {
+        for _ in 0..100 {
+            let mut client = a.raw();
+            if let Some(name) = name {
+                client.send(&hello(name, b""));
+                let want = helloack(0, crate::rooms::PLAIN, name);
+                if client.expect_bytes(want.len()) != want {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            }
+            client.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+            let answer = client.expect_frame();
+            if answer.kind == Kind::Ok {
+                return (client, answer.dest);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node A refused every claim");
+    };
+    let mut leaving = Vec::new();
+    let mut ids = BTreeSet::new();
+    for name in [Some(&b"carol"[..]), None, None, None] {
+        let (client, id) = on_a(name);
+        ids.insert(id);
+        leaving.push(client);
+    }
+    redis.proc.signal(libc::SIGSTOP);
+    drop(leaving);
+    a.proc
+        .stderr
+        .skip_until("the queue turning a release away", TIMEOUT, |line| {
+            line.contains("engine queue full")
+        });
+    redis.proc.signal(libc::SIGCONT);
+    let back = Instant::now();
+    let mut held = Vec::new();
+    let mut got = BTreeSet::new();
+    while got != ids {
+        let mut on_b = b.raw();
+        let id = on_b.identify_exhibitor();
+        if ids.contains(&id) {
+            got.insert(id);
+            held.push(on_b);
+            continue;
+        }
+        // Not one of them: released elsewhere not yet (or never).
+        drop(on_b);
+        assert!(
+            back.elapsed() < IDS_FREED_WITHIN,
+            "ids {:?} of {ids:?} still held after Redis returned (B was given {id})",
+            ids.difference(&got).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut carol = b.raw();
+    carol.send(&hello(b"carol", b""));
+    expect_exact(&mut carol, &helloack(0, crate::rooms::PLAIN, b"carol"));
+    a.proc
+        .stderr
+        .skip_until("the waiting releases sent", TIMEOUT, |line| {
+            line.contains("releases that waited for the engine's queue went through")
+        });
+}
+
 #[test]
 fn a_node_stopped_past_its_lease_is_reaped_and_fences_itself_when_it_wakes() {
     let redis = Redis::start("cluster-sigstop");

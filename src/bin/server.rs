@@ -255,6 +255,16 @@ struct Args {
         value_parser = parse_lease_secs
     )]
     cluster_lease: Secs,
+    /// Requests to Redis the loop may queue (claims, releases, batches of relays);
+    /// past it an OI or HELLO name is refused and relays fail, and releases wait
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "cluster",
+        default_value_t = cluster_defaults().queue as u32,
+        value_parser = clap::value_parser!(u32).range(1..=1_048_576)
+    )]
+    cluster_queue: u32,
     /// Rooms the server holds at most (PROTOCOL.md, rooms and queues)
     #[arg(
         long,
@@ -578,6 +588,7 @@ fn main() -> ExitCode {
                 format!("{host}:{}", args.port)
             }),
             lease: args.cluster_lease.0,
+            queue: args.cluster_queue as usize,
         }),
     };
     let server = match Server::bind(config.clone()) {

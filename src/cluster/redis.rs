@@ -65,6 +65,10 @@ impl RedisConfig {
     /// 8 s (the lease, then the next reap).
     pub const LEASE: Duration = Duration::from_secs(6);
 
+    /// Requests the loop may queue by default (`--cluster-queue`): a
+    /// window of relays to every other node and a burst of claims.
+    pub const QUEUE: usize = 4096;
+
     /// For this server and node name, with a lease of `lease`: renewed
     /// every third of it, fenced after two thirds without a renewal.
     pub fn new(url: String, node: String, lease: Duration) -> RedisConfig {
@@ -74,7 +78,7 @@ impl RedisConfig {
             lease,
             renew: lease / 3,
             fence_after: lease * 2 / 3,
-            queue: 4096,
+            queue: RedisConfig::QUEUE,
         }
     }
 }

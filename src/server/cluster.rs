@@ -14,9 +14,9 @@ use crate::proto::ext::RoomCode;
 use crate::proto::{ClientId, FrameView};
 use crate::router::{ConnId, PairNotice, RemoteLetter, RoomClaim, RoomFacts};
 use mio::Waker;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// `server --cluster URL [--node NAME]`.
@@ -28,6 +28,8 @@ pub struct ClusterConfig {
     pub node: String,
     /// How long the node's lease lives unless renewed (`--cluster-lease`).
     pub lease: Duration,
+    /// Requests the loop may queue for the engine (`--cluster-queue`).
+    pub queue: usize,
 }
 
 impl ClusterConfig {
@@ -37,6 +39,7 @@ impl ClusterConfig {
             url,
             node,
             lease: RedisConfig::LEASE,
+            queue: RedisConfig::QUEUE,
         }
     }
 }
@@ -199,9 +202,24 @@ pub(super) struct Cluster {
     claims: HashMap<u64, ConnId>,
     claim_of: HashMap<ConnId, u64>,
     events: Vec<Event>,
+    /// Releases (of names and ids) the engine's queue could not take, in
+    /// the order asked: offered again before any new one, every turn and
+    /// at `retry_at` while any wait, so that a full queue delays a release
+    /// but never drops it (CLUSTER.md, "Failure behaviour").
+    unsent: VecDeque<Request>,
+    retry_at: Option<Instant>,
     /// What crossed the bridge, told once at exit (CLUSTER.md, "Numbers").
     counts: Counts,
 }
+
+/// Releases that may wait for room in the engine's queue: as many as a
+/// node can hold ids and names, twice over. Past it a release is given up
+/// (the id or name held until this incarnation ends), with a warning.
+const UNSENT_RELEASES_MAX: usize = 16_384;
+
+/// How soon a release the engine's queue refused is offered again when
+/// no turn comes sooner.
+const RELEASE_RETRY: Duration = Duration::from_millis(100);
 
 /// How the traffic between nodes was grouped, counted by the loop and
 /// logged once when the node stops (at info level, target
@@ -248,7 +266,10 @@ impl Drop for Cluster {
 impl Cluster {
     pub(super) fn start(config: &ClusterConfig, waker: Arc<Waker>) -> redis::RedisResult<Cluster> {
         let engine = RedisEngine::start(
-            RedisConfig::new(config.url.clone(), config.node.clone(), config.lease),
+            RedisConfig {
+                queue: config.queue,
+                ..RedisConfig::new(config.url.clone(), config.node.clone(), config.lease)
+            },
             move || {
                 if let Err(e) = waker.wake() {
                     warn!(error = %e, "could not wake the event loop");
@@ -263,8 +284,57 @@ impl Cluster {
             claims: HashMap::new(),
             claim_of: HashMap::new(),
             events: Vec::new(),
+            unsent: VecDeque::new(),
+            retry_at: None,
             counts: Counts::default(),
         })
+    }
+
+    /// When the loop must wake to offer waiting releases again, if any wait.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Hands the engine a release, after any still waiting (the order the
+    /// router asked them in), or keeps it to offer again.
+    fn release(&mut self, request: Request, now: Instant) {
+        let request = if self.unsent.is_empty() {
+            match self.engine.submit(request) {
+                Ok(()) => return,
+                Err(request) => request,
+            }
+        } else {
+            request
+        };
+        if self.unsent.len() >= UNSENT_RELEASES_MAX {
+            warn!(
+                "cluster: too many releases wait for the engine's queue; one is given up until this incarnation ends"
+            );
+            return;
+        }
+        if self.unsent.is_empty() {
+            warn!("cluster: engine queue full; releases wait for room");
+            self.retry_at = Some(now + RELEASE_RETRY);
+        }
+        self.unsent.push_back(request);
+    }
+
+    /// Offers the waiting releases again, oldest first, until the queue
+    /// is full again or none waits.
+    fn retry_releases(&mut self, now: Instant) {
+        let waited = self.unsent.len();
+        while let Some(request) = self.unsent.pop_front() {
+            if let Err(request) = self.engine.submit(request) {
+                self.unsent.push_front(request);
+                self.retry_at = Some(now + RELEASE_RETRY);
+                return;
+            }
+        }
+        self.retry_at = None;
+        info!(
+            releases = waited,
+            "cluster: releases that waited for the engine's queue went through"
+        );
     }
 }
 
@@ -280,6 +350,9 @@ impl Server {
         let Some(mut cluster) = self.cluster.take() else {
             return;
         };
+        if !cluster.unsent.is_empty() {
+            cluster.retry_releases(self.wire.now);
+        }
         for _ in 0..ROUNDS_PER_TURN {
             cluster.engine.drain(&mut cluster.events);
             let events = std::mem::take(&mut cluster.events);
@@ -465,6 +538,11 @@ impl Server {
         if let Some(node) = cluster.node.take() {
             warn!(node, "cluster: fenced: dismissing every client");
         }
+        // The old incarnation's reap frees what its waiting releases
+        // would have; run under the next one, they could free a new
+        // client's id.
+        cluster.unsent.clear();
+        cluster.retry_at = None;
         // What the fence itself asks of other nodes goes nowhere: this
         // incarnation is over.
         self.router.fence(self.wire.now, &mut self.wire);
@@ -567,13 +645,7 @@ impl Server {
         // in one turn is free when the claim runs (one engine connection
         // runs them in order).
         for name in name_releases {
-            if cluster
-                .engine
-                .submit(Request::ReleaseName { name })
-                .is_err()
-            {
-                warn!("cluster: engine queue full; a name stays held until this incarnation ends");
-            }
+            cluster.release(Request::ReleaseName { name }, now);
         }
         for (claim, name) in name_claims {
             if cluster
@@ -603,12 +675,7 @@ impl Server {
             }
         }
         for id in releases {
-            if cluster.engine.submit(Request::Release { id }).is_err() {
-                warn!(
-                    id,
-                    "cluster: engine queue full; the id stays held until this node's lease ends"
-                );
-            }
+            cluster.release(Request::Release { id }, now);
         }
         // Before the batches: another node knows what an id shows before
         // it relays the id's first request.
