@@ -22,6 +22,15 @@
  *               before the clock starts (the write faults paid up front)
  *       mmapahead mmap, and a second thread MADV_POPULATE_WRITEs each
  *               1 MiB ahead of the writer (the faults paid off its thread)
+ *       split   keepsz, each chunk written as two writes split at the next
+ *               page boundary, so the second starts page-aligned
+ *       sfr     keepsz, and a second thread starts writeback of each 16 MiB
+ *               written (sync_file_range SYNC_FILE_RANGE_WRITE): the sync
+ *               thread writing back early so that its fdatasync waits less
+ *       drop    sfr, and the thread then waits for the 16 MiB before and
+ *               drops its pages (POSIX_FADV_DONTNEED), so later writes
+ *               reuse pages just freed
+ * (BENCHMARKS.md, "`everysec` at 1:1: where the server's extra time goes".)
  * Prints the CPU time (user + system) of the writes and of the fdatasync,
  * both in this thread, and the CPU every other task used meanwhile (the
  * kernel's writeback among them: a hint on a shared machine). Not a Rust
@@ -71,6 +80,32 @@ static void *populate_ahead(void *unused) {
     return NULL;
 }
 
+/* sfr and drop: the second thread, every STEP bytes the writer passes. */
+#define STEP (16L << 20)
+static _Atomic int writer_done;
+static int helper_fd, helper_drops;
+
+static void *write_back_early(void *unused) {
+    (void)unused;
+    double before = cpu_seconds();
+    long started = 0, dropped = 0;
+    while (!atomic_load(&writer_done)) {
+        long upto = atomic_load(&written_upto) & ~4095L;
+        if (upto - started < STEP) { usleep(1000); continue; }
+        sync_file_range(helper_fd, started, upto - started, SYNC_FILE_RANGE_WRITE);
+        if (helper_drops && started > dropped) {
+            sync_file_range(helper_fd, dropped, started - dropped,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER);
+            posix_fadvise(helper_fd, dropped, started - dropped, POSIX_FADV_DONTNEED);
+            dropped = started;
+        }
+        started = upto;
+    }
+    ahead_cpu = cpu_seconds() - before;
+    return NULL;
+}
+
 /* CPU seconds every CPU has spent busy (not idle or waiting for I/O), from
  * /proc/stat: with this thread's own taken off, what the kernel's writeback
  * workers and interrupts spent meanwhile (and whatever else ran). */
@@ -88,7 +123,7 @@ int main(int argc, char **argv) {
     if (argc != 5) {
         fprintf(stderr,
                 "usage: %s PATH TOTAL CHUNK plain|keepsz|falloc|reuse|mmap|mmappop|mmapwill|mmappw|"
-                "mmapahead\n",
+                "mmapahead|split|sfr|drop\n",
                 argv[0]);
         return 2;
     }
@@ -100,7 +135,9 @@ int main(int argc, char **argv) {
     int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0644);
     if (fd < 0) { perror("open"); return 1; }
     int append = 1;
-    if (!strcmp(mode, "keepsz") && fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, total)) perror("fallocate");
+    int split = !strcmp(mode, "split"), early = !strcmp(mode, "sfr") || !strcmp(mode, "drop");
+    if ((!strcmp(mode, "keepsz") || split || early) && fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, total))
+        perror("fallocate");
     if (!strcmp(mode, "falloc")) { append = 0; if (fallocate(fd, 0, 0, total)) perror("fallocate"); }
     if (!strcmp(mode, "reuse")) {
         append = 0;
@@ -147,19 +184,30 @@ int main(int argc, char **argv) {
     }
     close(fd);
     fd = open(path, O_WRONLY | (append ? O_APPEND : 0));
+    pthread_t helper;
+    helper_fd = fd;
+    helper_drops = !strcmp(mode, "drop");
+    if (early) pthread_create(&helper, NULL, write_back_early, NULL);
     double busy_before = busy_seconds();
     double before = cpu_seconds();
     long writes = 0;
-    for (long done = 0; done < total; done += chunk, writes++)
-        if (write(fd, buf, chunk) != chunk) { perror("write"); return 1; }
+    for (long done = 0; done < total; done += chunk, writes++) {
+        long head = split ? (4096 - done % 4096) % 4096 : 0;
+        if (head > chunk) head = chunk;
+        if (head && write(fd, buf, head) != head) { perror("write"); return 1; }
+        if (write(fd, buf + head, chunk - head) != chunk - head) { perror("write"); return 1; }
+        atomic_store(&written_upto, done + chunk);
+    }
     double written = cpu_seconds();
+    atomic_store(&writer_done, 1);
+    if (early) pthread_join(helper, NULL);
     fdatasync(fd);
     double synced = cpu_seconds();
     double others = busy_seconds() - busy_before - (synced - before);
     printf("%-6s %s: %ld writes of %ld B: write CPU %.3f s (%.2f ns/B), fdatasync CPU %.3f s, "
-           "other CPU meanwhile %.2f s\n",
+           "helper CPU %.3f s, other CPU meanwhile %.2f s\n",
            mode, path, writes, chunk, written - before, (written - before) / total * 1e9,
-           synced - written, others);
+           synced - written, ahead_cpu, others);
     close(fd);
     unlink(path);
     return 0;

@@ -167,8 +167,21 @@ impl History {
     }
 
     /// This turn's wall-clock time, read once a turn.
+    // Inlined, the clock read left out of line: as a call per message it
+    // cost 13 instructions a message at 1:1 for a load and a branch.
+    #[inline(always)]
     fn turn_time_ms(&mut self) -> u64 {
-        *self.turn_time_ms.get_or_insert_with(wall_clock_ms)
+        match self.turn_time_ms {
+            Some(time_ms) => time_ms,
+            None => self.read_turn_time_ms(),
+        }
+    }
+
+    /// The turn's first record: reads the clock.
+    #[cold]
+    #[inline(never)]
+    fn read_turn_time_ms(&mut self) -> u64 {
+        *self.turn_time_ms.insert(wall_clock_ms())
     }
 
     /// Appends the room record for `event`; returns the number a reply
