@@ -1127,7 +1127,9 @@ impl std::fmt::Display for TransportName {
 /// in a segment of its own, microseconds before the reply that could carry
 /// the ACK; the kernel itself switches to delayed ACKs after the first reply.
 /// A reply slower than the delayed-ACK timer (40 ms; an argon2 HELLO) gets
-/// its pure ACK then, as before, well inside the peer's 200 ms minimum RTO.
+/// its pure ACK then, as before, well inside the peer's 200 ms minimum RTO
+/// (a peer with a second request in flight behind it may send a tail-loss
+/// probe first, which is ACKed at once: as many segments as before).
 /// `listen` clears the mode, so it is set after it.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
