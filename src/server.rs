@@ -1122,6 +1122,16 @@ impl std::fmt::Display for TransportName {
 /// connections (the std/mio default of 128 overflows when hundreds of
 /// clients connect at once, and the kernel then makes them retry after 1 s).
 /// TCP_NODELAY is set here: accepted sockets inherit it on Linux.
+///
+/// So is delayed-ACK ("pingpong") mode, on Linux: a new connection would
+/// otherwise ACK its first request (a HELLO, OI, ClientHello or GET) at once
+/// in a segment of its own, microseconds before the reply that could carry
+/// the ACK; the kernel itself switches to delayed ACKs after the first reply.
+/// A reply slower than the delayed-ACK timer (40 ms; an argon2 HELLO) gets
+/// its pure ACK then, as before, well inside the peer's 200 ms minimum RTO
+/// (a peer with a second request in flight behind it may send a tail-loss
+/// probe first, which is ACKed at once: as many segments as before).
+/// `listen` clears the mode, so it is set after it.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -1129,6 +1139,8 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_quickack(false)?;
     socket.set_nonblocking(true)?;
     Ok(TcpListener::from_std(socket.into()))
 }

@@ -17,7 +17,8 @@
 //! leaves nothing behind, and the step that comes back for its slot never
 //! reaches the connection that took the slot next.
 //!
-//! Accepted sockets inherit TCP_NODELAY from the listener.
+//! Accepted sockets inherit TCP_NODELAY and delayed-ACK mode from the
+//! listener.
 
 use super::wire::{EARLY_WRITES_PER_FLUSH, WRITE_EARLY_AT};
 use super::*;
@@ -492,6 +493,21 @@ fn a_connection_removed_while_its_step_is_away_leaves_nothing_and_misroutes_noth
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The next connection `listener` (non-blocking) has, waited for up to WAIT.
+#[cfg(target_os = "linux")]
+fn accept_one(listener: &TcpListener) -> mio::net::TcpStream {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match listener.accept() {
+            Ok((socket, _)) => return socket,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
 /// Linux copies TCP_NODELAY from the listening socket to each accepted one,
 /// so `admit` spends no system call on it: a reply still leaves at once.
 #[cfg(target_os = "linux")]
@@ -499,15 +515,19 @@ fn a_connection_removed_while_its_step_is_away_leaves_nothing_and_misroutes_noth
 fn accepted_connections_inherit_tcp_nodelay_from_the_listener() {
     let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let deadline = Instant::now() + WAIT;
-    let accepted = loop {
-        match listener.accept() {
-            Ok((socket, _)) => break socket,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::yield_now()
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
+    let accepted = accept_one(&listener);
     assert!(accepted.nodelay().unwrap());
+}
+
+/// Accepted sockets start in delayed-ACK mode, copied from the listener
+/// (`listen` clears it, so it is set after): the first request's ACK rides
+/// on its reply instead of a segment of its own.
+#[cfg(target_os = "linux")]
+#[test]
+fn accepted_connections_start_with_delayed_acks_from_the_listener() {
+    let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    assert!(!socket2::SockRef::from(&listener).tcp_quickack().unwrap());
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let accepted = accept_one(&listener);
+    assert!(!socket2::SockRef::from(&accepted).tcp_quickack().unwrap());
 }
