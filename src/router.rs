@@ -22,6 +22,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod awaiting;
 mod deadline;
 mod names;
 mod pair_reconcile;
@@ -30,6 +31,7 @@ mod remote;
 mod rooms;
 mod sequence_map;
 mod waiting;
+use awaiting::AwaitingAck;
 use deadline::{Deadline, Due, Timeline};
 pub use remote::{NameAnswer, NodeRef, PairNotice};
 pub use rooms::{
@@ -274,15 +276,21 @@ impl Default for Limits {
 }
 
 /// A frame the server sent that awaits the receiver's OK or ERRO. One is
-/// written per target of every fan-out and kept until its ack, so it is
-/// kept to 32 bytes (a test holds it there): the deadline in 32 bits, the
-/// request's connection and incarnation in 32 each.
-#[derive(Debug)]
+/// written per target of every fan-out (unless it extends a run, see
+/// [`AwaitingAck`]) and kept until its ack, so it is kept to 32 bytes (a
+/// test holds it there): the deadline in 32 bits, the request's connection
+/// and incarnation in 32 each.
+#[derive(Debug, Clone, Copy)]
 struct Delivery {
     purpose: Purpose,
     due: Due,
     /// The sequence number the ack should echo (a mismatch is only logged).
     seq: u16,
+    /// Kept in a session's queue, the number of deliveries that follow
+    /// this one in its run: the same emitter's next requests, with the
+    /// next sequence numbers and the same deadline ([`AwaitingAck`]). It
+    /// fills what was padding.
+    repeats: u16,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -489,7 +497,7 @@ struct Session {
     /// The server's own numbering of the frames it originates to this client.
     seq: SeqCounter,
     /// Frames sent to this client that await its OK, oldest first.
-    awaiting_ack: VecDeque<Delivery>,
+    awaiting_ack: AwaitingAck,
     /// The server has sent FLW; no new deliveries are targeted here.
     leaving: bool,
     /// Unique per connection ever made, so that a delivery made for an
@@ -1078,7 +1086,7 @@ impl Router {
             checked: (0, u64::MAX),
             connected_at: now,
             seq: SeqCounter::new(),
-            awaiting_ack: VecDeque::new(),
+            awaiting_ack: AwaitingAck::default(),
             leaving: false,
             incarnation: self.next_incarnation,
         });
@@ -1228,7 +1236,7 @@ impl Router {
             let Some(session) = session else { continue };
             let deadline = match session.role {
                 Role::Anonymous => Some(session.connected_at + self.limits.handshake_timeout),
-                _ => (session.awaiting_ack.front()).map(|d| self.timeline.instant(d.due, now)),
+                _ => (session.awaiting_ack.front_due()).map(|due| self.timeline.instant(due, now)),
             };
             match deadline {
                 Some(d) if d <= now => expired.push(conn),
@@ -1350,7 +1358,7 @@ impl Router {
             if self.ids.get(session.id) != Some(conn) {
                 return Err(format!("conn {conn} id {} not mapped back", session.id));
             }
-            for delivery in &session.awaiting_ack {
+            for delivery in session.awaiting_ack.iter() {
                 if let Purpose::Request(r) = delivery.purpose {
                     // A delivery may outlive its emitter (then it settles to
                     // nothing), but a live emitter must still owe that reply.
@@ -1562,11 +1570,9 @@ impl Router {
             let seq = session.seq.next_seq();
             let msg = Frame::msg(origin, 0, seq, text).expect("a MSG's text fits");
             out.send(conn, &msg);
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                due: deadline.due,
-                purpose: Purpose::Replay,
-            });
+            session
+                .awaiting_ack
+                .push(seq, deadline.due, Purpose::Replay);
         }
         debug!(
             conn,
@@ -1906,11 +1912,7 @@ impl Router {
                     seq
                 }
             };
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                due: deadline.due,
-                purpose,
-            });
+            session.awaiting_ack.push(seq, deadline.due, purpose);
         }
         if !targets.is_empty() {
             self.note_deadline(deadline.at);
@@ -2176,11 +2178,9 @@ impl Router {
         };
         let seq = session.seq.next_seq();
         session.leaving = true;
-        session.awaiting_ack.push_back(Delivery {
-            seq,
-            due: deadline.due,
-            purpose: Purpose::Farewell,
-        });
+        session
+            .awaiting_ack
+            .push(seq, deadline.due, Purpose::Farewell);
         out.send(conn, &Frame::bare(Kind::Flw, SERVER_ID, session.id, seq));
         self.note_deadline(deadline.at);
     }
@@ -2236,7 +2236,7 @@ impl Router {
                 }
                 // Rule 6: its unsettled deliveries fail; a queue message
                 // it held goes to the next member session.
-                for delivery in session.awaiting_ack {
+                for delivery in session.awaiting_ack.into_deliveries() {
                     match delivery.purpose {
                         Purpose::Request(request) => self.settle(request, false, now, out),
                         Purpose::Queued { room, slot, ticket } => {
@@ -2346,11 +2346,7 @@ impl Router {
             name: name.as_deref().unwrap_or("").as_bytes().to_vec(),
         });
         told.insert(id, (name, roles));
-        session.awaiting_ack.push_back(Delivery {
-            seq,
-            due: deadline.due,
-            purpose: Purpose::Who,
-        });
+        session.awaiting_ack.push(seq, deadline.due, Purpose::Who);
         out.send_ext(target, &who);
         self.note_deadline(deadline.at);
     }

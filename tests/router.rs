@@ -439,6 +439,134 @@ fn rule4_an_exhibitor_silent_past_the_ack_timeout_is_dropped_and_the_request_fai
     );
 }
 
+// One emitter's consecutive requests to a session, sent in the same
+// millisecond, are kept as one run in its queue of deliveries (router
+// `awaiting.rs`); each is acknowledged, timed out and settled as before.
+
+#[test]
+fn rule4_acks_in_the_middle_of_one_emitters_run_settle_its_requests_one_by_one() {
+    let mut h = Harness::new();
+    let ex1 = h.exhibitor(0);
+    let ex2 = h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    for seq in 1..=4 {
+        h.feed(2, msg(em, 0, seq, "x"));
+    }
+    let view = h.router.session_view(0).unwrap();
+    assert_eq!(view.awaiting_ack, 4, "counted per delivery, not per run");
+    assert_eq!(h.feed(1, ok(ex2, em, 1)), vec![]);
+    assert_eq!(h.feed(1, erro(ex2, em, 2)), vec![]);
+    assert_eq!(
+        h.feed(0, erro(ex1, em, 1)),
+        vec![sent(2, ok(SERVER_ID, em, 1))]
+    );
+    assert_eq!(h.router.session_view(0).unwrap().awaiting_ack, 3);
+    assert_eq!(
+        h.feed(0, erro(ex1, em, 2)),
+        vec![sent(2, erro(SERVER_ID, em, 2))]
+    );
+    // The run extends behind the acks taken from its front.
+    h.feed(2, msg(em, 0, 5, "x"));
+    for seq in 3..=5 {
+        assert_eq!(h.feed(0, ok(ex1, em, seq)), vec![]);
+    }
+    assert_eq!(
+        h.feed(1, ok(ex2, em, 3)),
+        vec![sent(2, ok(SERVER_ID, em, 3))]
+    );
+    assert_eq!(
+        h.disconnect(1),
+        vec![sent(2, ok(SERVER_ID, em, 4)), sent(2, ok(SERVER_ID, em, 5))]
+    );
+    h.router.check_invariants().unwrap();
+}
+
+#[test]
+fn rule4_an_ack_with_a_wrong_seq_inside_a_run_still_settles_the_oldest() {
+    let mut h = Harness::new();
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    for seq in 1..=3 {
+        h.feed(1, msg(em, ex, seq, "x"));
+    }
+    assert_eq!(
+        h.feed(0, ok(ex, em, 1)),
+        vec![sent(1, ok(SERVER_ID, em, 1))]
+    );
+    assert_eq!(
+        h.feed(0, erro(ex, em, 3)),
+        vec![sent(1, erro(SERVER_ID, em, 2))]
+    );
+    assert_eq!(
+        h.feed(0, ok(ex, em, 99)),
+        vec![sent(1, ok(SERVER_ID, em, 3))]
+    );
+    assert_eq!(h.router.session_view(0).unwrap().awaiting_ack, 0);
+}
+
+#[test]
+fn rule4_a_target_that_disconnects_with_runs_outstanding_fails_each_request_once() {
+    let mut h = Harness::new();
+    let ex1 = h.exhibitor(0);
+    h.exhibitor(1);
+    let em = h.emitter(2, 1);
+    let other = h.emitter(3, 2);
+    // Two emitters interleaved: the other's request between breaks the run.
+    h.feed(2, msg(em, 0, 1, "x"));
+    h.feed(2, msg(em, 0, 2, "x"));
+    h.feed(3, msg(other, 0, 1, "y"));
+    h.feed(2, msg(em, 0, 3, "x"));
+    // A request counted down twice would be answered before ex1 acks it.
+    assert_eq!(h.disconnect(1), vec![]);
+    assert_eq!(
+        h.feed(0, ok(ex1, em, 1)),
+        vec![sent(2, ok(SERVER_ID, em, 1))]
+    );
+    assert_eq!(
+        h.feed(0, erro(ex1, em, 2)),
+        vec![sent(2, erro(SERVER_ID, em, 2))]
+    );
+    assert_eq!(
+        h.feed(0, ok(ex1, other, 1)),
+        vec![sent(3, ok(SERVER_ID, other, 1))]
+    );
+    assert_eq!(h.disconnect(0), vec![sent(2, erro(SERVER_ID, em, 3))]);
+    h.router.check_invariants().unwrap();
+}
+
+#[test]
+fn rule4_deliveries_a_millisecond_apart_time_out_each_at_its_own_deadline() {
+    let mut h = Harness::with(Limits {
+        ack_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    });
+    let ex = h.exhibitor(0);
+    let em = h.emitter(1, 1);
+    h.feed(1, msg(em, ex, 1, "x"));
+    h.feed(1, msg(em, ex, 2, "x"));
+    h.now += Duration::from_millis(5);
+    h.feed(1, msg(em, ex, 3, "x"));
+    h.feed(1, msg(em, ex, 4, "x"));
+    assert_eq!(
+        h.feed(0, ok(ex, em, 1)),
+        vec![sent(1, ok(SERVER_ID, em, 1))]
+    );
+    assert_eq!(
+        h.feed(0, ok(ex, em, 2)),
+        vec![sent(1, ok(SERVER_ID, em, 2))]
+    );
+    // #1 and #2 were due at 2 s; #3 is due 5 ms later.
+    assert_eq!(h.tick_after(Duration::from_millis(1999)), vec![]);
+    assert_eq!(
+        h.tick_after(Duration::from_millis(1)),
+        vec![
+            sent(1, erro(SERVER_ID, em, 3)),
+            sent(1, erro(SERVER_ID, em, 4)),
+            Event::Closed(0, ex, CloseReason::Unresponsive)
+        ]
+    );
+}
+
 /// Regression (mutation testing: the incarnation counter frozen at 0 let
 /// this ack through): a connection slot reused by a new emitter shares the
 /// old one's ConnId and first request number, and an exhibitor's late ack

@@ -9,8 +9,7 @@
 //! the name rule by the caller.
 
 use super::{
-    ConnId, Deadline, Delivery, Outbox, Purpose, REPLAY_FRAMING, Role, RoomEvent, Router, Sender,
-    Session,
+    ConnId, Deadline, Outbox, Purpose, REPLAY_FRAMING, Role, RoomEvent, Router, Sender, Session,
 };
 use crate::proto::ext::{
     ExtFrame, FLAG_QUEUE, ROLE_BROADCAST, ROLE_VIEW, RoomAck, RoomCode, RoomEntry, RoomList,
@@ -881,11 +880,9 @@ impl Router {
             let seq = session.seq.next_seq();
             let msg = Frame::msg(*origin, id, seq, text.clone()).expect("a MSG's text fits");
             out.send(conn, &msg);
-            session.awaiting_ack.push_back(Delivery {
-                seq,
-                due: deadline.due,
-                purpose: Purpose::Replay,
-            });
+            session
+                .awaiting_ack
+                .push(seq, deadline.due, Purpose::Replay);
         }
         debug!(conn, room = id, messages = missed.len(), "room caught up");
         self.note_deadline(deadline.at);
@@ -1099,15 +1096,15 @@ impl Router {
             let slot = room.work.give(at, ticket);
             let view = room.work.view(slot, id);
             out.forward(&[target], &view);
-            session.awaiting_ack.push_back(Delivery {
-                seq: view.seq,
-                due: deadline.due,
-                purpose: Purpose::Queued {
+            session.awaiting_ack.push(
+                view.seq,
+                deadline.due,
+                Purpose::Queued {
                     room: id,
                     slot,
                     ticket,
                 },
-            });
+            );
             given = true;
             turn = room.work.next_turn();
         }

@@ -6,7 +6,7 @@
 //! clock; the loop hands in the wall-clock time a message is stored at and
 //! records what it is told through [`Outbox::room_event`].
 
-use super::{ConnId, Deadline, Delivery, NodeRef, Outbox, Purpose, RoomEvent, Router, sender};
+use super::{ConnId, Deadline, NodeRef, Outbox, Purpose, RoomEvent, Router, sender};
 use crate::proto::ext::{ExtFrame, ROLE_EMIT, RoomAck, RoomCode, Waiting as WaitingFrame};
 use crate::proto::{ClientId, Frame, FrameView, Header, SERVER_ID};
 use bytes::Bytes;
@@ -315,11 +315,9 @@ impl Router {
             let msg = Frame::msg(header.origin, session.id, header.seq, text.clone())
                 .expect("a TELL's text fits a MSG");
             out.send(target, &msg);
-            session.awaiting_ack.push_back(Delivery {
-                seq: header.seq,
-                due: deadline.due,
-                purpose: Purpose::Request(request),
-            });
+            session
+                .awaiting_ack
+                .push(header.seq, deadline.due, Purpose::Request(request));
         }
         if !targets.is_empty() {
             self.note_deadline(deadline.at);
@@ -383,11 +381,9 @@ impl Router {
         let session = self.session_mut(conn).expect("delivered to a live session");
         let id = session.id;
         let seq = session.seq.next_seq();
-        session.awaiting_ack.push_back(Delivery {
-            seq,
-            due: deadline.due,
-            purpose: Purpose::Replay,
-        });
+        session
+            .awaiting_ack
+            .push(seq, deadline.due, Purpose::Replay);
         out.send_ext(
             conn,
             &ExtFrame::Waiting(WaitingFrame {
@@ -404,11 +400,7 @@ impl Router {
             conn,
             &Frame::msg(origin, id, seq, text).expect("a waiting text fits a MSG"),
         );
-        session.awaiting_ack.push_back(Delivery {
-            seq,
-            due: deadline.due,
-            purpose,
-        });
+        session.awaiting_ack.push(seq, deadline.due, purpose);
     }
 
     /// `conn` answered the waiting message `wait`: it is settled. Out of
