@@ -1,8 +1,8 @@
 //! Acknowledgement deadlines in 32 bits. Every frame the server sends that
 //! awaits an OK keeps its deadline in its target's `awaiting_ack` queue (a
-//! run of them, `router/awaiting.rs`, shares one): a
-//! room or broadcast of 100 with a window of 1,024 kept 100,000 of them
-//! live, and a 16-byte `Instant` in each made a third of the entry
+//! run of them, `router/awaiting.rs`, shares one): a room or broadcast of
+//! 100 with a window of 1,024 kept 100,000 of them live, and a 16-byte
+//! `Instant` in each made a third of the entry
 //! (BENCHMARKS.md, "Tenth round"). Here a deadline is a count of
 //! milliseconds on the router's [`Timeline`], modulo 2^32, rounded up so
 //! that none fires early. It is compared with the present by its wrapping
