@@ -279,7 +279,7 @@ pub struct Args {
     /// During the run, one more client sends HELLOs with a wrong secret for --sign-in's name as fast as it can; reports how they were answered
     #[arg(long)]
     pub storm: bool,
-    /// With --storm: the attacker keeps N guesses in flight (N connections from this one address, each guessing again as soon as answered) instead of waiting for each answer
+    /// With --storm: the attacker keeps N guesses in flight (N connections from this one address, each guessing again as soon as answered) instead of waiting for each answer; with --handshake-storm, N handshakes in flight
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub storm_connections: usize,
     /// TLS targets: the CA (PEM) that signed the server's certificate
@@ -288,9 +288,12 @@ pub struct Args {
     /// TLS targets: the name the server's certificate must carry
     #[arg(long, default_value = "localhost")]
     pub tls_name: String,
-    /// evchat-tls: during the run, one more client completes TLS handshakes and hangs up as fast as it can; reports how many
+    /// evchat-tls: during the run, --storm-connections attackers each send a recorded ClientHello over a new connection, read the server's first flight and hang up, as fast as they can; reports how many
     #[arg(long)]
     pub handshake_storm: bool,
+    /// With --handshake-storm: complete real handshakes (certificate checked, keys exchanged) instead of replaying the ClientHello
+    #[arg(long)]
+    pub full_handshakes: bool,
     /// Server process id, to report its CPU time (and RSS with --idle)
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -409,9 +412,16 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         )),
         _ => None,
     };
-    let handshakes = args
-        .handshake_storm
-        .then(|| signin::start_handshake_storm(target, addr, stop.clone()));
+    let handshakes = match args.handshake_storm {
+        true => Some(signin::start_handshake_storm(
+            target,
+            addr,
+            args.storm_connections,
+            args.full_handshakes,
+            stop.clone(),
+        )?),
+        false => None,
+    };
     let started = std::time::Instant::now();
     let outcome = crate::driver::Driver::new(plan, conns, args)?.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -420,8 +430,13 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         let n = done.load(std::sync::atomic::Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "relay: handshake storm: {n} TLS handshakes in {secs:.2} s ({:.0}/s)",
-            n as f64 / secs
+            "relay: handshake storm: {n} TLS {} in {secs:.2} s ({:.0}/s), {} in flight",
+            match args.full_handshakes {
+                true => "handshakes completed",
+                false => "server flights to a replayed ClientHello",
+            },
+            n as f64 / secs,
+            args.storm_connections,
         );
     }
     if let Some((figures, worker)) = storm {
@@ -462,6 +477,9 @@ fn check_args(target: Target, args: &Args) -> Result<(), String> {
     }
     if args.handshake_storm && target != Target::EvchatTls {
         return Err("--handshake-storm is for the evchat-tls target".into());
+    }
+    if args.full_handshakes && !args.handshake_storm {
+        return Err("--full-handshakes is for --handshake-storm".into());
     }
     if (args.signins > 0 || args.storm || args.sign_in.is_some())
         && target.plain() != Target::Evchat

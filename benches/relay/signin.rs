@@ -14,8 +14,17 @@
 //! `--storm-connections N` keeps N such guesses in flight instead of one.
 //!
 //! On a TLS target (`evchat-tls`) each session above starts with a TLS
-//! handshake, and `--handshake-storm` is the attacker's TLS counterpart: one
-//! thread completing handshakes and hanging up, as fast as it can.
+//! handshake, and `--handshake-storm` is the attacker's TLS counterpart:
+//! `--storm-connections` threads, each sending one recorded ClientHello over
+//! a new connection, reading the server's first flight (its key share, its
+//! certificate and the signature over them: all of the server's work) and
+//! hanging up, as fast as it can. Such an attacker spends a connection and a
+//! few system calls a handshake where the server spends its key exchange
+//! and a signature, as a flood from other machines would; with
+//! `--full-handshakes` each thread completes real handshakes instead
+//! (verifying the certificate, exchanging keys), which on a two-core
+//! machine measures the attacker's crypto on the generator's core as much
+//! as the server.
 
 use crate::Target;
 use crate::evchat::{self, SignIn};
@@ -220,20 +229,69 @@ fn guess_until(addr: SocketAddr, name: &str, counts: &StormFigures, stop: &Atomi
     }
 }
 
-/// Starts the TLS attacker: handshakes completed and dropped, counted.
+/// Starts the TLS attacker (see the module's paragraph): `connections`
+/// threads, each one handshake after another until `stop`; counts the
+/// server flights read (or handshakes completed, `full`).
 pub fn start_handshake_storm(
     target: Target,
     addr: SocketAddr,
+    connections: usize,
+    full: bool,
     stop: Arc<AtomicBool>,
-) -> (Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+) -> Result<(Arc<AtomicU64>, std::thread::JoinHandle<()>), String> {
+    let hello = Arc::new(crate::tls::client_hello()?);
     let done = Arc::new(AtomicU64::new(0));
     let count = done.clone();
     let worker = std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            if open(target, addr).is_ok() {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
+        let attackers: Vec<_> = (0..connections.max(1))
+            .map(|_| {
+                let (count, stop, hello) = (count.clone(), stop.clone(), hello.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let handshaken = if full {
+                            open(target, addr).map(drop)
+                        } else {
+                            server_flight(addr, &hello)
+                        };
+                        if handshaken.is_ok() {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for attacker in attackers {
+            let _ = attacker.join();
         }
     });
-    (done, worker)
+    Ok((done, worker))
+}
+
+/// Sends `hello` over a new connection and reads until a whole encrypted
+/// record (TLS record type 23) arrived: the server sends its flight's
+/// encrypted part only once its key exchange and signature are done.
+fn server_flight(addr: SocketAddr, hello: &[u8]) -> Result<(), String> {
+    const APPLICATION_DATA: u8 = 23;
+    const ALERT: u8 = 21;
+    let mut stream = connect(addr)?;
+    stream
+        .write_all(hello)
+        .map_err(|e| format!("ClientHello: {e}"))?;
+    let mut buf = Vec::new();
+    read_until(&mut stream, &mut buf, |b| {
+        let mut at = 0;
+        while let Some(header) = b.get(at..at + 5) {
+            let end = at + 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if b.len() < end {
+                break;
+            }
+            match header[0] {
+                APPLICATION_DATA => return Ok(Some(end)),
+                ALERT => return Err("the server answered with an alert".into()),
+                _ => at = end,
+            }
+        }
+        Ok(None)
+    })
+    .map(drop)
 }

@@ -44,6 +44,18 @@ fn client() -> Result<ClientConnection, String> {
     ClientConnection::new(config.clone(), name.clone()).map_err(|e| e.to_string())
 }
 
+/// The first flight a client sends (its ClientHello, in TLS records), for
+/// the handshake storm to send again and again: the server does its whole
+/// half of a handshake for each copy, the sender none of its own.
+pub fn client_hello() -> Result<Vec<u8>, String> {
+    let mut conn = client()?;
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).map_err(|e| e.to_string())?;
+    }
+    Ok(hello)
+}
+
 /// A TLS connection during setup, blocking; `clear` is what was read in
 /// clear before the handshake and is read back first.
 pub struct TlsStream {

@@ -51,7 +51,7 @@ impl<J: Send + 'static, R: Send + 'static> Workers<J, R> {
     /// Starts `threads` (at least 1) workers running `work`, taking at most
     /// `capacity` (at least 1) jobs not yet drained. `notify` is called on
     /// a worker after each result is ready. The workers run at a lower
-    /// priority than the loop (nice 10).
+    /// priority than the loop (the idle scheduling class).
     pub fn new(
         threads: usize,
         capacity: usize,
@@ -77,7 +77,7 @@ impl<J: Send + 'static, R: Send + 'static> Workers<J, R> {
             let thread = std::thread::Builder::new()
                 .name(format!("evchat-tls-{n}"))
                 .spawn(move || {
-                    crate::priority::lower_thread_priority();
+                    crate::priority::idle_thread_priority();
                     loop {
                         // The lock is held only while waiting for a job.
                         let next = job_rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
