@@ -59,29 +59,32 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_lowered_thread_runs_at_nice_10_and_only_that_thread() {
+    /// What `lower` leaves on a new thread, and that this thread kept its own.
+    fn on_a_new_thread(lower: fn()) -> (i64, u32) {
         let before = nice_and_policy();
-        let lowered = std::thread::spawn(|| {
-            lower_thread_priority();
+        let after = std::thread::spawn(move || {
+            lower();
             nice_and_policy()
         })
         .join()
         .unwrap();
-        assert_eq!(lowered, (10, libc::SCHED_OTHER as u32));
-        assert_eq!(nice_and_policy(), before);
+        assert_eq!(nice_and_policy(), before, "only the new thread changed");
+        after
     }
 
     #[test]
-    fn an_idle_thread_is_in_the_idle_class_and_only_that_thread() {
-        let before = nice_and_policy();
-        let idle = std::thread::spawn(|| {
-            idle_thread_priority();
-            nice_and_policy()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(idle.1, libc::SCHED_IDLE as u32);
-        assert_eq!(nice_and_policy(), before);
+    fn a_lowered_thread_runs_at_nice_10() {
+        assert_eq!(
+            on_a_new_thread(lower_thread_priority),
+            (10, libc::SCHED_OTHER as u32)
+        );
+    }
+
+    #[test]
+    fn an_idle_thread_is_in_the_idle_class() {
+        assert_eq!(
+            on_a_new_thread(idle_thread_priority).1,
+            libc::SCHED_IDLE as u32
+        );
     }
 }
