@@ -240,8 +240,9 @@ struct Commands {
     /// [`Commands::retry_releases`]).
     pending: PendingReleases,
     /// The HELLO names (lower case) this incarnation won and has not
-    /// released since: only a release of one of these can leave Redis
-    /// recording this incarnation as the name's holder.
+    /// released since: only a release of one of these may be handed over
+    /// (a name a previous incarnation won is freed by its reap, and may
+    /// be another node's by now).
     names: HashSet<String>,
     /// When the last successful lease write (the join's, or a renewal's)
     /// was sent: the lease lives at least [`RedisConfig::lease`] from then.
