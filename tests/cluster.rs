@@ -542,6 +542,44 @@ fn carol_is_free_on(b: &Server, a: &Server, line: &str) {
         .skip_until(line, TIMEOUT, |logged| logged.contains(line));
 }
 
+/// Waits until `node` has joined the system: a node listens before its
+/// bridge joins, and one still joining when Redis is stopped refuses
+/// every claim until Redis is back and it has joined.
+pub(crate) fn joined(node: &Server) {
+    node.proc
+        .stderr
+        .skip_until("the join", TIMEOUT, |line| line.contains("cluster: joined"));
+}
+
+/// An exhibitor of `node` (whose bridge queue holds one request) that
+/// claimed `name` first if given, with its id. A claim may meet the queue
+/// still holding the one before it (refused, as it should be): each is
+/// asked until taken.
+pub(crate) fn claimed_through_a_queue_of_one(
+    node: &Server,
+    name: Option<&[u8]>,
+) -> (Raw, ClientId) {
+    use crate::identity::{hello, helloack};
+    for _ in 0..100 {
+        let mut client = node.raw();
+        if let Some(name) = name {
+            client.send(&hello(name, b""));
+            let want = helloack(0, crate::rooms::PLAIN, name);
+            if client.expect_bytes(want.len()) != want {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        }
+        client.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+        let answer = client.expect_frame();
+        if answer.kind == Kind::Ok {
+            return (client, answer.dest);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the node refused every claim");
+}
+
 /// A full bridge queue delays a release but never drops it: node A's
 /// queue holds one request, Redis is stopped while four of its clients
 /// (one named) leave, so the command thread blocks on the first release
@@ -551,37 +589,15 @@ fn carol_is_free_on(b: &Server, a: &Server, line: &str) {
 /// until node A's incarnation ended.)
 #[test]
 fn releases_a_full_bridge_queue_turned_away_go_through_once_it_drains() {
-    use crate::identity::{hello, helloack};
     let redis = Redis::start("cluster-release-queue");
     // A lease long enough that nobody is fenced while Redis is stopped.
     let a = redis.node_with("a", &["--cluster-queue", "1", "--cluster-lease", "30"]);
     let b = redis.node_with("b", &["--cluster-lease", "30"]);
-    // With a queue of one, a claim may meet the queue still holding the
-    // one before it (refused, as it should be): each is asked until taken.
-    let on_a = |name: Option<&[u8]>| {
-        for _ in 0..100 {
-            let mut client = a.raw();
-            if let Some(name) = name {
-                client.send(&hello(name, b""));
-                let want = helloack(0, crate::rooms::PLAIN, name);
-                if client.expect_bytes(want.len()) != want {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-            }
-            client.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
-            let answer = client.expect_frame();
-            if answer.kind == Kind::Ok {
-                return (client, answer.dest);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("node A refused every claim");
-    };
+    joined(&b);
     let mut leaving = Vec::new();
     let mut ids = BTreeSet::new();
     for name in [Some(&b"carol"[..]), None, None, None] {
-        let (client, id) = on_a(name);
+        let (client, id) = claimed_through_a_queue_of_one(&a, name);
         ids.insert(id);
         leaving.push(client);
     }
@@ -593,31 +609,39 @@ fn releases_a_full_bridge_queue_turned_away_go_through_once_it_drains() {
             line.contains("engine queue full")
         });
     redis.proc.signal(libc::SIGCONT);
-    let back = Instant::now();
-    let mut held = Vec::new();
-    let mut got = BTreeSet::new();
-    while got != ids {
-        let mut on_b = b.raw();
-        let id = on_b.identify_exhibitor();
-        if ids.contains(&id) {
-            got.insert(id);
-            held.push(on_b);
-            continue;
-        }
-        // Not one of them: released elsewhere not yet (or never).
-        drop(on_b);
-        assert!(
-            back.elapsed() < IDS_FREED_WITHIN,
-            "ids {:?} of {ids:?} still held after Redis returned (B was given {id})",
-            ids.difference(&got).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _held = given_all(&b, &ids);
     carol_is_free_on(
         &b,
         &a,
         "releases that waited for the engine's queue went through",
     );
+}
+
+/// Exhibitors of `node` until it has given out every one of `ids` (once
+/// their releases elsewhere went through), within [`IDS_FREED_WITHIN`];
+/// returns the clients holding them.
+pub(crate) fn given_all(node: &Server, ids: &BTreeSet<ClientId>) -> Vec<Raw> {
+    let since = Instant::now();
+    let mut held = Vec::new();
+    let mut got = BTreeSet::new();
+    while got != *ids {
+        let mut client = node.raw();
+        let id = client.identify_exhibitor();
+        if ids.contains(&id) {
+            got.insert(id);
+            held.push(client);
+            continue;
+        }
+        // Not one of them: released elsewhere not yet (or never).
+        drop(client);
+        assert!(
+            since.elapsed() < IDS_FREED_WITHIN,
+            "ids {:?} of {ids:?} still held (the node gave out {id})",
+            ids.difference(&got).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    held
 }
 
 #[test]

@@ -7,10 +7,11 @@
 //! signs in on every node; a plain client never sees an extension frame;
 //! and a simulation on the in-memory engine never holds a name twice.
 
-use crate::cluster::{Redis, acknowledge};
+use crate::cluster::{Redis, acknowledge, claimed_through_a_queue_of_one, given_all, joined};
 use crate::identity::{PLAIN, accounts_file, header, hello, helloack, roles, token, who};
 use crate::util::*;
 use evchat::proto::{ClientId, Frame, Kind, SERVER_ID};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 const S: ClientId = SERVER_ID;
@@ -394,6 +395,213 @@ fn with_redis_gone_a_hello_naming_itself_is_refused_busy_and_one_without_a_name_
     assert_eq!(hello_code(&mut anon, b""), 0);
     // A session holding its name keeps it.
     alice.expect_silence();
+}
+
+// ---- a name handed over on its node while its release waits --------------
+
+/// How long a release that waited for Redis may take once Redis is back:
+/// the retry comes with the next renewal (every third of a lease: these
+/// tests' leases of 30 and 60 s renew every 10 and 20 s).
+const RETRIED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Closes `client` and waits until `node` has logged its departure (its
+/// name released in the same turn).
+fn leave(node: &Server, client: Raw) {
+    let peer = format!("peer={} ", client.stream.local_addr().unwrap());
+    drop(client);
+    node.proc
+        .stderr
+        .skip_until("the departure", TIMEOUT, |line| {
+            line.contains("disconnected") && line.contains(&peer)
+        });
+}
+
+/// One connection on `node` asks HELLO(carol) until it gets code 0
+/// (code 3 keeps the connection), within `within`.
+fn carol_signs_in_on(node: &Server, within: Duration) -> Raw {
+    let since = Instant::now();
+    let mut carol = node.raw();
+    loop {
+        match hello_code(&mut carol, b"carol") {
+            0 => return carol,
+            3 => {}
+            code => panic!("unexpected HELLOACK code {code}"),
+        }
+        assert!(
+            since.elapsed() < within,
+            "the name is still held {within:?} later"
+        );
+        // Polling, bounded by the deadline above.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// With Redis stopped, node `a`'s clients `dave` and then `carol` (both
+/// named, no id) leave; returns once both releases have failed. Dave's,
+/// the first call after the stop, is written on the open connection and
+/// may yet run; carol's then cannot even connect (the connection's set-up
+/// gets no answer), so it never reaches Redis, which still records node
+/// A as carol's holder.
+fn releases_fail_while_redis_is_stopped(redis: &Redis, a: &Server, dave: Raw, carol: Raw) {
+    redis.proc.signal(libc::SIGSTOP);
+    leave(a, dave);
+    leave(a, carol);
+    for which in ["dave's release failing", "carol's release failing"] {
+        a.proc
+            .stderr
+            .skip_until(which, TIMEOUT, |line| line.contains("engine call failed"));
+    }
+}
+
+/// Node A (a lease of `lease` seconds) with carol and dave signed in, and
+/// node B, both joined. Their sessions send no OI: the handshake timeout
+/// is long.
+fn carol_and_dave_on_a(redis: &Redis, lease: &str) -> (Server, Server, Raw, Raw) {
+    let args = ["--cluster-lease", lease, "--handshake-timeout", "120"];
+    let a = redis.node_with("a", &args);
+    let b = redis.node_with("b", &args);
+    joined(&a);
+    joined(&b);
+    let mut carol = a.raw();
+    assert_eq!(hello_code(&mut carol, b"carol"), 0);
+    let mut dave = a.raw();
+    assert_eq!(hello_code(&mut dave, b"dave"), 0);
+    (a, b, carol, dave)
+}
+
+/// Issue 25: a name whose release waits because Redis could not take it
+/// (stopped) is signed in again on its own node at once, Redis still
+/// stopped: the release never reached Redis, so it is dropped and the
+/// name passes to the new session (spelled in another case: names
+/// compare without case). The dropped release never runs: once Redis is
+/// back and node A has retried what still waited, node B's HELLO still
+/// gets code 3; once the new session leaves, B's gets code 0. Before, the
+/// HELLO on A got code 6 (the claim met no Redis).
+#[test]
+fn a_name_whose_release_redis_could_not_take_is_signed_in_again_at_once_on_its_node() {
+    let redis = Redis::start("cnames-handover-away");
+    let (a, b, carol, dave) = carol_and_dave_on_a(&redis, "30");
+    releases_fail_while_redis_is_stopped(&redis, &a, dave, carol);
+    let mut again = a.raw();
+    assert_eq!(hello_code(&mut again, b"Carol"), 0);
+    redis.proc.signal(libc::SIGCONT);
+    let mut on_b = b.raw();
+    assert_eq!(hello_code(&mut on_b, b"carol"), 3);
+    a.proc
+        .stderr
+        .skip_until("the retry", RETRIED_WITHIN, |line| {
+            line.contains("releases refused earlier went through")
+        });
+    assert_eq!(hello_code(&mut on_b, b"carol"), 3);
+    leave(&a, again);
+    carol_signs_in_on(&b, TIMEOUT);
+}
+
+/// Issue 25: while node A's release of carol waits for its retry (Redis
+/// back, the next renewal not yet come), the name is still A's in Redis:
+/// node B's HELLO gets code 3, as before (no local grant on a node that
+/// does not hold it). On A a HELLO gets it at once, without waiting for
+/// the retry; it stays held by that session after the retry, and is free
+/// everywhere once the session leaves. Before, A's HELLO got code 3 until
+/// the retry ran. The lease of 60 s puts A's first renewal 20 s after it
+/// joined, well after B's HELLO.
+#[test]
+fn a_name_whose_release_waits_is_taken_on_other_nodes_and_handed_over_on_its_own() {
+    let redis = Redis::start("cnames-handover-back");
+    let (a, b, carol, dave) = carol_and_dave_on_a(&redis, "60");
+    releases_fail_while_redis_is_stopped(&redis, &a, dave, carol);
+    redis.proc.signal(libc::SIGCONT);
+    let mut on_b = b.raw();
+    assert_eq!(hello_code(&mut on_b, b"carol"), 3);
+    let mut again = a.raw();
+    assert_eq!(hello_code(&mut again, b"carol"), 0);
+    assert_eq!(hello_code(&mut on_b, b"carol"), 3);
+    a.proc
+        .stderr
+        .skip_until("the retry", RETRIED_WITHIN, |line| {
+            line.contains("releases refused earlier went through")
+        });
+    assert_eq!(hello_code(&mut on_b, b"carol"), 3);
+    leave(&a, again);
+    carol_signs_in_on(&b, TIMEOUT);
+}
+
+/// Issue 25: a release written to Redis before its call failed is not
+/// handed over. Carol's, the first call after Redis is stopped, sits in
+/// Redis's socket and runs when Redis resumes (even from a connection
+/// since closed), so granting carol on node A meanwhile could let node B
+/// have her too: A's HELLO is refused busy (code 6) as before, and once
+/// Redis runs again the name is free for B. The lease of 60 s keeps A's
+/// first renewal (which could be that first call) 20 s away.
+#[test]
+fn a_name_whose_release_may_yet_run_is_not_handed_over() {
+    let redis = Redis::start("cnames-handover-written");
+    let (a, b, carol, _dave) = carol_and_dave_on_a(&redis, "60");
+    redis.proc.signal(libc::SIGSTOP);
+    leave(&a, carol);
+    a.proc
+        .stderr
+        .skip_until("carol's release failing", TIMEOUT, |line| {
+            line.contains("engine call failed")
+        });
+    let mut again = a.raw();
+    assert_eq!(hello_code(&mut again, b"carol"), 6);
+    again.expect_closed();
+    redis.proc.signal(libc::SIGCONT);
+    carol_signs_in_on(&b, RETRIED_WITHIN);
+}
+
+/// Issue 25: a name whose release waits in the loop because the bridge
+/// queue is full (a queue of one, Redis stopped) is signed in again on its
+/// own node at once: the release never left the loop, so it is dropped
+/// and the name passes to the new session. Once Redis runs again every
+/// release queued with it goes through (node B is given each id, carol's
+/// own, released after her name, included), and B's HELLO still gets
+/// code 3; once the new session leaves, B's gets code 0. Before, the HELLO
+/// on A got code 6 (the full queue refused its claim).
+#[test]
+fn a_name_whose_release_waits_for_a_full_bridge_queue_is_signed_in_again_at_once() {
+    let redis = Redis::start("cnames-handover-queue");
+    let a = redis.node_with(
+        "a",
+        &[
+            "--cluster-queue",
+            "1",
+            "--cluster-lease",
+            "30",
+            "--handshake-timeout",
+            "120",
+        ],
+    );
+    let b = redis.node_with("b", &["--cluster-lease", "30"]);
+    joined(&a);
+    joined(&b);
+    let (carol, carol_id) = claimed_through_a_queue_of_one(&a, Some(b"carol"));
+    let mut ids = BTreeSet::from([carol_id]);
+    let mut leaving = Vec::new();
+    for _ in 0..4 {
+        let (client, id) = claimed_through_a_queue_of_one(&a, None);
+        ids.insert(id);
+        leaving.push(client);
+    }
+    redis.proc.signal(libc::SIGSTOP);
+    // The command thread blocks on the first release, the queue holds
+    // the second, the rest wait in the loop, carol's behind them.
+    drop(leaving);
+    a.proc
+        .stderr
+        .skip_until("the queue turning a release away", TIMEOUT, |line| {
+            line.contains("engine queue full")
+        });
+    leave(&a, carol);
+    let mut again = a.raw();
+    assert_eq!(hello_code(&mut again, b"Carol"), 0);
+    redis.proc.signal(libc::SIGCONT);
+    let _held = given_all(&b, &ids);
+    let mut on_b = b.raw();
+    assert_eq!(hello_code(&mut on_b, b"carol"), 3);
+    leave(&a, again);
+    carol_signs_in_on(&b, TIMEOUT);
 }
 
 // ---- a deterministic simulation of names across nodes --------------------

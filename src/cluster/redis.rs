@@ -14,6 +14,7 @@ use super::subscription::{Reply, Subscription};
 use super::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome, RoomState};
 use crate::proto::ext::ROOM_IDS;
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
+use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering, fence};
@@ -238,6 +239,23 @@ struct Commands {
     /// incarnation, tried again at each successful renewal (see
     /// [`Commands::retry_releases`]).
     pending: PendingReleases,
+    /// The HELLO names (lower case) this incarnation won and has not
+    /// released since: only a release of one of these may be handed over
+    /// (a name a previous incarnation won is freed by its reap, and may
+    /// be another node's by now).
+    names: HashSet<String>,
+    /// When the last successful lease write (the join's, or a renewal's)
+    /// was sent: the lease lives at least [`RedisConfig::lease`] from then.
+    lease_sent: Instant,
+}
+
+/// Why a call failed, and whether Redis may have received it: a call that
+/// was written may still run (Redis stopped runs what its socket holds when
+/// it resumes, even from a connection since closed), one that could not
+/// even connect never will.
+struct CallFailed {
+    error: redis::RedisError,
+    sent: bool,
 }
 
 /// Id and name releases a failed call left undone: the id or name stays
@@ -245,7 +263,9 @@ struct Commands {
 #[derive(Debug, Default)]
 struct PendingReleases {
     ids: Vec<ClientId>,
-    names: Vec<String>,
+    /// Each name with whether it may be handed over (see
+    /// [`PendingReleases::hand_over`]).
+    names: Vec<(String, bool)>,
 }
 
 impl PendingReleases {
@@ -254,7 +274,9 @@ impl PendingReleases {
     }
 
     /// Keeps `request` (a release) to try again; false past the bound.
-    fn keep(&mut self, request: &Request) -> bool {
+    /// `hand_over`: a name release that never reached Redis, of a name
+    /// this incarnation won, so Redis still records it as the holder.
+    fn keep(&mut self, request: &Request, hand_over: bool) -> bool {
         if self.len() >= PENDING_RELEASES_MAX {
             return false;
         }
@@ -263,9 +285,27 @@ impl PendingReleases {
         // one would change nothing the second time.
         match request {
             Request::Release { id } => self.ids.push(*id),
-            Request::ReleaseName { name } => self.names.push(name.clone()),
+            Request::ReleaseName { name } => self.names.push((name.clone(), hand_over)),
             _ => {}
         }
+        true
+    }
+
+    /// A HELLO on this node claims `name` (lower case, as the router keys
+    /// names: so names compare without case): if its release waits and
+    /// surely never reached Redis, Redis still records this incarnation
+    /// as its holder and no other node can have it, so the release is
+    /// dropped and the name passes to the new session without a call.
+    /// True when it did.
+    fn hand_over(&mut self, name: &str) -> bool {
+        let Some(at) = self
+            .names
+            .iter()
+            .position(|(held, hand_over)| *hand_over && held == name)
+        else {
+            return false;
+        };
+        self.names.remove(at);
         true
     }
 
@@ -279,7 +319,7 @@ impl PendingReleases {
 
     /// As [`PendingReleases::claimed_id`], for a HELLO name.
     fn claimed_name(&mut self, name: &str) {
-        self.names.retain(|held| held != name);
+        self.names.retain(|(held, _)| held != name);
     }
 }
 
@@ -306,6 +346,8 @@ impl Commands {
             leave_room: redis::Script::new(LEAVE_ROOM),
             packed: Vec::new(),
             pending: PendingReleases::default(),
+            names: HashSet::new(),
+            lease_sent: Instant::now(),
         }
     }
 
@@ -397,9 +439,11 @@ impl Commands {
         let name = self.config.node.clone();
         // What an old incarnation left held, its reap frees.
         self.pending = PendingReleases::default();
+        self.names.clear();
         let con = self.connection()?;
         let node: NodeId = redis::cmd("INCR").arg(key("incarnation")).query(con)?;
         let lease_key = key(&format!("lease:{node}"));
+        let lease_sent = Instant::now();
         redis::cmd("SET")
             .arg(&lease_key)
             .arg(&name)
@@ -421,6 +465,7 @@ impl Commands {
             .arg(*ROOM_IDS.end())
             .arg(0)
             .query::<()>(con)?;
+        self.lease_sent = lease_sent;
         let incarnation = Incarnation {
             node,
             held_key: key(&format!("held:{node}")),
@@ -552,6 +597,7 @@ impl Commands {
         let lease_ms = self.config.lease.as_millis() as u64;
         let name = self.config.node.clone();
         let con = self.connection()?;
+        let sent = Instant::now();
         let renewed: Option<String> = redis::cmd("SET")
             .arg(&incarnation.lease_key)
             .arg(&name)
@@ -562,8 +608,16 @@ impl Commands {
         if renewed.is_none() {
             return Ok(false);
         }
+        self.lease_sent = sent;
         self.reap()?;
         Ok(true)
+    }
+
+    /// Whether this incarnation's lease surely still lives: written less
+    /// than two thirds of a lease ago (when the node fences itself), so no
+    /// reap can yet have freed what it holds.
+    fn lease_lives(&self) -> bool {
+        self.lease_sent.elapsed() < self.config.fence_after
     }
 
     /// Tries again the releases a failed call left undone (Redis was
@@ -581,11 +635,16 @@ impl Commands {
         };
         // Names first: once another node sees a retried id free, the
         // names released with it are free too (one connection, in order).
-        let names = pending
-            .names
-            .iter()
-            .take_while(|name| kept(self.release_name(incarnation, name), &mut error))
-            .count();
+        let mut names = 0;
+        for (name, hand_over) in &mut pending.names {
+            if let Err(failed) = self.release_name(incarnation, name) {
+                // Written, it may yet run: no longer one to hand over.
+                *hand_over &= !failed.sent;
+                error = Some(failed.error);
+                break;
+            }
+            names += 1;
+        }
         pending.names.drain(..names);
         let ids = if pending.names.is_empty() {
             pending
@@ -697,6 +756,23 @@ impl Commands {
 
     /// Does one request; Some when the incarnation must end.
     fn handle(&mut self, incarnation: &Incarnation, request: Request) -> Option<Ended> {
+        if let Request::ClaimName { claim, name } = &request
+            && self.lease_lives()
+            && self.pending.hand_over(name)
+        {
+            info!(
+                name = %name,
+                "cluster: a name whose release waited for Redis passes to a new session here"
+            );
+            self.names.insert(name.clone());
+            let event = Event::NameClaimed {
+                claim: *claim,
+                won: Some(true),
+            };
+            return (!self.tell.event(event)).then_some(Ended::Stopped);
+        }
+        // Set for a name release that failed before reaching Redis.
+        let mut hand_over = false;
         let result = match &request {
             Request::Claim { claim, exhibitor } => {
                 let range = if *exhibitor {
@@ -732,6 +808,7 @@ impl Commands {
                 Ok(won) => {
                     if won == 1 {
                         self.pending.claimed_name(name);
+                        self.names.insert(name.clone());
                     }
                     let event = Event::NameClaimed {
                         claim: *claim,
@@ -763,7 +840,13 @@ impl Commands {
                 }
                 Err(e) => Err(e),
             },
-            Request::ReleaseName { name } => self.release_name(incarnation, name),
+            Request::ReleaseName { name } => {
+                let ours = self.names.remove(name.as_str());
+                self.release_name(incarnation, name).map_err(|failed| {
+                    hand_over = ours && !failed.sent;
+                    failed.error
+                })
+            }
             Request::Show { id, roles, name } => self.show(incarnation, *id, *roles, name),
             Request::Release { id } => self.release(incarnation, *id),
             Request::Publish { .. } => return self.publish_all(vec![request]),
@@ -774,7 +857,7 @@ impl Commands {
             if matches!(
                 request,
                 Request::Release { .. } | Request::ReleaseName { .. }
-            ) && !self.pending.keep(&request)
+            ) && !self.pending.keep(&request, hand_over)
             {
                 warn!("cluster: too many releases wait; this one is given up");
             }
@@ -832,9 +915,11 @@ impl Commands {
             .invoke(con)
     }
 
-    fn release_name(&mut self, incarnation: &Incarnation, name: &str) -> redis::RedisResult<()> {
+    fn release_name(&mut self, incarnation: &Incarnation, name: &str) -> Result<(), CallFailed> {
         let script = self.release_name.clone();
-        let con = self.connection()?;
+        let con = self
+            .connection()
+            .map_err(|error| CallFailed { error, sent: false })?;
         script
             .key(key("names"))
             .key(&incarnation.names_key)
@@ -842,6 +927,7 @@ impl Commands {
             .arg(incarnation.node)
             .invoke::<i64>(con)
             .map(drop)
+            .map_err(|error| CallFailed { error, sent: true })
     }
 
     fn show(
@@ -1363,10 +1449,10 @@ mod tests {
     #[test]
     fn releases_wait_bounded_and_one_for_an_id_or_name_claimed_again_is_dropped() {
         let mut pending = PendingReleases::default();
-        assert!(pending.keep(&Request::Release { id: 4096 }));
-        assert!(pending.keep(&Request::Release { id: 4097 }));
+        assert!(pending.keep(&Request::Release { id: 4096 }, false));
+        assert!(pending.keep(&Request::Release { id: 4097 }, false));
         let bob = Request::ReleaseName { name: "bob".into() };
-        assert!(pending.keep(&bob));
+        assert!(pending.keep(&bob, true));
         // Given 4096 again by a claim: its release ran after all, and a
         // retry would free the id of the client now holding it.
         pending.claimed_id(4096);
@@ -1377,10 +1463,30 @@ mod tests {
         );
         // Bounded: past the bound a release is given up, not kept.
         while pending.len() < PENDING_RELEASES_MAX {
-            assert!(pending.keep(&bob));
+            assert!(pending.keep(&bob, false));
         }
-        assert!(!pending.keep(&Request::Release { id: 5000 }));
+        assert!(!pending.keep(&Request::Release { id: 5000 }, false));
         assert_eq!(pending.len(), PENDING_RELEASES_MAX);
+    }
+
+    #[test]
+    fn a_name_release_that_never_reached_redis_is_handed_over_once() {
+        let mut pending = PendingReleases::default();
+        let release = |name: &str| Request::ReleaseName { name: name.into() };
+        assert!(pending.keep(&Request::Release { id: 4096 }, false));
+        assert!(pending.keep(&release("carol"), true));
+        // Written before its call failed: Redis may yet run it, so the
+        // name is not this node's to give.
+        assert!(pending.keep(&release("dave"), false));
+        assert!(!pending.hand_over("dave"));
+        assert!(!pending.hand_over("erin"));
+        assert!(pending.hand_over("carol"));
+        // Dropped: it neither runs later nor passes the name twice.
+        assert!(!pending.hand_over("carol"));
+        assert_eq!(
+            (pending.ids.as_slice(), pending.names.as_slice()),
+            (&[4096][..], &[("dave".to_string(), false)][..])
+        );
     }
 
     #[test]

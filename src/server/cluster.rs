@@ -12,7 +12,7 @@ use crate::cluster::redis::{RedisConfig, RedisEngine};
 use crate::cluster::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome};
 use crate::proto::ext::RoomCode;
 use crate::proto::{ClientId, FrameView};
-use crate::router::{ConnId, PairNotice, RemoteLetter, RoomClaim, RoomFacts};
+use crate::router::{ConnId, NameAnswer, PairNotice, RemoteLetter, RoomClaim, RoomFacts};
 use mio::Waker;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -205,11 +205,37 @@ pub(super) struct Cluster {
     /// Releases (of names and ids) the engine's queue could not take, in
     /// the order asked: offered again before any new one, every turn and
     /// at `retry_at` while any wait, so that a full queue delays a release
-    /// but never drops it (CLUSTER.md, "Failure behaviour").
-    unsent: VecDeque<Request>,
+    /// but never drops it (CLUSTER.md, "Failure behaviour"). Each with
+    /// whether it is a name this incarnation may hand over
+    /// ([`Cluster::hand_over`]).
+    unsent: VecDeque<(Request, bool)>,
     retry_at: Option<Instant>,
+    /// The HELLO names (lower case) sessions accepted in this incarnation
+    /// hold: a release of one of them that never left the loop leaves
+    /// Redis recording this incarnation as the holder. Not a name of the
+    /// incarnation before a fence (its reap frees those).
+    names: HashSet<String>,
     /// What crossed the bridge, told once at exit (CLUSTER.md, "Numbers").
     counts: Counts,
+}
+
+/// What a HELLO's name claim finds among the releases waiting in the loop
+/// ([`Cluster::hand_over`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Waiting {
+    /// No release of the name waits: the engine is asked.
+    None,
+    /// A release of a name this incarnation holds waited: it never reached
+    /// the engine, so Redis still records this incarnation as the holder
+    /// and no other node can have the name. The release is dropped (run
+    /// later, it would free the name under the new session) and the name
+    /// passes to the new session without asking the engine.
+    HandedOver,
+    /// A release of a name this incarnation may not hold waits (one its
+    /// previous incarnation held, or one won for a connection since gone):
+    /// the claim must not overtake it, or the release would run after the
+    /// claim and free the name under the new session. Refused as busy.
+    NotOurs,
 }
 
 /// Releases that may wait for room in the engine's queue: as many as a
@@ -276,8 +302,12 @@ impl Cluster {
                 }
             },
         )?;
-        Ok(Cluster {
-            engine: Box::new(engine),
+        Ok(Cluster::new(Box::new(engine)))
+    }
+
+    fn new(engine: Box<dyn Engine + Send>) -> Cluster {
+        Cluster {
+            engine,
             node: None,
             down: HashSet::new(),
             next_claim: 0,
@@ -286,8 +316,9 @@ impl Cluster {
             events: Vec::new(),
             unsent: VecDeque::new(),
             retry_at: None,
+            names: HashSet::new(),
             counts: Counts::default(),
-        })
+        }
     }
 
     /// When the loop must wake to offer waiting releases again, if any wait.
@@ -296,8 +327,9 @@ impl Cluster {
     }
 
     /// Hands the engine a release, after any still waiting (the order the
-    /// router asked them in), or keeps it to offer again.
-    fn release(&mut self, request: Request, now: Instant) {
+    /// router asked them in), or keeps it to offer again; `ours`: a name
+    /// this incarnation holds.
+    fn release(&mut self, request: Request, ours: bool, now: Instant) {
         let request = if self.unsent.is_empty() {
             match self.engine.submit(request) {
                 Ok(()) => return,
@@ -316,16 +348,41 @@ impl Cluster {
             warn!("cluster: engine queue full; releases wait for room");
             self.retry_at = Some(now + RELEASE_RETRY);
         }
-        self.unsent.push_back(request);
+        self.unsent.push_back((request, ours));
+    }
+
+    /// A HELLO here claims `name` (lower case, as the router keys names,
+    /// so they compare without case): what a release of it waiting here
+    /// means for the claim. A release already in the engine's queue needs
+    /// nothing here: it runs before the claim on the engine's one
+    /// connection.
+    fn hand_over(&mut self, name: &str) -> Waiting {
+        let Some(at) = self.unsent.iter().position(
+            |(request, _)| matches!(request, Request::ReleaseName { name: held } if held == name),
+        ) else {
+            return Waiting::None;
+        };
+        if !self.unsent[at].1 {
+            return Waiting::NotOurs;
+        }
+        self.unsent.remove(at);
+        if self.unsent.is_empty() {
+            self.retry_at = None;
+        }
+        info!(
+            name,
+            "cluster: a name whose release waited for the engine's queue passes to a new session here"
+        );
+        Waiting::HandedOver
     }
 
     /// Offers the waiting releases again, oldest first, until the queue
     /// is full again or none waits.
     fn retry_releases(&mut self, now: Instant) {
         let waited = self.unsent.len();
-        while let Some(request) = self.unsent.pop_front() {
+        while let Some((request, ours)) = self.unsent.pop_front() {
             if let Err(request) = self.engine.submit(request) {
-                self.unsent.push_front(request);
+                self.unsent.push_front((request, ours));
                 self.retry_at = Some(now + RELEASE_RETRY);
                 return;
             }
@@ -433,11 +490,7 @@ impl Server {
                 }
             }
             Event::Shown { .. } => {}
-            Event::NameClaimed { claim, won } => {
-                if let Some(answer) = self.router.name_claimed(claim, won, &mut self.wire) {
-                    self.name_answered(answer);
-                }
-            }
+            Event::NameClaimed { claim, won } => self.name_claim_answered(cluster, claim, won),
             Event::Down { node } => {
                 cluster.down.insert(node);
                 if Some(node) == cluster.node {
@@ -543,6 +596,7 @@ impl Server {
         // client's id.
         cluster.unsent.clear();
         cluster.retry_at = None;
+        cluster.names.clear();
         // What the fence itself asks of other nodes goes nowhere: this
         // incarnation is over.
         self.router.fence(self.wire.now, &mut self.wire);
@@ -643,20 +697,31 @@ impl Server {
         let now = self.wire.now;
         // Releases before claims, so that a name given up and claimed again
         // in one turn is free when the claim runs (one engine connection
-        // runs them in order).
+        // runs them in order), or handed over if its release must wait.
         for name in name_releases {
-            cluster.release(Request::ReleaseName { name }, now);
+            let ours = cluster.names.remove(&name);
+            cluster.release(Request::ReleaseName { name }, ours, now);
         }
         for (claim, name) in name_claims {
+            match cluster.hand_over(&name) {
+                Waiting::None => {}
+                Waiting::HandedOver => {
+                    self.name_claim_answered(cluster, claim, Some(true));
+                    continue;
+                }
+                Waiting::NotOurs => {
+                    warn!("cluster: a release of the name waits for the engine; HELLO refused");
+                    self.name_claim_answered(cluster, claim, None);
+                    continue;
+                }
+            }
             if cluster
                 .engine
                 .submit(Request::ClaimName { claim, name })
                 .is_err()
             {
                 warn!("cluster: engine queue full; HELLO refused");
-                if let Some(answer) = self.router.name_claimed(claim, None, &mut self.wire) {
-                    self.name_answered(answer);
-                }
+                self.name_claim_answered(cluster, claim, None);
             }
         }
         for (conn, exhibitor) in claims {
@@ -675,7 +740,7 @@ impl Server {
             }
         }
         for id in releases {
-            cluster.release(Request::Release { id }, now);
+            cluster.release(Request::Release { id }, false, now);
         }
         // Before the batches: another node knows what an id shows before
         // it relays the id's first request.
@@ -714,6 +779,19 @@ impl Server {
             }
         }
         self.settle_dropped();
+    }
+
+    /// The answer to name claim `claim` (`won`: None when the engine could
+    /// not be asked) to the router, and its HELLOACK sent; a name the
+    /// session now holds is noted as this incarnation's.
+    fn name_claim_answered(&mut self, cluster: &mut Cluster, claim: u64, won: Option<bool>) {
+        let Some(answer) = self.router.name_claimed(claim, won, &mut self.wire) else {
+            return;
+        };
+        if let NameAnswer::Accepted { name, .. } = &answer {
+            cluster.names.insert(name.to_ascii_lowercase());
+        }
+        self.name_answered(answer);
     }
 
     /// A batch for `node` the engine could not carry: its relays fail (ERRO,
@@ -845,5 +923,42 @@ pub fn to_notice(record: PairRecord) -> PairNotice {
         PairRecord::Dismiss { exhibitor, emitter } => PairNotice::Dismiss { exhibitor, emitter },
         PairRecord::Unpaired { exhibitor, emitter } => PairNotice::Unpaired { exhibitor, emitter },
         PairRecord::Unpair { exhibitor, emitter } => PairNotice::Unpair { exhibitor, emitter },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::memory::MemoryHub;
+
+    fn release_name(name: &str) -> Request {
+        Request::ReleaseName { name: name.into() }
+    }
+
+    #[test]
+    fn a_name_release_waiting_here_is_handed_over_once_and_only_if_this_incarnation_holds_it() {
+        let hub = MemoryHub::new();
+        let mut engine = hub.join(|| {});
+        engine.refuse(true);
+        let mut cluster = Cluster::new(Box::new(engine));
+        let now = Instant::now();
+        cluster.release(Request::Release { id: 4096 }, false, now);
+        cluster.release(release_name("carol"), true, now);
+        // A name of the incarnation before a fence: its reap frees it,
+        // and Redis may already have given it to another node; a claim
+        // must not overtake its release either.
+        cluster.release(release_name("dave"), false, now);
+        assert_eq!(cluster.hand_over("dave"), Waiting::NotOurs);
+        assert_eq!(cluster.hand_over("erin"), Waiting::None);
+        assert_eq!(cluster.hand_over("carol"), Waiting::HandedOver);
+        // Dropped: it neither runs later nor passes the name twice; the
+        // others wait in their order.
+        assert_eq!(cluster.hand_over("carol"), Waiting::None);
+        let waiting: Vec<_> = cluster.unsent.iter().map(|(r, _)| r.clone()).collect();
+        assert_eq!(
+            waiting,
+            [Request::Release { id: 4096 }, release_name("dave")]
+        );
+        assert!(cluster.retry_at().is_some());
     }
 }
