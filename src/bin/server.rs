@@ -324,8 +324,8 @@ struct Args {
     #[arg(long, requires = "tls_cert")]
     allow_plain_loopback: bool,
     /// Threads that run TLS handshakes (the certificate's signature, the
-    /// key exchange) beside the event loop, at a lower priority; 0 runs
-    /// them on the loop
+    /// key exchange) beside the event loop, in the idle scheduling class
+    /// (on CPU the loop leaves); 0 runs them on the loop
     #[arg(
         long,
         value_name = "N",
