@@ -376,6 +376,22 @@ impl Cluster {
         Waiting::HandedOver
     }
 
+    /// Whether an id claim may go to the engine now: never ahead of a
+    /// release still waiting here (offered first). A release waits only
+    /// while the queue is full, but the engine drains its queue while the
+    /// loop works, so a claim could find room its elder release did not.
+    /// That is harmless within an incarnation (the waiting id is still
+    /// held), not for a session dismissed at a fence that left since: its
+    /// id, reaped and free, could be claimed by a new client, and the
+    /// release, run later under this incarnation, would free it from
+    /// under that client.
+    fn claims_may_go(&mut self, now: Instant) -> bool {
+        if !self.unsent.is_empty() {
+            self.retry_releases(now);
+        }
+        self.unsent.is_empty()
+    }
+
     /// Offers the waiting releases again, oldest first, until the queue
     /// is full again or none waits.
     fn retry_releases(&mut self, now: Instant) {
@@ -727,10 +743,11 @@ impl Server {
         for (conn, exhibitor) in claims {
             let claim = cluster.next_claim;
             cluster.next_claim += 1;
-            if cluster
-                .engine
-                .submit(Request::Claim { claim, exhibitor })
-                .is_ok()
+            if cluster.claims_may_go(now)
+                && cluster
+                    .engine
+                    .submit(Request::Claim { claim, exhibitor })
+                    .is_ok()
             {
                 cluster.claims.insert(claim, conn);
                 cluster.claim_of.insert(conn, claim);
@@ -933,6 +950,48 @@ mod tests {
 
     fn release_name(name: &str) -> Request {
         Request::ReleaseName { name: name.into() }
+    }
+
+    /// An engine whose queue is full while `full` is set, recording what
+    /// it takes.
+    #[derive(Clone, Default)]
+    struct Recording {
+        full: Arc<std::sync::atomic::AtomicBool>,
+        taken: Arc<std::sync::Mutex<Vec<Request>>>,
+    }
+
+    impl Engine for Recording {
+        fn submit(&mut self, request: Request) -> Result<(), Request> {
+            if self.full.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(request);
+            }
+            self.taken.lock().unwrap().push(request);
+            Ok(())
+        }
+
+        fn drain(&mut self, _into: &mut Vec<Event>) {}
+    }
+
+    #[test]
+    fn an_id_claim_never_goes_ahead_of_a_release_waiting_here() {
+        let engine = Recording::default();
+        let mut cluster = Cluster::new(Box::new(engine.clone()));
+        let now = Instant::now();
+        engine
+            .full
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        cluster.release(Request::Release { id: 4096 }, false, now);
+        assert!(!cluster.claims_may_go(now), "the queue is full");
+        // The engine drained meanwhile: the release goes first, then the claim.
+        engine
+            .full
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        assert!(cluster.claims_may_go(now));
+        assert_eq!(
+            *engine.taken.lock().unwrap(),
+            [Request::Release { id: 4096 }]
+        );
+        assert!(cluster.unsent.is_empty() && cluster.retry_at().is_none());
     }
 
     #[test]
