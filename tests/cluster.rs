@@ -601,13 +601,7 @@ fn releases_a_full_bridge_queue_turned_away_go_through_once_it_drains() {
         ids.insert(id);
         leaving.push(client);
     }
-    redis.proc.signal(libc::SIGSTOP);
-    drop(leaving);
-    a.proc
-        .stderr
-        .skip_until("the queue turning a release away", TIMEOUT, |line| {
-            line.contains("engine queue full")
-        });
+    releases_outrun_a_stopped_redis(&redis, &a, leaving);
     redis.proc.signal(libc::SIGCONT);
     let _held = given_all(&b, &ids);
     carol_is_free_on(
@@ -615,6 +609,19 @@ fn releases_a_full_bridge_queue_turned_away_go_through_once_it_drains() {
         &a,
         "releases that waited for the engine's queue went through",
     );
+}
+
+/// Stops Redis, then `leaving` hang up on `node` (with a bridge queue of
+/// one): returns once the queue has turned a release away, so releases
+/// wait in the loop.
+pub(crate) fn releases_outrun_a_stopped_redis(redis: &Redis, node: &Server, leaving: Vec<Raw>) {
+    redis.proc.signal(libc::SIGSTOP);
+    drop(leaving);
+    node.proc
+        .stderr
+        .skip_until("the queue turning a release away", TIMEOUT, |line| {
+            line.contains("engine queue full")
+        });
 }
 
 /// Exhibitors of `node` until it has given out every one of `ids` (once
