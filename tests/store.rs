@@ -940,10 +940,13 @@ fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
 
 #[test]
 fn a_lock_held_before_its_pid_is_written_names_no_pid() {
-    let dir = TempDir::new("lock-no-pid");
-    fs::create_dir_all(dir.path()).unwrap();
     // Held, but the holder has not written its pid yet (or wrote junk).
-    for content in ["", "not a pid\n"] {
+    // A directory for each: a child another test forks while the first
+    // lock is held shares its open file until it execs, and would keep
+    // that lock past the drop below.
+    for (n, content) in ["", "not a pid\n"].into_iter().enumerate() {
+        let dir = TempDir::new(&format!("lock-no-pid-{n}"));
+        fs::create_dir_all(dir.path()).unwrap();
         let lock = fs::File::create(dir.path().join("LOCK")).unwrap();
         fs::write(dir.path().join("LOCK"), content).unwrap();
         lock.try_lock().unwrap();
