@@ -412,15 +412,16 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         )),
         _ => None,
     };
-    let handshakes = match args.handshake_storm {
-        true => Some(signin::start_handshake_storm(
+    let handshakes = if args.handshake_storm {
+        Some(signin::start_handshake_storm(
             target,
             addr,
             args.storm_connections,
             args.full_handshakes,
             stop.clone(),
-        )?),
-        false => None,
+        )?)
+    } else {
+        None
     };
     let started = std::time::Instant::now();
     let outcome = crate::driver::Driver::new(plan, conns, args)?.run();
@@ -431,9 +432,10 @@ fn run(target: Target, args: &Args) -> Result<Measured, String> {
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
             "relay: handshake storm: {n} TLS {} in {secs:.2} s ({:.0}/s), {} in flight",
-            match args.full_handshakes {
-                true => "handshakes completed",
-                false => "server flights to a replayed ClientHello",
+            if args.full_handshakes {
+                "handshakes completed"
+            } else {
+                "server flights to a replayed ClientHello"
             },
             n as f64 / secs,
             args.storm_connections,
