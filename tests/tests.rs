@@ -13,6 +13,7 @@ mod chat_tell;
 mod check;
 mod cli;
 mod cluster;
+mod cluster_late;
 mod cluster_names;
 mod cluster_queues;
 mod cluster_replay;

@@ -30,6 +30,10 @@ const ROOM_ID_SPAN: u16 = 2048;
 const PREFIX: &str = "evchat:";
 /// How long any one call to Redis may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many given-up connections wait to be killed at most (one a failed
+/// call, and the next connection kills them all, so this is reached only
+/// if Redis stops answering `CLIENT KILL` without failing the connection).
+const ABANDONED_MAX: usize = 16;
 /// How often the subscriber looks up from its socket to see if it should stop.
 const SUBSCRIBER_TICK: Duration = Duration::from_millis(250);
 /// How long a failed join waits before the next attempt.
@@ -194,6 +198,82 @@ impl Drop for RedisEngine {
     }
 }
 
+/// Which connection a Redis server knows `con` as: its `CLIENT ID`, and
+/// the server's `run_id` (a client id means nothing to a server started
+/// since: ids start again from 1 there, and may name another live
+/// connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConnectionName {
+    server: String,
+    id: i64,
+}
+
+/// What Redis knows `con` as. None when Redis answers with an error (the
+/// command renamed away, or an ACL without it) or names no `run_id`:
+/// connections then cannot be fenced, and a warning says so.
+fn connection_name(con: &mut redis::Connection) -> redis::RedisResult<Option<ConnectionName>> {
+    let asked = redis::pipe()
+        .cmd("CLIENT")
+        .arg("ID")
+        .cmd("INFO")
+        .arg("server")
+        .query::<(i64, String)>(con);
+    let (id, info) = match asked {
+        Ok(answer) => answer,
+        Err(e) if answered(&e) => {
+            warn!(error = %e, "cluster: Redis refuses CLIENT ID or INFO: a call on a lost connection may run late");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let server = info
+        .lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|run| run.trim().to_string());
+    if server.is_none() {
+        warn!("cluster: Redis names no run_id: a call on a lost connection may run late");
+    }
+    Ok(server.map(|server| ConnectionName { server, id }))
+}
+
+/// Kills each connection in `abandoned` (`CLIENT KILL ID`) that the server
+/// behind `con` (`server`, its `run_id`) made, forgetting those it has
+/// killed or no longer knows, and those of an earlier server (gone with
+/// it). Err (those not yet done are kept) when `con` fails too.
+fn kill_abandoned(
+    con: &mut redis::Connection,
+    server: &str,
+    abandoned: &mut Vec<ConnectionName>,
+) -> redis::RedisResult<()> {
+    abandoned.retain(|name| name.server == server);
+    while let Some(name) = abandoned.first() {
+        let killed = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(name.id)
+            .query::<i64>(con);
+        match killed {
+            Ok(_) => {}
+            // "No such client": it is gone already.
+            Err(e) if answered(&e) => {
+                debug!(id = name.id, error = %e, "cluster: abandoned connection gone")
+            }
+            Err(e) => return Err(e),
+        }
+        abandoned.remove(0);
+    }
+    Ok(())
+}
+
+/// Whether Redis itself answered with this error (so the connection
+/// still works), rather than the call failing on the way.
+fn answered(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+    )
+}
+
 fn key(rest: &str) -> String {
     format!("{PREFIX}{rest}")
 }
@@ -225,6 +305,14 @@ struct Commands {
     inbox: Receiver<Request>,
     tell: Tell,
     con: Option<redis::Connection>,
+    /// What Redis knows `con` as: None until asked, or where Redis does
+    /// not say (then nothing can be fenced).
+    con_name: Option<ConnectionName>,
+    /// Connections given up after a call failed: their last call may
+    /// still run late (a partition's retransmission, a stopped Redis
+    /// resuming), so each is killed before the next connection does
+    /// anything (see [`Commands::connection`]).
+    abandoned: Vec<ConnectionName>,
     claim: redis::Script,
     release: redis::Script,
     reap: redis::Script,
@@ -336,6 +424,8 @@ impl Commands {
             inbox,
             tell,
             con: None,
+            con_name: None,
+            abandoned: Vec::new(),
             claim: redis::Script::new(CLAIM),
             release: redis::Script::new(RELEASE),
             reap: redis::Script::new(REAP),
@@ -357,7 +447,7 @@ impl Commands {
                 Ok(incarnation) => incarnation,
                 Err(e) => {
                     warn!(error = %e, url = %self.config.url, "cluster: cannot join; retrying");
-                    self.con = None;
+                    self.abandon_connection();
                     if self.refuse_for(REJOIN_PAUSE) {
                         return;
                     }
@@ -424,14 +514,42 @@ impl Commands {
         }
     }
 
+    /// The connection to Redis, made anew if the last was given up. A new
+    /// one first kills every abandoned connection: a call written on one
+    /// may not have reached Redis yet (a partition holds it, TCP
+    /// retransmits it later), and run after this connection's calls it
+    /// would undo them (a late release of an id this node has been given
+    /// again frees it under its new holder, and another node could then
+    /// claim it too). Killed first, it either ran before this connection's
+    /// first call or never runs.
     fn connection(&mut self) -> redis::RedisResult<&mut redis::Connection> {
         if self.con.is_none() {
-            let con = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
+            let mut con = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
             con.set_read_timeout(Some(CALL_TIMEOUT))?;
             con.set_write_timeout(Some(CALL_TIMEOUT))?;
+            let con_name = connection_name(&mut con)?;
+            if let Some(name) = &con_name {
+                kill_abandoned(&mut con, &name.server, &mut self.abandoned)?;
+            }
+            self.con_name = con_name;
             self.con = Some(con);
         }
         Ok(self.con.as_mut().expect("connected above"))
+    }
+
+    /// Gives up the connection after a failed call: a new one is made for
+    /// the next, and this one is killed first (see [`Commands::connection`]).
+    fn abandon_connection(&mut self) {
+        if self.con.take().is_none() {
+            return;
+        }
+        if let Some(name) = self.con_name.take() {
+            if self.abandoned.len() >= ABANDONED_MAX {
+                warn!("cluster: too many abandoned engine connections; the oldest is forgotten");
+                self.abandoned.remove(0);
+            }
+            self.abandoned.push(name);
+        }
     }
 
     fn join(&mut self) -> redis::RedisResult<Incarnation> {
@@ -583,7 +701,7 @@ impl Commands {
                 Ok(false) => return Ended::Fenced,
                 Err(e) => {
                     warn!(error = %e, "cluster: lease renewal failed");
-                    self.con = None;
+                    self.abandon_connection();
                 }
             }
             if last_renewed.elapsed() >= self.config.fence_after {
@@ -662,7 +780,7 @@ impl Commands {
             None => info!(ids, names, "cluster: releases refused earlier went through"),
             Some(e) => {
                 warn!(error = %e, left, "cluster: releases still wait for the engine");
-                self.con = None;
+                self.abandon_connection();
             }
         }
     }
@@ -741,7 +859,7 @@ impl Commands {
                 .collect(),
             Err(e) => {
                 warn!(error = %e, "cluster: engine call failed");
-                self.con = None;
+                self.abandon_connection();
                 publishes
             }
         };
@@ -853,7 +971,7 @@ impl Commands {
         };
         if let Err(e) = result {
             warn!(error = %e, "cluster: engine call failed");
-            self.con = None;
+            self.abandon_connection();
             if matches!(
                 request,
                 Request::Release { .. } | Request::ReleaseName { .. }

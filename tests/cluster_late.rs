@@ -1,0 +1,266 @@
+//! A call to Redis that runs late (CLUSTER.md, "The lease and fencing"): the node gave
+//! up waiting for its answer and hung up, but its bytes were still on the
+//! way (a partition held them; TCP sends them again once it heals). A real
+//! `redis-server`, a real node behind a proxy of the test's own that holds
+//! one call's bytes and hands them to Redis only when the test says, and a
+//! second node straight on Redis.
+
+use crate::cluster::{Redis, joined};
+use crate::util::*;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What Redis did with the held call once it reached it.
+#[derive(Debug, PartialEq, Eq)]
+enum Late {
+    /// It ran the call and answered this.
+    Ran(Vec<u8>),
+    /// It had closed the connection: the call never ran.
+    Closed,
+}
+
+/// A connection whose client hung up while its call was held: the side
+/// towards Redis, the held bytes, and what Redis does next on it.
+struct Held {
+    to_redis: TcpStream,
+    bytes: Vec<u8>,
+    outcome: Receiver<Late>,
+}
+
+/// A TCP proxy in front of Redis that forwards every byte both ways, except
+/// that once armed with a pattern, the first chunk a node sends containing
+/// it, and everything after it on that connection, is held back. When the
+/// node hangs up on that connection, the proxy keeps its side towards
+/// Redis open, as a partition's retransmission would.
+struct LateProxy {
+    url: String,
+    arm: Arc<Mutex<Option<Vec<u8>>>>,
+    held: Receiver<Held>,
+}
+
+impl LateProxy {
+    fn start(redis_url: &str) -> LateProxy {
+        let redis = redis_url.trim_start_matches("redis://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let arm = Arc::new(Mutex::new(None));
+        let (held_tx, held) = channel();
+        let armed = Arc::clone(&arm);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&redis) else {
+                    return;
+                };
+                let (tx, outcome) = channel();
+                let gone = Arc::new(AtomicBool::new(false));
+                let (from, to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+                answers(from, to, Arc::clone(&gone), tx);
+                let (armed, held_tx) = (Arc::clone(&armed), held_tx.clone());
+                std::thread::spawn(move || calls(client, server, outcome, &armed, &held_tx, &gone));
+            }
+        });
+        LateProxy { url, arm, held }
+    }
+
+    /// Holds the next call whose bytes contain `pattern`.
+    fn hold_call_with(&self, pattern: &[u8]) {
+        *self.arm.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// Once the node has hung up on the held call's connection, hands the
+    /// held bytes to Redis: what Redis did with them.
+    fn deliver_held(&self) -> Late {
+        let held = self
+            .held
+            .recv_timeout(TIMEOUT)
+            .expect("no call held and hung up on");
+        let mut to_redis = held.to_redis;
+        // Redis may have closed it already: the write then fails, or is
+        // answered with a reset; either way the outcome says.
+        let _ = to_redis.write_all(&held.bytes);
+        held.outcome
+            .recv_timeout(TIMEOUT)
+            .expect("Redis neither answered nor closed")
+    }
+}
+
+/// Redis → node: forwarded until the node has hung up (`gone`); what comes
+/// after that, or Redis closing, is told on `outcome`.
+fn answers(mut from: TcpStream, mut to: TcpStream, gone: Arc<AtomicBool>, outcome: Sender<Late>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = outcome.send(Late::Closed);
+                    return;
+                }
+                Ok(n) => {
+                    if gone.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                        let _ = outcome.send(Late::Ran(buf[..n].to_vec()));
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Node → Redis: forwarded, but from the armed pattern on, held; a held
+/// connection the node hangs up on is passed to the test.
+fn calls(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    outcome: Receiver<Late>,
+    arm: &Mutex<Option<Vec<u8>>>,
+    held_tx: &Sender<Held>,
+    gone: &AtomicBool,
+) {
+    let mut holding: Option<Vec<u8>> = None;
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        if holding.is_none() {
+            let mut armed = arm.lock().unwrap();
+            let hit = armed
+                .as_deref()
+                .is_some_and(|pattern| chunk.windows(pattern.len()).any(|w| w == pattern));
+            if hit {
+                *armed = None;
+                holding = Some(Vec::new());
+            }
+        }
+        match &mut holding {
+            Some(bytes) => bytes.extend_from_slice(chunk),
+            None => {
+                if to.write_all(chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    gone.store(true, Ordering::SeqCst);
+    match holding {
+        Some(bytes) => {
+            let _ = held_tx.send(Held {
+                to_redis: to,
+                bytes,
+                outcome,
+            });
+        }
+        None => {
+            let _ = to.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// Whether Redis's id bitmap has `id` held.
+fn held_in_redis(redis: &Redis, id: u16) -> bool {
+    let mut con = redis.client();
+    let bit: u8 = redis::cmd("GETBIT")
+        .arg("evchat:ids")
+        .arg(id)
+        .query(&mut con)
+        .unwrap();
+    bit == 1
+}
+
+/// Polls until Redis has `id` free (bounded).
+fn freed_in_redis(redis: &Redis, id: u16) {
+    let since = Instant::now();
+    while held_in_redis(redis, id) {
+        assert!(
+            since.elapsed() < TIMEOUT * 2,
+            "id {id} never freed in Redis"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A release the node gave up on (no answer in time) but that reached
+/// Redis only after the node had released the id again on a new
+/// connection and given it to a new client: the late release must not
+/// free the id under its new holder, or another node would be given the
+/// same id (rule 1). The node kills its abandoned connection before using
+/// a new one, so the late call never runs.
+#[test]
+fn a_release_that_reaches_redis_late_never_frees_an_id_given_again() {
+    let redis = Redis::start("cluster-late-release");
+    let proxy = LateProxy::start(&redis.url);
+    let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
+    joined(&a);
+    let b = redis.node("b");
+    let mut kept = a.raw();
+    let first = kept.identify_exhibitor();
+    let mut leaving = a.raw();
+    let x = leaving.identify_exhibitor();
+    assert_eq!(x, first + 1);
+    // One release first, so that Redis has the release script and would
+    // run the late call rather than answer that it lacks it.
+    let mut once = a.raw();
+    let y = once.identify_exhibitor();
+    drop(once);
+    freed_in_redis(&redis, y);
+
+    let id = x.to_string();
+    proxy.hold_call_with(format!("${}\r\n{id}\r\n", id.len()).as_bytes());
+    drop(leaving);
+    a.proc
+        .stderr
+        .skip_until("the release given up", TIMEOUT, |line| {
+            line.contains("engine call failed")
+        });
+    // Retried on a new connection, it frees the id, and the node gives it
+    // to its next OI (the lowest free).
+    freed_in_redis(&redis, x);
+    let mut again = a.raw();
+    assert_eq!(again.identify_exhibitor(), x);
+
+    // Now the abandoned call reaches Redis.
+    assert_eq!(proxy.deliver_held(), Late::Closed);
+    assert!(held_in_redis(&redis, x), "the late release freed id {x}");
+    let mut on_b = b.raw();
+    assert_ne!(on_b.identify_exhibitor(), x, "two nodes gave out id {x}");
+}
+
+/// A connection given up on a Redis that was then restarted is not killed
+/// on the new one: client ids start again there, and the old one's id may
+/// name another client's connection. Node A loses its connection to a
+/// killed Redis, is stopped while Redis starts again empty and other
+/// clients connect (taking the low ids), and then rejoins: every one of
+/// those clients is still connected.
+#[test]
+fn a_connection_given_up_on_a_restarted_redis_is_not_killed_on_the_new_one() {
+    let mut redis = Redis::start("cluster-late-restart");
+    let a = redis.node("a");
+    joined(&a);
+    redis.kill();
+    a.proc
+        .stderr
+        .skip_until("the renewal given up", TIMEOUT, |line| {
+            line.contains("lease renewal failed")
+        });
+    a.proc.signal(libc::SIGSTOP);
+    redis.restart();
+    let mut others: Vec<redis::Connection> = (0..32).map(|_| redis.client()).collect();
+    a.proc.signal(libc::SIGCONT);
+    // Redis came back empty: the node's lease is gone, so it fences
+    // itself and joins again, each through a new connection.
+    joined(&a);
+    for (at, con) in others.iter_mut().enumerate() {
+        let pong: redis::RedisResult<String> = redis::cmd("PING").query(con);
+        assert_eq!(
+            pong.ok().as_deref(),
+            Some("PONG"),
+            "connection {at} was killed"
+        );
+    }
+}
