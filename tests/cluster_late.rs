@@ -1,9 +1,9 @@
 //! A call to Redis that runs late (CLUSTER.md, "The lease and fencing"): the node gave
 //! up waiting for its answer and hung up, but its bytes were still on the
-//! way (a partition held them; TCP sends them again once it heals). A real
-//! `redis-server`, a real node behind a proxy of the test's own that holds
-//! one call's bytes and hands them to Redis only when the test says, and a
-//! second node straight on Redis.
+//! way (a partition held them; TCP sends them again once it heals). Real
+//! `redis-server`s and nodes: one test puts a proxy of its own between a
+//! node and Redis, holding one call's bytes until the test hands them on;
+//! the other restarts Redis under a stopped node.
 
 use crate::cluster::{Redis, joined};
 use crate::util::*;
