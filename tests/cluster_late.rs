@@ -7,6 +7,7 @@
 
 use crate::cluster::{Redis, joined};
 use crate::util::*;
+use evchat::proto::{Frame, Kind, SERVER_ID};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,14 +32,23 @@ struct Held {
     outcome: Receiver<Late>,
 }
 
+/// How the proxy is armed: the pattern to hold a call at, and whether to
+/// hand the held bytes to Redis as soon as the node hangs up.
+struct Arm {
+    pattern: Vec<u8>,
+    run_on_hang_up: bool,
+}
+
 /// A TCP proxy in front of Redis that forwards every byte both ways, except
 /// that once armed with a pattern, the first chunk a node sends containing
 /// it, and everything after it on that connection, is held back. When the
 /// node hangs up on that connection, the proxy keeps its side towards
-/// Redis open, as a partition's retransmission would.
+/// Redis open, as a partition's retransmission would, and either waits for
+/// the test or (`run_on_hang_up`, a stopped Redis resuming) hands the bytes
+/// on at once, forwarding nothing else until Redis has answered them.
 struct LateProxy {
     url: String,
-    arm: Arc<Mutex<Option<Vec<u8>>>>,
+    arm: Arc<Mutex<Option<Arm>>>,
     held: Receiver<Held>,
 }
 
@@ -50,6 +60,8 @@ impl LateProxy {
         let arm = Arc::new(Mutex::new(None));
         let (held_tx, held) = channel();
         let armed = Arc::clone(&arm);
+        // Taken for every chunk forwarded, and held while a late call runs.
+        let gate = Arc::new(Mutex::new(()));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -61,7 +73,16 @@ impl LateProxy {
                 let (from, to) = (server.try_clone().unwrap(), client.try_clone().unwrap());
                 answers(from, to, Arc::clone(&gone), tx);
                 let (armed, held_tx) = (Arc::clone(&armed), held_tx.clone());
-                std::thread::spawn(move || calls(client, server, outcome, &armed, &held_tx, &gone));
+                let gate = Arc::clone(&gate);
+                std::thread::spawn(move || {
+                    let ends = Ends {
+                        outcome,
+                        held_tx,
+                        gone,
+                        gate,
+                    };
+                    calls(client, server, &armed, ends)
+                });
             }
         });
         LateProxy { url, arm, held }
@@ -69,7 +90,21 @@ impl LateProxy {
 
     /// Holds the next call whose bytes contain `pattern`.
     fn hold_call_with(&self, pattern: &[u8]) {
-        *self.arm.lock().unwrap() = Some(pattern.to_vec());
+        self.arm(pattern, false);
+    }
+
+    /// Holds the next call whose bytes contain `pattern`, and hands it to
+    /// Redis the moment the node hangs up, before anything else.
+    fn run_late_call_with(&self, pattern: &[u8]) {
+        self.arm(pattern, true);
+    }
+
+    fn arm(&self, pattern: &[u8], run_on_hang_up: bool) {
+        let pattern = pattern.to_vec();
+        *self.arm.lock().unwrap() = Some(Arm {
+            pattern,
+            run_on_hang_up,
+        });
     }
 
     /// Once the node has hung up on the held call's connection, hands the
@@ -110,17 +145,19 @@ fn answers(mut from: TcpStream, mut to: TcpStream, gone: Arc<AtomicBool>, outcom
     });
 }
 
-/// Node → Redis: forwarded, but from the armed pattern on, held; a held
-/// connection the node hangs up on is passed to the test.
-fn calls(
-    mut from: TcpStream,
-    mut to: TcpStream,
+/// What one connection's node → Redis side reports to, and shares.
+struct Ends {
     outcome: Receiver<Late>,
-    arm: &Mutex<Option<Vec<u8>>>,
-    held_tx: &Sender<Held>,
-    gone: &AtomicBool,
-) {
-    let mut holding: Option<Vec<u8>> = None;
+    held_tx: Sender<Held>,
+    gone: Arc<AtomicBool>,
+    gate: Arc<Mutex<()>>,
+}
+
+/// Node → Redis: forwarded, but from the armed pattern on, held; a held
+/// connection the node hangs up on is passed to the test (run first if so
+/// armed).
+fn calls(mut from: TcpStream, mut to: TcpStream, arm: &Mutex<Option<Arm>>, ends: Ends) {
+    let mut holding: Option<(Vec<u8>, bool)> = None;
     let mut buf = vec![0; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -130,30 +167,48 @@ fn calls(
         let chunk = &buf[..n];
         if holding.is_none() {
             let mut armed = arm.lock().unwrap();
-            let hit = armed
-                .as_deref()
-                .is_some_and(|pattern| chunk.windows(pattern.len()).any(|w| w == pattern));
+            let hit = armed.as_ref().is_some_and(|arm| {
+                let pattern = &arm.pattern;
+                chunk.windows(pattern.len()).any(|w| w == pattern)
+            });
             if hit {
-                *armed = None;
-                holding = Some(Vec::new());
+                let run = armed.take().expect("hit above").run_on_hang_up;
+                holding = Some((Vec::new(), run));
             }
         }
         match &mut holding {
-            Some(bytes) => bytes.extend_from_slice(chunk),
+            Some((bytes, _)) => bytes.extend_from_slice(chunk),
             None => {
+                let _open = ends.gate.lock().unwrap();
                 if to.write_all(chunk).is_err() {
                     break;
                 }
             }
         }
     }
-    gone.store(true, Ordering::SeqCst);
+    ends.gone.store(true, Ordering::SeqCst);
     match holding {
-        Some(bytes) => {
-            let _ = held_tx.send(Held {
+        Some((bytes, true)) => {
+            // Run now, before any other connection's bytes go on.
+            let _shut = ends.gate.lock().unwrap();
+            let _ = to.write_all(&bytes);
+            let ran = ends
+                .outcome
+                .recv_timeout(TIMEOUT)
+                .expect("Redis never answered");
+            let (told, outcome) = channel();
+            told.send(ran).unwrap();
+            let _ = ends.held_tx.send(Held {
+                to_redis: to,
+                bytes: Vec::new(),
+                outcome,
+            });
+        }
+        Some((bytes, false)) => {
+            let _ = ends.held_tx.send(Held {
                 to_redis: to,
                 bytes,
-                outcome,
+                outcome: ends.outcome,
             });
         }
         None => {
@@ -262,5 +317,75 @@ fn a_connection_given_up_on_a_restarted_redis_is_not_killed_on_the_new_one() {
             Some("PONG"),
             "connection {at} was killed"
         );
+    }
+}
+
+/// An exhibitor OI on node A whose claim Redis ran only after the node had
+/// given up on it (ERRO to the OI): Redis records the id as node A's, but
+/// no client there holds it. At its next renewal node A finds the id it
+/// does not know and releases it: node B's next OI is given it. Without
+/// that, it stayed held (a phantom in every node's CLIST) until node A's
+/// incarnation ended.
+#[test]
+fn an_id_claimed_by_a_call_that_ran_late_is_released() {
+    let redis = Redis::start("cluster-late-claim");
+    let proxy = LateProxy::start(&redis.url);
+    let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
+    joined(&a);
+    let b = redis.node("b");
+    let mut kept = a.raw();
+    let first = kept.identify_exhibitor();
+    // The claim script's highest exhibitor id: an exhibitor's claim.
+    proxy.run_late_call_with(b"$4\r\n8191\r\n");
+    let mut refused = a.raw();
+    refused.send_frame(&Frame::bare(Kind::Oi, 0, SERVER_ID, 0));
+    assert_eq!(
+        refused.expect_frame(),
+        Frame::bare(Kind::Erro, SERVER_ID, 0, 0)
+    );
+    let x = first + 1;
+    let claimed = format!(":{x}\r\n").into_bytes();
+    assert_eq!(
+        proxy.deliver_held(),
+        Late::Ran(claimed),
+        "the late claim ran"
+    );
+    freed_in_redis(&redis, x);
+    let mut on_b = b.raw();
+    assert_eq!(on_b.identify_exhibitor(), x);
+    a.proc.stderr.skip_until("the release", TIMEOUT, |line| {
+        line.contains("claims that ran after they failed are released")
+    });
+}
+
+/// The same for a HELLO's name: refused with code 6 on node A (Redis did
+/// not answer in time), claimed by the late call all the same, then
+/// released at the next renewal: node B's HELLO for it gets code 0.
+#[test]
+fn a_name_claimed_by_a_call_that_ran_late_is_released() {
+    use crate::cluster_names::hello_code;
+    let redis = Redis::start("cluster-late-name");
+    let proxy = LateProxy::start(&redis.url);
+    let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
+    joined(&a);
+    let b = redis.node("b");
+    // One name claimed first, so that Redis has the script and runs the
+    // late call rather than answer that it lacks it.
+    let mut dave = a.raw();
+    assert_eq!(hello_code(&mut dave, b"dave"), 0);
+    proxy.run_late_call_with(b"$5\r\ncarol\r\n");
+    let mut refused = a.raw();
+    assert_eq!(hello_code(&mut refused, b"carol"), 6);
+    let ran = proxy.deliver_held();
+    assert_eq!(ran, Late::Ran(b":1\r\n".to_vec()), "the late claim ran");
+    let since = Instant::now();
+    loop {
+        let mut carol = b.raw();
+        match hello_code(&mut carol, b"carol") {
+            0 => break,
+            code => assert_eq!(code, 3, "carol on node B"),
+        }
+        assert!(since.elapsed() < TIMEOUT * 2, "carol never released");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

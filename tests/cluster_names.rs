@@ -42,7 +42,7 @@ fn clist(to: ClientId, seq: u16, ids: &[ClientId]) -> Vec<u8> {
 /// Sends HELLO(`name`) without a secret and returns the HELLOACK's code,
 /// having checked the whole answer: code 0 carries the name as sent and
 /// the plain roles, any other code no name and no roles.
-fn hello_code(raw: &mut Raw, name: &[u8]) -> u8 {
+pub(crate) fn hello_code(raw: &mut Raw, name: &[u8]) -> u8 {
     raw.send(&hello(name, b""));
     let head = raw.expect_bytes(14);
     let code = head[10];

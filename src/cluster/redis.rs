@@ -332,6 +332,13 @@ struct Commands {
     /// (a name a previous incarnation won is freed by its reap, and may
     /// be another node's by now).
     names: HashSet<String>,
+    /// The ids this incarnation won and has not been asked to release.
+    ids: HashSet<ClientId>,
+    /// A claim (of an id or a name) failed after it was written: it may
+    /// have run all the same, leaving Redis recording for this
+    /// incarnation what no client here holds. Set until the next
+    /// successful renewal compares (see [`Commands::release_unknown`]).
+    claims_unsure: bool,
     /// When the last successful lease write (the join's, or a renewal's)
     /// was sent: the lease lives at least [`RedisConfig::lease`] from then.
     lease_sent: Instant,
@@ -405,6 +412,11 @@ impl PendingReleases {
         self.ids.retain(|&held| held != id);
     }
 
+    /// Whether a release of `name` waits here.
+    fn has_name(&self, name: &str) -> bool {
+        self.names.iter().any(|(held, _)| held == name)
+    }
+
     /// As [`PendingReleases::claimed_id`], for a HELLO name.
     fn claimed_name(&mut self, name: &str) {
         self.names.retain(|(held, _)| held != name);
@@ -437,6 +449,8 @@ impl Commands {
             packed: Vec::new(),
             pending: PendingReleases::default(),
             names: HashSet::new(),
+            ids: HashSet::new(),
+            claims_unsure: false,
             lease_sent: Instant::now(),
         }
     }
@@ -558,6 +572,8 @@ impl Commands {
         // What an old incarnation left held, its reap frees.
         self.pending = PendingReleases::default();
         self.names.clear();
+        self.ids.clear();
+        self.claims_unsure = false;
         let con = self.connection()?;
         let node: NodeId = redis::cmd("INCR").arg(key("incarnation")).query(con)?;
         let lease_key = key(&format!("lease:{node}"));
@@ -686,6 +702,7 @@ impl Commands {
                     last_renewed = Instant::now();
                     // Before the table is read again: it then shows them free.
                     self.retry_releases(incarnation);
+                    self.release_unknown(incarnation);
                     // Back within the lease: subscribe and read the table
                     // again (what changed meanwhile was not heard).
                     if incarnation.subscriber_lost.swap(false, Ordering::SeqCst) {
@@ -742,6 +759,65 @@ impl Commands {
     /// unreachable), oldest first, until one fails again: each is the
     /// same checked script (it frees only what this incarnation still
     /// holds), so one that did go through the first time changes nothing.
+    /// After a claim failed (see [`Commands::claims_unsure`]): the ids and
+    /// names Redis records for this incarnation that it neither holds nor
+    /// has a release waiting for are released (a claim that ran after all
+    /// would otherwise hold them until the incarnation ends: a phantom id
+    /// in every node's CLIST, a name no HELLO could have). Runs on a
+    /// connection made after the failed one was killed, so no late claim
+    /// can run after it looks.
+    fn release_unknown(&mut self, incarnation: &Incarnation) {
+        if !self.claims_unsure {
+            return;
+        }
+        let recorded = self.connection().and_then(|con| {
+            redis::pipe()
+                .cmd("SMEMBERS")
+                .arg(&incarnation.held_key)
+                .cmd("SMEMBERS")
+                .arg(&incarnation.names_key)
+                .query::<(Vec<ClientId>, Vec<String>)>(con)
+        });
+        let (ids, names) = match recorded {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot compare claims with Redis yet");
+                self.abandon_connection();
+                return;
+            }
+        };
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|name| !self.names.contains(name) && !self.pending.has_name(name))
+            .collect();
+        let ids: Vec<ClientId> = ids
+            .into_iter()
+            .filter(|id| !self.ids.contains(id) && !self.pending.ids.contains(id))
+            .collect();
+        for name in &names {
+            if let Err(failed) = self.release_name(incarnation, name) {
+                warn!(error = %failed.error, "cluster: cannot release an unknown claim yet");
+                self.abandon_connection();
+                return;
+            }
+        }
+        for &id in &ids {
+            if let Err(e) = self.release(incarnation, id) {
+                warn!(error = %e, "cluster: cannot release an unknown claim yet");
+                self.abandon_connection();
+                return;
+            }
+        }
+        if !(ids.is_empty() && names.is_empty()) {
+            warn!(
+                ?ids,
+                names = names.len(),
+                "cluster: claims that ran after they failed are released"
+            );
+        }
+        self.claims_unsure = false;
+    }
+
     fn retry_releases(&mut self, incarnation: &Incarnation) {
         if self.pending.len() == 0 {
             return;
@@ -910,6 +986,7 @@ impl Commands {
                         let id = ClientId::try_from(id).ok().filter(|id| range.contains(id));
                         if let Some(id) = id {
                             self.pending.claimed_id(id);
+                            self.ids.insert(id);
                         }
                         let sent = self.tell.event(Event::Claimed { claim: *claim, id });
                         return (!sent).then_some(Ended::Stopped);
@@ -966,11 +1043,17 @@ impl Commands {
                 })
             }
             Request::Show { id, roles, name } => self.show(incarnation, *id, *roles, name),
-            Request::Release { id } => self.release(incarnation, *id),
+            Request::Release { id } => {
+                self.ids.remove(id);
+                self.release(incarnation, *id)
+            }
             Request::Publish { .. } => return self.publish_all(vec![request]),
         };
         if let Err(e) = result {
             warn!(error = %e, "cluster: engine call failed");
+            if matches!(request, Request::Claim { .. } | Request::ClaimName { .. }) {
+                self.claims_unsure = true;
+            }
             self.abandon_connection();
             if matches!(
                 request,
