@@ -320,12 +320,34 @@ fn a_connection_given_up_on_a_restarted_redis_is_not_killed_on_the_new_one() {
     }
 }
 
+/// The incarnation node `name` joined as (its lease holds its name).
+fn incarnation_of(redis: &Redis, name: &str) -> String {
+    let mut con = redis.client();
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg("evchat:lease:*")
+        .query(&mut con)
+        .unwrap();
+    let lease = leases
+        .into_iter()
+        .find(|lease| {
+            redis::cmd("GET")
+                .arg(lease)
+                .query::<String>(&mut con)
+                .unwrap()
+                == name
+        })
+        .expect("the node's lease");
+    lease.trim_start_matches("evchat:lease:").to_string()
+}
+
 /// An exhibitor OI on node A whose claim Redis ran only after the node had
 /// given up on it (ERRO to the OI): Redis records the id as node A's, but
 /// no client there holds it. At its next renewal node A finds the id it
 /// does not know and releases it: node B's next OI is given it. Without
 /// that, it stayed held (a phantom in every node's CLIST) until node A's
-/// incarnation ended.
+/// incarnation ended. Members of node A's held set that are no ids (text,
+/// bytes that are not UTF-8) are told and left alone, and the comparison
+/// goes on.
 #[test]
 fn an_id_claimed_by_a_call_that_ran_late_is_released() {
     let redis = Redis::start("cluster-late-claim");
@@ -333,6 +355,13 @@ fn an_id_claimed_by_a_call_that_ran_late_is_released() {
     let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
     joined(&a);
     let b = redis.node("b");
+    let held = format!("evchat:held:{}", incarnation_of(&redis, "a"));
+    let _: i64 = redis::cmd("SADD")
+        .arg(&held)
+        .arg("x")
+        .arg(&b"\xff\xfe"[..])
+        .query(&mut redis.client())
+        .unwrap();
     let mut kept = a.raw();
     let first = kept.identify_exhibitor();
     // The claim script's highest exhibitor id: an exhibitor's claim.
@@ -353,9 +382,16 @@ fn an_id_claimed_by_a_call_that_ran_late_is_released() {
     freed_in_redis(&redis, x);
     let mut on_b = b.raw();
     assert_eq!(on_b.identify_exhibitor(), x);
-    a.proc.stderr.skip_until("the release", TIMEOUT, |line| {
+    let (before, _) = a.proc.stderr.skip_until("the release", TIMEOUT, |line| {
         line.contains("claims that ran after they failed are released")
     });
+    let told = |member: &str| {
+        before
+            .iter()
+            .any(|line| line.contains("held set that is no id is ignored") && line.contains(member))
+    };
+    assert!(told("member=x"), "{before:?}");
+    assert!(told("member=\u{fffd}\u{fffd}"), "{before:?}");
 }
 
 /// The same for a HELLO's name: refused with code 6 on node A (Redis did

@@ -265,6 +265,30 @@ fn kill_abandoned(
     Ok(())
 }
 
+/// The ids among a node's `held` set's members. Only that node's scripts
+/// write the set: a member that is no id is told, and left alone.
+fn ids_in(members: Vec<Vec<u8>>) -> impl Iterator<Item = ClientId> {
+    members.into_iter().filter_map(|member| {
+        let id = std::str::from_utf8(&member).ok().and_then(|m| m.parse().ok());
+        if id.is_none() {
+            let member = String::from_utf8_lossy(&member);
+            warn!(member = %member.escape_debug(), "cluster: a member of this node's held set that is no id is ignored");
+        }
+        id
+    })
+}
+
+/// The names among a node's `names` set's members, as [`ids_in`].
+fn names_in(members: Vec<Vec<u8>>) -> impl Iterator<Item = String> {
+    members.into_iter().filter_map(|member| {
+        let name = String::from_utf8(member).ok();
+        if name.is_none() {
+            warn!("cluster: a member of this node's names set that is no name is ignored");
+        }
+        name
+    })
+}
+
 /// Whether Redis itself answered with this error (so the connection
 /// still works), rather than the call failing on the way.
 fn answered(e: &redis::RedisError) -> bool {
@@ -776,22 +800,22 @@ impl Commands {
                 .arg(&incarnation.held_key)
                 .cmd("SMEMBERS")
                 .arg(&incarnation.names_key)
-                .query::<(Vec<ClientId>, Vec<String>)>(con)
+                .query::<(Vec<Vec<u8>>, Vec<Vec<u8>>)>(con)
         });
         let (ids, names) = match recorded {
             Ok(recorded) => recorded,
             Err(e) => {
                 warn!(error = %e, "cluster: cannot compare claims with Redis yet");
-                self.abandon_connection();
+                if !answered(&e) {
+                    self.abandon_connection();
+                }
                 return;
             }
         };
-        let names: Vec<String> = names
-            .into_iter()
+        let names: Vec<String> = names_in(names)
             .filter(|name| !self.names.contains(name) && !self.pending.has_name(name))
             .collect();
-        let ids: Vec<ClientId> = ids
-            .into_iter()
+        let ids: Vec<ClientId> = ids_in(ids)
             .filter(|id| !self.ids.contains(id) && !self.pending.ids.contains(id))
             .collect();
         for name in &names {
@@ -1585,6 +1609,16 @@ pub(super) fn follows_name_rule(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_that_are_no_id_or_name_are_left_out() {
+        let members = |list: &[&[u8]]| list.iter().map(|m| m.to_vec()).collect::<Vec<_>>();
+        let ids: Vec<ClientId> =
+            ids_in(members(&[b"4097", b"x", b"\xff", b"70000", b"-1", b"12"])).collect();
+        assert_eq!(ids, vec![4097, 12]);
+        let names: Vec<String> = names_in(members(&[b"carol", b"\xff\xfe", b"dave"])).collect();
+        assert_eq!(names, vec!["carol", "dave"]);
+    }
 
     #[test]
     fn publishes_are_packed_as_redis_reads_commands_one_after_another() {
