@@ -217,6 +217,17 @@ fn calls(mut from: TcpStream, mut to: TcpStream, arm: &Mutex<Option<Arm>>, ends:
     }
 }
 
+/// A Redis of the test's own, node A on it through a [`LateProxy`] (once
+/// joined), and node B straight on it.
+fn behind_a_proxy(name: &str) -> (Redis, LateProxy, Server, Server) {
+    let redis = Redis::start(name);
+    let proxy = LateProxy::start(&redis.url);
+    let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
+    joined(&a);
+    let b = redis.node("b");
+    (redis, proxy, a, b)
+}
+
 /// Whether Redis's id bitmap has `id` held.
 fn held_in_redis(redis: &Redis, id: u16) -> bool {
     let mut con = redis.client();
@@ -248,11 +259,7 @@ fn freed_in_redis(redis: &Redis, id: u16) {
 /// a new one, so the late call never runs.
 #[test]
 fn a_release_that_reaches_redis_late_never_frees_an_id_given_again() {
-    let redis = Redis::start("cluster-late-release");
-    let proxy = LateProxy::start(&redis.url);
-    let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
-    joined(&a);
-    let b = redis.node("b");
+    let (redis, proxy, a, b) = behind_a_proxy("cluster-late-release");
     let mut kept = a.raw();
     let first = kept.identify_exhibitor();
     let mut leaving = a.raw();
@@ -350,11 +357,7 @@ fn incarnation_of(redis: &Redis, name: &str) -> String {
 /// goes on.
 #[test]
 fn an_id_claimed_by_a_call_that_ran_late_is_released() {
-    let redis = Redis::start("cluster-late-claim");
-    let proxy = LateProxy::start(&redis.url);
-    let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
-    joined(&a);
-    let b = redis.node("b");
+    let (redis, proxy, a, b) = behind_a_proxy("cluster-late-claim");
     let held = format!("evchat:held:{}", incarnation_of(&redis, "a"));
     let _: i64 = redis::cmd("SADD")
         .arg(&held)
@@ -400,11 +403,7 @@ fn an_id_claimed_by_a_call_that_ran_late_is_released() {
 #[test]
 fn a_name_claimed_by_a_call_that_ran_late_is_released() {
     use crate::cluster_names::hello_code;
-    let redis = Redis::start("cluster-late-name");
-    let proxy = LateProxy::start(&redis.url);
-    let a = Server::start(&["--cluster", &proxy.url, "--node", "a"]);
-    joined(&a);
-    let b = redis.node("b");
+    let (_redis, proxy, a, b) = behind_a_proxy("cluster-late-name");
     // One name claimed first, so that Redis has the script and runs the
     // late call rather than answer that it lacks it.
     let mut dave = a.raw();
