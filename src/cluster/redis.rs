@@ -779,10 +779,6 @@ impl Commands {
         self.lease_sent.elapsed() < self.config.fence_after
     }
 
-    /// Tries again the releases a failed call left undone (Redis was
-    /// unreachable), oldest first, until one fails again: each is the
-    /// same checked script (it frees only what this incarnation still
-    /// holds), so one that did go through the first time changes nothing.
     /// After a claim failed (see [`Commands::claims_unsure`]): the ids and
     /// names Redis records for this incarnation that it neither holds nor
     /// has a release waiting for are released (a claim that ran after all
@@ -842,6 +838,10 @@ impl Commands {
         self.claims_unsure = false;
     }
 
+    /// Tries again the releases a failed call left undone (Redis was
+    /// unreachable), oldest first, until one fails again: each is the
+    /// same checked script (it frees only what this incarnation still
+    /// holds), so one that did go through the first time changes nothing.
     fn retry_releases(&mut self, incarnation: &Incarnation) {
         if self.pending.len() == 0 {
             return;
