@@ -1,9 +1,9 @@
 //! A call to Redis that runs late (CLUSTER.md, "The lease and fencing"): the node gave
 //! up waiting for its answer and hung up, but its bytes were still on the
 //! way (a partition held them; TCP sends them again once it heals). Real
-//! `redis-server`s and nodes: one test puts a proxy of its own between a
-//! node and Redis, holding one call's bytes until the test hands them on;
-//! the other restarts Redis under a stopped node.
+//! `redis-server`s and nodes: three tests put a proxy of their own between
+//! a node and Redis, holding one call's bytes until it is handed on; one
+//! restarts Redis under a stopped node.
 
 use crate::cluster::{Redis, joined};
 use crate::util::*;
