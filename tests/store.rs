@@ -893,6 +893,98 @@ fn turns_that_fit_their_segment_still_number_the_next_ones() {
     assert_eq!(reopened.notices, vec![]);
 }
 
+/// The next segment's file is made ahead, off the writing thread (its
+/// blocks reserved: on ext4 that can wait for the disk), and the roll that
+/// needs it only renames it into place; then the next one is made. None is
+/// left once the writer is closed.
+#[test]
+fn a_roll_renames_the_next_segment_made_ahead_and_another_is_made() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("made-ahead");
+    let all: Vec<Record> = (0..12)
+        .map(|i| record(3_000 + i, 3, 0, format!("same length {i:02}").as_bytes()))
+        .collect();
+    let record_len = encoded_len(&all[0]);
+    let options = Options {
+        segment_bytes: 8 + 5 * record_len,
+        ..big_log()
+    };
+    let opened = open_log(dir.path(), options.clone()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let spare = dir.path().join("next-segment");
+    wait_until("a next segment made ahead", || writer.spare_ready());
+    let made = fs::metadata(&spare).unwrap();
+    assert_eq!(fs::read(&spare).unwrap(), SEGMENT_MAGIC);
+    if reserve_supported(dir.path()) {
+        assert!(
+            made.blocks() * 512 >= options.segment_bytes,
+            "{} blocks",
+            made.blocks()
+        );
+    }
+    // Five records fill segment 0; the sixth starts segment 5.
+    append_all(&mut writer, &all[..6]);
+    writer.write();
+    let rolled = fs::metadata(segment_path(dir.path(), 5)).unwrap();
+    assert_eq!(rolled.ino(), made.ino(), "segment 5 is the file made ahead");
+    wait_until("a second next segment made ahead", || writer.spare_ready());
+    let second = fs::metadata(&spare).unwrap();
+    assert_ne!(second.ino(), made.ino());
+    // Four more fill segment 5; the last two start segment 10.
+    let last = append_all(&mut writer, &all[6..]);
+    writer.write();
+    let rolled = fs::metadata(segment_path(dir.path(), 10)).unwrap();
+    assert_eq!(rolled.ino(), second.ino(), "segment 10 is the second one");
+    wait_settled(&writer, &settled, last);
+    drop(writer);
+    assert!(!spare.exists(), "a closed writer leaves no next segment");
+    assert_eq!(read_all(dir.path()), numbered(&all, 0));
+    let reopened = open_log(dir.path(), options).unwrap();
+    assert_eq!((reopened.records, reopened.notices), (12, vec![]));
+}
+
+/// A next segment made ahead that no roll took is deleted when the log is
+/// opened: silently when it holds only the magic (a server killed), told
+/// when it holds more (a crash undid a roll's rename, and with it records
+/// no sync had covered). Readers never list it.
+#[test]
+fn a_next_segment_left_behind_is_deleted_at_open_and_told_if_it_held_records() {
+    let dir = TempDir::new("left-behind");
+    let all = records(3);
+    write_log(dir.path(), &all);
+    let spare = dir.path().join("next-segment");
+    fs::write(&spare, SEGMENT_MAGIC).unwrap();
+    let (code, out, err) = evchat(&["history", dir.path().to_str().unwrap()]);
+    assert_eq!((code, out.len(), err), (0, 3, Vec::<String>::new()));
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    assert_eq!((opened.records, &opened.notices[..]), (3, &[][..]));
+    assert!(!spare.exists(), "deleted at open");
+    drop(opened);
+
+    let mut held = SEGMENT_MAGIC.to_vec();
+    held.extend_from_slice(&encode(&records(2)));
+    fs::write(&spare, &held).unwrap();
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let bytes = (held.len() - SEGMENT_MAGIC.len()) as u64;
+    assert_eq!(
+        opened.notices,
+        vec![Notice::SpareDropped {
+            path: spare.clone(),
+            bytes
+        }]
+    );
+    assert_eq!(
+        opened.notices[0].to_string(),
+        format!(
+            "{}: a next segment made ahead held {bytes} bytes of records never synced \
+             (a crash undid the roll that named it): deleted",
+            spare.display()
+        )
+    );
+    assert!(!spare.exists(), "deleted at open");
+    assert_eq!(opened.records, 3);
+}
+
 #[test]
 fn retention_skips_a_segment_already_gone_and_reports_one_it_cannot_delete() {
     let dir = TempDir::new("retention-errors");

@@ -3,7 +3,10 @@
 //! segment when one is full, and retention. Everything here runs on the
 //! thread that owns the [`Log`] (the event loop in a server) and never calls
 //! `fsync` after [`Log::open`]: the files that need one are handed out as
-//! [`SegmentFile`]s, for the writer's sync thread.
+//! [`SegmentFile`]s, for the writer's sync thread. The file work that can
+//! wait for the disk (making a segment's file, deleting retired ones) can
+//! be done elsewhere too: [`Log::give_spare`] takes a segment file made
+//! ahead by [`prepare_spare`], and [`Log::retire`] hands out what to delete.
 
 use super::StoreError;
 use super::format::{
@@ -20,6 +23,9 @@ use std::sync::Arc;
 
 /// The name of the lock file in a history directory.
 pub(crate) const LOCK_FILE: &str = "LOCK";
+/// The name of the next segment's file while it is made ahead of the roll
+/// that needs it ([`prepare_spare`]); no segment name looks like it.
+pub(crate) const SPARE_FILE: &str = "next-segment";
 
 /// The largest segment [`Options::new`] picks.
 const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -87,6 +93,10 @@ pub enum Notice {
     /// over its size limit by `over` bytes rather than lose a membership or
     /// a waiting message (HISTORY.md, "Rooms and waiting messages").
     KeptForRooms { file: PathBuf, over: u64 },
+    /// A next segment made ahead ([`SPARE_FILE`]) held `bytes` past its
+    /// magic: the records of a roll whose rename a crash undid, which no
+    /// sync had covered. Deleted.
+    SpareDropped { path: PathBuf, bytes: u64 },
 }
 
 impl fmt::Display for Notice {
@@ -135,6 +145,12 @@ impl fmt::Display for Notice {
                     _ => "without batches",
                 },
                 next.display()
+            ),
+            Notice::SpareDropped { path, bytes } => write!(
+                f,
+                "{}: a next segment made ahead held {bytes} bytes of records never \
+                 synced (a crash undid the roll that named it): deleted",
+                path.display()
             ),
             Notice::KeptForRooms { file, over } => write!(
                 f,
@@ -217,6 +233,8 @@ pub struct Log {
     /// The segment the last whole checkpoint of the rooms starts in (at the
     /// latest): the room records before it are no longer needed.
     checkpoint_base: Option<u64>,
+    /// The next segment's file, made ahead ([`Log::give_spare`]).
+    spare: Option<File>,
 }
 
 /// A write that failed: the file, what was being done, and the error.
@@ -250,14 +268,12 @@ impl Log {
     ) -> Result<Opened, StoreError> {
         fs::create_dir_all(dir).map_err(StoreError::io(dir, "create directory"))?;
         let lock = lock(dir)?;
+        let mut notices: Vec<Notice> = drop_spare(dir)?.into_iter().collect();
         let Listing {
             segments: found,
             foreign,
         } = list_segments(dir)?;
-        let mut notices: Vec<Notice> = foreign
-            .into_iter()
-            .map(|path| Notice::Foreign { path })
-            .collect();
+        notices.extend(foreign.into_iter().map(|path| Notice::Foreign { path }));
         let mut scanned = Vec::with_capacity(found.len());
         let mut records = 0;
         // Where the last whole checkpoint of the rooms began.
@@ -349,6 +365,7 @@ impl Log {
             cut_to: None,
             kept_for_rooms: None,
             checkpoint_base,
+            spare: None,
         };
         if active_format != Format::V4 && active_records > 0 {
             // Records of two formats never share a segment. The sync
@@ -528,15 +545,29 @@ impl Log {
     }
 
     /// Deletes the oldest full segments while the log is over its limit:
-    /// an unlink each, no `fsync` (the directory's next sync makes it
-    /// durable; a segment deleted but still listed after a power failure is
-    /// deleted again at the next open).
+    /// [`Log::retire`], then an unlink each, no `fsync` (the directory's
+    /// next sync makes it durable; a segment deleted but still listed after
+    /// a power failure is deleted again at the next open).
+    pub fn retain(&mut self) -> Vec<Result<Notice, WriteError>> {
+        let retired = self.retire();
+        let mut done: Vec<_> = retired
+            .doomed
+            .into_iter()
+            .filter_map(|(file, bytes)| delete_retired(file, bytes))
+            .collect();
+        done.extend(retired.notices.into_iter().map(Ok));
+        done
+    }
+
+    /// Takes the oldest full segments out of the log while it is over its
+    /// limit, for the caller to delete (an unlink can wait for the disk, so
+    /// a server does it off its loop). The log counts them gone at once.
     /// Retention stops at the segment the last whole checkpoint of the
     /// rooms starts in, or, before any, at the first segment holding a
     /// room record (and says so once per segment): past it, a membership or
     /// a waiting message would be lost.
-    pub fn retain(&mut self) -> Vec<Result<Notice, WriteError>> {
-        let mut done = Vec::new();
+    pub(crate) fn retire(&mut self) -> Retired {
+        let mut retired = Retired::default();
         while self.total_bytes > self.options.max_bytes {
             let Some(oldest) = self.sealed.front() else {
                 break;
@@ -548,31 +579,37 @@ impl Log {
             if needed {
                 if self.kept_for_rooms != Some(oldest.base) {
                     self.kept_for_rooms = Some(oldest.base);
-                    done.push(Ok(Notice::KeptForRooms {
+                    retired.notices.push(Notice::KeptForRooms {
                         file: oldest.path.clone(),
                         over: self.total_bytes - self.options.max_bytes,
-                    }));
+                    });
                 }
                 break;
             }
             let oldest = self.sealed.pop_front().expect("front checked");
-            self.total_bytes -= oldest.len;
             // A segment that cannot be deleted leaves the accounting anyway,
             // so that one stuck file does not make every batch retry it.
-            done.push(match fs::remove_file(&oldest.path) {
-                Ok(()) => Ok(Notice::Retired {
-                    file: oldest.path,
-                    bytes: oldest.len,
-                }),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => Err(WriteError {
-                    path: oldest.path,
-                    op: "delete old segment",
-                    source,
-                }),
-            });
+            self.total_bytes -= oldest.len;
+            retired.doomed.push((oldest.path, oldest.len));
         }
-        done
+        retired
+    }
+
+    /// The length at which a segment is closed.
+    pub(crate) fn segment_bytes(&self) -> u64 {
+        self.options.segment_bytes
+    }
+
+    /// Whether the log holds no next segment made ahead.
+    pub(crate) fn lacks_spare(&self) -> bool {
+        self.spare.is_none()
+    }
+
+    /// Hands the log the next segment's file, made by [`prepare_spare`] in
+    /// this log's directory: the next roll renames it into place instead
+    /// of making one.
+    pub(crate) fn give_spare(&mut self, file: File) {
+        self.spare = Some(file);
     }
 
     /// Cuts the active segment back after a write that failed part way.
@@ -604,26 +641,18 @@ impl Log {
             op,
             source,
         };
-        // `create` rather than `create_new`: a file of this name can only be
-        // left by an earlier roll whose clean-up failed too.
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| fail("create segment", e))?;
-        let header = file
-            .set_len(0)
-            .and_then(|()| file.write_all(&SEGMENT_MAGIC));
-        if let Err(e) = header {
-            drop(file);
-            // Were this to fail too, the file left is empty or holds part of
-            // the magic: a torn tail at offset 0 if it is ever the last
-            // segment at open, and overwritten by the next roll.
-            let _ = fs::remove_file(&path);
-            return Err(fail("write segment header", e));
-        }
         let len = SEGMENT_MAGIC.len() as u64;
-        reserve_blocks(&file, len, self.options.segment_bytes);
+        let file = match self.spare.take() {
+            // The file made ahead: its magic written and its blocks reserved
+            // off this thread. Renamed, it is the new segment; if it cannot
+            // be, it is made here as below.
+            Some(spare) if fs::rename(self.dir.join(SPARE_FILE), &path).is_ok() => spare,
+            _ => {
+                let file = create_segment(&path).map_err(|(op, e)| fail(op, e))?;
+                reserve_blocks(&file, len, self.options.segment_bytes);
+                file
+            }
+        };
         let new_file = Arc::new(SegmentFile {
             path: path.clone(),
             file,
@@ -666,6 +695,77 @@ fn reserve_blocks(file: &File, from: u64, segment_bytes: u64) {
     // SAFETY: a plain system call on a descriptor the `File` owns and keeps
     // open for the call's duration; no memory is passed.
     let _ = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+}
+
+/// Makes a segment file at `path` holding only the magic; on an error no
+/// file is left behind (or one that is empty or holds part of the magic: a
+/// torn tail at offset 0 if it is ever the last segment at open).
+fn create_segment(path: &Path) -> Result<File, (&'static str, io::Error)> {
+    // `create` rather than `create_new`: a file of this name can only be
+    // left by an earlier roll whose clean-up failed too.
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| ("create segment", e))?;
+    let header = file
+        .set_len(0)
+        .and_then(|()| file.write_all(&SEGMENT_MAGIC));
+    if let Err(e) = header {
+        drop(file);
+        let _ = fs::remove_file(path);
+        return Err(("write segment header", e));
+    }
+    Ok(file)
+}
+
+/// Makes the next segment's file ahead, as [`SPARE_FILE`] in `dir`: the
+/// magic written and the blocks of a segment of `segment_bytes` reserved,
+/// the work that can wait for the disk (on ext4 the allocator reads block
+/// bitmaps: 13–16 ms stalls of a server's loop at a roll, BENCHMARKS.md),
+/// so that a roll on the loop only renames it ([`Log::give_spare`]).
+pub(crate) fn prepare_spare(dir: &Path, segment_bytes: u64) -> io::Result<File> {
+    let path = dir.join(SPARE_FILE);
+    let file = create_segment(&path).map_err(|(_, e)| e)?;
+    reserve_blocks(&file, SEGMENT_MAGIC.len() as u64, segment_bytes);
+    Ok(file)
+}
+
+/// Deletes a next segment made ahead that no roll took (a server stopped,
+/// or a crash); one holding more than its magic is told.
+fn drop_spare(dir: &Path) -> Result<Option<Notice>, StoreError> {
+    let path = dir.join(SPARE_FILE);
+    let len = match fs::symlink_metadata(&path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(&path, "look at the next segment")(e)),
+    };
+    fs::remove_file(&path).map_err(StoreError::io(&path, "delete the next segment"))?;
+    let bytes = len.saturating_sub(SEGMENT_MAGIC.len() as u64);
+    Ok((bytes > 0).then_some(Notice::SpareDropped { path, bytes }))
+}
+
+/// Segments [`Log::retire`] took out of the log.
+#[derive(Debug, Default)]
+pub(crate) struct Retired {
+    /// Each segment's file and bytes, oldest first, to delete.
+    pub doomed: Vec<(PathBuf, u64)>,
+    /// What retention has to say besides.
+    pub notices: Vec<Notice>,
+}
+
+/// Deletes a segment retention took: what to tell of it (nothing when it
+/// was gone already).
+pub(crate) fn delete_retired(file: PathBuf, bytes: u64) -> Option<Result<Notice, WriteError>> {
+    match fs::remove_file(&file) {
+        Ok(()) => Some(Ok(Notice::Retired { file, bytes })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => Some(Err(WriteError {
+            path: file,
+            op: "delete old segment",
+            source,
+        })),
+    }
 }
 
 /// Writes as much of `bytes` as the file takes: the count written, and the
@@ -747,7 +847,8 @@ pub(crate) struct Listing {
     /// Segments by base record number: regular files named as
     /// [`segment_name`] makes them.
     pub segments: Vec<(u64, PathBuf)>,
-    /// Every other entry but the lock file (foreign: left alone).
+    /// Every other entry but the lock file and the next segment made ahead
+    /// (foreign: left alone).
     pub foreign: Vec<PathBuf>,
 }
 
@@ -763,7 +864,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, StoreError> {
             foreign.push(path);
             continue;
         };
-        if name == LOCK_FILE {
+        if name == LOCK_FILE || name == SPARE_FILE {
             continue;
         }
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());

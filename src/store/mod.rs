@@ -10,7 +10,9 @@
 //!   `write` per turn, and one more for each segment the turn's records
 //!   fill. It syncs the log on a thread of its own (per [`Fsync`]), saying
 //!   which records are settled. Disk errors turn history off until a write
-//!   succeeds again; they never stop the loop.
+//!   succeeds again; they never stop the loop. The file work that can wait
+//!   for the disk (the next segment's file, deleting retired ones) is done
+//!   by a housekeeping thread.
 //! - [`Reader`] reads a log without the lock, safely while a server appends
 //!   to it, and can follow it.
 //!
@@ -19,6 +21,7 @@
 // The log, the writer and the format are the server's business (and,
 // through `crate::testing`, the tests'); a reader is all a tool needs.
 pub(crate) mod format;
+mod housekeeper;
 pub(crate) mod log;
 mod reader;
 pub mod rooms;

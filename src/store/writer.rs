@@ -34,7 +34,8 @@
 //! write fails with `EFBIG` and is handled like a full disk.
 
 use super::format::{Batches, RecordView, keepable_name};
-use super::log::{Log, Notice, SegmentFile, WriteError, sync_directory};
+use super::housekeeper::Housekeeper;
+use super::log::{Log, SegmentFile, WriteError, sync_directory};
 use super::rooms::{ROOM_RECORD_DEST, RoomRecord};
 use crate::proto::MAX_TEXT_LEN;
 use std::fmt;
@@ -44,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info};
 
 /// The longest `everysec` lets written records wait for an `fsync`.
 const EVERYSEC: Duration = Duration::from_secs(1);
@@ -116,6 +117,9 @@ pub struct Writer {
     appended_before: (u64, u64),
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Makes segment files ahead and deletes retired ones, off this thread;
+    /// closed after the last write, before the log (and its lock) goes.
+    housekeeper: Housekeeper,
 }
 
 struct Shared {
@@ -156,6 +160,7 @@ impl Writer {
         notify: Option<Box<dyn Fn() + Send>>,
     ) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared::new(log.active_file().clone()));
+        let housekeeper = Housekeeper::start(log.dir().to_path_buf(), log.segment_bytes())?;
         let thread = {
             let shared = shared.clone();
             let dir = log.dir().to_path_buf();
@@ -188,6 +193,7 @@ impl Writer {
             appended_before: (0, 0),
             shared,
             thread: Some(thread),
+            housekeeper,
         })
     }
 
@@ -248,6 +254,11 @@ impl Writer {
         if self.batch.is_empty() {
             return;
         }
+        if self.log.lacks_spare()
+            && let Some(spare) = self.housekeeper.take_spare()
+        {
+            self.log.give_spare(spare);
+        }
         let records = self.batch.records();
         // The turn's batches' lengths and checksums, one CRC32C a batch.
         let bytes = self.batch.seal();
@@ -258,15 +269,8 @@ impl Writer {
             Ok(()) => self.back_on(),
             Err((written, e)) => self.off(&e, records - written as u64),
         }
-        // Retention here, in the writing thread: an unlink when a segment
-        // is due to go (after a roll), never an fsync.
-        for retired in self.log.retain() {
-            match retired {
-                Ok(notice @ Notice::Retired { .. }) => debug!("history: {notice}"),
-                Ok(notice) => info!("history: {notice}"),
-                Err(e) => warn!("history: {e}"),
-            }
-        }
+        // Retention's accounting here; its unlinks on the housekeeper.
+        self.housekeeper.retire(self.log.retire());
         self.appended_before = self.appended();
         self.batch.clear(BATCH_KEEP_BYTES);
         self.batch_rooms = false;
@@ -275,6 +279,9 @@ impl Writer {
         let sealed = self.log.take_sealed();
         let rolled = !sealed.is_empty();
         self.rolled |= rolled;
+        if rolled && self.log.lacks_spare() {
+            self.housekeeper.want_spare();
+        }
         let mut state = self.shared.lock();
         state.written = self.written;
         if rolled {
@@ -332,6 +339,13 @@ impl Writer {
         !self.failing
     }
 
+    /// Whether a next segment's file made ahead is ready for the next
+    /// write to take (the housekeeper's).
+    #[cfg(feature = "testing")]
+    pub fn spare_ready(&self) -> bool {
+        self.housekeeper.spare_ready()
+    }
+
     /// How many full segments and how many active segments the sync
     /// thread has synced so far.
     #[cfg(feature = "testing")]
@@ -366,6 +380,7 @@ impl Writer {
         if thread.join().is_err() {
             error!("the history sync thread panicked");
         }
+        self.housekeeper.close();
     }
 
     fn off(&mut self, error: &WriteError, lost: u64) {
