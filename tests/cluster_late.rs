@@ -1,9 +1,10 @@
 //! A call to Redis that runs late (CLUSTER.md, "The lease and fencing"): the node gave
 //! up waiting for its answer and hung up, but its bytes were still on the
 //! way (a partition held them; TCP sends them again once it heals). Real
-//! `redis-server`s and nodes: three tests put a proxy of their own between
-//! a node and Redis, holding one call's bytes until it is handed on; one
-//! restarts Redis under a stopped node.
+//! `redis-server`s and nodes: four tests put a proxy of their own between
+//! a node and Redis, holding one call's bytes until it is handed on (a
+//! release, an id's claim, a name's claim, a room's JOIN); one restarts
+//! Redis under a stopped node.
 
 use crate::cluster::{Redis, joined};
 use crate::util::*;
@@ -423,4 +424,43 @@ fn a_name_claimed_by_a_call_that_ran_late_is_released() {
         assert!(since.elapsed() < TIMEOUT * 2, "carol never released");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A JOIN whose call Redis ran only after node A had given up on it
+/// (ROOMACK code 7): its change line reaches every node, so the name is a
+/// member system-wide, as a success would have made it (CLUSTER.md, "Rooms
+/// across nodes"): node B lists the room with the member, a room message
+/// sent on node B reaches the member on node A, and a JOIN again answers
+/// code 0.
+#[test]
+fn a_join_that_ran_late_makes_a_member_on_every_node() {
+    use crate::cluster_rooms::{send_until_delivered, wait_members};
+    use crate::rooms::{Member, PLAIN, ROOM, msg, refused, roomack, who};
+    let (_redis, proxy, a, b) = behind_a_proxy("cluster-late-join");
+    let mut erin = Member::new(&a, "erin");
+    // A JOIN first, so that Redis has the script and runs the late call
+    // rather than answer that it lacks it.
+    erin.join("warm", false, |d, s| {
+        roomack(d, s, 0, (ROOM, 0, 1, b"warm"))
+    });
+    proxy.run_late_call_with(b"$8\r\nlatejoin\r\n");
+    erin.join("latejoin", false, |d, s| refused(d, s, 7));
+    assert!(
+        matches!(proxy.deliver_held(), Late::Ran(_)),
+        "the late JOIN ran"
+    );
+    let mut frank = Member::new(&b, "frank");
+    wait_members(&mut frank, b"latejoin", 1);
+    let text = b"you are in after all";
+    let seq = send_until_delivered(&mut frank, &mut erin, |id, seq| {
+        msg(id, ROOM + 1, seq, text)
+    });
+    expect_exact(
+        &mut erin.ex,
+        &who(erin.ex_id, 0, frank.em_id, PLAIN, b"frank"),
+    );
+    expect_exact(&mut erin.ex, &msg(frank.em_id, ROOM + 1, seq, text));
+    erin.join("latejoin", false, |d, s| {
+        roomack(d, s, 0, (ROOM + 1, 0, 1, b"latejoin"))
+    });
 }
