@@ -771,18 +771,28 @@ fn open_hands_over_every_record_it_recovers_oldest_first() {
 
 // ---- retention ---------------------------------------------------------
 
+/// `n` records of one length (times from `first_time`, from `origin`),
+/// and options that fit five of them to a segment.
+fn five_to_a_segment(n: u64, first_time: u64, origin: u16) -> (Vec<Record>, Options) {
+    let all: Vec<Record> = (0..n)
+        .map(|i| {
+            let text = format!("same length {i:02}");
+            record(first_time + i, origin, 0, text.as_bytes())
+        })
+        .collect();
+    let options = Options {
+        segment_bytes: 8 + 5 * encoded_len(&all[0]),
+        ..big_log()
+    };
+    (all, options)
+}
+
 #[test]
 fn one_write_that_spans_segments_fills_each_to_its_size() {
     // Records of one length, five to a segment, twelve in one write.
     let dir = TempDir::new("fill-segments");
-    let all: Vec<Record> = (0..12)
-        .map(|i| record(1_000 + i, 1, 0, format!("same length {i:02}").as_bytes()))
-        .collect();
+    let (all, options) = five_to_a_segment(12, 1_000, 1);
     let record_len = encoded_len(&all[0]);
-    let options = Options {
-        segment_bytes: 8 + 5 * record_len,
-        ..big_log()
-    };
     let opened = open_log(dir.path(), options).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
     let last = append_all(&mut writer, &all);
@@ -861,14 +871,7 @@ fn reserve_supported(dir: &Path) -> bool {
 #[test]
 fn turns_that_fit_their_segment_still_number_the_next_ones() {
     let dir = TempDir::new("turns-fit");
-    let all: Vec<Record> = (0..13)
-        .map(|i| record(2_000 + i, 2, 0, format!("same length {i:02}").as_bytes()))
-        .collect();
-    let record_len = encoded_len(&all[0]);
-    let options = Options {
-        segment_bytes: 8 + 5 * record_len,
-        ..big_log()
-    };
+    let (all, options) = five_to_a_segment(13, 2_000, 2);
     let opened = open_log(dir.path(), options.clone()).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
     // Turns of 2, 2 (fit), 3 (fills the first segment, rolls), 1, 4 (fits,
@@ -901,14 +904,7 @@ fn turns_that_fit_their_segment_still_number_the_next_ones() {
 fn a_roll_renames_the_next_segment_made_ahead_and_another_is_made() {
     use std::os::unix::fs::MetadataExt;
     let dir = TempDir::new("made-ahead");
-    let all: Vec<Record> = (0..12)
-        .map(|i| record(3_000 + i, 3, 0, format!("same length {i:02}").as_bytes()))
-        .collect();
-    let record_len = encoded_len(&all[0]);
-    let options = Options {
-        segment_bytes: 8 + 5 * record_len,
-        ..big_log()
-    };
+    let (all, options) = five_to_a_segment(12, 3_000, 3);
     let opened = open_log(dir.path(), options.clone()).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
     let spare = dir.path().join("next-segment");
