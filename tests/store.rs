@@ -897,17 +897,23 @@ fn turns_that_fit_their_segment_still_number_the_next_ones() {
 }
 
 /// The next segment's file is made ahead, off the writing thread (its
-/// blocks reserved: on ext4 that can wait for the disk), and the roll that
-/// needs it only renames it into place; then the next one is made. None is
-/// left once the writer is closed.
+/// blocks reserved: on ext4 that can wait for the disk), once the active
+/// segment is half full, and the roll that needs it only renames it into
+/// place. None is made before, and none is left once the writer is closed.
 #[test]
-fn a_roll_renames_the_next_segment_made_ahead_and_another_is_made() {
+fn a_roll_renames_the_next_segment_made_ahead_once_the_last_was_half_full() {
     use std::os::unix::fs::MetadataExt;
     let dir = TempDir::new("made-ahead");
     let (all, options) = five_to_a_segment(12, 3_000, 3);
     let opened = open_log(dir.path(), options.clone()).unwrap();
     let (mut writer, settled) = start_writer(opened.log, Fsync::No);
     let spare = dir.path().join("next-segment");
+    // Two of five: not yet half full, nothing asked.
+    append_all(&mut writer, &all[..2]);
+    writer.write();
+    assert!(!writer.spare_ready() && !spare.exists(), "made too soon");
+    append_all(&mut writer, &all[2..3]);
+    writer.write();
     wait_until("a next segment made ahead", || writer.spare_ready());
     let made = fs::metadata(&spare).unwrap();
     assert_eq!(fs::read(&spare).unwrap(), SEGMENT_MAGIC);
@@ -918,16 +924,20 @@ fn a_roll_renames_the_next_segment_made_ahead_and_another_is_made() {
             made.blocks()
         );
     }
-    // Five records fill segment 0; the sixth starts segment 5.
-    append_all(&mut writer, &all[..6]);
+    // Two more fill segment 0; the sixth starts segment 5.
+    append_all(&mut writer, &all[3..6]);
     writer.write();
     let rolled = fs::metadata(segment_path(dir.path(), 5)).unwrap();
     assert_eq!(rolled.ino(), made.ino(), "segment 5 is the file made ahead");
+    assert!(!spare.exists(), "renamed");
+    // Three in segment 5: half full, the next one is made.
+    append_all(&mut writer, &all[6..8]);
+    writer.write();
     wait_until("a second next segment made ahead", || writer.spare_ready());
     let second = fs::metadata(&spare).unwrap();
     assert_ne!(second.ino(), made.ino());
-    // Four more fill segment 5; the last two start segment 10.
-    let last = append_all(&mut writer, &all[6..]);
+    // Two more fill segment 5; the last two start segment 10.
+    let last = append_all(&mut writer, &all[8..]);
     writer.write();
     let rolled = fs::metadata(segment_path(dir.path(), 10)).unwrap();
     assert_eq!(rolled.ino(), second.ino(), "segment 10 is the second one");

@@ -5,11 +5,11 @@
 //! block bitmaps; done on the loop, at `everysec`'s 1:1 rate they stopped it
 //! for 13–16 ms two or three times a second (BENCHMARKS.md).
 //!
-//! The loop takes a file made ahead with [`Housekeeper::take_spare`] (one
-//! atomic load while none is ready) and asks for the next one after a roll
-//! used it; a roll with none ready makes its file itself, as a log without
-//! a housekeeper always does. Only one file made ahead exists at a time: it
-//! has one name ([`SPARE_FILE`]).
+//! The loop asks for the next segment's file once the active segment is
+//! half full, and takes it with [`Housekeeper::take_spare`] (one atomic
+//! load while none is ready); a roll with none ready makes its file itself,
+//! as a log without a housekeeper always does. Only one file made ahead
+//! exists at a time: it has one name ([`SPARE_FILE`]).
 
 use super::log::{Notice, Retired, SPARE_FILE, delete_retired, prepare_spare};
 use std::fs::File;
@@ -45,13 +45,10 @@ struct Chores {
 
 impl Housekeeper {
     /// Starts the thread for the log in `dir`, whose segments are
-    /// `segment_bytes` long; it makes the first file ahead at once.
+    /// `segment_bytes` long.
     pub(crate) fn start(dir: PathBuf, segment_bytes: u64) -> std::io::Result<Housekeeper> {
         let shared = Arc::new(Shared {
-            chores: Mutex::new(Chores {
-                want_spare: true,
-                ..Chores::default()
-            }),
+            chores: Mutex::new(Chores::default()),
             wake: Condvar::new(),
             spare_ready: AtomicBool::new(false),
         });
@@ -83,7 +80,7 @@ impl Housekeeper {
         self.shared.spare_ready.load(Ordering::Acquire)
     }
 
-    /// Asks for the next file made ahead (the last one was used).
+    /// Asks for the next segment's file to be made ahead.
     pub(crate) fn want_spare(&self) {
         self.shared.lock().want_spare = true;
         self.shared.wake.notify_one();

@@ -600,6 +600,12 @@ impl Log {
         self.options.segment_bytes
     }
 
+    /// Whether the active segment is half full or more: the time to have
+    /// the next one made ahead.
+    pub(crate) fn half_full(&self) -> bool {
+        self.active.len.saturating_mul(2) >= self.options.segment_bytes
+    }
+
     /// Whether the log holds no next segment made ahead.
     pub(crate) fn lacks_spare(&self) -> bool {
         self.spare.is_none()

@@ -120,6 +120,10 @@ pub struct Writer {
     /// Makes segment files ahead and deletes retired ones, off this thread;
     /// closed after the last write, before the log (and its lock) goes.
     housekeeper: Housekeeper,
+    /// The next segment's file is asked for (since the last roll). It is
+    /// asked for once the active segment is half full, so that a log
+    /// written slowly does not hold a second segment's blocks for long.
+    spare_asked: bool,
 }
 
 struct Shared {
@@ -194,6 +198,7 @@ impl Writer {
             shared,
             thread: Some(thread),
             housekeeper,
+            spare_asked: false,
         })
     }
 
@@ -279,7 +284,11 @@ impl Writer {
         let sealed = self.log.take_sealed();
         let rolled = !sealed.is_empty();
         self.rolled |= rolled;
-        if rolled && self.log.lacks_spare() {
+        if rolled {
+            self.spare_asked = false;
+        }
+        if !self.spare_asked && self.log.lacks_spare() && self.log.half_full() {
+            self.spare_asked = true;
             self.housekeeper.want_spare();
         }
         let mut state = self.shared.lock();
