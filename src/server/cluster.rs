@@ -64,8 +64,9 @@ pub(super) struct Outgoing {
     batches: Vec<(NodeId, BatchWriter)>,
     /// Batches that grew past [`batch::FLUSH_AT`] within the turn.
     full: Vec<(NodeId, BatchWriter)>,
-    /// The size of the last batch to each node (forgotten at a fence).
-    sizes: HashMap<NodeId, usize>,
+    /// The size of the last batch to each node and how many relays it
+    /// carried (forgotten at a fence).
+    sizes: HashMap<NodeId, (usize, usize)>,
 }
 
 impl Outgoing {
@@ -100,8 +101,8 @@ impl Outgoing {
         if let Some(at) = self.batches.iter().rposition(|(n, _)| *n == node) {
             return at;
         }
-        let size = self.sizes.get(&node).copied().unwrap_or(0);
-        let batch = BatchWriter::with_capacity(self.from, size);
+        let (size, relays) = self.sizes.get(&node).copied().unwrap_or((0, 0));
+        let batch = BatchWriter::with_capacity(self.from, size, relays);
         self.batches.push((node, batch));
         self.batches.len() - 1
     }
@@ -171,7 +172,7 @@ impl Outgoing {
         let mut batches = std::mem::take(&mut self.full);
         batches.append(&mut self.batches);
         for (node, batch) in &batches {
-            self.sizes.insert(*node, batch.len());
+            self.sizes.insert(*node, (batch.len(), batch.relay_count()));
         }
         batches
     }
@@ -215,6 +216,9 @@ pub(super) struct Cluster {
     /// Redis recording this incarnation as the holder. Not a name of the
     /// incarnation before a fence (its reap frees those).
     names: HashSet<String>,
+    /// How many records the last batch heard held: room is made for as
+    /// many in the next one's list before it is parsed.
+    last_records: usize,
     /// What crossed the bridge, told once at exit (CLUSTER.md, "Numbers").
     counts: Counts,
 }
@@ -317,6 +321,7 @@ impl Cluster {
             unsent: VecDeque::new(),
             retry_at: None,
             names: HashSet::new(),
+            last_records: 0,
             counts: Counts::default(),
         }
     }
@@ -632,7 +637,7 @@ impl Server {
     /// A batch from another node: checked whole, then each record routed.
     fn cluster_batch(&mut self, cluster: &mut Cluster, bytes: &[u8]) {
         let now = self.wire.now;
-        let (from, records) = match batch::parse(bytes) {
+        let (from, records) = match batch::parse_expecting(bytes, cluster.last_records) {
             Ok(parsed) => parsed,
             Err(e) => {
                 warn!(error = %e, bytes = bytes.len(), "cluster: malformed batch dropped");
@@ -645,6 +650,7 @@ impl Server {
             return;
         }
         cluster.counts.batches_in += 1;
+        cluster.last_records = records.len();
         for record in records {
             match record {
                 Record::Relay { relay, frame } => {
