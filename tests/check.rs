@@ -490,6 +490,59 @@ fn real_server_with_history_passes_the_stored_tell_checks() {
     );
 }
 
+/// A server with history replays recent broadcasts, the checker's own
+/// among them, to each new exhibitor: with `--history` the checker passes
+/// over them and every check passes, on a second run too (which meets the
+/// first run's broadcasts from its first exhibitor on).
+#[test]
+fn real_server_with_history_passes_every_check_twice() {
+    let dir = crate::util::TempDir::new("check-replay");
+    let server = Server::start(&["--history", dir.arg(), "--queue-wait", &queue_wait()]);
+    let listed: BTreeSet<String> = listed_ids().into_iter().collect();
+    for run in 1..=2 {
+        let (code, seen, report) = check_json_with(&server.target(), CHECK_TIMEOUT, true);
+        assert_eq!(ids_with(&seen, "pass"), listed, "run {run}: {report:#}");
+        assert_eq!(code, 0, "run {run}");
+    }
+}
+
+/// Without `--history`, a replayed broadcast is a failure whose hint names
+/// the replay and the flag, not the rule the check was about.
+#[test]
+fn a_replayed_broadcast_without_history_is_told_as_one() {
+    let dir = crate::util::TempDir::new("check-replay-hint");
+    let server = Server::start(&["--history", dir.arg()]);
+    let (code, _, _) = evchat(&[
+        "check",
+        &server.target(),
+        "--only",
+        "route-broadcast",
+        "--timeout",
+        CHECK_TIMEOUT,
+    ]);
+    assert_eq!(code, 0);
+    let (code, out, _) = evchat(&[
+        "check",
+        &server.target(),
+        "--only",
+        "route-unicast",
+        "--timeout",
+        CHECK_TIMEOUT,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let hint = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("hint:"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        hint.trim(),
+        "this is a broadcast an earlier check sent, replayed: the server keeps history and \
+         replays recent broadcasts to each new exhibitor; give --history to evchat check (or \
+         start the server with --replay 0)"
+    );
+    assert!(out.contains("\"evchat check: to everyone\""), "{out}");
+}
+
 /// The ids `--list --json` names, in order.
 pub(crate) fn listed_ids() -> Vec<String> {
     let (code, out, _) = evchat(&["check", "--list", "--json"]);

@@ -103,7 +103,9 @@ pub struct CheckArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     queue_wait: Option<Duration>,
     /// The server keeps history (its --history): check that a TELL to an offline name is
-    /// stored and sent behind WAITING when the name is back (without this flag it is not run)
+    /// stored and sent behind WAITING when the name is back (without this flag it is not run),
+    /// and pass over the checker's earlier broadcasts that the server replays to each new
+    /// exhibitor
     #[arg(long)]
     history: bool,
     /// Run exactly these checks (comma-separated ids), whatever --level

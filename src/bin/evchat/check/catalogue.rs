@@ -9,7 +9,7 @@
 
 use super::identity;
 use super::rooms;
-use super::wire::{Answer, Conn, Ctx, Failure, UNUSED_EXHIBITOR, describe_frame};
+use super::wire::{Answer, Conn, Ctx, Failure, UNUSED_EXHIBITOR, broadcast_text, describe_frame};
 use evchat::proto::{
     ClientId, Frame, Kind, MAX_TEXT_LEN, SERVER_ID, is_emitter_id, is_exhibitor_id,
 };
@@ -803,9 +803,11 @@ fn route_broadcast(ctx: &Ctx) -> Outcome {
     let mut first = Conn::exhibitor(ctx)?;
     let mut second = Conn::exhibitor(ctx)?;
     let mut emitter = Conn::emitter(ctx, 1)?;
-    let msg = emitter.msg(0, "evchat check: to everyone");
+    let text = broadcast_text(ctx, "to everyone");
+    let msg = emitter.msg(0, &text);
     emitter.send(&msg)?;
     for exhibitor in [&mut first, &mut second] {
+        exhibitor.await_broadcast(&text);
         exhibitor
             .expect_forward(&msg, false)
             .map_err(|f| emitter.blame(f))?;
@@ -1010,13 +1012,14 @@ fn second_oi(ctx: &Ctx) -> Outcome {
 
 fn clist_header(ctx: &Ctx) -> Outcome {
     let (exhibitor, _emitter, clist) = creq(ctx)?;
-    let want = (SERVER_ID, exhibitor.me(), 0);
+    let first = exhibitor.server_seq_start();
+    let want = (SERVER_ID, exhibitor.me(), first);
     if (clist.origin, clist.dest, clist.seq) == want {
         return pass();
     }
     Ok(Done::Note(format!(
         "CLIST header is (origin {}, dest {}, seq {}); evchat sends (origin 65535, dest {}, seq \
-            0) as the server's first frame to that exhibitor",
+            {first}) as the server's first frame to that exhibitor",
         clist.origin,
         clist.dest,
         clist.seq,

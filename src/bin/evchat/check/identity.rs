@@ -6,7 +6,7 @@
 //! is reported as "not spoken", never as a failure.
 
 use super::catalogue::{Done, Outcome};
-use super::wire::{Conn, Ctx, Failure, RecvError, UNUSED_EXHIBITOR};
+use super::wire::{Conn, Ctx, Failure, RecvError, UNUSED_EXHIBITOR, broadcast_text};
 use evchat::client::Incoming;
 use evchat::proto::ext::{Code, ExtFrame, HelloAck, KICK, SecretBytes, VERSION, Who};
 use evchat::proto::{BROADCAST, ClientId, Frame, Kind, SERVER_ID};
@@ -200,15 +200,17 @@ pub fn who_before_msg(ctx: &Ctx) -> Outcome {
     let mut emitter = opted_in(ctx, &name, 1, "emitter")?;
     let msg = emitter.msg(exhibitor.me(), "evchat check: from a named id");
     emitter.send(&msg)?;
+    // 0, unless replays took the server's first numbers (`--history`).
+    let first = exhibitor.server_seq_start();
     let want = format!(
-        "WHO(origin 65535, dest {}, seq 0): id {} is {name}",
+        "WHO(origin 65535, dest {}, seq {first}): id {} is {name}",
         exhibitor.me(),
         emitter.me()
     );
     let who = expect_who(&mut exhibitor, &want).map_err(|f| emitter.blame(f))?;
     let right = who.origin == SERVER_ID
         && who.dest == exhibitor.me()
-        && who.seq == 0
+        && who.seq == first
         && who.id == emitter.me()
         && who.name == name.as_bytes();
     if !right {
@@ -236,8 +238,11 @@ pub fn plain_sees_nothing_new(ctx: &Ctx) -> Outcome {
     let mut plain = Conn::exhibitor(ctx)?;
     let mut opted = opted_in(ctx, "", 0, "exhibitor")?;
     let mut emitter = opted_in(ctx, &fresh_name(), 1, "emitter")?;
-    let msg = emitter.msg(BROADCAST, "evchat check: to plain and opted-in alike");
+    let text = broadcast_text(ctx, "to plain and opted-in alike");
+    let msg = emitter.msg(BROADCAST, &text);
     emitter.send(&msg)?;
+    plain.await_broadcast(&text);
+    opted.await_broadcast(&text);
     // recv takes only plain frames: an extension frame fails it.
     plain
         .expect_forward(&msg, true)

@@ -207,7 +207,7 @@ fn failure_text(out: &mut String, check: &Check, f: &Failure) {
         ),
         None => field(out, "received:", &f.received),
     }
-    field(out, "hint:", f.hint.as_deref().unwrap_or(check.hint));
+    field(out, "hint:", f.hint_or(check.hint));
 }
 
 /// The report as one JSON document: `{"target", "checks": [...], "summary"}`.
@@ -254,7 +254,7 @@ pub fn json(target: &str, outcomes: &[Outcome]) -> String {
                     f.received_bytes
                         .as_ref()
                         .map_or("null".to_string(), |b| quote(&hex(b))),
-                    quote(f.hint.as_deref().unwrap_or(c.hint))
+                    quote(f.hint_or(c.hint))
                 );
             }
         }

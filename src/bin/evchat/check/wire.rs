@@ -35,6 +35,56 @@ pub struct Ctx {
 /// Frames a failure report shows from one connection's past (the latest).
 const SENT_SHOWN: usize = 6;
 
+/// How every text the checker sends begins: a server that keeps history
+/// replays recent broadcasts to each new exhibitor, and this is how the
+/// checker knows one of its own when it comes back.
+const CHECK_TEXT: &str = "evchat check: ";
+
+/// The text of a broadcast the checker sends: `what`, and against a server
+/// that keeps history (`--history`) a mark of this run (process and clock),
+/// so that a replay of another run's is told apart from it.
+pub fn broadcast_text(ctx: &Ctx, what: &str) -> String {
+    if !ctx.history {
+        return format!("{CHECK_TEXT}{what}");
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    format!("{CHECK_TEXT}{what} ({}.{nanos})", std::process::id())
+}
+
+/// Whether `frame` is a broadcast the checker sent (this run or an earlier
+/// one against the same server).
+pub fn is_check_broadcast(frame: &Frame) -> bool {
+    frame.kind == Kind::Msg
+        && frame.dest == 0
+        && frame
+            .text()
+            .is_some_and(|text| text.starts_with(CHECK_TEXT.as_bytes()))
+}
+
+/// The hint for a failure whose unexpected frame is a checker's broadcast
+/// replayed by a server that keeps history (the check's own hint would
+/// blame the rule it checks).
+pub const REPLAY_HINT: &str = "this is a broadcast an earlier check sent, replayed: the server \
+    keeps history and replays recent broadcasts to each new exhibitor; give --history to \
+    evchat check (or start the server with --replay 0)";
+
+impl Failure {
+    /// The hint to show: the failure's own, a replay's, or the check's.
+    pub fn hint_or<'a>(&'a self, check_hint: &'a str) -> &'a str {
+        if let Some(hint) = self.hint.as_deref() {
+            return hint;
+        }
+        let replayed = self
+            .received_bytes
+            .as_deref()
+            .and_then(|bytes| FrameView::parse(bytes).ok().flatten())
+            .is_some_and(|(view, _)| is_check_broadcast(&view.to_frame()));
+        if replayed { REPLAY_HINT } else { check_hint }
+    }
+}
+
 /// Why a check failed, as the report shows it.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -224,6 +274,13 @@ pub struct Conn {
     seq: SeqCounter,
     /// The peer closed, or this side gave up: nothing more is sent on drop.
     done: bool,
+    /// The server keeps history (`--history`): the checker's broadcasts it
+    /// replays are passed over, all but `awaited_broadcast`.
+    skip_replays: bool,
+    awaited_broadcast: Option<Vec<u8>>,
+    /// The server's frames passed over as replays, each of which took one
+    /// of the server's sequence numbers to this connection.
+    passed_over: u16,
 }
 
 impl Conn {
@@ -252,7 +309,29 @@ impl Conn {
             id: None,
             seq: SeqCounter::new(),
             done: false,
+            skip_replays: ctx.history,
+            awaited_broadcast: None,
+            passed_over: 0,
         }
+    }
+
+    /// The sequence number of the server's first frame to this connection
+    /// that the checker sees: 0, but for the replays passed over.
+    pub fn server_seq_start(&self) -> u16 {
+        self.passed_over
+    }
+
+    /// The checker's broadcast of `text` is awaited here: a replay is any
+    /// other (see [`broadcast_text`]).
+    pub fn await_broadcast(&mut self, text: &str) {
+        self.awaited_broadcast = Some(text.as_bytes().to_vec());
+    }
+
+    /// Whether `frame` is a replay to pass over (see `skip_replays`).
+    fn is_replay(&self, frame: &Frame) -> bool {
+        self.skip_replays
+            && is_check_broadcast(frame)
+            && frame.text().map(|t| &t[..]) != self.awaited_broadcast.as_deref()
     }
 
     /// Connects and identifies as an exhibitor (OI with origin 0).
@@ -313,7 +392,38 @@ impl Conn {
         }
         self.id = Some(ok.dest);
         self.label = format!("{role} {}", ok.dest);
+        if origin == 0 && self.skip_replays {
+            self.pass_over_replays()?;
+        }
         Ok(ok.dest)
+    }
+
+    /// A server that keeps history replays recent broadcasts right behind
+    /// an exhibitor's OK, in the same write: each with the WHO that tells
+    /// an opted-in exhibitor its sender. The replays of the checker's own
+    /// broadcasts already read are acknowledged and passed over, WHOs
+    /// included, so that a check sees only what it caused.
+    fn pass_over_replays(&mut self) -> Result<(), Failure> {
+        let mut at = 0;
+        let mut whos = Vec::new();
+        while let Ok(Some((incoming, len))) = parse_incoming(&self.buf[at..]) {
+            at += len;
+            match incoming {
+                Incoming::Ext(ExtFrame::Who(who)) => whos.push(who.seq),
+                Incoming::Plain(frame) if self.is_replay(&frame) => {
+                    let _ = self.buf.split_to(at);
+                    at = 0;
+                    for seq in whos.drain(..) {
+                        self.send(&Frame::bare(Kind::Ok, self.me(), SERVER_ID, seq))?;
+                        self.passed_over = self.passed_over.wrapping_add(1);
+                    }
+                    self.send(&Frame::bare(Kind::Ok, self.me(), frame.origin, frame.seq))?;
+                    self.passed_over = self.passed_over.wrapping_add(1);
+                }
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     /// The id from OI; only called on identified connections.
@@ -379,17 +489,45 @@ impl Conn {
     /// extension is not a frame here (a client that never sent HELLO must
     /// never receive one): it is undecodable.
     pub fn recv(&mut self) -> Result<Frame, RecvError> {
-        self.recv_with(|buf| {
-            FrameView::parse(buf)
-                .map(|found| found.map(|(view, len)| (view.to_frame(), len)))
-                .map_err(|_| ())
+        loop {
+            let frame = self.recv_with(|buf| {
+                FrameView::parse(buf)
+                    .map(|found| found.map(|(view, len)| (view.to_frame(), len)))
+                    .map_err(|_| ())
+            })?;
+            if !self.is_replay(&frame) {
+                return Ok(frame);
+            }
+            self.ack_replay(&frame)?;
+            self.passed_over = self.passed_over.wrapping_add(1);
+        }
+    }
+
+    /// Answers a replayed broadcast as an exhibitor must (rule 4), so that
+    /// the server's order of acknowledgements holds for what follows.
+    fn ack_replay(&mut self, frame: &Frame) -> Result<(), RecvError> {
+        let ok = Frame::bare(Kind::Ok, self.me(), frame.origin, frame.seq);
+        let bytes = ok.to_bytes();
+        self.remember(&bytes);
+        self.stream.write_all(&bytes).map_err(|e| {
+            self.done = true;
+            RecvError::Io(e.to_string())
         })
     }
 
     /// The next frame of either kind, the identity extension's included
     /// (for a client that sent HELLO), within the timeout.
     pub fn recv_any(&mut self) -> Result<Incoming, RecvError> {
-        self.recv_with(|buf| parse_incoming(buf).map_err(|_| ()))
+        loop {
+            let incoming = self.recv_with(|buf| parse_incoming(buf).map_err(|_| ()))?;
+            match incoming {
+                Incoming::Plain(frame) if self.is_replay(&frame) => {
+                    self.ack_replay(&frame)?;
+                    self.passed_over = self.passed_over.wrapping_add(1);
+                }
+                other => return Ok(other),
+            }
+        }
     }
 
     /// The read loop: `parse` finds a whole frame at the start of the
