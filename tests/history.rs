@@ -456,6 +456,36 @@ fn history_follow_prints_new_messages_as_they_are_stored() {
     drop(writer);
 }
 
+/// `evchat history --follow | head -1`: once its reader has gone, the
+/// follower ends on a quiet log too, not at the next record.
+#[test]
+fn history_follow_ends_when_its_reader_closes_on_a_quiet_log() {
+    use std::io::BufRead;
+    let dir = TempDir::new("cli-follow-closed");
+    let opened = open_log(dir.path(), big_log()).unwrap();
+    let (mut writer, settled) = start_writer(opened.log, Fsync::No);
+    let t = writer.append(&record(1_764_596_702_123, 1, 0, b"only").view());
+    writer.write();
+    wait_settled(&writer, &settled, t);
+    let mut child = Command::new(bin("evchat"))
+        .args(["history", dir.path().to_str().unwrap(), "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(
+        line,
+        "2025-12-01T13:45:02.123Z Message from 1 to all: only\n"
+    );
+    drop(out);
+    let status = wait_for_exit(&mut child, "evchat history --follow");
+    assert!(status.success(), "{status}");
+    drop(writer);
+}
+
 // ---- the server with --history -------------------------------------------
 
 fn msg(origin: ClientId, dest: ClientId, seq: u16, text: &str) -> Frame {

@@ -129,6 +129,11 @@ fn print_history(args: &HistoryArgs) -> Result<(), Failure> {
             }
             None if args.follow => {
                 out.flush()?;
+                // Nothing new to write, so a closed stdout would go unseen
+                // until the next record (a quiet log: never).
+                if stdout_closed() {
+                    return Ok(());
+                }
                 std::thread::sleep(FOLLOW_POLL);
             }
             None => {
@@ -147,6 +152,19 @@ fn print_history(args: &HistoryArgs) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// Whether whatever reads stdout has gone (a pipe's reader closed its end:
+/// `poll` says POLLERR on the writing end). A terminal or a file never is.
+fn stdout_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0
 }
 
 /// Whose messages `--from` keeps.
