@@ -768,30 +768,28 @@ fn level_required_runs_only_required_checks() {
     assert_eq!(report["summary"]["passed"], 14);
 }
 
+/// Nothing listening: no check can run, so one line says why, and a
+/// status of its own tells a script a dead server from a broken one.
 #[test]
-fn nothing_listening_fails_the_first_check_and_skips_the_rest() {
+fn nothing_listening_is_one_line_and_a_status_of_its_own() {
     let unused = ReservedPort::new();
     let target = unused.target();
-    let (code, seen, report) = check_json(&target, CHECK_TIMEOUT);
-    assert_eq!(code, 1);
-    assert_eq!(ids_with(&seen, "fail"), set(&["wire-header"]));
-    assert_eq!(
-        seen["wire-header"].detail,
-        format!("cannot connect to {target}: Connection refused (os error 111)")
-    );
-    // A server that never answered did not "stop": the first failure is
-    // not blamed on a crash, and the rest name that failure.
-    for (id, s) in seen.iter().filter(|(id, _)| *id != "wire-header") {
-        assert_eq!(s.verdict, "skip", "{id}: {report:#}");
+    for json in [false, true] {
+        let mut args = vec!["check", target.as_str(), "--timeout", CHECK_TIMEOUT];
+        if json {
+            args.push("--json");
+        }
+        let (code, out, err) = evchat(&args);
+        assert_eq!(code, 5, "{out}{err}");
+        assert_eq!(out, "");
         assert_eq!(
-            s.detail, "server not answering (wire-header failed)",
-            "{id}"
+            err,
+            format!(
+                "evchat check: cannot connect to {target}: nothing is listening there \
+                 (connection refused) — is the server running?\n"
+            )
         );
     }
-    assert_eq!(
-        report["summary"],
-        serde_json::json!({"passed": 0, "failed": 1, "notes": 0, "skipped": seen.len() - 1})
-    );
 }
 
 macro_rules! fault_tests {

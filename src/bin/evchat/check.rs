@@ -35,6 +35,8 @@ const EXIT_OTHER_FAILED: u8 = 3;
 const EXIT_USAGE: u8 = 2;
 /// Exit status when the `--spawn` command did not start a server.
 const EXIT_NOT_STARTED: u8 = 4;
+/// Exit status when nothing could be connected to at the address given.
+const EXIT_UNREACHABLE: u8 = 5;
 
 #[derive(clap::Args, Debug)]
 // The subcommand's one-line about comes from main.rs; everything else a
@@ -69,7 +71,8 @@ you are allowed to test.
 
 Exit status: 0 when no check failed (notes never fail), 1 when a required
 check failed, 3 when only other checks failed (or the server stopped after a
-check), 2 on a usage error, 4 when the --spawn command did not start a server.
+check), 2 on a usage error, 4 when the --spawn command did not start a server,
+5 when nothing answers a connection at the address (no check is run).
 
 Examples:
   evchat check 127.0.0.1:5000                    every check, 2 s per read
@@ -190,6 +193,14 @@ pub fn run(args: CheckArgs) -> ExitCode {
             queue_wait: args.queue_wait,
             history: args.history,
         };
+        // Nothing to check: one line, not a failure and every check skipped.
+        if let Err(e) = std::net::TcpStream::connect_timeout(&ctx.addr, ctx.timeout) {
+            eprintln!(
+                "evchat check: cannot connect to {target}: {}",
+                evchat::client::connect_reason(&e)
+            );
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
         (target, run_checks(&ctx, &selected), None)
     };
     let shown = if args.json {
