@@ -512,6 +512,42 @@ fn stats_once_shows_exactly_what_the_server_counted() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
 }
 
+/// TELL (17) and WAITING (18) are counted like every other type, and
+/// `evchat stats` shows every type the server counts (JOIN's and TELL's
+/// were left out of its list, and of its totals).
+#[test]
+fn a_tell_is_counted_and_shown_by_evchat_stats() {
+    let server = Server::start(&[]);
+    let addr = server.target();
+    let (_ex, _ex_id, mut em, em_id) = named_pair(&server, b"alice");
+    let tell = ext::ExtFrame::Tell(ext::Tell {
+        origin: em_id,
+        dest: S,
+        seq: 0,
+        name: b"nobody".to_vec(),
+        text: b"hi".to_vec().into(),
+    });
+    em.send(&tell.to_bytes());
+    // Without history a TELL to a name offline is refused.
+    expect_exact(&mut em, &hdr(Kind::Erro, S, em_id, 0));
+    let out = Command::new(bin("evchat"))
+        .args(["stats", &addr, "--json"])
+        .output()
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["totals"]["frames_received"]["TELL"], 1, "{stats}");
+    let out = Command::new(bin("evchat"))
+        .args(["stats", &addr, "--once"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("frames in "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(line, "frames in   4: OI 2, HELLO 1, TELL 1", "{text}");
+}
+
 #[test]
 fn stats_json_is_the_servers_answer_listing_each_client_with_its_name() {
     let server = Server::start(&[]);

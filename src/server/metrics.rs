@@ -16,10 +16,12 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// Frame types by their wire number: the plain protocol's 1..=7 and the
-/// extension's 8..=16 (0 is no type; kept so the number indexes).
-pub(super) const FRAME_TYPES: [&str; 17] = [
+/// extension's 8..=18 (0 is no type; kept so the number indexes). A type
+/// past the end would go uncounted: the test below holds it to the
+/// extension's last.
+pub(super) const FRAME_TYPES: [&str; 19] = [
     "", "OK", "ERRO", "OI", "FLW", "MSG", "CREQ", "CLIST", "HELLO", "HELLOACK", "WHO", "KICK",
-    "JOIN", "LEAVE", "ROOMS", "ROOMACK", "ROOMLIST",
+    "JOIN", "LEAVE", "ROOMS", "ROOMACK", "ROOMLIST", "TELL", "WAITING",
 ];
 
 /// Loop turn buckets: turns of at most 1 µs, 2 µs, 4 µs ... 2^(n-1) µs
@@ -447,6 +449,21 @@ fn seconds(nanos: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_frame_type_has_its_name_at_its_wire_number() {
+        use crate::proto::ext::{self, is_ext_kind};
+        assert_eq!(FRAME_TYPES.len(), usize::from(ext::WAITING) + 1);
+        assert!(!is_ext_kind(ext::WAITING + 1));
+        for (kind, name) in [
+            (ext::HELLO, "HELLO"),
+            (ext::ROOMLIST, "ROOMLIST"),
+            (ext::TELL, "TELL"),
+            (ext::WAITING, "WAITING"),
+        ] {
+            assert_eq!(FRAME_TYPES[usize::from(kind)], name);
+        }
+    }
 
     #[test]
     fn turns_fall_in_the_smallest_power_of_two_bucket_that_holds_them() {

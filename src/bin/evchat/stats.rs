@@ -288,9 +288,12 @@ fn parse(addr: &str, body: &str) -> Result<Value, StatsError> {
     Ok(value)
 }
 
-/// Frame types in wire order, as `/stats` names them.
-const FRAME_TYPES: [&str; 11] = [
-    "OK", "ERRO", "OI", "FLW", "MSG", "CREQ", "CLIST", "HELLO", "HELLOACK", "WHO", "KICK",
+/// Frame types in wire order, as `/stats` names them; a type this list
+/// does not know (a newer server's) is counted in the total and shown after
+/// them.
+const FRAME_TYPES: [&str; 18] = [
+    "OK", "ERRO", "OI", "FLW", "MSG", "CREQ", "CLIST", "HELLO", "HELLOACK", "WHO", "KICK", "JOIN",
+    "LEAVE", "ROOMS", "ROOMACK", "ROOMLIST", "TELL", "WAITING",
 ];
 
 /// One screen: the totals (with rates per second since `before`, in the
@@ -346,10 +349,18 @@ fn render(
         ("frames out", "frames_sent"),
     ] {
         let by_type = &t[key];
-        let total: u64 = FRAME_TYPES.iter().map(|k| n(&by_type[*k])).sum();
+        let others = by_type
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(kind, _)| kind.as_str())
+            .filter(|kind| !FRAME_TYPES.contains(kind));
+        let kinds: Vec<&str> = FRAME_TYPES.into_iter().chain(others).collect();
+        // Every type the server counted, as the rate's earlier total is.
+        let total: u64 = kinds.iter().map(|k| n(&by_type[*k])).sum();
         let _ = write!(out, "{label}  {total}{}", rate_of_sum(before, key, total));
         let mut first = true;
-        for kind in FRAME_TYPES {
+        for kind in kinds {
             let count = n(&by_type[kind]);
             if count > 0 {
                 let _ = write!(out, "{} {kind} {count}", if first { ":" } else { "," });
@@ -414,9 +425,11 @@ fn rate_of_sum(before: Option<(&Value, Duration)>, key: &str, total: u64) -> Str
     let Some((before, elapsed)) = before else {
         return String::new();
     };
-    let then: u64 = FRAME_TYPES
-        .iter()
-        .map(|k| before["totals"][key][*k].as_u64().unwrap_or(0))
+    let then: u64 = before["totals"][key]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, count)| count.as_u64().unwrap_or(0))
         .sum();
     let per_sec = total.saturating_sub(then) as f64 / elapsed.as_secs_f64().max(1e-3);
     format!(" ({per_sec:.0}/s)")
