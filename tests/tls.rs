@@ -842,6 +842,42 @@ fn the_page_over_tls_is_answered_then_close_notify() {
     assert!(answer.ends_with("\r\n\r\nnot found\n"), "{answer}");
 }
 
+/// `evchat stats` speaks TLS as the other clients do, and against a server
+/// that requires it, a plain request is told so (not `--metrics-allow`).
+#[test]
+fn evchat_stats_reads_a_server_that_requires_tls() {
+    let certs = Certs::new("tls-stats");
+    let server = tls_server(&certs, &["--require-tls"]);
+    let target = tls_target(&server);
+    let out = Command::new(bin("evchat"))
+        .args(["stats", &target, "--ca", &certs.arg("ca.pem"), "--once"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let first = text.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!(
+            "evchat {} at {target}, started ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    let plain = format!("localhost:{}", server.addr.port());
+    let out = Command::new(bin("evchat"))
+        .args(["stats", &plain, "--once"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "evchat stats: {plain} answered 403: the server requires TLS: write tls://HOST:PORT \
+             (and --ca FILE unless this system trusts its CA)\n"
+        )
+    );
+}
+
 #[test]
 fn evchat_check_passes_every_check_over_tls() {
     let certs = Certs::new("tls-check");

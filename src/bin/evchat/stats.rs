@@ -3,7 +3,8 @@
 //! rates since the last refresh, and the busiest clients. `--once` prints
 //! one screen, `--json` the server's JSON as it came, for scripts.
 //!
-//! One plain HTTP/1.1 request per refresh, on a connection of its own:
+//! One HTTP/1.1 request per refresh, on a connection of its own (over TLS
+//! with `tls://HOST:PORT` or `--tls`, as the other clients):
 //!
 //! ```text
 //! GET /stats HTTP/1.1\r\nHost: HOST:PORT\r\nUser-Agent: evchat-stats\r\n
@@ -16,6 +17,7 @@
 //! bytes, within [`TIMEOUT`].
 
 use crate::history::civil_from_days;
+use evchat::tls::client::{ConnectError, Endpoint, TlsArgs};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Read, Write};
@@ -34,10 +36,14 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 evchat stats 127.0.0.1:5000                  live view, redrawn every second; Ctrl-C ends it\n  \
 evchat stats 127.0.0.1:5000 --once           one screen\n  \
 evchat stats 127.0.0.1:5000 --json | jq .    the server's /stats JSON\n  \
+evchat stats tls://HOST:5000 --ca ca.pem      a server with TLS (its CA from evchat cert)\n  \
 EVCHAT_TOKEN=evt_... evchat stats HOST:PORT  a server with --auth (an admin's token)")]
 pub struct StatsArgs {
-    /// The server's address (its port serves /stats unless --no-web)
+    /// The server's address (its port serves /stats unless --no-web;
+    /// tls://HOST:PORT for TLS)
     addr: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Print one screen and exit
     #[arg(long)]
     once: bool,
@@ -79,6 +85,10 @@ enum StatsError {
     },
     #[error("{addr}: {detail}")]
     Answer { addr: String, detail: String },
+    #[error("cannot connect to {addr}: {detail}")]
+    Tls { addr: String, detail: String },
+    #[error("{0}")]
+    Endpoint(#[from] evchat::tls::client::EndpointError),
     #[error("{origin}: {detail}")]
     Token { origin: String, detail: String },
 }
@@ -90,6 +100,10 @@ pub fn run(args: StatsArgs) -> ExitCode {
         Err(Failure::Output(e)) => {
             eprintln!("evchat stats: writing the output: {e}");
             ExitCode::FAILURE
+        }
+        Err(Failure::Stats(StatsError::Endpoint(e))) => {
+            eprintln!("evchat stats: {e}");
+            ExitCode::from(if e.is_usage() { 2 } else { 1 })
         }
         Err(Failure::Stats(e)) => {
             eprintln!("evchat stats: {e}");
@@ -110,10 +124,11 @@ impl From<StatsError> for Failure {
 }
 
 fn show(args: &StatsArgs) -> Result<(), Failure> {
+    let endpoint = Endpoint::parse(&args.addr, &args.tls).map_err(StatsError::from)?;
     let token = token(args)?;
     let mut out = io::stdout().lock();
     if args.json {
-        let body = fetch(&args.addr, token.as_deref())?;
+        let body = fetch(&endpoint, token.as_deref())?;
         out.write_all(body.as_bytes()).map_err(Failure::Output)?;
         return out.flush().map_err(Failure::Output);
     }
@@ -121,7 +136,7 @@ fn show(args: &StatsArgs) -> Result<(), Failure> {
     let clear = live && io::stdout().is_terminal();
     let mut previous: Option<(Value, Instant)> = None;
     loop {
-        let body = fetch(&args.addr, token.as_deref())?;
+        let body = fetch(&endpoint, token.as_deref())?;
         let fetched = Instant::now();
         let stats = parse(&args.addr, &body)?;
         let rates = previous
@@ -180,7 +195,9 @@ fn token(args: &StatsArgs) -> Result<Option<String>, StatsError> {
 }
 
 /// GET /stats: the body of a 200 answer.
-fn fetch(addr: &str, token: Option<&str>) -> Result<String, StatsError> {
+fn fetch(endpoint: &Endpoint, token: Option<&str>) -> Result<String, StatsError> {
+    let shown = endpoint.to_string();
+    let addr = shown.as_str();
     let connect = |source| StatsError::Connect {
         addr: addr.to_string(),
         source,
@@ -189,16 +206,24 @@ fn fetch(addr: &str, token: Option<&str>) -> Result<String, StatsError> {
         addr: addr.to_string(),
         source,
     };
-    let target = addr
+    let target = endpoint
+        .addr
         .to_socket_addrs()
         .map_err(connect)?
         .next()
         .ok_or_else(|| connect(io::Error::other("no address")))?;
-    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT).map_err(connect)?;
+    let socket = TcpStream::connect_timeout(&target, TIMEOUT).map_err(connect)?;
+    let mut stream = endpoint.handshake(socket, TIMEOUT).map_err(|e| match e {
+        ConnectError::Io(source) => connect(source),
+        ConnectError::Tls(detail) => StatsError::Tls {
+            addr: addr.to_string(),
+            detail,
+        },
+    })?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io_error)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(io_error)?;
     stream
-        .write_all(request(addr, token).as_bytes())
+        .write_all(request(&endpoint.addr, token).as_bytes())
         .map_err(io_error)?;
     let deadline = Instant::now() + TIMEOUT;
     let mut answer = Vec::new();
@@ -246,6 +271,14 @@ fn fetch(addr: &str, token: Option<&str>) -> Result<String, StatsError> {
             return Err(refused(
                 "the server has --auth: give an admin account's token with --token-file or \
                  EVCHAT_TOKEN",
+            ));
+        }
+        // The server's --require-tls answers a plain request so; anything
+        // else refused is its --metrics-allow.
+        403 if answer[head_end + 4..].starts_with(b"this server requires TLS") => {
+            return Err(refused(
+                "the server requires TLS: write tls://HOST:PORT (and --ca FILE unless this \
+                 system trusts its CA)",
             ));
         }
         403 => {
