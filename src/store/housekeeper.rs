@@ -71,6 +71,9 @@ impl Housekeeper {
         }
         let mut chores = self.shared.lock();
         self.shared.spare_ready.store(false, Ordering::Release);
+        // An ask made while this one was being made is answered by it: left
+        // standing, it would have another made while the log holds this one.
+        chores.want_spare = false;
         chores.spare.take()
     }
 

@@ -654,7 +654,7 @@ impl Log {
             // be, it is made here as below.
             Some(spare) if fs::rename(self.dir.join(SPARE_FILE), &path).is_ok() => spare,
             _ => {
-                let file = create_segment(&path).map_err(|(op, e)| fail(op, e))?;
+                let file = create_segment(&path, false).map_err(|(op, e)| fail(op, e))?;
                 reserve_blocks(&file, len, self.options.segment_bytes);
                 file
             }
@@ -705,12 +705,15 @@ fn reserve_blocks(file: &File, from: u64, segment_bytes: u64) {
 
 /// Makes a segment file at `path` holding only the magic; on an error no
 /// file is left behind (or one that is empty or holds part of the magic: a
-/// torn tail at offset 0 if it is ever the last segment at open).
-fn create_segment(path: &Path) -> Result<File, (&'static str, io::Error)> {
-    // `create` rather than `create_new`: a file of this name can only be
-    // left by an earlier roll whose clean-up failed too.
+/// torn tail at offset 0 if it is ever the last segment at open). `new`:
+/// fail if a file of that name exists, rather than take it over.
+fn create_segment(path: &Path, new: bool) -> Result<File, (&'static str, io::Error)> {
+    // A roll's segment: `create` rather than `create_new`, as a file of
+    // this name can only be left by an earlier roll whose clean-up failed
+    // too. A file made ahead: `create_new`, see `prepare_spare`.
     let mut file = OpenOptions::new()
-        .create(true)
+        .create(!new)
+        .create_new(new)
         .append(true)
         .open(path)
         .map_err(|e| ("create segment", e))?;
@@ -730,9 +733,15 @@ fn create_segment(path: &Path) -> Result<File, (&'static str, io::Error)> {
 /// the work that can wait for the disk (on ext4 the allocator reads block
 /// bitmaps: 13–16 ms stalls of a server's loop at a roll, BENCHMARKS.md),
 /// so that a roll on the loop only renames it ([`Log::give_spare`]).
+///
+/// Never over a file of that name: one made ahead earlier and taken by the
+/// log but not yet renamed by its roll is that roll's next segment, and
+/// opening it again (then truncating it) would cut records the roll has
+/// since written to it, or hand the log a second descriptor of a segment
+/// already in use (found by `records_written_in_turns_by_the_writer_reopen_whole`).
 pub(crate) fn prepare_spare(dir: &Path, segment_bytes: u64) -> io::Result<File> {
     let path = dir.join(SPARE_FILE);
-    let file = create_segment(&path).map_err(|(_, e)| e)?;
+    let file = create_segment(&path, true).map_err(|(_, e)| e)?;
     reserve_blocks(&file, SEGMENT_MAGIC.len() as u64, segment_bytes);
     Ok(file)
 }
@@ -1001,6 +1010,28 @@ fn corruption(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file made ahead that the log holds and its roll has not renamed
+    /// yet is never opened again for the next one: a second is refused
+    /// while the first has the name, and the first keeps what was written.
+    #[test]
+    fn no_next_segment_is_made_over_one_not_yet_renamed() {
+        let dir = std::env::temp_dir().join(format!("evchat-spare-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut first = prepare_spare(&dir, 1 << 20).unwrap();
+        first.write_all(b"records").unwrap();
+        let again = prepare_spare(&dir, 1 << 20).map(|_| ());
+        assert_eq!(again.unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        let mut held = SEGMENT_MAGIC.to_vec();
+        held.extend_from_slice(b"records");
+        assert_eq!(fs::read(dir.join(SPARE_FILE)).unwrap(), held);
+        // Renamed by its roll, the name is free for the next.
+        fs::rename(dir.join(SPARE_FILE), dir.join("taken")).unwrap();
+        drop(prepare_spare(&dir, 1 << 20).unwrap());
+        assert_eq!(fs::read(dir.join("taken")).unwrap(), held);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_write_cut_short_keeps_only_the_records_it_got_out_whole() {
