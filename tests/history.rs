@@ -792,6 +792,23 @@ fn a_second_server_on_the_same_history_is_refused() {
     assert!(errors.contains(&want), "{errors:#?}");
 }
 
+/// A file where the history directory should be: said so, not as
+/// "create directory: File exists".
+#[test]
+fn a_history_path_that_is_a_file_is_refused_as_one() {
+    let dir = TempDir::new("server-history-file");
+    let file = dir.path().join("history");
+    fs::write(&file, b"not a directory").unwrap();
+    let f = file.to_str().unwrap();
+    let mut server = Proc::spawn("server", &["0", "--bind", "127.0.0.1", "--history", f]);
+    assert_eq!(server.wait().code(), Some(1));
+    assert_eq!(server.stdout.rest(), Vec::<String>::new());
+    let want = format!("server: history: {f}: open as a directory: it is a file, not a directory");
+    let errors = server.stderr.rest();
+    assert!(errors.contains(&want), "{errors:#?}");
+    assert_eq!(fs::read(&file).unwrap(), b"not a directory");
+}
+
 #[test]
 fn the_server_cuts_a_torn_tail_refuses_corruption_and_repairs_when_asked() {
     let dir = TempDir::new("server-recovery");

@@ -266,6 +266,13 @@ impl Log {
         options: Options,
         mut recovered: impl FnMut(RecordView<'_>),
     ) -> Result<Opened, StoreError> {
+        // A file in the way would read as "create directory: File exists".
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::io(dir, "open as a directory")(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "it is a file, not a directory",
+            )));
+        }
         fs::create_dir_all(dir).map_err(StoreError::io(dir, "create directory"))?;
         let lock = lock(dir)?;
         let mut notices: Vec<Notice> = drop_spare(dir)?.into_iter().collect();
