@@ -146,6 +146,35 @@ fn add_with_token_prints_it_once_and_stores_only_its_sha256() {
     assert!(!fs::read_to_string(&file).unwrap().contains(hex));
 }
 
+/// An account that expired before it was made could never sign in: a
+/// typo, refused before anything is asked or written.
+#[test]
+fn an_expiry_already_passed_is_refused_and_writes_nothing() {
+    let dir = TempDir::new("user-add-past");
+    let file = dir.path().join("accounts");
+    let run = user(
+        &[
+            "add",
+            s(&file),
+            "dave",
+            "--roles",
+            "admin",
+            "--token",
+            "--expires",
+            "2020-01-01T00:00:00Z",
+        ],
+        None,
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(run.stdout, "");
+    assert_eq!(
+        run.stderr,
+        "evchat user: --expires 2020-01-01T00:00:00Z has passed: give a later time, or leave \
+         --expires out\n"
+    );
+    assert!(!file.exists());
+}
+
 #[test]
 fn an_age_for_expires_counts_from_now() {
     let dir = TempDir::new("user-age");

@@ -129,6 +129,12 @@ fn add(args: &AddArgs) -> Result<(), String> {
         When::After(age) => Expiry::after(SystemTime::now(), age),
         When::At(at) => at,
     });
+    // An account that could never sign in is a typo, not a wish.
+    if let Some(at) = expires.filter(|at| at.has_passed(SystemTime::now())) {
+        return Err(format!(
+            "--expires {at} has passed: give a later time, or leave --expires out"
+        ));
+    }
     let (secret, token) = if args.token {
         let token = Credential::generate_token()
             .map_err(|e| format!("no random bytes from the operating system: {e}"))?;
