@@ -25,6 +25,7 @@ use std::process::ExitCode;
 evchat chat 127.0.0.1:5000              chat in this terminal\n  \
 evchat check 127.0.0.1:5000             check a server of the protocol, rule by rule\n  \
 evchat history /var/lib/evchat --json   a server's history (server --history DIR)\n  \
+evchat user add users bob --roles emit  an account in the file users (server --auth users)\n  \
 evchat stats 127.0.0.1:5000             a running server's clients and traffic, live\n  \
 evchat find                             servers on the LAN that announce themselves\n  \
 evchat cert --out tls chat.example      a test CA and certificate (server --tls-cert)"
