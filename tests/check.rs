@@ -9,8 +9,9 @@
 mod check_fixture;
 mod spawn;
 
-use crate::util::{BrokenOutput, ReservedPort, Server, evchat_into};
+use crate::util::{BrokenOutput, ReservedPort, Server, evchat_into, expect_exact};
 use check_fixture::{Fault, Fixture, QUEUE_WAIT};
+use evchat::proto::{Frame, Kind, SERVER_ID};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -504,6 +505,43 @@ fn real_server_with_history_passes_every_check_twice() {
         assert_eq!(ids_with(&seen, "pass"), listed, "run {run}: {report:#}");
         assert_eq!(code, 0, "run {run}");
     }
+}
+
+/// A long replay comes in several reads, each opted-in exhibitor's with a
+/// WHO before each sender's first broadcast, some of which fall at a read's
+/// end: the checker still passes over every replay of its own, WHOs
+/// included (what a remote server or TLS brings about with a short one).
+#[test]
+fn replays_of_its_own_that_span_reads_are_passed_over_whos_included() {
+    let dir = crate::util::TempDir::new("check-replay-long");
+    let server = Server::start(&["--history", dir.arg(), "--queue-wait", &queue_wait()]);
+    let mut ex = server.raw();
+    let ex_id = ex.identify_exhibitor();
+    // 50 named senders (the replay's length), each a broadcast of about
+    // 1 KB in the checker's own words: some 51 KB of replay.
+    for i in 0..50u16 {
+        let name = format!("fill{i}");
+        let mut em = server.raw();
+        em.send(&crate::identity::hello(name.as_bytes(), b""));
+        expect_exact(&mut em, &crate::identity::helloack(0, 7, name.as_bytes()));
+        let em_id = em.identify_emitter(1);
+        let text = format!("evchat check: filler {i} {}", "x".repeat(1000));
+        let sent = Frame::msg(em_id, 0, 0, text.into_bytes())
+            .unwrap()
+            .to_bytes();
+        em.send(&sent);
+        expect_exact(&mut ex, &sent);
+        ex.send(&Frame::bare(Kind::Ok, ex_id, em_id, 0).to_bytes());
+        expect_exact(
+            &mut em,
+            &Frame::bare(Kind::Ok, SERVER_ID, em_id, 0).to_bytes(),
+        );
+    }
+    drop(ex);
+    let listed: BTreeSet<String> = listed_ids().into_iter().collect();
+    let (code, seen, report) = check_json_with(&server.target(), CHECK_TIMEOUT, true);
+    assert_eq!(ids_with(&seen, "pass"), listed, "{report:#}");
+    assert_eq!(code, 0);
 }
 
 /// Without `--history`, a replayed broadcast is a failure whose hint names

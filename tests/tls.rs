@@ -878,6 +878,41 @@ fn evchat_stats_reads_a_server_that_requires_tls() {
     );
 }
 
+/// The checker over TLS against a server with history: every check passes,
+/// and again on a second run, which meets the first run's broadcasts
+/// replayed (a long replay split across reads is `check.rs`'s).
+#[test]
+fn evchat_check_passes_every_check_over_tls_against_a_server_with_history() {
+    let certs = Certs::new("tls-check-history");
+    let dir = TempDir::new("tls-check-history-log");
+    let server = tls_server(
+        &certs,
+        &["--require-tls", "--queue-wait", "1", "--history", dir.arg()],
+    );
+    for run in 1..=2 {
+        let mut check = Proc::spawn(
+            "evchat",
+            &[
+                "check",
+                &tls_target(&server),
+                "--ca",
+                &certs.arg("ca.pem"),
+                "--queue-wait",
+                "1",
+                "--history",
+            ],
+        );
+        let status = check.wait();
+        let lines = check.stdout.rest();
+        assert!(status.success(), "run {run}: {lines:#?}");
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("check: 56 passed, 0 failed, 0 notes, 0 skipped"),
+            "run {run}"
+        );
+    }
+}
+
 #[test]
 fn evchat_check_passes_every_check_over_tls() {
     let certs = Certs::new("tls-check");

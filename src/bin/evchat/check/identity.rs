@@ -200,14 +200,20 @@ pub fn who_before_msg(ctx: &Ctx) -> Outcome {
     let mut emitter = opted_in(ctx, &name, 1, "emitter")?;
     let msg = emitter.msg(exhibitor.me(), "evchat check: from a named id");
     emitter.send(&msg)?;
-    // 0, unless replays took the server's first numbers (`--history`).
-    let first = exhibitor.server_seq_start();
-    let want = format!(
-        "WHO(origin 65535, dest {}, seq {first}): id {} is {name}",
-        exhibitor.me(),
-        emitter.me()
-    );
-    let who = expect_who(&mut exhibitor, &want).map_err(|f| emitter.blame(f))?;
+    let want = |exhibitor: &Conn| {
+        // 0, unless replays took the server's first numbers (`--history`),
+        // counted up to this WHO.
+        let first = exhibitor.server_seq_start();
+        let want = format!(
+            "WHO(origin 65535, dest {}, seq {first}): id {} is {name}",
+            exhibitor.me(),
+            emitter.me()
+        );
+        (first, want)
+    };
+    let (_, asked) = want(&exhibitor);
+    let who = expect_who(&mut exhibitor, &asked).map_err(|f| emitter.blame(f))?;
+    let (first, want) = want(&exhibitor);
     let right = who.origin == SERVER_ID
         && who.dest == exhibitor.me()
         && who.seq == first

@@ -489,24 +489,33 @@ impl Conn {
     /// extension is not a frame here (a client that never sent HELLO must
     /// never receive one): it is undecodable.
     pub fn recv(&mut self) -> Result<Frame, RecvError> {
-        loop {
-            let frame = self.recv_with(|buf| {
-                FrameView::parse(buf)
-                    .map(|found| found.map(|(view, len)| (view.to_frame(), len)))
-                    .map_err(|_| ())
-            })?;
-            if !self.is_replay(&frame) {
-                return Ok(frame);
-            }
-            self.ack_replay(&frame)?;
-            self.passed_over = self.passed_over.wrapping_add(1);
+        if self.skip_replays {
+            // Replays (and an opted-in exhibitor's WHOs before them) are
+            // passed over first; any other extension frame is no frame here.
+            return match self.recv_any()? {
+                Incoming::Plain(frame) => Ok(frame),
+                Incoming::Ext(_) => {
+                    self.done = true;
+                    Err(RecvError::Undecodable(self.last.clone()))
+                }
+            };
         }
+        self.recv_with(|buf| {
+            FrameView::parse(buf)
+                .map(|found| found.map(|(view, len)| (view.to_frame(), len)))
+                .map_err(|_| ())
+        })
     }
 
     /// Answers a replayed broadcast as an exhibitor must (rule 4), so that
     /// the server's order of acknowledgements holds for what follows.
     fn ack_replay(&mut self, frame: &Frame) -> Result<(), RecvError> {
-        let ok = Frame::bare(Kind::Ok, self.me(), frame.origin, frame.seq);
+        self.send_passing_over(&Frame::bare(Kind::Ok, self.me(), frame.origin, frame.seq))
+    }
+
+    /// Sends an acknowledgement of something passed over, failing as a
+    /// read does (it is sent from within one).
+    fn send_passing_over(&mut self, ok: &Frame) -> Result<(), RecvError> {
         let bytes = ok.to_bytes();
         self.remember(&bytes);
         self.stream.write_all(&bytes).map_err(|e| {
@@ -525,18 +534,45 @@ impl Conn {
                     self.ack_replay(&frame)?;
                     self.passed_over = self.passed_over.wrapping_add(1);
                 }
+                Incoming::Ext(ExtFrame::Who(who)) if self.skip_replays => {
+                    // A replay's WHO comes right before the replay, which may
+                    // come in a later read than the OI's OK: look at what
+                    // follows, and pass over both if it is one.
+                    let next = self.peek_with(|buf| parse_incoming(buf).map_err(|_| ()));
+                    let Ok((Incoming::Plain(frame), len)) = next else {
+                        return Ok(Incoming::Ext(ExtFrame::Who(who)));
+                    };
+                    if !self.is_replay(&frame) {
+                        return Ok(Incoming::Ext(ExtFrame::Who(who)));
+                    }
+                    let _ = self.buf.split_to(len);
+                    let ok = Frame::bare(Kind::Ok, self.me(), SERVER_ID, who.seq);
+                    self.send_passing_over(&ok)?;
+                    self.ack_replay(&frame)?;
+                    self.passed_over = self.passed_over.wrapping_add(2);
+                }
                 other => return Ok(other),
             }
         }
     }
 
-    /// The read loop: `parse` finds a whole frame at the start of the
-    /// buffer (and its length) without taking it, says there is none yet,
-    /// or that the bytes are no frame.
+    /// The next whole frame, taken from the buffer (see [`Conn::peek_with`]).
     fn recv_with<T>(
         &mut self,
-        mut parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ()>,
+        parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ()>,
     ) -> Result<T, RecvError> {
+        let (frame, len) = self.peek_with(parse)?;
+        self.last = self.buf.split_to(len).to_vec();
+        Ok(frame)
+    }
+
+    /// The read loop: `parse` finds a whole frame at the start of the
+    /// buffer (and its length) without taking it, says there is none yet,
+    /// or that the bytes are no frame. The frame stays in the buffer.
+    fn peek_with<T>(
+        &mut self,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(T, usize)>, ()>,
+    ) -> Result<(T, usize), RecvError> {
         let deadline = Instant::now() + self.timeout;
         loop {
             match parse(&self.buf) {
@@ -544,10 +580,7 @@ impl Conn {
                     self.done = true;
                     return Err(RecvError::Undecodable(self.buf.to_vec()));
                 }
-                Ok(Some((frame, len))) => {
-                    self.last = self.buf.split_to(len).to_vec();
-                    return Ok(frame);
-                }
+                Ok(Some(found)) => return Ok(found),
                 Ok(None) => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
