@@ -660,7 +660,12 @@ impl Log {
             // off this thread. Renamed, it is the new segment; if it cannot
             // be, it is made here as below.
             Some(spare) if fs::rename(self.dir.join(SPARE_FILE), &path).is_ok() => spare,
-            _ => {
+            taken => {
+                if taken.is_some() {
+                    // Left with its name, it would refuse every later file
+                    // made ahead (`prepare_spare` never takes a name over).
+                    let _ = fs::remove_file(self.dir.join(SPARE_FILE));
+                }
                 let file = create_segment(&path, false).map_err(|(op, e)| fail(op, e))?;
                 reserve_blocks(&file, len, self.options.segment_bytes);
                 file
