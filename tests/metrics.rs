@@ -675,29 +675,36 @@ fn stats_refuses_a_token_file_that_holds_no_token() {
 }
 
 /// No server there, or no port given: the clients' sentences, not the
-/// system's "Connection refused (os error 111)".
+/// system's "Connection refused (os error 111)"; a missing port is a usage
+/// error (status 2), as in `evchat chat` and `evchat check`.
 #[test]
 fn stats_without_a_server_or_a_port_says_so_as_the_clients_do() {
     let unused = ReservedPort::new();
     let addr = unused.target();
-    for (given, reason) in [
+    for (given, code, said) in [
         (
             addr.as_str(),
-            "nothing is listening there (connection refused) — is the server running?",
+            1,
+            format!(
+                "cannot connect to {addr}: nothing is listening there (connection refused) — is \
+                 the server running?"
+            ),
         ),
         (
             "127.0.0.1",
-            "expected HOST:PORT, for example 127.0.0.1:5000",
+            2,
+            "'127.0.0.1' is not HOST:PORT (a host name or address, then a port: 127.0.0.1:5000)"
+                .to_string(),
         ),
     ] {
         let out = Command::new(bin("evchat"))
             .args(["stats", given, "--once"])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(code), "{given}");
         assert_eq!(
             String::from_utf8_lossy(&out.stderr),
-            format!("evchat stats: cannot connect to {given}: {reason}\n")
+            format!("evchat stats: {said}\n")
         );
     }
 }
