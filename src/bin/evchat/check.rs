@@ -193,15 +193,13 @@ pub fn run(args: CheckArgs) -> ExitCode {
             queue_wait: args.queue_wait,
             history: args.history,
         };
+        let outcomes = run_checks(&ctx, &selected);
         // Nothing to check: one line, not a failure and every check skipped.
-        if let Err(e) = std::net::TcpStream::connect_timeout(&ctx.addr, ctx.timeout) {
-            eprintln!(
-                "evchat check: cannot connect to {target}: {}",
-                evchat::client::connect_reason(&e)
-            );
+        if let Some(why) = unreachable(&outcomes) {
+            eprintln!("evchat check: cannot connect to {target}: {why}");
             return ExitCode::from(EXIT_UNREACHABLE);
         }
-        (target, run_checks(&ctx, &selected), None)
+        (target, outcomes, None)
     };
     let shown = if args.json {
         report::json(&target, &outcomes)
@@ -411,6 +409,24 @@ fn unmet_need(check: &Check, outcomes: &[Outcome]) -> Option<String> {
     })
 }
 
+/// Why nothing could be checked, when the first check that ran could not
+/// even connect and none got further (the rest were skipped for it). No
+/// connection of its own is made to find out: a server that falls over
+/// when a client hangs up must meet the first check, not a probe.
+fn unreachable(outcomes: &[Outcome]) -> Option<&str> {
+    let mut ran = outcomes
+        .iter()
+        .filter(|o| !matches!(o.verdict, Verdict::Skip(_)));
+    let first = ran.next()?;
+    if ran.next().is_some() {
+        return None;
+    }
+    match &first.verdict {
+        Verdict::Fail(failure) if !first.stopped_after => failure.unreachable.as_deref(),
+        _ => None,
+    }
+}
+
 /// A check after which the liveness probe failed fails, whatever it saw.
 fn stopped_after(verdict: Verdict, probe_failure: Failure) -> Verdict {
     const STOPPED: &str = "server stopped answering after this check";
@@ -428,6 +444,7 @@ fn stopped_after(verdict: Verdict, probe_failure: Failure) -> Verdict {
             hint: Some(
                 "one client's input must never crash or stop the server for everyone".to_string(),
             ),
+            unreachable: None,
         }),
     }
 }

@@ -102,6 +102,9 @@ pub struct Failure {
     pub received_bytes: Option<Vec<u8>>,
     /// Replaces the check's own hint when set.
     pub hint: Option<String>,
+    /// The connection itself could not be made: why, in the clients'
+    /// words (nothing at the address at all when no check ever got one).
+    pub unreachable: Option<String>,
 }
 
 impl Failure {
@@ -119,6 +122,7 @@ impl Failure {
             received: format!("error: {error}"),
             received_bytes: None,
             hint: None,
+            unreachable: None,
         }
     }
 
@@ -287,12 +291,14 @@ impl Conn {
     /// Connects within the timeout.
     pub fn open(ctx: &Ctx) -> Result<Conn, Failure> {
         let stream = TcpStream::connect_timeout(&ctx.addr, ctx.timeout).map_err(|e| {
-            Failure::plain(
+            let mut failure = Failure::plain(
                 format!("cannot connect to {}: {e}", ctx.addr),
                 "the server accepts the connection",
                 &e,
             )
-            .with_hint("is the server running, and is HOST:PORT its address?")
+            .with_hint("is the server running, and is HOST:PORT its address?");
+            failure.unreachable = Some(evchat::client::connect_reason(&e));
+            failure
         })?;
         Ok(Conn::from_stream(encrypted(stream, ctx)?, ctx))
     }
@@ -462,6 +468,7 @@ impl Conn {
             received: format!("write error: {e}"),
             received_bytes: None,
             hint: None,
+            unreachable: None,
         })
     }
 
@@ -687,6 +694,7 @@ impl Conn {
             received,
             received_bytes: bytes,
             hint: None,
+            unreachable: None,
         }
     }
 
@@ -699,6 +707,7 @@ impl Conn {
             received: describe(&self.last),
             received_bytes: Some(self.last.clone()),
             hint: None,
+            unreachable: None,
         }
     }
 
