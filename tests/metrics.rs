@@ -530,17 +530,10 @@ fn a_tell_is_counted_and_shown_by_evchat_stats() {
     em.send(&tell.to_bytes());
     // Without history a TELL to a name offline is refused.
     expect_exact(&mut em, &hdr(Kind::Erro, S, em_id, 0));
-    let out = Command::new(bin("evchat"))
-        .args(["stats", &addr, "--json"])
-        .output()
-        .unwrap();
-    let stats: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, json, _) = crate::check::evchat(&["stats", &addr, "--json"]);
+    let stats: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(stats["totals"]["frames_received"]["TELL"], 1, "{stats}");
-    let out = Command::new(bin("evchat"))
-        .args(["stats", &addr, "--once"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text, _) = crate::check::evchat(&["stats", &addr, "--once"]);
     let line = text
         .lines()
         .find(|l| l.starts_with("frames in "))
@@ -697,15 +690,9 @@ fn stats_without_a_server_or_a_port_says_so_as_the_clients_do() {
                 .to_string(),
         ),
     ] {
-        let out = Command::new(bin("evchat"))
-            .args(["stats", given, "--once"])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(code), "{given}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr),
-            format!("evchat stats: {said}\n")
-        );
+        let (status, _, err) = crate::check::evchat(&["stats", given, "--once"]);
+        assert_eq!(status, code, "{given}");
+        assert_eq!(err, format!("evchat stats: {said}\n"));
     }
 }
 

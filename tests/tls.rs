@@ -9,6 +9,7 @@
 //! The openssl binary is required (.ci/run installs it): without it these
 //! tests fail with the command that installs it, never skip.
 
+use crate::check::evchat;
 use crate::util::*;
 use evchat::auth::Roles;
 use evchat::proto::*;
@@ -849,12 +850,8 @@ fn evchat_stats_reads_a_server_that_requires_tls() {
     let certs = Certs::new("tls-stats");
     let server = tls_server(&certs, &["--require-tls"]);
     let target = tls_target(&server);
-    let out = Command::new(bin("evchat"))
-        .args(["stats", &target, "--ca", &certs.arg("ca.pem"), "--once"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text, _) = evchat(&["stats", &target, "--ca", &certs.arg("ca.pem"), "--once"]);
+    assert_eq!(code, 0, "{text}");
     let first = text.lines().next().unwrap_or_default();
     assert!(
         first.starts_with(&format!(
@@ -864,18 +861,31 @@ fn evchat_stats_reads_a_server_that_requires_tls() {
         "{text}"
     );
     let plain = format!("localhost:{}", server.addr.port());
-    let out = Command::new(bin("evchat"))
-        .args(["stats", &plain, "--once"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let (code, _, err) = evchat(&["stats", &plain, "--once"]);
+    assert_eq!(code, 1);
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        err,
         format!(
             "evchat stats: {plain} answered 403: the server requires TLS: write tls://HOST:PORT \
              (and --ca FILE unless this system trusts its CA)\n"
         )
     );
+}
+
+/// `evchat check` over TLS against `server` (whose `--queue-wait` is 1),
+/// trusting `certs`' CA, with `extra` flags: how it exited, and its lines.
+fn check_over_tls(
+    server: &Server,
+    certs: &Certs,
+    extra: &[&str],
+) -> (std::process::ExitStatus, Vec<String>) {
+    let target = tls_target(server);
+    let ca = certs.arg("ca.pem");
+    let mut args = vec!["check", &target, "--ca", &ca, "--queue-wait", "1"];
+    args.extend_from_slice(extra);
+    let mut check = Proc::spawn("evchat", &args);
+    let status = check.wait();
+    (status, check.stdout.rest())
 }
 
 /// The checker over TLS against a server with history: every check passes,
@@ -890,20 +900,7 @@ fn evchat_check_passes_every_check_over_tls_against_a_server_with_history() {
         &["--require-tls", "--queue-wait", "1", "--history", dir.arg()],
     );
     for run in 1..=2 {
-        let mut check = Proc::spawn(
-            "evchat",
-            &[
-                "check",
-                &tls_target(&server),
-                "--ca",
-                &certs.arg("ca.pem"),
-                "--queue-wait",
-                "1",
-                "--history",
-            ],
-        );
-        let status = check.wait();
-        let lines = check.stdout.rest();
+        let (status, lines) = check_over_tls(&server, &certs, &["--history"]);
         assert!(status.success(), "run {run}: {lines:#?}");
         assert_eq!(
             lines.last().map(String::as_str),
@@ -918,19 +915,8 @@ fn evchat_check_passes_every_check_over_tls() {
     let certs = Certs::new("tls-check");
     // The queue's give-up check runs only when told the server's wait.
     let server = tls_server(&certs, &["--require-tls", "--queue-wait", "1"]);
-    let mut check = Proc::spawn(
-        "evchat",
-        &[
-            "check",
-            &tls_target(&server),
-            "--ca",
-            &certs.arg("ca.pem"),
-            "--queue-wait",
-            "1",
-        ],
-    );
-    assert!(check.wait().success());
-    let lines = check.stdout.rest();
+    let (status, lines) = check_over_tls(&server, &certs, &[]);
+    assert!(status.success());
     let last = lines.last().unwrap();
     // The offline TELL's checks need a server with history, told --history.
     assert!(
