@@ -590,8 +590,9 @@ fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
     first.stdin = None;
     assert_eq!(first.wait().code(), Some(0));
 
+    // Marked as history: the server does not say when it was sent.
     let second = Chat::spawn(&server.target());
-    let mut seen = second.skip_until("1 to all: said before you came", TIMEOUT);
+    let mut seen = second.skip_until("1 to all (earlier): said before you came", TIMEOUT);
     if seen.is_empty() {
         seen.push(second.stdout.expect());
     }
@@ -599,6 +600,60 @@ fn history_replayed_from_a_previous_holder_of_our_id_is_shown() {
         seen[0].starts_with("you are 1 (emitter) / "),
         "the second chat must hold emitter id 1 too: {seen:?}"
     );
+}
+
+/// What a server with history replays to a chat that joins is marked as
+/// history, without a time (the replay does not say when it was sent, so
+/// the time column reads `--:--:--`), and a message sent under the chat's
+/// own name in an earlier session reads "you"; a message sent once the
+/// chat has joined is not marked. The client list the chat asks for to
+/// find the replay's end is not shown.
+#[test]
+fn history_replayed_to_a_joining_chat_is_marked_earlier() {
+    let dir = TempDir::new("chat-earlier");
+    let server = Server::start(&["--history", dir.arg()]);
+    let mut alice = Chat::spawn_with(&["chat", &server.target(), "--name", "alice"]);
+    alice
+        .stdout
+        .expect_line("you are alice, 1 (emitter) / 4096 (exhibitor)");
+    alice.type_line("said before");
+    alice.stdout.expect_line("you to all: said before ✓");
+    alice.stdin = None;
+    assert_eq!(alice.wait().code(), Some(0));
+
+    let mut bob = Chat::spawn_with(&[
+        "chat",
+        &server.target(),
+        "--name",
+        "bob",
+        "--timestamps",
+        "always",
+    ]);
+    bob.stdout
+        .expect_line("you are bob, 1 (emitter) / 4096 (exhibitor)");
+    bob.stdout
+        .expect_line("--:--:-- alice to all (earlier): said before");
+    let mut again = Chat::spawn_with(&["chat", &server.target(), "--name", "ALICE"]);
+    again
+        .stdout
+        .expect_line("you are ALICE, 2 (emitter) / 4097 (exhibitor)");
+    // Names compare without case: the recorded "alice" is us.
+    again
+        .stdout
+        .expect_line("you to all (earlier): said before");
+    bob.type_line("said now");
+    again.stdout.expect_line("bob to all: said now");
+    // Bob's own line, timed now: "HH:MM:SS ".
+    let shown = bob.stdout.expect();
+    let (time, rest) = shown.split_at(9);
+    assert!(
+        time.as_bytes()[2] == b':' && time.ends_with(' '),
+        "{shown:?}"
+    );
+    assert_eq!(rest, "you to all: said now ✓");
+    again.stdin = None;
+    assert_eq!(again.wait().code(), Some(0));
+    assert_eq!(again.stdout.rest(), Vec::<String>::new());
 }
 
 /// A server with history replays its recent broadcasts to every exhibitor
@@ -648,15 +703,19 @@ fn chat_reconnected_to_a_server_with_history_shows_each_message_once() {
         assert!(line.starts_with("reconnecting failed: "), "{line:?}");
         before.push(line);
     };
-    // "while you were away" came in the replay (above the list) or live.
-    let mut shown = chat.skip_until_prefix("clients (4): ");
+    // "while you were away" came in the replay (above the list, marked as
+    // history) or live.
+    let replayed = chat.skip_until_prefix("clients (4): ");
     emitter.input("(0) three\n");
     emitter.stdout.expect_line("delivered #2");
-    shown.extend(chat.skip_until(&format!("{emitter_id} to all: three"), TIMEOUT));
-    assert_eq!(
-        shown,
-        [format!("{emitter_id} to all: while you were away")],
-        "after {reconnected:?}"
+    let live = chat.skip_until(&format!("{emitter_id} to all: three"), TIMEOUT);
+    let earlier = [format!(
+        "{emitter_id} to all (earlier): while you were away"
+    )];
+    let now = [format!("{emitter_id} to all: while you were away")];
+    assert!(
+        (replayed == earlier && live.is_empty()) || (replayed.is_empty() && live == now),
+        "after {reconnected:?}: {replayed:?} then {live:?}"
     );
 }
 
@@ -665,9 +724,21 @@ const OPT_IN_HELLO: [u8; 14] = [0, 8, 0, 0, 0xff, 0xff, 0, 0, 0, 4, 1, 0, 0, 0];
 /// HELLOACK code 0, roles view+emit+broadcast, no name.
 const WELCOME: [u8; 14] = [0, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 4, 0, 1, 7, 0];
 
+/// What a server does with the CREQ a chat sends its own emitter (1) on
+/// registering, with `seq`: OK to the emitter, and to the exhibitor (4096)
+/// a CLIST of the two, which ends whatever the server replayed before it;
+/// the exhibitor acknowledges it.
+pub(crate) fn answer_registration_list(exhibitor: &mut Raw, emitter: &mut Raw, seq: u16) {
+    assert_eq!(emitter.expect_frame(), Frame::bare(Kind::Creq, 1, 1, seq));
+    emitter.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, 1, seq));
+    exhibitor.send_frame(&Frame::clist(1, 4096, 0, vec![1, 4096]).unwrap());
+    assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 1, 0));
+}
+
 /// A scripted server, for what a real one does not do on cue: it answers
-/// the chat's two HELLOs and OIs (its exhibitor gets 4096, then its emitter
-/// 1) and hands the test both connections, exhibitor first.
+/// the chat's two HELLOs and OIs (its exhibitor gets 4096, then its
+/// emitter 1) and the CREQ the chat sends on registering, and hands the
+/// test both connections, exhibitor first.
 fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -682,8 +753,9 @@ fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
             client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
             client
         };
-        let exhibitor = register(4096);
-        let emitter = register(1);
+        let mut exhibitor = register(4096);
+        let mut emitter = register(1);
+        answer_registration_list(&mut exhibitor, &mut emitter, 1);
         let _ = tx.send((exhibitor, emitter));
     });
     (addr, rx)
@@ -1482,7 +1554,9 @@ mod identity {
 
         // A name, any case, reaches its holder's exhibitor.
         other.type_line("/to alice");
-        other.stdout.expect_line("now talking to Alice (1)");
+        // Alice's exhibitor: the chat was told both her ids (WHO before the
+        // client list it asks for on registering).
+        other.stdout.expect_line("now talking to Alice (4096)");
         other.type_line("just you");
         alice.stdout.expect_line("2 to you: just you");
         other.stdout.expect_line("you to Alice: just you ✓");

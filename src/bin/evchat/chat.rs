@@ -145,6 +145,8 @@ struct Session {
     exhibitor: ClientId,
     /// The name HELLO granted, if any.
     name: Option<String>,
+    /// The server accepted HELLO: it is evchat, which may replay history.
+    opted_in: bool,
     /// The emitter's connection: messages, CREQ, FLW.
     to_server: FrameWriter,
     /// The exhibitor's connection: acknowledgements.
@@ -179,6 +181,9 @@ enum Sent {
     },
     List {
         dest: Target,
+        /// Typed (or asked on reconnecting), not only asked to find the
+        /// end of a first registration's replay: a failure is shown.
+        shown: bool,
     },
     /// JOIN or LEAVE of the room typed (without `#`).
     Room {
@@ -325,6 +330,9 @@ struct Received {
     frame: Frame,
     own: bool,
     from: String,
+    /// A broadcast the server replayed from its history: sent before we
+    /// came, at a time it does not say.
+    earlier: bool,
     /// When the server stored it, for a message that waited for our name
     /// (the WAITING before it said so), in ms since the epoch.
     waited: Option<u64>,
@@ -530,6 +538,7 @@ fn connect_pair(
         emitter: emitter.id,
         exhibitor: id,
         name: welcome.and_then(|w| w.name),
+        opted_in,
         to_server: emitter.writer,
         acks: writer,
     };
@@ -729,27 +738,17 @@ impl Chat {
             session.emitter,
             session.exhibitor
         );
-        self.say(&if again {
-            format!("reconnected: {ids}")
-        } else {
-            ids
-        });
-        {
-            let chat = self.clone();
-            let session = session.clone();
-            std::thread::spawn(move || chat.read_replies(session, emitter_reader));
-        }
-        let chat = self.clone();
-        let registered = session.clone();
-        std::thread::spawn(move || chat.read_received(session, exhibitor_reader, again));
-        if registered.name.is_some() {
+        // Asked before the readers start and before the user is told: what
+        // the user sends after the line below reaches the server after our
+        // CREQ, so it is not taken for part of the replay.
+        if session.name.is_some() {
             // The names of the rooms this name is in: their messages may
             // come before any JOIN of ours (a member back from away is sent
             // what it missed). The first request, so nothing delays its
             // answer while our exhibitor waits for it.
             self.send(0, Sent::Rooms { shown: false });
         }
-        if again && registered.name.is_some() {
+        if again && session.name.is_some() {
             // The server kept the memberships (or not), never a prefetch:
             // each queue joined with one is joined with it again, so a
             // worker keeps taking several at a time (PROTOCOL.md,
@@ -763,16 +762,29 @@ impl Chat {
                 self.send(0, Sent::Room { request, typed });
             }
         }
-        if again {
+        if again || session.opted_in {
             // Its CLIST reaches our exhibitor after whatever the server
             // replayed to it: the end of the replay (see read_received).
             self.send(
                 0,
                 Sent::List {
-                    dest: Target(registered.emitter),
+                    dest: Target(session.emitter),
+                    shown: again,
                 },
             );
         }
+        self.say(&if again {
+            format!("reconnected: {ids}")
+        } else {
+            ids
+        });
+        {
+            let chat = self.clone();
+            let session = session.clone();
+            std::thread::spawn(move || chat.read_replies(session, emitter_reader));
+        }
+        let chat = self.clone();
+        std::thread::spawn(move || chat.read_received(session, exhibitor_reader, again));
     }
 
     /// Input until its end: Ctrl-C, `/quit` and `(FLW)` leave at once.
@@ -843,10 +855,10 @@ impl Chat {
                     let own = self.lock().client.session.as_ref().map(|s| s.emitter);
                     // CREQ to our own emitter id reaches our own exhibitor.
                     let dest = Target(own.unwrap_or(BROADCAST));
-                    self.send(number, Sent::List { dest });
+                    self.send(number, Sent::List { dest, shown: true });
                 }
                 Ok(ChatLine::ListTo(dest)) => {
-                    self.send(number, Sent::List { dest });
+                    self.send(number, Sent::List { dest, shown: true });
                 }
                 Ok(ChatLine::SetTarget(new)) => {
                     let room = match &new {
@@ -951,7 +963,7 @@ impl Chat {
             Sent::Message { dest, text } => Outgoing::Plain(
                 Frame::msg(id, dest.0, 0, text.clone()).expect("the parser bounds the text"),
             ),
-            Sent::List { dest } => Outgoing::Plain(Frame::bare(Kind::Creq, id, dest.0, 0)),
+            Sent::List { dest, .. } => Outgoing::Plain(Frame::bare(Kind::Creq, id, dest.0, 0)),
             Sent::Room { request, typed } => {
                 let name = typed.as_bytes().to_vec();
                 Outgoing::Ext(match *request {
@@ -1089,9 +1101,13 @@ impl Chat {
     /// reconnection (`again`), messages are acknowledged as they come but
     /// held until the CLIST answering the CREQ sent on registering, which
     /// the server queues after its replay; then the start of the replay
-    /// already shown is dropped.
+    /// already shown is dropped. Broadcasts before that CLIST (sent on a
+    /// first registration too, to a server that took our HELLO) are the
+    /// replay, and shown as such; the first registration's CLIST is not
+    /// shown, as nobody typed /list.
     fn read_received(self: Arc<Self>, session: Arc<Session>, mut reader: FrameReader, again: bool) {
         let mut held = again.then(Vec::new);
+        let mut replaying = again || session.opted_in;
         // Set by WAITING: the next MSG waited for our name, stored then.
         let mut waited = None;
         loop {
@@ -1147,11 +1163,24 @@ impl Chat {
                     // belonged to someone else, whose messages a server with
                     // history replays to us.
                     let own = self.is_own_echo(&session, &frame);
+                    let waited = waited.take();
+                    let earlier = replaying && frame.dest == BROADCAST && waited.is_none();
+                    let mut from = self.label(frame.origin);
+                    if earlier
+                        && session
+                            .name
+                            .as_ref()
+                            .is_some_and(|name| name.eq_ignore_ascii_case(&from))
+                    {
+                        // Ours, from an earlier session under our name.
+                        from = "you".to_string();
+                    }
                     let received = Received {
-                        from: self.label(frame.origin),
+                        from,
                         frame: frame.clone(),
                         own,
-                        waited: waited.take(),
+                        earlier,
+                        waited,
                     };
                     match held.as_mut() {
                         Some(held) => held.push(received),
@@ -1161,6 +1190,7 @@ impl Chat {
                 (Kind::Clist, Body::Clients(ids)) => {
                     // WAITING marks a MSG only.
                     waited = None;
+                    let asked_on_registering = std::mem::take(&mut replaying) && !again;
                     self.release(held.take());
                     let mut line = format!("clients ({}):", ids.len());
                     {
@@ -1173,7 +1203,9 @@ impl Chat {
                             line.push_str(&names.listed(id));
                         }
                     }
-                    self.say_chat(&line);
+                    if !asked_on_registering {
+                        self.say_chat(&line);
+                    }
                 }
                 (Kind::Flw, _) => {
                     self.release(held.take());
@@ -1220,6 +1252,15 @@ impl Chat {
         }
         if received.own {
             return;
+        }
+        if received.earlier {
+            // The replay does not say when it was sent: no time is shown.
+            let line = format!("{} to all (earlier): {}", received.from, escape_text(text));
+            return if self.timestamps {
+                self.say(&format!("--:--:-- {line}"))
+            } else {
+                self.say(&line)
+            };
         }
         if let Some(stored_ms) = received.waited {
             let line = format!(
@@ -1330,11 +1371,12 @@ impl Chat {
                 escape_text(&text)
             )),
             // Our own list shows itself when it comes.
-            (Sent::List { dest }, Reply::Ok) if dest.0 == session.emitter => {}
-            (Sent::List { dest }, Reply::Ok | Reply::Erro) if dest.0 == session.emitter => {
+            (Sent::List { dest, .. }, Reply::Ok) if dest.0 == session.emitter => {}
+            (Sent::List { shown: false, .. }, _) => {}
+            (Sent::List { dest, .. }, Reply::Ok | Reply::Erro) if dest.0 == session.emitter => {
                 self.say_chat(&format!("client list {mark}"))
             }
-            (Sent::List { dest }, Reply::Ok | Reply::Erro) => {
+            (Sent::List { dest, .. }, Reply::Ok | Reply::Erro) => {
                 self.say_chat(&format!("client list to {} {mark}", self.label(dest.0)))
             }
             (Sent::Tell { name, text }, reply) => {
