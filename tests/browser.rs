@@ -2140,3 +2140,68 @@ fn page_tells_an_offline_name_and_the_name_sees_it_on_sign_in() {
         assert!(problems.is_empty(), "the page reported: {problems:#?}");
     }
 }
+
+/// Lines that start with / are the page's commands: "/help" says what the
+/// page understands, another command (evchat chat's "/to bob") is said
+/// not sent and stays in the box, and "//" sends a line that starts with
+/// "/". A TELL the server refuses with ERRO (no --history: an offline name
+/// waits for nothing) says why, as evchat chat does. Before, "/help" and
+/// "/to" went out as messages and the refused TELL read "not delivered".
+#[test]
+fn page_commands_are_said_not_sent_and_a_refused_tell_says_why() {
+    let Some(path) = chromium() else { return };
+    let server = Server::start(&[]);
+    let (_browser, alice, problems) = open_page(path, server.addr.port());
+    wait_connected(&alice);
+    claim_name(&alice, "alice");
+    type_and_send(&alice, "/help");
+    wait_for(
+        &alice,
+        "the page's help",
+        &last_note_is(
+            "Write a message and choose who gets it in the list beside it. /tell NAME message \
+             leaves a message for NAME, online or not. A message that starts with / is written \
+             with two: //like this.",
+        ),
+    );
+    type_and_send(&alice, "/to bob");
+    wait_for(
+        &alice,
+        "a command of evchat chat's, not sent",
+        &last_note_is(
+            "not sent: the page knows /tell and /help, not /to; a message that starts with / \
+             is written with two (//like this)",
+        ),
+    );
+    assert_eq!(
+        evaluate(&alice, "document.getElementById('text').value", false),
+        Value::String("/to bob".to_string()),
+        "a line not sent stays in the box"
+    );
+    evaluate(&alice, "document.getElementById('text').value = ''", false);
+    type_and_send(&alice, "//slash");
+    wait_for(
+        &alice,
+        "a line starting with / sent with one",
+        &format!(
+            "{} && 'yes'",
+            sent_shows("/slash", Some("to all"), "delivered")
+        ),
+    );
+    type_and_send(&alice, "/tell bob hi");
+    wait_for(
+        &alice,
+        "the refused TELL's reason",
+        &format!(
+            "{} && 'yes'",
+            sent_shows(
+                "hi",
+                Some("to bob"),
+                "not delivered: bob is not online (a server keeps messages for later only with \
+                 --history)"
+            )
+        ),
+    );
+    let problems = problems.lock().unwrap();
+    assert!(problems.is_empty(), "the page reported: {problems:#?}");
+}

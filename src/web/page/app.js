@@ -74,7 +74,10 @@
       return ['delivered', 'delivered'];
     }
     if (frame.type === T.ERRO) {
-      return ['not delivered', 'not delivered'];
+      // The name is offline and the server stores nothing (no --history),
+      // or its session left before showing it (PROTOCOL.md, "Waiting
+      // messages"): said as evchat chat says it.
+      return ['not delivered', 'not delivered: ' + name + ' is not online (a server keeps messages for later only with --history)'];
     }
     switch (frame.code) {
       case 9: return ['stored', 'stored for ' + name];
@@ -85,6 +88,14 @@
   }
 
   const TELL_USAGE = 'not sent: /tell NAME message leaves a message for NAME, online or not';
+  const PAGE_HELP = 'Write a message and choose who gets it in the list beside it. ' +
+    '/tell NAME message leaves a message for NAME, online or not. ' +
+    'A message that starts with / is written with two: //like this.';
+
+  function unknownCommand(word) {
+    return 'not sent: the page knows /tell and /help, not ' + word +
+      '; a message that starts with / is written with two (//like this)';
+  }
 
   function nameTaken(name) {
     return 'The name "' + name + '" is taken. Choose another.';
@@ -1474,7 +1485,17 @@
       tellMessage(s, text);
       return;
     }
-    const bytes = encoder.encode(text);
+    if (text === '/help') {
+      note(PAGE_HELP);
+      ui.text.value = '';
+      return;
+    }
+    // "/to bob" and the like are evchat chat's: said, not sent as text.
+    if (text.startsWith('/') && !text.startsWith('//')) {
+      note(unknownCommand(text.split(/\s/)[0]));
+      return;
+    }
+    const bytes = encoder.encode(text.startsWith('//') ? text.slice(1) : text);
     if (bytes.length > C.MAX_TEXT_LEN) {
       note('not sent: the message is ' + bytes.length + ' bytes; at most 65535 fit');
       return;
