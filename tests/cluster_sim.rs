@@ -245,6 +245,11 @@ impl Node {
                             Record::Ack { relay, ok } => {
                                 router.relay_acked(from, relay, ok, now, out)
                             }
+                            Record::Acks { first, count, ok } => {
+                                for relay in (0..u64::from(count)).map(|i| first + i) {
+                                    router.relay_acked(from, relay, ok, now, out)
+                                }
+                            }
                             Record::Refused { relay } => {
                                 router.relay_refused(from, relay, now, out)
                             }

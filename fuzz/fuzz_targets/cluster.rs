@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
         for record in &records {
             match record {
                 Record::Relay { relay, frame } => again.push_relay(*relay, frame),
-                Record::Ack { relay, ok } => again.push_ack(*relay, *ok),
+                Record::Ack { relay, ok } => again.push_single_ack(*relay, *ok),
+                Record::Acks { first, count, ok } => again.push_ack_run(*first, *count, *ok),
                 Record::Refused { relay } => again.push_refused(*relay),
                 Record::Pair(pair) => again.push_pair(*pair),
                 Record::Waited {

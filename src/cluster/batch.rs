@@ -8,6 +8,9 @@
 //! record = 1 | relay u64 BE | frame length u32 BE | frame   (RELAY: a MSG or CREQ)
 //!        | 2 | relay u64 BE | ok u8 (1 OK, 0 ERRO, 2 REFUSED) (ACK; REFUSED: the
 //!                                       target itself answered ERRO)
+//!        | 10 | first relay u64 BE | count u32 BE | ok u8 (1 OK, 0 ERRO)
+//!                                       (ACKS: relays first .. first + count - 1,
+//!                                       count >= 1, all answered alike)
 //!        | 3 | token u64 BE | exhibitor u16 | emitter u16   (PAIR: may my emitter pair?)
 //!        | 4 | token u64 BE | ok u8                         (PAIRED: the answer)
 //!        | 5 | exhibitor u16 | emitter u16                  (DISMISS: its emitter is gone)
@@ -41,6 +44,9 @@ const WAITED: u8 = 8;
 /// Far from the others, so that records added beside 8 do not meet it.
 const SAID: u8 = 16;
 const QUEUED: u8 = 9;
+const ACKS: u8 = 10;
+/// An ACKS record's bytes: tag, first relay, count, ok.
+const ACKS_LEN: usize = 1 + 8 + 4 + 1;
 /// The ACK value for a target that answered ERRO (1 is OK, 0 a failure).
 const REFUSED: u8 = 2;
 /// Header bytes: magic, version, incarnation.
@@ -65,6 +71,9 @@ pub enum Record<'a> {
     Relay { relay: u64, frame: FrameView<'a> },
     /// The outcome of relay `relay` that this node sent the batch's sender.
     Ack { relay: u64, ok: bool },
+    /// The same outcome for `count` relays in a row from `first` (the
+    /// sender's exhibitors answer in order, so acks come in runs).
+    Acks { first: u64, count: u32, ok: bool },
     /// Relay `relay` (a QUEUED or WAITED one) reached its target, which
     /// answered ERRO: not a failure, an answer (an ACK whose value is 2).
     Refused { relay: u64 },
@@ -133,6 +142,8 @@ pub enum BatchError {
     NotARoom,
     #[error("a queue message is not for an exhibitor, or not to a room")]
     BadQueued,
+    #[error("a run of acks is empty, runs past the last relay number, or says neither OK nor ERRO")]
+    BadAckRun,
 }
 
 /// A batch being written for one destination.
@@ -141,6 +152,17 @@ pub struct BatchWriter {
     buf: BytesMut,
     /// The relays it carries, failed together if it cannot be delivered.
     relays: Vec<u64>,
+    /// A run of acks not yet in `buf`: the next ack alike extends it, any
+    /// other record writes it first.
+    acks: Option<AckRun>,
+}
+
+/// An ACKS record being gathered.
+#[derive(Debug, Clone, Copy)]
+struct AckRun {
+    first: u64,
+    count: u32,
+    ok: bool,
 }
 
 impl BatchWriter {
@@ -159,6 +181,7 @@ impl BatchWriter {
         BatchWriter {
             buf,
             relays: Vec::with_capacity(relays.min(START_AT_MOST / MIN_RELAY)),
+            acks: None,
         }
     }
 
@@ -168,6 +191,7 @@ impl BatchWriter {
     }
 
     pub fn push_relay(&mut self, relay: u64, frame: &FrameView<'_>) {
+        self.write_acks();
         // u32: a MSG with the longest text is 65,545 bytes.
         let len = frame.encoded_len();
         let mut head = [RELAY; 13];
@@ -190,6 +214,7 @@ impl BatchWriter {
         name: Option<&str>,
         frame: &FrameView<'_>,
     ) {
+        self.write_acks();
         let name = name.unwrap_or_default();
         self.buf.extend_from_slice(&[WAITED]);
         self.buf.extend_from_slice(&relay.to_be_bytes());
@@ -204,6 +229,7 @@ impl BatchWriter {
 
     /// A SAID record: `frame` is a MSG to a room id.
     pub fn push_said(&mut self, frame: &FrameView<'_>) {
+        self.write_acks();
         let len = frame.encoded_len() as u32;
         self.buf.reserve(5 + len as usize);
         self.buf.extend_from_slice(&[SAID]);
@@ -214,6 +240,7 @@ impl BatchWriter {
     /// A QUEUED record: `frame` is the MSG to the queue room, for the
     /// exhibitor `exhibitor` of the receiving node.
     pub fn push_queued(&mut self, relay: u64, exhibitor: u16, frame: &FrameView<'_>) {
+        self.write_acks();
         self.buf.extend_from_slice(&[QUEUED]);
         self.buf.extend_from_slice(&relay.to_be_bytes());
         self.buf.extend_from_slice(&exhibitor.to_be_bytes());
@@ -223,7 +250,54 @@ impl BatchWriter {
         self.relays.push(relay);
     }
 
+    /// The outcome of relay `relay`: the last record grows when it is an
+    /// ACKS alike that ends just before `relay`, else a new one starts.
+    /// One record per run instead of one per ack is less to publish and to
+    /// parse: the emitters' node ran about 85 fewer instructions a delivery
+    /// at 1:1 (CLUSTER.md, "Measured again on 2026-12-06"). A node built
+    /// before it refuses the batch whole (an unknown record), never reads
+    /// it as OK.
     pub fn push_ack(&mut self, relay: u64, ok: bool) {
+        if let Some(run) = &mut self.acks
+            && run.ok == ok
+            && run.count < u32::MAX
+            && run.first.checked_add(u64::from(run.count)) == Some(relay)
+        {
+            run.count += 1;
+            return;
+        }
+        self.write_acks();
+        self.acks = Some(AckRun {
+            first: relay,
+            count: 1,
+            ok,
+        });
+    }
+
+    /// A run of `count` (at least 1) acks from `first`, as one ACKS record
+    /// of its own, never merged with another: what a parsed run is written
+    /// back as.
+    pub fn push_ack_run(&mut self, first: u64, count: u32, ok: bool) {
+        self.write_acks();
+        self.acks = Some(AckRun { first, count, ok });
+        self.write_acks();
+    }
+
+    /// Writes the run of acks being gathered, if any, into the buffer.
+    fn write_acks(&mut self) {
+        if let Some(AckRun { first, count, ok }) = self.acks.take() {
+            let mut record = [ACKS; ACKS_LEN];
+            record[1..9].copy_from_slice(&first.to_be_bytes());
+            record[9..13].copy_from_slice(&count.to_be_bytes());
+            record[13] = u8::from(ok);
+            self.buf.extend_from_slice(&record);
+        }
+    }
+
+    /// One ACK record (tag 2) of relay `relay`, as nodes built before ACKS
+    /// wrote each ack: such a batch still parses, and is written back so.
+    pub fn push_single_ack(&mut self, relay: u64, ok: bool) {
+        self.write_acks();
         let mut record = [ACK; 10];
         record[1..9].copy_from_slice(&relay.to_be_bytes());
         record[9] = u8::from(ok);
@@ -234,6 +308,7 @@ impl BatchWriter {
     /// A node built before it refuses the whole batch (an unknown ACK
     /// value is a fault there), never reads it as OK or as a failure.
     pub fn push_refused(&mut self, relay: u64) {
+        self.write_acks();
         let mut record = [ACK; 10];
         record[1..9].copy_from_slice(&relay.to_be_bytes());
         record[9] = REFUSED;
@@ -241,6 +316,7 @@ impl BatchWriter {
     }
 
     pub fn push_pair(&mut self, record: PairRecord) {
+        self.write_acks();
         let (tag, ids) = match record {
             PairRecord::Pair {
                 token,
@@ -270,16 +346,17 @@ impl BatchWriter {
 
     /// Bytes written so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.acks.map_or(0, |_| ACKS_LEN)
     }
 
     /// Whether no record was written.
     pub fn is_empty(&self) -> bool {
-        self.buf.len() == HEADER
+        self.len() == HEADER
     }
 
     /// The finished bytes, and the relays they carry.
-    pub fn finish(self) -> (Vec<u8>, Vec<u64>) {
+    pub fn finish(mut self) -> (Vec<u8>, Vec<u64>) {
+        self.write_acks();
         // The writer's own allocation, handed over rather than copied.
         (Vec::from(self.buf), self.relays)
     }
@@ -390,6 +467,23 @@ pub fn parse_expecting(
                 });
                 rest = after;
             }
+            ACKS => {
+                let (count, after) = after.split_first_chunk::<4>().ok_or(BatchError::Short)?;
+                let count = u32::from_be_bytes(*count);
+                let (&ok, after) = after.split_first().ok_or(BatchError::Short)?;
+                let last = u64::from(count)
+                    .checked_sub(1)
+                    .and_then(|more| relay.checked_add(more));
+                if last.is_none() || ok > 1 {
+                    return Err(BatchError::BadAckRun);
+                }
+                records.push(Record::Acks {
+                    first: relay,
+                    count,
+                    ok: ok == 1,
+                });
+                rest = after;
+            }
             ACK => {
                 let (&ok, after) = after.split_first().ok_or(BatchError::Short)?;
                 records.push(match ok {
@@ -487,20 +581,95 @@ mod tests {
             Record::Relay { relay: 3, frame } => assert_eq!(frame.to_frame().to_bytes()[..], wire),
             other => panic!("{other:?}"),
         }
+        // Two answers that differ: two runs of one.
         assert!(matches!(
             records[1],
-            Record::Ack {
-                relay: 9,
+            Record::Acks {
+                first: 9,
+                count: 1,
                 ok: false
             }
         ));
         assert!(matches!(
             records[2],
-            Record::Ack {
-                relay: 10,
+            Record::Acks {
+                first: 10,
+                count: 1,
                 ok: true
             }
         ));
+    }
+
+    #[test]
+    fn acks_in_a_row_alike_are_one_record_and_anything_between_starts_another() {
+        let mut w = BatchWriter::new(7);
+        for relay in 100..1100 {
+            w.push_ack(relay, true);
+        }
+        w.push_ack(1100, false);
+        w.push_ack(1101, false);
+        w.push_ack(1103, false);
+        w.push_refused(1104);
+        w.push_ack(1105, false);
+        w.push_pair(PairRecord::Dismiss {
+            exhibitor: 4096,
+            emitter: 1,
+        });
+        w.push_ack(1106, false);
+        let (bytes, _) = w.finish();
+        // 'E' 1 | incarnation | 10 | relay 100 | count 1000 | OK.
+        let mut run = vec![ACKS];
+        run.extend_from_slice(&100u64.to_be_bytes());
+        run.extend_from_slice(&1000u32.to_be_bytes());
+        run.push(1);
+        assert_eq!(bytes[HEADER..HEADER + ACKS_LEN], run[..]);
+        let records = format!("{:?}", parse(&bytes).unwrap().1);
+        assert_eq!(
+            records,
+            "[Acks { first: 100, count: 1000, ok: true }, \
+             Acks { first: 1100, count: 2, ok: false }, \
+             Acks { first: 1103, count: 1, ok: false }, Refused { relay: 1104 }, \
+             Acks { first: 1105, count: 1, ok: false }, \
+             Pair(Dismiss { exhibitor: 4096, emitter: 1 }), \
+             Acks { first: 1106, count: 1, ok: false }]"
+        );
+        // The last relay number ends a run; a run written whole stays so.
+        let mut w = BatchWriter::new(7);
+        w.push_ack(u64::MAX, true);
+        w.push_ack(0, true);
+        w.push_ack_run(1, 5, true);
+        w.push_ack_run(6, 2, true);
+        w.push_ack(8, true);
+        w.push_single_ack(9, true);
+        let records = format!("{:?}", parse(&w.finish().0).unwrap().1);
+        assert_eq!(
+            records,
+            "[Acks { first: 18446744073709551615, count: 1, ok: true }, \
+             Acks { first: 0, count: 1, ok: true }, Acks { first: 1, count: 5, ok: true }, \
+             Acks { first: 6, count: 2, ok: true }, Acks { first: 8, count: 1, ok: true }, \
+             Ack { relay: 9, ok: true }]"
+        );
+    }
+
+    #[test]
+    fn a_run_of_acks_that_is_empty_overflows_or_says_neither_is_refused() {
+        let run = |first: u64, count: u32, ok: u8| {
+            let mut bytes = BatchWriter::new(1).finish().0;
+            bytes.push(ACKS);
+            bytes.extend_from_slice(&first.to_be_bytes());
+            bytes.extend_from_slice(&count.to_be_bytes());
+            bytes.push(ok);
+            bytes
+        };
+        assert!(parse(&run(u64::MAX - 9, 10, 1)).is_ok());
+        assert!(parse(&run(5, 1, 0)).is_ok());
+        for (first, count, ok) in [(5, 0, 1), (u64::MAX - 9, 11, 1), (5, 1, 2)] {
+            assert_eq!(fault(&run(first, count, ok)), BatchError::BadAckRun);
+        }
+        let whole = run(5, 3, 1);
+        for cut in HEADER + 1..whole.len() {
+            assert_eq!(fault(&whole[..cut]), BatchError::Short, "{cut}");
+        }
     }
 
     #[test]
@@ -511,23 +680,29 @@ mod tests {
         w.push_ack(3, false);
         let (bytes, relays) = w.finish();
         assert!(relays.is_empty());
-        // 'E' 1 | incarnation | 2 | relay 2 | 2.
+        // 'E' 1 | incarnation | ACKS | 2 | relay 2 | 2.
         let mut refused = vec![ACK];
         refused.extend_from_slice(&2u64.to_be_bytes());
         refused.push(2);
-        assert_eq!(bytes[HEADER + 10..HEADER + 20], refused[..]);
+        let at = HEADER + ACKS_LEN;
+        assert_eq!(bytes[at..at + 10], refused[..]);
         match &parse(&bytes).unwrap().1[..] {
             [
-                Record::Ack { relay: 1, ok: true },
+                Record::Acks {
+                    first: 1,
+                    count: 1,
+                    ok: true,
+                },
                 Record::Refused { relay: 2 },
-                Record::Ack {
-                    relay: 3,
+                Record::Acks {
+                    first: 3,
+                    count: 1,
                     ok: false,
                 },
             ] => {}
             other => panic!("{other:?}"),
         }
-        assert_eq!(fault(&bytes[..HEADER + 19]), BatchError::Short);
+        assert_eq!(fault(&bytes[..at + 9]), BatchError::Short);
     }
 
     fn fault(bytes: &[u8]) -> BatchError {
@@ -588,7 +763,14 @@ mod tests {
             Record::Relay { frame, .. } => assert_eq!(frame.to_frame().to_bytes(), wire),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(records[1], Record::Ack { relay: 2, ok: true }));
+        assert!(matches!(
+            records[1],
+            Record::Acks {
+                first: 2,
+                count: 1,
+                ok: true
+            }
+        ));
     }
 
     #[test]
@@ -601,9 +783,9 @@ mod tests {
         assert_eq!(fault(b"X\x01\0\0\0\0\0\0\0\x01"), BatchError::BadHeader);
         assert_eq!(fault(b"E\x01\0\0"), BatchError::BadHeader);
         let mut unknown = good.clone();
-        unknown.push(10);
+        unknown.push(11);
         unknown.extend_from_slice(&[0; 8]);
-        assert_eq!(fault(&unknown), BatchError::UnknownRecord(10));
+        assert_eq!(fault(&unknown), BatchError::UnknownRecord(11));
         assert_eq!(fault(&good[..good.len() - 1]), BatchError::Short);
         // A relayed OI is not something a node relays.
         let oi = Frame::bare(Kind::Oi, 0, 0, 1).to_bytes();
@@ -751,7 +933,14 @@ mod tests {
         assert!(relays.is_empty(), "nothing answers a SAID record");
         let (_, records) = parse(&bytes).unwrap();
         match &records[..] {
-            [Record::Said { frame }, Record::Ack { relay: 2, ok: true }] => {
+            [
+                Record::Said { frame },
+                Record::Acks {
+                    first: 2,
+                    count: 1,
+                    ok: true,
+                },
+            ] => {
                 assert_eq!(frame.to_frame().to_bytes(), wire)
             }
             other => panic!("{other:?}"),

@@ -663,6 +663,14 @@ impl Server {
                     self.router
                         .relay_acked(from, relay, ok, now, &mut self.wire)
                 }
+                Record::Acks { first, count, ok } => {
+                    cluster.counts.acks_in += u64::from(count);
+                    // The parser checked that the run ends within u64.
+                    for relay in (0..u64::from(count)).map(|i| first + i) {
+                        self.router
+                            .relay_acked(from, relay, ok, now, &mut self.wire)
+                    }
+                }
                 Record::Refused { relay } => {
                     cluster.counts.acks_in += 1;
                     self.router.relay_refused(from, relay, now, &mut self.wire)
