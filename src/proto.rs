@@ -154,6 +154,21 @@ pub trait Encode {
     fn encode_into(&self, out: &mut BytesMut);
 }
 
+/// A frame already encoded: its bytes go as they are. A MSG forwarded to
+/// many targets is encoded once and copied to each.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoded<'a>(pub &'a [u8]);
+
+impl Encode for Encoded<'_> {
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn encode_into(&self, out: &mut BytesMut) {
+        out.extend_from_slice(self.0);
+    }
+}
+
 impl Encode for Frame {
     fn encoded_len(&self) -> usize {
         HEADER_LEN
@@ -591,5 +606,20 @@ mod tests {
         );
         msg.body = Body::Clients(vec![1]);
         assert_eq!(msg.encoded_len(), 10);
+    }
+
+    #[test]
+    fn a_frame_encoded_once_is_copied_as_its_own_bytes() {
+        let wire = b"\x00\x05\x00\x01\x00\x00\x00\x07\x00\x02hi";
+        let (view, used) = FrameView::parse(wire).unwrap().unwrap();
+        assert_eq!(used, wire.len());
+        let mut once = BytesMut::new();
+        view.encode_into(&mut once);
+        let mut out = BytesMut::from(&b"before"[..]);
+        let encoded = Encoded(&once);
+        assert_eq!(encoded.encoded_len(), view.encoded_len());
+        encoded.encode_into(&mut out);
+        encoded.encode_into(&mut out);
+        assert_eq!(&out[..], [&b"before"[..], wire, wire].concat());
     }
 }

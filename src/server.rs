@@ -267,6 +267,7 @@ impl Server {
                 history: None,
                 metrics: Metrics::default(),
                 cluster: None,
+                encoded: bytes::BytesMut::new(),
             },
             spare_fd: File::open("/dev/null").ok(),
             scratch: vec![0; READ_CHUNK],

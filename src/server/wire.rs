@@ -10,10 +10,11 @@ use super::history::History;
 use super::metrics::Metrics;
 use crate::connection::{Connection, Ending, HttpRefusal, TransportFailure};
 use crate::proto::ext::ExtFrame;
-use crate::proto::{ClientId, Encode, Frame, FrameView};
+use crate::proto::{ClientId, Encode, Encoded, Frame, FrameView};
 use crate::router::{
     CloseReason, ConnId, NodeRef, Outbox, PairNotice, RemoteLetter, RoomClaim, RoomEvent, Sender,
 };
+use bytes::BytesMut;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::fmt;
@@ -139,6 +140,8 @@ pub(super) struct Wire {
     pub(super) metrics: Metrics,
     /// What the router asked of other nodes this turn (`--cluster`).
     pub(super) cluster: Option<Box<Outgoing>>,
+    /// A forwarded MSG's bytes, encoded once for all its targets.
+    pub(super) encoded: BytesMut,
 }
 
 /// One connection in the slab, and whether it is on the turn's lists.
@@ -300,9 +303,19 @@ impl Outbox for Wire {
 
     fn forward(&mut self, targets: &[ConnId], msg: &FrameView<'_>) {
         self.metrics.deliveries += targets.len() as u64;
-        for &to in targets {
-            self.queue_for(to, msg);
+        if let [to] = targets {
+            return self.queue_for(*to, msg);
         }
+        // Encoded once and copied to each target: at 1:100 a delivery
+        // took 467 instructions encoding each copy, 424 this way
+        // (BENCHMARKS.md).
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        msg.encode_into(&mut encoded);
+        for &to in targets {
+            self.queue_for(to, &Encoded(&encoded));
+        }
+        self.encoded = encoded;
     }
 
     fn close(&mut self, conn: ConnId, id: ClientId, reason: CloseReason) {
