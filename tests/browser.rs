@@ -1264,6 +1264,11 @@ fn page_claims_a_name_and_others_see_it() {
         "emitter 1 (you), carol · exhibitor 4096, exhibitor 4097 (you)",
     );
 
+    // The header's height before any refusal: a refusal must not move
+    // what is under it.
+    let header_height = "String(document.querySelector('header.top').getBoundingClientRect().height)";
+    let before = evaluate(&tab, header_height, false);
+
     // Not a name: said at once, nothing sent.
     type_into(&tab, "#name", "9lives");
     tab.press_key("Enter").unwrap();
@@ -1291,6 +1296,33 @@ fn page_claims_a_name_and_others_see_it() {
         ),
     );
     assert_eq!(wait_connected(&tab), (1, 4097));
+    assert_eq!(
+        evaluate(&tab, header_height, false),
+        before,
+        "the refusal changed the header's height"
+    );
+    screenshot(&tab, "page-name-taken.png", DESKTOP);
+    screenshot(&tab, "page-name-taken-phone.png", PHONE);
+    let phone_before = evaluate(&tab, header_height, false);
+    evaluate(
+        &tab,
+        "document.getElementById('name-problem').hidden = true",
+        false,
+    );
+    let phone_without = evaluate(&tab, header_height, false);
+    evaluate(
+        &tab,
+        "document.getElementById('name-problem').hidden = false",
+        false,
+    );
+    assert_eq!(phone_before, phone_without, "at phone width too");
+    // Editing the name puts the sentence away.
+    type_into(&tab, "#name", "x");
+    wait_for(
+        &tab,
+        "the refusal put away on editing",
+        "document.getElementById('name-problem').hidden && 'yes'",
+    );
 
     // Another name, on the connection the server kept: the new session
     // takes over and the old one leaves.

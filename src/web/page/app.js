@@ -1588,6 +1588,10 @@
     event.preventDefault();
     nameSubmitted();
   });
+  // The refusal lies over the log (style.css): editing the name puts it away.
+  ui.name.addEventListener('input', function () {
+    showProblem(ui.nameProblem, '');
+  });
   ui.signOut.addEventListener('click', function () {
     const s = session;
     if (s !== null && s.emitterId !== null) {
