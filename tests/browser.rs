@@ -1266,7 +1266,8 @@ fn page_claims_a_name_and_others_see_it() {
 
     // The header's height before any refusal: a refusal must not move
     // what is under it.
-    let header_height = "String(document.querySelector('header.top').getBoundingClientRect().height)";
+    let header_height =
+        "String(document.querySelector('header.top').getBoundingClientRect().height)";
     let before = evaluate(&tab, header_height, false);
 
     // Not a name: said at once, nothing sent.
@@ -2211,6 +2212,17 @@ fn page_commands_are_said_not_sent_and_a_refused_tell_says_why() {
         "a line not sent stays in the box"
     );
     evaluate(&alice, "document.getElementById('text').value = ''", false);
+    // Any case, and spaces after it.
+    type_and_send(&alice, "/HELP ");
+    wait_for(
+        &alice,
+        "the page's help again",
+        &last_note_is(
+            "Write a message and choose who gets it in the list beside it. /tell NAME message \
+             leaves a message for NAME, online or not. A message that starts with / is written \
+             with two: //like this.",
+        ),
+    );
     type_and_send(&alice, "//slash");
     wait_for(
         &alice,
@@ -2231,6 +2243,28 @@ fn page_commands_are_said_not_sent_and_a_refused_tell_says_why() {
                 Some("to bob"),
                 "not delivered: bob is not online (a server keeps messages for later only with \
                  --history)"
+            )
+        ),
+    );
+    // In the conversation of someone away a line goes as TELL, and "//"
+    // stands for "/" there too ("To" as the page sets it there).
+    evaluate(
+        &alice,
+        "(() => { const d = document.getElementById('dest'); \
+           d.appendChild(new Option('carol is not connected', '')); d.value = ''; })()",
+        false,
+    );
+    type_and_send(&alice, "//shrug");
+    wait_for(
+        &alice,
+        "the TELL with one slash",
+        &format!(
+            "{} && 'yes'",
+            sent_shows(
+                "/shrug",
+                Some("to carol"),
+                "not delivered: carol is not online (a server keeps messages for later only \
+                 with --history)"
             )
         ),
     );

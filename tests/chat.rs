@@ -656,6 +656,48 @@ fn history_replayed_to_a_joining_chat_is_marked_earlier() {
     assert_eq!(again.stdout.rest(), Vec::<String>::new());
 }
 
+/// The names a replay told are kept past the client list that ends it:
+/// the server counts them as known to the chat, and does not tell them
+/// again when their ids come back. Before (found in review), that list
+/// made the chat forget alice's, and her next message read "3 to all".
+#[test]
+fn a_name_told_by_the_replay_is_kept_for_its_next_session() {
+    let dir = TempDir::new("chat-replay-names");
+    let server = Server::start(&["--history", dir.arg()]);
+    let carol = Chat::spawn_with(&["chat", &server.target(), "--name", "carol"]);
+    carol
+        .stdout
+        .expect_line("you are carol, 1 (emitter) / 4096 (exhibitor)");
+    let xavier = Chat::spawn_with(&["chat", &server.target(), "--name", "xavier"]);
+    xavier
+        .stdout
+        .expect_line("you are xavier, 2 (emitter) / 4097 (exhibitor)");
+    let mut alice = Chat::spawn_with(&["chat", &server.target(), "--name", "alice"]);
+    alice
+        .stdout
+        .expect_line("you are alice, 3 (emitter) / 4098 (exhibitor)");
+    alice.type_line("hi");
+    alice.stdout.expect_line("you to all: hi ✓");
+    for mut gone in [xavier, alice] {
+        gone.stdin = None;
+        assert_eq!(gone.wait().code(), Some(0));
+    }
+    // bob takes xavier's ids; alice's (3) stay free.
+    let bob = Chat::spawn_with(&["chat", &server.target(), "--name", "bob"]);
+    bob.stdout
+        .expect_line("you are bob, 2 (emitter) / 4097 (exhibitor)");
+    bob.stdout.expect_line("alice to all (earlier): hi");
+    let mut alice = Chat::spawn_with(&["chat", &server.target(), "--name", "alice"]);
+    alice
+        .stdout
+        .expect_line("you are alice, 3 (emitter) / 4098 (exhibitor)");
+    alice.stdout.expect_line("you to all (earlier): hi");
+    alice.type_line("back");
+    alice.stdout.expect_line("you to all: back ✓");
+    bob.stdout.expect_line("alice to all: back");
+    drop(carol);
+}
+
 /// A server with history replays its recent broadcasts to every exhibitor
 /// that joins, a reconnected chat's too: the chat shows each message once,
 /// including one the server got while the chat was away.
@@ -724,6 +766,13 @@ const OPT_IN_HELLO: [u8; 14] = [0, 8, 0, 0, 0xff, 0xff, 0, 0, 0, 4, 1, 0, 0, 0];
 /// HELLOACK code 0, roles view+emit+broadcast, no name.
 const WELCOME: [u8; 14] = [0, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 4, 0, 1, 7, 0];
 
+/// Answers `client`'s OI with OK, giving it `id`.
+pub(crate) fn identified(client: &mut Raw, id: u16) {
+    let oi = client.expect_frame();
+    assert_eq!(oi.kind, Kind::Oi, "{oi}");
+    client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
+}
+
 /// What a server does with the CREQ a chat sends its own emitter (1) on
 /// registering, with `seq`: OK to the emitter, and to the exhibitor (4096)
 /// a CLIST of the two, which ends whatever the server replayed before it;
@@ -744,17 +793,17 @@ fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let register = |id: u16| {
+        let welcomed = || {
             let mut client = Raw::over(listener.accept().unwrap().0);
             assert_eq!(client.expect_bytes(OPT_IN_HELLO.len()), OPT_IN_HELLO);
             client.send(&WELCOME);
-            let oi = client.expect_frame();
-            assert_eq!(oi.kind, Kind::Oi, "{oi}");
-            client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
             client
         };
-        let mut exhibitor = register(4096);
-        let mut emitter = register(1);
+        // Both HELLOs come before either OI.
+        let mut exhibitor = welcomed();
+        let mut emitter = welcomed();
+        identified(&mut exhibitor, 4096);
+        identified(&mut emitter, 1);
         answer_registration_list(&mut exhibitor, &mut emitter, 1);
         let _ = tx.send((exhibitor, emitter));
     });
@@ -823,6 +872,42 @@ fn who_is_acknowledged_and_names_the_sender() {
     );
     exhibitor.send_frame(&Frame::msg(2, 0, 10, b"again".to_vec()).unwrap());
     chat.stdout.expect_line("2 to all: again");
+}
+
+/// The replay's end as the chat finds it: a server says both HELLOs'
+/// answers before either OI, replays at the exhibitor's OI, and the
+/// chat's CREQ comes right after its emitter's OI (the scripted server
+/// takes them in that order, or hangs). A broadcast before the CLIST that
+/// answers the CREQ is the replay, marked; one after it is live.
+#[test]
+fn broadcasts_before_the_list_asked_on_joining_are_the_replay() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let welcomed = || {
+            let mut client = Raw::over(listener.accept().unwrap().0);
+            assert_eq!(client.expect_bytes(OPT_IN_HELLO.len()), OPT_IN_HELLO);
+            client.send(&WELCOME);
+            client
+        };
+        let mut exhibitor = welcomed();
+        let mut emitter = welcomed();
+        identified(&mut exhibitor, 4096);
+        // The replay, queued at the exhibitor's OI.
+        exhibitor.send_frame(&Frame::msg(2, 0, 0, b"said before".to_vec()).unwrap());
+        identified(&mut emitter, 1);
+        assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 2, 0));
+        answer_registration_list(&mut exhibitor, &mut emitter, 1);
+        exhibitor.send_frame(&Frame::msg(2, 0, 1, b"said now".to_vec()).unwrap());
+        assert_eq!(exhibitor.expect_frame(), Frame::bare(Kind::Ok, 4096, 2, 1));
+        (exhibitor, emitter)
+    });
+    let chat = Chat::spawn(&addr);
+    chat.stdout
+        .expect_line("you are 1 (emitter) / 4096 (exhibitor)");
+    chat.stdout.expect_line("2 to all (earlier): said before");
+    chat.stdout.expect_line("2 to all: said now");
+    let _connections = server.join().unwrap();
 }
 
 /// A WHO that does not parse (its name longer than L says) is no frame:

@@ -306,20 +306,20 @@ fn scripted_named_sessions(
             roles: 7,
             name: name.as_bytes().to_vec(),
         });
-        let register = |id: u16, hello_len: usize| {
+        let welcomed = |hello_len: usize| {
             let mut client = Raw::over(listener.accept().unwrap().0);
             client.expect_bytes(hello_len);
             client.send(&welcome.to_bytes());
-            let oi = client.expect_frame();
-            assert_eq!(oi.kind, Kind::Oi, "{oi}");
-            client.send_frame(&Frame::bare(Kind::Ok, SERVER_ID, id, oi.seq));
             client
         };
         for session in 0..sessions {
             let first = session == 0;
-            // The exhibitor's HELLO claims the name; the emitter's carries none.
-            let mut exhibitor = register(4096, 14 + name.len());
-            let mut emitter = register(1, 14);
+            // The exhibitor's HELLO claims the name; the emitter's carries
+            // none. Both come before either OI.
+            let mut exhibitor = welcomed(14 + name.len());
+            let mut emitter = welcomed(14);
+            crate::chat::identified(&mut exhibitor, 4096);
+            crate::chat::identified(&mut emitter, 1);
             let rooms = ExtFrame::Rooms(Header {
                 kind: ROOMS,
                 origin: 1,

@@ -383,6 +383,51 @@ fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_ch
     emitter.expect_silence();
 }
 
+/// A run of acks is 14 bytes whatever its count: a batch claiming 2^32 - 1
+/// acks (from any publisher on a node's channel) is settled no further
+/// than the relays the node awaits, with one warning, and routing goes on
+/// in both directions. Before, the loop looked up every one of them:
+/// eleven seconds in which the node answered nobody (found in review).
+#[test]
+fn a_run_of_acks_past_the_relays_awaited_is_cut_short_and_routing_goes_on() {
+    let redis = Redis::start("cluster-acks-run");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let (mut emitter, e, mut on_b, x) = one_message_across(&a, &b);
+    let mut con = redis.client();
+    let channels = redis.node_channels(&mut con);
+    assert_eq!(channels.len(), 2, "{channels:?}");
+    // 'E' 1 | incarnation 99 | ACKS relay 0, count 2^32 - 1, OK.
+    let mut run: Vec<u8> = b"E\x01\0\0\0\0\0\0\0\x63".to_vec();
+    run.push(10);
+    run.extend_from_slice(&0u64.to_be_bytes());
+    run.extend_from_slice(&u32::MAX.to_be_bytes());
+    run.push(1);
+    for channel in &channels {
+        let heard: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(&run)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(heard, 1);
+    }
+    for node in [&a, &b] {
+        node.proc
+            .stderr
+            .skip_until("the run cut short", TIMEOUT, |line| {
+                line.contains("a run of acks past the relays awaited")
+            });
+    }
+    let after = Frame::msg(e, x, 2, bytes::Bytes::from_static(b"after")).unwrap();
+    emitter.send_frame(&after);
+    assert_bytes(&after.to_bytes(), &acknowledge(&mut on_b).to_bytes());
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 2)
+    );
+    on_b.expect_silence();
+    emitter.expect_silence();
+}
+
 #[test]
 fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused() {
     let mut redis = Redis::start("cluster-engine-down");

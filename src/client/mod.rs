@@ -27,7 +27,8 @@ pub use input::{InputLine, LineInput};
 pub use names::{NameLookupError, Names};
 pub use printer::Printer;
 pub use register::{
-    Hello, RegisterError, Registered, Welcome, connect_reason, register, register_with,
+    Hello, Opened, RegisterError, Registered, Welcome, connect_reason, open_with, register,
+    register_with,
 };
 pub use replies::{Book, Farewell, Replies, Settled};
 pub use secret::{

@@ -179,36 +179,63 @@ pub fn register_with(
     origin: ClientId,
     hello: Option<&Hello>,
 ) -> Result<Registered, RegisterError> {
-    let addr = &target.to_string();
+    open_with(target, hello, origin == BROADCAST)?.identify(origin)
+}
+
+/// A connection that has said HELLO (when there was one) and been
+/// welcomed, not yet identified: a client opening two connections says
+/// both HELLOs before either OI (`evchat chat`), so that nothing slow (a
+/// TLS handshake, a password's hash) lies between its two OIs.
+pub struct Opened {
+    answers: Answers,
+    writer: FrameWriter,
+    welcome: Option<Welcome>,
+    tls: bool,
+}
+
+/// Connects to `target` and sends `hello`, when there is one, for an
+/// exhibitor (`exhibitor`: it needs the view role) or an emitter (emit).
+pub fn open_with(
+    target: &Endpoint,
+    hello: Option<&Hello>,
+    exhibitor: bool,
+) -> Result<Opened, RegisterError> {
+    let addr = target.to_string();
     let stream = target.connect(REGISTRATION_TIMEOUT).map_err(|e| match e {
         ConnectError::Io(e) => RegisterError::Connect {
-            addr: addr.to_string(),
+            addr: addr.clone(),
             reason: connect_reason(&e),
         },
         ConnectError::Tls(reason) => RegisterError::Connect {
-            addr: addr.to_string(),
+            addr: addr.clone(),
             reason,
         },
     })?;
     let io_error = |source| RegisterError::Io {
-        addr: addr.to_string(),
+        addr: addr.clone(),
         source,
     };
     let read_half = stream.try_clone().map_err(io_error)?;
+    let writer = FrameWriter::new(stream);
     let mut answers = Answers {
         stream: read_half,
         buf: BytesMut::with_capacity(4096),
         addr,
         tls: target.is_tls(),
     };
-    let writer = FrameWriter::new(stream);
     let welcome = match hello {
         Some(hello) => {
-            writer.send_unnumbered(&hello.frame()).map_err(io_error)?;
+            writer
+                .send_unnumbered(&hello.frame())
+                .map_err(|source| RegisterError::Io {
+                    addr: answers.addr.clone(),
+                    source,
+                })?;
             let welcome = answers.welcome()?;
-            let (role, bit) = match origin {
-                BROADCAST => ("view (receiving messages)", ROLE_VIEW),
-                _ => ("emit (sending messages)", ROLE_EMIT),
+            let (role, bit) = if exhibitor {
+                ("view (receiving messages)", ROLE_VIEW)
+            } else {
+                ("emit (sending messages)", ROLE_EMIT)
             };
             if welcome.roles & bit == 0 {
                 return Err(RegisterError::LacksRole(role));
@@ -217,50 +244,79 @@ pub fn register_with(
         }
         None => None,
     };
-    let oi_seq = writer
-        .send_numbered(|seq| Frame::bare(Kind::Oi, origin, SERVER_ID, seq), |_| {})
-        .map_err(io_error)?;
-    let (reply, raw) = answers.next()?;
-    answers.stream.set_read_timeout(None).map_err(io_error)?;
-    let foreign = || RegisterError::Foreign {
-        addr: addr.to_string(),
-        sent: show_prefix(&raw),
-    };
-    let Incoming::Plain(reply) = reply else {
-        return Err(foreign());
-    };
-    match reply.kind {
-        Kind::Ok if reply.seq == oi_seq && reply.origin == SERVER_ID => Ok(Registered {
-            id: reply.dest,
-            reader: FrameReader::new(answers.stream, answers.buf),
+    Ok(Opened {
+        answers,
+        writer,
+        welcome,
+        tls: target.is_tls(),
+    })
+}
+
+impl Opened {
+    /// Sends OI with `origin` (0: exhibitor; an exhibitor id: pair with
+    /// it) and waits for its answer.
+    pub fn identify(self, origin: ClientId) -> Result<Registered, RegisterError> {
+        let Opened {
+            mut answers,
             writer,
             welcome,
-        }),
-        Kind::Erro if reply.origin == SERVER_ID => {
-            let (addr, tls) = (addr.to_string(), target.is_tls());
-            Err(match origin {
-                BROADCAST => RegisterError::NoExhibitorId { addr, tls },
-                id if EXHIBITOR_IDS.contains(&id) => RegisterError::NotPairable(id),
-                _ => RegisterError::NoEmitterId { addr, tls },
-            })
+            tls,
+        } = self;
+        let addr = answers.addr.clone();
+        let io_error = |source| RegisterError::Io {
+            addr: addr.clone(),
+            source,
+        };
+        let oi_seq = writer
+            .send_numbered(|seq| Frame::bare(Kind::Oi, origin, SERVER_ID, seq), |_| {})
+            .map_err(io_error)?;
+        let (reply, raw) = answers.next()?;
+        answers.stream.set_read_timeout(None).map_err(io_error)?;
+        let foreign = || RegisterError::Foreign {
+            addr: addr.clone(),
+            sent: show_prefix(&raw),
+        };
+        let Incoming::Plain(reply) = reply else {
+            return Err(foreign());
+        };
+        match reply.kind {
+            Kind::Ok if reply.seq == oi_seq && reply.origin == SERVER_ID => Ok(Registered {
+                id: reply.dest,
+                reader: FrameReader::new(answers.stream, answers.buf),
+                writer,
+                welcome,
+            }),
+            Kind::Erro if reply.origin == SERVER_ID => {
+                let addr = addr.clone();
+                Err(match origin {
+                    BROADCAST => RegisterError::NoExhibitorId { addr, tls },
+                    id if EXHIBITOR_IDS.contains(&id) => RegisterError::NotPairable(id),
+                    _ => RegisterError::NoEmitterId { addr, tls },
+                })
+            }
+            _ => Err(foreign()),
         }
-        _ => Err(foreign()),
+    }
+
+    /// Closes the connection, unidentified.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
     }
 }
 
 /// The server's answers during registration, each within
 /// [`REGISTRATION_TIMEOUT`].
-struct Answers<'a> {
+struct Answers {
     stream: ClientStream,
     /// Bytes read and not yet taken: what follows the OK is the reader's.
     buf: BytesMut,
-    addr: &'a str,
+    addr: String,
     /// Whether the connection speaks TLS: a plain one's refusals may mean
     /// the server wants TLS.
     tls: bool,
 }
 
-impl Answers<'_> {
+impl Answers {
     /// The answer to HELLO: code 0, or the refusal as an error.
     fn welcome(&mut self) -> Result<Welcome, RegisterError> {
         let addr = self.addr.to_string();

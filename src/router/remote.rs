@@ -1125,6 +1125,11 @@ impl Router {
         }
     }
 
+    /// How many relays to other nodes await their ACK.
+    pub fn relays_awaited(&self) -> usize {
+        self.remote.sent.len()
+    }
+
     /// Node `from` answered relay `relay`.
     pub fn relay_acked(
         &mut self,

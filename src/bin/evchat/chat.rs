@@ -21,7 +21,7 @@ use evchat::cli::{escape_text, parse_secs};
 use evchat::client::{
     Book, Entered, FAREWELL_TIMEOUT, FrameReader, FrameWriter, Hello, Incoming, InputLine,
     LineInput, NameLookupError, Names, Printer, RegisterError, Registered, Replies, Settled,
-    ask_secret, exit_process, register, register_with, secret_from_env, secret_from_file,
+    ask_secret, exit_process, open_with, secret_from_env, secret_from_file,
 };
 use evchat::proto::ext::is_room_id;
 use evchat::proto::ext::{
@@ -507,20 +507,38 @@ fn ask_password(account: &Name) -> Result<Credential, String> {
 
 /// Registers an exhibitor, then an emitter paired with it, each after its
 /// HELLO. A server that answers HELLO as an unknown frame gets the plain
-/// protocol instead, unless a name or an account was asked for.
+/// protocol instead, unless a name or an account was asked for. Both
+/// HELLOs come before either OI: a server with history replays it at the
+/// exhibitor's OI, the CREQ sent right after the emitter's OI marks the
+/// replay's end, and nothing slow (a TLS handshake, a password's hash)
+/// lies between, where a live broadcast would be taken for the replay.
 fn connect_pair(
     addr: &Endpoint,
     hello: &Hello,
 ) -> Result<(Session, (FrameReader, FrameReader)), RegisterError> {
-    let (exhibitor, opted_in) = match register_with(addr, BROADCAST, Some(hello)) {
+    let (exhibitor, opted_in) = match open_with(addr, Some(hello), true) {
         Ok(exhibitor) => (exhibitor, true),
         Err(RegisterError::NoIdentity { .. }) if matches!(hello, Hello::OptIn) => {
-            (register(addr, BROADCAST)?, false)
+            (open_with(addr, None, true)?, false)
         }
         Err(e) => return Err(e),
     };
     let emitter_hello = hello.for_paired_emitter();
-    let emitter = match register_with(addr, exhibitor.id, opted_in.then_some(&emitter_hello)) {
+    let emitter = match open_with(addr, opted_in.then_some(&emitter_hello), false) {
+        Ok(emitter) => emitter,
+        Err(e) => {
+            exhibitor.shutdown();
+            return Err(e);
+        }
+    };
+    let exhibitor = match exhibitor.identify(BROADCAST) {
+        Ok(exhibitor) => exhibitor,
+        Err(e) => {
+            emitter.shutdown();
+            return Err(e);
+        }
+    };
+    let emitter = match emitter.identify(exhibitor.id) {
         Ok(emitter) => emitter,
         Err(e) => {
             exhibitor.writer.shutdown();
@@ -1190,14 +1208,21 @@ impl Chat {
                 (Kind::Clist, Body::Clients(ids)) => {
                     // WAITING marks a MSG only.
                     waited = None;
-                    let asked_on_registering = std::mem::take(&mut replaying) && !again;
+                    // The list asked on registering ends the replay.
+                    let replay_end = std::mem::take(&mut replaying);
+                    let asked_on_registering = replay_end && !again;
                     self.release(held.take());
                     let mut line = format!("clients ({}):", ids.len());
                     {
                         let mut names = self.names();
                         let mut listed = ids.clone();
                         listed.sort_unstable();
-                        names.keep_only(&listed);
+                        // Not at the replay's end: the server counts the
+                        // names it told with the replay as known to us, and
+                        // does not tell them again when their ids come back.
+                        if !replay_end {
+                            names.keep_only(&listed);
+                        }
                         for &id in ids {
                             line.push(' ');
                             line.push_str(&names.listed(id));

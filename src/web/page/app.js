@@ -1485,17 +1485,20 @@
       tellMessage(s, text);
       return;
     }
-    if (text === '/help') {
-      note(PAGE_HELP);
-      ui.text.value = '';
-      return;
-    }
-    // "/to bob" and the like are evchat chat's: said, not sent as text.
     if (text.startsWith('/') && !text.startsWith('//')) {
-      note(unknownCommand(text.split(/\s/)[0]));
+      const word = text.trim().split(/\s/)[0];
+      if (word.toLowerCase() === '/help') {
+        note(PAGE_HELP);
+        ui.text.value = '';
+        return;
+      }
+      // "/to bob" and the like are evchat chat's: said, not sent as text.
+      note(unknownCommand(word));
       return;
     }
-    const bytes = encoder.encode(text.startsWith('//') ? text.slice(1) : text);
+    // "//" stands for a leading "/", whoever gets the line.
+    const typed = text.startsWith('//') ? text.slice(1) : text;
+    const bytes = encoder.encode(typed);
     if (bytes.length > C.MAX_TEXT_LEN) {
       note('not sent: the message is ' + bytes.length + ' bytes; at most 65535 fit');
       return;
@@ -1506,7 +1509,7 @@
       if (away !== '') {
         // The conversation of someone away: the message waits for them
         // (or the server says why it cannot), as "/tell" would do.
-        tellName(s, away, text);
+        tellName(s, away, typed);
         return;
       }
       note('not sent: choose who gets it (the ids changed when the chat reconnected)');
