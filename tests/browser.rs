@@ -2174,6 +2174,11 @@ fn page_tells_an_offline_name_and_the_name_sees_it_on_sign_in() {
     }
 }
 
+/// What the page says to "/help".
+const PAGE_HELP: &str = "Write a message and choose who gets it in the list beside it. /tell \
+                         NAME message leaves a message for NAME, online or not. A message that \
+                         starts with / is written with two: //like this.";
+
 /// Lines that start with / are the page's commands: "/help" says what the
 /// page understands, another command (evchat chat's "/to bob") is said
 /// not sent and stays in the box, and "//" sends a line that starts with
@@ -2188,15 +2193,7 @@ fn page_commands_are_said_not_sent_and_a_refused_tell_says_why() {
     wait_connected(&alice);
     claim_name(&alice, "alice");
     type_and_send(&alice, "/help");
-    wait_for(
-        &alice,
-        "the page's help",
-        &last_note_is(
-            "Write a message and choose who gets it in the list beside it. /tell NAME message \
-             leaves a message for NAME, online or not. A message that starts with / is written \
-             with two: //like this.",
-        ),
-    );
+    wait_for(&alice, "the page's help", &last_note_is(PAGE_HELP));
     type_and_send(&alice, "/to bob");
     wait_for(
         &alice,
@@ -2214,15 +2211,7 @@ fn page_commands_are_said_not_sent_and_a_refused_tell_says_why() {
     evaluate(&alice, "document.getElementById('text').value = ''", false);
     // Any case, and spaces after it.
     type_and_send(&alice, "/HELP ");
-    wait_for(
-        &alice,
-        "the page's help again",
-        &last_note_is(
-            "Write a message and choose who gets it in the list beside it. /tell NAME message \
-             leaves a message for NAME, online or not. A message that starts with / is written \
-             with two: //like this.",
-        ),
-    );
+    wait_for(&alice, "the page's help again", &last_note_is(PAGE_HELP));
     type_and_send(&alice, "//slash");
     wait_for(
         &alice,

@@ -370,15 +370,19 @@ fn malformed_messages_from_redis_are_dropped_with_a_log_line_and_nothing_else_ch
             seen.1 |= line.contains("malformed change dropped");
         }
     }
-    // Routing goes on as before, in both directions of the same pair.
+    routing_goes_on(&mut emitter, e, &mut on_b, x);
+}
+
+/// The second message of [`one_message_across`]'s pair crosses as the
+/// first did, and nothing else is delivered or said on either side.
+fn routing_goes_on(emitter: &mut Raw, e: ClientId, on_b: &mut Raw, x: ClientId) {
     let after = Frame::msg(e, x, 2, bytes::Bytes::from_static(b"after")).unwrap();
     emitter.send_frame(&after);
-    assert_bytes(&after.to_bytes(), &acknowledge(&mut on_b).to_bytes());
+    assert_bytes(&after.to_bytes(), &acknowledge(on_b).to_bytes());
     assert_eq!(
         emitter.expect_frame(),
         Frame::bare(Kind::Ok, SERVER_ID, e, 2)
     );
-    // Nothing else was delivered or said on either side.
     on_b.expect_silence();
     emitter.expect_silence();
 }
@@ -417,15 +421,7 @@ fn a_run_of_acks_past_the_relays_awaited_is_cut_short_and_routing_goes_on() {
                 line.contains("a run of acks past the relays awaited")
             });
     }
-    let after = Frame::msg(e, x, 2, bytes::Bytes::from_static(b"after")).unwrap();
-    emitter.send_frame(&after);
-    assert_bytes(&after.to_bytes(), &acknowledge(&mut on_b).to_bytes());
-    assert_eq!(
-        emitter.expect_frame(),
-        Frame::bare(Kind::Ok, SERVER_ID, e, 2)
-    );
-    on_b.expect_silence();
-    emitter.expect_silence();
+    routing_goes_on(&mut emitter, e, &mut on_b, x);
 }
 
 #[test]
