@@ -1900,6 +1900,7 @@ impl Router {
         if clist.is_none() {
             out.forward(targets, frame);
         }
+        let mut forgot = false;
         for &target in targets {
             let session = self.session_mut(target).expect("targets are live");
             let seq = match &clist {
@@ -1909,10 +1910,15 @@ impl Router {
                     let list = Frame::clist(SERVER_ID, frame.dest, seq, ids.clone())
                         .expect("at most 8191 clients");
                     out.send(target, &list);
+                    forgot |= forget_unlisted(session, ids);
                     seq
                 }
             };
             session.awaiting_ack.push(seq, deadline.due, purpose);
+        }
+        if forgot {
+            // What every teller was found told of may have changed.
+            self.tellers_changed += 1;
         }
         if !targets.is_empty() {
             self.note_deadline(deadline.at);
@@ -2379,6 +2385,24 @@ impl Router {
     fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
         self.sessions.get_mut(conn)?.as_mut()
     }
+}
+
+/// A teller sent a client list forgets what it was told of the ids the
+/// list does not carry (`listed`, in order), as the clients do (they have
+/// left: `Names::keep_only`), so that an id back with the same name is told
+/// again. Before, a chat that had listed the clients showed such a name as
+/// a number. Returns whether anything was forgotten.
+fn forget_unlisted(session: &mut Session, listed: &[ClientId]) -> bool {
+    let Some(told) = session.told.as_mut() else {
+        return false;
+    };
+    let before = told.len();
+    told.retain(|id, _| listed.binary_search(id).is_ok());
+    let forgot = told.len() != before;
+    if forgot {
+        session.checked = (0, u64::MAX);
+    }
+    forgot
 }
 
 /// The log line of a MSG or CREQ refused for a missing role: out of line, so

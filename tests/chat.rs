@@ -656,6 +656,36 @@ fn history_replayed_to_a_joining_chat_is_marked_earlier() {
     assert_eq!(again.stdout.rest(), Vec::<String>::new());
 }
 
+/// A chat forgets the names of ids a client list does not carry (they
+/// have left), and the server forgets it told them: a name back under the
+/// same id is told again. Before, bob's /list made him forget alice, the
+/// server still counted her as told, and her next message read "2 to all".
+#[test]
+fn a_name_back_under_its_id_after_a_list_is_told_again() {
+    let server = Server::start(&[]);
+    let mut bob = Chat::spawn_with(&["chat", &server.target(), "--name", "bob"]);
+    bob.stdout
+        .expect_line("you are bob, 1 (emitter) / 4096 (exhibitor)");
+    let mut alice = Chat::spawn_with(&["chat", &server.target(), "--name", "alice"]);
+    alice
+        .stdout
+        .expect_line("you are alice, 2 (emitter) / 4097 (exhibitor)");
+    alice.type_line("hi");
+    bob.stdout.expect_line("alice to all: hi");
+    alice.stdout.expect_line("you to all: hi ✓");
+    alice.stdin = None;
+    assert_eq!(alice.wait().code(), Some(0));
+    bob.type_line("/list");
+    bob.stdout.expect_line("clients (2): bob(1) bob(4096)");
+    let mut alice = Chat::spawn_with(&["chat", &server.target(), "--name", "alice"]);
+    alice
+        .stdout
+        .expect_line("you are alice, 2 (emitter) / 4097 (exhibitor)");
+    alice.type_line("back");
+    bob.stdout.expect_line("alice to all: back");
+    alice.stdout.expect_line("you to all: back ✓");
+}
+
 /// The names a replay told are kept past the client list that ends it:
 /// the server counts them as known to the chat, and does not tell them
 /// again when their ids come back. Before (found in review), that list
