@@ -796,6 +796,14 @@ const OPT_IN_HELLO: [u8; 14] = [0, 8, 0, 0, 0xff, 0xff, 0, 0, 0, 4, 1, 0, 0, 0];
 /// HELLOACK code 0, roles view+emit+broadcast, no name.
 const WELCOME: [u8; 14] = [0, 9, 0xff, 0xff, 0, 0, 0, 0, 0, 4, 0, 1, 7, 0];
 
+/// The next connection to `listener`, its opt-in HELLO answered code 0.
+fn welcomed(listener: &std::net::TcpListener) -> Raw {
+    let mut client = Raw::over(listener.accept().unwrap().0);
+    assert_eq!(client.expect_bytes(OPT_IN_HELLO.len()), OPT_IN_HELLO);
+    client.send(&WELCOME);
+    client
+}
+
 /// Answers `client`'s OI with OK, giving it `id`.
 pub(crate) fn identified(client: &mut Raw, id: u16) {
     let oi = client.expect_frame();
@@ -823,15 +831,9 @@ fn scripted_server() -> (String, std::sync::mpsc::Receiver<(Raw, Raw)>) {
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let welcomed = || {
-            let mut client = Raw::over(listener.accept().unwrap().0);
-            assert_eq!(client.expect_bytes(OPT_IN_HELLO.len()), OPT_IN_HELLO);
-            client.send(&WELCOME);
-            client
-        };
         // Both HELLOs come before either OI.
-        let mut exhibitor = welcomed();
-        let mut emitter = welcomed();
+        let mut exhibitor = welcomed(&listener);
+        let mut emitter = welcomed(&listener);
         identified(&mut exhibitor, 4096);
         identified(&mut emitter, 1);
         answer_registration_list(&mut exhibitor, &mut emitter, 1);
@@ -914,14 +916,8 @@ fn broadcasts_before_the_list_asked_on_joining_are_the_replay() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let server = std::thread::spawn(move || {
-        let welcomed = || {
-            let mut client = Raw::over(listener.accept().unwrap().0);
-            assert_eq!(client.expect_bytes(OPT_IN_HELLO.len()), OPT_IN_HELLO);
-            client.send(&WELCOME);
-            client
-        };
-        let mut exhibitor = welcomed();
-        let mut emitter = welcomed();
+        let mut exhibitor = welcomed(&listener);
+        let mut emitter = welcomed(&listener);
         identified(&mut exhibitor, 4096);
         // The replay, queued at the exhibitor's OI.
         exhibitor.send_frame(&Frame::msg(2, 0, 0, b"said before".to_vec()).unwrap());
