@@ -656,6 +656,9 @@ impl Server {
         cluster.counts.batches_in += 1;
         cluster.last_records = records.len();
         let mut ack_budget = 2 * self.router.relays_awaited() as u64 + ACKS_SLACK;
+        // Cut runs are told once per batch: a hostile batch holds tens of
+        // thousands of them, and one line each would flood the log.
+        let (mut runs_cut, mut acks_ignored) = (0u64, 0u64);
         for record in records {
             match record {
                 Record::Relay { relay, frame } => {
@@ -676,11 +679,8 @@ impl Server {
                     let take = u64::from(count).min(ack_budget);
                     ack_budget -= take;
                     if take < u64::from(count) {
-                        warn!(
-                            from,
-                            count,
-                            "cluster: a run of acks past the relays awaited; the rest ignored"
-                        );
+                        runs_cut += 1;
+                        acks_ignored += u64::from(count) - take;
                     }
                     cluster.counts.acks_in += take;
                     // The parser checked that the run ends within u64.
@@ -728,6 +728,14 @@ impl Server {
                 }
             }
             self.settle_dropped();
+        }
+        if runs_cut > 0 {
+            warn!(
+                from,
+                runs_cut,
+                acks_ignored,
+                "cluster: runs of acks past the relays awaited; the rest ignored"
+            );
         }
     }
 
