@@ -500,6 +500,7 @@ pub fn parse_expecting(
 }
 
 /// A frame length (u32) and a whole frame of one of `kinds`.
+#[inline(always)]
 fn take_frame<'a>(
     bytes: &'a [u8],
     kinds: &[Kind],
