@@ -38,8 +38,10 @@ struct Sent {
     deadline: Instant,
 }
 
-/// What a relay's ACK settles.
+/// What a relay's ACK settles. The tag in 64 bits, as [`Purpose`]'s, so
+/// that building a [`Sent`] moves its payload 8-aligned.
 #[derive(Debug, Clone, Copy)]
+#[repr(u64)]
 enum SentFor {
     /// One target of an emitter's request here.
     Request(RequestRef),
