@@ -295,7 +295,8 @@ struct Delivery {
 
 // The tag in 64 bits, so that the payload starts 8-aligned: with a 16-bit
 // tag, moving a Purpose copied bytes 2..24 as two overlapping loads, which
-// the store just made cannot forward (a stall on every ack; BENCHMARKS.md).
+// the store just made cannot forward (a stall on every ack; BENCHMARKS.md,
+// "Stalls on the way across").
 #[derive(Debug, Clone, Copy)]
 #[repr(u64)]
 enum Purpose {

@@ -499,7 +499,10 @@ pub fn parse_expecting(
     Ok((from, records))
 }
 
-/// A frame length (u32) and a whole frame of one of `kinds`.
+/// A frame length (u32) and a whole frame of one of `kinds`. Inlined: its
+/// frame, returned through the stack, was copied back with loads the
+/// stores just made could not forward (BENCHMARKS.md, "Stalls on the way
+/// across").
 #[inline(always)]
 fn take_frame<'a>(
     bytes: &'a [u8],

@@ -305,7 +305,8 @@ impl Outbox for Wire {
         self.metrics.deliveries += targets.len() as u64;
         match targets {
             // A request whose only targets are on other nodes: nothing to
-            // encode (it was, for nobody, on every relay; BENCHMARKS.md).
+            // encode (it was, for nobody, on every relay; BENCHMARKS.md,
+            // "Stalls on the way across").
             [] => return,
             [to] => return self.queue_for(*to, msg),
             _ => {}
