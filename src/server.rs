@@ -56,6 +56,8 @@ const LISTENER: Token = Token(0x4000_0000);
 const WAKER: Token = Token(0x4000_0001);
 /// The discovery socket (`--announce`).
 const DISCOVERY: Token = Token(0x4000_0002);
+/// The cluster engine's own connection to Redis (publishing, `--cluster`).
+const CLUSTER_IO: Token = Token(0x4000_0003);
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
@@ -282,7 +284,13 @@ impl Server {
             cluster: None,
         };
         if let Some(cluster) = &server.config.cluster {
-            server.cluster = Some(Box::new(Cluster::start(cluster, server.waker.clone())?));
+            let registry = server.poll.registry().try_clone().map_err(listening)?;
+            server.cluster = Some(Box::new(Cluster::start(
+                cluster,
+                server.waker.clone(),
+                registry,
+                CLUSTER_IO,
+            )?));
             server.wire.cluster = Some(Box::default());
             server.router.enable_cluster();
         }
@@ -421,6 +429,7 @@ impl Server {
                 LISTENER => self.accept_all(),
                 WAKER => {}
                 DISCOVERY => self.serve_discovery(),
+                CLUSTER_IO => self.cluster_io(),
                 Token(conn) => {
                     if event.is_writable() {
                         self.wire.mark_dirty(conn);

@@ -438,6 +438,65 @@ fn a_run_of_acks_past_the_relays_awaited_is_cut_short_and_routing_goes_on() {
     routing_goes_on(&mut emitter, e, &mut on_b, x);
 }
 
+/// A node publishes on a connection of its loop's own (CLUSTER.md,
+/// "Publishing from the loop"). Killed, it is given up with a warning,
+/// publishing goes on by the command thread at once, and a new connection
+/// takes over: messages cross the whole time.
+#[test]
+fn a_killed_publishing_connection_is_replaced_and_routing_goes_on() {
+    let redis = Redis::start("cluster-publisher-killed");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    for node in [&a, &b] {
+        node.proc
+            .stderr
+            .skip_until("the publishing connection", TIMEOUT, |line| {
+                line.contains("cluster: publishing from the loop")
+            });
+    }
+    let (mut emitter, e, mut on_b, x) = one_message_across(&a, &b);
+    let mut con = redis.client();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
+    let ids: Vec<u64> = list
+        .lines()
+        .filter(|line| line.contains(" name=evchat-publisher "))
+        .map(|line| {
+            let id = line.strip_prefix("id=").unwrap().split(' ').next().unwrap();
+            id.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    for id in ids {
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(killed, 1);
+    }
+    for node in [&a, &b] {
+        node.proc
+            .stderr
+            .skip_until("the loss told", TIMEOUT, |line| {
+                line.contains("cluster: publishing connection lost")
+            });
+    }
+    // By the command thread, then again on a new connection of the loop's.
+    routing_goes_on(&mut emitter, e, &mut on_b, x);
+    a.proc
+        .stderr
+        .skip_until("a new publishing connection", TIMEOUT, |line| {
+            line.contains("cluster: publishing from the loop")
+        });
+    let again = Frame::msg(e, x, 3, bytes::Bytes::from_static(b"again")).unwrap();
+    emitter.send_frame(&again);
+    assert_bytes(&again.to_bytes(), &acknowledge(&mut on_b).to_bytes());
+    assert_eq!(
+        emitter.expect_frame(),
+        Frame::bare(Kind::Ok, SERVER_ID, e, 3)
+    );
+}
+
 #[test]
 fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused() {
     let mut redis = Redis::start("cluster-engine-down");

@@ -8,14 +8,15 @@
 //!   (nothing in it is ignored or guessed).
 //! * A change names only client ids (room ids for a room's), and a shown
 //!   or member name is at most 24 bytes of the name rule.
-//! * A reply read off the subscription's socket (the same bytes) takes no
-//!   more than is there, and parses the same from exactly its own bytes.
+//! * A reply read off the subscription's socket (the same bytes), and an
+//!   answer read off the publishing connection, takes no more than is
+//!   there, and parses the same from exactly its own bytes.
 #![no_main]
 
 use evchat::cluster::Event;
 use evchat::cluster::batch::{BatchWriter, FLUSH_AT, Record, parse};
 use evchat::cluster::redis::parse_change;
-use evchat::cluster::subscription;
+use evchat::cluster::{publisher, subscription};
 use evchat::proto::ext::ROOM_IDS;
 use evchat::proto::{EMITTER_IDS, EXHIBITOR_IDS};
 use libfuzzer_sys::fuzz_target;
@@ -75,5 +76,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(used <= data.len());
         let again = subscription::parse(&data[..used]).expect("its own bytes parse");
         assert_eq!(again, Some((reply, used)));
+    }
+    if let Ok(Some((count, used))) = publisher::parse_count(data) {
+        assert!(count >= 0 && used <= data.len());
+        let again = publisher::parse_count(&data[..used]).expect("its own bytes parse");
+        assert_eq!(again, Some((count, used)));
     }
 });

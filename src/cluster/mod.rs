@@ -2,13 +2,15 @@
 //! several evchat nodes share (claim and release ids, publish a batch to
 //! another node) and what the engine tells it back (its incarnation, the
 //! id table's changes, batches from other nodes, a fence). The loop only
-//! ever calls [`Engine::submit`] and [`Engine::drain`], neither of which
-//! blocks; an engine that talks to a server does so on threads of its own
-//! and wakes the loop's `mio::Waker`. The router never sees this module:
+//! ever calls [`Engine::submit`], [`Engine::drain`] and [`Engine::io_ready`],
+//! none of which blocks; an engine that talks to a server does so on
+//! threads of its own, which wake the loop's `mio::Waker`, and on sockets
+//! registered with the loop's poll, read and written without blocking. The router never sees this module:
 //! the loop hands it remote routes and acknowledgements as plain data.
 
 pub mod batch;
 pub mod memory;
+pub mod publisher;
 pub mod redis;
 mod scripts;
 pub mod subscription;
@@ -192,4 +194,8 @@ pub trait Engine {
     fn submit(&mut self, request: Request) -> Result<(), Request>;
     /// Moves every event that has arrived into `into`, without blocking.
     fn drain(&mut self, into: &mut Vec<Event>);
+    /// The loop's poll reported the engine's own socket (registered under
+    /// the token the engine was given): read and write what it can,
+    /// without blocking.
+    fn io_ready(&mut self) {}
 }

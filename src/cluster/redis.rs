@@ -1,24 +1,28 @@
 //! The Redis engine (CLUSTER.md): two bridge threads beside the event
-//! loop, with the `redis` crate's blocking client. The command thread
-//! joins (a new incarnation, its lease, the id table read after the
-//! subscription), runs claims, releases and publishes as the loop queues
-//! them, renews the lease and reaps dead nodes; the subscriber thread turns
-//! the change channel and this node's channel into events, reading its
-//! socket itself (`subscription.rs`), not through the crate. Both queues are
-//! bounded, every call has a timeout, and each event wakes the loop. A lost
-//! lease fences the incarnation and joins a new one; a lost subscription is
-//! made again, and the id table read again, while the lease holds.
+//! loop, with the `redis` crate's blocking client, and the loop's own
+//! connection for publishing (`publisher.rs`). The command thread joins (a
+//! new incarnation, its lease, the id table read after the subscription),
+//! runs claims, releases, shows and rooms as the loop queues them (and
+//! publishes while the loop has no connection of its own: it opens one and
+//! hands it over), renews the lease and reaps dead nodes; the subscriber
+//! thread turns the change channel and this node's channel into events,
+//! reading its socket itself (`subscription.rs`), not through the crate.
+//! Both queues are bounded, every call has a timeout, and each event wakes
+//! the loop. A lost lease fences the incarnation and joins a new one; a
+//! lost subscription is made again, and the id table read again, while the
+//! lease holds.
 
+use super::publisher::{PublishError, Publisher};
 use super::scripts::{CLAIM, CLAIM_NAME, JOIN_ROOM, LEAVE_ROOM, REAP, RELEASE, RELEASE_NAME, SHOW};
 use super::subscription::{Reply, Subscription};
 use super::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome, RoomState};
 use crate::proto::ext::ROOM_IDS;
 use crate::proto::{ClientId, EMITTER_IDS, EXHIBITOR_IDS};
-use std::collections::HashSet;
-use std::io::ErrorKind;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::collections::{HashSet, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -26,6 +30,8 @@ use tracing::{debug, info, warn};
 /// How many room ids the range offers a node at most (the router's
 /// `MAX_ROOMS_CEILING`: a ROOMLIST of them all fits in one frame).
 const ROOM_ID_SPAN: u16 = 2048;
+/// The name of a node's publishing connection in `CLIENT LIST`.
+pub const PUBLISHER_NAME: &str = "evchat-publisher";
 /// Every key and channel starts with this.
 const PREFIX: &str = "evchat:";
 /// How long any one call to Redis may take.
@@ -88,15 +94,52 @@ impl RedisConfig {
     }
 }
 
-/// The loop's handle on the two bridge threads.
+/// The loop's handle on the two bridge threads, and its own connection for
+/// publishing (`publisher.rs`).
 pub struct RedisEngine {
     requests: Option<SyncSender<Request>>,
+    /// What the loop and the command thread share about the publishing
+    /// connection and the order of requests.
+    shared: Arc<Shared>,
+    /// The loop's poll and the token its publishing connection is
+    /// registered under (None: every publish goes by the command thread).
+    registry: Option<(mio::Registry, mio::Token)>,
+    publisher: Option<Publisher<mio::net::TcpStream>>,
+    /// Whether the publishing connection is polled for room to write too
+    /// (only while bytes wait: each write would report room again).
+    polled_for_room: bool,
+    /// Requests handed to the command thread so far (its `done` catches
+    /// up as it finishes them).
+    handed: u64,
+    /// Requests that wait, in order, for the other path to finish what it
+    /// was given (see [`Shared`]); at most `queue`.
+    held: VecDeque<Request>,
+    queue: usize,
+    /// Batches the publishing connection failed, for the next drain.
+    failed: Vec<Event>,
     /// Dropped first at the end, so that a bridge thread blocked handing
     /// over an event sees the loop gone.
     events: Option<Receiver<Event>>,
     /// Cleared before each drain (see [`Tell::woken`]).
     woken: Arc<AtomicBool>,
     commands: Option<JoinHandle<()>>,
+}
+
+/// What the loop and the command thread share. A batch published on the
+/// loop's connection must not overtake a script the thread has not
+/// finished (a claim or a show that other nodes must hear first), nor a
+/// script overtake a batch not yet answered: each request goes by its path
+/// only when the other has nothing in hand, and waits in order otherwise.
+struct Shared {
+    /// Requests the thread has finished (or failed).
+    done: AtomicU64,
+    /// The loop waits for `done` to move: the thread wakes it when it does.
+    loop_waits: AtomicBool,
+    /// The loop has no publishing connection and would like one.
+    want_publisher: AtomicBool,
+    /// A connection the thread opened, for the loop to take.
+    offered: Mutex<Option<std::net::TcpStream>>,
+    offer_ready: AtomicBool,
 }
 
 /// What the bridge threads share: where events go, and how the loop is woken.
@@ -132,6 +175,7 @@ impl RedisEngine {
     pub fn start(
         config: RedisConfig,
         wake: impl Fn() + Send + Sync + 'static,
+        registry: Option<(mio::Registry, mio::Token)>,
     ) -> Result<RedisEngine, redis::RedisError> {
         let client = redis::Client::open(config.url.as_str())?;
         // The subscriber reads its own TCP socket (`subscription.rs`): say
@@ -153,11 +197,28 @@ impl RedisEngine {
             wake: Arc::new(wake),
             woken: woken.clone(),
         };
+        let shared = Arc::new(Shared {
+            done: AtomicU64::new(0),
+            loop_waits: AtomicBool::new(false),
+            want_publisher: AtomicBool::new(registry.is_some()),
+            offered: Mutex::new(None),
+            offer_ready: AtomicBool::new(false),
+        });
+        let queue = config.queue;
+        let thread_shared = shared.clone();
         let commands = std::thread::Builder::new()
             .name("cluster-commands".into())
-            .spawn(move || Commands::new(config, client, inbox, tell).run())
+            .spawn(move || Commands::new(config, client, inbox, tell, thread_shared).run())
             .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
         Ok(RedisEngine {
+            shared,
+            registry,
+            publisher: None,
+            polled_for_room: false,
+            handed: 0,
+            held: VecDeque::new(),
+            queue,
+            failed: Vec::new(),
             requests: Some(requests),
             events: Some(events),
             woken,
@@ -166,21 +227,191 @@ impl RedisEngine {
     }
 }
 
+/// What became of a request offered to its path.
+enum Sent {
+    Done,
+    /// The other path has something in hand: it waits.
+    Wait(Request),
+    /// The command thread's queue is full.
+    Full(Request),
+}
+
+impl RedisEngine {
+    /// Sends `request` by its path: a publish on the loop's connection
+    /// when there is one, anything else (and every publish without one) to
+    /// the command thread; each only once the other path has nothing in
+    /// hand (see [`Shared`]).
+    fn send(&mut self, request: Request) -> Sent {
+        if let Request::Publish { to, batch, relays } = request {
+            if self.publisher.is_none() {
+                return self.hand(Request::Publish { to, batch, relays });
+            }
+            if self.thread_busy() {
+                return Sent::Wait(Request::Publish { to, batch, relays });
+            }
+            let publisher = self.publisher.as_mut().expect("tested above");
+            match publisher.publish(to, batch, relays) {
+                Ok(()) => self.poll_for_room(),
+                Err(e) => self.publisher_lost(e),
+            }
+            return Sent::Done;
+        }
+        if self.publisher.as_ref().is_some_and(Publisher::busy) {
+            return Sent::Wait(request);
+        }
+        self.hand(request)
+    }
+
+    /// Hands `request` to the command thread.
+    fn hand(&mut self, request: Request) -> Sent {
+        let Some(requests) = &self.requests else {
+            return Sent::Full(request);
+        };
+        match requests.try_send(request) {
+            Ok(()) => {
+                self.handed += 1;
+                Sent::Done
+            }
+            Err(TrySendError::Full(r) | TrySendError::Disconnected(r)) => Sent::Full(r),
+        }
+    }
+
+    /// Whether the command thread has not finished all it was handed; if
+    /// so, it wakes the loop when it finishes the next.
+    fn thread_busy(&self) -> bool {
+        if self.shared.done.load(Ordering::SeqCst) == self.handed {
+            return false;
+        }
+        self.shared.loop_waits.store(true, Ordering::SeqCst);
+        // It may have finished between the two: look again.
+        self.shared.done.load(Ordering::SeqCst) != self.handed
+    }
+
+    /// Sends what waits, in order, as far as the paths allow.
+    fn send_held(&mut self) {
+        while let Some(request) = self.held.pop_front() {
+            match self.send(request) {
+                Sent::Done => {}
+                Sent::Wait(request) => {
+                    self.held.push_front(request);
+                    break;
+                }
+                Sent::Full(request) => {
+                    self.held.push_front(request);
+                    self.shared.loop_waits.store(true, Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Polls the publishing connection for room to write exactly while
+    /// bytes wait for it.
+    fn poll_for_room(&mut self) {
+        let (Some(publisher), Some((registry, token))) = (&mut self.publisher, &self.registry)
+        else {
+            return;
+        };
+        let blocked = publisher.blocked();
+        if blocked == self.polled_for_room {
+            return;
+        }
+        let interest = if blocked {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
+        };
+        match registry.reregister(publisher.stream_mut(), *token, interest) {
+            Ok(()) => self.polled_for_room = blocked,
+            Err(e) => self.publisher_lost(PublishError::Io(e)),
+        }
+    }
+
+    /// Takes the connection the command thread opened, if one waits.
+    fn adopt_offered(&mut self) {
+        if !self.shared.offer_ready.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let offered = self.shared.offered.lock().map(|mut o| o.take());
+        let (Ok(Some(stream)), Some((registry, token))) = (offered, &self.registry) else {
+            return;
+        };
+        if self.publisher.is_some() {
+            return;
+        }
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        match registry.register(&mut stream, *token, mio::Interest::READABLE) {
+            Ok(()) => {
+                info!("cluster: publishing from the loop");
+                self.publisher = Some(Publisher::new(stream));
+                self.polled_for_room = false;
+            }
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot poll the publishing connection");
+                self.shared.want_publisher.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// The publishing connection failed: what it carried unanswered fails
+    /// (ERRO to the emitters, as when Redis is down), publishes go by the
+    /// command thread, and it opens a new connection.
+    fn publisher_lost(&mut self, error: PublishError) {
+        warn!(error = %error, "cluster: publishing connection lost; its unanswered batches fail");
+        if let Some(mut publisher) = self.publisher.take() {
+            if let Some((registry, _)) = &self.registry {
+                let _ = registry.deregister(publisher.stream_mut());
+            }
+            publisher.fail_all(&mut self.failed);
+        }
+        self.shared.want_publisher.store(true, Ordering::SeqCst);
+    }
+}
+
 impl Engine for RedisEngine {
     fn submit(&mut self, request: Request) -> Result<(), Request> {
-        let Some(requests) = &self.requests else {
-            return Err(request);
+        let request = if self.held.is_empty() {
+            match self.send(request) {
+                Sent::Done => return Ok(()),
+                Sent::Full(request) => return Err(request),
+                Sent::Wait(request) => request,
+            }
+        } else {
+            request
         };
-        requests.try_send(request).map_err(|e| match e {
-            TrySendError::Full(r) | TrySendError::Disconnected(r) => r,
-        })
+        if self.held.len() >= self.queue {
+            return Err(request);
+        }
+        self.held.push_back(request);
+        Ok(())
     }
 
     fn drain(&mut self, into: &mut Vec<Event>) {
+        self.adopt_offered();
+        if !self.held.is_empty() {
+            self.send_held();
+        }
         if let Some(events) = &self.events {
             self.woken.store(false, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             into.extend(events.try_iter());
+        }
+        into.append(&mut self.failed);
+    }
+
+    fn io_ready(&mut self) {
+        let Some(publisher) = self.publisher.as_mut() else {
+            return;
+        };
+        match publisher
+            .read(&mut self.failed)
+            .and_then(|()| publisher.flush())
+        {
+            Ok(()) => self.poll_for_room(),
+            Err(e) => self.publisher_lost(e),
+        }
+        if !self.held.is_empty() {
+            self.send_held();
         }
     }
 }
@@ -190,6 +421,16 @@ impl Drop for RedisEngine {
     /// shutdown), give up its lease and reap itself, so that its ids are
     /// free at once rather than at the lease's end.
     fn drop(&mut self) {
+        // What waits (a shutdown's releases among it) goes to the thread,
+        // which does it before leaving; a publish still unanswered on the
+        // loop's connection no longer matters.
+        if let Some(requests) = &self.requests {
+            for request in self.held.drain(..) {
+                if requests.send(request).is_err() {
+                    break;
+                }
+            }
+        }
         self.requests = None;
         self.events = None;
         if let Some(commands) = self.commands.take() {
@@ -328,6 +569,9 @@ struct Commands {
     client: redis::Client,
     inbox: Receiver<Request>,
     tell: Tell,
+    shared: Arc<Shared>,
+    /// Requests taken from `inbox` so far.
+    taken: u64,
     con: Option<redis::Connection>,
     /// What Redis knows `con` as: None until asked, or where Redis does
     /// not say (then nothing can be fenced).
@@ -453,12 +697,15 @@ impl Commands {
         client: redis::Client,
         inbox: Receiver<Request>,
         tell: Tell,
+        shared: Arc<Shared>,
     ) -> Commands {
         Commands {
             config,
             client,
             inbox,
             tell,
+            shared,
+            taken: 0,
             con: None,
             con_name: None,
             abandoned: Vec::new(),
@@ -520,7 +767,10 @@ impl Commands {
             let left = until.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(left) {
                 Ok(request) => {
-                    if !self.fail(request) {
+                    self.taken += 1;
+                    let told = self.fail(request);
+                    self.finished();
+                    if !told {
                         return true;
                     }
                 }
@@ -528,6 +778,66 @@ impl Commands {
                 Err(RecvTimeoutError::Disconnected) => return true,
             }
         }
+    }
+
+    /// Everything taken from the inbox is done: says so, and wakes the loop
+    /// if it waits for that (see [`Shared`]).
+    fn finished(&self) {
+        self.shared.done.store(self.taken, Ordering::SeqCst);
+        if self.shared.loop_waits.swap(false, Ordering::SeqCst) {
+            (self.tell.wake)();
+        }
+    }
+
+    /// Opens a connection for the loop to publish on and hands it over;
+    /// if it cannot, publishes keep coming here, and the next turn of
+    /// [`Commands::serve`] tries again after the next request or renewal.
+    fn offer_publisher(&self) {
+        match self.open_publisher() {
+            Ok(stream) => {
+                if let Ok(mut offered) = self.shared.offered.lock() {
+                    *offered = Some(stream);
+                }
+                self.shared.offer_ready.store(true, Ordering::SeqCst);
+                (self.tell.wake)();
+            }
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot open a publishing connection; publishing from this thread");
+                self.shared.want_publisher.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// A TCP connection to Redis, signed in when the URL has a password,
+    /// left non-blocking for the loop's poll.
+    fn open_publisher(&self) -> std::io::Result<std::net::TcpStream> {
+        let info = self.client.get_connection_info();
+        let redis::ConnectionAddr::Tcp(host, port) = info.addr().clone() else {
+            return Err(std::io::Error::other("publishing needs a TCP address"));
+        };
+        let address = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))?
+            .next()
+            .ok_or_else(|| std::io::Error::other("the host has no address"))?;
+        let mut stream = std::net::TcpStream::connect_timeout(&address, CALL_TIMEOUT)?;
+        stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+        stream.set_write_timeout(Some(CALL_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = settings.username() {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            call_ok(&mut stream, &args)?;
+        }
+        // Named, so that an operator (and a test) can tell it in CLIENT LIST.
+        call_ok(
+            &mut stream,
+            &[b"CLIENT", b"SETNAME", PUBLISHER_NAME.as_bytes()],
+        )?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
     }
 
     /// Tells the loop `request` could not be done. False when the loop is gone.
@@ -706,10 +1016,16 @@ impl Commands {
         let mut last_renewed = Instant::now();
         let mut next_renew = last_renewed + self.config.renew;
         loop {
+            if self.shared.want_publisher.swap(false, Ordering::SeqCst) {
+                self.offer_publisher();
+            }
             let wait = next_renew.saturating_duration_since(Instant::now());
             match self.inbox.recv_timeout(wait) {
                 Ok(request) => {
-                    if let Some(ended) = self.handle_queued(incarnation, request) {
+                    self.taken += 1;
+                    let ended = self.handle_queued(incarnation, request);
+                    self.finished();
+                    if let Some(ended) = ended {
                         return ended;
                     }
                 }
@@ -921,6 +1237,7 @@ impl Commands {
             publishes.push(request);
             if publishes.len() < PIPELINE_MAX {
                 pending = self.inbox.try_recv().ok();
+                self.taken += u64::from(pending.is_some());
             }
         }
         self.publish_all(publishes)
@@ -1412,9 +1729,35 @@ fn parse_room_left(text: &str) -> Option<Event> {
     })
 }
 
+/// Sends one command on a blocking connection and reads its answer, which
+/// must be `+OK`; Redis's words otherwise.
+fn call_ok(stream: &mut std::net::TcpStream, args: &[&[u8]]) -> std::io::Result<()> {
+    let mut command = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        command.extend_from_slice(arg);
+        command.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&command)?;
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n") && answer.len() < 512 {
+        if stream.read(&mut byte)? == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        answer.push(byte[0]);
+    }
+    if answer != b"+OK\r\n" {
+        let words = String::from_utf8_lossy(&answer).trim_end().to_string();
+        let what = String::from_utf8_lossy(args[0]);
+        return Err(std::io::Error::other(format!("{what} answered {words}")));
+    }
+    Ok(())
+}
+
 /// Appends `PUBLISH evchat:node:<to> <batch>` as Redis reads a command
 /// (an array of bulk strings, RESP).
-fn pack_publish(packed: &mut Vec<u8>, to: NodeId, batch: &[u8]) {
+pub(super) fn pack_publish(packed: &mut Vec<u8>, to: NodeId, batch: &[u8]) {
     let channel = key(&format!("node:{to}"));
     let head = format!(
         "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n",

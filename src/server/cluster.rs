@@ -294,7 +294,14 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    pub(super) fn start(config: &ClusterConfig, waker: Arc<Waker>) -> redis::RedisResult<Cluster> {
+    /// Starts the bridge; its publishing connection is polled by `registry`
+    /// under `token` (see [`Server::cluster_io`]).
+    pub(super) fn start(
+        config: &ClusterConfig,
+        waker: Arc<Waker>,
+        registry: mio::Registry,
+        token: mio::Token,
+    ) -> redis::RedisResult<Cluster> {
         let engine = RedisEngine::start(
             RedisConfig {
                 queue: config.queue,
@@ -305,6 +312,7 @@ impl Cluster {
                     warn!(error = %e, "could not wake the event loop");
                 }
             },
+            Some((registry, token)),
         )?;
         Ok(Cluster::new(Box::new(engine)))
     }
@@ -428,6 +436,13 @@ impl Server {
     /// Once a turn: the engine's events to the router, then what the router
     /// asked to the engine. Out of line: a single server never calls it.
     #[inline(never)]
+    /// The poll reported the engine's publishing connection.
+    pub(super) fn cluster_io(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.engine.io_ready();
+        }
+    }
+
     pub(super) fn cluster_turn(&mut self) {
         let Some(mut cluster) = self.cluster.take() else {
             return;
