@@ -572,6 +572,9 @@ struct Commands {
     shared: Arc<Shared>,
     /// Requests taken from `inbox` so far.
     taken: u64,
+    /// No publishing connection is tried before this (one try a renewal
+    /// period while Redis cannot be reached, not one a request).
+    publisher_retry_at: Instant,
     con: Option<redis::Connection>,
     /// What Redis knows `con` as: None until asked, or where Redis does
     /// not say (then nothing can be fenced).
@@ -706,6 +709,7 @@ impl Commands {
             tell,
             shared,
             taken: 0,
+            publisher_retry_at: Instant::now(),
             con: None,
             con_name: None,
             abandoned: Vec::new(),
@@ -790,9 +794,9 @@ impl Commands {
     }
 
     /// Opens a connection for the loop to publish on and hands it over;
-    /// if it cannot, publishes keep coming here, and the next turn of
-    /// [`Commands::serve`] tries again after the next request or renewal.
-    fn offer_publisher(&self) {
+    /// if it cannot, publishes keep coming here, and [`Commands::serve`]
+    /// tries again a renewal period later.
+    fn offer_publisher(&mut self) {
         match self.open_publisher() {
             Ok(stream) => {
                 if let Ok(mut offered) = self.shared.offered.lock() {
@@ -804,6 +808,7 @@ impl Commands {
             Err(e) => {
                 warn!(error = %e, "cluster: cannot open a publishing connection; publishing from this thread");
                 self.shared.want_publisher.store(true, Ordering::SeqCst);
+                self.publisher_retry_at = Instant::now() + self.config.renew;
             }
         }
     }
@@ -1016,7 +1021,9 @@ impl Commands {
         let mut last_renewed = Instant::now();
         let mut next_renew = last_renewed + self.config.renew;
         loop {
-            if self.shared.want_publisher.swap(false, Ordering::SeqCst) {
+            if Instant::now() >= self.publisher_retry_at
+                && self.shared.want_publisher.swap(false, Ordering::SeqCst)
+            {
                 self.offer_publisher();
             }
             let wait = next_renew.saturating_duration_since(Instant::now());
