@@ -36,6 +36,7 @@ mod room_log;
 mod spin;
 mod tls;
 mod wire;
+use crate::cluster::redis::Polled;
 pub use access::{BadCidr, Cidr};
 use announce::Announcer;
 use cluster::Cluster;
@@ -56,8 +57,10 @@ const LISTENER: Token = Token(0x4000_0000);
 const WAKER: Token = Token(0x4000_0001);
 /// The discovery socket (`--announce`).
 const DISCOVERY: Token = Token(0x4000_0002);
-/// The cluster engine's own connection to Redis (publishing, `--cluster`).
-const CLUSTER_IO: Token = Token(0x4000_0003);
+/// The cluster engine's own connections to Redis (`--cluster`): the one
+/// it publishes on, and its subscription.
+const CLUSTER_PUBLISH: Token = Token(0x4000_0003);
+const CLUSTER_SUBSCRIPTION: Token = Token(0x4000_0004);
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads one connection gets per turn before others are served.
@@ -285,11 +288,15 @@ impl Server {
         };
         if let Some(cluster) = &server.config.cluster {
             let registry = server.poll.registry().try_clone().map_err(listening)?;
+            let polled = Polled {
+                registry,
+                publisher: CLUSTER_PUBLISH,
+                subscription: CLUSTER_SUBSCRIPTION,
+            };
             server.cluster = Some(Box::new(Cluster::start(
                 cluster,
                 server.waker.clone(),
-                registry,
-                CLUSTER_IO,
+                polled,
             )?));
             server.wire.cluster = Some(Box::default());
             server.router.enable_cluster();
@@ -429,7 +436,7 @@ impl Server {
                 LISTENER => self.accept_all(),
                 WAKER => {}
                 DISCOVERY => self.serve_discovery(),
-                CLUSTER_IO => self.cluster_io(),
+                token @ (CLUSTER_PUBLISH | CLUSTER_SUBSCRIPTION) => self.cluster_io(token),
                 Token(conn) => {
                     if event.is_writable() {
                         self.wire.mark_dirty(conn);

@@ -497,6 +497,38 @@ fn a_killed_publishing_connection_is_replaced_and_routing_goes_on() {
     );
 }
 
+/// The loop reads its node's subscription itself once the subscriber
+/// thread has made it (CLUSTER.md, "Reading from the loop"). Killed, it is
+/// given up with a warning, made again at the next renewal (the id table
+/// read again), and messages cross again.
+#[test]
+fn a_killed_subscription_is_made_again_and_routing_goes_on() {
+    let redis = Redis::start("cluster-subscription-killed");
+    let (a, b) = (redis.node("a"), redis.node("b"));
+    let (mut emitter, e, mut on_b, x) = one_message_across(&a, &b);
+    let mut con = redis.client();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(killed, 2);
+    for node in [&a, &b] {
+        node.proc
+            .stderr
+            .skip_until("the loss told", TIMEOUT, |line| {
+                line.contains("cluster: subscription lost")
+            });
+        node.proc
+            .stderr
+            .skip_until("the new subscription", TIMEOUT, |line| {
+                line.contains("cluster: resubscribed")
+            });
+    }
+    routing_goes_on(&mut emitter, e, &mut on_b, x);
+}
+
 #[test]
 fn with_redis_gone_local_traffic_goes_on_remote_targets_fail_and_ois_are_refused() {
     let mut redis = Redis::start("cluster-engine-down");

@@ -194,8 +194,8 @@ pub trait Engine {
     fn submit(&mut self, request: Request) -> Result<(), Request>;
     /// Moves every event that has arrived into `into`, without blocking.
     fn drain(&mut self, into: &mut Vec<Event>);
-    /// The loop's poll reported the engine's own socket (registered under
-    /// the token the engine was given): read and write what it can,
-    /// without blocking.
-    fn io_ready(&mut self) {}
+    /// The loop's poll reported one of the engine's own sockets (registered
+    /// under `token`, one the engine was given): read and write what it
+    /// can, without blocking.
+    fn io_ready(&mut self, _token: mio::Token) {}
 }

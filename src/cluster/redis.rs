@@ -5,10 +5,10 @@
 //! runs claims, releases, shows and rooms as the loop queues them (and
 //! publishes while the loop has no connection of its own: it opens one and
 //! hands it over), renews the lease and reaps dead nodes; the subscriber
-//! thread turns the change channel and this node's channel into events,
-//! reading its socket itself (`subscription.rs`), not through the crate.
-//! Both queues are bounded, every call has a timeout, and each event wakes
-//! the loop. A lost lease fences the incarnation and joins a new one; a
+//! thread subscribes to the change channel and this node's channel, tells
+//! the loop the id table and hands the subscription over: the loop reads
+//! it (`subscription.rs`), not the crate. Both queues are bounded, every
+//! call has a timeout, and each event wakes the loop. A lost lease fences the incarnation and joins a new one; a
 //! lost subscription is made again, and the id table read again, while the
 //! lease holds.
 
@@ -40,8 +40,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// call, and the next connection kills them all, so this is reached only
 /// if Redis stops answering `CLIENT KILL` without failing the connection).
 const ABANDONED_MAX: usize = 16;
-/// How often the subscriber looks up from its socket to see if it should stop.
-const SUBSCRIBER_TICK: Duration = Duration::from_millis(250);
 /// How long a failed join waits before the next attempt.
 const REJOIN_PAUSE: Duration = Duration::from_millis(500);
 /// At most this many publishes go to Redis as one pipeline.
@@ -101,10 +99,13 @@ pub struct RedisEngine {
     /// What the loop and the command thread share about the publishing
     /// connection and the order of requests.
     shared: Arc<Shared>,
-    /// The loop's poll and the token its publishing connection is
-    /// registered under (None: every publish goes by the command thread).
-    registry: Option<(mio::Registry, mio::Token)>,
+    /// The loop's poll and the tokens of the engine's sockets.
+    polled: Polled,
     publisher: Option<Publisher<mio::net::TcpStream>>,
+    /// The subscription, once handed over; what it has told since the
+    /// last drain.
+    subscribed: Option<Subscribed>,
+    heard: Vec<Event>,
     /// Whether the publishing connection is polled for room to write too
     /// (only while bytes wait: each write would report room again).
     polled_for_room: bool,
@@ -140,6 +141,31 @@ struct Shared {
     /// A connection the thread opened, for the loop to take.
     offered: Mutex<Option<std::net::TcpStream>>,
     offer_ready: AtomicBool,
+    /// A subscription the subscriber thread made, for the loop to take.
+    subscription: Mutex<Option<Subscribed>>,
+    subscription_ready: AtomicBool,
+}
+
+/// The subscription to this node's channels, once subscribed and the
+/// table told: read by the loop from then on (the subscriber thread opens
+/// it, reads the table and hands it over).
+struct Subscribed {
+    sub: Subscription,
+    /// The change channel's name (any other channel is this node's).
+    changes: Vec<u8>,
+    /// Set when the incarnation ends: the loop drops the subscription.
+    stop: Arc<AtomicBool>,
+    /// Set by the loop when the connection broke: the command thread
+    /// subscribes again, and reads the table again, at the next renewal.
+    lost: Arc<AtomicBool>,
+}
+
+/// Where the engine's sockets are polled: the loop's registry and the
+/// tokens of the publishing connection and of the subscription.
+pub struct Polled {
+    pub registry: mio::Registry,
+    pub publisher: mio::Token,
+    pub subscription: mio::Token,
 }
 
 /// What the bridge threads share: where events go, and how the loop is woken.
@@ -175,7 +201,7 @@ impl RedisEngine {
     pub fn start(
         config: RedisConfig,
         wake: impl Fn() + Send + Sync + 'static,
-        registry: Option<(mio::Registry, mio::Token)>,
+        polled: Polled,
     ) -> Result<RedisEngine, redis::RedisError> {
         let client = redis::Client::open(config.url.as_str())?;
         // The subscriber reads its own TCP socket (`subscription.rs`): say
@@ -200,9 +226,11 @@ impl RedisEngine {
         let shared = Arc::new(Shared {
             done: AtomicU64::new(0),
             loop_waits: AtomicBool::new(false),
-            want_publisher: AtomicBool::new(registry.is_some()),
+            want_publisher: AtomicBool::new(true),
             offered: Mutex::new(None),
             offer_ready: AtomicBool::new(false),
+            subscription: Mutex::new(None),
+            subscription_ready: AtomicBool::new(false),
         });
         let queue = config.queue;
         let thread_shared = shared.clone();
@@ -212,8 +240,10 @@ impl RedisEngine {
             .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
         Ok(RedisEngine {
             shared,
-            registry,
+            polled,
             publisher: None,
+            subscribed: None,
+            heard: Vec::new(),
             polled_for_room: false,
             handed: 0,
             held: VecDeque::new(),
@@ -308,10 +338,10 @@ impl RedisEngine {
     /// Polls the publishing connection for room to write exactly while
     /// bytes wait for it.
     fn poll_for_room(&mut self) {
-        let (Some(publisher), Some((registry, token))) = (&mut self.publisher, &self.registry)
-        else {
+        let Some(publisher) = &mut self.publisher else {
             return;
         };
+        let (registry, token) = (&self.polled.registry, &self.polled.publisher);
         let blocked = publisher.blocked();
         if blocked == self.polled_for_room {
             return;
@@ -333,14 +363,15 @@ impl RedisEngine {
             return;
         }
         let offered = self.shared.offered.lock().map(|mut o| o.take());
-        let (Ok(Some(stream)), Some((registry, token))) = (offered, &self.registry) else {
+        let Ok(Some(stream)) = offered else {
             return;
         };
         if self.publisher.is_some() {
             return;
         }
         let mut stream = mio::net::TcpStream::from_std(stream);
-        match registry.register(&mut stream, *token, mio::Interest::READABLE) {
+        let (registry, token) = (&self.polled.registry, self.polled.publisher);
+        match registry.register(&mut stream, token, mio::Interest::READABLE) {
             Ok(()) => {
                 info!("cluster: publishing from the loop");
                 self.publisher = Some(Publisher::new(stream));
@@ -359,12 +390,91 @@ impl RedisEngine {
     fn publisher_lost(&mut self, error: PublishError) {
         warn!(error = %error, "cluster: publishing connection lost; its unanswered batches fail");
         if let Some(mut publisher) = self.publisher.take() {
-            if let Some((registry, _)) = &self.registry {
-                let _ = registry.deregister(publisher.stream_mut());
-            }
+            let _ = self.polled.registry.deregister(publisher.stream_mut());
             publisher.fail_all(&mut self.failed);
         }
         self.shared.want_publisher.store(true, Ordering::SeqCst);
+    }
+}
+
+impl RedisEngine {
+    /// Takes the subscription the subscriber thread made, if one waits,
+    /// and reads what it already has. Called after the drain took the
+    /// thread's events: the table it read comes before what was said after.
+    fn adopt_subscription(&mut self) {
+        if !self.shared.subscription_ready.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(Some(subscribed)) = self.shared.subscription.lock().map(|mut s| s.take()) else {
+            return;
+        };
+        self.drop_subscription();
+        let fd = subscribed.sub.as_raw_fd();
+        let registered = subscribed.sub.set_nonblocking().and_then(|()| {
+            self.polled.registry.register(
+                &mut mio::unix::SourceFd(&fd),
+                self.polled.subscription,
+                mio::Interest::READABLE,
+            )
+        });
+        if let Err(e) = registered {
+            warn!(error = %e, "cluster: subscription lost");
+            subscribed.lost.store(true, Ordering::SeqCst);
+            return;
+        }
+        self.subscribed = Some(subscribed);
+        self.read_subscription();
+    }
+
+    /// Forgets the subscription (its incarnation ended, or it broke).
+    fn drop_subscription(&mut self) {
+        if let Some(subscribed) = self.subscribed.take() {
+            let fd = subscribed.sub.as_raw_fd();
+            let _ = self
+                .polled
+                .registry
+                .deregister(&mut mio::unix::SourceFd(&fd));
+        }
+    }
+
+    /// Reads every message the subscription has, until its socket has no
+    /// more. Anything that is not what a subscriber is sent ends it: the
+    /// command thread subscribes again at the next renewal.
+    fn read_subscription(&mut self) {
+        let Some(subscribed) = self.subscribed.as_mut() else {
+            return;
+        };
+        let ended = loop {
+            let fault = loop {
+                match subscribed.sub.next_reply() {
+                    Ok(Some(Reply::Message { channel, payload })) => {
+                        self.heard
+                            .extend(heard(channel, payload, &subscribed.changes));
+                    }
+                    Ok(Some(Reply::Ok | Reply::Subscribed)) => {}
+                    Ok(None) => break None,
+                    Ok(Some(Reply::Error(text))) => {
+                        let text = String::from_utf8_lossy(text);
+                        break Some(format!("refused by Redis: {text}"));
+                    }
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            if fault.is_some() {
+                break fault;
+            }
+            match subscribed.sub.fill() {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Some(e.to_string()),
+            }
+        };
+        if let Some(error) = ended {
+            warn!(error = %error, "cluster: subscription lost");
+            subscribed.lost.store(true, Ordering::SeqCst);
+            self.drop_subscription();
+        }
     }
 }
 
@@ -396,10 +506,22 @@ impl Engine for RedisEngine {
             fence(Ordering::SeqCst);
             into.extend(events.try_iter());
         }
+        if self
+            .subscribed
+            .as_ref()
+            .is_some_and(|s| s.stop.load(Ordering::SeqCst))
+        {
+            self.drop_subscription();
+        }
+        self.adopt_subscription();
+        into.append(&mut self.heard);
         into.append(&mut self.failed);
     }
 
-    fn io_ready(&mut self) {
+    fn io_ready(&mut self, token: mio::Token) {
+        if token == self.polled.subscription {
+            return self.read_subscription();
+        }
         let Some(publisher) = self.publisher.as_mut() else {
             return;
         };
@@ -986,21 +1108,37 @@ impl Commands {
         let tell = self.tell.clone();
         let stop = incarnation.stop_subscriber.clone();
         let lost = incarnation.subscriber_lost.clone();
+        let shared = self.shared.clone();
         std::thread::Builder::new()
             .name("cluster-subscriber".into())
             .spawn(move || {
                 let auth = auth.as_ref().map(|(u, p)| (u.as_deref(), p.as_str()));
                 let subscribed = Subscription::open(&host, port, auth, &channels, CALL_TIMEOUT)
-                    .and_then(|sub| sub.set_read_timeout(SUBSCRIBER_TICK).map(|()| sub))
                     .map_err(redis::RedisError::from)
                     .and_then(|sub| Ok((sub, read_table(&mut reader, node)?)));
                 match subscribed {
                     Ok((mut sub, table)) => {
-                        for event in table {
+                        // The table, then what came before it was read,
+                        // then (read by the loop) what comes after.
+                        let changes = channels[0].clone().into_bytes();
+                        let early = sub.take_early().into_iter();
+                        let heard = early
+                            .filter_map(|(channel, payload)| heard(&channel, &payload, &changes));
+                        for event in table.into_iter().chain(heard) {
                             tell.event(event);
                         }
                         let _ = ready_tx.send(Ok(()));
-                        listen(&mut sub, channels[0].as_bytes(), &tell, &stop, &lost);
+                        let handed = Subscribed {
+                            sub,
+                            changes,
+                            stop,
+                            lost,
+                        };
+                        if let Ok(mut offered) = shared.subscription.lock() {
+                            *offered = Some(handed);
+                        }
+                        shared.subscription_ready.store(true, Ordering::SeqCst);
+                        (tell.wake)();
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -1824,71 +1962,19 @@ fn read_table(con: &mut redis::Connection, node: NodeId) -> redis::RedisResult<V
     Ok(events)
 }
 
-/// The subscriber's loop: changes and batches become events until `stop`.
-fn listen(
-    sub: &mut Subscription,
-    changes: &[u8],
-    tell: &Tell,
-    stop: &AtomicBool,
-    lost: &AtomicBool,
-) {
-    for (channel, payload) in sub.take_early() {
-        if !heard(&channel, &payload, changes, tell) {
-            return;
-        }
-    }
-    while !stop.load(Ordering::SeqCst) {
-        loop {
-            match sub.next_reply() {
-                Ok(Some(Reply::Message { channel, payload })) => {
-                    if !heard(channel, payload, changes, tell) {
-                        return;
-                    }
-                }
-                Ok(Some(Reply::Ok | Reply::Subscribed)) => {}
-                Ok(None) => break,
-                Ok(Some(Reply::Error(text))) => {
-                    let text = String::from_utf8_lossy(text);
-                    warn!(error = %text, "cluster: subscription refused by Redis");
-                    lost.store(true, Ordering::SeqCst);
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cluster: subscription lost");
-                    lost.store(true, Ordering::SeqCst);
-                    return;
-                }
-            }
-        }
-        match sub.fill() {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => {
-                warn!(error = %e, "cluster: subscription lost");
-                lost.store(true, Ordering::SeqCst);
-                return;
-            }
-        }
-    }
-}
-
-/// A message on `channel`: a change (on `changes`) or a batch, told to
-/// the loop. False once the loop is gone.
-fn heard(channel: &[u8], payload: &[u8], changes: &[u8], tell: &Tell) -> bool {
-    let event = if channel == changes {
-        match parse_change(payload) {
-            Some(event) => event,
-            None => {
-                warn!(bytes = payload.len(), "cluster: malformed change dropped");
-                return true;
-            }
-        }
-    } else {
-        Event::Batch {
+/// A message on `channel`: a change (on `changes`) or a batch, as an
+/// event for the loop; None for a change that does not parse (warned).
+fn heard(channel: &[u8], payload: &[u8], changes: &[u8]) -> Option<Event> {
+    if channel != changes {
+        return Some(Event::Batch {
             bytes: payload.to_vec(),
-        }
-    };
-    tell.event(event)
+        });
+    }
+    let event = parse_change(payload);
+    if event.is_none() {
+        warn!(bytes = payload.len(), "cluster: malformed change dropped");
+    }
+    event
 }
 
 /// `+ID NODE`, `-ID NODE`, `=ID NODE ROLES NAME`, `j ID KIND SPELLING

@@ -252,6 +252,17 @@ impl Subscription {
         Ok(sub)
     }
 
+    /// Reads no longer wait: [`Subscription::fill`] says `WouldBlock`
+    /// when nothing has come (for a subscription read by the loop).
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        self.stream.set_nonblocking(true)
+    }
+
+    /// The socket's descriptor, for the loop's poll.
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.stream)
+    }
+
     /// How long a read waits before [`Subscription::fill`] gives up with
     /// `WouldBlock` or `TimedOut` (so the caller can look up).
     pub fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {

@@ -8,7 +8,7 @@
 
 use super::Server;
 use crate::cluster::batch::{self, BatchWriter, PairRecord, Record};
-use crate::cluster::redis::{RedisConfig, RedisEngine};
+use crate::cluster::redis::{Polled, RedisConfig, RedisEngine};
 use crate::cluster::{Engine, Event, NodeId, Request, RoomJoin, RoomOutcome};
 use crate::proto::ext::RoomCode;
 use crate::proto::{ClientId, FrameView};
@@ -294,13 +294,12 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Starts the bridge; its publishing connection is polled by `registry`
-    /// under `token` (see [`Server::cluster_io`]).
+    /// Starts the bridge; its sockets are polled where `polled` says (see
+    /// [`Server::cluster_io`]).
     pub(super) fn start(
         config: &ClusterConfig,
         waker: Arc<Waker>,
-        registry: mio::Registry,
-        token: mio::Token,
+        polled: Polled,
     ) -> redis::RedisResult<Cluster> {
         let engine = RedisEngine::start(
             RedisConfig {
@@ -312,7 +311,7 @@ impl Cluster {
                     warn!(error = %e, "could not wake the event loop");
                 }
             },
-            Some((registry, token)),
+            polled,
         )?;
         Ok(Cluster::new(Box::new(engine)))
     }
@@ -436,10 +435,10 @@ impl Server {
     /// Once a turn: the engine's events to the router, then what the router
     /// asked to the engine. Out of line: a single server never calls it.
     #[inline(never)]
-    /// The poll reported the engine's publishing connection.
-    pub(super) fn cluster_io(&mut self) {
+    /// The poll reported one of the engine's sockets.
+    pub(super) fn cluster_io(&mut self, token: mio::Token) {
         if let Some(cluster) = self.cluster.as_mut() {
-            cluster.engine.io_ready();
+            cluster.engine.io_ready(token);
         }
     }
 
