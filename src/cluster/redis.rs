@@ -106,6 +106,12 @@ pub struct RedisEngine {
     /// last drain.
     subscribed: Option<Subscribed>,
     heard: Vec<Event>,
+    /// The subscription's reading stopped at the bound (`queue` events
+    /// a drain) with more to read: the next drain reads on.
+    more_heard: bool,
+    /// Wakes the loop (when reading stopped at the bound: the socket
+    /// will not be reported again for what it already holds).
+    wake: Arc<dyn Fn() + Send + Sync>,
     /// Whether the publishing connection is polled for room to write too
     /// (only while bytes wait: each write would report room again).
     polled_for_room: bool,
@@ -218,9 +224,10 @@ impl RedisEngine {
         let (requests, inbox) = sync_channel(config.queue);
         let (events_tx, events) = sync_channel(config.queue);
         let woken = Arc::new(AtomicBool::new(false));
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(wake);
         let tell = Tell {
             events: events_tx,
-            wake: Arc::new(wake),
+            wake: wake.clone(),
             woken: woken.clone(),
         };
         let shared = Arc::new(Shared {
@@ -244,6 +251,8 @@ impl RedisEngine {
             publisher: None,
             subscribed: None,
             heard: Vec::new(),
+            more_heard: false,
+            wake,
             polled_for_room: false,
             handed: 0,
             held: VecDeque::new(),
@@ -438,14 +447,23 @@ impl RedisEngine {
     }
 
     /// Reads every message the subscription has, until its socket has no
-    /// more. Anything that is not what a subscriber is sent ends it: the
-    /// command thread subscribes again at the next renewal.
+    /// more or `queue` events wait for the loop (then the loop is woken,
+    /// and its next drain reads on: memory stays bounded whatever Redis
+    /// holds for this node). Anything that is not what a subscriber is
+    /// sent ends it: the command thread subscribes again at the next
+    /// renewal.
     fn read_subscription(&mut self) {
+        self.more_heard = false;
         let Some(subscribed) = self.subscribed.as_mut() else {
             return;
         };
         let ended = loop {
             let fault = loop {
+                if self.heard.len() >= self.queue {
+                    self.more_heard = true;
+                    (self.wake)();
+                    break None;
+                }
                 match subscribed.sub.next_reply() {
                     Ok(Some(Reply::Message { channel, payload })) => {
                         self.heard
@@ -460,7 +478,7 @@ impl RedisEngine {
                     Err(e) => break Some(e.to_string()),
                 }
             };
-            if fault.is_some() {
+            if fault.is_some() || self.more_heard {
                 break fault;
             }
             match subscribed.sub.fill() {
@@ -514,6 +532,9 @@ impl Engine for RedisEngine {
             self.drop_subscription();
         }
         self.adopt_subscription();
+        if self.more_heard {
+            self.read_subscription();
+        }
         into.append(&mut self.heard);
         into.append(&mut self.failed);
     }
