@@ -387,6 +387,15 @@ fn routing_goes_on(emitter: &mut Raw, e: ClientId, on_b: &mut Raw, x: ClientId) 
     emitter.expect_silence();
 }
 
+/// Waits until each of `nodes` logs a line containing `needle`.
+fn each_logs(nodes: &[&Server], needle: &str) {
+    for node in nodes {
+        node.proc
+            .stderr
+            .skip_until(needle, TIMEOUT, |line| line.contains(needle));
+    }
+}
+
 /// A run of acks is 14 bytes whatever its count: a batch of three runs
 /// each claiming 2^32 - 1 acks (from any publisher on a node's channel) is
 /// settled no further than the relays the node awaits (none: 1,024 of
@@ -446,13 +455,7 @@ fn a_run_of_acks_past_the_relays_awaited_is_cut_short_and_routing_goes_on() {
 fn a_killed_publishing_connection_is_replaced_and_routing_goes_on() {
     let redis = Redis::start("cluster-publisher-killed");
     let (a, b) = (redis.node("a"), redis.node("b"));
-    for node in [&a, &b] {
-        node.proc
-            .stderr
-            .skip_until("the publishing connection", TIMEOUT, |line| {
-                line.contains("cluster: publishing from the loop")
-            });
-    }
+    each_logs(&[&a, &b], "cluster: publishing from the loop");
     let (mut emitter, e, mut on_b, x) = one_message_across(&a, &b);
     let mut con = redis.client();
     let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut con).unwrap();
@@ -474,20 +477,10 @@ fn a_killed_publishing_connection_is_replaced_and_routing_goes_on() {
             .unwrap();
         assert_eq!(killed, 1);
     }
-    for node in [&a, &b] {
-        node.proc
-            .stderr
-            .skip_until("the loss told", TIMEOUT, |line| {
-                line.contains("cluster: publishing connection lost")
-            });
-    }
+    each_logs(&[&a, &b], "cluster: publishing connection lost");
     // By the command thread, then again on a new connection of the loop's.
     routing_goes_on(&mut emitter, e, &mut on_b, x);
-    a.proc
-        .stderr
-        .skip_until("a new publishing connection", TIMEOUT, |line| {
-            line.contains("cluster: publishing from the loop")
-        });
+    each_logs(&[&a], "cluster: publishing from the loop");
     let again = Frame::msg(e, x, 3, bytes::Bytes::from_static(b"again")).unwrap();
     emitter.send_frame(&again);
     assert_bytes(&again.to_bytes(), &acknowledge(&mut on_b).to_bytes());
@@ -514,18 +507,8 @@ fn a_killed_subscription_is_made_again_and_routing_goes_on() {
         .query(&mut con)
         .unwrap();
     assert_eq!(killed, 2);
-    for node in [&a, &b] {
-        node.proc
-            .stderr
-            .skip_until("the loss told", TIMEOUT, |line| {
-                line.contains("cluster: subscription lost")
-            });
-        node.proc
-            .stderr
-            .skip_until("the new subscription", TIMEOUT, |line| {
-                line.contains("cluster: resubscribed")
-            });
-    }
+    each_logs(&[&a, &b], "cluster: subscription lost");
+    each_logs(&[&a, &b], "cluster: resubscribed");
     routing_goes_on(&mut emitter, e, &mut on_b, x);
 }
 
@@ -552,14 +535,8 @@ fn a_flood_on_a_nodes_channel_is_read_a_bounded_number_at_a_time_and_all_of_it()
         }
     }
     let () = pipe.query(&mut con).unwrap();
-    for node in [&a, &b] {
-        for _ in 0..20 {
-            node.proc
-                .stderr
-                .skip_until("a malformed batch", TIMEOUT, |line| {
-                    line.contains("cluster: malformed batch dropped")
-                });
-        }
+    for _ in 0..20 {
+        each_logs(&[&a, &b], "cluster: malformed batch dropped");
     }
     routing_goes_on(&mut emitter, e, &mut on_b, x);
 }

@@ -1898,12 +1898,8 @@ fn parse_room_left(text: &str) -> Option<Event> {
 /// Sends one command on a blocking connection and reads its answer, which
 /// must be `+OK`; Redis's words otherwise.
 fn call_ok(stream: &mut std::net::TcpStream, args: &[&[u8]]) -> std::io::Result<()> {
-    let mut command = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        command.extend_from_slice(arg);
-        command.extend_from_slice(b"\r\n");
-    }
+    let mut command = Vec::new();
+    super::subscription::command(&mut command, args);
     stream.write_all(&command)?;
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];

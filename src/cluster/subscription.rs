@@ -163,7 +163,7 @@ fn bulk(buf: &[u8], at: usize) -> Result<Option<(&[u8], usize)>, ReplyError> {
 }
 
 /// Appends a command (an array of bulk strings) as Redis reads it.
-fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
+pub(super) fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
         out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
