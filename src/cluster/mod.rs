@@ -2,11 +2,12 @@
 //! several evchat nodes share (claim and release ids, publish a batch to
 //! another node) and what the engine tells it back (its incarnation, the
 //! id table's changes, batches from other nodes, a fence). The loop only
-//! ever calls [`Engine::submit`], [`Engine::drain`] and [`Engine::io_ready`],
-//! none of which blocks; an engine that talks to a server does so on
-//! threads of its own, which wake the loop's `mio::Waker`, and on sockets
-//! registered with the loop's poll, read and written without blocking. The router never sees this module:
-//! the loop hands it remote routes and acknowledgements as plain data.
+//! ever calls [`Engine::submit`], [`Engine::drain`] and
+//! [`Engine::io_ready`], none of which blocks; an engine that talks to a
+//! server does so on threads of its own, which wake the loop's
+//! `mio::Waker`, and on sockets registered with the loop's poll, read and
+//! written without blocking. The router never sees this module: the loop
+//! hands it remote routes and acknowledgements as plain data.
 
 pub mod batch;
 pub mod memory;

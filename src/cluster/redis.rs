@@ -8,9 +8,9 @@
 //! thread subscribes to the change channel and this node's channel, tells
 //! the loop the id table and hands the subscription over: the loop reads
 //! it (`subscription.rs`), not the crate. Both queues are bounded, every
-//! call has a timeout, and each event wakes the loop. A lost lease fences the incarnation and joins a new one; a
-//! lost subscription is made again, and the id table read again, while the
-//! lease holds.
+//! call has a timeout, and each event wakes the loop. A lost lease fences
+//! the incarnation and joins a new one; a lost subscription is made again,
+//! and the id table read again, while the lease holds.
 
 use super::publisher::{PublishError, Publisher};
 use super::scripts::{CLAIM, CLAIM_NAME, JOIN_ROOM, LEAVE_ROOM, REAP, RELEASE, RELEASE_NAME, SHOW};

@@ -432,9 +432,6 @@ const ACKS_SLACK: u64 = 1024;
 const ROUNDS_PER_TURN: usize = 4;
 
 impl Server {
-    /// Once a turn: the engine's events to the router, then what the router
-    /// asked to the engine. Out of line: a single server never calls it.
-    #[inline(never)]
     /// The poll reported one of the engine's sockets.
     pub(super) fn cluster_io(&mut self, token: mio::Token) {
         if let Some(cluster) = self.cluster.as_mut() {
@@ -442,6 +439,9 @@ impl Server {
         }
     }
 
+    /// Once a turn: the engine's events to the router, then what the router
+    /// asked to the engine. Out of line: a single server never calls it.
+    #[inline(never)]
     pub(super) fn cluster_turn(&mut self) {
         let Some(mut cluster) = self.cluster.take() else {
             return;
